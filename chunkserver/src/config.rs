@@ -1,0 +1,87 @@
+//! Chunkserver configuration: a TOML file with defaults for everything, every field
+//! overridable on the command line.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How one chunkserver runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChunkConfig {
+    /// Node id, unique in the region (1 or more).
+    pub id: u64,
+    /// Folder holding blocks and state.
+    pub data: PathBuf,
+    /// gRPC listen address; port 0 picks a free port (the bound address is printed).
+    pub listen: String,
+    /// Failure domain of this node.
+    pub zone: String,
+    /// Region id.
+    pub region: u16,
+    /// Cluster map file (TOML), re-read when it changes, until the metaserver serves maps.
+    pub cluster_map: Option<PathBuf>,
+    /// How often to look at the cluster map file for changes, in milliseconds.
+    pub map_poll_ms: u64,
+    /// Bytes this node may use; default: the size of the data folder's filesystem.
+    pub capacity: Option<u64>,
+    /// Largest plaintext block accepted, in bytes.
+    pub max_block_len: u32,
+    /// Copies a coordinated put needs when the client does not say (W).
+    pub default_min_copies: u32,
+    /// Timeout for connecting to a peer, in milliseconds.
+    pub peer_connect_timeout_ms: u64,
+    /// Timeout for one forwarded put, in milliseconds.
+    pub peer_request_timeout_ms: u64,
+    /// Where to serve Prometheus metrics over HTTP (none: not served).
+    pub metrics_listen: Option<String>,
+}
+
+impl Default for ChunkConfig {
+    fn default() -> Self {
+        ChunkConfig {
+            id: 0,
+            data: PathBuf::from("./meridian-chunk"),
+            listen: "127.0.0.1:7500".to_string(),
+            zone: "default".to_string(),
+            region: 1,
+            cluster_map: None,
+            map_poll_ms: 1000,
+            capacity: None,
+            max_block_len: meridian_proto::block::MAX_BLOCK_LEN,
+            default_min_copies: 2,
+            peer_connect_timeout_ms: 2000,
+            peer_request_timeout_ms: 60_000,
+            metrics_listen: None,
+        }
+    }
+}
+
+impl ChunkConfig {
+    /// Reads a config file; fields it leaves out keep their defaults.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config {} is invalid: {e}", path.display()))
+    }
+
+    /// Checks the values that have no safe default.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("a chunkserver needs a node id of 1 or more (--id)".into());
+        }
+        if self.zone.trim().is_empty() {
+            return Err("the zone must not be empty (--zone)".into());
+        }
+        if self.max_block_len == 0 || self.max_block_len > meridian_proto::block::MAX_BLOCK_LEN {
+            return Err(format!(
+                "max_block_len must be between 1 and {}",
+                meridian_proto::block::MAX_BLOCK_LEN
+            ));
+        }
+        if self.default_min_copies == 0 {
+            return Err("default_min_copies must be at least 1".into());
+        }
+        Ok(())
+    }
+}

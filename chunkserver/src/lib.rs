@@ -1,0 +1,17 @@
+//! The chunkserver: stores content-addressed blocks durably on local disk, verifies every
+//! block it receives or serves, and replicates puts synchronously to the block's other
+//! placements inside the region.
+
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod ledger;
+pub mod map;
+pub mod replicate;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use config::ChunkConfig;
+pub use error::ChunkError;
+pub use server::run;

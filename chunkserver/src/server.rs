@@ -1,0 +1,94 @@
+//! Starting and stopping a chunkserver.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_proto::channels::{ChannelPool, Timeouts};
+use meridian_proto::pb::chunk::chunk_service_server::ChunkServiceServer;
+use meridian_proto::{ClusterMap, NodeId, ZoneId};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::config::ChunkConfig;
+use crate::error::ChunkError;
+use crate::ledger::Ledger;
+use crate::map::{self, MapView};
+use crate::replicate::Replicator;
+use crate::service::ChunkNode;
+use crate::store::BlockStore;
+
+/// Opens the store, binds the listener and serves until `shutdown` completes; in-flight
+/// requests finish first. Prints `meridian chunk <id> listening on <addr>` to stdout once
+/// the port is bound, so scripts and tests can find a port chosen at run time.
+pub async fn run(
+    config: ChunkConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ChunkError> {
+    config.validate().map_err(ChunkError::Invalid)?;
+    let id = NodeId(config.id);
+    let (data, capacity) = (config.data.clone(), config.capacity);
+    let (store, ledger) = tokio::task::spawn_blocking(move || {
+        Ok::<_, ChunkError>((BlockStore::open(&data, id, capacity)?, Ledger::open(&data)?))
+    })
+    .await
+    .map_err(|e| ChunkError::Invalid(format!("start-up task failed: {e}")))??;
+
+    let map = match &config.cluster_map {
+        Some(path) => map::watch_file(
+            path.clone(),
+            Duration::from_millis(config.map_poll_ms.max(10)),
+        ),
+        None => {
+            warn!("no cluster map configured: this node can store blocks but not replicate them");
+            map::fixed(ClusterMap::default())
+        }
+    };
+    check_own_entry(&map, id, &config.zone);
+
+    let pool = Arc::new(ChannelPool::new(Timeouts {
+        connect: Duration::from_millis(config.peer_connect_timeout_ms),
+        request: Duration::from_millis(config.peer_request_timeout_ms),
+    }));
+    let node = ChunkNode {
+        id,
+        zone: ZoneId(config.zone.clone()),
+        region: config.region,
+        store: Arc::new(store),
+        ledger: Arc::new(ledger),
+        replicator: Replicator::new(id, map.clone(), pool),
+        map,
+        max_block_len: config.max_block_len,
+        default_min_copies: config.default_min_copies,
+    };
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| ChunkError::Invalid(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ChunkError::Invalid(format!("listener has no address: {e}")))?;
+    println!("meridian chunk {} listening on {addr}", config.id);
+    info!(node = %id, zone = %config.zone, %addr, data = %config.data.display(), "chunkserver serving");
+
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(ChunkServiceServer::new(node))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| ChunkError::Invalid(format!("server failed: {e}")))?;
+    info!(node = %id, "chunkserver stopped");
+    Ok(())
+}
+
+fn check_own_entry(map: &MapView, id: NodeId, zone: &str) {
+    let map = map.borrow();
+    match map.node(id) {
+        Some(n) if n.zone.0 != zone => {
+            warn!(node = %id, map_zone = %n.zone, config_zone = zone, "cluster map puts this node in another zone")
+        }
+        None if !map.nodes.is_empty() => warn!(node = %id, "this node is not in the cluster map"),
+        _ => {}
+    }
+}

@@ -1,0 +1,310 @@
+//! The ChunkService gRPC handlers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use meridian_proto::pb::chunk::chunk_service_server::ChunkService;
+use meridian_proto::pb::chunk::{
+    DeleteRequest, DeleteResponse, GetHeader, GetRequest, GetResponse, HasRequest, HasResponse,
+    ListUnderReplicatedRequest, ListUnderReplicatedResponse, NodeStatusRequest, NodeStatusResponse,
+    PutRequest, PutResponse, PutRole, StatRequest, StatResponse, put_request,
+};
+use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, ZoneId, wire};
+use tokio::task::spawn_blocking;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{error, warn};
+
+use crate::error::ChunkError;
+use crate::ledger::Ledger;
+use crate::map::MapView;
+use crate::replicate::Replicator;
+use crate::store::{BlockStore, PutOutcome};
+
+/// Most copies one put may ask for.
+pub const MAX_REPLICAS: u32 = 16;
+/// Most ids one Has call may carry.
+pub const MAX_HAS_IDS: usize = 10_000;
+
+/// One chunkserver's service state.
+#[derive(Debug)]
+pub struct ChunkNode {
+    /// This node.
+    pub id: NodeId,
+    /// Its zone.
+    pub zone: ZoneId,
+    /// Its region.
+    pub region: u16,
+    /// Its blocks.
+    pub store: Arc<BlockStore>,
+    /// Its durable bookkeeping.
+    pub ledger: Arc<Ledger>,
+    /// Its view of the cluster map.
+    pub map: MapView,
+    /// Forwards coordinated puts.
+    pub replicator: Replicator,
+    /// Largest plaintext accepted.
+    pub max_block_len: u32,
+    /// W when a put does not say.
+    pub default_min_copies: u32,
+}
+
+/// Runs blocking disk or CPU work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
+) -> Result<T, ChunkError> {
+    spawn_blocking(f)
+        .await
+        .map_err(|e| ChunkError::Invalid(format!("worker task failed: {e}")))?
+}
+
+fn block_id(bytes: &[u8]) -> Result<BlockId, Status> {
+    BlockId::from_slice(bytes).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+impl ChunkNode {
+    /// Reads a stored block (verified), counting and logging damage.
+    async fn read_verified(&self, id: BlockId) -> Result<(EncodedBlock, Bytes), ChunkError> {
+        let store = self.store.clone();
+        let got = blocking(move || store.read(&id)).await;
+        if let Err(e @ ChunkError::Corrupt { .. }) = &got {
+            metrics::counter!("meridian_chunk_corrupt_reads_total").increment(1);
+            error!(block = %id, error = %e, "stored copy is damaged; refusing to serve it");
+        }
+        got
+    }
+}
+
+#[tonic::async_trait]
+impl ChunkService for ChunkNode {
+    async fn put(
+        &self,
+        request: Request<Streaming<PutRequest>>,
+    ) -> Result<Response<PutResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match wire::next(&mut stream).await {
+            Some(Ok(PutRequest {
+                msg: Some(put_request::Msg::Header(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("a put must start with a header")),
+        };
+        let (id, compression) = wire::parse_put_header(&header)?;
+        if header.raw_len > self.max_block_len {
+            return Err(ChunkError::Invalid(format!(
+                "block {id} of {} bytes exceeds this node's limit of {} bytes",
+                header.raw_len, self.max_block_len
+            ))
+            .into());
+        }
+        let role = PutRole::try_from(header.role)
+            .map_err(|_| Status::invalid_argument(format!("unknown put role {}", header.role)))?;
+        let replicas = header.replicas.max(1);
+        let min_copies = match header.min_copies {
+            0 => self.default_min_copies.min(replicas),
+            w => w,
+        };
+        if role == PutRole::Coordinator && (replicas > MAX_REPLICAS || min_copies > replicas) {
+            return Err(Status::invalid_argument(format!(
+                "block {id}: replicas {replicas} and min_copies {min_copies} must satisfy 1 <= min_copies <= replicas <= {MAX_REPLICAS}"
+            )));
+        }
+        let payload = wire::read_payload(
+            &mut stream,
+            header.encoded_len,
+            self.max_block_len,
+            |m: PutRequest| match m.msg {
+                Some(put_request::Msg::Data(d)) => Some(d),
+                _ => None,
+            },
+        )
+        .await?;
+        let block = EncodedBlock {
+            id,
+            compression,
+            raw_len: header.raw_len,
+            payload,
+        };
+
+        // Verify before anything touches the disk: a mismatch changes nothing.
+        let store = self.store.clone();
+        let stored = block.clone();
+        let outcome = blocking(move || {
+            stored.decode()?;
+            store.put(&stored)
+        })
+        .await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                if matches!(e, ChunkError::Rejected(_)) {
+                    metrics::counter!("meridian_chunk_rejected_puts_total").increment(1);
+                    warn!(block = %id, error = %e, "rejected a block that does not match its id");
+                }
+                return Err(e.into());
+            }
+        };
+        metrics::counter!("meridian_chunk_put_bytes_total").increment(u64::from(block.raw_len));
+        let already_present = outcome == PutOutcome::AlreadyPresent;
+
+        if role == PutRole::Replica {
+            return Ok(Response::new(PutResponse {
+                stored_on: vec![self.id.0],
+                degraded: false,
+                already_present,
+            }));
+        }
+
+        let forwarded = self.replicator.forward(&block, replicas as usize - 1).await;
+        let mut stored_on = vec![self.id];
+        stored_on.extend(&forwarded.stored_on);
+        let copies = stored_on.len();
+        let degraded = copies < replicas as usize;
+        if copies < min_copies as usize {
+            return Err(ChunkError::TooFewCopies {
+                id,
+                copies,
+                min_copies,
+                wanted: replicas,
+                failures: forwarded.failure_summary(),
+            }
+            .into());
+        }
+        if degraded {
+            let ledger = self.ledger.clone();
+            let nodes = stored_on.clone();
+            blocking(move || ledger.record_under_replicated(&id, &nodes, replicas)).await?;
+            metrics::counter!("meridian_chunk_degraded_puts_total").increment(1);
+            warn!(block = %id, copies, wanted = replicas, reason = %forwarded.failure_summary(), "stored degraded; recorded for repair");
+        }
+        Ok(Response::new(PutResponse {
+            stored_on: stored_on.iter().map(|n| n.0).collect(),
+            degraded,
+            already_present,
+        }))
+    }
+
+    type GetStream = tokio_stream::Iter<std::vec::IntoIter<Result<GetResponse, Status>>>;
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+        let req = request.into_inner();
+        let id = block_id(&req.block_id)?;
+        let (block, plain) = self.read_verified(id).await?;
+        let whole = req.offset == 0 && (req.length == 0 || req.length == block.raw_len);
+        let (header, payload) = if req.encoded && whole {
+            let header = GetHeader {
+                compression: block.compression.code(),
+                raw_len: block.raw_len,
+                offset: 0,
+                payload_len: block.payload.len() as u32,
+            };
+            (header, block.payload)
+        } else {
+            let end = if req.length == 0 {
+                Some(block.raw_len)
+            } else {
+                req.offset.checked_add(req.length)
+            };
+            let end = end
+                .filter(|e| *e <= block.raw_len && req.offset <= *e)
+                .ok_or(ChunkError::OutOfRange {
+                    id,
+                    len: block.raw_len,
+                    offset: req.offset,
+                    length: req.length,
+                })?;
+            let header = GetHeader {
+                compression: Compression::None.code(),
+                raw_len: block.raw_len,
+                offset: req.offset,
+                payload_len: end - req.offset,
+            };
+            (header, plain.slice(req.offset as usize..end as usize))
+        };
+        metrics::counter!("meridian_chunk_get_bytes_total").increment(payload.len() as u64);
+        let msgs: Vec<_> = wire::get_messages(header, payload)
+            .into_iter()
+            .map(Ok)
+            .collect();
+        Ok(Response::new(tokio_stream::iter(msgs)))
+    }
+
+    async fn has(&self, request: Request<HasRequest>) -> Result<Response<HasResponse>, Status> {
+        let req = request.into_inner();
+        if req.block_ids.len() > MAX_HAS_IDS {
+            return Err(Status::invalid_argument(format!(
+                "has: {} ids in one call, at most {MAX_HAS_IDS}",
+                req.block_ids.len()
+            )));
+        }
+        let ids = req
+            .block_ids
+            .iter()
+            .map(|b| block_id(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.store.clone();
+        let present = blocking(move || Ok(ids.iter().map(|id| store.has(id)).collect())).await?;
+        Ok(Response::new(HasResponse { present }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let id = block_id(&request.into_inner().block_id)?;
+        let (store, ledger) = (self.store.clone(), self.ledger.clone());
+        let existed = blocking(move || {
+            let existed = store.delete(&id)?;
+            ledger.clear(&id)?;
+            Ok(existed)
+        })
+        .await?;
+        Ok(Response::new(DeleteResponse { existed }))
+    }
+
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let id = block_id(&request.into_inner().block_id)?;
+        let store = self.store.clone();
+        let st = blocking(move || store.stat(&id)).await?;
+        Ok(Response::new(match st {
+            Some(s) => StatResponse {
+                present: true,
+                compression: s.compression.code(),
+                raw_len: s.raw_len,
+                stored_len: s.stored_len,
+            },
+            None => StatResponse::default(),
+        }))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
+        let (store, ledger) = (self.store.clone(), self.ledger.clone());
+        let (usage, under) = blocking(move || Ok((store.usage(), ledger.count()?))).await?;
+        let map = self.map.borrow().clone();
+        Ok(Response::new(NodeStatusResponse {
+            node_id: self.id.0,
+            zone: self.zone.0.clone(),
+            region: u32::from(self.region),
+            capacity_bytes: usage.capacity,
+            used_bytes: usage.used,
+            free_bytes: usage.free,
+            block_count: usage.blocks,
+            under_replicated: under,
+            map_epoch: map.epoch,
+            map_nodes: map.nodes.len() as u32,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    async fn list_under_replicated(
+        &self,
+        request: Request<ListUnderReplicatedRequest>,
+    ) -> Result<Response<ListUnderReplicatedResponse>, Status> {
+        let limit = request.into_inner().limit as usize;
+        let ledger = self.ledger.clone();
+        let blocks = blocking(move || ledger.list(limit)).await?;
+        Ok(Response::new(ListUnderReplicatedResponse { blocks }))
+    }
+}

@@ -1,0 +1,469 @@
+//! Blocks on local disk.
+//!
+//! Layout under the data folder:
+//! ```text
+//! blocks/ab/cd/abcd…(64 hex digits)   one file per block, fanned out by the first two bytes
+//! tmp/                                 writes in progress; emptied at start-up
+//! ```
+//! A block is written to `tmp/`, fsync'd, renamed into place, and the folder holding it is
+//! fsync'd: after a crash at any point the block is either whole and in place, or absent.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId};
+use tracing::{info, warn};
+
+use crate::error::ChunkError;
+use crate::format;
+
+/// How many lock stripes serialize the final step of writes and deletes of one block.
+const STRIPES: usize = 256;
+
+/// What a put did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PutOutcome {
+    /// The block was written.
+    Written,
+    /// An intact copy was already here; nothing was written.
+    AlreadyPresent,
+}
+
+/// Space and block counts of a store.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Usage {
+    /// Bytes the node may use.
+    pub capacity: u64,
+    /// Bytes of block files.
+    pub used: u64,
+    /// Bytes that can still be written (capacity and the filesystem's free space).
+    pub free: u64,
+    /// Block files.
+    pub blocks: u64,
+}
+
+/// Header facts about a stored block.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct StoredBlock {
+    /// Payload encoding.
+    pub compression: Compression,
+    /// Plaintext length.
+    pub raw_len: u32,
+    /// File size, header included.
+    pub stored_len: u64,
+}
+
+/// A folder of block files.
+#[derive(Debug)]
+pub struct BlockStore {
+    node: NodeId,
+    blocks: PathBuf,
+    tmp: PathBuf,
+    capacity: u64,
+    used: AtomicU64,
+    count: AtomicU64,
+    stripes: Vec<Mutex<()>>,
+    tmp_seq: AtomicU64,
+}
+
+impl BlockStore {
+    /// Opens (or creates) the store under `root`: removes leftover temp files and counts the
+    /// blocks present. `capacity` defaults to the size of the filesystem holding `root`.
+    pub fn open(root: &Path, node: NodeId, capacity: Option<u64>) -> Result<Self, ChunkError> {
+        let blocks = root.join("blocks");
+        let tmp = root.join("tmp");
+        for dir in [root, &blocks, &tmp] {
+            create_dir_durably(dir)?;
+        }
+        let removed = clean_tmp(&tmp)?;
+        let capacity = match capacity {
+            Some(c) => c,
+            None => fs_space(root)?.0,
+        };
+        let store = BlockStore {
+            node,
+            blocks,
+            tmp,
+            capacity,
+            used: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            tmp_seq: AtomicU64::new(0),
+        };
+        let (count, used) = store.scan()?;
+        store.count.store(count, Ordering::Relaxed);
+        store.used.store(used, Ordering::Relaxed);
+        info!(node = %node, blocks = count, used_bytes = used, capacity, temp_files_removed = removed, "block store open");
+        Ok(store)
+    }
+
+    /// The file that holds `id`.
+    pub fn path(&self, id: &BlockId) -> PathBuf {
+        let hex = id.to_hex();
+        self.blocks.join(&hex[0..2]).join(&hex[2..4]).join(hex)
+    }
+
+    /// Space and counts now.
+    pub fn usage(&self) -> Usage {
+        let used = self.used.load(Ordering::Relaxed);
+        let fs_free = fs_space(&self.blocks).map(|s| s.1).unwrap_or(0);
+        Usage {
+            capacity: self.capacity,
+            used,
+            free: self.capacity.saturating_sub(used).min(fs_free),
+            blocks: self.count.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stores a block durably. The caller has verified it (`EncodedBlock::decode`).
+    /// An intact copy already present is kept; a damaged one is replaced.
+    pub fn put(&self, block: &EncodedBlock) -> Result<PutOutcome, ChunkError> {
+        let path = self.path(&block.id);
+        if path.exists() {
+            match self.read(&block.id) {
+                Ok(_) => return Ok(PutOutcome::AlreadyPresent),
+                Err(e) => warn!(block = %block.id, error = %e, "replacing a damaged copy"),
+            }
+        }
+        let bytes = format::encode(block);
+        let free = self.usage().free;
+        if bytes.len() as u64 > free {
+            return Err(ChunkError::NoSpace {
+                need: bytes.len() as u64,
+                free,
+            });
+        }
+
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .tmp
+            .join(format!("{}.{}.{seq}.tmp", block.id, std::process::id()));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(ChunkError::io("create", &tmp))?;
+            f.write_all(&bytes).map_err(ChunkError::io("write", &tmp))?;
+            f.sync_all().map_err(ChunkError::io("fsync", &tmp))
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+
+        let dir = path.parent().expect("block paths have a parent");
+        if let Err(e) = create_dir_durably(dir) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        {
+            let _guard = self.stripe(&block.id);
+            let previous = fs::metadata(&path).ok().map(|m| m.len());
+            if let Err(e) = fs::rename(&tmp, &path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(ChunkError::io("rename into place", &path)(e));
+            }
+            match previous {
+                Some(old) => {
+                    self.used.fetch_sub(old, Ordering::Relaxed);
+                }
+                None => {
+                    self.count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        sync_dir(dir)?;
+        Ok(PutOutcome::Written)
+    }
+
+    /// Reads and verifies a stored block: an error, never wrong bytes, if the file is damaged.
+    /// Returns the stored form and the plaintext.
+    pub fn read(&self, id: &BlockId) -> Result<(EncodedBlock, Bytes), ChunkError> {
+        let path = self.path(id);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ChunkError::NotFound(*id));
+            }
+            Err(e) => return Err(ChunkError::io("read", &path)(e)),
+        };
+        let block = format::decode(Bytes::from(data))
+            .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
+        if block.id != *id {
+            return Err(ChunkError::Corrupt {
+                id: *id,
+                node: self.node,
+                reason: format!("file header names block {}", block.id),
+            });
+        }
+        let plain = block.decode().map_err(|e| ChunkError::Corrupt {
+            id: *id,
+            node: self.node,
+            reason: e.to_string(),
+        })?;
+        metrics::counter!("meridian_chunk_verified_reads_total").increment(1);
+        Ok((block, plain))
+    }
+
+    /// Header facts about a stored block, or `None` if it is not here. Reads only the header.
+    pub fn stat(&self, id: &BlockId) -> Result<Option<StoredBlock>, ChunkError> {
+        let path = self.path(id);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ChunkError::io("open", &path)(e)),
+        };
+        let stored_len = f.metadata().map_err(ChunkError::io("stat", &path))?.len();
+        let mut header = vec![0u8; format::HEADER_LEN];
+        f.read_exact(&mut header).map_err(|e| ChunkError::Corrupt {
+            id: *id,
+            node: self.node,
+            reason: e.to_string(),
+        })?;
+        // Parse the header alone by pretending the payload is empty, then check the length.
+        let payload_len = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+        header[16..20].copy_from_slice(&0u32.to_le_bytes());
+        let parsed = format::decode(Bytes::from(header))
+            .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
+        if stored_len != (format::HEADER_LEN as u64 + u64::from(payload_len)) {
+            return Err(ChunkError::Corrupt {
+                id: *id,
+                node: self.node,
+                reason: format!(
+                    "file is {stored_len} bytes, header announces {payload_len} payload bytes"
+                ),
+            });
+        }
+        Ok(Some(StoredBlock {
+            compression: parsed.compression,
+            raw_len: parsed.raw_len,
+            stored_len,
+        }))
+    }
+
+    /// Whether a file for `id` is here (not verified).
+    pub fn has(&self, id: &BlockId) -> bool {
+        self.path(id).exists()
+    }
+
+    /// Removes this node's copy; returns whether there was one.
+    pub fn delete(&self, id: &BlockId) -> Result<bool, ChunkError> {
+        let path = self.path(id);
+        {
+            let _guard = self.stripe(id);
+            let len = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(ChunkError::io("stat", &path)(e)),
+            };
+            fs::remove_file(&path).map_err(ChunkError::io("remove", &path))?;
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        sync_dir(path.parent().expect("block paths have a parent"))?;
+        Ok(true)
+    }
+
+    fn stripe(&self, id: &BlockId) -> std::sync::MutexGuard<'_, ()> {
+        let i = usize::from(id.as_bytes()[31]) % STRIPES;
+        self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts block files and their bytes; warns about files that are not blocks.
+    fn scan(&self) -> Result<(u64, u64), ChunkError> {
+        let (mut count, mut used) = (0u64, 0u64);
+        for outer in read_dir(&self.blocks)? {
+            for inner in read_dir(&outer)? {
+                for file in read_dir(&inner)? {
+                    let name = file
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default();
+                    match name.parse::<BlockId>() {
+                        Ok(id) if self.path(&id) == file => {
+                            let len = fs::metadata(&file)
+                                .map_err(ChunkError::io("stat", &file))?
+                                .len();
+                            count += 1;
+                            used += len;
+                        }
+                        _ => warn!(file = %file.display(), "not a block file; left alone"),
+                    }
+                }
+            }
+        }
+        Ok((count, used))
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, ChunkError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(ChunkError::io("list", dir))? {
+        out.push(entry.map_err(ChunkError::io("list", dir))?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes every file in the temp folder: writes that never reached their rename.
+fn clean_tmp(tmp: &Path) -> Result<usize, ChunkError> {
+    let mut removed = 0;
+    for file in read_dir(tmp)? {
+        fs::remove_file(&file).map_err(ChunkError::io("remove temp file", &file))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        sync_dir(tmp)?;
+    }
+    Ok(removed)
+}
+
+/// Creates `dir` and any missing parents, fsync'ing each parent that gained an entry.
+fn create_dir_durably(dir: &Path) -> Result<(), ChunkError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(ChunkError::io("create folder", dir)(e)),
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// fsync of a folder, so renames and new entries in it survive a crash.
+fn sync_dir(dir: &Path) -> Result<(), ChunkError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(ChunkError::io("fsync folder", dir))
+}
+
+/// (total, available) bytes of the filesystem holding `path`.
+fn fs_space(path: &Path) -> Result<(u64, u64), ChunkError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| ChunkError::Invalid(format!("path {} contains a NUL byte", path.display())))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory of the
+    // right type; statvfs fills it in or fails.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(ChunkError::io("statvfs", path)(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> BlockStore {
+        BlockStore::open(dir, NodeId(1), Some(1 << 30)).unwrap()
+    }
+
+    fn block(seed: u8, len: usize) -> EncodedBlock {
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed))
+            .collect();
+        EncodedBlock::encode(&data).unwrap()
+    }
+
+    #[test]
+    fn put_read_delete_and_accounting() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let b = block(3, 200_000);
+        assert_eq!(s.put(&b).unwrap(), PutOutcome::Written);
+        assert_eq!(s.put(&b).unwrap(), PutOutcome::AlreadyPresent);
+        let usage = s.usage();
+        assert_eq!(usage.blocks, 1);
+        assert_eq!(usage.used, (format::HEADER_LEN + b.payload.len()) as u64);
+        let (stored, plain) = s.read(&b.id).unwrap();
+        assert_eq!(stored, b);
+        assert_eq!(plain, b.decode().unwrap());
+        let st = s.stat(&b.id).unwrap().unwrap();
+        assert_eq!(st.raw_len, 200_000);
+        assert_eq!(st.stored_len, usage.used);
+        assert!(s.delete(&b.id).unwrap());
+        assert!(!s.delete(&b.id).unwrap());
+        assert_eq!(s.usage().blocks, 0);
+        assert_eq!(s.usage().used, 0);
+        assert!(matches!(s.read(&b.id), Err(ChunkError::NotFound(_))));
+        assert_eq!(s.stat(&b.id).unwrap(), None);
+    }
+
+    #[test]
+    fn reopen_counts_blocks_and_removes_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (block(5, 10_000), block(7, 3_000));
+        {
+            let s = store(dir.path());
+            s.put(&a).unwrap();
+            s.put(&b).unwrap();
+        }
+        fs::write(dir.path().join("tmp").join("half-written.tmp"), b"partial").unwrap();
+        let s = store(dir.path());
+        assert_eq!(s.usage().blocks, 2);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(s.read(&a.id).unwrap().0, a);
+    }
+
+    #[test]
+    fn damaged_files_are_reported_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let b = block(9, 50_000);
+        s.put(&b).unwrap();
+        let path = s.path(&b.id);
+        let original = fs::read(&path).unwrap();
+
+        let mut flipped = original.clone();
+        let at = flipped.len() / 2;
+        flipped[at] ^= 0x40;
+        fs::write(&path, &flipped).unwrap();
+        assert!(matches!(s.read(&b.id), Err(ChunkError::Corrupt { .. })));
+
+        fs::write(&path, &original[..original.len() - 10]).unwrap();
+        assert!(matches!(s.read(&b.id), Err(ChunkError::Corrupt { .. })));
+        assert!(matches!(s.stat(&b.id), Err(ChunkError::Corrupt { .. })));
+
+        // A put of the right bytes repairs a damaged copy (bit rot keeps the file's size).
+        fs::write(&path, &flipped).unwrap();
+        assert_eq!(s.put(&b).unwrap(), PutOutcome::Written);
+        assert_eq!(s.read(&b.id).unwrap().0, b);
+        assert_eq!(s.usage().blocks, 1);
+        assert_eq!(s.usage().used, original.len() as u64);
+    }
+
+    #[test]
+    fn a_full_store_refuses_with_no_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(dir.path(), NodeId(1), Some(1000)).unwrap();
+        let b = block(11, 100_000);
+        let b = EncodedBlock {
+            payload: b.decode().unwrap(),
+            compression: Compression::None,
+            ..b
+        };
+        assert!(matches!(s.put(&b), Err(ChunkError::NoSpace { .. })));
+        assert_eq!(s.usage().blocks, 0);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

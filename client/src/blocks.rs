@@ -1,0 +1,248 @@
+//! Reading and writing blocks on a region's chunkservers.
+//!
+//! A put goes to the first reachable node of the block's placement, which stores it and
+//! replicates it to the others. A read tries the placements nearest first (same zone, then
+//! the rest; suspect nodes last), verifies the hash of what it receives, and falls back to
+//! the next replica on any error or mismatch.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use meridian_proto::channels::{ChannelPool, Timeouts};
+use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
+use meridian_proto::pb::chunk::{GetRequest, PutHeader, PutRole};
+use meridian_proto::{
+    BlockError, BlockId, ClusterMap, Compression, EncodedBlock, NodeId, NodeInfo, NodeState,
+    ZoneId, placement, wire,
+};
+use tokio::sync::watch;
+use tonic::Code;
+use tracing::{debug, warn};
+
+/// Why a block operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cluster map lists no node that can take or serve the block.
+    #[error("block {0}: the cluster map has no usable chunkserver")]
+    NoNodes(BlockId),
+    /// A node refused the request as invalid; retrying elsewhere would not help.
+    #[error("block {id}: rejected by {node}: {message}")]
+    Rejected {
+        /// The block.
+        id: BlockId,
+        /// Who refused.
+        node: NodeId,
+        /// Why.
+        message: String,
+    },
+    /// Every candidate node failed.
+    #[error("block {id}: {what} failed on every placement: {tried}")]
+    Exhausted {
+        /// The block.
+        id: BlockId,
+        /// "put" or "read".
+        what: &'static str,
+        /// Each node tried, and what went wrong there.
+        tried: String,
+    },
+    /// The block could not be encoded.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+}
+
+/// The result of a successful put.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutReceipt {
+    /// The block.
+    pub id: BlockId,
+    /// Nodes holding a durable, verified copy (the coordinator first).
+    pub stored_on: Vec<NodeId>,
+    /// Fewer copies than asked; the coordinator recorded the block for repair.
+    pub degraded: bool,
+    /// The node already held the block.
+    pub already_present: bool,
+}
+
+/// A client of a region's chunkservers.
+#[derive(Debug)]
+pub struct BlockClient {
+    map: watch::Receiver<Arc<ClusterMap>>,
+    zone: Option<ZoneId>,
+    pool: ChannelPool,
+    max_block_len: u32,
+}
+
+impl BlockClient {
+    /// A client that places blocks with the map in `map`, preferring replicas in `zone`.
+    pub fn new(
+        map: watch::Receiver<Arc<ClusterMap>>,
+        zone: Option<ZoneId>,
+        timeouts: Timeouts,
+    ) -> Self {
+        BlockClient {
+            map,
+            zone,
+            pool: ChannelPool::new(timeouts),
+            max_block_len: meridian_proto::block::MAX_BLOCK_LEN,
+        }
+    }
+
+    /// A client over a map that does not change.
+    pub fn with_map(map: ClusterMap, zone: Option<ZoneId>) -> Self {
+        let (_tx, rx) = watch::channel(Arc::new(map));
+        BlockClient::new(rx, zone, Timeouts::default())
+    }
+
+    /// The map this client places with now.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.map.borrow().clone()
+    }
+
+    fn rpc(
+        &self,
+        node: &NodeInfo,
+    ) -> Result<ChunkServiceClient<tonic::transport::Channel>, String> {
+        let channel = self.pool.get(&node.address).map_err(|e| e.to_string())?;
+        Ok(ChunkServiceClient::new(channel)
+            .max_decoding_message_size(2 * wire::CHUNK_LEN)
+            .max_encoding_message_size(2 * wire::CHUNK_LEN))
+    }
+
+    /// Stores `block` with `replicas` copies (failing below `min_copies`), through the first
+    /// placement that answers.
+    pub async fn put(
+        &self,
+        block: &EncodedBlock,
+        replicas: u32,
+        min_copies: u32,
+    ) -> Result<PutReceipt, ClientError> {
+        let map = self.map();
+        let order = placement(&block.id, &map, usize::MAX);
+        if order.is_empty() {
+            return Err(ClientError::NoNodes(block.id));
+        }
+        let mut tried = Vec::new();
+        for node in order.iter().filter_map(|id| map.node(*id)) {
+            let header = PutHeader {
+                role: PutRole::Coordinator as i32,
+                replicas,
+                min_copies,
+                map_epoch: map.epoch,
+                ..Default::default()
+            };
+            let mut rpc = match self.rpc(node) {
+                Ok(r) => r,
+                Err(e) => {
+                    tried.push(format!("{}: {e}", node.id));
+                    continue;
+                }
+            };
+            match rpc
+                .put(tokio_stream::iter(wire::put_messages(block, header)))
+                .await
+            {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    return Ok(PutReceipt {
+                        id: block.id,
+                        stored_on: resp.stored_on.into_iter().map(NodeId).collect(),
+                        degraded: resp.degraded,
+                        already_present: resp.already_present,
+                    });
+                }
+                Err(s) if s.code() == Code::InvalidArgument => {
+                    return Err(ClientError::Rejected {
+                        id: block.id,
+                        node: node.id,
+                        message: s.message().to_string(),
+                    });
+                }
+                Err(s) => {
+                    debug!(block = %block.id, node = %node.id, error = %s.message(), "put failed; trying the next placement");
+                    tried.push(format!("{}: {} ({:?})", node.id, s.message(), s.code()));
+                }
+            }
+        }
+        Err(ClientError::Exhausted {
+            id: block.id,
+            what: "put",
+            tried: tried.join("; "),
+        })
+    }
+
+    /// The nodes to read `id` from: its first `replicas` placements (the nodes that should
+    /// hold it) with those in this client's zone first and suspect ones last, then the rest
+    /// of the fallback order (where a degraded put may have landed it), then nodes that take
+    /// no new blocks (draining, down) but may still hold it.
+    pub fn read_order(&self, id: &BlockId, replicas: u32) -> Vec<NodeInfo> {
+        let map = self.map();
+        let order = placement(id, &map, usize::MAX);
+        let (home, fallback) = order.split_at(order.len().min(replicas as usize));
+        let mut home: Vec<NodeInfo> = home.iter().filter_map(|n| map.node(*n).cloned()).collect();
+        home.sort_by_key(|n| {
+            let far = self.zone.as_ref().is_some_and(|z| *z != n.zone);
+            (n.state == NodeState::Suspect, far)
+        });
+        let mut rest: Vec<NodeInfo> = map
+            .nodes
+            .iter()
+            .filter(|n| !n.state.accepts_blocks())
+            .cloned()
+            .collect();
+        rest.sort_by_key(|n| n.state == NodeState::Down);
+        home.into_iter()
+            .chain(fallback.iter().filter_map(|n| map.node(*n).cloned()))
+            .chain(rest)
+            .collect()
+    }
+
+    /// Reads a whole block, stored with `replicas` copies, from the nearest replica that
+    /// returns verified bytes.
+    pub async fn get(&self, id: &BlockId, replicas: u32) -> Result<Bytes, ClientError> {
+        let order = self.read_order(id, replicas);
+        if order.is_empty() {
+            return Err(ClientError::NoNodes(*id));
+        }
+        let mut tried = Vec::new();
+        for node in &order {
+            match self.get_from(node, id).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => {
+                    warn!(block = %id, node = %node.id, error = %e, "read failed; trying the next replica");
+                    tried.push(format!("{}: {e}", node.id));
+                }
+            }
+        }
+        Err(ClientError::Exhausted {
+            id: *id,
+            what: "read",
+            tried: tried.join("; "),
+        })
+    }
+
+    /// Reads a whole block from one node, in its encoded form, and verifies it here.
+    pub async fn get_from(&self, node: &NodeInfo, id: &BlockId) -> Result<Bytes, String> {
+        let request = GetRequest {
+            block_id: Bytes::copy_from_slice(id.as_bytes()),
+            encoded: true,
+            ..Default::default()
+        };
+        let mut stream = self
+            .rpc(node)?
+            .get(request)
+            .await
+            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
+            .into_inner();
+        let (header, payload) = wire::read_get(&mut stream, self.max_block_len)
+            .await
+            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?;
+        let compression = Compression::from_code(header.compression).map_err(|e| e.to_string())?;
+        let block = EncodedBlock {
+            id: *id,
+            compression,
+            raw_len: header.raw_len,
+            payload,
+        };
+        block.decode().map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,57 @@
+//! One lazily connected gRPC channel per peer address, shared by every call to that peer.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// Timeouts for calls to peers.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// How long to wait for a TCP connection.
+    pub connect: Duration,
+    /// How long one whole call may take.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A cache of channels keyed by `host:port`.
+#[derive(Debug, Default)]
+pub struct ChannelPool {
+    timeouts: Timeouts,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl ChannelPool {
+    /// An empty pool whose channels use these timeouts.
+    pub fn new(timeouts: Timeouts) -> Self {
+        ChannelPool {
+            timeouts,
+            channels: Mutex::default(),
+        }
+    }
+
+    /// The channel to `address`, created (not yet connected) on first use.
+    pub fn get(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(address) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{address}"))?
+            .connect_timeout(self.timeouts.connect)
+            .timeout(self.timeouts.request)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(address.to_string(), ch.clone());
+        Ok(ch)
+    }
+}

@@ -1,0 +1,17 @@
+//! Meridian's shared contract: the generated gRPC code and the small pure types every
+//! component must agree on bit for bit.
+
+pub mod block;
+pub mod channels;
+pub mod cluster;
+pub mod hlc;
+pub mod ids;
+pub mod pb;
+pub mod placement;
+pub mod wire;
+
+pub use block::{BlockError, Compression, EncodedBlock};
+pub use cluster::{ClusterMap, MapError, NodeInfo, NodeState};
+pub use hlc::{Hlc, HlcClock};
+pub use ids::{BlockId, IdError, InodeId, NodeId, RegionId, ZoneId};
+pub use placement::placement;

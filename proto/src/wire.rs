@@ -1,0 +1,126 @@
+//! Moving encoded blocks through the streaming ChunkService calls: splitting a block into
+//! messages on the way out, and checking and reassembling it on the way in. Both sides of
+//! every stream (client, coordinator, replica) use these, so the framing lives in one place.
+
+use bytes::{Bytes, BytesMut};
+use tonic::Status;
+
+use crate::block::{Compression, EncodedBlock};
+use crate::ids::BlockId;
+use crate::pb::chunk::{GetHeader, GetResponse, PutHeader, PutRequest, get_response, put_request};
+
+/// Payload bytes per streamed message: well under tonic's 4 MiB message limit.
+pub const CHUNK_LEN: usize = 1 << 20;
+
+/// Splits `payload` into data messages of at most [`CHUNK_LEN`] bytes (zero-copy slices).
+fn slices(payload: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    (0..payload.len())
+        .step_by(CHUNK_LEN)
+        .map(|at| payload.slice(at..(at + CHUNK_LEN).min(payload.len())))
+}
+
+/// The messages of a Put call for `block`, the header first.
+pub fn put_messages(block: &EncodedBlock, mut header: PutHeader) -> Vec<PutRequest> {
+    header.block_id = Bytes::copy_from_slice(block.id.as_bytes());
+    header.compression = block.compression.code();
+    header.raw_len = block.raw_len;
+    header.encoded_len = block.payload.len() as u32;
+    let mut msgs = vec![PutRequest {
+        msg: Some(put_request::Msg::Header(header)),
+    }];
+    msgs.extend(slices(&block.payload).map(|d| PutRequest {
+        msg: Some(put_request::Msg::Data(d)),
+    }));
+    msgs
+}
+
+/// The messages of a Get answer: a header, then the payload in slices.
+pub fn get_messages(header: GetHeader, payload: Bytes) -> Vec<GetResponse> {
+    let mut msgs = vec![GetResponse {
+        msg: Some(get_response::Msg::Header(header)),
+    }];
+    msgs.extend(slices(&payload).map(|d| GetResponse {
+        msg: Some(get_response::Msg::Data(d)),
+    }));
+    msgs
+}
+
+/// Reads the payload that follows a header: exactly `len` bytes, at most `limit`.
+pub async fn read_payload<S, M>(
+    stream: &mut S,
+    len: u32,
+    limit: u32,
+    mut data_of: impl FnMut(M) -> Option<Bytes>,
+) -> Result<Bytes, Status>
+where
+    S: futures_core::Stream<Item = Result<M, Status>> + Unpin,
+{
+    if len > limit {
+        return Err(Status::invalid_argument(format!(
+            "payload of {len} bytes exceeds the limit of {limit} bytes"
+        )));
+    }
+    let mut buf = BytesMut::with_capacity(len as usize);
+    while let Some(msg) = next(stream).await {
+        let data = data_of(msg?)
+            .ok_or_else(|| Status::invalid_argument("a second header in one stream"))?;
+        if buf.len() + data.len() > len as usize {
+            return Err(Status::invalid_argument(format!(
+                "stream carries more than the {len} payload bytes its header announced"
+            )));
+        }
+        buf.extend_from_slice(&data);
+    }
+    if buf.len() != len as usize {
+        return Err(Status::invalid_argument(format!(
+            "stream ended after {} of {len} payload bytes",
+            buf.len()
+        )));
+    }
+    Ok(buf.freeze())
+}
+
+/// Awaits the next item of a stream without needing a StreamExt trait.
+pub async fn next<S: futures_core::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+/// Checks a Put header's block fields and returns what the payload must be.
+pub fn parse_put_header(h: &PutHeader) -> Result<(BlockId, Compression), Status> {
+    let id =
+        BlockId::from_slice(&h.block_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let compression = Compression::from_code(h.compression)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if compression == Compression::None && h.encoded_len != h.raw_len {
+        return Err(Status::invalid_argument(format!(
+            "block {id}: uncompressed payload of {} bytes but raw length {}",
+            h.encoded_len, h.raw_len
+        )));
+    }
+    Ok((id, compression))
+}
+
+/// Reads a whole Get answer into its header and payload.
+pub async fn read_get(
+    stream: &mut tonic::Streaming<GetResponse>,
+    limit: u32,
+) -> Result<(GetHeader, Bytes), Status> {
+    let header = match next(stream).await {
+        Some(Ok(GetResponse {
+            msg: Some(get_response::Msg::Header(h)),
+        })) => h,
+        Some(Err(e)) => return Err(e),
+        _ => return Err(Status::internal("get answer did not start with a header")),
+    };
+    let payload = read_payload(
+        stream,
+        header.payload_len,
+        limit,
+        |m: GetResponse| match m.msg {
+            Some(get_response::Msg::Data(d)) => Some(d),
+            _ => None,
+        },
+    )
+    .await?;
+    Ok((header, payload))
+}

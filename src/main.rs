@@ -1,0 +1,157 @@
+//! `meridian`: one binary for every role.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use meridian_chunkserver::ChunkConfig;
+
+mod admin;
+
+/// Meridian: a replicated filesystem that spans regions.
+#[derive(Parser)]
+#[command(name = "meridian", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a chunkserver: stores blocks on local disk and replicates them in its region.
+    Chunk(ChunkArgs),
+    /// Inspect a running cluster.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+}
+
+/// Every field of the chunkserver's config file, overridable here.
+#[derive(Args)]
+struct ChunkArgs {
+    /// Config file (TOML); flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Node id, unique in the region (1 or more).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Data folder for blocks and state.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// gRPC listen address (port 0: pick one; the bound address is printed).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Failure domain (zone) of this node.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Region id.
+    #[arg(long)]
+    region: Option<u16>,
+    /// Cluster map file (TOML), re-read when it changes.
+    #[arg(long)]
+    cluster_map: Option<PathBuf>,
+    /// How often to check the cluster map file, in milliseconds.
+    #[arg(long)]
+    map_poll_ms: Option<u64>,
+    /// Bytes this node may use (default: the size of the data filesystem).
+    #[arg(long)]
+    capacity: Option<u64>,
+    /// Largest block accepted, in bytes.
+    #[arg(long)]
+    max_block_len: Option<u32>,
+    /// Copies a put needs when the client does not say (W).
+    #[arg(long)]
+    default_min_copies: Option<u32>,
+    /// Timeout for connecting to a peer, in milliseconds.
+    #[arg(long)]
+    peer_connect_timeout_ms: Option<u64>,
+    /// Timeout for one forwarded put, in milliseconds.
+    #[arg(long)]
+    peer_request_timeout_ms: Option<u64>,
+    /// Serve Prometheus metrics over HTTP on this address.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+}
+
+impl ChunkArgs {
+    fn into_config(self) -> Result<ChunkConfig> {
+        let mut c = match &self.config {
+            Some(path) => ChunkConfig::load(path).map_err(anyhow::Error::msg)?,
+            None => ChunkConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { c.$field = v; })* };
+        }
+        macro_rules! set_opt {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { c.$field = Some(v); })* };
+        }
+        set!(
+            id,
+            data,
+            listen,
+            zone,
+            region,
+            map_poll_ms,
+            max_block_len,
+            default_min_copies,
+            peer_connect_timeout_ms,
+            peer_request_timeout_ms
+        );
+        set_opt!(cluster_map, capacity, metrics_listen);
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MERIDIAN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Serves Prometheus metrics on `addr` when asked to.
+fn install_metrics(addr: Option<&str>) -> Result<()> {
+    let Some(addr) = addr else { return Ok(()) };
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .with_context(|| format!("metrics address {addr:?} is not host:port"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Chunk(args) => {
+                let config = args.into_config()?;
+                install_metrics(config.metrics_listen.as_deref())?;
+                meridian_chunkserver::run(config, shutdown_signal()).await?;
+                Ok(())
+            }
+            Command::Admin(cmd) => admin::run(cmd).await,
+        }
+    })
+}
