@@ -1,1 +1,166 @@
-fn main() {}
+//! Put/get throughput of 4 MiB blocks through one real `meridian chunk` process on loopback,
+//! next to the same bytes written (with fsync) and read on the local disk in the same run.
+//!
+//! Run with `scripts/bench.sh` (or `cargo bench --bench chunk_throughput`).
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use meridian_client::BlockClient;
+use meridian_proto::{
+    BlockId, ClusterMap, EncodedBlock, NodeId, NodeInfo, NodeState, RegionId, ZoneId,
+};
+
+const BLOCK: usize = 4 << 20;
+
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_chunkserver(dir: &Path) -> (Server, String) {
+    let log = dir.join("chunk.log");
+    let out = fs::File::create(&log).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "chunk",
+            "--id",
+            "1",
+            "--zone",
+            "a",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(dir.join("data"))
+        .env("MERIDIAN_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log fd"))
+        .stderr(out)
+        .spawn()
+        .expect("start meridian chunk");
+    let server = Server { child };
+    let start = Instant::now();
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with("meridian chunk 1 listening on "))
+        {
+            return (
+                server,
+                line.rsplit(' ').next().expect("address").to_string(),
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "chunkserver did not start:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// 4 MiB of incompressible bytes whose first 8 bytes are `n`, so every block is new.
+fn block_bytes(base: &[u8], n: u64) -> Vec<u8> {
+    let mut data = base.to_vec();
+    data[..8].copy_from_slice(&n.to_le_bytes());
+    data
+}
+
+fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::Builder::new()
+        .prefix("meridian-bench-")
+        .tempdir_in(".")
+        .expect("temp dir");
+    let (_server, addr) = start_chunkserver(dir.path());
+    let map = ClusterMap::new(
+        1,
+        RegionId(1),
+        vec![NodeInfo {
+            id: NodeId(1),
+            zone: ZoneId::from("a"),
+            address: addr,
+            capacity: 1 << 40,
+            state: NodeState::Up,
+        }],
+    )
+    .expect("map");
+    let client = BlockClient::with_map(map, None);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let base = noise(BLOCK);
+
+    let mut group = c.benchmark_group("4MiB");
+    group.throughput(Throughput::Bytes(BLOCK as u64));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(15));
+
+    // Baseline: what the disk itself does for one durable block write.
+    let raw = dir.path().join("raw");
+    fs::create_dir_all(&raw).expect("raw dir");
+    let mut n = 0u64;
+    group.bench_function("local disk write+fsync+rename", |b| {
+        b.iter(|| {
+            n += 1;
+            let data = block_bytes(&base, n);
+            let tmp = raw.join(format!("{n}.tmp"));
+            let mut f = fs::File::create(&tmp).expect("create");
+            f.write_all(&data).expect("write");
+            f.sync_all().expect("fsync");
+            fs::rename(&tmp, raw.join(n.to_string())).expect("rename");
+            fs::File::open(&raw)
+                .and_then(|d| d.sync_all())
+                .expect("fsync dir");
+        })
+    });
+    group.bench_function("local disk read", |b| {
+        let path = raw.join("1");
+        b.iter(|| fs::read(&path).expect("read"))
+    });
+
+    // Meridian: client-side hash + lz4 attempt, gRPC over loopback, server-side verification
+    // and a durable write.
+    let mut ids: Vec<BlockId> = Vec::new();
+    let mut m = 1u64 << 40;
+    group.bench_function("meridian put (R=1)", |b| {
+        b.iter(|| {
+            m += 1;
+            let block = EncodedBlock::encode(&block_bytes(&base, m)).expect("encode");
+            rt.block_on(client.put(&block, 1, 1)).expect("put");
+            ids.push(block.id);
+        })
+    });
+    let mut k = 0usize;
+    group.bench_function("meridian get (verified)", |b| {
+        b.iter(|| {
+            k = (k + 1) % ids.len();
+            rt.block_on(client.get(&ids[k], 1)).expect("get")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

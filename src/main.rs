@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a chunkserver: stores blocks on local disk and replicates them in its region.
-    Chunk(ChunkArgs),
+    Chunk(Box<ChunkArgs>),
     /// Inspect a running cluster.
     #[command(subcommand)]
     Admin(admin::AdminCommand),

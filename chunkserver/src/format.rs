@@ -49,16 +49,22 @@ pub enum FormatError {
     },
 }
 
-/// The bytes of a block file for `block`.
+/// The header of the block file for `block`; the payload follows it unchanged.
+pub fn header(block: &EncodedBlock) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h[10] = block.compression.code() as u8;
+    h[12..16].copy_from_slice(&block.raw_len.to_le_bytes());
+    h[16..20].copy_from_slice(&(block.payload.len() as u32).to_le_bytes());
+    h[20..52].copy_from_slice(block.id.as_bytes());
+    h
+}
+
+/// The whole block file for `block`, header and payload.
 pub fn encode(block: &EncodedBlock) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + block.payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.push(block.compression.code() as u8);
-    out.push(0);
-    out.extend_from_slice(&block.raw_len.to_le_bytes());
-    out.extend_from_slice(&(block.payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(block.id.as_bytes());
+    out.extend_from_slice(&header(block));
     out.extend_from_slice(&block.payload);
     out
 }

@@ -129,11 +129,12 @@ impl BlockStore {
                 Err(e) => warn!(block = %block.id, error = %e, "replacing a damaged copy"),
             }
         }
-        let bytes = format::encode(block);
+        let header = format::header(block);
+        let file_len = (header.len() + block.payload.len()) as u64;
         let free = self.usage().free;
-        if bytes.len() as u64 > free {
+        if file_len > free {
             return Err(ChunkError::NoSpace {
-                need: bytes.len() as u64,
+                need: file_len,
                 free,
             });
         }
@@ -148,7 +149,10 @@ impl BlockStore {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(ChunkError::io("create", &tmp))?;
-            f.write_all(&bytes).map_err(ChunkError::io("write", &tmp))?;
+            f.write_all(&header)
+                .map_err(ChunkError::io("write", &tmp))?;
+            f.write_all(&block.payload)
+                .map_err(ChunkError::io("write", &tmp))?;
             f.sync_all().map_err(ChunkError::io("fsync", &tmp))
         })();
         if let Err(e) = written {
@@ -176,7 +180,7 @@ impl BlockStore {
                     self.count.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.used.fetch_add(file_len, Ordering::Relaxed);
         }
         sync_dir(dir)?;
         Ok(PutOutcome::Written)
@@ -366,8 +370,12 @@ fn fs_space(path: &Path) -> Result<(u64, u64), ChunkError> {
     }
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 on some 32-bit targets).
+    #[allow(clippy::unnecessary_cast)]
     let frsize = st.f_frsize as u64;
-    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+    #[allow(clippy::unnecessary_cast)]
+    let space = (st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize);
+    Ok(space)
 }
 
 #[cfg(test)]

@@ -12,6 +12,20 @@ use crate::ids::BlockId;
 /// memory any one request can make a server allocate.
 pub const MAX_BLOCK_LEN: u32 = 64 << 20;
 
+/// Blocks larger than this are probed before lz4 is run over all of them.
+const PROBE_LEN: usize = 64 << 10;
+
+/// Whether lz4 is likely to shrink `plaintext`: already-compressed data (media, archives,
+/// encrypted files) is detected on a 64 KiB probe, so it costs a probe, not a full pass.
+fn worth_compressing(plaintext: &[u8]) -> bool {
+    if plaintext.len() <= 2 * PROBE_LEN {
+        return true;
+    }
+    let probe = &plaintext[..PROBE_LEN];
+    // Keep compressing unless the probe saves less than 3%.
+    lz4_flex::block::compress(probe).len() < PROBE_LEN * 97 / 100
+}
+
 /// How a block's payload is encoded. The numbers are part of the on-disk format.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[repr(u8)]
@@ -96,11 +110,10 @@ impl EncodedBlock {
             .filter(|len| *len <= MAX_BLOCK_LEN)
             .ok_or(BlockError::TooLarge(plaintext.len() as u64))?;
         let id = BlockId::of(plaintext);
-        let compressed = lz4_flex::block::compress(plaintext);
-        let (compression, payload) = if compressed.len() < plaintext.len() {
-            (Compression::Lz4, Bytes::from(compressed))
-        } else {
-            (Compression::None, Bytes::copy_from_slice(plaintext))
+        let compressed = worth_compressing(plaintext).then(|| lz4_flex::block::compress(plaintext));
+        let (compression, payload) = match compressed {
+            Some(c) if c.len() < plaintext.len() => (Compression::Lz4, Bytes::from(c)),
+            _ => (Compression::None, Bytes::copy_from_slice(plaintext)),
         };
         Ok(EncodedBlock {
             id,
@@ -167,6 +180,24 @@ mod tests {
         let enc = EncodedBlock::encode(&noise).unwrap();
         assert_eq!(enc.decode().unwrap(), noise);
         assert!(enc.payload.len() <= noise.len());
+    }
+
+    #[test]
+    fn incompressible_large_blocks_skip_lz4_after_a_probe() {
+        let mut x = 88172645463325252u64;
+        let noise: Vec<u8> = (0..(1 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(!worth_compressing(&noise));
+        let enc = EncodedBlock::encode(&noise).unwrap();
+        assert_eq!(enc.compression, Compression::None);
+        assert_eq!(enc.decode().unwrap(), noise);
+        assert!(worth_compressing(&vec![b'a'; 1 << 20]));
     }
 
     #[test]

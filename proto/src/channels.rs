@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+/// HTTP/2 flow-control window per stream. h2's default (64 KiB) makes a 4 MiB block wait
+/// for dozens of window updates; a window larger than a block streams it in one go.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window per connection, shared by its concurrent streams.
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+
 /// Timeouts for calls to peers.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -50,6 +56,8 @@ impl ChannelPool {
             .connect_timeout(self.timeouts.connect)
             .timeout(self.timeouts.request)
             .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .connect_lazy();
         channels.insert(address.to_string(), ch.clone());
         Ok(ch)

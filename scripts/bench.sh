@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Benchmarks, each next to a baseline measured in the same run. Figures go in the README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo bench --bench chunk_throughput -- --noplot "$@"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one command that tests Meridian: installs what the tests need, then runs everything
+# (format and lint checks, unit and property tests, end-to-end tests with real processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# FUSE mounts in the end-to-end tests need fusermount3 (fuse3); a fresh machine lacks it.
+if ! command -v fusermount3 >/dev/null 2>&1; then
+  echo "== installing fuse3"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-targets --locked "$@"
+else
+  cargo test --workspace --all-targets --locked "$@"
+fi

@@ -1,0 +1,466 @@
+//! Chunkservers as real processes on loopback: replication, failover to the next
+//! placement, rejection of bad blocks, corrupt copies, restart.
+
+mod common;
+
+use std::fs;
+
+use anyhow::Result;
+use bytes::Bytes;
+use common::{ChunkCluster, random_bytes};
+use meridian_proto::pb::chunk::{
+    GetRequest, HasRequest, ListUnderReplicatedRequest, NodeStatusRequest, PutHeader, PutRole,
+    StatRequest,
+};
+use meridian_proto::{BlockId, EncodedBlock, NodeId, placement, wire};
+use tonic::Code;
+
+const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+
+fn ids(bytes: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(bytes)
+}
+
+async fn node_status(
+    cluster: &ChunkCluster,
+    i: usize,
+) -> Result<meridian_proto::pb::chunk::NodeStatusResponse> {
+    Ok(cluster
+        .rpc(i)
+        .await?
+        .node_status(NodeStatusRequest {})
+        .await?
+        .into_inner())
+}
+
+async fn has(cluster: &ChunkCluster, i: usize, id: &BlockId) -> Result<bool> {
+    let resp = cluster
+        .rpc(i)
+        .await?
+        .has(HasRequest {
+            block_ids: vec![ids(id.as_bytes())],
+        })
+        .await?
+        .into_inner();
+    Ok(resp.present[0])
+}
+
+/// Files in a node's temp folder (should be none once a put has finished).
+fn temp_files(cluster: &ChunkCluster, i: usize) -> usize {
+    fs::read_dir(cluster.nodes[i].data.join("tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_with_three_replicas_lands_verified_copies_on_all_three() -> Result<()> {
+    let cluster = ChunkCluster::start(&ZONES)?;
+    let client = cluster.client();
+
+    // A full 4 MiB block of noise (stored raw) and a compressible one (stored lz4).
+    let noise = random_bytes(1, 4 << 20);
+    let mut text = Vec::new();
+    while text.len() < 3 << 20 {
+        text.extend_from_slice(b"the quick brown fox jumps over the lazy dog; ");
+    }
+    for data in [noise, text] {
+        let block = EncodedBlock::encode(&data)?;
+        let receipt = client.put(&block, 3, 2).await?;
+        assert!(!receipt.degraded);
+        let mut on: Vec<_> = receipt.stored_on.clone();
+        on.sort();
+        assert_eq!(on, vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert_eq!(
+            receipt.stored_on[0],
+            placement(&block.id, &cluster.map, 1)[0],
+            "the first placement coordinates the put"
+        );
+
+        for (i, node) in cluster.map.nodes.iter().enumerate() {
+            assert!(has(&cluster, i, &block.id).await?);
+            // Each copy, read from that node alone and verified here, is the original.
+            let got = client
+                .get_from(node, &block.id)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            assert_eq!(
+                blake3::hash(&got),
+                blake3::hash(&data),
+                "copy on {}",
+                node.id
+            );
+            let st = cluster
+                .rpc(i)
+                .await?
+                .stat(StatRequest {
+                    block_id: ids(block.id.as_bytes()),
+                })
+                .await?;
+            let st = st.into_inner();
+            assert!(st.present);
+            assert_eq!(st.raw_len as usize, data.len());
+            assert_eq!(st.compression, block.compression.code());
+            // The file on disk is where the layout says, and no temp file is left behind.
+            let hex = block.id.to_hex();
+            let file = cluster.nodes[i]
+                .data
+                .join("blocks")
+                .join(&hex[..2])
+                .join(&hex[2..4])
+                .join(&hex);
+            assert_eq!(fs::metadata(&file)?.len(), st.stored_len);
+            assert_eq!(temp_files(&cluster, i), 0);
+        }
+
+        // A second put of the same bytes stores nothing new.
+        let again = client.put(&block, 3, 2).await?;
+        assert!(again.already_present);
+    }
+
+    // Ranged reads return exactly the asked plaintext; a range past the end is refused.
+    let data = random_bytes(2, 1 << 20);
+    let block = EncodedBlock::encode(&data)?;
+    client.put(&block, 3, 2).await?;
+    let mut rpc = cluster.rpc(1).await?;
+    let req = GetRequest {
+        block_id: ids(block.id.as_bytes()),
+        offset: 1000,
+        length: 5000,
+        encoded: false,
+    };
+    let (header, payload) = wire::read_get(&mut rpc.get(req).await?.into_inner(), 1 << 26).await?;
+    assert_eq!((header.offset, header.payload_len), (1000, 5000));
+    assert_eq!(&payload[..], &data[1000..6000]);
+    let past = GetRequest {
+        block_id: ids(block.id.as_bytes()),
+        offset: (1 << 20) - 10,
+        length: 11,
+        encoded: false,
+    };
+    let err = match rpc.get(past).await {
+        Ok(resp) => wire::read_get(&mut resp.into_inner(), 1 << 26)
+            .await
+            .unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), Code::OutOfRange);
+
+    for i in 0..3 {
+        let s = node_status(&cluster, i).await?;
+        assert_eq!(s.block_count, 3, "node {} block count", s.node_id);
+        assert!(s.used_bytes > 0 && s.free_bytes > 0 && s.capacity_bytes == 8 << 30);
+        assert_eq!(s.under_replicated, 0);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_skip_a_killed_chunkserver_for_the_next_placement() -> Result<()> {
+    let mut cluster = ChunkCluster::start(&ZONES)?;
+    let client = cluster.client();
+    cluster.nodes[1].kill();
+    let dead = NodeId(cluster.nodes[1].id);
+
+    // R=2: every put still gets two full copies, on live nodes; blocks whose home placement
+    // included the dead node land on the next placement in the list.
+    let mut rerouted = 0;
+    for seed in 0..24 {
+        let data = random_bytes(100 + seed, 64 << 10);
+        let block = EncodedBlock::encode(&data)?;
+        let receipt = client.put(&block, 2, 2).await?;
+        assert!(!receipt.degraded, "R=2 with two live nodes is not degraded");
+        assert_eq!(receipt.stored_on.len(), 2);
+        assert!(!receipt.stored_on.contains(&dead));
+        let home = placement(&block.id, &cluster.map, 2);
+        if home.contains(&dead) {
+            let next = placement(&block.id, &cluster.map, 3)[2];
+            assert!(
+                receipt.stored_on.contains(&next),
+                "block went to the next placement"
+            );
+            rerouted += 1;
+        }
+        assert_eq!(client.get(&block.id, 2).await?, data);
+    }
+    assert!(
+        rerouted > 0,
+        "some blocks had the dead node in their home placement"
+    );
+
+    // R=3 with one node dead: degraded but durable on the two live nodes, and recorded.
+    let data = random_bytes(7, 256 << 10);
+    let block = EncodedBlock::encode(&data)?;
+    let receipt = client.put(&block, 3, 2).await?;
+    assert!(receipt.degraded);
+    assert_eq!(receipt.stored_on.len(), 2);
+    let coordinator = cluster.index_of(receipt.stored_on[0]);
+    let listed = cluster
+        .rpc(coordinator)
+        .await?
+        .list_under_replicated(ListUnderReplicatedRequest { limit: 0 })
+        .await?
+        .into_inner()
+        .blocks;
+    let entry = listed
+        .iter()
+        .find(|b| b.block_id.as_ref() == block.id.as_bytes())
+        .expect("degraded block recorded for repair");
+    assert_eq!((entry.copies, entry.wanted), (2, 3));
+    assert_eq!(
+        node_status(&cluster, coordinator).await?.under_replicated,
+        1
+    );
+
+    // With two of three dead, W=2 cannot be met: a clear error, never a silent success.
+    let survivor = 3 - 1 - coordinator;
+    let (kill, keep) = if survivor == 1 {
+        (coordinator, 2 - coordinator)
+    } else {
+        (survivor, coordinator)
+    };
+    cluster.nodes[kill].kill();
+    assert!(cluster.nodes[keep].is_running());
+    let lonely = EncodedBlock::encode(&random_bytes(8, 1000))?;
+    let err = client.put(&lonely, 3, 2).await.unwrap_err().to_string();
+    assert!(
+        err.contains("only 1 of the required 2 copies"),
+        "unexpected error: {err}"
+    );
+    // W=1 is an explicit choice to accept a single copy.
+    let single = client.put(&lonely, 3, 1).await?;
+    assert!(single.degraded);
+    assert_eq!(single.stored_on, vec![NodeId(cluster.nodes[keep].id)]);
+    Ok(())
+}
+
+/// Sends a raw put (header + payload) to node `i`.
+async fn raw_put(
+    cluster: &ChunkCluster,
+    i: usize,
+    header: PutHeader,
+    payload: Vec<u8>,
+) -> std::result::Result<(), tonic::Status> {
+    use meridian_proto::pb::chunk::{PutRequest, put_request};
+    let mut msgs = vec![PutRequest {
+        msg: Some(put_request::Msg::Header(header)),
+    }];
+    if !payload.is_empty() {
+        msgs.push(PutRequest {
+            msg: Some(put_request::Msg::Data(Bytes::from(payload))),
+        });
+    }
+    let mut rpc = cluster
+        .rpc(i)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    rpc.put(tokio_stream::iter(msgs)).await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_mismatched_and_malformed_puts_are_rejected_and_change_nothing() -> Result<()> {
+    let cluster = ChunkCluster::start(&ZONES)?;
+    let data = random_bytes(3, 100_000);
+    let claimed = BlockId::of(b"something else entirely");
+    for role in [PutRole::Coordinator, PutRole::Replica] {
+        let header = PutHeader {
+            block_id: ids(claimed.as_bytes()),
+            compression: 0,
+            raw_len: data.len() as u32,
+            encoded_len: data.len() as u32,
+            role: role as i32,
+            replicas: 3,
+            min_copies: 2,
+            map_epoch: 1,
+        };
+        let err = raw_put(&cluster, 0, header, data.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{role:?}: {}",
+            err.message()
+        );
+        assert!(err.message().contains("hashes to"), "{}", err.message());
+    }
+
+    let real = BlockId::of(&data);
+    let good = |raw_len: u32, encoded_len: u32| PutHeader {
+        block_id: ids(real.as_bytes()),
+        compression: 0,
+        raw_len,
+        encoded_len,
+        role: PutRole::Coordinator as i32,
+        replicas: 3,
+        min_copies: 2,
+        map_epoch: 1,
+    };
+    let n = data.len() as u32;
+    // Fewer bytes than announced, more bytes than announced, an oversized block, a bad
+    // compression code, W > R: each refused before anything is stored.
+    let cases: Vec<(PutHeader, Vec<u8>)> = vec![
+        (good(n + 10, n + 10), data.clone()),
+        (good(n - 10, n - 10), data.clone()),
+        (good(100 << 20, 100 << 20), Vec::new()),
+        (
+            PutHeader {
+                compression: 9,
+                ..good(n, n)
+            },
+            data.clone(),
+        ),
+        (
+            PutHeader {
+                min_copies: 4,
+                ..good(n, n)
+            },
+            data.clone(),
+        ),
+        (
+            PutHeader {
+                block_id: ids(&[1, 2, 3]),
+                ..good(n, n)
+            },
+            data.clone(),
+        ),
+    ];
+    for (header, payload) in cases {
+        let err = raw_put(&cluster, 0, header.clone(), payload)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{header:?}: {}",
+            err.message()
+        );
+    }
+
+    for i in 0..3 {
+        assert!(!has(&cluster, i, &claimed).await?);
+        assert!(!has(&cluster, i, &real).await?);
+        assert_eq!(node_status(&cluster, i).await?.block_count, 0);
+        assert_eq!(temp_files(&cluster, i), 0);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_copy_fails_its_reads_while_another_replica_serves() -> Result<()> {
+    let cluster = ChunkCluster::start(&ZONES)?;
+    let client = cluster.client();
+    let data = random_bytes(4, 2 << 20);
+    let block = EncodedBlock::encode(&data)?;
+    client.put(&block, 3, 2).await?;
+
+    // Damage the copy a reader tries first.
+    let first = client.read_order(&block.id, 3)[0].clone();
+    let i = cluster.index_of(first.id);
+    let hex = block.id.to_hex();
+    let file = cluster.nodes[i]
+        .data
+        .join("blocks")
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(&hex);
+    let mut bytes = fs::read(&file)?;
+    let at = bytes.len() - 1000;
+    bytes[at] ^= 0x01;
+    fs::write(&file, &bytes)?;
+
+    // That node refuses to serve it, in whole and in part.
+    let err = client.get_from(&first, &block.id).await.unwrap_err();
+    assert!(err.contains("corrupt"), "{err}");
+    let mut rpc = cluster.rpc(i).await?;
+    let req = GetRequest {
+        block_id: ids(block.id.as_bytes()),
+        offset: 0,
+        length: 10,
+        encoded: false,
+    };
+    let status = match rpc.get(req).await {
+        Ok(resp) => wire::read_get(&mut resp.into_inner(), 1 << 26)
+            .await
+            .unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(status.code(), Code::DataLoss);
+
+    // A reader falls back to another replica and gets the right bytes.
+    let got = client.get(&block.id, 3).await?;
+    assert_eq!(blake3::hash(&got), blake3::hash(&data));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_a_restart_keeps_every_block() -> Result<()> {
+    let mut cluster = ChunkCluster::start(&ZONES)?;
+    let client = cluster.client();
+    let mut blocks = Vec::new();
+    for seed in 0..5 {
+        let data = random_bytes(200 + seed, 300_000);
+        let block = EncodedBlock::encode(&data)?;
+        client.put(&block, 3, 2).await?;
+        blocks.push((block.id, data));
+    }
+    let before = node_status(&cluster, 0).await?;
+    assert_eq!(before.block_count, 5);
+
+    let status = cluster.nodes[0].terminate()?;
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    // A write that was cut off mid-way leaves a temp file; start-up removes it.
+    fs::write(
+        cluster.nodes[0].data.join("tmp").join("interrupted.tmp"),
+        b"half a block",
+    )?;
+    cluster.restart(0)?;
+
+    let after = node_status(&cluster, 0).await?;
+    assert_eq!(after.block_count, 5);
+    assert_eq!(after.used_bytes, before.used_bytes);
+    assert_eq!(temp_files(&cluster, 0), 0);
+    let node = cluster
+        .map
+        .node(NodeId(cluster.nodes[0].id))
+        .unwrap()
+        .clone();
+    for (id, data) in &blocks {
+        assert_eq!(
+            &client
+                .get_from(&node, id)
+                .await
+                .map_err(anyhow::Error::msg)?[..],
+            &data[..]
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn admin_chunk_status_reports_every_node_as_json() -> Result<()> {
+    let cluster = ChunkCluster::start(&ZONES)?;
+    let out = std::process::Command::new(common::MERIDIAN)
+        .args(["admin", "chunk-status", "--json"])
+        .args(cluster.nodes.iter().map(|n| n.addr.clone()))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let rows = rows.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), 3);
+    for (row, node) in rows.iter().zip(&cluster.nodes) {
+        assert_eq!(row["node"], node.id);
+        assert_eq!(row["zone"], node.zone.as_str());
+        assert_eq!(row["map_epoch"], 1);
+    }
+    // An unreachable node is reported, and the command fails.
+    let out = std::process::Command::new(common::MERIDIAN)
+        .args(["admin", "chunk-status", "127.0.0.1:1"])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unreachable"));
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Shared harness for end-to-end tests: real `meridian` processes on loopback, each with its
+//! own temp folder and a port chosen at run time, killed on drop even when a test fails.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use meridian_client::BlockClient;
+use meridian_proto::pb::chunk::NodeStatusRequest;
+use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
+use meridian_proto::{ClusterMap, NodeId, NodeInfo, NodeState, RegionId, ZoneId};
+use tempfile::TempDir;
+
+/// The binary under test, exactly as a user runs it.
+pub const MERIDIAN: &str = env!("CARGO_BIN_EXE_meridian");
+
+/// How long a process may take to come up.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Deterministic pseudo-random bytes (xorshift), so a failing test can be rerun exactly.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline` with `what`.
+pub fn wait_for<T>(
+    deadline: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `lines` lines of a log file, for failure messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// One chunkserver process.
+pub struct ChunkProc {
+    pub id: u64,
+    pub zone: String,
+    pub addr: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl ChunkProc {
+    fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(MERIDIAN)
+            .args(&self.args)
+            .env("MERIDIAN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn meridian chunk")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the process has printed its listening address, and returns it.
+    fn wait_listening(&mut self, after: usize) -> Result<String> {
+        let log = self.log.clone();
+        let id = self.id;
+        let found = wait_for(START_DEADLINE, "chunkserver to listen", || {
+            let text = fs::read_to_string(&log).ok()?;
+            text.lines()
+                .filter(|l| l.starts_with(&format!("meridian chunk {id} listening on ")))
+                .nth(after)
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+        });
+        if found.is_err()
+            && let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            bail!(
+                "chunkserver {id} exited ({status}):\n{}",
+                log_tail(&log, 30)
+            );
+        }
+        found.with_context(|| format!("chunkserver {id}:\n{}", log_tail(&log, 30)))
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut c = self.child.take().context("process not running")?;
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = c.kill();
+                bail!(
+                    "chunkserver {} ignored SIGTERM:\n{}",
+                    self.id,
+                    log_tail(&self.log, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for ChunkProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three (or more) chunkservers on loopback sharing a cluster map file.
+pub struct ChunkCluster {
+    pub nodes: Vec<ChunkProc>,
+    pub map_path: PathBuf,
+    pub map: ClusterMap,
+    // Last field: dropped after the processes are killed.
+    pub dir: TempDir,
+}
+
+impl ChunkCluster {
+    /// Starts one chunkserver per entry of `zones` (node ids 1, 2, …), writes the cluster map
+    /// once every node has bound its port, and waits until every node has loaded it.
+    pub fn start(zones: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-chunk-")
+            .tempdir()?;
+        let map_path = dir.path().join("cluster-map.toml");
+        let mut nodes = Vec::new();
+        for (i, zone) in zones.iter().enumerate() {
+            let id = i as u64 + 1;
+            let data = dir.path().join(format!("node-{id}"));
+            let args = vec![
+                "chunk".into(),
+                "--id".into(),
+                id.to_string(),
+                "--data".into(),
+                data.display().to_string(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--zone".into(),
+                zone.to_string(),
+                "--cluster-map".into(),
+                map_path.display().to_string(),
+                "--map-poll-ms".into(),
+                "100".into(),
+                "--capacity".into(),
+                (8u64 << 30).to_string(),
+                "--peer-connect-timeout-ms".into(),
+                "1000".into(),
+            ];
+            let mut p = ChunkProc {
+                id,
+                zone: zone.to_string(),
+                addr: String::new(),
+                data,
+                log: dir.path().join(format!("node-{id}.log")),
+                args,
+                child: None,
+            };
+            p.spawn()?;
+            nodes.push(p);
+        }
+        for p in &mut nodes {
+            p.addr = p.wait_listening(0)?;
+        }
+        let infos = nodes
+            .iter()
+            .map(|p| NodeInfo {
+                id: NodeId(p.id),
+                zone: ZoneId(p.zone.clone()),
+                address: p.addr.clone(),
+                capacity: 8 << 30,
+                state: NodeState::Up,
+            })
+            .collect();
+        let map = ClusterMap::new(1, RegionId(1), infos)?;
+        let tmp = dir.path().join("cluster-map.toml.tmp");
+        fs::write(&tmp, map.to_toml())?;
+        fs::rename(&tmp, &map_path)?;
+        let cluster = ChunkCluster {
+            nodes,
+            map_path,
+            map,
+            dir,
+        };
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_map_epoch(i, 1)?;
+        }
+        Ok(cluster)
+    }
+
+    /// A client placing with this cluster's map.
+    pub fn client(&self) -> BlockClient {
+        BlockClient::with_map(self.map.clone(), None)
+    }
+
+    /// A raw gRPC client of node `i` (index into `nodes`).
+    pub async fn rpc(&self, i: usize) -> Result<ChunkServiceClient<tonic::transport::Channel>> {
+        let addr = &self.nodes[i].addr;
+        ChunkServiceClient::connect(format!("http://{addr}"))
+            .await
+            .with_context(|| format!("connect to chunkserver {addr}"))
+    }
+
+    /// The index in `nodes` of node `id`.
+    pub fn index_of(&self, id: NodeId) -> usize {
+        self.nodes
+            .iter()
+            .position(|p| p.id == id.0)
+            .expect("node in cluster")
+    }
+
+    fn wait_map_epoch(&self, i: usize, epoch: u64) -> Result<()> {
+        let addr = self.nodes[i].addr.clone();
+        // Its own thread and runtime, so the harness works from sync and async tests alike.
+        let waited = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            wait_for(
+                START_DEADLINE,
+                "chunkserver to load the cluster map",
+                || {
+                    rt.block_on(async {
+                        let mut c = ChunkServiceClient::connect(format!("http://{addr}"))
+                            .await
+                            .ok()?;
+                        let s = c.node_status(NodeStatusRequest {}).await.ok()?.into_inner();
+                        (s.map_epoch >= epoch).then_some(())
+                    })
+                },
+            )
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("map wait thread panicked"))?;
+        waited.with_context(|| log_tail(&self.nodes[i].log, 20))
+    }
+
+    /// Restarts node `i` on its old address and data folder and waits until it serves.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        let addr = self.nodes[i].addr.clone();
+        let p = &mut self.nodes[i];
+        let listen = p
+            .args
+            .iter()
+            .position(|a| a == "--listen")
+            .expect("listen arg")
+            + 1;
+        p.args[listen] = addr.clone();
+        let started_before = fs::read_to_string(&p.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(&format!("meridian chunk {} listening on ", p.id)))
+            .count();
+        p.spawn()?;
+        let again = p.wait_listening(started_before)?;
+        anyhow::ensure!(again == addr, "restarted on {again}, expected {addr}");
+        self.wait_map_epoch(i, self.map.epoch)
+    }
+}
