@@ -9,8 +9,8 @@ use anyhow::Result;
 use bytes::Bytes;
 use common::{ChunkCluster, random_bytes};
 use meridian_proto::pb::chunk::{
-    GetRequest, HasRequest, ListUnderReplicatedRequest, NodeStatusRequest, PutHeader, PutRole,
-    StatRequest,
+    DeleteRequest, GetRequest, HasRequest, ListUnderReplicatedRequest, NodeStatusRequest,
+    PutHeader, PutRole, StatRequest,
 };
 use meridian_proto::{BlockId, EncodedBlock, NodeId, placement, wire};
 use tonic::Code;
@@ -151,6 +151,19 @@ async fn put_with_three_replicas_lands_verified_copies_on_all_three() -> Result<
         assert!(s.used_bytes > 0 && s.free_bytes > 0 && s.capacity_bytes == 8 << 30);
         assert_eq!(s.under_replicated, 0);
     }
+
+    // Delete removes one node's copy only, and says whether there was one.
+    let used_before = node_status(&cluster, 1).await?.used_bytes;
+    let del = DeleteRequest {
+        block_id: ids(block.id.as_bytes()),
+    };
+    assert!(rpc.delete(del.clone()).await?.into_inner().existed);
+    assert!(!rpc.delete(del).await?.into_inner().existed);
+    assert!(!has(&cluster, 1, &block.id).await?);
+    let after = node_status(&cluster, 1).await?;
+    assert_eq!(after.block_count, 2);
+    assert!(after.used_bytes < used_before);
+    assert!(has(&cluster, 0, &block.id).await? && has(&cluster, 2, &block.id).await?);
     Ok(())
 }
 

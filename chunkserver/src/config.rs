@@ -85,3 +85,36 @@ impl ChunkConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_sets_fields_and_keeps_defaults_for_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chunk.toml");
+        std::fs::write(&path, "id = 4\nzone = \"rack-2\"\ncapacity = 1000000\n").unwrap();
+        let c = ChunkConfig::load(&path).unwrap();
+        assert_eq!(
+            (c.id, c.zone.as_str(), c.capacity),
+            (4, "rack-2", Some(1_000_000))
+        );
+        assert_eq!(c.default_min_copies, 2);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_missing_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chunk.toml");
+        std::fs::write(&path, "id = 1\nreplicaton = 3\n").unwrap();
+        assert!(ChunkConfig::load(&path).unwrap_err().contains("replicaton"));
+        assert!(
+            ChunkConfig::default()
+                .validate()
+                .unwrap_err()
+                .contains("--id")
+        );
+    }
+}
