@@ -1,0 +1,1122 @@
+//! Applying one command to the namespace. Every operation checks everything first and only
+//! then writes, so a failed command changes nothing even inside a shared transaction.
+
+use meridian_proto::{InodeId, RegionId};
+use redb::ReadableTable;
+use serde::Serialize;
+
+use super::tables::{
+    WriteTables, counter, dirent_key, encode_dirent, read_dirent, read_extents, read_inode,
+    read_volume, store_err,
+};
+use super::types::*;
+
+/// Permission bits asked for by an access check.
+pub(crate) const R: u16 = 4;
+pub(crate) const W: u16 = 2;
+pub(crate) const X: u16 = 1;
+
+/// A change log record: what cross-region replication ships.
+#[derive(Serialize)]
+struct ChangeRecord<'a> {
+    hlc: meridian_proto::Hlc,
+    op: &'a Op,
+}
+
+/// Applies `cmd`. Returns the outcome of the operation; a retried request (same client and
+/// operation id) returns the first outcome without applying again. Only `NsError::Store`
+/// means the transaction itself is unusable.
+pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
+    if let Some((client, op)) = cmd.request {
+        let key = super::tables::pair_key(client, op);
+        if let Some(v) = t.requests.get(key.as_slice()).map_err(store_err)? {
+            return serde_json::from_slice::<Result<Reply, NsError>>(v.value())
+                .map_err(|e| NsError::Store(format!("damaged request record: {e}")))?;
+        }
+    }
+    let outcome = apply_op(t, cmd);
+    if let Err(NsError::Store(_)) = outcome {
+        return outcome;
+    }
+    if outcome.is_ok() {
+        let seq = t.next(counter::NEXT_CHANGE, 1)?;
+        let record = serde_json::to_vec(&ChangeRecord {
+            hlc: cmd.hlc,
+            op: &cmd.op,
+        })
+        .map_err(|e| NsError::Store(e.to_string()))?;
+        t.changelog
+            .insert(seq, record.as_slice())
+            .map_err(store_err)?;
+    }
+    if let Some((client, op)) = cmd.request {
+        let key = super::tables::pair_key(client, op);
+        let bytes = serde_json::to_vec(&outcome).map_err(|e| NsError::Store(e.to_string()))?;
+        t.requests
+            .insert(key.as_slice(), bytes.as_slice())
+            .map_err(store_err)?;
+    }
+    outcome
+}
+
+fn apply_op(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
+    let ctx = Ctx {
+        now: cmd.now,
+        now_ms: cmd.hlc.wall_ms,
+        region: cmd.hlc.region,
+    };
+    match &cmd.op {
+        Op::CreateVolume { name, policy } => create_volume(t, &ctx, name, policy),
+        Op::DeleteVolume { name } => delete_volume(t, name),
+        Op::Mknod {
+            parent,
+            name,
+            kind,
+            perm,
+            rdev,
+            exclusive,
+            creds,
+        } => {
+            if *kind == FileKind::Symlink {
+                return Err(NsError::Invalid(
+                    "use symlink to create symbolic links".into(),
+                ));
+            }
+            let new = NewInode {
+                kind: *kind,
+                perm: *perm,
+                rdev: *rdev,
+                target: None,
+            };
+            make(t, &ctx, *parent, name, new, *exclusive, creds)
+        }
+        Op::Symlink {
+            parent,
+            name,
+            target,
+            creds,
+        } => {
+            if target.is_empty() || target.len() > SYMLINK_MAX || target.contains(&0) {
+                return Err(NsError::Invalid(format!(
+                    "symlink target of {} bytes",
+                    target.len()
+                )));
+            }
+            let new = NewInode {
+                kind: FileKind::Symlink,
+                perm: 0o777,
+                rdev: 0,
+                target: Some(target.clone()),
+            };
+            make(t, &ctx, *parent, name, new, true, creds)
+        }
+        Op::Link {
+            ino,
+            new_parent,
+            new_name,
+            creds,
+        } => link(t, &ctx, *ino, *new_parent, new_name, creds),
+        Op::Unlink {
+            parent,
+            name,
+            creds,
+        } => remove(t, &ctx, *parent, name, false, creds),
+        Op::Rmdir {
+            parent,
+            name,
+            creds,
+        } => remove(t, &ctx, *parent, name, true, creds),
+        Op::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            flags,
+            creds,
+        } => rename(t, &ctx, *parent, name, *new_parent, new_name, *flags, creds),
+        Op::SetAttr { ino, set, creds } => setattr(t, &ctx, *ino, set, creds),
+        Op::SetXattr {
+            ino,
+            name,
+            value,
+            mode,
+            creds,
+        } => setxattr(t, &ctx, *ino, name, value, *mode, creds),
+        Op::RemoveXattr { ino, name, creds } => removexattr(t, &ctx, *ino, name, creds),
+        Op::CommitExtents {
+            ino,
+            extents,
+            size,
+            base_version: _,
+            creds,
+        } => commit(t, &ctx, *ino, extents, *size, creds),
+        Op::Compact {
+            ino,
+            offset,
+            len,
+            expected,
+            replacement,
+        } => compact(t, &ctx, *ino, *offset, *len, expected, replacement),
+    }
+}
+
+struct Ctx {
+    now: Timespec,
+    now_ms: u64,
+    region: RegionId,
+}
+
+struct NewInode {
+    kind: FileKind,
+    perm: u16,
+    rdev: u32,
+    target: Option<Vec<u8>>,
+}
+
+/// Checks a directory entry name.
+pub(crate) fn check_name(name: &[u8]) -> Result<(), NsError> {
+    if name.len() > NAME_MAX {
+        return Err(NsError::NameTooLong(name.len()));
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(NsError::Invalid(format!(
+            "bad entry name {:?}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `creds` may access `attr` for `mask` (R/W/X bits), as the kernel decides.
+pub(crate) fn may(attr: &Attr, creds: &Creds, mask: u16) -> bool {
+    if creds.uid == 0 {
+        // Root may read and write anything, and execute anything some x bit allows.
+        return mask & X == 0 || attr.kind == FileKind::Dir || attr.perm & 0o111 != 0;
+    }
+    let bits = if creds.uid == attr.uid {
+        (attr.perm >> 6) & 7
+    } else if creds.in_group(attr.gid) {
+        (attr.perm >> 3) & 7
+    } else {
+        attr.perm & 7
+    };
+    bits & mask == mask
+}
+
+pub(crate) fn check_access(attr: &Attr, creds: &Creds, mask: u16) -> Result<(), NsError> {
+    if may(attr, creds, mask) {
+        Ok(())
+    } else {
+        Err(NsError::Access(format!(
+            "{} for uid {}",
+            attr.ino, creds.uid
+        )))
+    }
+}
+
+fn name_str(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+fn get(t: &WriteTables<'_>, ino: InodeId) -> Result<Inode, NsError> {
+    read_inode(&t.inodes, ino)?.ok_or_else(|| NsError::NotFound(ino.to_string()))
+}
+
+/// A directory the caller may add entries to or remove entries from.
+fn writable_dir(t: &WriteTables<'_>, ino: InodeId, creds: &Creds) -> Result<Inode, NsError> {
+    let dir = get(t, ino)?;
+    if dir.attr.kind != FileKind::Dir {
+        return Err(NsError::NotDir(ino.to_string()));
+    }
+    check_access(&dir.attr, creds, W | X)?;
+    Ok(dir)
+}
+
+/// Sticky directories: only the owner of the entry, of the directory, or root may remove it.
+fn check_sticky(dir: &Inode, victim: &Inode, creds: &Creds) -> Result<(), NsError> {
+    if dir.attr.perm & 0o1000 != 0
+        && creds.uid != 0
+        && creds.uid != dir.attr.uid
+        && creds.uid != victim.attr.uid
+    {
+        return Err(NsError::Perm(format!(
+            "{} is in a sticky directory",
+            victim.attr.ino
+        )));
+    }
+    Ok(())
+}
+
+fn volume_of(t: &WriteTables<'_>, id: u32) -> Result<Volume, NsError> {
+    for item in t.volumes.iter().map_err(store_err)? {
+        let (_, v) = item.map_err(store_err)?;
+        let vol: Volume =
+            serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?;
+        if vol.id == id {
+            return Ok(vol);
+        }
+    }
+    Err(NsError::Store(format!(
+        "volume {id} of an inode is missing"
+    )))
+}
+
+fn touch_dir(dir: &mut Inode, now: Timespec) {
+    dir.attr.mtime = now;
+    dir.attr.ctime = now;
+}
+
+fn new_inode_id(t: &mut WriteTables<'_>, region: RegionId) -> Result<InodeId, NsError> {
+    let local = t.next(counter::NEXT_INODE, 1)?;
+    InodeId::new(region, local).map_err(|e| NsError::Store(e.to_string()))
+}
+
+fn check_volume_name(name: &str) -> Result<(), NsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(NsError::Invalid(format!(
+            "volume name {name:?}: use 1-63 of a-z 0-9 - _"
+        )))
+    }
+}
+
+fn create_volume(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx,
+    name: &str,
+    policy: &VolumePolicy,
+) -> Result<Reply, NsError> {
+    check_volume_name(name)?;
+    if !(1..=16).contains(&policy.replicas)
+        || policy.min_copies == 0
+        || policy.min_copies > policy.replicas
+    {
+        return Err(NsError::Invalid(format!(
+            "replicas {} and min_copies {} must satisfy 1 <= min_copies <= replicas <= 16",
+            policy.replicas, policy.min_copies
+        )));
+    }
+    if !policy.block_size.is_power_of_two()
+        || !(64 << 10..=meridian_proto::block::MAX_BLOCK_LEN).contains(&policy.block_size)
+    {
+        return Err(NsError::Invalid(format!(
+            "block size {} must be a power of two from 64 KiB to 64 MiB",
+            policy.block_size
+        )));
+    }
+    if read_volume(&t.volumes, name)?.is_some() {
+        return Err(NsError::Exists(format!("volume {name}")));
+    }
+    let id = t.next(counter::NEXT_VOLUME, 1)? as u32;
+    let root = new_inode_id(t, ctx.region)?;
+    let inode = Inode {
+        attr: Attr {
+            ino: root,
+            kind: FileKind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            nlink: 2,
+            atime: ctx.now,
+            mtime: ctx.now,
+            ctime: ctx.now,
+            crtime: ctx.now,
+            rdev: 0,
+            volume: id,
+        },
+        parent: root,
+        target: None,
+        version: 0,
+    };
+    let vol = Volume {
+        id,
+        name: name.to_string(),
+        root,
+        policy: policy.clone(),
+        used_bytes: 0,
+        used_inodes: 1,
+    };
+    t.put_inode(&inode)?;
+    t.put_volume(&vol)?;
+    Ok(Reply::Volume(vol))
+}
+
+fn delete_volume(t: &mut WriteTables<'_>, name: &str) -> Result<Reply, NsError> {
+    let vol = read_volume(&t.volumes, name)?
+        .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?;
+    let prefix = dirent_key(vol.root, b"");
+    let next = dirent_key(InodeId(vol.root.0 + 1), b"");
+    if t.dirents
+        .range(prefix.as_slice()..next.as_slice())
+        .map_err(store_err)?
+        .next()
+        .is_some()
+    {
+        return Err(NsError::NotEmpty(format!("volume {name} still has files")));
+    }
+    delete_xattrs(t, vol.root)?;
+    t.inodes.remove(vol.root.0).map_err(store_err)?;
+    t.volumes.remove(name).map_err(store_err)?;
+    Ok(Reply::Done)
+}
+
+fn make(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx,
+    parent: InodeId,
+    name: &[u8],
+    new: NewInode,
+    exclusive: bool,
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    check_name(name)?;
+    let mut dir = get(t, parent)?;
+    if dir.attr.kind != FileKind::Dir {
+        return Err(NsError::NotDir(parent.to_string()));
+    }
+    if let Some(existing) = read_dirent(&t.dirents, parent, name)? {
+        check_access(&dir.attr, creds, X)?;
+        if !exclusive && new.kind == FileKind::File && existing.kind == FileKind::File {
+            return Ok(Reply::Attr(get(t, existing.ino)?.attr));
+        }
+        return Err(NsError::Exists(name_str(name)));
+    }
+    check_access(&dir.attr, creds, W | X)?;
+    let is_dir = new.kind == FileKind::Dir;
+    if is_dir && dir.attr.nlink >= LINK_MAX {
+        return Err(NsError::TooManyLinks(parent.to_string()));
+    }
+    let mut vol = volume_of(t, dir.attr.volume)?;
+    if vol
+        .policy
+        .quota_inodes
+        .is_some_and(|q| vol.used_inodes >= q)
+    {
+        return Err(NsError::Quota(format!("volume {} inode quota", vol.name)));
+    }
+
+    let ino = new_inode_id(t, ctx.region)?;
+    let setgid_dir = dir.attr.perm & 0o2000 != 0;
+    let mut perm = new.perm & 0o7777;
+    if is_dir && setgid_dir {
+        perm |= 0o2000;
+    }
+    let size = new.target.as_ref().map_or(0, |t| t.len() as u64);
+    let inode = Inode {
+        attr: Attr {
+            ino,
+            kind: new.kind,
+            perm,
+            uid: creds.uid,
+            gid: if setgid_dir { dir.attr.gid } else { creds.gid },
+            size,
+            nlink: if is_dir { 2 } else { 1 },
+            atime: ctx.now,
+            mtime: ctx.now,
+            ctime: ctx.now,
+            crtime: ctx.now,
+            rdev: new.rdev,
+            volume: dir.attr.volume,
+        },
+        parent,
+        target: new.target,
+        version: 0,
+    };
+    t.put_inode(&inode)?;
+    t.dirents
+        .insert(
+            dirent_key(parent, name).as_slice(),
+            encode_dirent(ino, new.kind).as_slice(),
+        )
+        .map_err(store_err)?;
+    if is_dir {
+        dir.attr.nlink += 1;
+    }
+    touch_dir(&mut dir, ctx.now);
+    t.put_inode(&dir)?;
+    vol.used_inodes += 1;
+    t.put_volume(&vol)?;
+    Ok(Reply::Attr(inode.attr))
+}
+
+fn link(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx,
+    ino: InodeId,
+    new_parent: InodeId,
+    new_name: &[u8],
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    check_name(new_name)?;
+    let mut target = get(t, ino)?;
+    if target.attr.kind == FileKind::Dir {
+        return Err(NsError::Perm(format!("hard link to directory {ino}")));
+    }
+    let mut dir = writable_dir(t, new_parent, creds)?;
+    if dir.attr.volume != target.attr.volume {
+        return Err(NsError::CrossVolume(format!("{ino} into {new_parent}")));
+    }
+    if read_dirent(&t.dirents, new_parent, new_name)?.is_some() {
+        return Err(NsError::Exists(name_str(new_name)));
+    }
+    if target.attr.nlink >= LINK_MAX {
+        return Err(NsError::TooManyLinks(ino.to_string()));
+    }
+    target.attr.nlink += 1;
+    target.attr.ctime = ctx.now;
+    t.put_inode(&target)?;
+    t.dirents
+        .insert(
+            dirent_key(new_parent, new_name).as_slice(),
+            encode_dirent(ino, target.attr.kind).as_slice(),
+        )
+        .map_err(store_err)?;
+    touch_dir(&mut dir, ctx.now);
+    t.put_inode(&dir)?;
+    Ok(Reply::Attr(target.attr))
+}
+
+fn is_empty_dir(t: &WriteTables<'_>, ino: InodeId) -> Result<bool, NsError> {
+    let from = dirent_key(ino, b"");
+    let to = dirent_key(InodeId(ino.0 + 1), b"");
+    Ok(t.dirents
+        .range(from.as_slice()..to.as_slice())
+        .map_err(store_err)?
+        .next()
+        .is_none())
+}
+
+fn delete_xattrs(t: &mut WriteTables<'_>, ino: InodeId) -> Result<(), NsError> {
+    let from = dirent_key(ino, b"");
+    let to = dirent_key(InodeId(ino.0 + 1), b"");
+    t.xattrs
+        .retain_in(from.as_slice()..to.as_slice(), |_, _| false)
+        .map_err(store_err)?;
+    Ok(())
+}
+
+/// Drops one link of `victim`; at zero links its content, xattrs and record go.
+fn drop_link(t: &mut WriteTables<'_>, ctx: &Ctx, mut victim: Inode) -> Result<(), NsError> {
+    let is_dir = victim.attr.kind == FileKind::Dir;
+    victim.attr.nlink = if is_dir {
+        0
+    } else {
+        victim.attr.nlink.saturating_sub(1)
+    };
+    victim.attr.ctime = ctx.now;
+    if victim.attr.nlink > 0 {
+        return t.put_inode(&victim);
+    }
+    let ino = victim.attr.ino;
+    for e in read_extents(&t.extents, ino, 0, u64::MAX)? {
+        t.remove_extent(ino, &e, ctx.now_ms)?;
+    }
+    delete_xattrs(t, ino)?;
+    t.inodes.remove(ino.0).map_err(store_err)?;
+    let mut vol = volume_of(t, victim.attr.volume)?;
+    vol.used_inodes = vol.used_inodes.saturating_sub(1);
+    if victim.attr.kind == FileKind::File {
+        vol.used_bytes = vol.used_bytes.saturating_sub(victim.attr.size);
+    }
+    t.put_volume(&vol)
+}
+
+fn remove(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx,
+    parent: InodeId,
+    name: &[u8],
+    dir_wanted: bool,
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    if dir_wanted && name == b"." {
+        return Err(NsError::Invalid("rmdir of .".into()));
+    }
+    if dir_wanted && name == b".." {
+        return Err(NsError::NotEmpty("rmdir of ..".into()));
+    }
+    check_name(name)?;
+    let mut dir = get(t, parent)?;
+    if dir.attr.kind != FileKind::Dir {
+        return Err(NsError::NotDir(parent.to_string()));
+    }
+    let entry =
+        read_dirent(&t.dirents, parent, name)?.ok_or_else(|| NsError::NotFound(name_str(name)))?;
+    check_access(&dir.attr, creds, W | X)?;
+    let victim = get(t, entry.ino)?;
+    match (dir_wanted, victim.attr.kind == FileKind::Dir) {
+        (true, false) => return Err(NsError::NotDir(name_str(name))),
+        (false, true) => return Err(NsError::IsDir(name_str(name))),
+        (true, true) if !is_empty_dir(t, victim.attr.ino)? => {
+            return Err(NsError::NotEmpty(name_str(name)));
+        }
+        _ => {}
+    }
+    check_sticky(&dir, &victim, creds)?;
+    t.dirents
+        .remove(dirent_key(parent, name).as_slice())
+        .map_err(store_err)?;
+    if dir_wanted {
+        dir.attr.nlink -= 1;
+    }
+    touch_dir(&mut dir, ctx.now);
+    t.put_inode(&dir)?;
+    drop_link(t, ctx, victim)?;
+    Ok(Reply::Done)
+}
+
+/// Whether `ino` is `ancestor` or lies below it.
+fn is_within(t: &WriteTables<'_>, mut ino: InodeId, ancestor: InodeId) -> Result<bool, NsError> {
+    for _ in 0..100_000 {
+        if ino == ancestor {
+            return Ok(true);
+        }
+        let node = get(t, ino)?;
+        if node.parent == ino {
+            return Ok(false); // a volume root
+        }
+        ino = node.parent;
+    }
+    Err(NsError::Store(
+        "directory parent chain too long (a cycle?)".into(),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rename(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx,
+    parent: InodeId,
+    name: &[u8],
+    new_parent: InodeId,
+    new_name: &[u8],
+    flags: RenameFlags,
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    if flags.noreplace && flags.exchange {
+        return Err(NsError::Invalid(
+            "RENAME_NOREPLACE with RENAME_EXCHANGE".into(),
+        ));
+    }
+    check_name(name)?;
+    check_name(new_name)?;
+    let src_dir = get(t, parent)?;
+    let dst_dir = get(t, new_parent)?;
+    for d in [&src_dir, &dst_dir] {
+        if d.attr.kind != FileKind::Dir {
+            return Err(NsError::NotDir(d.attr.ino.to_string()));
+        }
+    }
+    let src =
+        read_dirent(&t.dirents, parent, name)?.ok_or_else(|| NsError::NotFound(name_str(name)))?;
+    check_access(&src_dir.attr, creds, W | X)?;
+    check_access(&dst_dir.attr, creds, W | X)?;
+    if src_dir.attr.volume != dst_dir.attr.volume {
+        return Err(NsError::CrossVolume(format!("{parent} to {new_parent}")));
+    }
+    let moving = get(t, src.ino)?;
+    check_sticky(&src_dir, &moving, creds)?;
+    let dst = read_dirent(&t.dirents, new_parent, new_name)?;
+    let replaced = match &dst {
+        Some(d) => Some(get(t, d.ino)?),
+        None => None,
+    };
+    if let Some(r) = &replaced {
+        check_sticky(&dst_dir, r, creds)?;
+    }
+    if flags.exchange && replaced.is_none() {
+        return Err(NsError::NotFound(name_str(new_name)));
+    }
+    if flags.noreplace && replaced.is_some() {
+        return Err(NsError::Exists(name_str(new_name)));
+    }
+    // Renaming a name onto another link of the same inode does nothing.
+    if dst.as_ref().is_some_and(|d| d.ino == src.ino) {
+        return Ok(Reply::Done);
+    }
+    let moving_dir = moving.attr.kind == FileKind::Dir;
+    if moving_dir && is_within(t, new_parent, src.ino)? {
+        return Err(NsError::Invalid(format!(
+            "cannot move {} into itself",
+            name_str(name)
+        )));
+    }
+    if moving_dir && parent != new_parent && creds.uid != 0 {
+        // Its ".." changes, which needs write permission on the directory itself.
+        check_access(&moving.attr, creds, W)?;
+    }
+
+    if flags.exchange {
+        let other = replaced.expect("checked above");
+        let other_dir = other.attr.kind == FileKind::Dir;
+        if other_dir && is_within(t, parent, other.attr.ino)? {
+            return Err(NsError::Invalid(format!(
+                "cannot move {} into itself",
+                name_str(new_name)
+            )));
+        }
+        t.dirents
+            .insert(
+                dirent_key(parent, name).as_slice(),
+                encode_dirent(other.attr.ino, other.attr.kind).as_slice(),
+            )
+            .map_err(store_err)?;
+        t.dirents
+            .insert(
+                dirent_key(new_parent, new_name).as_slice(),
+                encode_dirent(moving.attr.ino, moving.attr.kind).as_slice(),
+            )
+            .map_err(store_err)?;
+        let (mut a, mut b) = (moving, other);
+        a.parent = new_parent;
+        b.parent = parent;
+        a.attr.ctime = ctx.now;
+        b.attr.ctime = ctx.now;
+        t.put_inode(&a)?;
+        t.put_inode(&b)?;
+        let mut sd = get(t, parent)?;
+        if parent != new_parent {
+            let mut dd = get(t, new_parent)?;
+            let delta =
+                i64::from(b.attr.kind == FileKind::Dir) - i64::from(a.attr.kind == FileKind::Dir);
+            sd.attr.nlink = (i64::from(sd.attr.nlink) + delta) as u32;
+            dd.attr.nlink = (i64::from(dd.attr.nlink) - delta) as u32;
+            touch_dir(&mut dd, ctx.now);
+            t.put_inode(&dd)?;
+        }
+        touch_dir(&mut sd, ctx.now);
+        t.put_inode(&sd)?;
+        return Ok(Reply::Done);
+    }
+
+    if let Some(r) = &replaced {
+        let r_dir = r.attr.kind == FileKind::Dir;
+        if moving_dir && !r_dir {
+            return Err(NsError::NotDir(name_str(new_name)));
+        }
+        if !moving_dir && r_dir {
+            return Err(NsError::IsDir(name_str(new_name)));
+        }
+        if r_dir && !is_empty_dir(t, r.attr.ino)? {
+            return Err(NsError::NotEmpty(name_str(new_name)));
+        }
+    }
+    let gains_subdir = moving_dir && parent != new_parent && replaced.is_none();
+    if gains_subdir && dst_dir.attr.nlink >= LINK_MAX {
+        return Err(NsError::TooManyLinks(new_parent.to_string()));
+    }
+
+    // All checks passed: write.
+    t.dirents
+        .remove(dirent_key(parent, name).as_slice())
+        .map_err(store_err)?;
+    t.dirents
+        .insert(
+            dirent_key(new_parent, new_name).as_slice(),
+            encode_dirent(moving.attr.ino, moving.attr.kind).as_slice(),
+        )
+        .map_err(store_err)?;
+    let mut moved = moving;
+    moved.parent = new_parent;
+    moved.attr.ctime = ctx.now;
+    t.put_inode(&moved)?;
+    if let Some(r) = replaced {
+        let r_dir = r.attr.kind == FileKind::Dir;
+        drop_link(t, ctx, r)?;
+        if r_dir {
+            let mut dd = get(t, new_parent)?;
+            dd.attr.nlink -= 1;
+            t.put_inode(&dd)?;
+        }
+    }
+    let mut sd = get(t, parent)?;
+    if moving_dir && parent != new_parent {
+        sd.attr.nlink -= 1;
+    }
+    touch_dir(&mut sd, ctx.now);
+    t.put_inode(&sd)?;
+    if parent != new_parent {
+        let mut dd = get(t, new_parent)?;
+        if moving_dir {
+            dd.attr.nlink += 1;
+        }
+        touch_dir(&mut dd, ctx.now);
+        t.put_inode(&dd)?;
+    }
+    Ok(Reply::Done)
+}
+
+fn resolve(time: SetTime, now: Timespec) -> Timespec {
+    match time {
+        SetTime::At(ts) => ts,
+        SetTime::Now => now,
+    }
+}
+
+fn setattr(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx,
+    ino: InodeId,
+    set: &SetAttr,
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    let mut node = get(t, ino)?;
+    let owner = creds.uid == 0 || creds.uid == node.attr.uid;
+    if let Some(perm) = set.perm {
+        if !owner {
+            return Err(NsError::Perm(format!(
+                "chmod of {ino} by uid {}",
+                creds.uid
+            )));
+        }
+        let mut perm = perm & 0o7777;
+        if creds.uid != 0 && !creds.in_group(set.gid.unwrap_or(node.attr.gid)) {
+            perm &= !0o2000;
+        }
+        node.attr.perm = perm;
+    }
+    if set.uid.is_some() || set.gid.is_some() {
+        let uid_change = set.uid.is_some_and(|u| u != node.attr.uid);
+        let gid_change = set.gid.is_some_and(|g| g != node.attr.gid);
+        if creds.uid != 0 {
+            if uid_change {
+                return Err(NsError::Perm(format!(
+                    "chown of {ino} by uid {}",
+                    creds.uid
+                )));
+            }
+            if gid_change && (!owner || !creds.in_group(set.gid.expect("gid change"))) {
+                return Err(NsError::Perm(format!(
+                    "chgrp of {ino} by uid {}",
+                    creds.uid
+                )));
+            }
+        }
+        if let Some(u) = set.uid {
+            node.attr.uid = u;
+        }
+        if let Some(g) = set.gid {
+            node.attr.gid = g;
+        }
+        // Changing the owner of a non-directory drops setuid, and setgid when it is a real
+        // setgid bit (group-executable), as Linux does.
+        if node.attr.kind != FileKind::Dir && set.perm.is_none() {
+            node.attr.perm &= !0o4000;
+            if node.attr.perm & 0o010 != 0 {
+                node.attr.perm &= !0o2000;
+            }
+        }
+    }
+    if let Some(size) = set.size {
+        match node.attr.kind {
+            FileKind::Dir => return Err(NsError::IsDir(ino.to_string())),
+            FileKind::File => {}
+            _ => return Err(NsError::Invalid(format!("truncate of non-file {ino}"))),
+        }
+        if !set.via_handle {
+            check_access(&node.attr, creds, W)?;
+        }
+        let mut vol = volume_of(t, node.attr.volume)?;
+        if size > node.attr.size
+            && vol
+                .policy
+                .quota_bytes
+                .is_some_and(|q| vol.used_bytes - node.attr.size + size > q)
+        {
+            return Err(NsError::Quota(format!("volume {} byte quota", vol.name)));
+        }
+        if size < node.attr.size {
+            truncate_extents(t, ino, size, ctx.now_ms)?;
+        }
+        vol.used_bytes = vol.used_bytes - node.attr.size + size;
+        t.put_volume(&vol)?;
+        if size != node.attr.size {
+            node.version += 1;
+        }
+        node.attr.size = size;
+        node.attr.mtime = ctx.now;
+    }
+    for (which, time) in [("atime", set.atime), ("mtime", set.mtime)] {
+        let Some(time) = time else { continue };
+        match time {
+            SetTime::At(_) if !owner => {
+                return Err(NsError::Perm(format!(
+                    "utimes of {ino} by uid {}",
+                    creds.uid
+                )));
+            }
+            SetTime::Now if !owner && !may(&node.attr, creds, W) => {
+                return Err(NsError::Access(format!(
+                    "utimes of {ino} by uid {}",
+                    creds.uid
+                )));
+            }
+            _ => {}
+        }
+        let ts = resolve(time, ctx.now);
+        if which == "atime" {
+            node.attr.atime = ts;
+        } else {
+            node.attr.mtime = ts;
+        }
+    }
+    node.attr.ctime = ctx.now;
+    t.put_inode(&node)?;
+    Ok(Reply::Attr(node.attr))
+}
+
+/// Drops every extent byte at or after `size`.
+fn truncate_extents(
+    t: &mut WriteTables<'_>,
+    ino: InodeId,
+    size: u64,
+    now_ms: u64,
+) -> Result<(), NsError> {
+    for e in read_extents(&t.extents, ino, size, u64::MAX)? {
+        t.remove_extent(ino, &e, now_ms)?;
+        if e.offset < size {
+            t.insert_extent(
+                ino,
+                &Extent {
+                    len: size - e.offset,
+                    ..e
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn check_xattr_name(name: &[u8], creds: &Creds) -> Result<(), NsError> {
+    if name.is_empty() || name.len() > XATTR_NAME_MAX {
+        return Err(NsError::TooBig(format!(
+            "xattr name of {} bytes",
+            name.len()
+        )));
+    }
+    if name.starts_with(b"user.") || name.starts_with(b"security.") || name.starts_with(b"system.")
+    {
+        return Ok(());
+    }
+    if name.starts_with(b"trusted.") {
+        return if creds.uid == 0 {
+            Ok(())
+        } else {
+            Err(NsError::Perm("trusted.* xattrs need root".into()))
+        };
+    }
+    Err(NsError::NotSupported(format!(
+        "xattr namespace of {:?}",
+        name_str(name)
+    )))
+}
+
+fn setxattr(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx,
+    ino: InodeId,
+    name: &[u8],
+    value: &[u8],
+    mode: XattrMode,
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    check_xattr_name(name, creds)?;
+    if value.len() > XATTR_VALUE_MAX {
+        return Err(NsError::TooBig(format!(
+            "xattr value of {} bytes",
+            value.len()
+        )));
+    }
+    let mut node = get(t, ino)?;
+    if name.starts_with(b"user.") {
+        if !matches!(node.attr.kind, FileKind::File | FileKind::Dir) {
+            return Err(NsError::Perm(format!(
+                "user xattrs on {:?}",
+                node.attr.kind
+            )));
+        }
+        check_access(&node.attr, creds, W)?;
+    }
+    let key = dirent_key(ino, name);
+    let exists = t.xattrs.get(key.as_slice()).map_err(store_err)?.is_some();
+    match mode {
+        XattrMode::Create if exists => return Err(NsError::Exists(name_str(name))),
+        XattrMode::Replace if !exists => return Err(NsError::NoData(name_str(name))),
+        _ => {}
+    }
+    t.xattrs.insert(key.as_slice(), value).map_err(store_err)?;
+    node.attr.ctime = ctx.now;
+    t.put_inode(&node)?;
+    Ok(Reply::Done)
+}
+
+fn removexattr(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx,
+    ino: InodeId,
+    name: &[u8],
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    check_xattr_name(name, creds)?;
+    let mut node = get(t, ino)?;
+    if name.starts_with(b"user.") {
+        check_access(&node.attr, creds, W)?;
+    }
+    let key = dirent_key(ino, name);
+    if t.xattrs
+        .remove(key.as_slice())
+        .map_err(store_err)?
+        .is_none()
+    {
+        return Err(NsError::NoData(name_str(name)));
+    }
+    node.attr.ctime = ctx.now;
+    t.put_inode(&node)?;
+    Ok(Reply::Done)
+}
+
+fn check_extent(ino: InodeId, e: &Extent) -> Result<(), NsError> {
+    let fits = e.len > 0
+        && e.len <= u64::from(e.block_len)
+        && u64::from(e.block_offset) + e.len <= u64::from(e.block_len)
+        && e.offset.checked_add(e.len).is_some();
+    if fits {
+        Ok(())
+    } else {
+        Err(NsError::Invalid(format!(
+            "extent {e:?} of {ino} does not fit its block"
+        )))
+    }
+}
+
+/// Inserts `e`, cutting away the parts of older extents it shadows.
+fn overlay(t: &mut WriteTables<'_>, ino: InodeId, e: &Extent, now_ms: u64) -> Result<(), NsError> {
+    // Add the new reference first so a block shared with a shadowed extent never dips to 0.
+    let old = read_extents(&t.extents, ino, e.offset, e.end())?;
+    for o in &old {
+        t.remove_extent(ino, o, now_ms)?;
+    }
+    t.insert_extent(ino, e)?;
+    for o in &old {
+        if o.offset < e.offset {
+            t.insert_extent(
+                ino,
+                &Extent {
+                    len: e.offset - o.offset,
+                    ..*o
+                },
+            )?;
+        }
+        if o.end() > e.end() {
+            let cut = e.end() - o.offset;
+            t.insert_extent(
+                ino,
+                &Extent {
+                    offset: e.end(),
+                    len: o.end() - e.end(),
+                    block_offset: o.block_offset + cut as u32,
+                    ..*o
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn commit(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx,
+    ino: InodeId,
+    extents: &[Extent],
+    size: u64,
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    let mut node = get(t, ino)?;
+    match node.attr.kind {
+        FileKind::File => {}
+        FileKind::Dir => return Err(NsError::IsDir(ino.to_string())),
+        _ => return Err(NsError::Invalid(format!("write to non-file {ino}"))),
+    }
+    if creds.uid != 0 && !may(&node.attr, creds, W) && creds.uid != node.attr.uid {
+        return Err(NsError::Access(format!(
+            "write to {ino} by uid {}",
+            creds.uid
+        )));
+    }
+    for e in extents {
+        check_extent(ino, e)?;
+    }
+    let end = extents.iter().map(Extent::end).max().unwrap_or(0);
+    let new_size = node.attr.size.max(size).max(end);
+    let mut vol = volume_of(t, node.attr.volume)?;
+    if new_size > node.attr.size
+        && vol
+            .policy
+            .quota_bytes
+            .is_some_and(|q| vol.used_bytes - node.attr.size + new_size > q)
+    {
+        return Err(NsError::Quota(format!("volume {} byte quota", vol.name)));
+    }
+    for e in extents {
+        overlay(t, ino, e, ctx.now_ms)?;
+    }
+    vol.used_bytes = vol.used_bytes - node.attr.size + new_size;
+    t.put_volume(&vol)?;
+    node.attr.size = new_size;
+    node.attr.mtime = ctx.now;
+    node.attr.ctime = ctx.now;
+    node.version += 1;
+    // Writing by a non-owner clears setuid/setgid, as the kernel does.
+    if creds.uid != 0 {
+        node.attr.perm &= !0o4000;
+        if node.attr.perm & 0o010 != 0 {
+            node.attr.perm &= !0o2000;
+        }
+    }
+    t.put_inode(&node)?;
+    Ok(Reply::Attr(node.attr))
+}
+
+fn compact(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx,
+    ino: InodeId,
+    offset: u64,
+    len: u64,
+    expected: &[Extent],
+    replacement: &[Extent],
+) -> Result<Reply, NsError> {
+    let node = get(t, ino)?;
+    if node.attr.kind != FileKind::File {
+        return Err(NsError::Invalid(format!("compaction of non-file {ino}")));
+    }
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| NsError::Invalid("compaction range overflows".into()))?;
+    let current = read_extents(&t.extents, ino, offset, end)?;
+    if current != expected {
+        return Err(NsError::Conflict(format!(
+            "extents of {ino} changed since the compactor read them"
+        )));
+    }
+    for e in replacement {
+        check_extent(ino, e)?;
+        if e.offset < offset || e.end() > end {
+            return Err(NsError::Invalid(format!(
+                "replacement extent {e:?} leaves the range"
+            )));
+        }
+    }
+    for e in replacement {
+        overlay(t, ino, e, ctx.now_ms)?;
+    }
+    Ok(Reply::Done)
+}

@@ -1,0 +1,17 @@
+//! The namespace state machine: volumes, inodes, directory entries, extent maps, xattrs and
+//! block reference counts, over a redb transaction. Pure: no networking, no clocks, no
+//! async; time and HLC stamps arrive inside each command, so every Raft member (and every
+//! replay) computes the same state.
+
+pub mod apply;
+pub mod read;
+pub mod tables;
+pub mod types;
+
+pub use apply::apply;
+pub use read::{DirPage, NsReader};
+pub use tables::WriteTables;
+pub use types::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! Reads of the namespace: lookups, attributes, directory listings, links, xattrs, extents,
+//! volumes. Each works on a redb read transaction (a consistent snapshot).
+
+use meridian_proto::InodeId;
+use redb::{ReadTransaction, ReadableTable};
+
+use super::apply::{R, X, check_access, check_name};
+use super::tables::*;
+use super::types::*;
+
+/// A consistent view of the namespace.
+pub struct NsReader<'a> {
+    tx: &'a ReadTransaction,
+}
+
+/// One page of a directory listing.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DirPage {
+    /// Entries in name order.
+    pub entries: Vec<DirEntry>,
+    /// Pass as `after` to continue; `None` when the listing is complete.
+    pub next: Option<Vec<u8>>,
+}
+
+fn missing_table(e: redb::TableError) -> Result<(), NsError> {
+    match e {
+        redb::TableError::TableDoesNotExist(_) => Ok(()),
+        other => Err(store_err(other)),
+    }
+}
+
+impl<'a> NsReader<'a> {
+    /// A reader over `tx`.
+    pub fn new(tx: &'a ReadTransaction) -> Self {
+        NsReader { tx }
+    }
+
+    /// The inode `ino`.
+    pub fn inode(&self, ino: InodeId) -> Result<Inode, NsError> {
+        let t = match self.tx.open_table(INODES) {
+            Ok(t) => t,
+            Err(e) => {
+                missing_table(e)?;
+                return Err(NsError::NotFound(ino.to_string()));
+            }
+        };
+        read_inode(&t, ino)?.ok_or_else(|| NsError::NotFound(ino.to_string()))
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: InodeId) -> Result<Attr, NsError> {
+        Ok(self.inode(ino)?.attr)
+    }
+
+    /// The entry `name` in directory `parent`.
+    pub fn lookup(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<Attr, NsError> {
+        if name.len() > NAME_MAX {
+            return Err(NsError::NameTooLong(name.len()));
+        }
+        let dir = self.inode(parent)?;
+        if dir.attr.kind != FileKind::Dir {
+            return Err(NsError::NotDir(parent.to_string()));
+        }
+        check_access(&dir.attr, creds, X)?;
+        if name == b"." {
+            return Ok(dir.attr);
+        }
+        if name == b".." {
+            return self.getattr(dir.parent);
+        }
+        check_name(name)?;
+        let t = self.tx.open_table(DIRENTS).map_err(store_err)?;
+        let entry = read_dirent(&t, parent, name)?
+            .ok_or_else(|| NsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        self.getattr(entry.ino)
+    }
+
+    /// Up to `limit` entries of directory `ino` whose names sort after `after`.
+    pub fn readdir(
+        &self,
+        ino: InodeId,
+        after: Option<&[u8]>,
+        limit: usize,
+        creds: &Creds,
+    ) -> Result<DirPage, NsError> {
+        let dir = self.inode(ino)?;
+        if dir.attr.kind != FileKind::Dir {
+            return Err(NsError::NotDir(ino.to_string()));
+        }
+        check_access(&dir.attr, creds, R)?;
+        let t = self.tx.open_table(DIRENTS).map_err(store_err)?;
+        let mut from = dirent_key(ino, after.unwrap_or_default());
+        if after.is_some() {
+            from.push(0); // strictly after
+        }
+        let to = dirent_key(InodeId(ino.0 + 1), b"");
+        let mut entries = Vec::new();
+        let mut more = false;
+        for item in t.range(from.as_slice()..to.as_slice()).map_err(store_err)? {
+            let (k, v) = item.map_err(store_err)?;
+            if entries.len() == limit.max(1) {
+                more = true;
+                break;
+            }
+            entries.push(decode_dirent(k.value(), v.value())?);
+        }
+        let next = if more {
+            entries.last().map(|e| e.name.clone())
+        } else {
+            None
+        };
+        Ok(DirPage { entries, next })
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: InodeId) -> Result<Vec<u8>, NsError> {
+        let node = self.inode(ino)?;
+        node.target
+            .ok_or_else(|| NsError::Invalid(format!("{ino} is not a symlink")))
+    }
+
+    /// The value of xattr `name` of `ino`.
+    pub fn getxattr(&self, ino: InodeId, name: &[u8], creds: &Creds) -> Result<Vec<u8>, NsError> {
+        let node = self.inode(ino)?;
+        if name.starts_with(b"user.") {
+            check_access(&node.attr, creds, R)?;
+        }
+        if name.starts_with(b"trusted.") && creds.uid != 0 {
+            return Err(NsError::NoData(String::from_utf8_lossy(name).into_owned()));
+        }
+        let t = self.tx.open_table(XATTRS).map_err(store_err)?;
+        let v = t.get(dirent_key(ino, name).as_slice()).map_err(store_err)?;
+        v.map(|v| v.value().to_vec())
+            .ok_or_else(|| NsError::NoData(String::from_utf8_lossy(name).into_owned()))
+    }
+
+    /// The xattr names of `ino` (trusted.* only for root).
+    pub fn listxattr(&self, ino: InodeId, creds: &Creds) -> Result<Vec<Vec<u8>>, NsError> {
+        self.inode(ino)?;
+        let t = self.tx.open_table(XATTRS).map_err(store_err)?;
+        let from = dirent_key(ino, b"");
+        let to = dirent_key(InodeId(ino.0 + 1), b"");
+        let mut names = Vec::new();
+        for item in t.range(from.as_slice()..to.as_slice()).map_err(store_err)? {
+            let (k, _) = item.map_err(store_err)?;
+            let name = k.value()[8..].to_vec();
+            if creds.uid == 0 || !name.starts_with(b"trusted.") {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Extents of `ino` overlapping `[offset, offset + len)`.
+    pub fn extents(&self, ino: InodeId, offset: u64, len: u64) -> Result<Vec<Extent>, NsError> {
+        self.inode(ino)?;
+        let t = self.tx.open_table(EXTENTS).map_err(store_err)?;
+        read_extents(&t, ino, offset, offset.saturating_add(len))
+    }
+
+    /// References to `block` from extents (0 if none).
+    pub fn block_refs(&self, block: &meridian_proto::BlockId) -> Result<u64, NsError> {
+        let t = self.tx.open_table(BLOCK_REFS).map_err(store_err)?;
+        Ok(t.get(block.as_bytes().as_slice())
+            .map_err(store_err)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// The volume `name`.
+    pub fn volume(&self, name: &str) -> Result<Volume, NsError> {
+        let t = match self.tx.open_table(VOLUMES) {
+            Ok(t) => t,
+            Err(e) => {
+                missing_table(e)?;
+                return Err(NsError::NotFound(format!("volume {name}")));
+            }
+        };
+        read_volume(&t, name)?.ok_or_else(|| NsError::NotFound(format!("volume {name}")))
+    }
+
+    /// Every volume, by name.
+    pub fn volumes(&self) -> Result<Vec<Volume>, NsError> {
+        let t = match self.tx.open_table(VOLUMES) {
+            Ok(t) => t,
+            Err(e) => {
+                missing_table(e)?;
+                return Ok(Vec::new());
+            }
+        };
+        let mut out = Vec::new();
+        for item in t.iter().map_err(store_err)? {
+            let (_, v) = item.map_err(store_err)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// Committed operations with sequence numbers from `from`, at most `limit`.
+    pub fn changes(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, NsError> {
+        let t = match self.tx.open_table(CHANGELOG) {
+            Ok(t) => t,
+            Err(e) => {
+                missing_table(e)?;
+                return Ok(Vec::new());
+            }
+        };
+        let mut out = Vec::new();
+        for item in t.range(from..).map_err(store_err)?.take(limit) {
+            let (k, v) = item.map_err(store_err)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,315 @@
+//! The namespace's redb tables and their encodings. Keys are big-endian byte strings so
+//! that one directory's entries, one file's extents and one inode's xattrs are contiguous
+//! and sorted (readdir and extent lookups are range scans).
+
+use meridian_proto::{BlockId, InodeId};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use super::types::{DirEntry, Extent, FileKind, Inode, NsError, Volume};
+
+/// inode number -> Inode (JSON).
+pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
+/// parent (8 bytes BE) ++ name -> child (8 bytes BE) ++ kind (1 byte).
+pub const DIRENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dirents");
+/// inode (8 BE) ++ file offset (8 BE) -> len (8) ++ block (32) ++ block offset (4) ++ block len (4).
+pub const EXTENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("extents");
+/// inode (8 BE) ++ name -> value.
+pub const XATTRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("xattrs");
+/// volume name -> Volume (JSON).
+pub const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
+/// block id -> number of extents referencing it.
+pub const BLOCK_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("block_refs");
+/// block id -> HLC wall time (ms) when its last reference went away (for GC).
+pub const UNREFERENCED: TableDefinition<&[u8], u64> = TableDefinition::new("unreferenced");
+/// counter name -> value.
+pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// sequence -> committed operation (JSON), in commit order: what cross-region replication ships.
+pub const CHANGELOG: TableDefinition<u64, &[u8]> = TableDefinition::new("changelog");
+/// client id (8 BE) ++ op id (8 BE) -> outcome (JSON), so a retried mutation applies once.
+pub const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
+
+/// Counter keys.
+pub mod counter {
+    /// Next region-local inode number.
+    pub const NEXT_INODE: &str = "next_inode";
+    /// Next volume id.
+    pub const NEXT_VOLUME: &str = "next_volume";
+    /// Next change log sequence number.
+    pub const NEXT_CHANGE: &str = "next_change";
+}
+
+pub(crate) fn store_err(e: impl Into<redb::Error>) -> NsError {
+    NsError::Store(e.into().to_string())
+}
+
+fn json_err(e: serde_json::Error) -> NsError {
+    NsError::Store(format!("damaged record: {e}"))
+}
+
+pub(crate) fn dirent_key(parent: InodeId, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&parent.0.to_be_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+pub(crate) fn pair_key(a: u64, b: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+pub(crate) fn encode_kind(k: FileKind) -> u8 {
+    match k {
+        FileKind::File => 1,
+        FileKind::Dir => 2,
+        FileKind::Symlink => 3,
+        FileKind::CharDev => 4,
+        FileKind::BlockDev => 5,
+        FileKind::Fifo => 6,
+        FileKind::Socket => 7,
+    }
+}
+
+pub(crate) fn decode_kind(b: u8) -> Result<FileKind, NsError> {
+    Ok(match b {
+        1 => FileKind::File,
+        2 => FileKind::Dir,
+        3 => FileKind::Symlink,
+        4 => FileKind::CharDev,
+        5 => FileKind::BlockDev,
+        6 => FileKind::Fifo,
+        7 => FileKind::Socket,
+        other => {
+            return Err(NsError::Store(format!(
+                "damaged directory entry kind {other}"
+            )));
+        }
+    })
+}
+
+pub(crate) fn encode_dirent(ino: InodeId, kind: FileKind) -> [u8; 9] {
+    let mut v = [0u8; 9];
+    v[..8].copy_from_slice(&ino.0.to_be_bytes());
+    v[8] = encode_kind(kind);
+    v
+}
+
+pub(crate) fn decode_dirent(key: &[u8], value: &[u8]) -> Result<DirEntry, NsError> {
+    if value.len() != 9 || key.len() < 8 {
+        return Err(NsError::Store("damaged directory entry".into()));
+    }
+    Ok(DirEntry {
+        name: key[8..].to_vec(),
+        ino: InodeId(u64::from_be_bytes(value[..8].try_into().expect("8 bytes"))),
+        kind: decode_kind(value[8])?,
+    })
+}
+
+pub(crate) fn encode_extent(e: &Extent) -> [u8; 48] {
+    let mut v = [0u8; 48];
+    v[..8].copy_from_slice(&e.len.to_be_bytes());
+    v[8..40].copy_from_slice(e.block.as_bytes());
+    v[40..44].copy_from_slice(&e.block_offset.to_be_bytes());
+    v[44..48].copy_from_slice(&e.block_len.to_be_bytes());
+    v
+}
+
+pub(crate) fn decode_extent(key: &[u8], value: &[u8]) -> Result<Extent, NsError> {
+    if key.len() != 16 || value.len() != 48 {
+        return Err(NsError::Store("damaged extent".into()));
+    }
+    Ok(Extent {
+        offset: u64::from_be_bytes(key[8..16].try_into().expect("8 bytes")),
+        len: u64::from_be_bytes(value[..8].try_into().expect("8 bytes")),
+        block: BlockId::from_slice(&value[8..40]).expect("32 bytes"),
+        block_offset: u32::from_be_bytes(value[40..44].try_into().expect("4 bytes")),
+        block_len: u32::from_be_bytes(value[44..48].try_into().expect("4 bytes")),
+    })
+}
+
+/// Reads an inode from any readable inode table.
+pub(crate) fn read_inode(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    ino: InodeId,
+) -> Result<Option<Inode>, NsError> {
+    match t.get(ino.0).map_err(store_err)? {
+        Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(json_err)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads a directory entry from any readable dirent table.
+pub(crate) fn read_dirent(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    parent: InodeId,
+    name: &[u8],
+) -> Result<Option<DirEntry>, NsError> {
+    let key = dirent_key(parent, name);
+    match t.get(key.as_slice()).map_err(store_err)? {
+        Some(v) => Ok(Some(decode_dirent(&key, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads a volume by name.
+pub(crate) fn read_volume(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Option<Volume>, NsError> {
+    match t.get(name).map_err(store_err)? {
+        Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(json_err)?)),
+        None => Ok(None),
+    }
+}
+
+/// Extents of `ino` overlapping `[start, end)`, in offset order.
+pub(crate) fn read_extents(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    ino: InodeId,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Extent>, NsError> {
+    let mut out = Vec::new();
+    if start >= end {
+        return Ok(out);
+    }
+    // The extent starting at or before `start` may reach into the range.
+    let lo = pair_key(ino.0, 0);
+    let at = pair_key(ino.0, start);
+    if let Some(item) = t
+        .range(lo.as_slice()..=at.as_slice())
+        .map_err(store_err)?
+        .next_back()
+    {
+        let (k, v) = item.map_err(store_err)?;
+        let e = decode_extent(k.value(), v.value())?;
+        if e.end() > start {
+            out.push(e);
+        }
+    }
+    let from = pair_key(ino.0, start.saturating_add(1));
+    let to = pair_key(ino.0, end);
+    if start < u64::MAX {
+        for item in t.range(from.as_slice()..to.as_slice()).map_err(store_err)? {
+            let (k, v) = item.map_err(store_err)?;
+            out.push(decode_extent(k.value(), v.value())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Every table a mutation may touch, opened once for the whole command.
+pub struct WriteTables<'txn> {
+    pub(crate) inodes: Table<'txn, u64, &'static [u8]>,
+    pub(crate) dirents: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) extents: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) xattrs: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) volumes: Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) block_refs: Table<'txn, &'static [u8], u64>,
+    pub(crate) unreferenced: Table<'txn, &'static [u8], u64>,
+    pub(crate) counters: Table<'txn, &'static str, u64>,
+    pub(crate) changelog: Table<'txn, u64, &'static [u8]>,
+    pub(crate) requests: Table<'txn, &'static [u8], &'static [u8]>,
+}
+
+impl<'txn> WriteTables<'txn> {
+    /// Opens (creating if needed) every namespace table in `tx`.
+    pub fn open(tx: &'txn WriteTransaction) -> Result<Self, NsError> {
+        Ok(WriteTables {
+            inodes: tx.open_table(INODES).map_err(store_err)?,
+            dirents: tx.open_table(DIRENTS).map_err(store_err)?,
+            extents: tx.open_table(EXTENTS).map_err(store_err)?,
+            xattrs: tx.open_table(XATTRS).map_err(store_err)?,
+            volumes: tx.open_table(VOLUMES).map_err(store_err)?,
+            block_refs: tx.open_table(BLOCK_REFS).map_err(store_err)?,
+            unreferenced: tx.open_table(UNREFERENCED).map_err(store_err)?,
+            counters: tx.open_table(COUNTERS).map_err(store_err)?,
+            changelog: tx.open_table(CHANGELOG).map_err(store_err)?,
+            requests: tx.open_table(REQUESTS).map_err(store_err)?,
+        })
+    }
+
+    pub(crate) fn put_inode(&mut self, inode: &Inode) -> Result<(), NsError> {
+        let bytes = serde_json::to_vec(inode).map_err(json_err)?;
+        self.inodes
+            .insert(inode.attr.ino.0, bytes.as_slice())
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    pub(crate) fn put_volume(&mut self, v: &Volume) -> Result<(), NsError> {
+        let bytes = serde_json::to_vec(v).map_err(json_err)?;
+        self.volumes
+            .insert(v.name.as_str(), bytes.as_slice())
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    pub(crate) fn next(&mut self, counter: &str, first: u64) -> Result<u64, NsError> {
+        let current = self
+            .counters
+            .get(counter)
+            .map_err(store_err)?
+            .map(|v| v.value())
+            .unwrap_or(first);
+        self.counters
+            .insert(counter, current + 1)
+            .map_err(store_err)?;
+        Ok(current)
+    }
+
+    /// Adds one reference to `block`.
+    pub(crate) fn incref(&mut self, block: &BlockId) -> Result<(), NsError> {
+        let key = block.as_bytes().as_slice();
+        let n = self
+            .block_refs
+            .get(key)
+            .map_err(store_err)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        self.block_refs.insert(key, n + 1).map_err(store_err)?;
+        if n == 0 {
+            self.unreferenced.remove(key).map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    /// Drops one reference to `block`; at zero it becomes a GC candidate stamped `now_ms`.
+    pub(crate) fn decref(&mut self, block: &BlockId, now_ms: u64) -> Result<(), NsError> {
+        let key = block.as_bytes().as_slice();
+        let n = self
+            .block_refs
+            .get(key)
+            .map_err(store_err)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        if n <= 1 {
+            self.block_refs.remove(key).map_err(store_err)?;
+            self.unreferenced.insert(key, now_ms).map_err(store_err)?;
+        } else {
+            self.block_refs.insert(key, n - 1).map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn insert_extent(&mut self, ino: InodeId, e: &Extent) -> Result<(), NsError> {
+        let key = pair_key(ino.0, e.offset);
+        self.extents
+            .insert(key.as_slice(), encode_extent(e).as_slice())
+            .map_err(store_err)?;
+        self.incref(&e.block)
+    }
+
+    pub(crate) fn remove_extent(
+        &mut self,
+        ino: InodeId,
+        e: &Extent,
+        now_ms: u64,
+    ) -> Result<(), NsError> {
+        let key = pair_key(ino.0, e.offset);
+        self.extents.remove(key.as_slice()).map_err(store_err)?;
+        self.decref(&e.block, now_ms)
+    }
+}

@@ -1,0 +1,549 @@
+//! The namespace's data: inodes, volumes, extents, the commands that change them and the
+//! errors they can fail with. Everything here is serialised into the Raft log or redb.
+
+use meridian_proto::{BlockId, Hlc, InodeId, RegionId};
+use serde::{Deserialize, Serialize};
+
+/// Longest name of one directory entry, in bytes (as ext4).
+pub const NAME_MAX: usize = 255;
+/// Most hard links to one inode (and subdirectories of one directory).
+pub const LINK_MAX: u32 = 65_000;
+/// Longest symlink target, in bytes.
+pub const SYMLINK_MAX: usize = 4096;
+/// Longest extended attribute name, in bytes.
+pub const XATTR_NAME_MAX: usize = 255;
+/// Largest extended attribute value, in bytes.
+pub const XATTR_VALUE_MAX: usize = 64 * 1024;
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+pub struct Timespec {
+    /// Whole seconds.
+    pub sec: i64,
+    /// Nanoseconds, below 1e9.
+    pub nsec: u32,
+}
+
+impl Timespec {
+    /// From nanoseconds since the epoch.
+    pub fn from_nanos(ns: u64) -> Self {
+        Timespec {
+            sec: (ns / 1_000_000_000) as i64,
+            nsec: (ns % 1_000_000_000) as u32,
+        }
+    }
+}
+
+/// What an inode is.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub enum FileKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+}
+
+impl FileKind {
+    /// The S_IFMT bits of this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::File => 0o100000,
+            FileKind::Dir => 0o040000,
+            FileKind::Symlink => 0o120000,
+            FileKind::CharDev => 0o020000,
+            FileKind::BlockDev => 0o060000,
+            FileKind::Fifo => 0o010000,
+            FileKind::Socket => 0o140000,
+        }
+    }
+}
+
+/// An inode's attributes, as getattr returns them.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: InodeId,
+    /// Kind.
+    pub kind: FileKind,
+    /// Permission bits, including setuid, setgid and sticky (mode & 0o7777).
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Bytes (files), target length (symlinks), 0 otherwise.
+    pub size: u64,
+    /// Hard links; for directories 2 plus the number of subdirectories.
+    pub nlink: u32,
+    /// Last access.
+    pub atime: Timespec,
+    /// Last content change.
+    pub mtime: Timespec,
+    /// Last attribute change.
+    pub ctime: Timespec,
+    /// Creation.
+    pub crtime: Timespec,
+    /// Device number (device nodes).
+    pub rdev: u32,
+    /// The volume the inode belongs to.
+    pub volume: u32,
+}
+
+/// An inode as stored.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Inode {
+    /// Attributes.
+    pub attr: Attr,
+    /// The directory holding it (directories have exactly one; for other kinds, the
+    /// directory it was created in).
+    pub parent: InodeId,
+    /// Symlink target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Vec<u8>>,
+    /// Bumped by every content commit: a commit names the version it was written against.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// A piece of a file: `len` bytes at file offset `offset` are bytes
+/// `[block_offset, block_offset + len)` of block `block` (whose plaintext has `block_len`
+/// bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct Extent {
+    /// File offset.
+    pub offset: u64,
+    /// Length in bytes (at least 1).
+    pub len: u64,
+    /// The block holding the bytes.
+    pub block: BlockId,
+    /// Offset of the bytes inside the block.
+    pub block_offset: u32,
+    /// Plaintext length of the whole block.
+    pub block_len: u32,
+}
+
+impl Extent {
+    /// One past the last file offset covered.
+    pub fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// A volume's policy.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct VolumePolicy {
+    /// Copies of every block (R).
+    pub replicas: u32,
+    /// Copies without which a write fails (W).
+    pub min_copies: u32,
+    /// Largest block, in bytes.
+    pub block_size: u32,
+    /// Largest sum of file sizes, in bytes (none: unlimited).
+    pub quota_bytes: Option<u64>,
+    /// Most inodes (none: unlimited).
+    pub quota_inodes: Option<u64>,
+    /// Regions the volume may live in (empty: every region).
+    pub regions: Vec<RegionId>,
+}
+
+impl Default for VolumePolicy {
+    fn default() -> Self {
+        VolumePolicy {
+            replicas: 3,
+            min_copies: 2,
+            block_size: 4 << 20,
+            quota_bytes: None,
+            quota_inodes: None,
+            regions: Vec::new(),
+        }
+    }
+}
+
+/// A volume: a named tree with its own policy.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Volume {
+    /// Its id (inodes carry it).
+    pub id: u32,
+    /// Its name.
+    pub name: String,
+    /// Its root directory.
+    pub root: InodeId,
+    /// Its policy.
+    pub policy: VolumePolicy,
+    /// Sum of file sizes.
+    pub used_bytes: u64,
+    /// Inodes, the root included.
+    pub used_inodes: u64,
+}
+
+/// Who is asking: the credentials of the calling process.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Creds {
+    /// Effective user.
+    pub uid: u32,
+    /// Effective group.
+    pub gid: u32,
+    /// Supplementary groups.
+    #[serde(default)]
+    pub groups: Vec<u32>,
+}
+
+impl Creds {
+    /// The superuser.
+    pub fn root() -> Self {
+        Creds::default()
+    }
+
+    /// Whether the caller is in group `gid`.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// A time to set: a given one, or the command's own time.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum SetTime {
+    /// This time.
+    At(Timespec),
+    /// The time of the command.
+    Now,
+}
+
+/// Attribute changes; `None` leaves a field alone.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct SetAttr {
+    /// New permission bits (mode & 0o7777).
+    pub perm: Option<u16>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend with a hole).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+    /// The caller holds the file open for writing (ftruncate): no write-permission check.
+    #[serde(default)]
+    pub via_handle: bool,
+}
+
+/// Rename flags (renameat2).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct RenameFlags {
+    /// Fail with EEXIST instead of replacing the destination.
+    pub noreplace: bool,
+    /// Swap source and destination atomically; both must exist.
+    pub exchange: bool,
+}
+
+/// setxattr mode.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum XattrMode {
+    /// Create or replace.
+    #[default]
+    Any,
+    /// Fail with EEXIST if present.
+    Create,
+    /// Fail with ENODATA if absent.
+    Replace,
+}
+
+/// A namespace mutation. Each is one Raft command, applied atomically.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Op {
+    /// Create a volume with an empty root directory.
+    CreateVolume {
+        /// Name: 1-63 of [a-z0-9-_].
+        name: String,
+        /// Policy.
+        policy: VolumePolicy,
+    },
+    /// Delete an empty volume.
+    DeleteVolume {
+        /// Name.
+        name: String,
+    },
+    /// Create a file, directory, device node, fifo or socket.
+    Mknod {
+        /// Parent directory.
+        parent: InodeId,
+        /// Entry name.
+        name: Vec<u8>,
+        /// Kind (not a symlink).
+        kind: FileKind,
+        /// Permission bits, already masked by the caller's umask.
+        perm: u16,
+        /// Device number.
+        rdev: u32,
+        /// For regular files: fail with EEXIST if the name exists (O_EXCL). Otherwise an
+        /// existing regular file is returned as is.
+        exclusive: bool,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Create a symbolic link.
+    Symlink {
+        /// Parent directory.
+        parent: InodeId,
+        /// Entry name.
+        name: Vec<u8>,
+        /// Target.
+        target: Vec<u8>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Add a hard link.
+    Link {
+        /// Existing inode.
+        ino: InodeId,
+        /// Directory of the new name.
+        new_parent: InodeId,
+        /// New name.
+        new_name: Vec<u8>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Remove a non-directory entry.
+    Unlink {
+        /// Directory.
+        parent: InodeId,
+        /// Name.
+        name: Vec<u8>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Remove an empty directory.
+    Rmdir {
+        /// Directory.
+        parent: InodeId,
+        /// Name.
+        name: Vec<u8>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Move or rename an entry.
+    Rename {
+        /// Source directory.
+        parent: InodeId,
+        /// Source name.
+        name: Vec<u8>,
+        /// Destination directory.
+        new_parent: InodeId,
+        /// Destination name.
+        new_name: Vec<u8>,
+        /// renameat2 flags.
+        flags: RenameFlags,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Change attributes.
+    SetAttr {
+        /// Inode.
+        ino: InodeId,
+        /// Changes.
+        set: SetAttr,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Set an extended attribute.
+    SetXattr {
+        /// Inode.
+        ino: InodeId,
+        /// Name, with its namespace prefix (user., trusted., security.).
+        name: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+        /// Create/replace semantics.
+        mode: XattrMode,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Remove an extended attribute.
+    RemoveXattr {
+        /// Inode.
+        ino: InodeId,
+        /// Name.
+        name: Vec<u8>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Add written extents to a file and grow its size: the commit of a flush or fsync.
+    CommitExtents {
+        /// File.
+        ino: InodeId,
+        /// New extents, in write order (later ones shadow earlier ones).
+        extents: Vec<Extent>,
+        /// The file size the writer saw after its writes; the file grows to it if larger.
+        size: u64,
+        /// The content version the writer started from (for cross-region conflicts).
+        base_version: Option<u64>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Replace the extents of `[offset, offset + len)` by `replacement`, only if they are
+    /// still exactly `expected` (the compactor's read); otherwise fail with EAGAIN.
+    Compact {
+        /// File.
+        ino: InodeId,
+        /// Range start.
+        offset: u64,
+        /// Range length.
+        len: u64,
+        /// The extents overlapping the range when the compactor read it.
+        expected: Vec<Extent>,
+        /// Whole-block extents covering the same bytes.
+        replacement: Vec<Extent>,
+    },
+}
+
+/// A command as it goes through Raft: the operation plus what the leader stamped on it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Command {
+    /// The operation.
+    pub op: Op,
+    /// HLC stamp; its region is the origin region.
+    pub hlc: Hlc,
+    /// Wall time for the timestamps the operation sets.
+    pub now: Timespec,
+    /// (client id, operation id): a retried command with the same pair is applied once.
+    pub request: Option<(u64, u64)>,
+}
+
+/// What a successful mutation returns.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// Nothing to return.
+    Done,
+    /// The attributes of the created or changed inode.
+    Attr(Attr),
+    /// A volume.
+    Volume(Volume),
+}
+
+/// Why a namespace operation failed; each maps to one errno.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error, Serialize, Deserialize)]
+pub enum NsError {
+    /// ENOENT.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// EEXIST.
+    #[error("already exists: {0}")]
+    Exists(String),
+    /// ENOTDIR.
+    #[error("not a directory: {0}")]
+    NotDir(String),
+    /// EISDIR.
+    #[error("is a directory: {0}")]
+    IsDir(String),
+    /// ENOTEMPTY.
+    #[error("directory not empty: {0}")]
+    NotEmpty(String),
+    /// EINVAL.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// ENAMETOOLONG.
+    #[error("name too long: {0} bytes, at most {NAME_MAX}")]
+    NameTooLong(usize),
+    /// EMLINK.
+    #[error("too many links: {0}")]
+    TooManyLinks(String),
+    /// EXDEV.
+    #[error("cross-volume link or rename: {0}")]
+    CrossVolume(String),
+    /// EPERM.
+    #[error("operation not permitted: {0}")]
+    Perm(String),
+    /// EACCES.
+    #[error("permission denied: {0}")]
+    Access(String),
+    /// EDQUOT.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    /// ENODATA.
+    #[error("no such attribute: {0}")]
+    NoData(String),
+    /// E2BIG / ERANGE.
+    #[error("too large: {0}")]
+    TooBig(String),
+    /// EOPNOTSUPP.
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    /// EAGAIN: a conditional change lost a race; read again and retry.
+    #[error("changed concurrently: {0}")]
+    Conflict(String),
+    /// EIO: the store itself failed.
+    #[error("metadata store: {0}")]
+    Store(String),
+}
+
+impl NsError {
+    /// The errno a filesystem client returns for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            NsError::NotFound(_) => libc_errno::ENOENT,
+            NsError::Exists(_) => libc_errno::EEXIST,
+            NsError::NotDir(_) => libc_errno::ENOTDIR,
+            NsError::IsDir(_) => libc_errno::EISDIR,
+            NsError::NotEmpty(_) => libc_errno::ENOTEMPTY,
+            NsError::Invalid(_) => libc_errno::EINVAL,
+            NsError::NameTooLong(_) => libc_errno::ENAMETOOLONG,
+            NsError::TooManyLinks(_) => libc_errno::EMLINK,
+            NsError::CrossVolume(_) => libc_errno::EXDEV,
+            NsError::Perm(_) => libc_errno::EPERM,
+            NsError::Access(_) => libc_errno::EACCES,
+            NsError::Quota(_) => libc_errno::EDQUOT,
+            NsError::NoData(_) => libc_errno::ENODATA,
+            NsError::TooBig(_) => libc_errno::E2BIG,
+            NsError::NotSupported(_) => libc_errno::EOPNOTSUPP,
+            NsError::Conflict(_) => libc_errno::EAGAIN,
+            NsError::Store(_) => libc_errno::EIO,
+        }
+    }
+}
+
+/// Linux errno values (stable ABI numbers), so this crate needs no libc binding.
+pub mod libc_errno {
+    #![allow(missing_docs)]
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const E2BIG: i32 = 7;
+    pub const EAGAIN: i32 = 11;
+    pub const EACCES: i32 = 13;
+    pub const EEXIST: i32 = 17;
+    pub const EXDEV: i32 = 18;
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const EINVAL: i32 = 22;
+    pub const EMLINK: i32 = 31;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOTEMPTY: i32 = 39;
+    pub const ENODATA: i32 = 61;
+    pub const EOPNOTSUPP: i32 = 95;
+    pub const EDQUOT: i32 = 122;
+}
+
+/// A directory entry as readdir returns it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// Name.
+    pub name: Vec<u8>,
+    /// Inode.
+    pub ino: InodeId,
+    /// Kind.
+    pub kind: FileKind,
+}
