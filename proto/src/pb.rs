@@ -5,3 +5,9 @@ pub mod chunk {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("meridian.chunk.v1");
 }
+
+/// The metaserver services (namespace, cluster map, administration, Raft) and messages.
+pub mod meta {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("meridian.meta.v1");
+}

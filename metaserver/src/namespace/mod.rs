@@ -6,7 +6,9 @@
 pub mod apply;
 pub mod read;
 pub mod tables;
-pub mod types;
+
+/// The namespace types live in the shared contract crate.
+pub use meridian_proto::ns as types;
 
 pub use apply::apply;
 pub use read::{DirPage, NsReader};

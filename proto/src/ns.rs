@@ -1,7 +1,8 @@
-//! The namespace's data: inodes, volumes, extents, the commands that change them and the
-//! errors they can fail with. Everything here is serialised into the Raft log or redb.
+//! The namespace's contract: inodes, volumes, extents, the operations that change them,
+//! the queries that read them, and the errors both can fail with (each mapped to one errno).
+//! The metaserver applies these; clients send them; all are serde-encoded on the wire.
 
-use meridian_proto::{BlockId, Hlc, InodeId, RegionId};
+use crate::{BlockId, Hlc, InodeId, RegionId};
 use serde::{Deserialize, Serialize};
 
 /// Longest name of one directory entry, in bytes (as ext4).
@@ -546,4 +547,104 @@ pub struct DirEntry {
     pub ino: InodeId,
     /// Kind.
     pub kind: FileKind,
+}
+
+/// A read of the namespace.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Query {
+    /// The entry `name` in `parent`.
+    Lookup {
+        /// Directory.
+        parent: InodeId,
+        /// Name.
+        name: Vec<u8>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Attributes of an inode.
+    GetAttr {
+        /// Inode.
+        ino: InodeId,
+    },
+    /// A page of a directory.
+    ReadDir {
+        /// Directory.
+        ino: InodeId,
+        /// Continue after this name.
+        after: Option<Vec<u8>>,
+        /// Most entries to return.
+        limit: u32,
+        /// Caller.
+        creds: Creds,
+    },
+    /// A symlink's target.
+    ReadLink {
+        /// Symlink.
+        ino: InodeId,
+    },
+    /// An xattr value.
+    GetXattr {
+        /// Inode.
+        ino: InodeId,
+        /// Name.
+        name: Vec<u8>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Xattr names.
+    ListXattr {
+        /// Inode.
+        ino: InodeId,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Extents overlapping a range.
+    Extents {
+        /// File.
+        ino: InodeId,
+        /// Range start.
+        offset: u64,
+        /// Range length.
+        len: u64,
+    },
+    /// A volume by name.
+    Volume {
+        /// Name.
+        name: String,
+    },
+    /// Every volume.
+    Volumes,
+    /// Committed operations from a change log sequence number on.
+    Changes {
+        /// First sequence number.
+        from: u64,
+        /// Most records.
+        limit: u32,
+    },
+}
+
+/// The answer to a [`Query`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum QueryReply {
+    /// Attributes.
+    Attr(Attr),
+    /// A page of directory entries and the cursor to continue from.
+    Dir {
+        /// Entries.
+        entries: Vec<DirEntry>,
+        /// Next cursor, if there is more.
+        next: Option<Vec<u8>>,
+    },
+    /// Bytes (symlink target, xattr value).
+    Bytes(Vec<u8>),
+    /// Names (xattrs).
+    Names(Vec<Vec<u8>>),
+    /// Extents.
+    Extents(Vec<Extent>),
+    /// One volume.
+    Volume(Volume),
+    /// Volumes.
+    Volumes(Vec<Volume>),
+    /// Change log records (sequence, JSON).
+    Changes(Vec<(u64, Vec<u8>)>),
 }

@@ -1,0 +1,297 @@
+//! The Raft state machine: applies committed entries to the namespace and cluster map in
+//! redb (one transaction per batch, with the applied log id and membership, so state and
+//! progress are always consistent), and builds, stores and installs snapshots.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::TryStreamExt;
+use meridian_proto::{ClusterMap, HlcClock, RegionId};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{EntryPayload, OptionalSend};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use tokio::sync::watch;
+
+use super::{Request, Response, TypeConfig, io_err, snapshot};
+use crate::cluster;
+use crate::namespace::{self, WriteTables};
+
+const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
+const APPLIED: &str = "last_applied";
+const MEMBERSHIP: &str = "membership";
+
+/// State shared between the state machine and the services on this member.
+#[derive(Debug)]
+pub struct Shared {
+    /// This region.
+    pub region: RegionId,
+    /// The HLC: observes every applied stamp so a new leader stamps after all of them.
+    pub clock: Mutex<HlcClock>,
+    /// The current cluster map, updated as entries apply.
+    pub map: watch::Sender<Arc<ClusterMap>>,
+    /// The index of the last applied entry.
+    pub applied: watch::Sender<u64>,
+}
+
+/// The state machine over `state.redb`.
+pub struct StateMachine {
+    db: Arc<Database>,
+    snapshots: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl StateMachine {
+    /// Opens the state database and the snapshot folder under `dir`.
+    pub fn open(dir: &Path, region: RegionId) -> io::Result<(Self, Arc<Shared>)> {
+        let db = Database::create(dir.join("state.redb")).map_err(io_err)?;
+        let tx = db.begin_write().map_err(io_err)?;
+        WriteTables::open(&tx).map_err(io_err)?;
+        tx.open_table(RAFT_STATE).map_err(io_err)?;
+        let map = cluster::read(&tx.open_table(cluster::CLUSTER).map_err(io_err)?, region)
+            .map_err(io_err)?;
+        tx.commit().map_err(io_err)?;
+        let snapshots = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshots)?;
+        let shared = Arc::new(Shared {
+            region,
+            clock: Mutex::new(HlcClock::new(region)),
+            map: watch::channel(Arc::new(map)).0,
+            applied: watch::channel(0).0,
+        });
+        Ok((
+            StateMachine {
+                db: Arc::new(db),
+                snapshots,
+                shared: shared.clone(),
+            },
+            shared,
+        ))
+    }
+
+    /// The state database, for reads.
+    pub fn db(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
+    fn raft_state<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
+        let tx = self.db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(RAFT_STATE).map_err(io_err)?;
+        match t.get(key).map_err(io_err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(io_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn publish(&self, applied: Option<&LogIdOf<TypeConfig>>) -> io::Result<()> {
+        let tx = self.db.begin_read().map_err(io_err)?;
+        let map = cluster::read(
+            &tx.open_table(cluster::CLUSTER).map_err(io_err)?,
+            self.shared.region,
+        )
+        .map_err(io_err)?;
+        self.shared.map.send_if_modified(|m| {
+            if **m != map {
+                *m = Arc::new(map);
+                true
+            } else {
+                false
+            }
+        });
+        if let Some(id) = applied {
+            self.shared.applied.send_replace(id.index);
+        }
+        Ok(())
+    }
+}
+
+fn put_json<T: serde::Serialize>(
+    t: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    key: &str,
+    v: &T,
+) -> io::Result<()> {
+    let bytes = serde_json::to_vec(v).map_err(io_err)?;
+    t.insert(key, bytes.as_slice()).map_err(io_err)?;
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let applied = self.raft_state::<LogIdOf<TypeConfig>>(APPLIED)?;
+        let membership = self
+            .raft_state::<StoredMembershipOf<TypeConfig>>(MEMBERSHIP)?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            batch.push(item);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let region = self.shared.region;
+        let mut responses = Vec::with_capacity(batch.len());
+        let mut last = None;
+        let mut stamps = Vec::new();
+        let tx = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut ns = WriteTables::open(&tx).map_err(io_err)?;
+            let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
+            let mut clusters = tx.open_table(cluster::CLUSTER).map_err(io_err)?;
+            for (entry, responder) in batch {
+                let log_id = entry.log_id();
+                let response = match &entry.payload {
+                    EntryPayload::Blank => Response::None,
+                    EntryPayload::Normal(Request::Ns(cmd)) => {
+                        stamps.push(cmd.hlc);
+                        let outcome = namespace::apply(&mut ns, cmd);
+                        if let Err(namespace::NsError::Store(e)) = &outcome {
+                            // The transaction is unusable: fail the whole batch; nothing commits.
+                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                        }
+                        Response::Ns(outcome)
+                    }
+                    EntryPayload::Normal(Request::Cluster(cmd)) => {
+                        let map =
+                            cluster::apply(&mut clusters, region, cmd).map_err(io::Error::other)?;
+                        Response::Cluster(map.epoch)
+                    }
+                    EntryPayload::Membership(m) => {
+                        let stored =
+                            StoredMembershipOf::<TypeConfig>::new(Some(log_id.clone()), m.clone());
+                        put_json(&mut raft, MEMBERSHIP, &stored)?;
+                        Response::None
+                    }
+                };
+                last = Some(log_id);
+                responses.push((responder, response));
+            }
+            put_json(&mut raft, APPLIED, &last)?;
+        }
+        tx.commit().map_err(io_err)?;
+        {
+            let mut clock = self.shared.clock.lock().unwrap_or_else(|p| p.into_inner());
+            for s in stamps {
+                clock.observe(s, 0);
+            }
+        }
+        self.publish(last.as_ref())?;
+        for (responder, response) in responses {
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            dir: self.snapshots.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        data: Self::SnapshotData,
+    ) -> Result<(), io::Error> {
+        let tx = self.db.begin_write().map_err(io_err)?;
+        snapshot::load(&tx, &data)?;
+        {
+            let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
+            put_json(&mut raft, APPLIED, &meta.last_log_id)?;
+            put_json(&mut raft, MEMBERSHIP, &meta.last_membership)?;
+        }
+        tx.commit().map_err(io_err)?;
+        save_snapshot(&self.snapshots, meta, &data)?;
+        self.publish(meta.last_log_id.as_ref())?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error> {
+        let meta_path = self.snapshots.join("current.meta.json");
+        let data_path = self.snapshots.join("current.snap");
+        if !meta_path.exists() {
+            return Ok(None);
+        }
+        let meta: SnapshotMetaOf<TypeConfig> =
+            serde_json::from_slice(&std::fs::read(meta_path)?).map_err(io_err)?;
+        let snapshot = std::fs::read(data_path)?;
+        Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot }))
+    }
+}
+
+/// Writes a snapshot durably: data first, then the meta that makes it current.
+fn save_snapshot(dir: &Path, meta: &SnapshotMetaOf<TypeConfig>, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let write = |name: &str, bytes: &[u8]| -> io::Result<()> {
+        let tmp = dir.join(format!("{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))
+    };
+    write("current.snap", data)?;
+    write(
+        "current.meta.json",
+        &serde_json::to_vec(meta).map_err(io_err)?,
+    )?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Builds a snapshot from a consistent read of the state database.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+        let tx = self.db.begin_read().map_err(io_err)?;
+        let (last_log_id, last_membership) = {
+            let t = tx.open_table(RAFT_STATE).map_err(io_err)?;
+            let get = |k: &str| -> io::Result<Option<Vec<u8>>> {
+                Ok(t.get(k).map_err(io_err)?.map(|v| v.value().to_vec()))
+            };
+            let applied: Option<LogIdOf<TypeConfig>> = match get(APPLIED)? {
+                Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+                None => None,
+            };
+            let membership: StoredMembershipOf<TypeConfig> = match get(MEMBERSHIP)? {
+                Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+                None => Default::default(),
+            };
+            (applied, membership)
+        };
+        let data = snapshot::dump(&tx)?;
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id,
+            last_membership,
+        };
+        save_snapshot(&self.dir, &meta, &data)?;
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data,
+        })
+    }
+}
