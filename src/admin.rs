@@ -2,12 +2,96 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use meridian_client::MetaClient;
+use meridian_proto::ns::{Op, Query, QueryReply, Reply, VolumePolicy};
 use meridian_proto::pb::chunk::NodeStatusRequest;
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
+use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
+use meridian_proto::pb::meta::{
+    AddMemberRequest, GetClusterMapRequest, RemoveMemberRequest, StatusRequest, StatusResponse,
+    TriggerSnapshotRequest,
+};
 use serde::Serialize;
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
+    /// Raft status of every metaserver member.
+    MetaStatus {
+        /// Metaserver addresses (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a metaserver to the group (as a learner, then a voter unless --learner).
+    AddMember {
+        /// Metaserver addresses of the existing group.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// The new member's id (never reuse a removed member's id).
+        #[arg(long)]
+        id: u64,
+        /// The new member's address.
+        #[arg(long)]
+        address: String,
+        /// Keep it a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a metaserver from the group.
+    RemoveMember {
+        /// Metaserver addresses.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// The member to remove.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Take a snapshot on a member now (and purge its log behind it with --purge).
+    Snapshot {
+        /// The member's address.
+        #[arg(long)]
+        meta: String,
+        /// Also purge the log up to the snapshot.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Create a volume.
+    VolumeCreate {
+        /// Metaserver addresses.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Volume name.
+        name: String,
+        /// Copies of every block.
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+        /// Copies without which a write fails.
+        #[arg(long, default_value_t = 2)]
+        min_copies: u32,
+        /// Byte quota.
+        #[arg(long)]
+        quota_bytes: Option<u64>,
+    },
+    /// List volumes.
+    Volumes {
+        /// Metaserver addresses.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The chunkserver cluster map the metaservers hold.
+    ClusterMap {
+        /// Metaserver addresses.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Capacity, usage and health of chunkservers.
     ChunkStatus {
         /// Chunkserver addresses (host:port).
@@ -71,8 +155,215 @@ fn human(bytes: u64) -> String {
     }
 }
 
+async fn meta_rpc(addr: &str) -> Result<MetaServiceClient<tonic::transport::Channel>> {
+    MetaServiceClient::connect(format!("http://{addr}"))
+        .await
+        .with_context(|| format!("cannot reach metaserver {addr}"))
+}
+
+fn status_json(s: &StatusResponse) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id, "state": s.state, "leader": s.leader, "leader_address": s.leader_address,
+        "term": s.term, "last_log_index": s.last_log_index, "last_applied": s.last_applied,
+        "snapshot_index": s.snapshot_index, "purged_index": s.purged_index, "region": s.region,
+        "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "address": m.address, "voter": m.voter})).collect::<Vec<_>>(),
+    })
+}
+
 pub async fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
+        AdminCommand::MetaStatus { meta, json } => {
+            let mut rows = Vec::new();
+            let mut failed = false;
+            for addr in &meta {
+                let got = async {
+                    Ok::<_, anyhow::Error>(
+                        meta_rpc(addr)
+                            .await?
+                            .status(StatusRequest {})
+                            .await?
+                            .into_inner(),
+                    )
+                }
+                .await;
+                match got {
+                    Ok(s) => rows.push((addr.clone(), Ok(s))),
+                    Err(e) => {
+                        failed = true;
+                        rows.push((addr.clone(), Err(format!("{e:#}"))))
+                    }
+                }
+            }
+            if json {
+                let out: Vec<_> = rows
+                    .iter()
+                    .map(|(a, r)| match r {
+                        Ok(s) => status_json(s),
+                        Err(e) => serde_json::json!({"address": a, "error": e}),
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "{:<22} {:>4} {:<10} {:>6} {:>6} {:>9} {:>9} {:>9}",
+                    "ADDRESS", "ID", "STATE", "LEADER", "TERM", "LAST LOG", "APPLIED", "SNAPSHOT"
+                );
+                for (a, r) in &rows {
+                    match r {
+                        Ok(s) => println!(
+                            "{:<22} {:>4} {:<10} {:>6} {:>6} {:>9} {:>9} {:>9}",
+                            a,
+                            s.id,
+                            s.state,
+                            s.leader,
+                            s.term,
+                            s.last_log_index,
+                            s.last_applied,
+                            s.snapshot_index
+                        ),
+                        Err(e) => println!("{a:<22} unreachable: {e}"),
+                    }
+                }
+            }
+            if failed {
+                anyhow::bail!("some metaservers could not be reached");
+            }
+            Ok(())
+        }
+        AdminCommand::AddMember {
+            meta,
+            id,
+            address,
+            learner,
+        } => {
+            let client = MetaClient::new(meta);
+            let s = client.status().await?;
+            let target = if s.leader_address.is_empty() {
+                anyhow::bail!("no leader is known; retry")
+            } else {
+                s.leader_address
+            };
+            let s = meta_rpc(&target)
+                .await?
+                .add_member(AddMemberRequest {
+                    id,
+                    address,
+                    voter: !learner,
+                })
+                .await?
+                .into_inner();
+            println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+            Ok(())
+        }
+        AdminCommand::RemoveMember { meta, id } => {
+            let client = MetaClient::new(meta);
+            let s = client.status().await?;
+            let s = meta_rpc(&s.leader_address)
+                .await?
+                .remove_member(RemoveMemberRequest { id })
+                .await?
+                .into_inner();
+            println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+            Ok(())
+        }
+        AdminCommand::Snapshot { meta, purge } => {
+            let s = meta_rpc(&meta)
+                .await?
+                .trigger_snapshot(TriggerSnapshotRequest { purge })
+                .await?
+                .into_inner();
+            println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+            Ok(())
+        }
+        AdminCommand::VolumeCreate {
+            meta,
+            name,
+            replicas,
+            min_copies,
+            quota_bytes,
+        } => {
+            let policy = VolumePolicy {
+                replicas,
+                min_copies,
+                quota_bytes,
+                ..Default::default()
+            };
+            let reply = MetaClient::new(meta)
+                .mutate(&Op::CreateVolume {
+                    name: name.clone(),
+                    policy,
+                })
+                .await?;
+            if let Reply::Volume(v) = reply {
+                println!("created volume {} (id {}, root {})", v.name, v.id, v.root);
+            }
+            Ok(())
+        }
+        AdminCommand::Volumes { meta, json } => {
+            let QueryReply::Volumes(vols) =
+                MetaClient::new(meta).query(&Query::Volumes, false).await?
+            else {
+                anyhow::bail!("unexpected reply");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&vols)?);
+            } else {
+                println!(
+                    "{:<20} {:>4} {:>8} {:>10} {:>8}",
+                    "NAME", "ID", "REPLICAS", "USED", "INODES"
+                );
+                for v in vols {
+                    println!(
+                        "{:<20} {:>4} {:>8} {:>10} {:>8}",
+                        v.name,
+                        v.id,
+                        v.policy.replicas,
+                        human(v.used_bytes),
+                        v.used_inodes
+                    );
+                }
+            }
+            Ok(())
+        }
+        AdminCommand::ClusterMap { meta, json } => {
+            let mut last = None;
+            for addr in &meta {
+                match meta_rpc(addr).await {
+                    Ok(mut c) => {
+                        let r = c
+                            .get_cluster_map(GetClusterMapRequest {
+                                known_epoch: u64::MAX,
+                                wait_ms: 0,
+                            })
+                            .await?;
+                        let map: meridian_proto::ClusterMap =
+                            serde_json::from_slice(&r.into_inner().map)?;
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&map)?);
+                        } else {
+                            println!("epoch {} region {}", map.epoch, map.region.0);
+                            println!(
+                                "{:>5} {:<10} {:<22} {:>10} {:<8}",
+                                "NODE", "ZONE", "ADDRESS", "CAPACITY", "STATE"
+                            );
+                            for n in &map.nodes {
+                                println!(
+                                    "{:>5} {:<10} {:<22} {:>10} {:<8}",
+                                    n.id.0,
+                                    n.zone.0,
+                                    n.address,
+                                    human(n.capacity),
+                                    format!("{:?}", n.state).to_lowercase()
+                                );
+                            }
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no metaserver address")))
+        }
         AdminCommand::ChunkStatus { addresses, json } => {
             let mut rows = Vec::new();
             for a in &addresses {

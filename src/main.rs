@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use meridian_chunkserver::ChunkConfig;
+use meridian_metaserver::MetaConfig;
 
 mod admin;
 
@@ -20,7 +21,9 @@ struct Cli {
 enum Command {
     /// Run a chunkserver: stores blocks on local disk and replicates them in its region.
     Chunk(Box<ChunkArgs>),
-    /// Inspect a running cluster.
+    /// Run a metaserver: one member of the region's Raft group holding the namespace.
+    Meta(Box<MetaArgs>),
+    /// Inspect and administer a running cluster.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
 }
@@ -46,7 +49,16 @@ struct ChunkArgs {
     /// Region id.
     #[arg(long)]
     region: Option<u16>,
-    /// Cluster map file (TOML), re-read when it changes.
+    /// Metaserver addresses (comma-separated): register, heartbeat, and get the cluster map there.
+    #[arg(long, value_delimiter = ',')]
+    meta: Option<Vec<String>>,
+    /// Address peers and clients use for this node (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Heartbeat interval to the metaservers, in milliseconds.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Cluster map file (TOML), re-read when it changes (instead of --meta).
     #[arg(long)]
     cluster_map: Option<PathBuf>,
     /// How often to check the cluster map file, in milliseconds.
@@ -94,9 +106,95 @@ impl ChunkArgs {
             max_block_len,
             default_min_copies,
             peer_connect_timeout_ms,
-            peer_request_timeout_ms
+            peer_request_timeout_ms,
+            meta,
+            heartbeat_ms
         );
-        set_opt!(cluster_map, capacity, metrics_listen);
+        set_opt!(cluster_map, capacity, metrics_listen, advertise);
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+/// Every field of the metaserver's config file, overridable here.
+#[derive(Args)]
+struct MetaArgs {
+    /// Config file (TOML); flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Member id, unique in the region (1 or more); never reuse a removed member's id.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Data folder for the Raft log, state and snapshots.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// gRPC listen address (port 0: pick one; the bound address is printed).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address other members and clients use for this one (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Region id.
+    #[arg(long)]
+    region: Option<u16>,
+    /// Start a new group with this member as its only voter (ignored once it has state).
+    #[arg(long)]
+    init: bool,
+    /// Raft heartbeat interval, in milliseconds.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Election timeout lower bound, in milliseconds.
+    #[arg(long)]
+    election_min_ms: Option<u64>,
+    /// Election timeout upper bound, in milliseconds.
+    #[arg(long)]
+    election_max_ms: Option<u64>,
+    /// Snapshot after this many applied entries.
+    #[arg(long)]
+    snapshot_logs: Option<u64>,
+    /// Entries kept behind a snapshot.
+    #[arg(long)]
+    keep_logs: Option<u64>,
+    /// A silent chunkserver becomes suspect after this many milliseconds.
+    #[arg(long)]
+    suspect_after_ms: Option<u64>,
+    /// A silent chunkserver becomes down after this many milliseconds.
+    #[arg(long)]
+    down_after_ms: Option<u64>,
+    /// Serve Prometheus metrics over HTTP on this address.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+}
+
+impl MetaArgs {
+    fn into_config(self) -> Result<MetaConfig> {
+        let mut c = match &self.config {
+            Some(path) => MetaConfig::load(path).map_err(anyhow::Error::msg)?,
+            None => MetaConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { c.$field = v; })* };
+        }
+        set!(
+            id,
+            data,
+            listen,
+            region,
+            heartbeat_ms,
+            election_min_ms,
+            election_max_ms,
+            snapshot_logs,
+            keep_logs,
+            suspect_after_ms,
+            down_after_ms
+        );
+        if let Some(v) = self.advertise {
+            c.advertise = Some(v);
+        }
+        if let Some(v) = self.metrics_listen {
+            c.metrics_listen = Some(v);
+        }
+        c.init |= self.init;
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }
@@ -149,6 +247,14 @@ fn main() -> Result<()> {
                 let config = args.into_config()?;
                 install_metrics(config.metrics_listen.as_deref())?;
                 meridian_chunkserver::run(config, shutdown_signal()).await?;
+                Ok(())
+            }
+            Command::Meta(args) => {
+                let config = args.into_config()?;
+                install_metrics(config.metrics_listen.as_deref())?;
+                meridian_metaserver::run(config, shutdown_signal())
+                    .await
+                    .map_err(anyhow::Error::msg)?;
                 Ok(())
             }
             Command::Admin(cmd) => admin::run(cmd).await,

@@ -21,6 +21,12 @@ pub struct ChunkConfig {
     pub region: u16,
     /// Cluster map file (TOML), re-read when it changes, until the metaserver serves maps.
     pub cluster_map: Option<PathBuf>,
+    /// Metaserver addresses: register there, heartbeat, and take the cluster map from them.
+    pub meta: Vec<String>,
+    /// Address peers and clients use for this node (default: the bound address).
+    pub advertise: Option<String>,
+    /// Heartbeat interval to the metaservers, in milliseconds.
+    pub heartbeat_ms: u64,
     /// How often to look at the cluster map file for changes, in milliseconds.
     pub map_poll_ms: u64,
     /// Bytes this node may use; default: the size of the data folder's filesystem.
@@ -46,6 +52,9 @@ impl Default for ChunkConfig {
             zone: "default".to_string(),
             region: 1,
             cluster_map: None,
+            meta: Vec::new(),
+            advertise: None,
+            heartbeat_ms: 1000,
             map_poll_ms: 1000,
             capacity: None,
             max_block_len: meridian_proto::block::MAX_BLOCK_LEN,
@@ -78,6 +87,11 @@ impl ChunkConfig {
                 "max_block_len must be between 1 and {}",
                 meridian_proto::block::MAX_BLOCK_LEN
             ));
+        }
+        if !self.meta.is_empty() && self.cluster_map.is_some() {
+            return Err(
+                "give either metaserver addresses (--meta) or a cluster map file, not both".into(),
+            );
         }
         if self.default_min_copies == 0 {
             return Err("default_min_copies must be at least 1".into());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use meridian_proto::channels::{self, ChannelPool, Timeouts};
 use meridian_proto::pb::chunk::chunk_service_server::ChunkServiceServer;
-use meridian_proto::{ClusterMap, NodeId, ZoneId};
+use meridian_proto::{ClusterMap, NodeId, NodeInfo, NodeState, ZoneId};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
@@ -35,15 +35,36 @@ pub async fn run(
     .await
     .map_err(|e| ChunkError::Invalid(format!("start-up task failed: {e}")))??;
 
-    let map = match &config.cluster_map {
-        Some(path) => map::watch_file(
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| ChunkError::Invalid(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ChunkError::Invalid(format!("listener has no address: {e}")))?;
+    let capacity = store.usage().capacity;
+    let map = if !config.meta.is_empty() {
+        let me = NodeInfo {
+            id,
+            zone: ZoneId(config.zone.clone()),
+            address: config.advertise.clone().unwrap_or_else(|| addr.to_string()),
+            capacity,
+            state: NodeState::Up,
+        };
+        map::watch_meta(
+            config.meta.clone(),
+            me,
+            Duration::from_millis(config.heartbeat_ms.max(10)),
+        )
+    } else if let Some(path) = &config.cluster_map {
+        map::watch_file(
             path.clone(),
             Duration::from_millis(config.map_poll_ms.max(10)),
-        ),
-        None => {
-            warn!("no cluster map configured: this node can store blocks but not replicate them");
-            map::fixed(ClusterMap::default())
-        }
+        )
+    } else {
+        warn!(
+            "no metaservers and no cluster map: this node can store blocks but not replicate them"
+        );
+        map::fixed(ClusterMap::default())
     };
     check_own_entry(&map, id, &config.zone);
 
@@ -63,12 +84,6 @@ pub async fn run(
         default_min_copies: config.default_min_copies,
     };
 
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| ChunkError::Invalid(format!("cannot listen on {}: {e}", config.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ChunkError::Invalid(format!("listener has no address: {e}")))?;
     println!("meridian chunk {} listening on {addr}", config.id);
     info!(node = %id, zone = %config.zone, %addr, data = %config.data.display(), "chunkserver serving");
 

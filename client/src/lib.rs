@@ -3,5 +3,7 @@
 //! the FUSE adapter, the CSI driver and the admin CLI build on it in later issues.
 
 pub mod blocks;
+pub mod meta;
 
 pub use blocks::{BlockClient, ClientError, PutReceipt};
+pub use meta::{MetaClient, MetaError};

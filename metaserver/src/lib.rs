@@ -1,5 +1,11 @@
 //! The metaserver: one openraft group per region holding the namespace and the cluster map.
 
 pub mod cluster;
+pub mod config;
 pub mod namespace;
 pub mod raft;
+pub mod server;
+pub mod service;
+
+pub use config::MetaConfig;
+pub use server::run;

@@ -59,8 +59,9 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// One chunkserver process.
-pub struct ChunkProc {
+/// One server process (`meridian chunk` or `meridian meta`).
+pub struct ServerProc {
+    pub role: &'static str,
     pub id: u64,
     pub zone: String,
     pub addr: String,
@@ -70,7 +71,7 @@ pub struct ChunkProc {
     child: Option<Child>,
 }
 
-impl ChunkProc {
+impl ServerProc {
     fn spawn(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
@@ -83,7 +84,7 @@ impl ChunkProc {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("spawn meridian chunk")?;
+            .with_context(|| format!("spawn meridian {}", self.role))?;
         self.child = Some(child);
         Ok(())
     }
@@ -91,11 +92,11 @@ impl ChunkProc {
     /// Waits until the process has printed its listening address, and returns it.
     fn wait_listening(&mut self, after: usize) -> Result<String> {
         let log = self.log.clone();
-        let id = self.id;
-        let found = wait_for(START_DEADLINE, "chunkserver to listen", || {
+        let (id, role) = (self.id, self.role);
+        let found = wait_for(START_DEADLINE, "server to listen", || {
             let text = fs::read_to_string(&log).ok()?;
             text.lines()
-                .filter(|l| l.starts_with(&format!("meridian chunk {id} listening on ")))
+                .filter(|l| l.starts_with(&format!("meridian {role} {id} listening on ")))
                 .nth(after)
                 .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
         });
@@ -108,7 +109,7 @@ impl ChunkProc {
                 log_tail(&log, 30)
             );
         }
-        found.with_context(|| format!("chunkserver {id}:\n{}", log_tail(&log, 30)))
+        found.with_context(|| format!("{role} {id}:\n{}", log_tail(&log, 30)))
     }
 
     /// kill -9.
@@ -141,6 +142,56 @@ impl ChunkProc {
         }
     }
 
+    /// Starts the process again with the same arguments, listening on `addr`.
+    pub fn restart_on(&mut self, addr: &str) -> Result<()> {
+        let listen = self
+            .args
+            .iter()
+            .position(|a| a == "--listen")
+            .expect("listen arg")
+            + 1;
+        self.args[listen] = addr.to_string();
+        let prefix = format!("meridian {} {} listening on ", self.role, self.id);
+        let before = fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .count();
+        self.spawn()?;
+        let again = self.wait_listening(before)?;
+        anyhow::ensure!(again == addr, "restarted on {again}, expected {addr}");
+        Ok(())
+    }
+
+    /// Starts a new server process; returns once it has printed its address.
+    pub fn start(role: &'static str, id: u64, dir: &Path, mut args: Vec<String>) -> Result<Self> {
+        let data = dir.join(format!("{role}-{id}"));
+        let mut full = vec![
+            role.to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--data".into(),
+            data.display().to_string(),
+        ];
+        if !args.iter().any(|a| a == "--listen") {
+            full.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        full.append(&mut args);
+        let mut p = ServerProc {
+            role,
+            id,
+            zone: String::new(),
+            addr: String::new(),
+            data,
+            log: dir.join(format!("{role}-{id}.log")),
+            args: full,
+            child: None,
+        };
+        p.spawn()?;
+        p.addr = p.wait_listening(0)?;
+        Ok(p)
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -148,7 +199,7 @@ impl ChunkProc {
     }
 }
 
-impl Drop for ChunkProc {
+impl Drop for ServerProc {
     fn drop(&mut self) {
         self.kill();
     }
@@ -156,7 +207,7 @@ impl Drop for ChunkProc {
 
 /// Three (or more) chunkservers on loopback sharing a cluster map file.
 pub struct ChunkCluster {
-    pub nodes: Vec<ChunkProc>,
+    pub nodes: Vec<ServerProc>,
     pub map_path: PathBuf,
     pub map: ClusterMap,
     // Last field: dropped after the processes are killed.
@@ -194,7 +245,8 @@ impl ChunkCluster {
                 "--peer-connect-timeout-ms".into(),
                 "1000".into(),
             ];
-            let mut p = ChunkProc {
+            let mut p = ServerProc {
+                role: "chunk",
                 id,
                 zone: zone.to_string(),
                 addr: String::new(),
@@ -302,5 +354,131 @@ impl ChunkCluster {
         let again = p.wait_listening(started_before)?;
         anyhow::ensure!(again == addr, "restarted on {again}, expected {addr}");
         self.wait_map_epoch(i, self.map.epoch)
+    }
+}
+
+/// Raft timings short enough for tests (fail-over in about a second).
+pub fn fast_raft_args() -> Vec<String> {
+    [
+        "--heartbeat-ms",
+        "50",
+        "--election-min-ms",
+        "300",
+        "--election-max-ms",
+        "600",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A region's metaserver group as real processes.
+pub struct MetaCluster {
+    pub nodes: Vec<ServerProc>,
+    pub extra_args: Vec<String>,
+    pub dir: TempDir,
+}
+
+impl MetaCluster {
+    /// Starts member 1 as a new group, then grows it to `n` voters through the admin CLI.
+    pub fn start(n: usize, extra_args: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-meta-")
+            .tempdir()?;
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut args = fast_raft_args();
+        args.extend(extra_args.clone());
+        args.push("--init".into());
+        let first = ServerProc::start("meta", 1, dir.path(), args)?;
+        let mut cluster = MetaCluster {
+            nodes: vec![first],
+            extra_args,
+            dir,
+        };
+        cluster.wait_leader()?;
+        for id in 2..=n as u64 {
+            cluster.add_member(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts member `id` and adds it to the group as a voter (with `meridian admin add-member`).
+    pub fn add_member(&mut self, id: u64) -> Result<()> {
+        let mut args = fast_raft_args();
+        args.extend(self.extra_args.clone());
+        let p = ServerProc::start("meta", id, self.dir.path(), args)?;
+        let out = Command::new(MERIDIAN)
+            .args([
+                "admin",
+                "add-member",
+                "--meta",
+                &self.addrs().join(","),
+                "--id",
+                &id.to_string(),
+                "--address",
+                &p.addr,
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "add-member {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.nodes.push(p);
+        Ok(())
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn client(&self) -> meridian_client::MetaClient {
+        meridian_client::MetaClient::new(self.addrs())
+    }
+
+    /// Raft status of member `i`, if it answers.
+    pub fn status(&self, i: usize) -> Option<meridian_proto::pb::meta::StatusResponse> {
+        let addr = self.nodes[i].addr.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut c =
+                    meridian_proto::pb::meta::meta_service_client::MetaServiceClient::connect(
+                        format!("http://{addr}"),
+                    )
+                    .await
+                    .ok()?;
+                c.status(meridian_proto::pb::meta::StatusRequest {})
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            })
+        })
+        .join()
+        .ok()
+        .flatten()
+    }
+
+    /// Waits until a running member reports itself leader; returns its index.
+    pub fn wait_leader(&mut self) -> Result<usize> {
+        let n = self.nodes.len();
+        let mut running: Vec<bool> = self.nodes.iter_mut().map(|p| p.is_running()).collect();
+        running.resize(n, false);
+        wait_for(START_DEADLINE, "a metaserver leader", || {
+            (0..n).filter(|i| running[*i]).find(|i| {
+                self.status(*i)
+                    .is_some_and(|s| s.state == "Leader" && s.leader == self.nodes[*i].id)
+            })
+        })
+        .with_context(|| {
+            self.nodes
+                .iter()
+                .map(|p| format!("--- {} {}:\n{}", p.role, p.id, log_tail(&p.log, 15)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
     }
 }

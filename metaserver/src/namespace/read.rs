@@ -7,6 +7,7 @@ use redb::{ReadTransaction, ReadableTable};
 use super::apply::{R, X, check_access, check_name};
 use super::tables::*;
 use super::types::*;
+use meridian_proto::ns::{Query, QueryReply};
 
 /// A consistent view of the namespace.
 pub struct NsReader<'a> {
@@ -211,5 +212,47 @@ impl<'a> NsReader<'a> {
             out.push((k.value(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// Answers a [`Query`].
+    pub fn query(&self, q: &Query) -> Result<QueryReply, NsError> {
+        Ok(match q {
+            Query::Lookup {
+                parent,
+                name,
+                creds,
+            } => QueryReply::Attr(self.lookup(*parent, name, creds)?),
+            Query::GetAttr { ino } => QueryReply::Attr(self.getattr(*ino)?),
+            Query::ReadDir {
+                ino,
+                after,
+                limit,
+                creds,
+            } => {
+                let page = self.readdir(
+                    *ino,
+                    after.as_deref(),
+                    (*limit).clamp(1, 10_000) as usize,
+                    creds,
+                )?;
+                QueryReply::Dir {
+                    entries: page.entries,
+                    next: page.next,
+                }
+            }
+            Query::ReadLink { ino } => QueryReply::Bytes(self.readlink(*ino)?),
+            Query::GetXattr { ino, name, creds } => {
+                QueryReply::Bytes(self.getxattr(*ino, name, creds)?)
+            }
+            Query::ListXattr { ino, creds } => QueryReply::Names(self.listxattr(*ino, creds)?),
+            Query::Extents { ino, offset, len } => {
+                QueryReply::Extents(self.extents(*ino, *offset, *len)?)
+            }
+            Query::Volume { name } => QueryReply::Volume(self.volume(name)?),
+            Query::Volumes => QueryReply::Volumes(self.volumes()?),
+            Query::Changes { from, limit } => {
+                QueryReply::Changes(self.changes(*from, (*limit).clamp(1, 10_000) as usize)?)
+            }
+        })
     }
 }

@@ -93,7 +93,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let e: EntryOf<TypeConfig> = serde_json::from_slice(v.value()).map_err(io_err)?;
                 Some(e.log_id)
             }
-            None => purged.clone(),
+            None => purged,
         };
         Ok(LogState {
             last_purged_log_id: purged,
@@ -167,7 +167,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, upto: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         // Record the purge point first: a crash between the two leaves entries that are
         // merely redundant, never a hole the state claims is not there.
-        self.put_meta(PURGED, &Some(upto.clone()))?;
+        self.put_meta(PURGED, &Some(upto))?;
         let tx = self.db.begin_write().map_err(io_err)?;
         tx.open_table(LOG)
             .map_err(io_err)?

@@ -1,1 +1,245 @@
-pub struct Placeholder;
+//! Raft between the members of a region over gRPC: openraft's messages, JSON-encoded, in
+//! the RaftService's byte envelopes. Snapshots stream in 1 MiB chunks.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use meridian_proto::channels::ChannelPool;
+use meridian_proto::pb::meta::RaftMessage;
+use meridian_proto::pb::meta::raft_service_client::RaftServiceClient;
+use meridian_proto::pb::meta::raft_service_server::RaftService;
+use meridian_proto::wire;
+use openraft::errors::{
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::{BasicNode, OptionalSend};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{MetaRaft, TypeConfig};
+
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
+
+/// Creates a client per peer; channels are shared through the pool.
+#[derive(Clone, Debug)]
+pub struct Network {
+    pool: Arc<ChannelPool>,
+}
+
+impl Network {
+    /// A network using `pool` for its connections.
+    pub fn new(pool: Arc<ChannelPool>) -> Self {
+        Network { pool }
+    }
+}
+
+/// The connection to one peer.
+pub struct Peer {
+    target: u64,
+    addr: String,
+    pool: Arc<ChannelPool>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    vote: VoteOf<TypeConfig>,
+    meta: SnapshotMetaOf<TypeConfig>,
+}
+
+fn encode<T: Serialize>(v: &T) -> RaftMessage {
+    RaftMessage {
+        data: Bytes::from(serde_json::to_vec(v).expect("raft messages serialize")),
+    }
+}
+
+fn status_to_rpc(s: Status, target: u64) -> RPCError<TypeConfig> {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::from_string(format!(
+                "member {target}: {}",
+                s.message()
+            )))
+        }
+        _ => RPCError::Network(NetworkError::from_string(format!(
+            "member {target}: {:?} {}",
+            s.code(),
+            s.message()
+        ))),
+    }
+}
+
+impl Peer {
+    fn client(
+        &self,
+        option: &RPCOption,
+    ) -> RpcResult<RaftServiceClient<tonic::transport::Channel>> {
+        let _ = option;
+        let ch = self.pool.get(&self.addr).map_err(|e| {
+            RPCError::Unreachable(Unreachable::from_string(format!(
+                "member {}: {e}",
+                self.target
+            )))
+        })?;
+        Ok(RaftServiceClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, msg: RaftMessage) -> RpcResult<T> {
+        let result: Result<T, RaftError<TypeConfig>> =
+            serde_json::from_slice(&msg.data).map_err(|e| {
+                RPCError::Network(NetworkError::from_string(format!(
+                    "bad reply from member {}: {e}",
+                    self.target
+                )))
+            })?;
+        // A remote fatal error (the peer is shutting down or broken): treat it as unreachable.
+        result.map_err(|e| {
+            RPCError::Unreachable(Unreachable::from_string(format!(
+                "member {}: {e}",
+                self.target
+            )))
+        })
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Peer {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
+        let mut req = Request::new(encode(&rpc));
+        req.set_timeout(option.soft_ttl());
+        let resp = self
+            .client(&option)?
+            .append_entries(req)
+            .await
+            .map_err(|s| status_to_rpc(s, self.target))?;
+        self.decode(resp.into_inner())
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        let mut req = Request::new(encode(&rpc));
+        req.set_timeout(option.soft_ttl());
+        let resp = self
+            .client(&option)?
+            .vote(req)
+            .await
+            .map_err(|s| status_to_rpc(s, self.target))?;
+        self.decode(resp.into_inner())
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut msgs = vec![encode(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta,
+        })];
+        let data = Bytes::from(snapshot.snapshot);
+        msgs.extend(
+            (0..data.len())
+                .step_by(wire::CHUNK_LEN)
+                .map(|at| RaftMessage {
+                    data: data.slice(at..(at + wire::CHUNK_LEN).min(data.len())),
+                }),
+        );
+        let mut client = self.client(&option)?;
+        let send = client.install_snapshot(tokio_stream::iter(msgs));
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            resp = send => {
+                let resp = resp.map_err(|s| status_to_rpc(s, self.target))?;
+                Ok(self.decode(resp.into_inner())?)
+            }
+        }
+    }
+}
+
+/// The receiving side: hands each message to the local Raft.
+pub struct RaftRpc {
+    raft: MetaRaft,
+}
+
+impl RaftRpc {
+    /// Serves Raft RPCs for `raft`.
+    pub fn new(raft: MetaRaft) -> Self {
+        RaftRpc { raft }
+    }
+}
+
+fn bad(e: serde_json::Error) -> Status {
+    Status::invalid_argument(format!("undecodable raft message: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftRpc {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> =
+            serde_json::from_slice(&request.into_inner().data).map_err(bad)?;
+        Ok(Response::new(encode(&self.raft.append_entries(req).await)))
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req: VoteRequest<TypeConfig> =
+            serde_json::from_slice(&request.into_inner().data).map_err(bad)?;
+        Ok(Response::new(encode(&self.raft.vote(req).await)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut stream = request.into_inner();
+        let first = wire::next(&mut stream)
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let header: SnapshotHeader = serde_json::from_slice(&first.data).map_err(bad)?;
+        let mut data = Vec::new();
+        while let Some(msg) = wire::next(&mut stream).await {
+            data.extend_from_slice(&msg?.data);
+        }
+        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta: header.meta,
+            snapshot: data,
+        };
+        let result = self
+            .raft
+            .install_full_snapshot(header.vote, snapshot)
+            .await
+            .map_err(RaftError::<TypeConfig>::Fatal);
+        Ok(Response::new(encode(&result)))
+    }
+}

@@ -172,8 +172,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Response::Cluster(map.epoch)
                     }
                     EntryPayload::Membership(m) => {
-                        let stored =
-                            StoredMembershipOf::<TypeConfig>::new(Some(log_id.clone()), m.clone());
+                        let stored = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone());
                         put_json(&mut raft, MEMBERSHIP, &stored)?;
                         Response::None
                     }

@@ -1,0 +1,193 @@
+//! A client of a region's metaservers: sends namespace mutations and queries to any member
+//! (members forward to the leader), rotates to the next member when one is unreachable or
+//! leadership is changing, and retries a mutation with the same request id so it applies
+//! at most once.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use meridian_proto::channels::{ChannelPool, Timeouts};
+use meridian_proto::ns::{NsError, Op, Query, QueryReply, Reply};
+use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
+use meridian_proto::pb::meta::{MutateRequest, QueryRequest, StatusRequest, StatusResponse};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tracing::debug;
+
+/// Why a metadata call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The namespace refused the operation (maps to an errno).
+    #[error(transparent)]
+    Ns(#[from] NsError),
+    /// No member could complete the call before the retry deadline.
+    #[error("metaservers unavailable: {0}")]
+    Unavailable(String),
+    /// The call can never succeed as sent.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl MetaError {
+    /// The errno a filesystem returns for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            MetaError::Ns(e) => e.errno(),
+            MetaError::Unavailable(_) => meridian_proto::ns::libc_errno::EIO,
+            MetaError::Invalid(_) => meridian_proto::ns::libc_errno::EINVAL,
+        }
+    }
+}
+
+/// A client of one region's metaservers.
+#[derive(Debug)]
+pub struct MetaClient {
+    addrs: Vec<String>,
+    pool: ChannelPool,
+    client_id: u64,
+    next_request: AtomicU64,
+    current: AtomicUsize,
+    retry_for: Duration,
+}
+
+/// A client id unlikely to collide with any other client's.
+fn new_client_id() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let mut h = blake3::Hasher::new();
+    h.update(&nanos.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes")).max(1)
+}
+
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+    )
+}
+
+impl MetaClient {
+    /// A client of the members at `addrs` (host:port), retrying for up to 30 s.
+    pub fn new(addrs: Vec<String>) -> Self {
+        MetaClient {
+            addrs,
+            pool: ChannelPool::new(Timeouts {
+                connect: Duration::from_millis(500),
+                request: Duration::from_secs(10),
+            }),
+            client_id: new_client_id(),
+            next_request: AtomicU64::new(1),
+            current: AtomicUsize::new(0),
+            retry_for: Duration::from_secs(30),
+        }
+    }
+
+    /// Changes how long calls keep retrying before they give up.
+    pub fn with_retry_for(mut self, d: Duration) -> Self {
+        self.retry_for = d;
+        self
+    }
+
+    /// Calls `f` against one member after another until one answers or time runs out.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, MetaError>
+    where
+        F: Fn(MetaServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        if self.addrs.is_empty() {
+            return Err(MetaError::Invalid("no metaserver addresses".into()));
+        }
+        let deadline = Instant::now() + self.retry_for;
+        let mut backoff = Duration::from_millis(20);
+        let mut last: String;
+        let mut attempts = 0usize;
+        loop {
+            let cur = self.current.load(Ordering::Relaxed);
+            let i = cur % self.addrs.len();
+            let addr = &self.addrs[i];
+            let outcome = match self.pool.get(addr) {
+                Ok(ch) => f(MetaServiceClient::new(ch).max_decoding_message_size(64 << 20)).await,
+                Err(e) => Err(Status::unavailable(e.to_string())),
+            };
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err(s) if retryable(&s) => {
+                    debug!(member = %addr, error = %s.message(), "metaserver call failed; trying the next member");
+                    last = format!("{addr}: {}", s.message());
+                    // Move on from this member unless another call already did.
+                    let _ = self.current.compare_exchange(
+                        cur,
+                        cur.wrapping_add(1),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                Err(s) => return Err(MetaError::Invalid(format!("{addr}: {}", s.message()))),
+            }
+            if Instant::now() + backoff > deadline {
+                return Err(MetaError::Unavailable(last));
+            }
+            // Try every member once before waiting: another may already be the leader.
+            attempts += 1;
+            if attempts.is_multiple_of(self.addrs.len()) {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// Applies a namespace mutation, exactly once even across retries and leader changes.
+    pub async fn mutate(&self, op: &Op) -> Result<Reply, MetaError> {
+        let op_bytes =
+            Bytes::from(serde_json::to_vec(op).map_err(|e| MetaError::Invalid(e.to_string()))?);
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let resp = self
+            .call(|mut c| {
+                let req = MutateRequest {
+                    op: op_bytes.clone(),
+                    client_id: self.client_id,
+                    request_id,
+                };
+                async move { c.mutate(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        let outcome: Result<Reply, NsError> = serde_json::from_slice(&resp.outcome)
+            .map_err(|e| MetaError::Invalid(format!("undecodable reply: {e}")))?;
+        Ok(outcome?)
+    }
+
+    /// Reads the namespace; linearizable unless `stale`.
+    pub async fn query(&self, query: &Query, stale: bool) -> Result<QueryReply, MetaError> {
+        let q =
+            Bytes::from(serde_json::to_vec(query).map_err(|e| MetaError::Invalid(e.to_string()))?);
+        let resp = self
+            .call(|mut c| {
+                let req = QueryRequest {
+                    query: q.clone(),
+                    stale,
+                };
+                async move { c.query(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        let outcome: Result<QueryReply, NsError> = serde_json::from_slice(&resp.outcome)
+            .map_err(|e| MetaError::Invalid(format!("undecodable reply: {e}")))?;
+        Ok(outcome?)
+    }
+
+    /// The Raft status of the first member that answers.
+    pub async fn status(&self) -> Result<StatusResponse, MetaError> {
+        self.call(|mut c| async move { c.status(StatusRequest {}).await.map(|r| r.into_inner()) })
+            .await
+    }
+}

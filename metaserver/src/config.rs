@@ -1,0 +1,84 @@
+//! Metaserver configuration: a TOML file with defaults, every field overridable by a flag.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How one metaserver runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetaConfig {
+    /// Member id, unique in the region, 1 or more. Never reuse the id of a removed member.
+    pub id: u64,
+    /// Folder for the Raft log, the state database and snapshots.
+    pub data: PathBuf,
+    /// gRPC listen address (MetaService and RaftService); port 0 picks a free port.
+    pub listen: String,
+    /// Address other members and clients use for this one (default: the bound address).
+    pub advertise: Option<String>,
+    /// Region id.
+    pub region: u16,
+    /// Start a new group with this member as its only voter, if it has no state yet.
+    pub init: bool,
+    /// Raft heartbeat interval, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the election timeout, in milliseconds.
+    pub election_min_ms: u64,
+    /// Upper bound of the election timeout, in milliseconds.
+    pub election_max_ms: u64,
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_logs: u64,
+    /// Entries kept in the log behind a snapshot (for followers that lag a little).
+    pub keep_logs: u64,
+    /// A chunkserver silent this long is suspect, in milliseconds.
+    pub suspect_after_ms: u64,
+    /// A chunkserver silent this long is down, in milliseconds.
+    pub down_after_ms: u64,
+    /// Where to serve Prometheus metrics over HTTP (none: not served).
+    pub metrics_listen: Option<String>,
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        MetaConfig {
+            id: 0,
+            data: PathBuf::from("./meridian-meta"),
+            listen: "127.0.0.1:7400".into(),
+            advertise: None,
+            region: 1,
+            init: false,
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+            snapshot_logs: 10_000,
+            keep_logs: 1000,
+            suspect_after_ms: 3000,
+            down_after_ms: 10_000,
+            metrics_listen: None,
+        }
+    }
+}
+
+impl MetaConfig {
+    /// Reads a config file; fields it leaves out keep their defaults.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config {} is invalid: {e}", path.display()))
+    }
+
+    /// Checks values that have no safe default.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("a metaserver needs a member id of 1 or more (--id)".into());
+        }
+        if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
+        {
+            return Err("need heartbeat_ms < election_min_ms < election_max_ms".into());
+        }
+        if self.suspect_after_ms >= self.down_after_ms {
+            return Err("need suspect_after_ms < down_after_ms".into());
+        }
+        Ok(())
+    }
+}

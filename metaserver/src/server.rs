@@ -1,0 +1,110 @@
+//! Starting and stopping a metaserver.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_proto::RegionId;
+use meridian_proto::channels::{self, ChannelPool, Timeouts};
+use meridian_proto::pb::meta::meta_service_server::MetaServiceServer;
+use meridian_proto::pb::meta::raft_service_server::RaftServiceServer;
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tracing::info;
+
+use crate::config::MetaConfig;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Network, RaftRpc};
+use crate::raft::state_machine::StateMachine;
+use crate::service::{MetaApi, MetaNode};
+
+/// Opens the stores, joins (or starts) the Raft group and serves until `shutdown`.
+/// Prints `meridian meta <id> listening on <addr>` once the port is bound.
+pub async fn run(
+    config: MetaConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data)
+        .map_err(|e| format!("cannot create {}: {e}", config.data.display()))?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+
+    let log =
+        LogStore::open(&config.data.join("log.redb")).map_err(|e| format!("raft log: {e}"))?;
+    let (sm, shared) = StateMachine::open(&config.data, RegionId(config.region))
+        .map_err(|e| format!("state: {e}"))?;
+    let db = sm.db();
+    let raft_config = openraft::Config {
+        cluster_name: format!("meridian-region-{}", config.region),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_min_ms,
+        election_timeout_max: config.election_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: config.keep_logs,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| format!("raft config: {e}"))?;
+    let pool = Arc::new(ChannelPool::new(Timeouts {
+        connect: Duration::from_millis(500),
+        request: Duration::from_secs(30),
+    }));
+    let raft = openraft::Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        Network::new(pool.clone()),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| format!("raft: {e}"))?;
+
+    if config.init && !raft.is_initialized().await.map_err(|e| e.to_string())? {
+        info!(member = config.id, %advertise, "initializing a new group");
+        raft.initialize(BTreeMap::from([(config.id, BasicNode::new(&advertise))]))
+            .await
+            .map_err(|e| format!("initialize: {e}"))?;
+    }
+
+    let node = Arc::new(MetaNode {
+        id: config.id,
+        raft: raft.clone(),
+        db,
+        shared,
+        pool,
+        liveness: Mutex::new(HashMap::new()),
+    });
+    let detector = tokio::spawn(node.clone().detect_failures(
+        Duration::from_millis(config.suspect_after_ms),
+        Duration::from_millis(config.down_after_ms),
+    ));
+
+    println!("meridian meta {} listening on {bound}", config.id);
+    info!(member = config.id, %bound, %advertise, data = %config.data.display(), "metaserver serving");
+    let served = tonic::transport::Server::builder()
+        .initial_stream_window_size(channels::STREAM_WINDOW)
+        .initial_connection_window_size(channels::CONNECTION_WINDOW)
+        .add_service(MetaServiceServer::new(MetaApi(node)).max_decoding_message_size(64 << 20))
+        .add_service(
+            RaftServiceServer::new(RaftRpc::new(raft.clone())).max_decoding_message_size(64 << 20),
+        )
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await;
+    detector.abort();
+    let _ = raft.shutdown().await;
+    info!(member = config.id, "metaserver stopped");
+    served.map_err(|e| format!("server failed: {e}"))
+}

@@ -1,0 +1,506 @@
+//! The MetaService: namespace mutations and queries, the chunkserver registry, and
+//! administration of the Raft group. Any member answers; writes (and linearizable reads)
+//! that reach a follower are forwarded once to the leader.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use meridian_proto::channels::ChannelPool;
+use meridian_proto::ns::{Command, NsError, Op, Query, Timespec};
+use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
+use meridian_proto::pb::meta::meta_service_server::MetaService;
+use meridian_proto::pb::meta::*;
+use meridian_proto::{NodeId, NodeInfo, NodeState, ZoneId};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, ChangeMembers, ReadPolicy};
+use redb::{Database, ReadableDatabase};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::namespace::NsReader;
+use crate::raft::state_machine::Shared;
+use crate::raft::{ClusterCmd, MetaRaft, Request as RaftRequest, Response as RaftResponse};
+
+/// Metadata key marking a request a follower already forwarded (never forwarded twice).
+const FORWARDED: &str = "x-meridian-forwarded";
+
+/// One metaserver's services.
+pub struct MetaNode {
+    /// This member.
+    pub id: u64,
+    /// Its Raft.
+    pub raft: MetaRaft,
+    /// The state database (read side).
+    pub db: Arc<Database>,
+    /// State shared with the state machine.
+    pub shared: Arc<Shared>,
+    /// Connections to the other members.
+    pub pool: Arc<ChannelPool>,
+    /// Last heartbeat of each chunkserver, as seen by this member while leader.
+    pub liveness: Mutex<HashMap<NodeId, Instant>>,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).expect("serializable"))
+}
+
+fn now() -> (u64, Timespec) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (
+        d.as_millis() as u64,
+        Timespec::from_nanos(d.as_nanos() as u64),
+    )
+}
+
+fn unavailable(what: impl std::fmt::Display) -> Status {
+    Status::unavailable(what.to_string())
+}
+
+impl MetaNode {
+    /// The leader's id and address, if known.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leader = m.current_leader?;
+        let addr = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, n)| n.addr.clone())?;
+        Some((leader, addr))
+    }
+
+    /// A client of the leader, for forwarding a request that reached this follower.
+    fn leader_client<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(MetaServiceClient<tonic::transport::Channel>, String), Status> {
+        if req.metadata().contains_key(FORWARDED) {
+            return Err(unavailable(format!(
+                "member {} is not the leader either; leadership is changing",
+                self.id
+            )));
+        }
+        let (leader, addr) = self
+            .leader()
+            .ok_or_else(|| unavailable("no leader is known yet; retry"))?;
+        if leader == self.id {
+            return Err(unavailable("leadership is changing; retry"));
+        }
+        let ch = self.pool.get(&addr).map_err(unavailable)?;
+        Ok((MetaServiceClient::new(ch), addr))
+    }
+
+    fn mark<T>(inner: T) -> Request<T> {
+        let mut r = Request::new(inner);
+        r.metadata_mut()
+            .insert(FORWARDED, "1".parse().expect("ascii"));
+        r
+    }
+
+    /// Stamps an operation with this leader's HLC and wall time.
+    fn stamp(&self, op: Op, request: Option<(u64, u64)>) -> Command {
+        let (ms, ts) = now();
+        let hlc = self
+            .shared
+            .clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .now(ms);
+        Command {
+            op,
+            hlc,
+            now: ts,
+            request,
+        }
+    }
+
+    /// Proposes a Raft entry; `Err(None)` means "not the leader: forward".
+    async fn propose(&self, entry: RaftRequest) -> Result<(RaftResponse, u64), Option<Status>> {
+        match self.raft.client_write(entry).await {
+            Ok(resp) => Ok((resp.data, resp.log_id.index)),
+            Err(e) => {
+                if let Some(openraft::errors::ClientWriteError::LogEntryDiscarded(_)) =
+                    e.api_error()
+                {
+                    return Err(Some(unavailable(
+                        "leadership changed before the write committed; retry with the same request id",
+                    )));
+                }
+                if e.forward_to_leader().is_some() {
+                    return Err(None);
+                }
+                Err(Some(unavailable(e)))
+            }
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&NsReader<'_>) -> T) -> Result<T, Status> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(f(&NsReader::new(&tx)))
+    }
+
+    fn status_response(&self) -> StatusResponse {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let leader = m.current_leader.unwrap_or(0);
+        let members: Vec<Member> = membership
+            .nodes()
+            .map(|(id, n)| Member {
+                id: *id,
+                address: n.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let leader_address = members
+            .iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.address.clone())
+            .unwrap_or_default();
+        StatusResponse {
+            id: self.id,
+            state: format!("{:?}", m.state),
+            leader,
+            leader_address,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+            members,
+            region: u32::from(self.shared.region.0),
+        }
+    }
+
+    /// The leader's failure detector for chunkservers: marks silent nodes suspect, then
+    /// down, through Raft. Runs on every member; acts only while leader. A member that
+    /// becomes leader gives every node a fresh grace period first.
+    pub async fn detect_failures(self: Arc<Self>, suspect_after: Duration, down_after: Duration) {
+        let mut was_leader = false;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let leader = self.raft.is_leader();
+            if !leader {
+                was_leader = false;
+                continue;
+            }
+            let map = self.shared.map.borrow().clone();
+            let mut changes = Vec::new();
+            {
+                let mut seen = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                if !was_leader {
+                    seen.clear();
+                    was_leader = true;
+                }
+                for n in &map.nodes {
+                    let last = *seen.entry(n.id).or_insert(now);
+                    let silent = now.duration_since(last);
+                    let want = if silent >= down_after {
+                        NodeState::Down
+                    } else if silent >= suspect_after {
+                        NodeState::Suspect
+                    } else {
+                        continue;
+                    };
+                    if n.state != want
+                        && n.state != NodeState::Draining
+                        && !(n.state == NodeState::Down && want == NodeState::Suspect)
+                    {
+                        changes.push((n.id, want, silent));
+                    }
+                }
+            }
+            for (id, state, silent) in changes {
+                info!(node = %id, ?state, silent_ms = silent.as_millis() as u64, "chunkserver state change");
+                if let Err(Some(e)) = self
+                    .propose(RaftRequest::Cluster(ClusterCmd::SetState { id, state }))
+                    .await
+                {
+                    warn!(node = %id, error = %e, "could not record chunkserver state");
+                }
+            }
+        }
+    }
+}
+
+/// The gRPC face of a [`MetaNode`].
+#[derive(Clone)]
+pub struct MetaApi(pub Arc<MetaNode>);
+
+impl std::ops::Deref for MetaApi {
+    type Target = MetaNode;
+    fn deref(&self) -> &MetaNode {
+        &self.0
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Status> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Status::invalid_argument(format!("undecodable {what}: {e}")))
+}
+
+#[tonic::async_trait]
+impl MetaService for MetaApi {
+    async fn mutate(
+        &self,
+        request: Request<MutateRequest>,
+    ) -> Result<Response<MutateResponse>, Status> {
+        let op: Op = decode(&request.get_ref().op, "operation")?;
+        let req = request.get_ref();
+        let id = (req.client_id != 0).then_some((req.client_id, req.request_id));
+        match self.propose(RaftRequest::Ns(self.stamp(op, id))).await {
+            Ok((RaftResponse::Ns(outcome), index)) => Ok(Response::new(MutateResponse {
+                outcome: json(&outcome),
+                log_index: index,
+            })),
+            Ok((other, _)) => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
+            Err(Some(status)) => Err(status),
+            Err(None) => {
+                let (mut leader, _) = self.leader_client(&request)?;
+                leader.mutate(MetaNode::mark(request.into_inner())).await
+            }
+        }
+    }
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        let query: Query = decode(&request.get_ref().query, "query")?;
+        if !request.get_ref().stale
+            && let Err(e) = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await
+        {
+            if e.forward_to_leader().is_none() {
+                return Err(unavailable(e));
+            }
+            let (mut leader, _) = self.leader_client(&request)?;
+            return leader.query(MetaNode::mark(request.into_inner())).await;
+        }
+        let outcome: Result<_, NsError> = self.read(|r| r.query(&query))?;
+        Ok(Response::new(QueryResponse {
+            outcome: json(&outcome),
+        }))
+    }
+
+    async fn register_chunkserver(
+        &self,
+        request: Request<RegisterChunkserverRequest>,
+    ) -> Result<Response<ClusterMapResponse>, Status> {
+        let r = request.get_ref();
+        if r.id == 0 || r.address.is_empty() || r.zone.is_empty() || r.capacity == 0 {
+            return Err(Status::invalid_argument(
+                "register needs id >= 1, zone, address and capacity > 0",
+            ));
+        }
+        let info = NodeInfo {
+            id: NodeId(r.id),
+            zone: ZoneId(r.zone.clone()),
+            address: r.address.clone(),
+            capacity: r.capacity,
+            state: NodeState::Up,
+        };
+        match self
+            .propose(RaftRequest::Cluster(ClusterCmd::Register(info)))
+            .await
+        {
+            Ok(_) => {
+                self.liveness
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(NodeId(r.id), Instant::now());
+                Ok(Response::new(ClusterMapResponse {
+                    map: json(&**self.shared.map.borrow()),
+                }))
+            }
+            Err(Some(s)) => Err(s),
+            Err(None) => {
+                let (mut leader, _) = self.leader_client(&request)?;
+                leader
+                    .register_chunkserver(MetaNode::mark(request.into_inner()))
+                    .await
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        if !self.raft.is_leader() {
+            let (mut leader, _) = self.leader_client(&request)?;
+            return leader.heartbeat(MetaNode::mark(request.into_inner())).await;
+        }
+        let id = NodeId(request.get_ref().id);
+        let map = self.shared.map.borrow().clone();
+        let node = map.node(id).ok_or_else(|| {
+            Status::not_found(format!(
+                "chunkserver {id} is not registered; register first"
+            ))
+        })?;
+        self.liveness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+        if matches!(node.state, NodeState::Suspect | NodeState::Down) {
+            info!(node = %id, "chunkserver is back");
+            if let Err(Some(e)) = self
+                .propose(RaftRequest::Cluster(ClusterCmd::SetState {
+                    id,
+                    state: NodeState::Up,
+                }))
+                .await
+            {
+                warn!(node = %id, error = %e, "could not record chunkserver as up");
+            }
+        }
+        Ok(Response::new(HeartbeatResponse {
+            map_epoch: self.shared.map.borrow().epoch,
+        }))
+    }
+
+    async fn get_cluster_map(
+        &self,
+        request: Request<GetClusterMapRequest>,
+    ) -> Result<Response<ClusterMapResponse>, Status> {
+        let r = request.into_inner();
+        let mut rx = self.shared.map.subscribe();
+        let wait = Duration::from_millis(u64::from(r.wait_ms).min(30_000));
+        let _ = tokio::time::timeout(wait, rx.wait_for(|m| m.epoch > r.known_epoch)).await;
+        Ok(Response::new(ClusterMapResponse {
+            map: json(&**rx.borrow()),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.status_response()))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<AddMemberRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        if !self.raft.is_leader() {
+            let (mut leader, _) = self.leader_client(&request)?;
+            return leader
+                .add_member(MetaNode::mark(request.into_inner()))
+                .await;
+        }
+        let r = request.into_inner();
+        if r.id == 0 || r.address.is_empty() {
+            return Err(Status::invalid_argument(
+                "add member needs id >= 1 and an address",
+            ));
+        }
+        info!(member = r.id, address = %r.address, voter = r.voter, "adding member");
+        self.raft
+            .add_learner(r.id, BasicNode::new(&r.address), true)
+            .await
+            .map_err(unavailable)?;
+        if r.voter {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), false)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(Response::new(self.status_response()))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        if !self.raft.is_leader() {
+            let (mut leader, _) = self.leader_client(&request)?;
+            return leader
+                .remove_member(MetaNode::mark(request.into_inner()))
+                .await;
+        }
+        let id = request.into_inner().id;
+        info!(member = id, "removing member");
+        let voters: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.contains(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(unavailable)?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(self.status_response()))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        request: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let purge = request.into_inner().purge;
+        let target = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |l| l.index);
+        self.raft.trigger().snapshot().await.map_err(unavailable)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .snapshot
+            .as_ref()
+            .map_or(0, |l| l.index)
+            < target
+        {
+            if Instant::now() > deadline {
+                return Err(Status::deadline_exceeded("snapshot did not finish in 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if purge {
+            self.raft
+                .trigger()
+                .purge_log(target)
+                .await
+                .map_err(unavailable)?;
+            while self
+                .raft
+                .metrics()
+                .borrow_watched()
+                .purged
+                .as_ref()
+                .map_or(0, |l| l.index)
+                < target
+            {
+                if Instant::now() > deadline {
+                    return Err(Status::deadline_exceeded(
+                        "log purge did not finish in 30 s",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(Response::new(self.status_response()))
+    }
+}

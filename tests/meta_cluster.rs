@@ -1,0 +1,368 @@
+//! Metaserver groups as real processes: operations through any member, leader fail-over
+//! without losing or repeating acknowledged operations, full restart, a new member catching
+//! up from a snapshot after the log was purged, and chunkservers in the cluster map.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use common::{MERIDIAN, MetaCluster, ServerProc, wait_for};
+use meridian_client::{MetaClient, MetaError};
+use meridian_proto::ns::*;
+use meridian_proto::{ClusterMap, InodeId, NodeId, NodeState};
+
+fn mkdir(parent: InodeId, name: &str) -> Op {
+    Op::Mknod {
+        parent,
+        name: name.into(),
+        kind: FileKind::Dir,
+        perm: 0o755,
+        rdev: 0,
+        exclusive: true,
+        creds: Creds::root(),
+    }
+}
+
+fn create(parent: InodeId, name: &str) -> Op {
+    Op::Mknod {
+        parent,
+        name: name.into(),
+        kind: FileKind::File,
+        perm: 0o644,
+        rdev: 0,
+        exclusive: true,
+        creds: Creds::root(),
+    }
+}
+
+async fn new_volume(client: &MetaClient, name: &str) -> Result<Volume> {
+    match client
+        .mutate(&Op::CreateVolume {
+            name: name.into(),
+            policy: VolumePolicy::default(),
+        })
+        .await?
+    {
+        Reply::Volume(v) => Ok(v),
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+}
+
+fn attr_of(reply: Reply) -> Attr {
+    match reply {
+        Reply::Attr(a) => a,
+        other => panic!("expected attributes, got {other:?}"),
+    }
+}
+
+async fn lookup(
+    client: &MetaClient,
+    parent: InodeId,
+    name: &str,
+    stale: bool,
+) -> Result<Attr, MetaError> {
+    match client
+        .query(
+            &Query::Lookup {
+                parent,
+                name: name.into(),
+                creds: Creds::root(),
+            },
+            stale,
+        )
+        .await?
+    {
+        QueryReply::Attr(a) => Ok(a),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn list(client: &MetaClient, dir: InodeId, stale: bool) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut after = None;
+    loop {
+        let q = Query::ReadDir {
+            ino: dir,
+            after: after.clone(),
+            limit: 1000,
+            creds: Creds::root(),
+        };
+        let QueryReply::Dir { entries, next } = client.query(&q, stale).await? else {
+            anyhow::bail!("not a dir page")
+        };
+        names.extend(
+            entries
+                .into_iter()
+                .map(|e| String::from_utf8_lossy(&e.name).into_owned()),
+        );
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(names),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_succeed_through_any_member() -> Result<()> {
+    let cluster = MetaCluster::start(3, &[])?;
+    let via = |i: usize| MetaClient::new(vec![cluster.nodes[i].addr.clone()]);
+    let vol = new_volume(&via(0), "main").await?;
+    let docs = attr_of(via(1).mutate(&mkdir(vol.root, "docs")).await?);
+    attr_of(via(2).mutate(&create(docs.ino, "readme")).await?);
+    for i in 0..3 {
+        // Linearizable reads through every member see every acknowledged write.
+        let got = lookup(&via(i), docs.ino, "readme", false).await?;
+        assert_eq!(got.kind, FileKind::File);
+    }
+    // POSIX errors come back as errors, through any member.
+    let err = via(2).mutate(&mkdir(vol.root, "docs")).await.unwrap_err();
+    assert_eq!(err.errno(), libc_errno::EEXIST, "{err}");
+    let err = lookup(&via(1), vol.root, "nope", false).await.unwrap_err();
+    assert_eq!(err.errno(), libc_errno::ENOENT);
+    // Followers catch up for stale reads too.
+    for i in 0..3 {
+        let c = via(i);
+        wait_for(Duration::from_secs(10), "a follower to apply", || {
+            let rt = tokio::runtime::Handle::current();
+            std::thread::scope(|s| {
+                s.spawn(|| rt.block_on(lookup(&c, docs.ino, "readme", true)).ok())
+                    .join()
+                    .ok()
+                    .flatten()
+            })
+        })?;
+    }
+
+    let out = Command::new(MERIDIAN)
+        .args([
+            "admin",
+            "meta-status",
+            "--json",
+            "--meta",
+            &cluster.addrs().join(","),
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let rows = rows.as_array().context("array")?;
+    assert_eq!(rows.iter().filter(|r| r["state"] == "Leader").count(), 1);
+    for r in rows {
+        assert_eq!(
+            r["members"]
+                .as_array()
+                .map(|m| m.iter().filter(|m| m["voter"] == true).count()),
+            Some(3)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_stream_loses_and_repeats_nothing() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let client = cluster.client();
+    let vol = new_volume(&client, "main").await?;
+    let dir = attr_of(client.mutate(&mkdir(vol.root, "stream")).await?);
+
+    let total = 300;
+    let mut acked = BTreeSet::new();
+    let mut failover = None;
+    for i in 0..total {
+        if i == 100 {
+            let leader = cluster.wait_leader()?;
+            cluster.nodes[leader].kill();
+            failover = Some(Instant::now());
+        }
+        let name = format!("f-{i:04}");
+        let t = Instant::now();
+        client
+            .mutate(&create(dir.ino, &name))
+            .await
+            .with_context(|| format!("create {name}"))?;
+        if let Some(start) = failover.take().filter(|_| i == 100) {
+            eprintln!(
+                "first write after killing the leader took {:?} (since kill {:?})",
+                t.elapsed(),
+                start.elapsed()
+            );
+        }
+        acked.insert(name);
+    }
+    // Every acknowledged create is there, and nothing else.
+    let names: BTreeSet<String> = list(&client, dir.ino, false).await?.into_iter().collect();
+    assert_eq!(names, acked);
+    // None was applied twice: the change log holds exactly one create per name.
+    let QueryReply::Changes(changes) = client
+        .query(
+            &Query::Changes {
+                from: 0,
+                limit: 10_000,
+            },
+            false,
+        )
+        .await?
+    else {
+        anyhow::bail!("not changes")
+    };
+    let creates = changes
+        .iter()
+        .filter(|(_, rec)| {
+            let v: serde_json::Value = serde_json::from_slice(rec).unwrap();
+            v["op"]["Mknod"]["parent"] == dir.ino.0 && v["op"]["Mknod"]["kind"] == "File"
+        })
+        .count();
+    assert_eq!(creates, total);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_and_restarting_every_member_keeps_the_namespace() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let client = cluster.client();
+    let vol = new_volume(&client, "main").await?;
+    let a = attr_of(client.mutate(&mkdir(vol.root, "a")).await?);
+    for i in 0..20 {
+        client.mutate(&create(a.ino, &format!("file-{i}"))).await?;
+    }
+    let before = list(&client, a.ino, false).await?;
+    for n in &mut cluster.nodes {
+        assert!(n.terminate()?.success(), "graceful stop");
+    }
+    for n in &mut cluster.nodes {
+        let addr = n.addr.clone();
+        n.restart_on(&addr)?;
+    }
+    cluster.wait_leader()?;
+    let client = cluster.client();
+    assert_eq!(list(&client, a.ino, false).await?, before);
+    assert_eq!(lookup(&client, vol.root, "a", false).await?.nlink, 2);
+    client.mutate(&create(a.ino, "after-restart")).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_catches_up_from_a_snapshot_after_the_log_is_purged() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &["--keep-logs", "0"])?;
+    let client = cluster.client();
+    let vol = new_volume(&client, "main").await?;
+    let dir = attr_of(client.mutate(&mkdir(vol.root, "many")).await?);
+    for i in 0..150 {
+        client
+            .mutate(&create(dir.ino, &format!("n-{i:03}")))
+            .await?;
+    }
+    let leader = cluster.wait_leader()?;
+    let out = Command::new(MERIDIAN)
+        .args([
+            "admin",
+            "snapshot",
+            "--purge",
+            "--meta",
+            &cluster.nodes[leader].addr,
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = cluster.status(leader).context("leader status")?;
+    assert!(
+        status.snapshot_index > 150 && status.purged_index >= status.snapshot_index,
+        "{status:?}"
+    );
+
+    cluster.add_member(4)?;
+    let target = cluster
+        .status(leader)
+        .context("leader status")?
+        .last_applied;
+    let fourth = wait_for(Duration::from_secs(20), "member 4 to catch up", || {
+        cluster.status(3).filter(|s| s.last_applied >= target)
+    })?;
+    assert!(
+        fourth.snapshot_index > 0,
+        "member 4 was brought up from a snapshot: {fourth:?}"
+    );
+    let only_four = MetaClient::new(vec![cluster.nodes[3].addr.clone()]);
+    assert_eq!(list(&only_four, dir.ino, true).await?.len(), 150);
+    Ok(())
+}
+
+fn cluster_map(meta: &[String]) -> Option<ClusterMap> {
+    let out = Command::new(MERIDIAN)
+        .args(["admin", "cluster-map", "--json", "--meta", &meta.join(",")])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn chunkservers_register_show_up_and_go_down_when_killed() -> Result<()> {
+    let cluster = MetaCluster::start(3, &["--suspect-after-ms", "800", "--down-after-ms", "2000"])?;
+    let meta = cluster.addrs();
+    let mut chunks = Vec::new();
+    for (i, zone) in ["a", "b", "c"].iter().enumerate() {
+        let args = vec![
+            "--zone".to_string(),
+            zone.to_string(),
+            "--meta".into(),
+            meta.join(","),
+            "--heartbeat-ms".into(),
+            "200".into(),
+            "--capacity".into(),
+            (1u64 << 33).to_string(),
+        ];
+        chunks.push(ServerProc::start(
+            "chunk",
+            i as u64 + 1,
+            cluster.dir.path(),
+            args,
+        )?);
+    }
+    let map = wait_for(Duration::from_secs(20), "three chunkservers up", || {
+        cluster_map(&meta)
+            .filter(|m| m.nodes.len() == 3 && m.nodes.iter().all(|n| n.state == NodeState::Up))
+    })?;
+    for (n, p) in map.nodes.iter().zip(&chunks) {
+        assert_eq!((n.id, n.address.as_str()), (NodeId(p.id), p.addr.as_str()));
+    }
+
+    chunks[1].kill();
+    let map = wait_for(
+        Duration::from_secs(20),
+        "the killed chunkserver to be down",
+        || {
+            cluster_map(&meta).filter(|m| {
+                m.node(NodeId(2))
+                    .is_some_and(|n| n.state == NodeState::Down)
+            })
+        },
+    )?;
+    assert_eq!(map.node(NodeId(1)).map(|n| n.state), Some(NodeState::Up));
+    assert_eq!(map.node(NodeId(3)).map(|n| n.state), Some(NodeState::Up));
+
+    // It comes back: registered again and up, with a newer epoch.
+    let addr = chunks[1].addr.clone();
+    chunks[1].restart_on(&addr)?;
+    let back = wait_for(
+        Duration::from_secs(20),
+        "the chunkserver to be up again",
+        || {
+            cluster_map(&meta)
+                .filter(|m| m.node(NodeId(2)).is_some_and(|n| n.state == NodeState::Up))
+        },
+    )?;
+    assert!(back.epoch > map.epoch);
+    Ok(())
+}
