@@ -366,3 +366,51 @@ fn chunkservers_register_show_up_and_go_down_when_killed() -> Result<()> {
     assert!(back.epoch > map.epoch);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_grows_to_five_members_and_shrinks_back_to_three() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &[])?;
+    cluster.add_member(4)?;
+    cluster.add_member(5)?;
+    let client = cluster.client();
+    let vol = new_volume(&client, "main").await?;
+    let voters =
+        |s: &meridian_proto::pb::meta::StatusResponse| s.members.iter().filter(|m| m.voter).count();
+    let leader = cluster.wait_leader()?;
+    assert_eq!(voters(&cluster.status(leader).context("status")?), 5);
+
+    for id in [4u64, 5] {
+        let out = Command::new(MERIDIAN)
+            .args([
+                "admin",
+                "remove-member",
+                "--meta",
+                &cluster.addrs().join(","),
+                "--id",
+                &id.to_string(),
+            ])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "remove {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cluster.nodes[3].kill();
+    cluster.nodes[4].kill();
+    let leader = cluster.wait_leader()?;
+    let status = cluster.status(leader).context("status")?;
+    assert_eq!(voters(&status), 3);
+    assert_eq!(status.members.len(), 3);
+
+    // With 4 and 5 gone from the quorum, one more dead member still leaves a majority.
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    cluster.nodes[follower].kill();
+    let only_live: Vec<String> = (0..3)
+        .filter(|i| *i != follower)
+        .map(|i| cluster.nodes[i].addr.clone())
+        .collect();
+    let live = MetaClient::new(only_live);
+    attr_of(live.mutate(&mkdir(vol.root, "still-writable")).await?);
+    Ok(())
+}

@@ -11,10 +11,16 @@ use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
 use meridian_proto::ns::{NsError, Op, Query, QueryReply, Reply};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
-use meridian_proto::pb::meta::{MutateRequest, QueryRequest, StatusRequest, StatusResponse};
+use meridian_proto::pb::meta::{
+    GetClusterMapRequest, HeartbeatRequest, MutateRequest, QueryRequest,
+    RegisterChunkserverRequest, StatusRequest, StatusResponse,
+};
+use meridian_proto::{ClusterMap, NodeInfo};
+use std::sync::Arc;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tracing::debug;
+use tracing::{debug, info};
 
 /// Why a metadata call failed.
 #[derive(Debug, thiserror::Error)]
@@ -189,5 +195,76 @@ impl MetaClient {
     pub async fn status(&self) -> Result<StatusResponse, MetaError> {
         self.call(|mut c| async move { c.status(StatusRequest {}).await.map(|r| r.into_inner()) })
             .await
+    }
+
+    /// Adds (or refreshes) a chunkserver in the cluster map.
+    pub async fn register_chunkserver(&self, node: &NodeInfo) -> Result<(), MetaError> {
+        let req = RegisterChunkserverRequest {
+            id: node.id.0,
+            zone: node.zone.0.clone(),
+            address: node.address.clone(),
+            capacity: node.capacity,
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.register_chunkserver(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Reports a chunkserver alive; fails if the leader does not know it (register again).
+    pub async fn heartbeat(&self, node: &NodeInfo) -> Result<u64, MetaError> {
+        let req = HeartbeatRequest {
+            id: node.id.0,
+            used_bytes: 0,
+            capacity: node.capacity,
+        };
+        self.call(|mut c| async move { c.heartbeat(req).await.map(|r| r.into_inner().map_epoch) })
+            .await
+    }
+
+    /// The cluster map, as soon as its epoch is above `known` (or after `wait`).
+    pub async fn cluster_map(&self, known: u64, wait: Duration) -> Result<ClusterMap, MetaError> {
+        let wait_ms = wait.as_millis().min(u128::from(u32::MAX)) as u32;
+        let resp = self
+            .call(|mut c| async move {
+                c.get_cluster_map(GetClusterMapRequest {
+                    known_epoch: known,
+                    wait_ms,
+                })
+                .await
+                .map(|r| r.into_inner())
+            })
+            .await?;
+        serde_json::from_slice(&resp.map)
+            .map_err(|e| MetaError::Invalid(format!("undecodable cluster map: {e}")))
+    }
+
+    /// A cluster map kept fresh in the background: long-polls the metaservers and publishes
+    /// every newer epoch. The task ends when every receiver is gone.
+    pub fn watch_cluster_map(self: &Arc<Self>) -> watch::Receiver<Arc<ClusterMap>> {
+        let (tx, rx) = watch::channel(Arc::new(ClusterMap::default()));
+        let client = self.clone();
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                let known = tx.borrow().epoch;
+                match client.cluster_map(known, Duration::from_secs(10)).await {
+                    Ok(map) if map.epoch > known => {
+                        info!(
+                            epoch = map.epoch,
+                            nodes = map.nodes.len(),
+                            "cluster map updated"
+                        );
+                        tx.send_replace(Arc::new(map));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(error = %e, "cluster map fetch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        rx
     }
 }

@@ -55,8 +55,42 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         t.requests
             .insert(key.as_slice(), bytes.as_slice())
             .map_err(store_err)?;
+        let mut by_time = cmd.hlc.wall_ms.to_be_bytes().to_vec();
+        by_time.extend_from_slice(&key);
+        t.request_times
+            .insert(by_time.as_slice(), ())
+            .map_err(store_err)?;
     }
+    prune_requests(t, cmd.hlc.wall_ms)?;
     outcome
+}
+
+/// How long a request's outcome is kept for retries, in milliseconds of HLC time. Clients
+/// give up long before (30 s by default).
+pub const REQUEST_RETENTION_MS: u64 = 15 * 60 * 1000;
+
+/// Forgets request outcomes older than the retention, a bounded number per command. Uses
+/// the command's own stamp, so every member prunes the same records.
+fn prune_requests(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(), NsError> {
+    let Some(cutoff) = now_ms.checked_sub(REQUEST_RETENTION_MS) else {
+        return Ok(());
+    };
+    let end = cutoff.to_be_bytes();
+    let mut old = Vec::new();
+    for item in t
+        .request_times
+        .range(..end.as_slice())
+        .map_err(store_err)?
+        .take(64)
+    {
+        let (k, _) = item.map_err(store_err)?;
+        old.push(k.value().to_vec());
+    }
+    for k in old {
+        t.request_times.remove(k.as_slice()).map_err(store_err)?;
+        t.requests.remove(&k[8..]).map_err(store_err)?;
+    }
+    Ok(())
 }
 
 fn apply_op(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {

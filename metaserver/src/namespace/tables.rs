@@ -28,6 +28,10 @@ pub const CHANGELOG: TableDefinition<u64, &[u8]> = TableDefinition::new("changel
 /// client id (8 BE) ++ op id (8 BE) -> outcome (JSON), so a retried mutation applies once.
 pub const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
 
+/// HLC wall time (8 BE) ++ client id (8 BE) ++ op id (8 BE) -> (): request records by age,
+/// so old ones can be pruned in order.
+pub const REQUEST_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("request_times");
+
 /// Counter keys.
 pub mod counter {
     /// Next region-local inode number.
@@ -212,6 +216,7 @@ pub struct WriteTables<'txn> {
     pub(crate) counters: Table<'txn, &'static str, u64>,
     pub(crate) changelog: Table<'txn, u64, &'static [u8]>,
     pub(crate) requests: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) request_times: Table<'txn, &'static [u8], ()>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -228,6 +233,7 @@ impl<'txn> WriteTables<'txn> {
             counters: tx.open_table(COUNTERS).map_err(store_err)?,
             changelog: tx.open_table(CHANGELOG).map_err(store_err)?,
             requests: tx.open_table(REQUESTS).map_err(store_err)?,
+            request_times: tx.open_table(REQUEST_TIMES).map_err(store_err)?,
         })
     }
 

@@ -720,6 +720,32 @@ fn a_retried_request_is_applied_once() {
 }
 
 #[test]
+fn old_request_outcomes_are_pruned_by_hlc_time() {
+    let mut fs = Fs::new();
+    let op = |name: &str| Op::Mknod {
+        parent: InodeId(0),
+        name: name.into(),
+        kind: FileKind::File,
+        perm: 0o644,
+        rdev: 0,
+        exclusive: true,
+        creds: Creds::root(),
+    };
+    let first = fs.command(op("x"), Some((1, 1)));
+    fs.run_command(&first).unwrap_err();
+    let count = |fs: &Fs| {
+        let tx = fs.db.begin_read().unwrap();
+        redb::ReadableTableMetadata::len(&tx.open_table(tables::REQUESTS).unwrap()).unwrap()
+    };
+    assert_eq!(count(&fs), 1);
+    // Fifteen minutes of HLC time later, the next command forgets it.
+    fs.clock += apply::REQUEST_RETENTION_MS + 1;
+    let later = fs.command(op("y"), Some((1, 2)));
+    fs.run_command(&later).unwrap_err();
+    assert_eq!(count(&fs), 1, "the old record went, the new one stays");
+}
+
+#[test]
 fn readdir_pages_through_many_entries_with_a_cursor() {
     let mut fs = Fs::new();
     let d = fs.mkdir(fs.root, "d");

@@ -20,6 +20,7 @@ const VERSION: u32 = 1;
 /// A table's key and value encodings, so one dump/load loop serves them all.
 enum Table {
     U64Bytes(TableDefinition<'static, u64, &'static [u8]>),
+    BytesUnit(TableDefinition<'static, &'static [u8], ()>),
     StrBytes(TableDefinition<'static, &'static str, &'static [u8]>),
     BytesBytes(TableDefinition<'static, &'static [u8], &'static [u8]>),
     BytesU64(TableDefinition<'static, &'static [u8], u64>),
@@ -27,7 +28,7 @@ enum Table {
 }
 
 /// Every table that makes up the replicated state, in dump order.
-fn tables() -> [Table; 11] {
+fn tables() -> [Table; 12] {
     [
         Table::U64Bytes(ns::INODES),
         Table::BytesBytes(ns::DIRENTS),
@@ -39,6 +40,7 @@ fn tables() -> [Table; 11] {
         Table::StrU64(ns::COUNTERS),
         Table::U64Bytes(ns::CHANGELOG),
         Table::BytesBytes(ns::REQUESTS),
+        Table::BytesUnit(ns::REQUEST_TIMES),
         Table::StrBytes(CLUSTER),
     ]
 }
@@ -83,6 +85,7 @@ pub fn dump(tx: &ReadTransaction) -> io::Result<Vec<u8>> {
     out.extend_from_slice(&VERSION.to_le_bytes());
     for table in tables() {
         match table {
+            Table::BytesUnit(d) => dump!(tx, d, &mut out, |k, _v| k.to_vec(), Vec::new()),
             Table::U64Bytes(d) => {
                 dump!(tx, d, &mut out, |k, v| k.to_be_bytes().to_vec(), v.to_vec())
             }
@@ -175,6 +178,7 @@ pub fn load(tx: &WriteTransaction, data: &[u8]) -> io::Result<()> {
             }};
         }
         match table {
+            Table::BytesUnit(d) => load!(d, |k, _v| k, ()),
             Table::U64Bytes(d) => load!(d, |k, v| be_u64(k)?, v),
             Table::StrBytes(d) => load!(d, |k, v| utf8(k)?, v),
             Table::BytesBytes(d) => load!(d, |k, v| k, v),
