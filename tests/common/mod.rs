@@ -357,19 +357,24 @@ impl ChunkCluster {
     }
 }
 
-/// Raft timings short enough for tests (fail-over in about a second).
-pub fn fast_raft_args() -> Vec<String> {
-    [
+/// Raft timings short enough for tests (fail-over in about a second), unless `extra`
+/// sets its own; then `extra`.
+pub fn raft_args(extra: &[String]) -> Vec<String> {
+    let fast = [
         "--heartbeat-ms",
         "50",
         "--election-min-ms",
         "300",
         "--election-max-ms",
         "600",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ];
+    let mut args: Vec<String> = if extra.iter().any(|a| a == "--heartbeat-ms") {
+        Vec::new()
+    } else {
+        fast.iter().map(|s| s.to_string()).collect()
+    };
+    args.extend(extra.iter().cloned());
+    args
 }
 
 /// A region's metaserver group as real processes.
@@ -386,8 +391,7 @@ impl MetaCluster {
             .prefix("meridian-meta-")
             .tempdir()?;
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let mut args = fast_raft_args();
-        args.extend(extra_args.clone());
+        let mut args = raft_args(&extra_args);
         args.push("--init".into());
         let first = ServerProc::start("meta", 1, dir.path(), args)?;
         let mut cluster = MetaCluster {
@@ -404,8 +408,7 @@ impl MetaCluster {
 
     /// Starts member `id` and adds it to the group as a voter (with `meridian admin add-member`).
     pub fn add_member(&mut self, id: u64) -> Result<()> {
-        let mut args = fast_raft_args();
-        args.extend(self.extra_args.clone());
+        let args = raft_args(&self.extra_args);
         let p = ServerProc::start("meta", id, self.dir.path(), args)?;
         let out = Command::new(MERIDIAN)
             .args([
