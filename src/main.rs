@@ -8,6 +8,7 @@ use meridian_chunkserver::ChunkConfig;
 use meridian_metaserver::MetaConfig;
 
 mod admin;
+mod mount;
 
 /// Meridian: a replicated filesystem that spans regions.
 #[derive(Parser)]
@@ -23,6 +24,8 @@ enum Command {
     Chunk(Box<ChunkArgs>),
     /// Run a metaserver: one member of the region's Raft group holding the namespace.
     Meta(Box<MetaArgs>),
+    /// Mount a volume through FUSE (foreground; Ctrl-C unmounts).
+    Mount(Box<mount::MountArgs>),
     /// Inspect and administer a running cluster.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -224,7 +227,7 @@ fn install_metrics(addr: Option<&str>) -> Result<()> {
 }
 
 /// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -241,8 +244,12 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if let Command::Mount(args) = cli.command {
+        return mount::run(*args, &runtime);
+    }
     runtime.block_on(async move {
         match cli.command {
+            Command::Mount(_) => unreachable!("handled above"),
             Command::Chunk(args) => {
                 let config = args.into_config()?;
                 install_metrics(config.metrics_listen.as_deref())?;

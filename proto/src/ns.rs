@@ -522,11 +522,14 @@ pub mod libc_errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
+    pub const EBADF: i32 = 9;
     pub const E2BIG: i32 = 7;
     pub const EAGAIN: i32 = 11;
     pub const EACCES: i32 = 13;
     pub const EEXIST: i32 = 17;
     pub const EXDEV: i32 = 18;
+    pub const EFBIG: i32 = 27;
+    pub const ERANGE: i32 = 34;
     pub const ENOTDIR: i32 = 20;
     pub const EISDIR: i32 = 21;
     pub const EINVAL: i32 = 22;
@@ -534,6 +537,7 @@ pub mod libc_errno {
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOTEMPTY: i32 = 39;
     pub const ENODATA: i32 = 61;
+    pub const ENOSYS: i32 = 38;
     pub const EOPNOTSUPP: i32 = 95;
     pub const EDQUOT: i32 = 122;
 }

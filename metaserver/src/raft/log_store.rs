@@ -18,7 +18,6 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
 const VOTE: &str = "vote";
 const PURGED: &str = "last_purged";
-const COMMITTED: &str = "committed";
 
 /// The log store (and, cloned, its reader).
 #[derive(Clone, Debug)]
@@ -109,18 +108,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta(VOTE, vote)
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogIdOf<TypeConfig>>,
-    ) -> Result<(), io::Error> {
-        self.put_meta(COMMITTED, &committed)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(self
-            .get_meta::<Option<LogIdOf<TypeConfig>>>(COMMITTED)?
-            .flatten())
-    }
+    // save_committed / read_committed keep openraft's defaults (not persisted): the state
+    // machine stores the applied log id in the same transaction as the state, so a restart
+    // resumes from there; persisting the commit index would cost an extra fsync per commit.
 
     async fn append<I>(
         &mut self,

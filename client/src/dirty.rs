@@ -1,0 +1,132 @@
+//! Data written to an open file but not yet committed: non-overlapping byte ranges, a later
+//! write replacing what it overlaps.
+
+use std::collections::BTreeMap;
+
+/// Dirty ranges of one open file, keyed by file offset.
+#[derive(Debug, Default)]
+pub struct DirtyRanges {
+    ranges: BTreeMap<u64, Vec<u8>>,
+    bytes: usize,
+}
+
+impl DirtyRanges {
+    /// Whether nothing is dirty.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Dirty bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// One past the last dirty byte (0 if none).
+    pub fn end(&self) -> u64 {
+        self.ranges
+            .iter()
+            .next_back()
+            .map_or(0, |(o, d)| o + d.len() as u64)
+    }
+
+    /// Records a write, merging it with the ranges it overlaps or touches.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let end = offset + data.len() as u64;
+        let mut start = offset;
+        let mut merged_end = end;
+        // Ranges that overlap or touch [offset, end).
+        let touching: Vec<u64> = self
+            .ranges
+            .range(..=end)
+            .filter(|(o, d)| *o + d.len() as u64 >= offset)
+            .map(|(o, _)| *o)
+            .collect();
+        for o in &touching {
+            let d = &self.ranges[o];
+            start = start.min(*o);
+            merged_end = merged_end.max(o + d.len() as u64);
+        }
+        let mut buf = vec![0u8; (merged_end - start) as usize];
+        for o in touching {
+            let d = self.ranges.remove(&o).expect("present");
+            self.bytes -= d.len();
+            let at = (o - start) as usize;
+            buf[at..at + d.len()].copy_from_slice(&d);
+        }
+        let at = (offset - start) as usize;
+        buf[at..at + data.len()].copy_from_slice(data);
+        self.bytes += buf.len();
+        self.ranges.insert(start, buf);
+    }
+
+    /// Takes every range out, in offset order.
+    pub fn take(&mut self) -> Vec<(u64, Vec<u8>)> {
+        self.bytes = 0;
+        std::mem::take(&mut self.ranges).into_iter().collect()
+    }
+
+    /// Copies dirty bytes over `buf`, which holds the file's bytes from `offset`.
+    pub fn overlay(&self, offset: u64, buf: &mut [u8]) {
+        let end = offset + buf.len() as u64;
+        for (o, d) in self.ranges.range(..end) {
+            let (s, e) = ((*o).max(offset), (o + d.len() as u64).min(end));
+            if s < e {
+                buf[(s - offset) as usize..(e - offset) as usize]
+                    .copy_from_slice(&d[(s - o) as usize..(e - o) as usize]);
+            }
+        }
+    }
+
+    /// Drops dirty bytes at or after `size` (a truncate).
+    pub fn truncate(&mut self, size: u64) {
+        let keys: Vec<u64> = self
+            .ranges
+            .range(..)
+            .filter(|(o, d)| *o + d.len() as u64 > size)
+            .map(|(o, _)| *o)
+            .collect();
+        for o in keys {
+            let mut d = self.ranges.remove(&o).expect("present");
+            self.bytes -= d.len();
+            if o < size {
+                d.truncate((size - o) as usize);
+                self.bytes += d.len();
+                self.ranges.insert(o, d);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Dirty ranges behave like writing into a flat buffer.
+        #[test]
+        fn matches_a_flat_buffer(writes in proptest::collection::vec((0u64..200, proptest::collection::vec(any::<u8>(), 1..40)), 1..30), cut in 0u64..260) {
+            let mut flat = vec![None::<u8>; 300];
+            let mut d = DirtyRanges::default();
+            for (o, data) in &writes {
+                d.write(*o, data);
+                for (i, b) in data.iter().enumerate() { flat[*o as usize + i] = Some(*b); }
+            }
+            d.truncate(cut);
+            for slot in flat.iter_mut().skip(cut as usize) { *slot = None; }
+            let mut buf = vec![0xAAu8; 300];
+            d.overlay(0, &mut buf);
+            for (i, slot) in flat.iter().enumerate() {
+                prop_assert_eq!(buf[i], slot.unwrap_or(0xAA), "byte {}", i);
+            }
+            prop_assert_eq!(d.bytes(), flat.iter().filter(|s| s.is_some()).count());
+            let taken = d.take();
+            for w in taken.windows(2) {
+                prop_assert!(w[0].0 + (w[0].1.len() as u64) < w[1].0, "ranges stay apart");
+            }
+        }
+    }
+}

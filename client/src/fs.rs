@@ -1,0 +1,611 @@
+//! File I/O on a Meridian volume, independent of FUSE: namespace calls go to the
+//! metaservers; file content is cut into blocks, hashed, compressed and uploaded to the
+//! chunkservers, and committed as extents in one Raft command per flush.
+//!
+//! Consistency is close-to-open, like NFS: writes are buffered per open file and become
+//! visible to other clients on flush, fsync or close; an open reads the current attributes.
+//! A write of a few bytes uploads only those bytes as a small block, never a
+//! read-modify-write of a whole block; a sequential write yields whole, aligned blocks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use meridian_proto::ns::{
+    Attr, Creds, DirEntry, Extent, FileKind, Op, Query, QueryReply, RenameFlags, Reply, SetAttr,
+    Volume, XattrMode, libc_errno,
+};
+use meridian_proto::{EncodedBlock, InodeId};
+use tokio::sync::Mutex as AsyncMutex;
+use tracing::warn;
+
+use crate::blocks::BlockClient;
+use crate::cache::BlockCache;
+use crate::dirty::DirtyRanges;
+use crate::meta::{MetaClient, MetaError};
+
+/// An errno, as the kernel wants it.
+pub type Errno = i32;
+
+fn errno(e: MetaError) -> Errno {
+    e.errno()
+}
+
+/// One open file.
+#[derive(Debug)]
+struct OpenFile {
+    ino: InodeId,
+    append: bool,
+    creds: Creds,
+    dirty: DirtyRanges,
+}
+
+/// Tunables of the file layer.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Bytes of verified blocks kept in memory.
+    pub cache_bytes: usize,
+    /// Dirty bytes an open file may hold before they are committed without a flush.
+    pub max_dirty_bytes: usize,
+    /// Blocks uploaded at once per flush.
+    pub upload_parallelism: usize,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            cache_bytes: 256 << 20,
+            max_dirty_bytes: 64 << 20,
+            upload_parallelism: 8,
+        }
+    }
+}
+
+/// A mounted volume's file layer.
+pub struct FileSystem {
+    meta: Arc<MetaClient>,
+    blocks: BlockClient,
+    volume: Volume,
+    cache: BlockCache,
+    options: FsOptions,
+    handles: std::sync::Mutex<HashMap<u64, Arc<AsyncMutex<OpenFile>>>>,
+    next_fh: AtomicU64,
+}
+
+fn attr_of(reply: Reply) -> Result<Attr, Errno> {
+    match reply {
+        Reply::Attr(a) => Ok(a),
+        other => {
+            warn!(?other, "unexpected reply");
+            Err(libc_errno::EIO)
+        }
+    }
+}
+
+impl FileSystem {
+    /// Opens volume `name` through `meta`, reading blocks from the chunkservers in its map.
+    pub async fn open(
+        meta: Arc<MetaClient>,
+        name: &str,
+        zone: Option<meridian_proto::ZoneId>,
+        options: FsOptions,
+    ) -> Result<Self, MetaError> {
+        let volume = match meta
+            .query(
+                &Query::Volume {
+                    name: name.to_string(),
+                },
+                false,
+            )
+            .await?
+        {
+            QueryReply::Volume(v) => v,
+            other => return Err(MetaError::Invalid(format!("unexpected reply {other:?}"))),
+        };
+        let map = meta.watch_cluster_map();
+        let blocks = BlockClient::new(map, zone, Default::default());
+        Ok(FileSystem {
+            meta,
+            blocks,
+            volume,
+            cache: BlockCache::new(options.cache_bytes),
+            options,
+            handles: Default::default(),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    /// The volume.
+    pub fn volume(&self) -> &Volume {
+        &self.volume
+    }
+
+    async fn mutate(&self, op: Op) -> Result<Reply, Errno> {
+        self.meta.mutate(&op).await.map_err(errno)
+    }
+
+    async fn query(&self, q: Query) -> Result<QueryReply, Errno> {
+        self.meta.query(&q, false).await.map_err(errno)
+    }
+
+    /// The entry `name` in `parent`.
+    pub async fn lookup(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<Attr, Errno> {
+        match self
+            .query(Query::Lookup {
+                parent,
+                name: name.to_vec(),
+                creds: creds.clone(),
+            })
+            .await?
+        {
+            QueryReply::Attr(a) => Ok(a),
+            _ => Err(libc_errno::EIO),
+        }
+    }
+
+    /// Attributes, with the size this client's unflushed writes would give the file.
+    pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
+        let mut attr = match self.query(Query::GetAttr { ino }).await? {
+            QueryReply::Attr(a) => a,
+            _ => return Err(libc_errno::EIO),
+        };
+        for f in self.handles_of(ino) {
+            attr.size = attr.size.max(f.lock().await.dirty.end());
+        }
+        Ok(attr)
+    }
+
+    fn handles_of(&self, ino: InodeId) -> Vec<Arc<AsyncMutex<OpenFile>>> {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles
+            .values()
+            .filter(|h| h.try_lock().map_or(true, |f| f.ino == ino))
+            .cloned()
+            .collect()
+    }
+
+    /// Commits every open handle's dirty data for `ino` (before reads, truncates, renames).
+    async fn flush_inode(&self, ino: InodeId) -> Result<(), Errno> {
+        for h in self.handles_of(ino) {
+            let mut f = h.lock().await;
+            if f.ino == ino {
+                self.commit(&mut f).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes attributes (and truncates), after committing pending writes of the file: the
+    /// data lands first, so a time set explicitly while the file is open (tar, cp -p, rsync)
+    /// is not overwritten by the commit at close, and the reply carries the real size.
+    pub async fn setattr(&self, ino: InodeId, set: SetAttr, creds: &Creds) -> Result<Attr, Errno> {
+        self.flush_inode(ino).await?;
+        attr_of(
+            self.mutate(Op::SetAttr {
+                ino,
+                set,
+                creds: creds.clone(),
+            })
+            .await?,
+        )
+    }
+
+    /// Creates a node of `kind` (not a symlink).
+    pub async fn mknod(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        rdev: u32,
+        creds: &Creds,
+    ) -> Result<Attr, Errno> {
+        attr_of(
+            self.mutate(Op::Mknod {
+                parent,
+                name: name.to_vec(),
+                kind,
+                perm,
+                rdev,
+                exclusive: true,
+                creds: creds.clone(),
+            })
+            .await?,
+        )
+    }
+
+    /// Creates a symbolic link.
+    pub async fn symlink(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        target: &[u8],
+        creds: &Creds,
+    ) -> Result<Attr, Errno> {
+        attr_of(
+            self.mutate(Op::Symlink {
+                parent,
+                name: name.to_vec(),
+                target: target.to_vec(),
+                creds: creds.clone(),
+            })
+            .await?,
+        )
+    }
+
+    /// Adds a hard link.
+    pub async fn link(
+        &self,
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: &[u8],
+        creds: &Creds,
+    ) -> Result<Attr, Errno> {
+        attr_of(
+            self.mutate(Op::Link {
+                ino,
+                new_parent,
+                new_name: new_name.to_vec(),
+                creds: creds.clone(),
+            })
+            .await?,
+        )
+    }
+
+    /// Removes a file entry.
+    pub async fn unlink(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
+        self.mutate(Op::Unlink {
+            parent,
+            name: name.to_vec(),
+            creds: creds.clone(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
+        self.mutate(Op::Rmdir {
+            parent,
+            name: name.to_vec(),
+            creds: creds.clone(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Renames an entry.
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        flags: RenameFlags,
+        creds: &Creds,
+    ) -> Result<(), Errno> {
+        let op = Op::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            flags,
+            creds: creds.clone(),
+        };
+        self.mutate(op).await.map(|_| ())
+    }
+
+    /// A symlink's target.
+    pub async fn readlink(&self, ino: InodeId) -> Result<Vec<u8>, Errno> {
+        match self.query(Query::ReadLink { ino }).await? {
+            QueryReply::Bytes(b) => Ok(b),
+            _ => Err(libc_errno::EIO),
+        }
+    }
+
+    /// Every entry of a directory, in name order.
+    pub async fn readdir(&self, ino: InodeId, creds: &Creds) -> Result<Vec<DirEntry>, Errno> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let q = Query::ReadDir {
+                ino,
+                after: after.clone(),
+                limit: 5000,
+                creds: creds.clone(),
+            };
+            match self.query(q).await? {
+                QueryReply::Dir { entries, next } => {
+                    out.extend(entries);
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => return Ok(out),
+                    }
+                }
+                _ => return Err(libc_errno::EIO),
+            }
+        }
+    }
+
+    /// Opens a file: returns a handle.
+    pub fn open_handle(&self, ino: InodeId, append: bool, creds: &Creds) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let f = OpenFile {
+            ino,
+            append,
+            creds: creds.clone(),
+            dirty: DirtyRanges::default(),
+        };
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(AsyncMutex::new(f)));
+        fh
+    }
+
+    /// Creates (O_CREAT, with O_EXCL if `exclusive`) and opens a regular file.
+    pub async fn create(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        perm: u16,
+        exclusive: bool,
+        append: bool,
+        creds: &Creds,
+    ) -> Result<(Attr, u64), Errno> {
+        let op = Op::Mknod {
+            parent,
+            name: name.to_vec(),
+            kind: FileKind::File,
+            perm,
+            rdev: 0,
+            exclusive,
+            creds: creds.clone(),
+        };
+        let attr = attr_of(self.mutate(op).await?)?;
+        Ok((attr.clone(), self.open_handle(attr.ino, append, creds)))
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(libc_errno::EBADF)
+    }
+
+    /// Buffers a write; returns the bytes accepted. With O_APPEND, writes at the end.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        let h = self.handle(fh)?;
+        let mut f = h.lock().await;
+        let offset = if f.append {
+            let size = match self.query(Query::GetAttr { ino: f.ino }).await? {
+                QueryReply::Attr(a) => a.size,
+                _ => return Err(libc_errno::EIO),
+            };
+            size.max(f.dirty.end())
+        } else {
+            offset
+        };
+        offset
+            .checked_add(data.len() as u64)
+            .ok_or(libc_errno::EFBIG)?;
+        f.dirty.write(offset, data);
+        if f.dirty.bytes() >= self.options.max_dirty_bytes {
+            self.commit(&mut f).await?;
+        }
+        Ok(data.len())
+    }
+
+    /// Reads up to `size` bytes at `offset` (short only at the end of the file).
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let ino = self.handle(fh)?.lock().await.ino;
+        // Reads see this client's own writes: commit them first (other handles too).
+        self.flush_inode(ino).await?;
+        let attr = match self.query(Query::GetAttr { ino }).await? {
+            QueryReply::Attr(a) => a,
+            _ => return Err(libc_errno::EIO),
+        };
+        if offset >= attr.size {
+            return Ok(Vec::new());
+        }
+        let len = u64::from(size).min(attr.size - offset);
+        let extents = match self.query(Query::Extents { ino, offset, len }).await? {
+            QueryReply::Extents(e) => e,
+            _ => return Err(libc_errno::EIO),
+        };
+        let mut out = vec![0u8; len as usize];
+        for e in extents {
+            let block = self.block(&e).await?;
+            let (s, end) = (e.offset.max(offset), e.end().min(offset + len));
+            if s >= end {
+                continue;
+            }
+            let from = e.block_offset as usize + (s - e.offset) as usize;
+            let n = (end - s) as usize;
+            let src = block.get(from..from + n).ok_or(libc_errno::EIO)?;
+            out[(s - offset) as usize..(s - offset) as usize + n].copy_from_slice(src);
+        }
+        Ok(out)
+    }
+
+    /// The plaintext of an extent's block: from the cache, or a verified replica.
+    async fn block(&self, e: &Extent) -> Result<Bytes, Errno> {
+        if let Some(b) = self.cache.get(&e.block) {
+            return Ok(b);
+        }
+        let data = self
+            .blocks
+            .get(&e.block, self.volume.policy.replicas)
+            .await
+            .map_err(|err| {
+                warn!(block = %e.block, error = %err, "block unreadable");
+                libc_errno::EIO
+            })?;
+        self.cache.insert(e.block, data.clone());
+        Ok(data)
+    }
+
+    /// Commits dirty data: cuts it at block-size boundaries of the file (so sequential
+    /// writes give whole aligned blocks), uploads the blocks in parallel with the volume's
+    /// replication, then adds their extents and the new size in one metadata commit.
+    async fn commit(&self, f: &mut OpenFile) -> Result<(), Errno> {
+        if f.dirty.is_empty() {
+            return Ok(());
+        }
+        let bs = u64::from(self.volume.policy.block_size);
+        let ranges = f.dirty.take();
+        let mut pieces = Vec::new();
+        for (offset, data) in &ranges {
+            let mut at = 0usize;
+            while at < data.len() {
+                let file_off = offset + at as u64;
+                let room = (bs - file_off % bs) as usize;
+                let n = room.min(data.len() - at);
+                pieces.push((file_off, Bytes::copy_from_slice(&data[at..at + n])));
+                at += n;
+            }
+        }
+        let end = ranges
+            .iter()
+            .map(|(o, d)| o + d.len() as u64)
+            .max()
+            .unwrap_or(0);
+        let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
+        let mut extents = Vec::with_capacity(pieces.len());
+        for batch in pieces.chunks(self.options.upload_parallelism.max(1)) {
+            let mut uploads = Vec::new();
+            for (file_off, data) in batch {
+                let data = data.clone();
+                let encoded = tokio::task::spawn_blocking(move || EncodedBlock::encode(&data))
+                    .await
+                    .map_err(|_| libc_errno::EIO)?
+                    .map_err(|_| libc_errno::EIO)?;
+                extents.push(Extent {
+                    offset: *file_off,
+                    len: u64::from(encoded.raw_len),
+                    block: encoded.id,
+                    block_offset: 0,
+                    block_len: encoded.raw_len,
+                });
+                uploads.push(encoded);
+            }
+            let puts = uploads.iter().map(|b| self.blocks.put(b, r, w));
+            for result in futures::future::join_all(puts).await {
+                if let Err(e) = result {
+                    warn!(error = %e, "block upload failed");
+                    return Err(libc_errno::EIO);
+                }
+            }
+        }
+        let op = Op::CommitExtents {
+            ino: f.ino,
+            extents,
+            size: end,
+            base_version: None,
+            creds: f.creds.clone(),
+        };
+        self.mutate(op).await.map(|_| ())
+    }
+
+    /// Commits the handle's writes (flush on close, fsync).
+    pub async fn flush(&self, fh: u64) -> Result<(), Errno> {
+        let h = self.handle(fh)?;
+        let mut f = h.lock().await;
+        self.commit(&mut f).await
+    }
+
+    /// Closes a handle, committing what is left.
+    pub async fn release(&self, fh: u64) -> Result<(), Errno> {
+        let result = self.flush(fh).await;
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+        result
+    }
+
+    /// Sets an extended attribute.
+    pub async fn setxattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+        creds: &Creds,
+    ) -> Result<(), Errno> {
+        self.mutate(Op::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            mode,
+            creds: creds.clone(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// An extended attribute's value.
+    pub async fn getxattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        creds: &Creds,
+    ) -> Result<Vec<u8>, Errno> {
+        match self
+            .query(Query::GetXattr {
+                ino,
+                name: name.to_vec(),
+                creds: creds.clone(),
+            })
+            .await?
+        {
+            QueryReply::Bytes(b) => Ok(b),
+            _ => Err(libc_errno::EIO),
+        }
+    }
+
+    /// Extended attribute names.
+    pub async fn listxattr(&self, ino: InodeId, creds: &Creds) -> Result<Vec<Vec<u8>>, Errno> {
+        match self
+            .query(Query::ListXattr {
+                ino,
+                creds: creds.clone(),
+            })
+            .await?
+        {
+            QueryReply::Names(n) => Ok(n),
+            _ => Err(libc_errno::EIO),
+        }
+    }
+
+    /// Removes an extended attribute.
+    pub async fn removexattr(&self, ino: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
+        self.mutate(Op::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+            creds: creds.clone(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Volume usage: (quota or a large total, used bytes, used inodes).
+    pub async fn statfs(&self) -> Result<(u64, u64, u64), Errno> {
+        match self
+            .query(Query::Volume {
+                name: self.volume.name.clone(),
+            })
+            .await?
+        {
+            QueryReply::Volume(v) => Ok((
+                v.policy.quota_bytes.unwrap_or(1 << 50),
+                v.used_bytes,
+                v.used_inodes,
+            )),
+            _ => Err(libc_errno::EIO),
+        }
+    }
+}

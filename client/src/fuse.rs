@@ -1,0 +1,776 @@
+//! The FUSE adapter: the kernel's requests, answered by the file layer. fuser calls these
+//! methods on its event-loop threads; each one copies its arguments, moves the reply into a
+//! tokio task and returns at once, so a slow RPC never blocks a kernel queue.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags as FuseRenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use meridian_proto::InodeId;
+use meridian_proto::ns::{
+    Attr, Creds, FileKind, RenameFlags, SetAttr, SetTime, Timespec, XattrMode,
+};
+use tokio::runtime::Handle;
+
+use crate::fs::FileSystem;
+
+/// How long the kernel may cache attributes and entries.
+const TTL: Duration = Duration::from_secs(1);
+/// Preferred I/O size reported to programs (st_blksize).
+const BLKSIZE: u32 = 1 << 20;
+
+/// A volume mounted through FUSE.
+pub struct FuseFs {
+    fs: Arc<FileSystem>,
+    rt: Handle,
+    root: InodeId,
+}
+
+impl FuseFs {
+    /// Serves `fs`, running its work on `rt`.
+    pub fn new(fs: Arc<FileSystem>, rt: Handle) -> Self {
+        let root = fs.volume().root;
+        FuseFs { fs, rt, root }
+    }
+
+    fn ino(&self, kernel: INodeNo) -> InodeId {
+        if kernel == INodeNo::ROOT {
+            self.root
+        } else {
+            InodeId(kernel.0)
+        }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        let ino = if a.ino == self.root {
+            INodeNo::ROOT
+        } else {
+            INodeNo(a.ino.0)
+        };
+        FileAttr {
+            ino,
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: time(a.atime),
+            mtime: time(a.mtime),
+            ctime: time(a.ctime),
+            crtime: time(a.crtime),
+            kind: kind(a.kind),
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            blksize: BLKSIZE,
+            flags: 0,
+        }
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.rt.spawn(f);
+    }
+}
+
+fn time(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::new(t.sec.unsigned_abs(), 0)
+            + Duration::from_nanos(u64::from(t.nsec))
+    }
+}
+
+fn timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (sec, nsec) = if d.subsec_nanos() == 0 {
+                (-(d.as_secs() as i64), 0)
+            } else {
+                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+            };
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn kind_of_mode(mode: u32) -> Option<FileKind> {
+    Some(match mode & 0o170000 {
+        0o100000 | 0 => FileKind::File,
+        0o040000 => FileKind::Dir,
+        0o020000 => FileKind::CharDev,
+        0o060000 => FileKind::BlockDev,
+        0o010000 => FileKind::Fifo,
+        0o140000 => FileKind::Socket,
+        _ => return None,
+    })
+}
+
+fn creds(req: &Request) -> Creds {
+    Creds {
+        uid: req.uid(),
+        gid: req.gid(),
+        groups: supplementary_groups(req.pid()),
+    }
+}
+
+/// The caller's supplementary groups, read from /proc (FUSE does not carry them).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn err(code: i32) -> Errno {
+    Errno::from_i32(code)
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_HANDLE_KILLPRIV,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (fs, parent, name, c) = (
+            self.fs.clone(),
+            self.ino(parent),
+            name.as_bytes().to_vec(),
+            creds(req),
+        );
+        let this = FuseFs {
+            fs: fs.clone(),
+            rt: self.rt.clone(),
+            root: self.root,
+        };
+        self.spawn(async move {
+            match fs.lookup(parent, &name, &c).await {
+                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {}
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (fs, ino) = (self.fs.clone(), self.ino(ino));
+        let this = self.clone_view();
+        self.spawn(async move {
+            match fs.getattr(ino).await {
+                Ok(a) => reply.attr(&TTL, &this.attr(&a)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let t = |x: Option<TimeOrNow>| {
+            x.map(|v| match v {
+                TimeOrNow::Now => SetTime::Now,
+                TimeOrNow::SpecificTime(s) => SetTime::At(timespec(s)),
+            })
+        };
+        let set = SetAttr {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size,
+            atime: t(atime),
+            mtime: t(mtime),
+            via_handle: fh.is_some(),
+        };
+        let (fs, ino, c, this) = (
+            self.fs.clone(),
+            self.ino(ino),
+            creds(req),
+            self.clone_view(),
+        );
+        self.spawn(async move {
+            match fs.setattr(ino, set, &c).await {
+                Ok(a) => reply.attr(&TTL, &this.attr(&a)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let (fs, ino) = (self.fs.clone(), self.ino(ino));
+        self.spawn(async move {
+            match fs.readlink(ino).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(k) = kind_of_mode(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, parent, name, c, this) = (
+            self.fs.clone(),
+            self.ino(parent),
+            name.as_bytes().to_vec(),
+            creds(req),
+            self.clone_view(),
+        );
+        self.spawn(async move {
+            match fs
+                .mknod(parent, &name, k, (mode & 0o7777) as u16, rdev, &c)
+                .await
+            {
+                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (fs, parent, name, c, this) = (
+            self.fs.clone(),
+            self.ino(parent),
+            name.as_bytes().to_vec(),
+            creds(req),
+            self.clone_view(),
+        );
+        self.spawn(async move {
+            match fs
+                .mknod(parent, &name, FileKind::Dir, (mode & 0o7777) as u16, 0, &c)
+                .await
+            {
+                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, parent, name, c) = (
+            self.fs.clone(),
+            self.ino(parent),
+            name.as_bytes().to_vec(),
+            creds(req),
+        );
+        self.spawn(async move {
+            match fs.unlink(parent, &name, &c).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, parent, name, c) = (
+            self.fs.clone(),
+            self.ino(parent),
+            name.as_bytes().to_vec(),
+            creds(req),
+        );
+        self.spawn(async move {
+            match fs.rmdir(parent, &name, &c).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let (fs, parent, name, c, this) = (
+            self.fs.clone(),
+            self.ino(parent),
+            link_name.as_bytes().to_vec(),
+            creds(req),
+            self.clone_view(),
+        );
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(async move {
+            match fs.symlink(parent, &name, &target, &c).await {
+                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: FuseRenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let f = RenameFlags {
+            noreplace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
+        };
+        let (fs, p, n, np, nn, c) = (
+            self.fs.clone(),
+            self.ino(parent),
+            name.as_bytes().to_vec(),
+            self.ino(newparent),
+            newname.as_bytes().to_vec(),
+            creds(req),
+        );
+        self.spawn(async move {
+            match fs.rename(p, &n, np, &nn, f, &c).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (fs, ino, np, nn, c, this) = (
+            self.fs.clone(),
+            self.ino(ino),
+            self.ino(newparent),
+            newname.as_bytes().to_vec(),
+            creds(req),
+            self.clone_view(),
+        );
+        self.spawn(async move {
+            match fs.link(ino, np, &nn, &c).await {
+                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let append = flags.0 & libc::O_APPEND != 0;
+        let fh = self.fs.open_handle(self.ino(ino), append, &creds(req));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (fs, data) = (self.fs.clone(), data.to_vec());
+        self.spawn(async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.release(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Blocks are durable on R (at least W) chunkservers and the commit is durable in the
+        // Raft group once flush returns.
+        self.flush(_req, _ino, fh, LockOwner(0), reply);
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let (fs, dir, c, root) = (self.fs.clone(), self.ino(ino), creds(req), self.root);
+        self.spawn(async move {
+            let entries = match fs.readdir(dir, &c).await {
+                Ok(e) => e,
+                Err(e) => return reply.error(err(e)),
+            };
+            let mut all: Vec<(INodeNo, FileType, Vec<u8>)> = vec![
+                (ino, FileType::Directory, b".".to_vec()),
+                (ino, FileType::Directory, b"..".to_vec()),
+            ];
+            all.extend(entries.into_iter().map(|e| {
+                let k = if e.ino == root {
+                    INodeNo::ROOT
+                } else {
+                    INodeNo(e.ino.0)
+                };
+                (k, kind(e.kind), e.name)
+            }));
+            for (i, (k, t, name)) in all.into_iter().enumerate().skip(offset as usize) {
+                if reply.add(k, (i + 1) as u64, t, OsStr::from_bytes(&name)) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every namespace change is already durable in the Raft group when it returns.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.statfs().await {
+                Ok((total, used, inodes)) => {
+                    let bsize = 4096u64;
+                    let blocks = total / bsize;
+                    let free = blocks.saturating_sub(used.div_ceil(bsize));
+                    reply.statfs(
+                        blocks,
+                        free,
+                        free,
+                        inodes + (1 << 32),
+                        1 << 32,
+                        bsize as u32,
+                        255,
+                        bsize as u32,
+                    )
+                }
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => XattrMode::Any,
+            f if f == libc::XATTR_CREATE => XattrMode::Create,
+            f if f == libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let (fs, ino, name, value, c) = (
+            self.fs.clone(),
+            self.ino(ino),
+            name.as_bytes().to_vec(),
+            value.to_vec(),
+            creds(req),
+        );
+        self.spawn(async move {
+            match fs.setxattr(ino, &name, &value, mode, &c).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (fs, ino, name, c) = (
+            self.fs.clone(),
+            self.ino(ino),
+            name.as_bytes().to_vec(),
+            creds(req),
+        );
+        self.spawn(async move {
+            match fs.getxattr(ino, &name, &c).await {
+                Ok(v) if size == 0 => reply.size(v.len() as u32),
+                Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+                Ok(v) => reply.data(&v),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (fs, ino, c) = (self.fs.clone(), self.ino(ino), creds(req));
+        self.spawn(async move {
+            match fs.listxattr(ino, &c).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    if size == 0 {
+                        reply.size(buf.len() as u32)
+                    } else if buf.len() > size as usize {
+                        reply.error(Errno::ERANGE)
+                    } else {
+                        reply.data(&buf)
+                    }
+                }
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, ino, name, c) = (
+            self.fs.clone(),
+            self.ino(ino),
+            name.as_bytes().to_vec(),
+            creds(req),
+        );
+        self.spawn(async move {
+            match fs.removexattr(ino, &name, &c).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Mounted with default_permissions: the kernel checks mode bits itself.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let exclusive = flags & libc::O_EXCL != 0;
+        let append = flags & libc::O_APPEND != 0;
+        let (fs, parent, name, c, this) = (
+            self.fs.clone(),
+            self.ino(parent),
+            name.as_bytes().to_vec(),
+            creds(req),
+            self.clone_view(),
+        );
+        self.spawn(async move {
+            match fs
+                .create(parent, &name, (mode & 0o7777) as u16, exclusive, append, &c)
+                .await
+            {
+                Ok((a, fh)) => reply.created(
+                    &TTL,
+                    &this.attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        // Mode 0 only guarantees the size; space is not reserved ahead on a distributed store.
+        let (fs, ino, c) = (self.fs.clone(), self.ino(ino), creds(req));
+        self.spawn(async move {
+            let result = async {
+                let attr = fs.getattr(ino).await?;
+                let end = offset.checked_add(length).ok_or(libc::EFBIG)?;
+                if end > attr.size {
+                    fs.setattr(
+                        ino,
+                        SetAttr {
+                            size: Some(end),
+                            via_handle: true,
+                            ..Default::default()
+                        },
+                        &c,
+                    )
+                    .await?;
+                }
+                Ok::<(), i32>(())
+            }
+            .await;
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+}
+
+impl FuseFs {
+    /// A cheap copy for use inside a task (shares the file layer).
+    fn clone_view(&self) -> FuseFs {
+        FuseFs {
+            fs: self.fs.clone(),
+            rt: self.rt.clone(),
+            root: self.root,
+        }
+    }
+}

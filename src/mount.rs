@@ -1,0 +1,138 @@
+//! `meridian mount`: a volume through FUSE, in the foreground until SIGINT/SIGTERM or an
+//! external unmount.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use fuser::{Config, MountOption, Session, SessionACL};
+use meridian_client::fuse::FuseFs;
+use meridian_client::{FileSystem, FsOptions, MetaClient, MetaError};
+use meridian_proto::ZoneId;
+
+/// Options of `meridian mount`.
+#[derive(Args)]
+pub struct MountArgs {
+    /// Metaserver addresses of the region (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub meta: Vec<String>,
+    /// The volume to mount.
+    #[arg(long, default_value = "default")]
+    pub volume: String,
+    /// Where to mount it (an existing, empty directory).
+    pub mountpoint: PathBuf,
+    /// Let other users (and root) use the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Kernel request threads.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// This client's zone: reads prefer replicas there.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Bytes of block cache.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub cache_bytes: usize,
+}
+
+pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let mnt = &args.mountpoint;
+    match std::fs::metadata(mnt) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("mountpoint {} is not a directory", mnt.display()),
+        Err(e) => bail!(
+            "mountpoint {} does not exist ({e}); create it first",
+            mnt.display()
+        ),
+    }
+    if !std::path::Path::new("/dev/fuse").exists() {
+        bail!(
+            "/dev/fuse is missing: load the fuse kernel module (modprobe fuse), or give the container the device (--device /dev/fuse)"
+        );
+    }
+    let meta = Arc::new(MetaClient::new(args.meta.clone()).with_retry_for(Duration::from_secs(10)));
+    let options = FsOptions {
+        cache_bytes: args.cache_bytes,
+        ..Default::default()
+    };
+    let fs = rt
+        .block_on(FileSystem::open(
+            meta,
+            &args.volume,
+            args.zone.clone().map(ZoneId),
+            options,
+        ))
+        .map_err(|e| match e {
+            MetaError::Ns(ns) if ns.errno() == meridian_proto::ns::libc_errno::ENOENT => {
+                anyhow::anyhow!(
+                    "unknown volume {:?} (create it with `meridian admin volume-create`)",
+                    args.volume
+                )
+            }
+            MetaError::Unavailable(why) => {
+                anyhow::anyhow!("metaservers unreachable at {}: {why}", args.meta.join(","))
+            }
+            other => anyhow::anyhow!("cannot open volume {}: {other}", args.volume),
+        })?;
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("meridian:{}", args.volume)),
+        MountOption::Subtype("meridian".into()),
+        MountOption::DefaultPermissions,
+        MountOption::RW,
+    ];
+    config.acl = if args.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(args.threads.max(1));
+    let session = Session::new(FuseFs::new(Arc::new(fs), rt.handle().clone()), mnt, &config)
+        .with_context(|| {
+            format!(
+                "cannot mount at {} (as non-root, fusermount3 from the fuse3 package is needed)",
+                mnt.display()
+            )
+        })?;
+    let mut session = session;
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let serving = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = done_tx.send(());
+            result
+        })?;
+    println!(
+        "meridian mount: volume {} mounted at {}",
+        args.volume,
+        mnt.display()
+    );
+    tracing::info!(volume = %args.volume, mountpoint = %mnt.display(), "mounted");
+
+    let signalled = rt.block_on(async {
+        tokio::select! {
+            _ = crate::shutdown_signal() => true,
+            _ = done_rx => false,
+        }
+    });
+    if signalled {
+        // Unmount; if something still has files open (EBUSY), detach lazily.
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!(error = %e, "unmount failed; detaching lazily");
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(mnt)
+                .status();
+        }
+    }
+    serving
+        .join()
+        .map_err(|_| anyhow::anyhow!("FUSE session thread panicked"))??;
+    tracing::info!(mountpoint = %mnt.display(), "unmounted");
+    Ok(())
+}
