@@ -485,3 +485,170 @@ impl MetaCluster {
         })
     }
 }
+
+/// A whole region as processes: three metaservers, three chunkservers in three zones, and
+/// a volume named "default".
+pub struct Region {
+    pub meta: MetaCluster,
+    pub chunks: Vec<ServerProc>,
+}
+
+impl Region {
+    pub fn start() -> Result<Self> {
+        let meta = MetaCluster::start(
+            3,
+            &["--suspect-after-ms", "1500", "--down-after-ms", "4000"],
+        )?;
+        let addrs = meta.addrs().join(",");
+        let mut chunks = Vec::new();
+        for (i, zone) in ["a", "b", "c"].iter().enumerate() {
+            let args = vec![
+                "--zone".to_string(),
+                zone.to_string(),
+                "--meta".into(),
+                addrs.clone(),
+                "--heartbeat-ms".into(),
+                "300".into(),
+                "--capacity".into(),
+                (8u64 << 30).to_string(),
+            ];
+            chunks.push(ServerProc::start(
+                "chunk",
+                i as u64 + 1,
+                meta.dir.path(),
+                args,
+            )?);
+        }
+        let region = Region { meta, chunks };
+        region.wait_chunkservers_up(3)?;
+        let out = Command::new(MERIDIAN)
+            .args(["admin", "volume-create", "--meta", &addrs, "default"])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "volume-create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(region)
+    }
+
+    pub fn meta_addrs(&self) -> String {
+        self.meta.addrs().join(",")
+    }
+
+    pub fn wait_chunkservers_up(&self, n: usize) -> Result<()> {
+        let addrs = self.meta_addrs();
+        wait_for(START_DEADLINE, "chunkservers up in the cluster map", || {
+            let out = Command::new(MERIDIAN)
+                .args(["admin", "cluster-map", "--json", "--meta", &addrs])
+                .output()
+                .ok()?;
+            let map: ClusterMap = serde_json::from_slice(&out.stdout).ok()?;
+            (map.nodes
+                .iter()
+                .filter(|n| n.state == NodeState::Up)
+                .count()
+                >= n)
+                .then_some(())
+        })
+    }
+
+    /// Mounts `volume` at a new folder under the region's temp dir.
+    pub fn mount(&self, name: &str) -> Result<Mount> {
+        Mount::start(
+            &self.meta_addrs(),
+            "default",
+            &self.meta.dir.path().join(name),
+        )
+    }
+}
+
+/// Whether `path` is a mount point right now.
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// A `meridian mount` process; unmounted (lazily, whatever state it is in) on drop.
+pub struct Mount {
+    pub path: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mount {
+    pub fn start(meta: &str, volume: &str, path: &Path) -> Result<Self> {
+        fs::create_dir_all(path)?;
+        let path = path.canonicalize()?;
+        let log = path.with_extension("log");
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(MERIDIAN)
+            .args(["mount", "--meta", meta, "--volume", volume, "--allow-other"])
+            .arg(&path)
+            .env("MERIDIAN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        let mut m = Mount {
+            path: path.clone(),
+            log: log.clone(),
+            child: Some(child),
+        };
+        let up = wait_for(START_DEADLINE, "the mount", || {
+            is_mounted(&path).then_some(())
+        });
+        if up.is_err() {
+            let exited = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            bail!(
+                "mount at {} did not come up (exit: {exited:?}):\n{}",
+                path.display(),
+                log_tail(&log, 30)
+            );
+        }
+        Ok(m)
+    }
+
+    /// Unmounts cleanly (SIGTERM) and waits for the process.
+    pub fn unmount(mut self) -> Result<ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        // SAFETY: kill(2) on our own child with a valid signal.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = wait_for(Duration::from_secs(20), "the mount to exit", || {
+            c.try_wait().ok().flatten()
+        });
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = c.kill();
+                return Err(e.context(log_tail(&self.log, 20)));
+            }
+        };
+        anyhow::ensure!(!is_mounted(&self.path), "still mounted after exit");
+        Ok(status)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.path) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.path)
+                .status();
+        }
+    }
+}

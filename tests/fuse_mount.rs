@@ -1,0 +1,424 @@
+//! A volume mounted through the kernel with `meridian mount`, on a region of real
+//! processes, used with std::fs, libc and real tools.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use common::{Region, random_bytes};
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error")
+        .raw_os_error()
+        .unwrap_or(-1)
+}
+
+fn hash_file(path: &Path) -> Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8], flags: i32) -> std::io::Result<()> {
+    let (p, n) = (
+        CString::new(path.as_os_str().as_encoded_bytes()).unwrap(),
+        CString::new(name).unwrap(),
+    );
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn xattr_get(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let (p, n) = (
+        CString::new(path.as_os_str().as_encoded_bytes()).unwrap(),
+        CString::new(name).unwrap(),
+    );
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: as above; the kernel writes at most buf.len() bytes.
+    let rc = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+#[test]
+fn a_200_mib_file_of_random_bytes_reads_back_identically() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let local = region.meta.dir.path().join("big.bin");
+    {
+        let mut f = File::create(&local)?;
+        for i in 0..200u64 {
+            f.write_all(&random_bytes(i + 1, 1 << 20))?;
+        }
+    }
+    let remote = mnt.path.join("big.bin");
+    fs::copy(&local, &remote)?;
+    assert_eq!(fs::metadata(&remote)?.len(), 200 << 20);
+    assert_eq!(hash_file(&remote)?, hash_file(&local)?);
+    // A second mount (a fresh cache) reads the same bytes from the chunkservers.
+    let other = region.mount("mnt2")?;
+    assert_eq!(hash_file(&other.path.join("big.bin"))?, hash_file(&local)?);
+    Ok(())
+}
+
+#[test]
+fn posix_namespace_operations_behave_as_on_a_local_disk() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let m = &mnt.path;
+
+    // Nested directories and many small files.
+    fs::create_dir_all(m.join("a/b/c"))?;
+    for i in 0..200 {
+        fs::write(
+            m.join(format!("a/b/c/small-{i}")),
+            format!("file number {i}\n"),
+        )?;
+    }
+    for i in 0..200 {
+        assert_eq!(
+            fs::read_to_string(m.join(format!("a/b/c/small-{i}")))?,
+            format!("file number {i}\n")
+        );
+    }
+    assert_eq!(fs::read_dir(m.join("a/b/c"))?.count(), 200);
+    assert_eq!(fs::metadata(m.join("a/b"))?.nlink(), 3);
+
+    // Rename over an existing file, over an empty directory, and of a non-empty directory.
+    fs::write(m.join("x"), b"x")?;
+    fs::write(m.join("y"), b"y")?;
+    fs::rename(m.join("x"), m.join("y"))?;
+    assert_eq!(fs::read(m.join("y"))?, b"x");
+    fs::create_dir(m.join("empty"))?;
+    fs::create_dir(m.join("full"))?;
+    fs::write(m.join("full/f"), b"f")?;
+    fs::rename(m.join("full"), m.join("empty"))?;
+    assert_eq!(fs::read(m.join("empty/f"))?, b"f");
+    fs::rename(m.join("a"), m.join("moved"))?;
+    assert_eq!(fs::read_dir(m.join("moved/b/c"))?.count(), 200);
+
+    // Hard links and symlinks.
+    fs::write(m.join("orig"), b"linked")?;
+    fs::hard_link(m.join("orig"), m.join("link"))?;
+    assert_eq!(fs::metadata(m.join("orig"))?.nlink(), 2);
+    assert_eq!(
+        fs::metadata(m.join("orig"))?.ino(),
+        fs::metadata(m.join("link"))?.ino()
+    );
+    fs::remove_file(m.join("orig"))?;
+    assert_eq!(fs::metadata(m.join("link"))?.nlink(), 1);
+    symlink("link", m.join("sym"))?;
+    assert_eq!(fs::read_link(m.join("sym"))?, Path::new("link"));
+    assert_eq!(fs::read(m.join("sym"))?, b"linked");
+
+    // chmod, chown, utimens.
+    fs::set_permissions(m.join("link"), fs::Permissions::from_mode(0o640))?;
+    assert_eq!(fs::metadata(m.join("link"))?.mode() & 0o7777, 0o640);
+    std::os::unix::fs::chown(m.join("link"), Some(1234), Some(5678))?;
+    let md = fs::metadata(m.join("link"))?;
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    File::options()
+        .write(true)
+        .open(m.join("y"))?
+        .set_modified(when)?;
+    assert_eq!(fs::metadata(m.join("y"))?.modified()?, when);
+
+    // Errors, with the right errno.
+    assert_eq!(errno_of(fs::read(m.join("nope"))), libc::ENOENT);
+    assert_eq!(errno_of(fs::create_dir(m.join("moved"))), libc::EEXIST);
+    assert_eq!(errno_of(fs::remove_dir(m.join("moved"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::read_dir(m.join("y"))), libc::ENOTDIR);
+    assert_eq!(errno_of(fs::remove_file(m.join("moved"))), libc::EISDIR);
+    assert_eq!(
+        errno_of(fs::write(m.join("n".repeat(256)), b"")),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno_of(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(m.join("y"))
+        ),
+        libc::EEXIST
+    );
+
+    // Xattrs.
+    xattr_set(&m.join("y"), "user.color", b"blue", 0)?;
+    assert_eq!(xattr_get(&m.join("y"), "user.color")?, b"blue");
+    assert_eq!(
+        errno_of(xattr_set(
+            &m.join("y"),
+            "user.color",
+            b"red",
+            libc::XATTR_CREATE
+        )),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno_of(xattr_get(&m.join("y"), "user.missing")),
+        libc::ENODATA
+    );
+
+    // EACCES for an unprivileged user in a directory it may not write.
+    fs::create_dir(m.join("private"))?;
+    fs::set_permissions(m.join("private"), fs::Permissions::from_mode(0o755))?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo x > {}/private/f", m.display()))
+        .uid(65534)
+        .gid(65534)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn file_contents_truncate_sparse_append_and_random_writes() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let m = &mnt.path;
+
+    // Truncate down and up.
+    fs::write(m.join("t"), b"0123456789")?;
+    File::options().write(true).open(m.join("t"))?.set_len(4)?;
+    assert_eq!(fs::read(m.join("t"))?, b"0123");
+    File::options().write(true).open(m.join("t"))?.set_len(8)?;
+    assert_eq!(fs::read(m.join("t"))?, b"0123\0\0\0\0");
+
+    // A sparse file with a hole in the middle.
+    {
+        let mut f = File::create(m.join("sparse"))?;
+        f.write_all(b"head")?;
+        f.seek(SeekFrom::Start(10 << 20))?;
+        f.write_all(b"tail")?;
+    }
+    let data = fs::read(m.join("sparse"))?;
+    assert_eq!(data.len(), (10 << 20) + 4);
+    assert_eq!(&data[..4], b"head");
+    assert!(data[4..10 << 20].iter().all(|b| *b == 0));
+    assert_eq!(&data[10 << 20..], b"tail");
+
+    // O_APPEND writes land at the end, even after another handle grew the file.
+    fs::write(m.join("log"), b"one\n")?;
+    let mut a = OpenOptions::new().append(true).open(m.join("log"))?;
+    a.write_all(b"two\n")?;
+    drop(a);
+    let mut b = OpenOptions::new().append(true).open(m.join("log"))?;
+    b.write_all(b"three\n")?;
+    drop(b);
+    assert_eq!(fs::read(m.join("log"))?, b"one\ntwo\nthree\n");
+
+    // Many small random writes into one file, then a read-back against a local copy.
+    let size = 3 << 20;
+    let mut expect = random_bytes(9, size);
+    fs::write(m.join("patched"), &expect)?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("patched"))?;
+    for i in 0..300u64 {
+        let at = ((i * 7919 * 4099) % (size as u64 - 100)) as usize;
+        let patch = random_bytes(1000 + i, 1 + (i as usize % 97));
+        f.seek(SeekFrom::Start(at as u64))?;
+        f.write_all(&patch)?;
+        expect[at..at + patch.len()].copy_from_slice(&patch);
+        if i % 50 == 0 {
+            f.sync_all()?;
+        }
+    }
+    drop(f);
+    assert_eq!(
+        blake3::hash(&fs::read(m.join("patched"))?),
+        blake3::hash(&expect)
+    );
+
+    // Read-your-writes inside one open file before any flush.
+    let mut rw = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.join("rw"))?;
+    rw.write_all(b"written, not yet closed")?;
+    rw.seek(SeekFrom::Start(0))?;
+    let mut back = String::new();
+    rw.read_to_string(&mut back)?;
+    assert_eq!(back, "written, not yet closed");
+    Ok(())
+}
+
+#[test]
+fn real_tools_work_on_the_mount() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let m = &mnt.path;
+    let work = region.meta.dir.path();
+
+    // Extract a real source tarball and compare with the original.
+    let crates = std::env::var("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
+    let tarball = fs::read_dir(crates.join("registry/cache"))?
+        .filter_map(|d| d.ok())
+        .flat_map(|d| {
+            fs::read_dir(d.path())
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+        })
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("serde_json-"))
+        })
+        .context("a serde_json crate in the cargo cache")?;
+    fs::create_dir(work.join("ref"))?;
+    fs::create_dir(m.join("src"))?;
+    for dest in [work.join("ref"), m.join("src")] {
+        let ok = Command::new("tar")
+            .arg("xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&dest)
+            .status()?
+            .success();
+        assert!(ok, "tar into {}", dest.display());
+    }
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(work.join("ref"))
+        .arg(m.join("src"))
+        .output()?;
+    assert!(
+        diff.status.success(),
+        "diff -r:\n{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+
+    // git init, add, commit, fsck inside the mount.
+    let git = |args: &[&str]| -> Result<()> {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(m.join("repo"))
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    fs::create_dir(m.join("repo"))?;
+    git(&["init", "-q"])?;
+    Command::new("cp")
+        .arg("-a")
+        .arg(m.join("src"))
+        .arg(m.join("repo/src"))
+        .status()?;
+    git(&["add", "."])?;
+    git(&["commit", "-qm", "import"])?;
+    git(&["fsck", "--strict"])?;
+
+    // cp -a a tree out again: identical.
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(m.join("src"))
+        .arg(work.join("back"))
+        .status()?;
+    assert!(out.success());
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(work.join("ref"))
+        .arg(work.join("back"))
+        .output()?;
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_file_closed_in_one_mount_is_read_by_another_and_data_survives_restarts() -> Result<()> {
+    let mut region = Region::start()?;
+    let one = region.mount("one")?;
+    let two = region.mount("two")?;
+    let data = random_bytes(5, 5 << 20);
+    fs::write(one.path.join("shared"), &data)?;
+    // Close-to-open: the other mount opens after the close and sees every byte.
+    assert_eq!(fs::read(two.path.join("shared"))?, data);
+    fs::write(two.path.join("reply"), b"seen")?;
+    assert_eq!(fs::read(one.path.join("reply"))?, b"seen");
+
+    // Unmount and mount again.
+    assert!(one.unmount()?.success());
+    drop(two);
+    let again = region.mount("again")?;
+    assert_eq!(fs::read(again.path.join("shared"))?, data);
+    drop(again);
+
+    // Stop every server, start them again: the data is intact.
+    for p in region.chunks.iter_mut().chain(region.meta.nodes.iter_mut()) {
+        assert!(p.terminate()?.success());
+    }
+    for p in region.meta.nodes.iter_mut().chain(region.chunks.iter_mut()) {
+        let addr = p.addr.clone();
+        p.restart_on(&addr)?;
+    }
+    region.meta.wait_leader()?;
+    region.wait_chunkservers_up(3)?;
+    let after = region.mount("after")?;
+    assert_eq!(
+        blake3::hash(&fs::read(after.path.join("shared"))?),
+        blake3::hash(&data)
+    );
+    assert_eq!(
+        errno_of(fs::read(after.path.join("never-written"))),
+        libc::ENOENT
+    );
+    Ok(())
+}
