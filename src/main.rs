@@ -8,6 +8,7 @@ use meridian_chunkserver::ChunkConfig;
 use meridian_metaserver::MetaConfig;
 
 mod admin;
+mod dev;
 mod mount;
 
 /// Meridian: a replicated filesystem that spans regions.
@@ -24,6 +25,8 @@ enum Command {
     Chunk(Box<ChunkArgs>),
     /// Run a metaserver: one member of the region's Raft group holding the namespace.
     Meta(Box<MetaArgs>),
+    /// Start a whole region on loopback (3 metaservers, 3 chunkservers) and mount it.
+    Dev(dev::DevArgs),
     /// Mount a volume through FUSE (foreground; Ctrl-C unmounts).
     Mount(Box<mount::MountArgs>),
     /// Inspect and administer a running cluster.
@@ -244,12 +247,14 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    if let Command::Mount(args) = cli.command {
-        return mount::run(*args, &runtime);
-    }
+    let command = match cli.command {
+        Command::Mount(args) => return mount::run(*args, &runtime),
+        Command::Dev(args) => return dev::run(args, &runtime),
+        other => other,
+    };
     runtime.block_on(async move {
-        match cli.command {
-            Command::Mount(_) => unreachable!("handled above"),
+        match command {
+            Command::Mount(_) | Command::Dev(_) => Ok(()),
             Command::Chunk(args) => {
                 let config = args.into_config()?;
                 install_metrics(config.metrics_listen.as_deref())?;
