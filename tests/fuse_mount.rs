@@ -422,3 +422,133 @@ fn a_file_closed_in_one_mount_is_read_by_another_and_data_survives_restarts() ->
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_10000_entries_lists_completely() -> Result<()> {
+    use meridian_proto::ns::{Creds, FileKind, Op, Query, QueryReply, Reply};
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    fs::create_dir(mnt.path.join("many"))?;
+    // The kernel serializes creates in one directory; make the entries through the
+    // metadata API, 64 at a time (Raft batches them), and list them through the mount.
+    let meta = std::sync::Arc::new(region.meta.client());
+    let QueryReply::Volume(vol) = meta
+        .query(
+            &Query::Volume {
+                name: "default".into(),
+            },
+            false,
+        )
+        .await?
+    else {
+        anyhow::bail!("no volume")
+    };
+    let QueryReply::Attr(dir) = meta
+        .query(
+            &Query::Lookup {
+                parent: vol.root,
+                name: b"many".to_vec(),
+                creds: Creds::root(),
+            },
+            false,
+        )
+        .await?
+    else {
+        anyhow::bail!("no dir")
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..64u32 {
+        let meta = meta.clone();
+        tasks.spawn(async move {
+            for i in (t..10_000).step_by(64) {
+                let op = Op::Mknod {
+                    parent: dir.ino,
+                    name: format!("entry-{i:05}").into_bytes(),
+                    kind: FileKind::File,
+                    perm: 0o644,
+                    rdev: 0,
+                    exclusive: true,
+                    creds: Creds::root(),
+                };
+                let reply = meta.mutate(&op).await?;
+                anyhow::ensure!(matches!(reply, Reply::Attr(_)));
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let listed = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let mut names: Vec<String> = fs::read_dir(mnt.path.join("many"))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        Ok(names)
+    })
+    .await??;
+    let want: Vec<String> = (0..10_000).map(|i| format!("entry-{i:05}")).collect();
+    assert_eq!(listed, want);
+    Ok(())
+}
+
+#[test]
+fn shared_and_private_mmap_reads_and_writes() -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let path = mnt.path.join("mapped");
+    let len = 1 << 20;
+    fs::write(&path, random_bytes(3, len))?;
+    let mut expect = fs::read(&path)?;
+    {
+        let f = OpenOptions::new().read(true).write(true).open(&path)?;
+        // SAFETY: a fresh shared mapping of `len` bytes of an open file; unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: p points to `len` mapped bytes.
+        let map = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+        assert_eq!(&map[..], &expect[..], "a shared mapping reads the file");
+        map[1000..1005].copy_from_slice(b"HELLO");
+        expect[1000..1005].copy_from_slice(b"HELLO");
+        // SAFETY: same mapping.
+        unsafe {
+            assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
+            libc::munmap(p, len);
+        }
+        // SAFETY: a private (copy-on-write) mapping; writes to it never reach the file.
+        let q = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(q, libc::MAP_FAILED);
+        // SAFETY: q points to `len` mapped bytes.
+        let private = unsafe { std::slice::from_raw_parts_mut(q.cast::<u8>(), len) };
+        assert_eq!(&private[1000..1005], b"HELLO");
+        private[0..7].copy_from_slice(b"PRIVATE");
+        // SAFETY: same mapping.
+        unsafe { libc::munmap(q, len) };
+    }
+    // Another mount sees the shared write and not the private one.
+    let other = region.mount("other")?;
+    assert_eq!(
+        blake3::hash(&fs::read(other.path.join("mapped"))?),
+        blake3::hash(&expect)
+    );
+    Ok(())
+}

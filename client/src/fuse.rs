@@ -26,18 +26,34 @@ const TTL: Duration = Duration::from_secs(1);
 /// Preferred I/O size reported to programs (st_blksize).
 const BLKSIZE: u32 = 1 << 20;
 
+/// One directory entry as the kernel sees it.
+type DirItem = (INodeNo, FileType, Vec<u8>);
+
+/// Listings taken at opendir, so readdir offsets stay stable while the directory changes.
+#[derive(Default)]
+struct OpenDirs {
+    next: std::sync::atomic::AtomicU64,
+    listings: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<DirItem>>>>,
+}
+
 /// A volume mounted through FUSE.
 pub struct FuseFs {
     fs: Arc<FileSystem>,
     rt: Handle,
     root: InodeId,
+    dirs: Arc<OpenDirs>,
 }
 
 impl FuseFs {
     /// Serves `fs`, running its work on `rt`.
     pub fn new(fs: Arc<FileSystem>, rt: Handle) -> Self {
         let root = fs.volume().root;
-        FuseFs { fs, rt, root }
+        FuseFs {
+            fs,
+            rt,
+            root,
+            dirs: Arc::default(),
+        }
     }
 
     fn ino(&self, kernel: INodeNo) -> InodeId {
@@ -176,11 +192,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        let this = FuseFs {
-            fs: fs.clone(),
-            rt: self.rt.clone(),
-            root: self.root,
-        };
+        let this = self.clone_view();
         self.spawn(async move {
             match fs.lookup(parent, &name, &c).await {
                 Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
@@ -524,21 +536,20 @@ impl Filesystem for FuseFs {
         self.flush(_req, _ino, fh, LockOwner(0), reply);
     }
 
-    fn readdir(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let (fs, dir, c, root) = (self.fs.clone(), self.ino(ino), creds(req), self.root);
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (fs, dir, c, root, dirs) = (
+            self.fs.clone(),
+            self.ino(ino),
+            creds(req),
+            self.root,
+            self.dirs.clone(),
+        );
         self.spawn(async move {
             let entries = match fs.readdir(dir, &c).await {
                 Ok(e) => e,
                 Err(e) => return reply.error(err(e)),
             };
-            let mut all: Vec<(INodeNo, FileType, Vec<u8>)> = vec![
+            let mut all: Vec<DirItem> = vec![
                 (ino, FileType::Directory, b".".to_vec()),
                 (ino, FileType::Directory, b"..".to_vec()),
             ];
@@ -550,13 +561,56 @@ impl Filesystem for FuseFs {
                 };
                 (k, kind(e.kind), e.name)
             }));
-            for (i, (k, t, name)) in all.into_iter().enumerate().skip(offset as usize) {
-                if reply.add(k, (i + 1) as u64, t, OsStr::from_bytes(&name)) {
-                    break;
-                }
-            }
-            reply.ok();
+            let fh = dirs.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            dirs.listings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fh, Arc::new(all));
+            reply.opened(FileHandle(fh), FopenFlags::empty());
         });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let listing = self
+            .dirs
+            .listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(listing) = listing else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (k, t, name)) in listing.iter().enumerate().skip(offset as usize) {
+            // The offset of an entry is where the next readdir continues.
+            if reply.add(*k, (i + 1) as u64, *t, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
     }
 
     fn fsyncdir(
@@ -771,6 +825,7 @@ impl FuseFs {
             fs: self.fs.clone(),
             rt: self.rt.clone(),
             root: self.root,
+            dirs: self.dirs.clone(),
         }
     }
 }
