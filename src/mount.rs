@@ -90,8 +90,8 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         SessionACL::Owner
     };
     config.n_threads = Some(args.threads.max(1));
-    let session = Session::new(FuseFs::new(Arc::new(fs), rt.handle().clone()), mnt, &config)
-        .with_context(|| {
+    let session =
+        Session::new(FuseFs::new(fs, rt.handle().clone()), mnt, &config).with_context(|| {
             format!(
                 "cannot mount at {} (as non-root, fusermount3 from the fuse3 package is needed)",
                 mnt.display()

@@ -13,6 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use common::{Region, random_bytes};
+use meridian_proto::ns::{Creds, Query, QueryReply};
 
 fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     r.expect_err("expected an error")
@@ -269,6 +270,60 @@ fn file_contents_truncate_sparse_append_and_random_writes() -> Result<()> {
         blake3::hash(&expect)
     );
 
+    // After the close, the compactor rewrites the range written in 300 pieces as one whole
+    // block, and the content stays the same.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let meta = region.meta.client();
+    let extents = common::wait_for(std::time::Duration::from_secs(30), "compaction", || {
+        rt.block_on(async {
+            let QueryReply::Volume(v) = meta
+                .query(
+                    &Query::Volume {
+                        name: "default".into(),
+                    },
+                    false,
+                )
+                .await
+                .ok()?
+            else {
+                return None;
+            };
+            let lookup = Query::Lookup {
+                parent: v.root,
+                name: b"patched".to_vec(),
+                creds: Creds::root(),
+            };
+            let QueryReply::Attr(a) = meta.query(&lookup, false).await.ok()? else {
+                return None;
+            };
+            let QueryReply::Extents(e) = meta
+                .query(
+                    &Query::Extents {
+                        ino: a.ino,
+                        offset: 0,
+                        len: u64::MAX,
+                    },
+                    false,
+                )
+                .await
+                .ok()?
+            else {
+                return None;
+            };
+            (e.len() == 1).then_some(e)
+        })
+    })?;
+    assert_eq!(
+        (extents[0].offset, extents[0].len, extents[0].block_offset),
+        (0, size as u64, 0)
+    );
+    assert_eq!(
+        blake3::hash(&fs::read(m.join("patched"))?),
+        blake3::hash(&expect)
+    );
+
     // Read-your-writes inside one open file before any flush.
     let mut rw = OpenOptions::new()
         .read(true)
@@ -425,7 +480,7 @@ fn a_file_closed_in_one_mount_is_read_by_another_and_data_survives_restarts() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_of_10000_entries_lists_completely() -> Result<()> {
-    use meridian_proto::ns::{Creds, FileKind, Op, Query, QueryReply, Reply};
+    use meridian_proto::ns::{FileKind, Op, Reply};
     let region = Region::start()?;
     let mnt = region.mount("mnt")?;
     fs::create_dir(mnt.path.join("many"))?;

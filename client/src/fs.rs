@@ -39,6 +39,8 @@ struct OpenFile {
     append: bool,
     creds: Creds,
     dirty: DirtyRanges,
+    /// Block-aligned ranges this handle wrote only part of: compacted after close.
+    fragmented: std::collections::BTreeSet<u64>,
 }
 
 /// Tunables of the file layer.
@@ -64,6 +66,7 @@ impl Default for FsOptions {
 
 /// A mounted volume's file layer.
 pub struct FileSystem {
+    me: std::sync::Weak<FileSystem>,
     meta: Arc<MetaClient>,
     blocks: BlockClient,
     volume: Volume,
@@ -90,7 +93,7 @@ impl FileSystem {
         name: &str,
         zone: Option<meridian_proto::ZoneId>,
         options: FsOptions,
-    ) -> Result<Self, MetaError> {
+    ) -> Result<Arc<Self>, MetaError> {
         let volume = match meta
             .query(
                 &Query::Volume {
@@ -105,7 +108,8 @@ impl FileSystem {
         };
         let map = meta.watch_cluster_map();
         let blocks = BlockClient::new(map, zone, Default::default());
-        Ok(FileSystem {
+        Ok(Arc::new_cyclic(|me| FileSystem {
+            me: me.clone(),
             meta,
             blocks,
             volume,
@@ -113,7 +117,7 @@ impl FileSystem {
             options,
             handles: Default::default(),
             next_fh: AtomicU64::new(1),
-        })
+        }))
     }
 
     /// The volume.
@@ -336,6 +340,7 @@ impl FileSystem {
             append,
             creds: creds.clone(),
             dirty: DirtyRanges::default(),
+            fragmented: Default::default(),
         };
         self.handles
             .lock()
@@ -417,6 +422,14 @@ impl FileSystem {
             _ => return Err(libc_errno::EIO),
         };
         let mut out = vec![0u8; len as usize];
+        // Sequential readers reach the end of an extent: fetch the next block meanwhile.
+        if let (Some(last), Some(me)) = (extents.last(), self.me.upgrade())
+            && offset + len >= last.end()
+            && last.end() < attr.size
+        {
+            let next = last.end();
+            tokio::spawn(async move { me.prefetch(ino, next).await });
+        }
         for e in extents {
             let block = self.block(&e).await?;
             let (s, end) = (e.offset.max(offset), e.end().min(offset + len));
@@ -429,6 +442,23 @@ impl FileSystem {
             out[(s - offset) as usize..(s - offset) as usize + n].copy_from_slice(src);
         }
         Ok(out)
+    }
+
+    /// Loads the block holding `offset` of a file into the cache (read-ahead; errors are
+    /// left for the real read to report).
+    async fn prefetch(&self, ino: InodeId, offset: u64) {
+        if let Ok(QueryReply::Extents(ext)) = self
+            .query(Query::Extents {
+                ino,
+                offset,
+                len: 1,
+            })
+            .await
+            && let Some(e) = ext.first()
+            && self.cache.get(&e.block).is_none()
+        {
+            let _ = self.block(e).await;
+        }
     }
 
     /// The plaintext of an extent's block: from the cache, or a verified replica.
@@ -464,6 +494,9 @@ impl FileSystem {
                 let file_off = offset + at as u64;
                 let room = (bs - file_off % bs) as usize;
                 let n = room.min(data.len() - at);
+                if n as u64 != bs {
+                    f.fragmented.insert(file_off - file_off % bs);
+                }
                 pieces.push((file_off, Bytes::copy_from_slice(&data[at..at + n])));
                 at += n;
             }
@@ -517,14 +550,106 @@ impl FileSystem {
         self.commit(&mut f).await
     }
 
-    /// Closes a handle, committing what is left.
+    /// Closes a handle, committing what is left; ranges it wrote in pieces are compacted in
+    /// the background.
     pub async fn release(&self, fh: u64) -> Result<(), Errno> {
         let result = self.flush(fh).await;
-        self.handles
+        let handle = self
+            .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
+        if let (Some(h), Some(me)) = (handle, self.me.upgrade()) {
+            let f = h.lock().await;
+            let (ino, ranges) = (f.ino, f.fragmented.clone());
+            if !ranges.is_empty() {
+                tokio::spawn(async move {
+                    for start in ranges {
+                        if let Err(e) = me.compact_range(ino, start).await {
+                            warn!(%ino, start, errno = e, "compaction failed; the file is fine, only fragmented");
+                        }
+                    }
+                });
+            }
+        }
         result
+    }
+
+    /// Rewrites the block-aligned range at `start` of a file as one whole block, so a file
+    /// written in small pieces stops costing a block per piece on every read and identical
+    /// files share blocks again. The metaserver applies it only if the range's extents are
+    /// unchanged since they were read here; otherwise it is skipped (the newer write wins,
+    /// nothing is lost). Returns whether the range was rewritten.
+    pub async fn compact_range(&self, ino: InodeId, start: u64) -> Result<bool, Errno> {
+        let bs = u64::from(self.volume.policy.block_size);
+        let size = match self.query(Query::GetAttr { ino }).await {
+            Ok(QueryReply::Attr(a)) => a.size,
+            Err(e) if e == libc_errno::ENOENT => return Ok(false),
+            _ => return Err(libc_errno::EIO),
+        };
+        let end = (start + bs).min(size);
+        if end <= start {
+            return Ok(false);
+        }
+        let expected = match self
+            .query(Query::Extents {
+                ino,
+                offset: start,
+                len: end - start,
+            })
+            .await?
+        {
+            QueryReply::Extents(e) => e,
+            _ => return Err(libc_errno::EIO),
+        };
+        let whole = expected.len() == 1
+            && expected[0].offset == start
+            && expected[0].len == end - start
+            && expected[0].block_offset == 0
+            && u64::from(expected[0].block_len) == end - start;
+        if whole {
+            return Ok(false);
+        }
+        let mut data = vec![0u8; (end - start) as usize];
+        for e in &expected {
+            let block = self.block(e).await?;
+            let (s, t) = (e.offset.max(start), e.end().min(end));
+            let from = e.block_offset as usize + (s - e.offset) as usize;
+            let src = block
+                .get(from..from + (t - s) as usize)
+                .ok_or(libc_errno::EIO)?;
+            data[(s - start) as usize..(t - start) as usize].copy_from_slice(src);
+        }
+        let encoded = tokio::task::spawn_blocking(move || EncodedBlock::encode(&data))
+            .await
+            .map_err(|_| libc_errno::EIO)?
+            .map_err(|_| libc_errno::EIO)?;
+        let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
+        self.blocks.put(&encoded, r, w).await.map_err(|e| {
+            warn!(error = %e, "compaction upload failed");
+            libc_errno::EIO
+        })?;
+        let replacement = vec![Extent {
+            offset: start,
+            len: end - start,
+            block: encoded.id,
+            block_offset: 0,
+            block_len: encoded.raw_len,
+        }];
+        match self
+            .mutate(Op::Compact {
+                ino,
+                offset: start,
+                len: end - start,
+                expected,
+                replacement,
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e == libc_errno::EAGAIN => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sets an extended attribute.
