@@ -11,35 +11,11 @@ use std::fs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::MetaCluster;
+use common::{MetaCluster, create_op, mkdir_op};
 use criterion::{BatchSize, Criterion, Throughput};
 use meridian_client::MetaClient;
 use meridian_proto::InodeId;
 use meridian_proto::ns::*;
-
-fn create(parent: InodeId, name: String) -> Op {
-    Op::Mknod {
-        parent,
-        name: name.into_bytes(),
-        kind: FileKind::File,
-        perm: 0o644,
-        rdev: 0,
-        exclusive: true,
-        creds: Creds::root(),
-    }
-}
-
-fn mkdir(parent: InodeId, name: &str) -> Op {
-    Op::Mknod {
-        parent,
-        name: name.into(),
-        kind: FileKind::Dir,
-        perm: 0o755,
-        rdev: 0,
-        exclusive: true,
-        creds: Creds::root(),
-    }
-}
 
 fn ino(reply: Reply) -> InodeId {
     match reply {
@@ -109,14 +85,16 @@ fn main() {
             policy: VolumePolicy::default(),
         }))
         .expect("volume"));
-    let dir = ino(rt.block_on(client.mutate(&mkdir(root, "d"))).expect("dir"));
+    let dir = ino(rt
+        .block_on(client.mutate(&mkdir_op(root, "d")))
+        .expect("dir"));
     let listed = ino(rt
-        .block_on(client.mutate(&mkdir(root, "listed")))
+        .block_on(client.mutate(&mkdir_op(root, "listed")))
         .expect("dir"));
     // A test run (not `cargo bench`) only checks that every benchmark works: keep it small.
     let entries = if measure_failover { 1000 } else { 20 };
     for i in 0..entries {
-        rt.block_on(client.mutate(&create(listed, format!("e{i:04}"))))
+        rt.block_on(client.mutate(&create_op(listed, &format!("e{i:04}"))))
             .expect("fill");
     }
     let local = tempfile::Builder::new()
@@ -142,7 +120,7 @@ fn main() {
     });
     g.bench_function("meridian create", |b| {
         b.iter(|| {
-            rt.block_on(client.mutate(&create(dir, format!("f{}", next()))))
+            rt.block_on(client.mutate(&create_op(dir, &format!("f{}", next()))))
                 .expect("create")
         })
     });
@@ -197,7 +175,7 @@ fn main() {
         b.iter_batched(
             || {
                 let name = format!("u{}", next());
-                rt.block_on(client.mutate(&create(dir, name.clone())))
+                rt.block_on(client.mutate(&create_op(dir, &name.clone())))
                     .expect("create");
                 name
             },
@@ -218,7 +196,7 @@ fn main() {
         b.iter(|| {
             rt.block_on(async {
                 let ops: Vec<Op> = (0..64)
-                    .map(|_| create(dir, format!("c{}", next())))
+                    .map(|_| create_op(dir, &format!("c{}", next())))
                     .collect();
                 let futs: Vec<_> = ops.iter().map(|op| client.mutate(op)).collect();
                 for r in futures_join(futs).await {
@@ -235,7 +213,7 @@ fn main() {
         let leader = cluster.wait_leader().expect("leader");
         let killed = Instant::now();
         cluster.nodes[leader].kill();
-        rt.block_on(client.mutate(&mkdir(root, &format!("after-kill-{round}"))))
+        rt.block_on(client.mutate(&mkdir_op(root, &format!("after-kill-{round}"))))
             .expect("write after fail-over");
         times.push(killed.elapsed());
         let addr = cluster.nodes[leader].addr.clone();

@@ -74,6 +74,14 @@ pub enum AdminCommand {
         #[arg(long)]
         quota_bytes: Option<u64>,
     },
+    /// Delete an empty volume.
+    VolumeDelete {
+        /// Metaserver addresses.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Volume name.
+        name: String,
+    },
     /// List volumes.
     Volumes {
         /// Metaserver addresses.
@@ -297,6 +305,13 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             if let Reply::Volume(v) = reply {
                 println!("created volume {} (id {}, root {})", v.name, v.id, v.root);
             }
+            Ok(())
+        }
+        AdminCommand::VolumeDelete { meta, name } => {
+            MetaClient::new(meta)
+                .mutate(&Op::DeleteVolume { name: name.clone() })
+                .await?;
+            println!("deleted volume {name}");
             Ok(())
         }
         AdminCommand::Volumes { meta, json } => {

@@ -9,34 +9,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use common::{MERIDIAN, MetaCluster, ServerProc, wait_for};
+use common::{MERIDIAN, MetaCluster, ServerProc, cluster_map, create_op, mkdir_op, wait_for};
 use meridian_client::{MetaClient, MetaError};
 use meridian_proto::ns::*;
-use meridian_proto::{ClusterMap, InodeId, NodeId, NodeState};
-
-fn mkdir(parent: InodeId, name: &str) -> Op {
-    Op::Mknod {
-        parent,
-        name: name.into(),
-        kind: FileKind::Dir,
-        perm: 0o755,
-        rdev: 0,
-        exclusive: true,
-        creds: Creds::root(),
-    }
-}
-
-fn create(parent: InodeId, name: &str) -> Op {
-    Op::Mknod {
-        parent,
-        name: name.into(),
-        kind: FileKind::File,
-        perm: 0o644,
-        rdev: 0,
-        exclusive: true,
-        creds: Creds::root(),
-    }
-}
+use meridian_proto::{InodeId, NodeId, NodeState};
 
 async fn new_volume(client: &MetaClient, name: &str) -> Result<Volume> {
     match client
@@ -110,15 +86,18 @@ async fn operations_succeed_through_any_member() -> Result<()> {
     let cluster = MetaCluster::start(3, &[])?;
     let via = |i: usize| MetaClient::new(vec![cluster.nodes[i].addr.clone()]);
     let vol = new_volume(&via(0), "main").await?;
-    let docs = attr_of(via(1).mutate(&mkdir(vol.root, "docs")).await?);
-    attr_of(via(2).mutate(&create(docs.ino, "readme")).await?);
+    let docs = attr_of(via(1).mutate(&mkdir_op(vol.root, "docs")).await?);
+    attr_of(via(2).mutate(&create_op(docs.ino, "readme")).await?);
     for i in 0..3 {
         // Linearizable reads through every member see every acknowledged write.
         let got = lookup(&via(i), docs.ino, "readme", false).await?;
         assert_eq!(got.kind, FileKind::File);
     }
     // POSIX errors come back as errors, through any member.
-    let err = via(2).mutate(&mkdir(vol.root, "docs")).await.unwrap_err();
+    let err = via(2)
+        .mutate(&mkdir_op(vol.root, "docs"))
+        .await
+        .unwrap_err();
     assert_eq!(err.errno(), libc_errno::EEXIST, "{err}");
     let err = lookup(&via(1), vol.root, "nope", false).await.unwrap_err();
     assert_eq!(err.errno(), libc_errno::ENOENT);
@@ -169,7 +148,7 @@ async fn killing_the_leader_mid_stream_loses_and_repeats_nothing() -> Result<()>
     let mut cluster = MetaCluster::start(3, &[])?;
     let client = cluster.client();
     let vol = new_volume(&client, "main").await?;
-    let dir = attr_of(client.mutate(&mkdir(vol.root, "stream")).await?);
+    let dir = attr_of(client.mutate(&mkdir_op(vol.root, "stream")).await?);
 
     let total = 300;
     let mut acked = BTreeSet::new();
@@ -183,7 +162,7 @@ async fn killing_the_leader_mid_stream_loses_and_repeats_nothing() -> Result<()>
         let name = format!("f-{i:04}");
         let t = Instant::now();
         client
-            .mutate(&create(dir.ino, &name))
+            .mutate(&create_op(dir.ino, &name))
             .await
             .with_context(|| format!("create {name}"))?;
         if let Some(start) = failover.take().filter(|_| i == 100) {
@@ -227,9 +206,11 @@ async fn stopping_and_restarting_every_member_keeps_the_namespace() -> Result<()
     let mut cluster = MetaCluster::start(3, &[])?;
     let client = cluster.client();
     let vol = new_volume(&client, "main").await?;
-    let a = attr_of(client.mutate(&mkdir(vol.root, "a")).await?);
+    let a = attr_of(client.mutate(&mkdir_op(vol.root, "a")).await?);
     for i in 0..20 {
-        client.mutate(&create(a.ino, &format!("file-{i}"))).await?;
+        client
+            .mutate(&create_op(a.ino, &format!("file-{i}")))
+            .await?;
     }
     let before = list(&client, a.ino, false).await?;
     for n in &mut cluster.nodes {
@@ -243,7 +224,7 @@ async fn stopping_and_restarting_every_member_keeps_the_namespace() -> Result<()
     let client = cluster.client();
     assert_eq!(list(&client, a.ino, false).await?, before);
     assert_eq!(lookup(&client, vol.root, "a", false).await?.nlink, 2);
-    client.mutate(&create(a.ino, "after-restart")).await?;
+    client.mutate(&create_op(a.ino, "after-restart")).await?;
     Ok(())
 }
 
@@ -252,10 +233,10 @@ async fn a_new_member_catches_up_from_a_snapshot_after_the_log_is_purged() -> Re
     let mut cluster = MetaCluster::start(3, &["--keep-logs", "0"])?;
     let client = cluster.client();
     let vol = new_volume(&client, "main").await?;
-    let dir = attr_of(client.mutate(&mkdir(vol.root, "many")).await?);
+    let dir = attr_of(client.mutate(&mkdir_op(vol.root, "many")).await?);
     for i in 0..150 {
         client
-            .mutate(&create(dir.ino, &format!("n-{i:03}")))
+            .mutate(&create_op(dir.ino, &format!("n-{i:03}")))
             .await?;
     }
     let leader = cluster.wait_leader()?;
@@ -296,17 +277,6 @@ async fn a_new_member_catches_up_from_a_snapshot_after_the_log_is_purged() -> Re
     Ok(())
 }
 
-fn cluster_map(meta: &[String]) -> Option<ClusterMap> {
-    let out = Command::new(MERIDIAN)
-        .args(["admin", "cluster-map", "--json", "--meta", &meta.join(",")])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
 #[test]
 fn chunkservers_register_show_up_and_go_down_when_killed() -> Result<()> {
     let cluster = MetaCluster::start(3, &["--suspect-after-ms", "800", "--down-after-ms", "2000"])?;
@@ -331,7 +301,7 @@ fn chunkservers_register_show_up_and_go_down_when_killed() -> Result<()> {
         )?);
     }
     let map = wait_for(Duration::from_secs(20), "three chunkservers up", || {
-        cluster_map(&meta)
+        cluster_map(&meta.join(","))
             .filter(|m| m.nodes.len() == 3 && m.nodes.iter().all(|n| n.state == NodeState::Up))
     })?;
     for (n, p) in map.nodes.iter().zip(&chunks) {
@@ -343,7 +313,7 @@ fn chunkservers_register_show_up_and_go_down_when_killed() -> Result<()> {
         Duration::from_secs(20),
         "the killed chunkserver to be down",
         || {
-            cluster_map(&meta).filter(|m| {
+            cluster_map(&meta.join(",")).filter(|m| {
                 m.node(NodeId(2))
                     .is_some_and(|n| n.state == NodeState::Down)
             })
@@ -359,7 +329,7 @@ fn chunkservers_register_show_up_and_go_down_when_killed() -> Result<()> {
         Duration::from_secs(20),
         "the chunkserver to be up again",
         || {
-            cluster_map(&meta)
+            cluster_map(&meta.join(","))
                 .filter(|m| m.node(NodeId(2)).is_some_and(|n| n.state == NodeState::Up))
         },
     )?;
@@ -411,6 +381,6 @@ async fn the_group_grows_to_five_members_and_shrinks_back_to_three() -> Result<(
         .map(|i| cluster.nodes[i].addr.clone())
         .collect();
     let live = MetaClient::new(only_live);
-    attr_of(live.mutate(&mkdir(vol.root, "still-writable")).await?);
+    attr_of(live.mutate(&mkdir_op(vol.root, "still-writable")).await?);
     Ok(())
 }

@@ -192,13 +192,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        let this = self.clone_view();
-        self.spawn(async move {
-            match fs.lookup(parent, &name, &c).await {
-                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.reply_entry(reply, async move { fs.lookup(parent, &name, &c).await });
     }
 
     fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {}
@@ -284,21 +278,15 @@ impl Filesystem for FuseFs {
         let Some(k) = kind_of_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
-        let (fs, parent, name, c, this) = (
+        let (fs, parent, name, c) = (
             self.fs.clone(),
             self.ino(parent),
             name.as_bytes().to_vec(),
             creds(req),
-            self.clone_view(),
         );
-        self.spawn(async move {
-            match fs
-                .mknod(parent, &name, k, (mode & 0o7777) as u16, rdev, &c)
+        self.reply_entry(reply, async move {
+            fs.mknod(parent, &name, k, (mode & 0o7777) as u16, rdev, &c)
                 .await
-            {
-                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
-                Err(e) => reply.error(err(e)),
-            }
         });
     }
 
@@ -311,21 +299,15 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let (fs, parent, name, c, this) = (
+        let (fs, parent, name, c) = (
             self.fs.clone(),
             self.ino(parent),
             name.as_bytes().to_vec(),
             creds(req),
-            self.clone_view(),
         );
-        self.spawn(async move {
-            match fs
-                .mknod(parent, &name, FileKind::Dir, (mode & 0o7777) as u16, 0, &c)
+        self.reply_entry(reply, async move {
+            fs.mknod(parent, &name, FileKind::Dir, (mode & 0o7777) as u16, 0, &c)
                 .await
-            {
-                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
-                Err(e) => reply.error(err(e)),
-            }
         });
     }
 
@@ -336,12 +318,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        self.spawn(async move {
-            match fs.unlink(parent, &name, &c).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.reply_empty(reply, async move { fs.unlink(parent, &name, &c).await });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -351,12 +328,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        self.spawn(async move {
-            match fs.rmdir(parent, &name, &c).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.reply_empty(reply, async move { fs.rmdir(parent, &name, &c).await });
     }
 
     fn symlink(
@@ -367,19 +339,15 @@ impl Filesystem for FuseFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        let (fs, parent, name, c, this) = (
+        let (fs, parent, name, c) = (
             self.fs.clone(),
             self.ino(parent),
             link_name.as_bytes().to_vec(),
             creds(req),
-            self.clone_view(),
         );
         let target = target.as_os_str().as_bytes().to_vec();
-        self.spawn(async move {
-            match fs.symlink(parent, &name, &target, &c).await {
-                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
-                Err(e) => reply.error(err(e)),
-            }
+        self.reply_entry(reply, async move {
+            fs.symlink(parent, &name, &target, &c).await
         });
     }
 
@@ -400,20 +368,14 @@ impl Filesystem for FuseFs {
             noreplace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
         };
-        let (fs, p, n, np, nn, c) = (
+        let (fs, p, n, c) = (
             self.fs.clone(),
             self.ino(parent),
             name.as_bytes().to_vec(),
-            self.ino(newparent),
-            newname.as_bytes().to_vec(),
             creds(req),
         );
-        self.spawn(async move {
-            match fs.rename(p, &n, np, &nn, f, &c).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        let (np, nn) = (self.ino(newparent), newname.as_bytes().to_vec());
+        self.reply_empty(reply, async move { fs.rename(p, &n, np, &nn, f, &c).await });
     }
 
     fn link(
@@ -424,20 +386,14 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (fs, ino, np, nn, c, this) = (
+        let (fs, ino, np, nn, c) = (
             self.fs.clone(),
             self.ino(ino),
             self.ino(newparent),
             newname.as_bytes().to_vec(),
             creds(req),
-            self.clone_view(),
         );
-        self.spawn(async move {
-            match fs.link(ino, np, &nn, &c).await {
-                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.reply_entry(reply, async move { fs.link(ino, np, &nn, &c).await });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -496,12 +452,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.spawn(async move {
-            match fs.flush(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.reply_empty(reply, async move { fs.flush(fh.0).await });
     }
 
     fn release(
@@ -515,12 +466,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.spawn(async move {
-            match fs.release(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.reply_empty(reply, async move { fs.release(fh.0).await });
     }
 
     fn fsync(
@@ -672,11 +618,8 @@ impl Filesystem for FuseFs {
             value.to_vec(),
             creds(req),
         );
-        self.spawn(async move {
-            match fs.setxattr(ino, &name, &value, mode, &c).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
+        self.reply_empty(reply, async move {
+            fs.setxattr(ino, &name, &value, mode, &c).await
         });
     }
 
@@ -727,12 +670,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        self.spawn(async move {
-            match fs.removexattr(ino, &name, &c).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.reply_empty(reply, async move { fs.removexattr(ino, &name, &c).await });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -819,6 +757,33 @@ impl Filesystem for FuseFs {
 }
 
 impl FuseFs {
+    /// Runs `work` and answers with the entry it produces (or its errno).
+    fn reply_entry<F>(&self, reply: ReplyEntry, work: F)
+    where
+        F: std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
+    {
+        let this = self.clone_view();
+        self.spawn(async move {
+            match work.await {
+                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    /// Runs `work` and answers ok (or its errno).
+    fn reply_empty<F>(&self, reply: ReplyEmpty, work: F)
+    where
+        F: std::future::Future<Output = Result<(), i32>> + Send + 'static,
+    {
+        self.spawn(async move {
+            match work.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
     /// A cheap copy for use inside a task (shares the file layer).
     fn clone_view(&self) -> FuseFs {
         FuseFs {

@@ -95,6 +95,7 @@ impl MetaNode {
     }
 
     fn mark<T>(inner: T) -> Request<T> {
+        metrics::counter!("meridian_meta_forwarded_total").increment(1);
         let mut r = Request::new(inner);
         r.metadata_mut()
             .insert(FORWARDED, "1".parse().expect("ascii"));
@@ -253,6 +254,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<MutateRequest>,
     ) -> Result<Response<MutateResponse>, Status> {
+        metrics::counter!("meridian_meta_mutations_total").increment(1);
         let op: Op = decode(&request.get_ref().op, "operation")?;
         let req = request.get_ref();
         let id = (req.client_id != 0).then_some((req.client_id, req.request_id));
@@ -276,6 +278,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
+        metrics::counter!("meridian_meta_queries_total").increment(1);
         let query: Query = decode(&request.get_ref().query, "query")?;
         if !request.get_ref().stale
             && let Err(e) = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await

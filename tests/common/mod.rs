@@ -539,11 +539,7 @@ impl Region {
     pub fn wait_chunkservers_up(&self, n: usize) -> Result<()> {
         let addrs = self.meta_addrs();
         wait_for(START_DEADLINE, "chunkservers up in the cluster map", || {
-            let out = Command::new(MERIDIAN)
-                .args(["admin", "cluster-map", "--json", "--meta", &addrs])
-                .output()
-                .ok()?;
-            let map: ClusterMap = serde_json::from_slice(&out.stdout).ok()?;
+            let map = cluster_map(&addrs)?;
             (map.nodes
                 .iter()
                 .filter(|n| n.state == NodeState::Up)
@@ -651,4 +647,44 @@ impl Drop for Mount {
                 .status();
         }
     }
+}
+
+/// A mkdir of `name` in `parent`, as root.
+pub fn mkdir_op(parent: meridian_proto::InodeId, name: &str) -> meridian_proto::ns::Op {
+    use meridian_proto::ns::{Creds, FileKind, Op};
+    Op::Mknod {
+        parent,
+        name: name.into(),
+        kind: FileKind::Dir,
+        perm: 0o755,
+        rdev: 0,
+        exclusive: true,
+        creds: Creds::root(),
+    }
+}
+
+/// An exclusive create of file `name` in `parent`, as root.
+pub fn create_op(parent: meridian_proto::InodeId, name: &str) -> meridian_proto::ns::Op {
+    use meridian_proto::ns::{Creds, FileKind, Op};
+    Op::Mknod {
+        parent,
+        name: name.into(),
+        kind: FileKind::File,
+        perm: 0o644,
+        rdev: 0,
+        exclusive: true,
+        creds: Creds::root(),
+    }
+}
+
+/// The cluster map, as `meridian admin cluster-map --json` prints it.
+pub fn cluster_map(meta: &str) -> Option<ClusterMap> {
+    let out = Command::new(MERIDIAN)
+        .args(["admin", "cluster-map", "--json", "--meta", meta])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
 }
