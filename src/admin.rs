@@ -100,6 +100,24 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show or change a link through a fault proxy: delay it, cut it, heal it.
+    Link {
+        /// The proxy's control address.
+        #[arg(long)]
+        proxy: String,
+        /// Set the one-way delay, in milliseconds.
+        #[arg(long)]
+        delay_ms: Option<u32>,
+        /// Cut the link (drop connections, refuse new ones).
+        #[arg(long, conflicts_with = "heal")]
+        cut: bool,
+        /// Heal a cut link.
+        #[arg(long)]
+        heal: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Capacity, usage and health of chunkservers.
     ChunkStatus {
         /// Chunkserver addresses (host:port).
@@ -304,6 +322,26 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 .await?;
             if let Reply::Volume(v) = reply {
                 println!("created volume {} (id {}, root {})", v.name, v.id, v.root);
+            }
+            Ok(())
+        }
+        AdminCommand::Link { proxy, delay_ms, cut, heal, json } => {
+            use meridian_proto::pb::proxy::proxy_control_client::ProxyControlClient;
+            use meridian_proto::pb::proxy::SetLinkRequest;
+            let mut c = ProxyControlClient::connect(format!("http://{proxy}")).await.with_context(|| format!("cannot reach proxy {proxy}"))?;
+            let cut = if cut { Some(true) } else if heal { Some(false) } else { None };
+            let s = c.set(SetLinkRequest { delay_ms, cut }).await?.into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"listen": s.listen, "target": s.target, "delay_ms": s.delay_ms, "cut": s.cut,
+                        "connections_total": s.connections_total, "connections_open": s.connections_open, "bytes_forwarded": s.bytes_forwarded})
+                );
+            } else {
+                println!(
+                    "{} -> {}: {}, delay {} ms, {} open connections ({} total), {} forwarded",
+                    s.listen, s.target, if s.cut { "CUT" } else { "up" }, s.delay_ms, s.connections_open, s.connections_total, human(s.bytes_forwarded)
+                );
             }
             Ok(())
         }

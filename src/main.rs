@@ -10,6 +10,7 @@ use meridian_metaserver::MetaConfig;
 mod admin;
 mod dev;
 mod mount;
+mod proxy;
 
 /// Meridian: a replicated filesystem that spans regions.
 #[derive(Parser)]
@@ -29,6 +30,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Mount a volume through FUSE (foreground; Ctrl-C unmounts).
     Mount(Box<mount::MountArgs>),
+    /// A TCP fault proxy for links between regions: delay, cut and heal at run time.
+    Proxy(proxy::ProxyArgs),
     /// Inspect and administer a running cluster.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -269,6 +272,7 @@ fn main() -> Result<()> {
                     .map_err(anyhow::Error::msg)?;
                 Ok(())
             }
+            Command::Proxy(args) => proxy::run(args, shutdown_signal()).await,
             Command::Admin(cmd) => admin::run(cmd).await,
         }
     })

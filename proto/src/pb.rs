@@ -11,3 +11,9 @@ pub mod meta {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("meridian.meta.v1");
 }
+
+/// Control of the TCP fault proxy.
+pub mod proxy {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("meridian.proxy.v1");
+}

@@ -1,0 +1,177 @@
+//! `meridian proxy`: a TCP fault proxy for the links between regions. It forwards every
+//! connection to one target, can add a one-way delay to each direction, can cut the link
+//! (drop every connection, refuse new ones) and heal it, all at run time through a small
+//! gRPC control service (`meridian admin link …`, or tests directly).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use meridian_proto::pb::proxy::proxy_control_server::{ProxyControl, ProxyControlServer};
+use meridian_proto::pb::proxy::{LinkStatus, LinkStatusRequest, SetLinkRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// Options of `meridian proxy`.
+#[derive(Args)]
+pub struct ProxyArgs {
+    /// Where clients connect (port 0 picks one; printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Where connections are forwarded.
+    #[arg(long)]
+    pub target: String,
+    /// Control service address (port 0 picks one; printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub control: String,
+    /// Initial one-way delay, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct LinkState {
+    delay: Duration,
+    cut: bool,
+}
+
+struct Link {
+    listen: String,
+    target: String,
+    state: watch::Sender<LinkState>,
+    connections: AtomicU64,
+    open: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Link {
+    fn status(&self) -> LinkStatus {
+        let s = *self.state.borrow();
+        LinkStatus {
+            listen: self.listen.clone(),
+            target: self.target.clone(),
+            delay_ms: s.delay.as_millis() as u32,
+            cut: s.cut,
+            connections_total: self.connections.load(Ordering::Relaxed),
+            connections_open: self.open.load(Ordering::Relaxed),
+            bytes_forwarded: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Copies `from` to `to`, each chunk released `delay` after it arrived (order kept), until
+/// either side closes or the link is cut.
+async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, link: Arc<Link>) {
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(1024);
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.send((Instant::now(), buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut state = link.state.subscribe();
+    loop {
+        tokio::select! {
+            item = rx.recv() => {
+                let Some((arrived, data)) = item else { break };
+                let delay = state.borrow().delay;
+                tokio::time::sleep_until(arrived + delay).await;
+                if state.borrow().cut || to.write_all(&data).await.is_err() {
+                    break;
+                }
+                link.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            changed = state.changed() => {
+                if changed.is_err() || state.borrow().cut {
+                    break;
+                }
+            }
+        }
+    }
+    reader.abort();
+    let _ = to.shutdown().await;
+}
+
+async fn serve_connection(client: TcpStream, link: Arc<Link>) {
+    link.connections.fetch_add(1, Ordering::Relaxed);
+    if link.state.borrow().cut {
+        return; // dropped: the peer sees the connection close at once
+    }
+    let Ok(upstream) = TcpStream::connect(&link.target).await else { return };
+    let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+    link.open.fetch_add(1, Ordering::Relaxed);
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let a = tokio::spawn(pump(cr, uw, link.clone()));
+    let b = tokio::spawn(pump(ur, cw, link.clone()));
+    // When one direction ends (close or cut), end the other too.
+    tokio::select! {
+        _ = a => {}
+        _ = b => {}
+    }
+    link.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+struct Control(Arc<Link>);
+
+#[tonic::async_trait]
+impl ProxyControl for Control {
+    async fn set(&self, request: Request<SetLinkRequest>) -> Result<Response<LinkStatus>, Status> {
+        let r = request.into_inner();
+        self.0.state.send_modify(|s| {
+            if let Some(ms) = r.delay_ms {
+                s.delay = Duration::from_millis(u64::from(ms));
+            }
+            if let Some(cut) = r.cut {
+                s.cut = cut;
+            }
+        });
+        tracing::info!(state = ?*self.0.state.borrow(), "link changed");
+        Ok(Response::new(self.0.status()))
+    }
+
+    async fn status(&self, _request: Request<LinkStatusRequest>) -> Result<Response<LinkStatus>, Status> {
+        Ok(Response::new(self.0.status()))
+    }
+}
+
+/// Runs the proxy until `shutdown`. Prints `meridian proxy listening on <addr> control <addr>`.
+pub async fn run(args: ProxyArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let control = TcpListener::bind(&args.control).await.with_context(|| format!("cannot listen on {}", args.control))?;
+    let (listen, control_addr) = (listener.local_addr()?, control.local_addr()?);
+    let link = Arc::new(Link {
+        listen: listen.to_string(),
+        target: args.target.clone(),
+        state: watch::channel(LinkState { delay: Duration::from_millis(u64::from(args.delay_ms)), cut: false }).0,
+        connections: AtomicU64::new(0),
+        open: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    });
+    println!("meridian proxy listening on {listen} control {control_addr}");
+    tracing::info!(%listen, target = %args.target, %control_addr, "fault proxy serving");
+    let accept_link = link.clone();
+    let accept = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(serve_connection(client, accept_link.clone()));
+        }
+    });
+    tonic::transport::Server::builder()
+        .add_service(ProxyControlServer::new(Control(link)))
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(control), shutdown)
+        .await?;
+    accept.abort();
+    Ok(())
+}
