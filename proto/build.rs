@@ -1,7 +1,11 @@
 //! Compiles the .proto contract with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["meridian/chunk.proto", "meridian/meta.proto", "meridian/proxy.proto"];
+    let files = [
+        "meridian/chunk.proto",
+        "meridian/meta.proto",
+        "meridian/proxy.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed=proto/{f}");
     }

@@ -325,11 +325,25 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             }
             Ok(())
         }
-        AdminCommand::Link { proxy, delay_ms, cut, heal, json } => {
-            use meridian_proto::pb::proxy::proxy_control_client::ProxyControlClient;
+        AdminCommand::Link {
+            proxy,
+            delay_ms,
+            cut,
+            heal,
+            json,
+        } => {
             use meridian_proto::pb::proxy::SetLinkRequest;
-            let mut c = ProxyControlClient::connect(format!("http://{proxy}")).await.with_context(|| format!("cannot reach proxy {proxy}"))?;
-            let cut = if cut { Some(true) } else if heal { Some(false) } else { None };
+            use meridian_proto::pb::proxy::proxy_control_client::ProxyControlClient;
+            let mut c = ProxyControlClient::connect(format!("http://{proxy}"))
+                .await
+                .with_context(|| format!("cannot reach proxy {proxy}"))?;
+            let cut = if cut {
+                Some(true)
+            } else if heal {
+                Some(false)
+            } else {
+                None
+            };
             let s = c.set(SetLinkRequest { delay_ms, cut }).await?.into_inner();
             if json {
                 println!(
@@ -340,7 +354,13 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             } else {
                 println!(
                     "{} -> {}: {}, delay {} ms, {} open connections ({} total), {} forwarded",
-                    s.listen, s.target, if s.cut { "CUT" } else { "up" }, s.delay_ms, s.connections_open, s.connections_total, human(s.bytes_forwarded)
+                    s.listen,
+                    s.target,
+                    if s.cut { "CUT" } else { "up" },
+                    s.delay_ms,
+                    s.connections_open,
+                    s.connections_total,
+                    human(s.bytes_forwarded)
                 );
             }
             Ok(())

@@ -66,7 +66,11 @@ impl Link {
 
 /// Copies `from` to `to`, each chunk released `delay` after it arrived (order kept), until
 /// either side closes or the link is cut.
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, link: Arc<Link>) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    link: Arc<Link>,
+) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(1024);
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 << 10];
@@ -109,7 +113,9 @@ async fn serve_connection(client: TcpStream, link: Arc<Link>) {
     if link.state.borrow().cut {
         return; // dropped: the peer sees the connection close at once
     }
-    let Ok(upstream) = TcpStream::connect(&link.target).await else { return };
+    let Ok(upstream) = TcpStream::connect(&link.target).await else {
+        return;
+    };
     let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
     link.open.fetch_add(1, Ordering::Relaxed);
     let (cr, cw) = client.into_split();
@@ -142,20 +148,34 @@ impl ProxyControl for Control {
         Ok(Response::new(self.0.status()))
     }
 
-    async fn status(&self, _request: Request<LinkStatusRequest>) -> Result<Response<LinkStatus>, Status> {
+    async fn status(
+        &self,
+        _request: Request<LinkStatusRequest>,
+    ) -> Result<Response<LinkStatus>, Status> {
         Ok(Response::new(self.0.status()))
     }
 }
 
 /// Runs the proxy until `shutdown`. Prints `meridian proxy listening on <addr> control <addr>`.
-pub async fn run(args: ProxyArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
-    let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    let control = TcpListener::bind(&args.control).await.with_context(|| format!("cannot listen on {}", args.control))?;
+pub async fn run(
+    args: ProxyArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let control = TcpListener::bind(&args.control)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.control))?;
     let (listen, control_addr) = (listener.local_addr()?, control.local_addr()?);
     let link = Arc::new(Link {
         listen: listen.to_string(),
         target: args.target.clone(),
-        state: watch::channel(LinkState { delay: Duration::from_millis(u64::from(args.delay_ms)), cut: false }).0,
+        state: watch::channel(LinkState {
+            delay: Duration::from_millis(u64::from(args.delay_ms)),
+            cut: false,
+        })
+        .0,
         connections: AtomicU64::new(0),
         open: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
@@ -170,7 +190,10 @@ pub async fn run(args: ProxyArgs, shutdown: impl std::future::Future<Output = ()
     });
     tonic::transport::Server::builder()
         .add_service(ProxyControlServer::new(Control(link)))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(control), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(control),
+            shutdown,
+        )
         .await?;
     accept.abort();
     Ok(())

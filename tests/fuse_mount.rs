@@ -324,6 +324,18 @@ fn file_contents_truncate_sparse_append_and_random_writes() -> Result<()> {
         blake3::hash(&expect)
     );
 
+    // A read updates atime as ext4's relatime does: past the mtime of the last write.
+    fs::write(m.join("atime"), b"x")?;
+    assert_eq!(fs::read(m.join("atime"))?, b"x");
+    common::wait_for(
+        std::time::Duration::from_secs(10),
+        "atime to move past mtime",
+        || {
+            let md = fs::metadata(m.join("atime")).ok()?;
+            ((md.atime(), md.atime_nsec()) > (md.mtime(), md.mtime_nsec())).then_some(())
+        },
+    )?;
+
     // Read-your-writes inside one open file before any flush.
     let mut rw = OpenOptions::new()
         .read(true)

@@ -33,9 +33,17 @@ fn start_proxy(dir: &std::path::Path, target: &str) -> Result<Proxy> {
         .stdout(out.try_clone()?)
         .stderr(out)
         .spawn()?;
-    let mut p = Proxy { child, listen: String::new(), control: String::new() };
+    let mut p = Proxy {
+        child,
+        listen: String::new(),
+        control: String::new(),
+    };
     let line = wait_for(Duration::from_secs(20), "the proxy to listen", || {
-        std::fs::read_to_string(&log).ok()?.lines().find(|l| l.starts_with("meridian proxy listening on ")).map(str::to_string)
+        std::fs::read_to_string(&log)
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("meridian proxy listening on "))
+            .map(str::to_string)
     })?;
     let words: Vec<&str> = line.split_whitespace().collect();
     p.listen = words[4].to_string();
@@ -64,8 +72,15 @@ fn echo_server() -> Result<String> {
 }
 
 fn link(control: &str, args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new(MERIDIAN).args(["admin", "link", "--json", "--proxy", control]).args(args).output()?;
-    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(MERIDIAN)
+        .args(["admin", "link", "--json", "--proxy", control])
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -91,7 +106,11 @@ fn the_proxy_forwards_delays_cuts_and_heals() -> Result<()> {
     assert_eq!(s["delay_ms"], 150);
     let t = Instant::now();
     assert_eq!(round_trip(&mut conn, b"ping")?, b"ping");
-    assert!(t.elapsed() >= Duration::from_millis(300), "round trip took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "round trip took {:?}",
+        t.elapsed()
+    );
     link(&proxy.control, &["--delay-ms", "0"])?;
 
     // Cut: the open connection ends, a new one is closed at once.
@@ -106,7 +125,10 @@ fn the_proxy_forwards_delays_cuts_and_heals() -> Result<()> {
     let mut fresh = TcpStream::connect(&proxy.listen)?;
     fresh.set_read_timeout(Some(Duration::from_secs(10)))?;
     let _ = fresh.write_all(b"anyone?");
-    assert!(matches!(fresh.read(&mut buf), Ok(0) | Err(_)), "a cut link refuses new connections");
+    assert!(
+        matches!(fresh.read(&mut buf), Ok(0) | Err(_)),
+        "a cut link refuses new connections"
+    );
 
     // Heal: traffic flows again.
     link(&proxy.control, &["--heal"])?;

@@ -41,6 +41,8 @@ struct OpenFile {
     dirty: DirtyRanges,
     /// Block-aligned ranges this handle wrote only part of: compacted after close.
     fragmented: std::collections::BTreeSet<u64>,
+    /// Whether this handle has read yet (atime is updated on the first read).
+    read: bool,
 }
 
 /// Tunables of the file layer.
@@ -341,6 +343,7 @@ impl FileSystem {
             creds: creds.clone(),
             dirty: DirtyRanges::default(),
             fragmented: Default::default(),
+            read: false,
         };
         self.handles
             .lock()
@@ -406,7 +409,17 @@ impl FileSystem {
 
     /// Reads up to `size` bytes at `offset` (short only at the end of the file).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let ino = self.handle(fh)?.lock().await.ino;
+        let (ino, first_read) = {
+            let h = self.handle(fh)?;
+            let mut f = h.lock().await;
+            (f.ino, !std::mem::replace(&mut f.read, true))
+        };
+        if first_read && let Some(me) = self.me.upgrade() {
+            // atime as ext4's relatime keeps it; in the background, off the read path.
+            tokio::spawn(async move {
+                let _ = me.mutate(Op::Accessed { ino }).await;
+            });
+        }
         // Reads see this client's own writes: commit them first (other handles too).
         self.flush_inode(ino).await?;
         let attr = match self.query(Query::GetAttr { ino }).await? {

@@ -395,6 +395,12 @@ pub enum Op {
         /// Caller.
         creds: Creds,
     },
+    /// A read happened: update atime as ext4's default `relatime` does (only if atime is
+    /// not newer than mtime or ctime, or is a day old). Needs no write permission.
+    Accessed {
+        /// The inode read.
+        ino: InodeId,
+    },
     /// Replace the extents of `[offset, offset + len)` by `replacement`, only if they are
     /// still exactly `expected` (the compactor's read); otherwise fail with EAGAIN.
     Compact {

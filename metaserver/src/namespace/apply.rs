@@ -184,6 +184,7 @@ fn apply_op(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
             base_version: _,
             creds,
         } => commit(t, &ctx, *ino, extents, *size, creds),
+        Op::Accessed { ino } => accessed(t, &ctx, *ino),
         Op::Compact {
             ino,
             offset,
@@ -1153,4 +1154,21 @@ fn compact(
         overlay(t, ino, e, ctx.now_ms)?;
     }
     Ok(Reply::Done)
+}
+
+/// How old an atime may get before a read refreshes it even if it is newer than mtime
+/// and ctime (relatime's rule).
+const RELATIME_MAX_AGE_SECS: i64 = 24 * 60 * 60;
+
+fn accessed(t: &mut WriteTables<'_>, ctx: &Ctx, ino: InodeId) -> Result<Reply, NsError> {
+    let mut node = get(t, ino)?;
+    let a = &node.attr;
+    let due = a.atime <= a.mtime
+        || a.atime <= a.ctime
+        || ctx.now.sec - a.atime.sec >= RELATIME_MAX_AGE_SECS;
+    if due && ctx.now > a.atime {
+        node.attr.atime = ctx.now;
+        t.put_inode(&node)?;
+    }
+    Ok(Reply::Attr(node.attr))
 }

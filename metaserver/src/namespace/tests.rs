@@ -720,6 +720,42 @@ fn a_retried_request_is_applied_once() {
 }
 
 #[test]
+fn reads_update_atime_like_relatime() {
+    let mut fs = Fs::new();
+    let f = fs.create(fs.root, "f");
+    commit(&mut fs, f.ino, vec![extent(0, 10, "A", 0)], 10).unwrap();
+    let written = fs.attr(f.ino);
+    // The first read after a write moves atime past mtime; a second read right after does not.
+    fs.run(Op::Accessed { ino: f.ino }).unwrap();
+    let read1 = fs.attr(f.ino);
+    assert!(read1.atime > written.mtime);
+    assert_eq!(
+        (read1.mtime, read1.ctime),
+        (written.mtime, written.ctime),
+        "a read changes only atime"
+    );
+    fs.run(Op::Accessed { ino: f.ino }).unwrap();
+    assert_eq!(fs.attr(f.ino).atime, read1.atime);
+    // A day later, a read refreshes it again.
+    fs.clock += 24 * 3600 * 1000;
+    let later = fs.command(Op::Accessed { ino: f.ino }, None);
+    let mut later = later;
+    later.now = Timespec {
+        sec: read1.atime.sec + 24 * 3600,
+        nsec: 0,
+    };
+    fs.run_command(&later).unwrap();
+    assert!(fs.attr(f.ino).atime > read1.atime);
+    // Anyone who can read may cause it: no permission check, unlike utimens.
+    assert!(
+        fs.run(Op::Accessed {
+            ino: InodeId(999_999)
+        })
+        .is_err()
+    );
+}
+
+#[test]
 fn old_request_outcomes_are_pruned_by_hlc_time() {
     let mut fs = Fs::new();
     let op = |name: &str| Op::Mknod {
