@@ -4,3 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --bench chunk_throughput -- --noplot "$@"
 cargo bench --bench meta_ops -- --noplot "$@"
+cargo bench --bench mount_io
