@@ -619,3 +619,34 @@ fn shared_and_private_mmap_reads_and_writes() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_failed_fsync_reports_eio_and_keeps_the_data_for_the_next_one() -> Result<()> {
+    let mut region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let data = random_bytes(11, 2 << 20);
+    let mut f = File::create(mnt.path.join("precious"))?;
+    f.write_all(&data)?;
+    // Every chunkserver gone: the upload cannot reach W copies, and fsync must say so.
+    for c in region.chunks.iter_mut() {
+        c.kill();
+    }
+    assert_eq!(errno_of(f.sync_all()), libc::EIO);
+    for c in region.chunks.iter_mut() {
+        let addr = c.addr.clone();
+        c.restart_on(&addr)?;
+    }
+    region.wait_chunkservers_up(3)?;
+    // The data was kept: the next fsync commits it.
+    common::wait_for(
+        std::time::Duration::from_secs(20),
+        "fsync to succeed",
+        || f.sync_all().ok(),
+    )?;
+    drop(f);
+    assert_eq!(
+        blake3::hash(&fs::read(mnt.path.join("precious"))?),
+        blake3::hash(&data)
+    );
+    Ok(())
+}

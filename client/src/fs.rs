@@ -43,7 +43,23 @@ struct OpenFile {
     fragmented: std::collections::BTreeSet<u64>,
     /// Whether this handle has read yet (atime is updated on the first read).
     read: bool,
+    /// What the last read learned about the file (close-to-open: kept while open).
+    view: Option<ReadView>,
 }
+
+/// A handle's cached view for reads: the file size and the extents of a window of it.
+#[derive(Debug, Clone)]
+struct ReadView {
+    /// This client's write generation when the view was taken.
+    generation: u64,
+    size: u64,
+    start: u64,
+    end: u64,
+    extents: Vec<Extent>,
+}
+
+/// Blocks of extents a read fetches at once.
+const READ_WINDOW_BLOCKS: u64 = 8;
 
 /// Tunables of the file layer.
 #[derive(Clone, Debug)]
@@ -75,6 +91,9 @@ pub struct FileSystem {
     cache: BlockCache,
     options: FsOptions,
     handles: std::sync::Mutex<HashMap<u64, Arc<AsyncMutex<OpenFile>>>>,
+    /// Bumped by every commit and attribute change this client makes: read views taken
+    /// before it are stale (read-your-writes across handles).
+    write_generation: AtomicU64,
     next_fh: AtomicU64,
 }
 
@@ -118,6 +137,7 @@ impl FileSystem {
             cache: BlockCache::new(options.cache_bytes),
             options,
             handles: Default::default(),
+            write_generation: AtomicU64::new(0),
             next_fh: AtomicU64::new(1),
         }))
     }
@@ -157,7 +177,10 @@ impl FileSystem {
             _ => return Err(libc_errno::EIO),
         };
         for f in self.handles_of(ino) {
-            attr.size = attr.size.max(f.lock().await.dirty.end());
+            let f = f.lock().await;
+            if f.ino == ino {
+                attr.size = attr.size.max(f.dirty.end());
+            }
         }
         Ok(attr)
     }
@@ -187,6 +210,7 @@ impl FileSystem {
     /// is not overwritten by the commit at close, and the reply carries the real size.
     pub async fn setattr(&self, ino: InodeId, set: SetAttr, creds: &Creds) -> Result<Attr, Errno> {
         self.flush_inode(ino).await?;
+        self.write_generation.fetch_add(1, Ordering::Relaxed);
         attr_of(
             self.mutate(Op::SetAttr {
                 ino,
@@ -344,6 +368,7 @@ impl FileSystem {
             dirty: DirtyRanges::default(),
             fragmented: Default::default(),
             read: false,
+            view: None,
         };
         self.handles
             .lock()
@@ -422,23 +447,23 @@ impl FileSystem {
         }
         // Reads see this client's own writes: commit them first (other handles too).
         self.flush_inode(ino).await?;
-        let attr = match self.query(Query::GetAttr { ino }).await? {
-            QueryReply::Attr(a) => a,
-            _ => return Err(libc_errno::EIO),
-        };
-        if offset >= attr.size {
+        let view = self.read_view(fh, ino, offset, u64::from(size)).await?;
+        if offset >= view.size {
             return Ok(Vec::new());
         }
-        let len = u64::from(size).min(attr.size - offset);
-        let extents = match self.query(Query::Extents { ino, offset, len }).await? {
-            QueryReply::Extents(e) => e,
-            _ => return Err(libc_errno::EIO),
-        };
+        let len = u64::from(size).min(view.size - offset);
+        let extents: Vec<Extent> = view
+            .extents
+            .iter()
+            .filter(|e| e.offset < offset + len && e.end() > offset)
+            .copied()
+            .collect();
+        let attr_size = view.size;
         let mut out = vec![0u8; len as usize];
         // Sequential readers reach the end of an extent: fetch the next block meanwhile.
         if let (Some(last), Some(me)) = (extents.last(), self.me.upgrade())
             && offset + len >= last.end()
-            && last.end() < attr.size
+            && last.end() < attr_size
         {
             let next = last.end();
             tokio::spawn(async move { me.prefetch(ino, next).await });
@@ -455,6 +480,58 @@ impl FileSystem {
             out[(s - offset) as usize..(s - offset) as usize + n].copy_from_slice(src);
         }
         Ok(out)
+    }
+
+    /// The handle's view covering `[offset, offset + len)`: the cached one if this client
+    /// wrote nothing since and it covers the range, otherwise a fresh size and the extents
+    /// of a window of blocks from `offset`.
+    async fn read_view(
+        &self,
+        fh: u64,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+    ) -> Result<ReadView, Errno> {
+        let h = self.handle(fh)?;
+        let mut f = h.lock().await;
+        let generation = self.write_generation.load(Ordering::Relaxed);
+        if let Some(v) = &f.view
+            && v.generation == generation
+            && offset >= v.start
+            && (offset.saturating_add(len) <= v.end || v.end == v.size)
+        {
+            return Ok(v.clone());
+        }
+        let size = match self.query(Query::GetAttr { ino }).await? {
+            QueryReply::Attr(a) => a.size,
+            _ => return Err(libc_errno::EIO),
+        };
+        let bs = u64::from(self.volume.policy.block_size);
+        let start = offset - offset % bs;
+        let end = (start + READ_WINDOW_BLOCKS * bs)
+            .max(offset.saturating_add(len))
+            .min(size)
+            .max(start);
+        let extents = match self
+            .query(Query::Extents {
+                ino,
+                offset: start,
+                len: end - start,
+            })
+            .await?
+        {
+            QueryReply::Extents(e) => e,
+            _ => return Err(libc_errno::EIO),
+        };
+        let view = ReadView {
+            generation,
+            size,
+            start,
+            end,
+            extents,
+        };
+        f.view = Some(view.clone());
+        Ok(view)
     }
 
     /// Loads the block holding `offset` of a file into the cache (read-ahead; errors are
@@ -498,10 +575,28 @@ impl FileSystem {
         if f.dirty.is_empty() {
             return Ok(());
         }
-        let bs = u64::from(self.volume.policy.block_size);
         let ranges = f.dirty.take();
+        let result = self.upload_and_commit(f, &ranges).await;
+        self.write_generation.fetch_add(1, Ordering::Relaxed);
+        if result == Err(libc_errno::EIO) {
+            // Chunkservers or metaservers unreachable: keep the data so a later flush,
+            // fsync or close can still commit it. (A refusal such as EDQUOT or ENOENT is
+            // final: the application has been told.)
+            for (offset, data) in &ranges {
+                f.dirty.write(*offset, data);
+            }
+        }
+        result
+    }
+
+    async fn upload_and_commit(
+        &self,
+        f: &mut OpenFile,
+        ranges: &[(u64, Vec<u8>)],
+    ) -> Result<(), Errno> {
+        let bs = u64::from(self.volume.policy.block_size);
         let mut pieces = Vec::new();
-        for (offset, data) in &ranges {
+        for (offset, data) in ranges {
             let mut at = 0usize;
             while at < data.len() {
                 let file_off = offset + at as u64;
