@@ -155,6 +155,27 @@ impl FileSystem {
         self.meta.query(&q, false).await.map_err(errno)
     }
 
+    /// Committed attributes of `ino` (linearizable).
+    async fn committed_attr(&self, ino: InodeId) -> Result<Attr, Errno> {
+        match self.query(Query::GetAttr { ino }).await? {
+            QueryReply::Attr(a) => Ok(a),
+            _ => Err(libc_errno::EIO),
+        }
+    }
+
+    /// Committed extents of `ino` overlapping `[offset, offset + len)`.
+    async fn committed_extents(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<Extent>, Errno> {
+        match self.query(Query::Extents { ino, offset, len }).await? {
+            QueryReply::Extents(e) => Ok(e),
+            _ => Err(libc_errno::EIO),
+        }
+    }
+
     /// The entry `name` in `parent`.
     pub async fn lookup(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<Attr, Errno> {
         match self
@@ -172,10 +193,7 @@ impl FileSystem {
 
     /// Attributes, with the size this client's unflushed writes would give the file.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
-        let mut attr = match self.query(Query::GetAttr { ino }).await? {
-            QueryReply::Attr(a) => a,
-            _ => return Err(libc_errno::EIO),
-        };
+        let mut attr = self.committed_attr(ino).await?;
         for f in self.handles_of(ino) {
             let f = f.lock().await;
             if f.ino == ino {
@@ -414,10 +432,7 @@ impl FileSystem {
         let h = self.handle(fh)?;
         let mut f = h.lock().await;
         let offset = if f.append {
-            let size = match self.query(Query::GetAttr { ino: f.ino }).await? {
-                QueryReply::Attr(a) => a.size,
-                _ => return Err(libc_errno::EIO),
-            };
+            let size = self.committed_attr(f.ino).await?.size;
             size.max(f.dirty.end())
         } else {
             offset
@@ -502,27 +517,14 @@ impl FileSystem {
         {
             return Ok(v.clone());
         }
-        let size = match self.query(Query::GetAttr { ino }).await? {
-            QueryReply::Attr(a) => a.size,
-            _ => return Err(libc_errno::EIO),
-        };
+        let size = self.committed_attr(ino).await?.size;
         let bs = u64::from(self.volume.policy.block_size);
         let start = offset - offset % bs;
         let end = (start + READ_WINDOW_BLOCKS * bs)
             .max(offset.saturating_add(len))
             .min(size)
             .max(start);
-        let extents = match self
-            .query(Query::Extents {
-                ino,
-                offset: start,
-                len: end - start,
-            })
-            .await?
-        {
-            QueryReply::Extents(e) => e,
-            _ => return Err(libc_errno::EIO),
-        };
+        let extents = self.committed_extents(ino, start, end - start).await?;
         let view = ReadView {
             generation,
             size,
@@ -537,13 +539,7 @@ impl FileSystem {
     /// Loads the block holding `offset` of a file into the cache (read-ahead; errors are
     /// left for the real read to report).
     async fn prefetch(&self, ino: InodeId, offset: u64) {
-        if let Ok(QueryReply::Extents(ext)) = self
-            .query(Query::Extents {
-                ino,
-                offset,
-                len: 1,
-            })
-            .await
+        if let Ok(ext) = self.committed_extents(ino, offset, 1).await
             && let Some(e) = ext.first()
             && self.cache.get(&e.block).is_none()
         {
@@ -690,26 +686,16 @@ impl FileSystem {
     /// nothing is lost). Returns whether the range was rewritten.
     pub async fn compact_range(&self, ino: InodeId, start: u64) -> Result<bool, Errno> {
         let bs = u64::from(self.volume.policy.block_size);
-        let size = match self.query(Query::GetAttr { ino }).await {
-            Ok(QueryReply::Attr(a)) => a.size,
+        let size = match self.committed_attr(ino).await {
+            Ok(a) => a.size,
             Err(e) if e == libc_errno::ENOENT => return Ok(false),
-            _ => return Err(libc_errno::EIO),
+            Err(e) => return Err(e),
         };
         let end = (start + bs).min(size);
         if end <= start {
             return Ok(false);
         }
-        let expected = match self
-            .query(Query::Extents {
-                ino,
-                offset: start,
-                len: end - start,
-            })
-            .await?
-        {
-            QueryReply::Extents(e) => e,
-            _ => return Err(libc_errno::EIO),
-        };
+        let expected = self.committed_extents(ino, start, end - start).await?;
         let whole = expected.len() == 1
             && expected[0].offset == start
             && expected[0].len == end - start
