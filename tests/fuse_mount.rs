@@ -650,3 +650,73 @@ fn a_failed_fsync_reports_eio_and_keeps_the_data_for_the_next_one() -> Result<()
     );
     Ok(())
 }
+
+#[test]
+fn an_unlinked_file_stays_usable_through_its_open_descriptor_until_closed() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let path = mnt.path.join("scratch");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    f.write_all(b"still here")?;
+    f.sync_all()?;
+    fs::remove_file(&path)?;
+    assert_eq!(
+        errno_of(fs::metadata(&path)),
+        libc::ENOENT,
+        "the name is gone at once"
+    );
+    assert!(
+        fs::read_dir(&mnt.path)?.all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".meridian")),
+        "and not listed"
+    );
+    // The descriptor still reads and writes the file.
+    f.seek(SeekFrom::Start(0))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    assert_eq!(text, "still here");
+    f.write_all(b", and more")?;
+    f.seek(SeekFrom::Start(0))?;
+    text.clear();
+    f.read_to_string(&mut text)?;
+    assert_eq!(text, "still here, and more");
+    drop(f);
+    // After the last close it is removed for real (nothing left in the namespace). The
+    // kernel sends the release after close() returns, so this happens shortly after.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let meta = region.meta.client();
+    let QueryReply::Volume(v) = rt.block_on(meta.query(
+        &Query::Volume {
+            name: "default".into(),
+        },
+        false,
+    ))?
+    else {
+        anyhow::bail!("no volume")
+    };
+    let list = Query::ReadDir {
+        ino: v.root,
+        after: None,
+        limit: 100,
+        creds: Creds::root(),
+    };
+    common::wait_for(
+        std::time::Duration::from_secs(10),
+        "the unlinked file to be removed at close",
+        || match rt.block_on(meta.query(&list, false)) {
+            Ok(QueryReply::Dir { entries, .. }) if entries.is_empty() => Some(()),
+            _ => None,
+        },
+    )?;
+    Ok(())
+}

@@ -25,6 +25,13 @@ use crate::cache::BlockCache;
 use crate::dirty::DirtyRanges;
 use crate::meta::{MetaClient, MetaError};
 
+/// Name prefix of files unlinked while open (hidden from listings until the last close).
+pub const HIDDEN_PREFIX: &[u8] = b".meridian-unlinked-";
+
+/// Where a file unlinked while open was put: its directory, hidden name, and the caller
+/// who unlinked it (whose rights remove it at the last close).
+type HiddenFile = (InodeId, Vec<u8>, Creds);
+
 /// An errno, as the kernel wants it.
 pub type Errno = i32;
 
@@ -91,6 +98,9 @@ pub struct FileSystem {
     cache: BlockCache,
     options: FsOptions,
     handles: std::sync::Mutex<HashMap<u64, Arc<AsyncMutex<OpenFile>>>>,
+    /// Files unlinked while this client had them open: renamed out of sight and removed
+    /// for real at the last close, as on a local disk (inode -> (dir, hidden name, caller)).
+    hidden: std::sync::Mutex<HashMap<InodeId, HiddenFile>>,
     /// Bumped by every commit and attribute change this client makes: read views taken
     /// before it are stale (read-your-writes across handles).
     write_generation: AtomicU64,
@@ -138,6 +148,7 @@ impl FileSystem {
             options,
             handles: Default::default(),
             write_generation: AtomicU64::new(0),
+            hidden: Default::default(),
             next_fh: AtomicU64::new(1),
         }))
     }
@@ -301,8 +312,24 @@ impl FileSystem {
         )
     }
 
-    /// Removes a file entry.
+    /// Removes a file entry. The last link of a file this client still has open is
+    /// renamed out of sight instead, and removed when the last handle closes, so the open
+    /// descriptors keep working (as on a local disk, and as libfuse's hard_remove=false).
     pub async fn unlink(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
+        if let Ok(a) = self.lookup(parent, name, creds).await
+            && a.kind == FileKind::File
+            && a.nlink == 1
+            && self.is_open(a.ino).await
+        {
+            let hidden = [HIDDEN_PREFIX, a.ino.0.to_string().as_bytes()].concat();
+            self.rename(parent, name, parent, &hidden, RenameFlags::default(), creds)
+                .await?;
+            self.hidden
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(a.ino, (parent, hidden, creds.clone()));
+            return Ok(());
+        }
         self.mutate(Op::Unlink {
             parent,
             name: name.to_vec(),
@@ -310,6 +337,16 @@ impl FileSystem {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Whether this client has `ino` open.
+    async fn is_open(&self, ino: InodeId) -> bool {
+        for h in self.handles_of(ino) {
+            if h.lock().await.ino == ino {
+                return true;
+            }
+        }
+        false
     }
 
     /// Removes an empty directory.
@@ -365,7 +402,11 @@ impl FileSystem {
             };
             match self.query(q).await? {
                 QueryReply::Dir { entries, next } => {
-                    out.extend(entries);
+                    out.extend(
+                        entries
+                            .into_iter()
+                            .filter(|e| !e.name.starts_with(HIDDEN_PREFIX)),
+                    );
                     match next {
                         Some(n) => after = Some(n),
                         None => return Ok(out),
@@ -666,6 +707,28 @@ impl FileSystem {
         if let (Some(h), Some(me)) = (handle, self.me.upgrade()) {
             let f = h.lock().await;
             let (ino, ranges) = (f.ino, f.fragmented.clone());
+            drop(f);
+            if !self.is_open(ino).await {
+                let gone = self
+                    .hidden
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&ino);
+                if let Some((parent, name, creds)) = gone {
+                    // The last close of a file unlinked while open: remove it for real.
+                    return match self
+                        .mutate(Op::Unlink {
+                            parent,
+                            name,
+                            creds,
+                        })
+                        .await
+                    {
+                        Ok(_) => result,
+                        Err(e) => result.and(Err(e)),
+                    };
+                }
+            }
             if !ranges.is_empty() {
                 tokio::spawn(async move {
                     for start in ranges {
