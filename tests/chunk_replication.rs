@@ -45,6 +45,21 @@ async fn has(cluster: &ChunkCluster, i: usize, id: &BlockId) -> Result<bool> {
     Ok(resp.present[0])
 }
 
+/// The error a Get ends with, whether the call or its stream reports it.
+async fn get_error(
+    rpc: &mut meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient<
+        tonic::transport::Channel,
+    >,
+    req: GetRequest,
+) -> tonic::Status {
+    match rpc.get(req).await {
+        Ok(resp) => wire::read_get(&mut resp.into_inner(), 1 << 26)
+            .await
+            .expect_err("the get should fail"),
+        Err(e) => e,
+    }
+}
+
 /// Files in a node's temp folder (should be none once a put has finished).
 fn temp_files(cluster: &ChunkCluster, i: usize) -> usize {
     fs::read_dir(cluster.nodes[i].data.join("tmp"))
@@ -137,12 +152,7 @@ async fn put_with_three_replicas_lands_verified_copies_on_all_three() -> Result<
         length: 11,
         encoded: false,
     };
-    let err = match rpc.get(past).await {
-        Ok(resp) => wire::read_get(&mut resp.into_inner(), 1 << 26)
-            .await
-            .unwrap_err(),
-        Err(e) => e,
-    };
+    let err = get_error(&mut rpc, past).await;
     assert_eq!(err.code(), Code::OutOfRange);
 
     for i in 0..3 {
@@ -391,12 +401,7 @@ async fn a_corrupt_copy_fails_its_reads_while_another_replica_serves() -> Result
         length: 10,
         encoded: false,
     };
-    let status = match rpc.get(req).await {
-        Ok(resp) => wire::read_get(&mut resp.into_inner(), 1 << 26)
-            .await
-            .unwrap_err(),
-        Err(e) => e,
-    };
+    let status = get_error(&mut rpc, req).await;
     assert_eq!(status.code(), Code::DataLoss);
 
     // A reader falls back to another replica and gets the right bytes.

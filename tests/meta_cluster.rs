@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use common::{MERIDIAN, MetaCluster, ServerProc, cluster_map, create_op, mkdir_op, wait_for};
+use common::{
+    MERIDIAN, MetaCluster, cluster_map, create_op, mkdir_op, start_chunkservers, wait_for,
+};
 use meridian_client::{MetaClient, MetaError};
 use meridian_proto::ns::*;
 use meridian_proto::{InodeId, NodeId, NodeState};
@@ -281,25 +283,7 @@ async fn a_new_member_catches_up_from_a_snapshot_after_the_log_is_purged() -> Re
 fn chunkservers_register_show_up_and_go_down_when_killed() -> Result<()> {
     let cluster = MetaCluster::start(3, &["--suspect-after-ms", "800", "--down-after-ms", "2000"])?;
     let meta = cluster.addrs();
-    let mut chunks = Vec::new();
-    for (i, zone) in ["a", "b", "c"].iter().enumerate() {
-        let args = vec![
-            "--zone".to_string(),
-            zone.to_string(),
-            "--meta".into(),
-            meta.join(","),
-            "--heartbeat-ms".into(),
-            "200".into(),
-            "--capacity".into(),
-            (1u64 << 33).to_string(),
-        ];
-        chunks.push(ServerProc::start(
-            "chunk",
-            i as u64 + 1,
-            cluster.dir.path(),
-            args,
-        )?);
-    }
+    let mut chunks = start_chunkservers(&cluster, 200, 1 << 33)?;
     let map = wait_for(Duration::from_secs(20), "three chunkservers up", || {
         cluster_map(&meta.join(","))
             .filter(|m| m.nodes.len() == 3 && m.nodes.iter().all(|n| n.state == NodeState::Up))

@@ -612,7 +612,13 @@ impl FileSystem {
         if f.dirty.is_empty() {
             return Ok(());
         }
-        let ranges = f.dirty.take();
+        // Each range becomes one shared buffer; blocks are zero-copy slices of it.
+        let ranges: Vec<(u64, Bytes)> = f
+            .dirty
+            .take()
+            .into_iter()
+            .map(|(o, d)| (o, Bytes::from(d)))
+            .collect();
         let result = self.upload_and_commit(f, &ranges).await;
         self.write_generation.fetch_add(1, Ordering::Relaxed);
         if result == Err(libc_errno::EIO) {
@@ -629,7 +635,7 @@ impl FileSystem {
     async fn upload_and_commit(
         &self,
         f: &mut OpenFile,
-        ranges: &[(u64, Vec<u8>)],
+        ranges: &[(u64, Bytes)],
     ) -> Result<(), Errno> {
         let bs = u64::from(self.volume.policy.block_size);
         let mut pieces = Vec::new();
@@ -642,7 +648,7 @@ impl FileSystem {
                 if n as u64 != bs {
                     f.fragmented.insert(file_off - file_off % bs);
                 }
-                pieces.push((file_off, Bytes::copy_from_slice(&data[at..at + n])));
+                pieces.push((file_off, data.slice(at..at + n)));
                 at += n;
             }
         }

@@ -500,25 +500,7 @@ impl Region {
             &["--suspect-after-ms", "1500", "--down-after-ms", "4000"],
         )?;
         let addrs = meta.addrs().join(",");
-        let mut chunks = Vec::new();
-        for (i, zone) in ["a", "b", "c"].iter().enumerate() {
-            let args = vec![
-                "--zone".to_string(),
-                zone.to_string(),
-                "--meta".into(),
-                addrs.clone(),
-                "--heartbeat-ms".into(),
-                "300".into(),
-                "--capacity".into(),
-                (8u64 << 30).to_string(),
-            ];
-            chunks.push(ServerProc::start(
-                "chunk",
-                i as u64 + 1,
-                meta.dir.path(),
-                args,
-            )?);
-        }
+        let chunks = start_chunkservers(&meta, 300, 8 << 30)?;
         let region = Region { meta, chunks };
         region.wait_chunkservers_up(3)?;
         let out = Command::new(MERIDIAN)
@@ -687,4 +669,33 @@ pub fn cluster_map(meta: &str) -> Option<ClusterMap> {
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Starts chunkservers 1-3 in zones a, b, c, registered with `meta`'s metaservers.
+pub fn start_chunkservers(
+    meta: &MetaCluster,
+    heartbeat_ms: u64,
+    capacity: u64,
+) -> Result<Vec<ServerProc>> {
+    let addrs = meta.addrs().join(",");
+    let mut chunks = Vec::new();
+    for (i, zone) in ["a", "b", "c"].iter().enumerate() {
+        let args = vec![
+            "--zone".to_string(),
+            zone.to_string(),
+            "--meta".into(),
+            addrs.clone(),
+            "--heartbeat-ms".into(),
+            heartbeat_ms.to_string(),
+            "--capacity".into(),
+            capacity.to_string(),
+        ];
+        chunks.push(ServerProc::start(
+            "chunk",
+            i as u64 + 1,
+            meta.dir.path(),
+            args,
+        )?);
+    }
+    Ok(chunks)
 }

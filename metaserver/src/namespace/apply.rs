@@ -297,6 +297,15 @@ fn volume_of(t: &WriteTables<'_>, id: u32) -> Result<Volume, NsError> {
     )))
 }
 
+/// Clears setuid, and setgid when it is a real setgid bit (group-executable), as Linux
+/// does on a chown of a non-directory or a write by a non-owner.
+fn drop_setid(attr: &mut Attr) {
+    attr.perm &= !0o4000;
+    if attr.perm & 0o010 != 0 {
+        attr.perm &= !0o2000;
+    }
+}
+
 fn touch_dir(dir: &mut Inode, now: Timespec) {
     dir.attr.mtime = now;
     dir.attr.ctime = now;
@@ -844,10 +853,7 @@ fn setattr(
         // Changing the owner of a non-directory drops setuid, and setgid when it is a real
         // setgid bit (group-executable), as Linux does.
         if node.attr.kind != FileKind::Dir && set.perm.is_none() {
-            node.attr.perm &= !0o4000;
-            if node.attr.perm & 0o010 != 0 {
-                node.attr.perm &= !0o2000;
-            }
+            drop_setid(&mut node.attr);
         }
     }
     if let Some(size) = set.size {
@@ -1111,10 +1117,7 @@ fn commit(
     node.version += 1;
     // Writing by a non-owner clears setuid/setgid, as the kernel does.
     if creds.uid != 0 {
-        node.attr.perm &= !0o4000;
-        if node.attr.perm & 0o010 != 0 {
-            node.attr.perm &= !0o2000;
-        }
+        drop_setid(&mut node.attr);
     }
     t.put_inode(&node)?;
     Ok(Reply::Attr(node.attr))

@@ -266,15 +266,19 @@ impl<'txn> WriteTables<'txn> {
         Ok(current)
     }
 
-    /// Adds one reference to `block`.
-    pub(crate) fn incref(&mut self, block: &BlockId) -> Result<(), NsError> {
-        let key = block.as_bytes().as_slice();
-        let n = self
+    fn refcount(&self, key: &[u8]) -> Result<u64, NsError> {
+        Ok(self
             .block_refs
             .get(key)
             .map_err(store_err)?
             .map(|v| v.value())
-            .unwrap_or(0);
+            .unwrap_or(0))
+    }
+
+    /// Adds one reference to `block`.
+    pub(crate) fn incref(&mut self, block: &BlockId) -> Result<(), NsError> {
+        let key = block.as_bytes().as_slice();
+        let n = self.refcount(key)?;
         self.block_refs.insert(key, n + 1).map_err(store_err)?;
         if n == 0 {
             self.unreferenced.remove(key).map_err(store_err)?;
@@ -285,12 +289,7 @@ impl<'txn> WriteTables<'txn> {
     /// Drops one reference to `block`; at zero it becomes a GC candidate stamped `now_ms`.
     pub(crate) fn decref(&mut self, block: &BlockId, now_ms: u64) -> Result<(), NsError> {
         let key = block.as_bytes().as_slice();
-        let n = self
-            .block_refs
-            .get(key)
-            .map_err(store_err)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let n = self.refcount(key)?;
         if n <= 1 {
             self.block_refs.remove(key).map_err(store_err)?;
             self.unreferenced.insert(key, now_ms).map_err(store_err)?;
