@@ -28,15 +28,28 @@ impl Dev {
             .spawn()?;
         let mnt = data.join("mnt");
         let mut dev = Dev { child, log, mnt };
+        // Stop waiting as soon as dev exits: its own error says what went wrong.
+        let mut exited = None;
         let ready = wait_for(Duration::from_secs(60), "meridian dev to mount", || {
+            if let Ok(Some(status)) = dev.child.try_wait() {
+                exited = Some(status);
+                return Some(false);
+            }
             fs::read_to_string(&dev.log)
                 .ok()?
                 .contains("Ctrl-C stops everything")
-                .then_some(())
+                .then_some(true)
         });
-        if let Err(e) = ready {
-            let _ = dev.child.kill();
-            return Err(e.context(log_tail(&dev.log, 30)));
+        match ready {
+            Ok(true) => {}
+            Ok(false) => anyhow::bail!(
+                "meridian dev exited ({exited:?}):\n{}",
+                log_tail(&dev.log, 30)
+            ),
+            Err(e) => {
+                let _ = dev.child.kill();
+                return Err(e.context(log_tail(&dev.log, 30)));
+            }
         }
         anyhow::ensure!(is_mounted(&dev.mnt.canonicalize()?), "not mounted");
         Ok(dev)
