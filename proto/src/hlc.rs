@@ -24,6 +24,45 @@ pub struct Hlc {
     pub region: RegionId,
 }
 
+impl Hlc {
+    /// Bytes of a stamp as a key: sorting the bytes sorts the stamps.
+    pub const KEY_LEN: usize = 14;
+
+    /// The stamp as a sortable key.
+    pub fn to_key(self) -> [u8; Self::KEY_LEN] {
+        let mut k = [0u8; Self::KEY_LEN];
+        k[..8].copy_from_slice(&self.wall_ms.to_be_bytes());
+        k[8..12].copy_from_slice(&self.counter.to_be_bytes());
+        k[12..].copy_from_slice(&self.region.0.to_be_bytes());
+        k
+    }
+
+    /// The stamp a key was made from; `None` for a key of the wrong length.
+    pub fn from_key(k: &[u8]) -> Option<Hlc> {
+        if k.len() < Self::KEY_LEN {
+            return None;
+        }
+        Some(Hlc {
+            wall_ms: u64::from_be_bytes(k[..8].try_into().ok()?),
+            counter: u32::from_be_bytes(k[8..12].try_into().ok()?),
+            region: RegionId(u16::from_be_bytes(k[12..14].try_into().ok()?)),
+        })
+    }
+
+    /// The smallest stamp of `region` after `self`.
+    pub fn successor(self, region: RegionId) -> Hlc {
+        if region > self.region {
+            Hlc { region, ..self }
+        } else {
+            Hlc {
+                wall_ms: self.wall_ms,
+                counter: self.counter + 1,
+                region,
+            }
+        }
+    }
+}
+
 impl fmt::Display for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}@{}", self.wall_ms, self.counter, self.region.0)

@@ -116,6 +116,10 @@ pub struct Inode {
     /// Bumped by every content commit: a commit names the version it was written against.
     #[serde(default)]
     pub version: u64,
+    /// The stamp of the last change of content (a commit or a truncate). Merging regions
+    /// compares it with what a commit's origin saw, to find concurrent writes.
+    #[serde(default)]
+    pub content: Hlc,
 }
 
 /// A piece of a file: `len` bytes at file offset `offset` are bytes
@@ -155,7 +159,8 @@ pub struct VolumePolicy {
     pub quota_bytes: Option<u64>,
     /// Most inodes (none: unlimited).
     pub quota_inodes: Option<u64>,
-    /// Regions the volume may live in (empty: every region).
+    /// Regions the volume lives in; its blocks and metadata never leave them. Empty: only
+    /// the region that created it.
     pub regions: Vec<RegionId>,
 }
 
@@ -430,6 +435,62 @@ pub struct Command {
     pub request: Option<(u64, u64)>,
 }
 
+/// What an operation did where it was first applied, which a replay in another region (or
+/// after reordering) needs to reproduce it and to recognise concurrent changes.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Effects {
+    /// The inode it created (creates; a volume's root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<InodeId>,
+    /// The volume it created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_volume: Option<u32>,
+    /// The inode a rename replaced at its destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<InodeId>,
+    /// The content stamp of the file it wrote or removed, as it was at the origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<Hlc>,
+}
+
+/// A committed operation as regions exchange it: what ran, when (its HLC stamp names the
+/// origin region), what it did there, and where its volume may live.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Record {
+    /// Stamp; its region is the origin.
+    pub hlc: Hlc,
+    /// Wall time for the timestamps the operation sets.
+    pub now: Timespec,
+    /// The operation.
+    pub op: Op,
+    /// What it did at the origin.
+    pub effects: Effects,
+    /// The volume it changed.
+    pub volume: u32,
+    /// The regions that volume lives in (residency): nobody else may receive the record.
+    pub regions: Vec<RegionId>,
+}
+
+impl Record {
+    /// Whether `region` may hold this record.
+    pub fn allowed_in(&self, region: RegionId) -> bool {
+        self.regions.contains(&region) || (self.regions.is_empty() && self.hlc.region == region)
+    }
+}
+
+/// A conflict found while merging the operations of several regions, and how it ended.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The stamp of the operation that met the conflict.
+    pub hlc: Hlc,
+    /// What happened: `create`, `write`, `delete`, `move`, `resurrect`, `skip`.
+    pub kind: String,
+    /// The inode concerned, if any.
+    pub ino: Option<InodeId>,
+    /// A sentence for people.
+    pub detail: String,
+}
+
 /// What a successful mutation returns.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Reply {
@@ -624,6 +685,13 @@ pub enum Query {
     },
     /// Every volume.
     Volumes,
+    /// Conflicts met while merging regions, oldest first, after a stamp.
+    Conflicts {
+        /// Continue after this stamp.
+        after: Option<Hlc>,
+        /// Most records.
+        limit: u32,
+    },
     /// Committed operations from a change log sequence number on.
     Changes {
         /// First sequence number.
@@ -655,6 +723,8 @@ pub enum QueryReply {
     Volume(Volume),
     /// Volumes.
     Volumes(Vec<Volume>),
+    /// Conflicts.
+    Conflicts(Vec<Conflict>),
     /// Change log records (sequence, JSON).
     Changes(Vec<(u64, Vec<u8>)>),
 }

@@ -1,12 +1,15 @@
 //! Applying one command to the namespace. Every operation checks everything first and only
 //! then writes, so a failed command changes nothing even inside a shared transaction.
 
-use meridian_proto::{InodeId, RegionId};
+use std::cell::{Cell, RefCell};
+
+use meridian_proto::{Hlc, InodeId, RegionId};
 use redb::ReadableTable;
-use serde::Serialize;
+
+use super::merge;
 
 use super::tables::{
-    WriteTables, counter, dirent_key, encode_dirent, read_dirent, read_extents, read_inode,
+    WriteTables, counter, dirent_key, read_dirent, read_extents, read_inode,
     read_volume, store_err,
 };
 use super::types::*;
@@ -16,16 +19,14 @@ pub(crate) const R: u16 = 4;
 pub(crate) const W: u16 = 2;
 pub(crate) const X: u16 = 1;
 
-/// A change log record: what cross-region replication ships.
-#[derive(Serialize)]
-struct ChangeRecord<'a> {
-    hlc: meridian_proto::Hlc,
-    op: &'a Op,
-}
-
-/// Applies `cmd`. Returns the outcome of the operation; a retried request (same client and
-/// operation id) returns the first outcome without applying again. Only `NsError::Store`
-/// means the transaction itself is unusable.
+/// Applies `cmd`, a local operation stamped by this region's leader. Returns the outcome of
+/// the operation; a retried request (same client and operation id) returns the first
+/// outcome without applying again. Only `NsError::Store` means the transaction itself is
+/// unusable.
+///
+/// A successful operation becomes a [`Record`]: it joins the merged log (with what it
+/// overwrote, so a late record from another region can be ordered before it) and this
+/// region's change log, which the other regions pull.
 pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     if let Some((client, op)) = cmd.request {
         let key = super::tables::pair_key(client, op);
@@ -34,19 +35,39 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
                 .map_err(|e| NsError::Store(format!("damaged request record: {e}")))?;
         }
     }
-    let outcome = apply_op(t, cmd);
+    // Stamps only grow along the merged log: a command stamped before a remote record
+    // that applied ahead of it takes the next stamp after that record (deterministic, so
+    // every member agrees).
+    let hlc = match merge::head(t)? {
+        Some(head) if cmd.hlc <= head => head.successor(cmd.hlc.region),
+        _ => cmd.hlc,
+    };
+    let volume = op_volume(t, &cmd.op)?;
+    let ctx = Ctx::new(hlc, cmd.now, None);
+    t.undo = Some(Vec::new());
+    let outcome = apply_op(t, &cmd.op, &ctx);
+    let images = t.undo.take().unwrap_or_default();
     if let Err(NsError::Store(_)) = outcome {
         return outcome;
     }
-    if outcome.is_ok() {
+    if let Ok(reply) = &outcome {
+        let volume = match (reply, volume) {
+            (Reply::Volume(v), _) => Some(v.clone()),
+            (_, v) => v,
+        };
+        let record = Record {
+            hlc,
+            now: cmd.now,
+            op: cmd.op.clone(),
+            effects: ctx.out.take(),
+            volume: volume.as_ref().map_or(0, |v| v.id),
+            regions: volume.map(|v| v.policy.regions).unwrap_or_default(),
+        };
+        merge::log_applied(t, &record, &images)?;
         let seq = t.next(counter::NEXT_CHANGE, 1)?;
-        let record = serde_json::to_vec(&ChangeRecord {
-            hlc: cmd.hlc,
-            op: &cmd.op,
-        })
-        .map_err(|e| NsError::Store(e.to_string()))?;
+        let bytes = serde_json::to_vec(&record).map_err(|e| NsError::Store(e.to_string()))?;
         t.changelog
-            .insert(seq, record.as_slice())
+            .insert(seq, bytes.as_slice())
             .map_err(store_err)?;
     }
     if let Some((client, op)) = cmd.request {
@@ -63,6 +84,31 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     }
     prune_requests(t, cmd.hlc.wall_ms)?;
     outcome
+}
+
+/// The volume an operation changes, as it is before the operation (none for a new volume
+/// or a missing inode, where the operation fails or says itself).
+fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
+    let ino = match op {
+        Op::CreateVolume { .. } => return Ok(None),
+        Op::DeleteVolume { name } => return read_volume(&t.volumes, name),
+        Op::Mknod { parent, .. }
+        | Op::Symlink { parent, .. }
+        | Op::Unlink { parent, .. }
+        | Op::Rmdir { parent, .. }
+        | Op::Rename { parent, .. } => *parent,
+        Op::Link { new_parent, .. } => *new_parent,
+        Op::SetAttr { ino, .. }
+        | Op::SetXattr { ino, .. }
+        | Op::RemoveXattr { ino, .. }
+        | Op::CommitExtents { ino, .. }
+        | Op::Accessed { ino }
+        | Op::Compact { ino, .. } => *ino,
+    };
+    match read_inode(&t.inodes, ino)? {
+        Some(node) => volume_of(t, node.attr.volume).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// How long a request's outcome is kept for retries, in milliseconds of HLC time. Clients
@@ -93,14 +139,12 @@ fn prune_requests(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(), NsError> {
     Ok(())
 }
 
-fn apply_op(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
-    let ctx = Ctx {
-        now: cmd.now,
-        now_ms: cmd.hlc.wall_ms,
-        region: cmd.hlc.region,
-    };
-    match &cmd.op {
-        Op::CreateVolume { name, policy } => create_volume(t, &ctx, name, policy),
+/// Applies one operation: strictly (checks fail it) when `ctx.replay` is `None`, or as a
+/// replay of a record that succeeded at its origin, resolving conflicts with what other
+/// regions did concurrently.
+pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Result<Reply, NsError> {
+    match op {
+        Op::CreateVolume { name, policy } => create_volume(t, ctx, name, policy),
         Op::DeleteVolume { name } => delete_volume(t, name),
         Op::Mknod {
             parent,
@@ -122,7 +166,7 @@ fn apply_op(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
                 rdev: *rdev,
                 target: None,
             };
-            make(t, &ctx, *parent, name, new, *exclusive, creds)
+            make(t, ctx, *parent, name, new, *exclusive, creds)
         }
         Op::Symlink {
             parent,
@@ -142,24 +186,24 @@ fn apply_op(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
                 rdev: 0,
                 target: Some(target.clone()),
             };
-            make(t, &ctx, *parent, name, new, true, creds)
+            make(t, ctx, *parent, name, new, true, creds)
         }
         Op::Link {
             ino,
             new_parent,
             new_name,
             creds,
-        } => link(t, &ctx, *ino, *new_parent, new_name, creds),
+        } => link(t, ctx, *ino, *new_parent, new_name, creds),
         Op::Unlink {
             parent,
             name,
             creds,
-        } => remove(t, &ctx, *parent, name, false, creds),
+        } => remove(t, ctx, *parent, name, false, creds),
         Op::Rmdir {
             parent,
             name,
             creds,
-        } => remove(t, &ctx, *parent, name, true, creds),
+        } => remove(t, ctx, *parent, name, true, creds),
         Op::Rename {
             parent,
             name,
@@ -167,38 +211,61 @@ fn apply_op(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
             new_name,
             flags,
             creds,
-        } => rename(t, &ctx, *parent, name, *new_parent, new_name, *flags, creds),
-        Op::SetAttr { ino, set, creds } => setattr(t, &ctx, *ino, set, creds),
+        } => rename(t, ctx, *parent, name, *new_parent, new_name, *flags, creds),
+        Op::SetAttr { ino, set, creds } => setattr(t, ctx, *ino, set, creds),
         Op::SetXattr {
             ino,
             name,
             value,
             mode,
             creds,
-        } => setxattr(t, &ctx, *ino, name, value, *mode, creds),
-        Op::RemoveXattr { ino, name, creds } => removexattr(t, &ctx, *ino, name, creds),
+        } => setxattr(t, ctx, *ino, name, value, *mode, creds),
+        Op::RemoveXattr { ino, name, creds } => removexattr(t, ctx, *ino, name, creds),
         Op::CommitExtents {
             ino,
             extents,
             size,
             base_version: _,
             creds,
-        } => commit(t, &ctx, *ino, extents, *size, creds),
-        Op::Accessed { ino } => accessed(t, &ctx, *ino),
+        } => commit(t, ctx, *ino, extents, *size, creds),
+        Op::Accessed { ino } => accessed(t, ctx, *ino),
         Op::Compact {
             ino,
             offset,
             len,
             expected,
             replacement,
-        } => compact(t, &ctx, *ino, *offset, *len, expected, replacement),
+        } => compact(t, ctx, *ino, *offset, *len, expected, replacement),
     }
 }
 
-struct Ctx {
+/// What an application of one operation knows and leaves behind.
+pub(crate) struct Ctx<'a> {
     now: Timespec,
     now_ms: u64,
     region: RegionId,
+    /// The operation's stamp.
+    pub(crate) hlc: Hlc,
+    /// Replaying a record: what it did at its origin.
+    replay: Option<&'a Effects>,
+    /// What this application did (for the record of a first application).
+    pub(crate) out: RefCell<Effects>,
+    /// Conflicts recorded so far under this stamp.
+    conflicts: Cell<u16>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(hlc: Hlc, now: Timespec, replay: Option<&'a Effects>) -> Self {
+        Ctx {
+            now,
+            now_ms: hlc.wall_ms,
+            region: hlc.region,
+            hlc,
+            replay,
+            out: RefCell::new(Effects::default()),
+            conflicts: Cell::new(0),
+        }
+    }
 }
 
 struct NewInode {
@@ -256,6 +323,186 @@ fn name_str(name: &[u8]) -> String {
 
 fn get(t: &WriteTables<'_>, ino: InodeId) -> Result<Inode, NsError> {
     read_inode(&t.inodes, ino)?.ok_or_else(|| NsError::NotFound(ino.to_string()))
+}
+
+/// An inode that must exist for the operation. A replayed record may find it removed by a
+/// concurrent operation of another region: an update beats a delete, so it comes back.
+fn live(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Inode, NsError> {
+    match read_inode(&t.inodes, ino)? {
+        Some(node) => Ok(node),
+        None if ctx.replay.is_some() => resurrect(t, ctx, ino),
+        None => Err(NsError::NotFound(ino.to_string())),
+    }
+}
+
+/// Brings a removed inode back under its last name (or a conflict name if that is taken
+/// now), in its last directory (brought back too if needed) or else the volume's root.
+fn resurrect(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Inode, NsError> {
+    let tomb = t
+        .tomb(ino)?
+        .ok_or_else(|| NsError::NotFound(format!("{ino} (removed for good)")))?;
+    let vol = volume_of(t, tomb.inode.attr.volume)?;
+    let mut dir = match live(t, ctx, tomb.dir) {
+        Ok(d) if d.attr.kind == FileKind::Dir => d,
+        _ => get(t, vol.root)?,
+    };
+    let name = if read_dirent(&t.dirents, dir.attr.ino, &tomb.name)?.is_some() {
+        conflict_name(t, dir.attr.ino, &tomb.name, ctx.hlc)?
+    } else {
+        tomb.name.clone()
+    };
+    let mut node = tomb.inode;
+    let is_dir = node.attr.kind == FileKind::Dir;
+    node.attr.nlink = if is_dir { 2 } else { 1 };
+    node.attr.ctime = ctx.now;
+    node.parent = dir.attr.ino;
+    t.del_tomb(ino)?;
+    t.put_inode(&node)?;
+    t.set_dirent(dir.attr.ino, &name, ino, node.attr.kind)?;
+    if is_dir {
+        dir.attr.nlink += 1;
+    }
+    touch_dir(&mut dir, ctx.now);
+    t.put_inode(&dir)?;
+    let mut vol = volume_of(t, node.attr.volume)?;
+    vol.used_inodes += 1;
+    if node.attr.kind == FileKind::File {
+        vol.used_bytes += node.attr.size;
+    }
+    t.put_volume(&vol)?;
+    record_conflict(
+        t,
+        ctx,
+        "resurrect",
+        Some(ino),
+        format!(
+            "{} changed {ino} while another region removed it: it is back as {:?}",
+            region_name(ctx.hlc.region),
+            name_str(&name)
+        ),
+    )?;
+    Ok(node)
+}
+
+fn region_name(r: RegionId) -> String {
+    format!("region {}", r.0)
+}
+
+/// `name.conflict-<region>-<stamp>`, cut to fit NAME_MAX; fails if that is taken too.
+fn conflict_name(
+    t: &WriteTables<'_>,
+    dir: InodeId,
+    name: &[u8],
+    stamp: Hlc,
+) -> Result<Vec<u8>, NsError> {
+    let mut suffix = format!(".conflict-{}-{}", stamp.region.0, stamp.wall_ms);
+    if stamp.counter > 0 {
+        suffix.push_str(&format!("-{}", stamp.counter));
+    }
+    let keep = name.len().min(NAME_MAX - suffix.len());
+    let mut out = name[..keep].to_vec();
+    out.extend_from_slice(suffix.as_bytes());
+    if read_dirent(&t.dirents, dir, &out)?.is_some() {
+        return Err(NsError::Exists(name_str(&out)));
+    }
+    Ok(out)
+}
+
+/// Notes a conflict under the current stamp (undone with the record if it is reordered).
+pub(crate) fn record_conflict(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    kind: &str,
+    ino: Option<InodeId>,
+    detail: String,
+) -> Result<(), NsError> {
+    let n = ctx.conflicts.get();
+    ctx.conflicts.set(n.wrapping_add(1));
+    let mut key = ctx.hlc.to_key().to_vec();
+    key.extend_from_slice(&n.to_be_bytes());
+    let c = Conflict {
+        hlc: ctx.hlc,
+        kind: kind.to_string(),
+        ino,
+        detail,
+    };
+    let bytes = serde_json::to_vec(&c).map_err(|e| NsError::Store(e.to_string()))?;
+    t.write(super::tables::Tab::Conflicts, &key, Some(&bytes))
+}
+
+/// A name of `node`: the entry pointing at it in its directory, else its number in the
+/// volume's root.
+fn locate(t: &WriteTables<'_>, node: &Inode) -> Result<(InodeId, Vec<u8>), NsError> {
+    let from = dirent_key(node.parent, b"");
+    let to = dirent_key(InodeId(node.parent.0 + 1), b"");
+    for item in t
+        .dirents
+        .range(from.as_slice()..to.as_slice())
+        .map_err(store_err)?
+    {
+        let (k, v) = item.map_err(store_err)?;
+        let e = super::tables::decode_dirent(k.value(), v.value())?;
+        if e.ino == node.attr.ino {
+            return Ok((node.parent, e.name));
+        }
+    }
+    let vol = volume_of(t, node.attr.volume)?;
+    Ok((vol.root, node.attr.ino.to_string().into_bytes()))
+}
+
+/// The inode number of the conflict copy of `ino`'s content version `version`: the same on
+/// every region, whatever order records arrive in.
+fn copy_ino(ino: InodeId, version: Hlc) -> Result<InodeId, NsError> {
+    let mut seed = ino.0.to_be_bytes().to_vec();
+    seed.extend_from_slice(&version.to_key());
+    let d = meridian_proto::BlockId::of(&seed);
+    let local = u64::from_be_bytes(d.as_bytes()[..8].try_into().expect("8 bytes"));
+    let local = (1 << (InodeId::LOCAL_BITS - 1)) | (local & ((1 << (InodeId::LOCAL_BITS - 1)) - 1));
+    InodeId::new(version.region, local).map_err(|e| NsError::Store(e.to_string()))
+}
+
+/// Keeps the current content of `node` as a conflict copy next to it (sharing its blocks),
+/// before a concurrent write from another region replaces it.
+fn conflict_copy(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, node: &Inode) -> Result<(), NsError> {
+    let (dir_ino, name) = locate(t, node)?;
+    let Ok(copy_name) = conflict_name(t, dir_ino, &name, node.content) else {
+        return Ok(()); // this version is already kept
+    };
+    let ino = copy_ino(node.attr.ino, node.content)?;
+    if read_inode(&t.inodes, ino)?.is_some() {
+        return Ok(());
+    }
+    let mut copy = node.clone();
+    copy.attr.ino = ino;
+    copy.attr.nlink = 1;
+    copy.attr.ctime = ctx.now;
+    copy.parent = dir_ino;
+    t.put_inode(&copy)?;
+    for e in read_extents(&t.extents, node.attr.ino, 0, u64::MAX)? {
+        t.insert_extent(ino, &e)?;
+    }
+    t.set_dirent(dir_ino, &copy_name, ino, FileKind::File)?;
+    let mut dir = get(t, dir_ino)?;
+    touch_dir(&mut dir, ctx.now);
+    t.put_inode(&dir)?;
+    let mut vol = volume_of(t, node.attr.volume)?;
+    vol.used_inodes += 1;
+    vol.used_bytes += node.attr.size;
+    t.put_volume(&vol)?;
+    record_conflict(
+        t,
+        ctx,
+        "write",
+        Some(node.attr.ino),
+        format!(
+            "{} and {} wrote {:?} concurrently: {}'s version is kept as {:?}",
+            region_name(node.content.region),
+            region_name(ctx.hlc.region),
+            name_str(&name),
+            region_name(node.content.region),
+            name_str(&copy_name)
+        ),
+    )
 }
 
 /// A directory the caller may add entries to or remove entries from.
@@ -333,7 +580,7 @@ fn check_volume_name(name: &str) -> Result<(), NsError> {
 
 fn create_volume(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     name: &str,
     policy: &VolumePolicy,
 ) -> Result<Reply, NsError> {
@@ -358,8 +605,22 @@ fn create_volume(
     if read_volume(&t.volumes, name)?.is_some() {
         return Err(NsError::Exists(format!("volume {name}")));
     }
-    let id = t.next(counter::NEXT_VOLUME, 1)? as u32;
-    let root = new_inode_id(t, ctx.region)?;
+    let (id, root) = match ctx.replay {
+        Some(fx) => match (fx.created_volume, fx.created) {
+            (Some(id), Some(root)) => (id, root),
+            _ => return Err(NsError::Invalid("volume record without its ids".into())),
+        },
+        None => {
+            // Volume ids carry the creating region in their top half: unique everywhere.
+            let local = t.next(counter::NEXT_VOLUME, 1)? as u32 & 0xffff;
+            ((u32::from(ctx.region.0) << 16) | local, new_inode_id(t, ctx.region)?)
+        }
+    };
+    {
+        let mut out = ctx.out.borrow_mut();
+        out.created_volume = Some(id);
+        out.created = Some(root);
+    }
     let inode = Inode {
         attr: Attr {
             ino: root,
@@ -379,6 +640,7 @@ fn create_volume(
         parent: root,
         target: None,
         version: 0,
+        content: Hlc::default(),
     };
     let vol = Volume {
         id,
@@ -407,14 +669,14 @@ fn delete_volume(t: &mut WriteTables<'_>, name: &str) -> Result<Reply, NsError> 
         return Err(NsError::NotEmpty(format!("volume {name} still has files")));
     }
     delete_xattrs(t, vol.root)?;
-    t.inodes.remove(vol.root.0).map_err(store_err)?;
-    t.volumes.remove(name).map_err(store_err)?;
+    t.del_inode(vol.root)?;
+    t.del_volume(name)?;
     Ok(Reply::Done)
 }
 
 fn make(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     parent: InodeId,
     name: &[u8],
     new: NewInode,
@@ -422,17 +684,43 @@ fn make(
     creds: &Creds,
 ) -> Result<Reply, NsError> {
     check_name(name)?;
-    let mut dir = get(t, parent)?;
+    let mut dir = live(t, ctx, parent)?;
     if dir.attr.kind != FileKind::Dir {
         return Err(NsError::NotDir(parent.to_string()));
     }
-    if let Some(existing) = read_dirent(&t.dirents, parent, name)? {
-        check_access(&dir.attr, creds, X)?;
-        if !exclusive && new.kind == FileKind::File && existing.kind == FileKind::File {
-            return Ok(Reply::Attr(get(t, existing.ino)?.attr));
+    let mut name = std::borrow::Cow::Borrowed(name);
+    let existing = read_dirent(&t.dirents, parent, &name)?;
+    match (ctx.replay.map(|fx| fx.created), existing) {
+        // At its origin the open found an existing file and created nothing.
+        (Some(None), _) => return Ok(Reply::Done),
+        // Another region created the same name concurrently: the later one (this one, in
+        // stamp order) takes a conflict name; both files live.
+        (Some(Some(_)), Some(_)) => {
+            let other = conflict_name(t, parent, &name, ctx.hlc)?;
+            record_conflict(
+                t,
+                ctx,
+                "create",
+                None,
+                format!(
+                    "{:?} was created concurrently in two regions: {}'s is {:?}",
+                    name_str(&name),
+                    region_name(ctx.hlc.region),
+                    name_str(&other)
+                ),
+            )?;
+            name = std::borrow::Cow::Owned(other);
         }
-        return Err(NsError::Exists(name_str(name)));
+        (None, Some(existing)) => {
+            check_access(&dir.attr, creds, X)?;
+            if !exclusive && new.kind == FileKind::File && existing.kind == FileKind::File {
+                return Ok(Reply::Attr(get(t, existing.ino)?.attr));
+            }
+            return Err(NsError::Exists(name_str(&name)));
+        }
+        _ => {}
     }
+    let name: &[u8] = &name;
     check_access(&dir.attr, creds, W | X)?;
     let is_dir = new.kind == FileKind::Dir;
     if is_dir && dir.attr.nlink >= LINK_MAX {
@@ -447,7 +735,13 @@ fn make(
         return Err(NsError::Quota(format!("volume {} inode quota", vol.name)));
     }
 
-    let ino = new_inode_id(t, ctx.region)?;
+    let ino = match ctx.replay {
+        Some(fx) => fx
+            .created
+            .ok_or_else(|| NsError::Invalid("create record without its inode".into()))?,
+        None => new_inode_id(t, ctx.region)?,
+    };
+    ctx.out.borrow_mut().created = Some(ino);
     let setgid_dir = dir.attr.perm & 0o2000 != 0;
     let mut perm = new.perm & 0o7777;
     if is_dir && setgid_dir {
@@ -473,14 +767,10 @@ fn make(
         parent,
         target: new.target,
         version: 0,
+        content: Hlc::default(),
     };
     t.put_inode(&inode)?;
-    t.dirents
-        .insert(
-            dirent_key(parent, name).as_slice(),
-            encode_dirent(ino, new.kind).as_slice(),
-        )
-        .map_err(store_err)?;
+    t.set_dirent(parent, name, ino, new.kind)?;
     if is_dir {
         dir.attr.nlink += 1;
     }
@@ -493,36 +783,44 @@ fn make(
 
 fn link(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     ino: InodeId,
     new_parent: InodeId,
     new_name: &[u8],
     creds: &Creds,
 ) -> Result<Reply, NsError> {
     check_name(new_name)?;
-    let mut target = get(t, ino)?;
+    let mut target = live(t, ctx, ino)?;
     if target.attr.kind == FileKind::Dir {
         return Err(NsError::Perm(format!("hard link to directory {ino}")));
     }
+    live(t, ctx, new_parent)?;
     let mut dir = writable_dir(t, new_parent, creds)?;
     if dir.attr.volume != target.attr.volume {
         return Err(NsError::CrossVolume(format!("{ino} into {new_parent}")));
     }
-    if read_dirent(&t.dirents, new_parent, new_name)?.is_some() {
-        return Err(NsError::Exists(name_str(new_name)));
+    let mut new_name = std::borrow::Cow::Borrowed(new_name);
+    if read_dirent(&t.dirents, new_parent, &new_name)?.is_some() {
+        if ctx.replay.is_none() {
+            return Err(NsError::Exists(name_str(&new_name)));
+        }
+        new_name = std::borrow::Cow::Owned(conflict_name(t, new_parent, &new_name, ctx.hlc)?);
+        record_conflict(
+            t,
+            ctx,
+            "create",
+            Some(ino),
+            format!("a link name taken concurrently: linked as {:?}", name_str(&new_name)),
+        )?;
     }
+    let new_name: &[u8] = &new_name;
     if target.attr.nlink >= LINK_MAX {
         return Err(NsError::TooManyLinks(ino.to_string()));
     }
     target.attr.nlink += 1;
     target.attr.ctime = ctx.now;
     t.put_inode(&target)?;
-    t.dirents
-        .insert(
-            dirent_key(new_parent, new_name).as_slice(),
-            encode_dirent(ino, target.attr.kind).as_slice(),
-        )
-        .map_err(store_err)?;
+    t.set_dirent(new_parent, new_name, ino, target.attr.kind)?;
     touch_dir(&mut dir, ctx.now);
     t.put_inode(&dir)?;
     Ok(Reply::Attr(target.attr))
@@ -539,16 +837,19 @@ fn is_empty_dir(t: &WriteTables<'_>, ino: InodeId) -> Result<bool, NsError> {
 }
 
 fn delete_xattrs(t: &mut WriteTables<'_>, ino: InodeId) -> Result<(), NsError> {
-    let from = dirent_key(ino, b"");
-    let to = dirent_key(InodeId(ino.0 + 1), b"");
-    t.xattrs
-        .retain_in(from.as_slice()..to.as_slice(), |_, _| false)
-        .map_err(store_err)?;
-    Ok(())
+    t.del_xattrs(ino)
 }
 
-/// Drops one link of `victim`; at zero links its content, xattrs and record go.
-fn drop_link(t: &mut WriteTables<'_>, ctx: &Ctx, mut victim: Inode) -> Result<(), NsError> {
+/// Drops one link of `victim` (its name `name` in `dir`); at zero links its content, xattrs
+/// and record go. In a volume that lives in several regions they are kept aside as a
+/// tombstone instead, so a concurrent update from another region can bring them back.
+fn drop_link(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    mut victim: Inode,
+    dir: InodeId,
+    name: &[u8],
+) -> Result<(), NsError> {
     let is_dir = victim.attr.kind == FileKind::Dir;
     victim.attr.nlink = if is_dir {
         0
@@ -560,12 +861,21 @@ fn drop_link(t: &mut WriteTables<'_>, ctx: &Ctx, mut victim: Inode) -> Result<()
         return t.put_inode(&victim);
     }
     let ino = victim.attr.ino;
-    for e in read_extents(&t.extents, ino, 0, u64::MAX)? {
-        t.remove_extent(ino, &e, ctx.now_ms)?;
-    }
-    delete_xattrs(t, ino)?;
-    t.inodes.remove(ino.0).map_err(store_err)?;
     let mut vol = volume_of(t, victim.attr.volume)?;
+    if vol.policy.regions.len() > 1 {
+        t.put_tomb(&super::tables::Tomb {
+            inode: victim.clone(),
+            dir,
+            name: name.to_vec(),
+            at: ctx.hlc,
+        })?;
+    } else {
+        for e in read_extents(&t.extents, ino, 0, u64::MAX)? {
+            t.remove_extent(ino, &e, ctx.now_ms)?;
+        }
+        delete_xattrs(t, ino)?;
+    }
+    t.del_inode(ino)?;
     vol.used_inodes = vol.used_inodes.saturating_sub(1);
     if victim.attr.kind == FileKind::File {
         vol.used_bytes = vol.used_bytes.saturating_sub(victim.attr.size);
@@ -575,7 +885,7 @@ fn drop_link(t: &mut WriteTables<'_>, ctx: &Ctx, mut victim: Inode) -> Result<()
 
 fn remove(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     parent: InodeId,
     name: &[u8],
     dir_wanted: bool,
@@ -605,15 +915,28 @@ fn remove(
         _ => {}
     }
     check_sticky(&dir, &victim, creds)?;
-    t.dirents
-        .remove(dirent_key(parent, name).as_slice())
-        .map_err(store_err)?;
+    if victim.attr.kind == FileKind::File && victim.attr.nlink <= 1 {
+        match ctx.replay {
+            // The file was written by another region since this delete's origin saw it:
+            // the update wins, the file stays.
+            Some(fx) if fx.seen.unwrap_or_default() != victim.content => {
+                return Err(NsError::Conflict(format!(
+                    "{:?} was written concurrently by {}: it stays",
+                    name_str(name),
+                    region_name(victim.content.region)
+                )));
+            }
+            Some(_) => {}
+            None => ctx.out.borrow_mut().seen = Some(victim.content),
+        }
+    }
+    t.del_dirent(parent, name)?;
     if dir_wanted {
         dir.attr.nlink -= 1;
     }
     touch_dir(&mut dir, ctx.now);
     t.put_inode(&dir)?;
-    drop_link(t, ctx, victim)?;
+    drop_link(t, ctx, victim, parent, name)?;
     Ok(Reply::Done)
 }
 
@@ -637,7 +960,7 @@ fn is_within(t: &WriteTables<'_>, mut ino: InodeId, ancestor: InodeId) -> Result
 #[allow(clippy::too_many_arguments)]
 fn rename(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     parent: InodeId,
     name: &[u8],
     new_parent: InodeId,
@@ -653,7 +976,7 @@ fn rename(
     check_name(name)?;
     check_name(new_name)?;
     let src_dir = get(t, parent)?;
-    let dst_dir = get(t, new_parent)?;
+    let dst_dir = live(t, ctx, new_parent)?;
     for d in [&src_dir, &dst_dir] {
         if d.attr.kind != FileKind::Dir {
             return Err(NsError::NotDir(d.attr.ino.to_string()));
@@ -668,7 +991,37 @@ fn rename(
     }
     let moving = get(t, src.ino)?;
     check_sticky(&src_dir, &moving, creds)?;
-    let dst = read_dirent(&t.dirents, new_parent, new_name)?;
+    let mut new_name = std::borrow::Cow::Borrowed(new_name);
+    let mut dst = read_dirent(&t.dirents, new_parent, &new_name)?;
+    match (ctx.replay, &dst) {
+        (Some(fx), Some(d)) if d.ino != src.ino && Some(d.ino) != fx.replaced => {
+            // The destination holds something this move's origin did not see (another
+            // region put it there concurrently): keep both.
+            if flags.exchange {
+                return Err(NsError::Conflict(format!(
+                    "exchange with {:?}, which another region replaced",
+                    name_str(&new_name)
+                )));
+            }
+            let other = conflict_name(t, new_parent, &new_name, ctx.hlc)?;
+            record_conflict(
+                t,
+                ctx,
+                "move",
+                Some(src.ino),
+                format!(
+                    "{:?} was taken concurrently by another region: moved in as {:?}",
+                    name_str(&new_name),
+                    name_str(&other)
+                ),
+            )?;
+            new_name = std::borrow::Cow::Owned(other);
+            dst = None;
+        }
+        (None, Some(d)) if d.ino != src.ino => ctx.out.borrow_mut().replaced = Some(d.ino),
+        _ => {}
+    }
+    let new_name: &[u8] = &new_name;
     let replaced = match &dst {
         Some(d) => Some(get(t, d.ino)?),
         None => None,
@@ -707,18 +1060,8 @@ fn rename(
                 name_str(new_name)
             )));
         }
-        t.dirents
-            .insert(
-                dirent_key(parent, name).as_slice(),
-                encode_dirent(other.attr.ino, other.attr.kind).as_slice(),
-            )
-            .map_err(store_err)?;
-        t.dirents
-            .insert(
-                dirent_key(new_parent, new_name).as_slice(),
-                encode_dirent(moving.attr.ino, moving.attr.kind).as_slice(),
-            )
-            .map_err(store_err)?;
+        t.set_dirent(parent, name, other.attr.ino, other.attr.kind)?;
+        t.set_dirent(new_parent, new_name, moving.attr.ino, moving.attr.kind)?;
         let (mut a, mut b) = (moving, other);
         a.parent = new_parent;
         b.parent = parent;
@@ -759,22 +1102,15 @@ fn rename(
     }
 
     // All checks passed: write.
-    t.dirents
-        .remove(dirent_key(parent, name).as_slice())
-        .map_err(store_err)?;
-    t.dirents
-        .insert(
-            dirent_key(new_parent, new_name).as_slice(),
-            encode_dirent(moving.attr.ino, moving.attr.kind).as_slice(),
-        )
-        .map_err(store_err)?;
+    t.del_dirent(parent, name)?;
+    t.set_dirent(new_parent, new_name, moving.attr.ino, moving.attr.kind)?;
     let mut moved = moving;
     moved.parent = new_parent;
     moved.attr.ctime = ctx.now;
     t.put_inode(&moved)?;
     if let Some(r) = replaced {
         let r_dir = r.attr.kind == FileKind::Dir;
-        drop_link(t, ctx, r)?;
+        drop_link(t, ctx, r, new_parent, new_name)?;
         if r_dir {
             let mut dd = get(t, new_parent)?;
             dd.attr.nlink -= 1;
@@ -807,12 +1143,12 @@ fn resolve(time: SetTime, now: Timespec) -> Timespec {
 
 fn setattr(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     ino: InodeId,
     set: &SetAttr,
     creds: &Creds,
 ) -> Result<Reply, NsError> {
-    let mut node = get(t, ino)?;
+    let mut node = live(t, ctx, ino)?;
     let owner = creds.uid == 0 || creds.uid == node.attr.uid;
     if let Some(perm) = set.perm {
         if !owner {
@@ -881,6 +1217,7 @@ fn setattr(
         t.put_volume(&vol)?;
         if size != node.attr.size {
             node.version += 1;
+            node.content = ctx.hlc;
         }
         node.attr.size = size;
         node.attr.mtime = ctx.now;
@@ -962,7 +1299,7 @@ fn check_xattr_name(name: &[u8], creds: &Creds) -> Result<(), NsError> {
 
 fn setxattr(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     ino: InodeId,
     name: &[u8],
     value: &[u8],
@@ -976,7 +1313,7 @@ fn setxattr(
             value.len()
         )));
     }
-    let mut node = get(t, ino)?;
+    let mut node = live(t, ctx, ino)?;
     if name.starts_with(b"user.") {
         if !matches!(node.attr.kind, FileKind::File | FileKind::Dir) {
             return Err(NsError::Perm(format!(
@@ -993,7 +1330,7 @@ fn setxattr(
         XattrMode::Replace if !exists => return Err(NsError::NoData(name_str(name))),
         _ => {}
     }
-    t.xattrs.insert(key.as_slice(), value).map_err(store_err)?;
+    t.set_xattr(ino, name, value)?;
     node.attr.ctime = ctx.now;
     t.put_inode(&node)?;
     Ok(Reply::Done)
@@ -1001,22 +1338,17 @@ fn setxattr(
 
 fn removexattr(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     ino: InodeId,
     name: &[u8],
     creds: &Creds,
 ) -> Result<Reply, NsError> {
     check_xattr_name(name, creds)?;
-    let mut node = get(t, ino)?;
+    let mut node = live(t, ctx, ino)?;
     if name.starts_with(b"user.") {
         check_access(&node.attr, creds, W)?;
     }
-    let key = dirent_key(ino, name);
-    if t.xattrs
-        .remove(key.as_slice())
-        .map_err(store_err)?
-        .is_none()
-    {
+    if !t.del_xattr(ino, name)? {
         return Err(NsError::NoData(name_str(name)));
     }
     node.attr.ctime = ctx.now;
@@ -1074,13 +1406,13 @@ fn overlay(t: &mut WriteTables<'_>, ino: InodeId, e: &Extent, now_ms: u64) -> Re
 
 fn commit(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     ino: InodeId,
     extents: &[Extent],
     size: u64,
     creds: &Creds,
 ) -> Result<Reply, NsError> {
-    let mut node = get(t, ino)?;
+    let mut node = live(t, ctx, ino)?;
     match node.attr.kind {
         FileKind::File => {}
         FileKind::Dir => return Err(NsError::IsDir(ino.to_string())),
@@ -1094,6 +1426,15 @@ fn commit(
     }
     for e in extents {
         check_extent(ino, e)?;
+    }
+    match ctx.replay {
+        // Another region wrote the file since this commit's origin last saw it: its
+        // version is kept as a conflict copy, then this one goes on top.
+        Some(fx) if fx.seen.unwrap_or_default() != node.content => {
+            conflict_copy(t, ctx, &node)?;
+        }
+        Some(_) => {}
+        None => ctx.out.borrow_mut().seen = Some(node.content),
     }
     let end = extents.iter().map(Extent::end).max().unwrap_or(0);
     let new_size = node.attr.size.max(size).max(end);
@@ -1115,6 +1456,7 @@ fn commit(
     node.attr.mtime = ctx.now;
     node.attr.ctime = ctx.now;
     node.version += 1;
+    node.content = ctx.hlc;
     // Writing by a non-owner clears setuid/setgid, as the kernel does.
     if creds.uid != 0 {
         drop_setid(&mut node.attr);
@@ -1125,7 +1467,7 @@ fn commit(
 
 fn compact(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     ino: InodeId,
     offset: u64,
     len: u64,
@@ -1163,7 +1505,7 @@ fn compact(
 /// and ctime (relatime's rule).
 const RELATIME_MAX_AGE_SECS: i64 = 24 * 60 * 60;
 
-fn accessed(t: &mut WriteTables<'_>, ctx: &Ctx, ino: InodeId) -> Result<Reply, NsError> {
+fn accessed(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Reply, NsError> {
     let mut node = get(t, ino)?;
     let a = &node.attr;
     let due = a.atime <= a.mtime

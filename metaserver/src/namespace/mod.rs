@@ -4,6 +4,7 @@
 //! replay) computes the same state.
 
 pub mod apply;
+pub mod merge;
 pub mod read;
 pub mod tables;
 
@@ -11,6 +12,7 @@ pub mod tables;
 pub use meridian_proto::ns as types;
 
 pub use apply::apply;
+pub use merge::{MergeOutcome, RemoteBatch, apply_remote};
 pub use read::{DirPage, NsReader};
 pub use tables::WriteTables;
 pub use types::*;

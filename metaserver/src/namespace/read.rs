@@ -1,7 +1,7 @@
 //! Reads of the namespace: lookups, attributes, directory listings, links, xattrs, extents,
 //! volumes. Each works on a redb read transaction (a consistent snapshot).
 
-use meridian_proto::InodeId;
+use meridian_proto::{Hlc, InodeId};
 use redb::{ReadTransaction, ReadableTable};
 
 use super::apply::{R, X, check_access, check_name};
@@ -214,6 +214,35 @@ impl<'a> NsReader<'a> {
         Ok(out)
     }
 
+    /// Conflicts met while merging regions, oldest first, after `after`.
+    pub fn conflicts(&self, after: Option<Hlc>, limit: usize) -> Result<Vec<Conflict>, NsError> {
+        let t = match self.tx.open_table(CONFLICTS) {
+            Ok(t) => t,
+            Err(e) => {
+                missing_table(e)?;
+                return Ok(Vec::new());
+            }
+        };
+        // Keys are stamp ++ index: start after every index of `after`.
+        let from = after.map(|h| {
+            let mut k = h.to_key().to_vec();
+            k.extend_from_slice(&[0xff, 0xff, 0xff]);
+            k
+        });
+        let mut out = Vec::new();
+        let range = match &from {
+            Some(k) => t.range(k.as_slice()..).map_err(store_err)?,
+            None => t.range::<&[u8]>(..).map_err(store_err)?,
+        };
+        for item in range.take(limit) {
+            let (_, v) = item.map_err(store_err)?;
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Answers a [`Query`].
     pub fn query(&self, q: &Query) -> Result<QueryReply, NsError> {
         Ok(match q {
@@ -250,6 +279,9 @@ impl<'a> NsReader<'a> {
             }
             Query::Volume { name } => QueryReply::Volume(self.volume(name)?),
             Query::Volumes => QueryReply::Volumes(self.volumes()?),
+            Query::Conflicts { after, limit } => QueryReply::Conflicts(
+                self.conflicts(*after, (*limit).clamp(1, 10_000) as usize)?,
+            ),
             Query::Changes { from, limit } => {
                 QueryReply::Changes(self.changes(*from, (*limit).clamp(1, 10_000) as usize)?)
             }

@@ -7,6 +7,12 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::types::{DirEntry, Extent, FileKind, Inode, NsError, Volume};
 
+fn u64_of(b: &[u8]) -> Result<u64, NsError> {
+    b.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| NsError::Store("damaged 8-byte key or value".into()))
+}
+
 /// inode number -> Inode (JSON).
 pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 /// parent (8 bytes BE) ++ name -> child (8 bytes BE) ++ kind (1 byte).
@@ -31,6 +37,52 @@ pub const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reques
 /// HLC wall time (8 BE) ++ client id (8 BE) ++ op id (8 BE) -> (): request records by age,
 /// so old ones can be pruned in order.
 pub const REQUEST_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("request_times");
+
+/// HLC key -> applied record (JSON [`Record`]), every region's, in stamp order: what a
+/// late remote record is merged into. Pruned below the stability watermark.
+pub const OPLOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("oplog");
+/// HLC key -> what applying that record overwrote (JSON), to undo it.
+pub const UNDO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("undo");
+/// inode -> a removed inode kept for a while (JSON [`Tomb`]), so that a concurrent update
+/// from another region can bring it back.
+pub const TOMBS: TableDefinition<u64, &[u8]> = TableDefinition::new("tombs");
+/// HLC key ++ index (2 BE) -> a conflict met while merging (JSON).
+pub const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts");
+/// Cross-region bookkeeping: `head` (the newest applied stamp), `peers`, and per origin
+/// region `wm/<region>` (last change sequence applied) and `frontier/<region>` (no future
+/// record of that region is older).
+pub const REGION_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("region_state");
+
+/// A removed inode, kept with its content until it is certain no region still writes it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Tomb {
+    /// The inode as it was (links at 0).
+    pub inode: Inode,
+    /// The directory that held its last name.
+    pub dir: InodeId,
+    /// That name.
+    pub name: Vec<u8>,
+    /// When it was removed.
+    pub at: meridian_proto::Hlc,
+}
+
+/// The tables whose writes can be undone (the namespace proper).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Tab {
+    Inodes,
+    Dirents,
+    Extents,
+    Xattrs,
+    Volumes,
+    Refs,
+    Unref,
+    Tombs,
+    Conflicts,
+}
+
+/// A key's value before a write: restoring these in reverse undoes a record.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Before(pub Tab, pub Vec<u8>, pub Option<Vec<u8>>);
 
 /// Counter keys.
 pub mod counter {
@@ -217,6 +269,13 @@ pub struct WriteTables<'txn> {
     pub(crate) changelog: Table<'txn, u64, &'static [u8]>,
     pub(crate) requests: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) request_times: Table<'txn, &'static [u8], ()>,
+    pub(crate) oplog: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) undo_log: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) tombs: Table<'txn, u64, &'static [u8]>,
+    pub(crate) conflicts: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) region_state: Table<'txn, &'static str, &'static [u8]>,
+    /// While set, every write to a namespace table records what it overwrote.
+    pub(crate) undo: Option<Vec<Before>>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -234,23 +293,168 @@ impl<'txn> WriteTables<'txn> {
             changelog: tx.open_table(CHANGELOG).map_err(store_err)?,
             requests: tx.open_table(REQUESTS).map_err(store_err)?,
             request_times: tx.open_table(REQUEST_TIMES).map_err(store_err)?,
+            oplog: tx.open_table(OPLOG).map_err(store_err)?,
+            undo_log: tx.open_table(UNDO).map_err(store_err)?,
+            tombs: tx.open_table(TOMBS).map_err(store_err)?,
+            conflicts: tx.open_table(CONFLICTS).map_err(store_err)?,
+            region_state: tx.open_table(REGION_STATE).map_err(store_err)?,
+            undo: None,
         })
+    }
+
+    fn raw_get(&self, tab: Tab, key: &[u8]) -> Result<Option<Vec<u8>>, NsError> {
+        let bytes = |v: Option<redb::AccessGuard<'_, &'static [u8]>>| v.map(|v| v.value().to_vec());
+        let num = |v: Option<redb::AccessGuard<'_, u64>>| v.map(|v| v.value().to_be_bytes().to_vec());
+        Ok(match tab {
+            Tab::Inodes => bytes(self.inodes.get(u64_of(key)?).map_err(store_err)?),
+            Tab::Tombs => bytes(self.tombs.get(u64_of(key)?).map_err(store_err)?),
+            Tab::Dirents => bytes(self.dirents.get(key).map_err(store_err)?),
+            Tab::Extents => bytes(self.extents.get(key).map_err(store_err)?),
+            Tab::Xattrs => bytes(self.xattrs.get(key).map_err(store_err)?),
+            Tab::Conflicts => bytes(self.conflicts.get(key).map_err(store_err)?),
+            Tab::Volumes => {
+                let name = std::str::from_utf8(key)
+                    .map_err(|_| NsError::Store("damaged volume key".into()))?;
+                bytes(self.volumes.get(name).map_err(store_err)?)
+            }
+            Tab::Refs => num(self.block_refs.get(key).map_err(store_err)?),
+            Tab::Unref => num(self.unreferenced.get(key).map_err(store_err)?),
+        })
+    }
+
+    fn raw_put(&mut self, tab: Tab, key: &[u8], val: Option<&[u8]>) -> Result<(), NsError> {
+        fn bytes<K: redb::Key + 'static>(
+            t: &mut Table<'_, K, &'static [u8]>,
+            k: K::SelfType<'_>,
+            val: Option<&[u8]>,
+        ) -> Result<(), NsError> {
+            match val {
+                Some(v) => t.insert(k, v).map(drop).map_err(store_err),
+                None => t.remove(k).map(drop).map_err(store_err),
+            }
+        }
+        fn num(
+            t: &mut Table<'_, &'static [u8], u64>,
+            k: &[u8],
+            val: Option<&[u8]>,
+        ) -> Result<(), NsError> {
+            match val {
+                Some(v) => t.insert(k, u64_of(v)?).map(drop).map_err(store_err),
+                None => t.remove(k).map(drop).map_err(store_err),
+            }
+        }
+        match tab {
+            Tab::Inodes => bytes(&mut self.inodes, u64_of(key)?, val),
+            Tab::Tombs => bytes(&mut self.tombs, u64_of(key)?, val),
+            Tab::Dirents => bytes(&mut self.dirents, key, val),
+            Tab::Extents => bytes(&mut self.extents, key, val),
+            Tab::Xattrs => bytes(&mut self.xattrs, key, val),
+            Tab::Conflicts => bytes(&mut self.conflicts, key, val),
+            Tab::Volumes => {
+                let name = std::str::from_utf8(key)
+                    .map_err(|_| NsError::Store("damaged volume key".into()))?;
+                bytes(&mut self.volumes, name, val)
+            }
+            Tab::Refs => num(&mut self.block_refs, key, val),
+            Tab::Unref => num(&mut self.unreferenced, key, val),
+        }
+    }
+
+    /// Writes (or with `None` removes) one key of a namespace table, remembering what was
+    /// there while an undo capture is on.
+    pub(crate) fn write(&mut self, tab: Tab, key: &[u8], val: Option<&[u8]>) -> Result<(), NsError> {
+        if self.undo.is_some() {
+            let old = self.raw_get(tab, key)?;
+            if let Some(u) = self.undo.as_mut() {
+                u.push(Before(tab, key.to_vec(), old));
+            }
+        }
+        self.raw_put(tab, key, val)
+    }
+
+    /// Puts back what `images` say was there, newest first.
+    pub(crate) fn restore(&mut self, images: &[Before]) -> Result<(), NsError> {
+        for Before(tab, key, val) in images.iter().rev() {
+            self.raw_put(*tab, key, val.as_deref())?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_dirent(
+        &mut self,
+        parent: InodeId,
+        name: &[u8],
+        ino: InodeId,
+        kind: FileKind,
+    ) -> Result<(), NsError> {
+        let key = dirent_key(parent, name);
+        self.write(Tab::Dirents, &key, Some(encode_dirent(ino, kind).as_slice()))
+    }
+
+    pub(crate) fn del_dirent(&mut self, parent: InodeId, name: &[u8]) -> Result<(), NsError> {
+        self.write(Tab::Dirents, &dirent_key(parent, name), None)
+    }
+
+    pub(crate) fn del_inode(&mut self, ino: InodeId) -> Result<(), NsError> {
+        self.write(Tab::Inodes, &ino.0.to_be_bytes(), None)
+    }
+
+    pub(crate) fn del_volume(&mut self, name: &str) -> Result<(), NsError> {
+        self.write(Tab::Volumes, name.as_bytes(), None)
+    }
+
+    pub(crate) fn set_xattr(&mut self, ino: InodeId, name: &[u8], value: &[u8]) -> Result<(), NsError> {
+        self.write(Tab::Xattrs, &dirent_key(ino, name), Some(value))
+    }
+
+    /// Removes one xattr; whether it was there.
+    pub(crate) fn del_xattr(&mut self, ino: InodeId, name: &[u8]) -> Result<bool, NsError> {
+        let key = dirent_key(ino, name);
+        let existed = self.xattrs.get(key.as_slice()).map_err(store_err)?.is_some();
+        if existed {
+            self.write(Tab::Xattrs, &key, None)?;
+        }
+        Ok(existed)
+    }
+
+    /// Removes every xattr of `ino`.
+    pub(crate) fn del_xattrs(&mut self, ino: InodeId) -> Result<(), NsError> {
+        let from = dirent_key(ino, b"");
+        let to = dirent_key(InodeId(ino.0 + 1), b"");
+        let mut keys = Vec::new();
+        for item in self.xattrs.range(from.as_slice()..to.as_slice()).map_err(store_err)? {
+            keys.push(item.map_err(store_err)?.0.value().to_vec());
+        }
+        for k in keys {
+            self.write(Tab::Xattrs, &k, None)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put_tomb(&mut self, tomb: &Tomb) -> Result<(), NsError> {
+        let bytes = serde_json::to_vec(tomb).map_err(json_err)?;
+        self.write(Tab::Tombs, &tomb.inode.attr.ino.0.to_be_bytes(), Some(&bytes))
+    }
+
+    pub(crate) fn tomb(&self, ino: InodeId) -> Result<Option<Tomb>, NsError> {
+        match self.tombs.get(ino.0).map_err(store_err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(json_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn del_tomb(&mut self, ino: InodeId) -> Result<(), NsError> {
+        self.write(Tab::Tombs, &ino.0.to_be_bytes(), None)
     }
 
     pub(crate) fn put_inode(&mut self, inode: &Inode) -> Result<(), NsError> {
         let bytes = serde_json::to_vec(inode).map_err(json_err)?;
-        self.inodes
-            .insert(inode.attr.ino.0, bytes.as_slice())
-            .map_err(store_err)?;
-        Ok(())
+        self.write(Tab::Inodes, &inode.attr.ino.0.to_be_bytes(), Some(&bytes))
     }
 
     pub(crate) fn put_volume(&mut self, v: &Volume) -> Result<(), NsError> {
         let bytes = serde_json::to_vec(v).map_err(json_err)?;
-        self.volumes
-            .insert(v.name.as_str(), bytes.as_slice())
-            .map_err(store_err)?;
-        Ok(())
+        self.write(Tab::Volumes, v.name.as_bytes(), Some(&bytes))
     }
 
     pub(crate) fn next(&mut self, counter: &str, first: u64) -> Result<u64, NsError> {
@@ -279,9 +483,9 @@ impl<'txn> WriteTables<'txn> {
     pub(crate) fn incref(&mut self, block: &BlockId) -> Result<(), NsError> {
         let key = block.as_bytes().as_slice();
         let n = self.refcount(key)?;
-        self.block_refs.insert(key, n + 1).map_err(store_err)?;
-        if n == 0 {
-            self.unreferenced.remove(key).map_err(store_err)?;
+        self.write(Tab::Refs, key, Some(&(n + 1).to_be_bytes()))?;
+        if n == 0 && self.unreferenced.get(key).map_err(store_err)?.is_some() {
+            self.write(Tab::Unref, key, None)?;
         }
         Ok(())
     }
@@ -291,19 +495,17 @@ impl<'txn> WriteTables<'txn> {
         let key = block.as_bytes().as_slice();
         let n = self.refcount(key)?;
         if n <= 1 {
-            self.block_refs.remove(key).map_err(store_err)?;
-            self.unreferenced.insert(key, now_ms).map_err(store_err)?;
+            self.write(Tab::Refs, key, None)?;
+            self.write(Tab::Unref, key, Some(&now_ms.to_be_bytes()))?;
         } else {
-            self.block_refs.insert(key, n - 1).map_err(store_err)?;
+            self.write(Tab::Refs, key, Some(&(n - 1).to_be_bytes()))?;
         }
         Ok(())
     }
 
     pub(crate) fn insert_extent(&mut self, ino: InodeId, e: &Extent) -> Result<(), NsError> {
         let key = pair_key(ino.0, e.offset);
-        self.extents
-            .insert(key.as_slice(), encode_extent(e).as_slice())
-            .map_err(store_err)?;
+        self.write(Tab::Extents, &key, Some(encode_extent(e).as_slice()))?;
         self.incref(&e.block)
     }
 
@@ -314,7 +516,7 @@ impl<'txn> WriteTables<'txn> {
         now_ms: u64,
     ) -> Result<(), NsError> {
         let key = pair_key(ino.0, e.offset);
-        self.extents.remove(key.as_slice()).map_err(store_err)?;
+        self.write(Tab::Extents, &key, None)?;
         self.decref(&e.block, now_ms)
     }
 }

@@ -34,6 +34,10 @@ pub enum Request {
     Ns(Command),
     /// A cluster map change.
     Cluster(ClusterCmd),
+    /// Records pulled from another region's change log, to merge.
+    Remote(crate::namespace::RemoteBatch),
+    /// The regions this one exchanges records with (from configuration).
+    Peers(Vec<meridian_proto::RegionId>),
 }
 
 impl fmt::Display for Request {
@@ -41,6 +45,8 @@ impl fmt::Display for Request {
         match self {
             Request::Ns(c) => write!(f, "ns@{}", c.hlc),
             Request::Cluster(c) => write!(f, "cluster:{c:?}"),
+            Request::Remote(b) => write!(f, "remote:{}x{}", b.origin.0, b.records.len()),
+            Request::Peers(p) => write!(f, "peers:{p:?}"),
         }
     }
 }
@@ -55,6 +61,8 @@ pub enum Response {
     Ns(Result<Reply, NsError>),
     /// The cluster map epoch after the change.
     Cluster(u64),
+    /// What merging a remote batch did.
+    Remote(Result<crate::namespace::MergeOutcome, NsError>),
 }
 
 openraft::declare_raft_types!(

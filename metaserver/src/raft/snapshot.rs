@@ -15,7 +15,7 @@ use crate::cluster::CLUSTER;
 use crate::namespace::tables as ns;
 
 const MAGIC: &[u8; 8] = b"MRDNSNAP";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// A table's key and value encodings, so one dump/load loop serves them all.
 enum Table {
@@ -28,7 +28,7 @@ enum Table {
 }
 
 /// Every table that makes up the replicated state, in dump order.
-fn tables() -> [Table; 12] {
+fn tables() -> [Table; 17] {
     [
         Table::U64Bytes(ns::INODES),
         Table::BytesBytes(ns::DIRENTS),
@@ -41,6 +41,11 @@ fn tables() -> [Table; 12] {
         Table::U64Bytes(ns::CHANGELOG),
         Table::BytesBytes(ns::REQUESTS),
         Table::BytesUnit(ns::REQUEST_TIMES),
+        Table::BytesBytes(ns::OPLOG),
+        Table::BytesBytes(ns::UNDO),
+        Table::U64Bytes(ns::TOMBS),
+        Table::BytesBytes(ns::CONFLICTS),
+        Table::StrBytes(ns::REGION_STATE),
         Table::StrBytes(CLUSTER),
     ]
 }

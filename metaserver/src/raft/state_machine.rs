@@ -166,6 +166,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                         Response::Ns(outcome)
                     }
+                    EntryPayload::Normal(Request::Remote(batch)) => {
+                        stamps.extend(batch.records.iter().map(|(_, r)| r.hlc));
+                        let outcome = namespace::apply_remote(&mut ns, region, batch);
+                        if let Err(namespace::NsError::Store(e)) = &outcome {
+                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                        }
+                        Response::Remote(outcome)
+                    }
+                    EntryPayload::Normal(Request::Peers(peers)) => {
+                        namespace::merge::set_peers(&mut ns, peers).map_err(io::Error::other)?;
+                        Response::None
+                    }
                     EntryPayload::Normal(Request::Cluster(cmd)) => {
                         let map =
                             cluster::apply(&mut clusters, region, cmd).map_err(io::Error::other)?;
@@ -179,6 +191,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 last = Some(log_id);
                 responses.push((responder, response));
+            }
+            // Local commands may have been restamped after remote records: the clock
+            // must stamp after the newest applied stamp.
+            if let Some(head) = namespace::merge::head(&ns).map_err(io::Error::other)? {
+                stamps.push(head);
             }
             put_json(&mut raft, APPLIED, &last)?;
         }

@@ -1,0 +1,306 @@
+//! Merging the operations of several regions into one namespace.
+//!
+//! A region's namespace is the result of applying every record it knows, local and remote,
+//! in HLC order. Local records arrive in order and apply at the end. A remote record older
+//! than records already applied undoes those (each applied record keeps the values it
+//! overwrote), applies, and redoes them; replays resolve conflicts the same way on every
+//! region (see `apply`), so regions that hold the same records hold the same namespace.
+//!
+//! Records older than the stability watermark (every peer region has sent everything up to
+//! it) can never be reordered again, and leave the merged log.
+
+use meridian_proto::{Hlc, RegionId};
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use super::apply::{Ctx, apply_op, record_conflict};
+use super::tables::{Before, WriteTables, store_err};
+use super::types::*;
+
+const HEAD: &str = "head";
+const PEERS: &str = "peers";
+
+/// Records of one origin region, as this region pulled them from its change log.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RemoteBatch {
+    /// The region the records come from.
+    pub origin: RegionId,
+    /// (origin change-log sequence, record), in sequence order.
+    pub records: Vec<(u64, Record)>,
+    /// A stamp no future record of the origin will be older than, if the origin said so.
+    pub frontier: Option<Hlc>,
+}
+
+/// What applying a remote batch did.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct MergeOutcome {
+    /// New records applied.
+    pub applied: u64,
+    /// Already applied records redone after them.
+    pub redone: u64,
+    /// The origin's change-log sequence applied up to.
+    pub watermark: u64,
+}
+
+fn json_err(e: serde_json::Error) -> NsError {
+    NsError::Store(format!("damaged merge record: {e}"))
+}
+
+fn state(t: &WriteTables<'_>, key: &str) -> Result<Option<Vec<u8>>, NsError> {
+    Ok(t.region_state
+        .get(key)
+        .map_err(store_err)?
+        .map(|v| v.value().to_vec()))
+}
+
+fn set_state(t: &mut WriteTables<'_>, key: &str, value: &[u8]) -> Result<(), NsError> {
+    t.region_state.insert(key, value).map_err(store_err)?;
+    Ok(())
+}
+
+/// The newest stamp applied.
+pub fn head(t: &WriteTables<'_>) -> Result<Option<Hlc>, NsError> {
+    Ok(state(t, HEAD)?.and_then(|b| Hlc::from_key(&b)))
+}
+
+/// The last change-log sequence of `origin` applied here (0: none).
+pub fn watermark(t: &WriteTables<'_>, origin: RegionId) -> Result<u64, NsError> {
+    Ok(state(t, &format!("wm/{}", origin.0))?
+        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
+}
+
+fn frontier(t: &WriteTables<'_>, origin: RegionId) -> Result<Option<Hlc>, NsError> {
+    Ok(state(t, &format!("frontier/{}", origin.0))?.and_then(|b| Hlc::from_key(&b)))
+}
+
+/// The regions this one exchanges records with.
+pub fn peers(t: &WriteTables<'_>) -> Result<Vec<RegionId>, NsError> {
+    match state(t, PEERS)? {
+        Some(b) => serde_json::from_slice(&b).map_err(json_err),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Sets the regions this one exchanges records with (from its configuration).
+pub fn set_peers(t: &mut WriteTables<'_>, peers: &[RegionId]) -> Result<(), NsError> {
+    let bytes = serde_json::to_vec(peers).map_err(json_err)?;
+    set_state(t, PEERS, &bytes)
+}
+
+/// Enters an applied record, with what it overwrote, into the merged log.
+pub(crate) fn log_applied(
+    t: &mut WriteTables<'_>,
+    record: &Record,
+    images: &[Before],
+) -> Result<(), NsError> {
+    let key = record.hlc.to_key();
+    let bytes = serde_json::to_vec(record).map_err(json_err)?;
+    t.oplog
+        .insert(key.as_slice(), bytes.as_slice())
+        .map_err(store_err)?;
+    let undo = serde_json::to_vec(images).map_err(json_err)?;
+    t.undo_log
+        .insert(key.as_slice(), undo.as_slice())
+        .map_err(store_err)?;
+    if head(t)?.is_none_or(|h| record.hlc > h) {
+        set_state(t, HEAD, &key)?;
+    }
+    prune_stable(t)
+}
+
+/// Replays one record: conflicts are resolved, and a record that cannot apply any more
+/// (its target is gone for good, a move would make a cycle) is skipped and recorded.
+fn replay(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
+    let ctx = Ctx::new(record.hlc, record.now, Some(&record.effects));
+    t.undo = Some(Vec::new());
+    let outcome = apply_op(t, &record.op, &ctx);
+    let mut images = t.undo.take().unwrap_or_default();
+    match outcome {
+        Err(e @ NsError::Store(_)) => return Err(e),
+        Err(e) => {
+            t.restore(&images)?;
+            t.undo = Some(Vec::new());
+            // Losing an atime update or a compaction is no conflict anybody cares about.
+            if !matches!(record.op, Op::Accessed { .. } | Op::Compact { .. }) {
+                record_conflict(
+                    t,
+                    &ctx,
+                    "skip",
+                    None,
+                    format!(
+                        "{} from region {} not applied: {e}",
+                        op_name(&record.op),
+                        record.hlc.region.0
+                    ),
+                )?;
+            }
+            images = t.undo.take().unwrap_or_default();
+        }
+        Ok(_) => {}
+    }
+    log_applied(t, record, &images)
+}
+
+/// A short name of an operation, for conflict records.
+pub fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::CreateVolume { .. } => "create volume",
+        Op::DeleteVolume { .. } => "delete volume",
+        Op::Mknod { .. } => "create",
+        Op::Symlink { .. } => "symlink",
+        Op::Link { .. } => "link",
+        Op::Unlink { .. } => "unlink",
+        Op::Rmdir { .. } => "rmdir",
+        Op::Rename { .. } => "rename",
+        Op::SetAttr { .. } => "setattr",
+        Op::SetXattr { .. } => "setxattr",
+        Op::RemoveXattr { .. } => "removexattr",
+        Op::CommitExtents { .. } => "write",
+        Op::Accessed { .. } => "access",
+        Op::Compact { .. } => "compaction",
+    }
+}
+
+/// Applies records pulled from another region: each exactly once (the per-origin
+/// watermark advances in the same transaction), merged into HLC order. A record of a
+/// volume that does not live in `own` is refused and nothing changes.
+pub fn apply_remote(
+    t: &mut WriteTables<'_>,
+    own: RegionId,
+    batch: &RemoteBatch,
+) -> Result<MergeOutcome, NsError> {
+    if batch.origin == own {
+        return Err(NsError::Invalid(format!(
+            "records of region {} sent to itself",
+            own.0
+        )));
+    }
+    let wm = watermark(t, batch.origin)?;
+    let mut fresh = Vec::new();
+    let mut last_seq = wm;
+    for (seq, record) in &batch.records {
+        if record.hlc.region != batch.origin {
+            return Err(NsError::Invalid(format!(
+                "record {} in a batch from region {}",
+                record.hlc, batch.origin.0
+            )));
+        }
+        if !record.allowed_in(own) {
+            return Err(NsError::Perm(format!(
+                "volume {} does not live in region {} (data residency): record {} refused",
+                record.volume, own.0, record.hlc
+            )));
+        }
+        if *seq > last_seq {
+            last_seq = *seq;
+            if t
+                .oplog
+                .get(record.hlc.to_key().as_slice())
+                .map_err(store_err)?
+                .is_none()
+            {
+                fresh.push(record.clone());
+            }
+        }
+    }
+    let mut outcome = MergeOutcome {
+        watermark: last_seq,
+        ..MergeOutcome::default()
+    };
+    if let Some(low) = fresh.iter().map(|r| r.hlc).min() {
+        // Undo every applied record newer than the oldest new one, newest first.
+        let from = low.to_key();
+        let mut newer = Vec::new();
+        for item in t
+            .oplog
+            .range(from.as_slice()..)
+            .map_err(store_err)?
+            .rev()
+        {
+            let (k, v) = item.map_err(store_err)?;
+            newer.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        let mut redo = Vec::with_capacity(newer.len());
+        for (key, bytes) in newer {
+            let images: Vec<Before> = match t.undo_log.get(key.as_slice()).map_err(store_err)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(json_err)?,
+                None => {
+                    return Err(NsError::Store(format!(
+                        "no undo record for {:?}",
+                        Hlc::from_key(&key)
+                    )));
+                }
+            };
+            t.restore(&images)?;
+            t.undo_log.remove(key.as_slice()).map_err(store_err)?;
+            t.oplog.remove(key.as_slice()).map_err(store_err)?;
+            redo.push(serde_json::from_slice::<Record>(&bytes).map_err(json_err)?);
+        }
+        outcome.redone = redo.len() as u64;
+        outcome.applied = fresh.len() as u64;
+        // The head goes back to the newest record kept, and forward again as records apply.
+        let before_low = t
+            .oplog
+            .range(..from.as_slice())
+            .map_err(store_err)?
+            .next_back()
+            .map(|item| item.map(|(k, _)| k.value().to_vec()))
+            .transpose()
+            .map_err(store_err)?;
+        match before_low {
+            Some(k) => set_state(t, HEAD, &k)?,
+            None => {
+                t.region_state.remove(HEAD).map_err(store_err)?;
+            }
+        }
+        let mut all = redo;
+        all.extend(fresh);
+        all.sort_by_key(|r| r.hlc);
+        for record in &all {
+            replay(t, record)?;
+        }
+    }
+    set_state(t, &format!("wm/{}", batch.origin.0), &last_seq.to_be_bytes())?;
+    if let Some(f) = batch.frontier {
+        if frontier(t, batch.origin)?.is_none_or(|old| f > old) {
+            set_state(t, &format!("frontier/{}", batch.origin.0), &f.to_key())?;
+        }
+    }
+    prune_stable(t)?;
+    Ok(outcome)
+}
+
+/// How many old merged-log entries one application may drop.
+const PRUNE_BATCH: usize = 256;
+
+/// Drops merged-log entries no remote record can be ordered before any more: older than
+/// every peer's frontier (with no peers, everything).
+fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
+    let peers = peers(t)?;
+    let mut stable = head(t)?;
+    for p in peers {
+        match frontier(t, p)? {
+            Some(f) => stable = stable.map(|s| s.min(f)),
+            None => return Ok(()),
+        }
+    }
+    let Some(stable) = stable else {
+        return Ok(());
+    };
+    let end = stable.to_key();
+    let mut old = Vec::new();
+    for item in t
+        .oplog
+        .range(..end.as_slice())
+        .map_err(store_err)?
+        .take(PRUNE_BATCH)
+    {
+        old.push(item.map_err(store_err)?.0.value().to_vec());
+    }
+    for k in old {
+        t.oplog.remove(k.as_slice()).map_err(store_err)?;
+        t.undo_log.remove(k.as_slice()).map_err(store_err)?;
+    }
+    Ok(())
+}
