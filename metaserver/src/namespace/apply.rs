@@ -43,7 +43,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         _ => cmd.hlc,
     };
     let volume = op_volume(t, &cmd.op)?;
-    let ctx = Ctx::new(hlc, cmd.now, None);
+    let ctx = Ctx::new(hlc, cmd.now, None, 0);
     t.undo = Some(Vec::new());
     let outcome = apply_op(t, &cmd.op, &ctx);
     let images = t.undo.take().unwrap_or_default();
@@ -252,10 +252,17 @@ pub(crate) struct Ctx<'a> {
     pub(crate) out: RefCell<Effects>,
     /// Conflicts recorded so far under this stamp.
     conflicts: Cell<u16>,
+    /// The volume a replayed record changes.
+    volume: u32,
 }
 
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(hlc: Hlc, now: Timespec, replay: Option<&'a Effects>) -> Self {
+    pub(crate) fn new(
+        hlc: Hlc,
+        now: Timespec,
+        replay: Option<&'a Effects>,
+        volume: u32,
+    ) -> Self {
         Ctx {
             now,
             now_ms: hlc.wall_ms,
@@ -264,6 +271,7 @@ impl<'a> Ctx<'a> {
             replay,
             out: RefCell::new(Effects::default()),
             conflicts: Cell::new(0),
+            volume,
         }
     }
 }
@@ -384,6 +392,72 @@ fn resurrect(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Ino
     Ok(node)
 }
 
+/// A write to a file that no longer exists in the merged order and left no tombstone (a
+/// conflict copy that a late record made unnecessary): the data is kept in a new file of
+/// that number in the volume's root.
+fn recover(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    ino: InodeId,
+    creds: &Creds,
+) -> Result<Inode, NsError> {
+    let vol = t
+        .volumes
+        .iter()
+        .map_err(store_err)?
+        .filter_map(|item| item.ok())
+        .filter_map(|(_, v)| serde_json::from_slice::<Volume>(v.value()).ok())
+        .find(|v| v.id == ctx.volume)
+        .ok_or_else(|| NsError::NotFound(format!("volume {} of {ino}", ctx.volume)))?;
+    let mut dir = get(t, vol.root)?;
+    let base = format!("recovered-{ino}");
+    let name = if read_dirent(&t.dirents, vol.root, base.as_bytes())?.is_some() {
+        conflict_name(t, vol.root, base.as_bytes(), ctx.hlc)?
+    } else {
+        base.into_bytes()
+    };
+    let node = Inode {
+        attr: Attr {
+            ino,
+            kind: FileKind::File,
+            perm: 0o600,
+            uid: creds.uid,
+            gid: creds.gid,
+            size: 0,
+            nlink: 1,
+            atime: ctx.now,
+            mtime: ctx.now,
+            ctime: ctx.now,
+            crtime: ctx.now,
+            rdev: 0,
+            volume: vol.id,
+        },
+        parent: vol.root,
+        target: None,
+        version: 0,
+        content: ctx.replay.and_then(|fx| fx.seen).unwrap_or_default(),
+    };
+    t.put_inode(&node)?;
+    t.set_dirent(vol.root, &name, ino, FileKind::File)?;
+    touch_dir(&mut dir, ctx.now);
+    t.put_inode(&dir)?;
+    let mut vol = volume_of(t, vol.id)?;
+    vol.used_inodes += 1;
+    t.put_volume(&vol)?;
+    record_conflict(
+        t,
+        ctx,
+        "recover",
+        Some(ino),
+        format!(
+            "a write from {} to {ino}, which no longer exists, is kept as {:?}",
+            region_name(ctx.hlc.region),
+            name_str(&name)
+        ),
+    )?;
+    Ok(node)
+}
+
 fn region_name(r: RegionId) -> String {
     format!("region {}", r.0)
 }
@@ -450,8 +524,8 @@ fn locate(t: &WriteTables<'_>, node: &Inode) -> Result<(InodeId, Vec<u8>), NsErr
     Ok((vol.root, node.attr.ino.to_string().into_bytes()))
 }
 
-/// The inode number of the conflict copy of `ino`'s content version `version`: the same on
-/// every region, whatever order records arrive in.
+/// The inode number of the conflict copy of `ino` made when the write stamped `version`
+/// met a concurrent one: the same on every region, whatever order records arrive in.
 fn copy_ino(ino: InodeId, version: Hlc) -> Result<InodeId, NsError> {
     let mut seed = ino.0.to_be_bytes().to_vec();
     seed.extend_from_slice(&version.to_key());
@@ -464,11 +538,13 @@ fn copy_ino(ino: InodeId, version: Hlc) -> Result<InodeId, NsError> {
 /// Keeps the current content of `node` as a conflict copy next to it (sharing its blocks),
 /// before a concurrent write from another region replaces it.
 fn conflict_copy(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, node: &Inode) -> Result<(), NsError> {
+    // Named and numbered after the write that displaced this version, which stays the same
+    // when late records change what the version holds.
     let (dir_ino, name) = locate(t, node)?;
-    let Ok(copy_name) = conflict_name(t, dir_ino, &name, node.content) else {
-        return Ok(()); // this version is already kept
+    let Ok(copy_name) = conflict_name(t, dir_ino, &name, ctx.hlc) else {
+        return Ok(()); // kept already
     };
-    let ino = copy_ino(node.attr.ino, node.content)?;
+    let ino = copy_ino(node.attr.ino, ctx.hlc)?;
     if read_inode(&t.inodes, ino)?.is_some() {
         return Ok(());
     }
@@ -495,11 +571,11 @@ fn conflict_copy(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, node: &Inode) -> Result
         "write",
         Some(node.attr.ino),
         format!(
-            "{} and {} wrote {:?} concurrently: {}'s version is kept as {:?}",
+            "{} and {} wrote {:?} concurrently: the version {} replaced is kept as {:?}",
             region_name(node.content.region),
             region_name(ctx.hlc.region),
             name_str(&name),
-            region_name(node.content.region),
+            region_name(ctx.hlc.region),
             name_str(&copy_name)
         ),
     )
@@ -1412,7 +1488,10 @@ fn commit(
     size: u64,
     creds: &Creds,
 ) -> Result<Reply, NsError> {
-    let mut node = live(t, ctx, ino)?;
+    let mut node = match live(t, ctx, ino) {
+        Err(NsError::NotFound(_)) if ctx.replay.is_some() => recover(t, ctx, ino, creds)?,
+        other => other?,
+    };
     match node.attr.kind {
         FileKind::File => {}
         FileKind::Dir => return Err(NsError::IsDir(ino.to_string())),

@@ -112,7 +112,7 @@ pub(crate) fn log_applied(
 /// Replays one record: conflicts are resolved, and a record that cannot apply any more
 /// (its target is gone for good, a move would make a cycle) is skipped and recorded.
 fn replay(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
-    let ctx = Ctx::new(record.hlc, record.now, Some(&record.effects));
+    let ctx = Ctx::new(record.hlc, record.now, Some(&record.effects), record.volume);
     t.undo = Some(Vec::new());
     let outcome = apply_op(t, &record.op, &ctx);
     let mut images = t.undo.take().unwrap_or_default();
