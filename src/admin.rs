@@ -8,8 +8,8 @@ use meridian_proto::pb::chunk::NodeStatusRequest;
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
-    AddMemberRequest, GetClusterMapRequest, RemoveMemberRequest, StatusRequest, StatusResponse,
-    TriggerSnapshotRequest,
+    AddMemberRequest, GetClusterMapRequest, RegionStatusRequest, RemoveMemberRequest,
+    StatusRequest, StatusResponse, TriggerSnapshotRequest,
 };
 use serde::Serialize;
 
@@ -73,6 +73,32 @@ pub enum AdminCommand {
         /// Byte quota.
         #[arg(long)]
         quota_bytes: Option<u64>,
+        /// Regions the volume lives in (comma-separated ids; default: only the region that
+        /// creates it). Its blocks and metadata never leave them.
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<u16>,
+    },
+    /// Replication lag to and from every peer region (ops and bytes behind, the age of the
+    /// oldest record a peer lacks: the RPO).
+    Regions {
+        /// Metaservers of the region to ask.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Conflicts met while merging regions, oldest first.
+    Conflicts {
+        /// Metaservers of the region to ask.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Most conflicts to list.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete an empty volume.
     VolumeDelete {
@@ -307,11 +333,13 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             replicas,
             min_copies,
             quota_bytes,
+            regions,
         } => {
             let policy = VolumePolicy {
                 replicas,
                 min_copies,
                 quota_bytes,
+                regions: regions.into_iter().map(meridian_proto::RegionId).collect(),
                 ..Default::default()
             };
             let reply = MetaClient::new(meta)
@@ -370,6 +398,77 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 .mutate(&Op::DeleteVolume { name: name.clone() })
                 .await?;
             println!("deleted volume {name}");
+            Ok(())
+        }
+        AdminCommand::Regions { meta, json } => {
+            let mut last = None;
+            for addr in &meta {
+                let reply = match meta_rpc(addr).await {
+                    Ok(mut c) => c.region_status(RegionStatusRequest {}).await,
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                let r = match reply {
+                    Ok(r) => r.into_inner(),
+                    Err(e) => {
+                        last = Some(anyhow::anyhow!("{addr}: {}", e.message()));
+                        continue;
+                    }
+                };
+                if json {
+                    let peers: Vec<_> = r.peers.iter().map(|p| serde_json::json!({
+                        "region": p.region, "reachable": p.reachable, "last_contact_ms": p.last_contact_ms,
+                        "ops_behind": p.ops_behind, "bytes_behind": p.bytes_behind,
+                        "oldest_unshipped_ms": p.oldest_unshipped_ms, "applied_seq": p.applied_seq,
+                        "peer_head_seq": p.peer_head_seq, "error": p.error,
+                    })).collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "region": r.region, "head_seq": r.head_seq, "peers": peers,
+                        }))?
+                    );
+                } else {
+                    println!("region {} (change log at {})", r.region, r.head_seq);
+                    println!(
+                        "{:>6} {:<9} {:>10} {:>10} {:>10} {:>9} {:>14}  ERROR",
+                        "PEER", "LINK", "OPS-BEHIND", "BYTES", "RPO", "CONTACT", "APPLIED/THEIRS"
+                    );
+                    for p in &r.peers {
+                        println!(
+                            "{:>6} {:<9} {:>10} {:>10} {:>10} {:>9} {:>14}  {}",
+                            p.region,
+                            if p.reachable { "up" } else { "cut" },
+                            p.ops_behind,
+                            human(p.bytes_behind),
+                            format!("{:.1}s", p.oldest_unshipped_ms as f64 / 1000.0),
+                            format!("{:.1}s", p.last_contact_ms as f64 / 1000.0),
+                            format!("{}/{}", p.applied_seq, p.peer_head_seq),
+                            p.error
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no metaserver given")))
+        }
+        AdminCommand::Conflicts { meta, limit, json } => {
+            let QueryReply::Conflicts(list) = MetaClient::new(meta)
+                .query(&Query::Conflicts { after: None, limit }, false)
+                .await?
+            else {
+                anyhow::bail!("unexpected reply");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<24} {:<10} DETAIL", "STAMP", "KIND");
+                for c in list {
+                    println!("{:<24} {:<10} {}", c.hlc.to_string(), c.kind, c.detail);
+                }
+            }
             Ok(())
         }
         AdminCommand::Volumes { meta, json } => {

@@ -173,6 +173,9 @@ struct MetaArgs {
     /// Serve Prometheus metrics over HTTP on this address.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Another region to replicate with: REGION=META_ADDR[,META_ADDR...] (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<meridian_metaserver::config::PeerRegion>,
 }
 
 impl MetaArgs {
@@ -197,6 +200,9 @@ impl MetaArgs {
             suspect_after_ms,
             down_after_ms
         );
+        if !self.peers.is_empty() {
+            c.peers = self.peers;
+        }
         if let Some(v) = self.advertise {
             c.advertise = Some(v);
         }

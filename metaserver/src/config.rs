@@ -36,6 +36,42 @@ pub struct MetaConfig {
     pub down_after_ms: u64,
     /// Where to serve Prometheus metrics over HTTP (none: not served).
     pub metrics_listen: Option<String>,
+    /// The other regions this one replicates with.
+    pub peers: Vec<PeerRegion>,
+}
+
+/// Another region: its id and its metaservers' addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRegion {
+    /// Region id.
+    pub region: u16,
+    /// Its metaservers.
+    pub meta: Vec<String>,
+}
+
+impl std::str::FromStr for PeerRegion {
+    type Err = String;
+
+    /// `REGION=ADDR[,ADDR...]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (region, addrs) = s
+            .split_once('=')
+            .ok_or_else(|| format!("peer {s:?}: expected REGION=ADDR[,ADDR...]"))?;
+        let region = region
+            .trim()
+            .parse()
+            .map_err(|e| format!("peer {s:?}: region: {e}"))?;
+        let meta: Vec<String> = addrs
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if meta.is_empty() {
+            return Err(format!("peer {s:?}: no metaserver address"));
+        }
+        Ok(PeerRegion { region, meta })
+    }
 }
 
 impl Default for MetaConfig {
@@ -55,6 +91,7 @@ impl Default for MetaConfig {
             suspect_after_ms: 3000,
             down_after_ms: 10_000,
             metrics_listen: None,
+            peers: Vec::new(),
         }
     }
 }
@@ -75,6 +112,11 @@ impl MetaConfig {
         if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
         {
             return Err("need heartbeat_ms < election_min_ms < election_max_ms".into());
+        }
+        for p in &self.peers {
+            if p.region == self.region {
+                return Err(format!("region {} lists itself as a peer", p.region));
+            }
         }
         if self.suspect_after_ms >= self.down_after_ms {
             return Err("need suspect_after_ms < down_after_ms".into());

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod config;
 pub mod namespace;
 pub mod raft;
+pub mod regions;
 pub mod server;
 pub mod service;
 

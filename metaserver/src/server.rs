@@ -83,7 +83,17 @@ pub async fn run(
         shared,
         pool,
         liveness: Mutex::new(HashMap::new()),
+        peers: config.peers.clone(),
+        regions: Default::default(),
     });
+    let mut region_tasks = vec![tokio::spawn(crate::regions::export_lag(node.clone()))];
+    for peer in &config.peers {
+        info!(peer = peer.region, meta = ?peer.meta, "replicating with peer region");
+        region_tasks.push(tokio::spawn(crate::regions::pull_loop(
+            node.clone(),
+            peer.clone(),
+        )));
+    }
     let detector = tokio::spawn(node.clone().detect_failures(
         Duration::from_millis(config.suspect_after_ms),
         Duration::from_millis(config.down_after_ms),
@@ -104,6 +114,9 @@ pub async fn run(
         )
         .await;
     detector.abort();
+    for t in region_tasks {
+        t.abort();
+    }
     let _ = raft.shutdown().await;
     info!(member = config.id, "metaserver stopped");
     served.map_err(|e| format!("server failed: {e}"))

@@ -19,9 +19,11 @@ use redb::{Database, ReadableDatabase};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::config::PeerRegion;
 use crate::namespace::NsReader;
 use crate::raft::state_machine::Shared;
 use crate::raft::{ClusterCmd, MetaRaft, Request as RaftRequest, Response as RaftResponse};
+use crate::regions::Regions;
 
 /// Metadata key marking a request a follower already forwarded (never forwarded twice).
 const FORWARDED: &str = "x-meridian-forwarded";
@@ -40,6 +42,10 @@ pub struct MetaNode {
     pub pool: Arc<ChannelPool>,
     /// Last heartbeat of each chunkserver, as seen by this member while leader.
     pub liveness: Mutex<HashMap<NodeId, Instant>>,
+    /// The other regions this one replicates with.
+    pub peers: Vec<PeerRegion>,
+    /// Replication progress with them.
+    pub regions: Regions,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Bytes {
@@ -71,6 +77,20 @@ impl MetaNode {
             .find(|(id, _)| **id == leader)
             .map(|(_, n)| n.addr.clone())?;
         Some((leader, addr))
+    }
+
+    /// Whether this member leads its region now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader == Some(self.id)
+    }
+
+    /// Proposes an entry this member made itself (it must lead).
+    pub async fn propose_internal(&self, entry: RaftRequest) -> Result<RaftResponse, String> {
+        match self.propose(entry).await {
+            Ok((resp, _)) => Ok(resp),
+            Err(None) => Err("not the leader".into()),
+            Err(Some(s)) => Err(s.message().to_string()),
+        }
     }
 
     /// A client of the leader, for forwarding a request that reached this follower.
@@ -505,5 +525,64 @@ impl MetaService for MetaApi {
             }
         }
         Ok(Response::new(self.status_response()))
+    }
+
+    async fn pull_changes(
+        &self,
+        request: Request<PullChangesRequest>,
+    ) -> Result<Response<PullChangesResponse>, Status> {
+        if !self.is_leader() {
+            let (mut leader, _) = self.leader_client(&request)?;
+            return leader
+                .pull_changes(MetaNode::mark(request.into_inner()))
+                .await;
+        }
+        let r = request.into_inner();
+        let to = u16::try_from(r.region)
+            .map(meridian_proto::RegionId)
+            .map_err(|_| Status::invalid_argument(format!("region {} out of range", r.region)))?;
+        let wait = Duration::from_millis(u64::from(r.wait_ms).min(10_000));
+        let deadline = Instant::now() + wait;
+        let mut applied = self.shared.applied.subscribe();
+        loop {
+            let tx = self
+                .db
+                .begin_read()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let reply = self
+                .regions
+                .serve_pull(&tx, self.shared.region, to, r.from, r.limit)
+                .map_err(Status::invalid_argument)?;
+            drop(tx);
+            let now = Instant::now();
+            if !reply.records.is_empty() || reply.next <= reply.head || now >= deadline {
+                metrics::counter!("meridian_region_records_served_total", "peer" => r.region.to_string())
+                    .increment(reply.records.len() as u64);
+                return Ok(Response::new(reply));
+            }
+            // Nothing new: wait for the next applied entry (or the deadline).
+            let _ = tokio::time::timeout(deadline - now, applied.changed()).await;
+        }
+    }
+
+    async fn region_status(
+        &self,
+        request: Request<RegionStatusRequest>,
+    ) -> Result<Response<RegionStatusResponse>, Status> {
+        if !self.is_leader() {
+            let (mut leader, _) = self.leader_client(&request)?;
+            return leader
+                .region_status(MetaNode::mark(request.into_inner()))
+                .await;
+        }
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(self.regions.status(
+            &tx,
+            self.shared.region,
+            &self.peers,
+        )))
     }
 }

@@ -9,8 +9,7 @@ use redb::ReadableTable;
 use super::merge;
 
 use super::tables::{
-    WriteTables, counter, dirent_key, read_dirent, read_extents, read_inode,
-    read_volume, store_err,
+    WriteTables, counter, dirent_key, read_dirent, read_extents, read_inode, read_volume, store_err,
 };
 use super::types::*;
 
@@ -257,12 +256,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(
-        hlc: Hlc,
-        now: Timespec,
-        replay: Option<&'a Effects>,
-        volume: u32,
-    ) -> Self {
+    pub(crate) fn new(hlc: Hlc, now: Timespec, replay: Option<&'a Effects>, volume: u32) -> Self {
         Ctx {
             now,
             now_ms: hlc.wall_ms,
@@ -689,7 +683,10 @@ fn create_volume(
         None => {
             // Volume ids carry the creating region in their top half: unique everywhere.
             let local = t.next(counter::NEXT_VOLUME, 1)? as u32 & 0xffff;
-            ((u32::from(ctx.region.0) << 16) | local, new_inode_id(t, ctx.region)?)
+            (
+                (u32::from(ctx.region.0) << 16) | local,
+                new_inode_id(t, ctx.region)?,
+            )
         }
     };
     {
@@ -886,7 +883,10 @@ fn link(
             ctx,
             "create",
             Some(ino),
-            format!("a link name taken concurrently: linked as {:?}", name_str(&new_name)),
+            format!(
+                "a link name taken concurrently: linked as {:?}",
+                name_str(&new_name)
+            ),
         )?;
     }
     let new_name: &[u8] = &new_name;

@@ -194,8 +194,7 @@ pub fn apply_remote(
         }
         if *seq > last_seq {
             last_seq = *seq;
-            if t
-                .oplog
+            if t.oplog
                 .get(record.hlc.to_key().as_slice())
                 .map_err(store_err)?
                 .is_none()
@@ -212,12 +211,7 @@ pub fn apply_remote(
         // Undo every applied record newer than the oldest new one, newest first.
         let from = low.to_key();
         let mut newer = Vec::new();
-        for item in t
-            .oplog
-            .range(from.as_slice()..)
-            .map_err(store_err)?
-            .rev()
-        {
+        for item in t.oplog.range(from.as_slice()..).map_err(store_err)?.rev() {
             let (k, v) = item.map_err(store_err)?;
             newer.push((k.value().to_vec(), v.value().to_vec()));
         }
@@ -261,11 +255,15 @@ pub fn apply_remote(
             replay(t, record)?;
         }
     }
-    set_state(t, &format!("wm/{}", batch.origin.0), &last_seq.to_be_bytes())?;
-    if let Some(f) = batch.frontier {
-        if frontier(t, batch.origin)?.is_none_or(|old| f > old) {
-            set_state(t, &format!("frontier/{}", batch.origin.0), &f.to_key())?;
-        }
+    set_state(
+        t,
+        &format!("wm/{}", batch.origin.0),
+        &last_seq.to_be_bytes(),
+    )?;
+    if let Some(f) = batch.frontier
+        && frontier(t, batch.origin)?.is_none_or(|old| f > old)
+    {
+        set_state(t, &format!("frontier/{}", batch.origin.0), &f.to_key())?;
     }
     prune_stable(t)?;
     Ok(outcome)

@@ -278,7 +278,10 @@ fn check_tree(r: &Region) {
     let mut seen_dirs = BTreeSet::new();
     let mut stack = vec![root];
     while let Some(dir) = stack.pop() {
-        assert!(seen_dirs.insert(dir), "directory {dir} reached twice (a cycle?)");
+        assert!(
+            seen_dirs.insert(dir),
+            "directory {dir} reached twice (a cycle?)"
+        );
         let from = dirent_key(dir, b"");
         let to = dirent_key(InodeId(dir.0 + 1), b"");
         for item in dirents.range(from.as_slice()..to.as_slice()).unwrap() {
@@ -337,7 +340,10 @@ fn concurrent_creates_of_one_name_keep_both() {
     for r in &rs {
         let names = r.names(root);
         assert_eq!(names.len(), 2, "{names:?}");
-        assert!(names.iter().any(|n| n.starts_with("x.conflict-")), "{names:?}");
+        assert!(
+            names.iter().any(|n| n.starts_with("x.conflict-")),
+            "{names:?}"
+        );
         let inos: BTreeSet<InodeId> = names
             .iter()
             .map(|n| r.lookup(root, n).unwrap().ino)
@@ -506,7 +512,10 @@ fn the_merged_log_is_pruned_below_the_stability_watermark() {
     settle(&mut rs);
     for r in &rs {
         let kept = r.write(|t| redb::ReadableTableMetadata::len(&t.oplog).unwrap());
-        assert!(kept < 5, "{kept} merged-log entries kept after everything is stable");
+        assert!(
+            kept < 5,
+            "{kept} merged-log entries kept after everything is stable"
+        );
     }
 }
 
@@ -543,7 +552,9 @@ fn entries(r: &Region) -> Vec<(InodeId, Vec<u8>, InodeId, FileKind)> {
     let mut out = Vec::new();
     let mut stack = vec![root];
     while let Some(dir) = stack.pop() {
-        let page = r.read(|x| x.readdir(dir, None, 10_000, &root_creds())).unwrap();
+        let page = r
+            .read(|x| x.readdir(dir, None, 10_000, &root_creds()))
+            .unwrap();
         for e in page.entries {
             if e.kind == FileKind::Dir {
                 stack.push(e.ino);
@@ -560,20 +571,24 @@ fn run_action(rs: &mut [Region], who: u8, action: &Action, writes: &mut Vec<Bloc
     let root = rs[i].volume_root();
     let all = entries(&rs[i]);
     let mut dirs: Vec<InodeId> = vec![root];
-    dirs.extend(
-        all.iter()
-            .filter(|e| e.3 == FileKind::Dir)
-            .map(|e| e.2),
-    );
+    dirs.extend(all.iter().filter(|e| e.3 == FileKind::Dir).map(|e| e.2));
     let files: Vec<_> = all.iter().filter(|e| e.3 == FileKind::File).collect();
     let pick_dir = |k: u8| dirs[k as usize % dirs.len()];
     let name = |k: u8| ["a", "b", "c"][k as usize % 3].as_bytes().to_vec();
     let r = &mut rs[i];
     let op = match action {
-        Action::Create { dir, name: nm, dir_kind } => Op::Mknod {
+        Action::Create {
+            dir,
+            name: nm,
+            dir_kind,
+        } => Op::Mknod {
             parent: pick_dir(*dir),
             name: name(*nm),
-            kind: if *dir_kind { FileKind::Dir } else { FileKind::File },
+            kind: if *dir_kind {
+                FileKind::Dir
+            } else {
+                FileKind::File
+            },
             perm: 0o755,
             rdev: 0,
             exclusive: true,
@@ -615,7 +630,11 @@ fn run_action(rs: &mut [Region], who: u8, action: &Action, writes: &mut Vec<Bloc
                 creds: root_creds(),
             }
         }
-        Action::Rename { entry, dir, name: nm } => {
+        Action::Rename {
+            entry,
+            dir,
+            name: nm,
+        } => {
             if all.is_empty() {
                 return;
             }
@@ -703,4 +722,3 @@ proptest! {
         converge(3, &actions);
     }
 }
-

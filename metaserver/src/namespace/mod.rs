@@ -18,6 +18,6 @@ pub use tables::WriteTables;
 pub use types::*;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod merge_tests;
+#[cfg(test)]
+mod tests;

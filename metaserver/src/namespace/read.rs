@@ -236,9 +236,7 @@ impl<'a> NsReader<'a> {
         };
         for item in range.take(limit) {
             let (_, v) = item.map_err(store_err)?;
-            out.push(
-                serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?,
-            );
+            out.push(serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?);
         }
         Ok(out)
     }
@@ -279,9 +277,9 @@ impl<'a> NsReader<'a> {
             }
             Query::Volume { name } => QueryReply::Volume(self.volume(name)?),
             Query::Volumes => QueryReply::Volumes(self.volumes()?),
-            Query::Conflicts { after, limit } => QueryReply::Conflicts(
-                self.conflicts(*after, (*limit).clamp(1, 10_000) as usize)?,
-            ),
+            Query::Conflicts { after, limit } => {
+                QueryReply::Conflicts(self.conflicts(*after, (*limit).clamp(1, 10_000) as usize)?)
+            }
             Query::Changes { from, limit } => {
                 QueryReply::Changes(self.changes(*from, (*limit).clamp(1, 10_000) as usize)?)
             }

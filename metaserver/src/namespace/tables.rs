@@ -304,7 +304,8 @@ impl<'txn> WriteTables<'txn> {
 
     fn raw_get(&self, tab: Tab, key: &[u8]) -> Result<Option<Vec<u8>>, NsError> {
         let bytes = |v: Option<redb::AccessGuard<'_, &'static [u8]>>| v.map(|v| v.value().to_vec());
-        let num = |v: Option<redb::AccessGuard<'_, u64>>| v.map(|v| v.value().to_be_bytes().to_vec());
+        let num =
+            |v: Option<redb::AccessGuard<'_, u64>>| v.map(|v| v.value().to_be_bytes().to_vec());
         Ok(match tab {
             Tab::Inodes => bytes(self.inodes.get(u64_of(key)?).map_err(store_err)?),
             Tab::Tombs => bytes(self.tombs.get(u64_of(key)?).map_err(store_err)?),
@@ -362,7 +363,12 @@ impl<'txn> WriteTables<'txn> {
 
     /// Writes (or with `None` removes) one key of a namespace table, remembering what was
     /// there while an undo capture is on.
-    pub(crate) fn write(&mut self, tab: Tab, key: &[u8], val: Option<&[u8]>) -> Result<(), NsError> {
+    pub(crate) fn write(
+        &mut self,
+        tab: Tab,
+        key: &[u8],
+        val: Option<&[u8]>,
+    ) -> Result<(), NsError> {
         if self.undo.is_some() {
             let old = self.raw_get(tab, key)?;
             if let Some(u) = self.undo.as_mut() {
@@ -388,7 +394,11 @@ impl<'txn> WriteTables<'txn> {
         kind: FileKind,
     ) -> Result<(), NsError> {
         let key = dirent_key(parent, name);
-        self.write(Tab::Dirents, &key, Some(encode_dirent(ino, kind).as_slice()))
+        self.write(
+            Tab::Dirents,
+            &key,
+            Some(encode_dirent(ino, kind).as_slice()),
+        )
     }
 
     pub(crate) fn del_dirent(&mut self, parent: InodeId, name: &[u8]) -> Result<(), NsError> {
@@ -403,14 +413,23 @@ impl<'txn> WriteTables<'txn> {
         self.write(Tab::Volumes, name.as_bytes(), None)
     }
 
-    pub(crate) fn set_xattr(&mut self, ino: InodeId, name: &[u8], value: &[u8]) -> Result<(), NsError> {
+    pub(crate) fn set_xattr(
+        &mut self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+    ) -> Result<(), NsError> {
         self.write(Tab::Xattrs, &dirent_key(ino, name), Some(value))
     }
 
     /// Removes one xattr; whether it was there.
     pub(crate) fn del_xattr(&mut self, ino: InodeId, name: &[u8]) -> Result<bool, NsError> {
         let key = dirent_key(ino, name);
-        let existed = self.xattrs.get(key.as_slice()).map_err(store_err)?.is_some();
+        let existed = self
+            .xattrs
+            .get(key.as_slice())
+            .map_err(store_err)?
+            .is_some();
         if existed {
             self.write(Tab::Xattrs, &key, None)?;
         }
@@ -422,7 +441,11 @@ impl<'txn> WriteTables<'txn> {
         let from = dirent_key(ino, b"");
         let to = dirent_key(InodeId(ino.0 + 1), b"");
         let mut keys = Vec::new();
-        for item in self.xattrs.range(from.as_slice()..to.as_slice()).map_err(store_err)? {
+        for item in self
+            .xattrs
+            .range(from.as_slice()..to.as_slice())
+            .map_err(store_err)?
+        {
             keys.push(item.map_err(store_err)?.0.value().to_vec());
         }
         for k in keys {
@@ -433,7 +456,11 @@ impl<'txn> WriteTables<'txn> {
 
     pub(crate) fn put_tomb(&mut self, tomb: &Tomb) -> Result<(), NsError> {
         let bytes = serde_json::to_vec(tomb).map_err(json_err)?;
-        self.write(Tab::Tombs, &tomb.inode.attr.ino.0.to_be_bytes(), Some(&bytes))
+        self.write(
+            Tab::Tombs,
+            &tomb.inode.attr.ino.0.to_be_bytes(),
+            Some(&bytes),
+        )
     }
 
     pub(crate) fn tomb(&self, ino: InodeId) -> Result<Option<Tomb>, NsError> {

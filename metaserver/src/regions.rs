@@ -1,0 +1,367 @@
+//! Cross-region replication of metadata. The leader of each region pulls every peer
+//! region's change log, from the per-origin watermark its own state holds (so it resumes
+//! exactly after a cut or a leader change), and proposes what it gets through its own Raft
+//! log, where the records merge (see `namespace::merge`). Serving pulls, a leader learns
+//! how far each peer has applied its records: that is the replication lag it reports.
+//!
+//! A cut link only grows the lag: nothing here marks the far region down or repairs
+//! anything.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use meridian_proto::ns::Record;
+use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
+use meridian_proto::pb::meta::{
+    ChangeRecord, PeerLag, PullChangesRequest, PullChangesResponse, RegionStatusResponse,
+};
+use meridian_proto::{Hlc, RegionId};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+use tracing::{info, warn};
+
+use crate::config::PeerRegion;
+use crate::namespace::RemoteBatch;
+use crate::namespace::tables::{CHANGELOG, REGION_STATE};
+use crate::raft::{Request as RaftRequest, Response as RaftResponse};
+use crate::service::MetaNode;
+
+/// Most records in one pull.
+pub const PULL_LIMIT: u32 = 1024;
+/// Most record bytes in one pull answer.
+const PULL_BYTES: usize = 4 << 20;
+/// How long a pull waits on the serving side for new records before answering empty.
+pub const PULL_WAIT: Duration = Duration::from_millis(1000);
+/// How far the lag computation scans a change log.
+const LAG_SCAN: usize = 200_000;
+
+/// What one region knows of its exchanges with each peer.
+#[derive(Default)]
+pub struct Regions {
+    peers: Mutex<HashMap<u16, PeerState>>,
+}
+
+#[derive(Default, Clone)]
+struct PeerState {
+    /// Outbound: the peer applied our change log up to here (it said so by pulling after).
+    acked: u64,
+    last_pulled: Option<Instant>,
+    /// Inbound: our last pull from the peer.
+    last_ok: Option<Instant>,
+    peer_head: u64,
+    error: String,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+fn state_value(tx: &ReadTransaction, key: &str) -> Option<Vec<u8>> {
+    let t = tx.open_table(REGION_STATE).ok()?;
+    t.get(key).ok()?.map(|v| v.value().to_vec())
+}
+
+/// The last change-log sequence of `origin` applied in this state.
+pub fn watermark(tx: &ReadTransaction, origin: RegionId) -> u64 {
+    state_value(tx, &format!("wm/{}", origin.0))
+        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0)
+}
+
+fn head_hlc(tx: &ReadTransaction) -> Option<Hlc> {
+    state_value(tx, "head").and_then(|b| Hlc::from_key(&b))
+}
+
+fn head_seq(tx: &ReadTransaction) -> u64 {
+    tx.open_table(CHANGELOG)
+        .ok()
+        .and_then(|t| t.last().ok().flatten().map(|(k, _)| k.value()))
+        .unwrap_or(0)
+}
+
+impl Regions {
+    /// Answers a pull by region `to`: records of volumes that live there, from `from` on.
+    pub fn serve_pull(
+        &self,
+        tx: &ReadTransaction,
+        own: RegionId,
+        to: RegionId,
+        from: u64,
+        limit: u32,
+    ) -> Result<PullChangesResponse, String> {
+        if to == own {
+            return Err(format!("region {} pulled its own change log", own.0));
+        }
+        let from = from.max(1);
+        {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let p = peers.entry(to.0).or_default();
+            p.acked = p.acked.max(from - 1);
+            p.last_pulled = Some(Instant::now());
+        }
+        let head = head_seq(tx);
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        let mut next = from;
+        let mut last_hlc = None;
+        if let Ok(t) = tx.open_table(CHANGELOG) {
+            for item in t.range(from..).map_err(|e| e.to_string())? {
+                let (k, v) = item.map_err(|e| e.to_string())?;
+                let record: Record = serde_json::from_slice(v.value())
+                    .map_err(|e| format!("damaged change record {}: {e}", k.value()))?;
+                next = k.value() + 1;
+                last_hlc = Some(record.hlc);
+                if record.allowed_in(to) {
+                    bytes += v.value().len();
+                    records.push(ChangeRecord {
+                        seq: k.value(),
+                        record: v.value().to_vec().into(),
+                    });
+                }
+                if records.len() >= limit.clamp(1, PULL_LIMIT) as usize || bytes >= PULL_BYTES {
+                    break;
+                }
+            }
+        }
+        // Caught up: nothing this region stamps later can be older than its merged head.
+        let frontier = if next > head { head_hlc(tx) } else { last_hlc };
+        Ok(PullChangesResponse {
+            region: u32::from(own.0),
+            records,
+            next,
+            head,
+            frontier: frontier
+                .map(|h| h.to_key().to_vec())
+                .unwrap_or_default()
+                .into(),
+        })
+    }
+
+    fn note_pull(&self, peer: u16, outcome: Result<u64, String>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let p = peers.entry(peer).or_default();
+        match outcome {
+            Ok(head) => {
+                p.last_ok = Some(Instant::now());
+                p.peer_head = head;
+                p.error.clear();
+            }
+            Err(e) => p.error = e,
+        }
+    }
+
+    /// Lag to and from every configured peer.
+    pub fn status(
+        &self,
+        tx: &ReadTransaction,
+        own: RegionId,
+        configured: &[PeerRegion],
+    ) -> RegionStatusResponse {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = now_ms();
+        let mut out = Vec::new();
+        for cfg in configured {
+            let st = peers.get(&cfg.region).cloned().unwrap_or_default();
+            let region = RegionId(cfg.region);
+            let (ops, bytes, oldest) = backlog(tx, region, st.acked, now);
+            let contact = [st.last_ok, st.last_pulled].into_iter().flatten().max();
+            out.push(PeerLag {
+                region: u32::from(cfg.region),
+                reachable: st.last_ok.is_some_and(|t| t.elapsed() < 3 * PULL_WAIT)
+                    && st.error.is_empty(),
+                last_contact_ms: contact.map_or(0, |t| t.elapsed().as_millis() as u64),
+                ops_behind: ops,
+                bytes_behind: bytes,
+                oldest_unshipped_ms: oldest,
+                applied_seq: watermark(tx, region),
+                peer_head_seq: st.peer_head,
+                error: st.error.clone(),
+            });
+        }
+        RegionStatusResponse {
+            region: u32::from(own.0),
+            head_seq: head_seq(tx),
+            peers: out,
+        }
+    }
+}
+
+/// Records of this region that `peer` lacks after `acked`: count, bytes, age of the oldest.
+fn backlog(tx: &ReadTransaction, peer: RegionId, acked: u64, now: u64) -> (u64, u64, u64) {
+    let Ok(t) = tx.open_table(CHANGELOG) else {
+        return (0, 0, 0);
+    };
+    let Ok(range) = t.range(acked + 1..) else {
+        return (0, 0, 0);
+    };
+    let (mut ops, mut bytes, mut oldest) = (0u64, 0u64, 0u64);
+    for item in range.take(LAG_SCAN) {
+        let Ok((_, v)) = item else { break };
+        let Ok(record) = serde_json::from_slice::<Record>(v.value()) else {
+            continue;
+        };
+        if !record.allowed_in(peer) {
+            continue;
+        }
+        if ops == 0 {
+            oldest = now.saturating_sub(record.hlc.wall_ms);
+        }
+        ops += 1;
+        bytes += v.value().len() as u64;
+    }
+    (ops, bytes, oldest)
+}
+
+/// Publishes the lag gauges every second while this member leads.
+pub async fn export_lag(node: Arc<MetaNode>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !node.is_leader() || node.peers.is_empty() {
+            continue;
+        }
+        let Ok(tx) = node.db.begin_read() else {
+            continue;
+        };
+        let status = node.regions.status(&tx, node.shared.region, &node.peers);
+        for p in status.peers {
+            let peer = p.region.to_string();
+            metrics::gauge!("meridian_region_lag_ops", "peer" => peer.clone())
+                .set(p.ops_behind as f64);
+            metrics::gauge!("meridian_region_lag_bytes", "peer" => peer.clone())
+                .set(p.bytes_behind as f64);
+            metrics::gauge!("meridian_region_lag_seconds", "peer" => peer.clone())
+                .set(p.oldest_unshipped_ms as f64 / 1000.0);
+            metrics::gauge!("meridian_region_reachable", "peer" => peer).set(if p.reachable {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+}
+
+/// While this member leads, pulls `peer`'s change log and proposes what arrives.
+pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
+    let own = node.shared.region;
+    let origin = RegionId(peer.region);
+    let mut addr = 0usize;
+    let mut peers_recorded = false;
+    let mut last_frontier: Option<Vec<u8>> = None;
+    let mut last_frontier_at = Instant::now();
+    loop {
+        if !node.is_leader() {
+            peers_recorded = false;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if !peers_recorded {
+            let ids: Vec<RegionId> = node.peers.iter().map(|p| RegionId(p.region)).collect();
+            let recorded = node
+                .db
+                .begin_read()
+                .ok()
+                .and_then(|tx| state_value(&tx, "peers"))
+                .and_then(|b| serde_json::from_slice::<Vec<RegionId>>(&b).ok())
+                .unwrap_or_default();
+            if recorded == ids || node.propose_internal(RaftRequest::Peers(ids)).await.is_ok() {
+                peers_recorded = true;
+            }
+        }
+        let Ok(tx) = node.db.begin_read() else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let wm = watermark(&tx, origin);
+        drop(tx);
+        let target = &peer.meta[addr % peer.meta.len()];
+        let reply = match node.pool.get(target) {
+            Ok(ch) => {
+                let mut client = MetaServiceClient::new(ch);
+                client
+                    .pull_changes(PullChangesRequest {
+                        region: u32::from(own.0),
+                        from: wm + 1,
+                        limit: PULL_LIMIT,
+                        wait_ms: PULL_WAIT.as_millis() as u32,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| format!("{}: {}", target, s.message()))
+            }
+            Err(e) => Err(format!("{target}: {e}")),
+        };
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                node.regions.note_pull(peer.region, Err(e.clone()));
+                metrics::counter!("meridian_region_pull_errors_total", "peer" => peer.region.to_string()).increment(1);
+                warn!(peer = peer.region, error = %e, "pull from peer region failed");
+                addr += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        node.regions.note_pull(peer.region, Ok(reply.head));
+        let mut records = Vec::with_capacity(reply.records.len());
+        let mut damaged = None;
+        for c in &reply.records {
+            match serde_json::from_slice::<Record>(&c.record) {
+                Ok(r) => records.push((c.seq, r)),
+                Err(e) => damaged = Some(format!("record {}: {e}", c.seq)),
+            }
+        }
+        if let Some(e) = damaged {
+            node.regions
+                .note_pull(peer.region, Err(format!("damaged record from peer: {e}")));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let frontier = Hlc::from_key(&reply.frontier);
+        let frontier_moved = last_frontier.as_deref() != Some(&reply.frontier[..])
+            && last_frontier_at.elapsed() > Duration::from_secs(1);
+        if records.is_empty() && !frontier_moved {
+            continue;
+        }
+        let n = records.len();
+        let batch = RemoteBatch {
+            origin,
+            records,
+            frontier,
+        };
+        match node.propose_internal(RaftRequest::Remote(batch)).await {
+            Ok(RaftResponse::Remote(Ok(outcome))) => {
+                last_frontier = Some(reply.frontier.to_vec());
+                last_frontier_at = Instant::now();
+                metrics::counter!("meridian_region_records_applied_total", "peer" => peer.region.to_string())
+                    .increment(outcome.applied);
+                if outcome.redone > 0 {
+                    metrics::counter!("meridian_region_records_redone_total")
+                        .increment(outcome.redone);
+                }
+                if n > 0 {
+                    info!(
+                        peer = peer.region,
+                        applied = outcome.applied,
+                        redone = outcome.redone,
+                        watermark = outcome.watermark,
+                        "merged records from peer region"
+                    );
+                }
+            }
+            Ok(RaftResponse::Remote(Err(e))) => {
+                warn!(peer = peer.region, error = %e, "records from peer region refused");
+                node.regions
+                    .note_pull(peer.region, Err(format!("refused: {e}")));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(peer = peer.region, error = %e, "proposing records from peer region failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
