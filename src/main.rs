@@ -91,6 +91,9 @@ struct ChunkArgs {
     /// Serve Prometheus metrics over HTTP on this address.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Another region of this deployment: REGION=META_ADDR[,META_ADDR...] (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<meridian_proto::PeerRegion>,
 }
 
 impl ChunkArgs {
@@ -120,6 +123,9 @@ impl ChunkArgs {
             heartbeat_ms
         );
         set_opt!(cluster_map, capacity, metrics_listen, advertise);
+        if !self.peers.is_empty() {
+            c.peers = self.peers;
+        }
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }

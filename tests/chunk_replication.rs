@@ -142,6 +142,7 @@ async fn put_with_three_replicas_lands_verified_copies_on_all_three() -> Result<
         offset: 1000,
         length: 5000,
         encoded: false,
+        ..Default::default()
     };
     let (header, payload) = wire::read_get(&mut rpc.get(req).await?.into_inner(), 1 << 26).await?;
     assert_eq!((header.offset, header.payload_len), (1000, 5000));
@@ -151,6 +152,7 @@ async fn put_with_three_replicas_lands_verified_copies_on_all_three() -> Result<
         offset: (1 << 20) - 10,
         length: 11,
         encoded: false,
+        ..Default::default()
     };
     let err = get_error(&mut rpc, past).await;
     assert_eq!(err.code(), Code::OutOfRange);
@@ -294,6 +296,7 @@ async fn hash_mismatched_and_malformed_puts_are_rejected_and_change_nothing() ->
             replicas: 3,
             min_copies: 2,
             map_epoch: 1,
+            ..Default::default()
         };
         let err = raw_put(&cluster, 0, header, data.clone())
             .await
@@ -307,7 +310,26 @@ async fn hash_mismatched_and_malformed_puts_are_rejected_and_change_nothing() ->
         assert!(err.message().contains("hashes to"), "{}", err.message());
     }
 
+    // Data residency: a block of a volume that lives only in region 2 is refused here
+    // (region 1), by coordinators and replicas alike, and nothing is stored.
     let real = BlockId::of(&data);
+    for role in [PutRole::Coordinator, PutRole::Replica] {
+        let header = PutHeader {
+            block_id: ids(real.as_bytes()),
+            raw_len: data.len() as u32,
+            encoded_len: data.len() as u32,
+            role: role as i32,
+            replicas: 3,
+            min_copies: 2,
+            regions: vec![2],
+            ..Default::default()
+        };
+        let err = raw_put(&cluster, 0, header, data.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+        assert!(err.message().contains("residency"), "{}", err.message());
+    }
     let good = |raw_len: u32, encoded_len: u32| PutHeader {
         block_id: ids(real.as_bytes()),
         compression: 0,
@@ -317,6 +339,7 @@ async fn hash_mismatched_and_malformed_puts_are_rejected_and_change_nothing() ->
         replicas: 3,
         min_copies: 2,
         map_epoch: 1,
+        ..Default::default()
     };
     let n = data.len() as u32;
     // Fewer bytes than announced, more bytes than announced, an oversized block, a bad
@@ -400,6 +423,7 @@ async fn a_corrupt_copy_fails_its_reads_while_another_replica_serves() -> Result
         offset: 0,
         length: 10,
         encoded: false,
+        ..Default::default()
     };
     let status = get_error(&mut rpc, req).await;
     assert_eq!(status.code(), Code::DataLoss);

@@ -41,6 +41,8 @@ pub struct ChunkConfig {
     pub peer_request_timeout_ms: u64,
     /// Where to serve Prometheus metrics over HTTP (none: not served).
     pub metrics_listen: Option<String>,
+    /// Other regions: where blocks of volumes living there are shipped, and fetched from.
+    pub peers: Vec<meridian_proto::PeerRegion>,
 }
 
 impl Default for ChunkConfig {
@@ -62,6 +64,7 @@ impl Default for ChunkConfig {
             peer_connect_timeout_ms: 2000,
             peer_request_timeout_ms: 60_000,
             metrics_listen: None,
+            peers: Vec::new(),
         }
     }
 }

@@ -17,6 +17,9 @@ pub enum ChunkError {
     /// The block is not stored here.
     #[error("block {0} is not stored on this node")]
     NotFound(BlockId),
+    /// The block belongs to a volume that does not live in this region.
+    #[error("data residency: {0}")]
+    Residency(String),
     /// The copy stored here is damaged; another replica must serve it.
     #[error("block {id} on {node} is corrupt: {reason}")]
     Corrupt {
@@ -101,6 +104,7 @@ impl From<ChunkError> for Status {
         match e {
             ChunkError::Invalid(_) | ChunkError::Rejected(_) => Status::invalid_argument(msg),
             ChunkError::NotFound(_) => Status::not_found(msg),
+            ChunkError::Residency(_) => Status::failed_precondition(msg),
             ChunkError::Corrupt { .. } => Status::data_loss(msg),
             ChunkError::OutOfRange { .. } => Status::out_of_range(msg),
             ChunkError::NoSpace { .. } => Status::resource_exhausted(msg),

@@ -12,6 +12,30 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use crate::error::ChunkError;
 
 const UNDER_REPLICATED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("under_replicated");
+/// region (2 BE) ++ sequence (8 BE) -> a block to ship to that region (JSON [`Shipment`]).
+const SHIP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ship");
+
+/// A block waiting to be shipped to another region.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shipment {
+    /// The block.
+    pub block: BlockId,
+    /// Copies wanted there.
+    pub replicas: u32,
+    /// Copies without which a put there fails.
+    pub min_copies: u32,
+    /// The regions its volume lives in.
+    pub regions: Vec<u32>,
+    /// When it was queued (ms since the epoch).
+    pub queued_ms: u64,
+}
+
+fn ship_key(region: u16, seq: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..2].copy_from_slice(&region.to_be_bytes());
+    k[2..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
 
 fn db_err(e: impl Into<redb::Error>) -> ChunkError {
     ChunkError::Db(e.into().to_string())
@@ -29,6 +53,7 @@ impl Ledger {
         let db = Database::create(root.join("state.redb")).map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(UNDER_REPLICATED).map_err(db_err)?;
+        tx.open_table(SHIP).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(Ledger { db })
     }
@@ -64,6 +89,81 @@ impl Ledger {
             t.remove(id.as_bytes().as_slice()).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
+    }
+
+    /// Queues `s` durably for each region in `to`.
+    pub fn enqueue_ship(&self, to: &[u16], s: &Shipment) -> Result<(), ChunkError> {
+        let bytes = serde_json::to_vec(s).map_err(|e| ChunkError::Db(e.to_string()))?;
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(SHIP).map_err(db_err)?;
+            for region in to {
+                let last = t
+                    .range(ship_key(*region, 0).as_slice()..=ship_key(*region, u64::MAX).as_slice())
+                    .map_err(db_err)?
+                    .next_back()
+                    .transpose()
+                    .map_err(db_err)?
+                    .map(|(k, _)| u64::from_be_bytes(k.value()[2..].try_into().expect("8 bytes")))
+                    .unwrap_or(0);
+                t.insert(ship_key(*region, last + 1).as_slice(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Up to `limit` queued shipments to `region`, oldest first, with their sequence.
+    pub fn peek_ship(&self, region: u16, limit: usize) -> Result<Vec<(u64, Shipment)>, ChunkError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(SHIP).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in t
+            .range(ship_key(region, 0).as_slice()..=ship_key(region, u64::MAX).as_slice())
+            .map_err(db_err)?
+            .take(limit)
+        {
+            let (k, v) = item.map_err(db_err)?;
+            let seq = u64::from_be_bytes(k.value()[2..].try_into().expect("8 bytes"));
+            let s = serde_json::from_slice(v.value())
+                .map_err(|e| ChunkError::Db(format!("damaged shipment: {e}")))?;
+            out.push((seq, s));
+        }
+        Ok(out)
+    }
+
+    /// Forgets shipments to `region` that arrived.
+    pub fn done_ship(&self, region: u16, seqs: &[u64]) -> Result<(), ChunkError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(SHIP).map_err(db_err)?;
+            for seq in seqs {
+                t.remove(ship_key(region, *seq).as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Blocks queued for `region` and the age of the oldest, in ms.
+    pub fn ship_backlog(&self, region: u16, now_ms: u64) -> Result<(u64, u64), ChunkError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(SHIP).map_err(db_err)?;
+        let mut n = 0;
+        let mut oldest = 0;
+        for item in t
+            .range(ship_key(region, 0).as_slice()..=ship_key(region, u64::MAX).as_slice())
+            .map_err(db_err)?
+        {
+            let (_, v) = item.map_err(db_err)?;
+            if n == 0 {
+                if let Ok(s) = serde_json::from_slice::<Shipment>(v.value()) {
+                    oldest = now_ms.saturating_sub(s.queued_ms);
+                }
+            }
+            n += 1;
+        }
+        Ok((n, oldest))
     }
 
     /// How many blocks are recorded.

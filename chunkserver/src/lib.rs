@@ -10,6 +10,7 @@ pub mod map;
 pub mod replicate;
 pub mod server;
 pub mod service;
+pub mod ship;
 pub mod store;
 
 pub use config::ChunkConfig;

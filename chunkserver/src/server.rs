@@ -72,6 +72,7 @@ pub async fn run(
         connect: Duration::from_millis(config.peer_connect_timeout_ms),
         request: Duration::from_millis(config.peer_request_timeout_ms),
     }));
+    let peers = Arc::new(crate::ship::Peers::new(config.region, &config.peers));
     let node = ChunkNode {
         id,
         zone: ZoneId(config.zone.clone()),
@@ -82,7 +83,22 @@ pub async fn run(
         map,
         max_block_len: config.max_block_len,
         default_min_copies: config.default_min_copies,
+        peers: peers.clone(),
     };
+    let shippers: Vec<_> = config
+        .peers
+        .iter()
+        .filter_map(|p| {
+            let client = peers.client(p.region)?;
+            info!(region = p.region, "shipping blocks to peer region");
+            Some(tokio::spawn(crate::ship::ship_loop(
+                p.region,
+                client,
+                node.ledger.clone(),
+                node.store.clone(),
+            )))
+        })
+        .collect();
 
     println!("meridian chunk {} listening on {addr}", config.id);
     info!(node = %id, zone = %config.zone, %addr, data = %config.data.display(), "chunkserver serving");
@@ -100,6 +116,9 @@ pub async fn run(
         )
         .await
         .map_err(|e| ChunkError::Invalid(format!("server failed: {e}")))?;
+    for s in shippers {
+        s.abort();
+    }
     info!(node = %id, "chunkserver stopped");
     Ok(())
 }

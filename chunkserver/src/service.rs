@@ -12,7 +12,7 @@ use meridian_proto::pb::chunk::{
 use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, ZoneId, wire};
 use tokio::task::spawn_blocking;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::error::ChunkError;
 use crate::ledger::Ledger;
@@ -46,6 +46,8 @@ pub struct ChunkNode {
     pub max_block_len: u32,
     /// W when a put does not say.
     pub default_min_copies: u32,
+    /// The other regions' chunkservers.
+    pub peers: Arc<crate::ship::Peers>,
 }
 
 /// Runs blocking disk or CPU work off the async threads.
@@ -93,6 +95,14 @@ impl ChunkService for ChunkNode {
             return Err(ChunkError::Invalid(format!(
                 "block {id} of {} bytes exceeds this node's limit of {} bytes",
                 header.raw_len, self.max_block_len
+            ))
+            .into());
+        }
+        if !header.regions.is_empty() && !header.regions.contains(&u32::from(self.region)) {
+            metrics::counter!("meridian_chunk_residency_refusals_total").increment(1);
+            return Err(ChunkError::Residency(format!(
+                "block {id} belongs to a volume living in regions {:?}, not in region {}",
+                header.regions, self.region
             ))
             .into());
         }
@@ -176,6 +186,27 @@ impl ChunkService for ChunkNode {
             metrics::counter!("meridian_chunk_degraded_puts_total").increment(1);
             warn!(block = %id, copies, wanted = replicas, reason = %forwarded.failure_summary(), "stored degraded; recorded for repair");
         }
+        // A block written here for a volume that lives in other regions too: queue it for
+        // each of them (durably, before the write is acknowledged).
+        if header.origin_region == 0 {
+            let to: Vec<u16> = self
+                .peers
+                .ids()
+                .into_iter()
+                .filter(|r| header.regions.contains(&u32::from(*r)))
+                .collect();
+            if !to.is_empty() {
+                let shipment = crate::ledger::Shipment {
+                    block: id,
+                    replicas,
+                    min_copies,
+                    regions: header.regions.clone(),
+                    queued_ms: crate::ship::now_ms(),
+                };
+                let ledger = self.ledger.clone();
+                blocking(move || ledger.enqueue_ship(&to, &shipment)).await?;
+            }
+        }
         Ok(Response::new(PutResponse {
             stored_on: stored_on.iter().map(|n| n.0).collect(),
             degraded,
@@ -188,7 +219,35 @@ impl ChunkService for ChunkNode {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let req = request.into_inner();
         let id = block_id(&req.block_id)?;
-        let (block, plain) = self.read_verified(id).await?;
+        if !req.regions.is_empty() && !req.regions.contains(&u32::from(self.region)) {
+            return Err(ChunkError::Residency(format!(
+                "block {id} belongs to a volume living in regions {:?}, not in region {}",
+                req.regions, self.region
+            ))
+            .into());
+        }
+        let (block, plain) = match self.read_verified(id).await {
+            Err(ChunkError::NotFound(_)) if req.fetch_remote => {
+                // Not shipped here yet: fetch it from a region that has it, keep it, serve it.
+                let others: Vec<u32> = req
+                    .regions
+                    .iter()
+                    .copied()
+                    .filter(|r| *r != u32::from(self.region))
+                    .collect();
+                let fetched = self.peers.fetch(&id, &others).await?;
+                let store = self.store.clone();
+                let kept = fetched.clone();
+                blocking(move || {
+                    kept.decode()?;
+                    store.put(&kept)
+                })
+                .await?;
+                info!(block = %id, "fetched a block not shipped here yet from another region");
+                self.read_verified(id).await?
+            }
+            other => other?,
+        };
         let whole = req.offset == 0 && (req.length == 0 || req.length == block.raw_len);
         let (header, payload) = if req.encoded && whole {
             let header = GetHeader {
@@ -281,7 +340,21 @@ impl ChunkService for ChunkNode {
         _request: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
         let (store, ledger) = (self.store.clone(), self.ledger.clone());
-        let (usage, under) = blocking(move || Ok((store.usage(), ledger.count()?))).await?;
+        let regions = self.peers.ids();
+        let (usage, under, queues) = blocking(move || {
+            let now = crate::ship::now_ms();
+            let mut queues = Vec::new();
+            for r in regions {
+                let (blocks, oldest_ms) = ledger.ship_backlog(r, now)?;
+                queues.push(meridian_proto::pb::chunk::ShipQueue {
+                    region: u32::from(r),
+                    blocks,
+                    oldest_ms,
+                });
+            }
+            Ok((store.usage(), ledger.count()?, queues))
+        })
+        .await?;
         let map = self.map.borrow().clone();
         Ok(Response::new(NodeStatusResponse {
             node_id: self.id.0,
@@ -295,6 +368,7 @@ impl ChunkService for ChunkNode {
             map_epoch: map.epoch,
             map_nodes: map.nodes.len() as u32,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            ship_queues: queues,
         }))
     }
 

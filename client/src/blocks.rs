@@ -70,6 +70,11 @@ pub struct BlockClient {
     zone: Option<ZoneId>,
     pool: ChannelPool,
     max_block_len: u32,
+    /// The regions the blocks' volume lives in (sent with every put and read, for
+    /// residency checks, shipping and fetch-on-miss).
+    regions: Vec<u32>,
+    /// Set when this client ships blocks from another region.
+    origin: u32,
 }
 
 impl BlockClient {
@@ -84,7 +89,21 @@ impl BlockClient {
             zone,
             pool: ChannelPool::new(timeouts),
             max_block_len: meridian_proto::block::MAX_BLOCK_LEN,
+            regions: Vec::new(),
+            origin: 0,
         }
+    }
+
+    /// Puts and reads for a volume that lives in `regions`.
+    pub fn with_regions(mut self, regions: &[meridian_proto::RegionId]) -> Self {
+        self.regions = regions.iter().map(|r| u32::from(r.0)).collect();
+        self
+    }
+
+    /// Puts ship blocks from region `origin` (the receivers do not ship them again).
+    pub fn shipping_from(mut self, origin: meridian_proto::RegionId) -> Self {
+        self.origin = u32::from(origin.0);
+        self
     }
 
     /// A client over a map that does not change.
@@ -116,6 +135,18 @@ impl BlockClient {
         replicas: u32,
         min_copies: u32,
     ) -> Result<PutReceipt, ClientError> {
+        self.put_for(block, replicas, min_copies, &self.regions)
+            .await
+    }
+
+    /// As [`put`](Self::put), for a block of a volume that lives in `regions`.
+    pub async fn put_for(
+        &self,
+        block: &EncodedBlock,
+        replicas: u32,
+        min_copies: u32,
+        regions: &[u32],
+    ) -> Result<PutReceipt, ClientError> {
         let map = self.map();
         let order = placement(&block.id, &map, usize::MAX);
         if order.is_empty() {
@@ -128,6 +159,8 @@ impl BlockClient {
                 replicas,
                 min_copies,
                 map_epoch: map.epoch,
+                regions: regions.to_vec(),
+                origin_region: self.origin,
                 ..Default::default()
             };
             let mut rpc = match self.rpc(node) {
@@ -150,7 +183,10 @@ impl BlockClient {
                         already_present: resp.already_present,
                     });
                 }
-                Err(s) if s.code() == Code::InvalidArgument => {
+                Err(s)
+                    if s.code() == Code::InvalidArgument
+                        || s.code() == Code::FailedPrecondition =>
+                {
                     return Err(ClientError::Rejected {
                         id: block.id,
                         node: node.id,
@@ -213,6 +249,18 @@ impl BlockClient {
                 }
             }
         }
+        // No copy in this region yet (it is still being shipped): ask the nearest replica to
+        // fetch it from another region of the volume.
+        if self.regions.len() > 1 {
+            for node in order.iter().take(replicas.max(1) as usize) {
+                match self.fetch_from(node, id, true).await {
+                    Ok(bytes) => return Ok(bytes),
+                    Err(e) => {
+                        tried.push(format!("{} (fetching from another region): {e}", node.id))
+                    }
+                }
+            }
+        }
         Err(ClientError::Exhausted {
             id: *id,
             what: "read",
@@ -222,9 +270,22 @@ impl BlockClient {
 
     /// Reads a whole block from one node, in its encoded form, and verifies it here.
     pub async fn get_from(&self, node: &NodeInfo, id: &BlockId) -> Result<Bytes, String> {
+        self.fetch_from(node, id, false).await
+    }
+
+    /// Reads a whole block from one node; with `remote`, the node fetches it from another
+    /// region of the volume if it has none.
+    async fn fetch_from(
+        &self,
+        node: &NodeInfo,
+        id: &BlockId,
+        remote: bool,
+    ) -> Result<Bytes, String> {
         let request = GetRequest {
             block_id: Bytes::copy_from_slice(id.as_bytes()),
             encoded: true,
+            regions: self.regions.clone(),
+            fetch_remote: remote,
             ..Default::default()
         };
         let mut stream = self

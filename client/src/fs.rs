@@ -138,7 +138,8 @@ impl FileSystem {
             other => return Err(MetaError::Invalid(format!("unexpected reply {other:?}"))),
         };
         let map = meta.watch_cluster_map();
-        let blocks = BlockClient::new(map, zone, Default::default());
+        let blocks =
+            BlockClient::new(map, zone, Default::default()).with_regions(&volume.policy.regions);
         Ok(Arc::new_cyclic(|me| FileSystem {
             me: me.clone(),
             meta,

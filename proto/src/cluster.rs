@@ -155,6 +155,40 @@ impl ClusterMap {
     }
 }
 
+/// Another region: its id and its metaservers' addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRegion {
+    /// Region id.
+    pub region: u16,
+    /// Its metaservers.
+    pub meta: Vec<String>,
+}
+
+impl std::str::FromStr for PeerRegion {
+    type Err = String;
+
+    /// `REGION=ADDR[,ADDR...]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (region, addrs) = s
+            .split_once('=')
+            .ok_or_else(|| format!("peer {s:?}: expected REGION=ADDR[,ADDR...]"))?;
+        let region = region
+            .trim()
+            .parse()
+            .map_err(|e| format!("peer {s:?}: region: {e}"))?;
+        let meta: Vec<String> = addrs
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if meta.is_empty() {
+            return Err(format!("peer {s:?}: no metaserver address"));
+        }
+        Ok(PeerRegion { region, meta })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

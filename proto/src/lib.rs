@@ -12,7 +12,7 @@ pub mod placement;
 pub mod wire;
 
 pub use block::{BlockError, Compression, EncodedBlock};
-pub use cluster::{ClusterMap, MapError, NodeInfo, NodeState};
+pub use cluster::{ClusterMap, MapError, NodeInfo, NodeState, PeerRegion};
 pub use hlc::{Hlc, HlcClock};
 pub use ids::{BlockId, IdError, InodeId, NodeId, RegionId, ZoneId};
 pub use placement::placement;

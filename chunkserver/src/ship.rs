@@ -1,0 +1,230 @@
+//! Blocks between regions. A coordinator that stores a block of a volume living in other
+//! regions too queues it durably for each of them; one shipper per peer region asks that
+//! region's placements which queued blocks they lack and sends only those, retrying across
+//! cuts. A read of a block that has not arrived yet fetches it from a region that has it,
+//! verifies it, and stores it here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use meridian_client::{BlockClient, MetaClient};
+use meridian_proto::pb::chunk::HasRequest;
+use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
+use meridian_proto::{BlockId, EncodedBlock, PeerRegion, RegionId, placement};
+use tracing::{debug, info, warn};
+
+use crate::error::ChunkError;
+use crate::ledger::Ledger;
+use crate::store::BlockStore;
+
+/// Blocks looked at per shipping round.
+const SHIP_BATCH: usize = 64;
+
+/// Clients of the other regions' chunkservers.
+#[derive(Debug, Default)]
+pub struct Peers {
+    regions: HashMap<u16, Arc<BlockClient>>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Peers {
+    /// Clients for `peers`, each following that region's cluster map through its
+    /// metaservers. `own` marks this region as the origin of what it ships.
+    pub fn new(own: u16, peers: &[PeerRegion]) -> Self {
+        let regions = peers
+            .iter()
+            .map(|p| {
+                let meta = Arc::new(
+                    MetaClient::new(p.meta.clone()).with_retry_for(Duration::from_secs(5)),
+                );
+                let client = BlockClient::new(meta.watch_cluster_map(), None, Default::default())
+                    .shipping_from(RegionId(own));
+                (p.region, Arc::new(client))
+            })
+            .collect();
+        Peers { regions }
+    }
+
+    /// The client of one peer region.
+    pub fn client(&self, region: u16) -> Option<Arc<BlockClient>> {
+        self.regions.get(&region).cloned()
+    }
+
+    /// The configured peer regions.
+    pub fn ids(&self) -> Vec<u16> {
+        let mut ids: Vec<u16> = self.regions.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Fetches `id` from the first of `regions` (other than this one) that has it, verified.
+    pub async fn fetch(&self, id: &BlockId, regions: &[u32]) -> Result<EncodedBlock, ChunkError> {
+        let mut tried = Vec::new();
+        for region in regions {
+            let Some(client) = u16::try_from(*region)
+                .ok()
+                .and_then(|r| self.regions.get(&r))
+            else {
+                continue;
+            };
+            for node in client.read_order(id, 3) {
+                match client.get_from(&node, id).await {
+                    Ok(plain) => {
+                        metrics::counter!("meridian_chunk_fetched_remote_total").increment(1);
+                        return EncodedBlock::encode(&plain).map_err(|e| {
+                            ChunkError::Invalid(format!("re-encoding fetched block {id}: {e}"))
+                        });
+                    }
+                    Err(e) => tried.push(format!("region {region} node {}: {e}", node.id)),
+                }
+            }
+        }
+        if !tried.is_empty() {
+            warn!(block = %id, tried = %tried.join("; "), "no other region could supply the block");
+        }
+        Err(ChunkError::NotFound(*id))
+    }
+}
+
+/// Ships the queue for `region` for as long as the node runs.
+pub async fn ship_loop(
+    region: u16,
+    client: Arc<BlockClient>,
+    ledger: Arc<Ledger>,
+    store: Arc<BlockStore>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match ship_round(region, &client, &ledger, &store).await {
+            Ok(0) => {
+                backoff = Duration::from_millis(100);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(n) => {
+                backoff = Duration::from_millis(100);
+                debug!(region, blocks = n, "shipped blocks");
+            }
+            Err(e) => {
+                warn!(region, error = %e, "shipping blocks failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One round: returns how many queued blocks were settled.
+async fn ship_round(
+    region: u16,
+    client: &BlockClient,
+    ledger: &Arc<Ledger>,
+    store: &Arc<BlockStore>,
+) -> Result<usize, String> {
+    let l = ledger.clone();
+    let queued = tokio::task::spawn_blocking(move || l.peek_ship(region, SHIP_BATCH))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if queued.is_empty() {
+        return Ok(0);
+    }
+    let map = client.map();
+    if map.nodes.is_empty() {
+        return Err(format!("no cluster map of region {region} yet"));
+    }
+    // Ask first: group the blocks by their first placement there and ask who lacks what.
+    let mut by_node: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, (_, s)) in queued.iter().enumerate() {
+        if let Some(first) = placement(&s.block, &map, 1).first() {
+            by_node.entry(first.0).or_default().push(i);
+        }
+    }
+    let mut present = vec![false; queued.len()];
+    for (node, idx) in &by_node {
+        let Some(info) = map.node(meridian_proto::NodeId(*node)) else {
+            continue;
+        };
+        let ch = match tonic::transport::Endpoint::from_shared(format!("http://{}", info.address)) {
+            Ok(e) => e.connect_timeout(Duration::from_secs(2)).connect().await,
+            Err(e) => return Err(e.to_string()),
+        };
+        let Ok(ch) = ch else { continue };
+        let ids = idx
+            .iter()
+            .map(|i| Bytes::copy_from_slice(queued[*i].1.block.as_bytes()))
+            .collect();
+        if let Ok(r) = ChunkServiceClient::new(ch)
+            .has(HasRequest { block_ids: ids })
+            .await
+        {
+            for (k, p) in r.into_inner().present.into_iter().enumerate() {
+                if p && k < idx.len() {
+                    present[idx[k]] = true;
+                }
+            }
+        }
+    }
+    let mut done = Vec::new();
+    let mut sent_bytes = 0u64;
+    let mut failure = None;
+    for (i, (seq, s)) in queued.iter().enumerate() {
+        if present[i] {
+            metrics::counter!("meridian_chunk_ship_skipped_total").increment(1);
+            done.push(*seq);
+            continue;
+        }
+        let (st, id) = (store.clone(), s.block);
+        let block = match tokio::task::spawn_blocking(move || st.read(&id)).await {
+            Ok(Ok((block, _))) => block,
+            Ok(Err(ChunkError::NotFound(_))) => {
+                // Deleted here since (collected garbage): nothing to ship.
+                done.push(*seq);
+                continue;
+            }
+            Ok(Err(e)) => {
+                failure = Some(format!("reading {id}: {e}"));
+                break;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        match client
+            .put_for(&block, s.replicas, s.min_copies.min(s.replicas), &s.regions)
+            .await
+        {
+            Ok(_) => {
+                sent_bytes += u64::from(block.raw_len);
+                done.push(*seq);
+            }
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let n = done.len();
+    if n > 0 {
+        let l = ledger.clone();
+        tokio::task::spawn_blocking(move || l.done_ship(region, &done))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        metrics::counter!("meridian_chunk_shipped_bytes_total", "region" => region.to_string())
+            .increment(sent_bytes);
+    }
+    match failure {
+        Some(e) if n == 0 => Err(e),
+        Some(e) => {
+            info!(region, shipped = n, error = %e, "shipping paused");
+            Ok(n)
+        }
+        None => Ok(n),
+    }
+}
