@@ -5,50 +5,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use common::{MERIDIAN, random_bytes, wait_for};
-
-struct Proxy {
-    child: Child,
-    listen: String,
-    control: String,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{MERIDIAN, Proxy, random_bytes};
 
 fn start_proxy(dir: &std::path::Path, target: &str) -> Result<Proxy> {
-    let log = dir.join("proxy.log");
-    let out = std::fs::File::create(&log)?;
-    let child = Command::new(MERIDIAN)
-        .args(["proxy", "--target", target])
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()?;
-    let mut p = Proxy {
-        child,
-        listen: String::new(),
-        control: String::new(),
-    };
-    let line = wait_for(Duration::from_secs(20), "the proxy to listen", || {
-        std::fs::read_to_string(&log)
-            .ok()?
-            .lines()
-            .find(|l| l.starts_with("meridian proxy listening on "))
-            .map(str::to_string)
-    })?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    p.listen = words[4].to_string();
-    p.control = words[6].to_string();
-    Ok(p)
+    Proxy::start(dir, "proxy", "127.0.0.1:0", target)
 }
 
 /// An echo server on a thread; returns its address.

@@ -677,6 +677,16 @@ pub fn start_chunkservers(
     heartbeat_ms: u64,
     capacity: u64,
 ) -> Result<Vec<ServerProc>> {
+    start_chunkservers_with(meta, heartbeat_ms, capacity, &[])
+}
+
+/// As [`start_chunkservers`], with more flags for each.
+pub fn start_chunkservers_with(
+    meta: &MetaCluster,
+    heartbeat_ms: u64,
+    capacity: u64,
+    extra: &[String],
+) -> Result<Vec<ServerProc>> {
     let addrs = meta.addrs().join(",");
     let mut chunks = Vec::new();
     for (i, zone) in ["a", "b", "c"].iter().enumerate() {
@@ -690,6 +700,7 @@ pub fn start_chunkservers(
             "--capacity".into(),
             capacity.to_string(),
         ];
+        let args = args.into_iter().chain(extra.iter().cloned()).collect();
         chunks.push(ServerProc::start(
             "chunk",
             i as u64 + 1,
@@ -698,4 +709,68 @@ pub fn start_chunkservers(
         )?);
     }
     Ok(chunks)
+}
+
+/// A `meridian proxy` process (the fault proxy); killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub listen: String,
+    pub control: String,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy to `target`, listening on `listen` (port 0: any), logging under `dir`.
+    pub fn start(dir: &Path, name: &str, listen: &str, target: &str) -> Result<Proxy> {
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log)?;
+        let child = Command::new(MERIDIAN)
+            .args(["proxy", "--listen", listen, "--target", target])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        let mut p = Proxy {
+            child,
+            listen: String::new(),
+            control: String::new(),
+        };
+        let line = wait_for(Duration::from_secs(20), "the proxy to listen", || {
+            fs::read_to_string(&log)
+                .ok()?
+                .lines()
+                .find(|l| l.starts_with("meridian proxy listening on "))
+                .map(str::to_string)
+        })?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        p.listen = words[4].to_string();
+        p.control = words[6].to_string();
+        Ok(p)
+    }
+
+    /// Cuts (`true`) or heals (`false`) the link, through the admin CLI.
+    pub fn set_cut(&self, cut: bool) -> Result<()> {
+        let flag = if cut { "--cut" } else { "--heal" };
+        let out = Command::new(MERIDIAN)
+            .args(["admin", "link", "--proxy", &self.control, flag])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "admin link {flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
 }

@@ -1277,6 +1277,15 @@ fn setattr(
         if !set.via_handle {
             check_access(&node.attr, creds, W)?;
         }
+        // A truncate replaces content like a write does (open with O_TRUNC, then write):
+        // one that did not see another region's write keeps that version as a copy.
+        match ctx.replay {
+            Some(fx) if fx.seen.unwrap_or_default() != node.content => {
+                conflict_copy(t, ctx, &node)?;
+            }
+            Some(_) => {}
+            None => ctx.out.borrow_mut().seen = Some(node.content),
+        }
         let mut vol = volume_of(t, node.attr.volume)?;
         if size > node.attr.size
             && vol

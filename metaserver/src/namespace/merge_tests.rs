@@ -722,3 +722,39 @@ proptest! {
         converge(3, &actions);
     }
 }
+
+#[test]
+fn a_truncate_and_rewrite_in_each_region_keeps_both_versions() {
+    let mut rs = regions(2);
+    let root = rs[0].volume_root();
+    let f = attr_of(rs[0].run(mknod(root, "doc", FileKind::File)));
+    let (w0, _) = write_op(f.ino, 0, b"version 0");
+    rs[0].run(w0).unwrap();
+    settle(&mut rs);
+    let truncate = Op::SetAttr {
+        ino: f.ino,
+        set: SetAttr {
+            size: Some(0),
+            via_handle: true,
+            ..SetAttr::default()
+        },
+        creds: root_creds(),
+    };
+    let (wa, ba) = write_op(f.ino, 0, b"version A");
+    let (wb, bb) = write_op(f.ino, 0, b"version B");
+    rs[0].run(truncate.clone()).unwrap();
+    rs[0].run(wa).unwrap();
+    rs[1].run(truncate).unwrap();
+    rs[1].run(wb).unwrap();
+    settle(&mut rs);
+    for r in &rs {
+        for b in [ba, bb] {
+            assert!(
+                r.read(|x| x.block_refs(&b)).unwrap() > 0,
+                "a version is lost"
+            );
+        }
+        check_tree(r);
+    }
+    assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+}

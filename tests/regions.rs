@@ -1,0 +1,324 @@
+//! Two regions as real processes (three metaservers and three chunkservers each), with a
+//! fault proxy on every metadata link between them, and a FUSE mount on each side.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::{
+    MERIDIAN, MetaCluster, Mount, Proxy, ServerProc, free_addr, start_chunkservers_with, wait_for,
+};
+use meridian_proto::BlockId;
+
+/// One region: its metaservers, chunkservers, and the proxies its peer reaches it through.
+struct Side {
+    meta: MetaCluster,
+    chunks: Vec<ServerProc>,
+}
+
+impl Side {
+    fn addrs(&self) -> String {
+        self.meta.addrs().join(",")
+    }
+
+    fn mount(&self, volume: &str, name: &str) -> Result<Mount> {
+        Mount::start(&self.addrs(), volume, &self.meta.dir.path().join(name))
+    }
+
+    fn admin(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(MERIDIAN)
+            .arg("admin")
+            .args(args)
+            .args(["--meta", &self.addrs()])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "admin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn kill(&mut self) {
+        for c in &mut self.chunks {
+            c.kill();
+        }
+        for m in &mut self.meta.nodes {
+            m.kill();
+        }
+    }
+}
+
+/// Regions 1 and 2, each reaching the other's metaservers through its own proxies.
+struct Pair {
+    a: Side,
+    b: Side,
+    /// Proxies in front of region 1's metaservers (used by region 2), then region 2's.
+    to_a: Vec<Proxy>,
+    to_b: Vec<Proxy>,
+}
+
+impl Pair {
+    fn start() -> Result<Pair> {
+        // Region 2's metaservers are not running yet: reserve the proxy ports region 1 will
+        // pull through, and start those proxies once region 2 is up.
+        let to_b_addrs: Vec<String> = (0..3).map(|_| free_addr()).collect::<Result<_>>()?;
+        let a = start_side(1, &to_b_addrs.join(","))?;
+        let to_a: Vec<Proxy> = a
+            .meta
+            .addrs()
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                Proxy::start(a.meta.dir.path(), &format!("to-a-{i}"), "127.0.0.1:0", addr)
+            })
+            .collect::<Result<_>>()?;
+        let to_a_addrs: Vec<String> = to_a.iter().map(|p| p.listen.clone()).collect();
+        let b = start_side(2, &to_a_addrs.join(","))?;
+        let to_b: Vec<Proxy> = b
+            .meta
+            .addrs()
+            .iter()
+            .zip(&to_b_addrs)
+            .enumerate()
+            .map(|(i, (addr, listen))| {
+                Proxy::start(b.meta.dir.path(), &format!("to-b-{i}"), listen, addr)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Pair { a, b, to_a, to_b })
+    }
+
+    fn cut(&self, cut: bool) -> Result<()> {
+        for p in self.to_a.iter().chain(&self.to_b) {
+            p.set_cut(cut)?;
+        }
+        Ok(())
+    }
+}
+
+fn start_side(region: u16, peer: &str) -> Result<Side> {
+    let peer_flag = format!("{}={peer}", if region == 1 { 2 } else { 1 });
+    let region_s = region.to_string();
+    let meta = MetaCluster::start(3, &["--region", &region_s, "--peer", &peer_flag])?;
+    let extra: Vec<String> = ["--region", &region_s, "--peer", &peer_flag]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let chunks = start_chunkservers_with(&meta, 300, 8 << 30, &extra)?;
+    let side = Side { meta, chunks };
+    let addrs = side.addrs();
+    wait_for(Duration::from_secs(30), "chunkservers in the map", || {
+        let map = common::cluster_map(&addrs)?;
+        (map.nodes.len() >= 3).then_some(())
+    })?;
+    Ok(side)
+}
+
+/// Every file and folder under `root`, with the blake3 of each file's content.
+fn listing(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            if path.is_dir() {
+                out.insert(rel, "dir".into());
+                stack.push(path);
+            } else {
+                let hash = fs::read(&path)
+                    .map(|b| BlockId::of(&b).to_hex())
+                    .unwrap_or_else(|e| format!("unreadable: {e}"));
+                out.insert(rel, hash);
+            }
+        }
+    }
+    out
+}
+
+fn wait_same(a: &Path, b: &Path, deadline: Duration) -> Result<BTreeMap<String, String>> {
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    wait_for(deadline, "both regions to show the same tree", || {
+        let (la, lb) = (listing(a), listing(b));
+        let same = la == lb && !la.values().any(|v| v.starts_with("unreadable"));
+        last = (la.clone(), lb);
+        same.then_some(la)
+    })
+    .with_context(|| format!("region 1: {:#?}\nregion 2: {:#?}", last.0, last.1))
+}
+
+#[test]
+fn two_regions_replicate_keep_serving_when_cut_and_converge() -> Result<()> {
+    let mut pair = Pair::start()?;
+    pair.a
+        .admin(&["volume-create", "shared", "--regions", "1,2"])?;
+    wait_for(
+        Duration::from_secs(30),
+        "the volume to reach region 2",
+        || {
+            pair.b
+                .admin(&["volumes"])
+                .ok()?
+                .contains("shared")
+                .then_some(())
+        },
+    )?;
+    let ma = pair.a.mount("shared", "mnt-a")?;
+    let mb = pair.b.mount("shared", "mnt-b")?;
+
+    // A file written in one region appears, with its content, in the other.
+    let hello = common::random_bytes(1, 300_000);
+    fs::write(ma.path.join("hello"), &hello)?;
+    fs::write(mb.path.join("from-b"), b"written in region 2")?;
+    fs::write(ma.path.join("doc"), b"version 0")?;
+    fs::create_dir(ma.path.join("d1"))?;
+    fs::create_dir(ma.path.join("d2"))?;
+    wait_same(&ma.path, &mb.path, Duration::from_secs(60))?;
+    assert_eq!(fs::read(mb.path.join("hello"))?, hello);
+
+    // Cut: both sides keep reading and writing, the same names and files included.
+    pair.cut(true)?;
+    fs::write(ma.path.join("same"), b"created in region 1")?;
+    fs::write(mb.path.join("same"), b"created in region 2")?;
+    fs::write(ma.path.join("doc"), b"version A, written in region 1")?;
+    fs::write(mb.path.join("doc"), b"version B, written in region 2")?;
+    fs::rename(ma.path.join("d1"), ma.path.join("d2/d1"))?;
+    fs::rename(mb.path.join("d2"), mb.path.join("d1/d2"))?;
+    let big = common::random_bytes(2, 5 << 20);
+    fs::write(mb.path.join("big"), &big)?;
+    assert_eq!(fs::read(ma.path.join("hello"))?, hello);
+    assert_eq!(fs::read(mb.path.join("big"))?, big);
+    let status = pair.a.admin(&["regions", "--json"])?;
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    assert!(
+        status["peers"][0]["ops_behind"].as_u64().unwrap_or(0) > 0,
+        "a cut grows the lag: {status}"
+    );
+
+    // Heal: the same tree on both sides, every version kept.
+    pair.cut(false)?;
+    let tree = wait_same(&ma.path, &mb.path, Duration::from_secs(90))?;
+    let contents: Vec<Vec<u8>> = tree
+        .keys()
+        .filter(|k| !k.contains('/') && (k.starts_with("same") || k.starts_with("doc")))
+        .map(|k| fs::read(ma.path.join(k)))
+        .collect::<std::io::Result<_>>()?;
+    for want in [
+        &b"created in region 1"[..],
+        b"created in region 2",
+        b"version A, written in region 1",
+        b"version B, written in region 2",
+    ] {
+        assert!(
+            contents.iter().any(|c| c == want),
+            "{:?} is lost; tree: {tree:#?}",
+            String::from_utf8_lossy(want)
+        );
+    }
+    // The crossing moves made no cycle: one folder holds the other.
+    let nested = tree.contains_key("d1/d2") ^ tree.contains_key("d2/d1");
+    assert!(nested, "{tree:#?}");
+    assert_eq!(fs::read(ma.path.join("big"))?, big);
+    let conflicts = pair.b.admin(&["conflicts"])?;
+    assert!(
+        conflicts.contains("create") && conflicts.contains("write"),
+        "{conflicts}"
+    );
+
+    // A whole region dies: the other keeps serving.
+    drop(ma);
+    pair.a.kill();
+    fs::write(mb.path.join("after-a-died"), b"still here")?;
+    assert_eq!(fs::read(mb.path.join("after-a-died"))?, b"still here");
+    assert_eq!(fs::read(mb.path.join("hello"))?, hello);
+    drop(mb);
+    Ok(())
+}
+
+/// Every block file under `dir`.
+fn block_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_volume_pinned_to_one_region_never_leaves_it() -> Result<()> {
+    let pair = Pair::start()?;
+    pair.a
+        .admin(&["volume-create", "pinned", "--regions", "1"])?;
+    pair.a
+        .admin(&["volume-create", "both", "--regions", "1,2"])?;
+    wait_for(
+        Duration::from_secs(30),
+        "the shared volume to reach region 2",
+        || {
+            pair.b
+                .admin(&["volumes"])
+                .ok()?
+                .contains("both")
+                .then_some(())
+        },
+    )?;
+    let pinned = pair.a.mount("pinned", "mnt-pinned")?;
+    let mut written = Vec::new();
+    for i in 0..8 {
+        let data = common::random_bytes(100 + i, 1 << 20);
+        written.push(BlockId::of(&data).to_hex());
+        fs::write(pinned.path.join(format!("f{i}")), &data)?;
+    }
+    pair.cut(true)?;
+    fs::write(pinned.path.join("during-cut"), b"still pinned")?;
+    pair.cut(false)?;
+    // Region 2 catches up with everything else, and has nothing of the pinned volume.
+    let both = pair.a.mount("both", "mnt-both")?;
+    fs::write(both.path.join("marker"), b"sync point")?;
+    let other = pair.b.mount("both", "mnt-both-b")?;
+    wait_for(Duration::from_secs(60), "the marker in region 2", || {
+        (fs::read(other.path.join("marker")).ok()? == b"sync point").then_some(())
+    })?;
+    let volumes = pair.b.admin(&["volumes"])?;
+    assert!(!volumes.contains("pinned"), "{volumes}");
+    for c in &pair.b.chunks {
+        let files = block_files(&c.data);
+        for id in &written {
+            assert!(
+                !files.iter().any(|f| f.starts_with(id.as_str())),
+                "block {id} of the pinned volume is in region 2 at {}",
+                c.data.display()
+            );
+        }
+    }
+    // And no metadata of it: no record of it in region 2's conflicts or volumes, and a
+    // direct lookup fails.
+    let err = Command::new(MERIDIAN)
+        .args([
+            "mount",
+            "--meta",
+            &pair.b.addrs(),
+            "--volume",
+            "pinned",
+            "/nonexistent-mnt",
+        ])
+        .output()?;
+    assert!(!err.status.success());
+    Ok(())
+}
