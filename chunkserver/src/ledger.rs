@@ -156,10 +156,10 @@ impl Ledger {
             .map_err(db_err)?
         {
             let (_, v) = item.map_err(db_err)?;
-            if n == 0 {
-                if let Ok(s) = serde_json::from_slice::<Shipment>(v.value()) {
-                    oldest = now_ms.saturating_sub(s.queued_ms);
-                }
+            if n == 0
+                && let Ok(s) = serde_json::from_slice::<Shipment>(v.value())
+            {
+                oldest = now_ms.saturating_sub(s.queued_ms);
             }
             n += 1;
         }
