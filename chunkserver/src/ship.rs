@@ -10,8 +10,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_client::{BlockClient, MetaClient};
-use meridian_proto::pb::chunk::HasRequest;
-use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::{BlockId, EncodedBlock, PeerRegion, RegionId, placement};
 use tracing::{debug, info, warn};
 
@@ -65,8 +63,13 @@ impl Peers {
         ids
     }
 
-    /// Fetches `id` from the first of `regions` (other than this one) that has it, verified.
-    pub async fn fetch(&self, id: &BlockId, regions: &[u32]) -> Result<EncodedBlock, ChunkError> {
+    /// Fetches `id` from the first of `regions` (other than this one) that has it, verified
+    /// here: the block as stored and its plaintext.
+    pub async fn fetch(
+        &self,
+        id: &BlockId,
+        regions: &[u32],
+    ) -> Result<(EncodedBlock, Bytes), ChunkError> {
         let mut tried = Vec::new();
         for region in regions {
             let Some(client) = u16::try_from(*region)
@@ -76,12 +79,10 @@ impl Peers {
                 continue;
             };
             for node in client.read_order(id, 3) {
-                match client.get_from(&node, id).await {
-                    Ok(plain) => {
+                match client.get_verified(&node, id).await {
+                    Ok(got) => {
                         metrics::counter!("meridian_chunk_fetched_remote_total").increment(1);
-                        return EncodedBlock::encode(&plain).map_err(|e| {
-                            ChunkError::Invalid(format!("re-encoding fetched block {id}: {e}"))
-                        });
+                        return Ok(got);
                     }
                     Err(e) => tried.push(format!("region {region} node {}: {e}", node.id)),
                 }
@@ -152,23 +153,11 @@ async fn ship_round(
         let Some(info) = map.node(meridian_proto::NodeId(*node)) else {
             continue;
         };
-        let ch = match tonic::transport::Endpoint::from_shared(format!("http://{}", info.address)) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(2)).connect().await,
-            Err(e) => return Err(e.to_string()),
-        };
-        let Ok(ch) = ch else { continue };
-        let ids = idx
-            .iter()
-            .map(|i| Bytes::copy_from_slice(queued[*i].1.block.as_bytes()))
-            .collect();
-        if let Ok(r) = ChunkServiceClient::new(ch)
-            .has(HasRequest { block_ids: ids })
-            .await
-        {
-            for (k, p) in r.into_inner().present.into_iter().enumerate() {
-                if p && k < idx.len() {
-                    present[idx[k]] = true;
-                }
+        let ids: Vec<BlockId> = idx.iter().map(|i| queued[*i].1.block).collect();
+        // A node that does not answer: its blocks are sent (and it is tried again there).
+        if let Ok(answers) = client.has(info, &ids).await {
+            for (i, p) in idx.iter().zip(answers) {
+                present[*i] = p;
             }
         }
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
-use meridian_proto::pb::chunk::{GetRequest, PutHeader, PutRole};
+use meridian_proto::pb::chunk::{GetRequest, HasRequest, PutHeader, PutRole};
 use meridian_proto::{
     BlockError, BlockId, ClusterMap, Compression, EncodedBlock, NodeId, NodeInfo, NodeState,
     ZoneId, placement, wire,
@@ -254,7 +254,7 @@ impl BlockClient {
         if self.regions.len() > 1 {
             for node in order.iter().take(replicas.max(1) as usize) {
                 match self.fetch_from(node, id, true).await {
-                    Ok(bytes) => return Ok(bytes),
+                    Ok((_, plain)) => return Ok(plain),
                     Err(e) => {
                         tried.push(format!("{} (fetching from another region): {e}", node.id))
                     }
@@ -270,7 +270,40 @@ impl BlockClient {
 
     /// Reads a whole block from one node, in its encoded form, and verifies it here.
     pub async fn get_from(&self, node: &NodeInfo, id: &BlockId) -> Result<Bytes, String> {
+        self.fetch_from(node, id, false)
+            .await
+            .map(|(_, plain)| plain)
+    }
+
+    /// Reads a whole block from one node and verifies it here: the block as stored (ready to
+    /// store again) and its plaintext.
+    pub async fn get_verified(
+        &self,
+        node: &NodeInfo,
+        id: &BlockId,
+    ) -> Result<(EncodedBlock, Bytes), String> {
         self.fetch_from(node, id, false).await
+    }
+
+    /// Which of `ids` `node` holds, one answer per id.
+    pub async fn has(&self, node: &NodeInfo, ids: &[BlockId]) -> Result<Vec<bool>, String> {
+        let request = HasRequest {
+            block_ids: ids
+                .iter()
+                .map(|id| Bytes::copy_from_slice(id.as_bytes()))
+                .collect(),
+        };
+        let present = self
+            .rpc(node)?
+            .has(request)
+            .await
+            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
+            .into_inner()
+            .present;
+        if present.len() != ids.len() {
+            return Err(format!("{} answers for {} ids", present.len(), ids.len()));
+        }
+        Ok(present)
     }
 
     /// Reads a whole block from one node; with `remote`, the node fetches it from another
@@ -280,7 +313,7 @@ impl BlockClient {
         node: &NodeInfo,
         id: &BlockId,
         remote: bool,
-    ) -> Result<Bytes, String> {
+    ) -> Result<(EncodedBlock, Bytes), String> {
         let request = GetRequest {
             block_id: Bytes::copy_from_slice(id.as_bytes()),
             encoded: true,
@@ -304,6 +337,7 @@ impl BlockClient {
             raw_len: header.raw_len,
             payload,
         };
-        block.decode().map_err(|e| e.to_string())
+        let plain = block.decode().map_err(|e| e.to_string())?;
+        Ok((block, plain))
     }
 }

@@ -21,8 +21,8 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use tracing::{info, warn};
 
 use crate::config::PeerRegion;
-use crate::namespace::RemoteBatch;
 use crate::namespace::tables::{CHANGELOG, REGION_STATE};
+use crate::namespace::{RemoteBatch, merge};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
 
@@ -66,13 +66,13 @@ fn state_value(tx: &ReadTransaction, key: &str) -> Option<Vec<u8>> {
 
 /// The last change-log sequence of `origin` applied in this state.
 pub fn watermark(tx: &ReadTransaction, origin: RegionId) -> u64 {
-    state_value(tx, &format!("wm/{}", origin.0))
+    state_value(tx, &merge::watermark_key(origin))
         .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0)
 }
 
 fn head_hlc(tx: &ReadTransaction) -> Option<Hlc> {
-    state_value(tx, "head").and_then(|b| Hlc::from_key(&b))
+    state_value(tx, merge::HEAD).and_then(|b| Hlc::from_key(&b))
 }
 
 fn head_seq(tx: &ReadTransaction) -> u64 {
@@ -263,7 +263,7 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
                 .db
                 .begin_read()
                 .ok()
-                .and_then(|tx| state_value(&tx, "peers"))
+                .and_then(|tx| state_value(&tx, merge::PEERS))
                 .and_then(|b| serde_json::from_slice::<Vec<RegionId>>(&b).ok())
                 .unwrap_or_default();
             if recorded == ids || node.propose_internal(RaftRequest::Peers(ids)).await.is_ok() {

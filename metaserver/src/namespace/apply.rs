@@ -395,13 +395,7 @@ fn recover(
     ino: InodeId,
     creds: &Creds,
 ) -> Result<Inode, NsError> {
-    let vol = t
-        .volumes
-        .iter()
-        .map_err(store_err)?
-        .filter_map(|item| item.ok())
-        .filter_map(|(_, v)| serde_json::from_slice::<Volume>(v.value()).ok())
-        .find(|v| v.id == ctx.volume)
+    let mut vol = find_volume(t, ctx.volume)?
         .ok_or_else(|| NsError::NotFound(format!("volume {} of {ino}", ctx.volume)))?;
     let mut dir = get(t, vol.root)?;
     let base = format!("recovered-{ino}");
@@ -435,7 +429,6 @@ fn recover(
     t.set_dirent(vol.root, &name, ino, FileKind::File)?;
     touch_dir(&mut dir, ctx.now);
     t.put_inode(&dir)?;
-    let mut vol = volume_of(t, vol.id)?;
     vol.used_inodes += 1;
     t.put_volume(&vol)?;
     record_conflict(
@@ -529,6 +522,24 @@ fn copy_ino(ino: InodeId, version: Hlc) -> Result<InodeId, NsError> {
     InodeId::new(version.region, local).map_err(|e| NsError::Store(e.to_string()))
 }
 
+/// Before a content change: first applied, notes the content version it replaces; replayed,
+/// keeps the current version as a conflict copy if another region wrote it since the
+/// change's origin saw the file (this change then goes on top).
+fn keep_concurrent_version(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    node: &Inode,
+) -> Result<(), NsError> {
+    match ctx.replay {
+        Some(fx) if fx.seen.unwrap_or_default() != node.content => conflict_copy(t, ctx, node),
+        Some(_) => Ok(()),
+        None => {
+            ctx.out.borrow_mut().seen = Some(node.content);
+            Ok(())
+        }
+    }
+}
+
 /// Keeps the current content of `node` as a conflict copy next to it (sharing its blocks),
 /// before a concurrent write from another region replaces it.
 fn conflict_copy(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, node: &Inode) -> Result<(), NsError> {
@@ -600,18 +611,21 @@ fn check_sticky(dir: &Inode, victim: &Inode, creds: &Creds) -> Result<(), NsErro
     Ok(())
 }
 
-fn volume_of(t: &WriteTables<'_>, id: u32) -> Result<Volume, NsError> {
+fn find_volume(t: &WriteTables<'_>, id: u32) -> Result<Option<Volume>, NsError> {
     for item in t.volumes.iter().map_err(store_err)? {
         let (_, v) = item.map_err(store_err)?;
         let vol: Volume =
             serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?;
         if vol.id == id {
-            return Ok(vol);
+            return Ok(Some(vol));
         }
     }
-    Err(NsError::Store(format!(
-        "volume {id} of an inode is missing"
-    )))
+    Ok(None)
+}
+
+/// The volume of an existing inode (its absence means a damaged store).
+fn volume_of(t: &WriteTables<'_>, id: u32) -> Result<Volume, NsError> {
+    find_volume(t, id)?.ok_or_else(|| NsError::Store(format!("volume {id} of an inode is missing")))
 }
 
 /// Clears setuid, and setgid when it is a real setgid bit (group-executable), as Linux
@@ -1277,15 +1291,8 @@ fn setattr(
         if !set.via_handle {
             check_access(&node.attr, creds, W)?;
         }
-        // A truncate replaces content like a write does (open with O_TRUNC, then write):
-        // one that did not see another region's write keeps that version as a copy.
-        match ctx.replay {
-            Some(fx) if fx.seen.unwrap_or_default() != node.content => {
-                conflict_copy(t, ctx, &node)?;
-            }
-            Some(_) => {}
-            None => ctx.out.borrow_mut().seen = Some(node.content),
-        }
+        // A truncate replaces content like a write does (open with O_TRUNC, then write).
+        keep_concurrent_version(t, ctx, &node)?;
         let mut vol = volume_of(t, node.attr.volume)?;
         if size > node.attr.size
             && vol
@@ -1515,15 +1522,7 @@ fn commit(
     for e in extents {
         check_extent(ino, e)?;
     }
-    match ctx.replay {
-        // Another region wrote the file since this commit's origin last saw it: its
-        // version is kept as a conflict copy, then this one goes on top.
-        Some(fx) if fx.seen.unwrap_or_default() != node.content => {
-            conflict_copy(t, ctx, &node)?;
-        }
-        Some(_) => {}
-        None => ctx.out.borrow_mut().seen = Some(node.content),
-    }
+    keep_concurrent_version(t, ctx, &node)?;
     let end = extents.iter().map(Extent::end).max().unwrap_or(0);
     let new_size = node.attr.size.max(size).max(end);
     let mut vol = volume_of(t, node.attr.volume)?;

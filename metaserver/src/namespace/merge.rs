@@ -17,8 +17,19 @@ use super::apply::{Ctx, apply_op, record_conflict};
 use super::tables::{Before, WriteTables, store_err};
 use super::types::*;
 
-const HEAD: &str = "head";
-const PEERS: &str = "peers";
+/// REGION_STATE key of the newest applied stamp.
+pub const HEAD: &str = "head";
+/// REGION_STATE key of the peer regions (JSON).
+pub const PEERS: &str = "peers";
+
+/// REGION_STATE key of the last change-log sequence of `origin` applied here.
+pub fn watermark_key(origin: RegionId) -> String {
+    format!("wm/{}", origin.0)
+}
+
+fn frontier_key(origin: RegionId) -> String {
+    format!("frontier/{}", origin.0)
+}
 
 /// Records of one origin region, as this region pulled them from its change log.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -65,13 +76,13 @@ pub fn head(t: &WriteTables<'_>) -> Result<Option<Hlc>, NsError> {
 
 /// The last change-log sequence of `origin` applied here (0: none).
 pub fn watermark(t: &WriteTables<'_>, origin: RegionId) -> Result<u64, NsError> {
-    Ok(state(t, &format!("wm/{}", origin.0))?
+    Ok(state(t, &watermark_key(origin))?
         .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0))
 }
 
 fn frontier(t: &WriteTables<'_>, origin: RegionId) -> Result<Option<Hlc>, NsError> {
-    Ok(state(t, &format!("frontier/{}", origin.0))?.and_then(|b| Hlc::from_key(&b)))
+    Ok(state(t, &frontier_key(origin))?.and_then(|b| Hlc::from_key(&b)))
 }
 
 /// The regions this one exchanges records with.
@@ -255,15 +266,11 @@ pub fn apply_remote(
             replay(t, record)?;
         }
     }
-    set_state(
-        t,
-        &format!("wm/{}", batch.origin.0),
-        &last_seq.to_be_bytes(),
-    )?;
+    set_state(t, &watermark_key(batch.origin), &last_seq.to_be_bytes())?;
     if let Some(f) = batch.frontier
         && frontier(t, batch.origin)?.is_none_or(|old| f > old)
     {
-        set_state(t, &format!("frontier/{}", batch.origin.0), &f.to_key())?;
+        set_state(t, &frontier_key(batch.origin), &f.to_key())?;
     }
     prune_stable(t)?;
     Ok(outcome)
