@@ -1,5 +1,8 @@
 //! `meridian admin`: look at a running cluster. Tables for people, `--json` for scripts.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use meridian_client::MetaClient;
@@ -166,7 +169,36 @@ struct ChunkRow {
     blocks: u64,
     under_replicated: u64,
     map_epoch: u64,
+    /// Blocks waiting to be shipped to each other region: (region, blocks, oldest age ms).
+    ship_queues: Vec<(u32, u64, u64)>,
     error: Option<String>,
+}
+
+/// Blocks queued on this region's chunkservers for each other region: region -> (blocks,
+/// oldest age in ms), and how many chunkservers did not answer.
+async fn block_queues(meta: &[String]) -> (BTreeMap<u32, (u64, u64)>, usize) {
+    let mut out: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    let Ok(map) = MetaClient::new(meta.to_vec())
+        .with_retry_for(Duration::from_secs(2))
+        .cluster_map(0, Duration::ZERO)
+        .await
+    else {
+        return (out, 0);
+    };
+    let mut silent = 0;
+    for n in &map.nodes {
+        match tokio::time::timeout(Duration::from_secs(2), chunk_status(&n.address)).await {
+            Ok(Ok(row)) => {
+                for (region, blocks, oldest) in row.ship_queues {
+                    let e = out.entry(region).or_default();
+                    e.0 += blocks;
+                    e.1 = e.1.max(oldest);
+                }
+            }
+            _ => silent += 1,
+        }
+    }
+    (out, silent)
 }
 
 async fn chunk_status(address: &str) -> Result<ChunkRow> {
@@ -188,6 +220,11 @@ async fn chunk_status(address: &str) -> Result<ChunkRow> {
         blocks: s.block_count,
         under_replicated: s.under_replicated,
         map_epoch: s.map_epoch,
+        ship_queues: s
+            .ship_queues
+            .iter()
+            .map(|q| (q.region, q.blocks, q.oldest_ms))
+            .collect(),
         error: None,
     })
 }
@@ -373,23 +410,31 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 None
             };
             let s = c.set(SetLinkRequest { delay_ms, cut }).await?.into_inner();
+            let forwards: Vec<serde_json::Value> = s
+                .forwards
+                .iter()
+                .map(|f| serde_json::json!({"listen": f.listen, "target": f.target}))
+                .collect();
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"listen": s.listen, "target": s.target, "delay_ms": s.delay_ms, "cut": s.cut,
+                    serde_json::json!({"name": s.name, "listen": s.listen, "target": s.target,
+                        "forwards": forwards, "delay_ms": s.delay_ms, "cut": s.cut,
                         "connections_total": s.connections_total, "connections_open": s.connections_open, "bytes_forwarded": s.bytes_forwarded})
                 );
             } else {
                 println!(
-                    "{} -> {}: {}, delay {} ms, {} open connections ({} total), {} forwarded",
-                    s.listen,
-                    s.target,
+                    "link {}: {}, delay {} ms, {} open connections ({} total), {} forwarded",
+                    s.name,
                     if s.cut { "CUT" } else { "up" },
                     s.delay_ms,
                     s.connections_open,
                     s.connections_total,
                     human(s.bytes_forwarded)
                 );
+                for f in &s.forwards {
+                    println!("  {} -> {}", f.listen, f.target);
+                }
             }
             Ok(())
         }
@@ -417,28 +462,41 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         continue;
                     }
                 };
+                let (queues, silent) = block_queues(&meta).await;
+                let queued = |region: u32| queues.get(&region).copied().unwrap_or_default();
                 if json {
                     let peers: Vec<_> = r.peers.iter().map(|p| serde_json::json!({
                         "region": p.region, "reachable": p.reachable, "last_contact_ms": p.last_contact_ms,
                         "ops_behind": p.ops_behind, "bytes_behind": p.bytes_behind,
                         "oldest_unshipped_ms": p.oldest_unshipped_ms, "applied_seq": p.applied_seq,
                         "peer_head_seq": p.peer_head_seq, "error": p.error,
+                        "blocks_queued": queued(p.region).0, "oldest_block_ms": queued(p.region).1,
                     })).collect();
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&serde_json::json!({
                             "region": r.region, "head_seq": r.head_seq, "peers": peers,
+                            "chunkservers_not_answering": silent,
                         }))?
                     );
                 } else {
                     println!("region {} (change log at {})", r.region, r.head_seq);
                     println!(
-                        "{:>6} {:<9} {:>10} {:>10} {:>10} {:>9} {:>14}  ERROR",
-                        "PEER", "LINK", "OPS-BEHIND", "BYTES", "RPO", "CONTACT", "APPLIED/THEIRS"
+                        "{:>6} {:<9} {:>10} {:>10} {:>10} {:>9} {:>14} {:>8} {:>9}  ERROR",
+                        "PEER",
+                        "LINK",
+                        "OPS-BEHIND",
+                        "BYTES",
+                        "RPO",
+                        "CONTACT",
+                        "APPLIED/THEIRS",
+                        "BLOCKS-Q",
+                        "BLOCK-RPO"
                     );
                     for p in &r.peers {
+                        let (blocks, oldest) = queued(p.region);
                         println!(
-                            "{:>6} {:<9} {:>10} {:>10} {:>10} {:>9} {:>14}  {}",
+                            "{:>6} {:<9} {:>10} {:>10} {:>10} {:>9} {:>14} {:>8} {:>9}  {}",
                             p.region,
                             if p.reachable { "up" } else { "cut" },
                             p.ops_behind,
@@ -446,7 +504,14 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                             format!("{:.1}s", p.oldest_unshipped_ms as f64 / 1000.0),
                             format!("{:.1}s", p.last_contact_ms as f64 / 1000.0),
                             format!("{}/{}", p.applied_seq, p.peer_head_seq),
+                            blocks,
+                            format!("{:.1}s", oldest as f64 / 1000.0),
                             p.error
+                        );
+                    }
+                    if silent > 0 {
+                        println!(
+                            "({silent} chunkservers did not answer: their block queues are not counted)"
                         );
                     }
                 }
@@ -549,6 +614,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     blocks: 0,
                     under_replicated: 0,
                     map_epoch: 0,
+                    ship_queues: Vec::new(),
                     error: Some(format!("{e:#}")),
                 }));
             }

@@ -94,6 +94,17 @@ struct ChunkArgs {
     /// Another region of this deployment: REGION=META_ADDR[,META_ADDR...] (repeatable).
     #[arg(long = "peer")]
     peers: Vec<meridian_proto::PeerRegion>,
+    /// Dial another region's chunkserver through another address: ADDR=VIA (repeatable;
+    /// a gateway, a tunnel, a fault proxy).
+    #[arg(long = "route", value_parser = parse_route)]
+    routes: Vec<(String, String)>,
+}
+
+fn parse_route(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(a, v)| !a.is_empty() && !v.is_empty())
+        .map(|(a, v)| (a.to_string(), v.to_string()))
+        .ok_or_else(|| format!("a route is ADDR=VIA, not {s:?}"))
 }
 
 impl ChunkArgs {
@@ -126,6 +137,7 @@ impl ChunkArgs {
         if !self.peers.is_empty() {
             c.peers = self.peers;
         }
+        c.routes.extend(self.routes);
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }

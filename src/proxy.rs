@@ -1,7 +1,8 @@
-//! `meridian proxy`: a TCP fault proxy for the links between regions. It forwards every
-//! connection to one target, can add a one-way delay to each direction, can cut the link
-//! (drop every connection, refuse new ones) and heal it, all at run time through a small
-//! gRPC control service (`meridian admin link …`, or tests directly).
+//! `meridian proxy`: a TCP fault proxy for the links between regions. A link is a set of
+//! forwards (listen address -> target), typically every server of one region as seen from
+//! another, that share one state: a one-way delay added to each direction, and cut or
+//! healed, all changed at run time through a small gRPC control service (`meridian admin
+//! link …`, tests, or `meridian dev`, which runs its links in-process).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use meridian_proto::pb::proxy::proxy_control_server::{ProxyControl, ProxyControlServer};
-use meridian_proto::pb::proxy::{LinkStatus, LinkStatusRequest, SetLinkRequest};
+use meridian_proto::pb::proxy::{Forward, LinkStatus, LinkStatusRequest, SetLinkRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -20,18 +21,25 @@ use tonic::{Request, Response, Status};
 /// Options of `meridian proxy`.
 #[derive(Args)]
 pub struct ProxyArgs {
-    /// Where clients connect (port 0 picks one; printed).
+    /// Where clients connect (port 0 picks one; printed). With --target.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
-    /// Where connections are forwarded.
+    /// Where connections are forwarded (one target; or use --forward).
+    #[arg(long, required_unless_present = "forward")]
+    pub target: Option<String>,
+    /// A forward of this link, LISTEN=TARGET (repeatable): every forward shares the delay
+    /// and the cut.
     #[arg(long)]
-    pub target: String,
+    pub forward: Vec<String>,
     /// Control service address (port 0 picks one; printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub control: String,
     /// Initial one-way delay, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u32,
+    /// The link's name, shown by `admin link`.
+    #[arg(long, default_value = "link")]
+    pub name: String,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -41,8 +49,8 @@ struct LinkState {
 }
 
 struct Link {
-    listen: String,
-    target: String,
+    name: String,
+    forwards: Vec<(String, String)>,
     state: watch::Sender<LinkState>,
     connections: AtomicU64,
     open: AtomicU64,
@@ -52,9 +60,19 @@ struct Link {
 impl Link {
     fn status(&self) -> LinkStatus {
         let s = *self.state.borrow();
+        let (listen, target) = self.forwards.first().cloned().unwrap_or_default();
         LinkStatus {
-            listen: self.listen.clone(),
-            target: self.target.clone(),
+            name: self.name.clone(),
+            forwards: self
+                .forwards
+                .iter()
+                .map(|(listen, target)| Forward {
+                    listen: listen.clone(),
+                    target: target.clone(),
+                })
+                .collect(),
+            listen,
+            target,
             delay_ms: s.delay.as_millis() as u32,
             cut: s.cut,
             connections_total: self.connections.load(Ordering::Relaxed),
@@ -108,12 +126,12 @@ async fn pump(
     let _ = to.shutdown().await;
 }
 
-async fn serve_connection(client: TcpStream, link: Arc<Link>) {
+async fn serve_connection(client: TcpStream, target: Arc<str>, link: Arc<Link>) {
     link.connections.fetch_add(1, Ordering::Relaxed);
     if link.state.borrow().cut {
         return; // dropped: the peer sees the connection close at once
     }
-    let Ok(upstream) = TcpStream::connect(&link.target).await else {
+    let Ok(upstream) = TcpStream::connect(&*target).await else {
         return;
     };
     let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
@@ -156,23 +174,36 @@ impl ProxyControl for Control {
     }
 }
 
-/// Runs the proxy until `shutdown`. Prints `meridian proxy listening on <addr> control <addr>`.
-pub async fn run(
-    args: ProxyArgs,
+/// Binds every `LISTEN=TARGET` forward (port 0 picks one).
+pub async fn bind_forwards(specs: &[(String, String)]) -> Result<Vec<(TcpListener, String)>> {
+    let mut out = Vec::new();
+    for (listen, target) in specs {
+        let l = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        out.push((l, target.clone()));
+    }
+    Ok(out)
+}
+
+/// Serves one link, its forwards bound already, with its control service on `control`,
+/// until `shutdown`.
+pub async fn serve_link(
+    name: &str,
+    forwards: Vec<(TcpListener, String)>,
+    delay_ms: u32,
+    control: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let listener = TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let control = TcpListener::bind(&args.control)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.control))?;
-    let (listen, control_addr) = (listener.local_addr()?, control.local_addr()?);
+    let pairs = forwards
+        .iter()
+        .map(|(l, t)| Ok((l.local_addr()?.to_string(), t.clone())))
+        .collect::<Result<Vec<_>>>()?;
     let link = Arc::new(Link {
-        listen: listen.to_string(),
-        target: args.target.clone(),
+        name: name.to_string(),
+        forwards: pairs,
         state: watch::channel(LinkState {
-            delay: Duration::from_millis(u64::from(args.delay_ms)),
+            delay: Duration::from_millis(u64::from(delay_ms)),
             cut: false,
         })
         .0,
@@ -180,21 +211,63 @@ pub async fn run(
         open: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
     });
-    println!("meridian proxy listening on {listen} control {control_addr}");
-    tracing::info!(%listen, target = %args.target, %control_addr, "fault proxy serving");
-    let accept_link = link.clone();
-    let accept = tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            tokio::spawn(serve_connection(client, accept_link.clone()));
-        }
-    });
-    tonic::transport::Server::builder()
+    let accepts: Vec<_> = forwards
+        .into_iter()
+        .map(|(listener, target)| {
+            let (link, target) = (link.clone(), Arc::<str>::from(target));
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(serve_connection(client, target.clone(), link.clone()));
+                }
+            })
+        })
+        .collect();
+    let served = tonic::transport::Server::builder()
         .add_service(ProxyControlServer::new(Control(link)))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(control),
             shutdown,
         )
-        .await?;
-    accept.abort();
-    Ok(())
+        .await;
+    for a in accepts {
+        a.abort();
+    }
+    Ok(served?)
+}
+
+/// Parses `LISTEN=TARGET`.
+fn parse_forward(spec: &str) -> Result<(String, String)> {
+    let (listen, target) = spec
+        .split_once('=')
+        .filter(|(l, t)| !l.is_empty() && !t.is_empty())
+        .with_context(|| format!("a forward is LISTEN=TARGET, not {spec:?}"))?;
+    Ok((listen.to_string(), target.to_string()))
+}
+
+/// Runs the proxy until `shutdown`. Prints `meridian proxy listening on <addr> control
+/// <addr>` (the first forward's address) and one `forward <listen> -> <target>` line each.
+pub async fn run(
+    args: ProxyArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let mut specs: Vec<(String, String)> = args
+        .forward
+        .iter()
+        .map(|f| parse_forward(f))
+        .collect::<Result<_>>()?;
+    if let Some(target) = &args.target {
+        specs.insert(0, (args.listen.clone(), target.clone()));
+    }
+    let forwards = bind_forwards(&specs).await?;
+    let control = TcpListener::bind(&args.control)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.control))?;
+    let control_addr = control.local_addr()?;
+    for (l, t) in &forwards {
+        println!("forward {} -> {t}", l.local_addr()?);
+    }
+    let first = forwards[0].0.local_addr()?;
+    println!("meridian proxy listening on {first} control {control_addr}");
+    tracing::info!(name = %args.name, forwards = forwards.len(), %control_addr, "fault proxy serving");
+    serve_link(&args.name, forwards, args.delay_ms, control, shutdown).await
 }

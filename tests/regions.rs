@@ -1,5 +1,6 @@
 //! Two regions as real processes (three metaservers and three chunkservers each), with a
-//! fault proxy on every metadata link between them, and a FUSE mount on each side.
+//! fault proxy on every link between them (metadata and blocks), and a FUSE mount on each
+//! side.
 
 mod common;
 
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use common::{
-    MERIDIAN, MetaCluster, Mount, Proxy, ServerProc, free_addr, start_chunkservers_with, wait_for,
+    MERIDIAN, MetaCluster, Mount, Proxy, ServerProc, block_files, free_addr, start_chunkservers_at,
+    wait_for,
 };
 use meridian_proto::BlockId;
 
@@ -54,62 +56,84 @@ impl Side {
     }
 }
 
-/// Regions 1 and 2, each reaching the other's metaservers through its own proxies.
+/// Regions 1 and 2, each reaching the other's metaservers and chunkservers through one
+/// fault proxy per direction.
 struct Pair {
     a: Side,
     b: Side,
-    /// Proxies in front of region 1's metaservers (used by region 2), then region 2's.
-    to_a: Vec<Proxy>,
-    to_b: Vec<Proxy>,
+    /// The proxy region 2 reaches region 1 through, and the one region 1 reaches 2 through.
+    to_a: Proxy,
+    to_b: Proxy,
 }
 
 impl Pair {
     fn start() -> Result<Pair> {
-        // Region 2's metaservers are not running yet: reserve the proxy ports region 1 will
-        // pull through, and start those proxies once region 2 is up.
-        let to_b_addrs: Vec<String> = (0..3).map(|_| free_addr()).collect::<Result<_>>()?;
-        let a = start_side(1, &to_b_addrs.join(","))?;
-        let to_a: Vec<Proxy> = a
+        // Region 2 is not running yet: reserve its chunkservers' ports and the proxy ports
+        // region 1 reaches it through, and start that proxy once region 2 is up.
+        let ports = |n: usize| (0..n).map(|_| free_addr()).collect::<Result<Vec<_>>>();
+        let (b_chunks, via_b_meta, via_b_chunk) = (ports(3)?, ports(3)?, ports(3)?);
+        let routes_to_b: Vec<(String, String)> = b_chunks
+            .iter()
+            .cloned()
+            .zip(via_b_chunk.iter().cloned())
+            .collect();
+        let a = start_side(1, &via_b_meta.join(","), &routes_to_b, &[])?;
+        let a_targets: Vec<String> = a
             .meta
             .addrs()
+            .into_iter()
+            .chain(a.chunks.iter().map(|c| c.addr.clone()))
+            .collect();
+        let to_a = Proxy::start_forwards(
+            a.meta.dir.path(),
+            "to-a",
+            &a_targets
+                .iter()
+                .map(|t| ("127.0.0.1:0".to_string(), t.clone()))
+                .collect::<Vec<_>>(),
+        )?;
+        let (via_a_meta, via_a_chunk) = to_a.forwards.split_at(3);
+        let routes_to_a: Vec<(String, String)> = a_targets[3..]
             .iter()
-            .enumerate()
-            .map(|(i, addr)| {
-                Proxy::start(a.meta.dir.path(), &format!("to-a-{i}"), "127.0.0.1:0", addr)
-            })
-            .collect::<Result<_>>()?;
-        let to_a_addrs: Vec<String> = to_a.iter().map(|p| p.listen.clone()).collect();
-        let b = start_side(2, &to_a_addrs.join(","))?;
-        let to_b: Vec<Proxy> = b
-            .meta
-            .addrs()
+            .cloned()
+            .zip(via_a_chunk.iter().cloned())
+            .collect();
+        let b = start_side(2, &via_a_meta.join(","), &routes_to_a, &b_chunks)?;
+        let b_forwards: Vec<(String, String)> = via_b_meta
             .iter()
-            .zip(&to_b_addrs)
-            .enumerate()
-            .map(|(i, (addr, listen))| {
-                Proxy::start(b.meta.dir.path(), &format!("to-b-{i}"), listen, addr)
-            })
-            .collect::<Result<_>>()?;
+            .cloned()
+            .zip(b.meta.addrs())
+            .chain(via_b_chunk.iter().cloned().zip(b_chunks.iter().cloned()))
+            .collect();
+        let to_b = Proxy::start_forwards(b.meta.dir.path(), "to-b", &b_forwards)?;
         Ok(Pair { a, b, to_a, to_b })
     }
 
     fn cut(&self, cut: bool) -> Result<()> {
-        for p in self.to_a.iter().chain(&self.to_b) {
-            p.set_cut(cut)?;
-        }
-        Ok(())
+        self.to_a.set_cut(cut)?;
+        self.to_b.set_cut(cut)
     }
 }
 
-fn start_side(region: u16, peer: &str) -> Result<Side> {
+/// One region, reaching the other's metaservers at `peer` and its chunkservers through
+/// `routes`; its chunkservers listen on `listen` when given.
+fn start_side(
+    region: u16,
+    peer: &str,
+    routes: &[(String, String)],
+    listen: &[String],
+) -> Result<Side> {
     let peer_flag = format!("{}={peer}", if region == 1 { 2 } else { 1 });
     let region_s = region.to_string();
     let meta = MetaCluster::start(3, &["--region", &region_s, "--peer", &peer_flag])?;
-    let extra: Vec<String> = ["--region", &region_s, "--peer", &peer_flag]
+    let mut extra: Vec<String> = ["--region", &region_s, "--peer", &peer_flag]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let chunks = start_chunkservers_with(&meta, 300, 8 << 30, &extra)?;
+    for (addr, via) in routes {
+        extra.extend(["--route".to_string(), format!("{addr}={via}")]);
+    }
+    let chunks = start_chunkservers_at(&meta, 300, 8 << 30, &extra, listen)?;
     let side = Side { meta, chunks };
     let addrs = side.addrs();
     wait_for(Duration::from_secs(30), "chunkservers in the map", || {
@@ -202,6 +226,11 @@ fn two_regions_replicate_keep_serving_when_cut_and_converge() -> Result<()> {
         status["peers"][0]["ops_behind"].as_u64().unwrap_or(0) > 0,
         "a cut grows the lag: {status}"
     );
+    let status: serde_json::Value = serde_json::from_str(&pair.b.admin(&["regions", "--json"])?)?;
+    assert!(
+        status["peers"][0]["blocks_queued"].as_u64().unwrap_or(0) > 0,
+        "the cut holds back blocks too: {status}"
+    );
 
     // Heal: the same tree on both sides, every version kept.
     pair.cut(false)?;
@@ -241,23 +270,6 @@ fn two_regions_replicate_keep_serving_when_cut_and_converge() -> Result<()> {
     assert_eq!(fs::read(mb.path.join("hello"))?, hello);
     drop(mb);
     Ok(())
-}
-
-/// Every block file under `dir`.
-fn block_files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
-                out.push(name.to_string());
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -43,6 +43,9 @@ pub struct ChunkConfig {
     pub metrics_listen: Option<String>,
     /// Other regions: where blocks of volumes living there are shipped, and fetched from.
     pub peers: Vec<meridian_proto::PeerRegion>,
+    /// Other regions' chunkserver addresses reached through another address (a gateway,
+    /// a tunnel, a fault proxy): address -> address to dial.
+    pub routes: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ChunkConfig {
@@ -65,6 +68,7 @@ impl Default for ChunkConfig {
             peer_request_timeout_ms: 60_000,
             metrics_listen: None,
             peers: Vec::new(),
+            routes: Default::default(),
         }
     }
 }

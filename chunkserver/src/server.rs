@@ -72,7 +72,11 @@ pub async fn run(
         connect: Duration::from_millis(config.peer_connect_timeout_ms),
         request: Duration::from_millis(config.peer_request_timeout_ms),
     }));
-    let peers = Arc::new(crate::ship::Peers::new(config.region, &config.peers));
+    let peers = Arc::new(crate::ship::Peers::new(
+        config.region,
+        &config.peers,
+        &config.routes,
+    ));
     let node = ChunkNode {
         id,
         zone: ZoneId(config.zone.clone()),

@@ -4,7 +4,7 @@
 //! cuts. A read of a block that has not arrived yet fetches it from a region that has it,
 //! verifies it, and stores it here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,7 +36,8 @@ pub(crate) fn now_ms() -> u64 {
 impl Peers {
     /// Clients for `peers`, each following that region's cluster map through its
     /// metaservers. `own` marks this region as the origin of what it ships.
-    pub fn new(own: u16, peers: &[PeerRegion]) -> Self {
+    /// `routes` maps their chunkservers' addresses to the addresses to dial instead.
+    pub fn new(own: u16, peers: &[PeerRegion], routes: &BTreeMap<String, String>) -> Self {
         let regions = peers
             .iter()
             .map(|p| {
@@ -44,7 +45,8 @@ impl Peers {
                     MetaClient::new(p.meta.clone()).with_retry_for(Duration::from_secs(5)),
                 );
                 let client = BlockClient::new(meta.watch_cluster_map(), None, Default::default())
-                    .shipping_from(RegionId(own));
+                    .shipping_from(RegionId(own))
+                    .with_routes(routes.clone().into_iter().collect());
                 (p.region, Arc::new(client))
             })
             .collect();

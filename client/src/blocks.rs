@@ -106,6 +106,13 @@ impl BlockClient {
         self
     }
 
+    /// Dials each node address that is a key of `routes` at its value instead (other
+    /// regions reached through a gateway, tunnel or fault proxy).
+    pub fn with_routes(mut self, routes: std::collections::HashMap<String, String>) -> Self {
+        self.pool = std::mem::take(&mut self.pool).with_routes(routes);
+        self
+    }
+
     /// A client over a map that does not change.
     pub fn with_map(map: ClusterMap, zone: Option<ZoneId>) -> Self {
         let (_tx, rx) = watch::channel(Arc::new(map));

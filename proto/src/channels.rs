@@ -35,6 +35,8 @@ impl Default for Timeouts {
 pub struct ChannelPool {
     timeouts: Timeouts,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Addresses dialled through another address (a gateway, tunnel or fault proxy).
+    routes: HashMap<String, String>,
 }
 
 impl ChannelPool {
@@ -43,7 +45,14 @@ impl ChannelPool {
         ChannelPool {
             timeouts,
             channels: Mutex::default(),
+            routes: HashMap::new(),
         }
+    }
+
+    /// Dials each key of `routes` at its value instead.
+    pub fn with_routes(mut self, routes: HashMap<String, String>) -> Self {
+        self.routes = routes;
+        self
     }
 
     /// The channel to `address`, created (not yet connected) on first use.
@@ -52,7 +61,8 @@ impl ChannelPool {
         if let Some(ch) = channels.get(address) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{address}"))?
+        let dial = self.routes.get(address).map_or(address, String::as_str);
+        let ch = Endpoint::from_shared(format!("http://{dial}"))?
             .connect_timeout(self.timeouts.connect)
             .timeout(self.timeouts.request)
             .tcp_nodelay(true)

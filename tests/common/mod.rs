@@ -687,6 +687,17 @@ pub fn start_chunkservers_with(
     capacity: u64,
     extra: &[String],
 ) -> Result<Vec<ServerProc>> {
+    start_chunkservers_at(meta, heartbeat_ms, capacity, extra, &[])
+}
+
+/// As [`start_chunkservers_with`], chunkserver `i` listening on `listen[i]` when given.
+pub fn start_chunkservers_at(
+    meta: &MetaCluster,
+    heartbeat_ms: u64,
+    capacity: u64,
+    extra: &[String],
+    listen: &[String],
+) -> Result<Vec<ServerProc>> {
     let addrs = meta.addrs().join(",");
     let mut chunks = Vec::new();
     for (i, zone) in ["a", "b", "c"].iter().enumerate() {
@@ -700,7 +711,10 @@ pub fn start_chunkservers_with(
             "--capacity".into(),
             capacity.to_string(),
         ];
-        let args = args.into_iter().chain(extra.iter().cloned()).collect();
+        let mut args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
+        if let Some(addr) = listen.get(i) {
+            args.extend(["--listen".to_string(), addr.clone()]);
+        }
         chunks.push(ServerProc::start(
             "chunk",
             i as u64 + 1,
@@ -716,6 +730,7 @@ pub struct Proxy {
     child: Child,
     pub listen: String,
     pub control: String,
+    pub forwards: Vec<String>,
 }
 
 impl Drop for Proxy {
@@ -728,10 +743,21 @@ impl Drop for Proxy {
 impl Proxy {
     /// Starts a proxy to `target`, listening on `listen` (port 0: any), logging under `dir`.
     pub fn start(dir: &Path, name: &str, listen: &str, target: &str) -> Result<Proxy> {
+        Proxy::start_forwards(dir, name, &[(listen.to_string(), target.to_string())])
+    }
+
+    /// Starts one link of many `(listen, target)` forwards sharing one delay and cut;
+    /// `forwards` holds the bound listen addresses, in order.
+    pub fn start_forwards(dir: &Path, name: &str, forwards: &[(String, String)]) -> Result<Proxy> {
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log)?;
         let child = Command::new(MERIDIAN)
-            .args(["proxy", "--listen", listen, "--target", target])
+            .args(["proxy", "--name", name])
+            .args(
+                forwards
+                    .iter()
+                    .flat_map(|(l, t)| ["--forward".to_string(), format!("{l}={t}")]),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -740,17 +766,22 @@ impl Proxy {
             child,
             listen: String::new(),
             control: String::new(),
+            forwards: Vec::new(),
         };
-        let line = wait_for(Duration::from_secs(20), "the proxy to listen", || {
-            fs::read_to_string(&log)
-                .ok()?
-                .lines()
-                .find(|l| l.starts_with("meridian proxy listening on "))
-                .map(str::to_string)
+        let text = wait_for(Duration::from_secs(20), "the proxy to listen", || {
+            let text = fs::read_to_string(&log).ok()?;
+            text.contains("meridian proxy listening on ")
+                .then_some(text)
         })?;
-        let words: Vec<&str> = line.split_whitespace().collect();
-        p.listen = words[4].to_string();
-        p.control = words[6].to_string();
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if line.starts_with("meridian proxy listening on ") {
+                p.listen = words[4].to_string();
+                p.control = words[6].to_string();
+            } else if line.starts_with("forward ") {
+                p.forwards.push(words[1].to_string());
+            }
+        }
         Ok(p)
     }
 
@@ -773,4 +804,21 @@ impl Proxy {
 pub fn free_addr() -> Result<String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.to_string())
+}
+
+/// Every block file under `dir`.
+pub fn block_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out
 }
