@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 cargo bench --bench chunk_throughput -- --noplot "$@"
 cargo bench --bench meta_ops -- --noplot "$@"
 cargo bench --bench mount_io
+cargo bench --bench region_lag

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use meridian_client::{BlockClient, MetaClient};
 use meridian_proto::{BlockId, EncodedBlock, PeerRegion, RegionId, placement};
 use tracing::{debug, info, warn};
@@ -19,6 +20,8 @@ use crate::store::BlockStore;
 
 /// Blocks looked at per shipping round.
 const SHIP_BATCH: usize = 64;
+/// Blocks in flight to a peer region at once.
+const SHIP_PARALLEL: usize = 16;
 
 /// Clients of the other regions' chunkservers.
 #[derive(Debug, Default)]
@@ -163,41 +166,46 @@ async fn ship_round(
             }
         }
     }
+    // Send what is missing, several at a time: across a slow link one block per round
+    // trip would cap shipping far below what a region writes.
     let mut done = Vec::new();
     let mut sent_bytes = 0u64;
     let mut failure = None;
-    for (i, (seq, s)) in queued.iter().enumerate() {
-        if present[i] {
-            metrics::counter!("meridian_chunk_ship_skipped_total").increment(1);
-            done.push(*seq);
-            continue;
-        }
-        let (st, id) = (store.clone(), s.block);
-        let block = match tokio::task::spawn_blocking(move || st.read(&id)).await {
-            Ok(Ok((block, _))) => block,
-            Ok(Err(ChunkError::NotFound(_))) => {
-                // Deleted here since (collected garbage): nothing to ship.
+    let sends = queued
+        .iter()
+        .zip(&present)
+        .filter_map(|((seq, s), present)| {
+            if *present {
+                metrics::counter!("meridian_chunk_ship_skipped_total").increment(1);
                 done.push(*seq);
-                continue;
+                return None;
             }
-            Ok(Err(e)) => {
-                failure = Some(format!("reading {id}: {e}"));
-                break;
+            Some(async move {
+                let (st, id) = (store.clone(), s.block);
+                let block = match tokio::task::spawn_blocking(move || st.read(&id)).await {
+                    Ok(Ok((block, _))) => block,
+                    // Deleted here since (collected garbage): nothing to ship.
+                    Ok(Err(ChunkError::NotFound(_))) => return (*seq, Ok(0)),
+                    Ok(Err(e)) => return (*seq, Err(format!("reading {id}: {e}"))),
+                    Err(e) => return (*seq, Err(e.to_string())),
+                };
+                let sent = client
+                    .put_for(&block, s.replicas, s.min_copies.min(s.replicas), &s.regions)
+                    .await
+                    .map(|_| u64::from(block.raw_len))
+                    .map_err(|e| e.to_string());
+                (*seq, sent)
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut results = futures::stream::iter(sends).buffer_unordered(SHIP_PARALLEL);
+    while let Some((seq, sent)) = results.next().await {
+        match sent {
+            Ok(bytes) => {
+                sent_bytes += bytes;
+                done.push(seq);
             }
-            Err(e) => return Err(e.to_string()),
-        };
-        match client
-            .put_for(&block, s.replicas, s.min_copies.min(s.replicas), &s.regions)
-            .await
-        {
-            Ok(_) => {
-                sent_bytes += u64::from(block.raw_len);
-                done.push(*seq);
-            }
-            Err(e) => {
-                failure = Some(e.to_string());
-                break;
-            }
+            Err(e) => failure = Some(e),
         }
     }
     let n = done.len();

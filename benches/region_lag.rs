@@ -1,0 +1,260 @@
+//! Replication lag between two regions: `meridian dev --regions 2` with 50 ms of one-way
+//! delay injected on the link between them, a writer closing a 64 KiB file every 50 ms in
+//! region 1, and watchers that note when each file is readable, with the right content,
+//! in region 2 and (the baseline, same run) through a second mount of region 1.
+//!
+//! Then the link is cut for 60 s while the writer goes on, and healed: the catch-up time
+//! is from the heal until region 2 shows every file written during the cut.
+//!
+//! Run with `scripts/bench.sh` (or `cargo bench --bench region_lag`). Under a test runner
+//! it runs for a few seconds only, to check that it works.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const FILE_LEN: usize = 64 << 10;
+const EVERY: Duration = Duration::from_millis(50);
+const DELAY_MS: &str = "50";
+
+/// `meridian dev --regions 2`, stopped (and unmounted) on drop.
+struct Dev {
+    child: Child,
+    views: PathBuf,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child with a valid signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = common::wait_for(Duration::from_secs(60), "dev to stop", || {
+            self.child.try_wait().ok().flatten()
+        });
+        let _ = self.child.kill();
+        for r in ["1", "2"] {
+            let m = self.views.join(r);
+            if common::is_mounted(&m) {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
+        }
+    }
+}
+
+/// What each file should hold, and when its writer closed it.
+type Written = Arc<Mutex<HashMap<String, (blake3::Hash, Instant)>>>;
+
+/// Watches `dir` and records, for each written file, the delay from its close to the first
+/// time it was read back whole and right there.
+fn watch(
+    dir: PathBuf,
+    written: Written,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<HashMap<String, Duration>> {
+    thread::spawn(move || {
+        let mut seen: HashMap<String, Duration> = HashMap::new();
+        loop {
+            let done = stop.load(Ordering::Relaxed);
+            let expected = written.lock().unwrap().clone();
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if seen.contains_key(&name) {
+                    continue;
+                }
+                let Some((hash, closed)) = expected.get(&name) else {
+                    continue;
+                };
+                if let Ok(bytes) = fs::read(e.path())
+                    && blake3::hash(&bytes) == *hash
+                {
+                    seen.insert(name, closed.elapsed());
+                }
+            }
+            if done && expected.keys().all(|k| seen.contains_key(k)) {
+                return seen;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+/// Writes one file every [`EVERY`] into `dir` until `stop`, numbering from `first`.
+fn write_load(dir: &Path, written: &Written, first: usize, for_how_long: Duration) -> usize {
+    let start = Instant::now();
+    let mut i = first;
+    while start.elapsed() < for_how_long {
+        let tick = Instant::now();
+        let data = common::random_bytes(i as u64, FILE_LEN);
+        let name = format!("f{i:06}");
+        let hash = blake3::hash(&data);
+        fs::write(dir.join(&name), &data).expect("write in region 1");
+        written.lock().unwrap().insert(name, (hash, Instant::now()));
+        i += 1;
+        if let Some(rest) = EVERY.checked_sub(tick.elapsed()) {
+            thread::sleep(rest);
+        }
+    }
+    i
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn summary(lags: &HashMap<String, Duration>) -> (f64, f64, f64) {
+    let mut v: Vec<Duration> = lags.values().copied().collect();
+    v.sort();
+    (
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        percentile(&v, 1.0),
+    )
+}
+
+fn admin(args: &[&str]) -> String {
+    let out = Command::new(common::MERIDIAN)
+        .arg("admin")
+        .args(args)
+        .output()
+        .expect("admin");
+    assert!(
+        out.status.success(),
+        "admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        if !args.iter().any(|a| a == "--ignored") {
+            let kind = if args.iter().any(|a| a == "--bench") {
+                "benchmark"
+            } else {
+                "test"
+            };
+            println!("region_lag: {kind}");
+        }
+        return;
+    }
+    let full = args.iter().any(|a| a == "--bench");
+    let (load, cut) = if full {
+        (Duration::from_secs(30), Duration::from_secs(60))
+    } else {
+        (Duration::from_secs(3), Duration::from_secs(2))
+    };
+
+    let dir = tempfile::Builder::new()
+        .prefix("meridian-bench-lag-")
+        .tempdir()
+        .expect("dir");
+    let data = dir.path().join("dev");
+    let views = dir.path().join("views");
+    let log = dir.path().join("dev.log");
+    let out = fs::File::create(&log).expect("log");
+    let child = Command::new(common::MERIDIAN)
+        .args([
+            "dev",
+            "--regions",
+            "2",
+            "--link-delay-ms",
+            DELAY_MS,
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--mount")
+        .arg(&views)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("meridian dev");
+    let dev = Dev {
+        child,
+        views: views.clone(),
+    };
+    let printed = common::wait_for(Duration::from_secs(120), "meridian dev to start", || {
+        let text = fs::read_to_string(&log).ok()?;
+        text.contains("Ctrl-C stops everything").then_some(text)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", common::log_tail(&log, 30)));
+    let field = |prefix: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("dev prints {prefix:?}:\n{printed}"))
+            .to_string()
+    };
+    let control = field("link 1-2: fault proxy control ");
+    let region1 = field("region 1 metaservers: ");
+    let baseline_mount =
+        common::Mount::start(&region1, "default", &dir.path().join("same-region")).expect("mount");
+
+    let (a, b) = (views.join("1"), views.join("2"));
+    let written: Written = Arc::default();
+
+    // Sustained load with the link delayed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let far = watch(b.clone(), written.clone(), stop.clone());
+    let near = watch(baseline_mount.path.clone(), written.clone(), stop.clone());
+    let n = write_load(&a, &written, 0, load);
+    stop.store(true, Ordering::Relaxed);
+    let (far, near) = (far.join().expect("watcher"), near.join().expect("watcher"));
+    let (f50, f99, fmax) = summary(&far);
+    let (n50, n99, nmax) = summary(&near);
+    println!(
+        "close in region 1 -> readable in region 2, {n} files of {} KiB in {} s ({:.1}/s), link delay {DELAY_MS} ms each way: p50 {f50:.0} ms, p99 {f99:.0} ms, max {fmax:.0} ms",
+        FILE_LEN >> 10,
+        load.as_secs(),
+        n as f64 / load.as_secs_f64()
+    );
+    println!(
+        "baseline, close -> readable through another mount of region 1: p50 {n50:.0} ms, p99 {n99:.0} ms, max {nmax:.0} ms (region 2 p50 is {:.1}x)",
+        f50 / n50
+    );
+
+    // A cut: the writer goes on; then heal and time the catch-up.
+    admin(&["link", "--proxy", &control, "--cut"]);
+    written.lock().unwrap().clear();
+    let m = write_load(&a, &written, n, cut);
+    let status: serde_json::Value =
+        serde_json::from_str(&admin(&["regions", "--json", "--meta", &region1])).expect("json");
+    let peer = &status["peers"][0];
+    let healed = Instant::now();
+    let stop = Arc::new(AtomicBool::new(true));
+    admin(&["link", "--proxy", &control, "--heal"]);
+    let caught_up = watch(b.clone(), written.clone(), stop)
+        .join()
+        .expect("watcher");
+    let catch_up = healed.elapsed();
+    assert_eq!(
+        caught_up.len(),
+        m - n,
+        "every file written during the cut arrives"
+    );
+    println!(
+        "cut for {} s while writing {} files ({} MiB; at the heal: {} ops, {} blocks behind, RPO {:.1} s): caught up {:.2} s after the heal",
+        cut.as_secs(),
+        m - n,
+        ((m - n) * FILE_LEN) >> 20,
+        peer["ops_behind"],
+        peer["blocks_queued"],
+        peer["oldest_unshipped_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+        catch_up.as_secs_f64()
+    );
+    drop(baseline_mount);
+    drop(dev);
+}
