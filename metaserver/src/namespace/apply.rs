@@ -686,8 +686,31 @@ fn create_volume(
             policy.block_size
         )));
     }
-    if read_volume(&t.volumes, name)?.is_some() {
-        return Err(NsError::Exists(format!("volume {name}")));
+    let mut name = name.to_string();
+    if read_volume(&t.volumes, &name)?.is_some() {
+        if ctx.replay.is_none() {
+            return Err(NsError::Exists(format!("volume {name}")));
+        }
+        // Two regions created the name concurrently: the later (by HLC) takes another.
+        let mut suffix = format!("-conflict-{}-{}", ctx.hlc.region.0, ctx.hlc.wall_ms);
+        if ctx.hlc.counter > 0 {
+            suffix.push_str(&format!("-{}", ctx.hlc.counter));
+        }
+        let other = format!("{}{suffix}", &name[..name.len().min(63 - suffix.len())]);
+        if read_volume(&t.volumes, &other)?.is_some() {
+            return Err(NsError::Exists(format!("volume {other}")));
+        }
+        record_conflict(
+            t,
+            ctx,
+            "create volume",
+            None,
+            format!(
+                "volume {name:?} was created concurrently in two regions: {}'s is {other:?}",
+                region_name(ctx.hlc.region)
+            ),
+        )?;
+        name = other;
     }
     let (id, root) = match ctx.replay {
         Some(fx) => match (fx.created_volume, fx.created) {
@@ -731,7 +754,7 @@ fn create_volume(
     };
     let vol = Volume {
         id,
-        name: name.to_string(),
+        name,
         root,
         policy: policy.clone(),
         used_bytes: 0,

@@ -472,6 +472,35 @@ fn attributes_are_last_writer_wins_per_field() {
 }
 
 #[test]
+fn concurrent_volume_creates_of_one_name_keep_both() {
+    let mut rs = regions(2);
+    let policy = VolumePolicy {
+        regions: vec![RegionId(1), RegionId(2)],
+        ..VolumePolicy::default()
+    };
+    for r in rs.iter_mut() {
+        r.run(Op::CreateVolume {
+            name: "team".into(),
+            policy: policy.clone(),
+        })
+        .unwrap();
+    }
+    settle(&mut rs);
+    assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+    let names: Vec<String> = rs[0].read(|r| {
+        r.volumes()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .filter(|n| n.starts_with("team"))
+            .collect()
+    });
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("team-conflict-")), "{names:?}");
+    assert!(rs[1].conflicts().iter().any(|c| c.kind == "create volume"));
+}
+
+#[test]
 fn a_record_of_a_volume_elsewhere_is_refused_and_changes_nothing() {
     let mut a = Region::new(1, &[RegionId(2)]);
     let b = Region::new(2, &[RegionId(1)]);
