@@ -496,7 +496,10 @@ fn concurrent_volume_creates_of_one_name_keep_both() {
             .collect()
     });
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names.iter().any(|n| n.starts_with("team-conflict-")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("team-conflict-")),
+        "{names:?}"
+    );
     assert!(rs[1].conflicts().iter().any(|c| c.kind == "create volume"));
 }
 
