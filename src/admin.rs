@@ -12,7 +12,7 @@ use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
     AddMemberRequest, GetClusterMapRequest, RegionStatusRequest, RemoveMemberRequest,
-    StatusRequest, StatusResponse, TriggerSnapshotRequest,
+    SetNodeStateRequest, StatusRequest, StatusResponse, TriggerSnapshotRequest,
 };
 use serde::Serialize;
 
@@ -147,6 +147,51 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The region's chunkservers: state, usage, blocks, and what repair still lacks.
+    Nodes {
+        /// Metaservers of the region.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Repair on every chunkserver: what the last pass found and did (`--now` starts one).
+    Repair {
+        /// Metaservers of the region.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Start a pass on every node now.
+        #[arg(long)]
+        now: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scrub on every chunkserver: blocks re-hashed, bad copies found and restored.
+    Scrub {
+        /// Metaservers of the region.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Start a pass on every node now.
+        #[arg(long)]
+        now: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a chunkserver before removing it: it takes no new blocks and repair moves
+    /// every block off it (watch `admin nodes`); `--undo` puts it back in service.
+    Drain {
+        /// The chunkserver's node id.
+        node: u64,
+        /// Metaservers of the region.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Stop draining.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Capacity, usage and health of chunkservers.
     ChunkStatus {
         /// Chunkserver addresses (host:port).
@@ -229,6 +274,151 @@ async fn chunk_status(address: &str) -> Result<ChunkRow> {
     })
 }
 
+/// Every chunkserver of `map`: its status, after asking it to start the passes named.
+async fn maintain_all(
+    map: &meridian_proto::ClusterMap,
+    repair_now: bool,
+    scrub_now: bool,
+) -> Vec<(
+    meridian_proto::NodeInfo,
+    Result<meridian_proto::pb::chunk::NodeStatusResponse>,
+)> {
+    use meridian_proto::pb::chunk::MaintainRequest;
+    let mut out = Vec::new();
+    for n in &map.nodes {
+        let status = async {
+            let mut c = ChunkServiceClient::connect(format!("http://{}", n.address))
+                .await
+                .with_context(|| format!("cannot reach chunkserver {}", n.address))?;
+            if repair_now || scrub_now {
+                c.maintain(MaintainRequest {
+                    repair_now,
+                    scrub_now,
+                })
+                .await?;
+            }
+            Ok(c.node_status(NodeStatusRequest {}).await?.into_inner())
+        };
+        let status = tokio::time::timeout(Duration::from_secs(5), status)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in 5 s")));
+        out.push((n.clone(), status));
+    }
+    out
+}
+
+fn print_maintenance(
+    rows: &[(
+        meridian_proto::NodeInfo,
+        Result<meridian_proto::pb::chunk::NodeStatusResponse>,
+    )],
+    repair: bool,
+    json: bool,
+) -> Result<()> {
+    let ago = |ms: u64| {
+        if ms == 0 {
+            "never".to_string()
+        } else {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            format!("{:.0}s ago", now.saturating_sub(ms) as f64 / 1000.0)
+        }
+    };
+    if json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|(n, r)| match r {
+                Ok(s) if repair => {
+                    let p = s.repair.clone().unwrap_or_default();
+                    serde_json::json!({"node": n.id.0, "passes": p.passes, "running": p.running,
+                        "last_pass_ms": p.last_pass_ms, "last_duration_ms": p.last_duration_ms,
+                        "blocks_checked": p.blocks_checked, "short": p.short, "still_short": p.still_short,
+                        "copies_pushed": p.copies_pushed, "bytes_pushed": p.bytes_pushed,
+                        "copies_dropped": p.copies_dropped, "last_error": p.last_error})
+                }
+                Ok(s) => {
+                    let p = s.scrub.clone().unwrap_or_default();
+                    serde_json::json!({"node": n.id.0, "passes": p.passes, "running": p.running,
+                        "last_pass_ms": p.last_pass_ms, "blocks_verified": p.blocks_verified,
+                        "bytes_verified": p.bytes_verified, "corrupt_found": p.corrupt_found,
+                        "restored": p.restored, "quarantined_files": p.quarantined_files})
+                }
+                Err(e) => serde_json::json!({"node": n.id.0, "error": format!("{e:#}")}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if repair {
+        println!(
+            "{:>5} {:>6} {:<8} {:>10} {:>8} {:>6} {:>6} {:>7} {:>10} {:>7}  ERROR",
+            "NODE",
+            "PASSES",
+            "RUNNING",
+            "LAST",
+            "CHECKED",
+            "SHORT",
+            "LEFT",
+            "PUSHED",
+            "BYTES",
+            "DROPPED"
+        );
+    } else {
+        println!(
+            "{:>5} {:>6} {:<8} {:>10} {:>9} {:>10} {:>7} {:>8} {:>11}",
+            "NODE",
+            "PASSES",
+            "RUNNING",
+            "LAST",
+            "VERIFIED",
+            "BYTES",
+            "CORRUPT",
+            "RESTORED",
+            "QUARANTINED"
+        );
+    }
+    for (n, r) in rows {
+        match r {
+            Ok(s) if repair => {
+                let p = s.repair.clone().unwrap_or_default();
+                println!(
+                    "{:>5} {:>6} {:<8} {:>10} {:>8} {:>6} {:>6} {:>7} {:>10} {:>7}  {}",
+                    n.id.0,
+                    p.passes,
+                    if p.running { "yes" } else { "no" },
+                    ago(p.last_pass_ms),
+                    p.blocks_checked,
+                    p.short,
+                    p.still_short,
+                    p.copies_pushed,
+                    human(p.bytes_pushed),
+                    p.copies_dropped,
+                    p.last_error
+                );
+            }
+            Ok(s) => {
+                let p = s.scrub.clone().unwrap_or_default();
+                println!(
+                    "{:>5} {:>6} {:<8} {:>10} {:>9} {:>10} {:>7} {:>8} {:>11}",
+                    n.id.0,
+                    p.passes,
+                    if p.running { "yes" } else { "no" },
+                    ago(p.last_pass_ms),
+                    p.blocks_verified,
+                    human(p.bytes_verified),
+                    p.corrupt_found,
+                    p.restored,
+                    p.quarantined_files
+                );
+            }
+            Err(e) => println!("{:>5} unreachable: {e:#}", n.id.0),
+        }
+    }
+    Ok(())
+}
+
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = bytes as f64;
@@ -260,6 +450,7 @@ fn status_json(s: &StatusResponse) -> serde_json::Value {
 }
 
 pub async fn run(cmd: AdminCommand) -> Result<()> {
+    let repair_cmd = matches!(cmd, AdminCommand::Repair { .. });
     match cmd {
         AdminCommand::MetaStatus { meta, json } => {
             let mut rows = Vec::new();
@@ -593,6 +784,105 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                                     format!("{:?}", n.state).to_lowercase()
                                 );
                             }
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no metaserver address")))
+        }
+        AdminCommand::Nodes { meta, json } => {
+            let map = MetaClient::new(meta)
+                .with_retry_for(Duration::from_secs(5))
+                .cluster_map(0, Duration::ZERO)
+                .await?;
+            let rows = maintain_all(&map, false, false).await;
+            if json {
+                let out: Vec<_> = rows
+                    .iter()
+                    .map(|(n, r)| serde_json::json!({
+                        "node": n.id.0, "zone": n.zone.0, "address": n.address,
+                        "state": format!("{:?}", n.state).to_lowercase(),
+                        "capacity_bytes": n.capacity,
+                        "used_bytes": r.as_ref().ok().map(|s| s.used_bytes),
+                        "blocks": r.as_ref().ok().map(|s| s.block_count),
+                        "under_replicated": r.as_ref().ok().map(|s| s.under_replicated),
+                        "repair_short": r.as_ref().ok().and_then(|s| s.repair.as_ref()).map(|p| p.still_short),
+                        "error": r.as_ref().err().map(|e| format!("{e:#}")),
+                    }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "{:>5} {:<8} {:<22} {:<9} {:>10} {:>10} {:>8} {:>6} {:>6}",
+                    "NODE",
+                    "ZONE",
+                    "ADDRESS",
+                    "STATE",
+                    "CAPACITY",
+                    "USED",
+                    "BLOCKS",
+                    "UNDER",
+                    "SHORT"
+                );
+                for (n, r) in &rows {
+                    let state = format!("{:?}", n.state).to_lowercase();
+                    match r {
+                        Ok(s) => println!(
+                            "{:>5} {:<8} {:<22} {:<9} {:>10} {:>10} {:>8} {:>6} {:>6}",
+                            n.id.0,
+                            n.zone.0,
+                            n.address,
+                            state,
+                            human(n.capacity),
+                            human(s.used_bytes),
+                            s.block_count,
+                            s.under_replicated,
+                            s.repair.as_ref().map_or(0, |p| p.still_short)
+                        ),
+                        Err(e) => println!(
+                            "{:>5} {:<8} {:<22} {:<9} unreachable: {e:#}",
+                            n.id.0, n.zone.0, n.address, state
+                        ),
+                    }
+                }
+            }
+            Ok(())
+        }
+        AdminCommand::Repair { meta, now, json } | AdminCommand::Scrub { meta, now, json } => {
+            let repair = repair_cmd;
+            let map = MetaClient::new(meta)
+                .with_retry_for(Duration::from_secs(5))
+                .cluster_map(0, Duration::ZERO)
+                .await?;
+            let rows = maintain_all(&map, now && repair, now && !repair).await;
+            print_maintenance(&rows, repair, json)?;
+            if now {
+                println!(
+                    "started a {} pass on every node that answered",
+                    if repair { "repair" } else { "scrub" }
+                );
+            }
+            Ok(())
+        }
+        AdminCommand::Drain { node, meta, undo } => {
+            let mut last = None;
+            for addr in &meta {
+                match meta_rpc(addr).await {
+                    Ok(mut c) => {
+                        c.set_node_state(SetNodeStateRequest {
+                            id: node,
+                            draining: !undo,
+                        })
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+                        if undo {
+                            println!("chunkserver {node} is back in service");
+                        } else {
+                            println!(
+                                "chunkserver {node} is draining: repair moves its blocks to their homes; `admin nodes` shows it empty when done"
+                            );
                         }
                         return Ok(());
                     }

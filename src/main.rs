@@ -94,6 +94,21 @@ struct ChunkArgs {
     /// Another region of this deployment: REGION=META_ADDR[,META_ADDR...] (repeatable).
     #[arg(long = "peer")]
     peers: Vec<meridian_proto::PeerRegion>,
+    /// Copies of a block whose put does not say (the volumes' usual R).
+    #[arg(long)]
+    default_replicas: Option<u32>,
+    /// Time between repair passes, in milliseconds.
+    #[arg(long)]
+    repair_interval_ms: Option<u64>,
+    /// Bytes per second repair may push (0: unlimited).
+    #[arg(long)]
+    repair_bytes_per_sec: Option<u64>,
+    /// Time between scrub passes, in milliseconds.
+    #[arg(long)]
+    scrub_interval_ms: Option<u64>,
+    /// Bytes per second the scrub may re-hash (0: unlimited).
+    #[arg(long)]
+    scrub_bytes_per_sec: Option<u64>,
     /// Dial another region's chunkserver through another address: ADDR=VIA (repeatable;
     /// a gateway, a tunnel, a fault proxy).
     #[arg(long = "route", value_parser = parse_route)]
@@ -131,7 +146,12 @@ impl ChunkArgs {
             peer_connect_timeout_ms,
             peer_request_timeout_ms,
             meta,
-            heartbeat_ms
+            heartbeat_ms,
+            default_replicas,
+            repair_interval_ms,
+            repair_bytes_per_sec,
+            scrub_interval_ms,
+            scrub_bytes_per_sec
         );
         set_opt!(cluster_map, capacity, metrics_listen, advertise);
         if !self.peers.is_empty() {

@@ -46,6 +46,16 @@ pub struct ChunkConfig {
     /// Other regions' chunkserver addresses reached through another address (a gateway,
     /// a tunnel, a fault proxy): address -> address to dial.
     pub routes: std::collections::BTreeMap<String, String>,
+    /// Copies of a block whose put does not say (the volumes' usual R).
+    pub default_replicas: u32,
+    /// Time between repair passes, in milliseconds.
+    pub repair_interval_ms: u64,
+    /// Bytes per second repair may push to other nodes (0: unlimited).
+    pub repair_bytes_per_sec: u64,
+    /// Time between scrub passes, in milliseconds.
+    pub scrub_interval_ms: u64,
+    /// Bytes per second the scrub may re-hash (0: unlimited).
+    pub scrub_bytes_per_sec: u64,
 }
 
 impl Default for ChunkConfig {
@@ -69,6 +79,11 @@ impl Default for ChunkConfig {
             metrics_listen: None,
             peers: Vec::new(),
             routes: Default::default(),
+            default_replicas: 3,
+            repair_interval_ms: 60_000,
+            repair_bytes_per_sec: 64 << 20,
+            scrub_interval_ms: 24 * 3600 * 1000,
+            scrub_bytes_per_sec: 16 << 20,
         }
     }
 }
@@ -99,6 +114,12 @@ impl ChunkConfig {
             return Err(
                 "give either metaserver addresses (--meta) or a cluster map file, not both".into(),
             );
+        }
+        if !(1..=16).contains(&self.default_replicas) {
+            return Err("default_replicas must be between 1 and 16".into());
+        }
+        if self.repair_interval_ms == 0 || self.scrub_interval_ms == 0 {
+            return Err("repair_interval_ms and scrub_interval_ms must be above 0".into());
         }
         if self.default_min_copies == 0 {
             return Err("default_min_copies must be at least 1".into());

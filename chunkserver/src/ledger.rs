@@ -12,6 +12,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use crate::error::ChunkError;
 
 const UNDER_REPLICATED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("under_replicated");
+/// block id -> copies wanted, kept only where it differs from the region default.
+const REPLICAS: TableDefinition<&[u8], u32> = TableDefinition::new("replicas");
 /// region (2 BE) ++ sequence (8 BE) -> a block to ship to that region (JSON [`Shipment`]).
 const SHIP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ship");
 
@@ -54,6 +56,7 @@ impl Ledger {
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(UNDER_REPLICATED).map_err(db_err)?;
         tx.open_table(SHIP).map_err(db_err)?;
+        tx.open_table(REPLICAS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(Ledger { db })
     }
@@ -87,6 +90,49 @@ impl Ledger {
         {
             let mut t = tx.open_table(UNDER_REPLICATED).map_err(db_err)?;
             t.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Copies wanted of `id`, if a put said something other than the default.
+    pub fn replicas(&self, id: &BlockId) -> Result<Option<u32>, ChunkError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(REPLICAS).map_err(db_err)?;
+        Ok(t.get(id.as_bytes().as_slice())
+            .map_err(db_err)?
+            .map(|v| v.value()))
+    }
+
+    /// Records that a put wants `r` copies of `id` (`new`: it was just written here). A
+    /// block already here only ever raises its count; the default is not stored.
+    pub fn note_replicas(
+        &self,
+        id: &BlockId,
+        r: u32,
+        default: u32,
+        new: bool,
+    ) -> Result<(), ChunkError> {
+        if r == 0 {
+            return Ok(());
+        }
+        let current = self.replicas(id)?;
+        let effective = current.unwrap_or(default);
+        let set = if new {
+            (r != default || current.is_some()).then_some(r)
+        } else {
+            (r > effective).then_some(r)
+        };
+        let Some(r) = set else {
+            return Ok(());
+        };
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(REPLICAS).map_err(db_err)?;
+            if r == default {
+                t.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+            } else {
+                t.insert(id.as_bytes().as_slice(), r).map_err(db_err)?;
+            }
         }
         tx.commit().map_err(db_err)
     }

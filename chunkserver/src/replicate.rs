@@ -54,7 +54,7 @@ impl Replicator {
     /// Sends `block` to `wanted` peers: the first `wanted` placements other than this node,
     /// in parallel; each failure is replaced by the next placement in the fallback order
     /// until `wanted` copies are durable or the list runs out.
-    pub async fn forward(&self, block: &EncodedBlock, wanted: usize) -> Forwarded {
+    pub async fn forward(&self, block: &EncodedBlock, wanted: usize, replicas: u32) -> Forwarded {
         let map = self.map.borrow().clone();
         let mut candidates: VecDeque<NodeInfo> = placement(&block.id, &map, usize::MAX)
             .into_iter()
@@ -68,7 +68,13 @@ impl Replicator {
                 let Some(node) = candidates.pop_front() else {
                     break;
                 };
-                inflight.spawn(send_copy(self.pool.clone(), node, block.clone(), map.epoch));
+                inflight.spawn(send_copy(
+                    self.pool.clone(),
+                    node,
+                    block.clone(),
+                    map.epoch,
+                    replicas,
+                ));
             }
             let Some(joined) = inflight.join_next().await else {
                 break;
@@ -90,18 +96,21 @@ impl Replicator {
     }
 }
 
-/// One forwarded put to `node`, as a replica (it stores and does not forward further).
-async fn send_copy(
+/// One forwarded put to `node`, as a replica (it stores and does not forward further);
+/// `replicas` tells it how many copies the block wants.
+pub(crate) async fn send_copy(
     pool: Arc<ChannelPool>,
     node: NodeInfo,
     block: EncodedBlock,
     epoch: u64,
+    replicas: u32,
 ) -> (NodeId, Result<(), String>) {
     let result = async {
         let channel = pool.get(&node.address).map_err(|e| e.to_string())?;
         let header = PutHeader {
             role: PutRole::Replica as i32,
             map_epoch: epoch,
+            replicas,
             ..Default::default()
         };
         let msgs = wire::put_messages(&block, header);

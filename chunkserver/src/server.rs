@@ -77,17 +77,35 @@ pub async fn run(
         &config.peers,
         &config.routes,
     ));
+    let (store, ledger) = (Arc::new(store), Arc::new(ledger));
+    let maintainer = Arc::new(crate::maintain::Maintainer::new(
+        id,
+        store.clone(),
+        ledger.clone(),
+        map.clone(),
+        pool.clone(),
+        crate::maintain::MaintainConfig {
+            repair_every: Duration::from_millis(config.repair_interval_ms),
+            repair_bytes_per_sec: config.repair_bytes_per_sec,
+            scrub_every: Duration::from_millis(config.scrub_interval_ms),
+            scrub_bytes_per_sec: config.scrub_bytes_per_sec,
+            default_replicas: config.default_replicas,
+        },
+    ));
+    let background = maintainer.spawn();
     let node = ChunkNode {
         id,
         zone: ZoneId(config.zone.clone()),
         region: config.region,
-        store: Arc::new(store),
-        ledger: Arc::new(ledger),
-        replicator: Replicator::new(id, map.clone(), pool),
+        store,
+        ledger,
+        replicator: Replicator::new(id, map.clone(), pool.clone()),
         map,
         max_block_len: config.max_block_len,
         default_min_copies: config.default_min_copies,
         peers: peers.clone(),
+        maintainer,
+        default_replicas: config.default_replicas,
     };
     let shippers: Vec<_> = config
         .peers
@@ -120,7 +138,7 @@ pub async fn run(
         )
         .await
         .map_err(|e| ChunkError::Invalid(format!("server failed: {e}")))?;
-    for s in shippers {
+    for s in shippers.into_iter().chain(background) {
         s.abort();
     }
     info!(node = %id, "chunkserver stopped");

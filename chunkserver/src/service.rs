@@ -6,8 +6,9 @@ use bytes::Bytes;
 use meridian_proto::pb::chunk::chunk_service_server::ChunkService;
 use meridian_proto::pb::chunk::{
     DeleteRequest, DeleteResponse, GetHeader, GetRequest, GetResponse, HasRequest, HasResponse,
-    ListUnderReplicatedRequest, ListUnderReplicatedResponse, NodeStatusRequest, NodeStatusResponse,
-    PutRequest, PutResponse, PutRole, StatRequest, StatResponse, put_request,
+    ListUnderReplicatedRequest, ListUnderReplicatedResponse, MaintainRequest, MaintainResponse,
+    NodeStatusRequest, NodeStatusResponse, PutRequest, PutResponse, PutRole, StatRequest,
+    StatResponse, put_request,
 };
 use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, ZoneId, wire};
 use tokio::task::spawn_blocking;
@@ -48,6 +49,10 @@ pub struct ChunkNode {
     pub default_min_copies: u32,
     /// The other regions' chunkservers.
     pub peers: Arc<crate::ship::Peers>,
+    /// Repair and scrub.
+    pub maintainer: Arc<crate::maintain::Maintainer>,
+    /// Copies of a block whose put does not say.
+    pub default_replicas: u32,
 }
 
 /// Runs blocking disk or CPU work off the async threads.
@@ -71,6 +76,9 @@ impl ChunkNode {
         if let Err(e @ ChunkError::Corrupt { .. }) = &got {
             metrics::counter!("meridian_chunk_corrupt_reads_total").increment(1);
             error!(block = %id, error = %e, "stored copy is damaged; refusing to serve it");
+            // Move it aside and fetch a good copy, without holding up this read.
+            let m = self.maintainer.clone();
+            tokio::spawn(async move { m.bad_copy(id).await });
         }
         got
     }
@@ -155,6 +163,12 @@ impl ChunkService for ChunkNode {
         };
         metrics::counter!("meridian_chunk_put_bytes_total").increment(u64::from(block.raw_len));
         let already_present = outcome == PutOutcome::AlreadyPresent;
+        let (ledger, wanted, default) = (
+            self.ledger.clone(),
+            header.replicas.min(MAX_REPLICAS),
+            self.default_replicas,
+        );
+        blocking(move || ledger.note_replicas(&id, wanted, default, !already_present)).await?;
 
         if role == PutRole::Replica {
             return Ok(Response::new(PutResponse {
@@ -164,7 +178,10 @@ impl ChunkService for ChunkNode {
             }));
         }
 
-        let forwarded = self.replicator.forward(&block, replicas as usize - 1).await;
+        let forwarded = self
+            .replicator
+            .forward(&block, replicas as usize - 1, replicas)
+            .await;
         let mut stored_on = vec![self.id];
         stored_on.extend(&forwarded.stored_on);
         let copies = stored_on.len();
@@ -366,6 +383,21 @@ impl ChunkService for ChunkNode {
             map_nodes: map.nodes.len() as u32,
             version: env!("CARGO_PKG_VERSION").to_string(),
             ship_queues: queues,
+            repair: Some(self.maintainer.status().0),
+            scrub: Some(self.maintainer.status().1),
+        }))
+    }
+
+    async fn maintain(
+        &self,
+        request: Request<MaintainRequest>,
+    ) -> Result<Response<MaintainResponse>, Status> {
+        let r = request.into_inner();
+        self.maintainer.trigger(r.repair_now, r.scrub_now);
+        let (repair, scrub) = self.maintainer.status();
+        Ok(Response::new(MaintainResponse {
+            repair: Some(repair),
+            scrub: Some(scrub),
         }))
     }
 

@@ -63,6 +63,7 @@ pub struct BlockStore {
     node: NodeId,
     blocks: PathBuf,
     tmp: PathBuf,
+    quarantine: PathBuf,
     capacity: u64,
     used: AtomicU64,
     count: AtomicU64,
@@ -76,7 +77,8 @@ impl BlockStore {
     pub fn open(root: &Path, node: NodeId, capacity: Option<u64>) -> Result<Self, ChunkError> {
         let blocks = root.join("blocks");
         let tmp = root.join("tmp");
-        for dir in [root, &blocks, &tmp] {
+        let quarantine = root.join("quarantine");
+        for dir in [root, &blocks, &tmp, &quarantine] {
             create_dir_durably(dir)?;
         }
         let removed = clean_tmp(&tmp)?;
@@ -88,6 +90,7 @@ impl BlockStore {
             node,
             blocks,
             tmp,
+            quarantine,
             capacity,
             used: AtomicU64::new(0),
             count: AtomicU64::new(0),
@@ -272,6 +275,57 @@ impl BlockStore {
         }
         sync_dir(path.parent().expect("block paths have a parent"))?;
         Ok(true)
+    }
+
+    /// Moves this node's copy of `id` aside (it is no longer served or counted) and
+    /// returns where it went, or `None` if there was none.
+    pub fn quarantine(&self, id: &BlockId) -> Result<Option<PathBuf>, ChunkError> {
+        let path = self.path(id);
+        let aside = self
+            .quarantine
+            .join(format!("{}.{}", id.to_hex(), crate::ship::now_ms()));
+        {
+            let _guard = self.stripe(id);
+            let len = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(ChunkError::io("stat", &path)(e)),
+            };
+            fs::rename(&path, &aside).map_err(ChunkError::io("quarantine", &path))?;
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        sync_dir(&self.quarantine)?;
+        sync_dir(path.parent().expect("block paths have a parent"))?;
+        metrics::counter!("meridian_chunk_quarantined_total").increment(1);
+        Ok(Some(aside))
+    }
+
+    /// How many files are in the quarantine folder.
+    pub fn quarantined_files(&self) -> u64 {
+        fs::read_dir(&self.quarantine)
+            .map(|d| d.count() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Every block id stored here (a directory walk; the order is the file system's).
+    pub fn list(&self) -> Result<Vec<BlockId>, ChunkError> {
+        let mut out = Vec::new();
+        for outer in read_dir(&self.blocks)? {
+            for inner in read_dir(&outer)? {
+                for file in read_dir(&inner)? {
+                    if let Some(id) = file
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.parse::<BlockId>().ok())
+                        .filter(|id| self.path(id) == file)
+                    {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn stripe(&self, id: &BlockId) -> std::sync::MutexGuard<'_, ()> {

@@ -355,6 +355,42 @@ impl MetaService for MetaApi {
         }
     }
 
+    async fn set_node_state(
+        &self,
+        request: Request<SetNodeStateRequest>,
+    ) -> Result<Response<ClusterMapResponse>, Status> {
+        let r = request.get_ref();
+        let id = NodeId(r.id);
+        if self.shared.map.borrow().node(id).is_none() {
+            return Err(Status::not_found(format!(
+                "chunkserver {id} is not in the cluster map"
+            )));
+        }
+        let state = if r.draining {
+            NodeState::Draining
+        } else {
+            NodeState::Up
+        };
+        match self
+            .propose(RaftRequest::Cluster(ClusterCmd::SetState { id, state }))
+            .await
+        {
+            Ok(_) => {
+                info!(node = %id, ?state, "chunkserver state set by an operator");
+                Ok(Response::new(ClusterMapResponse {
+                    map: json(&**self.shared.map.borrow()),
+                }))
+            }
+            Err(Some(s)) => Err(s),
+            Err(None) => {
+                let (mut leader, _) = self.leader_client(&request)?;
+                leader
+                    .set_node_state(MetaNode::mark(request.into_inner()))
+                    .await
+            }
+        }
+    }
+
     async fn heartbeat(
         &self,
         request: Request<HeartbeatRequest>,
