@@ -339,7 +339,7 @@ fn print_maintenance(
                         "copies_dropped": p.copies_dropped, "last_error": p.last_error})
                 }
                 Ok(s) => {
-                    let p = s.scrub.clone().unwrap_or_default();
+                    let p = s.scrub.unwrap_or_default();
                     serde_json::json!({"node": n.id.0, "passes": p.passes, "running": p.running,
                         "last_pass_ms": p.last_pass_ms, "blocks_verified": p.blocks_verified,
                         "bytes_verified": p.bytes_verified, "corrupt_found": p.corrupt_found,
@@ -399,7 +399,7 @@ fn print_maintenance(
                 );
             }
             Ok(s) => {
-                let p = s.scrub.clone().unwrap_or_default();
+                let p = s.scrub.unwrap_or_default();
                 println!(
                     "{:>5} {:>6} {:<8} {:>10} {:>9} {:>10} {:>7} {:>8} {:>11}",
                     n.id.0,

@@ -163,7 +163,7 @@ impl Maintainer {
 
     /// What the passes have done.
     pub fn status(&self) -> (RepairStatus, ScrubStatus) {
-        let mut scrub = lock(&self.scrub).clone();
+        let mut scrub = *lock(&self.scrub);
         scrub.quarantined_files = self.store.quarantined_files();
         (lock(&self.repair).clone(), scrub)
     }
