@@ -414,9 +414,7 @@ async fn a_corrupt_copy_fails_its_reads_while_another_replica_serves() -> Result
     bytes[at] ^= 0x01;
     fs::write(&file, &bytes)?;
 
-    // That node refuses to serve it, in whole and in part.
-    let err = client.get_from(&first, &block.id).await.unwrap_err();
-    assert!(err.contains("corrupt"), "{err}");
+    // That node refuses to serve it, even in part.
     let mut rpc = cluster.rpc(i).await?;
     let req = GetRequest {
         block_id: ids(block.id.as_bytes()),
@@ -427,6 +425,27 @@ async fn a_corrupt_copy_fails_its_reads_while_another_replica_serves() -> Result
     };
     let status = get_error(&mut rpc, req).await;
     assert_eq!(status.code(), Code::DataLoss);
+
+    // It moves the bad copy aside and fetches a good one; it never serves wrong bytes.
+    let quarantine = cluster.nodes[i].data.join("quarantine");
+    let mut restored = false;
+    for _ in 0..200 {
+        match client.get_from(&first, &block.id).await {
+            Ok(got) => {
+                assert_eq!(blake3::hash(&got), blake3::hash(&data));
+                restored = true;
+                break;
+            }
+            Err(e) => assert!(e.contains("corrupt") || e.contains("not stored"), "{e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(restored, "the node restored a good copy");
+    assert_eq!(
+        fs::read_dir(&quarantine)?.count(),
+        1,
+        "the bad copy is kept aside"
+    );
 
     // A reader falls back to another replica and gets the right bytes.
     let got = client.get(&block.id, 3).await?;
