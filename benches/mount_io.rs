@@ -51,20 +51,10 @@ fn drop_page_cache() {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--list") {
-        if !args.iter().any(|a| a == "--ignored") {
-            let kind = if args.iter().any(|a| a == "--bench") {
-                "benchmark"
-            } else {
-                "test"
-            };
-            println!("mount_io: {kind}");
-        }
+    let Some(full) = common::bench_mode("mount_io") else {
         return;
-    }
+    };
     // Under a test runner only check that it works, with a small file.
-    let full = args.iter().any(|a| a == "--bench");
     let size = if full { SIZE } else { 8 << 20 };
     let region = common::Region::start().expect("region");
     let mnt = region.mount("mnt").expect("mount");

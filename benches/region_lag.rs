@@ -137,19 +137,10 @@ fn admin(args: &[&str]) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--list") {
-        if !args.iter().any(|a| a == "--ignored") {
-            let kind = if args.iter().any(|a| a == "--bench") {
-                "benchmark"
-            } else {
-                "test"
-            };
-            println!("region_lag: {kind}");
-        }
+    let Some(full) = common::bench_mode("region_lag") else {
         return;
-    }
-    let full = args.iter().any(|a| a == "--bench");
+    };
+
     let (load, cut) = if full {
         (Duration::from_secs(30), Duration::from_secs(60))
     } else {

@@ -33,17 +33,7 @@ impl Side {
     }
 
     fn admin(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(MERIDIAN)
-            .arg("admin")
-            .args(args)
-            .args(["--meta", &self.addrs()])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "admin {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        common::admin_at(&self.addrs(), args)
     }
 
     fn kill(&mut self) {

@@ -7,11 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{MERIDIAN, MetaCluster, Mount, ServerProc, block_files, wait_for};
+use common::{MetaCluster, Mount, ServerProc, block_files, wait_for};
 
 /// A region of 3 metaservers and `n` chunkservers that repair quickly.
 struct Healing {
@@ -76,17 +75,7 @@ impl Healing {
     }
 
     fn admin(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(MERIDIAN)
-            .arg("admin")
-            .args(args)
-            .args(["--meta", &self.addrs()])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "admin {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        common::admin_at(&self.addrs(), args)
     }
 
     fn mount(&self, name: &str) -> Result<Mount> {

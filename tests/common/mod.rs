@@ -822,3 +822,32 @@ pub fn block_files(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// `meridian admin ARGS… --meta META`: its standard output, or an error with its stderr.
+pub fn admin_at(meta: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(MERIDIAN)
+        .arg("admin")
+        .args(args)
+        .args(["--meta", meta])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// For a bench binary with `harness = false`: answers a test runner's `--list` and says
+/// whether to stop there; otherwise whether this is a full (`--bench`) run.
+pub fn bench_mode(name: &str) -> Option<bool> {
+    let args: Vec<String> = std::env::args().collect();
+    let bench = args.iter().any(|a| a == "--bench");
+    if args.iter().any(|a| a == "--list") {
+        if !args.iter().any(|a| a == "--ignored") {
+            println!("{name}: {}", if bench { "benchmark" } else { "test" });
+        }
+        return None;
+    }
+    Some(bench)
+}
