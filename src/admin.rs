@@ -219,28 +219,32 @@ struct ChunkRow {
     error: Option<String>,
 }
 
+/// The cluster map of the region whose metaservers are `meta`.
+async fn region_map(meta: &[String], retry: Duration) -> Result<meridian_proto::ClusterMap> {
+    Ok(MetaClient::new(meta.to_vec())
+        .with_retry_for(retry)
+        .cluster_map(0, Duration::ZERO)
+        .await?)
+}
+
 /// Blocks queued on this region's chunkservers for each other region: region -> (blocks,
 /// oldest age in ms), and how many chunkservers did not answer.
 async fn block_queues(meta: &[String]) -> (BTreeMap<u32, (u64, u64)>, usize) {
     let mut out: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-    let Ok(map) = MetaClient::new(meta.to_vec())
-        .with_retry_for(Duration::from_secs(2))
-        .cluster_map(0, Duration::ZERO)
-        .await
-    else {
+    let Ok(map) = region_map(meta, Duration::from_secs(2)).await else {
         return (out, 0);
     };
     let mut silent = 0;
-    for n in &map.nodes {
-        match tokio::time::timeout(Duration::from_secs(2), chunk_status(&n.address)).await {
-            Ok(Ok(row)) => {
-                for (region, blocks, oldest) in row.ship_queues {
-                    let e = out.entry(region).or_default();
-                    e.0 += blocks;
-                    e.1 = e.1.max(oldest);
+    for (_, status) in maintain_all(&map, false, false).await {
+        match status {
+            Ok(s) => {
+                for q in s.ship_queues {
+                    let e = out.entry(q.region).or_default();
+                    e.0 += q.blocks;
+                    e.1 = e.1.max(q.oldest_ms);
                 }
             }
-            _ => silent += 1,
+            Err(_) => silent += 1,
         }
     }
     (out, silent)
@@ -793,10 +797,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             Err(last.unwrap_or_else(|| anyhow::anyhow!("no metaserver address")))
         }
         AdminCommand::Nodes { meta, json } => {
-            let map = MetaClient::new(meta)
-                .with_retry_for(Duration::from_secs(5))
-                .cluster_map(0, Duration::ZERO)
-                .await?;
+            let map = region_map(&meta, Duration::from_secs(5)).await?;
             let rows = maintain_all(&map, false, false).await;
             if json {
                 let out: Vec<_> = rows
@@ -852,10 +853,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
         }
         AdminCommand::Repair { meta, now, json } | AdminCommand::Scrub { meta, now, json } => {
             let repair = repair_cmd;
-            let map = MetaClient::new(meta)
-                .with_retry_for(Duration::from_secs(5))
-                .cluster_map(0, Duration::ZERO)
-                .await?;
+            let map = region_map(&meta, Duration::from_secs(5)).await?;
             let rows = maintain_all(&map, now && repair, now && !repair).await;
             print_maintenance(&rows, repair, json)?;
             if now {

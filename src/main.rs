@@ -111,15 +111,16 @@ struct ChunkArgs {
     scrub_bytes_per_sec: Option<u64>,
     /// Dial another region's chunkserver through another address: ADDR=VIA (repeatable;
     /// a gateway, a tunnel, a fault proxy).
-    #[arg(long = "route", value_parser = parse_route)]
+    #[arg(long = "route", value_parser = parse_pair)]
     routes: Vec<(String, String)>,
 }
 
-fn parse_route(s: &str) -> Result<(String, String), String> {
+/// Parses `A=B` (a route ADDR=VIA, a proxy forward LISTEN=TARGET).
+pub(crate) fn parse_pair(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
-        .filter(|(a, v)| !a.is_empty() && !v.is_empty())
-        .map(|(a, v)| (a.to_string(), v.to_string()))
-        .ok_or_else(|| format!("a route is ADDR=VIA, not {s:?}"))
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| format!("expected ADDR=ADDR, not {s:?}"))
 }
 
 impl ChunkArgs {

@@ -29,8 +29,8 @@ pub struct ProxyArgs {
     pub target: Option<String>,
     /// A forward of this link, LISTEN=TARGET (repeatable): every forward shares the delay
     /// and the cut.
-    #[arg(long)]
-    pub forward: Vec<String>,
+    #[arg(long, value_parser = crate::parse_pair)]
+    pub forward: Vec<(String, String)>,
     /// Control service address (port 0 picks one; printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub control: String,
@@ -235,26 +235,13 @@ pub async fn serve_link(
     Ok(served?)
 }
 
-/// Parses `LISTEN=TARGET`.
-fn parse_forward(spec: &str) -> Result<(String, String)> {
-    let (listen, target) = spec
-        .split_once('=')
-        .filter(|(l, t)| !l.is_empty() && !t.is_empty())
-        .with_context(|| format!("a forward is LISTEN=TARGET, not {spec:?}"))?;
-    Ok((listen.to_string(), target.to_string()))
-}
-
 /// Runs the proxy until `shutdown`. Prints `meridian proxy listening on <addr> control
 /// <addr>` (the first forward's address) and one `forward <listen> -> <target>` line each.
 pub async fn run(
     args: ProxyArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let mut specs: Vec<(String, String)> = args
-        .forward
-        .iter()
-        .map(|f| parse_forward(f))
-        .collect::<Result<_>>()?;
+    let mut specs = args.forward;
     if let Some(target) = &args.target {
         specs.insert(0, (args.listen.clone(), target.clone()));
     }

@@ -86,10 +86,17 @@ impl Ledger {
 
     /// Forgets `id` (it has been repaired, or deleted).
     pub fn clear(&self, id: &BlockId) -> Result<(), ChunkError> {
+        self.clear_all(std::slice::from_ref(id))
+    }
+
+    /// Forgets every one of `ids`, in one transaction.
+    pub fn clear_all(&self, ids: &[BlockId]) -> Result<(), ChunkError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(UNDER_REPLICATED).map_err(db_err)?;
-            t.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+            for id in ids {
+                t.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+            }
         }
         tx.commit().map_err(db_err)
     }

@@ -89,13 +89,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Blocking work off the async threads, its error as text for the pass status.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
 ) -> Result<T, String> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
+    crate::service::blocking(f).await.map_err(|e| e.to_string())
 }
 
 impl Maintainer {
@@ -213,16 +211,18 @@ impl Maintainer {
             short += s;
             still_short += ss;
         }
-        // The ledger of degraded puts: forget what is whole again.
-        let ledger = self.ledger.clone();
-        let listed = blocking(move || ledger.list(100_000)).await?;
+        // The ledger of degraded puts: once nothing is short, forget every entry.
         if still_short == 0 {
-            for entry in listed {
-                if let Ok(id) = BlockId::from_slice(&entry.block_id) {
-                    let ledger = self.ledger.clone();
-                    blocking(move || ledger.clear(&id)).await?;
-                }
-            }
+            let ledger = self.ledger.clone();
+            blocking(move || {
+                let ids: Vec<BlockId> = ledger
+                    .list(100_000)?
+                    .iter()
+                    .filter_map(|e| BlockId::from_slice(&e.block_id).ok())
+                    .collect();
+                ledger.clear_all(&ids)
+            })
+            .await?;
         }
         Ok((ids.len() as u64, short, still_short))
     }
@@ -238,9 +238,11 @@ impl Maintainer {
         }
         let placeable = map.placeable().count();
         // Homes of each block, and which blocks to ask each home about.
+        let wants: Vec<usize> = ids.iter().map(|id| self.replicas(id) as usize).collect();
         let homes: Vec<Vec<NodeId>> = ids
             .iter()
-            .map(|id| placement(id, &map, self.replicas(id) as usize))
+            .zip(&wants)
+            .map(|(id, r)| placement(id, &map, *r))
             .collect();
         let mut ask: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
         for (i, h) in homes.iter().enumerate() {
@@ -278,7 +280,7 @@ impl Maintainer {
         let (mut short, mut still_short) = (0u64, 0u64);
         for (i, id) in ids.iter().enumerate() {
             let (home, have) = (&homes[i], &mut held[i]);
-            let r = self.replicas(id) as usize;
+            let r = wants[i];
             let me_home = home.contains(&self.me);
             if have.len() < home.len() || home.len() < r {
                 short += 1;
@@ -385,9 +387,7 @@ impl Maintainer {
     /// Reads and verifies this node's copy of `id`.
     async fn read_local(&self, id: BlockId) -> Result<meridian_proto::EncodedBlock, ChunkError> {
         let st = self.store.clone();
-        tokio::task::spawn_blocking(move || st.read(&id).map(|(b, _)| b))
-            .await
-            .map_err(|e| ChunkError::Invalid(format!("read task failed: {e}")))?
+        crate::service::blocking(move || st.read(&id).map(|(b, _)| b)).await
     }
 
     /// Moves the bad copy of `id` aside and replaces it with a verified one from another

@@ -56,7 +56,7 @@ pub struct ChunkNode {
 }
 
 /// Runs blocking disk or CPU work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
 ) -> Result<T, ChunkError> {
     spawn_blocking(f)
@@ -370,6 +370,7 @@ impl ChunkService for ChunkNode {
         })
         .await?;
         let map = self.map.borrow().clone();
+        let (repair, scrub) = self.maintainer.status();
         Ok(Response::new(NodeStatusResponse {
             node_id: self.id.0,
             zone: self.zone.0.clone(),
@@ -383,8 +384,8 @@ impl ChunkService for ChunkNode {
             map_nodes: map.nodes.len() as u32,
             version: env!("CARGO_PKG_VERSION").to_string(),
             ship_queues: queues,
-            repair: Some(self.maintainer.status().0),
-            scrub: Some(self.maintainer.status().1),
+            repair: Some(repair),
+            scrub: Some(scrub),
         }))
     }
 

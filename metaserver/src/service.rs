@@ -140,6 +140,21 @@ impl MetaNode {
     }
 
     /// Proposes a Raft entry; `Err(None)` means "not the leader: forward".
+    /// Commits a cluster-map change here: the new map, or `None` when another member
+    /// leads (the caller forwards the request there).
+    async fn change_map(
+        &self,
+        cmd: ClusterCmd,
+    ) -> Result<Option<Response<ClusterMapResponse>>, Status> {
+        match self.propose(RaftRequest::Cluster(cmd)).await {
+            Ok(_) => Ok(Some(Response::new(ClusterMapResponse {
+                map: json(&**self.shared.map.borrow()),
+            }))),
+            Err(Some(s)) => Err(s),
+            Err(None) => Ok(None),
+        }
+    }
+
     async fn propose(&self, entry: RaftRequest) -> Result<(RaftResponse, u64), Option<Status>> {
         match self.raft.client_write(entry).await {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
@@ -332,21 +347,16 @@ impl MetaService for MetaApi {
             capacity: r.capacity,
             state: NodeState::Up,
         };
-        match self
-            .propose(RaftRequest::Cluster(ClusterCmd::Register(info)))
-            .await
-        {
-            Ok(_) => {
+        let id = NodeId(r.id);
+        match self.change_map(ClusterCmd::Register(info)).await? {
+            Some(map) => {
                 self.liveness
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(NodeId(r.id), Instant::now());
-                Ok(Response::new(ClusterMapResponse {
-                    map: json(&**self.shared.map.borrow()),
-                }))
+                    .insert(id, Instant::now());
+                Ok(map)
             }
-            Err(Some(s)) => Err(s),
-            Err(None) => {
+            None => {
                 let (mut leader, _) = self.leader_client(&request)?;
                 leader
                     .register_chunkserver(MetaNode::mark(request.into_inner()))
@@ -371,18 +381,12 @@ impl MetaService for MetaApi {
         } else {
             NodeState::Up
         };
-        match self
-            .propose(RaftRequest::Cluster(ClusterCmd::SetState { id, state }))
-            .await
-        {
-            Ok(_) => {
+        match self.change_map(ClusterCmd::SetState { id, state }).await? {
+            Some(map) => {
                 info!(node = %id, ?state, "chunkserver state set by an operator");
-                Ok(Response::new(ClusterMapResponse {
-                    map: json(&**self.shared.map.borrow()),
-                }))
+                Ok(map)
             }
-            Err(Some(s)) => Err(s),
-            Err(None) => {
+            None => {
                 let (mut leader, _) = self.leader_client(&request)?;
                 leader
                     .set_node_state(MetaNode::mark(request.into_inner()))
