@@ -75,6 +75,20 @@ fn head_hlc(tx: &ReadTransaction) -> Option<Hlc> {
     state_value(tx, merge::HEAD).and_then(|b| Hlc::from_key(&b))
 }
 
+/// This region's stability watermark: it holds every record of every region older than
+/// this (none until every peer has sent a frontier).
+fn stable_hlc(tx: &ReadTransaction) -> Option<Hlc> {
+    let peers: Vec<RegionId> = state_value(tx, merge::PEERS)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut stable = head_hlc(tx)?;
+    for p in peers {
+        let f = state_value(tx, &format!("frontier/{}", p.0)).and_then(|b| Hlc::from_key(&b))?;
+        stable = stable.min(f);
+    }
+    Some(stable)
+}
+
 fn head_seq(tx: &ReadTransaction) -> u64 {
     tx.open_table(CHANGELOG)
         .ok()
@@ -128,12 +142,19 @@ impl Regions {
         }
         // Caught up: nothing this region stamps later can be older than its merged head.
         let frontier = if next > head { head_hlc(tx) } else { last_hlc };
+        // Caught up: everything written here so far is in this answer or was sent before,
+        // and nothing of any region older than the watermark is missing here.
+        let stable = if next > head { stable_hlc(tx) } else { None };
         Ok(PullChangesResponse {
             region: u32::from(own.0),
             records,
             next,
             head,
             frontier: frontier
+                .map(|h| h.to_key().to_vec())
+                .unwrap_or_default()
+                .into(),
+            stable: stable
                 .map(|h| h.to_key().to_vec())
                 .unwrap_or_default()
                 .into(),
@@ -320,7 +341,9 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
             continue;
         }
         let frontier = Hlc::from_key(&reply.frontier);
-        let frontier_moved = last_frontier.as_deref() != Some(&reply.frontier[..])
+        let settled = Hlc::from_key(&reply.stable);
+        let marks = [&reply.frontier[..], &reply.stable[..]].concat();
+        let frontier_moved = last_frontier.as_deref() != Some(&marks[..])
             && last_frontier_at.elapsed() > Duration::from_secs(1);
         if records.is_empty() && !frontier_moved {
             continue;
@@ -330,10 +353,11 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
             origin,
             records,
             frontier,
+            settled,
         };
         match node.propose_internal(RaftRequest::Remote(batch)).await {
             Ok(RaftResponse::Remote(Ok(outcome))) => {
-                last_frontier = Some(reply.frontier.to_vec());
+                last_frontier = Some(marks);
                 last_frontier_at = Instant::now();
                 metrics::counter!("meridian_region_records_applied_total", "peer" => peer.region.to_string())
                     .increment(outcome.applied);

@@ -699,6 +699,18 @@ pub enum Query {
         /// Most records.
         limit: u32,
     },
+    /// How many extents reference each block (garbage collection asks).
+    BlockRefs {
+        /// Blocks.
+        blocks: Vec<BlockId>,
+    },
+    /// Checks one page of the namespace, by inode number (`meridian admin fsck`).
+    Check {
+        /// Start at this inode number.
+        from: u64,
+        /// Most inodes to check.
+        limit: u32,
+    },
 }
 
 /// The answer to a [`Query`].
@@ -727,4 +739,33 @@ pub enum QueryReply {
     Conflicts(Vec<Conflict>),
     /// Change log records (sequence, JSON).
     Changes(Vec<(u64, Vec<u8>)>),
+    /// Reference counts, one per asked block, and how settled the region's metadata is.
+    BlockRefs {
+        /// Extents referencing each block, in the order asked.
+        refs: Vec<u64>,
+        /// Every record of every peer region stamped before this (ms since the epoch) has
+        /// been applied here: a block older than that is referenced by no record still on
+        /// its way. `u64::MAX` with no peers.
+        settled_ms: u64,
+    },
+    /// One page of a namespace check.
+    Check(CheckPage),
+}
+
+/// What one page of `Query::Check` found.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct CheckPage {
+    /// Inodes checked (live and removed ones kept as tombstones).
+    pub inodes: u64,
+    /// Directory entries checked.
+    pub dirents: u64,
+    /// Extents checked.
+    pub extents: u64,
+    /// Every block the page's extents reference, with the most copies any of its volumes
+    /// wants.
+    pub blocks: Vec<(BlockId, u32)>,
+    /// What is wrong, one line each.
+    pub problems: Vec<String>,
+    /// The inode number to continue from, if there is more.
+    pub next: Option<u64>,
 }

@@ -9,7 +9,7 @@
 //! Records older than the stability watermark (every peer region has sent everything up to
 //! it) can never be reordered again, and leave the merged log.
 
-use meridian_proto::{Hlc, RegionId};
+use meridian_proto::{Hlc, InodeId, RegionId};
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,10 @@ fn frontier_key(origin: RegionId) -> String {
     format!("frontier/{}", origin.0)
 }
 
+fn settled_key(origin: RegionId) -> String {
+    format!("settled/{}", origin.0)
+}
+
 /// Records of one origin region, as this region pulled them from its change log.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RemoteBatch {
@@ -40,6 +44,11 @@ pub struct RemoteBatch {
     pub records: Vec<(u64, Record)>,
     /// A stamp no future record of the origin will be older than, if the origin said so.
     pub frontier: Option<Hlc>,
+    /// When the origin was caught up as it answered: a stamp below which it held every
+    /// record of every region, so everything it wrote without knowing them is in this
+    /// batch or an earlier one.
+    #[serde(default)]
+    pub settled: Option<Hlc>,
 }
 
 /// What applying a remote batch did.
@@ -272,25 +281,40 @@ pub fn apply_remote(
     {
         set_state(t, &frontier_key(batch.origin), &f.to_key())?;
     }
+    if let Some(f) = batch.settled
+        && settled(t, batch.origin)?.is_none_or(|old| f > old)
+    {
+        set_state(t, &settled_key(batch.origin), &f.to_key())?;
+    }
     prune_stable(t)?;
+    purge_tombs(t)?;
     Ok(outcome)
 }
 
 /// How many old merged-log entries one application may drop.
 const PRUNE_BATCH: usize = 256;
 
+fn settled(t: &WriteTables<'_>, origin: RegionId) -> Result<Option<Hlc>, NsError> {
+    Ok(state(t, &settled_key(origin))?.and_then(|b| Hlc::from_key(&b)))
+}
+
+/// The stability watermark: every record of every region older than it is here, and no
+/// remote record will be ordered before it any more (with no peers, the head).
+pub fn stable(t: &WriteTables<'_>) -> Result<Option<Hlc>, NsError> {
+    let mut stable = head(t)?;
+    for p in peers(t)? {
+        match frontier(t, p)? {
+            Some(f) => stable = stable.map(|s| s.min(f)),
+            None => return Ok(None),
+        }
+    }
+    Ok(stable)
+}
+
 /// Drops merged-log entries no remote record can be ordered before any more: older than
 /// every peer's frontier (with no peers, everything).
 fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
-    let peers = peers(t)?;
-    let mut stable = head(t)?;
-    for p in peers {
-        match frontier(t, p)? {
-            Some(f) => stable = stable.map(|s| s.min(f)),
-            None => return Ok(()),
-        }
-    }
-    let Some(stable) = stable else {
+    let Some(stable) = stable(t)? else {
         return Ok(());
     };
     let end = stable.to_key();
@@ -307,5 +331,49 @@ fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
         t.oplog.remove(k.as_slice()).map_err(store_err)?;
         t.undo_log.remove(k.as_slice()).map_err(store_err)?;
     }
+    Ok(())
+}
+
+/// Removes for good the tombstones no region can still bring back, and drops their
+/// content's block references so garbage collection can reclaim the blocks.
+///
+/// A tombstone stamped `at` may go when every record written without knowledge of its
+/// removal has been applied here: this region holds every record older than its stability
+/// watermark, and each peer has said (`settled`) that it held every record older than a
+/// stamp past `at` while everything it had written so far was already pulled here. Any
+/// later record of any region comes after the removal, where the inode no longer exists.
+/// Every region reaches the same conclusion from the same records, so they purge the same
+/// tombstones, each at its own pace.
+fn purge_tombs(t: &mut WriteTables<'_>) -> Result<(), NsError> {
+    let Some(mut bound) = stable(t)? else {
+        return Ok(());
+    };
+    for p in peers(t)? {
+        match settled(t, p)? {
+            Some(s) => bound = bound.min(s),
+            None => return Ok(()),
+        }
+    }
+    let mut gone = Vec::new();
+    for item in t.tombs.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let tomb: super::tables::Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
+        if tomb.at < bound {
+            gone.push(InodeId(k.value()));
+            if gone.len() >= PRUNE_BATCH {
+                break;
+            }
+        }
+    }
+    // Outside any record: nothing to undo, this never needs reordering.
+    let saved = t.undo.take();
+    for ino in gone {
+        for e in super::tables::read_extents(&t.extents, ino, 0, u64::MAX)? {
+            t.remove_extent(ino, &e, bound.wall_ms)?;
+        }
+        t.del_xattrs(ino)?;
+        t.del_tomb(ino)?;
+    }
+    t.undo = saved;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! replay) computes the same state.
 
 pub mod apply;
+pub mod check;
 pub mod merge;
 pub mod read;
 pub mod tables;

@@ -283,6 +283,21 @@ impl<'a> NsReader<'a> {
             Query::Changes { from, limit } => {
                 QueryReply::Changes(self.changes(*from, (*limit).clamp(1, 10_000) as usize)?)
             }
+            Query::BlockRefs { blocks } => {
+                if blocks.len() > 10_000 {
+                    return Err(NsError::Invalid(format!(
+                        "{} blocks in one reference query, at most 10000",
+                        blocks.len()
+                    )));
+                }
+                let (refs, settled_ms) = super::check::block_refs(self.tx, blocks)?;
+                QueryReply::BlockRefs { refs, settled_ms }
+            }
+            Query::Check { from, limit } => QueryReply::Check(super::check::check(
+                self.tx,
+                *from,
+                (*limit).clamp(1, 10_000),
+            )?),
         })
     }
 }

@@ -1,0 +1,228 @@
+//! Reads for the region's housekeeping: block reference counts for garbage collection, and
+//! a page-by-page consistency check of the namespace for `meridian admin fsck`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use meridian_proto::ns::CheckPage;
+use meridian_proto::{BlockId, Hlc, InodeId, RegionId};
+use redb::{ReadTransaction, ReadableTable};
+
+use super::tables::*;
+use super::types::*;
+
+/// Most problems one page reports (the rest are counted in one line).
+const MAX_PROBLEMS: usize = 1000;
+
+fn state(tx: &ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, NsError> {
+    let t = match tx.open_table(REGION_STATE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(store_err(e)),
+    };
+    Ok(t.get(key).map_err(store_err)?.map(|v| v.value().to_vec()))
+}
+
+/// References to each of `blocks`, and the time (ms) before which every record of every
+/// peer region has been applied here (`u64::MAX` with no peers, 0 if a peer has never
+/// told how far it is).
+pub fn block_refs(tx: &ReadTransaction, blocks: &[BlockId]) -> Result<(Vec<u64>, u64), NsError> {
+    let refs = match tx.open_table(BLOCK_REFS) {
+        Ok(t) => blocks
+            .iter()
+            .map(|b| {
+                Ok(t.get(b.as_bytes().as_slice())
+                    .map_err(store_err)?
+                    .map(|v| v.value())
+                    .unwrap_or(0))
+            })
+            .collect::<Result<Vec<u64>, NsError>>()?,
+        Err(redb::TableError::TableDoesNotExist(_)) => vec![0; blocks.len()],
+        Err(e) => return Err(store_err(e)),
+    };
+    let peers: Vec<RegionId> = match state(tx, super::merge::PEERS)? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| NsError::Store(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let mut settled = u64::MAX;
+    for p in peers {
+        let f = state(tx, &format!("frontier/{}", p.0))?.and_then(|b| Hlc::from_key(&b));
+        settled = settled.min(f.map_or(0, |h| h.wall_ms));
+    }
+    Ok((refs, settled))
+}
+
+/// Checks the inodes numbered from `from` on, at most `limit` of them, live ones and
+/// removed ones kept as tombstones:
+/// - every directory entry names an inode that exists, of the kind the entry says;
+/// - a directory's link count is 2 plus its subdirectories, and its children point back;
+/// - a file has at least one link;
+/// - every extent belongs to an inode or a tombstone, and its block is counted as
+///   referenced (a block counted as unreferenced would be collected).
+///
+/// Returns the blocks the extents reference, with the most copies any of their volumes
+/// wants, so the caller can check the copies on the chunkservers.
+pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, NsError> {
+    let mut page = CheckPage::default();
+    let inodes = match tx.open_table(INODES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(page),
+        Err(e) => return Err(store_err(e)),
+    };
+    let dirents = tx.open_table(DIRENTS).map_err(store_err)?;
+    let extents = tx.open_table(EXTENTS).map_err(store_err)?;
+    let refs = tx.open_table(BLOCK_REFS).map_err(store_err)?;
+    let tombs = tx.open_table(TOMBS).map_err(store_err)?;
+    let mut replicas: HashMap<u32, u32> = HashMap::new();
+    let mut roots: HashSet<InodeId> = HashSet::new();
+    for item in tx
+        .open_table(VOLUMES)
+        .map_err(store_err)?
+        .iter()
+        .map_err(store_err)?
+    {
+        let (_, v) = item.map_err(store_err)?;
+        let vol: Volume =
+            serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?;
+        replicas.insert(vol.id, vol.policy.replicas);
+        roots.insert(vol.root);
+    }
+    let mut problems = Vec::new();
+    let mut problem = |p: String| problems.push(p);
+
+    // Live inodes of this page, then the tombstones in the same number range.
+    let mut owners: BTreeMap<u64, u32> = BTreeMap::new(); // inode -> volume
+    let mut end = u64::MAX;
+    for item in inodes.range(from..).map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        if page.inodes >= u64::from(limit.max(1)) {
+            end = k.value();
+            page.next = Some(end);
+            break;
+        }
+        page.inodes += 1;
+        let node: Inode = match serde_json::from_slice(v.value()) {
+            Ok(n) => n,
+            Err(e) => {
+                problem(format!("inode {}: undecodable record: {e}", k.value()));
+                continue;
+            }
+        };
+        let ino = node.attr.ino;
+        if ino.0 != k.value() {
+            problem(format!("inode {}: the record says it is {ino}", k.value()));
+        }
+        owners.insert(ino.0, node.attr.volume);
+        match node.attr.kind {
+            FileKind::Dir => {
+                let lo = dirent_key(ino, b"");
+                let hi = dirent_key(InodeId(ino.0 + 1), b"");
+                let mut subdirs = 0u32;
+                for item in dirents
+                    .range(lo.as_slice()..hi.as_slice())
+                    .map_err(store_err)?
+                {
+                    let (dk, dv) = item.map_err(store_err)?;
+                    page.dirents += 1;
+                    let entry = decode_dirent(dk.value(), dv.value())?;
+                    let shown = String::from_utf8_lossy(&entry.name).into_owned();
+                    match read_inode(&inodes, entry.ino)? {
+                        None => problem(format!(
+                            "directory {ino}: entry {shown:?} names inode {} which does not exist",
+                            entry.ino
+                        )),
+                        Some(child) if child.attr.kind != entry.kind => problem(format!(
+                            "directory {ino}: entry {shown:?} says {:?}, inode {} is {:?}",
+                            entry.kind, entry.ino, child.attr.kind
+                        )),
+                        Some(child) if child.attr.kind == FileKind::Dir => {
+                            subdirs += 1;
+                            if child.parent != ino {
+                                problem(format!(
+                                    "directory {ino}: subdirectory {shown:?} ({}) points back to {}",
+                                    entry.ino, child.parent
+                                ));
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if node.attr.nlink != 2 + subdirs {
+                    problem(format!(
+                        "directory {ino}: {} links, expected {} (2 + {subdirs} subdirectories)",
+                        node.attr.nlink,
+                        2 + subdirs
+                    ));
+                }
+                if !roots.contains(&ino) && read_inode(&inodes, node.parent)?.is_none() {
+                    problem(format!(
+                        "directory {ino}: its parent {} does not exist",
+                        node.parent
+                    ));
+                }
+            }
+            _ if node.attr.nlink == 0 => {
+                problem(format!("inode {ino}: live with no links"));
+            }
+            _ => {}
+        }
+    }
+    for item in tombs.range(from..end).map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        page.inodes += 1;
+        match serde_json::from_slice::<Tomb>(v.value()) {
+            Ok(t) => {
+                if owners.insert(k.value(), t.inode.attr.volume).is_some() {
+                    problem(format!("inode {}: both live and a tombstone", k.value()));
+                }
+            }
+            Err(e) => problem(format!("tombstone {}: undecodable: {e}", k.value())),
+        }
+    }
+
+    // Every extent in the page's number range.
+    let lo = pair_key(from, 0);
+    let hi = pair_key(end, 0);
+    let mut blocks: BTreeMap<BlockId, u32> = BTreeMap::new();
+    let range = if end == u64::MAX {
+        extents.range(lo.as_slice()..).map_err(store_err)?
+    } else {
+        extents
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(store_err)?
+    };
+    for item in range {
+        let (k, v) = item.map_err(store_err)?;
+        page.extents += 1;
+        let owner = u64::from_be_bytes(k.value()[..8].try_into().expect("8-byte key prefix"));
+        let e = decode_extent(k.value(), v.value())?;
+        let Some(volume) = owners.get(&owner) else {
+            problem(format!(
+                "extent of inode {owner} at {}: no such inode or tombstone",
+                e.offset
+            ));
+            continue;
+        };
+        let r = replicas.get(volume).copied().unwrap_or(1);
+        let want = blocks.entry(e.block).or_insert(0);
+        *want = (*want).max(r);
+        let counted = refs
+            .get(e.block.as_bytes().as_slice())
+            .map_err(store_err)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        if counted == 0 {
+            problem(format!(
+                "inode {owner} at {}: block {} is counted as unreferenced (it would be collected)",
+                e.offset, e.block
+            ));
+        }
+    }
+    page.blocks = blocks.into_iter().collect();
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(format!("... and {more} more in this page"));
+    }
+    page.problems = problems;
+    Ok(page)
+}
