@@ -180,6 +180,19 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Garbage collection on every chunkserver: unreferenced blocks condemned, deleted after
+    /// the grace period, and bytes freed (`--now` starts a pass; the grace still applies).
+    Gc {
+        /// Metaservers of the region.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Start a pass on every node now.
+        #[arg(long)]
+        now: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drain a chunkserver before removing it: it takes no new blocks and repair moves
     /// every block off it (watch `admin nodes`); `--undo` puts it back in service.
     Drain {
@@ -235,7 +248,7 @@ async fn block_queues(meta: &[String]) -> (BTreeMap<u32, (u64, u64)>, usize) {
         return (out, 0);
     };
     let mut silent = 0;
-    for (_, status) in maintain_all(&map, false, false).await {
+    for (_, status) in maintain_all(&map, None).await {
         match status {
             Ok(s) => {
                 for q in s.ship_queues {
@@ -281,8 +294,7 @@ async fn chunk_status(address: &str) -> Result<ChunkRow> {
 /// Every chunkserver of `map`: its status, after asking it to start the passes named.
 async fn maintain_all(
     map: &meridian_proto::ClusterMap,
-    repair_now: bool,
-    scrub_now: bool,
+    now: Option<Pass>,
 ) -> Vec<(
     meridian_proto::NodeInfo,
     Result<meridian_proto::pb::chunk::NodeStatusResponse>,
@@ -294,10 +306,11 @@ async fn maintain_all(
             let mut c = ChunkServiceClient::connect(format!("http://{}", n.address))
                 .await
                 .with_context(|| format!("cannot reach chunkserver {}", n.address))?;
-            if repair_now || scrub_now {
+            if let Some(pass) = now {
                 c.maintain(MaintainRequest {
-                    repair_now,
-                    scrub_now,
+                    repair_now: pass == Pass::Repair,
+                    scrub_now: pass == Pass::Scrub,
+                    gc_now: pass == Pass::Gc,
                 })
                 .await?;
             }
@@ -311,43 +324,127 @@ async fn maintain_all(
     out
 }
 
+/// The background passes `admin repair | scrub | gc` report on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Repair,
+    Scrub,
+    Gc,
+}
+
+impl Pass {
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Repair => "repair",
+            Pass::Scrub => "scrub",
+            Pass::Gc => "garbage collection",
+        }
+    }
+}
+
+fn ago(ms: u64) -> String {
+    if ms == 0 {
+        return "never".to_string();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    format!("{:.0}s ago", now.saturating_sub(ms) as f64 / 1000.0)
+}
+
+/// One node's row for `pass`: the JSON object, and the table cells after NODE.
+fn pass_row(
+    pass: Pass,
+    s: &meridian_proto::pb::chunk::NodeStatusResponse,
+) -> (serde_json::Value, String) {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    match pass {
+        Pass::Repair => {
+            let p = s.repair.clone().unwrap_or_default();
+            (
+                serde_json::json!({"passes": p.passes, "running": p.running,
+                    "last_pass_ms": p.last_pass_ms, "last_duration_ms": p.last_duration_ms,
+                    "blocks_checked": p.blocks_checked, "short": p.short, "still_short": p.still_short,
+                    "copies_pushed": p.copies_pushed, "bytes_pushed": p.bytes_pushed,
+                    "copies_dropped": p.copies_dropped, "last_error": p.last_error}),
+                format!(
+                    "{:>6} {:<8} {:>10} {:>8} {:>6} {:>6} {:>7} {:>10} {:>7}  {}",
+                    p.passes,
+                    yes(p.running),
+                    ago(p.last_pass_ms),
+                    p.blocks_checked,
+                    p.short,
+                    p.still_short,
+                    p.copies_pushed,
+                    human(p.bytes_pushed),
+                    p.copies_dropped,
+                    p.last_error
+                ),
+            )
+        }
+        Pass::Scrub => {
+            let p = s.scrub.unwrap_or_default();
+            (
+                serde_json::json!({"passes": p.passes, "running": p.running,
+                    "last_pass_ms": p.last_pass_ms, "blocks_verified": p.blocks_verified,
+                    "bytes_verified": p.bytes_verified, "corrupt_found": p.corrupt_found,
+                    "restored": p.restored, "quarantined_files": p.quarantined_files}),
+                format!(
+                    "{:>6} {:<8} {:>10} {:>9} {:>10} {:>7} {:>8} {:>11}",
+                    p.passes,
+                    yes(p.running),
+                    ago(p.last_pass_ms),
+                    p.blocks_verified,
+                    human(p.bytes_verified),
+                    p.corrupt_found,
+                    p.restored,
+                    p.quarantined_files
+                ),
+            )
+        }
+        Pass::Gc => {
+            let p = s.gc.clone().unwrap_or_default();
+            (
+                serde_json::json!({"passes": p.passes, "running": p.running,
+                    "last_pass_ms": p.last_pass_ms, "last_duration_ms": p.last_duration_ms,
+                    "blocks_checked": p.blocks_checked, "condemned": p.condemned,
+                    "deleted": p.deleted, "bytes_freed": p.bytes_freed,
+                    "reprieved": p.reprieved, "waiting": p.waiting, "last_error": p.last_error}),
+                format!(
+                    "{:>6} {:<8} {:>10} {:>8} {:>9} {:>8} {:>10} {:>9} {:>7}  {}",
+                    p.passes,
+                    yes(p.running),
+                    ago(p.last_pass_ms),
+                    p.blocks_checked,
+                    p.condemned,
+                    p.deleted,
+                    human(p.bytes_freed),
+                    p.reprieved,
+                    p.waiting,
+                    p.last_error
+                ),
+            )
+        }
+    }
+}
+
 fn print_maintenance(
     rows: &[(
         meridian_proto::NodeInfo,
         Result<meridian_proto::pb::chunk::NodeStatusResponse>,
     )],
-    repair: bool,
+    pass: Pass,
     json: bool,
 ) -> Result<()> {
-    let ago = |ms: u64| {
-        if ms == 0 {
-            "never".to_string()
-        } else {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
-            format!("{:.0}s ago", now.saturating_sub(ms) as f64 / 1000.0)
-        }
-    };
     if json {
         let out: Vec<_> = rows
             .iter()
             .map(|(n, r)| match r {
-                Ok(s) if repair => {
-                    let p = s.repair.clone().unwrap_or_default();
-                    serde_json::json!({"node": n.id.0, "passes": p.passes, "running": p.running,
-                        "last_pass_ms": p.last_pass_ms, "last_duration_ms": p.last_duration_ms,
-                        "blocks_checked": p.blocks_checked, "short": p.short, "still_short": p.still_short,
-                        "copies_pushed": p.copies_pushed, "bytes_pushed": p.bytes_pushed,
-                        "copies_dropped": p.copies_dropped, "last_error": p.last_error})
-                }
                 Ok(s) => {
-                    let p = s.scrub.unwrap_or_default();
-                    serde_json::json!({"node": n.id.0, "passes": p.passes, "running": p.running,
-                        "last_pass_ms": p.last_pass_ms, "blocks_verified": p.blocks_verified,
-                        "bytes_verified": p.bytes_verified, "corrupt_found": p.corrupt_found,
-                        "restored": p.restored, "quarantined_files": p.quarantined_files})
+                    let (mut v, _) = pass_row(pass, s);
+                    v["node"] = n.id.0.into();
+                    v
                 }
                 Err(e) => serde_json::json!({"node": n.id.0, "error": format!("{e:#}")}),
             })
@@ -355,8 +452,8 @@ fn print_maintenance(
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    if repair {
-        println!(
+    match pass {
+        Pass::Repair => println!(
             "{:>5} {:>6} {:<8} {:>10} {:>8} {:>6} {:>6} {:>7} {:>10} {:>7}  ERROR",
             "NODE",
             "PASSES",
@@ -368,9 +465,8 @@ fn print_maintenance(
             "PUSHED",
             "BYTES",
             "DROPPED"
-        );
-    } else {
-        println!(
+        ),
+        Pass::Scrub => println!(
             "{:>5} {:>6} {:<8} {:>10} {:>9} {:>10} {:>7} {:>8} {:>11}",
             "NODE",
             "PASSES",
@@ -381,42 +477,24 @@ fn print_maintenance(
             "CORRUPT",
             "RESTORED",
             "QUARANTINED"
-        );
+        ),
+        Pass::Gc => println!(
+            "{:>5} {:>6} {:<8} {:>10} {:>8} {:>9} {:>8} {:>10} {:>9} {:>7}  ERROR",
+            "NODE",
+            "PASSES",
+            "RUNNING",
+            "LAST",
+            "CHECKED",
+            "CONDEMNED",
+            "DELETED",
+            "FREED",
+            "REPRIEVED",
+            "WAITING"
+        ),
     }
     for (n, r) in rows {
         match r {
-            Ok(s) if repair => {
-                let p = s.repair.clone().unwrap_or_default();
-                println!(
-                    "{:>5} {:>6} {:<8} {:>10} {:>8} {:>6} {:>6} {:>7} {:>10} {:>7}  {}",
-                    n.id.0,
-                    p.passes,
-                    if p.running { "yes" } else { "no" },
-                    ago(p.last_pass_ms),
-                    p.blocks_checked,
-                    p.short,
-                    p.still_short,
-                    p.copies_pushed,
-                    human(p.bytes_pushed),
-                    p.copies_dropped,
-                    p.last_error
-                );
-            }
-            Ok(s) => {
-                let p = s.scrub.unwrap_or_default();
-                println!(
-                    "{:>5} {:>6} {:<8} {:>10} {:>9} {:>10} {:>7} {:>8} {:>11}",
-                    n.id.0,
-                    p.passes,
-                    if p.running { "yes" } else { "no" },
-                    ago(p.last_pass_ms),
-                    p.blocks_verified,
-                    human(p.bytes_verified),
-                    p.corrupt_found,
-                    p.restored,
-                    p.quarantined_files
-                );
-            }
+            Ok(s) => println!("{:>5} {}", n.id.0, pass_row(pass, s).1),
             Err(e) => println!("{:>5} unreachable: {e:#}", n.id.0),
         }
     }
@@ -454,7 +532,11 @@ fn status_json(s: &StatusResponse) -> serde_json::Value {
 }
 
 pub async fn run(cmd: AdminCommand) -> Result<()> {
-    let repair_cmd = matches!(cmd, AdminCommand::Repair { .. });
+    let pass = match cmd {
+        AdminCommand::Repair { .. } => Pass::Repair,
+        AdminCommand::Gc { .. } => Pass::Gc,
+        _ => Pass::Scrub,
+    };
     match cmd {
         AdminCommand::MetaStatus { meta, json } => {
             let mut rows = Vec::new();
@@ -798,7 +880,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
         }
         AdminCommand::Nodes { meta, json } => {
             let map = region_map(&meta, Duration::from_secs(5)).await?;
-            let rows = maintain_all(&map, false, false).await;
+            let rows = maintain_all(&map, None).await;
             if json {
                 let out: Vec<_> = rows
                     .iter()
@@ -851,16 +933,14 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             }
             Ok(())
         }
-        AdminCommand::Repair { meta, now, json } | AdminCommand::Scrub { meta, now, json } => {
-            let repair = repair_cmd;
+        AdminCommand::Repair { meta, now, json }
+        | AdminCommand::Scrub { meta, now, json }
+        | AdminCommand::Gc { meta, now, json } => {
             let map = region_map(&meta, Duration::from_secs(5)).await?;
-            let rows = maintain_all(&map, now && repair, now && !repair).await;
-            print_maintenance(&rows, repair, json)?;
-            if now {
-                println!(
-                    "started a {} pass on every node that answered",
-                    if repair { "repair" } else { "scrub" }
-                );
+            let rows = maintain_all(&map, now.then_some(pass)).await;
+            print_maintenance(&rows, pass, json)?;
+            if now && !json {
+                println!("started a {} pass on every node that answered", pass.name());
             }
             Ok(())
         }

@@ -109,6 +109,13 @@ struct ChunkArgs {
     /// Bytes per second the scrub may re-hash (0: unlimited).
     #[arg(long)]
     scrub_bytes_per_sec: Option<u64>,
+    /// Time between garbage collection passes, in milliseconds.
+    #[arg(long)]
+    gc_interval_ms: Option<u64>,
+    /// How long an unreferenced block waits before it is condemned, and again before it is
+    /// deleted, in milliseconds (longer than any upload takes to commit).
+    #[arg(long)]
+    gc_grace_ms: Option<u64>,
     /// Dial another region's chunkserver through another address: ADDR=VIA (repeatable;
     /// a gateway, a tunnel, a fault proxy).
     #[arg(long = "route", value_parser = parse_pair)]
@@ -152,7 +159,9 @@ impl ChunkArgs {
             repair_interval_ms,
             repair_bytes_per_sec,
             scrub_interval_ms,
-            scrub_bytes_per_sec
+            scrub_bytes_per_sec,
+            gc_interval_ms,
+            gc_grace_ms
         );
         set_opt!(cluster_map, capacity, metrics_listen, advertise);
         if !self.peers.is_empty() {

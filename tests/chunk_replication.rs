@@ -39,6 +39,7 @@ async fn has(cluster: &ChunkCluster, i: usize, id: &BlockId) -> Result<bool> {
         .await?
         .has(HasRequest {
             block_ids: vec![ids(id.as_bytes())],
+            include_condemned: false,
         })
         .await?
         .into_inner();

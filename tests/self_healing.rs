@@ -16,17 +16,24 @@ use common::{MetaCluster, Mount, ServerProc, block_files, wait_for};
 struct Healing {
     meta: MetaCluster,
     chunks: Vec<ServerProc>,
+    /// More chunkserver flags.
+    extra: Vec<String>,
 }
 
 const ZONES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
 impl Healing {
     fn start(n: usize) -> Result<Healing> {
+        Self::start_with(n, &[])
+    }
+
+    fn start_with(n: usize, extra: &[&str]) -> Result<Healing> {
         let meta =
             MetaCluster::start(3, &["--suspect-after-ms", "700", "--down-after-ms", "2000"])?;
         let mut h = Healing {
             meta,
             chunks: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for i in 0..n {
             h.add_chunkserver(i as u64 + 1)?;
@@ -55,6 +62,7 @@ impl Healing {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(self.extra.iter().cloned())
         .collect();
         self.chunks
             .push(ServerProc::start("chunk", id, self.meta.dir.path(), args)?);
@@ -220,6 +228,92 @@ fn a_killed_chunkserver_is_repaired_around_a_drained_one_empties_a_new_one_fills
         .filter_map(|n| n["copies_pushed"].as_u64())
         .sum();
     assert!(pushed > 0, "{repair}");
+    drop(mnt);
+    Ok(())
+}
+
+/// Where `data`'s block (a file of one block) lives: the node indexes holding it.
+fn holders(h: &Healing, data: &[u8]) -> Vec<usize> {
+    let id = meridian_proto::BlockId::of(data).to_hex();
+    (0..h.chunks.len())
+        .filter(|&i| block_files(&h.chunks[i].data.join("blocks")).contains(&id))
+        .collect()
+}
+
+#[test]
+fn deleted_files_blocks_are_collected_after_the_grace_and_shared_ones_are_kept() -> Result<()> {
+    const GRACE_MS: u64 = 1500;
+    let grace = GRACE_MS.to_string();
+    let h = Healing::start_with(3, &["--gc-grace-ms", &grace, "--gc-interval-ms", "300"])?;
+    let mnt = h.mount("mnt")?;
+    let shared = common::random_bytes(31, 1 << 20);
+    let alone = common::random_bytes(32, 1 << 20);
+    let again = common::random_bytes(33, 1 << 20);
+    fs::write(mnt.path.join("a"), &shared)?;
+    fs::write(mnt.path.join("b"), &shared)?; // the same block (dedup)
+    fs::write(mnt.path.join("c"), &alone)?;
+    fs::write(mnt.path.join("e"), &again)?;
+    for data in [&shared, &alone, &again] {
+        wait_for(Duration::from_secs(10), "3 copies", || {
+            (holders(&h, data).len() == 3).then_some(())
+        })?;
+    }
+
+    let deleted_at = std::time::Instant::now();
+    fs::remove_file(mnt.path.join("a"))?;
+    fs::remove_file(mnt.path.join("c"))?;
+    fs::remove_file(mnt.path.join("e"))?;
+
+    // Both unreferenced blocks get condemned on every node (a's is shared with b: not).
+    let condemned = || -> Option<Vec<u64>> {
+        let gc: serde_json::Value = serde_json::from_str(&h.admin(&["gc", "--json"]).ok()?).ok()?;
+        gc.as_array()?
+            .iter()
+            .map(|n| n["condemned"].as_u64())
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "two blocks condemned on every node",
+        || condemned()?.iter().all(|&n| n == 2).then_some(()),
+    )?;
+    // e's content is written again, as a new file, while its block is condemned: the put
+    // reprieves it, and it must outlive the grace periods that follow.
+    fs::write(mnt.path.join("f"), &again)?;
+
+    // c's block goes from every node, and never before a grace period has passed.
+    wait_for(
+        Duration::from_secs(60),
+        "c's block collected everywhere",
+        || holders(&h, &alone).is_empty().then_some(()),
+    )?;
+    assert!(
+        deleted_at.elapsed() >= Duration::from_millis(GRACE_MS),
+        "collected {:?} after the delete, inside the grace period",
+        deleted_at.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(3 * GRACE_MS));
+
+    // b still holds the shared block: all copies are kept, and b and f read back.
+    assert_eq!(
+        holders(&h, &shared).len(),
+        3,
+        "a block b still uses was collected"
+    );
+    assert_eq!(holders(&h, &again).len(), 3, "f's block was collected");
+    let fresh = h.mount("mnt2")?;
+    assert_eq!(fs::read(fresh.path.join("b"))?, shared);
+    assert_eq!(fs::read(fresh.path.join("f"))?, again);
+
+    let gc: serde_json::Value = serde_json::from_str(&h.admin(&["gc", "--now", "--json"])?)?;
+    for node in gc.as_array().context("gc --json is a list")? {
+        assert!(node["deleted"].as_u64() >= Some(1), "{gc}");
+        assert!(node["bytes_freed"].as_u64() >= Some(1), "{gc}");
+        assert!(node["reprieved"].as_u64() >= Some(1), "{gc}");
+        assert_eq!(node["condemned"], 0, "{gc}");
+        assert_eq!(node["last_error"], "", "{gc}");
+    }
+    drop(fresh);
     drop(mnt);
     Ok(())
 }

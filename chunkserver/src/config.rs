@@ -56,6 +56,11 @@ pub struct ChunkConfig {
     pub scrub_interval_ms: u64,
     /// Bytes per second the scrub may re-hash (0: unlimited).
     pub scrub_bytes_per_sec: u64,
+    /// Time between garbage collection passes, in milliseconds.
+    pub gc_interval_ms: u64,
+    /// How long an unreferenced block waits before it is condemned, and again before it
+    /// is deleted, in milliseconds: longer than any upload takes to commit.
+    pub gc_grace_ms: u64,
 }
 
 impl Default for ChunkConfig {
@@ -84,6 +89,8 @@ impl Default for ChunkConfig {
             repair_bytes_per_sec: 64 << 20,
             scrub_interval_ms: 24 * 3600 * 1000,
             scrub_bytes_per_sec: 16 << 20,
+            gc_interval_ms: 10 * 60 * 1000,
+            gc_grace_ms: 3600 * 1000,
         }
     }
 }

@@ -14,6 +14,8 @@ use crate::error::ChunkError;
 const UNDER_REPLICATED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("under_replicated");
 /// block id -> copies wanted, kept only where it differs from the region default.
 const REPLICAS: TableDefinition<&[u8], u32> = TableDefinition::new("replicas");
+/// block id -> when garbage collection condemned it (ms since the epoch).
+const CONDEMNED: TableDefinition<&[u8], u64> = TableDefinition::new("condemned");
 /// region (2 BE) ++ sequence (8 BE) -> a block to ship to that region (JSON [`Shipment`]).
 const SHIP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ship");
 
@@ -57,6 +59,7 @@ impl Ledger {
         tx.open_table(UNDER_REPLICATED).map_err(db_err)?;
         tx.open_table(SHIP).map_err(db_err)?;
         tx.open_table(REPLICAS).map_err(db_err)?;
+        tx.open_table(CONDEMNED).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(Ledger { db })
     }
@@ -139,6 +142,44 @@ impl Ledger {
                 t.remove(id.as_bytes().as_slice()).map_err(db_err)?;
             } else {
                 t.insert(id.as_bytes().as_slice(), r).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Every condemned block, with when it was condemned.
+    pub fn condemned(&self) -> Result<Vec<(BlockId, u64)>, ChunkError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(CONDEMNED).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            if let Ok(id) = BlockId::from_slice(k.value()) {
+                out.push((id, v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records durably that `ids` were condemned at `at_ms`.
+    pub fn condemn(&self, ids: &[BlockId], at_ms: u64) -> Result<(), ChunkError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(CONDEMNED).map_err(db_err)?;
+            for id in ids {
+                t.insert(id.as_bytes().as_slice(), at_ms).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Forgets that `ids` were condemned.
+    pub fn reprieve(&self, ids: &[BlockId]) -> Result<(), ChunkError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(CONDEMNED).map_err(db_err)?;
+            for id in ids {
+                t.remove(id.as_bytes().as_slice()).map_err(db_err)?;
             }
         }
         tx.commit().map_err(db_err)
@@ -272,5 +313,23 @@ mod tests {
         assert_eq!(l.list(1).unwrap().len(), 1);
         l.clear(&a).unwrap();
         assert_eq!(l.count().unwrap(), 1);
+    }
+
+    #[test]
+    fn condemned_blocks_survive_reopen_until_reprieved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (BlockId::of(b"a"), BlockId::of(b"b"));
+        {
+            let l = Ledger::open(dir.path()).unwrap();
+            l.condemn(&[a, b], 42).unwrap();
+        }
+        let l = Ledger::open(dir.path()).unwrap();
+        let mut got = l.condemned().unwrap();
+        got.sort();
+        let mut want = vec![(a, 42), (b, 42)];
+        want.sort();
+        assert_eq!(got, want);
+        l.reprieve(&[a]).unwrap();
+        assert_eq!(l.condemned().unwrap(), vec![(b, 42)]);
     }
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod format;
+pub mod gc;
 pub mod ledger;
 pub mod maintain;
 pub mod map;

@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meridian_client::BlockClient;
+use meridian_client::{BlockClient, MetaClient};
 use meridian_proto::channels::{ChannelPool, Timeouts};
-use meridian_proto::pb::chunk::{RepairStatus, ScrubStatus};
+use meridian_proto::pb::chunk::{GcStatus, RepairStatus, ScrubStatus};
 use meridian_proto::{BlockId, NodeId, NodeInfo, placement};
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -38,22 +38,33 @@ pub struct MaintainConfig {
     pub scrub_bytes_per_sec: u64,
     /// Copies of a block whose put did not say otherwise.
     pub default_replicas: u32,
+    /// Time between garbage collection passes.
+    pub gc_every: Duration,
+    /// How long an unreferenced block waits before it is condemned, and again before it is
+    /// deleted.
+    pub gc_grace: Duration,
 }
 
 /// The node's background maintenance.
 #[derive(Debug)]
 pub struct Maintainer {
     me: NodeId,
-    store: Arc<BlockStore>,
+    pub(crate) store: Arc<BlockStore>,
     ledger: Arc<Ledger>,
     map: MapView,
     pool: Arc<ChannelPool>,
     peers: BlockClient,
-    config: MaintainConfig,
+    pub(crate) config: MaintainConfig,
     repair: Mutex<RepairStatus>,
     scrub: Mutex<ScrubStatus>,
+    pub(crate) gc: Mutex<GcStatus>,
+    /// The blocks garbage collection has condemned.
+    pub condemned: Arc<crate::gc::Condemned>,
+    /// The region's metaservers (garbage collection asks them), if this node has them.
+    pub(crate) meta: Option<Arc<MetaClient>>,
     repair_now: Notify,
     scrub_now: Notify,
+    gc_now: Notify,
     restoring: Mutex<HashSet<BlockId>>,
 }
 
@@ -85,12 +96,12 @@ impl Throttle {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Blocking work off the async threads, its error as text for the pass status.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
 ) -> Result<T, String> {
     crate::service::blocking(f).await.map_err(|e| e.to_string())
@@ -104,10 +115,12 @@ impl Maintainer {
         ledger: Arc<Ledger>,
         map: MapView,
         pool: Arc<ChannelPool>,
+        meta: Option<Arc<MetaClient>>,
         config: MaintainConfig,
-    ) -> Self {
+    ) -> Result<Self, ChunkError> {
+        let condemned = Arc::new(crate::gc::Condemned::load(ledger.clone(), store.clone())?);
         let peers = BlockClient::new(map.clone(), None, Timeouts::default());
-        Maintainer {
+        Ok(Maintainer {
             me,
             store,
             ledger,
@@ -117,17 +130,30 @@ impl Maintainer {
             config,
             repair: Mutex::default(),
             scrub: Mutex::default(),
+            gc: Mutex::default(),
+            condemned,
+            meta,
             repair_now: Notify::new(),
             scrub_now: Notify::new(),
+            gc_now: Notify::new(),
             restoring: Mutex::default(),
-        }
+        })
     }
 
-    /// Starts the repair and scrub loops; a scrub pass runs at once (a node that was away
-    /// checks what it holds).
+    /// Starts the repair, scrub and garbage collection loops; a scrub pass runs at once (a
+    /// node that was away checks what it holds).
     pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        let (r, s) = (self.clone(), self.clone());
+        let (r, s, g) = (self.clone(), self.clone(), self.clone());
         vec![
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(g.config.gc_every) => {}
+                        _ = g.gc_now.notified() => {}
+                    }
+                    g.gc_pass().await;
+                }
+            }),
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -150,7 +176,10 @@ impl Maintainer {
     }
 
     /// Starts passes now.
-    pub fn trigger(&self, repair: bool, scrub: bool) {
+    pub fn trigger(&self, repair: bool, scrub: bool, gc: bool) {
+        if gc {
+            self.gc_now.notify_one();
+        }
         if repair {
             self.repair_now.notify_one();
         }
@@ -160,10 +189,13 @@ impl Maintainer {
     }
 
     /// What the passes have done.
-    pub fn status(&self) -> (RepairStatus, ScrubStatus) {
+    pub fn status(&self) -> (RepairStatus, ScrubStatus, GcStatus) {
         let mut scrub = *lock(&self.scrub);
         scrub.quarantined_files = self.store.quarantined_files();
-        (lock(&self.repair).clone(), scrub)
+        let mut gc = lock(&self.gc).clone();
+        gc.condemned = self.condemned.len() as u64;
+        gc.reprieved = self.condemned.reprieved();
+        (lock(&self.repair).clone(), scrub, gc)
     }
 
     fn replicas(&self, id: &BlockId) -> u32 {
@@ -261,7 +293,7 @@ impl Maintainer {
                 continue;
             };
             let asked: Vec<BlockId> = idx.iter().map(|i| ids[*i]).collect();
-            match self.peers.has(info, &asked).await {
+            match self.peers.has_copies(info, &asked).await {
                 Ok(answers) => {
                     for (i, has) in idx.iter().zip(answers) {
                         if has {
@@ -287,10 +319,11 @@ impl Maintainer {
             }
             // Exactly one holder acts: the first home holding it, or (no home holds it)
             // every non-home holder; extra pushes are harmless, missing ones are not.
+            // A condemned block is garbage unless a put reprieves it: it is not copied.
             let acts = match home.iter().position(|n| have.contains(n)) {
                 Some(first) => home[first] == self.me,
                 None => !me_home,
-            };
+            } && !self.condemned.contains(id);
             if acts {
                 let missing: Vec<NodeInfo> = home
                     .iter()

@@ -68,7 +68,8 @@ pub fn watch_file(path: PathBuf, every: Duration) -> MapView {
 /// Joins the cluster through the metaservers at `meta`: registers `me` (retrying until a
 /// member answers), heartbeats every `every`, registers again whenever a heartbeat is
 /// refused (a new leader, or a map that lost the node), and watches the cluster map.
-pub fn watch_meta(meta: Vec<String>, me: NodeInfo, every: Duration) -> MapView {
+/// Returns the map and the client, for other questions to the metaservers.
+pub fn watch_meta(meta: Vec<String>, me: NodeInfo, every: Duration) -> (MapView, Arc<MetaClient>) {
     let client = Arc::new(MetaClient::new(meta).with_retry_for(Duration::from_secs(5)));
     let beat = client.clone();
     tokio::spawn(async move {
@@ -90,7 +91,7 @@ pub fn watch_meta(meta: Vec<String>, me: NodeInfo, every: Duration) -> MapView {
             tokio::time::sleep(every).await;
         }
     });
-    client.watch_cluster_map()
+    (client.watch_cluster_map(), client)
 }
 
 /// A view that never changes, for a map given in full.

@@ -42,6 +42,7 @@ pub async fn run(
         .local_addr()
         .map_err(|e| ChunkError::Invalid(format!("listener has no address: {e}")))?;
     let capacity = store.usage().capacity;
+    let mut meta = None;
     let map = if !config.meta.is_empty() {
         let me = NodeInfo {
             id,
@@ -50,11 +51,13 @@ pub async fn run(
             capacity,
             state: NodeState::Up,
         };
-        map::watch_meta(
+        let (map, client) = map::watch_meta(
             config.meta.clone(),
             me,
             Duration::from_millis(config.heartbeat_ms.max(10)),
-        )
+        );
+        meta = Some(client);
+        map
     } else if let Some(path) = &config.cluster_map {
         map::watch_file(
             path.clone(),
@@ -84,14 +87,17 @@ pub async fn run(
         ledger.clone(),
         map.clone(),
         pool.clone(),
+        meta,
         crate::maintain::MaintainConfig {
             repair_every: Duration::from_millis(config.repair_interval_ms),
             repair_bytes_per_sec: config.repair_bytes_per_sec,
             scrub_every: Duration::from_millis(config.scrub_interval_ms),
             scrub_bytes_per_sec: config.scrub_bytes_per_sec,
             default_replicas: config.default_replicas,
+            gc_every: Duration::from_millis(config.gc_interval_ms),
+            gc_grace: Duration::from_millis(config.gc_grace_ms),
         },
-    ));
+    )?);
     let background = maintainer.spawn();
     let node = ChunkNode {
         id,

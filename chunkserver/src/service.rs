@@ -145,9 +145,14 @@ impl ChunkService for ChunkNode {
 
         // Verify before anything touches the disk: a mismatch changes nothing.
         let store = self.store.clone();
+        let condemned = self.maintainer.condemned.clone();
         let stored = block.clone();
         let outcome = blocking(move || {
             stored.decode()?;
+            // Stored again: no longer garbage (decided before the copy counts as present).
+            if condemned.reprieve(&stored.id)? {
+                info!(block = %stored.id, "a put reprieved a condemned block");
+            }
             store.put(&stored)
         })
         .await;
@@ -315,7 +320,15 @@ impl ChunkService for ChunkNode {
             .map(|b| block_id(b))
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.store.clone();
-        let present = blocking(move || Ok(ids.iter().map(|id| store.has(id)).collect())).await?;
+        let condemned = self.maintainer.condemned.clone();
+        let everything = req.include_condemned;
+        let present = blocking(move || {
+            Ok(ids
+                .iter()
+                .map(|id| store.has(id) && (everything || !condemned.contains(id)))
+                .collect())
+        })
+        .await?;
         Ok(Response::new(HasResponse { present }))
     }
 
@@ -370,7 +383,7 @@ impl ChunkService for ChunkNode {
         })
         .await?;
         let map = self.map.borrow().clone();
-        let (repair, scrub) = self.maintainer.status();
+        let (repair, scrub, gc) = self.maintainer.status();
         Ok(Response::new(NodeStatusResponse {
             node_id: self.id.0,
             zone: self.zone.0.clone(),
@@ -386,6 +399,7 @@ impl ChunkService for ChunkNode {
             ship_queues: queues,
             repair: Some(repair),
             scrub: Some(scrub),
+            gc: Some(gc),
         }))
     }
 
@@ -394,11 +408,12 @@ impl ChunkService for ChunkNode {
         request: Request<MaintainRequest>,
     ) -> Result<Response<MaintainResponse>, Status> {
         let r = request.into_inner();
-        self.maintainer.trigger(r.repair_now, r.scrub_now);
-        let (repair, scrub) = self.maintainer.status();
+        self.maintainer.trigger(r.repair_now, r.scrub_now, r.gc_now);
+        let (repair, scrub, gc) = self.maintainer.status();
         Ok(Response::new(MaintainResponse {
             repair: Some(repair),
             scrub: Some(scrub),
+            gc: Some(gc),
         }))
     }
 

@@ -128,7 +128,14 @@ impl BlockStore {
         let path = self.path(&block.id);
         if path.exists() {
             match self.read(&block.id) {
-                Ok(_) => return Ok(PutOutcome::AlreadyPresent),
+                Ok(_) => {
+                    // A fresh upload of it: garbage collection counts its age from now.
+                    let _ = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                    return Ok(PutOutcome::AlreadyPresent);
+                }
                 Err(e) => warn!(block = %block.id, error = %e, "replacing a damaged copy"),
             }
         }
@@ -252,6 +259,51 @@ impl BlockStore {
             raw_len: parsed.raw_len,
             stored_len,
         }))
+    }
+
+    /// When the copy of `id` was stored or last uploaded again (ms since the epoch), or
+    /// `None` if it is not here.
+    pub fn stored_at_ms(&self, id: &BlockId) -> Option<u64> {
+        let modified = fs::metadata(self.path(id)).ok()?.modified().ok()?;
+        Some(
+            modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        )
+    }
+
+    /// Runs `f` holding the lock of `id` that [`delete_if`](Self::delete_if) decides under.
+    pub fn locked<T>(&self, id: &BlockId, f: impl FnOnce() -> T) -> T {
+        let _guard = self.stripe(id);
+        f()
+    }
+
+    /// Removes the copy of `id` if `still` says so, deciding under the block's lock so that
+    /// a put cannot slip in between; returns the bytes freed.
+    pub fn delete_if(
+        &self,
+        id: &BlockId,
+        still: impl FnOnce() -> bool,
+    ) -> Result<Option<u64>, ChunkError> {
+        let path = self.path(id);
+        {
+            let _guard = self.stripe(id);
+            if !still() {
+                return Ok(None);
+            }
+            let len = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(ChunkError::io("stat", &path)(e)),
+            };
+            fs::remove_file(&path).map_err(ChunkError::io("remove", &path))?;
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            drop(_guard);
+            sync_dir(path.parent().expect("block paths have a parent"))?;
+            Ok(Some(len))
+        }
     }
 
     /// Whether a file for `id` is here (not verified).

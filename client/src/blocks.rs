@@ -294,11 +294,27 @@ impl BlockClient {
 
     /// Which of `ids` `node` holds, one answer per id.
     pub async fn has(&self, node: &NodeInfo, ids: &[BlockId]) -> Result<Vec<bool>, String> {
+        self.ask_has(node, ids, false).await
+    }
+
+    /// Like [`has`](Self::has), but a copy garbage collection has condemned counts as held
+    /// (repair asks this way: the copy is there, whether or not it is wanted).
+    pub async fn has_copies(&self, node: &NodeInfo, ids: &[BlockId]) -> Result<Vec<bool>, String> {
+        self.ask_has(node, ids, true).await
+    }
+
+    async fn ask_has(
+        &self,
+        node: &NodeInfo,
+        ids: &[BlockId],
+        include_condemned: bool,
+    ) -> Result<Vec<bool>, String> {
         let request = HasRequest {
             block_ids: ids
                 .iter()
                 .map(|id| Bytes::copy_from_slice(id.as_bytes()))
                 .collect(),
+            include_condemned,
         };
         let present = self
             .rpc(node)?

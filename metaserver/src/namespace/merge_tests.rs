@@ -574,9 +574,8 @@ fn tombstones_are_purged_once_every_region_has_settled_past_them() {
     assert_eq!(tombs(&rs[1]), 1);
     // A later record of every region, then everything settles: no region can still write
     // the file unknowingly, so every region drops the tombstone and the block's reference.
-    for i in 0..3 {
-        rs[i]
-            .run(mknod(root, &format!("later{i}"), FileKind::File))
+    for (i, r) in rs.iter_mut().enumerate() {
+        r.run(mknod(root, &format!("later{i}"), FileKind::File))
             .unwrap();
     }
     settle(&mut rs);
