@@ -317,3 +317,88 @@ fn deleted_files_blocks_are_collected_after_the_grace_and_shared_ones_are_kept()
     drop(mnt);
     Ok(())
 }
+
+/// What one file of a write storm came to: its name, content, when it ended, and the
+/// errno if any step (create, write, fsync, close) failed.
+type Outcome = (String, Vec<u8>, std::time::Instant, Result<(), i32>);
+
+/// Writes files `prefix0`, `prefix1`, … in `dir` (create, write, fsync, close) until
+/// `stop` is set, and says how each went.
+fn write_storm(
+    dir: std::path::PathBuf,
+    prefix: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Outcome>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let name = format!("{prefix}{i}");
+            let data = common::random_bytes(1000 + i, (48 << 10) + (i as usize * 7919) % (200 << 10));
+            let written = (|| -> std::io::Result<()> {
+                let mut f = fs::File::create(dir.join(&name))?;
+                f.write_all(&data)?;
+                f.sync_all()?;
+                drop(f);
+                Ok(())
+            })();
+            let errno = written.map_err(|e| e.raw_os_error().unwrap_or(-1));
+            out.push((name, data, std::time::Instant::now(), errno));
+            i += 1;
+        }
+        out
+    })
+}
+
+#[test]
+fn killing_the_metaserver_leader_mid_write_fails_nothing_silently() -> Result<()> {
+    let mut h = Healing::start(3)?;
+    let mnt = h.mount("mnt")?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storm = write_storm(mnt.path.clone(), "f", stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = h.meta.wait_leader()?;
+    let killed_at = std::time::Instant::now();
+    h.meta.nodes[leader].kill();
+    let new_leader = h.meta.wait_leader()?;
+    assert_ne!(leader, new_leader);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes = storm.join().expect("the writer thread");
+
+    // The application saw success, or a clear EIO: nothing else.
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter_map(|(n, _, _, r)| r.err().map(|e| (n, e)))
+        .collect();
+    assert!(
+        failed.iter().all(|(_, e)| *e == libc_eio()),
+        "errors other than EIO: {failed:?}"
+    );
+    let after = outcomes
+        .iter()
+        .filter(|(_, _, at, r)| *at > killed_at && r.is_ok())
+        .count();
+    assert!(after > 0, "no file was written after the leader died");
+    eprintln!(
+        "{} files, {} failed with EIO, {after} written after the kill",
+        outcomes.len(),
+        failed.len()
+    );
+
+    // Every file whose fsync and close succeeded is intact, seen from a fresh mount.
+    let fresh = h.mount("mnt2")?;
+    for (name, data, _, r) in &outcomes {
+        if r.is_ok() {
+            let got = fs::read(fresh.path.join(name)).with_context(|| format!("reading {name}"))?;
+            assert!(got == *data, "{name} differs after the leader change");
+        }
+    }
+    drop(fresh);
+    drop(mnt);
+    Ok(())
+}
+
+fn libc_eio() -> i32 {
+    5
+}
