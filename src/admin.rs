@@ -180,6 +180,20 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the region's metadata and every block it references: entries, link counts,
+    /// extents and reference counts; copies present and verified on the chunkservers.
+    /// Exits non-zero when anything is wrong.
+    Fsck {
+        /// Metaservers of the region.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Count copies without reading them back.
+        #[arg(long)]
+        quick: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Garbage collection on every chunkserver: unreferenced blocks condemned, deleted after
     /// the grace period, and bytes freed (`--now` starts a pass; the grace still applies).
     Gc {
@@ -931,6 +945,12 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     }
                 }
             }
+            Ok(())
+        }
+        AdminCommand::Fsck { meta, quick, json } => {
+            let report = crate::fsck::run(&meta, quick).await?;
+            crate::fsck::print(&report, json)?;
+            anyhow::ensure!(report.clean(), "fsck found problems");
             Ok(())
         }
         AdminCommand::Repair { meta, now, json }

@@ -9,6 +9,7 @@ use meridian_metaserver::MetaConfig;
 
 mod admin;
 mod dev;
+mod fsck;
 mod mount;
 mod proxy;
 

@@ -752,6 +752,17 @@ pub enum QueryReply {
     Check(CheckPage),
 }
 
+/// A block referenced by extents of a checked page.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct CheckedBlock {
+    /// The block.
+    pub block: BlockId,
+    /// The most copies any of the volumes referencing it wants.
+    pub replicas: u32,
+    /// One inode that references it (for the report).
+    pub inode: InodeId,
+}
+
 /// What one page of `Query::Check` found.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct CheckPage {
@@ -761,9 +772,8 @@ pub struct CheckPage {
     pub dirents: u64,
     /// Extents checked.
     pub extents: u64,
-    /// Every block the page's extents reference, with the most copies any of its volumes
-    /// wants.
-    pub blocks: Vec<(BlockId, u32)>,
+    /// Every block the page's extents reference.
+    pub blocks: Vec<CheckedBlock>,
     /// What is wrong, one line each.
     pub problems: Vec<String>,
     /// The inode number to continue from, if there is more.

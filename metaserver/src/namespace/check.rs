@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use meridian_proto::ns::CheckPage;
+use meridian_proto::ns::{CheckPage, CheckedBlock};
 use meridian_proto::{BlockId, Hlc, InodeId, RegionId};
 use redb::{ReadTransaction, ReadableTable};
 
@@ -182,7 +182,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
     // Every extent in the page's number range.
     let lo = pair_key(from, 0);
     let hi = pair_key(end, 0);
-    let mut blocks: BTreeMap<BlockId, u32> = BTreeMap::new();
+    let mut blocks: BTreeMap<BlockId, CheckedBlock> = BTreeMap::new();
     let range = if end == u64::MAX {
         extents.range(lo.as_slice()..).map_err(store_err)?
     } else {
@@ -203,8 +203,12 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
             continue;
         };
         let r = replicas.get(volume).copied().unwrap_or(1);
-        let want = blocks.entry(e.block).or_insert(0);
-        *want = (*want).max(r);
+        let b = blocks.entry(e.block).or_insert(CheckedBlock {
+            block: e.block,
+            replicas: r,
+            inode: InodeId(owner),
+        });
+        b.replicas = b.replicas.max(r);
         let counted = refs
             .get(e.block.as_bytes().as_slice())
             .map_err(store_err)?
@@ -217,7 +221,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
             ));
         }
     }
-    page.blocks = blocks.into_iter().collect();
+    page.blocks = blocks.into_values().collect();
     if problems.len() > MAX_PROBLEMS {
         let more = problems.len() - MAX_PROBLEMS;
         problems.truncate(MAX_PROBLEMS);

@@ -1,0 +1,190 @@
+//! `meridian admin fsck`: checks a region's metadata page by page (the metaserver checks
+//! directory entries, link counts, extents and reference counts), then every block an
+//! extent references: how many chunkservers hold a copy, and whether each copy verifies.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use meridian_client::{BlockClient, MetaClient};
+use meridian_proto::channels::Timeouts;
+use meridian_proto::ns::{CheckPage, CheckedBlock, Query, QueryReply};
+use meridian_proto::{BlockId, ClusterMap, NodeState};
+use serde::Serialize;
+
+/// Inodes asked about per page.
+const PAGE: u32 = 2000;
+/// Blocks asked about per `Has` call.
+const HAS_BATCH: usize = 1024;
+
+/// What fsck found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Inodes checked (live and tombstones).
+    pub inodes: u64,
+    /// Directory entries checked.
+    pub dirents: u64,
+    /// Extents checked.
+    pub extents: u64,
+    /// Distinct blocks referenced.
+    pub blocks: u64,
+    /// Copies read back and verified (0 with `--quick`).
+    pub copies_verified: u64,
+    /// Metadata that is inconsistent.
+    pub namespace: Vec<String>,
+    /// Referenced blocks with no copy on any reachable chunkserver: data is lost.
+    pub missing: Vec<String>,
+    /// Copies that failed verification (their node quarantines and replaces them).
+    pub corrupt: Vec<String>,
+    /// Blocks with fewer good copies than their volume wants (repair catches up).
+    pub short: Vec<String>,
+    /// Chunkservers that could not be asked.
+    pub unreachable: Vec<String>,
+}
+
+impl Report {
+    /// Whether nothing is wrong.
+    pub fn clean(&self) -> bool {
+        self.namespace.is_empty()
+            && self.missing.is_empty()
+            && self.corrupt.is_empty()
+            && self.short.is_empty()
+            && self.unreachable.is_empty()
+    }
+}
+
+/// Runs the check against the region whose metaservers are `meta`; `quick` counts copies
+/// without reading them back.
+pub async fn run(meta: &[String], quick: bool) -> Result<Report> {
+    let client = MetaClient::new(meta.to_vec()).with_retry_for(Duration::from_secs(10));
+    let map = client
+        .cluster_map(0, Duration::ZERO)
+        .await
+        .context("cannot read the cluster map")?;
+    let (_keep, view) = tokio::sync::watch::channel(Arc::new(map.clone()));
+    let blocks = BlockClient::new(view, None, Timeouts::default());
+    let mut report = Report::default();
+    let mut from = 0;
+    loop {
+        let page = match client
+            .query(&Query::Check { from, limit: PAGE }, false)
+            .await
+            .context("the namespace check failed")?
+        {
+            QueryReply::Check(p) => p,
+            other => anyhow::bail!("unexpected answer to a check: {other:?}"),
+        };
+        let CheckPage {
+            inodes,
+            dirents,
+            extents,
+            blocks: referenced,
+            problems,
+            next,
+        } = page;
+        report.inodes += inodes;
+        report.dirents += dirents;
+        report.extents += extents;
+        report.blocks += referenced.len() as u64;
+        report.namespace.extend(problems);
+        check_blocks(&map, &blocks, &referenced, quick, &mut report).await;
+        match next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    report.unreachable.sort();
+    report.unreachable.dedup();
+    Ok(report)
+}
+
+/// Counts and verifies the copies of `referenced` on every chunkserver not marked down.
+async fn check_blocks(
+    map: &ClusterMap,
+    client: &BlockClient,
+    referenced: &[CheckedBlock],
+    quick: bool,
+    report: &mut Report,
+) {
+    for batch in referenced.chunks(HAS_BATCH) {
+        let ids: Vec<BlockId> = batch.iter().map(|b| b.block).collect();
+        // holders[i] = the nodes holding a copy of block i.
+        let mut holders: Vec<Vec<&meridian_proto::NodeInfo>> = vec![Vec::new(); batch.len()];
+        for node in map.nodes.iter().filter(|n| n.state != NodeState::Down) {
+            match client.has_copies(node, &ids).await {
+                Ok(present) => {
+                    for (i, p) in present.into_iter().enumerate() {
+                        if p {
+                            holders[i].push(node);
+                        }
+                    }
+                }
+                Err(e) => report
+                    .unreachable
+                    .push(format!("chunkserver {} ({}): {e}", node.id, node.address)),
+            }
+        }
+        for (b, nodes) in batch.iter().zip(&holders) {
+            let what = format!("block {} (of inode {})", b.block, b.inode);
+            let mut good = 0u32;
+            for node in nodes {
+                if quick {
+                    good += 1;
+                    continue;
+                }
+                match client.get_verified(node, &b.block).await {
+                    Ok(_) => {
+                        good += 1;
+                        report.copies_verified += 1;
+                    }
+                    Err(e) => report
+                        .corrupt
+                        .push(format!("{what}: the copy on chunkserver {}: {e}", node.id)),
+                }
+            }
+            if nodes.is_empty() {
+                report
+                    .missing
+                    .push(format!("{what}: no chunkserver holds a copy"));
+            } else if good == 0 {
+                report.missing.push(format!("{what}: no copy verifies"));
+            } else if good < b.replicas {
+                report.short.push(format!(
+                    "{what}: {good} good copies of {} wanted",
+                    b.replicas
+                ));
+            }
+        }
+    }
+}
+
+/// Prints `report` as a summary and a list of problems, or as JSON.
+pub fn print(report: &Report, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    println!(
+        "checked {} inodes, {} directory entries, {} extents, {} blocks ({} copies verified)",
+        report.inodes, report.dirents, report.extents, report.blocks, report.copies_verified
+    );
+    let sections: BTreeMap<&str, &Vec<String>> = [
+        ("namespace", &report.namespace),
+        ("missing", &report.missing),
+        ("corrupt", &report.corrupt),
+        ("short", &report.short),
+        ("unreachable", &report.unreachable),
+    ]
+    .into_iter()
+    .collect();
+    for (name, lines) in sections {
+        for l in lines {
+            println!("{name}: {l}");
+        }
+    }
+    if report.clean() {
+        println!("clean");
+    }
+    Ok(())
+}
