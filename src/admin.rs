@@ -515,6 +515,19 @@ fn print_maintenance(
     Ok(())
 }
 
+/// Bytes a node still has to hand over: everything it holds while it drains (it is no
+/// block's home), else what the last repair pass found held outside its homes.
+fn to_move(
+    node: &meridian_proto::NodeInfo,
+    s: &meridian_proto::pb::chunk::NodeStatusResponse,
+) -> u64 {
+    if node.state == meridian_proto::NodeState::Draining {
+        s.used_bytes
+    } else {
+        s.repair.as_ref().map_or(0, |p| p.misplaced_bytes)
+    }
+}
+
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = bytes as f64;
@@ -906,13 +919,17 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         "blocks": r.as_ref().ok().map(|s| s.block_count),
                         "under_replicated": r.as_ref().ok().map(|s| s.under_replicated),
                         "repair_short": r.as_ref().ok().and_then(|s| s.repair.as_ref()).map(|p| p.still_short),
+                        "repair_short_bytes": r.as_ref().ok().and_then(|s| s.repair.as_ref()).map(|p| p.short_bytes),
+                        "misplaced_blocks": r.as_ref().ok().and_then(|s| s.repair.as_ref()).map(|p| p.misplaced_blocks),
+                        "misplaced_bytes": r.as_ref().ok().and_then(|s| s.repair.as_ref()).map(|p| p.misplaced_bytes),
+                        "to_move_bytes": r.as_ref().ok().map(|s| to_move(n, s)),
                         "error": r.as_ref().err().map(|e| format!("{e:#}")),
                     }))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!(
-                    "{:>5} {:<8} {:<22} {:<9} {:>10} {:>10} {:>8} {:>6} {:>6}",
+                    "{:>5} {:<8} {:<22} {:<9} {:>10} {:>10} {:>8} {:>6} {:>6} {:>10}",
                     "NODE",
                     "ZONE",
                     "ADDRESS",
@@ -921,13 +938,14 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     "USED",
                     "BLOCKS",
                     "UNDER",
-                    "SHORT"
+                    "SHORT",
+                    "TO MOVE"
                 );
                 for (n, r) in &rows {
                     let state = format!("{:?}", n.state).to_lowercase();
                     match r {
                         Ok(s) => println!(
-                            "{:>5} {:<8} {:<22} {:<9} {:>10} {:>10} {:>8} {:>6} {:>6}",
+                            "{:>5} {:<8} {:<22} {:<9} {:>10} {:>10} {:>8} {:>6} {:>6} {:>10}",
                             n.id.0,
                             n.zone.0,
                             n.address,
@@ -936,7 +954,8 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                             human(s.used_bytes),
                             s.block_count,
                             s.under_replicated,
-                            s.repair.as_ref().map_or(0, |p| p.still_short)
+                            s.repair.as_ref().map_or(0, |p| p.still_short),
+                            human(to_move(n, s))
                         ),
                         Err(e) => println!(
                             "{:>5} {:<8} {:<22} {:<9} unreachable: {e:#}",

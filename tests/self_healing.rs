@@ -213,6 +213,17 @@ fn a_killed_chunkserver_is_repaired_around_a_drained_one_empties_a_new_one_fills
 
     // Drain node 1: it ends empty, and every block still has 3 copies on the others.
     h.admin(&["drain", "1"])?;
+    // The drain's progress is visible: node 1's copies count as still to move.
+    wait_for(
+        Duration::from_secs(30),
+        "drain progress in admin nodes",
+        || {
+            let nodes: serde_json::Value =
+                serde_json::from_str(&h.admin(&["nodes", "--json"]).ok()?).ok()?;
+            let n1 = nodes.as_array()?.iter().find(|n| n["node"] == 1)?.clone();
+            (n1["state"] == "draining" && n1["to_move_bytes"].as_u64()? > 0).then_some(())
+        },
+    )?;
     wait_for(Duration::from_secs(90), "node 1 to be empty", || {
         block_files(&h.chunks[0].data.join("blocks"))
             .is_empty()

@@ -68,6 +68,17 @@ pub struct Maintainer {
     restoring: Mutex<HashSet<BlockId>>,
 }
 
+/// What a repair pass leaves to do.
+#[derive(Debug, Default)]
+struct Left {
+    /// Blocks still short of R copies.
+    short: u64,
+    short_bytes: u64,
+    /// Copies held here without being a home (a drain or rebalance has to move them).
+    misplaced: u64,
+    misplaced_bytes: u64,
+}
+
 /// Spends a byte budget: sleeps so that the long-run rate stays under `per_sec`.
 struct Throttle {
     per_sec: u64,
@@ -218,10 +229,14 @@ impl Maintainer {
         st.last_pass_ms = now_ms();
         st.last_duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
-            Ok((checked, short, still_short)) => {
+            Ok((checked, short, left)) => {
                 st.blocks_checked = checked;
                 st.short = short;
-                st.still_short = still_short;
+                st.still_short = left.short;
+                st.short_bytes = left.short_bytes;
+                st.misplaced_blocks = left.misplaced;
+                st.misplaced_bytes = left.misplaced_bytes;
+                let still_short = left.short;
                 st.last_error.clear();
                 metrics::gauge!("meridian_chunk_repair_short_blocks").set(still_short as f64);
             }
@@ -232,19 +247,18 @@ impl Maintainer {
         }
     }
 
-    /// Returns (blocks checked, blocks short of R at the start, blocks still short).
-    async fn repair_all(&self) -> Result<(u64, u64, u64), String> {
+    /// Returns (blocks checked, blocks short of R at the start, what is left to do).
+    async fn repair_all(&self) -> Result<(u64, u64, Left), String> {
         let st = self.store.clone();
         let ids = blocking(move || st.list()).await?;
         let mut throttle = Throttle::new(self.config.repair_bytes_per_sec);
-        let (mut short, mut still_short) = (0u64, 0u64);
+        let mut short = 0u64;
+        let mut left = Left::default();
         for batch in ids.chunks(HAS_BATCH) {
-            let (s, ss) = self.repair_batch(batch, &mut throttle).await?;
-            short += s;
-            still_short += ss;
+            short += self.repair_batch(batch, &mut throttle, &mut left).await?;
         }
         // The ledger of degraded puts: once nothing is short, forget every entry.
-        if still_short == 0 {
+        if left.short == 0 {
             let ledger = self.ledger.clone();
             blocking(move || {
                 let ids: Vec<BlockId> = ledger
@@ -256,14 +270,15 @@ impl Maintainer {
             })
             .await?;
         }
-        Ok((ids.len() as u64, short, still_short))
+        Ok((ids.len() as u64, short, left))
     }
 
     async fn repair_batch(
         &self,
         ids: &[BlockId],
         throttle: &mut Throttle,
-    ) -> Result<(u64, u64), String> {
+        left: &mut Left,
+    ) -> Result<u64, String> {
         let map = self.map.borrow().clone();
         if map.nodes.is_empty() {
             return Err("no cluster map yet".into());
@@ -309,7 +324,7 @@ impl Maintainer {
                 }
             }
         }
-        let (mut short, mut still_short) = (0u64, 0u64);
+        let mut short = 0u64;
         for (i, id) in ids.iter().enumerate() {
             let (home, have) = (&homes[i], &mut held[i]);
             let r = wants[i];
@@ -369,8 +384,10 @@ impl Maintainer {
                 }
             }
             let whole = home.len() >= r && home.iter().all(|n| have.contains(n));
+            let len = self.store.file_len(id);
             if !whole {
-                still_short += 1;
+                left.short += 1;
+                left.short_bytes += len;
             }
             // Not a home any more (drain, rebalance, a handoff that went back): drop the
             // copy once every home has confirmed one.
@@ -380,10 +397,15 @@ impl Maintainer {
                 if blocking(move || st.delete(&bid)).await? {
                     lock(&self.repair).copies_dropped += 1;
                     metrics::counter!("meridian_chunk_repair_dropped_total").increment(1);
+                    continue;
                 }
             }
+            if !me_home {
+                left.misplaced += 1;
+                left.misplaced_bytes += len;
+            }
         }
-        Ok((short, still_short))
+        Ok(short)
     }
 
     /// One scrub pass: re-hash every block here at the configured rate.

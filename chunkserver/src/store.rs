@@ -261,6 +261,11 @@ impl BlockStore {
         }))
     }
 
+    /// Bytes of the file holding `id` (0 if it is not here).
+    pub fn file_len(&self, id: &BlockId) -> u64 {
+        fs::metadata(self.path(id)).map_or(0, |m| m.len())
+    }
+
     /// When the copy of `id` was stored or last uploaded again (ms since the epoch), or
     /// `None` if it is not here.
     pub fn stored_at_ms(&self, id: &BlockId) -> Option<u64> {
