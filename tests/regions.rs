@@ -58,6 +58,11 @@ struct Pair {
 
 impl Pair {
     fn start() -> Result<Pair> {
+        Self::start_with(&[])
+    }
+
+    /// As `start`, with more flags for every chunkserver.
+    fn start_with(chunk_flags: &[&str]) -> Result<Pair> {
         // Region 2 is not running yet: reserve its chunkservers' ports and the proxy ports
         // region 1 reaches it through, and start that proxy once region 2 is up.
         let ports = |n: usize| (0..n).map(|_| free_addr()).collect::<Result<Vec<_>>>();
@@ -67,7 +72,7 @@ impl Pair {
             .cloned()
             .zip(via_b_chunk.iter().cloned())
             .collect();
-        let a = start_side(1, &via_b_meta.join(","), &routes_to_b, &[])?;
+        let a = start_side(1, &via_b_meta.join(","), &routes_to_b, &[], chunk_flags)?;
         let a_targets: Vec<String> = a
             .meta
             .addrs()
@@ -88,7 +93,13 @@ impl Pair {
             .cloned()
             .zip(via_a_chunk.iter().cloned())
             .collect();
-        let b = start_side(2, &via_a_meta.join(","), &routes_to_a, &b_chunks)?;
+        let b = start_side(
+            2,
+            &via_a_meta.join(","),
+            &routes_to_a,
+            &b_chunks,
+            chunk_flags,
+        )?;
         let b_forwards: Vec<(String, String)> = via_b_meta
             .iter()
             .cloned()
@@ -112,6 +123,7 @@ fn start_side(
     peer: &str,
     routes: &[(String, String)],
     listen: &[String],
+    chunk_flags: &[&str],
 ) -> Result<Side> {
     let peer_flag = format!("{}={peer}", if region == 1 { 2 } else { 1 });
     let region_s = region.to_string();
@@ -123,6 +135,7 @@ fn start_side(
     for (addr, via) in routes {
         extra.extend(["--route".to_string(), format!("{addr}={via}")]);
     }
+    extra.extend(chunk_flags.iter().map(|s| s.to_string()));
     let chunks = start_chunkservers_at(&meta, 300, 8 << 30, &extra, listen)?;
     let side = Side { meta, chunks };
     let addrs = side.addrs();
@@ -322,5 +335,59 @@ fn a_volume_pinned_to_one_region_never_leaves_it() -> Result<()> {
         ])
         .output()?;
     assert!(!err.status.success());
+    Ok(())
+}
+
+#[test]
+fn a_file_deleted_in_one_region_has_its_blocks_collected_in_both() -> Result<()> {
+    let pair = Pair::start_with(&["--gc-grace-ms", "1000", "--gc-interval-ms", "300"])?;
+    pair.a
+        .admin(&["volume-create", "shared", "--regions", "1,2"])?;
+    wait_for(Duration::from_secs(30), "the volume in region 2", || {
+        pair.b
+            .admin(&["volumes"])
+            .ok()?
+            .contains("shared")
+            .then_some(())
+    })?;
+    let ma = pair.a.mount("shared", "mnt-a")?;
+    let mb = pair.b.mount("shared", "mnt-b")?;
+    let doomed = common::random_bytes(41, 1 << 20);
+    let kept = common::random_bytes(42, 1 << 20);
+    fs::write(ma.path.join("doomed"), &doomed)?;
+    fs::write(ma.path.join("kept"), &kept)?;
+    wait_same(&ma.path, &mb.path, Duration::from_secs(60))?;
+    let all: Vec<&ServerProc> = pair.a.chunks.iter().chain(&pair.b.chunks).collect();
+    let holders = |data: &[u8]| {
+        let id = meridian_proto::BlockId::of(data).to_hex();
+        all.iter()
+            .filter(|c| block_files(&c.data.join("blocks")).contains(&id))
+            .count()
+    };
+    wait_for(Duration::from_secs(60), "3 copies in each region", || {
+        (holders(&doomed) == 6 && holders(&kept) == 6).then_some(())
+    })?;
+
+    // Removed in region 1: the tombstone each region keeps goes once both have settled
+    // past the removal, and then garbage collection takes the block everywhere.
+    fs::remove_file(ma.path.join("doomed"))?;
+    wait_same(&ma.path, &mb.path, Duration::from_secs(60))?;
+    wait_for(
+        Duration::from_secs(90),
+        "the block collected in both regions",
+        || (holders(&doomed) == 0).then_some(()),
+    )
+    .with_context(|| {
+        format!(
+            "copies left: {}\nregion 1 gc: {:?}\nregion 2 gc: {:?}",
+            holders(&doomed),
+            pair.a.admin(&["gc", "--json"]),
+            pair.b.admin(&["gc", "--json"])
+        )
+    })?;
+    assert_eq!(holders(&kept), 6, "a block still in use was collected");
+    assert_eq!(fs::read(mb.path.join("kept"))?, kept);
+    drop(mb);
+    drop(ma);
     Ok(())
 }

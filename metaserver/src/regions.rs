@@ -75,13 +75,19 @@ fn head_hlc(tx: &ReadTransaction) -> Option<Hlc> {
     state_value(tx, merge::HEAD).and_then(|b| Hlc::from_key(&b))
 }
 
+/// The newest of the head and the promise: no later local record is stamped before it.
+fn horizon_hlc(tx: &ReadTransaction) -> Option<Hlc> {
+    let promised = state_value(tx, merge::PROMISED).and_then(|b| Hlc::from_key(&b));
+    head_hlc(tx).max(promised)
+}
+
 /// This region's stability watermark: it holds every record of every region older than
 /// this (none until every peer has sent a frontier).
 fn stable_hlc(tx: &ReadTransaction) -> Option<Hlc> {
     let peers: Vec<RegionId> = state_value(tx, merge::PEERS)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let mut stable = head_hlc(tx)?;
+    let mut stable = horizon_hlc(tx)?;
     for p in peers {
         let f = state_value(tx, &format!("frontier/{}", p.0)).and_then(|b| Hlc::from_key(&b))?;
         stable = stable.min(f);
@@ -141,7 +147,11 @@ impl Regions {
             }
         }
         // Caught up: nothing this region stamps later can be older than its merged head.
-        let frontier = if next > head { head_hlc(tx) } else { last_hlc };
+        let frontier = if next > head {
+            horizon_hlc(tx)
+        } else {
+            last_hlc
+        };
         // Caught up: everything written here so far is in this answer or was sent before,
         // and nothing of any region older than the watermark is missing here.
         let stable = if next > head { stable_hlc(tx) } else { None };
@@ -260,6 +270,38 @@ pub async fn export_lag(node: Arc<MetaNode>) {
             } else {
                 0.0
             });
+        }
+    }
+}
+
+/// How long a region may stay without a new stamp before its leader promises one.
+const PROMISE_EVERY: Duration = Duration::from_secs(1);
+
+/// While the region is idle, its leader promises (through Raft) that later records are
+/// stamped after now, so the frontier it tells its peers keeps moving: they can settle
+/// past its last record, purge tombstones and collect garbage without waiting for writes.
+pub async fn promise_loop(node: Arc<MetaNode>) {
+    if node.peers.is_empty() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(PROMISE_EVERY).await;
+        if !node.is_leader() {
+            continue;
+        }
+        let now = now_ms();
+        let horizon = node.db.begin_read().ok().and_then(|tx| horizon_hlc(&tx));
+        if horizon.is_some_and(|h| h.wall_ms + PROMISE_EVERY.as_millis() as u64 > now) {
+            continue; // records are flowing: the head moves by itself
+        }
+        let stamp = node
+            .shared
+            .clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .now(now);
+        if let Err(e) = node.propose_internal(RaftRequest::Promise(stamp)).await {
+            warn!(error = %e, "promising a frontier failed");
         }
     }
 }

@@ -86,7 +86,10 @@ pub async fn run(
         peers: config.peers.clone(),
         regions: Default::default(),
     });
-    let mut region_tasks = vec![tokio::spawn(crate::regions::export_lag(node.clone()))];
+    let mut region_tasks = vec![
+        tokio::spawn(crate::regions::export_lag(node.clone())),
+        tokio::spawn(crate::regions::promise_loop(node.clone())),
+    ];
     for peer in &config.peers {
         info!(peer = peer.region, meta = ?peer.meta, "replicating with peer region");
         region_tasks.push(tokio::spawn(crate::regions::pull_loop(

@@ -35,9 +35,9 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         }
     }
     // Stamps only grow along the merged log: a command stamped before a remote record
-    // that applied ahead of it takes the next stamp after that record (deterministic, so
-    // every member agrees).
-    let hlc = match merge::head(t)? {
+    // that applied ahead of it, or before a promise to the peers, takes the next stamp
+    // after it (deterministic, so every member agrees).
+    let hlc = match merge::horizon(t)? {
         Some(head) if cmd.hlc <= head => head.successor(cmd.hlc.region),
         _ => cmd.hlc,
     };

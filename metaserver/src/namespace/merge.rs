@@ -19,6 +19,8 @@ use super::types::*;
 
 /// REGION_STATE key of the newest applied stamp.
 pub const HEAD: &str = "head";
+/// REGION_STATE key of the stamp every later local record is stamped after.
+pub const PROMISED: &str = "promised";
 /// REGION_STATE key of the peer regions (JSON).
 pub const PEERS: &str = "peers";
 
@@ -81,6 +83,20 @@ fn set_state(t: &mut WriteTables<'_>, key: &str, value: &[u8]) -> Result<(), NsE
 /// The newest stamp applied.
 pub fn head(t: &WriteTables<'_>) -> Result<Option<Hlc>, NsError> {
     Ok(state(t, HEAD)?.and_then(|b| Hlc::from_key(&b)))
+}
+
+/// The newest of the head and the promise: no later local record is stamped before it.
+pub fn horizon(t: &WriteTables<'_>) -> Result<Option<Hlc>, NsError> {
+    let promised = state(t, PROMISED)?.and_then(|b| Hlc::from_key(&b));
+    Ok(head(t)?.max(promised))
+}
+
+/// Promises that every later local record is stamped after `hlc` (never moves back).
+pub fn promise(t: &mut WriteTables<'_>, hlc: Hlc) -> Result<(), NsError> {
+    if horizon(t)?.is_none_or(|h| hlc > h) {
+        set_state(t, PROMISED, &hlc.to_key())?;
+    }
+    Ok(())
 }
 
 /// The last change-log sequence of `origin` applied here (0: none).
@@ -301,7 +317,7 @@ fn settled(t: &WriteTables<'_>, origin: RegionId) -> Result<Option<Hlc>, NsError
 /// The stability watermark: every record of every region older than it is here, and no
 /// remote record will be ordered before it any more (with no peers, the head).
 pub fn stable(t: &WriteTables<'_>) -> Result<Option<Hlc>, NsError> {
-    let mut stable = head(t)?;
+    let mut stable = horizon(t)?;
     for p in peers(t)? {
         match frontier(t, p)? {
             Some(f) => stable = stable.map(|s| s.min(f)),

@@ -38,6 +38,9 @@ pub enum Request {
     Remote(crate::namespace::RemoteBatch),
     /// The regions this one exchanges records with (from configuration).
     Peers(Vec<meridian_proto::RegionId>),
+    /// A promise that every later local record is stamped after this: it lets an idle
+    /// region's frontier move, so peers can settle past its last record.
+    Promise(meridian_proto::Hlc),
 }
 
 impl fmt::Display for Request {
@@ -47,6 +50,7 @@ impl fmt::Display for Request {
             Request::Cluster(c) => write!(f, "cluster:{c:?}"),
             Request::Remote(b) => write!(f, "remote:{}x{}", b.origin.0, b.records.len()),
             Request::Peers(p) => write!(f, "peers:{p:?}"),
+            Request::Promise(h) => write!(f, "promise@{h}"),
         }
     }
 }

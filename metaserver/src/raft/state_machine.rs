@@ -174,6 +174,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                         Response::Remote(outcome)
                     }
+                    EntryPayload::Normal(Request::Promise(hlc)) => {
+                        namespace::merge::promise(&mut ns, *hlc).map_err(io::Error::other)?;
+                        Response::None
+                    }
                     EntryPayload::Normal(Request::Peers(peers)) => {
                         namespace::merge::set_peers(&mut ns, peers).map_err(io::Error::other)?;
                         Response::None
@@ -194,7 +198,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // Local commands may have been restamped after remote records: the clock
             // must stamp after the newest applied stamp.
-            if let Some(head) = namespace::merge::head(&ns).map_err(io::Error::other)? {
+            if let Some(head) = namespace::merge::horizon(&ns).map_err(io::Error::other)? {
                 stamps.push(head);
             }
             put_json(&mut raft, APPLIED, &last)?;
