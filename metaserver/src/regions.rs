@@ -21,7 +21,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use tracing::{info, warn};
 
 use crate::config::PeerRegion;
-use crate::namespace::tables::{CHANGELOG, REGION_STATE};
+use crate::namespace::tables::CHANGELOG;
 use crate::namespace::{RemoteBatch, merge};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
@@ -60,8 +60,7 @@ fn now_ms() -> u64 {
 }
 
 fn state_value(tx: &ReadTransaction, key: &str) -> Option<Vec<u8>> {
-    let t = tx.open_table(REGION_STATE).ok()?;
-    t.get(key).ok()?.map(|v| v.value().to_vec())
+    crate::namespace::check::state(tx, key).ok().flatten()
 }
 
 /// The last change-log sequence of `origin` applied in this state.
@@ -89,7 +88,7 @@ fn stable_hlc(tx: &ReadTransaction) -> Option<Hlc> {
         .unwrap_or_default();
     let mut stable = horizon_hlc(tx)?;
     for p in peers {
-        let f = state_value(tx, &format!("frontier/{}", p.0)).and_then(|b| Hlc::from_key(&b))?;
+        let f = state_value(tx, &merge::frontier_key(p)).and_then(|b| Hlc::from_key(&b))?;
         stable = stable.min(f);
     }
     Some(stable)

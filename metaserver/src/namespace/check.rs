@@ -13,7 +13,8 @@ use super::types::*;
 /// Most problems one page reports (the rest are counted in one line).
 const MAX_PROBLEMS: usize = 1000;
 
-fn state(tx: &ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, NsError> {
+/// A value of the cross-region bookkeeping (`REGION_STATE`), if set.
+pub fn state(tx: &ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, NsError> {
     let t = match tx.open_table(REGION_STATE) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -45,7 +46,7 @@ pub fn block_refs(tx: &ReadTransaction, blocks: &[BlockId]) -> Result<(Vec<u64>,
     };
     let mut settled = u64::MAX;
     for p in peers {
-        let f = state(tx, &format!("frontier/{}", p.0))?.and_then(|b| Hlc::from_key(&b));
+        let f = state(tx, &super::merge::frontier_key(p))?.and_then(|b| Hlc::from_key(&b));
         settled = settled.min(f.map_or(0, |h| h.wall_ms));
     }
     Ok((refs, settled))

@@ -29,7 +29,8 @@ pub fn watermark_key(origin: RegionId) -> String {
     format!("wm/{}", origin.0)
 }
 
-fn frontier_key(origin: RegionId) -> String {
+/// REGION_STATE key of the frontier `origin` last told.
+pub fn frontier_key(origin: RegionId) -> String {
     format!("frontier/{}", origin.0)
 }
 

@@ -151,33 +151,27 @@ fn deliver(from: &Region, to: &mut Region, limit: usize, rewind: u64) -> usize {
     fresh
 }
 
-/// Delivers everything between every pair until nothing is left.
-fn settle(regions: &mut [Region]) {
-    loop {
-        let mut moved = 0;
-        for i in 0..regions.len() {
-            for j in 0..regions.len() {
-                if i != j {
-                    let (a, b) = two(regions, i, j);
-                    moved += deliver(a, b, usize::MAX, 0);
-                }
+/// One delivery from every region to every other; returns the new records delivered.
+fn round(regions: &mut [Region]) -> usize {
+    let mut moved = 0;
+    for i in 0..regions.len() {
+        for j in 0..regions.len() {
+            if i != j {
+                let (a, b) = two(regions, i, j);
+                moved += deliver(a, b, usize::MAX, 0);
             }
         }
-        if moved == 0 {
-            break;
-        }
     }
+    moved
+}
+
+/// Delivers everything between every pair until nothing is left.
+fn settle(regions: &mut [Region]) {
+    while round(regions) > 0 {}
     // Marks (frontiers, settled stamps) travel with every pull, records or not: a few
     // empty rounds bring every region to the same watermarks.
     for _ in 0..3 {
-        for i in 0..regions.len() {
-            for j in 0..regions.len() {
-                if i != j {
-                    let (a, b) = two(regions, i, j);
-                    deliver(a, b, usize::MAX, 0);
-                }
-            }
-        }
+        round(regions);
     }
 }
 
