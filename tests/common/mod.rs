@@ -800,10 +800,24 @@ impl Proxy {
     }
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that was free a moment ago, for a server started
+/// later. It is picked below the kernel's ephemeral range (32768 and up), so the outgoing
+/// connections of other tests cannot take it in between; a random start keeps parallel
+/// tests apart.
 pub fn free_addr() -> Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let seed = u64::from(nanos) ^ (u64::from(std::process::id()) << 16);
+    let span = 32768 - 20000;
+    for i in 0..span {
+        let port = 20000 + ((seed + i * 7919) % span) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(l.local_addr()?.to_string());
+        }
+    }
+    anyhow::bail!("no free loopback port between 20000 and 32767")
 }
 
 /// Every block file under `dir`.
