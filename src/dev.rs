@@ -139,8 +139,7 @@ impl Layout {
 }
 
 fn free_port() -> Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
+    Ok(meridian_proto::net::spare_loopback_addr()?)
 }
 
 struct DevProc {
@@ -200,10 +199,11 @@ fn wait_listening(data: &Path, c: &mut DevProc) -> Result<()> {
         }
         if let Some(status) = c.child.try_wait()? {
             bail!(
-                "{} {} exited ({status}); see {}",
+                "{} {} exited ({status}); see {}:\n{}",
                 c.role,
                 c.id,
-                log.display()
+                log.display(),
+                error_lines(&log)
             );
         }
         if start.elapsed() > Duration::from_secs(30) {
@@ -216,6 +216,23 @@ fn wait_listening(data: &Path, c: &mut DevProc) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The last lines of a server's log that are not backtrace frames: where its own
+/// account of what went wrong is.
+fn error_lines(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !is_backtrace_frame(l)).collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// Whether `line` is one frame of a printed backtrace ("  12: fn" or "      at file:line").
+fn is_backtrace_frame(line: &str) -> bool {
+    let t = line.trim_start();
+    let numbered = t
+        .split_once(": ")
+        .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    (numbered && t.len() < line.len()) || t.starts_with("at ") || t == "Stack backtrace:"
 }
 
 /// Starts one region's metaservers (growing the group to 3 on the first run) and

@@ -55,8 +55,18 @@ pub fn wait_for<T>(
 /// The last `lines` lines of a log file, for failure messages.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
+    // Backtrace frames would push the error itself out of the tail.
+    let all: Vec<&str> = text.lines().filter(|l| !is_backtrace_frame(l)).collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether `line` is one frame of a printed backtrace ("  12: fn" or "      at file:line").
+fn is_backtrace_frame(line: &str) -> bool {
+    let t = line.trim_start();
+    let numbered = t
+        .split_once(": ")
+        .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    (numbered && t.len() < line.len()) || t.starts_with("at ") || t == "Stack backtrace:"
 }
 
 /// One server process (`meridian chunk` or `meridian meta`).
@@ -805,19 +815,7 @@ impl Proxy {
 /// connections of other tests cannot take it in between; a random start keeps parallel
 /// tests apart.
 pub fn free_addr() -> Result<String> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    let seed = u64::from(nanos) ^ (u64::from(std::process::id()) << 16);
-    let span = 32768 - 20000;
-    for i in 0..span {
-        let port = 20000 + ((seed + i * 7919) % span) as u16;
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            return Ok(l.local_addr()?.to_string());
-        }
-    }
-    anyhow::bail!("no free loopback port between 20000 and 32767")
+    Ok(meridian_proto::net::spare_loopback_addr()?)
 }
 
 /// Every block file under `dir`.
