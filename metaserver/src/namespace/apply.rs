@@ -234,14 +234,13 @@ pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Resul
             len,
             expected,
             replacement,
-        } => compact(t, ctx, *ino, *offset, *len, expected, replacement),
+        } => compact(t, *ino, *offset, *len, expected, replacement),
     }
 }
 
 /// What an application of one operation knows and leaves behind.
 pub(crate) struct Ctx<'a> {
     now: Timespec,
-    now_ms: u64,
     region: RegionId,
     /// The operation's stamp.
     pub(crate) hlc: Hlc,
@@ -259,7 +258,6 @@ impl<'a> Ctx<'a> {
     pub(crate) fn new(hlc: Hlc, now: Timespec, replay: Option<&'a Effects>, volume: u32) -> Self {
         Ctx {
             now,
-            now_ms: hlc.wall_ms,
             region: hlc.region,
             hlc,
             replay,
@@ -984,7 +982,7 @@ fn drop_link(
         })?;
     } else {
         for e in read_extents(&t.extents, ino, 0, u64::MAX)? {
-            t.remove_extent(ino, &e, ctx.now_ms)?;
+            t.remove_extent(ino, &e)?;
         }
         delete_xattrs(t, ino)?;
     }
@@ -1326,7 +1324,7 @@ fn setattr(
             return Err(NsError::Quota(format!("volume {} byte quota", vol.name)));
         }
         if size < node.attr.size {
-            truncate_extents(t, ino, size, ctx.now_ms)?;
+            truncate_extents(t, ino, size)?;
         }
         vol.used_bytes = vol.used_bytes - node.attr.size + size;
         t.put_volume(&vol)?;
@@ -1367,14 +1365,9 @@ fn setattr(
 }
 
 /// Drops every extent byte at or after `size`.
-fn truncate_extents(
-    t: &mut WriteTables<'_>,
-    ino: InodeId,
-    size: u64,
-    now_ms: u64,
-) -> Result<(), NsError> {
+fn truncate_extents(t: &mut WriteTables<'_>, ino: InodeId, size: u64) -> Result<(), NsError> {
     for e in read_extents(&t.extents, ino, size, u64::MAX)? {
-        t.remove_extent(ino, &e, now_ms)?;
+        t.remove_extent(ino, &e)?;
         if e.offset < size {
             t.insert_extent(
                 ino,
@@ -1486,11 +1479,11 @@ fn check_extent(ino: InodeId, e: &Extent) -> Result<(), NsError> {
 }
 
 /// Inserts `e`, cutting away the parts of older extents it shadows.
-fn overlay(t: &mut WriteTables<'_>, ino: InodeId, e: &Extent, now_ms: u64) -> Result<(), NsError> {
+fn overlay(t: &mut WriteTables<'_>, ino: InodeId, e: &Extent) -> Result<(), NsError> {
     // Add the new reference first so a block shared with a shadowed extent never dips to 0.
     let old = read_extents(&t.extents, ino, e.offset, e.end())?;
     for o in &old {
-        t.remove_extent(ino, o, now_ms)?;
+        t.remove_extent(ino, o)?;
     }
     t.insert_extent(ino, e)?;
     for o in &old {
@@ -1558,7 +1551,7 @@ fn commit(
         return Err(NsError::Quota(format!("volume {} byte quota", vol.name)));
     }
     for e in extents {
-        overlay(t, ino, e, ctx.now_ms)?;
+        overlay(t, ino, e)?;
     }
     vol.used_bytes = vol.used_bytes - node.attr.size + new_size;
     t.put_volume(&vol)?;
@@ -1577,7 +1570,6 @@ fn commit(
 
 fn compact(
     t: &mut WriteTables<'_>,
-    ctx: &Ctx<'_>,
     ino: InodeId,
     offset: u64,
     len: u64,
@@ -1606,7 +1598,7 @@ fn compact(
         }
     }
     for e in replacement {
-        overlay(t, ino, e, ctx.now_ms)?;
+        overlay(t, ino, e)?;
     }
     Ok(Reply::Done)
 }

@@ -9,12 +9,14 @@
 //! Records older than the stability watermark (every peer region has sent everything up to
 //! it) can never be reordered again, and leave the merged log.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use meridian_proto::{Hlc, InodeId, RegionId};
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::apply::{Ctx, apply_op, record_conflict};
-use super::tables::{Before, WriteTables, store_err};
+use super::tables::{Before, Tab, WriteTables, store_err};
 use super::types::*;
 
 /// REGION_STATE key of the newest applied stamp.
@@ -382,15 +384,80 @@ fn purge_tombs(t: &mut WriteTables<'_>) -> Result<(), NsError> {
             }
         }
     }
+    if gone.is_empty() {
+        return Ok(());
+    }
     // Outside any record: nothing to undo, this never needs reordering.
     let saved = t.undo.take();
-    for ino in gone {
+    let mut dropped: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    for &ino in &gone {
         for e in super::tables::read_extents(&t.extents, ino, 0, u64::MAX)? {
-            t.remove_extent(ino, &e, bound.wall_ms)?;
+            t.remove_extent(ino, &e)?;
+            *dropped.entry(e.block.as_bytes().to_vec()).or_default() += 1;
         }
         t.del_xattrs(ino)?;
         t.del_tomb(ino)?;
     }
     t.undo = saved;
+    rebase_undo(t, &gone.into_iter().collect(), &dropped)
+}
+
+/// Carries a purge into the undo images of the records still in the merged log. Those
+/// records are newer than the purged tombstones and may yet be undone and redone around a
+/// late record; their images were taken before the purge, and restoring one as it stands
+/// would bring back a purged tombstone's rows or the block references it held (a count
+/// one too high, and a block never collected). Rebased, an image holds what that key was
+/// before its record with the purge already done: the purged inodes' rows absent, each
+/// block's count lower by the references the purge dropped. The purge commutes with those
+/// records (they come after the removal, where the inode no longer exists, and counts
+/// add), so undoing and redoing them over it gives what applying them after it would.
+fn rebase_undo(
+    t: &mut WriteTables<'_>,
+    gone: &BTreeSet<InodeId>,
+    dropped: &BTreeMap<Vec<u8>, u64>,
+) -> Result<(), NsError> {
+    let of_gone = |key: &[u8]| {
+        key.get(..8)
+            .and_then(|b| b.try_into().ok())
+            .is_some_and(|b| gone.contains(&InodeId(u64::from_be_bytes(b))))
+    };
+    let mut changed = Vec::new();
+    for item in t.undo_log.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let mut images: Vec<Before> = serde_json::from_slice(v.value()).map_err(json_err)?;
+        let mut touched = false;
+        for Before(tab, key, val) in &mut images {
+            match tab {
+                Tab::Extents | Tab::Xattrs | Tab::Tombs if of_gone(key) && val.is_some() => {
+                    *val = None;
+                    touched = true;
+                }
+                Tab::Refs => {
+                    let (Some(less), Some(bytes)) = (dropped.get(key.as_slice()), val.as_ref())
+                    else {
+                        continue;
+                    };
+                    let count = bytes
+                        .as_slice()
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| NsError::Store("damaged undo image".into()))?;
+                    let left = count.saturating_sub(*less);
+                    *val = (left > 0).then(|| left.to_be_bytes().to_vec());
+                    touched = true;
+                }
+                _ => {}
+            }
+        }
+        if touched {
+            changed.push((k.value().to_vec(), images));
+        }
+    }
+    for (key, images) in changed {
+        let bytes = serde_json::to_vec(&images).map_err(json_err)?;
+        t.undo_log
+            .insert(key.as_slice(), bytes.as_slice())
+            .map_err(store_err)?;
+    }
     Ok(())
 }

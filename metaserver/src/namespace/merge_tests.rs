@@ -581,6 +581,82 @@ fn tombstones_are_purged_once_every_region_has_settled_past_them() {
     assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[2]));
 }
 
+/// How many extents, of live files and tombstones, use `block`: what its count must be.
+fn extents_using(r: &Region, block: &BlockId) -> u64 {
+    let tx = r.db.begin_read().unwrap();
+    let t = tx.open_table(EXTENTS).unwrap();
+    t.iter()
+        .unwrap()
+        .filter(|item| {
+            let (k, v) = item.as_ref().unwrap();
+            decode_extent(k.value(), v.value()).unwrap().block == *block
+        })
+        .count() as u64
+}
+
+#[test]
+fn a_purge_under_newer_records_that_are_later_reordered_keeps_counts_exact() {
+    let mut rs = regions(3);
+    let root = rs[0].volume_root();
+    let gone = attr_of(rs[0].run(mknod(root, "gone", FileKind::File)));
+    let kept = attr_of(rs[0].run(mknod(root, "kept", FileKind::File)));
+    let (w, block) = write_op(gone.ino, 0, b"shared");
+    rs[0].run(w).unwrap();
+    settle(&mut rs);
+    rs[0]
+        .run(Op::Unlink {
+            parent: root,
+            name: b"gone".to_vec(),
+            creds: root_creds(),
+        })
+        .unwrap();
+    // Every region moves past the removal, but regions 2 and 3 hold their settled marks
+    // back, so nobody purges yet.
+    rs[1].marks = false;
+    rs[2].marks = false;
+    for (i, r) in rs.iter_mut().enumerate() {
+        r.run(mknod(root, &format!("later{i}"), FileKind::File))
+            .unwrap();
+    }
+    settle(&mut rs);
+    // Region 1, its clock well ahead, writes the same block into another file: its undo
+    // image says the block had one reference (the tombstone's).
+    rs[0].phys += 1_000_000;
+    let (w, _) = write_op(kept.ino, 0, b"shared");
+    rs[0].run(w).unwrap();
+    assert_eq!(rs[0].read(|x| x.block_refs(&block)).unwrap(), 2);
+    // The marks arrive: region 1 purges the tombstone under that newer record.
+    rs[2].marks = true;
+    let (c, a) = two(&mut rs, 2, 0);
+    deliver(c, a, usize::MAX, 0);
+    rs[1].marks = true;
+    let (b, a) = two(&mut rs, 1, 0);
+    deliver(b, a, usize::MAX, 0);
+    let tombs = |r: &Region| r.write(|t| redb::ReadableTableMetadata::len(&t.tombs).unwrap());
+    assert_eq!(tombs(&rs[0]), 0, "region 1 purged the tombstone");
+    assert_eq!(rs[0].read(|x| x.block_refs(&block)).unwrap(), 1);
+    // Region 3, behind region 1's clock, writes a record that sorts before region 1's
+    // write: region 1 undoes its write, applies it, and redoes the write.
+    rs[2].run(mknod(root, "late", FileKind::File)).unwrap();
+    let (c, a) = two(&mut rs, 2, 0);
+    deliver(c, a, usize::MAX, 0);
+    assert!(rs[0].lookup(root, "late").is_ok());
+    assert_eq!(
+        rs[0].read(|x| x.block_refs(&block)).unwrap(),
+        extents_using(&rs[0], &block),
+        "the count matches the extents after the reorder"
+    );
+    settle(&mut rs);
+    for r in &rs {
+        assert_eq!(tombs(r), 0, "region {} kept the tombstone", r.id.0);
+        assert_eq!(r.read(|x| x.block_refs(&block)).unwrap(), 1);
+        assert_eq!(extents_using(r, &block), 1);
+        assert_consistent(r);
+    }
+    assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+    assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[2]));
+}
+
 #[test]
 fn the_merged_log_is_pruned_below_the_stability_watermark() {
     let mut rs = regions(2);

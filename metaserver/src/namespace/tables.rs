@@ -25,7 +25,9 @@ pub const XATTRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("xattrs")
 pub const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
 /// block id -> number of extents referencing it.
 pub const BLOCK_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("block_refs");
-/// block id -> HLC wall time (ms) when its last reference went away (for GC).
+/// Legacy, no longer written: block id -> when its last reference went away. Nothing
+/// needs it (GC asks for reference counts, see ADR 0004) and it only ever grew; it stays
+/// defined so that data directories, snapshots and undo records that have it still load.
 pub const UNREFERENCED: TableDefinition<&[u8], u64> = TableDefinition::new("unreferenced");
 /// counter name -> value.
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -512,18 +514,19 @@ impl<'txn> WriteTables<'txn> {
         let n = self.refcount(key)?;
         self.write(Tab::Refs, key, Some(&(n + 1).to_be_bytes()))?;
         if n == 0 && self.unreferenced.get(key).map_err(store_err)?.is_some() {
+            // A mark left by an older version: it goes once the block is used again.
             self.write(Tab::Unref, key, None)?;
         }
         Ok(())
     }
 
-    /// Drops one reference to `block`; at zero it becomes a GC candidate stamped `now_ms`.
-    pub(crate) fn decref(&mut self, block: &BlockId, now_ms: u64) -> Result<(), NsError> {
+    /// Drops one reference to `block`. At zero its count row goes, which is all GC needs to
+    /// know: chunkservers ask for the counts of the blocks they hold (ADR 0004).
+    pub(crate) fn decref(&mut self, block: &BlockId) -> Result<(), NsError> {
         let key = block.as_bytes().as_slice();
         let n = self.refcount(key)?;
         if n <= 1 {
             self.write(Tab::Refs, key, None)?;
-            self.write(Tab::Unref, key, Some(&now_ms.to_be_bytes()))?;
         } else {
             self.write(Tab::Refs, key, Some(&(n - 1).to_be_bytes()))?;
         }
@@ -536,14 +539,9 @@ impl<'txn> WriteTables<'txn> {
         self.incref(&e.block)
     }
 
-    pub(crate) fn remove_extent(
-        &mut self,
-        ino: InodeId,
-        e: &Extent,
-        now_ms: u64,
-    ) -> Result<(), NsError> {
+    pub(crate) fn remove_extent(&mut self, ino: InodeId, e: &Extent) -> Result<(), NsError> {
         let key = pair_key(ino.0, e.offset);
         self.write(Tab::Extents, &key, None)?;
-        self.decref(&e.block, now_ms)
+        self.decref(&e.block)
     }
 }

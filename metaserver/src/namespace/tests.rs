@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use meridian_proto::{BlockId, Hlc, InodeId, RegionId};
 use proptest::prelude::*;
 use redb::backends::InMemoryBackend;
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableHandle};
 
 use super::*;
 
@@ -566,6 +566,13 @@ fn extent_maps_shadow_truncate_and_count_block_references() {
     assert_eq!(fs.read(|r| r.block_refs(&a)).unwrap(), 0);
     assert_eq!(fs.read(|r| r.block_refs(&b)).unwrap(), 0);
     assert_eq!(fs.read(|r| r.volume("main")).unwrap().used_bytes, 0);
+    // ... and leaves no row behind for them: the block tables do not grow with deletes.
+    let tx = fs.db.begin_read().unwrap();
+    for table in [tables::BLOCK_REFS, tables::UNREFERENCED] {
+        let rows = tx.open_table(table).map(|t| t.len().unwrap()).unwrap_or(0);
+        assert_eq!(rows, 0, "{} keeps rows of deleted blocks", table.name());
+    }
+    drop(tx);
 
     // Extents that do not fit their block are refused; directories cannot be written.
     let g = fs.create(root, "g");
