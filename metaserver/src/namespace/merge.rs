@@ -373,16 +373,22 @@ fn purge_tombs(t: &mut WriteTables<'_>) -> Result<(), NsError> {
             None => return Ok(()),
         }
     }
+    // Oldest first, and only those older than the bound: the index keeps this from
+    // reading the tombstones that must stay (many, after a long cut between regions).
     let mut gone = Vec::new();
-    for item in t.tombs.iter().map_err(store_err)? {
-        let (k, v) = item.map_err(store_err)?;
-        let tomb: super::tables::Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
-        if tomb.at < bound {
-            gone.push(InodeId(k.value()));
-            if gone.len() >= PRUNE_BATCH {
-                break;
-            }
-        }
+    let below = bound.to_key();
+    for item in t
+        .tomb_times
+        .range(..below.as_slice())
+        .map_err(store_err)?
+        .take(PRUNE_BATCH)
+    {
+        let (k, _) = item.map_err(store_err)?;
+        let ino = k.value()[Hlc::KEY_LEN..]
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| NsError::Store("damaged tombstone index key".into()))?;
+        gone.push(InodeId(ino));
     }
     if gone.is_empty() {
         return Ok(());
@@ -399,7 +405,7 @@ fn purge_tombs(t: &mut WriteTables<'_>) -> Result<(), NsError> {
         t.del_tomb(ino)?;
     }
     t.undo = saved;
-    rebase_undo(t, &gone.into_iter().collect(), &dropped)
+    rebase_undo(t, bound, &gone.into_iter().collect(), &dropped)
 }
 
 /// Carries a purge into the undo images of the records still in the merged log. Those
@@ -411,8 +417,17 @@ fn purge_tombs(t: &mut WriteTables<'_>) -> Result<(), NsError> {
 /// block's count lower by the references the purge dropped. The purge commutes with those
 /// records (they come after the removal, where the inode no longer exists, and counts
 /// add), so undoing and redoing them over it gives what applying them after it would.
+///
+/// Only the images of records from `bound` on are rebased: older ones can never be undone
+/// (every region has sent everything older), and those older than a removal were taken
+/// before some of the references the purge dropped existed.
+///
+/// A tombstone's extents are exactly the file's at its removal: a later record that
+/// changes the file brings it back (and the tombstone goes), so every image from `bound`
+/// on counted them.
 fn rebase_undo(
     t: &mut WriteTables<'_>,
+    bound: Hlc,
     gone: &BTreeSet<InodeId>,
     dropped: &BTreeMap<Vec<u8>, u64>,
 ) -> Result<(), NsError> {
@@ -422,7 +437,8 @@ fn rebase_undo(
             .is_some_and(|b| gone.contains(&InodeId(u64::from_be_bytes(b))))
     };
     let mut changed = Vec::new();
-    for item in t.undo_log.iter().map_err(store_err)? {
+    let from = bound.to_key();
+    for item in t.undo_log.range(from.as_slice()..).map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
         let mut images: Vec<Before> = serde_json::from_slice(v.value()).map_err(json_err)?;
         let mut touched = false;

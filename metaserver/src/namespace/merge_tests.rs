@@ -566,6 +566,13 @@ fn tombstones_are_purged_once_every_region_has_settled_past_them() {
     // Only the region that removed it knows: its tombstone stays.
     let tombs = |r: &Region| r.write(|t| redb::ReadableTableMetadata::len(&t.tombs).unwrap());
     assert_eq!(tombs(&rs[1]), 1);
+    assert_consistent(&rs[1]);
+    // A state written before the index existed gets it rebuilt when opened.
+    let tx = rs[1].db.begin_write().unwrap();
+    tx.delete_table(TOMB_TIMES).unwrap();
+    index_tombs(&tx).unwrap();
+    tx.commit().unwrap();
+    assert_consistent(&rs[1]);
     // A later record of every region, then everything settles: no region can still write
     // the file unknowingly, so every region drops the tombstone and the block's reference.
     for (i, r) in rs.iter_mut().enumerate() {
@@ -682,14 +689,47 @@ fn the_merged_log_is_pruned_below_the_stability_watermark() {
 /// An action of the property test, run in one region.
 #[derive(Clone, Debug)]
 enum Action {
-    Create { dir: u8, name: u8, dir_kind: bool },
-    Write { file: u8 },
-    Unlink { file: u8 },
-    Rmdir { dir: u8 },
-    Rename { entry: u8, dir: u8, name: u8 },
-    Chmod { entry: u8, perm: u16 },
-    Xattr { entry: u8, value: u8 },
-    Deliver { to: u8, limit: u8, rewind: u8 },
+    Create {
+        dir: u8,
+        name: u8,
+        dir_kind: bool,
+    },
+    Write {
+        file: u8,
+    },
+    Unlink {
+        file: u8,
+    },
+    Rmdir {
+        dir: u8,
+    },
+    Rename {
+        entry: u8,
+        dir: u8,
+        name: u8,
+    },
+    Chmod {
+        entry: u8,
+        perm: u16,
+    },
+    Xattr {
+        entry: u8,
+        value: u8,
+    },
+    Deliver {
+        to: u8,
+        limit: u8,
+        rewind: u8,
+    },
+    /// A write of content some other write may also have (dedup: one block, many uses).
+    WriteShared {
+        file: u8,
+        content: u8,
+    },
+    /// The region's physical clock jumps ahead (its later records sort after the others').
+    Skew {
+        by: u8,
+    },
 }
 
 fn arb_action() -> impl Strategy<Value = (u8, Action)> {
@@ -702,6 +742,8 @@ fn arb_action() -> impl Strategy<Value = (u8, Action)> {
         1 => (any::<u8>(), prop_oneof![Just(0o600u16), Just(0o644), Just(0o755)]).prop_map(|(entry, perm)| Action::Chmod { entry, perm }),
         1 => (any::<u8>(), 0..3u8).prop_map(|(entry, value)| Action::Xattr { entry, value }),
         3 => (any::<u8>(), 1..6u8, 0..3u8).prop_map(|(to, limit, rewind)| Action::Deliver { to, limit, rewind }),
+        1 => (any::<u8>(), 0..3u8).prop_map(|(file, content)| Action::WriteShared { file, content }),
+        1 => (0..3u8).prop_map(|by| Action::Skew { by }),
     ];
     (any::<u8>(), action)
 }
@@ -833,6 +875,21 @@ fn run_action(rs: &mut [Region], who: u8, action: &Action, writes: &mut Vec<Bloc
                 creds: root_creds(),
             }
         }
+        Action::WriteShared { file, content } => {
+            if files.is_empty() {
+                return;
+            }
+            let f = files[*file as usize % files.len()];
+            // Past the unique writes' offsets; it may overwrite an earlier shared write.
+            let seq = writes.len() as u64;
+            let (op, _) = write_op(f.2, (1 << 30) + seq % 4 * 4096, &[b's', *content]);
+            let _ = r.run(op);
+            return;
+        }
+        Action::Skew { by } => {
+            r.phys += [1_000, 100_000, 1_000_000][*by as usize % 3];
+            return;
+        }
         Action::Deliver { to, limit, rewind } => {
             let j = *to as usize % n;
             if j != i {
@@ -895,6 +952,42 @@ fn assert_consistent(r: &Region) {
     let tx = r.db.begin_read().unwrap();
     let page = super::check::check(&tx, 0, 10_000).unwrap();
     assert!(page.problems.is_empty(), "{:?}", page.problems);
+    // The tombstones' index by age names exactly the tombstones, each at its stamp.
+    let tombs = dump_table(&tx, TOMBS, |k| k.to_be_bytes().to_vec(), |v| v.to_vec());
+    let expected: Rows = tombs
+        .iter()
+        .map(|(k, v)| {
+            let at = serde_json::from_slice::<Tomb>(v).unwrap().at;
+            let ino = u64::from_be_bytes(k.as_slice().try_into().unwrap());
+            (tomb_time_key(at, ino), Vec::new())
+        })
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        dump_table(&tx, TOMB_TIMES, |k| k.to_vec(), |_| Vec::new()),
+        expected,
+        "the tombstone index is out of step"
+    );
+    // Every block is counted exactly once per extent (of a file or a tombstone) using it:
+    // a count too low would let GC take a live block, one too high would leak it.
+    let mut used: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for (k, v) in dump_table(&tx, EXTENTS, |k| k.to_vec(), |v| v.to_vec()) {
+        let block = decode_extent(&k, &v).unwrap().block;
+        let n = used.entry(block.as_bytes().to_vec()).or_insert(vec![0; 8]);
+        let count = u64::from_be_bytes(n.as_slice().try_into().unwrap()) + 1;
+        *n = count.to_be_bytes().to_vec();
+    }
+    assert_eq!(
+        dump_table(
+            &tx,
+            BLOCK_REFS,
+            |k| k.to_vec(),
+            |v| v.to_be_bytes().to_vec()
+        ),
+        used.into_iter().collect::<Rows>(),
+        "block reference counts differ from the extents"
+    );
 }
 
 proptest! {
@@ -908,6 +1001,30 @@ proptest! {
     #[test]
     fn three_regions_converge(actions in proptest::collection::vec(arb_action(), 1..60)) {
         converge(3, &actions);
+    }
+
+    #[test]
+    fn three_regions_purging_as_they_go_converge(
+        actions in proptest::collection::vec(arb_action(), 1..60),
+    ) {
+        converge_purging(3, &actions);
+    }
+}
+
+/// Like [`converge`], but settled marks travel from the start, so tombstones are purged
+/// while records are still being reordered around them.
+fn converge_purging(n: u16, actions: &[(u8, Action)]) {
+    let mut rs = regions(n);
+    let mut writes = Vec::new();
+    for (who, action) in actions {
+        run_action(&mut rs, *who, action, &mut writes);
+    }
+    settle(&mut rs);
+    let first = namespace_dump(&rs[0]);
+    for r in &rs {
+        check_tree(r);
+        assert_eq!(namespace_dump(r), first, "region {} differs", r.id.0);
+        assert_consistent(r);
     }
 }
 

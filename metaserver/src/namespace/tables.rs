@@ -3,7 +3,7 @@
 //! and sorted (readdir and extent lookups are range scans).
 
 use meridian_proto::{BlockId, InodeId};
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 
 use super::types::{DirEntry, Extent, FileKind, Inode, NsError, Volume};
 
@@ -48,6 +48,10 @@ pub const UNDO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("undo");
 /// inode -> a removed inode kept for a while (JSON [`Tomb`]), so that a concurrent update
 /// from another region can bring it back.
 pub const TOMBS: TableDefinition<u64, &[u8]> = TableDefinition::new("tombs");
+/// The tombstones by age: removal stamp (HLC key) ++ inode (8 BE) -> (). Derived from
+/// TOMBS (kept in step by every write of a tombstone, rebuilt by [`index_tombs`]) and left
+/// out of snapshots, so the purge reads only the tombstones it can drop.
+pub const TOMB_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("tomb_times");
 /// HLC key ++ index (2 BE) -> a conflict met while merging (JSON).
 pub const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts");
 /// Cross-region bookkeeping: `head` (the newest applied stamp), `peers`, and per origin
@@ -174,6 +178,35 @@ pub(crate) fn encode_extent(e: &Extent) -> [u8; 48] {
     v
 }
 
+/// TOMB_TIMES key of the tombstone of `ino` removed at `at`.
+pub(crate) fn tomb_time_key(at: meridian_proto::Hlc, ino: u64) -> Vec<u8> {
+    let mut k = at.to_key().to_vec();
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+/// Rebuilds the tombstones' index by age from TOMBS, unless it already holds one row per
+/// tombstone: after a snapshot is installed, and on opening a state written before the
+/// index existed.
+pub fn index_tombs(tx: &WriteTransaction) -> Result<(), NsError> {
+    let tombs = tx.open_table(TOMBS).map_err(store_err)?;
+    let mut times = tx.open_table(TOMB_TIMES).map_err(store_err)?;
+    if tombs.len().map_err(store_err)? == times.len().map_err(store_err)? {
+        return Ok(());
+    }
+    times.retain(|_, _| false).map_err(store_err)?;
+    for item in tombs.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let at = serde_json::from_slice::<Tomb>(v.value())
+            .map_err(json_err)?
+            .at;
+        times
+            .insert(tomb_time_key(at, k.value()).as_slice(), ())
+            .map_err(store_err)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn decode_extent(key: &[u8], value: &[u8]) -> Result<Extent, NsError> {
     if key.len() != 16 || value.len() != 48 {
         return Err(NsError::Store("damaged extent".into()));
@@ -274,6 +307,7 @@ pub struct WriteTables<'txn> {
     pub(crate) oplog: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) undo_log: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) tombs: Table<'txn, u64, &'static [u8]>,
+    pub(crate) tomb_times: Table<'txn, &'static [u8], ()>,
     pub(crate) conflicts: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) region_state: Table<'txn, &'static str, &'static [u8]>,
     /// While set, every write to a namespace table records what it overwrote.
@@ -298,6 +332,7 @@ impl<'txn> WriteTables<'txn> {
             oplog: tx.open_table(OPLOG).map_err(store_err)?,
             undo_log: tx.open_table(UNDO).map_err(store_err)?,
             tombs: tx.open_table(TOMBS).map_err(store_err)?,
+            tomb_times: tx.open_table(TOMB_TIMES).map_err(store_err)?,
             conflicts: tx.open_table(CONFLICTS).map_err(store_err)?,
             region_state: tx.open_table(REGION_STATE).map_err(store_err)?,
             undo: None,
@@ -348,7 +383,27 @@ impl<'txn> WriteTables<'txn> {
         }
         match tab {
             Tab::Inodes => bytes(&mut self.inodes, u64_of(key)?, val),
-            Tab::Tombs => bytes(&mut self.tombs, u64_of(key)?, val),
+            Tab::Tombs => {
+                // Every tombstone write passes here (undo and redo included), so the index
+                // by age follows it.
+                let ino = u64_of(key)?;
+                if let Some(old) = self.tombs.get(ino).map_err(store_err)? {
+                    let at = serde_json::from_slice::<Tomb>(old.value())
+                        .map_err(json_err)?
+                        .at;
+                    drop(old);
+                    self.tomb_times
+                        .remove(tomb_time_key(at, ino).as_slice())
+                        .map_err(store_err)?;
+                }
+                if let Some(v) = val {
+                    let at = serde_json::from_slice::<Tomb>(v).map_err(json_err)?.at;
+                    self.tomb_times
+                        .insert(tomb_time_key(at, ino).as_slice(), ())
+                        .map_err(store_err)?;
+                }
+                bytes(&mut self.tombs, ino, val)
+            }
             Tab::Dirents => bytes(&mut self.dirents, key, val),
             Tab::Extents => bytes(&mut self.extents, key, val),
             Tab::Xattrs => bytes(&mut self.xattrs, key, val),
