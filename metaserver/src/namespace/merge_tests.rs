@@ -570,7 +570,7 @@ fn tombstones_are_purged_once_every_region_has_settled_past_them() {
     // A state written before the index existed gets it rebuilt when opened.
     let tx = rs[1].db.begin_write().unwrap();
     tx.delete_table(TOMB_TIMES).unwrap();
-    index_tombs(&tx).unwrap();
+    index_tombs(&tx, false).unwrap();
     tx.commit().unwrap();
     assert_consistent(&rs[1]);
     // A later record of every region, then everything settles: no region can still write
@@ -662,6 +662,46 @@ fn a_purge_under_newer_records_that_are_later_reordered_keeps_counts_exact() {
     }
     assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
     assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[2]));
+}
+
+#[test]
+fn a_snapshot_installed_over_other_tombstones_rebuilds_their_index() {
+    let mut rs = regions(2);
+    let root = rs[0].volume_root();
+    for name in ["x", "y"] {
+        rs[0].run(mknod(root, name, FileKind::File)).unwrap();
+    }
+    let other = attr_of(rs[1].run(mknod(root, "z", FileKind::File)));
+    rs[1].run(mknod(root, "w", FileKind::File)).unwrap();
+    settle(&mut rs);
+    rs[0].marks = false;
+    rs[1].marks = false;
+    // Region 1 removes x and y; region 2 removes z and w (as many tombstones) and never
+    // hears of x and y.
+    for name in ["x", "y"] {
+        let unlink = Op::Unlink {
+            parent: root,
+            name: name.as_bytes().to_vec(),
+            creds: root_creds(),
+        };
+        rs[0].run(unlink).unwrap();
+    }
+    for name in ["z", "w"] {
+        let unlink = Op::Unlink {
+            parent: root,
+            name: name.as_bytes().to_vec(),
+            creds: root_creds(),
+        };
+        rs[1].run(unlink).unwrap();
+    }
+    assert!(rs[1].write(|t| t.tomb(other.ino).unwrap()).is_some());
+    // Region 1's state replaces region 2's, as a snapshot install does.
+    let data = crate::raft::snapshot::dump(&rs[0].db.begin_read().unwrap()).unwrap();
+    let tx = rs[1].db.begin_write().unwrap();
+    crate::raft::snapshot::load(&tx, &data).unwrap();
+    tx.commit().unwrap();
+    assert_consistent(&rs[1]);
+    assert_eq!(namespace_dump(&rs[1]), namespace_dump(&rs[0]));
 }
 
 #[test]

@@ -185,13 +185,13 @@ pub(crate) fn tomb_time_key(at: meridian_proto::Hlc, ino: u64) -> Vec<u8> {
     k
 }
 
-/// Rebuilds the tombstones' index by age from TOMBS, unless it already holds one row per
-/// tombstone: after a snapshot is installed, and on opening a state written before the
-/// index existed.
-pub fn index_tombs(tx: &WriteTransaction) -> Result<(), NsError> {
+/// Rebuilds the tombstones' index by age from TOMBS: after a snapshot is installed
+/// (`always`), and on opening a state written before the index existed (when it does not
+/// hold one row per tombstone; every write keeps the two in one transaction otherwise).
+pub fn index_tombs(tx: &WriteTransaction, always: bool) -> Result<(), NsError> {
     let tombs = tx.open_table(TOMBS).map_err(store_err)?;
     let mut times = tx.open_table(TOMB_TIMES).map_err(store_err)?;
-    if tombs.len().map_err(store_err)? == times.len().map_err(store_err)? {
+    if !always && tombs.len().map_err(store_err)? == times.len().map_err(store_err)? {
         return Ok(());
     }
     times.retain(|_, _| false).map_err(store_err)?;

@@ -197,5 +197,6 @@ pub fn load(tx: &WriteTransaction, data: &[u8]) -> io::Result<()> {
             "trailing bytes after the snapshot",
         ));
     }
-    Ok(())
+    // Derived tables are not shipped: they are rebuilt from what was.
+    ns::index_tombs(tx, true).map_err(io_err)
 }

@@ -49,7 +49,7 @@ impl StateMachine {
         let db = Database::create(dir.join("state.redb")).map_err(io_err)?;
         let tx = db.begin_write().map_err(io_err)?;
         WriteTables::open(&tx).map_err(io_err)?;
-        crate::namespace::tables::index_tombs(&tx).map_err(io_err)?;
+        crate::namespace::tables::index_tombs(&tx, false).map_err(io_err)?;
         tx.open_table(RAFT_STATE).map_err(io_err)?;
         let map = cluster::read(&tx.open_table(cluster::CLUSTER).map_err(io_err)?, region)
             .map_err(io_err)?;
@@ -234,7 +234,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let tx = self.db.begin_write().map_err(io_err)?;
         snapshot::load(&tx, &data)?;
-        crate::namespace::tables::index_tombs(&tx).map_err(io_err)?;
         {
             let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
             put_json(&mut raft, APPLIED, &meta.last_log_id)?;
