@@ -221,6 +221,14 @@ fn mknod(parent: InodeId, name: &str, kind: FileKind) -> Op {
     }
 }
 
+fn unlink(parent: InodeId, name: &str) -> Op {
+    Op::Unlink {
+        parent,
+        name: name.as_bytes().to_vec(),
+        creds: root_creds(),
+    }
+}
+
 fn write_op(ino: InodeId, offset: u64, seed: &[u8]) -> (Op, BlockId) {
     let block = BlockId::of(seed);
     let op = Op::CommitExtents {
@@ -411,11 +419,7 @@ fn an_update_beats_a_concurrent_delete_in_either_order() {
         let f = attr_of(rs[0].run(mknod(root, "keep", FileKind::File)));
         settle(&mut rs);
         let (w, block) = write_op(f.ino, 0, b"update");
-        let unlink = Op::Unlink {
-            parent: root,
-            name: b"keep".to_vec(),
-            creds: root_creds(),
-        };
+        let unlink = unlink(root, "keep");
         if writer_first {
             rs[1].run(w).unwrap();
             rs[0].run(unlink).unwrap();
@@ -556,13 +560,7 @@ fn tombstones_are_purged_once_every_region_has_settled_past_them() {
     let (w, block) = write_op(f.ino, 0, b"old content");
     rs[0].run(w).unwrap();
     settle(&mut rs);
-    rs[1]
-        .run(Op::Unlink {
-            parent: root,
-            name: b"gone".to_vec(),
-            creds: root_creds(),
-        })
-        .unwrap();
+    rs[1].run(unlink(root, "gone")).unwrap();
     // Only the region that removed it knows: its tombstone stays.
     let tombs = |r: &Region| r.write(|t| redb::ReadableTableMetadata::len(&t.tombs).unwrap());
     assert_eq!(tombs(&rs[1]), 1);
@@ -610,13 +608,7 @@ fn a_purge_under_newer_records_that_are_later_reordered_keeps_counts_exact() {
     let (w, block) = write_op(gone.ino, 0, b"shared");
     rs[0].run(w).unwrap();
     settle(&mut rs);
-    rs[0]
-        .run(Op::Unlink {
-            parent: root,
-            name: b"gone".to_vec(),
-            creds: root_creds(),
-        })
-        .unwrap();
+    rs[0].run(unlink(root, "gone")).unwrap();
     // Every region moves past the removal, but regions 2 and 3 hold their settled marks
     // back, so nobody purges yet.
     rs[1].marks = false;
@@ -679,20 +671,10 @@ fn a_snapshot_installed_over_other_tombstones_rebuilds_their_index() {
     // Region 1 removes x and y; region 2 removes z and w (as many tombstones) and never
     // hears of x and y.
     for name in ["x", "y"] {
-        let unlink = Op::Unlink {
-            parent: root,
-            name: name.as_bytes().to_vec(),
-            creds: root_creds(),
-        };
-        rs[0].run(unlink).unwrap();
+        rs[0].run(unlink(root, name)).unwrap();
     }
     for name in ["z", "w"] {
-        let unlink = Op::Unlink {
-            parent: root,
-            name: name.as_bytes().to_vec(),
-            creds: root_creds(),
-        };
-        rs[1].run(unlink).unwrap();
+        rs[1].run(unlink(root, name)).unwrap();
     }
     assert!(rs[1].write(|t| t.tomb(other.ino).unwrap()).is_some());
     // Region 1's state replaces region 2's, as a snapshot install does.
