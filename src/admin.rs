@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use meridian_client::MetaClient;
 use meridian_proto::ns::{Op, Query, QueryReply, Reply, VolumePolicy};
 use meridian_proto::pb::chunk::NodeStatusRequest;
@@ -157,29 +157,9 @@ pub enum AdminCommand {
         json: bool,
     },
     /// Repair on every chunkserver: what the last pass found and did (`--now` starts one).
-    Repair {
-        /// Metaservers of the region.
-        #[arg(long, value_delimiter = ',', required = true)]
-        meta: Vec<String>,
-        /// Start a pass on every node now.
-        #[arg(long)]
-        now: bool,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Repair(PassArgs),
     /// Scrub on every chunkserver: blocks re-hashed, bad copies found and restored.
-    Scrub {
-        /// Metaservers of the region.
-        #[arg(long, value_delimiter = ',', required = true)]
-        meta: Vec<String>,
-        /// Start a pass on every node now.
-        #[arg(long)]
-        now: bool,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Scrub(PassArgs),
     /// Check the region's metadata and every block it references: entries, link counts,
     /// extents and reference counts; copies present and verified on the chunkservers.
     /// Exits non-zero when anything is wrong.
@@ -196,17 +176,7 @@ pub enum AdminCommand {
     },
     /// Garbage collection on every chunkserver: unreferenced blocks condemned, deleted after
     /// the grace period, and bytes freed (`--now` starts a pass; the grace still applies).
-    Gc {
-        /// Metaservers of the region.
-        #[arg(long, value_delimiter = ',', required = true)]
-        meta: Vec<String>,
-        /// Start a pass on every node now.
-        #[arg(long)]
-        now: bool,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Gc(PassArgs),
     /// Drain a chunkserver before removing it: it takes no new blocks and repair moves
     /// every block off it (watch `admin nodes`); `--undo` puts it back in service.
     Drain {
@@ -558,12 +528,33 @@ fn status_json(s: &StatusResponse) -> serde_json::Value {
     })
 }
 
+/// Options shared by `admin repair`, `admin scrub` and `admin gc`.
+#[derive(Args)]
+pub struct PassArgs {
+    /// Metaservers of the region.
+    #[arg(long, value_delimiter = ',', required = true)]
+    meta: Vec<String>,
+    /// Start a pass on every node now.
+    #[arg(long)]
+    now: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Shows (and with `--now` starts) one kind of maintenance pass on every chunkserver.
+async fn maintenance(pass: Pass, args: PassArgs) -> Result<()> {
+    let PassArgs { meta, now, json } = args;
+    let map = region_map(&meta, Duration::from_secs(5)).await?;
+    let rows = maintain_all(&map, now.then_some(pass)).await;
+    print_maintenance(&rows, pass, json)?;
+    if now && !json {
+        println!("started a {} pass on every node that answered", pass.name());
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: AdminCommand) -> Result<()> {
-    let pass = match cmd {
-        AdminCommand::Repair { .. } => Pass::Repair,
-        AdminCommand::Gc { .. } => Pass::Gc,
-        _ => Pass::Scrub,
-    };
     match cmd {
         AdminCommand::MetaStatus { meta, json } => {
             let mut rows = Vec::new();
@@ -972,17 +963,9 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             anyhow::ensure!(report.clean(), "fsck found problems");
             Ok(())
         }
-        AdminCommand::Repair { meta, now, json }
-        | AdminCommand::Scrub { meta, now, json }
-        | AdminCommand::Gc { meta, now, json } => {
-            let map = region_map(&meta, Duration::from_secs(5)).await?;
-            let rows = maintain_all(&map, now.then_some(pass)).await;
-            print_maintenance(&rows, pass, json)?;
-            if now && !json {
-                println!("started a {} pass on every node that answered", pass.name());
-            }
-            Ok(())
-        }
+        AdminCommand::Repair(args) => maintenance(Pass::Repair, args).await,
+        AdminCommand::Scrub(args) => maintenance(Pass::Scrub, args).await,
+        AdminCommand::Gc(args) => maintenance(Pass::Gc, args).await,
         AdminCommand::Drain { node, meta, undo } => {
             let mut last = None;
             for addr in &meta {
