@@ -59,39 +59,34 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn state_value(tx: &ReadTransaction, key: &str) -> Option<Vec<u8>> {
-    crate::namespace::check::state(tx, key).ok().flatten()
+/// Reads the region bookkeeping of a read transaction through `merge`, its one owner; a
+/// state not written yet (or unreadable) reads as `None`.
+fn read_state<T>(
+    tx: &ReadTransaction,
+    f: impl FnOnce(
+        &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    ) -> Result<T, crate::namespace::NsError>,
+) -> Option<T> {
+    merge::state_table(tx)
+        .ok()
+        .flatten()
+        .and_then(|t| f(&t).ok())
 }
 
 /// The last change-log sequence of `origin` applied in this state.
 pub fn watermark(tx: &ReadTransaction, origin: RegionId) -> u64 {
-    state_value(tx, &merge::watermark_key(origin))
-        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(0)
-}
-
-fn head_hlc(tx: &ReadTransaction) -> Option<Hlc> {
-    state_value(tx, merge::HEAD).and_then(|b| Hlc::from_key(&b))
+    read_state(tx, |t| merge::watermark(t, origin)).unwrap_or(0)
 }
 
 /// The newest of the head and the promise: no later local record is stamped before it.
 fn horizon_hlc(tx: &ReadTransaction) -> Option<Hlc> {
-    let promised = state_value(tx, merge::PROMISED).and_then(|b| Hlc::from_key(&b));
-    head_hlc(tx).max(promised)
+    read_state(tx, merge::horizon).flatten()
 }
 
 /// This region's stability watermark: it holds every record of every region older than
 /// this (none until every peer has sent a frontier).
 fn stable_hlc(tx: &ReadTransaction) -> Option<Hlc> {
-    let peers: Vec<RegionId> = state_value(tx, merge::PEERS)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let mut stable = horizon_hlc(tx)?;
-    for p in peers {
-        let f = state_value(tx, &merge::frontier_key(p)).and_then(|b| Hlc::from_key(&b))?;
-        stable = stable.min(f);
-    }
-    Some(stable)
+    read_state(tx, merge::stable).flatten()
 }
 
 fn head_seq(tx: &ReadTransaction) -> u64 {
@@ -325,8 +320,7 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
                 .db
                 .begin_read()
                 .ok()
-                .and_then(|tx| state_value(&tx, merge::PEERS))
-                .and_then(|b| serde_json::from_slice::<Vec<RegionId>>(&b).ok())
+                .and_then(|tx| read_state(&tx, merge::peers))
                 .unwrap_or_default();
             if recorded == ids || node.propose_internal(RaftRequest::Peers(ids)).await.is_ok() {
                 peers_recorded = true;

@@ -192,6 +192,10 @@ pub struct Volume {
     pub used_bytes: u64,
     /// Inodes, the root included.
     pub used_inodes: u64,
+    /// When the volume was deleted, for a deleted volume kept as a tombstone (so a
+    /// concurrent change from another region can bring it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Hlc>,
 }
 
 /// Who is asking: the credentials of the calling process.
@@ -448,9 +452,18 @@ pub struct Effects {
     /// The inode a rename replaced at its destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced: Option<InodeId>,
-    /// The content stamp of the file it wrote or removed, as it was at the origin.
+    /// The content stamp of the file it wrote or removed, as it was at the origin: the
+    /// version this change was based on. Two changes based on one version did not see each
+    /// other and are concurrent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen: Option<Hlc>,
+    /// The inode an unlink, rmdir or rename acted on, so a replay acts on that inode
+    /// whatever name it has by then, never on another one that took the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<InodeId>,
+    /// The content stamp of the file a rename replaced, as it was at the origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_seen: Option<Hlc>,
 }
 
 /// A committed operation as regions exchange it: what ran, when (its HLC stamp names the

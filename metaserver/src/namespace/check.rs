@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use meridian_proto::ns::{CheckPage, CheckedBlock};
-use meridian_proto::{BlockId, Hlc, InodeId, RegionId};
+use meridian_proto::{BlockId, InodeId};
 use redb::{ReadTransaction, ReadableTable};
 
 use super::tables::*;
@@ -12,16 +12,6 @@ use super::types::*;
 
 /// Most problems one page reports (the rest are counted in one line).
 const MAX_PROBLEMS: usize = 1000;
-
-/// A value of the cross-region bookkeeping (`REGION_STATE`), if set.
-pub fn state(tx: &ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, NsError> {
-    let t = match tx.open_table(REGION_STATE) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(store_err(e)),
-    };
-    Ok(t.get(key).map_err(store_err)?.map(|v| v.value().to_vec()))
-}
 
 /// References to each of `blocks`, and the time (ms) before which every record of every
 /// peer region has been applied here (`u64::MAX` with no peers, 0 if a peer has never
@@ -40,14 +30,12 @@ pub fn block_refs(tx: &ReadTransaction, blocks: &[BlockId]) -> Result<(Vec<u64>,
         Err(redb::TableError::TableDoesNotExist(_)) => vec![0; blocks.len()],
         Err(e) => return Err(store_err(e)),
     };
-    let peers: Vec<RegionId> = match state(tx, super::merge::PEERS)? {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| NsError::Store(e.to_string()))?,
-        None => Vec::new(),
-    };
     let mut settled = u64::MAX;
-    for p in peers {
-        let f = state(tx, &super::merge::frontier_key(p))?.and_then(|b| Hlc::from_key(&b));
-        settled = settled.min(f.map_or(0, |h| h.wall_ms));
+    if let Some(state) = super::merge::state_table(tx)? {
+        for p in super::merge::peers(&state)? {
+            let f = super::merge::frontier(&state, p)?;
+            settled = settled.min(f.map_or(0, |h| h.wall_ms));
+        }
     }
     Ok((refs, settled))
 }

@@ -1,23 +1,45 @@
-//! Merging the operations of several regions into one namespace.
+//! The merged log: every applied record of every region, in HLC order, each with what it
+//! overwrote, and the cross-region bookkeeping around it. This module is its one owner:
+//! entering a record, rewinding the log before a late record, reading a file's content as
+//! it was at an older version, the stability watermark, and pruning and purging below it.
+//! It applies no operation itself (`apply` does).
 //!
 //! A region's namespace is the result of applying every record it knows, local and remote,
 //! in HLC order. Local records arrive in order and apply at the end. A remote record older
-//! than records already applied undoes those (each applied record keeps the values it
-//! overwrote), applies, and redoes them; replays resolve conflicts the same way on every
-//! region (see `apply`), so regions that hold the same records hold the same namespace.
+//! than records already applied rewinds those (restoring what they overwrote), applies,
+//! and they are replayed after it; replays resolve conflicts the same way on every region
+//! (see `conflict`), so regions that hold the same records hold the same namespace.
 //!
-//! Records older than the stability watermark (every peer region has sent everything up to
-//! it) can never be reordered again, and leave the merged log.
+//! Records older than the settled bound (every peer region has sent everything up to it,
+//! and has written everything since knowing everything before it) can never be reordered
+//! or named as a base version again, and leave the merged log.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_proto::{Hlc, InodeId, RegionId};
-use redb::ReadableTable;
+use redb::{ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::apply::{Ctx, apply_op, record_conflict};
-use super::tables::{Before, Tab, WriteTables, store_err};
+use super::tables::{
+    Before, REGION_STATE, Tab, Tomb, WriteTables, decode_extent, read_extents, store_err,
+};
 use super::types::*;
+
+/// Anything REGION_STATE can be read from: the table open in a write transaction, or in a
+/// read transaction (the region code, fsck, GC).
+pub trait StateTable: ReadableTable<&'static str, &'static [u8]> {}
+impl<T: ReadableTable<&'static str, &'static [u8]>> StateTable for T {}
+
+/// REGION_STATE of a read transaction (none before the first write).
+pub fn state_table(
+    tx: &ReadTransaction,
+) -> Result<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>, NsError> {
+    match tx.open_table(REGION_STATE) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(store_err(e)),
+    }
+}
 
 /// REGION_STATE key of the newest applied stamp.
 pub const HEAD: &str = "head";
@@ -71,11 +93,13 @@ fn json_err(e: serde_json::Error) -> NsError {
     NsError::Store(format!("damaged merge record: {e}"))
 }
 
-fn state(t: &WriteTables<'_>, key: &str) -> Result<Option<Vec<u8>>, NsError> {
-    Ok(t.region_state
-        .get(key)
-        .map_err(store_err)?
-        .map(|v| v.value().to_vec()))
+/// A value of the cross-region bookkeeping, if set.
+pub fn state(t: &impl StateTable, key: &str) -> Result<Option<Vec<u8>>, NsError> {
+    Ok(t.get(key).map_err(store_err)?.map(|v| v.value().to_vec()))
+}
+
+fn stamp(t: &impl StateTable, key: &str) -> Result<Option<Hlc>, NsError> {
+    Ok(state(t, key)?.and_then(|b| Hlc::from_key(&b)))
 }
 
 fn set_state(t: &mut WriteTables<'_>, key: &str, value: &[u8]) -> Result<(), NsError> {
@@ -84,37 +108,37 @@ fn set_state(t: &mut WriteTables<'_>, key: &str, value: &[u8]) -> Result<(), NsE
 }
 
 /// The newest stamp applied.
-pub fn head(t: &WriteTables<'_>) -> Result<Option<Hlc>, NsError> {
-    Ok(state(t, HEAD)?.and_then(|b| Hlc::from_key(&b)))
+pub fn head(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
+    stamp(t, HEAD)
 }
 
 /// The newest of the head and the promise: no later local record is stamped before it.
-pub fn horizon(t: &WriteTables<'_>) -> Result<Option<Hlc>, NsError> {
-    let promised = state(t, PROMISED)?.and_then(|b| Hlc::from_key(&b));
-    Ok(head(t)?.max(promised))
+pub fn horizon(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
+    Ok(head(t)?.max(stamp(t, PROMISED)?))
 }
 
 /// Promises that every later local record is stamped after `hlc` (never moves back).
 pub fn promise(t: &mut WriteTables<'_>, hlc: Hlc) -> Result<(), NsError> {
-    if horizon(t)?.is_none_or(|h| hlc > h) {
+    if horizon(&t.region_state)?.is_none_or(|h| hlc > h) {
         set_state(t, PROMISED, &hlc.to_key())?;
     }
     Ok(())
 }
 
 /// The last change-log sequence of `origin` applied here (0: none).
-pub fn watermark(t: &WriteTables<'_>, origin: RegionId) -> Result<u64, NsError> {
+pub fn watermark(t: &impl StateTable, origin: RegionId) -> Result<u64, NsError> {
     Ok(state(t, &watermark_key(origin))?
         .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0))
 }
 
-fn frontier(t: &WriteTables<'_>, origin: RegionId) -> Result<Option<Hlc>, NsError> {
-    Ok(state(t, &frontier_key(origin))?.and_then(|b| Hlc::from_key(&b)))
+/// The frontier `origin` last told: none of its future records is older.
+pub fn frontier(t: &impl StateTable, origin: RegionId) -> Result<Option<Hlc>, NsError> {
+    stamp(t, &frontier_key(origin))
 }
 
 /// The regions this one exchanges records with.
-pub fn peers(t: &WriteTables<'_>) -> Result<Vec<RegionId>, NsError> {
+pub fn peers(t: &impl StateTable) -> Result<Vec<RegionId>, NsError> {
     match state(t, PEERS)? {
         Some(b) => serde_json::from_slice(&b).map_err(json_err),
         None => Ok(Vec::new()),
@@ -142,184 +166,179 @@ pub(crate) fn log_applied(
     t.undo_log
         .insert(key.as_slice(), undo.as_slice())
         .map_err(store_err)?;
-    if head(t)?.is_none_or(|h| record.hlc > h) {
+    if head(&t.region_state)?.is_none_or(|h| record.hlc > h) {
         set_state(t, HEAD, &key)?;
     }
     prune_stable(t)
 }
 
-/// Replays one record: conflicts are resolved, and a record that cannot apply any more
-/// (its target is gone for good, a move would make a cycle) is skipped and recorded.
-fn replay(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
-    let ctx = Ctx::new(record.hlc, record.now, Some(&record.effects), record.volume);
-    t.undo = Some(Vec::new());
-    let outcome = apply_op(t, &record.op, &ctx);
-    let mut images = t.undo.take().unwrap_or_default();
-    match outcome {
-        Err(e @ NsError::Store(_)) => return Err(e),
-        Err(e) => {
-            t.restore(&images)?;
-            t.undo = Some(Vec::new());
-            // Losing an atime update or a compaction is no conflict anybody cares about.
-            if !matches!(record.op, Op::Accessed { .. } | Op::Compact { .. }) {
-                record_conflict(
-                    t,
-                    &ctx,
-                    "skip",
-                    None,
-                    format!(
-                        "{} from region {} not applied: {e}",
-                        op_name(&record.op),
-                        record.hlc.region.0
-                    ),
-                )?;
-            }
-            images = t.undo.take().unwrap_or_default();
+/// Takes out of the merged log every record stamped at or after `low`, newest first,
+/// restoring what each overwrote, and returns them oldest first: the namespace is then as
+/// it was before `low`, ready for a late record to apply at its place in HLC order.
+pub(crate) fn rewind(t: &mut WriteTables<'_>, low: Hlc) -> Result<Vec<Record>, NsError> {
+    let from = low.to_key();
+    let mut newer = Vec::new();
+    for item in t.oplog.range(from.as_slice()..).map_err(store_err)?.rev() {
+        let (k, v) = item.map_err(store_err)?;
+        newer.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    let mut out = Vec::with_capacity(newer.len());
+    for (key, bytes) in newer {
+        let images = undo_images(t, &key)?;
+        t.restore(&images)?;
+        t.undo_log.remove(key.as_slice()).map_err(store_err)?;
+        t.oplog.remove(key.as_slice()).map_err(store_err)?;
+        out.push(serde_json::from_slice::<Record>(&bytes).map_err(json_err)?);
+    }
+    out.reverse();
+    // The head goes back to the newest record kept, and forward again as records apply.
+    let before_low = t
+        .oplog
+        .range(..from.as_slice())
+        .map_err(store_err)?
+        .next_back()
+        .map(|item| item.map(|(k, _)| k.value().to_vec()))
+        .transpose()
+        .map_err(store_err)?;
+    match before_low {
+        Some(k) => set_state(t, HEAD, &k)?,
+        None => {
+            t.region_state.remove(HEAD).map_err(store_err)?;
         }
-        Ok(_) => {}
     }
-    log_applied(t, record, &images)
+    Ok(out)
 }
 
-/// A short name of an operation, for conflict records.
-pub fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::CreateVolume { .. } => "create volume",
-        Op::DeleteVolume { .. } => "delete volume",
-        Op::Mknod { .. } => "create",
-        Op::Symlink { .. } => "symlink",
-        Op::Link { .. } => "link",
-        Op::Unlink { .. } => "unlink",
-        Op::Rmdir { .. } => "rmdir",
-        Op::Rename { .. } => "rename",
-        Op::SetAttr { .. } => "setattr",
-        Op::SetXattr { .. } => "setxattr",
-        Op::RemoveXattr { .. } => "removexattr",
-        Op::CommitExtents { .. } => "write",
-        Op::Accessed { .. } => "access",
-        Op::Compact { .. } => "compaction",
+fn undo_images(t: &WriteTables<'_>, key: &[u8]) -> Result<Vec<Before>, NsError> {
+    match t.undo_log.get(key).map_err(store_err)? {
+        Some(v) => serde_json::from_slice(v.value()).map_err(json_err),
+        None => Err(NsError::Store(format!(
+            "no undo record for {:?}",
+            Hlc::from_key(key)
+        ))),
     }
 }
 
-/// Applies records pulled from another region: each exactly once (the per-origin
-/// watermark advances in the same transaction), merged into HLC order. A record of a
-/// volume that does not live in `own` is refused and nothing changes.
-pub fn apply_remote(
+/// Whether the merged log already holds the record stamped `hlc`.
+pub(crate) fn holds(t: &WriteTables<'_>, hlc: Hlc) -> Result<bool, NsError> {
+    Ok(t.oplog
+        .get(hlc.to_key().as_slice())
+        .map_err(store_err)?
+        .is_some())
+}
+
+/// After a batch from `origin`: its change log applied up to `seq`, and the marks it sent.
+/// Then whatever the marks make stable leaves the merged log.
+pub(crate) fn note_batch(
     t: &mut WriteTables<'_>,
-    own: RegionId,
-    batch: &RemoteBatch,
-) -> Result<MergeOutcome, NsError> {
-    if batch.origin == own {
-        return Err(NsError::Invalid(format!(
-            "records of region {} sent to itself",
-            own.0
-        )));
-    }
-    let wm = watermark(t, batch.origin)?;
-    let mut fresh = Vec::new();
-    let mut last_seq = wm;
-    for (seq, record) in &batch.records {
-        if record.hlc.region != batch.origin {
-            return Err(NsError::Invalid(format!(
-                "record {} in a batch from region {}",
-                record.hlc, batch.origin.0
-            )));
-        }
-        if !record.allowed_in(own) {
-            return Err(NsError::Perm(format!(
-                "volume {} does not live in region {} (data residency): record {} refused",
-                record.volume, own.0, record.hlc
-            )));
-        }
-        if *seq > last_seq {
-            last_seq = *seq;
-            if t.oplog
-                .get(record.hlc.to_key().as_slice())
-                .map_err(store_err)?
-                .is_none()
-            {
-                fresh.push(record.clone());
-            }
-        }
-    }
-    let mut outcome = MergeOutcome {
-        watermark: last_seq,
-        ..MergeOutcome::default()
-    };
-    if let Some(low) = fresh.iter().map(|r| r.hlc).min() {
-        // Undo every applied record newer than the oldest new one, newest first.
-        let from = low.to_key();
-        let mut newer = Vec::new();
-        for item in t.oplog.range(from.as_slice()..).map_err(store_err)?.rev() {
-            let (k, v) = item.map_err(store_err)?;
-            newer.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        let mut redo = Vec::with_capacity(newer.len());
-        for (key, bytes) in newer {
-            let images: Vec<Before> = match t.undo_log.get(key.as_slice()).map_err(store_err)? {
-                Some(v) => serde_json::from_slice(v.value()).map_err(json_err)?,
-                None => {
-                    return Err(NsError::Store(format!(
-                        "no undo record for {:?}",
-                        Hlc::from_key(&key)
-                    )));
-                }
-            };
-            t.restore(&images)?;
-            t.undo_log.remove(key.as_slice()).map_err(store_err)?;
-            t.oplog.remove(key.as_slice()).map_err(store_err)?;
-            redo.push(serde_json::from_slice::<Record>(&bytes).map_err(json_err)?);
-        }
-        outcome.redone = redo.len() as u64;
-        outcome.applied = fresh.len() as u64;
-        // The head goes back to the newest record kept, and forward again as records apply.
-        let before_low = t
-            .oplog
-            .range(..from.as_slice())
-            .map_err(store_err)?
-            .next_back()
-            .map(|item| item.map(|(k, _)| k.value().to_vec()))
-            .transpose()
-            .map_err(store_err)?;
-        match before_low {
-            Some(k) => set_state(t, HEAD, &k)?,
-            None => {
-                t.region_state.remove(HEAD).map_err(store_err)?;
-            }
-        }
-        let mut all = redo;
-        all.extend(fresh);
-        all.sort_by_key(|r| r.hlc);
-        for record in &all {
-            replay(t, record)?;
-        }
-    }
-    set_state(t, &watermark_key(batch.origin), &last_seq.to_be_bytes())?;
-    if let Some(f) = batch.frontier
-        && frontier(t, batch.origin)?.is_none_or(|old| f > old)
+    origin: RegionId,
+    seq: u64,
+    frontier_mark: Option<Hlc>,
+    settled_mark: Option<Hlc>,
+) -> Result<(), NsError> {
+    set_state(t, &watermark_key(origin), &seq.to_be_bytes())?;
+    if let Some(f) = frontier_mark
+        && frontier(&t.region_state, origin)?.is_none_or(|old| f > old)
     {
-        set_state(t, &frontier_key(batch.origin), &f.to_key())?;
+        set_state(t, &frontier_key(origin), &f.to_key())?;
     }
-    if let Some(f) = batch.settled
-        && settled(t, batch.origin)?.is_none_or(|old| f > old)
+    if let Some(f) = settled_mark
+        && settled(&t.region_state, origin)?.is_none_or(|old| f > old)
     {
-        set_state(t, &settled_key(batch.origin), &f.to_key())?;
+        set_state(t, &settled_key(origin), &f.to_key())?;
     }
     prune_stable(t)?;
-    purge_tombs(t)?;
-    Ok(outcome)
+    purge_tombs(t)
+}
+
+/// A file's content at an older version.
+pub(crate) struct FileVersion {
+    /// Its extents.
+    pub(crate) extents: Vec<Extent>,
+    /// Its size.
+    pub(crate) size: u64,
+}
+
+/// The content `ino` had at `version` (the stamp of the change that made it), read back
+/// from the current content through what every later record in the merged log overwrote.
+///
+/// Every record that changed the content since is still in the log when a record based on
+/// `version` can still arrive: such a record was written where the change that displaced
+/// `version` was not known yet, so its origin had not settled past that change, and the
+/// log is pruned only below every peer's settled mark.
+pub(crate) fn version_of(
+    t: &WriteTables<'_>,
+    ino: InodeId,
+    version: Hlc,
+) -> Result<FileVersion, NsError> {
+    if version == Hlc::default() {
+        // Never written: as created.
+        return Ok(FileVersion {
+            extents: Vec::new(),
+            size: 0,
+        });
+    }
+    let mut map: BTreeMap<u64, Extent> = read_extents(&t.extents, ino, 0, u64::MAX)?
+        .into_iter()
+        .map(|e| (e.offset, e))
+        .collect();
+    let mut size = super::tables::read_inode(&t.inodes, ino)?.map_or(0, |n| n.attr.size);
+    let ino_key = ino.0.to_be_bytes();
+    let after = version.to_key();
+    let mut keys = Vec::new();
+    for item in t.undo_log.range(after.as_slice()..).map_err(store_err)? {
+        let (k, _) = item.map_err(store_err)?;
+        if k.value() != after.as_slice() {
+            keys.push(k.value().to_vec());
+        }
+    }
+    for key in keys.iter().rev() {
+        for Before(tab, k, val) in undo_images(t, key)?.iter().rev() {
+            match tab {
+                Tab::Extents if k.len() == 16 && k[..8] == ino_key => {
+                    let offset = u64::from_be_bytes(k[8..16].try_into().expect("8 bytes"));
+                    match val {
+                        Some(v) => {
+                            map.insert(offset, decode_extent(k, v)?);
+                        }
+                        None => {
+                            map.remove(&offset);
+                        }
+                    }
+                }
+                Tab::Inodes if k[..] == ino_key => {
+                    if let Some(v) = val {
+                        let node: Inode = serde_json::from_slice(v).map_err(json_err)?;
+                        size = node.attr.size;
+                    }
+                }
+                Tab::Tombs if k[..] == ino_key => {
+                    if let Some(v) = val {
+                        let tomb: Tomb = serde_json::from_slice(v).map_err(json_err)?;
+                        size = tomb.inode.attr.size;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(FileVersion {
+        extents: map.into_values().collect(),
+        size,
+    })
 }
 
 /// How many old merged-log entries one application may drop.
 const PRUNE_BATCH: usize = 256;
 
-fn settled(t: &WriteTables<'_>, origin: RegionId) -> Result<Option<Hlc>, NsError> {
-    Ok(state(t, &settled_key(origin))?.and_then(|b| Hlc::from_key(&b)))
+fn settled(t: &impl StateTable, origin: RegionId) -> Result<Option<Hlc>, NsError> {
+    stamp(t, &settled_key(origin))
 }
 
 /// The stability watermark: every record of every region older than it is here, and no
-/// remote record will be ordered before it any more (with no peers, the head).
-pub fn stable(t: &WriteTables<'_>) -> Result<Option<Hlc>, NsError> {
+/// remote record will be ordered before it any more (with no peers, the horizon; none
+/// until every peer has sent a frontier).
+pub fn stable(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
     let mut stable = horizon(t)?;
     for p in peers(t)? {
         match frontier(t, p)? {
@@ -330,13 +349,28 @@ pub fn stable(t: &WriteTables<'_>) -> Result<Option<Hlc>, NsError> {
     Ok(stable)
 }
 
-/// Drops merged-log entries no remote record can be ordered before any more: older than
-/// every peer's frontier (with no peers, everything).
+/// The settled bound: below the stability watermark, and below every peer's settled mark,
+/// so every record written without knowledge of a record older than this is here. Nothing
+/// older is reordered, named as the base of a change, or brings back a removed inode.
+pub fn settled_bound(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
+    let Some(mut bound) = stable(t)? else {
+        return Ok(None);
+    };
+    for p in peers(t)? {
+        match settled(t, p)? {
+            Some(s) => bound = bound.min(s),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(bound))
+}
+
+/// Drops merged-log entries older than the settled bound (with no peers, everything).
 fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
-    let Some(stable) = stable(t)? else {
+    let Some(bound) = settled_bound(&t.region_state)? else {
         return Ok(());
     };
-    let end = stable.to_key();
+    let end = bound.to_key();
     let mut old = Vec::new();
     for item in t
         .oplog
@@ -364,15 +398,9 @@ fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
 /// Every region reaches the same conclusion from the same records, so they purge the same
 /// tombstones, each at its own pace.
 fn purge_tombs(t: &mut WriteTables<'_>) -> Result<(), NsError> {
-    let Some(mut bound) = stable(t)? else {
+    let Some(bound) = settled_bound(&t.region_state)? else {
         return Ok(());
     };
-    for p in peers(t)? {
-        match settled(t, p)? {
-            Some(s) => bound = bound.min(s),
-            None => return Ok(()),
-        }
-    }
     // Oldest first, and only those older than the bound: the index keeps this from
     // reading the tombstones that must stay (many, after a long cut between regions).
     let mut gone = Vec::new();
@@ -402,6 +430,13 @@ fn purge_tombs(t: &mut WriteTables<'_>) -> Result<(), NsError> {
             *dropped.entry(e.block.as_bytes().to_vec()).or_default() += 1;
         }
         t.del_xattrs(ino)?;
+        if let Some(tomb) = t.tomb(ino)?
+            && tomb.inode.parent == ino
+        {
+            // The root of a deleted volume: the volume goes for good with it.
+            let key = super::tables::deleted_volume_key(tomb.inode.attr.volume);
+            t.write(Tab::Volumes, key.as_bytes(), None)?;
+        }
         t.del_tomb(ino)?;
     }
     t.undo = saved;

@@ -68,7 +68,7 @@ impl Region {
             request: None,
         };
         let out = self.write(|t| apply(t, &cmd));
-        let head = self.write(|t| merge::head(t).unwrap());
+        let head = self.write(|t| merge::head(&t.region_state).unwrap());
         if let Some(h) = head {
             self.clock.observe(h, self.phys);
         }
@@ -85,15 +85,15 @@ impl Region {
     }
 
     fn head(&self) -> Option<Hlc> {
-        self.write(|t| merge::head(t).unwrap())
+        self.write(|t| merge::head(&t.region_state).unwrap())
     }
 
     fn stable(&self) -> Option<Hlc> {
-        self.write(|t| merge::stable(t).unwrap())
+        self.write(|t| merge::stable(&t.region_state).unwrap())
     }
 
     fn watermark(&self, origin: RegionId) -> u64 {
-        self.write(|t| merge::watermark(t, origin).unwrap())
+        self.write(|t| merge::watermark(&t.region_state, origin).unwrap())
     }
 
     fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr, NsError> {

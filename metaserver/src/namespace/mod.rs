@@ -3,17 +3,21 @@
 //! async; time and HLC stamps arrive inside each command, so every Raft member (and every
 //! replay) computes the same state.
 
+pub mod access;
 pub mod apply;
 pub mod check;
+pub mod conflict;
+pub(crate) mod ctx;
 pub mod merge;
+pub(crate) mod ops;
 pub mod read;
 pub mod tables;
 
 /// The namespace types live in the shared contract crate.
 pub use meridian_proto::ns as types;
 
-pub use apply::apply;
-pub use merge::{MergeOutcome, RemoteBatch, apply_remote};
+pub use apply::{apply, apply_remote};
+pub use merge::{MergeOutcome, RemoteBatch};
 pub use read::{DirPage, NsReader};
 pub use tables::WriteTables;
 pub use types::*;

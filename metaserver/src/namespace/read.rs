@@ -4,7 +4,7 @@
 use meridian_proto::{Hlc, InodeId};
 use redb::{ReadTransaction, ReadableTable};
 
-use super::apply::{R, X, check_access, check_name};
+use super::access::{R, X, check_access, check_name};
 use super::tables::*;
 use super::types::*;
 use meridian_proto::ns::{Query, QueryReply};
@@ -192,7 +192,11 @@ impl<'a> NsReader<'a> {
         let mut out = Vec::new();
         for item in t.iter().map_err(store_err)? {
             let (_, v) = item.map_err(store_err)?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?);
+            let vol: Volume =
+                serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?;
+            if vol.deleted.is_none() {
+                out.push(vol);
+            }
         }
         Ok(out)
     }

@@ -244,13 +244,22 @@ pub(crate) fn read_dirent(
     }
 }
 
-/// Reads a volume by name.
+/// The VOLUMES key a deleted volume is kept under until it is purged (a name no live
+/// volume can have: `~` is not allowed in volume names).
+pub(crate) fn deleted_volume_key(id: u32) -> String {
+    format!("~deleted-{id}")
+}
+
+/// Reads a live volume by name.
 pub(crate) fn read_volume(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
     name: &str,
 ) -> Result<Option<Volume>, NsError> {
     match t.get(name).map_err(store_err)? {
-        Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(json_err)?)),
+        Some(v) => {
+            let vol: Volume = serde_json::from_slice(v.value()).map_err(json_err)?;
+            Ok(vol.deleted.is_none().then_some(vol))
+        }
         None => Ok(None),
     }
 }

@@ -199,7 +199,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // Local commands may have been restamped after remote records: the clock
             // must stamp after the newest applied stamp.
-            if let Some(head) = namespace::merge::horizon(&ns).map_err(io::Error::other)? {
+            if let Some(head) =
+                namespace::merge::horizon(&ns.region_state).map_err(io::Error::other)?
+            {
                 stamps.push(head);
             }
             put_json(&mut raft, APPLIED, &last)?;

@@ -1,0 +1,195 @@
+//! Creating and deleting volumes.
+
+use meridian_proto::{Hlc, InodeId};
+
+use crate::namespace::conflict::volume_conflict_name;
+use crate::namespace::ctx::*;
+use crate::namespace::tables::{Tab, Tomb, WriteTables, counter, read_inode, read_volume};
+use crate::namespace::types::*;
+
+fn check_volume_name(name: &str) -> Result<(), NsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(NsError::Invalid(format!(
+            "volume name {name:?}: use 1-63 of a-z 0-9 - _"
+        )))
+    }
+}
+
+fn check_policy(policy: &VolumePolicy) -> Result<(), NsError> {
+    if !(1..=16).contains(&policy.replicas)
+        || policy.min_copies == 0
+        || policy.min_copies > policy.replicas
+    {
+        return Err(NsError::Invalid(format!(
+            "replicas {} and min_copies {} must satisfy 1 <= min_copies <= replicas <= 16",
+            policy.replicas, policy.min_copies
+        )));
+    }
+    if !policy.block_size.is_power_of_two()
+        || !(64 << 10..=meridian_proto::block::MAX_BLOCK_LEN).contains(&policy.block_size)
+    {
+        return Err(NsError::Invalid(format!(
+            "block size {} must be a power of two from 64 KiB to 64 MiB",
+            policy.block_size
+        )));
+    }
+    Ok(())
+}
+
+/// The ids a replayed volume creation brings: its origin's, and not in use here (a record
+/// naming ids that exist is malformed or hostile, and is skipped).
+fn replayed_ids(
+    t: &WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    fx: &Effects,
+) -> Result<(u32, InodeId), NsError> {
+    let (Some(id), Some(root)) = (fx.created_volume, fx.created) else {
+        return Err(NsError::Invalid("volume record without its ids".into()));
+    };
+    if id >> 16 != u32::from(ctx.region().0) || root.region() != ctx.region() {
+        return Err(NsError::Invalid(format!(
+            "volume {id} with root {root} is not of the record's region {}",
+            ctx.region().0
+        )));
+    }
+    if find_volume_row(t, id, false)?.is_some()
+        || find_volume_row(t, id, true)?.is_some()
+        || read_inode(&t.inodes, root)?.is_some()
+        || t.tomb(root)?.is_some()
+    {
+        return Err(NsError::Invalid(format!(
+            "volume {id} or its root {root} exists already"
+        )));
+    }
+    Ok((id, root))
+}
+
+pub(crate) fn create_volume(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    name: &str,
+    policy: &VolumePolicy,
+) -> Result<Reply, NsError> {
+    check_volume_name(name)?;
+    check_policy(policy)?;
+    let mut name = name.to_string();
+    if read_volume(&t.volumes, &name)?.is_some() {
+        if !ctx.replaying() {
+            return Err(NsError::Exists(format!("volume {name}")));
+        }
+        // Two regions created the name concurrently: the later (by HLC) takes another.
+        let other = volume_conflict_name(t, &name, ctx.hlc)?;
+        record_conflict(
+            t,
+            ctx,
+            "create volume",
+            None,
+            format!(
+                "volume {name:?} was created concurrently in two regions: {}'s is {other:?}",
+                region_name(ctx.region())
+            ),
+        )?;
+        name = other;
+    }
+    let (id, root) = match ctx.replay {
+        Some(fx) => replayed_ids(t, ctx, fx)?,
+        None => {
+            // Volume ids carry the creating region in their top half: unique everywhere.
+            let local = t.next(counter::NEXT_VOLUME, 1)? as u32 & 0xffff;
+            (
+                (u32::from(ctx.region().0) << 16) | local,
+                new_inode_id(t, ctx.region())?,
+            )
+        }
+    };
+    {
+        let mut out = ctx.out.borrow_mut();
+        out.created_volume = Some(id);
+        out.created = Some(root);
+    }
+    let inode = Inode {
+        attr: Attr {
+            ino: root,
+            kind: FileKind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            nlink: 2,
+            atime: ctx.now,
+            mtime: ctx.now,
+            ctime: ctx.now,
+            crtime: ctx.now,
+            rdev: 0,
+            volume: id,
+        },
+        parent: root,
+        target: None,
+        version: 0,
+        content: Hlc::default(),
+    };
+    let vol = Volume {
+        id,
+        name,
+        root,
+        policy: policy.clone(),
+        used_bytes: 0,
+        used_inodes: 1,
+        deleted: None,
+    };
+    t.put_inode(&inode)?;
+    t.put_volume(&vol)?;
+    Ok(Reply::Volume(vol))
+}
+
+/// Deletes an empty volume. One that lives in several regions is kept as a tombstone (its
+/// record under a name no live volume has, its root as a removed inode), so that a change
+/// another region made concurrently brings it back; the tombstone goes with the root's
+/// once every region has settled past the deletion.
+pub(crate) fn delete_volume(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    name: &str,
+) -> Result<Reply, NsError> {
+    // A replay names the volume by id: a concurrent create may have given its name to
+    // another volume.
+    let vol = match ctx.replay {
+        Some(_) => find_volume(t, ctx.volume)?,
+        None => read_volume(&t.volumes, name)?,
+    }
+    .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?;
+    if !is_empty_dir(t, vol.root)? {
+        return Err(NsError::NotEmpty(format!(
+            "volume {} still has files",
+            vol.name
+        )));
+    }
+    let root = get(t, vol.root)?;
+    t.del_inode(vol.root)?;
+    t.del_volume(&vol.name)?;
+    if vol.policy.regions.len() > 1 {
+        t.put_tomb(&Tomb {
+            inode: root,
+            dir: vol.root,
+            name: Vec::new(),
+            at: ctx.hlc,
+        })?;
+        let key = deleted_volume_key(vol.id);
+        let gone = Volume {
+            deleted: Some(ctx.hlc),
+            ..vol
+        };
+        let bytes = serde_json::to_vec(&gone).map_err(|e| NsError::Store(e.to_string()))?;
+        t.write(Tab::Volumes, key.as_bytes(), Some(&bytes))?;
+    } else {
+        t.del_xattrs(vol.root)?;
+    }
+    Ok(Reply::Done)
+}
