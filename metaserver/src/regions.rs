@@ -389,6 +389,7 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
             records,
             frontier,
             settled,
+            scanned: reply.next,
         };
         match node.propose_internal(RaftRequest::Remote(batch)).await {
             Ok(RaftResponse::Remote(Ok(outcome))) => {
@@ -396,6 +397,10 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
                 last_frontier_at = Instant::now();
                 metrics::counter!("meridian_region_records_applied_total", "peer" => peer.region.to_string())
                     .increment(outcome.applied);
+                if outcome.held > 0 {
+                    // They wait for another region's records: pull that one first.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
                 if outcome.redone > 0 {
                     metrics::counter!("meridian_region_records_redone_total")
                         .increment(outcome.redone);

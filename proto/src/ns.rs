@@ -120,6 +120,10 @@ pub struct Inode {
     /// compares it with what a commit's origin saw, to find concurrent writes.
     #[serde(default)]
     pub content: Hlc,
+    /// For a conflict copy: the file whose version it keeps (its content stamp names a
+    /// version of that file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<InodeId>,
 }
 
 /// A piece of a file: `len` bytes at file offset `offset` are bytes
@@ -464,6 +468,10 @@ pub struct Effects {
     /// The content stamp of the file a rename replaced, as it was at the origin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_seen: Option<Hlc>,
+    /// A content change of a conflict copy: the file it copies (whose version `seen` is),
+    /// so a replay can make the copy again where the merged order did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<InodeId>,
 }
 
 /// A committed operation as regions exchange it: what ran, when (its HLC stamp names the
@@ -482,6 +490,12 @@ pub struct Record {
     pub volume: u32,
     /// The regions that volume lives in (residency): nobody else may receive the record.
     pub regions: Vec<RegionId>,
+    /// What the origin had applied of each peer region when it ran the operation (the
+    /// peer's change-log sequence): the records this one may depend on. A region applies
+    /// it only once it holds those too (causal delivery), so no region ever builds on a
+    /// view that the merged order will not have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deps: Vec<(RegionId, u64)>,
 }
 
 impl Record {

@@ -57,6 +57,13 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
             (Reply::Volume(v), _) => Some(v.clone()),
             (_, v) => v,
         };
+        let mut deps = Vec::new();
+        for p in merge::peers(&t.region_state)? {
+            let wm = merge::watermark(&t.region_state, p)?;
+            if wm > 0 {
+                deps.push((p, wm));
+            }
+        }
         let record = Record {
             hlc,
             now: cmd.now,
@@ -64,6 +71,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
             effects: ctx.out.take(),
             volume: volume.as_ref().map_or(0, |v| v.id),
             regions: volume.map(|v| v.policy.regions).unwrap_or_default(),
+            deps,
         };
         merge::log_applied(t, &record, &images)?;
         let seq = t.next(counter::NEXT_CHANGE, 1)?;
@@ -145,6 +153,10 @@ fn prune_requests(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(), NsError> {
 /// watermark advances in the same transaction), merged into HLC order. A batch that
 /// claims records of another origin, or carries a record of a volume that does not live in
 /// `own`, is refused whole and changes nothing.
+///
+/// Delivery is causal: a record that depends on records of a third region (one this
+/// region pulls from) not applied here yet is held back with everything after it, and
+/// comes again in a later pull.
 pub fn apply_remote(
     t: &mut WriteTables<'_>,
     own: RegionId,
@@ -157,9 +169,7 @@ pub fn apply_remote(
         )));
     }
     let wm = merge::watermark(&t.region_state, batch.origin)?;
-    let mut fresh = Vec::new();
-    let mut last_seq = wm;
-    for (seq, record) in &batch.records {
+    for (_, record) in &batch.records {
         if record.hlc.region != batch.origin {
             return Err(NsError::Invalid(format!(
                 "record {} in a batch from region {}",
@@ -172,16 +182,43 @@ pub fn apply_remote(
                 record.volume, own.0, record.hlc
             )));
         }
-        if *seq > last_seq {
-            last_seq = *seq;
-            if !merge::holds(t, record.hlc)? && !fresh.iter().any(|r: &Record| r.hlc == record.hlc)
-            {
-                fresh.push(record.clone());
-            }
+    }
+    let peers = merge::peers(&t.region_state)?;
+    let mut known = std::collections::BTreeMap::new();
+    for p in &peers {
+        known.insert(*p, merge::watermark(&t.region_state, *p)?);
+    }
+    let mut fresh: Vec<Record> = Vec::new();
+    let mut last_seq = wm;
+    let mut held = 0;
+    for (seq, record) in &batch.records {
+        if *seq <= last_seq {
+            continue;
+        }
+        let missing = record.deps.iter().any(|(region, needed)| {
+            *region != own
+                && *region != batch.origin
+                && known.get(region).is_some_and(|have| have < needed)
+        });
+        if held > 0 || missing {
+            held += 1;
+            continue;
+        }
+        last_seq = *seq;
+        if !merge::holds(t, record.hlc)? && !fresh.iter().any(|r| r.hlc == record.hlc) {
+            fresh.push(record.clone());
         }
     }
+    let (frontier, settled) = if held > 0 {
+        // Records of the origin older than its marks are still to come.
+        (fresh.last().map(|r| r.hlc), None)
+    } else {
+        last_seq = last_seq.max(batch.scanned.saturating_sub(1));
+        (batch.frontier, batch.settled)
+    };
     let mut outcome = MergeOutcome {
         watermark: last_seq,
+        held,
         ..MergeOutcome::default()
     };
     if let Some(low) = fresh.iter().map(|r| r.hlc).min() {
@@ -195,7 +232,7 @@ pub fn apply_remote(
             replay(t, record)?;
         }
     }
-    merge::note_batch(t, batch.origin, last_seq, batch.frontier, batch.settled)?;
+    merge::note_batch(t, batch.origin, last_seq, frontier, settled)?;
     Ok(outcome)
 }
 

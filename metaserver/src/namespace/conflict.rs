@@ -166,6 +166,9 @@ pub(crate) fn recover(
     ino: InodeId,
     creds: &Creds,
 ) -> Result<Inode, NsError> {
+    if let Some(copy) = copy_again(t, ctx, ino)? {
+        return Ok(copy);
+    }
     let mut vol = volume_for(t, ctx, ctx.volume)?;
     let mut dir = get(t, vol.root)?;
     let base = format!("recovered-{ino}");
@@ -194,6 +197,7 @@ pub(crate) fn recover(
         target: None,
         version: 0,
         content: ctx.replay.and_then(|fx| fx.seen).unwrap_or_default(),
+        copy_of: None,
     };
     t.put_inode(&node)?;
     t.set_dirent(vol.root, &name, ino, FileKind::File)?;
@@ -297,7 +301,9 @@ pub(crate) fn writer_base(
     mut node: Inode,
 ) -> Result<Inode, NsError> {
     let Some(fx) = ctx.replay else {
-        ctx.out.borrow_mut().seen = Some(node.content);
+        let mut out = ctx.out.borrow_mut();
+        out.seen = Some(node.content);
+        out.copy_of = node.copy_of;
         return Ok(node);
     };
     let seen = fx.seen.unwrap_or_default();
@@ -325,42 +331,55 @@ pub(crate) fn writer_base(
 }
 
 /// Keeps the current content of `node` as a conflict copy next to it (sharing its blocks),
-/// before a concurrent change from another region replaces it. An empty version holds no
-/// bytes to keep: the conflict is noted, no copy made.
+/// before a concurrent change from another region replaces it.
 fn conflict_copy(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, node: &Inode) -> Result<(), NsError> {
-    // Named and numbered after the change that displaced this version, which stays the
-    // same when late records change what the version holds.
+    let extents = read_extents(&t.extents, node.attr.ino, 0, u64::MAX)?;
+    keep_version(t, ctx, node, &extents).map(drop)
+}
+
+/// Keeps a version of `node` (its attributes with that version's content stamp and size,
+/// and `extents`) as a conflict copy next to it. The copy's number and name come from the
+/// file and the version (the region and time of the change that made it), so every
+/// region makes the same copy whichever change displaced the version, and a write to the
+/// copy finds it in every order. An empty version holds no bytes to keep: the conflict
+/// is noted, no copy made. Returns the copy.
+fn keep_version(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    node: &Inode,
+    extents: &[Extent],
+) -> Result<Option<InodeId>, NsError> {
     let (dir_ino, name) = locate(t, node)?;
+    let version = node.content;
     if node.attr.size == 0 {
-        return record_conflict(
+        record_conflict(
             t,
             ctx,
             "write",
             Some(node.attr.ino),
             format!(
-                "{} and {} changed {:?} concurrently: {}'s change applies to the version it saw; the other left it empty",
-                region_name(node.content.region),
+                "{} changed {:?} without seeing {}'s change, which had left it empty",
                 region_name(ctx.region()),
                 name_str(&name),
-                region_name(ctx.region()),
+                region_name(version.region),
             ),
-        );
+        )?;
+        return Ok(None);
     }
-    let Ok(copy_name) = conflict_name(t, dir_ino, &name, ctx.hlc) else {
-        return Ok(()); // kept already
-    };
-    let ino = copy_ino(node.attr.ino, ctx.hlc)?;
-    if read_inode(&t.inodes, ino)?.is_some() {
-        return Ok(());
+    let ino = copy_ino(node.attr.ino, version)?;
+    if read_inode(&t.inodes, ino)?.is_some() || t.tomb(ino)?.is_some() {
+        return Ok(Some(ino)); // kept already
     }
+    let copy_name = conflict_name(t, dir_ino, &name, version)?;
     let mut copy = node.clone();
     copy.attr.ino = ino;
     copy.attr.nlink = 1;
     copy.attr.ctime = ctx.now;
     copy.parent = dir_ino;
+    copy.copy_of = Some(node.attr.ino);
     t.put_inode(&copy)?;
-    for e in read_extents(&t.extents, node.attr.ino, 0, u64::MAX)? {
-        t.insert_extent(ino, &e)?;
+    for e in extents {
+        t.insert_extent(ino, e)?;
     }
     t.set_dirent(dir_ino, &copy_name, ino, FileKind::File)?;
     let mut dir = get(t, dir_ino)?;
@@ -376,14 +395,44 @@ fn conflict_copy(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, node: &Inode) -> Result
         "write",
         Some(node.attr.ino),
         format!(
-            "{} and {} changed {:?} concurrently: the version {} replaced is kept as {:?}",
-            region_name(node.content.region),
+            "{} changed {:?} without seeing {}'s version: that version is kept as {:?}",
             region_name(ctx.region()),
             name_str(&name),
-            region_name(ctx.region()),
+            region_name(version.region),
             name_str(&copy_name)
         ),
-    )
+    )?;
+    Ok(Some(ino))
+}
+
+/// A change of a conflict copy that the merged order did not make (the version it keeps
+/// was displaced by a change that saw it): the copy is made again from that version, so
+/// the change applies to what its writer had.
+pub(crate) fn copy_again(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    ino: InodeId,
+) -> Result<Option<Inode>, NsError> {
+    let Some(fx) = ctx.replay else {
+        return Ok(None);
+    };
+    let (Some(source), Some(version)) = (fx.copy_of, fx.seen) else {
+        return Ok(None);
+    };
+    if copy_ino(source, version)? != ino {
+        return Ok(None);
+    }
+    let Some(mut node) = read_inode(&t.inodes, source)?.or(t.tomb(source)?.map(|tb| tb.inode))
+    else {
+        return Ok(None);
+    };
+    let base = merge::version_of(t, source, version)?;
+    node.content = version;
+    node.attr.size = base.size;
+    match keep_version(t, ctx, &node, &base.extents)? {
+        Some(copy) => read_inode(&t.inodes, copy),
+        None => Ok(None),
+    }
 }
 
 /// A rename replayed over a file that another region changed since the rename's origin

@@ -135,24 +135,35 @@ pub(crate) fn volume_of(t: &WriteTables<'_>, id: u32) -> Result<Volume, NsError>
 }
 
 /// `name.conflict-<region>-<ms>[-<counter>]` for the change stamped `stamp`, cut to fit
-/// NAME_MAX; fails if that is taken too.
+/// NAME_MAX, and if that is taken too, the first free of the same with `~2`, `~3`, ...
+/// (the same everywhere: every region holds the same entries at this point).
 pub(crate) fn conflict_name(
     t: &WriteTables<'_>,
     dir: InodeId,
     name: &[u8],
     stamp: Hlc,
 ) -> Result<Vec<u8>, NsError> {
-    let mut suffix = format!(".conflict-{}-{}", stamp.region.0, stamp.wall_ms);
+    let mut base = format!(".conflict-{}-{}", stamp.region.0, stamp.wall_ms);
     if stamp.counter > 0 {
-        suffix.push_str(&format!("-{}", stamp.counter));
+        base.push_str(&format!("-{}", stamp.counter));
     }
-    let keep = name.len().min(NAME_MAX - suffix.len());
-    let mut out = name[..keep].to_vec();
-    out.extend_from_slice(suffix.as_bytes());
-    if read_dirent(&t.dirents, dir, &out)?.is_some() {
-        return Err(NsError::Exists(name_str(&out)));
+    for n in 1..1000u32 {
+        let suffix = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}~{n}")
+        };
+        let keep = name.len().min(NAME_MAX - suffix.len());
+        let mut out = name[..keep].to_vec();
+        out.extend_from_slice(suffix.as_bytes());
+        if read_dirent(&t.dirents, dir, &out)?.is_none() {
+            return Ok(out);
+        }
     }
-    Ok(out)
+    Err(NsError::Exists(format!(
+        "every conflict name of {:?} in {dir}",
+        name_str(name)
+    )))
 }
 
 /// Notes a conflict under the current stamp (undone with the record if it is reordered,

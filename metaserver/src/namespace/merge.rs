@@ -76,6 +76,11 @@ pub struct RemoteBatch {
     /// batch or an earlier one.
     #[serde(default)]
     pub settled: Option<Hlc>,
+    /// The origin's change log was scanned up to (not including) this sequence: records
+    /// below it that are not in the batch are of volumes that do not live here, and the
+    /// watermark moves past them (0: unknown).
+    #[serde(default)]
+    pub scanned: u64,
 }
 
 /// What applying a remote batch did.
@@ -85,6 +90,9 @@ pub struct MergeOutcome {
     pub applied: u64,
     /// Already applied records redone after them.
     pub redone: u64,
+    /// Records held back: they depend on records of a third region not applied here yet.
+    #[serde(default)]
+    pub held: u64,
     /// The origin's change-log sequence applied up to.
     pub watermark: u64,
 }
@@ -259,8 +267,19 @@ pub(crate) struct FileVersion {
     pub(crate) size: u64,
 }
 
+/// One inode's content and existence, as the walk back through the undo log restores it.
+struct Traced {
+    ino: InodeId,
+    extents: BTreeMap<u64, Extent>,
+    size: u64,
+    live: bool,
+    tomb: bool,
+}
+
 /// The content `ino` had at `version` (the stamp of the change that made it), read back
 /// from the current content through what every later record in the merged log overwrote.
+/// A conflict copy's versions are versions of the file it was copied from: where the copy
+/// did not exist yet, the walk goes on with that file.
 ///
 /// Every record that changed the content since is still in the log when a record based on
 /// `version` can still arrive: such a record was written where the change that displaced
@@ -278,12 +297,28 @@ pub(crate) fn version_of(
             size: 0,
         });
     }
-    let mut map: BTreeMap<u64, Extent> = read_extents(&t.extents, ino, 0, u64::MAX)?
-        .into_iter()
-        .map(|e| (e.offset, e))
-        .collect();
-    let mut size = super::tables::read_inode(&t.inodes, ino)?.map_or(0, |n| n.attr.size);
-    let ino_key = ino.0.to_be_bytes();
+    // The copy, the file it copies, and so on.
+    let mut lineage: Vec<Traced> = Vec::new();
+    let mut next = Some(ino);
+    while let Some(i) = next.take() {
+        if lineage.len() >= 8 || lineage.iter().any(|l| l.ino == i) {
+            break;
+        }
+        let live = super::tables::read_inode(&t.inodes, i)?;
+        let tomb = t.tomb(i)?;
+        let node = live.clone().or_else(|| tomb.clone().map(|tb| tb.inode));
+        next = node.as_ref().and_then(|n| n.copy_of);
+        lineage.push(Traced {
+            ino: i,
+            extents: read_extents(&t.extents, i, 0, u64::MAX)?
+                .into_iter()
+                .map(|e| (e.offset, e))
+                .collect(),
+            size: node.map_or(0, |n| n.attr.size),
+            live: live.is_some(),
+            tomb: tomb.is_some(),
+        });
+    }
     let after = version.to_key();
     let mut keys = Vec::new();
     for item in t.undo_log.range(after.as_slice()..).map_err(store_err)? {
@@ -294,37 +329,47 @@ pub(crate) fn version_of(
     }
     for key in keys.iter().rev() {
         for Before(tab, k, val) in undo_images(t, key)?.iter().rev() {
-            match tab {
-                Tab::Extents if k.len() == 16 && k[..8] == ino_key => {
-                    let offset = u64::from_be_bytes(k[8..16].try_into().expect("8 bytes"));
-                    match val {
-                        Some(v) => {
-                            map.insert(offset, decode_extent(k, v)?);
+            for l in lineage.iter_mut() {
+                let of = l.ino.0.to_be_bytes();
+                match tab {
+                    Tab::Extents if k.len() == 16 && k[..8] == of => {
+                        let offset = u64::from_be_bytes(k[8..16].try_into().expect("8 bytes"));
+                        match val {
+                            Some(v) => l.extents.insert(offset, decode_extent(k, v)?),
+                            None => l.extents.remove(&offset),
+                        };
+                    }
+                    Tab::Inodes if k[..] == of => {
+                        l.live = val.is_some();
+                        if let Some(v) = val {
+                            l.size = serde_json::from_slice::<Inode>(v)
+                                .map_err(json_err)?
+                                .attr
+                                .size;
                         }
-                        None => {
-                            map.remove(&offset);
+                    }
+                    Tab::Tombs if k[..] == of => {
+                        l.tomb = val.is_some();
+                        if let Some(v) = val {
+                            l.size = serde_json::from_slice::<Tomb>(v)
+                                .map_err(json_err)?
+                                .inode
+                                .attr
+                                .size;
                         }
                     }
+                    _ => {}
                 }
-                Tab::Inodes if k[..] == ino_key => {
-                    if let Some(v) = val {
-                        let node: Inode = serde_json::from_slice(v).map_err(json_err)?;
-                        size = node.attr.size;
-                    }
-                }
-                Tab::Tombs if k[..] == ino_key => {
-                    if let Some(v) = val {
-                        let tomb: Tomb = serde_json::from_slice(v).map_err(json_err)?;
-                        size = tomb.inode.attr.size;
-                    }
-                }
-                _ => {}
             }
         }
     }
+    let found = match lineage.iter().position(|l| l.live || l.tomb) {
+        Some(i) => lineage.swap_remove(i),
+        None => lineage.swap_remove(0),
+    };
     Ok(FileVersion {
-        extents: map.into_values().collect(),
-        size,
+        extents: found.extents.into_values().collect(),
+        size: found.size,
     })
 }
 

@@ -23,6 +23,10 @@ pub use tables::WriteTables;
 pub use types::*;
 
 #[cfg(test)]
+mod convergence_tests;
+#[cfg(test)]
 mod merge_tests;
+#[cfg(test)]
+mod test_regions;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 use meridian_proto::InodeId;
 
 use crate::namespace::access::{W, check_access, drop_setid, may};
-use crate::namespace::conflict::{live, volume_for, writer_base};
+use crate::namespace::conflict::{copy_again, live, volume_for, writer_base};
 use crate::namespace::ctx::*;
 use crate::namespace::ops::content::truncate_extents;
 use crate::namespace::tables::WriteTables;
@@ -23,7 +23,12 @@ pub(crate) fn setattr(
     set: &SetAttr,
     creds: &Creds,
 ) -> Result<Reply, NsError> {
-    let mut node = live(t, ctx, ino)?;
+    let mut node = match live(t, ctx, ino) {
+        Err(NsError::NotFound(why)) if set.size.is_some() => {
+            copy_again(t, ctx, ino)?.ok_or(NsError::NotFound(why))?
+        }
+        other => other?,
+    };
     let owner = creds.uid == 0 || creds.uid == node.attr.uid;
     if let Some(perm) = set.perm {
         ctx.origin_check(|| {

@@ -127,6 +127,7 @@ pub(crate) fn make(
         target: new.target,
         version: 0,
         content: Hlc::default(),
+        copy_of: None,
     };
     t.put_inode(&inode)?;
     t.set_dirent(parent, name, ino, new.kind)?;

@@ -134,6 +134,7 @@ pub(crate) fn create_volume(
         target: None,
         version: 0,
         content: Hlc::default(),
+        copy_of: None,
     };
     let vol = Volume {
         id,
