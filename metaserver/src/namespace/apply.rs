@@ -12,7 +12,7 @@
 use meridian_proto::RegionId;
 use redb::ReadableTable;
 
-use super::ctx::{Ctx, find_volume, record_conflict};
+use super::ctx::{Ctx, find_volume, find_volume_row, record_conflict};
 use super::merge::{self, MergeOutcome, RemoteBatch};
 use super::ops::{attrs, content, entries, volumes, xattrs};
 use super::tables::{WriteTables, counter, read_inode, read_volume, store_err};
@@ -119,6 +119,38 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
         Some(node) => Ok(find_volume(t, node.attr.volume)?),
         None => Ok(None),
     }
+}
+
+/// Whether the record's origin may change what the record changes here: the volume must
+/// live in the origin's region (by this region's own state, not the record's word), and
+/// the record must name the volume its inode belongs to.
+fn origin_may_change(t: &WriteTables<'_>, record: &Record) -> Result<(), NsError> {
+    if matches!(record.op, Op::CreateVolume { .. }) {
+        return Ok(());
+    }
+    let origin = record.hlc.region;
+    let vol = match find_volume_row(t, record.volume, false)? {
+        Some(v) => v,
+        None => find_volume_row(t, record.volume, true)?
+            .ok_or_else(|| NsError::NotFound(format!("volume {}", record.volume)))?,
+    };
+    if !vol.policy.regions.contains(&origin) {
+        return Err(NsError::Perm(format!(
+            "volume {:?} does not live in region {}",
+            vol.name, origin.0
+        )));
+    }
+    // (A volume's deletion replays by id: its name may belong to another volume by now.)
+    if !matches!(record.op, Op::DeleteVolume { .. })
+        && let Some(v) = op_volume(t, &record.op)?
+        && v.id != vol.id
+    {
+        return Err(NsError::Invalid(format!(
+            "the record names volume {} but changes volume {}",
+            vol.id, v.id
+        )));
+    }
+    Ok(())
 }
 
 /// How long a request's outcome is kept for retries, in milliseconds of HLC time. Clients
@@ -241,7 +273,10 @@ pub fn apply_remote(
 fn replay(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
     let ctx = Ctx::new(record.hlc, record.now, Some(&record.effects), record.volume);
     t.undo = Some(Vec::new());
-    let outcome = apply_op(t, &record.op, &ctx);
+    let outcome = match origin_may_change(t, record) {
+        Ok(()) => apply_op(t, &record.op, &ctx),
+        Err(e) => Err(e),
+    };
     let mut images = t.undo.take().unwrap_or_default();
     match outcome {
         Err(e @ NsError::Store(_)) => return Err(e),

@@ -25,6 +25,8 @@ pub use types::*;
 #[cfg(test)]
 mod convergence_tests;
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod merge_tests;
 #[cfg(test)]
 mod test_regions;

@@ -302,9 +302,9 @@ fn is_within(t: &WriteTables<'_>, mut ino: InodeId, ancestor: InodeId) -> Result
         }
         ino = node.parent;
     }
-    Err(NsError::Store(
-        "directory parent chain too long (a cycle?)".into(),
-    ))
+    Err(NsError::Invalid(format!(
+        "the parents of {ancestor} go on past 100000 directories (a cycle?)"
+    )))
 }
 
 /// Where a rename takes its entry from: `name` in `parent` first applied; replayed, the
