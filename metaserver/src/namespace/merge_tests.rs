@@ -1,7 +1,7 @@
 //! Convergence of regions, each conflict rule on its own: deterministic scenarios over
 //! the regions of `test_regions`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_proto::{BlockId, InodeId, RegionId};
 
@@ -394,4 +394,202 @@ fn a_truncate_and_rewrite_in_each_region_keeps_both_versions() {
         check_tree(r);
     }
     assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+}
+
+/// The bytes of a file written by [`write_op`]-style single-block writes: (offset, block)
+/// pairs of its extents, in order.
+fn layout(r: &Region, ino: InodeId) -> (u64, Vec<(u64, BlockId)>) {
+    let size = r.read(|x| x.getattr(ino)).unwrap().size;
+    let ext = r.read(|x| x.extents(ino, 0, size.max(1))).unwrap();
+    (size, ext.into_iter().map(|e| (e.offset, e.block)).collect())
+}
+
+/// Every file in the root: name -> layout.
+fn files(r: &Region) -> BTreeMap<String, (u64, Vec<(u64, BlockId)>)> {
+    let root = r.volume_root();
+    r.names(root)
+        .into_iter()
+        .map(|n| {
+            let ino = r.lookup(root, &n).unwrap().ino;
+            (n, layout(r, ino))
+        })
+        .collect()
+}
+
+#[test]
+fn an_atomic_save_over_a_file_another_region_wrote_keeps_that_write() {
+    for saver_first in [false, true] {
+        let mut rs = regions(2);
+        let root = rs[0].volume_root();
+        let f = attr_of(rs[0].run(mknod(root, "f", FileKind::File)));
+        let (w0, _) = write_op(f.ino, 0, b"original");
+        rs[0].run(w0).unwrap();
+        settle(&mut rs);
+        let save = |r: &mut Region| {
+            let tmp = attr_of(r.run(mknod(root, "f.tmp", FileKind::File)));
+            let (w, b) = write_op(tmp.ino, 0, b"saved");
+            r.run(w).unwrap();
+            r.run(Op::Rename {
+                parent: root,
+                name: b"f.tmp".to_vec(),
+                new_parent: root,
+                new_name: b"f".to_vec(),
+                flags: RenameFlags::default(),
+                creds: root_creds(),
+            })
+            .unwrap();
+            b
+        };
+        let (w2, written) = write_op(f.ino, 0, b"written in place");
+        let saved = if saver_first {
+            let b = save(&mut rs[0]);
+            rs[1].run(w2).unwrap();
+            b
+        } else {
+            rs[1].run(w2).unwrap();
+            save(&mut rs[0])
+        };
+        settle(&mut rs);
+        let all = files(&rs[0]);
+        assert_eq!(
+            all["f"].1,
+            vec![(0, saved)],
+            "the save is the file: {all:?}"
+        );
+        assert!(
+            all.iter()
+                .any(|(n, l)| n.starts_with("f.conflict-") && l.1 == vec![(0, written)]),
+            "the other region's write is kept: {all:?}"
+        );
+        assert!(!rs[0].conflicts().is_empty());
+        assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+        check_tree(&rs[0]);
+    }
+}
+
+#[test]
+fn an_overwrite_and_an_in_place_patch_keep_both_versions_unmixed() {
+    for overwriter_first in [false, true] {
+        let mut rs = regions(2);
+        let root = rs[0].volume_root();
+        let g = attr_of(rs[0].run(mknod(root, "g", FileKind::File)));
+        let (w0, b0) = write_op(g.ino, 0, b"0123456789");
+        rs[0].run(w0).unwrap();
+        settle(&mut rs);
+        let truncate = Op::SetAttr {
+            ino: g.ino,
+            set: SetAttr {
+                size: Some(0),
+                via_handle: true,
+                ..SetAttr::default()
+            },
+            creds: root_creds(),
+        };
+        let (rewrite, ba) = write_op(g.ino, 0, b"AAAAAAAAAA");
+        let patch = Op::CommitExtents {
+            ino: g.ino,
+            extents: vec![Extent {
+                offset: 2,
+                len: 1,
+                block: BlockId::of(b"B"),
+                block_offset: 0,
+                block_len: 1,
+            }],
+            size: 0,
+            base_version: None,
+            creds: root_creds(),
+        };
+        if overwriter_first {
+            rs[0].run(truncate).unwrap();
+            rs[0].run(rewrite).unwrap();
+            rs[1].run(patch).unwrap();
+        } else {
+            rs[1].run(patch).unwrap();
+            rs[0].run(truncate).unwrap();
+            rs[0].run(rewrite).unwrap();
+        }
+        settle(&mut rs);
+        let rewritten = (100, vec![(0, ba)]);
+        let patched = (100, vec![(0, b0), (2, BlockId::of(b"B")), (3, b0)]);
+        let all: Vec<_> = files(&rs[0]).into_values().collect();
+        assert!(all.contains(&rewritten), "{all:?}");
+        assert!(all.contains(&patched), "{all:?}");
+        assert_eq!(all.len(), 2, "no third, mixed version: {all:?}");
+        assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+    }
+}
+
+#[test]
+fn a_truncate_and_an_append_keep_both_versions() {
+    let mut rs = regions(2);
+    let root = rs[0].volume_root();
+    let log = attr_of(rs[0].run(mknod(root, "log", FileKind::File)));
+    let (w0, b0) = write_op(log.ino, 0, b"a thousand bytes");
+    rs[0].run(w0).unwrap();
+    settle(&mut rs);
+    rs[0]
+        .run(Op::SetAttr {
+            ino: log.ino,
+            set: SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            },
+            creds: root_creds(),
+        })
+        .unwrap();
+    let (append, bh) = write_op(log.ino, 100, b"hi");
+    rs[1].run(append).unwrap();
+    settle(&mut rs);
+    let all = files(&rs[0]);
+    // The append, later, stays the file: what its writer had plus "hi", never zeros.
+    assert_eq!(all["log"], (200, vec![(0, b0), (100, bh)]), "{all:?}");
+    assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+    check_tree(&rs[0]);
+}
+
+#[test]
+fn a_volume_deleted_while_another_region_writes_to_it_comes_back_and_nothing_stops() {
+    let mut rs = regions(2);
+    let policy = VolumePolicy {
+        regions: vec![RegionId(1), RegionId(2)],
+        ..VolumePolicy::default()
+    };
+    rs[0]
+        .run(Op::CreateVolume {
+            name: "w".into(),
+            policy,
+        })
+        .unwrap();
+    settle(&mut rs);
+    let w_root = rs[1].read(|x| x.volume("w")).unwrap().root;
+    rs[0].run(Op::DeleteVolume { name: "w".into() }).unwrap();
+    let f = attr_of(rs[1].run(mknod(w_root, "late", FileKind::File)));
+    let (w, block) = write_op(f.ino, 0, b"kept");
+    rs[1].run(w).unwrap();
+    settle(&mut rs);
+    for r in &rs {
+        let vol = r.read(|x| x.volume("w")).expect("the volume is back");
+        assert_eq!(vol.root, w_root);
+        let ino = r.lookup(w_root, "late").unwrap().ino;
+        assert_eq!(layout(r, ino).1, vec![(0, block)]);
+        assert!(r.conflicts().iter().any(|c| c.kind == "resurrect"));
+        check_tree(r);
+        assert_consistent(r);
+    }
+    assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+    // Deleted for good once emptied in both, and gone once every region settled past it.
+    rs[1].run(unlink(w_root, "late")).unwrap();
+    settle(&mut rs);
+    rs[1].run(Op::DeleteVolume { name: "w".into() }).unwrap();
+    for (i, r) in rs.iter_mut().enumerate() {
+        let root = r.volume_root();
+        r.run(mknod(root, &format!("later{i}"), FileKind::File))
+            .unwrap();
+    }
+    settle(&mut rs);
+    for r in &rs {
+        assert!(r.read(|x| x.volume("w")).is_err());
+        let rows = r.write(|t| redb::ReadableTableMetadata::len(&t.volumes).unwrap());
+        assert_eq!(rows, 1, "the deleted volume's tombstone is purged");
+    }
 }
