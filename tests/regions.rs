@@ -391,3 +391,154 @@ fn a_file_deleted_in_one_region_has_its_blocks_collected_in_both() -> Result<()>
     drop(ma);
     Ok(())
 }
+
+/// Writes `bytes` at `offset` of an existing file, without truncating it (`dd conv=notrunc`).
+fn patch(path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = fs::OpenOptions::new().write(true).open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+fn append(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(path)?
+        .write_all(bytes)?;
+    Ok(())
+}
+
+/// The contents of every file of a listing.
+fn contents(root: &Path, tree: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<u8>)>> {
+    tree.iter()
+        .filter(|(_, v)| *v != "dir")
+        .map(|(k, _)| Ok((k.clone(), fs::read(root.join(k))?)))
+        .collect()
+}
+
+#[test]
+fn concurrent_everyday_writes_across_a_cut_lose_nothing() -> Result<()> {
+    let mut pair = Pair::start()?;
+    for vol in ["shared", "w"] {
+        pair.a.admin(&["volume-create", vol, "--regions", "1,2"])?;
+    }
+    wait_for(Duration::from_secs(30), "the volumes to reach region 2", || {
+        let v = pair.b.admin(&["volumes"]).ok()?;
+        (v.contains("shared") && v.lines().any(|l| l.starts_with("w "))).then_some(())
+    })?;
+    let ma = pair.a.mount("shared", "mnt-a")?;
+    let mb = pair.b.mount("shared", "mnt-b")?;
+    let wa = pair.a.mount("w", "w-a")?;
+    let wb = pair.b.mount("w", "w-b")?;
+    let (a, b) = (&ma.path, &mb.path);
+    let log: Vec<u8> = vec![b'L'; 1000];
+    fs::write(a.join("f"), b"f original")?;
+    fs::write(a.join("g"), b"0123456789")?;
+    fs::write(a.join("log"), &log)?;
+    fs::write(a.join("r"), b"r original")?;
+    fs::write(a.join("r2"), b"r2 content")?;
+    fs::write(a.join("d"), b"d original")?;
+    fs::write(wb.path.join("x"), b"x original")?;
+    wait_same(a, b, Duration::from_secs(60))?;
+    wait_same(&wa.path, &wb.path, Duration::from_secs(60))?;
+
+    pair.cut(true)?;
+    // 1. An atomic save (write a temporary file, rename it over) against a write.
+    fs::write(a.join("f.tmp"), b"saved by region 1")?;
+    fs::rename(a.join("f.tmp"), a.join("f"))?;
+    fs::write(b.join("f"), b"written in region 2")?;
+    // 2. An overwrite against an in-place patch.
+    fs::write(a.join("g"), b"AAAAAAAAAA")?;
+    patch(&b.join("g"), 2, b"B")?;
+    // 3. A truncate against an append.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(a.join("log"))?
+        .set_len(0)?;
+    append(&b.join("log"), b"hi")?;
+    // 4. A create then delete against a create of the same name.
+    fs::write(a.join("c"), b"c from region 1")?;
+    fs::remove_file(a.join("c"))?;
+    fs::write(b.join("c"), b"c from region 2")?;
+    // 5. A rename over a file against a write to it.
+    fs::rename(a.join("r2"), a.join("r"))?;
+    fs::write(b.join("r"), b"r written in region 2")?;
+    // 6. A delete against a write.
+    fs::remove_file(a.join("d"))?;
+    fs::write(b.join("d"), b"d written in region 2")?;
+    // 7. Deleting a volume against a write to it.
+    fs::remove_file(wa.path.join("x"))?;
+    wa.unmount()?;
+    pair.a.admin(&["volume-delete", "w"])?;
+    append(&wb.path.join("x"), b" appended")?;
+
+    pair.cut(false)?;
+    let tree = wait_same(a, b, Duration::from_secs(90))?;
+    let files = contents(a, &tree)?;
+    let has = |want: &[u8]| files.iter().any(|(_, c)| c == want);
+    let mut after_append = log.clone();
+    after_append.extend_from_slice(b"hi");
+    for want in [
+        &b"saved by region 1"[..],
+        b"written in region 2",
+        b"AAAAAAAAAA",
+        b"01B3456789",
+        &after_append,
+        b"c from region 2",
+        b"r2 content",
+        b"r written in region 2",
+        b"d written in region 2",
+    ] {
+        assert!(
+            has(want),
+            "{:?} is lost; files: {files:#?}",
+            String::from_utf8_lossy(want)
+        );
+    }
+    let mut zeros_then_hi = vec![0u8; 1000];
+    zeros_then_hi.extend_from_slice(b"hi");
+    for mix in [&b"AABAAAAAAA"[..], &zeros_then_hi] {
+        assert!(!has(mix), "a mix nobody wrote: {files:#?}");
+    }
+    // Every region lists the same conflicts, one at least per pattern that met one.
+    let conflicts = wait_for(Duration::from_secs(30), "the same conflicts in both", || {
+        let ca = pair.a.admin(&["conflicts", "--json"]).ok()?;
+        let cb = pair.b.admin(&["conflicts", "--json"]).ok()?;
+        (ca == cb).then_some(ca)
+    })?;
+    let list: Vec<serde_json::Value> = serde_json::from_str(&conflicts)?;
+    assert!(list.len() >= 5, "{conflicts}");
+
+    // The deleted volume came back with the write, in both regions.
+    wait_for(Duration::from_secs(60), "volume w back in region 1", || {
+        pair.a
+            .admin(&["volumes"])
+            .ok()?
+            .lines()
+            .any(|l| l.starts_with("w "))
+            .then_some(())
+    })?;
+    let wa = pair.a.mount("w", "w-a-again")?;
+    wait_same(&wa.path, &wb.path, Duration::from_secs(60))?;
+    assert_eq!(fs::read(wa.path.join("x"))?, b"x original appended");
+
+    // Every metaserver of region 1 restarts (replaying its log) and serves.
+    drop(wa);
+    for i in 0..pair.a.meta.nodes.len() {
+        let node = &mut pair.a.meta.nodes[i];
+        let addr = node.addr.clone();
+        node.kill();
+        node.restart_on(&addr)?;
+    }
+    pair.a.meta.wait_leader()?;
+    fs::write(a.join("after-restart"), b"still serving")?;
+    wait_same(a, b, Duration::from_secs(60))?;
+    assert_eq!(
+        pair.a.admin(&["conflicts", "--json"])?,
+        pair.b.admin(&["conflicts", "--json"])?
+    );
+    drop((ma, mb, wb));
+    Ok(())
+}
