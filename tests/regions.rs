@@ -424,10 +424,14 @@ fn concurrent_everyday_writes_across_a_cut_lose_nothing() -> Result<()> {
     for vol in ["shared", "w"] {
         pair.a.admin(&["volume-create", vol, "--regions", "1,2"])?;
     }
-    wait_for(Duration::from_secs(30), "the volumes to reach region 2", || {
-        let v = pair.b.admin(&["volumes"]).ok()?;
-        (v.contains("shared") && v.lines().any(|l| l.starts_with("w "))).then_some(())
-    })?;
+    wait_for(
+        Duration::from_secs(30),
+        "the volumes to reach region 2",
+        || {
+            let v = pair.b.admin(&["volumes"]).ok()?;
+            (v.contains("shared") && v.lines().any(|l| l.starts_with("w "))).then_some(())
+        },
+    )?;
     let ma = pair.a.mount("shared", "mnt-a")?;
     let mb = pair.b.mount("shared", "mnt-b")?;
     let wa = pair.a.mount("w", "w-a")?;
@@ -503,11 +507,15 @@ fn concurrent_everyday_writes_across_a_cut_lose_nothing() -> Result<()> {
         assert!(!has(mix), "a mix nobody wrote: {files:#?}");
     }
     // Every region lists the same conflicts, one at least per pattern that met one.
-    let conflicts = wait_for(Duration::from_secs(30), "the same conflicts in both", || {
-        let ca = pair.a.admin(&["conflicts", "--json"]).ok()?;
-        let cb = pair.b.admin(&["conflicts", "--json"]).ok()?;
-        (ca == cb).then_some(ca)
-    })?;
+    let conflicts = wait_for(
+        Duration::from_secs(30),
+        "the same conflicts in both",
+        || {
+            let ca = pair.a.admin(&["conflicts", "--json"]).ok()?;
+            let cb = pair.b.admin(&["conflicts", "--json"]).ok()?;
+            (ca == cb).then_some(ca)
+        },
+    )?;
     let list: Vec<serde_json::Value> = serde_json::from_str(&conflicts)?;
     assert!(list.len() >= 5, "{conflicts}");
 

@@ -135,7 +135,7 @@ impl FileSystem {
             .await?
         {
             QueryReply::Volume(v) => v,
-            other => return Err(MetaError::Invalid(format!("unexpected reply {other:?}"))),
+            other => return Err(MetaError::Server(format!("unexpected reply {other:?}"))),
         };
         let map = meta.watch_cluster_map();
         let blocks =

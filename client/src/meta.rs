@@ -34,15 +34,43 @@ pub enum MetaError {
     /// The call can never succeed as sent.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The caller may not make this call.
+    #[error("permission denied: {0}")]
+    Denied(String),
+    /// The server does not implement the call.
+    #[error("not implemented by the metaserver: {0}")]
+    Unsupported(String),
+    /// The server failed (its store, a damaged record, an answer that cannot be read).
+    #[error("metaserver failure: {0}")]
+    Server(String),
 }
 
 impl MetaError {
     /// The errno a filesystem returns for this error.
     pub fn errno(&self) -> i32 {
+        use meridian_proto::ns::libc_errno::*;
         match self {
             MetaError::Ns(e) => e.errno(),
-            MetaError::Unavailable(_) => meridian_proto::ns::libc_errno::EIO,
-            MetaError::Invalid(_) => meridian_proto::ns::libc_errno::EINVAL,
+            MetaError::Unavailable(_) | MetaError::Server(_) => EIO,
+            MetaError::Invalid(_) => EINVAL,
+            MetaError::Denied(_) => EACCES,
+            MetaError::Unsupported(_) => ENOSYS,
+        }
+    }
+
+    /// The error a status that retrying cannot fix stands for (the one place statuses
+    /// become client errors).
+    fn from_status(addr: &str, s: &Status) -> Self {
+        let what = format!("{addr}: {}", s.message());
+        match s.code() {
+            Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::NotFound => MetaError::Invalid(what),
+            Code::PermissionDenied | Code::Unauthenticated => MetaError::Denied(what),
+            Code::Unimplemented => MetaError::Unsupported(what),
+            _ => MetaError::Server(what),
         }
     }
 }
@@ -139,7 +167,7 @@ impl MetaClient {
                         Ordering::Relaxed,
                     );
                 }
-                Err(s) => return Err(MetaError::Invalid(format!("{addr}: {}", s.message()))),
+                Err(s) => return Err(MetaError::from_status(addr, &s)),
             }
             if Instant::now() + backoff > deadline {
                 return Err(MetaError::Unavailable(last));
@@ -169,7 +197,7 @@ impl MetaClient {
             })
             .await?;
         let outcome: Result<Reply, NsError> = serde_json::from_slice(&resp.outcome)
-            .map_err(|e| MetaError::Invalid(format!("undecodable reply: {e}")))?;
+            .map_err(|e| MetaError::Server(format!("undecodable reply: {e}")))?;
         Ok(outcome?)
     }
 
@@ -187,7 +215,7 @@ impl MetaClient {
             })
             .await?;
         let outcome: Result<QueryReply, NsError> = serde_json::from_slice(&resp.outcome)
-            .map_err(|e| MetaError::Invalid(format!("undecodable reply: {e}")))?;
+            .map_err(|e| MetaError::Server(format!("undecodable reply: {e}")))?;
         Ok(outcome?)
     }
 
@@ -237,7 +265,7 @@ impl MetaClient {
             })
             .await?;
         serde_json::from_slice(&resp.map)
-            .map_err(|e| MetaError::Invalid(format!("undecodable cluster map: {e}")))
+            .map_err(|e| MetaError::Server(format!("undecodable cluster map: {e}")))
     }
 
     /// A cluster map kept fresh in the background: long-polls the metaservers and publishes

@@ -4,6 +4,7 @@
 use meridian_proto::{ClusterMap, NodeState, RegionId};
 use redb::{ReadableTable, Table, TableDefinition};
 
+use crate::error::{MetaError, store};
 use crate::raft::ClusterCmd;
 
 /// "map" -> ClusterMap (JSON).
@@ -14,11 +15,10 @@ const KEY: &str = "map";
 pub fn read(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
     region: RegionId,
-) -> Result<ClusterMap, String> {
-    match t.get(KEY).map_err(|e| e.to_string())? {
-        Some(v) => {
-            serde_json::from_slice(v.value()).map_err(|e| format!("damaged cluster map: {e}"))
-        }
+) -> Result<ClusterMap, MetaError> {
+    match t.get(KEY).map_err(store)? {
+        Some(v) => serde_json::from_slice(v.value())
+            .map_err(|e| MetaError::Store(format!("damaged cluster map: {e}"))),
         None => Ok(ClusterMap {
             epoch: 0,
             region,
@@ -32,7 +32,7 @@ pub fn apply(
     t: &mut Table<'_, &'static str, &'static [u8]>,
     region: RegionId,
     cmd: &ClusterCmd,
-) -> Result<ClusterMap, String> {
+) -> Result<ClusterMap, MetaError> {
     let mut map = read(t, region)?;
     let changed = match cmd {
         ClusterCmd::Register(info) => {
@@ -65,8 +65,8 @@ pub fn apply(
     };
     if changed {
         map.epoch += 1;
-        let bytes = serde_json::to_vec(&map).map_err(|e| e.to_string())?;
-        t.insert(KEY, bytes.as_slice()).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(&map).map_err(|e| MetaError::Store(e.to_string()))?;
+        t.insert(KEY, bytes.as_slice()).map_err(store)?;
     }
     Ok(map)
 }

@@ -1,5 +1,6 @@
 //! Metaserver configuration: a TOML file with defaults, every field overridable by a flag.
 
+use crate::error::MetaError;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -66,14 +67,20 @@ impl Default for MetaConfig {
 
 impl MetaConfig {
     /// Reads a config file; fields it leaves out keep their defaults.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("config {} is invalid: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, MetaError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            MetaError::Config(format!("cannot read config {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text)
+            .map_err(|e| MetaError::Config(format!("config {} is invalid: {e}", path.display())))
     }
 
     /// Checks values that have no safe default.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), MetaError> {
+        self.check().map_err(MetaError::Config)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.id == 0 {
             return Err("a metaserver needs a member id of 1 or more (--id)".into());
         }

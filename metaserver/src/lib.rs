@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod error;
 pub mod namespace;
 pub mod raft;
 pub mod regions;
@@ -9,4 +10,5 @@ pub mod server;
 pub mod service;
 
 pub use config::MetaConfig;
+pub use error::MetaError;
 pub use server::run;

@@ -21,6 +21,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use tracing::{info, warn};
 
 use crate::config::PeerRegion;
+use crate::error::{MetaError, store};
 use crate::namespace::tables::CHANGELOG;
 use crate::namespace::{RemoteBatch, merge};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
@@ -105,9 +106,12 @@ impl Regions {
         to: RegionId,
         from: u64,
         limit: u32,
-    ) -> Result<PullChangesResponse, String> {
+    ) -> Result<PullChangesResponse, MetaError> {
         if to == own {
-            return Err(format!("region {} pulled its own change log", own.0));
+            return Err(MetaError::Invalid(format!(
+                "region {} pulled its own change log",
+                own.0
+            )));
         }
         let from = from.max(1);
         {
@@ -122,10 +126,11 @@ impl Regions {
         let mut next = from;
         let mut last_hlc = None;
         if let Ok(t) = tx.open_table(CHANGELOG) {
-            for item in t.range(from..).map_err(|e| e.to_string())? {
-                let (k, v) = item.map_err(|e| e.to_string())?;
-                let record: Record = serde_json::from_slice(v.value())
-                    .map_err(|e| format!("damaged change record {}: {e}", k.value()))?;
+            for item in t.range(from..).map_err(store)? {
+                let (k, v) = item.map_err(store)?;
+                let record: Record = serde_json::from_slice(v.value()).map_err(|e| {
+                    MetaError::Store(format!("damaged change record {}: {e}", k.value()))
+                })?;
                 next = k.value() + 1;
                 last_hlc = Some(record.hlc);
                 if record.allowed_in(to) {

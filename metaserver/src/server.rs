@@ -15,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::config::MetaConfig;
+use crate::error::MetaError;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, RaftRpc};
 use crate::raft::state_machine::StateMachine;
@@ -25,23 +26,25 @@ use crate::service::{MetaApi, MetaNode};
 pub async fn run(
     config: MetaConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), MetaError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data)
-        .map_err(|e| format!("cannot create {}: {e}", config.data.display()))?;
+        .map_err(|e| MetaError::Io(format!("cannot create {}: {e}", config.data.display())))?;
     let listener = TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|e| MetaError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| MetaError::Io(e.to_string()))?;
     let advertise = config
         .advertise
         .clone()
         .unwrap_or_else(|| bound.to_string());
 
-    let log =
-        LogStore::open(&config.data.join("log.redb")).map_err(|e| format!("raft log: {e}"))?;
+    let log = LogStore::open(&config.data.join("log.redb"))
+        .map_err(|e| MetaError::Io(format!("raft log: {e}")))?;
     let (sm, shared) = StateMachine::open(&config.data, RegionId(config.region))
-        .map_err(|e| format!("state: {e}"))?;
+        .map_err(|e| MetaError::Io(format!("state: {e}")))?;
     let db = sm.db();
     let raft_config = openraft::Config {
         cluster_name: format!("meridian-region-{}", config.region),
@@ -54,7 +57,7 @@ pub async fn run(
         ..Default::default()
     }
     .validate()
-    .map_err(|e| format!("raft config: {e}"))?;
+    .map_err(|e| MetaError::Io(format!("raft config: {e}")))?;
     let pool = Arc::new(ChannelPool::new(Timeouts {
         connect: Duration::from_millis(500),
         request: Duration::from_secs(30),
@@ -67,13 +70,18 @@ pub async fn run(
         sm,
     )
     .await
-    .map_err(|e| format!("raft: {e}"))?;
+    .map_err(|e| MetaError::Io(format!("raft: {e}")))?;
 
-    if config.init && !raft.is_initialized().await.map_err(|e| e.to_string())? {
+    if config.init
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|e| MetaError::Io(e.to_string()))?
+    {
         info!(member = config.id, %advertise, "initializing a new group");
         raft.initialize(BTreeMap::from([(config.id, BasicNode::new(&advertise))]))
             .await
-            .map_err(|e| format!("initialize: {e}"))?;
+            .map_err(|e| MetaError::Io(format!("initialize: {e}")))?;
     }
 
     let node = Arc::new(MetaNode {
@@ -122,5 +130,5 @@ pub async fn run(
     }
     let _ = raft.shutdown().await;
     info!(member = config.id, "metaserver stopped");
-    served.map_err(|e| format!("server failed: {e}"))
+    served.map_err(|e| MetaError::Io(format!("server failed: {e}")))
 }

@@ -2,6 +2,7 @@
 //! administration of the Raft group. Any member answers; writes (and linearizable reads)
 //! that reach a follower are forwarded once to the leader.
 
+use crate::error::{MetaError, store};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -63,7 +64,7 @@ fn now() -> (u64, Timespec) {
 }
 
 fn unavailable(what: impl std::fmt::Display) -> Status {
-    Status::unavailable(what.to_string())
+    MetaError::Unavailable(what.to_string()).into()
 }
 
 impl MetaNode {
@@ -85,11 +86,14 @@ impl MetaNode {
     }
 
     /// Proposes an entry this member made itself (it must lead).
-    pub async fn propose_internal(&self, entry: RaftRequest) -> Result<RaftResponse, String> {
+    pub async fn propose_internal(&self, entry: RaftRequest) -> Result<RaftResponse, MetaError> {
         match self.propose(entry).await {
             Ok((resp, _)) => Ok(resp),
-            Err(None) => Err("not the leader".into()),
-            Err(Some(s)) => Err(s.message().to_string()),
+            Err(None) => Err(MetaError::Unavailable(format!(
+                "member {} is not the leader",
+                self.id
+            ))),
+            Err(Some(s)) => Err(MetaError::Unavailable(s.message().to_string())),
         }
     }
 
@@ -175,10 +179,7 @@ impl MetaNode {
     }
 
     fn read<T>(&self, f: impl FnOnce(&NsReader<'_>) -> T) -> Result<T, Status> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
         Ok(f(&NsReader::new(&tx)))
     }
 
@@ -585,14 +586,10 @@ impl MetaService for MetaApi {
         let deadline = Instant::now() + wait;
         let mut applied = self.shared.applied.subscribe();
         loop {
-            let tx = self
-                .db
-                .begin_read()
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
             let reply = self
                 .regions
-                .serve_pull(&tx, self.shared.region, to, r.from, r.limit)
-                .map_err(Status::invalid_argument)?;
+                .serve_pull(&tx, self.shared.region, to, r.from, r.limit)?;
             drop(tx);
             let now = Instant::now();
             if !reply.records.is_empty() || reply.next <= reply.head || now >= deadline {
@@ -615,10 +612,7 @@ impl MetaService for MetaApi {
                 .region_status(MetaNode::mark(request.into_inner()))
                 .await;
         }
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
         Ok(Response::new(self.regions.status(
             &tx,
             self.shared.region,
