@@ -101,7 +101,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
 fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
     let ino = match op {
         Op::CreateVolume { .. } => return Ok(None),
-        Op::DeleteVolume { name } => return read_volume(&t.volumes, name),
+        Op::DeleteVolume { name } => return read_volume(t.volumes(), name),
         Op::Mknod { parent, .. }
         | Op::Symlink { parent, .. }
         | Op::Unlink { parent, .. }
@@ -115,7 +115,7 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
         | Op::Accessed { ino }
         | Op::Compact { ino, .. } => *ino,
     };
-    match read_inode(&t.inodes, ino)? {
+    match read_inode(t.inodes(), ino)? {
         Some(node) => Ok(find_volume(t, node.attr.volume)?),
         None => Ok(None),
     }

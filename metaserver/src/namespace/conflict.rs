@@ -21,7 +21,7 @@ use super::types::*;
 /// An inode that must exist for the operation. A replayed record may find it removed by a
 /// concurrent operation of another region: an update beats a delete, so it comes back.
 pub(crate) fn live(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Inode, NsError> {
-    match read_inode(&t.inodes, ino)? {
+    match read_inode(t.inodes(), ino)? {
         Some(node) => Ok(node),
         None if ctx.replaying() => resurrect(t, ctx, ino),
         None => Err(NsError::NotFound(ino.to_string())),
@@ -61,7 +61,7 @@ pub(crate) fn volume_for(
         .tomb(vol.root)?
         .ok_or_else(|| NsError::NotFound(format!("root {} of deleted volume {id}", vol.root)))?;
     let was = vol.name.clone();
-    if read_volume(&t.volumes, &was)?.is_some() {
+    if read_volume(t.volumes(), &was)?.is_some() {
         vol.name = volume_conflict_name(t, &was, ctx.hlc)?;
     }
     vol.deleted = None;
@@ -99,7 +99,7 @@ pub(crate) fn volume_conflict_name(
     }
     let keep = name.len().min(63usize.saturating_sub(suffix.len()));
     let other = format!("{}{suffix}", name.get(..keep).unwrap_or(name));
-    if read_volume(&t.volumes, &other)?.is_some() {
+    if read_volume(t.volumes(), &other)?.is_some() {
         return Err(NsError::Exists(format!("volume {other}")));
     }
     Ok(other)
@@ -112,14 +112,14 @@ fn resurrect(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Ino
         .tomb(ino)?
         .ok_or_else(|| NsError::NotFound(format!("{ino} (removed for good)")))?;
     let vol = volume_for(t, ctx, tomb.inode.attr.volume)?;
-    if let Some(node) = read_inode(&t.inodes, ino)? {
+    if let Some(node) = read_inode(t.inodes(), ino)? {
         return Ok(node); // a volume's root, back with its volume
     }
     let mut dir = match live(t, ctx, tomb.dir) {
         Ok(d) if d.attr.kind == FileKind::Dir => d,
         _ => get(t, vol.root)?,
     };
-    let name = if read_dirent(&t.dirents, dir.attr.ino, &tomb.name)?.is_some() {
+    let name = if read_dirent(t.dirents(), dir.attr.ino, &tomb.name)?.is_some() {
         conflict_name(t, dir.attr.ino, &tomb.name, ctx.hlc)?
     } else {
         tomb.name.clone()
@@ -172,7 +172,7 @@ pub(crate) fn recover(
     let mut vol = volume_for(t, ctx, ctx.volume)?;
     let mut dir = get(t, vol.root)?;
     let base = format!("recovered-{ino}");
-    let name = if read_dirent(&t.dirents, vol.root, base.as_bytes())?.is_some() {
+    let name = if read_dirent(t.dirents(), vol.root, base.as_bytes())?.is_some() {
         conflict_name(t, vol.root, base.as_bytes(), ctx.hlc)?
     } else {
         base.into_bytes()
@@ -228,7 +228,7 @@ pub(crate) fn entry_of(
     let from = dirent_key(dir, b"");
     let to = dirent_key(InodeId(dir.0 + 1), b"");
     for item in t
-        .dirents
+        .dirents()
         .range(from.as_slice()..to.as_slice())
         .map_err(store_err)?
     {
@@ -251,7 +251,7 @@ pub(crate) fn find_entry(
     dir: InodeId,
     name: &[u8],
 ) -> Result<DirEntry, NsError> {
-    let at_name = read_dirent(&t.dirents, dir, name)?;
+    let at_name = read_dirent(t.dirents(), dir, name)?;
     match ctx.replay.and_then(|fx| fx.target) {
         Some(ino) => match at_name.filter(|e| e.ino == ino) {
             Some(e) => Ok(e),
@@ -313,7 +313,7 @@ pub(crate) fn writer_base(
     conflict_copy(t, ctx, &node)?;
     let ino = node.attr.ino;
     let base = merge::version_of(t, ino, seen)?;
-    for e in read_extents(&t.extents, ino, 0, u64::MAX)? {
+    for e in read_extents(t.extents(), ino, 0, u64::MAX)? {
         t.remove_extent(ino, &e)?;
     }
     for e in &base.extents {
@@ -333,7 +333,7 @@ pub(crate) fn writer_base(
 /// Keeps the current content of `node` as a conflict copy next to it (sharing its blocks),
 /// before a concurrent change from another region replaces it.
 fn conflict_copy(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, node: &Inode) -> Result<(), NsError> {
-    let extents = read_extents(&t.extents, node.attr.ino, 0, u64::MAX)?;
+    let extents = read_extents(t.extents(), node.attr.ino, 0, u64::MAX)?;
     keep_version(t, ctx, node, &extents).map(drop)
 }
 
@@ -367,7 +367,7 @@ fn keep_version(
         return Ok(None);
     }
     let ino = copy_ino(node.attr.ino, version)?;
-    if read_inode(&t.inodes, ino)?.is_some() || t.tomb(ino)?.is_some() {
+    if read_inode(t.inodes(), ino)?.is_some() || t.tomb(ino)?.is_some() {
         return Ok(Some(ino)); // kept already
     }
     let copy_name = conflict_name(t, dir_ino, &name, version)?;
@@ -422,7 +422,7 @@ pub(crate) fn copy_again(
     if copy_ino(source, version)? != ino {
         return Ok(None);
     }
-    let Some(mut node) = read_inode(&t.inodes, source)?.or(t.tomb(source)?.map(|tb| tb.inode))
+    let Some(mut node) = read_inode(t.inodes(), source)?.or(t.tomb(source)?.map(|tb| tb.inode))
     else {
         return Ok(None);
     };
@@ -430,7 +430,7 @@ pub(crate) fn copy_again(
     node.content = version;
     node.attr.size = base.size;
     match keep_version(t, ctx, &node, &base.extents)? {
-        Some(copy) => read_inode(&t.inodes, copy),
+        Some(copy) => read_inode(t.inodes(), copy),
         None => Ok(None),
     }
 }

@@ -304,13 +304,13 @@ pub(crate) fn version_of(
         if lineage.len() >= 8 || lineage.iter().any(|l| l.ino == i) {
             break;
         }
-        let live = super::tables::read_inode(&t.inodes, i)?;
+        let live = super::tables::read_inode(t.inodes(), i)?;
         let tomb = t.tomb(i)?;
         let node = live.clone().or_else(|| tomb.clone().map(|tb| tb.inode));
         next = node.as_ref().and_then(|n| n.copy_of);
         lineage.push(Traced {
             ino: i,
-            extents: read_extents(&t.extents, i, 0, u64::MAX)?
+            extents: read_extents(t.extents(), i, 0, u64::MAX)?
                 .into_iter()
                 .map(|e| (e.offset, e))
                 .collect(),
@@ -451,7 +451,7 @@ fn purge_tombs(t: &mut WriteTables<'_>) -> Result<(), NsError> {
     let mut gone = Vec::new();
     let below = bound.to_key();
     for item in t
-        .tomb_times
+        .tomb_times()
         .range(..below.as_slice())
         .map_err(store_err)?
         .take(PRUNE_BATCH)
@@ -470,7 +470,7 @@ fn purge_tombs(t: &mut WriteTables<'_>) -> Result<(), NsError> {
     let saved = t.undo.take();
     let mut dropped: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     for &ino in &gone {
-        for e in super::tables::read_extents(&t.extents, ino, 0, u64::MAX)? {
+        for e in super::tables::read_extents(t.extents(), ino, 0, u64::MAX)? {
             t.remove_extent(ino, &e)?;
             *dropped.entry(e.block.as_bytes().to_vec()).or_default() += 1;
         }

@@ -301,23 +301,28 @@ pub(crate) fn read_extents(
 }
 
 /// Every table a mutation may touch, opened once for the whole command.
+///
+/// The namespace proper (inodes, entries, extents, xattrs, volumes, reference counts,
+/// tombstones, conflicts) is private here: it is read through the accessors below and
+/// written only through [`WriteTables::write`] and its helpers, which record what each
+/// write overwrote while a record is being applied, so every record can be undone.
 pub struct WriteTables<'txn> {
-    pub(crate) inodes: Table<'txn, u64, &'static [u8]>,
-    pub(crate) dirents: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) extents: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) xattrs: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) volumes: Table<'txn, &'static str, &'static [u8]>,
-    pub(crate) block_refs: Table<'txn, &'static [u8], u64>,
-    pub(crate) unreferenced: Table<'txn, &'static [u8], u64>,
+    inodes: Table<'txn, u64, &'static [u8]>,
+    dirents: Table<'txn, &'static [u8], &'static [u8]>,
+    extents: Table<'txn, &'static [u8], &'static [u8]>,
+    xattrs: Table<'txn, &'static [u8], &'static [u8]>,
+    volumes: Table<'txn, &'static str, &'static [u8]>,
+    block_refs: Table<'txn, &'static [u8], u64>,
+    unreferenced: Table<'txn, &'static [u8], u64>,
     pub(crate) counters: Table<'txn, &'static str, u64>,
     pub(crate) changelog: Table<'txn, u64, &'static [u8]>,
     pub(crate) requests: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) request_times: Table<'txn, &'static [u8], ()>,
     pub(crate) oplog: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) undo_log: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) tombs: Table<'txn, u64, &'static [u8]>,
-    pub(crate) tomb_times: Table<'txn, &'static [u8], ()>,
-    pub(crate) conflicts: Table<'txn, &'static [u8], &'static [u8]>,
+    tombs: Table<'txn, u64, &'static [u8]>,
+    tomb_times: Table<'txn, &'static [u8], ()>,
+    conflicts: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) region_state: Table<'txn, &'static str, &'static [u8]>,
     /// While set, every write to a namespace table records what it overwrote.
     pub(crate) undo: Option<Vec<Before>>,
@@ -346,6 +351,42 @@ impl<'txn> WriteTables<'txn> {
             region_state: tx.open_table(REGION_STATE).map_err(store_err)?,
             undo: None,
         })
+    }
+
+    /// Inodes, to read.
+    pub(crate) fn inodes(&self) -> &Table<'txn, u64, &'static [u8]> {
+        &self.inodes
+    }
+
+    /// Directory entries, to read.
+    pub(crate) fn dirents(&self) -> &Table<'txn, &'static [u8], &'static [u8]> {
+        &self.dirents
+    }
+
+    /// Extents, to read.
+    pub(crate) fn extents(&self) -> &Table<'txn, &'static [u8], &'static [u8]> {
+        &self.extents
+    }
+
+    /// Extended attributes, to read.
+    pub(crate) fn xattrs(&self) -> &Table<'txn, &'static [u8], &'static [u8]> {
+        &self.xattrs
+    }
+
+    /// Volumes, to read.
+    pub(crate) fn volumes(&self) -> &Table<'txn, &'static str, &'static [u8]> {
+        &self.volumes
+    }
+
+    /// Tombstones, to read.
+    #[cfg(test)]
+    pub(crate) fn tombs(&self) -> &Table<'txn, u64, &'static [u8]> {
+        &self.tombs
+    }
+
+    /// Tombstones by removal stamp, to read.
+    pub(crate) fn tomb_times(&self) -> &Table<'txn, &'static [u8], ()> {
+        &self.tomb_times
     }
 
     fn raw_get(&self, tab: Tab, key: &[u8]) -> Result<Option<Vec<u8>>, NsError> {

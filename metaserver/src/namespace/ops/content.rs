@@ -14,7 +14,7 @@ pub(crate) fn truncate_extents(
     ino: InodeId,
     size: u64,
 ) -> Result<(), NsError> {
-    for e in read_extents(&t.extents, ino, size, u64::MAX)? {
+    for e in read_extents(t.extents(), ino, size, u64::MAX)? {
         t.remove_extent(ino, &e)?;
         if e.offset < size {
             t.insert_extent(
@@ -46,7 +46,7 @@ fn check_extent(ino: InodeId, e: &Extent) -> Result<(), NsError> {
 /// Inserts `e`, cutting away the parts of older extents it shadows.
 fn overlay(t: &mut WriteTables<'_>, ino: InodeId, e: &Extent) -> Result<(), NsError> {
     // Add the new reference first so a block shared with a shadowed extent never dips to 0.
-    let old = read_extents(&t.extents, ino, e.offset, e.end())?;
+    let old = read_extents(t.extents(), ino, e.offset, e.end())?;
     for o in &old {
         t.remove_extent(ino, o)?;
     }
@@ -154,7 +154,7 @@ pub(crate) fn compact(
     let end = offset
         .checked_add(len)
         .ok_or_else(|| NsError::Invalid("compaction range overflows".into()))?;
-    let current = read_extents(&t.extents, ino, offset, end)?;
+    let current = read_extents(t.extents(), ino, offset, end)?;
     if current != expected {
         return Err(NsError::Conflict(format!(
             "extents of {ino} changed since the compactor read them"

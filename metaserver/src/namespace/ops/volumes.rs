@@ -61,7 +61,7 @@ fn replayed_ids(
     }
     if find_volume_row(t, id, false)?.is_some()
         || find_volume_row(t, id, true)?.is_some()
-        || read_inode(&t.inodes, root)?.is_some()
+        || read_inode(t.inodes(), root)?.is_some()
         || t.tomb(root)?.is_some()
     {
         return Err(NsError::Invalid(format!(
@@ -80,7 +80,7 @@ pub(crate) fn create_volume(
     check_volume_name(name)?;
     check_policy(policy)?;
     let mut name = name.to_string();
-    if read_volume(&t.volumes, &name)?.is_some() {
+    if read_volume(t.volumes(), &name)?.is_some() {
         if !ctx.replaying() {
             return Err(NsError::Exists(format!("volume {name}")));
         }
@@ -163,7 +163,7 @@ pub(crate) fn delete_volume(
     // another volume.
     let vol = match ctx.replay {
         Some(_) => find_volume(t, ctx.volume)?,
-        None => read_volume(&t.volumes, name)?,
+        None => read_volume(t.volumes(), name)?,
     }
     .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?;
     if !is_empty_dir(t, vol.root)? {
