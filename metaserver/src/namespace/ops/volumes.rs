@@ -162,10 +162,13 @@ pub(crate) fn delete_volume(
     // A replay names the volume by id: a concurrent create may have given its name to
     // another volume.
     let vol = match ctx.replay {
-        Some(_) => find_volume(t, ctx.volume)?,
-        None => read_volume(t.volumes(), name)?,
-    }
-    .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?;
+        // The same words as when the volume's tombstone is gone (see `apply`), so every
+        // region records the same conflict whether or not it purged the tombstone yet.
+        Some(_) => find_volume(t, ctx.volume)?
+            .ok_or_else(|| NsError::NotFound(format!("volume {}", ctx.volume)))?,
+        None => read_volume(t.volumes(), name)?
+            .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?,
+    };
     if !is_empty_dir(t, vol.root)? {
         return Err(NsError::NotEmpty(format!(
             "volume {} still has files",
