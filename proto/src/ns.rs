@@ -468,6 +468,11 @@ pub struct Effects {
     /// The content stamp of the file a rename replaced, as it was at the origin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_seen: Option<Hlc>,
+    /// The link count the inode an unlink or a rename removed a name of had at the origin:
+    /// a removal that did not take the last name there never takes it in a replay (where
+    /// another region removed the other names concurrently).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<u32>,
     /// A content change of a conflict copy: the file it copies (whose version `seen` is),
     /// so a replay can make the copy again where the merged order did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]

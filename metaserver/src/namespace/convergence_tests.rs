@@ -450,6 +450,14 @@ fn run_action(rs: &mut [Region], model: &mut Model, who: u8, action: &Action) {
                 name: e.1.clone(),
                 creds: creds(*user),
             };
+            if trace() {
+                eprintln!(
+                    "    unlink {:?} in {} ({}), removing {gone:?}",
+                    String::from_utf8_lossy(&e.1),
+                    e.0,
+                    e.2
+                );
+            }
             if r.run(op).is_ok()
                 && let Some(v) = gone
             {
@@ -498,6 +506,9 @@ fn run_action(rs: &mut [Region], model: &mut Model, who: u8, action: &Action) {
                 flags,
                 creds: root_creds(),
             };
+            if trace() {
+                eprintln!("    {op:?} over {over:?}");
+            }
             if r.run(op).is_ok()
                 && let Some(v) = over
             {
@@ -661,6 +672,20 @@ fn final_files(r: &Region, model: &Model) -> Vec<(String, Vec<u8>)> {
 }
 
 fn check_nothing_lost(r: &Region, model: &Model) {
+    if trace() {
+        for c in r.conflicts() {
+            eprintln!("conflict {} {} {:?}: {}", c.hlc, c.kind, c.ino, c.detail);
+        }
+        for e in entries_of(r, "main") {
+            eprintln!(
+                "entry {} {:?} -> {} {:?}",
+                e.0,
+                String::from_utf8_lossy(&e.1),
+                e.2,
+                e.3
+            );
+        }
+    }
     let files = final_files(r, model);
     let present: BTreeSet<&[u8]> = files.iter().map(|(_, b)| b.as_slice()).collect();
     for (stamp, bytes) in &model.versions {

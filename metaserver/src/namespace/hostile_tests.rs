@@ -238,6 +238,7 @@ fn record(h: &Hostile, inos: &[InodeId], vols: &[u32], base: u64) -> Record {
             target: h.target.as_ref().map(ino),
             replaced_seen: h.seen,
             copy_of: h.created.as_ref().map(ino),
+            links: Some((h.num % 4) as u32),
         },
         volume,
         regions: match h.regions {

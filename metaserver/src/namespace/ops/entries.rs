@@ -212,6 +212,27 @@ fn drop_link(
     if victim.attr.nlink > 0 {
         return t.put_inode(&victim);
     }
+    if !is_dir && ctx.replay.and_then(|fx| fx.links).is_some_and(|n| n > 1) {
+        // Its origin removed one of several names; other regions removed the others
+        // concurrently. Nobody removed the file: it keeps a name.
+        let keep = conflict_name(t, dir, name, ctx.hlc)?;
+        victim.attr.nlink = 1;
+        t.set_dirent(dir, &keep, victim.attr.ino, victim.attr.kind)?;
+        t.put_inode(&victim)?;
+        return record_conflict(
+            t,
+            ctx,
+            "delete",
+            Some(victim.attr.ino),
+            format!(
+                "{} removed the name {:?} of {}, whose other names other regions removed concurrently: it stays as {:?}",
+                region_name(ctx.region()),
+                name_str(name),
+                victim.attr.ino,
+                name_str(&keep)
+            ),
+        );
+    }
     let ino = victim.attr.ino;
     let mut vol = volume_for(t, ctx, victim.attr.volume)?;
     if vol.policy.regions.len() > 1 {
@@ -265,6 +286,9 @@ pub(crate) fn remove(
         _ => {}
     }
     ctx.origin_check(|| check_sticky(&dir, &victim, creds))?;
+    if !ctx.replaying() && !dir_wanted {
+        ctx.out.borrow_mut().links = Some(victim.attr.nlink);
+    }
     if victim.attr.kind == FileKind::File && victim.attr.nlink <= 1 {
         match ctx.replay {
             // The file was changed by another region since this delete's origin saw it:
@@ -406,6 +430,7 @@ pub(crate) fn rename(
         let mut out = ctx.out.borrow_mut();
         out.replaced = Some(r.attr.ino);
         out.replaced_seen = Some(r.content);
+        out.links = Some(r.attr.nlink);
     }
     if let Some(r) = &replaced {
         ctx.origin_check(|| check_sticky(&dst_dir, r, creds))?;
