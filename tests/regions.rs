@@ -146,8 +146,10 @@ fn start_side(
     Ok(side)
 }
 
-/// Every file and folder under `root`, with the blake3 of each file's content.
+/// Every file and folder under `root`: its kind and permission bits, and for a file its
+/// size and the blake3 of its content.
 fn listing(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -157,14 +159,22 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
         for e in entries.flatten() {
             let path = e.path();
             let rel = path.strip_prefix(root).unwrap().display().to_string();
-            if path.is_dir() {
-                out.insert(rel, "dir".into());
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                out.insert(rel, "unreadable".into());
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                out.insert(rel, format!("dir {mode:o}"));
                 stack.push(path);
+            } else if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).unwrap_or_default();
+                out.insert(rel, format!("symlink {}", target.display()));
             } else {
                 let hash = fs::read(&path)
                     .map(|b| BlockId::of(&b).to_hex())
                     .unwrap_or_else(|e| format!("unreadable: {e}"));
-                out.insert(rel, hash);
+                out.insert(rel, format!("file {mode:o} {} {hash}", meta.len()));
             }
         }
     }
@@ -175,7 +185,7 @@ fn wait_same(a: &Path, b: &Path, deadline: Duration) -> Result<BTreeMap<String, 
     let mut last = (BTreeMap::new(), BTreeMap::new());
     wait_for(deadline, "both regions to show the same tree", || {
         let (la, lb) = (listing(a), listing(b));
-        let same = la == lb && !la.values().any(|v| v.starts_with("unreadable"));
+        let same = la == lb && !la.values().any(|v| v.contains("unreadable"));
         last = (la.clone(), lb);
         same.then_some(la)
     })
@@ -413,7 +423,7 @@ fn append(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The contents of every file of a listing.
 fn contents(root: &Path, tree: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<u8>)>> {
     tree.iter()
-        .filter(|(_, v)| *v != "dir")
+        .filter(|(_, v)| v.starts_with("file "))
         .map(|(k, _)| Ok((k.clone(), fs::read(root.join(k))?)))
         .collect()
 }

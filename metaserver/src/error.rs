@@ -19,6 +19,12 @@ pub enum MetaError {
     /// Not the leader, no leader yet, or leadership changing: retry, maybe elsewhere.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// No such thing (a node, a member).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The work did not finish in time; it may still finish.
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// The local store failed, or holds damaged data.
     #[error("store: {0}")]
     Store(String),
@@ -35,6 +41,8 @@ impl From<MetaError> for Status {
         match e {
             MetaError::Invalid(m) => Status::invalid_argument(m),
             MetaError::Unavailable(m) => Status::unavailable(m),
+            MetaError::NotFound(m) => Status::not_found(m),
+            MetaError::Timeout(m) => Status::deadline_exceeded(m),
             MetaError::Ns(NsError::Store(m)) | MetaError::Store(m) => Status::internal(m),
             MetaError::Ns(ns) => Status::failed_precondition(ns.to_string()),
             MetaError::Config(m) | MetaError::Io(m) => Status::internal(m),

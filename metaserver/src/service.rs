@@ -281,7 +281,7 @@ impl std::ops::Deref for MetaApi {
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Status> {
     serde_json::from_slice(bytes)
-        .map_err(|e| Status::invalid_argument(format!("undecodable {what}: {e}")))
+        .map_err(|e| Status::from(MetaError::Invalid(format!("undecodable {what}: {e}"))))
 }
 
 #[tonic::async_trait]
@@ -299,9 +299,9 @@ impl MetaService for MetaApi {
                 outcome: json(&outcome),
                 log_index: index,
             })),
-            Ok((other, _)) => Err(Status::internal(format!(
+            Ok((other, _)) => Err(Status::from(MetaError::Store(format!(
                 "unexpected apply result {other:?}"
-            ))),
+            )))),
             Err(Some(status)) => Err(status),
             Err(None) => {
                 let (mut leader, _) = self.leader_client(&request)?;
@@ -337,9 +337,9 @@ impl MetaService for MetaApi {
     ) -> Result<Response<ClusterMapResponse>, Status> {
         let r = request.get_ref();
         if r.id == 0 || r.address.is_empty() || r.zone.is_empty() || r.capacity == 0 {
-            return Err(Status::invalid_argument(
-                "register needs id >= 1, zone, address and capacity > 0",
-            ));
+            return Err(Status::from(MetaError::Invalid(
+                "register needs id >= 1, zone, address and capacity > 0".into(),
+            )));
         }
         let info = NodeInfo {
             id: NodeId(r.id),
@@ -373,9 +373,9 @@ impl MetaService for MetaApi {
         let r = request.get_ref();
         let id = NodeId(r.id);
         if self.shared.map.borrow().node(id).is_none() {
-            return Err(Status::not_found(format!(
+            return Err(Status::from(MetaError::NotFound(format!(
                 "chunkserver {id} is not in the cluster map"
-            )));
+            ))));
         }
         let state = if r.draining {
             NodeState::Draining
@@ -407,9 +407,9 @@ impl MetaService for MetaApi {
         let id = NodeId(request.get_ref().id);
         let map = self.shared.map.borrow().clone();
         let node = map.node(id).ok_or_else(|| {
-            Status::not_found(format!(
+            Status::from(MetaError::NotFound(format!(
                 "chunkserver {id} is not registered; register first"
-            ))
+            )))
         })?;
         self.liveness
             .lock()
@@ -464,9 +464,9 @@ impl MetaService for MetaApi {
         }
         let r = request.into_inner();
         if r.id == 0 || r.address.is_empty() {
-            return Err(Status::invalid_argument(
-                "add member needs id >= 1 and an address",
-            ));
+            return Err(Status::from(MetaError::Invalid(
+                "add member needs id >= 1 and an address".into(),
+            )));
         }
         info!(member = r.id, address = %r.address, voter = r.voter, "adding member");
         self.raft
@@ -538,7 +538,9 @@ impl MetaService for MetaApi {
             < target
         {
             if Instant::now() > deadline {
-                return Err(Status::deadline_exceeded("snapshot did not finish in 30 s"));
+                return Err(Status::from(MetaError::Timeout(
+                    "snapshot did not finish in 30 s".into(),
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -558,9 +560,9 @@ impl MetaService for MetaApi {
                 < target
             {
                 if Instant::now() > deadline {
-                    return Err(Status::deadline_exceeded(
-                        "log purge did not finish in 30 s",
-                    ));
+                    return Err(Status::from(MetaError::Timeout(
+                        "log purge did not finish in 30 s".into(),
+                    )));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -581,7 +583,12 @@ impl MetaService for MetaApi {
         let r = request.into_inner();
         let to = u16::try_from(r.region)
             .map(meridian_proto::RegionId)
-            .map_err(|_| Status::invalid_argument(format!("region {} out of range", r.region)))?;
+            .map_err(|_| {
+                Status::from(MetaError::Invalid(format!(
+                    "region {} out of range",
+                    r.region
+                )))
+            })?;
         let wait = Duration::from_millis(u64::from(r.wait_ms).min(10_000));
         let deadline = Instant::now() + wait;
         let mut applied = self.shared.applied.subscribe();

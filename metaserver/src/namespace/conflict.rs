@@ -312,7 +312,7 @@ pub(crate) fn writer_base(
     }
     conflict_copy(t, ctx, &node)?;
     let ino = node.attr.ino;
-    let base = merge::version_of(t, ino, seen)?;
+    let base = merge::base_for(t, ctx.hlc, ino, seen)?;
     for e in read_extents(t.extents(), ino, 0, u64::MAX)? {
         t.remove_extent(ino, &e)?;
     }
@@ -426,7 +426,7 @@ pub(crate) fn copy_again(
     else {
         return Ok(None);
     };
-    let base = merge::version_of(t, source, version)?;
+    let base = merge::base_for(t, ctx.hlc, source, version)?;
     node.content = version;
     node.attr.size = base.size;
     match keep_version(t, ctx, &node, &base.extents)? {

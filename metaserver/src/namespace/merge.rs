@@ -260,11 +260,33 @@ pub(crate) fn note_batch(
 }
 
 /// A file's content at an older version.
+#[derive(Serialize, Deserialize)]
 pub(crate) struct FileVersion {
     /// Its extents.
     pub(crate) extents: Vec<Extent>,
     /// Its size.
     pub(crate) size: u64,
+}
+
+/// The version `version` of `ino` that the record stamped `record` applies to: read back
+/// once (see [`version_of`]) and kept with the record while it is in the merged log.
+pub(crate) fn base_for(
+    t: &mut WriteTables<'_>,
+    record: Hlc,
+    ino: InodeId,
+    version: Hlc,
+) -> Result<FileVersion, NsError> {
+    let mut key = record.to_key().to_vec();
+    key.extend_from_slice(&ino.0.to_be_bytes());
+    if let Some(v) = t.bases.get(key.as_slice()).map_err(store_err)? {
+        return serde_json::from_slice(v.value()).map_err(json_err);
+    }
+    let base = version_of(t, ino, version)?;
+    let bytes = serde_json::to_vec(&base).map_err(json_err)?;
+    t.bases
+        .insert(key.as_slice(), bytes.as_slice())
+        .map_err(store_err)?;
+    Ok(base)
 }
 
 /// One inode's content and existence, as the walk back through the undo log restores it.
@@ -428,6 +450,18 @@ fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
     for k in old {
         t.oplog.remove(k.as_slice()).map_err(store_err)?;
         t.undo_log.remove(k.as_slice()).map_err(store_err)?;
+    }
+    let mut old = Vec::new();
+    for item in t
+        .bases
+        .range(..end.as_slice())
+        .map_err(store_err)?
+        .take(PRUNE_BATCH)
+    {
+        old.push(item.map_err(store_err)?.0.value().to_vec());
+    }
+    for k in old {
+        t.bases.remove(k.as_slice()).map_err(store_err)?;
     }
     Ok(())
 }

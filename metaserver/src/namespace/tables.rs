@@ -45,6 +45,11 @@ pub const REQUEST_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("requ
 pub const OPLOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("oplog");
 /// HLC key -> what applying that record overwrote (JSON), to undo it.
 pub const UNDO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("undo");
+/// HLC key of a record ++ inode (8 BE) -> the version of that file (JSON) the record's
+/// content change applied to when it met a concurrent change. A version's content never
+/// changes, so this is kept (outside undo) while the record is in the merged log: a redo
+/// after the log below it was pruned applies to the same bytes.
+pub const BASES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bases");
 /// inode -> a removed inode kept for a while (JSON [`Tomb`]), so that a concurrent update
 /// from another region can bring it back.
 pub const TOMBS: TableDefinition<u64, &[u8]> = TableDefinition::new("tombs");
@@ -320,6 +325,7 @@ pub struct WriteTables<'txn> {
     pub(crate) request_times: Table<'txn, &'static [u8], ()>,
     pub(crate) oplog: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) undo_log: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) bases: Table<'txn, &'static [u8], &'static [u8]>,
     tombs: Table<'txn, u64, &'static [u8]>,
     tomb_times: Table<'txn, &'static [u8], ()>,
     conflicts: Table<'txn, &'static [u8], &'static [u8]>,
@@ -345,6 +351,7 @@ impl<'txn> WriteTables<'txn> {
             request_times: tx.open_table(REQUEST_TIMES).map_err(store_err)?,
             oplog: tx.open_table(OPLOG).map_err(store_err)?,
             undo_log: tx.open_table(UNDO).map_err(store_err)?,
+            bases: tx.open_table(BASES).map_err(store_err)?,
             tombs: tx.open_table(TOMBS).map_err(store_err)?,
             tomb_times: tx.open_table(TOMB_TIMES).map_err(store_err)?,
             conflicts: tx.open_table(CONFLICTS).map_err(store_err)?,

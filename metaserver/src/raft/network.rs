@@ -1,6 +1,7 @@
 //! Raft between the members of a region over gRPC: openraft's messages, JSON-encoded, in
 //! the RaftService's byte envelopes. Snapshots stream in 1 MiB chunks.
 
+use crate::error::MetaError;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -198,7 +199,7 @@ impl RaftRpc {
 }
 
 fn bad(e: serde_json::Error) -> Status {
-    Status::invalid_argument(format!("undecodable raft message: {e}"))
+    Status::from(MetaError::Invalid(format!("undecodable raft message: {e}")))
 }
 
 #[tonic::async_trait]
@@ -225,7 +226,7 @@ impl RaftService for RaftRpc {
         let mut stream = request.into_inner();
         let first = wire::next(&mut stream)
             .await
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+            .ok_or_else(|| Status::from(MetaError::Invalid("empty snapshot stream".into())))??;
         let header: SnapshotHeader = serde_json::from_slice(&first.data).map_err(bad)?;
         let mut data = Vec::new();
         while let Some(msg) = wire::next(&mut stream).await {

@@ -15,7 +15,9 @@ use crate::cluster::CLUSTER;
 use crate::namespace::tables as ns;
 
 const MAGIC: &[u8; 8] = b"MRDNSNAP";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+/// Version 2 had every table but the last ([`ns::BASES`]).
+const VERSION_WITHOUT_BASES: u32 = 2;
 
 /// A table's key and value encodings, so one dump/load loop serves them all.
 enum Table {
@@ -28,7 +30,7 @@ enum Table {
 }
 
 /// Every table that makes up the replicated state, in dump order.
-fn tables() -> [Table; 17] {
+fn tables() -> [Table; 18] {
     [
         Table::U64Bytes(ns::INODES),
         Table::BytesBytes(ns::DIRENTS),
@@ -47,6 +49,7 @@ fn tables() -> [Table; 17] {
         Table::BytesBytes(ns::CONFLICTS),
         Table::StrBytes(ns::REGION_STATE),
         Table::StrBytes(CLUSTER),
+        Table::BytesBytes(ns::BASES),
     ]
 }
 
@@ -164,14 +167,15 @@ pub fn load(tx: &WriteTransaction, data: &[u8]) -> io::Result<()> {
         ));
     }
     let version = r.u32()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_WITHOUT_BASES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("snapshot version {version} is not supported"),
         ));
     }
-    for table in tables() {
-        let count = r.u64()?;
+    for (i, table) in tables().into_iter().enumerate() {
+        let missing = version == VERSION_WITHOUT_BASES && i == tables().len() - 1;
+        let count = if missing { 0 } else { r.u64()? };
         macro_rules! load {
             ($def:expr, |$k:ident, $v:ident| $key:expr, $val:expr) => {{
                 let mut t = tx.open_table($def).map_err(io_err)?;
