@@ -285,23 +285,49 @@ fn replay(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
             t.undo = Some(Vec::new());
             // Losing an atime update or a compaction is no conflict anybody cares about.
             if !matches!(record.op, Op::Accessed { .. } | Op::Compact { .. }) {
-                record_conflict(
-                    t,
-                    &ctx,
-                    "skip",
-                    None,
-                    format!(
-                        "{} from region {} not applied: {e}",
-                        op_name(&record.op),
-                        record.hlc.region.0
-                    ),
-                )?;
+                record_conflict(t, &ctx, "skip", None, skip_detail(record, &e))?;
             }
             images = t.undo.take().unwrap_or_default();
         }
         Ok(_) => {}
     }
     merge::log_applied(t, record, &images)
+}
+
+/// Why a record was skipped, in words that are the same in every region. What a record
+/// acts on may be missing for several reasons at once (a removed inode, and a volume
+/// whose tombstone one region has purged already and another not yet), so a missing
+/// thing is described from the record alone.
+fn skip_detail(record: &Record, e: &NsError) -> String {
+    let what = op_name(&record.op);
+    let from = record.hlc.region.0;
+    match e {
+        NsError::NotFound(_) => {
+            let target = match &record.op {
+                Op::CreateVolume { name, .. } | Op::DeleteVolume { name } => {
+                    format!("volume {name:?}")
+                }
+                Op::Mknod { parent, name, .. }
+                | Op::Symlink { parent, name, .. }
+                | Op::Unlink { parent, name, .. }
+                | Op::Rmdir { parent, name, .. }
+                | Op::Rename { parent, name, .. } => {
+                    format!("{:?} in {parent}", String::from_utf8_lossy(name))
+                }
+                Op::Link { ino, .. }
+                | Op::SetAttr { ino, .. }
+                | Op::SetXattr { ino, .. }
+                | Op::RemoveXattr { ino, .. }
+                | Op::CommitExtents { ino, .. }
+                | Op::Accessed { ino }
+                | Op::Compact { ino, .. } => ino.to_string(),
+            };
+            format!(
+                "{what} of {target} from region {from} not applied: what it acts on no longer exists"
+            )
+        }
+        other => format!("{what} from region {from} not applied: {other}"),
+    }
 }
 
 /// A short name of an operation, for conflict records.

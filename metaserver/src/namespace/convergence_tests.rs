@@ -773,6 +773,28 @@ fn converge_purging(n: u16, actions: &[(u8, Action)]) {
     let first = namespace_dump(&rs[0]);
     for r in &rs {
         check_tree(r);
+        if trace() && namespace_dump(r) != first {
+            for (k, rows) in namespace_dump(r) {
+                if first[k] != rows {
+                    eprintln!(
+                        "table {k} differs:\n  {:?}\n  {:?}",
+                        first[k]
+                            .iter()
+                            .map(|(a, b)| (
+                                String::from_utf8_lossy(a).into_owned(),
+                                String::from_utf8_lossy(b).into_owned()
+                            ))
+                            .collect::<Vec<_>>(),
+                        rows.iter()
+                            .map(|(a, b)| (
+                                String::from_utf8_lossy(a).into_owned(),
+                                String::from_utf8_lossy(b).into_owned()
+                            ))
+                            .collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
         assert_eq!(namespace_dump(r), first, "region {} differs", r.id.0);
         check_nothing_lost(r, &model);
         assert_consistent(r);
