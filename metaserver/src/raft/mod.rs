@@ -111,6 +111,153 @@ mod tests {
         }
     }
 
+    /// A log holding records a broken or hostile peer made up, that cannot apply here:
+    /// the state machine applies it on every start (each such record skipped and listed
+    /// with why), and a member applying the same log from scratch ends the same.
+    #[test]
+    fn a_log_of_records_that_cannot_apply_applies_on_every_start_and_says_why() {
+        use meridian_proto::ns::*;
+        use meridian_proto::{Hlc, InodeId, RegionId};
+        use openraft::RaftTypeConfig;
+        use openraft::entry::RaftEntry;
+        use openraft::storage::RaftStateMachine;
+        use openraft::type_config::alias::LogIdOf;
+        use openraft::vote::RaftLeaderIdExt;
+        use redb::ReadableDatabase;
+
+        use super::Request;
+        use crate::namespace::{NsReader, RemoteBatch};
+
+        let log_id = |i: u64| {
+            LogIdOf::<TypeConfig>::new(
+                <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(1, 1),
+                i,
+            )
+        };
+        let stamp = |region: u16, ms: u64| Hlc {
+            wall_ms: ms,
+            counter: 0,
+            region: RegionId(region),
+        };
+        let regions = vec![RegionId(1), RegionId(2)];
+        let volume = (1 << 16) | 1;
+        let root = InodeId::new(RegionId(1), 1).unwrap();
+        let record = |ms: u64, op: Op, effects: Effects, volume: u32| Record {
+            hlc: stamp(2, ms),
+            now: Timespec::default(),
+            op,
+            effects,
+            volume,
+            regions: regions.clone(),
+            deps: Vec::new(),
+        };
+        let batch = RemoteBatch {
+            origin: RegionId(2),
+            records: vec![
+                // A write to an inode of a volume nobody has.
+                (
+                    1,
+                    record(
+                        2000,
+                        Op::CommitExtents {
+                            ino: InodeId::new(RegionId(2), 99).unwrap(),
+                            extents: Vec::new(),
+                            size: 10,
+                            base_version: None,
+                            creds: Creds::root(),
+                        },
+                        Effects::default(),
+                        12345,
+                    ),
+                ),
+                // An unlink of an inode that never was.
+                (
+                    2,
+                    record(
+                        2001,
+                        Op::Unlink {
+                            parent: root,
+                            name: b"ghost".to_vec(),
+                            creds: Creds::root(),
+                        },
+                        Effects {
+                            target: Some(InodeId::new(RegionId(2), 7).unwrap()),
+                            ..Effects::default()
+                        },
+                        volume,
+                    ),
+                ),
+                // A create that claims the volume's root as the inode it made.
+                (
+                    3,
+                    record(
+                        2002,
+                        Op::Mknod {
+                            parent: root,
+                            name: b"x".to_vec(),
+                            kind: FileKind::File,
+                            perm: 0o644,
+                            rdev: 0,
+                            exclusive: true,
+                            creds: Creds::root(),
+                        },
+                        Effects {
+                            created: Some(root),
+                            ..Effects::default()
+                        },
+                        volume,
+                    ),
+                ),
+            ],
+            frontier: None,
+            settled: None,
+            scanned: 0,
+        };
+        let entries = vec![
+            <TypeConfig as RaftTypeConfig>::Entry::new_normal(
+                log_id(1),
+                Request::Ns(Command {
+                    op: Op::CreateVolume {
+                        name: "shared".into(),
+                        policy: VolumePolicy {
+                            regions: regions.clone(),
+                            ..VolumePolicy::default()
+                        },
+                    },
+                    hlc: stamp(1, 1000),
+                    now: Timespec::default(),
+                    request: None,
+                }),
+            ),
+            <TypeConfig as RaftTypeConfig>::Entry::new_normal(log_id(2), Request::Remote(batch)),
+        ];
+        TypeConfig::run(async move {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let dir = tempfile::TempDir::new().unwrap();
+                let (mut sm, _) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+                let stream = futures::stream::iter(entries.iter().cloned().map(|e| Ok((e, None))));
+                sm.apply(stream).await.expect("the state machine goes on");
+                let db = sm.db();
+                let conflicts = NsReader::new(&db.begin_read().unwrap())
+                    .conflicts(None, 100)
+                    .unwrap();
+                assert_eq!(conflicts.len(), 3, "{conflicts:#?}");
+                for c in &conflicts {
+                    assert_eq!(c.kind, "skip");
+                    assert!(c.detail.contains("not applied"), "{}", c.detail);
+                }
+                drop((sm, db));
+                // Started again on the same state: it opens, and knows what it applied.
+                let (mut sm, _) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+                let (applied, _) = sm.applied_state().await.unwrap();
+                assert_eq!(applied, Some(log_id(2)));
+                seen.push(conflicts);
+            }
+            assert_eq!(seen[0], seen[1], "two members agree");
+        });
+    }
+
     /// openraft's own conformance suite for log stores and state machines.
     #[test]
     fn redb_stores_pass_the_openraft_storage_suite() {
