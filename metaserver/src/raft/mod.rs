@@ -213,7 +213,7 @@ mod tests {
             settled: None,
             scanned: 0,
         };
-        let entries = vec![
+        let entries = [
             <TypeConfig as RaftTypeConfig>::Entry::new_normal(
                 log_id(1),
                 Request::Ns(Command {
