@@ -438,32 +438,26 @@ fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
         return Ok(());
     };
     let end = bound.to_key();
-    let mut old = Vec::new();
-    for item in t
-        .oplog
-        .range(..end.as_slice())
-        .map_err(store_err)?
-        .take(PRUNE_BATCH)
-    {
-        old.push(item.map_err(store_err)?.0.value().to_vec());
-    }
-    for k in old {
+    for k in keys_below(&t.oplog, &end)? {
         t.oplog.remove(k.as_slice()).map_err(store_err)?;
         t.undo_log.remove(k.as_slice()).map_err(store_err)?;
     }
-    let mut old = Vec::new();
-    for item in t
-        .bases
-        .range(..end.as_slice())
-        .map_err(store_err)?
-        .take(PRUNE_BATCH)
-    {
-        old.push(item.map_err(store_err)?.0.value().to_vec());
-    }
-    for k in old {
+    for k in keys_below(&t.bases, &end)? {
         t.bases.remove(k.as_slice()).map_err(store_err)?;
     }
     Ok(())
+}
+
+/// The first keys (at most a batch) of a table keyed by stamp, below `end`.
+fn keys_below(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    end: &[u8],
+) -> Result<Vec<Vec<u8>>, NsError> {
+    let mut out = Vec::new();
+    for item in t.range(..end).map_err(store_err)?.take(PRUNE_BATCH) {
+        out.push(item.map_err(store_err)?.0.value().to_vec());
+    }
+    Ok(out)
 }
 
 /// Removes for good the tombstones no region can still bring back, and drops their

@@ -5,7 +5,7 @@ use meridian_proto::InodeId;
 use crate::namespace::access::{W, check_access, drop_setid, may};
 use crate::namespace::conflict::{copy_again, live, volume_for, writer_base};
 use crate::namespace::ctx::*;
-use crate::namespace::ops::content::truncate_extents;
+use crate::namespace::ops::content::{check_byte_quota, truncate_extents};
 use crate::namespace::tables::WriteTables;
 use crate::namespace::types::*;
 
@@ -93,16 +93,7 @@ pub(crate) fn setattr(
         node = writer_base(t, ctx, node)?;
         let mut vol = volume_for(t, ctx, node.attr.volume)?;
         let old = node.attr.size;
-        ctx.origin_check(|| {
-            let over = vol
-                .policy
-                .quota_bytes
-                .is_some_and(|q| vol.used_bytes.saturating_sub(old).saturating_add(size) > q);
-            if size > old && over {
-                return Err(NsError::Quota(format!("volume {} byte quota", vol.name)));
-            }
-            Ok(())
-        })?;
+        check_byte_quota(ctx, &vol, old, size)?;
         if size < old {
             truncate_extents(t, ino, size)?;
         }

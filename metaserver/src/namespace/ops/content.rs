@@ -29,6 +29,23 @@ pub(crate) fn truncate_extents(
     Ok(())
 }
 
+/// A file growing from `old` to `new` bytes must fit the volume's byte quota (checked
+/// where the change first runs).
+pub(crate) fn check_byte_quota(
+    ctx: &Ctx<'_>,
+    vol: &Volume,
+    old: u64,
+    new: u64,
+) -> Result<(), NsError> {
+    ctx.origin_check(|| {
+        let total = vol.used_bytes.saturating_sub(old).saturating_add(new);
+        if new > old && vol.policy.quota_bytes.is_some_and(|q| total > q) {
+            return Err(NsError::Quota(format!("volume {} byte quota", vol.name)));
+        }
+        Ok(())
+    })
+}
+
 fn check_extent(ino: InodeId, e: &Extent) -> Result<(), NsError> {
     let fits = e.len > 0
         && e.len <= u64::from(e.block_len)
@@ -111,16 +128,7 @@ pub(crate) fn commit(
     let new_size = node.attr.size.max(size).max(end);
     let mut vol = volume_for(t, ctx, node.attr.volume)?;
     let old = node.attr.size;
-    ctx.origin_check(|| {
-        let over = vol
-            .policy
-            .quota_bytes
-            .is_some_and(|q| vol.used_bytes.saturating_sub(old).saturating_add(new_size) > q);
-        if new_size > old && over {
-            return Err(NsError::Quota(format!("volume {} byte quota", vol.name)));
-        }
-        Ok(())
-    })?;
+    check_byte_quota(ctx, &vol, old, new_size)?;
     for e in extents {
         overlay(t, ino, e)?;
     }
