@@ -408,6 +408,35 @@ pub enum Op {
         /// Caller.
         creds: Creds,
     },
+    /// Make `[offset, offset + len)` of a file a hole (reads as zeros, holds no block),
+    /// keeping its size: fallocate's PUNCH_HOLE, and ZERO_RANGE.
+    PunchHole {
+        /// File.
+        ino: InodeId,
+        /// Range start.
+        offset: u64,
+        /// Range length.
+        len: u64,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Copy `len` bytes of `src` from `src_offset` to `dst` at `dst_offset` by sharing
+    /// extents (no bytes move, like a reflink); holes copy as holes. The copy stops at
+    /// the end of `src`; `dst` grows to hold what was copied.
+    CopyRange {
+        /// Source file.
+        src: InodeId,
+        /// Offset in the source.
+        src_offset: u64,
+        /// Destination file (may be the source).
+        dst: InodeId,
+        /// Offset in the destination.
+        dst_offset: u64,
+        /// Bytes to copy at most.
+        len: u64,
+        /// Caller.
+        creds: Creds,
+    },
     /// A read happened: update atime as ext4's default `relatime` does (only if atime is
     /// not newer than mtime or ctime, or is a day old). Needs no write permission.
     Accessed {
@@ -473,6 +502,10 @@ pub struct Effects {
     /// another region removed the other names concurrently).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub links: Option<u32>,
+    /// What a range copy copied at the origin (bytes, and the extents at their new
+    /// offsets): a replay copies exactly that, whatever the source holds by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied: Option<(u64, Vec<Extent>)>,
     /// A content change of a conflict copy: the file it copies (whose version `seen` is),
     /// so a replay can make the copy again where the merged order did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -532,6 +565,8 @@ pub enum Reply {
     Attr(Attr),
     /// A volume.
     Volume(Volume),
+    /// Bytes copied by a `CopyRange`, and the destination's attributes after it.
+    Copied(u64, Attr),
 }
 
 /// Why a namespace operation failed; each maps to one errno.

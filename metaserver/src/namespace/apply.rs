@@ -112,8 +112,10 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
         | Op::SetXattr { ino, .. }
         | Op::RemoveXattr { ino, .. }
         | Op::CommitExtents { ino, .. }
+        | Op::PunchHole { ino, .. }
         | Op::Accessed { ino }
         | Op::Compact { ino, .. } => *ino,
+        Op::CopyRange { dst, .. } => *dst,
     };
     match read_inode(t.inodes(), ino)? {
         Some(node) => Ok(find_volume(t, node.attr.volume)?),
@@ -319,8 +321,10 @@ fn skip_detail(record: &Record, e: &NsError) -> String {
                 | Op::SetXattr { ino, .. }
                 | Op::RemoveXattr { ino, .. }
                 | Op::CommitExtents { ino, .. }
+                | Op::PunchHole { ino, .. }
                 | Op::Accessed { ino }
                 | Op::Compact { ino, .. } => ino.to_string(),
+                Op::CopyRange { src, dst, .. } => format!("{src} to {dst}"),
             };
             format!(
                 "{what} of {target} from region {from} not applied: what it acts on no longer exists"
@@ -345,6 +349,8 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::SetXattr { .. } => "setxattr",
         Op::RemoveXattr { .. } => "removexattr",
         Op::CommitExtents { .. } => "write",
+        Op::PunchHole { .. } => "punch hole",
+        Op::CopyRange { .. } => "copy range",
         Op::Accessed { .. } => "access",
         Op::Compact { .. } => "compaction",
     }
@@ -439,6 +445,27 @@ pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Resul
             base_version: _,
             creds,
         } => content::commit(t, ctx, *ino, extents, *size, creds),
+        Op::PunchHole {
+            ino,
+            offset,
+            len,
+            creds,
+        } => content::punch_hole(t, ctx, *ino, *offset, *len, creds),
+        Op::CopyRange {
+            src,
+            src_offset,
+            dst,
+            dst_offset,
+            len,
+            creds,
+        } => content::copy_range(
+            t,
+            ctx,
+            (*src, *src_offset),
+            (*dst, *dst_offset),
+            *len,
+            creds,
+        ),
         Op::Accessed { ino } => attrs::accessed(t, ctx, *ino),
         Op::Compact {
             ino,

@@ -56,6 +56,17 @@ enum Action {
         file: u8,
         to: u8,
     },
+    /// fallocate PUNCH_HOLE.
+    Punch {
+        file: u8,
+        at: u8,
+    },
+    /// copy_file_range, by sharing extents.
+    Copy {
+        src: u8,
+        dst: u8,
+        at: u8,
+    },
     Link {
         file: u8,
         dir: u8,
@@ -123,6 +134,8 @@ fn arb_action() -> impl Strategy<Value = (u8, Action)> {
             .prop_map(|(file, at, user, shared)| Action::Write { file, at, user, shared }),
         2 => any::<u8>().prop_map(|file| Action::Append { file }),
         2 => (any::<u8>(), 0..4u8).prop_map(|(file, to)| Action::Truncate { file, to }),
+        1 => (any::<u8>(), 0..4u8).prop_map(|(file, at)| Action::Punch { file, at }),
+        1 => (any::<u8>(), any::<u8>(), 0..4u8).prop_map(|(src, dst, at)| Action::Copy { src, dst, at }),
         1 => (any::<u8>(), any::<u8>(), name.clone()).prop_map(|(file, dir, name)| Action::Link { file, dir, name }),
         2 => (any::<u8>(), any::<bool>()).prop_map(|(entry, user)| Action::Unlink { entry, user }),
         1 => any::<u8>().prop_map(|dir| Action::Rmdir { dir }),
@@ -425,6 +438,30 @@ fn run_action(rs: &mut [Region], model: &mut Model, who: u8, action: &Action) {
                 creds: root_creds(),
             };
             return change_content(r, model, f.2, op);
+        }
+        Action::Punch { file, at } => {
+            let Some(f) = pick(&files, *file) else { return };
+            let op = Op::PunchHole {
+                ino: f.2,
+                offset: OFFSETS[*at as usize % 4],
+                len: 60,
+                creds: root_creds(),
+            };
+            return change_content(r, model, f.2, op);
+        }
+        Action::Copy { src, dst, at } => {
+            let (Some(s), Some(d)) = (pick(&files, *src), pick(&files, *dst)) else {
+                return;
+            };
+            let op = Op::CopyRange {
+                src: s.2,
+                src_offset: 0,
+                dst: d.2,
+                dst_offset: OFFSETS[*at as usize % 4],
+                len: 120,
+                creds: root_creds(),
+            };
+            return change_content(r, model, d.2, op);
         }
         Action::Link { file, dir, name } => {
             let Some(f) = pick(&files, *file) else { return };

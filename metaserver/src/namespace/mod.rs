@@ -23,6 +23,8 @@ pub use tables::WriteTables;
 pub use types::*;
 
 #[cfg(test)]
+mod content_tests;
+#[cfg(test)]
 mod convergence_tests;
 #[cfg(test)]
 mod hostile_tests;

@@ -105,6 +105,10 @@ pub(crate) fn setattr(
         }
         node.attr.size = size;
         node.attr.mtime = ctx.now;
+        // A truncate by a caller without the privilege drops setuid/setgid, as a write does.
+        if creds.uid != 0 && set.perm.is_none() {
+            drop_setid(&mut node.attr);
+        }
     }
     for (which, time) in [("atime", set.atime), ("mtime", set.mtime)] {
         let Some(time) = time else { continue };

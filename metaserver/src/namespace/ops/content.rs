@@ -2,7 +2,7 @@
 
 use meridian_proto::InodeId;
 
-use crate::namespace::access::{W, drop_setid, may};
+use crate::namespace::access::{R, W, check_access, drop_setid, may};
 use crate::namespace::conflict::{live, recover, volume_for, writer_base};
 use crate::namespace::ctx::*;
 use crate::namespace::tables::{WriteTables, read_extents};
@@ -60,32 +60,31 @@ fn check_extent(ino: InodeId, e: &Extent) -> Result<(), NsError> {
     }
 }
 
-/// Inserts `e`, cutting away the parts of older extents it shadows.
-fn overlay(t: &mut WriteTables<'_>, ino: InodeId, e: &Extent) -> Result<(), NsError> {
-    // Add the new reference first so a block shared with a shadowed extent never dips to 0.
-    let old = read_extents(t.extents(), ino, e.offset, e.end())?;
+/// Takes `[start, end)` out of the extent map of `ino`: extents inside go, extents across
+/// an edge keep their part outside.
+fn cut(t: &mut WriteTables<'_>, ino: InodeId, start: u64, end: u64) -> Result<(), NsError> {
+    let old = read_extents(t.extents(), ino, start, end)?;
     for o in &old {
         t.remove_extent(ino, o)?;
     }
-    t.insert_extent(ino, e)?;
     for o in &old {
-        if o.offset < e.offset {
+        if o.offset < start {
             t.insert_extent(
                 ino,
                 &Extent {
-                    len: e.offset - o.offset,
+                    len: start - o.offset,
                     ..*o
                 },
             )?;
         }
-        if o.end() > e.end() {
-            let cut = e.end() - o.offset;
+        if o.end() > end {
+            let skip = end - o.offset;
             t.insert_extent(
                 ino,
                 &Extent {
-                    offset: e.end(),
-                    len: o.end() - e.end(),
-                    block_offset: o.block_offset + cut as u32,
+                    offset: end,
+                    len: o.end() - end,
+                    block_offset: o.block_offset + skip as u32,
                     ..*o
                 },
             )?;
@@ -94,17 +93,21 @@ fn overlay(t: &mut WriteTables<'_>, ino: InodeId, e: &Extent) -> Result<(), NsEr
     Ok(())
 }
 
-pub(crate) fn commit(
+/// Inserts `e`, cutting away the parts of older extents it shadows. (A block's count may
+/// pass through 0 inside the transaction; nobody sees it there.)
+fn overlay(t: &mut WriteTables<'_>, ino: InodeId, e: &Extent) -> Result<(), NsError> {
+    cut(t, ino, e.offset, e.end())?;
+    t.insert_extent(ino, e)
+}
+
+/// A file that must exist for a content change (brought back, or its write recovered, in
+/// a replay), and may be written by the caller.
+fn writable_file(
     t: &mut WriteTables<'_>,
     ctx: &Ctx<'_>,
     ino: InodeId,
-    extents: &[Extent],
-    size: u64,
     creds: &Creds,
-) -> Result<Reply, NsError> {
-    for e in extents {
-        check_extent(ino, e)?;
-    }
+) -> Result<Inode, NsError> {
     let node = match live(t, ctx, ino) {
         Err(NsError::NotFound(_)) if ctx.replaying() => recover(t, ctx, ino, creds)?,
         other => other?,
@@ -123,28 +126,151 @@ pub(crate) fn commit(
         }
         Ok(())
     })?;
-    let mut node = writer_base(t, ctx, node)?;
-    let end = extents.iter().map(Extent::end).max().unwrap_or(0);
-    let new_size = node.attr.size.max(size).max(end);
-    let mut vol = volume_for(t, ctx, node.attr.volume)?;
-    let old = node.attr.size;
-    check_byte_quota(ctx, &vol, old, new_size)?;
-    for e in extents {
-        overlay(t, ino, e)?;
-    }
-    vol.used_bytes = vol.used_bytes.saturating_sub(old).saturating_add(new_size);
+    Ok(node)
+}
+
+/// After a content change of `node` to `new_size` bytes: the volume's bytes, the version,
+/// the times, and setuid/setgid dropped for a writer without the privilege (as Linux).
+fn changed(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    mut node: Inode,
+    mut vol: Volume,
+    new_size: u64,
+    creds: &Creds,
+) -> Result<Attr, NsError> {
+    vol.used_bytes = vol
+        .used_bytes
+        .saturating_sub(node.attr.size)
+        .saturating_add(new_size);
     t.put_volume(&vol)?;
     node.attr.size = new_size;
     node.attr.mtime = ctx.now;
     node.attr.ctime = ctx.now;
     node.version += 1;
     node.content = ctx.hlc;
-    // Writing by a non-owner clears setuid/setgid, as the kernel does.
     if creds.uid != 0 {
         drop_setid(&mut node.attr);
     }
     t.put_inode(&node)?;
-    Ok(Reply::Attr(node.attr))
+    Ok(node.attr)
+}
+
+/// Makes `[offset, offset + len)` a hole; the size stays.
+pub(crate) fn punch_hole(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    ino: InodeId,
+    offset: u64,
+    len: u64,
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| NsError::Invalid(format!("hole of {len} bytes at {offset} overflows")))?;
+    let node = writable_file(t, ctx, ino, creds)?;
+    let node = writer_base(t, ctx, node)?;
+    let vol = volume_for(t, ctx, node.attr.volume)?;
+    cut(t, ino, offset, end)?;
+    let size = node.attr.size;
+    changed(t, ctx, node, vol, size, creds).map(Reply::Attr)
+}
+
+/// Copies `len` bytes from `(src, src_offset)` to `(dst, dst_offset)` by sharing extents.
+pub(crate) fn copy_range(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    (src, src_offset): (InodeId, u64),
+    (dst, dst_offset): (InodeId, u64),
+    len: u64,
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    let (len, moved) = match ctx.replay {
+        // What the origin copied, whatever the source holds by now.
+        Some(fx) => {
+            let (len, moved) = fx
+                .copied
+                .clone()
+                .ok_or_else(|| NsError::Invalid("copy record without its extents".into()))?;
+            for e in &moved {
+                check_extent(dst, e)?;
+            }
+            (len, moved)
+        }
+        None => {
+            let source = get(t, src)?;
+            match source.attr.kind {
+                FileKind::File => {}
+                FileKind::Dir => return Err(NsError::IsDir(src.to_string())),
+                _ => return Err(NsError::Invalid(format!("copy from non-file {src}"))),
+            }
+            check_access(&source.attr, creds, R)?;
+            let target = get(t, dst)?;
+            if target.attr.volume != source.attr.volume {
+                return Err(NsError::CrossVolume(format!("copy from {src} to {dst}")));
+            }
+            let len = len.min(source.attr.size.saturating_sub(src_offset));
+            let src_end = src_offset + len;
+            // What the source holds there, read before the destination changes (it may
+            // be the same file), moved to the destination's offsets.
+            let mut moved = Vec::new();
+            for e in read_extents(t.extents(), src, src_offset, src_end)? {
+                let from = e.offset.max(src_offset);
+                let to = e.end().min(src_end);
+                moved.push(Extent {
+                    offset: dst_offset.checked_add(from - src_offset).ok_or_else(|| {
+                        NsError::Invalid(format!("copy to {dst_offset} overflows"))
+                    })?,
+                    len: to - from,
+                    block_offset: e.block_offset + (from - e.offset) as u32,
+                    ..e
+                });
+            }
+            ctx.out.borrow_mut().copied = Some((len, moved.clone()));
+            (len, moved)
+        }
+    };
+    let dst_end = dst_offset
+        .checked_add(len)
+        .ok_or_else(|| NsError::Invalid(format!("copy to {dst_offset} overflows")))?;
+    let node = writable_file(t, ctx, dst, creds)?;
+    let node = writer_base(t, ctx, node)?;
+    let new_size = if len > 0 {
+        node.attr.size.max(dst_end)
+    } else {
+        node.attr.size
+    };
+    let vol = volume_for(t, ctx, node.attr.volume)?;
+    check_byte_quota(ctx, &vol, node.attr.size, new_size)?;
+    cut(t, dst, dst_offset, dst_end)?;
+    for e in &moved {
+        t.insert_extent(dst, e)?;
+    }
+    let attr = changed(t, ctx, node, vol, new_size, creds)?;
+    Ok(Reply::Copied(len, attr))
+}
+
+pub(crate) fn commit(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    ino: InodeId,
+    extents: &[Extent],
+    size: u64,
+    creds: &Creds,
+) -> Result<Reply, NsError> {
+    for e in extents {
+        check_extent(ino, e)?;
+    }
+    let node = writable_file(t, ctx, ino, creds)?;
+    let node = writer_base(t, ctx, node)?;
+    let end = extents.iter().map(Extent::end).max().unwrap_or(0);
+    let new_size = node.attr.size.max(size).max(end);
+    let vol = volume_for(t, ctx, node.attr.volume)?;
+    check_byte_quota(ctx, &vol, node.attr.size, new_size)?;
+    for e in extents {
+        overlay(t, ino, e)?;
+    }
+    changed(t, ctx, node, vol, new_size, creds).map(Reply::Attr)
 }
 
 pub(crate) fn compact(
