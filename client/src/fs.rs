@@ -25,6 +25,9 @@ use crate::cache::BlockCache;
 use crate::dirty::DirtyRanges;
 use crate::meta::{MetaClient, MetaError};
 
+mod space;
+pub use space::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, Seek};
+
 /// Name prefix of files unlinked while open (hidden from listings until the last close).
 pub const HIDDEN_PREFIX: &[u8] = b".meridian-unlinked-";
 
@@ -212,7 +215,19 @@ impl FileSystem {
                 attr.size = attr.size.max(f.dirty.end());
             }
         }
+        if self.is_hidden(ino) {
+            // Unlinked while open: it has a name only to outlive its last close.
+            attr.nlink = 0;
+        }
         Ok(attr)
+    }
+
+    /// Whether `ino` was unlinked while this client had it open.
+    fn is_hidden(&self, ino: InodeId) -> bool {
+        self.hidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&ino)
     }
 
     fn handles_of(&self, ino: InodeId) -> Vec<Arc<AsyncMutex<OpenFile>>> {

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags as FuseRenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use meridian_proto::InodeId;
 use meridian_proto::ns::{
@@ -19,7 +20,7 @@ use meridian_proto::ns::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::FileSystem;
+use crate::fs::{FileSystem, Seek};
 
 /// How long the kernel may cache attributes and entries.
 const TTL: Duration = Duration::from_secs(1);
@@ -724,32 +725,66 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        if mode != 0 {
-            return reply.error(Errno::EOPNOTSUPP);
-        }
-        // Mode 0 only guarantees the size; space is not reserved ahead on a distributed store.
         let (fs, ino, c) = (self.fs.clone(), self.ino(ino), creds(req));
+        self.reply_empty(reply, async move {
+            fs.fallocate(ino, offset, length, mode, &c).await
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // SEEK_SET, SEEK_CUR and SEEK_END never reach the filesystem.
+        let whence = match whence {
+            libc::SEEK_DATA => Seek::Data,
+            libc::SEEK_HOLE => Seek::Hole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        let (fs, ino) = (self.fs.clone(), self.ino(ino));
         self.spawn(async move {
-            let result = async {
-                let attr = fs.getattr(ino).await?;
-                let end = offset.checked_add(length).ok_or(libc::EFBIG)?;
-                if end > attr.size {
-                    fs.setattr(
-                        ino,
-                        SetAttr {
-                            size: Some(end),
-                            via_handle: true,
-                            ..Default::default()
-                        },
-                        &c,
-                    )
-                    .await?;
-                }
-                Ok::<(), i32>(())
+            match fs.seek(ino, offset, whence).await {
+                Ok(at) => reply.offset(at as i64),
+                Err(e) => reply.error(err(e)),
             }
-            .await;
-            match result {
-                Ok(()) => reply.ok(),
+        });
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let (fs, src, dst, c) = (
+            self.fs.clone(),
+            self.ino(ino_in),
+            self.ino(ino_out),
+            creds(req),
+        );
+        // The kernel takes the count as 32 bits; longer copies come back for the rest.
+        let len = len.min(u64::from(u32::MAX & !0xfff));
+        self.spawn(async move {
+            match fs
+                .copy_range(src, offset_in, dst, offset_out, len, &c)
+                .await
+            {
+                Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(err(e)),
             }
         });

@@ -1,0 +1,274 @@
+//! The data path beside plain reads and writes, through the kernel on a real region:
+//! fallocate's modes, SEEK_DATA/SEEK_HOLE, copy_file_range on the servers, setuid/setgid
+//! dropped by writers, and the link count of a file unlinked while open.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use common::{Region, random_bytes};
+
+fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: a valid descriptor; the kernel checks the rest.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, len as i64) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn seek(f: &File, offset: u64, whence: i32) -> std::io::Result<u64> {
+    // SAFETY: a valid descriptor.
+    let at = unsafe { libc::lseek(f.as_raw_fd(), offset as i64, whence) };
+    if at < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(at as u64)
+    }
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    File::open(path)?.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error")
+        .raw_os_error()
+        .unwrap_or(-1)
+}
+
+#[test]
+fn fallocate_modes_holes_and_seek_data_behave_as_on_a_local_disk() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let path = mnt.path.join("f");
+    let data = random_bytes(1, 300_000);
+    fs::write(&path, &data)?;
+    let f = OpenOptions::new().read(true).write(true).open(&path)?;
+
+    // PUNCH_HOLE (with KEEP_SIZE): the range reads as zeros, the size stays, and
+    // SEEK_HOLE / SEEK_DATA find it.
+    fallocate(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        100_000,
+        50_000,
+    )?;
+    let mut want = data.clone();
+    want[100_000..150_000].fill(0);
+    assert_eq!(read_all(&path)?, want);
+    assert_eq!(f.metadata()?.len(), 300_000);
+    assert_eq!(seek(&f, 0, libc::SEEK_HOLE)?, 100_000);
+    assert_eq!(seek(&f, 100_000, libc::SEEK_DATA)?, 150_000);
+    assert_eq!(
+        seek(&f, 160_000, libc::SEEK_HOLE)?,
+        300_000,
+        "the end is a hole"
+    );
+    assert_eq!(errno_of(seek(&f, 300_000, libc::SEEK_DATA)), libc::ENXIO);
+    // PUNCH_HOLE without KEEP_SIZE is refused, as Linux does.
+    assert_eq!(
+        errno_of(fallocate(&f, libc::FALLOC_FL_PUNCH_HOLE, 0, 10)),
+        libc::EOPNOTSUPP
+    );
+
+    // ZERO_RANGE past the end grows the file; with KEEP_SIZE it does not.
+    fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, 290_000, 20_000)?;
+    want[290_000..].fill(0);
+    want.resize(310_000, 0);
+    assert_eq!(read_all(&path)?, want);
+    fallocate(
+        &f,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        0,
+        400_000,
+    )?;
+    assert_eq!(read_all(&path)?, vec![0u8; 310_000]);
+
+    // KEEP_SIZE alone changes nothing; mode 0 grows, and never shrinks.
+    fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 20)?;
+    assert_eq!(f.metadata()?.len(), 310_000);
+    fallocate(&f, 0, 400_000, 100)?;
+    assert_eq!(f.metadata()?.len(), 400_100);
+    fallocate(&f, 0, 0, 10)?;
+    assert_eq!(f.metadata()?.len(), 400_100);
+    // A mode we cannot do: EOPNOTSUPP, nothing changed.
+    assert_eq!(
+        errno_of(fallocate(&f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096)),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(f.metadata()?.len(), 400_100);
+
+    // Writes buffered in the handle land before a hole is punched over part of them.
+    let mut w = OpenOptions::new().write(true).open(&path)?;
+    w.seek(SeekFrom::Start(0))?;
+    w.write_all(&[7u8; 1000])?;
+    fallocate(
+        &w,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        500,
+        100,
+    )?;
+    drop(w);
+    let got = read_all(&path)?;
+    assert!(got[..500].iter().all(|b| *b == 7));
+    assert!(got[500..600].iter().all(|b| *b == 0));
+    assert!(got[600..1000].iter().all(|b| *b == 7));
+    Ok(())
+}
+
+#[test]
+fn copy_file_range_copies_on_the_servers_holes_and_all() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let (src, dst) = (mnt.path.join("src"), mnt.path.join("dst"));
+    let data = random_bytes(2, 5 << 20);
+    fs::write(&src, &data)?;
+    {
+        let f = OpenOptions::new().write(true).open(&src)?;
+        fallocate(
+            &f,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            1 << 20,
+            1 << 20,
+        )?;
+    }
+    let mut want = data.clone();
+    want[1 << 20..2 << 20].fill(0);
+    fs::write(&dst, b"destination head")?;
+    let (fi, fo) = (
+        File::open(&src)?,
+        OpenOptions::new().write(true).open(&dst)?,
+    );
+    let (mut off_in, mut off_out) = (0i64, 8i64);
+    let mut copied = 0u64;
+    loop {
+        // SAFETY: valid descriptors and offsets.
+        let n = unsafe {
+            libc::copy_file_range(
+                fi.as_raw_fd(),
+                &mut off_in,
+                fo.as_raw_fd(),
+                &mut off_out,
+                64 << 20,
+                0,
+            )
+        };
+        anyhow::ensure!(
+            n >= 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
+        if n == 0 {
+            break;
+        }
+        copied += n as u64;
+    }
+    assert_eq!(copied, data.len() as u64);
+    drop((fi, fo));
+    let mut expect = b"destinat".to_vec();
+    expect.extend_from_slice(&want);
+    assert_eq!(read_all(&dst)?, expect);
+    let d = File::open(&dst)?;
+    assert_eq!(
+        seek(&d, 8, libc::SEEK_HOLE)?,
+        8 + (1 << 20),
+        "the hole came along"
+    );
+    // No bytes moved: the copy's extents name the source's blocks.
+    let blocks = |p: &Path| -> Result<std::collections::BTreeSet<meridian_proto::BlockId>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let q = meridian_proto::ns::Query::Extents {
+            ino: meridian_proto::InodeId(fs::metadata(p)?.ino()),
+            offset: 0,
+            len: u64::MAX / 2,
+        };
+        match rt.block_on(region.meta.client().query(&q, false))? {
+            meridian_proto::ns::QueryReply::Extents(e) => {
+                Ok(e.into_iter().map(|e| e.block).collect())
+            }
+            other => anyhow::bail!("{other:?}"),
+        }
+    };
+    let (from, to) = (blocks(&src)?, blocks(&dst)?);
+    assert!(from.is_subset(&to), "{from:?} not all in {to:?}");
+    Ok(())
+}
+
+#[test]
+fn other_users_writes_and_truncates_drop_setuid_and_setgid() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let dir = mnt.path.join("shared");
+    fs::create_dir(&dir)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))?;
+    let path = dir.join("tool");
+    fs::write(&path, b"#!/bin/sh\n")?;
+    let bits = |p: &Path| -> Result<u32> {
+        // Through the servers, not the kernel's attribute cache.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let ino = fs::metadata(p)?.ino();
+        let meta = region.meta.client();
+        let q = meridian_proto::ns::Query::GetAttr {
+            ino: meridian_proto::InodeId(ino),
+        };
+        match rt.block_on(meta.query(&q, false))? {
+            meridian_proto::ns::QueryReply::Attr(a) => Ok(u32::from(a.perm)),
+            other => anyhow::bail!("{other:?}"),
+        }
+    };
+    for how in ["append", "truncate"] {
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o6777))?;
+        assert_eq!(bits(&path)?, 0o6777);
+        let script = match how {
+            "append" => "printf x >> \"$0\"",
+            _ => "truncate -s 3 \"$0\"",
+        };
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(&path)
+            .uid(65534)
+            .gid(65534)
+            .status()
+            .context("run as nobody")?;
+        assert!(status.success(), "{how} as another user");
+        assert_eq!(
+            bits(&path)? & 0o6000,
+            0,
+            "{how} by another user drops both bits"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn an_open_file_whose_last_name_is_gone_has_no_links() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let path = mnt.path.join("tmp");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    assert_eq!(f.metadata()?.nlink(), 1);
+    fs::remove_file(&path)?;
+    assert_eq!(f.metadata()?.nlink(), 0);
+    Ok(())
+}
