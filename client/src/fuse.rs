@@ -778,7 +778,7 @@ impl Filesystem for FuseFs {
             creds(req),
         );
         // The kernel takes the count as 32 bits; longer copies come back for the rest.
-        let len = len.min(u64::from(u32::MAX & !0xfff));
+        let len = len.min(u64::from(!0xfffu32));
         self.spawn(async move {
             match fs
                 .copy_range(src, offset_in, dst, offset_out, len, &c)
