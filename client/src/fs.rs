@@ -207,14 +207,21 @@ impl FileSystem {
     }
 
     /// Attributes, with the size this client's unflushed writes would give the file.
+    ///
+    /// The handles' buffered ends are read before the committed attributes: a commit
+    /// takes a handle's buffer and holds its lock until the servers have the data, so
+    /// data is always in one of the two as seen here, and a reply never lowers the size
+    /// below what this client wrote.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
-        let mut attr = self.committed_attr(ino).await?;
+        let mut buffered = 0;
         for f in self.handles_of(ino) {
             let f = f.lock().await;
             if f.ino == ino {
-                attr.size = attr.size.max(f.dirty.end());
+                buffered = buffered.max(f.dirty.end());
             }
         }
+        let mut attr = self.committed_attr(ino).await?;
+        attr.size = attr.size.max(buffered);
         if self.is_hidden(ino) {
             // Unlinked while open: it has a name only to outlive its last close.
             attr.nlink = 0;
