@@ -6,8 +6,8 @@
 //! mount after a close.
 //!
 //! A failure prints the seed and the last operations. Replay one seed with
-//! `DIFF_SEEDS=<seed> DIFF_OPS=<count> cargo test --test differential`; run more with
-//! `DIFF_SEEDS=1,2,3 DIFF_OPS=1000000`.
+//! `DIFF_SEEDS=<seed> DIFF_OPS=<count> cargo test --test differential seed_1`; run more
+//! with `DIFF_SEEDS=5,6,7 DIFF_OPS=1000000` (`DIFF_TRACE=1` prints every step).
 
 mod common;
 
@@ -350,13 +350,7 @@ fn run_seed(
     Ok(())
 }
 
-fn seeds() -> Vec<u64> {
-    std::env::var("DIFF_SEEDS")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 2, 3, 4])
-}
-
+/// Operations per seed: 5,000 unless DIFF_OPS says otherwise.
 fn ops() -> u64 {
     std::env::var("DIFF_OPS")
         .ok()
@@ -364,41 +358,61 @@ fn ops() -> u64 {
         .unwrap_or(5_000)
 }
 
-/// Ignored in CI until the client keeps one authority for a file's size (issue 13): the
-/// kernel's size of a file falls below what was written while the servers hold the right
-/// size (`DIFF_SEEDS=1 DIFF_OPS=72` fails within a few runs, at a reopen after a write
-/// that extended the file; not with the background compactor switched off). Run it with
-/// `cargo test --test differential -- --ignored`.
-#[test]
-#[ignore = "fails until the client's size authority is built (issue 13)"]
-fn random_operations_match_the_local_disk_byte_for_byte() -> Result<()> {
+/// Runs `seeds` (or DIFF_SEEDS, if set) on a fresh region.
+fn run_seeds(seeds: &[u64]) -> Result<()> {
+    let seeds: Vec<u64> = match std::env::var("DIFF_SEEDS") {
+        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => seeds.to_vec(),
+    };
     let region = Region::start()?;
     let mnt = region.mount("mnt")?;
     let other = region.mount("mnt2")?;
     let local = tempfile::tempdir()?;
-    for seed in seeds() {
-        let start = std::time::Instant::now();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let meta = region.meta.client();
-        let server_size = |p: &Path| -> String {
-            use std::os::unix::fs::MetadataExt;
-            let Ok(ino) = std::fs::metadata(p).map(|m| m.ino()) else {
-                return "?".into();
-            };
-            let q = meridian_proto::ns::Query::GetAttr {
-                ino: meridian_proto::InodeId(ino),
-            };
-            match rt.block_on(meta.query(&q, false)) {
-                Ok(meridian_proto::ns::QueryReply::Attr(a)) => a.size.to_string(),
-                other => format!("{other:?}"),
-            }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let meta = region.meta.client();
+    let server_size = |p: &Path| -> String {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ino) = std::fs::metadata(p).map(|m| m.ino()) else {
+            return "?".into();
         };
+        let q = meridian_proto::ns::Query::GetAttr {
+            ino: meridian_proto::InodeId(ino),
+        };
+        match rt.block_on(meta.query(&q, false)) {
+            Ok(meridian_proto::ns::QueryReply::Attr(a)) => a.size.to_string(),
+            other => format!("{other:?}"),
+        }
+    };
+    for seed in seeds {
+        let start = std::time::Instant::now();
         if let Err(e) = run_seed(&mnt, &other, local.path(), seed, ops(), &server_size) {
             bail!("{e:#}\nmount log:\n{}", common::log_tail(&mnt.log, 40));
         }
         eprintln!("seed {seed}: {} operations in {:?}", ops(), start.elapsed());
     }
     Ok(())
+}
+
+// Four seeds of 5,000 operations each, as four tests (they run two at a time).
+
+#[test]
+fn random_operations_match_the_local_disk_seed_1() -> Result<()> {
+    run_seeds(&[1])
+}
+
+#[test]
+fn random_operations_match_the_local_disk_seed_2() -> Result<()> {
+    run_seeds(&[2])
+}
+
+#[test]
+fn random_operations_match_the_local_disk_seed_3() -> Result<()> {
+    run_seeds(&[3])
+}
+
+#[test]
+fn random_operations_match_the_local_disk_seed_4() -> Result<()> {
+    run_seeds(&[4])
 }

@@ -193,6 +193,9 @@ impl FileSystem {
 
     /// The entry `name` in `parent`.
     pub async fn lookup(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<Attr, Errno> {
+        // Buffered ends first (see `getattr`); the inode is not known yet, so take them
+        // all and keep the one of the inode found.
+        let buffered = self.buffered_ends().await;
         match self
             .query(Query::Lookup {
                 parent,
@@ -201,9 +204,30 @@ impl FileSystem {
             })
             .await?
         {
-            QueryReply::Attr(a) => Ok(a),
+            QueryReply::Attr(a) => {
+                let b = buffered.get(&a.ino).copied().unwrap_or(0);
+                Ok(self.as_seen_here(a, b))
+            }
             _ => Err(libc_errno::EIO),
         }
+    }
+
+    /// Every open inode's buffered end (see [`Self::buffered_end`]).
+    async fn buffered_ends(&self) -> HashMap<InodeId, u64> {
+        let handles: Vec<_> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: HashMap<InodeId, u64> = HashMap::new();
+        for h in handles {
+            let f = h.lock().await;
+            let end = out.entry(f.ino).or_default();
+            *end = (*end).max(f.dirty.end());
+        }
+        out
     }
 
     /// Attributes, with the size this client's unflushed writes would give the file.
@@ -213,20 +237,34 @@ impl FileSystem {
     /// data is always in one of the two as seen here, and a reply never lowers the size
     /// below what this client wrote.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
-        let mut buffered = 0;
+        let buffered = self.buffered_end(ino).await;
+        let attr = self.committed_attr(ino).await?;
+        Ok(self.as_seen_here(attr, buffered))
+    }
+
+    /// One past the last byte this client's open handles of `ino` hold unflushed.
+    async fn buffered_end(&self, ino: InodeId) -> u64 {
+        let mut end = 0;
         for f in self.handles_of(ino) {
             let f = f.lock().await;
             if f.ino == ino {
-                buffered = buffered.max(f.dirty.end());
+                end = end.max(f.dirty.end());
             }
         }
-        let mut attr = self.committed_attr(ino).await?;
+        end
+    }
+
+    /// Attributes from the servers as the kernel must see them from this client: never
+    /// smaller than what its handles hold unflushed (`buffered`, read before `attr` was),
+    /// and no links for a file unlinked here while open. Every reply that carries
+    /// attributes goes through here: the kernel takes any of them as the file's size.
+    fn as_seen_here(&self, mut attr: Attr, buffered: u64) -> Attr {
         attr.size = attr.size.max(buffered);
-        if self.is_hidden(ino) {
+        if self.is_hidden(attr.ino) {
             // Unlinked while open: it has a name only to outlive its last close.
             attr.nlink = 0;
         }
-        Ok(attr)
+        attr
     }
 
     /// Whether `ino` was unlinked while this client had it open.
@@ -263,14 +301,18 @@ impl FileSystem {
     pub async fn setattr(&self, ino: InodeId, set: SetAttr, creds: &Creds) -> Result<Attr, Errno> {
         self.flush_inode(ino).await?;
         self.write_generation.fetch_add(1, Ordering::Relaxed);
-        attr_of(
+        let truncated = set.size.is_some();
+        let buffered = self.buffered_end(ino).await;
+        let attr = attr_of(
             self.mutate(Op::SetAttr {
                 ino,
                 set,
                 creds: creds.clone(),
             })
             .await?,
-        )
+        )?;
+        // A truncate sets the size on purpose; writes buffered since still count.
+        Ok(self.as_seen_here(attr, if truncated { 0 } else { buffered }))
     }
 
     /// Creates a node of `kind` (not a symlink).
@@ -324,7 +366,8 @@ impl FileSystem {
         new_name: &[u8],
         creds: &Creds,
     ) -> Result<Attr, Errno> {
-        attr_of(
+        let buffered = self.buffered_end(ino).await;
+        let attr = attr_of(
             self.mutate(Op::Link {
                 ino,
                 new_parent,
@@ -332,7 +375,8 @@ impl FileSystem {
                 creds: creds.clone(),
             })
             .await?,
-        )
+        )?;
+        Ok(self.as_seen_here(attr, buffered))
     }
 
     /// Removes a file entry. The last link of a file this client still has open is
