@@ -193,9 +193,6 @@ impl FileSystem {
 
     /// The entry `name` in `parent`.
     pub async fn lookup(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<Attr, Errno> {
-        // Buffered ends first (see `getattr`); the inode is not known yet, so take them
-        // all and keep the one of the inode found.
-        let buffered = self.buffered_ends().await;
         match self
             .query(Query::Lookup {
                 parent,
@@ -204,30 +201,12 @@ impl FileSystem {
             })
             .await?
         {
-            QueryReply::Attr(a) => {
-                let b = buffered.get(&a.ino).copied().unwrap_or(0);
-                Ok(self.as_seen_here(a, b))
-            }
+            // Open here, its size must count this client's unflushed writes, read in the
+            // order `getattr` reads them (one more round trip, only for files open here).
+            QueryReply::Attr(a) if self.is_open(a.ino).await => self.getattr(a.ino).await,
+            QueryReply::Attr(a) => Ok(self.as_seen_here(a, 0)),
             _ => Err(libc_errno::EIO),
         }
-    }
-
-    /// Every open inode's buffered end (see [`Self::buffered_end`]).
-    async fn buffered_ends(&self) -> HashMap<InodeId, u64> {
-        let handles: Vec<_> = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut out: HashMap<InodeId, u64> = HashMap::new();
-        for h in handles {
-            let f = h.lock().await;
-            let end = out.entry(f.ino).or_default();
-            *end = (*end).max(f.dirty.end());
-        }
-        out
     }
 
     /// Attributes, with the size this client's unflushed writes would give the file.

@@ -57,11 +57,15 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
             (Reply::Volume(v), _) => Some(v.clone()),
             (_, v) => v,
         };
+        // What the record may depend on, for the regions it goes to (none for a volume
+        // that lives here only: the record never leaves).
         let mut deps = Vec::new();
-        for p in merge::peers(&t.region_state)? {
-            let wm = merge::watermark(&t.region_state, p)?;
-            if wm > 0 {
-                deps.push((p, wm));
+        if volume.as_ref().is_some_and(|v| v.policy.regions.len() > 1) {
+            for p in merge::peers(&t.region_state)? {
+                let wm = merge::watermark(&t.region_state, p)?;
+                if wm > 0 {
+                    deps.push((p, wm));
+                }
             }
         }
         let record = Record {
@@ -131,11 +135,8 @@ fn origin_may_change(t: &WriteTables<'_>, record: &Record) -> Result<(), NsError
         return Ok(());
     }
     let origin = record.hlc.region;
-    let vol = match find_volume_row(t, record.volume, false)? {
-        Some(v) => v,
-        None => find_volume_row(t, record.volume, true)?
-            .ok_or_else(|| NsError::NotFound(format!("volume {}", record.volume)))?,
-    };
+    let vol = find_volume_row(t, record.volume, None)?
+        .ok_or_else(|| NsError::NotFound(format!("volume {}", record.volume)))?;
     if !vol.policy.regions.contains(&origin) {
         return Err(NsError::Perm(format!(
             "volume {:?} does not live in region {}",

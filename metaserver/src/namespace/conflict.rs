@@ -55,7 +55,7 @@ pub(crate) fn volume_for(
     if !ctx.replaying() {
         return Err(NsError::NotFound(format!("volume {id} of an inode")));
     }
-    let mut vol = find_volume_row(t, id, true)?
+    let mut vol = find_volume_row(t, id, Some(true))?
         .ok_or_else(|| NsError::NotFound(format!("volume {id} (removed for good)")))?;
     let tomb = t
         .tomb(vol.root)?

@@ -18,8 +18,7 @@ fn write(r: &mut Region, ino: InodeId, offset: u64, seed: &[u8]) -> BlockId {
 }
 
 fn layout(r: &Region, ino: InodeId) -> (u64, Vec<(u64, u64, u32, BlockId)>) {
-    let size = r.read(|x| x.getattr(ino)).unwrap().size;
-    let ext = r.read(|x| x.extents(ino, 0, u64::MAX / 2)).unwrap();
+    let (size, ext) = file_extents(r, ino);
     let ext = ext
         .into_iter()
         .map(|e| (e.offset, e.len, e.block_offset, e.block))

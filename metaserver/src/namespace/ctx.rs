@@ -107,17 +107,18 @@ pub(crate) fn is_empty_dir(t: &WriteTables<'_>, ino: InodeId) -> Result<bool, Ns
         .is_none())
 }
 
-/// The volume `id`, live or (with `deleted`) kept as a tombstone.
+/// The volume `id`: live (`Some(false)`), kept as a tombstone (`Some(true)`), or either
+/// (`None`; an id is never both).
 pub(crate) fn find_volume_row(
     t: &WriteTables<'_>,
     id: u32,
-    deleted: bool,
+    deleted: Option<bool>,
 ) -> Result<Option<Volume>, NsError> {
     for item in t.volumes().iter().map_err(store_err)? {
         let (_, v) = item.map_err(store_err)?;
         let vol: Volume = serde_json::from_slice(v.value())
             .map_err(|e| NsError::Store(format!("damaged volume record: {e}")))?;
-        if vol.id == id && vol.deleted.is_some() == deleted {
+        if vol.id == id && deleted.is_none_or(|d| vol.deleted.is_some() == d) {
             return Ok(Some(vol));
         }
     }
@@ -126,7 +127,7 @@ pub(crate) fn find_volume_row(
 
 /// The live volume `id`.
 pub(crate) fn find_volume(t: &WriteTables<'_>, id: u32) -> Result<Option<Volume>, NsError> {
-    find_volume_row(t, id, false)
+    find_volume_row(t, id, Some(false))
 }
 
 /// The volume of an inode. Missing, the operation fails (never the state machine).

@@ -399,8 +399,7 @@ fn a_truncate_and_rewrite_in_each_region_keeps_both_versions() {
 /// The bytes of a file written by [`write_op`]-style single-block writes: (offset, block)
 /// pairs of its extents, in order.
 fn layout(r: &Region, ino: InodeId) -> (u64, Vec<(u64, BlockId)>) {
-    let size = r.read(|x| x.getattr(ino)).unwrap().size;
-    let ext = r.read(|x| x.extents(ino, 0, size.max(1))).unwrap();
+    let (size, ext) = file_extents(r, ino);
     (size, ext.into_iter().map(|e| (e.offset, e.block)).collect())
 }
 

@@ -401,3 +401,9 @@ pub(super) fn extents_using(r: &Region, block: &BlockId) -> u64 {
         })
         .count() as u64
 }
+
+/// A file's size and every extent it has.
+pub(super) fn file_extents(r: &Region, ino: InodeId) -> (u64, Vec<Extent>) {
+    let size = r.read(|x| x.getattr(ino)).unwrap().size;
+    (size, r.read(|x| x.extents(ino, 0, u64::MAX / 2)).unwrap())
+}

@@ -59,8 +59,7 @@ fn replayed_ids(
             ctx.region().0
         )));
     }
-    if find_volume_row(t, id, false)?.is_some()
-        || find_volume_row(t, id, true)?.is_some()
+    if find_volume_row(t, id, None)?.is_some()
         || read_inode(t.inodes(), root)?.is_some()
         || t.tomb(root)?.is_some()
     {
