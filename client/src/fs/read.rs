@@ -1,0 +1,144 @@
+//! The read path: a handle's view of the file (its size and the extents of a window of
+//! blocks), and verified blocks from the cache or a replica.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use meridian_proto::InodeId;
+use meridian_proto::ns::{Extent, Op, libc_errno};
+use tracing::warn;
+
+use super::{Errno, FileSystem};
+
+/// A handle's cached view for reads: the file size and the extents of a window of it.
+#[derive(Debug, Clone)]
+pub(super) struct ReadView {
+    /// This client's write generation when the view was taken.
+    generation: u64,
+    size: u64,
+    start: u64,
+    end: u64,
+    extents: Vec<Extent>,
+}
+
+/// Blocks of extents a read fetches at once.
+const READ_WINDOW_BLOCKS: u64 = 8;
+
+impl FileSystem {
+    /// Reads up to `size` bytes at `offset` (short only at the end of the file).
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let (ino, first_read) = {
+            let h = self.handle(fh)?;
+            let mut f = h.lock().await;
+            (f.ino, !std::mem::replace(&mut f.read, true))
+        };
+        if first_read && let Some(me) = self.me.upgrade() {
+            // atime as ext4's relatime keeps it; in the background, off the read path.
+            tokio::spawn(async move {
+                let _ = me.mutate(Op::Accessed { ino }).await;
+            });
+        }
+        // Reads see this client's own writes: commit them first (other handles too).
+        self.flush_inode(ino).await?;
+        let view = self.read_view(fh, ino, offset, u64::from(size)).await?;
+        if offset >= view.size {
+            return Ok(Vec::new());
+        }
+        let len = u64::from(size).min(view.size - offset);
+        let extents: Vec<Extent> = view
+            .extents
+            .iter()
+            .filter(|e| e.offset < offset + len && e.end() > offset)
+            .copied()
+            .collect();
+        let attr_size = view.size;
+        let mut out = vec![0u8; len as usize];
+        // Sequential readers reach the end of an extent: fetch the next block meanwhile.
+        if let (Some(last), Some(me)) = (extents.last(), self.me.upgrade())
+            && offset + len >= last.end()
+            && last.end() < attr_size
+        {
+            let next = last.end();
+            tokio::spawn(async move { me.prefetch(ino, next).await });
+        }
+        for e in extents {
+            let block = self.block(&e).await?;
+            let (s, end) = (e.offset.max(offset), e.end().min(offset + len));
+            if s >= end {
+                continue;
+            }
+            let from = e.block_offset as usize + (s - e.offset) as usize;
+            let n = (end - s) as usize;
+            let src = block.get(from..from + n).ok_or(libc_errno::EIO)?;
+            out[(s - offset) as usize..(s - offset) as usize + n].copy_from_slice(src);
+        }
+        Ok(out)
+    }
+
+    /// The handle's view covering `[offset, offset + len)`: the cached one if this client
+    /// wrote nothing since and it covers the range, otherwise a fresh size and the extents
+    /// of a window of blocks from `offset`.
+    async fn read_view(
+        &self,
+        fh: u64,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+    ) -> Result<ReadView, Errno> {
+        let h = self.handle(fh)?;
+        let mut f = h.lock().await;
+        let generation = self.write_generation.load(Ordering::Relaxed);
+        if let Some(v) = &f.view
+            && v.generation == generation
+            && offset >= v.start
+            && (offset.saturating_add(len) <= v.end || v.end == v.size)
+        {
+            return Ok(v.clone());
+        }
+        let size = self.committed_attr(ino).await?.size;
+        let bs = u64::from(self.volume.policy.block_size);
+        let start = offset - offset % bs;
+        let end = (start + READ_WINDOW_BLOCKS * bs)
+            .max(offset.saturating_add(len))
+            .min(size)
+            .max(start);
+        let extents = self.committed_extents(ino, start, end - start).await?;
+        let view = ReadView {
+            generation,
+            size,
+            start,
+            end,
+            extents,
+        };
+        f.view = Some(view.clone());
+        Ok(view)
+    }
+
+    /// Loads the block holding `offset` of a file into the cache (read-ahead; errors are
+    /// left for the real read to report).
+    async fn prefetch(&self, ino: InodeId, offset: u64) {
+        if let Ok(ext) = self.committed_extents(ino, offset, 1).await
+            && let Some(e) = ext.first()
+            && self.cache.get(&e.block).is_none()
+        {
+            let _ = self.block(e).await;
+        }
+    }
+
+    /// The plaintext of an extent's block: from the cache, or a verified replica.
+    pub(super) async fn block(&self, e: &Extent) -> Result<Bytes, Errno> {
+        if let Some(b) = self.cache.get(&e.block) {
+            return Ok(b);
+        }
+        let data = self
+            .blocks
+            .get(&e.block, self.volume.policy.replicas)
+            .await
+            .map_err(|err| {
+                warn!(block = %e.block, error = %err, "block unreadable");
+                libc_errno::EIO
+            })?;
+        self.cache.insert(e.block, data.clone());
+        Ok(data)
+    }
+}

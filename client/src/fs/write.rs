@@ -1,0 +1,296 @@
+//! The write path: handles, buffered writes, commits (blocks uploaded, then extents in one
+//! metadata command), close, and the compaction of ranges written in pieces.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use meridian_proto::ns::{Attr, Creds, Extent, FileKind, Op, libc_errno};
+use meridian_proto::{EncodedBlock, InodeId};
+use tokio::sync::Mutex as AsyncMutex;
+use tracing::warn;
+
+use super::{DirtyRanges, Errno, FileSystem, OpenFile, attr_of};
+
+impl FileSystem {
+    /// Opens a file: returns a handle.
+    pub fn open_handle(&self, ino: InodeId, append: bool, creds: &Creds) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let f = OpenFile {
+            ino,
+            append,
+            creds: creds.clone(),
+            dirty: DirtyRanges::default(),
+            fragmented: Default::default(),
+            read: false,
+            view: None,
+        };
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(AsyncMutex::new(f)));
+        fh
+    }
+
+    /// Creates (O_CREAT, with O_EXCL if `exclusive`) and opens a regular file.
+    pub async fn create(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        perm: u16,
+        exclusive: bool,
+        append: bool,
+        creds: &Creds,
+    ) -> Result<(Attr, u64), Errno> {
+        let op = Op::Mknod {
+            parent,
+            name: name.to_vec(),
+            kind: FileKind::File,
+            perm,
+            rdev: 0,
+            exclusive,
+            creds: creds.clone(),
+        };
+        let attr = attr_of(self.mutate(op).await?)?;
+        Ok((attr.clone(), self.open_handle(attr.ino, append, creds)))
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(libc_errno::EBADF)
+    }
+
+    /// Buffers a write; returns the bytes accepted. With O_APPEND, writes at the end.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        let h = self.handle(fh)?;
+        let mut f = h.lock().await;
+        let offset = if f.append {
+            let size = self.committed_attr(f.ino).await?.size;
+            size.max(f.dirty.end())
+        } else {
+            offset
+        };
+        offset
+            .checked_add(data.len() as u64)
+            .ok_or(libc_errno::EFBIG)?;
+        f.dirty.write(offset, data);
+        if f.dirty.bytes() >= self.options.max_dirty_bytes {
+            self.commit(&mut f).await?;
+        }
+        Ok(data.len())
+    }
+
+    /// Commits dirty data: cuts it at block-size boundaries of the file (so sequential
+    /// writes give whole aligned blocks), uploads the blocks in parallel with the volume's
+    /// replication, then adds their extents and the new size in one metadata commit.
+    pub(super) async fn commit(&self, f: &mut OpenFile) -> Result<(), Errno> {
+        if f.dirty.is_empty() {
+            return Ok(());
+        }
+        // Each range becomes one shared buffer; blocks are zero-copy slices of it.
+        let ranges: Vec<(u64, Bytes)> = f
+            .dirty
+            .take()
+            .into_iter()
+            .map(|(o, d)| (o, Bytes::from(d)))
+            .collect();
+        let result = self.upload_and_commit(f, &ranges).await;
+        self.write_generation.fetch_add(1, Ordering::Relaxed);
+        if result == Err(libc_errno::EIO) {
+            // Chunkservers or metaservers unreachable: keep the data so a later flush,
+            // fsync or close can still commit it. (A refusal such as EDQUOT or ENOENT is
+            // final: the application has been told.)
+            for (offset, data) in &ranges {
+                f.dirty.write(*offset, data);
+            }
+        }
+        result
+    }
+
+    async fn upload_and_commit(
+        &self,
+        f: &mut OpenFile,
+        ranges: &[(u64, Bytes)],
+    ) -> Result<(), Errno> {
+        let bs = u64::from(self.volume.policy.block_size);
+        let mut pieces = Vec::new();
+        for (offset, data) in ranges {
+            let mut at = 0usize;
+            while at < data.len() {
+                let file_off = offset + at as u64;
+                let room = (bs - file_off % bs) as usize;
+                let n = room.min(data.len() - at);
+                if n as u64 != bs {
+                    f.fragmented.insert(file_off - file_off % bs);
+                }
+                pieces.push((file_off, data.slice(at..at + n)));
+                at += n;
+            }
+        }
+        let end = ranges
+            .iter()
+            .map(|(o, d)| o + d.len() as u64)
+            .max()
+            .unwrap_or(0);
+        let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
+        let mut extents = Vec::with_capacity(pieces.len());
+        for batch in pieces.chunks(self.options.upload_parallelism.max(1)) {
+            let mut uploads = Vec::new();
+            for (file_off, data) in batch {
+                let data = data.clone();
+                let encoded = tokio::task::spawn_blocking(move || EncodedBlock::encode(&data))
+                    .await
+                    .map_err(|_| libc_errno::EIO)?
+                    .map_err(|_| libc_errno::EIO)?;
+                extents.push(Extent {
+                    offset: *file_off,
+                    len: u64::from(encoded.raw_len),
+                    block: encoded.id,
+                    block_offset: 0,
+                    block_len: encoded.raw_len,
+                });
+                uploads.push(encoded);
+            }
+            let puts = uploads.iter().map(|b| self.blocks.put(b, r, w));
+            for result in futures::future::join_all(puts).await {
+                if let Err(e) = result {
+                    warn!(error = %e, "block upload failed");
+                    return Err(libc_errno::EIO);
+                }
+            }
+        }
+        let op = Op::CommitExtents {
+            ino: f.ino,
+            extents,
+            size: end,
+            base_version: None,
+            creds: f.creds.clone(),
+        };
+        self.mutate(op).await.map(|_| ())
+    }
+
+    /// Commits the handle's writes (flush on close, fsync).
+    pub async fn flush(&self, fh: u64) -> Result<(), Errno> {
+        let h = self.handle(fh)?;
+        let mut f = h.lock().await;
+        self.commit(&mut f).await
+    }
+
+    /// Closes a handle, committing what is left; ranges it wrote in pieces are compacted in
+    /// the background.
+    pub async fn release(&self, fh: u64) -> Result<(), Errno> {
+        let result = self.flush(fh).await;
+        let handle = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+        if let (Some(h), Some(me)) = (handle, self.me.upgrade()) {
+            let f = h.lock().await;
+            let (ino, ranges) = (f.ino, f.fragmented.clone());
+            drop(f);
+            if !self.is_open(ino).await {
+                let gone = self
+                    .hidden
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&ino);
+                if let Some((parent, name, creds)) = gone {
+                    // The last close of a file unlinked while open: remove it for real.
+                    return match self
+                        .mutate(Op::Unlink {
+                            parent,
+                            name,
+                            creds,
+                        })
+                        .await
+                    {
+                        Ok(_) => result,
+                        Err(e) => result.and(Err(e)),
+                    };
+                }
+            }
+            if !ranges.is_empty() {
+                tokio::spawn(async move {
+                    for start in ranges {
+                        if let Err(e) = me.compact_range(ino, start).await {
+                            warn!(%ino, start, errno = e, "compaction failed; the file is fine, only fragmented");
+                        }
+                    }
+                });
+            }
+        }
+        result
+    }
+
+    /// Rewrites the block-aligned range at `start` of a file as one whole block, so a file
+    /// written in small pieces stops costing a block per piece on every read and identical
+    /// files share blocks again. The metaserver applies it only if the range's extents are
+    /// unchanged since they were read here; otherwise it is skipped (the newer write wins,
+    /// nothing is lost). Returns whether the range was rewritten.
+    pub async fn compact_range(&self, ino: InodeId, start: u64) -> Result<bool, Errno> {
+        let bs = u64::from(self.volume.policy.block_size);
+        let size = match self.committed_attr(ino).await {
+            Ok(a) => a.size,
+            Err(e) if e == libc_errno::ENOENT => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let end = (start + bs).min(size);
+        if end <= start {
+            return Ok(false);
+        }
+        let expected = self.committed_extents(ino, start, end - start).await?;
+        let whole = expected.len() == 1
+            && expected[0].offset == start
+            && expected[0].len == end - start
+            && expected[0].block_offset == 0
+            && u64::from(expected[0].block_len) == end - start;
+        if whole {
+            return Ok(false);
+        }
+        let mut data = vec![0u8; (end - start) as usize];
+        for e in &expected {
+            let block = self.block(e).await?;
+            let (s, t) = (e.offset.max(start), e.end().min(end));
+            let from = e.block_offset as usize + (s - e.offset) as usize;
+            let src = block
+                .get(from..from + (t - s) as usize)
+                .ok_or(libc_errno::EIO)?;
+            data[(s - start) as usize..(t - start) as usize].copy_from_slice(src);
+        }
+        let encoded = tokio::task::spawn_blocking(move || EncodedBlock::encode(&data))
+            .await
+            .map_err(|_| libc_errno::EIO)?
+            .map_err(|_| libc_errno::EIO)?;
+        let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
+        self.blocks.put(&encoded, r, w).await.map_err(|e| {
+            warn!(error = %e, "compaction upload failed");
+            libc_errno::EIO
+        })?;
+        let replacement = vec![Extent {
+            offset: start,
+            len: end - start,
+            block: encoded.id,
+            block_offset: 0,
+            block_len: encoded.raw_len,
+        }];
+        match self
+            .mutate(Op::Compact {
+                ino,
+                offset: start,
+                len: end - start,
+                expected,
+                replacement,
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e == libc_errno::EAGAIN => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
