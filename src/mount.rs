@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use fuser::{Config, MountOption, Session, SessionACL};
-use meridian_client::fuse::FuseFs;
+use meridian_client::fuse::{FuseFs, KernelNotifier};
 use meridian_client::{FileSystem, FsOptions, MetaClient, MetaError};
 use meridian_proto::ZoneId;
 
@@ -90,14 +90,16 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         SessionACL::Owner
     };
     config.n_threads = Some(args.threads.max(1));
-    let session =
-        Session::new(FuseFs::new(fs, rt.handle().clone()), mnt, &config).with_context(|| {
+    let root = fs.volume().root;
+    let session = Session::new(FuseFs::new(fs.clone(), rt.handle().clone()), mnt, &config)
+        .with_context(|| {
             format!(
                 "cannot mount at {} (as non-root, fusermount3 from the fuse3 package is needed)",
                 mnt.display()
             )
         })?;
     let mut session = session;
+    fs.connect_kernel(Arc::new(KernelNotifier::new(session.notifier(), root)));
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::Builder::new()

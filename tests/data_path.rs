@@ -7,7 +7,7 @@ mod common;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -187,23 +187,61 @@ fn copy_file_range_copies_on_the_servers_holes_and_all() -> Result<()> {
     );
     // No bytes moved: the copy's extents name the source's blocks.
     let blocks = |p: &Path| -> Result<std::collections::BTreeSet<meridian_proto::BlockId>> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let q = meridian_proto::ns::Query::Extents {
-            ino: meridian_proto::InodeId(fs::metadata(p)?.ino()),
-            offset: 0,
-            len: u64::MAX / 2,
-        };
-        match rt.block_on(region.meta.client().query(&q, false))? {
-            meridian_proto::ns::QueryReply::Extents(e) => {
-                Ok(e.into_iter().map(|e| e.block).collect())
-            }
-            other => anyhow::bail!("{other:?}"),
-        }
+        Ok(region.extents(p)?.into_iter().map(|e| e.block).collect())
     };
     let (from, to) = (blocks(&src)?, blocks(&dst)?);
     assert!(from.is_subset(&to), "{from:?} not all in {to:?}");
+    Ok(())
+}
+
+#[test]
+fn compaction_of_a_range_written_in_pieces_keeps_its_holes() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let path = mnt.path.join("sparse");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    f.set_len(200_000)?;
+    // Two runs of small writes, each committed apart, with a hole between and after.
+    let mut expect = vec![0u8; 200_000];
+    for (i, at) in [0u64, 300, 600, 100_000, 100_250].into_iter().enumerate() {
+        let piece = random_bytes(i as u64, 300);
+        f.write_all_at(&piece, at)?;
+        expect[at as usize..at as usize + 300].copy_from_slice(&piece);
+        f.sync_all()?;
+    }
+    drop(f);
+    // After the close the compactor rewrites each run as one block, and nothing else.
+    let runs = |e: &[meridian_proto::ns::Extent]| -> Vec<(u64, u64, bool)> {
+        e.iter()
+            .map(|e| {
+                (
+                    e.offset,
+                    e.len,
+                    e.block_offset == 0 && u64::from(e.block_len) == e.len,
+                )
+            })
+            .collect()
+    };
+    let want = vec![(0, 900, true), (100_000, 550, true)];
+    common::wait_for(std::time::Duration::from_secs(30), "compaction", || {
+        let e = region.extents(&path).ok()?;
+        (runs(&e) == want).then_some(())
+    })
+    .with_context(|| format!("extents now: {:?}", region.extents(&path).map(|e| runs(&e))))?;
+    assert_eq!(read_all(&path)?, expect);
+    let f = File::open(&path)?;
+    assert_eq!(
+        seek(&f, 0, libc::SEEK_HOLE)?,
+        900,
+        "the hole after the first run"
+    );
+    assert_eq!(seek(&f, 900, libc::SEEK_DATA)?, 100_000);
+    assert_eq!(seek(&f, 100_000, libc::SEEK_HOLE)?, 100_550);
     Ok(())
 }
 
@@ -234,19 +272,26 @@ fn other_users_writes_and_truncates_drop_setuid_and_setgid() -> Result<()> {
     for how in ["append", "truncate"] {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o6777))?;
         assert_eq!(bits(&path)?, 0o6777);
+        // The caller's own stat, while the file is still open after the write: the
+        // kernel's cached mode must have lost the bits too.
         let script = match how {
-            "append" => "printf x >> \"$0\"",
-            _ => "truncate -s 3 \"$0\"",
+            "append" => "exec 3>>\"$0\"; printf x >&3; stat -c %a \"$0\"",
+            _ => "truncate -s 3 \"$0\"; stat -c %a \"$0\"",
         };
-        let status = Command::new("sh")
+        let out = Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg(&path)
             .uid(65534)
             .gid(65534)
-            .status()
+            .output()
             .context("run as nobody")?;
-        assert!(status.success(), "{how} as another user");
+        assert!(out.status.success(), "{how} as another user: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "777",
+            "{how} by another user: the mode the writer sees"
+        );
         assert_eq!(
             bits(&path)? & 0o6000,
             0,

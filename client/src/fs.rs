@@ -24,9 +24,12 @@ use crate::cache::BlockCache;
 use crate::dirty::DirtyRanges;
 use crate::meta::{MetaClient, MetaError};
 
+mod kernel;
 mod read;
 mod space;
 mod write;
+pub use kernel::KernelCache;
+use kernel::KernelView;
 use read::ReadView;
 pub use space::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, Seek};
 
@@ -57,6 +60,8 @@ struct OpenFile {
     read: bool,
     /// What the last read learned about the file (close-to-open: kept while open).
     view: Option<ReadView>,
+    /// Whether the next write must drop the file's setuid and setgid bits first.
+    drop_setid: bool,
 }
 
 /// Tunables of the file layer.
@@ -96,6 +101,8 @@ pub struct FileSystem {
     /// before it are stale (read-your-writes across handles).
     write_generation: AtomicU64,
     next_fh: AtomicU64,
+    /// What the kernel caches of each file, and how to make it drop that.
+    kernel: KernelView,
 }
 
 fn attr_of(reply: Reply) -> Result<Attr, Errno> {
@@ -142,12 +149,31 @@ impl FileSystem {
             write_generation: AtomicU64::new(0),
             hidden: Default::default(),
             next_fh: AtomicU64::new(1),
+            kernel: KernelView::default(),
         }))
     }
 
     /// The volume.
     pub fn volume(&self) -> &Volume {
         &self.volume
+    }
+
+    /// Connects the kernel's caches of the mount serving this volume, so that data
+    /// changed under them is dropped (close-to-open across clients, see `fs/kernel.rs`).
+    pub fn connect_kernel(&self, cache: Arc<dyn KernelCache>) {
+        self.kernel.connect(cache);
+    }
+
+    /// This client changes `ino`'s content or size: read views taken before are stale,
+    /// and so is what the kernel's pages of it were known to match.
+    fn changing(&self, ino: InodeId) {
+        self.write_generation.fetch_add(1, Ordering::Relaxed);
+        self.kernel.changed(ino);
+    }
+
+    /// The kernel forgot `ino` (and what it cached of it).
+    pub fn forget(&self, ino: InodeId) {
+        self.kernel.forget(ino);
     }
 
     async fn mutate(&self, op: Op) -> Result<Reply, Errno> {
@@ -192,7 +218,10 @@ impl FileSystem {
             // Open here, its size must count this client's unflushed writes, read in the
             // order `getattr` reads them (one more round trip, only for files open here).
             QueryReply::Attr(a) if self.is_open(a.ino).await => self.getattr(a.ino).await,
-            QueryReply::Attr(a) => Ok(self.as_seen_here(a, 0)),
+            QueryReply::Attr(a) => {
+                self.kernel.observed(&a);
+                Ok(self.as_seen_here(a, 0))
+            }
             _ => Err(libc_errno::EIO),
         }
     }
@@ -206,6 +235,7 @@ impl FileSystem {
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
         let buffered = self.buffered_end(ino).await;
         let attr = self.committed_attr(ino).await?;
+        self.kernel.observed(&attr);
         Ok(self.as_seen_here(attr, buffered))
     }
 
@@ -267,7 +297,7 @@ impl FileSystem {
     /// is not overwritten by the commit at close, and the reply carries the real size.
     pub async fn setattr(&self, ino: InodeId, set: SetAttr, creds: &Creds) -> Result<Attr, Errno> {
         self.flush_inode(ino).await?;
-        self.write_generation.fetch_add(1, Ordering::Relaxed);
+        self.changing(ino);
         let truncated = set.size.is_some();
         let buffered = self.buffered_end(ino).await;
         let attr = attr_of(

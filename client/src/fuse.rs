@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -15,12 +15,15 @@ use fuser::{
     WriteFlags,
 };
 use meridian_proto::InodeId;
-use meridian_proto::ns::{
-    Attr, Creds, FileKind, RenameFlags, SetAttr, SetTime, Timespec, XattrMode,
-};
+use meridian_proto::ns::{Attr, FileKind, RenameFlags, SetAttr, SetTime, XattrMode};
 use tokio::runtime::Handle;
 
 use crate::fs::{FileSystem, Seek};
+
+mod convert;
+mod notify;
+use convert::{creds, err, kind, kind_of_mode, time, timespec};
+pub use notify::KernelNotifier;
 
 /// How long the kernel may cache attributes and entries.
 const TTL: Duration = Duration::from_secs(1);
@@ -95,85 +98,6 @@ impl FuseFs {
     }
 }
 
-fn time(t: Timespec) -> SystemTime {
-    if t.sec >= 0 {
-        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
-    } else {
-        UNIX_EPOCH - Duration::new(t.sec.unsigned_abs(), 0)
-            + Duration::from_nanos(u64::from(t.nsec))
-    }
-}
-
-fn timespec(t: SystemTime) -> Timespec {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Timespec {
-            sec: d.as_secs() as i64,
-            nsec: d.subsec_nanos(),
-        },
-        Err(e) => {
-            let d = e.duration();
-            let (sec, nsec) = if d.subsec_nanos() == 0 {
-                (-(d.as_secs() as i64), 0)
-            } else {
-                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
-            };
-            Timespec { sec, nsec }
-        }
-    }
-}
-
-fn kind(k: FileKind) -> FileType {
-    match k {
-        FileKind::File => FileType::RegularFile,
-        FileKind::Dir => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::CharDev => FileType::CharDevice,
-        FileKind::BlockDev => FileType::BlockDevice,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::Socket => FileType::Socket,
-    }
-}
-
-fn kind_of_mode(mode: u32) -> Option<FileKind> {
-    Some(match mode & 0o170000 {
-        0o100000 | 0 => FileKind::File,
-        0o040000 => FileKind::Dir,
-        0o020000 => FileKind::CharDev,
-        0o060000 => FileKind::BlockDev,
-        0o010000 => FileKind::Fifo,
-        0o140000 => FileKind::Socket,
-        _ => return None,
-    })
-}
-
-fn creds(req: &Request) -> Creds {
-    Creds {
-        uid: req.uid(),
-        gid: req.gid(),
-        groups: supplementary_groups(req.pid()),
-    }
-}
-
-/// The caller's supplementary groups, read from /proc (FUSE does not carry them).
-fn supplementary_groups(pid: u32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn err(code: i32) -> Errno {
-    Errno::from_i32(code)
-}
-
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for cap in [
@@ -196,7 +120,10 @@ impl Filesystem for FuseFs {
         self.reply_entry(reply, async move { fs.lookup(parent, &name, &c).await });
     }
 
-    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {}
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // Sent when the kernel evicts the inode: its cached pages are gone.
+        self.fs.forget(self.ino(ino));
+    }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, ino) = (self.fs.clone(), self.ino(ino));
@@ -399,8 +326,20 @@ impl Filesystem for FuseFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let append = flags.0 & libc::O_APPEND != 0;
-        let fh = self.fs.open_handle(self.ino(ino), append, &creds(req));
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        let (fs, ino, c) = (self.fs.clone(), self.ino(ino), creds(req));
+        self.spawn(async move {
+            match fs.open_file(ino, append, &c).await {
+                Ok((fh, keep_cache)) => {
+                    let flags = if keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                }
+                Err(e) => reply.error(err(e)),
+            }
+        });
     }
 
     fn read(

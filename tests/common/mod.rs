@@ -541,6 +541,23 @@ impl Region {
         })
     }
 
+    /// The extents of the file at `path` (on a mount of this region), from the servers.
+    pub fn extents(&self, path: &Path) -> Result<Vec<meridian_proto::ns::Extent>> {
+        use std::os::unix::fs::MetadataExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let q = meridian_proto::ns::Query::Extents {
+            ino: meridian_proto::InodeId(fs::metadata(path)?.ino()),
+            offset: 0,
+            len: u64::MAX / 2,
+        };
+        match rt.block_on(self.meta.client().query(&q, false))? {
+            meridian_proto::ns::QueryReply::Extents(e) => Ok(e),
+            other => bail!("extents of {}: {other:?}", path.display()),
+        }
+    }
+
     /// Mounts `volume` at a new folder under the region's temp dir.
     pub fn mount(&self, name: &str) -> Result<Mount> {
         Mount::start(

@@ -3,8 +3,6 @@
 //! bytes pass through the client). Each first commits what this client has buffered for
 //! the files involved, so the servers' extent map is the one authority.
 
-use std::sync::atomic::Ordering;
-
 use meridian_proto::InodeId;
 use meridian_proto::ns::{Creds, Op, Reply, libc_errno};
 
@@ -52,7 +50,7 @@ impl FileSystem {
         }
         let end = offset.checked_add(len).ok_or(libc_errno::EFBIG)?;
         self.flush_inode(ino).await?;
-        self.write_generation.fetch_add(1, Ordering::Relaxed);
+        self.changing(ino);
         if punch || zero {
             self.mutate(Op::PunchHole {
                 ino,
@@ -127,7 +125,7 @@ impl FileSystem {
         if dst != src {
             self.flush_inode(dst).await?;
         }
-        self.write_generation.fetch_add(1, Ordering::Relaxed);
+        self.changing(dst);
         match self
             .mutate(Op::CopyRange {
                 src,

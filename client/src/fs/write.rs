@@ -13,8 +13,23 @@ use tracing::warn;
 use super::{DirtyRanges, Errno, FileSystem, OpenFile, attr_of};
 
 impl FileSystem {
-    /// Opens a file: returns a handle.
-    pub fn open_handle(&self, ino: InodeId, append: bool, creds: &Creds) -> u64 {
+    /// Opens a file (close-to-open: reads its attributes from the servers). Returns the
+    /// handle and whether the kernel may keep the pages it has cached of the file.
+    pub async fn open_file(
+        &self,
+        ino: InodeId,
+        append: bool,
+        creds: &Creds,
+    ) -> Result<(u64, bool), Errno> {
+        let attr = self.committed_attr(ino).await?;
+        let keep_cache = self.kernel.opened(&attr);
+        // Linux drops setuid and setgid at a write by anyone but root: the first write
+        // through this handle does, before any byte is buffered.
+        let drop_setid = attr.perm & 0o6000 != 0 && creds.uid != 0;
+        Ok((self.open_handle(ino, append, drop_setid, creds), keep_cache))
+    }
+
+    fn open_handle(&self, ino: InodeId, append: bool, drop_setid: bool, creds: &Creds) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let f = OpenFile {
             ino,
@@ -24,6 +39,7 @@ impl FileSystem {
             fragmented: Default::default(),
             read: false,
             view: None,
+            drop_setid,
         };
         self.handles
             .lock()
@@ -52,7 +68,10 @@ impl FileSystem {
             creds: creds.clone(),
         };
         let attr = attr_of(self.mutate(op).await?)?;
-        Ok((attr.clone(), self.open_handle(attr.ino, append, creds)))
+        Ok((
+            attr.clone(),
+            self.open_handle(attr.ino, append, false, creds),
+        ))
     }
 
     pub(super) fn handle(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
@@ -64,24 +83,51 @@ impl FileSystem {
             .ok_or(libc_errno::EBADF)
     }
 
-    /// Buffers a write; returns the bytes accepted. With O_APPEND, writes at the end.
+    /// Buffers a write at `offset` (the kernel's); returns the bytes accepted. With
+    /// O_APPEND, writes at the end of the file as the servers and this handle know it.
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         let h = self.handle(fh)?;
         let mut f = h.lock().await;
-        let offset = if f.append {
-            let size = self.committed_attr(f.ino).await?.size;
+        let ino = f.ino;
+        let at = if f.append {
+            let size = self.committed_attr(ino).await?.size;
             size.max(f.dirty.end())
         } else {
             offset
         };
-        offset
-            .checked_add(data.len() as u64)
-            .ok_or(libc_errno::EFBIG)?;
-        f.dirty.write(offset, data);
+        at.checked_add(data.len() as u64).ok_or(libc_errno::EFBIG)?;
+        if f.drop_setid {
+            self.drop_setid(&f).await?;
+            f.drop_setid = false;
+        }
+        self.kernel.changed(ino);
+        f.dirty.write(at, data);
+        if at != offset {
+            // The kernel put the bytes in its pages at its own idea of the end (another
+            // client appended since): those pages, and its size, are wrong from there.
+            let page = 4096;
+            self.kernel
+                .drop_pages_later(ino, at.min(offset) / page * page, 0);
+        }
         if f.dirty.bytes() >= self.options.max_dirty_bytes {
             self.commit(&mut f).await?;
         }
         Ok(data.len())
+    }
+
+    /// Drops the file's setuid and setgid bits as a write by `f`'s caller does on the
+    /// servers (an empty commit), and the kernel's cached mode with them.
+    async fn drop_setid(&self, f: &OpenFile) -> Result<(), Errno> {
+        self.mutate(Op::CommitExtents {
+            ino: f.ino,
+            extents: Vec::new(),
+            size: 0,
+            base_version: None,
+            creds: f.creds.clone(),
+        })
+        .await?;
+        self.kernel.drop_attrs(f.ino);
+        Ok(())
     }
 
     /// Commits dirty data: cuts it at block-size boundaries of the file (so sequential
@@ -99,7 +145,7 @@ impl FileSystem {
             .map(|(o, d)| (o, Bytes::from(d)))
             .collect();
         let result = self.upload_and_commit(f, &ranges).await;
-        self.write_generation.fetch_add(1, Ordering::Relaxed);
+        self.changing(f.ino);
         if result == Err(libc_errno::EIO) {
             // Chunkservers or metaservers unreachable: keep the data so a later flush,
             // fsync or close can still commit it. (A refusal such as EDQUOT or ENOENT is
@@ -227,9 +273,9 @@ impl FileSystem {
         result
     }
 
-    /// Rewrites the block-aligned range at `start` of a file as one whole block, so a file
-    /// written in small pieces stops costing a block per piece on every read and identical
-    /// files share blocks again. The metaserver applies it only if the range's extents are
+    /// Rewrites the block-aligned range at `start` of a file as whole blocks (one per run
+    /// of data; holes stay holes), so a file written in small pieces stops costing a block
+    /// per piece on every read and identical files share blocks again. The metaserver applies it only if the range's extents are
     /// unchanged since they were read here; otherwise it is skipped (the newer write wins,
     /// nothing is lost). Returns whether the range was rewritten.
     pub async fn compact_range(&self, ino: InodeId, start: u64) -> Result<bool, Errno> {
@@ -244,40 +290,32 @@ impl FileSystem {
             return Ok(false);
         }
         let expected = self.committed_extents(ino, start, end - start).await?;
-        let whole = expected.len() == 1
-            && expected[0].offset == start
-            && expected[0].len == end - start
-            && expected[0].block_offset == 0
-            && u64::from(expected[0].block_len) == end - start;
-        if whole {
+        // The runs of data in the range, each rewritten as one block: the holes between
+        // them stay holes (no zeros are written, SEEK_HOLE still finds them).
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for e in &expected {
+            let (s, t) = (e.offset.max(start), e.end().min(end));
+            match runs.last_mut() {
+                _ if s >= t => {}
+                Some(run) if run.1 == s => run.1 = t,
+                _ => runs.push((s, t)),
+            }
+        }
+        let whole = |(s, t): (u64, u64)| {
+            expected.iter().any(|e| {
+                e.offset == s
+                    && e.end() == t
+                    && e.block_offset == 0
+                    && u64::from(e.block_len) == t - s
+            })
+        };
+        let mut replacement = Vec::new();
+        for run in runs.into_iter().filter(|r| !whole(*r)) {
+            replacement.push(self.rewrite_run(&expected, run).await?);
+        }
+        if replacement.is_empty() {
             return Ok(false);
         }
-        let mut data = vec![0u8; (end - start) as usize];
-        for e in &expected {
-            let block = self.block(e).await?;
-            let (s, t) = (e.offset.max(start), e.end().min(end));
-            let from = e.block_offset as usize + (s - e.offset) as usize;
-            let src = block
-                .get(from..from + (t - s) as usize)
-                .ok_or(libc_errno::EIO)?;
-            data[(s - start) as usize..(t - start) as usize].copy_from_slice(src);
-        }
-        let encoded = tokio::task::spawn_blocking(move || EncodedBlock::encode(&data))
-            .await
-            .map_err(|_| libc_errno::EIO)?
-            .map_err(|_| libc_errno::EIO)?;
-        let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
-        self.blocks.put(&encoded, r, w).await.map_err(|e| {
-            warn!(error = %e, "compaction upload failed");
-            libc_errno::EIO
-        })?;
-        let replacement = vec![Extent {
-            offset: start,
-            len: end - start,
-            block: encoded.id,
-            block_offset: 0,
-            block_len: encoded.raw_len,
-        }];
         match self
             .mutate(Op::Compact {
                 ino,
@@ -292,5 +330,38 @@ impl FileSystem {
             Err(e) if e == libc_errno::EAGAIN => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Uploads the bytes of `[s, t)`, all inside `extents`, as one block: its extent.
+    async fn rewrite_run(&self, extents: &[Extent], (s, t): (u64, u64)) -> Result<Extent, Errno> {
+        let mut data = vec![0u8; (t - s) as usize];
+        for e in extents {
+            let (from, to) = (e.offset.max(s), e.end().min(t));
+            if from >= to {
+                continue;
+            }
+            let block = self.block(e).await?;
+            let at = e.block_offset as usize + (from - e.offset) as usize;
+            let src = block
+                .get(at..at + (to - from) as usize)
+                .ok_or(libc_errno::EIO)?;
+            data[(from - s) as usize..(to - s) as usize].copy_from_slice(src);
+        }
+        let encoded = tokio::task::spawn_blocking(move || EncodedBlock::encode(&data))
+            .await
+            .map_err(|_| libc_errno::EIO)?
+            .map_err(|_| libc_errno::EIO)?;
+        let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
+        self.blocks.put(&encoded, r, w).await.map_err(|e| {
+            warn!(error = %e, "compaction upload failed");
+            libc_errno::EIO
+        })?;
+        Ok(Extent {
+            offset: s,
+            len: t - s,
+            block: encoded.id,
+            block_offset: 0,
+            block_len: encoded.raw_len,
+        })
     }
 }

@@ -1,0 +1,122 @@
+//! What the kernel caches of each file, and telling it to drop that when the servers' copy
+//! changed under it. The file layer stays independent of FUSE: the mount connects a
+//! [`KernelCache`] that forwards to the kernel's invalidation notices.
+//!
+//! The rule is close-to-open. An open reads the file's attributes from the servers. The
+//! kernel keeps the file's cached pages across the open only when this client knows they
+//! match exactly that state of the servers; otherwise the open drops the pages and the
+//! attributes. A change this client makes itself (a write, truncate, fallocate, copy) makes
+//! what the pages match unknown until the next open drops them: the reply that follows may
+//! already carry another client's change too. A stat that finds a file changed elsewhere
+//! while its pages were known drops them at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use meridian_proto::InodeId;
+use meridian_proto::ns::{Attr, FileKind, Timespec};
+
+/// The kernel's caches of a mount, as the file layer asks them to forget things.
+pub trait KernelCache: Send + Sync {
+    /// Forget the attributes of `ino`: the next stat asks the client again.
+    fn drop_attrs(&self, ino: InodeId);
+    /// Forget the cached pages of `[offset, offset + len)` of `ino` (`len` 0: to the end)
+    /// and its attributes. May wait for pages the kernel has locked: never call it on a
+    /// path the kernel waits on.
+    fn drop_pages(&self, ino: InodeId, offset: u64, len: u64);
+}
+
+/// The servers' state of a file's content, as a reply described it: a write or truncate
+/// changes the size or mtime; ctime catches content changed with the mtime set back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    size: u64,
+    mtime: Timespec,
+    ctime: Timespec,
+}
+
+impl Stamp {
+    fn of(a: &Attr) -> Stamp {
+        Stamp {
+            size: a.size,
+            mtime: a.mtime,
+            ctime: a.ctime,
+        }
+    }
+}
+
+/// Which files' cached pages are known to match which state of the servers.
+#[derive(Default)]
+pub(super) struct KernelView {
+    sink: OnceLock<Arc<dyn KernelCache>>,
+    /// Files whose kernel pages match the servers' content at a stamp. A file not here
+    /// has pages that match nothing known.
+    matches: Mutex<HashMap<InodeId, Stamp>>,
+}
+
+impl KernelView {
+    /// Connects the kernel's caches (once, when mounted).
+    pub(super) fn connect(&self, sink: Arc<dyn KernelCache>) {
+        let _ = self.sink.set(sink);
+    }
+
+    fn matches(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, Stamp>> {
+        self.matches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An open of `ino`, whose servers' attributes are `attr`: returns whether the kernel
+    /// may keep the file's cached pages. If not, the open drops them (and this drops the
+    /// attributes), so from now on they match `attr`.
+    pub(super) fn opened(&self, attr: &Attr) -> bool {
+        let stamp = Stamp::of(attr);
+        let keep = self.matches().insert(attr.ino, stamp) == Some(stamp);
+        if !keep && let Some(sink) = self.sink.get() {
+            sink.drop_attrs(attr.ino);
+        }
+        keep
+    }
+
+    /// A reply from the servers described `attr` (a stat or lookup, not a change made
+    /// here): if the kernel's pages matched another state, they are stale; drop them.
+    pub(super) fn observed(&self, attr: &Attr) {
+        if attr.kind != FileKind::File {
+            return;
+        }
+        let stamp = Stamp::of(attr);
+        let stale = match self.matches().get_mut(&attr.ino) {
+            Some(known) if *known != stamp => {
+                *known = stamp;
+                true
+            }
+            _ => false,
+        };
+        if stale {
+            self.drop_pages_later(attr.ino, 0, 0);
+        }
+    }
+
+    /// This client changed `ino`'s content or size: what its pages match is unknown.
+    pub(super) fn changed(&self, ino: InodeId) {
+        self.matches().remove(&ino);
+    }
+
+    /// The kernel forgot `ino`, and its pages with it.
+    pub(super) fn forget(&self, ino: InodeId) {
+        self.matches().remove(&ino);
+    }
+
+    /// Drops `ino`'s attributes in the kernel now (never waits on the kernel's locks).
+    pub(super) fn drop_attrs(&self, ino: InodeId) {
+        if let Some(sink) = self.sink.get() {
+            sink.drop_attrs(ino);
+        }
+    }
+
+    /// Drops pages of `ino` from a blocking thread: the kernel may hold them locked for a
+    /// request this client has not answered yet.
+    pub(super) fn drop_pages_later(&self, ino: InodeId, offset: u64, len: u64) {
+        if let Some(sink) = self.sink.get().cloned() {
+            tokio::task::spawn_blocking(move || sink.drop_pages(ino, offset, len));
+        }
+    }
+}

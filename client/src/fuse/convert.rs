@@ -1,0 +1,86 @@
+//! Conversions between the kernel's view (FUSE types, a request's caller) and the
+//! namespace's.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{Errno, FileType, Request};
+use meridian_proto::ns::{Creds, FileKind, Timespec};
+
+pub(super) fn time(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::new(t.sec.unsigned_abs(), 0)
+            + Duration::from_nanos(u64::from(t.nsec))
+    }
+}
+
+pub(super) fn timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (sec, nsec) = if d.subsec_nanos() == 0 {
+                (-(d.as_secs() as i64), 0)
+            } else {
+                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+            };
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+pub(super) fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+pub(super) fn kind_of_mode(mode: u32) -> Option<FileKind> {
+    Some(match mode & 0o170000 {
+        0o100000 | 0 => FileKind::File,
+        0o040000 => FileKind::Dir,
+        0o020000 => FileKind::CharDev,
+        0o060000 => FileKind::BlockDev,
+        0o010000 => FileKind::Fifo,
+        0o140000 => FileKind::Socket,
+        _ => return None,
+    })
+}
+
+pub(super) fn creds(req: &Request) -> Creds {
+    Creds {
+        uid: req.uid(),
+        gid: req.gid(),
+        groups: supplementary_groups(req.pid()),
+    }
+}
+
+/// The caller's supplementary groups, read from /proc (FUSE does not carry them).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(super) fn err(code: i32) -> Errno {
+    Errno::from_i32(code)
+}
