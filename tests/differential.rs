@@ -3,8 +3,9 @@
 //! must have the same size and the same bytes. Operations: writes, reads, truncates up and
 //! down, every fallocate mode, copy_file_range inside the file, SEEK_DATA/SEEK_HOLE,
 //! fsync, dropping the file's cached pages, close and reopen, and a read through a second
-//! mount after a close. `DIFF_MMAP=1` adds reads and writes through a shared mapping with
-//! msync (not in CI yet: see issue 13).
+//! mount after a close (at once: an open revalidates, no attribute cache is waited out),
+//! and reads and writes through a shared mapping with msync, including a write into space
+//! just added by ftruncate and a read of the last page past a new end after MS_INVALIDATE.
 //!
 //! A failure prints the seed and the last operations. Replay one seed with
 //! `DIFF_SEEDS=<seed> DIFF_OPS=<count> cargo test --test differential seed_1`; run more
@@ -60,15 +61,55 @@ impl Rng {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Write { offset: u64, len: u64, seed: u64 },
-    Read { offset: u64, len: u64 },
-    Truncate { size: u64 },
-    Fallocate { mode: i32, offset: u64, len: u64 },
-    Copy { from: u64, to: u64, len: u64 },
-    SeekData { offset: u64 },
-    SeekHole { offset: u64 },
-    MmapWrite { offset: u64, len: u64, seed: u64 },
-    MmapRead { offset: u64, len: u64 },
+    Write {
+        offset: u64,
+        len: u64,
+        seed: u64,
+    },
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    Truncate {
+        size: u64,
+    },
+    Fallocate {
+        mode: i32,
+        offset: u64,
+        len: u64,
+    },
+    Copy {
+        from: u64,
+        to: u64,
+        len: u64,
+    },
+    SeekData {
+        offset: u64,
+    },
+    SeekHole {
+        offset: u64,
+    },
+    MmapWrite {
+        offset: u64,
+        len: u64,
+        seed: u64,
+    },
+    MmapRead {
+        offset: u64,
+        len: u64,
+    },
+    /// ftruncate up to `size`, then a write through a shared mapping into the new space.
+    GrowMapped {
+        size: u64,
+        offset: u64,
+        len: u64,
+        seed: u64,
+    },
+    /// ftruncate down to `size`, then msync(MS_INVALIDATE) and a mapped read of the rest of
+    /// the last page (zeros on any filesystem).
+    ShrinkMapped {
+        size: u64,
+    },
     Fsync,
     DropCache,
     Reopen,
@@ -83,17 +124,34 @@ fn next_step(rng: &mut Rng, size: u64) -> Step {
         libc::FALLOC_FL_ZERO_RANGE,
         libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
     ];
-    if std::env::var("DIFF_MMAP").is_ok() && rng.below(6) == 0 && size > 0 {
-        let offset = rng.below(size);
-        let len = rng.len().min(size - offset).max(1);
-        return if rng.below(2) == 0 {
-            Step::MmapWrite {
-                offset,
-                len,
-                seed: rng.next(),
+    if rng.below(6) == 0 && size > 0 {
+        return match rng.below(6) {
+            0 if size < MAX_SIZE => {
+                let grown = (size + 1 + rng.below(64 << 10)).min(MAX_SIZE);
+                let offset = size + rng.below(grown - size);
+                Step::GrowMapped {
+                    size: grown,
+                    offset,
+                    len: rng.len().min(grown - offset),
+                    seed: rng.next(),
+                }
             }
-        } else {
-            Step::MmapRead { offset, len }
+            1 => Step::ShrinkMapped {
+                size: rng.below(size),
+            },
+            choice => {
+                let offset = rng.below(size);
+                let len = rng.len().min(size - offset).max(1);
+                if choice % 2 == 0 {
+                    Step::MmapWrite {
+                        offset,
+                        len,
+                        seed: rng.next(),
+                    }
+                } else {
+                    Step::MmapRead { offset, len }
+                }
+            }
         };
     }
     match rng.below(20) {
@@ -137,14 +195,7 @@ fn next_step(rng: &mut Rng, size: u64) -> Step {
             0 => Step::DropCache,
             _ => Step::Reopen,
         },
-        // Another mount's look waits out its attribute cache: keep it to one step in 60.
-        _ => match rng.below(3) {
-            0 => Step::ReadElsewhere,
-            _ => Step::Read {
-                offset: rng.offset(size),
-                len: rng.len(),
-            },
-        },
+        _ => Step::ReadElsewhere,
     }
 }
 
@@ -156,23 +207,13 @@ fn errno(r: i64) -> std::result::Result<u64, i32> {
     }
 }
 
-fn seed_of(step: &Step) -> Option<u64> {
-    match step {
-        Step::MmapWrite { seed, .. } => Some(*seed),
-        _ => None,
-    }
-}
+const PAGE: u64 = 4096;
 
 /// One side: a file and how it was opened.
 struct Side {
     path: PathBuf,
     file: File,
-    /// When the other mount last looked at the file.
-    elsewhere_at: Option<std::time::Instant>,
 }
-
-/// How long a mount's kernel keeps attributes (the client's TTL), plus a margin.
-const ATTR_TTL: std::time::Duration = std::time::Duration::from_millis(1100);
 
 impl Side {
     fn open(path: &Path) -> Result<Side> {
@@ -185,10 +226,54 @@ impl Side {
         Ok(Side {
             path: path.to_path_buf(),
             file,
-            elsewhere_at: None,
         })
     }
 
+    /// Maps the first `len` bytes of the file shared, runs `f` on them, unmaps.
+    fn mapped(&self, len: u64, f: impl FnOnce(&mut [u8]) -> Result<String>) -> Result<String> {
+        let map_len = len as usize;
+        // SAFETY: a valid descriptor; the mapping is used only inside this call.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.fd(),
+                0,
+            )
+        };
+        anyhow::ensure!(
+            p != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let region = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), map_len) };
+        let out = f(region);
+        unsafe { libc::munmap(p, map_len) };
+        out
+    }
+
+    /// Writes `len` bytes of `seed` at `offset` through a shared mapping, then msync.
+    fn map_write(&self, offset: u64, len: u64, seed: u64) -> Result<String> {
+        let size = self.file.metadata()?.len();
+        anyhow::ensure!(offset + len <= size, "mapping past the end");
+        self.mapped(offset + len, |region| {
+            region[offset as usize..].copy_from_slice(&common::random_bytes(seed, len as usize));
+            sync(region, libc::MS_SYNC)?;
+            Ok(String::new())
+        })
+    }
+}
+
+fn sync(region: &mut [u8], flags: i32) -> Result<()> {
+    // SAFETY: `region` is a live mapping.
+    let rc = unsafe { libc::msync(region.as_mut_ptr().cast(), region.len(), flags) };
+    anyhow::ensure!(rc == 0, "msync: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+impl Side {
     fn fd(&self) -> i32 {
         self.file.as_raw_fd()
     }
@@ -234,38 +319,34 @@ impl Side {
                     Err(e) => format!("errno {e}"),
                 }
             }
-            Step::MmapWrite { offset, len, .. } | Step::MmapRead { offset, len } => {
+            Step::MmapWrite { offset, len, seed } => self.map_write(*offset, *len, *seed)?,
+            Step::MmapRead { offset, len } => {
                 let size = self.file.metadata()?.len();
-                let map_len = (offset + len) as usize;
                 anyhow::ensure!(offset + len <= size, "mapping past the end");
-                let p = unsafe {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        map_len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_SHARED,
-                        fd,
-                        0,
-                    )
-                };
-                anyhow::ensure!(
-                    p != libc::MAP_FAILED,
-                    "mmap: {}",
-                    std::io::Error::last_os_error()
-                );
-                let region = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), map_len) };
-                let out = match seed_of(step) {
-                    Some(seed) => {
-                        let data = common::random_bytes(seed, *len as usize);
-                        region[*offset as usize..].copy_from_slice(&data);
-                        let rc = unsafe { libc::msync(p, map_len, libc::MS_SYNC) };
-                        anyhow::ensure!(rc == 0, "msync: {}", std::io::Error::last_os_error());
-                        String::new()
-                    }
-                    None => format!("{:?}", blake3::hash(&region[*offset as usize..])),
-                };
-                unsafe { libc::munmap(p, map_len) };
-                out
+                self.mapped(offset + len, |region| {
+                    Ok(format!("{:?}", blake3::hash(&region[*offset as usize..])))
+                })?
+            }
+            Step::GrowMapped {
+                size,
+                offset,
+                len,
+                seed,
+            } => {
+                self.file.set_len(*size)?;
+                self.map_write(*offset, *len, *seed)?
+            }
+            Step::ShrinkMapped { size } => {
+                self.file.set_len(*size)?;
+                let page_end = size.div_ceil(PAGE) * PAGE;
+                if page_end == *size {
+                    String::new()
+                } else {
+                    self.mapped(page_end, |region| {
+                        sync(region, libc::MS_INVALIDATE)?;
+                        Ok(format!("{:?}", &region[*size as usize..].iter().max()))
+                    })?
+                }
             }
             Step::Fsync => {
                 self.file.sync_all()?;
@@ -276,25 +357,16 @@ impl Side {
                 String::new()
             }
             Step::Reopen => {
-                let at = self.elsewhere_at;
                 *self = Side::open(&self.path)?;
-                self.elsewhere_at = at;
                 String::new()
             }
             Step::ReadElsewhere => {
-                // Close, then read the whole file where another client sees it. That
-                // client's kernel may keep the attributes it last had for up to their
-                // time to live (1 s): wait that out since its last look (TESTING.md).
-                if let Some(last) = self.elsewhere_at
-                    && let Some(rest) = ATTR_TTL.checked_sub(last.elapsed())
-                {
-                    std::thread::sleep(rest);
-                }
+                // Close, then read the whole file where another client sees it: its open
+                // revalidates, whatever that client's kernel cached before.
                 let path = self.path.clone();
                 drop(std::mem::replace(&mut self.file, File::open("/dev/null")?));
                 let data = std::fs::read(elsewhere)?;
                 *self = Side::open(&path)?;
-                self.elsewhere_at = Some(std::time::Instant::now());
                 format!("{:?} {}", blake3::hash(&data), data.len())
             }
         })
@@ -375,6 +447,9 @@ fn run_seed(
         last.push_back((i, step.clone()));
         if last.len() > 12 {
             last.pop_front();
+        }
+        if ops >= 100_000 && i % 10_000 == 0 {
+            eprintln!("seed {seed}: {i} operations");
         }
         let fail = |why: String| {
             anyhow::anyhow!(
