@@ -77,18 +77,21 @@ impl KernelView {
     }
 
     /// A reply from the servers described `attr` (a stat or lookup, not a change made
-    /// here): if the kernel's pages matched another state, they are stale; drop them.
+    /// here): if the kernel's pages matched another state, they are stale. They are
+    /// dropped in the background, so until the next open drops them for certain, what
+    /// they match is unknown (an open meanwhile must not keep them).
     pub(super) fn observed(&self, attr: &Attr) {
         if attr.kind != FileKind::File {
             return;
         }
         let stamp = Stamp::of(attr);
-        let stale = match self.matches().get_mut(&attr.ino) {
-            Some(known) if *known != stamp => {
-                *known = stamp;
-                true
+        let stale = {
+            let mut matches = self.matches();
+            let stale = matches.get(&attr.ino).is_some_and(|known| *known != stamp);
+            if stale {
+                matches.remove(&attr.ino);
             }
-            _ => false,
+            stale
         };
         if stale {
             self.drop_pages_later(attr.ino, 0, 0);
