@@ -149,7 +149,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::with_capacity(batch.len());
         let mut last = None;
         let mut stamps = Vec::new();
-        let tx = self.db.begin_write().map_err(io_err)?;
+        let mut tx = self.db.begin_write().map_err(io_err)?;
+        // The log is the durability: every entry applied here is fsync'd in a majority's
+        // log, and a restart applies again whatever this transaction had not persisted
+        // (the applied id commits with the state). A snapshot persists everything first,
+        // so the log is never purged past what this file holds durably.
+        tx.set_durability(redb::Durability::None).map_err(io_err)?;
         {
             let mut ns = WriteTables::open(&tx).map_err(io_err)?;
             let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
@@ -291,6 +296,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
         let tx = self.db.begin_read().map_err(io_err)?;
+        // Applies commit without fsync: persist everything this read sees before the
+        // snapshot lets the log be purged up to it.
+        self.db
+            .begin_write()
+            .map_err(io_err)?
+            .commit()
+            .map_err(io_err)?;
         let (last_log_id, last_membership) = {
             let t = tx.open_table(RAFT_STATE).map_err(io_err)?;
             let get = |k: &str| -> io::Result<Option<Vec<u8>>> {
