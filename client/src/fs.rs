@@ -380,7 +380,9 @@ impl FileSystem {
     /// renamed out of sight instead, and removed when the last handle closes, so the open
     /// descriptors keep working (as on a local disk, and as libfuse's hard_remove=false).
     pub async fn unlink(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
-        if let Ok(a) = self.lookup(parent, name, creds).await
+        // Only a file open here needs hiding: with nothing open, no lookup first.
+        if !self.nothing_open()
+            && let Ok(a) = self.lookup(parent, name, creds).await
             && a.kind == FileKind::File
             && a.nlink == 1
             && self.is_open(a.ino).await
@@ -401,6 +403,14 @@ impl FileSystem {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Whether this client has no file open at all.
+    fn nothing_open(&self) -> bool {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// Whether this client has `ino` open.

@@ -736,6 +736,16 @@ pub enum Query {
         /// Caller.
         creds: Creds,
     },
+    /// A file's attributes and the extents overlapping a range of it below its size, read
+    /// together (what a read needs, in one round trip).
+    View {
+        /// File.
+        ino: InodeId,
+        /// Range start.
+        offset: u64,
+        /// Range length.
+        len: u64,
+    },
     /// Extents overlapping a range.
     Extents {
         /// File.
@@ -798,6 +808,13 @@ pub enum QueryReply {
     Names(Vec<Vec<u8>>),
     /// Extents.
     Extents(Vec<Extent>),
+    /// A file's attributes and extents (`Query::View`).
+    View {
+        /// Attributes.
+        attr: Attr,
+        /// Extents overlapping the range asked, below the size.
+        extents: Vec<Extent>,
+    },
     /// One volume.
     Volume(Volume),
     /// Volumes.

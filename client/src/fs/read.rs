@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use meridian_proto::InodeId;
-use meridian_proto::ns::{Extent, Op, libc_errno};
+use meridian_proto::ns::{Attr, Extent, Op, Query, QueryReply, libc_errno};
 use tracing::warn;
 
 use super::{Errno, FileSystem};
@@ -87,31 +87,51 @@ impl FileSystem {
     ) -> Result<ReadView, Errno> {
         let h = self.handle(fh)?;
         let mut f = h.lock().await;
-        let generation = self.write_generation.load(Ordering::Relaxed);
         if let Some(v) = &f.view
-            && v.generation == generation
+            && v.generation == self.write_generation.load(Ordering::Relaxed)
             && offset >= v.start
             && (offset.saturating_add(len) <= v.end || v.end == v.size)
         {
             return Ok(v.clone());
         }
-        let size = self.committed_attr(ino).await?.size;
+        let (_, view) = self.fetch_view(ino, offset, len).await?;
+        f.view = Some(view.clone());
+        Ok(view)
+    }
+
+    /// A fresh view from `offset`: the file's attributes and the extents of a window of
+    /// blocks from there (at least to `offset + len`), in one round trip.
+    pub(super) async fn fetch_view(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Attr, ReadView), Errno> {
+        // Taken before the query: a write of this client's after it makes the view stale.
+        let generation = self.write_generation.load(Ordering::Relaxed);
         let bs = u64::from(self.volume.policy.block_size);
         let start = offset - offset % bs;
-        let end = (start + READ_WINDOW_BLOCKS * bs)
-            .max(offset.saturating_add(len))
-            .min(size)
-            .max(start);
-        let extents = self.committed_extents(ino, start, end - start).await?;
+        let want = (READ_WINDOW_BLOCKS * bs).max(offset.saturating_add(len) - start);
+        let (attr, extents) = match self
+            .query(Query::View {
+                ino,
+                offset: start,
+                len: want,
+            })
+            .await?
+        {
+            QueryReply::View { attr, extents } => (attr, extents),
+            _ => return Err(libc_errno::EIO),
+        };
+        let end = start.saturating_add(want).min(attr.size).max(start);
         let view = ReadView {
             generation,
-            size,
+            size: attr.size,
             start,
             end,
             extents,
         };
-        f.view = Some(view.clone());
-        Ok(view)
+        Ok((attr, view))
     }
 
     /// Loads the block holding `offset` of a file into the cache (read-ahead; errors are

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use meridian_proto::ns::{Attr, Creds, Extent, FileKind, Op, libc_errno};
+use meridian_proto::ns::{Attr, Creds, Extent, FileKind, Op, Reply, libc_errno};
 use meridian_proto::{EncodedBlock, InodeId};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::warn;
@@ -21,12 +21,17 @@ impl FileSystem {
         append: bool,
         creds: &Creds,
     ) -> Result<(u64, bool), Errno> {
-        let attr = self.committed_attr(ino).await?;
+        // The attributes, and the first blocks' extents for the first read.
+        let (attr, view) = self.fetch_view(ino, 0, 0).await?;
         let keep_cache = self.kernel.opened(&attr);
         // Linux drops setuid and setgid at a write by anyone but root: the first write
         // through this handle does, before any byte is buffered.
         let drop_setid = attr.perm & 0o6000 != 0 && creds.uid != 0;
-        Ok((self.open_handle(ino, append, drop_setid, creds), keep_cache))
+        let fh = self.open_handle(ino, append, drop_setid, creds);
+        if let Ok(h) = self.handle(fh) {
+            h.lock().await.view = Some(view);
+        }
+        Ok((fh, keep_cache))
     }
 
     fn open_handle(&self, ino: InodeId, append: bool, drop_setid: bool, creds: &Creds) -> u64 {
@@ -164,6 +169,8 @@ impl FileSystem {
     ) -> Result<(), Errno> {
         let bs = u64::from(self.volume.policy.block_size);
         let mut pieces = Vec::new();
+        // Pieces shorter than a block: (block start, piece start, piece end).
+        let mut partial = Vec::new();
         for (offset, data) in ranges {
             let mut at = 0usize;
             while at < data.len() {
@@ -171,7 +178,7 @@ impl FileSystem {
                 let room = (bs - file_off % bs) as usize;
                 let n = room.min(data.len() - at);
                 if n as u64 != bs {
-                    f.fragmented.insert(file_off - file_off % bs);
+                    partial.push((file_off - file_off % bs, file_off, file_off + n as u64));
                 }
                 pieces.push((file_off, data.slice(at..at + n)));
                 at += n;
@@ -185,11 +192,16 @@ impl FileSystem {
         let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
         let mut extents = Vec::with_capacity(pieces.len());
         for batch in pieces.chunks(self.options.upload_parallelism.max(1)) {
-            let mut uploads = Vec::new();
-            for (file_off, data) in batch {
+            // Hash and compress the batch's blocks on all cores at once.
+            let encodes = batch.iter().map(|(_, data)| {
                 let data = data.clone();
-                let encoded = tokio::task::spawn_blocking(move || EncodedBlock::encode(&data))
-                    .await
+                tokio::task::spawn_blocking(move || EncodedBlock::encode(&data))
+            });
+            let mut uploads = Vec::with_capacity(batch.len());
+            for ((file_off, _), encoded) in
+                batch.iter().zip(futures::future::join_all(encodes).await)
+            {
+                let encoded = encoded
                     .map_err(|_| libc_errno::EIO)?
                     .map_err(|_| libc_errno::EIO)?;
                 extents.push(Extent {
@@ -216,7 +228,19 @@ impl FileSystem {
             base_version: None,
             creds: f.creds.clone(),
         };
-        self.mutate(op).await.map(|_| ())
+        let size = match self.mutate(op).await? {
+            Reply::Attr(a) => a.size,
+            _ => u64::MAX,
+        };
+        // A piece that alone covers its block's range up to the end of the file (a small
+        // file, a file's tail) leaves one extent there: nothing to compact.
+        for &(block, from, to) in &partial {
+            let alone = partial.iter().filter(|p| p.0 == block).count() == 1;
+            if !(alone && from == block && to == (block + bs).min(size)) {
+                f.fragmented.insert(block);
+            }
+        }
+        Ok(())
     }
 
     /// Commits the handle's writes (flush on close, fsync).

@@ -276,6 +276,16 @@ impl<'a> NsReader<'a> {
                 QueryReply::Bytes(self.getxattr(*ino, name, creds)?)
             }
             Query::ListXattr { ino, creds } => QueryReply::Names(self.listxattr(*ino, creds)?),
+            Query::View { ino, offset, len } => {
+                let attr = self.getattr(*ino)?;
+                let len = (*len).min(attr.size.saturating_sub(*offset));
+                let extents = if len == 0 {
+                    Vec::new()
+                } else {
+                    self.extents(*ino, *offset, len)?
+                };
+                QueryReply::View { attr, extents }
+            }
             Query::Extents { ino, offset, len } => {
                 QueryReply::Extents(self.extents(*ino, *offset, *len)?)
             }
