@@ -230,6 +230,36 @@ async fn stopping_and_restarting_every_member_keeps_the_namespace() -> Result<()
     Ok(())
 }
 
+/// Applies commit without fsync, the fsync'd Raft log being the durability: every member
+/// killed at once (no chance to flush), with snapshots taken and the log purged along the
+/// way, comes back with every acknowledged operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_every_member_at_once_loses_no_acknowledged_operation() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &["--snapshot-logs", "40", "--keep-logs", "0"])?;
+    let client = cluster.client();
+    let vol = new_volume(&client, "main").await?;
+    let a = attr_of(client.mutate(&mkdir_op(vol.root, "a")).await?);
+    for i in 0..150 {
+        client
+            .mutate(&create_op(a.ino, &format!("file-{i:03}")))
+            .await?;
+    }
+    let before = list(&client, a.ino, false).await?;
+    assert_eq!(before.len(), 150);
+    for n in &mut cluster.nodes {
+        n.kill();
+    }
+    for n in &mut cluster.nodes {
+        let addr = n.addr.clone();
+        n.restart_on(&addr)?;
+    }
+    cluster.wait_leader()?;
+    let client = cluster.client();
+    assert_eq!(list(&client, a.ino, false).await?, before);
+    client.mutate(&create_op(a.ino, "after-restart")).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_member_catches_up_from_a_snapshot_after_the_log_is_purged() -> Result<()> {
     let mut cluster = MetaCluster::start(3, &["--keep-logs", "0"])?;
