@@ -117,7 +117,8 @@ pub async fn run(
         .initial_connection_window_size(channels::CONNECTION_WINDOW)
         .add_service(MetaServiceServer::new(MetaApi(node)).max_decoding_message_size(64 << 20))
         .add_service(
-            RaftServiceServer::new(RaftRpc::new(raft.clone())).max_decoding_message_size(64 << 20),
+            RaftServiceServer::new(RaftRpc::new(raft.clone(), config.data.join("snapshots")))
+                .max_decoding_message_size(64 << 20),
         )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

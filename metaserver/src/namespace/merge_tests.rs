@@ -330,9 +330,10 @@ fn a_snapshot_installed_over_other_tombstones_rebuilds_their_index() {
     }
     assert!(rs[1].write(|t| t.tomb(other.ino).unwrap()).is_some());
     // Region 1's state replaces region 2's, as a snapshot install does.
-    let data = crate::raft::snapshot::dump(&rs[0].db.begin_read().unwrap()).unwrap();
+    let mut data = Vec::new();
+    crate::raft::snapshot::dump(&rs[0].db.begin_read().unwrap(), &mut data).unwrap();
     let tx = rs[1].db.begin_write().unwrap();
-    crate::raft::snapshot::load(&tx, &data).unwrap();
+    crate::raft::snapshot::load(&tx, data.as_slice()).unwrap();
     tx.commit().unwrap();
     assert_consistent(&rs[1]);
     assert_eq!(namespace_dump(&rs[1]), namespace_dump(&rs[0]));

@@ -23,7 +23,10 @@ use openraft::{BasicNode, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::state_machine::SnapshotData;
 use super::{MetaRaft, TypeConfig};
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 
@@ -123,7 +126,7 @@ impl Peer {
 }
 
 impl RaftNetworkV2<TypeConfig> for Peer {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -158,24 +161,46 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let mut msgs = vec![encode(&SnapshotHeader {
+        let header = encode(&SnapshotHeader {
             vote,
             meta: snapshot.meta,
-        })];
-        let data = Bytes::from(snapshot.snapshot);
-        msgs.extend(
-            (0..data.len())
-                .step_by(wire::CHUNK_LEN)
-                .map(|at| RaftMessage {
-                    data: data.slice(at..(at + wire::CHUNK_LEN).min(data.len())),
-                }),
-        );
+        });
+        // The data is read a chunk at a time as the stream is sent, never whole.
+        let mut file = tokio::fs::File::from_std(snapshot.snapshot);
+        file.rewind().await.map_err(|e| {
+            StreamingError::Unreachable(Unreachable::from_string(format!("snapshot: {e}")))
+        })?;
+        let chunks = futures::stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; wire::CHUNK_LEN];
+            let mut len = 0;
+            while len < buf.len() {
+                match file.read(&mut buf[len..]).await {
+                    Ok(0) => break,
+                    Ok(n) => len += n,
+                    Err(e) => {
+                        // The receiver sees a stream cut short and rejects the snapshot.
+                        tracing::warn!(error = %e, "snapshot unreadable while sending");
+                        return None;
+                    }
+                }
+            }
+            if len == 0 {
+                return None;
+            }
+            buf.truncate(len);
+            let msg = RaftMessage {
+                data: Bytes::from(buf),
+            };
+            Some((msg, Some(file)))
+        });
+        let msgs = futures::stream::iter([header]).chain(chunks);
         let mut client = self.client(&option)?;
-        let send = client.install_snapshot(tokio_stream::iter(msgs));
+        let send = client.install_snapshot(msgs);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             resp = send => {
@@ -189,12 +214,33 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 /// The receiving side: hands each message to the local Raft.
 pub struct RaftRpc {
     raft: MetaRaft,
+    /// Where an incoming snapshot is written while it arrives.
+    incoming: std::path::PathBuf,
 }
 
 impl RaftRpc {
-    /// Serves Raft RPCs for `raft`.
-    pub fn new(raft: MetaRaft) -> Self {
-        RaftRpc { raft }
+    /// Serves Raft RPCs for `raft`; incoming snapshots are spooled in folder `incoming`.
+    pub fn new(raft: MetaRaft, incoming: std::path::PathBuf) -> Self {
+        RaftRpc { raft, incoming }
+    }
+
+    /// A file for an incoming snapshot, already unlinked: it goes away with its handle,
+    /// whatever happens to the transfer.
+    fn spool(&self) -> std::io::Result<tokio::fs::File> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = self.incoming.join(format!(
+            "incoming-{}-{}.tmp",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        std::fs::remove_file(&path)?;
+        Ok(tokio::fs::File::from_std(file))
     }
 }
 
@@ -228,13 +274,16 @@ impl RaftService for RaftRpc {
             .await
             .ok_or_else(|| Status::from(MetaError::Invalid("empty snapshot stream".into())))??;
         let header: SnapshotHeader = serde_json::from_slice(&first.data).map_err(bad)?;
-        let mut data = Vec::new();
+        let spool_err =
+            |e: std::io::Error| Status::from(MetaError::Store(format!("snapshot spool: {e}")));
+        let mut data = self.spool().map_err(spool_err)?;
         while let Some(msg) = wire::next(&mut stream).await {
-            data.extend_from_slice(&msg?.data);
+            data.write_all(&msg?.data).await.map_err(spool_err)?;
         }
-        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+        data.flush().await.map_err(spool_err)?;
+        let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
             meta: header.meta,
-            snapshot: data,
+            snapshot: data.into_std().await,
         };
         let result = self
             .raft

@@ -6,9 +6,11 @@
 //! per table, in TABLES order: count(u64 LE), then count × [klen u32 LE, key, vlen u32 LE, value]
 //! ```
 
-use std::io;
+use std::io::{self, Read, Write};
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 
 use super::io_err;
 use crate::cluster::CLUSTER;
@@ -53,9 +55,9 @@ fn tables() -> [Table; 18] {
     ]
 }
 
-fn put(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(bytes);
+fn put(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    out.write_all(bytes)
 }
 
 fn missing_ok(e: redb::TableError) -> io::Result<()> {
@@ -67,82 +69,81 @@ fn missing_ok(e: redb::TableError) -> io::Result<()> {
 
 macro_rules! dump {
     ($tx:expr, $def:expr, $out:expr, |$k:ident, $v:ident| $kb:expr, $vb:expr) => {{
-        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         match $tx.open_table($def) {
             Ok(t) => {
+                $out.write_all(&t.len().map_err(io_err)?.to_le_bytes())?;
                 for item in t.iter().map_err(io_err)? {
                     let (k, v) = item.map_err(io_err)?;
                     let ($k, $v) = (k.value(), v.value());
-                    rows.push(($kb, $vb));
+                    put($out, &$kb)?;
+                    put($out, &$vb)?;
                 }
             }
-            Err(e) => missing_ok(e)?,
-        }
-        $out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
-        for (k, v) in rows {
-            put($out, &k);
-            put($out, &v);
+            Err(e) => {
+                missing_ok(e)?;
+                $out.write_all(&0u64.to_le_bytes())?;
+            }
         }
     }};
 }
 
-/// Dumps the state visible to `tx`.
-pub fn dump(tx: &ReadTransaction) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+/// Writes the state visible to `tx` to `out`, one row at a time (never whole in memory).
+pub fn dump(tx: &ReadTransaction, out: &mut impl Write) -> io::Result<()> {
+    out.write_all(MAGIC)?;
+    out.write_all(&VERSION.to_le_bytes())?;
     for table in tables() {
         match table {
-            Table::BytesUnit(d) => dump!(tx, d, &mut out, |k, _v| k.to_vec(), Vec::new()),
-            Table::U64Bytes(d) => {
-                dump!(tx, d, &mut out, |k, v| k.to_be_bytes().to_vec(), v.to_vec())
-            }
-            Table::StrBytes(d) => dump!(tx, d, &mut out, |k, v| k.as_bytes().to_vec(), v.to_vec()),
-            Table::BytesBytes(d) => dump!(tx, d, &mut out, |k, v| k.to_vec(), v.to_vec()),
-            Table::BytesU64(d) => {
-                dump!(tx, d, &mut out, |k, v| k.to_vec(), v.to_be_bytes().to_vec())
-            }
-            Table::StrU64(d) => dump!(
-                tx,
-                d,
-                &mut out,
-                |k, v| k.as_bytes().to_vec(),
-                v.to_be_bytes().to_vec()
-            ),
+            Table::BytesUnit(d) => dump!(tx, d, out, |k, _v| k, []),
+            Table::U64Bytes(d) => dump!(tx, d, out, |k, v| k.to_be_bytes(), v),
+            Table::StrBytes(d) => dump!(tx, d, out, |k, v| k.as_bytes(), v),
+            Table::BytesBytes(d) => dump!(tx, d, out, |k, v| k, v),
+            Table::BytesU64(d) => dump!(tx, d, out, |k, v| k, v.to_be_bytes()),
+            Table::StrU64(d) => dump!(tx, d, out, |k, v| k.as_bytes(), v.to_be_bytes()),
         }
     }
-    Ok(out)
+    out.flush()
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
+/// Reads a snapshot's fields from a stream.
+struct Reader<R> {
+    r: R,
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        if self.data.len() < n {
+impl<R: Read> Reader<R> {
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.r.read_exact(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                io::Error::new(io::ErrorKind::InvalidData, "snapshot is truncated")
+            }
+            _ => e,
+        })
+    }
+    fn u32(&mut self) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.fill(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.fill(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn chunk(&mut self) -> io::Result<Vec<u8>> {
+        let n = self.u32()? as usize;
+        // Read in steps, so a corrupt length cannot make one huge allocation up front.
+        let mut out = Vec::with_capacity(n.min(1 << 20));
+        let got = (&mut self.r).take(n as u64).read_to_end(&mut out)?;
+        if got != n {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "snapshot is truncated",
             ));
         }
-        let (head, rest) = self.data.split_at(n);
-        self.data = rest;
-        Ok(head)
+        Ok(out)
     }
-    fn u32(&mut self) -> io::Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> io::Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn chunk(&mut self) -> io::Result<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
+    fn at_end(&mut self) -> io::Result<bool> {
+        let mut b = [0u8; 1];
+        Ok(self.r.read(&mut b)? == 0)
     }
 }
 
@@ -157,10 +158,12 @@ fn utf8(b: &[u8]) -> io::Result<&str> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad text key in snapshot"))
 }
 
-/// Replaces the whole state in `tx` by the snapshot `data`.
-pub fn load(tx: &WriteTransaction, data: &[u8]) -> io::Result<()> {
-    let mut r = Reader { data };
-    if r.take(8)? != MAGIC {
+/// Replaces the whole state in `tx` by the snapshot read from `data`, one row at a time.
+pub fn load(tx: &WriteTransaction, data: impl Read) -> io::Result<()> {
+    let mut r = Reader { r: data };
+    let mut magic = [0u8; 8];
+    r.fill(&mut magic)?;
+    if &magic != MAGIC {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "not a Meridian snapshot",
@@ -187,15 +190,15 @@ pub fn load(tx: &WriteTransaction, data: &[u8]) -> io::Result<()> {
             }};
         }
         match table {
-            Table::BytesUnit(d) => load!(d, |k, _v| k, ()),
-            Table::U64Bytes(d) => load!(d, |k, v| be_u64(k)?, v),
-            Table::StrBytes(d) => load!(d, |k, v| utf8(k)?, v),
-            Table::BytesBytes(d) => load!(d, |k, v| k, v),
-            Table::BytesU64(d) => load!(d, |k, v| k, be_u64(v)?),
-            Table::StrU64(d) => load!(d, |k, v| utf8(k)?, be_u64(v)?),
+            Table::BytesUnit(d) => load!(d, |k, _v| k.as_slice(), ()),
+            Table::U64Bytes(d) => load!(d, |k, v| be_u64(&k)?, v.as_slice()),
+            Table::StrBytes(d) => load!(d, |k, v| utf8(&k)?, v.as_slice()),
+            Table::BytesBytes(d) => load!(d, |k, v| k.as_slice(), v.as_slice()),
+            Table::BytesU64(d) => load!(d, |k, v| k.as_slice(), be_u64(&v)?),
+            Table::StrU64(d) => load!(d, |k, v| utf8(&k)?, be_u64(&v)?),
         }
     }
-    if !r.data.is_empty() {
+    if !r.at_end()? {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "trailing bytes after the snapshot",
@@ -203,4 +206,64 @@ pub fn load(tx: &WriteTransaction, data: &[u8]) -> io::Result<()> {
     }
     // Derived tables are not shipped: they are rebuilt from what was.
     ns::index_tombs(tx, true).map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{Database, ReadableDatabase};
+
+    fn db_with_rows() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("s.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(ns::INODES).unwrap();
+            for i in 0..50u64 {
+                t.insert(i, vec![i as u8; i as usize].as_slice()).unwrap();
+            }
+            let mut c = tx.open_table(ns::COUNTERS).unwrap();
+            c.insert("next", 7).unwrap();
+        }
+        tx.commit().unwrap();
+        (dir, db)
+    }
+
+    fn dumped(db: &Database) -> Vec<u8> {
+        let mut out = Vec::new();
+        dump(&db.begin_read().unwrap(), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_streamed_snapshot_loads_back_the_same_and_a_damaged_one_is_refused() {
+        let (_d, db) = db_with_rows();
+        let data = dumped(&db);
+        let dir = tempfile::tempdir().unwrap();
+        let target = Database::create(dir.path().join("t.redb")).unwrap();
+        let tx = target.begin_write().unwrap();
+        load(&tx, data.as_slice()).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(dumped(&target), data);
+
+        // Every truncation, and trailing bytes, are errors (the transaction is dropped).
+        for cut in 0..data.len() {
+            let tx = target.begin_write().unwrap();
+            let err = load(&tx, &data[..cut]).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "cut at {cut}");
+        }
+        let mut longer = data.clone();
+        longer.push(0);
+        let tx = target.begin_write().unwrap();
+        assert!(load(&tx, longer.as_slice()).is_err());
+        drop(tx);
+        assert_eq!(dumped(&target), data, "a refused snapshot changes nothing");
+
+        // A corrupt length announcing 4 GiB fails on the missing bytes, not on memory.
+        let mut huge = data[..12].to_vec();
+        huge.extend_from_slice(&1u64.to_le_bytes());
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        let tx = target.begin_write().unwrap();
+        assert!(load(&tx, huge.as_slice()).is_err());
+    }
 }

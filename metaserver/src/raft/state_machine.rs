@@ -118,8 +118,11 @@ fn put_json<T: serde::Serialize>(
     Ok(())
 }
 
+/// A snapshot's bytes: a file, streamed (never held whole in memory).
+pub type SnapshotData = std::fs::File;
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(
@@ -237,17 +240,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<TypeConfig>,
-        data: Self::SnapshotData,
+        mut data: Self::SnapshotData,
     ) -> Result<(), io::Error> {
+        use std::io::Seek;
         let tx = self.db.begin_write().map_err(io_err)?;
-        snapshot::load(&tx, &data)?;
+        data.rewind()?;
+        snapshot::load(&tx, io::BufReader::new(&data))?;
         {
             let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
             put_json(&mut raft, APPLIED, &meta.last_log_id)?;
             put_json(&mut raft, MEMBERSHIP, &meta.last_membership)?;
         }
         tx.commit().map_err(io_err)?;
-        save_snapshot(&self.snapshots, meta, &data)?;
+        data.rewind()?;
+        save_snapshot(&self.snapshots, meta, |out| {
+            io::copy(&mut data, out).map(|_| ())
+        })?;
         self.publish(meta.last_log_id.as_ref())?;
         Ok(())
     }
@@ -255,34 +263,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error> {
-        let meta_path = self.snapshots.join("current.meta.json");
-        let data_path = self.snapshots.join("current.snap");
+        let meta_path = self.snapshots.join(CURRENT_META);
         if !meta_path.exists() {
             return Ok(None);
         }
         let meta: SnapshotMetaOf<TypeConfig> =
             serde_json::from_slice(&std::fs::read(meta_path)?).map_err(io_err)?;
-        let snapshot = std::fs::read(data_path)?;
-        Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot }))
+        let snapshot = std::fs::File::open(self.snapshots.join(CURRENT))?;
+        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot,
+        }))
     }
 }
 
-/// Writes a snapshot durably: data first, then the meta that makes it current.
-fn save_snapshot(dir: &Path, meta: &SnapshotMetaOf<TypeConfig>, data: &[u8]) -> io::Result<()> {
+/// The current snapshot's data and meta, in the snapshot folder.
+const CURRENT: &str = "current.snap";
+const CURRENT_META: &str = "current.meta.json";
+
+/// Writes a snapshot durably: the data (streamed by `write`) first, then the meta that
+/// makes it current. Returns the data, opened for reading.
+fn save_snapshot(
+    dir: &Path,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    write: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> io::Result<()>,
+) -> io::Result<SnapshotData> {
     use std::io::Write;
-    let write = |name: &str, bytes: &[u8]| -> io::Result<()> {
+    let put = |name: &str,
+               write: &mut dyn FnMut(&mut io::BufWriter<std::fs::File>) -> io::Result<()>|
+     -> io::Result<()> {
         let tmp = dir.join(format!("{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
+        write(&mut out)?;
+        out.flush()?;
+        out.get_ref().sync_all()?;
         std::fs::rename(&tmp, dir.join(name))
     };
-    write("current.snap", data)?;
-    write(
-        "current.meta.json",
-        &serde_json::to_vec(meta).map_err(io_err)?,
-    )?;
-    std::fs::File::open(dir)?.sync_all()
+    let mut write = Some(write);
+    put(CURRENT, &mut |out| match write.take() {
+        Some(w) => w(out),
+        None => Ok(()),
+    })?;
+    let meta = serde_json::to_vec(meta).map_err(io_err)?;
+    put(CURRENT_META, &mut |out| out.write_all(&meta))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    std::fs::File::open(dir.join(CURRENT))
 }
 
 /// Builds a snapshot from a consistent read of the state database.
@@ -292,9 +317,9 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
         let tx = self.db.begin_read().map_err(io_err)?;
         // Applies commit without fsync: persist everything this read sees before the
         // snapshot lets the log be purged up to it.
@@ -318,15 +343,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             (applied, membership)
         };
-        let data = snapshot::dump(&tx)?;
         let meta = SnapshotMetaOf::<TypeConfig> {
             last_log_id,
             last_membership,
         };
-        save_snapshot(&self.dir, &meta, &data)?;
-        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
-            meta,
-            snapshot: data,
-        })
+        let snapshot = save_snapshot(&self.dir, &meta, |out| snapshot::dump(&tx, out))?;
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot })
     }
 }
