@@ -56,8 +56,9 @@ struct OpenFile {
     dirty: DirtyRanges,
     /// Block-aligned ranges this handle wrote only part of: compacted after close.
     fragmented: std::collections::BTreeSet<u64>,
-    /// Whether this handle has read yet (atime is updated on the first read).
-    read: bool,
+    /// Whether the first read must move the atime (relatime, as of the open): a read
+    /// that would not change it costs no metadata write.
+    atime_due: bool,
     /// What the last read learned about the file (close-to-open: kept while open).
     view: Option<ReadView>,
     /// Whether the next write must drop the file's setuid and setgid bits first.

@@ -102,6 +102,20 @@ pub struct Attr {
     pub volume: u32,
 }
 
+/// How old an atime may get before a read refreshes it even if it is newer than mtime
+/// and ctime (relatime's rule).
+const RELATIME_MAX_AGE_SECS: i64 = 24 * 60 * 60;
+
+impl Attr {
+    /// Whether a read at `now` moves the atime, as Linux's relatime decides: the atime is
+    /// not past the last change, or is a day old.
+    pub fn atime_due(&self, now: Timespec) -> bool {
+        self.atime <= self.mtime
+            || self.atime <= self.ctime
+            || now.sec.saturating_sub(self.atime.sec) >= RELATIME_MAX_AGE_SECS
+    }
+}
+
 /// An inode as stored.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Inode {

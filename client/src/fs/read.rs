@@ -27,12 +27,12 @@ const READ_WINDOW_BLOCKS: u64 = 8;
 impl FileSystem {
     /// Reads up to `size` bytes at `offset` (short only at the end of the file).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let (ino, first_read) = {
+        let (ino, atime_due) = {
             let h = self.handle(fh)?;
             let mut f = h.lock().await;
-            (f.ino, !std::mem::replace(&mut f.read, true))
+            (f.ino, std::mem::take(&mut f.atime_due))
         };
-        if first_read && let Some(me) = self.me.upgrade() {
+        if atime_due && let Some(me) = self.me.upgrade() {
             // atime as ext4's relatime keeps it; in the background, off the read path.
             tokio::spawn(async move {
                 let _ = me.mutate(Op::Accessed { ino }).await;

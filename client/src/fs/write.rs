@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use meridian_proto::ns::{Attr, Creds, Extent, FileKind, Op, Reply, libc_errno};
+use meridian_proto::ns::{Attr, Creds, Extent, FileKind, Op, Reply, Timespec, libc_errno};
 use meridian_proto::{EncodedBlock, InodeId};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::warn;
@@ -24,27 +24,30 @@ impl FileSystem {
         // The attributes, and the first blocks' extents for the first read.
         let (attr, view) = self.fetch_view(ino, 0, 0).await?;
         let keep_cache = self.kernel.opened(&attr);
-        // Linux drops setuid and setgid at a write by anyone but root: the first write
-        // through this handle does, before any byte is buffered.
-        let drop_setid = attr.perm & 0o6000 != 0 && creds.uid != 0;
-        let fh = self.open_handle(ino, append, drop_setid, creds);
+        let fh = self.open_handle(&attr, append, creds);
         if let Ok(h) = self.handle(fh) {
             h.lock().await.view = Some(view);
         }
         Ok((fh, keep_cache))
     }
 
-    fn open_handle(&self, ino: InodeId, append: bool, drop_setid: bool, creds: &Creds) -> u64 {
+    /// A handle of the file whose attributes at open are `attr`.
+    fn open_handle(&self, attr: &Attr, append: bool, creds: &Creds) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let f = OpenFile {
-            ino,
+            ino: attr.ino,
             append,
             creds: creds.clone(),
             dirty: DirtyRanges::default(),
             fragmented: Default::default(),
-            read: false,
+            atime_due: attr.atime_due(Timespec::from_nanos(now.as_nanos() as u64)),
             view: None,
-            drop_setid,
+            // Linux drops setuid and setgid at a write by anyone but root: the first
+            // write through this handle does, before any byte is buffered.
+            drop_setid: attr.perm & 0o6000 != 0 && creds.uid != 0,
         };
         self.handles
             .lock()
@@ -73,10 +76,8 @@ impl FileSystem {
             creds: creds.clone(),
         };
         let attr = attr_of(self.mutate(op).await?)?;
-        Ok((
-            attr.clone(),
-            self.open_handle(attr.ino, append, false, creds),
-        ))
+        let fh = self.open_handle(&attr, append, creds);
+        Ok((attr, fh))
     }
 
     pub(super) fn handle(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {

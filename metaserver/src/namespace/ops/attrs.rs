@@ -135,10 +135,6 @@ pub(crate) fn setattr(
     Ok(Reply::Attr(node.attr))
 }
 
-/// How old an atime may get before a read refreshes it even if it is newer than mtime
-/// and ctime (relatime's rule).
-const RELATIME_MAX_AGE_SECS: i64 = 24 * 60 * 60;
-
 pub(crate) fn accessed(
     t: &mut WriteTables<'_>,
     ctx: &Ctx<'_>,
@@ -146,10 +142,7 @@ pub(crate) fn accessed(
 ) -> Result<Reply, NsError> {
     let mut node = get(t, ino)?;
     let a = &node.attr;
-    let due = a.atime <= a.mtime
-        || a.atime <= a.ctime
-        || ctx.now.sec.saturating_sub(a.atime.sec) >= RELATIME_MAX_AGE_SECS;
-    if due && ctx.now > a.atime {
+    if a.atime_due(ctx.now) && ctx.now > a.atime {
         node.attr.atime = ctx.now;
         t.put_inode(&node)?;
     }
