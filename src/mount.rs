@@ -95,6 +95,8 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     };
     config.n_threads = Some(args.threads.max(1));
     let root = fs.volume().root;
+    // Before the mount: once mounted, resolving the path would ask this very process.
+    let canonical = mnt.canonicalize().ok();
     let session = Session::new(FuseFs::new(fs.clone(), rt.handle().clone()), mnt, &config)
         .with_context(|| {
             format!(
@@ -103,7 +105,9 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
             )
         })?;
     let mut session = session;
-    set_read_ahead(mnt, args.read_ahead_kb);
+    if let Some(path) = &canonical {
+        set_read_ahead(path, args.read_ahead_kb);
+    }
     fs.connect_kernel(Arc::new(KernelNotifier::new(session.notifier(), root)));
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -144,13 +148,17 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     Ok(())
 }
 
-/// Sets the kernel's read-ahead of the mount at `mnt` (its backing device in sysfs, found
-/// in mountinfo: a stat of the mount would wait on this very process).
-fn set_read_ahead(mnt: &std::path::Path, kb: u32) {
-    let Ok(path) = mnt.canonicalize() else {
-        return;
-    };
-    let want = path.display().to_string();
+/// Sets the kernel's read-ahead of the mount at `path` (absolute, resolved): its backing
+/// device in sysfs, found in mountinfo (a stat of the mount would wait on this process).
+fn set_read_ahead(path: &std::path::Path, kb: u32) {
+    // mountinfo escapes these as octal.
+    let mut want = String::new();
+    for c in path.display().to_string().chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => want.push_str(&format!("\\{:03o}", c as u32)),
+            c => want.push(c),
+        }
+    }
     let device = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|m| {

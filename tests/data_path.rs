@@ -317,3 +317,17 @@ fn an_open_file_whose_last_name_is_gone_has_no_links() -> Result<()> {
     assert_eq!(f.metadata()?.nlink(), 0);
     Ok(())
 }
+
+#[test]
+fn the_mount_raises_the_kernels_read_ahead() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let dev = fs::metadata(&mnt.path)?.dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    assert_eq!(fs::read_to_string(&knob)?.trim(), "4096", "{knob}");
+    Ok(())
+}

@@ -298,17 +298,19 @@ impl FileSystem {
     /// is not overwritten by the commit at close, and the reply carries the real size.
     pub async fn setattr(&self, ino: InodeId, set: SetAttr, creds: &Creds) -> Result<Attr, Errno> {
         self.flush_inode(ino).await?;
+        // Before and after: a read view taken while the change lands is stale too.
         self.changing(ino);
         let truncated = set.size.is_some();
         let buffered = self.buffered_end(ino).await;
-        let attr = attr_of(
-            self.mutate(Op::SetAttr {
+        let reply = self
+            .mutate(Op::SetAttr {
                 ino,
                 set,
                 creds: creds.clone(),
             })
-            .await?,
-        )?;
+            .await;
+        self.changing(ino);
+        let attr = attr_of(reply?)?;
         // A truncate sets the size on purpose; writes buffered since still count.
         Ok(self.as_seen_here(attr, if truncated { 0 } else { buffered }))
     }

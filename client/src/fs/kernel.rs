@@ -45,13 +45,22 @@ impl Stamp {
     }
 }
 
+/// What is known of one file's kernel pages.
+#[derive(Clone, Copy, Default)]
+struct Pages {
+    /// The servers' state the pages match, if known.
+    matches: Option<Stamp>,
+    /// Bumped each time the pages are dropped because the servers' copy changed: a read
+    /// view taken before is stale too, or an old handle's read would put the old bytes
+    /// back into the cache every handle shares.
+    epoch: u64,
+}
+
 /// Which files' cached pages are known to match which state of the servers.
 #[derive(Default)]
 pub(super) struct KernelView {
     sink: OnceLock<Arc<dyn KernelCache>>,
-    /// Files whose kernel pages match the servers' content at a stamp. A file not here
-    /// has pages that match nothing known.
-    matches: Mutex<HashMap<InodeId, Stamp>>,
+    files: Mutex<HashMap<InodeId, Pages>>,
 }
 
 impl KernelView {
@@ -60,8 +69,13 @@ impl KernelView {
         let _ = self.sink.set(sink);
     }
 
-    fn matches(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, Stamp>> {
-        self.matches.lock().unwrap_or_else(|p| p.into_inner())
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, Pages>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The epoch of `ino`'s pages (see [`Pages::epoch`]).
+    pub(super) fn epoch(&self, ino: InodeId) -> u64 {
+        self.files().get(&ino).map_or(0, |p| p.epoch)
     }
 
     /// An open of `ino`, whose servers' attributes are `attr`: returns whether the kernel
@@ -69,7 +83,16 @@ impl KernelView {
     /// attributes), so from now on they match `attr`.
     pub(super) fn opened(&self, attr: &Attr) -> bool {
         let stamp = Stamp::of(attr);
-        let keep = self.matches().insert(attr.ino, stamp) == Some(stamp);
+        let keep = {
+            let mut files = self.files();
+            let pages = files.entry(attr.ino).or_default();
+            let keep = pages.matches == Some(stamp);
+            if !keep {
+                pages.matches = Some(stamp);
+                pages.epoch += 1;
+            }
+            keep
+        };
         if !keep && let Some(sink) = self.sink.get() {
             sink.drop_attrs(attr.ino);
         }
@@ -86,12 +109,15 @@ impl KernelView {
         }
         let stamp = Stamp::of(attr);
         let stale = {
-            let mut matches = self.matches();
-            let stale = matches.get(&attr.ino).is_some_and(|known| *known != stamp);
-            if stale {
-                matches.remove(&attr.ino);
+            let mut files = self.files();
+            match files.get_mut(&attr.ino) {
+                Some(pages) if pages.matches.is_some_and(|known| known != stamp) => {
+                    pages.matches = None;
+                    pages.epoch += 1;
+                    true
+                }
+                _ => false,
             }
-            stale
         };
         if stale {
             self.drop_pages_later(attr.ino, 0, 0);
@@ -100,12 +126,14 @@ impl KernelView {
 
     /// This client changed `ino`'s content or size: what its pages match is unknown.
     pub(super) fn changed(&self, ino: InodeId) {
-        self.matches().remove(&ino);
+        if let Some(pages) = self.files().get_mut(&ino) {
+            pages.matches = None;
+        }
     }
 
-    /// The kernel forgot `ino`, and its pages with it.
+    /// The kernel forgot `ino`, and its pages with it (no handle of it is open).
     pub(super) fn forget(&self, ino: InodeId) {
-        self.matches().remove(&ino);
+        self.files().remove(&ino);
     }
 
     /// Drops `ino`'s attributes in the kernel now (never waits on the kernel's locks).

@@ -15,6 +15,9 @@ use super::{Errno, FileSystem};
 pub(super) struct ReadView {
     /// This client's write generation when the view was taken.
     generation: u64,
+    /// The file's page epoch when the view was taken: a view from before the kernel's
+    /// pages were dropped for a change elsewhere would refill them with old bytes.
+    pub(super) epoch: u64,
     size: u64,
     start: u64,
     end: u64,
@@ -89,6 +92,7 @@ impl FileSystem {
         let mut f = h.lock().await;
         if let Some(v) = &f.view
             && v.generation == self.write_generation.load(Ordering::Relaxed)
+            && v.epoch == self.kernel.epoch(ino)
             && offset >= v.start
             && (offset.saturating_add(len) <= v.end || v.end == v.size)
         {
@@ -107,8 +111,10 @@ impl FileSystem {
         offset: u64,
         len: u64,
     ) -> Result<(Attr, ReadView), Errno> {
-        // Taken before the query: a write of this client's after it makes the view stale.
+        // Taken before the query: a write of this client's, or pages dropped for a change
+        // elsewhere, after it make the view stale.
         let generation = self.write_generation.load(Ordering::Relaxed);
+        let epoch = self.kernel.epoch(ino);
         let bs = u64::from(self.volume.policy.block_size);
         let start = offset - offset % bs;
         let want = (READ_WINDOW_BLOCKS * bs).max(offset.saturating_add(len) - start);
@@ -126,6 +132,7 @@ impl FileSystem {
         let end = start.saturating_add(want).min(attr.size).max(start);
         let view = ReadView {
             generation,
+            epoch,
             size: attr.size,
             start,
             end,

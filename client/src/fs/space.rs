@@ -50,7 +50,25 @@ impl FileSystem {
         }
         let end = offset.checked_add(len).ok_or(libc_errno::EFBIG)?;
         self.flush_inode(ino).await?;
+        // Before and after: a read view taken while the change lands is stale too.
         self.changing(ino);
+        let result = self.allocate(ino, offset, len, end, mode, creds).await;
+        self.changing(ino);
+        result
+    }
+
+    async fn allocate(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+        end: u64,
+        mode: i32,
+        creds: &Creds,
+    ) -> Result<(), Errno> {
+        let punch = mode & FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & FALLOC_FL_ZERO_RANGE != 0;
+        let keep = mode & FALLOC_FL_KEEP_SIZE != 0;
         if punch || zero {
             self.mutate(Op::PunchHole {
                 ino,
@@ -125,8 +143,9 @@ impl FileSystem {
         if dst != src {
             self.flush_inode(dst).await?;
         }
+        // Before and after: a read view taken while the copy lands is stale too.
         self.changing(dst);
-        match self
+        let result = self
             .mutate(Op::CopyRange {
                 src,
                 src_offset,
@@ -135,8 +154,9 @@ impl FileSystem {
                 len,
                 creds: creds.clone(),
             })
-            .await?
-        {
+            .await;
+        self.changing(dst);
+        match result? {
             Reply::Copied(n, _) => Ok(n),
             other => attr_of(other).map(|_| 0),
         }

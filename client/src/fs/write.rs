@@ -21,33 +21,40 @@ impl FileSystem {
         append: bool,
         creds: &Creds,
     ) -> Result<(u64, bool), Errno> {
+        // Registered before the servers are asked: an unlink meanwhile sees the file open.
+        let fh = self.open_handle(ino, append, creds);
         // The attributes, and the first blocks' extents for the first read.
-        let (attr, view) = self.fetch_view(ino, 0, 0).await?;
+        let (attr, mut view) = match self.fetch_view(ino, 0, 0).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.handles
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&fh);
+                return Err(e);
+            }
+        };
         let keep_cache = self.kernel.opened(&attr);
-        let fh = self.open_handle(&attr, append, creds);
-        if let Ok(h) = self.handle(fh) {
-            h.lock().await.view = Some(view);
-        }
+        // The pages are now those of `attr` (kept, or dropped by this open).
+        view.epoch = self.kernel.epoch(ino);
+        let h = self.handle(fh)?;
+        let mut f = h.lock().await;
+        f.view = Some(view);
+        f.learn(&attr);
         Ok((fh, keep_cache))
     }
 
-    /// A handle of the file whose attributes at open are `attr`.
-    fn open_handle(&self, attr: &Attr, append: bool, creds: &Creds) -> u64 {
+    fn open_handle(&self, ino: InodeId, append: bool, creds: &Creds) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         let f = OpenFile {
-            ino: attr.ino,
+            ino,
             append,
             creds: creds.clone(),
             dirty: DirtyRanges::default(),
             fragmented: Default::default(),
-            atime_due: attr.atime_due(Timespec::from_nanos(now.as_nanos() as u64)),
+            atime_due: false,
             view: None,
-            // Linux drops setuid and setgid at a write by anyone but root: the first
-            // write through this handle does, before any byte is buffered.
-            drop_setid: attr.perm & 0o6000 != 0 && creds.uid != 0,
+            drop_setid: false,
         };
         self.handles
             .lock()
@@ -76,7 +83,8 @@ impl FileSystem {
             creds: creds.clone(),
         };
         let attr = attr_of(self.mutate(op).await?)?;
-        let fh = self.open_handle(&attr, append, creds);
+        let fh = self.open_handle(attr.ino, append, creds);
+        self.handle(fh)?.lock().await.learn(&attr);
         Ok((attr, fh))
     }
 
@@ -388,5 +396,20 @@ impl FileSystem {
             block_offset: 0,
             block_len: encoded.raw_len,
         })
+    }
+}
+
+impl OpenFile {
+    /// What the handle takes from the file's attributes at open.
+    fn learn(&mut self, attr: &Attr) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.atime_due = attr.atime_due(Timespec::from_nanos(now.as_nanos() as u64));
+        // Linux drops setuid, and setgid on a group-executable file, at a write by
+        // anyone but root: the first write through this handle does, before any byte is
+        // buffered.
+        let setid = attr.perm & 0o4000 != 0 || attr.perm & 0o2010 == 0o2010;
+        self.drop_setid = setid && self.creds.uid != 0;
     }
 }

@@ -4,6 +4,7 @@
 pub mod log_store;
 pub mod network;
 pub mod snapshot;
+pub mod snapshot_dir;
 pub mod state_machine;
 
 use std::fmt;

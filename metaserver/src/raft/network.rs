@@ -23,7 +23,7 @@ use openraft::{BasicNode, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::state_machine::SnapshotData;
+use super::snapshot_dir::SnapshotData;
 use super::{MetaRaft, TypeConfig};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -66,6 +66,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 struct SnapshotHeader {
     vote: VoteOf<TypeConfig>,
     meta: SnapshotMetaOf<TypeConfig>,
+    /// The data's length: a stream cut short is refused before it reaches Raft.
+    #[serde(default)]
+    len: Option<u64>,
 }
 
 fn encode<T: Serialize>(v: &T) -> RaftMessage {
@@ -165,15 +168,18 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let unreadable = |e: std::io::Error| {
+            StreamingError::Unreachable(Unreachable::from_string(format!("snapshot: {e}")))
+        };
+        // The data is read a chunk at a time as the stream is sent, never whole.
+        let mut file = tokio::fs::File::from_std(snapshot.snapshot);
+        let len = file.metadata().await.map_err(unreadable)?.len();
+        file.rewind().await.map_err(unreadable)?;
         let header = encode(&SnapshotHeader {
             vote,
             meta: snapshot.meta,
+            len: Some(len),
         });
-        // The data is read a chunk at a time as the stream is sent, never whole.
-        let mut file = tokio::fs::File::from_std(snapshot.snapshot);
-        file.rewind().await.map_err(|e| {
-            StreamingError::Unreachable(Unreachable::from_string(format!("snapshot: {e}")))
-        })?;
         let chunks = futures::stream::unfold(Some(file), |file| async move {
             let mut file = file?;
             let mut buf = vec![0u8; wire::CHUNK_LEN];
@@ -277,10 +283,21 @@ impl RaftService for RaftRpc {
         let spool_err =
             |e: std::io::Error| Status::from(MetaError::Store(format!("snapshot spool: {e}")));
         let mut data = self.spool().map_err(spool_err)?;
+        let mut got = 0u64;
         while let Some(msg) = wire::next(&mut stream).await {
-            data.write_all(&msg?.data).await.map_err(spool_err)?;
+            let msg = msg?;
+            got += msg.data.len() as u64;
+            data.write_all(&msg.data).await.map_err(spool_err)?;
         }
         data.flush().await.map_err(spool_err)?;
+        if let Some(len) = header.len
+            && got != len
+        {
+            // The sender retries; Raft never sees a partial snapshot.
+            return Err(Status::from(MetaError::Unavailable(format!(
+                "snapshot stream ended after {got} of {len} bytes"
+            ))));
+        }
         let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
             meta: header.meta,
             snapshot: data.into_std().await,

@@ -3,7 +3,7 @@
 //! progress are always consistent), and builds, stores and installs snapshots.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
@@ -15,6 +15,7 @@ use openraft::{EntryPayload, OptionalSend};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::watch;
 
+use super::snapshot_dir::{SnapshotData, SnapshotDir};
 use super::{Request, Response, TypeConfig, io_err, snapshot};
 use crate::cluster;
 use crate::namespace::{self, WriteTables};
@@ -39,7 +40,9 @@ pub struct Shared {
 /// The state machine over `state.redb`.
 pub struct StateMachine {
     db: Arc<Database>,
-    snapshots: PathBuf,
+    snapshots: SnapshotDir,
+    /// Entries applied since the last durable apply transaction.
+    since_durable: u64,
     shared: Arc<Shared>,
 }
 
@@ -54,8 +57,7 @@ impl StateMachine {
         let map = cluster::read(&tx.open_table(cluster::CLUSTER).map_err(io_err)?, region)
             .map_err(io_err)?;
         tx.commit().map_err(io_err)?;
-        let snapshots = dir.join("snapshots");
-        std::fs::create_dir_all(&snapshots)?;
+        let snapshots = SnapshotDir::open(dir.join("snapshots"))?;
         let shared = Arc::new(Shared {
             region,
             clock: Mutex::new(HlcClock::new(region)),
@@ -66,6 +68,7 @@ impl StateMachine {
             StateMachine {
                 db: Arc::new(db),
                 snapshots,
+                since_durable: 0,
                 shared: shared.clone(),
             },
             shared,
@@ -118,8 +121,8 @@ fn put_json<T: serde::Serialize>(
     Ok(())
 }
 
-/// A snapshot's bytes: a file, streamed (never held whole in memory).
-pub type SnapshotData = std::fs::File;
+/// Entries applied without fsync before an apply persists everything.
+const DURABLE_EVERY: u64 = 1000;
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
@@ -156,8 +159,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The log is the durability: every entry applied here is fsync'd in a majority's
         // log, and a restart applies again whatever this transaction had not persisted
         // (the applied id commits with the state). A snapshot persists everything first,
-        // so the log is never purged past what this file holds durably.
-        tx.set_durability(redb::Durability::None).map_err(io_err)?;
+        // so the log is never purged past what this file holds durably. Every so often an
+        // apply persists anyway: it bounds the replay after a crash, and lets redb reuse
+        // the pages freed since.
+        self.since_durable += batch.len() as u64;
+        if self.since_durable >= DURABLE_EVERY {
+            self.since_durable = 0;
+        } else {
+            tx.set_durability(redb::Durability::None).map_err(io_err)?;
+        }
         {
             let mut ns = WriteTables::open(&tx).map_err(io_err)?;
             let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
@@ -253,9 +263,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         tx.commit().map_err(io_err)?;
         data.rewind()?;
-        save_snapshot(&self.snapshots, meta, |out| {
-            io::copy(&mut data, out).map(|_| ())
-        })?;
+        self.snapshots
+            .save(meta, |out| io::copy(&mut data, out).map(|_| ()))?;
         self.publish(meta.last_log_id.as_ref())?;
         Ok(())
     }
@@ -263,91 +272,55 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error> {
-        let meta_path = self.snapshots.join(CURRENT_META);
-        if !meta_path.exists() {
-            return Ok(None);
-        }
-        let meta: SnapshotMetaOf<TypeConfig> =
-            serde_json::from_slice(&std::fs::read(meta_path)?).map_err(io_err)?;
-        let snapshot = std::fs::File::open(self.snapshots.join(CURRENT))?;
-        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
-            meta,
-            snapshot,
-        }))
+        Ok(self
+            .snapshots
+            .open_current()?
+            .map(|(meta, snapshot)| SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot }))
     }
-}
-
-/// The current snapshot's data and meta, in the snapshot folder.
-const CURRENT: &str = "current.snap";
-const CURRENT_META: &str = "current.meta.json";
-
-/// Writes a snapshot durably: the data (streamed by `write`) first, then the meta that
-/// makes it current. Returns the data, opened for reading.
-fn save_snapshot(
-    dir: &Path,
-    meta: &SnapshotMetaOf<TypeConfig>,
-    write: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> io::Result<()>,
-) -> io::Result<SnapshotData> {
-    use std::io::Write;
-    let put = |name: &str,
-               write: &mut dyn FnMut(&mut io::BufWriter<std::fs::File>) -> io::Result<()>|
-     -> io::Result<()> {
-        let tmp = dir.join(format!("{name}.tmp"));
-        let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
-        write(&mut out)?;
-        out.flush()?;
-        out.get_ref().sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))
-    };
-    let mut write = Some(write);
-    put(CURRENT, &mut |out| match write.take() {
-        Some(w) => w(out),
-        None => Ok(()),
-    })?;
-    let meta = serde_json::to_vec(meta).map_err(io_err)?;
-    put(CURRENT_META, &mut |out| out.write_all(&meta))?;
-    std::fs::File::open(dir)?.sync_all()?;
-    std::fs::File::open(dir.join(CURRENT))
 }
 
 /// Builds a snapshot from a consistent read of the state database.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
-    dir: PathBuf,
+    dir: SnapshotDir,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        let tx = self.db.begin_read().map_err(io_err)?;
-        // Applies commit without fsync: persist everything this read sees before the
-        // snapshot lets the log be purged up to it.
-        self.db
-            .begin_write()
+        let (db, dir) = (self.db.clone(), self.dir.clone());
+        // Reads the whole state and writes and fsyncs a file: off the async workers.
+        tokio::task::spawn_blocking(move || build(&db, &dir))
+            .await
             .map_err(io_err)?
-            .commit()
-            .map_err(io_err)?;
-        let (last_log_id, last_membership) = {
-            let t = tx.open_table(RAFT_STATE).map_err(io_err)?;
-            let get = |k: &str| -> io::Result<Option<Vec<u8>>> {
-                Ok(t.get(k).map_err(io_err)?.map(|v| v.value().to_vec()))
-            };
-            let applied: Option<LogIdOf<TypeConfig>> = match get(APPLIED)? {
-                Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
-                None => None,
-            };
-            let membership: StoredMembershipOf<TypeConfig> = match get(MEMBERSHIP)? {
-                Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
-                None => Default::default(),
-            };
-            (applied, membership)
-        };
-        let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id,
-            last_membership,
-        };
-        let snapshot = save_snapshot(&self.dir, &meta, |out| snapshot::dump(&tx, out))?;
-        Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot })
     }
+}
+
+fn build(db: &Database, dir: &SnapshotDir) -> io::Result<SnapshotOf<TypeConfig, SnapshotData>> {
+    let tx = db.begin_read().map_err(io_err)?;
+    // Applies commit without fsync: persist everything this read sees before the
+    // snapshot lets the log be purged up to it.
+    db.begin_write().map_err(io_err)?.commit().map_err(io_err)?;
+    let (last_log_id, last_membership) = {
+        let t = tx.open_table(RAFT_STATE).map_err(io_err)?;
+        let get = |k: &str| -> io::Result<Option<Vec<u8>>> {
+            Ok(t.get(k).map_err(io_err)?.map(|v| v.value().to_vec()))
+        };
+        let applied: Option<LogIdOf<TypeConfig>> = match get(APPLIED)? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+            None => None,
+        };
+        let membership: StoredMembershipOf<TypeConfig> = match get(MEMBERSHIP)? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+            None => Default::default(),
+        };
+        (applied, membership)
+    };
+    let meta = SnapshotMetaOf::<TypeConfig> {
+        last_log_id,
+        last_membership,
+    };
+    let snapshot = dir.save(&meta, |out| snapshot::dump(&tx, out))?;
+    Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot })
 }
