@@ -331,3 +331,29 @@ fn the_mount_raises_the_kernels_read_ahead() -> Result<()> {
     assert_eq!(fs::read_to_string(&knob)?.trim(), "4096", "{knob}");
     Ok(())
 }
+
+#[test]
+fn a_handle_opened_before_another_clients_change_does_not_bring_old_bytes_back() -> Result<()> {
+    let region = Region::start()?;
+    let (a, b) = (region.mount("a")?, region.mount("b")?);
+    let old = random_bytes(1, 64 << 10);
+    let new = random_bytes(2, 64 << 10);
+    fs::write(a.path.join("f"), &old)?;
+    // An early reader in mount a, still open while mount b rewrites the file.
+    let early = File::open(a.path.join("f"))?;
+    let mut first = [0u8; 1];
+    early.read_exact_at(&mut first, 0)?;
+    fs::write(b.path.join("f"), &new)?;
+    // A later open in mount a drops the cached pages; the early handle then reads (and
+    // fills the page cache every handle shares)...
+    let late = File::open(a.path.join("f"))?;
+    // Every page is dropped again, so the early handle's read refills all of them.
+    unsafe { libc::posix_fadvise(late.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let mut seen = vec![0u8; new.len()];
+    early.read_exact_at(&mut seen, 0)?;
+    // ...and what the later open reads is the new content, not the early view's.
+    let mut got = vec![0u8; new.len()];
+    late.read_exact_at(&mut got, 0)?;
+    assert!(got == new, "the later open reads the old bytes");
+    Ok(())
+}
