@@ -1,6 +1,7 @@
 //! The data path beside plain reads and writes, through the kernel on a real region:
 //! fallocate's modes, SEEK_DATA/SEEK_HOLE, copy_file_range on the servers, setuid/setgid
-//! dropped by writers, and the link count of a file unlinked while open.
+//! dropped by writers, the link count of a file unlinked while open, shared mappings over
+//! ftruncate and truncate, compaction around holes, the kernel caches across mounts.
 
 mod common;
 
@@ -355,5 +356,89 @@ fn a_handle_opened_before_another_clients_change_does_not_bring_old_bytes_back()
     let mut got = vec![0u8; new.len()];
     late.read_exact_at(&mut got, 0)?;
     assert!(got == new, "the later open reads the old bytes");
+    Ok(())
+}
+
+/// Maps the first `len` bytes of `f` shared, runs `use_it` on them, unmaps.
+fn with_map<T>(f: &File, len: usize, use_it: impl FnOnce(&mut [u8]) -> T) -> Result<T> {
+    // SAFETY: a valid descriptor; the mapping is used only inside this call.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    anyhow::ensure!(
+        p != libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    let out = use_it(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) });
+    unsafe { libc::munmap(p, len) };
+    Ok(out)
+}
+
+fn msync(region: &mut [u8], flags: i32) -> Result<()> {
+    // SAFETY: a live mapping.
+    let rc = unsafe { libc::msync(region.as_mut_ptr().cast(), region.len(), flags) };
+    anyhow::ensure!(rc == 0, "msync: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+#[test]
+fn a_shared_mapping_writes_into_space_just_added_by_ftruncate() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let path = mnt.path.join("grown");
+    let mut expect = random_bytes(1, 10_000);
+    fs::write(&path, &expect)?;
+    for round in 0..20u64 {
+        // Grow with ftruncate, then write the new space through a mapping: the kernel's
+        // size must cover it (a smaller one is SIGBUS).
+        let f = OpenOptions::new().read(true).write(true).open(&path)?;
+        let old = expect.len();
+        let new = old + 5_000 + (round as usize * 7_919) % 20_000;
+        f.set_len(new as u64)?;
+        expect.resize(new, 0);
+        let patch = random_bytes(100 + round, new - old - 10);
+        with_map(&f, new, |m| {
+            m[old + 5..new - 5].copy_from_slice(&patch);
+            msync(m, libc::MS_SYNC)
+        })??;
+        expect[old + 5..new - 5].copy_from_slice(&patch);
+        assert_eq!(f.metadata()?.len(), new as u64);
+        drop(f);
+        assert!(read_all(&path)? == expect, "round {round}: bytes differ");
+    }
+    Ok(())
+}
+
+#[test]
+fn after_a_truncate_down_the_mapped_last_page_is_zero_past_the_end() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let path = mnt.path.join("shrunk");
+    fs::write(&path, random_bytes(3, 100_000))?;
+    let f = OpenOptions::new().read(true).write(true).open(&path)?;
+    // Read it all through a mapping first, so the pages are cached.
+    with_map(&f, 100_000, |m| {
+        m.iter().map(|b| u64::from(*b)).sum::<u64>()
+    })?;
+    for size in [70_001u64, 40_100, 12_345, 1] {
+        f.set_len(size)?;
+        let page_end = size.div_ceil(4096) * 4096;
+        let tail = with_map(&f, page_end as usize, |m| -> Result<bool> {
+            msync(m, libc::MS_INVALIDATE)?;
+            Ok(m[size as usize..].iter().all(|b| *b == 0))
+        })??;
+        assert!(
+            tail,
+            "bytes past the end {size} of the last page are not zero"
+        );
+    }
     Ok(())
 }
