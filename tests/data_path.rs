@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use common::{Region, random_bytes};
+use common::{Region, msync, random_bytes, with_map};
 
 fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
     // SAFETY: a valid descriptor; the kernel checks the rest.
@@ -356,36 +356,6 @@ fn a_handle_opened_before_another_clients_change_does_not_bring_old_bytes_back()
     let mut got = vec![0u8; new.len()];
     late.read_exact_at(&mut got, 0)?;
     assert!(got == new, "the later open reads the old bytes");
-    Ok(())
-}
-
-/// Maps the first `len` bytes of `f` shared, runs `use_it` on them, unmaps.
-fn with_map<T>(f: &File, len: usize, use_it: impl FnOnce(&mut [u8]) -> T) -> Result<T> {
-    // SAFETY: a valid descriptor; the mapping is used only inside this call.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    anyhow::ensure!(
-        p != libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
-    );
-    let out = use_it(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) });
-    unsafe { libc::munmap(p, len) };
-    Ok(out)
-}
-
-fn msync(region: &mut [u8], flags: i32) -> Result<()> {
-    // SAFETY: a live mapping.
-    let rc = unsafe { libc::msync(region.as_mut_ptr().cast(), region.len(), flags) };
-    anyhow::ensure!(rc == 0, "msync: {}", std::io::Error::last_os_error());
     Ok(())
 }
 

@@ -229,48 +229,16 @@ impl Side {
         })
     }
 
-    /// Maps the first `len` bytes of the file shared, runs `f` on them, unmaps.
-    fn mapped(&self, len: u64, f: impl FnOnce(&mut [u8]) -> Result<String>) -> Result<String> {
-        let map_len = len as usize;
-        // SAFETY: a valid descriptor; the mapping is used only inside this call.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                self.fd(),
-                0,
-            )
-        };
-        anyhow::ensure!(
-            p != libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        let region = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), map_len) };
-        let out = f(region);
-        unsafe { libc::munmap(p, map_len) };
-        out
-    }
-
     /// Writes `len` bytes of `seed` at `offset` through a shared mapping, then msync.
     fn map_write(&self, offset: u64, len: u64, seed: u64) -> Result<String> {
         let size = self.file.metadata()?.len();
         anyhow::ensure!(offset + len <= size, "mapping past the end");
-        self.mapped(offset + len, |region| {
+        common::with_map(&self.file, (offset + len) as usize, |region| {
             region[offset as usize..].copy_from_slice(&common::random_bytes(seed, len as usize));
-            sync(region, libc::MS_SYNC)?;
+            common::msync(region, libc::MS_SYNC)?;
             Ok(String::new())
-        })
+        })?
     }
-}
-
-fn sync(region: &mut [u8], flags: i32) -> Result<()> {
-    // SAFETY: `region` is a live mapping.
-    let rc = unsafe { libc::msync(region.as_mut_ptr().cast(), region.len(), flags) };
-    anyhow::ensure!(rc == 0, "msync: {}", std::io::Error::last_os_error());
-    Ok(())
 }
 
 impl Side {
@@ -323,9 +291,9 @@ impl Side {
             Step::MmapRead { offset, len } => {
                 let size = self.file.metadata()?.len();
                 anyhow::ensure!(offset + len <= size, "mapping past the end");
-                self.mapped(offset + len, |region| {
-                    Ok(format!("{:?}", blake3::hash(&region[*offset as usize..])))
-                })?
+                common::with_map(&self.file, (offset + len) as usize, |region| {
+                    anyhow::Ok(format!("{:?}", blake3::hash(&region[*offset as usize..])))
+                })??
             }
             Step::GrowMapped {
                 size,
@@ -342,10 +310,10 @@ impl Side {
                 if page_end == *size {
                     String::new()
                 } else {
-                    self.mapped(page_end, |region| {
-                        sync(region, libc::MS_INVALIDATE)?;
-                        Ok(format!("{:?}", &region[*size as usize..].iter().max()))
-                    })?
+                    common::with_map(&self.file, page_end as usize, |region| {
+                        common::msync(region, libc::MS_INVALIDATE)?;
+                        anyhow::Ok(format!("{:?}", &region[*size as usize..].iter().max()))
+                    })??
                 }
             }
             Step::Fsync => {

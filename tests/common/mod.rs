@@ -880,3 +880,33 @@ pub fn bench_mode(name: &str) -> Option<bool> {
     }
     Some(bench)
 }
+
+/// Maps the first `len` bytes of `f` shared, runs `use_it` on them, unmaps.
+pub fn with_map<T>(f: &fs::File, len: usize, use_it: impl FnOnce(&mut [u8]) -> T) -> Result<T> {
+    // SAFETY: a valid descriptor; the mapping is used only inside this call.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            0,
+        )
+    };
+    anyhow::ensure!(
+        p != libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    let out = use_it(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) });
+    unsafe { libc::munmap(p, len) };
+    Ok(out)
+}
+
+pub fn msync(region: &mut [u8], flags: i32) -> Result<()> {
+    // SAFETY: a live mapping.
+    let rc = unsafe { libc::msync(region.as_mut_ptr().cast(), region.len(), flags) };
+    anyhow::ensure!(rc == 0, "msync: {}", std::io::Error::last_os_error());
+    Ok(())
+}
