@@ -1,0 +1,193 @@
+//! The queries that read the namespace, and their replies.
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// A directory entry as readdir returns it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// Name.
+    pub name: Vec<u8>,
+    /// Inode.
+    pub ino: InodeId,
+    /// Kind.
+    pub kind: FileKind,
+}
+
+/// A read of the namespace.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Query {
+    /// The entry `name` in `parent`.
+    Lookup {
+        /// Directory.
+        parent: InodeId,
+        /// Name.
+        name: Vec<u8>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Attributes of an inode.
+    GetAttr {
+        /// Inode.
+        ino: InodeId,
+    },
+    /// A page of a directory.
+    ReadDir {
+        /// Directory.
+        ino: InodeId,
+        /// Continue after this name.
+        after: Option<Vec<u8>>,
+        /// Most entries to return.
+        limit: u32,
+        /// Caller.
+        creds: Creds,
+    },
+    /// A symlink's target.
+    ReadLink {
+        /// Symlink.
+        ino: InodeId,
+    },
+    /// An xattr value.
+    GetXattr {
+        /// Inode.
+        ino: InodeId,
+        /// Name.
+        name: Vec<u8>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// Xattr names.
+    ListXattr {
+        /// Inode.
+        ino: InodeId,
+        /// Caller.
+        creds: Creds,
+    },
+    /// A file's attributes and the extents overlapping a range of it below its size, read
+    /// together (what a read needs, in one round trip).
+    View {
+        /// File.
+        ino: InodeId,
+        /// Range start.
+        offset: u64,
+        /// Range length.
+        len: u64,
+    },
+    /// Extents overlapping a range.
+    Extents {
+        /// File.
+        ino: InodeId,
+        /// Range start.
+        offset: u64,
+        /// Range length.
+        len: u64,
+    },
+    /// A volume by name.
+    Volume {
+        /// Name.
+        name: String,
+    },
+    /// Every volume.
+    Volumes,
+    /// Conflicts met while merging regions, oldest first, after a stamp.
+    Conflicts {
+        /// Continue after this stamp.
+        after: Option<Hlc>,
+        /// Most records.
+        limit: u32,
+    },
+    /// Committed operations from a change log sequence number on.
+    Changes {
+        /// First sequence number.
+        from: u64,
+        /// Most records.
+        limit: u32,
+    },
+    /// How many extents reference each block (garbage collection asks).
+    BlockRefs {
+        /// Blocks.
+        blocks: Vec<BlockId>,
+    },
+    /// Checks one page of the namespace, by inode number (`meridian admin fsck`).
+    Check {
+        /// Start at this inode number.
+        from: u64,
+        /// Most inodes to check.
+        limit: u32,
+    },
+}
+
+/// The answer to a [`Query`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum QueryReply {
+    /// Attributes.
+    Attr(Attr),
+    /// A page of directory entries and the cursor to continue from.
+    Dir {
+        /// Entries.
+        entries: Vec<DirEntry>,
+        /// Next cursor, if there is more.
+        next: Option<Vec<u8>>,
+    },
+    /// Bytes (symlink target, xattr value).
+    Bytes(Vec<u8>),
+    /// Names (xattrs).
+    Names(Vec<Vec<u8>>),
+    /// Extents.
+    Extents(Vec<Extent>),
+    /// A file's attributes and extents (`Query::View`).
+    View {
+        /// Attributes.
+        attr: Attr,
+        /// Extents overlapping the range asked, below the size.
+        extents: Vec<Extent>,
+    },
+    /// One volume.
+    Volume(Volume),
+    /// Volumes.
+    Volumes(Vec<Volume>),
+    /// Conflicts.
+    Conflicts(Vec<Conflict>),
+    /// Change log records (sequence, JSON).
+    Changes(Vec<(u64, Vec<u8>)>),
+    /// Reference counts, one per asked block, and how settled the region's metadata is.
+    BlockRefs {
+        /// Extents referencing each block, in the order asked.
+        refs: Vec<u64>,
+        /// Every record of every peer region stamped before this (ms since the epoch) has
+        /// been applied here: a block older than that is referenced by no record still on
+        /// its way. `u64::MAX` with no peers.
+        settled_ms: u64,
+    },
+    /// One page of a namespace check.
+    Check(CheckPage),
+}
+
+/// A block referenced by extents of a checked page.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct CheckedBlock {
+    /// The block.
+    pub block: BlockId,
+    /// The most copies any of the volumes referencing it wants.
+    pub replicas: u32,
+    /// One inode that references it (for the report).
+    pub inode: InodeId,
+}
+
+/// What one page of `Query::Check` found.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct CheckPage {
+    /// Inodes checked (live and removed ones kept as tombstones).
+    pub inodes: u64,
+    /// Directory entries checked.
+    pub dirents: u64,
+    /// Extents checked.
+    pub extents: u64,
+    /// Every block the page's extents reference.
+    pub blocks: Vec<CheckedBlock>,
+    /// What is wrong, one line each.
+    pub problems: Vec<String>,
+    /// The inode number to continue from, if there is more.
+    pub next: Option<u64>,
+}
