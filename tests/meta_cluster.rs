@@ -203,27 +203,38 @@ async fn killing_the_leader_mid_stream_loses_and_repeats_nothing() -> Result<()>
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopping_and_restarting_every_member_keeps_the_namespace() -> Result<()> {
-    let mut cluster = MetaCluster::start(3, &[])?;
-    let client = cluster.client();
-    let vol = new_volume(&client, "main").await?;
+/// A new volume with a directory "a" of `n` empty files.
+async fn dir_of_files(client: &MetaClient, n: usize) -> Result<(Volume, Attr)> {
+    let vol = new_volume(client, "main").await?;
     let a = attr_of(client.mutate(&mkdir_op(vol.root, "a")).await?);
-    for i in 0..20 {
+    for i in 0..n {
         client
-            .mutate(&create_op(a.ino, &format!("file-{i}")))
+            .mutate(&create_op(a.ino, &format!("file-{i:03}")))
             .await?;
     }
-    let before = list(&client, a.ino, false).await?;
-    for n in &mut cluster.nodes {
-        assert!(n.terminate()?.success(), "graceful stop");
-    }
+    Ok((vol, a))
+}
+
+/// Starts every (stopped) member again on its address; a client once a leader is up.
+fn restart_every_member(cluster: &mut MetaCluster) -> Result<MetaClient> {
     for n in &mut cluster.nodes {
         let addr = n.addr.clone();
         n.restart_on(&addr)?;
     }
     cluster.wait_leader()?;
+    Ok(cluster.client())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_and_restarting_every_member_keeps_the_namespace() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &[])?;
     let client = cluster.client();
+    let (vol, a) = dir_of_files(&client, 20).await?;
+    let before = list(&client, a.ino, false).await?;
+    for n in &mut cluster.nodes {
+        assert!(n.terminate()?.success(), "graceful stop");
+    }
+    let client = restart_every_member(&mut cluster)?;
     assert_eq!(list(&client, a.ino, false).await?, before);
     assert_eq!(lookup(&client, vol.root, "a", false).await?.nlink, 2);
     client.mutate(&create_op(a.ino, "after-restart")).await?;
@@ -237,24 +248,13 @@ async fn stopping_and_restarting_every_member_keeps_the_namespace() -> Result<()
 async fn killing_every_member_at_once_loses_no_acknowledged_operation() -> Result<()> {
     let mut cluster = MetaCluster::start(3, &["--snapshot-logs", "40", "--keep-logs", "0"])?;
     let client = cluster.client();
-    let vol = new_volume(&client, "main").await?;
-    let a = attr_of(client.mutate(&mkdir_op(vol.root, "a")).await?);
-    for i in 0..150 {
-        client
-            .mutate(&create_op(a.ino, &format!("file-{i:03}")))
-            .await?;
-    }
+    let (_, a) = dir_of_files(&client, 150).await?;
     let before = list(&client, a.ino, false).await?;
     assert_eq!(before.len(), 150);
     for n in &mut cluster.nodes {
         n.kill();
     }
-    for n in &mut cluster.nodes {
-        let addr = n.addr.clone();
-        n.restart_on(&addr)?;
-    }
-    cluster.wait_leader()?;
-    let client = cluster.client();
+    let client = restart_every_member(&mut cluster)?;
     assert_eq!(list(&client, a.ino, false).await?, before);
     client.mutate(&create_op(a.ino, "after-restart")).await?;
     Ok(())
