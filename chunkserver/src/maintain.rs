@@ -478,9 +478,10 @@ impl Maintainer {
             .filter(|n| n.id != self.me)
         {
             match self.peers.get_verified(&node, &id).await {
-                Ok((block, _)) => {
+                Ok((block, plain)) => {
                     let st = self.store.clone();
-                    match blocking(move || st.put(&block)).await {
+                    let (_, outboard) = meridian_proto::Outboard::compute(&plain);
+                    match blocking(move || st.put(&block, &outboard)).await {
                         Ok(_) => {
                             lock(&self.scrub).restored += 1;
                             info!(block = %id, from = %node.id, "restored a good copy");

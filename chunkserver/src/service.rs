@@ -10,7 +10,7 @@ use meridian_proto::pb::chunk::{
     NodeStatusRequest, NodeStatusResponse, PutRequest, PutResponse, PutRole, StatRequest,
     StatResponse, put_request,
 };
-use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, ZoneId, wire};
+use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, Outboard, ZoneId, wire};
 use tokio::task::spawn_blocking;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
@@ -148,12 +148,12 @@ impl ChunkService for ChunkNode {
         let condemned = self.maintainer.condemned.clone();
         let stored = block.clone();
         let outcome = blocking(move || {
-            stored.decode()?;
+            let (_, outboard) = stored.decode_with_outboard()?;
             // Stored again: no longer garbage (decided before the copy counts as present).
             if condemned.reprieve(&stored.id)? {
                 info!(block = %stored.id, "a put reprieved a condemned block");
             }
-            store.put(&stored)
+            store.put(&stored, &outboard)
         })
         .await;
         let outcome = match outcome {
@@ -248,6 +248,33 @@ impl ChunkService for ChunkNode {
             ))
             .into());
         }
+        if req.with_outboard {
+            let store = self.store.clone();
+            let (offset, length) = (u64::from(req.offset), u64::from(req.length));
+            let got = blocking(move || store.read_range(&id, offset, length)).await;
+            match got {
+                Ok(r) => {
+                    let header = GetHeader {
+                        compression: Compression::None.code(),
+                        raw_len: r.raw_len,
+                        offset: r.offset as u32,
+                        payload_len: r.plain.len() as u32,
+                        outboard: r.outboard.to_bytes().into(),
+                    };
+                    metrics::counter!("meridian_chunk_get_bytes_total")
+                        .increment(r.plain.len() as u64);
+                    let msgs: Vec<_> = wire::get_messages(header, r.plain)
+                        .into_iter()
+                        .map(Ok)
+                        .collect();
+                    return Ok(Response::new(tokio_stream::iter(msgs)));
+                }
+                // Not here (a remote fetch stores it whole) or damaged (repaired meanwhile):
+                // the whole-block path below knows what to do.
+                Err(ChunkError::NotFound(_) | ChunkError::Corrupt { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let (block, plain) = match self.read_verified(id).await {
             Err(ChunkError::NotFound(_)) if req.fetch_remote => {
                 // Not shipped here yet: fetch it from a region that has it, keep it, serve it.
@@ -261,7 +288,8 @@ impl ChunkService for ChunkNode {
                 let (fetched, plain) = self.peers.fetch(&id, &others).await?;
                 let store = self.store.clone();
                 let kept = fetched.clone();
-                blocking(move || store.put(&kept)).await?;
+                let (_, outboard) = Outboard::compute(&plain);
+                blocking(move || store.put(&kept, &outboard)).await?;
                 info!(block = %id, "fetched a block not shipped here yet from another region");
                 (fetched, plain)
             }
@@ -274,6 +302,7 @@ impl ChunkService for ChunkNode {
                 raw_len: block.raw_len,
                 offset: 0,
                 payload_len: block.payload.len() as u32,
+                ..Default::default()
             };
             (header, block.payload)
         } else {
@@ -295,6 +324,7 @@ impl ChunkService for ChunkNode {
                 raw_len: block.raw_len,
                 offset: req.offset,
                 payload_len: end - req.offset,
+                ..Default::default()
             };
             (header, plain.slice(req.offset as usize..end as usize))
         };

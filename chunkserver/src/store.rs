@@ -10,12 +10,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId};
+use meridian_proto::block::FrameTable;
+use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, Outboard, tree};
 use tracing::{info, warn};
 
 use crate::error::ChunkError;
@@ -55,6 +57,19 @@ pub struct StoredBlock {
     pub raw_len: u32,
     /// File size, header included.
     pub stored_len: u64,
+}
+
+/// Verified groups of a block, as [`BlockStore::read_range`] returns them.
+#[derive(Clone, Debug)]
+pub struct RangeRead {
+    /// The block's plaintext length.
+    pub raw_len: u32,
+    /// The block's outboard (checked against the id).
+    pub outboard: Outboard,
+    /// Plaintext offset of `plain` (a group boundary).
+    pub offset: u64,
+    /// The groups' plaintext.
+    pub plain: Bytes,
 }
 
 /// A folder of block files.
@@ -122,9 +137,10 @@ impl BlockStore {
         }
     }
 
-    /// Stores a block durably. The caller has verified it (`EncodedBlock::decode`).
-    /// An intact copy already present is kept; a damaged one is replaced.
-    pub fn put(&self, block: &EncodedBlock) -> Result<PutOutcome, ChunkError> {
+    /// Stores a block durably, with its outboard for verified range reads. The caller has
+    /// verified both (`EncodedBlock::decode_with_outboard`). An intact copy already present
+    /// is kept; a damaged one is replaced.
+    pub fn put(&self, block: &EncodedBlock, outboard: &Outboard) -> Result<PutOutcome, ChunkError> {
         let path = self.path(&block.id);
         if path.exists() {
             match self.read(&block.id) {
@@ -139,8 +155,9 @@ impl BlockStore {
                 Err(e) => warn!(block = %block.id, error = %e, "replacing a damaged copy"),
             }
         }
-        let header = format::header(block);
-        let file_len = (header.len() + block.payload.len()) as u64;
+        let outboard = outboard.to_bytes();
+        let header = format::header(block, outboard.len());
+        let file_len = (header.len() + block.payload.len() + outboard.len()) as u64;
         let free = self.usage().free;
         if file_len > free {
             return Err(ChunkError::NoSpace {
@@ -162,6 +179,8 @@ impl BlockStore {
             f.write_all(&header)
                 .map_err(ChunkError::io("write", &tmp))?;
             f.write_all(&block.payload)
+                .map_err(ChunkError::io("write", &tmp))?;
+            f.write_all(&outboard)
                 .map_err(ChunkError::io("write", &tmp))?;
             f.sync_all().map_err(ChunkError::io("fsync", &tmp))
         })();
@@ -196,8 +215,8 @@ impl BlockStore {
         Ok(PutOutcome::Written)
     }
 
-    /// Reads and verifies a stored block: an error, never wrong bytes, if the file is damaged.
-    /// Returns the stored form and the plaintext.
+    /// Reads and verifies a stored block: an error, never wrong bytes, if the file is damaged
+    /// (its outboard included). Returns the stored form and the plaintext.
     pub fn read(&self, id: &BlockId) -> Result<(EncodedBlock, Bytes), ChunkError> {
         let path = self.path(id);
         let data = match fs::read(&path) {
@@ -207,22 +226,133 @@ impl BlockStore {
             }
             Err(e) => return Err(ChunkError::io("read", &path)(e)),
         };
-        let block = format::decode(Bytes::from(data))
+        let (block, outboard) = format::decode(Bytes::from(data))
             .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
-        if block.id != *id {
-            return Err(ChunkError::Corrupt {
-                id: *id,
-                node: self.node,
-                reason: format!("file header names block {}", block.id),
-            });
-        }
-        let plain = block.decode().map_err(|e| ChunkError::Corrupt {
+        self.check_id(id, &block.id)?;
+        let corrupt = |reason: String| ChunkError::Corrupt {
             id: *id,
             node: self.node,
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let plain = match outboard {
+            None => block.decode().map_err(|e| corrupt(e.to_string()))?,
+            Some(stored) => {
+                let (plain, computed) = block
+                    .decode_with_outboard()
+                    .map_err(|e| corrupt(e.to_string()))?;
+                if stored[..] != computed.to_bytes()[..] {
+                    return Err(corrupt(
+                        "the stored outboard does not match the block".into(),
+                    ));
+                }
+                plain
+            }
+        };
         metrics::counter!("meridian_chunk_verified_reads_total").increment(1);
         Ok((block, plain))
+    }
+
+    fn check_id(&self, want: &BlockId, header: &BlockId) -> Result<(), ChunkError> {
+        if header != want {
+            return Err(ChunkError::Corrupt {
+                id: *want,
+                node: self.node,
+                reason: format!("file header names block {header}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads and verifies the 16 KiB groups of a block covering `[offset, offset + len)`
+    /// of its plaintext, reading only those groups (and the outboard) from disk. Returns
+    /// the block's length, its outboard, and the groups' offset and plaintext; a caller can
+    /// verify them again with [`Outboard::verify`]. Files written before outboards existed
+    /// are read whole.
+    pub fn read_range(&self, id: &BlockId, offset: u64, len: u64) -> Result<RangeRead, ChunkError> {
+        let path = self.path(id);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ChunkError::NotFound(*id));
+            }
+            Err(e) => return Err(ChunkError::io("open", &path)(e)),
+        };
+        let corrupt = |reason: String| ChunkError::Corrupt {
+            id: *id,
+            node: self.node,
+            reason,
+        };
+        let at = |at: u64, n: usize| -> Result<Vec<u8>, ChunkError> {
+            let mut buf = vec![0u8; n];
+            f.read_exact_at(&mut buf, at).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => corrupt("file cut short".into()),
+                _ => ChunkError::io("read", &path)(e),
+            })?;
+            Ok(buf)
+        };
+        let file_len = f.metadata().map_err(ChunkError::io("stat", &path))?.len();
+        let head = at(0, (format::HEADER_LEN as u64).min(file_len) as usize)?;
+        let h = format::parse_header(&head)
+            .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
+        self.check_id(id, &h.id)?;
+        if h.file_len() != file_len {
+            return Err(corrupt(format!(
+                "file is {file_len} bytes, header announces {}",
+                h.file_len()
+            )));
+        }
+        let raw_len = u64::from(h.raw_len);
+        if offset >= raw_len && !(offset == 0 && raw_len == 0) {
+            return Err(ChunkError::OutOfRange {
+                id: *id,
+                len: h.raw_len,
+                offset: offset as u32,
+                length: len as u32,
+            });
+        }
+        let (start, end) = tree::aligned(raw_len, offset, len.max(1));
+        let payload_at = h.len as u64;
+        let ranged =
+            h.version >= 2 && matches!(h.compression, Compression::None | Compression::Lz4Frames);
+        let (outboard, plain) = if !ranged {
+            let (_, plain) = self.read(id)?;
+            let (_, ob) = Outboard::compute(&plain);
+            (ob, plain.slice(start as usize..end as usize))
+        } else {
+            let ob_bytes = at(
+                payload_at + u64::from(h.payload_len),
+                h.outboard_len as usize,
+            )?;
+            let ob =
+                Outboard::from_bytes(raw_len, &ob_bytes).map_err(|e| corrupt(e.to_string()))?;
+            let plain = match h.compression {
+                Compression::Lz4Frames => {
+                    let table_len = FrameTable::table_len(h.raw_len).min(h.payload_len as usize);
+                    let table = FrameTable::parse(&at(payload_at, table_len)?, h.raw_len)
+                        .map_err(&corrupt)?;
+                    let g = tree::GROUP_LEN as u64;
+                    let (first, last) = ((start / g) as usize, end.div_ceil(g) as usize);
+                    let span = table.span(first, last.max(first + 1).min(table.frames()));
+                    if span.end > h.payload_len as usize {
+                        return Err(corrupt("frames run past the payload".into()));
+                    }
+                    let bytes = at(payload_at + span.start as u64, span.len())?;
+                    table.decode(first, &bytes).map_err(&corrupt)?
+                }
+                _ => at(payload_at + start, (end - start) as usize)?,
+            };
+            (ob, Bytes::from(plain))
+        };
+        outboard
+            .verify(id, raw_len, start, &plain)
+            .map_err(|e| corrupt(e.to_string()))?;
+        metrics::counter!("meridian_chunk_verified_range_reads_total").increment(1);
+        Ok(RangeRead {
+            raw_len: h.raw_len,
+            outboard,
+            offset: start,
+            plain,
+        })
     }
 
     /// Header facts about a stored block, or `None` if it is not here. Reads only the header.
@@ -234,29 +364,26 @@ impl BlockStore {
             Err(e) => return Err(ChunkError::io("open", &path)(e)),
         };
         let stored_len = f.metadata().map_err(ChunkError::io("stat", &path))?.len();
-        let mut header = vec![0u8; format::HEADER_LEN];
-        f.read_exact(&mut header).map_err(|e| ChunkError::Corrupt {
-            id: *id,
-            node: self.node,
-            reason: e.to_string(),
-        })?;
-        // Parse the header alone by pretending the payload is empty, then check the length.
-        let payload_len = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
-        header[16..20].copy_from_slice(&0u32.to_le_bytes());
-        let parsed = format::decode(Bytes::from(header))
+        let mut header = Vec::with_capacity(format::HEADER_LEN);
+        (&mut f)
+            .take(format::HEADER_LEN as u64)
+            .read_to_end(&mut header)
+            .map_err(ChunkError::io("read", &path))?;
+        let h = format::parse_header(&header)
             .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
-        if stored_len != (format::HEADER_LEN as u64 + u64::from(payload_len)) {
+        if stored_len != h.file_len() {
             return Err(ChunkError::Corrupt {
                 id: *id,
                 node: self.node,
                 reason: format!(
-                    "file is {stored_len} bytes, header announces {payload_len} payload bytes"
+                    "file is {stored_len} bytes, header announces {}",
+                    h.file_len()
                 ),
             });
         }
         Ok(Some(StoredBlock {
-            compression: parsed.compression,
-            raw_len: parsed.raw_len,
+            compression: h.compression,
+            raw_len: h.raw_len,
             stored_len,
         }))
     }
@@ -504,16 +631,23 @@ mod tests {
         EncodedBlock::encode(&data).unwrap()
     }
 
+    fn ob(b: &EncodedBlock) -> Outboard {
+        b.decode_with_outboard().unwrap().1
+    }
+
     #[test]
     fn put_read_delete_and_accounting() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let b = block(3, 200_000);
-        assert_eq!(s.put(&b).unwrap(), PutOutcome::Written);
-        assert_eq!(s.put(&b).unwrap(), PutOutcome::AlreadyPresent);
+        assert_eq!(s.put(&b, &ob(&b)).unwrap(), PutOutcome::Written);
+        assert_eq!(s.put(&b, &ob(&b)).unwrap(), PutOutcome::AlreadyPresent);
         let usage = s.usage();
         assert_eq!(usage.blocks, 1);
-        assert_eq!(usage.used, (format::HEADER_LEN + b.payload.len()) as u64);
+        assert_eq!(
+            usage.used,
+            (format::HEADER_LEN + b.payload.len() + ob(&b).to_bytes().len()) as u64
+        );
         let (stored, plain) = s.read(&b.id).unwrap();
         assert_eq!(stored, b);
         assert_eq!(plain, b.decode().unwrap());
@@ -534,8 +668,8 @@ mod tests {
         let (a, b) = (block(5, 10_000), block(7, 3_000));
         {
             let s = store(dir.path());
-            s.put(&a).unwrap();
-            s.put(&b).unwrap();
+            s.put(&a, &ob(&a)).unwrap();
+            s.put(&b, &ob(&b)).unwrap();
         }
         fs::write(dir.path().join("tmp").join("half-written.tmp"), b"partial").unwrap();
         let s = store(dir.path());
@@ -549,7 +683,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let b = block(9, 50_000);
-        s.put(&b).unwrap();
+        s.put(&b, &ob(&b)).unwrap();
         let path = s.path(&b.id);
         let original = fs::read(&path).unwrap();
 
@@ -565,10 +699,79 @@ mod tests {
 
         // A put of the right bytes repairs a damaged copy (bit rot keeps the file's size).
         fs::write(&path, &flipped).unwrap();
-        assert_eq!(s.put(&b).unwrap(), PutOutcome::Written);
+        assert_eq!(s.put(&b, &ob(&b)).unwrap(), PutOutcome::Written);
         assert_eq!(s.read(&b.id).unwrap().0, b);
         assert_eq!(s.usage().blocks, 1);
         assert_eq!(s.usage().used, original.len() as u64);
+    }
+
+    #[test]
+    fn a_range_reads_only_its_groups_verified_in_every_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let mut x = 88172645463325252u64;
+        let random: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let framed = block(3, 300_000);
+        assert_eq!(framed.compression, Compression::Lz4Frames);
+        let raw = EncodedBlock::encode(&random).unwrap();
+        assert_eq!(raw.compression, Compression::None);
+        let small = block(5, 3000);
+        for b in [&framed, &raw, &small] {
+            s.put(b, &ob(b)).unwrap();
+            let plain = b.decode().unwrap();
+            let cases = [
+                (0u64, 4096u64),
+                (20_000, 1),
+                (100_000, 50_000),
+                (plain.len() as u64 - 1, 1),
+            ];
+            for (offset, len) in cases.into_iter().filter(|(o, _)| *o < plain.len() as u64) {
+                let r = s.read_range(&b.id, offset, len).unwrap();
+                assert!(r.offset <= offset);
+                assert!(r.offset + r.plain.len() as u64 >= (offset + len).min(plain.len() as u64));
+                assert_eq!(
+                    r.plain,
+                    plain.slice(r.offset as usize..r.offset as usize + r.plain.len())
+                );
+                r.outboard
+                    .verify(&b.id, plain.len() as u64, r.offset, &r.plain)
+                    .unwrap();
+            }
+            assert!(matches!(
+                s.read_range(&b.id, plain.len() as u64, 1),
+                Err(ChunkError::OutOfRange { .. })
+            ));
+        }
+        // A flipped byte inside the groups read, or in the outboard, is refused.
+        let path = s.path(&raw.id);
+        let original = fs::read(&path).unwrap();
+        for at in [format::HEADER_LEN + 40_000, original.len() - 5] {
+            let mut bad = original.clone();
+            bad[at] ^= 1;
+            fs::write(&path, &bad).unwrap();
+            assert!(matches!(
+                s.read_range(&raw.id, 40_000, 10),
+                Err(ChunkError::Corrupt { .. })
+            ));
+        }
+        // A file from before outboards (format 1) is read whole and still verified.
+        let mut v1 = format::header(&raw, 0)[..format::HEADER_LEN_V1].to_vec();
+        v1[8] = 1;
+        v1.extend_from_slice(&raw.payload);
+        fs::write(&path, &v1).unwrap();
+        let r = s.read_range(&raw.id, 40_000, 10).unwrap();
+        assert_eq!(
+            r.plain[..],
+            random[r.offset as usize..r.offset as usize + r.plain.len()]
+        );
+        assert_eq!(s.read(&raw.id).unwrap().1, random);
     }
 
     #[test]
@@ -581,7 +784,10 @@ mod tests {
             compression: Compression::None,
             ..b
         };
-        assert!(matches!(s.put(&b), Err(ChunkError::NoSpace { .. })));
+        assert!(matches!(
+            s.put(&b, &ob(&b)),
+            Err(ChunkError::NoSpace { .. })
+        ));
         assert_eq!(s.usage().blocks, 0);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }

@@ -63,6 +63,8 @@ struct OpenFile {
     view: Option<ReadView>,
     /// Whether the next write must drop the file's setuid and setgid bits first.
     drop_setid: bool,
+    /// Where the handle's last read ended: a read starting there is sequential.
+    next_read: u64,
 }
 
 /// Tunables of the file layer.

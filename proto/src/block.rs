@@ -1,12 +1,14 @@
 //! A block in its encoded form: what clients send and chunkservers store and serve.
 //!
 //! The client hashes the plaintext (the hash is the block's name), compresses it with lz4
-//! (block format) and keeps the plaintext instead when compression does not shrink it.
-//! Every receiver decodes the payload and recomputes the hash before it trusts the block.
+//! in independent 16 KiB frames (so a range decodes alone) and keeps the plaintext instead
+//! when compression does not shrink it. Every receiver decodes the payload and recomputes
+//! the hash before it trusts the block.
 
 use bytes::Bytes;
 
 use crate::ids::BlockId;
+use crate::tree::{GROUP_LEN, Outboard, groups};
 
 /// The largest plaintext a block may hold, whatever a volume's block size says. Bounds the
 /// memory any one request can make a server allocate.
@@ -32,8 +34,11 @@ fn worth_compressing(plaintext: &[u8]) -> bool {
 pub enum Compression {
     /// The payload is the plaintext.
     None = 0,
-    /// The payload is lz4 block format, without a size prefix.
+    /// The payload is lz4 block format, without a size prefix (written before frames).
     Lz4 = 1,
+    /// The payload is a frame table and independently lz4-compressed 16 KiB frames: see
+    /// [`FrameTable`].
+    Lz4Frames = 2,
 }
 
 impl Compression {
@@ -42,6 +47,7 @@ impl Compression {
         match code {
             0 => Ok(Compression::None),
             1 => Ok(Compression::Lz4),
+            2 => Ok(Compression::Lz4Frames),
             other => Err(BlockError::UnknownCompression(other)),
         }
     }
@@ -79,6 +85,9 @@ pub enum BlockError {
         /// Bytes promised.
         want: u32,
     },
+    /// An outboard or a range that does not fit the block.
+    #[error("verified range: {0}")]
+    Outboard(String),
     /// The plaintext does not hash to the block's name.
     #[error("block {id}: content hashes to {actual}, not to its id")]
     HashMismatch {
@@ -110,9 +119,9 @@ impl EncodedBlock {
             .filter(|len| *len <= MAX_BLOCK_LEN)
             .ok_or(BlockError::TooLarge(plaintext.len() as u64))?;
         let id = BlockId::of(plaintext);
-        let compressed = worth_compressing(plaintext).then(|| lz4_flex::block::compress(plaintext));
-        let (compression, payload) = match compressed {
-            Some(c) if c.len() < plaintext.len() => (Compression::Lz4, Bytes::from(c)),
+        let framed = worth_compressing(plaintext).then(|| FrameTable::compress(plaintext));
+        let (compression, payload) = match framed {
+            Some(c) if c.len() < plaintext.len() => (Compression::Lz4Frames, Bytes::from(c)),
             _ => (Compression::None, Bytes::copy_from_slice(plaintext)),
         };
         Ok(EncodedBlock {
@@ -123,24 +132,61 @@ impl EncodedBlock {
         })
     }
 
+    /// Decodes the payload and checks it hashes to the id, computing the block's outboard
+    /// on the way (what a chunkserver stores beside the payload for verified ranges).
+    pub fn decode_with_outboard(&self) -> Result<(Bytes, Outboard), BlockError> {
+        let plain = self.plaintext()?;
+        let (actual, outboard) = Outboard::compute(&plain);
+        if actual != self.id {
+            return Err(BlockError::HashMismatch {
+                id: self.id,
+                actual,
+            });
+        }
+        Ok((plain, outboard))
+    }
+
     /// Decodes the payload and checks it hashes to the id: the only way to get plaintext.
     pub fn decode(&self) -> Result<Bytes, BlockError> {
+        let plain = self.plaintext()?;
+        let actual = BlockId::of(&plain);
+        if actual != self.id {
+            return Err(BlockError::HashMismatch {
+                id: self.id,
+                actual,
+            });
+        }
+        Ok(plain)
+    }
+
+    /// The decoded payload, of the announced length, not yet checked against the id.
+    fn plaintext(&self) -> Result<Bytes, BlockError> {
         if self.raw_len > MAX_BLOCK_LEN {
             return Err(BlockError::TooLarge(u64::from(self.raw_len)));
         }
+        let corrupt = |reason: String| BlockError::Corrupt {
+            id: self.id,
+            reason,
+        };
         let plain = match self.compression {
             Compression::None => self.payload.clone(),
             Compression::Lz4 => {
                 let mut out = vec![0u8; self.raw_len as usize];
-                let got =
-                    lz4_flex::block::decompress_into(&self.payload, &mut out).map_err(|e| {
-                        BlockError::Corrupt {
-                            id: self.id,
-                            reason: e.to_string(),
-                        }
-                    })?;
+                let got = lz4_flex::block::decompress_into(&self.payload, &mut out)
+                    .map_err(|e| corrupt(e.to_string()))?;
                 out.truncate(got);
                 Bytes::from(out)
+            }
+            Compression::Lz4Frames => {
+                let table = FrameTable::parse(&self.payload, self.raw_len).map_err(corrupt)?;
+                let frames = self
+                    .payload
+                    .get(table.span(0, table.frames()))
+                    .ok_or_else(|| corrupt("payload shorter than its frame table".into()))?;
+                if table.span(0, table.frames()).end != self.payload.len() {
+                    return Err(corrupt("payload longer than its frame table".into()));
+                }
+                Bytes::from(table.decode(0, frames).map_err(corrupt)?)
             }
         };
         if plain.len() != self.raw_len as usize {
@@ -150,14 +196,145 @@ impl EncodedBlock {
                 want: self.raw_len,
             });
         }
-        let actual = BlockId::of(&plain);
-        if actual != self.id {
-            return Err(BlockError::HashMismatch {
-                id: self.id,
-                actual,
-            });
-        }
         Ok(plain)
+    }
+}
+
+/// Plaintext bytes per lz4 frame: one verification group, so a verified range decodes
+/// exactly the frames it hashes.
+pub const FRAME_LEN: usize = GROUP_LEN;
+
+/// Set in a frame's length when the frame is stored as plaintext (lz4 did not shrink it).
+const RAW_FRAME: u32 = 1 << 31;
+
+/// The table at the start of an [`Compression::Lz4Frames`] payload:
+///
+/// ```text
+/// u32 LE   number of frames n (= 16 KiB groups of the plaintext, at least 1)
+/// n x u32  LE encoded length of each frame; the top bit set means stored as plaintext
+/// ...      the frames, in order, each decoding to 16 KiB (the last to the rest)
+/// ```
+#[derive(Clone, Debug)]
+pub struct FrameTable {
+    raw_len: u32,
+    /// Payload offset where each frame starts, and one past the last.
+    starts: Vec<usize>,
+    raw: Vec<bool>,
+}
+
+impl FrameTable {
+    /// Bytes of the table of a block of `raw_len` plaintext bytes.
+    pub fn table_len(raw_len: u32) -> usize {
+        4 + 4 * groups(u64::from(raw_len)) as usize
+    }
+
+    /// Compresses `plain` into a framed payload.
+    fn compress(plain: &[u8]) -> Vec<u8> {
+        let n = groups(plain.len() as u64) as usize;
+        let frames: Vec<(bool, std::borrow::Cow<'_, [u8]>)> = if plain.is_empty() {
+            vec![(true, std::borrow::Cow::Borrowed(plain))]
+        } else {
+            plain
+                .chunks(FRAME_LEN)
+                .map(|f| {
+                    let c = lz4_flex::block::compress(f);
+                    if c.len() < f.len() {
+                        (false, std::borrow::Cow::Owned(c))
+                    } else {
+                        (true, std::borrow::Cow::Borrowed(f))
+                    }
+                })
+                .collect()
+        };
+        debug_assert_eq!(frames.len(), n);
+        let body: usize = frames.iter().map(|(_, f)| f.len()).sum();
+        let mut out = Vec::with_capacity(4 + 4 * n + body);
+        out.extend_from_slice(&(n as u32).to_le_bytes());
+        for (raw, f) in &frames {
+            let flag = if *raw { RAW_FRAME } else { 0 };
+            out.extend_from_slice(&(f.len() as u32 | flag).to_le_bytes());
+        }
+        for (_, f) in &frames {
+            out.extend_from_slice(f);
+        }
+        out
+    }
+
+    /// Parses the table at the start of `payload` (only the table's bytes are needed).
+    pub fn parse(payload: &[u8], raw_len: u32) -> Result<FrameTable, String> {
+        let n = groups(u64::from(raw_len)) as usize;
+        let table = payload
+            .get(..Self::table_len(raw_len))
+            .ok_or_else(|| format!("frame table cut short for {n} frames"))?;
+        let count = u32::from_le_bytes(table[..4].try_into().expect("4 bytes")) as usize;
+        if count != n {
+            return Err(format!("{count} frames for {raw_len} bytes, want {n}"));
+        }
+        let mut starts = Vec::with_capacity(n + 1);
+        let mut raw = Vec::with_capacity(n);
+        let mut at = Self::table_len(raw_len);
+        for (i, c) in table[4..].chunks_exact(4).enumerate() {
+            let word = u32::from_le_bytes(c.try_into().expect("4 bytes"));
+            let len = (word & !RAW_FRAME) as usize;
+            let plain_len = Self::frame_plain_len(raw_len, i);
+            if (word & RAW_FRAME != 0 && len != plain_len) || len > plain_len.max(1) * 2 + 64 {
+                return Err(format!("frame {i} announces {len} bytes"));
+            }
+            starts.push(at);
+            raw.push(word & RAW_FRAME != 0);
+            at += len;
+        }
+        starts.push(at);
+        Ok(FrameTable {
+            raw_len,
+            starts,
+            raw,
+        })
+    }
+
+    fn frame_plain_len(raw_len: u32, i: usize) -> usize {
+        (raw_len as usize)
+            .saturating_sub(i * FRAME_LEN)
+            .min(FRAME_LEN)
+    }
+
+    /// Number of frames.
+    pub fn frames(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// The payload byte range holding frames `[first, end)`.
+    pub fn span(&self, first: usize, end: usize) -> std::ops::Range<usize> {
+        self.starts[first]..self.starts[end]
+    }
+
+    /// Decodes consecutive frames from `first`, given exactly their bytes.
+    pub fn decode(&self, first: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let base = self.starts[first];
+        let mut out = Vec::new();
+        let mut i = first;
+        while i < self.frames() && self.starts[i] - base < bytes.len() {
+            let frame = bytes
+                .get(self.starts[i] - base..self.starts[i + 1] - base)
+                .ok_or("frame bytes do not end at a frame boundary")?;
+            let want = Self::frame_plain_len(self.raw_len, i);
+            if self.raw[i] {
+                out.extend_from_slice(frame);
+            } else {
+                let at = out.len();
+                out.resize(at + want, 0);
+                let got = lz4_flex::block::decompress_into(frame, &mut out[at..])
+                    .map_err(|e| format!("frame {i}: {e}"))?;
+                if got != want {
+                    return Err(format!("frame {i} decoded to {got} bytes, want {want}"));
+                }
+            }
+            i += 1;
+        }
+        if self.starts[i] - base != bytes.len() {
+            return Err("frame bytes do not end at a frame boundary".into());
+        }
+        Ok(out)
     }
 }
 
@@ -170,7 +347,7 @@ mod tests {
     fn compressible_data_is_stored_lz4_and_random_data_raw() {
         let zeros = vec![0u8; 1 << 20];
         let enc = EncodedBlock::encode(&zeros).unwrap();
-        assert_eq!(enc.compression, Compression::Lz4);
+        assert_eq!(enc.compression, Compression::Lz4Frames);
         assert!(enc.payload.len() < zeros.len() / 10);
         assert_eq!(enc.decode().unwrap(), zeros);
 
@@ -214,6 +391,34 @@ mod tests {
         assert!(enc.decode().is_err());
         enc.raw_len = MAX_BLOCK_LEN + 1;
         assert!(matches!(enc.decode(), Err(BlockError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_range_of_frames_decodes_alone() {
+        let data: Vec<u8> = (0..(1 << 20) + 123u32)
+            .map(|i| (i / 7 % 251) as u8)
+            .collect();
+        let enc = EncodedBlock::encode(&data).unwrap();
+        assert_eq!(enc.compression, Compression::Lz4Frames);
+        let table = FrameTable::parse(&enc.payload, enc.raw_len).unwrap();
+        assert_eq!(table.frames(), data.len().div_ceil(FRAME_LEN));
+        for (first, end) in [(0, 1), (5, 9), (table.frames() - 1, table.frames())] {
+            let bytes = &enc.payload[table.span(first, end)];
+            let plain = table.decode(first, bytes).unwrap();
+            let want = &data[first * FRAME_LEN..(end * FRAME_LEN).min(data.len())];
+            assert_eq!(plain, want);
+        }
+        // Bytes that stop inside a frame are refused.
+        let cut = table.span(2, 3);
+        assert!(
+            table
+                .decode(2, &enc.payload[cut.start..cut.end - 1])
+                .is_err()
+        );
+        // A table that lies about the frame count is refused.
+        let mut bad = enc.payload.to_vec();
+        bad[0] ^= 1;
+        assert!(FrameTable::parse(&bad, enc.raw_len).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod net;
 pub mod ns;
 pub mod pb;
 pub mod placement;
+pub mod tree;
 pub mod wire;
 
 pub use block::{BlockError, Compression, EncodedBlock};
@@ -17,3 +18,4 @@ pub use cluster::{ClusterMap, MapError, NodeInfo, NodeState, PeerRegion};
 pub use hlc::{Hlc, HlcClock};
 pub use ids::{BlockId, IdError, InodeId, NodeId, RegionId, ZoneId};
 pub use placement::placement;
+pub use tree::Outboard;

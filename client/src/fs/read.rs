@@ -27,13 +27,20 @@ pub(super) struct ReadView {
 /// Blocks of extents a read fetches at once.
 const READ_WINDOW_BLOCKS: u64 = 8;
 
+/// The largest read of a block not in the cache served by a verified range read when it
+/// does not follow the handle's previous read (random access); sequential readers and
+/// larger reads fetch and cache whole blocks.
+const RANGE_READ_MAX: u64 = 256 << 10;
+
 impl FileSystem {
     /// Reads up to `size` bytes at `offset` (short only at the end of the file).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let (ino, atime_due) = {
+        let (ino, atime_due, sequential) = {
             let h = self.handle(fh)?;
             let mut f = h.lock().await;
-            (f.ino, std::mem::take(&mut f.atime_due))
+            let sequential = f.next_read == offset;
+            f.next_read = offset.saturating_add(u64::from(size));
+            (f.ino, std::mem::take(&mut f.atime_due), sequential)
         };
         if atime_due && let Some(me) = self.me.upgrade() {
             // atime as ext4's relatime keeps it; in the background, off the read path.
@@ -65,15 +72,29 @@ impl FileSystem {
             tokio::spawn(async move { me.prefetch(ino, next).await });
         }
         for e in extents {
-            let block = self.block(&e).await?;
             let (s, end) = (e.offset.max(offset), e.end().min(offset + len));
             if s >= end {
                 continue;
             }
             let from = e.block_offset as usize + (s - e.offset) as usize;
             let n = (end - s) as usize;
-            let src = block.get(from..from + n).ok_or(libc_errno::EIO)?;
-            out[(s - offset) as usize..(s - offset) as usize + n].copy_from_slice(src);
+            let dst = &mut out[(s - offset) as usize..(s - offset) as usize + n];
+            match self.cache.get(&e.block) {
+                // A small read away from where this handle read last: only the groups
+                // covering it, verified against the block id, not the whole block.
+                None if !sequential && n as u64 <= RANGE_READ_MAX => {
+                    let part = self.block_range(&e, from as u64, n as u64).await?;
+                    if part.len() != n {
+                        return Err(libc_errno::EIO);
+                    }
+                    dst.copy_from_slice(&part);
+                }
+                _ => {
+                    let block = self.block(&e).await?;
+                    let src = block.get(from..from + n).ok_or(libc_errno::EIO)?;
+                    dst.copy_from_slice(src);
+                }
+            }
         }
         Ok(out)
     }
@@ -150,6 +171,17 @@ impl FileSystem {
         {
             let _ = self.block(e).await;
         }
+    }
+
+    /// `[from, from + len)` of an extent's block, verified by range against its id.
+    async fn block_range(&self, e: &Extent, from: u64, len: u64) -> Result<Bytes, Errno> {
+        self.blocks
+            .get_range(&e.block, self.volume.policy.replicas, from, len)
+            .await
+            .map_err(|err| {
+                warn!(block = %e.block, error = %err, "block range unreadable");
+                libc_errno::EIO
+            })
     }
 
     /// The plaintext of an extent's block: from the cache, or a verified replica.
