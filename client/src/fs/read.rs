@@ -1,6 +1,8 @@
 //! The read path: a handle's view of the file (its size and the extents of a window of
 //! blocks), and verified blocks from the cache or a replica.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -10,7 +12,8 @@ use tracing::warn;
 
 use super::{Errno, FileSystem};
 
-/// A handle's cached view for reads: the file size and the extents of a window of it.
+/// A handle's cached view for reads: the file size and the extents of the windows of it
+/// read so far, all taken while the file stayed the same as seen from here.
 #[derive(Debug, Clone)]
 pub(super) struct ReadView {
     /// This client's write generation when the view was taken.
@@ -19,10 +22,26 @@ pub(super) struct ReadView {
     /// pages were dropped for a change elsewhere would refill them with old bytes.
     pub(super) epoch: u64,
     size: u64,
-    start: u64,
-    end: u64,
-    extents: Vec<Extent>,
+    /// Windows by start: their end and extents. A random reader collects windows over
+    /// the file instead of asking for one per read.
+    windows: BTreeMap<u64, (u64, Arc<Vec<Extent>>)>,
 }
+
+impl ReadView {
+    /// The extents of a window covering `[offset, offset + len)`, if one does.
+    fn covering(&self, offset: u64, len: u64) -> Option<Arc<Vec<Extent>>> {
+        let (_, (end, extents)) = self.windows.range(..=offset).next_back()?;
+        (offset < *end && (offset.saturating_add(len) <= *end || *end == self.size)
+            || offset >= self.size)
+            .then(|| extents.clone())
+    }
+}
+
+/// How far from where a handle's last read ended a read still counts as sequential.
+const SEQUENTIAL_SLACK: u64 = 8 << 20;
+
+/// Windows a handle's view keeps (8 blocks each: 8 GiB of 4 MiB blocks).
+const MAX_WINDOWS: usize = 256;
 
 /// Blocks of extents a read fetches at once.
 const READ_WINDOW_BLOCKS: u64 = 8;
@@ -38,7 +57,8 @@ impl FileSystem {
         let (ino, atime_due, sequential) = {
             let h = self.handle(fh)?;
             let mut f = h.lock().await;
-            let sequential = f.next_read == offset;
+            // The kernel's read-ahead has several reads in flight, arriving in any order.
+            let sequential = offset.abs_diff(f.next_read) <= SEQUENTIAL_SLACK;
             f.next_read = offset.saturating_add(u64::from(size));
             (f.ino, std::mem::take(&mut f.atime_due), sequential)
         };
@@ -50,18 +70,16 @@ impl FileSystem {
         }
         // Reads see this client's own writes: commit them first (other handles too).
         self.flush_inode(ino).await?;
-        let view = self.read_view(fh, ino, offset, u64::from(size)).await?;
-        if offset >= view.size {
+        let (attr_size, window) = self.read_view(fh, ino, offset, u64::from(size)).await?;
+        if offset >= attr_size {
             return Ok(Vec::new());
         }
-        let len = u64::from(size).min(view.size - offset);
-        let extents: Vec<Extent> = view
-            .extents
+        let len = u64::from(size).min(attr_size - offset);
+        let extents: Vec<Extent> = window
             .iter()
             .filter(|e| e.offset < offset + len && e.end() > offset)
             .copied()
             .collect();
-        let attr_size = view.size;
         let mut out = vec![0u8; len as usize];
         // Sequential readers reach the end of an extent: fetch the next block meanwhile.
         if let (Some(last), Some(me)) = (extents.last(), self.me.upgrade())
@@ -99,29 +117,50 @@ impl FileSystem {
         Ok(out)
     }
 
-    /// The handle's view covering `[offset, offset + len)`: the cached one if this client
-    /// wrote nothing since and it covers the range, otherwise a fresh size and the extents
-    /// of a window of blocks from `offset`.
+    /// The file size and the extents covering `[offset, offset + len)`: from the handle's
+    /// view if this client wrote nothing since and a window covers the range, otherwise
+    /// from a fresh window of blocks from `offset` (kept beside the others while the file
+    /// looks the same).
     async fn read_view(
         &self,
         fh: u64,
         ino: InodeId,
         offset: u64,
         len: u64,
-    ) -> Result<ReadView, Errno> {
+    ) -> Result<(u64, Arc<Vec<Extent>>), Errno> {
         let h = self.handle(fh)?;
         let mut f = h.lock().await;
+        let current = |v: &ReadView| {
+            v.generation == self.write_generation.load(Ordering::Relaxed)
+                && v.epoch == self.kernel.epoch(ino)
+        };
         if let Some(v) = &f.view
-            && v.generation == self.write_generation.load(Ordering::Relaxed)
-            && v.epoch == self.kernel.epoch(ino)
-            && offset >= v.start
-            && (offset.saturating_add(len) <= v.end || v.end == v.size)
+            && current(v)
+            && let Some(extents) = v.covering(offset, len)
         {
-            return Ok(v.clone());
+            return Ok((v.size, extents));
         }
-        let (_, view) = self.fetch_view(ino, offset, len).await?;
-        f.view = Some(view.clone());
-        Ok(view)
+        let (_, fresh) = self.fetch_view(ino, offset, len).await?;
+        let size = fresh.size;
+        let (start, window) = fresh
+            .windows
+            .iter()
+            .next()
+            .map(|(s, w)| (*s, w.clone()))
+            .expect("a fetched view has its window");
+        match &mut f.view {
+            Some(v)
+                if current(v)
+                    && v.generation == fresh.generation
+                    && v.epoch == fresh.epoch
+                    && v.size == fresh.size
+                    && v.windows.len() < MAX_WINDOWS =>
+            {
+                v.windows.insert(start, window.clone());
+            }
+            _ => f.view = Some(fresh),
+        }
+        Ok((size, window.1))
     }
 
     /// A fresh view from `offset`: the file's attributes and the extents of a window of
@@ -155,9 +194,7 @@ impl FileSystem {
             generation,
             epoch,
             size: attr.size,
-            start,
-            end,
-            extents,
+            windows: BTreeMap::from([(start, (end, Arc::new(extents)))]),
         };
         Ok((attr, view))
     }
