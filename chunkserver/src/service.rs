@@ -70,6 +70,38 @@ fn block_id(bytes: &[u8]) -> Result<BlockId, Status> {
 
 impl ChunkNode {
     /// Reads a stored block (verified), counting and logging damage.
+    /// Stores a verified block here and notes the copies its put wants.
+    async fn store_verified(
+        &self,
+        block: &EncodedBlock,
+        outboard: Outboard,
+        wanted: u32,
+    ) -> Result<PutOutcome, ChunkError> {
+        let (store, condemned, stored) = (
+            self.store.clone(),
+            self.maintainer.condemned.clone(),
+            block.clone(),
+        );
+        let outcome = blocking(move || {
+            // Stored again: no longer garbage (decided before the copy counts as present).
+            if condemned.reprieve(&stored.id)? {
+                info!(block = %stored.id, "a put reprieved a condemned block");
+            }
+            store.put(&stored, &outboard)
+        })
+        .await?;
+        metrics::counter!("meridian_chunk_put_bytes_total").increment(u64::from(block.raw_len));
+        let (ledger, id, wanted, default) = (
+            self.ledger.clone(),
+            block.id,
+            wanted.min(MAX_REPLICAS),
+            self.default_replicas,
+        );
+        let new = outcome == PutOutcome::Written;
+        blocking(move || ledger.note_replicas(&id, wanted, default, new)).await?;
+        Ok(outcome)
+    }
+
     async fn read_verified(&self, id: BlockId) -> Result<(EncodedBlock, Bytes), ChunkError> {
         let store = self.store.clone();
         let got = blocking(move || store.read(&id)).await;
@@ -143,20 +175,10 @@ impl ChunkService for ChunkNode {
             payload,
         };
 
-        // Verify before anything touches the disk: a mismatch changes nothing.
-        let store = self.store.clone();
-        let condemned = self.maintainer.condemned.clone();
-        let stored = block.clone();
-        let outcome = blocking(move || {
-            let (_, outboard) = stored.decode_with_outboard()?;
-            // Stored again: no longer garbage (decided before the copy counts as present).
-            if condemned.reprieve(&stored.id)? {
-                info!(block = %stored.id, "a put reprieved a condemned block");
-            }
-            store.put(&stored, &outboard)
-        })
-        .await;
-        let outcome = match outcome {
+        // Verify before anything touches the disk or the network: a mismatch changes nothing.
+        let check = block.clone();
+        let outboard = blocking(move || Ok(check.decode_with_outboard()?.1)).await;
+        let outboard = match outboard {
             Ok(o) => o,
             Err(e) => {
                 if matches!(e, ChunkError::Rejected(_)) {
@@ -166,27 +188,23 @@ impl ChunkService for ChunkNode {
                 return Err(e.into());
             }
         };
-        metrics::counter!("meridian_chunk_put_bytes_total").increment(u64::from(block.raw_len));
-        let already_present = outcome == PutOutcome::AlreadyPresent;
-        let (ledger, wanted, default) = (
-            self.ledger.clone(),
-            header.replicas.min(MAX_REPLICAS),
-            self.default_replicas,
-        );
-        blocking(move || ledger.note_replicas(&id, wanted, default, !already_present)).await?;
-
+        // The local copy is written while the other copies are (a coordinator forwards the
+        // verified block at once): a put costs one disk write's latency, not two.
+        let local = self.store_verified(&block, outboard, header.replicas);
         if role == PutRole::Replica {
+            let already_present = local.await? == PutOutcome::AlreadyPresent;
             return Ok(Response::new(PutResponse {
                 stored_on: vec![self.id.0],
                 degraded: false,
                 already_present,
             }));
         }
-
-        let forwarded = self
-            .replicator
-            .forward(&block, replicas as usize - 1, replicas)
-            .await;
+        let (outcome, forwarded) = tokio::join!(
+            local,
+            self.replicator
+                .forward(&block, replicas as usize - 1, replicas)
+        );
+        let already_present = outcome? == PutOutcome::AlreadyPresent;
         let mut stored_on = vec![self.id];
         stored_on.extend(&forwarded.stored_on);
         let copies = stored_on.len();
