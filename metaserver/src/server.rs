@@ -41,8 +41,11 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| bound.to_string());
 
-    let log = LogStore::open(&config.data.join("log.redb"))
-        .map_err(|e| MetaError::Io(format!("raft log: {e}")))?;
+    let log = LogStore::open(
+        &config.data.join("raft-log"),
+        Some(&config.data.join("log.redb")),
+    )
+    .map_err(|e| MetaError::Io(format!("raft log: {e}")))?;
     let (sm, shared) = StateMachine::open(&config.data, RegionId(config.region))
         .map_err(|e| MetaError::Io(format!("state: {e}")))?;
     let db = sm.db();

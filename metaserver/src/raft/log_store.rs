@@ -1,59 +1,243 @@
-//! The Raft log and vote in their own redb file. Appends are one fsync'd transaction per
-//! batch; the vote is fsync'd before it is acknowledged.
+//! The Raft log in one append-only file, and the vote beside it.
+//!
+//! ```text
+//! log file: records, each
+//!   u32 LE   body length
+//!   8 bytes  the first 8 bytes of blake3(body)
+//!   body     a kind byte, then JSON: 1 = an entry, 2 = "drop entries after" (a log id or
+//!            null), 3 = "purged up to" (a log id)
+//! vote file: the vote as JSON, replaced atomically (temp file, fsync, rename, fsync dir)
+//! ```
+//! An append is one write and one fdatasync for the whole batch, and the live entries stay
+//! in memory (the log is purged behind every snapshot), so replication reads no disk. On
+//! open the file is replayed; a torn or damaged record at the end (a crash mid-append,
+//! before the append was acknowledged) is cut off there. The file is rewritten with only
+//! the live entries when purged records make up most of it.
+//!
+//! A log written by earlier versions in `log.redb` is imported on first open.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::io;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
 
 use super::{TypeConfig, io_err};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
-const VOTE: &str = "vote";
-const PURGED: &str = "last_purged";
+const ENTRY: u8 = 1;
+const TRUNCATE: u8 = 2;
+const PURGE: u8 = 3;
+const RECORD_HEAD: usize = 12;
+/// No record is larger: a length beyond it is damage, not a record.
+const MAX_RECORD: usize = 1 << 30;
+/// The file is rewritten when it holds this much more than its live entries.
+const REWRITE_SLACK: u64 = 64 << 20;
 
 /// The log store (and, cloned, its reader).
 #[derive(Clone, Debug)]
 pub struct LogStore {
-    db: Arc<Database>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    /// Append handle (shared, so the fdatasync runs without the lock).
+    file: Arc<File>,
+    file_len: u64,
+    /// Live entries and the bytes of their records.
+    entries: BTreeMap<u64, (EntryOf<TypeConfig>, u64)>,
+    live_bytes: u64,
+    purged: Option<LogIdOf<TypeConfig>>,
+    vote: Option<VoteOf<TypeConfig>>,
+}
+
+fn record(kind: u8, value: &impl Serialize) -> io::Result<Vec<u8>> {
+    let mut body = vec![kind];
+    serde_json::to_writer(&mut body, value).map_err(io_err)?;
+    let mut out = Vec::with_capacity(RECORD_HEAD + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&blake3::hash(&body).as_bytes()[..8]);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 impl LogStore {
-    /// Opens or creates the log in `path`.
-    pub fn open(path: &Path) -> io::Result<Self> {
-        let db = Database::create(path).map_err(io_err)?;
-        let tx = db.begin_write().map_err(io_err)?;
-        tx.open_table(LOG).map_err(io_err)?;
-        tx.open_table(META).map_err(io_err)?;
-        tx.commit().map_err(io_err)?;
-        Ok(LogStore { db: Arc::new(db) })
+    /// Opens or creates the log in folder `dir` (importing `legacy`, a redb log of an
+    /// earlier version, if it exists and the folder does not).
+    pub fn open(dir: &Path, legacy: Option<&Path>) -> io::Result<Self> {
+        if !dir.exists() {
+            let tmp = dir.with_extension("new");
+            let _ = fs::remove_dir_all(&tmp);
+            fs::create_dir_all(&tmp)?;
+            File::create(tmp.join("log"))?.sync_all()?;
+            let mut imported = None;
+            if let Some(old) = legacy.filter(|p| p.exists()) {
+                let (vote, purged, entries) = legacy_redb::read(old)?;
+                let mut f = OpenOptions::new().append(true).open(tmp.join("log"))?;
+                if let Some(p) = purged {
+                    f.write_all(&record(PURGE, &p)?)?;
+                }
+                for e in &entries {
+                    f.write_all(&record(ENTRY, e)?)?;
+                }
+                f.sync_all()?;
+                if let Some(v) = vote {
+                    write_vote(&tmp, &v)?;
+                }
+                imported = Some(old.to_path_buf());
+            }
+            sync_dir(&tmp)?;
+            fs::rename(&tmp, dir)?;
+            sync_dir(dir.parent().unwrap_or(Path::new(".")))?;
+            if let Some(old) = imported {
+                fs::rename(&old, old.with_extension("redb.imported"))?;
+            }
+        }
+        let vote = match fs::read(dir.join("vote")) {
+            Ok(b) => Some(serde_json::from_slice(&b).map_err(io_err)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let path = dir.join("log");
+        let mut bytes = Vec::new();
+        File::open(&path)?.read_to_end(&mut bytes)?;
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            file: Arc::new(OpenOptions::new().append(true).open(&path)?),
+            file_len: 0,
+            entries: BTreeMap::new(),
+            live_bytes: 0,
+            purged: None,
+            vote,
+        };
+        let mut at = 0usize;
+        while let Some((kind, body, len)) = next_record(&bytes[at..]) {
+            inner.replay(kind, body, len as u64)?;
+            at += len;
+        }
+        if at < bytes.len() {
+            tracing::warn!(
+                cut = bytes.len() - at,
+                "raft log: a torn record at the end (an append the crash interrupted) is cut off"
+            );
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(at as u64)?;
+            f.sync_all()?;
+        }
+        inner.file_len = at as u64;
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(inner)),
+        })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        let tx = self.db.begin_read().map_err(io_err)?;
-        let t = tx.open_table(META).map_err(io_err)?;
-        match t.get(key).map_err(io_err)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(io_err)?)),
-            None => Ok(None),
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The record at the start of `bytes`: its kind, JSON body and whole length; `None` at
+/// the end or at a torn or damaged record.
+fn next_record(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    if len == 0 || len > MAX_RECORD {
+        return None;
+    }
+    let body = bytes.get(RECORD_HEAD..RECORD_HEAD + len)?;
+    if blake3::hash(body).as_bytes()[..8] != bytes[4..RECORD_HEAD] {
+        return None;
+    }
+    Some((body[0], &body[1..], RECORD_HEAD + len))
+}
+
+impl Inner {
+    fn replay(&mut self, kind: u8, body: &[u8], len: u64) -> io::Result<()> {
+        match kind {
+            ENTRY => {
+                let e: EntryOf<TypeConfig> = serde_json::from_slice(body).map_err(io_err)?;
+                self.insert(e, len);
+            }
+            TRUNCATE => {
+                let last: Option<LogIdOf<TypeConfig>> =
+                    serde_json::from_slice(body).map_err(io_err)?;
+                self.truncate(last.map_or(0, |l| l.index + 1));
+            }
+            PURGE => {
+                let upto: LogIdOf<TypeConfig> = serde_json::from_slice(body).map_err(io_err)?;
+                self.purge(upto);
+            }
+            other => return Err(io_err(format!("raft log: unknown record kind {other}"))),
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, e: EntryOf<TypeConfig>, len: u64) {
+        // An append after entries a truncate has not removed replaces them (and later ones).
+        self.truncate(e.log_id.index);
+        self.live_bytes += len;
+        self.entries.insert(e.log_id.index, (e, len));
+    }
+
+    fn truncate(&mut self, from: u64) {
+        let dropped = self.entries.split_off(&from);
+        self.live_bytes -= dropped.values().map(|(_, l)| l).sum::<u64>();
+    }
+
+    fn purge(&mut self, upto: LogIdOf<TypeConfig>) {
+        let kept = self.entries.split_off(&(upto.index + 1));
+        let dropped = std::mem::replace(&mut self.entries, kept);
+        self.live_bytes -= dropped.values().map(|(_, l)| l).sum::<u64>();
+        if self.purged.as_ref().is_none_or(|p| p.index < upto.index) {
+            self.purged = Some(upto);
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> io::Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(io_err)?;
-        let tx = self.db.begin_write().map_err(io_err)?;
-        tx.open_table(META)
-            .map_err(io_err)?
-            .insert(key, bytes.as_slice())
-            .map_err(io_err)?;
-        tx.commit().map_err(io_err)
+    /// Appends `bytes` (whole records) to the file, without syncing.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        (&*self.file).write_all(bytes)?;
+        self.file_len += bytes.len() as u64;
+        Ok(())
     }
+
+    /// Rewrites the file with only the purge point and the live entries.
+    fn rewrite(&mut self) -> io::Result<()> {
+        let tmp = self.dir.join("log.rewrite");
+        let mut out = Vec::new();
+        if let Some(p) = &self.purged {
+            out.extend(record(PURGE, p)?);
+        }
+        for (e, _) in self.entries.values() {
+            out.extend(record(ENTRY, e)?);
+        }
+        let mut f = File::create(&tmp)?;
+        f.write_all(&out)?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.dir.join("log"))?;
+        sync_dir(&self.dir)?;
+        self.file = Arc::new(OpenOptions::new().append(true).open(self.dir.join("log"))?);
+        self.file_len = out.len() as u64;
+        Ok(())
+    }
+}
+
+fn write_vote(dir: &Path, vote: &VoteOf<TypeConfig>) -> io::Result<()> {
+    let tmp = dir.join("vote.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(vote).map_err(io_err)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join("vote"))?;
+    sync_dir(dir)
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
@@ -65,18 +249,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
-        let tx = self.db.begin_read().map_err(io_err)?;
-        let t = tx.open_table(LOG).map_err(io_err)?;
-        let mut out = Vec::new();
-        for item in t.range::<u64>(bounds(&range)).map_err(io_err)? {
-            let (_, v) = item.map_err(io_err)?;
-            out.push(serde_json::from_slice(v.value()).map_err(io_err)?);
-        }
-        Ok(out)
+        Ok(self
+            .lock()
+            .entries
+            .range(bounds(&range))
+            .map(|(_, (e, _))| e.clone())
+            .collect())
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
-        self.get_meta(VOTE)
+        Ok(self.lock().vote)
     }
 }
 
@@ -84,18 +266,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let purged: Option<LogIdOf<TypeConfig>> = self.get_meta(PURGED)?;
-        let tx = self.db.begin_read().map_err(io_err)?;
-        let t = tx.open_table(LOG).map_err(io_err)?;
-        let last = match t.last().map_err(io_err)? {
-            Some((_, v)) => {
-                let e: EntryOf<TypeConfig> = serde_json::from_slice(v.value()).map_err(io_err)?;
-                Some(e.log_id)
-            }
-            None => purged,
+        let inner = self.lock();
+        let last = match inner.entries.last_key_value() {
+            Some((_, (e, _))) => Some(e.log_id),
+            None => inner.purged,
         };
         Ok(LogState {
-            last_purged_log_id: purged,
+            last_purged_log_id: inner.purged,
             last_log_id: last,
         })
     }
@@ -105,12 +282,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
-        self.put_meta(VOTE, vote)
+        let dir = self.lock().dir.clone();
+        write_vote(&dir, vote)?;
+        self.lock().vote = Some(*vote);
+        Ok(())
     }
 
     // save_committed / read_committed keep openraft's defaults (not persisted): the state
-    // machine stores the applied log id in the same transaction as the state, so a restart
-    // resumes from there; persisting the commit index would cost an extra fsync per commit.
+    // machine stores the applied log id with the state, so a restart resumes from there.
 
     async fn append<I>(
         &mut self,
@@ -122,15 +301,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let result = (|| {
-            let tx = self.db.begin_write().map_err(io_err)?;
-            {
-                let mut t = tx.open_table(LOG).map_err(io_err)?;
-                for e in entries {
-                    let bytes = serde_json::to_vec(&e).map_err(io_err)?;
-                    t.insert(e.log_id.index, bytes.as_slice()).map_err(io_err)?;
-                }
+            let mut bytes = Vec::new();
+            let mut inner = self.lock();
+            for e in entries {
+                let r = record(ENTRY, &e)?;
+                bytes.extend_from_slice(&r);
+                inner.insert(e, r.len() as u64);
             }
-            tx.commit().map_err(io_err)
+            inner.write(&bytes)?;
+            let file = inner.file.clone();
+            drop(inner);
+            // Durable before acknowledged: Raft counts this member's copy from here on.
+            file.sync_data()
         })();
         match result {
             Ok(()) => {
@@ -145,24 +327,206 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
-        let from = last.map_or(0, |l| l.index + 1);
-        let tx = self.db.begin_write().map_err(io_err)?;
-        tx.open_table(LOG)
-            .map_err(io_err)?
-            .retain_in(from.., |_, _| false)
-            .map_err(io_err)?;
-        tx.commit().map_err(io_err)
+        let r = record(TRUNCATE, &last)?;
+        let mut inner = self.lock();
+        inner.write(&r)?;
+        inner.file.sync_data()?;
+        inner.truncate(last.map_or(0, |l| l.index + 1));
+        Ok(())
     }
 
     async fn purge(&mut self, upto: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
-        // Record the purge point first: a crash between the two leaves entries that are
-        // merely redundant, never a hole the state claims is not there.
-        self.put_meta(PURGED, &Some(upto))?;
-        let tx = self.db.begin_write().map_err(io_err)?;
-        tx.open_table(LOG)
-            .map_err(io_err)?
-            .retain_in(..=upto.index, |_, _| false)
-            .map_err(io_err)?;
-        tx.commit().map_err(io_err)
+        let r = record(PURGE, &upto)?;
+        let mut inner = self.lock();
+        inner.write(&r)?;
+        inner.purge(upto);
+        if inner.file_len > inner.live_bytes.saturating_mul(2) + REWRITE_SLACK {
+            inner.rewrite()?;
+        }
+        Ok(())
+    }
+}
+
+/// The redb log of earlier versions, read once to import it.
+mod legacy_redb {
+    use super::*;
+    use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
+
+    type Imported = (
+        Option<VoteOf<TypeConfig>>,
+        Option<LogIdOf<TypeConfig>>,
+        Vec<EntryOf<TypeConfig>>,
+    );
+
+    pub(super) fn read(path: &Path) -> io::Result<Imported> {
+        let db = Database::open(path).map_err(io_err)?;
+        let tx = db.begin_read().map_err(io_err)?;
+        let meta = |key: &str| -> io::Result<Option<Vec<u8>>> {
+            match tx.open_table(META) {
+                Ok(t) => Ok(t.get(key).map_err(io_err)?.map(|v| v.value().to_vec())),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(io_err(e)),
+            }
+        };
+        let vote = match meta("vote")? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+            None => None,
+        };
+        let purged = match meta("last_purged")? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+            None => None,
+        };
+        let mut entries = Vec::new();
+        if let Ok(t) = tx.open_table(LOG) {
+            for item in t.iter().map_err(io_err)? {
+                let (_, v) = item.map_err(io_err)?;
+                entries.push(serde_json::from_slice(v.value()).map_err(io_err)?);
+            }
+        }
+        Ok((vote, purged, entries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Request;
+    use openraft::RaftTypeConfig;
+    use openraft::entry::RaftEntry;
+    use openraft::type_config::TypeConfigExt;
+    use openraft::vote::RaftLeaderIdExt;
+
+    fn id(term: u64, i: u64) -> LogIdOf<TypeConfig> {
+        LogIdOf::<TypeConfig>::new(
+            <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(term, 1),
+            i,
+        )
+    }
+
+    fn entry(term: u64, i: u64) -> EntryOf<TypeConfig> {
+        <TypeConfig as RaftTypeConfig>::Entry::new_normal(id(term, i), Request::Peers(vec![]))
+    }
+
+    async fn append(log: &mut LogStore, entries: Vec<EntryOf<TypeConfig>>) {
+        log.append(entries, IOFlushed::noop()).await.unwrap();
+    }
+
+    async fn indexes(log: &mut LogStore) -> Vec<(u64, u64)> {
+        log.try_get_log_entries(0..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect()
+    }
+
+    #[test]
+    fn appends_truncates_and_purges_survive_a_reopen_and_a_torn_tail_is_cut() {
+        TypeConfig::run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("raft-log");
+            {
+                let mut log = LogStore::open(&path, None).unwrap();
+                append(&mut log, (1..=6).map(|i| entry(1, i)).collect()).await;
+                log.truncate_after(Some(id(1, 4))).await.unwrap();
+                append(&mut log, vec![entry(2, 5)]).await;
+                log.purge(id(1, 2)).await.unwrap();
+            }
+            let want = vec![(3, 1), (4, 1), (5, 2)];
+            let mut log = LogStore::open(&path, None).unwrap();
+            assert_eq!(indexes(&mut log).await, want);
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(id(1, 2)));
+            assert_eq!(state.last_log_id, Some(id(2, 5)));
+            drop(log);
+
+            // A crash in the middle of an append leaves part of a record: it is cut off
+            // (the append was never acknowledged), and the next append lands after it.
+            let file = path.join("log");
+            let whole = fs::read(&file).unwrap();
+            let extra = record(ENTRY, &entry(2, 6)).unwrap();
+            let mut torn = whole.clone();
+            torn.extend_from_slice(&extra[..extra.len() - 3]);
+            fs::write(&file, &torn).unwrap();
+            let mut log = LogStore::open(&path, None).unwrap();
+            assert_eq!(indexes(&mut log).await, want);
+            assert_eq!(fs::read(&file).unwrap(), whole);
+            append(&mut log, vec![entry(2, 6)]).await;
+            drop(log);
+            let mut log = LogStore::open(&path, None).unwrap();
+            assert_eq!(indexes(&mut log).await.last(), Some(&(6, 2)));
+        });
+    }
+
+    #[test]
+    fn the_vote_is_kept_and_a_purged_file_is_rewritten_smaller() {
+        TypeConfig::run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("raft-log");
+            let vote = VoteOf::<TypeConfig>::new(3, 2);
+            {
+                let mut log = LogStore::open(&path, None).unwrap();
+                log.save_vote(&vote).await.unwrap();
+                append(&mut log, (1..=10).map(|i| entry(1, i)).collect()).await;
+                // Pretend the file is huge, so the purge rewrites it.
+                let before = fs::metadata(path.join("log")).unwrap().len();
+                log.lock().file_len = u64::MAX / 4;
+                log.purge(id(1, 9)).await.unwrap();
+                assert!(fs::metadata(path.join("log")).unwrap().len() < before);
+                append(&mut log, vec![entry(1, 11)]).await;
+            }
+            let mut log = LogStore::open(&path, None).unwrap();
+            assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+            assert_eq!(indexes(&mut log).await, vec![(10, 1), (11, 1)]);
+            assert_eq!(
+                log.get_log_state().await.unwrap().last_purged_log_id,
+                Some(id(1, 9))
+            );
+        });
+    }
+
+    #[test]
+    fn a_log_of_an_earlier_version_is_imported() {
+        use redb::{Database, TableDefinition};
+        TypeConfig::run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let old = dir.path().join("log.redb");
+            {
+                let db = Database::create(&old).unwrap();
+                let tx = db.begin_write().unwrap();
+                {
+                    let mut t = tx
+                        .open_table(TableDefinition::<u64, &[u8]>::new("raft_log"))
+                        .unwrap();
+                    for i in 3..=5 {
+                        t.insert(i, serde_json::to_vec(&entry(1, i)).unwrap().as_slice())
+                            .unwrap();
+                    }
+                    let mut m = tx
+                        .open_table(TableDefinition::<&str, &[u8]>::new("raft_log_meta"))
+                        .unwrap();
+                    let vote = serde_json::to_vec(&VoteOf::<TypeConfig>::new(1, 1)).unwrap();
+                    m.insert("vote", vote.as_slice()).unwrap();
+                    let purged = serde_json::to_vec(&Some(id(1, 2))).unwrap();
+                    m.insert("last_purged", purged.as_slice()).unwrap();
+                }
+                tx.commit().unwrap();
+            }
+            let path = dir.path().join("raft-log");
+            let mut log = LogStore::open(&path, Some(&old)).unwrap();
+            assert_eq!(indexes(&mut log).await, vec![(3, 1), (4, 1), (5, 1)]);
+            assert_eq!(
+                log.read_vote().await.unwrap(),
+                Some(VoteOf::<TypeConfig>::new(1, 1))
+            );
+            assert_eq!(
+                log.get_log_state().await.unwrap().last_purged_log_id,
+                Some(id(1, 2))
+            );
+            assert!(!old.exists());
+        });
     }
 }

@@ -1,5 +1,5 @@
-//! openraft glue: the type configuration, the log store and state machine on redb, the
-//! snapshot format, and the gRPC network between members.
+//! openraft glue: the type configuration, the log store (an append-only file), the state
+//! machine (redb), the snapshot format, and the gRPC network between members.
 
 pub mod log_store;
 pub mod network;
@@ -105,7 +105,7 @@ mod tests {
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
             let err = |e: std::io::Error| StorageError::read(TypeConfig::err_from_error(&e));
             let dir = tempfile::TempDir::new().map_err(err)?;
-            let log = LogStore::open(&dir.path().join("log.redb")).map_err(err)?;
+            let log = LogStore::open(&dir.path().join("raft-log"), None).map_err(err)?;
             let (sm, _) =
                 StateMachine::open(dir.path(), meridian_proto::RegionId(1)).map_err(err)?;
             Ok((dir, log, sm))
