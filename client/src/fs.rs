@@ -63,8 +63,9 @@ struct OpenFile {
     view: Option<ReadView>,
     /// Whether the next write must drop the file's setuid and setgid bits first.
     drop_setid: bool,
-    /// Where the handle's last read ended: a read starting there is sequential.
-    next_read: u64,
+    /// Where the handle's last read ended (none yet): a read starting near there is
+    /// sequential.
+    next_read: Option<u64>,
 }
 
 /// Tunables of the file layer.

@@ -57,9 +57,13 @@ impl FileSystem {
         let (ino, atime_due, sequential) = {
             let h = self.handle(fh)?;
             let mut f = h.lock().await;
-            // The kernel's read-ahead has several reads in flight, arriving in any order.
-            let sequential = offset.abs_diff(f.next_read) <= SEQUENTIAL_SLACK;
-            f.next_read = offset.saturating_add(u64::from(size));
+            // The kernel's read-ahead has several reads in flight, arriving in any order;
+            // a handle's first read is sequential if it starts at the start.
+            let sequential = match f.next_read {
+                Some(next) => offset.abs_diff(next) <= SEQUENTIAL_SLACK,
+                None => offset == 0,
+            };
+            f.next_read = Some(offset.saturating_add(u64::from(size)));
             (f.ino, std::mem::take(&mut f.atime_due), sequential)
         };
         if atime_due && let Some(me) = self.me.upgrade() {
@@ -221,20 +225,19 @@ impl FileSystem {
             })
     }
 
-    /// The plaintext of an extent's block: from the cache, or a verified replica.
+    /// The plaintext of an extent's block: from the cache, or a verified replica (fetched
+    /// once for all the reads that want it at the same time).
     pub(super) async fn block(&self, e: &Extent) -> Result<Bytes, Errno> {
-        if let Some(b) = self.cache.get(&e.block) {
-            return Ok(b);
-        }
-        let data = self
-            .blocks
-            .get(&e.block, self.volume.policy.replicas)
+        self.cache
+            .get_or_fetch(&e.block, || async {
+                self.blocks
+                    .get(&e.block, self.volume.policy.replicas)
+                    .await
+                    .map_err(|err| {
+                        warn!(block = %e.block, error = %err, "block unreadable");
+                        libc_errno::EIO
+                    })
+            })
             .await
-            .map_err(|err| {
-                warn!(block = %e.block, error = %err, "block unreadable");
-                libc_errno::EIO
-            })?;
-        self.cache.insert(e.block, data.clone());
-        Ok(data)
     }
 }

@@ -55,7 +55,7 @@ impl FileSystem {
             atime_due: false,
             view: None,
             drop_setid: false,
-            next_read: 0,
+            next_read: None,
         };
         self.handles
             .lock()
