@@ -37,6 +37,21 @@ impl BlockCache {
         }
     }
 
+    /// Whether `id` is neither cached nor being fetched (a read-ahead would help).
+    pub fn wanted(&self, id: &BlockId) -> bool {
+        !self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .blocks
+            .contains_key(id)
+            && !self
+                .fetching
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(id)
+    }
+
     /// The block: cached, or fetched by `fetch` (once for every caller waiting on it at the
     /// same time) and cached. A failed fetch is tried again by the next caller.
     pub async fn get_or_fetch<E, F>(

@@ -60,24 +60,39 @@ where
             "payload of {len} bytes exceeds the limit of {limit} bytes"
         )));
     }
-    let mut buf = BytesMut::with_capacity(len as usize);
+    let mut buf = BytesMut::new();
+    let mut only: Option<Bytes> = None;
     while let Some(msg) = next(stream).await {
         let data = data_of(msg?)
             .ok_or_else(|| Status::invalid_argument("a second header in one stream"))?;
-        if buf.len() + data.len() > len as usize {
+        let have = buf.len() + only.as_ref().map_or(0, Bytes::len);
+        if have + data.len() > len as usize {
             return Err(Status::invalid_argument(format!(
                 "stream carries more than the {len} payload bytes its header announced"
             )));
         }
-        buf.extend_from_slice(&data);
+        // A payload in one message is kept as received; only several are copied together.
+        match only.take() {
+            None if buf.is_empty() => only = Some(data),
+            first => {
+                if buf.is_empty() {
+                    buf.reserve(len as usize);
+                }
+                if let Some(first) = first {
+                    buf.extend_from_slice(&first);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
     }
-    if buf.len() != len as usize {
+    let payload = only.unwrap_or_else(|| buf.freeze());
+    if payload.len() != len as usize {
         return Err(Status::invalid_argument(format!(
             "stream ended after {} of {len} payload bytes",
-            buf.len()
+            payload.len()
         )));
     }
-    Ok(buf.freeze())
+    Ok(payload)
 }
 
 /// Awaits the next item of a stream without needing a StreamExt trait.

@@ -37,6 +37,9 @@ impl ReadView {
     }
 }
 
+/// Blocks a sequential reader has fetched ahead of it.
+const READ_AHEAD_BLOCKS: u64 = 3;
+
 /// How far from where a handle's last read ended a read still counts as sequential.
 const SEQUENTIAL_SLACK: u64 = 8 << 20;
 
@@ -85,13 +88,24 @@ impl FileSystem {
             .copied()
             .collect();
         let mut out = vec![0u8; len as usize];
-        // Sequential readers reach the end of an extent: fetch the next block meanwhile.
-        if let (Some(last), Some(me)) = (extents.last(), self.me.upgrade())
-            && offset + len >= last.end()
-            && last.end() < attr_size
-        {
-            let next = last.end();
-            tokio::spawn(async move { me.prefetch(ino, next).await });
+        if sequential && let Some(me) = self.me.upgrade() {
+            // A sequential reader gets the next blocks of its window fetched meanwhile...
+            let bs = u64::from(self.volume.policy.block_size);
+            let ahead = offset + len..offset + len + READ_AHEAD_BLOCKS * bs;
+            for e in window.iter() {
+                if e.end() > ahead.start && e.offset < ahead.end && self.cache.wanted(&e.block) {
+                    let (me, e) = (me.clone(), *e);
+                    tokio::spawn(async move { me.block(&e).await });
+                }
+            }
+            // ...and at the end of an extent, the block after it, beyond the window too.
+            if let Some(last) = extents.last()
+                && offset + len >= last.end()
+                && last.end() < attr_size
+            {
+                let next = last.end();
+                tokio::spawn(async move { me.prefetch(ino, next).await });
+            }
         }
         for e in extents {
             let (s, end) = (e.offset.max(offset), e.end().min(offset + len));
