@@ -8,8 +8,11 @@
 //!            null), 3 = "purged up to" (a log id)
 //! vote file: the vote as JSON, replaced atomically (temp file, fsync, rename, fsync dir)
 //! ```
-//! An append is one write and one fdatasync for the whole batch, and the live entries stay
-//! in memory (the log is purged behind every snapshot), so replication reads no disk. On
+//! An append is one write; a flusher thread then runs one fdatasync for every append
+//! written meanwhile (group commit) and only then reports them flushed, in order, so Raft
+//! counts this member's copy once it is durable while the leader replicates in parallel.
+//! The live entries stay in memory (the log is purged behind every snapshot), so
+//! replication reads no disk. On
 //! open the file is replayed; a torn or damaged record at the end (a crash mid-append,
 //! before the append was acknowledged) is cut off there. The file is rewritten with only
 //! the live entries when purged records make up most of it.
@@ -22,7 +25,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -46,11 +50,21 @@ pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// What the flusher completes after its next fdatasync.
+enum Flushed {
+    /// Appended entries, reported to Raft.
+    Append(IOFlushed<TypeConfig>),
+    /// A caller waiting for everything written so far to be durable.
+    Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
     /// Append handle (shared, so the fdatasync runs without the lock).
     file: Arc<File>,
+    /// To the flusher thread.
+    flusher: Option<mpsc::Sender<Flushed>>,
     file_len: u64,
     /// Live entries and the bytes of their records.
     entries: BTreeMap<u64, (EntryOf<TypeConfig>, u64)>,
@@ -116,6 +130,7 @@ impl LogStore {
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             file: Arc::new(OpenOptions::new().append(true).open(&path)?),
+            flusher: None,
             file_len: 0,
             entries: BTreeMap::new(),
             live_bytes: 0,
@@ -137,13 +152,54 @@ impl LogStore {
             f.sync_all()?;
         }
         inner.file_len = at as u64;
-        Ok(LogStore {
-            inner: Arc::new(Mutex::new(inner)),
-        })
+        let inner = Arc::new(Mutex::new(inner));
+        let (tx, rx) = mpsc::channel();
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flush_loop(weak, rx))?;
+        inner.lock().unwrap_or_else(|p| p.into_inner()).flusher = Some(tx);
+        Ok(LogStore { inner })
+    }
+
+    /// Waits until everything written so far is durable.
+    async fn barrier(&self) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock().flush(Flushed::Barrier(tx))?;
+        rx.await
+            .map_err(|_| io::Error::other("raft log flusher stopped"))?
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The flusher: one fdatasync for everything queued since the last, then completions in
+/// order. Stops when the log is dropped.
+fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let result = match inner.upgrade() {
+            Some(inner) => {
+                let file = inner.lock().unwrap_or_else(|p| p.into_inner()).file.clone();
+                file.sync_data()
+            }
+            None => Err(io::Error::other("raft log closed")),
+        };
+        for item in batch {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            match item {
+                Flushed::Append(cb) => cb.io_completed(r),
+                Flushed::Barrier(tx) => {
+                    let _ = tx.send(r);
+                }
+            }
+        }
     }
 }
 
@@ -201,6 +257,14 @@ impl Inner {
         if self.purged.as_ref().is_none_or(|p| p.index < upto.index) {
             self.purged = Some(upto);
         }
+    }
+
+    /// Queues `item` for the flusher's next fdatasync.
+    fn flush(&self, item: Flushed) -> io::Result<()> {
+        self.flusher
+            .as_ref()
+            .and_then(|f| f.send(item).ok())
+            .ok_or_else(|| io::Error::other("raft log flusher stopped"))
     }
 
     /// Appends `bytes` (whole records) to the file, without syncing.
@@ -300,25 +364,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let result = (|| {
+        let mut inner = self.lock();
+        let written = (|| {
             let mut bytes = Vec::new();
-            let mut inner = self.lock();
             for e in entries {
                 let r = record(ENTRY, &e)?;
                 bytes.extend_from_slice(&r);
                 inner.insert(e, r.len() as u64);
             }
-            inner.write(&bytes)?;
-            let file = inner.file.clone();
-            drop(inner);
-            // Durable before acknowledged: Raft counts this member's copy from here on.
-            file.sync_data()
+            inner.write(&bytes)
         })();
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
+        match written {
+            // Durable before acknowledged: the flusher reports it once fdatasync returns.
+            Ok(()) => inner.flush(Flushed::Append(callback)),
             Err(e) => {
                 callback.io_completed(Err(io::Error::other(e.to_string())));
                 Err(e)
@@ -328,11 +386,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
         let r = record(TRUNCATE, &last)?;
-        let mut inner = self.lock();
-        inner.write(&r)?;
-        inner.file.sync_data()?;
-        inner.truncate(last.map_or(0, |l| l.index + 1));
-        Ok(())
+        {
+            let mut inner = self.lock();
+            inner.write(&r)?;
+            inner.truncate(last.map_or(0, |l| l.index + 1));
+        }
+        self.barrier().await
     }
 
     async fn purge(&mut self, upto: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
