@@ -207,7 +207,8 @@ struct MetaArgs {
     /// Election timeout upper bound, in milliseconds.
     #[arg(long)]
     election_max_ms: Option<u64>,
-    /// Snapshot after this many applied entries.
+    /// Snapshot after at least this many applied entries (more, in proportion, once the
+    /// namespace is large).
     #[arg(long)]
     snapshot_logs: Option<u64>,
     /// Entries kept behind a snapshot.

@@ -27,7 +27,8 @@ pub struct MetaConfig {
     pub election_min_ms: u64,
     /// Upper bound of the election timeout, in milliseconds.
     pub election_max_ms: u64,
-    /// Take a snapshot after this many applied entries.
+    /// Take a snapshot after at least this many applied entries (more once the namespace
+    /// is large: see `raft::snapshot_policy`).
     pub snapshot_logs: u64,
     /// Entries kept in the log behind a snapshot (for followers that lag a little).
     pub keep_logs: u64,

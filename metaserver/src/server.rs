@@ -54,7 +54,8 @@ pub async fn run(
         heartbeat_interval: config.heartbeat_ms,
         election_timeout_min: config.election_min_ms,
         election_timeout_max: config.election_max_ms,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        // Snapshots are triggered by raft::snapshot_policy (their cost follows the log).
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: config.keep_logs,
         install_snapshot_timeout: 10_000,
         ..Default::default()
@@ -65,6 +66,7 @@ pub async fn run(
         connect: Duration::from_millis(500),
         request: Duration::from_secs(30),
     }));
+    let policy_log = log.clone();
     let raft = openraft::Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -74,6 +76,12 @@ pub async fn run(
     )
     .await
     .map_err(|e| MetaError::Io(format!("raft: {e}")))?;
+    let snapshot_task = tokio::spawn(crate::raft::snapshot_policy::run(
+        raft.clone(),
+        policy_log,
+        config.data.join("snapshots"),
+        config.snapshot_logs,
+    ));
 
     if config.init
         && !raft
@@ -129,6 +137,7 @@ pub async fn run(
         )
         .await;
     detector.abort();
+    snapshot_task.abort();
     for t in region_tasks {
         t.abort();
     }

@@ -170,6 +170,11 @@ impl LogStore {
             .map_err(|_| io::Error::other("raft log flusher stopped"))?
     }
 
+    /// Bytes of the live entries' records (what a restart would replay).
+    pub fn live_bytes(&self) -> u64 {
+        self.lock().live_bytes
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -5,6 +5,7 @@ pub mod log_store;
 pub mod network;
 pub mod snapshot;
 pub mod snapshot_dir;
+pub mod snapshot_policy;
 pub mod state_machine;
 
 use std::fmt;

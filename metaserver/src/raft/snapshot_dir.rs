@@ -33,6 +33,18 @@ struct Current {
     data: String,
 }
 
+/// Bytes of the current snapshot's data in the snapshot folder `dir` (0 if there is none
+/// or it cannot be read). Reads only; safe while snapshots are being taken.
+pub fn current_len(dir: &Path) -> u64 {
+    let Ok(bytes) = std::fs::read(dir.join(CURRENT)) else {
+        return 0;
+    };
+    serde_json::from_slice::<Current>(&bytes)
+        .ok()
+        .and_then(|c| std::fs::metadata(dir.join(c.data)).ok())
+        .map_or(0, |m| m.len())
+}
+
 /// The snapshot folder of one member.
 #[derive(Clone, Debug)]
 pub struct SnapshotDir {
