@@ -6,3 +6,4 @@ cargo bench --bench chunk_throughput -- --noplot "$@"
 cargo bench --bench meta_ops -- --noplot "$@"
 cargo bench --bench mount_io
 cargo bench --bench region_lag
+cargo bench --bench scale
