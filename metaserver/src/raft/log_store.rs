@@ -5,7 +5,7 @@
 //!   u32 LE   body length
 //!   8 bytes  the first 8 bytes of blake3(body)
 //!   body     a kind byte, then JSON: 1 = an entry, 2 = "drop entries after" (a log id or
-//!            null), 3 = "purged up to" (a log id)
+//!            null), 3 = "purged up to" (a log id), 4 = "committed up to" (a log id)
 //! vote file: the vote as JSON, replaced atomically (temp file, fsync, rename, fsync dir)
 //! ```
 //! An append is one write; a flusher thread then runs one fdatasync for every append
@@ -38,6 +38,7 @@ use super::{TypeConfig, io_err};
 const ENTRY: u8 = 1;
 const TRUNCATE: u8 = 2;
 const PURGE: u8 = 3;
+const COMMITTED: u8 = 4;
 const RECORD_HEAD: usize = 12;
 /// No record is larger: a length beyond it is damage, not a record.
 const MAX_RECORD: usize = 1 << 30;
@@ -70,6 +71,8 @@ struct Inner {
     entries: BTreeMap<u64, (EntryOf<TypeConfig>, u64)>,
     live_bytes: u64,
     purged: Option<LogIdOf<TypeConfig>>,
+    /// The last committed log id this member learnt (written without fsync).
+    committed: Option<LogIdOf<TypeConfig>>,
     vote: Option<VoteOf<TypeConfig>>,
 }
 
@@ -135,6 +138,7 @@ impl LogStore {
             entries: BTreeMap::new(),
             live_bytes: 0,
             purged: None,
+            committed: None,
             vote,
         };
         let mut at = 0usize;
@@ -238,6 +242,9 @@ impl Inner {
                 let upto: LogIdOf<TypeConfig> = serde_json::from_slice(body).map_err(io_err)?;
                 self.purge(upto);
             }
+            COMMITTED => {
+                self.committed = serde_json::from_slice(body).map_err(io_err)?;
+            }
             other => return Err(io_err(format!("raft log: unknown record kind {other}"))),
         }
         Ok(())
@@ -288,6 +295,9 @@ impl Inner {
         }
         for (e, _) in self.entries.values() {
             out.extend(record(ENTRY, e)?);
+        }
+        if self.committed.is_some() {
+            out.extend(record(COMMITTED, &self.committed)?);
         }
         let mut f = File::create(&tmp)?;
         f.write_all(&out)?;
@@ -357,8 +367,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    // save_committed / read_committed keep openraft's defaults (not persisted): the state
-    // machine stores the applied log id with the state, so a restart resumes from there.
+    /// The committed log id goes into the file too (no fsync: a kill keeps it, and it only
+    /// ever trails entries already written). Without it a restarted member, a leader that
+    /// keeps its lease included, would serve reads from its state machine's last durable
+    /// point, older than what it acknowledged before the restart; with it, the state
+    /// machine is brought up to the committed id before the member serves.
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
+        let r = record(COMMITTED, &committed)?;
+        let mut inner = self.lock();
+        inner.write(&r)?;
+        inner.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
+        Ok(self.lock().committed)
+    }
 
     async fn append<I>(
         &mut self,
@@ -502,6 +529,11 @@ mod tests {
             let want = vec![(3, 1), (4, 1), (5, 2)];
             let mut log = LogStore::open(&path, None).unwrap();
             assert_eq!(indexes(&mut log).await, want);
+            assert_eq!(log.read_committed().await.unwrap(), None);
+            log.save_committed(Some(id(2, 5))).await.unwrap();
+            drop(log);
+            let mut log = LogStore::open(&path, None).unwrap();
+            assert_eq!(log.read_committed().await.unwrap(), Some(id(2, 5)));
             let state = log.get_log_state().await.unwrap();
             assert_eq!(state.last_purged_log_id, Some(id(1, 2)));
             assert_eq!(state.last_log_id, Some(id(2, 5)));
