@@ -218,6 +218,12 @@ impl BlockStore {
     /// Reads and verifies a stored block: an error, never wrong bytes, if the file is damaged
     /// (its outboard included). Returns the stored form and the plaintext.
     pub fn read(&self, id: &BlockId) -> Result<(EncodedBlock, Bytes), ChunkError> {
+        self.read_whole(id).map(|(block, plain, _)| (block, plain))
+    }
+
+    /// [`read`](Self::read), with the block's outboard (computed in the same pass that
+    /// verifies the block, and compared with the stored one in format 2 files).
+    fn read_whole(&self, id: &BlockId) -> Result<(EncodedBlock, Bytes, Outboard), ChunkError> {
         let path = self.path(id);
         let data = match fs::read(&path) {
             Ok(d) => d,
@@ -226,7 +232,7 @@ impl BlockStore {
             }
             Err(e) => return Err(ChunkError::io("read", &path)(e)),
         };
-        let (block, outboard) = format::decode(Bytes::from(data))
+        let (block, stored) = format::decode(Bytes::from(data))
             .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
         self.check_id(id, &block.id)?;
         let corrupt = |reason: String| ChunkError::Corrupt {
@@ -234,22 +240,16 @@ impl BlockStore {
             node: self.node,
             reason,
         };
-        let plain = match outboard {
-            None => block.decode().map_err(|e| corrupt(e.to_string()))?,
-            Some(stored) => {
-                let (plain, computed) = block
-                    .decode_with_outboard()
-                    .map_err(|e| corrupt(e.to_string()))?;
-                if stored[..] != computed.to_bytes()[..] {
-                    return Err(corrupt(
-                        "the stored outboard does not match the block".into(),
-                    ));
-                }
-                plain
-            }
-        };
+        let (plain, outboard) = block
+            .decode_with_outboard()
+            .map_err(|e| corrupt(e.to_string()))?;
+        if stored.is_some_and(|stored| stored[..] != outboard.to_bytes()[..]) {
+            return Err(corrupt(
+                "the stored outboard does not match the block".into(),
+            ));
+        }
         metrics::counter!("meridian_chunk_verified_reads_total").increment(1);
-        Ok((block, plain))
+        Ok((block, plain, outboard))
     }
 
     fn check_id(&self, want: &BlockId, header: &BlockId) -> Result<(), ChunkError> {
@@ -315,8 +315,7 @@ impl BlockStore {
         let ranged =
             h.version >= 2 && matches!(h.compression, Compression::None | Compression::Lz4Frames);
         let (outboard, plain) = if !ranged {
-            let (_, plain) = self.read(id)?;
-            let (_, ob) = Outboard::compute(&plain);
+            let (_, plain, ob) = self.read_whole(id)?;
             (ob, plain.slice(start as usize..end as usize))
         } else {
             let ob_bytes = at(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
-use meridian_proto::pb::chunk::{GetRequest, HasRequest, PutHeader, PutRole};
+use meridian_proto::pb::chunk::{GetHeader, GetRequest, HasRequest, PutHeader, PutRole};
 use meridian_proto::{
     BlockError, BlockId, ClusterMap, Compression, EncodedBlock, NodeId, NodeInfo, NodeState,
     Outboard, ZoneId, placement, wire,
@@ -299,6 +299,24 @@ impl BlockClient {
         Ok(whole.slice(offset.min(end) as usize..end as usize))
     }
 
+    /// One Get call to `node`: its header and payload (at most a block's worth).
+    async fn call_get(
+        &self,
+        node: &NodeInfo,
+        request: GetRequest,
+    ) -> Result<(GetHeader, Bytes), String> {
+        let status = |s: tonic::Status| format!("{} ({:?})", s.message(), s.code());
+        let mut stream = self
+            .rpc(node)?
+            .get(request)
+            .await
+            .map_err(status)?
+            .into_inner();
+        wire::read_get(&mut stream, self.max_block_len)
+            .await
+            .map_err(status)
+    }
+
     async fn range_from(
         &self,
         node: &NodeInfo,
@@ -314,15 +332,7 @@ impl BlockClient {
             regions: self.regions.clone(),
             ..Default::default()
         };
-        let mut stream = self
-            .rpc(node)?
-            .get(request)
-            .await
-            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
-            .into_inner();
-        let (header, plain) = wire::read_get(&mut stream, self.max_block_len)
-            .await
-            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?;
+        let (header, plain) = self.call_get(node, request).await?;
         let raw_len = u64::from(header.raw_len);
         let at = u64::from(header.offset);
         let outboard =
@@ -410,15 +420,7 @@ impl BlockClient {
             fetch_remote: remote,
             ..Default::default()
         };
-        let mut stream = self
-            .rpc(node)?
-            .get(request)
-            .await
-            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?
-            .into_inner();
-        let (header, payload) = wire::read_get(&mut stream, self.max_block_len)
-            .await
-            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))?;
+        let (header, payload) = self.call_get(node, request).await?;
         let compression = Compression::from_code(header.compression).map_err(|e| e.to_string())?;
         let block = EncodedBlock {
             id: *id,

@@ -311,7 +311,13 @@ impl FrameTable {
     /// Decodes consecutive frames from `first`, given exactly their bytes.
     pub fn decode(&self, first: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
         let base = self.starts[first];
-        let mut out = Vec::new();
+        // The frames that start inside `bytes`: their plaintext, allocated once.
+        let end =
+            first + self.starts[first..self.frames()].partition_point(|s| s - base < bytes.len());
+        let plain_len: usize = (first..end)
+            .map(|i| Self::frame_plain_len(self.raw_len, i))
+            .sum();
+        let mut out = Vec::with_capacity(plain_len);
         let mut i = first;
         while i < self.frames() && self.starts[i] - base < bytes.len() {
             let frame = bytes

@@ -115,7 +115,8 @@ impl FileSystem {
             let from = e.block_offset as usize + (s - e.offset) as usize;
             let n = (end - s) as usize;
             let dst = &mut out[(s - offset) as usize..(s - offset) as usize + n];
-            match self.cache.get(&e.block) {
+            let block = match self.cache.get(&e.block) {
+                Some(block) => block,
                 // A small read away from where this handle read last: only the groups
                 // covering it, verified against the block id, not the whole block.
                 None if !sequential && n as u64 <= RANGE_READ_MAX => {
@@ -124,13 +125,12 @@ impl FileSystem {
                         return Err(libc_errno::EIO);
                     }
                     dst.copy_from_slice(&part);
+                    continue;
                 }
-                _ => {
-                    let block = self.block(&e).await?;
-                    let src = block.get(from..from + n).ok_or(libc_errno::EIO)?;
-                    dst.copy_from_slice(src);
-                }
-            }
+                None => self.block(&e).await?,
+            };
+            let src = block.get(from..from + n).ok_or(libc_errno::EIO)?;
+            dst.copy_from_slice(src);
         }
         Ok(out)
     }
