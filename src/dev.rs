@@ -38,6 +38,10 @@ pub struct DevArgs {
     /// One-way delay the links between regions start with, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub link_delay_ms: u32,
+    /// Worker threads of each server it starts. They share this machine: one each keeps
+    /// them from waking each other's idle workers.
+    #[arg(long, default_value_t = 1)]
+    pub server_threads: usize,
 }
 
 /// The ports chosen on the first run.
@@ -476,11 +480,17 @@ pub fn run(args: DevArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let mut clients = Vec::new();
     let result = (|| -> Result<()> {
         for r in &layout.regions {
-            let (meta_flags, chunk_flags) = if n == 1 {
+            let (mut meta_flags, mut chunk_flags) = if n == 1 {
                 (Vec::new(), Vec::new())
             } else {
                 layout.peer_flags(r.id)
             };
+            let threads = [
+                "--runtime-threads".to_string(),
+                args.server_threads.to_string(),
+            ];
+            meta_flags.extend(threads.clone());
+            chunk_flags.extend(threads);
             let client = start_region(
                 &exe,
                 rt,

@@ -17,6 +17,10 @@ mod proxy;
 #[derive(Parser)]
 #[command(name = "meridian", version, about, long_about = None)]
 struct Cli {
+    /// Worker threads of the async runtime (default: one per core). Servers that share a
+    /// machine with others do better with few: every extra worker costs wake-ups.
+    #[arg(long, global = true, env = "MERIDIAN_RUNTIME_THREADS")]
+    runtime_threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -302,7 +306,12 @@ pub(crate) async fn shutdown_signal() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.runtime_threads {
+        anyhow::ensure!(n > 0, "--runtime-threads must be at least 1");
+        builder.worker_threads(n);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -10,9 +10,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{Region, random_bytes};
+use common::{Region, random_bytes, wait_for};
 use meridian_proto::ns::{Creds, Query, QueryReply};
 
 fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
@@ -446,6 +447,52 @@ fn real_tools_work_on_the_mount() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&diff.stdout)
     );
+    Ok(())
+}
+
+/// Another mount's changes reach this mount's kernel caches through the metaservers'
+/// feed: with entries and attributes cached for an hour, a stat here still sees a chmod, a
+/// write, a rename and an unlink made there (the wait below is only a bound for failing;
+/// without the feed, nothing would change here for an hour). This mount's own changes
+/// show at once, as they always did.
+#[test]
+fn changes_made_in_another_mount_reach_this_ones_kernel_cache_through_the_feed() -> Result<()> {
+    const BOUND: Duration = Duration::from_secs(60);
+    let region = Region::start()?;
+    let here = region.mount_with("here", &["--cache-ttl-secs", "3600"])?;
+    let there = region.mount("there")?;
+    fs::write(there.path.join("f"), b"one")?;
+    let f = here.path.join("f");
+    // Looked up and cached here, for up to an hour.
+    assert_eq!(fs::metadata(&f)?.len(), 3);
+    assert_eq!(fs::metadata(&f)?.permissions().mode() & 0o777, 0o644);
+
+    fs::set_permissions(there.path.join("f"), fs::Permissions::from_mode(0o600))?;
+    wait_for(BOUND, "the chmod made there", || {
+        (fs::metadata(&f).ok()?.permissions().mode() & 0o777 == 0o600).then_some(())
+    })?;
+    let mut appended = OpenOptions::new().append(true).open(there.path.join("f"))?;
+    appended.write_all(b" two")?;
+    drop(appended);
+    wait_for(BOUND, "the size written there", || {
+        (fs::metadata(&f).ok()?.len() == 7).then_some(())
+    })?;
+    assert_eq!(fs::read(&f)?, b"one two");
+
+    fs::rename(there.path.join("f"), there.path.join("g"))?;
+    wait_for(BOUND, "the rename made there", || {
+        (!f.exists() && here.path.join("g").exists()).then_some(())
+    })?;
+    fs::remove_file(there.path.join("g"))?;
+    wait_for(BOUND, "the unlink made there", || {
+        (!here.path.join("g").exists()).then_some(())
+    })?;
+
+    // This mount's own changes are in its cache at once.
+    fs::write(here.path.join("mine"), b"abc")?;
+    fs::set_permissions(here.path.join("mine"), fs::Permissions::from_mode(0o640))?;
+    let m = fs::metadata(here.path.join("mine"))?;
+    assert_eq!((m.len(), m.permissions().mode() & 0o777), (3, 0o640));
     Ok(())
 }
 

@@ -24,10 +24,13 @@ use crate::cache::BlockCache;
 use crate::dirty::DirtyRanges;
 use crate::meta::{MetaClient, MetaError};
 
+mod atime;
+mod feed;
 mod kernel;
 mod read;
 mod space;
 mod write;
+pub use feed::{TTL_ALONE, TTL_FED};
 pub use kernel::KernelCache;
 use kernel::KernelView;
 use read::ReadView;
@@ -73,6 +76,9 @@ struct OpenFile {
 pub struct FsOptions {
     /// Bytes of verified blocks kept in memory.
     pub cache_bytes: usize,
+    /// How long the kernel may cache entries and attributes while the feed of other
+    /// clients' changes answers (without it: [`TTL_ALONE`]).
+    pub cache_ttl: std::time::Duration,
     /// Dirty bytes an open file may hold before they are committed without a flush.
     pub max_dirty_bytes: usize,
     /// Blocks uploaded at once per flush.
@@ -83,6 +89,7 @@ impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
             cache_bytes: 256 << 20,
+            cache_ttl: TTL_FED,
             max_dirty_bytes: 64 << 20,
             upload_parallelism: 8,
         }
@@ -107,6 +114,10 @@ pub struct FileSystem {
     next_fh: AtomicU64,
     /// What the kernel caches of each file, and how to make it drop that.
     kernel: KernelView,
+    /// The feed of other clients' changes, as replies to the kernel need it.
+    feed: feed::FeedState,
+    /// Files read whose atime is due, written together a moment later.
+    atimes: atime::Pending,
 }
 
 fn attr_of(reply: Reply) -> Result<Attr, Errno> {
@@ -154,6 +165,8 @@ impl FileSystem {
             hidden: Default::default(),
             next_fh: AtomicU64::new(1),
             kernel: KernelView::default(),
+            feed: Default::default(),
+            atimes: Default::default(),
         }))
     }
 

@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -25,8 +25,6 @@ mod notify;
 use convert::{creds, err, kind, kind_of_mode, time, timespec};
 pub use notify::KernelNotifier;
 
-/// How long the kernel may cache attributes and entries.
-const TTL: Duration = Duration::from_secs(1);
 /// Preferred I/O size reported to programs (st_blksize).
 const BLKSIZE: u32 = 1 << 20;
 
@@ -128,9 +126,10 @@ impl Filesystem for FuseFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, ino) = (self.fs.clone(), self.ino(ino));
         let this = self.clone_view();
+        let epoch = fs.cache_epoch();
         self.spawn(async move {
             match fs.getattr(ino).await {
-                Ok(a) => reply.attr(&TTL, &this.attr(&a)),
+                Ok(a) => fs.reply_cached(epoch, |ttl| reply.attr(&ttl, &this.attr(&a))),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -175,9 +174,10 @@ impl Filesystem for FuseFs {
             creds(req),
             self.clone_view(),
         );
+        let epoch = fs.cache_epoch();
         self.spawn(async move {
             match fs.setattr(ino, set, &c).await {
-                Ok(a) => reply.attr(&TTL, &this.attr(&a)),
+                Ok(a) => fs.reply_cached(epoch, |ttl| reply.attr(&ttl, &this.attr(&a))),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -637,18 +637,21 @@ impl Filesystem for FuseFs {
             creds(req),
             self.clone_view(),
         );
+        let epoch = fs.cache_epoch();
         self.spawn(async move {
             match fs
                 .create(parent, &name, (mode & 0o7777) as u16, exclusive, append, &c)
                 .await
             {
-                Ok((a, fh)) => reply.created(
-                    &TTL,
-                    &this.attr(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((a, fh)) => fs.reply_cached(epoch, |ttl| {
+                    reply.created(
+                        &ttl,
+                        &this.attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -737,9 +740,13 @@ impl FuseFs {
         F: std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
     {
         let this = self.clone_view();
+        let epoch = self.fs.cache_epoch();
+        let fs = self.fs.clone();
         self.spawn(async move {
             match work.await {
-                Ok(a) => reply.entry(&TTL, &this.attr(&a), Generation(0)),
+                Ok(a) => fs.reply_cached(epoch, |ttl| {
+                    reply.entry(&ttl, &this.attr(&a), Generation(0))
+                }),
                 Err(e) => reply.error(err(e)),
             }
         });

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
-use meridian_proto::ns::{NsError, Op, Query, QueryReply, Reply};
+use meridian_proto::ns::{NsError, Op, Query, QueryReply, Reply, Touched};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
     GetClusterMapRequest, HeartbeatRequest, MutateRequest, QueryRequest,
-    RegisterChunkserverRequest, StatusRequest, StatusResponse,
+    RegisterChunkserverRequest, StatusRequest, StatusResponse, WatchRequest,
 };
 use meridian_proto::{ClusterMap, NodeInfo};
 use std::sync::Arc;
@@ -181,6 +181,20 @@ impl MetaClient {
         }
     }
 
+    /// The body of a reply; if a follower forwarded the call, the leader it names becomes
+    /// the member asked first (when this client knows it by that address).
+    fn led<T>(&self, reply: tonic::Response<T>) -> T {
+        if let Some(addr) = reply
+            .metadata()
+            .get(meridian_proto::LEADER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            && let Some(i) = self.addrs.iter().position(|a| a == addr)
+        {
+            self.current.store(i, Ordering::Relaxed);
+        }
+        reply.into_inner()
+    }
+
     /// Applies a namespace mutation, exactly once even across retries and leader changes.
     pub async fn mutate(&self, op: &Op) -> Result<Reply, MetaError> {
         let op_bytes =
@@ -193,7 +207,7 @@ impl MetaClient {
                     client_id: self.client_id,
                     request_id,
                 };
-                async move { c.mutate(req).await.map(|r| r.into_inner()) }
+                async move { c.mutate(req).await.map(|r| self.led(r)) }
             })
             .await?;
         let outcome: Result<Reply, NsError> = serde_json::from_slice(&resp.outcome)
@@ -211,12 +225,43 @@ impl MetaClient {
                     query: q.clone(),
                     stale,
                 };
-                async move { c.query(req).await.map(|r| r.into_inner()) }
+                async move { c.query(req).await.map(|r| self.led(r)) }
             })
             .await?;
         let outcome: Result<QueryReply, NsError> = serde_json::from_slice(&resp.outcome)
             .map_err(|e| MetaError::Server(format!("undecodable reply: {e}")))?;
         Ok(outcome?)
+    }
+
+    /// This client's id: the servers record it with each change it makes.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// Long-polls what other clients' changes of `volume` from change-log sequence `from`
+    /// made stale in kernel caches (0: only where "now" is), waiting up to `wait` for some.
+    pub async fn watch(
+        &self,
+        volume: u32,
+        from: u64,
+        wait: Duration,
+    ) -> Result<(Touched, u64, bool), MetaError> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        let resp = self
+            .call(|mut c| async move {
+                c.watch(WatchRequest {
+                    volume,
+                    from,
+                    wait_ms,
+                    client: self.client_id,
+                })
+                .await
+                .map(|r| self.led(r))
+            })
+            .await?;
+        let touched: Touched = serde_json::from_slice(&resp.touched)
+            .map_err(|e| MetaError::Server(format!("undecodable reply: {e}")))?;
+        Ok((touched, resp.next, resp.gap))
     }
 
     /// The Raft status of the first member that answers.

@@ -8,6 +8,7 @@ pub mod raft;
 pub mod regions;
 pub mod server;
 pub mod service;
+pub mod watch;
 
 pub use config::MetaConfig;
 pub use error::MetaError;

@@ -293,6 +293,16 @@ impl std::ops::Deref for MetaApi {
     }
 }
 
+/// A reply forwarded from the leader at `addr`, naming it for the client.
+fn naming<T>(reply: Result<Response<T>, Status>, addr: &str) -> Result<Response<T>, Status> {
+    reply.map(|mut r| {
+        if let Ok(v) = addr.parse() {
+            r.metadata_mut().insert(meridian_proto::LEADER_HEADER, v);
+        }
+        r
+    })
+}
+
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Status> {
     serde_json::from_slice(bytes)
         .map_err(|e| Status::from(MetaError::Invalid(format!("undecodable {what}: {e}"))))
@@ -318,8 +328,11 @@ impl MetaService for MetaApi {
             )))),
             Err(Some(status)) => Err(status),
             Err(None) => {
-                let (mut leader, _) = self.leader_client(&request)?;
-                leader.mutate(MetaNode::mark(request.into_inner())).await
+                let (mut leader, addr) = self.leader_client(&request)?;
+                naming(
+                    leader.mutate(MetaNode::mark(request.into_inner())).await,
+                    &addr,
+                )
             }
         }
     }
@@ -337,8 +350,11 @@ impl MetaService for MetaApi {
             if e.forward_to_leader().is_none() {
                 return Err(unavailable(e));
             }
-            let (mut leader, _) = self.leader_client(&request)?;
-            return leader.query(MetaNode::mark(request.into_inner())).await;
+            let (mut leader, addr) = self.leader_client(&request)?;
+            return naming(
+                leader.query(MetaNode::mark(request.into_inner())).await,
+                &addr,
+            );
         }
         let outcome: Result<_, NsError> = self.read(|r| r.query(&query))?;
         Ok(Response::new(QueryResponse {
@@ -620,6 +636,42 @@ impl MetaService for MetaApi {
                 return Ok(Response::new(reply));
             }
             // Nothing new: wait for the next applied entry (or the deadline).
+            let _ = tokio::time::timeout(deadline - now, applied.changed()).await;
+        }
+    }
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<WatchResponse>, Status> {
+        // Only a leader within its lease answers: a member cut off from the others would
+        // answer "nothing changed" while the others go on changing things.
+        if !self.lease_valid().await {
+            let (mut leader, addr) = self.leader_client(&request)?;
+            return naming(
+                leader.watch(MetaNode::mark(request.into_inner())).await,
+                &addr,
+            );
+        }
+        let r = request.into_inner();
+        let deadline = Instant::now() + Duration::from_millis(u64::from(r.wait_ms).min(10_000));
+        let mut applied = self.shared.applied.subscribe();
+        let mut from = r.from;
+        loop {
+            let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
+            let answer = crate::watch::changes(&tx, r.volume, from, r.client)?;
+            drop(tx);
+            let now = Instant::now();
+            if !answer.touched.changes.is_empty() || answer.gap || r.from == 0 || now >= deadline {
+                return Ok(Response::new(WatchResponse {
+                    touched: json(&answer.touched),
+                    next: answer.next,
+                    gap: answer.gap,
+                }));
+            }
+            // Records of other volumes or of the watcher only, or none: wait for the next
+            // applied entry.
+            from = answer.next;
             let _ = tokio::time::timeout(deadline - now, applied.changed()).await;
         }
     }

@@ -19,3 +19,7 @@ pub use hlc::{Hlc, HlcClock};
 pub use ids::{BlockId, IdError, InodeId, NodeId, RegionId, ZoneId};
 pub use placement::placement;
 pub use tree::Outboard;
+
+/// Response header a metaserver follower sets on a reply it forwarded from the leader: the
+/// leader's address, which the client then asks first (one hop less per call).
+pub const LEADER_HEADER: &str = "x-meridian-leader";

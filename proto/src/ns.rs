@@ -6,7 +6,9 @@ use crate::{BlockId, Hlc, InodeId, RegionId};
 use serde::{Deserialize, Serialize};
 
 mod query;
+mod watch;
 pub use query::{CheckPage, CheckedBlock, DirEntry, Query, QueryReply};
+pub use watch::{Touch, Touched};
 
 /// Longest name of one directory entry, in bytes (as ext4).
 pub const NAME_MAX: usize = 255;
@@ -460,6 +462,13 @@ pub enum Op {
         /// The inode read.
         ino: InodeId,
     },
+    /// [`Op::Accessed`] for several files of one volume at once (at most
+    /// [`ACCESSED_BATCH_MAX`]): a client gathers the reads of a moment into one write, as
+    /// Linux's `lazytime` does. A file removed meanwhile is passed over.
+    AccessedBatch {
+        /// The inodes read.
+        inos: Vec<InodeId>,
+    },
     /// Replace the extents of `[offset, offset + len)` by `replacement`, only if they are
     /// still exactly `expected` (the compactor's read); otherwise fail with EAGAIN.
     Compact {
@@ -551,6 +560,10 @@ pub struct Record {
     /// view that the merged order will not have.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deps: Vec<(RegionId, u64)>,
+    /// The client that asked for it, where it was first applied: the feed of changes a
+    /// mount follows leaves out its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<u64>,
 }
 
 impl Record {
@@ -585,6 +598,9 @@ pub enum Reply {
     /// Bytes copied by a `CopyRange`, and the destination's attributes after it.
     Copied(u64, Attr),
 }
+
+/// The most inodes one [`Op::AccessedBatch`] names.
+pub const ACCESSED_BATCH_MAX: usize = 1024;
 
 /// Why a namespace operation failed; each maps to one errno.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error, Serialize, Deserialize)]

@@ -560,10 +560,16 @@ impl Region {
 
     /// Mounts `volume` at a new folder under the region's temp dir.
     pub fn mount(&self, name: &str) -> Result<Mount> {
-        Mount::start(
+        self.mount_with(name, &[])
+    }
+
+    /// [`Region::mount`], with more `meridian mount` flags.
+    pub fn mount_with(&self, name: &str, flags: &[&str]) -> Result<Mount> {
+        Mount::start_with(
             &self.meta_addrs(),
             "default",
             &self.meta.dir.path().join(name),
+            flags,
         )
     }
 }
@@ -588,6 +594,11 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(meta: &str, volume: &str, path: &Path) -> Result<Self> {
+        Self::start_with(meta, volume, path, &[])
+    }
+
+    /// [`Mount::start`], with more `meridian mount` flags.
+    pub fn start_with(meta: &str, volume: &str, path: &Path, flags: &[&str]) -> Result<Self> {
         fs::create_dir_all(path)?;
         let path = path.canonicalize()?;
         let log = path.with_extension("log");
@@ -597,6 +608,7 @@ impl Mount {
             .open(&log)?;
         let child = Command::new(MERIDIAN)
             .args(["mount", "--meta", meta, "--volume", volume, "--allow-other"])
+            .args(flags)
             .arg(&path)
             .env("MERIDIAN_LOG", "info")
             .stdin(Stdio::null())

@@ -24,6 +24,9 @@ pub trait KernelCache: Send + Sync {
     /// and its attributes. May wait for pages the kernel has locked: never call it on a
     /// path the kernel waits on.
     fn drop_pages(&self, ino: InodeId, offset: u64, len: u64);
+    /// Forget the entry `name` of directory `parent` (positive or negative). May wait for
+    /// the directory's lock: never call it on a path the kernel waits on.
+    fn drop_entry(&self, parent: InodeId, name: &[u8]);
 }
 
 /// The servers' state of a file's content, as a reply described it: a write or truncate
@@ -140,6 +143,44 @@ impl KernelView {
     pub(super) fn drop_attrs(&self, ino: InodeId) {
         if let Some(sink) = self.sink.get() {
             sink.drop_attrs(ino);
+        }
+    }
+
+    /// Drops from the kernel what other clients' changes made stale, from a blocking
+    /// thread (an entry's drop waits for its directory's lock, which the kernel may hold
+    /// for a request this client is serving), and waits until it is done.
+    pub(super) async fn drop_touched(&self, touches: Vec<meridian_proto::ns::Touch>) {
+        use meridian_proto::ns::Touch;
+        let Some(sink) = self.sink.get().cloned() else {
+            return;
+        };
+        let mut pages = Vec::new();
+        for t in &touches {
+            if let Touch::Content(ino) = t
+                && let Some(p) = self.files().get_mut(ino)
+                && p.matches.is_some()
+            {
+                // Another client's write: the pages match nothing this client knows.
+                p.matches = None;
+                p.epoch += 1;
+                pages.push(*ino);
+            }
+        }
+        let work = move || {
+            for t in touches {
+                match t {
+                    Touch::Entry { parent, name } => {
+                        sink.drop_entry(parent, &name);
+                        sink.drop_attrs(parent);
+                    }
+                    Touch::Attrs(ino) => sink.drop_attrs(ino),
+                    Touch::Content(ino) if pages.contains(&ino) => sink.drop_pages(ino, 0, 0),
+                    Touch::Content(ino) => sink.drop_attrs(ino),
+                }
+            }
+        };
+        if let Err(e) = tokio::task::spawn_blocking(work).await {
+            tracing::warn!(error = %e, "dropping stale kernel caches failed");
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use meridian_proto::InodeId;
-use meridian_proto::ns::{Attr, Extent, Op, Query, QueryReply, libc_errno};
+use meridian_proto::ns::{Attr, Extent, Query, QueryReply, libc_errno};
 use tracing::warn;
 
 use super::{Errno, FileSystem};
@@ -69,11 +69,9 @@ impl FileSystem {
             f.next_read = Some(offset.saturating_add(u64::from(size)));
             (f.ino, std::mem::take(&mut f.atime_due), sequential)
         };
-        if atime_due && let Some(me) = self.me.upgrade() {
+        if atime_due {
             // atime as ext4's relatime keeps it; in the background, off the read path.
-            tokio::spawn(async move {
-                let _ = me.mutate(Op::Accessed { ino }).await;
-            });
+            self.accessed(ino);
         }
         // Reads see this client's own writes: commit them first (other handles too).
         self.flush_inode(ino).await?;

@@ -1,7 +1,9 @@
 //! Conversions between the kernel's view (FUSE types, a request's caller) and the
 //! namespace's.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileType, Request};
 use meridian_proto::ns::{Creds, FileKind, Timespec};
@@ -61,12 +63,44 @@ pub(super) fn creds(req: &Request) -> Creds {
     Creds {
         uid: req.uid(),
         gid: req.gid(),
-        groups: supplementary_groups(req.pid()),
+        groups: supplementary_groups(req.pid(), req.uid(), req.gid()),
     }
 }
 
-/// The caller's supplementary groups, read from /proc (FUSE does not carry them).
-fn supplementary_groups(pid: u32) -> Vec<u32> {
+/// How long a caller's supplementary groups are reused. Only a process with CAP_SETGID can
+/// change its groups without changing its uid (a new process gets a new pid), so the risk
+/// is a pid reused within this time by the same uid and gid with other groups.
+const GROUPS_FRESH: Duration = Duration::from_secs(1);
+
+/// Callers whose groups were read lately, by (pid, uid, gid).
+type GroupsCache = HashMap<(u32, u32, u32), (Instant, Arc<[u32]>)>;
+
+/// The caller's supplementary groups, read from /proc (FUSE does not carry them). Root's
+/// are never read: no permission check looks at them (root passes every group check), and
+/// reading /proc costs five system calls and the kernel formatting the whole status file.
+fn supplementary_groups(pid: u32, uid: u32, gid: u32) -> Vec<u32> {
+    static CACHE: OnceLock<Mutex<GroupsCache>> = OnceLock::new();
+    if uid == 0 {
+        return Vec::new();
+    }
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (pid, uid, gid);
+    let now = Instant::now();
+    if let Some((at, groups)) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        && now.duration_since(*at) < GROUPS_FRESH
+    {
+        return groups.to_vec();
+    }
+    let groups = read_groups(pid);
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= 4096 {
+        cache.retain(|_, (at, _)| now.duration_since(*at) < GROUPS_FRESH);
+    }
+    cache.insert(key, (now, groups.as_slice().into()));
+    groups
+}
+
+fn read_groups(pid: u32) -> Vec<u32> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Vec::new();
     };

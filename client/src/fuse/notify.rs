@@ -19,12 +19,16 @@ impl KernelNotifier {
         KernelNotifier { notifier, root }
     }
 
-    fn inval(&self, ino: InodeId, offset: i64, len: i64) {
-        let kernel = if ino == self.root {
+    fn kernel_ino(&self, ino: InodeId) -> INodeNo {
+        if ino == self.root {
             INodeNo::ROOT
         } else {
             INodeNo(ino.0)
-        };
+        }
+    }
+
+    fn inval(&self, ino: InodeId, offset: i64, len: i64) {
+        let kernel = self.kernel_ino(ino);
         // ENOENT: the kernel holds nothing of the inode, so there is nothing to drop.
         if let Err(e) = self.notifier.inval_inode(kernel, offset, len)
             && e.raw_os_error() != Some(libc::ENOENT)
@@ -44,5 +48,18 @@ impl KernelCache for KernelNotifier {
         let offset = i64::try_from(offset).unwrap_or(i64::MAX);
         let len = i64::try_from(len).unwrap_or(0);
         self.inval(ino, offset, len);
+    }
+
+    fn drop_entry(&self, parent: InodeId, name: &[u8]) {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = self.kernel_ino(parent);
+        // ENOENT: the kernel has no such entry cached.
+        if let Err(e) = self
+            .notifier
+            .inval_entry(dir, std::ffi::OsStr::from_bytes(name))
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            debug!(%parent, error = %e, "kernel entry invalidation failed");
+        }
     }
 }

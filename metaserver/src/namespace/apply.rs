@@ -76,6 +76,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
             volume: volume.as_ref().map_or(0, |v| v.id),
             regions: volume.map(|v| v.policy.regions).unwrap_or_default(),
             deps,
+            client: cmd.request.map(|(client, _)| client),
         };
         merge::log_applied(t, &record, &images)?;
         let seq = t.next(counter::NEXT_CHANGE, 1)?;
@@ -120,6 +121,16 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
         | Op::Accessed { ino }
         | Op::Compact { ino, .. } => *ino,
         Op::CopyRange { dst, .. } => *dst,
+        // Every inode of a batch is of one volume (checked when it applies): that of the
+        // first one still there.
+        Op::AccessedBatch { inos } => {
+            for ino in inos {
+                if let Some(node) = read_inode(t.inodes(), *ino)? {
+                    return find_volume(t, node.attr.volume);
+                }
+            }
+            return Ok(None);
+        }
     };
     match read_inode(t.inodes(), ino)? {
         Some(node) => Ok(find_volume(t, node.attr.volume)?),
@@ -287,7 +298,10 @@ fn replay(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
             t.restore(&images)?;
             t.undo = Some(Vec::new());
             // Losing an atime update or a compaction is no conflict anybody cares about.
-            if !matches!(record.op, Op::Accessed { .. } | Op::Compact { .. }) {
+            if !matches!(
+                record.op,
+                Op::Accessed { .. } | Op::AccessedBatch { .. } | Op::Compact { .. }
+            ) {
                 record_conflict(t, &ctx, "skip", None, skip_detail(record, &e))?;
             }
             images = t.undo.take().unwrap_or_default();
@@ -326,6 +340,7 @@ fn skip_detail(record: &Record, e: &NsError) -> String {
                 | Op::Accessed { ino }
                 | Op::Compact { ino, .. } => ino.to_string(),
                 Op::CopyRange { src, dst, .. } => format!("{src} to {dst}"),
+                Op::AccessedBatch { inos } => format!("{} files", inos.len()),
             };
             format!(
                 "{what} of {target} from region {from} not applied: what it acts on no longer exists"
@@ -352,7 +367,7 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::CommitExtents { .. } => "write",
         Op::PunchHole { .. } => "punch hole",
         Op::CopyRange { .. } => "copy range",
-        Op::Accessed { .. } => "access",
+        Op::Accessed { .. } | Op::AccessedBatch { .. } => "access",
         Op::Compact { .. } => "compaction",
     }
 }
@@ -468,6 +483,7 @@ pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Resul
             creds,
         ),
         Op::Accessed { ino } => attrs::accessed(t, ctx, *ino),
+        Op::AccessedBatch { inos } => attrs::accessed_batch(t, ctx, inos),
         Op::Compact {
             ino,
             offset,

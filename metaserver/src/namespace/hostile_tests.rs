@@ -251,6 +251,7 @@ fn record(h: &Hostile, inos: &[InodeId], vols: &[u32], base: u64) -> Record {
         } else {
             Vec::new()
         },
+        client: Some(h.num % 7).filter(|n| *n > 0),
     }
 }
 

@@ -763,6 +763,100 @@ fn reads_update_atime_like_relatime() {
 }
 
 #[test]
+fn an_access_batch_moves_each_due_atime_passes_over_removed_files_and_refuses_mixed_volumes() {
+    let mut fs = Fs::new();
+    let a = fs.create(fs.root, "a");
+    let b = fs.create(fs.root, "b");
+    let gone = fs.create(fs.root, "gone");
+    fs.run(Op::Unlink {
+        parent: fs.root,
+        name: b"gone".to_vec(),
+        creds: Creds::root(),
+    })
+    .unwrap();
+    let before = (fs.attr(a.ino), fs.attr(b.ino));
+    fs.run(Op::AccessedBatch {
+        inos: vec![a.ino, gone.ino, b.ino],
+    })
+    .unwrap();
+    assert!(fs.attr(a.ino).atime > before.0.atime);
+    assert!(fs.attr(b.ino).atime > before.1.atime);
+    assert_eq!(fs.attr(a.ino).mtime, before.0.mtime, "only atime moves");
+
+    // Two volumes in one batch: refused, nothing changes.
+    let other = fs.volume("other", VolumePolicy::default()).unwrap();
+    let c = fs.create(other.root, "c");
+    let c_before = fs.attr(c.ino);
+    let a_before = fs.attr(a.ino);
+    fs.clock += 24 * 3600 * 1000;
+    assert_eq!(
+        errno(fs.run(Op::AccessedBatch {
+            inos: vec![c.ino, a.ino],
+        })),
+        EINVAL
+    );
+    assert_eq!((fs.attr(a.ino), fs.attr(c.ino)), (a_before, c_before));
+    // Too many: refused.
+    assert_eq!(
+        errno(fs.run(Op::AccessedBatch {
+            inos: vec![a.ino; meridian_proto::ns::ACCESSED_BATCH_MAX + 1],
+        })),
+        EINVAL
+    );
+}
+
+#[test]
+fn the_feed_lists_what_changes_of_a_volume_made_stale_without_the_watchers_own() {
+    let mut fs = Fs::new();
+    let other = fs.volume("other", VolumePolicy::default()).unwrap();
+    let now = {
+        let tx = fs.db.begin_read().unwrap();
+        crate::watch::changes(&tx, 1, 0, 0).unwrap()
+    };
+    assert!(now.touched.changes.is_empty() && !now.gap);
+    let dir = fs.mkdir(fs.root, "d");
+    fs.create(other.root, "elsewhere");
+    let mine = fs.command(
+        Op::Mknod {
+            parent: dir.ino,
+            name: b"mine".to_vec(),
+            kind: FileKind::File,
+            perm: 0o644,
+            rdev: 0,
+            exclusive: true,
+            creds: Creds::root(),
+        },
+        Some((42, 1)),
+    );
+    fs.run_command(&mine).unwrap();
+    let volume = fs.read(|r| r.volume("main")).unwrap().id;
+    let tx = fs.db.begin_read().unwrap();
+    let all = crate::watch::changes(&tx, volume, now.next, 0).unwrap();
+    let entry = |parent: InodeId, name: &str| Touch::Entry {
+        parent,
+        name: name.as_bytes().to_vec(),
+    };
+    assert_eq!(
+        all.touched.changes,
+        vec![
+            (None, vec![entry(fs.root, "d")]),
+            (Some(42), vec![entry(dir.ino, "mine")]),
+        ],
+        "the other volume's create is not there"
+    );
+    let others = crate::watch::changes(&tx, volume, now.next, 42).unwrap();
+    assert_eq!(
+        others.touched.changes,
+        vec![(None, vec![entry(fs.root, "d")])]
+    );
+    assert_eq!(others.next, all.next);
+    // Nothing new: the next answer is empty, from where this one ended.
+    let none = crate::watch::changes(&tx, volume, all.next, 0).unwrap();
+    assert!(none.touched.changes.is_empty() && !none.gap);
+    assert_eq!(none.next, all.next);
+}
+
+#[test]
 fn old_request_outcomes_are_pruned_by_hlc_time() {
     let mut fs = Fs::new();
     let op = |name: &str| Op::Mknod {

@@ -152,6 +152,7 @@ mod tests {
             volume,
             regions: regions.clone(),
             deps: Vec::new(),
+            client: None,
         };
         let batch = RemoteBatch {
             origin: RegionId(2),

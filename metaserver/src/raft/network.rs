@@ -2,21 +2,27 @@
 //! the RaftService's byte envelopes. Snapshots stream in 1 MiB chunks.
 
 use crate::error::MetaError;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
+use futures::Stream;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use meridian_proto::channels::ChannelPool;
 use meridian_proto::pb::meta::RaftMessage;
 use meridian_proto::pb::meta::raft_service_client::RaftServiceClient;
 use meridian_proto::pb::meta::raft_service_server::RaftService;
 use meridian_proto::wire;
 use openraft::errors::{
-    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2, stream_append_sequential};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::{BasicNode, OptionalSend};
@@ -48,6 +54,9 @@ pub struct Peer {
     target: u64,
     addr: String,
     pool: Arc<ChannelPool>,
+    /// Whether the peer serves `AppendStream` (a member of an older version does not: it
+    /// gets one unary call per request).
+    streams: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -58,6 +67,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             pool: self.pool.clone(),
+            streams: true,
         }
     }
 }
@@ -128,8 +138,128 @@ impl Peer {
     }
 }
 
+/// What one `AppendStream` answer carries: the member's result for one request, or the
+/// fatal error that stopped its Raft.
+type StreamItem = Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>;
+
+/// When the requests still unanswered on a stream were sent, oldest first.
+#[derive(Clone, Default)]
+struct Unanswered(Arc<std::sync::Mutex<VecDeque<Instant>>>);
+
+impl Unanswered {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn sent(&self) {
+        self.lock().push_back(Instant::now());
+    }
+    fn answered(&self) {
+        self.lock().pop_front();
+    }
+    fn oldest(&self) -> Option<Instant> {
+        self.lock().front().copied()
+    }
+}
+
+impl Peer {
+    /// Replication over one long-lived `AppendStream`: each request and each answer is one
+    /// message on an open HTTP/2 stream, instead of a call (headers, trailers, a server
+    /// task) per request. An answer later than `option.soft_ttl()` after its request fails
+    /// the stream; an idle stream (nothing unanswered) waits as long as the leader does.
+    async fn open_append_stream<S>(
+        &mut self,
+        input: S,
+        option: RPCOption,
+    ) -> RpcResult<BoxStream<'static, RpcResult<StreamAppendResult<TypeConfig>>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let target = self.target;
+        let unanswered = Unanswered::default();
+        let sent = unanswered.clone();
+        let requests = input.map(move |r| {
+            sent.sent();
+            encode(&r)
+        });
+        let inbound = match self.client(&option)?.append_stream(requests).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                // Retried by openraft; the next session goes one call at a time.
+                self.streams = false;
+                return Err(status_to_rpc(s, target));
+            }
+            Err(s) => return Err(status_to_rpc(s, target)),
+        };
+        let deadline = option.soft_ttl();
+        let answers = futures::stream::unfold(Some(inbound), move |state| {
+            let unanswered = unanswered.clone();
+            async move {
+                let mut inbound = state?;
+                let msg = loop {
+                    let wait = unanswered
+                        .oldest()
+                        .map_or(deadline, |t| deadline.saturating_sub(t.elapsed()));
+                    match tokio::time::timeout(wait, inbound.message()).await {
+                        Ok(msg) => break msg,
+                        Err(_) if unanswered.oldest().is_some_and(|t| t.elapsed() >= deadline) => {
+                            let e = Unreachable::from_string(format!(
+                                "member {target}: no answer to an append within {deadline:?}"
+                            ));
+                            return Some((Err(RPCError::Unreachable(e)), None));
+                        }
+                        Err(_) => continue,
+                    }
+                };
+                let msg = match msg {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => return None,
+                    Err(s) => return Some((Err(status_to_rpc(s, target)), None)),
+                };
+                unanswered.answered();
+                match serde_json::from_slice::<StreamItem>(&msg.data) {
+                    Ok(Ok(result)) => {
+                        let more = result.is_ok();
+                        Some((Ok(result), more.then_some(inbound)))
+                    }
+                    // The member's Raft stopped: as for a unary call, it is unreachable.
+                    Ok(Err(fatal)) => Some((
+                        Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                            "member {target}: {fatal}"
+                        )))),
+                        None,
+                    )),
+                    Err(e) => Some((
+                        Err(RPCError::Network(NetworkError::from_string(format!(
+                            "bad append answer from member {target}: {e}"
+                        )))),
+                        None,
+                    )),
+                }
+            }
+        });
+        Ok(Box::pin(answers))
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for Peer {
     type SnapshotData = SnapshotData;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, RpcResult<BoxStream<'s, RpcResult<StreamAppendResult<TypeConfig>>>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        if !self.streams {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let answers = self.open_append_stream(input, option).await?;
+            Ok(answers as BoxStream<'s, _>)
+        })
+    }
 
     async fn append_entries(
         &mut self,
@@ -254,8 +384,41 @@ fn bad(e: serde_json::Error) -> Status {
     Status::from(MetaError::Invalid(format!("undecodable raft message: {e}")))
 }
 
+/// The answers of one `AppendStream`.
+pub type AppendAnswers = BoxStream<'static, Result<RaftMessage, Status>>;
+
 #[tonic::async_trait]
 impl RaftService for RaftRpc {
+    type AppendStreamStream = AppendAnswers;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<AppendAnswers>, Status> {
+        // The requests in order, up to the first that does not decode (or the end).
+        let requests = futures::stream::unfold(request.into_inner(), |mut inbound| async move {
+            match inbound.message().await {
+                Ok(Some(msg)) => match serde_json::from_slice(&msg.data) {
+                    Ok(req) => Some((req, inbound)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable append on a stream: stream ends");
+                        None
+                    }
+                },
+                Ok(None) => None,
+                Err(s) => {
+                    tracing::debug!(status = %s, "append stream ended");
+                    None
+                }
+            }
+        });
+        let answers = self
+            .raft
+            .stream_append(requests)
+            .map(|item: StreamItem| Ok(encode(&item)));
+        Ok(Response::new(Box::pin(answers)))
+    }
+
     async fn append_entries(
         &self,
         request: Request<RaftMessage>,

@@ -135,6 +135,37 @@ pub(crate) fn setattr(
     Ok(Reply::Attr(node.attr))
 }
 
+/// [`accessed`] for each of `inos`, all of one volume; one removed meanwhile is passed
+/// over (its read raced its unlink).
+pub(crate) fn accessed_batch(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    inos: &[InodeId],
+) -> Result<Reply, NsError> {
+    if inos.len() > meridian_proto::ns::ACCESSED_BATCH_MAX {
+        return Err(NsError::Invalid(format!(
+            "{} inodes in one access batch; at most {}",
+            inos.len(),
+            meridian_proto::ns::ACCESSED_BATCH_MAX
+        )));
+    }
+    let mut volume = None;
+    for &ino in inos {
+        let node = match get(t, ino) {
+            Ok(node) => node,
+            Err(NsError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        if *volume.get_or_insert(node.attr.volume) != node.attr.volume {
+            return Err(NsError::Invalid(
+                "an access batch names inodes of several volumes".into(),
+            ));
+        }
+        accessed(t, ctx, ino)?;
+    }
+    Ok(Reply::Done)
+}
+
 pub(crate) fn accessed(
     t: &mut WriteTables<'_>,
     ctx: &Ctx<'_>,
