@@ -86,6 +86,9 @@ pub struct MetaClient {
     retry_for: Duration,
 }
 
+/// How long one poll of the cluster map waits for a change.
+const MAP_POLL: Duration = Duration::from_secs(5);
+
 /// A client id unlikely to collide with any other client's.
 fn new_client_id() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -321,7 +324,9 @@ impl MetaClient {
         tokio::spawn(async move {
             while !tx.is_closed() {
                 let known = tx.borrow().epoch;
-                match client.cluster_map(known, Duration::from_secs(10)).await {
+                // Well inside the call timeout (10 s): a poll that timed out would move this
+                // client off its member, as for a member that does not answer.
+                match client.cluster_map(known, MAP_POLL).await {
                     Ok(map) if map.epoch > known => {
                         info!(
                             epoch = map.epoch,
