@@ -142,30 +142,40 @@ impl Peer {
 /// fatal error that stopped its Raft.
 type StreamItem = Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>;
 
-/// When the requests still unanswered on a stream were sent, oldest first.
+/// The requests still unanswered on a stream (when each was sent, oldest first), and when
+/// the last answer came.
 #[derive(Clone, Default)]
-struct Unanswered(Arc<std::sync::Mutex<VecDeque<Instant>>>);
+struct Unanswered(Arc<std::sync::Mutex<(VecDeque<Instant>, Option<Instant>)>>);
 
 impl Unanswered {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<Instant>, Option<Instant>)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn sent(&self) {
-        self.lock().push_back(Instant::now());
+        self.lock().0.push_back(Instant::now());
     }
     fn answered(&self) {
-        self.lock().pop_front();
+        let mut u = self.lock();
+        u.0.pop_front();
+        u.1 = Some(Instant::now());
     }
-    fn oldest(&self) -> Option<Instant> {
-        self.lock().front().copied()
+    /// Since when the stream waits for its next answer: the later of the oldest
+    /// unanswered request and the last answer (answers come in order, so a request sent
+    /// behind others waits for them too). None when nothing is unanswered.
+    fn waiting_since(&self) -> Option<Instant> {
+        let u = self.lock();
+        let oldest = *u.0.front()?;
+        Some(u.1.map_or(oldest, |last| last.max(oldest)))
     }
 }
 
 impl Peer {
     /// Replication over one long-lived `AppendStream`: each request and each answer is one
     /// message on an open HTTP/2 stream, instead of a call (headers, trailers, a server
-    /// task) per request. An answer later than `option.soft_ttl()` after its request fails
-    /// the stream; an idle stream (nothing unanswered) waits as long as the leader does.
+    /// task) per request. Waiting longer than `option.soft_ttl()` for the next answer
+    /// (counted from the later of the oldest unanswered request and the last answer: a
+    /// member catching up answers many pipelined requests one after the other) fails the
+    /// stream; an idle stream (nothing unanswered) waits as long as the leader does.
     async fn open_append_stream<S>(
         &mut self,
         input: S,
@@ -197,15 +207,21 @@ impl Peer {
                 let mut inbound = state?;
                 let msg = loop {
                     let wait = unanswered
-                        .oldest()
+                        .waiting_since()
                         .map_or(deadline, |t| deadline.saturating_sub(t.elapsed()));
                     match tokio::time::timeout(wait, inbound.message()).await {
                         Ok(msg) => break msg,
-                        Err(_) if unanswered.oldest().is_some_and(|t| t.elapsed() >= deadline) => {
-                            let e = Unreachable::from_string(format!(
+                        Err(_)
+                            if unanswered
+                                .waiting_since()
+                                .is_some_and(|t| t.elapsed() >= deadline) =>
+                        {
+                            // A slow member, as a unary call past its deadline: a network
+                            // error openraft retries at once (unreachable backs off).
+                            let e = NetworkError::from_string(format!(
                                 "member {target}: no answer to an append within {deadline:?}"
                             ));
-                            return Some((Err(RPCError::Unreachable(e)), None));
+                            return Some((Err(RPCError::Network(e)), None));
                         }
                         Err(_) => continue,
                     }
