@@ -10,7 +10,7 @@
 //! already carry another client's change too. A stat that finds a file changed elsewhere
 //! while its pages were known drops them at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use meridian_proto::InodeId;
@@ -167,15 +167,29 @@ impl KernelView {
             }
         }
         let work = move || {
+            // Each inode's attributes are dropped once, however many changes touched it
+            // (a thousand creates in one directory drop its attributes once).
+            let (mut attrs, mut paged) = (HashSet::new(), HashSet::new());
             for t in touches {
                 match t {
                     Touch::Entry { parent, name } => {
                         sink.drop_entry(parent, &name);
-                        sink.drop_attrs(parent);
+                        if attrs.insert(parent) {
+                            sink.drop_attrs(parent);
+                        }
                     }
-                    Touch::Attrs(ino) => sink.drop_attrs(ino),
-                    Touch::Content(ino) if pages.contains(&ino) => sink.drop_pages(ino, 0, 0),
-                    Touch::Content(ino) => sink.drop_attrs(ino),
+                    Touch::Content(ino) if pages.contains(&ino) => {
+                        if paged.insert(ino) {
+                            // Drops the attributes too.
+                            attrs.insert(ino);
+                            sink.drop_pages(ino, 0, 0);
+                        }
+                    }
+                    Touch::Attrs(ino) | Touch::Content(ino) => {
+                        if attrs.insert(ino) {
+                            sink.drop_attrs(ino);
+                        }
+                    }
                 }
             }
         };

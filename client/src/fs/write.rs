@@ -22,11 +22,26 @@ type Part = (u64, u32, u64);
 /// 16,384. Compaction later gives each fragmented range a block of its own.
 fn pack(pieces: Vec<(u64, Bytes)>, block_size: u64) -> Vec<(Vec<Part>, Bytes)> {
     let mut out = Vec::new();
-    let mut parts: Vec<Part> = Vec::new();
-    let mut buf: Vec<u8> = Vec::new();
-    let seal = |parts: &mut Vec<Part>, buf: &mut Vec<u8>, out: &mut Vec<(Vec<Part>, Bytes)>| {
-        if !parts.is_empty() {
-            out.push((std::mem::take(parts), Bytes::from(std::mem::take(buf))));
+    // The pieces of the pack being filled, and their bytes so far.
+    let mut open: Vec<(u64, Bytes)> = Vec::new();
+    let mut filled = 0u64;
+    let seal = |open: &mut Vec<(u64, Bytes)>, out: &mut Vec<(Vec<Part>, Bytes)>| {
+        match open.len() {
+            0 => {}
+            // A pack of one piece is the piece: its bytes are not copied.
+            1 => {
+                let (off, data) = open.pop().expect("one piece");
+                out.push((vec![(off, 0, data.len() as u64)], data));
+            }
+            _ => {
+                let mut buf = Vec::with_capacity(open.iter().map(|(_, d)| d.len()).sum());
+                let mut parts = Vec::with_capacity(open.len());
+                for (off, data) in open.drain(..) {
+                    parts.push((off, buf.len() as u32, data.len() as u64));
+                    buf.extend_from_slice(&data);
+                }
+                out.push((parts, Bytes::from(buf)));
+            }
         }
     };
     for (file_off, data) in pieces {
@@ -35,13 +50,14 @@ fn pack(pieces: Vec<(u64, Bytes)>, block_size: u64) -> Vec<(Vec<Part>, Bytes)> {
             out.push((vec![(file_off, 0, len)], data));
             continue;
         }
-        if buf.len() as u64 + len > block_size {
-            seal(&mut parts, &mut buf, &mut out);
+        if filled + len > block_size {
+            seal(&mut open, &mut out);
+            filled = 0;
         }
-        parts.push((file_off, buf.len() as u32, len));
-        buf.extend_from_slice(&data);
+        filled += len;
+        open.push((file_off, data));
     }
-    seal(&mut parts, &mut buf, &mut out);
+    seal(&mut open, &mut out);
     out
 }
 

@@ -2,7 +2,7 @@
 //! namespace's.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileType, Request};
@@ -73,7 +73,7 @@ pub(super) fn creds(req: &Request) -> Creds {
 const GROUPS_FRESH: Duration = Duration::from_secs(1);
 
 /// Callers whose groups were read lately, by (pid, uid, gid).
-type GroupsCache = HashMap<(u32, u32, u32), (Instant, Arc<[u32]>)>;
+type GroupsCache = HashMap<(u32, u32, u32), (Instant, Vec<u32>)>;
 
 /// The caller's supplementary groups, read from /proc (FUSE does not carry them). Root's
 /// are never read: no permission check looks at them (root passes every group check), and
@@ -89,14 +89,14 @@ fn supplementary_groups(pid: u32, uid: u32, gid: u32) -> Vec<u32> {
     if let Some((at, groups)) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
         && now.duration_since(*at) < GROUPS_FRESH
     {
-        return groups.to_vec();
+        return groups.clone();
     }
     let groups = read_groups(pid);
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
     if cache.len() >= 4096 {
         cache.retain(|_, (at, _)| now.duration_since(*at) < GROUPS_FRESH);
     }
-    cache.insert(key, (now, groups.as_slice().into()));
+    cache.insert(key, (now, groups.clone()));
     groups
 }
 

@@ -161,7 +161,7 @@ pub(crate) fn accessed_batch(
                 "an access batch names inodes of several volumes".into(),
             ));
         }
-        accessed(t, ctx, ino)?;
+        touch_atime(t, ctx, node)?;
     }
     Ok(Reply::Done)
 }
@@ -171,11 +171,16 @@ pub(crate) fn accessed(
     ctx: &Ctx<'_>,
     ino: InodeId,
 ) -> Result<Reply, NsError> {
-    let mut node = get(t, ino)?;
+    let node = get(t, ino)?;
+    Ok(Reply::Attr(touch_atime(t, ctx, node)?))
+}
+
+/// Moves `node`'s atime to now if relatime says it is due; returns its attributes.
+fn touch_atime(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, mut node: Inode) -> Result<Attr, NsError> {
     let a = &node.attr;
     if a.atime_due(ctx.now) && ctx.now > a.atime {
         node.attr.atime = ctx.now;
         t.put_inode(&node)?;
     }
-    Ok(Reply::Attr(node.attr))
+    Ok(node.attr)
 }
