@@ -29,35 +29,33 @@ impl DirtyRanges {
             .map_or(0, |(o, d)| o + d.len() as u64)
     }
 
-    /// Records a write, merging it with the ranges it overlaps or touches.
+    /// Records a write, merging it with the ranges it overlaps or touches. The range it
+    /// merges into grows in place, so a file written front to back costs each byte one
+    /// copy (not the whole range again per write).
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if data.is_empty() {
             return;
         }
         let end = offset + data.len() as u64;
-        let mut start = offset;
-        let mut merged_end = end;
-        // Ranges that overlap or touch [offset, end).
+        // Ranges that overlap or touch [offset, end), in offset order.
         let touching: Vec<u64> = self
             .ranges
             .range(..=end)
             .filter(|(o, d)| *o + d.len() as u64 >= offset)
             .map(|(o, _)| *o)
             .collect();
-        for o in &touching {
-            let d = &self.ranges[o];
-            start = start.min(*o);
-            merged_end = merged_end.max(o + d.len() as u64);
-        }
-        let mut buf = vec![0u8; (merged_end - start) as usize];
-        for o in touching {
-            let d = self.ranges.remove(&o).expect("present");
+        let start = touching.first().map_or(offset, |o| (*o).min(offset));
+        let mut buf = match touching.first() {
+            Some(o) if *o == start => self.ranges.remove(o).expect("present"),
+            _ => Vec::new(),
+        };
+        self.bytes -= buf.len();
+        for o in touching.iter().filter(|o| **o != start) {
+            let d = self.ranges.remove(o).expect("present");
             self.bytes -= d.len();
-            let at = (o - start) as usize;
-            buf[at..at + d.len()].copy_from_slice(&d);
+            place(&mut buf, (o - start) as usize, &d);
         }
-        let at = (offset - start) as usize;
-        buf[at..at + data.len()].copy_from_slice(data);
+        place(&mut buf, (offset - start) as usize, data);
         self.bytes += buf.len();
         self.ranges.insert(start, buf);
     }
@@ -97,6 +95,21 @@ impl DirtyRanges {
                 self.ranges.insert(o, d);
             }
         }
+    }
+}
+
+/// Writes `data` into `buf` at `at`, growing `buf` as needed (zeros fill any gap).
+fn place(buf: &mut Vec<u8>, at: usize, data: &[u8]) {
+    let end = at + data.len();
+    if buf.len() < end {
+        if buf.len() < at {
+            buf.resize(at, 0);
+        }
+        let overlap = buf.len() - at;
+        buf[at..].copy_from_slice(&data[..overlap]);
+        buf.extend_from_slice(&data[overlap..]);
+    } else {
+        buf[at..end].copy_from_slice(data);
     }
 }
 
