@@ -3,11 +3,27 @@
 
 use std::collections::BTreeMap;
 
+/// No range crosses a multiple of this in the file: buffers stay block-sized, so the
+/// allocator hands freed ones out again instead of mapping (and zeroing) fresh memory for
+/// every commit of a long write.
+const SEGMENT: u64 = 4 << 20;
+
 /// Dirty ranges of one open file, keyed by file offset.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DirtyRanges {
     ranges: BTreeMap<u64, Vec<u8>>,
     bytes: usize,
+    segment: u64,
+}
+
+impl Default for DirtyRanges {
+    fn default() -> Self {
+        DirtyRanges {
+            ranges: BTreeMap::new(),
+            bytes: 0,
+            segment: SEGMENT,
+        }
+    }
 }
 
 impl DirtyRanges {
@@ -33,20 +49,35 @@ impl DirtyRanges {
     /// merges into grows in place, so a file written front to back costs each byte one
     /// copy (not the whole range again per write).
     pub fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.is_empty() {
-            return;
+        let mut at = 0;
+        while at < data.len() {
+            let off = offset + at as u64;
+            let room = (self.segment - off % self.segment) as usize;
+            let n = room.min(data.len() - at);
+            self.write_in_segment(off, &data[at..at + n]);
+            at += n;
         }
+    }
+
+    /// [`write`](Self::write) of bytes inside one segment.
+    fn write_in_segment(&mut self, offset: u64, data: &[u8]) {
         let end = offset + data.len() as u64;
-        // Ranges that overlap or touch [offset, end), in offset order.
+        let first = offset - offset % self.segment;
+        // Ranges of the segment that overlap or touch [offset, end), in offset order.
         let touching: Vec<u64> = self
             .ranges
-            .range(..=end)
+            .range(first..(end + 1).min(first + self.segment))
             .filter(|(o, d)| *o + d.len() as u64 >= offset)
             .map(|(o, _)| *o)
             .collect();
         let start = touching.first().map_or(offset, |o| (*o).min(offset));
         let mut buf = match touching.first() {
             Some(o) if *o == start => self.ranges.remove(o).expect("present"),
+            // A large write likely goes on to the segment's end (a sequential writer):
+            // room for all of it at once, not a copy per doubling.
+            _ if data.len() >= 64 << 10 => {
+                Vec::with_capacity((first + self.segment - start) as usize)
+            }
             _ => Vec::new(),
         };
         self.bytes -= buf.len();
@@ -121,9 +152,9 @@ mod tests {
     proptest! {
         /// Dirty ranges behave like writing into a flat buffer.
         #[test]
-        fn matches_a_flat_buffer(writes in proptest::collection::vec((0u64..200, proptest::collection::vec(any::<u8>(), 1..40)), 1..30), cut in 0u64..260) {
+        fn matches_a_flat_buffer(writes in proptest::collection::vec((0u64..200, proptest::collection::vec(any::<u8>(), 1..40)), 1..30), cut in 0u64..260, segment in prop_oneof![Just(SEGMENT), 1u64..64]) {
             let mut flat = vec![None::<u8>; 300];
-            let mut d = DirtyRanges::default();
+            let mut d = DirtyRanges { segment, ..DirtyRanges::default() };
             for (o, data) in &writes {
                 d.write(*o, data);
                 for (i, b) in data.iter().enumerate() { flat[*o as usize + i] = Some(*b); }
@@ -138,7 +169,11 @@ mod tests {
             prop_assert_eq!(d.bytes(), flat.iter().filter(|s| s.is_some()).count());
             let taken = d.take();
             for w in taken.windows(2) {
-                prop_assert!(w[0].0 + (w[0].1.len() as u64) < w[1].0, "ranges stay apart");
+                let (end, next) = (w[0].0 + w[0].1.len() as u64, w[1].0);
+                prop_assert!(end < next || (end == next && next % segment == 0), "ranges stay apart");
+            }
+            for (o, r) in &taken {
+                prop_assert_eq!(o / segment, (o + r.len() as u64 - 1) / segment, "inside one segment");
             }
         }
     }

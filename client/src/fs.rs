@@ -26,7 +26,9 @@ use crate::meta::{MetaClient, MetaError};
 
 mod atime;
 mod feed;
+mod fresh;
 mod kernel;
+mod known;
 mod read;
 mod space;
 mod write;
@@ -118,6 +120,12 @@ pub struct FileSystem {
     feed: feed::FeedState,
     /// Files read whose atime is due, written together a moment later.
     atimes: atime::Pending,
+    /// Directories' attributes from the last mutation's answer.
+    fresh: fresh::FreshDirs,
+    /// Directories whose every name this client knows.
+    known: known::KnownDirs,
+    /// Files created here that have no capabilities.
+    new_files: known::NewFiles,
 }
 
 fn attr_of(reply: Reply) -> Result<Attr, Errno> {
@@ -167,6 +175,9 @@ impl FileSystem {
             kernel: KernelView::default(),
             feed: Default::default(),
             atimes: Default::default(),
+            fresh: Default::default(),
+            known: Default::default(),
+            new_files: Default::default(),
         }))
     }
 
@@ -194,7 +205,21 @@ impl FileSystem {
     }
 
     async fn mutate(&self, op: Op) -> Result<Reply, Errno> {
-        self.meta.mutate(&op).await.map_err(errno)
+        let epoch = self.cache_epoch();
+        let generation = self.fresh.starting();
+        let absent = match &op {
+            Op::Mknod { parent, name, .. } => self.known.absent(*parent, name, epoch),
+            _ => false,
+        };
+        let started = self.known.starting(epoch);
+        let result = self.meta.mutate_dirs(&op).await;
+        let reply = result.as_ref().ok().map(|(reply, _)| reply);
+        let now = self.cache_epoch();
+        self.known.ended(started, &op, reply, now);
+        self.new_files.ended(&op, reply, absent, epoch, now);
+        let (reply, dirs) = result.map_err(errno)?;
+        self.fresh.answered(generation, epoch, dirs);
+        Ok(reply)
     }
 
     async fn query(&self, q: Query) -> Result<QueryReply, Errno> {
@@ -224,6 +249,16 @@ impl FileSystem {
 
     /// The entry `name` in `parent`.
     pub async fn lookup(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<Attr, Errno> {
+        // Search permission on `parent` is the kernel's to check (default_permissions).
+        // A name the servers would refuse gets their error, not ENOENT.
+        if name.len() <= meridian_proto::ns::NAME_MAX
+            && !name.is_empty()
+            && !name.contains(&b'/')
+            && self.feed.live()
+            && self.known.absent(parent, name, self.cache_epoch())
+        {
+            return Err(libc_errno::ENOENT);
+        }
         match self
             .query(Query::Lookup {
                 parent,
@@ -250,6 +285,11 @@ impl FileSystem {
     /// data is always in one of the two as seen here, and a reply never lowers the size
     /// below what this client wrote.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
+        // A directory this client just changed: the servers sent it with the answer.
+        if let Some(attr) = self.fresh.take(ino, self.cache_epoch()) {
+            self.kernel.observed(&attr);
+            return Ok(self.as_seen_here(attr, 0));
+        }
         let buffered = self.buffered_end(ino).await;
         let attr = self.committed_attr(ino).await?;
         self.kernel.observed(&attr);
@@ -537,6 +577,12 @@ impl FileSystem {
         name: &[u8],
         creds: &Creds,
     ) -> Result<Vec<u8>, Errno> {
+        if name == b"security.capability"
+            && self.feed.live()
+            && self.new_files.without_capabilities(ino, self.cache_epoch())
+        {
+            return Err(libc_errno::ENODATA);
+        }
         match self
             .query(Query::GetXattr {
                 ino,

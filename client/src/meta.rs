@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
-use meridian_proto::ns::{NsError, Op, Query, QueryReply, Reply, Touched};
+use meridian_proto::ns::{Attr, NsError, Op, Query, QueryReply, Reply, Touched};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
     GetClusterMapRequest, HeartbeatRequest, MutateRequest, QueryRequest,
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Why a metadata call failed.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +200,12 @@ impl MetaClient {
 
     /// Applies a namespace mutation, exactly once even across retries and leader changes.
     pub async fn mutate(&self, op: &Op) -> Result<Reply, MetaError> {
+        self.mutate_dirs(op).await.map(|(reply, _)| reply)
+    }
+
+    /// As [`mutate`](Self::mutate), with the directories the operation changed as they
+    /// were just after it (empty when the servers do not say).
+    pub async fn mutate_dirs(&self, op: &Op) -> Result<(Reply, Vec<Attr>), MetaError> {
         let op_bytes =
             Bytes::from(serde_json::to_vec(op).map_err(|e| MetaError::Invalid(e.to_string()))?);
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -215,7 +221,16 @@ impl MetaClient {
             .await?;
         let outcome: Result<Reply, NsError> = serde_json::from_slice(&resp.outcome)
             .map_err(|e| MetaError::Server(format!("undecodable reply: {e}")))?;
-        Ok(outcome?)
+        let reply = outcome?;
+        let dirs = if resp.dirs.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&resp.dirs).unwrap_or_else(|e| {
+                warn!(error = %e, "undecodable directory attributes in a reply; ignored");
+                Vec::new()
+            })
+        };
+        Ok((reply, dirs))
     }
 
     /// Reads the namespace; linearizable unless `stale`.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_proto::channels::ChannelPool;
-use meridian_proto::ns::{Command, NsError, Op, Query, Timespec};
+use meridian_proto::ns::{Attr, Command, NsError, Op, Query, QueryReply, Timespec};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::meta_service_server::MetaService;
 use meridian_proto::pb::meta::*;
@@ -318,11 +318,32 @@ impl MetaService for MetaApi {
         let op: Op = decode(&request.get_ref().op, "operation")?;
         let req = request.get_ref();
         let id = (req.client_id != 0).then_some((req.client_id, req.request_id));
+        let dirs = op.dirs_changed();
         match self.propose(RaftRequest::Ns(self.stamp(op, id))).await {
-            Ok((RaftResponse::Ns(outcome), index)) => Ok(Response::new(MutateResponse {
-                outcome: json(&outcome),
-                log_index: index,
-            })),
+            Ok((RaftResponse::Ns(outcome), index)) => {
+                // The directories as they are now (this member applied the operation
+                // before answering): the client's kernel asks for them next otherwise.
+                let dirs: Vec<Attr> = match outcome {
+                    Ok(_) if !dirs.is_empty() => self.read(|r| {
+                        dirs.iter()
+                            .filter_map(|&ino| match r.query(&Query::GetAttr { ino }) {
+                                Ok(QueryReply::Attr(a)) => Some(a),
+                                _ => None,
+                            })
+                            .collect()
+                    })?,
+                    _ => Vec::new(),
+                };
+                Ok(Response::new(MutateResponse {
+                    outcome: json(&outcome),
+                    log_index: index,
+                    dirs: if dirs.is_empty() {
+                        Bytes::new()
+                    } else {
+                        json(&dirs)
+                    },
+                }))
+            }
             Ok((other, _)) => Err(Status::from(MetaError::Store(format!(
                 "unexpected apply result {other:?}"
             )))),

@@ -599,6 +599,25 @@ pub enum Reply {
     Copied(u64, Attr),
 }
 
+impl Op {
+    /// The directories whose entries the operation changes (so their size, times and,
+    /// for subdirectories, link count), each once.
+    pub fn dirs_changed(&self) -> Vec<InodeId> {
+        match self {
+            Op::Mknod { parent, .. }
+            | Op::Symlink { parent, .. }
+            | Op::Unlink { parent, .. }
+            | Op::Rmdir { parent, .. } => vec![*parent],
+            Op::Link { new_parent, .. } => vec![*new_parent],
+            Op::Rename {
+                parent, new_parent, ..
+            } if parent != new_parent => vec![*parent, *new_parent],
+            Op::Rename { parent, .. } => vec![*parent],
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// The most inodes one [`Op::AccessedBatch`] names.
 pub const ACCESSED_BATCH_MAX: usize = 1024;
 

@@ -42,7 +42,7 @@ pub(super) struct FeedState {
 }
 
 impl FeedState {
-    fn live(&self) -> bool {
+    pub(super) fn live(&self) -> bool {
         self.answered
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -255,7 +255,7 @@ impl FileSystem {
             // Hash and compress the batch's blocks on all cores at once.
             let encodes = batch.iter().map(|(_, data)| {
                 let data = data.clone();
-                tokio::task::spawn_blocking(move || EncodedBlock::encode(&data))
+                tokio::task::spawn_blocking(move || EncodedBlock::encode_shared(&data))
             });
             let mut uploads = Vec::with_capacity(batch.len());
             for ((parts, _), encoded) in batch.iter().zip(futures::future::join_all(encodes).await)
