@@ -44,6 +44,11 @@ pub struct MountArgs {
     /// through it in milliseconds). Without the feed, 1 s.
     #[arg(long, default_value_t = meridian_client::fs::TTL_FED.as_secs())]
     pub cache_ttl_secs: u64,
+    /// How long a file written in small pieces must have been closed here before the
+    /// mount rewrites those pieces as whole blocks, in seconds (a file still being
+    /// written is left alone: compacting it would compete with its writer).
+    #[arg(long, default_value_t = 5)]
+    pub compact_after_secs: u64,
 }
 
 pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
@@ -65,6 +70,7 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let options = FsOptions {
         cache_bytes: args.cache_bytes,
         cache_ttl: Duration::from_secs(args.cache_ttl_secs),
+        compact_after: Duration::from_secs(args.compact_after_secs),
         ..Default::default()
     };
     let fs = rt

@@ -25,6 +25,7 @@ use crate::dirty::DirtyRanges;
 use crate::meta::{MetaClient, MetaError};
 
 mod atime;
+mod compact;
 mod feed;
 mod fresh;
 mod kernel;
@@ -85,6 +86,9 @@ pub struct FsOptions {
     pub max_dirty_bytes: usize,
     /// Blocks uploaded at once per flush.
     pub upload_parallelism: usize,
+    /// How long a file written in pieces must have been closed here before its ranges
+    /// are compacted.
+    pub compact_after: std::time::Duration,
 }
 
 impl Default for FsOptions {
@@ -94,6 +98,7 @@ impl Default for FsOptions {
             cache_ttl: TTL_FED,
             max_dirty_bytes: 64 << 20,
             upload_parallelism: 8,
+            compact_after: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct FileSystem {
     known: known::KnownDirs,
     /// Files created here that have no capabilities.
     new_files: known::NewFiles,
+    /// Files waiting to be compacted.
+    compaction: compact::Pending,
 }
 
 fn attr_of(reply: Reply) -> Result<Attr, Errno> {
@@ -178,6 +185,7 @@ impl FileSystem {
             fresh: Default::default(),
             known: Default::default(),
             new_files: Default::default(),
+            compaction: Default::default(),
         }))
     }
 

@@ -1,5 +1,5 @@
 //! The write path: handles, buffered writes, commits (blocks uploaded, then extents in one
-//! metadata command), close, and the compaction of ranges written in pieces.
+//! metadata command) and close.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -346,108 +346,10 @@ impl FileSystem {
                 }
             }
             if !ranges.is_empty() {
-                tokio::spawn(async move {
-                    for start in ranges {
-                        if let Err(e) = me.compact_range(ino, start).await {
-                            warn!(%ino, start, errno = e, "compaction failed; the file is fine, only fragmented");
-                        }
-                    }
-                });
+                me.compact_later(ino, ranges);
             }
         }
         result
-    }
-
-    /// Rewrites the block-aligned range at `start` of a file as whole blocks (one per run
-    /// of data; holes stay holes), so a file written in small pieces stops costing a block
-    /// per piece on every read and identical files share blocks again. The metaserver applies it only if the range's extents are
-    /// unchanged since they were read here; otherwise it is skipped (the newer write wins,
-    /// nothing is lost). Returns whether the range was rewritten.
-    pub async fn compact_range(&self, ino: InodeId, start: u64) -> Result<bool, Errno> {
-        let bs = u64::from(self.volume.policy.block_size);
-        let size = match self.committed_attr(ino).await {
-            Ok(a) => a.size,
-            Err(e) if e == libc_errno::ENOENT => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        let end = (start + bs).min(size);
-        if end <= start {
-            return Ok(false);
-        }
-        let expected = self.committed_extents(ino, start, end - start).await?;
-        // The runs of data in the range, each rewritten as one block: the holes between
-        // them stay holes (no zeros are written, SEEK_HOLE still finds them).
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for e in &expected {
-            let (s, t) = (e.offset.max(start), e.end().min(end));
-            match runs.last_mut() {
-                _ if s >= t => {}
-                Some(run) if run.1 == s => run.1 = t,
-                _ => runs.push((s, t)),
-            }
-        }
-        let whole = |(s, t): (u64, u64)| {
-            expected.iter().any(|e| {
-                e.offset == s
-                    && e.end() == t
-                    && e.block_offset == 0
-                    && u64::from(e.block_len) == t - s
-            })
-        };
-        let mut replacement = Vec::new();
-        for run in runs.into_iter().filter(|r| !whole(*r)) {
-            replacement.push(self.rewrite_run(&expected, run).await?);
-        }
-        if replacement.is_empty() {
-            return Ok(false);
-        }
-        match self
-            .mutate(Op::Compact {
-                ino,
-                offset: start,
-                len: end - start,
-                expected,
-                replacement,
-            })
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e == libc_errno::EAGAIN => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Uploads the bytes of `[s, t)`, all inside `extents`, as one block: its extent.
-    async fn rewrite_run(&self, extents: &[Extent], (s, t): (u64, u64)) -> Result<Extent, Errno> {
-        let mut data = vec![0u8; (t - s) as usize];
-        for e in extents {
-            let (from, to) = (e.offset.max(s), e.end().min(t));
-            if from >= to {
-                continue;
-            }
-            let block = self.block(e).await?;
-            let at = e.block_offset as usize + (from - e.offset) as usize;
-            let src = block
-                .get(at..at + (to - from) as usize)
-                .ok_or(libc_errno::EIO)?;
-            data[(from - s) as usize..(to - s) as usize].copy_from_slice(src);
-        }
-        let encoded = tokio::task::spawn_blocking(move || EncodedBlock::encode(&data))
-            .await
-            .map_err(|_| libc_errno::EIO)?
-            .map_err(|_| libc_errno::EIO)?;
-        let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
-        self.blocks.put(&encoded, r, w).await.map_err(|e| {
-            warn!(error = %e, "compaction upload failed");
-            libc_errno::EIO
-        })?;
-        Ok(Extent {
-            offset: s,
-            len: t - s,
-            block: encoded.id,
-            block_offset: 0,
-            block_len: encoded.raw_len,
-        })
     }
 }
 
