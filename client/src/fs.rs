@@ -72,6 +72,8 @@ struct OpenFile {
     /// Where the handle's last read ended (none yet): a read starting near there is
     /// sequential.
     next_read: Option<u64>,
+    /// Reads in a row that started near where the one before ended.
+    near_reads: u32,
 }
 
 /// Tunables of the file layer.

@@ -43,6 +43,13 @@ const READ_AHEAD_BLOCKS: u64 = 3;
 /// How far from where a handle's last read ended a read still counts as sequential.
 const SEQUENTIAL_SLACK: u64 = 8 << 20;
 
+/// Reads in a row near each other after which a small read counts as sequential.
+const SEQUENTIAL_RUN: u32 = 3;
+
+/// A read this large near the last one is sequential at once (the kernel's read-ahead
+/// sends 128 KiB and more; random readers read a page or a record).
+const LARGE_READ: u64 = 64 << 10;
+
 /// Windows a handle's view keeps (8 blocks each: 8 GiB of 4 MiB blocks).
 const MAX_WINDOWS: usize = 256;
 
@@ -61,11 +68,21 @@ impl FileSystem {
             let h = self.handle(fh)?;
             let mut f = h.lock().await;
             // The kernel's read-ahead has several reads in flight, arriving in any order;
-            // a handle's first read is sequential if it starts at the start.
-            let sequential = match f.next_read {
+            // a handle's first read is sequential if it starts at the start. A small read
+            // near the last one is sequential only as the latest of a run: a random
+            // reader lands near its previous read now and then (1.6% of 4 KiB reads over
+            // a 1 GiB file), and each such read fetched whole blocks and read ahead.
+            let near = match f.next_read {
                 Some(next) => offset.abs_diff(next) <= SEQUENTIAL_SLACK,
                 None => offset == 0,
             };
+            f.near_reads = if near {
+                f.near_reads.saturating_add(1)
+            } else {
+                0
+            };
+            let sequential =
+                near && (u64::from(size) >= LARGE_READ || f.near_reads >= SEQUENTIAL_RUN);
             f.next_read = Some(offset.saturating_add(u64::from(size)));
             (f.ino, std::mem::take(&mut f.atime_due), sequential)
         };

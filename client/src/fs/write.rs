@@ -105,6 +105,7 @@ impl FileSystem {
             view: None,
             drop_setid: false,
             next_read: None,
+            near_reads: 0,
         };
         self.handles
             .lock()
