@@ -222,6 +222,7 @@ impl FileSystem {
             _ => false,
         };
         let started = self.known.starting(epoch);
+        self.new_files.starting(&op);
         let result = self.meta.mutate_dirs(&op).await;
         let reply = result.as_ref().ok().map(|(reply, _)| reply);
         let now = self.cache_epoch();
@@ -587,10 +588,9 @@ impl FileSystem {
         name: &[u8],
         creds: &Creds,
     ) -> Result<Vec<u8>, Errno> {
-        if name == b"security.capability"
-            && self.feed.live()
-            && self.new_files.without_capabilities(ino, self.cache_epoch())
-        {
+        let capability = name == b"security.capability";
+        let (epoch, asked) = (self.cache_epoch(), self.new_files.asking());
+        if capability && self.feed.live() && self.new_files.without_capabilities(ino, epoch) {
             return Err(libc_errno::ENODATA);
         }
         match self
@@ -599,10 +599,17 @@ impl FileSystem {
                 name: name.to_vec(),
                 creds: creds.clone(),
             })
-            .await?
+            .await
         {
-            QueryReply::Bytes(b) => Ok(b),
-            _ => Err(libc_errno::EIO),
+            Ok(QueryReply::Bytes(b)) => Ok(b),
+            Ok(_) => Err(libc_errno::EIO),
+            Err(e) => {
+                if capability && e == libc_errno::ENODATA {
+                    self.new_files
+                        .told_none(ino, asked, epoch, self.cache_epoch());
+                }
+                Err(e)
+            }
         }
     }
 

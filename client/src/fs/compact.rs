@@ -68,23 +68,29 @@ impl FileSystem {
                 }
             };
             match next {
-                Ok(Some((ino, ranges))) => {
-                    if self.is_open(ino).await {
-                        // Still in use here: look again later (its last close here
-                        // pushes the time further).
-                        let mut files = self
-                            .compaction
-                            .files
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner());
-                        let due = Instant::now() + self.options.compact_after;
-                        let entry = files.entry(ino).or_insert_with(|| (BTreeSet::new(), due));
-                        entry.0.extend(ranges);
-                        continue;
-                    }
-                    for start in ranges {
-                        if let Err(e) = self.compact_range(ino, start).await {
-                            warn!(%ino, start, errno = e, "compaction failed; the file is fine, only fragmented");
+                Ok(Some((ino, mut ranges))) => {
+                    while let Some(start) = ranges.pop_first() {
+                        if self.is_open(ino).await {
+                            // In use here (again): look later (its last close here pushes
+                            // the time further).
+                            ranges.insert(start);
+                            let mut files = self
+                                .compaction
+                                .files
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner());
+                            let due = Instant::now() + self.options.compact_after;
+                            let entry = files.entry(ino).or_insert_with(|| (BTreeSet::new(), due));
+                            entry.0.append(&mut ranges);
+                            break;
+                        }
+                        match self.compact_range(ino, start).await {
+                            Ok(_) => {}
+                            // Deleted meanwhile: nothing left to compact.
+                            Err(e) if e == libc_errno::ENOENT => break,
+                            Err(e) => {
+                                warn!(%ino, start, errno = e, "compaction failed; the file is fine, only fragmented");
+                            }
                         }
                     }
                 }

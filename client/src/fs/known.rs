@@ -134,19 +134,43 @@ impl KnownDirs {
 /// The most files kept as [`NewFiles`].
 const MAX_NEW_FILES: usize = 1 << 16;
 
-/// Files this client created and nobody has given an extended attribute since, so the
-/// `security.capability` the kernel asks for before the first write to each file (to
-/// know whether the write must drop capabilities) is answered without the servers. No
-/// file is created with one: only setxattr gives it. Forgotten like [`KnownDirs`], on any
-/// drop by the feed of other clients' changes.
+/// Files known to have no `security.capability`, so the kernel's question before writes
+/// (whether the write must drop capabilities: before the first write to each file, and
+/// before every O_DIRECT write) is answered without the servers. A file is known so when
+/// this client created it (no file is created with one: only setxattr gives it) or the
+/// servers said it has none; it is forgotten when this client sets or removes an
+/// extended attribute of it, and all are on any drop by the feed of other clients'
+/// changes (as [`KnownDirs`]).
 #[derive(Default)]
 pub(super) struct NewFiles {
     inner: Mutex<HashMap<InodeId, u64>>,
+    /// Extended-attribute changes of this client started, and those under way: an answer
+    /// of the servers read while one was under way may be older than it.
+    xattr_changes: Mutex<(u64, usize)>,
 }
 
 impl NewFiles {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, u64>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changes(&self) -> std::sync::MutexGuard<'_, (u64, usize)> {
+        self.xattr_changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The mutation `op` starts.
+    pub(super) fn starting(&self, op: &Op) {
+        if matches!(op, Op::SetXattr { .. } | Op::RemoveXattr { .. }) {
+            let mut c = self.changes();
+            c.0 += 1;
+            c.1 += 1;
+        }
+    }
+
+    /// A question to the servers starts: give [`told_none`](Self::told_none) the result.
+    pub(super) fn asking(&self) -> u64 {
+        let c = self.changes();
+        if c.1 > 0 { u64::MAX } else { c.0 }
     }
 
     /// The mutation `op` ended with `result`, started when the feed had dropped `before`
@@ -172,8 +196,23 @@ impl NewFiles {
             }
             (Op::SetXattr { ino, .. } | Op::RemoveXattr { ino, .. }, _) => {
                 self.lock().remove(ino);
+                let mut c = self.changes();
+                c.1 = c.1.saturating_sub(1);
             }
             _ => {}
+        }
+    }
+
+    /// The servers said `ino` has no `security.capability`, asked as `asked` (from
+    /// [`asking`](Self::asking)); the feed had dropped `before` times when it was asked and
+    /// has dropped `epoch` times now.
+    pub(super) fn told_none(&self, ino: InodeId, asked: u64, before: u64, epoch: u64) {
+        if before == epoch && asked != u64::MAX && asked == self.asking() {
+            let mut files = self.lock();
+            if files.len() >= MAX_NEW_FILES {
+                files.clear();
+            }
+            files.insert(ino, epoch);
         }
     }
 
@@ -370,5 +409,21 @@ mod tests {
             !n.without_capabilities(InodeId(6), 1),
             "created while the feed dropped"
         );
+        n.told_none(InodeId(9), n.asking(), 1, 2);
+        assert!(
+            !n.without_capabilities(InodeId(9), 2),
+            "told while the feed dropped"
+        );
+        let asked = n.asking();
+        n.starting(&set);
+        n.told_none(InodeId(9), asked, 2, 2);
+        assert!(
+            !n.without_capabilities(InodeId(9), 2),
+            "an xattr change was under way"
+        );
+        n.ended(&set, None, false, 2, 2);
+        let asked = n.asking();
+        n.told_none(InodeId(9), asked, 2, 2);
+        assert!(n.without_capabilities(InodeId(9), 2));
     }
 }
