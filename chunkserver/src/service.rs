@@ -69,36 +69,38 @@ fn block_id(bytes: &[u8]) -> Result<BlockId, Status> {
 }
 
 impl ChunkNode {
-    /// Reads a stored block (verified), counting and logging damage.
-    /// Stores a verified block here and notes the copies its put wants.
+    /// Stores a block here and notes the copies its put wants, verifying it first unless
+    /// the caller has (`outboard`): one trip to the blocking pool, not one per step.
     async fn store_verified(
         &self,
         block: &EncodedBlock,
-        outboard: Outboard,
+        outboard: Option<Outboard>,
         wanted: u32,
     ) -> Result<PutOutcome, ChunkError> {
-        let (store, condemned, stored) = (
+        let (store, condemned, stored, ledger, default) = (
             self.store.clone(),
             self.maintainer.condemned.clone(),
             block.clone(),
+            self.ledger.clone(),
+            self.default_replicas,
         );
+        let wanted = wanted.min(MAX_REPLICAS);
         let outcome = blocking(move || {
+            let outboard = match outboard {
+                Some(o) => o,
+                None => stored.decode_with_outboard()?.1,
+            };
             // Stored again: no longer garbage (decided before the copy counts as present).
             if condemned.reprieve(&stored.id)? {
                 info!(block = %stored.id, "a put reprieved a condemned block");
             }
-            store.put(&stored, &outboard)
+            let outcome = store.put(&stored, &outboard)?;
+            let new = outcome == PutOutcome::Written;
+            ledger.note_replicas(&stored.id, wanted, default, new)?;
+            Ok(outcome)
         })
         .await?;
         metrics::counter!("meridian_chunk_put_bytes_total").increment(u64::from(block.raw_len));
-        let (ledger, id, wanted, default) = (
-            self.ledger.clone(),
-            block.id,
-            wanted.min(MAX_REPLICAS),
-            self.default_replicas,
-        );
-        let new = outcome == PutOutcome::Written;
-        blocking(move || ledger.note_replicas(&id, wanted, default, new)).await?;
         Ok(outcome)
     }
 
@@ -175,30 +177,31 @@ impl ChunkService for ChunkNode {
             payload,
         };
 
-        // Verify before anything touches the disk or the network: a mismatch changes nothing.
-        let check = block.clone();
-        let outboard = blocking(move || Ok(check.decode_with_outboard()?.1)).await;
-        let outboard = match outboard {
-            Ok(o) => o,
-            Err(e) => {
-                if matches!(e, ChunkError::Rejected(_)) {
-                    metrics::counter!("meridian_chunk_rejected_puts_total").increment(1);
-                    warn!(block = %id, error = %e, "rejected a block that does not match its id");
-                }
-                return Err(e.into());
+        let rejected = |e: ChunkError| {
+            if matches!(e, ChunkError::Rejected(_)) {
+                metrics::counter!("meridian_chunk_rejected_puts_total").increment(1);
+                warn!(block = %id, error = %e, "rejected a block that does not match its id");
             }
+            Status::from(e)
         };
-        // The local copy is written while the other copies are (a coordinator forwards the
-        // verified block at once): a put costs one disk write's latency, not two.
-        let local = self.store_verified(&block, outboard, header.replicas);
         if role == PutRole::Replica {
-            let already_present = local.await? == PutOutcome::AlreadyPresent;
+            // Verified, stored and noted in one go: nothing is written unless it verifies.
+            let outcome = self.store_verified(&block, None, header.replicas).await;
+            let already_present = outcome.map_err(rejected)? == PutOutcome::AlreadyPresent;
             return Ok(Response::new(PutResponse {
                 stored_on: vec![self.id.0],
                 degraded: false,
                 already_present,
             }));
         }
+        // Verify before anything touches the disk or the network: a mismatch changes nothing.
+        let check = block.clone();
+        let outboard = blocking(move || Ok(check.decode_with_outboard()?.1))
+            .await
+            .map_err(rejected)?;
+        // The local copy is written while the other copies are (a coordinator forwards the
+        // verified block at once): a put costs one disk write's latency, not two.
+        let local = self.store_verified(&block, Some(outboard), header.replicas);
         let (outcome, forwarded) = tokio::join!(
             local,
             self.replicator
