@@ -6,6 +6,7 @@ mod common;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -493,6 +494,91 @@ fn changes_made_in_another_mount_reach_this_ones_kernel_cache_through_the_feed()
     fs::set_permissions(here.path.join("mine"), fs::Permissions::from_mode(0o640))?;
     let m = fs::metadata(here.path.join("mine"))?;
     assert_eq!((m.len(), m.permissions().mode() & 0o777), (3, 0o640));
+    Ok(())
+}
+
+/// What a mount answers without the servers stays true when another mount changes
+/// things: absent names in a directory it made, the attributes of a directory it just
+/// changed, and that a file it created has no capabilities. Each gives way to the other
+/// mount's change as soon as the feed brings it (the waits are only bounds for failing),
+/// and a name the other mount made is refused by the servers to an O_EXCL create here at
+/// once, whatever this mount thought.
+#[test]
+fn answers_a_mount_gives_alone_give_way_to_another_mounts_changes() -> Result<()> {
+    const BOUND: Duration = Duration::from_secs(60);
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let dir = here.path.join("made-here");
+    fs::create_dir(&dir)?;
+    // Known here: empty, and every name in it absent.
+    assert_eq!(errno_of(fs::metadata(dir.join("x"))), libc::ENOENT);
+    fs::write(dir.join("mine"), b"1")?;
+    // A name made there is found here once the feed brings the change (nothing else
+    // would make this mount ask the servers again).
+    let y = dir.join("y");
+    fs::write(there.path.join("made-here").join("y"), b"theirs")?;
+    wait_for(BOUND, "the name made there", || {
+        fs::read(&y).ok().filter(|b| b == b"theirs")
+    })?;
+
+    // In another directory made here, an exclusive create of a name made there fails at
+    // once: the servers decide, whatever this mount knew.
+    let other = here.path.join("made-here-too");
+    fs::create_dir(&other)?;
+    assert_eq!(errno_of(fs::metadata(other.join("x"))), libc::ENOENT);
+    fs::write(there.path.join("made-here-too").join("x"), b"theirs")?;
+    let excl = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(other.join("x"));
+    assert_eq!(errno_of(excl), libc::EEXIST);
+    assert_eq!(fs::read(other.join("x"))?, b"theirs");
+
+    // The directory's attributes after a change here, then a change there.
+    fs::remove_file(dir.join("mine"))?;
+    let before = fs::metadata(&dir)?.modified()?;
+    fs::create_dir(there.path.join("made-here").join("sub"))?;
+    wait_for(BOUND, "the directory changed there", || {
+        let m = fs::metadata(&dir).ok()?;
+        (m.nlink() == 3 && m.modified().ok()? > before).then_some(())
+    })?;
+
+    // A capability given there is seen here (a write here then drops it, as Linux does).
+    let file = dir.join("cap");
+    fs::write(&file, b"abc")?;
+    let cap = [1u8, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let name = CString::new("security.capability")?;
+    let there_file = CString::new(
+        there
+            .path
+            .join("made-here")
+            .join("cap")
+            .as_os_str()
+            .as_bytes(),
+    )?;
+    let set = unsafe {
+        libc::setxattr(
+            there_file.as_ptr(),
+            name.as_ptr(),
+            cap.as_ptr().cast(),
+            cap.len(),
+            0,
+        )
+    };
+    assert_eq!(set, 0, "setxattr: {}", std::io::Error::last_os_error());
+    let here_file = CString::new(file.as_os_str().as_bytes())?;
+    wait_for(BOUND, "the capability given there", || {
+        let mut buf = [0u8; 64];
+        let n = unsafe {
+            libc::getxattr(
+                here_file.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        (n == cap.len() as isize).then_some(())
+    })?;
     Ok(())
 }
 
