@@ -127,8 +127,8 @@ pub struct FileSystem {
     feed: feed::FeedState,
     /// Files read whose atime is due, written together a moment later.
     atimes: atime::Pending,
-    /// Directories' attributes from the last mutation's answer.
-    fresh: fresh::FreshDirs,
+    /// Attributes the servers just sent (a mutation's directories, an open's file).
+    fresh: fresh::FreshAttrs,
     /// Directories whose every name this client knows.
     known: known::KnownDirs,
     /// Files created here that have no capabilities.
@@ -296,10 +296,14 @@ impl FileSystem {
     /// data is always in one of the two as seen here, and a reply never lowers the size
     /// below what this client wrote.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
-        // A directory this client just changed: the servers sent it with the answer.
+        // A directory this client just changed, a file it just opened: the servers sent
+        // the attributes with the answer. Nothing of this client's was committed since
+        // (that starts a mutation, which drops them), so its unflushed writes are all
+        // still in its handles.
         if let Some(attr) = self.fresh.take(ino, self.cache_epoch()) {
+            let buffered = self.buffered_end(ino).await;
             self.kernel.observed(&attr);
-            return Ok(self.as_seen_here(attr, 0));
+            return Ok(self.as_seen_here(attr, buffered));
         }
         let buffered = self.buffered_end(ino).await;
         let attr = self.committed_attr(ino).await?;

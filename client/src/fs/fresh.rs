@@ -1,13 +1,15 @@
-//! Directory attributes the servers send back with a mutation, kept for the kernel's next
-//! GETATTR of the directory.
+//! Attributes the servers just sent, kept for the kernel's next GETATTR of the inode.
 //!
 //! The kernel forgets a directory's attributes whenever an entry in it is created or
 //! removed, and with `default_permissions` it needs them again for the very next path
-//! walk through it: without these, every create, mkdir, unlink or rmdir in a loop costs
-//! one more round trip to the servers. What is kept is exactly what the leader held just
-//! after the mutation applied, and it is given out at most once, within [`FRESH_FOR`], and
-//! only if no other mutation of this client started since and the feed of other clients'
-//! changes dropped nothing since the mutation was sent; otherwise the servers are asked.
+//! walk through it; and an open that finds a file changed drops the kernel's attributes,
+//! which the opener's fstat asks for next. Without these, every create, mkdir, unlink or
+//! rmdir in a loop, and every open of a file not cached, costs one more round trip to the
+//! servers. What is kept is exactly what the servers said (for a mutation, what the
+//! leader held just after it applied; for an open, what the open read), and it is given
+//! out at most once, within [`FRESH_FOR`], and only if no mutation of this client started
+//! since it was asked for and the feed of other clients' changes dropped nothing since;
+//! otherwise the servers are asked.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,12 +21,12 @@ use meridian_proto::ns::Attr;
 /// How long kept attributes may be given out after the answer that carried them.
 pub(super) const FRESH_FOR: Duration = Duration::from_secs(1);
 
-/// One kept directory: its attributes, when they came, and the feed's drop count when the
-/// mutation that brought them was sent.
+/// One kept inode: its attributes, when they came, and the feed's drop count when they
+/// were asked for.
 type Kept = (Attr, Instant, u64);
 
 #[derive(Default)]
-pub(super) struct FreshDirs {
+pub(super) struct FreshAttrs {
     inner: Mutex<Inner>,
 }
 
@@ -35,7 +37,7 @@ struct Inner {
     kept: HashMap<InodeId, Kept>,
 }
 
-impl FreshDirs {
+impl FreshAttrs {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -48,16 +50,22 @@ impl FreshDirs {
         inner.generation
     }
 
-    /// The mutation that started as `generation`, sent when the feed had dropped `epoch`
-    /// times, answered with `dirs`: kept unless another mutation started since (its answer
-    /// may have been read before that one applied, or after).
-    pub(super) fn answered(&self, generation: u64, epoch: u64, dirs: Vec<Attr>) {
+    /// The generation now, for a question that changes nothing (an open).
+    pub(super) fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// The question asked as `generation` (of a mutation, from [`starting`](Self::starting);
+    /// of an open, from [`generation`](Self::generation)), when the feed had dropped
+    /// `epoch` times, answered with `attrs`: kept unless a mutation started since (the
+    /// answer may have been read before that one applied, or after).
+    pub(super) fn answered(&self, generation: u64, epoch: u64, attrs: Vec<Attr>) {
         let mut inner = self.lock();
         if inner.generation != generation {
             return;
         }
         let now = Instant::now();
-        for a in dirs {
+        for a in attrs {
             inner.kept.insert(a.ino, (a, now, epoch));
         }
     }
@@ -95,7 +103,7 @@ mod tests {
 
     #[test]
     fn given_once_to_the_matching_epoch() {
-        let f = FreshDirs::default();
+        let f = FreshAttrs::default();
         let g = f.starting();
         f.answered(g, 7, vec![dir(5)]);
         assert_eq!(f.take(InodeId(6), 7), None);
@@ -112,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_later_mutation_voids_what_an_earlier_one_brings() {
-        let f = FreshDirs::default();
+        let f = FreshAttrs::default();
         let first = f.starting();
         f.answered(first, 0, vec![dir(5)]);
         let second = f.starting();
@@ -122,5 +130,17 @@ mod tests {
         assert_eq!(f.take(InodeId(5), 0), None, "answered after a later start");
         f.answered(third, 0, vec![dir(5)]);
         assert!(f.take(InodeId(5), 0).is_some());
+    }
+
+    #[test]
+    fn an_open_answer_is_kept_unless_a_mutation_started_while_it_was_asked() {
+        let f = FreshAttrs::default();
+        let asked = f.generation();
+        f.answered(asked, 0, vec![dir(9)]);
+        assert!(f.take(InodeId(9), 0).is_some());
+        let asked = f.generation();
+        f.starting();
+        f.answered(asked, 0, vec![dir(9)]);
+        assert_eq!(f.take(InodeId(9), 0), None);
     }
 }

@@ -73,6 +73,7 @@ impl FileSystem {
         // Registered before the servers are asked: an unlink meanwhile sees the file open.
         let fh = self.open_handle(ino, append, creds);
         // The attributes, and the first blocks' extents for the first read.
+        let (epoch, generation) = (self.cache_epoch(), self.fresh.generation());
         let (attr, mut view) = match self.fetch_view(ino, 0, 0).await {
             Ok(v) => v,
             Err(e) => {
@@ -84,6 +85,9 @@ impl FileSystem {
             }
         };
         let keep_cache = self.kernel.opened(&attr);
+        // For the opener's fstat, which the kernel asks for if the open dropped its
+        // attributes.
+        self.fresh.answered(generation, epoch, vec![attr.clone()]);
         // The pages are now those of `attr` (kept, or dropped by this open).
         view.epoch = self.kernel.epoch(ino);
         let h = self.handle(fh)?;
