@@ -402,6 +402,40 @@ fn a_file_deleted_in_one_region_has_its_blocks_collected_in_both() -> Result<()>
     Ok(())
 }
 
+/// A mount answers lookups of absent names alone only where the feed brings every change:
+/// in a volume of two regions, a name the other region makes in a directory this mount
+/// made is found here once it arrives (another region's records do not pass through the
+/// change log the feed reads; answering from what the mount knew would be stale forever).
+#[test]
+fn a_name_made_in_another_region_is_found_in_a_directory_made_here() -> Result<()> {
+    let pair = Pair::start()?;
+    pair.a
+        .admin(&["volume-create", "shared", "--regions", "1,2"])?;
+    wait_for(Duration::from_secs(30), "the volume in region 2", || {
+        pair.b
+            .admin(&["volumes"])
+            .ok()?
+            .contains("shared")
+            .then_some(())
+    })?;
+    let ma = pair.a.mount("shared", "mnt-a")?;
+    let mb = pair.b.mount("shared", "mnt-b")?;
+    let here = ma.path.join("made-here");
+    fs::create_dir(&here)?;
+    assert!(!here.join("x").exists());
+    let there = mb.path.join("made-here");
+    wait_for(Duration::from_secs(60), "the directory in region 2", || {
+        there.is_dir().then_some(())
+    })?;
+    fs::write(there.join("x"), b"from region 2")?;
+    wait_for(Duration::from_secs(60), "the name made in region 2", || {
+        fs::read(here.join("x"))
+            .ok()
+            .filter(|b| b == b"from region 2")
+    })?;
+    Ok(())
+}
+
 /// Writes `bytes` at `offset` of an existing file, without truncating it (`dd conv=notrunc`).
 fn patch(path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
     use std::io::{Seek, SeekFrom, Write};

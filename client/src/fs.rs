@@ -258,6 +258,14 @@ impl FileSystem {
         }
     }
 
+    /// Whether the feed answers and brings every change of the volume: not in a volume
+    /// that lives in several regions, whose records from other regions are merged without
+    /// passing through the change log the feed reads. What the mount answers alone for
+    /// longer than the kernel caches anything needs it.
+    fn feed_sees_everything(&self) -> bool {
+        self.volume.policy.regions.len() <= 1 && self.feed.live()
+    }
+
     /// The entry `name` in `parent`.
     pub async fn lookup(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<Attr, Errno> {
         // Search permission on `parent` is the kernel's to check (default_permissions).
@@ -265,7 +273,7 @@ impl FileSystem {
         if name.len() <= meridian_proto::ns::NAME_MAX
             && !name.is_empty()
             && !name.contains(&b'/')
-            && self.feed.live()
+            && self.feed_sees_everything()
             && self.known.absent(parent, name, self.cache_epoch())
         {
             return Err(libc_errno::ENOENT);
@@ -594,7 +602,10 @@ impl FileSystem {
     ) -> Result<Vec<u8>, Errno> {
         let capability = name == b"security.capability";
         let (epoch, asked) = (self.cache_epoch(), self.new_files.asking());
-        if capability && self.feed.live() && self.new_files.without_capabilities(ino, epoch) {
+        if capability
+            && self.feed_sees_everything()
+            && self.new_files.without_capabilities(ino, epoch)
+        {
             return Err(libc_errno::ENODATA);
         }
         match self

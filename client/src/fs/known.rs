@@ -6,7 +6,9 @@
 //! name. Anything else forgets it: a drop by the feed of other clients' changes (so a
 //! known directory is exactly as current as the kernel's cached entries), a failed
 //! mutation (it may or may not have applied), a rename, two mutations of this client at
-//! once, or too many names to keep. Only answered while the feed answers.
+//! once, or too many names to keep. Only answered while the feed answers, and only in a
+//! volume that lives in one region (another region's records are merged without passing
+//! through the change log the feed reads).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
