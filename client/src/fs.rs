@@ -226,11 +226,14 @@ impl FileSystem {
         let result = self.meta.mutate_dirs(&op).await;
         let reply = result.as_ref().ok().map(|(reply, _)| reply);
         let now = self.cache_epoch();
-        self.known.ended(started, &op, reply, now);
-        self.new_files.ended(&op, reply, absent, epoch, now);
-        let (reply, dirs) = result.map_err(errno)?;
-        self.fresh.answered(generation, epoch, dirs);
-        Ok(reply)
+        let alone = self.known.ended(started, &op, reply, now);
+        self.new_files
+            .ended(&op, reply, absent && alone, epoch, now);
+        if let Ok((_, dirs)) = &result {
+            self.fresh.answered(generation, epoch, dirs.clone());
+        }
+        self.fresh.ended();
+        result.map(|(reply, _)| reply).map_err(errno)
     }
 
     async fn query(&self, q: Query) -> Result<QueryReply, Errno> {
@@ -272,6 +275,8 @@ impl FileSystem {
         // A name the servers would refuse gets their error, not ENOENT.
         if name.len() <= meridian_proto::ns::NAME_MAX
             && !name.is_empty()
+            && name != b"."
+            && name != b".."
             && !name.contains(&b'/')
             && self.feed_sees_everything()
             && self.known.absent(parent, name, self.cache_epoch())
@@ -308,8 +313,10 @@ impl FileSystem {
         // the attributes with the answer. Nothing of this client's was committed since
         // (that starts a mutation, which drops them), so its unflushed writes are all
         // still in its handles.
+        // Buffered ends first, as below: a commit under way holds its handle until its
+        // mutation has started, which drops what is kept.
+        let buffered = self.buffered_end(ino).await;
         if let Some(attr) = self.fresh.take(ino, self.cache_epoch()) {
-            let buffered = self.buffered_end(ino).await;
             self.kernel.observed(&attr);
             return Ok(self.as_seen_here(attr, buffered));
         }

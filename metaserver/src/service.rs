@@ -323,15 +323,21 @@ impl MetaService for MetaApi {
             Ok((RaftResponse::Ns(outcome), index)) => {
                 // The directories as they are now (this member applied the operation
                 // before answering): the client's kernel asks for them next otherwise.
+                // The operation applied: a failure to read them only leaves them out.
                 let dirs: Vec<Attr> = match outcome {
-                    Ok(_) if !dirs.is_empty() => self.read(|r| {
-                        dirs.iter()
-                            .filter_map(|&ino| match r.query(&Query::GetAttr { ino }) {
-                                Ok(QueryReply::Attr(a)) => Some(a),
-                                _ => None,
-                            })
-                            .collect()
-                    })?,
+                    Ok(_) if !dirs.is_empty() => self
+                        .read(|r| {
+                            dirs.iter()
+                                .filter_map(|&ino| match r.query(&Query::GetAttr { ino }) {
+                                    Ok(QueryReply::Attr(a)) => Some(a),
+                                    _ => None,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_else(|e| {
+                            warn!(error = %e, "could not read the changed directories back");
+                            Vec::new()
+                        }),
                     _ => Vec::new(),
                 };
                 Ok(Response::new(MutateResponse {

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use meridian_proto::ns::{Extent, Op, libc_errno};
 use meridian_proto::{EncodedBlock, InodeId};
@@ -79,7 +79,9 @@ impl FileSystem {
                                 .files
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner());
-                            let due = Instant::now() + self.options.compact_after;
+                            // At least a second: a file held open must not spin this.
+                            let wait = self.options.compact_after.max(Duration::from_secs(1));
+                            let due = Instant::now() + wait;
                             let entry = files.entry(ino).or_insert_with(|| (BTreeSet::new(), due));
                             entry.0.append(&mut ranges);
                             break;

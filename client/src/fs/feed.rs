@@ -91,11 +91,14 @@ impl FileSystem {
                         .filter(|(client, _)| *client != Some(own))
                         .flat_map(|(_, t)| t)
                         .collect();
+                    // A gap, or the first answer (which starts from "now"), may hide
+                    // changes: what the mount answers alone from what it knew is void, as
+                    // after any drop.
+                    if !touches.is_empty() || gap || from == 0 {
+                        let _gate = fs.feed.gate.write().unwrap_or_else(|p| p.into_inner());
+                        fs.feed.drops.fetch_add(1, Ordering::AcqRel);
+                    }
                     if !touches.is_empty() {
-                        {
-                            let _gate = fs.feed.gate.write().unwrap_or_else(|p| p.into_inner());
-                            fs.feed.drops.fetch_add(1, Ordering::AcqRel);
-                        }
                         fs.kernel.drop_touched(touches).await;
                     }
                     *fs.feed.answered.lock().unwrap_or_else(|p| p.into_inner()) =

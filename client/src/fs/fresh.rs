@@ -34,25 +34,52 @@ pub(super) struct FreshAttrs {
 struct Inner {
     /// Bumped by every mutation this client starts.
     generation: u64,
+    /// Mutations of this client under way.
+    running: usize,
     kept: HashMap<InodeId, Kept>,
 }
+
+/// Given instead of a generation when an answer must not be kept: another mutation was
+/// already under way when the question was asked (the servers may read before or after
+/// it applies).
+const NOT_ALONE: u64 = u64::MAX;
+
+/// The most inodes kept at once (expired ones are dropped first).
+const MAX_KEPT: usize = 4096;
 
 impl FreshAttrs {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A mutation starts: anything kept may be about to change. Returns its generation.
+    /// A mutation starts: anything kept may be about to change. Returns its generation,
+    /// for [`answered`](Self::answered); [`ended`](Self::ended) must follow.
     pub(super) fn starting(&self) -> u64 {
         let mut inner = self.lock();
         inner.generation += 1;
+        inner.running += 1;
         inner.kept.clear();
-        inner.generation
+        if inner.running == 1 {
+            inner.generation
+        } else {
+            NOT_ALONE
+        }
+    }
+
+    /// A mutation from [`starting`](Self::starting) ended (answered or not).
+    pub(super) fn ended(&self) {
+        let mut inner = self.lock();
+        inner.running = inner.running.saturating_sub(1);
     }
 
     /// The generation now, for a question that changes nothing (an open).
     pub(super) fn generation(&self) -> u64 {
-        self.lock().generation
+        let inner = self.lock();
+        if inner.running == 0 {
+            inner.generation
+        } else {
+            NOT_ALONE
+        }
     }
 
     /// The question asked as `generation` (of a mutation, from [`starting`](Self::starting);
@@ -61,10 +88,16 @@ impl FreshAttrs {
     /// answer may have been read before that one applied, or after).
     pub(super) fn answered(&self, generation: u64, epoch: u64, attrs: Vec<Attr>) {
         let mut inner = self.lock();
-        if inner.generation != generation {
+        if generation == NOT_ALONE || inner.generation != generation {
             return;
         }
         let now = Instant::now();
+        if inner.kept.len() >= MAX_KEPT {
+            inner.kept.retain(|_, (_, at, _)| at.elapsed() < FRESH_FOR);
+            if inner.kept.len() >= MAX_KEPT {
+                inner.kept.clear();
+            }
+        }
         for a in attrs {
             inner.kept.insert(a.ino, (a, now, epoch));
         }
@@ -106,11 +139,13 @@ mod tests {
         let f = FreshAttrs::default();
         let g = f.starting();
         f.answered(g, 7, vec![dir(5)]);
+        f.ended();
         assert_eq!(f.take(InodeId(6), 7), None);
         assert_eq!(f.take(InodeId(5), 7).map(|a| a.ino), Some(InodeId(5)));
         assert_eq!(f.take(InodeId(5), 7), None, "given out once");
         let g = f.starting();
         f.answered(g, 7, vec![dir(5)]);
+        f.ended();
         assert_eq!(
             f.take(InodeId(5), 8),
             None,
@@ -119,16 +154,27 @@ mod tests {
     }
 
     #[test]
-    fn a_later_mutation_voids_what_an_earlier_one_brings() {
+    fn a_mutation_that_overlaps_another_keeps_nothing() {
         let f = FreshAttrs::default();
         let first = f.starting();
         f.answered(first, 0, vec![dir(5)]);
+        f.ended();
         let second = f.starting();
         assert_eq!(f.take(InodeId(5), 0), None, "a mutation started: dropped");
         let third = f.starting();
         f.answered(second, 0, vec![dir(5)]);
+        f.ended();
         assert_eq!(f.take(InodeId(5), 0), None, "answered after a later start");
         f.answered(third, 0, vec![dir(5)]);
+        f.ended();
+        assert_eq!(
+            f.take(InodeId(5), 0),
+            None,
+            "started while another was under way: it may have applied first"
+        );
+        let alone = f.starting();
+        f.answered(alone, 0, vec![dir(5)]);
+        f.ended();
         assert!(f.take(InodeId(5), 0).is_some());
     }
 
@@ -142,5 +188,13 @@ mod tests {
         f.starting();
         f.answered(asked, 0, vec![dir(9)]);
         assert_eq!(f.take(InodeId(9), 0), None);
+        let asked = f.generation();
+        f.answered(asked, 0, vec![dir(9)]);
+        assert_eq!(
+            f.take(InodeId(9), 0),
+            None,
+            "asked while a mutation was under way"
+        );
+        f.ended();
     }
 }

@@ -61,7 +61,14 @@ impl KnownDirs {
     }
 
     /// The mutation `op` ended with `result`; the feed has dropped `epoch` times now.
-    pub(super) fn ended(&self, started: Started, op: &Op, result: Option<&Reply>, epoch: u64) {
+    /// Returns whether it ran alone (no other mutation of this client overlapped it).
+    pub(super) fn ended(
+        &self,
+        started: Started,
+        op: &Op,
+        result: Option<&Reply>,
+        epoch: u64,
+    ) -> bool {
         let mut inner = self.lock();
         inner.running -= 1;
         let clean = started.alone && inner.generation == started.generation;
@@ -70,7 +77,7 @@ impl KnownDirs {
             for dir in op.dirs_changed() {
                 inner.dirs.remove(&dir);
             }
-            return;
+            return clean;
         };
         let (add, remove) = match op {
             Op::Mknod { parent, name, .. } | Op::Symlink { parent, name, .. } => {
@@ -88,7 +95,7 @@ impl KnownDirs {
                 for dir in other.dirs_changed() {
                     inner.dirs.remove(&dir);
                 }
-                return;
+                return clean;
             }
         };
         if let Some((dir, name)) = add {
@@ -117,6 +124,7 @@ impl KnownDirs {
             }
             inner.dirs.insert(a.ino, (HashSet::new(), epoch));
         }
+        clean
     }
 
     /// Whether `name` is known not to be in `dir` while the feed has dropped `epoch` times.
