@@ -61,8 +61,20 @@ impl Pair {
         Self::start_with(&[])
     }
 
-    /// As `start`, with more flags for every chunkserver.
+    /// As `start`, with more flags for every chunkserver. Ports region 2 is reached
+    /// through are picked before anything binds them; if one was taken meanwhile (a
+    /// parallel test's server), the whole pair starts again on fresh ports, once.
     fn start_with(chunk_flags: &[&str]) -> Result<Pair> {
+        match Self::try_start(chunk_flags) {
+            Ok(pair) => Ok(pair),
+            Err(first) => {
+                eprintln!("starting the pair failed ({first:#}); once more on fresh ports");
+                Self::try_start(chunk_flags)
+            }
+        }
+    }
+
+    fn try_start(chunk_flags: &[&str]) -> Result<Pair> {
         // Region 2 is not running yet: reserve its chunkservers' ports and the proxy ports
         // region 1 reaches it through, and start that proxy once region 2 is up.
         let ports = |n: usize| (0..n).map(|_| free_addr()).collect::<Result<Vec<_>>>();

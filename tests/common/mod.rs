@@ -807,11 +807,19 @@ impl Proxy {
             control: String::new(),
             forwards: Vec::new(),
         };
+        // A proxy that could not bind exits: say why at once rather than wait.
         let text = wait_for(Duration::from_secs(20), "the proxy to listen", || {
             let text = fs::read_to_string(&log).ok()?;
-            text.contains("meridian proxy listening on ")
-                .then_some(text)
-        })?;
+            if text.contains("meridian proxy listening on ") {
+                return Some(Ok(text));
+            }
+            match p.child.try_wait() {
+                Ok(Some(status)) => Some(Err(anyhow::anyhow!(
+                    "the proxy exited ({status}) before listening: {text}"
+                ))),
+                _ => None,
+            }
+        })??;
         for line in text.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
             if line.starts_with("meridian proxy listening on ") {
