@@ -122,6 +122,18 @@ impl Pair {
         Ok(Pair { a, b, to_a, to_b })
     }
 
+    /// Creates volume `name` living in both regions, and waits until region 2 has it.
+    fn shared_volume(&self, name: &str) -> Result<()> {
+        self.a.admin(&["volume-create", name, "--regions", "1,2"])?;
+        wait_for(Duration::from_secs(30), "the volume in region 2", || {
+            self.b
+                .admin(&["volumes"])
+                .ok()?
+                .contains(name)
+                .then_some(())
+        })
+    }
+
     fn cut(&self, cut: bool) -> Result<()> {
         self.to_a.set_cut(cut)?;
         self.to_b.set_cut(cut)
@@ -363,15 +375,7 @@ fn a_volume_pinned_to_one_region_never_leaves_it() -> Result<()> {
 #[test]
 fn a_file_deleted_in_one_region_has_its_blocks_collected_in_both() -> Result<()> {
     let pair = Pair::start_with(&["--gc-grace-ms", "1000", "--gc-interval-ms", "300"])?;
-    pair.a
-        .admin(&["volume-create", "shared", "--regions", "1,2"])?;
-    wait_for(Duration::from_secs(30), "the volume in region 2", || {
-        pair.b
-            .admin(&["volumes"])
-            .ok()?
-            .contains("shared")
-            .then_some(())
-    })?;
+    pair.shared_volume("shared")?;
     let ma = pair.a.mount("shared", "mnt-a")?;
     let mb = pair.b.mount("shared", "mnt-b")?;
     let doomed = common::random_bytes(41, 1 << 20);
@@ -421,15 +425,7 @@ fn a_file_deleted_in_one_region_has_its_blocks_collected_in_both() -> Result<()>
 #[test]
 fn a_name_made_in_another_region_is_found_in_a_directory_made_here() -> Result<()> {
     let pair = Pair::start()?;
-    pair.a
-        .admin(&["volume-create", "shared", "--regions", "1,2"])?;
-    wait_for(Duration::from_secs(30), "the volume in region 2", || {
-        pair.b
-            .admin(&["volumes"])
-            .ok()?
-            .contains("shared")
-            .then_some(())
-    })?;
+    pair.shared_volume("shared")?;
     let ma = pair.a.mount("shared", "mnt-a")?;
     let mb = pair.b.mount("shared", "mnt-b")?;
     let here = ma.path.join("made-here");

@@ -137,6 +137,26 @@ pub struct FileSystem {
     compaction: compact::Pending,
 }
 
+/// Attributes of inode `ino` of `kind`, for the unit tests of the file layer's parts.
+#[cfg(test)]
+fn test_attr(ino: u64, kind: FileKind) -> Attr {
+    Attr {
+        ino: InodeId(ino),
+        kind,
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        nlink: 2,
+        atime: Default::default(),
+        mtime: Default::default(),
+        ctime: Default::default(),
+        crtime: Default::default(),
+        rdev: 0,
+        volume: 1,
+    }
+}
+
 fn attr_of(reply: Reply) -> Result<Attr, Errno> {
     match reply {
         Reply::Attr(a) => Ok(a),

@@ -114,24 +114,10 @@ impl FreshAttrs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_proto::ns::{FileKind, Timespec};
+    use meridian_proto::ns::FileKind;
 
     fn dir(ino: u64) -> Attr {
-        Attr {
-            ino: InodeId(ino),
-            kind: FileKind::Dir,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            nlink: 2,
-            atime: Timespec::default(),
-            mtime: Timespec::default(),
-            ctime: Timespec::default(),
-            crtime: Timespec::default(),
-            rdev: 0,
-            volume: 1,
-        }
+        crate::fs::test_attr(ino, FileKind::Dir)
     }
 
     #[test]

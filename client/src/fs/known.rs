@@ -244,24 +244,10 @@ impl NewFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_proto::ns::{Attr, Creds, Timespec};
+    use meridian_proto::ns::{Attr, Creds};
 
     fn attr(ino: u64, kind: FileKind) -> Attr {
-        Attr {
-            ino: InodeId(ino),
-            kind,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            nlink: 2,
-            atime: Timespec::default(),
-            mtime: Timespec::default(),
-            ctime: Timespec::default(),
-            crtime: Timespec::default(),
-            rdev: 0,
-            volume: 1,
-        }
+        crate::fs::test_attr(ino, kind)
     }
 
     fn mknod(parent: u64, name: &[u8], kind: FileKind) -> Op {
