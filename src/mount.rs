@@ -49,6 +49,11 @@ pub struct MountArgs {
     /// written is left alone: compacting it would compete with its writer).
     #[arg(long, default_value_t = 5)]
     pub compact_after_secs: u64,
+    /// Send every namespace change to the servers before answering it, instead of
+    /// answering mkdir, rmdir and unlink alone in directories this mount made (held under
+    /// a lease that other clients recall; see docs/adr/0006).
+    #[arg(long)]
+    pub no_write_back: bool,
 }
 
 pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
@@ -71,6 +76,7 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         cache_bytes: args.cache_bytes,
         cache_ttl: Duration::from_secs(args.cache_ttl_secs),
         compact_after: Duration::from_secs(args.compact_after_secs),
+        write_back: !args.no_write_back,
         ..Default::default()
     };
     let fs = rt
@@ -154,9 +160,20 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
                 .status();
         }
     }
-    serving
+    let served = serving
         .join()
-        .map_err(|_| anyhow::anyhow!("FUSE session thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("FUSE session thread panicked"))?;
+    // What was answered here alone goes to the servers, and the leases back to them.
+    match rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), fs.release_leases()).await
+    }) {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => tracing::error!(
+            "namespace changes answered by this mount were refused by the servers (see above)"
+        ),
+        Err(_) => tracing::error!("could not send namespace changes within 30 s"),
+    }
+    served?;
     tracing::info!(mountpoint = %mnt.display(), "unmounted");
     Ok(())
 }

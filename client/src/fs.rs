@@ -30,6 +30,7 @@ mod feed;
 mod fresh;
 mod kernel;
 mod known;
+mod lease;
 mod read;
 mod space;
 mod write;
@@ -91,6 +92,9 @@ pub struct FsOptions {
     /// How long a file written in pieces must have been closed here before its ranges
     /// are compacted.
     pub compact_after: std::time::Duration,
+    /// Directories this mount creates are leased to it, and it answers mkdir, rmdir and
+    /// unlink in them alone until another client needs them (docs/adr/0006).
+    pub write_back: bool,
 }
 
 impl Default for FsOptions {
@@ -101,6 +105,7 @@ impl Default for FsOptions {
             max_dirty_bytes: 64 << 20,
             upload_parallelism: 8,
             compact_after: std::time::Duration::from_secs(5),
+            write_back: true,
         }
     }
 }
@@ -135,6 +140,8 @@ pub struct FileSystem {
     new_files: known::NewFiles,
     /// Files waiting to be compacted.
     compaction: compact::Pending,
+    /// Directories leased to this mount, and the changes it answered alone in them.
+    leases: lease::Leases,
 }
 
 /// Attributes of inode `ino` of `kind`, for the unit tests of the file layer's parts.
@@ -190,7 +197,8 @@ impl FileSystem {
         let map = meta.watch_cluster_map();
         let blocks =
             BlockClient::new(map, zone, Default::default()).with_regions(&volume.policy.regions);
-        Ok(Arc::new_cyclic(|me| FileSystem {
+        let write_back = options.write_back && volume.policy.regions.len() <= 1;
+        let fs = Arc::new_cyclic(|me| FileSystem {
             me: me.clone(),
             meta,
             blocks,
@@ -208,7 +216,32 @@ impl FileSystem {
             known: Default::default(),
             new_files: Default::default(),
             compaction: Default::default(),
-        }))
+            leases: lease::Leases::new(write_back),
+        });
+        tokio::spawn(lease::Leases::send_loop(
+            Arc::downgrade(&fs),
+            fs.meta.clone(),
+        ));
+        Ok(fs)
+    }
+
+    /// Sends what this mount answered alone and gives its directory leases back (before
+    /// unmounting; other clients need not wait for them to expire).
+    pub async fn release_leases(&self) -> Result<(), Errno> {
+        self.known.forget(&self.leases.give_up());
+        self.leases.sync().await
+    }
+
+    /// A durability point of the namespace (fsyncdir, syncfs): every change this mount
+    /// answered alone is committed, or the first one refused is reported.
+    pub async fn sync_namespace(&self) -> Result<(), Errno> {
+        self.leases.sync().await
+    }
+
+    /// Whether a change may be answered here alone now: recalls reach this mount only
+    /// while its feed answers.
+    fn may_answer_alone(&self) -> bool {
+        self.feed_sees_everything() && self.volume.policy.quota_inodes.is_none()
     }
 
     /// The volume.
@@ -235,6 +268,20 @@ impl FileSystem {
     }
 
     async fn mutate(&self, op: Op) -> Result<Reply, Errno> {
+        // After what this mount answered alone: the servers see its changes in order. A
+        // lease this change would make stale here is given back first.
+        let in_the_way = self.leases.in_the_way(&op);
+        if !in_the_way.is_empty() {
+            self.known.forget(&self.leases.give_back(&in_the_way));
+        }
+        self.leases.settle().await;
+        let lease = matches!(
+            op,
+            Op::Mknod {
+                kind: FileKind::Dir,
+                ..
+            }
+        ) && self.leases.wanted();
         let epoch = self.cache_epoch();
         let generation = self.fresh.starting();
         let absent = match &op {
@@ -243,7 +290,10 @@ impl FileSystem {
         };
         let started = self.known.starting(epoch);
         self.new_files.starting(&op);
-        let result = self.meta.mutate_dirs(&op).await;
+        let result = self.meta.mutate_leased(&op, lease).await;
+        if let Ok((reply, dirs)) = &result {
+            self.leases.applied(&op, reply, dirs, lease);
+        }
         let reply = result.as_ref().ok().map(|(reply, _)| reply);
         let now = self.cache_epoch();
         let alone = self.known.ended(started, &op, reply, now);
@@ -292,6 +342,10 @@ impl FileSystem {
     /// The entry `name` in `parent`.
     pub async fn lookup(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<Attr, Errno> {
         // Search permission on `parent` is the kernel's to check (default_permissions).
+        // A leased directory is known here whole.
+        if let Some(answer) = self.leases.lookup(parent, name) {
+            return answer;
+        }
         // A name the servers would refuse gets their error, not ENOENT.
         if name.len() <= meridian_proto::ns::NAME_MAX
             && !name.is_empty()
@@ -335,6 +389,9 @@ impl FileSystem {
         // still in its handles.
         // Buffered ends first, as below: a commit under way holds its handle until its
         // mutation has started, which drops what is kept.
+        if let Some(attr) = self.leases.attr(ino) {
+            return Ok(attr);
+        }
         let buffered = self.buffered_end(ino).await;
         if let Some(attr) = self.fresh.take(ino, self.cache_epoch()) {
             self.kernel.observed(&attr);
@@ -431,6 +488,20 @@ impl FileSystem {
         rdev: u32,
         creds: &Creds,
     ) -> Result<Attr, Errno> {
+        if kind == FileKind::Dir
+            && self.may_answer_alone()
+            && let Some(answer) = self.leases.mkdir(
+                &self.meta,
+                &lease::Asked {
+                    parent,
+                    name,
+                    creds,
+                },
+                perm,
+            )
+        {
+            return answer;
+        }
         attr_of(
             self.mutate(Op::Mknod {
                 parent,
@@ -489,6 +560,21 @@ impl FileSystem {
     /// renamed out of sight instead, and removed when the last handle closes, so the open
     /// descriptors keep working (as on a local disk, and as libfuse's hard_remove=false).
     pub async fn unlink(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
+        if self.may_answer_alone()
+            && let Some((ino, kind)) = self.leases.entry(parent, name)
+            && (kind == FileKind::Dir || !self.is_open(ino).await)
+            && let Some(answer) = self.leases.unlink(
+                &self.meta,
+                &lease::Asked {
+                    parent,
+                    name,
+                    creds,
+                },
+                Some(ino),
+            )
+        {
+            return answer;
+        }
         // Only a file open here needs hiding: with nothing open, no lookup first.
         if !self.nothing_open()
             && let Ok(a) = self.lookup(parent, name, creds).await
@@ -534,6 +620,18 @@ impl FileSystem {
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
+        if self.may_answer_alone()
+            && let Some(answer) = self.leases.rmdir(
+                &self.meta,
+                &lease::Asked {
+                    parent,
+                    name,
+                    creds,
+                },
+            )
+        {
+            return answer;
+        }
         self.mutate(Op::Rmdir {
             parent,
             name: name.to_vec(),
@@ -574,6 +672,7 @@ impl FileSystem {
 
     /// Every entry of a directory, in name order.
     pub async fn readdir(&self, ino: InodeId, creds: &Creds) -> Result<Vec<DirEntry>, Errno> {
+        self.leases.settle().await;
         let mut out = Vec::new();
         let mut after = None;
         loop {

@@ -507,8 +507,9 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every namespace change is already durable in the Raft group when it returns.
-        reply.ok();
+        // What this mount answered alone is sent and committed first (docs/adr/0006).
+        let fs = self.fs.clone();
+        self.reply_empty(reply, async move { fs.sync_namespace().await });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

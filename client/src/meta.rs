@@ -9,13 +9,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
-use meridian_proto::ns::{Attr, NsError, Op, Query, QueryReply, Reply, Touched};
+use meridian_proto::ns::{Attr, NsError, Op, Query, QueryReply, Queued, Reply, Touched};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
     GetClusterMapRequest, HeartbeatRequest, MutateRequest, QueryRequest,
-    RegisterChunkserverRequest, StatusRequest, StatusResponse, WatchRequest,
+    RegisterChunkserverRequest, StatusRequest, StatusResponse, WatchRequest, WriteBackRequest,
 };
-use meridian_proto::{ClusterMap, NodeInfo};
+use meridian_proto::{ClusterMap, InodeId, NodeInfo};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -206,6 +206,16 @@ impl MetaClient {
     /// As [`mutate`](Self::mutate), with the directories the operation changed as they
     /// were just after it (empty when the servers do not say).
     pub async fn mutate_dirs(&self, op: &Op) -> Result<(Reply, Vec<Attr>), MetaError> {
+        self.mutate_leased(op, false).await
+    }
+
+    /// As [`mutate_dirs`](Self::mutate_dirs); with `lease`, a directory the operation
+    /// creates is leased to this client (docs/adr/0006).
+    pub async fn mutate_leased(
+        &self,
+        op: &Op,
+        lease: bool,
+    ) -> Result<(Reply, Vec<Attr>), MetaError> {
         let op_bytes =
             Bytes::from(serde_json::to_vec(op).map_err(|e| MetaError::Invalid(e.to_string()))?);
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +225,7 @@ impl MetaClient {
                     op: op_bytes.clone(),
                     client_id: self.client_id,
                     request_id,
+                    lease,
                 };
                 async move { c.mutate(req).await.map(|r| self.led(r)) }
             })
@@ -242,6 +253,7 @@ impl MetaClient {
                 let req = QueryRequest {
                     query: q.clone(),
                     stale,
+                    client: self.client_id,
                 };
                 async move { c.query(req).await.map(|r| self.led(r)) }
             })
@@ -256,6 +268,48 @@ impl MetaClient {
         self.client_id
     }
 
+    /// A new operation id of this client, for a change sent later (a write-back).
+    pub fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends changes this client answered alone under its directory leases, in order,
+    /// gives back the leases `release`, and reserves `reserve` inode numbers. Each change
+    /// applies once even across retries. Returns one outcome per change, and the inode
+    /// numbers reserved (first, count).
+    pub async fn write_back(
+        &self,
+        ops: &[Queued],
+        release: &[InodeId],
+        reserve: u32,
+    ) -> Result<(Vec<Result<Reply, NsError>>, Option<(InodeId, u32)>), MetaError> {
+        let bytes =
+            Bytes::from(serde_json::to_vec(ops).map_err(|e| MetaError::Invalid(e.to_string()))?);
+        let release: Vec<u64> = release.iter().map(|d| d.0).collect();
+        let resp = self
+            .call(|mut c| {
+                let req = WriteBackRequest {
+                    client_id: self.client_id,
+                    ops: bytes.clone(),
+                    release: release.clone(),
+                    reserve,
+                };
+                async move { c.write_back(req).await.map(|r| self.led(r)) }
+            })
+            .await?;
+        let outcomes: Vec<Result<Reply, NsError>> = serde_json::from_slice(&resp.outcomes)
+            .map_err(|e| MetaError::Server(format!("undecodable reply: {e}")))?;
+        if outcomes.len() != ops.len() {
+            return Err(MetaError::Server(format!(
+                "{} outcomes for {} changes",
+                outcomes.len(),
+                ops.len()
+            )));
+        }
+        let reserved = (resp.reserved > 0).then_some((InodeId(resp.reserved_from), resp.reserved));
+        Ok((outcomes, reserved))
+    }
+
     /// Long-polls what other clients' changes of `volume` from change-log sequence `from`
     /// made stale in kernel caches (0: only where "now" is), waiting up to `wait` for some.
     pub async fn watch(
@@ -263,7 +317,7 @@ impl MetaClient {
         volume: u32,
         from: u64,
         wait: Duration,
-    ) -> Result<(Touched, u64, bool), MetaError> {
+    ) -> Result<(Touched, u64, bool, Vec<InodeId>), MetaError> {
         let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
         let resp = self
             .call(|mut c| async move {
@@ -279,7 +333,8 @@ impl MetaClient {
             .await?;
         let touched: Touched = serde_json::from_slice(&resp.touched)
             .map_err(|e| MetaError::Server(format!("undecodable reply: {e}")))?;
-        Ok((touched, resp.next, resp.gap))
+        let recall = resp.recall.into_iter().map(InodeId).collect();
+        Ok((touched, resp.next, resp.gap, recall))
     }
 
     /// The Raft status of the first member that answers.

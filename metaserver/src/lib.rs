@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod namespace;
 pub mod raft;
+pub mod recall;
 pub mod regions;
 pub mod server;
 pub mod service;

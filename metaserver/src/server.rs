@@ -104,6 +104,7 @@ pub async fn run(
         liveness: Mutex::new(HashMap::new()),
         peers: config.peers.clone(),
         regions: Default::default(),
+        recalls: Default::default(),
     });
     let mut region_tasks = vec![
         tokio::spawn(crate::regions::export_lag(node.clone())),

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_proto::channels::ChannelPool;
-use meridian_proto::ns::{Attr, Command, NsError, Op, Query, QueryReply, Timespec};
+use meridian_proto::ns::{
+    Attr, Command, FileKind, NsError, Op, Query, QueryReply, Queued, Timespec, WRITE_BACK_MAX,
+};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::meta_service_server::MetaService;
 use meridian_proto::pb::meta::*;
@@ -47,6 +49,8 @@ pub struct MetaNode {
     pub peers: Vec<PeerRegion>,
     /// Replication progress with them.
     pub regions: Regions,
+    /// Directory leases recalled from their holders (while leader).
+    pub recalls: crate::recall::Recalls,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Bytes {
@@ -140,6 +144,8 @@ impl MetaNode {
             hlc,
             now: ts,
             request,
+            ino: None,
+            lease: false,
         }
     }
 
@@ -319,7 +325,21 @@ impl MetaService for MetaApi {
         let req = request.get_ref();
         let id = (req.client_id != 0).then_some((req.client_id, req.request_id));
         let dirs = op.dirs_changed();
-        match self.propose(RaftRequest::Ns(self.stamp(op, id))).await {
+        // Another client's leased directory: recalled first (on the leader).
+        let touched = self.read(|r| crate::namespace::lease::touched_dirs(r, &op))?;
+        if !self.leased_to_others(req.client_id, &touched)?.is_empty() {
+            if !self.is_leader() {
+                let (mut leader, addr) = self.leader_client(&request)?;
+                return naming(
+                    leader.mutate(MetaNode::mark(request.into_inner())).await,
+                    &addr,
+                );
+            }
+            self.await_leases(req.client_id, &touched).await?;
+        }
+        let mut cmd = self.stamp(op, id);
+        cmd.lease = req.lease && id.is_some();
+        match self.propose(RaftRequest::Ns(cmd)).await {
             Ok((RaftResponse::Ns(outcome), index)) => {
                 // The directories as they are now (this member applied the operation
                 // before answering): the client's kernel asks for them next otherwise.
@@ -370,6 +390,21 @@ impl MetaService for MetaApi {
     ) -> Result<Response<QueryResponse>, Status> {
         metrics::counter!("meridian_meta_queries_total").increment(1);
         let query: Query = decode(&request.get_ref().query, "query")?;
+        let client = request.get_ref().client;
+        if !request.get_ref().stale
+            && let Some(dir) = query.reads_dir()
+            && !self.leased_to_others(client, &[dir])?.is_empty()
+        {
+            // Another client's leased directory: recalled first, by the leader.
+            if !self.is_leader() {
+                let (mut leader, addr) = self.leader_client(&request)?;
+                return naming(
+                    leader.query(MetaNode::mark(request.into_inner())).await,
+                    &addr,
+                );
+            }
+            self.await_leases(client, &[dir]).await?;
+        }
         if !request.get_ref().stale
             && !self.lease_valid().await
             && let Err(e) = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await
@@ -683,23 +718,124 @@ impl MetaService for MetaApi {
         let r = request.into_inner();
         let deadline = Instant::now() + Duration::from_millis(u64::from(r.wait_ms).min(10_000));
         let mut applied = self.shared.applied.subscribe();
+        let mut recalled = self.recalls.subscribe();
         let mut from = r.from;
         loop {
             let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
             let answer = crate::watch::changes(&tx, r.volume, from, r.client)?;
             drop(tx);
+            let recall: Vec<u64> = if r.client == 0 {
+                Vec::new()
+            } else {
+                self.recalls.of(r.client).iter().map(|d| d.0).collect()
+            };
             let now = Instant::now();
-            if !answer.touched.changes.is_empty() || answer.gap || r.from == 0 || now >= deadline {
+            if !answer.touched.changes.is_empty()
+                || answer.gap
+                || r.from == 0
+                || !recall.is_empty()
+                || now >= deadline
+            {
                 return Ok(Response::new(WatchResponse {
                     touched: json(&answer.touched),
                     next: answer.next,
                     gap: answer.gap,
+                    recall,
                 }));
             }
             // Records of other volumes or of the watcher only, or none: wait for the next
-            // applied entry.
+            // applied entry, or a recall.
             from = answer.next;
-            let _ = tokio::time::timeout(deadline - now, applied.changed()).await;
+            let _ = tokio::time::timeout(deadline - now, async {
+                tokio::select! {
+                    _ = applied.changed() => {}
+                    _ = recalled.changed() => {}
+                }
+            })
+            .await;
+        }
+    }
+
+    async fn write_back(
+        &self,
+        request: Request<WriteBackRequest>,
+    ) -> Result<Response<WriteBackResponse>, Status> {
+        metrics::counter!("meridian_meta_write_backs_total").increment(1);
+        let r = request.get_ref();
+        if r.client_id == 0 {
+            return Err(Status::from(MetaError::Invalid(
+                "a write-back needs a client id".into(),
+            )));
+        }
+        let queued: Vec<Queued> = decode(&r.ops, "write-back")?;
+        if queued.len() > WRITE_BACK_MAX || r.release.len() > WRITE_BACK_MAX {
+            return Err(Status::from(MetaError::Invalid(format!(
+                "a write-back holds at most {WRITE_BACK_MAX} changes and releases"
+            ))));
+        }
+        if !self.is_leader() {
+            let (mut leader, addr) = self.leader_client(&request)?;
+            return naming(
+                leader
+                    .write_back(MetaNode::mark(request.into_inner()))
+                    .await,
+                &addr,
+            );
+        }
+        let client = r.client_id;
+        let cmds = queued
+            .into_iter()
+            .map(|q| {
+                let lease = matches!(
+                    q.op,
+                    Op::Mknod {
+                        kind: FileKind::Dir,
+                        ..
+                    }
+                );
+                let mut cmd = self.stamp(q.op, Some((client, q.request)));
+                // The time the mount told the kernel, unless its clock is far off.
+                if q.now.sec.abs_diff(cmd.now.sec) <= 60 {
+                    cmd.now = q.now;
+                }
+                cmd.ino = q.ino;
+                cmd.lease = lease;
+                cmd
+            })
+            .collect();
+        let wb = crate::namespace::lease::WriteBack {
+            client,
+            cmds,
+            release: r
+                .release
+                .iter()
+                .map(|&d| meridian_proto::InodeId(d))
+                .collect(),
+            reserve: r.reserve,
+        };
+        match self.propose(RaftRequest::WriteBack(wb)).await {
+            Ok((RaftResponse::WriteBack(Ok(out)), _)) => {
+                let (from, n) = out.reserved.map_or((0, 0), |(i, n)| (i.0, n));
+                Ok(Response::new(WriteBackResponse {
+                    outcomes: json(&out.outcomes),
+                    reserved_from: from,
+                    reserved: n,
+                }))
+            }
+            Ok((RaftResponse::WriteBack(Err(e)), _)) => Err(Status::from(MetaError::Ns(e))),
+            Ok((other, _)) => Err(Status::from(MetaError::Store(format!(
+                "unexpected apply result {other:?}"
+            )))),
+            Err(Some(status)) => Err(status),
+            Err(None) => {
+                let (mut leader, addr) = self.leader_client(&request)?;
+                naming(
+                    leader
+                        .write_back(MetaNode::mark(request.into_inner()))
+                        .await,
+                    &addr,
+                )
+            }
         }
     }
 

@@ -496,7 +496,32 @@ pub struct Command {
     pub now: Timespec,
     /// (client id, operation id): a retried command with the same pair is applied once.
     pub request: Option<(u64, u64)>,
+    /// The inode number a create takes: one the servers reserved for the client
+    /// (`request`), which answered the create alone under a directory lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<InodeId>,
+    /// A directory this creates is leased to the client (`request`), in a volume that lives
+    /// in one region.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lease: bool,
 }
+
+/// A change a mount answered alone under a directory lease, as it sends it later.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Queued {
+    /// The client's operation id (a retried batch applies each change once).
+    pub request: u64,
+    /// The operation.
+    pub op: Op,
+    /// The time the mount answered it (the leader takes it if its own clock is close).
+    pub now: Timespec,
+    /// For a create: the reserved inode number it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<InodeId>,
+}
+
+/// Most changes in one write-back.
+pub const WRITE_BACK_MAX: usize = 4096;
 
 /// What an operation did where it was first applied, which a replay in another region (or
 /// after reordering) needs to reproduce it and to recognise concurrent changes.

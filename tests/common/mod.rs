@@ -634,6 +634,14 @@ impl Mount {
         Ok(m)
     }
 
+    /// kill -9 of the mount's process (the mount stays, dead, until dropped).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Unmounts cleanly (SIGTERM) and waits for the process.
     pub fn unmount(mut self) -> Result<ExitStatus> {
         let mut c = self.child.take().context("not running")?;

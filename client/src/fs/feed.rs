@@ -77,7 +77,12 @@ impl FileSystem {
         loop {
             let Some(fs) = me.upgrade() else { return };
             match fs.meta.watch(fs.volume.id, from, FEED_WAIT).await {
-                Ok((touched, next, gap)) => {
+                Ok((touched, next, gap, recall)) => {
+                    if !recall.is_empty() {
+                        // Another client waits for these: what was answered here goes
+                        // first, then the leases.
+                        fs.known.forget(&fs.leases.give_back(&recall));
+                    }
                     if gap {
                         warn!(
                             "changes were trimmed before this mount saw them: entries cached \
@@ -98,6 +103,18 @@ impl FileSystem {
                         let _gate = fs.feed.gate.write().unwrap_or_else(|p| p.into_inner());
                         fs.feed.drops.fetch_add(1, Ordering::AcqRel);
                     }
+                    // Another client changed a directory leased here: the lease is gone
+                    // (expired while this mount did not hear the recall).
+                    let lost: Vec<_> = touches
+                        .iter()
+                        .filter_map(|t| match t {
+                            Touch::Entry { parent, .. } => Some(*parent),
+                            _ => None,
+                        })
+                        .collect();
+                    if !lost.is_empty() {
+                        fs.known.forget(&fs.leases.give_back(&lost));
+                    }
                     if !touches.is_empty() {
                         fs.kernel.drop_touched(touches).await;
                     }
@@ -107,6 +124,9 @@ impl FileSystem {
                 }
                 Err(e) => {
                     *fs.feed.answered.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    // Recalls cannot reach this mount: it answers nothing alone until the
+                    // feed is back.
+                    fs.known.forget(&fs.leases.give_up());
                     debug!(error = %e, "change feed unavailable; retrying");
                     drop(fs);
                     // A pause before retrying a failed poll (the call itself already

@@ -127,6 +127,14 @@ impl KnownDirs {
         clean
     }
 
+    /// Forgets `dirs` (changed here without passing through [`KnownDirs::ended`]).
+    pub(super) fn forget(&self, dirs: &[InodeId]) {
+        let mut inner = self.lock();
+        for d in dirs {
+            inner.dirs.remove(d);
+        }
+    }
+
     /// Whether `name` is known not to be in `dir` while the feed has dropped `epoch` times.
     pub(super) fn absent(&self, dir: InodeId, name: &[u8], epoch: u64) -> bool {
         let mut inner = self.lock();

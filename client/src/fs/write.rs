@@ -313,7 +313,10 @@ impl FileSystem {
     pub async fn flush(&self, fh: u64) -> Result<(), Errno> {
         let h = self.handle(fh)?;
         let mut f = h.lock().await;
-        self.commit(&mut f).await
+        self.commit(&mut f).await?;
+        drop(f);
+        // Close and fsync are durability points for the namespace too.
+        self.leases.sync().await
     }
 
     /// Closes a handle, committing what is left; ranges it wrote in pieces are compacted in

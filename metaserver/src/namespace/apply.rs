@@ -42,7 +42,8 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         _ => cmd.hlc,
     };
     let volume = op_volume(t, &cmd.op)?;
-    let ctx = Ctx::new(hlc, cmd.now, None, 0);
+    let mut ctx = Ctx::new(hlc, cmd.now, None, 0);
+    ctx.given = cmd.ino;
     t.undo = Some(Vec::new());
     let outcome = apply_op(t, &cmd.op, &ctx);
     let images = t.undo.take().unwrap_or_default();

@@ -24,6 +24,8 @@ pub(crate) struct Ctx<'a> {
     conflicts: Cell<u16>,
     /// The volume a replayed record changes.
     pub(crate) volume: u32,
+    /// The inode number a create takes, reserved for its client (checked before).
+    pub(crate) given: Option<InodeId>,
 }
 
 impl<'a> Ctx<'a> {
@@ -35,6 +37,7 @@ impl<'a> Ctx<'a> {
             out: RefCell::new(Effects::default()),
             conflicts: Cell::new(0),
             volume,
+            given: None,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod apply;
 pub mod check;
 pub mod conflict;
 pub(crate) mod ctx;
+pub mod lease;
 pub mod merge;
 pub(crate) mod ops;
 pub mod read;
@@ -28,6 +29,8 @@ mod content_tests;
 mod convergence_tests;
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod merge_tests;
 #[cfg(test)]

@@ -599,6 +599,11 @@ impl<'txn> WriteTables<'txn> {
     }
 
     pub(crate) fn next(&mut self, counter: &str, first: u64) -> Result<u64, NsError> {
+        self.next_n(counter, first, 1)
+    }
+
+    /// Takes `n` consecutive values of a counter; returns the first.
+    pub(crate) fn next_n(&mut self, counter: &str, first: u64, n: u64) -> Result<u64, NsError> {
         let current = self
             .counters
             .get(counter)
@@ -606,9 +611,18 @@ impl<'txn> WriteTables<'txn> {
             .map(|v| v.value())
             .unwrap_or(first);
         self.counters
-            .insert(counter, current + 1)
+            .insert(counter, current + n)
             .map_err(store_err)?;
         Ok(current)
+    }
+
+    /// Whether the request `(client, op)` was applied already.
+    pub(crate) fn has_request(&self, client: u64, op: u64) -> Result<bool, NsError> {
+        Ok(self
+            .requests
+            .get(pair_key(client, op).as_slice())
+            .map_err(store_err)?
+            .is_some())
     }
 
     fn refcount(&self, key: &[u8]) -> Result<u64, NsError> {

@@ -65,6 +65,8 @@ impl Region {
             hlc,
             now: Timespec::from_nanos(self.phys * 1_000_000),
             request: None,
+            ino: None,
+            lease: false,
         };
         let out = self.write(|t| apply(t, &cmd));
         let head = self.write(|t| merge::head(&t.region_state).unwrap());

@@ -55,6 +55,8 @@ impl Fs {
                 nsec: 0,
             },
             request,
+            ino: None,
+            lease: false,
         }
     }
 

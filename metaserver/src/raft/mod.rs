@@ -43,6 +43,10 @@ pub enum Request {
     /// A promise that every later local record is stamped after this: it lets an idle
     /// region's frontier move, so peers can settle past its last record.
     Promise(meridian_proto::Hlc),
+    /// Changes a client answered alone under its directory leases, and leases it gives back.
+    WriteBack(crate::namespace::lease::WriteBack),
+    /// Leases the leader ended: their holder did not give them back when recalled.
+    ExpireLeases(Vec<meridian_proto::InodeId>),
 }
 
 impl fmt::Display for Request {
@@ -53,6 +57,8 @@ impl fmt::Display for Request {
             Request::Remote(b) => write!(f, "remote:{}x{}", b.origin.0, b.records.len()),
             Request::Peers(p) => write!(f, "peers:{p:?}"),
             Request::Promise(h) => write!(f, "promise@{h}"),
+            Request::WriteBack(w) => write!(f, "write-back:{}x{}", w.client, w.cmds.len()),
+            Request::ExpireLeases(d) => write!(f, "expire-leases:{}", d.len()),
         }
     }
 }
@@ -69,6 +75,8 @@ pub enum Response {
     Cluster(u64),
     /// What merging a remote batch did.
     Remote(Result<crate::namespace::MergeOutcome, NsError>),
+    /// What a write-back did.
+    WriteBack(Result<crate::namespace::lease::WriteBackOutcome, NsError>),
 }
 
 openraft::declare_raft_types!(
@@ -230,6 +238,8 @@ mod tests {
                     hlc: stamp(1, 1000),
                     now: Timespec::default(),
                     request: None,
+                    ino: None,
+                    lease: false,
                 }),
             ),
             <TypeConfig as RaftTypeConfig>::Entry::new_normal(log_id(2), Request::Remote(batch)),

@@ -32,7 +32,7 @@ enum Table {
 }
 
 /// Every table that makes up the replicated state, in dump order.
-fn tables() -> [Table; 18] {
+fn tables() -> [Table; 20] {
     [
         Table::U64Bytes(ns::INODES),
         Table::BytesBytes(ns::DIRENTS),
@@ -52,6 +52,8 @@ fn tables() -> [Table; 18] {
         Table::StrBytes(ns::REGION_STATE),
         Table::StrBytes(CLUSTER),
         Table::BytesBytes(ns::BASES),
+        Table::BytesU64(crate::namespace::lease::LEASES),
+        Table::BytesU64(crate::namespace::lease::RESERVED),
     ]
 }
 

@@ -172,13 +172,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut ns = WriteTables::open(&tx).map_err(io_err)?;
             let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
             let mut clusters = tx.open_table(cluster::CLUSTER).map_err(io_err)?;
+            let mut leases = namespace::lease::LeaseTables::open(&tx).map_err(io_err)?;
             for (entry, responder) in batch {
                 let log_id = entry.log_id();
                 let response = match &entry.payload {
                     EntryPayload::Blank => Response::None,
                     EntryPayload::Normal(Request::Ns(cmd)) => {
                         stamps.push(cmd.hlc);
-                        let outcome = namespace::apply(&mut ns, cmd);
+                        let outcome = namespace::lease::apply_command(&mut ns, &mut leases, cmd);
                         if let Err(namespace::NsError::Store(e)) = &outcome {
                             // The transaction is unusable: fail the whole batch; nothing commits.
                             return Err(io::Error::other(format!("applying {log_id}: {e}")));
@@ -192,6 +193,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             return Err(io::Error::other(format!("applying {log_id}: {e}")));
                         }
                         Response::Remote(outcome)
+                    }
+                    EntryPayload::Normal(Request::WriteBack(wb)) => {
+                        stamps.extend(wb.cmds.iter().map(|c| c.hlc));
+                        let outcome =
+                            namespace::lease::apply_write_back(&mut ns, &mut leases, region, wb);
+                        if let Err(namespace::NsError::Store(e)) = &outcome {
+                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                        }
+                        Response::WriteBack(outcome)
+                    }
+                    EntryPayload::Normal(Request::ExpireLeases(dirs)) => {
+                        leases.expire(dirs).map_err(io::Error::other)?;
+                        Response::None
                     }
                     EntryPayload::Normal(Request::Promise(hlc)) => {
                         namespace::merge::promise(&mut ns, *hlc).map_err(io::Error::other)?;

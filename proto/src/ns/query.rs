@@ -118,6 +118,18 @@ pub enum Query {
     },
 }
 
+impl Query {
+    /// The inode whose entries or attributes this reads, where another client's change of
+    /// a directory's entries would show (a leased directory is recalled first).
+    pub fn reads_dir(&self) -> Option<InodeId> {
+        match self {
+            Query::Lookup { parent, .. } => Some(*parent),
+            Query::GetAttr { ino } | Query::ReadDir { ino, .. } => Some(*ino),
+            _ => None,
+        }
+    }
+}
+
 /// The answer to a [`Query`].
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum QueryReply {

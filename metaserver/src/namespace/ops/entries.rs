@@ -36,6 +36,17 @@ fn replayed_inode(t: &WriteTables<'_>, ctx: &Ctx<'_>, fx: &Effects) -> Result<In
     Ok(ino)
 }
 
+/// A reserved inode number a create was given: of this region and never used.
+fn given_inode(t: &WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<InodeId, NsError> {
+    if ino.region() != ctx.region()
+        || read_inode(t.inodes(), ino)?.is_some()
+        || t.tomb(ino)?.is_some()
+    {
+        return Err(NsError::Invalid(format!("inode number {ino} is not free")));
+    }
+    Ok(ino)
+}
+
 pub(crate) fn make(
     t: &mut WriteTables<'_>,
     ctx: &Ctx<'_>,
@@ -98,7 +109,10 @@ pub(crate) fn make(
     })?;
     let ino = match ctx.replay {
         Some(fx) => replayed_inode(t, ctx, fx)?,
-        None => new_inode_id(t, ctx.region())?,
+        None => match ctx.given {
+            Some(ino) => given_inode(t, ctx, ino)?,
+            None => new_inode_id(t, ctx.region())?,
+        },
     };
     ctx.out.borrow_mut().created = Some(ino);
     let setgid_dir = dir.attr.perm & 0o2000 != 0;

@@ -1,0 +1,525 @@
+//! Namespace write-back under directory leases (docs/adr/0006).
+//!
+//! A directory this mount creates is leased to it: no other client changes its entries
+//! until the servers recall the lease. While it holds a lease, and the feed that brings
+//! recalls answers, the mount answers mkdir, rmdir and unlink in it alone, from exactly
+//! what it knows (every name, and the directory's attributes), and sends the changes
+//! later, in order, in batches (one Raft entry each). New directories take inode numbers
+//! the servers reserved for this mount, so the number the kernel gets is final.
+//!
+//! Ordering: every request this mount sends to the servers that a queued change could
+//! affect waits until the queue is sent first ([`Leases::settle`]). Durability: fsync,
+//! fsyncdir, flush (close) and unmount wait for the queue, and report a change the servers
+//! refused ([`Leases::sync`]). A recall takes the lease out of local use at once and gives
+//! it back with the next batch, after the changes made under it.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+
+use meridian_proto::InodeId;
+use meridian_proto::ns::{Attr, Creds, FileKind, LINK_MAX, NAME_MAX, Op, Queued, Reply, Timespec};
+use tokio::sync::{Notify, watch};
+use tracing::warn;
+
+use super::Errno;
+use crate::meta::MetaClient;
+use meridian_proto::ns::libc_errno;
+
+/// Inode numbers asked for at a time.
+const RESERVE: u32 = 4096;
+/// Below this many numbers left, more are asked for.
+const RESERVE_LOW: u64 = 1024;
+/// Most changes sent in one batch.
+const BATCH_MAX: usize = 2048;
+/// Most directories leased at once; beyond it, new directories are not leased.
+const MAX_LEASED: usize = 1 << 16;
+/// Most changes waiting to be sent; beyond it, changes go to the servers one by one.
+const MAX_QUEUED: usize = 1 << 16;
+
+/// A leased directory as this mount knows it: all of it.
+struct LeasedDir {
+    attr: Attr,
+    entries: HashMap<Vec<u8>, (InodeId, FileKind)>,
+}
+
+#[derive(Default)]
+struct State {
+    dirs: HashMap<InodeId, LeasedDir>,
+    queue: Vec<Queued>,
+    /// Changes ever queued, and the count sent and answered.
+    queued: u64,
+    /// Leases to give back with the next batch.
+    release: BTreeSet<InodeId>,
+    /// Reserved inode numbers: ranges [next, end).
+    reserved: VecDeque<(u64, u64)>,
+    /// A reservation is asked for.
+    reserving: bool,
+    /// A change the servers refused (or could not be sent), for the next durability point.
+    failed: Option<String>,
+}
+
+impl State {
+    fn reserved_left(&self) -> u64 {
+        self.reserved.iter().map(|(n, e)| e - n).sum()
+    }
+
+    fn take_ino(&mut self) -> Option<InodeId> {
+        while let Some((next, end)) = self.reserved.front_mut() {
+            if next < end {
+                let ino = InodeId(*next);
+                *next += 1;
+                return Some(ino);
+            }
+            self.reserved.pop_front();
+        }
+        None
+    }
+
+    fn touch(&mut self, dir: InodeId, now: Timespec, links: i32) {
+        if let Some(d) = self.dirs.get_mut(&dir) {
+            d.attr.mtime = now;
+            d.attr.ctime = now;
+            d.attr.nlink = d.attr.nlink.saturating_add_signed(links);
+        }
+    }
+
+    /// Every lease goes back; nothing is answered alone any more. Returns those held.
+    fn give_up(&mut self) -> Vec<InodeId> {
+        let dirs: Vec<InodeId> = self.dirs.keys().copied().collect();
+        self.release.extend(dirs.iter().copied());
+        self.dirs.clear();
+        dirs
+    }
+}
+
+/// The mount's leases and the queue of changes it answered alone.
+pub(super) struct Leases {
+    state: Mutex<State>,
+    /// Wakes the sender.
+    work: Arc<Notify>,
+    /// Changes sent and answered so far.
+    sent: watch::Sender<u64>,
+    enabled: bool,
+}
+
+/// What a local answer needs to know of the caller's request.
+pub(super) struct Asked<'a> {
+    pub parent: InodeId,
+    pub name: &'a [u8],
+    pub creds: &'a Creds,
+}
+
+fn now() -> Timespec {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timespec {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}
+
+/// Whether a name can be answered alone (the servers give other names their own error).
+fn plain_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/')
+}
+
+impl Leases {
+    pub(super) fn new(enabled: bool) -> Self {
+        Leases {
+            state: Mutex::default(),
+            work: Arc::new(Notify::new()),
+            sent: watch::channel(0).0,
+            enabled,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether directories this mount creates should be leased to it.
+    pub(super) fn wanted(&self) -> bool {
+        self.enabled && self.lock().dirs.len() < MAX_LEASED
+    }
+
+    /// The leased directory's attributes.
+    pub(super) fn attr(&self, dir: InodeId) -> Option<Attr> {
+        self.lock().dirs.get(&dir).map(|d| d.attr.clone())
+    }
+
+    /// A lookup answered alone: `Some(Err(ENOENT))` for a name not there, the attributes
+    /// of a leased subdirectory; `None` to ask the servers (other kinds of entries, whose
+    /// attributes change outside the directory).
+    pub(super) fn lookup(&self, parent: InodeId, name: &[u8]) -> Option<Result<Attr, Errno>> {
+        if !plain_name(name) || name.len() > NAME_MAX {
+            return None;
+        }
+        let s = self.lock();
+        let dir = s.dirs.get(&parent)?;
+        match dir.entries.get(name) {
+            None => Some(Err(libc_errno::ENOENT)),
+            Some((ino, FileKind::Dir)) => s.dirs.get(ino).map(|d| Ok(d.attr.clone())),
+            Some(_) => None,
+        }
+    }
+
+    /// The inode of `name` in leased `parent`, if known here.
+    pub(super) fn entry(&self, parent: InodeId, name: &[u8]) -> Option<(InodeId, FileKind)> {
+        self.lock().dirs.get(&parent)?.entries.get(name).copied()
+    }
+
+    fn enqueue(
+        &self,
+        s: &mut State,
+        meta: &MetaClient,
+        op: Op,
+        at: Timespec,
+        ino: Option<InodeId>,
+    ) {
+        s.queue.push(Queued {
+            request: meta.next_request_id(),
+            op,
+            now: at,
+            ino,
+        });
+        s.queued += 1;
+        if s.reserved_left() < RESERVE_LOW {
+            s.reserving = true;
+        }
+        self.work.notify_one();
+    }
+
+    /// mkdir answered alone, if `parent` is leased here and a reserved number is left.
+    pub(super) fn mkdir(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        perm: u16,
+    ) -> Option<Result<Attr, Errno>> {
+        if !plain_name(asked.name) {
+            return None;
+        }
+        let mut s = self.lock();
+        let parent = s.dirs.get(&asked.parent)?;
+        if asked.name.len() > NAME_MAX {
+            return Some(Err(libc_errno::ENAMETOOLONG));
+        }
+        if parent.entries.contains_key(asked.name) {
+            return Some(Err(libc_errno::EEXIST));
+        }
+        if parent.attr.nlink >= LINK_MAX
+            || s.queue.len() >= MAX_QUEUED
+            || s.dirs.len() >= MAX_LEASED
+        {
+            return None;
+        }
+        let parent = parent.attr.clone();
+        let ino = s.take_ino()?;
+        let at = now();
+        // As the servers make it (ops/entries.rs): a setgid directory passes on its group
+        // and its setgid bit.
+        let setgid = parent.perm & 0o2000 != 0;
+        let attr = Attr {
+            ino,
+            kind: FileKind::Dir,
+            perm: (perm & 0o7777) | if setgid { 0o2000 } else { 0 },
+            uid: asked.creds.uid,
+            gid: if setgid { parent.gid } else { asked.creds.gid },
+            size: 0,
+            nlink: 2,
+            atime: at,
+            mtime: at,
+            ctime: at,
+            crtime: at,
+            rdev: 0,
+            volume: parent.volume,
+        };
+        s.dirs
+            .get_mut(&asked.parent)
+            .expect("checked")
+            .entries
+            .insert(asked.name.to_vec(), (ino, FileKind::Dir));
+        s.touch(asked.parent, at, 1);
+        s.dirs.insert(
+            ino,
+            LeasedDir {
+                attr: attr.clone(),
+                entries: HashMap::new(),
+            },
+        );
+        let op = Op::Mknod {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            kind: FileKind::Dir,
+            perm,
+            rdev: 0,
+            exclusive: true,
+            creds: asked.creds.clone(),
+        };
+        self.enqueue(&mut s, meta, op, at, Some(ino));
+        Some(Ok(attr))
+    }
+
+    /// rmdir answered alone, if `parent` and the directory removed are leased here.
+    pub(super) fn rmdir(&self, meta: &MetaClient, asked: &Asked<'_>) -> Option<Result<(), Errno>> {
+        if !plain_name(asked.name) {
+            return None;
+        }
+        let mut s = self.lock();
+        if s.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        let parent = s.dirs.get(&asked.parent)?;
+        let (ino, kind) = match parent.entries.get(asked.name) {
+            None => return Some(Err(libc_errno::ENOENT)),
+            Some(e) => *e,
+        };
+        if kind != FileKind::Dir {
+            return Some(Err(libc_errno::ENOTDIR));
+        }
+        if !s.dirs.get(&ino)?.entries.is_empty() {
+            return Some(Err(libc_errno::ENOTEMPTY));
+        }
+        s.dirs.remove(&ino);
+        s.dirs
+            .get_mut(&asked.parent)
+            .expect("checked")
+            .entries
+            .remove(asked.name);
+        let at = now();
+        s.touch(asked.parent, at, -1);
+        let op = Op::Rmdir {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            creds: asked.creds.clone(),
+        };
+        self.enqueue(&mut s, meta, op, at, None);
+        Some(Ok(()))
+    }
+
+    /// unlink answered alone, if `parent` is leased here and the entry is `expected` (the
+    /// caller made sure the file is not open here).
+    pub(super) fn unlink(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        expected: Option<InodeId>,
+    ) -> Option<Result<(), Errno>> {
+        if !plain_name(asked.name) {
+            return None;
+        }
+        let mut s = self.lock();
+        if s.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        let parent = s.dirs.get(&asked.parent)?;
+        let (ino, kind) = match parent.entries.get(asked.name) {
+            None => return Some(Err(libc_errno::ENOENT)),
+            Some(e) => *e,
+        };
+        if kind == FileKind::Dir {
+            return Some(Err(libc_errno::EISDIR));
+        }
+        if Some(ino) != expected {
+            return None;
+        }
+        s.dirs
+            .get_mut(&asked.parent)
+            .expect("checked")
+            .entries
+            .remove(asked.name);
+        let at = now();
+        s.touch(asked.parent, at, 0);
+        let op = Op::Unlink {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            creds: asked.creds.clone(),
+        };
+        self.enqueue(&mut s, meta, op, at, None);
+        Some(Ok(()))
+    }
+
+    /// What a change this mount sent itself (and the servers applied) does to its leases:
+    /// `dirs` are the changed directories as the servers read them after it; `leased`
+    /// says a directory it created was leased to this mount.
+    pub(super) fn applied(&self, op: &Op, reply: &Reply, dirs: &[Attr], leased: bool) {
+        let mut s = self.lock();
+        for a in dirs {
+            if let Some(d) = s.dirs.get_mut(&a.ino) {
+                d.attr = a.clone();
+            }
+        }
+        match (op, reply) {
+            (Op::Mknod { parent, name, .. }, Reply::Attr(a))
+            | (Op::Symlink { parent, name, .. }, Reply::Attr(a)) => {
+                if let Some(d) = s.dirs.get_mut(parent) {
+                    d.entries.insert(name.clone(), (a.ino, a.kind));
+                }
+                if leased && a.kind == FileKind::Dir {
+                    s.dirs.insert(
+                        a.ino,
+                        LeasedDir {
+                            attr: a.clone(),
+                            entries: HashMap::new(),
+                        },
+                    );
+                    if s.reserved_left() < RESERVE_LOW {
+                        s.reserving = true;
+                        self.work.notify_one();
+                    }
+                }
+            }
+            (Op::Unlink { parent, name, .. }, _) | (Op::Rmdir { parent, name, .. }, _) => {
+                let gone = s.dirs.get_mut(parent).and_then(|d| d.entries.remove(name));
+                if let Some((ino, FileKind::Dir)) = gone {
+                    s.dirs.remove(&ino);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The leases among `dirs` that a change this mount sends itself needs given back
+    /// first (it cannot follow a rename, a link or an attribute change of them here).
+    pub(super) fn in_the_way(&self, op: &Op) -> Vec<InodeId> {
+        let s = self.lock();
+        if s.dirs.is_empty() {
+            return Vec::new();
+        }
+        let mut dirs = match op {
+            Op::Rename { .. } | Op::Link { .. } => op.dirs_changed(),
+            Op::SetAttr { ino, .. } | Op::SetXattr { ino, .. } | Op::RemoveXattr { ino, .. } => {
+                vec![*ino]
+            }
+            _ => Vec::new(),
+        };
+        if let Op::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            ..
+        } = op
+        {
+            for (p, n) in [(parent, name), (new_parent, new_name)] {
+                if let Some((ino, FileKind::Dir)) =
+                    s.dirs.get(p).and_then(|d| d.entries.get(n)).copied()
+                {
+                    dirs.push(ino);
+                }
+            }
+        }
+        dirs.retain(|d| s.dirs.contains_key(d));
+        dirs
+    }
+
+    /// Takes `dirs` out of local use and gives them back with the next batch (a recall,
+    /// or a change that needs them given back). Returns those that were held.
+    pub(super) fn give_back(&self, dirs: &[InodeId]) -> Vec<InodeId> {
+        let mut s = self.lock();
+        let mut held = Vec::new();
+        for d in dirs {
+            if s.dirs.remove(d).is_some() {
+                held.push(*d);
+            }
+            s.release.insert(*d);
+        }
+        self.work.notify_one();
+        held
+    }
+
+    /// Gives every lease back (unmount, a feed that stopped answering). Returns those
+    /// that were held.
+    pub(super) fn give_up(&self) -> Vec<InodeId> {
+        let dirs = self.lock().give_up();
+        self.work.notify_one();
+        dirs
+    }
+
+    /// Waits until every change queued so far has been sent and answered.
+    pub(super) async fn settle(&self) {
+        let target = {
+            let s = self.lock();
+            if *self.sent.borrow() >= s.queued {
+                return;
+            }
+            s.queued
+        };
+        self.work.notify_one();
+        let mut rx = self.sent.subscribe();
+        while *rx.borrow_and_update() < target {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A durability point: [`settle`](Self::settle), then the first change the servers
+    /// refused since the last durability point, as EIO.
+    pub(super) async fn sync(&self) -> Result<(), Errno> {
+        self.settle().await;
+        match self.lock().failed.take() {
+            Some(why) => {
+                warn!(%why, "namespace changes answered here were refused by the servers");
+                Err(libc_errno::EIO)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the queue, releases and reservations, until the file system is dropped.
+    pub(super) async fn send_loop(me: Weak<super::FileSystem>, meta: Arc<MetaClient>) {
+        loop {
+            let Some(fs) = me.upgrade() else { return };
+            let leases = &fs.leases;
+            let (ops, release, reserve) = {
+                let mut s = leases.lock();
+                let n = s.queue.len().min(BATCH_MAX);
+                let ops: Vec<Queued> = s.queue.drain(..n).collect();
+                let release: Vec<InodeId> = if s.queue.is_empty() {
+                    std::mem::take(&mut s.release).into_iter().collect()
+                } else {
+                    Vec::new()
+                };
+                let reserve = if s.reserving { RESERVE } else { 0 };
+                s.reserving = false;
+                (ops, release, reserve)
+            };
+            if ops.is_empty() && release.is_empty() && reserve == 0 {
+                let work = leases.work.clone();
+                drop(fs);
+                work.notified().await;
+                continue;
+            }
+            let result = meta.write_back(&ops, &release, reserve).await;
+            let mut s = leases.lock();
+            match result {
+                Ok((outcomes, reserved)) => {
+                    if let Some((first, n)) = reserved {
+                        s.reserved.push_back((first.0, first.0 + u64::from(n)));
+                    }
+                    if let Some((op, e)) = ops
+                        .iter()
+                        .zip(&outcomes)
+                        .find_map(|(q, o)| o.as_ref().err().map(|e| (&q.op, e)))
+                    {
+                        s.failed.get_or_insert_with(|| format!("{op:?}: {e}"));
+                        fs.known.forget(&s.give_up());
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, changes = ops.len(), "could not send namespace changes answered here");
+                    s.failed
+                        .get_or_insert_with(|| format!("{} changes not sent: {e}", ops.len()));
+                    fs.known.forget(&s.give_up());
+                    // The releases may not have reached the servers: they expire.
+                    s.release.clear();
+                }
+            }
+            let sent = *leases.sent.borrow() + ops.len() as u64;
+            drop(s);
+            leases.sent.send_replace(sent);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Directory leases (docs/adr/0006): a directory leased to one client changes only through
+//! that client, which answers changes of its entries alone and sends them later, in order,
+//! as a write-back. The leases and the inode numbers reserved for such changes are Raft
+//! state, so every member (and a new leader) knows them; a write-back whose lease is gone
+//! (given back, expired, or the directory removed) is refused from that change on.
+//!
+//! Leases exist only in volumes that live in one region: the change records of other
+//! regions' volumes are merged without passing through the leader's recall.
+
+use meridian_proto::{InodeId, RegionId};
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use super::apply::apply;
+use super::ctx::find_volume;
+use super::tables::{WriteTables, counter, read_dirent, read_inode, store_err};
+use super::types::*;
+
+/// directory inode (8 BE) -> the client holding its lease.
+pub const LEASES: TableDefinition<&[u8], u64> = TableDefinition::new("leases");
+/// client (8 BE) ++ first inode number (8 BE) -> one past the last: inode numbers the
+/// servers set aside for the client's creates under a lease.
+pub const RESERVED: TableDefinition<&[u8], u64> = TableDefinition::new("reserved_inodes");
+
+/// Most inode numbers one write-back may reserve.
+pub const RESERVE_MAX: u32 = 65_536;
+
+/// The lease tables of a write transaction.
+pub struct LeaseTables<'txn> {
+    leases: Table<'txn, &'static [u8], u64>,
+    reserved: Table<'txn, &'static [u8], u64>,
+}
+
+/// What a write-back did.
+#[derive(Clone, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct WriteBackOutcome {
+    /// One outcome per change.
+    pub outcomes: Vec<Result<Reply, NsError>>,
+    /// Inode numbers reserved: the first and how many.
+    pub reserved: Option<(InodeId, u32)>,
+}
+
+/// A write-back as it goes through Raft.
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+pub struct WriteBack {
+    /// The client whose leases the changes rely on.
+    pub client: u64,
+    /// The changes, stamped by the leader, in the client's order.
+    pub cmds: Vec<Command>,
+    /// Leases given back after them.
+    pub release: Vec<InodeId>,
+    /// Inode numbers wanted.
+    pub reserve: u32,
+}
+
+fn reserved_key(client: u64, first: u64) -> [u8; 16] {
+    super::tables::pair_key(client, first)
+}
+
+/// The client holding `dir`'s lease, read outside the state machine.
+pub fn leaseholder(tx: &ReadTransaction, dir: InodeId) -> Result<Option<u64>, NsError> {
+    let table = match tx.open_table(LEASES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(store_err(e)),
+    };
+    Ok(table
+        .get(dir.0.to_be_bytes().as_slice())
+        .map_err(store_err)?
+        .map(|v| v.value()))
+}
+
+impl<'txn> LeaseTables<'txn> {
+    /// Opens (creating if needed) the lease tables in `tx`.
+    pub fn open(tx: &'txn WriteTransaction) -> Result<Self, NsError> {
+        Ok(LeaseTables {
+            leases: tx.open_table(LEASES).map_err(store_err)?,
+            reserved: tx.open_table(RESERVED).map_err(store_err)?,
+        })
+    }
+
+    fn holder(&self, dir: InodeId) -> Result<Option<u64>, NsError> {
+        Ok(self
+            .leases
+            .get(dir.0.to_be_bytes().as_slice())
+            .map_err(store_err)?
+            .map(|v| v.value()))
+    }
+
+    fn is_reserved(&self, client: u64, ino: InodeId) -> Result<bool, NsError> {
+        let key = reserved_key(client, ino.0);
+        let mut range = self
+            .reserved
+            .range(reserved_key(client, 0).as_slice()..=key.as_slice())
+            .map_err(store_err)?;
+        Ok(match range.next_back() {
+            Some(row) => {
+                let (_, end) = row.map_err(store_err)?;
+                ino.0 < end.value()
+            }
+            None => false,
+        })
+    }
+
+    /// Ends leases, whoever holds them (the leader's verdict on a holder that did not
+    /// give them back in time).
+    pub fn expire(&mut self, dirs: &[InodeId]) -> Result<(), NsError> {
+        for d in dirs {
+            self.leases
+                .remove(d.0.to_be_bytes().as_slice())
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, client: u64, dirs: &[InodeId]) -> Result<(), NsError> {
+        for &d in dirs {
+            if self.holder(d)? == Some(client) {
+                self.leases
+                    .remove(d.0.to_be_bytes().as_slice())
+                    .map_err(store_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reserve(
+        &mut self,
+        ns: &mut WriteTables<'_>,
+        region: RegionId,
+        client: u64,
+        count: u32,
+    ) -> Result<(InodeId, u32), NsError> {
+        let count = count.min(RESERVE_MAX);
+        let first = ns.next_n(counter::NEXT_INODE, 1, u64::from(count))?;
+        let first_ino = InodeId::new(region, first).map_err(|e| NsError::Store(e.to_string()))?;
+        self.reserved
+            .insert(
+                reserved_key(client, first_ino.0).as_slice(),
+                first_ino.0 + u64::from(count),
+            )
+            .map_err(store_err)?;
+        Ok((first_ino, count))
+    }
+}
+
+/// The directory inodes an operation removes or moves (looked up before it applies).
+fn dirs_moved(ns: &WriteTables<'_>, op: &Op) -> Result<Vec<InodeId>, NsError> {
+    let mut out = Vec::new();
+    let mut add = |parent: InodeId, name: &[u8]| -> Result<(), NsError> {
+        if let Some(e) = read_dirent(ns.dirents(), parent, name)?
+            && e.kind == FileKind::Dir
+        {
+            out.push(e.ino);
+        }
+        Ok(())
+    };
+    match op {
+        Op::Rmdir { parent, name, .. } => add(*parent, name)?,
+        Op::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            ..
+        } => {
+            add(*parent, name)?;
+            add(*new_parent, new_name)?;
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// The directories a mutation touches where a lease matters: those whose entries it
+/// changes, the directories it removes or moves, and the inode it changes.
+pub fn touched_dirs(ns_read: &super::NsReader<'_>, op: &Op) -> Vec<InodeId> {
+    let mut dirs = op.dirs_changed();
+    let mut add = |parent: InodeId, name: &[u8]| {
+        if let Ok(QueryReply::Attr(a)) = ns_read.query(&Query::Lookup {
+            parent,
+            name: name.to_vec(),
+            creds: Creds::root(),
+        }) && a.kind == FileKind::Dir
+        {
+            dirs.push(a.ino);
+        }
+    };
+    match op {
+        Op::Rmdir { parent, name, .. } => add(*parent, name),
+        Op::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            ..
+        } => {
+            add(*parent, name);
+            add(*new_parent, new_name);
+        }
+        Op::SetAttr { ino, .. } | Op::SetXattr { ino, .. } | Op::RemoveXattr { ino, .. } => {
+            dirs.push(*ino)
+        }
+        _ => {}
+    }
+    dirs
+}
+
+/// Applies a local command with what leases add to it: a create at a reserved inode
+/// number must be the client's; a directory made with `lease` is leased to its maker;
+/// a directory removed loses its lease.
+pub fn apply_command(
+    ns: &mut WriteTables<'_>,
+    leases: &mut LeaseTables<'_>,
+    cmd: &Command,
+) -> Result<Reply, NsError> {
+    let client = cmd.request.map(|(c, _)| c);
+    if let Some(ino) = cmd.ino {
+        let mine = match client {
+            Some(c) => leases.is_reserved(c, ino)?,
+            None => false,
+        };
+        if !mine || !matches!(cmd.op, Op::Mknod { .. }) {
+            return Err(NsError::Perm(format!(
+                "inode number {ino} is not reserved for this client"
+            )));
+        }
+    }
+    let moved = dirs_moved(ns, &cmd.op)?;
+    let reply = apply(ns, cmd)?;
+    if let (
+        true,
+        Some(c),
+        Op::Mknod {
+            kind: FileKind::Dir,
+            ..
+        },
+        Reply::Attr(a),
+    ) = (cmd.lease, client, &cmd.op, &reply)
+        && find_volume(ns, a.volume)?.is_some_and(|v| v.policy.regions.len() <= 1)
+    {
+        leases
+            .leases
+            .insert(a.ino.0.to_be_bytes().as_slice(), c)
+            .map_err(store_err)?;
+    }
+    for d in moved {
+        if read_inode(ns.inodes(), d)?.is_none() {
+            leases
+                .leases
+                .remove(d.0.to_be_bytes().as_slice())
+                .map_err(store_err)?;
+        }
+    }
+    Ok(reply)
+}
+
+/// Applies a write-back: each change in order, as long as every directory whose entries
+/// it changes is still leased to the client; from the first change that is not (or that
+/// fails), the rest are refused, since they may build on it. Then the leases given back
+/// end, and inode numbers are reserved.
+pub fn apply_write_back(
+    ns: &mut WriteTables<'_>,
+    leases: &mut LeaseTables<'_>,
+    region: RegionId,
+    wb: &WriteBack,
+) -> Result<WriteBackOutcome, NsError> {
+    let mut out = WriteBackOutcome::default();
+    let mut broken: Option<String> = None;
+    for cmd in &wb.cmds {
+        if cmd.request.map(|(c, _)| c) != Some(wb.client) {
+            out.outcomes.push(Err(NsError::Invalid(
+                "a write-back change must carry its client's request".into(),
+            )));
+            continue;
+        }
+        if let Some(why) = &broken {
+            out.outcomes.push(Err(NsError::Conflict(why.clone())));
+            continue;
+        }
+        let mut unleased = None;
+        for d in cmd.op.dirs_changed() {
+            if leases.holder(d)? != Some(wb.client) {
+                unleased = Some(d);
+            }
+        }
+        let outcome = match unleased {
+            // A retry of a change that applied: its first outcome.
+            Some(_) if already_applied(ns, cmd)? => apply(ns, cmd),
+            Some(d) => Err(NsError::Conflict(format!(
+                "directory {d} is no longer leased to this client"
+            ))),
+            None => apply_command(ns, leases, cmd),
+        };
+        if let Err(e) = &outcome {
+            if let NsError::Store(_) = e {
+                return Err(e.clone());
+            }
+            broken = Some(format!("an earlier change of this write-back failed: {e}"));
+        }
+        out.outcomes.push(outcome);
+    }
+    leases.release(wb.client, &wb.release)?;
+    if wb.reserve > 0 {
+        out.reserved = Some(leases.reserve(ns, region, wb.client, wb.reserve)?);
+    }
+    Ok(out)
+}
+
+fn already_applied(ns: &WriteTables<'_>, cmd: &Command) -> Result<bool, NsError> {
+    match cmd.request {
+        Some((c, op)) => ns.has_request(c, op),
+        None => Ok(false),
+    }
+}

@@ -1,0 +1,274 @@
+//! Directory leases in the state machine: a write-back applies only under its client's
+//! leases, creates only take inode numbers reserved for their client, and a lease that
+//! ended fences every later change that relied on it.
+
+use meridian_proto::{Hlc, InodeId, RegionId};
+use redb::Database;
+use redb::ReadableDatabase;
+use redb::backends::InMemoryBackend;
+
+use super::lease::{LeaseTables, WriteBack, apply_command, apply_write_back, leaseholder};
+use super::*;
+
+const HOLDER: u64 = 7;
+const OTHER: u64 = 8;
+
+struct Ns {
+    db: Database,
+    clock: u64,
+    request: u64,
+}
+
+impl Ns {
+    fn new() -> (Self, InodeId) {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let mut ns = Ns {
+            db,
+            clock: 1_000,
+            request: 1,
+        };
+        let root = match ns
+            .run(
+                Op::CreateVolume {
+                    name: "v".into(),
+                    policy: VolumePolicy::default(),
+                },
+                0,
+                None,
+                false,
+            )
+            .unwrap()
+        {
+            Reply::Volume(v) => v.root,
+            other => panic!("unexpected {other:?}"),
+        };
+        (ns, root)
+    }
+
+    fn cmd(&mut self, op: Op, client: u64, ino: Option<InodeId>, lease: bool) -> Command {
+        self.clock += 1;
+        self.request += 1;
+        Command {
+            op,
+            hlc: Hlc {
+                wall_ms: self.clock,
+                counter: 0,
+                region: RegionId(1),
+            },
+            now: Timespec {
+                sec: self.clock as i64,
+                nsec: 0,
+            },
+            request: (client != 0).then_some((client, self.request)),
+            ino,
+            lease,
+        }
+    }
+
+    fn run(
+        &mut self,
+        op: Op,
+        client: u64,
+        ino: Option<InodeId>,
+        lease: bool,
+    ) -> Result<Reply, NsError> {
+        let cmd = self.cmd(op, client, ino, lease);
+        let tx = self.db.begin_write().unwrap();
+        let out = {
+            let mut t = WriteTables::open(&tx).unwrap();
+            let mut l = LeaseTables::open(&tx).unwrap();
+            apply_command(&mut t, &mut l, &cmd)
+        };
+        tx.commit().unwrap();
+        out
+    }
+
+    fn write_back(&mut self, wb: &WriteBack) -> lease::WriteBackOutcome {
+        let tx = self.db.begin_write().unwrap();
+        let out = {
+            let mut t = WriteTables::open(&tx).unwrap();
+            let mut l = LeaseTables::open(&tx).unwrap();
+            apply_write_back(&mut t, &mut l, RegionId(1), wb).unwrap()
+        };
+        tx.commit().unwrap();
+        out
+    }
+
+    fn expire(&mut self, dirs: &[InodeId]) {
+        let tx = self.db.begin_write().unwrap();
+        LeaseTables::open(&tx).unwrap().expire(dirs).unwrap();
+        tx.commit().unwrap();
+    }
+
+    fn holder(&self, dir: InodeId) -> Option<u64> {
+        leaseholder(&self.db.begin_read().unwrap(), dir).unwrap()
+    }
+
+    fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr, NsError> {
+        let tx = self.db.begin_read().unwrap();
+        NsReader::new(&tx).lookup(parent, name.as_bytes(), &Creds::root())
+    }
+}
+
+fn mkdir(parent: InodeId, name: &str) -> Op {
+    Op::Mknod {
+        parent,
+        name: name.into(),
+        kind: FileKind::Dir,
+        perm: 0o755,
+        rdev: 0,
+        exclusive: true,
+        creds: Creds::root(),
+    }
+}
+
+fn attr(r: Result<Reply, NsError>) -> Attr {
+    match r {
+        Ok(Reply::Attr(a)) => a,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_write_back_applies_under_its_clients_lease_at_reserved_numbers_and_is_fenced_once_the_lease_ends()
+ {
+    let (mut ns, root) = Ns::new();
+    let d = attr(ns.run(mkdir(root, "d"), HOLDER, None, true));
+    assert_eq!(
+        ns.holder(d.ino),
+        Some(HOLDER),
+        "a directory made with a lease is its maker's"
+    );
+    let plain = attr(ns.run(mkdir(root, "plain"), HOLDER, None, false));
+    assert_eq!(ns.holder(plain.ino), None);
+
+    // Reserve numbers, then make d/a and d/a/b at them in one write-back.
+    let reserved = ns
+        .write_back(&WriteBack {
+            client: HOLDER,
+            cmds: vec![],
+            release: vec![],
+            reserve: 16,
+        })
+        .reserved
+        .expect("reserved");
+    assert_eq!(reserved.1, 16);
+    let (a, b) = (reserved.0, InodeId(reserved.0.0 + 1));
+    let c1 = ns.cmd(mkdir(d.ino, "a"), HOLDER, Some(a), true);
+    let c2 = ns.cmd(mkdir(a, "b"), HOLDER, Some(b), true);
+    let out = ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![c1.clone(), c2],
+        release: vec![],
+        reserve: 0,
+    });
+    assert_eq!(attr(out.outcomes[0].clone()).ino, a);
+    assert_eq!(attr(out.outcomes[1].clone()).ino, b);
+    assert_eq!(ns.lookup(d.ino, "a").unwrap().ino, a);
+    assert_eq!(
+        ns.holder(b),
+        Some(HOLDER),
+        "directories made under a lease are leased too"
+    );
+
+    // A retry of an applied change returns its first outcome.
+    let again = ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![c1],
+        release: vec![],
+        reserve: 0,
+    });
+    assert_eq!(attr(again.outcomes[0].clone()).ino, a);
+
+    // Another client's write-back in the holder's directory is refused, and so is
+    // everything after it.
+    let c3 = ns.cmd(mkdir(d.ino, "x"), OTHER, None, false);
+    let c4 = ns.cmd(mkdir(plain.ino, "y"), OTHER, None, false);
+    let out = ns.write_back(&WriteBack {
+        client: OTHER,
+        cmds: vec![c3, c4],
+        release: vec![],
+        reserve: 0,
+    });
+    assert!(
+        matches!(out.outcomes[0], Err(NsError::Conflict(_))),
+        "{out:?}"
+    );
+    assert!(
+        matches!(out.outcomes[1], Err(NsError::Conflict(_))),
+        "{out:?}"
+    );
+    assert!(ns.lookup(d.ino, "x").is_err() && ns.lookup(plain.ino, "y").is_err());
+
+    // The leader ended the lease: the holder's late changes are refused, whole.
+    ns.expire(&[d.ino]);
+    let late = ns.cmd(mkdir(d.ino, "late"), HOLDER, Some(InodeId(a.0 + 2)), true);
+    let out = ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![late],
+        release: vec![],
+        reserve: 0,
+    });
+    assert!(
+        matches!(out.outcomes[0], Err(NsError::Conflict(_))),
+        "{out:?}"
+    );
+    assert!(ns.lookup(d.ino, "late").is_err());
+
+    // Giving a lease back ends it; removing a leased directory ends its lease.
+    ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![],
+        release: vec![a],
+        reserve: 0,
+    });
+    assert_eq!(ns.holder(a), None);
+    let rm = Op::Rmdir {
+        parent: a,
+        name: b"b".to_vec(),
+        creds: Creds::root(),
+    };
+    ns.run(rm, OTHER, None, false).unwrap();
+    assert_eq!(ns.holder(b), None);
+}
+
+#[test]
+fn a_create_at_an_inode_number_not_reserved_for_its_client_is_refused_and_changes_nothing() {
+    let (mut ns, root) = Ns::new();
+    let reserved = ns
+        .write_back(&WriteBack {
+            client: HOLDER,
+            cmds: vec![],
+            release: vec![],
+            reserve: 4,
+        })
+        .reserved
+        .unwrap();
+    // Another client's reserved number, a number never reserved, and no client at all.
+    for (client, ino) in [
+        (OTHER, reserved.0),
+        (HOLDER, InodeId(reserved.0.0 + 4)),
+        (0, reserved.0),
+    ] {
+        let out = ns.run(mkdir(root, "stolen"), client, Some(ino), false);
+        assert!(
+            matches!(out, Err(NsError::Perm(_))),
+            "{client} {ino}: {out:?}"
+        );
+        assert!(ns.lookup(root, "stolen").is_err());
+    }
+    // A number used once is not free twice.
+    attr(ns.run(mkdir(root, "one"), HOLDER, Some(reserved.0), false));
+    let out = ns.run(mkdir(root, "two"), HOLDER, Some(reserved.0), false);
+    assert!(matches!(out, Err(NsError::Invalid(_))), "{out:?}");
+    // The counter skipped the reserved range: a plain create takes a number after it.
+    let plain = attr(ns.run(mkdir(root, "plain"), OTHER, None, false));
+    assert!(
+        plain.ino.0 >= reserved.0.0 + 4,
+        "{} {}",
+        plain.ino,
+        reserved.0
+    );
+}

@@ -1,0 +1,128 @@
+//! Recalling directory leases (docs/adr/0006): a request of another client that reads or
+//! changes a leased directory waits on the leader until the holder has sent what it
+//! answered alone and given the lease back. The holder learns of the recall from the
+//! change feed it long-polls; one that does not answer within [`RECALL_WAIT`] loses the
+//! lease by the leader's verdict, a Raft entry, after which its late changes are refused.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use meridian_proto::InodeId;
+use redb::ReadableDatabase;
+use tokio::sync::watch;
+use tonic::Status;
+use tracing::warn;
+
+use crate::error::store;
+use crate::namespace::lease::leaseholder;
+use crate::raft::Request as RaftRequest;
+use crate::service::MetaNode;
+
+/// How long a recall waits for the holder before the leader ends the lease itself.
+pub const RECALL_WAIT: Duration = Duration::from_secs(5);
+
+/// Leases recalled and not given back yet, by holder.
+pub struct Recalls {
+    pending: Mutex<HashMap<u64, BTreeSet<InodeId>>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Recalls {
+    fn default() -> Self {
+        Recalls {
+            pending: Mutex::default(),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl Recalls {
+    fn post(&self, holder: u64, dirs: &[InodeId]) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let set = p.entry(holder).or_default();
+        let before = set.len();
+        set.extend(dirs.iter().copied());
+        if set.len() != before {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    fn clear(&self, dirs: &[InodeId]) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for set in p.values_mut() {
+            for d in dirs {
+                set.remove(d);
+            }
+        }
+        p.retain(|_, s| !s.is_empty());
+    }
+
+    /// The leases recalled from `client`.
+    pub fn of(&self, client: u64) -> Vec<InodeId> {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.get(&client)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Wakes when a recall is posted.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+impl MetaNode {
+    /// Which of `dirs` are leased to a client other than `client`, in this member's state.
+    pub(crate) fn leased_to_others(
+        &self,
+        client: u64,
+        dirs: &[InodeId],
+    ) -> Result<Vec<(InodeId, u64)>, Status> {
+        if dirs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
+        let mut out = Vec::new();
+        for &d in dirs {
+            match leaseholder(&tx, d) {
+                Ok(Some(h)) if h != client => out.push((d, h)),
+                Ok(_) => {}
+                Err(e) => return Err(Status::from(crate::error::MetaError::Ns(e))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// On the leader: recalls every lease of `dirs` held by a client other than `client`
+    /// and waits until each is given back, or ends it after [`RECALL_WAIT`].
+    pub(crate) async fn await_leases(&self, client: u64, dirs: &[InodeId]) -> Result<(), Status> {
+        let deadline = Instant::now() + RECALL_WAIT;
+        let mut applied = self.shared.applied.subscribe();
+        loop {
+            let held = self.leased_to_others(client, dirs)?;
+            if held.is_empty() {
+                self.recalls.clear(dirs);
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let gone: Vec<InodeId> = held.iter().map(|(d, _)| *d).collect();
+                warn!(
+                    dirs = ?gone,
+                    holders = ?held.iter().map(|(_, h)| *h).collect::<BTreeSet<_>>(),
+                    "a recalled directory lease was not given back in time: ending it; \
+                     the holder's later changes under it are refused"
+                );
+                self.propose_internal(RaftRequest::ExpireLeases(gone))
+                    .await
+                    .map_err(Status::from)?;
+                continue;
+            }
+            for (d, h) in &held {
+                self.recalls.post(*h, &[*d]);
+            }
+            let _ = tokio::time::timeout(deadline - now, applied.changed()).await;
+        }
+    }
+}

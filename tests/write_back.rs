@@ -1,0 +1,130 @@
+//! Namespace write-back under directory leases (docs/adr/0006), through real mounts of
+//! one region: a mount answers mkdir, rmdir and unlink alone in directories it made, and
+//! another mount that looks at or changes such a directory sees every one of them first.
+
+mod common;
+
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use anyhow::Result;
+use common::{Region, wait_for};
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error")
+        .raw_os_error()
+        .unwrap_or(-1)
+}
+
+fn names(dir: &std::path::Path) -> Result<Vec<String>> {
+    let mut v: Vec<String> = fs::read_dir(dir)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    v.sort();
+    Ok(v)
+}
+
+/// What one mount answered alone is what another mount finds, at once: a lookup, a
+/// listing and a change there wait for it. Two mounts making one name: exactly one wins.
+#[test]
+fn another_mount_finds_at_once_what_a_mount_answered_alone_and_one_name_is_made_once() -> Result<()>
+{
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let d = here.path.join("d");
+    fs::create_dir(&d)?;
+    // Changes in a directory made here, answered here.
+    for i in 0..50 {
+        fs::create_dir(d.join(format!("sub{i:02}")))?;
+        fs::create_dir(d.join(format!("sub{i:02}")).join("inner"))?;
+    }
+    for i in 0..25 {
+        fs::remove_dir(d.join(format!("sub{i:02}")).join("inner"))?;
+        fs::remove_dir(d.join(format!("sub{i:02}")))?;
+    }
+    fs::write(d.join("file"), b"data")?;
+    fs::write(d.join("gone"), b"data")?;
+    fs::remove_file(d.join("gone"))?;
+    assert_eq!(errno_of(fs::remove_dir(d.join("sub30"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::create_dir(d.join("sub30"))), libc::EEXIST);
+    let here_meta = fs::metadata(&d)?;
+    assert_eq!(
+        here_meta.nlink(),
+        2 + 25,
+        "the directory's links as answered here"
+    );
+
+    // There, at once (no waiting for a feed): a lookup, then a listing of the directory.
+    let td = there.path.join("d");
+    assert!(fs::metadata(td.join("sub40").join("inner"))?.is_dir());
+    assert_eq!(errno_of(fs::metadata(td.join("sub10"))), libc::ENOENT);
+    let mut want: Vec<String> = (25..50).map(|i| format!("sub{i:02}")).collect();
+    want.push("file".into());
+    want.sort();
+    assert_eq!(names(&td)?, want);
+    assert_eq!(fs::read(td.join("file"))?, b"data");
+    let there_meta = fs::metadata(&td)?;
+    assert_eq!(there_meta.ino(), here_meta.ino());
+    assert_eq!(there_meta.nlink(), here_meta.nlink());
+    assert_eq!(
+        fs::metadata(td.join("sub49"))?.ino(),
+        fs::metadata(d.join("sub49"))?.ino(),
+        "a directory made here alone has the inode number the servers keep"
+    );
+
+    // One name made by both mounts: the one answered here first wins; there it exists.
+    let e = here.path.join("e");
+    fs::create_dir(&e)?;
+    fs::create_dir(e.join("same"))?;
+    assert_eq!(
+        errno_of(fs::create_dir(there.path.join("e").join("same"))),
+        libc::EEXIST
+    );
+    // The lease went back: a name made there is found here, and made once.
+    fs::create_dir(there.path.join("e").join("theirs"))?;
+    assert_eq!(errno_of(fs::create_dir(e.join("theirs"))), libc::EEXIST);
+    fs::create_dir(e.join("mine"))?;
+    assert!(fs::metadata(there.path.join("e").join("mine"))?.is_dir());
+    Ok(())
+}
+
+/// A mount killed with kill -9: what it made before an fsync of the directory survives,
+/// and after the recall times out, another mount changes the directory freely; changes
+/// the dead mount still held are lost as unsynced changes on a local disk are, never
+/// half-applied.
+#[test]
+fn a_killed_mount_keeps_what_it_synced_and_its_directory_is_usable_after_the_recall_times_out()
+-> Result<()> {
+    let region = Region::start()?;
+    let mut here = region.mount("here")?;
+    let there = region.mount("there")?;
+    let d = here.path.join("d");
+    fs::create_dir(&d)?;
+    for i in 0..20 {
+        fs::create_dir(d.join(format!("kept{i:02}")))?;
+    }
+    File::open(&d)?.sync_all()?;
+    for i in 0..20 {
+        fs::create_dir(d.join(format!("maybe{i:02}")))?;
+    }
+    here.kill();
+
+    let td = there.path.join("d");
+    // The lease is the dead mount's until the recall times out (5 s): the lookup waits.
+    let listed = wait_for(Duration::from_secs(60), "the directory there", || {
+        names(&td).ok()
+    })?;
+    for i in 0..20 {
+        assert!(listed.contains(&format!("kept{i:02}")), "{listed:?}");
+    }
+    // What was not synced is there whole or not at all, in order: a prefix.
+    let maybe: Vec<&String> = listed.iter().filter(|n| n.starts_with("maybe")).collect();
+    for (i, n) in maybe.iter().enumerate() {
+        assert_eq!(**n, format!("maybe{i:02}"), "{listed:?}");
+    }
+    fs::create_dir(td.join("after"))?;
+    fs::remove_dir(td.join("kept00"))?;
+    assert!(fs::metadata(td.join("after"))?.is_dir());
+    Ok(())
+}
