@@ -48,6 +48,20 @@ fn another_mount_finds_at_once_what_a_mount_answered_alone_and_one_name_is_made_
     fs::remove_file(d.join("gone"))?;
     assert_eq!(errno_of(fs::remove_dir(d.join("sub30"))), libc::ENOTEMPTY);
     assert_eq!(errno_of(fs::create_dir(d.join("sub30"))), libc::EEXIST);
+    let excl = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(d.join("file"));
+    assert_eq!(errno_of(excl), libc::EEXIST);
+    // A file made and written here alone, then closed: its content is durable and whole.
+    fs::write(d.join("second"), vec![7u8; 100_000])?;
+    fs::remove_file(d.join("second"))?;
+    fs::write(d.join("second"), b"again")?;
+    // With the kernel's entries dropped, this mount finds again what it made alone.
+    fs::write("/proc/sys/vm/drop_caches", "2")?;
+    assert_eq!(fs::read(d.join("file"))?, b"data");
+    assert!(fs::metadata(d.join("sub49").join("inner"))?.is_dir());
+    assert_eq!(errno_of(fs::metadata(d.join("gone"))), libc::ENOENT);
     let here_meta = fs::metadata(&d)?;
     assert_eq!(
         here_meta.nlink(),
@@ -61,9 +75,11 @@ fn another_mount_finds_at_once_what_a_mount_answered_alone_and_one_name_is_made_
     assert_eq!(errno_of(fs::metadata(td.join("sub10"))), libc::ENOENT);
     let mut want: Vec<String> = (25..50).map(|i| format!("sub{i:02}")).collect();
     want.push("file".into());
+    want.push("second".into());
     want.sort();
     assert_eq!(names(&td)?, want);
     assert_eq!(fs::read(td.join("file"))?, b"data");
+    assert_eq!(fs::read(td.join("second"))?, b"again");
     let there_meta = fs::metadata(&td)?;
     assert_eq!(there_meta.ino(), here_meta.ino());
     assert_eq!(there_meta.nlink(), here_meta.nlink());

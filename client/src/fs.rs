@@ -306,7 +306,34 @@ impl FileSystem {
         result.map(|(reply, _)| reply).map_err(errno)
     }
 
+    /// A mutation of a file's content or attributes (no directory's entries): sent with
+    /// the changes this mount answered alone when some are waiting, in the same batch
+    /// (a file created alone and its first commit go as one Raft entry).
+    async fn mutate_after_queue(&self, op: Op) -> Result<Reply, Errno> {
+        debug_assert!(op.dirs_changed().is_empty());
+        let Some(outcome) = self.leases.submit(&self.meta, op.clone()) else {
+            return self.mutate(op).await;
+        };
+        // As `mutate`: attributes kept for GETATTR are void while it runs.
+        self.fresh.starting();
+        let outcome = outcome.await;
+        self.fresh.ended();
+        match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(e.errno()),
+            Err(_) => Err(libc_errno::EIO),
+        }
+    }
+
     async fn query(&self, q: Query) -> Result<QueryReply, Errno> {
+        // What this mount answered alone goes first, so the servers' answer includes it;
+        // except a lookup in a directory still leased here of an entry whose create the
+        // servers already have (the rest of such lookups is answered here, see `lookup`).
+        let leased_lookup = matches!(&q, Query::Lookup { parent, name, .. }
+            if self.leases.lookup_is_current(*parent, name));
+        if !leased_lookup {
+            self.leases.settle().await;
+        }
         self.meta.query(&q, false).await.map_err(errno)
     }
 
@@ -346,8 +373,11 @@ impl FileSystem {
         if let Some(answer) = self.leases.lookup(parent, name) {
             return answer;
         }
-        // A name the servers would refuse gets their error, not ENOENT.
-        if name.len() <= meridian_proto::ns::NAME_MAX
+        // A name the servers would refuse gets their error, not ENOENT. A leased
+        // directory's names are the lease's to answer (the names it answered alone never
+        // reach the known directories).
+        if self.leases.attr(parent).is_none()
+            && name.len() <= meridian_proto::ns::NAME_MAX
             && !name.is_empty()
             && name != b"."
             && name != b".."

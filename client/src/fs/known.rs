@@ -221,6 +221,16 @@ impl NewFiles {
         }
     }
 
+    /// A file this client created alone (under a directory lease, see `lease.rs`), while
+    /// the feed had dropped `epoch` times.
+    pub(super) fn made(&self, ino: InodeId, epoch: u64) {
+        let mut files = self.lock();
+        if files.len() >= MAX_NEW_FILES {
+            files.clear();
+        }
+        files.insert(ino, epoch);
+    }
+
     /// The servers said `ino` has no `security.capability`, asked as `asked` (from
     /// [`asking`](Self::asking)); the feed had dropped `before` times when it was asked and
     /// has dropped `epoch` times now.

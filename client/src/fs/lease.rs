@@ -17,8 +17,10 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
 use meridian_proto::InodeId;
-use meridian_proto::ns::{Attr, Creds, FileKind, LINK_MAX, NAME_MAX, Op, Queued, Reply, Timespec};
-use tokio::sync::{Notify, watch};
+use meridian_proto::ns::{
+    Attr, Creds, FileKind, LINK_MAX, NAME_MAX, NsError, Op, Queued, Reply, Timespec,
+};
+use tokio::sync::{Notify, oneshot, watch};
 use tracing::warn;
 
 use super::Errno;
@@ -56,6 +58,10 @@ struct State {
     reserving: bool,
     /// A change the servers refused (or could not be sent), for the next durability point.
     failed: Option<String>,
+    /// Changes whose caller waits for their outcome, by request id.
+    waiters: HashMap<u64, oneshot::Sender<Result<Reply, NsError>>>,
+    /// Inodes created here whose create the servers have not answered yet.
+    unsent: std::collections::HashSet<InodeId>,
 }
 
 impl State {
@@ -164,6 +170,19 @@ impl Leases {
         }
     }
 
+    /// Whether the servers can answer a lookup of `name` in `parent` without waiting for
+    /// the queue: `parent` is leased here and the entry's create was sent and answered.
+    pub(super) fn lookup_is_current(&self, parent: InodeId, name: &[u8]) -> bool {
+        let s = self.lock();
+        match s.dirs.get(&parent) {
+            Some(d) => d
+                .entries
+                .get(name)
+                .is_none_or(|(ino, _)| !s.unsent.contains(ino)),
+            None => false,
+        }
+    }
+
     /// The inode of `name` in leased `parent`, if known here.
     pub(super) fn entry(&self, parent: InodeId, name: &[u8]) -> Option<(InodeId, FileKind)> {
         self.lock().dirs.get(&parent)?.entries.get(name).copied()
@@ -176,9 +195,13 @@ impl Leases {
         op: Op,
         at: Timespec,
         ino: Option<InodeId>,
-    ) {
+    ) -> u64 {
+        let request = meta.next_request_id();
+        if let Some(ino) = ino {
+            s.unsent.insert(ino);
+        }
         s.queue.push(Queued {
-            request: meta.next_request_id(),
+            request,
             op,
             now: at,
             ino,
@@ -188,6 +211,81 @@ impl Leases {
             s.reserving = true;
         }
         self.work.notify_one();
+        request
+    }
+
+    /// Sends `op` after what is queued, in the same batch if it can, when something is
+    /// queued (otherwise `None`: send it directly, it is as fast). The receiver gets its
+    /// outcome.
+    pub(super) fn submit(
+        &self,
+        meta: &MetaClient,
+        op: Op,
+    ) -> Option<oneshot::Receiver<Result<Reply, NsError>>> {
+        let mut s = self.lock();
+        if s.queue.is_empty() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let request = self.enqueue(&mut s, meta, op, now(), None);
+        s.waiters.insert(request, tx);
+        Some(rx)
+    }
+
+    /// A create answered alone, if `parent` is leased here, `name` is not in it and a
+    /// reserved number is left (an existing name goes to the servers: a create without
+    /// O_EXCL opens it).
+    pub(super) fn create(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        perm: u16,
+        exclusive: bool,
+    ) -> Option<Result<Attr, Errno>> {
+        if !plain_name(asked.name) || asked.name.len() > NAME_MAX {
+            return None;
+        }
+        let mut s = self.lock();
+        let parent = s.dirs.get(&asked.parent)?;
+        if parent.entries.contains_key(asked.name) || s.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        let parent = parent.attr.clone();
+        let ino = s.take_ino()?;
+        let at = now();
+        let setgid = parent.perm & 0o2000 != 0;
+        let attr = Attr {
+            ino,
+            kind: FileKind::File,
+            perm: perm & 0o7777,
+            uid: asked.creds.uid,
+            gid: if setgid { parent.gid } else { asked.creds.gid },
+            size: 0,
+            nlink: 1,
+            atime: at,
+            mtime: at,
+            ctime: at,
+            crtime: at,
+            rdev: 0,
+            volume: parent.volume,
+        };
+        s.dirs
+            .get_mut(&asked.parent)
+            .expect("checked")
+            .entries
+            .insert(asked.name.to_vec(), (ino, FileKind::File));
+        s.touch(asked.parent, at, 0);
+        let op = Op::Mknod {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            kind: FileKind::File,
+            perm,
+            rdev: 0,
+            exclusive,
+            creds: asked.creds.clone(),
+        };
+        self.enqueue(&mut s, meta, op, at, Some(ino));
+        Some(Ok(attr))
     }
 
     /// mkdir answered alone, if `parent` is leased here and a reserved number is left.
@@ -499,17 +597,40 @@ impl Leases {
                     if let Some((first, n)) = reserved {
                         s.reserved.push_back((first.0, first.0 + u64::from(n)));
                     }
-                    if let Some((op, e)) = ops
-                        .iter()
-                        .zip(&outcomes)
-                        .find_map(|(q, o)| o.as_ref().err().map(|e| (&q.op, e)))
-                    {
-                        s.failed.get_or_insert_with(|| format!("{op:?}: {e}"));
+                    let mut refused = false;
+                    for q in &ops {
+                        if let Some(ino) = q.ino {
+                            s.unsent.remove(&ino);
+                        }
+                    }
+                    for (q, outcome) in ops.iter().zip(outcomes) {
+                        refused |= outcome.is_err();
+                        match s.waiters.remove(&q.request) {
+                            // Its caller reports it.
+                            Some(w) => {
+                                let _ = w.send(outcome);
+                            }
+                            None => {
+                                if let Err(e) = outcome {
+                                    s.failed.get_or_insert_with(|| format!("{:?}: {e}", q.op));
+                                }
+                            }
+                        }
+                    }
+                    if refused {
                         fs.known.forget(&s.give_up());
                     }
                 }
                 Err(e) => {
                     warn!(error = %e, changes = ops.len(), "could not send namespace changes answered here");
+                    for q in &ops {
+                        if let Some(ino) = q.ino {
+                            s.unsent.remove(&ino);
+                        }
+                        if let Some(w) = s.waiters.remove(&q.request) {
+                            let _ = w.send(Err(NsError::Store(format!("not sent: {e}"))));
+                        }
+                    }
                     s.failed
                         .get_or_insert_with(|| format!("{} changes not sent: {e}", ops.len()));
                     fs.known.forget(&s.give_up());
