@@ -59,6 +59,7 @@ fn another_mount_finds_at_once_what_a_mount_answered_alone_and_one_name_is_made_
     fs::write(d.join("second"), b"again")?;
     // With the kernel's entries dropped, this mount finds again what it made alone.
     fs::write("/proc/sys/vm/drop_caches", "2")?;
+    let here_file = fs::metadata(d.join("second"))?;
     assert_eq!(fs::read(d.join("file"))?, b"data");
     assert!(fs::metadata(d.join("sub49").join("inner"))?.is_dir());
     assert_eq!(errno_of(fs::metadata(d.join("gone"))), libc::ENOENT);
@@ -80,6 +81,24 @@ fn another_mount_finds_at_once_what_a_mount_answered_alone_and_one_name_is_made_
     assert_eq!(names(&td)?, want);
     assert_eq!(fs::read(td.join("file"))?, b"data");
     assert_eq!(fs::read(td.join("second"))?, b"again");
+    // What this mount said of a file it made alone is what the servers say.
+    let there_file = fs::metadata(td.join("second"))?;
+    let seen = |m: &fs::Metadata| (m.ino(), m.size(), m.mode(), m.nlink(), m.uid(), m.gid());
+    assert_eq!(seen(&here_file), seen(&there_file));
+    assert_eq!(
+        (
+            here_file.mtime(),
+            here_file.mtime_nsec(),
+            here_file.ctime(),
+            here_file.ctime_nsec()
+        ),
+        (
+            there_file.mtime(),
+            there_file.mtime_nsec(),
+            there_file.ctime(),
+            there_file.ctime_nsec()
+        )
+    );
     let there_meta = fs::metadata(&td)?;
     assert_eq!(there_meta.ino(), here_meta.ino());
     assert_eq!(there_meta.nlink(), here_meta.nlink());

@@ -294,6 +294,8 @@ impl FileSystem {
         if let Ok((reply, dirs)) = &result {
             self.leases.applied(&op, reply, dirs, lease);
         }
+        self.leases
+            .observed(&op, result.as_ref().ok().map(|(reply, _)| reply));
         let reply = result.as_ref().ok().map(|(reply, _)| reply);
         let now = self.cache_epoch();
         let alone = self.known.ended(started, &op, reply, now);
@@ -318,6 +320,8 @@ impl FileSystem {
         self.fresh.starting();
         let outcome = outcome.await;
         self.fresh.ended();
+        self.leases
+            .observed(&op, outcome.as_ref().ok().and_then(|o| o.as_ref().ok()));
         match outcome {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(e.errno()),
@@ -371,7 +375,17 @@ impl FileSystem {
         // Search permission on `parent` is the kernel's to check (default_permissions).
         // A leased directory is known here whole.
         if let Some(answer) = self.leases.lookup(parent, name) {
-            return answer;
+            return match answer {
+                // Open here, its size must count this client's unflushed writes.
+                Ok(a) if a.kind == FileKind::File && self.is_open(a.ino).await => {
+                    self.getattr(a.ino).await
+                }
+                Ok(a) => {
+                    self.kernel.observed(&a);
+                    Ok(self.as_seen_here(a, 0))
+                }
+                Err(e) => Err(e),
+            };
         }
         // A name the servers would refuse gets their error, not ENOENT. A leased
         // directory's names are the lease's to answer (the names it answered alone never

@@ -37,6 +37,8 @@ const BATCH_MAX: usize = 2048;
 const MAX_LEASED: usize = 1 << 16;
 /// Most changes waiting to be sent; beyond it, changes go to the servers one by one.
 const MAX_QUEUED: usize = 1 << 16;
+/// Most files whose attributes are kept; beyond it, lookups of others ask the servers.
+const MAX_FILES: usize = 1 << 20;
 
 /// A leased directory as this mount knows it: all of it.
 struct LeasedDir {
@@ -62,6 +64,10 @@ struct State {
     waiters: HashMap<u64, oneshot::Sender<Result<Reply, NsError>>>,
     /// Inodes created here whose create the servers have not answered yet.
     unsent: std::collections::HashSet<InodeId>,
+    /// Attributes of files in leased directories, as this mount last made or was told
+    /// them: nobody else reaches these files without a recall, and every change this
+    /// mount sends of one updates or drops them (see [`Leases::observed`]).
+    files: HashMap<InodeId, Attr>,
 }
 
 impl State {
@@ -94,7 +100,27 @@ impl State {
         let dirs: Vec<InodeId> = self.dirs.keys().copied().collect();
         self.release.extend(dirs.iter().copied());
         self.dirs.clear();
+        self.files.clear();
         dirs
+    }
+
+    /// Drops a leased directory from local use (with what is kept of its files).
+    fn drop_dir(&mut self, dir: InodeId) -> bool {
+        match self.dirs.remove(&dir) {
+            Some(d) => {
+                for (ino, _) in d.entries.values() {
+                    self.files.remove(ino);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn keep_file(&mut self, attr: &Attr) {
+        if self.files.len() < MAX_FILES || self.files.contains_key(&attr.ino) {
+            self.files.insert(attr.ino, attr.clone());
+        }
     }
 }
 
@@ -155,8 +181,8 @@ impl Leases {
     }
 
     /// A lookup answered alone: `Some(Err(ENOENT))` for a name not there, the attributes
-    /// of a leased subdirectory; `None` to ask the servers (other kinds of entries, whose
-    /// attributes change outside the directory).
+    /// of a leased subdirectory or of a file whose attributes are kept; `None` to ask the
+    /// servers.
     pub(super) fn lookup(&self, parent: InodeId, name: &[u8]) -> Option<Result<Attr, Errno>> {
         if !plain_name(name) || name.len() > NAME_MAX {
             return None;
@@ -166,7 +192,7 @@ impl Leases {
         match dir.entries.get(name) {
             None => Some(Err(libc_errno::ENOENT)),
             Some((ino, FileKind::Dir)) => s.dirs.get(ino).map(|d| Ok(d.attr.clone())),
-            Some(_) => None,
+            Some((ino, _)) => s.files.get(ino).map(|a| Ok(a.clone())),
         }
     }
 
@@ -284,6 +310,7 @@ impl Leases {
             exclusive,
             creds: asked.creds.clone(),
         };
+        s.keep_file(&attr);
         self.enqueue(&mut s, meta, op, at, Some(ino));
         Some(Ok(attr))
     }
@@ -427,6 +454,7 @@ impl Leases {
             .expect("checked")
             .entries
             .remove(asked.name);
+        s.files.remove(&ino);
         let at = now();
         s.touch(asked.parent, at, 0);
         let op = Op::Unlink {
@@ -453,6 +481,9 @@ impl Leases {
             | (Op::Symlink { parent, name, .. }, Reply::Attr(a)) => {
                 if let Some(d) = s.dirs.get_mut(parent) {
                     d.entries.insert(name.clone(), (a.ino, a.kind));
+                    if a.kind != FileKind::Dir {
+                        s.keep_file(a);
+                    }
                 }
                 if leased && a.kind == FileKind::Dir {
                     s.dirs.insert(
@@ -470,11 +501,59 @@ impl Leases {
             }
             (Op::Unlink { parent, name, .. }, _) | (Op::Rmdir { parent, name, .. }, _) => {
                 let gone = s.dirs.get_mut(parent).and_then(|d| d.entries.remove(name));
-                if let Some((ino, FileKind::Dir)) = gone {
-                    s.dirs.remove(&ino);
+                match gone {
+                    Some((ino, FileKind::Dir)) => {
+                        s.drop_dir(ino);
+                    }
+                    Some((ino, _)) => {
+                        s.files.remove(&ino);
+                    }
+                    None => {}
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A change of files this mount sent, and its outcome (`None`: failed or unknown):
+    /// the attributes kept of the files it names are replaced by those it answered, or
+    /// dropped where it answered none (an xattr change moves the ctime, a link the link
+    /// count and the places the file can be reached from, a read the atime).
+    pub(super) fn observed(&self, op: &Op, reply: Option<&Reply>) {
+        let inos: Vec<InodeId> = match op {
+            Op::SetAttr { ino, .. }
+            | Op::CommitExtents { ino, .. }
+            | Op::PunchHole { ino, .. }
+            | Op::Compact { ino, .. }
+            | Op::Accessed { ino }
+            | Op::SetXattr { ino, .. }
+            | Op::RemoveXattr { ino, .. }
+            | Op::Link { ino, .. } => vec![*ino],
+            Op::CopyRange { dst, .. } => vec![*dst],
+            Op::AccessedBatch { inos } => inos.clone(),
+            _ => return,
+        };
+        let mut s = self.lock();
+        if s.files.is_empty() {
+            return;
+        }
+        let answered = match (op, reply) {
+            (
+                Op::SetAttr { .. } | Op::CommitExtents { .. } | Op::PunchHole { .. },
+                Some(Reply::Attr(a)),
+            )
+            | (Op::CopyRange { .. }, Some(Reply::Copied(_, a))) => Some(a),
+            _ => None,
+        };
+        for ino in inos {
+            match answered {
+                Some(a) if a.ino == ino && s.files.contains_key(&ino) => {
+                    s.files.insert(ino, a.clone());
+                }
+                _ => {
+                    s.files.remove(&ino);
+                }
+            }
         }
     }
 
@@ -518,7 +597,7 @@ impl Leases {
         let mut s = self.lock();
         let mut held = Vec::new();
         for d in dirs {
-            if s.dirs.remove(d).is_some() {
+            if s.drop_dir(*d) {
                 held.push(*d);
             }
             s.release.insert(*d);
