@@ -164,16 +164,17 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("FUSE session thread panicked"))?;
     // What was answered here alone goes to the servers, and the leases back to them.
-    match rt.block_on(async {
+    let released = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), fs.release_leases()).await
-    }) {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => tracing::error!(
-            "namespace changes answered by this mount were refused by the servers (see above)"
-        ),
-        Err(_) => tracing::error!("could not send namespace changes within 30 s"),
-    }
+    });
     served?;
+    match released {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => bail!(
+            "namespace changes answered by this mount were refused by the servers (see the log)"
+        ),
+        Err(_) => bail!("could not send the namespace changes answered by this mount within 30 s"),
+    }
     tracing::info!(mountpoint = %mnt.display(), "unmounted");
     Ok(())
 }

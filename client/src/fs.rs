@@ -70,6 +70,9 @@ struct OpenFile {
     view: Option<ReadView>,
     /// Whether the next write must drop the file's setuid and setgid bits first.
     drop_setid: bool,
+    /// The count of namespace changes refused that this handle's durability points
+    /// reported (or that were refused before it opened).
+    seen_failures: u64,
     /// Where the handle's last read ended (none yet): a read starting near there is
     /// sequential.
     next_read: Option<u64>,
@@ -229,13 +232,14 @@ impl FileSystem {
     /// unmounting; other clients need not wait for them to expire).
     pub async fn release_leases(&self) -> Result<(), Errno> {
         self.known.forget(&self.leases.give_up());
-        self.leases.sync().await
+        // Any change ever refused is reported here: unmount is the last durability point.
+        self.leases.sync(&mut 0).await
     }
 
     /// A durability point of the namespace (fsyncdir, syncfs): every change this mount
     /// answered alone is committed, or the first one refused is reported.
     pub async fn sync_namespace(&self) -> Result<(), Errno> {
-        self.leases.sync().await
+        self.leases.sync_dirs().await
     }
 
     /// Whether a change may be answered here alone now: recalls reach this mount only
@@ -291,8 +295,14 @@ impl FileSystem {
         let started = self.known.starting(epoch);
         self.new_files.starting(&op);
         let result = self.meta.mutate_leased(&op, lease).await;
-        if let Ok((reply, dirs)) = &result {
-            self.leases.applied(&op, reply, dirs, lease);
+        match &result {
+            Ok((reply, dirs)) => self.leases.applied(&op, reply, dirs, lease),
+            // Applied or not, nobody knows: what the mount knows of the directories
+            // changed is void.
+            Err(e) if !matches!(e, MetaError::Ns(_)) => {
+                self.known.forget(&self.leases.lost(&op.dirs_changed()));
+            }
+            Err(_) => {}
         }
         self.leases
             .observed(&op, result.as_ref().ok().map(|(reply, _)| reply));

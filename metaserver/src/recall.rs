@@ -48,6 +48,11 @@ impl Recalls {
         }
     }
 
+    /// Drops recalls of `dirs` (their leases ended).
+    pub fn forget(&self, dirs: &[InodeId]) {
+        self.clear(dirs);
+    }
+
     fn clear(&self, dirs: &[InodeId]) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for set in p.values_mut() {

@@ -723,12 +723,24 @@ impl MetaService for MetaApi {
         loop {
             let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
             let answer = crate::watch::changes(&tx, r.volume, from, r.client)?;
-            drop(tx);
+            // Only what the applied state still leases to the watcher: a recall whose
+            // waiter went away (or whose lease ended) is dropped, not repeated.
             let recall: Vec<u64> = if r.client == 0 {
                 Vec::new()
             } else {
-                self.recalls.of(r.client).iter().map(|d| d.0).collect()
+                let pending = self.recalls.of(r.client);
+                let (live, stale): (Vec<_>, Vec<_>) = pending.into_iter().partition(|d| {
+                    matches!(
+                        crate::namespace::lease::leaseholder(&tx, *d),
+                        Ok(Some(h)) if h == r.client
+                    )
+                });
+                if !stale.is_empty() {
+                    self.recalls.forget(&stale);
+                }
+                live.iter().map(|d| d.0).collect()
             };
+            drop(tx);
             let now = Instant::now();
             if !answer.touched.changes.is_empty()
                 || answer.gap

@@ -113,7 +113,7 @@ impl FileSystem {
                         })
                         .collect();
                     if !lost.is_empty() {
-                        fs.known.forget(&fs.leases.give_back(&lost));
+                        fs.known.forget(&fs.leases.lost(&lost));
                     }
                     if !touches.is_empty() {
                         fs.kernel.drop_touched(touches).await;

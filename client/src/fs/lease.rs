@@ -35,8 +35,12 @@ const RESERVE_LOW: u64 = 1024;
 const BATCH_MAX: usize = 2048;
 /// Most directories leased at once; beyond it, new directories are not leased.
 const MAX_LEASED: usize = 1 << 16;
-/// Most changes waiting to be sent; beyond it, changes go to the servers one by one.
-const MAX_QUEUED: usize = 1 << 16;
+/// Most changes waiting to be sent; beyond it, changes go to the servers one by one. A
+/// recall waits for the holder's queue (the leader gives it 5 s): the servers commit a few
+/// thousand changes a second on a small machine.
+const MAX_QUEUED: usize = 8192;
+/// Most directories remembered as recalled before their lease was known here.
+const MAX_RECALLED: usize = 4096;
 /// Most files whose attributes are kept; beyond it, lookups of others ask the servers.
 const MAX_FILES: usize = 1 << 20;
 
@@ -58,8 +62,17 @@ struct State {
     reserved: VecDeque<(u64, u64)>,
     /// A reservation is asked for.
     reserving: bool,
-    /// A change the servers refused (or could not be sent), for the next durability point.
-    failed: Option<String>,
+    /// Changes the servers refused (or that could not be sent), counted: a durability
+    /// point reports EIO if the count moved since its caller last looked (as Linux
+    /// reports writeback errors once per open file).
+    failures: u64,
+    /// The last of them, for the log.
+    last_failure: Option<String>,
+    /// What fsyncdir last reported of [`State::failures`].
+    dir_seen: u64,
+    /// Directories recalled (or given back) while a change that creates them was under
+    /// way: its answer does not make them leased here.
+    recalled: std::collections::HashSet<InodeId>,
     /// Changes whose caller waits for their outcome, by request id.
     waiters: HashMap<u64, oneshot::Sender<Result<Reply, NsError>>>,
     /// Inodes created here whose create the servers have not answered yet.
@@ -201,10 +214,9 @@ impl Leases {
     pub(super) fn lookup_is_current(&self, parent: InodeId, name: &[u8]) -> bool {
         let s = self.lock();
         match s.dirs.get(&parent) {
-            Some(d) => d
-                .entries
-                .get(name)
-                .is_none_or(|(ino, _)| !s.unsent.contains(ino)),
+            Some(d) => d.entries.get(name).is_none_or(|(ino, kind)| {
+                !s.unsent.contains(ino) && (*kind != FileKind::Dir || s.dirs.contains_key(ino))
+            }),
             None => false,
         }
     }
@@ -485,7 +497,7 @@ impl Leases {
                         s.keep_file(a);
                     }
                 }
-                if leased && a.kind == FileKind::Dir {
+                if leased && a.kind == FileKind::Dir && !s.recalled.remove(&a.ino) {
                     s.dirs.insert(
                         a.ino,
                         LeasedDir {
@@ -591,19 +603,43 @@ impl Leases {
         dirs
     }
 
-    /// Takes `dirs` out of local use and gives them back with the next batch (a recall,
-    /// or a change that needs them given back). Returns those that were held.
+    /// Takes `dirs` out of local use and gives them back with the batch that holds the
+    /// last change queued in them (a recall, or a change that needs them given back).
+    /// One not held here is remembered, in case the answer of a create of it is still
+    /// on its way. Returns those that were held.
     pub(super) fn give_back(&self, dirs: &[InodeId]) -> Vec<InodeId> {
         let mut s = self.lock();
         let mut held = Vec::new();
         for d in dirs {
             if s.drop_dir(*d) {
                 held.push(*d);
+            } else {
+                if s.recalled.len() >= MAX_RECALLED {
+                    s.recalled.clear();
+                }
+                s.recalled.insert(*d);
             }
             s.release.insert(*d);
         }
         self.work.notify_one();
         held
+    }
+
+    /// Drops from local use the directories among `dirs` held here (another client
+    /// changed them: the lease is gone). Returns those that were held.
+    pub(super) fn lost(&self, dirs: &[InodeId]) -> Vec<InodeId> {
+        let mut s = self.lock();
+        let held: Vec<InodeId> = dirs.iter().copied().filter(|d| s.drop_dir(*d)).collect();
+        if !held.is_empty() {
+            s.release.extend(held.iter().copied());
+            self.work.notify_one();
+        }
+        held
+    }
+
+    /// The count of refused changes so far (see [`Leases::sync`]).
+    pub(super) fn failures(&self) -> u64 {
+        self.lock().failures
     }
 
     /// Gives every lease back (unmount, a feed that stopped answering). Returns those
@@ -632,17 +668,29 @@ impl Leases {
         }
     }
 
-    /// A durability point: [`settle`](Self::settle), then the first change the servers
-    /// refused since the last durability point, as EIO.
-    pub(super) async fn sync(&self) -> Result<(), Errno> {
+    /// A durability point: [`settle`](Self::settle), then EIO if a change was refused
+    /// since `seen` (the caller's last look at [`Leases::failures`]; updated).
+    pub(super) async fn sync(&self, seen: &mut u64) -> Result<(), Errno> {
         self.settle().await;
-        match self.lock().failed.take() {
-            Some(why) => {
-                warn!(%why, "namespace changes answered here were refused by the servers");
-                Err(libc_errno::EIO)
-            }
-            None => Ok(()),
+        let s = self.lock();
+        if s.failures > *seen {
+            *seen = s.failures;
+            warn!(
+                last = s.last_failure.as_deref().unwrap_or(""),
+                "namespace changes answered here were refused by the servers"
+            );
+            return Err(libc_errno::EIO);
         }
+        Ok(())
+    }
+
+    /// fsyncdir: [`sync`](Self::sync) with what fsyncdir last saw.
+    pub(super) async fn sync_dirs(&self) -> Result<(), Errno> {
+        let mut seen = self.lock().dir_seen;
+        let r = self.sync(&mut seen).await;
+        let mut s = self.lock();
+        s.dir_seen = s.dir_seen.max(seen);
+        r
     }
 
     /// Sends the queue, releases and reservations, until the file system is dropped.
@@ -654,11 +702,18 @@ impl Leases {
                 let mut s = leases.lock();
                 let n = s.queue.len().min(BATCH_MAX);
                 let ops: Vec<Queued> = s.queue.drain(..n).collect();
-                let release: Vec<InodeId> = if s.queue.is_empty() {
-                    std::mem::take(&mut s.release).into_iter().collect()
-                } else {
-                    Vec::new()
-                };
+                // A lease goes back with the batch holding the last change queued in it.
+                let later: std::collections::HashSet<InodeId> =
+                    s.queue.iter().flat_map(|q| q.op.dirs_changed()).collect();
+                let release: Vec<InodeId> = s
+                    .release
+                    .iter()
+                    .copied()
+                    .filter(|d| !later.contains(d))
+                    .collect();
+                for d in &release {
+                    s.release.remove(d);
+                }
                 let reserve = if s.reserving { RESERVE } else { 0 };
                 s.reserving = false;
                 (ops, release, reserve)
@@ -691,7 +746,8 @@ impl Leases {
                             }
                             None => {
                                 if let Err(e) = outcome {
-                                    s.failed.get_or_insert_with(|| format!("{:?}: {e}", q.op));
+                                    s.failures += 1;
+                                    s.last_failure = Some(format!("{:?}: {e}", q.op));
                                 }
                             }
                         }
@@ -706,12 +762,14 @@ impl Leases {
                         if let Some(ino) = q.ino {
                             s.unsent.remove(&ino);
                         }
-                        if let Some(w) = s.waiters.remove(&q.request) {
-                            let _ = w.send(Err(NsError::Store(format!("not sent: {e}"))));
+                        match s.waiters.remove(&q.request) {
+                            Some(w) => {
+                                let _ = w.send(Err(NsError::Store(format!("not sent: {e}"))));
+                            }
+                            None => s.failures += 1,
                         }
                     }
-                    s.failed
-                        .get_or_insert_with(|| format!("{} changes not sent: {e}", ops.len()));
+                    s.last_failure = Some(format!("{} changes not sent: {e}", ops.len()));
                     fs.known.forget(&s.give_up());
                     // The releases may not have reached the servers: they expire.
                     s.release.clear();

@@ -108,6 +108,7 @@ impl FileSystem {
             atime_due: false,
             view: None,
             drop_setid: false,
+            seen_failures: self.leases.failures(),
             next_read: None,
             near_reads: 0,
         };
@@ -329,9 +330,8 @@ impl FileSystem {
         let h = self.handle(fh)?;
         let mut f = h.lock().await;
         self.commit(&mut f).await?;
-        drop(f);
         // Close and fsync are durability points for the namespace too.
-        self.leases.sync().await
+        self.leases.sync(&mut f.seen_failures).await
     }
 
     /// Closes a handle, committing what is left; ranges it wrote in pieces are compacted in

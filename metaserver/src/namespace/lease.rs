@@ -225,6 +225,11 @@ pub fn apply_command(
             )));
         }
     }
+    // A retry of a change that applied: its first outcome, and no lease granted again
+    // (it may have been given back since).
+    if already_applied(ns, cmd)? {
+        return apply(ns, cmd);
+    }
     let moved = dirs_moved(ns, &cmd.op)?;
     let reply = apply(ns, cmd)?;
     if let (
@@ -275,6 +280,18 @@ pub fn apply_write_back(
         }
         if let Some(why) = &broken {
             out.outcomes.push(Err(NsError::Conflict(why.clone())));
+            continue;
+        }
+        // Only what a mount answers alone under a lease, and the commits that ride with
+        // it: anything else goes through Mutate, which recalls other clients' leases.
+        if !matches!(
+            cmd.op,
+            Op::Mknod { .. } | Op::Unlink { .. } | Op::Rmdir { .. } | Op::CommitExtents { .. }
+        ) {
+            let e =
+                NsError::Invalid("a write-back holds creates, removals and commits only".into());
+            broken = Some(format!("an earlier change of this write-back failed: {e}"));
+            out.outcomes.push(Err(e));
             continue;
         }
         let mut unleased = None;

@@ -75,6 +75,11 @@ impl Ns {
         lease: bool,
     ) -> Result<Reply, NsError> {
         let cmd = self.cmd(op, client, ino, lease);
+        self.run_cmd(&cmd)
+    }
+
+    fn run_cmd(&mut self, cmd: &Command) -> Result<Reply, NsError> {
+        let cmd = cmd.clone();
         let tx = self.db.begin_write().unwrap();
         let out = {
             let mut t = WriteTables::open(&tx).unwrap();
@@ -271,4 +276,59 @@ fn a_create_at_an_inode_number_not_reserved_for_its_client_is_refused_and_change
         plain.ino,
         reserved.0
     );
+}
+
+#[test]
+fn a_retried_create_grants_no_lease_again_and_a_write_back_holds_only_what_a_mount_answers_alone() {
+    let (mut ns, root) = Ns::new();
+    let made = ns.cmd(mkdir(root, "d"), HOLDER, None, true);
+    let d = attr(ns.run_cmd(&made));
+    ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![],
+        release: vec![d.ino],
+        reserve: 0,
+    });
+    assert_eq!(ns.holder(d.ino), None);
+    // The same request again (a retry after a leader change): the first answer, no lease.
+    assert_eq!(attr(ns.run_cmd(&made)).ino, d.ino);
+    assert_eq!(
+        ns.holder(d.ino),
+        None,
+        "a retry gave the lease back to its maker"
+    );
+
+    // An attribute change rides in no write-back, and what follows it is refused too.
+    let e = attr(ns.run(mkdir(root, "e"), HOLDER, None, true));
+    let chmod = ns.cmd(
+        Op::SetAttr {
+            ino: e.ino,
+            set: SetAttr {
+                perm: Some(0o700),
+                ..SetAttr::default()
+            },
+            creds: Creds::root(),
+        },
+        HOLDER,
+        None,
+        false,
+    );
+    let after = ns.cmd(mkdir(e.ino, "x"), HOLDER, None, true);
+    let out = ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![chmod, after],
+        release: vec![],
+        reserve: 0,
+    });
+    assert!(
+        matches!(out.outcomes[0], Err(NsError::Invalid(_))),
+        "{out:?}"
+    );
+    assert!(
+        matches!(out.outcomes[1], Err(NsError::Conflict(_))),
+        "{out:?}"
+    );
+    let tx = ns.db.begin_read().unwrap();
+    assert_eq!(NsReader::new(&tx).getattr(e.ino).unwrap().perm, e.perm);
+    assert!(ns.lookup(e.ino, "x").is_err());
 }
