@@ -3,9 +3,9 @@
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod leases;
 pub mod namespace;
 pub mod raft;
-pub mod recall;
 pub mod regions;
 pub mod server;
 pub mod service;

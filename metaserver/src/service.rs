@@ -9,9 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_proto::channels::ChannelPool;
-use meridian_proto::ns::{
-    Attr, Command, FileKind, NsError, Op, Query, QueryReply, Queued, Timespec, WRITE_BACK_MAX,
-};
+use meridian_proto::ns::{Attr, Command, NsError, Op, Query, QueryReply, Timespec};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::meta_service_server::MetaService;
 use meridian_proto::pb::meta::*;
@@ -50,10 +48,10 @@ pub struct MetaNode {
     /// Replication progress with them.
     pub regions: Regions,
     /// Directory leases recalled from their holders (while leader).
-    pub recalls: crate::recall::Recalls,
+    pub recalls: crate::leases::Recalls,
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Bytes {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(v).expect("serializable"))
 }
 
@@ -102,7 +100,7 @@ impl MetaNode {
     }
 
     /// A client of the leader, for forwarding a request that reached this follower.
-    fn leader_client<T>(
+    pub(crate) fn leader_client<T>(
         &self,
         req: &Request<T>,
     ) -> Result<(MetaServiceClient<tonic::transport::Channel>, String), Status> {
@@ -122,7 +120,7 @@ impl MetaNode {
         Ok((MetaServiceClient::new(ch), addr))
     }
 
-    fn mark<T>(inner: T) -> Request<T> {
+    pub(crate) fn mark<T>(inner: T) -> Request<T> {
         metrics::counter!("meridian_meta_forwarded_total").increment(1);
         let mut r = Request::new(inner);
         r.metadata_mut()
@@ -131,7 +129,7 @@ impl MetaNode {
     }
 
     /// Stamps an operation with this leader's HLC and wall time.
-    fn stamp(&self, op: Op, request: Option<(u64, u64)>) -> Command {
+    pub(crate) fn stamp(&self, op: Op, request: Option<(u64, u64)>) -> Command {
         let (ms, ts) = now();
         let hlc = self
             .shared
@@ -179,7 +177,10 @@ impl MetaNode {
                 .is_ok()
     }
 
-    async fn propose(&self, entry: RaftRequest) -> Result<(RaftResponse, u64), Option<Status>> {
+    pub(crate) async fn propose(
+        &self,
+        entry: RaftRequest,
+    ) -> Result<(RaftResponse, u64), Option<Status>> {
         match self.raft.client_write(entry).await {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(e) => {
@@ -300,7 +301,10 @@ impl std::ops::Deref for MetaApi {
 }
 
 /// A reply forwarded from the leader at `addr`, naming it for the client.
-fn naming<T>(reply: Result<Response<T>, Status>, addr: &str) -> Result<Response<T>, Status> {
+pub(crate) fn naming<T>(
+    reply: Result<Response<T>, Status>,
+    addr: &str,
+) -> Result<Response<T>, Status> {
     reply.map(|mut r| {
         if let Ok(v) = addr.parse() {
             r.metadata_mut().insert(meridian_proto::LEADER_HEADER, v);
@@ -309,7 +313,10 @@ fn naming<T>(reply: Result<Response<T>, Status>, addr: &str) -> Result<Response<
     })
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Status> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, Status> {
     serde_json::from_slice(bytes)
         .map_err(|e| Status::from(MetaError::Invalid(format!("undecodable {what}: {e}"))))
 }
@@ -772,83 +779,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<WriteBackRequest>,
     ) -> Result<Response<WriteBackResponse>, Status> {
-        metrics::counter!("meridian_meta_write_backs_total").increment(1);
-        let r = request.get_ref();
-        if r.client_id == 0 {
-            return Err(Status::from(MetaError::Invalid(
-                "a write-back needs a client id".into(),
-            )));
-        }
-        let queued: Vec<Queued> = decode(&r.ops, "write-back")?;
-        if queued.len() > WRITE_BACK_MAX || r.release.len() > WRITE_BACK_MAX {
-            return Err(Status::from(MetaError::Invalid(format!(
-                "a write-back holds at most {WRITE_BACK_MAX} changes and releases"
-            ))));
-        }
-        if !self.is_leader() {
-            let (mut leader, addr) = self.leader_client(&request)?;
-            return naming(
-                leader
-                    .write_back(MetaNode::mark(request.into_inner()))
-                    .await,
-                &addr,
-            );
-        }
-        let client = r.client_id;
-        let cmds = queued
-            .into_iter()
-            .map(|q| {
-                let lease = matches!(
-                    q.op,
-                    Op::Mknod {
-                        kind: FileKind::Dir,
-                        ..
-                    }
-                );
-                let mut cmd = self.stamp(q.op, Some((client, q.request)));
-                // The time the mount told the kernel, unless its clock is far off.
-                if q.now.sec.abs_diff(cmd.now.sec) <= 60 {
-                    cmd.now = q.now;
-                }
-                cmd.ino = q.ino;
-                cmd.lease = lease;
-                cmd
-            })
-            .collect();
-        let wb = crate::namespace::lease::WriteBack {
-            client,
-            cmds,
-            release: r
-                .release
-                .iter()
-                .map(|&d| meridian_proto::InodeId(d))
-                .collect(),
-            reserve: r.reserve,
-        };
-        match self.propose(RaftRequest::WriteBack(wb)).await {
-            Ok((RaftResponse::WriteBack(Ok(out)), _)) => {
-                let (from, n) = out.reserved.map_or((0, 0), |(i, n)| (i.0, n));
-                Ok(Response::new(WriteBackResponse {
-                    outcomes: json(&out.outcomes),
-                    reserved_from: from,
-                    reserved: n,
-                }))
-            }
-            Ok((RaftResponse::WriteBack(Err(e)), _)) => Err(Status::from(MetaError::Ns(e))),
-            Ok((other, _)) => Err(Status::from(MetaError::Store(format!(
-                "unexpected apply result {other:?}"
-            )))),
-            Err(Some(status)) => Err(status),
-            Err(None) => {
-                let (mut leader, addr) = self.leader_client(&request)?;
-                naming(
-                    leader
-                        .write_back(MetaNode::mark(request.into_inner()))
-                        .await,
-                    &addr,
-                )
-            }
-        }
+        self.0.write_back(request).await
     }
 
     async fn region_status(

@@ -1,4 +1,5 @@
-//! Recalling directory leases (docs/adr/0006): a request of another client that reads or
+//! Directory leases on the leader (docs/adr/0006): the write-back of a lease's holder,
+//! and recalls. A request of another client that reads or
 //! changes a leased directory waits on the leader until the holder has sent what it
 //! answered alone and given the lease back. The holder learns of the recall from the
 //! change feed it long-polls; one that does not answer within [`RECALL_WAIT`] loses the
@@ -14,10 +15,14 @@ use tokio::sync::watch;
 use tonic::Status;
 use tracing::warn;
 
-use crate::error::store;
+use meridian_proto::ns::{FileKind, Op, Queued, WRITE_BACK_MAX};
+use meridian_proto::pb::meta::{WriteBackRequest, WriteBackResponse};
+use tonic::{Request, Response};
+
+use crate::error::{MetaError, store};
 use crate::namespace::lease::leaseholder;
-use crate::raft::Request as RaftRequest;
-use crate::service::MetaNode;
+use crate::raft::{Request as RaftRequest, Response as RaftResponse};
+use crate::service::{MetaNode, decode, json, naming};
 
 /// How long a recall waits for the holder before the leader ends the lease itself.
 pub const RECALL_WAIT: Duration = Duration::from_secs(5);
@@ -128,6 +133,91 @@ impl MetaNode {
                 self.recalls.post(*h, &[*d]);
             }
             let _ = tokio::time::timeout(deadline - now, applied.changed()).await;
+        }
+    }
+
+    /// `MetaService.WriteBack`: changes a client answered alone under its leases, as one
+    /// Raft entry (on the leader; a follower forwards).
+    pub(crate) async fn write_back(
+        &self,
+        request: Request<WriteBackRequest>,
+    ) -> Result<Response<WriteBackResponse>, Status> {
+        metrics::counter!("meridian_meta_write_backs_total").increment(1);
+        let r = request.get_ref();
+        if r.client_id == 0 {
+            return Err(Status::from(MetaError::Invalid(
+                "a write-back needs a client id".into(),
+            )));
+        }
+        let queued: Vec<Queued> = decode(&r.ops, "write-back")?;
+        if queued.len() > WRITE_BACK_MAX || r.release.len() > WRITE_BACK_MAX {
+            return Err(Status::from(MetaError::Invalid(format!(
+                "a write-back holds at most {WRITE_BACK_MAX} changes and releases"
+            ))));
+        }
+        if !self.is_leader() {
+            let (mut leader, addr) = self.leader_client(&request)?;
+            return naming(
+                leader
+                    .write_back(MetaNode::mark(request.into_inner()))
+                    .await,
+                &addr,
+            );
+        }
+        let client = r.client_id;
+        let cmds = queued
+            .into_iter()
+            .map(|q| {
+                let lease = matches!(
+                    q.op,
+                    Op::Mknod {
+                        kind: FileKind::Dir,
+                        ..
+                    }
+                );
+                let mut cmd = self.stamp(q.op, Some((client, q.request)));
+                // The time the mount told the kernel, unless its clock is far off.
+                if q.now.sec.abs_diff(cmd.now.sec) <= 60 {
+                    cmd.now = q.now;
+                }
+                cmd.ino = q.ino;
+                cmd.lease = lease;
+                cmd
+            })
+            .collect();
+        let wb = crate::namespace::lease::WriteBack {
+            client,
+            cmds,
+            release: r
+                .release
+                .iter()
+                .map(|&d| meridian_proto::InodeId(d))
+                .collect(),
+            reserve: r.reserve,
+        };
+        match self.propose(RaftRequest::WriteBack(wb)).await {
+            Ok((RaftResponse::WriteBack(Ok(out)), _)) => {
+                let (from, n) = out.reserved.map_or((0, 0), |(i, n)| (i.0, n));
+                Ok(Response::new(WriteBackResponse {
+                    outcomes: json(&out.outcomes),
+                    reserved_from: from,
+                    reserved: n,
+                }))
+            }
+            Ok((RaftResponse::WriteBack(Err(e)), _)) => Err(Status::from(MetaError::Ns(e))),
+            Ok((other, _)) => Err(Status::from(MetaError::Store(format!(
+                "unexpected apply result {other:?}"
+            )))),
+            Err(Some(status)) => Err(status),
+            Err(None) => {
+                let (mut leader, addr) = self.leader_client(&request)?;
+                naming(
+                    leader
+                        .write_back(MetaNode::mark(request.into_inner()))
+                        .await,
+                    &addr,
+                )
+            }
         }
     }
 }
