@@ -20,7 +20,7 @@ use meridian_proto::pb::meta::{WriteBackRequest, WriteBackResponse};
 use tonic::{Request, Response};
 
 use crate::error::{MetaError, store};
-use crate::namespace::lease::leaseholder;
+use crate::namespace::lease::{leaseholder, touched_dirs};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::{MetaNode, decode, json, naming};
 
@@ -82,6 +82,23 @@ impl Recalls {
     }
 }
 
+/// Which of `dirs` are leased to a client other than `client`, with their holders.
+fn held_by_others(
+    tx: &redb::ReadTransaction,
+    client: u64,
+    dirs: &[InodeId],
+) -> Result<Vec<(InodeId, u64)>, Status> {
+    let mut out = Vec::new();
+    for &d in dirs {
+        match leaseholder(tx, d) {
+            Ok(Some(h)) if h != client => out.push((d, h)),
+            Ok(_) => {}
+            Err(e) => return Err(Status::from(MetaError::Ns(e))),
+        }
+    }
+    Ok(out)
+}
+
 impl MetaNode {
     /// Which of `dirs` are leased to a client other than `client`, in this member's state.
     pub(crate) fn leased_to_others(
@@ -93,15 +110,20 @@ impl MetaNode {
             return Ok(Vec::new());
         }
         let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
-        let mut out = Vec::new();
-        for &d in dirs {
-            match leaseholder(&tx, d) {
-                Ok(Some(h)) if h != client => out.push((d, h)),
-                Ok(_) => {}
-                Err(e) => return Err(Status::from(crate::error::MetaError::Ns(e))),
-            }
-        }
-        Ok(out)
+        held_by_others(&tx, client, dirs)
+    }
+
+    /// The directories `op` touches where a lease matters, and whether a client other
+    /// than `client` holds one of them: read in one transaction.
+    pub(crate) fn touched_leased(
+        &self,
+        client: u64,
+        op: &Op,
+    ) -> Result<(Vec<InodeId>, bool), Status> {
+        let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
+        let touched = touched_dirs(&crate::namespace::NsReader::new(&tx), op);
+        let others = !held_by_others(&tx, client, &touched)?.is_empty();
+        Ok((touched, others))
     }
 
     /// On the leader: recalls every lease of `dirs` held by a client other than `client`

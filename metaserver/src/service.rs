@@ -333,8 +333,8 @@ impl MetaService for MetaApi {
         let id = (req.client_id != 0).then_some((req.client_id, req.request_id));
         let dirs = op.dirs_changed();
         // Another client's leased directory: recalled first (on the leader).
-        let touched = self.read(|r| crate::namespace::lease::touched_dirs(r, &op))?;
-        if !self.leased_to_others(req.client_id, &touched)?.is_empty() {
+        let (touched, leased) = self.touched_leased(req.client_id, &op)?;
+        if leased {
             if !self.is_leader() {
                 let (mut leader, addr) = self.leader_client(&request)?;
                 return naming(

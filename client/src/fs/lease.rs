@@ -270,6 +270,69 @@ impl Leases {
         Some(rx)
     }
 
+    /// Makes `asked.name` in leased `parent` here, at reserved number `ino`, as the
+    /// servers will (ops/entries.rs: a setgid directory passes on its group, and to a
+    /// directory its setgid bit), and queues the create. A directory made is leased here.
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        s: &mut State,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        parent: &Attr,
+        ino: InodeId,
+        kind: FileKind,
+        perm: u16,
+        exclusive: bool,
+    ) -> Attr {
+        let at = now();
+        let dir = kind == FileKind::Dir;
+        let setgid = parent.perm & 0o2000 != 0;
+        let attr = Attr {
+            ino,
+            kind,
+            perm: (perm & 0o7777) | if dir && setgid { 0o2000 } else { 0 },
+            uid: asked.creds.uid,
+            gid: if setgid { parent.gid } else { asked.creds.gid },
+            size: 0,
+            nlink: if dir { 2 } else { 1 },
+            atime: at,
+            mtime: at,
+            ctime: at,
+            crtime: at,
+            rdev: 0,
+            volume: parent.volume,
+        };
+        s.dirs
+            .get_mut(&asked.parent)
+            .expect("the caller checked the parent is leased")
+            .entries
+            .insert(asked.name.to_vec(), (ino, kind));
+        s.touch(asked.parent, at, i32::from(dir));
+        if dir {
+            s.dirs.insert(
+                ino,
+                LeasedDir {
+                    attr: attr.clone(),
+                    entries: HashMap::new(),
+                },
+            );
+        } else {
+            s.keep_file(&attr);
+        }
+        let op = Op::Mknod {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            kind,
+            perm,
+            rdev: 0,
+            exclusive,
+            creds: asked.creds.clone(),
+        };
+        self.enqueue(s, meta, op, at, Some(ino));
+        attr
+    }
+
     /// A create answered alone, if `parent` is leased here, `name` is not in it and a
     /// reserved number is left (an existing name goes to the servers: a create without
     /// O_EXCL opens it).
@@ -290,40 +353,16 @@ impl Leases {
         }
         let parent = parent.attr.clone();
         let ino = s.take_ino()?;
-        let at = now();
-        let setgid = parent.perm & 0o2000 != 0;
-        let attr = Attr {
+        let attr = self.make(
+            &mut s,
+            meta,
+            asked,
+            &parent,
             ino,
-            kind: FileKind::File,
-            perm: perm & 0o7777,
-            uid: asked.creds.uid,
-            gid: if setgid { parent.gid } else { asked.creds.gid },
-            size: 0,
-            nlink: 1,
-            atime: at,
-            mtime: at,
-            ctime: at,
-            crtime: at,
-            rdev: 0,
-            volume: parent.volume,
-        };
-        s.dirs
-            .get_mut(&asked.parent)
-            .expect("checked")
-            .entries
-            .insert(asked.name.to_vec(), (ino, FileKind::File));
-        s.touch(asked.parent, at, 0);
-        let op = Op::Mknod {
-            parent: asked.parent,
-            name: asked.name.to_vec(),
-            kind: FileKind::File,
+            FileKind::File,
             perm,
-            rdev: 0,
             exclusive,
-            creds: asked.creds.clone(),
-        };
-        s.keep_file(&attr);
-        self.enqueue(&mut s, meta, op, at, Some(ino));
+        );
         Some(Ok(attr))
     }
 
@@ -353,48 +392,7 @@ impl Leases {
         }
         let parent = parent.attr.clone();
         let ino = s.take_ino()?;
-        let at = now();
-        // As the servers make it (ops/entries.rs): a setgid directory passes on its group
-        // and its setgid bit.
-        let setgid = parent.perm & 0o2000 != 0;
-        let attr = Attr {
-            ino,
-            kind: FileKind::Dir,
-            perm: (perm & 0o7777) | if setgid { 0o2000 } else { 0 },
-            uid: asked.creds.uid,
-            gid: if setgid { parent.gid } else { asked.creds.gid },
-            size: 0,
-            nlink: 2,
-            atime: at,
-            mtime: at,
-            ctime: at,
-            crtime: at,
-            rdev: 0,
-            volume: parent.volume,
-        };
-        s.dirs
-            .get_mut(&asked.parent)
-            .expect("checked")
-            .entries
-            .insert(asked.name.to_vec(), (ino, FileKind::Dir));
-        s.touch(asked.parent, at, 1);
-        s.dirs.insert(
-            ino,
-            LeasedDir {
-                attr: attr.clone(),
-                entries: HashMap::new(),
-            },
-        );
-        let op = Op::Mknod {
-            parent: asked.parent,
-            name: asked.name.to_vec(),
-            kind: FileKind::Dir,
-            perm,
-            rdev: 0,
-            exclusive: true,
-            creds: asked.creds.clone(),
-        };
-        self.enqueue(&mut s, meta, op, at, Some(ino));
+        let attr = self.make(&mut s, meta, asked, &parent, ino, FileKind::Dir, perm, true);
         Some(Ok(attr))
     }
 

@@ -143,30 +143,34 @@ impl<'txn> LeaseTables<'txn> {
     }
 }
 
-/// The directory inodes an operation removes or moves (looked up before it applies).
-fn dirs_moved(ns: &WriteTables<'_>, op: &Op) -> Result<Vec<InodeId>, NsError> {
-    let mut out = Vec::new();
-    let mut add = |parent: InodeId, name: &[u8]| -> Result<(), NsError> {
-        if let Some(e) = read_dirent(ns.dirents(), parent, name)?
-            && e.kind == FileKind::Dir
-        {
-            out.push(e.ino);
-        }
-        Ok(())
-    };
+/// The entries an operation removes or moves, as (directory, name): where a leased
+/// directory may go away.
+fn names_moved(op: &Op) -> Vec<(InodeId, &[u8])> {
     match op {
-        Op::Rmdir { parent, name, .. } => add(*parent, name)?,
+        Op::Rmdir { parent, name, .. } => vec![(*parent, name.as_slice())],
         Op::Rename {
             parent,
             name,
             new_parent,
             new_name,
             ..
-        } => {
-            add(*parent, name)?;
-            add(*new_parent, new_name)?;
+        } => vec![
+            (*parent, name.as_slice()),
+            (*new_parent, new_name.as_slice()),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The directory inodes an operation removes or moves (looked up before it applies).
+fn dirs_moved(ns: &WriteTables<'_>, op: &Op) -> Result<Vec<InodeId>, NsError> {
+    let mut out = Vec::new();
+    for (parent, name) in names_moved(op) {
+        if let Some(e) = read_dirent(ns.dirents(), parent, name)?
+            && e.kind == FileKind::Dir
+        {
+            out.push(e.ino);
         }
-        _ => {}
     }
     Ok(out)
 }
@@ -175,7 +179,7 @@ fn dirs_moved(ns: &WriteTables<'_>, op: &Op) -> Result<Vec<InodeId>, NsError> {
 /// changes, the directories it removes or moves, and the inode it changes.
 pub fn touched_dirs(ns_read: &super::NsReader<'_>, op: &Op) -> Vec<InodeId> {
     let mut dirs = op.dirs_changed();
-    let mut add = |parent: InodeId, name: &[u8]| {
+    for (parent, name) in names_moved(op) {
         if let Ok(QueryReply::Attr(a)) = ns_read.query(&Query::Lookup {
             parent,
             name: name.to_vec(),
@@ -184,23 +188,9 @@ pub fn touched_dirs(ns_read: &super::NsReader<'_>, op: &Op) -> Vec<InodeId> {
         {
             dirs.push(a.ino);
         }
-    };
-    match op {
-        Op::Rmdir { parent, name, .. } => add(*parent, name),
-        Op::Rename {
-            parent,
-            name,
-            new_parent,
-            new_name,
-            ..
-        } => {
-            add(*parent, name);
-            add(*new_parent, new_name);
-        }
-        Op::SetAttr { ino, .. } | Op::SetXattr { ino, .. } | Op::RemoveXattr { ino, .. } => {
-            dirs.push(*ino)
-        }
-        _ => {}
+    }
+    if let Op::SetAttr { ino, .. } | Op::SetXattr { ino, .. } | Op::RemoveXattr { ino, .. } = op {
+        dirs.push(*ino);
     }
     dirs
 }
