@@ -121,6 +121,10 @@ struct ChunkArgs {
     /// deleted, in milliseconds (longer than any upload takes to commit).
     #[arg(long)]
     gc_grace_ms: Option<u64>,
+    /// Size of each of the two segments of the small blocks' journal, in MiB (0: none;
+    /// each small block is then fsync'd as a file of its own).
+    #[arg(long)]
+    journal_segment_mib: Option<u64>,
     /// Dial another region's chunkserver through another address: ADDR=VIA (repeatable;
     /// a gateway, a tunnel, a fault proxy).
     #[arg(long = "route", value_parser = parse_pair)]
@@ -166,7 +170,8 @@ impl ChunkArgs {
             scrub_interval_ms,
             scrub_bytes_per_sec,
             gc_interval_ms,
-            gc_grace_ms
+            gc_grace_ms,
+            journal_segment_mib
         );
         set_opt!(cluster_map, capacity, metrics_listen, advertise);
         if !self.peers.is_empty() {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod format;
 pub mod gc;
+pub mod journal;
 pub mod ledger;
 pub mod maintain;
 pub mod map;

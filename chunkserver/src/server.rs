@@ -29,8 +29,10 @@ pub async fn run(
     config.validate().map_err(ChunkError::Invalid)?;
     let id = NodeId(config.id);
     let (data, capacity) = (config.data.clone(), config.capacity);
+    let journal = config.journal_segment_mib << 20;
     let (store, ledger) = tokio::task::spawn_blocking(move || {
-        Ok::<_, ChunkError>((BlockStore::open(&data, id, capacity)?, Ledger::open(&data)?))
+        let store = BlockStore::open_with_journal(&data, id, capacity, journal)?;
+        Ok::<_, ChunkError>((store, Ledger::open(&data)?))
     })
     .await
     .map_err(|e| ChunkError::Invalid(format!("start-up task failed: {e}")))??;

@@ -4,9 +4,12 @@
 //! ```text
 //! blocks/ab/cd/abcd…(64 hex digits)   one file per block, fanned out by the first two bytes
 //! tmp/                                 writes in progress; emptied at start-up
+//! journal/                             small blocks' journal (see [`crate::journal`])
 //! ```
 //! A block is written to `tmp/`, fsync'd, renamed into place, and the folder holding it is
 //! fsync'd: after a crash at any point the block is either whole and in place, or absent.
+//! A small block is instead made durable by its journal record, and its file is written
+//! and renamed without fsync (the journal's replay puts it right after a crash).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -22,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::error::ChunkError;
 use crate::format;
+use crate::journal::{self, Journal, Replayed};
 
 /// How many lock stripes serialize the final step of writes and deletes of one block.
 const STRIPES: usize = 256;
@@ -84,12 +88,24 @@ pub struct BlockStore {
     count: AtomicU64,
     stripes: Vec<Mutex<()>>,
     tmp_seq: AtomicU64,
+    journal: Option<Journal>,
 }
 
 impl BlockStore {
     /// Opens (or creates) the store under `root`: removes leftover temp files and counts the
     /// blocks present. `capacity` defaults to the size of the filesystem holding `root`.
     pub fn open(root: &Path, node: NodeId, capacity: Option<u64>) -> Result<Self, ChunkError> {
+        Self::open_with_journal(root, node, capacity, journal::SEGMENT_LEN)
+    }
+
+    /// [`open`](Self::open), with journal segments of `segment_len` bytes (0: no journal;
+    /// a journal left by an earlier run is still replayed).
+    pub fn open_with_journal(
+        root: &Path,
+        node: NodeId,
+        capacity: Option<u64>,
+        segment_len: u64,
+    ) -> Result<Self, ChunkError> {
         let blocks = root.join("blocks");
         let tmp = root.join("tmp");
         let quarantine = root.join("quarantine");
@@ -101,7 +117,7 @@ impl BlockStore {
             Some(c) => c,
             None => fs_space(root)?.0,
         };
-        let store = BlockStore {
+        let mut store = BlockStore {
             node,
             blocks,
             tmp,
@@ -111,7 +127,12 @@ impl BlockStore {
             count: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             tmp_seq: AtomicU64::new(0),
+            journal: None,
         };
+        let dir = root.join("journal");
+        let journal = Journal::open(&dir, &store.blocks, segment_len, |r| store.restore(r))
+            .map_err(ChunkError::io("open journal", &dir))?;
+        store.journal = (segment_len > 0).then_some(journal);
         let (count, used) = store.scan()?;
         store.count.store(count, Ordering::Relaxed);
         store.used.store(used, Ordering::Relaxed);
@@ -166,6 +187,7 @@ impl BlockStore {
             });
         }
 
+        let journal = self.journal.as_ref().filter(|j| j.takes(file_len));
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .tmp
@@ -182,6 +204,9 @@ impl BlockStore {
                 .map_err(ChunkError::io("write", &tmp))?;
             f.write_all(&outboard)
                 .map_err(ChunkError::io("write", &tmp))?;
+            if journal.is_some() {
+                return Ok(());
+            }
             f.sync_all().map_err(ChunkError::io("fsync", &tmp))
         })();
         if let Err(e) = written {
@@ -190,12 +215,28 @@ impl BlockStore {
         }
 
         let dir = path.parent().expect("block paths have a parent");
-        if let Err(e) = create_dir_durably(dir) {
+        let made = match journal {
+            Some(_) => fs::create_dir_all(dir).map_err(ChunkError::io("create folder", dir)),
+            None => create_dir_durably(dir),
+        };
+        if let Err(e) = made {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        {
+        let ticket = {
             let _guard = self.stripe(&block.id);
+            // Appended under the block's lock, so a replay sees its puts and deletes in
+            // the order they happened.
+            let ticket = match journal {
+                Some(j) => match j.append_put(&block.id, &[&header, &block.payload, &outboard]) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(ChunkError::io("journal append", dir)(e));
+                    }
+                },
+                None => None,
+            };
             let previous = fs::metadata(&path).ok().map(|m| m.len());
             if let Err(e) = fs::rename(&tmp, &path) {
                 let _ = fs::remove_file(&tmp);
@@ -210,9 +251,51 @@ impl BlockStore {
                 }
             }
             self.used.fetch_add(file_len, Ordering::Relaxed);
+            ticket
+        };
+        match ticket {
+            Some(t) => t
+                .placed_then_sync()
+                .map_err(ChunkError::io("journal fdatasync", dir))?,
+            None => sync_dir(dir)?,
         }
-        sync_dir(dir)?;
         Ok(PutOutcome::Written)
+    }
+
+    /// Puts right what a journal replay found: a block whose file is missing or damaged is
+    /// written again (without fsync: the replay ends with a `syncfs`), a deleted one removed.
+    fn restore(&self, r: Replayed) -> std::io::Result<()> {
+        match r {
+            Replayed::Put(id, bytes) => {
+                if self.read(&id).is_ok() {
+                    return Ok(());
+                }
+                let sound = format::decode(Bytes::from(bytes.clone()))
+                    .ok()
+                    .filter(|(b, _)| b.id == id)
+                    .and_then(|(b, stored)| {
+                        let (_, ob) = b.decode_with_outboard().ok()?;
+                        stored
+                            .is_none_or(|s| s[..] == ob.to_bytes()[..])
+                            .then_some(())
+                    });
+                if sound.is_none() {
+                    warn!(block = %id, "journal: a record does not hold its block; skipped");
+                    return Ok(());
+                }
+                let path = self.path(&id);
+                let tmp = self.tmp.join(format!("{id}.replay.tmp"));
+                fs::write(&tmp, &bytes)?;
+                fs::create_dir_all(path.parent().expect("block paths have a parent"))?;
+                fs::rename(&tmp, &path)?;
+                info!(block = %id, "journal: block file restored");
+            }
+            Replayed::Deleted(id) => match fs::remove_file(self.path(&id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+        }
+        Ok(())
     }
 
     /// Reads and verifies a stored block: an error, never wrong bytes, if the file is damaged
@@ -429,6 +512,7 @@ impl BlockStore {
                 Err(e) => return Err(ChunkError::io("stat", &path)(e)),
             };
             fs::remove_file(&path).map_err(ChunkError::io("remove", &path))?;
+            self.note_delete(id);
             self.used.fetch_sub(len, Ordering::Relaxed);
             self.count.fetch_sub(1, Ordering::Relaxed);
             drop(_guard);
@@ -453,6 +537,7 @@ impl BlockStore {
                 Err(e) => return Err(ChunkError::io("stat", &path)(e)),
             };
             fs::remove_file(&path).map_err(ChunkError::io("remove", &path))?;
+            self.note_delete(id);
             self.used.fetch_sub(len, Ordering::Relaxed);
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
@@ -509,6 +594,25 @@ impl BlockStore {
             }
         }
         Ok(out)
+    }
+
+    /// The journal's generations (being written, last retired), if it has one.
+    pub fn journal_generations(&self) -> Option<(u64, u64)> {
+        self.journal.as_ref().map(Journal::generations)
+    }
+
+    /// Waits until the journal has retired every full segment.
+    pub fn wait_journal_retired(&self) {
+        if let Some(j) = &self.journal {
+            j.wait_retired();
+        }
+    }
+
+    /// Called with the block's lock held, after its file is gone.
+    fn note_delete(&self, id: &BlockId) {
+        if let Some(j) = &self.journal {
+            j.note_delete(id);
+        }
     }
 
     fn stripe(&self, id: &BlockId) -> std::sync::MutexGuard<'_, ()> {
