@@ -118,12 +118,7 @@ async fn put_with_three_replicas_lands_verified_copies_on_all_three() -> Result<
             assert_eq!(st.compression, block.compression.code());
             // The file on disk is where the layout says, and no temp file is left behind.
             let hex = block.id.to_hex();
-            let file = cluster.nodes[i]
-                .data
-                .join("blocks")
-                .join(&hex[..2])
-                .join(&hex[2..4])
-                .join(&hex);
+            let file = common::block_file(&cluster.nodes[i].data, &hex);
             assert_eq!(fs::metadata(&file)?.len(), st.stored_len);
             assert_eq!(temp_files(&cluster, i), 0);
         }
@@ -404,12 +399,7 @@ async fn a_corrupt_copy_fails_its_reads_while_another_replica_serves() -> Result
     let first = client.read_order(&block.id, 3)[0].clone();
     let i = cluster.index_of(first.id);
     let hex = block.id.to_hex();
-    let file = cluster.nodes[i]
-        .data
-        .join("blocks")
-        .join(&hex[..2])
-        .join(&hex[2..4])
-        .join(&hex);
+    let file = common::block_file(&cluster.nodes[i].data, &hex);
     let mut bytes = fs::read(&file)?;
     let at = bytes.len() - 1000;
     bytes[at] ^= 0x01;

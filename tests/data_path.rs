@@ -466,12 +466,7 @@ fn small_random_reads_fetch_verified_ranges_and_never_return_rotten_bytes() -> R
     assert_eq!(first.offset, 0);
     let hex = first.block.to_hex();
     for c in &region.chunks {
-        let path = c
-            .data
-            .join("blocks")
-            .join(&hex[0..2])
-            .join(&hex[2..4])
-            .join(&hex);
+        let path = common::block_file(&c.data, &hex);
         let mut file = fs::read(&path).with_context(|| format!("{}", path.display()))?;
         file[56 + 3 * 16384 + 5] ^= 0x10;
         fs::write(&path, &file)?;

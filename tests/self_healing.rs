@@ -132,12 +132,7 @@ fn scrub_quarantines_a_rotten_copy_and_restores_a_good_one_while_reads_stay_corr
     let data = common::random_bytes(11, 1 << 20);
     fs::write(mnt.path.join("precious"), &data)?;
     let id = meridian_proto::BlockId::of(&data).to_hex();
-    let path = h.chunks[0]
-        .data
-        .join("blocks")
-        .join(&id[0..2])
-        .join(&id[2..4])
-        .join(&id);
+    let path = common::block_file(&h.chunks[0].data, &id);
     let good = fs::read(&path)?;
 
     // Rot: flip bytes in the middle of node 1's copy.
@@ -507,13 +502,7 @@ fn killing_every_process_mid_storm_keeps_every_fsynced_file_and_fsck_comes_clean
         .expect("a synced file");
     let id = meridian_proto::BlockId::of(lost).to_hex();
     for c in &h.chunks {
-        let _ = fs::remove_file(
-            c.data
-                .join("blocks")
-                .join(&id[0..2])
-                .join(&id[2..4])
-                .join(&id),
-        );
+        let _ = fs::remove_file(common::block_file(&c.data, &id));
     }
     let (report, clean) = fsck(&h)?;
     assert!(!clean, "fsck exited 0 with a block gone: {report}");

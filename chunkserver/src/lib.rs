@@ -7,6 +7,7 @@ pub mod error;
 pub mod format;
 pub mod gc;
 pub mod journal;
+pub mod layout;
 pub mod ledger;
 pub mod maintain;
 pub mod map;

@@ -2,7 +2,8 @@
 //!
 //! Layout under the data folder:
 //! ```text
-//! blocks/ab/cd/abcd…(64 hex digits)   one file per block, fanned out by the first two bytes
+//! blocks/ab/abcd…(64 hex digits)      one file per block, fanned out by the first byte
+//!                                      (see [`crate::layout`])
 //! tmp/                                 writes in progress; emptied at start-up
 //! journal/                             small blocks' journal (see [`crate::journal`])
 //! ```
@@ -26,6 +27,7 @@ use tracing::{info, warn};
 use crate::error::ChunkError;
 use crate::format;
 use crate::journal::{self, Journal, Replayed};
+use crate::layout::{Layout, sync_dir};
 
 /// How many lock stripes serialize the final step of writes and deletes of one block.
 const STRIPES: usize = 256;
@@ -89,6 +91,7 @@ pub struct BlockStore {
     stripes: Vec<Mutex<()>>,
     tmp_seq: AtomicU64,
     journal: Option<Journal>,
+    layout: Layout,
 }
 
 impl BlockStore {
@@ -113,6 +116,7 @@ impl BlockStore {
             create_dir_durably(dir)?;
         }
         let removed = clean_tmp(&tmp)?;
+        let layout = Layout::open(&blocks)?;
         let capacity = match capacity {
             Some(c) => c,
             None => fs_space(root)?.0,
@@ -128,6 +132,7 @@ impl BlockStore {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             tmp_seq: AtomicU64::new(0),
             journal: None,
+            layout,
         };
         let dir = root.join("journal");
         let journal = Journal::open(&dir, &store.blocks, segment_len, |r| store.restore(r))
@@ -142,8 +147,7 @@ impl BlockStore {
 
     /// The file that holds `id`.
     pub fn path(&self, id: &BlockId) -> PathBuf {
-        let hex = id.to_hex();
-        self.blocks.join(&hex[0..2]).join(&hex[2..4]).join(hex)
+        self.layout.path(id)
     }
 
     /// Space and counts now.
@@ -215,11 +219,7 @@ impl BlockStore {
         }
 
         let dir = path.parent().expect("block paths have a parent");
-        let made = match journal {
-            Some(_) => fs::create_dir_all(dir).map_err(ChunkError::io("create folder", dir)),
-            None => create_dir_durably(dir),
-        };
-        if let Err(e) = made {
+        if let Err(e) = create_dir_durably(dir) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
@@ -578,22 +578,12 @@ impl BlockStore {
 
     /// Every block id stored here (a directory walk; the order is the file system's).
     pub fn list(&self) -> Result<Vec<BlockId>, ChunkError> {
-        let mut out = Vec::new();
-        for outer in read_dir(&self.blocks)? {
-            for inner in read_dir(&outer)? {
-                for file in read_dir(&inner)? {
-                    if let Some(id) = file
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .and_then(|n| n.parse::<BlockId>().ok())
-                        .filter(|id| self.path(id) == file)
-                    {
-                        out.push(id);
-                    }
-                }
-            }
-        }
-        Ok(out)
+        Ok(self
+            .layout
+            .files()?
+            .iter()
+            .filter_map(|f| self.layout.block_of(f))
+            .collect())
     }
 
     /// The journal's generations (being written, last retired), if it has one.
@@ -623,43 +613,26 @@ impl BlockStore {
     /// Counts block files and their bytes; warns about files that are not blocks.
     fn scan(&self) -> Result<(u64, u64), ChunkError> {
         let (mut count, mut used) = (0u64, 0u64);
-        for outer in read_dir(&self.blocks)? {
-            for inner in read_dir(&outer)? {
-                for file in read_dir(&inner)? {
-                    let name = file
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or_default();
-                    match name.parse::<BlockId>() {
-                        Ok(id) if self.path(&id) == file => {
-                            let len = fs::metadata(&file)
-                                .map_err(ChunkError::io("stat", &file))?
-                                .len();
-                            count += 1;
-                            used += len;
-                        }
-                        _ => warn!(file = %file.display(), "not a block file; left alone"),
-                    }
-                }
+        for file in self.layout.files()? {
+            if self.layout.block_of(&file).is_none() {
+                warn!(file = %file.display(), "not a block file; left alone");
+                continue;
             }
+            let len = fs::metadata(&file)
+                .map_err(ChunkError::io("stat", &file))?
+                .len();
+            count += 1;
+            used += len;
         }
         Ok((count, used))
     }
 }
 
-fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, ChunkError> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(ChunkError::io("list", dir))? {
-        out.push(entry.map_err(ChunkError::io("list", dir))?.path());
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Removes every file in the temp folder: writes that never reached their rename.
 fn clean_tmp(tmp: &Path) -> Result<usize, ChunkError> {
     let mut removed = 0;
-    for file in read_dir(tmp)? {
+    for entry in fs::read_dir(tmp).map_err(ChunkError::io("list", tmp))? {
+        let file = entry.map_err(ChunkError::io("list", tmp))?.path();
         fs::remove_file(&file).map_err(ChunkError::io("remove temp file", &file))?;
         removed += 1;
     }
@@ -686,13 +659,6 @@ fn create_dir_durably(dir: &Path) -> Result<(), ChunkError> {
         sync_dir(parent)?;
     }
     Ok(())
-}
-
-/// fsync of a folder, so renames and new entries in it survive a crash.
-fn sync_dir(dir: &Path) -> Result<(), ChunkError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(ChunkError::io("fsync folder", dir))
 }
 
 /// (total, available) bytes of the filesystem holding `path`.

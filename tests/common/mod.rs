@@ -864,6 +864,11 @@ pub fn free_addr() -> Result<String> {
 }
 
 /// Every block file under `dir`.
+/// The file of block `hex` in the data folder `data` of a chunkserver.
+pub fn block_file(data: &Path, hex: &str) -> PathBuf {
+    data.join("blocks").join(&hex[0..2]).join(hex)
+}
+
 pub fn block_files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
