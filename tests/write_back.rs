@@ -70,14 +70,18 @@ fn another_mount_finds_at_once_what_a_mount_answered_alone_and_one_name_is_made_
         "the directory's links as answered here"
     );
 
-    // There, at once (no waiting for a feed): a lookup, then a listing of the directory.
-    let td = there.path.join("d");
-    assert!(fs::metadata(td.join("sub40").join("inner"))?.is_dir());
-    assert_eq!(errno_of(fs::metadata(td.join("sub10"))), libc::ENOENT);
+    // The listing here is answered from what this mount knows, queued changes included.
     let mut want: Vec<String> = (25..50).map(|i| format!("sub{i:02}")).collect();
     want.push("file".into());
     want.push("second".into());
     want.sort();
+    assert_eq!(names(&d)?, want);
+    assert!(names(&d.join("sub30"))? == ["inner"] && names(&d.join("sub30/inner"))?.is_empty());
+
+    // There, at once (no waiting for a feed): a lookup, then a listing of the directory.
+    let td = there.path.join("d");
+    assert!(fs::metadata(td.join("sub40").join("inner"))?.is_dir());
+    assert_eq!(errno_of(fs::metadata(td.join("sub10"))), libc::ENOENT);
     assert_eq!(names(&td)?, want);
     assert_eq!(fs::read(td.join("file"))?, b"data");
     assert_eq!(fs::read(td.join("second"))?, b"again");

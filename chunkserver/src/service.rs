@@ -280,7 +280,11 @@ impl ChunkService for ChunkNode {
                         raw_len: r.raw_len,
                         offset: r.offset as u32,
                         payload_len: r.plain.len() as u32,
-                        outboard: r.outboard.to_bytes().into(),
+                        outboard: if req.outboard_known {
+                            Bytes::new()
+                        } else {
+                            r.outboard.to_bytes().into()
+                        },
                     };
                     metrics::counter!("meridian_chunk_get_bytes_total")
                         .increment(r.plain.len() as u64);

@@ -16,8 +16,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use meridian_proto::block::FrameTable;
@@ -71,7 +71,7 @@ pub struct RangeRead {
     /// The block's plaintext length.
     pub raw_len: u32,
     /// The block's outboard (checked against the id).
-    pub outboard: Outboard,
+    pub outboard: Arc<Outboard>,
     /// Plaintext offset of `plain` (a group boundary).
     pub offset: u64,
     /// The groups' plaintext.
@@ -92,7 +92,16 @@ pub struct BlockStore {
     tmp_seq: AtomicU64,
     journal: Option<Journal>,
     layout: Layout,
+    /// Headers and verified outboards of blocks read by range lately.
+    ranges: RangeCache,
 }
+
+/// The header and verified outboard of recently range-read blocks: the outboard is fixed by
+/// the id, so a range read needs only its groups once the outboard was checked.
+type RangeCache = meridian_proto::recent::Recent<BlockId, (format::Header, Arc<Outboard>)>;
+
+/// Blocks whose outboards a store keeps (8 KiB each for 4 MiB blocks).
+const RANGE_CACHE: usize = 1024;
 
 impl BlockStore {
     /// Opens (or creates) the store under `root`: removes leftover temp files and counts the
@@ -133,6 +142,7 @@ impl BlockStore {
             tmp_seq: AtomicU64::new(0),
             journal: None,
             layout,
+            ranges: RangeCache::new(RANGE_CACHE),
         };
         let dir = root.join("journal");
         let journal = Journal::open(&dir, &store.blocks, segment_len, |r| store.restore(r))
@@ -237,6 +247,7 @@ impl BlockStore {
                 },
                 None => None,
             };
+            self.ranges.forget(&block.id);
             let previous = fs::metadata(&path).ok().map(|m| m.len());
             if let Err(e) = fs::rename(&tmp, &path) {
                 let _ = fs::remove_file(&tmp);
@@ -352,6 +363,24 @@ impl BlockStore {
     /// verify them again with [`Outboard::verify`]. Files written before outboards existed
     /// are read whole.
     pub fn read_range(&self, id: &BlockId, offset: u64, len: u64) -> Result<RangeRead, ChunkError> {
+        let known = self.ranges.get(id);
+        let kept = known.is_some();
+        let read = self.read_range_with(id, offset, len, known);
+        if kept && read.is_err() {
+            // Read the header and outboard from disk next time: the file may have been
+            // replaced meanwhile.
+            self.ranges.forget(id);
+        }
+        read
+    }
+
+    fn read_range_with(
+        &self,
+        id: &BlockId,
+        offset: u64,
+        len: u64,
+        known: Option<(format::Header, Arc<Outboard>)>,
+    ) -> Result<RangeRead, ChunkError> {
         let path = self.path(id);
         let f = match File::open(&path) {
             Ok(f) => f,
@@ -373,17 +402,23 @@ impl BlockStore {
             })?;
             Ok(buf)
         };
-        let file_len = f.metadata().map_err(ChunkError::io("stat", &path))?.len();
-        let head = at(0, (format::HEADER_LEN as u64).min(file_len) as usize)?;
-        let h = format::parse_header(&head)
-            .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
-        self.check_id(id, &h.id)?;
-        if h.file_len() != file_len {
-            return Err(corrupt(format!(
-                "file is {file_len} bytes, header announces {}",
-                h.file_len()
-            )));
-        }
+        let h = match &known {
+            Some((h, _)) => *h,
+            None => {
+                let file_len = f.metadata().map_err(ChunkError::io("stat", &path))?.len();
+                let head = at(0, (format::HEADER_LEN as u64).min(file_len) as usize)?;
+                let h = format::parse_header(&head)
+                    .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
+                self.check_id(id, &h.id)?;
+                if h.file_len() != file_len {
+                    return Err(corrupt(format!(
+                        "file is {file_len} bytes, header announces {}",
+                        h.file_len()
+                    )));
+                }
+                h
+            }
+        };
         let raw_len = u64::from(h.raw_len);
         if offset >= raw_len && !(offset == 0 && raw_len == 0) {
             return Err(ChunkError::OutOfRange {
@@ -397,37 +432,57 @@ impl BlockStore {
         let payload_at = h.len as u64;
         let ranged =
             h.version >= 2 && matches!(h.compression, Compression::None | Compression::Lz4Frames);
-        let (outboard, plain) = if !ranged {
+        if !ranged {
             let (_, plain, ob) = self.read_whole(id)?;
-            (ob, plain.slice(start as usize..end as usize))
-        } else {
-            let ob_bytes = at(
-                payload_at + u64::from(h.payload_len),
-                h.outboard_len as usize,
-            )?;
-            let ob =
-                Outboard::from_bytes(raw_len, &ob_bytes).map_err(|e| corrupt(e.to_string()))?;
-            let plain = match h.compression {
-                Compression::Lz4Frames => {
-                    let table_len = FrameTable::table_len(h.raw_len).min(h.payload_len as usize);
-                    let table = FrameTable::parse(&at(payload_at, table_len)?, h.raw_len)
-                        .map_err(&corrupt)?;
-                    let g = tree::GROUP_LEN as u64;
-                    let (first, last) = ((start / g) as usize, end.div_ceil(g) as usize);
-                    let span = table.span(first, last.max(first + 1).min(table.frames()));
-                    if span.end > h.payload_len as usize {
-                        return Err(corrupt("frames run past the payload".into()));
-                    }
-                    let bytes = at(payload_at + span.start as u64, span.len())?;
-                    table.decode(first, &bytes).map_err(&corrupt)?
-                }
-                _ => at(payload_at + start, (end - start) as usize)?,
-            };
-            (ob, Bytes::from(plain))
+            metrics::counter!("meridian_chunk_verified_range_reads_total").increment(1);
+            return Ok(RangeRead {
+                raw_len: h.raw_len,
+                outboard: Arc::new(ob),
+                offset: start,
+                plain: plain.slice(start as usize..end as usize),
+            });
+        }
+        let outboard = match &known {
+            Some((_, ob)) => ob.clone(),
+            None => {
+                let ob_bytes = at(
+                    payload_at + u64::from(h.payload_len),
+                    h.outboard_len as usize,
+                )?;
+                let ob =
+                    Outboard::from_bytes(raw_len, &ob_bytes).map_err(|e| corrupt(e.to_string()))?;
+                Arc::new(ob)
+            }
         };
-        outboard
-            .verify(id, raw_len, start, &plain)
-            .map_err(|e| corrupt(e.to_string()))?;
+        let plain = match h.compression {
+            Compression::Lz4Frames => {
+                let table_len = FrameTable::table_len(h.raw_len).min(h.payload_len as usize);
+                let table =
+                    FrameTable::parse(&at(payload_at, table_len)?, h.raw_len).map_err(&corrupt)?;
+                let g = tree::GROUP_LEN as u64;
+                let (first, last) = ((start / g) as usize, end.div_ceil(g) as usize);
+                let span = table.span(first, last.max(first + 1).min(table.frames()));
+                if span.end > h.payload_len as usize {
+                    return Err(corrupt("frames run past the payload".into()));
+                }
+                let bytes = at(payload_at + span.start as u64, span.len())?;
+                table.decode(first, &bytes).map_err(&corrupt)?
+            }
+            _ => {
+                read_around(&f, payload_at, u64::from(h.payload_len), start, end);
+                at(payload_at + start, (end - start) as usize)?
+            }
+        };
+        let plain = Bytes::from(plain);
+        if known.is_some() {
+            outboard.verify_groups(id, raw_len, start, &plain)
+        } else {
+            outboard.verify(id, raw_len, start, &plain)
+        }
+        .map_err(|e| corrupt(e.to_string()))?;
+        if known.is_none() {
+            self.ranges.insert(*id, (h, outboard.clone()));
+        }
         metrics::counter!("meridian_chunk_verified_range_reads_total").increment(1);
         Ok(RangeRead {
             raw_len: h.raw_len,
@@ -560,6 +615,7 @@ impl BlockStore {
                 Err(e) => return Err(ChunkError::io("stat", &path)(e)),
             };
             fs::rename(&path, &aside).map_err(ChunkError::io("quarantine", &path))?;
+            self.ranges.forget(id);
             self.used.fetch_sub(len, Ordering::Relaxed);
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
@@ -600,6 +656,7 @@ impl BlockStore {
 
     /// Called with the block's lock held, after its file is gone.
     fn note_delete(&self, id: &BlockId) {
+        self.ranges.forget(id);
         if let Some(j) = &self.journal {
             j.note_delete(id);
         }
@@ -625,6 +682,35 @@ impl BlockStore {
             used += len;
         }
         Ok((count, used))
+    }
+}
+
+/// Bytes around a range read that the kernel is asked to read with it: the next reads of
+/// a random reader often land near the last ones, and then find them in the page cache
+/// (MooseFS reads 64 KiB blocks for the same reason).
+const READ_AROUND: u64 = 64 << 10;
+
+/// Asks the kernel to read the [`READ_AROUND`]-aligned span holding payload bytes
+/// `[start, end)` (the payload starts at `payload_at` in `f`) into the page cache, in one
+/// request with the read that follows.
+fn read_around(f: &File, payload_at: u64, payload_len: u64, start: u64, end: u64) {
+    use std::os::fd::AsRawFd;
+    let from = start / READ_AROUND * READ_AROUND;
+    let to = end
+        .div_ceil(READ_AROUND)
+        .saturating_mul(READ_AROUND)
+        .min(payload_len);
+    if to <= from || to - from <= end - start {
+        return;
+    }
+    // SAFETY: the descriptor is open for the call; the advice changes no memory of ours.
+    unsafe {
+        libc::posix_fadvise(
+            f.as_raw_fd(),
+            (payload_at + from) as libc::off_t,
+            (to - from) as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
     }
 }
 
@@ -818,18 +904,38 @@ mod tests {
                 Err(ChunkError::OutOfRange { .. })
             ));
         }
-        // A flipped byte inside the groups read, or in the outboard, is refused.
+        // A flipped byte inside the groups read is refused, with the outboard kept from
+        // the reads above or read again (a new store). (Reopened first: the reopen retires
+        // the journal, whose replay would otherwise mend the damage done here.)
+        drop(s);
+        let s = store(dir.path());
+        s.read_range(&raw.id, 40_000, 10).unwrap();
         let path = s.path(&raw.id);
         let original = fs::read(&path).unwrap();
-        for at in [format::HEADER_LEN + 40_000, original.len() - 5] {
-            let mut bad = original.clone();
-            bad[at] ^= 1;
-            fs::write(&path, &bad).unwrap();
-            assert!(matches!(
-                s.read_range(&raw.id, 40_000, 10),
-                Err(ChunkError::Corrupt { .. })
-            ));
-        }
+        let mut bad = original.clone();
+        bad[format::HEADER_LEN + 40_000] ^= 1;
+        fs::write(&path, &bad).unwrap();
+        assert!(matches!(
+            s.read_range(&raw.id, 40_000, 10),
+            Err(ChunkError::Corrupt { .. })
+        ));
+        drop(s);
+        let s = store(dir.path());
+        assert!(matches!(
+            s.read_range(&raw.id, 40_000, 10),
+            Err(ChunkError::Corrupt { .. })
+        ));
+        // So is a flipped byte of the outboard, read from disk.
+        let mut bad = original.clone();
+        let at = bad.len() - 5;
+        bad[at] ^= 1;
+        fs::write(&path, &bad).unwrap();
+        drop(s);
+        let s = store(dir.path());
+        assert!(matches!(
+            s.read_range(&raw.id, 40_000, 10),
+            Err(ChunkError::Corrupt { .. })
+        ));
         // A file from before outboards (format 1) is read whole and still verified.
         let mut v1 = format::header(&raw, 0)[..format::HEADER_LEN_V1].to_vec();
         v1[8] = 1;

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::chunk::{GetHeader, GetRequest, HasRequest, PutHeader, PutRole};
+use meridian_proto::recent::Recent;
 use meridian_proto::{
     BlockError, BlockId, ClusterMap, Compression, EncodedBlock, NodeId, NodeInfo, NodeState,
     Outboard, ZoneId, placement, wire,
@@ -75,7 +76,13 @@ pub struct BlockClient {
     regions: Vec<u32>,
     /// Set when this client ships blocks from another region.
     origin: u32,
+    /// Outboards this client verified against their ids: a range read of their blocks
+    /// asks for the groups alone.
+    outboards: Recent<BlockId, Arc<Outboard>>,
 }
+
+/// Blocks whose verified outboards a client keeps (8 KiB each for 4 MiB blocks).
+const KNOWN_OUTBOARDS: usize = 1024;
 
 impl BlockClient {
     /// A client that places blocks with the map in `map`, preferring replicas in `zone`.
@@ -91,6 +98,7 @@ impl BlockClient {
             max_block_len: meridian_proto::block::MAX_BLOCK_LEN,
             regions: Vec::new(),
             origin: 0,
+            outboards: Recent::new(KNOWN_OUTBOARDS),
         }
     }
 
@@ -324,22 +332,32 @@ impl BlockClient {
         offset: u64,
         len: u64,
     ) -> Result<Bytes, String> {
+        let known = self.outboards.get(id);
         let request = GetRequest {
             block_id: Bytes::copy_from_slice(id.as_bytes()),
             offset: u32::try_from(offset).map_err(|_| "offset beyond any block")?,
             length: u32::try_from(len).map_err(|_| "length beyond any block")?,
             with_outboard: true,
+            outboard_known: known.is_some(),
             regions: self.regions.clone(),
             ..Default::default()
         };
         let (header, plain) = self.call_get(node, request).await?;
         let raw_len = u64::from(header.raw_len);
         let at = u64::from(header.offset);
-        let outboard =
-            Outboard::from_bytes(raw_len, &header.outboard).map_err(|e| e.to_string())?;
-        outboard
-            .verify(id, raw_len, at, &plain)
-            .map_err(|e| e.to_string())?;
+        match known.filter(|_| header.outboard.is_empty()) {
+            Some(ob) => ob.verify_groups(id, raw_len, at, &plain),
+            None => {
+                let ob =
+                    Outboard::from_bytes(raw_len, &header.outboard).map_err(|e| e.to_string())?;
+                let checked = ob.verify(id, raw_len, at, &plain);
+                if checked.is_ok() && !header.outboard.is_empty() {
+                    self.outboards.insert(*id, Arc::new(ob));
+                }
+                checked
+            }
+        }
+        .map_err(|e| e.to_string())?;
         let end = offset.saturating_add(len).min(raw_len);
         if offset < at || end > at + plain.len() as u64 {
             return Err(format!(

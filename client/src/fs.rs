@@ -626,6 +626,10 @@ impl FileSystem {
 
     /// Every entry of a directory, in name order.
     pub async fn readdir(&self, ino: InodeId, creds: &Creds) -> Result<Vec<DirEntry>, Errno> {
+        if let Some(mut entries) = self.leases.listing(ino) {
+            entries.retain(|e| !e.name.starts_with(HIDDEN_PREFIX));
+            return Ok(entries);
+        }
         self.leases.settle().await;
         let mut out = Vec::new();
         let mut after = None;

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use meridian_proto::InodeId;
 use meridian_proto::ns::{
-    Attr, Creds, FileKind, LINK_MAX, NAME_MAX, NsError, Op, Queued, Reply, Timespec,
+    Attr, Creds, DirEntry, FileKind, LINK_MAX, NAME_MAX, NsError, Op, Queued, Reply, Timespec,
 };
 use tokio::sync::{Notify, oneshot, watch};
 use tracing::warn;
@@ -219,6 +219,26 @@ impl Leases {
             }),
             None => false,
         }
+    }
+
+    /// The entries of leased `dir`, in name order (the servers' order), if it is leased
+    /// here: all of them, its own changes queued or not.
+    pub(super) fn listing(&self, dir: InodeId) -> Option<Vec<DirEntry>> {
+        let s = self.lock();
+        let mut out: Vec<DirEntry> = s
+            .dirs
+            .get(&dir)?
+            .entries
+            .iter()
+            .map(|(name, (ino, kind))| DirEntry {
+                name: name.clone(),
+                ino: *ino,
+                kind: *kind,
+            })
+            .collect();
+        drop(s);
+        out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Some(out)
     }
 
     /// The inode of `name` in leased `parent`, if known here.
