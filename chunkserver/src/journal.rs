@@ -50,6 +50,8 @@ const MAGIC: u32 = 0x314e_4a4d; // "MJN1"
 const HEAD: usize = 4 + 8 + 1 + 4 + 16;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
+/// A block deleted since its journaled put was stored again as a file: keep it.
+const KEEP: u8 = 3;
 
 /// What a journal replay found for one block: its last record.
 #[derive(Debug)]
@@ -58,6 +60,8 @@ pub enum Replayed {
     Put(BlockId, Vec<u8>),
     /// The block was deleted after it was put.
     Deleted(BlockId),
+    /// The block was deleted, then stored again as a file of its own: left as it is.
+    Kept(BlockId),
 }
 
 /// Where an appended put stands until its block file is in place.
@@ -117,6 +121,13 @@ struct Shared {
     broken: AtomicBool,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    generation: u64,
+    lsn: u64,
+    deleted: bool,
+}
+
 #[derive(Debug)]
 struct State {
     generation: u64,
@@ -131,8 +142,9 @@ struct State {
     retired: u64,
     /// Puts appended in a generation whose block file is not yet in place.
     inflight: HashMap<u64, usize>,
-    /// Blocks put in generations not yet retired.
-    pending: HashMap<BlockId, u64>,
+    /// Blocks put in generations not yet retired: the generation, the lsn at the end of
+    /// the put's record, and whether a delete record followed it.
+    pending: HashMap<BlockId, Pending>,
     stop: bool,
 }
 
@@ -169,7 +181,8 @@ impl Journal {
                 }
                 let r = match kind {
                     PUT => Replayed::Put(id, body),
-                    _ => Replayed::Deleted(id),
+                    DELETE => Replayed::Deleted(id),
+                    _ => Replayed::Kept(id),
                 };
                 last.insert(id, r);
             }
@@ -247,9 +260,44 @@ impl Journal {
         if !self.shared.lock().pending.contains_key(id) {
             return;
         }
-        if let Err(e) = self.shared.append(DELETE, id, &[]) {
+        if let Err(e) = self.shared.append(DELETE, id, &[&[]]) {
             warn!(block = %id, error = %e, "journal: a delete was not recorded; a crash may bring the block back for the collector");
         }
+    }
+
+    /// An intact file of `id` answers a put as already present: if the journal put that
+    /// wrote it may not be durable yet, waits until it is. An error means the caller must
+    /// make the file durable itself.
+    pub fn settle_present(&self, id: &BlockId) -> io::Result<()> {
+        let Some(p) = self.shared.lock().pending.get(id).copied() else {
+            return Ok(());
+        };
+        if self.shared.broken.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the journal is broken"));
+        }
+        self.shared.sync_to(p.lsn)
+    }
+
+    /// Block `id` is being stored as a file of its own (with its fsyncs), under its lock:
+    /// if a replay would delete it (a delete record follows its journaled put), records
+    /// that it stays, durably. An error refuses the put.
+    pub fn note_file_put(&self, id: &BlockId) -> io::Result<()> {
+        if !self
+            .shared
+            .lock()
+            .pending
+            .get(id)
+            .is_some_and(|p| p.deleted)
+        {
+            return Ok(());
+        }
+        if self.shared.broken.load(Ordering::Relaxed) {
+            return Err(io::Error::other(
+                "the journal is broken and holds a delete of this block; store it elsewhere",
+            ));
+        }
+        let (_, lsn) = self.shared.append(KEEP, id, &[&[]])?;
+        self.shared.sync_to(lsn)
     }
 
     /// The generation being written and the last one retired (for tests and status).
@@ -309,11 +357,28 @@ impl Shared {
         }
         s.at += len;
         s.lsn += len;
-        if kind == PUT {
-            *s.inflight.entry(generation).or_default() += 1;
-            s.pending.insert(*id, generation);
+        let lsn = s.lsn;
+        match kind {
+            PUT => {
+                *s.inflight.entry(generation).or_default() += 1;
+                s.pending.insert(
+                    *id,
+                    Pending {
+                        generation,
+                        lsn,
+                        deleted: false,
+                    },
+                );
+            }
+            _ => {
+                // Kept until this record's generation retires: a replay reads it till then.
+                if let Some(p) = s.pending.get_mut(id) {
+                    p.deleted = kind == DELETE;
+                    p.generation = generation;
+                }
+            }
         }
-        Ok((generation, s.lsn))
+        Ok((generation, lsn))
     }
 
     /// Closes the full active segment and starts the next generation in the other one,
@@ -388,7 +453,7 @@ impl Shared {
             match result {
                 Ok(()) => {
                     s.retired = target;
-                    s.pending.retain(|_, g| *g > target);
+                    s.pending.retain(|_, p| p.generation > target);
                 }
                 Err(e) => {
                     error!(error = %e, generation = target, "journal: retiring a segment failed; small blocks are fsync'd as files from now on");
@@ -453,7 +518,7 @@ fn next_record(bytes: &[u8]) -> Option<(u64, u8, BlockId, &[u8], usize)> {
     let generation = u64::from_le_bytes(head[4..12].try_into().ok()?);
     let kind = head[12];
     let body_len = u32::from_le_bytes(head[13..17].try_into().ok()?) as usize;
-    if !(kind == PUT || kind == DELETE) || body_len < 32 {
+    if !matches!(kind, PUT | DELETE | KEEP) || body_len < 32 {
         return None;
     }
     let body = bytes.get(HEAD..HEAD + body_len)?;

@@ -149,3 +149,35 @@ fn a_damaged_record_ends_the_replay_there() {
     assert!(s.read(&a.id).is_ok());
     assert!(!s.has(&b.id));
 }
+
+#[test]
+fn a_block_stored_as_a_file_after_its_delete_was_journaled_is_kept_by_the_replay() {
+    use crate::journal::{Journal, Replayed};
+    let dir = tempfile::tempdir().unwrap();
+    let (journal_dir, blocks) = (dir.path().join("journal"), dir.path().join("blocks"));
+    std::fs::create_dir_all(&blocks).unwrap();
+    let b = block(8, 4000);
+    {
+        let j = Journal::open(&journal_dir, &blocks, 1 << 20, |_| Ok(())).unwrap();
+        j.append_put(&b.id, &[b"file bytes"])
+            .unwrap()
+            .placed_then_sync()
+            .unwrap();
+        j.note_delete(&b.id);
+        // Stored again through the file path (as when the journal does not take it).
+        j.note_file_put(&b.id).unwrap();
+        // Present already: the put's record is durable.
+        j.settle_present(&b.id).unwrap();
+    }
+    let mut seen = Vec::new();
+    Journal::open(&journal_dir, &blocks, 1 << 20, |r| {
+        seen.push(match r {
+            Replayed::Put(..) => "put",
+            Replayed::Deleted(_) => "deleted",
+            Replayed::Kept(_) => "kept",
+        });
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, ["kept"]);
+}

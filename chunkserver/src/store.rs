@@ -185,6 +185,13 @@ impl BlockStore {
                         .write(true)
                         .open(&path)
                         .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                    // The copy may be a journaled put not yet durable: wait for it, or
+                    // make the file durable here.
+                    if let Some(j) = &self.journal
+                        && j.settle_present(&block.id).is_err()
+                    {
+                        sync_file_and_dir(&path)?;
+                    }
                     return Ok(PutOutcome::AlreadyPresent);
                 }
                 Err(e) => warn!(block = %block.id, error = %e, "replacing a damaged copy"),
@@ -245,7 +252,15 @@ impl BlockStore {
                         return Err(ChunkError::io("journal append", dir)(e));
                     }
                 },
-                None => None,
+                None => {
+                    if let Some(j) = &self.journal
+                        && let Err(e) = j.note_file_put(&block.id)
+                    {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(ChunkError::io("journal keep record", dir)(e));
+                    }
+                    None
+                }
             };
             self.ranges.forget(&block.id);
             let previous = fs::metadata(&path).ok().map(|m| m.len());
@@ -265,9 +280,14 @@ impl BlockStore {
             ticket
         };
         match ticket {
-            Some(t) => t
-                .placed_then_sync()
-                .map_err(ChunkError::io("journal fdatasync", dir))?,
+            Some(t) => {
+                if let Err(e) = t.placed_then_sync() {
+                    // The journal is broken from now on: make this file durable the
+                    // other way before answering.
+                    warn!(block = %block.id, error = %e, "journal fdatasync failed; fsyncing the block file");
+                    sync_file_and_dir(&path)?;
+                }
+            }
             None => sync_dir(dir)?,
         }
         Ok(PutOutcome::Written)
@@ -301,6 +321,7 @@ impl BlockStore {
                 fs::rename(&tmp, &path)?;
                 info!(block = %id, "journal: block file restored");
             }
+            Replayed::Kept(_) => {}
             Replayed::Deleted(id) => match fs::remove_file(self.path(&id)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -683,6 +704,14 @@ impl BlockStore {
         }
         Ok((count, used))
     }
+}
+
+/// fsync of a block file and of the folder holding it.
+fn sync_file_and_dir(path: &Path) -> Result<(), ChunkError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(ChunkError::io("fsync", path))?;
+    sync_dir(path.parent().expect("block paths have a parent"))
 }
 
 /// Bytes around a range read that the kernel is asked to read with it: the next reads of

@@ -78,7 +78,7 @@ pub struct BlockClient {
     origin: u32,
     /// Outboards this client verified against their ids: a range read of their blocks
     /// asks for the groups alone.
-    outboards: Recent<BlockId, Arc<Outboard>>,
+    outboards: Recent<BlockId, (u64, Arc<Outboard>)>,
 }
 
 /// Blocks whose verified outboards a client keeps (8 KiB each for 4 MiB blocks).
@@ -345,14 +345,20 @@ impl BlockClient {
         let (header, plain) = self.call_get(node, request).await?;
         let raw_len = u64::from(header.raw_len);
         let at = u64::from(header.offset);
-        match known.filter(|_| header.outboard.is_empty()) {
-            Some(ob) => ob.verify_groups(id, raw_len, at, &plain),
+        match known.filter(|(len, _)| header.outboard.is_empty() && *len == raw_len) {
+            Some((_, ob)) => {
+                let checked = ob.verify_groups(id, raw_len, at, &plain);
+                if checked.is_err() {
+                    self.outboards.forget(id);
+                }
+                checked
+            }
             None => {
                 let ob =
                     Outboard::from_bytes(raw_len, &header.outboard).map_err(|e| e.to_string())?;
                 let checked = ob.verify(id, raw_len, at, &plain);
                 if checked.is_ok() && !header.outboard.is_empty() {
-                    self.outboards.insert(*id, Arc::new(ob));
+                    self.outboards.insert(*id, (raw_len, Arc::new(ob)));
                 }
                 checked
             }
