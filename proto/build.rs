@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "meridian/chunk.proto",
         "meridian/meta.proto",
         "meridian/proxy.proto",
+        "csi/v1/csi.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed=proto/{f}");

@@ -8,6 +8,7 @@ use meridian_chunkserver::ChunkConfig;
 use meridian_metaserver::MetaConfig;
 
 mod admin;
+mod csi;
 mod dev;
 mod fsck;
 mod mount;
@@ -37,6 +38,8 @@ enum Command {
     Mount(Box<mount::MountArgs>),
     /// A TCP fault proxy for links between regions: delay, cut and heal at run time.
     Proxy(proxy::ProxyArgs),
+    /// Serve the Container Storage Interface (Kubernetes volumes) on a unix socket.
+    Csi(Box<csi::CsiArgs>),
     /// Inspect and administer a running cluster.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -344,6 +347,7 @@ fn main() -> Result<()> {
             }
             Command::Proxy(args) => proxy::run(args, shutdown_signal()).await,
             Command::Admin(cmd) => admin::run(cmd).await,
+            Command::Csi(args) => csi::run(*args, shutdown_signal()).await,
         }
     })
 }

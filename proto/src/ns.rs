@@ -310,6 +310,14 @@ pub enum Op {
         /// Name.
         name: String,
     },
+    /// Set a volume's byte quota (none: unlimited). A quota below what the volume holds
+    /// already is allowed: writes that would grow it fail until it shrinks.
+    SetVolumeQuota {
+        /// Name.
+        name: String,
+        /// Largest sum of file sizes, in bytes.
+        quota_bytes: Option<u64>,
+    },
     /// Create a file, directory, device node, fifo or socket.
     Mknod {
         /// Parent directory.

@@ -1,4 +1,4 @@
-//! Code generated from `proto/meridian/*.proto`.
+//! Code generated from `proto/meridian/*.proto` and `proto/csi/v1/csi.proto`.
 
 /// The chunkserver service and its messages.
 pub mod chunk {
@@ -16,4 +16,11 @@ pub mod meta {
 pub mod proxy {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("meridian.proxy.v1");
+}
+
+/// The Container Storage Interface v1 (identity, controller and node services), served by
+/// `meridian csi`.
+pub mod csi {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("csi.v1");
 }

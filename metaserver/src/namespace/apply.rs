@@ -107,7 +107,9 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
 fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
     let ino = match op {
         Op::CreateVolume { .. } => return Ok(None),
-        Op::DeleteVolume { name } => return read_volume(t.volumes(), name),
+        Op::DeleteVolume { name } | Op::SetVolumeQuota { name, .. } => {
+            return read_volume(t.volumes(), name);
+        }
         Op::Mknod { parent, .. }
         | Op::Symlink { parent, .. }
         | Op::Unlink { parent, .. }
@@ -156,8 +158,10 @@ fn origin_may_change(t: &WriteTables<'_>, record: &Record) -> Result<(), NsError
         )));
     }
     // (A volume's deletion replays by id: its name may belong to another volume by now.)
-    if !matches!(record.op, Op::DeleteVolume { .. })
-        && let Some(v) = op_volume(t, &record.op)?
+    if !matches!(
+        record.op,
+        Op::DeleteVolume { .. } | Op::SetVolumeQuota { .. }
+    ) && let Some(v) = op_volume(t, &record.op)?
         && v.id != vol.id
     {
         return Err(NsError::Invalid(format!(
@@ -322,7 +326,9 @@ fn skip_detail(record: &Record, e: &NsError) -> String {
     match e {
         NsError::NotFound(_) => {
             let target = match &record.op {
-                Op::CreateVolume { name, .. } | Op::DeleteVolume { name } => {
+                Op::CreateVolume { name, .. }
+                | Op::DeleteVolume { name }
+                | Op::SetVolumeQuota { name, .. } => {
                     format!("volume {name:?}")
                 }
                 Op::Mknod { parent, name, .. }
@@ -356,6 +362,7 @@ pub fn op_name(op: &Op) -> &'static str {
     match op {
         Op::CreateVolume { .. } => "create volume",
         Op::DeleteVolume { .. } => "delete volume",
+        Op::SetVolumeQuota { .. } => "set volume quota",
         Op::Mknod { .. } => "create",
         Op::Symlink { .. } => "symlink",
         Op::Link { .. } => "link",
@@ -380,6 +387,9 @@ pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Resul
     match op {
         Op::CreateVolume { name, policy } => volumes::create_volume(t, ctx, name, policy),
         Op::DeleteVolume { name } => volumes::delete_volume(t, ctx, name),
+        Op::SetVolumeQuota { name, quota_bytes } => {
+            volumes::set_volume_quota(t, ctx, name, *quota_bytes)
+        }
         Op::Mknod {
             parent,
             name,

@@ -650,8 +650,30 @@ fn quotas_refuse_with_edquot() {
         },
         creds: Creds::root(),
     };
-    assert_eq!(errno(fs.run(grow)), EDQUOT);
+    assert_eq!(errno(fs.run(grow.clone())), EDQUOT);
     assert_eq!(fs.read(|r| r.volume("small")).unwrap().used_bytes, 800);
+
+    // Raising the quota (CSI expansion) lets the same change through; an unknown volume
+    // is refused and changes nothing.
+    let raise = |name: &str, quota| Op::SetVolumeQuota {
+        name: name.into(),
+        quota_bytes: quota,
+    };
+    assert_eq!(errno(fs.run(raise("nope", Some(1)))), ENOENT);
+    fs.run(raise("small", Some(4000))).unwrap();
+    assert_eq!(
+        fs.read(|r| r.volume("small")).unwrap().policy.quota_bytes,
+        Some(4000)
+    );
+    fs.run(grow).unwrap();
+    assert_eq!(fs.read(|r| r.volume("small")).unwrap().used_bytes, 2000);
+    // Lowering it below what the volume holds refuses growth, not what is there.
+    fs.run(raise("small", Some(100))).unwrap();
+    assert_eq!(
+        errno(commit(&mut fs, f.ino, vec![extent(2000, 10, "C", 0)], 2010)),
+        EDQUOT
+    );
+    assert_eq!(fs.read(|r| r.volume("small")).unwrap().used_bytes, 2000);
 }
 
 #[test]

@@ -39,7 +39,10 @@ impl Record {
         };
         let mut out = Vec::new();
         match &self.op {
-            Op::CreateVolume { .. } | Op::DeleteVolume { .. } | Op::Compact { .. } => {}
+            Op::CreateVolume { .. }
+            | Op::DeleteVolume { .. }
+            | Op::SetVolumeQuota { .. }
+            | Op::Compact { .. } => {}
             Op::Mknod { parent, name, .. } | Op::Symlink { parent, name, .. } => {
                 out.push(entry(parent, name));
             }

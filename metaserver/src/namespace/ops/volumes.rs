@@ -1,4 +1,4 @@
-//! Creating and deleting volumes.
+//! Creating and deleting volumes, and changing their quotas.
 
 use meridian_proto::{Hlc, InodeId};
 
@@ -195,4 +195,22 @@ pub(crate) fn delete_volume(
         t.del_xattrs(vol.root)?;
     }
     Ok(Reply::Done)
+}
+
+/// Sets a volume's byte quota. A replay names the volume by id, as a deletion's does.
+pub(crate) fn set_volume_quota(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    name: &str,
+    quota_bytes: Option<u64>,
+) -> Result<Reply, NsError> {
+    let mut vol = match ctx.replay {
+        Some(_) => find_volume(t, ctx.volume)?
+            .ok_or_else(|| NsError::NotFound(format!("volume {}", ctx.volume)))?,
+        None => read_volume(t.volumes(), name)?
+            .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?,
+    };
+    vol.policy.quota_bytes = quota_bytes;
+    t.put_volume(&vol)?;
+    Ok(Reply::Volume(vol))
 }

@@ -1,0 +1,508 @@
+//! The CSI node service: a volume is mounted once per node at its staging path (a
+//! `meridian mount` child) and bind-mounted into each pod's target path. What it staged
+//! and published is kept on disk, and every few seconds (and at start) a mount whose
+//! process died is mounted again and its targets bound again.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_proto::pb::csi::node_server;
+use meridian_proto::pb::csi::node_service_capability::{self, rpc};
+use meridian_proto::pb::csi::volume_usage::Unit;
+use meridian_proto::pb::csi::*;
+use tonic::{Request, Response, Status};
+
+use super::controller::find_volume;
+use super::staging::{self, Published, Records, Staged};
+use super::{Shared, TOPOLOGY_REGION, TOPOLOGY_ZONE, checks, mounts};
+
+/// The volume context key naming a folder of the volume to publish instead of its root.
+pub const SUBDIR_KEY: &str = "subdir";
+
+#[derive(Clone)]
+pub struct Node(Arc<Inner>);
+
+struct Inner {
+    shared: Arc<Shared>,
+    node_id: String,
+    zone: Option<String>,
+    roots: Vec<PathBuf>,
+    records: Records,
+    mount_flags: Vec<String>,
+    /// The mount processes this run started, by staging path.
+    children: Mutex<HashMap<PathBuf, Child>>,
+    /// One change of the node's mounts at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+impl Node {
+    pub fn open(
+        shared: Arc<Shared>,
+        node_id: String,
+        zone: Option<String>,
+        roots: Vec<PathBuf>,
+        state: &Path,
+        mount_flags: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let records = Records::open(state)
+            .map_err(|e| anyhow::anyhow!("state folder {}: {e}", state.display()))?;
+        Ok(Node(Arc::new(Inner {
+            shared,
+            node_id,
+            zone,
+            roots,
+            records,
+            mount_flags,
+            children: Mutex::new(HashMap::new()),
+            busy: tokio::sync::Mutex::new(()),
+        })))
+    }
+
+    fn confined(&self, path: &str, what: &str) -> Result<PathBuf, Status> {
+        checks::confined(path, &self.0.roots, what)
+    }
+
+    /// Mounts `volume` at `staging` (a dead mount there is detached first).
+    async fn mount(&self, volume: &str, staging: &Path) -> io::Result<u32> {
+        let inner = self.0.clone();
+        let (volume, staging) = (volume.to_string(), staging.to_path_buf());
+        blocking(move || {
+            if mounts::mounted_at(&staging).is_some() {
+                mounts::unmount(&staging)?;
+            }
+            std::fs::create_dir_all(&staging)?;
+            let log = inner.records.log(&staging);
+            let child = staging::start_mount(
+                &inner.shared.meta_addrs,
+                &volume,
+                &staging,
+                &inner.mount_flags,
+                &log,
+            )?;
+            let pid = child.id();
+            let old = inner.children.lock().unwrap().insert(staging, child);
+            if let Some(mut old) = old {
+                let _ = old.kill();
+                let _ = old.wait();
+            }
+            Ok(pid)
+        })
+        .await
+    }
+
+    /// Makes every recorded mount answer again: a staging mount whose process died is
+    /// mounted anew, and targets bound from a dead mount are bound again.
+    pub async fn recover(&self) {
+        let _busy = self.0.busy.lock().await;
+        self.reap();
+        for mut s in self.0.records.all() {
+            let staging = s.staging.clone();
+            let alive = {
+                let st = staging.clone();
+                blocking(move || {
+                    Ok(
+                        mounts::mounted_at(&st).is_some_and(|m| m.fstype.starts_with("fuse"))
+                            && mounts::answers(&st),
+                    )
+                })
+                .await
+                .unwrap_or(false)
+            };
+            if !alive {
+                tracing::warn!(volume = %s.volume, staging = %staging.display(), "staged mount is dead: mounting again");
+                match self.mount(&s.volume, &staging).await {
+                    Ok(pid) => {
+                        s.pid = Some(pid);
+                        if let Err(e) = self.0.records.put(&s) {
+                            tracing::error!(error = %e, "cannot record the new mount");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(volume = %s.volume, error = %e, "mounting again failed");
+                        continue;
+                    }
+                }
+            }
+            for (target, p) in &s.published {
+                let (target, source, ro) = (target.clone(), staging.join(&p.sub), p.read_only);
+                let rebound = blocking(move || {
+                    if mounts::mounted_at(&target).is_some() && mounts::answers(&target) {
+                        return Ok(false);
+                    }
+                    mounts::unmount(&target)?;
+                    std::fs::create_dir_all(&target)?;
+                    mounts::bind(&source, &target, ro)?;
+                    Ok(true)
+                })
+                .await;
+                match rebound {
+                    Ok(true) => tracing::warn!(volume = %s.volume, "bound a target again"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(volume = %s.volume, error = %e, "binding a target again failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Collects mount processes that exited.
+    fn reap(&self) {
+        self.0
+            .children
+            .lock()
+            .unwrap()
+            .retain(|_, c| matches!(c.try_wait(), Ok(None)));
+    }
+
+    pub async fn check_loop(self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            self.recover().await;
+        }
+    }
+
+    fn record(&self, staging: &Path) -> Result<Option<Staged>, Status> {
+        self.0
+            .records
+            .get(staging)
+            .map_err(|e| internal("staging record", e))
+    }
+
+    /// The record holding `target`, if any.
+    fn publisher_of(&self, target: &Path) -> Option<Staged> {
+        self.0
+            .records
+            .all()
+            .into_iter()
+            .find(|s| s.published.contains_key(target))
+    }
+}
+
+#[tonic::async_trait]
+impl node_server::Node for Node {
+    async fn node_stage_volume(
+        &self,
+        request: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let volume = checks::volume_id(&req.volume_id)?.to_string();
+        let staging = self.confined(&req.staging_target_path, "staging_target_path")?;
+        checks::capability(req.volume_capability.as_ref())?;
+        let _busy = self.0.busy.lock().await;
+        if let Some(s) = self.record(&staging)? {
+            if s.volume != volume {
+                return Err(Status::already_exists(format!(
+                    "{} holds volume {} already",
+                    staging.display(),
+                    s.volume
+                )));
+            }
+            let st = staging.clone();
+            let alive =
+                blocking(move || Ok(mounts::mounted_at(&st).is_some() && mounts::answers(&st)))
+                    .await
+                    .unwrap_or(false);
+            if alive {
+                return Ok(Response::new(NodeStageVolumeResponse {}));
+            }
+        } else if mounts::mounted_at(&staging).is_some() && mounts::answers(&staging) {
+            return Err(Status::failed_precondition(format!(
+                "something this plugin did not mount is mounted at {}",
+                staging.display()
+            )));
+        }
+        if find_volume(&self.0.shared.meta, &volume).await?.is_none() {
+            return Err(Status::not_found(format!("volume {volume}")));
+        }
+        let pid = self
+            .mount(&volume, &staging)
+            .await
+            .map_err(|e| internal("mounting the volume", e))?;
+        let mut s = self.record(&staging)?.unwrap_or(Staged {
+            volume: volume.clone(),
+            staging: staging.clone(),
+            pid: None,
+            published: Default::default(),
+        });
+        s.pid = Some(pid);
+        self.0
+            .records
+            .put(&s)
+            .map_err(|e| internal("recording the mount", e))?;
+        tracing::info!(%volume, staging = %staging.display(), "staged");
+        Ok(Response::new(NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let volume = checks::volume_id(&req.volume_id)?.to_string();
+        let staging = self.confined(&req.staging_target_path, "staging_target_path")?;
+        let _busy = self.0.busy.lock().await;
+        let record = self.record(&staging)?;
+        if let Some(s) = &record
+            && s.volume != volume
+        {
+            return Err(Status::invalid_argument(format!(
+                "{} holds volume {}, not {volume}",
+                staging.display(),
+                s.volume
+            )));
+        }
+        let child = self.0.children.lock().unwrap().remove(&staging);
+        let pid = record.as_ref().and_then(|s| s.pid);
+        let st = staging.clone();
+        blocking(move || {
+            staging::stop_mount(child, pid, &st, Duration::from_secs(20));
+            mounts::unmount(&st)?;
+            match std::fs::remove_dir(&st) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                // The kubelet's folder may hold its own files: leave it.
+                Err(_) => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| internal("unmounting", e))?;
+        self.0
+            .records
+            .remove(&staging)
+            .map_err(|e| internal("removing the record", e))?;
+        if record.is_some() {
+            tracing::info!(%volume, staging = %staging.display(), "unstaged");
+        }
+        Ok(Response::new(NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let volume = checks::volume_id(&req.volume_id)?.to_string();
+        let target = self.confined(&req.target_path, "target_path")?;
+        let staging = self.confined(&req.staging_target_path, "staging_target_path")?;
+        let cap = checks::capability(req.volume_capability.as_ref())?;
+        let read_only = req.readonly || checks::wants_read_only(cap);
+        let sub = checks::sub_path(
+            req.volume_context
+                .get(SUBDIR_KEY)
+                .map(String::as_str)
+                .unwrap_or(""),
+        )?;
+        let _busy = self.0.busy.lock().await;
+        let mut s = match self.record(&staging)? {
+            Some(s) if s.volume == volume => s,
+            _ => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {volume} is not staged at {}",
+                    staging.display()
+                )));
+            }
+        };
+        let wanted = Published {
+            sub: sub.clone(),
+            read_only,
+        };
+        if mounts::mounted_at(&target).is_some() {
+            return match s.published.get(&target) {
+                Some(p) if *p == wanted => Ok(Response::new(NodePublishVolumeResponse {})),
+                _ => Err(Status::already_exists(format!(
+                    "{} is published already, differently",
+                    target.display()
+                ))),
+            };
+        }
+        let source = staging.join(&sub);
+        let t = target.clone();
+        blocking(move || {
+            if !source.is_dir() {
+                std::fs::create_dir_all(&source)?;
+            }
+            std::fs::create_dir_all(&t)?;
+            mounts::bind(&source, &t, read_only)
+        })
+        .await
+        .map_err(|e| internal("bind-mounting the volume", e))?;
+        s.published.insert(target.clone(), wanted);
+        if let Err(e) = self.0.records.put(&s) {
+            let _ = mounts::unmount(&target);
+            return Err(internal("recording the publish", e));
+        }
+        tracing::info!(%volume, target = %target.display(), read_only, "published");
+        Ok(Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        checks::volume_id(&req.volume_id)?;
+        let target = self.confined(&req.target_path, "target_path")?;
+        let _busy = self.0.busy.lock().await;
+        let t = target.clone();
+        blocking(move || {
+            if mounts::mounted_at(&t).is_some() {
+                mounts::unmount(&t)?;
+            }
+            match std::fs::remove_dir(&t) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(target = %t.display(), error = %e, "cannot remove the target folder");
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| internal("unmounting the target", e))?;
+        if let Some(mut s) = self.publisher_of(&target) {
+            s.published.remove(&target);
+            self.0
+                .records
+                .put(&s)
+                .map_err(|e| internal("recording the unpublish", e))?;
+            tracing::info!(volume = %s.volume, target = %target.display(), "unpublished");
+        }
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let req = request.into_inner();
+        checks::volume_id(&req.volume_id)?;
+        let path = self.confined(&req.volume_path, "volume_path")?;
+        let p = path.clone();
+        let stat = blocking(move || {
+            if std::fs::symlink_metadata(&p).is_err() && mounts::mounted_at(&p).is_none() {
+                return Ok(None);
+            }
+            Ok(Some(mounts::statvfs(&p)))
+        })
+        .await
+        .map_err(|e| internal("volume stats", e))?;
+        let Some(stat) = stat else {
+            return Err(Status::not_found(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        };
+        Ok(Response::new(match stat {
+            Ok(st) => {
+                let bs = st.f_frsize as i64;
+                let (blocks, bavail, bfree) =
+                    (st.f_blocks as i64, st.f_bavail as i64, st.f_bfree as i64);
+                let (files, ffree) = (st.f_files as i64, st.f_ffree as i64);
+                NodeGetVolumeStatsResponse {
+                    usage: vec![
+                        VolumeUsage {
+                            available: bavail.saturating_mul(bs),
+                            total: blocks.saturating_mul(bs),
+                            used: (blocks - bfree).max(0).saturating_mul(bs),
+                            unit: Unit::Bytes as i32,
+                        },
+                        VolumeUsage {
+                            available: ffree,
+                            total: files,
+                            used: (files - ffree).max(0),
+                            unit: Unit::Inodes as i32,
+                        },
+                    ],
+                    volume_condition: Some(VolumeCondition {
+                        abnormal: false,
+                        message: "mounted and answering".into(),
+                    }),
+                }
+            }
+            Err(e) => NodeGetVolumeStatsResponse {
+                usage: Vec::new(),
+                volume_condition: Some(VolumeCondition {
+                    abnormal: true,
+                    message: format!("the mount does not answer: {e}"),
+                }),
+            },
+        }))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let volume = checks::volume_id(&req.volume_id)?;
+        let path = self.confined(&req.volume_path, "volume_path")?;
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Err(Status::not_found(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        // The quota is the servers': a mount sees a new one at its next statfs.
+        let v = find_volume(&self.0.shared.meta, volume)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("volume {volume}")))?;
+        Ok(Response::new(NodeExpandVolumeResponse {
+            capacity_bytes: v.policy.quota_bytes.map_or(0, |q| q as i64),
+        }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        let capabilities = [
+            rpc::Type::StageUnstageVolume,
+            rpc::Type::GetVolumeStats,
+            rpc::Type::ExpandVolume,
+            rpc::Type::VolumeCondition,
+        ]
+        .into_iter()
+        .map(|t| NodeServiceCapability {
+            r#type: Some(node_service_capability::Type::Rpc(
+                node_service_capability::Rpc { r#type: t as i32 },
+            )),
+        })
+        .collect();
+        Ok(Response::new(NodeGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        let mut segments: HashMap<String, String> = [(
+            TOPOLOGY_REGION.to_string(),
+            self.0.shared.region.to_string(),
+        )]
+        .into();
+        if let Some(z) = &self.0.zone {
+            segments.insert(TOPOLOGY_ZONE.to_string(), z.clone());
+        }
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.0.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: Some(Topology { segments }),
+        }))
+    }
+}
