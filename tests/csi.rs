@@ -412,7 +412,7 @@ async fn the_plugin_does_what_csi_sanity_checks_with_real_mounts() -> Result<()>
         code(
             ctl.list_volumes(ListVolumesRequest {
                 max_entries: 1,
-                starting_token: "../bogus".into(),
+                starting_token: "pvc-one".into(),
             })
             .await
         ),
@@ -616,7 +616,14 @@ async fn the_plugin_does_what_csi_sanity_checks_with_real_mounts() -> Result<()>
             node.node_get_volume_stats(stats_of(Path::new("/etc")))
                 .await
         ),
-        Code::InvalidArgument
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            node.node_get_volume_stats(stats_of(Path::new("rel/path")))
+                .await
+        ),
+        Code::NotFound
     );
     let grown = node
         .node_expand_volume(NodeExpandVolumeRequest {

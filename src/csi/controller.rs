@@ -20,6 +20,9 @@ use tonic::{Request, Response, Status};
 use super::checks;
 use super::{Shared, TOPOLOGY_REGION};
 
+/// What a ListVolumes paging token starts with.
+const TOKEN_PREFIX: &str = "after:";
+
 pub struct Controller {
     pub shared: Arc<Shared>,
 }
@@ -399,12 +402,18 @@ impl controller_server::Controller for Controller {
         if req.max_entries < 0 {
             return Err(Status::invalid_argument("max_entries cannot be negative"));
         }
-        if !req.starting_token.is_empty() && !checks::is_volume_name(&req.starting_token) {
-            return Err(Status::aborted(format!(
-                "starting_token {:?} is not one this plugin gave",
-                req.starting_token
-            )));
-        }
+        // A token is "after:" and the last volume of the previous page.
+        let after = match req.starting_token.as_str() {
+            "" => "",
+            t => match t.strip_prefix(TOKEN_PREFIX) {
+                Some(name) if checks::is_volume_name(name) => name,
+                _ => {
+                    return Err(Status::aborted(format!(
+                        "starting_token {t:?} is not one this plugin gave"
+                    )));
+                }
+            },
+        };
         let QueryReply::Volumes(mut vols) = self
             .shared
             .meta
@@ -414,7 +423,7 @@ impl controller_server::Controller for Controller {
         else {
             return Err(Status::internal("unexpected reply to a volume list"));
         };
-        vols.retain(|v| v.deleted.is_none() && v.name > req.starting_token);
+        vols.retain(|v| v.deleted.is_none() && v.name.as_str() > after);
         vols.sort_by(|a, b| a.name.cmp(&b.name));
         let max = if req.max_entries == 0 {
             usize::MAX
@@ -423,7 +432,9 @@ impl controller_server::Controller for Controller {
         };
         let next_token = if vols.len() > max {
             vols.truncate(max);
-            vols.last().map(|v| v.name.clone()).unwrap_or_default()
+            vols.last()
+                .map(|v| format!("{TOKEN_PREFIX}{}", v.name))
+                .unwrap_or_default()
         } else {
             String::new()
         };

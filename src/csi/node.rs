@@ -185,6 +185,27 @@ impl Node {
             .map_err(|e| internal("staging record", e))
     }
 
+    /// A path this node staged or published `volume` at: the volume must exist, and the
+    /// path be one of its staging or target paths here (anything else is not found).
+    async fn known_path(&self, volume: &str, path: &str) -> Result<PathBuf, Status> {
+        let volume = checks::volume_id(volume)?;
+        if path.is_empty() {
+            return Err(Status::invalid_argument("volume_path is required"));
+        }
+        if find_volume(&self.0.shared.meta, volume).await?.is_none() {
+            return Err(Status::not_found(format!("volume {volume}")));
+        }
+        let not_here = || Status::not_found(format!("volume {volume} is not at {path}"));
+        let path = checks::absolute_clean(Path::new(path)).map_err(|_| not_here())?;
+        self.0
+            .records
+            .all()
+            .into_iter()
+            .any(|s| s.volume == volume && (s.staging == path || s.published.contains_key(&path)))
+            .then_some(path)
+            .ok_or_else(not_here)
+    }
+
     /// The record holding `target`, if any.
     fn publisher_of(&self, target: &Path) -> Option<Staged> {
         self.0
@@ -391,23 +412,10 @@ impl node_server::Node for Node {
         request: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
-        checks::volume_id(&req.volume_id)?;
-        let path = self.confined(&req.volume_path, "volume_path")?;
-        let p = path.clone();
-        let stat = blocking(move || {
-            if std::fs::symlink_metadata(&p).is_err() && mounts::mounted_at(&p).is_none() {
-                return Ok(None);
-            }
-            Ok(Some(mounts::statvfs(&p)))
-        })
-        .await
-        .map_err(|e| internal("volume stats", e))?;
-        let Some(stat) = stat else {
-            return Err(Status::not_found(format!(
-                "{} does not exist",
-                path.display()
-            )));
-        };
+        let path = self.known_path(&req.volume_id, &req.volume_path).await?;
+        let stat = blocking(move || Ok(mounts::statvfs(&path)))
+            .await
+            .map_err(|e| internal("volume stats", e))?;
         Ok(Response::new(match stat {
             Ok(st) => {
                 let bs = st.f_frsize as i64;
@@ -451,13 +459,7 @@ impl node_server::Node for Node {
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         let volume = checks::volume_id(&req.volume_id)?;
-        let path = self.confined(&req.volume_path, "volume_path")?;
-        if std::fs::symlink_metadata(&path).is_err() {
-            return Err(Status::not_found(format!(
-                "{} does not exist",
-                path.display()
-            )));
-        }
+        self.known_path(volume, &req.volume_path).await?;
         // The quota is the servers': a mount sees a new one at its next statfs.
         let v = find_volume(&self.0.shared.meta, volume)
             .await?
