@@ -13,6 +13,14 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
 fi
 
+# The deploy/ manifests are validated against the Kubernetes schemas (offline) by
+# tests/deploy.rs, with kubernetes-validate and PyYAML from PyPI.
+if ! python3 -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; then
+  echo "== installing kubernetes-validate"
+  python3 -m pip install --quiet kubernetes-validate PyYAML \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate PyYAML
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
