@@ -689,22 +689,29 @@ async fn the_plugin_does_what_csi_sanity_checks_with_real_mounts() -> Result<()>
     Ok(())
 }
 
-/// The pids of `meridian mount` processes serving `staging`.
-fn mount_pids(staging: &Path) -> Vec<i32> {
+/// The pids of `meridian mount` processes of `staging`: (supervisors, serving processes).
+fn mount_pids(staging: &Path) -> (Vec<i32>, Vec<i32>) {
     let want = staging.as_os_str().as_encoded_bytes().to_vec();
-    fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|pid| {
-                    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                        let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
-                        args.contains(&&b"mount"[..]) && args.contains(&want.as_slice())
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut found = (Vec::new(), Vec::new());
+    for pid in fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let Ok(c) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+        if args.contains(&&b"mount"[..]) && args.contains(&want.as_slice()) {
+            if args.contains(&&b"--serve-fd"[..]) {
+                found.1.push(pid);
+            } else {
+                found.0.push(pid);
+            }
+        }
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -730,13 +737,11 @@ async fn a_dead_mount_is_mounted_again_by_the_running_plugin_and_after_its_resta
     f.sync_all()?;
     drop(f);
 
-    let kill_mount = || -> Result<()> {
-        let pids = mount_pids(&staging);
-        anyhow::ensure!(pids.len() == 1, "mount processes: {pids:?}");
+    let kill = |pid: i32| -> Result<()> {
         // SAFETY: kill(2) of a process this test's plugin started.
-        unsafe { libc::kill(pids[0], libc::SIGKILL) };
-        wait_for(Duration::from_secs(10), "the mount process to die", || {
-            fs::metadata(format!("/proc/{}/cmdline", pids[0]))
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_for(Duration::from_secs(10), "the process to die", || {
+            fs::metadata(format!("/proc/{pid}/cmdline"))
                 .is_err()
                 .then_some(())
         })
@@ -749,14 +754,43 @@ async fn a_dead_mount_is_mounted_again_by_the_running_plugin_and_after_its_resta
                 .map(|_| ())
         })
     };
+    let one = |v: Vec<i32>| -> Result<i32> {
+        anyhow::ensure!(v.len() == 1, "processes: {v:?}");
+        Ok(v[0])
+    };
 
-    // The running plugin notices within its check interval.
-    kill_mount()?;
+    // The serving process dies: the mount's supervisor starts another; nothing else
+    // notices, the plugin included.
+    let (sups, servers) = mount_pids(&staging);
+    let (sup, server) = (one(sups)?, one(servers)?);
+    kill(server)?;
+    readable("the supervisor to serve again")?;
+    assert_eq!(one(mount_pids(&staging).0)?, sup);
+
+    // The plugin is killed and restarted between publish and unpublish: the mount is not
+    // touched, and works throughout.
+    csi.kill();
+    fs::write(target.join("while-down.txt"), b"the plugin is down")?;
+    csi.spawn()?;
+    readable("the mount after the plugin's restart")?;
+    assert_eq!(
+        fs::read(target.join("while-down.txt"))?,
+        b"the plugin is down"
+    );
+    assert_eq!(
+        one(mount_pids(&staging).0)?,
+        sup,
+        "the plugin's restart remounted"
+    );
+
+    // The whole mount dies (its supervisor killed): the running plugin mounts again
+    // within its check interval, and binds the target again.
+    kill(sup)?;
     readable("the plugin to mount again").with_context(|| log_tail(&csi.log, 20))?;
 
     // A plugin killed with its mount dead mounts again when it starts.
     csi.kill();
-    kill_mount()?;
+    kill(one(mount_pids(&staging).0)?)?;
     let e = fs::read(target.join("kept.bin")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
     csi.spawn()?;
@@ -778,6 +812,6 @@ async fn a_dead_mount_is_mounted_again_by_the_running_plugin_and_after_its_resta
         staging_target_path: staging.display().to_string(),
     })
     .await?;
-    assert!(!common::is_mounted(&staging) && mount_pids(&staging).is_empty());
+    assert!(!common::is_mounted(&staging) && mount_pids(&staging) == (vec![], vec![]));
     Ok(())
 }

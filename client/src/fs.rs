@@ -99,6 +99,13 @@ pub struct FsOptions {
     /// Directories this mount creates are leased to it, and it answers mkdir, rmdir and
     /// unlink in them alone until another client needs them (docs/adr/0006).
     pub write_back: bool,
+    /// The first file and directory handle number this process gives. A mount whose
+    /// serving process was replaced (docs/adr/0008) starts each process's handles in a
+    /// range of its own, so the kernel's handles of the one before never collide with
+    /// new ones; and it takes on handles it does not know (`adopt_handles`).
+    pub handle_base: u64,
+    /// Handles this process did not open are taken on as they come, rather than refused.
+    pub adopt_handles: bool,
 }
 
 impl Default for FsOptions {
@@ -110,6 +117,8 @@ impl Default for FsOptions {
             upload_parallelism: 8,
             compact_after: std::time::Duration::from_secs(5),
             write_back: true,
+            handle_base: 1,
+            adopt_handles: false,
         }
     }
 }
@@ -202,6 +211,7 @@ impl FileSystem {
         let blocks =
             BlockClient::new(map, zone, Default::default()).with_regions(&volume.policy.regions);
         let write_back = options.write_back && volume.policy.regions.len() <= 1;
+        let first_fh = options.handle_base.max(1);
         let fs = Arc::new_cyclic(|me| FileSystem {
             me: me.clone(),
             meta,
@@ -212,7 +222,7 @@ impl FileSystem {
             handles: Default::default(),
             write_generation: AtomicU64::new(0),
             hidden: Default::default(),
-            next_fh: AtomicU64::new(1),
+            next_fh: AtomicU64::new(first_fh),
             kernel: KernelView::default(),
             feed: Default::default(),
             atimes: Default::default(),

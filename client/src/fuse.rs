@@ -38,6 +38,41 @@ struct OpenDirs {
     listings: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<DirItem>>>>,
 }
 
+/// A directory's entries as the kernel lists them ("." and ".." first).
+async fn list_dir(
+    fs: &FileSystem,
+    dir: InodeId,
+    ino: INodeNo,
+    c: &meridian_proto::ns::Creds,
+    root: InodeId,
+) -> Result<Vec<DirItem>, crate::fs::Errno> {
+    let entries = fs.readdir(dir, c).await?;
+    let mut all: Vec<DirItem> = vec![
+        (ino, FileType::Directory, b".".to_vec()),
+        (ino, FileType::Directory, b"..".to_vec()),
+    ];
+    all.extend(entries.into_iter().map(|e| {
+        let k = if e.ino == root {
+            INodeNo::ROOT
+        } else {
+            INodeNo(e.ino.0)
+        };
+        (k, kind(e.kind), e.name)
+    }));
+    Ok(all)
+}
+
+/// Answers a readdir from a listing, from `offset` on.
+fn reply_listing(listing: &[DirItem], offset: u64, mut reply: ReplyDirectory) {
+    for (i, (k, t, name)) in listing.iter().enumerate().skip(offset as usize) {
+        // The offset of an entry is where the next readdir continues.
+        if reply.add(*k, (i + 1) as u64, *t, OsStr::from_bytes(name)) {
+            break;
+        }
+    }
+    reply.ok();
+}
+
 /// A volume mounted through FUSE.
 pub struct FuseFs {
     fs: Arc<FileSystem>,
@@ -50,11 +85,20 @@ impl FuseFs {
     /// Serves `fs`, running its work on `rt`.
     pub fn new(fs: Arc<FileSystem>, rt: Handle) -> Self {
         let root = fs.volume().root;
-        FuseFs {
-            fs,
-            rt,
-            root,
-            dirs: Arc::default(),
+        let dirs = Arc::new(OpenDirs {
+            next: std::sync::atomic::AtomicU64::new(fs.handle_base().max(1) - 1),
+            ..Default::default()
+        });
+        FuseFs { fs, rt, root, dirs }
+    }
+
+    /// Takes on a file handle a previous serving process opened (see
+    /// [`FileSystem::adopt_handle`]).
+    fn adopt(&self, req: &Request, ino: INodeNo, fh: FileHandle, flags: Option<OpenFlags>) {
+        if self.fs.adopts_handles() {
+            let append = flags.is_some_and(|f| f.0 & libc::O_APPEND != 0);
+            self.fs
+                .adopt_handle(fh.0, self.ino(ino), append, &creds(req));
         }
     }
 
@@ -344,15 +388,16 @@ impl Filesystem for FuseFs {
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.adopt(req, ino, fh, Some(flags));
         let fs = self.fs.clone();
         self.spawn(async move {
             match fs.read(fh.0, offset, size).await {
@@ -364,16 +409,17 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _wf: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.adopt(req, ino, fh, Some(flags));
         let (fs, data) = (self.fs.clone(), data.to_vec());
         self.spawn(async move {
             match fs.write(fh.0, offset, &data).await {
@@ -385,26 +431,28 @@ impl Filesystem for FuseFs {
 
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.adopt(req, ino, fh, None);
         let fs = self.fs.clone();
         self.reply_empty(reply, async move { fs.flush(fh.0).await });
     }
 
     fn release(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.adopt(req, ino, fh, Some(flags));
         let fs = self.fs.clone();
         self.reply_empty(reply, async move { fs.release(fh.0).await });
     }
@@ -431,22 +479,10 @@ impl Filesystem for FuseFs {
             self.dirs.clone(),
         );
         self.spawn(async move {
-            let entries = match fs.readdir(dir, &c).await {
-                Ok(e) => e,
+            let all = match list_dir(&fs, dir, ino, &c, root).await {
+                Ok(all) => all,
                 Err(e) => return reply.error(err(e)),
             };
-            let mut all: Vec<DirItem> = vec![
-                (ino, FileType::Directory, b".".to_vec()),
-                (ino, FileType::Directory, b"..".to_vec()),
-            ];
-            all.extend(entries.into_iter().map(|e| {
-                let k = if e.ino == root {
-                    INodeNo::ROOT
-                } else {
-                    INodeNo(e.ino.0)
-                };
-                (k, kind(e.kind), e.name)
-            }));
             let fh = dirs.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             dirs.listings
                 .lock()
@@ -458,11 +494,11 @@ impl Filesystem for FuseFs {
 
     fn readdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let listing = self
             .dirs
@@ -471,16 +507,35 @@ impl Filesystem for FuseFs {
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh.0)
             .cloned();
-        let Some(listing) = listing else {
-            return reply.error(Errno::EBADF);
-        };
-        for (i, (k, t, name)) in listing.iter().enumerate().skip(offset as usize) {
-            // The offset of an entry is where the next readdir continues.
-            if reply.add(*k, (i + 1) as u64, *t, OsStr::from_bytes(name)) {
-                break;
+        match listing {
+            Some(listing) => reply_listing(&listing, offset, reply),
+            None if self.fs.adopts_handles() => {
+                // A handle of the process that served before: listed again under it, so
+                // the reader carries on (from the same offset of a fresh listing).
+                let (fs, dir, c, root, dirs) = (
+                    self.fs.clone(),
+                    self.ino(ino),
+                    creds(req),
+                    self.root,
+                    self.dirs.clone(),
+                );
+                self.spawn(async move {
+                    match list_dir(&fs, dir, ino, &c, root).await {
+                        Ok(all) => {
+                            let all = Arc::new(all);
+                            dirs.listings
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(fh.0)
+                                .or_insert(all.clone());
+                            reply_listing(&all, offset, reply);
+                        }
+                        Err(e) => reply.error(err(e)),
+                    }
+                });
             }
+            None => reply.error(Errno::EBADF),
         }
-        reply.ok();
     }
 
     fn releasedir(

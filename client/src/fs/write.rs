@@ -99,7 +99,61 @@ impl FileSystem {
 
     fn open_handle(&self, ino: InodeId, append: bool, creds: &Creds) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let f = OpenFile {
+        let f = self.new_open_file(ino, append, creds);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(AsyncMutex::new(f)));
+        fh
+    }
+
+    /// Takes on a handle the kernel holds from a previous serving process of this mount
+    /// (it restarted, or was replaced): the same file, as if opened now. Nothing if the
+    /// handle is known, or if this process does not adopt handles.
+    pub fn adopt_handle(&self, fh: u64, ino: InodeId, append: bool, creds: &Creds) {
+        if !self.options.adopt_handles {
+            return;
+        }
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(fh)
+            .or_insert_with(|| Arc::new(AsyncMutex::new(self.new_open_file(ino, append, creds))));
+    }
+
+    /// Whether this process takes on handles it did not open.
+    pub fn adopts_handles(&self) -> bool {
+        self.options.adopt_handles
+    }
+
+    /// The first handle number this process gives.
+    pub fn handle_base(&self) -> u64 {
+        self.options.handle_base
+    }
+
+    /// Commits what every open handle holds unflushed (a serving process handing its
+    /// mount over). The first error is returned; every handle is tried.
+    pub async fn flush_all(&self) -> Result<(), Errno> {
+        let fhs: Vec<u64> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let mut first = Ok(());
+        for fh in fhs {
+            if let Err(e) = self.flush(fh).await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
+    fn new_open_file(&self, ino: InodeId, append: bool, creds: &Creds) -> OpenFile {
+        OpenFile {
             ino,
             append,
             creds: creds.clone(),
@@ -111,12 +165,7 @@ impl FileSystem {
             seen_failures: self.leases.failures(),
             next_read: None,
             near_reads: 0,
-        };
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(AsyncMutex::new(f)));
-        fh
+        }
     }
 
     /// Creates (O_CREAT, with O_EXCL if `exclusive`) and opens a regular file.
