@@ -276,10 +276,7 @@ async fn the_plugin_does_what_csi_sanity_checks_with_real_mounts() -> Result<()>
             },
         )),
     });
-    assert_eq!(
-        code(ctl.create_volume(from_snap).await),
-        Code::Unimplemented
-    );
+    assert_eq!(code(ctl.create_volume(from_snap).await), Code::NotFound);
     // None of them made a volume.
     let listed = |r: ListVolumesResponse| -> Vec<String> {
         r.entries
@@ -455,7 +452,7 @@ async fn the_plugin_does_what_csi_sanity_checks_with_real_mounts() -> Result<()>
     assert!(cap.available_capacity > 0);
     assert_eq!(
         code(ctl.create_snapshot(CreateSnapshotRequest::default()).await),
-        Code::Unimplemented
+        Code::InvalidArgument
     );
 
     // Node identity.
@@ -635,6 +632,170 @@ async fn the_plugin_does_what_csi_sanity_checks_with_real_mounts() -> Result<()>
         .into_inner();
     assert_eq!(grown.capacity_bytes, 3 * GIB);
 
+    // Snapshots: one taken while files change shows them as they were.
+    let big = common::random_bytes(5, 3 << 20);
+    fs::write(a.join("big.bin"), &big)?;
+    let snap_req = |source: &str, name: &str| CreateSnapshotRequest {
+        source_volume_id: source.into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let s1 = ctl
+        .create_snapshot(snap_req("pvc-one", "snapshot-1"))
+        .await?
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(
+        s1.ready_to_use && s1.source_volume_id == "pvc-one",
+        "{s1:?}"
+    );
+    assert!(s1.size_bytes >= big.len() as i64 && s1.creation_time.is_some());
+    let again = ctl
+        .create_snapshot(snap_req("pvc-one", "snapshot-1"))
+        .await?
+        .into_inner();
+    assert_eq!(again.snapshot.unwrap().snapshot_id, s1.snapshot_id);
+    assert_eq!(
+        code(ctl.create_snapshot(snap_req("pvc-two", "snapshot-1")).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(
+            ctl.create_snapshot(snap_req("pvc-nope", "snapshot-x"))
+                .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(ctl.create_snapshot(snap_req("pvc-one", "")).await),
+        Code::InvalidArgument
+    );
+    fs::write(a.join("hello.txt"), b"changed after the snapshot")?;
+    ctl.create_snapshot(snap_req("pvc-one", "snapshot-2"))
+        .await?;
+    ctl.create_snapshot(snap_req("pvc-two", "snapshot-3"))
+        .await?;
+    let snaps = |r: ListSnapshotsResponse| -> Vec<String> {
+        r.entries
+            .into_iter()
+            .filter_map(|e| e.snapshot.map(|s| s.snapshot_id))
+            .collect()
+    };
+    let (mut token, mut paged) = (String::new(), Vec::new());
+    loop {
+        let r = ctl
+            .list_snapshots(ListSnapshotsRequest {
+                max_entries: 1,
+                starting_token: token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        token = r.next_token.clone();
+        paged.extend(snaps(r));
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(paged, ["snapshot-1", "snapshot-2", "snapshot-3"]);
+    let of_one = ctl
+        .list_snapshots(ListSnapshotsRequest {
+            source_volume_id: "pvc-one".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(snaps(of_one), ["snapshot-1", "snapshot-2"]);
+    let by_id = |id: &str| ListSnapshotsRequest {
+        snapshot_id: id.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        snaps(ctl.list_snapshots(by_id("snapshot-3")).await?.into_inner()),
+        ["snapshot-3"]
+    );
+    assert!(snaps(ctl.list_snapshots(by_id("snapshot-9")).await?.into_inner()).is_empty());
+    assert_eq!(
+        code(
+            ctl.list_snapshots(ListSnapshotsRequest {
+                starting_token: "bogus".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::Aborted
+    );
+    let vols = listed(
+        ctl.list_volumes(ListVolumesRequest::default())
+            .await?
+            .into_inner(),
+    );
+    assert!(!vols.iter().any(|v| v.starts_with("snapshot")), "{vols:?}");
+
+    // A volume made from the snapshot has the files as they were, the same bytes, and
+    // then goes its own way.
+    let from = |snapshot: &str| {
+        let mut r = create_req("pvc-restored", 3 * GIB);
+        r.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(volume_content_source::Type::Snapshot(
+                volume_content_source::SnapshotSource {
+                    snapshot_id: snapshot.into(),
+                },
+            )),
+        });
+        r
+    };
+    let rv = ctl
+        .create_volume(from(&s1.snapshot_id))
+        .await?
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(
+        rv.content_source,
+        from(&s1.snapshot_id).volume_content_source
+    );
+    let rv_again = ctl.create_volume(from(&s1.snapshot_id)).await?.into_inner();
+    assert_eq!(rv_again.volume.unwrap().volume_id, rv.volume_id);
+    let (rstage, r) = (
+        root.join("plugins/staging/restored"),
+        root.join("pods/r/volumes/vol"),
+    );
+    node.node_stage_volume(stage_req(&rv.volume_id, &rstage))
+        .await?;
+    node.node_publish_volume(publish_req(&rv.volume_id, &rstage, &r, false))
+        .await?;
+    assert_eq!(fs::read(r.join("hello.txt"))?, b"from pod a");
+    assert_eq!(
+        blake3::hash(&fs::read(r.join("big.bin"))?),
+        blake3::hash(&fs::read(a.join("big.bin"))?)
+    );
+    assert_eq!(fs::read(r.join("data/x/in-sub.txt"))?, b"sub");
+    fs::write(r.join("data/x/in-sub.txt"), b"diverged")?;
+    assert_eq!(fs::read(a.join("data/x/in-sub.txt"))?, b"sub");
+    assert_eq!(fs::read(r.join("data/x/in-sub.txt"))?, b"diverged");
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: rv.volume_id.clone(),
+        target_path: r.display().to_string(),
+    })
+    .await?;
+    node.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: rv.volume_id.clone(),
+        staging_target_path: rstage.display().to_string(),
+    })
+    .await?;
+    // A clone of a volume, directly.
+    let mut clone = create_req("pvc-clone", 3 * GIB);
+    clone.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: "pvc-one".into(),
+            },
+        )),
+    });
+    ctl.create_volume(clone).await?;
+
     // Unpublish and unstage undo exactly that, twice, and for targets never published.
     let unpublish = |t: &Path| NodeUnpublishVolumeRequest {
         volume_id: "pvc-one".into(),
@@ -643,7 +804,10 @@ async fn the_plugin_does_what_csi_sanity_checks_with_real_mounts() -> Result<()>
     node.node_unpublish_volume(unpublish(&a)).await?;
     node.node_unpublish_volume(unpublish(&a)).await?;
     assert!(!is_mount_point(&a) && !a.exists());
-    assert_eq!(fs::read(b.join("hello.txt"))?, b"from pod a");
+    assert_eq!(
+        fs::read(b.join("hello.txt"))?,
+        b"changed after the snapshot"
+    );
     node.node_unpublish_volume(unpublish(&root.join("pods/never/vol")))
         .await?;
     assert_eq!(
@@ -686,6 +850,42 @@ async fn the_plugin_does_what_csi_sanity_checks_with_real_mounts() -> Result<()>
             .into_inner(),
     );
     assert!(!left.contains(&"pvc-one".to_string()) && left.contains(&"pvc-two".to_string()));
+
+    // The snapshot outlives its source, and a volume can still be made from it.
+    assert_eq!(
+        snaps(ctl.list_snapshots(by_id("snapshot-1")).await?.into_inner()),
+        ["snapshot-1"]
+    );
+    let mut late = from("snapshot-1");
+    late.name = "pvc-late".into();
+    let late = ctl.create_volume(late).await?.into_inner().volume.unwrap();
+    assert_eq!(late.volume_id, "pvc-late");
+    assert_eq!(
+        code(ctl.delete_volume(delete("snapshot-1")).await),
+        Code::InvalidArgument
+    );
+    let del_snap = |id: &str| DeleteSnapshotRequest {
+        snapshot_id: id.into(),
+        ..Default::default()
+    };
+    ctl.delete_snapshot(del_snap("snapshot-1")).await?;
+    ctl.delete_snapshot(del_snap("snapshot-1")).await?;
+    // A volume's id is no snapshot's: nothing is deleted.
+    ctl.delete_snapshot(del_snap("pvc-two")).await?;
+    let left = snaps(
+        ctl.list_snapshots(ListSnapshotsRequest::default())
+            .await?
+            .into_inner(),
+    );
+    assert_eq!(left, ["snapshot-2", "snapshot-3"]);
+    assert!(
+        listed(
+            ctl.list_volumes(ListVolumesRequest::default())
+                .await?
+                .into_inner()
+        )
+        .contains(&"pvc-two".to_string())
+    );
     Ok(())
 }
 

@@ -219,6 +219,13 @@ pub struct Volume {
     /// concurrent change from another region can bring it back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<Hlc>,
+    /// A snapshot: frozen, every change refused with EROFS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// The volume it was copied from (a snapshot's source, a clone's snapshot), by name
+    /// as of the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// Who is asking: the credentials of the calling process.
@@ -309,6 +316,18 @@ pub enum Op {
     DeleteVolume {
         /// Name.
         name: String,
+    },
+    /// Copy a volume's whole namespace, at this instant, into a new volume: a snapshot
+    /// (`read_only`) or a writable clone. The copy shares every block with the source
+    /// (content addressing: only the references count up), so it costs metadata only.
+    /// Volumes of one region only.
+    CloneVolume {
+        /// The volume copied.
+        source: String,
+        /// The new volume's name.
+        name: String,
+        /// A snapshot: every change to the copy is refused (EROFS).
+        read_only: bool,
     },
     /// Set a volume's byte quota (none: unlimited). A quota below what the volume holds
     /// already is allowed: writes that would grow it fail until it shrinks.
@@ -708,6 +727,9 @@ pub enum NsError {
     /// EIO: the store itself failed.
     #[error("metadata store: {0}")]
     Store(String),
+    /// EROFS: the volume is a snapshot.
+    #[error("read-only volume: {0}")]
+    ReadOnly(String),
 }
 
 impl NsError {
@@ -731,6 +753,7 @@ impl NsError {
             NsError::NotSupported(_) => libc_errno::EOPNOTSUPP,
             NsError::Conflict(_) => libc_errno::EAGAIN,
             NsError::Store(_) => libc_errno::EIO,
+            NsError::ReadOnly(_) => libc_errno::EROFS,
         }
     }
 }
@@ -753,6 +776,7 @@ pub mod libc_errno {
     pub const EISDIR: i32 = 21;
     pub const EINVAL: i32 = 22;
     pub const EMLINK: i32 = 31;
+    pub const EROFS: i32 = 30;
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOTEMPTY: i32 = 39;
     pub const ENODATA: i32 = 61;

@@ -228,10 +228,104 @@ async fn empty_dir(meta: &MetaClient, dir: InodeId) -> Result<(), Status> {
     }
 }
 
-fn unimplemented_snapshots() -> Status {
-    Status::unimplemented(
-        "volume snapshots are not built yet (issue 15): this plugin does not offer them",
-    )
+impl Controller {
+    /// A snapshot as CSI describes it (its time is its root's birth).
+    async fn snapshot(&self, v: &MVolume) -> Result<Snapshot, Status> {
+        let created = match self
+            .shared
+            .meta
+            .query(&Query::GetAttr { ino: v.root }, false)
+            .await
+            .map_err(status)?
+        {
+            QueryReply::Attr(a) => Some(prost_types::Timestamp {
+                seconds: a.crtime.sec,
+                nanos: a.crtime.nsec as i32,
+            }),
+            _ => None,
+        };
+        Ok(Snapshot {
+            size_bytes: i64::try_from(v.used_bytes).unwrap_or(i64::MAX),
+            snapshot_id: v.name.clone(),
+            source_volume_id: v.origin.clone().unwrap_or_default(),
+            creation_time: created,
+            ready_to_use: true,
+            group_snapshot_id: String::new(),
+        })
+    }
+
+    /// CreateVolume from a snapshot (`snapshot`) or another volume: a writable copy
+    /// sharing its blocks, with the capacity asked (or the source's).
+    async fn create_copy(
+        &self,
+        req: &CreateVolumeRequest,
+        source: &str,
+        snapshot: bool,
+    ) -> Result<CreateVolumeResponse, Status> {
+        let meta = &self.shared.meta;
+        let name = checks::volume_name_for(&req.name);
+        let quota = quota_from(req.capacity_range.as_ref())?;
+        let content_source = req.volume_content_source.clone();
+        let answer = |v: &MVolume| CreateVolumeResponse {
+            volume: Some(Volume {
+                content_source: content_source.clone(),
+                ..csi_volume(v, self.shared.region)
+            }),
+        };
+        if let Some(v) = find_volume(meta, &name).await? {
+            return if v.origin.as_deref() == Some(source)
+                && !v.read_only
+                && (quota.is_none() || v.policy.quota_bytes == quota)
+            {
+                Ok(answer(&v))
+            } else {
+                Err(Status::already_exists(format!(
+                    "volume {name} exists, and is not this copy of {source}"
+                )))
+            };
+        }
+        let src = match find_volume(meta, source).await? {
+            Some(v) if v.read_only == snapshot => v,
+            _ => {
+                let what = if snapshot { "snapshot" } else { "volume" };
+                return Err(Status::not_found(format!("{what} {source}")));
+            }
+        };
+        if let (Some(q), Some(have)) = (quota, src.policy.quota_bytes.or(Some(src.used_bytes)))
+            && q < have.max(src.used_bytes)
+        {
+            return Err(Status::out_of_range(format!(
+                "{source} holds {} bytes: a copy cannot be smaller",
+                have.max(src.used_bytes)
+            )));
+        }
+        let made = meta
+            .mutate(&Op::CloneVolume {
+                source: source.to_string(),
+                name: name.clone(),
+                read_only: false,
+            })
+            .await;
+        let mut v = match made {
+            Ok(meridian_proto::ns::Reply::Volume(v)) => v,
+            Err(MetaError::Ns(NsError::NotSupported(m))) => {
+                return Err(Status::failed_precondition(m));
+            }
+            Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+            Err(e) => return Err(status(e)),
+        };
+        if quota.is_some() && v.policy.quota_bytes != quota {
+            meta.mutate(&Op::SetVolumeQuota {
+                name: name.clone(),
+                quota_bytes: quota,
+            })
+            .await
+            .map_err(status)?;
+            v.policy.quota_bytes = quota;
+        }
+        tracing::info!(volume = %v.name, %source, "volume made from a copy");
+        Ok(answer(&v))
+    }
 }
 
 #[tonic::async_trait]
@@ -250,10 +344,24 @@ impl controller_server::Controller for Controller {
         for cap in &req.volume_capabilities {
             checks::capability(Some(cap))?;
         }
-        if req.volume_content_source.is_some() {
-            return Err(Status::unimplemented(
-                "volumes made from a snapshot or another volume are not built yet (issue 15)",
-            ));
+        let source = match req
+            .volume_content_source
+            .as_ref()
+            .and_then(|c| c.r#type.as_ref())
+        {
+            None => None,
+            Some(volume_content_source::Type::Snapshot(s)) => {
+                Some((checks::volume_id(&s.snapshot_id)?.to_string(), true))
+            }
+            Some(volume_content_source::Type::Volume(v)) => {
+                Some((checks::volume_id(&v.volume_id)?.to_string(), false))
+            }
+        };
+        if let Some((src, snapshot)) = &source {
+            return self
+                .create_copy(&req, src, *snapshot)
+                .await
+                .map(Response::new);
         }
         let mut policy = policy_from(&req.parameters)?;
         let quota = quota_from(req.capacity_range.as_ref())?;
@@ -321,6 +429,11 @@ impl controller_server::Controller for Controller {
             // Deleting what is not there succeeds: the call may be a retry.
             return Ok(Response::new(DeleteVolumeResponse {}));
         };
+        if v.read_only {
+            return Err(Status::invalid_argument(format!(
+                "{name} is a snapshot: delete it with DeleteSnapshot"
+            )));
+        }
         empty_dir(meta, v.root).await?;
         match meta
             .mutate(&Op::DeleteVolume {
@@ -423,7 +536,7 @@ impl controller_server::Controller for Controller {
         else {
             return Err(Status::internal("unexpected reply to a volume list"));
         };
-        vols.retain(|v| v.deleted.is_none() && v.name.as_str() > after);
+        vols.retain(|v| v.deleted.is_none() && !v.read_only && v.name.as_str() > after);
         vols.sort_by(|a, b| a.name.cmp(&b.name));
         let max = if req.max_entries == 0 {
             usize::MAX
@@ -508,6 +621,9 @@ impl controller_server::Controller for Controller {
             rpc::Type::ListVolumes,
             rpc::Type::GetCapacity,
             rpc::Type::ExpandVolume,
+            rpc::Type::CreateDeleteSnapshot,
+            rpc::Type::ListSnapshots,
+            rpc::Type::CloneVolume,
         ]
         .into_iter()
         .map(|t| ControllerServiceCapability {
@@ -523,30 +639,166 @@ impl controller_server::Controller for Controller {
 
     async fn create_snapshot(
         &self,
-        _: Request<CreateSnapshotRequest>,
+        request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
-        Err(unimplemented_snapshots())
+        let req = request.into_inner();
+        if req.source_volume_id.is_empty() {
+            return Err(Status::invalid_argument("source_volume_id is required"));
+        }
+        let source = checks::volume_id(&req.source_volume_id)?;
+        if req.name.is_empty() {
+            return Err(Status::invalid_argument("name is required"));
+        }
+        if let Some(k) = req.parameters.keys().next() {
+            return Err(Status::invalid_argument(format!(
+                "unknown snapshot parameter {k:?}"
+            )));
+        }
+        let name = checks::volume_name_for(&req.name);
+        let meta = &self.shared.meta;
+        if let Some(v) = find_volume(meta, &name).await? {
+            return if v.read_only && v.origin.as_deref() == Some(source) {
+                Ok(Response::new(CreateSnapshotResponse {
+                    snapshot: Some(self.snapshot(&v).await?),
+                }))
+            } else {
+                Err(Status::already_exists(format!(
+                    "{name} exists, and is not a snapshot of {source}"
+                )))
+            };
+        }
+        match find_volume(meta, source).await? {
+            Some(v) if !v.read_only => {}
+            _ => return Err(Status::not_found(format!("volume {source}"))),
+        }
+        let made = meta
+            .mutate(&Op::CloneVolume {
+                source: source.to_string(),
+                name: name.clone(),
+                read_only: true,
+            })
+            .await;
+        let v = match made {
+            Ok(meridian_proto::ns::Reply::Volume(v)) => v,
+            Err(MetaError::Ns(NsError::Exists(_))) => match find_volume(meta, &name).await? {
+                Some(v) if v.read_only && v.origin.as_deref() == Some(source) => v,
+                _ => return Err(Status::already_exists(format!("{name} exists"))),
+            },
+            Err(MetaError::Ns(NsError::NotSupported(m))) => {
+                return Err(Status::failed_precondition(m));
+            }
+            Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+            Err(e) => return Err(status(e)),
+        };
+        tracing::info!(snapshot = %v.name, %source, "snapshot taken");
+        Ok(Response::new(CreateSnapshotResponse {
+            snapshot: Some(self.snapshot(&v).await?),
+        }))
     }
 
     async fn delete_snapshot(
         &self,
-        _: Request<DeleteSnapshotRequest>,
+        request: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        Err(unimplemented_snapshots())
+        let req = request.into_inner();
+        if req.snapshot_id.is_empty() {
+            return Err(Status::invalid_argument("snapshot_id is required"));
+        }
+        let name = checks::volume_id(&req.snapshot_id)?;
+        let meta = &self.shared.meta;
+        // A volume that is not a snapshot is no snapshot of this id: nothing to delete.
+        if let Some(v) = find_volume(meta, name).await?
+            && v.read_only
+        {
+            match meta
+                .mutate(&Op::DeleteVolume {
+                    name: name.to_string(),
+                })
+                .await
+            {
+                Ok(_) | Err(MetaError::Ns(NsError::NotFound(_))) => {}
+                Err(e) => return Err(status(e)),
+            }
+            tracing::info!(snapshot = %name, "snapshot deleted");
+        }
+        Ok(Response::new(DeleteSnapshotResponse {}))
     }
 
     async fn list_snapshots(
         &self,
-        _: Request<ListSnapshotsRequest>,
+        request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        Err(unimplemented_snapshots())
+        let req = request.into_inner();
+        if req.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries cannot be negative"));
+        }
+        let after = match req.starting_token.as_str() {
+            "" => "",
+            t => match t.strip_prefix(TOKEN_PREFIX) {
+                Some(name) if checks::is_volume_name(name) => name,
+                _ => {
+                    return Err(Status::aborted(format!(
+                        "starting_token {t:?} is not one this plugin gave"
+                    )));
+                }
+            },
+        };
+        let QueryReply::Volumes(mut snaps) = self
+            .shared
+            .meta
+            .query(&Query::Volumes, false)
+            .await
+            .map_err(status)?
+        else {
+            return Err(Status::internal("unexpected reply to a volume list"));
+        };
+        snaps.retain(|v| {
+            v.deleted.is_none()
+                && v.read_only
+                && v.name.as_str() > after
+                && (req.snapshot_id.is_empty() || v.name == req.snapshot_id)
+                && (req.source_volume_id.is_empty()
+                    || v.origin.as_deref() == Some(req.source_volume_id.as_str()))
+        });
+        snaps.sort_by(|a, b| a.name.cmp(&b.name));
+        let max = if req.max_entries == 0 {
+            usize::MAX
+        } else {
+            req.max_entries as usize
+        };
+        let next_token = if snaps.len() > max {
+            snaps.truncate(max);
+            snaps
+                .last()
+                .map(|v| format!("{TOKEN_PREFIX}{}", v.name))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut entries = Vec::with_capacity(snaps.len());
+        for v in &snaps {
+            entries.push(list_snapshots_response::Entry {
+                snapshot: Some(self.snapshot(v).await?),
+            });
+        }
+        Ok(Response::new(ListSnapshotsResponse {
+            entries,
+            next_token,
+        }))
     }
 
     async fn get_snapshot(
         &self,
-        _: Request<GetSnapshotRequest>,
+        request: Request<GetSnapshotRequest>,
     ) -> Result<Response<GetSnapshotResponse>, Status> {
-        Err(unimplemented_snapshots())
+        let req = request.into_inner();
+        let name = checks::volume_id(&req.snapshot_id)?;
+        match find_volume(&self.shared.meta, name).await? {
+            Some(v) if v.read_only => Ok(Response::new(GetSnapshotResponse {
+                snapshot: Some(self.snapshot(&v).await?),
+            })),
+            _ => Err(Status::not_found(format!("snapshot {name}"))),
+        }
     }
 
     async fn controller_expand_volume(

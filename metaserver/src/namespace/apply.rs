@@ -45,7 +45,12 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     let mut ctx = Ctx::new(hlc, cmd.now, None, 0);
     ctx.given = cmd.ino;
     t.undo = Some(Vec::new());
-    let outcome = apply_op(t, &cmd.op, &ctx);
+    let outcome = match &volume {
+        Some(v) if v.read_only && !allowed_when_read_only(&cmd.op) => Err(NsError::ReadOnly(
+            format!("volume {} is a snapshot", v.name),
+        )),
+        _ => apply_op(t, &cmd.op, &ctx),
+    };
     let images = t.undo.take().unwrap_or_default();
     match &outcome {
         Err(NsError::Store(_)) => return outcome,
@@ -102,6 +107,15 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     outcome
 }
 
+/// What a snapshot (a read-only volume) still lets through: its own deletion and quota,
+/// and copies made of it (a clone or a restore).
+fn allowed_when_read_only(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::DeleteVolume { .. } | Op::SetVolumeQuota { .. } | Op::CloneVolume { .. }
+    )
+}
+
 /// The volume an operation changes, as it is before the operation (none for a new volume
 /// or a missing inode, where the operation fails or says itself).
 fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
@@ -110,6 +124,7 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
         Op::DeleteVolume { name } | Op::SetVolumeQuota { name, .. } => {
             return read_volume(t.volumes(), name);
         }
+        Op::CloneVolume { source, .. } => return read_volume(t.volumes(), source),
         Op::Mknod { parent, .. }
         | Op::Symlink { parent, .. }
         | Op::Unlink { parent, .. }
@@ -160,7 +175,7 @@ fn origin_may_change(t: &WriteTables<'_>, record: &Record) -> Result<(), NsError
     // (A volume's deletion replays by id: its name may belong to another volume by now.)
     if !matches!(
         record.op,
-        Op::DeleteVolume { .. } | Op::SetVolumeQuota { .. }
+        Op::DeleteVolume { .. } | Op::SetVolumeQuota { .. } | Op::CloneVolume { .. }
     ) && let Some(v) = op_volume(t, &record.op)?
         && v.id != vol.id
     {
@@ -328,7 +343,8 @@ fn skip_detail(record: &Record, e: &NsError) -> String {
             let target = match &record.op {
                 Op::CreateVolume { name, .. }
                 | Op::DeleteVolume { name }
-                | Op::SetVolumeQuota { name, .. } => {
+                | Op::SetVolumeQuota { name, .. }
+                | Op::CloneVolume { name, .. } => {
                     format!("volume {name:?}")
                 }
                 Op::Mknod { parent, name, .. }
@@ -363,6 +379,7 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::CreateVolume { .. } => "create volume",
         Op::DeleteVolume { .. } => "delete volume",
         Op::SetVolumeQuota { .. } => "set volume quota",
+        Op::CloneVolume { .. } => "copy volume",
         Op::Mknod { .. } => "create",
         Op::Symlink { .. } => "symlink",
         Op::Link { .. } => "link",
@@ -387,6 +404,11 @@ pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Resul
     match op {
         Op::CreateVolume { name, policy } => volumes::create_volume(t, ctx, name, policy),
         Op::DeleteVolume { name } => volumes::delete_volume(t, ctx, name),
+        Op::CloneVolume {
+            source,
+            name,
+            read_only,
+        } => volumes::clone_volume(t, ctx, source, name, *read_only),
         Op::SetVolumeQuota { name, quota_bytes } => {
             volumes::set_volume_quota(t, ctx, name, *quota_bytes)
         }

@@ -1260,3 +1260,115 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn snapshots_and_clones_copy_the_namespace_at_once_and_share_blocks() {
+    let mut fs = Fs::new();
+    let unlink = |name: &str, parent| Op::Unlink {
+        parent,
+        name: name.into(),
+        creds: Creds::root(),
+    };
+    let src = fs.volume("src", VolumePolicy::default()).unwrap();
+    let d = fs.mk(src.root, "d", FileKind::Dir, &Creds::root()).unwrap();
+    let f = fs.create(d.ino, "f");
+    commit(&mut fs, f.ino, vec![extent(0, 100, "A", 0)], 100).unwrap();
+    fs.run(Op::Link {
+        ino: f.ino,
+        new_parent: src.root,
+        new_name: b"hard".to_vec(),
+        creds: Creds::root(),
+    })
+    .unwrap();
+    fs.run(Op::Symlink {
+        parent: src.root,
+        name: b"s".to_vec(),
+        target: b"d/f".to_vec(),
+        creds: Creds::root(),
+    })
+    .unwrap();
+    fs.run(Op::SetXattr {
+        ino: f.ino,
+        name: b"user.k".to_vec(),
+        value: b"v".to_vec(),
+        mode: XattrMode::Any,
+        creds: Creds::root(),
+    })
+    .unwrap();
+    let copy = |source: &str, name: &str, read_only| Op::CloneVolume {
+        source: source.into(),
+        name: name.into(),
+        read_only,
+    };
+    let Reply::Volume(snap) = fs.run(copy("src", "snap", true)).unwrap() else {
+        panic!("no volume")
+    };
+    assert!(snap.read_only && snap.origin.as_deref() == Some("src"));
+    assert_eq!((snap.used_bytes, snap.used_inodes), (100, 4));
+
+    // The source changes after the snapshot; the snapshot does not.
+    commit(&mut fs, f.ino, vec![extent(0, 200, "B", 0)], 200).unwrap();
+    fs.run(unlink("hard", src.root)).unwrap();
+    let sd = fs.lookup(snap.root, "d").unwrap();
+    let sf = fs.lookup(sd.ino, "f").unwrap();
+    let hard = fs.lookup(snap.root, "hard").unwrap();
+    assert_eq!(sf.ino, hard.ino, "a hard link stays one inode");
+    assert_ne!(sf.ino, f.ino);
+    assert_eq!((sf.size, sf.nlink, sf.volume), (100, 2, snap.id));
+    assert_eq!(
+        fs.read(|r| r.extents(sf.ino, 0, 1000)).unwrap(),
+        vec![extent(0, 100, "A", 0)]
+    );
+    let s = fs.lookup(snap.root, "s").unwrap();
+    assert_eq!(fs.read(|r| r.readlink(s.ino)).unwrap(), b"d/f");
+    assert_eq!(
+        fs.read(|r| r.getxattr(sf.ino, b"user.k", &Creds::root()))
+            .unwrap(),
+        b"v"
+    );
+
+    // A snapshot refuses every change, and can be copied again (a restore).
+    assert_eq!(
+        errno(fs.mk(snap.root, "x", FileKind::File, &Creds::root())),
+        EROFS
+    );
+    assert_eq!(errno(fs.run(unlink("hard", snap.root))), EROFS);
+    let Reply::Volume(clone) = fs.run(copy("snap", "clone", false)).unwrap() else {
+        panic!("no volume")
+    };
+    assert!(!clone.read_only);
+    let cd = fs.lookup(clone.root, "d").unwrap();
+    let cf = fs.lookup(cd.ino, "f").unwrap();
+    commit(&mut fs, cf.ino, vec![extent(0, 50, "C", 0)], 100).unwrap();
+    fs.create(clone.root, "new");
+    // Copies share blocks: A is the snapshot's and the clone's (the source moved to B).
+    assert_eq!(fs.read(|r| r.block_refs(&BlockId::of(b"A"))).unwrap(), 2);
+
+    // The source goes; the snapshot keeps its blocks.
+    fs.run(unlink("f", d.ino)).unwrap();
+    fs.run(unlink("s", src.root)).unwrap();
+    fs.run(Op::Rmdir {
+        parent: src.root,
+        name: b"d".to_vec(),
+        creds: Creds::root(),
+    })
+    .unwrap();
+    fs.run(Op::DeleteVolume { name: "src".into() }).unwrap();
+    assert_eq!(fs.read(|r| r.block_refs(&BlockId::of(b"A"))).unwrap(), 2);
+    assert_eq!(fs.lookup(sd.ino, "f").unwrap().size, 100);
+
+    // Bad copies change nothing.
+    assert_eq!(errno(fs.run(copy("nope", "x", true))), ENOENT);
+    assert_eq!(errno(fs.run(copy("snap", "clone", true))), EEXIST);
+    assert_eq!(errno(fs.run(copy("snap", "Bad Name", true))), EINVAL);
+    assert_eq!(fs.read(|r| r.volumes()).unwrap().len(), 3);
+
+    // A snapshot is deleted with everything in it; its blocks lose its references.
+    fs.run(Op::DeleteVolume {
+        name: "snap".into(),
+    })
+    .unwrap();
+    assert_eq!(errno(fs.read(|r| r.getattr(sf.ino))), ENOENT);
+    assert_eq!(fs.read(|r| r.block_refs(&BlockId::of(b"A"))).unwrap(), 1);
+    assert_eq!(fs.read(|r| r.volumes()).unwrap().len(), 2);
+}

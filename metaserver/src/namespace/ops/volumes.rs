@@ -1,10 +1,15 @@
-//! Creating and deleting volumes, and changing their quotas.
+//! Creating, copying (snapshots and clones) and deleting volumes, and changing their
+//! quotas.
 
 use meridian_proto::{Hlc, InodeId};
+use redb::ReadableTable;
 
 use crate::namespace::conflict::volume_conflict_name;
 use crate::namespace::ctx::*;
-use crate::namespace::tables::{Tab, Tomb, WriteTables, counter, read_inode, read_volume};
+use crate::namespace::tables::{
+    Tab, Tomb, WriteTables, counter, decode_dirent, dirent_key, read_extents, read_inode,
+    read_volume, store_err,
+};
 use crate::namespace::types::*;
 
 fn check_volume_name(name: &str) -> Result<(), NsError> {
@@ -143,6 +148,8 @@ pub(crate) fn create_volume(
         used_bytes: 0,
         used_inodes: 1,
         deleted: None,
+        read_only: false,
+        origin: None,
     };
     t.put_inode(&inode)?;
     t.put_volume(&vol)?;
@@ -168,7 +175,10 @@ pub(crate) fn delete_volume(
         None => read_volume(t.volumes(), name)?
             .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?,
     };
-    if !is_empty_dir(t, vol.root)? {
+    if vol.read_only {
+        // A snapshot goes with everything in it (nothing can empty it first).
+        remove_tree(t, vol.root)?;
+    } else if !is_empty_dir(t, vol.root)? {
         return Err(NsError::NotEmpty(format!(
             "volume {} still has files",
             vol.name
@@ -213,4 +223,144 @@ pub(crate) fn set_volume_quota(
     vol.policy.quota_bytes = quota_bytes;
     t.put_volume(&vol)?;
     Ok(Reply::Volume(vol))
+}
+
+/// Most inodes a volume may have to be copied in one command (the copy holds the state
+/// machine while it runs).
+pub(crate) const CLONE_MAX_INODES: u64 = 250_000;
+
+/// Copies the namespace of `source` into a new volume `name`, in this one command: every
+/// inode (hard links stay links), entry, xattr and extent, each extent one more reference
+/// to its block. A snapshot is marked read-only.
+pub(crate) fn clone_volume(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    source: &str,
+    name: &str,
+    read_only: bool,
+) -> Result<Reply, NsError> {
+    let src = read_volume(t.volumes(), source)?
+        .ok_or_else(|| NsError::NotFound(format!("volume {source}")))?;
+    if ctx.replaying() || src.policy.regions.len() > 1 {
+        return Err(NsError::NotSupported(format!(
+            "volume {source} lives in several regions: snapshots and clones are of one region's volumes"
+        )));
+    }
+    if src.used_inodes > CLONE_MAX_INODES {
+        return Err(NsError::NotSupported(format!(
+            "volume {source} has {} inodes; a copy takes at most {CLONE_MAX_INODES}",
+            src.used_inodes
+        )));
+    }
+    let mut policy = src.policy.clone();
+    policy.regions = Vec::new();
+    let Reply::Volume(mut vol) = create_volume(t, ctx, name, &policy)? else {
+        return Err(NsError::Store("volume creation answered oddly".into()));
+    };
+    let mut map: std::collections::HashMap<InodeId, InodeId> = Default::default();
+    map.insert(src.root, vol.root);
+    copy_inode_data(t, src.root, vol.root, vol.id, vol.root)?;
+    let mut dirs = vec![src.root];
+    while let Some(dir) = dirs.pop() {
+        let new_dir = map[&dir];
+        for e in list_dir(t, dir)? {
+            let ino = match map.get(&e.ino) {
+                Some(&ino) => ino,
+                None => {
+                    let ino = new_inode_id(t, ctx.region())?;
+                    map.insert(e.ino, ino);
+                    copy_inode_data(t, e.ino, ino, vol.id, new_dir)?;
+                    if e.kind == FileKind::Dir {
+                        dirs.push(e.ino);
+                    }
+                    ino
+                }
+            };
+            t.set_dirent(new_dir, &e.name, ino, e.kind)?;
+        }
+    }
+    vol.used_bytes = src.used_bytes;
+    vol.used_inodes = src.used_inodes;
+    vol.read_only = read_only;
+    vol.origin = Some(src.name.clone());
+    t.put_volume(&vol)?;
+    Ok(Reply::Volume(vol))
+}
+
+/// The entries of a directory.
+fn list_dir(t: &WriteTables<'_>, dir: InodeId) -> Result<Vec<DirEntry>, NsError> {
+    let from = dirent_key(dir, b"");
+    let to = dirent_key(InodeId(dir.0 + 1), b"");
+    let mut out = Vec::new();
+    for item in t
+        .dirents()
+        .range(from.as_slice()..to.as_slice())
+        .map_err(store_err)?
+    {
+        let (k, v) = item.map_err(store_err)?;
+        out.push(decode_dirent(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// Copies inode `from` as `to` in volume `volume` (a directory's parent is `parent`):
+/// attributes, symlink target, xattrs, and extents (each a new reference to its block).
+fn copy_inode_data(
+    t: &mut WriteTables<'_>,
+    from: InodeId,
+    to: InodeId,
+    volume: u32,
+    parent: InodeId,
+) -> Result<(), NsError> {
+    let mut inode = get(t, from)?;
+    inode.attr.ino = to;
+    inode.attr.volume = volume;
+    inode.parent = parent;
+    inode.copy_of = None;
+    t.put_inode(&inode)?;
+    let (lo, hi) = (dirent_key(from, b""), dirent_key(InodeId(from.0 + 1), b""));
+    let mut xattrs = Vec::new();
+    for item in t
+        .xattrs()
+        .range(lo.as_slice()..hi.as_slice())
+        .map_err(store_err)?
+    {
+        let (k, v) = item.map_err(store_err)?;
+        let name = k.value()[8..].to_vec();
+        xattrs.push((name, v.value().to_vec()));
+    }
+    for (name, value) in xattrs {
+        t.set_xattr(to, &name, &value)?;
+    }
+    if inode.attr.kind == FileKind::File {
+        for e in read_extents(t.extents(), from, 0, u64::MAX)? {
+            t.insert_extent(to, &e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything below directory `root`: entries, inodes, xattrs, and extents (each
+/// one reference fewer to its block).
+fn remove_tree(t: &mut WriteTables<'_>, root: InodeId) -> Result<(), NsError> {
+    let mut dirs = vec![root];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(dir) = dirs.pop() {
+        for e in list_dir(t, dir)? {
+            t.del_dirent(dir, &e.name)?;
+            if !seen.insert(e.ino) {
+                continue; // another link of an inode already removed
+            }
+            if e.kind == FileKind::Dir {
+                dirs.push(e.ino);
+            } else if e.kind == FileKind::File {
+                for x in read_extents(t.extents(), e.ino, 0, u64::MAX)? {
+                    t.remove_extent(e.ino, &x)?;
+                }
+            }
+            t.del_xattrs(e.ino)?;
+            t.del_inode(e.ino)?;
+        }
+    }
+    Ok(())
 }
