@@ -324,6 +324,70 @@ fn deleted_files_blocks_are_collected_after_the_grace_and_shared_ones_are_kept()
     Ok(())
 }
 
+#[test]
+fn a_snapshots_blocks_outlive_its_source_through_garbage_collection() -> Result<()> {
+    const GRACE_MS: u64 = 1000;
+    let grace = GRACE_MS.to_string();
+    let h = Healing::start_with(3, &["--gc-grace-ms", &grace, "--gc-interval-ms", "300"])?;
+    let mnt = h.mount("mnt")?;
+    let kept = common::random_bytes(41, 1 << 20);
+    let control = common::random_bytes(42, 1 << 20);
+    fs::create_dir(mnt.path.join("d"))?;
+    fs::write(mnt.path.join("d/kept"), &kept)?;
+    fs::write(mnt.path.join("control"), &control)?;
+    for data in [&kept, &control] {
+        wait_for(Duration::from_secs(10), "3 copies", || {
+            (holders(&h, data).len() == 3).then_some(())
+        })?;
+    }
+    fs::remove_file(mnt.path.join("control"))?;
+    let said = h.admin(&["volume-snapshot", "default", "snap"])?;
+    assert!(said.contains("snapshot snap of default"), "{said}");
+    // The source lets go of the file the snapshot holds.
+    fs::remove_file(mnt.path.join("d/kept"))?;
+
+    // GC runs (the control block, referenced by nothing, goes everywhere) and keeps the
+    // block only the snapshot references.
+    wait_for(
+        Duration::from_secs(60),
+        "the control block collected",
+        || holders(&h, &control).is_empty().then_some(()),
+    )?;
+    let gc: serde_json::Value = serde_json::from_str(&h.admin(&["gc", "--now", "--json"])?)?;
+    assert!(
+        gc.as_array()
+            .context("gc --json is a list")?
+            .iter()
+            .all(|n| n["last_error"] == ""),
+        "{gc}"
+    );
+    assert_eq!(
+        holders(&h, &kept).len(),
+        3,
+        "a snapshot's block was collected"
+    );
+    let listed = h.admin(&["snapshots"])?;
+    assert!(
+        listed.contains("snap") && listed.contains("default"),
+        "{listed}"
+    );
+    let snap = Mount::start(&h.addrs(), "snap", &h.meta.dir.path().join("snap"))?;
+    assert_eq!(fs::read(snap.path.join("d/kept"))?, kept);
+    let e = fs::write(snap.path.join("d/new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    drop(snap);
+
+    // Deleted, the snapshot gives its blocks back.
+    h.admin(&["volume-delete", "snap"])?;
+    wait_for(
+        Duration::from_secs(60),
+        "the snapshot's block collected",
+        || holders(&h, &kept).is_empty().then_some(()),
+    )?;
+    drop(mnt);
+    Ok(())
+}
+
 /// What one file of a write storm came to: its name, content, when it ended, and the
 /// errno if any step (create, write, fsync, close) failed.
 type Outcome = (String, Vec<u8>, std::time::Instant, Result<(), i32>);
