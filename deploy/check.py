@@ -83,6 +83,21 @@ def main():
         expect("kubelet-dir hostPath", vols["kubelet-dir"]["hostPath"]["path"], kubelet and kubelet["mountPath"])
         expect("node plugin privileged", plugin.get("securityContext", {}).get("privileged"), True)
         expect("/dev/fuse", vols.get("fuse", {}).get("hostPath", {}).get("path"), "/dev/fuse")
+        # The mounter: its socket where the plugin looks for it, FUSE, and the kubelet's
+        # folder shared both ways (its mounts must reach the host and the pods).
+        mounter = cs.get("meridian-mounter")
+        if mounter is None:
+            bad.append("no meridian-mounter container")
+        else:
+            msock = mount_path(mounter, "mounter-dir")["mountPath"] + "/mounter.sock"
+            expect("mounter --endpoint", flag(mounter, "endpoint"), "unix://" + msock)
+            expect("node plugin --mounter", flag(plugin, "mounter"), "unix://" + mount_path(plugin, "mounter-dir")["mountPath"] + "/mounter.sock")
+            expect("mounter-dir shared", mount_path(plugin, "mounter-dir")["mountPath"], mount_path(mounter, "mounter-dir")["mountPath"])
+            mk = mount_path(mounter, "kubelet-dir")
+            expect("mounter kubelet-dir propagation", mk and mk.get("mountPropagation"), "Bidirectional")
+            expect("mounter --kubelet-dir", flag(mounter, "kubelet-dir"), mk and mk["mountPath"])
+            expect("mounter privileged", mounter.get("securityContext", {}).get("privileged"), True)
+            expect("mounter /dev/fuse", mount_path(mounter, "fuse") and mount_path(mounter, "fuse")["mountPath"], "/dev/fuse")
         expect("registration-dir", vols["registration-dir"]["hostPath"]["path"], "/var/lib/kubelet/plugins_registry")
         expect("registrar registration mount", mount_path(reg, "registration-dir")["mountPath"], "/registration")
 

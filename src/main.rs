@@ -40,6 +40,9 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Serve the Container Storage Interface (Kubernetes volumes) on a unix socket.
     Csi(Box<csi::CsiArgs>),
+    /// Start and stop the CSI node plugin's mounts, in a process (and container) of
+    /// their own, so that restarting the plugin leaves them alone.
+    CsiMounter(csi::mounter::MounterArgs),
     /// Inspect and administer a running cluster.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -326,11 +329,12 @@ fn main() -> Result<()> {
     let command = match cli.command {
         Command::Mount(args) => return mount::run(*args, &runtime),
         Command::Dev(args) => return dev::run(args, &runtime),
+        Command::CsiMounter(args) => return csi::mounter::run(args),
         other => other,
     };
     runtime.block_on(async move {
         match command {
-            Command::Mount(_) | Command::Dev(_) => Ok(()),
+            Command::Mount(_) | Command::Dev(_) | Command::CsiMounter(_) => Ok(()),
             Command::Chunk(args) => {
                 let config = args.into_config()?;
                 install_metrics(config.metrics_listen.as_deref())?;

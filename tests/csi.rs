@@ -41,11 +41,15 @@ struct Csi {
 
 impl Csi {
     fn start(dir: &Path, meta: &str) -> Result<Self> {
+        Self::start_with(dir, meta, &[])
+    }
+
+    fn start_with(dir: &Path, meta: &str, extra: &[&str]) -> Result<Self> {
         let root = dir.join("kubelet");
         fs::create_dir_all(&root)?;
         let root = root.canonicalize()?;
         let sock = dir.join("plugin/csi.sock");
-        let args = vec![
+        let args: Vec<String> = vec![
             "csi".to_string(),
             "--endpoint".into(),
             format!("unix://{}", sock.display()),
@@ -61,7 +65,10 @@ impl Csi {
             root.display().to_string(),
             "--check-every-secs".into(),
             "1".into(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|a| a.to_string()))
+        .collect();
         let mut csi = Csi {
             child: None,
             sock,
@@ -1013,5 +1020,135 @@ async fn a_dead_mount_is_mounted_again_by_the_running_plugin_and_after_its_resta
     })
     .await?;
     assert!(!common::is_mounted(&staging) && mount_pids(&staging) == (vec![], vec![]));
+    Ok(())
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every process descended from `pid`.
+fn descendants(pid: i32) -> Vec<i32> {
+    let all: Vec<(i32, i32)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| Some((p, parent_of(p)?)))
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(all.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// A `meridian csi-mounter` process, killed on drop.
+struct Mounter(Child);
+
+impl Drop for Mounter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounts_the_mounter_started_outlive_the_plugin_and_everything_it_started() -> Result<()> {
+    let region = Region::start()?;
+    let dir = region.meta.dir.path().join("csi");
+    fs::create_dir_all(dir.join("kubelet"))?;
+    let root = dir.join("kubelet").canonicalize()?;
+    let sock = dir.join("mounter/mounter.sock");
+    let log = dir.join("mounter.log");
+    let out = fs::File::create(&log)?;
+    let mounter = Mounter(
+        Command::new(MERIDIAN)
+            .args(["csi-mounter", "--endpoint"])
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--kubelet-dir")
+            .arg(&root)
+            .env("MERIDIAN_LOG", "info")
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?,
+    );
+    wait_for(Duration::from_secs(30), "the mounter to serve", || {
+        fs::read_to_string(&log)
+            .ok()?
+            .contains("serving")
+            .then_some(())
+    })?;
+    let endpoint = format!("unix://{}", sock.display());
+    let mut csi = Csi::start_with(&dir, &region.meta_addrs(), &["--mounter", &endpoint])?;
+    let mut ctl = ControllerClient::new(csi.channel().await?);
+    ctl.create_volume(create_req("pvc-kept", GIB)).await?;
+    let mut node = NodeClient::new(csi.channel().await?);
+    let staging = root.join("plugins/staging/kept");
+    let target = root.join("pods/p/volumes/vol");
+    node.node_stage_volume(stage_req("pvc-kept", &staging))
+        .await?;
+    node.node_publish_volume(publish_req("pvc-kept", &staging, &target, false))
+        .await?;
+    fs::write(target.join("before.txt"), b"before")?;
+    let (sups, _) = mount_pids(&staging);
+    anyhow::ensure!(sups.len() == 1, "supervisors: {sups:?}");
+    assert_eq!(parent_of(sups[0]), Some(mounter.0.id() as i32));
+
+    // The plugin and everything it started go at once, as in a container restart.
+    let plugin = csi
+        .child
+        .as_ref()
+        .map(|c| c.id() as i32)
+        .context("plugin")?;
+    let gone = descendants(plugin);
+    csi.kill();
+    for p in &gone {
+        // SAFETY: kill(2) of processes this test's plugin started.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    // The mount never noticed.
+    assert_eq!(fs::read(target.join("before.txt"))?, b"before");
+    fs::write(target.join("during.txt"), b"while the plugin is gone")?;
+    assert_eq!(mount_pids(&staging).0, sups);
+
+    csi.spawn()?;
+    let mut node = NodeClient::new(csi.channel().await?);
+    assert_eq!(
+        fs::read(target.join("during.txt"))?,
+        b"while the plugin is gone"
+    );
+    assert_eq!(
+        mount_pids(&staging).0,
+        sups,
+        "the restarted plugin remounted"
+    );
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: "pvc-kept".into(),
+        target_path: target.display().to_string(),
+    })
+    .await?;
+    node.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: "pvc-kept".into(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await?;
+    assert!(!common::is_mounted(&staging));
+    wait_for(
+        Duration::from_secs(30),
+        "the mount's processes to go",
+        || (mount_pids(&staging) == (vec![], vec![])).then_some(()),
+    )?;
     Ok(())
 }

@@ -20,6 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 pub mod checks;
 mod controller;
 mod identity;
+pub mod mounter;
 pub mod mounts;
 mod node;
 mod staging;
@@ -74,6 +75,12 @@ pub struct CsiArgs {
     /// Extra `meridian mount` flags for the node's mounts (space-separated).
     #[arg(long, default_value = "")]
     pub mount_flags: String,
+    /// Have the node's mounts started and stopped by `meridian csi-mounter` at this
+    /// socket (`unix:///path`), so they are not this process's children: in Kubernetes
+    /// it runs in a container of its own, and restarting the plugin's container leaves
+    /// the mounts alone. Without it, the plugin starts them itself.
+    #[arg(long)]
+    pub mounter: Option<String>,
 }
 
 /// What every service shares.
@@ -87,7 +94,7 @@ pub struct Shared {
 }
 
 /// The unix socket path of an endpoint.
-fn socket_path(endpoint: &str) -> Result<PathBuf> {
+pub(crate) fn socket_path(endpoint: &str) -> Result<PathBuf> {
     let path = match endpoint.strip_prefix("unix://") {
         Some(p) => p,
         None if endpoint.contains("://") => {
@@ -156,13 +163,17 @@ pub async fn run(args: CsiArgs, shutdown: impl std::future::Future<Output = ()>)
             .split_whitespace()
             .map(str::to_string)
             .collect();
+        let mounter = args.mounter.as_deref().map(socket_path).transpose()?;
         let node = node::Node::open(
             shared.clone(),
-            node_id,
-            args.zone.clone(),
-            roots,
+            node::NodeConfig {
+                node_id,
+                zone: args.zone.clone(),
+                roots,
+                mount_flags: flags,
+                mounter,
+            },
             &args.state_dir,
-            flags,
         )?;
         // What a previous run staged and published is mounted again if it died.
         node.recover().await;

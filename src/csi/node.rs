@@ -18,13 +18,25 @@ use tonic::{Request, Response, Status};
 
 use super::controller::find_volume;
 use super::staging::{self, Published, Records, Staged};
-use super::{Shared, TOPOLOGY_REGION, TOPOLOGY_ZONE, checks, mounts};
+use super::{Shared, TOPOLOGY_REGION, TOPOLOGY_ZONE, checks, mounter, mounts};
 
 /// The volume context key naming a folder of the volume to publish instead of its root.
 pub const SUBDIR_KEY: &str = "subdir";
 
 #[derive(Clone)]
 pub struct Node(Arc<Inner>);
+
+/// How the node service is set up.
+pub struct NodeConfig {
+    pub node_id: String,
+    pub zone: Option<String>,
+    /// Folders staging and target paths must lie in.
+    pub roots: Vec<PathBuf>,
+    /// Extra `meridian mount` flags.
+    pub mount_flags: Vec<String>,
+    /// The socket of a `meridian csi-mounter` that starts and stops the mounts.
+    pub mounter: Option<PathBuf>,
+}
 
 struct Inner {
     shared: Arc<Shared>,
@@ -33,6 +45,7 @@ struct Inner {
     roots: Vec<PathBuf>,
     records: Records,
     mount_flags: Vec<String>,
+    mounter: Option<PathBuf>,
     /// The mount processes this run started, by staging path.
     children: Mutex<HashMap<PathBuf, Child>>,
     /// One change of the node's mounts at a time.
@@ -52,23 +65,17 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Node {
-    pub fn open(
-        shared: Arc<Shared>,
-        node_id: String,
-        zone: Option<String>,
-        roots: Vec<PathBuf>,
-        state: &Path,
-        mount_flags: Vec<String>,
-    ) -> anyhow::Result<Self> {
+    pub fn open(shared: Arc<Shared>, config: NodeConfig, state: &Path) -> anyhow::Result<Self> {
         let records = Records::open(state)
             .map_err(|e| anyhow::anyhow!("state folder {}: {e}", state.display()))?;
         Ok(Node(Arc::new(Inner {
             shared,
-            node_id,
-            zone,
-            roots,
+            node_id: config.node_id,
+            zone: config.zone,
+            roots: config.roots,
             records,
-            mount_flags,
+            mount_flags: config.mount_flags,
+            mounter: config.mounter,
             children: Mutex::new(HashMap::new()),
             busy: tokio::sync::Mutex::new(()),
         })))
@@ -83,11 +90,24 @@ impl Node {
         let inner = self.0.clone();
         let (volume, staging) = (volume.to_string(), staging.to_path_buf());
         blocking(move || {
+            let log = inner.records.log(&staging);
+            if let Some(socket) = &inner.mounter {
+                let ask = mounter::Ask::Mount {
+                    volume,
+                    staging,
+                    meta: inner.shared.meta_addrs.clone(),
+                    flags: inner.mount_flags.clone(),
+                    log,
+                };
+                return match mounter::ask(socket, &ask)? {
+                    mounter::Answer::Mounted(pid) => Ok(pid),
+                    other => Err(io::Error::other(format!("the mounter: {other:?}"))),
+                };
+            }
             if mounts::mounted_at(&staging).is_some() {
                 mounts::unmount(&staging)?;
             }
             std::fs::create_dir_all(&staging)?;
-            let log = inner.records.log(&staging);
             let child = staging::start_mount(
                 &inner.shared.meta_addrs,
                 &volume,
@@ -292,9 +312,24 @@ impl node_server::Node for Node {
         let child = self.0.children.lock().unwrap().remove(&staging);
         let pid = record.as_ref().and_then(|s| s.pid);
         let st = staging.clone();
+        let mounter = self.0.mounter.clone();
         blocking(move || {
-            staging::stop_mount(child, pid, &st, Duration::from_secs(20));
-            mounts::unmount(&st)?;
+            match &mounter {
+                Some(socket) => match mounter::ask(
+                    socket,
+                    &mounter::Ask::Stop {
+                        staging: st.clone(),
+                        pid,
+                    },
+                )? {
+                    mounter::Answer::Stopped => {}
+                    other => return Err(io::Error::other(format!("the mounter: {other:?}"))),
+                },
+                None => {
+                    staging::stop_mount(child, pid, &st, Duration::from_secs(20));
+                    mounts::unmount(&st)?;
+                }
+            }
             match std::fs::remove_dir(&st) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
