@@ -113,7 +113,7 @@ def main():
         endpoint = flag(plugin, "endpoint") or ""
         sock_dir = mount_path(plugin, "socket-dir")["mountPath"]
         expect("controller plugin --endpoint", endpoint, f"unix://{sock_dir}/csi.sock")
-        for name in ("csi-provisioner", "csi-resizer"):
+        for name in ("csi-provisioner", "csi-resizer", "csi-snapshotter"):
             c = cs.get(name)
             if c is None:
                 bad.append(f"no {name} sidecar")
