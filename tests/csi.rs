@@ -563,6 +563,18 @@ async fn the_plugin_does_what_csi_sanity_checks_with_real_mounts() -> Result<()>
     let mut sub = publish_req("pvc-one", &staging, &c, false);
     sub.volume_context.insert("subdir".into(), "data/x".into());
     node.node_publish_volume(sub).await?;
+    // A symlink planted in the volume cannot make a subdirectory reach a host path.
+    std::os::unix::fs::symlink("/etc", a.join("evil"))?;
+    let mut planted = publish_req("pvc-one", &staging, &root.join("pods/e/vol"), false);
+    planted
+        .volume_context
+        .insert("subdir".into(), "evil".into());
+    assert_eq!(
+        code(node.node_publish_volume(planted).await),
+        Code::InvalidArgument
+    );
+    assert!(!is_mount_point(&root.join("pods/e/vol")));
+    fs::remove_file(a.join("evil"))?;
     let mut escape = publish_req("pvc-one", &staging, &root.join("pods/d/vol"), false);
     escape
         .volume_context

@@ -74,6 +74,10 @@ struct OpenFile {
     /// The count of namespace changes refused that this handle's durability points
     /// reported (or that were refused before it opened).
     seen_failures: u64,
+    /// Taken on after the serving process before this one died: what it held unflushed
+    /// of this handle may be lost, and the handle's next durability point says so (EIO),
+    /// as Linux reports a lost writeback.
+    lost: bool,
     /// Where the handle's last read ended (none yet): a read starting near there is
     /// sequential.
     next_read: Option<u64>,
@@ -106,6 +110,9 @@ pub struct FsOptions {
     pub handle_base: u64,
     /// Handles this process did not open are taken on as they come, rather than refused.
     pub adopt_handles: bool,
+    /// The process before this one died (rather than handing over): an adopted handle
+    /// that may have written reports EIO at its next flush or fsync.
+    pub adopted_writes_lost: bool,
 }
 
 impl Default for FsOptions {
@@ -119,6 +126,7 @@ impl Default for FsOptions {
             write_back: true,
             handle_base: 1,
             adopt_handles: false,
+            adopted_writes_lost: false,
         }
     }
 }

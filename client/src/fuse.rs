@@ -73,12 +73,49 @@ fn reply_listing(listing: &[DirItem], offset: u64, mut reply: ReplyDirectory) {
     reply.ok();
 }
 
+/// Stops a serving process from answering, for a handover (docs/adr/0008): once
+/// started, every request that arrives is left unanswered (the kernel sends it again to
+/// the process taking over), while those already under way finish and answer.
+#[derive(Default)]
+pub struct Drain {
+    draining: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Drain {
+    /// Stops taking requests.
+    pub fn start(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Requests under way.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Leaves the request unanswered while draining (see [`Drain`]).
+macro_rules! unless_draining {
+    ($self:ident, $reply:ident) => {
+        if $self.drain.draining() {
+            std::mem::forget($reply);
+            return;
+        }
+    };
+}
+
 /// A volume mounted through FUSE.
 pub struct FuseFs {
     fs: Arc<FileSystem>,
     rt: Handle,
     root: InodeId,
     dirs: Arc<OpenDirs>,
+    drain: Arc<Drain>,
 }
 
 impl FuseFs {
@@ -89,7 +126,18 @@ impl FuseFs {
             next: std::sync::atomic::AtomicU64::new(fs.handle_base().max(1) - 1),
             ..Default::default()
         });
-        FuseFs { fs, rt, root, dirs }
+        FuseFs {
+            fs,
+            rt,
+            root,
+            dirs,
+            drain: Arc::default(),
+        }
+    }
+
+    /// What stops this mount from answering, for a handover.
+    pub fn drain(&self) -> Arc<Drain> {
+        self.drain.clone()
     }
 
     /// Takes on a file handle a previous serving process opened (see
@@ -97,8 +145,9 @@ impl FuseFs {
     fn adopt(&self, req: &Request, ino: INodeNo, fh: FileHandle, flags: Option<OpenFlags>) {
         if self.fs.adopts_handles() {
             let append = flags.is_some_and(|f| f.0 & libc::O_APPEND != 0);
+            let writable = flags.map(|f| f.0 & libc::O_ACCMODE != libc::O_RDONLY);
             self.fs
-                .adopt_handle(fh.0, self.ino(ino), append, &creds(req));
+                .adopt_handle(fh.0, self.ino(ino), append, writable, &creds(req));
         }
     }
 
@@ -136,7 +185,16 @@ impl FuseFs {
     }
 
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.rt.spawn(f);
+        let drain = self.drain.clone();
+        drain
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.rt.spawn(async move {
+            f.await;
+            drain
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
     }
 }
 
@@ -153,6 +211,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        unless_draining!(self, reply);
         let (fs, parent, name, c) = (
             self.fs.clone(),
             self.ino(parent),
@@ -168,6 +227,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        unless_draining!(self, reply);
         let (fs, ino) = (self.fs.clone(), self.ino(ino));
         let this = self.clone_view();
         let epoch = fs.cache_epoch();
@@ -197,6 +257,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        unless_draining!(self, reply);
         let t = |x: Option<TimeOrNow>| {
             x.map(|v| match v {
                 TimeOrNow::Now => SetTime::Now,
@@ -228,6 +289,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        unless_draining!(self, reply);
         let (fs, ino) = (self.fs.clone(), self.ino(ino));
         self.spawn(async move {
             match fs.readlink(ino).await {
@@ -247,6 +309,7 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        unless_draining!(self, reply);
         let Some(k) = kind_of_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
@@ -271,6 +334,7 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        unless_draining!(self, reply);
         let (fs, parent, name, c) = (
             self.fs.clone(),
             self.ino(parent),
@@ -284,6 +348,7 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        unless_draining!(self, reply);
         let (fs, parent, name, c) = (
             self.fs.clone(),
             self.ino(parent),
@@ -294,6 +359,7 @@ impl Filesystem for FuseFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        unless_draining!(self, reply);
         let (fs, parent, name, c) = (
             self.fs.clone(),
             self.ino(parent),
@@ -311,6 +377,7 @@ impl Filesystem for FuseFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        unless_draining!(self, reply);
         let (fs, parent, name, c) = (
             self.fs.clone(),
             self.ino(parent),
@@ -333,6 +400,7 @@ impl Filesystem for FuseFs {
         flags: FuseRenameFlags,
         reply: ReplyEmpty,
     ) {
+        unless_draining!(self, reply);
         if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
@@ -358,6 +426,7 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        unless_draining!(self, reply);
         let (fs, ino, np, nn, c) = (
             self.fs.clone(),
             self.ino(ino),
@@ -369,6 +438,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        unless_draining!(self, reply);
         let append = flags.0 & libc::O_APPEND != 0;
         let (fs, ino, c) = (self.fs.clone(), self.ino(ino), creds(req));
         self.spawn(async move {
@@ -397,6 +467,7 @@ impl Filesystem for FuseFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        unless_draining!(self, reply);
         self.adopt(req, ino, fh, Some(flags));
         let fs = self.fs.clone();
         self.spawn(async move {
@@ -419,6 +490,7 @@ impl Filesystem for FuseFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        unless_draining!(self, reply);
         self.adopt(req, ino, fh, Some(flags));
         let (fs, data) = (self.fs.clone(), data.to_vec());
         self.spawn(async move {
@@ -437,6 +509,7 @@ impl Filesystem for FuseFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        unless_draining!(self, reply);
         self.adopt(req, ino, fh, None);
         let fs = self.fs.clone();
         self.reply_empty(reply, async move { fs.flush(fh.0).await });
@@ -452,6 +525,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        unless_draining!(self, reply);
         self.adopt(req, ino, fh, Some(flags));
         let fs = self.fs.clone();
         self.reply_empty(reply, async move { fs.release(fh.0).await });
@@ -465,12 +539,14 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        unless_draining!(self, reply);
         // Blocks are durable on R (at least W) chunkservers and the commit is durable in the
         // Raft group once flush returns.
         self.flush(_req, _ino, fh, LockOwner(0), reply);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        unless_draining!(self, reply);
         let (fs, dir, c, root, dirs) = (
             self.fs.clone(),
             self.ino(ino),
@@ -500,6 +576,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        unless_draining!(self, reply);
         let listing = self
             .dirs
             .listings
@@ -546,6 +623,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        unless_draining!(self, reply);
         self.dirs
             .listings
             .lock()
@@ -562,12 +640,14 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        unless_draining!(self, reply);
         // What this mount answered alone is sent and committed first (docs/adr/0006).
         let fs = self.fs.clone();
         self.reply_empty(reply, async move { fs.sync_namespace().await });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        unless_draining!(self, reply);
         let fs = self.fs.clone();
         self.spawn(async move {
             match fs.statfs().await {
@@ -601,6 +681,7 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        unless_draining!(self, reply);
         let mode = match flags {
             0 => XattrMode::Any,
             f if f == libc::XATTR_CREATE => XattrMode::Create,
@@ -620,6 +701,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        unless_draining!(self, reply);
         let (fs, ino, name, c) = (
             self.fs.clone(),
             self.ino(ino),
@@ -637,6 +719,7 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        unless_draining!(self, reply);
         let (fs, ino, c) = (self.fs.clone(), self.ino(ino), creds(req));
         self.spawn(async move {
             match fs.listxattr(ino, &c).await {
@@ -660,6 +743,7 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        unless_draining!(self, reply);
         let (fs, ino, name, c) = (
             self.fs.clone(),
             self.ino(ino),
@@ -670,6 +754,7 @@ impl Filesystem for FuseFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        unless_draining!(self, reply);
         // Mounted with default_permissions: the kernel checks mode bits itself.
         reply.ok();
     }
@@ -684,6 +769,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        unless_draining!(self, reply);
         let exclusive = flags & libc::O_EXCL != 0;
         let append = flags & libc::O_APPEND != 0;
         let (fs, parent, name, c, this) = (
@@ -723,6 +809,7 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        unless_draining!(self, reply);
         let (fs, ino, c) = (self.fs.clone(), self.ino(ino), creds(req));
         self.reply_empty(reply, async move {
             fs.fallocate(ino, offset, length, mode, &c).await
@@ -738,6 +825,7 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        unless_draining!(self, reply);
         // SEEK_SET, SEEK_CUR and SEEK_END never reach the filesystem.
         let whence = match whence {
             libc::SEEK_DATA => Seek::Data,
@@ -769,6 +857,7 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        unless_draining!(self, reply);
         let (fs, src, dst, c) = (
             self.fs.clone(),
             self.ino(ino_in),
@@ -828,6 +917,7 @@ impl FuseFs {
             rt: self.rt.clone(),
             root: self.root,
             dirs: self.dirs.clone(),
+            drain: self.drain.clone(),
         }
     }
 }

@@ -108,7 +108,12 @@ pub fn confined(path: &str, roots: &[PathBuf], what: &str) -> Result<PathBuf, St
             None => break,
         }
     }
-    if let Ok(mut real) = existing.canonicalize() {
+    let Ok(mut real) = existing.canonicalize() else {
+        return Err(Status::invalid_argument(format!(
+            "{what} {path}: its existing part cannot be resolved"
+        )));
+    };
+    {
         for part in rest.iter().rev() {
             real.push(part);
         }

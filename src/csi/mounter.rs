@@ -57,7 +57,7 @@ pub enum Answer {
 /// Sends one request to the mounter at `socket` and waits for its answer.
 pub fn ask(socket: &Path, ask: &Ask) -> std::io::Result<Answer> {
     let mut conn = UnixStream::connect(socket)?;
-    conn.set_read_timeout(Some(Duration::from_secs(90)))?;
+    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut line = serde_json::to_vec(ask).map_err(std::io::Error::other)?;
     line.push(b'\n');
     conn.write_all(&line)?;
@@ -116,7 +116,7 @@ impl Mounter {
                     return Answer::Failed(s);
                 }
                 let child = self.children.lock().unwrap().remove(&staging);
-                staging::stop_mount(child, pid, &staging, Duration::from_secs(20));
+                staging::stop_mount(child, pid, &staging, Duration::from_secs(90));
                 match super::mounts::unmount(&staging) {
                     Ok(()) => Answer::Stopped,
                     Err(e) => Answer::Failed(format!("unmounting: {e}")),

@@ -86,6 +86,72 @@ pub fn answers(path: &Path) -> bool {
     statvfs(path).is_ok()
 }
 
+/// Opens folder `sub` of `base` without following any symlink in `sub` (a user of the
+/// volume could plant one to reach a host path), making folders that are missing. The fd
+/// pins the folder: bind it through `/proc/self/fd/N` ([`bind_fd`]).
+pub fn open_beneath(base: &Path, sub: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let c = cstr(base)?;
+    // SAFETY: a valid NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned by nobody else.
+    let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    for part in sub.components() {
+        let std::path::Component::Normal(name) = part else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a subdirectory must be a plain relative path",
+            ));
+        };
+        let name = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))?;
+        use std::os::fd::AsRawFd;
+        let open = |d: &OwnedFd| {
+            // SAFETY: a valid dir fd and NUL-terminated name.
+            unsafe { libc::openat(d.as_raw_fd(), name.as_ptr(), flags | libc::O_NOFOLLOW) }
+        };
+        let mut next = open(&dir);
+        if next < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
+            // SAFETY: as above.
+            let rc = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+            if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+                return Err(io::Error::last_os_error());
+            }
+            next = open(&dir);
+        }
+        if next < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} holds a symlink or a file where a folder should be",
+                        sub.display()
+                    ),
+                ),
+                _ => e,
+            });
+        }
+        // SAFETY: just opened, owned by nobody else.
+        dir = unsafe { OwnedFd::from_raw_fd(next) };
+    }
+    Ok(dir)
+}
+
+/// Bind-mounts the folder `dir` is open on at `dst`.
+pub fn bind_fd(dir: &std::os::fd::OwnedFd, dst: &Path, read_only: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    bind(
+        Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())),
+        dst,
+        read_only,
+    )
+}
+
 /// Bind-mounts `src` at `dst`, read-only if asked.
 pub fn bind(src: &Path, dst: &Path, read_only: bool) -> io::Result<()> {
     let (s, d) = (cstr(src)?, cstr(dst)?);

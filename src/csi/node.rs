@@ -160,14 +160,16 @@ impl Node {
                 }
             }
             for (target, p) in &s.published {
-                let (target, source, ro) = (target.clone(), staging.join(&p.sub), p.read_only);
+                let (target, st, sub, ro) =
+                    (target.clone(), staging.clone(), p.sub.clone(), p.read_only);
                 let rebound = blocking(move || {
                     if mounts::mounted_at(&target).is_some() && mounts::answers(&target) {
                         return Ok(false);
                     }
                     mounts::unmount(&target)?;
                     std::fs::create_dir_all(&target)?;
-                    mounts::bind(&source, &target, ro)?;
+                    let dir = mounts::open_beneath(&st, &sub)?;
+                    mounts::bind_fd(&dir, &target, ro)?;
                     Ok(true)
                 })
                 .await;
@@ -326,7 +328,8 @@ impl node_server::Node for Node {
                     other => return Err(io::Error::other(format!("the mounter: {other:?}"))),
                 },
                 None => {
-                    staging::stop_mount(child, pid, &st, Duration::from_secs(20));
+                    // Longer than a mount takes to send what it holds (its supervisor allows 60 s).
+                    staging::stop_mount(child, pid, &st, Duration::from_secs(90));
                     mounts::unmount(&st)?;
                 }
             }
@@ -388,17 +391,17 @@ impl node_server::Node for Node {
                 ))),
             };
         }
-        let source = staging.join(&sub);
-        let t = target.clone();
+        let (t, st, sb) = (target.clone(), staging.clone(), sub.clone());
         blocking(move || {
-            if !source.is_dir() {
-                std::fs::create_dir_all(&source)?;
-            }
+            let dir = mounts::open_beneath(&st, &sb)?;
             std::fs::create_dir_all(&t)?;
-            mounts::bind(&source, &t, read_only)
+            mounts::bind_fd(&dir, &t, read_only)
         })
         .await
-        .map_err(|e| internal("bind-mounting the volume", e))?;
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidInput => Status::invalid_argument(e.to_string()),
+            _ => internal("bind-mounting the volume", e),
+        })?;
         s.published.insert(target.clone(), wanted);
         if let Err(e) = self.0.records.put(&s) {
             let _ = mounts::unmount(&target);

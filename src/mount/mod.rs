@@ -82,6 +82,10 @@ pub struct MountArgs {
     /// (Internal) the first serving process: it answers the kernel's INIT.
     #[arg(long, hide = true)]
     pub first: bool,
+    /// (Internal) the serving process before this one died: what it held unflushed is
+    /// lost, and the handles it had open report EIO at their next durability point.
+    #[arg(long, hide = true)]
+    pub after_crash: bool,
 }
 
 /// A FUSE device handed over by the supervisor.
@@ -176,6 +180,7 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
         // its own, and takes on those of the processes before it.
         handle_base: (args.generation << 40).max(1),
         adopt_handles: args.generation > 1,
+        adopted_writes_lost: args.after_crash,
         ..Default::default()
     };
     let fs = rt
@@ -213,7 +218,20 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
     config.n_threads = Some(args.threads.max(1));
     let root = fs.volume().root;
     let fusefs = FuseFs::new(fs.clone(), rt.handle().clone());
+    let drain = fusefs.drain();
     let handed = handover.is_some();
+    // Before "ready": a supervisor may ask this process to stop or hand over at once.
+    let signals = if handed {
+        let _guard = rt.enter();
+        use tokio::signal::unix::{SignalKind, signal};
+        Some((
+            signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?,
+            signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        ))
+    } else {
+        None
+    };
     let session = match handover {
         Some(h) => {
             let first = h.first;
@@ -259,18 +277,17 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
         })?;
     if handed {
         tracing::info!(volume = %args.volume, mountpoint = %mnt.display(), generation = args.generation, "serving (supervised)");
+        let (mut usr2, mut term, mut int) = signals.expect("handlers installed for a handover");
         let stop = rt.block_on(async {
-            let mut usr2 =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
-                    .expect("SIGUSR2 handler");
             tokio::select! {
-                _ = crate::shutdown_signal() => Stop::Unmount,
+                _ = term.recv() => Stop::Unmount,
+                _ = int.recv() => Stop::Unmount,
                 _ = usr2.recv() => Stop::HandOver,
                 _ = done_rx => Stop::Ended,
             }
         });
         match stop {
-            Stop::HandOver => hand_over(&fs, rt),
+            Stop::HandOver => hand_over(&fs, &drain, rt),
             Stop::Unmount => fuse_dev::unmount(mnt),
             Stop::Ended => {}
         }
@@ -367,24 +384,21 @@ fn take_over_device(
     Ok((session, h.ctl))
 }
 
-/// Hands the mount over: this process stops reading the device (every fd of it becomes
-/// a socket that never answers, so the kernel's requests wait for the next process, and
-/// any this process read but had not answered are sent again), commits what its open
-/// files hold, gives its leases back, and exits.
-fn hand_over(fs: &Arc<FileSystem>, rt: &tokio::runtime::Runtime) -> ! {
-    match fuse_dev::seqpacket_pair() {
-        Ok((quiet, _other)) => {
-            for fd in fuse_device_fds() {
-                // SAFETY: `fd` is an open fd of this process; dup2 replaces it atomically.
-                unsafe { libc::dup2(quiet.as_raw_fd(), fd) };
-            }
-            std::mem::forget(_other);
-            std::mem::forget(quiet);
-        }
-        Err(e) => tracing::error!(error = %e, "cannot stop reading the device"),
-    }
+/// Hands the mount over: this process stops answering (requests that arrive from now on
+/// are left for the kernel to send again to the process taking over), lets those under
+/// way finish and answer, commits what its open files hold, gives its leases back, and
+/// exits.
+fn hand_over(
+    fs: &Arc<FileSystem>,
+    drain: &meridian_client::fuse::Drain,
+    rt: &tokio::runtime::Runtime,
+) -> ! {
+    drain.start();
     let done = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
+            while drain.in_flight() > 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             let flushed = fs.flush_all().await;
             let released = fs.release_leases().await;
             flushed.and(released)
@@ -397,23 +411,9 @@ fn hand_over(fs: &Arc<FileSystem>, rt: &tokio::runtime::Runtime) -> ! {
             errno = e,
             "handing over: what this process held was not all committed"
         ),
-        Err(_) => tracing::error!("handing over: committing took over 30 s"),
+        Err(_) => tracing::error!("handing over: finishing and committing took over 30 s"),
     }
     std::process::exit(0)
-}
-
-/// This process's fds open on /dev/fuse (the session's, and the clones its threads read).
-fn fuse_device_fds() -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
-            let target = std::fs::read_link(e.path()).ok()?;
-            (target == std::path::Path::new("/dev/fuse")).then_some(fd)
-        })
-        .collect()
 }
 
 /// Sets the kernel's read-ahead of the mount at `path` (absolute, resolved): its backing

@@ -64,6 +64,7 @@ async fn spawn(
     init: &[u8],
     generation: u64,
     first: bool,
+    after_crash: bool,
 ) -> Result<Server> {
     let (ours, theirs) = fuse_dev::seqpacket_pair()?;
     let mut cmd = Command::new(exe);
@@ -72,6 +73,9 @@ async fn spawn(
         .arg(generation.to_string());
     if first {
         cmd.arg("--first");
+    }
+    if after_crash {
+        cmd.arg("--after-crash");
     }
     let (dev_fd, ctl_fd) = (dev.as_raw_fd(), theirs.as_raw_fd());
     // SAFETY: only async-signal-safe calls (fcntl, dup2, prctl) between fork and exec.
@@ -167,7 +171,9 @@ pub fn run(s: Supervised<'_>, rt: &tokio::runtime::Runtime) -> Result<()> {
 
 async fn supervise(s: &Supervised<'_>, exe: &Path, dev: &OwnedFd, init: &[u8]) -> Result<()> {
     let mnt = s.mountpoint;
-    let mut server = spawn(exe, &s.argv, dev, init, 1, true).await?;
+    let mut server = spawn(exe, &s.argv, dev, init, 1, true, false).await?;
+    // The binary a dead serving process is replaced with: the latest taken over to.
+    let mut exe = exe.to_path_buf();
     server.go()?;
     let control = control_path(mnt);
     let listener = bind_control(&control)?;
@@ -191,7 +197,7 @@ async fn supervise(s: &Supervised<'_>, exe: &Path, dev: &OwnedFd, init: &[u8]) -
                     };
                 }
                 tracing::warn!(generation = server.generation, %status, "serving process died: starting another");
-                match restart(s, exe, dev, init, server.generation + 1).await {
+                match restart(s, &exe, dev, init, server.generation + 1).await {
                     Some(next) => server = next,
                     None => break Err(anyhow::anyhow!("the mount went away while restarting its server")),
                 }
@@ -200,8 +206,9 @@ async fn supervise(s: &Supervised<'_>, exe: &Path, dev: &OwnedFd, init: &[u8]) -
             _ = int.recv() => break stop(&mut server, mnt).await,
             conn = listener.accept() => {
                 let Ok((conn, _)) = conn else { continue };
-                if let Some(next) = takeover(s, dev, init, &mut server, conn).await {
+                if let Some((next, new_exe)) = takeover(s, dev, init, &mut server, conn).await {
                     server = next;
+                    exe = new_exe;
                 }
             }
         }
@@ -224,7 +231,7 @@ async fn restart(
         if !fuse_dev::is_mounted(s.mountpoint) {
             return None;
         }
-        match spawn(exe, &s.argv, dev, init, generation, false).await {
+        match spawn(exe, &s.argv, dev, init, generation, false, true).await {
             Ok(next) => {
                 if let Err(e) = next.go() {
                     tracing::error!(error = %e, "cannot start the new serving process");
@@ -259,7 +266,12 @@ fn bind_control(path: &Path) -> Result<UnixListener> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+    // It makes this process (root) run a binary it is given: root's alone.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// One takeover request: "takeover EXE". A new serving process from EXE is made ready,
@@ -271,10 +283,12 @@ async fn takeover(
     init: &[u8],
     old: &mut Server,
     conn: tokio::net::UnixStream,
-) -> Option<Server> {
+) -> Option<(Server, PathBuf)> {
     let (r, mut w) = conn.into_split();
     let mut line = String::new();
-    if BufReader::new(r).read_line(&mut line).await.is_err() {
+    let mut reader = BufReader::new(r);
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line));
+    if !matches!(read.await, Ok(Ok(_))) {
         return None;
     }
     let Some(exe) = line.trim_end().strip_prefix("takeover ") else {
@@ -283,7 +297,7 @@ async fn takeover(
     };
     let exe = PathBuf::from(exe);
     let generation = old.generation + 1;
-    let next = match spawn(&exe, &s.argv, dev, init, generation, false).await {
+    let next = match spawn(&exe, &s.argv, dev, init, generation, false, false).await {
         Ok(n) => n,
         Err(e) => {
             let _ = w.write_all(format!("error: {e:#}\n").as_bytes()).await;
@@ -309,7 +323,7 @@ async fn takeover(
             .as_bytes(),
         )
         .await;
-    Some(next)
+    Some((next, exe))
 }
 
 /// `meridian mount --takeover DIR`: asks the supervisor of the mount at DIR to serve it

@@ -110,7 +110,15 @@ impl FileSystem {
     /// Takes on a handle the kernel holds from a previous serving process of this mount
     /// (it restarted, or was replaced): the same file, as if opened now. Nothing if the
     /// handle is known, or if this process does not adopt handles.
-    pub fn adopt_handle(&self, fh: u64, ino: InodeId, append: bool, creds: &Creds) {
+    /// `writable`: whether the handle was opened for writing (none: not known).
+    pub fn adopt_handle(
+        &self,
+        fh: u64,
+        ino: InodeId,
+        append: bool,
+        writable: Option<bool>,
+        creds: &Creds,
+    ) {
         if !self.options.adopt_handles {
             return;
         }
@@ -118,7 +126,11 @@ impl FileSystem {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(fh)
-            .or_insert_with(|| Arc::new(AsyncMutex::new(self.new_open_file(ino, append, creds))));
+            .or_insert_with(|| {
+                let mut f = self.new_open_file(ino, append, creds);
+                f.lost = self.options.adopted_writes_lost && writable != Some(false);
+                Arc::new(AsyncMutex::new(f))
+            });
     }
 
     /// Whether this process takes on handles it did not open.
@@ -165,6 +177,7 @@ impl FileSystem {
             seen_failures: self.leases.failures(),
             next_read: None,
             near_reads: 0,
+            lost: false,
         }
     }
 
@@ -378,6 +391,9 @@ impl FileSystem {
     pub async fn flush(&self, fh: u64) -> Result<(), Errno> {
         let h = self.handle(fh)?;
         let mut f = h.lock().await;
+        if std::mem::take(&mut f.lost) {
+            return Err(libc_errno::EIO);
+        }
         self.commit(&mut f).await?;
         // Close and fsync are durability points for the namespace too.
         self.leases.sync(&mut f.seen_failures).await

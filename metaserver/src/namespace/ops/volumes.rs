@@ -246,6 +246,14 @@ pub(crate) fn clone_volume(
             "volume {source} lives in several regions: snapshots and clones are of one region's volumes"
         )));
     }
+    // A region with peers may undo and redo its recent records when an older one of a
+    // peer arrives late, and a copy is not yet replayed with the ids it gave.
+    if !crate::namespace::merge::peers(&t.region_state)?.is_empty() {
+        return Err(NsError::NotSupported(
+            "snapshots and clones are not offered yet in a region that replicates with others"
+                .into(),
+        ));
+    }
     if src.used_inodes > CLONE_MAX_INODES {
         return Err(NsError::NotSupported(format!(
             "volume {source} has {} inodes; a copy takes at most {CLONE_MAX_INODES}",
@@ -260,6 +268,10 @@ pub(crate) fn clone_volume(
     let mut map: std::collections::HashMap<InodeId, InodeId> = Default::default();
     map.insert(src.root, vol.root);
     copy_inode_data(t, src.root, vol.root, vol.id, vol.root)?;
+    // The copy was born now (a snapshot's time is its root's birth).
+    let mut root = get(t, vol.root)?;
+    root.attr.crtime = ctx.now;
+    t.put_inode(&root)?;
     let mut dirs = vec![src.root];
     while let Some(dir) = dirs.pop() {
         let new_dir = map[&dir];
