@@ -85,10 +85,18 @@ def main():
         expect("/dev/fuse", vols.get("fuse", {}).get("hostPath", {}).get("path"), "/dev/fuse")
         # The mounter: its socket where the plugin looks for it, FUSE, and the kubelet's
         # folder shared both ways (its mounts must reach the host and the pods).
-        mounter = cs.get("meridian-mounter")
+        mds = one(docs, "DaemonSet", "meridian-csi-mounter")
+        mspec = mds["spec"]["template"]["spec"] if mds else None
+        mounter = mspec and {c["name"]: c for c in mspec["containers"]}.get("meridian-mounter")
         if mounter is None:
-            bad.append("no meridian-mounter container")
+            bad.append("no DaemonSet meridian-csi-mounter with a meridian-mounter container")
         else:
+            mvols = {v["name"]: v for v in mspec["volumes"]}
+            expect("mounter-dir on the host", mvols["mounter-dir"].get("hostPath", {}).get("path"),
+                   vols["mounter-dir"].get("hostPath", {}).get("path"))
+            expect("mounter update strategy", mds["spec"].get("updateStrategy", {}).get("type"), "OnDelete")
+            expect("mounter /dev/fuse volume", mvols.get("fuse", {}).get("hostPath", {}).get("path"), "/dev/fuse")
+            expect("mounter kubelet-dir hostPath", mvols["kubelet-dir"]["hostPath"]["path"], "/var/lib/kubelet")
             msock = mount_path(mounter, "mounter-dir")["mountPath"] + "/mounter.sock"
             expect("mounter --endpoint", flag(mounter, "endpoint"), "unix://" + msock)
             expect("node plugin --mounter", flag(plugin, "mounter"), "unix://" + mount_path(plugin, "mounter-dir")["mountPath"] + "/mounter.sock")
