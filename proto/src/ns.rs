@@ -588,6 +588,10 @@ pub struct Effects {
     /// so a replay can make the copy again where the merged order did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_of: Option<InodeId>,
+    /// A volume copy: the first of the inode numbers it took (one each, in the order the
+    /// copy meets them), so a replay gives the copied inodes the same ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_base: Option<u64>,
 }
 
 /// A committed operation as regions exchange it: what ran, when (its HLC stamp names the

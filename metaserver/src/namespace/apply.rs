@@ -160,13 +160,22 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
 /// live in the origin's region (by this region's own state, not the record's word), and
 /// the record must name the volume its inode belongs to.
 fn origin_may_change(t: &WriteTables<'_>, record: &Record) -> Result<(), NsError> {
-    if matches!(record.op, Op::CreateVolume { .. }) {
+    // (A copy checks its source's home itself: its own volume does not exist yet.)
+    if matches!(record.op, Op::CreateVolume { .. } | Op::CloneVolume { .. }) {
         return Ok(());
     }
     let origin = record.hlc.region;
     let vol = find_volume_row(t, record.volume, None)?
         .ok_or_else(|| NsError::NotFound(format!("volume {}", record.volume)))?;
-    if !vol.policy.regions.contains(&origin) {
+    // A volume that names no regions lives in the one that made it (its id's top half):
+    // its own records replay there after a rewind.
+    let made_in = RegionId((vol.id >> 16) as u16);
+    let lives_there = if vol.policy.regions.is_empty() {
+        origin == made_in
+    } else {
+        vol.policy.regions.contains(&origin)
+    };
+    if !lives_there {
         return Err(NsError::Perm(format!(
             "volume {:?} does not live in region {}",
             vol.name, origin.0

@@ -240,6 +240,7 @@ fn record(h: &Hostile, inos: &[InodeId], vols: &[u32], base: u64) -> Record {
             copy_of: h.created.as_ref().map(ino),
             links: Some((h.num % 4) as u32),
             copied: None,
+            copy_base: None,
         },
         volume,
         regions: match h.regions {

@@ -593,3 +593,52 @@ fn a_volume_deleted_while_another_region_writes_to_it_comes_back_and_nothing_sto
         assert_eq!(rows, 1, "the deleted volume's tombstone is purged");
     }
 }
+
+#[test]
+fn a_volume_copy_made_in_a_region_with_peers_survives_a_rewind() {
+    let mut rs = regions(2);
+    // Region 2 runs ahead: region 1's next record, delivered late, is older than its own.
+    rs[1].phys += 1000;
+    let Reply::Volume(loc) = rs[1]
+        .run(Op::CreateVolume {
+            name: "loc".into(),
+            policy: VolumePolicy::default(),
+        })
+        .unwrap()
+    else {
+        panic!("no volume")
+    };
+    let d = match rs[1].run(mknod(loc.root, "d", FileKind::Dir)).unwrap() {
+        Reply::Attr(a) => a,
+        other => panic!("{other:?}"),
+    };
+    rs[1].run(mknod(d.ino, "f", FileKind::File)).unwrap();
+    let Reply::Volume(cl) = rs[1]
+        .run(Op::CloneVolume {
+            source: "loc".into(),
+            name: "cl".into(),
+            read_only: false,
+        })
+        .unwrap()
+    else {
+        panic!("no volume")
+    };
+    // A change that needs the copy's ids to be the same after the replay.
+    let cd = rs[1].lookup(cl.root, "d").unwrap();
+    rs[1].run(mknod(cd.ino, "after", FileKind::File)).unwrap();
+
+    let main_root = rs[0].volume_root();
+    rs[0].run(mknod(main_root, "late", FileKind::File)).unwrap();
+    // (Region 2's records of its own volume never leave it: deliver one way.)
+    let (from, to) = two(&mut rs, 0, 1);
+    assert!(deliver(from, to, 1000, 0) >= 1);
+
+    // The late record was merged before the copy (a rewind), and the copy came back whole.
+    assert!(rs[1].lookup(main_root, "late").is_ok());
+    // The region's own volume's records replayed too (they were skipped, and lost, when a
+    // volume naming no regions was taken to live nowhere).
+    assert!(rs[1].lookup(d.ino, "f").is_ok());
+    assert_eq!(rs[1].lookup(cl.root, "d").unwrap().ino, cd.ino);
+    assert_eq!(rs[1].names(cd.ino), ["after", "f"]);
+    assert!(rs[1].conflicts().is_empty(), "{:?}", rs[1].conflicts());
+}

@@ -241,18 +241,23 @@ pub(crate) fn clone_volume(
 ) -> Result<Reply, NsError> {
     let src = read_volume(t.volumes(), source)?
         .ok_or_else(|| NsError::NotFound(format!("volume {source}")))?;
-    if ctx.replaying() || src.policy.regions.len() > 1 {
+    if src.policy.regions.len() > 1 {
         return Err(NsError::NotSupported(format!(
             "volume {source} lives in several regions: snapshots and clones are of one region's volumes"
         )));
     }
-    // A region with peers may undo and redo its recent records when an older one of a
-    // peer arrives late, and a copy is not yet replayed with the ids it gave.
-    if !crate::namespace::merge::peers(&t.region_state)?.is_empty() {
-        return Err(NsError::NotSupported(
-            "snapshots and clones are not offered yet in a region that replicates with others"
-                .into(),
-        ));
+    // The source lives in the copy's region alone (a record from elsewhere naming one of
+    // this region's volumes is refused).
+    let home = match src.policy.regions.first() {
+        Some(r) => *r,
+        None => meridian_proto::RegionId((src.id >> 16) as u16),
+    };
+    if home != ctx.region() {
+        return Err(NsError::Perm(format!(
+            "volume {source} lives in region {}, not {}",
+            home.0,
+            ctx.region().0
+        )));
     }
     if src.used_inodes > CLONE_MAX_INODES {
         return Err(NsError::NotSupported(format!(
@@ -260,35 +265,46 @@ pub(crate) fn clone_volume(
             src.used_inodes
         )));
     }
+    // The inodes to copy, in the order the copy meets them (the same in a replay: the
+    // source lives in this region alone, so its state at this point of the log is the
+    // same). Each takes the next of a range of ids reserved at once, which the record
+    // keeps: a replay after a rewind gives them the same ids.
+    let order = copy_order(t, src.root)?;
+    let base = match ctx.replay {
+        Some(fx) => fx.copy_base.ok_or_else(|| {
+            NsError::Invalid("a volume copy record without its inode range".into())
+        })?,
+        None => t.next_n(counter::NEXT_INODE, 1, order.len() as u64)?,
+    };
     let mut policy = src.policy.clone();
     policy.regions = Vec::new();
     let Reply::Volume(mut vol) = create_volume(t, ctx, name, &policy)? else {
         return Err(NsError::Store("volume creation answered oddly".into()));
     };
+    ctx.out.borrow_mut().copy_base = Some(base);
     let mut map: std::collections::HashMap<InodeId, InodeId> = Default::default();
     map.insert(src.root, vol.root);
+    for (k, (ino, _)) in order.iter().enumerate() {
+        let id = InodeId::new(ctx.region(), base + k as u64)
+            .map_err(|e| NsError::Store(e.to_string()))?;
+        map.insert(*ino, id);
+    }
     copy_inode_data(t, src.root, vol.root, vol.id, vol.root)?;
     // The copy was born now (a snapshot's time is its root's birth).
     let mut root = get(t, vol.root)?;
     root.attr.crtime = ctx.now;
     t.put_inode(&root)?;
+    for (old, parent) in &order {
+        copy_inode_data(t, *old, map[old], vol.id, map[parent])?;
+    }
     let mut dirs = vec![src.root];
     while let Some(dir) = dirs.pop() {
         let new_dir = map[&dir];
         for e in list_dir(t, dir)? {
-            let ino = match map.get(&e.ino) {
-                Some(&ino) => ino,
-                None => {
-                    let ino = new_inode_id(t, ctx.region())?;
-                    map.insert(e.ino, ino);
-                    copy_inode_data(t, e.ino, ino, vol.id, new_dir)?;
-                    if e.kind == FileKind::Dir {
-                        dirs.push(e.ino);
-                    }
-                    ino
-                }
-            };
-            t.set_dirent(new_dir, &e.name, ino, e.kind)?;
+            if e.kind == FileKind::Dir {
+                dirs.push(e.ino);
+            }
+            t.set_dirent(new_dir, &e.name, map[&e.ino], e.kind)?;
         }
     }
     vol.used_bytes = src.used_bytes;
@@ -297,6 +313,25 @@ pub(crate) fn clone_volume(
     vol.origin = Some(src.name.clone());
     t.put_volume(&vol)?;
     Ok(Reply::Volume(vol))
+}
+
+/// Every inode below `root`, once each (a file with several links at its first name),
+/// in a fixed order, with the directory it is first met in.
+fn copy_order(t: &WriteTables<'_>, root: InodeId) -> Result<Vec<(InodeId, InodeId)>, NsError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut order = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for e in list_dir(t, dir)? {
+            if seen.insert(e.ino) {
+                order.push((e.ino, dir));
+                if e.kind == FileKind::Dir {
+                    dirs.push(e.ino);
+                }
+            }
+        }
+    }
+    Ok(order)
 }
 
 /// The entries of a directory.
