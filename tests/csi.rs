@@ -1091,6 +1091,8 @@ async fn mounts_the_mounter_started_outlive_the_plugin_and_everything_it_started
             .arg(format!("unix://{}", sock.display()))
             .arg("--kubelet-dir")
             .arg(&root)
+            .arg("--log-dir")
+            .arg(dir.join("mounter-logs"))
             .env("MERIDIAN_LOG", "info")
             .stdout(out.try_clone()?)
             .stderr(out)

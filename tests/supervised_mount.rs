@@ -251,3 +251,24 @@ fn a_takeover_by_a_new_process_keeps_open_files_and_listings() -> Result<()> {
     mnt.unmount()?;
     Ok(())
 }
+
+#[test]
+fn a_supervisor_that_cannot_start_a_server_still_stops_when_asked() -> Result<()> {
+    let mut region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let first = serving_pids(&mnt.path);
+    anyhow::ensure!(first.len() == 1, "serving processes: {first:?}");
+    // With the metaservers gone no serving process can start: the supervisor keeps
+    // trying (programs on the mount wait), and must still obey SIGTERM.
+    for m in region.meta.nodes.iter_mut() {
+        m.kill();
+    }
+    // SAFETY: kill(2) of the serving process this test's mount started.
+    unsafe { libc::kill(first[0], libc::SIGKILL) };
+    wait_for(Duration::from_secs(30), "a restart under way", || {
+        let now = serving_pids(&mnt.path);
+        (now.iter().any(|p| *p != first[0])).then_some(())
+    })?;
+    mnt.unmount()?;
+    Ok(())
+}

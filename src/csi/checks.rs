@@ -96,9 +96,11 @@ pub fn confined(path: &str, roots: &[PathBuf], what: &str) -> Result<PathBuf, St
             "{what} {path} is outside the plugin's folders"
         )));
     }
-    // The longest part that exists, with its symlinks resolved, must stay inside too.
-    let mut existing = clean.as_path();
-    let mut rest = Vec::new();
+    // The longest part that exists, with its symlinks resolved, must stay inside too. The
+    // path itself is not looked at: it may be a mount whose server is restarting, and a
+    // look would wait on it (the kubelet, not a tenant, makes these last folders).
+    let mut existing = clean.parent().unwrap_or(Path::new("/"));
+    let mut rest = vec![clean.file_name().unwrap_or_default().to_owned()];
     while std::fs::symlink_metadata(existing).is_err() {
         match existing.parent() {
             Some(p) => {

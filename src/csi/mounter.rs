@@ -28,18 +28,20 @@ pub struct MounterArgs {
     /// Folders staging paths must lie in (comma-separated); any other path is refused.
     #[arg(long, value_delimiter = ',', default_value = "/var/lib/kubelet")]
     pub kubelet_dir: Vec<PathBuf>,
+    /// Where the mounts' output goes (one file per staging path).
+    #[arg(long, default_value = "/var/lib/meridian-csi/mounter-logs")]
+    pub log_dir: PathBuf,
 }
 
 /// What the node plugin asks.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Ask {
-    /// Mount `volume` at `staging`; the mount's output goes to `log`.
+    /// Mount `volume` at `staging`.
     Mount {
         volume: String,
         staging: PathBuf,
         meta: Vec<String>,
         flags: Vec<String>,
-        log: PathBuf,
     },
     /// Unmount what is at `staging` (cleanly: the mount sends what it holds first), and
     /// stop its process (`pid` when the mounter does not know it: an earlier run's).
@@ -73,6 +75,7 @@ pub fn ask(socket: &Path, ask: &Ask) -> std::io::Result<Answer> {
 
 struct Mounter {
     roots: Vec<PathBuf>,
+    log_dir: PathBuf,
     children: Mutex<HashMap<PathBuf, Child>>,
 }
 
@@ -84,11 +87,13 @@ impl Mounter {
                 staging,
                 meta,
                 flags,
-                log,
             } => {
                 if let Err(s) = self.allowed(&volume, &staging) {
                     return Answer::Failed(s);
                 }
+                // The log's place is the mounter's to choose, never the asker's.
+                let key = blake3::hash(staging.as_os_str().as_encoded_bytes()).to_hex();
+                let log = self.log_dir.join(format!("{}.log", &key[..24]));
                 if super::mounts::mounted_at(&staging).is_some()
                     && let Err(e) = super::mounts::unmount(&staging)
                 {
@@ -166,8 +171,11 @@ pub fn run(args: MounterArgs) -> Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::create_dir_all(&args.log_dir)
+        .with_context(|| format!("create {}", args.log_dir.display()))?;
     let m = Arc::new(Mounter {
         roots,
+        log_dir: args.log_dir.clone(),
         children: Mutex::new(HashMap::new()),
     });
     {

@@ -20,6 +20,9 @@ use super::controller::find_volume;
 use super::staging::{self, Published, Records, Staged};
 use super::{Shared, TOPOLOGY_REGION, TOPOLOGY_ZONE, checks, mounter, mounts};
 
+/// How long a look at a mount may take before the mount counts as busy.
+const LOOK_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The volume context key naming a folder of the volume to publish instead of its root.
 pub const SUBDIR_KEY: &str = "subdir";
 
@@ -97,7 +100,6 @@ impl Node {
                     staging,
                     meta: inner.shared.meta_addrs.clone(),
                     flags: inner.mount_flags.clone(),
-                    log,
                 };
                 return match mounter::ask(socket, &ask)? {
                     mounter::Answer::Mounted(pid) => Ok(pid),
@@ -135,14 +137,21 @@ impl Node {
             let staging = s.staging.clone();
             let alive = {
                 let st = staging.clone();
-                blocking(move || {
+                let look = blocking(move || {
                     Ok(
                         mounts::mounted_at(&st).is_some_and(|m| m.fstype.starts_with("fuse"))
                             && mounts::answers(&st),
                     )
-                })
-                .await
-                .unwrap_or(false)
+                });
+                // A mount that does not answer at once is being served again by its
+                // supervisor: busy, not dead.
+                match tokio::time::timeout(LOOK_PATIENCE, look).await {
+                    Ok(r) => r.unwrap_or(false),
+                    Err(_) => {
+                        tracing::info!(volume = %s.volume, "staged mount is busy; looking again later");
+                        continue;
+                    }
+                }
             };
             if !alive {
                 tracing::warn!(volume = %s.volume, staging = %staging.display(), "staged mount is dead: mounting again");
@@ -162,17 +171,21 @@ impl Node {
             for (target, p) in &s.published {
                 let (target, st, sub, ro) =
                     (target.clone(), staging.clone(), p.sub.clone(), p.read_only);
-                let rebound = blocking(move || {
-                    if mounts::mounted_at(&target).is_some() && mounts::answers(&target) {
-                        return Ok(false);
-                    }
-                    mounts::unmount(&target)?;
-                    std::fs::create_dir_all(&target)?;
-                    let dir = mounts::open_beneath(&st, &sub)?;
-                    mounts::bind_fd(&dir, &target, ro)?;
-                    Ok(true)
-                })
-                .await;
+                let rebound = tokio::time::timeout(
+                    LOOK_PATIENCE,
+                    blocking(move || {
+                        if mounts::mounted_at(&target).is_some() && mounts::answers(&target) {
+                            return Ok(false);
+                        }
+                        mounts::unmount(&target)?;
+                        std::fs::create_dir_all(&target)?;
+                        let dir = mounts::open_beneath(&st, &sub)?;
+                        mounts::bind_fd(&dir, &target, ro)?;
+                        Ok(true)
+                    }),
+                )
+                .await
+                .unwrap_or(Ok(false));
                 match rebound {
                     Ok(true) => tracing::warn!(volume = %s.volume, "bound a target again"),
                     Ok(false) => {}
@@ -258,14 +271,17 @@ impl node_server::Node for Node {
                 )));
             }
             let st = staging.clone();
-            let alive =
-                blocking(move || Ok(mounts::mounted_at(&st).is_some() && mounts::answers(&st)))
-                    .await
-                    .unwrap_or(false);
+            let look =
+                blocking(move || Ok(mounts::mounted_at(&st).is_some() && mounts::answers(&st)));
+            // Busy (its supervisor is serving it again) counts as staged.
+            let alive = tokio::time::timeout(LOOK_PATIENCE, look)
+                .await
+                .map(|r| r.unwrap_or(false))
+                .unwrap_or(true);
             if alive {
                 return Ok(Response::new(NodeStageVolumeResponse {}));
             }
-        } else if mounts::mounted_at(&staging).is_some() && mounts::answers(&staging) {
+        } else if mounts::mounted_at(&staging).is_some() {
             return Err(Status::failed_precondition(format!(
                 "something this plugin did not mount is mounted at {}",
                 staging.display()

@@ -197,9 +197,14 @@ async fn supervise(s: &Supervised<'_>, exe: &Path, dev: &OwnedFd, init: &[u8]) -
                     };
                 }
                 tracing::warn!(generation = server.generation, %status, "serving process died: starting another");
-                match restart(s, &exe, dev, init, server.generation + 1).await {
-                    Some(next) => server = next,
-                    None => break Err(anyhow::anyhow!("the mount went away while restarting its server")),
+                match restart(s, &exe, dev, init, server.generation + 1, &mut term, &mut int).await {
+                    Restarted::Serving(next) => server = next,
+                    Restarted::Gone => break Err(anyhow::anyhow!("the mount went away while restarting its server")),
+                    Restarted::Stopped => {
+                        // No process serves it: nothing can be sent first.
+                        fuse_dev::detach(mnt);
+                        break Ok(());
+                    }
                 }
             }
             _ = term.recv() => break stop(&mut server, mnt).await,
@@ -217,21 +222,39 @@ async fn supervise(s: &Supervised<'_>, exe: &Path, dev: &OwnedFd, init: &[u8]) -
     outcome
 }
 
-/// Starts serving processes until one is ready (backing off while they fail), then has
-/// the kernel send again what the dead one held. None if the mount is gone meanwhile.
+/// How a restart ended.
+enum Restarted {
+    /// A new process serves.
+    Serving(Server),
+    /// The mount went away meanwhile.
+    Gone,
+    /// SIGTERM or SIGINT came first.
+    Stopped,
+}
+
+/// Starts serving processes until one is ready (backing off while they fail, for
+/// example while the metaservers are down), then has the kernel send again what the
+/// dead one held. A signal to stop ends the attempts.
 async fn restart(
     s: &Supervised<'_>,
     exe: &Path,
     dev: &OwnedFd,
     init: &[u8],
     mut generation: u64,
-) -> Option<Server> {
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Restarted {
     let mut backoff = Duration::from_millis(100);
     loop {
         if !fuse_dev::is_mounted(s.mountpoint) {
-            return None;
+            return Restarted::Gone;
         }
-        match spawn(exe, &s.argv, dev, init, generation, false, true).await {
+        let started = tokio::select! {
+            r = spawn(exe, &s.argv, dev, init, generation, false, true) => r,
+            _ = term.recv() => return Restarted::Stopped,
+            _ = int.recv() => return Restarted::Stopped,
+        };
+        match started {
             Ok(next) => {
                 if let Err(e) = next.go() {
                     tracing::error!(error = %e, "cannot start the new serving process");
@@ -240,13 +263,17 @@ async fn restart(
                         tracing::warn!(error = %e, "the kernel cannot resend unanswered requests");
                     }
                     tracing::info!(generation, pid = next.pid(), "serving again");
-                    return Some(next);
+                    return Restarted::Serving(next);
                 }
             }
             Err(e) => tracing::error!(error = %e, generation, "a serving process failed to start"),
         }
         generation += 1;
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = term.recv() => return Restarted::Stopped,
+            _ = int.recv() => return Restarted::Stopped,
+        }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
