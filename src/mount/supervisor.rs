@@ -198,7 +198,7 @@ async fn supervise(s: &Supervised<'_>, exe: &Path, dev: &OwnedFd, init: &[u8]) -
                 }
                 tracing::warn!(generation = server.generation, %status, "serving process died: starting another");
                 match restart(s, &exe, dev, init, server.generation + 1, &mut term, &mut int).await {
-                    Restarted::Serving(next) => server = next,
+                    Restarted::Serving(next) => server = *next,
                     Restarted::Gone => break Err(anyhow::anyhow!("the mount went away while restarting its server")),
                     Restarted::Stopped => {
                         // No process serves it: nothing can be sent first.
@@ -225,7 +225,7 @@ async fn supervise(s: &Supervised<'_>, exe: &Path, dev: &OwnedFd, init: &[u8]) -
 /// How a restart ended.
 enum Restarted {
     /// A new process serves.
-    Serving(Server),
+    Serving(Box<Server>),
     /// The mount went away meanwhile.
     Gone,
     /// SIGTERM or SIGINT came first.
@@ -263,7 +263,7 @@ async fn restart(
                         tracing::warn!(error = %e, "the kernel cannot resend unanswered requests");
                     }
                     tracing::info!(generation, pid = next.pid(), "serving again");
-                    return Restarted::Serving(next);
+                    return Restarted::Serving(Box::new(next));
                 }
             }
             Err(e) => tracing::error!(error = %e, generation, "a serving process failed to start"),
