@@ -17,6 +17,10 @@ fi
 # tests/deploy.rs, with kubernetes-validate and PyYAML from PyPI.
 if ! python3 -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; then
   echo "== installing kubernetes-validate"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
   python3 -m pip install --quiet kubernetes-validate PyYAML \
     || python3 -m pip install --quiet --break-system-packages kubernetes-validate PyYAML
 fi

@@ -30,8 +30,8 @@ fn manifests() -> Result<Vec<PathBuf>> {
 
 #[test]
 fn the_manifests_validate_against_the_kubernetes_schemas() -> Result<()> {
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "-k", "1.33.0"])
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.33.0"])
         .args(manifests()?)
         .output()
         .context("kubernetes-validate (pip install kubernetes-validate; scripts/test.sh does)")?;
