@@ -100,6 +100,22 @@ fn big_dir(dir: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// An iteration of `dir` with its first `n` names read.
+fn start_listing(dir: &Path, n: usize) -> Result<(fs::ReadDir, Vec<String>)> {
+    let mut it = fs::read_dir(dir)?;
+    let mut names = Vec::new();
+    for _ in 0..n {
+        names.push(
+            it.next()
+                .context("entry")??
+                .file_name()
+                .into_string()
+                .unwrap(),
+        );
+    }
+    Ok((it, names))
+}
+
 /// The rest of a directory iteration, every name checked.
 fn drain(it: fs::ReadDir, mut names: Vec<String>) -> Result<Vec<String>> {
     for e in it {
@@ -129,17 +145,7 @@ fn a_killed_serving_process_is_replaced_and_open_files_and_listings_carry_on() -
     f.sync_all()?;
     let writer = Writer::start(f);
     writer.wait_progress(100)?;
-    let mut it = fs::read_dir(mnt.path.join("big"))?;
-    let mut names = Vec::new();
-    for _ in 0..200 {
-        names.push(
-            it.next()
-                .context("entry")??
-                .file_name()
-                .into_string()
-                .unwrap(),
-        );
-    }
+    let (it, names) = start_listing(&mnt.path.join("big"), 200)?;
 
     // SAFETY: kill(2) of the serving process this test's mount started.
     unsafe { libc::kill(first[0], libc::SIGKILL) };
@@ -207,17 +213,7 @@ fn a_takeover_by_a_new_process_keeps_open_files_and_listings() -> Result<()> {
     big_dir(&mnt.path.join("big"), 1500)?;
     let writer = Writer::start(File::create(mnt.path.join("held.txt"))?);
     writer.wait_progress(100)?;
-    let mut it = fs::read_dir(mnt.path.join("big"))?;
-    let mut names = Vec::new();
-    for _ in 0..300 {
-        names.push(
-            it.next()
-                .context("entry")??
-                .file_name()
-                .into_string()
-                .unwrap(),
-        );
-    }
+    let (it, names) = start_listing(&mnt.path.join("big"), 300)?;
 
     let out = std::process::Command::new(MERIDIAN)
         .args(["mount", "--takeover"])

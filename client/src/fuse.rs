@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
     RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
@@ -21,93 +21,17 @@ use tokio::runtime::Handle;
 use crate::fs::{FileSystem, Seek};
 
 mod convert;
+mod dirs;
+#[macro_use]
+mod drain;
 mod notify;
 use convert::{creds, err, kind, kind_of_mode, time, timespec};
+use dirs::{OpenDirs, reply_listing};
+pub use drain::Drain;
 pub use notify::KernelNotifier;
 
 /// Preferred I/O size reported to programs (st_blksize).
 const BLKSIZE: u32 = 1 << 20;
-
-/// One directory entry as the kernel sees it.
-type DirItem = (INodeNo, FileType, Vec<u8>);
-
-/// Listings taken at opendir, so readdir offsets stay stable while the directory changes.
-#[derive(Default)]
-struct OpenDirs {
-    next: std::sync::atomic::AtomicU64,
-    listings: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<DirItem>>>>,
-}
-
-/// A directory's entries as the kernel lists them ("." and ".." first).
-async fn list_dir(
-    fs: &FileSystem,
-    dir: InodeId,
-    ino: INodeNo,
-    c: &meridian_proto::ns::Creds,
-    root: InodeId,
-) -> Result<Vec<DirItem>, crate::fs::Errno> {
-    let entries = fs.readdir(dir, c).await?;
-    let mut all: Vec<DirItem> = vec![
-        (ino, FileType::Directory, b".".to_vec()),
-        (ino, FileType::Directory, b"..".to_vec()),
-    ];
-    all.extend(entries.into_iter().map(|e| {
-        let k = if e.ino == root {
-            INodeNo::ROOT
-        } else {
-            INodeNo(e.ino.0)
-        };
-        (k, kind(e.kind), e.name)
-    }));
-    Ok(all)
-}
-
-/// Answers a readdir from a listing, from `offset` on.
-fn reply_listing(listing: &[DirItem], offset: u64, mut reply: ReplyDirectory) {
-    for (i, (k, t, name)) in listing.iter().enumerate().skip(offset as usize) {
-        // The offset of an entry is where the next readdir continues.
-        if reply.add(*k, (i + 1) as u64, *t, OsStr::from_bytes(name)) {
-            break;
-        }
-    }
-    reply.ok();
-}
-
-/// Stops a serving process from answering, for a handover (docs/adr/0008): once
-/// started, every request that arrives is left unanswered (the kernel sends it again to
-/// the process taking over), while those already under way finish and answer.
-#[derive(Default)]
-pub struct Drain {
-    draining: std::sync::atomic::AtomicBool,
-    in_flight: std::sync::atomic::AtomicUsize,
-}
-
-impl Drain {
-    /// Stops taking requests.
-    pub fn start(&self) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Requests under way.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-/// Leaves the request unanswered while draining (see [`Drain`]).
-macro_rules! unless_draining {
-    ($self:ident, $reply:ident) => {
-        if $self.drain.draining() {
-            std::mem::forget($reply);
-            return;
-        }
-    };
-}
 
 /// A volume mounted through FUSE.
 pub struct FuseFs {
@@ -547,24 +471,9 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         unless_draining!(self, reply);
-        let (fs, dir, c, root, dirs) = (
-            self.fs.clone(),
-            self.ino(ino),
-            creds(req),
-            self.root,
-            self.dirs.clone(),
-        );
-        self.spawn(async move {
-            let all = match list_dir(&fs, dir, ino, &c, root).await {
-                Ok(all) => all,
-                Err(e) => return reply.error(err(e)),
-            };
-            let fh = dirs.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            dirs.listings
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, Arc::new(all));
-            reply.opened(FileHandle(fh), FopenFlags::empty());
+        self.keep_listing(req, ino, None, move |kept| match kept {
+            Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(err(e)),
         });
     }
 
@@ -589,26 +498,9 @@ impl Filesystem for FuseFs {
             None if self.fs.adopts_handles() => {
                 // A handle of the process that served before: listed again under it, so
                 // the reader carries on (from the same offset of a fresh listing).
-                let (fs, dir, c, root, dirs) = (
-                    self.fs.clone(),
-                    self.ino(ino),
-                    creds(req),
-                    self.root,
-                    self.dirs.clone(),
-                );
-                self.spawn(async move {
-                    match list_dir(&fs, dir, ino, &c, root).await {
-                        Ok(all) => {
-                            let all = Arc::new(all);
-                            dirs.listings
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .entry(fh.0)
-                                .or_insert(all.clone());
-                            reply_listing(&all, offset, reply);
-                        }
-                        Err(e) => reply.error(err(e)),
-                    }
+                self.keep_listing(req, ino, Some(fh.0), move |kept| match kept {
+                    Ok((_, all)) => reply_listing(&all, offset, reply),
+                    Err(e) => reply.error(err(e)),
                 });
             }
             None => reply.error(Errno::EBADF),

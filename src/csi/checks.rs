@@ -83,6 +83,14 @@ pub fn absolute_clean(path: &Path) -> Result<PathBuf, Status> {
     Ok(out)
 }
 
+/// The folders a `--kubelet-dir` flag names, each absolute and clean.
+pub fn roots(dirs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    dirs.iter()
+        .map(|d| absolute_clean(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|s| anyhow::anyhow!("--kubelet-dir: {}", s.message()))
+}
+
 /// A staging or target path: required, absolute and clean, inside one of `roots`, and
 /// still inside it once the symlinks of its existing part are followed.
 pub fn confined(path: &str, roots: &[PathBuf], what: &str) -> Result<PathBuf, Status> {

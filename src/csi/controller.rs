@@ -1,231 +1,26 @@
-//! The CSI controller service: CSI volumes are Meridian volumes. A volume's id is its
-//! name; its capacity is its byte quota; its topology is the regions it lives in.
+//! The CSI controller service: CSI volumes are Meridian volumes (`volumes.rs`), created,
+//! copied, grown, listed and deleted through the region's metaservers.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_client::{MetaClient, MetaError};
-use meridian_proto::InodeId;
+use meridian_client::MetaError;
 use meridian_proto::cluster::NodeState;
-use meridian_proto::ns::{
-    Creds, FileKind, NsError, Op, Query, QueryReply, Volume as MVolume, VolumePolicy,
-};
+use meridian_proto::ns::{NsError, Op, Query, QueryReply, Volume as MVolume};
 use meridian_proto::pb::csi::controller_server;
 use meridian_proto::pb::csi::controller_service_capability::{self, rpc};
 use meridian_proto::pb::csi::validate_volume_capabilities_response::Confirmed;
 use meridian_proto::pb::csi::*;
 use tonic::{Request, Response, Status};
 
-use super::checks;
-use super::{Shared, TOPOLOGY_REGION};
-
-/// What a ListVolumes paging token starts with.
-const TOKEN_PREFIX: &str = "after:";
+use super::volumes::{
+    allowed_regions, csi_volume, empty_dir, find_volume, page, policy_from, quota_from,
+    same_volume, status,
+};
+use super::{Shared, TOPOLOGY_REGION, checks};
 
 pub struct Controller {
     pub shared: Arc<Shared>,
-}
-
-/// The gRPC status for a metaserver error, by the CSI specification's codes.
-pub fn status(e: MetaError) -> Status {
-    match e {
-        MetaError::Ns(NsError::NotFound(m)) => Status::not_found(m),
-        MetaError::Ns(NsError::Exists(m)) => Status::already_exists(m),
-        MetaError::Ns(NsError::Invalid(m)) | MetaError::Invalid(m) => Status::invalid_argument(m),
-        MetaError::Ns(NsError::Quota(m)) => Status::resource_exhausted(m),
-        MetaError::Ns(e @ (NsError::Perm(_) | NsError::Access(_))) => {
-            Status::permission_denied(e.to_string())
-        }
-        MetaError::Denied(m) => Status::permission_denied(m),
-        MetaError::Unavailable(m) => Status::unavailable(m),
-        other => Status::internal(other.to_string()),
-    }
-}
-
-/// A volume, or none if there is none by that name.
-pub async fn find_volume(meta: &MetaClient, name: &str) -> Result<Option<MVolume>, Status> {
-    match meta
-        .query(
-            &Query::Volume {
-                name: name.to_string(),
-            },
-            false,
-        )
-        .await
-    {
-        Ok(QueryReply::Volume(v)) if v.deleted.is_none() => Ok(Some(v)),
-        Ok(QueryReply::Volume(_)) | Err(MetaError::Ns(NsError::NotFound(_))) => Ok(None),
-        Ok(other) => Err(Status::internal(format!("unexpected reply {other:?}"))),
-        Err(e) => Err(status(e)),
-    }
-}
-
-/// The capacity a CSI client sees: the quota, or 0 (unknown) without one.
-fn capacity(v: &MVolume) -> i64 {
-    v.policy
-        .quota_bytes
-        .map_or(0, |q| i64::try_from(q).unwrap_or(i64::MAX))
-}
-
-fn regions_of(v: &MVolume, local: u16) -> Vec<u16> {
-    if v.policy.regions.is_empty() {
-        vec![local]
-    } else {
-        v.policy.regions.iter().map(|r| r.0).collect()
-    }
-}
-
-fn topology(region: u16) -> Topology {
-    Topology {
-        segments: [(TOPOLOGY_REGION.to_string(), region.to_string())].into(),
-    }
-}
-
-fn csi_volume(v: &MVolume, local: u16) -> Volume {
-    Volume {
-        capacity_bytes: capacity(v),
-        volume_id: v.name.clone(),
-        volume_context: Default::default(),
-        content_source: None,
-        accessible_topology: regions_of(v, local).into_iter().map(topology).collect(),
-    }
-}
-
-/// The policy a CreateVolume's parameters ask for.
-fn policy_from(params: &std::collections::HashMap<String, String>) -> Result<VolumePolicy, Status> {
-    let mut policy = VolumePolicy::default();
-    let num = |k: &str, v: &str| {
-        v.parse::<u32>().map_err(|_| {
-            Status::invalid_argument(format!("parameter {k}={v:?} is not a whole number"))
-        })
-    };
-    let mut min_given = false;
-    for (k, v) in params {
-        match k.as_str() {
-            "replicas" => policy.replicas = num(k, v)?,
-            "minCopies" => {
-                policy.min_copies = num(k, v)?;
-                min_given = true;
-            }
-            "blockSize" => policy.block_size = num(k, v)?,
-            "regions" => {
-                policy.regions = v
-                    .split(',')
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|s| {
-                        s.trim()
-                            .parse::<u16>()
-                            .map(meridian_proto::RegionId)
-                            .map_err(|_| {
-                                Status::invalid_argument(format!(
-                                    "parameter regions={v:?}: region ids are numbers"
-                                ))
-                            })
-                    })
-                    .collect::<Result<_, _>>()?;
-            }
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown parameter {other:?} (known: replicas, minCopies, blockSize, regions)"
-                )));
-            }
-        }
-    }
-    if !min_given {
-        policy.min_copies = policy.min_copies.min(policy.replicas).max(1);
-    }
-    Ok(policy)
-}
-
-/// The quota a capacity range asks for (none: no limit asked).
-fn quota_from(range: Option<&CapacityRange>) -> Result<Option<u64>, Status> {
-    let Some(r) = range else { return Ok(None) };
-    if r.required_bytes < 0 || r.limit_bytes < 0 {
-        return Err(Status::invalid_argument("capacities cannot be negative"));
-    }
-    if r.limit_bytes > 0 && r.required_bytes > r.limit_bytes {
-        return Err(Status::out_of_range(format!(
-            "required {} bytes is above the limit of {}",
-            r.required_bytes, r.limit_bytes
-        )));
-    }
-    Ok(match (r.required_bytes, r.limit_bytes) {
-        (0, 0) => None,
-        (0, limit) => Some(limit as u64),
-        (required, _) => Some(required as u64),
-    })
-}
-
-/// The regions a topology requirement allows (none: no constraint on regions).
-fn allowed_regions(req: Option<&TopologyRequirement>) -> Result<Option<BTreeSet<u16>>, Status> {
-    let Some(req) = req else { return Ok(None) };
-    let mut allowed = BTreeSet::new();
-    for t in req.requisite.iter().chain(&req.preferred) {
-        if let Some(r) = t.segments.get(TOPOLOGY_REGION) {
-            allowed.insert(r.parse::<u16>().map_err(|_| {
-                Status::invalid_argument(format!("topology region {r:?} is not a region id"))
-            })?);
-        }
-    }
-    Ok((!allowed.is_empty()).then_some(allowed))
-}
-
-/// Whether an existing volume is the one a repeated CreateVolume asks for.
-fn same_volume(v: &MVolume, policy: &VolumePolicy, quota: Option<u64>) -> bool {
-    v.policy.replicas == policy.replicas
-        && v.policy.min_copies == policy.min_copies
-        && v.policy.block_size == policy.block_size
-        && v.policy.regions == policy.regions
-        && v.policy.quota_bytes == quota
-}
-
-/// Removes everything in a directory, deepest first, as root.
-async fn empty_dir(meta: &MetaClient, dir: InodeId) -> Result<(), Status> {
-    loop {
-        let page = meta
-            .query(
-                &Query::ReadDir {
-                    ino: dir,
-                    after: None,
-                    limit: 1000,
-                    creds: Creds::root(),
-                },
-                false,
-            )
-            .await
-            .map_err(status)?;
-        let QueryReply::Dir { entries, .. } = page else {
-            return Err(Status::internal("unexpected reply to a directory read"));
-        };
-        let entries: Vec<_> = entries
-            .into_iter()
-            .filter(|e| e.name != b"." && e.name != b"..")
-            .collect();
-        if entries.is_empty() {
-            return Ok(());
-        }
-        for e in entries {
-            let op = if e.kind == FileKind::Dir {
-                Box::pin(empty_dir(meta, e.ino)).await?;
-                Op::Rmdir {
-                    parent: dir,
-                    name: e.name,
-                    creds: Creds::root(),
-                }
-            } else {
-                Op::Unlink {
-                    parent: dir,
-                    name: e.name,
-                    creds: Creds::root(),
-                }
-            };
-            match meta.mutate(&op).await {
-                Ok(_) | Err(MetaError::Ns(NsError::NotFound(_))) => {}
-                Err(e) => return Err(status(e)),
-            }
-        }
-    }
 }
 
 impl Controller {
@@ -512,45 +307,13 @@ impl controller_server::Controller for Controller {
         request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let req = request.into_inner();
-        if req.max_entries < 0 {
-            return Err(Status::invalid_argument("max_entries cannot be negative"));
-        }
-        // A token is "after:" and the last volume of the previous page.
-        let after = match req.starting_token.as_str() {
-            "" => "",
-            t => match t.strip_prefix(TOKEN_PREFIX) {
-                Some(name) if checks::is_volume_name(name) => name,
-                _ => {
-                    return Err(Status::aborted(format!(
-                        "starting_token {t:?} is not one this plugin gave"
-                    )));
-                }
-            },
-        };
-        let QueryReply::Volumes(mut vols) = self
-            .shared
-            .meta
-            .query(&Query::Volumes, false)
-            .await
-            .map_err(status)?
-        else {
-            return Err(Status::internal("unexpected reply to a volume list"));
-        };
-        vols.retain(|v| v.deleted.is_none() && !v.read_only && v.name.as_str() > after);
-        vols.sort_by(|a, b| a.name.cmp(&b.name));
-        let max = if req.max_entries == 0 {
-            usize::MAX
-        } else {
-            req.max_entries as usize
-        };
-        let next_token = if vols.len() > max {
-            vols.truncate(max);
-            vols.last()
-                .map(|v| format!("{TOKEN_PREFIX}{}", v.name))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (vols, next_token) = page(
+            &self.shared.meta,
+            req.max_entries,
+            &req.starting_token,
+            |v| !v.read_only,
+        )
+        .await?;
         let local = self.shared.region;
         let entries = vols
             .iter()
@@ -729,52 +492,18 @@ impl controller_server::Controller for Controller {
         request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
         let req = request.into_inner();
-        if req.max_entries < 0 {
-            return Err(Status::invalid_argument("max_entries cannot be negative"));
-        }
-        let after = match req.starting_token.as_str() {
-            "" => "",
-            t => match t.strip_prefix(TOKEN_PREFIX) {
-                Some(name) if checks::is_volume_name(name) => name,
-                _ => {
-                    return Err(Status::aborted(format!(
-                        "starting_token {t:?} is not one this plugin gave"
-                    )));
-                }
+        let (snaps, next_token) = page(
+            &self.shared.meta,
+            req.max_entries,
+            &req.starting_token,
+            |v| {
+                v.read_only
+                    && (req.snapshot_id.is_empty() || v.name == req.snapshot_id)
+                    && (req.source_volume_id.is_empty()
+                        || v.origin.as_deref() == Some(req.source_volume_id.as_str()))
             },
-        };
-        let QueryReply::Volumes(mut snaps) = self
-            .shared
-            .meta
-            .query(&Query::Volumes, false)
-            .await
-            .map_err(status)?
-        else {
-            return Err(Status::internal("unexpected reply to a volume list"));
-        };
-        snaps.retain(|v| {
-            v.deleted.is_none()
-                && v.read_only
-                && v.name.as_str() > after
-                && (req.snapshot_id.is_empty() || v.name == req.snapshot_id)
-                && (req.source_volume_id.is_empty()
-                    || v.origin.as_deref() == Some(req.source_volume_id.as_str()))
-        });
-        snaps.sort_by(|a, b| a.name.cmp(&b.name));
-        let max = if req.max_entries == 0 {
-            usize::MAX
-        } else {
-            req.max_entries as usize
-        };
-        let next_token = if snaps.len() > max {
-            snaps.truncate(max);
-            snaps
-                .last()
-                .map(|v| format!("{TOKEN_PREFIX}{}", v.name))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        )
+        .await?;
         let mut entries = Vec::with_capacity(snaps.len());
         for v in &snaps {
             entries.push(list_snapshots_response::Entry {
@@ -855,43 +584,5 @@ impl controller_server::Controller for Controller {
         Err(Status::unimplemented(
             "ControllerModifyVolume is not offered",
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parameters_and_capacities() {
-        let p = |kv: &[(&str, &str)]| {
-            policy_from(
-                &kv.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        };
-        let got = p(&[("replicas", "1"), ("regions", "1,2")]).unwrap();
-        assert_eq!((got.replicas, got.min_copies), (1, 1));
-        assert_eq!(got.regions.len(), 2);
-        assert_eq!(
-            p(&[("bogus", "1")]).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-        assert_eq!(
-            p(&[("replicas", "x")]).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-        let r = |required, limit| {
-            quota_from(Some(&CapacityRange {
-                required_bytes: required,
-                limit_bytes: limit,
-            }))
-        };
-        assert_eq!(r(0, 0).unwrap(), None);
-        assert_eq!(r(10, 0).unwrap(), Some(10));
-        assert_eq!(r(0, 20).unwrap(), Some(20));
-        assert_eq!(r(30, 20).unwrap_err().code(), tonic::Code::OutOfRange);
-        assert_eq!(r(-1, 0).unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 }

@@ -24,6 +24,7 @@ pub mod mounter;
 pub mod mounts;
 mod node;
 mod staging;
+mod volumes;
 
 /// The plugin's name, as Kubernetes objects (CSIDriver, StorageClass) spell it.
 pub const DRIVER_NAME: &str = "csi.meridian.io";
@@ -108,16 +109,22 @@ pub(crate) fn socket_path(endpoint: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
-/// Binds the socket, replacing a stale one a previous run left.
-fn bind(path: &Path) -> Result<UnixListener> {
+/// Makes a socket's folder and removes a stale socket a previous run left, so it can be
+/// bound.
+pub(crate) fn clear_socket(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("remove stale {}", path.display())),
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove stale {}", path.display())),
     }
+}
+
+/// Binds the socket, replacing a stale one a previous run left.
+fn bind(path: &Path) -> Result<UnixListener> {
+    clear_socket(path)?;
     UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))
 }
 
@@ -152,12 +159,7 @@ pub async fn run(args: CsiArgs, shutdown: impl std::future::Future<Output = ()>)
     }
     let mut checker = None;
     if let Some(node_id) = node_id {
-        let roots = args
-            .kubelet_dir
-            .iter()
-            .map(|d| checks::absolute_clean(d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|s| anyhow::anyhow!("--kubelet-dir: {}", s.message()))?;
+        let roots = checks::roots(&args.kubelet_dir)?;
         let flags = args
             .mount_flags
             .split_whitespace()

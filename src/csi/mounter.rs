@@ -159,16 +159,8 @@ fn serve_one(m: &Mounter, conn: UnixStream) -> std::io::Result<()> {
 
 pub fn run(args: MounterArgs) -> Result<()> {
     let path = super::socket_path(&args.endpoint)?;
-    let roots = args
-        .kubelet_dir
-        .iter()
-        .map(|d| checks::absolute_clean(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|s| anyhow::anyhow!("--kubelet-dir: {}", s.message()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(&path);
+    let roots = checks::roots(&args.kubelet_dir)?;
+    super::clear_socket(&path)?;
     let listener =
         UnixListener::bind(&path).with_context(|| format!("listen on {}", path.display()))?;
     std::fs::create_dir_all(&args.log_dir)

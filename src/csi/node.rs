@@ -16,8 +16,8 @@ use meridian_proto::pb::csi::volume_usage::Unit;
 use meridian_proto::pb::csi::*;
 use tonic::{Request, Response, Status};
 
-use super::controller::find_volume;
 use super::staging::{self, Published, Records, Staged};
+use super::volumes::find_volume;
 use super::{Shared, TOPOLOGY_REGION, TOPOLOGY_ZONE, checks, mounter, mounts};
 
 /// How long a look at a mount may take before the mount counts as busy.
