@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use meridian_client::MetaClient;
-use meridian_proto::ns::{Op, Query, QueryReply, Reply, VolumePolicy};
+use meridian_proto::ns::{Query, QueryReply, VolumePolicy};
 use meridian_proto::pb::chunk::NodeStatusRequest;
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
@@ -15,6 +15,8 @@ use meridian_proto::pb::meta::{
     SetNodeStateRequest, StatusRequest, StatusResponse, TriggerSnapshotRequest,
 };
 use serde::Serialize;
+
+mod volumes;
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
@@ -585,17 +587,7 @@ async fn maintenance(pass: Pass, args: PassArgs) -> Result<()> {
     Ok(())
 }
 
-/// Which copy a volume-snapshot or volume-clone command makes.
-enum CopyKind {
-    Snapshot,
-    Clone,
-}
-
 pub async fn run(cmd: AdminCommand) -> Result<()> {
-    let cmd_kind = match &cmd {
-        AdminCommand::VolumeSnapshot { .. } => CopyKind::Snapshot,
-        _ => CopyKind::Clone,
-    };
     match cmd {
         AdminCommand::MetaStatus { meta, json } => {
             let mut rows = Vec::new();
@@ -715,16 +707,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 regions: regions.into_iter().map(meridian_proto::RegionId).collect(),
                 ..Default::default()
             };
-            let reply = MetaClient::new(meta)
-                .mutate(&Op::CreateVolume {
-                    name: name.clone(),
-                    policy,
-                })
-                .await?;
-            if let Reply::Volume(v) = reply {
-                println!("created volume {} (id {}, root {})", v.name, v.id, v.root);
-            }
-            Ok(())
+            volumes::create(meta, name, policy).await
         }
         AdminCommand::Link {
             proxy,
@@ -774,13 +757,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             }
             Ok(())
         }
-        AdminCommand::VolumeDelete { meta, name } => {
-            MetaClient::new(meta)
-                .mutate(&Op::DeleteVolume { name: name.clone() })
-                .await?;
-            println!("deleted volume {name}");
-            Ok(())
-        }
+        AdminCommand::VolumeDelete { meta, name } => volumes::delete(meta, name).await,
         AdminCommand::Regions { meta, json } => {
             let mut last = None;
             for addr in &meta {
@@ -872,78 +849,14 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             }
             Ok(())
         }
-        AdminCommand::VolumeSnapshot { meta, source, name }
-        | AdminCommand::VolumeClone { meta, source, name } => {
-            let read_only = matches!(cmd_kind, CopyKind::Snapshot);
-            let reply = MetaClient::new(meta)
-                .mutate(&Op::CloneVolume {
-                    source: source.clone(),
-                    name: name.clone(),
-                    read_only,
-                })
-                .await?;
-            if let Reply::Volume(v) = reply {
-                println!(
-                    "{} {} of {source} (id {}, {} inodes, {})",
-                    if read_only { "snapshot" } else { "volume" },
-                    v.name,
-                    v.id,
-                    v.used_inodes,
-                    human(v.used_bytes)
-                );
-            }
-            Ok(())
+        AdminCommand::VolumeSnapshot { meta, source, name } => {
+            volumes::copy(meta, source, name, true).await
         }
-        AdminCommand::Snapshots { meta, json } => {
-            let QueryReply::Volumes(vols) =
-                MetaClient::new(meta).query(&Query::Volumes, false).await?
-            else {
-                anyhow::bail!("unexpected reply");
-            };
-            let snaps: Vec<_> = vols.into_iter().filter(|v| v.read_only).collect();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&snaps)?);
-            } else {
-                println!("{:<24} {:<24} {:>10} {:>8}", "NAME", "OF", "USED", "INODES");
-                for v in snaps {
-                    println!(
-                        "{:<24} {:<24} {:>10} {:>8}",
-                        v.name,
-                        v.origin.as_deref().unwrap_or("-"),
-                        human(v.used_bytes),
-                        v.used_inodes
-                    );
-                }
-            }
-            Ok(())
+        AdminCommand::VolumeClone { meta, source, name } => {
+            volumes::copy(meta, source, name, false).await
         }
-        AdminCommand::Volumes { meta, json } => {
-            let QueryReply::Volumes(vols) =
-                MetaClient::new(meta).query(&Query::Volumes, false).await?
-            else {
-                anyhow::bail!("unexpected reply");
-            };
-            let vols: Vec<_> = vols.into_iter().filter(|v| !v.read_only).collect();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&vols)?);
-            } else {
-                println!(
-                    "{:<20} {:>4} {:>8} {:>10} {:>8}",
-                    "NAME", "ID", "REPLICAS", "USED", "INODES"
-                );
-                for v in vols {
-                    println!(
-                        "{:<20} {:>4} {:>8} {:>10} {:>8}",
-                        v.name,
-                        v.id,
-                        v.policy.replicas,
-                        human(v.used_bytes),
-                        v.used_inodes
-                    );
-                }
-            }
-            Ok(())
-        }
+        AdminCommand::Snapshots { meta, json } => volumes::list(meta, json, true).await,
+        AdminCommand::Volumes { meta, json } => volumes::list(meta, json, false).await,
         AdminCommand::ClusterMap { meta, json } => {
             let mut last = None;
             for addr in &meta {
