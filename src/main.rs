@@ -241,10 +241,18 @@ struct MetaArgs {
     /// Another region to replicate with: REGION=META_ADDR[,META_ADDR...] (repeatable).
     #[arg(long = "peer")]
     peers: Vec<meridian_metaserver::config::PeerRegion>,
+    /// Shift this server's clock by this many milliseconds (tests of clock skew between
+    /// regions; never in production).
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    clock_offset_ms: Option<i64>,
 }
 
 impl MetaArgs {
     fn into_config(self) -> Result<MetaConfig> {
+        if let Some(ms) = self.clock_offset_ms {
+            tracing::warn!(ms, "this server's clock is shifted (--clock-offset-ms)");
+            meridian_proto::set_clock_offset_ms(ms);
+        }
         let mut c = match &self.config {
             Some(path) => MetaConfig::load(path).map_err(anyhow::Error::msg)?,
             None => MetaConfig::default(),

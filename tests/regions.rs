@@ -46,14 +46,18 @@ impl Side {
     }
 }
 
-/// Regions 1 and 2, each reaching the other's metaservers and chunkservers through one
-/// fault proxy per direction.
+/// Regions 1 and 2, each reaching the other's metaservers through one fault proxy per
+/// direction, and its chunkservers through another.
 struct Pair {
     a: Side,
     b: Side,
-    /// The proxy region 2 reaches region 1 through, and the one region 1 reaches 2 through.
+    /// The proxy region 2 reaches region 1's metaservers through, and the one region 1
+    /// reaches 2's through.
     to_a: Proxy,
     to_b: Proxy,
+    /// The same for chunkservers.
+    to_a_chunks: Proxy,
+    to_b_chunks: Proxy,
 }
 
 impl Pair {
@@ -61,20 +65,26 @@ impl Pair {
         Self::start_with(&[])
     }
 
-    /// As `start`, with more flags for every chunkserver. Ports region 2 is reached
-    /// through are picked before anything binds them; if one was taken meanwhile (a
-    /// parallel test's server), the whole pair starts again on fresh ports, once.
+    /// As `start`, with more flags for every chunkserver.
     fn start_with(chunk_flags: &[&str]) -> Result<Pair> {
-        match Self::try_start(chunk_flags) {
+        Self::start_full(&[], &[], chunk_flags)
+    }
+
+    /// As `start`, with more flags for region 1's and region 2's metaservers and for every
+    /// chunkserver. Ports region 2 is reached through are picked before anything binds
+    /// them; if one was taken meanwhile (a parallel test's server), the whole pair starts
+    /// again on fresh ports, once.
+    fn start_full(meta_a: &[&str], meta_b: &[&str], chunk_flags: &[&str]) -> Result<Pair> {
+        match Self::try_start(meta_a, meta_b, chunk_flags) {
             Ok(pair) => Ok(pair),
             Err(first) => {
                 eprintln!("starting the pair failed ({first:#}); once more on fresh ports");
-                Self::try_start(chunk_flags)
+                Self::try_start(meta_a, meta_b, chunk_flags)
             }
         }
     }
 
-    fn try_start(chunk_flags: &[&str]) -> Result<Pair> {
+    fn try_start(meta_a: &[&str], meta_b: &[&str], chunk_flags: &[&str]) -> Result<Pair> {
         // Region 2 is not running yet: reserve its chunkservers' ports and the proxy ports
         // region 1 reaches it through, and start that proxy once region 2 is up.
         let ports = |n: usize| (0..n).map(|_| free_addr()).collect::<Result<Vec<_>>>();
@@ -84,42 +94,50 @@ impl Pair {
             .cloned()
             .zip(via_b_chunk.iter().cloned())
             .collect();
-        let a = start_side(1, &via_b_meta.join(","), &routes_to_b, &[], chunk_flags)?;
-        let a_targets: Vec<String> = a
-            .meta
-            .addrs()
-            .into_iter()
-            .chain(a.chunks.iter().map(|c| c.addr.clone()))
-            .collect();
-        let to_a = Proxy::start_forwards(
-            a.meta.dir.path(),
-            "to-a",
-            &a_targets
+        let a = start_side(
+            1,
+            &via_b_meta.join(","),
+            &routes_to_b,
+            &[],
+            meta_a,
+            chunk_flags,
+        )?;
+        let any_port = |targets: &[String]| -> Vec<(String, String)> {
+            targets
                 .iter()
                 .map(|t| ("127.0.0.1:0".to_string(), t.clone()))
-                .collect::<Vec<_>>(),
-        )?;
-        let (via_a_meta, via_a_chunk) = to_a.forwards.split_at(3);
-        let routes_to_a: Vec<(String, String)> = a_targets[3..]
-            .iter()
-            .cloned()
-            .zip(via_a_chunk.iter().cloned())
+                .collect()
+        };
+        let a_chunks: Vec<String> = a.chunks.iter().map(|c| c.addr.clone()).collect();
+        let dir = a.meta.dir.path();
+        let to_a = Proxy::start_forwards(dir, "to-a", &any_port(&a.meta.addrs()))?;
+        let to_a_chunks = Proxy::start_forwards(dir, "to-a-chunks", &any_port(&a_chunks))?;
+        let routes_to_a: Vec<(String, String)> = a_chunks
+            .into_iter()
+            .zip(to_a_chunks.forwards.iter().cloned())
             .collect();
         let b = start_side(
             2,
-            &via_a_meta.join(","),
+            &to_a.forwards.join(","),
             &routes_to_a,
             &b_chunks,
+            meta_b,
             chunk_flags,
         )?;
-        let b_forwards: Vec<(String, String)> = via_b_meta
-            .iter()
-            .cloned()
-            .zip(b.meta.addrs())
-            .chain(via_b_chunk.iter().cloned().zip(b_chunks.iter().cloned()))
-            .collect();
-        let to_b = Proxy::start_forwards(b.meta.dir.path(), "to-b", &b_forwards)?;
-        Ok(Pair { a, b, to_a, to_b })
+        let pairs = |via: Vec<String>, to: Vec<String>| -> Vec<(String, String)> {
+            via.into_iter().zip(to).collect()
+        };
+        let dir = b.meta.dir.path();
+        let to_b = Proxy::start_forwards(dir, "to-b", &pairs(via_b_meta, b.meta.addrs()))?;
+        let to_b_chunks = Proxy::start_forwards(dir, "to-b-chunks", &pairs(via_b_chunk, b_chunks))?;
+        Ok(Pair {
+            a,
+            b,
+            to_a,
+            to_b,
+            to_a_chunks,
+            to_b_chunks,
+        })
     }
 
     /// Creates volume `name` living in both regions, and waits until region 2 has it.
@@ -135,6 +153,13 @@ impl Pair {
     }
 
     fn cut(&self, cut: bool) -> Result<()> {
+        self.cut_metadata(cut)?;
+        self.to_a_chunks.set_cut(cut)?;
+        self.to_b_chunks.set_cut(cut)
+    }
+
+    /// Cuts or heals only the links between the regions' metaservers: blocks still ship.
+    fn cut_metadata(&self, cut: bool) -> Result<()> {
         self.to_a.set_cut(cut)?;
         self.to_b.set_cut(cut)
     }
@@ -147,11 +172,14 @@ fn start_side(
     peer: &str,
     routes: &[(String, String)],
     listen: &[String],
+    meta_flags: &[&str],
     chunk_flags: &[&str],
 ) -> Result<Side> {
     let peer_flag = format!("{}={peer}", if region == 1 { 2 } else { 1 });
     let region_s = region.to_string();
-    let meta = MetaCluster::start(3, &["--region", &region_s, "--peer", &peer_flag])?;
+    let mut flags = vec!["--region", &region_s, "--peer", &peer_flag];
+    flags.extend(meta_flags);
+    let meta = MetaCluster::start(3, &flags)?;
     let mut extra: Vec<String> = ["--region", &region_s, "--peer", &peer_flag]
         .iter()
         .map(|s| s.to_string())
@@ -600,5 +628,179 @@ fn concurrent_everyday_writes_across_a_cut_lose_nothing() -> Result<()> {
         pair.b.admin(&["conflicts", "--json"])?
     );
     drop((ma, mb, wb));
+    Ok(())
+}
+
+/// Indices of `side`'s chunkservers holding a copy of block `hex`.
+fn holders_in(side: &Side, hex: &str) -> Vec<usize> {
+    side.chunks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| block_files(&c.data.join("blocks")).iter().any(|b| b == hex))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Blocks follow their records even when the copy that queued them has moved: the node
+/// that coordinated the put is drained before the block could ship, and the block still
+/// reaches the other region (shipped from the node that holds it now), where it is read
+/// with the link cut again.
+#[test]
+fn a_block_whose_copy_was_drained_before_it_shipped_still_reaches_the_other_region() -> Result<()> {
+    let pair = Pair::start_with(&["--repair-interval-ms", "300"])?;
+    pair.a.admin(&[
+        "volume-create",
+        "one-copy",
+        "--regions",
+        "1,2",
+        "--replicas",
+        "1",
+        "--min-copies",
+        "1",
+    ])?;
+    wait_for(Duration::from_secs(30), "the volume in region 2", || {
+        pair.b
+            .admin(&["volumes"])
+            .ok()?
+            .contains("one-copy")
+            .then_some(())
+    })?;
+    let mb = pair.b.mount("one-copy", "mnt-b")?;
+    pair.cut(true)?;
+    let ma = pair.a.mount("one-copy", "mnt-a")?;
+    let data = common::random_bytes(51, 1 << 20);
+    fs::write(ma.path.join("moved"), &data)?;
+    let id = BlockId::of(&data).to_hex();
+    let first = holders_in(&pair.a, &id);
+    anyhow::ensure!(first.len() == 1, "one copy in region 1, found {first:?}");
+    let coordinator = first[0];
+
+    // The only copy moves to another node while nothing can ship.
+    pair.a.admin(&["drain", &(coordinator + 1).to_string()])?;
+    wait_for(
+        Duration::from_secs(60),
+        "the drained node's copy to move",
+        || {
+            let now = holders_in(&pair.a, &id);
+            (now.len() == 1 && now[0] != coordinator).then_some(())
+        },
+    )?;
+
+    // Healed: nothing in region 2 reads the file, so only shipping can bring the block.
+    pair.cut(false)?;
+    wait_for(
+        Duration::from_secs(60),
+        "the block to reach region 2",
+        || (!holders_in(&pair.b, &id).is_empty()).then_some(()),
+    )
+    .with_context(|| {
+        format!(
+            "chunkservers: {}",
+            pair.a.admin(&["nodes"]).unwrap_or_default()
+        )
+    })?;
+    wait_for(
+        Duration::from_secs(60),
+        "the file's record in region 2",
+        || {
+            let len = fs::metadata(mb.path.join("moved")).ok()?.len();
+            (len == data.len() as u64).then_some(())
+        },
+    )?;
+    pair.cut(true)?;
+    assert!(
+        fs::read(mb.path.join("moved"))? == data,
+        "region 2 read other bytes than region 1 wrote"
+    );
+    drop(ma);
+    drop(mb);
+    Ok(())
+}
+
+/// Garbage collection decides with stamps, never with a peer's wall time: region 2's
+/// clock runs two hours ahead, a block it wrote ships to region 1 while the record naming
+/// it cannot, and region 1 (where nothing references it yet) holds it back instead of
+/// deleting it. Once the record arrives the block is there, read with the link cut; and
+/// when the file is deleted, the block is still collected in both regions.
+#[test]
+fn a_peer_clock_two_hours_ahead_gets_no_referenced_block_collected() -> Result<()> {
+    let ahead = (2 * 3600 * 1000).to_string();
+    let pair = Pair::start_full(
+        &[],
+        &["--clock-offset-ms", &ahead],
+        &["--gc-grace-ms", "1000", "--gc-interval-ms", "300"],
+    )?;
+    pair.shared_volume("skewed")?;
+    let ma = pair.a.mount("skewed", "mnt-a")?;
+    let mb = pair.b.mount("skewed", "mnt-b")?;
+    fs::write(mb.path.join("first"), b"both regions have met")?;
+    wait_same(&ma.path, &mb.path, Duration::from_secs(60))?;
+
+    // Only blocks cross: the block arrives in region 1 ahead of its record.
+    pair.cut_metadata(true)?;
+    let data = common::random_bytes(61, 1 << 20);
+    fs::write(mb.path.join("late"), &data)?;
+    let id = BlockId::of(&data).to_hex();
+    let gc = |side: &Side| -> Option<Vec<serde_json::Value>> {
+        let v: serde_json::Value =
+            serde_json::from_str(&side.admin(&["gc", "--json"]).ok()?).ok()?;
+        v.as_array().cloned()
+    };
+    // Region 1's GC condemns it (nothing there references it), and then, its grace period
+    // over, holds it back: the record that names it has not arrived.
+    wait_for(
+        Duration::from_secs(60),
+        "region 1 holding the unreferenced block back",
+        || {
+            let held = holders_in(&pair.a, &id).len() == 3;
+            let waiting = gc(&pair.a)?
+                .iter()
+                .all(|n| n["waiting"].as_u64().unwrap_or(0) >= 1);
+            (held && waiting).then_some(())
+        },
+    )
+    .with_context(|| {
+        format!(
+            "copies in region 1: {:?}; gc: {:?}",
+            holders_in(&pair.a, &id),
+            gc(&pair.a)
+        )
+    })?;
+
+    pair.cut_metadata(false)?;
+    wait_for(Duration::from_secs(60), "the record in region 1", || {
+        let len = fs::metadata(ma.path.join("late")).ok()?.len();
+        (len == data.len() as u64).then_some(())
+    })?;
+    assert_eq!(holders_in(&pair.a, &id).len(), 3, "region 1 lost copies");
+    pair.cut(true)?;
+    assert!(
+        fs::read(ma.path.join("late"))? == data,
+        "region 1 read other bytes than region 2 wrote"
+    );
+    pair.cut(false)?;
+
+    // Collection still happens across the skew once nothing references the block.
+    fs::remove_file(mb.path.join("late"))?;
+    wait_for(
+        Duration::from_secs(120),
+        "the block collected in both regions",
+        || {
+            (holders_in(&pair.a, &id).is_empty() && holders_in(&pair.b, &id).is_empty())
+                .then_some(())
+        },
+    )
+    .with_context(|| {
+        format!(
+            "copies: {:?} / {:?}; gc: {:?} / {:?}",
+            holders_in(&pair.a, &id),
+            holders_in(&pair.b, &id),
+            gc(&pair.a),
+            gc(&pair.b)
+        )
+    })?;
+    assert_eq!(fs::read(ma.path.join("first"))?, b"both regions have met");
+    drop(ma);
+    drop(mb);
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use meridian_proto::pb::chunk::UnderReplicatedBlock;
-use meridian_proto::{BlockId, NodeId};
+use meridian_proto::{BlockId, Hlc, NodeId};
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -16,8 +16,21 @@ const UNDER_REPLICATED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("un
 const REPLICAS: TableDefinition<&[u8], u32> = TableDefinition::new("replicas");
 /// block id -> when garbage collection condemned it (ms since the epoch).
 const CONDEMNED: TableDefinition<&[u8], u64> = TableDefinition::new("condemned");
+/// block id -> the region's newest stamp when garbage collection condemned it (an
+/// [`Hlc`] key): it is deleted only once the region's settled bound has passed it.
+const CONDEMNED_STAMP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("condemned_stamp");
 /// region (2 BE) ++ sequence (8 BE) -> a block to ship to that region (JSON [`Shipment`]).
 const SHIP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ship");
+
+/// When and in what state of the region's metadata a block was condemned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Condemnation {
+    /// When (ms since the epoch, this node's clock): a grace period is measured from it.
+    pub at_ms: u64,
+    /// The region's newest stamp then (`None`: a region without peers, or a ledger of an
+    /// earlier version, which stamps it again before deciding).
+    pub stamp: Option<Hlc>,
+}
 
 /// A block waiting to be shipped to another region.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -60,6 +73,7 @@ impl Ledger {
         tx.open_table(SHIP).map_err(db_err)?;
         tx.open_table(REPLICAS).map_err(db_err)?;
         tx.open_table(CONDEMNED).map_err(db_err)?;
+        tx.open_table(CONDEMNED_STAMP).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(Ledger { db })
     }
@@ -147,27 +161,46 @@ impl Ledger {
         tx.commit().map_err(db_err)
     }
 
-    /// Every condemned block, with when it was condemned.
-    pub fn condemned(&self) -> Result<Vec<(BlockId, u64)>, ChunkError> {
+    /// Every condemned block, with when it was condemned and the region's stamp then.
+    pub fn condemned(&self) -> Result<Vec<(BlockId, Condemnation)>, ChunkError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(CONDEMNED).map_err(db_err)?;
+        let stamps = tx.open_table(CONDEMNED_STAMP).map_err(db_err)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
             if let Ok(id) = BlockId::from_slice(k.value()) {
-                out.push((id, v.value()));
+                let stamp = stamps
+                    .get(k.value())
+                    .map_err(db_err)?
+                    .and_then(|s| Hlc::from_key(s.value()));
+                out.push((
+                    id,
+                    Condemnation {
+                        at_ms: v.value(),
+                        stamp,
+                    },
+                ));
             }
         }
         Ok(out)
     }
 
-    /// Records durably that `ids` were condemned at `at_ms`.
-    pub fn condemn(&self, ids: &[BlockId], at_ms: u64) -> Result<(), ChunkError> {
+    /// Records durably that `ids` were condemned as `c` says.
+    pub fn condemn(&self, ids: &[BlockId], c: Condemnation) -> Result<(), ChunkError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(CONDEMNED).map_err(db_err)?;
+            let mut stamps = tx.open_table(CONDEMNED_STAMP).map_err(db_err)?;
             for id in ids {
-                t.insert(id.as_bytes().as_slice(), at_ms).map_err(db_err)?;
+                t.insert(id.as_bytes().as_slice(), c.at_ms)
+                    .map_err(db_err)?;
+                match c.stamp {
+                    Some(h) => stamps
+                        .insert(id.as_bytes().as_slice(), h.to_key().as_slice())
+                        .map_err(db_err)?,
+                    None => stamps.remove(id.as_bytes().as_slice()).map_err(db_err)?,
+                };
             }
         }
         tx.commit().map_err(db_err)
@@ -178,8 +211,10 @@ impl Ledger {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(CONDEMNED).map_err(db_err)?;
+            let mut stamps = tx.open_table(CONDEMNED_STAMP).map_err(db_err)?;
             for id in ids {
                 t.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+                stamps.remove(id.as_bytes().as_slice()).map_err(db_err)?;
             }
         }
         tx.commit().map_err(db_err)
@@ -315,21 +350,38 @@ mod tests {
         assert_eq!(l.count().unwrap(), 1);
     }
 
+    fn at(at_ms: u64, wall: Option<u64>) -> Condemnation {
+        Condemnation {
+            at_ms,
+            stamp: wall.map(|wall_ms| Hlc {
+                wall_ms,
+                counter: 1,
+                region: meridian_proto::RegionId(2),
+            }),
+        }
+    }
+
     #[test]
     fn condemned_blocks_survive_reopen_until_reprieved() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (BlockId::of(b"a"), BlockId::of(b"b"));
         {
             let l = Ledger::open(dir.path()).unwrap();
-            l.condemn(&[a, b], 42).unwrap();
+            l.condemn(&[a], at(42, None)).unwrap();
+            l.condemn(&[b], at(42, Some(7))).unwrap();
         }
         let l = Ledger::open(dir.path()).unwrap();
         let mut got = l.condemned().unwrap();
-        got.sort();
-        let mut want = vec![(a, 42), (b, 42)];
-        want.sort();
+        got.sort_by_key(|(id, _)| *id);
+        let mut want = vec![(a, at(42, None)), (b, at(42, Some(7)))];
+        want.sort_by_key(|(id, _)| *id);
         assert_eq!(got, want);
-        l.reprieve(&[a]).unwrap();
-        assert_eq!(l.condemned().unwrap(), vec![(b, 42)]);
+        l.reprieve(&[b]).unwrap();
+        assert_eq!(l.condemned().unwrap(), vec![(a, at(42, None))]);
+        // Condemned again without a stamp: the old stamp does not linger.
+        l.condemn(&[b], at(50, Some(9))).unwrap();
+        l.condemn(&[b], at(51, None)).unwrap();
+        let got = l.condemned().unwrap();
+        assert!(got.contains(&(b, at(51, None))), "{got:?}");
     }
 }

@@ -439,6 +439,32 @@ impl Maintainer {
         s.last_pass_ms = now_ms();
     }
 
+    /// A verified copy of `id` from another node of this region (a shipment whose copy
+    /// here has moved, by a drain or a rebalance), trying every node.
+    pub(crate) async fn copy_from_region(
+        &self,
+        id: BlockId,
+    ) -> Result<meridian_proto::EncodedBlock, String> {
+        let all = self.map.borrow().nodes.len().max(1) as u32;
+        let mut tried = Vec::new();
+        for node in self
+            .peers
+            .read_order(&id, all)
+            .into_iter()
+            .filter(|n| n.id != self.me)
+        {
+            match self.peers.get_verified(&node, &id).await {
+                Ok((block, _)) => return Ok(block),
+                Err(e) => tried.push(format!("node {}: {e}", node.id)),
+            }
+        }
+        Err(if tried.is_empty() {
+            "no other node in this region".to_string()
+        } else {
+            tried.join("; ")
+        })
+    }
+
     /// Reads and verifies this node's copy of `id`.
     async fn read_local(&self, id: BlockId) -> Result<meridian_proto::EncodedBlock, ChunkError> {
         let st = self.store.clone();

@@ -125,7 +125,7 @@ pub async fn run(
                 p.region,
                 client,
                 node.ledger.clone(),
-                node.store.clone(),
+                node.maintainer.clone(),
             )))
         })
         .collect();

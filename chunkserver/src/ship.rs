@@ -1,8 +1,11 @@
 //! Blocks between regions. A coordinator that stores a block of a volume living in other
 //! regions too queues it durably for each of them; one shipper per peer region asks that
 //! region's placements which queued blocks they lack and sends only those, retrying across
-//! cuts. A read of a block that has not arrived yet fetches it from a region that has it,
-//! verifies it, and stores it here.
+//! cuts. A queued block whose copy here has gone (a drain or a rebalance moved it) is
+//! shipped from another node of the region that holds it; a shipment is dropped unsent
+//! only when no node of the region holds the block and the region's metadata references it
+//! no more (garbage, collected). A read of a block that has not arrived yet fetches it from
+//! a region that has it, verifies it, and stores it here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,8 +18,8 @@ use meridian_proto::{BlockId, EncodedBlock, PeerRegion, RegionId, placement};
 use tracing::{debug, info, warn};
 
 use crate::error::ChunkError;
-use crate::ledger::Ledger;
-use crate::store::BlockStore;
+use crate::ledger::{Ledger, Shipment};
+use crate::maintain::Maintainer;
 
 /// Blocks looked at per shipping round.
 const SHIP_BATCH: usize = 64;
@@ -105,11 +108,11 @@ pub async fn ship_loop(
     region: u16,
     client: Arc<BlockClient>,
     ledger: Arc<Ledger>,
-    store: Arc<BlockStore>,
+    node: Arc<Maintainer>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match ship_round(region, &client, &ledger, &store).await {
+        match ship_round(region, &client, &ledger, &node).await {
             Ok(0) => {
                 backoff = Duration::from_millis(100);
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -127,12 +130,42 @@ pub async fn ship_loop(
     }
 }
 
+/// A queued block that is no longer here: a verified copy from another node of the region,
+/// or `None` when the block is garbage (no node holds it and nothing references it), or an
+/// error when it must stay queued: "not found" is never "shipped".
+async fn moved_away(node: &Maintainer, s: &Shipment) -> Result<Option<EncodedBlock>, String> {
+    let id = s.block;
+    let elsewhere = match node.copy_from_region(id).await {
+        Ok(block) => {
+            metrics::counter!("meridian_chunk_shipped_from_region_total").increment(1);
+            info!(block = %id, "shipping a block whose copy here moved, from another node");
+            return Ok(Some(block));
+        }
+        Err(e) => e,
+    };
+    match node.refs(&[id]).await {
+        Ok((refs, _)) if refs.first() == Some(&0) => {
+            info!(block = %id, "a queued block was collected as garbage before it shipped");
+            Ok(None)
+        }
+        Ok(_) => {
+            metrics::counter!("meridian_chunk_ship_unavailable_total").increment(1);
+            Err(format!(
+                "block {id} is referenced, and no node of this region could supply it ({elsewhere})"
+            ))
+        }
+        Err(e) => Err(format!(
+            "block {id} is not here ({elsewhere}), and whether it is garbage is unknown: {e}"
+        )),
+    }
+}
+
 /// One round: returns how many queued blocks were settled.
 async fn ship_round(
     region: u16,
     client: &BlockClient,
     ledger: &Arc<Ledger>,
-    store: &Arc<BlockStore>,
+    node: &Arc<Maintainer>,
 ) -> Result<usize, String> {
     let l = ledger.clone();
     let queued = tokio::task::spawn_blocking(move || l.peek_ship(region, SHIP_BATCH))
@@ -181,11 +214,14 @@ async fn ship_round(
                 return None;
             }
             Some(async move {
-                let (st, id) = (store.clone(), s.block);
+                let (st, id) = (node.store.clone(), s.block);
                 let block = match tokio::task::spawn_blocking(move || st.read(&id)).await {
                     Ok(Ok((block, _))) => block,
-                    // Deleted here since (collected garbage): nothing to ship.
-                    Ok(Err(ChunkError::NotFound(_))) => return (*seq, Ok(0)),
+                    Ok(Err(ChunkError::NotFound(_))) => match moved_away(node, s).await {
+                        Ok(Some(block)) => block,
+                        Ok(None) => return (*seq, Ok(0)),
+                        Err(e) => return (*seq, Err(e)),
+                    },
                     Ok(Err(e)) => return (*seq, Err(format!("reading {id}: {e}"))),
                     Err(e) => return (*seq, Err(e.to_string())),
                 };

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use meridian_proto::ns::Record;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
@@ -54,10 +54,7 @@ struct PeerState {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    meridian_proto::physical_ms()
 }
 
 /// Reads the region bookkeeping of a read transaction through `merge`, its one owner; a
@@ -283,22 +280,29 @@ pub async fn promise_loop(node: Arc<MetaNode>) {
     if node.peers.is_empty() {
         return;
     }
+    let mut seen = None;
     loop {
         tokio::time::sleep(PROMISE_EVERY).await;
         if !node.is_leader() {
             continue;
         }
-        let now = now_ms();
         let horizon = node.db.begin_read().ok().and_then(|tx| horizon_hlc(&tx));
-        if horizon.is_some_and(|h| h.wall_ms + PROMISE_EVERY.as_millis() as u64 > now) {
-            continue; // records are flowing: the head moves by itself
+        // A horizon that moved since the last look: records are flowing and the head
+        // moves by itself. Decided by change, not by this host's wall time: a peer whose
+        // clock runs ahead has moved the clock past it, and stamps then advance by their
+        // counter; without promises the peers' watermarks (and purges and garbage
+        // collection with them) would wait for this host's clock to catch up.
+        if horizon.is_some() && horizon != seen {
+            seen = horizon;
+            continue;
         }
         let stamp = node
             .shared
             .clock
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .now(now);
+            .now(now_ms());
+        seen = Some(stamp);
         if let Err(e) = node.propose_internal(RaftRequest::Promise(stamp)).await {
             warn!(error = %e, "promising a frontier failed");
         }

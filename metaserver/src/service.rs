@@ -5,7 +5,7 @@
 use crate::error::{MetaError, store};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_proto::channels::ChannelPool;
@@ -56,13 +56,8 @@ pub(crate) fn json<T: serde::Serialize>(v: &T) -> Bytes {
 }
 
 fn now() -> (u64, Timespec) {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    (
-        d.as_millis() as u64,
-        Timespec::from_nanos(d.as_nanos() as u64),
-    )
+    let ns = meridian_proto::physical_ns();
+    (ns / 1_000_000, Timespec::from_nanos(ns))
 }
 
 fn unavailable(what: impl std::fmt::Display) -> Status {

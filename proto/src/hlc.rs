@@ -69,6 +69,30 @@ impl fmt::Display for Hlc {
     }
 }
 
+/// A shift of this process's physical clock, in ms (0 but in tests of clock skew).
+static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Shifts this process's physical clock by `ms` (tests: a region whose clock is wrong).
+pub fn set_clock_offset_ms(ms: i64) {
+    CLOCK_OFFSET_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Physical time in ns since the Unix epoch, as this process's clock reads it (shifted by
+/// [`set_clock_offset_ms`]).
+pub fn physical_ns() -> u64 {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i128;
+    let offset = i128::from(CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)) * 1_000_000;
+    (ns + offset).clamp(0, i128::from(u64::MAX)) as u64
+}
+
+/// Physical time in ms since the Unix epoch, as [`physical_ns`].
+pub fn physical_ms() -> u64 {
+    physical_ns() / 1_000_000
+}
+
 /// The clock of one region: hands out strictly increasing stamps and absorbs stamps it
 /// receives from other regions, so causality is preserved.
 #[derive(Clone, Debug)]

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use meridian_proto::ns::{CheckPage, CheckedBlock};
-use meridian_proto::{BlockId, InodeId};
+use meridian_proto::{BlockId, Hlc, InodeId};
 use redb::{ReadTransaction, ReadableTable};
 
 use super::tables::*;
@@ -13,10 +13,24 @@ use super::types::*;
 /// Most problems one page reports (the rest are counted in one line).
 const MAX_PROBLEMS: usize = 1000;
 
-/// References to each of `blocks`, and the time (ms) before which every record of every
-/// peer region has been applied here (`u64::MAX` with no peers, 0 if a peer has never
-/// told how far it is).
-pub fn block_refs(tx: &ReadTransaction, blocks: &[BlockId]) -> Result<(Vec<u64>, u64), NsError> {
+/// Reference counts of blocks and the region's marks, as garbage collection asks them.
+#[derive(Debug)]
+pub struct BlockRefs {
+    /// Extents (of inodes and tombstones) referencing each block, in the order asked.
+    pub refs: Vec<u64>,
+    /// The oldest peer frontier's wall time (`u64::MAX` with no peers, 0 if a peer has
+    /// never told how far it is).
+    pub settled_ms: u64,
+    /// The newest stamp of anything applied here.
+    pub now: Option<Hlc>,
+    /// The settled bound (`None` until every peer has sent its marks; with no peers, the
+    /// horizon).
+    pub settled: Option<Hlc>,
+}
+
+/// References to each of `blocks`, with the marks that say when an unreferenced block can
+/// no longer be named by a record still on its way from another region.
+pub fn block_refs(tx: &ReadTransaction, blocks: &[BlockId]) -> Result<BlockRefs, NsError> {
     let refs = match tx.open_table(BLOCK_REFS) {
         Ok(t) => blocks
             .iter()
@@ -30,14 +44,23 @@ pub fn block_refs(tx: &ReadTransaction, blocks: &[BlockId]) -> Result<(Vec<u64>,
         Err(redb::TableError::TableDoesNotExist(_)) => vec![0; blocks.len()],
         Err(e) => return Err(store_err(e)),
     };
-    let mut settled = u64::MAX;
+    let mut out = BlockRefs {
+        refs,
+        settled_ms: u64::MAX,
+        now: None,
+        settled: None,
+    };
     if let Some(state) = super::merge::state_table(tx)? {
+        let mut now = super::merge::horizon(&state)?;
         for p in super::merge::peers(&state)? {
             let f = super::merge::frontier(&state, p)?;
-            settled = settled.min(f.map_or(0, |h| h.wall_ms));
+            out.settled_ms = out.settled_ms.min(f.map_or(0, |h| h.wall_ms));
+            now = now.max(f);
         }
+        out.now = now;
+        out.settled = super::merge::settled_bound(&state)?;
     }
-    Ok((refs, settled))
+    Ok(out)
 }
 
 /// Checks the inodes numbered from `from` on, at most `limit` of them, live ones and

@@ -304,8 +304,13 @@ impl<'a> NsReader<'a> {
                         blocks.len()
                     )));
                 }
-                let (refs, settled_ms) = super::check::block_refs(self.tx, blocks)?;
-                QueryReply::BlockRefs { refs, settled_ms }
+                let r = super::check::block_refs(self.tx, blocks)?;
+                QueryReply::BlockRefs {
+                    refs: r.refs,
+                    settled_ms: r.settled_ms,
+                    now: r.now,
+                    settled: r.settled,
+                }
             }
             Query::Check { from, limit } => QueryReply::Check(super::check::check(
                 self.tx,

@@ -187,7 +187,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Response::Ns(outcome)
                     }
                     EntryPayload::Normal(Request::Remote(batch)) => {
+                        // The peer's frontier too: a peer idle since its last record has
+                        // promised later stamps, and this region's promises must pass them
+                        // for both to settle (a peer's clock may run ahead of this host's).
                         stamps.extend(batch.records.iter().map(|(_, r)| r.hlc));
+                        stamps.extend(batch.frontier);
                         let outcome = namespace::apply_remote(&mut ns, region, batch);
                         if let Err(namespace::NsError::Store(e)) = &outcome {
                             return Err(io::Error::other(format!("applying {log_id}: {e}")));

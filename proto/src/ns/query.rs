@@ -167,10 +167,21 @@ pub enum QueryReply {
     BlockRefs {
         /// Extents referencing each block, in the order asked.
         refs: Vec<u64>,
-        /// Every record of every peer region stamped before this (ms since the epoch) has
-        /// been applied here: a block older than that is referenced by no record still on
-        /// its way. `u64::MAX` with no peers.
+        /// The oldest wall time any peer region's records have reached here (ms since the
+        /// epoch); `u64::MAX` with no peers. Kept for chunkservers of earlier versions: a
+        /// peer's wall clock says nothing about this region's, so it is not a safe bound.
         settled_ms: u64,
+        /// The newest stamp of anything applied here (local records, promises, and every
+        /// peer's frontier). A block unreferenced when this was read can be deleted once
+        /// `settled` reaches it: every record written without knowledge of that state has
+        /// arrived by then. `None` until the region has stamped anything.
+        #[serde(default)]
+        now: Option<Hlc>,
+        /// The settled bound: every record of any region written without knowledge of a
+        /// record older than this has been applied here. `None` until every peer has sent
+        /// its marks.
+        #[serde(default)]
+        settled: Option<Hlc>,
     },
     /// One page of a namespace check.
     Check(CheckPage),
