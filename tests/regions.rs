@@ -397,6 +397,101 @@ fn a_volume_pinned_to_one_region_never_leaves_it() -> Result<()> {
         ])
         .output()?;
     assert!(!err.status.success());
+
+    // Chunkservers go by their own region's knowledge of the volume, not by what a request
+    // claims: region 2 refuses a "shipped" block and a remote fetch for the pinned volume
+    // even when the request says it lives in both, and region 1 queues nothing for region
+    // 2 when a put claims so.
+    let vols: serde_json::Value = serde_json::from_str(&pair.a.admin(&["volumes", "--json"])?)?;
+    let pinned_id = vols
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "pinned"))
+        .and_then(|v| v["id"].as_u64())
+        .context("the pinned volume's id")? as u32;
+    let rt = tokio::runtime::Runtime::new()?;
+    let claimed = common::random_bytes(77, 64 << 10);
+    let block = meridian_proto::EncodedBlock::encode(&claimed)?;
+    let header = |origin: u32, volume: u32| meridian_proto::pb::chunk::PutHeader {
+        role: meridian_proto::pb::chunk::PutRole::Coordinator as i32,
+        replicas: 3,
+        min_copies: 1,
+        regions: vec![1, 2],
+        origin_region: origin,
+        volume,
+        ..Default::default()
+    };
+    let put = |addr: &str, h| {
+        let msgs = meridian_proto::wire::put_messages(&block, h);
+        let addr = format!("http://{addr}");
+        rt.block_on(async move {
+            let mut c =
+                meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient::connect(addr)
+                    .await?;
+            anyhow::Ok(c.put(tokio_stream::iter(msgs)).await)
+        })
+    };
+    let b_chunk = pair.b.chunks[0].addr.clone();
+    let shipped = put(&b_chunk, header(1, pinned_id))?.expect_err("region 2 took a pinned block");
+    assert_eq!(
+        shipped.code(),
+        tonic::Code::FailedPrecondition,
+        "{shipped:?}"
+    );
+    let unnamed = put(&b_chunk, header(0, 0))?.expect_err("a put naming regions but no volume");
+    assert_eq!(unnamed.code(), tonic::Code::InvalidArgument, "{unnamed:?}");
+    let fetch = rt.block_on(async {
+        let mut c = meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient::connect(
+            format!("http://{b_chunk}"),
+        )
+        .await?;
+        anyhow::Ok(
+            c.get(meridian_proto::pb::chunk::GetRequest {
+                // The pinned volume's first file (seed 100).
+                block_id: BlockId::of(&common::random_bytes(100, 1 << 20))
+                    .as_bytes()
+                    .to_vec()
+                    .into(),
+                regions: vec![1, 2],
+                volume: pinned_id,
+                fetch_remote: true,
+                ..Default::default()
+            })
+            .await,
+        )
+    })?;
+    let fetch = fetch.expect_err("region 2 fetched a pinned block");
+    assert_eq!(fetch.code(), tonic::Code::FailedPrecondition, "{fetch:?}");
+    let claimed_id = BlockId::of(&claimed).to_hex();
+    for c in &pair.b.chunks {
+        let files = block_files(&c.data);
+        for id in written.iter().chain([&claimed_id]) {
+            assert!(
+                !files.iter().any(|f| f.starts_with(id.as_str())),
+                "block {id} of the pinned volume reached region 2 at {}",
+                c.data.display()
+            );
+        }
+    }
+    // Region 1 stores it (the volume lives there) and queues nothing for region 2.
+    put(&pair.a.chunks[0].addr, header(0, pinned_id))??;
+    for c in &pair.a.chunks {
+        let addr = format!("http://{}", c.addr);
+        let status = rt.block_on(async move {
+            let mut c =
+                meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient::connect(addr)
+                    .await?;
+            anyhow::Ok(
+                c.node_status(meridian_proto::pb::chunk::NodeStatusRequest::default())
+                    .await?
+                    .into_inner(),
+            )
+        })?;
+        let queued: u64 = status.ship_queues.iter().map(|q| q.blocks).sum();
+        assert_eq!(
+            queued, 0,
+            "region 1 queued blocks of a pinned volume: {status:?}"
+        );
+    }
     Ok(())
 }
 

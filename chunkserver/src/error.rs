@@ -79,6 +79,9 @@ pub enum ChunkError {
     /// The state database failed.
     #[error("state database: {0}")]
     Db(String),
+    /// Something this node needs to decide cannot be reached now; try again.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ChunkError {
@@ -108,7 +111,9 @@ impl From<ChunkError> for Status {
             ChunkError::Corrupt { .. } => Status::data_loss(msg),
             ChunkError::OutOfRange { .. } => Status::out_of_range(msg),
             ChunkError::NoSpace { .. } => Status::resource_exhausted(msg),
-            ChunkError::TooFewCopies { .. } => Status::unavailable(msg),
+            ChunkError::TooFewCopies { .. } | ChunkError::Unavailable(_) => {
+                Status::unavailable(msg)
+            }
             ChunkError::Io { .. } | ChunkError::Db(_) => Status::internal(msg),
         }
     }

@@ -45,6 +45,9 @@ pub struct Shipment {
     pub regions: Vec<u32>,
     /// When it was queued (ms since the epoch).
     pub queued_ms: u64,
+    /// Its volume (0: queued by an earlier version, which did not say).
+    #[serde(default)]
+    pub volume: u32,
 }
 
 fn ship_key(region: u16, seq: u64) -> [u8; 10] {
@@ -62,6 +65,8 @@ fn db_err(e: impl Into<redb::Error>) -> ChunkError {
 #[derive(Debug)]
 pub struct Ledger {
     db: Database,
+    /// Counts shipments queued, so that shippers wake at once instead of polling.
+    queued: tokio::sync::watch::Sender<u64>,
 }
 
 impl Ledger {
@@ -75,7 +80,10 @@ impl Ledger {
         tx.open_table(CONDEMNED).map_err(db_err)?;
         tx.open_table(CONDEMNED_STAMP).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(Ledger { db })
+        Ok(Ledger {
+            db,
+            queued: tokio::sync::watch::Sender::new(0),
+        })
     }
 
     /// Records (durably, before the put is acknowledged) that `id` has only `stored_on`
@@ -239,7 +247,14 @@ impl Ledger {
                     .map_err(db_err)?;
             }
         }
-        tx.commit().map_err(db_err)
+        tx.commit().map_err(db_err)?;
+        self.queued.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Changes whenever a shipment is queued.
+    pub fn watch_queue(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queued.subscribe()
     }
 
     /// Up to `limit` queued shipments to `region`, oldest first, with their sequence.

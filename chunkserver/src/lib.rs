@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod maintain;
 pub mod map;
 pub mod replicate;
+pub mod residency;
 pub mod server;
 pub mod service;
 pub mod ship;

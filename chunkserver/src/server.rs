@@ -83,6 +83,10 @@ pub async fn run(
         &config.routes,
     ));
     let (store, ledger) = (Arc::new(store), Arc::new(ledger));
+    let residency = Arc::new(crate::residency::Residency::new(
+        config.region,
+        meta.clone(),
+    ));
     let maintainer = Arc::new(crate::maintain::Maintainer::new(
         id,
         store.clone(),
@@ -114,6 +118,7 @@ pub async fn run(
         peers: peers.clone(),
         maintainer,
         default_replicas: config.default_replicas,
+        residency,
     };
     let shippers: Vec<_> = config
         .peers

@@ -7,8 +7,8 @@ use meridian_proto::pb::chunk::chunk_service_server::ChunkService;
 use meridian_proto::pb::chunk::{
     DeleteRequest, DeleteResponse, GetHeader, GetRequest, GetResponse, HasRequest, HasResponse,
     ListUnderReplicatedRequest, ListUnderReplicatedResponse, MaintainRequest, MaintainResponse,
-    NodeStatusRequest, NodeStatusResponse, PutRequest, PutResponse, PutRole, StatRequest,
-    StatResponse, put_request,
+    NodeStatusRequest, NodeStatusResponse, PutHeader, PutRequest, PutResponse, PutRole,
+    StatRequest, StatResponse, put_request,
 };
 use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, Outboard, ZoneId, wire};
 use tokio::task::spawn_blocking;
@@ -53,6 +53,8 @@ pub struct ChunkNode {
     pub maintainer: Arc<crate::maintain::Maintainer>,
     /// Copies of a block whose put does not say.
     pub default_replicas: u32,
+    /// Where each volume may live, from this region's metadata.
+    pub residency: Arc<crate::residency::Residency>,
 }
 
 /// Runs blocking disk or CPU work off the async threads.
@@ -69,6 +71,37 @@ fn block_id(bytes: &[u8]) -> Result<BlockId, Status> {
 }
 
 impl ChunkNode {
+    /// The regions the block a coordinator is asked to put may live in, by this region's
+    /// metadata; refuses a block whose volume does not live here.
+    async fn put_regions(&self, id: &BlockId, header: &PutHeader) -> Result<Vec<u32>, Status> {
+        if header.volume != 0 {
+            return Ok(self
+                .residency
+                .check(header.volume, &format!("block {id}"))
+                .await?);
+        }
+        if header.regions.is_empty() {
+            return Ok(Vec::new()); // a block of no volume's: it stays in this region
+        }
+        if header.origin_region == 0 {
+            return Err(Status::invalid_argument(format!(
+                "block {id}: a put naming regions must name its volume"
+            )));
+        }
+        // Shipped by a chunkserver of an earlier version (a shipment queued before an
+        // upgrade names no volume): its word is all there is.
+        if !header.regions.contains(&u32::from(self.region)) {
+            metrics::counter!("meridian_chunk_residency_refusals_total").increment(1);
+            return Err(ChunkError::Residency(format!(
+                "block {id} belongs to a volume living in regions {:?}, not in region {}",
+                header.regions, self.region
+            ))
+            .into());
+        }
+        warn!(block = %id, origin = header.origin_region, "a shipped block names no volume (an earlier version's shipment)");
+        Ok(header.regions.clone())
+    }
+
     /// Stores a block here and notes the copies its put wants, verifying it first unless
     /// the caller has (`outboard`): one trip to the blocking pool, not one per step.
     async fn store_verified(
@@ -140,16 +173,16 @@ impl ChunkService for ChunkNode {
             ))
             .into());
         }
-        if !header.regions.is_empty() && !header.regions.contains(&u32::from(self.region)) {
-            metrics::counter!("meridian_chunk_residency_refusals_total").increment(1);
-            return Err(ChunkError::Residency(format!(
-                "block {id} belongs to a volume living in regions {:?}, not in region {}",
-                header.regions, self.region
-            ))
-            .into());
-        }
         let role = PutRole::try_from(header.role)
             .map_err(|_| Status::invalid_argument(format!("unknown put role {}", header.role)))?;
+        // Where the block may live is this region's knowledge of its volume's policy, not
+        // the sender's word (a replica put comes from a coordinator of this region, which
+        // checked).
+        let regions = if role == PutRole::Replica {
+            Vec::new()
+        } else {
+            self.put_regions(&id, &header).await?
+        };
         let replicas = header.replicas.max(1);
         let min_copies = match header.min_copies {
             0 => self.default_min_copies.min(replicas),
@@ -236,15 +269,16 @@ impl ChunkService for ChunkNode {
                 .peers
                 .ids()
                 .into_iter()
-                .filter(|r| header.regions.contains(&u32::from(*r)))
+                .filter(|r| regions.contains(&u32::from(*r)))
                 .collect();
             if !to.is_empty() {
                 let shipment = crate::ledger::Shipment {
                     block: id,
                     replicas,
                     min_copies,
-                    regions: header.regions.clone(),
+                    regions,
                     queued_ms: crate::ship::now_ms(),
+                    volume: header.volume,
                 };
                 let ledger = self.ledger.clone();
                 blocking(move || ledger.enqueue_ship(&to, &shipment)).await?;
@@ -262,7 +296,11 @@ impl ChunkService for ChunkNode {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let req = request.into_inner();
         let id = block_id(&req.block_id)?;
-        if !req.regions.is_empty() && !req.regions.contains(&u32::from(self.region)) {
+        if req.volume != 0 {
+            self.residency
+                .check(req.volume, &format!("block {id}"))
+                .await?;
+        } else if !req.regions.is_empty() && !req.regions.contains(&u32::from(self.region)) {
             return Err(ChunkError::Residency(format!(
                 "block {id} belongs to a volume living in regions {:?}, not in region {}",
                 req.regions, self.region
@@ -301,12 +339,15 @@ impl ChunkService for ChunkNode {
             }
         }
         let (block, plain) = match self.read_verified(id).await {
-            Err(ChunkError::NotFound(_)) if req.fetch_remote => {
-                // Not shipped here yet: fetch it from a region that has it, keep it, serve it.
-                let others: Vec<u32> = req
-                    .regions
-                    .iter()
-                    .copied()
+            Err(ChunkError::NotFound(_)) if req.fetch_remote && req.volume != 0 => {
+                // Not shipped here yet: fetch it from a region that has it, keep it, serve
+                // it; only from the regions this region knows the volume to live in (the
+                // check above made sure this is one of them).
+                let others: Vec<u32> = self
+                    .residency
+                    .check(req.volume, &format!("block {id}"))
+                    .await?
+                    .into_iter()
                     .filter(|r| *r != u32::from(self.region))
                     .collect();
                 // Verified by the fetch: stored as received, served from memory.

@@ -25,6 +25,13 @@ use crate::maintain::Maintainer;
 const SHIP_BATCH: usize = 64;
 /// Blocks in flight to a peer region at once.
 const SHIP_PARALLEL: usize = 16;
+/// How often an idle shipper looks at its queue without being woken.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Shipments queued more recently than this are sent without asking first whether the
+/// peer has them: a block just written is almost never there yet, and asking costs a
+/// round trip across the link. Older ones (a backlog after a cut, during which readers
+/// there may have fetched them) are asked about first.
+const FRESH_MS: u64 = 5_000;
 
 /// Clients of the other regions' chunkservers.
 #[derive(Debug, Default)]
@@ -111,11 +118,18 @@ pub async fn ship_loop(
     node: Arc<Maintainer>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut queued = ledger.watch_queue();
     loop {
+        queued.borrow_and_update();
         match ship_round(region, &client, &ledger, &node).await {
             Ok(0) => {
                 backoff = Duration::from_millis(100);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Woken by the next shipment queued (the put that queues it is still
+                // being answered): a fresh block leaves at once, often before its record.
+                tokio::select! {
+                    _ = queued.changed() => {}
+                    _ = tokio::time::sleep(IDLE_CHECK) => {}
+                }
             }
             Ok(n) => {
                 backoff = Duration::from_millis(100);
@@ -179,9 +193,14 @@ async fn ship_round(
     if map.nodes.is_empty() {
         return Err(format!("no cluster map of region {region} yet"));
     }
-    // Ask first: group the blocks by their first placement there and ask who lacks what.
+    // Ask first (but for fresh blocks): group the blocks by their first placement there
+    // and ask who lacks what.
     let mut by_node: HashMap<u64, Vec<usize>> = HashMap::new();
+    let now = now_ms();
     for (i, (_, s)) in queued.iter().enumerate() {
+        if now.saturating_sub(s.queued_ms) < FRESH_MS {
+            continue;
+        }
         if let Some(first) = placement(&s.block, &map, 1).first() {
             by_node.entry(first.0).or_default().push(i);
         }
@@ -226,7 +245,13 @@ async fn ship_round(
                     Err(e) => return (*seq, Err(e.to_string())),
                 };
                 let sent = client
-                    .put_for(&block, s.replicas, s.min_copies.min(s.replicas), &s.regions)
+                    .put_for(
+                        &block,
+                        s.replicas,
+                        s.min_copies.min(s.replicas),
+                        s.volume,
+                        &s.regions,
+                    )
                     .await
                     .map(|_| u64::from(block.raw_len))
                     .map_err(|e| e.to_string());

@@ -74,6 +74,8 @@ pub struct BlockClient {
     /// The regions the blocks' volume lives in (sent with every put and read, for
     /// residency checks, shipping and fetch-on-miss).
     regions: Vec<u32>,
+    /// The volume the blocks belong to (0: none; such blocks stay in their region).
+    volume: u32,
     /// Set when this client ships blocks from another region.
     origin: u32,
     /// Outboards this client verified against their ids: a range read of their blocks
@@ -97,13 +99,16 @@ impl BlockClient {
             pool: ChannelPool::new(timeouts),
             max_block_len: meridian_proto::block::MAX_BLOCK_LEN,
             regions: Vec::new(),
+            volume: 0,
             origin: 0,
             outboards: Recent::new(KNOWN_OUTBOARDS),
         }
     }
 
-    /// Puts and reads for a volume that lives in `regions`.
-    pub fn with_regions(mut self, regions: &[meridian_proto::RegionId]) -> Self {
+    /// Puts and reads for `volume`, which lives in `regions` (the servers decide from their
+    /// own knowledge of the volume; the regions tell this client whether to fetch across).
+    pub fn for_volume(mut self, volume: u32, regions: &[meridian_proto::RegionId]) -> Self {
+        self.volume = volume;
         self.regions = regions.iter().map(|r| u32::from(r.0)).collect();
         self
     }
@@ -150,16 +155,17 @@ impl BlockClient {
         replicas: u32,
         min_copies: u32,
     ) -> Result<PutReceipt, ClientError> {
-        self.put_for(block, replicas, min_copies, &self.regions)
+        self.put_for(block, replicas, min_copies, self.volume, &self.regions)
             .await
     }
 
-    /// As [`put`](Self::put), for a block of a volume that lives in `regions`.
+    /// As [`put`](Self::put), for a block of `volume`, which lives in `regions`.
     pub async fn put_for(
         &self,
         block: &EncodedBlock,
         replicas: u32,
         min_copies: u32,
+        volume: u32,
         regions: &[u32],
     ) -> Result<PutReceipt, ClientError> {
         let map = self.map();
@@ -176,6 +182,7 @@ impl BlockClient {
                 map_epoch: map.epoch,
                 regions: regions.to_vec(),
                 origin_region: self.origin,
+                volume,
                 ..Default::default()
             };
             let mut rpc = match self.rpc(node) {
@@ -340,6 +347,7 @@ impl BlockClient {
             with_outboard: true,
             outboard_known: known.is_some(),
             regions: self.regions.clone(),
+            volume: self.volume,
             ..Default::default()
         };
         let (header, plain) = self.call_get(node, request).await?;
@@ -441,6 +449,7 @@ impl BlockClient {
             block_id: Bytes::copy_from_slice(id.as_bytes()),
             encoded: true,
             regions: self.regions.clone(),
+            volume: self.volume,
             fetch_remote: remote,
             ..Default::default()
         };

@@ -216,8 +216,8 @@ impl FileSystem {
             other => return Err(MetaError::Server(format!("unexpected reply {other:?}"))),
         };
         let map = meta.watch_cluster_map();
-        let blocks =
-            BlockClient::new(map, zone, Default::default()).with_regions(&volume.policy.regions);
+        let blocks = BlockClient::new(map, zone, Default::default())
+            .for_volume(volume.id, &volume.policy.regions);
         let write_back = options.write_back && volume.policy.regions.len() <= 1;
         let first_fh = options.handle_base.max(1);
         let fs = Arc::new_cyclic(|me| FileSystem {

@@ -218,6 +218,33 @@ fn a_record_of_a_volume_elsewhere_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn a_volume_cannot_be_made_in_a_region_it_may_not_live_in() {
+    let mut a = Region::new(1, &[RegionId(2)]);
+    let err = a
+        .run(Op::CreateVolume {
+            name: "only-b".into(),
+            policy: VolumePolicy {
+                regions: vec![RegionId(2)],
+                ..VolumePolicy::default()
+            },
+        })
+        .unwrap_err();
+    assert!(matches!(err, NsError::Invalid(_)), "{err:?}");
+    assert!(a.changes(1, 10).iter().all(|r| !matches!(
+        &r.1.op,
+        Op::CreateVolume { name, .. } if name == "only-b"
+    )));
+    a.run(Op::CreateVolume {
+        name: "a-and-b".into(),
+        policy: VolumePolicy {
+            regions: vec![RegionId(2), RegionId(1)],
+            ..VolumePolicy::default()
+        },
+    })
+    .unwrap();
+}
+
+#[test]
 fn tombstones_are_purged_once_every_region_has_settled_past_them() {
     let mut rs = regions(3);
     let root = rs[0].volume_root();

@@ -83,6 +83,21 @@ pub(crate) fn create_volume(
 ) -> Result<Reply, NsError> {
     check_volume_name(name)?;
     check_policy(policy)?;
+    // A volume lives in the region that makes it: its id and root carry that region, and
+    // its records start there. (Checked when made here; a record replayed from elsewhere
+    // was checked where it was made.)
+    if !ctx.replaying() && !policy.regions.is_empty() && !policy.regions.contains(&ctx.region()) {
+        return Err(NsError::Invalid(format!(
+            "volume {name:?} may live only in regions {}, and this is region {}: create it in one of them",
+            policy
+                .regions
+                .iter()
+                .map(|r| r.0.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            ctx.region().0
+        )));
+    }
     let mut name = name.to_string();
     if read_volume(t.volumes(), &name)?.is_some() {
         if !ctx.replaying() {
