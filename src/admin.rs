@@ -446,6 +446,26 @@ fn pass_row(
     }
 }
 
+/// The link detector's verdicts about each peer, newest last.
+fn print_link_history(peers: &[meridian_proto::pb::meta::PeerLag]) {
+    let now = meridian_proto::physical_ms();
+    for p in peers.iter().filter(|p| !p.history.is_empty()) {
+        println!("link to region {}:", p.region);
+        for e in &p.history {
+            println!(
+                "  {:>9} ago  {:<11}  {}",
+                format!("{:.1}s", now.saturating_sub(e.at_ms) as f64 / 1000.0),
+                if e.reachable {
+                    "reachable"
+                } else {
+                    "unreachable"
+                },
+                e.detail
+            );
+        }
+    }
+}
+
 fn print_maintenance(
     rows: &[(
         meridian_proto::NodeInfo,
@@ -784,6 +804,10 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         "oldest_unshipped_ms": p.oldest_unshipped_ms, "applied_seq": p.applied_seq,
                         "peer_head_seq": p.peer_head_seq, "error": p.error,
                         "blocks_queued": queued(p.region).0, "oldest_block_ms": queued(p.region).1,
+                        "since_ms": p.since_ms, "acked_seq": p.acked_seq,
+                        "history": p.history.iter().map(|e| serde_json::json!({
+                            "at_ms": e.at_ms, "reachable": e.reachable, "detail": e.detail,
+                        })).collect::<Vec<_>>(),
                     })).collect();
                     println!(
                         "{}",
@@ -827,6 +851,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                             "({silent} chunkservers did not answer: their block queues are not counted)"
                         );
                     }
+                    print_link_history(&r.peers);
                 }
                 return Ok(());
             }

@@ -229,10 +229,12 @@ struct MetaArgs {
     /// Entries kept behind a snapshot.
     #[arg(long)]
     keep_logs: Option<u64>,
-    /// A silent chunkserver becomes suspect after this many milliseconds.
+    /// A silent chunkserver becomes suspect after this many milliseconds at the latest
+    /// (sooner when its silence stands out from its own heartbeat rhythm: phi accrual).
     #[arg(long)]
     suspect_after_ms: Option<u64>,
-    /// A silent chunkserver becomes down after this many milliseconds.
+    /// A silent chunkserver becomes down after this many milliseconds at the latest
+    /// (sooner, but not under 2 s, when phi accrual is sure).
     #[arg(long)]
     down_after_ms: Option<u64>,
     /// Serve Prometheus metrics over HTTP on this address.
@@ -241,6 +243,11 @@ struct MetaArgs {
     /// Another region to replicate with: REGION=META_ADDR[,META_ADDR...] (repeatable).
     #[arg(long = "peer")]
     peers: Vec<meridian_metaserver::config::PeerRegion>,
+    /// A peer region that has not answered a pull for this long is shown unreachable, in
+    /// milliseconds (the verdict is an event in the log and in `admin regions`; it decides
+    /// nothing).
+    #[arg(long)]
+    peer_unreachable_after_ms: Option<u64>,
     /// Shift this server's clock by this many milliseconds (tests of clock skew between
     /// regions; never in production).
     #[arg(long, hide = true, allow_hyphen_values = true)]
@@ -271,7 +278,8 @@ impl MetaArgs {
             snapshot_logs,
             keep_logs,
             suspect_after_ms,
-            down_after_ms
+            down_after_ms,
+            peer_unreachable_after_ms
         );
         if !self.peers.is_empty() {
             c.peers = self.peers;

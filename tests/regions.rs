@@ -439,6 +439,30 @@ fn a_volume_pinned_to_one_region_never_leaves_it() -> Result<()> {
     );
     let unnamed = put(&b_chunk, header(0, 0))?.expect_err("a put naming regions but no volume");
     assert_eq!(unnamed.code(), tonic::Code::InvalidArgument, "{unnamed:?}");
+    // A region that is not a peer is refused, for blocks and for records.
+    let stranger = put(&b_chunk, header(9, 0))?.expect_err("a block from region 9");
+    assert_eq!(
+        stranger.code(),
+        tonic::Code::PermissionDenied,
+        "{stranger:?}"
+    );
+    let meta_addr = format!("http://{}", pair.a.meta.addrs()[0]);
+    let pulled = rt.block_on(async move {
+        let mut c =
+            meridian_proto::pb::meta::meta_service_client::MetaServiceClient::connect(meta_addr)
+                .await?;
+        anyhow::Ok(
+            c.pull_changes(meridian_proto::pb::meta::PullChangesRequest {
+                region: 9,
+                from: 1,
+                limit: 10,
+                wait_ms: 0,
+            })
+            .await,
+        )
+    })?;
+    let pulled = pulled.expect_err("region 9 pulled region 1's change log");
+    assert_eq!(pulled.code(), tonic::Code::PermissionDenied, "{pulled:?}");
     let fetch = rt.block_on(async {
         let mut c = meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient::connect(
             format!("http://{b_chunk}"),
@@ -895,6 +919,137 @@ fn a_peer_clock_two_hours_ahead_gets_no_referenced_block_collected() -> Result<(
         )
     })?;
     assert_eq!(fs::read(ma.path.join("first"))?, b"both regions have met");
+    drop(ma);
+    drop(mb);
+    Ok(())
+}
+
+/// The link detector of a region pair: each flap of the link is a verdict in both
+/// regions' history, and the history, the outbound lag and the RPO carry on across a
+/// leader change (a new leader does not count the peer's backlog from scratch).
+#[test]
+fn a_flapping_link_is_in_the_history_and_a_leader_change_keeps_lag_and_rpo() -> Result<()> {
+    let quick = ["--peer-unreachable-after-ms", "1500"];
+    let mut pair = Pair::start_full(&quick, &quick, &[])?;
+    pair.shared_volume("flaps")?;
+    let ma = pair.a.mount("flaps", "mnt-a")?;
+    let mb = pair.b.mount("flaps", "mnt-b")?;
+    let link = |side: &Side| -> Option<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&side.admin(&["regions", "--json"]).ok()?).ok()?;
+        Some(v["peers"][0].clone())
+    };
+    let link_is = |side: &Side, up: bool, verdicts: usize| {
+        let mut last = None;
+        wait_for(
+            Duration::from_secs(30),
+            "the link's verdict and history",
+            || {
+                let p = link(side)?;
+                last = Some(p.clone());
+                let n = p["history"].as_array()?.len();
+                (p["reachable"] == up && n == verdicts).then_some(())
+            },
+        )
+        .with_context(|| format!("last seen: {last:#?}"))
+    };
+    link_is(&pair.a, true, 1)?;
+    link_is(&pair.b, true, 1)?;
+    for flap in 0..2 {
+        pair.cut(true)?;
+        link_is(&pair.a, false, 2 + 2 * flap)?;
+        link_is(&pair.b, false, 2 + 2 * flap)?;
+        pair.cut(false)?;
+        link_is(&pair.a, true, 3 + 2 * flap)?;
+        link_is(&pair.b, true, 3 + 2 * flap)?;
+    }
+    let history = link(&pair.a).context("region 1's link")?["history"].clone();
+    let verdicts = history.as_array().context("a history")?;
+    for (i, pair_of) in verdicts.windows(2).enumerate() {
+        assert_ne!(
+            pair_of[0]["reachable"], pair_of[1]["reachable"],
+            "verdict {i} repeats: {history:#}"
+        );
+        assert!(
+            pair_of[0]["at_ms"].as_u64() <= pair_of[1]["at_ms"].as_u64(),
+            "{history:#}"
+        );
+    }
+    assert!(
+        verdicts[1]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no pull answered"),
+        "{history:#}"
+    );
+
+    // Region 2 has everything; then the link is cut and region 1 writes on.
+    for i in 0..20 {
+        fs::write(ma.path.join(format!("before-{i}")), b"both have this")?;
+    }
+    wait_for(
+        Duration::from_secs(60),
+        "region 2 to apply everything",
+        || (link(&pair.a)?["ops_behind"] == 0).then_some(()),
+    )?;
+    pair.cut(true)?;
+    link_is(&pair.a, false, 6)?;
+    for i in 0..5 {
+        fs::write(
+            ma.path.join(format!("during-{i}")),
+            b"only region 1 has this",
+        )?;
+    }
+    let before = link(&pair.a).context("region 1's link")?;
+    let ops = before["ops_behind"].as_u64().context("ops behind")?;
+    assert!(ops >= 5, "{before:#}");
+
+    // A new leader in region 1 reports the same backlog, an RPO that only grew, and the
+    // same history.
+    let leader = pair.a.meta.wait_leader()?;
+    pair.a.meta.nodes[leader].kill();
+    let mut after = None;
+    let new_leader = pair.a.meta.wait_leader()?;
+    assert_ne!(new_leader, leader);
+    wait_for(
+        Duration::from_secs(30),
+        "the new leader's view of the link",
+        || {
+            let p = link(&pair.a)?;
+            let verdicts = p["history"].as_array()?.len();
+            after = Some(p.clone());
+            (verdicts >= 6).then_some(())
+        },
+    )?;
+    let after = after.context("the new leader's view")?;
+    assert_eq!(
+        after["ops_behind"], before["ops_behind"],
+        "{before:#}\n{after:#}"
+    );
+    assert_eq!(
+        after["acked_seq"], before["acked_seq"],
+        "{before:#}\n{after:#}"
+    );
+    assert!(
+        after["oldest_unshipped_ms"].as_u64() >= before["oldest_unshipped_ms"].as_u64(),
+        "{before:#}\n{after:#}"
+    );
+    let first_six = |v: &serde_json::Value| {
+        v["history"]
+            .as_array()
+            .map(|h| h.iter().take(6).cloned().collect::<Vec<_>>())
+    };
+    assert_eq!(
+        first_six(&after),
+        first_six(&before),
+        "{before:#}\n{after:#}"
+    );
+
+    pair.cut(false)?;
+    wait_same(&ma.path, &mb.path, Duration::from_secs(60))?;
+    wait_for(Duration::from_secs(60), "region 2 to catch up", || {
+        (link(&pair.a)?["ops_behind"] == 0).then_some(())
+    })?;
     drop(ma);
     drop(mb);
     Ok(())

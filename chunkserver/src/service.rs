@@ -71,10 +71,16 @@ fn block_id(bytes: &[u8]) -> Result<BlockId, Status> {
 }
 
 impl ChunkNode {
-    /// The regions the block a coordinator is asked to put may live in, by this region's
-    /// metadata; refuses a block whose volume does not live here.
-    async fn put_regions(&self, id: &BlockId, header: &PutHeader) -> Result<Vec<u32>, Status> {
-        if header.volume != 0 {
+    /// The regions the block a put carries may live in, by this region's metadata; refuses
+    /// a block whose volume does not live here. A replica put comes from a coordinator of
+    /// this region, which checked: only its own claim is checked.
+    async fn put_regions(
+        &self,
+        id: &BlockId,
+        header: &PutHeader,
+        role: PutRole,
+    ) -> Result<Vec<u32>, Status> {
+        if header.volume != 0 && role == PutRole::Coordinator {
             return Ok(self
                 .residency
                 .check(header.volume, &format!("block {id}"))
@@ -83,13 +89,6 @@ impl ChunkNode {
         if header.regions.is_empty() {
             return Ok(Vec::new()); // a block of no volume's: it stays in this region
         }
-        if header.origin_region == 0 {
-            return Err(Status::invalid_argument(format!(
-                "block {id}: a put naming regions must name its volume"
-            )));
-        }
-        // Shipped by a chunkserver of an earlier version (a shipment queued before an
-        // upgrade names no volume): its word is all there is.
         if !header.regions.contains(&u32::from(self.region)) {
             metrics::counter!("meridian_chunk_residency_refusals_total").increment(1);
             return Err(ChunkError::Residency(format!(
@@ -98,6 +97,16 @@ impl ChunkNode {
             ))
             .into());
         }
+        if role == PutRole::Replica {
+            return Ok(Vec::new());
+        }
+        if header.origin_region == 0 {
+            return Err(Status::invalid_argument(format!(
+                "block {id}: a put naming regions must name its volume"
+            )));
+        }
+        // Shipped by a chunkserver of an earlier version (a shipment queued before an
+        // upgrade names no volume): its word is all there is.
         warn!(block = %id, origin = header.origin_region, "a shipped block names no volume (an earlier version's shipment)");
         Ok(header.regions.clone())
     }
@@ -176,13 +185,20 @@ impl ChunkService for ChunkNode {
         let role = PutRole::try_from(header.role)
             .map_err(|_| Status::invalid_argument(format!("unknown put role {}", header.role)))?;
         // Where the block may live is this region's knowledge of its volume's policy, not
-        // the sender's word (a replica put comes from a coordinator of this region, which
-        // checked).
-        let regions = if role == PutRole::Replica {
-            Vec::new()
-        } else {
-            self.put_regions(&id, &header).await?
-        };
+        // the sender's word.
+        if header.origin_region != 0
+            && !self
+                .peers
+                .ids()
+                .iter()
+                .any(|r| u32::from(*r) == header.origin_region)
+        {
+            return Err(Status::permission_denied(format!(
+                "block {id}: region {} is not a peer of region {}",
+                header.origin_region, self.region
+            )));
+        }
+        let regions = self.put_regions(&id, &header, role).await?;
         let replicas = header.replicas.max(1);
         let min_copies = match header.min_copies {
             0 => self.default_min_copies.min(replicas),

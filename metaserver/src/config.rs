@@ -32,14 +32,18 @@ pub struct MetaConfig {
     pub snapshot_logs: u64,
     /// Entries kept in the log behind a snapshot (for followers that lag a little).
     pub keep_logs: u64,
-    /// A chunkserver silent this long is suspect, in milliseconds.
+    /// A chunkserver silent this long is suspect at the latest, in milliseconds (sooner
+    /// when its silence stands out from its own rhythm: `crate::liveness`).
     pub suspect_after_ms: u64,
-    /// A chunkserver silent this long is down, in milliseconds.
+    /// A chunkserver silent this long is down at the latest, in milliseconds.
     pub down_after_ms: u64,
     /// Where to serve Prometheus metrics over HTTP (none: not served).
     pub metrics_listen: Option<String>,
     /// The other regions this one replicates with.
     pub peers: Vec<PeerRegion>,
+    /// A peer region that has not answered a pull for this long is unreachable, in
+    /// milliseconds (lenient: across regions a verdict only shows, it decides nothing).
+    pub peer_unreachable_after_ms: u64,
 }
 
 pub use meridian_proto::PeerRegion;
@@ -62,6 +66,7 @@ impl Default for MetaConfig {
             down_after_ms: 10_000,
             metrics_listen: None,
             peers: Vec::new(),
+            peer_unreachable_after_ms: 10_000,
         }
     }
 }
@@ -93,6 +98,9 @@ impl MetaConfig {
             if p.region == self.region {
                 return Err(format!("region {} lists itself as a peer", p.region));
             }
+        }
+        if self.peer_unreachable_after_ms == 0 {
+            return Err("need peer_unreachable_after_ms > 0".into());
         }
         if self.suspect_after_ms >= self.down_after_ms {
             return Err("need suspect_after_ms < down_after_ms".into());

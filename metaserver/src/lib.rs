@@ -4,6 +4,8 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod leases;
+pub mod link_detector;
+pub mod liveness;
 pub mod namespace;
 pub mod raft;
 pub mod regions;

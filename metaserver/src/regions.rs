@@ -180,6 +180,17 @@ impl Regions {
         }
     }
 
+    /// What this member knows of `peer`'s link now.
+    pub fn link(&self, peer: u16) -> crate::link_detector::LinkNow {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let st = peers.get(&peer).cloned().unwrap_or_default();
+        crate::link_detector::LinkNow {
+            last_ok: st.last_ok,
+            error: st.error,
+            acked: st.acked,
+        }
+    }
+
     /// Lag to and from every configured peer.
     pub fn status(
         &self,
@@ -193,12 +204,34 @@ impl Regions {
         for cfg in configured {
             let st = peers.get(&cfg.region).cloned().unwrap_or_default();
             let region = RegionId(cfg.region);
-            let (ops, bytes, oldest) = backlog(tx, region, st.acked, now);
+            // What an earlier leader noted: the peer's progress and the link's history.
+            let (noted_acked, history) = read_state(tx, |t| {
+                Ok((
+                    crate::namespace::links::acked(t, region)?,
+                    crate::namespace::links::events(t, region)?,
+                ))
+            })
+            .unwrap_or_default();
+            let acked = st.acked.max(noted_acked);
+            let (ops, bytes, oldest) = backlog(tx, region, acked, now);
             let contact = [st.last_ok, st.last_pulled].into_iter().flatten().max();
+            let reachable = match history.last() {
+                Some(e) => e.reachable,
+                None => st.last_ok.is_some() && st.error.is_empty(),
+            };
             out.push(PeerLag {
                 region: u32::from(cfg.region),
-                reachable: st.last_ok.is_some_and(|t| t.elapsed() < 3 * PULL_WAIT)
-                    && st.error.is_empty(),
+                reachable,
+                since_ms: history.last().map_or(0, |e| e.at_ms),
+                acked_seq: acked,
+                history: history
+                    .iter()
+                    .map(|e| meridian_proto::pb::meta::LinkEvent {
+                        at_ms: e.at_ms,
+                        reachable: e.reachable,
+                        detail: e.detail.clone(),
+                    })
+                    .collect(),
                 last_contact_ms: contact.map_or(0, |t| t.elapsed().as_millis() as u64),
                 ops_behind: ops,
                 bytes_behind: bytes,

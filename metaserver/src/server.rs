@@ -1,6 +1,6 @@
 //! Starting and stopping a metaserver.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -101,7 +101,7 @@ pub async fn run(
         db,
         shared,
         pool,
-        liveness: Mutex::new(HashMap::new()),
+        liveness: Mutex::new(Default::default()),
         peers: config.peers.clone(),
         regions: Default::default(),
         recalls: Default::default(),
@@ -109,6 +109,10 @@ pub async fn run(
     let mut region_tasks = vec![
         tokio::spawn(crate::regions::export_lag(node.clone())),
         tokio::spawn(crate::regions::promise_loop(node.clone())),
+        tokio::spawn(crate::link_detector::detect_loop(
+            node.clone(),
+            Duration::from_millis(config.peer_unreachable_after_ms),
+        )),
     ];
     for peer in &config.peers {
         info!(peer = peer.region, meta = ?peer.meta, "replicating with peer region");

@@ -3,7 +3,7 @@
 //! that reach a follower are forwarded once to the leader.
 
 use crate::error::{MetaError, store};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ pub struct MetaNode {
     /// Connections to the other members.
     pub pool: Arc<ChannelPool>,
     /// Last heartbeat of each chunkserver, as seen by this member while leader.
-    pub liveness: Mutex<HashMap<NodeId, Instant>>,
+    pub liveness: Mutex<crate::liveness::Liveness>,
     /// The other regions this one replicates with.
     pub peers: Vec<PeerRegion>,
     /// Replication progress with them.
@@ -232,9 +232,9 @@ impl MetaNode {
         }
     }
 
-    /// The leader's failure detector for chunkservers: marks silent nodes suspect, then
-    /// down, through Raft. Runs on every member; acts only while leader. A member that
-    /// becomes leader gives every node a fresh grace period first.
+    /// The leader's failure detector for chunkservers (phi accrual, `crate::liveness`):
+    /// marks silent nodes suspect, then down, through Raft. Runs on every member; acts
+    /// only while leader. A member that becomes leader gives every node a fresh start.
     pub async fn detect_failures(self: Arc<Self>, suspect_after: Duration, down_after: Duration) {
         let mut was_leader = false;
         loop {
@@ -254,13 +254,9 @@ impl MetaNode {
                     was_leader = true;
                 }
                 for n in &map.nodes {
-                    let last = *seen.entry(n.id).or_insert(now);
-                    let silent = now.duration_since(last);
-                    let want = if silent >= down_after {
-                        NodeState::Down
-                    } else if silent >= suspect_after {
-                        NodeState::Suspect
-                    } else {
+                    let arrivals = seen.of(n.id, now);
+                    let silent = arrivals.silent(now);
+                    let Some(want) = arrivals.verdict(now, suspect_after, down_after) else {
                         continue;
                     };
                     if n.state != want
@@ -449,7 +445,7 @@ impl MetaService for MetaApi {
                 self.liveness
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(id, Instant::now());
+                    .heard(id, Instant::now());
                 Ok(map)
             }
             None => {
@@ -509,7 +505,7 @@ impl MetaService for MetaApi {
         self.liveness
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Instant::now());
+            .heard(id, Instant::now());
         if matches!(node.state, NodeState::Suspect | NodeState::Down) {
             info!(node = %id, "chunkserver is back");
             if let Err(Some(e)) = self
@@ -684,6 +680,14 @@ impl MetaService for MetaApi {
                     r.region
                 )))
             })?;
+        // Only a configured peer region pulls (a made-up region id would learn records and
+        // move the lag bookkeeping of a region that does not exist).
+        if !self.peers.iter().any(|p| p.region == to.0) {
+            return Err(Status::permission_denied(format!(
+                "region {} is not a peer of region {}",
+                to.0, self.shared.region.0
+            )));
+        }
         let wait = Duration::from_millis(u64::from(r.wait_ms).min(10_000));
         let deadline = Instant::now() + wait;
         let mut applied = self.shared.applied.subscribe();

@@ -9,6 +9,7 @@ pub mod check;
 pub mod conflict;
 pub(crate) mod ctx;
 pub mod lease;
+pub mod links;
 pub mod merge;
 pub(crate) mod ops;
 pub mod read;

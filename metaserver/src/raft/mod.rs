@@ -47,6 +47,9 @@ pub enum Request {
     WriteBack(crate::namespace::lease::WriteBack),
     /// Leases the leader ended: their holder did not give them back when recalled.
     ExpireLeases(Vec<meridian_proto::InodeId>),
+    /// What the leader noted about a peer region (how far it applied this region's
+    /// records, the link detector's verdict), kept for the next leader.
+    PeerNote(crate::namespace::links::PeerNote),
 }
 
 impl fmt::Display for Request {
@@ -59,6 +62,7 @@ impl fmt::Display for Request {
             Request::Promise(h) => write!(f, "promise@{h}"),
             Request::WriteBack(w) => write!(f, "write-back:{}x{}", w.client, w.cmds.len()),
             Request::ExpireLeases(d) => write!(f, "expire-leases:{}", d.len()),
+            Request::PeerNote(n) => write!(f, "peer-note:{}", n.region.0),
         }
     }
 }

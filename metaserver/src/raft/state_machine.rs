@@ -211,6 +211,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         leases.expire(dirs).map_err(io::Error::other)?;
                         Response::None
                     }
+                    EntryPayload::Normal(Request::PeerNote(n)) => {
+                        namespace::links::note(&mut ns, n).map_err(io::Error::other)?;
+                        Response::None
+                    }
                     EntryPayload::Normal(Request::Promise(hlc)) => {
                         namespace::merge::promise(&mut ns, *hlc).map_err(io::Error::other)?;
                         Response::None
