@@ -814,10 +814,17 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                         serde_json::to_string_pretty(&serde_json::json!({
                             "region": r.region, "head_seq": r.head_seq, "peers": peers,
                             "chunkservers_not_answering": silent,
+                            "kept": {"changelog_records": r.changelog_records,
+                                "merged_log_records": r.merged_log_records,
+                                "tombstones": r.tombstones, "conflicts": r.conflicts},
                         }))?
                     );
                 } else {
                     println!("region {} (change log at {})", r.region, r.head_seq);
+                    println!(
+                        "kept on disk: {} change-log records, {} merged-log records, {} tombstones, {} conflicts",
+                        r.changelog_records, r.merged_log_records, r.tombstones, r.conflicts
+                    );
                     println!(
                         "{:>6} {:<9} {:>10} {:>10} {:>10} {:>9} {:>14} {:>8} {:>9}  ERROR",
                         "PEER",

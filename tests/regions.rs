@@ -1003,6 +1003,13 @@ fn a_flapping_link_is_in_the_history_and_a_leader_change_keeps_lag_and_rpo() -> 
     let before = link(&pair.a).context("region 1's link")?;
     let ops = before["ops_behind"].as_u64().context("ops behind")?;
     assert!(ops >= 5, "{before:#}");
+    // What the cut costs on disk is shown: the change log keeps what region 2 lacks.
+    let whole: serde_json::Value = serde_json::from_str(&pair.a.admin(&["regions", "--json"])?)?;
+    let kept = whole["kept"]["changelog_records"]
+        .as_u64()
+        .context("kept records")?;
+    assert!(kept >= ops, "{whole:#}");
+    assert!(before["bytes_behind"].as_u64() > Some(0), "{before:#}");
 
     // A new leader in region 1 reports the same backlog, an RPO that only grew, and the
     // same history.

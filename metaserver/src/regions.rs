@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::PeerRegion;
 use crate::error::{MetaError, store};
-use crate::namespace::tables::CHANGELOG;
+use crate::namespace::tables::{self, CHANGELOG};
 use crate::namespace::{RemoteBatch, merge};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
@@ -245,8 +245,24 @@ impl Regions {
             region: u32::from(own.0),
             head_seq: head_seq(tx),
             peers: out,
+            changelog_records: rows(tx, tables::CHANGELOG),
+            merged_log_records: rows(tx, tables::OPLOG),
+            tombstones: rows(tx, tables::TOMBS),
+            conflicts: rows(tx, tables::CONFLICTS),
         }
     }
+}
+
+/// Rows of a table (0 when it does not exist yet).
+fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &ReadTransaction,
+    table: redb::TableDefinition<K, V>,
+) -> u64 {
+    use redb::ReadableTableMetadata;
+    tx.open_table(table)
+        .ok()
+        .and_then(|t| t.len().ok())
+        .unwrap_or(0)
 }
 
 /// Records of this region that `peer` lacks after `acked`: count, bytes, age of the oldest.

@@ -90,6 +90,9 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         t.changelog
             .insert(seq, bytes.as_slice())
             .map_err(store_err)?;
+        if seq % TRIM_EVERY == 0 {
+            trim_changelog(t, cmd.hlc.wall_ms)?;
+        }
     }
     if let Some((client, op)) = cmd.request {
         let key = super::tables::pair_key(client, op);
@@ -192,6 +195,48 @@ fn origin_may_change(t: &WriteTables<'_>, record: &Record) -> Result<(), NsError
             "the record names volume {} but changes volume {}",
             vol.id, v.id
         )));
+    }
+    Ok(())
+}
+
+/// How long the change log keeps a record that no peer region still needs, in
+/// milliseconds of stamp time: mounts follow it to keep their caches honest, and one that
+/// falls further behind is told of the gap and drops its caches.
+pub const CHANGELOG_RETENTION_MS: u64 = 10 * 60 * 1000;
+/// The change log is trimmed once every this many records...
+const TRIM_EVERY: u64 = 32;
+/// ...by at most this many.
+const TRIM_BATCH: usize = 64;
+
+/// Drops the oldest change-log records that are past the retention and that every peer
+/// region they go to has applied (as the leader last noted, in the replicated state, so
+/// every member trims the same). A peer that is cut off holds back the records it lacks,
+/// and, behind the first of them, the rest of the log.
+fn trim_changelog(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(), NsError> {
+    let Some(cutoff) = now_ms.checked_sub(CHANGELOG_RETENTION_MS) else {
+        return Ok(());
+    };
+    let mut peers = Vec::new();
+    for p in merge::peers(&t.region_state)? {
+        peers.push((p, super::links::acked(&t.region_state, p)?));
+    }
+    let mut gone = Vec::new();
+    for item in t.changelog.range(0..).map_err(store_err)?.take(TRIM_BATCH) {
+        let (k, v) = item.map_err(store_err)?;
+        let seq = k.value();
+        let Ok(record) = serde_json::from_slice::<Record>(v.value()) else {
+            break; // damaged: kept for whoever looks into it
+        };
+        let needed = peers
+            .iter()
+            .any(|(p, acked)| *acked < seq && record.allowed_in(*p));
+        if record.hlc.wall_ms >= cutoff || needed {
+            break;
+        }
+        gone.push(seq);
+    }
+    for seq in gone {
+        t.changelog.remove(seq).map_err(store_err)?;
     }
     Ok(())
 }

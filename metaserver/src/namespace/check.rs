@@ -127,7 +127,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
         match node.attr.kind {
             FileKind::Dir => {
                 let lo = dirent_key(ino, b"");
-                let hi = dirent_key(InodeId(ino.0 + 1), b"");
+                let hi = dirent_end(ino);
                 let mut subdirs = 0u32;
                 for item in dirents
                     .range(lo.as_slice()..hi.as_slice())

@@ -13,7 +13,7 @@ use redb::ReadableTable;
 use super::ctx::*;
 use super::merge;
 use super::tables::{
-    Tab, WriteTables, decode_dirent, dirent_key, read_dirent, read_extents, read_inode,
+    Tab, WriteTables, decode_dirent, dirent_end, dirent_key, read_dirent, read_extents, read_inode,
     read_volume, store_err,
 };
 use super::types::*;
@@ -226,7 +226,7 @@ pub(crate) fn entry_of(
     ino: InodeId,
 ) -> Result<Option<DirEntry>, NsError> {
     let from = dirent_key(dir, b"");
-    let to = dirent_key(InodeId(dir.0 + 1), b"");
+    let to = dirent_end(dir);
     for item in t
         .dirents()
         .range(from.as_slice()..to.as_slice())

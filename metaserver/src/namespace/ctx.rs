@@ -7,7 +7,9 @@ use meridian_proto::{Hlc, InodeId, RegionId};
 use redb::ReadableTable;
 
 pub(crate) use super::tables::deleted_volume_key;
-use super::tables::{Tab, WriteTables, counter, dirent_key, read_dirent, read_inode, store_err};
+use super::tables::{
+    Tab, WriteTables, counter, dirent_end, dirent_key, read_dirent, read_inode, store_err,
+};
 use super::types::*;
 
 /// What an application of one operation knows and leaves behind.
@@ -102,7 +104,7 @@ pub(crate) fn new_inode_id(t: &mut WriteTables<'_>, region: RegionId) -> Result<
 /// Whether the directory `ino` has no entries.
 pub(crate) fn is_empty_dir(t: &WriteTables<'_>, ino: InodeId) -> Result<bool, NsError> {
     let from = dirent_key(ino, b"");
-    let to = dirent_key(InodeId(ino.0 + 1), b"");
+    let to = dirent_end(ino);
     Ok(t.dirents()
         .range(from.as_slice()..to.as_slice())
         .map_err(store_err)?

@@ -432,7 +432,8 @@ pub fn settled_bound(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
     Ok(Some(bound))
 }
 
-/// Drops merged-log entries older than the settled bound (with no peers, everything).
+/// Drops merged-log entries older than the settled bound (with no peers, everything), and
+/// conflicts a retention period older.
 fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
     let Some(bound) = settled_bound(&t.region_state)? else {
         return Ok(());
@@ -445,8 +446,19 @@ fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
     for k in keys_below(&t.bases, &end)? {
         t.bases.remove(k.as_slice()).map_err(store_err)?;
     }
+    // Conflicts stay listed for a while after they can no longer change.
+    let forget = Hlc {
+        wall_ms: bound.wall_ms.saturating_sub(CONFLICT_RETENTION_MS),
+        counter: 0,
+        region: RegionId(0),
+    };
+    t.drop_conflicts_below(&forget.to_key(), PRUNE_BATCH)?;
     Ok(())
 }
+
+/// How long a conflict stays listed (`admin conflicts`) once every region has settled
+/// past it, in milliseconds of stamp time.
+pub const CONFLICT_RETENTION_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// The first keys (at most a batch) of a table keyed by stamp, below `end`.
 fn keys_below(

@@ -669,3 +669,71 @@ fn a_volume_copy_made_in_a_region_with_peers_survives_a_rewind() {
     assert_eq!(rs[1].names(cd.ino), ["after", "f"]);
     assert!(rs[1].conflicts().is_empty(), "{:?}", rs[1].conflicts());
 }
+
+#[test]
+fn the_change_log_is_trimmed_behind_its_retention_and_what_peers_still_need() {
+    let mut a = Region::new(1, &[RegionId(2)]);
+    let make = |a: &mut Region, name: &str, regions: Vec<RegionId>| {
+        a.run(Op::CreateVolume {
+            name: name.into(),
+            policy: VolumePolicy {
+                regions,
+                ..VolumePolicy::default()
+            },
+        })
+        .unwrap();
+        a.read(|r| r.volume(name)).unwrap().root
+    };
+    let here = make(&mut a, "here", Vec::new());
+    for i in 0..40 {
+        a.run(mknod(here, &format!("h{i}"), FileKind::File))
+            .unwrap();
+    }
+    let first_shared = a.changes(1, usize::MAX).last().unwrap().0 + 1;
+    let shared = make(&mut a, "shared", vec![RegionId(1), RegionId(2)]);
+    for i in 0..39 {
+        a.run(mknod(shared, &format!("s{i}"), FileKind::File))
+            .unwrap();
+    }
+    let seqs = |a: &Region| -> Vec<u64> { a.changes(1, usize::MAX).iter().map(|c| c.0).collect() };
+    assert_eq!(seqs(&a).first(), Some(&1));
+
+    // Past the retention: what only this region needed goes; region 2 has applied none of
+    // the shared volume's records, so they, and what follows them, stay.
+    a.phys += super::apply::CHANGELOG_RETENTION_MS + 60_000;
+    for i in 0..100 {
+        a.run(mknod(here, &format!("late{i}"), FileKind::File))
+            .unwrap();
+    }
+    let kept = seqs(&a);
+    assert_eq!(kept.first(), Some(&first_shared), "{kept:?}");
+
+    // Region 2 has applied them all (the leader noted it): they go too, but not the
+    // records inside the retention.
+    a.write(|t| {
+        super::links::note(
+            t,
+            &super::links::PeerNote {
+                region: RegionId(2),
+                acked: Some(first_shared + 39),
+                event: None,
+            },
+        )
+        .unwrap()
+    });
+    for i in 0..100 {
+        a.run(mknod(here, &format!("later{i}"), FileKind::File))
+            .unwrap();
+    }
+    let kept = seqs(&a);
+    assert!(kept.first() > Some(&(first_shared + 39)), "{kept:?}");
+    assert_eq!(
+        kept.len(),
+        200,
+        "the records inside the retention are all kept"
+    );
+    // The feed says a mount that asks from before the trim missed something.
+    let tx = a.db.begin_read().unwrap();
+    let answer = crate::watch::changes(&tx, 0, 1, 0).unwrap();
+    assert!(answer.gap);
+}

@@ -94,7 +94,7 @@ impl<'a> NsReader<'a> {
         if after.is_some() {
             from.push(0); // strictly after
         }
-        let to = dirent_key(InodeId(ino.0 + 1), b"");
+        let to = dirent_end(ino);
         let mut entries = Vec::new();
         let mut more = false;
         for item in t.range(from.as_slice()..to.as_slice()).map_err(store_err)? {
@@ -140,7 +140,7 @@ impl<'a> NsReader<'a> {
         self.inode(ino)?;
         let t = self.tx.open_table(XATTRS).map_err(store_err)?;
         let from = dirent_key(ino, b"");
-        let to = dirent_key(InodeId(ino.0 + 1), b"");
+        let to = dirent_end(ino);
         let mut names = Vec::new();
         for item in t.range(from.as_slice()..to.as_slice()).map_err(store_err)? {
             let (k, _) = item.map_err(store_err)?;

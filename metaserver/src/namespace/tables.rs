@@ -120,6 +120,15 @@ pub(crate) fn dirent_key(parent: InodeId, name: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A key after every entry of directory `parent` (for the last possible inode number too,
+/// which a hostile record may name: no entry's name is longer than 255 bytes).
+pub(crate) fn dirent_end(parent: InodeId) -> Vec<u8> {
+    match parent.0.checked_add(1) {
+        Some(next) => dirent_key(InodeId(next), b""),
+        None => vec![0xff; 8 + 256],
+    }
+}
+
 pub(crate) fn pair_key(a: u64, b: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&a.to_be_bytes());
@@ -396,6 +405,23 @@ impl<'txn> WriteTables<'txn> {
         &self.tomb_times
     }
 
+    /// Forgets at most `limit` of the oldest conflicts, those keyed below `end` (a stamp
+    /// key); returns how many. Outside any record: nothing to undo.
+    pub(crate) fn drop_conflicts_below(
+        &mut self,
+        end: &[u8],
+        limit: usize,
+    ) -> Result<usize, NsError> {
+        let mut old = Vec::new();
+        for item in self.conflicts.range(..end).map_err(store_err)?.take(limit) {
+            old.push(item.map_err(store_err)?.0.value().to_vec());
+        }
+        for k in &old {
+            self.conflicts.remove(k.as_slice()).map_err(store_err)?;
+        }
+        Ok(old.len())
+    }
+
     fn raw_get(&self, tab: Tab, key: &[u8]) -> Result<Option<Vec<u8>>, NsError> {
         let bytes = |v: Option<redb::AccessGuard<'_, &'static [u8]>>| v.map(|v| v.value().to_vec());
         let num =
@@ -553,7 +579,7 @@ impl<'txn> WriteTables<'txn> {
     /// Removes every xattr of `ino`.
     pub(crate) fn del_xattrs(&mut self, ino: InodeId) -> Result<(), NsError> {
         let from = dirent_key(ino, b"");
-        let to = dirent_key(InodeId(ino.0 + 1), b"");
+        let to = dirent_end(ino);
         let mut keys = Vec::new();
         for item in self
             .xattrs

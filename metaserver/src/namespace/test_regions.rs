@@ -312,7 +312,7 @@ pub(super) fn check_tree(r: &Region) {
             "directory {dir} reached twice (a cycle?)"
         );
         let from = dirent_key(dir, b"");
-        let to = dirent_key(InodeId(dir.0 + 1), b"");
+        let to = dirent_end(dir);
         for item in dirents.range(from.as_slice()..to.as_slice()).unwrap() {
             let (k, v) = item.unwrap();
             let e = decode_dirent(k.value(), v.value()).unwrap();

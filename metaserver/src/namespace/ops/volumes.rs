@@ -7,8 +7,8 @@ use redb::ReadableTable;
 use crate::namespace::conflict::volume_conflict_name;
 use crate::namespace::ctx::*;
 use crate::namespace::tables::{
-    Tab, Tomb, WriteTables, counter, decode_dirent, dirent_key, read_extents, read_inode,
-    read_volume, store_err,
+    Tab, Tomb, WriteTables, counter, decode_dirent, dirent_end, dirent_key, read_extents,
+    read_inode, read_volume, store_err,
 };
 use crate::namespace::types::*;
 
@@ -352,7 +352,7 @@ fn copy_order(t: &WriteTables<'_>, root: InodeId) -> Result<Vec<(InodeId, InodeI
 /// The entries of a directory.
 fn list_dir(t: &WriteTables<'_>, dir: InodeId) -> Result<Vec<DirEntry>, NsError> {
     let from = dirent_key(dir, b"");
-    let to = dirent_key(InodeId(dir.0 + 1), b"");
+    let to = dirent_end(dir);
     let mut out = Vec::new();
     for item in t
         .dirents()
@@ -380,7 +380,7 @@ fn copy_inode_data(
     inode.parent = parent;
     inode.copy_of = None;
     t.put_inode(&inode)?;
-    let (lo, hi) = (dirent_key(from, b""), dirent_key(InodeId(from.0 + 1), b""));
+    let (lo, hi) = (dirent_key(from, b""), dirent_end(from));
     let mut xattrs = Vec::new();
     for item in t
         .xattrs()
