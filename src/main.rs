@@ -234,7 +234,7 @@ struct MetaArgs {
     #[arg(long)]
     suspect_after_ms: Option<u64>,
     /// A silent chunkserver becomes down after this many milliseconds at the latest
-    /// (sooner, but not under 2 s, when phi accrual is sure).
+    /// (sooner, but not under 5 s, when phi accrual is sure).
     #[arg(long)]
     down_after_ms: Option<u64>,
     /// Serve Prometheus metrics over HTTP on this address.

@@ -420,8 +420,8 @@ fn a_volume_pinned_to_one_region_never_leaves_it() -> Result<()> {
         volume,
         ..Default::default()
     };
-    let put = |addr: &str, h| {
-        let msgs = meridian_proto::wire::put_messages(&block, h);
+    let put_block = |addr: &str, block: &meridian_proto::EncodedBlock, h| {
+        let msgs = meridian_proto::wire::put_messages(block, h);
         let addr = format!("http://{addr}");
         rt.block_on(async move {
             let mut c =
@@ -430,6 +430,7 @@ fn a_volume_pinned_to_one_region_never_leaves_it() -> Result<()> {
             anyhow::Ok(c.put(tokio_stream::iter(msgs)).await)
         })
     };
+    let put = |addr: &str, h| put_block(addr, &block, h);
     let b_chunk = pair.b.chunks[0].addr.clone();
     let shipped = put(&b_chunk, header(1, pinned_id))?.expect_err("region 2 took a pinned block");
     assert_eq!(
@@ -496,26 +497,47 @@ fn a_volume_pinned_to_one_region_never_leaves_it() -> Result<()> {
             );
         }
     }
-    // Region 1 stores it (the volume lives there) and queues nothing for region 2.
+    // Region 1 stores it (the volume lives there) and ships it nowhere: a block of the
+    // shared volume put after it through the same node reaches region 2, and once that
+    // node's queue is empty again, the claimed block is still not there.
     put(&pair.a.chunks[0].addr, header(0, pinned_id))??;
-    for c in &pair.a.chunks {
-        let addr = format!("http://{}", c.addr);
-        let status = rt.block_on(async move {
-            let mut c =
-                meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient::connect(addr)
+    let both_id = vols
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "both"))
+        .and_then(|v| v["id"].as_u64())
+        .context("the shared volume's id")? as u32;
+    let marker = common::random_bytes(78, 64 << 10);
+    let marker_block = meridian_proto::EncodedBlock::encode(&marker)?;
+    put_block(&pair.a.chunks[0].addr, &marker_block, header(0, both_id))??;
+    let marker_id = BlockId::of(&marker).to_hex();
+    let a_chunk = format!("http://{}", pair.a.chunks[0].addr);
+    let queued = || -> Option<u64> {
+        let addr = a_chunk.clone();
+        let status = rt
+            .block_on(async move {
+                let mut c =
+                    meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient::connect(
+                        addr,
+                    )
                     .await?;
-            anyhow::Ok(
-                c.node_status(meridian_proto::pb::chunk::NodeStatusRequest::default())
-                    .await?
-                    .into_inner(),
-            )
-        })?;
-        let queued: u64 = status.ship_queues.iter().map(|q| q.blocks).sum();
-        assert_eq!(
-            queued, 0,
-            "region 1 queued blocks of a pinned volume: {status:?}"
-        );
-    }
+                anyhow::Ok(
+                    c.node_status(meridian_proto::pb::chunk::NodeStatusRequest::default())
+                        .await?
+                        .into_inner(),
+                )
+            })
+            .ok()?;
+        Some(status.ship_queues.iter().map(|q| q.blocks).sum())
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "the shared block shipped and the queue empty",
+        || (!holders_in(&pair.b, &marker_id).is_empty() && queued()? == 0).then_some(()),
+    )?;
+    assert!(
+        holders_in(&pair.b, &claimed_id).is_empty(),
+        "a block put for the pinned volume reached region 2"
+    );
     Ok(())
 }
 

@@ -8,6 +8,11 @@
 //! arrived. Stamps are compared only with stamps (hybrid logical clocks, causally ordered),
 //! never with this node's wall clock, so no clock skew between regions can hurry it.
 //!
+//! A record written later, knowing that state, can still name the block: another region
+//! that holds a copy of its own deduplicates against it and ships nothing. That region
+//! keeps its copy (its own references protect it), and a read here fetches the block from
+//! it; this region then holds no copy until one is read.
+//!
 //! A condemned block answers `Has` with false, so no client deduplicates against it; a put
 //! of it reprieves it. Reprieves and deletions decide under the block's store lock, so a
 //! put never acknowledges a copy that a deletion removes just after.
@@ -93,6 +98,20 @@ impl Condemned {
             set.insert(*id, c);
         }
         Ok(())
+    }
+
+    /// Stamps a condemnation that has none, if `id` is still condemned (a put may have
+    /// reprieved it meanwhile), starting its grace period again; decided under the
+    /// block's store lock, as reprieves are.
+    fn restamp(&self, id: &BlockId, c: Condemnation) -> Result<(), ChunkError> {
+        self.store.locked(id, || {
+            if !lock(&self.set).contains_key(id) {
+                return Ok(());
+            }
+            self.ledger.condemn(std::slice::from_ref(id), c)?;
+            lock(&self.set).insert(*id, c);
+            Ok(())
+        })
     }
 
     fn forget(&self, ids: &[BlockId]) -> Result<(), ChunkError> {
@@ -192,7 +211,7 @@ impl Maintainer {
                     Verdict::Wait => waiting += 1,
                     Verdict::Restamp(stamp) => {
                         waiting += 1;
-                        restamp.push((*id, Condemnation { stamp, ..*c }));
+                        restamp.push((*id, Condemnation { at_ms: now, stamp }));
                     }
                 }
             }
@@ -201,7 +220,7 @@ impl Maintainer {
                 c.forget(&live)?;
                 c.reprieved.fetch_add(live.len() as u64, Ordering::Relaxed);
                 for (id, again) in restamp {
-                    c.condemn(&[id], again)?;
+                    c.restamp(&id, again)?;
                 }
                 let mut freed = Vec::new();
                 for id in dead {

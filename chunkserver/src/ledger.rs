@@ -48,6 +48,12 @@ pub struct Shipment {
     /// Its volume (0: queued by an earlier version, which did not say).
     #[serde(default)]
     pub volume: u32,
+    /// Failed sends so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not tried again before this (ms since the epoch).
+    #[serde(default)]
+    pub not_before_ms: u64,
 }
 
 fn ship_key(region: u16, seq: u64) -> [u8; 10] {
@@ -257,23 +263,82 @@ impl Ledger {
         self.queued.subscribe()
     }
 
-    /// Up to `limit` queued shipments to `region`, oldest first, with their sequence.
-    pub fn peek_ship(&self, region: u16, limit: usize) -> Result<Vec<(u64, Shipment)>, ChunkError> {
+    /// Up to `limit` queued shipments to `region` due by `now_ms`, oldest first, with
+    /// their sequence (looking at most `8 * limit` entries: those waiting to be tried again
+    /// are passed over).
+    pub fn peek_ship(
+        &self,
+        region: u16,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<(u64, Shipment)>, ChunkError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(SHIP).map_err(db_err)?;
         let mut out = Vec::new();
         for item in t
             .range(ship_key(region, 0).as_slice()..=ship_key(region, u64::MAX).as_slice())
             .map_err(db_err)?
-            .take(limit)
+            .take(limit.saturating_mul(8))
         {
             let (k, v) = item.map_err(db_err)?;
-            let seq = u64::from_be_bytes(k.value()[2..].try_into().expect("8 bytes"));
-            let s = serde_json::from_slice(v.value())
+            let seq = k.value()[2..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| ChunkError::Db("damaged shipment key".into()))?;
+            let s: Shipment = serde_json::from_slice(v.value())
                 .map_err(|e| ChunkError::Db(format!("damaged shipment: {e}")))?;
+            if s.not_before_ms > now_ms {
+                continue;
+            }
             out.push((seq, s));
+            if out.len() >= limit {
+                break;
+            }
         }
         Ok(out)
+    }
+
+    /// Moves shipments to `region` that failed to the end of its queue, each to be tried
+    /// again after a pause that grows with its failures (at most 5 s): one that cannot go
+    /// now never holds back the ones behind it.
+    pub fn retry_ship(
+        &self,
+        region: u16,
+        failed: &[(u64, Shipment)],
+        now_ms: u64,
+    ) -> Result<(), ChunkError> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(SHIP).map_err(db_err)?;
+            let mut last = t
+                .range(ship_key(region, 0).as_slice()..=ship_key(region, u64::MAX).as_slice())
+                .map_err(db_err)?
+                .next_back()
+                .transpose()
+                .map_err(db_err)?
+                .and_then(|(k, _)| k.value()[2..].try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0);
+            for (seq, s) in failed {
+                let attempts = s.attempts.saturating_add(1);
+                let pause = (250u64 << attempts.min(5)).min(5_000);
+                let again = Shipment {
+                    attempts,
+                    not_before_ms: now_ms + pause,
+                    ..s.clone()
+                };
+                let bytes =
+                    serde_json::to_vec(&again).map_err(|e| ChunkError::Db(e.to_string()))?;
+                t.remove(ship_key(region, *seq).as_slice())
+                    .map_err(db_err)?;
+                last += 1;
+                t.insert(ship_key(region, last).as_slice(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
     }
 
     /// Forgets shipments to `region` that arrived.

@@ -101,12 +101,18 @@ impl Residency {
     }
 
     /// The regions `volume` lives in, as this region's metadata says (`None`: unknown here).
+    /// While the metaservers do not answer, what they said last stands.
     pub async fn regions_of(&self, volume: u32) -> Result<Option<Vec<u32>>, ChunkError> {
         if let Some(r) = self.cached(volume, FRESH_FOR) {
             return Ok(Some(r));
         }
-        self.refresh().await?;
-        Ok(self.cached(volume, Duration::MAX))
+        match self.refresh().await {
+            Ok(()) => Ok(self.cached(volume, Duration::MAX)),
+            Err(e) => match self.cached(volume, Duration::MAX) {
+                Some(r) => Ok(Some(r)),
+                None => Err(e),
+            },
+        }
     }
 
     /// The regions `volume` lives in, if this region is one of them; a residency error

@@ -295,6 +295,8 @@ impl ChunkService for ChunkNode {
                     regions,
                     queued_ms: crate::ship::now_ms(),
                     volume: header.volume,
+                    attempts: 0,
+                    not_before_ms: 0,
                 };
                 let ledger = self.ledger.clone();
                 blocking(move || ledger.enqueue_ship(&to, &shipment)).await?;

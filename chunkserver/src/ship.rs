@@ -182,7 +182,7 @@ async fn ship_round(
     node: &Arc<Maintainer>,
 ) -> Result<usize, String> {
     let l = ledger.clone();
-    let queued = tokio::task::spawn_blocking(move || l.peek_ship(region, SHIP_BATCH))
+    let queued = tokio::task::spawn_blocking(move || l.peek_ship(region, SHIP_BATCH, now_ms()))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
@@ -260,14 +260,34 @@ async fn ship_round(
         })
         .collect::<Vec<_>>();
     let mut results = futures::stream::iter(sends).buffer_unordered(SHIP_PARALLEL);
+    let mut failed = Vec::new();
     while let Some((seq, sent)) = results.next().await {
         match sent {
             Ok(bytes) => {
                 sent_bytes += bytes;
                 done.push(seq);
             }
-            Err(e) => failure = Some(e),
+            Err(e) => {
+                failed.push(seq);
+                failure = Some(e);
+            }
         }
+    }
+    drop(results);
+    // Failed ones go to the back of the queue, to be tried again after a pause: a block
+    // that cannot go now (its volume unknown there yet, no copy here) does not hold back
+    // the others.
+    let failed: Vec<(u64, Shipment)> = queued
+        .iter()
+        .filter(|(seq, _)| failed.contains(seq))
+        .cloned()
+        .collect();
+    if !failed.is_empty() {
+        let l = ledger.clone();
+        tokio::task::spawn_blocking(move || l.retry_ship(region, &failed, now_ms()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     }
     let n = done.len();
     if n > 0 {

@@ -23,8 +23,9 @@ pub const SUSPECT_PHI: f64 = 8.0;
 pub const DOWN_PHI: f64 = 12.0;
 /// A node is down only after this many of its mean intervals of silence...
 const DOWN_INTERVALS: u32 = 4;
-/// ...and never before this much silence: a loaded host can miss a heartbeat or two.
-const DOWN_FLOOR: Duration = Duration::from_secs(2);
+/// ...and never before this much silence: a loaded host can miss a few heartbeats, and a
+/// node marked down starts repair (data moves).
+const DOWN_FLOOR: Duration = Duration::from_secs(5);
 /// The spread assumed is at least this share of the mean (jitter the window has not seen).
 const MIN_SPREAD: f64 = 0.25;
 
@@ -157,7 +158,8 @@ mod tests {
     #[test]
     fn phi_follows_each_nodes_own_rhythm() {
         let bounds = (Duration::from_secs(3), Duration::from_secs(10));
-        // Every 100 ms: half a second of silence already stands out; a few seconds is down.
+        // Every 100 ms: half a second of silence already stands out; five seconds is down
+        // (half the configured bound).
         let (fast, at) = beating(100, 50);
         assert_eq!(
             fast.verdict(at + Duration::from_millis(80), bounds.0, bounds.1),
@@ -170,6 +172,10 @@ mod tests {
         );
         assert_eq!(
             fast.verdict(at + Duration::from_millis(2100), bounds.0, bounds.1),
+            Some(NodeState::Suspect)
+        );
+        assert_eq!(
+            fast.verdict(at + Duration::from_millis(5100), bounds.0, bounds.1),
             Some(NodeState::Down)
         );
         // Every second: the same half second is nothing.

@@ -111,13 +111,28 @@ impl Regions {
             )));
         }
         let from = from.max(1);
+        let head = head_seq(tx);
+        // Records below the first kept were trimmed: every peer they go to had applied
+        // them. A peer asking for them lost its state (or was never given them): skipping
+        // them would leave it different for ever, so it is told instead.
+        let first = tx
+            .open_table(CHANGELOG)
+            .ok()
+            .and_then(|t| t.first().ok().flatten().map(|(k, _)| k.value()))
+            .unwrap_or(head + 1);
+        if from < first && first > 1 {
+            return Err(MetaError::Invalid(format!(
+                "region {} asked for change-log records from {from}, but region {} keeps them from {first} only (trimmed once every peer had applied them): that region's state went back and needs a backfill",
+                to.0, own.0
+            )));
+        }
         {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             let p = peers.entry(to.0).or_default();
-            p.acked = p.acked.max(from - 1);
+            // A peer cannot have applied what this region has not written.
+            p.acked = p.acked.max((from - 1).min(head));
             p.last_pulled = Some(Instant::now());
         }
-        let head = head_seq(tx);
         let mut records = Vec::new();
         let mut bytes = 0;
         let mut next = from;

@@ -736,4 +736,21 @@ fn the_change_log_is_trimmed_behind_its_retention_and_what_peers_still_need() {
     let tx = a.db.begin_read().unwrap();
     let answer = crate::watch::changes(&tx, 0, 1, 0).unwrap();
     assert!(answer.gap);
+    // A peer asking for trimmed records is told so, not given a log with a hole; and a
+    // peer cannot claim to have applied more than was written.
+    let regions = crate::regions::Regions::default();
+    let err = regions
+        .serve_pull(&tx, RegionId(1), RegionId(2), 1, 100)
+        .unwrap_err();
+    assert!(err.to_string().contains("backfill"), "{err}");
+    let first = *kept.first().unwrap();
+    let served = regions
+        .serve_pull(&tx, RegionId(1), RegionId(2), first, 1000)
+        .unwrap();
+    // (What is left is the first volume's, which region 2 does not get: scanned past.)
+    assert!(served.records.is_empty() && served.next > first, "{served:?}");
+    regions
+        .serve_pull(&tx, RegionId(1), RegionId(2), u64::MAX, 10)
+        .unwrap();
+    assert_eq!(regions.link(2).acked, *kept.last().unwrap());
 }
