@@ -131,6 +131,10 @@ struct ChunkArgs {
     /// each small block is then fsync'd as a file of its own).
     #[arg(long)]
     journal_segment_mib: Option<u64>,
+    /// How long a replica waits before shipping a block of a volume that lives in other
+    /// regions itself, in milliseconds (the coordinator normally has by then).
+    #[arg(long)]
+    ship_replica_delay_ms: Option<u64>,
     /// Dial another region's chunkserver through another address: ADDR=VIA (repeatable;
     /// a gateway, a tunnel, a fault proxy).
     #[arg(long = "route", value_parser = parse_pair)]
@@ -177,7 +181,8 @@ impl ChunkArgs {
             scrub_bytes_per_sec,
             gc_interval_ms,
             gc_grace_ms,
-            journal_segment_mib
+            journal_segment_mib,
+            ship_replica_delay_ms
         );
         set_opt!(cluster_map, capacity, metrics_listen, advertise);
         if !self.peers.is_empty() {

@@ -1083,3 +1083,59 @@ fn a_flapping_link_is_in_the_history_and_a_leader_change_keeps_lag_and_rpo() -> 
     drop(mb);
     Ok(())
 }
+
+/// Any holder can ship: the node that coordinated the put of a block is lost with its
+/// disk before the block could ship, and the block still reaches the other region, from
+/// a replica's queue.
+#[test]
+fn a_block_whose_coordinator_is_lost_before_it_shipped_still_reaches_the_other_region() -> Result<()>
+{
+    let mut pair = Pair::start_with(&["--ship-replica-delay-ms", "500"])?;
+    pair.shared_volume("lost")?;
+    let mb = pair.b.mount("lost", "mnt-b")?;
+    pair.cut(true)?;
+    let ma = pair.a.mount("lost", "mnt-a")?;
+    let data = common::random_bytes(91, 1 << 20);
+    fs::write(ma.path.join("orphan"), &data)?;
+    let id = BlockId::of(&data);
+    let map = common::cluster_map(&pair.a.addrs()).context("region 1's map")?;
+    let coordinator = meridian_proto::placement(&id, &map, 1)
+        .first()
+        .copied()
+        .context("a placement")?;
+    let i = pair
+        .a
+        .chunks
+        .iter()
+        .position(|c| c.id == coordinator.0)
+        .context("the coordinator's process")?;
+    anyhow::ensure!(
+        holders_in(&pair.a, &id.to_hex()).len() == 3,
+        "three copies first"
+    );
+    pair.a.chunks[i].kill();
+    fs::remove_dir_all(&pair.a.chunks[i].data)?;
+
+    pair.cut(false)?;
+    wait_for(
+        Duration::from_secs(60),
+        "the block to reach region 2",
+        || (!holders_in(&pair.b, &id.to_hex()).is_empty()).then_some(()),
+    )?;
+    wait_for(
+        Duration::from_secs(60),
+        "the file's record in region 2",
+        || {
+            let len = fs::metadata(mb.path.join("orphan")).ok()?.len();
+            (len == data.len() as u64).then_some(())
+        },
+    )?;
+    pair.cut(true)?;
+    assert!(
+        fs::read(mb.path.join("orphan"))? == data,
+        "region 2 read other bytes than region 1 wrote"
+    );
+    drop(ma);
+    drop(mb);
+    Ok(())
+}

@@ -64,6 +64,10 @@ pub struct ChunkConfig {
     /// Size of each of the two segments of the small blocks' journal, in MiB (0: no
     /// journal; every block is fsync'd as a file of its own, as before).
     pub journal_segment_mib: u64,
+    /// A replica of a block of a volume that lives in other regions queues it too, to be
+    /// shipped after this many milliseconds if the coordinator has not (it then finds the
+    /// block there already): a coordinator lost with its disk loses no shipment.
+    pub ship_replica_delay_ms: u64,
 }
 
 impl Default for ChunkConfig {
@@ -95,6 +99,7 @@ impl Default for ChunkConfig {
             gc_interval_ms: 10 * 60 * 1000,
             gc_grace_ms: 3600 * 1000,
             journal_segment_mib: crate::journal::SEGMENT_LEN >> 20,
+            ship_replica_delay_ms: 30_000,
         }
     }
 }

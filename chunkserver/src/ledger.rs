@@ -54,6 +54,10 @@ pub struct Shipment {
     /// Not tried again before this (ms since the epoch).
     #[serde(default)]
     pub not_before_ms: u64,
+    /// Queued by a replica, behind the coordinator's own shipment of the block: not
+    /// counted in the backlog (the coordinator's entry is).
+    #[serde(default)]
+    pub standby: bool,
 }
 
 fn ship_key(region: u16, seq: u64) -> [u8; 10] {
@@ -354,7 +358,8 @@ impl Ledger {
         tx.commit().map_err(db_err)
     }
 
-    /// Blocks queued for `region` and the age of the oldest, in ms.
+    /// Blocks queued for `region` and the age of the oldest, in ms (replicas' standby
+    /// entries left out).
     pub fn ship_backlog(&self, region: u16, now_ms: u64) -> Result<(u64, u64), ChunkError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(SHIP).map_err(db_err)?;
@@ -365,11 +370,14 @@ impl Ledger {
             .map_err(db_err)?
         {
             let (_, v) = item.map_err(db_err)?;
-            if n == 0
-                && let Ok(s) = serde_json::from_slice::<Shipment>(v.value())
-            {
-                oldest = now_ms.saturating_sub(s.queued_ms);
+            let Ok(s) = serde_json::from_slice::<Shipment>(v.value()) else {
+                n += 1;
+                continue;
+            };
+            if s.standby {
+                continue;
             }
+            oldest = oldest.max(now_ms.saturating_sub(s.queued_ms));
             n += 1;
         }
         Ok((n, oldest))

@@ -364,6 +364,7 @@ impl Maintainer {
                             block.clone(),
                             map.epoch,
                             r as u32,
+                            None,
                         )
                         .await;
                         match res {

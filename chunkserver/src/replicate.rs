@@ -54,7 +54,15 @@ impl Replicator {
     /// Sends `block` to `wanted` peers: the first `wanted` placements other than this node,
     /// in parallel; each failure is replaced by the next placement in the fallback order
     /// until `wanted` copies are durable or the list runs out.
-    pub async fn forward(&self, block: &EncodedBlock, wanted: usize, replicas: u32) -> Forwarded {
+    /// `ship` names the block's volume and the regions it lives in, for the replicas to
+    /// queue it for the other regions too.
+    pub async fn forward(
+        &self,
+        block: &EncodedBlock,
+        wanted: usize,
+        replicas: u32,
+        ship: Option<(u32, Vec<u32>)>,
+    ) -> Forwarded {
         let map = self.map.borrow().clone();
         let mut candidates: VecDeque<NodeInfo> = placement(&block.id, &map, usize::MAX)
             .into_iter()
@@ -74,6 +82,7 @@ impl Replicator {
                     block.clone(),
                     map.epoch,
                     replicas,
+                    ship.clone(),
                 ));
             }
             let Some(joined) = inflight.join_next().await else {
@@ -97,20 +106,25 @@ impl Replicator {
 }
 
 /// One forwarded put to `node`, as a replica (it stores and does not forward further);
-/// `replicas` tells it how many copies the block wants.
+/// `replicas` tells it how many copies the block wants, and `ship` the volume and regions
+/// to queue it for.
 pub(crate) async fn send_copy(
     pool: Arc<ChannelPool>,
     node: NodeInfo,
     block: EncodedBlock,
     epoch: u64,
     replicas: u32,
+    ship: Option<(u32, Vec<u32>)>,
 ) -> (NodeId, Result<(), String>) {
     let result = async {
         let channel = pool.get(&node.address).map_err(|e| e.to_string())?;
+        let (volume, regions) = ship.unwrap_or_default();
         let header = PutHeader {
             role: PutRole::Replica as i32,
             map_epoch: epoch,
             replicas,
+            volume,
+            regions,
             ..Default::default()
         };
         let msgs = wire::put_messages(&block, header);

@@ -119,6 +119,7 @@ pub async fn run(
         maintainer,
         default_replicas: config.default_replicas,
         residency,
+        ship_replica_delay: Duration::from_millis(config.ship_replica_delay_ms),
     };
     let shippers: Vec<_> = config
         .peers

@@ -55,6 +55,8 @@ pub struct ChunkNode {
     pub default_replicas: u32,
     /// Where each volume may live, from this region's metadata.
     pub residency: Arc<crate::residency::Residency>,
+    /// How long a replica leaves shipping a block to its coordinator.
+    pub ship_replica_delay: std::time::Duration,
 }
 
 /// Runs blocking disk or CPU work off the async threads.
@@ -109,6 +111,47 @@ impl ChunkNode {
         // upgrade names no volume): its word is all there is.
         warn!(block = %id, origin = header.origin_region, "a shipped block names no volume (an earlier version's shipment)");
         Ok(header.regions.clone())
+    }
+
+    /// Queues a block a local client put (`origin_region` 0) for every peer region among
+    /// `regions`, to be shipped after `delay`.
+    async fn queue_ship(
+        &self,
+        id: &BlockId,
+        header: &PutHeader,
+        regions: &[u32],
+        delay: std::time::Duration,
+    ) -> Result<(), ChunkError> {
+        if header.origin_region != 0 || header.volume == 0 {
+            return Ok(());
+        }
+        let to: Vec<u16> = self
+            .peers
+            .ids()
+            .into_iter()
+            .filter(|r| regions.contains(&u32::from(*r)))
+            .collect();
+        if to.is_empty() {
+            return Ok(());
+        }
+        let replicas = header.replicas.max(1);
+        let now = crate::ship::now_ms();
+        let shipment = crate::ledger::Shipment {
+            block: *id,
+            replicas,
+            min_copies: match header.min_copies {
+                0 => self.default_min_copies.min(replicas),
+                w => w.min(replicas),
+            },
+            regions: regions.to_vec(),
+            queued_ms: now,
+            volume: header.volume,
+            attempts: 0,
+            not_before_ms: now + delay.as_millis() as u64,
+            standby: !delay.is_zero(),
+        };
+        let ledger = self.ledger.clone();
+        blocking(move || ledger.enqueue_ship(&to, &shipment)).await
     }
 
     /// Stores a block here and notes the copies its put wants, verifying it first unless
@@ -237,6 +280,9 @@ impl ChunkService for ChunkNode {
             // Verified, stored and noted in one go: nothing is written unless it verifies.
             let outcome = self.store_verified(&block, None, header.replicas).await;
             let already_present = outcome.map_err(rejected)? == PutOutcome::AlreadyPresent;
+            // Queued here too, after the coordinator's turn: any holder can ship.
+            self.queue_ship(&id, &header, &header.regions, self.ship_replica_delay)
+                .await?;
             return Ok(Response::new(PutResponse {
                 stored_on: vec![self.id.0],
                 degraded: false,
@@ -251,10 +297,12 @@ impl ChunkService for ChunkNode {
         // The local copy is written while the other copies are (a coordinator forwards the
         // verified block at once): a put costs one disk write's latency, not two.
         let local = self.store_verified(&block, Some(outboard), header.replicas);
+        let ship = (header.volume != 0 && regions.len() > 1 && header.origin_region == 0)
+            .then(|| (header.volume, regions.clone()));
         let (outcome, forwarded) = tokio::join!(
             local,
             self.replicator
-                .forward(&block, replicas as usize - 1, replicas)
+                .forward(&block, replicas as usize - 1, replicas, ship)
         );
         let already_present = outcome? == PutOutcome::AlreadyPresent;
         let mut stored_on = vec![self.id];
@@ -280,28 +328,8 @@ impl ChunkService for ChunkNode {
         }
         // A block written here for a volume that lives in other regions too: queue it for
         // each of them (durably, before the write is acknowledged).
-        if header.origin_region == 0 {
-            let to: Vec<u16> = self
-                .peers
-                .ids()
-                .into_iter()
-                .filter(|r| regions.contains(&u32::from(*r)))
-                .collect();
-            if !to.is_empty() {
-                let shipment = crate::ledger::Shipment {
-                    block: id,
-                    replicas,
-                    min_copies,
-                    regions,
-                    queued_ms: crate::ship::now_ms(),
-                    volume: header.volume,
-                    attempts: 0,
-                    not_before_ms: 0,
-                };
-                let ledger = self.ledger.clone();
-                blocking(move || ledger.enqueue_ship(&to, &shipment)).await?;
-            }
-        }
+        self.queue_ship(&id, &header, &regions, std::time::Duration::ZERO)
+            .await?;
         Ok(Response::new(PutResponse {
             stored_on: stored_on.iter().map(|n| n.0).collect(),
             degraded,

@@ -2,8 +2,9 @@
 //! recent intervals between each node's heartbeats and, from their mean and spread, how
 //! unlikely the current silence is (phi = -log10 of the probability that a heartbeat is
 //! still to come). A node that heartbeats regularly is suspect as soon as its silence
-//! stands out from its own rhythm, not after a fixed time; down needs both a high phi and a
-//! silence of several intervals (down starts repair, which moves data). The configured
+//! stands out from its own rhythm (and has lasted two intervals and a second: a busy host
+//! must not make nodes flap), not after a fixed time; down needs both a high phi and a
+//! silence of several intervals and 5 s (down starts repair, which moves data). The configured
 //! suspect and down times stay as upper bounds, and apply alone until a node has sent a
 //! few heartbeats.
 
@@ -21,6 +22,11 @@ const MIN_SAMPLES: usize = 3;
 pub const SUSPECT_PHI: f64 = 8.0;
 /// Phi from which a node may be down.
 pub const DOWN_PHI: f64 = 12.0;
+/// A node is suspect only after this many of its mean intervals of silence...
+const SUSPECT_INTERVALS: u32 = 2;
+/// ...and never before this much silence: every change of state is a Raft entry and a new
+/// cluster map, and a busy host must not make its nodes flap.
+const SUSPECT_FLOOR: Duration = Duration::from_secs(1);
 /// A node is down only after this many of its mean intervals of silence...
 const DOWN_INTERVALS: u32 = 4;
 /// ...and never before this much silence: a loaded host can miss a few heartbeats, and a
@@ -98,14 +104,17 @@ impl Arrivals {
     ) -> Option<NodeState> {
         let silent = self.silent(now);
         let phi = self.phi(now).unwrap_or(0.0);
-        let several = self
-            .mean_ms()
-            .map(|m| Duration::from_secs_f64(m * f64::from(DOWN_INTERVALS) / 1000.0))
-            .unwrap_or(down_after)
-            .max(DOWN_FLOOR);
-        if silent >= down_after || (phi >= DOWN_PHI && silent >= several) {
+        let intervals = |n: u32, otherwise: Duration, floor: Duration| {
+            self.mean_ms()
+                .map(|m| Duration::from_secs_f64(m * f64::from(n) / 1000.0))
+                .unwrap_or(otherwise)
+                .max(floor)
+        };
+        let down_floor = intervals(DOWN_INTERVALS, down_after, DOWN_FLOOR);
+        let suspect_floor = intervals(SUSPECT_INTERVALS, suspect_after, SUSPECT_FLOOR);
+        if silent >= down_after || (phi >= DOWN_PHI && silent >= down_floor) {
             Some(NodeState::Down)
-        } else if silent >= suspect_after || phi >= SUSPECT_PHI {
+        } else if silent >= suspect_after || (phi >= SUSPECT_PHI && silent >= suspect_floor) {
             Some(NodeState::Suspect)
         } else {
             None
@@ -158,8 +167,9 @@ mod tests {
     #[test]
     fn phi_follows_each_nodes_own_rhythm() {
         let bounds = (Duration::from_secs(3), Duration::from_secs(10));
-        // Every 100 ms: half a second of silence already stands out; five seconds is down
-        // (half the configured bound).
+        // Every 100 ms: half a second of silence already stands out, and a second (the
+        // floor against flapping) makes it suspect; five seconds is down (half the
+        // configured bound).
         let (fast, at) = beating(100, 50);
         assert_eq!(
             fast.verdict(at + Duration::from_millis(80), bounds.0, bounds.1),
@@ -168,6 +178,10 @@ mod tests {
         assert!(fast.phi(at + Duration::from_millis(500)).unwrap() >= SUSPECT_PHI);
         assert_eq!(
             fast.verdict(at + Duration::from_millis(500), bounds.0, bounds.1),
+            None
+        );
+        assert_eq!(
+            fast.verdict(at + Duration::from_millis(1100), bounds.0, bounds.1),
             Some(NodeState::Suspect)
         );
         assert_eq!(

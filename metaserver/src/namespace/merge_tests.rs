@@ -748,7 +748,10 @@ fn the_change_log_is_trimmed_behind_its_retention_and_what_peers_still_need() {
         .serve_pull(&tx, RegionId(1), RegionId(2), first, 1000)
         .unwrap();
     // (What is left is the first volume's, which region 2 does not get: scanned past.)
-    assert!(served.records.is_empty() && served.next > first, "{served:?}");
+    assert!(
+        served.records.is_empty() && served.next > first,
+        "{served:?}"
+    );
     regions
         .serve_pull(&tx, RegionId(1), RegionId(2), u64::MAX, 10)
         .unwrap();
