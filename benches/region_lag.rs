@@ -3,8 +3,11 @@
 //! region 1, and watchers that note when each file is readable, with the right content,
 //! in region 2 and (the baseline, same run) through a second mount of region 1.
 //!
-//! Then the link is cut for 60 s while the writer goes on, and healed: the catch-up time
-//! is from the heal until region 2 shows every file written during the cut.
+//! Then the link is cut for 60 s (`MERIDIAN_BENCH_CUT_SECS` to change it) while a writer
+//! in each region goes on, and healed: the catch-up time is from the heal until each
+//! region shows every file the other wrote during the cut. The backlog at the heal and
+//! what the cut cost on disk (the dev data folder's growth, and the change-log records
+//! each region keeps) are printed too.
 //!
 //! Run with `scripts/bench.sh` (or `cargo bench --bench region_lag`). Under a test runner
 //! it runs for a few seconds only, to check that it works.
@@ -85,14 +88,23 @@ fn watch(
     })
 }
 
-/// Writes one file every [`EVERY`] into `dir` until `stop`, numbering from `first`.
-fn write_load(dir: &Path, written: &Written, first: usize, for_how_long: Duration) -> usize {
+/// Writes one file every [`EVERY`] into `dir` for `for_how_long`, named `prefix` and a
+/// number counting from `first`; returns the next number.
+fn write_load(
+    dir: &Path,
+    written: &Written,
+    prefix: &str,
+    first: usize,
+    for_how_long: Duration,
+) -> usize {
     let start = Instant::now();
     let mut i = first;
     while start.elapsed() < for_how_long {
         let tick = Instant::now();
-        let data = common::random_bytes(i as u64, FILE_LEN);
-        let name = format!("f{i:06}");
+        // Distinct content per writer: no block is shared between them.
+        let seed = i as u64 | u64::from(prefix.as_bytes().first().copied().unwrap_or(0)) << 40;
+        let data = common::random_bytes(seed, FILE_LEN);
+        let name = format!("{prefix}{i:06}");
         let hash = blake3::hash(&data);
         fs::write(dir.join(&name), &data).expect("write in region 1");
         written.lock().unwrap().insert(name, (hash, Instant::now()));
@@ -102,6 +114,22 @@ fn write_load(dir: &Path, written: &Written, first: usize, for_how_long: Duratio
         }
     }
     i
+}
+
+/// Bytes of every file under `dir`.
+fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -141,8 +169,12 @@ fn main() {
         return;
     };
 
+    let cut_secs = std::env::var("MERIDIAN_BENCH_CUT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
     let (load, cut) = if full {
-        (Duration::from_secs(30), Duration::from_secs(60))
+        (Duration::from_secs(30), Duration::from_secs(cut_secs))
     } else {
         (Duration::from_secs(3), Duration::from_secs(2))
     };
@@ -201,7 +233,7 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let far = watch(b.clone(), written.clone(), stop.clone());
     let near = watch(baseline_mount.path.clone(), written.clone(), stop.clone());
-    let n = write_load(&a, &written, 0, load);
+    let n = write_load(&a, &written, "f", 0, load);
     stop.store(true, Ordering::Relaxed);
     let (far, near) = (far.join().expect("watcher"), near.join().expect("watcher"));
     let (f50, f99, fmax) = summary(&far);
@@ -217,33 +249,57 @@ fn main() {
         f50 / n50
     );
 
-    // A cut: the writer goes on; then heal and time the catch-up.
+    // A cut: a writer in each region goes on; then heal and time the catch-up.
+    let region2 = field("region 2 metaservers: ");
+    let disk_before = disk_bytes(&data);
     admin(&["link", "--proxy", &control, "--cut"]);
     written.lock().unwrap().clear();
-    let m = write_load(&a, &written, n, cut);
-    let status: serde_json::Value =
-        serde_json::from_str(&admin(&["regions", "--json", "--meta", &region1])).expect("json");
-    let peer = &status["peers"][0];
+    let written_b: Written = Arc::default();
+    let (b_dir, wb) = (b.clone(), written_b.clone());
+    let other = thread::spawn(move || write_load(&b_dir, &wb, "g", 0, cut));
+    let m = write_load(&a, &written, "f", n, cut);
+    let m_b = other.join().expect("writer in region 2");
+    let status = |meta: &str| -> serde_json::Value {
+        serde_json::from_str(&admin(&["regions", "--json", "--meta", meta])).expect("json")
+    };
+    let (s1, s2) = (status(&region1), status(&region2));
+    let disk_growth = disk_bytes(&data).saturating_sub(disk_before);
     let healed = Instant::now();
     let stop = Arc::new(AtomicBool::new(true));
     admin(&["link", "--proxy", &control, "--heal"]);
-    let caught_up = watch(b.clone(), written.clone(), stop)
-        .join()
-        .expect("watcher");
+    let to_b = watch(b.clone(), written.clone(), stop.clone());
+    let to_a = watch(a.clone(), written_b.clone(), stop);
+    let (to_b, to_a) = (to_b.join().expect("watcher"), to_a.join().expect("watcher"));
     let catch_up = healed.elapsed();
     assert_eq!(
-        caught_up.len(),
+        to_b.len(),
         m - n,
-        "every file written during the cut arrives"
+        "every file region 1 wrote during the cut arrives"
     );
+    assert_eq!(
+        to_a.len(),
+        m_b,
+        "every file region 2 wrote during the cut arrives"
+    );
+    let behind = |s: &serde_json::Value| {
+        let p = &s["peers"][0];
+        format!(
+            "{} ops and {} blocks behind, RPO {:.1} s, {} change-log records kept",
+            p["ops_behind"],
+            p["blocks_queued"],
+            p["oldest_unshipped_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            s["kept"]["changelog_records"]
+        )
+    };
     println!(
-        "cut for {} s while writing {} files ({} MiB; at the heal: {} ops, {} blocks behind, RPO {:.1} s): caught up {:.2} s after the heal",
+        "cut for {} s while writing {} files in region 1 and {} in region 2 ({} MiB in all): at the heal, region 1 had {}; region 2 had {}; the data folder grew {} MiB; caught up {:.2} s after the heal",
         cut.as_secs(),
         m - n,
-        ((m - n) * FILE_LEN) >> 20,
-        peer["ops_behind"],
-        peer["blocks_queued"],
-        peer["oldest_unshipped_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+        m_b,
+        ((m - n + m_b) * FILE_LEN) >> 20,
+        behind(&s1),
+        behind(&s2),
+        disk_growth >> 20,
         catch_up.as_secs_f64()
     );
     drop(baseline_mount);
