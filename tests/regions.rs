@@ -772,6 +772,43 @@ fn concurrent_everyday_writes_across_a_cut_lose_nothing() -> Result<()> {
     Ok(())
 }
 
+/// After a heal: the block `hex` reaches region 2 by shipping alone (nothing there reads
+/// it), the file `name` holding `data` appears in region 2's mount, and it reads back
+/// right with the link cut again.
+fn shipped_and_read_in_b(
+    pair: &Pair,
+    mb: &Mount,
+    name: &str,
+    data: &[u8],
+    hex: &str,
+) -> Result<()> {
+    wait_for(
+        Duration::from_secs(60),
+        "the block to reach region 2",
+        || (!holders_in(&pair.b, hex).is_empty()).then_some(()),
+    )
+    .with_context(|| {
+        format!(
+            "chunkservers: {}",
+            pair.a.admin(&["nodes"]).unwrap_or_default()
+        )
+    })?;
+    wait_for(
+        Duration::from_secs(60),
+        "the file's record in region 2",
+        || {
+            let len = fs::metadata(mb.path.join(name)).ok()?.len();
+            (len == data.len() as u64).then_some(())
+        },
+    )?;
+    pair.cut(true)?;
+    assert!(
+        fs::read(mb.path.join(name))? == data,
+        "region 2 read other bytes than region 1 wrote"
+    );
+    Ok(())
+}
+
 /// Indices of `side`'s chunkservers holding a copy of block `hex`.
 fn holders_in(side: &Side, hex: &str) -> Vec<usize> {
     side.chunks
@@ -829,30 +866,7 @@ fn a_block_whose_copy_was_drained_before_it_shipped_still_reaches_the_other_regi
 
     // Healed: nothing in region 2 reads the file, so only shipping can bring the block.
     pair.cut(false)?;
-    wait_for(
-        Duration::from_secs(60),
-        "the block to reach region 2",
-        || (!holders_in(&pair.b, &id).is_empty()).then_some(()),
-    )
-    .with_context(|| {
-        format!(
-            "chunkservers: {}",
-            pair.a.admin(&["nodes"]).unwrap_or_default()
-        )
-    })?;
-    wait_for(
-        Duration::from_secs(60),
-        "the file's record in region 2",
-        || {
-            let len = fs::metadata(mb.path.join("moved")).ok()?.len();
-            (len == data.len() as u64).then_some(())
-        },
-    )?;
-    pair.cut(true)?;
-    assert!(
-        fs::read(mb.path.join("moved"))? == data,
-        "region 2 read other bytes than region 1 wrote"
-    );
+    shipped_and_read_in_b(&pair, &mb, "moved", &data, &id)?;
     drop(ma);
     drop(mb);
     Ok(())
@@ -1117,24 +1131,7 @@ fn a_block_whose_coordinator_is_lost_before_it_shipped_still_reaches_the_other_r
     fs::remove_dir_all(&pair.a.chunks[i].data)?;
 
     pair.cut(false)?;
-    wait_for(
-        Duration::from_secs(60),
-        "the block to reach region 2",
-        || (!holders_in(&pair.b, &id.to_hex()).is_empty()).then_some(()),
-    )?;
-    wait_for(
-        Duration::from_secs(60),
-        "the file's record in region 2",
-        || {
-            let len = fs::metadata(mb.path.join("orphan")).ok()?.len();
-            (len == data.len() as u64).then_some(())
-        },
-    )?;
-    pair.cut(true)?;
-    assert!(
-        fs::read(mb.path.join("orphan"))? == data,
-        "region 2 read other bytes than region 1 wrote"
-    );
+    shipped_and_read_in_b(&pair, &mb, "orphan", &data, &id.to_hex())?;
     drop(ma);
     drop(mb);
     Ok(())

@@ -67,6 +67,31 @@ fn ship_key(region: u16, seq: u64) -> [u8; 10] {
     k
 }
 
+/// The sequence in a shipment key.
+fn ship_seq(key: &[u8]) -> Result<u64, ChunkError> {
+    key.get(2..)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| ChunkError::Db("damaged shipment key".into()))
+}
+
+/// The last sequence queued for `region` (0: none).
+fn last_ship_seq(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    region: u16,
+) -> Result<u64, ChunkError> {
+    match t
+        .range(ship_key(region, 0).as_slice()..=ship_key(region, u64::MAX).as_slice())
+        .map_err(db_err)?
+        .next_back()
+        .transpose()
+        .map_err(db_err)?
+    {
+        Some((k, _)) => ship_seq(k.value()),
+        None => Ok(0),
+    }
+}
+
 fn db_err(e: impl Into<redb::Error>) -> ChunkError {
     ChunkError::Db(e.into().to_string())
 }
@@ -245,14 +270,7 @@ impl Ledger {
         {
             let mut t = tx.open_table(SHIP).map_err(db_err)?;
             for region in to {
-                let last = t
-                    .range(ship_key(*region, 0).as_slice()..=ship_key(*region, u64::MAX).as_slice())
-                    .map_err(db_err)?
-                    .next_back()
-                    .transpose()
-                    .map_err(db_err)?
-                    .map(|(k, _)| u64::from_be_bytes(k.value()[2..].try_into().expect("8 bytes")))
-                    .unwrap_or(0);
+                let last = last_ship_seq(&t, *region)?;
                 t.insert(ship_key(*region, last + 1).as_slice(), bytes.as_slice())
                     .map_err(db_err)?;
             }
@@ -285,10 +303,7 @@ impl Ledger {
             .take(limit.saturating_mul(8))
         {
             let (k, v) = item.map_err(db_err)?;
-            let seq = k.value()[2..]
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| ChunkError::Db("damaged shipment key".into()))?;
+            let seq = ship_seq(k.value())?;
             let s: Shipment = serde_json::from_slice(v.value())
                 .map_err(|e| ChunkError::Db(format!("damaged shipment: {e}")))?;
             if s.not_before_ms > now_ms {
@@ -317,14 +332,7 @@ impl Ledger {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(SHIP).map_err(db_err)?;
-            let mut last = t
-                .range(ship_key(region, 0).as_slice()..=ship_key(region, u64::MAX).as_slice())
-                .map_err(db_err)?
-                .next_back()
-                .transpose()
-                .map_err(db_err)?
-                .and_then(|(k, _)| k.value()[2..].try_into().ok().map(u64::from_be_bytes))
-                .unwrap_or(0);
+            let mut last = last_ship_seq(&t, region)?;
             for (seq, s) in failed {
                 let attempts = s.attempts.saturating_add(1);
                 let pause = (250u64 << attempts.min(5)).min(5_000);
