@@ -1,6 +1,5 @@
 //! `meridian admin`: look at a running cluster. Tables for people, `--json` for scripts.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,11 +10,12 @@ use meridian_proto::pb::chunk::NodeStatusRequest;
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
-    AddMemberRequest, GetClusterMapRequest, RegionStatusRequest, RemoveMemberRequest,
-    SetNodeStateRequest, StatusRequest, StatusResponse, TriggerSnapshotRequest,
+    AddMemberRequest, GetClusterMapRequest, RemoveMemberRequest, SetNodeStateRequest,
+    StatusRequest, StatusResponse, TriggerSnapshotRequest,
 };
 use serde::Serialize;
 
+mod regions;
 mod volumes;
 
 #[derive(Subcommand)]
@@ -134,6 +134,32 @@ pub enum AdminCommand {
         source: String,
         /// The new volume's name.
         name: String,
+    },
+    /// Add a region to a volume. The region is brought in from this one (the namespace as
+    /// it stands, then every change; blocks as they are read there or shipped) and then
+    /// takes part like the others. It must be a peer of this region.
+    VolumeAddRegion {
+        /// Metaservers of a region the volume lives in.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Volume name.
+        name: String,
+        /// The region added.
+        region: u16,
+        /// The added region's metaservers: wait until the volume is there, with progress.
+        #[arg(long, value_delimiter = ',')]
+        follow: Vec<String>,
+    },
+    /// Remove a region from a volume: no more of it is sent there, and that region drops
+    /// its copy. Run it in a region that keeps the volume.
+    VolumeRemoveRegion {
+        /// Metaservers of a region that keeps the volume.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Volume name.
+        name: String,
+        /// The region removed.
+        region: u16,
     },
     /// List snapshots (delete one with volume-delete).
     Snapshots {
@@ -255,29 +281,6 @@ async fn region_map(meta: &[String], retry: Duration) -> Result<meridian_proto::
         .with_retry_for(retry)
         .cluster_map(0, Duration::ZERO)
         .await?)
-}
-
-/// Blocks queued on this region's chunkservers for each other region: region -> (blocks,
-/// oldest age in ms), and how many chunkservers did not answer.
-async fn block_queues(meta: &[String]) -> (BTreeMap<u32, (u64, u64)>, usize) {
-    let mut out: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-    let Ok(map) = region_map(meta, Duration::from_secs(2)).await else {
-        return (out, 0);
-    };
-    let mut silent = 0;
-    for (_, status) in maintain_all(&map, None).await {
-        match status {
-            Ok(s) => {
-                for q in s.ship_queues {
-                    let e = out.entry(q.region).or_default();
-                    e.0 += q.blocks;
-                    e.1 = e.1.max(q.oldest_ms);
-                }
-            }
-            Err(_) => silent += 1,
-        }
-    }
-    (out, silent)
 }
 
 async fn chunk_status(address: &str) -> Result<ChunkRow> {
@@ -442,26 +445,6 @@ fn pass_row(
                     p.last_error
                 ),
             )
-        }
-    }
-}
-
-/// The link detector's verdicts about each peer, newest last.
-fn print_link_history(peers: &[meridian_proto::pb::meta::PeerLag]) {
-    let now = meridian_proto::physical_ms();
-    for p in peers.iter().filter(|p| !p.history.is_empty()) {
-        println!("link to region {}:", p.region);
-        for e in &p.history {
-            println!(
-                "  {:>9} ago  {:<11}  {}",
-                format!("{:.1}s", now.saturating_sub(e.at_ms) as f64 / 1000.0),
-                if e.reachable {
-                    "reachable"
-                } else {
-                    "unreachable"
-                },
-                e.detail
-            );
         }
     }
 }
@@ -778,92 +761,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             Ok(())
         }
         AdminCommand::VolumeDelete { meta, name } => volumes::delete(meta, name).await,
-        AdminCommand::Regions { meta, json } => {
-            let mut last = None;
-            for addr in &meta {
-                let reply = match meta_rpc(addr).await {
-                    Ok(mut c) => c.region_status(RegionStatusRequest {}).await,
-                    Err(e) => {
-                        last = Some(e);
-                        continue;
-                    }
-                };
-                let r = match reply {
-                    Ok(r) => r.into_inner(),
-                    Err(e) => {
-                        last = Some(anyhow::anyhow!("{addr}: {}", e.message()));
-                        continue;
-                    }
-                };
-                let (queues, silent) = block_queues(&meta).await;
-                let queued = |region: u32| queues.get(&region).copied().unwrap_or_default();
-                if json {
-                    let peers: Vec<_> = r.peers.iter().map(|p| serde_json::json!({
-                        "region": p.region, "reachable": p.reachable, "last_contact_ms": p.last_contact_ms,
-                        "ops_behind": p.ops_behind, "bytes_behind": p.bytes_behind,
-                        "oldest_unshipped_ms": p.oldest_unshipped_ms, "applied_seq": p.applied_seq,
-                        "peer_head_seq": p.peer_head_seq, "error": p.error,
-                        "blocks_queued": queued(p.region).0, "oldest_block_ms": queued(p.region).1,
-                        "since_ms": p.since_ms, "acked_seq": p.acked_seq,
-                        "history": p.history.iter().map(|e| serde_json::json!({
-                            "at_ms": e.at_ms, "reachable": e.reachable, "detail": e.detail,
-                        })).collect::<Vec<_>>(),
-                    })).collect();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({
-                            "region": r.region, "head_seq": r.head_seq, "peers": peers,
-                            "chunkservers_not_answering": silent,
-                            "kept": {"changelog_records": r.changelog_records,
-                                "merged_log_records": r.merged_log_records,
-                                "tombstones": r.tombstones, "conflicts": r.conflicts},
-                        }))?
-                    );
-                } else {
-                    println!("region {} (change log at {})", r.region, r.head_seq);
-                    println!(
-                        "kept on disk: {} change-log records, {} merged-log records, {} tombstones, {} conflicts",
-                        r.changelog_records, r.merged_log_records, r.tombstones, r.conflicts
-                    );
-                    println!(
-                        "{:>6} {:<9} {:>10} {:>10} {:>10} {:>9} {:>14} {:>8} {:>9}  ERROR",
-                        "PEER",
-                        "LINK",
-                        "OPS-BEHIND",
-                        "BYTES",
-                        "RPO",
-                        "CONTACT",
-                        "APPLIED/THEIRS",
-                        "BLOCKS-Q",
-                        "BLOCK-RPO"
-                    );
-                    for p in &r.peers {
-                        let (blocks, oldest) = queued(p.region);
-                        println!(
-                            "{:>6} {:<9} {:>10} {:>10} {:>10} {:>9} {:>14} {:>8} {:>9}  {}",
-                            p.region,
-                            if p.reachable { "up" } else { "cut" },
-                            p.ops_behind,
-                            human(p.bytes_behind),
-                            format!("{:.1}s", p.oldest_unshipped_ms as f64 / 1000.0),
-                            format!("{:.1}s", p.last_contact_ms as f64 / 1000.0),
-                            format!("{}/{}", p.applied_seq, p.peer_head_seq),
-                            blocks,
-                            format!("{:.1}s", oldest as f64 / 1000.0),
-                            p.error
-                        );
-                    }
-                    if silent > 0 {
-                        println!(
-                            "({silent} chunkservers did not answer: their block queues are not counted)"
-                        );
-                    }
-                    print_link_history(&r.peers);
-                }
-                return Ok(());
-            }
-            Err(last.unwrap_or_else(|| anyhow::anyhow!("no metaserver given")))
-        }
+        AdminCommand::Regions { meta, json } => regions::show(meta, json).await,
         AdminCommand::Conflicts { meta, limit, json } => {
             let QueryReply::Conflicts(list) = MetaClient::new(meta)
                 .query(&Query::Conflicts { after: None, limit }, false)
@@ -886,6 +784,15 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
         }
         AdminCommand::VolumeClone { meta, source, name } => {
             volumes::copy(meta, source, name, false).await
+        }
+        AdminCommand::VolumeAddRegion {
+            meta,
+            name,
+            region,
+            follow,
+        } => volumes::set_regions(meta, name, region, true, follow).await,
+        AdminCommand::VolumeRemoveRegion { meta, name, region } => {
+            volumes::set_regions(meta, name, region, false, Vec::new()).await
         }
         AdminCommand::Snapshots { meta, json } => volumes::list(meta, json, true).await,
         AdminCommand::Volumes { meta, json } => volumes::list(meta, json, false).await,

@@ -1,5 +1,6 @@
 //! The metaserver: one openraft group per region holding the namespace and the cluster map.
 
+pub mod backfill;
 pub mod cluster;
 pub mod config;
 pub mod error;

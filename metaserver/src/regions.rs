@@ -264,6 +264,7 @@ impl Regions {
             merged_log_records: rows(tx, tables::OPLOG),
             tombstones: rows(tx, tables::TOMBS),
             conflicts: rows(tx, tables::CONFLICTS),
+            backfills: Vec::new(),
         }
     }
 }

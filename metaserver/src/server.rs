@@ -105,10 +105,12 @@ pub async fn run(
         peers: config.peers.clone(),
         regions: Default::default(),
         recalls: Default::default(),
+        backfills: Default::default(),
     });
     let mut region_tasks = vec![
         tokio::spawn(crate::regions::export_lag(node.clone())),
         tokio::spawn(crate::regions::promise_loop(node.clone())),
+        tokio::spawn(crate::backfill::backfill_loop(node.clone())),
         tokio::spawn(crate::link_detector::detect_loop(
             node.clone(),
             Duration::from_millis(config.peer_unreachable_after_ms),

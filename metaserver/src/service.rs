@@ -49,6 +49,8 @@ pub struct MetaNode {
     pub regions: Regions,
     /// Directory leases recalled from their holders (while leader).
     pub recalls: crate::leases::Recalls,
+    /// Volumes being brought into this region, and images served to others.
+    pub backfills: crate::backfill::Backfills,
 }
 
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Bytes {
@@ -792,10 +794,24 @@ impl MetaService for MetaApi {
                 .await;
         }
         let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
-        Ok(Response::new(self.regions.status(
-            &tx,
-            self.shared.region,
-            &self.peers,
-        )))
+        let mut status = self.regions.status(&tx, self.shared.region, &self.peers);
+        drop(tx);
+        status.backfills = self.backfills.rows(&self.db);
+        Ok(Response::new(status))
+    }
+
+    async fn volume_image(
+        &self,
+        request: Request<VolumeImageRequest>,
+    ) -> Result<Response<VolumeImageResponse>, Status> {
+        if !self.is_leader() {
+            let (mut leader, _) = self.leader_client(&request)?;
+            return leader
+                .volume_image(MetaNode::mark(request.into_inner()))
+                .await;
+        }
+        crate::backfill::serve_image(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

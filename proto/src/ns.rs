@@ -337,6 +337,16 @@ pub enum Op {
         /// Largest sum of file sizes, in bytes.
         quota_bytes: Option<u64>,
     },
+    /// Set the regions a volume lives in. A region added is backfilled from the region
+    /// that made the change (namespace, then blocks) and then takes part like the others;
+    /// a region removed stops receiving the volume and drops its copy. The record goes to
+    /// the regions of both the old and the new set.
+    SetVolumeRegions {
+        /// Name.
+        name: String,
+        /// The new set.
+        regions: Vec<RegionId>,
+    },
     /// Create a file, directory, device node, fifo or socket.
     Mknod {
         /// Parent directory.

@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 use meridian_client::MetaClient;
+use meridian_proto::RegionId;
 use meridian_proto::ns::{Op, Query, QueryReply, Reply, VolumePolicy};
+use meridian_proto::pb::meta::RegionStatusRequest;
 
 use super::human;
 
@@ -72,19 +74,129 @@ pub async fn list(meta: Vec<String>, json: bool, snapshots: bool) -> Result<()> 
         }
     } else {
         println!(
-            "{:<20} {:>4} {:>8} {:>10} {:>8}",
+            "{:<20} {:>4} {:>8} {:>10} {:>8}  REGIONS",
             "NAME", "ID", "REPLICAS", "USED", "INODES"
         );
         for v in vols {
+            let regions = if v.policy.regions.is_empty() {
+                format!("{} only", v.id >> 16)
+            } else {
+                let ids: Vec<String> = v.policy.regions.iter().map(|r| r.0.to_string()).collect();
+                ids.join(",")
+            };
             println!(
-                "{:<20} {:>4} {:>8} {:>10} {:>8}",
+                "{:<20} {:>4} {:>8} {:>10} {:>8}  {}",
                 v.name,
                 v.id,
                 v.policy.replicas,
                 human(v.used_bytes),
-                v.used_inodes
+                v.used_inodes,
+                regions
             );
         }
     }
     Ok(())
+}
+
+/// Adds `region` to the regions of volume `name` (`add`), or removes it. With `follow`
+/// (the added region's metaservers), waits until the volume is there, showing progress.
+pub async fn set_regions(
+    meta: Vec<String>,
+    name: String,
+    region: u16,
+    add: bool,
+    follow: Vec<String>,
+) -> Result<()> {
+    let client = MetaClient::new(meta);
+    let QueryReply::Volumes(vols) = client.query(&Query::Volumes, false).await? else {
+        anyhow::bail!("unexpected reply");
+    };
+    let vol = vols
+        .into_iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| anyhow::anyhow!("no volume {name:?} in this region"))?;
+    let mut regions = vol.policy.regions.clone();
+    if regions.is_empty() {
+        regions.push(RegionId((vol.id >> 16) as u16));
+    }
+    let r = RegionId(region);
+    if add == regions.contains(&r) {
+        println!(
+            "volume {name} {} region {region} already",
+            if add { "lives in" } else { "does not live in" }
+        );
+    } else {
+        if add {
+            regions.push(r);
+        } else {
+            regions.retain(|x| *x != r);
+        }
+        regions.sort();
+        client
+            .mutate(&Op::SetVolumeRegions {
+                name: name.clone(),
+                regions: regions.clone(),
+            })
+            .await?;
+        let ids: Vec<String> = regions.iter().map(|r| r.0.to_string()).collect();
+        println!("volume {name} now lives in regions {}", ids.join(","));
+    }
+    if !add || follow.is_empty() {
+        if add {
+            println!(
+                "region {region} is brought in from this one: follow it with `meridian admin regions --meta <its metaservers>`"
+            );
+        }
+        return Ok(());
+    }
+    follow_backfill(&follow, vol.id).await
+}
+
+/// Shows the backfill of volume `id` in the region whose metaservers are `meta` until it
+/// is done.
+async fn follow_backfill(meta: &[String], id: u32) -> Result<()> {
+    let mut last = String::new();
+    loop {
+        let mut row = None;
+        for addr in meta {
+            if let Ok(mut c) = super::meta_rpc(addr).await
+                && let Ok(r) = c.region_status(RegionStatusRequest {}).await
+            {
+                row = Some(
+                    r.into_inner()
+                        .backfills
+                        .into_iter()
+                        .find(|b| b.volume == id),
+                );
+                break;
+            }
+        }
+        let line = match &row {
+            None => "the region does not answer".to_string(),
+            Some(None) => "waiting for the region to learn of the change".to_string(),
+            Some(Some(b)) => format!(
+                "{}: {} of {} received, {} inodes installed{}",
+                b.state,
+                human(b.bytes_received),
+                human(b.bytes_total),
+                b.inodes_installed,
+                if b.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", b.error)
+                }
+            ),
+        };
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if matches!(&row, Some(Some(b)) if b.state == "done") {
+            println!(
+                "the volume's namespace is in; its blocks follow as they are read there or shipped"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

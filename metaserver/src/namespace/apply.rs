@@ -12,6 +12,7 @@
 use meridian_proto::RegionId;
 use redb::ReadableTable;
 
+use super::backfill::{self, Admission};
 use super::ctx::{Ctx, find_volume, find_volume_row, record_conflict};
 use super::merge::{self, MergeOutcome, RemoteBatch};
 use super::ops::{attrs, content, entries, volumes, xattrs};
@@ -49,6 +50,12 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         Some(v) if v.read_only && !allowed_when_read_only(&cmd.op) => Err(NsError::ReadOnly(
             format!("volume {} is a snapshot", v.name),
         )),
+        Some(v) if !v.policy.regions.is_empty() && !v.policy.regions.contains(&hlc.region) => {
+            Err(NsError::Perm(format!(
+                "volume {} no longer lives in region {}",
+                v.name, hlc.region.0
+            )))
+        }
         _ => apply_op(t, &cmd.op, &ctx),
     };
     let images = t.undo.take().unwrap_or_default();
@@ -59,14 +66,25 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         Ok(_) => {}
     }
     if let Ok(reply) = &outcome {
+        let before = volume.as_ref().map(|v| v.policy.regions.clone());
         let volume = match (reply, volume) {
             (Reply::Volume(v), _) => Some(v.clone()),
             (_, v) => v,
         };
+        let mut regions = volume
+            .as_ref()
+            .map(|v| v.policy.regions.clone())
+            .unwrap_or_default();
+        if matches!(cmd.op, Op::SetVolumeRegions { .. }) {
+            // The regions that leave learn it too.
+            regions.extend(before.unwrap_or_default());
+            regions.sort();
+            regions.dedup();
+        }
         // What the record may depend on, for the regions it goes to (none for a volume
         // that lives here only: the record never leaves).
         let mut deps = Vec::new();
-        if volume.as_ref().is_some_and(|v| v.policy.regions.len() > 1) {
+        if regions.len() > 1 {
             for p in merge::peers(&t.region_state)? {
                 let wm = merge::watermark(&t.region_state, p)?;
                 if wm > 0 {
@@ -80,7 +98,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
             op: cmd.op.clone(),
             effects: ctx.out.take(),
             volume: volume.as_ref().map_or(0, |v| v.id),
-            regions: volume.map(|v| v.policy.regions).unwrap_or_default(),
+            regions,
             deps,
             client: cmd.request.map(|(client, _)| client),
         };
@@ -124,7 +142,9 @@ fn allowed_when_read_only(op: &Op) -> bool {
 fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
     let ino = match op {
         Op::CreateVolume { .. } => return Ok(None),
-        Op::DeleteVolume { name } | Op::SetVolumeQuota { name, .. } => {
+        Op::DeleteVolume { name }
+        | Op::SetVolumeQuota { name, .. }
+        | Op::SetVolumeRegions { name, .. } => {
             return read_volume(t.volumes(), name);
         }
         Op::CloneVolume { source, .. } => return read_volume(t.volumes(), source),
@@ -187,7 +207,10 @@ fn origin_may_change(t: &WriteTables<'_>, record: &Record) -> Result<(), NsError
     // (A volume's deletion replays by id: its name may belong to another volume by now.)
     if !matches!(
         record.op,
-        Op::DeleteVolume { .. } | Op::SetVolumeQuota { .. } | Op::CloneVolume { .. }
+        Op::DeleteVolume { .. }
+            | Op::SetVolumeQuota { .. }
+            | Op::SetVolumeRegions { .. }
+            | Op::CloneVolume { .. }
     ) && let Some(v) = op_volume(t, &record.op)?
         && v.id != vol.id
     {
@@ -311,6 +334,8 @@ pub fn apply_remote(
     let mut fresh: Vec<Record> = Vec::new();
     let mut last_seq = wm;
     let mut held = 0;
+    // Volumes whose image has not arrived yet (see `backfill`).
+    let mut awaiting = std::collections::BTreeSet::new();
     for (seq, record) in &batch.records {
         if *seq <= last_seq {
             continue;
@@ -320,11 +345,25 @@ pub fn apply_remote(
                 && *region != batch.origin
                 && known.get(region).is_some_and(|have| have < needed)
         });
-        if held > 0 || missing {
+        let admission = backfill::admission(&t.region_state, record.volume, record.hlc)?;
+        let waits = admission == Admission::Wait || awaiting.contains(&record.volume);
+        if held > 0 || missing || waits {
+            if held == 0 {
+                // The origin left out records before this one only because they may not
+                // come here: they count as applied, so records that depend on them are
+                // not held back for ever.
+                last_seq = last_seq.max(seq - 1);
+            }
             held += 1;
             continue;
         }
         last_seq = *seq;
+        if matches!(admission, Admission::InImage | Admission::Left) {
+            continue;
+        }
+        if backfill::wanted(t, own, record)? {
+            awaiting.insert(record.volume);
+        }
         if !merge::holds(t, record.hlc)? && !fresh.iter().any(|r| r.hlc == record.hlc) {
             fresh.push(record.clone());
         }
@@ -341,24 +380,73 @@ pub fn apply_remote(
         held,
         ..MergeOutcome::default()
     };
+    merge_fresh(t, own, fresh, &mut outcome)?;
+    merge::note_batch(t, batch.origin, last_seq, frontier, settled)?;
+    Ok(outcome)
+}
+
+/// Merges records new here into HLC order: everything newer is undone, and replayed after.
+fn merge_fresh(
+    t: &mut WriteTables<'_>,
+    own: RegionId,
+    fresh: Vec<Record>,
+    outcome: &mut MergeOutcome,
+) -> Result<(), NsError> {
     if let Some(low) = fresh.iter().map(|r| r.hlc).min() {
         let redo = merge::rewind(t, low)?;
-        outcome.redone = redo.len() as u64;
-        outcome.applied = fresh.len() as u64;
+        outcome.redone += redo.len() as u64;
+        outcome.applied += fresh.len() as u64;
         let mut all = redo;
         all.extend(fresh);
         all.sort_by_key(|r| r.hlc);
         for record in &all {
-            replay(t, record)?;
+            replay(t, own, record)?;
         }
     }
-    merge::note_batch(t, batch.origin, last_seq, frontier, settled)?;
+    Ok(())
+}
+
+/// Installs one piece of the image of a volume this region is being brought into (see
+/// `backfill`); the last piece's records merge like a batch. A piece that does not fit
+/// is refused and changes nothing.
+pub fn install_image(
+    t: &mut WriteTables<'_>,
+    own: RegionId,
+    part: &backfill::ImagePart,
+) -> Result<MergeOutcome, NsError> {
+    let mut outcome = MergeOutcome::default();
+    let Some(records) = backfill::install(t, part)? else {
+        return Ok(outcome);
+    };
+    let mut fresh = Vec::new();
+    for record in records {
+        // Only the image's own volume, from its point on (hostile or not, nothing else).
+        if record.volume != part.volume || record.hlc < part.point || record.hlc.region == own {
+            continue;
+        }
+        if !merge::holds(t, record.hlc)? {
+            fresh.push(record);
+        }
+    }
+    merge_fresh(t, own, fresh, &mut outcome)?;
     Ok(outcome)
 }
 
 /// Replays one record: conflicts are resolved, and a record that cannot apply any more is
 /// skipped and recorded. Only a failing store is an error.
-fn replay(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
+fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(), NsError> {
+    if backfill::wanted(t, own, record)? {
+        // This region is added to a volume it does not hold: the volume comes as an image,
+        // which holds this change too.
+        backfill::start(t, record)?;
+        return merge::log_applied(t, record, &[]);
+    }
+    if let Some(l) = backfill::leaving(&t.region_state, record.volume)?
+        && (l.done || record.hlc > l.since)
+    {
+        // The volume left this region: nothing of it applies here any more.
+        return merge::log_applied(t, record, &[]);
+    }
     let ctx = Ctx::new(record.hlc, record.now, Some(&record.effects), record.volume);
     t.undo = Some(Vec::new());
     let outcome = match origin_may_change(t, record) {
@@ -380,7 +468,7 @@ fn replay(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
             }
             images = t.undo.take().unwrap_or_default();
         }
-        Ok(_) => {}
+        Ok(_) => backfill::note_removal(t, own, record)?,
     }
     merge::log_applied(t, record, &images)
 }
@@ -398,6 +486,7 @@ fn skip_detail(record: &Record, e: &NsError) -> String {
                 Op::CreateVolume { name, .. }
                 | Op::DeleteVolume { name }
                 | Op::SetVolumeQuota { name, .. }
+                | Op::SetVolumeRegions { name, .. }
                 | Op::CloneVolume { name, .. } => {
                     format!("volume {name:?}")
                 }
@@ -433,6 +522,7 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::CreateVolume { .. } => "create volume",
         Op::DeleteVolume { .. } => "delete volume",
         Op::SetVolumeQuota { .. } => "set volume quota",
+        Op::SetVolumeRegions { .. } => "set volume regions",
         Op::CloneVolume { .. } => "copy volume",
         Op::Mknod { .. } => "create",
         Op::Symlink { .. } => "symlink",
@@ -465,6 +555,9 @@ pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Resul
         } => volumes::clone_volume(t, ctx, source, name, *read_only),
         Op::SetVolumeQuota { name, quota_bytes } => {
             volumes::set_volume_quota(t, ctx, name, *quota_bytes)
+        }
+        Op::SetVolumeRegions { name, regions } => {
+            volumes::set_volume_regions(t, ctx, name, regions)
         }
         Op::Mknod {
             parent,

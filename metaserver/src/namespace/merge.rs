@@ -406,8 +406,12 @@ fn settled(t: &impl StateTable, origin: RegionId) -> Result<Option<Hlc>, NsError
 /// remote record will be ordered before it any more (with no peers, the horizon; none
 /// until every peer has sent a frontier).
 pub fn stable(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
+    stable_without(t, None)
+}
+
+fn stable_without(t: &impl StateTable, skip: Option<RegionId>) -> Result<Option<Hlc>, NsError> {
     let mut stable = horizon(t)?;
-    for p in peers(t)? {
+    for p in peers(t)?.into_iter().filter(|p| Some(*p) != skip) {
         match frontier(t, p)? {
             Some(f) => stable = stable.map(|s| s.min(f)),
             None => return Ok(None),
@@ -420,10 +424,20 @@ pub fn stable(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
 /// so every record written without knowledge of a record older than this is here. Nothing
 /// older is reordered, named as the base of a change, or brings back a removed inode.
 pub fn settled_bound(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
-    let Some(mut bound) = stable(t)? else {
+    settled_bound_without(t, None)
+}
+
+/// The settled bound as far as every peer but `skip` is concerned: what a region that
+/// cannot have written anything that matters (one being brought into a volume) does not
+/// hold back.
+pub fn settled_bound_without(
+    t: &impl StateTable,
+    skip: Option<RegionId>,
+) -> Result<Option<Hlc>, NsError> {
+    let Some(mut bound) = stable_without(t, skip)? else {
         return Ok(None);
     };
-    for p in peers(t)? {
+    for p in peers(t)?.into_iter().filter(|p| Some(*p) != skip) {
         match settled(t, p)? {
             Some(s) => bound = bound.min(s),
             None => return Ok(None),

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod apply;
+pub mod backfill;
 pub mod check;
 pub mod conflict;
 pub(crate) mod ctx;
@@ -18,12 +19,14 @@ pub mod tables;
 /// The namespace types live in the shared contract crate.
 pub use meridian_proto::ns as types;
 
-pub use apply::{apply, apply_remote};
+pub use apply::{apply, apply_remote, install_image};
 pub use merge::{MergeOutcome, RemoteBatch};
 pub use read::{DirPage, NsReader};
 pub use tables::WriteTables;
 pub use types::*;
 
+#[cfg(test)]
+mod backfill_tests;
 #[cfg(test)]
 mod content_tests;
 #[cfg(test)]

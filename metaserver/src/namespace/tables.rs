@@ -395,7 +395,6 @@ impl<'txn> WriteTables<'txn> {
     }
 
     /// Tombstones, to read.
-    #[cfg(test)]
     pub(crate) fn tombs(&self) -> &Table<'txn, u64, &'static [u8]> {
         &self.tombs
     }

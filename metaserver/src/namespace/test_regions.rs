@@ -128,14 +128,20 @@ pub(super) fn deliver(from: &Region, to: &mut Region, limit: usize, rewind: u64)
     let head_seq = from.changes(start, usize::MAX).last().map(|(s, _)| *s);
     let caught_up = records.last().map(|(s, _)| *s) == head_seq;
     let frontier = if caught_up {
-        from.head()
+        from.write(|t| merge::horizon(&t.region_state).unwrap())
     } else {
         records.last().map(|(_, r)| r.hlc)
     };
+    let scanned = records.last().map_or(0, |(s, _)| s + 1);
+    // Only what the receiver may hold, as the serving region sends.
+    let records: Vec<(u64, Record)> = records
+        .into_iter()
+        .filter(|(_, r)| r.allowed_in(to.id))
+        .collect();
     let fresh = records.iter().filter(|(s, _)| *s > wm).count();
     let batch = RemoteBatch {
         origin: from.id,
-        scanned: records.last().map_or(0, |(s, _)| s + 1),
+        scanned,
         records: records.clone(),
         frontier,
         settled: if caught_up && from.marks {

@@ -50,6 +50,10 @@ pub enum Request {
     /// What the leader noted about a peer region (how far it applied this region's
     /// records, the link detector's verdict), kept for the next leader.
     PeerNote(crate::namespace::links::PeerNote),
+    /// A piece of the image of a volume this region is being brought into.
+    InstallImage(crate::namespace::backfill::ImagePart),
+    /// One step of dropping a volume that left this region.
+    LeaveStep(u32),
 }
 
 impl fmt::Display for Request {
@@ -63,6 +67,8 @@ impl fmt::Display for Request {
             Request::WriteBack(w) => write!(f, "write-back:{}x{}", w.client, w.cmds.len()),
             Request::ExpireLeases(d) => write!(f, "expire-leases:{}", d.len()),
             Request::PeerNote(n) => write!(f, "peer-note:{}", n.region.0),
+            Request::InstallImage(p) => write!(f, "install-image:{}", p.volume),
+            Request::LeaveStep(v) => write!(f, "leave-step:{v}"),
         }
     }
 }

@@ -211,6 +211,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         leases.expire(dirs).map_err(io::Error::other)?;
                         Response::None
                     }
+                    EntryPayload::Normal(Request::InstallImage(part)) => {
+                        let outcome = namespace::install_image(&mut ns, region, part);
+                        if let Err(namespace::NsError::Store(e)) = &outcome {
+                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                        }
+                        Response::Remote(outcome)
+                    }
+                    EntryPayload::Normal(Request::LeaveStep(volume)) => {
+                        let outcome = namespace::backfill::leave_step(&mut ns, *volume);
+                        if let Err(namespace::NsError::Store(e)) = &outcome {
+                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                        }
+                        Response::Remote(outcome.map(|done| namespace::MergeOutcome {
+                            applied: u64::from(done),
+                            ..Default::default()
+                        }))
+                    }
                     EntryPayload::Normal(Request::PeerNote(n)) => {
                         namespace::links::note(&mut ns, n).map_err(io::Error::other)?;
                         Response::None

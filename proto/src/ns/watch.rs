@@ -42,6 +42,7 @@ impl Record {
             Op::CreateVolume { .. }
             | Op::DeleteVolume { .. }
             | Op::SetVolumeQuota { .. }
+            | Op::SetVolumeRegions { .. }
             | Op::CloneVolume { .. }
             | Op::Compact { .. } => {}
             Op::Mknod { parent, name, .. } | Op::Symlink { parent, name, .. } => {

@@ -240,6 +240,57 @@ pub(crate) fn set_volume_quota(
     Ok(Reply::Volume(vol))
 }
 
+/// Sets the regions a volume lives in. Made here, the change must keep this region (remove
+/// it from another one), may name only regions this one exchanges records with, and only
+/// for a volume that lives in several regions or may: not a snapshot. A replay names the
+/// volume by id, as a deletion's does.
+pub(crate) fn set_volume_regions(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    name: &str,
+    regions: &[meridian_proto::RegionId],
+) -> Result<Reply, NsError> {
+    let mut vol = match ctx.replay {
+        Some(_) => find_volume(t, ctx.volume)?
+            .ok_or_else(|| NsError::NotFound(format!("volume {}", ctx.volume)))?,
+        None => read_volume(t.volumes(), name)?
+            .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?,
+    };
+    let mut set = regions.to_vec();
+    set.sort();
+    set.dedup();
+    if set.is_empty() || set.len() > 16 || set.len() != regions.len() {
+        return Err(NsError::Invalid(format!(
+            "regions {regions:?}: name 1 to 16 distinct regions"
+        )));
+    }
+    if !ctx.replaying() {
+        if !set.contains(&ctx.region()) {
+            return Err(NsError::Invalid(format!(
+                "volume {name:?} would leave region {}, where this change is made: remove a region from one that keeps the volume",
+                ctx.region().0
+            )));
+        }
+        let peers = crate::namespace::merge::peers(&t.region_state)?;
+        if let Some(r) = set
+            .iter()
+            .find(|r| **r != ctx.region() && !peers.contains(r))
+        {
+            return Err(NsError::Invalid(format!(
+                "region {} is not a peer of region {}: configure it (--peer) before adding it to a volume",
+                r.0,
+                ctx.region().0
+            )));
+        }
+        if vol.read_only {
+            return Err(NsError::ReadOnly(format!("volume {name} is a snapshot")));
+        }
+    }
+    vol.policy.regions = set;
+    t.put_volume(&vol)?;
+    Ok(Reply::Volume(vol))
+}
+
 /// Most inodes a volume may have to be copied in one command (the copy holds the state
 /// machine while it runs).
 pub(crate) const CLONE_MAX_INODES: u64 = 250_000;

@@ -1,0 +1,337 @@
+//! Bringing volumes into this region, and serving their images to regions being brought
+//! into one: the network side of `namespace::backfill` (which says what an image is and
+//! why it is correct).
+//!
+//! The leader of a region added to a volume fetches the image from the region that made
+//! the change, in pieces of 4 MiB (a failed piece is asked again, from where it stopped),
+//! then installs it through its Raft log in bounded pieces. The serving region builds an
+//! image once its settled bound has passed the change, keeps it while it is fetched, and
+//! builds a new one when asked to start over.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
+use meridian_proto::pb::meta::{Backfill as BackfillRow, VolumeImageRequest, VolumeImageResponse};
+use meridian_proto::{Hlc, RegionId};
+use redb::ReadableDatabase;
+use tonic::{Code, Status};
+use tracing::{info, warn};
+
+use crate::error::{MetaError, store};
+use crate::namespace::WriteTables;
+use crate::namespace::backfill::{self, Backfill, VolumeImage};
+use crate::namespace::merge;
+use crate::raft::{Request as RaftRequest, Response as RaftResponse};
+use crate::service::MetaNode;
+
+/// Most image bytes in one answer.
+const PIECE: usize = 4 << 20;
+
+/// Images served and received by this member.
+#[derive(Default)]
+pub struct Backfills {
+    /// Served: (region, volume) -> (point, the image as JSON).
+    images: Mutex<HashMap<(u16, u32), Served>>,
+    /// Received, by volume.
+    progress: Mutex<HashMap<u32, Progress>>,
+    /// Which of the serving region's members to ask (the next one after an error).
+    next_addr: std::sync::atomic::AtomicUsize,
+}
+
+/// An image built for a region: its point and its JSON.
+type Served = (Hlc, Arc<Vec<u8>>);
+
+#[derive(Default, Clone)]
+struct Progress {
+    state: &'static str,
+    point: Vec<u8>,
+    data: Vec<u8>,
+    total: u64,
+    error: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Backfills {
+    /// The backfills of this region, for `admin regions`.
+    pub fn rows(&self, db: &redb::Database) -> Vec<BackfillRow> {
+        let known = db
+            .begin_read()
+            .ok()
+            .and_then(|tx| merge::state_table(&tx).ok().flatten())
+            .and_then(|t| backfill::all(&t).ok())
+            .unwrap_or_default();
+        let progress = lock(&self.progress);
+        known
+            .into_iter()
+            .map(|b| {
+                let p = progress.get(&b.volume).cloned().unwrap_or_default();
+                BackfillRow {
+                    volume: b.volume,
+                    name: b.name,
+                    from: u32::from(b.from.0),
+                    state: if b.installed {
+                        "done".into()
+                    } else if p.state.is_empty() {
+                        "waiting".into()
+                    } else {
+                        p.state.into()
+                    },
+                    bytes_received: p.data.len() as u64,
+                    bytes_total: p.total,
+                    inodes_installed: b.inodes,
+                    error: if b.installed { String::new() } else { p.error },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Answers a region being brought into a volume: a piece of the volume's image.
+pub async fn serve_image(
+    node: &MetaNode,
+    req: VolumeImageRequest,
+) -> Result<VolumeImageResponse, Status> {
+    let to = u16::try_from(req.region)
+        .map(RegionId)
+        .map_err(|_| Status::invalid_argument(format!("region {} out of range", req.region)))?;
+    if !node.peers.iter().any(|p| p.region == to.0) || to == node.shared.region {
+        return Err(Status::permission_denied(format!(
+            "region {} is not a peer of region {}",
+            to.0, node.shared.region.0
+        )));
+    }
+    let since = Hlc::from_key(&req.since)
+        .ok_or_else(|| Status::invalid_argument("the change's stamp is not a stamp"))?;
+    let key = (to.0, req.volume);
+    let cached = lock(&node.backfills.images).get(&key).cloned();
+    let (point, image) = match cached {
+        Some((p, image)) if !req.point.is_empty() && req.point == p.to_key().as_slice() => {
+            (p, image)
+        }
+        _ if !req.point.is_empty() => {
+            return Err(Status::aborted(
+                "the image being fetched is gone (a leader changed): start over",
+            ));
+        }
+        _ => {
+            let db = node.db.clone();
+            let built = tokio::task::spawn_blocking(move || build(&db, req.volume, to, since))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+            let Some((point, image)) = built else {
+                return Err(Status::unavailable(format!(
+                    "region {} has not settled past the change that added region {} yet",
+                    node.shared.region.0, to.0
+                )));
+            };
+            let image = Arc::new(image);
+            lock(&node.backfills.images).insert(key, (point, image.clone()));
+            info!(volume = req.volume, region = to.0, bytes = image.len(), %point, "built a volume image");
+            (point, image)
+        }
+    };
+    let from = (req.offset as usize).min(image.len());
+    let to_byte = (from + PIECE).min(image.len());
+    Ok(VolumeImageResponse {
+        point: point.to_key().to_vec().into(),
+        total: image.len() as u64,
+        data: image[from..to_byte].to_vec().into(),
+    })
+}
+
+/// The image, from a write transaction that is never committed.
+fn build(
+    db: &redb::Database,
+    volume: u32,
+    to: RegionId,
+    since: Hlc,
+) -> Result<Option<(Hlc, Vec<u8>)>, MetaError> {
+    let tx = db.begin_write().map_err(store)?;
+    let image = {
+        let mut t = WriteTables::open(&tx)?;
+        backfill::build_image(&mut t, volume, to, since)?
+    };
+    tx.abort().map_err(store)?;
+    Ok(match image {
+        Some(img) => Some((
+            img.point,
+            serde_json::to_vec(&img).map_err(|e| MetaError::Store(e.to_string()))?,
+        )),
+        None => None,
+    })
+}
+
+/// While this member leads, brings in every volume this region was added to.
+pub async fn backfill_loop(node: Arc<MetaNode>) {
+    if node.peers.is_empty() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !node.is_leader() {
+            continue;
+        }
+        let pending: Vec<Backfill> = node
+            .db
+            .begin_read()
+            .ok()
+            .and_then(|tx| merge::state_table(&tx).ok().flatten())
+            .and_then(|t| backfill::all(&t).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|b| !b.installed)
+            .collect();
+        let leaving: Vec<_> = node
+            .db
+            .begin_read()
+            .ok()
+            .and_then(|tx| merge::state_table(&tx).ok().flatten())
+            .and_then(|t| backfill::all_leaving(&t).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| !l.done)
+            .collect();
+        for l in leaving {
+            loop {
+                match node
+                    .propose_internal(RaftRequest::LeaveStep(l.volume))
+                    .await
+                {
+                    Ok(RaftResponse::Remote(Ok(o))) if o.applied == 0 => continue,
+                    Ok(RaftResponse::Remote(Ok(_))) => {
+                        info!(volume = l.volume, name = %l.name, "volume dropped: it left this region");
+                    }
+                    Ok(other) => warn!(volume = l.volume, ?other, "dropping a volume that left"),
+                    Err(e) => warn!(volume = l.volume, error = %e, "dropping a volume that left"),
+                }
+                break;
+            }
+        }
+        for b in pending {
+            if let Err(e) = bring(&node, &b).await {
+                warn!(volume = b.volume, from = b.from.0, error = %e, "bringing a volume into this region");
+                let mut progress = lock(&node.backfills.progress);
+                progress.entry(b.volume).or_default().error = e;
+            }
+        }
+    }
+}
+
+fn set_state(node: &MetaNode, volume: u32, state: &'static str) {
+    lock(&node.backfills.progress)
+        .entry(volume)
+        .or_default()
+        .state = state;
+}
+
+/// Fetches the rest of the image of `b`, then installs it.
+async fn bring(node: &MetaNode, b: &Backfill) -> Result<(), String> {
+    let peer = node
+        .peers
+        .iter()
+        .find(|p| p.region == b.from.0)
+        .ok_or_else(|| {
+            format!(
+                "region {} serves the image but is not a peer of this region",
+                b.from.0
+            )
+        })?;
+    use std::sync::atomic::Ordering::Relaxed;
+    loop {
+        let (point, offset) = {
+            let progress = lock(&node.backfills.progress);
+            let p = progress.get(&b.volume).cloned().unwrap_or_default();
+            if !p.point.is_empty() && p.total > 0 && p.data.len() as u64 >= p.total {
+                break;
+            }
+            (p.point.clone(), p.data.len() as u64)
+        };
+        let target = &peer.meta[node.backfills.next_addr.load(Relaxed) % peer.meta.len()];
+        let ch = node.pool.get(target).map_err(|e| {
+            node.backfills.next_addr.fetch_add(1, Relaxed);
+            format!("{target}: {e}")
+        })?;
+        let reply = MetaServiceClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .volume_image(VolumeImageRequest {
+                region: u32::from(node.shared.region.0),
+                volume: b.volume,
+                since: b.since.to_key().to_vec().into(),
+                point: point.into(),
+                offset,
+            })
+            .await;
+        let reply = match reply {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::Aborted => {
+                // The serving leader changed: its new image starts over.
+                lock(&node.backfills.progress).insert(b.volume, Progress::default());
+                continue;
+            }
+            Err(s) => {
+                if s.code() == Code::Unavailable {
+                    set_state(node, b.volume, "waiting");
+                }
+                node.backfills.next_addr.fetch_add(1, Relaxed);
+                return Err(format!("region {}: {}", b.from.0, s.message()));
+            }
+        };
+        let mut progress = lock(&node.backfills.progress);
+        let p = progress.entry(b.volume).or_default();
+        if p.point.is_empty() {
+            p.point = reply.point.to_vec();
+        }
+        if reply.data.is_empty() && (p.data.len() as u64) < reply.total {
+            return Err("the serving region sent an empty piece".into());
+        }
+        p.state = "receiving";
+        p.total = reply.total;
+        p.data.extend_from_slice(&reply.data);
+        p.error.clear();
+    }
+    let data = {
+        let mut progress = lock(&node.backfills.progress);
+        let p = progress.entry(b.volume).or_default();
+        p.state = "installing";
+        p.data.clone()
+    };
+    let image: VolumeImage = match serde_json::from_slice(&data) {
+        Ok(i) => i,
+        Err(e) => {
+            lock(&node.backfills.progress).insert(b.volume, Progress::default());
+            return Err(format!("a damaged image: {e}"));
+        }
+    };
+    if image.volume.id != b.volume {
+        lock(&node.backfills.progress).insert(b.volume, Progress::default());
+        return Err(format!(
+            "asked for volume {} and was sent volume {}",
+            b.volume, image.volume.id
+        ));
+    }
+    let (name, inodes) = (image.volume.name.clone(), image.inodes.len());
+    let parts = image.parts().map_err(|e| e.to_string())?;
+    for part in parts {
+        match node
+            .propose_internal(RaftRequest::InstallImage(part))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            RaftResponse::Remote(Ok(_)) => {}
+            RaftResponse::Remote(Err(e)) => {
+                // Start over with a new image.
+                lock(&node.backfills.progress).insert(b.volume, Progress::default());
+                return Err(format!("the image does not install: {e}"));
+            }
+            _ => return Err("unexpected answer to an install".into()),
+        }
+    }
+    set_state(node, b.volume, "done");
+    info!(volume = b.volume, %name, inodes, from = b.from.0, "volume brought into this region");
+    Ok(())
+}

@@ -1,0 +1,768 @@
+//! Bringing a volume into a region it did not live in (`admin volume add-region`), and
+//! dropping it from one it leaves: the state-machine side. This module owns the
+//! bookkeeping of a region's backfills, builds a volume's image in the region that serves
+//! it, and installs the image in the region that receives it.
+//!
+//! Why an image, and which one. Records of a volume carry the regions it lived in when
+//! they were written, and a region is sent only the records it may hold: a region added
+//! later never receives the records written before their origin knew of the addition. The
+//! serving region waits until its settled bound has passed the change that added the
+//! region: by then every record written anywhere without knowing of the addition has
+//! arrived there. It then sends the volume as it was at that bound (`point`: the merged
+//! log rewound in a transaction that is never committed), plus the records at or after
+//! the point that the new region will never be sent. Every other record of the volume at
+//! or after the point reaches the new region from its origin; those before the point are
+//! in the image, and the new region skips them. Records of the volume that arrive while
+//! the image is on its way wait (held back, like records whose causal dependencies are
+//! missing).
+//!
+//! Installing takes several Raft entries of bounded size; the volume's row goes in last,
+//! so the volume appears whole or not at all.
+
+use std::collections::BTreeMap;
+
+use meridian_proto::{Hlc, InodeId, RegionId};
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use super::ctx::find_volume;
+use super::merge::{self, StateTable};
+use super::tables::{Tab, Tomb, WriteTables, dirent_end, dirent_key, read_extents, store_err};
+use super::types::*;
+
+/// What a region knows of one volume being brought into it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backfill {
+    /// The volume's id.
+    pub volume: u32,
+    /// Its name when it was added here.
+    pub name: String,
+    /// The region whose change added this one: it serves the image.
+    pub from: RegionId,
+    /// The stamp of that change.
+    pub since: Hlc,
+    /// The image being installed: its point (records of the volume before it are in it).
+    #[serde(default)]
+    pub point: Option<Hlc>,
+    /// Inodes installed so far.
+    #[serde(default)]
+    pub inodes: u64,
+    /// Pieces of the image installed so far.
+    #[serde(default)]
+    pub parts: u32,
+    /// The volume row is in: the volume is here.
+    #[serde(default)]
+    pub installed: bool,
+}
+
+fn key(volume: u32) -> String {
+    format!("backfill/{volume}")
+}
+
+fn json_err(e: serde_json::Error) -> NsError {
+    NsError::Store(format!("damaged backfill record: {e}"))
+}
+
+/// Every backfill this region knows of, finished ones included.
+pub fn all(t: &impl StateTable) -> Result<Vec<Backfill>, NsError> {
+    let mut out = Vec::new();
+    for item in t.range("backfill/".."backfill0").map_err(store_err)? {
+        let (_, v) = item.map_err(store_err)?;
+        out.push(serde_json::from_slice(v.value()).map_err(json_err)?);
+    }
+    Ok(out)
+}
+
+/// The backfill of `volume`, if one was ever started here.
+pub fn get(t: &impl StateTable, volume: u32) -> Result<Option<Backfill>, NsError> {
+    match merge::state(t, &key(volume))? {
+        Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(json_err)?)),
+        None => Ok(None),
+    }
+}
+
+fn put(t: &mut WriteTables<'_>, b: &Backfill) -> Result<(), NsError> {
+    let bytes = serde_json::to_vec(b).map_err(json_err)?;
+    t.region_state
+        .insert(key(b.volume).as_str(), bytes.as_slice())
+        .map_err(store_err)?;
+    Ok(())
+}
+
+/// What this region does with a record of `volume` stamped `hlc` now.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Admission {
+    /// Apply it.
+    Apply,
+    /// It is in the installed image already.
+    InImage,
+    /// The image has not arrived yet: hold it back.
+    Wait,
+    /// The volume left this region: nothing of it applies here any more.
+    Left,
+}
+
+/// Whether a record of `volume` stamped `hlc` applies now, is in the image, or waits.
+pub fn admission(t: &impl StateTable, volume: u32, hlc: Hlc) -> Result<Admission, NsError> {
+    if leaving(t, volume)?.is_some_and(|l| hlc > l.since) {
+        return Ok(Admission::Left);
+    }
+    Ok(match get(t, volume)? {
+        None => Admission::Apply,
+        Some(b) if !b.installed => Admission::Wait,
+        Some(b) if b.point.is_some_and(|p| hlc < p) => Admission::InImage,
+        Some(_) => Admission::Apply,
+    })
+}
+
+/// Whether `record` adds `own` to a volume this region does not hold: the region's
+/// backfill of it starts (idempotent: a replay of the same change finds it started).
+pub(crate) fn wanted(t: &WriteTables<'_>, own: RegionId, record: &Record) -> Result<bool, NsError> {
+    let Op::SetVolumeRegions { regions, .. } = &record.op else {
+        return Ok(false);
+    };
+    Ok(regions.contains(&own)
+        && find_volume(t, record.volume)?.is_none()
+        && !get(&t.region_state, record.volume)?.is_some_and(|b| b.installed))
+}
+
+/// Starts (or keeps) the backfill of the volume `record` added this region to.
+pub(crate) fn start(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
+    let Op::SetVolumeRegions { name, .. } = &record.op else {
+        return Ok(());
+    };
+    if get(&t.region_state, record.volume)?.is_some() {
+        return Ok(());
+    }
+    // Brought back after it left: what is left of the leaving goes.
+    t.region_state
+        .remove(leave_key(record.volume).as_str())
+        .map_err(store_err)?;
+    put(
+        t,
+        &Backfill {
+            volume: record.volume,
+            name: name.clone(),
+            from: record.hlc.region,
+            since: record.hlc,
+            point: None,
+            inodes: 0,
+            parts: 0,
+            installed: false,
+        },
+    )
+}
+
+/// A volume as it was at `point`, and the records from `point` on that the receiving
+/// region is never sent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VolumeImage {
+    /// Records of the volume before it are in the image.
+    pub point: Hlc,
+    /// The volume's row.
+    pub volume: Volume,
+    /// Its inodes, each with its rows.
+    pub inodes: Vec<InodeRows>,
+    /// Its removed inodes still kept (a late change may bring one back), with their rows.
+    pub tombs: Vec<(Tomb, InodeRows)>,
+    /// Records of the volume from `point` on that the receiving region is not sent.
+    pub records: Vec<Record>,
+}
+
+/// One inode and the rows keyed by it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InodeRows {
+    /// Its number.
+    pub ino: InodeId,
+    /// The inode (absent for a tombstone's rows).
+    pub inode: Option<Inode>,
+    /// A directory's entries: raw (key, value).
+    pub dirents: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Xattrs: raw (key, value).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A file's extents.
+    pub extents: Vec<Extent>,
+}
+
+fn rows_of(t: &WriteTables<'_>, ino: InodeId, inode: Option<Inode>) -> Result<InodeRows, NsError> {
+    let (lo, hi) = (dirent_key(ino, b""), dirent_end(ino));
+    let raw = |table: &redb::Table<'_, &'static [u8], &'static [u8]>| -> Result<_, NsError> {
+        let mut out = Vec::new();
+        for item in table
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(store_err)?
+        {
+            let (k, v) = item.map_err(store_err)?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    };
+    Ok(InodeRows {
+        ino,
+        dirents: raw(t.dirents())?,
+        xattrs: raw(t.xattrs())?,
+        extents: read_extents(t.extents(), ino, 0, u64::MAX)?,
+        inode,
+    })
+}
+
+/// Builds the image of `volume` for region `to`, from a transaction that is aborted
+/// afterwards: the merged log is rewound to the settled bound, which must have passed
+/// `since` (the change that added `to`). `None` while it has not.
+pub fn build_image(
+    t: &mut WriteTables<'_>,
+    volume: u32,
+    to: RegionId,
+    since: Hlc,
+) -> Result<Option<VolumeImage>, NsError> {
+    // The receiver holds nothing of the volume, so wrote nothing of it: it holds nothing
+    // back (its own marks wait for the image, and would wait for ever).
+    let Some(point) = merge::settled_bound_without(&t.region_state, Some(to))? else {
+        return Ok(None);
+    };
+    if point <= since {
+        return Ok(None);
+    }
+    let later = merge::rewind(t, point)?;
+    let vol =
+        find_volume(t, volume)?.ok_or_else(|| NsError::NotFound(format!("volume {volume}")))?;
+    if !vol.policy.regions.contains(&to) {
+        return Err(NsError::Perm(format!(
+            "volume {:?} does not live in region {} (data residency)",
+            vol.name, to.0
+        )));
+    }
+    let mut inodes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut dirs = vec![vol.root];
+    while let Some(dir) = dirs.pop() {
+        if !seen.insert(dir) {
+            continue;
+        }
+        let node = super::tables::read_inode(t.inodes(), dir)?;
+        let rows = rows_of(t, dir, node)?;
+        for (k, v) in &rows.dirents {
+            let e = super::tables::decode_dirent(k, v)?;
+            if e.kind == FileKind::Dir {
+                dirs.push(e.ino);
+            } else if seen.insert(e.ino) {
+                let node = super::tables::read_inode(t.inodes(), e.ino)?;
+                inodes.push(rows_of(t, e.ino, node)?);
+            }
+        }
+        inodes.push(rows);
+    }
+    let mut tomb_list = Vec::new();
+    for item in t.tombs().iter().map_err(store_err)? {
+        let (_, v) = item.map_err(store_err)?;
+        let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
+        if tomb.inode.attr.volume == volume {
+            tomb_list.push(tomb);
+        }
+    }
+    let mut tombs = Vec::new();
+    for tomb in tomb_list {
+        let ino = tomb.inode.attr.ino;
+        let rows = rows_of(t, ino, None)?;
+        tombs.push((tomb, rows));
+    }
+    let records = later
+        .into_iter()
+        .filter(|r| r.volume == volume && !r.allowed_in(to))
+        .collect();
+    Ok(Some(VolumeImage {
+        point,
+        volume: vol,
+        inodes,
+        tombs,
+        records,
+    }))
+}
+
+/// A bounded piece of an image, installed by one Raft entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePart {
+    /// The volume.
+    pub volume: u32,
+    /// The image's point.
+    pub point: Hlc,
+    /// Its place among the image's pieces, from 0.
+    pub index: u32,
+    /// JSON of `Vec<InodeRows>`.
+    pub inodes: Vec<u8>,
+    /// The last piece: JSON of `(Volume, Vec<(Tomb, InodeRows)>, Vec<Record>)`.
+    pub finish: Option<Vec<u8>>,
+}
+
+/// Most inodes in one piece.
+pub const PART_INODES: usize = 2000;
+
+impl VolumeImage {
+    /// The image in pieces of at most [`PART_INODES`] inodes, the volume's row last.
+    pub fn parts(self) -> Result<Vec<ImagePart>, NsError> {
+        let mut out = Vec::new();
+        let (volume, point) = (self.volume.id, self.point);
+        for chunk in self.inodes.chunks(PART_INODES) {
+            out.push(ImagePart {
+                volume,
+                point,
+                index: out.len() as u32,
+                inodes: serde_json::to_vec(chunk).map_err(json_err)?,
+                finish: None,
+            });
+        }
+        let finish =
+            serde_json::to_vec(&(self.volume, self.tombs, self.records)).map_err(json_err)?;
+        out.push(ImagePart {
+            volume,
+            point,
+            index: out.len() as u32,
+            inodes: b"[]".to_vec(),
+            finish: Some(finish),
+        });
+        Ok(out)
+    }
+}
+
+/// Installs one piece of the image of a volume this region is being brought into. A
+/// piece of another image than the one being installed (the serving region's leader
+/// changed and built a new one) starts over: what the earlier one installed goes first.
+/// Returns the records of the last piece, to merge (`apply` does).
+pub(crate) fn install(
+    t: &mut WriteTables<'_>,
+    part: &ImagePart,
+) -> Result<Option<Vec<Record>>, NsError> {
+    let Some(mut b) = get(&t.region_state, part.volume)? else {
+        return Err(NsError::Invalid(format!(
+            "an image of volume {} that this region is not being brought into",
+            part.volume
+        )));
+    };
+    let same = b.point == Some(part.point);
+    if b.installed || (same && part.index < b.parts) {
+        // A piece proposed again (its first proposal's answer was lost): done already.
+        return Ok(None);
+    }
+    if part.index != if same { b.parts } else { 0 } {
+        return Err(NsError::Invalid(format!(
+            "piece {} of the image of volume {} out of order",
+            part.index, part.volume
+        )));
+    }
+    // Not a record: nothing of this is undone by a rewind. The records in the merged log
+    // that may still be undone get their block counts rebased below.
+    // Captured only to be put back if the piece does not fit: a refusal changes nothing.
+    let saved = t.undo.replace(Vec::new());
+    let result = install_rows(t, &mut b, part);
+    let images = t.undo.take().unwrap_or_default();
+    t.undo = saved;
+    let (added, records) = match result {
+        Err(e @ NsError::Store(_)) => return Err(e),
+        Err(e) => {
+            t.restore(&images)?;
+            return Err(e);
+        }
+        Ok(r) => r,
+    };
+    rebase_refs(t, &added)?;
+    put(t, &b)?;
+    Ok(records)
+}
+
+/// Block reference counts changed outside any record, by block.
+type RefDelta = BTreeMap<Vec<u8>, i64>;
+
+fn install_rows(
+    t: &mut WriteTables<'_>,
+    b: &mut Backfill,
+    part: &ImagePart,
+) -> Result<(RefDelta, Option<Vec<Record>>), NsError> {
+    let mut added: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+    if b.point != Some(part.point) {
+        if b.point.is_some() {
+            wipe(t, part.volume, &mut added)?;
+        }
+        b.point = Some(part.point);
+        b.inodes = 0;
+        b.parts = 0;
+    }
+    b.parts += 1;
+    let inodes: Vec<InodeRows> = serde_json::from_slice(&part.inodes).map_err(json_err)?;
+    for rows in &inodes {
+        put_rows(t, rows, part.volume, &mut added)?;
+        b.inodes += 1;
+    }
+    let Some(finish) = &part.finish else {
+        return Ok((added, None));
+    };
+    let (vol, tombs, records): (Volume, Vec<(Tomb, InodeRows)>, Vec<Record>) =
+        serde_json::from_slice(finish).map_err(json_err)?;
+    if vol.id != part.volume {
+        return Err(NsError::Invalid(format!(
+            "an image of volume {} carries volume {}",
+            part.volume, vol.id
+        )));
+    }
+    for (tomb, rows) in &tombs {
+        if tomb.inode.attr.volume != part.volume || tomb.inode.attr.ino != rows.ino {
+            return Err(NsError::Invalid(
+                "an image's tombstone of another volume".into(),
+            ));
+        }
+        t.put_tomb(tomb)?;
+        put_rows(t, rows, part.volume, &mut added)?;
+    }
+    if super::tables::read_volume(t.volumes(), &vol.name)?.is_some() {
+        return Err(NsError::Exists(format!(
+            "a volume named {:?} exists here already",
+            vol.name
+        )));
+    }
+    t.put_volume(&vol)?;
+    b.installed = true;
+    Ok((added, Some(records)))
+}
+
+fn put_rows(
+    t: &mut WriteTables<'_>,
+    rows: &InodeRows,
+    volume: u32,
+    added: &mut BTreeMap<Vec<u8>, i64>,
+) -> Result<(), NsError> {
+    if let Some(inode) = &rows.inode {
+        if inode.attr.volume != volume || inode.attr.ino != rows.ino {
+            return Err(NsError::Invalid(format!(
+                "an image of volume {volume} carries inode {} of volume {}",
+                inode.attr.ino, inode.attr.volume
+            )));
+        }
+        t.put_inode(inode)?;
+    }
+    let of = rows.ino.0.to_be_bytes();
+    if rows
+        .dirents
+        .iter()
+        .chain(&rows.xattrs)
+        .any(|(k, _)| k.get(..8) != Some(of.as_slice()))
+    {
+        return Err(NsError::Invalid(format!(
+            "an image's rows of inode {} name another inode",
+            rows.ino
+        )));
+    }
+    for (k, v) in &rows.dirents {
+        super::tables::decode_dirent(k, v)?;
+        t.write(Tab::Dirents, k, Some(v))?;
+    }
+    for (k, v) in &rows.xattrs {
+        t.write(Tab::Xattrs, k, Some(v))?;
+    }
+    for e in &rows.extents {
+        t.insert_extent(rows.ino, e)?;
+        *added.entry(e.block.as_bytes().to_vec()).or_default() += 1;
+    }
+    Ok(())
+}
+
+/// Removes every row of `volume` that an earlier, unfinished install left.
+fn wipe(
+    t: &mut WriteTables<'_>,
+    volume: u32,
+    added: &mut BTreeMap<Vec<u8>, i64>,
+) -> Result<(), NsError> {
+    let mut mine = Vec::new();
+    for item in t.inodes().iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
+        if inode.attr.volume == volume {
+            mine.push(InodeId(k.value()));
+        }
+    }
+    for item in t.tombs().iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
+        if tomb.inode.attr.volume == volume {
+            mine.push(InodeId(k.value()));
+        }
+    }
+    for ino in mine {
+        forget_inode(t, ino, added)?;
+    }
+    Ok(())
+}
+
+/// Removes an inode and every row keyed by it, outside any record.
+pub(crate) fn forget_inode(
+    t: &mut WriteTables<'_>,
+    ino: InodeId,
+    added: &mut BTreeMap<Vec<u8>, i64>,
+) -> Result<(), NsError> {
+    for e in read_extents(t.extents(), ino, 0, u64::MAX)? {
+        t.remove_extent(ino, &e)?;
+        *added.entry(e.block.as_bytes().to_vec()).or_default() -= 1;
+    }
+    let (lo, hi) = (dirent_key(ino, b""), dirent_end(ino));
+    let mut keys = Vec::new();
+    for item in t
+        .dirents()
+        .range(lo.as_slice()..hi.as_slice())
+        .map_err(store_err)?
+    {
+        keys.push(item.map_err(store_err)?.0.value().to_vec());
+    }
+    for k in keys {
+        t.write(Tab::Dirents, &k, None)?;
+    }
+    t.del_xattrs(ino)?;
+    t.del_inode(ino)?;
+    if t.tomb(ino)?.is_some() {
+        t.del_tomb(ino)?;
+    }
+    Ok(())
+}
+
+/// Carries block counts changed outside any record into the undo images of the records
+/// still in the merged log, so undoing one of them later keeps the change (counts add).
+pub(crate) fn rebase_refs(
+    t: &mut WriteTables<'_>,
+    delta: &BTreeMap<Vec<u8>, i64>,
+) -> Result<(), NsError> {
+    if delta.values().all(|d| *d == 0) {
+        return Ok(());
+    }
+    let mut changed = Vec::new();
+    for item in t.undo_log.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let mut images: Vec<super::tables::Before> =
+            serde_json::from_slice(v.value()).map_err(json_err)?;
+        let mut touched = false;
+        for super::tables::Before(tab, key, val) in &mut images {
+            if *tab != Tab::Refs {
+                continue;
+            }
+            let Some(d) = delta.get(key.as_slice()).filter(|d| **d != 0) else {
+                continue;
+            };
+            let count = match val {
+                Some(bytes) => bytes
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| NsError::Store("damaged undo image".into()))?,
+                None => 0,
+            };
+            let now = (count as i64 + d).max(0) as u64;
+            *val = (now > 0).then(|| now.to_be_bytes().to_vec());
+            touched = true;
+        }
+        if touched {
+            changed.push((k.value().to_vec(), images));
+        }
+    }
+    for (key, images) in changed {
+        let bytes = serde_json::to_vec(&images).map_err(json_err)?;
+        t.undo_log
+            .insert(key.as_slice(), bytes.as_slice())
+            .map_err(store_err)?;
+    }
+    Ok(())
+}
+
+/// A volume leaving this region (removed from its regions): its copy here is dropped in
+/// bounded steps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leaving {
+    /// The volume's id.
+    pub volume: u32,
+    /// Its name.
+    pub name: String,
+    /// The stamp of the change that removed this region.
+    pub since: Hlc,
+    /// Inodes dropped so far.
+    pub inodes: u64,
+    /// Everything of it is gone.
+    pub done: bool,
+}
+
+fn leave_key(volume: u32) -> String {
+    format!("leave/{volume}")
+}
+
+/// The leaving of `volume`, if it left this region.
+pub fn leaving(t: &impl StateTable, volume: u32) -> Result<Option<Leaving>, NsError> {
+    match merge::state(t, &leave_key(volume))? {
+        Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(json_err)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every volume that left or is leaving this region.
+pub fn all_leaving(t: &impl StateTable) -> Result<Vec<Leaving>, NsError> {
+    let mut out = Vec::new();
+    for item in t.range("leave/".."leave0").map_err(store_err)? {
+        let (_, v) = item.map_err(store_err)?;
+        out.push(serde_json::from_slice(v.value()).map_err(json_err)?);
+    }
+    Ok(out)
+}
+
+fn put_leaving(t: &mut WriteTables<'_>, l: &Leaving) -> Result<(), NsError> {
+    let bytes = serde_json::to_vec(l).map_err(json_err)?;
+    t.region_state
+        .insert(leave_key(l.volume).as_str(), bytes.as_slice())
+        .map_err(store_err)?;
+    Ok(())
+}
+
+/// After `record` applied: if it removed `own` from a volume held here, the volume starts
+/// leaving.
+pub(crate) fn note_removal(
+    t: &mut WriteTables<'_>,
+    own: RegionId,
+    record: &Record,
+) -> Result<(), NsError> {
+    let Op::SetVolumeRegions { name, regions } = &record.op else {
+        return Ok(());
+    };
+    if regions.contains(&own) || leaving(&t.region_state, record.volume)?.is_some() {
+        return Ok(());
+    }
+    if find_volume(t, record.volume)?.is_none() {
+        return Ok(());
+    }
+    put_leaving(
+        t,
+        &Leaving {
+            volume: record.volume,
+            name: name.clone(),
+            since: record.hlc,
+            inodes: 0,
+            done: false,
+        },
+    )
+}
+
+/// Most inodes one step of a leaving drops.
+pub const LEAVE_STEP: usize = 2000;
+
+/// One step of dropping a volume that left this region: up to [`LEAVE_STEP`] of its
+/// inodes (with every row keyed by them), and with the last its row. Outside any record;
+/// the records still in the merged log get their images rebased, so undoing one of them
+/// later brings nothing of the volume back. Returns whether it is all gone.
+pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError> {
+    let Some(mut l) = leaving(&t.region_state, volume)? else {
+        return Err(NsError::NotFound(format!("volume {volume} is not leaving")));
+    };
+    if l.done {
+        return Ok(true);
+    }
+    let mut gone = Vec::new();
+    for item in t.inodes().iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
+        if inode.attr.volume == volume {
+            gone.push(InodeId(k.value()));
+            if gone.len() >= LEAVE_STEP {
+                break;
+            }
+        }
+    }
+    if gone.len() < LEAVE_STEP {
+        for item in t.tombs().iter().map_err(store_err)? {
+            let (k, v) = item.map_err(store_err)?;
+            let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
+            if tomb.inode.attr.volume == volume {
+                gone.push(InodeId(k.value()));
+                if gone.len() >= LEAVE_STEP {
+                    break;
+                }
+            }
+        }
+    }
+    let saved = t.undo.take();
+    let mut delta = BTreeMap::new();
+    let mut result = Ok(());
+    for ino in &gone {
+        result = forget_inode(t, *ino, &mut delta);
+        if result.is_err() {
+            break;
+        }
+    }
+    let mut names = Vec::new();
+    if result.is_ok() && gone.is_empty() {
+        for item in t.volumes().iter().map_err(store_err)? {
+            let (k, v) = item.map_err(store_err)?;
+            let vol: Volume = serde_json::from_slice(v.value()).map_err(json_err)?;
+            if vol.id == volume {
+                names.push(k.value().to_string());
+            }
+        }
+        for name in &names {
+            t.del_volume(name)?;
+        }
+    }
+    t.undo = saved;
+    result?;
+    l.inodes += gone.len() as u64;
+    let done = gone.is_empty();
+    rebase_gone(t, &gone.into_iter().collect(), &names, &delta)?;
+    if done {
+        l.done = true;
+        // Added again later, it is brought in again.
+        t.region_state
+            .remove(key(volume).as_str())
+            .map_err(store_err)?;
+    }
+    put_leaving(t, &l)?;
+    Ok(done)
+}
+
+/// Carries rows dropped outside any record into the undo images of the records still in
+/// the merged log: the rows of `gone` inodes and the volume rows `names` read as absent,
+/// block counts lower by `delta`.
+fn rebase_gone(
+    t: &mut WriteTables<'_>,
+    gone: &std::collections::BTreeSet<InodeId>,
+    names: &[String],
+    delta: &BTreeMap<Vec<u8>, i64>,
+) -> Result<(), NsError> {
+    rebase_refs(t, delta)?;
+    if gone.is_empty() && names.is_empty() {
+        return Ok(());
+    }
+    let of_gone = |key: &[u8]| {
+        key.get(..8)
+            .and_then(|b| b.try_into().ok())
+            .is_some_and(|b| gone.contains(&InodeId(u64::from_be_bytes(b))))
+    };
+    let mut changed = Vec::new();
+    for item in t.undo_log.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let mut images: Vec<super::tables::Before> =
+            serde_json::from_slice(v.value()).map_err(json_err)?;
+        let mut touched = false;
+        for super::tables::Before(tab, key, val) in &mut images {
+            let drop = match tab {
+                Tab::Inodes | Tab::Dirents | Tab::Extents | Tab::Xattrs | Tab::Tombs => {
+                    of_gone(key)
+                }
+                Tab::Volumes => names.iter().any(|n| n.as_bytes() == key.as_slice()),
+                _ => false,
+            };
+            if drop && val.is_some() {
+                *val = None;
+                touched = true;
+            }
+        }
+        if touched {
+            changed.push((k.value().to_vec(), images));
+        }
+    }
+    for (key, images) in changed {
+        let bytes = serde_json::to_vec(&images).map_err(json_err)?;
+        t.undo_log
+            .insert(key.as_slice(), bytes.as_slice())
+            .map_err(store_err)?;
+    }
+    Ok(())
+}

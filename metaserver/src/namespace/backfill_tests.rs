@@ -1,0 +1,195 @@
+//! A volume growing into a region and leaving it, through the state machine alone: the
+//! image built where the change was made, installed in pieces, and every region ending
+//! with the same namespace while the others keep writing.
+
+use super::backfill::{self, ImagePart};
+use std::collections::BTreeMap;
+
+use meridian_proto::{Hlc, RegionId};
+
+use super::test_regions::*;
+
+/// Three regions, each a peer of the others; volume "main" in regions 1 and 2 only.
+fn three_with_volume_in_two() -> Vec<Region> {
+    let ids = [RegionId(1), RegionId(2), RegionId(3)];
+    let mut out: Vec<Region> = ids
+        .iter()
+        .map(|id| {
+            let peers: Vec<RegionId> = ids.iter().copied().filter(|p| p != id).collect();
+            Region::new(id.0, &peers)
+        })
+        .collect();
+    out[0]
+        .run(Op::CreateVolume {
+            name: "main".into(),
+            policy: VolumePolicy {
+                regions: vec![RegionId(1), RegionId(2)],
+                ..VolumePolicy::default()
+            },
+        })
+        .unwrap();
+    rounds(&mut out, 3);
+    out
+}
+
+/// A few exchanges between every pair (held records keep coming, so "until nothing moves"
+/// would not end while an image is on its way).
+fn rounds(regions: &mut [Region], n: usize) {
+    for _ in 0..n {
+        round(regions);
+    }
+}
+
+/// The image region 1 builds for region 3 now, from a transaction it never commits.
+fn image_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<Vec<ImagePart>> {
+    let tx = r1.db.begin_write().unwrap();
+    let image = {
+        let mut t = WriteTables::open(&tx).unwrap();
+        backfill::build_image(&mut t, volume, RegionId(3), since).unwrap()
+    };
+    tx.abort().unwrap();
+    image.map(|i| i.parts().unwrap())
+}
+
+/// The rows of volume "main" in a region: (inodes, dirents, extents) as it holds them.
+fn volume_rows(r: &Region) -> BTreeMap<&'static str, Rows> {
+    let mut dump = namespace_dump(r);
+    dump.remove("conflicts");
+    dump
+}
+
+#[test]
+fn a_region_added_with_concurrent_writers_ends_identical_and_leaves_cleanly() {
+    let mut rs = three_with_volume_in_two();
+    let vol = rs[0].read(|r| r.volume("main")).unwrap();
+    let root = vol.root;
+    // History before the addition: files, a removal, content.
+    let a = attr_of(rs[0].run(mknod(root, "a", FileKind::File)));
+    let (w, _) = write_op(a.ino, 0, b"content of a");
+    rs[0].run(w).unwrap();
+    attr_of(rs[1].run(mknod(root, "b", FileKind::Dir)));
+    attr_of(rs[1].run(mknod(root, "gone", FileKind::File)));
+    rs[1].run(unlink(root, "gone")).unwrap();
+    rounds(&mut rs, 3);
+
+    // Region 1 adds region 3 while region 2, not knowing yet, keeps writing.
+    let Reply::Volume(v) = rs[0]
+        .run(Op::SetVolumeRegions {
+            name: "main".into(),
+            regions: vec![RegionId(1), RegionId(2), RegionId(3)],
+        })
+        .unwrap()
+    else {
+        panic!("a volume back");
+    };
+    assert_eq!(v.policy.regions.len(), 3);
+    let c = attr_of(rs[1].run(mknod(root, "before-knowing", FileKind::File)));
+    let (w, _) = write_op(c.ino, 0, b"written by region 2 before it knew");
+    rs[1].run(w).unwrap();
+    rounds(&mut rs, 3);
+    attr_of(rs[1].run(mknod(root, "after-knowing", FileKind::File)));
+    attr_of(rs[0].run(mknod(root, "from-1-after", FileKind::File)));
+    rounds(&mut rs, 3);
+
+    // Region 3 knows it is being brought in and holds the volume's records back.
+    let b = rs[2].write(|t| backfill::get(&t.region_state, vol.id).unwrap());
+    let b = b.expect("region 3 started its backfill");
+    assert!(!b.installed);
+    assert!(rs[2].read(|r| r.volume("main")).is_err());
+    // A refused piece changes nothing.
+    let bogus = ImagePart {
+        volume: vol.id,
+        point: b.since,
+        index: 5,
+        inodes: b"[]".to_vec(),
+        finish: None,
+    };
+    let own = rs[2].id;
+    assert!(rs[2].write(|t| install_image(t, own, &bogus)).is_err());
+
+    // Region 3 writes nothing meanwhile: its leader promises later stamps (as the
+    // promise loop does), so the others settle past the addition.
+    rs[2].phys += 1000;
+    let phys = rs[2].phys;
+    let stamp = rs[2].clock.now(phys);
+    rs[2].write(|t| merge::promise(t, stamp).unwrap());
+    rounds(&mut rs, 3);
+    let parts = image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition");
+    for part in &parts {
+        rs[2].write(|t| install_image(t, own, part)).unwrap();
+        // Proposed twice (a lost answer): installed once.
+        rs[2].write(|t| install_image(t, own, part)).unwrap();
+    }
+    attr_of(rs[2].run(mknod(root, "from-3", FileKind::File)));
+    attr_of(rs[1].run(mknod(root, "from-2-late", FileKind::File)));
+    rounds(&mut rs, 6);
+    let want = volume_rows(&rs[0]);
+    for r in &rs {
+        assert_eq!(volume_rows(r), want, "region {} differs", r.id.0);
+        check_tree(r);
+        assert_consistent(r);
+    }
+    let names = rs[2].names(root);
+    for n in [
+        "a",
+        "b",
+        "before-knowing",
+        "after-knowing",
+        "from-1-after",
+        "from-3",
+    ] {
+        assert!(names.contains(&n.to_string()), "{n} in {names:?}");
+    }
+
+    // Region 3 leaves: it drops every row of the volume, the others keep it and go on.
+    rs[0]
+        .run(Op::SetVolumeRegions {
+            name: "main".into(),
+            regions: vec![RegionId(1), RegionId(2)],
+        })
+        .unwrap();
+    attr_of(rs[1].run(mknod(root, "after-leave", FileKind::File)));
+    rounds(&mut rs, 3);
+    while !rs[2].write(|t| backfill::leave_step(t, vol.id).unwrap()) {}
+    rounds(&mut rs, 3);
+    let dump = namespace_dump(&rs[2]);
+    for table in [
+        "inodes",
+        "dirents",
+        "extents",
+        "volumes",
+        "block_refs",
+        "tombs",
+    ] {
+        assert!(
+            dump[table].is_empty(),
+            "{table} of region 3: {:?}",
+            dump[table]
+        );
+    }
+    assert_eq!(volume_rows(&rs[0]), volume_rows(&rs[1]));
+    assert!(rs[0].names(root).contains(&"after-leave".to_string()));
+    // Region 3 refuses local changes to a volume it left (it no longer has it).
+    assert!(rs[2].run(mknod(root, "late", FileKind::File)).is_err());
+}
+
+#[test]
+fn an_addition_is_refused_for_regions_that_are_not_peers_and_for_removing_oneself() {
+    let mut rs = three_with_volume_in_two();
+    let set = |regions: Vec<u16>| Op::SetVolumeRegions {
+        name: "main".into(),
+        regions: regions.into_iter().map(RegionId).collect(),
+    };
+    let before = namespace_dump(&rs[0]);
+    assert!(matches!(
+        rs[0].run(set(vec![1, 2, 9])),
+        Err(NsError::Invalid(_))
+    ));
+    assert!(matches!(rs[0].run(set(vec![2])), Err(NsError::Invalid(_))));
+    assert!(matches!(rs[0].run(set(vec![])), Err(NsError::Invalid(_))));
+    assert!(matches!(
+        rs[0].run(set(vec![1, 1])),
+        Err(NsError::Invalid(_))
+    ));
+    assert_eq!(namespace_dump(&rs[0]), before, "a refusal changes nothing");
+}

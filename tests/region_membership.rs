@@ -1,0 +1,210 @@
+//! A volume's set of regions over time: three regions as real processes (one metaserver
+//! and three chunkservers each, metadata links through proxies so every region's address
+//! is known before it starts), a volume that grows into a third region with its data, and
+//! leaves it again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::{MetaCluster, Mount, Proxy, ServerProc, free_addr, start_chunkservers_at, wait_for};
+use meridian_proto::BlockId;
+
+struct Region {
+    meta: MetaCluster,
+    _chunks: Vec<ServerProc>,
+    /// The proxy the other regions reach this one's metaserver through.
+    _front: Proxy,
+}
+
+impl Region {
+    fn addrs(&self) -> String {
+        self.meta.addrs().join(",")
+    }
+
+    fn admin(&self, args: &[&str]) -> Result<String> {
+        common::admin_at(&self.addrs(), args)
+    }
+
+    fn mount(&self, volume: &str, name: &str) -> Result<Mount> {
+        Mount::start(&self.addrs(), volume, &self.meta.dir.path().join(name))
+    }
+}
+
+/// Regions 1..=n, each a peer of every other.
+fn mesh(n: u16) -> Result<Vec<Region>> {
+    let fronts: Vec<String> = (0..n).map(|_| free_addr()).collect::<Result<_>>()?;
+    let mut out = Vec::new();
+    for r in 1..=n {
+        let region = r.to_string();
+        let mut flags = vec!["--region".to_string(), region.clone()];
+        for s in (1..=n).filter(|s| *s != r) {
+            flags.extend([
+                "--peer".to_string(),
+                format!("{s}={}", fronts[s as usize - 1]),
+            ]);
+        }
+        let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let meta = MetaCluster::start(1, &refs)?;
+        let chunks = start_chunkservers_at(&meta, 300, 8 << 30, &flags, &[])?;
+        let addrs = meta.addrs().join(",");
+        wait_for(Duration::from_secs(30), "chunkservers in the map", || {
+            let map = common::cluster_map(&addrs)?;
+            (map.nodes.len() >= 3).then_some(())
+        })?;
+        let front = Proxy::start_forwards(
+            meta.dir.path(),
+            &format!("to-{r}"),
+            &[(fronts[r as usize - 1].clone(), meta.addrs()[0].clone())],
+        )?;
+        out.push(Region {
+            meta,
+            _chunks: chunks,
+            _front: front,
+        });
+    }
+    Ok(out)
+}
+
+/// Every file and folder under `root`: kind, mode, and for a file its size and hash.
+fn listing(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                out.insert(rel, "unreadable".into());
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                out.insert(rel, format!("dir {mode:o}"));
+                stack.push(path);
+            } else if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).unwrap_or_default();
+                out.insert(rel, format!("symlink {}", target.display()));
+            } else {
+                let hash = fs::read(&path)
+                    .map(|b| BlockId::of(&b).to_hex())
+                    .unwrap_or_else(|e| format!("unreadable: {e}"));
+                out.insert(rel, format!("file {mode:o} {} {hash}", meta.len()));
+            }
+        }
+    }
+    out
+}
+
+fn wait_same(a: &Path, b: &Path, what: &str) -> Result<BTreeMap<String, String>> {
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    wait_for(Duration::from_secs(90), what, || {
+        let (la, lb) = (listing(a), listing(b));
+        let same = la == lb && !la.values().any(|v| v.contains("unreadable"));
+        last = (la.clone(), lb);
+        same.then_some(la)
+    })
+    .with_context(|| format!("one: {:#?}\nother: {:#?}", last.0, last.1))
+}
+
+#[test]
+fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Result<()> {
+    let regions = mesh(3)?;
+    let (r1, r2, r3) = (&regions[0], &regions[1], &regions[2]);
+    r1.admin(&["volume-create", "grow", "--regions", "1,2"])?;
+    wait_for(Duration::from_secs(30), "the volume in region 2", || {
+        r2.admin(&["volumes"]).ok()?.contains("grow").then_some(())
+    })?;
+    let m1 = r1.mount("grow", "mnt-1")?;
+    let m2 = r2.mount("grow", "mnt-2")?;
+
+    // Data written in both regions before region 3 joins, a removal among it.
+    let big = common::random_bytes(31, 3 << 20);
+    fs::create_dir_all(m1.path.join("docs/old"))?;
+    fs::write(m1.path.join("docs/old/report"), b"from region 1")?;
+    fs::write(m1.path.join("big"), &big)?;
+    fs::write(m2.path.join("from-2"), b"from region 2")?;
+    std::os::unix::fs::symlink("docs/old/report", m2.path.join("link"))?;
+    fs::write(m1.path.join("gone"), b"removed before region 3 came")?;
+    fs::remove_file(m1.path.join("gone"))?;
+    for i in 0..40 {
+        fs::write(m2.path.join(format!("docs/f{i}")), format!("file {i}"))?;
+    }
+    wait_same(&m1.path, &m2.path, "regions 1 and 2 to agree")?;
+    assert!(
+        !r3.admin(&["volumes"])?.contains("grow"),
+        "region 3 holds nothing of the volume before it is added"
+    );
+
+    // Region 3 joins, while region 2 keeps writing.
+    let writer = {
+        let path = m2.path.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            for i in 0..30 {
+                fs::write(
+                    path.join(format!("during-{i}")),
+                    format!("written during the join {i}"),
+                )?;
+            }
+            Ok(())
+        })
+    };
+    let out = r1.admin(&["volume-add-region", "grow", "3", "--follow", &r3.addrs()])?;
+    assert!(out.contains("namespace is in"), "{out}");
+    writer.join().expect("the writer")?;
+    let volumes = r1.admin(&["volumes"])?;
+    assert!(volumes.contains("1,2,3"), "{volumes}");
+    let status = r3.admin(&["regions"])?;
+    assert!(
+        status.contains("grow") && status.contains("done"),
+        "{status}"
+    );
+
+    // All three trees are the same, content included (region 3 reads the blocks from the
+    // others), and region 3 takes part like the others.
+    let m3 = r3.mount("grow", "mnt-3")?;
+    let tree = wait_same(&m1.path, &m3.path, "regions 1 and 3 to agree")?;
+    wait_same(&m2.path, &m3.path, "regions 2 and 3 to agree")?;
+    assert!(
+        tree.contains_key("during-29") && tree.contains_key("docs/f39"),
+        "{tree:#?}"
+    );
+    assert!(!tree.contains_key("gone"), "{tree:#?}");
+    assert_eq!(fs::read(m3.path.join("big"))?, big);
+    fs::write(m3.path.join("from-3"), b"written in region 3")?;
+    fs::write(m1.path.join("after"), b"written in region 1 after the join")?;
+    wait_same(&m1.path, &m3.path, "region 3's write everywhere")?;
+    wait_same(&m2.path, &m3.path, "region 3's write everywhere")?;
+    assert_eq!(fs::read(m2.path.join("from-3"))?, b"written in region 3");
+
+    // Region 3 leaves: it drops its copy, the others go on.
+    drop(m3);
+    r1.admin(&["volume-remove-region", "grow", "3"])?;
+    wait_for(
+        Duration::from_secs(60),
+        "region 3 to drop the volume",
+        || (!r3.admin(&["volumes"]).ok()?.contains("grow")).then_some(()),
+    )?;
+    fs::write(m2.path.join("after-leave"), b"region 3 is gone")?;
+    wait_same(&m1.path, &m2.path, "regions 1 and 2 after region 3 left")?;
+    let volumes = r2.admin(&["volumes"])?;
+    assert!(
+        volumes.contains("1,2") && !volumes.contains("1,2,3"),
+        "{volumes}"
+    );
+    assert!(
+        Mount::start(&r3.addrs(), "grow", &r3.meta.dir.path().join("mnt-3b")).is_err(),
+        "region 3 no longer serves the volume"
+    );
+    drop(m1);
+    drop(m2);
+    Ok(())
+}
