@@ -16,7 +16,7 @@ use meridian_proto::BlockId;
 
 struct Region {
     meta: MetaCluster,
-    _chunks: Vec<ServerProc>,
+    chunks: Vec<ServerProc>,
     /// The proxy the other regions reach this one's metaserver through.
     _front: Proxy,
 }
@@ -63,7 +63,7 @@ fn mesh(n: u16) -> Result<Vec<Region>> {
         )?;
         out.push(Region {
             meta,
-            _chunks: chunks,
+            chunks,
             _front: front,
         });
     }
@@ -158,7 +158,7 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
         })
     };
     let out = r1.admin(&["volume-add-region", "grow", "3", "--follow", &r3.addrs()])?;
-    assert!(out.contains("namespace is in"), "{out}");
+    assert!(out.contains("every block of it"), "{out}");
     writer.join().expect("the writer")?;
     let volumes = r1.admin(&["volumes"])?;
     assert!(volumes.contains("1,2,3"), "{volumes}");
@@ -166,6 +166,17 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
     assert!(
         status.contains("grow") && status.contains("done"),
         "{status}"
+    );
+    // The blocks came with it, before anything read them there.
+    let hex = BlockId::of(&big).to_hex();
+    let held = r3
+        .chunks
+        .iter()
+        .filter(|c| common::block_files(&c.data.join("blocks")).contains(&hex))
+        .count();
+    assert!(
+        held >= 1,
+        "block {hex} of a file written before the join is in region 3"
     );
 
     // All three trees are the same, content included (region 3 reads the blocks from the

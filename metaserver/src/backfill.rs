@@ -50,6 +50,8 @@ struct Progress {
     data: Vec<u8>,
     total: u64,
     error: String,
+    blocks_total: u64,
+    blocks_done: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,8 +76,10 @@ impl Backfills {
                     volume: b.volume,
                     name: b.name,
                     from: u32::from(b.from.0),
-                    state: if b.installed {
+                    state: if b.installed && b.blocks {
                         "done".into()
+                    } else if b.installed {
+                        "blocks".into()
                     } else if p.state.is_empty() {
                         "waiting".into()
                     } else {
@@ -84,7 +88,13 @@ impl Backfills {
                     bytes_received: p.data.len() as u64,
                     bytes_total: p.total,
                     inodes_installed: b.inodes,
-                    error: if b.installed { String::new() } else { p.error },
+                    error: if b.installed && b.blocks {
+                        String::new()
+                    } else {
+                        p.error
+                    },
+                    blocks_total: p.blocks_total,
+                    blocks_done: p.blocks_done,
                 }
             })
             .collect()
@@ -184,7 +194,7 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
             .and_then(|t| backfill::all(&t).ok())
             .unwrap_or_default()
             .into_iter()
-            .filter(|b| !b.installed)
+            .filter(|b| !b.installed || !b.blocks)
             .collect();
         let leaving: Vec<_> = node
             .db
@@ -229,8 +239,81 @@ fn set_state(node: &MetaNode, volume: u32, state: &'static str) {
         .state = state;
 }
 
-/// Fetches the rest of the image of `b`, then installs it.
+/// Brings in what is left of `b`: the image (fetched, then installed), then the blocks.
 async fn bring(node: &MetaNode, b: &Backfill) -> Result<(), String> {
+    if !b.installed {
+        bring_image(node, b).await?;
+    }
+    bring_blocks(node, b.volume).await
+}
+
+/// Has every block the volume's files reference fetched into this region: each is asked
+/// of the first chunkserver placement names for it, which on a miss fetches it from
+/// another region of the volume (verified) and keeps it; repair makes the other copies.
+/// After a leader change the walk starts over, and finds the blocks fetched already.
+async fn bring_blocks(node: &MetaNode, volume: u32) -> Result<(), String> {
+    use meridian_proto::pb::chunk::GetRequest;
+    use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
+    let blocks = {
+        let tx = node.db.begin_read().map_err(|e| e.to_string())?;
+        backfill::volume_blocks(&tx, volume).map_err(|e| e.to_string())?
+    };
+    {
+        let mut progress = lock(&node.backfills.progress);
+        let p = progress.entry(volume).or_default();
+        p.state = "blocks";
+        p.blocks_total = blocks.len() as u64;
+        p.blocks_done = 0;
+    }
+    for id in &blocks {
+        let map = node.shared.map.borrow().clone();
+        let target = meridian_proto::placement(id, &map, 1)
+            .first()
+            .and_then(|n| map.nodes.iter().find(|x| x.id == *n))
+            .map(|n| n.address.clone())
+            .ok_or("no chunkserver to fetch blocks into")?;
+        let ch = node
+            .pool
+            .get(&target)
+            .map_err(|e| format!("{target}: {e}"))?;
+        let mut stream = ChunkServiceClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .get(GetRequest {
+                block_id: id.as_bytes().to_vec().into(),
+                offset: 0,
+                length: 1,
+                volume,
+                fetch_remote: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| format!("block {id} from {target}: {}", s.message()))?
+            .into_inner();
+        while stream
+            .message()
+            .await
+            .map_err(|s| format!("block {id} from {target}: {}", s.message()))?
+            .is_some()
+        {}
+        lock(&node.backfills.progress)
+            .entry(volume)
+            .or_default()
+            .blocks_done += 1;
+    }
+    node.propose_internal(RaftRequest::BlocksBroughtIn(volume))
+        .await
+        .map_err(|e| e.to_string())?;
+    set_state(node, volume, "done");
+    info!(
+        volume,
+        blocks = blocks.len(),
+        "every block of a volume brought into this region"
+    );
+    Ok(())
+}
+
+/// Fetches the rest of the image of `b`, then installs it.
+async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     let peer = node
         .peers
         .iter()
@@ -331,7 +414,6 @@ async fn bring(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             _ => return Err("unexpected answer to an install".into()),
         }
     }
-    set_state(node, b.volume, "done");
-    info!(volume = b.volume, %name, inodes, from = b.from.0, "volume brought into this region");
+    info!(volume = b.volume, %name, inodes, from = b.from.0, "volume's namespace brought into this region");
     Ok(())
 }

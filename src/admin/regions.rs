@@ -52,6 +52,7 @@ pub async fn show(meta: Vec<String>, json: bool) -> Result<()> {
                     "volume": b.volume, "name": b.name, "from": b.from, "state": b.state,
                     "bytes_received": b.bytes_received, "bytes_total": b.bytes_total,
                     "inodes_installed": b.inodes_installed, "error": b.error,
+                    "blocks_total": b.blocks_total, "blocks_done": b.blocks_done,
                 })).collect::<Vec<_>>(),
                 }))?
             );
@@ -153,13 +154,15 @@ pub(super) fn print_backfills(rows: &[meridian_proto::pb::meta::Backfill]) {
     println!("volumes brought into this region:");
     for b in rows {
         println!(
-            "  {:<20} from region {:<3} {:<10} {} of {} received, {} inodes installed{}",
+            "  {:<20} from region {:<3} {:<10} {} of {} received, {} inodes installed, {} of {} blocks{}",
             b.name,
             b.from,
             b.state,
             human(b.bytes_received),
             human(b.bytes_total),
             b.inodes_installed,
+            b.blocks_done,
+            b.blocks_total,
             if b.error.is_empty() {
                 String::new()
             } else {

@@ -149,12 +149,12 @@ pub async fn set_regions(
         }
         return Ok(());
     }
-    follow_backfill(&follow, vol.id).await
+    follow_backfill(&follow, vol.id, region).await
 }
 
 /// Shows the backfill of volume `id` in the region whose metaservers are `meta` until it
 /// is done.
-async fn follow_backfill(meta: &[String], id: u32) -> Result<()> {
+async fn follow_backfill(meta: &[String], id: u32, region: u16) -> Result<()> {
     let mut last = String::new();
     loop {
         let mut row = None;
@@ -175,11 +175,13 @@ async fn follow_backfill(meta: &[String], id: u32) -> Result<()> {
             None => "the region does not answer".to_string(),
             Some(None) => "waiting for the region to learn of the change".to_string(),
             Some(Some(b)) => format!(
-                "{}: {} of {} received, {} inodes installed{}",
+                "{}: {} of {} received, {} inodes installed, {} of {} blocks{}",
                 b.state,
                 human(b.bytes_received),
                 human(b.bytes_total),
                 b.inodes_installed,
+                b.blocks_done,
+                b.blocks_total,
                 if b.error.is_empty() {
                     String::new()
                 } else {
@@ -192,9 +194,7 @@ async fn follow_backfill(meta: &[String], id: u32) -> Result<()> {
             last = line;
         }
         if matches!(&row, Some(Some(b)) if b.state == "done") {
-            println!(
-                "the volume's namespace is in; its blocks follow as they are read there or shipped"
-            );
+            println!("the volume and every block of it are in region {}", region);
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

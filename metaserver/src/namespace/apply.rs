@@ -392,16 +392,37 @@ fn merge_fresh(
     fresh: Vec<Record>,
     outcome: &mut MergeOutcome,
 ) -> Result<(), NsError> {
-    if let Some(low) = fresh.iter().map(|r| r.hlc).min() {
-        let redo = merge::rewind(t, low)?;
-        outcome.redone += redo.len() as u64;
-        outcome.applied += fresh.len() as u64;
-        let mut all = redo;
-        all.extend(fresh);
-        all.sort_by_key(|r| r.hlc);
-        for record in &all {
-            replay(t, own, record)?;
-        }
+    let Some(low) = fresh.iter().map(|r| r.hlc).min() else {
+        return Ok(());
+    };
+    let n = fresh.len();
+    outcome.applied += n as u64;
+    // Only the newer records that do not commute with these are undone and redone.
+    let (redo, kept) = merge::rewind_meeting(t, &fresh)?;
+    let mut all = redo;
+    all.extend(fresh);
+    all.sort_by_key(|r| r.hlc);
+    for record in &all {
+        replay(t, own, record)?;
+    }
+    outcome.redone += (all.len() - n) as u64;
+    if kept.is_empty() || merge::kept_still_commute(t, &all, &kept)? {
+        return Ok(());
+    }
+    // A replay wrote where a record left applied had written: that one must come after
+    // it after all. The replays go back first (in the reverse of the order they were
+    // made: their images were taken over the records left applied), then everything from
+    // the oldest late record on, and all of it is redone in order.
+    let mut back = all;
+    for r in back.iter().rev() {
+        merge::unapply(t, r.hlc)?;
+    }
+    let mut all = merge::rewind(t, low)?;
+    all.append(&mut back);
+    all.sort_by_key(|r| r.hlc);
+    outcome.redone += all.len() as u64;
+    for record in &all {
+        replay(t, own, record)?;
     }
     Ok(())
 }

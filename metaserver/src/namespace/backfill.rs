@@ -53,6 +53,9 @@ pub struct Backfill {
     /// The volume row is in: the volume is here.
     #[serde(default)]
     pub installed: bool,
+    /// Every block its files referenced at the install was fetched into this region.
+    #[serde(default)]
+    pub blocks: bool,
 }
 
 fn key(volume: u32) -> String {
@@ -87,6 +90,37 @@ fn put(t: &mut WriteTables<'_>, b: &Backfill) -> Result<(), NsError> {
         .insert(key(b.volume).as_str(), bytes.as_slice())
         .map_err(store_err)?;
     Ok(())
+}
+
+/// Notes that every block of the volume's image is in this region.
+pub fn blocks_done(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
+    if let Some(mut b) = get(&t.region_state, volume)?
+        && b.installed
+    {
+        b.blocks = true;
+        put(t, &b)?;
+    }
+    Ok(())
+}
+
+/// The distinct blocks the files of `volume` reference, in this region's state.
+pub fn volume_blocks(
+    tx: &redb::ReadTransaction,
+    volume: u32,
+) -> Result<Vec<meridian_proto::BlockId>, NsError> {
+    let inodes = tx.open_table(super::tables::INODES).map_err(store_err)?;
+    let extents = tx.open_table(super::tables::EXTENTS).map_err(store_err)?;
+    let mut out = std::collections::BTreeSet::new();
+    for item in inodes.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
+        if inode.attr.volume == volume && inode.attr.kind == FileKind::File {
+            for e in read_extents(&extents, InodeId(k.value()), 0, u64::MAX)? {
+                out.insert(e.block);
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
 /// What this region does with a record of `volume` stamped `hlc` now.
@@ -149,6 +183,7 @@ pub(crate) fn start(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsEr
             inodes: 0,
             parts: 0,
             installed: false,
+            blocks: false,
         },
     )
 }

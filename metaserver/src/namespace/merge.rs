@@ -217,6 +217,207 @@ pub(crate) fn rewind(t: &mut WriteTables<'_>, low: Hlc) -> Result<Vec<Record>, N
     Ok(out)
 }
 
+/// What a record may read or write, for deciding which records commute: the inodes it
+/// names or whose rows it wrote (a directory's entries count as the directory), whether
+/// it moves something between directories (which reads ancestry: every such move meets
+/// every other), and whether it touches something shared by everything (a volume's row
+/// beyond its usage, or a count written whole by an older version).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Footprint {
+    all: bool,
+    tree: bool,
+    inodes: BTreeSet<u64>,
+}
+
+impl Footprint {
+    /// Whether two records touching these may not be reordered.
+    pub(crate) fn meets(&self, other: &Footprint) -> bool {
+        self.all
+            || other.all
+            || (self.tree && other.tree)
+            || !self.inodes.is_disjoint(&other.inodes)
+    }
+
+    fn add(&mut self, other: &Footprint) {
+        self.all |= other.all;
+        self.tree |= other.tree;
+        self.inodes.extend(other.inodes.iter().copied());
+    }
+
+    /// What the operation and what it did at its origin name.
+    pub(crate) fn of_record(record: &Record) -> Footprint {
+        let mut f = Footprint::default();
+        let mut name = |i: &InodeId| {
+            f.inodes.insert(i.0);
+        };
+        match &record.op {
+            Op::CreateVolume { .. }
+            | Op::DeleteVolume { .. }
+            | Op::CloneVolume { .. }
+            | Op::SetVolumeQuota { .. }
+            | Op::SetVolumeRegions { .. } => {
+                return Footprint {
+                    all: true,
+                    ..Footprint::default()
+                };
+            }
+            Op::Mknod { parent, .. }
+            | Op::Symlink { parent, .. }
+            | Op::Unlink { parent, .. }
+            | Op::Rmdir { parent, .. } => name(parent),
+            Op::Rename {
+                parent, new_parent, ..
+            } => {
+                name(parent);
+                name(new_parent);
+            }
+            Op::Link {
+                ino, new_parent, ..
+            } => {
+                name(ino);
+                name(new_parent);
+            }
+            Op::SetAttr { ino, .. }
+            | Op::SetXattr { ino, .. }
+            | Op::RemoveXattr { ino, .. }
+            | Op::CommitExtents { ino, .. }
+            | Op::PunchHole { ino, .. }
+            | Op::Accessed { ino }
+            | Op::Compact { ino, .. } => name(ino),
+            Op::CopyRange { src, dst, .. } => {
+                name(src);
+                name(dst);
+            }
+            Op::AccessedBatch { inos } => inos.iter().for_each(&mut name),
+        }
+        let fx = &record.effects;
+        for i in [fx.created, fx.target, fx.replaced].into_iter().flatten() {
+            name(&i);
+        }
+        if let Op::Rename {
+            parent, new_parent, ..
+        } = &record.op
+            && parent != new_parent
+        {
+            f.tree = true;
+        }
+        f
+    }
+
+    /// Adds what a record's undo images say it wrote.
+    fn add_images(&mut self, images: &[Before]) {
+        for Before(tab, key, _) in images {
+            match tab {
+                Tab::Inodes | Tab::Dirents | Tab::Extents | Tab::Xattrs | Tab::Tombs => {
+                    if let Some(b) = key.get(..8).and_then(|b| b.try_into().ok()) {
+                        self.inodes.insert(u64::from_be_bytes(b));
+                    }
+                }
+                // Written whole: undoing it would take back what others changed since.
+                Tab::Volumes | Tab::Refs => self.all = true,
+                Tab::RefsBy | Tab::UsageBy | Tab::Conflicts | Tab::Unref => {}
+            }
+        }
+    }
+}
+
+/// A record kept applied while late ones were merged before it, and what it touches.
+pub(crate) struct Kept {
+    hlc: Hlc,
+    footprint: Footprint,
+}
+
+/// Takes out of the merged log, newest first, the records stamped at or after the oldest
+/// of `fresh` that do not commute with them (or with each other's taken ones), restoring
+/// what each overwrote; returns them oldest first, and the records left applied. Records
+/// that touch nothing `fresh` touches stay where they are: merging late records costs in
+/// proportion to what they meet, not to everything written since. Whether the replay
+/// touched only what was foreseen is checked after it (see [`kept_still_commute`]).
+pub(crate) fn rewind_meeting(
+    t: &mut WriteTables<'_>,
+    fresh: &[Record],
+) -> Result<(Vec<Record>, Vec<Kept>), NsError> {
+    let Some(low) = fresh.iter().map(|r| r.hlc).min() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let mut touched = Footprint::default();
+    for r in fresh {
+        touched.add(&Footprint::of_record(r));
+    }
+    let from = low.to_key();
+    let mut newer = Vec::new();
+    for item in t.oplog.range(from.as_slice()..).map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        newer.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    let mut take = Vec::new();
+    let mut kept = Vec::new();
+    for (key, bytes) in newer {
+        let record: Record = serde_json::from_slice(&bytes).map_err(json_err)?;
+        let mut footprint = Footprint::of_record(&record);
+        footprint.add_images(&undo_images(t, &key)?);
+        if footprint.meets(&touched) {
+            touched.add(&footprint);
+            take.push((key, record));
+        } else {
+            kept.push(Kept {
+                hlc: record.hlc,
+                footprint,
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(take.len());
+    for (key, record) in take.into_iter().rev() {
+        let images = undo_images(t, &key)?;
+        t.restore(&images)?;
+        t.undo_log.remove(key.as_slice()).map_err(store_err)?;
+        t.oplog.remove(key.as_slice()).map_err(store_err)?;
+        out.push(record);
+    }
+    out.reverse();
+    // The head is the newest record left (records moving forward again as they apply).
+    let last = t
+        .oplog
+        .last()
+        .map_err(store_err)?
+        .map(|(k, _)| k.value().to_vec());
+    match last {
+        Some(k) => set_state(t, HEAD, &k)?,
+        None => {
+            t.region_state.remove(HEAD).map_err(store_err)?;
+        }
+    }
+    Ok((out, kept))
+}
+
+/// Takes the record stamped `hlc` out of the merged log, restoring what it overwrote.
+pub(crate) fn unapply(t: &mut WriteTables<'_>, hlc: Hlc) -> Result<(), NsError> {
+    let key = hlc.to_key();
+    let images = undo_images(t, &key)?;
+    t.restore(&images)?;
+    t.undo_log.remove(key.as_slice()).map_err(store_err)?;
+    t.oplog.remove(key.as_slice()).map_err(store_err)?;
+    Ok(())
+}
+
+/// After `replayed` applied again: whether every record left applied still commutes with
+/// each of them that is older than it, judged by what the replay actually wrote (a
+/// conflict copy, say, writes into a directory the record did not name).
+pub(crate) fn kept_still_commute(
+    t: &WriteTables<'_>,
+    replayed: &[Record],
+    kept: &[Kept],
+) -> Result<bool, NsError> {
+    for r in replayed {
+        let mut f = Footprint::of_record(r);
+        f.add_images(&undo_images(t, &r.hlc.to_key())?);
+        if kept.iter().any(|k| k.hlc > r.hlc && k.footprint.meets(&f)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn undo_images(t: &WriteTables<'_>, key: &[u8]) -> Result<Vec<Before>, NsError> {
     match t.undo_log.get(key).map_err(store_err)? {
         Some(v) => serde_json::from_slice(v.value()).map_err(json_err),

@@ -13,6 +13,12 @@ fn u64_of(b: &[u8]) -> Result<u64, NsError> {
         .map_err(|_| NsError::Store("damaged 8-byte key or value".into()))
 }
 
+fn i64_of(b: Option<&[u8]>) -> Result<i64, NsError> {
+    b.and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes)
+        .ok_or_else(|| NsError::Store("damaged amount".into()))
+}
+
 /// inode number -> Inode (JSON).
 pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 /// parent (8 bytes BE) ++ name -> child (8 bytes BE) ++ kind (1 byte).
@@ -89,6 +95,13 @@ pub enum Tab {
     Unref,
     Tombs,
     Conflicts,
+    /// Not a table: a block's count (key: the block) changed by the value (i64, big
+    /// endian). Undone by taking it back off whatever the count is by then, so records
+    /// that are not undone keep what they added (counts commute).
+    RefsBy,
+    /// Not a table: a volume's usage (key: its name) changed by the value (bytes and
+    /// inodes, two i64, big endian); undone the same way.
+    UsageBy,
 }
 
 /// A key's value before a write: restoring these in reverse undoes a record.
@@ -439,6 +452,9 @@ impl<'txn> WriteTables<'txn> {
             }
             Tab::Refs => num(self.block_refs.get(key).map_err(store_err)?),
             Tab::Unref => num(self.unreferenced.get(key).map_err(store_err)?),
+            Tab::RefsBy | Tab::UsageBy => {
+                return Err(NsError::Store(format!("{tab:?} is not a table")));
+            }
         })
     }
 
@@ -497,6 +513,31 @@ impl<'txn> WriteTables<'txn> {
             }
             Tab::Refs => num(&mut self.block_refs, key, val),
             Tab::Unref => num(&mut self.unreferenced, key, val),
+            Tab::RefsBy => {
+                let by = i64_of(val)?;
+                let n = (self.refcount(key)? as i64).saturating_add(by).max(0) as u64;
+                let v = (n > 0).then(|| n.to_be_bytes());
+                num(&mut self.block_refs, key, v.as_ref().map(|v| v.as_slice()))
+            }
+            Tab::UsageBy => {
+                let name = std::str::from_utf8(key)
+                    .map_err(|_| NsError::Store("damaged volume key".into()))?;
+                let (bytes_by, inodes_by) = match val {
+                    Some(v) if v.len() == 16 => (i64_of(Some(&v[..8]))?, i64_of(Some(&v[8..]))?),
+                    _ => return Err(NsError::Store("damaged usage change".into())),
+                };
+                let Some(mut vol) = read_volume(&self.volumes, name)? else {
+                    return Ok(()); // the volume went meanwhile (dropped from this region)
+                };
+                let add = |x: u64, by: i64| (x as i64).saturating_add(by).max(0) as u64;
+                vol.used_bytes = add(vol.used_bytes, bytes_by);
+                vol.used_inodes = add(vol.used_inodes, inodes_by);
+                let bytes = serde_json::to_vec(&vol).map_err(json_err)?;
+                self.volumes
+                    .insert(name, bytes.as_slice())
+                    .map(drop)
+                    .map_err(store_err)
+            }
         }
     }
 
@@ -517,10 +558,29 @@ impl<'txn> WriteTables<'txn> {
         self.raw_put(tab, key, val)
     }
 
-    /// Puts back what `images` say was there, newest first.
+    /// Puts back what `images` say was there, newest first (a change by an amount is
+    /// taken back off).
     pub(crate) fn restore(&mut self, images: &[Before]) -> Result<(), NsError> {
         for Before(tab, key, val) in images.iter().rev() {
-            self.raw_put(*tab, key, val.as_deref())?;
+            match tab {
+                Tab::RefsBy => {
+                    let back = i64_of(val.as_deref())?.saturating_neg();
+                    self.raw_put(Tab::RefsBy, key, Some(&back.to_be_bytes()))?;
+                }
+                Tab::UsageBy => {
+                    let v = val
+                        .as_deref()
+                        .filter(|v| v.len() == 16)
+                        .ok_or_else(|| NsError::Store("damaged usage change".into()))?;
+                    let mut back = i64_of(Some(&v[..8]))?
+                        .saturating_neg()
+                        .to_be_bytes()
+                        .to_vec();
+                    back.extend_from_slice(&i64_of(Some(&v[8..]))?.saturating_neg().to_be_bytes());
+                    self.raw_put(Tab::UsageBy, key, Some(&back))?;
+                }
+                _ => self.raw_put(*tab, key, val.as_deref())?,
+            }
         }
         Ok(())
     }
@@ -618,8 +678,35 @@ impl<'txn> WriteTables<'txn> {
         self.write(Tab::Inodes, &inode.attr.ino.0.to_be_bytes(), Some(&bytes))
     }
 
+    /// Writes a volume's row. A change of its usage alone is remembered as an amount, so
+    /// undoing it keeps what other records added meanwhile.
     pub(crate) fn put_volume(&mut self, v: &Volume) -> Result<(), NsError> {
         let bytes = serde_json::to_vec(v).map_err(json_err)?;
+        if self.undo.is_some()
+            && let Some(old) = read_volume(&self.volumes, &v.name)?
+        {
+            let mut same = old.clone();
+            same.used_bytes = v.used_bytes;
+            same.used_inodes = v.used_inodes;
+            if same == *v {
+                let mut by = (v.used_bytes as i64)
+                    .wrapping_sub(old.used_bytes as i64)
+                    .to_be_bytes()
+                    .to_vec();
+                by.extend_from_slice(
+                    &(v.used_inodes as i64)
+                        .wrapping_sub(old.used_inodes as i64)
+                        .to_be_bytes(),
+                );
+                self.volumes
+                    .insert(v.name.as_str(), bytes.as_slice())
+                    .map_err(store_err)?;
+                if let Some(u) = self.undo.as_mut() {
+                    u.push(Before(Tab::UsageBy, v.name.as_bytes().to_vec(), Some(by)));
+                }
+                return Ok(());
+            }
+        }
         self.write(Tab::Volumes, v.name.as_bytes(), Some(&bytes))
     }
 
@@ -659,11 +746,28 @@ impl<'txn> WriteTables<'txn> {
             .unwrap_or(0))
     }
 
+    /// Changes `block`'s count by `by`, remembered as the amount (see [`Tab::RefsBy`]).
+    fn add_refs(&mut self, key: &[u8], by: i64) -> Result<(), NsError> {
+        let n = self.refcount(key)?;
+        let new = (n as i64).saturating_add(by).max(0) as u64;
+        let v = (new > 0).then(|| new.to_be_bytes());
+        self.raw_put(Tab::Refs, key, v.as_ref().map(|v| v.as_slice()))?;
+        if let Some(u) = self.undo.as_mut() {
+            let changed = (new as i64).wrapping_sub(n as i64);
+            u.push(Before(
+                Tab::RefsBy,
+                key.to_vec(),
+                Some(changed.to_be_bytes().to_vec()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Adds one reference to `block`.
     pub(crate) fn incref(&mut self, block: &BlockId) -> Result<(), NsError> {
         let key = block.as_bytes().as_slice();
         let n = self.refcount(key)?;
-        self.write(Tab::Refs, key, Some(&(n + 1).to_be_bytes()))?;
+        self.add_refs(key, 1)?;
         if n == 0 && self.unreferenced.get(key).map_err(store_err)?.is_some() {
             // A mark left by an older version: it goes once the block is used again.
             self.write(Tab::Unref, key, None)?;
@@ -674,14 +778,7 @@ impl<'txn> WriteTables<'txn> {
     /// Drops one reference to `block`. At zero its count row goes, which is all GC needs to
     /// know: chunkservers ask for the counts of the blocks they hold (ADR 0004).
     pub(crate) fn decref(&mut self, block: &BlockId) -> Result<(), NsError> {
-        let key = block.as_bytes().as_slice();
-        let n = self.refcount(key)?;
-        if n <= 1 {
-            self.write(Tab::Refs, key, None)?;
-        } else {
-            self.write(Tab::Refs, key, Some(&(n - 1).to_be_bytes()))?;
-        }
-        Ok(())
+        self.add_refs(block.as_bytes().as_slice(), -1)
     }
 
     pub(crate) fn insert_extent(&mut self, ino: InodeId, e: &Extent) -> Result<(), NsError> {

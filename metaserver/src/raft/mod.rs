@@ -54,6 +54,8 @@ pub enum Request {
     InstallImage(crate::namespace::backfill::ImagePart),
     /// One step of dropping a volume that left this region.
     LeaveStep(u32),
+    /// Every block of a volume brought into this region is here.
+    BlocksBroughtIn(u32),
 }
 
 impl fmt::Display for Request {
@@ -69,6 +71,7 @@ impl fmt::Display for Request {
             Request::PeerNote(n) => write!(f, "peer-note:{}", n.region.0),
             Request::InstallImage(p) => write!(f, "install-image:{}", p.volume),
             Request::LeaveStep(v) => write!(f, "leave-step:{v}"),
+            Request::BlocksBroughtIn(v) => write!(f, "blocks-brought-in:{v}"),
         }
     }
 }

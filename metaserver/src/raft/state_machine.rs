@@ -228,6 +228,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             ..Default::default()
                         }))
                     }
+                    EntryPayload::Normal(Request::BlocksBroughtIn(volume)) => {
+                        namespace::backfill::blocks_done(&mut ns, *volume)
+                            .map_err(io::Error::other)?;
+                        Response::None
+                    }
                     EntryPayload::Normal(Request::PeerNote(n)) => {
                         namespace::links::note(&mut ns, n).map_err(io::Error::other)?;
                         Response::None
