@@ -20,6 +20,7 @@ use tonic::{Code, Status};
 use tracing::{info, warn};
 
 use crate::error::{MetaError, store};
+use crate::namespace::NsError;
 use crate::namespace::WriteTables;
 use crate::namespace::backfill::{self, Backfill, VolumeImage};
 use crate::namespace::merge;
@@ -40,8 +41,11 @@ pub struct Backfills {
     next_addr: std::sync::atomic::AtomicUsize,
 }
 
-/// An image built for a region: its point and its JSON.
-type Served = (Hlc, Arc<Vec<u8>>);
+/// An image built for a region: its point, its JSON, and when it was built.
+type Served = (Hlc, Arc<Vec<u8>>, std::time::Instant);
+
+/// How long a served image is kept for the region fetching it.
+const KEEP_IMAGE: Duration = Duration::from_secs(600);
 
 #[derive(Default, Clone)]
 struct Progress {
@@ -120,7 +124,7 @@ pub async fn serve_image(
     let key = (to.0, req.volume);
     let cached = lock(&node.backfills.images).get(&key).cloned();
     let (point, image) = match cached {
-        Some((p, image)) if !req.point.is_empty() && req.point == p.to_key().as_slice() => {
+        Some((p, image, _)) if !req.point.is_empty() && req.point == p.to_key().as_slice() => {
             (p, image)
         }
         _ if !req.point.is_empty() => {
@@ -132,7 +136,17 @@ pub async fn serve_image(
             let db = node.db.clone();
             let built = tokio::task::spawn_blocking(move || build(&db, req.volume, to, since))
                 .await
-                .map_err(|e| Status::internal(e.to_string()))??;
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let built = match built {
+                // The volume is gone, or no longer lives there: the image will never come.
+                Err(MetaError::Ns(e @ (NsError::NotFound(_) | NsError::Perm(_)))) => {
+                    return Err(Status::not_found(format!(
+                        "no image of volume {} for region {}: {e}",
+                        req.volume, to.0
+                    )));
+                }
+                other => other?,
+            };
             let Some((point, image)) = built else {
                 return Err(Status::unavailable(format!(
                     "region {} has not settled past the change that added region {} yet",
@@ -140,7 +154,10 @@ pub async fn serve_image(
                 )));
             };
             let image = Arc::new(image);
-            lock(&node.backfills.images).insert(key, (point, image.clone()));
+            let mut images = lock(&node.backfills.images);
+            images.retain(|_, (_, _, at)| at.elapsed() < KEEP_IMAGE);
+            images.insert(key, (point, image.clone(), std::time::Instant::now()));
+            drop(images);
             info!(volume = req.volume, region = to.0, bytes = image.len(), %point, "built a volume image");
             (point, image)
         }
@@ -205,6 +222,19 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
             .unwrap_or_default()
             .into_iter()
             .filter(|l| !l.done)
+            .collect();
+        let state = node
+            .db
+            .begin_read()
+            .ok()
+            .and_then(|tx| merge::state_table(&tx).ok().flatten());
+        let leaving: Vec<_> = leaving
+            .into_iter()
+            .filter(|l| {
+                state
+                    .as_ref()
+                    .is_some_and(|t| backfill::may_drop(t, l).unwrap_or(false))
+            })
             .collect();
         for l in leaving {
             loop {
@@ -355,6 +385,14 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
                 // The serving leader changed: its new image starts over.
                 lock(&node.backfills.progress).insert(b.volume, Progress::default());
                 continue;
+            }
+            Err(s) if s.code() == Code::NotFound => {
+                warn!(volume = b.volume, from = b.from.0, error = %s.message(), "the volume's image will never come: giving up bringing it in");
+                lock(&node.backfills.progress).insert(b.volume, Progress::default());
+                node.propose_internal(RaftRequest::CancelBackfill(b.volume))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Err(format!("region {}: {}", b.from.0, s.message()));
             }
             Err(s) => {
                 if s.code() == Code::Unavailable {

@@ -345,7 +345,7 @@ pub fn apply_remote(
                 && *region != batch.origin
                 && known.get(region).is_some_and(|have| have < needed)
         });
-        let admission = backfill::admission(&t.region_state, record.volume, record.hlc)?;
+        let admission = backfill::admission(&t.region_state, own, record)?;
         let waits = admission == Admission::Wait || awaiting.contains(&record.volume);
         if held > 0 || missing || waits {
             if held == 0 {
@@ -462,10 +462,11 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
         backfill::start(t, record)?;
         return merge::log_applied(t, record, &[]);
     }
-    if let Some(l) = backfill::leaving(&t.region_state, record.volume)?
-        && (l.done || record.hlc > l.since)
-    {
-        // The volume left this region: nothing of it applies here any more.
+    if matches!(
+        backfill::admission(&t.region_state, own, record)?,
+        Admission::Left | Admission::InImage
+    ) {
+        // The volume left this region, or the record is in the image it came as.
         return merge::log_applied(t, record, &[]);
     }
     let ctx = Ctx::new(record.hlc, record.now, Some(&record.effects), record.volume);

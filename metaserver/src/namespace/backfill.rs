@@ -136,10 +136,28 @@ pub enum Admission {
     Left,
 }
 
-/// Whether a record of `volume` stamped `hlc` applies now, is in the image, or waits.
-pub fn admission(t: &impl StateTable, volume: u32, hlc: Hlc) -> Result<Admission, NsError> {
-    if leaving(t, volume)?.is_some_and(|l| hlc > l.since) {
-        return Ok(Admission::Left);
+/// Whether `record` applies here now, is in the installed image, waits for the image
+/// (or, adding this region `own` back, for the copy it left to be dropped), or is of a
+/// volume that left.
+pub fn admission(
+    t: &impl StateTable,
+    own: RegionId,
+    record: &Record,
+) -> Result<Admission, NsError> {
+    let (volume, hlc) = (record.volume, record.hlc);
+    if let Some(l) = leaving(t, volume)? {
+        let adds_back =
+            matches!(&record.op, Op::SetVolumeRegions { regions, .. } if regions.contains(&own));
+        if adds_back && hlc > l.since {
+            return Ok(if l.done {
+                Admission::Apply
+            } else {
+                Admission::Wait
+            });
+        }
+        if hlc > l.since {
+            return Ok(Admission::Left);
+        }
     }
     Ok(match get(t, volume)? {
         None => Admission::Apply,
@@ -186,6 +204,32 @@ pub(crate) fn start(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsEr
             blocks: false,
         },
     )
+}
+
+/// Gives up bringing `volume` in (the serving region said the image will never come):
+/// what an unfinished install put here goes, and the volume's records apply (and are
+/// skipped: it is not here) instead of waiting for ever.
+pub fn cancel(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
+    let Some(b) = get(&t.region_state, volume)? else {
+        return Ok(());
+    };
+    if b.installed {
+        return Ok(());
+    }
+    let saved = t.undo.take();
+    let mut delta = BTreeMap::new();
+    let wiped = if b.point.is_some() {
+        wipe(t, volume, &mut delta)
+    } else {
+        Ok(())
+    };
+    t.undo = saved;
+    wiped?;
+    rebase_refs(t, &delta)?;
+    t.region_state
+        .remove(key(volume).as_str())
+        .map_err(store_err)?;
+    Ok(())
 }
 
 /// A volume as it was at `point`, and the records from `point` on that the receiving
@@ -331,20 +375,31 @@ pub struct ImagePart {
 
 /// Most inodes in one piece.
 pub const PART_INODES: usize = 2000;
+/// About the most bytes of rows in one piece.
+const PART_BYTES: usize = 8 << 20;
 
 impl VolumeImage {
     /// The image in pieces of at most [`PART_INODES`] inodes, the volume's row last.
     pub fn parts(self) -> Result<Vec<ImagePart>, NsError> {
         let mut out = Vec::new();
         let (volume, point) = (self.volume.id, self.point);
-        for chunk in self.inodes.chunks(PART_INODES) {
-            out.push(ImagePart {
-                volume,
-                point,
-                index: out.len() as u32,
-                inodes: serde_json::to_vec(chunk).map_err(json_err)?,
-                finish: None,
-            });
+        let mut chunk: Vec<InodeRows> = Vec::new();
+        let mut bytes = 0;
+        let mut rest = self.inodes.into_iter().peekable();
+        while let Some(rows) = rest.next() {
+            bytes += 512 + (rows.dirents.len() + rows.xattrs.len()) * 64 + rows.extents.len() * 96;
+            chunk.push(rows);
+            if chunk.len() >= PART_INODES || bytes >= PART_BYTES || rest.peek().is_none() {
+                out.push(ImagePart {
+                    volume,
+                    point,
+                    index: out.len() as u32,
+                    inodes: serde_json::to_vec(&chunk).map_err(json_err)?,
+                    finish: None,
+                });
+                chunk.clear();
+                bytes = 0;
+            }
         }
         let finish =
             serde_json::to_vec(&(self.volume, self.tombs, self.records)).map_err(json_err)?;
@@ -424,6 +479,12 @@ fn install_rows(
     b.parts += 1;
     let inodes: Vec<InodeRows> = serde_json::from_slice(&part.inodes).map_err(json_err)?;
     for rows in &inodes {
+        if rows.inode.is_none() {
+            return Err(NsError::Invalid(format!(
+                "an image's inode {} comes without the inode",
+                rows.ino
+            )));
+        }
         put_rows(t, rows, part.volume, &mut added)?;
         b.inodes += 1;
     }
@@ -443,6 +504,12 @@ fn install_rows(
             return Err(NsError::Invalid(
                 "an image's tombstone of another volume".into(),
             ));
+        }
+        if super::tables::read_inode(t.inodes(), rows.ino)?.is_some() {
+            return Err(NsError::Invalid(format!(
+                "an image's tombstone names inode {}, which lives here",
+                rows.ino
+            )));
         }
         t.put_tomb(tomb)?;
         put_rows(t, rows, part.volume, &mut added)?;
@@ -464,6 +531,18 @@ fn put_rows(
     volume: u32,
     added: &mut BTreeMap<Vec<u8>, i64>,
 ) -> Result<(), NsError> {
+    // Nothing of another volume is touched: an inode number taken here by another
+    // volume (live or removed) is refused.
+    let other = |v: u32| v != volume;
+    if super::tables::read_inode(t.inodes(), rows.ino)?.is_some_and(|n| other(n.attr.volume))
+        || t.tomb(rows.ino)?
+            .is_some_and(|tb| other(tb.inode.attr.volume))
+    {
+        return Err(NsError::Invalid(format!(
+            "an image of volume {volume} names inode {}, which is another volume's here",
+            rows.ino
+        )));
+    }
     if let Some(inode) = &rows.inode {
         if inode.attr.volume != volume || inode.attr.ino != rows.ino {
             return Err(NsError::Invalid(format!(
@@ -677,6 +756,14 @@ pub(crate) fn note_removal(
     )
 }
 
+/// Whether the copy of a leaving volume may be dropped now: once every region has
+/// settled past the change that removed this one, no record of the volume from before it
+/// can be undone again here (and none from after it applies here), so dropping its rows
+/// commutes with everything still in the merged log.
+pub fn may_drop(t: &impl StateTable, l: &Leaving) -> Result<bool, NsError> {
+    Ok(merge::settled_bound(t)?.is_some_and(|b| b > l.since))
+}
+
 /// Most inodes one step of a leaving drops.
 pub const LEAVE_STEP: usize = 2000;
 
@@ -690,6 +777,11 @@ pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError>
     };
     if l.done {
         return Ok(true);
+    }
+    if !may_drop(&t.region_state, &l)? {
+        return Err(NsError::Invalid(format!(
+            "volume {volume} cannot be dropped before every region has settled past its removal"
+        )));
     }
     let mut gone = Vec::new();
     for item in t.inodes().iter().map_err(store_err)? {

@@ -40,6 +40,40 @@ fn rounds(regions: &mut [Region], n: usize) {
     }
 }
 
+/// Every region's leader promises later stamps, as an idle region's does.
+fn promise_all(rs: &mut [Region]) {
+    for r in rs.iter_mut() {
+        r.phys += 1000;
+        let phys = r.phys;
+        let stamp = r.clock.now(phys);
+        r.write(|t| merge::promise(t, stamp).unwrap());
+    }
+}
+
+/// Brings region 3 into volume "main" from region 1 (the addition delivered, the image
+/// built and installed), and lets everything travel.
+fn add_third(rs: &mut [Region]) {
+    let vol = rs[0].read(|r| r.volume("main")).unwrap();
+    rs[0]
+        .run(Op::SetVolumeRegions {
+            name: "main".into(),
+            regions: vec![RegionId(1), RegionId(2), RegionId(3)],
+        })
+        .unwrap();
+    rounds(rs, 3);
+    promise_all(rs);
+    rounds(rs, 3);
+    let b = rs[2]
+        .write(|t| backfill::get(&t.region_state, vol.id).unwrap())
+        .expect("region 3 started its backfill");
+    let parts = image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition");
+    let own = rs[2].id;
+    for part in &parts {
+        rs[2].write(|t| install_image(t, own, part)).unwrap();
+    }
+    rounds(rs, 4);
+}
+
 /// The image region 1 builds for region 3 now, from a transaction it never commits.
 fn image_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<Vec<ImagePart>> {
     let tx = r1.db.begin_write().unwrap();
@@ -109,10 +143,7 @@ fn a_region_added_with_concurrent_writers_ends_identical_and_leaves_cleanly() {
 
     // Region 3 writes nothing meanwhile: its leader promises later stamps (as the
     // promise loop does), so the others settle past the addition.
-    rs[2].phys += 1000;
-    let phys = rs[2].phys;
-    let stamp = rs[2].clock.now(phys);
-    rs[2].write(|t| merge::promise(t, stamp).unwrap());
+    promise_all(&mut rs);
     rounds(&mut rs, 3);
     let parts = image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition");
     for part in &parts {
@@ -149,6 +180,8 @@ fn a_region_added_with_concurrent_writers_ends_identical_and_leaves_cleanly() {
         })
         .unwrap();
     attr_of(rs[1].run(mknod(root, "after-leave", FileKind::File)));
+    rounds(&mut rs, 3);
+    promise_all(&mut rs);
     rounds(&mut rs, 3);
     while !rs[2].write(|t| backfill::leave_step(t, vol.id).unwrap()) {}
     rounds(&mut rs, 3);
@@ -192,4 +225,107 @@ fn an_addition_is_refused_for_regions_that_are_not_peers_and_for_removing_onesel
         Err(NsError::Invalid(_))
     ));
     assert_eq!(namespace_dump(&rs[0]), before, "a refusal changes nothing");
+}
+
+#[test]
+fn a_region_that_left_is_brought_back_in_with_everything_written_meanwhile() {
+    let mut rs = three_with_volume_in_two();
+    let vol = rs[0].read(|r| r.volume("main")).unwrap();
+    let root = vol.root;
+    attr_of(rs[0].run(mknod(root, "first", FileKind::File)));
+    rounds(&mut rs, 3);
+    add_third(&mut rs);
+    assert!(rs[2].names(root).contains(&"first".to_string()));
+
+    rs[0]
+        .run(Op::SetVolumeRegions {
+            name: "main".into(),
+            regions: vec![RegionId(1), RegionId(2)],
+        })
+        .unwrap();
+    rounds(&mut rs, 3);
+    promise_all(&mut rs);
+    rounds(&mut rs, 3);
+    while !rs[2].write(|t| backfill::leave_step(t, vol.id).unwrap()) {}
+    attr_of(rs[1].run(mknod(root, "while-away", FileKind::File)));
+    rounds(&mut rs, 3);
+    assert!(rs[2].read(|r| r.volume("main")).is_err());
+
+    add_third(&mut rs);
+    let want = volume_rows(&rs[0]);
+    for r in &rs {
+        assert_eq!(volume_rows(r), want, "region {} differs", r.id.0);
+        assert_consistent(r);
+    }
+    let names = rs[2].names(root);
+    assert!(names.contains(&"while-away".to_string()), "{names:?}");
+}
+
+#[test]
+fn pieces_touching_another_volume_and_additions_of_two_regions_are_refused() {
+    let mut rs = three_with_volume_in_two();
+    let vol = rs[0].read(|r| r.volume("main")).unwrap();
+    assert!(matches!(
+        rs[0].run(Op::SetVolumeRegions {
+            name: "main".into(),
+            regions: vec![RegionId(1), RegionId(2), RegionId(3), RegionId(4)],
+        }),
+        Err(NsError::Invalid(_))
+    ));
+    // Region 3 holds a volume of its own.
+    rs[2]
+        .run(Op::CreateVolume {
+            name: "local".into(),
+            policy: VolumePolicy::default(),
+        })
+        .unwrap();
+    let local = rs[2].read(|r| r.volume("local")).unwrap();
+    rs[0]
+        .run(Op::SetVolumeRegions {
+            name: "main".into(),
+            regions: vec![RegionId(1), RegionId(2), RegionId(3)],
+        })
+        .unwrap();
+    rounds(&mut rs, 3);
+    let b = rs[2]
+        .write(|t| backfill::get(&t.region_state, vol.id).unwrap())
+        .expect("started");
+    let before = namespace_dump(&rs[2]);
+    // A piece naming region 3's own root as one of the volume's inodes.
+    let mut hostile = backfill::InodeRows {
+        ino: local.root,
+        ..Default::default()
+    };
+    hostile.inode = rs[2].read(|r| r.inode(local.root)).ok();
+    if let Some(i) = hostile.inode.as_mut() {
+        i.attr.volume = vol.id;
+    }
+    let part = ImagePart {
+        volume: vol.id,
+        point: b.since,
+        index: 0,
+        inodes: serde_json::to_vec(&vec![hostile]).unwrap(),
+        finish: None,
+    };
+    let own = rs[2].id;
+    assert!(matches!(
+        rs[2].write(|t| install_image(t, own, &part)),
+        Err(NsError::Invalid(_))
+    ));
+    assert_eq!(
+        namespace_dump(&rs[2]),
+        before,
+        "a refused piece changes nothing"
+    );
+    // The serving region says the image will never come: the backfill is given up and
+    // the volume's records stop waiting.
+    rs[2].write(|t| backfill::cancel(t, vol.id).unwrap());
+    assert!(
+        rs[2]
+            .write(|t| backfill::get(&t.region_state, vol.id).unwrap())
+            .is_none()
+    );
+    attr_of(rs[0].run(mknod(vol.root, "after", FileKind::File)));
+    rounds(&mut rs, 3);
+    assert!(rs[2].read(|r| r.volume("main")).is_err());
 }

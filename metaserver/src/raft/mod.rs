@@ -56,6 +56,8 @@ pub enum Request {
     LeaveStep(u32),
     /// Every block of a volume brought into this region is here.
     BlocksBroughtIn(u32),
+    /// Bringing a volume into this region is given up: its image will never come.
+    CancelBackfill(u32),
 }
 
 impl fmt::Display for Request {
@@ -72,6 +74,7 @@ impl fmt::Display for Request {
             Request::InstallImage(p) => write!(f, "install-image:{}", p.volume),
             Request::LeaveStep(v) => write!(f, "leave-step:{v}"),
             Request::BlocksBroughtIn(v) => write!(f, "blocks-brought-in:{v}"),
+            Request::CancelBackfill(v) => write!(f, "cancel-backfill:{v}"),
         }
     }
 }

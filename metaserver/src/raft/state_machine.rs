@@ -228,6 +228,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             ..Default::default()
                         }))
                     }
+                    EntryPayload::Normal(Request::CancelBackfill(volume)) => {
+                        namespace::backfill::cancel(&mut ns, *volume).map_err(io::Error::other)?;
+                        Response::None
+                    }
                     EntryPayload::Normal(Request::BlocksBroughtIn(volume)) => {
                         namespace::backfill::blocks_done(&mut ns, *volume)
                             .map_err(io::Error::other)?;

@@ -285,6 +285,18 @@ pub(crate) fn set_volume_regions(
         if vol.read_only {
             return Err(NsError::ReadOnly(format!("volume {name} is a snapshot")));
         }
+        // One region brought in at a time: each waits for the others to settle past
+        // the change, and two waiting for each other would never see it happen.
+        let before = if vol.policy.regions.is_empty() {
+            vec![ctx.region()]
+        } else {
+            vol.policy.regions.clone()
+        };
+        if set.iter().filter(|r| !before.contains(r)).count() > 1 {
+            return Err(NsError::Invalid(format!(
+                "volume {name:?}: add one region at a time"
+            )));
+        }
     }
     vol.policy.regions = set;
     t.put_volume(&vol)?;
