@@ -117,6 +117,52 @@ fn write_load(
 }
 
 /// Bytes of every file under `dir`.
+/// Every metaserver log under `dir`, with its size now.
+fn meta_log_sizes(dir: &Path) -> HashMap<PathBuf, u64> {
+    let mut out = HashMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("meta-") && n.ends_with(".log"))
+            {
+                out.insert(p.clone(), e.metadata().map(|m| m.len()).unwrap_or(0));
+            }
+        }
+    }
+    out
+}
+
+/// Records merged from the other region, and records redone around them, as the
+/// metaservers logged since `since` (their log sizes then).
+fn merges_since(dir: &Path, since: &HashMap<PathBuf, u64>) -> (u64, u64) {
+    let (mut applied, mut redone) = (0, 0);
+    let field = |line: &str, key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    for (path, _) in meta_log_sizes(dir) {
+        let Ok(bytes) = fs::read(&path) else { continue };
+        let from = since.get(&path).copied().unwrap_or(0) as usize;
+        let text = String::from_utf8_lossy(&bytes[from.min(bytes.len())..]).into_owned();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("merged records from peer region"))
+        {
+            applied += field(line, "applied=");
+            redone += field(line, "redone=");
+        }
+    }
+    (applied, redone)
+}
+
 fn disk_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -264,13 +310,37 @@ fn main() {
     };
     let (s1, s2) = (status(&region1), status(&region2));
     let disk_growth = disk_bytes(&data).saturating_sub(disk_before);
+    let logs_at_heal = meta_log_sizes(&data);
     let healed = Instant::now();
     let stop = Arc::new(AtomicBool::new(true));
     admin(&["link", "--proxy", &control, "--heal"]);
+    // Metadata caught up: each region has applied the other's whole change log.
+    let (r1, r2) = (region1.clone(), region2.clone());
+    let metadata = thread::spawn(move || {
+        let status = |meta: &str| -> Option<serde_json::Value> {
+            let out = Command::new(common::MERIDIAN)
+                .args(["admin", "regions", "--json", "--meta", meta])
+                .output()
+                .ok()?;
+            serde_json::from_slice(&out.stdout).ok()
+        };
+        loop {
+            if let (Some(x), Some(y)) = (status(&r1), status(&r2)) {
+                let has = |s: &serde_json::Value| s["peers"][0]["applied_seq"].as_u64();
+                let head = |s: &serde_json::Value| s["head_seq"].as_u64();
+                if has(&x) >= head(&y) && has(&y) >= head(&x) && has(&x).is_some() {
+                    return healed.elapsed();
+                }
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
     let to_b = watch(b.clone(), written.clone(), stop.clone());
     let to_a = watch(a.clone(), written_b.clone(), stop);
     let (to_b, to_a) = (to_b.join().expect("watcher"), to_a.join().expect("watcher"));
     let catch_up = healed.elapsed();
+    let metadata = metadata.join().expect("metadata watcher");
+    let (merged, redone) = merges_since(&data, &logs_at_heal);
     assert_eq!(
         to_b.len(),
         m - n,
@@ -301,6 +371,11 @@ fn main() {
         behind(&s2),
         disk_growth >> 20,
         catch_up.as_secs_f64()
+    );
+    println!(
+        "after the heal: metadata caught up in {:.2} s; merging applied {merged} records from the other region and redid {redone} already applied ({:.2} redone per record)",
+        metadata.as_secs_f64(),
+        redone as f64 / merged.max(1) as f64
     );
     drop(baseline_mount);
     drop(dev);

@@ -400,23 +400,36 @@ fn write_storm(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<Outcome>> {
     std::thread::spawn(move || {
+        use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
         let mut i = 0u64;
         // A mount that died leaves the bare directory behind: files written there would
-        // not be on the filesystem under test.
+        // not be on the filesystem under test. The check before each file can pass just
+        // before a lazy unmount lands, so each file is also checked to be on the mount's
+        // device; one that is not ends the storm and is not counted.
+        let device = fs::metadata(&dir).map(|m| m.dev()).unwrap_or(0);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) && common::is_mounted(&dir) {
             let name = format!("{prefix}{i}");
             let data =
                 common::random_bytes(1000 + i, (48 << 10) + (i as usize * 7919) % (200 << 10));
+            let mut beside = false;
             let written = (|| -> std::io::Result<()> {
                 let mut f = fs::File::create(dir.join(&name))?;
+                if f.metadata()?.dev() != device {
+                    beside = true;
+                    return Ok(());
+                }
                 f.write_all(&data)?;
                 f.sync_all()?;
                 drop(f);
                 Ok(())
             })();
+            if beside {
+                break; // the mount is gone: that file went to the bare directory
+            }
             let errno = written.map_err(|e| e.raw_os_error().unwrap_or(-1));
-            let gone = errno == Err(ENOTCONN);
+            // ENOTCONN, or ECONNABORTED for a request the dying server never answered.
+            let gone = errno == Err(ENOTCONN) || errno == Err(ECONNABORTED);
             out.push((name, data, std::time::Instant::now(), errno));
             if gone {
                 break; // the mount process died
@@ -481,6 +494,7 @@ fn libc_eio() -> i32 {
 }
 
 const ENOTCONN: i32 = 107;
+const ECONNABORTED: i32 = 103;
 
 /// `meridian admin fsck --json`: the report, and whether it exited cleanly.
 fn fsck(h: &Healing) -> Result<(serde_json::Value, bool)> {

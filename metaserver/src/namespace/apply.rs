@@ -397,6 +397,16 @@ fn merge_fresh(
     };
     let n = fresh.len();
     outcome.applied += n as u64;
+    if full_merge_forced() {
+        let mut all = merge::rewind(t, low)?;
+        outcome.redone += all.len() as u64;
+        all.extend(fresh);
+        all.sort_by_key(|r| r.hlc);
+        for record in &all {
+            replay(t, own, record)?;
+        }
+        return Ok(());
+    }
     // Only the newer records that do not commute with these are undone and redone.
     let (redo, kept) = merge::rewind_meeting(t, &fresh)?;
     let mut all = redo;
@@ -425,6 +435,14 @@ fn merge_fresh(
         replay(t, own, record)?;
     }
     Ok(())
+}
+
+/// `MERIDIAN_MERGE_FULL=1` in a metaserver's environment makes it undo and redo every
+/// newer record around late ones, as before issue 16: for measuring the difference
+/// (`benches/region_lag.rs`). Both ways end in the same state.
+fn full_merge_forced() -> bool {
+    static FULL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FULL.get_or_init(|| std::env::var("MERIDIAN_MERGE_FULL").is_ok_and(|v| v == "1"))
 }
 
 /// Installs one piece of the image of a volume this region is being brought into (see
