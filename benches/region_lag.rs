@@ -297,13 +297,29 @@ fn main() {
 
     // A cut: a writer in each region goes on; then heal and time the catch-up.
     let region2 = field("region 2 metaservers: ");
+    // MERIDIAN_BENCH_CUT_DIRS=1: each region writes in its own directory during the cut
+    // (the late records then meet none of the other region's).
+    let own_dirs = std::env::var("MERIDIAN_BENCH_CUT_DIRS").is_ok_and(|v| v == "1");
+    let (in1, in2) = if own_dirs {
+        fs::create_dir(a.join("cut-1")).expect("mkdir");
+        fs::create_dir(a.join("cut-2")).expect("mkdir");
+        common::wait_for(
+            Duration::from_secs(60),
+            "the directories in region 2",
+            || (b.join("cut-1").is_dir() && b.join("cut-2").is_dir()).then_some(()),
+        )
+        .expect("directories");
+        ("cut-1", "cut-2")
+    } else {
+        ("", "")
+    };
     let disk_before = disk_bytes(&data);
     admin(&["link", "--proxy", &control, "--cut"]);
     written.lock().unwrap().clear();
     let written_b: Written = Arc::default();
-    let (b_dir, wb) = (b.clone(), written_b.clone());
+    let (b_dir, wb) = (b.join(in2), written_b.clone());
     let other = thread::spawn(move || write_load(&b_dir, &wb, "g", 0, cut));
-    let m = write_load(&a, &written, "f", n, cut);
+    let m = write_load(&a.join(in1), &written, "f", n, cut);
     let m_b = other.join().expect("writer in region 2");
     let status = |meta: &str| -> serde_json::Value {
         serde_json::from_str(&admin(&["regions", "--json", "--meta", meta])).expect("json")
@@ -335,8 +351,8 @@ fn main() {
             thread::sleep(Duration::from_millis(100));
         }
     });
-    let to_b = watch(b.clone(), written.clone(), stop.clone());
-    let to_a = watch(a.clone(), written_b.clone(), stop);
+    let to_b = watch(b.join(in1), written.clone(), stop.clone());
+    let to_a = watch(a.join(in2), written_b.clone(), stop);
     let (to_b, to_a) = (to_b.join().expect("watcher"), to_a.join().expect("watcher"));
     let catch_up = healed.elapsed();
     let metadata = metadata.join().expect("metadata watcher");
@@ -373,7 +389,12 @@ fn main() {
         catch_up.as_secs_f64()
     );
     println!(
-        "after the heal: metadata caught up in {:.2} s; merging applied {merged} records from the other region and redid {redone} already applied ({:.2} redone per record)",
+        "after the heal{}: metadata caught up in {:.2} s; merging applied {merged} records from the other region and redid {redone} already applied ({:.2} redone per record)",
+        if own_dirs {
+            " (each region wrote in its own directory)"
+        } else {
+            " (both regions wrote in one directory)"
+        },
         metadata.as_secs_f64(),
         redone as f64 / merged.max(1) as f64
     );

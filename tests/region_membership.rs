@@ -37,12 +37,23 @@ impl Region {
 
 /// Regions 1..=n, each a peer of every other.
 fn mesh(n: u16) -> Result<Vec<Region>> {
+    let all: Vec<(u16, u16)> = (1..=n)
+        .flat_map(|a| (a + 1..=n).map(move |b| (a, b)))
+        .collect();
+    linked(n, &all)
+}
+
+/// Regions 1..=n, peers of each other where `links` says.
+fn linked(n: u16, links: &[(u16, u16)]) -> Result<Vec<Region>> {
     let fronts: Vec<String> = (0..n).map(|_| free_addr()).collect::<Result<_>>()?;
     let mut out = Vec::new();
     for r in 1..=n {
         let region = r.to_string();
         let mut flags = vec!["--region".to_string(), region.clone()];
-        for s in (1..=n).filter(|s| *s != r) {
+        let peers = links
+            .iter()
+            .filter_map(|&(a, b)| (a == r).then_some(b).or((b == r).then_some(a)));
+        for s in peers {
             flags.extend([
                 "--peer".to_string(),
                 format!("{s}={}", fronts[s as usize - 1]),
@@ -217,5 +228,53 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
     );
     drop(m1);
     drop(m2);
+    Ok(())
+}
+
+/// Three regions linked as a chain, 1 - 2 - 3: regions 1 and 3 are not peers, and still
+/// converge, each one's records relayed by region 2 (metadata), each one's blocks read
+/// through region 2.
+#[test]
+fn three_regions_linked_as_a_chain_converge() -> Result<()> {
+    let regions = linked(3, &[(1, 2), (2, 3)])?;
+    let (r1, r2, r3) = (&regions[0], &regions[1], &regions[2]);
+    r1.admin(&["volume-create", "chain", "--regions", "1,2,3"])?;
+    wait_for(Duration::from_secs(60), "the volume at the far end", || {
+        r3.admin(&["volumes"]).ok()?.contains("chain").then_some(())
+    })?;
+    let m1 = r1.mount("chain", "mnt-1")?;
+    let m3 = r3.mount("chain", "mnt-3")?;
+    let from_1 = common::random_bytes(41, 200_000);
+    fs::create_dir(m1.path.join("one"))?;
+    fs::write(m1.path.join("one/data"), &from_1)?;
+    fs::write(m3.path.join("from-3"), b"written at the far end")?;
+    // A file written at one end and changed at the other.
+    fs::write(m1.path.join("notes"), b"started at one end")?;
+    wait_for(Duration::from_secs(60), "the file at the far end", || {
+        fs::read(m3.path.join("notes"))
+            .ok()
+            .filter(|b| b == b"started at one end")
+    })?;
+    fs::write(m3.path.join("notes"), b"finished at the other")?;
+    let tree = wait_same(&m1.path, &m3.path, "the ends of the chain to agree")?;
+    assert!(
+        tree.contains_key("one/data") && tree.contains_key("from-3"),
+        "{tree:#?}"
+    );
+    assert_eq!(fs::read(m3.path.join("one/data"))?, from_1);
+    assert_eq!(fs::read(m1.path.join("notes"))?, b"finished at the other");
+    let m2 = r2.mount("chain", "mnt-2")?;
+    wait_same(&m1.path, &m2.path, "the middle to agree")?;
+    // Each end shows the other as relayed through the middle.
+    let status: serde_json::Value = serde_json::from_str(&r1.admin(&["regions", "--json"])?)?;
+    let far = status["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["region"] == 3))
+        .cloned()
+        .context("region 3 in region 1's status")?;
+    assert_eq!(far["via"], 2, "{status}");
+    drop(m1);
+    drop(m2);
+    drop(m3);
     Ok(())
 }

@@ -458,6 +458,7 @@ fn a_volume_pinned_to_one_region_never_leaves_it() -> Result<()> {
                 from: 1,
                 limit: 10,
                 wait_ms: 0,
+                ..Default::default()
             })
             .await,
         )

@@ -30,6 +30,8 @@ pub struct LinkNow {
     pub error: String,
     /// The peer has applied this region's change log up to here (its pulls say so).
     pub acked: u64,
+    /// What the peer said it holds of each region's change log.
+    pub have: Vec<(u16, u64)>,
 }
 
 /// The verdict about a link silent for `silent` (the time since the last pull that
@@ -124,10 +126,21 @@ fn look(
         detail,
     });
     let acked = (now.acked > noted_acked).then_some(now.acked);
-    (event.is_some() || acked.is_some()).then_some(PeerNote {
+    let have: Vec<(RegionId, u64)> = now
+        .have
+        .iter()
+        .map(|(o, seq)| (RegionId(*o), *seq))
+        .filter(|(o, seq)| {
+            state
+                .as_ref()
+                .is_some_and(|t| links::have(t, region, *o).is_ok_and(|noted| *seq > noted))
+        })
+        .collect();
+    (event.is_some() || acked.is_some() || !have.is_empty()).then_some(PeerNote {
         region,
         acked,
         event,
+        have,
     })
 }
 

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use meridian_proto::ns::Record;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
-    ChangeRecord, PeerLag, PullChangesRequest, PullChangesResponse, RegionStatusResponse,
+    ChangeRecord, PeerLag, PullChangesRequest, PullChangesResponse, RegionMark,
+    RegionStatusResponse,
 };
 use meridian_proto::{Hlc, RegionId};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
@@ -51,6 +52,8 @@ struct PeerState {
     last_ok: Option<Instant>,
     peer_head: u64,
     error: String,
+    /// What the peer said it holds of each region's change log, at its last pull.
+    have: Vec<(u16, u64)>,
 }
 
 fn now_ms() -> u64 {
@@ -94,7 +97,43 @@ fn head_seq(tx: &ReadTransaction) -> u64 {
         .unwrap_or(0)
 }
 
+/// The other regions whose records this region holds, for a peer `to` to hear of.
+fn relays(tx: &ReadTransaction, to: RegionId) -> Vec<u32> {
+    read_state(tx, merge::origins)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| *r != to)
+        .map(|r| u32::from(r.0))
+        .collect()
+}
+
 impl Regions {
+    /// Notes what peer `to` said it holds of each region's change log.
+    pub fn note_have(&self, to: u16, have: Vec<(u16, u64)>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.entry(to).or_default().have = have;
+    }
+
+    /// Answers a pull by region `to` of `origin`'s records (this region's own, or
+    /// another's it relays): records of volumes that live there, from `from` on.
+    pub fn serve_pull_of(
+        &self,
+        tx: &ReadTransaction,
+        own: RegionId,
+        to: RegionId,
+        origin: RegionId,
+        from: u64,
+        limit: u32,
+    ) -> Result<PullChangesResponse, MetaError> {
+        let mut reply = if origin == own {
+            self.serve_pull(tx, own, to, from, limit)?
+        } else {
+            serve_relay(tx, to, origin, from, limit)?
+        };
+        reply.relays = relays(tx, to);
+        Ok(reply)
+    }
+
     /// Answers a pull by region `to`: records of volumes that live there, from `from` on.
     pub fn serve_pull(
         &self,
@@ -179,6 +218,7 @@ impl Regions {
                 .map(|h| h.to_key().to_vec())
                 .unwrap_or_default()
                 .into(),
+            relays: Vec::new(),
         })
     }
 
@@ -195,6 +235,12 @@ impl Regions {
         }
     }
 
+    /// What each peer said it holds of each region's change log.
+    pub fn haves(&self) -> Vec<(u16, Vec<(u16, u64)>)> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.iter().map(|(p, s)| (*p, s.have.clone())).collect()
+    }
+
     /// What this member knows of `peer`'s link now.
     pub fn link(&self, peer: u16) -> crate::link_detector::LinkNow {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -203,15 +249,18 @@ impl Regions {
             last_ok: st.last_ok,
             error: st.error,
             acked: st.acked,
+            have: st.have,
         }
     }
 
-    /// Lag to and from every configured peer.
+    /// Lag to and from every configured peer, and from every region relayed through one
+    /// (`relayed`: origin, the peer it comes through).
     pub fn status(
         &self,
         tx: &ReadTransaction,
         own: RegionId,
         configured: &[PeerRegion],
+        relayed: &[(u16, u16)],
     ) -> RegionStatusResponse {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let now = now_ms();
@@ -254,6 +303,20 @@ impl Regions {
                 applied_seq: watermark(tx, region),
                 peer_head_seq: st.peer_head,
                 error: st.error.clone(),
+                via: 0,
+            });
+        }
+        for (origin, via) in relayed {
+            let st = peers.get(origin).cloned().unwrap_or_default();
+            out.push(PeerLag {
+                region: u32::from(*origin),
+                reachable: st.last_ok.is_some() && st.error.is_empty(),
+                last_contact_ms: st.last_ok.map_or(0, |t| t.elapsed().as_millis() as u64),
+                applied_seq: watermark(tx, RegionId(*origin)),
+                peer_head_seq: st.peer_head,
+                error: st.error.clone(),
+                via: u32::from(*via),
+                ..PeerLag::default()
             });
         }
         RegionStatusResponse {
@@ -267,6 +330,93 @@ impl Regions {
             backfills: Vec::new(),
         }
     }
+}
+
+/// Answers a pull by region `to` of the records of `origin` this region relays (as it
+/// took them, in the origin's sequence), from `from` on. Caught up, the answer vouches
+/// for everything up to this region's watermark of the origin: the sequences missing
+/// below it are of volumes that do not live here, and so (the rule for relaying) not in
+/// `to` either unless another path brings them.
+fn serve_relay(
+    tx: &ReadTransaction,
+    to: RegionId,
+    origin: RegionId,
+    from: u64,
+    limit: u32,
+) -> Result<PullChangesResponse, MetaError> {
+    let from = from.max(1);
+    let wm = watermark(tx, origin);
+    let trimmed = read_state(tx, |t| {
+        Ok(
+            merge::state(t, &crate::namespace::apply::relay_trimmed_key(origin))?
+                .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0),
+        )
+    })
+    .unwrap_or(0);
+    if from <= trimmed {
+        return Err(MetaError::Invalid(format!(
+            "region {} asked for region {}'s records from {from}, but they were relayed up to {trimmed} and dropped once every peer held them: that region's state went back and needs a backfill",
+            to.0, origin.0
+        )));
+    }
+    let mut records = Vec::new();
+    let mut bytes = 0;
+    let mut last_hlc = None;
+    let mut next = wm.max(from.saturating_sub(1)) + 1;
+    let mut full = false;
+    if let Ok(t) = tx.open_table(tables::RELAY) {
+        let lo = crate::namespace::apply::relay_key(origin, from);
+        let hi = crate::namespace::apply::relay_key(origin, u64::MAX);
+        for item in t.range(lo.as_slice()..=hi.as_slice()).map_err(store)? {
+            let (k, v) = item.map_err(store)?;
+            let seq = k
+                .value()
+                .get(2..10)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| MetaError::Store("damaged relay key".into()))?;
+            let record: Record = serde_json::from_slice(v.value())
+                .map_err(|e| MetaError::Store(format!("damaged relayed record {seq}: {e}")))?;
+            last_hlc = Some(record.hlc);
+            if record.allowed_in(to) {
+                bytes += v.value().len();
+                records.push(ChangeRecord {
+                    seq,
+                    record: v.value().to_vec().into(),
+                });
+            }
+            if records.len() >= limit.clamp(1, PULL_LIMIT) as usize || bytes >= PULL_BYTES {
+                next = seq + 1;
+                full = true;
+                break;
+            }
+        }
+    }
+    let caught_up = !full;
+    let (frontier, stable) = if caught_up {
+        read_state(tx, |t| {
+            Ok((merge::frontier(t, origin)?, merge::settled_of(t, origin)?))
+        })
+        .unwrap_or_default()
+    } else {
+        (last_hlc, None)
+    };
+    Ok(PullChangesResponse {
+        region: u32::from(origin.0),
+        records,
+        next,
+        head: wm,
+        frontier: frontier
+            .map(|h| h.to_key().to_vec())
+            .unwrap_or_default()
+            .into(),
+        stable: stable
+            .map(|h| h.to_key().to_vec())
+            .unwrap_or_default()
+            .into(),
+        relays: Vec::new(),
+    })
 }
 
 /// Rows of a table (0 when it does not exist yet).
@@ -317,7 +467,9 @@ pub async fn export_lag(node: Arc<MetaNode>) {
         let Ok(tx) = node.db.begin_read() else {
             continue;
         };
-        let status = node.regions.status(&tx, node.shared.region, &node.peers);
+        let status = node
+            .regions
+            .status(&tx, node.shared.region, &node.peers, &node.relayed_via());
         for p in status.peers {
             let peer = p.region.to_string();
             metrics::gauge!("meridian_region_lag_ops", "peer" => peer.clone())
@@ -374,10 +526,82 @@ pub async fn promise_loop(node: Arc<MetaNode>) {
     }
 }
 
-/// While this member leads, pulls `peer`'s change log and proposes what arrives.
+/// While this member leads, pulls `peer`'s change log and proposes what arrives; the
+/// regions the peer relays that are not peers of this one are pulled through it too.
 pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
+    pull_loop_of(node, peer.clone(), peer.region).await
+}
+
+/// Starts pulling, through `via`, the records of every region it relays that this one
+/// neither is nor pulls already, and records the relayed regions in the replicated state
+/// (stability waits for them too).
+async fn hear_of(node: &Arc<MetaNode>, via: &PeerRegion, relays: &[u32]) {
     let own = node.shared.region;
-    let origin = RegionId(peer.region);
+    let mut new = Vec::new();
+    {
+        let mut relayed = node.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        for r in relays.iter().filter_map(|r| u16::try_from(*r).ok()) {
+            if r == own.0 || node.peers.iter().any(|p| p.region == r) || relayed.contains_key(&r) {
+                continue;
+            }
+            info!(
+                origin = r,
+                via = via.region,
+                "pulling a region's records through a peer"
+            );
+            let task = tokio::spawn(pull_boxed(node.clone(), via.clone(), r));
+            relayed.insert(r, (via.region, task));
+            new.push(r);
+        }
+    }
+    let ids: Vec<RegionId> = {
+        let relayed = node.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        relayed.keys().map(|r| RegionId(*r)).collect()
+    };
+    let recorded = node
+        .db
+        .begin_read()
+        .ok()
+        .and_then(|tx| read_state(&tx, merge::relayed))
+        .unwrap_or_default();
+    if recorded != ids
+        && let Err(e) = node.propose_internal(RaftRequest::Relayed(ids)).await
+    {
+        warn!(error = %e, "recording the relayed regions failed");
+    }
+}
+
+/// What this region holds of every other region's change log, for the region it pulls
+/// from to know when relayed records may go.
+fn have(node: &MetaNode) -> Vec<RegionMark> {
+    let Ok(tx) = node.db.begin_read() else {
+        return Vec::new();
+    };
+    read_state(&tx, merge::origins)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| RegionMark {
+            region: u32::from(r.0),
+            seq: watermark(&tx, r),
+        })
+        .collect()
+}
+
+/// [`pull_loop_of`] behind a box: it starts more of itself.
+fn pull_boxed(
+    node: Arc<MetaNode>,
+    peer: PeerRegion,
+    origin: u16,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(pull_loop_of(node, peer, origin))
+}
+
+/// While this member leads, pulls `origin`'s records from `peer` (the origin itself, or
+/// a peer that relays it) and proposes what arrives.
+async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
+    let own = node.shared.region;
+    let origin = RegionId(origin_id);
+    let relayed = origin_id != peer.region;
     let mut addr = 0usize;
     let mut peers_recorded = false;
     let mut last_frontier: Option<Vec<u8>> = None;
@@ -416,6 +640,8 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
                         from: wm + 1,
                         limit: PULL_LIMIT,
                         wait_ms: PULL_WAIT.as_millis() as u32,
+                        origin: if relayed { u32::from(origin_id) } else { 0 },
+                        have: have(&node),
                     })
                     .await
                     .map(|r| r.into_inner())
@@ -426,15 +652,16 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
-                node.regions.note_pull(peer.region, Err(e.clone()));
+                node.regions.note_pull(origin_id, Err(e.clone()));
                 metrics::counter!("meridian_region_pull_errors_total", "peer" => peer.region.to_string()).increment(1);
-                warn!(peer = peer.region, error = %e, "pull from peer region failed");
+                warn!(peer = peer.region, origin = origin_id, error = %e, "pull from peer region failed");
                 addr += 1;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        node.regions.note_pull(peer.region, Ok(reply.head));
+        node.regions.note_pull(origin_id, Ok(reply.head));
+        hear_of(&node, &peer, &reply.relays).await;
         let mut records = Vec::with_capacity(reply.records.len());
         let mut damaged = None;
         for c in &reply.records {
@@ -445,7 +672,7 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
         }
         if let Some(e) = damaged {
             node.regions
-                .note_pull(peer.region, Err(format!("damaged record from peer: {e}")));
+                .note_pull(origin_id, Err(format!("damaged record from peer: {e}")));
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
@@ -482,6 +709,7 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
                 if n > 0 {
                     info!(
                         peer = peer.region,
+                        origin = origin_id,
                         applied = outcome.applied,
                         redone = outcome.redone,
                         watermark = outcome.watermark,
@@ -490,9 +718,9 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
                 }
             }
             Ok(RaftResponse::Remote(Err(e))) => {
-                warn!(peer = peer.region, error = %e, "records from peer region refused");
+                warn!(peer = peer.region, origin = origin_id, error = %e, "records from peer region refused");
                 node.regions
-                    .note_pull(peer.region, Err(format!("refused: {e}")));
+                    .note_pull(origin_id, Err(format!("refused: {e}")));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Ok(_) => {}

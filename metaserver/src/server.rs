@@ -106,6 +106,7 @@ pub async fn run(
         regions: Default::default(),
         recalls: Default::default(),
         backfills: Default::default(),
+        relayed: Default::default(),
     });
     let mut region_tasks = vec![
         tokio::spawn(crate::regions::export_lag(node.clone())),
@@ -128,6 +129,7 @@ pub async fn run(
         Duration::from_millis(config.down_after_ms),
     ));
 
+    let relays = node.clone();
     println!("meridian meta {} listening on {bound}", config.id);
     info!(member = config.id, %bound, %advertise, data = %config.data.display(), "metaserver serving");
     let served = tonic::transport::Server::builder()
@@ -146,6 +148,11 @@ pub async fn run(
     detector.abort();
     snapshot_task.abort();
     for t in region_tasks {
+        t.abort();
+    }
+    for (_, (_, t)) in
+        std::mem::take(&mut *relays.relayed.lock().unwrap_or_else(|p| p.into_inner()))
+    {
         t.abort();
     }
     let _ = raft.shutdown().await;

@@ -51,6 +51,8 @@ pub struct MetaNode {
     pub recalls: crate::leases::Recalls,
     /// Volumes being brought into this region, and images served to others.
     pub backfills: crate::backfill::Backfills,
+    /// Regions whose records are pulled through a peer: origin -> (the peer, its puller).
+    pub relayed: Mutex<std::collections::BTreeMap<u16, (u16, tokio::task::JoinHandle<()>)>>,
 }
 
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Bytes {
@@ -67,6 +69,12 @@ fn unavailable(what: impl std::fmt::Display) -> Status {
 }
 
 impl MetaNode {
+    /// The regions pulled through a peer, each with that peer.
+    pub fn relayed_via(&self) -> Vec<(u16, u16)> {
+        let relayed = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        relayed.iter().map(|(o, (via, _))| (*o, *via)).collect()
+    }
+
     /// The leader's id and address, if known.
     pub fn leader(&self) -> Option<(u64, String)> {
         let m = self.raft.metrics().borrow_watched().clone();
@@ -690,14 +698,35 @@ impl MetaService for MetaApi {
                 to.0, self.shared.region.0
             )));
         }
+        let origin = match r.origin {
+            0 => self.shared.region,
+            o => u16::try_from(o)
+                .map(meridian_proto::RegionId)
+                .map_err(|_| {
+                    Status::from(MetaError::Invalid(format!("region {o} out of range")))
+                })?,
+        };
+        if origin == to {
+            return Err(Status::invalid_argument(format!(
+                "region {} asked for its own records",
+                to.0
+            )));
+        }
+        self.regions.note_have(
+            to.0,
+            r.have
+                .iter()
+                .filter_map(|m| u16::try_from(m.region).ok().map(|g| (g, m.seq)))
+                .collect(),
+        );
         let wait = Duration::from_millis(u64::from(r.wait_ms).min(10_000));
         let deadline = Instant::now() + wait;
         let mut applied = self.shared.applied.subscribe();
         loop {
             let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
-            let reply = self
-                .regions
-                .serve_pull(&tx, self.shared.region, to, r.from, r.limit)?;
+            let reply =
+                self.regions
+                    .serve_pull_of(&tx, self.shared.region, to, origin, r.from, r.limit)?;
             drop(tx);
             let now = Instant::now();
             if !reply.records.is_empty() || reply.next <= reply.head || now >= deadline {
@@ -794,7 +823,9 @@ impl MetaService for MetaApi {
                 .await;
         }
         let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
-        let mut status = self.regions.status(&tx, self.shared.region, &self.peers);
+        let mut status =
+            self.regions
+                .status(&tx, self.shared.region, &self.peers, &self.relayed_via());
         drop(tx);
         status.backfills = self.backfills.rows(&self.db);
         Ok(Response::new(status))

@@ -35,7 +35,7 @@ pub async fn show(meta: Vec<String>, json: bool) -> Result<()> {
                 "oldest_unshipped_ms": p.oldest_unshipped_ms, "applied_seq": p.applied_seq,
                 "peer_head_seq": p.peer_head_seq, "error": p.error,
                 "blocks_queued": queued(p.region).0, "oldest_block_ms": queued(p.region).1,
-                "since_ms": p.since_ms, "acked_seq": p.acked_seq,
+                "since_ms": p.since_ms, "acked_seq": p.acked_seq, "via": p.via,
                 "history": p.history.iter().map(|e| serde_json::json!({
                     "at_ms": e.at_ms, "reachable": e.reachable, "detail": e.detail,
                 })).collect::<Vec<_>>(),
@@ -79,7 +79,13 @@ pub async fn show(meta: Vec<String>, json: bool) -> Result<()> {
                 println!(
                     "{:>6} {:<9} {:>10} {:>10} {:>10} {:>9} {:>14} {:>8} {:>9}  {}",
                     p.region,
-                    if p.reachable { "up" } else { "cut" },
+                    if p.via != 0 {
+                        format!("via {}", p.via)
+                    } else if p.reachable {
+                        "up".to_string()
+                    } else {
+                        "cut".to_string()
+                    },
                     p.ops_behind,
                     human(p.bytes_behind),
                     format!("{:.1}s", p.oldest_unshipped_ms as f64 / 1000.0),

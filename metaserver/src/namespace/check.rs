@@ -52,7 +52,7 @@ pub fn block_refs(tx: &ReadTransaction, blocks: &[BlockId]) -> Result<BlockRefs,
     };
     if let Some(state) = super::merge::state_table(tx)? {
         let mut now = super::merge::horizon(&state)?;
-        for p in super::merge::peers(&state)? {
+        for p in super::merge::origins(&state)? {
             let f = super::merge::frontier(&state, p)?;
             out.settled_ms = out.settled_ms.min(f.map_or(0, |h| h.wall_ms));
             now = now.max(f);

@@ -33,10 +33,24 @@ pub struct PeerNote {
     pub acked: Option<u64>,
     /// A new verdict.
     pub event: Option<LinkEvent>,
+    /// What the peer said it holds of each region's change log (only values that moved).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub have: Vec<(RegionId, u64)>,
 }
 
 fn acked_key(peer: RegionId) -> String {
     format!("peer_acked/{}", peer.0)
+}
+
+fn have_key(peer: RegionId, origin: RegionId) -> String {
+    format!("peer_have/{}/{}", peer.0, origin.0)
+}
+
+/// How much of `origin`'s change log `peer` said it holds, as last noted (0: never).
+pub fn have(t: &impl StateTable, peer: RegionId, origin: RegionId) -> Result<u64, NsError> {
+    Ok(state(t, &have_key(peer, origin))?
+        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
 }
 
 fn events_key(peer: RegionId) -> String {
@@ -68,6 +82,16 @@ pub fn note(t: &mut WriteTables<'_>, n: &PeerNote) -> Result<(), NsError> {
         t.region_state
             .insert(acked_key(n.region).as_str(), a.to_be_bytes().as_slice())
             .map_err(store_err)?;
+    }
+    for (origin, seq) in &n.have {
+        if *seq > have(&t.region_state, n.region, *origin)? {
+            t.region_state
+                .insert(
+                    have_key(n.region, *origin).as_str(),
+                    seq.to_be_bytes().as_slice(),
+                )
+                .map_err(store_err)?;
+        }
     }
     if let Some(e) = &n.event {
         let mut history = events(&t.region_state, n.region)?;

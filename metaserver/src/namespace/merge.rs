@@ -47,6 +47,9 @@ pub const HEAD: &str = "head";
 pub const PROMISED: &str = "promised";
 /// REGION_STATE key of the peer regions (JSON).
 pub const PEERS: &str = "peers";
+/// REGION_STATE key of the regions heard of through peers, whose records they relay
+/// (JSON).
+pub const RELAYED: &str = "relayed";
 
 /// REGION_STATE key of the last change-log sequence of `origin` applied here.
 pub fn watermark_key(origin: RegionId) -> String {
@@ -151,6 +154,30 @@ pub fn peers(t: &impl StateTable) -> Result<Vec<RegionId>, NsError> {
         Some(b) => serde_json::from_slice(&b).map_err(json_err),
         None => Ok(Vec::new()),
     }
+}
+
+/// The regions whose records reach this one through a peer (not peers themselves).
+pub fn relayed(t: &impl StateTable) -> Result<Vec<RegionId>, NsError> {
+    match state(t, RELAYED)? {
+        Some(b) => serde_json::from_slice(&b).map_err(json_err),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Sets the regions whose records reach this one through a peer.
+pub fn set_relayed(t: &mut WriteTables<'_>, regions: &[RegionId]) -> Result<(), NsError> {
+    let bytes = serde_json::to_vec(regions).map_err(json_err)?;
+    set_state(t, RELAYED, &bytes)
+}
+
+/// Every other region whose records this one holds: its peers and the regions relayed
+/// through them. Stability waits for each of them.
+pub fn origins(t: &impl StateTable) -> Result<Vec<RegionId>, NsError> {
+    let mut all = peers(t)?;
+    all.extend(relayed(t)?);
+    all.sort();
+    all.dedup();
+    Ok(all)
 }
 
 /// Sets the regions this one exchanges records with (from its configuration).
@@ -603,6 +630,11 @@ fn settled(t: &impl StateTable, origin: RegionId) -> Result<Option<Hlc>, NsError
     stamp(t, &settled_key(origin))
 }
 
+/// The settled mark `origin` last sent (directly or relayed).
+pub fn settled_of(t: &impl StateTable, origin: RegionId) -> Result<Option<Hlc>, NsError> {
+    settled(t, origin)
+}
+
 /// The stability watermark: every record of every region older than it is here, and no
 /// remote record will be ordered before it any more (with no peers, the horizon; none
 /// until every peer has sent a frontier).
@@ -612,7 +644,7 @@ pub fn stable(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
 
 fn stable_without(t: &impl StateTable, skip: Option<RegionId>) -> Result<Option<Hlc>, NsError> {
     let mut stable = horizon(t)?;
-    for p in peers(t)?.into_iter().filter(|p| Some(*p) != skip) {
+    for p in origins(t)?.into_iter().filter(|p| Some(*p) != skip) {
         match frontier(t, p)? {
             Some(f) => stable = stable.map(|s| s.min(f)),
             None => return Ok(None),
@@ -638,7 +670,7 @@ pub fn settled_bound_without(
     let Some(mut bound) = stable_without(t, skip)? else {
         return Ok(None);
     };
-    for p in peers(t)?.into_iter().filter(|p| Some(*p) != skip) {
+    for p in origins(t)?.into_iter().filter(|p| Some(*p) != skip) {
         match settled(t, p)? {
             Some(s) => bound = bound.min(s),
             None => return Ok(None),

@@ -717,6 +717,7 @@ fn the_change_log_is_trimmed_behind_its_retention_and_what_peers_still_need() {
                 region: RegionId(2),
                 acked: Some(first_shared + 39),
                 event: None,
+                have: Vec::new(),
             },
         )
         .unwrap()

@@ -69,6 +69,9 @@ pub const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("confl
 /// region `wm/<region>` (last change sequence applied) and `frontier/<region>` (no future
 /// record of that region is older).
 pub const REGION_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("region_state");
+/// Records of other regions kept to relay them to peers that do not pull their origin:
+/// origin (2 BE) ++ the origin's change-log sequence (8 BE) -> record (JSON).
+pub const RELAY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("relay");
 
 /// A removed inode, kept with its content until it is certain no region still writes it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -352,6 +355,7 @@ pub struct WriteTables<'txn> {
     tomb_times: Table<'txn, &'static [u8], ()>,
     conflicts: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) region_state: Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) relay: Table<'txn, &'static [u8], &'static [u8]>,
     /// While set, every write to a namespace table records what it overwrote.
     pub(crate) undo: Option<Vec<Before>>,
 }
@@ -378,6 +382,7 @@ impl<'txn> WriteTables<'txn> {
             tomb_times: tx.open_table(TOMB_TIMES).map_err(store_err)?,
             conflicts: tx.open_table(CONFLICTS).map_err(store_err)?,
             region_state: tx.open_table(REGION_STATE).map_err(store_err)?,
+            relay: tx.open_table(RELAY).map_err(store_err)?,
             undo: None,
         })
     }

@@ -58,6 +58,8 @@ pub enum Request {
     BlocksBroughtIn(u32),
     /// Bringing a volume into this region is given up: its image will never come.
     CancelBackfill(u32),
+    /// The regions whose records reach this one through a peer.
+    Relayed(Vec<meridian_proto::RegionId>),
 }
 
 impl fmt::Display for Request {
@@ -75,6 +77,7 @@ impl fmt::Display for Request {
             Request::LeaveStep(v) => write!(f, "leave-step:{v}"),
             Request::BlocksBroughtIn(v) => write!(f, "blocks-brought-in:{v}"),
             Request::CancelBackfill(v) => write!(f, "cancel-backfill:{v}"),
+            Request::Relayed(r) => write!(f, "relayed:{r:?}"),
         }
     }
 }

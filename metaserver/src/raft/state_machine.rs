@@ -228,6 +228,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             ..Default::default()
                         }))
                     }
+                    EntryPayload::Normal(Request::Relayed(regions)) => {
+                        namespace::merge::set_relayed(&mut ns, regions)
+                            .map_err(io::Error::other)?;
+                        Response::None
+                    }
                     EntryPayload::Normal(Request::CancelBackfill(volume)) => {
                         namespace::backfill::cancel(&mut ns, *volume).map_err(io::Error::other)?;
                         Response::None

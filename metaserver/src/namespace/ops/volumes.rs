@@ -271,13 +271,13 @@ pub(crate) fn set_volume_regions(
                 ctx.region().0
             )));
         }
-        let peers = crate::namespace::merge::peers(&t.region_state)?;
+        let peers = crate::namespace::merge::origins(&t.region_state)?;
         if let Some(r) = set
             .iter()
             .find(|r| **r != ctx.region() && !peers.contains(r))
         {
             return Err(NsError::Invalid(format!(
-                "region {} is not a peer of region {}: configure it (--peer) before adding it to a volume",
+                "region {} is unknown to region {}: make it a peer (--peer), or a peer of a peer, before adding it to a volume",
                 r.0,
                 ctx.region().0
             )));
