@@ -97,12 +97,19 @@ fn head_seq(tx: &ReadTransaction) -> u64 {
         .unwrap_or(0)
 }
 
-/// The other regions whose records this region holds, for a peer `to` to hear of.
+/// The other regions whose records this region holds, for a peer `to` to hear of: not
+/// those it gets through `to` itself (two regions would each wait on the other).
 fn relays(tx: &ReadTransaction, to: RegionId) -> Vec<u32> {
+    let through_to: Vec<RegionId> = read_state(tx, merge::relayed)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, via)| *via == to)
+        .map(|(o, _)| o)
+        .collect();
     read_state(tx, merge::origins)
         .unwrap_or_default()
         .into_iter()
-        .filter(|r| *r != to)
+        .filter(|r| *r != to && !through_to.contains(r))
         .map(|r| u32::from(r.0))
         .collect()
 }
@@ -537,39 +544,57 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
 /// (stability waits for them too).
 async fn hear_of(node: &Arc<MetaNode>, via: &PeerRegion, relays: &[u32]) {
     let own = node.shared.region;
-    let mut new = Vec::new();
-    {
-        let mut relayed = node.relayed.lock().unwrap_or_else(|p| p.into_inner());
-        for r in relays.iter().filter_map(|r| u16::try_from(*r).ok()) {
-            if r == own.0 || node.peers.iter().any(|p| p.region == r) || relayed.contains_key(&r) {
-                continue;
-            }
-            info!(
-                origin = r,
-                via = via.region,
-                "pulling a region's records through a peer"
-            );
-            let task = tokio::spawn(pull_boxed(node.clone(), via.clone(), r));
-            relayed.insert(r, (via.region, task));
-            new.push(r);
-        }
-    }
-    let ids: Vec<RegionId> = {
-        let relayed = node.relayed.lock().unwrap_or_else(|p| p.into_inner());
-        relayed.keys().map(|r| RegionId(*r)).collect()
-    };
     let recorded = node
         .db
         .begin_read()
         .ok()
         .and_then(|tx| read_state(&tx, merge::relayed))
         .unwrap_or_default();
-    if recorded != ids
-        && let Err(e) = node.propose_internal(RaftRequest::Relayed(ids)).await
+    let is_peer = |r: u16| node.peers.iter().any(|p| p.region == r);
+    let pairs: Vec<(RegionId, RegionId)> = {
+        let mut relayed = node.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        // What an earlier leader set up carries on through the same peer.
+        let known = recorded
+            .iter()
+            .filter(|(o, v)| !is_peer(o.0) && is_peer(v.0))
+            .map(|(o, v)| (o.0, v.0));
+        let heard = relays
+            .iter()
+            .filter_map(|r| u16::try_from(*r).ok())
+            .map(|r| (r, via.region));
+        for (r, through) in known.chain(heard) {
+            if r == 0 || r == own.0 || is_peer(r) || relayed.contains_key(&r) {
+                continue;
+            }
+            if relayed.len() >= MAX_RELAYED {
+                warn!(origin = r, "too many regions relayed: not pulling this one");
+                break;
+            }
+            let Some(peer) = node.peers.iter().find(|p| p.region == through) else {
+                continue;
+            };
+            info!(
+                origin = r,
+                via = through,
+                "pulling a region's records through a peer"
+            );
+            let task = tokio::spawn(pull_boxed(node.clone(), peer.clone(), r));
+            relayed.insert(r, (through, task));
+        }
+        relayed
+            .iter()
+            .map(|(o, (v, _))| (RegionId(*o), RegionId(*v)))
+            .collect()
+    };
+    if recorded != pairs
+        && let Err(e) = node.propose_internal(RaftRequest::Relayed(pairs)).await
     {
         warn!(error = %e, "recording the relayed regions failed");
     }
 }
+
+/// Most regions relayed through peers.
+const MAX_RELAYED: usize = 64;
 
 /// What this region holds of every other region's change log, for the region it pulls
 /// from to know when relayed records may go.

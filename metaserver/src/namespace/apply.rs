@@ -438,7 +438,7 @@ fn keep_for_relay(
         .relay
         .range(lo.as_slice()..=hi.as_slice())
         .map_err(store_err)?
-        .take(TRIM_BATCH * 4)
+        .take(TRIM_BATCH * 32)
     {
         gone.push(item.map_err(store_err)?.0.value().to_vec());
     }
@@ -515,7 +515,9 @@ fn merge_fresh(
 
 /// `MERIDIAN_MERGE_FULL=1` in a metaserver's environment makes it undo and redo every
 /// newer record around late ones, as before issue 16: for measuring the difference
-/// (`benches/region_lag.rs`). Both ways end in the same state.
+/// (`benches/region_lag.rs`). Both ways end in the same state, but not always through
+/// the same intermediate one: every member of a region must run with the same setting
+/// (`meridian dev` passes its environment to all of them).
 fn full_merge_forced() -> bool {
     static FULL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FULL.get_or_init(|| std::env::var("MERIDIAN_MERGE_FULL").is_ok_and(|v| v == "1"))

@@ -329,3 +329,31 @@ fn pieces_touching_another_volume_and_additions_of_two_regions_are_refused() {
     rounds(&mut rs, 3);
     assert!(rs[2].read(|r| r.volume("main")).is_err());
 }
+
+#[test]
+fn a_volume_may_name_a_relayed_region_only_with_the_region_that_relays_it() {
+    // Region 1 is a peer of 2 only, and hears of 3 through 2 (a chain 1 - 2 - 3).
+    let mut r1 = Region::new(1, &[RegionId(2)]);
+    r1.write(|t| merge::set_relayed(t, &[(RegionId(3), RegionId(2))]).unwrap());
+    let create = |name: &str, regions: &[u16]| Op::CreateVolume {
+        name: name.into(),
+        policy: VolumePolicy {
+            regions: regions.iter().copied().map(RegionId).collect(),
+            ..VolumePolicy::default()
+        },
+    };
+    let before = namespace_dump(&r1);
+    assert!(matches!(
+        r1.run(create("skips", &[1, 3])),
+        Err(NsError::Invalid(_))
+    ));
+    assert_eq!(namespace_dump(&r1), before, "a refusal changes nothing");
+    r1.run(create("chain", &[1, 2, 3])).unwrap();
+    assert!(matches!(
+        r1.run(Op::SetVolumeRegions {
+            name: "chain".into(),
+            regions: vec![RegionId(1), RegionId(3)],
+        }),
+        Err(NsError::Invalid(_))
+    ));
+}

@@ -156,16 +156,20 @@ pub fn peers(t: &impl StateTable) -> Result<Vec<RegionId>, NsError> {
     }
 }
 
-/// The regions whose records reach this one through a peer (not peers themselves).
-pub fn relayed(t: &impl StateTable) -> Result<Vec<RegionId>, NsError> {
+/// The regions whose records reach this one through a peer (not peers themselves), each
+/// with that peer.
+pub fn relayed(t: &impl StateTable) -> Result<Vec<(RegionId, RegionId)>, NsError> {
     match state(t, RELAYED)? {
         Some(b) => serde_json::from_slice(&b).map_err(json_err),
         None => Ok(Vec::new()),
     }
 }
 
-/// Sets the regions whose records reach this one through a peer.
-pub fn set_relayed(t: &mut WriteTables<'_>, regions: &[RegionId]) -> Result<(), NsError> {
+/// Sets the regions whose records reach this one through a peer, each with that peer.
+pub fn set_relayed(
+    t: &mut WriteTables<'_>,
+    regions: &[(RegionId, RegionId)],
+) -> Result<(), NsError> {
     let bytes = serde_json::to_vec(regions).map_err(json_err)?;
     set_state(t, RELAYED, &bytes)
 }
@@ -174,10 +178,43 @@ pub fn set_relayed(t: &mut WriteTables<'_>, regions: &[RegionId]) -> Result<(), 
 /// through them. Stability waits for each of them.
 pub fn origins(t: &impl StateTable) -> Result<Vec<RegionId>, NsError> {
     let mut all = peers(t)?;
-    all.extend(relayed(t)?);
+    all.extend(relayed(t)?.into_iter().map(|(origin, _)| origin));
     all.sort();
     all.dedup();
     Ok(all)
+}
+
+/// Checks, where a volume is made or changed, that every region in `set` is this one,
+/// a peer, or reached through a peer that is itself in `set`: records of the volume are
+/// relayed only by regions it lives in. A region not heard of at all is refused unless
+/// `unknown_ok` (a volume may be made before every region is up).
+pub fn check_reachable(
+    t: &impl StateTable,
+    own: RegionId,
+    set: &[RegionId],
+    unknown_ok: bool,
+) -> Result<(), NsError> {
+    let peers = peers(t)?;
+    let relayed = relayed(t)?;
+    for r in set.iter().filter(|r| **r != own && !peers.contains(r)) {
+        match relayed.iter().find(|(o, _)| o == r) {
+            Some((_, via)) if set.contains(via) => {}
+            Some((_, via)) => {
+                return Err(NsError::Invalid(format!(
+                    "region {} is reached only through region {}, which the volume leaves out: its records would not get there",
+                    r.0, via.0
+                )));
+            }
+            None if unknown_ok => {}
+            None => {
+                return Err(NsError::Invalid(format!(
+                    "region {} is unknown to region {}: make it a peer (--peer), or a peer of a peer, first",
+                    r.0, own.0
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sets the regions this one exchanges records with (from its configuration).
@@ -318,14 +355,16 @@ impl Footprint {
             Op::AccessedBatch { inos } => inos.iter().for_each(&mut name),
         }
         let fx = &record.effects;
-        for i in [fx.created, fx.target, fx.replaced].into_iter().flatten() {
+        // (A write to a conflict copy may make the copy again from the file it copies.)
+        for i in [fx.created, fx.target, fx.replaced, fx.copy_of]
+            .into_iter()
+            .flatten()
+        {
             name(&i);
         }
-        if let Op::Rename {
-            parent, new_parent, ..
-        } = &record.op
-            && parent != new_parent
-        {
+        // Every rename: one within a directory acts as a move when an earlier record
+        // moved the entry's directory, and then walks ancestry.
+        if matches!(record.op, Op::Rename { .. }) {
             f.tree = true;
         }
         f

@@ -59,7 +59,7 @@ pub enum Request {
     /// Bringing a volume into this region is given up: its image will never come.
     CancelBackfill(u32),
     /// The regions whose records reach this one through a peer.
-    Relayed(Vec<meridian_proto::RegionId>),
+    Relayed(Vec<(meridian_proto::RegionId, meridian_proto::RegionId)>),
 }
 
 impl fmt::Display for Request {

@@ -32,7 +32,7 @@ enum Table {
 }
 
 /// Every table that makes up the replicated state, in dump order.
-fn tables() -> [Table; 20] {
+fn tables() -> [Table; 21] {
     [
         Table::U64Bytes(ns::INODES),
         Table::BytesBytes(ns::DIRENTS),
@@ -54,6 +54,7 @@ fn tables() -> [Table; 20] {
         Table::BytesBytes(ns::BASES),
         Table::BytesU64(crate::namespace::lease::LEASES),
         Table::BytesU64(crate::namespace::lease::RESERVED),
+        Table::BytesBytes(ns::RELAY),
     ]
 }
 

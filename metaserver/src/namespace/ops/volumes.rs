@@ -98,6 +98,14 @@ pub(crate) fn create_volume(
             ctx.region().0
         )));
     }
+    if !ctx.replaying() {
+        crate::namespace::merge::check_reachable(
+            &t.region_state,
+            ctx.region(),
+            &policy.regions,
+            true,
+        )?;
+    }
     let mut name = name.to_string();
     if read_volume(t.volumes(), &name)?.is_some() {
         if !ctx.replaying() {
@@ -271,17 +279,7 @@ pub(crate) fn set_volume_regions(
                 ctx.region().0
             )));
         }
-        let peers = crate::namespace::merge::origins(&t.region_state)?;
-        if let Some(r) = set
-            .iter()
-            .find(|r| **r != ctx.region() && !peers.contains(r))
-        {
-            return Err(NsError::Invalid(format!(
-                "region {} is unknown to region {}: make it a peer (--peer), or a peer of a peer, before adding it to a volume",
-                r.0,
-                ctx.region().0
-            )));
-        }
+        crate::namespace::merge::check_reachable(&t.region_state, ctx.region(), &set, false)?;
         if vol.read_only {
             return Err(NsError::ReadOnly(format!("volume {name} is a snapshot")));
         }
