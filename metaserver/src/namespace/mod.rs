@@ -38,6 +38,8 @@ mod lease_tests;
 #[cfg(test)]
 mod merge_tests;
 #[cfg(test)]
+mod relay_tests;
+#[cfg(test)]
 mod test_regions;
 #[cfg(test)]
 mod tests;

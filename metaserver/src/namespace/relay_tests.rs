@@ -1,0 +1,143 @@
+//! Records relayed through a region: three regions linked as a chain, 1 - 2 - 3, where 1
+//! and 3 are not peers and get each other's records through region 2's relay table, as
+//! the region code pulls them (`Regions::serve_pull_of`).
+
+use meridian_proto::{Hlc, RegionId};
+use redb::ReadableDatabase;
+
+use super::test_regions::*;
+
+/// Region `to` pulls `origin`'s records through `via` (which relays them), applies them.
+fn relay(via: &Region, to: &mut Region, origin: RegionId) -> usize {
+    let wm = to.watermark(origin);
+    let tx = via.db.begin_read().unwrap();
+    let reply = crate::regions::Regions::default()
+        .serve_pull_of(&tx, via.id, to.id, origin, wm + 1, 1024)
+        .unwrap();
+    drop(tx);
+    let n = reply.records.len();
+    let batch = RemoteBatch {
+        origin,
+        records: reply
+            .records
+            .iter()
+            .map(|c| (c.seq, serde_json::from_slice(&c.record).unwrap()))
+            .collect(),
+        frontier: Hlc::from_key(&reply.frontier),
+        settled: Hlc::from_key(&reply.stable),
+        scanned: reply.next,
+    };
+    let own = to.id;
+    to.write(|t| apply_remote(t, own, &batch)).unwrap();
+    n
+}
+
+fn chain() -> Vec<Region> {
+    let (one, middle, three) = (RegionId(1), RegionId(2), RegionId(3));
+    let a = Region::new(1, &[middle]);
+    let b = Region::new(2, &[one, three]);
+    let c = Region::new(3, &[middle]);
+    a.write(|t| merge::set_relayed(t, &[(three, middle)]).unwrap());
+    c.write(|t| merge::set_relayed(t, &[(one, middle)]).unwrap());
+    vec![a, b, c]
+}
+
+/// One exchange along the chain: the middle pulls both ends; each end pulls the middle
+/// and, through it, the other end.
+fn exchange(rs: &mut [Region]) {
+    let (one, three) = (RegionId(1), RegionId(3));
+    for (from, to) in [(0, 1), (2, 1), (1, 0), (1, 2)] {
+        let (f, t) = two(rs, from, to);
+        deliver(f, t, usize::MAX, 0);
+    }
+    let (b, a) = two(rs, 1, 0);
+    relay(b, a, three);
+    let (b, c) = two(rs, 1, 2);
+    relay(b, c, one);
+}
+
+#[test]
+fn the_ends_of_a_chain_converge_through_the_middle_and_relayed_records_go_once_held() {
+    let mut rs = chain();
+    rs[0]
+        .run(Op::CreateVolume {
+            name: "main".into(),
+            policy: VolumePolicy {
+                regions: vec![RegionId(1), RegionId(2), RegionId(3)],
+                ..VolumePolicy::default()
+            },
+        })
+        .unwrap();
+    for _ in 0..3 {
+        exchange(&mut rs);
+    }
+    let root = rs[2].volume_root();
+    attr_of(rs[0].run(mknod(root, "from-1", FileKind::File)));
+    attr_of(rs[2].run(mknod(root, "from-3", FileKind::Dir)));
+    attr_of(rs[2].run(mknod(root, "same", FileKind::File)));
+    attr_of(rs[0].run(mknod(root, "same", FileKind::File)));
+    for _ in 0..4 {
+        exchange(&mut rs);
+    }
+    let want = namespace_dump(&rs[0]);
+    for r in &rs {
+        assert_eq!(namespace_dump(r), want, "region {} differs", r.id.0);
+        check_tree(r);
+        assert_consistent(r);
+    }
+    let names = rs[2].names(root);
+    assert!(names.contains(&"from-1".to_string()), "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("same")).count(),
+        2,
+        "{names:?}"
+    );
+
+    // Region 2 keeps region 3's records for region 1 until region 1 says it holds them.
+    let kept = |r: &Region| -> usize {
+        r.write(|t| {
+            use redb::ReadableTableMetadata;
+            t.relay.len().unwrap() as usize
+        })
+    };
+    assert!(kept(&rs[1]) > 0);
+    let (one, three) = (RegionId(1), RegionId(3));
+    let held_by_1 = rs[0].watermark(three);
+    rs[1].write(|t| {
+        super::links::note(
+            t,
+            &super::links::PeerNote {
+                region: one,
+                acked: None,
+                event: None,
+                have: vec![(three, held_by_1)],
+            },
+        )
+        .unwrap()
+    });
+    rs[1].write(|t| {
+        super::links::note(
+            t,
+            &super::links::PeerNote {
+                region: RegionId(3),
+                acked: None,
+                event: None,
+                have: vec![(one, rs[2].watermark(one))],
+            },
+        )
+        .unwrap()
+    });
+    attr_of(rs[2].run(mknod(root, "later-3", FileKind::File)));
+    attr_of(rs[0].run(mknod(root, "later-1", FileKind::File)));
+    for _ in 0..2 {
+        exchange(&mut rs);
+    }
+    // What both ends held went; asking the middle for it again is answered with the gap.
+    let tx = rs[1].db.begin_read().unwrap();
+    let err = crate::regions::Regions::default()
+        .serve_pull_of(&tx, rs[1].id, one, three, 1, 1024)
+        .unwrap_err();
+    assert!(err.to_string().contains("backfill"), "{err}");
+    drop(tx);
+    assert!(rs[0].names(root).contains(&"later-3".to_string()));
+}
