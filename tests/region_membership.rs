@@ -81,49 +81,8 @@ fn linked(n: u16, links: &[(u16, u16)]) -> Result<Vec<Region>> {
     Ok(out)
 }
 
-/// Every file and folder under `root`: kind, mode, and for a file its size and hash.
-fn listing(root: &Path) -> BTreeMap<String, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
-            let Ok(meta) = fs::symlink_metadata(&path) else {
-                out.insert(rel, "unreadable".into());
-                continue;
-            };
-            let mode = meta.permissions().mode() & 0o7777;
-            if meta.is_dir() {
-                out.insert(rel, format!("dir {mode:o}"));
-                stack.push(path);
-            } else if meta.file_type().is_symlink() {
-                let target = fs::read_link(&path).unwrap_or_default();
-                out.insert(rel, format!("symlink {}", target.display()));
-            } else {
-                let hash = fs::read(&path)
-                    .map(|b| BlockId::of(&b).to_hex())
-                    .unwrap_or_else(|e| format!("unreadable: {e}"));
-                out.insert(rel, format!("file {mode:o} {} {hash}", meta.len()));
-            }
-        }
-    }
-    out
-}
-
 fn wait_same(a: &Path, b: &Path, what: &str) -> Result<BTreeMap<String, String>> {
-    let mut last = (BTreeMap::new(), BTreeMap::new());
-    wait_for(Duration::from_secs(90), what, || {
-        let (la, lb) = (listing(a), listing(b));
-        let same = la == lb && !la.values().any(|v| v.contains("unreadable"));
-        last = (la.clone(), lb);
-        same.then_some(la)
-    })
-    .with_context(|| format!("one: {:#?}\nother: {:#?}", last.0, last.1))
+    common::wait_same_tree(a, b, Duration::from_secs(90), what)
 }
 
 #[test]

@@ -198,50 +198,8 @@ fn start_side(
     Ok(side)
 }
 
-/// Every file and folder under `root`: its kind and permission bits, and for a file its
-/// size and the blake3 of its content.
-fn listing(root: &Path) -> BTreeMap<String, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
-            let Ok(meta) = fs::symlink_metadata(&path) else {
-                out.insert(rel, "unreadable".into());
-                continue;
-            };
-            let mode = meta.permissions().mode() & 0o7777;
-            if meta.is_dir() {
-                out.insert(rel, format!("dir {mode:o}"));
-                stack.push(path);
-            } else if meta.file_type().is_symlink() {
-                let target = fs::read_link(&path).unwrap_or_default();
-                out.insert(rel, format!("symlink {}", target.display()));
-            } else {
-                let hash = fs::read(&path)
-                    .map(|b| BlockId::of(&b).to_hex())
-                    .unwrap_or_else(|e| format!("unreadable: {e}"));
-                out.insert(rel, format!("file {mode:o} {} {hash}", meta.len()));
-            }
-        }
-    }
-    out
-}
-
 fn wait_same(a: &Path, b: &Path, deadline: Duration) -> Result<BTreeMap<String, String>> {
-    let mut last = (BTreeMap::new(), BTreeMap::new());
-    wait_for(deadline, "both regions to show the same tree", || {
-        let (la, lb) = (listing(a), listing(b));
-        let same = la == lb && !la.values().any(|v| v.contains("unreadable"));
-        last = (la.clone(), lb);
-        same.then_some(la)
-    })
-    .with_context(|| format!("region 1: {:#?}\nregion 2: {:#?}", last.0, last.1))
+    common::wait_same_tree(a, b, deadline, "both regions to show the same tree")
 }
 
 #[test]

@@ -943,3 +943,58 @@ pub fn msync(region: &mut [u8], flags: i32) -> Result<()> {
     anyhow::ensure!(rc == 0, "msync: {}", std::io::Error::last_os_error());
     Ok(())
 }
+
+/// Every file and folder under `root`: its kind and permission bits, and for a file its
+/// size and the blake3 of its content (a symlink: its target).
+pub fn tree_listing(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(root)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                out.insert(rel, "unreadable".into());
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                out.insert(rel, format!("dir {mode:o}"));
+                stack.push(path);
+            } else if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).unwrap_or_default();
+                out.insert(rel, format!("symlink {}", target.display()));
+            } else {
+                let hash = fs::read(&path)
+                    .map(|b| meridian_proto::BlockId::of(&b).to_hex())
+                    .unwrap_or_else(|e| format!("unreadable: {e}"));
+                out.insert(rel, format!("file {mode:o} {} {hash}", meta.len()));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the trees under `a` and `b` are the same, every file readable; returns it.
+pub fn wait_same_tree(
+    a: &Path,
+    b: &Path,
+    deadline: Duration,
+    what: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut last = Default::default();
+    wait_for(deadline, what, || {
+        let (la, lb) = (tree_listing(a), tree_listing(b));
+        let same = la == lb && !la.values().any(|v| v.contains("unreadable"));
+        last = (la.clone(), lb);
+        same.then_some(la)
+    })
+    .with_context(|| format!("one: {:#?}\nthe other: {:#?}", last.0, last.1))
+}

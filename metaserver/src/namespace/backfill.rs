@@ -644,42 +644,25 @@ pub(crate) fn rebase_refs(
     if delta.values().all(|d| *d == 0) {
         return Ok(());
     }
-    let mut changed = Vec::new();
-    for item in t.undo_log.iter().map_err(store_err)? {
-        let (k, v) = item.map_err(store_err)?;
-        let mut images: Vec<super::tables::Before> =
-            serde_json::from_slice(v.value()).map_err(json_err)?;
-        let mut touched = false;
-        for super::tables::Before(tab, key, val) in &mut images {
-            if *tab != Tab::Refs {
-                continue;
-            }
-            let Some(d) = delta.get(key.as_slice()).filter(|d| **d != 0) else {
-                continue;
-            };
-            let count = match val {
-                Some(bytes) => bytes
-                    .as_slice()
-                    .try_into()
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| NsError::Store("damaged undo image".into()))?,
-                None => 0,
-            };
-            let now = (count as i64 + d).max(0) as u64;
-            *val = (now > 0).then(|| now.to_be_bytes().to_vec());
-            touched = true;
+    merge::rewrite_undo(t, None, |super::tables::Before(tab, key, val)| {
+        if *tab != Tab::Refs {
+            return Ok(false);
         }
-        if touched {
-            changed.push((k.value().to_vec(), images));
-        }
-    }
-    for (key, images) in changed {
-        let bytes = serde_json::to_vec(&images).map_err(json_err)?;
-        t.undo_log
-            .insert(key.as_slice(), bytes.as_slice())
-            .map_err(store_err)?;
-    }
-    Ok(())
+        let Some(d) = delta.get(key.as_slice()).filter(|d| **d != 0) else {
+            return Ok(false);
+        };
+        let count = match val {
+            Some(bytes) => bytes
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| NsError::Store("damaged undo image".into()))?,
+            None => 0,
+        };
+        let now = (count as i64 + d).max(0) as u64;
+        *val = (now > 0).then(|| now.to_be_bytes().to_vec());
+        Ok(true)
+    })
 }
 
 /// A volume leaving this region (removed from its regions): its copy here is dropped in
@@ -862,34 +845,16 @@ fn rebase_gone(
             .and_then(|b| b.try_into().ok())
             .is_some_and(|b| gone.contains(&InodeId(u64::from_be_bytes(b))))
     };
-    let mut changed = Vec::new();
-    for item in t.undo_log.iter().map_err(store_err)? {
-        let (k, v) = item.map_err(store_err)?;
-        let mut images: Vec<super::tables::Before> =
-            serde_json::from_slice(v.value()).map_err(json_err)?;
-        let mut touched = false;
-        for super::tables::Before(tab, key, val) in &mut images {
-            let drop = match tab {
-                Tab::Inodes | Tab::Dirents | Tab::Extents | Tab::Xattrs | Tab::Tombs => {
-                    of_gone(key)
-                }
-                Tab::Volumes => names.iter().any(|n| n.as_bytes() == key.as_slice()),
-                _ => false,
-            };
-            if drop && val.is_some() {
-                *val = None;
-                touched = true;
-            }
+    merge::rewrite_undo(t, None, |super::tables::Before(tab, key, val)| {
+        let drop = match tab {
+            Tab::Inodes | Tab::Dirents | Tab::Extents | Tab::Xattrs | Tab::Tombs => of_gone(key),
+            Tab::Volumes => names.iter().any(|n| n.as_bytes() == key.as_slice()),
+            _ => false,
+        };
+        if drop && val.is_some() {
+            *val = None;
+            return Ok(true);
         }
-        if touched {
-            changed.push((k.value().to_vec(), images));
-        }
-    }
-    for (key, images) in changed {
-        let bytes = serde_json::to_vec(&images).map_err(json_err)?;
-        t.undo_log
-            .insert(key.as_slice(), bytes.as_slice())
-            .map_err(store_err)?;
-    }
-    Ok(())
+        Ok(false)
+    })
 }

@@ -842,34 +842,43 @@ fn rebase_undo(
             .and_then(|b| b.try_into().ok())
             .is_some_and(|b| gone.contains(&InodeId(u64::from_be_bytes(b))))
     };
+    rewrite_undo(t, Some(bound), |Before(tab, key, val)| match tab {
+        Tab::Extents | Tab::Xattrs | Tab::Tombs if of_gone(key) && val.is_some() => {
+            *val = None;
+            Ok(true)
+        }
+        Tab::Refs => {
+            let (Some(less), Some(bytes)) = (dropped.get(key.as_slice()), val.as_ref()) else {
+                return Ok(false);
+            };
+            let count = bytes
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| NsError::Store("damaged undo image".into()))?;
+            let left = count.saturating_sub(*less);
+            *val = (left > 0).then(|| left.to_be_bytes().to_vec());
+            Ok(true)
+        }
+        _ => Ok(false),
+    })
+}
+
+/// Rewrites the undo images of the records in the merged log (from `from` on, or all):
+/// `f` changes one image in place and says whether it did.
+pub(crate) fn rewrite_undo(
+    t: &mut WriteTables<'_>,
+    from: Option<Hlc>,
+    mut f: impl FnMut(&mut Before) -> Result<bool, NsError>,
+) -> Result<(), NsError> {
+    let from = from.map(|h| h.to_key().to_vec()).unwrap_or_default();
     let mut changed = Vec::new();
-    let from = bound.to_key();
     for item in t.undo_log.range(from.as_slice()..).map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
         let mut images: Vec<Before> = serde_json::from_slice(v.value()).map_err(json_err)?;
         let mut touched = false;
-        for Before(tab, key, val) in &mut images {
-            match tab {
-                Tab::Extents | Tab::Xattrs | Tab::Tombs if of_gone(key) && val.is_some() => {
-                    *val = None;
-                    touched = true;
-                }
-                Tab::Refs => {
-                    let (Some(less), Some(bytes)) = (dropped.get(key.as_slice()), val.as_ref())
-                    else {
-                        continue;
-                    };
-                    let count = bytes
-                        .as_slice()
-                        .try_into()
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| NsError::Store("damaged undo image".into()))?;
-                    let left = count.saturating_sub(*less);
-                    *val = (left > 0).then(|| left.to_be_bytes().to_vec());
-                    touched = true;
-                }
-                _ => {}
-            }
+        for image in &mut images {
+            touched |= f(image)?;
         }
         if touched {
             changed.push((k.value().to_vec(), images));
