@@ -403,7 +403,7 @@ fn serve_relay(
     let caught_up = !full;
     let (frontier, stable) = if caught_up {
         read_state(tx, |t| {
-            Ok((merge::frontier(t, origin)?, merge::settled_of(t, origin)?))
+            Ok((merge::frontier(t, origin)?, merge::settled(t, origin)?))
         })
         .unwrap_or_default()
     } else {

@@ -474,24 +474,14 @@ fn merge_fresh(
     let n = fresh.len();
     outcome.applied += n as u64;
     if full_merge_forced() {
-        let mut all = merge::rewind(t, low)?;
-        outcome.redone += all.len() as u64;
-        all.extend(fresh);
-        all.sort_by_key(|r| r.hlc);
-        for record in &all {
-            replay(t, own, record)?;
-        }
+        outcome.redone += replay_all_from(t, own, low, fresh)?;
         return Ok(());
     }
     // Only the newer records that do not commute with these are undone and redone.
-    let (redo, kept) = merge::rewind_meeting(t, &fresh)?;
-    let mut all = redo;
+    let (mut all, kept) = merge::rewind_meeting(t, &fresh)?;
+    outcome.redone += all.len() as u64;
     all.extend(fresh);
-    all.sort_by_key(|r| r.hlc);
-    for record in &all {
-        replay(t, own, record)?;
-    }
-    outcome.redone += (all.len() - n) as u64;
+    replay_in_order(t, own, &mut all)?;
     if kept.is_empty() || merge::kept_still_commute(t, &all, &kept)? {
         return Ok(());
     }
@@ -499,15 +489,37 @@ fn merge_fresh(
     // it after all. The replays go back first (in the reverse of the order they were
     // made: their images were taken over the records left applied), then everything from
     // the oldest late record on, and all of it is redone in order.
-    let mut back = all;
-    for r in back.iter().rev() {
+    for r in all.iter().rev() {
         merge::unapply(t, r.hlc)?;
     }
+    let replayed = all.len() as u64;
+    outcome.redone += replay_all_from(t, own, low, all)? + replayed;
+    Ok(())
+}
+
+/// Undoes every record from `low` on and replays them with `more`, all in HLC order;
+/// returns how many were undone.
+fn replay_all_from(
+    t: &mut WriteTables<'_>,
+    own: RegionId,
+    low: meridian_proto::Hlc,
+    more: Vec<Record>,
+) -> Result<u64, NsError> {
     let mut all = merge::rewind(t, low)?;
-    all.append(&mut back);
-    all.sort_by_key(|r| r.hlc);
-    outcome.redone += all.len() as u64;
-    for record in &all {
+    let undone = all.len() as u64;
+    all.extend(more);
+    replay_in_order(t, own, &mut all)?;
+    Ok(undone)
+}
+
+/// Replays `records` in HLC order.
+fn replay_in_order(
+    t: &mut WriteTables<'_>,
+    own: RegionId,
+    records: &mut [Record],
+) -> Result<(), NsError> {
+    records.sort_by_key(|r| r.hlc);
+    for record in records.iter() {
         replay(t, own, record)?;
     }
     Ok(())

@@ -257,9 +257,7 @@ pub(crate) fn rewind(t: &mut WriteTables<'_>, low: Hlc) -> Result<Vec<Record>, N
     let mut out = Vec::with_capacity(newer.len());
     for (key, bytes) in newer {
         let images = undo_images(t, &key)?;
-        t.restore(&images)?;
-        t.undo_log.remove(key.as_slice()).map_err(store_err)?;
-        t.oplog.remove(key.as_slice()).map_err(store_err)?;
+        take_out(t, &key, &images)?;
         out.push(serde_json::from_slice::<Record>(&bytes).map_err(json_err)?);
     }
     out.reverse();
@@ -420,11 +418,12 @@ pub(crate) fn rewind_meeting(
     let mut kept = Vec::new();
     for (key, bytes) in newer {
         let record: Record = serde_json::from_slice(&bytes).map_err(json_err)?;
+        let images = undo_images(t, &key)?;
         let mut footprint = Footprint::of_record(&record);
-        footprint.add_images(&undo_images(t, &key)?);
+        footprint.add_images(&images);
         if footprint.meets(&touched) {
             touched.add(&footprint);
-            take.push((key, record));
+            take.push((key, record, images));
         } else {
             kept.push(Kept {
                 hlc: record.hlc,
@@ -433,11 +432,8 @@ pub(crate) fn rewind_meeting(
         }
     }
     let mut out = Vec::with_capacity(take.len());
-    for (key, record) in take.into_iter().rev() {
-        let images = undo_images(t, &key)?;
-        t.restore(&images)?;
-        t.undo_log.remove(key.as_slice()).map_err(store_err)?;
-        t.oplog.remove(key.as_slice()).map_err(store_err)?;
+    for (key, record, images) in take.into_iter().rev() {
+        take_out(t, &key, &images)?;
         out.push(record);
     }
     out.reverse();
@@ -460,10 +456,7 @@ pub(crate) fn rewind_meeting(
 pub(crate) fn unapply(t: &mut WriteTables<'_>, hlc: Hlc) -> Result<(), NsError> {
     let key = hlc.to_key();
     let images = undo_images(t, &key)?;
-    t.restore(&images)?;
-    t.undo_log.remove(key.as_slice()).map_err(store_err)?;
-    t.oplog.remove(key.as_slice()).map_err(store_err)?;
-    Ok(())
+    take_out(t, &key, &images)
 }
 
 /// After `replayed` applied again: whether every record left applied still commutes with
@@ -482,6 +475,15 @@ pub(crate) fn kept_still_commute(
         }
     }
     Ok(true)
+}
+
+/// Takes the record keyed `key` out of the merged log, restoring what it overwrote
+/// (`images`, its undo images).
+fn take_out(t: &mut WriteTables<'_>, key: &[u8], images: &[Before]) -> Result<(), NsError> {
+    t.restore(images)?;
+    t.undo_log.remove(key).map_err(store_err)?;
+    t.oplog.remove(key).map_err(store_err)?;
+    Ok(())
 }
 
 fn undo_images(t: &WriteTables<'_>, key: &[u8]) -> Result<Vec<Before>, NsError> {
@@ -665,13 +667,9 @@ pub(crate) fn version_of(
 /// How many old merged-log entries one application may drop.
 const PRUNE_BATCH: usize = 256;
 
-fn settled(t: &impl StateTable, origin: RegionId) -> Result<Option<Hlc>, NsError> {
-    stamp(t, &settled_key(origin))
-}
-
 /// The settled mark `origin` last sent (directly or relayed).
-pub fn settled_of(t: &impl StateTable, origin: RegionId) -> Result<Option<Hlc>, NsError> {
-    settled(t, origin)
+pub fn settled(t: &impl StateTable, origin: RegionId) -> Result<Option<Hlc>, NsError> {
+    stamp(t, &settled_key(origin))
 }
 
 /// The stability watermark: every record of every region older than it is here, and no
