@@ -218,7 +218,7 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
             .begin_read()
             .ok()
             .and_then(|tx| merge::state_table(&tx).ok().flatten())
-            .and_then(|t| backfill::all_leaving(&t).ok())
+            .and_then(|t| crate::namespace::leave::all_leaving(&t).ok())
             .unwrap_or_default()
             .into_iter()
             .filter(|l| !l.done)
@@ -233,7 +233,7 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
             .filter(|l| {
                 state
                     .as_ref()
-                    .is_some_and(|t| backfill::may_drop(t, l).unwrap_or(false))
+                    .is_some_and(|t| crate::namespace::leave::may_drop(t, l).unwrap_or(false))
             })
             .collect();
         for l in leaving {

@@ -598,7 +598,7 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
             }
             images = t.undo.take().unwrap_or_default();
         }
-        Ok(_) => backfill::note_removal(t, own, record)?,
+        Ok(_) => super::leave::note_removal(t, own, record)?,
     }
     merge::log_applied(t, record, &images)
 }

@@ -1,7 +1,7 @@
-//! Bringing a volume into a region it did not live in (`admin volume add-region`), and
-//! dropping it from one it leaves: the state-machine side. This module owns the
-//! bookkeeping of a region's backfills, builds a volume's image in the region that serves
-//! it, and installs the image in the region that receives it.
+//! Bringing a volume into a region it did not live in (`admin volume add-region`): the
+//! state-machine side. This module owns the bookkeeping of a region's backfills, builds a
+//! volume's image in the region that serves it, and installs the image in the region that
+//! receives it. Leaving a region is `leave`'s.
 //!
 //! Why an image, and which one. Records of a volume carry the regions it lived in when
 //! they were written, and a region is sent only the records it may hold: a region added
@@ -58,11 +58,11 @@ pub struct Backfill {
     pub blocks: bool,
 }
 
-fn key(volume: u32) -> String {
+pub(super) fn key(volume: u32) -> String {
     format!("backfill/{volume}")
 }
 
-fn json_err(e: serde_json::Error) -> NsError {
+pub(super) fn json_err(e: serde_json::Error) -> NsError {
     NsError::Store(format!("damaged backfill record: {e}"))
 }
 
@@ -145,7 +145,7 @@ pub fn admission(
     record: &Record,
 ) -> Result<Admission, NsError> {
     let (volume, hlc) = (record.volume, record.hlc);
-    if let Some(l) = leaving(t, volume)? {
+    if let Some(l) = super::leave::leaving(t, volume)? {
         let adds_back =
             matches!(&record.op, Op::SetVolumeRegions { regions, .. } if regions.contains(&own));
         if adds_back && hlc > l.since {
@@ -187,9 +187,7 @@ pub(crate) fn start(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsEr
         return Ok(());
     }
     // Brought back after it left: what is left of the leaving goes.
-    t.region_state
-        .remove(leave_key(record.volume).as_str())
-        .map_err(store_err)?;
+    super::leave::forget(t, record.volume)?;
     put(
         t,
         &Backfill {
@@ -662,199 +660,5 @@ pub(crate) fn rebase_refs(
         let now = (count as i64 + d).max(0) as u64;
         *val = (now > 0).then(|| now.to_be_bytes().to_vec());
         Ok(true)
-    })
-}
-
-/// A volume leaving this region (removed from its regions): its copy here is dropped in
-/// bounded steps.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Leaving {
-    /// The volume's id.
-    pub volume: u32,
-    /// Its name.
-    pub name: String,
-    /// The stamp of the change that removed this region.
-    pub since: Hlc,
-    /// Inodes dropped so far.
-    pub inodes: u64,
-    /// Everything of it is gone.
-    pub done: bool,
-}
-
-fn leave_key(volume: u32) -> String {
-    format!("leave/{volume}")
-}
-
-/// The leaving of `volume`, if it left this region.
-pub fn leaving(t: &impl StateTable, volume: u32) -> Result<Option<Leaving>, NsError> {
-    match merge::state(t, &leave_key(volume))? {
-        Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(json_err)?)),
-        None => Ok(None),
-    }
-}
-
-/// Every volume that left or is leaving this region.
-pub fn all_leaving(t: &impl StateTable) -> Result<Vec<Leaving>, NsError> {
-    let mut out = Vec::new();
-    for item in t.range("leave/".."leave0").map_err(store_err)? {
-        let (_, v) = item.map_err(store_err)?;
-        out.push(serde_json::from_slice(v.value()).map_err(json_err)?);
-    }
-    Ok(out)
-}
-
-fn put_leaving(t: &mut WriteTables<'_>, l: &Leaving) -> Result<(), NsError> {
-    let bytes = serde_json::to_vec(l).map_err(json_err)?;
-    t.region_state
-        .insert(leave_key(l.volume).as_str(), bytes.as_slice())
-        .map_err(store_err)?;
-    Ok(())
-}
-
-/// After `record` applied: if it removed `own` from a volume held here, the volume starts
-/// leaving.
-pub(crate) fn note_removal(
-    t: &mut WriteTables<'_>,
-    own: RegionId,
-    record: &Record,
-) -> Result<(), NsError> {
-    let Op::SetVolumeRegions { name, regions } = &record.op else {
-        return Ok(());
-    };
-    if regions.contains(&own) || leaving(&t.region_state, record.volume)?.is_some() {
-        return Ok(());
-    }
-    if find_volume(t, record.volume)?.is_none() {
-        return Ok(());
-    }
-    put_leaving(
-        t,
-        &Leaving {
-            volume: record.volume,
-            name: name.clone(),
-            since: record.hlc,
-            inodes: 0,
-            done: false,
-        },
-    )
-}
-
-/// Whether the copy of a leaving volume may be dropped now: once every region has
-/// settled past the change that removed this one, no record of the volume from before it
-/// can be undone again here (and none from after it applies here), so dropping its rows
-/// commutes with everything still in the merged log.
-pub fn may_drop(t: &impl StateTable, l: &Leaving) -> Result<bool, NsError> {
-    Ok(merge::settled_bound(t)?.is_some_and(|b| b > l.since))
-}
-
-/// Most inodes one step of a leaving drops.
-pub const LEAVE_STEP: usize = 2000;
-
-/// One step of dropping a volume that left this region: up to [`LEAVE_STEP`] of its
-/// inodes (with every row keyed by them), and with the last its row. Outside any record;
-/// the records still in the merged log get their images rebased, so undoing one of them
-/// later brings nothing of the volume back. Returns whether it is all gone.
-pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError> {
-    let Some(mut l) = leaving(&t.region_state, volume)? else {
-        return Err(NsError::NotFound(format!("volume {volume} is not leaving")));
-    };
-    if l.done {
-        return Ok(true);
-    }
-    if !may_drop(&t.region_state, &l)? {
-        return Err(NsError::Invalid(format!(
-            "volume {volume} cannot be dropped before every region has settled past its removal"
-        )));
-    }
-    let mut gone = Vec::new();
-    for item in t.inodes().iter().map_err(store_err)? {
-        let (k, v) = item.map_err(store_err)?;
-        let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
-        if inode.attr.volume == volume {
-            gone.push(InodeId(k.value()));
-            if gone.len() >= LEAVE_STEP {
-                break;
-            }
-        }
-    }
-    if gone.len() < LEAVE_STEP {
-        for item in t.tombs().iter().map_err(store_err)? {
-            let (k, v) = item.map_err(store_err)?;
-            let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
-            if tomb.inode.attr.volume == volume {
-                gone.push(InodeId(k.value()));
-                if gone.len() >= LEAVE_STEP {
-                    break;
-                }
-            }
-        }
-    }
-    let saved = t.undo.take();
-    let mut delta = BTreeMap::new();
-    let mut result = Ok(());
-    for ino in &gone {
-        result = forget_inode(t, *ino, &mut delta);
-        if result.is_err() {
-            break;
-        }
-    }
-    let mut names = Vec::new();
-    if result.is_ok() && gone.is_empty() {
-        for item in t.volumes().iter().map_err(store_err)? {
-            let (k, v) = item.map_err(store_err)?;
-            let vol: Volume = serde_json::from_slice(v.value()).map_err(json_err)?;
-            if vol.id == volume {
-                names.push(k.value().to_string());
-            }
-        }
-        for name in &names {
-            t.del_volume(name)?;
-        }
-    }
-    t.undo = saved;
-    result?;
-    l.inodes += gone.len() as u64;
-    let done = gone.is_empty();
-    rebase_gone(t, &gone.into_iter().collect(), &names, &delta)?;
-    if done {
-        l.done = true;
-        // Added again later, it is brought in again.
-        t.region_state
-            .remove(key(volume).as_str())
-            .map_err(store_err)?;
-    }
-    put_leaving(t, &l)?;
-    Ok(done)
-}
-
-/// Carries rows dropped outside any record into the undo images of the records still in
-/// the merged log: the rows of `gone` inodes and the volume rows `names` read as absent,
-/// block counts lower by `delta`.
-fn rebase_gone(
-    t: &mut WriteTables<'_>,
-    gone: &std::collections::BTreeSet<InodeId>,
-    names: &[String],
-    delta: &BTreeMap<Vec<u8>, i64>,
-) -> Result<(), NsError> {
-    rebase_refs(t, delta)?;
-    if gone.is_empty() && names.is_empty() {
-        return Ok(());
-    }
-    let of_gone = |key: &[u8]| {
-        key.get(..8)
-            .and_then(|b| b.try_into().ok())
-            .is_some_and(|b| gone.contains(&InodeId(u64::from_be_bytes(b))))
-    };
-    merge::rewrite_undo(t, None, |super::tables::Before(tab, key, val)| {
-        let drop = match tab {
-            Tab::Inodes | Tab::Dirents | Tab::Extents | Tab::Xattrs | Tab::Tombs => of_gone(key),
-            Tab::Volumes => names.iter().any(|n| n.as_bytes() == key.as_slice()),
-            _ => false,
-        };
-        if drop && val.is_some() {
-            *val = None;
-            return Ok(true);
-        }
-        Ok(false)
     })
 }

@@ -183,7 +183,7 @@ fn a_region_added_with_concurrent_writers_ends_identical_and_leaves_cleanly() {
     rounds(&mut rs, 3);
     promise_all(&mut rs);
     rounds(&mut rs, 3);
-    while !rs[2].write(|t| backfill::leave_step(t, vol.id).unwrap()) {}
+    while !rs[2].write(|t| super::leave::leave_step(t, vol.id).unwrap()) {}
     rounds(&mut rs, 3);
     let dump = namespace_dump(&rs[2]);
     for table in [
@@ -246,7 +246,7 @@ fn a_region_that_left_is_brought_back_in_with_everything_written_meanwhile() {
     rounds(&mut rs, 3);
     promise_all(&mut rs);
     rounds(&mut rs, 3);
-    while !rs[2].write(|t| backfill::leave_step(t, vol.id).unwrap()) {}
+    while !rs[2].write(|t| super::leave::leave_step(t, vol.id).unwrap()) {}
     attr_of(rs[1].run(mknod(root, "while-away", FileKind::File)));
     rounds(&mut rs, 3);
     assert!(rs[2].read(|r| r.volume("main")).is_err());

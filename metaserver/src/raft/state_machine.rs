@@ -219,7 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Response::Remote(outcome)
                     }
                     EntryPayload::Normal(Request::LeaveStep(volume)) => {
-                        let outcome = namespace::backfill::leave_step(&mut ns, *volume);
+                        let outcome = namespace::leave::leave_step(&mut ns, *volume);
                         if let Err(namespace::NsError::Store(e)) = &outcome {
                             return Err(io::Error::other(format!("applying {log_id}: {e}")));
                         }
