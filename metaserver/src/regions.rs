@@ -217,14 +217,8 @@ impl Regions {
             records,
             next,
             head,
-            frontier: frontier
-                .map(|h| h.to_key().to_vec())
-                .unwrap_or_default()
-                .into(),
-            stable: stable
-                .map(|h| h.to_key().to_vec())
-                .unwrap_or_default()
-                .into(),
+            frontier: stamp_bytes(frontier),
+            stable: stamp_bytes(stable),
             relays: Vec::new(),
         })
     }
@@ -414,16 +408,18 @@ fn serve_relay(
         records,
         next,
         head: wm,
-        frontier: frontier
-            .map(|h| h.to_key().to_vec())
-            .unwrap_or_default()
-            .into(),
-        stable: stable
-            .map(|h| h.to_key().to_vec())
-            .unwrap_or_default()
-            .into(),
+        frontier: stamp_bytes(frontier),
+        stable: stamp_bytes(stable),
         relays: Vec::new(),
     })
+}
+
+/// A stamp as sent in an answer (empty: none).
+fn stamp_bytes(stamp: Option<Hlc>) -> bytes::Bytes {
+    stamp
+        .map(|h| h.to_key().to_vec())
+        .unwrap_or_default()
+        .into()
 }
 
 /// Rows of a table (0 when it does not exist yet).

@@ -160,20 +160,28 @@ pub(super) fn print_backfills(rows: &[meridian_proto::pb::meta::Backfill]) {
     println!("volumes brought into this region:");
     for b in rows {
         println!(
-            "  {:<20} from region {:<3} {:<10} {} of {} received, {} inodes installed, {} of {} blocks{}",
+            "  {:<20} from region {:<3} {}",
             b.name,
             b.from,
-            b.state,
-            human(b.bytes_received),
-            human(b.bytes_total),
-            b.inodes_installed,
-            b.blocks_done,
-            b.blocks_total,
-            if b.error.is_empty() {
-                String::new()
-            } else {
-                format!("  ({})", b.error)
-            }
+            backfill_progress(b)
         );
     }
+}
+
+/// Where a backfill stands, in a line.
+pub(super) fn backfill_progress(b: &meridian_proto::pb::meta::Backfill) -> String {
+    format!(
+        "{}: {} of {} received, {} inodes installed, {} of {} blocks{}",
+        b.state,
+        human(b.bytes_received),
+        human(b.bytes_total),
+        b.inodes_installed,
+        b.blocks_done,
+        b.blocks_total,
+        if b.error.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", b.error)
+        }
+    )
 }

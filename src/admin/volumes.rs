@@ -174,20 +174,7 @@ async fn follow_backfill(meta: &[String], id: u32, region: u16) -> Result<()> {
         let line = match &row {
             None => "the region does not answer".to_string(),
             Some(None) => "waiting for the region to learn of the change".to_string(),
-            Some(Some(b)) => format!(
-                "{}: {} of {} received, {} inodes installed, {} of {} blocks{}",
-                b.state,
-                human(b.bytes_received),
-                human(b.bytes_total),
-                b.inodes_installed,
-                b.blocks_done,
-                b.blocks_total,
-                if b.error.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", b.error)
-                }
-            ),
+            Some(Some(b)) => super::regions::backfill_progress(b),
         };
         if line != last {
             println!("{line}");

@@ -11,25 +11,7 @@ use super::test_regions::*;
 
 /// Three regions, each a peer of the others; volume "main" in regions 1 and 2 only.
 fn three_with_volume_in_two() -> Vec<Region> {
-    let ids = [RegionId(1), RegionId(2), RegionId(3)];
-    let mut out: Vec<Region> = ids
-        .iter()
-        .map(|id| {
-            let peers: Vec<RegionId> = ids.iter().copied().filter(|p| p != id).collect();
-            Region::new(id.0, &peers)
-        })
-        .collect();
-    out[0]
-        .run(Op::CreateVolume {
-            name: "main".into(),
-            policy: VolumePolicy {
-                regions: vec![RegionId(1), RegionId(2)],
-                ..VolumePolicy::default()
-            },
-        })
-        .unwrap();
-    rounds(&mut out, 3);
-    out
+    regions_with_volume_in(3, &[RegionId(1), RegionId(2)])
 }
 
 /// A few exchanges between every pair (held records keep coming, so "until nothing moves"

@@ -197,6 +197,13 @@ pub(super) fn two(regions: &mut [Region], i: usize, j: usize) -> (&Region, &mut 
 /// `n` regions sharing volume "main", created in the first and delivered to the others.
 pub(super) fn regions(n: u16) -> Vec<Region> {
     let ids: Vec<RegionId> = (1..=n).map(RegionId).collect();
+    regions_with_volume_in(n, &ids)
+}
+
+/// `n` regions, each a peer of the others, and volume "main" living in `volume_regions`,
+/// created in the first and delivered.
+pub(super) fn regions_with_volume_in(n: u16, volume_regions: &[RegionId]) -> Vec<Region> {
+    let ids: Vec<RegionId> = (1..=n).map(RegionId).collect();
     let mut out: Vec<Region> = ids
         .iter()
         .map(|id| {
@@ -208,7 +215,7 @@ pub(super) fn regions(n: u16) -> Vec<Region> {
         .run(Op::CreateVolume {
             name: "main".into(),
             policy: VolumePolicy {
-                regions: ids.clone(),
+                regions: volume_regions.to_vec(),
                 ..VolumePolicy::default()
             },
         })

@@ -230,6 +230,17 @@ pub(crate) fn delete_volume(
     Ok(Reply::Done)
 }
 
+/// The volume a change of its policy acts on: by name where it is made, by id in a
+/// replay (its name may belong to another volume by then), as a deletion's does.
+fn volume_changed(t: &WriteTables<'_>, ctx: &Ctx<'_>, name: &str) -> Result<Volume, NsError> {
+    match ctx.replay {
+        Some(_) => find_volume(t, ctx.volume)?
+            .ok_or_else(|| NsError::NotFound(format!("volume {}", ctx.volume))),
+        None => read_volume(t.volumes(), name)?
+            .ok_or_else(|| NsError::NotFound(format!("volume {name}"))),
+    }
+}
+
 /// Sets a volume's byte quota. A replay names the volume by id, as a deletion's does.
 pub(crate) fn set_volume_quota(
     t: &mut WriteTables<'_>,
@@ -237,12 +248,7 @@ pub(crate) fn set_volume_quota(
     name: &str,
     quota_bytes: Option<u64>,
 ) -> Result<Reply, NsError> {
-    let mut vol = match ctx.replay {
-        Some(_) => find_volume(t, ctx.volume)?
-            .ok_or_else(|| NsError::NotFound(format!("volume {}", ctx.volume)))?,
-        None => read_volume(t.volumes(), name)?
-            .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?,
-    };
+    let mut vol = volume_changed(t, ctx, name)?;
     vol.policy.quota_bytes = quota_bytes;
     t.put_volume(&vol)?;
     Ok(Reply::Volume(vol))
@@ -258,12 +264,7 @@ pub(crate) fn set_volume_regions(
     name: &str,
     regions: &[meridian_proto::RegionId],
 ) -> Result<Reply, NsError> {
-    let mut vol = match ctx.replay {
-        Some(_) => find_volume(t, ctx.volume)?
-            .ok_or_else(|| NsError::NotFound(format!("volume {}", ctx.volume)))?,
-        None => read_volume(t.volumes(), name)?
-            .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?,
-    };
+    let mut vol = volume_changed(t, ctx, name)?;
     let mut set = regions.to_vec();
     set.sort();
     set.dedup();
