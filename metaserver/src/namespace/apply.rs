@@ -478,11 +478,11 @@ fn merge_fresh(
         return Ok(());
     }
     // Only the newer records that do not commute with these are undone and redone.
-    let (mut all, kept) = merge::rewind_meeting(t, &fresh)?;
+    let (mut all, replayed) = merge::rewind_meeting(t, &fresh)?;
     outcome.redone += all.len() as u64;
     all.extend(fresh);
     replay_in_order(t, own, &mut all)?;
-    if kept.is_empty() || merge::kept_still_commute(t, &all, &kept)? {
+    if merge::kept_still_commute(t, &all, &replayed)? {
         return Ok(());
     }
     // A replay wrote where a record left applied had written: that one must come after

@@ -1,12 +1,30 @@
 //! What a record may read or write, for the merge to tell which records commute (ADR
 //! 0009): a late record undoes only the newer records whose footprint meets its own.
+//!
+//! Every record in the merged log has its footprint stored (FOOTPRINTS) and indexed by
+//! what it touches (FOOTPRINT_INDEX), so a late record finds the newer records it meets by
+//! reading only those: the cost of a merge follows what it meets, not how much was
+//! written since.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use meridian_proto::InodeId;
+use meridian_proto::{Hlc, InodeId};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::tables::{Before, Tab};
+use super::tables::{
+    Before, FOOTPRINT_INDEX, FOOTPRINTS, OPLOG, Tab, UNDO, WriteTables, store_err,
+};
 use super::types::*;
+
+/// Index kinds: records naming an inode, records that walk the tree (renames), and
+/// records that meet everything.
+const BY_INODE: u8 = 0;
+const BY_TREE: u8 = 1;
+const BY_ALL: u8 = 2;
+
+fn damaged() -> NsError {
+    NsError::Store("damaged footprint".into())
+}
 
 /// What a record may read or write, for deciding which records commute: the inodes it
 /// names or whose rows it wrote (a directory's entries count as the directory), whether
@@ -21,7 +39,9 @@ pub(crate) struct Footprint {
 }
 
 impl Footprint {
-    /// Whether two records touching these may not be reordered.
+    /// Whether two records touching these may not be reordered (the index answers this
+    /// for the merge; the tests check it against this).
+    #[cfg(test)]
     pub(crate) fn meets(&self, other: &Footprint) -> bool {
         self.all
             || other.all
@@ -33,6 +53,49 @@ impl Footprint {
         self.all |= other.all;
         self.tree |= other.tree;
         self.inodes.extend(other.inodes.iter().copied());
+    }
+
+    /// The footprint of a record with its undo images.
+    pub(crate) fn of_applied(record: &Record, images: &[Before]) -> Footprint {
+        let mut f = Footprint::of_record(record);
+        f.add_images(images);
+        f
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(1 + 8 * self.inodes.len());
+        v.push(u8::from(self.all) | (u8::from(self.tree) << 1));
+        for i in &self.inodes {
+            v.extend_from_slice(&i.to_be_bytes());
+        }
+        v
+    }
+
+    fn decode(b: &[u8]) -> Result<Footprint, NsError> {
+        let (&flags, rest) = b.split_first().ok_or_else(damaged)?;
+        if flags > 3 || rest.len() % 8 != 0 {
+            return Err(damaged());
+        }
+        Ok(Footprint {
+            all: flags & 1 != 0,
+            tree: flags & 2 != 0,
+            inodes: rest
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        })
+    }
+
+    /// The index prefixes a record with this footprint is listed under.
+    fn prefixes(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = self.inodes.iter().map(|i| inode_prefix(*i)).collect();
+        if self.tree {
+            out.push(vec![BY_TREE]);
+        }
+        if self.all {
+            out.push(vec![BY_ALL]);
+        }
+        out
     }
 
     /// What the operation and what it did at its origin name.
@@ -112,4 +175,285 @@ impl Footprint {
             }
         }
     }
+}
+
+fn inode_prefix(ino: u64) -> Vec<u8> {
+    let mut p = Vec::with_capacity(9);
+    p.push(BY_INODE);
+    p.extend_from_slice(&ino.to_be_bytes());
+    p
+}
+
+fn index_key(prefix: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + key.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Lists the record keyed `key` (its HLC key) under what it touches.
+pub(crate) fn index(t: &mut WriteTables<'_>, key: &[u8], f: &Footprint) -> Result<(), NsError> {
+    unindex(t, key)?;
+    for p in f.prefixes() {
+        t.footprint_index
+            .insert(index_key(&p, key).as_slice(), ())
+            .map_err(store_err)?;
+    }
+    t.footprints
+        .insert(key, f.encode().as_slice())
+        .map_err(store_err)?;
+    Ok(())
+}
+
+/// Takes the record keyed `key` out of the index (nothing if it is not in it).
+pub(crate) fn unindex(t: &mut WriteTables<'_>, key: &[u8]) -> Result<(), NsError> {
+    let Some(f) = t.footprints.remove(key).map_err(store_err)? else {
+        return Ok(());
+    };
+    let f = Footprint::decode(f.value())?;
+    for p in f.prefixes() {
+        t.footprint_index
+            .remove(index_key(&p, key).as_slice())
+            .map_err(store_err)?;
+    }
+    Ok(())
+}
+
+/// The stored footprint of the record keyed `key`.
+fn footprint_at(t: &WriteTables<'_>, key: &[u8]) -> Result<Footprint, NsError> {
+    footprint_if_logged(t, key)?
+        .ok_or_else(|| NsError::Store(format!("no footprint for {:?}", Hlc::from_key(key))))
+}
+
+/// The stored footprint of the record keyed `key`, if it is in the merged log.
+pub(crate) fn footprint_if_logged(
+    t: &WriteTables<'_>,
+    key: &[u8],
+) -> Result<Option<Footprint>, NsError> {
+    t.footprints
+        .get(key)
+        .map_err(store_err)?
+        .map(|v| Footprint::decode(v.value()))
+        .transpose()
+}
+
+/// The HLC keys listed under `prefix` from `from` on (after it unless `inclusive`).
+fn listed(
+    t: &WriteTables<'_>,
+    prefix: &[u8],
+    from: &[u8],
+    inclusive: bool,
+    mut each: impl FnMut(Vec<u8>),
+) -> Result<(), NsError> {
+    let start = index_key(prefix, from);
+    for item in t
+        .footprint_index
+        .range(start.as_slice()..)
+        .map_err(store_err)?
+    {
+        let (k, _) = item.map_err(store_err)?;
+        let k = k.value();
+        if !k.starts_with(prefix) {
+            break;
+        }
+        let key = &k[prefix.len()..];
+        if inclusive || key != from {
+            each(key.to_vec());
+        }
+    }
+    Ok(())
+}
+
+/// The records of the merged log that do not commute with a set of late records, found
+/// through the index: those that meet the late records, or a record found before them.
+/// Each prefix is read once, so the cost is what the late records meet.
+#[derive(Default)]
+pub(crate) struct Meeting {
+    inodes: HashSet<u64>,
+    tree: bool,
+    all: bool,
+    everything: bool,
+    queue: BTreeSet<Vec<u8>>,
+}
+
+impl Meeting {
+    /// The keys of the records stamped from `low` on that meet `late` (the late records'
+    /// footprint), directly or through each other, oldest first.
+    pub(crate) fn find(
+        t: &WriteTables<'_>,
+        late: &Footprint,
+        low: Hlc,
+    ) -> Result<BTreeSet<Vec<u8>>, NsError> {
+        let mut m = Meeting::default();
+        m.seed(t, late, &low.to_key(), true)?;
+        let mut found = BTreeSet::new();
+        while let Some(key) = m.queue.pop_first() {
+            let f = footprint_at(t, &key)?;
+            // Only records after this one are reordered against it.
+            m.seed(t, &f, &key, false)?;
+            found.insert(key);
+        }
+        Ok(found)
+    }
+
+    /// Queues the records from `from` on that meet `f` and were not queued already.
+    /// Prefixes are read in stamp order of the records that need them, so a prefix read
+    /// once from an older record covers every later one.
+    fn seed(
+        &mut self,
+        t: &WriteTables<'_>,
+        f: &Footprint,
+        from: &[u8],
+        inclusive: bool,
+    ) -> Result<(), NsError> {
+        if self.everything {
+            return Ok(());
+        }
+        let queue = &mut self.queue;
+        if f.all {
+            self.everything = true;
+            for item in t.oplog.range(from..).map_err(store_err)? {
+                let (k, _) = item.map_err(store_err)?;
+                if inclusive || k.value() != from {
+                    queue.insert(k.value().to_vec());
+                }
+            }
+            return Ok(());
+        }
+        for &i in &f.inodes {
+            if self.inodes.insert(i) {
+                listed(t, &inode_prefix(i), from, inclusive, |k| {
+                    queue.insert(k);
+                })?;
+            }
+        }
+        if f.tree && !self.tree {
+            self.tree = true;
+            listed(t, &[BY_TREE], from, inclusive, |k| {
+                queue.insert(k);
+            })?;
+        }
+        // A record that meets everything meets these.
+        if !self.all {
+            self.all = true;
+            listed(t, &[BY_ALL], from, inclusive, |k| {
+                queue.insert(k);
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// After a merge replayed some records: for each prefix, the newest record from `low` on
+/// that was left applied (not replayed), read once per prefix.
+pub(crate) struct LeftApplied<'a> {
+    low: Vec<u8>,
+    replayed: &'a BTreeSet<Vec<u8>>,
+    newest: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> LeftApplied<'a> {
+    pub(crate) fn new(low: Hlc, replayed: &'a BTreeSet<Vec<u8>>) -> Self {
+        LeftApplied {
+            low: low.to_key().to_vec(),
+            replayed,
+            newest: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a record left applied, stamped after `key`, meets `f`.
+    pub(crate) fn meets_after(
+        &mut self,
+        t: &WriteTables<'_>,
+        f: &Footprint,
+        key: &[u8],
+    ) -> Result<bool, NsError> {
+        let mut prefixes = if f.all {
+            // Every record: the empty prefix stands for the whole log.
+            vec![Vec::new()]
+        } else {
+            f.prefixes()
+        };
+        prefixes.push(vec![BY_ALL]);
+        for p in prefixes {
+            if self.newest(t, &p)?.is_some_and(|n| n.as_slice() > key) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn newest(&mut self, t: &WriteTables<'_>, prefix: &[u8]) -> Result<Option<Vec<u8>>, NsError> {
+        if let Some(n) = self.newest.get(prefix) {
+            return Ok(n.clone());
+        }
+        let mut found = None;
+        if prefix.is_empty() {
+            for item in t
+                .oplog
+                .range(self.low.as_slice()..)
+                .map_err(store_err)?
+                .rev()
+            {
+                let (k, _) = item.map_err(store_err)?;
+                if !self.replayed.contains(k.value()) {
+                    found = Some(k.value().to_vec());
+                    break;
+                }
+            }
+        } else {
+            let start = index_key(prefix, &self.low);
+            let mut end = prefix.to_vec();
+            end.extend_from_slice(&[0xff; Hlc::KEY_LEN]);
+            for item in t
+                .footprint_index
+                .range(start.as_slice()..=end.as_slice())
+                .map_err(store_err)?
+                .rev()
+            {
+                let (k, _) = item.map_err(store_err)?;
+                let key = &k.value()[prefix.len()..];
+                if !self.replayed.contains(key) {
+                    found = Some(key.to_vec());
+                    break;
+                }
+            }
+        }
+        self.newest.insert(prefix.to_vec(), found.clone());
+        Ok(found)
+    }
+}
+
+/// Rebuilds the footprints and their index from the merged log: after a snapshot is
+/// installed (`always`), and on opening a state written before they existed (when they do
+/// not hold one row per record; every write keeps them in step otherwise).
+pub fn index_footprints(tx: &WriteTransaction, always: bool) -> Result<(), NsError> {
+    let oplog = tx.open_table(OPLOG).map_err(store_err)?;
+    let undo = tx.open_table(UNDO).map_err(store_err)?;
+    let mut footprints = tx.open_table(FOOTPRINTS).map_err(store_err)?;
+    let mut index = tx.open_table(FOOTPRINT_INDEX).map_err(store_err)?;
+    if !always && oplog.len().map_err(store_err)? == footprints.len().map_err(store_err)? {
+        return Ok(());
+    }
+    footprints.retain(|_, _| false).map_err(store_err)?;
+    index.retain(|_, _| false).map_err(store_err)?;
+    let json = |e: serde_json::Error| NsError::Store(format!("damaged merge record: {e}"));
+    for item in oplog.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let record: Record = serde_json::from_slice(v.value()).map_err(json)?;
+        let images: Vec<Before> = match undo.get(k.value()).map_err(store_err)? {
+            Some(u) => serde_json::from_slice(u.value()).map_err(json)?,
+            None => Vec::new(),
+        };
+        let f = Footprint::of_applied(&record, &images);
+        for p in f.prefixes() {
+            index
+                .insert(index_key(&p, k.value()).as_slice(), ())
+                .map_err(store_err)?;
+        }
+        footprints
+            .insert(k.value(), f.encode().as_slice())
+            .map_err(store_err)?;
+    }
+    Ok(())
 }

@@ -20,7 +20,7 @@ use meridian_proto::{Hlc, InodeId, RegionId};
 use redb::{ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::footprint::Footprint;
+use super::footprint::{self, Footprint};
 use super::tables::{
     Before, REGION_STATE, Tab, Tomb, WriteTables, decode_extent, read_extents, store_err,
 };
@@ -239,6 +239,7 @@ pub(crate) fn log_applied(
     t.undo_log
         .insert(key.as_slice(), undo.as_slice())
         .map_err(store_err)?;
+    footprint::index(t, &key, &Footprint::of_applied(record, images))?;
     if head(&t.region_state)?.is_none_or(|h| record.hlc > h) {
         set_state(t, HEAD, &key)?;
     }
@@ -280,58 +281,61 @@ pub(crate) fn rewind(t: &mut WriteTables<'_>, low: Hlc) -> Result<Vec<Record>, N
     Ok(out)
 }
 
-/// A record kept applied while late ones were merged before it, and what it touches.
-pub(crate) struct Kept {
-    hlc: Hlc,
-    footprint: Footprint,
+/// The records a selective rewind took out, with the late ones, all to be replayed: what
+/// [`kept_still_commute`] checks the records left applied against.
+pub(crate) struct Replayed {
+    low: Hlc,
+    keys: BTreeSet<Vec<u8>>,
 }
 
 /// Takes out of the merged log, newest first, the records stamped at or after the oldest
 /// of `fresh` that do not commute with them (or with each other's taken ones), restoring
-/// what each overwrote; returns them oldest first, and the records left applied. Records
-/// that touch nothing `fresh` touches stay where they are: merging late records costs in
-/// proportion to what they meet, not to everything written since. Whether the replay
-/// touched only what was foreseen is checked after it (see [`kept_still_commute`]).
+/// what each overwrote; returns them oldest first. Records that touch nothing `fresh`
+/// touches stay where they are, and are never read: the footprint index names the ones
+/// that meet, so merging late records costs in proportion to what they meet, not to
+/// everything written since. Whether the replay touched only what was foreseen is checked
+/// after it (see [`kept_still_commute`]).
 pub(crate) fn rewind_meeting(
     t: &mut WriteTables<'_>,
     fresh: &[Record],
-) -> Result<(Vec<Record>, Vec<Kept>), NsError> {
+) -> Result<(Vec<Record>, Replayed), NsError> {
+    let mut keys: BTreeSet<Vec<u8>> = fresh.iter().map(|r| r.hlc.to_key().to_vec()).collect();
     let Some(low) = fresh.iter().map(|r| r.hlc).min() else {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok((
+            Vec::new(),
+            Replayed {
+                low: Hlc::default(),
+                keys,
+            },
+        ));
     };
     let mut touched = Footprint::default();
     for r in fresh {
         touched.add(&Footprint::of_record(r));
     }
-    let from = low.to_key();
-    let mut newer = Vec::new();
-    for item in t.oplog.range(from.as_slice()..).map_err(store_err)? {
-        let (k, v) = item.map_err(store_err)?;
-        newer.push((k.value().to_vec(), v.value().to_vec()));
-    }
-    let mut take = Vec::new();
-    let mut kept = Vec::new();
-    for (key, bytes) in newer {
-        let record: Record = serde_json::from_slice(&bytes).map_err(json_err)?;
-        let images = undo_images(t, &key)?;
-        let mut footprint = Footprint::of_record(&record);
-        footprint.add_images(&images);
-        if footprint.meets(&touched) {
-            touched.add(&footprint);
-            take.push((key, record, images));
-        } else {
-            kept.push(Kept {
-                hlc: record.hlc,
-                footprint,
-            });
-        }
-    }
+    let take = footprint::Meeting::find(t, &touched, low)?;
+    #[cfg(test)]
+    assert_eq!(
+        take,
+        meeting_by_scan(t, touched, low)?,
+        "the footprint index missed"
+    );
     let mut out = Vec::with_capacity(take.len());
-    for (key, record, images) in take.into_iter().rev() {
-        take_out(t, &key, &images)?;
+    for key in take.iter().rev() {
+        let record: Record = match t.oplog.get(key.as_slice()).map_err(store_err)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(json_err)?,
+            None => {
+                return Err(NsError::Store(
+                    "footprint of a record not in the log".into(),
+                ));
+            }
+        };
+        let images = undo_images(t, key)?;
+        take_out(t, key, &images)?;
         out.push(record);
     }
     out.reverse();
+    keys.extend(take);
     // The head is the newest record left (records moving forward again as they apply).
     let last = t
         .oplog
@@ -344,7 +348,32 @@ pub(crate) fn rewind_meeting(
             t.region_state.remove(HEAD).map_err(store_err)?;
         }
     }
-    Ok((out, kept))
+    Ok((out, Replayed { low, keys }))
+}
+
+/// What [`footprint::Meeting::find`] finds, found by reading every newer record: the
+/// tests check the index against it.
+#[cfg(test)]
+fn meeting_by_scan(
+    t: &WriteTables<'_>,
+    mut touched: Footprint,
+    low: Hlc,
+) -> Result<BTreeSet<Vec<u8>>, NsError> {
+    let mut take = BTreeSet::new();
+    for item in t
+        .oplog
+        .range(low.to_key().as_slice()..)
+        .map_err(store_err)?
+    {
+        let (k, v) = item.map_err(store_err)?;
+        let record: Record = serde_json::from_slice(v.value()).map_err(json_err)?;
+        let f = Footprint::of_applied(&record, &undo_images(t, k.value())?);
+        if f.meets(&touched) {
+            touched.add(&f);
+            take.insert(k.value().to_vec());
+        }
+    }
+    Ok(take)
 }
 
 /// Takes the record stamped `hlc` out of the merged log, restoring what it overwrote.
@@ -360,12 +389,17 @@ pub(crate) fn unapply(t: &mut WriteTables<'_>, hlc: Hlc) -> Result<(), NsError> 
 pub(crate) fn kept_still_commute(
     t: &WriteTables<'_>,
     replayed: &[Record],
-    kept: &[Kept],
+    taken: &Replayed,
 ) -> Result<bool, NsError> {
+    let mut left = footprint::LeftApplied::new(taken.low, &taken.keys);
     for r in replayed {
-        let mut f = Footprint::of_record(r);
-        f.add_images(&undo_images(t, &r.hlc.to_key())?);
-        if kept.iter().any(|k| k.hlc > r.hlc && k.footprint.meets(&f)) {
+        let key = r.hlc.to_key();
+        // A record below the settled bound leaves the log as it applies (only a region
+        // with no peers, or a peer breaking its promise, sends one): it is final.
+        let Some(f) = footprint::footprint_if_logged(t, &key)? else {
+            continue;
+        };
+        if left.meets_after(t, &f, &key)? {
             return Ok(false);
         }
     }
@@ -376,6 +410,7 @@ pub(crate) fn kept_still_commute(
 /// (`images`, its undo images).
 fn take_out(t: &mut WriteTables<'_>, key: &[u8], images: &[Before]) -> Result<(), NsError> {
     t.restore(images)?;
+    footprint::unindex(t, key)?;
     t.undo_log.remove(key).map_err(store_err)?;
     t.oplog.remove(key).map_err(store_err)?;
     Ok(())
@@ -621,6 +656,7 @@ fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
     for k in keys_below(&t.oplog, &end)? {
         t.oplog.remove(k.as_slice()).map_err(store_err)?;
         t.undo_log.remove(k.as_slice()).map_err(store_err)?;
+        footprint::unindex(t, &k)?;
     }
     for k in keys_below(&t.bases, &end)? {
         t.bases.remove(k.as_slice()).map_err(store_err)?;

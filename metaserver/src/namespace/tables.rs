@@ -56,6 +56,14 @@ pub const UNDO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("undo");
 /// changes, so this is kept (outside undo) while the record is in the merged log: a redo
 /// after the log below it was pruned applies to the same bytes.
 pub const BASES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bases");
+/// HLC key of a record in the merged log -> its footprint (what it may read or write,
+/// encoded by `footprint`). Derived from OPLOG and UNDO (kept in step by every entry and
+/// removal, rebuilt by `footprint::index_footprints`) and left out of snapshots.
+pub const FOOTPRINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("footprints");
+/// The merged log by what its records touch: kind (1) [++ inode (8 BE)] ++ HLC key -> (),
+/// so a late record finds the newer records it meets without reading the others. Derived
+/// like FOOTPRINTS.
+pub const FOOTPRINT_INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("footprint_index");
 /// inode -> a removed inode kept for a while (JSON [`Tomb`]), so that a concurrent update
 /// from another region can bring it back.
 pub const TOMBS: TableDefinition<u64, &[u8]> = TableDefinition::new("tombs");
@@ -351,6 +359,8 @@ pub struct WriteTables<'txn> {
     pub(crate) oplog: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) undo_log: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) bases: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) footprints: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) footprint_index: Table<'txn, &'static [u8], ()>,
     tombs: Table<'txn, u64, &'static [u8]>,
     tomb_times: Table<'txn, &'static [u8], ()>,
     conflicts: Table<'txn, &'static [u8], &'static [u8]>,
@@ -378,6 +388,8 @@ impl<'txn> WriteTables<'txn> {
             oplog: tx.open_table(OPLOG).map_err(store_err)?,
             undo_log: tx.open_table(UNDO).map_err(store_err)?,
             bases: tx.open_table(BASES).map_err(store_err)?,
+            footprints: tx.open_table(FOOTPRINTS).map_err(store_err)?,
+            footprint_index: tx.open_table(FOOTPRINT_INDEX).map_err(store_err)?,
             tombs: tx.open_table(TOMBS).map_err(store_err)?,
             tomb_times: tx.open_table(TOMB_TIMES).map_err(store_err)?,
             conflicts: tx.open_table(CONFLICTS).map_err(store_err)?,

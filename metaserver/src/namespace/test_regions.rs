@@ -383,6 +383,25 @@ pub(super) fn assert_consistent(r: &Region) {
         expected,
         "the tombstone index is out of step"
     );
+    // The footprints and their index are what a rebuild from the merged log makes.
+    drop(tx);
+    let footprints = |db: &Database| {
+        let tx = db.begin_read().unwrap();
+        (
+            dump_table(&tx, FOOTPRINTS, |k| k.to_vec(), |v| v.to_vec()),
+            dump_table(&tx, FOOTPRINT_INDEX, |k| k.to_vec(), |_| Vec::new()),
+        )
+    };
+    let kept = footprints(&r.db);
+    let tx = r.db.begin_write().unwrap();
+    super::footprint::index_footprints(&tx, true).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        footprints(&r.db),
+        kept,
+        "the footprint index is out of step"
+    );
+    let tx = r.db.begin_read().unwrap();
     // Every block is counted exactly once per extent (of a file or a tombstone) using it:
     // a count too low would let GC take a live block, one too high would leak it.
     let mut used: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();

@@ -208,7 +208,8 @@ pub fn load(tx: &WriteTransaction, data: impl Read) -> io::Result<()> {
         ));
     }
     // Derived tables are not shipped: they are rebuilt from what was.
-    ns::index_tombs(tx, true).map_err(io_err)
+    ns::index_tombs(tx, true).map_err(io_err)?;
+    crate::namespace::footprint::index_footprints(tx, true).map_err(io_err)
 }
 
 #[cfg(test)]

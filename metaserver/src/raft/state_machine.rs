@@ -53,6 +53,7 @@ impl StateMachine {
         let tx = db.begin_write().map_err(io_err)?;
         WriteTables::open(&tx).map_err(io_err)?;
         crate::namespace::tables::index_tombs(&tx, false).map_err(io_err)?;
+        crate::namespace::footprint::index_footprints(&tx, false).map_err(io_err)?;
         tx.open_table(RAFT_STATE).map_err(io_err)?;
         let map = cluster::read(&tx.open_table(cluster::CLUSTER).map_err(io_err)?, region)
             .map_err(io_err)?;
