@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use meridian_proto::ns::Record;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
-    ChangeRecord, PeerLag, PullChangesRequest, PullChangesResponse, RegionMark,
+    ChangeRecord, PeerLag, PullChangesRequest, PullChangesResponse, RegionMark, RegionStamp,
     RegionStatusResponse,
 };
 use meridian_proto::{Hlc, RegionId};
@@ -158,15 +158,29 @@ impl Regions {
         }
         let from = from.max(1);
         let head = head_seq(tx);
-        // Records below the first kept were trimmed: every peer they go to had applied
-        // them. A peer asking for them lost its state (or was never given them): skipping
-        // them would leave it different for ever, so it is told instead.
+        // Records below the first kept were trimmed, and some behind it: every peer they
+        // go to had applied them. A peer asking again for what it had applied lost its
+        // state, and one that never pulled may never have been given them: skipping them
+        // would leave it different for ever, so it is told instead. (A peer asking from
+        // past what it applied needs nothing that was trimmed.)
         let first = tx
             .open_table(CHANGELOG)
             .ok()
             .and_then(|t| t.first().ok().flatten().map(|(k, _)| k.value()))
             .unwrap_or(head + 1);
-        if from < first && first > 1 {
+        let (acked, holes_to) = read_state(tx, |t| {
+            Ok((
+                crate::namespace::links::acked(t, to)?,
+                crate::namespace::apply::trim_cursor(t)?,
+            ))
+        })
+        .unwrap_or_default();
+        let lost = if acked == 0 {
+            from < first && first > 1
+        } else {
+            from <= acked && (from < first || from < holes_to)
+        };
+        if lost {
             return Err(MetaError::Invalid(format!(
                 "region {} asked for change-log records from {from}, but region {} keeps them from {first} only (trimmed once every peer had applied them): that region's state went back and needs a backfill",
                 to.0, own.0
@@ -211,7 +225,14 @@ impl Regions {
         };
         // Caught up: everything written here so far is in this answer or was sent before,
         // and nothing of any region older than the watermark is missing here.
-        let stable = if next > head { stable_hlc(tx) } else { None };
+        let (stable, stable_by) = if next > head {
+            (
+                stable_hlc(tx),
+                read_state(tx, |t| merge::stable_by(t, own)).unwrap_or_default(),
+            )
+        } else {
+            (None, Vec::new())
+        };
         Ok(PullChangesResponse {
             region: u32::from(own.0),
             records,
@@ -220,6 +241,7 @@ impl Regions {
             frontier: stamp_bytes(frontier),
             stable: stamp_bytes(stable),
             relays: Vec::new(),
+            stable_by: region_stamps(&stable_by),
         })
     }
 
@@ -395,13 +417,17 @@ fn serve_relay(
         }
     }
     let caught_up = !full;
-    let (frontier, stable) = if caught_up {
+    let (frontier, stable, stable_by) = if caught_up {
         read_state(tx, |t| {
-            Ok((merge::frontier(t, origin)?, merge::settled(t, origin)?))
+            Ok((
+                merge::frontier(t, origin)?,
+                merge::settled(t, origin)?,
+                merge::settled_by(t, origin)?,
+            ))
         })
         .unwrap_or_default()
     } else {
-        (last_hlc, None)
+        (last_hlc, None, Vec::new())
     };
     Ok(PullChangesResponse {
         region: u32::from(origin.0),
@@ -411,7 +437,28 @@ fn serve_relay(
         frontier: stamp_bytes(frontier),
         stable: stamp_bytes(stable),
         relays: Vec::new(),
+        stable_by: region_stamps(&stable_by),
     })
+}
+
+/// Stamps by region as sent in an answer.
+fn region_stamps(list: &[(RegionId, Hlc)]) -> Vec<RegionStamp> {
+    list.iter()
+        .map(|(r, h)| RegionStamp {
+            region: u32::from(r.0),
+            stamp: h.to_key().to_vec().into(),
+        })
+        .collect()
+}
+
+/// Stamps by region as received (malformed entries left out, so they settle nothing).
+fn stamps_by_region(list: &[RegionStamp]) -> Vec<(RegionId, Hlc)> {
+    list.iter()
+        .filter_map(|m| {
+            let r = u16::try_from(m.region).ok()?;
+            Some((RegionId(r), Hlc::from_key(&m.stamp)?))
+        })
+        .collect()
 }
 
 /// A stamp as sent in an answer (empty: none).
@@ -699,7 +746,11 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
         }
         let frontier = Hlc::from_key(&reply.frontier);
         let settled = Hlc::from_key(&reply.stable);
-        let marks = [&reply.frontier[..], &reply.stable[..]].concat();
+        let settled_by = stamps_by_region(&reply.stable_by);
+        let mut marks = [&reply.frontier[..], &reply.stable[..]].concat();
+        for m in &reply.stable_by {
+            marks.extend_from_slice(&m.stamp);
+        }
         let frontier_moved = last_frontier.as_deref() != Some(&marks[..])
             && last_frontier_at.elapsed() > Duration::from_secs(1);
         if records.is_empty() && !frontier_moved {
@@ -712,6 +763,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
             frontier,
             settled,
             scanned: reply.next,
+            settled_by,
         };
         match node.propose_internal(RaftRequest::Remote(batch)).await {
             Ok(RaftResponse::Remote(Ok(outcome))) => {

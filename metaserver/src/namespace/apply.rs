@@ -231,10 +231,24 @@ const TRIM_EVERY: u64 = 32;
 /// ...by at most this many.
 const TRIM_BATCH: usize = 64;
 
-/// Drops the oldest change-log records that are past the retention and that every peer
-/// region they go to has applied (as the leader last noted, in the replicated state, so
-/// every member trims the same). A peer that is cut off holds back the records it lacks,
-/// and, behind the first of them, the rest of the log.
+/// REGION_STATE key of the change-log sequence the trim of records behind a held one goes
+/// on from: every record still in the log below it is one a peer region still needs.
+pub const TRIM_CURSOR: &str = "changelog_trim_cursor";
+
+/// The change-log sequence up to which records behind held ones were trimmed (see
+/// [`TRIM_CURSOR`]; 0: none).
+pub fn trim_cursor(t: &impl merge::StateTable) -> Result<u64, NsError> {
+    Ok(merge::state(t, TRIM_CURSOR)?
+        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
+}
+
+/// Drops change-log records that are past the retention and that every peer region they
+/// go to has applied (as the leader last noted, in the replicated state, so every member
+/// trims the same). A peer that is cut off holds back only the records it lacks: from the
+/// front, up to the first record some peer still needs; behind it, the records no peer
+/// needs (those of volumes the cut peer does not share), going on from a cursor so the
+/// held ones are read once.
 fn trim_changelog(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(), NsError> {
     let Some(cutoff) = now_ms.checked_sub(CHANGELOG_RETENTION_MS) else {
         return Ok(());
@@ -243,22 +257,64 @@ fn trim_changelog(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(), NsError> {
     for p in merge::peers(&t.region_state)? {
         peers.push((p, super::links::acked(&t.region_state, p)?));
     }
+    // What a record still is to the trim.
+    enum Fate {
+        Go,
+        Held,
+        Young,
+    }
+    let fate = |seq: u64, bytes: &[u8]| match serde_json::from_slice::<Record>(bytes) {
+        // Damaged: kept for whoever looks into it.
+        Err(_) => Fate::Held,
+        Ok(r) if r.hlc.wall_ms >= cutoff => Fate::Young,
+        Ok(r)
+            if peers
+                .iter()
+                .any(|(p, acked)| *acked < seq && r.allowed_in(*p)) =>
+        {
+            Fate::Held
+        }
+        Ok(_) => Fate::Go,
+    };
     let mut gone = Vec::new();
+    let mut front_end = None;
     for item in t.changelog.range(0..).map_err(store_err)?.take(TRIM_BATCH) {
         let (k, v) = item.map_err(store_err)?;
-        let seq = k.value();
-        let Ok(record) = serde_json::from_slice::<Record>(v.value()) else {
-            break; // damaged: kept for whoever looks into it
-        };
-        let needed = peers
-            .iter()
-            .any(|(p, acked)| *acked < seq && record.allowed_in(*p));
-        if record.hlc.wall_ms >= cutoff || needed {
-            break;
+        match fate(k.value(), v.value()) {
+            Fate::Go => gone.push(k.value()),
+            Fate::Held => {
+                front_end = Some(k.value());
+                break;
+            }
+            Fate::Young => break,
         }
-        gone.push(seq);
     }
-    for seq in gone {
+    if let Some(held) = front_end {
+        let cursor = trim_cursor(&t.region_state)?.max(held + 1);
+        let mut next = cursor;
+        for item in t
+            .changelog
+            .range(cursor..)
+            .map_err(store_err)?
+            .take(TRIM_BATCH)
+        {
+            let (k, v) = item.map_err(store_err)?;
+            match fate(k.value(), v.value()) {
+                Fate::Go => gone.push(k.value()),
+                Fate::Held => {}
+                Fate::Young => break,
+            }
+            next = k.value() + 1;
+        }
+        if next > cursor {
+            merge::set_state(t, TRIM_CURSOR, &next.to_be_bytes())?;
+        }
+    }
+    remove_changes(t, gone)
+}
+
+fn remove_changes(t: &mut WriteTables<'_>, seqs: Vec<u64>) -> Result<(), NsError> {
+    for seq in seqs {
         t.changelog.remove(seq).map_err(store_err)?;
     }
     Ok(())
@@ -368,12 +424,19 @@ pub fn apply_remote(
             fresh.push(record.clone());
         }
     }
-    let (frontier, settled) = if held > 0 {
+    let marks = if held > 0 {
         // Records of the origin older than its marks are still to come.
-        (fresh.last().map(|r| r.hlc), None)
+        merge::Marks {
+            frontier: fresh.last().map(|r| r.hlc),
+            ..merge::Marks::default()
+        }
     } else {
         last_seq = last_seq.max(batch.scanned.saturating_sub(1));
-        (batch.frontier, batch.settled)
+        merge::Marks {
+            frontier: batch.frontier,
+            settled: batch.settled,
+            settled_by: batch.settled_by.clone(),
+        }
     };
     let mut outcome = MergeOutcome {
         watermark: last_seq,
@@ -382,7 +445,7 @@ pub fn apply_remote(
     };
     merge_fresh(t, own, fresh, &mut outcome)?;
     keep_for_relay(t, batch, wm, last_seq)?;
-    merge::note_batch(t, batch.origin, last_seq, frontier, settled)?;
+    merge::note_batch(t, own, batch.origin, last_seq, &marks)?;
     Ok(outcome)
 }
 

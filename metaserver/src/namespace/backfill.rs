@@ -294,11 +294,21 @@ pub fn build_image(
 ) -> Result<Option<VolumeImage>, NsError> {
     // The receiver holds nothing of the volume, so wrote nothing of it: it holds nothing
     // back (its own marks wait for the image, and would wait for ever).
-    let Some(point) = merge::settled_bound_without(&t.region_state, Some(to))? else {
+    let Some(mut point) = merge::settled_bound_without(&t.region_state, Some(to))? else {
         return Ok(None);
     };
     if point <= since {
         return Ok(None);
+    }
+    // Records of the volume that left the merged log on its own bound stay applied: the
+    // image is of a point after the last of them (every record of the volume older than
+    // that bound is here, so this point is as settled as the other).
+    if let Some(p) = super::settle::pruned(&t.region_state, volume)? {
+        point = point.max(Hlc {
+            wall_ms: p.wall_ms,
+            counter: p.counter.saturating_add(1),
+            region: RegionId(0),
+        });
     }
     let later = merge::rewind(t, point)?;
     let vol =

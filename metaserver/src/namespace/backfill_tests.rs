@@ -22,16 +22,6 @@ fn rounds(regions: &mut [Region], n: usize) {
     }
 }
 
-/// Every region's leader promises later stamps, as an idle region's does.
-fn promise_all(rs: &mut [Region]) {
-    for r in rs.iter_mut() {
-        r.phys += 1000;
-        let phys = r.phys;
-        let stamp = r.clock.now(phys);
-        r.write(|t| merge::promise(t, stamp).unwrap());
-    }
-}
-
 /// Brings region 3 into volume "main" from region 1 (the addition delivered, the image
 /// built and installed), and lets everything travel.
 fn add_third(rs: &mut [Region]) {

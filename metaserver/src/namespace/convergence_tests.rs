@@ -169,6 +169,9 @@ struct Model {
     /// Pairs of regions whose link is cut.
     cut: BTreeSet<(usize, usize)>,
     writes: u64,
+    /// The regions "aux" lives in when it is made again (empty: every region and the
+    /// reference).
+    aux_regions: Vec<RegionId>,
 }
 
 fn creds(user: bool) -> Creds {
@@ -195,6 +198,11 @@ fn policy(ids: &[RegionId]) -> VolumePolicy {
 /// `n` regions sharing "main" and "aux", plus the reference region (which hears nothing
 /// yet, and is nobody's peer).
 fn setup(n: u16) -> (Vec<Region>, Region) {
+    setup_with_aux_in(n, &[])
+}
+
+/// As [`setup`], with "aux" living in `aux_regions` only (empty: everywhere).
+fn setup_with_aux_in(n: u16, aux_regions: &[RegionId]) -> (Vec<Region>, Region) {
     let ids: Vec<RegionId> = (1..=n).map(RegionId).collect();
     let mut members = ids.clone();
     members.push(RegionId(REFERENCE));
@@ -206,10 +214,14 @@ fn setup(n: u16) -> (Vec<Region>, Region) {
         })
         .collect();
     for name in ["main", "aux"] {
+        let regions = match name {
+            "aux" if !aux_regions.is_empty() => aux_regions,
+            _ => &members,
+        };
         rs[0]
             .run(Op::CreateVolume {
                 name: name.into(),
-                policy: policy(&members),
+                policy: policy(regions),
             })
             .unwrap();
     }
@@ -635,10 +647,13 @@ fn run_action(rs: &mut [Region], model: &mut Model, who: u8, action: &Action) {
             Op::DeleteVolume { name: "aux".into() }
         }
         Action::CreateAux => {
-            let ids: Vec<RegionId> = (1..=n as u16)
+            let mut ids: Vec<RegionId> = (1..=n as u16)
                 .map(RegionId)
                 .chain([RegionId(REFERENCE)])
                 .collect();
+            if !model.aux_regions.is_empty() {
+                ids = model.aux_regions.clone();
+            }
             Op::CreateVolume {
                 name: "aux".into(),
                 policy: policy(&ids),
@@ -686,6 +701,7 @@ fn reference(rs: &[Region], fresh: &mut Region) {
             frontier: None,
             settled: None,
             scanned: 0,
+            settled_by: Vec::new(),
         };
         let outcome = fresh
             .write(|t| apply_remote(t, RegionId(REFERENCE), &batch))
@@ -838,6 +854,52 @@ fn converge_purging(n: u16, actions: &[(u8, Action)]) {
     }
 }
 
+/// Three regions purging as they go, with "aux" living in the first two only: "aux"
+/// settles on its own regions' marks while the third lags (ADR 0010). The two holders of
+/// "aux" end identical, and the third holds "main" as they do.
+fn converge_with_aux_in_two(actions: &[(u8, Action)]) {
+    let aux_in = [RegionId(1), RegionId(2)];
+    let (mut rs, _) = setup_with_aux_in(3, &aux_in);
+    for r in rs.iter_mut() {
+        r.marks = true;
+    }
+    let mut model = Model {
+        aux_regions: aux_in.to_vec(),
+        ..Model::default()
+    };
+    for (who, action) in actions {
+        run_action(&mut rs, &mut model, *who, action);
+    }
+    model.cut.clear();
+    settle(&mut rs);
+    assert_eq!(
+        namespace_dump(&rs[0]),
+        namespace_dump(&rs[1]),
+        "the holders of aux differ"
+    );
+    let main_of = |r: &Region| {
+        let mut files = final_files(r, &model);
+        files.retain(|(path, _)| path.starts_with("main:"));
+        (entries_of(r, "main"), files)
+    };
+    assert_eq!(
+        main_of(&rs[2]),
+        main_of(&rs[0]),
+        "region 3 holds another main"
+    );
+    assert!(
+        rs[2].read(|x| x.volume("aux")).is_err(),
+        "aux reached region 3"
+    );
+    for r in &rs {
+        check_tree(r);
+        assert_consistent(r);
+    }
+    for r in &rs[..2] {
+        check_nothing_lost(r, &model);
+    }
+}
+
 /// Cases per property: 256 unless PROPTEST_CASES says otherwise (a long run by hand).
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -855,6 +917,13 @@ proptest! {
         actions in proptest::collection::vec(arb_action(), 1..70),
     ) {
         converge(n, &actions);
+    }
+
+    #[test]
+    fn a_volume_in_some_regions_settles_with_them_and_loses_nothing(
+        actions in proptest::collection::vec(arb_action(), 1..70),
+    ) {
+        converge_with_aux_in_two(&actions);
     }
 
     #[test]

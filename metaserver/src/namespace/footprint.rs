@@ -21,6 +21,13 @@ use super::types::*;
 const BY_INODE: u8 = 0;
 const BY_TREE: u8 = 1;
 const BY_ALL: u8 = 2;
+/// And the records of each volume (not those that meet everything), for settling the
+/// merged log volume by volume.
+const BY_VOLUME: u8 = 3;
+/// And the volume-level changes of each volume, which keep it from settling on its own.
+const PINS: u8 = 4;
+/// A change that pins every volume (a copy reads another volume's tree).
+const EVERY_VOLUME: u32 = u32::MAX;
 
 fn damaged() -> NsError {
     NsError::Store("damaged footprint".into())
@@ -36,6 +43,11 @@ pub(crate) struct Footprint {
     all: bool,
     tree: bool,
     inodes: BTreeSet<u64>,
+    /// The volume of a record that does not meet everything (not part of what it meets:
+    /// records of one volume are listed together, to leave the log together).
+    volume: Option<u32>,
+    /// The volume a volume-level change is of ([`EVERY_VOLUME`] for a copy).
+    pins: Option<u32>,
 }
 
 impl Footprint {
@@ -59,12 +71,25 @@ impl Footprint {
     pub(crate) fn of_applied(record: &Record, images: &[Before]) -> Footprint {
         let mut f = Footprint::of_record(record);
         f.add_images(images);
+        if f.all && f.volume.is_some() {
+            // It wrote something shared (a whole count or volume row): it waits for the
+            // region-wide bound, and its volume with it.
+            f.pins = f.volume.take();
+        }
         f
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(1 + 8 * self.inodes.len());
-        v.push(u8::from(self.all) | (u8::from(self.tree) << 1));
+        let mut v = Vec::with_capacity(5 + 8 * self.inodes.len());
+        v.push(
+            u8::from(self.all)
+                | (u8::from(self.tree) << 1)
+                | (u8::from(self.volume.is_some()) << 2)
+                | (u8::from(self.pins.is_some()) << 3),
+        );
+        for vol in [self.volume, self.pins].into_iter().flatten() {
+            v.extend_from_slice(&vol.to_be_bytes());
+        }
         for i in &self.inodes {
             v.extend_from_slice(&i.to_be_bytes());
         }
@@ -72,13 +97,25 @@ impl Footprint {
     }
 
     fn decode(b: &[u8]) -> Result<Footprint, NsError> {
-        let (&flags, rest) = b.split_first().ok_or_else(damaged)?;
-        if flags > 3 || rest.len() % 8 != 0 {
+        let (&flags, mut rest) = b.split_first().ok_or_else(damaged)?;
+        let mut vol = |bit: u8| -> Result<Option<u32>, NsError> {
+            if flags & bit == 0 {
+                return Ok(None);
+            }
+            let (v, more) = rest.split_first_chunk::<4>().ok_or_else(damaged)?;
+            rest = more;
+            Ok(Some(u32::from_be_bytes(*v)))
+        };
+        let volume = vol(4)?;
+        let pins = vol(8)?;
+        if flags > 15 || rest.len() % 8 != 0 {
             return Err(damaged());
         }
         Ok(Footprint {
             all: flags & 1 != 0,
             tree: flags & 2 != 0,
+            volume,
+            pins,
             inodes: rest
                 .chunks_exact(8)
                 .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
@@ -95,12 +132,41 @@ impl Footprint {
         if self.all {
             out.push(vec![BY_ALL]);
         }
+        if let Some(vol) = self.volume {
+            out.push(volume_prefix(vol));
+        }
+        if let Some(vol) = self.pins {
+            let mut p = vec![PINS];
+            p.extend_from_slice(&vol.to_be_bytes());
+            out.push(p);
+        }
         out
     }
 
     /// What the operation and what it did at its origin name.
     pub(crate) fn of_record(record: &Record) -> Footprint {
-        let mut f = Footprint::default();
+        if matches!(
+            record.op,
+            Op::CreateVolume { .. }
+                | Op::DeleteVolume { .. }
+                | Op::CloneVolume { .. }
+                | Op::SetVolumeQuota { .. }
+                | Op::SetVolumeRegions { .. }
+        ) {
+            let pins = match record.op {
+                Op::CloneVolume { .. } => EVERY_VOLUME,
+                _ => record.volume,
+            };
+            return Footprint {
+                all: true,
+                pins: Some(pins),
+                ..Footprint::default()
+            };
+        }
+        let mut f = Footprint {
+            volume: Some(record.volume),
+            ..Footprint::default()
+        };
         let mut name = |i: &InodeId| {
             f.inodes.insert(i.0);
         };
@@ -109,12 +175,7 @@ impl Footprint {
             | Op::DeleteVolume { .. }
             | Op::CloneVolume { .. }
             | Op::SetVolumeQuota { .. }
-            | Op::SetVolumeRegions { .. } => {
-                return Footprint {
-                    all: true,
-                    ..Footprint::default()
-                };
-            }
+            | Op::SetVolumeRegions { .. } => {}
             Op::Mknod { parent, .. }
             | Op::Symlink { parent, .. }
             | Op::Unlink { parent, .. }
@@ -175,6 +236,13 @@ impl Footprint {
             }
         }
     }
+}
+
+fn volume_prefix(volume: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(5);
+    p.push(BY_VOLUME);
+    p.extend_from_slice(&volume.to_be_bytes());
+    p
 }
 
 fn inode_prefix(ino: u64) -> Vec<u8> {
@@ -422,6 +490,117 @@ impl<'a> LeftApplied<'a> {
         self.newest.insert(prefix.to_vec(), found.clone());
         Ok(found)
     }
+}
+
+/// The volumes with records in the merged log that settle with their volume, each once.
+pub(crate) fn volumes_listed(t: &WriteTables<'_>) -> Result<Vec<u32>, NsError> {
+    let mut out = Vec::new();
+    let mut from = volume_prefix(0);
+    loop {
+        let next = t
+            .footprint_index
+            .range(from.as_slice()..)
+            .map_err(store_err)?
+            .next()
+            .transpose()
+            .map_err(store_err)?;
+        let Some((k, _)) = next else {
+            break;
+        };
+        let k = k.value();
+        if k.first() != Some(&BY_VOLUME) {
+            break;
+        }
+        let v = k
+            .get(1..5)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(damaged)?;
+        out.push(v);
+        match v.checked_add(1) {
+            Some(n) => from = volume_prefix(n),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// The keys of `volume`'s records stamped before `bound`, oldest first, at most `limit`.
+pub(crate) fn volume_keys_below(
+    t: &WriteTables<'_>,
+    volume: u32,
+    bound: Hlc,
+    limit: usize,
+) -> Result<Vec<Vec<u8>>, NsError> {
+    let prefix = volume_prefix(volume);
+    let end = index_key(&prefix, &bound.to_key());
+    let mut out = Vec::new();
+    for item in t
+        .footprint_index
+        .range(prefix.as_slice()..end.as_slice())
+        .map_err(store_err)?
+        .take(limit)
+    {
+        out.push(item.map_err(store_err)?.0.value()[prefix.len()..].to_vec());
+    }
+    Ok(out)
+}
+
+/// The stamp of `volume`'s oldest record in the merged log (of those listed by volume).
+pub(crate) fn first_of_volume(t: &WriteTables<'_>, volume: u32) -> Result<Option<Hlc>, NsError> {
+    let prefix = volume_prefix(volume);
+    let first = t
+        .footprint_index
+        .range(prefix.as_slice()..)
+        .map_err(store_err)?
+        .next()
+        .transpose()
+        .map_err(store_err)?;
+    Ok(first.and_then(|(k, _)| {
+        let k = k.value();
+        k.starts_with(&prefix)
+            .then(|| Hlc::from_key(&k[prefix.len()..]))
+            .flatten()
+    }))
+}
+
+/// Whether a volume-level change of `volume` (or one that pins every volume) is in the
+/// merged log.
+pub(crate) fn pinned(t: &WriteTables<'_>, volume: u32) -> Result<bool, NsError> {
+    for v in [volume, EVERY_VOLUME] {
+        let mut prefix = vec![PINS];
+        prefix.extend_from_slice(&v.to_be_bytes());
+        let first = t
+            .footprint_index
+            .range(prefix.as_slice()..)
+            .map_err(store_err)?
+            .next()
+            .transpose()
+            .map_err(store_err)?;
+        if first.is_some_and(|(k, _)| k.value().starts_with(&prefix)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The keys of the records from `from` on that touched one of `inodes`, or that meet
+/// everything.
+pub(crate) fn touching(
+    t: &WriteTables<'_>,
+    inodes: impl Iterator<Item = u64>,
+    from: Hlc,
+) -> Result<BTreeSet<Vec<u8>>, NsError> {
+    let from = from.to_key();
+    let mut out = BTreeSet::new();
+    for i in inodes {
+        listed(t, &inode_prefix(i), &from, true, |k| {
+            out.insert(k);
+        })?;
+    }
+    listed(t, &[BY_ALL], &from, true, |k| {
+        out.insert(k);
+    })?;
+    Ok(out)
 }
 
 /// Rebuilds the footprints and their index from the merged log: after a snapshot is

@@ -273,6 +273,7 @@ fn feed(m: &Region, records: &[Record], per: usize) -> Vec<Result<MergeOutcome, 
             frontier: None,
             settled: None,
             scanned: 0,
+            settled_by: Vec::new(),
         };
         let before = namespace_dump(m);
         let outcome = m.write(|t| apply_remote(t, RegionId(1), &batch));

@@ -21,6 +21,11 @@ use redb::{ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::footprint::{self, Footprint};
+use super::settle;
+pub use super::settle::{
+    CONFLICT_RETENTION_MS, settled, settled_bound, settled_bound_without, settled_by, stable,
+    stable_by,
+};
 use super::tables::{
     Before, REGION_STATE, Tab, Tomb, WriteTables, decode_extent, read_extents, store_err,
 };
@@ -62,10 +67,6 @@ pub fn frontier_key(origin: RegionId) -> String {
     format!("frontier/{}", origin.0)
 }
 
-fn settled_key(origin: RegionId) -> String {
-    format!("settled/{}", origin.0)
-}
-
 /// Records of one origin region, as this region pulled them from its change log.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RemoteBatch {
@@ -85,6 +86,11 @@ pub struct RemoteBatch {
     /// watermark moves past them (0: unknown).
     #[serde(default)]
     pub scanned: u64,
+    /// With `settled`, region by region: the origin's own horizon, and the frontier it
+    /// held of each region it hears. The records of a volume settle once the regions it
+    /// lives in have (see `settle`); empty from an origin of an earlier version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settled_by: Vec<(RegionId, Hlc)>,
 }
 
 /// What applying a remote batch did.
@@ -101,7 +107,7 @@ pub struct MergeOutcome {
     pub watermark: u64,
 }
 
-fn json_err(e: serde_json::Error) -> NsError {
+pub(crate) fn json_err(e: serde_json::Error) -> NsError {
     NsError::Store(format!("damaged merge record: {e}"))
 }
 
@@ -110,11 +116,11 @@ pub fn state(t: &impl StateTable, key: &str) -> Result<Option<Vec<u8>>, NsError>
     Ok(t.get(key).map_err(store_err)?.map(|v| v.value().to_vec()))
 }
 
-fn stamp(t: &impl StateTable, key: &str) -> Result<Option<Hlc>, NsError> {
+pub(crate) fn stamp(t: &impl StateTable, key: &str) -> Result<Option<Hlc>, NsError> {
     Ok(state(t, key)?.and_then(|b| Hlc::from_key(&b)))
 }
 
-fn set_state(t: &mut WriteTables<'_>, key: &str, value: &[u8]) -> Result<(), NsError> {
+pub(crate) fn set_state(t: &mut WriteTables<'_>, key: &str, value: &[u8]) -> Result<(), NsError> {
     t.region_state.insert(key, value).map_err(store_err)?;
     Ok(())
 }
@@ -243,7 +249,7 @@ pub(crate) fn log_applied(
     if head(&t.region_state)?.is_none_or(|h| record.hlc > h) {
         set_state(t, HEAD, &key)?;
     }
-    prune_stable(t)
+    settle::prune_stable(t)
 }
 
 /// Takes out of the merged log every record stamped at or after `low`, newest first,
@@ -408,7 +414,11 @@ pub(crate) fn kept_still_commute(
 
 /// Takes the record keyed `key` out of the merged log, restoring what it overwrote
 /// (`images`, its undo images).
-fn take_out(t: &mut WriteTables<'_>, key: &[u8], images: &[Before]) -> Result<(), NsError> {
+pub(crate) fn take_out(
+    t: &mut WriteTables<'_>,
+    key: &[u8],
+    images: &[Before],
+) -> Result<(), NsError> {
     t.restore(images)?;
     footprint::unindex(t, key)?;
     t.undo_log.remove(key).map_err(store_err)?;
@@ -416,7 +426,7 @@ fn take_out(t: &mut WriteTables<'_>, key: &[u8], images: &[Before]) -> Result<()
     Ok(())
 }
 
-fn undo_images(t: &WriteTables<'_>, key: &[u8]) -> Result<Vec<Before>, NsError> {
+pub(crate) fn undo_images(t: &WriteTables<'_>, key: &[u8]) -> Result<Vec<Before>, NsError> {
     match t.undo_log.get(key).map_err(store_err)? {
         Some(v) => serde_json::from_slice(v.value()).map_err(json_err),
         None => Err(NsError::Store(format!(
@@ -434,28 +444,35 @@ pub(crate) fn holds(t: &WriteTables<'_>, hlc: Hlc) -> Result<bool, NsError> {
         .is_some())
 }
 
+/// What an origin said with a batch about which of its records are still to come.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Marks {
+    /// No future record of the origin is older.
+    pub(crate) frontier: Option<Hlc>,
+    /// The origin's stability watermark when it was caught up (see [`RemoteBatch`]).
+    pub(crate) settled: Option<Hlc>,
+    /// The same, region by region (see [`RemoteBatch::settled_by`]).
+    pub(crate) settled_by: Vec<(RegionId, Hlc)>,
+}
+
 /// After a batch from `origin`: its change log applied up to `seq`, and the marks it sent.
 /// Then whatever the marks make stable leaves the merged log.
 pub(crate) fn note_batch(
     t: &mut WriteTables<'_>,
+    own: RegionId,
     origin: RegionId,
     seq: u64,
-    frontier_mark: Option<Hlc>,
-    settled_mark: Option<Hlc>,
+    marks: &Marks,
 ) -> Result<(), NsError> {
     set_state(t, &watermark_key(origin), &seq.to_be_bytes())?;
-    if let Some(f) = frontier_mark
+    if let Some(f) = marks.frontier
         && frontier(&t.region_state, origin)?.is_none_or(|old| f > old)
     {
         set_state(t, &frontier_key(origin), &f.to_key())?;
     }
-    if let Some(f) = settled_mark
-        && settled(&t.region_state, origin)?.is_none_or(|old| f > old)
-    {
-        set_state(t, &settled_key(origin), &f.to_key())?;
-    }
-    prune_stable(t)?;
-    purge_tombs(t)
+    settle::note_settled(t, own, origin, marks)?;
+    settle::prune_stable(t)?;
+    settle::settle_volumes(t, own)
 }
 
 /// A file's content at an older version.
@@ -594,223 +611,41 @@ pub(crate) fn version_of(
     })
 }
 
-/// How many old merged-log entries one application may drop.
-const PRUNE_BATCH: usize = 256;
-
-/// The settled mark `origin` last sent (directly or relayed).
-pub fn settled(t: &impl StateTable, origin: RegionId) -> Result<Option<Hlc>, NsError> {
-    stamp(t, &settled_key(origin))
-}
-
-/// The stability watermark: every record of every region older than it is here, and no
-/// remote record will be ordered before it any more (with no peers, the horizon; none
-/// until every peer has sent a frontier).
-pub fn stable(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
-    stable_without(t, None)
-}
-
-fn stable_without(t: &impl StateTable, skip: Option<RegionId>) -> Result<Option<Hlc>, NsError> {
-    let mut stable = horizon(t)?;
-    for p in origins(t)?.into_iter().filter(|p| Some(*p) != skip) {
-        match frontier(t, p)? {
-            Some(f) => stable = stable.map(|s| s.min(f)),
-            None => return Ok(None),
-        }
-    }
-    Ok(stable)
-}
-
-/// The settled bound: below the stability watermark, and below every peer's settled mark,
-/// so every record written without knowledge of a record older than this is here. Nothing
-/// older is reordered, named as the base of a change, or brings back a removed inode.
-pub fn settled_bound(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
-    settled_bound_without(t, None)
-}
-
-/// The settled bound as far as every peer but `skip` is concerned: what a region that
-/// cannot have written anything that matters (one being brought into a volume) does not
-/// hold back.
-pub fn settled_bound_without(
-    t: &impl StateTable,
-    skip: Option<RegionId>,
-) -> Result<Option<Hlc>, NsError> {
-    let Some(mut bound) = stable_without(t, skip)? else {
-        return Ok(None);
-    };
-    for p in origins(t)?.into_iter().filter(|p| Some(*p) != skip) {
-        match settled(t, p)? {
-            Some(s) => bound = bound.min(s),
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(bound))
-}
-
-/// Drops merged-log entries older than the settled bound (with no peers, everything), and
-/// conflicts a retention period older.
-fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
-    let Some(bound) = settled_bound(&t.region_state)? else {
-        return Ok(());
-    };
-    let end = bound.to_key();
-    for k in keys_below(&t.oplog, &end)? {
-        t.oplog.remove(k.as_slice()).map_err(store_err)?;
-        t.undo_log.remove(k.as_slice()).map_err(store_err)?;
-        footprint::unindex(t, &k)?;
-    }
-    for k in keys_below(&t.bases, &end)? {
-        t.bases.remove(k.as_slice()).map_err(store_err)?;
-    }
-    // Conflicts stay listed for a while after they can no longer change.
-    let forget = Hlc {
-        wall_ms: bound.wall_ms.saturating_sub(CONFLICT_RETENTION_MS),
-        counter: 0,
-        region: RegionId(0),
-    };
-    t.drop_conflicts_below(&forget.to_key(), PRUNE_BATCH)?;
-    Ok(())
-}
-
-/// How long a conflict stays listed (`admin conflicts`) once every region has settled
-/// past it, in milliseconds of stamp time.
-pub const CONFLICT_RETENTION_MS: u64 = 30 * 24 * 3600 * 1000;
-
-/// The first keys (at most a batch) of a table keyed by stamp, below `end`.
-fn keys_below(
-    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    end: &[u8],
-) -> Result<Vec<Vec<u8>>, NsError> {
-    let mut out = Vec::new();
-    for item in t.range(..end).map_err(store_err)?.take(PRUNE_BATCH) {
-        out.push(item.map_err(store_err)?.0.value().to_vec());
-    }
-    Ok(out)
-}
-
-/// Removes for good the tombstones no region can still bring back, and drops their
-/// content's block references so garbage collection can reclaim the blocks.
-///
-/// A tombstone stamped `at` may go when every record written without knowledge of its
-/// removal has been applied here: this region holds every record older than its stability
-/// watermark, and each peer has said (`settled`) that it held every record older than a
-/// stamp past `at` while everything it had written so far was already pulled here. Any
-/// later record of any region comes after the removal, where the inode no longer exists.
-/// Every region reaches the same conclusion from the same records, so they purge the same
-/// tombstones, each at its own pace.
-fn purge_tombs(t: &mut WriteTables<'_>) -> Result<(), NsError> {
-    let Some(bound) = settled_bound(&t.region_state)? else {
-        return Ok(());
-    };
-    // Oldest first, and only those older than the bound: the index keeps this from
-    // reading the tombstones that must stay (many, after a long cut between regions).
-    let mut gone = Vec::new();
-    let below = bound.to_key();
-    for item in t
-        .tomb_times()
-        .range(..below.as_slice())
-        .map_err(store_err)?
-        .take(PRUNE_BATCH)
-    {
-        let (k, _) = item.map_err(store_err)?;
-        let ino = k.value()[Hlc::KEY_LEN..]
-            .try_into()
-            .map(u64::from_be_bytes)
-            .map_err(|_| NsError::Store("damaged tombstone index key".into()))?;
-        gone.push(InodeId(ino));
-    }
-    if gone.is_empty() {
-        return Ok(());
-    }
-    // Outside any record: nothing to undo, this never needs reordering.
-    let saved = t.undo.take();
-    let mut dropped: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-    for &ino in &gone {
-        for e in super::tables::read_extents(t.extents(), ino, 0, u64::MAX)? {
-            t.remove_extent(ino, &e)?;
-            *dropped.entry(e.block.as_bytes().to_vec()).or_default() += 1;
-        }
-        t.del_xattrs(ino)?;
-        if let Some(tomb) = t.tomb(ino)?
-            && tomb.inode.parent == ino
-        {
-            // The root of a deleted volume: the volume goes for good with it.
-            let key = super::tables::deleted_volume_key(tomb.inode.attr.volume);
-            t.write(Tab::Volumes, key.as_bytes(), None)?;
-        }
-        t.del_tomb(ino)?;
-    }
-    t.undo = saved;
-    rebase_undo(t, bound, &gone.into_iter().collect(), &dropped)
-}
-
-/// Carries a purge into the undo images of the records still in the merged log. Those
-/// records are newer than the purged tombstones and may yet be undone and redone around a
-/// late record; their images were taken before the purge, and restoring one as it stands
-/// would bring back a purged tombstone's rows or the block references it held (a count
-/// one too high, and a block never collected). Rebased, an image holds what that key was
-/// before its record with the purge already done: the purged inodes' rows absent, each
-/// block's count lower by the references the purge dropped. The purge commutes with those
-/// records (they come after the removal, where the inode no longer exists, and counts
-/// add), so undoing and redoing them over it gives what applying them after it would.
-///
-/// Only the images of records from `bound` on are rebased: older ones can never be undone
-/// (every region has sent everything older), and those older than a removal were taken
-/// before some of the references the purge dropped existed.
-///
-/// A tombstone's extents are exactly the file's at its removal: a later record that
-/// changes the file brings it back (and the tombstone goes), so every image from `bound`
-/// on counted them.
-fn rebase_undo(
-    t: &mut WriteTables<'_>,
-    bound: Hlc,
-    gone: &BTreeSet<InodeId>,
-    dropped: &BTreeMap<Vec<u8>, u64>,
-) -> Result<(), NsError> {
-    let of_gone = |key: &[u8]| {
-        key.get(..8)
-            .and_then(|b| b.try_into().ok())
-            .is_some_and(|b| gone.contains(&InodeId(u64::from_be_bytes(b))))
-    };
-    rewrite_undo(t, Some(bound), |Before(tab, key, val)| match tab {
-        Tab::Extents | Tab::Xattrs | Tab::Tombs if of_gone(key) && val.is_some() => {
-            *val = None;
-            Ok(true)
-        }
-        Tab::Refs => {
-            let (Some(less), Some(bytes)) = (dropped.get(key.as_slice()), val.as_ref()) else {
-                return Ok(false);
-            };
-            let count = bytes
-                .as_slice()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| NsError::Store("damaged undo image".into()))?;
-            let left = count.saturating_sub(*less);
-            *val = (left > 0).then(|| left.to_be_bytes().to_vec());
-            Ok(true)
-        }
-        _ => Ok(false),
-    })
-}
-
 /// Rewrites the undo images of the records in the merged log (from `from` on, or all):
 /// `f` changes one image in place and says whether it did.
 pub(crate) fn rewrite_undo(
     t: &mut WriteTables<'_>,
     from: Option<Hlc>,
-    mut f: impl FnMut(&mut Before) -> Result<bool, NsError>,
+    f: impl FnMut(&mut Before) -> Result<bool, NsError>,
 ) -> Result<(), NsError> {
     let from = from.map(|h| h.to_key().to_vec()).unwrap_or_default();
-    let mut changed = Vec::new();
+    let mut keys = BTreeSet::new();
     for item in t.undo_log.range(from.as_slice()..).map_err(store_err)? {
-        let (k, v) = item.map_err(store_err)?;
+        keys.insert(item.map_err(store_err)?.0.value().to_vec());
+    }
+    rewrite_undo_of(t, keys, f)
+}
+
+/// Rewrites the undo images of the records keyed `keys` (those not in the merged log are
+/// skipped): `f` changes one image in place and says whether it did.
+pub(crate) fn rewrite_undo_of(
+    t: &mut WriteTables<'_>,
+    keys: BTreeSet<Vec<u8>>,
+    mut f: impl FnMut(&mut Before) -> Result<bool, NsError>,
+) -> Result<(), NsError> {
+    let mut changed = Vec::new();
+    for key in keys {
+        let Some(v) = t.undo_log.get(key.as_slice()).map_err(store_err)? else {
+            continue;
+        };
         let mut images: Vec<Before> = serde_json::from_slice(v.value()).map_err(json_err)?;
+        drop(v);
         let mut touched = false;
         for image in &mut images {
             touched |= f(image)?;
         }
         if touched {
-            changed.push((k.value().to_vec(), images));
+            changed.push((key, images));
         }
     }
     for (key, images) in changed {

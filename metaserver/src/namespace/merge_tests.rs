@@ -207,6 +207,7 @@ fn a_record_of_a_volume_elsewhere_is_refused_and_changes_nothing() {
         frontier: None,
         settled: None,
         scanned: 0,
+        settled_by: Vec::new(),
     };
     let before = namespace_dump(&b);
     let err = b

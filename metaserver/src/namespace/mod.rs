@@ -16,6 +16,7 @@ pub mod links;
 pub mod merge;
 pub(crate) mod ops;
 pub mod read;
+pub mod settle;
 pub mod tables;
 
 /// The namespace types live in the shared contract crate.
@@ -41,6 +42,8 @@ mod lease_tests;
 mod merge_tests;
 #[cfg(test)]
 mod relay_tests;
+#[cfg(test)]
+mod settle_tests;
 #[cfg(test)]
 mod test_regions;
 #[cfg(test)]

@@ -26,6 +26,7 @@ fn relay(via: &Region, to: &mut Region, origin: RegionId) -> usize {
         frontier: Hlc::from_key(&reply.frontier),
         settled: Hlc::from_key(&reply.stable),
         scanned: reply.next,
+        settled_by: Vec::new(),
     };
     let own = to.id;
     to.write(|t| apply_remote(t, own, &batch)).unwrap();

@@ -67,10 +67,13 @@ pub const FOOTPRINT_INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("fo
 /// inode -> a removed inode kept for a while (JSON [`Tomb`]), so that a concurrent update
 /// from another region can bring it back.
 pub const TOMBS: TableDefinition<u64, &[u8]> = TableDefinition::new("tombs");
-/// The tombstones by age: removal stamp (HLC key) ++ inode (8 BE) -> (). Derived from
-/// TOMBS (kept in step by every write of a tombstone, rebuilt by [`index_tombs`]) and left
-/// out of snapshots, so the purge reads only the tombstones it can drop.
-pub const TOMB_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("tomb_times");
+/// The tombstones of each volume by age: volume (4 BE) ++ removal stamp (HLC key) ++
+/// inode (8 BE) -> (). Derived from TOMBS (kept in step by every write of a tombstone,
+/// rebuilt by [`index_tombs`]) and left out of snapshots, so the purge reads only the
+/// tombstones it can drop, volume by volume (each settles with its own regions).
+pub const TOMB_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("tomb_times_by_volume");
+/// The index by age alone of earlier versions, dropped on opening.
+const OLD_TOMB_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("tomb_times");
 /// HLC key ++ index (2 BE) -> a conflict met while merging (JSON).
 pub const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts");
 /// Cross-region bookkeeping: `head` (the newest applied stamp), `peers`, and per origin
@@ -216,9 +219,10 @@ pub(crate) fn encode_extent(e: &Extent) -> [u8; 48] {
     v
 }
 
-/// TOMB_TIMES key of the tombstone of `ino` removed at `at`.
-pub(crate) fn tomb_time_key(at: meridian_proto::Hlc, ino: u64) -> Vec<u8> {
-    let mut k = at.to_key().to_vec();
+/// TOMB_TIMES key of the tombstone `tomb` of `ino`.
+pub(crate) fn tomb_time_key(tomb: &Tomb, ino: u64) -> Vec<u8> {
+    let mut k = tomb.inode.attr.volume.to_be_bytes().to_vec();
+    k.extend_from_slice(&tomb.at.to_key());
     k.extend_from_slice(&ino.to_be_bytes());
     k
 }
@@ -227,6 +231,10 @@ pub(crate) fn tomb_time_key(at: meridian_proto::Hlc, ino: u64) -> Vec<u8> {
 /// (`always`), and on opening a state written before the index existed (when it does not
 /// hold one row per tombstone; every write keeps the two in one transaction otherwise).
 pub fn index_tombs(tx: &WriteTransaction, always: bool) -> Result<(), NsError> {
+    match tx.delete_table(OLD_TOMB_TIMES) {
+        Ok(_) | Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(store_err(e)),
+    }
     let tombs = tx.open_table(TOMBS).map_err(store_err)?;
     let mut times = tx.open_table(TOMB_TIMES).map_err(store_err)?;
     if !always && tombs.len().map_err(store_err)? == times.len().map_err(store_err)? {
@@ -235,11 +243,9 @@ pub fn index_tombs(tx: &WriteTransaction, always: bool) -> Result<(), NsError> {
     times.retain(|_, _| false).map_err(store_err)?;
     for item in tombs.iter().map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
-        let at = serde_json::from_slice::<Tomb>(v.value())
-            .map_err(json_err)?
-            .at;
+        let tomb = serde_json::from_slice::<Tomb>(v.value()).map_err(json_err)?;
         times
-            .insert(tomb_time_key(at, k.value()).as_slice(), ())
+            .insert(tomb_time_key(&tomb, k.value()).as_slice(), ())
             .map_err(store_err)?;
     }
     Ok(())
@@ -503,18 +509,15 @@ impl<'txn> WriteTables<'txn> {
                 // by age follows it.
                 let ino = u64_of(key)?;
                 if let Some(old) = self.tombs.get(ino).map_err(store_err)? {
-                    let at = serde_json::from_slice::<Tomb>(old.value())
-                        .map_err(json_err)?
-                        .at;
-                    drop(old);
+                    let old = serde_json::from_slice::<Tomb>(old.value()).map_err(json_err)?;
                     self.tomb_times
-                        .remove(tomb_time_key(at, ino).as_slice())
+                        .remove(tomb_time_key(&old, ino).as_slice())
                         .map_err(store_err)?;
                 }
                 if let Some(v) = val {
-                    let at = serde_json::from_slice::<Tomb>(v).map_err(json_err)?.at;
+                    let new = serde_json::from_slice::<Tomb>(v).map_err(json_err)?;
                     self.tomb_times
-                        .insert(tomb_time_key(at, ino).as_slice(), ())
+                        .insert(tomb_time_key(&new, ino).as_slice(), ())
                         .map_err(store_err)?;
                 }
                 bytes(&mut self.tombs, ino, val)

@@ -149,6 +149,11 @@ pub(super) fn deliver(from: &Region, to: &mut Region, limit: usize, rewind: u64)
         } else {
             None
         },
+        settled_by: if caught_up && from.marks {
+            from.write(|t| merge::stable_by(&t.region_state, from.id).unwrap())
+        } else {
+            Vec::new()
+        },
     };
     let own = to.id;
     to.write(|t| apply_remote(t, own, &batch)).unwrap();
@@ -171,6 +176,16 @@ pub(super) fn round(regions: &mut [Region]) -> usize {
         }
     }
     moved
+}
+
+/// Every region's leader promises later stamps, as an idle region's does.
+pub(super) fn promise_all(rs: &mut [Region]) {
+    for r in rs.iter_mut() {
+        r.phys += 1000;
+        let phys = r.phys;
+        let stamp = r.clock.now(phys);
+        r.write(|t| merge::promise(t, stamp).unwrap());
+    }
 }
 
 /// Delivers everything between every pair until nothing is left.
@@ -371,9 +386,9 @@ pub(super) fn assert_consistent(r: &Region) {
     let expected: Rows = tombs
         .iter()
         .map(|(k, v)| {
-            let at = serde_json::from_slice::<Tomb>(v).unwrap().at;
+            let tomb = serde_json::from_slice::<Tomb>(v).unwrap();
             let ino = u64::from_be_bytes(k.as_slice().try_into().unwrap());
-            (tomb_time_key(at, ino), Vec::new())
+            (tomb_time_key(&tomb, ino), Vec::new())
         })
         .collect::<BTreeMap<_, _>>()
         .into_iter()

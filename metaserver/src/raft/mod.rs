@@ -242,6 +242,7 @@ mod tests {
             frontier: None,
             settled: None,
             scanned: 0,
+            settled_by: Vec::new(),
         };
         let entries = [
             <TypeConfig as RaftTypeConfig>::Entry::new_normal(
