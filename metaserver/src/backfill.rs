@@ -65,12 +65,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Backfills {
     /// The backfills of this region, for `admin regions`.
     pub fn rows(&self, db: &redb::Database) -> Vec<BackfillRow> {
-        let known = db
-            .begin_read()
-            .ok()
-            .and_then(|tx| merge::state_table(&tx).ok().flatten())
+        let tx = db.begin_read().ok();
+        let known = tx
+            .as_ref()
+            .and_then(|tx| merge::state_table(tx).ok().flatten())
             .and_then(|t| backfill::all(&t).ok())
             .unwrap_or_default();
+        let parked = tx
+            .as_ref()
+            .and_then(|tx| tx.open_table(crate::namespace::tables::PARKED).ok());
+        let waiting = |volume: u32| {
+            parked.as_ref().map_or(0, |t| {
+                backfill::parked_count(t, volume, backfill::MAX_PARKED).unwrap_or(0) as u64
+            })
+        };
         let progress = lock(&self.progress);
         known
             .into_iter()
@@ -99,6 +107,7 @@ impl Backfills {
                     },
                     blocks_total: p.blocks_total,
                     blocks_done: p.blocks_done,
+                    records_waiting: waiting(b.volume),
                 }
             })
             .collect()

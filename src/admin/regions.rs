@@ -53,6 +53,7 @@ pub async fn show(meta: Vec<String>, json: bool) -> Result<()> {
                     "bytes_received": b.bytes_received, "bytes_total": b.bytes_total,
                     "inodes_installed": b.inodes_installed, "error": b.error,
                     "blocks_total": b.blocks_total, "blocks_done": b.blocks_done,
+                    "records_waiting": b.records_waiting,
                 })).collect::<Vec<_>>(),
                 }))?
             );
@@ -171,13 +172,14 @@ pub(super) fn print_backfills(rows: &[meridian_proto::pb::meta::Backfill]) {
 /// Where a backfill stands, in a line.
 pub(super) fn backfill_progress(b: &meridian_proto::pb::meta::Backfill) -> String {
     format!(
-        "{}: {} of {} received, {} inodes installed, {} of {} blocks{}",
+        "{}: {} of {} received, {} inodes installed, {} of {} blocks, {} records waiting{}",
         b.state,
         human(b.bytes_received),
         human(b.bytes_total),
         b.inodes_installed,
         b.blocks_done,
         b.blocks_total,
+        b.records_waiting,
         if b.error.is_empty() {
             String::new()
         } else {

@@ -390,6 +390,7 @@ pub fn apply_remote(
     let mut fresh: Vec<Record> = Vec::new();
     let mut last_seq = wm;
     let mut held = 0;
+    let mut parked = 0;
     // Volumes whose image has not arrived yet (see `backfill`).
     let mut awaiting = std::collections::BTreeSet::new();
     for (seq, record) in &batch.records {
@@ -403,6 +404,14 @@ pub fn apply_remote(
         });
         let admission = backfill::admission(&t.region_state, own, record)?;
         let waits = admission == Admission::Wait || awaiting.contains(&record.volume);
+        if held == 0 && !missing && waits && parkable(t, record.volume, &awaiting)? {
+            // Its volume's image is on its way: the record waits apart, and the origin's
+            // later records of other volumes go on.
+            backfill::park(t, record)?;
+            parked += 1;
+            last_seq = *seq;
+            continue;
+        }
         if held > 0 || missing || waits {
             if held == 0 {
                 // The origin left out records before this one only because they may not
@@ -441,12 +450,27 @@ pub fn apply_remote(
     let mut outcome = MergeOutcome {
         watermark: last_seq,
         held,
+        parked,
         ..MergeOutcome::default()
     };
     merge_fresh(t, own, fresh, &mut outcome)?;
     keep_for_relay(t, batch, wm, last_seq)?;
     merge::note_batch(t, own, batch.origin, last_seq, &marks)?;
     Ok(outcome)
+}
+
+/// Whether a record of `volume`, which waits for the volume's image, may wait apart: the
+/// volume is being brought in (not waiting for its earlier copy to be dropped), and not
+/// too many of its records wait already.
+fn parkable(
+    t: &WriteTables<'_>,
+    volume: u32,
+    awaiting: &std::collections::BTreeSet<u32>,
+) -> Result<bool, NsError> {
+    let bringing = awaiting.contains(&volume)
+        || backfill::get(&t.region_state, volume)?.is_some_and(|b| !b.installed);
+    Ok(bringing
+        && backfill::parked_count(&t.parked, volume, backfill::MAX_PARKED)? < backfill::MAX_PARKED)
 }
 
 /// Key of a relayed record: its origin, then its sequence there.
@@ -610,13 +634,15 @@ pub fn install_image(
     let Some(records) = backfill::install(t, part)? else {
         return Ok(outcome);
     };
-    let mut fresh = Vec::new();
-    for record in records {
+    let mut fresh: Vec<Record> = Vec::new();
+    // The image's late records, and this volume's records that waited for it.
+    let waited = backfill::take_parked(t, part.volume)?;
+    for record in records.into_iter().chain(waited) {
         // Only the image's own volume, from its point on (hostile or not, nothing else).
         if record.volume != part.volume || record.hlc < part.point || record.hlc.region == own {
             continue;
         }
-        if !merge::holds(t, record.hlc)? {
+        if !merge::holds(t, record.hlc)? && !fresh.iter().any(|r| r.hlc == record.hlc) {
             fresh.push(record);
         }
     }

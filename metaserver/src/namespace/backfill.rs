@@ -13,8 +13,8 @@
 //! the point that the new region will never be sent. Every other record of the volume at
 //! or after the point reaches the new region from its origin; those before the point are
 //! in the image, and the new region skips them. Records of the volume that arrive while
-//! the image is on its way wait (held back, like records whose causal dependencies are
-//! missing).
+//! the image is on its way wait apart (`park`), and apply once it is installed; the
+//! origin's records of other volumes go on meanwhile.
 //!
 //! Installing takes several Raft entries of bounded size; the volume's row goes in last,
 //! so the volume appears whole or not at all.
@@ -204,6 +204,77 @@ pub(crate) fn start(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsEr
     )
 }
 
+/// Most records of one volume kept waiting for its image: beyond it, the origin's
+/// records are held back in sequence instead (they come again in later pulls).
+pub const MAX_PARKED: usize = 100_000;
+
+fn parked_key(volume: u32, hlc: Hlc) -> Vec<u8> {
+    let mut k = volume.to_be_bytes().to_vec();
+    k.extend_from_slice(&hlc.to_key());
+    k
+}
+
+/// The range of PARKED keys of `volume`.
+fn parked_range(volume: u32) -> (Vec<u8>, Vec<u8>) {
+    let lo = volume.to_be_bytes().to_vec();
+    let mut hi = lo.clone();
+    hi.extend_from_slice(&[0xff; Hlc::KEY_LEN]);
+    (lo, hi)
+}
+
+/// How many records of `volume` wait for its image, up to `limit`.
+pub fn parked_count(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    volume: u32,
+    limit: usize,
+) -> Result<usize, NsError> {
+    let (lo, hi) = parked_range(volume);
+    let mut n = 0;
+    for item in t
+        .range(lo.as_slice()..=hi.as_slice())
+        .map_err(store_err)?
+        .take(limit)
+    {
+        item.map_err(store_err)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Keeps `record`, of a volume whose image has not arrived yet, apart until it has (see
+/// [`take_parked`]): the origin's later records of other volumes go on applying.
+pub(crate) fn park(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
+    let bytes = serde_json::to_vec(record).map_err(json_err)?;
+    t.parked
+        .insert(
+            parked_key(record.volume, record.hlc).as_slice(),
+            bytes.as_slice(),
+        )
+        .map_err(store_err)?;
+    Ok(())
+}
+
+/// The records of `volume` that waited for its image, oldest first; they are no longer
+/// kept apart.
+pub(crate) fn take_parked(t: &mut WriteTables<'_>, volume: u32) -> Result<Vec<Record>, NsError> {
+    let (lo, hi) = parked_range(volume);
+    let mut keys = Vec::new();
+    let mut out = Vec::new();
+    for item in t
+        .parked
+        .range(lo.as_slice()..=hi.as_slice())
+        .map_err(store_err)?
+    {
+        let (k, v) = item.map_err(store_err)?;
+        keys.push(k.value().to_vec());
+        out.push(serde_json::from_slice(v.value()).map_err(json_err)?);
+    }
+    for k in keys {
+        t.parked.remove(k.as_slice()).map_err(store_err)?;
+    }
+    Ok(out)
+}
+
 /// Gives up bringing `volume` in (the serving region said the image will never come):
 /// what an unfinished install put here goes, and the volume's records apply (and are
 /// skipped: it is not here) instead of waiting for ever.
@@ -227,7 +298,8 @@ pub fn cancel(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
     t.region_state
         .remove(key(volume).as_str())
         .map_err(store_err)?;
-    Ok(())
+    // Its records waiting apart apply (and are skipped: the volume is not here).
+    take_parked(t, volume).map(drop)
 }
 
 /// A volume as it was at `point`, and the records from `point` on that the receiving

@@ -329,3 +329,60 @@ fn a_volume_may_name_a_relayed_region_only_with_the_region_that_relays_it() {
         Err(NsError::Invalid(_))
     ));
 }
+
+#[test]
+fn records_of_other_volumes_go_on_while_an_image_is_on_its_way() {
+    // "main" lives in regions 1 and 2; "everywhere" in all three.
+    let mut rs = three_with_volume_in_two();
+    rs[0]
+        .run(Op::CreateVolume {
+            name: "everywhere".into(),
+            policy: VolumePolicy {
+                regions: vec![RegionId(1), RegionId(2), RegionId(3)],
+                ..VolumePolicy::default()
+            },
+        })
+        .unwrap();
+    rounds(&mut rs, 3);
+    let main = rs[0].read(|r| r.volume("main")).unwrap();
+    let other = rs[0].read(|r| r.volume("everywhere")).unwrap().root;
+
+    // Region 1 adds region 3 to "main", then writes in both volumes.
+    rs[0]
+        .run(Op::SetVolumeRegions {
+            name: "main".into(),
+            regions: vec![RegionId(1), RegionId(2), RegionId(3)],
+        })
+        .unwrap();
+    attr_of(rs[0].run(mknod(main.root, "while-coming", FileKind::File)));
+    attr_of(rs[0].run(mknod(other, "meanwhile", FileKind::File)));
+    rounds(&mut rs, 3);
+
+    // Region 3 has the other volume's change while "main"'s record waits apart for the
+    // image.
+    assert!(rs[2].lookup(other, "meanwhile").is_ok());
+    assert!(rs[2].read(|r| r.volume("main")).is_err());
+    let waiting =
+        |r: &Region| r.write(|t| backfill::parked_count(&t.parked, main.id, 100).unwrap());
+    assert_eq!(waiting(&rs[2]), 1);
+
+    // The image comes: what waited applies, and region 3 holds "main" as the others do.
+    promise_all(&mut rs);
+    rounds(&mut rs, 3);
+    let b = rs[2]
+        .write(|t| backfill::get(&t.region_state, main.id).unwrap())
+        .expect("region 3 started its backfill");
+    let parts = image_for_3(&rs[0], main.id, b.since).expect("settled past the addition");
+    let own = rs[2].id;
+    for part in &parts {
+        rs[2].write(|t| install_image(t, own, part)).unwrap();
+    }
+    rounds(&mut rs, 4);
+    assert_eq!(waiting(&rs[2]), 0);
+    assert_eq!(rs[2].names(main.root), rs[0].names(main.root));
+    assert!(rs[2].lookup(main.root, "while-coming").is_ok());
+    assert_eq!(volume_rows(&rs[2]), volume_rows(&rs[0]));
+    for r in &rs {
+        assert_consistent(r);
+    }
+}

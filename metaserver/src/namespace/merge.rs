@@ -103,6 +103,9 @@ pub struct MergeOutcome {
     /// Records held back: they depend on records of a third region not applied here yet.
     #[serde(default)]
     pub held: u64,
+    /// Records kept apart until their volume's image is installed (see `backfill`).
+    #[serde(default)]
+    pub parked: u64,
     /// The origin's change-log sequence applied up to.
     pub watermark: u64,
 }

@@ -67,6 +67,10 @@ pub const FOOTPRINT_INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("fo
 /// inode -> a removed inode kept for a while (JSON [`Tomb`]), so that a concurrent update
 /// from another region can bring it back.
 pub const TOMBS: TableDefinition<u64, &[u8]> = TableDefinition::new("tombs");
+/// Records of a volume being brought into this region that arrived before its image:
+/// volume (4 BE) ++ HLC key -> record (JSON). They wait here, apart, so the records of
+/// other volumes go on applying, and apply when the image is installed.
+pub const PARKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("parked");
 /// The tombstones of each volume by age: volume (4 BE) ++ removal stamp (HLC key) ++
 /// inode (8 BE) -> (). Derived from TOMBS (kept in step by every write of a tombstone,
 /// rebuilt by [`index_tombs`]) and left out of snapshots, so the purge reads only the
@@ -372,6 +376,7 @@ pub struct WriteTables<'txn> {
     conflicts: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) region_state: Table<'txn, &'static str, &'static [u8]>,
     pub(crate) relay: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) parked: Table<'txn, &'static [u8], &'static [u8]>,
     /// While set, every write to a namespace table records what it overwrote.
     pub(crate) undo: Option<Vec<Before>>,
 }
@@ -401,6 +406,7 @@ impl<'txn> WriteTables<'txn> {
             conflicts: tx.open_table(CONFLICTS).map_err(store_err)?,
             region_state: tx.open_table(REGION_STATE).map_err(store_err)?,
             relay: tx.open_table(RELAY).map_err(store_err)?,
+            parked: tx.open_table(PARKED).map_err(store_err)?,
             undo: None,
         })
     }

@@ -17,9 +17,9 @@ use crate::cluster::CLUSTER;
 use crate::namespace::tables as ns;
 
 const MAGIC: &[u8; 8] = b"MRDNSNAP";
-const VERSION: u32 = 3;
-/// Version 2 had every table but the last ([`ns::BASES`]).
-const VERSION_WITHOUT_BASES: u32 = 2;
+const VERSION: u32 = 4;
+/// Version 3 had every table but the last ([`ns::PARKED`]).
+const VERSION_WITHOUT_PARKED: u32 = 3;
 
 /// A table's key and value encodings, so one dump/load loop serves them all.
 enum Table {
@@ -32,7 +32,7 @@ enum Table {
 }
 
 /// Every table that makes up the replicated state, in dump order.
-fn tables() -> [Table; 21] {
+fn tables() -> [Table; 22] {
     [
         Table::U64Bytes(ns::INODES),
         Table::BytesBytes(ns::DIRENTS),
@@ -55,6 +55,7 @@ fn tables() -> [Table; 21] {
         Table::BytesU64(crate::namespace::lease::LEASES),
         Table::BytesU64(crate::namespace::lease::RESERVED),
         Table::BytesBytes(ns::RELAY),
+        Table::BytesBytes(ns::PARKED),
     ]
 }
 
@@ -173,14 +174,14 @@ pub fn load(tx: &WriteTransaction, data: impl Read) -> io::Result<()> {
         ));
     }
     let version = r.u32()?;
-    if version != VERSION && version != VERSION_WITHOUT_BASES {
+    if version != VERSION && version != VERSION_WITHOUT_PARKED {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("snapshot version {version} is not supported"),
         ));
     }
     for (i, table) in tables().into_iter().enumerate() {
-        let missing = version == VERSION_WITHOUT_BASES && i == tables().len() - 1;
+        let missing = version == VERSION_WITHOUT_PARKED && i == tables().len() - 1;
         let count = if missing { 0 } else { r.u64()? };
         macro_rules! load {
             ($def:expr, |$k:ident, $v:ident| $key:expr, $val:expr) => {{
