@@ -28,10 +28,15 @@ use crate::namespace::{RemoteBatch, merge};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
 
-/// Most records in one pull.
+/// Records asked for in one pull, to begin with.
 pub const PULL_LIMIT: u32 = 1024;
+/// Most records in one pull. A puller asks for more than [`PULL_LIMIT`] when each late
+/// record it merges meets many newer ones (everyone writing in one directory): a batch
+/// as large as what it meets pays for the rewinding once, so a long backlog is merged
+/// in time proportional to it, not to its square.
+pub const PULL_LIMIT_MAX: u32 = 16_384;
 /// Most record bytes in one pull answer.
-const PULL_BYTES: usize = 4 << 20;
+const PULL_BYTES: usize = 16 << 20;
 /// How long a pull waits on the serving side for new records before answering empty.
 pub const PULL_WAIT: Duration = Duration::from_millis(1000);
 /// How far the lag computation scans a change log.
@@ -212,7 +217,7 @@ impl Regions {
                         record: v.value().to_vec().into(),
                     });
                 }
-                if records.len() >= limit.clamp(1, PULL_LIMIT) as usize || bytes >= PULL_BYTES {
+                if records.len() >= limit.clamp(1, PULL_LIMIT_MAX) as usize || bytes >= PULL_BYTES {
                     break;
                 }
             }
@@ -409,7 +414,7 @@ fn serve_relay(
                     record: v.value().to_vec().into(),
                 });
             }
-            if records.len() >= limit.clamp(1, PULL_LIMIT) as usize || bytes >= PULL_BYTES {
+            if records.len() >= limit.clamp(1, PULL_LIMIT_MAX) as usize || bytes >= PULL_BYTES {
                 next = seq + 1;
                 full = true;
                 break;
@@ -439,6 +444,16 @@ fn serve_relay(
         relays: Vec::new(),
         stable_by: region_stamps(&stable_by),
     })
+}
+
+/// How many records to ask for after a merge that applied `outcome.applied` records and
+/// redid `outcome.redone` newer ones: as many as it redid (each batch costs what it meets
+/// plus its own size, so a batch that size halves the rewinding per record while holding
+/// the state machine at most twice as long), within [`PULL_LIMIT`]..=[`PULL_LIMIT_MAX`].
+fn next_limit(outcome: &crate::namespace::MergeOutcome) -> u32 {
+    u32::try_from(outcome.redone)
+        .unwrap_or(u32::MAX)
+        .clamp(PULL_LIMIT, PULL_LIMIT_MAX)
 }
 
 /// Stamps by region as sent in an answer.
@@ -674,6 +689,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
     let mut peers_recorded = false;
     let mut last_frontier: Option<Vec<u8>> = None;
     let mut last_frontier_at = Instant::now();
+    let mut limit = PULL_LIMIT;
     loop {
         if !node.is_leader() {
             peers_recorded = false;
@@ -706,7 +722,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
                     .pull_changes(PullChangesRequest {
                         region: u32::from(own.0),
                         from: wm + 1,
-                        limit: PULL_LIMIT,
+                        limit,
                         wait_ms: PULL_WAIT.as_millis() as u32,
                         origin: if relayed { u32::from(origin_id) } else { 0 },
                         have: have(&node),
@@ -767,6 +783,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
         };
         match node.propose_internal(RaftRequest::Remote(batch)).await {
             Ok(RaftResponse::Remote(Ok(outcome))) => {
+                limit = next_limit(&outcome);
                 last_frontier = Some(marks);
                 last_frontier_at = Instant::now();
                 metrics::counter!("meridian_region_records_applied_total", "peer" => peer.region.to_string())
