@@ -82,6 +82,13 @@ pub enum AdminCommand {
         /// creates it). Its blocks and metadata never leave them.
         #[arg(long, value_delimiter = ',')]
         regions: Vec<u16>,
+        /// Consistency: without it the volume is active-active (every region writes
+        /// locally, and concurrent changes converge, with conflict copies). With a home
+        /// region (one of --regions), every change is decided there: other regions
+        /// forward changes to it and answer once they hold the result, serve reads from
+        /// their own replica, and refuse changes (EROFS) while it is unreachable.
+        #[arg(long)]
+        home: Option<u16>,
     },
     /// Replication lag to and from every peer region (ops and bytes behind, the age of the
     /// oldest record a peer lacks: the RPO).
@@ -702,12 +709,14 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             min_copies,
             quota_bytes,
             regions,
+            home,
         } => {
             let policy = VolumePolicy {
                 replicas,
                 min_copies,
                 quota_bytes,
                 regions: regions.into_iter().map(meridian_proto::RegionId).collect(),
+                home: home.map(meridian_proto::RegionId),
                 ..Default::default()
             };
             volumes::create(meta, name, policy).await

@@ -226,6 +226,7 @@ impl MetaClient {
                     client_id: self.client_id,
                     request_id,
                     lease,
+                    from_region: 0,
                 };
                 async move { c.mutate(req).await.map(|r| self.led(r)) }
             })

@@ -4,6 +4,7 @@ pub mod backfill;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod home;
 pub mod leases;
 pub mod link_detector;
 pub mod liveness;

@@ -181,7 +181,7 @@ impl Regions {
         })
         .unwrap_or_default();
         let lost = if acked == 0 {
-            from < first && first > 1
+            (from < first && first > 1) || from < holes_to
         } else {
             from <= acked && (from < first || from < holes_to)
         };
@@ -717,7 +717,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
         let target = &peer.meta[addr % peer.meta.len()];
         let reply = match node.pool.get(target) {
             Ok(ch) => {
-                let mut client = MetaServiceClient::new(ch);
+                let mut client = MetaServiceClient::new(ch).max_decoding_message_size(64 << 20);
                 client
                     .pull_changes(PullChangesRequest {
                         region: u32::from(own.0),
@@ -736,6 +736,8 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
+                // Start small again: a large answer may be what failed.
+                limit = PULL_LIMIT;
                 node.regions.note_pull(origin_id, Err(e.clone()));
                 metrics::counter!("meridian_region_pull_errors_total", "peer" => peer.region.to_string()).increment(1);
                 warn!(peer = peer.region, origin = origin_id, error = %e, "pull from peer region failed");

@@ -53,6 +53,8 @@ pub struct MetaNode {
     pub backfills: crate::backfill::Backfills,
     /// Regions whose records are pulled through a peer: origin -> (the peer, its puller).
     pub relayed: Mutex<std::collections::BTreeMap<u16, (u16, tokio::task::JoinHandle<()>)>>,
+    /// Volumes' home regions, as last read.
+    pub homes: crate::home::Homes,
 }
 
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Bytes {
@@ -331,6 +333,17 @@ impl MetaService for MetaApi {
         metrics::counter!("meridian_meta_mutations_total").increment(1);
         let op: Op = decode(&request.get_ref().op, "operation")?;
         let req = request.get_ref();
+        // A volume whose home is another region: the change is decided there.
+        if let Some(home) = self.home_elsewhere(&op)? {
+            if req.from_region != 0 {
+                return Err(Status::failed_precondition(format!(
+                    "region {} is not the home of this volume (region {} is): not forwarded again",
+                    self.shared.region.0, home.0
+                )));
+            }
+            return self.forward_home(home, request.into_inner()).await;
+        }
+        let forwarded = req.from_region != 0;
         let id = (req.client_id != 0).then_some((req.client_id, req.request_id));
         let dirs = op.dirs_changed();
         // Another client's leased directory: recalled first (on the leader).
@@ -368,6 +381,23 @@ impl MetaService for MetaApi {
                         }),
                     _ => Vec::new(),
                 };
+                // For a region that forwarded it: where this region's change log ends
+                // with the change in it.
+                let change_seq = if forwarded {
+                    self.db
+                        .begin_read()
+                        .ok()
+                        .and_then(|tx| tx.open_table(crate::namespace::tables::CHANGELOG).ok())
+                        .and_then(|t| {
+                            redb::ReadableTable::last(&t)
+                                .ok()
+                                .flatten()
+                                .map(|(k, _)| k.value())
+                        })
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
                 Ok(Response::new(MutateResponse {
                     outcome: json(&outcome),
                     log_index: index,
@@ -376,6 +406,7 @@ impl MetaService for MetaApi {
                     } else {
                         json(&dirs)
                     },
+                    change_seq,
                 }))
             }
             Ok((other, _)) => Err(Status::from(MetaError::Store(format!(

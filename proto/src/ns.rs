@@ -185,6 +185,12 @@ pub struct VolumePolicy {
     /// Regions the volume lives in; its blocks and metadata never leave them. Empty: only
     /// the region that created it.
     pub regions: Vec<RegionId>,
+    /// Consistency: none for active-active (every region writes locally and converges);
+    /// a home region, one of `regions`, for a volume whose namespace and content commits
+    /// are decided there alone (other regions forward every change to it, and refuse
+    /// changes while it is unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<RegionId>,
 }
 
 impl Default for VolumePolicy {
@@ -196,6 +202,7 @@ impl Default for VolumePolicy {
             quota_bytes: None,
             quota_inodes: None,
             regions: Vec::new(),
+            home: None,
         }
     }
 }

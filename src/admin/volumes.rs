@@ -74,8 +74,8 @@ pub async fn list(meta: Vec<String>, json: bool, snapshots: bool) -> Result<()> 
         }
     } else {
         println!(
-            "{:<20} {:>4} {:>8} {:>10} {:>8}  REGIONS",
-            "NAME", "ID", "REPLICAS", "USED", "INODES"
+            "{:<20} {:>4} {:>8} {:>10} {:>8}  {:<14} REGIONS",
+            "NAME", "ID", "REPLICAS", "USED", "INODES", "CONSISTENCY"
         );
         for v in vols {
             let regions = if v.policy.regions.is_empty() {
@@ -84,13 +84,18 @@ pub async fn list(meta: Vec<String>, json: bool, snapshots: bool) -> Result<()> 
                 let ids: Vec<String> = v.policy.regions.iter().map(|r| r.0.to_string()).collect();
                 ids.join(",")
             };
+            let consistency = match v.policy.home {
+                Some(h) => format!("home={}", h.0),
+                None => "active-active".to_string(),
+            };
             println!(
-                "{:<20} {:>4} {:>8} {:>10} {:>8}  {}",
+                "{:<20} {:>4} {:>8} {:>10} {:>8}  {:<14} {}",
                 v.name,
                 v.id,
                 v.policy.replicas,
                 human(v.used_bytes),
                 v.used_inodes,
+                consistency,
                 regions
             );
         }

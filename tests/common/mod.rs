@@ -14,6 +14,8 @@ use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::{ClusterMap, NodeId, NodeInfo, NodeState, RegionId, ZoneId};
 use tempfile::TempDir;
 
+pub mod pair;
+
 /// The binary under test, exactly as a user runs it.
 pub const MERIDIAN: &str = env!("CARGO_BIN_EXE_meridian");
 

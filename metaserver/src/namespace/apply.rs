@@ -391,6 +391,8 @@ pub fn apply_remote(
     let mut last_seq = wm;
     let mut held = 0;
     let mut parked = 0;
+    // Records waiting apart, per volume (counted once per batch).
+    let mut waiting = std::collections::BTreeMap::new();
     // Volumes whose image has not arrived yet (see `backfill`).
     let mut awaiting = std::collections::BTreeSet::new();
     for (seq, record) in &batch.records {
@@ -404,7 +406,7 @@ pub fn apply_remote(
         });
         let admission = backfill::admission(&t.region_state, own, record)?;
         let waits = admission == Admission::Wait || awaiting.contains(&record.volume);
-        if held == 0 && !missing && waits && parkable(t, record.volume, &awaiting)? {
+        if held == 0 && !missing && waits && parkable(t, record.volume, &awaiting, &mut waiting)? {
             // Its volume's image is on its way: the record waits apart, and the origin's
             // later records of other volumes go on.
             backfill::park(t, record)?;
@@ -461,16 +463,31 @@ pub fn apply_remote(
 
 /// Whether a record of `volume`, which waits for the volume's image, may wait apart: the
 /// volume is being brought in (not waiting for its earlier copy to be dropped), and not
-/// too many of its records wait already.
+/// too many of its records wait already (`waiting` counts them, and this one if it may).
 fn parkable(
     t: &WriteTables<'_>,
     volume: u32,
     awaiting: &std::collections::BTreeSet<u32>,
+    waiting: &mut std::collections::BTreeMap<u32, usize>,
 ) -> Result<bool, NsError> {
     let bringing = awaiting.contains(&volume)
         || backfill::get(&t.region_state, volume)?.is_some_and(|b| !b.installed);
-    Ok(bringing
-        && backfill::parked_count(&t.parked, volume, backfill::MAX_PARKED)? < backfill::MAX_PARKED)
+    if !bringing {
+        return Ok(false);
+    }
+    let n = match waiting.get_mut(&volume) {
+        Some(n) => n,
+        None => waiting.entry(volume).or_insert(backfill::parked_count(
+            &t.parked,
+            volume,
+            backfill::MAX_PARKED,
+        )?),
+    };
+    if *n >= backfill::MAX_PARKED {
+        return Ok(false);
+    }
+    *n += 1;
+    Ok(true)
 }
 
 /// Key of a relayed record: its origin, then its sequence there.
@@ -576,11 +593,17 @@ fn merge_fresh(
     // it after all. The replays go back first (in the reverse of the order they were
     // made: their images were taken over the records left applied), then everything from
     // the oldest late record on, and all of it is redone in order.
-    for r in all.iter().rev() {
-        merge::unapply(t, r.hlc)?;
+    // (A record that left the log as it applied, below the settled bound, is final: it
+    // stays, and is not replayed again.)
+    let mut again = Vec::with_capacity(all.len());
+    for r in all.into_iter().rev() {
+        if merge::holds(t, r.hlc)? {
+            merge::unapply(t, r.hlc)?;
+            again.push(r);
+        }
     }
-    let replayed = all.len() as u64;
-    outcome.redone += replay_all_from(t, own, low, all)? + replayed;
+    let replayed = again.len() as u64;
+    outcome.redone += replay_all_from(t, own, low, again)? + replayed;
     Ok(())
 }
 
@@ -646,7 +669,30 @@ pub fn install_image(
             fresh.push(record);
         }
     }
+    // (The log stays unpruned past what waited until it is merged.)
     merge_fresh(t, own, fresh, &mut outcome)?;
+    backfill::note_parked_low(t)?;
+    Ok(outcome)
+}
+
+/// Gives up bringing `volume` in (see [`backfill::cancel`]); the records of it that
+/// waited apart are merged now, and skipped (the volume is not here), or start a new
+/// backfill if one of them brings this region in again.
+pub fn cancel_backfill(
+    t: &mut WriteTables<'_>,
+    own: RegionId,
+    volume: u32,
+) -> Result<MergeOutcome, NsError> {
+    backfill::cancel(t, volume)?;
+    let mut outcome = MergeOutcome::default();
+    let mut fresh = Vec::new();
+    for record in backfill::take_parked(t, volume)? {
+        if !merge::holds(t, record.hlc)? {
+            fresh.push(record);
+        }
+    }
+    merge_fresh(t, own, fresh, &mut outcome)?;
+    backfill::note_parked_low(t)?;
     Ok(outcome)
 }
 

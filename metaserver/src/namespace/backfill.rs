@@ -241,6 +241,10 @@ pub fn parked_count(
     Ok(n)
 }
 
+/// REGION_STATE key of the oldest record kept apart (see [`park`]): the merged log is not
+/// pruned past it, so the records it meets are still there when it is merged.
+pub const PARKED_LOW: &str = "parked_low";
+
 /// Keeps `record`, of a volume whose image has not arrived yet, apart until it has (see
 /// [`take_parked`]): the origin's later records of other volumes go on applying.
 pub(crate) fn park(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
@@ -251,7 +255,49 @@ pub(crate) fn park(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsErr
             bytes.as_slice(),
         )
         .map_err(store_err)?;
+    if merge::stamp(&t.region_state, PARKED_LOW)?.is_none_or(|low| record.hlc < low) {
+        merge::set_state(t, PARKED_LOW, &record.hlc.to_key())?;
+    }
     Ok(())
+}
+
+/// Sets [`PARKED_LOW`] again from the records still kept apart, once those taken were
+/// merged.
+pub(crate) fn note_parked_low(t: &mut WriteTables<'_>) -> Result<(), NsError> {
+    let mut low: Option<Hlc> = None;
+    let mut from = 0u32.to_be_bytes().to_vec();
+    loop {
+        let first = t
+            .parked
+            .range(from.as_slice()..)
+            .map_err(store_err)?
+            .next()
+            .transpose()
+            .map_err(store_err)?;
+        let Some((k, _)) = first else {
+            break;
+        };
+        let k = k.value();
+        let (Some(volume), Some(hlc)) = (
+            k.get(..4)
+                .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes"))),
+            k.get(4..).and_then(Hlc::from_key),
+        ) else {
+            return Err(NsError::Store("damaged parked record key".into()));
+        };
+        low = Some(low.map_or(hlc, |l| l.min(hlc)));
+        match volume.checked_add(1) {
+            Some(n) => from = n.to_be_bytes().to_vec(),
+            None => break,
+        }
+    }
+    match low {
+        Some(l) => merge::set_state(t, PARKED_LOW, &l.to_key()),
+        None => {
+            t.region_state.remove(PARKED_LOW).map_err(store_err)?;
+            Ok(())
+        }
+    }
 }
 
 /// The records of `volume` that waited for its image, oldest first; they are no longer
@@ -277,7 +323,8 @@ pub(crate) fn take_parked(t: &mut WriteTables<'_>, volume: u32) -> Result<Vec<Re
 
 /// Gives up bringing `volume` in (the serving region said the image will never come):
 /// what an unfinished install put here goes, and the volume's records apply (and are
-/// skipped: it is not here) instead of waiting for ever.
+/// skipped: it is not here) instead of waiting for ever. Those kept apart meanwhile are
+/// merged by the caller (`apply::cancel_backfill`).
 pub fn cancel(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
     let Some(b) = get(&t.region_state, volume)? else {
         return Ok(());
@@ -298,8 +345,7 @@ pub fn cancel(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
     t.region_state
         .remove(key(volume).as_str())
         .map_err(store_err)?;
-    // Its records waiting apart apply (and are skipped: the volume is not here).
-    take_parked(t, volume).map(drop)
+    Ok(())
 }
 
 /// A volume as it was at `point`, and the records from `point` on that the receiving
@@ -376,11 +422,19 @@ pub fn build_image(
     // image is of a point after the last of them (every record of the volume older than
     // that bound is here, so this point is as settled as the other).
     if let Some(p) = super::settle::pruned(&t.region_state, volume)? {
-        point = point.max(Hlc {
-            wall_ms: p.wall_ms,
-            counter: p.counter.saturating_add(1),
-            region: RegionId(0),
-        });
+        // The stamp right after it.
+        let next = match p.region.0.checked_add(1) {
+            Some(r) => Hlc {
+                region: RegionId(r),
+                ..p
+            },
+            None => Hlc {
+                wall_ms: p.wall_ms,
+                counter: p.counter.saturating_add(1),
+                region: RegionId(0),
+            },
+        };
+        point = point.max(next);
     }
     let later = merge::rewind(t, point)?;
     let vol =

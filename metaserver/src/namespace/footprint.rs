@@ -74,7 +74,8 @@ impl Footprint {
         if f.all && f.volume.is_some() {
             // It wrote something shared (a whole count or volume row): it waits for the
             // region-wide bound, and its volume with it.
-            f.pins = f.volume.take();
+            let volume = f.volume.take();
+            f.pins = f.pins.or(volume);
         }
         f
     }
@@ -123,8 +124,8 @@ impl Footprint {
         })
     }
 
-    /// The index prefixes a record with this footprint is listed under.
-    fn prefixes(&self) -> Vec<Vec<u8>> {
+    /// The index prefixes of what a record with this footprint may meet through.
+    fn meeting_prefixes(&self) -> Vec<Vec<u8>> {
         let mut out: Vec<Vec<u8>> = self.inodes.iter().map(|i| inode_prefix(*i)).collect();
         if self.tree {
             out.push(vec![BY_TREE]);
@@ -132,6 +133,13 @@ impl Footprint {
         if self.all {
             out.push(vec![BY_ALL]);
         }
+        out
+    }
+
+    /// The index prefixes a record with this footprint is listed under: what it meets
+    /// through, and its volume (or the volume it pins).
+    fn prefixes(&self) -> Vec<Vec<u8>> {
+        let mut out = self.meeting_prefixes();
         if let Some(vol) = self.volume {
             out.push(volume_prefix(vol));
         }
@@ -231,8 +239,15 @@ impl Footprint {
                     }
                 }
                 // Written whole: undoing it would take back what others changed since.
-                Tab::Volumes | Tab::Refs => self.all = true,
-                Tab::RefsBy | Tab::UsageBy | Tab::Conflicts | Tab::Unref => {}
+                Tab::Volumes => self.all = true,
+                // A block's count or mark written whole (an older version's images): a
+                // block may be any volume's, so no volume settles on its own meanwhile.
+                Tab::Refs => {
+                    self.all = true;
+                    self.pins = Some(EVERY_VOLUME);
+                }
+                Tab::Unref => self.pins = Some(EVERY_VOLUME),
+                Tab::RefsBy | Tab::UsageBy | Tab::Conflicts => {}
             }
         }
     }
@@ -440,7 +455,7 @@ impl<'a> LeftApplied<'a> {
             // Every record: the empty prefix stands for the whole log.
             vec![Vec::new()]
         } else {
-            f.prefixes()
+            f.meeting_prefixes()
         };
         prefixes.push(vec![BY_ALL]);
         for p in prefixes {
@@ -603,6 +618,12 @@ pub(crate) fn touching(
     Ok(out)
 }
 
+/// The format the footprints and their index were written in (derived like them, and left
+/// out of snapshots): a state written in another is rebuilt on opening.
+const INDEX_META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("footprint_meta");
+const INDEX_FORMAT_KEY: &str = "format";
+const INDEX_FORMAT: u64 = 2;
+
 /// Rebuilds the footprints and their index from the merged log: after a snapshot is
 /// installed (`always`), and on opening a state written before they existed (when they do
 /// not hold one row per record; every write keeps them in step otherwise).
@@ -611,9 +632,19 @@ pub fn index_footprints(tx: &WriteTransaction, always: bool) -> Result<(), NsErr
     let undo = tx.open_table(UNDO).map_err(store_err)?;
     let mut footprints = tx.open_table(FOOTPRINTS).map_err(store_err)?;
     let mut index = tx.open_table(FOOTPRINT_INDEX).map_err(store_err)?;
-    if !always && oplog.len().map_err(store_err)? == footprints.len().map_err(store_err)? {
+    let mut meta = tx.open_table(INDEX_META).map_err(store_err)?;
+    let format = meta
+        .get(INDEX_FORMAT_KEY)
+        .map_err(store_err)?
+        .map(|v| v.value());
+    if !always
+        && format == Some(INDEX_FORMAT)
+        && oplog.len().map_err(store_err)? == footprints.len().map_err(store_err)?
+    {
         return Ok(());
     }
+    meta.insert(INDEX_FORMAT_KEY, INDEX_FORMAT)
+        .map_err(store_err)?;
     footprints.retain(|_, _| false).map_err(store_err)?;
     index.retain(|_, _| false).map_err(store_err)?;
     let json = |e: serde_json::Error| NsError::Store(format!("damaged merge record: {e}"));

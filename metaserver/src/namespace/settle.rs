@@ -171,25 +171,30 @@ pub fn settled_bound_without(
             None => return Ok(None),
         }
     }
+    // Records kept apart for an image are merged later, where they meet what is here.
+    if let Some(low) = stamp(t, super::backfill::PARKED_LOW)? {
+        bound = bound.min(low);
+    }
     Ok(Some(bound))
 }
 
 /// The settled bound of records that only `regions` write and hold (this region `own`
-/// among them): as [`settled_bound`], over those regions alone. Regions this one does not
-/// hear are left out, as the region-wide bound leaves them out.
+/// among them): as [`settled_bound`], over those regions alone. None while one of them is
+/// a region this one does not hear.
 pub fn settled_bound_in(
     t: &impl StateTable,
     own: RegionId,
     regions: &[RegionId],
 ) -> Result<Option<Hlc>, NsError> {
     let known = origins(t)?;
-    let mut members: Vec<RegionId> = regions
-        .iter()
-        .copied()
-        .filter(|r| known.contains(r))
-        .collect();
+    let mut members: Vec<RegionId> = regions.iter().copied().filter(|r| *r != own).collect();
     members.sort();
     members.dedup();
+    // A region of the set this one does not hear (yet) may still send records of it,
+    // through a relay found later: nothing settles on the set's own marks meanwhile.
+    if members.iter().any(|r| !known.contains(r)) {
+        return Ok(None);
+    }
     let Some(mut bound) = horizon(t)? else {
         return Ok(None);
     };

@@ -235,8 +235,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Response::None
                     }
                     EntryPayload::Normal(Request::CancelBackfill(volume)) => {
-                        namespace::backfill::cancel(&mut ns, *volume).map_err(io::Error::other)?;
-                        Response::None
+                        let outcome = namespace::apply::cancel_backfill(&mut ns, region, *volume);
+                        if let Err(namespace::NsError::Store(e)) = &outcome {
+                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                        }
+                        Response::Remote(outcome)
                     }
                     EntryPayload::Normal(Request::BlocksBroughtIn(volume)) => {
                         namespace::backfill::blocks_done(&mut ns, *volume)

@@ -37,6 +37,14 @@ fn check_policy(policy: &VolumePolicy) -> Result<(), NsError> {
             policy.replicas, policy.min_copies
         )));
     }
+    if let Some(home) = policy.home
+        && !policy.regions.contains(&home)
+    {
+        return Err(NsError::Invalid(format!(
+            "home region {} is not one of the volume's regions",
+            home.0
+        )));
+    }
     if !policy.block_size.is_power_of_two()
         || !(64 << 10..=meridian_proto::block::MAX_BLOCK_LEN).contains(&policy.block_size)
     {
@@ -284,6 +292,14 @@ pub(crate) fn set_volume_regions(
         if vol.read_only {
             return Err(NsError::ReadOnly(format!("volume {name} is a snapshot")));
         }
+        if let Some(home) = vol.policy.home
+            && !set.contains(&home)
+        {
+            return Err(NsError::Invalid(format!(
+                "volume {name:?} would leave its home region {}, which decides its changes",
+                home.0
+            )));
+        }
         // One region brought in at a time: each waits for the others to settle past
         // the change, and two waiting for each other would never see it happen.
         let before = if vol.policy.regions.is_empty() {
@@ -355,6 +371,8 @@ pub(crate) fn clone_volume(
     };
     let mut policy = src.policy.clone();
     policy.regions = Vec::new();
+    // The copy lives here alone: this region decides its changes.
+    policy.home = None;
     let Reply::Volume(mut vol) = create_volume(t, ctx, name, &policy)? else {
         return Err(NsError::Store("volume creation answered oddly".into()));
     };

@@ -1,0 +1,218 @@
+//! Volumes with a home region (issue 17): every change of such a volume is decided by the
+//! home region's Raft group. Another region forwards a client's change to the home, and
+//! answers once it has pulled and applied the home's change log that far, so the client
+//! reads its own write at once in its own region and any region sees it at the home as
+//! soon as the change returns. While the home cannot be reached, changes are refused
+//! with EROFS (the reason in the log) and reads go on from the local replica.
+//!
+//! Volume-level changes (create, delete, quota, regions, copies) and bookkeeping that
+//! never needs one truth (access times, compaction) are not forwarded.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use meridian_proto::InodeId;
+use meridian_proto::RegionId;
+use meridian_proto::ns::{NsError, Op, Reply};
+use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
+use meridian_proto::pb::meta::{MutateRequest, MutateResponse};
+use redb::ReadableDatabase;
+use tonic::{Response, Status};
+use tracing::warn;
+
+use crate::service::{MetaNode, json};
+
+/// How long a forwarded change may take to be answered by the home region, tries
+/// included; past it, the change is refused.
+const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
+/// How long one try may take.
+const TRY_DEADLINE: Duration = Duration::from_secs(2);
+/// How long this region waits to hold a forwarded change before answering anyway (the
+/// change is decided; only reading it back here may lag).
+const APPLY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Each volume's home region, as this region last read it (a volume's home is fixed when
+/// it is made, and ids are never reused, so entries never go stale).
+#[derive(Default)]
+pub struct Homes {
+    known: Mutex<HashMap<u32, Option<RegionId>>>,
+}
+
+impl MetaNode {
+    /// The home region of the volume `op` changes, if that volume has one other than this
+    /// region and `op` is a change the home decides.
+    pub(crate) fn home_elsewhere(&self, op: &Op) -> Result<Option<RegionId>, Status> {
+        let ino: InodeId = match op {
+            Op::CreateVolume { .. }
+            | Op::DeleteVolume { .. }
+            | Op::CloneVolume { .. }
+            | Op::SetVolumeQuota { .. }
+            | Op::SetVolumeRegions { .. }
+            | Op::Accessed { .. }
+            | Op::AccessedBatch { .. }
+            | Op::Compact { .. } => return Ok(None),
+            Op::Mknod { parent, .. }
+            | Op::Symlink { parent, .. }
+            | Op::Unlink { parent, .. }
+            | Op::Rmdir { parent, .. }
+            | Op::Rename { parent, .. } => *parent,
+            Op::Link { new_parent, .. } => *new_parent,
+            Op::SetAttr { ino, .. }
+            | Op::SetXattr { ino, .. }
+            | Op::RemoveXattr { ino, .. }
+            | Op::CommitExtents { ino, .. }
+            | Op::PunchHole { ino, .. } => *ino,
+            Op::CopyRange { dst, .. } => *dst,
+        };
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let reader = crate::namespace::NsReader::new(&tx);
+        // A missing inode: the change fails wherever it runs; here is as good as anywhere.
+        let Ok(attr) = reader.getattr(ino) else {
+            return Ok(None);
+        };
+        let cached = self
+            .homes
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&attr.volume)
+            .copied();
+        let home = match cached {
+            Some(h) => h,
+            None => {
+                let vols = reader
+                    .volumes()
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let mut known = self.homes.known.lock().unwrap_or_else(|p| p.into_inner());
+                for v in &vols {
+                    known.insert(v.id, v.policy.home);
+                }
+                known.get(&attr.volume).copied().flatten()
+            }
+        };
+        Ok(home.filter(|h| *h != self.shared.region))
+    }
+
+    /// Forwards a client's change to the volume's home region `home`, and answers it once
+    /// this region holds the result.
+    pub(crate) async fn forward_home(
+        &self,
+        home: RegionId,
+        mut req: MutateRequest,
+    ) -> Result<Response<MutateResponse>, Status> {
+        let own = self.shared.region;
+        let Some(peer) = self.peers.iter().find(|p| p.region == home.0) else {
+            return Ok(refused(format!(
+                "the volume's home is region {}, which region {} does not peer with: changes are refused here",
+                home.0, own.0
+            )));
+        };
+        req.from_region = u32::from(own.0);
+        // Leases are this region's; the home grants none to another region's client.
+        req.lease = false;
+        let started = Instant::now();
+        let mut last_error = String::from("no metaserver address");
+        // Whether an attempt may have reached the home before it failed.
+        let mut maybe_sent = false;
+        let mut answer = None;
+        // Every member in turn until one answers or the time is up: a retry of the same
+        // request (same client and request id) is answered from the home's record of it,
+        // so an attempt that reached the home and lost its answer is learnt, not redone.
+        'tries: while started.elapsed() < FORWARD_DEADLINE {
+            for addr in &peer.meta {
+                let left = FORWARD_DEADLINE.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    break 'tries;
+                }
+                let Ok(ch) = self.pool.get(addr) else {
+                    continue;
+                };
+                let mut client = MetaServiceClient::new(ch).max_decoding_message_size(64 << 20);
+                let mut call = tonic::Request::new(req.clone());
+                call.set_timeout(left.min(TRY_DEADLINE));
+                match client.mutate(call).await {
+                    Ok(r) => {
+                        answer = Some(r.into_inner());
+                        break 'tries;
+                    }
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::Unknown
+                                | tonic::Code::DeadlineExceeded
+                                | tonic::Code::Cancelled
+                        ) =>
+                    {
+                        maybe_sent |= s.code() != tonic::Code::Unavailable;
+                        last_error = format!("{addr}: {}", s.message());
+                    }
+                    // The home answered, and refused: that is the answer.
+                    Err(s) => return Err(s),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let Some(answer) = answer else {
+            warn!(home = home.0, error = %last_error, maybe_sent, "home region unreachable: change refused");
+            metrics::counter!("meridian_home_forward_refused_total").increment(1);
+            return Ok(refused(format!(
+                "the volume's home region {} cannot be reached ({last_error}): changes are refused until it can, reads go on{}",
+                home.0,
+                if maybe_sent {
+                    " (the link failed while a try was under way: if it reached the home, the change was made there)"
+                } else {
+                    ""
+                }
+            )));
+        };
+        metrics::counter!("meridian_home_forwarded_total").increment(1);
+        self.wait_applied_from(home, answer.change_seq).await;
+        Ok(Response::new(answer))
+    }
+
+    /// Waits (a bounded time) until this region has applied `origin`'s change log up to
+    /// `seq`.
+    async fn wait_applied_from(&self, origin: RegionId, seq: u64) {
+        let mut applied = self.shared.applied.subscribe();
+        let deadline = tokio::time::Instant::now() + APPLY_DEADLINE;
+        loop {
+            let have = self
+                .db
+                .begin_read()
+                .map(|tx| crate::regions::watermark(&tx, origin))
+                .unwrap_or(0);
+            if have >= seq {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, applied.changed())
+                .await
+                .is_err()
+            {
+                warn!(
+                    origin = origin.0,
+                    seq, have, "a forwarded change was not pulled back in time; answering anyway"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// The answer refusing a change with EROFS, and why.
+fn refused(why: String) -> Response<MutateResponse> {
+    answer_err(NsError::ReadOnly(why))
+}
+
+/// An answer carrying `e` as the change's outcome.
+fn answer_err(e: NsError) -> Response<MutateResponse> {
+    let outcome: Result<Reply, NsError> = Err(e);
+    Response::new(MutateResponse {
+        outcome: json(&outcome),
+        ..MutateResponse::default()
+    })
+}
