@@ -9,6 +9,11 @@
 //! what the cut cost on disk (the dev data folder's growth, and the change-log records
 //! each region keeps) are printed too.
 //!
+//! Before the cut, a volume with a home region (issue 17, `--home 1`) is written from both
+//! regions: the time to write and close a small file in region 2, where each change is
+//! forwarded to region 1 and answered once it is back in region 2, next to the same in
+//! region 1, at 50 ms and at 0 ms of one-way delay.
+//!
 //! Run with `scripts/bench.sh` (or `cargo bench --bench region_lag`). Under a test runner
 //! it runs for a few seconds only, to check that it works.
 
@@ -196,6 +201,80 @@ fn summary(lags: &HashMap<String, Duration>) -> (f64, f64, f64) {
     )
 }
 
+/// Writes and closes `n` files of 4 KiB under `root`, one after the other, by `writers`
+/// threads at once; returns each file's time and the files per second.
+fn timed_writes(root: &Path, tag: &str, n: usize, writers: usize) -> (Vec<Duration>, f64) {
+    let started = Instant::now();
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let (root, tag) = (root.to_path_buf(), tag.to_string());
+            thread::spawn(move || {
+                let data = vec![7u8; 4096];
+                (0..n / writers)
+                    .map(|i| {
+                        let t = Instant::now();
+                        fs::write(root.join(format!("{tag}-{w}-{i}")), &data).expect("write");
+                        t.elapsed()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("writer"))
+        .collect();
+    all.sort();
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    (all, rate)
+}
+
+/// Forwarded writes (issue 17): volume "ledger" with home region 1, written from both
+/// regions at 50 ms and then 0 ms of one-way delay.
+fn home_writes(region1: &str, region2: &str, control: &str, dir: &Path, full: bool) {
+    admin(&[
+        "volume-create",
+        "--meta",
+        region1,
+        "ledger",
+        "--regions",
+        "1,2",
+        "--home",
+        "1",
+    ]);
+    common::wait_for(
+        Duration::from_secs(60),
+        "the home volume in region 2",
+        || {
+            admin(&["volumes", "--meta", region2])
+                .contains("ledger")
+                .then_some(())
+        },
+    )
+    .expect("volume");
+    let home = common::Mount::start(region1, "ledger", &dir.join("ledger-1")).expect("mount");
+    let away = common::Mount::start(region2, "ledger", &dir.join("ledger-2")).expect("mount");
+    let n = if full { 100 } else { 4 };
+    for delay in [DELAY_MS, "0"] {
+        admin(&["link", "--proxy", control, "--delay-ms", delay]);
+        let (h, h_rate) = timed_writes(&home.path, &format!("h{delay}"), n, 1);
+        let (a, a_rate) = timed_writes(&away.path, &format!("a{delay}"), n, 1);
+        let (_, a4_rate) = timed_writes(&away.path, &format!("p{delay}"), n, 4);
+        // Each file written away is at the home already.
+        for w in 0..4 {
+            assert!(home.path.join(format!("p{delay}-{w}-0")).exists());
+        }
+        println!(
+            "home volume, {delay} ms each way: write+close of 4 KiB in region 2 (forwarded) p50 {:.0} ms, p99 {:.0} ms, {a_rate:.1} files/s ({a4_rate:.1}/s with 4 writers); in region 1 (home) p50 {:.0} ms, p99 {:.0} ms, {h_rate:.1} files/s",
+            percentile(&a, 0.5),
+            percentile(&a, 0.99),
+            percentile(&h, 0.5),
+            percentile(&h, 0.99),
+        );
+    }
+    admin(&["link", "--proxy", control, "--delay-ms", DELAY_MS]);
+}
+
 fn admin(args: &[&str]) -> String {
     let out = Command::new(common::MERIDIAN)
         .arg("admin")
@@ -295,8 +374,10 @@ fn main() {
         f50 / n50
     );
 
-    // A cut: a writer in each region goes on; then heal and time the catch-up.
     let region2 = field("region 2 metaservers: ");
+    home_writes(&region1, &region2, &control, dir.path(), full);
+
+    // A cut: a writer in each region goes on; then heal and time the catch-up.
     // MERIDIAN_BENCH_CUT_DIRS=1: each region writes in its own directory during the cut
     // (the late records then meet none of the other region's).
     let own_dirs = std::env::var("MERIDIAN_BENCH_CUT_DIRS").is_ok_and(|v| v == "1");
