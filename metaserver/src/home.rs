@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use meridian_proto::InodeId;
 use meridian_proto::RegionId;
 use meridian_proto::ns::{NsError, Op, Reply};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
@@ -43,27 +42,12 @@ impl MetaNode {
     /// The home region of the volume `op` changes, if that volume has one other than this
     /// region and `op` is a change the home decides.
     pub(crate) fn home_elsewhere(&self, op: &Op) -> Result<Option<RegionId>, Status> {
-        let ino: InodeId = match op {
-            Op::CreateVolume { .. }
-            | Op::DeleteVolume { .. }
-            | Op::CloneVolume { .. }
-            | Op::SetVolumeQuota { .. }
-            | Op::SetVolumeRegions { .. }
-            | Op::Accessed { .. }
-            | Op::AccessedBatch { .. }
-            | Op::Compact { .. } => return Ok(None),
-            Op::Mknod { parent, .. }
-            | Op::Symlink { parent, .. }
-            | Op::Unlink { parent, .. }
-            | Op::Rmdir { parent, .. }
-            | Op::Rename { parent, .. } => *parent,
-            Op::Link { new_parent, .. } => *new_parent,
-            Op::SetAttr { ino, .. }
-            | Op::SetXattr { ino, .. }
-            | Op::RemoveXattr { ino, .. }
-            | Op::CommitExtents { ino, .. }
-            | Op::PunchHole { ino, .. } => *ino,
-            Op::CopyRange { dst, .. } => *dst,
+        // Bookkeeping that needs no single truth stays local.
+        if matches!(op, Op::Accessed { .. } | Op::Compact { .. }) {
+            return Ok(None);
+        }
+        let Some(ino) = op.inode_changed() else {
+            return Ok(None);
         };
         let tx = self
             .db

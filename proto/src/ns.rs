@@ -689,6 +689,34 @@ impl Op {
             _ => Vec::new(),
         }
     }
+
+    /// The inode whose volume the operation changes (a directory for an entry, the file
+    /// itself otherwise); none for a volume-level operation, named by volume, and for a
+    /// batch of access times.
+    pub fn inode_changed(&self) -> Option<InodeId> {
+        match self {
+            Op::CreateVolume { .. }
+            | Op::DeleteVolume { .. }
+            | Op::CloneVolume { .. }
+            | Op::SetVolumeQuota { .. }
+            | Op::SetVolumeRegions { .. }
+            | Op::AccessedBatch { .. } => None,
+            Op::Mknod { parent, .. }
+            | Op::Symlink { parent, .. }
+            | Op::Unlink { parent, .. }
+            | Op::Rmdir { parent, .. }
+            | Op::Rename { parent, .. } => Some(*parent),
+            Op::Link { new_parent, .. } => Some(*new_parent),
+            Op::SetAttr { ino, .. }
+            | Op::SetXattr { ino, .. }
+            | Op::RemoveXattr { ino, .. }
+            | Op::CommitExtents { ino, .. }
+            | Op::PunchHole { ino, .. }
+            | Op::Accessed { ino }
+            | Op::Compact { ino, .. } => Some(*ino),
+            Op::CopyRange { dst, .. } => Some(*dst),
+        }
+    }
 }
 
 /// The most inodes one [`Op::AccessedBatch`] names.

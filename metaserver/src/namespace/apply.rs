@@ -141,27 +141,12 @@ fn allowed_when_read_only(op: &Op) -> bool {
 /// or a missing inode, where the operation fails or says itself).
 fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
     let ino = match op {
-        Op::CreateVolume { .. } => return Ok(None),
         Op::DeleteVolume { name }
         | Op::SetVolumeQuota { name, .. }
         | Op::SetVolumeRegions { name, .. } => {
             return read_volume(t.volumes(), name);
         }
         Op::CloneVolume { source, .. } => return read_volume(t.volumes(), source),
-        Op::Mknod { parent, .. }
-        | Op::Symlink { parent, .. }
-        | Op::Unlink { parent, .. }
-        | Op::Rmdir { parent, .. }
-        | Op::Rename { parent, .. } => *parent,
-        Op::Link { new_parent, .. } => *new_parent,
-        Op::SetAttr { ino, .. }
-        | Op::SetXattr { ino, .. }
-        | Op::RemoveXattr { ino, .. }
-        | Op::CommitExtents { ino, .. }
-        | Op::PunchHole { ino, .. }
-        | Op::Accessed { ino }
-        | Op::Compact { ino, .. } => *ino,
-        Op::CopyRange { dst, .. } => *dst,
         // Every inode of a batch is of one volume (checked when it applies): that of the
         // first one still there.
         Op::AccessedBatch { inos } => {
@@ -172,6 +157,10 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
             }
             return Ok(None);
         }
+        _ => match op.inode_changed() {
+            Some(ino) => ino,
+            None => return Ok(None),
+        },
     };
     match read_inode(t.inodes(), ino)? {
         Some(node) => Ok(find_volume(t, node.attr.volume)?),

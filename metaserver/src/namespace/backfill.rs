@@ -265,31 +265,12 @@ pub(crate) fn park(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsErr
 /// merged.
 pub(crate) fn note_parked_low(t: &mut WriteTables<'_>) -> Result<(), NsError> {
     let mut low: Option<Hlc> = None;
-    let mut from = 0u32.to_be_bytes().to_vec();
-    loop {
-        let first = t
-            .parked
-            .range(from.as_slice()..)
-            .map_err(store_err)?
-            .next()
-            .transpose()
-            .map_err(store_err)?;
-        let Some((k, _)) = first else {
-            break;
-        };
-        let k = k.value();
-        let (Some(volume), Some(hlc)) = (
-            k.get(..4)
-                .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes"))),
-            k.get(4..).and_then(Hlc::from_key),
-        ) else {
-            return Err(NsError::Store("damaged parked record key".into()));
-        };
+    for volume in super::tables::distinct_u32s(&t.parked, &[])? {
+        let first = super::tables::first_with_prefix(&t.parked, &volume.to_be_bytes())?;
+        let hlc = first
+            .and_then(|k| Hlc::from_key(&k[4..]))
+            .ok_or_else(|| NsError::Store("damaged parked record key".into()))?;
         low = Some(low.map_or(hlc, |l| l.min(hlc)));
-        match volume.checked_add(1) {
-            Some(n) => from = n.to_be_bytes().to_vec(),
-            None => break,
-        }
     }
     match low {
         Some(l) => merge::set_state(t, PARKED_LOW, &l.to_key()),

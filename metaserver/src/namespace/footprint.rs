@@ -12,7 +12,8 @@ use meridian_proto::{Hlc, InodeId};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::tables::{
-    Before, FOOTPRINT_INDEX, FOOTPRINTS, OPLOG, Tab, UNDO, WriteTables, store_err,
+    Before, FOOTPRINT_INDEX, FOOTPRINTS, OPLOG, Tab, UNDO, WriteTables, distinct_u32s,
+    first_with_prefix, store_err,
 };
 use super::types::*;
 
@@ -509,34 +510,7 @@ impl<'a> LeftApplied<'a> {
 
 /// The volumes with records in the merged log that settle with their volume, each once.
 pub(crate) fn volumes_listed(t: &WriteTables<'_>) -> Result<Vec<u32>, NsError> {
-    let mut out = Vec::new();
-    let mut from = volume_prefix(0);
-    loop {
-        let next = t
-            .footprint_index
-            .range(from.as_slice()..)
-            .map_err(store_err)?
-            .next()
-            .transpose()
-            .map_err(store_err)?;
-        let Some((k, _)) = next else {
-            break;
-        };
-        let k = k.value();
-        if k.first() != Some(&BY_VOLUME) {
-            break;
-        }
-        let v = k
-            .get(1..5)
-            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
-            .ok_or_else(damaged)?;
-        out.push(v);
-        match v.checked_add(1) {
-            Some(n) => from = volume_prefix(n),
-            None => break,
-        }
-    }
-    Ok(out)
+    distinct_u32s(&t.footprint_index, &[BY_VOLUME])
 }
 
 /// The keys of `volume`'s records stamped before `bound`, oldest first, at most `limit`.
@@ -563,35 +537,16 @@ pub(crate) fn volume_keys_below(
 /// The stamp of `volume`'s oldest record in the merged log (of those listed by volume).
 pub(crate) fn first_of_volume(t: &WriteTables<'_>, volume: u32) -> Result<Option<Hlc>, NsError> {
     let prefix = volume_prefix(volume);
-    let first = t
-        .footprint_index
-        .range(prefix.as_slice()..)
-        .map_err(store_err)?
-        .next()
-        .transpose()
-        .map_err(store_err)?;
-    Ok(first.and_then(|(k, _)| {
-        let k = k.value();
-        k.starts_with(&prefix)
-            .then(|| Hlc::from_key(&k[prefix.len()..]))
-            .flatten()
-    }))
+    Ok(first_with_prefix(&t.footprint_index, &prefix)?
+        .and_then(|k| Hlc::from_key(&k[prefix.len()..])))
 }
 
 /// Whether a volume-level change of `volume` (or one that pins every volume) is in the
 /// merged log.
 pub(crate) fn pinned(t: &WriteTables<'_>, volume: u32) -> Result<bool, NsError> {
     for v in [volume, EVERY_VOLUME] {
-        let mut prefix = vec![PINS];
-        prefix.extend_from_slice(&v.to_be_bytes());
-        let first = t
-            .footprint_index
-            .range(prefix.as_slice()..)
-            .map_err(store_err)?
-            .next()
-            .transpose()
-            .map_err(store_err)?;
-        if first.is_some_and(|(k, _)| k.value().starts_with(&prefix)) {
+        let prefix = [&[PINS][..], &v.to_be_bytes()].concat();
+        if first_with_prefix(&t.footprint_index, &prefix)?.is_some() {
             return Ok(true);
         }
     }

@@ -674,24 +674,13 @@ fn a_volume_copy_made_in_a_region_with_peers_survives_a_rewind() {
 #[test]
 fn the_change_log_is_trimmed_behind_its_retention_and_what_peers_still_need() {
     let mut a = Region::new(1, &[RegionId(2)]);
-    let make = |a: &mut Region, name: &str, regions: Vec<RegionId>| {
-        a.run(Op::CreateVolume {
-            name: name.into(),
-            policy: VolumePolicy {
-                regions,
-                ..VolumePolicy::default()
-            },
-        })
-        .unwrap();
-        a.read(|r| r.volume(name)).unwrap().root
-    };
-    let here = make(&mut a, "here", Vec::new());
+    let here = make_volume(&mut a, "here", Vec::new());
     for i in 0..40 {
         a.run(mknod(here, &format!("h{i}"), FileKind::File))
             .unwrap();
     }
     let first_shared = a.changes(1, usize::MAX).last().unwrap().0 + 1;
-    let shared = make(&mut a, "shared", vec![RegionId(1), RegionId(2)]);
+    let shared = make_volume(&mut a, "shared", vec![RegionId(1), RegionId(2)]);
     for i in 0..39 {
         a.run(mknod(shared, &format!("s{i}"), FileKind::File))
             .unwrap();

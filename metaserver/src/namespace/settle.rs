@@ -392,33 +392,7 @@ fn volume_bound(
 
 /// The volumes that have tombstones, each once.
 fn tomb_volumes(t: &WriteTables<'_>) -> Result<Vec<u32>, NsError> {
-    let mut out = Vec::new();
-    let mut from = 0u32.to_be_bytes().to_vec();
-    loop {
-        let next = t
-            .tomb_times()
-            .range(from.as_slice()..)
-            .map_err(store_err)?
-            .next()
-            .transpose()
-            .map_err(store_err)?;
-        let Some((k, _)) = next else {
-            break;
-        };
-        let Some(v) = k
-            .value()
-            .get(..4)
-            .map(|b| u32::from_be_bytes(b.try_into().expect("4")))
-        else {
-            return Err(NsError::Store("damaged tombstone index key".into()));
-        };
-        out.push(v);
-        match v.checked_add(1) {
-            Some(n) => from = n.to_be_bytes().to_vec(),
-            None => break,
-        }
-    }
-    Ok(out)
+    super::tables::distinct_u32s(t.tomb_times(), &[])
 }
 
 /// Removes for good the tombstones `gone`, which no region can still bring back, and drops

@@ -34,15 +34,7 @@ fn exchange(rs: &mut [Region]) {
 fn a_cut_region_holds_back_only_the_volumes_it_shares() {
     // "main" lives in regions 1, 2 and 3; "pair" in 1 and 2 only.
     let mut rs = regions(3);
-    rs[0]
-        .run(Op::CreateVolume {
-            name: "pair".into(),
-            policy: VolumePolicy {
-                regions: vec![RegionId(1), RegionId(2)],
-                ..VolumePolicy::default()
-            },
-        })
-        .unwrap();
+    make_volume(&mut rs[0], "pair", vec![RegionId(1), RegionId(2)]);
     // Every region, region 3 included, settles past the volumes' creations.
     settle(&mut rs);
     promise_all(&mut rs);
@@ -98,15 +90,7 @@ fn a_volume_level_change_waits_for_every_region() {
     // A volume made while region 3 is cut off settles only once region 3 has its
     // creation too: a late change of another region may still reorder that.
     let mut rs = regions(3);
-    rs[0]
-        .run(Op::CreateVolume {
-            name: "pair".into(),
-            policy: VolumePolicy {
-                regions: vec![RegionId(1), RegionId(2)],
-                ..VolumePolicy::default()
-            },
-        })
-        .unwrap();
+    make_volume(&mut rs[0], "pair", vec![RegionId(1), RegionId(2)]);
     exchange(&mut rs);
     let pair = rs[0].read(|x| x.volume("pair")).unwrap();
     rs[1].run(mknod(pair.root, "a", FileKind::File)).unwrap();
@@ -128,18 +112,7 @@ fn a_volume_level_change_waits_for_every_region() {
 #[test]
 fn a_peer_that_is_behind_holds_back_only_the_change_records_it_needs() {
     let mut a = Region::new(1, &[RegionId(2)]);
-    let make = |a: &mut Region, name: &str, regions: Vec<RegionId>| {
-        a.run(Op::CreateVolume {
-            name: name.into(),
-            policy: VolumePolicy {
-                regions,
-                ..VolumePolicy::default()
-            },
-        })
-        .unwrap();
-        a.read(|r| r.volume(name)).unwrap().root
-    };
-    let here = make(&mut a, "here", Vec::new());
+    let here = make_volume(&mut a, "here", Vec::new());
     // Region 2 applied the first record, then was cut off.
     a.write(|t| {
         super::links::note(
@@ -153,7 +126,7 @@ fn a_peer_that_is_behind_holds_back_only_the_change_records_it_needs() {
         )
         .unwrap()
     });
-    let shared = make(&mut a, "shared", vec![RegionId(1), RegionId(2)]);
+    let shared = make_volume(&mut a, "shared", vec![RegionId(1), RegionId(2)]);
     for i in 0..30 {
         a.run(mknod(shared, &format!("s{i}"), FileKind::File))
             .unwrap();

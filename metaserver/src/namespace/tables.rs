@@ -223,6 +223,52 @@ pub(crate) fn encode_extent(e: &Extent) -> [u8; 48] {
     v
 }
 
+/// The first key of `t` at or after `from`.
+pub(crate) fn first_key_from<V: redb::Value + 'static>(
+    t: &impl ReadableTable<&'static [u8], V>,
+    from: &[u8],
+) -> Result<Option<Vec<u8>>, NsError> {
+    Ok(t.range(from..)
+        .map_err(store_err)?
+        .next()
+        .transpose()
+        .map_err(store_err)?
+        .map(|(k, _)| k.value().to_vec()))
+}
+
+/// The first key of `t` that starts with `prefix`.
+pub(crate) fn first_with_prefix<V: redb::Value + 'static>(
+    t: &impl ReadableTable<&'static [u8], V>,
+    prefix: &[u8],
+) -> Result<Option<Vec<u8>>, NsError> {
+    Ok(first_key_from(t, prefix)?.filter(|k| k.starts_with(prefix)))
+}
+
+/// The distinct numbers (4 BE bytes) that follow `lead` in the keys of `t`, each once,
+/// jumping from one to the next (a volume id in a table keyed by volume first).
+pub(crate) fn distinct_u32s<V: redb::Value + 'static>(
+    t: &impl ReadableTable<&'static [u8], V>,
+    lead: &[u8],
+) -> Result<Vec<u32>, NsError> {
+    let mut out = Vec::new();
+    let mut from = [lead, &0u32.to_be_bytes()].concat();
+    while let Some(k) = first_key_from(t, &from)? {
+        if !k.starts_with(lead) {
+            break;
+        }
+        let v = k
+            .get(lead.len()..lead.len() + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| NsError::Store("damaged key".into()))?;
+        out.push(v);
+        let Some(next) = v.checked_add(1) else {
+            break;
+        };
+        from = [lead, &next.to_be_bytes()].concat();
+    }
+    Ok(out)
+}
+
 /// TOMB_TIMES key of the tombstone `tomb` of `ino`.
 pub(crate) fn tomb_time_key(tomb: &Tomb, ino: u64) -> Vec<u8> {
     let mut k = tomb.inode.attr.volume.to_be_bytes().to_vec();

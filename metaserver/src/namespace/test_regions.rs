@@ -239,6 +239,19 @@ pub(super) fn regions_with_volume_in(n: u16, volume_regions: &[RegionId]) -> Vec
     out
 }
 
+/// Creates volume `name` living in `regions` in region `r`; returns its root.
+pub(super) fn make_volume(r: &mut Region, name: &str, regions: Vec<RegionId>) -> InodeId {
+    r.run(Op::CreateVolume {
+        name: name.into(),
+        policy: VolumePolicy {
+            regions,
+            ..VolumePolicy::default()
+        },
+    })
+    .unwrap();
+    r.read(|x| x.volume(name)).unwrap().root
+}
+
 pub(super) fn mknod(parent: InodeId, name: &str, kind: FileKind) -> Op {
     Op::Mknod {
         parent,
