@@ -176,7 +176,7 @@ impl Regions {
         let (acked, holes_to) = read_state(tx, |t| {
             Ok((
                 crate::namespace::links::acked(t, to)?,
-                crate::namespace::apply::trim_cursor(t)?,
+                crate::namespace::history::trim_cursor(t)?,
             ))
         })
         .unwrap_or_default();
@@ -376,7 +376,7 @@ fn serve_relay(
     let wm = watermark(tx, origin);
     let trimmed = read_state(tx, |t| {
         Ok(
-            merge::state(t, &crate::namespace::apply::relay_trimmed_key(origin))?
+            merge::state(t, &crate::namespace::relay::relay_trimmed_key(origin))?
                 .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
                 .unwrap_or(0),
         )
@@ -394,8 +394,8 @@ fn serve_relay(
     let mut next = wm.max(from.saturating_sub(1)) + 1;
     let mut full = false;
     if let Ok(t) = tx.open_table(tables::RELAY) {
-        let lo = crate::namespace::apply::relay_key(origin, from);
-        let hi = crate::namespace::apply::relay_key(origin, u64::MAX);
+        let lo = crate::namespace::relay::relay_key(origin, from);
+        let hi = crate::namespace::relay::relay_key(origin, u64::MAX);
         for item in t.range(lo.as_slice()..=hi.as_slice()).map_err(store)? {
             let (k, v) = item.map_err(store)?;
             let seq = k

@@ -14,6 +14,7 @@ use redb::ReadableTable;
 
 use super::backfill::{self, Admission};
 use super::ctx::{Ctx, find_volume, find_volume_row, record_conflict};
+use super::history;
 use super::merge::{self, MergeOutcome, RemoteBatch};
 use super::ops::{attrs, content, entries, volumes, xattrs};
 use super::tables::{WriteTables, counter, read_inode, read_volume, store_err};
@@ -108,8 +109,8 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         t.changelog
             .insert(seq, bytes.as_slice())
             .map_err(store_err)?;
-        if seq % TRIM_EVERY == 0 {
-            trim_changelog(t, cmd.hlc.wall_ms)?;
+        if seq % history::TRIM_EVERY == 0 {
+            history::trim_changelog(t, cmd.hlc.wall_ms)?;
         }
     }
     if let Some((client, op)) = cmd.request {
@@ -124,7 +125,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
             .insert(by_time.as_slice(), ())
             .map_err(store_err)?;
     }
-    prune_requests(t, cmd.hlc.wall_ms)?;
+    history::prune_requests(t, cmd.hlc.wall_ms)?;
     outcome
 }
 
@@ -207,132 +208,6 @@ fn origin_may_change(t: &WriteTables<'_>, record: &Record) -> Result<(), NsError
             "the record names volume {} but changes volume {}",
             vol.id, v.id
         )));
-    }
-    Ok(())
-}
-
-/// How long the change log keeps a record that no peer region still needs, in
-/// milliseconds of stamp time: mounts follow it to keep their caches honest, and one that
-/// falls further behind is told of the gap and drops its caches.
-pub const CHANGELOG_RETENTION_MS: u64 = 10 * 60 * 1000;
-/// The change log is trimmed once every this many records...
-const TRIM_EVERY: u64 = 32;
-/// ...by at most this many.
-const TRIM_BATCH: usize = 64;
-
-/// REGION_STATE key of the change-log sequence the trim of records behind a held one goes
-/// on from: every record still in the log below it is one a peer region still needs.
-pub const TRIM_CURSOR: &str = "changelog_trim_cursor";
-
-/// The change-log sequence up to which records behind held ones were trimmed (see
-/// [`TRIM_CURSOR`]; 0: none).
-pub fn trim_cursor(t: &impl merge::StateTable) -> Result<u64, NsError> {
-    Ok(merge::state(t, TRIM_CURSOR)?
-        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(0))
-}
-
-/// Drops change-log records that are past the retention and that every peer region they
-/// go to has applied (as the leader last noted, in the replicated state, so every member
-/// trims the same). A peer that is cut off holds back only the records it lacks: from the
-/// front, up to the first record some peer still needs; behind it, the records no peer
-/// needs (those of volumes the cut peer does not share), going on from a cursor so the
-/// held ones are read once.
-fn trim_changelog(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(), NsError> {
-    let Some(cutoff) = now_ms.checked_sub(CHANGELOG_RETENTION_MS) else {
-        return Ok(());
-    };
-    let mut peers = Vec::new();
-    for p in merge::peers(&t.region_state)? {
-        peers.push((p, super::links::acked(&t.region_state, p)?));
-    }
-    // What a record still is to the trim.
-    enum Fate {
-        Go,
-        Held,
-        Young,
-    }
-    let fate = |seq: u64, bytes: &[u8]| match serde_json::from_slice::<Record>(bytes) {
-        // Damaged: kept for whoever looks into it.
-        Err(_) => Fate::Held,
-        Ok(r) if r.hlc.wall_ms >= cutoff => Fate::Young,
-        Ok(r)
-            if peers
-                .iter()
-                .any(|(p, acked)| *acked < seq && r.allowed_in(*p)) =>
-        {
-            Fate::Held
-        }
-        Ok(_) => Fate::Go,
-    };
-    let mut gone = Vec::new();
-    let mut front_end = None;
-    for item in t.changelog.range(0..).map_err(store_err)?.take(TRIM_BATCH) {
-        let (k, v) = item.map_err(store_err)?;
-        match fate(k.value(), v.value()) {
-            Fate::Go => gone.push(k.value()),
-            Fate::Held => {
-                front_end = Some(k.value());
-                break;
-            }
-            Fate::Young => break,
-        }
-    }
-    if let Some(held) = front_end {
-        let cursor = trim_cursor(&t.region_state)?.max(held + 1);
-        let mut next = cursor;
-        for item in t
-            .changelog
-            .range(cursor..)
-            .map_err(store_err)?
-            .take(TRIM_BATCH)
-        {
-            let (k, v) = item.map_err(store_err)?;
-            match fate(k.value(), v.value()) {
-                Fate::Go => gone.push(k.value()),
-                Fate::Held => {}
-                Fate::Young => break,
-            }
-            next = k.value() + 1;
-        }
-        if next > cursor {
-            merge::set_state(t, TRIM_CURSOR, &next.to_be_bytes())?;
-        }
-    }
-    remove_changes(t, gone)
-}
-
-fn remove_changes(t: &mut WriteTables<'_>, seqs: Vec<u64>) -> Result<(), NsError> {
-    for seq in seqs {
-        t.changelog.remove(seq).map_err(store_err)?;
-    }
-    Ok(())
-}
-
-/// How long a request's outcome is kept for retries, in milliseconds of HLC time. Clients
-/// give up long before (30 s by default).
-pub const REQUEST_RETENTION_MS: u64 = 15 * 60 * 1000;
-
-/// Forgets request outcomes older than the retention, a bounded number per command. Uses
-/// the command's own stamp, so every member prunes the same records.
-fn prune_requests(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(), NsError> {
-    let Some(cutoff) = now_ms.checked_sub(REQUEST_RETENTION_MS) else {
-        return Ok(());
-    };
-    let end = cutoff.to_be_bytes();
-    let mut old = Vec::new();
-    for item in t
-        .request_times
-        .range(..end.as_slice())
-        .map_err(store_err)?
-        .take(64)
-    {
-        let (k, _) = item.map_err(store_err)?;
-        old.push(k.value().to_vec());
-    }
-    for k in old {
-        t.request_times.remove(k.as_slice()).map_err(store_err)?;
-        t.requests.remove(&k[8..]).map_err(store_err)?;
     }
     Ok(())
 }
@@ -445,7 +320,7 @@ pub fn apply_remote(
         ..MergeOutcome::default()
     };
     merge_fresh(t, own, fresh, &mut outcome)?;
-    keep_for_relay(t, batch, wm, last_seq)?;
+    super::relay::keep_for_relay(t, batch, wm, last_seq)?;
     merge::note_batch(t, own, batch.origin, last_seq, &marks)?;
     Ok(outcome)
 }
@@ -477,81 +352,6 @@ fn parkable(
     }
     *n += 1;
     Ok(true)
-}
-
-/// Key of a relayed record: its origin, then its sequence there.
-pub fn relay_key(origin: RegionId, seq: u64) -> [u8; 10] {
-    let mut k = [0u8; 10];
-    k[..2].copy_from_slice(&origin.0.to_be_bytes());
-    k[2..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// REGION_STATE key of the last relayed record of `origin` that went (every peer but
-/// the origin held it).
-pub fn relay_trimmed_key(origin: RegionId) -> String {
-    format!("relay_trimmed/{}", origin.0)
-}
-
-/// Keeps the records of a batch that this region took (`wm` < sequence <= `last`) for
-/// relaying, if it has a peer besides their origin, and drops the relayed records of
-/// that origin every such peer holds (as the leader noted what they said they hold).
-fn keep_for_relay(
-    t: &mut WriteTables<'_>,
-    batch: &RemoteBatch,
-    wm: u64,
-    last: u64,
-) -> Result<(), NsError> {
-    let origin = batch.origin;
-    let others: Vec<RegionId> = merge::peers(&t.region_state)?
-        .into_iter()
-        .filter(|p| *p != origin)
-        .collect();
-    if others.is_empty() {
-        return Ok(());
-    }
-    for (seq, record) in &batch.records {
-        if *seq > wm && *seq <= last {
-            let bytes = serde_json::to_vec(record).map_err(|e| NsError::Store(e.to_string()))?;
-            t.relay
-                .insert(relay_key(origin, *seq).as_slice(), bytes.as_slice())
-                .map_err(store_err)?;
-        }
-    }
-    let mut held_by_all = u64::MAX;
-    for p in &others {
-        held_by_all = held_by_all.min(super::links::have(&t.region_state, *p, origin)?);
-    }
-    if held_by_all == 0 {
-        return Ok(());
-    }
-    let (lo, hi) = (relay_key(origin, 0), relay_key(origin, held_by_all));
-    let mut gone = Vec::new();
-    for item in t
-        .relay
-        .range(lo.as_slice()..=hi.as_slice())
-        .map_err(store_err)?
-        .take(TRIM_BATCH * 32)
-    {
-        gone.push(item.map_err(store_err)?.0.value().to_vec());
-    }
-    if let Some(last_gone) = gone.last() {
-        let seq = last_gone
-            .get(2..10)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| NsError::Store("damaged relay key".into()))?;
-        t.region_state
-            .insert(
-                relay_trimmed_key(origin).as_str(),
-                seq.to_be_bytes().as_slice(),
-            )
-            .map_err(store_err)?;
-    }
-    for k in gone {
-        t.relay.remove(k.as_slice()).map_err(store_err)?;
-    }
-    Ok(())
 }
 
 /// Merges records new here into HLC order: everything newer is undone, and replayed after.

@@ -690,7 +690,7 @@ fn the_change_log_is_trimmed_behind_its_retention_and_what_peers_still_need() {
 
     // Past the retention: what only this region needed goes; region 2 has applied none of
     // the shared volume's records, so they, and what follows them, stay.
-    a.phys += super::apply::CHANGELOG_RETENTION_MS + 60_000;
+    a.phys += super::history::CHANGELOG_RETENTION_MS + 60_000;
     for i in 0..100 {
         a.run(mknod(here, &format!("late{i}"), FileKind::File))
             .unwrap();

@@ -10,12 +10,14 @@ pub mod check;
 pub mod conflict;
 pub(crate) mod ctx;
 pub(crate) mod footprint;
+pub mod history;
 pub mod lease;
 pub mod leave;
 pub mod links;
 pub mod merge;
 pub(crate) mod ops;
 pub mod read;
+pub mod relay;
 pub mod settle;
 pub mod tables;
 

@@ -136,7 +136,7 @@ fn a_peer_that_is_behind_holds_back_only_the_change_records_it_needs() {
     let old = a.changes(1, usize::MAX).last().unwrap().0;
     // Past the retention: the records region 2 lacks stay, those of the volume it does
     // not share go, behind the held ones too.
-    a.phys += super::apply::CHANGELOG_RETENTION_MS + 60_000;
+    a.phys += super::history::CHANGELOG_RETENTION_MS + 60_000;
     for i in 0..200 {
         a.run(mknod(here, &format!("late{i}"), FileKind::File))
             .unwrap();

@@ -900,7 +900,7 @@ fn old_request_outcomes_are_pruned_by_hlc_time() {
     };
     assert_eq!(count(&fs), 1);
     // Fifteen minutes of HLC time later, the next command forgets it.
-    fs.clock += apply::REQUEST_RETENTION_MS + 1;
+    fs.clock += history::REQUEST_RETENTION_MS + 1;
     let later = fs.command(op("y"), Some((1, 2)));
     fs.run_command(&later).unwrap_err();
     assert_eq!(count(&fs), 1, "the old record went, the new one stays");
