@@ -690,6 +690,18 @@ impl Op {
         }
     }
 
+    /// Whether the operation acts on a volume as a whole (named by volume, not by inode).
+    pub fn is_volume_level(&self) -> bool {
+        matches!(
+            self,
+            Op::CreateVolume { .. }
+                | Op::DeleteVolume { .. }
+                | Op::CloneVolume { .. }
+                | Op::SetVolumeQuota { .. }
+                | Op::SetVolumeRegions { .. }
+        )
+    }
+
     /// The inode whose volume the operation changes (a directory for an entry, the file
     /// itself otherwise); none for a volume-level operation, named by volume, and for a
     /// batch of access times.

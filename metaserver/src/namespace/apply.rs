@@ -195,13 +195,8 @@ fn origin_may_change(t: &WriteTables<'_>, record: &Record) -> Result<(), NsError
         )));
     }
     // (A volume's deletion replays by id: its name may belong to another volume by now.)
-    if !matches!(
-        record.op,
-        Op::DeleteVolume { .. }
-            | Op::SetVolumeQuota { .. }
-            | Op::SetVolumeRegions { .. }
-            | Op::CloneVolume { .. }
-    ) && let Some(v) = op_volume(t, &record.op)?
+    if !record.op.is_volume_level()
+        && let Some(v) = op_volume(t, &record.op)?
         && v.id != vol.id
     {
         return Err(NsError::Invalid(format!(

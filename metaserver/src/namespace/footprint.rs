@@ -154,14 +154,7 @@ impl Footprint {
 
     /// What the operation and what it did at its origin name.
     pub(crate) fn of_record(record: &Record) -> Footprint {
-        if matches!(
-            record.op,
-            Op::CreateVolume { .. }
-                | Op::DeleteVolume { .. }
-                | Op::CloneVolume { .. }
-                | Op::SetVolumeQuota { .. }
-                | Op::SetVolumeRegions { .. }
-        ) {
+        if record.op.is_volume_level() {
             let pins = match record.op {
                 Op::CloneVolume { .. } => EVERY_VOLUME,
                 _ => record.volume,
@@ -179,40 +172,16 @@ impl Footprint {
         let mut name = |i: &InodeId| {
             f.inodes.insert(i.0);
         };
+        // The inode whose volume it changes, and whatever else it names.
+        if let Some(i) = record.op.inode_changed() {
+            name(&i);
+        }
         match &record.op {
-            Op::CreateVolume { .. }
-            | Op::DeleteVolume { .. }
-            | Op::CloneVolume { .. }
-            | Op::SetVolumeQuota { .. }
-            | Op::SetVolumeRegions { .. } => {}
-            Op::Mknod { parent, .. }
-            | Op::Symlink { parent, .. }
-            | Op::Unlink { parent, .. }
-            | Op::Rmdir { parent, .. } => name(parent),
-            Op::Rename {
-                parent, new_parent, ..
-            } => {
-                name(parent);
-                name(new_parent);
-            }
-            Op::Link {
-                ino, new_parent, ..
-            } => {
-                name(ino);
-                name(new_parent);
-            }
-            Op::SetAttr { ino, .. }
-            | Op::SetXattr { ino, .. }
-            | Op::RemoveXattr { ino, .. }
-            | Op::CommitExtents { ino, .. }
-            | Op::PunchHole { ino, .. }
-            | Op::Accessed { ino }
-            | Op::Compact { ino, .. } => name(ino),
-            Op::CopyRange { src, dst, .. } => {
-                name(src);
-                name(dst);
-            }
+            Op::Rename { new_parent, .. } => name(new_parent),
+            Op::Link { ino, .. } => name(ino),
+            Op::CopyRange { src, .. } => name(src),
             Op::AccessedBatch { inos } => inos.iter().for_each(&mut name),
+            _ => {}
         }
         let fx = &record.effects;
         // (A write to a conflict copy may make the copy again from the file it copies.)
