@@ -145,8 +145,11 @@ fn meta_log_sizes(dir: &Path) -> HashMap<PathBuf, u64> {
 
 /// Records merged from the other region, and records redone around them, as the
 /// metaservers logged since `since` (their log sizes then).
-fn merges_since(dir: &Path, since: &HashMap<PathBuf, u64>) -> (u64, u64) {
-    let (mut applied, mut redone) = (0, 0);
+/// What the merges logged since `since` did: records applied, records redone, and the
+/// longest merge (milliseconds from proposing it to its outcome, replication and apply
+/// included: at least as long as it held the state machine) with its applied and redone.
+fn merges_since(dir: &Path, since: &HashMap<PathBuf, u64>) -> (u64, u64, (u64, u64, u64)) {
+    let (mut applied, mut redone, mut longest) = (0, 0, (0, 0, 0));
     let field = |line: &str, key: &str| -> u64 {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(key))
@@ -163,9 +166,13 @@ fn merges_since(dir: &Path, since: &HashMap<PathBuf, u64>) -> (u64, u64) {
         {
             applied += field(line, "applied=");
             redone += field(line, "redone=");
+            let took = field(line, "took_ms=");
+            if took >= longest.0 {
+                longest = (took, field(line, "applied="), field(line, "redone="));
+            }
         }
     }
-    (applied, redone)
+    (applied, redone, longest)
 }
 
 fn disk_bytes(dir: &Path) -> u64 {
@@ -437,7 +444,7 @@ fn main() {
     let (to_b, to_a) = (to_b.join().expect("watcher"), to_a.join().expect("watcher"));
     let catch_up = healed.elapsed();
     let metadata = metadata.join().expect("metadata watcher");
-    let (merged, redone) = merges_since(&data, &logs_at_heal);
+    let (merged, redone, longest) = merges_since(&data, &logs_at_heal);
     assert_eq!(
         to_b.len(),
         m - n,
@@ -478,6 +485,10 @@ fn main() {
         },
         metadata.as_secs_f64(),
         redone as f64 / merged.max(1) as f64
+    );
+    println!(
+        "the longest merge took {} ms from proposal to outcome, applying {} records and redoing {}",
+        longest.0, longest.1, longest.2
     );
     drop(baseline_mount);
     drop(dev);

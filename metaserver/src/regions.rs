@@ -783,6 +783,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
             scanned: reply.next,
             settled_by,
         };
+        let proposed = Instant::now();
         match node.propose_internal(RaftRequest::Remote(batch)).await {
             Ok(RaftResponse::Remote(Ok(outcome))) => {
                 limit = next_limit(&outcome);
@@ -805,6 +806,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
                         applied = outcome.applied,
                         redone = outcome.redone,
                         watermark = outcome.watermark,
+                        took_ms = proposed.elapsed().as_millis() as u64,
                         "merged records from peer region"
                     );
                 }

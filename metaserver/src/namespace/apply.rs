@@ -46,7 +46,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     let volume = op_volume(t, &cmd.op)?;
     let mut ctx = Ctx::new(hlc, cmd.now, None, 0);
     ctx.given = cmd.ino;
-    t.undo = Some(Vec::new());
+    t.begin_record(hlc);
     let outcome = match &volume {
         Some(v) if v.read_only && !allowed_when_read_only(&cmd.op) => Err(NsError::ReadOnly(
             format!("volume {} is a snapshot", v.name),
@@ -59,7 +59,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         }
         _ => apply_op(t, &cmd.op, &ctx),
     };
-    let images = t.undo.take().unwrap_or_default();
+    let images = t.end_record();
     match &outcome {
         Err(NsError::Store(_)) => return outcome,
         // A refusal changes nothing, even if the operation wrote before it found out.
@@ -497,17 +497,17 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
         return merge::log_applied(t, record, &[]);
     }
     let ctx = Ctx::new(record.hlc, record.now, Some(&record.effects), record.volume);
-    t.undo = Some(Vec::new());
+    t.begin_record(record.hlc);
     let outcome = match origin_may_change(t, record) {
         Ok(()) => apply_op(t, &record.op, &ctx),
         Err(e) => Err(e),
     };
-    let mut images = t.undo.take().unwrap_or_default();
+    let mut images = t.end_record();
     match outcome {
         Err(e @ NsError::Store(_)) => return Err(e),
         Err(e) => {
             t.restore(&images)?;
-            t.undo = Some(Vec::new());
+            t.begin_record(record.hlc);
             // Losing an atime update or a compaction is no conflict anybody cares about.
             if !matches!(
                 record.op,
@@ -515,7 +515,7 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
             ) {
                 record_conflict(t, &ctx, "skip", None, skip_detail(record, &e))?;
             }
-            images = t.undo.take().unwrap_or_default();
+            images = t.end_record();
         }
         Ok(_) => super::leave::note_removal(t, own, record)?,
     }

@@ -115,7 +115,10 @@ fn resurrect(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Ino
     if let Some(node) = read_inode(t.inodes(), ino)? {
         return Ok(node); // a volume's root, back with its volume
     }
-    let mut dir = match live(t, ctx, tomb.dir) {
+    // Where it goes depends on whether its directory is there (a late record may bring it
+    // back or take it away).
+    t.note_read(tomb.dir);
+    let dir = match live(t, ctx, tomb.dir) {
         Ok(d) if d.attr.kind == FileKind::Dir => d,
         _ => get(t, vol.root)?,
     };
@@ -132,11 +135,7 @@ fn resurrect(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Ino
     t.del_tomb(ino)?;
     t.put_inode(&node)?;
     t.set_dirent(dir.attr.ino, &name, ino, node.attr.kind)?;
-    if is_dir {
-        dir.attr.nlink += 1;
-    }
-    touch_dir(&mut dir, ctx.now);
-    t.put_inode(&dir)?;
+    t.change_dir(dir.attr.ino, i64::from(is_dir), Some(ctx.now))?;
     let mut vol = volume_of(t, node.attr.volume)?;
     vol.used_inodes += 1;
     if node.attr.kind == FileKind::File {
@@ -170,7 +169,7 @@ pub(crate) fn recover(
         return Ok(copy);
     }
     let mut vol = volume_for(t, ctx, ctx.volume)?;
-    let mut dir = get(t, vol.root)?;
+    get(t, vol.root)?;
     let base = format!("recovered-{ino}");
     let name = if read_dirent(t.dirents(), vol.root, base.as_bytes())?.is_some() {
         conflict_name(t, vol.root, base.as_bytes(), ctx.hlc)?
@@ -201,8 +200,7 @@ pub(crate) fn recover(
     };
     t.put_inode(&node)?;
     t.set_dirent(vol.root, &name, ino, FileKind::File)?;
-    touch_dir(&mut dir, ctx.now);
-    t.put_inode(&dir)?;
+    t.change_dir(vol.root, 0, Some(ctx.now))?;
     vol.used_inodes += 1;
     t.put_volume(&vol)?;
     record_conflict(
@@ -382,9 +380,7 @@ fn keep_version(
         t.insert_extent(ino, e)?;
     }
     t.set_dirent(dir_ino, &copy_name, ino, FileKind::File)?;
-    let mut dir = get(t, dir_ino)?;
-    touch_dir(&mut dir, ctx.now);
-    t.put_inode(&dir)?;
+    t.change_dir(dir_ino, 0, Some(ctx.now))?;
     let mut vol = volume_for(t, ctx, node.attr.volume)?;
     vol.used_inodes += 1;
     vol.used_bytes = vol.used_bytes.saturating_add(node.attr.size);

@@ -89,12 +89,6 @@ pub(crate) fn get_dir(t: &WriteTables<'_>, ino: InodeId) -> Result<Inode, NsErro
     Ok(dir)
 }
 
-/// A changed directory's times.
-pub(crate) fn touch_dir(dir: &mut Inode, now: Timespec) {
-    dir.attr.mtime = now;
-    dir.attr.ctime = now;
-}
-
 /// The next inode number of `region`.
 pub(crate) fn new_inode_id(t: &mut WriteTables<'_>, region: RegionId) -> Result<InodeId, NsError> {
     let local = t.next(counter::NEXT_INODE, 1)?;

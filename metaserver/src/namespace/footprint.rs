@@ -11,14 +11,15 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use meridian_proto::{Hlc, InodeId};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+use super::dir_times;
 use super::tables::{
     Before, FOOTPRINT_INDEX, FOOTPRINTS, OPLOG, Tab, UNDO, WriteTables, distinct_u32s,
     first_with_prefix, store_err,
 };
 use super::types::*;
 
-/// Index kinds: records naming an inode, records that walk the tree (renames), and
-/// records that meet everything.
+/// Index kinds: records naming an inode (whole), records that walk the tree (renames),
+/// and records that meet everything.
 const BY_INODE: u8 = 0;
 const BY_TREE: u8 = 1;
 const BY_ALL: u8 = 2;
@@ -27,6 +28,10 @@ const BY_ALL: u8 = 2;
 const BY_VOLUME: u8 = 3;
 /// And the volume-level changes of each volume, which keep it from settling on its own.
 const PINS: u8 = 4;
+/// And the records that changed a directory's entries (not the directory as a whole),
+/// and each entry they changed, by directory and name.
+const BY_DIR: u8 = 5;
+const BY_ENTRY: u8 = 6;
 /// A change that pins every volume (a copy reads another volume's tree).
 const EVERY_VOLUME: u32 = u32::MAX;
 
@@ -34,16 +39,38 @@ fn damaged() -> NsError {
     NsError::Store("damaged footprint".into())
 }
 
-/// What a record may read or write, for deciding which records commute: the inodes it
-/// names or whose rows it wrote (a directory's entries count as the directory), whether
-/// it moves something between directories (which reads ancestry: every such move meets
-/// every other), and whether it touches something shared by everything (a volume's row
-/// beyond its usage, or a count written whole by an older version).
+/// A name as the footprint knows it: a conflict name made from it (`name.conflict-...`,
+/// cut to fit) counts as the name itself, so a record that chose a conflict name meets
+/// every record that could have taken it. Names sharing their first bytes, or a hash,
+/// only meet more often.
+pub(crate) fn name_key(name: &[u8]) -> u64 {
+    const MARK: &[u8] = b".conflict-";
+    const KEPT: usize = 160;
+    let end = name
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .unwrap_or(name.len())
+        .min(KEPT);
+    let d = meridian_proto::BlockId::of(&name[..end]);
+    u64::from_be_bytes(d.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// What a record may read or write, for deciding which records commute:
+/// - the inodes it names or whose rows it wrote whole;
+/// - the directories whose entries it changed, and those entries by name: records that
+///   change different entries of one directory commute (its link count and times
+///   commute, see `dir_times`), and meet any record that names the directory whole;
+/// - whether it moves something between directories (which reads ancestry: every such
+///   move meets every other);
+/// - and whether it touches something shared by everything (a volume's row beyond its
+///   usage, or a count written whole by an older version).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Footprint {
     all: bool,
     tree: bool,
     inodes: BTreeSet<u64>,
+    dirs: BTreeSet<u64>,
+    entries: BTreeSet<(u64, u64)>,
     /// The volume of a record that does not meet everything (not part of what it meets:
     /// records of one volume are listed together, to leave the log together).
     volume: Option<u32>,
@@ -60,12 +87,28 @@ impl Footprint {
             || other.all
             || (self.tree && other.tree)
             || !self.inodes.is_disjoint(&other.inodes)
+            || !self.inodes.is_disjoint(&other.dirs)
+            || !self.dirs.is_disjoint(&other.inodes)
+            || !self.entries.is_disjoint(&other.entries)
     }
 
     pub(crate) fn add(&mut self, other: &Footprint) {
         self.all |= other.all;
         self.tree |= other.tree;
         self.inodes.extend(other.inodes.iter().copied());
+        self.dirs.extend(other.dirs.iter().copied());
+        self.entries.extend(other.entries.iter().copied());
+    }
+
+    fn entry(&mut self, dir: InodeId, name: &[u8]) {
+        self.dirs.insert(dir.0);
+        self.entries.insert((dir.0, name_key(name)));
+    }
+
+    /// The directories whose times the record may have set (its own and those it wrote
+    /// whole), to settle their registers when it leaves the merged log.
+    pub(crate) fn dirs_timed(&self) -> impl Iterator<Item = u64> + '_ {
+        self.dirs.iter().chain(self.inodes.iter()).copied()
     }
 
     /// The footprint of a record with its undo images.
@@ -82,7 +125,9 @@ impl Footprint {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(5 + 8 * self.inodes.len());
+        let mut v = Vec::with_capacity(
+            17 + 8 * (self.inodes.len() + self.dirs.len()) + 16 * self.entries.len(),
+        );
         v.push(
             u8::from(self.all)
                 | (u8::from(self.tree) << 1)
@@ -92,42 +137,74 @@ impl Footprint {
         for vol in [self.volume, self.pins].into_iter().flatten() {
             v.extend_from_slice(&vol.to_be_bytes());
         }
-        for i in &self.inodes {
-            v.extend_from_slice(&i.to_be_bytes());
+        for set in [&self.inodes, &self.dirs] {
+            v.extend_from_slice(&(set.len() as u32).to_be_bytes());
+            for i in set {
+                v.extend_from_slice(&i.to_be_bytes());
+            }
+        }
+        for (d, n) in &self.entries {
+            v.extend_from_slice(&d.to_be_bytes());
+            v.extend_from_slice(&n.to_be_bytes());
         }
         v
     }
 
     fn decode(b: &[u8]) -> Result<Footprint, NsError> {
         let (&flags, mut rest) = b.split_first().ok_or_else(damaged)?;
-        let mut vol = |bit: u8| -> Result<Option<u32>, NsError> {
-            if flags & bit == 0 {
-                return Ok(None);
-            }
-            let (v, more) = rest.split_first_chunk::<4>().ok_or_else(damaged)?;
-            rest = more;
-            Ok(Some(u32::from_be_bytes(*v)))
-        };
-        let volume = vol(4)?;
-        let pins = vol(8)?;
-        if flags > 15 || rest.len() % 8 != 0 {
+        if flags > 15 {
             return Err(damaged());
         }
-        Ok(Footprint {
+        let mut take = |n: usize| -> Result<&[u8], NsError> {
+            let (head, more) = rest.split_at_checked(n).ok_or_else(damaged)?;
+            rest = more;
+            Ok(head)
+        };
+        let u32_at = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes"));
+        let u64_at = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+        let mut f = Footprint {
             all: flags & 1 != 0,
             tree: flags & 2 != 0,
-            volume,
-            pins,
-            inodes: rest
-                .chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        })
+            ..Footprint::default()
+        };
+        if flags & 4 != 0 {
+            f.volume = Some(u32_at(take(4)?));
+        }
+        if flags & 8 != 0 {
+            f.pins = Some(u32_at(take(4)?));
+        }
+        for set in [&mut f.inodes, &mut f.dirs] {
+            let n = u32_at(take(4)?) as usize;
+            let items = take(n.checked_mul(8).ok_or_else(damaged)?)?;
+            set.extend(items.chunks_exact(8).map(u64_at));
+        }
+        if rest.len() % 16 != 0 {
+            return Err(damaged());
+        }
+        f.entries = rest
+            .chunks_exact(16)
+            .map(|c| (u64_at(&c[..8]), u64_at(&c[8..])))
+            .collect();
+        Ok(f)
     }
 
     /// The index prefixes of what a record with this footprint may meet through.
     fn meeting_prefixes(&self) -> Vec<Vec<u8>> {
-        let mut out: Vec<Vec<u8>> = self.inodes.iter().map(|i| inode_prefix(*i)).collect();
+        let mut out = Vec::new();
+        for &i in &self.inodes {
+            out.push(inode_prefix(BY_INODE, i));
+            out.push(inode_prefix(BY_DIR, i));
+        }
+        for &d in &self.dirs {
+            if !self.inodes.contains(&d) {
+                out.push(inode_prefix(BY_INODE, d));
+            }
+        }
+        for &(d, n) in &self.entries {
+            let mut p = inode_prefix(BY_ENTRY, d);
+            p.extend_from_slice(&n.to_be_bytes());
+            out.push(p);
+        }
         if self.tree {
             out.push(vec![BY_TREE]);
         }
@@ -137,10 +214,23 @@ impl Footprint {
         out
     }
 
-    /// The index prefixes a record with this footprint is listed under: what it meets
-    /// through, and its volume (or the volume it pins).
+    /// The index prefixes a record with this footprint is listed under: what it touches,
+    /// and its volume (or the volume it pins).
     fn prefixes(&self) -> Vec<Vec<u8>> {
-        let mut out = self.meeting_prefixes();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        out.extend(self.inodes.iter().map(|&i| inode_prefix(BY_INODE, i)));
+        out.extend(self.dirs.iter().map(|&d| inode_prefix(BY_DIR, d)));
+        for &(d, n) in &self.entries {
+            let mut p = inode_prefix(BY_ENTRY, d);
+            p.extend_from_slice(&n.to_be_bytes());
+            out.push(p);
+        }
+        if self.tree {
+            out.push(vec![BY_TREE]);
+        }
+        if self.all {
+            out.push(vec![BY_ALL]);
+        }
         if let Some(vol) = self.volume {
             out.push(volume_prefix(vol));
         }
@@ -169,19 +259,47 @@ impl Footprint {
             volume: Some(record.volume),
             ..Footprint::default()
         };
-        let mut name = |i: &InodeId| {
-            f.inodes.insert(i.0);
-        };
-        // The inode whose volume it changes, and whatever else it names.
-        if let Some(i) = record.op.inode_changed() {
-            name(&i);
-        }
+        // The entries it acts on; the inode it changes otherwise, and whatever else it
+        // names.
         match &record.op {
-            Op::Rename { new_parent, .. } => name(new_parent),
-            Op::Link { ino, .. } => name(ino),
-            Op::CopyRange { src, .. } => name(src),
-            Op::AccessedBatch { inos } => inos.iter().for_each(&mut name),
-            _ => {}
+            Op::Mknod { parent, name, .. }
+            | Op::Symlink { parent, name, .. }
+            | Op::Unlink { parent, name, .. }
+            | Op::Rmdir { parent, name, .. } => f.entry(*parent, name),
+            Op::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                ..
+            } => {
+                f.entry(*parent, name);
+                f.entry(*new_parent, new_name);
+                // Every rename: one within a directory acts as a move when an earlier
+                // record moved the entry's directory, and then walks ancestry.
+                f.tree = true;
+            }
+            Op::Link {
+                ino,
+                new_parent,
+                new_name,
+                ..
+            } => {
+                f.entry(*new_parent, new_name);
+                f.inodes.insert(ino.0);
+            }
+            op => {
+                if let Some(i) = op.inode_changed() {
+                    f.inodes.insert(i.0);
+                }
+                match op {
+                    Op::CopyRange { src, .. } => {
+                        f.inodes.insert(src.0);
+                    }
+                    Op::AccessedBatch { inos } => f.inodes.extend(inos.iter().map(|i| i.0)),
+                    _ => {}
+                }
+            }
         }
         let fx = &record.effects;
         // (A write to a conflict copy may make the copy again from the file it copies.)
@@ -189,12 +307,7 @@ impl Footprint {
             .into_iter()
             .flatten()
         {
-            name(&i);
-        }
-        // Every rename: one within a directory acts as a move when an earlier record
-        // moved the entry's directory, and then walks ancestry.
-        if matches!(record.op, Op::Rename { .. }) {
-            f.tree = true;
+            f.inodes.insert(i.0);
         }
         f
     }
@@ -202,10 +315,25 @@ impl Footprint {
     /// Adds what a record's undo images say it wrote.
     pub(crate) fn add_images(&mut self, images: &[Before]) {
         for Before(tab, key, _) in images {
+            let ino = || {
+                key.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+            };
             match tab {
-                Tab::Inodes | Tab::Dirents | Tab::Extents | Tab::Xattrs | Tab::Tombs => {
-                    if let Some(b) = key.get(..8).and_then(|b| b.try_into().ok()) {
-                        self.inodes.insert(u64::from_be_bytes(b));
+                Tab::Inodes | Tab::Extents | Tab::Xattrs | Tab::Tombs | Tab::Read => {
+                    if let Some(i) = ino() {
+                        self.inodes.insert(i);
+                    }
+                }
+                Tab::Dirents => {
+                    if let Some(d) = ino() {
+                        self.entry(InodeId(d), &key[8..]);
+                    }
+                }
+                Tab::DirBy => {
+                    if let Some(d) = ino() {
+                        self.dirs.insert(d);
                     }
                 }
                 // Written whole: undoing it would take back what others changed since.
@@ -230,9 +358,9 @@ fn volume_prefix(volume: u32) -> Vec<u8> {
     p
 }
 
-fn inode_prefix(ino: u64) -> Vec<u8> {
-    let mut p = Vec::with_capacity(9);
-    p.push(BY_INODE);
+fn inode_prefix(kind: u8, ino: u64) -> Vec<u8> {
+    let mut p = Vec::with_capacity(17);
+    p.push(kind);
     p.extend_from_slice(&ino.to_be_bytes());
     p
 }
@@ -270,6 +398,17 @@ pub(crate) fn unindex(t: &mut WriteTables<'_>, key: &[u8]) -> Result<(), NsError
             .map_err(store_err)?;
     }
     Ok(())
+}
+
+/// The record keyed `key` leaves the merged log for good (it stays applied): out of the
+/// index, and the times it set on directories into their registers' bases.
+pub(crate) fn forget(t: &mut WriteTables<'_>, key: &[u8]) -> Result<(), NsError> {
+    if let Some(f) = footprint_if_logged(t, key)? {
+        for dir in f.dirs_timed() {
+            dir_times::settle(t, dir, key)?;
+        }
+    }
+    unindex(t, key)
 }
 
 /// The stored footprint of the record keyed `key`.
@@ -322,8 +461,8 @@ fn listed(
 /// Each prefix is read once, so the cost is what the late records meet.
 #[derive(Default)]
 pub(crate) struct Meeting {
-    inodes: HashSet<u64>,
-    tree: bool,
+    /// The prefixes read already.
+    read: HashSet<Vec<u8>>,
     all: bool,
     everything: bool,
     queue: BTreeSet<Vec<u8>>,
@@ -373,18 +512,13 @@ impl Meeting {
             }
             return Ok(());
         }
-        for &i in &f.inodes {
-            if self.inodes.insert(i) {
-                listed(t, &inode_prefix(i), from, inclusive, |k| {
+        for p in f.meeting_prefixes() {
+            if !self.read.contains(&p) {
+                listed(t, &p, from, inclusive, |k| {
                     queue.insert(k);
                 })?;
+                self.read.insert(p);
             }
-        }
-        if f.tree && !self.tree {
-            self.tree = true;
-            listed(t, &[BY_TREE], from, inclusive, |k| {
-                queue.insert(k);
-            })?;
         }
         // A record that meets everything meets these.
         if !self.all {
@@ -532,7 +666,7 @@ pub(crate) fn touching(
     let from = from.to_key();
     let mut out = BTreeSet::new();
     for i in inodes {
-        listed(t, &inode_prefix(i), &from, true, |k| {
+        listed(t, &inode_prefix(BY_INODE, i), &from, true, |k| {
             out.insert(k);
         })?;
     }
@@ -546,7 +680,7 @@ pub(crate) fn touching(
 /// out of snapshots): a state written in another is rebuilt on opening.
 const INDEX_META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("footprint_meta");
 const INDEX_FORMAT_KEY: &str = "format";
-const INDEX_FORMAT: u64 = 2;
+const INDEX_FORMAT: u64 = 3;
 
 /// Rebuilds the footprints and their index from the merged log: after a snapshot is
 /// installed (`always`), and on opening a state written before they existed (when they do

@@ -748,3 +748,91 @@ fn the_change_log_is_trimmed_behind_its_retention_and_what_peers_still_need() {
         .unwrap();
     assert_eq!(regions.link(2).acked, *kept.last().unwrap());
 }
+
+/// The records of `from` that `to` has not applied yet, as one batch, applied in `to`.
+fn late_batch(from: &Region, to: &mut Region) -> MergeOutcome {
+    let batch = RemoteBatch {
+        origin: from.id,
+        records: from.changes(to.watermark(from.id) + 1, usize::MAX),
+        frontier: None,
+        settled: None,
+        scanned: 0,
+        settled_by: Vec::new(),
+    };
+    let own = to.id;
+    to.write(|t| apply_remote(t, own, &batch)).unwrap()
+}
+
+#[test]
+fn changes_of_other_names_in_one_directory_commute_and_the_directory_still_matches() {
+    let mut rs = regions(2);
+    let root = rs[0].volume_root();
+    let d = attr_of(rs[0].run(mknod(root, "d", FileKind::Dir))).ino;
+    settle(&mut rs);
+    // Region 2 writes first (older stamps) in the directory both share, then region 1,
+    // on a clock ahead: everything of region 2 arrives late at region 1.
+    for i in 0..20 {
+        rs[1]
+            .run(mknod(d, &format!("two-{i}"), FileKind::File))
+            .unwrap();
+    }
+    rs[1].run(mknod(d, "sub-two", FileKind::Dir)).unwrap();
+    rs[1].run(unlink(d, "two-3")).unwrap();
+    rs[0].phys += 10_000;
+    for i in 0..20 {
+        rs[0]
+            .run(mknod(d, &format!("one-{i}"), FileKind::File))
+            .unwrap();
+    }
+    rs[0].run(mknod(d, "sub-one", FileKind::Dir)).unwrap();
+    let newest = attr_of(rs[0].run(mknod(d, "last", FileKind::File)));
+    let (a, b) = two(&mut rs, 1, 0);
+    let outcome = late_batch(a, b);
+    assert_eq!(outcome.applied, 22);
+    assert_eq!(outcome.redone, 0, "no change of region 1 meets region 2's");
+    settle(&mut rs);
+    for r in &rs {
+        let dir = r.read(|x| x.getattr(d)).unwrap();
+        assert_eq!(dir.nlink, 4, "two subdirectories");
+        assert_eq!(dir.mtime, newest.ctime, "the newest change's time");
+        assert_eq!(r.names(d).len(), 42);
+        check_tree(r);
+        assert_consistent(r);
+    }
+    assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+
+    // A late change of the same name does meet (a conflict name), and so does one of
+    // the directory as a whole: the times and count stay those of stamp order.
+    rs[1].run(mknod(d, "clash", FileKind::File)).unwrap();
+    rs[1].run(mknod(d, "sub-late", FileKind::Dir)).unwrap();
+    rs[0].phys += 10_000;
+    rs[0].run(mknod(d, "other", FileKind::File)).unwrap();
+    rs[0]
+        .run(Op::SetAttr {
+            ino: d,
+            set: SetAttr {
+                perm: Some(0o750),
+                ..SetAttr::default()
+            },
+            creds: root_creds(),
+        })
+        .unwrap();
+    rs[0].run(mknod(d, "clash", FileKind::File)).unwrap();
+    rs[0].run(unlink(d, "one-4")).unwrap();
+    let (a, b) = two(&mut rs, 1, 0);
+    let outcome = late_batch(a, b);
+    assert_eq!(outcome.applied, 2);
+    assert_eq!(
+        outcome.redone, 3,
+        "the mode change, and the creates and unlink after it"
+    );
+    settle(&mut rs);
+    for r in &rs {
+        let dir = r.read(|x| x.getattr(d)).unwrap();
+        assert_eq!(dir.nlink, 5);
+        assert_eq!(dir.perm & 0o7777, 0o750);
+        check_tree(r);
+        assert_consistent(r);
+    }
+    assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+}

@@ -9,6 +9,7 @@ pub mod backfill;
 pub mod check;
 pub mod conflict;
 pub(crate) mod ctx;
+pub mod dir_times;
 pub(crate) mod footprint;
 pub mod history;
 pub mod lease;

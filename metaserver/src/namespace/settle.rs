@@ -256,7 +256,7 @@ pub(crate) fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
 fn drop_entry(t: &mut WriteTables<'_>, key: &[u8]) -> Result<(), NsError> {
     t.oplog.remove(key).map_err(store_err)?;
     t.undo_log.remove(key).map_err(store_err)?;
-    footprint::unindex(t, key)?;
+    footprint::forget(t, key)?;
     // The versions the record's changes applied to.
     let mut end = key.to_vec();
     end.extend_from_slice(&[0xff; 8]);

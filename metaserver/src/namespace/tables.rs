@@ -2,15 +2,20 @@
 //! that one directory's entries, one file's extents and one inode's xattrs are contiguous
 //! and sorted (readdir and extent lookups are range scans).
 
-use meridian_proto::{BlockId, InodeId};
+use meridian_proto::{BlockId, Hlc, InodeId};
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 
-use super::types::{DirEntry, Extent, FileKind, Inode, NsError, Volume};
+use super::dir_times::{self, DIR_TIMES};
+use super::types::{DirEntry, Extent, FileKind, Inode, NsError, Timespec, Volume};
 
 fn u64_of(b: &[u8]) -> Result<u64, NsError> {
     b.try_into()
         .map(u64::from_be_bytes)
         .map_err(|_| NsError::Store("damaged 8-byte key or value".into()))
+}
+
+fn add_count(n: u32, by: i64) -> u32 {
+    (i64::from(n).saturating_add(by)).clamp(0, i64::from(u32::MAX)) as u32
 }
 
 fn i64_of(b: Option<&[u8]>) -> Result<i64, NsError> {
@@ -120,6 +125,14 @@ pub enum Tab {
     /// Not a table: a volume's usage (key: its name) changed by the value (bytes and
     /// inodes, two i64, big endian); undone the same way.
     UsageBy,
+    /// Not a table: a directory's row changed by a record that changed its entries (key:
+    /// the directory, then the record's stamp key): its link count by the value (i64, big
+    /// endian), taken back off whatever it is by then, and if the value's last byte is 1,
+    /// its times set in its register (see `dir_times`), taken back out of it.
+    DirBy,
+    /// Not a table: an inode a record's outcome depends on without writing it (key: the
+    /// inode). Restoring it does nothing; it is part of the record's footprint.
+    Read,
 }
 
 /// A key's value before a write: restoring these in reverse undoes a record.
@@ -423,8 +436,11 @@ pub struct WriteTables<'txn> {
     pub(crate) region_state: Table<'txn, &'static str, &'static [u8]>,
     pub(crate) relay: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) parked: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) dir_times: Table<'txn, &'static [u8], &'static [u8]>,
     /// While set, every write to a namespace table records what it overwrote.
     pub(crate) undo: Option<Vec<Before>>,
+    /// The stamp of the record being applied (with `undo`).
+    stamp: Option<Hlc>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -453,8 +469,27 @@ impl<'txn> WriteTables<'txn> {
             region_state: tx.open_table(REGION_STATE).map_err(store_err)?,
             relay: tx.open_table(RELAY).map_err(store_err)?,
             parked: tx.open_table(PARKED).map_err(store_err)?,
+            dir_times: tx.open_table(DIR_TIMES).map_err(store_err)?,
             undo: None,
+            stamp: None,
         })
+    }
+
+    /// Starts applying the record stamped `stamp`: every write records what it overwrote.
+    pub(crate) fn begin_record(&mut self, stamp: Hlc) {
+        self.undo = Some(Vec::new());
+        self.stamp = Some(stamp);
+    }
+
+    /// Ends applying a record; returns what its writes overwrote.
+    pub(crate) fn end_record(&mut self) -> Vec<Before> {
+        self.stamp = None;
+        self.undo.take().unwrap_or_default()
+    }
+
+    /// The stamp of the record being applied, while its writes are recorded.
+    fn recording(&self) -> Option<Hlc> {
+        self.stamp.filter(|_| self.undo.is_some())
     }
 
     /// Inodes, to read.
@@ -527,7 +562,7 @@ impl<'txn> WriteTables<'txn> {
             }
             Tab::Refs => num(self.block_refs.get(key).map_err(store_err)?),
             Tab::Unref => num(self.unreferenced.get(key).map_err(store_err)?),
-            Tab::RefsBy | Tab::UsageBy => {
+            Tab::RefsBy | Tab::UsageBy | Tab::DirBy | Tab::Read => {
                 return Err(NsError::Store(format!("{tab:?} is not a table")));
             }
         })
@@ -585,6 +620,7 @@ impl<'txn> WriteTables<'txn> {
             }
             Tab::Refs => num(&mut self.block_refs, key, val),
             Tab::Unref => num(&mut self.unreferenced, key, val),
+            Tab::DirBy | Tab::Read => Err(NsError::Store(format!("{tab:?} is not a table"))),
             Tab::RefsBy => {
                 let by = i64_of(val)?;
                 let n = (self.refcount(key)? as i64).saturating_add(by).max(0) as u64;
@@ -651,6 +687,8 @@ impl<'txn> WriteTables<'txn> {
                     back.extend_from_slice(&i64_of(Some(&v[8..]))?.saturating_neg().to_be_bytes());
                     self.raw_put(Tab::UsageBy, key, Some(&back))?;
                 }
+                Tab::DirBy => self.take_back_dir_change(key, val.as_deref())?,
+                Tab::Read => {}
                 _ => self.raw_put(*tab, key, val.as_deref())?,
             }
         }
@@ -746,8 +784,109 @@ impl<'txn> WriteTables<'txn> {
     }
 
     pub(crate) fn put_inode(&mut self, inode: &Inode) -> Result<(), NsError> {
+        let key = inode.attr.ino.0.to_be_bytes();
+        if inode.attr.kind == FileKind::Dir
+            && let Some(stamp) = self.recording()
+        {
+            // A directory's times are set through its register (see `dir_times`).
+            let ino = inode.attr.ino;
+            let current = read_inode(&self.inodes, ino)?.unwrap_or_else(|| inode.clone());
+            let mut node = inode.clone();
+            (node.attr.mtime, node.attr.ctime) = dir_times::set(
+                self,
+                ino.0,
+                stamp,
+                (inode.attr.mtime, inode.attr.ctime),
+                (current.attr.mtime, current.attr.ctime),
+            )?;
+            let bytes = serde_json::to_vec(&node).map_err(json_err)?;
+            self.write(Tab::Inodes, &key, Some(&bytes))?;
+            return self.note_dir_change(ino, stamp, 0, true);
+        }
         let bytes = serde_json::to_vec(inode).map_err(json_err)?;
-        self.write(Tab::Inodes, &inode.attr.ino.0.to_be_bytes(), Some(&bytes))
+        self.write(Tab::Inodes, &key, Some(&bytes))
+    }
+
+    /// Changes directory `dir` for a change of its entries: its link count by `nlink_by`,
+    /// and its times to `now` if given. Within a record this commutes with other records'
+    /// changes of other entries: the count is remembered by amount and the times go
+    /// through the directory's register (see `dir_times`).
+    pub(crate) fn change_dir(
+        &mut self,
+        dir: InodeId,
+        nlink_by: i64,
+        now: Option<Timespec>,
+    ) -> Result<(), NsError> {
+        let mut node = read_inode(&self.inodes, dir)?
+            .ok_or_else(|| NsError::NotFound(format!("directory {dir}")))?;
+        node.attr.nlink = add_count(node.attr.nlink, nlink_by);
+        let Some(stamp) = self.recording() else {
+            if let Some(now) = now {
+                (node.attr.mtime, node.attr.ctime) = (now, now);
+            }
+            return self.put_inode(&node);
+        };
+        if let Some(now) = now {
+            let current = (node.attr.mtime, node.attr.ctime);
+            (node.attr.mtime, node.attr.ctime) =
+                dir_times::set(self, dir.0, stamp, (now, now), current)?;
+        }
+        let bytes = serde_json::to_vec(&node).map_err(json_err)?;
+        self.inodes
+            .insert(dir.0, bytes.as_slice())
+            .map_err(store_err)?;
+        self.note_dir_change(dir, stamp, nlink_by, now.is_some())
+    }
+
+    fn note_dir_change(
+        &mut self,
+        dir: InodeId,
+        stamp: Hlc,
+        nlink_by: i64,
+        timed: bool,
+    ) -> Result<(), NsError> {
+        if let Some(u) = self.undo.as_mut() {
+            let mut key = dir.0.to_be_bytes().to_vec();
+            key.extend_from_slice(&stamp.to_key());
+            let mut by = nlink_by.to_be_bytes().to_vec();
+            by.push(u8::from(timed));
+            u.push(Before(Tab::DirBy, key, Some(by)));
+        }
+        Ok(())
+    }
+
+    /// Undoes one [`Tab::DirBy`] change.
+    fn take_back_dir_change(&mut self, key: &[u8], val: Option<&[u8]>) -> Result<(), NsError> {
+        let damaged = || NsError::Store("damaged directory change".into());
+        let (dir, stamp) = key.split_first_chunk::<8>().ok_or_else(damaged)?;
+        let dir = InodeId(u64::from_be_bytes(*dir));
+        let (by, timed) = val
+            .and_then(|v| v.split_first_chunk::<8>())
+            .ok_or_else(damaged)?;
+        let times = match timed {
+            [0] => None,
+            [1] => dir_times::unset(self, dir.0, stamp)?,
+            _ => return Err(damaged()),
+        };
+        let Some(mut node) = read_inode(&self.inodes, dir)? else {
+            return Ok(()); // gone meanwhile (with a record that met this one's)
+        };
+        node.attr.nlink = add_count(node.attr.nlink, i64::from_be_bytes(*by).saturating_neg());
+        if let Some((m, c)) = times {
+            (node.attr.mtime, node.attr.ctime) = (m, c);
+        }
+        let bytes = serde_json::to_vec(&node).map_err(json_err)?;
+        self.inodes
+            .insert(dir.0, bytes.as_slice())
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// Notes that the record being applied depends on `ino` without writing it.
+    pub(crate) fn note_read(&mut self, ino: InodeId) {
+        if let Some(u) = self.undo.as_mut() {
+            u.push(Before(Tab::Read, ino.0.to_be_bytes().to_vec(), None));
+        }
     }
 
     /// Writes a volume's row. A change of its usage alone is remembered as an amount, so

@@ -411,6 +411,19 @@ pub(super) fn assert_consistent(r: &Region) {
         expected,
         "the tombstone index is out of step"
     );
+    // Every directory with a register of times has the newest of them.
+    let inodes = tx.open_table(INODES).unwrap();
+    let registers = tx.open_table(super::dir_times::DIR_TIMES).unwrap();
+    for (dir, times) in super::dir_times::newest_all(&registers).unwrap() {
+        if let Some(node) = read_inode(&inodes, InodeId(dir)).unwrap() {
+            assert_eq!(
+                (node.attr.mtime, node.attr.ctime),
+                times,
+                "directory {dir}'s times are not its register's newest"
+            );
+        }
+    }
+    drop((inodes, registers));
     // The footprints and their index are what a rebuild from the merged log makes.
     drop(tx);
     let footprints = |db: &Database| {

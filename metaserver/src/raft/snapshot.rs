@@ -14,12 +14,22 @@ use redb::{
 
 use super::io_err;
 use crate::cluster::CLUSTER;
+use crate::namespace::dir_times::DIR_TIMES;
 use crate::namespace::tables as ns;
 
 const MAGIC: &[u8; 8] = b"MRDNSNAP";
-const VERSION: u32 = 4;
-/// Version 3 had every table but the last ([`ns::PARKED`]).
-const VERSION_WITHOUT_PARKED: u32 = 3;
+const VERSION: u32 = 5;
+
+/// How many of [`tables`] a snapshot of `version` holds: version 3 had every table but
+/// the last two ([`ns::PARKED`], [`DIR_TIMES`]), version 4 every table but the last.
+fn tables_in(version: u32) -> Option<usize> {
+    match version {
+        3 => Some(21),
+        4 => Some(22),
+        VERSION => Some(23),
+        _ => None,
+    }
+}
 
 /// A table's key and value encodings, so one dump/load loop serves them all.
 enum Table {
@@ -32,7 +42,7 @@ enum Table {
 }
 
 /// Every table that makes up the replicated state, in dump order.
-fn tables() -> [Table; 22] {
+fn tables() -> [Table; 23] {
     [
         Table::U64Bytes(ns::INODES),
         Table::BytesBytes(ns::DIRENTS),
@@ -56,6 +66,7 @@ fn tables() -> [Table; 22] {
         Table::BytesU64(crate::namespace::lease::RESERVED),
         Table::BytesBytes(ns::RELAY),
         Table::BytesBytes(ns::PARKED),
+        Table::BytesBytes(DIR_TIMES),
     ]
 }
 
@@ -174,15 +185,14 @@ pub fn load(tx: &WriteTransaction, data: impl Read) -> io::Result<()> {
         ));
     }
     let version = r.u32()?;
-    if version != VERSION && version != VERSION_WITHOUT_PARKED {
+    let Some(present) = tables_in(version) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("snapshot version {version} is not supported"),
         ));
-    }
+    };
     for (i, table) in tables().into_iter().enumerate() {
-        let missing = version == VERSION_WITHOUT_PARKED && i == tables().len() - 1;
-        let count = if missing { 0 } else { r.u64()? };
+        let count = if i < present { r.u64()? } else { 0 };
         macro_rules! load {
             ($def:expr, |$k:ident, $v:ident| $key:expr, $val:expr) => {{
                 let mut t = tx.open_table($def).map_err(io_err)?;

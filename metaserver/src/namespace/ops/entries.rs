@@ -57,7 +57,7 @@ pub(crate) fn make(
     creds: &Creds,
 ) -> Result<Reply, NsError> {
     check_name(name)?;
-    let mut dir = live_dir(t, ctx, parent)?;
+    let dir = live_dir(t, ctx, parent)?;
     let mut name = Cow::Borrowed(name);
     let existing = read_dirent(t.dirents(), parent, &name)?;
     match (ctx.replay.map(|fx| fx.created), existing) {
@@ -145,11 +145,7 @@ pub(crate) fn make(
     };
     t.put_inode(&inode)?;
     t.set_dirent(parent, name, ino, new.kind)?;
-    if is_dir {
-        dir.attr.nlink = dir.attr.nlink.saturating_add(1);
-    }
-    touch_dir(&mut dir, ctx.now);
-    t.put_inode(&dir)?;
+    t.change_dir(parent, i64::from(is_dir), Some(ctx.now))?;
     vol.used_inodes += 1;
     t.put_volume(&vol)?;
     Ok(Reply::Attr(inode.attr))
@@ -168,7 +164,7 @@ pub(crate) fn link(
     if target.attr.kind == FileKind::Dir {
         return Err(NsError::Perm(format!("hard link to directory {ino}")));
     }
-    let mut dir = live_dir(t, ctx, new_parent)?;
+    let dir = live_dir(t, ctx, new_parent)?;
     ctx.origin_check(|| check_access(&dir.attr, creds, W | X))?;
     if dir.attr.volume != target.attr.volume {
         return Err(NsError::CrossVolume(format!("{ino} into {new_parent}")));
@@ -201,8 +197,7 @@ pub(crate) fn link(
     target.attr.ctime = ctx.now;
     t.put_inode(&target)?;
     t.set_dirent(new_parent, new_name, ino, target.attr.kind)?;
-    touch_dir(&mut dir, ctx.now);
-    t.put_inode(&dir)?;
+    t.change_dir(new_parent, 0, Some(ctx.now))?;
     Ok(Reply::Attr(target.attr))
 }
 
@@ -286,7 +281,7 @@ pub(crate) fn remove(
         return Err(NsError::NotEmpty("rmdir of ..".into()));
     }
     check_name(name)?;
-    let mut dir = get_dir(t, parent)?;
+    let dir = get_dir(t, parent)?;
     let entry = find_entry(t, ctx, parent, name)?;
     let name = entry.name.as_slice();
     ctx.origin_check(|| check_access(&dir.attr, creds, W | X))?;
@@ -319,11 +314,7 @@ pub(crate) fn remove(
         }
     }
     t.del_dirent(parent, name)?;
-    if dir_wanted {
-        dir.attr.nlink = dir.attr.nlink.saturating_sub(1);
-    }
-    touch_dir(&mut dir, ctx.now);
-    t.put_inode(&dir)?;
+    t.change_dir(parent, -i64::from(dir_wanted), Some(ctx.now))?;
     drop_link(t, ctx, victim, parent, name)?;
     Ok(Reply::Done)
 }
@@ -494,18 +485,14 @@ pub(crate) fn rename(
         b.attr.ctime = ctx.now;
         t.put_inode(&a)?;
         t.put_inode(&b)?;
-        let mut sd = get(t, parent)?;
         if parent != new_parent {
-            let mut dd = get(t, new_parent)?;
             let delta =
                 i64::from(b.attr.kind == FileKind::Dir) - i64::from(a.attr.kind == FileKind::Dir);
-            sd.attr.nlink = (i64::from(sd.attr.nlink) + delta).max(0) as u32;
-            dd.attr.nlink = (i64::from(dd.attr.nlink) - delta).max(0) as u32;
-            touch_dir(&mut dd, ctx.now);
-            t.put_inode(&dd)?;
+            t.change_dir(new_parent, -delta, Some(ctx.now))?;
+            t.change_dir(parent, delta, Some(ctx.now))?;
+        } else {
+            t.change_dir(parent, 0, Some(ctx.now))?;
         }
-        touch_dir(&mut sd, ctx.now);
-        t.put_inode(&sd)?;
         return Ok(Reply::Done);
     }
 
@@ -542,24 +529,13 @@ pub(crate) fn rename(
         let r_dir = r.attr.kind == FileKind::Dir;
         drop_link(t, ctx, r, new_parent, new_name)?;
         if r_dir {
-            let mut dd = get(t, new_parent)?;
-            dd.attr.nlink = dd.attr.nlink.saturating_sub(1);
-            t.put_inode(&dd)?;
+            t.change_dir(new_parent, -1, None)?;
         }
     }
-    let mut sd = get(t, parent)?;
-    if moving_dir && parent != new_parent {
-        sd.attr.nlink = sd.attr.nlink.saturating_sub(1);
-    }
-    touch_dir(&mut sd, ctx.now);
-    t.put_inode(&sd)?;
+    let moved_dir = i64::from(moving_dir && parent != new_parent);
+    t.change_dir(parent, -moved_dir, Some(ctx.now))?;
     if parent != new_parent {
-        let mut dd = get(t, new_parent)?;
-        if moving_dir {
-            dd.attr.nlink = dd.attr.nlink.saturating_add(1);
-        }
-        touch_dir(&mut dd, ctx.now);
-        t.put_inode(&dd)?;
+        t.change_dir(new_parent, moved_dir, Some(ctx.now))?;
     }
     Ok(Reply::Done)
 }

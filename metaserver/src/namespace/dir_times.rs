@@ -1,0 +1,180 @@
+//! A directory's times as a register ordered by stamp (ADR 0012), so that records which
+//! change different entries of one directory commute.
+//!
+//! Every record that changes a directory's entries also sets its times. Applied in stamp
+//! order, the times are the newest record's; but a late record that merely adds another
+//! name must not undo and redo every newer change of the directory to get there. So each
+//! record's times are kept here under its stamp, beside the times from before the first
+//! record of the merged log that set them (the base), and the directory's row holds the
+//! newest. Setting and taking back commute: a record undone out of order takes only its
+//! own times out, and the row falls back to the newest left. A record leaving the merged
+//! log folds its times into the base; with no record left the register goes, and the row
+//! alone holds the times.
+//!
+//! The link count commutes the same way, by amount (see `Tab::DirBy`).
+
+use meridian_proto::Hlc;
+use redb::{ReadableTable, TableDefinition};
+
+use super::tables::{WriteTables, store_err};
+use super::types::{NsError, Timespec};
+
+/// directory (8 bytes, big endian) ++ stamp key -> mtime ++ ctime (12 bytes each); the
+/// base under the zero stamp, followed by the stamp it was set by.
+pub const DIR_TIMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dir_times");
+
+/// A directory's modification and change times.
+pub(crate) type Times = (Timespec, Timespec);
+
+const ZERO: [u8; Hlc::KEY_LEN] = [0; Hlc::KEY_LEN];
+
+fn damaged() -> NsError {
+    NsError::Store("damaged directory times".into())
+}
+
+fn key(dir: u64, stamp: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + Hlc::KEY_LEN);
+    k.extend_from_slice(&dir.to_be_bytes());
+    k.extend_from_slice(stamp);
+    k
+}
+
+fn encode(times: Times, base_of: Option<&[u8]>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24 + Hlc::KEY_LEN);
+    for ts in [times.0, times.1] {
+        v.extend_from_slice(&ts.sec.to_be_bytes());
+        v.extend_from_slice(&ts.nsec.to_be_bytes());
+    }
+    if let Some(stamp) = base_of {
+        v.extend_from_slice(stamp);
+    }
+    v
+}
+
+fn decode(v: &[u8]) -> Result<(Times, Vec<u8>), NsError> {
+    if v.len() != 24 && v.len() != 24 + Hlc::KEY_LEN {
+        return Err(damaged());
+    }
+    let ts = |b: &[u8]| Timespec {
+        sec: i64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+        nsec: u32::from_be_bytes(b[8..12].try_into().expect("4 bytes")),
+    };
+    let stamp = if v.len() > 24 {
+        v[24..].to_vec()
+    } else {
+        ZERO.to_vec()
+    };
+    Ok(((ts(&v[..12]), ts(&v[12..24])), stamp))
+}
+
+/// The newest entry of `dir`'s register: its key and times.
+fn newest_entry(t: &WriteTables<'_>, dir: u64) -> Result<Option<(Vec<u8>, Times)>, NsError> {
+    let (from, to) = (key(dir, &ZERO), key(dir, &[0xff; Hlc::KEY_LEN]));
+    let Some(item) = t
+        .dir_times
+        .range(from.as_slice()..=to.as_slice())
+        .map_err(store_err)?
+        .next_back()
+    else {
+        return Ok(None);
+    };
+    let (k, v) = item.map_err(store_err)?;
+    Ok(Some((k.value().to_vec(), decode(v.value())?.0)))
+}
+
+/// Notes that the record stamped `stamp` set `dir`'s times to `times`; `current` are the
+/// directory's times now, which become the base if no record of the merged log set them.
+/// Returns the times the directory has then: the newest set.
+pub(crate) fn set(
+    t: &mut WriteTables<'_>,
+    dir: u64,
+    stamp: Hlc,
+    times: Times,
+    current: Times,
+) -> Result<Times, NsError> {
+    if newest_entry(t, dir)?.is_none() {
+        t.dir_times
+            .insert(
+                key(dir, &ZERO).as_slice(),
+                encode(current, Some(&ZERO)).as_slice(),
+            )
+            .map_err(store_err)?;
+    }
+    t.dir_times
+        .insert(
+            key(dir, &stamp.to_key()).as_slice(),
+            encode(times, None).as_slice(),
+        )
+        .map_err(store_err)?;
+    Ok(newest_entry(t, dir)?.map_or(times, |(_, n)| n))
+}
+
+/// Takes back the times the record stamped `stamp` (a stamp key) set on `dir`. Returns
+/// the times the directory has then (none: it has no register, the row stands).
+pub(crate) fn unset(
+    t: &mut WriteTables<'_>,
+    dir: u64,
+    stamp: &[u8],
+) -> Result<Option<Times>, NsError> {
+    t.dir_times
+        .remove(key(dir, stamp).as_slice())
+        .map_err(store_err)?;
+    let base = key(dir, &ZERO);
+    match newest_entry(t, dir)? {
+        Some((k, times)) if k == base => {
+            // No record left that set them: the row alone holds them.
+            t.dir_times.remove(base.as_slice()).map_err(store_err)?;
+            Ok(Some(times))
+        }
+        other => Ok(other.map(|(_, times)| times)),
+    }
+}
+
+/// The record stamped `stamp` (a stamp key) left the merged log for good: the times it
+/// set on `dir`, if newer than the base's, become the base.
+pub(crate) fn settle(t: &mut WriteTables<'_>, dir: u64, stamp: &[u8]) -> Result<(), NsError> {
+    let Some(v) = t
+        .dir_times
+        .remove(key(dir, stamp).as_slice())
+        .map_err(store_err)?
+    else {
+        return Ok(());
+    };
+    let (times, _) = decode(v.value())?;
+    drop(v);
+    let base = key(dir, &ZERO);
+    let base_of = match t.dir_times.get(base.as_slice()).map_err(store_err)? {
+        Some(b) => Some(decode(b.value())?.1),
+        None => None,
+    };
+    if base_of.as_deref().is_none_or(|b| b < stamp) {
+        t.dir_times
+            .insert(base.as_slice(), encode(times, Some(stamp)).as_slice())
+            .map_err(store_err)?;
+    }
+    if newest_entry(t, dir)?.is_some_and(|(k, _)| k == base) {
+        t.dir_times.remove(base.as_slice()).map_err(store_err)?;
+    }
+    Ok(())
+}
+
+/// Every directory's register: the directory and the newest times in it (for checks).
+pub fn newest_all(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+) -> Result<Vec<(u64, Times)>, NsError> {
+    let mut out: Vec<(u64, Times)> = Vec::new();
+    for item in t.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let dir = k
+            .value()
+            .get(..8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(damaged)?;
+        let times = decode(v.value())?.0;
+        match out.last_mut() {
+            Some((d, t)) if *d == dir => *t = times,
+            _ => out.push((dir, times)),
+        }
+    }
+    Ok(out)
+}
