@@ -15,6 +15,8 @@ use meridian_proto::pb::meta::{
 };
 use serde::Serialize;
 
+mod home;
+mod link;
 mod regions;
 mod volumes;
 
@@ -89,6 +91,54 @@ pub enum AdminCommand {
         /// their own replica, and refuse changes (EROFS) while it is unreachable.
         #[arg(long)]
         home: Option<u16>,
+    },
+    /// Change a volume's consistency (a planned change, made by its current home): to a
+    /// home region, or to active-active. To a home: from then on only that region's Raft
+    /// group decides the volume's changes; changes other regions make concurrently with
+    /// this one are kept apart (listed as fenced conflicts), not applied. To
+    /// active-active: every region writes locally again. Either way the volume's epoch
+    /// goes up.
+    VolumeConsistency {
+        /// Metaservers of a region the volume lives in.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Volume name.
+        name: String,
+        /// The home region.
+        #[arg(
+            long,
+            conflicts_with = "active_active",
+            required_unless_present = "active_active"
+        )]
+        home: Option<u16>,
+        /// Every region writes locally.
+        #[arg(long)]
+        active_active: bool,
+    },
+    /// Move a volume's home region. Planned (the current home reachable): the current
+    /// home makes the change after every change it accepted, the new home takes over once
+    /// it has applied them, and writes pause for about a round trip plus that catch-up;
+    /// nothing is lost. With --force (the current home gone): run against the new home's
+    /// metaservers; shows what the new home may lack of the old one (the RPO, as far as it
+    /// can know), asks for confirmation, and raises the volume's epoch there. The old
+    /// home, when it comes back, can no longer commit: what it accepted after the promote
+    /// and never sent is kept apart (listed by `admin conflicts` as fenced, the bytes of
+    /// writes in fenced-* files), never applied, never lost.
+    VolumePromote {
+        /// Metaservers of a region the volume lives in (the new home's, with --force).
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Volume name.
+        name: String,
+        /// The new home region.
+        #[arg(long)]
+        to: u16,
+        /// Take over without the current home.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Replication lag to and from every peer region (ops and bytes behind, the age of the
     /// oldest record a peer lacks: the RPO).
@@ -727,48 +777,20 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             cut,
             heal,
             json,
-        } => {
-            use meridian_proto::pb::proxy::SetLinkRequest;
-            use meridian_proto::pb::proxy::proxy_control_client::ProxyControlClient;
-            let mut c = ProxyControlClient::connect(format!("http://{proxy}"))
-                .await
-                .with_context(|| format!("cannot reach proxy {proxy}"))?;
-            let cut = if cut {
-                Some(true)
-            } else if heal {
-                Some(false)
-            } else {
-                None
-            };
-            let s = c.set(SetLinkRequest { delay_ms, cut }).await?.into_inner();
-            let forwards: Vec<serde_json::Value> = s
-                .forwards
-                .iter()
-                .map(|f| serde_json::json!({"listen": f.listen, "target": f.target}))
-                .collect();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"name": s.name, "listen": s.listen, "target": s.target,
-                        "forwards": forwards, "delay_ms": s.delay_ms, "cut": s.cut,
-                        "connections_total": s.connections_total, "connections_open": s.connections_open, "bytes_forwarded": s.bytes_forwarded})
-                );
-            } else {
-                println!(
-                    "link {}: {}, delay {} ms, {} open connections ({} total), {} forwarded",
-                    s.name,
-                    if s.cut { "CUT" } else { "up" },
-                    s.delay_ms,
-                    s.connections_open,
-                    s.connections_total,
-                    human(s.bytes_forwarded)
-                );
-                for f in &s.forwards {
-                    println!("  {} -> {}", f.listen, f.target);
-                }
-            }
-            Ok(())
-        }
+        } => link::set(proxy, delay_ms, cut, heal, json).await,
+        AdminCommand::VolumeConsistency {
+            meta,
+            name,
+            home,
+            active_active: _,
+        } => home::set_home(meta, name, home).await,
+        AdminCommand::VolumePromote {
+            meta,
+            name,
+            to,
+            force,
+            yes,
+        } => home::promote(meta, name, to, force, yes).await,
         AdminCommand::VolumeDelete { meta, name } => volumes::delete(meta, name).await,
         AdminCommand::Regions { meta, json } => regions::show(meta, json).await,
         AdminCommand::Conflicts { meta, limit, json } => {

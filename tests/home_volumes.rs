@@ -107,3 +107,136 @@ fn a_home_volume_decides_every_change_at_home_and_refuses_changes_when_cut_off()
     ensure!(!home.path.join("during-cut").exists());
     Ok(())
 }
+
+/// The names and contents under `dir`, sorted (directories by name only).
+fn tree(dir: &std::path::Path) -> Result<Vec<(String, Option<String>)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+            if e.file_type()?.is_dir() {
+                stack.push((e.path(), format!("{name}/")));
+                out.push((name, None));
+            } else {
+                out.push((name, Some(fs::read_to_string(e.path())?)));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn a_home_moves_as_planned_without_loss_and_by_force_keeping_the_old_homes_late_writes_apart()
+-> Result<()> {
+    let pair = Pair::start()?;
+    pair.a
+        .admin(&["volume-create", "ledger", "--regions", "1,2", "--home", "1"])?;
+    wait_for(Duration::from_secs(30), "the volume in region 2", || {
+        pair.b
+            .admin(&["volumes"])
+            .ok()?
+            .contains("ledger")
+            .then_some(())
+    })?;
+    let one = pair.a.mount("ledger", "one")?;
+    let two = pair.b.mount("ledger", "two")?;
+    fs::write(two.path.join("before"), "written before any move")?;
+
+    // Planned: region 2 asks, the home (region 1) makes the move, and writes from region 1
+    // go on through it: none fails, none is lost.
+    let writer = {
+        let dir = one.path.clone();
+        std::thread::spawn(move || -> Result<usize> {
+            for i in 0..30 {
+                fs::write(dir.join(format!("during-move-{i}")), format!("{i}"))
+                    .with_context(|| format!("write {i} in region 1 during the move"))?;
+            }
+            Ok(30)
+        })
+    };
+    let moved = pair.b.admin(&["volume-promote", "ledger", "--to", "2"])?;
+    ensure!(moved.contains("home=2"), "{moved}");
+    let written = writer.join().expect("writer")?;
+    for side in [&pair.a, &pair.b] {
+        wait_for(Duration::from_secs(30), "the move in both regions", || {
+            side.admin(&["volumes"])
+                .ok()?
+                .contains("home=2")
+                .then_some(())
+        })?;
+    }
+    // Region 2 decides now: a write there is at home, one in region 1 is forwarded.
+    fs::write(two.path.join("at-new-home"), "home is 2")?;
+    fs::write(one.path.join("from-1-to-2"), "forwarded to 2")?;
+    ensure!(fs::read_to_string(two.path.join("from-1-to-2"))? == "forwarded to 2");
+    for i in 0..written {
+        ensure!(
+            fs::read_to_string(two.path.join(format!("during-move-{i}")))? == i.to_string(),
+            "during-move-{i} in region 2"
+        );
+    }
+
+    // Forced: region 2 (the home) is cut off; region 1 takes over without it. Region 2
+    // goes on accepting writes, not knowing.
+    pair.cut(true)?;
+    let err = fs::write(one.path.join("refused"), "x").unwrap_err();
+    ensure!(err.raw_os_error() == Some(libc::EROFS), "{err}");
+    let shown = pair
+        .a
+        .admin(&["volume-promote", "ledger", "--to", "1", "--force", "--yes"])?;
+    ensure!(
+        shown.contains("WITHOUT") && shown.contains("epoch"),
+        "{shown}"
+    );
+    fs::write(one.path.join("at-forced-home"), "home is 1 again")?;
+    fs::write(two.path.join("late-in-2"), "accepted by the old home")?;
+    fs::remove_file(two.path.join("before"))?;
+    ensure!(!two.path.join("before").exists());
+
+    pair.cut(false)?;
+    for side in [&pair.a, &pair.b] {
+        wait_for(
+            Duration::from_secs(60),
+            "the forced move in both regions",
+            || {
+                side.admin(&["volumes"])
+                    .ok()?
+                    .contains("home=1")
+                    .then_some(())
+            },
+        )?;
+    }
+    // Region 2 forwards to the new home again.
+    wait_for(
+        Duration::from_secs(60),
+        "region 2 writing through region 1",
+        || fs::write(two.path.join("after-heal"), "z").ok(),
+    )?;
+    ensure!(fs::read_to_string(one.path.join("after-heal"))? == "z");
+    // The old home's late changes are applied nowhere, and kept: listed, with the bytes.
+    let same = wait_for(Duration::from_secs(60), "both regions alike", || {
+        let (a, b) = (tree(&one.path).ok()?, tree(&two.path).ok()?);
+        (a == b && !a.iter().any(|(n, _)| n == "late-in-2")).then_some(a)
+    })?;
+    ensure!(
+        same.iter().any(|(n, _)| n == "before"),
+        "the unlink the old home accepted late is not applied: {same:?}"
+    );
+    ensure!(
+        same.iter()
+            .any(|(n, c)| n.starts_with("fenced-")
+                && c.as_deref() == Some("accepted by the old home")),
+        "the late write's bytes are kept: {same:?}"
+    );
+    for side in [&pair.a, &pair.b] {
+        let listed = side.admin(&["conflicts"])?;
+        ensure!(
+            listed.matches("fenced").count() >= 3,
+            "the late create, write and unlink are listed: {listed}"
+        );
+    }
+    Ok(())
+}

@@ -6,10 +6,11 @@
 //! with EROFS (the reason in the log) and reads go on from the local replica.
 //!
 //! Volume-level changes (create, delete, quota, regions, copies) and bookkeeping that
-//! never needs one truth (access times, compaction) are not forwarded.
+//! never needs one truth (access times, compaction) are not forwarded; a planned move of
+//! the home is (the current home makes it). The state machine refuses a change of a
+//! volume whose home is another region whatever this layer decided, and a change the old
+//! home accepted after a forced move is kept apart in every region (`namespace::fence`).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use meridian_proto::RegionId;
@@ -31,70 +32,70 @@ const TRY_DEADLINE: Duration = Duration::from_secs(2);
 /// change is decided; only reading it back here may lag).
 const APPLY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Each volume's home region, as this region last read it (a volume's home is fixed when
-/// it is made, and ids are never reused, so entries never go stale).
-#[derive(Default)]
-pub struct Homes {
-    known: Mutex<HashMap<u32, Option<RegionId>>>,
+/// How the volume of a change is named.
+enum VolumeIs<'a> {
+    Named(&'a str),
+    Id(u32),
+}
+
+/// What forwarding a change to its volume's home came to.
+pub(crate) enum Forward {
+    /// The home's answer (or the refusal to give: EROFS, and why).
+    Answered(Response<MutateResponse>),
+    /// The home is this region now (it moved here meanwhile): the change is made here.
+    HomeHere,
 }
 
 impl MetaNode {
     /// The home region of the volume `op` changes, if that volume has one other than this
-    /// region and `op` is a change the home decides.
+    /// region and `op` is a change the home decides. Read from this region's state each
+    /// time: a home moves (`admin volume-promote`).
     pub(crate) fn home_elsewhere(&self, op: &Op) -> Result<Option<RegionId>, Status> {
-        // Bookkeeping that needs no single truth stays local.
-        if matches!(op, Op::Accessed { .. } | Op::Compact { .. }) {
+        if !op.decided_at_home() {
             return Ok(None);
         }
-        let Some(ino) = op.inode_changed() else {
-            return Ok(None);
-        };
         let tx = self
             .db
             .begin_read()
             .map_err(|e| Status::internal(e.to_string()))?;
         let reader = crate::namespace::NsReader::new(&tx);
-        // A missing inode: the change fails wherever it runs; here is as good as anywhere.
-        let Ok(attr) = reader.getattr(ino) else {
-            return Ok(None);
-        };
-        let cached = self
-            .homes
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&attr.volume)
-            .copied();
-        let home = match cached {
-            Some(h) => h,
-            None => {
-                let vols = reader
-                    .volumes()
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                let mut known = self.homes.known.lock().unwrap_or_else(|p| p.into_inner());
-                for v in &vols {
-                    known.insert(v.id, v.policy.home);
-                }
-                known.get(&attr.volume).copied().flatten()
+        let volume = match op {
+            Op::SetVolumeHome { name, .. } => VolumeIs::Named(name),
+            _ => {
+                let Some(ino) = op.inode_changed() else {
+                    return Ok(None);
+                };
+                // A missing inode: the change fails wherever it runs; here is as good as
+                // anywhere.
+                let Ok(attr) = reader.getattr(ino) else {
+                    return Ok(None);
+                };
+                VolumeIs::Id(attr.volume)
             }
         };
+        let vols = reader
+            .volumes()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let home = vols
+            .iter()
+            .find(|v| match volume {
+                VolumeIs::Named(n) => v.name == *n,
+                VolumeIs::Id(id) => v.id == id,
+            })
+            .and_then(|v| v.policy.home);
         Ok(home.filter(|h| *h != self.shared.region))
     }
 
-    /// Forwards a client's change to the volume's home region `home`, and answers it once
-    /// this region holds the result.
+    /// Forwards a client's change `op` (asked as `req`) to its volume's home region, and
+    /// answers it once this region holds the result. The home is looked up again before
+    /// every round of tries: while it moves, the old home and the new one refuse to
+    /// decide until the move has reached the new one, and the change waits for it.
     pub(crate) async fn forward_home(
         &self,
-        home: RegionId,
+        op: &Op,
         mut req: MutateRequest,
-    ) -> Result<Response<MutateResponse>, Status> {
+    ) -> Result<Forward, Status> {
         let own = self.shared.region;
-        let Some(peer) = self.peers.iter().find(|p| p.region == home.0) else {
-            return Ok(refused(format!(
-                "the volume's home is region {}, which region {} does not peer with: changes are refused here",
-                home.0, own.0
-            )));
-        };
         req.from_region = u32::from(own.0);
         // Leases are this region's; the home grants none to another region's client.
         req.lease = false;
@@ -103,10 +104,21 @@ impl MetaNode {
         // Whether an attempt may have reached the home before it failed.
         let mut maybe_sent = false;
         let mut answer = None;
+        let mut home = None;
         // Every member in turn until one answers or the time is up: a retry of the same
         // request (same client and request id) is answered from the home's record of it,
         // so an attempt that reached the home and lost its answer is learnt, not redone.
         'tries: while started.elapsed() < FORWARD_DEADLINE {
+            let Some(h) = self.home_elsewhere(op)? else {
+                return Ok(Forward::HomeHere);
+            };
+            home = Some(h);
+            let Some(peer) = self.peers.iter().find(|p| p.region == h.0) else {
+                return Ok(Forward::Answered(refused(format!(
+                    "the volume's home is region {}, which region {} does not peer with: changes are refused here",
+                    h.0, own.0
+                ))));
+            };
             for addr in &peer.meta {
                 let left = FORWARD_DEADLINE.saturating_sub(started.elapsed());
                 if left.is_zero() {
@@ -141,10 +153,11 @@ impl MetaNode {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let home = home.unwrap_or(own);
         let Some(answer) = answer else {
             warn!(home = home.0, error = %last_error, maybe_sent, "home region unreachable: change refused");
             metrics::counter!("meridian_home_forward_refused_total").increment(1);
-            return Ok(refused(format!(
+            return Ok(Forward::Answered(refused(format!(
                 "the volume's home region {} cannot be reached ({last_error}): changes are refused until it can, reads go on{}",
                 home.0,
                 if maybe_sent {
@@ -152,11 +165,11 @@ impl MetaNode {
                 } else {
                     ""
                 }
-            )));
+            ))));
         };
         metrics::counter!("meridian_home_forwarded_total").increment(1);
         self.wait_applied_from(home, answer.change_seq).await;
-        Ok(Response::new(answer))
+        Ok(Forward::Answered(Response::new(answer)))
     }
 
     /// Waits (a bounded time) until this region has applied `origin`'s change log up to

@@ -35,6 +35,12 @@ pub const PULL_LIMIT: u32 = 1024;
 /// as large as what it meets pays for the rewinding once, so a long backlog is merged
 /// in time proportional to it, not to its square.
 pub const PULL_LIMIT_MAX: u32 = 16_384;
+/// Fewest records asked for in one pull (see [`MERGE_TARGET`]).
+pub const PULL_LIMIT_MIN: u32 = 32;
+/// About the longest one merge should take: it holds the state machine, and local
+/// changes wait behind it. A puller whose last merge took longer asks for
+/// proportionally fewer records next, so a long backlog is merged in steps this long.
+const MERGE_TARGET: Duration = Duration::from_millis(250);
 /// Most record bytes in one pull answer.
 const PULL_BYTES: usize = 16 << 20;
 /// How long a pull waits on the serving side for new records before answering empty.
@@ -446,14 +452,22 @@ fn serve_relay(
     })
 }
 
-/// How many records to ask for after a merge that applied `outcome.applied` records and
-/// redid `outcome.redone` newer ones: as many as it redid (each batch costs what it meets
-/// plus its own size, so a batch that size halves the rewinding per record while holding
-/// the state machine at most twice as long), within [`PULL_LIMIT`]..=[`PULL_LIMIT_MAX`].
-fn next_limit(outcome: &crate::namespace::MergeOutcome) -> u32 {
-    u32::try_from(outcome.redone)
+/// How many records to ask for after a merge of a batch of `asked` records that applied
+/// `outcome.applied` records, redid `outcome.redone` newer ones, and took `took`: as many
+/// as it redid (each batch costs what it meets plus its own size, so a batch that size
+/// halves the rewinding per record while holding the state machine at most twice as
+/// long), within [`PULL_LIMIT`]..=[`PULL_LIMIT_MAX`]; but fewer if the merge took longer
+/// than [`MERGE_TARGET`], in proportion, down to [`PULL_LIMIT_MIN`].
+fn next_limit(outcome: &crate::namespace::MergeOutcome, asked: u32, took: Duration) -> u32 {
+    let by_meeting = u32::try_from(outcome.redone)
         .unwrap_or(u32::MAX)
-        .clamp(PULL_LIMIT, PULL_LIMIT_MAX)
+        .clamp(PULL_LIMIT, PULL_LIMIT_MAX);
+    let by_time = u64::from(asked.max(1)) * MERGE_TARGET.as_millis() as u64
+        / (took.as_millis() as u64).max(1);
+    u32::try_from(by_time)
+        .unwrap_or(u32::MAX)
+        .min(by_meeting)
+        .clamp(PULL_LIMIT_MIN, PULL_LIMIT_MAX)
 }
 
 /// Stamps by region as sent in an answer.
@@ -786,7 +800,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
         let proposed = Instant::now();
         match node.propose_internal(RaftRequest::Remote(batch)).await {
             Ok(RaftResponse::Remote(Ok(outcome))) => {
-                limit = next_limit(&outcome);
+                limit = next_limit(&outcome, limit, proposed.elapsed());
                 last_frontier = Some(marks);
                 last_frontier_at = Instant::now();
                 metrics::counter!("meridian_region_records_applied_total", "peer" => peer.region.to_string())

@@ -107,7 +107,6 @@ pub async fn run(
         recalls: Default::default(),
         backfills: Default::default(),
         relayed: Default::default(),
-        homes: Default::default(),
     });
     let mut region_tasks = vec![
         tokio::spawn(crate::regions::export_lag(node.clone())),

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::config::PeerRegion;
+use crate::home::Forward;
 use crate::namespace::NsReader;
 use crate::raft::state_machine::Shared;
 use crate::raft::{ClusterCmd, MetaRaft, Request as RaftRequest, Response as RaftResponse};
@@ -53,8 +54,6 @@ pub struct MetaNode {
     pub backfills: crate::backfill::Backfills,
     /// Regions whose records are pulled through a peer: origin -> (the peer, its puller).
     pub relayed: Mutex<std::collections::BTreeMap<u16, (u16, tokio::task::JoinHandle<()>)>>,
-    /// Volumes' home regions, as last read.
-    pub homes: crate::home::Homes,
 }
 
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Bytes {
@@ -333,17 +332,22 @@ impl MetaService for MetaApi {
         metrics::counter!("meridian_meta_mutations_total").increment(1);
         let op: Op = decode(&request.get_ref().op, "operation")?;
         let req = request.get_ref();
+        let forwarded = req.from_region != 0;
         // A volume whose home is another region: the change is decided there.
         if let Some(home) = self.home_elsewhere(&op)? {
-            if req.from_region != 0 {
-                return Err(Status::failed_precondition(format!(
-                    "region {} is not the home of this volume (region {} is): not forwarded again",
+            if forwarded {
+                // Its home is moving (or this region has not learnt where yet): the
+                // forwarding region tries again.
+                return Err(Status::unavailable(format!(
+                    "region {} is not the home of this volume (region {} is, as far as it knows)",
                     self.shared.region.0, home.0
                 )));
             }
-            return self.forward_home(home, request.into_inner()).await;
+            if let Forward::Answered(r) = self.forward_home(&op, req.clone()).await? {
+                return Ok(r);
+            }
+            // This region became the home meanwhile: the change is made here.
         }
-        let forwarded = req.from_region != 0;
         let id = (req.client_id != 0).then_some((req.client_id, req.request_id));
         let dirs = op.dirs_changed();
         // Another client's leased directory: recalled first (on the leader).
@@ -358,10 +362,23 @@ impl MetaService for MetaApi {
             }
             self.await_leases(req.client_id, &touched).await?;
         }
-        let mut cmd = self.stamp(op, id);
+        let mut cmd = self.stamp(op.clone(), id);
         cmd.lease = req.lease && id.is_some();
         match self.propose(RaftRequest::Ns(cmd)).await {
             Ok((RaftResponse::Ns(outcome), index)) => {
+                if matches!(outcome, Err(NsError::ReadOnly(_)))
+                    && self.home_elsewhere(&op)?.is_some()
+                {
+                    // The home moved away as this change was made: the new home decides.
+                    if forwarded {
+                        return Err(Status::unavailable("the volume's home moved: try again"));
+                    }
+                    if let Forward::Answered(r) =
+                        self.forward_home(&op, request.get_ref().clone()).await?
+                    {
+                        return Ok(r);
+                    }
+                }
                 // The directories as they are now (this member applied the operation
                 // before answering): the client's kernel asks for them next otherwise.
                 // The operation applied: a failure to read them only leaves them out.

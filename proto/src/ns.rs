@@ -191,6 +191,15 @@ pub struct VolumePolicy {
     /// changes while it is unreachable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home: Option<RegionId>,
+    /// Raised by every change of `home`: a change of the volume is accepted only under
+    /// the epoch in force at its stamp, so a home that was replaced while cut off cannot
+    /// have its later changes taken as the volume's (they are kept apart instead).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Default for VolumePolicy {
@@ -203,6 +212,7 @@ impl Default for VolumePolicy {
             quota_inodes: None,
             regions: Vec::new(),
             home: None,
+            epoch: 0,
         }
     }
 }
@@ -353,6 +363,20 @@ pub enum Op {
         name: String,
         /// The new set.
         regions: Vec<RegionId>,
+    },
+    /// Change a volume's consistency: a home region (one of its regions) or none
+    /// (active-active); raises the volume's epoch. Planned, it is decided by the current
+    /// home (forwarded there like any change), and the new home takes over once it has
+    /// applied everything the old one accepted. Forced (`force`), it is made by the
+    /// region that becomes the home, without the old one: what the old home accepted
+    /// after it and never sent is kept apart, not applied (see `epoch`).
+    SetVolumeHome {
+        /// Volume name.
+        name: String,
+        /// The new home; none for active-active.
+        home: Option<RegionId>,
+        /// Made without the current home.
+        force: bool,
     },
     /// Create a file, directory, device node, fifo or socket.
     Mknod {
@@ -637,6 +661,10 @@ pub struct Record {
     /// mount follows leaves out its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<u64>,
+    /// For a change of a volume with a home: the volume's epoch its origin accepted it
+    /// under.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
 }
 
 impl Record {
@@ -699,7 +727,20 @@ impl Op {
                 | Op::CloneVolume { .. }
                 | Op::SetVolumeQuota { .. }
                 | Op::SetVolumeRegions { .. }
+                | Op::SetVolumeHome { .. }
         )
+    }
+
+    /// Whether a volume's home region decides this change (when the volume has one):
+    /// every change of its namespace and content, and a planned move of the home itself;
+    /// not the other volume-level changes, nor bookkeeping that needs no single truth
+    /// (access times, compaction).
+    pub fn decided_at_home(&self) -> bool {
+        match self {
+            Op::SetVolumeHome { force, .. } => !force,
+            Op::Accessed { .. } | Op::AccessedBatch { .. } | Op::Compact { .. } => false,
+            op => !op.is_volume_level(),
+        }
     }
 
     /// The inode whose volume the operation changes (a directory for an entry, the file
@@ -712,6 +753,7 @@ impl Op {
             | Op::CloneVolume { .. }
             | Op::SetVolumeQuota { .. }
             | Op::SetVolumeRegions { .. }
+            | Op::SetVolumeHome { .. }
             | Op::AccessedBatch { .. } => None,
             Op::Mknod { parent, .. }
             | Op::Symlink { parent, .. }

@@ -51,6 +51,17 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         Some(v) if v.read_only && !allowed_when_read_only(&cmd.op) => Err(NsError::ReadOnly(
             format!("volume {} is a snapshot", v.name),
         )),
+        Some(v)
+            if cmd.op.decided_at_home()
+                && !cmd.op.is_volume_level()
+                && v.policy.home.is_some_and(|h| h != hlc.region) =>
+        {
+            Err(NsError::ReadOnly(format!(
+                "volume {}'s home is region {}: its changes are made there",
+                v.name,
+                v.policy.home.map_or(0, |h| h.0)
+            )))
+        }
         Some(v) if !v.policy.regions.is_empty() && !v.policy.regions.contains(&hlc.region) => {
             Err(NsError::Perm(format!(
                 "volume {} no longer lives in region {}",
@@ -102,6 +113,10 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
             regions,
             deps,
             client: cmd.request.map(|(client, _)| client),
+            epoch: volume
+                .as_ref()
+                .filter(|v| v.policy.home.is_some() && cmd.op.decided_at_home())
+                .map_or(0, |v| v.policy.epoch),
         };
         merge::log_applied(t, &record, &images)?;
         let seq = t.next(counter::NEXT_CHANGE, 1)?;
@@ -144,7 +159,8 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
     let ino = match op {
         Op::DeleteVolume { name }
         | Op::SetVolumeQuota { name, .. }
-        | Op::SetVolumeRegions { name, .. } => {
+        | Op::SetVolumeRegions { name, .. }
+        | Op::SetVolumeHome { name, .. } => {
             return read_volume(t.volumes(), name);
         }
         Op::CloneVolume { source, .. } => return read_volume(t.volumes(), source),
@@ -497,6 +513,30 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
         return merge::log_applied(t, record, &[]);
     }
     let ctx = Ctx::new(record.hlc, record.now, Some(&record.effects), record.volume);
+    if let Some(why) = super::fence::fenced(t, record)? {
+        // Accepted by a home that was replaced: kept apart, applied nowhere.
+        t.begin_record(record.hlc);
+        let kept = super::fence::keep_apart(t, &ctx, record, &why);
+        let mut images = t.end_record();
+        match kept {
+            Err(e @ NsError::Store(_)) => return Err(e),
+            Err(e) => {
+                t.restore(&images)?;
+                t.begin_record(record.hlc);
+                let what = op_name(&record.op);
+                record_conflict(
+                    t,
+                    &ctx,
+                    "fenced",
+                    None,
+                    format!("{what} not applied: {why} ({e})"),
+                )?;
+                images = t.end_record();
+            }
+            Ok(()) => {}
+        }
+        return merge::log_applied(t, record, &images);
+    }
     t.begin_record(record.hlc);
     let outcome = match origin_may_change(t, record) {
         Ok(()) => apply_op(t, &record.op, &ctx),
@@ -536,6 +576,7 @@ fn skip_detail(record: &Record, e: &NsError) -> String {
                 | Op::DeleteVolume { name }
                 | Op::SetVolumeQuota { name, .. }
                 | Op::SetVolumeRegions { name, .. }
+                | Op::SetVolumeHome { name, .. }
                 | Op::CloneVolume { name, .. } => {
                     format!("volume {name:?}")
                 }
@@ -572,6 +613,7 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::DeleteVolume { .. } => "delete volume",
         Op::SetVolumeQuota { .. } => "set volume quota",
         Op::SetVolumeRegions { .. } => "set volume regions",
+        Op::SetVolumeHome { .. } => "set volume home",
         Op::CloneVolume { .. } => "copy volume",
         Op::Mknod { .. } => "create",
         Op::Symlink { .. } => "symlink",
@@ -607,6 +649,9 @@ pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Resul
         }
         Op::SetVolumeRegions { name, regions } => {
             volumes::set_volume_regions(t, ctx, name, regions)
+        }
+        Op::SetVolumeHome { name, home, force } => {
+            volumes::set_volume_home(t, ctx, name, *home, *force)
         }
         Op::Mknod {
             parent,

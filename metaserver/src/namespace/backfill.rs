@@ -747,6 +747,11 @@ pub(crate) fn forget_inode(
     if t.tomb(ino)?.is_some() {
         t.del_tomb(ino)?;
     }
+    if t.undo.is_none() {
+        // The volume leaves: a register left behind would be taken for its times if the
+        // volume came back (an install, captured to be put back, leaves them be).
+        super::dir_times::drop_dir(t, ino.0)?;
+    }
     Ok(())
 }
 

@@ -278,7 +278,7 @@ fn locate(t: &WriteTables<'_>, node: &Inode) -> Result<(InodeId, Vec<u8>), NsErr
 
 /// The inode number of the conflict copy of `ino` made when the write stamped `version`
 /// met a concurrent one: the same on every region, whatever order records arrive in.
-fn copy_ino(ino: InodeId, version: Hlc) -> Result<InodeId, NsError> {
+pub(crate) fn copy_ino(ino: InodeId, version: Hlc) -> Result<InodeId, NsError> {
     let mut seed = ino.0.to_be_bytes().to_vec();
     seed.extend_from_slice(&version.to_key());
     let d = meridian_proto::BlockId::of(&seed);

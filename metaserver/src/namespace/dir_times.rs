@@ -67,7 +67,9 @@ fn decode(v: &[u8]) -> Result<(Times, Vec<u8>), NsError> {
     Ok(((ts(&v[..12]), ts(&v[12..24])), stamp))
 }
 
-/// The newest entry of `dir`'s register: its key and times.
+/// The newest entry of `dir`'s register: its key and times. The base stands under the
+/// zero stamp but holds the stamp it was set by: newer than an entry left (records leave
+/// the merged log oldest first, so that does not happen; it is read right if it does).
 fn newest_entry(t: &WriteTables<'_>, dir: u64) -> Result<Option<(Vec<u8>, Times)>, NsError> {
     let (from, to) = (key(dir, &ZERO), key(dir, &[0xff; Hlc::KEY_LEN]));
     let Some(item) = t
@@ -79,7 +81,33 @@ fn newest_entry(t: &WriteTables<'_>, dir: u64) -> Result<Option<(Vec<u8>, Times)
         return Ok(None);
     };
     let (k, v) = item.map_err(store_err)?;
-    Ok(Some((k.value().to_vec(), decode(v.value())?.0)))
+    let (k, times) = (k.value().to_vec(), decode(v.value())?.0);
+    if k != from
+        && let Some(b) = t.dir_times.get(from.as_slice()).map_err(store_err)?
+    {
+        let (base, base_of) = decode(b.value())?;
+        if base_of.as_slice() > &k[8..] {
+            return Ok(Some((from, base)));
+        }
+    }
+    Ok(Some((k, times)))
+}
+
+/// Forgets `dir`'s register (the directory left this region with its volume).
+pub(crate) fn drop_dir(t: &mut WriteTables<'_>, dir: u64) -> Result<(), NsError> {
+    let (from, to) = (key(dir, &ZERO), key(dir, &[0xff; Hlc::KEY_LEN]));
+    let mut keys = Vec::new();
+    for item in t
+        .dir_times
+        .range(from.as_slice()..=to.as_slice())
+        .map_err(store_err)?
+    {
+        keys.push(item.map_err(store_err)?.0.value().to_vec());
+    }
+    for k in keys {
+        t.dir_times.remove(k.as_slice()).map_err(store_err)?;
+    }
+    Ok(())
 }
 
 /// Notes that the record stamped `stamp` set `dir`'s times to `times`; `current` are the

@@ -253,6 +253,7 @@ fn record(h: &Hostile, inos: &[InodeId], vols: &[u32], base: u64) -> Record {
             Vec::new()
         },
         client: Some(h.num % 7).filter(|n| *n > 0),
+        epoch: h.num % 3,
     }
 }
 

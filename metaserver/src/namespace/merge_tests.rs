@@ -836,3 +836,67 @@ fn changes_of_other_names_in_one_directory_commute_and_the_directory_still_match
     }
     assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
 }
+
+#[test]
+fn a_home_moved_by_force_fences_what_the_old_home_accepted_after_and_keeps_it() {
+    let mut rs = regions(2);
+    let home = |h: u16, force: bool| Op::SetVolumeHome {
+        name: "main".into(),
+        home: Some(RegionId(h)),
+        force,
+    };
+    // A planned change is made at the current home only (region 2 is not one yet).
+    rs[0].run(home(1, false)).unwrap();
+    settle(&mut rs);
+    let err = rs[1].run(home(2, false)).unwrap_err();
+    assert!(matches!(err, NsError::ReadOnly(_)), "{err:?}");
+    let root = rs[0].volume_root();
+    let f = attr_of(rs[0].run(mknod(root, "kept", FileKind::File)));
+    settle(&mut rs);
+    // Region 2 changes nothing of a volume whose home is region 1.
+    let err = rs[1]
+        .run(mknod(root, "refused", FileKind::File))
+        .unwrap_err();
+    assert!(matches!(err, NsError::ReadOnly(_)), "{err:?}");
+
+    // Cut off: region 2 takes over by force; region 1 goes on, stamped after it.
+    let promoted = rs[1].run(home(2, true)).unwrap();
+    let Reply::Volume(v) = promoted else {
+        panic!("{promoted:?}")
+    };
+    assert_eq!((v.policy.home, v.policy.epoch), (Some(RegionId(2)), 2));
+    rs[0].phys += 10_000;
+    rs[0].run(mknod(root, "late", FileKind::File)).unwrap();
+    let (w, block) = write_op(f.ino, 0, b"late bytes");
+    rs[0].run(w).unwrap();
+    rs[0].run(unlink(root, "kept")).unwrap();
+    rs[1].phys += 20_000;
+    rs[1]
+        .run(mknod(root, "at-new-home", FileKind::File))
+        .unwrap();
+
+    settle(&mut rs);
+    for r in &rs {
+        let names = r.names(root);
+        assert!(names.contains(&"kept".to_string()), "{names:?}");
+        assert!(names.contains(&"at-new-home".to_string()), "{names:?}");
+        assert!(!names.contains(&"late".to_string()), "{names:?}");
+        let kept: Vec<&String> = names.iter().filter(|n| n.starts_with("fenced-")).collect();
+        assert_eq!(kept.len(), 1, "{names:?}");
+        let copy = r.lookup(root, kept[0]).unwrap();
+        let ext = r.read(|x| x.extents(copy.ino, 0, 100)).unwrap();
+        assert_eq!(ext[0].block, block, "the late write's bytes are kept");
+        assert!(
+            r.read(|x| x.extents(f.ino, 0, 100)).unwrap().is_empty(),
+            "and not applied to the file"
+        );
+        let fenced = r.conflicts().iter().filter(|c| c.kind == "fenced").count();
+        assert_eq!(fenced, 3, "{:?}", r.conflicts());
+        check_tree(r);
+        assert_consistent(r);
+    }
+    assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
+    // Region 1 has learnt: its changes go to region 2 now.
+    let err = rs[0].run(mknod(root, "after", FileKind::File)).unwrap_err();
+    assert!(matches!(err, NsError::ReadOnly(_)), "{err:?}");
+}

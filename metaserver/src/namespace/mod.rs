@@ -10,6 +10,7 @@ pub mod check;
 pub mod conflict;
 pub(crate) mod ctx;
 pub mod dir_times;
+pub(crate) mod fence;
 pub(crate) mod footprint;
 pub mod history;
 pub mod lease;

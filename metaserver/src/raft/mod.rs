@@ -180,6 +180,7 @@ mod tests {
             regions: regions.clone(),
             deps: Vec::new(),
             client: None,
+            epoch: 0,
         };
         let batch = RemoteBatch {
             origin: RegionId(2),

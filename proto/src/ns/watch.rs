@@ -43,6 +43,7 @@ impl Record {
             | Op::DeleteVolume { .. }
             | Op::SetVolumeQuota { .. }
             | Op::SetVolumeRegions { .. }
+            | Op::SetVolumeHome { .. }
             | Op::CloneVolume { .. }
             | Op::Compact { .. } => {}
             Op::Mknod { parent, name, .. } | Op::Symlink { parent, name, .. } => {
@@ -109,6 +110,7 @@ mod tests {
             effects,
             volume: 1,
             regions: Vec::new(),
+            epoch: 0,
             deps: Vec::new(),
             client: None,
         }

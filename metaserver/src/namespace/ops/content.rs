@@ -95,7 +95,7 @@ fn cut(t: &mut WriteTables<'_>, ino: InodeId, start: u64, end: u64) -> Result<()
 
 /// Inserts `e`, cutting away the parts of older extents it shadows. (A block's count may
 /// pass through 0 inside the transaction; nobody sees it there.)
-fn overlay(t: &mut WriteTables<'_>, ino: InodeId, e: &Extent) -> Result<(), NsError> {
+pub(crate) fn overlay(t: &mut WriteTables<'_>, ino: InodeId, e: &Extent) -> Result<(), NsError> {
     cut(t, ino, e.offset, e.end())?;
     t.insert_extent(ino, e)
 }

@@ -262,6 +262,62 @@ pub(crate) fn set_volume_quota(
     Ok(Reply::Volume(vol))
 }
 
+/// Changes a volume's home region (none: active-active) and raises its epoch. Made here,
+/// a planned change is made at the current home (changes are forwarded there) or, for an
+/// active-active volume, anywhere it lives; a forced one only by the region it makes the
+/// home. The home must be one of the volume's regions, and a snapshot has none.
+pub(crate) fn set_volume_home(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    name: &str,
+    home: Option<meridian_proto::RegionId>,
+    force: bool,
+) -> Result<Reply, NsError> {
+    let mut vol = volume_changed(t, ctx, name)?;
+    if !ctx.replaying() {
+        if vol.read_only {
+            return Err(NsError::ReadOnly(format!("volume {name} is a snapshot")));
+        }
+        let regions = if vol.policy.regions.is_empty() {
+            vec![ctx.region()]
+        } else {
+            vol.policy.regions.clone()
+        };
+        if let Some(h) = home
+            && !regions.contains(&h)
+        {
+            return Err(NsError::Invalid(format!(
+                "region {} is not one of volume {name:?}'s regions",
+                h.0
+            )));
+        }
+        match (force, vol.policy.home) {
+            (true, _) if home != Some(ctx.region()) => {
+                return Err(NsError::Invalid(format!(
+                    "a forced move of volume {name:?}'s home is made by the region it moves to, not region {}",
+                    ctx.region().0
+                )));
+            }
+            (true, None) => {
+                return Err(NsError::Invalid(format!(
+                    "volume {name:?} is active-active: there is no home to take over from (a planned change will do)"
+                )));
+            }
+            (false, Some(h)) if h != ctx.region() => {
+                return Err(NsError::ReadOnly(format!(
+                    "volume {name:?}'s home is region {}: a planned change is made there",
+                    h.0
+                )));
+            }
+            _ => {}
+        }
+    }
+    vol.policy.home = home;
+    vol.policy.epoch = vol.policy.epoch.saturating_add(1);
+    t.put_volume(&vol)?;
+    Ok(Reply::Volume(vol))
+}
+
 /// Sets the regions a volume lives in. Made here, the change must keep this region (remove
 /// it from another one), may name only regions this one exchanges records with, and only
 /// for a volume that lives in several regions or may: not a snapshot. A replay names the

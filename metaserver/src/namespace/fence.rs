@@ -1,0 +1,124 @@
+//! Changes a replaced home accepted (issue 17, ADR 0011). A volume with a home takes its
+//! changes from that home alone, under the volume's epoch. A forced move of the home
+//! raises the epoch without the old home, which may go on accepting changes while it is
+//! cut off. Merged in stamp order, a change that was not accepted by the home in force at
+//! its stamp, under that epoch, is fenced: it does not apply, in any region. Nothing of
+//! it is dropped silently: it is listed with the conflicts, and the bytes a fenced write
+//! carried are kept in a file of the volume's root, `fenced-<inode>-<region>-<ms>`.
+
+use super::conflict::copy_ino;
+use super::ctx::*;
+use super::tables::{WriteTables, read_dirent, read_inode};
+use super::types::*;
+
+/// Why `record` may not apply here: its volume has a home, and the record was not
+/// accepted by that home under the epoch in force at the record's stamp.
+pub(crate) fn fenced(t: &WriteTables<'_>, record: &Record) -> Result<Option<String>, NsError> {
+    if !record.op.decided_at_home() || record.op.is_volume_level() {
+        return Ok(None);
+    }
+    let Some(vol) = find_volume(t, record.volume)? else {
+        return Ok(None);
+    };
+    let Some(home) = vol.policy.home else {
+        return Ok(None);
+    };
+    if record.hlc.region == home && record.epoch == vol.policy.epoch {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{} accepted it under epoch {} of volume {:?}, whose home is {} under epoch {} at that point",
+        region_name(record.hlc.region),
+        record.epoch,
+        vol.name,
+        region_name(home),
+        vol.policy.epoch
+    )))
+}
+
+/// Keeps a fenced change apart instead of applying it (see the module).
+pub(crate) fn keep_apart(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    record: &Record,
+    why: &str,
+) -> Result<(), NsError> {
+    let what = super::apply::op_name(&record.op);
+    let Op::CommitExtents {
+        ino,
+        extents,
+        size,
+        creds,
+        ..
+    } = &record.op
+    else {
+        let ino = record.op.inode_changed();
+        let on = ino.map(|i| format!(" of {i}")).unwrap_or_default();
+        return record_conflict(
+            t,
+            ctx,
+            "fenced",
+            ino,
+            format!("{what}{on} not applied: {why}"),
+        );
+    };
+    let mut vol = volume_of(t, record.volume)?;
+    let kept = copy_ino(*ino, record.hlc)?;
+    if read_inode(t.inodes(), kept)?.is_some() {
+        return Ok(()); // kept already (a replay of the same record)
+    }
+    let stamp = record.hlc;
+    let mut base = format!("fenced-{ino}-{}-{}", stamp.region.0, stamp.wall_ms);
+    if stamp.counter > 0 {
+        base.push_str(&format!("-{}", stamp.counter));
+    }
+    let name = if read_dirent(t.dirents(), vol.root, base.as_bytes())?.is_some() {
+        conflict_name(t, vol.root, base.as_bytes(), stamp)?
+    } else {
+        base.into_bytes()
+    };
+    let end = extents.iter().map(|e| e.end()).max().unwrap_or(0);
+    let size = (*size).max(end);
+    let node = Inode {
+        attr: Attr {
+            ino: kept,
+            kind: FileKind::File,
+            perm: 0o600,
+            uid: creds.uid,
+            gid: creds.gid,
+            size,
+            nlink: 1,
+            atime: ctx.now,
+            mtime: ctx.now,
+            ctime: ctx.now,
+            crtime: ctx.now,
+            rdev: 0,
+            volume: vol.id,
+        },
+        parent: vol.root,
+        target: None,
+        version: 0,
+        content: stamp,
+        copy_of: None,
+    };
+    t.put_inode(&node)?;
+    // In write order: later extents shadow earlier ones.
+    for e in extents {
+        super::ops::content::overlay(t, kept, e)?;
+    }
+    t.set_dirent(vol.root, &name, kept, FileKind::File)?;
+    t.change_dir(vol.root, 0, Some(ctx.now))?;
+    vol.used_inodes += 1;
+    vol.used_bytes = vol.used_bytes.saturating_add(size);
+    t.put_volume(&vol)?;
+    record_conflict(
+        t,
+        ctx,
+        "fenced",
+        Some(kept),
+        format!(
+            "{what} of {ino} not applied: {why}; its bytes are kept as {:?}",
+            name_str(&name)
+        ),
+    )
+}
