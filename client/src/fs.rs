@@ -110,6 +110,10 @@ pub struct FsOptions {
     pub handle_base: u64,
     /// Handles this process did not open are taken on as they come, rather than refused.
     pub adopt_handles: bool,
+    /// Every read reflects every change acknowledged anywhere before it began: queries
+    /// are answered through the volume's home region, and nothing is answered from a
+    /// cache, the kernel's included (no entry or attribute caching, direct I/O).
+    pub linearizable: bool,
     /// The process before this one died (rather than handing over): an adopted handle
     /// that may have written reports EIO at its next flush or fsync.
     pub adopted_writes_lost: bool,
@@ -127,6 +131,7 @@ impl Default for FsOptions {
             handle_base: 1,
             adopt_handles: false,
             adopted_writes_lost: false,
+            linearizable: false,
         }
     }
 }
@@ -218,7 +223,17 @@ impl FileSystem {
         let map = meta.watch_cluster_map();
         let blocks = BlockClient::new(map, zone, Default::default())
             .for_volume(volume.id, &volume.policy.regions);
-        let write_back = options.write_back && volume.policy.regions.len() <= 1;
+        if options.linearizable {
+            if volume.policy.home.is_none() && volume.policy.regions.len() > 1 {
+                return Err(MetaError::Invalid(format!(
+                    "volume {} is active-active: its reads cannot be linearizable (give it a home region)",
+                    volume.name
+                )));
+            }
+            meta.set_linearizable(volume.id);
+        }
+        let write_back =
+            options.write_back && !options.linearizable && volume.policy.regions.len() <= 1;
         let first_fh = options.handle_base.max(1);
         let fs = Arc::new_cyclic(|me| FileSystem {
             me: me.clone(),
@@ -294,8 +309,13 @@ impl FileSystem {
     /// that lives in several regions, whose records from other regions are merged without
     /// passing through the change log the feed reads. What the mount answers alone for
     /// longer than the kernel caches anything needs it.
+    /// Whether every read asks the servers (see [`FsOptions::linearizable`]).
+    pub fn linearizable(&self) -> bool {
+        self.options.linearizable
+    }
+
     fn feed_sees_everything(&self) -> bool {
-        self.volume.policy.regions.len() <= 1 && self.feed.live()
+        !self.options.linearizable && self.volume.policy.regions.len() <= 1 && self.feed.live()
     }
 
     /// The entry `name` in `parent`.
@@ -365,7 +385,9 @@ impl FileSystem {
             return Ok(attr);
         }
         let buffered = self.buffered_end(ino).await;
-        if let Some(attr) = self.fresh.take(ino, self.cache_epoch()) {
+        if !self.options.linearizable
+            && let Some(attr) = self.fresh.take(ino, self.cache_epoch())
+        {
             self.kernel.observed(&attr);
             return Ok(self.as_seen_here(attr, buffered));
         }

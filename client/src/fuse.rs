@@ -368,13 +368,21 @@ impl Filesystem for FuseFs {
         self.spawn(async move {
             match fs.open_file(ino, append, &c).await {
                 Ok((fh, keep_cache)) => {
-                    let flags = if keep_cache {
+                    let flags = if fs.linearizable() {
+                        // Every read asks the servers: the page cache keeps nothing.
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else if keep_cache {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
                         FopenFlags::empty()
                     };
                     reply.opened(FileHandle(fh), flags)
                 }
+                // The inode the kernel looked up is gone: another client replaced or
+                // removed the name since. ESTALE has the kernel look the path up again
+                // (once), so an open of a name replaced by a rename finds the new file,
+                // as on a local disk, rather than failing.
+                Err(e) if e == libc::ENOENT => reply.error(Errno::ESTALE),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -678,13 +686,12 @@ impl Filesystem for FuseFs {
                 .await
             {
                 Ok((a, fh)) => fs.reply_cached(epoch, |ttl| {
-                    reply.created(
-                        &ttl,
-                        &this.attr(&a),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    )
+                    let flags = if fs.linearizable() {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.created(&ttl, &this.attr(&a), Generation(0), FileHandle(fh), flags)
                 }),
                 Err(e) => reply.error(err(e)),
             }

@@ -4,7 +4,7 @@
 //! at most once.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -84,6 +84,9 @@ pub struct MetaClient {
     next_request: AtomicU64,
     current: AtomicUsize,
     retry_for: Duration,
+    /// The volume whose queries are answered as of now, through its home region (0:
+    /// none; see `set_linearizable`).
+    linearizable: AtomicU32,
 }
 
 /// How long one poll of the cluster map waits for a change.
@@ -127,7 +130,14 @@ impl MetaClient {
             next_request: AtomicU64::new(1),
             current: AtomicUsize::new(0),
             retry_for: Duration::from_secs(30),
+            linearizable: AtomicU32::new(0),
         }
+    }
+
+    /// From now on, every query asks for an answer as of now for volume `volume`: through
+    /// its home region if it has one elsewhere (mounts with `--linearizable`).
+    pub fn set_linearizable(&self, volume: u32) {
+        self.linearizable.store(volume, Ordering::Relaxed);
     }
 
     /// Changes how long calls keep retrying before they give up.
@@ -251,10 +261,14 @@ impl MetaClient {
             Bytes::from(serde_json::to_vec(query).map_err(|e| MetaError::Invalid(e.to_string()))?);
         let resp = self
             .call(|mut c| {
+                let volume = self.linearizable.load(Ordering::Relaxed);
                 let req = QueryRequest {
                     query: q.clone(),
-                    stale,
+                    stale: stale && volume == 0,
                     client: self.client_id,
+                    linearizable: volume != 0,
+                    volume,
+                    from_region: 0,
                 };
                 async move { c.query(req).await.map(|r| self.led(r)) }
             })

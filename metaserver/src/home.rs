@@ -14,9 +14,9 @@
 use std::time::{Duration, Instant};
 
 use meridian_proto::RegionId;
-use meridian_proto::ns::{NsError, Op, Reply};
+use meridian_proto::ns::{NsError, Op, QueryReply, Reply};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
-use meridian_proto::pb::meta::{MutateRequest, MutateResponse};
+use meridian_proto::pb::meta::{MutateRequest, MutateResponse, QueryRequest, QueryResponse};
 use redb::ReadableDatabase;
 use tonic::{Response, Status};
 use tracing::warn;
@@ -46,6 +46,19 @@ pub(crate) enum Forward {
     HomeHere,
 }
 
+/// What trying the home region came to.
+enum AtHome<T> {
+    /// The home (this region) answered.
+    Answered(RegionId, T),
+    /// The home is this region now.
+    HomeHere,
+    /// The home is a region this one does not peer with.
+    NoPeer(RegionId),
+    /// No member of the home answered in time: the last error, and whether a try may
+    /// have reached it before failing.
+    Unreachable(RegionId, String, bool),
+}
+
 impl MetaNode {
     /// The home region of the volume `op` changes, if that volume has one other than this
     /// region and `op` is a change the home decides. Read from this region's state each
@@ -54,70 +67,67 @@ impl MetaNode {
         if !op.decided_at_home() {
             return Ok(None);
         }
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let reader = crate::namespace::NsReader::new(&tx);
-        let volume = match op {
-            Op::SetVolumeHome { name, .. } => VolumeIs::Named(name),
+        match op {
+            Op::SetVolumeHome { name, .. } => self.home_of(VolumeIs::Named(name)),
             _ => {
                 let Some(ino) = op.inode_changed() else {
                     return Ok(None);
                 };
                 // A missing inode: the change fails wherever it runs; here is as good as
                 // anywhere.
-                let Ok(attr) = reader.getattr(ino) else {
+                let Ok(attr) = self.read(|r| r.getattr(ino))? else {
                     return Ok(None);
                 };
-                VolumeIs::Id(attr.volume)
+                self.home_of(VolumeIs::Id(attr.volume))
             }
-        };
-        let vols = reader
-            .volumes()
+        }
+    }
+
+    /// The home region of volume `id`, if it has one other than this region.
+    pub(crate) fn volume_home_elsewhere(&self, id: u32) -> Result<Option<RegionId>, Status> {
+        self.home_of(VolumeIs::Id(id))
+    }
+
+    fn home_of(&self, volume: VolumeIs<'_>) -> Result<Option<RegionId>, Status> {
+        let vols = self
+            .read(|r| r.volumes())?
             .map_err(|e| Status::internal(e.to_string()))?;
         let home = vols
             .iter()
             .find(|v| match volume {
-                VolumeIs::Named(n) => v.name == *n,
+                VolumeIs::Named(n) => v.name == n,
                 VolumeIs::Id(id) => v.id == id,
             })
             .and_then(|v| v.policy.home);
         Ok(home.filter(|h| *h != self.shared.region))
     }
 
-    /// Forwards a client's change `op` (asked as `req`) to its volume's home region, and
-    /// answers it once this region holds the result. The home is looked up again before
-    /// every round of tries: while it moves, the old home and the new one refuse to
-    /// decide until the move has reached the new one, and the change waits for it.
-    pub(crate) async fn forward_home(
+    /// Calls `call` on the home region's members in turn, each try bounded, looking the
+    /// home up again (`resolve`) before every round, until one answers or
+    /// [`FORWARD_DEADLINE`] passes. While a home moves, the old home and the new one
+    /// refuse to decide until the move has reached the new one (`Unavailable`), and the
+    /// call waits for it. A try of the same request is answered by the home from its
+    /// record of the first, so a try that reached it and lost its answer is learnt.
+    async fn at_home<T, F, Fut>(
         &self,
-        op: &Op,
-        mut req: MutateRequest,
-    ) -> Result<Forward, Status> {
-        let own = self.shared.region;
-        req.from_region = u32::from(own.0);
-        // Leases are this region's; the home grants none to another region's client.
-        req.lease = false;
+        resolve: impl Fn() -> Result<Option<RegionId>, Status>,
+        call: F,
+    ) -> Result<AtHome<T>, Status>
+    where
+        F: Fn(MetaServiceClient<tonic::transport::Channel>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
         let started = Instant::now();
         let mut last_error = String::from("no metaserver address");
-        // Whether an attempt may have reached the home before it failed.
         let mut maybe_sent = false;
-        let mut answer = None;
-        let mut home = None;
-        // Every member in turn until one answers or the time is up: a retry of the same
-        // request (same client and request id) is answered from the home's record of it,
-        // so an attempt that reached the home and lost its answer is learnt, not redone.
+        let mut home = self.shared.region;
         'tries: while started.elapsed() < FORWARD_DEADLINE {
-            let Some(h) = self.home_elsewhere(op)? else {
-                return Ok(Forward::HomeHere);
+            let Some(h) = resolve()? else {
+                return Ok(AtHome::HomeHere);
             };
-            home = Some(h);
+            home = h;
             let Some(peer) = self.peers.iter().find(|p| p.region == h.0) else {
-                return Ok(Forward::Answered(refused(format!(
-                    "the volume's home is region {}, which region {} does not peer with: changes are refused here",
-                    h.0, own.0
-                ))));
+                return Ok(AtHome::NoPeer(h));
             };
             for addr in &peer.meta {
                 let left = FORWARD_DEADLINE.saturating_sub(started.elapsed());
@@ -127,14 +137,9 @@ impl MetaNode {
                 let Ok(ch) = self.pool.get(addr) else {
                     continue;
                 };
-                let mut client = MetaServiceClient::new(ch).max_decoding_message_size(64 << 20);
-                let mut call = tonic::Request::new(req.clone());
-                call.set_timeout(left.min(TRY_DEADLINE));
-                match client.mutate(call).await {
-                    Ok(r) => {
-                        answer = Some(r.into_inner());
-                        break 'tries;
-                    }
+                let client = MetaServiceClient::new(ch).max_decoding_message_size(64 << 20);
+                match call(client, left.min(TRY_DEADLINE)).await {
+                    Ok(answer) => return Ok(AtHome::Answered(h, answer)),
                     Err(s)
                         if matches!(
                             s.code(),
@@ -153,23 +158,104 @@ impl MetaNode {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let home = home.unwrap_or(own);
-        let Some(answer) = answer else {
-            warn!(home = home.0, error = %last_error, maybe_sent, "home region unreachable: change refused");
-            metrics::counter!("meridian_home_forward_refused_total").increment(1);
-            return Ok(Forward::Answered(refused(format!(
-                "the volume's home region {} cannot be reached ({last_error}): changes are refused until it can, reads go on{}",
-                home.0,
-                if maybe_sent {
-                    " (the link failed while a try was under way: if it reached the home, the change was made there)"
-                } else {
-                    ""
-                }
-            ))));
+        Ok(AtHome::Unreachable(home, last_error, maybe_sent))
+    }
+
+    /// Forwards a client's change `op` (asked as `req`) to its volume's home region, and
+    /// answers it once this region holds the result.
+    pub(crate) async fn forward_home(
+        &self,
+        op: &Op,
+        mut req: MutateRequest,
+    ) -> Result<Forward, Status> {
+        let own = self.shared.region;
+        req.from_region = u32::from(own.0);
+        // Leases are this region's; the home grants none to another region's client.
+        req.lease = false;
+        let tried = self
+            .at_home(
+                || self.home_elsewhere(op),
+                |mut client, limit| {
+                    let mut call = tonic::Request::new(req.clone());
+                    call.set_timeout(limit);
+                    async move { client.mutate(call).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await?;
+        let (home, answer) = match tried {
+            AtHome::Answered(home, answer) => (home, answer),
+            AtHome::HomeHere => return Ok(Forward::HomeHere),
+            AtHome::NoPeer(h) => {
+                return Ok(Forward::Answered(refused(format!(
+                    "the volume's home is region {}, which region {} does not peer with: changes are refused here",
+                    h.0, own.0
+                ))));
+            }
+            AtHome::Unreachable(home, last_error, maybe_sent) => {
+                warn!(home = home.0, error = %last_error, maybe_sent, "home region unreachable: change refused");
+                metrics::counter!("meridian_home_forward_refused_total").increment(1);
+                return Ok(Forward::Answered(refused(format!(
+                    "the volume's home region {} cannot be reached ({last_error}): changes are refused until it can, reads go on{}",
+                    home.0,
+                    if maybe_sent {
+                        " (the link failed while a try was under way: if it reached the home, the change was made there)"
+                    } else {
+                        ""
+                    }
+                ))));
+            }
         };
         metrics::counter!("meridian_home_forwarded_total").increment(1);
         self.wait_applied_from(home, answer.change_seq).await;
         Ok(Forward::Answered(Response::new(answer)))
+    }
+
+    /// Answers a linearizable query of volume `volume` (asked as `req`) through its home
+    /// region, which answers as of now (a read index on its Raft group): every change
+    /// acknowledged anywhere before the query arrived is in the answer. None: the home is
+    /// this region now (the query is answered here).
+    pub(crate) async fn query_at_home(
+        &self,
+        volume: u32,
+        mut req: QueryRequest,
+    ) -> Result<Option<Response<QueryResponse>>, Status> {
+        let own = self.shared.region;
+        req.from_region = u32::from(own.0);
+        req.stale = false;
+        let tried = self
+            .at_home(
+                || self.volume_home_elsewhere(volume),
+                |mut client, limit| {
+                    let mut call = tonic::Request::new(req.clone());
+                    call.set_timeout(limit);
+                    async move { client.query(call).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await?;
+        let why = match tried {
+            AtHome::Answered(_, answer) => {
+                metrics::counter!("meridian_home_linearizable_reads_total").increment(1);
+                return Ok(Some(Response::new(answer)));
+            }
+            AtHome::HomeHere => return Ok(None),
+            AtHome::NoPeer(h) => format!(
+                "the volume's home is region {}, which region {} does not peer with",
+                h.0, own.0
+            ),
+            AtHome::Unreachable(h, last_error, _) => {
+                format!(
+                    "the volume's home region {} cannot be reached ({last_error})",
+                    h.0
+                )
+            }
+        };
+        warn!(error = %why, "linearizable read refused");
+        let outcome: Result<QueryReply, NsError> = Err(NsError::Unreachable(format!(
+            "{why}: linearizable reads go through it"
+        )));
+        Ok(Some(Response::new(QueryResponse {
+            outcome: json(&outcome),
+        })))
     }
 
     /// Waits (a bounded time) until this region has applied `origin`'s change log up to

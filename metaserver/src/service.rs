@@ -205,7 +205,7 @@ impl MetaNode {
         }
     }
 
-    fn read<T>(&self, f: impl FnOnce(&NsReader<'_>) -> T) -> Result<T, Status> {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&NsReader<'_>) -> T) -> Result<T, Status> {
         let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
         Ok(f(&NsReader::new(&tx)))
     }
@@ -447,6 +447,23 @@ impl MetaService for MetaApi {
         metrics::counter!("meridian_meta_queries_total").increment(1);
         let query: Query = decode(&request.get_ref().query, "query")?;
         let client = request.get_ref().client;
+        let (linearizable, volume) = (request.get_ref().linearizable, request.get_ref().volume);
+        if linearizable && self.volume_home_elsewhere(volume)?.is_some() {
+            if request.get_ref().from_region != 0 {
+                // Its home is moving (or this region has not learnt where yet).
+                return Err(Status::unavailable(format!(
+                    "region {} is not the home of volume {volume}",
+                    self.shared.region.0
+                )));
+            }
+            // Answered as of now by the home (a read index there).
+            if let Some(answer) = self
+                .query_at_home(volume, request.get_ref().clone())
+                .await?
+            {
+                return Ok(answer);
+            }
+        }
         if !request.get_ref().stale
             && let Some(dir) = query.reads_dir()
             && !self.leased_to_others(client, &[dir])?.is_empty()

@@ -833,6 +833,9 @@ pub enum NsError {
     /// EROFS: the volume is a snapshot.
     #[error("read-only volume: {0}")]
     ReadOnly(String),
+    /// EIO: a region the answer must come from cannot be reached.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
 }
 
 impl NsError {
@@ -857,6 +860,7 @@ impl NsError {
             NsError::Conflict(_) => libc_errno::EAGAIN,
             NsError::Store(_) => libc_errno::EIO,
             NsError::ReadOnly(_) => libc_errno::EROFS,
+            NsError::Unreachable(_) => libc_errno::EIO,
         }
     }
 }

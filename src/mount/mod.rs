@@ -61,6 +61,14 @@ pub struct MountArgs {
     /// a lease that other clients recall; see docs/adr/0006).
     #[arg(long)]
     pub no_write_back: bool,
+    /// Every read (lookup, stat, listing, file content) reflects every change
+    /// acknowledged anywhere before it began: a volume with a home region elsewhere is
+    /// read through the home (a round trip there per metadata read), and neither the
+    /// kernel nor this mount caches anything (direct I/O: shared mmap is refused). A
+    /// write is acknowledged when its file is closed or synced. Refused for an
+    /// active-active volume of several regions, whose reads cannot be linearizable.
+    #[arg(long)]
+    pub linearizable: bool,
     /// Serve in this process alone, without a supervisor: the mount dies with it. (A
     /// mount as non-root always does: the supervisor mounts the device itself.)
     #[arg(long)]
@@ -181,6 +189,7 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
         handle_base: (args.generation << 40).max(1),
         adopt_handles: args.generation > 1,
         adopted_writes_lost: args.after_crash,
+        linearizable: args.linearizable,
         ..Default::default()
     };
     let fs = rt

@@ -14,6 +14,7 @@ use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::{ClusterMap, NodeId, NodeInfo, NodeState, RegionId, ZoneId};
 use tempfile::TempDir;
 
+pub mod linearizability;
 pub mod pair;
 
 /// The binary under test, exactly as a user runs it.
@@ -843,6 +844,19 @@ impl Proxy {
     }
 
     /// Cuts (`true`) or heals (`false`) the link, through the admin CLI.
+    pub fn set_delay(&self, ms: u32) -> Result<()> {
+        let ms = ms.to_string();
+        let out = Command::new(MERIDIAN)
+            .args(["admin", "link", "--proxy", &self.control, "--delay-ms", &ms])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "admin link --delay-ms {ms}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     pub fn set_cut(&self, cut: bool) -> Result<()> {
         let flag = if cut { "--cut" } else { "--heal" };
         let out = Command::new(MERIDIAN)

@@ -22,6 +22,16 @@ impl Side {
         Mount::start(&self.addrs(), volume, &self.meta.dir.path().join(name))
     }
 
+    /// [`Side::mount`], with more `meridian mount` flags.
+    pub fn mount_with(&self, volume: &str, name: &str, flags: &[&str]) -> Result<Mount> {
+        Mount::start_with(
+            &self.addrs(),
+            volume,
+            &self.meta.dir.path().join(name),
+            flags,
+        )
+    }
+
     pub fn admin(&self, args: &[&str]) -> Result<String> {
         super::admin_at(&self.addrs(), args)
     }
@@ -146,6 +156,14 @@ impl Pair {
         self.cut_metadata(cut)?;
         self.to_a_chunks.set_cut(cut)?;
         self.to_b_chunks.set_cut(cut)
+    }
+
+    /// Delays every link between the regions by `ms` each way.
+    pub fn delay(&self, ms: u32) -> Result<()> {
+        for p in [&self.to_a, &self.to_b, &self.to_a_chunks, &self.to_b_chunks] {
+            p.set_delay(ms)?;
+        }
+        Ok(())
     }
 
     /// Cuts or heals only the links between the regions' metaservers: blocks still ship.

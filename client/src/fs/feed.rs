@@ -60,7 +60,10 @@ impl FileSystem {
     /// Sends a reply the kernel caches, with the time to live it may have: `send` gets it.
     pub fn reply_cached<R>(&self, epoch: u64, send: impl FnOnce(Duration) -> R) -> R {
         let _gate = self.feed.gate.read().unwrap_or_else(|p| p.into_inner());
-        let ttl = if self.feed.live() && self.feed.drops.load(Ordering::Acquire) == epoch {
+        let ttl = if self.options.linearizable {
+            // Nothing cached: every read asks.
+            Duration::ZERO
+        } else if self.feed.live() && self.feed.drops.load(Ordering::Acquire) == epoch {
             self.options.cache_ttl.max(TTL_ALONE)
         } else {
             TTL_ALONE

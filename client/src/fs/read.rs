@@ -168,6 +168,7 @@ impl FileSystem {
                 && v.epoch == self.kernel.epoch(ino)
         };
         if let Some(v) = &f.view
+            && !self.options.linearizable
             && current(v)
             && let Some(extents) = v.covering(offset, len)
         {
