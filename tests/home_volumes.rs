@@ -240,3 +240,93 @@ fn a_home_moves_as_planned_without_loss_and_by_force_keeping_the_old_homes_late_
     }
     Ok(())
 }
+
+#[test]
+fn in_three_regions_a_cut_off_home_is_replaced_by_force_and_all_three_end_identical() -> Result<()>
+{
+    let mesh = common::mesh::Mesh::full(3)?;
+    let (r1, r2, r3) = (mesh.region(1), mesh.region(2), mesh.region(3));
+    r1.admin(&[
+        "volume-create",
+        "ledger",
+        "--regions",
+        "1,2,3",
+        "--home",
+        "1",
+    ])?;
+    for r in [r2, r3] {
+        wait_for(Duration::from_secs(30), "the volume everywhere", || {
+            r.admin(&["volumes"]).ok()?.contains("home=1").then_some(())
+        })?;
+    }
+    let (m1, m2, m3) = (
+        r1.mount("ledger", "m1")?,
+        r2.mount("ledger", "m2")?,
+        r3.mount("ledger", "m3")?,
+    );
+    // A file closed in region 3 is at the home, and in region 3, when the close returns.
+    fs::write(m3.path.join("from-3"), "three")?;
+    ensure!(fs::read_to_string(m1.path.join("from-3"))? == "three");
+    let m3b = r3.mount("ledger", "m3b")?;
+    ensure!(fs::read_to_string(m3b.path.join("from-3"))? == "three");
+
+    // The home cut off from both others: they refuse changes; region 2 takes over.
+    mesh.isolate(1, true)?;
+    let err = fs::write(m3.path.join("refused"), "x").unwrap_err();
+    ensure!(err.raw_os_error() == Some(libc::EROFS), "{err}");
+    ensure!(
+        fs::read_to_string(m2.path.join("from-3"))? == "three",
+        "reads go on"
+    );
+    let shown = r2.admin(&["volume-promote", "ledger", "--to", "2", "--force", "--yes"])?;
+    ensure!(shown.contains("WITHOUT"), "{shown}");
+    // The old home, not knowing, goes on accepting; region 3 learns from region 2 and
+    // writes through it.
+    fs::write(m1.path.join("late-in-1"), "accepted by the old home")?;
+    wait_for(
+        Duration::from_secs(30),
+        "region 3 learning the new home",
+        || {
+            r3.admin(&["volumes"])
+                .ok()?
+                .contains("home=2")
+                .then_some(())
+        },
+    )?;
+    wait_for(
+        Duration::from_secs(30),
+        "region 3 writing through region 2",
+        || fs::write(m3.path.join("from-3-to-2"), "via 2").ok(),
+    )?;
+    ensure!(fs::read_to_string(m2.path.join("from-3-to-2"))? == "via 2");
+
+    mesh.isolate(1, false)?;
+    wait_for(
+        Duration::from_secs(60),
+        "region 1 learning the new home",
+        || {
+            r1.admin(&["volumes"])
+                .ok()?
+                .contains("home=2")
+                .then_some(())
+        },
+    )?;
+    let same = wait_for(Duration::from_secs(90), "all three regions alike", || {
+        let t1 = tree(&m1.path).ok()?;
+        (t1 == tree(&m2.path).ok()? && t1 == tree(&m3.path).ok()?).then_some(t1)
+    })?;
+    ensure!(
+        !same.iter().any(|(n, _)| n == "late-in-1"),
+        "the old home's late create is not applied: {same:?}"
+    );
+    ensure!(
+        same.iter()
+            .any(|(n, c)| n.starts_with("fenced-")
+                && c.as_deref() == Some("accepted by the old home")),
+        "its bytes are kept: {same:?}"
+    );
+    for r in [r1, r2, r3] {
+        ensure!(r.admin(&["conflicts"])?.contains("fenced"));
+    }
+    Ok(())
+}

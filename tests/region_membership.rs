@@ -1,7 +1,6 @@
-//! A volume's set of regions over time: three regions as real processes (one metaserver
-//! and three chunkservers each, metadata links through proxies so every region's address
-//! is known before it starts), a volume that grows into a third region with its data, and
-//! leaves it again.
+//! A volume's set of regions over time: three regions as real processes (see
+//! `common::mesh`), a volume that grows into a third region with its data, and leaves it
+//! again.
 
 mod common;
 
@@ -11,75 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{MetaCluster, Mount, Proxy, ServerProc, free_addr, start_chunkservers_at, wait_for};
+use common::mesh::Mesh;
+use common::{Mount, wait_for};
 use meridian_proto::BlockId;
-
-struct Region {
-    meta: MetaCluster,
-    chunks: Vec<ServerProc>,
-    /// The proxy the other regions reach this one's metaserver through.
-    _front: Proxy,
-}
-
-impl Region {
-    fn addrs(&self) -> String {
-        self.meta.addrs().join(",")
-    }
-
-    fn admin(&self, args: &[&str]) -> Result<String> {
-        common::admin_at(&self.addrs(), args)
-    }
-
-    fn mount(&self, volume: &str, name: &str) -> Result<Mount> {
-        Mount::start(&self.addrs(), volume, &self.meta.dir.path().join(name))
-    }
-}
-
-/// Regions 1..=n, each a peer of every other.
-fn mesh(n: u16) -> Result<Vec<Region>> {
-    let all: Vec<(u16, u16)> = (1..=n)
-        .flat_map(|a| (a + 1..=n).map(move |b| (a, b)))
-        .collect();
-    linked(n, &all)
-}
-
-/// Regions 1..=n, peers of each other where `links` says.
-fn linked(n: u16, links: &[(u16, u16)]) -> Result<Vec<Region>> {
-    let fronts: Vec<String> = (0..n).map(|_| free_addr()).collect::<Result<_>>()?;
-    let mut out = Vec::new();
-    for r in 1..=n {
-        let region = r.to_string();
-        let mut flags = vec!["--region".to_string(), region.clone()];
-        let peers = links
-            .iter()
-            .filter_map(|&(a, b)| (a == r).then_some(b).or((b == r).then_some(a)));
-        for s in peers {
-            flags.extend([
-                "--peer".to_string(),
-                format!("{s}={}", fronts[s as usize - 1]),
-            ]);
-        }
-        let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let meta = MetaCluster::start(1, &refs)?;
-        let chunks = start_chunkservers_at(&meta, 300, 8 << 30, &flags, &[])?;
-        let addrs = meta.addrs().join(",");
-        wait_for(Duration::from_secs(30), "chunkservers in the map", || {
-            let map = common::cluster_map(&addrs)?;
-            (map.nodes.len() >= 3).then_some(())
-        })?;
-        let front = Proxy::start_forwards(
-            meta.dir.path(),
-            &format!("to-{r}"),
-            &[(fronts[r as usize - 1].clone(), meta.addrs()[0].clone())],
-        )?;
-        out.push(Region {
-            meta,
-            chunks,
-            _front: front,
-        });
-    }
-    Ok(out)
-}
 
 fn wait_same(a: &Path, b: &Path, what: &str) -> Result<BTreeMap<String, String>> {
     common::wait_same_tree(a, b, Duration::from_secs(90), what)
@@ -87,7 +20,8 @@ fn wait_same(a: &Path, b: &Path, what: &str) -> Result<BTreeMap<String, String>>
 
 #[test]
 fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Result<()> {
-    let regions = mesh(3)?;
+    let mesh = Mesh::full(3)?;
+    let regions = &mesh.regions;
     let (r1, r2, r3) = (&regions[0], &regions[1], &regions[2]);
     r1.admin(&["volume-create", "grow", "--regions", "1,2"])?;
     wait_for(Duration::from_secs(30), "the volume in region 2", || {
@@ -195,7 +129,8 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
 /// through region 2.
 #[test]
 fn three_regions_linked_as_a_chain_converge() -> Result<()> {
-    let regions = linked(3, &[(1, 2), (2, 3)])?;
+    let mesh = Mesh::linked(3, &[(1, 2), (2, 3)])?;
+    let regions = &mesh.regions;
     let (r1, r2, r3) = (&regions[0], &regions[1], &regions[2]);
     r1.admin(&["volume-create", "chain", "--regions", "1,2,3"])?;
     wait_for(Duration::from_secs(60), "the volume at the far end", || {

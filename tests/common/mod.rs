@@ -15,6 +15,7 @@ use meridian_proto::{ClusterMap, NodeId, NodeInfo, NodeState, RegionId, ZoneId};
 use tempfile::TempDir;
 
 pub mod linearizability;
+pub mod mesh;
 pub mod pair;
 
 /// The binary under test, exactly as a user runs it.
