@@ -236,8 +236,24 @@ fn timed_writes(root: &Path, tag: &str, n: usize, writers: usize) -> (Vec<Durati
     (all, rate)
 }
 
+/// How long reading each of `names` under `root` takes, sorted.
+fn timed_reads(root: &Path, names: &[String]) -> Vec<Duration> {
+    let mut all: Vec<Duration> = names
+        .iter()
+        .map(|name| {
+            let t = Instant::now();
+            fs::read(root.join(name)).expect("read");
+            t.elapsed()
+        })
+        .collect();
+    all.sort();
+    all
+}
+
 /// Forwarded writes (issue 17): volume "ledger" with home region 1, written from both
-/// regions at 50 ms and then 0 ms of one-way delay.
+/// regions at 50 ms and then 0 ms of one-way delay; reads in region 2 through the home
+/// (`--linearizable`) and from its replica; then a planned move of the home to region 2
+/// while region 1 writes, at 50 ms.
 fn home_writes(region1: &str, region2: &str, control: &str, dir: &Path, full: bool) {
     admin(&[
         "volume-create",
@@ -261,6 +277,13 @@ fn home_writes(region1: &str, region2: &str, control: &str, dir: &Path, full: bo
     .expect("volume");
     let home = common::Mount::start(region1, "ledger", &dir.join("ledger-1")).expect("mount");
     let away = common::Mount::start(region2, "ledger", &dir.join("ledger-2")).expect("mount");
+    let through = common::Mount::start_with(
+        region2,
+        "ledger",
+        &dir.join("ledger-2l"),
+        &["--linearizable"],
+    )
+    .expect("mount");
     let n = if full { 100 } else { 4 };
     for delay in [DELAY_MS, "0"] {
         admin(&["link", "--proxy", control, "--delay-ms", delay]);
@@ -278,8 +301,69 @@ fn home_writes(region1: &str, region2: &str, control: &str, dir: &Path, full: bo
             percentile(&h, 0.5),
             percentile(&h, 0.99),
         );
+        // Files the home wrote, read in region 2 once they are there.
+        let names: Vec<String> = (0..n).map(|i| format!("h{delay}-0-{i}")).collect();
+        common::wait_for(
+            Duration::from_secs(60),
+            "the home's files in region 2",
+            || {
+                names
+                    .iter()
+                    .all(|f| away.path.join(f).exists())
+                    .then_some(())
+            },
+        )
+        .expect("replicated");
+        let lin = timed_reads(&through.path, &names);
+        let local = timed_reads(&away.path, &names);
+        println!(
+            "home volume, {delay} ms each way: read of a 4 KiB file in region 2 through the home (--linearizable) p50 {:.0} ms, p99 {:.0} ms; from region 2's replica p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&lin, 0.5),
+            percentile(&lin, 0.99),
+            percentile(&local, 0.5),
+            percentile(&local, 0.99),
+        );
     }
     admin(&["link", "--proxy", control, "--delay-ms", DELAY_MS]);
+    // A planned move of the home while the home writes: how long writes pause.
+    let writer = {
+        let root = home.path.clone();
+        thread::spawn(move || {
+            let started = Instant::now();
+            let data = vec![7u8; 4096];
+            let mut times = Vec::new();
+            let mut i = 0;
+            while started.elapsed() < Duration::from_secs(6) {
+                let t = Instant::now();
+                fs::write(root.join(format!("moving-{i}")), &data).expect("write during the move");
+                times.push((t.duration_since(started), t.elapsed()));
+                i += 1;
+            }
+            times
+        })
+    };
+    thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    admin(&["volume-promote", "--meta", region2, "ledger", "--to", "2"]);
+    let took = asked.elapsed();
+    let times = writer.join().expect("writer");
+    let before: Vec<Duration> = {
+        let mut v: Vec<Duration> = times
+            .iter()
+            .filter(|(at, d)| *at + *d < Duration::from_secs(2))
+            .map(|(_, d)| *d)
+            .collect();
+        v.sort();
+        v
+    };
+    let longest = times.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    println!(
+        "planned move of the home to region 2 at {DELAY_MS} ms each way, region 1 writing: the command took {:.0} ms; the longest write meanwhile {:.0} ms (p50 {:.0} ms at the home before, forwarded after); {} writes, none failed",
+        took.as_secs_f64() * 1000.0,
+        longest.as_secs_f64() * 1000.0,
+        percentile(&before, 0.5),
+        times.len()
+    );
 }
 
 fn admin(args: &[&str]) -> String {

@@ -245,6 +245,24 @@ fn clients_of_a_home_volume_in_two_regions_see_one_linearizable_history_and_acti
     ensure!(moved.contains("home=2"), "{moved}");
     round(&rec, &[(&one.path, 10), (&two.path, 10)], 4);
 
+    // A file the home (region 2 now) just made is changed at once from region 1, which
+    // learnt it through the home and may not have pulled it yet: the change goes to the
+    // home all the same.
+    for i in 0..5 {
+        let name = format!("fresh-{i}");
+        fs::write(two.path.join(&name), "made at the home;")?;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(one.path.join(&name))?;
+        std::io::Write::write_all(&mut f, b" changed in region 1")?;
+        f.sync_all()?;
+        drop(f);
+        ensure!(
+            fs::read_to_string(two.path.join(&name))? == "made at the home; changed in region 1",
+            "{name} at the home"
+        );
+    }
+
     let history = rec.history();
     let reads = history.iter().filter(|e| e.kind == Kind::Read).count();
     let writes = history.len() - reads;

@@ -237,6 +237,7 @@ impl MetaClient {
                     request_id,
                     lease,
                     from_region: 0,
+                    volume: self.linearizable.load(Ordering::Relaxed),
                 };
                 async move { c.mutate(req).await.map(|r| self.led(r)) }
             })

@@ -64,6 +64,17 @@ impl MetaNode {
     /// region and `op` is a change the home decides. Read from this region's state each
     /// time: a home moves (`admin volume-promote`).
     pub(crate) fn home_elsewhere(&self, op: &Op) -> Result<Option<RegionId>, Status> {
+        self.home_elsewhere_of(op, 0)
+    }
+
+    /// [`MetaNode::home_elsewhere`], for a change asked by a mount of volume `volume` (0:
+    /// not said): a change of an inode this region has not pulled yet goes to that
+    /// volume's home.
+    pub(crate) fn home_elsewhere_of(
+        &self,
+        op: &Op,
+        volume: u32,
+    ) -> Result<Option<RegionId>, Status> {
         if !op.decided_at_home() {
             return Ok(None);
         }
@@ -73,12 +84,14 @@ impl MetaNode {
                 let Some(ino) = op.inode_changed() else {
                     return Ok(None);
                 };
-                // A missing inode: the change fails wherever it runs; here is as good as
-                // anywhere.
-                let Ok(attr) = self.read(|r| r.getattr(ino))? else {
-                    return Ok(None);
-                };
-                self.home_of(VolumeIs::Id(attr.volume))
+                match self.read(|r| r.getattr(ino))? {
+                    Ok(attr) => self.home_of(VolumeIs::Id(attr.volume)),
+                    // Not here (yet): the asking mount's volume's home may know it.
+                    Err(_) if volume != 0 => self.home_of(VolumeIs::Id(volume)),
+                    // Missing, of no volume said: the change fails wherever it runs;
+                    // here is as good as anywhere.
+                    Err(_) => Ok(None),
+                }
             }
         }
     }
@@ -172,9 +185,10 @@ impl MetaNode {
         req.from_region = u32::from(own.0);
         // Leases are this region's; the home grants none to another region's client.
         req.lease = false;
+        let volume = req.volume;
         let tried = self
             .at_home(
-                || self.home_elsewhere(op),
+                || self.home_elsewhere_of(op, volume),
                 |mut client, limit| {
                     let mut call = tonic::Request::new(req.clone());
                     call.set_timeout(limit);

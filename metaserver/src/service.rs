@@ -334,7 +334,7 @@ impl MetaService for MetaApi {
         let req = request.get_ref();
         let forwarded = req.from_region != 0;
         // A volume whose home is another region: the change is decided there.
-        if let Some(home) = self.home_elsewhere(&op)? {
+        if let Some(home) = self.home_elsewhere_of(&op, req.volume)? {
             if forwarded {
                 // Its home is moving (or this region has not learnt where yet): the
                 // forwarding region tries again.

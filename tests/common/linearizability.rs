@@ -55,13 +55,41 @@ pub fn check(events: &[Event], initial: Option<&str>) -> Result<(), String> {
         };
         if !search.from(all, initial.map(str::to_string)) {
             return Err(format!(
-                "the {} operations on {key:?} have no linearization: {}",
+                "the {} operations on {key:?} have no linearization; {}",
                 ops.len(),
-                describe(&ops)
+                first_broken(&ops, initial)
             ));
         }
     }
     Ok(())
+}
+
+/// The shortest prefix of `ops` (by call time) with no linearization, shown from a few
+/// operations before its last one: where to look. (A hint only: a read in a prefix may
+/// have returned a value written by an operation called after it.)
+fn first_broken(ops: &[&Event], initial: Option<&str>) -> String {
+    let mut sorted: Vec<&Event> = ops.to_vec();
+    sorted.sort_by_key(|e| e.called);
+    for n in 1..=sorted.len() {
+        let prefix = &sorted[..n];
+        let mut search = Search {
+            ops: prefix,
+            tried: HashSet::new(),
+        };
+        let all = if n == 128 {
+            u128::MAX
+        } else {
+            (1u128 << n) - 1
+        };
+        if !search.from(all, initial.map(str::to_string)) {
+            let from = n.saturating_sub(8);
+            return format!(
+                "the first {n} by call time have none; they end: {}",
+                describe(&prefix[from..])
+            );
+        }
+    }
+    format!("every prefix has one: {}", describe(ops))
 }
 
 fn describe(ops: &[&Event]) -> String {
