@@ -330,3 +330,40 @@ fn in_three_regions_a_cut_off_home_is_replaced_by_force_and_all_three_end_identi
     }
     Ok(())
 }
+
+#[test]
+fn in_a_chain_a_region_that_hears_the_home_through_another_writes_through_it() -> Result<()> {
+    let mesh = common::mesh::Mesh::linked(3, &[(1, 2), (2, 3)])?;
+    let (r1, r3) = (mesh.region(1), mesh.region(3));
+    r1.admin(&[
+        "volume-create",
+        "ledger",
+        "--regions",
+        "1,2,3",
+        "--home",
+        "1",
+    ])?;
+    wait_for(Duration::from_secs(60), "the volume in region 3", || {
+        r3.admin(&["volumes"])
+            .ok()?
+            .contains("home=1")
+            .then_some(())
+    })?;
+    let m1 = r1.mount("ledger", "m1")?;
+    let m3 = r3.mount("ledger", "m3")?;
+    let m3b = r3.mount("ledger", "m3b")?;
+    for i in 0..3 {
+        let name = format!("from-3-{i}");
+        // Region 3 does not peer with the home: region 2 passes the change on.
+        fs::write(m3.path.join(&name), "through region 2")?;
+        ensure!(
+            fs::read_to_string(m1.path.join(&name))? == "through region 2",
+            "{name} at home"
+        );
+        ensure!(
+            fs::read_to_string(m3b.path.join(&name))? == "through region 2",
+            "{name} in region 3"
+        );
+    }
+    Ok(())
+}

@@ -238,6 +238,7 @@ impl MetaClient {
                     lease,
                     from_region: 0,
                     volume: self.linearizable.load(Ordering::Relaxed),
+                    hops: 0,
                 };
                 async move { c.mutate(req).await.map(|r| self.led(r)) }
             })

@@ -28,6 +28,10 @@ use crate::service::{MetaNode, json};
 const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
 /// How long one try may take.
 const TRY_DEADLINE: Duration = Duration::from_secs(2);
+/// How many regions may pass a forwarded change on toward the home (a chain of regions;
+/// two regions that disagree about the home while it moves pass it back and forth at
+/// most this often before the asking region tries again).
+pub(crate) const MAX_HOPS: u32 = 2;
 /// How long this region waits to hold a forwarded change before answering anyway (the
 /// change is decided; only reading it back here may lag).
 const APPLY_DEADLINE: Duration = Duration::from_secs(10);
@@ -139,7 +143,18 @@ impl MetaNode {
                 return Ok(AtHome::HomeHere);
             };
             home = h;
-            let Some(peer) = self.peers.iter().find(|p| p.region == h.0) else {
+            // The home itself if it is a peer, else the peer its records come through
+            // (regions linked as a chain), which passes the call on.
+            let via = self
+                .db
+                .begin_read()
+                .ok()
+                .and_then(|tx| crate::regions::relayed_through(&tx, h));
+            let Some(peer) = self.peers.iter().find(|p| p.region == h.0).or_else(|| {
+                self.peers
+                    .iter()
+                    .find(|p| Some(p.region) == via.map(|v| v.0))
+            }) else {
                 return Ok(AtHome::NoPeer(h));
             };
             for addr in &peer.meta {
@@ -182,6 +197,10 @@ impl MetaNode {
         mut req: MutateRequest,
     ) -> Result<Forward, Status> {
         let own = self.shared.region;
+        if req.from_region != 0 {
+            // Passed on by a region between the asking one and the home.
+            req.hops += 1;
+        }
         req.from_region = u32::from(own.0);
         // Leases are this region's; the home grants none to another region's client.
         req.lease = false;
@@ -201,7 +220,7 @@ impl MetaNode {
             AtHome::HomeHere => return Ok(Forward::HomeHere),
             AtHome::NoPeer(h) => {
                 return Ok(Forward::Answered(refused(format!(
-                    "the volume's home is region {}, which region {} does not peer with: changes are refused here",
+                    "the volume's home is region {}, which region {} does not hear of: changes are refused here",
                     h.0, own.0
                 ))));
             }

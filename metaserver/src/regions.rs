@@ -85,6 +85,15 @@ fn read_state<T>(
         .and_then(|t| f(&t).ok())
 }
 
+/// The peer region `origin`'s records reach this one through (none: a peer itself, or
+/// not heard of).
+pub fn relayed_through(tx: &ReadTransaction, origin: RegionId) -> Option<RegionId> {
+    read_state(tx, merge::relayed)?
+        .into_iter()
+        .find(|(o, _)| *o == origin)
+        .map(|(_, via)| via)
+}
+
 /// The last change-log sequence of `origin` applied in this state.
 pub fn watermark(tx: &ReadTransaction, origin: RegionId) -> u64 {
     read_state(tx, |t| merge::watermark(t, origin)).unwrap_or(0)

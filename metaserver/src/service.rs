@@ -335,9 +335,12 @@ impl MetaService for MetaApi {
         let forwarded = req.from_region != 0;
         // A volume whose home is another region: the change is decided there.
         if let Some(home) = self.home_elsewhere_of(&op, req.volume)? {
-            if forwarded {
-                // Its home is moving (or this region has not learnt where yet): the
-                // forwarding region tries again.
+            // Forwarded here by a region that hears the home through this one (a chain),
+            // or that took this one for the home (it is moving): passed on, a bounded
+            // number of times; then the forwarding region tries again.
+            if forwarded
+                && (req.hops >= crate::home::MAX_HOPS || req.from_region == u32::from(home.0))
+            {
                 return Err(Status::unavailable(format!(
                     "region {} is not the home of this volume (region {} is, as far as it knows)",
                     self.shared.region.0, home.0
