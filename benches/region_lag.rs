@@ -145,11 +145,12 @@ fn meta_log_sizes(dir: &Path) -> HashMap<PathBuf, u64> {
 
 /// Records merged from the other region, and records redone around them, as the
 /// metaservers logged since `since` (their log sizes then).
-/// What the merges logged since `since` did: records applied, records redone, and the
-/// longest merge (milliseconds from proposing it to its outcome, replication and apply
-/// included: at least as long as it held the state machine) with its applied and redone.
-fn merges_since(dir: &Path, since: &HashMap<PathBuf, u64>) -> (u64, u64, (u64, u64, u64)) {
-    let (mut applied, mut redone, mut longest) = (0, 0, (0, 0, 0));
+/// What the merges logged since `since` did: records applied, records redone, the
+/// longest merge (milliseconds from proposing it to its outcome, replication, queueing and
+/// commit included) with its applied and redone, and the longest time one merge held the
+/// state machine applying.
+fn merges_since(dir: &Path, since: &HashMap<PathBuf, u64>) -> (u64, u64, (u64, u64, u64), u64) {
+    let (mut applied, mut redone, mut longest, mut held) = (0, 0, (0, 0, 0), 0);
     let field = |line: &str, key: &str| -> u64 {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(key))
@@ -170,9 +171,10 @@ fn merges_since(dir: &Path, since: &HashMap<PathBuf, u64>) -> (u64, u64, (u64, u
             if took >= longest.0 {
                 longest = (took, field(line, "applied="), field(line, "redone="));
             }
+            held = held.max(field(line, "apply_ms="));
         }
     }
-    (applied, redone, longest)
+    (applied, redone, longest, held)
 }
 
 fn disk_bytes(dir: &Path) -> u64 {
@@ -528,7 +530,7 @@ fn main() {
     let (to_b, to_a) = (to_b.join().expect("watcher"), to_a.join().expect("watcher"));
     let catch_up = healed.elapsed();
     let metadata = metadata.join().expect("metadata watcher");
-    let (merged, redone, longest) = merges_since(&data, &logs_at_heal);
+    let (merged, redone, longest, held) = merges_since(&data, &logs_at_heal);
     assert_eq!(
         to_b.len(),
         m - n,
@@ -571,7 +573,7 @@ fn main() {
         redone as f64 / merged.max(1) as f64
     );
     println!(
-        "the longest merge took {} ms from proposal to outcome, applying {} records and redoing {}",
+        "the longest merge took {} ms from proposal to outcome, applying {} records and redoing {}; the longest any merge held the state machine applying: {held} ms",
         longest.0, longest.1, longest.2
     );
     drop(baseline_mount);

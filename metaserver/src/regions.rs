@@ -830,6 +830,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
                         redone = outcome.redone,
                         watermark = outcome.watermark,
                         took_ms = proposed.elapsed().as_millis() as u64,
+                        apply_ms = outcome.apply_ms,
                         "merged records from peer region"
                     );
                 }

@@ -108,6 +108,10 @@ pub struct MergeOutcome {
     pub parked: u64,
     /// The origin's change-log sequence applied up to.
     pub watermark: u64,
+    /// How long applying the batch held the state machine, in milliseconds (its
+    /// transaction's commit aside); set by the Raft layer, which has a clock.
+    #[serde(default)]
+    pub apply_ms: u64,
 }
 
 pub(crate) fn json_err(e: serde_json::Error) -> NsError {

@@ -193,11 +193,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         // for both to settle (a peer's clock may run ahead of this host's).
                         stamps.extend(batch.records.iter().map(|(_, r)| r.hlc));
                         stamps.extend(batch.frontier);
+                        let started = std::time::Instant::now();
                         let outcome = namespace::apply_remote(&mut ns, region, batch);
                         if let Err(namespace::NsError::Store(e)) = &outcome {
                             return Err(io::Error::other(format!("applying {log_id}: {e}")));
                         }
-                        Response::Remote(outcome)
+                        Response::Remote(outcome.map(|o| namespace::MergeOutcome {
+                            apply_ms: started.elapsed().as_millis() as u64,
+                            ..o
+                        }))
                     }
                     EntryPayload::Normal(Request::WriteBack(wb)) => {
                         stamps.extend(wb.cmds.iter().map(|c| c.hlc));
