@@ -169,40 +169,15 @@ pub(crate) fn recover(
         return Ok(copy);
     }
     let mut vol = volume_for(t, ctx, ctx.volume)?;
-    get(t, vol.root)?;
-    let base = format!("recovered-{ino}");
-    let name = if read_dirent(t.dirents(), vol.root, base.as_bytes())?.is_some() {
-        conflict_name(t, vol.root, base.as_bytes(), ctx.hlc)?
-    } else {
-        base.into_bytes()
-    };
-    let node = Inode {
-        attr: Attr {
-            ino,
-            kind: FileKind::File,
-            perm: 0o600,
-            uid: creds.uid,
-            gid: creds.gid,
-            size: 0,
-            nlink: 1,
-            atime: ctx.now,
-            mtime: ctx.now,
-            ctime: ctx.now,
-            crtime: ctx.now,
-            rdev: 0,
-            volume: vol.id,
-        },
-        parent: vol.root,
-        target: None,
-        version: 0,
-        content: ctx.replay.and_then(|fx| fx.seen).unwrap_or_default(),
-        copy_of: None,
-    };
-    t.put_inode(&node)?;
-    t.set_dirent(vol.root, &name, ino, FileKind::File)?;
-    t.change_dir(vol.root, 0, Some(ctx.now))?;
-    vol.used_inodes += 1;
-    t.put_volume(&vol)?;
+    let content = ctx.replay.and_then(|fx| fx.seen).unwrap_or_default();
+    let (node, name) = new_root_file(
+        t,
+        ctx,
+        &mut vol,
+        ino,
+        &format!("recovered-{ino}"),
+        (creds, 0, content),
+    )?;
     record_conflict(
         t,
         ctx,
@@ -215,6 +190,54 @@ pub(crate) fn recover(
         ),
     )?;
     Ok(node)
+}
+
+/// A new file `ino` in `vol`'s root, under `base` (or, taken, its conflict name for the
+/// current stamp), private to its owner: `(creds, size, content version)`. Counted in
+/// the volume's usage (`vol` is written). Returns it and the name it got.
+pub(crate) fn new_root_file(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    vol: &mut Volume,
+    ino: InodeId,
+    base: &str,
+    (creds, size, content): (&Creds, u64, Hlc),
+) -> Result<(Inode, Vec<u8>), NsError> {
+    get(t, vol.root)?;
+    let name = if read_dirent(t.dirents(), vol.root, base.as_bytes())?.is_some() {
+        conflict_name(t, vol.root, base.as_bytes(), ctx.hlc)?
+    } else {
+        base.as_bytes().to_vec()
+    };
+    let node = Inode {
+        attr: Attr {
+            ino,
+            kind: FileKind::File,
+            perm: 0o600,
+            uid: creds.uid,
+            gid: creds.gid,
+            size,
+            nlink: 1,
+            atime: ctx.now,
+            mtime: ctx.now,
+            ctime: ctx.now,
+            crtime: ctx.now,
+            rdev: 0,
+            volume: vol.id,
+        },
+        parent: vol.root,
+        target: None,
+        version: 0,
+        content,
+        copy_of: None,
+    };
+    t.put_inode(&node)?;
+    t.set_dirent(vol.root, &name, ino, FileKind::File)?;
+    t.change_dir(vol.root, 0, Some(ctx.now))?;
+    vol.used_inodes += 1;
+    vol.used_bytes = vol.used_bytes.saturating_add(size);
+    t.put_volume(vol)?;
+    Ok((node, name))
 }
 
 /// The entry `ino` has in `dir`, whatever its name.

@@ -6,9 +6,9 @@
 //! it is dropped silently: it is listed with the conflicts, and the bytes a fenced write
 //! carried are kept in a file of the volume's root, `fenced-<inode>-<region>-<ms>`.
 
-use super::conflict::copy_ino;
+use super::conflict::{copy_ino, new_root_file};
 use super::ctx::*;
-use super::tables::{WriteTables, read_dirent, read_inode};
+use super::tables::{WriteTables, read_inode};
 use super::types::*;
 
 /// Why `record` may not apply here: its volume has a home, and the record was not
@@ -72,45 +72,13 @@ pub(crate) fn keep_apart(
     if stamp.counter > 0 {
         base.push_str(&format!("-{}", stamp.counter));
     }
-    let name = if read_dirent(t.dirents(), vol.root, base.as_bytes())?.is_some() {
-        conflict_name(t, vol.root, base.as_bytes(), stamp)?
-    } else {
-        base.into_bytes()
-    };
     let end = extents.iter().map(|e| e.end()).max().unwrap_or(0);
     let size = (*size).max(end);
-    let node = Inode {
-        attr: Attr {
-            ino: kept,
-            kind: FileKind::File,
-            perm: 0o600,
-            uid: creds.uid,
-            gid: creds.gid,
-            size,
-            nlink: 1,
-            atime: ctx.now,
-            mtime: ctx.now,
-            ctime: ctx.now,
-            crtime: ctx.now,
-            rdev: 0,
-            volume: vol.id,
-        },
-        parent: vol.root,
-        target: None,
-        version: 0,
-        content: stamp,
-        copy_of: None,
-    };
-    t.put_inode(&node)?;
+    let (_, name) = new_root_file(t, ctx, &mut vol, kept, &base, (creds, size, stamp))?;
     // In write order: later extents shadow earlier ones.
     for e in extents {
         super::ops::content::overlay(t, kept, e)?;
     }
-    t.set_dirent(vol.root, &name, kept, FileKind::File)?;
-    t.change_dir(vol.root, 0, Some(ctx.now))?;
-    vol.used_inodes += 1;
-    vol.used_bytes = vol.used_bytes.saturating_add(size);
-    t.put_volume(&vol)?;
     record_conflict(
         t,
         ctx,

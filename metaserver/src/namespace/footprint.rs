@@ -200,11 +200,7 @@ impl Footprint {
                 out.push(inode_prefix(BY_INODE, d));
             }
         }
-        for &(d, n) in &self.entries {
-            let mut p = inode_prefix(BY_ENTRY, d);
-            p.extend_from_slice(&n.to_be_bytes());
-            out.push(p);
-        }
+        out.extend(self.entries.iter().map(|&(d, n)| entry_prefix(d, n)));
         if self.tree {
             out.push(vec![BY_TREE]);
         }
@@ -220,11 +216,7 @@ impl Footprint {
         let mut out: Vec<Vec<u8>> = Vec::new();
         out.extend(self.inodes.iter().map(|&i| inode_prefix(BY_INODE, i)));
         out.extend(self.dirs.iter().map(|&d| inode_prefix(BY_DIR, d)));
-        for &(d, n) in &self.entries {
-            let mut p = inode_prefix(BY_ENTRY, d);
-            p.extend_from_slice(&n.to_be_bytes());
-            out.push(p);
-        }
+        out.extend(self.entries.iter().map(|&(d, n)| entry_prefix(d, n)));
         if self.tree {
             out.push(vec![BY_TREE]);
         }
@@ -362,6 +354,12 @@ fn inode_prefix(kind: u8, ino: u64) -> Vec<u8> {
     let mut p = Vec::with_capacity(17);
     p.push(kind);
     p.extend_from_slice(&ino.to_be_bytes());
+    p
+}
+
+fn entry_prefix(dir: u64, name: u64) -> Vec<u8> {
+    let mut p = inode_prefix(BY_ENTRY, dir);
+    p.extend_from_slice(&name.to_be_bytes());
     p
 }
 
