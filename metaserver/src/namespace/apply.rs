@@ -188,14 +188,17 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
 /// Whether the record's origin may change what the record changes here: the volume must
 /// live in the origin's region (by this region's own state, not the record's word), and
 /// the record must name the volume its inode belongs to.
-fn origin_may_change(t: &WriteTables<'_>, record: &Record) -> Result<(), NsError> {
+fn origin_may_change(
+    t: &WriteTables<'_>,
+    record: &Record,
+    vol: Option<&Volume>,
+) -> Result<(), NsError> {
     // (A copy checks its source's home itself: its own volume does not exist yet.)
     if matches!(record.op, Op::CreateVolume { .. } | Op::CloneVolume { .. }) {
         return Ok(());
     }
     let origin = record.hlc.region;
-    let vol = find_volume_row(t, record.volume, None)?
-        .ok_or_else(|| NsError::NotFound(format!("volume {}", record.volume)))?;
+    let vol = vol.ok_or_else(|| NsError::NotFound(format!("volume {}", record.volume)))?;
     // A volume that names no regions lives in the one that made it (its id's top half):
     // its own records replay there after a rewind.
     let made_in = RegionId((vol.id >> 16) as u16);
@@ -513,7 +516,10 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
         return merge::log_applied(t, record, &[]);
     }
     let ctx = Ctx::new(record.hlc, record.now, Some(&record.effects), record.volume);
-    if let Some(why) = super::fence::fenced(t, record)? {
+    // The record's volume as it stands here (a deleted one too), read once: what its
+    // origin may change, and whether its home fences the record.
+    let vol = find_volume_row(t, record.volume, None)?;
+    if let Some(why) = super::fence::fenced(record, vol.as_ref()) {
         // Accepted by a home that was replaced: kept apart, applied nowhere.
         t.begin_record(record.hlc);
         let kept = super::fence::keep_apart(t, &ctx, record, &why);
@@ -538,7 +544,7 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
         return merge::log_applied(t, record, &images);
     }
     t.begin_record(record.hlc);
-    let outcome = match origin_may_change(t, record) {
+    let outcome = match origin_may_change(t, record, vol.as_ref()) {
         Ok(()) => apply_op(t, &record.op, &ctx),
         Err(e) => Err(e),
     };

@@ -11,29 +11,26 @@ use super::ctx::*;
 use super::tables::{WriteTables, read_inode};
 use super::types::*;
 
-/// Why `record` may not apply here: its volume has a home, and the record was not
-/// accepted by that home under the epoch in force at the record's stamp.
-pub(crate) fn fenced(t: &WriteTables<'_>, record: &Record) -> Result<Option<String>, NsError> {
+/// Why `record` may not apply here: its volume (`vol`, as it stands here) has a home,
+/// and the record was not accepted by that home under the epoch in force at the record's
+/// stamp.
+pub(crate) fn fenced(record: &Record, vol: Option<&Volume>) -> Option<String> {
     if !record.op.decided_at_home() || record.op.is_volume_level() {
-        return Ok(None);
+        return None;
     }
-    let Some(vol) = find_volume(t, record.volume)? else {
-        return Ok(None);
-    };
-    let Some(home) = vol.policy.home else {
-        return Ok(None);
-    };
+    let vol = vol.filter(|v| v.deleted.is_none())?;
+    let home = vol.policy.home?;
     if record.hlc.region == home && record.epoch == vol.policy.epoch {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(format!(
+    Some(format!(
         "{} accepted it under epoch {} of volume {:?}, whose home is {} under epoch {} at that point",
         region_name(record.hlc.region),
         record.epoch,
         vol.name,
         region_name(home),
         vol.policy.epoch
-    )))
+    ))
 }
 
 /// Keeps a fenced change apart instead of applying it (see the module).
