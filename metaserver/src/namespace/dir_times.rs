@@ -16,8 +16,10 @@
 use meridian_proto::Hlc;
 use redb::{ReadableTable, TableDefinition};
 
-use super::tables::{WriteTables, store_err};
-use super::types::{NsError, Timespec};
+use meridian_proto::InodeId;
+
+use super::tables::{Before, Tab, WriteTables, add_count, json_err, read_inode, store_err};
+use super::types::{Inode, NsError, Timespec};
 
 /// directory (8 bytes, big endian) ++ stamp key -> mtime ++ ctime (12 bytes each); the
 /// base under the zero stamp, followed by the stamp it was set by.
@@ -184,6 +186,99 @@ pub(crate) fn settle(t: &mut WriteTables<'_>, dir: u64, stamp: &[u8]) -> Result<
         t.dir_times.remove(base.as_slice()).map_err(store_err)?;
     }
     Ok(())
+}
+
+/// A directory's row, changed within a record so that it commutes (see the module).
+impl WriteTables<'_> {
+    /// Writes directory `inode`'s row whole within the record stamped `stamp`, its times
+    /// through its register (a whole write meets every change of its entries, so its
+    /// image restores the row; the register takes its times back out).
+    pub(super) fn put_dir_row(&mut self, inode: &Inode, stamp: Hlc) -> Result<(), NsError> {
+        let ino = inode.attr.ino;
+        let current = read_inode(self.inodes(), ino)?.unwrap_or_else(|| inode.clone());
+        let mut node = inode.clone();
+        (node.attr.mtime, node.attr.ctime) = set(
+            self,
+            ino.0,
+            stamp,
+            (inode.attr.mtime, inode.attr.ctime),
+            (current.attr.mtime, current.attr.ctime),
+        )?;
+        let bytes = serde_json::to_vec(&node).map_err(json_err)?;
+        self.write(Tab::Inodes, &ino.0.to_be_bytes(), Some(&bytes))?;
+        self.note_dir_change(ino, stamp, 0, true)
+    }
+
+    /// Changes directory `dir` for a change of its entries: its link count by `nlink_by`,
+    /// and its times to `now` if given. Within a record this commutes with other records'
+    /// changes of other entries: the count is remembered by amount and the times go
+    /// through the directory's register (see `dir_times`).
+    pub(crate) fn change_dir(
+        &mut self,
+        dir: InodeId,
+        nlink_by: i64,
+        now: Option<Timespec>,
+    ) -> Result<(), NsError> {
+        let mut node = read_inode(self.inodes(), dir)?
+            .ok_or_else(|| NsError::NotFound(format!("directory {dir}")))?;
+        node.attr.nlink = add_count(node.attr.nlink, nlink_by);
+        let Some(stamp) = self.recording() else {
+            if let Some(now) = now {
+                (node.attr.mtime, node.attr.ctime) = (now, now);
+            }
+            return self.put_inode(&node);
+        };
+        if let Some(now) = now {
+            let current = (node.attr.mtime, node.attr.ctime);
+            (node.attr.mtime, node.attr.ctime) = set(self, dir.0, stamp, (now, now), current)?;
+        }
+        self.put_inode_row(&node)?;
+        self.note_dir_change(dir, stamp, nlink_by, now.is_some())
+    }
+
+    fn note_dir_change(
+        &mut self,
+        dir: InodeId,
+        stamp: Hlc,
+        nlink_by: i64,
+        timed: bool,
+    ) -> Result<(), NsError> {
+        if let Some(u) = self.undo.as_mut() {
+            let mut key = dir.0.to_be_bytes().to_vec();
+            key.extend_from_slice(&stamp.to_key());
+            let mut by = nlink_by.to_be_bytes().to_vec();
+            by.push(u8::from(timed));
+            u.push(Before(Tab::DirBy, key, Some(by)));
+        }
+        Ok(())
+    }
+
+    /// Undoes one [`Tab::DirBy`] change.
+    pub(super) fn take_back_dir_change(
+        &mut self,
+        key: &[u8],
+        val: Option<&[u8]>,
+    ) -> Result<(), NsError> {
+        let damaged = || NsError::Store("damaged directory change".into());
+        let (dir, stamp) = key.split_first_chunk::<8>().ok_or_else(damaged)?;
+        let dir = InodeId(u64::from_be_bytes(*dir));
+        let (by, timed) = val
+            .and_then(|v| v.split_first_chunk::<8>())
+            .ok_or_else(damaged)?;
+        let times = match timed {
+            [0] => None,
+            [1] => unset(self, dir.0, stamp)?,
+            _ => return Err(damaged()),
+        };
+        let Some(mut node) = read_inode(self.inodes(), dir)? else {
+            return Ok(()); // gone meanwhile (with a record that met this one's)
+        };
+        node.attr.nlink = add_count(node.attr.nlink, i64::from_be_bytes(*by).saturating_neg());
+        if let Some((m, c)) = times {
+            (node.attr.mtime, node.attr.ctime) = (m, c);
+        }
+        self.put_inode_row(&node)
+    }
 }
 
 /// Every directory's register: the directory and the newest times in it (for checks).

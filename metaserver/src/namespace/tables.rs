@@ -5,8 +5,8 @@
 use meridian_proto::{BlockId, Hlc, InodeId};
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 
-use super::dir_times::{self, DIR_TIMES};
-use super::types::{DirEntry, Extent, FileKind, Inode, NsError, Timespec, Volume};
+use super::dir_times::DIR_TIMES;
+use super::types::{DirEntry, Extent, FileKind, Inode, NsError, Volume};
 
 fn u64_of(b: &[u8]) -> Result<u64, NsError> {
     b.try_into()
@@ -14,7 +14,7 @@ fn u64_of(b: &[u8]) -> Result<u64, NsError> {
         .map_err(|_| NsError::Store("damaged 8-byte key or value".into()))
 }
 
-fn add_count(n: u32, by: i64) -> u32 {
+pub(super) fn add_count(n: u32, by: i64) -> u32 {
     (i64::from(n).saturating_add(by)).clamp(0, i64::from(u32::MAX)) as u32
 }
 
@@ -153,7 +153,7 @@ pub(crate) fn store_err(e: impl Into<redb::Error>) -> NsError {
     NsError::Store(e.into().to_string())
 }
 
-fn json_err(e: serde_json::Error) -> NsError {
+pub(super) fn json_err(e: serde_json::Error) -> NsError {
     NsError::Store(format!("damaged record: {e}"))
 }
 
@@ -488,7 +488,7 @@ impl<'txn> WriteTables<'txn> {
     }
 
     /// The stamp of the record being applied, while its writes are recorded.
-    fn recording(&self) -> Option<Hlc> {
+    pub(super) fn recording(&self) -> Option<Hlc> {
         self.stamp.filter(|_| self.undo.is_some())
     }
 
@@ -788,96 +788,19 @@ impl<'txn> WriteTables<'txn> {
         if inode.attr.kind == FileKind::Dir
             && let Some(stamp) = self.recording()
         {
-            // A directory's times are set through its register (see `dir_times`).
-            let ino = inode.attr.ino;
-            let current = read_inode(&self.inodes, ino)?.unwrap_or_else(|| inode.clone());
-            let mut node = inode.clone();
-            (node.attr.mtime, node.attr.ctime) = dir_times::set(
-                self,
-                ino.0,
-                stamp,
-                (inode.attr.mtime, inode.attr.ctime),
-                (current.attr.mtime, current.attr.ctime),
-            )?;
-            let bytes = serde_json::to_vec(&node).map_err(json_err)?;
-            self.write(Tab::Inodes, &key, Some(&bytes))?;
-            return self.note_dir_change(ino, stamp, 0, true);
+            // A directory's times are set through its register.
+            return self.put_dir_row(inode, stamp);
         }
         let bytes = serde_json::to_vec(inode).map_err(json_err)?;
         self.write(Tab::Inodes, &key, Some(&bytes))
     }
 
-    /// Changes directory `dir` for a change of its entries: its link count by `nlink_by`,
-    /// and its times to `now` if given. Within a record this commutes with other records'
-    /// changes of other entries: the count is remembered by amount and the times go
-    /// through the directory's register (see `dir_times`).
-    pub(crate) fn change_dir(
-        &mut self,
-        dir: InodeId,
-        nlink_by: i64,
-        now: Option<Timespec>,
-    ) -> Result<(), NsError> {
-        let mut node = read_inode(&self.inodes, dir)?
-            .ok_or_else(|| NsError::NotFound(format!("directory {dir}")))?;
-        node.attr.nlink = add_count(node.attr.nlink, nlink_by);
-        let Some(stamp) = self.recording() else {
-            if let Some(now) = now {
-                (node.attr.mtime, node.attr.ctime) = (now, now);
-            }
-            return self.put_inode(&node);
-        };
-        if let Some(now) = now {
-            let current = (node.attr.mtime, node.attr.ctime);
-            (node.attr.mtime, node.attr.ctime) =
-                dir_times::set(self, dir.0, stamp, (now, now), current)?;
-        }
-        let bytes = serde_json::to_vec(&node).map_err(json_err)?;
+    /// Writes an inode's row as it is, remembering nothing (for `dir_times`, which
+    /// remembers the change by amount).
+    pub(super) fn put_inode_row(&mut self, node: &Inode) -> Result<(), NsError> {
+        let bytes = serde_json::to_vec(node).map_err(json_err)?;
         self.inodes
-            .insert(dir.0, bytes.as_slice())
-            .map_err(store_err)?;
-        self.note_dir_change(dir, stamp, nlink_by, now.is_some())
-    }
-
-    fn note_dir_change(
-        &mut self,
-        dir: InodeId,
-        stamp: Hlc,
-        nlink_by: i64,
-        timed: bool,
-    ) -> Result<(), NsError> {
-        if let Some(u) = self.undo.as_mut() {
-            let mut key = dir.0.to_be_bytes().to_vec();
-            key.extend_from_slice(&stamp.to_key());
-            let mut by = nlink_by.to_be_bytes().to_vec();
-            by.push(u8::from(timed));
-            u.push(Before(Tab::DirBy, key, Some(by)));
-        }
-        Ok(())
-    }
-
-    /// Undoes one [`Tab::DirBy`] change.
-    fn take_back_dir_change(&mut self, key: &[u8], val: Option<&[u8]>) -> Result<(), NsError> {
-        let damaged = || NsError::Store("damaged directory change".into());
-        let (dir, stamp) = key.split_first_chunk::<8>().ok_or_else(damaged)?;
-        let dir = InodeId(u64::from_be_bytes(*dir));
-        let (by, timed) = val
-            .and_then(|v| v.split_first_chunk::<8>())
-            .ok_or_else(damaged)?;
-        let times = match timed {
-            [0] => None,
-            [1] => dir_times::unset(self, dir.0, stamp)?,
-            _ => return Err(damaged()),
-        };
-        let Some(mut node) = read_inode(&self.inodes, dir)? else {
-            return Ok(()); // gone meanwhile (with a record that met this one's)
-        };
-        node.attr.nlink = add_count(node.attr.nlink, i64::from_be_bytes(*by).saturating_neg());
-        if let Some((m, c)) = times {
-            (node.attr.mtime, node.attr.ctime) = (m, c);
-        }
-        let bytes = serde_json::to_vec(&node).map_err(json_err)?;
-        self.inodes
-            .insert(dir.0, bytes.as_slice())
+            .insert(node.attr.ino.0, bytes.as_slice())
             .map_err(store_err)?;
         Ok(())
     }
