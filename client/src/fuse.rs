@@ -1,6 +1,7 @@
 //! The FUSE adapter: the kernel's requests, answered by the file layer. fuser calls these
-//! methods on its event-loop threads; each one copies its arguments, moves the reply into a
-//! tokio task and returns at once, so a slow RPC never blocks a kernel queue.
+//! methods on its event-loop threads; each one copies its arguments and polls the answer
+//! once there: what is known at once is answered on that thread, and the rest moves with
+//! its reply into a tokio task, so a slow RPC never blocks a kernel queue.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -108,16 +109,27 @@ impl FuseFs {
         }
     }
 
+    /// Answers a request: polled once here, on the kernel's thread, so what the mount
+    /// answers alone (a lookup, a create or the attributes under a lease, a read from the
+    /// cache) needs no hand-off to another thread; what has to wait goes on as a task.
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        use std::sync::atomic::Ordering::SeqCst;
         let drain = self.drain.clone();
-        drain
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        drain.in_flight.fetch_add(1, SeqCst);
+        let mut f = Box::pin(f);
+        let ready = {
+            let _runtime = self.rt.enter();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            f.as_mut().poll(&mut cx).is_ready()
+        };
+        if ready {
+            drain.in_flight.fetch_sub(1, SeqCst);
+            return;
+        }
+        // Polled again at once by the runtime, with a waker that counts.
         self.rt.spawn(async move {
             f.await;
-            drain
-                .in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            drain.in_flight.fetch_sub(1, SeqCst);
         });
     }
 }
