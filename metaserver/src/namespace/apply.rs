@@ -46,7 +46,8 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     let volume = op_volume(t, &cmd.op)?;
     let mut ctx = Ctx::new(hlc, cmd.now, None, 0);
     ctx.given = cmd.ino;
-    t.begin_record(hlc);
+    let logged = merge::enters_log(t)?;
+    t.begin_record(hlc, logged);
     let outcome = match &volume {
         Some(v) if v.read_only && !allowed_when_read_only(&cmd.op) => Err(NsError::ReadOnly(
             format!("volume {} is a snapshot", v.name),
@@ -118,7 +119,11 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
                 .filter(|v| v.policy.home.is_some() && cmd.op.decided_at_home())
                 .map_or(0, |v| v.policy.epoch),
         };
-        merge::log_applied(t, &record, &images)?;
+        if logged {
+            merge::log_applied(t, &record, &images)?;
+        } else {
+            merge::applied_past(t, hlc)?;
+        }
         let seq = t.next(counter::NEXT_CHANGE, 1)?;
         let bytes = serde_json::to_vec(&record).map_err(|e| NsError::Store(e.to_string()))?;
         t.changelog
@@ -521,14 +526,14 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
     let vol = find_volume_row(t, record.volume, None)?;
     if let Some(why) = super::fence::fenced(record, vol.as_ref()) {
         // Accepted by a home that was replaced: kept apart, applied nowhere.
-        t.begin_record(record.hlc);
+        t.begin_record(record.hlc, true);
         let kept = super::fence::keep_apart(t, &ctx, record, &why);
         let mut images = t.end_record();
         match kept {
             Err(e @ NsError::Store(_)) => return Err(e),
             Err(e) => {
                 t.restore(&images)?;
-                t.begin_record(record.hlc);
+                t.begin_record(record.hlc, true);
                 let what = op_name(&record.op);
                 record_conflict(
                     t,
@@ -543,7 +548,7 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
         }
         return merge::log_applied(t, record, &images);
     }
-    t.begin_record(record.hlc);
+    t.begin_record(record.hlc, true);
     let outcome = match origin_may_change(t, record, vol.as_ref()) {
         Ok(()) => apply_op(t, &record.op, &ctx),
         Err(e) => Err(e),
@@ -553,7 +558,7 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
         Err(e @ NsError::Store(_)) => return Err(e),
         Err(e) => {
             t.restore(&images)?;
-            t.begin_record(record.hlc);
+            t.begin_record(record.hlc, true);
             // Losing an atime update or a compaction is no conflict anybody cares about.
             if !matches!(
                 record.op,

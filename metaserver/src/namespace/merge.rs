@@ -237,6 +237,18 @@ pub fn set_peers(t: &mut WriteTables<'_>, peers: &[RegionId]) -> Result<(), NsEr
     set_state(t, PEERS, &bytes)
 }
 
+/// Whether a local record applied now enters the merged log. Not where no region could
+/// send a record to order before it (no peer, none relayed, nothing kept apart for an
+/// image) and the log is empty: there it would leave again with the next record (the
+/// settled bound is the horizon), so it is neither written nor its directories' times
+/// noted by stamp (no register is left then either).
+pub(crate) fn enters_log(t: &WriteTables<'_>) -> Result<bool, NsError> {
+    Ok(!origins(&t.region_state)?.is_empty()
+        || stamp(&t.region_state, super::backfill::PARKED_LOW)?.is_some()
+        || t.oplog.first().map_err(store_err)?.is_some()
+        || t.dir_times.first().map_err(store_err)?.is_some())
+}
+
 /// Enters an applied record, with what it overwrote, into the merged log.
 pub(crate) fn log_applied(
     t: &mut WriteTables<'_>,
@@ -253,8 +265,13 @@ pub(crate) fn log_applied(
         .insert(key.as_slice(), undo.as_slice())
         .map_err(store_err)?;
     footprint::index(t, &key, &Footprint::of_applied(record, images))?;
-    if head(&t.region_state)?.is_none_or(|h| record.hlc > h) {
-        set_state(t, HEAD, &key)?;
+    applied_past(t, record.hlc)
+}
+
+/// Moves the head past a record applied (logged or not), and lets what settled leave.
+pub(crate) fn applied_past(t: &mut WriteTables<'_>, hlc: Hlc) -> Result<(), NsError> {
+    if head(&t.region_state)?.is_none_or(|h| hlc > h) {
+        set_state(t, HEAD, &hlc.to_key())?;
     }
     settle::prune_stable(t)
 }

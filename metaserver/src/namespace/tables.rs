@@ -439,7 +439,7 @@ pub struct WriteTables<'txn> {
     pub(crate) dir_times: Table<'txn, &'static [u8], &'static [u8]>,
     /// While set, every write to a namespace table records what it overwrote.
     pub(crate) undo: Option<Vec<Before>>,
-    /// The stamp of the record being applied (with `undo`).
+    /// The stamp of the record being applied (with `undo`), if it enters the merged log.
     stamp: Option<Hlc>,
 }
 
@@ -476,9 +476,11 @@ impl<'txn> WriteTables<'txn> {
     }
 
     /// Starts applying the record stamped `stamp`: every write records what it overwrote.
-    pub(crate) fn begin_record(&mut self, stamp: Hlc) {
+    /// `logged`: the record enters the merged log, so its directories' times go through
+    /// their registers (see `dir_times`); otherwise they are written as they are.
+    pub(crate) fn begin_record(&mut self, stamp: Hlc, logged: bool) {
         self.undo = Some(Vec::new());
-        self.stamp = Some(stamp);
+        self.stamp = Some(stamp).filter(|_| logged);
     }
 
     /// Ends applying a record; returns what its writes overwrote.
