@@ -4,8 +4,9 @@
 //! until the servers recall the lease. While it holds a lease, and the feed that brings
 //! recalls answers, the mount answers mkdir, rmdir and unlink in it alone, from exactly
 //! what it knows (every name, and the directory's attributes), and sends the changes
-//! later, in order, in batches (one Raft entry each). New directories take inode numbers
-//! the servers reserved for this mount, so the number the kernel gets is final.
+//! later, in order, in batches (one Raft entry each): within [`LINGER`], or at once when a
+//! caller waits for them. New directories take inode numbers the servers reserved for
+//! this mount, so the number the kernel gets is final.
 //!
 //! Ordering: every request this mount sends to the servers that a queued change could
 //! affect waits until the queue is sent first ([`Leases::settle`]). Durability: fsync,
@@ -18,7 +19,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use meridian_proto::InodeId;
 use meridian_proto::ns::{
-    Attr, Creds, DirEntry, FileKind, LINK_MAX, NAME_MAX, NsError, Op, Queued, Reply, Timespec,
+    Attr, Creds, DirEntry, Extent, FileKind, LINK_MAX, NAME_MAX, NsError, Op, Queued, Reply,
+    Timespec,
 };
 use tokio::sync::{Notify, oneshot, watch};
 use tracing::warn;
@@ -33,6 +35,12 @@ const RESERVE: u32 = 4096;
 const RESERVE_LOW: u64 = 1024;
 /// Most changes sent in one batch.
 const BATCH_MAX: usize = 2048;
+/// Changes queued with nobody waiting for them are sent this long after the first, or
+/// once this many are queued, so that a file's create goes with its first commit and a
+/// loop's changes go in batches; a durability point, a recall or a caller that waits
+/// sends the queue at once.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+const SEND_AT: usize = 256;
 /// Most directories leased at once; beyond it, new directories are not leased.
 const MAX_LEASED: usize = 1 << 16;
 /// Most changes waiting to be sent; beyond it, changes go to the servers one by one. A
@@ -43,6 +51,8 @@ const MAX_QUEUED: usize = 8192;
 const MAX_RECALLED: usize = 4096;
 /// Most files whose attributes are kept; beyond it, lookups of others ask the servers.
 const MAX_FILES: usize = 1 << 20;
+/// Most extents kept of a file (a small file has one).
+const KEPT_EXTENTS: usize = 4;
 
 /// A leased directory as this mount knows it: all of it.
 struct LeasedDir {
@@ -81,6 +91,9 @@ struct State {
     /// them: nobody else reaches these files without a recall, and every change this
     /// mount sends of one updates or drops them (see [`Leases::observed`]).
     files: HashMap<InodeId, Attr>,
+    /// The extents of kept files whose data this mount knows exactly: made here (none),
+    /// then written once (its first commit's). An open reads them instead of asking.
+    extents: HashMap<InodeId, Arc<Vec<Extent>>>,
 }
 
 impl State {
@@ -114,6 +127,7 @@ impl State {
         self.release.extend(dirs.iter().copied());
         self.dirs.clear();
         self.files.clear();
+        self.extents.clear();
         dirs
     }
 
@@ -122,7 +136,7 @@ impl State {
         match self.dirs.remove(&dir) {
             Some(d) => {
                 for (ino, _) in d.entries.values() {
-                    self.files.remove(ino);
+                    self.forget_file(*ino);
                 }
                 true
             }
@@ -133,15 +147,27 @@ impl State {
     fn keep_file(&mut self, attr: &Attr) {
         if self.files.len() < MAX_FILES || self.files.contains_key(&attr.ino) {
             self.files.insert(attr.ino, attr.clone());
+            if attr.size == 0 {
+                self.extents.insert(attr.ino, Arc::default());
+            } else {
+                self.extents.remove(&attr.ino);
+            }
         }
+    }
+
+    fn forget_file(&mut self, ino: InodeId) {
+        self.files.remove(&ino);
+        self.extents.remove(&ino);
     }
 }
 
 /// The mount's leases and the queue of changes it answered alone.
 pub(super) struct Leases {
     state: Mutex<State>,
-    /// Wakes the sender.
+    /// Wakes the sender to send now.
     work: Arc<Notify>,
+    /// Tells the sender changes were queued: it sends them within [`LINGER`].
+    pending: Arc<Notify>,
     /// Changes sent and answered so far.
     sent: watch::Sender<u64>,
     enabled: bool,
@@ -164,6 +190,32 @@ fn now() -> Timespec {
     }
 }
 
+/// The extents of a file after `op`, answered `a`, when that is known exactly: the first
+/// commit of a file known empty, whole (a few extents, in order, within its size).
+fn first_write(op: &Op, a: &Attr, before: Option<&Arc<Vec<Extent>>>) -> Option<Vec<Extent>> {
+    let Op::CommitExtents {
+        extents,
+        size,
+        base_version: None,
+        ..
+    } = op
+    else {
+        return None;
+    };
+    let ordered = extents
+        .windows(2)
+        .all(|w| w[0].offset + w[0].len <= w[1].offset);
+    let fits = extents
+        .iter()
+        .all(|e| e.len > 0 && e.offset.checked_add(e.len).is_some_and(|end| end <= *size));
+    (before.is_some_and(|b| b.is_empty())
+        && a.size == *size
+        && extents.len() <= KEPT_EXTENTS
+        && ordered
+        && fits)
+        .then(|| extents.clone())
+}
+
 /// Whether a name can be answered alone (the servers give other names their own error).
 fn plain_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/')
@@ -174,6 +226,7 @@ impl Leases {
         Leases {
             state: Mutex::default(),
             work: Arc::new(Notify::new()),
+            pending: Arc::new(Notify::new()),
             sent: watch::channel(0).0,
             enabled,
         }
@@ -207,6 +260,21 @@ impl Leases {
             Some((ino, FileKind::Dir)) => s.dirs.get(ino).map(|d| Ok(d.attr.clone())),
             Some((ino, _)) => s.files.get(ino).map(|a| Ok(a.clone())),
         }
+    }
+
+    /// What an open asks the servers (see `Query::View`), answered alone for a file whose
+    /// attributes and extents are kept here: the attributes, and the extents overlapping
+    /// `[offset, offset + len)` as they are stored (not cut to the range).
+    pub(super) fn view(&self, ino: InodeId, offset: u64, len: u64) -> Option<(Attr, Vec<Extent>)> {
+        let s = self.lock();
+        let (attr, extents) = (s.files.get(&ino)?, s.extents.get(&ino)?);
+        let end = offset.saturating_add(len);
+        let within = extents
+            .iter()
+            .filter(|e| e.offset < end && e.offset.saturating_add(e.len) > offset)
+            .cloned()
+            .collect();
+        Some((attr.clone(), within))
     }
 
     /// Whether the servers can answer a lookup of `name` in `parent` without waiting for
@@ -268,7 +336,11 @@ impl Leases {
         if s.reserved_left() < RESERVE_LOW {
             s.reserving = true;
         }
-        self.work.notify_one();
+        if s.reserving || s.queue.len() >= SEND_AT {
+            self.work.notify_one();
+        } else {
+            self.pending.notify_one();
+        }
         request
     }
 
@@ -287,6 +359,7 @@ impl Leases {
         let (tx, rx) = oneshot::channel();
         let request = self.enqueue(&mut s, meta, op, now(), None);
         s.waiters.insert(request, tx);
+        self.work.notify_one();
         Some(rx)
     }
 
@@ -484,7 +557,7 @@ impl Leases {
             .expect("checked")
             .entries
             .remove(asked.name);
-        s.files.remove(&ino);
+        s.forget_file(ino);
         let at = now();
         s.touch(asked.parent, at, 0);
         let op = Op::Unlink {
@@ -536,7 +609,7 @@ impl Leases {
                         s.drop_dir(ino);
                     }
                     Some((ino, _)) => {
-                        s.files.remove(&ino);
+                        s.forget_file(ino);
                     }
                     None => {}
                 }
@@ -579,9 +652,13 @@ impl Leases {
             match answered {
                 Some(a) if a.ino == ino && s.files.contains_key(&ino) => {
                     s.files.insert(ino, a.clone());
+                    match first_write(op, a, s.extents.get(&ino)) {
+                        Some(extents) => s.extents.insert(ino, Arc::new(extents)),
+                        None => s.extents.remove(&ino),
+                    };
                 }
                 _ => {
-                    s.files.remove(&ino);
+                    s.forget_file(ino);
                 }
             }
         }
@@ -737,9 +814,18 @@ impl Leases {
                 (ops, release, reserve)
             };
             if ops.is_empty() && release.is_empty() && reserve == 0 {
-                let work = leases.work.clone();
+                let (work, pending) = (leases.work.clone(), leases.pending.clone());
                 drop(fs);
-                work.notified().await;
+                tokio::select! {
+                    _ = work.notified() => {}
+                    _ = pending.notified() => {
+                        // Queued with nobody waiting: more may follow (a file's commit).
+                        tokio::select! {
+                            _ = work.notified() => {}
+                            _ = tokio::time::sleep(LINGER) => {}
+                        }
+                    }
+                }
                 continue;
             }
             let result = meta.write_back(&ops, &release, reserve).await;

@@ -212,16 +212,25 @@ impl FileSystem {
         let bs = u64::from(self.volume.policy.block_size);
         let start = offset - offset % bs;
         let want = (READ_WINDOW_BLOCKS * bs).max(offset.saturating_add(len) - start);
-        let (attr, extents) = match self
-            .query(Query::View {
-                ino,
-                offset: start,
-                len: want,
-            })
-            .await?
-        {
-            QueryReply::View { attr, extents } => (attr, extents),
-            _ => return Err(libc_errno::EIO),
+        // A file this mount made and wrote under a lease it still holds: nobody else has
+        // reached it, so what the mount kept is what the servers would answer.
+        let kept = match self.options.linearizable {
+            false => self.leases.view(ino, start, want),
+            true => None,
+        };
+        let (attr, extents) = match kept {
+            Some(view) => view,
+            None => match self
+                .query(Query::View {
+                    ino,
+                    offset: start,
+                    len: want,
+                })
+                .await?
+            {
+                QueryReply::View { attr, extents } => (attr, extents),
+                _ => return Err(libc_errno::EIO),
+            },
         };
         let end = start.saturating_add(want).min(attr.size).max(start);
         let view = ReadView {

@@ -62,7 +62,8 @@ fn pack(pieces: Vec<(u64, Bytes)>, block_size: u64) -> Vec<(Vec<Part>, Bytes)> {
 }
 
 impl FileSystem {
-    /// Opens a file (close-to-open: reads its attributes from the servers). Returns the
+    /// Opens a file (close-to-open: reads its attributes from the servers, or from what
+    /// this mount keeps of a file under its lease, see `Leases::view`). Returns the
     /// handle and whether the kernel may keep the pages it has cached of the file.
     pub async fn open_file(
         &self,
