@@ -128,6 +128,59 @@ fn another_mount_finds_at_once_what_a_mount_answered_alone_and_one_name_is_made_
     Ok(())
 }
 
+/// A file a mount made and wrote once under its lease opens from what the mount kept (no
+/// query to the servers): it reads back whole with the kernel's pages dropped, and so do
+/// files changed again (appended, cut, written with a hole), whose kept extents go. Once
+/// another mount writes the file, this one reads the new bytes.
+#[test]
+fn a_file_made_here_opens_from_what_the_mount_kept_until_it_changes() -> Result<()> {
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let d = here.path.join("d");
+    fs::create_dir(&d)?;
+    let first: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let more: Vec<u8> = (0..5_000u32).map(|i| (i % 13) as u8 + 1).collect();
+    fs::write(d.join("a"), &first)?;
+    fs::write(d.join("empty"), b"")?;
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = File::create(d.join("hole"))?;
+        f.seek(SeekFrom::Start(20_000))?;
+        f.write_all(b"tail")?;
+    }
+    let drop_pages = || fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_pages()?;
+    assert_eq!(fs::read(d.join("a"))?, first);
+    assert_eq!(fs::read(d.join("empty"))?, b"");
+    let mut holed = vec![0u8; 20_000];
+    holed.extend_from_slice(b"tail");
+    assert_eq!(fs::read(d.join("hole"))?, holed);
+
+    // Appended: a second commit, whose extents alone are not the file.
+    {
+        use std::io::Write;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("a"))?
+            .write_all(&more)?;
+    }
+    drop_pages()?;
+    let mut whole = first.clone();
+    whole.extend_from_slice(&more);
+    assert_eq!(fs::read(d.join("a"))?, whole);
+    // Cut short.
+    File::options().write(true).open(d.join("a"))?.set_len(10)?;
+    drop_pages()?;
+    assert_eq!(fs::read(d.join("a"))?, &first[..10]);
+
+    // Written by the other mount (the lease is recalled): read here afresh.
+    fs::write(there.path.join("d").join("hole"), b"theirs")?;
+    drop_pages()?;
+    assert_eq!(fs::read(d.join("hole"))?, b"theirs");
+    assert_eq!(fs::read(there.path.join("d").join("a"))?, &first[..10]);
+    Ok(())
+}
+
 /// A mount killed with kill -9: what it made before an fsync of the directory survives,
 /// and after the recall times out, another mount changes the directory freely; changes
 /// the dead mount still held are lost as unsynced changes on a local disk are, never

@@ -168,3 +168,49 @@ fn a_peer_that_is_behind_holds_back_only_the_change_records_it_needs() {
         .unwrap_err();
     assert!(err.to_string().contains("backfill"), "{err}");
 }
+
+/// A region with no peer keeps no merged log: its records would leave it with the next
+/// one anyway. Its directories' times are written as they are, with no register, and the
+/// head still moves. Once it has a peer, its records enter the log again.
+#[test]
+fn a_region_without_peers_keeps_no_merged_log_until_it_has_one() {
+    let mut r = Region::new(1, &[]);
+    let root = make_volume(&mut r, "solo", vec![RegionId(1)]);
+    r.run(mknod(root, "d", FileKind::Dir)).unwrap();
+    let d = r.lookup(root, "d").unwrap().ino;
+    for i in 0..5 {
+        r.run(mknod(d, &format!("f{i}"), FileKind::File)).unwrap();
+    }
+    r.run(mknod(d, "sub", FileKind::Dir)).unwrap();
+    r.run(unlink(d, "f0")).unwrap();
+    let kept = |r: &Region| {
+        let tx = r.db.begin_read().unwrap();
+        let log = dump_table(&tx, OPLOG, |k| k.to_vec(), |v| v.to_vec()).len();
+        let times = dump_table(
+            &tx,
+            super::dir_times::DIR_TIMES,
+            |k| k.to_vec(),
+            |v| v.to_vec(),
+        )
+        .len();
+        (log, times)
+    };
+    assert_eq!(
+        kept(&r),
+        (0, 0),
+        "no merged log and no register without peers"
+    );
+    assert_eq!(r.names(d), ["f1", "f2", "f3", "f4", "sub"]);
+    let dir = r.lookup(root, "d").unwrap();
+    assert_eq!(dir.nlink, 3);
+    let last = r.changes(1, usize::MAX).last().unwrap().1.hlc;
+    assert_eq!(r.head(), Some(last), "the head moves past unlogged records");
+    assert_eq!(dir.mtime, r.changes(1, usize::MAX).last().unwrap().1.now);
+    assert_consistent(&r);
+
+    // With a peer, records enter the merged log (and a late record can be ordered).
+    r.write(|t| merge::set_peers(t, &[RegionId(2)]).unwrap());
+    r.run(mknod(d, "g", FileKind::File)).unwrap();
+    assert_eq!(kept(&r).0, 1);
+    assert_consistent(&r);
+}
