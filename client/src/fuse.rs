@@ -1,7 +1,7 @@
 //! The FUSE adapter: the kernel's requests, answered by the file layer. fuser calls these
 //! methods on its event-loop threads; each one copies its arguments and polls the answer
 //! once there: what is known at once is answered on that thread, and the rest moves with
-//! its reply into a tokio task, so a slow RPC never blocks a kernel queue.
+//! its reply into a tokio task, so a slow RPC never blocks a kernel queue (`fuse/answer.rs`).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -21,6 +21,7 @@ use tokio::runtime::Handle;
 
 use crate::fs::{FileSystem, Seek};
 
+mod answer;
 mod convert;
 mod dirs;
 #[macro_use]
@@ -107,30 +108,6 @@ impl FuseFs {
             blksize: BLKSIZE,
             flags: 0,
         }
-    }
-
-    /// Answers a request: polled once here, on the kernel's thread, so what the mount
-    /// answers alone (a lookup, a create or the attributes under a lease, a read from the
-    /// cache) needs no hand-off to another thread; what has to wait goes on as a task.
-    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        use std::sync::atomic::Ordering::SeqCst;
-        let drain = self.drain.clone();
-        drain.in_flight.fetch_add(1, SeqCst);
-        let mut f = Box::pin(f);
-        let ready = {
-            let _runtime = self.rt.enter();
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            f.as_mut().poll(&mut cx).is_ready()
-        };
-        if ready {
-            drain.in_flight.fetch_sub(1, SeqCst);
-            return;
-        }
-        // Polled again at once by the runtime, with a waker that counts.
-        self.rt.spawn(async move {
-            f.await;
-            drain.in_flight.fetch_sub(1, SeqCst);
-        });
     }
 }
 
@@ -786,49 +763,5 @@ impl Filesystem for FuseFs {
                 Err(e) => reply.error(err(e)),
             }
         });
-    }
-}
-
-impl FuseFs {
-    /// Runs `work` and answers with the entry it produces (or its errno).
-    fn reply_entry<F>(&self, reply: ReplyEntry, work: F)
-    where
-        F: std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
-    {
-        let this = self.clone_view();
-        let epoch = self.fs.cache_epoch();
-        let fs = self.fs.clone();
-        self.spawn(async move {
-            match work.await {
-                Ok(a) => fs.reply_cached(epoch, |ttl| {
-                    reply.entry(&ttl, &this.attr(&a), Generation(0))
-                }),
-                Err(e) => reply.error(err(e)),
-            }
-        });
-    }
-
-    /// Runs `work` and answers ok (or its errno).
-    fn reply_empty<F>(&self, reply: ReplyEmpty, work: F)
-    where
-        F: std::future::Future<Output = Result<(), i32>> + Send + 'static,
-    {
-        self.spawn(async move {
-            match work.await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
-        });
-    }
-
-    /// A cheap copy for use inside a task (shares the file layer).
-    fn clone_view(&self) -> FuseFs {
-        FuseFs {
-            fs: self.fs.clone(),
-            rt: self.rt.clone(),
-            root: self.root,
-            dirs: self.dirs.clone(),
-            drain: self.drain.clone(),
-        }
     }
 }

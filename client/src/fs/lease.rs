@@ -5,7 +5,7 @@
 //! recalls answers, the mount answers mkdir, rmdir and unlink in it alone, from exactly
 //! what it knows (every name, and the directory's attributes), and sends the changes
 //! later, in order, in batches (one Raft entry each): within [`LINGER`], or at once when a
-//! caller waits for them. New directories take inode numbers the servers reserved for
+//! caller waits for them (`send.rs`). New directories take inode numbers the servers reserved for
 //! this mount, so the number the kernel gets is final.
 //!
 //! Ordering: every request this mount sends to the servers that a queued change could
@@ -15,7 +15,7 @@
 //! it back with the next batch, after the changes made under it.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use meridian_proto::InodeId;
 use meridian_proto::ns::{
@@ -23,24 +23,17 @@ use meridian_proto::ns::{
     Timespec,
 };
 use tokio::sync::{Notify, oneshot, watch};
-use tracing::warn;
 
 use super::Errno;
 use crate::meta::MetaClient;
+
+mod send;
 use meridian_proto::ns::libc_errno;
 
 /// Inode numbers asked for at a time.
 const RESERVE: u32 = 4096;
 /// Below this many numbers left, more are asked for.
 const RESERVE_LOW: u64 = 1024;
-/// Most changes sent in one batch.
-const BATCH_MAX: usize = 2048;
-/// Changes queued with nobody waiting for them are sent this long after the first, or
-/// once this many are queued, so that a file's create goes with its first commit and a
-/// loop's changes go in batches; a durability point, a recall or a caller that waits
-/// sends the queue at once.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
-const SEND_AT: usize = 256;
 /// Most directories leased at once; beyond it, new directories are not leased.
 const MAX_LEASED: usize = 1 << 16;
 /// Most changes waiting to be sent; beyond it, changes go to the servers one by one. A
@@ -312,55 +305,6 @@ impl Leases {
     /// The inode of `name` in leased `parent`, if known here.
     pub(super) fn entry(&self, parent: InodeId, name: &[u8]) -> Option<(InodeId, FileKind)> {
         self.lock().dirs.get(&parent)?.entries.get(name).copied()
-    }
-
-    fn enqueue(
-        &self,
-        s: &mut State,
-        meta: &MetaClient,
-        op: Op,
-        at: Timespec,
-        ino: Option<InodeId>,
-    ) -> u64 {
-        let request = meta.next_request_id();
-        if let Some(ino) = ino {
-            s.unsent.insert(ino);
-        }
-        s.queue.push(Queued {
-            request,
-            op,
-            now: at,
-            ino,
-        });
-        s.queued += 1;
-        if s.reserved_left() < RESERVE_LOW {
-            s.reserving = true;
-        }
-        if s.reserving || s.queue.len() >= SEND_AT {
-            self.work.notify_one();
-        } else {
-            self.pending.notify_one();
-        }
-        request
-    }
-
-    /// Sends `op` after what is queued, in the same batch if it can, when something is
-    /// queued (otherwise `None`: send it directly, it is as fast). The receiver gets its
-    /// outcome.
-    pub(super) fn submit(
-        &self,
-        meta: &MetaClient,
-        op: Op,
-    ) -> Option<oneshot::Receiver<Result<Reply, NsError>>> {
-        let mut s = self.lock();
-        if s.queue.is_empty() {
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        let request = self.enqueue(&mut s, meta, op, now(), None);
-        s.waiters.insert(request, tx);
-        self.work.notify_one();
-        Some(rx)
     }
 
     /// Makes `asked.name` in leased `parent` here, at reserved number `ino`, as the
@@ -732,156 +676,11 @@ impl Leases {
         held
     }
 
-    /// The count of refused changes so far (see [`Leases::sync`]).
-    pub(super) fn failures(&self) -> u64 {
-        self.lock().failures
-    }
-
     /// Gives every lease back (unmount, a feed that stopped answering). Returns those
     /// that were held.
     pub(super) fn give_up(&self) -> Vec<InodeId> {
         let dirs = self.lock().give_up();
         self.work.notify_one();
         dirs
-    }
-
-    /// Waits until every change queued so far has been sent and answered.
-    pub(super) async fn settle(&self) {
-        let target = {
-            let s = self.lock();
-            if *self.sent.borrow() >= s.queued {
-                return;
-            }
-            s.queued
-        };
-        self.work.notify_one();
-        let mut rx = self.sent.subscribe();
-        while *rx.borrow_and_update() < target {
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// A durability point: [`settle`](Self::settle), then EIO if a change was refused
-    /// since `seen` (the caller's last look at [`Leases::failures`]; updated).
-    pub(super) async fn sync(&self, seen: &mut u64) -> Result<(), Errno> {
-        self.settle().await;
-        let s = self.lock();
-        if s.failures > *seen {
-            *seen = s.failures;
-            warn!(
-                last = s.last_failure.as_deref().unwrap_or(""),
-                "namespace changes answered here were refused by the servers"
-            );
-            return Err(libc_errno::EIO);
-        }
-        Ok(())
-    }
-
-    /// fsyncdir: [`sync`](Self::sync) with what fsyncdir last saw.
-    pub(super) async fn sync_dirs(&self) -> Result<(), Errno> {
-        let mut seen = self.lock().dir_seen;
-        let r = self.sync(&mut seen).await;
-        let mut s = self.lock();
-        s.dir_seen = s.dir_seen.max(seen);
-        r
-    }
-
-    /// Sends the queue, releases and reservations, until the file system is dropped.
-    pub(super) async fn send_loop(me: Weak<super::FileSystem>, meta: Arc<MetaClient>) {
-        loop {
-            let Some(fs) = me.upgrade() else { return };
-            let leases = &fs.leases;
-            let (ops, release, reserve) = {
-                let mut s = leases.lock();
-                let n = s.queue.len().min(BATCH_MAX);
-                let ops: Vec<Queued> = s.queue.drain(..n).collect();
-                // A lease goes back with the batch holding the last change queued in it.
-                let later: std::collections::HashSet<InodeId> =
-                    s.queue.iter().flat_map(|q| q.op.dirs_changed()).collect();
-                let release: Vec<InodeId> = s
-                    .release
-                    .iter()
-                    .copied()
-                    .filter(|d| !later.contains(d))
-                    .collect();
-                for d in &release {
-                    s.release.remove(d);
-                }
-                let reserve = if s.reserving { RESERVE } else { 0 };
-                s.reserving = false;
-                (ops, release, reserve)
-            };
-            if ops.is_empty() && release.is_empty() && reserve == 0 {
-                let (work, pending) = (leases.work.clone(), leases.pending.clone());
-                drop(fs);
-                tokio::select! {
-                    _ = work.notified() => {}
-                    _ = pending.notified() => {
-                        // Queued with nobody waiting: more may follow (a file's commit).
-                        tokio::select! {
-                            _ = work.notified() => {}
-                            _ = tokio::time::sleep(LINGER) => {}
-                        }
-                    }
-                }
-                continue;
-            }
-            let result = meta.write_back(&ops, &release, reserve).await;
-            let mut s = leases.lock();
-            match result {
-                Ok((outcomes, reserved)) => {
-                    if let Some((first, n)) = reserved {
-                        s.reserved.push_back((first.0, first.0 + u64::from(n)));
-                    }
-                    let mut refused = false;
-                    for q in &ops {
-                        if let Some(ino) = q.ino {
-                            s.unsent.remove(&ino);
-                        }
-                    }
-                    for (q, outcome) in ops.iter().zip(outcomes) {
-                        refused |= outcome.is_err();
-                        match s.waiters.remove(&q.request) {
-                            // Its caller reports it.
-                            Some(w) => {
-                                let _ = w.send(outcome);
-                            }
-                            None => {
-                                if let Err(e) = outcome {
-                                    s.failures += 1;
-                                    s.last_failure = Some(format!("{:?}: {e}", q.op));
-                                }
-                            }
-                        }
-                    }
-                    if refused {
-                        fs.known.forget(&s.give_up());
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, changes = ops.len(), "could not send namespace changes answered here");
-                    for q in &ops {
-                        if let Some(ino) = q.ino {
-                            s.unsent.remove(&ino);
-                        }
-                        match s.waiters.remove(&q.request) {
-                            Some(w) => {
-                                let _ = w.send(Err(NsError::Store(format!("not sent: {e}"))));
-                            }
-                            None => s.failures += 1,
-                        }
-                    }
-                    s.last_failure = Some(format!("{} changes not sent: {e}", ops.len()));
-                    fs.known.forget(&s.give_up());
-                    // The releases may not have reached the servers: they expire.
-                    s.release.clear();
-                }
-            }
-            let sent = *leases.sent.borrow() + ops.len() as u64;
-            drop(s);
-            leases.sent.send_replace(sent);
-        }
     }
 }

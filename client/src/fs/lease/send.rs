@@ -1,0 +1,219 @@
+//! Sending what the mount answered alone: the queue of changes goes to the servers in
+//! order, in batches (`MetaService.WriteBack`, one Raft entry each), with the leases given
+//! back and the inode numbers asked for; durability points and requests that must come
+//! after the queue wait here for it (docs/adr/0006).
+
+use std::sync::{Arc, Weak};
+
+use meridian_proto::InodeId;
+use meridian_proto::ns::{NsError, Op, Queued, Reply, Timespec, libc_errno};
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use super::{Errno, Leases, RESERVE, RESERVE_LOW, State, now};
+use crate::meta::MetaClient;
+
+/// Most changes sent in one batch.
+const BATCH_MAX: usize = 2048;
+/// Changes queued with nobody waiting for them are sent this long after the first, or
+/// once this many are queued, so that a file's create goes with its first commit and a
+/// loop's changes go in batches; a durability point, a recall or a caller that waits
+/// sends the queue at once.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+const SEND_AT: usize = 256;
+
+impl Leases {
+    pub(super) fn enqueue(
+        &self,
+        s: &mut State,
+        meta: &MetaClient,
+        op: Op,
+        at: Timespec,
+        ino: Option<InodeId>,
+    ) -> u64 {
+        let request = meta.next_request_id();
+        if let Some(ino) = ino {
+            s.unsent.insert(ino);
+        }
+        s.queue.push(Queued {
+            request,
+            op,
+            now: at,
+            ino,
+        });
+        s.queued += 1;
+        if s.reserved_left() < RESERVE_LOW {
+            s.reserving = true;
+        }
+        if s.reserving || s.queue.len() >= SEND_AT {
+            self.work.notify_one();
+        } else {
+            self.pending.notify_one();
+        }
+        request
+    }
+
+    /// Sends `op` after what is queued, in the same batch if it can, when something is
+    /// queued (otherwise `None`: send it directly, it is as fast). The receiver gets its
+    /// outcome.
+    pub(in crate::fs) fn submit(
+        &self,
+        meta: &MetaClient,
+        op: Op,
+    ) -> Option<oneshot::Receiver<Result<Reply, NsError>>> {
+        let mut s = self.lock();
+        if s.queue.is_empty() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let request = self.enqueue(&mut s, meta, op, now(), None);
+        s.waiters.insert(request, tx);
+        self.work.notify_one();
+        Some(rx)
+    }
+
+    /// The count of refused changes so far (see [`Leases::sync`]).
+    pub(in crate::fs) fn failures(&self) -> u64 {
+        self.lock().failures
+    }
+
+    /// Waits until every change queued so far has been sent and answered.
+    pub(in crate::fs) async fn settle(&self) {
+        let target = {
+            let s = self.lock();
+            if *self.sent.borrow() >= s.queued {
+                return;
+            }
+            s.queued
+        };
+        self.work.notify_one();
+        let mut rx = self.sent.subscribe();
+        while *rx.borrow_and_update() < target {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A durability point: [`settle`](Self::settle), then EIO if a change was refused
+    /// since `seen` (the caller's last look at [`Leases::failures`]; updated).
+    pub(in crate::fs) async fn sync(&self, seen: &mut u64) -> Result<(), Errno> {
+        self.settle().await;
+        let s = self.lock();
+        if s.failures > *seen {
+            *seen = s.failures;
+            warn!(
+                last = s.last_failure.as_deref().unwrap_or(""),
+                "namespace changes answered here were refused by the servers"
+            );
+            return Err(libc_errno::EIO);
+        }
+        Ok(())
+    }
+
+    /// fsyncdir: [`sync`](Self::sync) with what fsyncdir last saw.
+    pub(in crate::fs) async fn sync_dirs(&self) -> Result<(), Errno> {
+        let mut seen = self.lock().dir_seen;
+        let r = self.sync(&mut seen).await;
+        let mut s = self.lock();
+        s.dir_seen = s.dir_seen.max(seen);
+        r
+    }
+
+    /// Sends the queue, releases and reservations, until the file system is dropped.
+    pub(in crate::fs) async fn send_loop(me: Weak<crate::fs::FileSystem>, meta: Arc<MetaClient>) {
+        loop {
+            let Some(fs) = me.upgrade() else { return };
+            let leases = &fs.leases;
+            let (ops, release, reserve) = {
+                let mut s = leases.lock();
+                let n = s.queue.len().min(BATCH_MAX);
+                let ops: Vec<Queued> = s.queue.drain(..n).collect();
+                // A lease goes back with the batch holding the last change queued in it.
+                let later: std::collections::HashSet<InodeId> =
+                    s.queue.iter().flat_map(|q| q.op.dirs_changed()).collect();
+                let release: Vec<InodeId> = s
+                    .release
+                    .iter()
+                    .copied()
+                    .filter(|d| !later.contains(d))
+                    .collect();
+                for d in &release {
+                    s.release.remove(d);
+                }
+                let reserve = if s.reserving { RESERVE } else { 0 };
+                s.reserving = false;
+                (ops, release, reserve)
+            };
+            if ops.is_empty() && release.is_empty() && reserve == 0 {
+                let (work, pending) = (leases.work.clone(), leases.pending.clone());
+                drop(fs);
+                tokio::select! {
+                    _ = work.notified() => {}
+                    _ = pending.notified() => {
+                        // Queued with nobody waiting: more may follow (a file's commit).
+                        tokio::select! {
+                            _ = work.notified() => {}
+                            _ = tokio::time::sleep(LINGER) => {}
+                        }
+                    }
+                }
+                continue;
+            }
+            let result = meta.write_back(&ops, &release, reserve).await;
+            let mut s = leases.lock();
+            match result {
+                Ok((outcomes, reserved)) => {
+                    if let Some((first, n)) = reserved {
+                        s.reserved.push_back((first.0, first.0 + u64::from(n)));
+                    }
+                    let mut refused = false;
+                    for q in &ops {
+                        if let Some(ino) = q.ino {
+                            s.unsent.remove(&ino);
+                        }
+                    }
+                    for (q, outcome) in ops.iter().zip(outcomes) {
+                        refused |= outcome.is_err();
+                        match s.waiters.remove(&q.request) {
+                            // Its caller reports it.
+                            Some(w) => {
+                                let _ = w.send(outcome);
+                            }
+                            None => {
+                                if let Err(e) = outcome {
+                                    s.failures += 1;
+                                    s.last_failure = Some(format!("{:?}: {e}", q.op));
+                                }
+                            }
+                        }
+                    }
+                    if refused {
+                        fs.known.forget(&s.give_up());
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, changes = ops.len(), "could not send namespace changes answered here");
+                    for q in &ops {
+                        if let Some(ino) = q.ino {
+                            s.unsent.remove(&ino);
+                        }
+                        match s.waiters.remove(&q.request) {
+                            Some(w) => {
+                                let _ = w.send(Err(NsError::Store(format!("not sent: {e}"))));
+                            }
+                            None => s.failures += 1,
+                        }
+                    }
+                    s.last_failure = Some(format!("{} changes not sent: {e}", ops.len()));
+                    fs.known.forget(&s.give_up());
+                    // The releases may not have reached the servers: they expire.
+                    s.release.clear();
+                }
+            }
+            let sent = *leases.sent.borrow() + ops.len() as u64;
+            drop(s);
+            leases.sent.send_replace(sent);
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! How a kernel request is answered: polled once on the thread that took it, and moved
+//! with its reply into a tokio task only if it has to wait; the replies shared by several
+//! requests (an entry, an empty answer).
+
+use fuser::{Generation, ReplyEmpty, ReplyEntry};
+use meridian_proto::ns::Attr;
+
+use super::FuseFs;
+use super::convert::err;
+
+impl FuseFs {
+    /// Answers a request: polled once here, on the kernel's thread, so what the mount
+    /// answers alone (a lookup, a create or the attributes under a lease, a read from the
+    /// cache) needs no hand-off to another thread; what has to wait goes on as a task.
+    pub(super) fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let drain = self.drain.clone();
+        drain.in_flight.fetch_add(1, SeqCst);
+        let mut f = Box::pin(f);
+        let ready = {
+            let _runtime = self.rt.enter();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            f.as_mut().poll(&mut cx).is_ready()
+        };
+        if ready {
+            drain.in_flight.fetch_sub(1, SeqCst);
+            return;
+        }
+        // Polled again at once by the runtime, with a waker that counts.
+        self.rt.spawn(async move {
+            f.await;
+            drain.in_flight.fetch_sub(1, SeqCst);
+        });
+    }
+
+    /// Runs `work` and answers with the entry it produces (or its errno).
+    pub(super) fn reply_entry<F>(&self, reply: ReplyEntry, work: F)
+    where
+        F: std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
+    {
+        let this = self.clone_view();
+        let epoch = self.fs.cache_epoch();
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match work.await {
+                Ok(a) => fs.reply_cached(epoch, |ttl| {
+                    reply.entry(&ttl, &this.attr(&a), Generation(0))
+                }),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    /// Runs `work` and answers ok (or its errno).
+    pub(super) fn reply_empty<F>(&self, reply: ReplyEmpty, work: F)
+    where
+        F: std::future::Future<Output = Result<(), i32>> + Send + 'static,
+    {
+        self.spawn(async move {
+            match work.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    /// A cheap copy for use inside a task (shares the file layer).
+    pub(super) fn clone_view(&self) -> FuseFs {
+        FuseFs {
+            fs: self.fs.clone(),
+            rt: self.rt.clone(),
+            root: self.root,
+            dirs: self.dirs.clone(),
+            drain: self.drain.clone(),
+        }
+    }
+}
