@@ -118,6 +118,19 @@ impl FileSystem {
                     if !lost.is_empty() {
                         fs.known.forget(&fs.leases.lost(&lost));
                     }
+                    // The same for a file whose attributes or extents are kept here.
+                    let files: Vec<_> = touches
+                        .iter()
+                        .filter_map(|t| match t {
+                            Touch::Attrs(ino) | Touch::Content(ino) => Some(*ino),
+                            Touch::Entry { .. } => None,
+                        })
+                        .collect();
+                    if gap {
+                        fs.leases.changed_elsewhere(None);
+                    } else if !files.is_empty() {
+                        fs.leases.changed_elsewhere(Some(&files));
+                    }
                     if !touches.is_empty() {
                         fs.kernel.drop_touched(touches).await;
                     }

@@ -676,6 +676,20 @@ impl Leases {
         held
     }
 
+    /// Another client changed `files` (`None`: a gap in the feed hides which): it reached
+    /// them without a recall reaching this mount, so the lease that kept them here is gone
+    /// (the leader ended it): what is kept of them is forgotten.
+    pub(super) fn changed_elsewhere(&self, files: Option<&[InodeId]>) {
+        let mut s = self.lock();
+        match files {
+            Some(files) => files.iter().for_each(|ino| s.forget_file(*ino)),
+            None => {
+                s.files.clear();
+                s.extents.clear();
+            }
+        }
+    }
+
     /// Gives every lease back (unmount, a feed that stopped answering). Returns those
     /// that were held.
     pub(super) fn give_up(&self) -> Vec<InodeId> {

@@ -122,6 +122,9 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         if logged {
             merge::log_applied(t, &record, &images)?;
         } else {
+            // Promised too: a rewind after a peer is added resets the head to the newest
+            // record in the log, and this one is not there; the horizon must not go back.
+            merge::promise(t, hlc)?;
             merge::applied_past(t, hlc)?;
         }
         let seq = t.next(counter::NEXT_CHANGE, 1)?;
