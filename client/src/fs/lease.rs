@@ -87,6 +87,9 @@ struct State {
     /// The extents of kept files whose data this mount knows exactly: made here (none),
     /// then written once (its first commit's). An open reads them instead of asking.
     extents: HashMap<InodeId, Arc<Vec<Extent>>>,
+    /// Commits of kept files under way, and whether two of one file were ever at once
+    /// (their answers may then be observed in either order: neither's extents are kept).
+    committing: HashMap<InodeId, (u32, bool)>,
 }
 
 impl State {
@@ -581,6 +584,20 @@ impl Leases {
             _ => return,
         };
         let mut s = self.lock();
+        let alone = match op {
+            Op::CommitExtents { ino, .. } => match s.committing.get_mut(ino) {
+                Some((n, overlapped)) => {
+                    *n -= 1;
+                    let alone = *n == 0 && !*overlapped;
+                    if *n == 0 {
+                        s.committing.remove(ino);
+                    }
+                    alone
+                }
+                None => false,
+            },
+            _ => true,
+        };
         if s.files.is_empty() {
             return;
         }
@@ -596,7 +613,8 @@ impl Leases {
             match answered {
                 Some(a) if a.ino == ino && s.files.contains_key(&ino) => {
                     s.files.insert(ino, a.clone());
-                    match first_write(op, a, s.extents.get(&ino)) {
+                    let written = first_write(op, a, s.extents.get(&ino)).filter(|_| alone);
+                    match written {
                         Some(extents) => s.extents.insert(ino, Arc::new(extents)),
                         None => s.extents.remove(&ino),
                     };
@@ -604,6 +622,19 @@ impl Leases {
                 _ => {
                     s.forget_file(ino);
                 }
+            }
+        }
+    }
+
+    /// A commit of `op`'s file is about to be sent (see [`Leases::observed`], which must
+    /// follow it).
+    pub(super) fn committing(&self, op: &Op) {
+        if let Op::CommitExtents { ino, .. } = op {
+            let mut s = self.lock();
+            if s.files.contains_key(ino) {
+                let (n, overlapped) = s.committing.entry(*ino).or_default();
+                *overlapped |= *n > 0;
+                *n += 1;
             }
         }
     }

@@ -17,6 +17,7 @@ impl FileSystem {
             self.known.forget(&self.leases.give_back(&in_the_way));
         }
         self.leases.settle().await;
+        self.leases.committing(&op);
         let lease = matches!(
             op,
             Op::Mknod {
@@ -64,6 +65,8 @@ impl FileSystem {
         let Some(outcome) = self.leases.submit(&self.meta, op.clone()) else {
             return self.mutate(op).await;
         };
+        // Before its outcome is observed below (`mutate` counts its own).
+        self.leases.committing(&op);
         // As `mutate`: attributes kept for GETATTR are void while it runs.
         self.fresh.starting();
         let outcome = outcome.await;
