@@ -102,6 +102,7 @@ fn bench(c: &mut Criterion) {
             id: NodeId(1),
             zone: ZoneId::from("a"),
             address: addr,
+            range_address: String::new(),
             capacity: 1 << 40,
             state: NodeState::Up,
         }],

@@ -135,6 +135,9 @@ struct ChunkArgs {
     /// regions itself, in milliseconds (the coordinator normally has by then).
     #[arg(long)]
     ship_replica_delay_ms: Option<u64>,
+    /// Serve range reads on a second port beside gRPC (true or false; default true).
+    #[arg(long)]
+    range_port: Option<bool>,
     /// Dial another region's chunkserver through another address: ADDR=VIA (repeatable;
     /// a gateway, a tunnel, a fault proxy).
     #[arg(long = "route", value_parser = parse_pair)]
@@ -182,7 +185,8 @@ impl ChunkArgs {
             gc_interval_ms,
             gc_grace_ms,
             journal_segment_mib,
-            ship_replica_delay_ms
+            ship_replica_delay_ms,
+            range_port
         );
         set_opt!(cluster_map, capacity, metrics_listen, advertise);
         if !self.peers.is_empty() {

@@ -516,3 +516,111 @@ fn admin_chunk_status_reports_every_node_as_json() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stdout).contains("unreachable"));
     Ok(())
 }
+
+/// Range reads through the chunkservers' range ports: only a thread that may wait on one
+/// (a kernel request thread) uses it, and what it returns is verified like a gRPC read. A
+/// copy that fails its hash is never returned: the read goes on through gRPC to a good
+/// one. The port refuses blocks of regions it does not serve and closes connections that
+/// send anything but its frames, and serves on after both.
+#[test]
+fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_input() -> Result<()> {
+    use meridian_client::blocks::{BlockClient, blocking_reads};
+    use meridian_proto::range_wire::{RangeReply, RangeRequest};
+    use std::io::{Read, Write};
+
+    let region = common::Region::start()?;
+    let map = common::cluster_map(&region.meta_addrs()).expect("cluster map");
+    assert!(
+        map.nodes.iter().all(|n| !n.range_address.is_empty()),
+        "every chunkserver announces its range port: {map:?}"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = BlockClient::with_map(map.clone(), None);
+    let data = random_bytes(11, 1 << 20);
+    let block = EncodedBlock::encode(&data)?;
+    rt.block_on(client.put(&block, 3, 3))?;
+    let read = |offset: u64, len: u64| rt.block_on(client.get_range(&block.id, 3, offset, len));
+
+    // A runtime task reads through gRPC.
+    assert_eq!(read(100_000, 4096)?, data[100_000..104_096]);
+    assert_eq!(client.range_port_reads(), 0);
+    // A thread that may wait reads through the port: first with the outboard sent along,
+    // then (known) without.
+    let other = BlockClient::with_map(map.clone(), None);
+    let got = blocking_reads(|| rt.block_on(other.get_range(&block.id, 3, 200_000, 5000)))?;
+    assert_eq!(got, data[200_000..205_000]);
+    let got = blocking_reads(|| rt.block_on(other.get_range(&block.id, 3, 0, 1)))?;
+    assert_eq!(got, data[..1]);
+    assert_eq!(other.range_port_reads(), 2);
+
+    // Damage the copy read first: the port never returns it, and the read is still right.
+    let first = other.read_order(&block.id, 3)[0].clone();
+    let node = &region.chunks[(first.id.0 - 1) as usize];
+    let file = common::block_file(&node.data, &block.id.to_hex());
+    let mut bytes = fs::read(&file)?;
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle - 64..middle + 64] {
+        *b ^= 0x5a;
+    }
+    fs::write(&file, &bytes)?;
+    let got = blocking_reads(|| rt.block_on(other.get_range(&block.id, 3, 400_000, 250_000)))?;
+    assert_eq!(got, data[400_000..650_000]);
+    assert_eq!(
+        other.range_port_reads(),
+        2,
+        "the damaged copy was not taken"
+    );
+
+    // Hostile input, straight to a port.
+    let port = map.nodes[0].range_address.clone();
+    let ask = |frame: &[u8]| -> Result<Vec<u8>> {
+        let mut s = std::net::TcpStream::connect(&port)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        s.write_all(frame)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(out)
+    };
+    assert!(
+        ask(b"GET / HTTP/1.1\r\n\r\n")?.is_empty(),
+        "not a frame: closed"
+    );
+    let mut huge = 0x3152_524du32.to_le_bytes().to_vec();
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(ask(&huge)?.is_empty(), "a body too large: closed");
+    let request = |regions: Vec<u32>, block: BlockId| RangeRequest {
+        block,
+        offset: 0,
+        length: 10,
+        outboard_known: false,
+        volume: 0,
+        regions,
+    };
+    let reply = |r: RangeRequest| -> Result<RangeReply> {
+        let out = ask(&r.encode()?)?;
+        Ok(RangeReply::read(&mut &out[..], 1 << 23)?)
+    };
+    assert!(
+        matches!(reply(request(vec![7], block.id))?, RangeReply::Refused(m) if m.contains("regions")),
+        "a block of a volume living in another region"
+    );
+    assert!(matches!(
+        reply(request(vec![], BlockId::of(b"never stored")))?,
+        RangeReply::Missing(_)
+    ));
+    match reply(request(vec![], block.id))? {
+        RangeReply::Found { plain, offset, .. } => {
+            assert_eq!(offset, 0);
+            assert_eq!(&plain[..10], &data[..10]);
+        }
+        other if first.id == map.nodes[0].id => {
+            assert!(matches!(other, RangeReply::Missing(_)), "{other:?}")
+        }
+        other => panic!("a good copy: {other:?}"),
+    }
+    Ok(())
+}

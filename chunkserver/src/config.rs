@@ -68,6 +68,10 @@ pub struct ChunkConfig {
     /// shipped after this many milliseconds if the coordinator has not (it then finds the
     /// block there already): a coordinator lost with its disk loses no shipment.
     pub ship_replica_delay_ms: u64,
+    /// Serve range reads on a second TCP port (chosen by the system, on the gRPC listen
+    /// address's IP, announced in the cluster map): a small random read then costs the
+    /// client and this node no hand-off between tasks. Clients fall back to gRPC.
+    pub range_port: bool,
 }
 
 impl Default for ChunkConfig {
@@ -100,6 +104,7 @@ impl Default for ChunkConfig {
             gc_grace_ms: 3600 * 1000,
             journal_segment_mib: crate::journal::SEGMENT_LEN >> 20,
             ship_replica_delay_ms: 30_000,
+            range_port: true,
         }
     }
 }

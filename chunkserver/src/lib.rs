@@ -11,6 +11,7 @@ pub mod layout;
 pub mod ledger;
 pub mod maintain;
 pub mod map;
+pub mod range_port;
 pub mod replicate;
 pub mod residency;
 pub mod server;

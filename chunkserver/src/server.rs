@@ -15,6 +15,7 @@ use crate::config::ChunkConfig;
 use crate::error::ChunkError;
 use crate::ledger::Ledger;
 use crate::map::{self, MapView};
+use crate::range_port::{RangePort, RangeService};
 use crate::replicate::Replicator;
 use crate::service::ChunkNode;
 use crate::store::BlockStore;
@@ -44,12 +45,33 @@ pub async fn run(
         .local_addr()
         .map_err(|e| ChunkError::Invalid(format!("listener has no address: {e}")))?;
     let capacity = store.usage().capacity;
+    let store = Arc::new(store);
     let mut meta = None;
+    // Started before registering, so the map names it from the first; serves once the
+    // residency checker exists (connections wait in the backlog until then).
+    let (range_service, range_port) = match config.range_port {
+        true => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let port = RangePort::start(addr.ip(), rx)
+                .map_err(|e| ChunkError::Invalid(format!("cannot open the range port: {e}")))?;
+            (Some(tx), Some(port))
+        }
+        false => (None, None),
+    };
+    let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let range_address = match &range_port {
+        Some(port) => {
+            let host = advertised.rsplit_once(':').map_or("", |(h, _)| h);
+            format!("{host}:{}", port.addr().port())
+        }
+        None => String::new(),
+    };
     let map = if !config.meta.is_empty() {
         let me = NodeInfo {
             id,
             zone: ZoneId(config.zone.clone()),
-            address: config.advertise.clone().unwrap_or_else(|| addr.to_string()),
+            address: advertised,
+            range_address,
             capacity,
             state: NodeState::Up,
         };
@@ -82,11 +104,19 @@ pub async fn run(
         &config.peers,
         &config.routes,
     ));
-    let (store, ledger) = (Arc::new(store), Arc::new(ledger));
+    let ledger = Arc::new(ledger);
     let residency = Arc::new(crate::residency::Residency::new(
         config.region,
         meta.clone(),
     ));
+    if let Some(tx) = range_service {
+        let _ = tx.send(RangeService {
+            store: store.clone(),
+            residency: residency.clone(),
+            region: config.region,
+            runtime: tokio::runtime::Handle::current(),
+        });
+    }
     let maintainer = Arc::new(crate::maintain::Maintainer::new(
         id,
         store.clone(),
@@ -152,6 +182,7 @@ pub async fn run(
         )
         .await
         .map_err(|e| ChunkError::Invalid(format!("server failed: {e}")))?;
+    drop(range_port);
     for s in shippers.into_iter().chain(background) {
         s.abort();
     }

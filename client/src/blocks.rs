@@ -5,12 +5,16 @@
 //! the rest; suspect nodes last), verifies the hash of what it receives, and falls back to
 //! the next replica on any error or mismatch.
 
+mod range_port;
+
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::chunk::{GetHeader, GetRequest, HasRequest, PutHeader, PutRole};
+use meridian_proto::range_wire::{RangeReply, RangeRequest};
 use meridian_proto::recent::Recent;
 use meridian_proto::{
     BlockError, BlockId, ClusterMap, Compression, EncodedBlock, NodeId, NodeInfo, NodeState,
@@ -19,6 +23,8 @@ use meridian_proto::{
 use tokio::sync::watch;
 use tonic::Code;
 use tracing::{debug, warn};
+
+pub use range_port::blocking_reads;
 
 /// Why a block operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +87,10 @@ pub struct BlockClient {
     /// Outboards this client verified against their ids: a range read of their blocks
     /// asks for the groups alone.
     outboards: Recent<BlockId, (u64, Arc<Outboard>)>,
+    /// Range reads may go through the nodes' range ports.
+    range_port: bool,
+    /// Range reads answered through a range port.
+    range_port_reads: AtomicU64,
 }
 
 /// Blocks whose verified outboards a client keeps (8 KiB each for 4 MiB blocks).
@@ -102,6 +112,8 @@ impl BlockClient {
             volume: 0,
             origin: 0,
             outboards: Recent::new(KNOWN_OUTBOARDS),
+            range_port: true,
+            range_port_reads: AtomicU64::new(0),
         }
     }
 
@@ -110,6 +122,12 @@ impl BlockClient {
     pub fn for_volume(mut self, volume: u32, regions: &[meridian_proto::RegionId]) -> Self {
         self.volume = volume;
         self.regions = regions.iter().map(|r| u32::from(r.0)).collect();
+        self
+    }
+
+    /// Whether range reads may go through the nodes' range ports (default: yes).
+    pub fn with_range_port(mut self, on: bool) -> Self {
+        self.range_port = on;
         self
     }
 
@@ -301,7 +319,14 @@ impl BlockClient {
         offset: u64,
         len: u64,
     ) -> Result<Bytes, ClientError> {
-        for node in self.read_order(id, replicas) {
+        let order = self.read_order(id, replicas);
+        if let Some(got) = order
+            .first()
+            .and_then(|node| self.range_port_read(node, id, offset, len))
+        {
+            return Ok(got);
+        }
+        for node in order {
             match self.range_from(&node, id, offset, len).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) => {
@@ -351,9 +376,85 @@ impl BlockClient {
             ..Default::default()
         };
         let (header, plain) = self.call_get(node, request).await?;
-        let raw_len = u64::from(header.raw_len);
-        let at = u64::from(header.offset);
-        match known.filter(|(len, _)| header.outboard.is_empty() && *len == raw_len) {
+        let (raw_len, at) = (u64::from(header.raw_len), u64::from(header.offset));
+        self.check_range(id, known, raw_len, at, &header.outboard, plain, offset, len)
+    }
+
+    /// Reads through `node`'s range port, if this thread may wait on it and the node has
+    /// one; `None` leaves the read to gRPC (also when the port answers anything but
+    /// verified bytes).
+    fn range_port_read(
+        &self,
+        node: &NodeInfo,
+        id: &BlockId,
+        offset: u64,
+        len: u64,
+    ) -> Option<Bytes> {
+        // Nodes dialed through a route (a gateway, a proxy) are reached only that way.
+        if !self.range_port || node.range_address.is_empty() || self.pool.routes(&node.address) {
+            return None;
+        }
+        let known = self.outboards.get(id);
+        let request = RangeRequest {
+            block: *id,
+            offset: u32::try_from(offset).ok()?,
+            length: u32::try_from(len).ok()?,
+            outboard_known: known.is_some(),
+            volume: self.volume,
+            regions: self.regions.clone(),
+        };
+        let outcome = match range_port::call(&node.range_address, &request, self.max_block_len)? {
+            Ok(RangeReply::Found {
+                raw_len,
+                offset: at,
+                outboard,
+                plain,
+            }) => self.check_range(
+                id,
+                known,
+                u64::from(raw_len),
+                u64::from(at),
+                &outboard,
+                Bytes::from(plain),
+                offset,
+                len,
+            ),
+            Ok(RangeReply::Missing(m) | RangeReply::Refused(m) | RangeReply::Failed(m)) => Err(m),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(bytes) => {
+                self.range_port_reads.fetch_add(1, Ordering::Relaxed);
+                Some(bytes)
+            }
+            Err(e) => {
+                debug!(block = %id, node = %node.id, error = %e, "range port read failed; reading through gRPC");
+                None
+            }
+        }
+    }
+
+    /// Range reads this client had answered through a range port.
+    pub fn range_port_reads(&self) -> u64 {
+        self.range_port_reads.load(Ordering::Relaxed)
+    }
+
+    /// Verifies groups a node sent for a read of `[offset, offset + len)` (`at`: their
+    /// offset; `outboard`: the block's, unless the client said it knows it) against the
+    /// block id, and cuts the read out of them.
+    #[allow(clippy::too_many_arguments)]
+    fn check_range(
+        &self,
+        id: &BlockId,
+        known: Option<(u64, Arc<Outboard>)>,
+        raw_len: u64,
+        at: u64,
+        outboard: &[u8],
+        plain: Bytes,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, String> {
+        match known.filter(|(len, _)| outboard.is_empty() && *len == raw_len) {
             Some((_, ob)) => {
                 let checked = ob.verify_groups(id, raw_len, at, &plain);
                 if checked.is_err() {
@@ -362,10 +463,9 @@ impl BlockClient {
                 checked
             }
             None => {
-                let ob =
-                    Outboard::from_bytes(raw_len, &header.outboard).map_err(|e| e.to_string())?;
+                let ob = Outboard::from_bytes(raw_len, outboard).map_err(|e| e.to_string())?;
                 let checked = ob.verify(id, raw_len, at, &plain);
-                if checked.is_ok() && !header.outboard.is_empty() {
+                if checked.is_ok() && !outboard.is_empty() {
                     self.outboards.insert(*id, (raw_len, Arc::new(ob)));
                 }
                 checked

@@ -117,6 +117,9 @@ pub struct FsOptions {
     /// The process before this one died (rather than handing over): an adopted handle
     /// that may have written reports EIO at its next flush or fsync.
     pub adopted_writes_lost: bool,
+    /// Small range reads may go through the chunkservers' range ports (see
+    /// `blocks/range_port.rs`) rather than gRPC.
+    pub range_port: bool,
 }
 
 impl Default for FsOptions {
@@ -132,6 +135,7 @@ impl Default for FsOptions {
             adopt_handles: false,
             adopted_writes_lost: false,
             linearizable: false,
+            range_port: true,
         }
     }
 }
@@ -222,7 +226,8 @@ impl FileSystem {
         };
         let map = meta.watch_cluster_map();
         let blocks = BlockClient::new(map, zone, Default::default())
-            .for_volume(volume.id, &volume.policy.regions);
+            .for_volume(volume.id, &volume.policy.regions)
+            .with_range_port(options.range_port);
         if options.linearizable {
             if volume.policy.home.is_none() && volume.policy.regions.len() > 1 {
                 return Err(MetaError::Invalid(format!(

@@ -367,6 +367,7 @@ impl MetaClient {
             zone: node.zone.0.clone(),
             address: node.address.clone(),
             capacity: node.capacity,
+            range_address: node.range_address.clone(),
         };
         self.call(|mut c| {
             let req = req.clone();

@@ -510,10 +510,23 @@ impl MetaService for MetaApi {
                 "register needs id >= 1, zone, address and capacity > 0".into(),
             )));
         }
+        let host_port = |a: &str| {
+            a.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        };
+        if r.range_address.len() > 255
+            || !(r.range_address.is_empty() || host_port(&r.range_address))
+        {
+            return Err(Status::from(MetaError::Invalid(format!(
+                "range address {:?} is not host:port",
+                r.range_address.chars().take(64).collect::<String>()
+            ))));
+        }
         let info = NodeInfo {
             id: NodeId(r.id),
             zone: ZoneId(r.zone.clone()),
             address: r.address.clone(),
+            range_address: r.range_address.clone(),
             capacity: r.capacity,
             state: NodeState::Up,
         };

@@ -55,6 +55,11 @@ impl ChannelPool {
         self
     }
 
+    /// Whether `address` is dialed through a route.
+    pub fn routes(&self, address: &str) -> bool {
+        self.routes.contains_key(address)
+    }
+
     /// The channel to `address`, created (not yet connected) on first use.
     pub fn get(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());

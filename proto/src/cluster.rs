@@ -69,6 +69,10 @@ pub struct NodeInfo {
     pub zone: ZoneId,
     /// Where its ChunkService listens (`host:port`).
     pub address: String,
+    /// Where its range port listens (`host:port`; empty: it has none): range reads over
+    /// plain TCP, see [`crate::range_wire`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub range_address: String,
     /// Bytes it may store; placement weight.
     pub capacity: u64,
     /// What it may be asked to do.

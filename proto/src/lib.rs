@@ -10,6 +10,7 @@ pub mod net;
 pub mod ns;
 pub mod pb;
 pub mod placement;
+pub mod range_wire;
 pub mod recent;
 pub mod tree;
 pub mod wire;

@@ -65,6 +65,7 @@ mod tests {
             id: NodeId(id),
             zone: ZoneId::from(zone),
             address: format!("127.0.0.1:{}", 7000 + id),
+            range_address: String::new(),
             capacity,
             state: NodeState::Up,
         }

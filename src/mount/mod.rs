@@ -73,6 +73,9 @@ pub struct MountArgs {
     /// mount as non-root always does: the supervisor mounts the device itself.)
     #[arg(long)]
     pub no_supervisor: bool,
+    /// Read small ranges through gRPC only, never through the chunkservers' range ports.
+    #[arg(long)]
+    pub no_range_port: bool,
     /// Have the running mount at MOUNTPOINT served by this binary from now on (an
     /// upgrade): its supervisor starts this binary, the old serving process commits what
     /// it holds and goes, and requests wait in the kernel meanwhile.
@@ -190,6 +193,7 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
         adopt_handles: args.generation > 1,
         adopted_writes_lost: args.after_crash,
         linearizable: args.linearizable,
+        range_port: !args.no_range_port,
         ..Default::default()
     };
     let fs = rt

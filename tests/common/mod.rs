@@ -281,6 +281,7 @@ impl ChunkCluster {
                 id: NodeId(p.id),
                 zone: ZoneId(p.zone.clone()),
                 address: p.addr.clone(),
+                range_address: String::new(),
                 capacity: 8 << 30,
                 state: NodeState::Up,
             })

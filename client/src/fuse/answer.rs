@@ -20,7 +20,9 @@ impl FuseFs {
         let ready = {
             let _runtime = self.rt.enter();
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            f.as_mut().poll(&mut cx).is_ready()
+            // Nothing else runs on this thread meanwhile: a range read may wait here on
+            // a chunkserver's range port rather than go through a task.
+            crate::blocks::blocking_reads(|| f.as_mut().poll(&mut cx).is_ready())
         };
         if ready {
             drain.in_flight.fetch_sub(1, SeqCst);

@@ -1,0 +1,163 @@
+//! Range reads through a chunkserver's range port, from a thread that may block.
+//!
+//! A kernel request thread that polls a read inline (see `fuse/answer.rs`) may instead of
+//! handing the read to the runtime send it itself, on a connection of its own, and wait
+//! for the reply: one write and one read, no task, no hand-off. Only threads marked with
+//! [`blocking_reads`] do, and only [`MAX_BLOCKED`] at once, so the mount's other kernel
+//! threads stay free to take requests; everyone else, and every read the port cannot
+//! answer, goes through gRPC as before.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io::{self, BufReader, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use meridian_proto::range_wire::{RangeReply, RangeRequest};
+
+/// Kernel threads that may wait on the range port at once.
+pub const MAX_BLOCKED: usize = 2;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// A node that takes longer is left to gRPC (its retries and fallbacks).
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections a thread keeps (one per node it read from).
+const MAX_CONNECTIONS: usize = 64;
+
+static BLOCKED: AtomicUsize = AtomicUsize::new(0);
+
+/// A port that could not be dialed is left alone this long (by every thread).
+const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
+
+/// Ports that could not be dialed, and until when they are left alone.
+static UNREACHABLE: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
+    static CONNECTIONS: RefCell<HashMap<String, BufReader<TcpStream>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Runs `f` with this thread allowed to wait on range ports (a kernel request thread
+/// polling a request inline: it has nothing else to do meanwhile).
+pub fn blocking_reads<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MAY_BLOCK.with(|m| m.set(self.0));
+        }
+    }
+    let _reset = Reset(MAY_BLOCK.with(|m| m.replace(true)));
+    f()
+}
+
+/// Holds one of the [`MAX_BLOCKED`] places while a thread waits.
+struct Place;
+
+impl Place {
+    fn take() -> Option<Place> {
+        BLOCKED
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_BLOCKED).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        BLOCKED.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Sends `request` to the range port at `address` and waits for the reply, if this thread
+/// may block and a place is free; `None` otherwise (the caller goes through gRPC).
+pub fn call(address: &str, request: &RangeRequest, max_len: u32) -> Option<io::Result<RangeReply>> {
+    if !MAY_BLOCK.with(Cell::get) {
+        return None;
+    }
+    let _place = Place::take()?;
+    let frame = match request.encode() {
+        Ok(f) => f,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(CONNECTIONS.with(|c| {
+        let mut conns = c.borrow_mut();
+        let kept = conns.remove(address);
+        let was_kept = kept.is_some();
+        let conn = match kept {
+            Some(conn) => conn,
+            None => BufReader::new(connect(address)?),
+        };
+        let (conn, reply) = match exchange(conn, &frame, max_len) {
+            Ok(done) => done,
+            // A kept connection the node has closed since (a restart, an idle limit)
+            // fails at once: dial again, once.
+            Err(e) if was_kept && !timed_out(&e) => {
+                tracing::debug!(%address, error = %e, "range port: dialing again");
+                exchange(BufReader::new(connect(address)?), &frame, max_len)?
+            }
+            Err(e) => return Err(e),
+        };
+        if conns.len() < MAX_CONNECTIONS {
+            conns.insert(address.to_string(), conn);
+        }
+        Ok(reply)
+    }))
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Dials `address`, unless it failed to be dialed lately (a firewall that drops the
+/// port would otherwise cost every read the connect timeout).
+fn connect(address: &str) -> io::Result<TcpStream> {
+    let now = Instant::now();
+    {
+        let mut down = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
+        down.retain(|(_, until)| *until > now);
+        if down.iter().any(|(a, _)| a == address) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "unreachable lately",
+            ));
+        }
+    }
+    let dialed = address
+        .to_socket_addrs()
+        .and_then(|mut a| {
+            a.next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
+        })
+        .and_then(|addr| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT));
+    let s = match dialed {
+        Ok(s) => s,
+        Err(e) => {
+            let mut down = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
+            if down.len() < MAX_CONNECTIONS {
+                down.push((address.to_string(), now + UNREACHABLE_FOR));
+            }
+            return Err(e);
+        }
+    };
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+fn exchange(
+    mut conn: BufReader<TcpStream>,
+    frame: &[u8],
+    max_len: u32,
+) -> io::Result<(BufReader<TcpStream>, RangeReply)> {
+    conn.get_mut().write_all(frame)?;
+    let reply = RangeReply::read(&mut conn, max_len)?;
+    Ok((conn, reply))
+}
