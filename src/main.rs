@@ -138,6 +138,9 @@ struct ChunkArgs {
     /// Serve range reads on a second port beside gRPC (true or false; default true).
     #[arg(long)]
     range_port: Option<bool>,
+    /// Where the range port listens (IP:PORT; default: the gRPC listen IP, any port).
+    #[arg(long)]
+    range_listen: Option<String>,
     /// Dial another region's chunkserver through another address: ADDR=VIA (repeatable;
     /// a gateway, a tunnel, a fault proxy).
     #[arg(long = "route", value_parser = parse_pair)]
@@ -188,7 +191,13 @@ impl ChunkArgs {
             ship_replica_delay_ms,
             range_port
         );
-        set_opt!(cluster_map, capacity, metrics_listen, advertise);
+        set_opt!(
+            cluster_map,
+            capacity,
+            metrics_listen,
+            advertise,
+            range_listen
+        );
         if !self.peers.is_empty() {
             c.peers = self.peers;
         }

@@ -555,6 +555,20 @@ fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_inpu
     let got = blocking_reads(|| rt.block_on(other.get_range(&block.id, 3, 0, 1)))?;
     assert_eq!(got, data[..1]);
     assert_eq!(other.range_port_reads(), 2);
+    // A small block whole (a small file's), when the caller's length is all of it.
+    let small = random_bytes(12, 20_000);
+    let small_block = EncodedBlock::encode(&small)?;
+    rt.block_on(client.put(&small_block, 3, 3))?;
+    assert_eq!(
+        other.get_small(&small_block.id, 3, 20_000),
+        None,
+        "not here"
+    );
+    let whole = blocking_reads(|| other.get_small(&small_block.id, 3, 20_000));
+    assert_eq!(whole.as_deref(), Some(&small[..]));
+    let part = blocking_reads(|| other.get_small(&small_block.id, 3, 10_000));
+    assert_eq!(part, None, "longer than the caller thought: not whole");
+    assert_eq!(other.range_port_reads(), 4);
 
     // Damage the copy read first: the port never returns it, and the read is still right.
     let first = other.read_order(&block.id, 3)[0].clone();
@@ -570,7 +584,7 @@ fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_inpu
     assert_eq!(got, data[400_000..650_000]);
     assert_eq!(
         other.range_port_reads(),
-        2,
+        4,
         "the damaged copy was not taken"
     );
 

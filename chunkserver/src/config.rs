@@ -72,6 +72,9 @@ pub struct ChunkConfig {
     /// address's IP, announced in the cluster map): a small random read then costs the
     /// client and this node no hand-off between tasks. Clients fall back to gRPC.
     pub range_port: bool,
+    /// Where the range port listens (default: the gRPC listen address's IP, a port the
+    /// system chooses). Its host is announced as `advertise`'s, with this port.
+    pub range_listen: Option<String>,
 }
 
 impl Default for ChunkConfig {
@@ -105,6 +108,7 @@ impl Default for ChunkConfig {
             journal_segment_mib: crate::journal::SEGMENT_LEN >> 20,
             ship_replica_delay_ms: 30_000,
             range_port: true,
+            range_listen: None,
         }
     }
 }

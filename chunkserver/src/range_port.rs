@@ -47,13 +47,10 @@ pub struct RangePort {
 }
 
 impl RangePort {
-    /// Listens on `ip`, a port chosen by the system, and serves there the service `service`
-    /// brings once it comes (connections wait in the backlog until then).
-    pub fn start(
-        ip: std::net::IpAddr,
-        service: mpsc::Receiver<RangeService>,
-    ) -> io::Result<RangePort> {
-        let listener = TcpListener::bind((ip, 0))?;
+    /// Listens on `at` (port 0: one the system chooses), and serves there the service
+    /// `service` brings once it comes (connections wait in the backlog until then).
+    pub fn start(at: SocketAddr, service: mpsc::Receiver<RangeService>) -> io::Result<RangePort> {
+        let listener = TcpListener::bind(at)?;
         let addr = listener.local_addr()?;
         let closing = Arc::new(AtomicBool::new(false));
         let stop = closing.clone();

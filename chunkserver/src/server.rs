@@ -52,8 +52,15 @@ pub async fn run(
     let (range_service, range_port) = match config.range_port {
         true => {
             let (tx, rx) = std::sync::mpsc::channel();
-            let port = RangePort::start(addr.ip(), rx)
-                .map_err(|e| ChunkError::Invalid(format!("cannot open the range port: {e}")))?;
+            let at = match &config.range_listen {
+                Some(a) => a
+                    .parse()
+                    .map_err(|e| ChunkError::Invalid(format!("range listen address {a:?}: {e}")))?,
+                None => std::net::SocketAddr::new(addr.ip(), 0),
+            };
+            let port = RangePort::start(at, rx).map_err(|e| {
+                ChunkError::Invalid(format!("cannot open the range port on {at}: {e}"))
+            })?;
             (Some(tx), Some(port))
         }
         false => (None, None),

@@ -324,7 +324,7 @@ impl BlockClient {
             .first()
             .and_then(|node| self.range_port_read(node, id, offset, len))
         {
-            return Ok(got);
+            return Ok(got.0);
         }
         for node in order {
             match self.range_from(&node, id, offset, len).await {
@@ -380,16 +380,26 @@ impl BlockClient {
         self.check_range(id, known, raw_len, at, &header.outboard, plain, offset, len)
     }
 
+    /// A small block whole (`len`: its length as far as the caller knows, as a small
+    /// file's extent tells), read and verified through the nearest replica's range port if
+    /// this thread may wait on one; `None` when it cannot (the caller then reads through
+    /// gRPC), or when the block is longer than `len`.
+    pub fn get_small(&self, id: &BlockId, replicas: u32, len: u64) -> Option<Bytes> {
+        let node = self.read_order(id, replicas).into_iter().next()?;
+        let (bytes, raw_len) = self.range_port_read(&node, id, 0, len)?;
+        (raw_len == bytes.len() as u64).then_some(bytes)
+    }
+
     /// Reads through `node`'s range port, if this thread may wait on it and the node has
-    /// one; `None` leaves the read to gRPC (also when the port answers anything but
-    /// verified bytes).
+    /// one: the bytes and the block's length. `None` leaves the read to gRPC (also when
+    /// the port answers anything but verified bytes).
     fn range_port_read(
         &self,
         node: &NodeInfo,
         id: &BlockId,
         offset: u64,
         len: u64,
-    ) -> Option<Bytes> {
+    ) -> Option<(Bytes, u64)> {
         // Nodes dialed through a route (a gateway, a proxy) are reached only that way.
         if !self.range_port || node.range_address.is_empty() || self.pool.routes(&node.address) {
             return None;
@@ -409,16 +419,18 @@ impl BlockClient {
                 offset: at,
                 outboard,
                 plain,
-            }) => self.check_range(
-                id,
-                known,
-                u64::from(raw_len),
-                u64::from(at),
-                &outboard,
-                Bytes::from(plain),
-                offset,
-                len,
-            ),
+            }) => self
+                .check_range(
+                    id,
+                    known,
+                    u64::from(raw_len),
+                    u64::from(at),
+                    &outboard,
+                    Bytes::from(plain),
+                    offset,
+                    len,
+                )
+                .map(|bytes| (bytes, u64::from(raw_len))),
             Ok(RangeReply::Missing(m) | RangeReply::Refused(m) | RangeReply::Failed(m)) => Err(m),
             Err(e) => Err(e.to_string()),
         };

@@ -269,6 +269,16 @@ impl FileSystem {
     pub(super) async fn block(&self, e: &Extent) -> Result<Bytes, Errno> {
         self.cache
             .get_or_fetch(&e.block, || async {
+                // A small block (an extent that starts it and is small, as a small file's):
+                // whole through a range port, if this thread may wait on one.
+                if e.block_offset == 0
+                    && e.len <= RANGE_READ_MAX
+                    && let Some(whole) =
+                        self.blocks
+                            .get_small(&e.block, self.volume.policy.replicas, e.len)
+                {
+                    return Ok(whole);
+                }
                 self.blocks
                     .get(&e.block, self.volume.policy.replicas)
                     .await
