@@ -626,7 +626,28 @@ fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_inpu
         reply(request(vec![], BlockId::of(b"never stored")))?,
         RangeReply::Missing(_)
     ));
-    match reply(request(vec![], block.id))? {
+    let long = RangeRequest {
+        length: meridian_proto::range_wire::MAX_RANGE + 1,
+        ..request(vec![], block.id)
+    };
+    assert!(matches!(reply(long)?, RangeReply::Refused(m) if m.contains("at most")));
+    // Connections beyond the port's limit are answered busy, and it serves on after.
+    let idle: Vec<std::net::TcpStream> = (0..meridian_chunkserver::range_port::MAX_CONNECTIONS)
+        .map(|_| std::net::TcpStream::connect(&port))
+        .collect::<Result<_, _>>()?;
+    let busy = common::wait_for(std::time::Duration::from_secs(30), "a busy answer", || {
+        reply(request(vec![], block.id))
+            .ok()
+            .filter(|r| *r == RangeReply::Busy)
+    })?;
+    assert_eq!(busy, RangeReply::Busy);
+    drop(idle);
+    let served = common::wait_for(std::time::Duration::from_secs(30), "a place again", || {
+        reply(request(vec![], block.id))
+            .ok()
+            .filter(|r| *r != RangeReply::Busy)
+    })?;
+    match served {
         RangeReply::Found { plain, offset, .. } => {
             assert_eq!(offset, 0);
             assert_eq!(&plain[..10], &data[..10]);

@@ -4,27 +4,36 @@
 //! Each connection is served by a thread of its own that reads a request, reads and
 //! verifies the groups from disk, and writes the reply: no task, no blocking-pool hand-off.
 //! The same checks as a gRPC `Get` with an outboard apply (residency, the range within the
-//! block), and the same refusal to serve bytes that fail their hash. A connection that
-//! sends anything malformed is closed. Connections beyond [`MAX_CONNECTIONS`] are closed at
-//! once (clients then read through gRPC), and an idle one after [`MAX_IDLE`].
+//! block), and the same refusal to serve bytes that fail their hash (the damaged copy is
+//! reported for repair, as a gRPC read does). A connection that sends anything malformed
+//! is closed, as is a read longer than [`MAX_RANGE`] refused. Connections beyond
+//! [`MAX_CONNECTIONS`] are answered "busy" and closed (clients then read through gRPC and
+//! leave the port alone a while), and an idle one is closed after [`MAX_IDLE`].
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use meridian_proto::range_wire::{RangeReply, RangeRequest};
-use tracing::{debug, info, warn};
+use meridian_proto::range_wire::{self, MAX_RANGE, RangeReply, RangeRequest};
+use tracing::{debug, error, info, warn};
 
 use crate::error::ChunkError;
 use crate::residency::Residency;
 use crate::store::BlockStore;
 
 /// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 512;
 /// An idle connection is closed after this long.
-pub const MAX_IDLE: Duration = Duration::from_secs(120);
+pub const MAX_IDLE: Duration = Duration::from_secs(60);
+/// A connection's thread needs little stack: a request, a reply, a read of the store.
+const STACK: usize = 512 << 10;
+/// How long a connection answered "busy" may take to send its request, and to take the
+/// answer.
+const BUSY_WAIT: Duration = Duration::from_millis(20);
+/// After a failed accept (out of file descriptors), a pause before the next.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// How often an idle connection looks whether the port is closing.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -36,8 +45,10 @@ pub struct RangeService {
     pub residency: Arc<Residency>,
     /// This chunkserver's region.
     pub region: u16,
-    /// For the residency check's lookups.
+    /// For the residency check's lookups, and reports of damaged copies.
     pub runtime: tokio::runtime::Handle,
+    /// Told of a damaged copy: moves it aside and fetches a good one.
+    pub maintainer: Arc<crate::maintain::Maintainer>,
 }
 
 /// A listening range port; closed when dropped.
@@ -79,31 +90,62 @@ impl Drop for RangePort {
     }
 }
 
+/// A place among the [`MAX_CONNECTIONS`]; given back when dropped (also when the thread
+/// that was to hold it could not start).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn accept_loop(listener: TcpListener, service: Arc<RangeService>, closing: Arc<AtomicBool>) {
     let open = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if closing.load(Ordering::Acquire) {
             return;
         }
-        let Ok(conn) = conn else { continue };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "range port: accept failed");
+                std::thread::sleep(ACCEPT_PAUSE);
+                continue;
+            }
+        };
+        let slot = Slot(open.clone());
         if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::AcqRel);
-            debug!("range port: too many connections, one closed");
+            debug!("range port: too many connections, one answered busy");
+            answer_busy(&conn);
             continue;
         }
-        let (service, closing, open) = (service.clone(), closing.clone(), open.clone());
+        let (service, closing) = (service.clone(), closing.clone());
         let spawned = std::thread::Builder::new()
             .name("range-conn".into())
+            .stack_size(STACK)
             .spawn(move || {
+                let _slot = slot;
                 if let Err(e) = serve(conn, &service, &closing) {
                     debug!(error = %e, "range port: connection closed");
                 }
-                open.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
             warn!(error = %e, "range port: no thread for a connection");
         }
     }
+}
+
+/// Answers "busy" on a connection there is no place for. The request the client sent
+/// with the connection is read first (briefly), so that closing sends the answer and an
+/// orderly end rather than a reset that would lose it.
+fn answer_busy(conn: &TcpStream) {
+    let _ = conn.set_read_timeout(Some(BUSY_WAIT));
+    let _ = conn.set_write_timeout(Some(BUSY_WAIT));
+    let mut request = [0u8; range_wire::MAX_REQUEST + 8];
+    let _ = (&*conn).read(&mut request);
+    let _ = RangeReply::Busy.write(&mut &*conn);
+    let _ = conn.shutdown(std::net::Shutdown::Write);
 }
 
 /// Serves one connection until the client closes it, sends something malformed, stays
@@ -115,6 +157,9 @@ fn serve(conn: TcpStream, service: &RangeService, closing: &AtomicBool) -> io::R
     let mut reader = BufReader::new(&conn);
     let mut idle = Duration::ZERO;
     loop {
+        if closing.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match reader.fill_buf() {
             Ok([]) => return Ok(()),
             Ok(_) => idle = Duration::ZERO,
@@ -125,7 +170,7 @@ fn serve(conn: TcpStream, service: &RangeService, closing: &AtomicBool) -> io::R
                 ) =>
             {
                 idle += TICK;
-                if closing.load(Ordering::Acquire) || idle >= MAX_IDLE {
+                if idle >= MAX_IDLE {
                     return Ok(());
                 }
                 continue;
@@ -143,6 +188,12 @@ impl RangeService {
     /// The reply to one request.
     pub fn answer(&self, req: &RangeRequest) -> RangeReply {
         let id = req.block;
+        if req.length > MAX_RANGE {
+            return RangeReply::Refused(format!(
+                "a range of {} bytes: at most {MAX_RANGE} through the range port",
+                req.length
+            ));
+        }
         if req.volume != 0 {
             let checked = self
                 .runtime
@@ -171,10 +222,15 @@ impl RangeService {
                     } else {
                         r.outboard.to_bytes()
                     },
-                    plain: r.plain.to_vec(),
+                    plain: r.plain,
                 }
             }
-            Err(e @ (ChunkError::NotFound(_) | ChunkError::Corrupt { .. })) => {
+            Err(e @ ChunkError::NotFound(_)) => RangeReply::Missing(e.to_string()),
+            Err(e @ ChunkError::Corrupt { .. }) => {
+                metrics::counter!("meridian_chunk_corrupt_reads_total").increment(1);
+                error!(block = %id, error = %e, "stored copy is damaged; refusing to serve it");
+                let m = self.maintainer.clone();
+                self.runtime.spawn(async move { m.bad_copy(id).await });
                 RangeReply::Missing(e.to_string())
             }
             Err(e @ ChunkError::OutOfRange { .. }) => RangeReply::Refused(e.to_string()),

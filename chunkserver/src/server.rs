@@ -66,12 +66,15 @@ pub async fn run(
         false => (None, None),
     };
     let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let range_address = match &range_port {
-        Some(port) => {
-            let host = advertised.rsplit_once(':').map_or("", |(h, _)| h);
+    let range_address = match (&range_port, advertised.rsplit_once(':')) {
+        (Some(port), Some((host, _))) if !host.is_empty() => {
             format!("{host}:{}", port.addr().port())
         }
-        None => String::new(),
+        (Some(_), _) => {
+            warn!(%advertised, "the advertised address is not host:port; the range port is not announced");
+            String::new()
+        }
+        (None, _) => String::new(),
     };
     let map = if !config.meta.is_empty() {
         let me = NodeInfo {
@@ -116,14 +119,6 @@ pub async fn run(
         config.region,
         meta.clone(),
     ));
-    if let Some(tx) = range_service {
-        let _ = tx.send(RangeService {
-            store: store.clone(),
-            residency: residency.clone(),
-            region: config.region,
-            runtime: tokio::runtime::Handle::current(),
-        });
-    }
     let maintainer = Arc::new(crate::maintain::Maintainer::new(
         id,
         store.clone(),
@@ -142,6 +137,15 @@ pub async fn run(
         },
     )?);
     let background = maintainer.spawn();
+    if let Some(tx) = range_service {
+        let _ = tx.send(RangeService {
+            store: store.clone(),
+            residency: residency.clone(),
+            region: config.region,
+            runtime: tokio::runtime::Handle::current(),
+            maintainer: maintainer.clone(),
+        });
+    }
     let node = ChunkNode {
         id,
         zone: ZoneId(config.zone.clone()),

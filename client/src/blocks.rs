@@ -426,12 +426,13 @@ impl BlockClient {
                     u64::from(raw_len),
                     u64::from(at),
                     &outboard,
-                    Bytes::from(plain),
+                    plain,
                     offset,
                     len,
                 )
                 .map(|bytes| (bytes, u64::from(raw_len))),
             Ok(RangeReply::Missing(m) | RangeReply::Refused(m) | RangeReply::Failed(m)) => Err(m),
+            Ok(RangeReply::Busy) => Err("busy".into()),
             Err(e) => Err(e.to_string()),
         };
         match outcome {
@@ -485,7 +486,7 @@ impl BlockClient {
         }
         .map_err(|e| e.to_string())?;
         let end = offset.saturating_add(len).min(raw_len);
-        if offset < at || end > at + plain.len() as u64 {
+        if offset < at || end < offset || end > at + plain.len() as u64 {
             return Err(format!(
                 "sent {}+{} for a read of {offset}+{len}",
                 at,

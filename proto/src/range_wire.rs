@@ -16,10 +16,15 @@
 //!                     length, the outboard, the plaintext
 //!          1 missing, 2 refused, 3 failed: u32 message length (at most MAX_MESSAGE),
 //!                     the message (UTF-8)
+//!          4 busy:    nothing (the node serves as many connections as it will; the
+//!                     connection closes, and the client leaves the port alone a while)
 //! ```
+//! A range is at most [`MAX_RANGE`] bytes: longer reads go through gRPC.
 //! Every length is checked before anything is allocated for it.
 
 use std::io::{self, Read, Write};
+
+use bytes::Bytes;
 
 use crate::BlockId;
 
@@ -31,6 +36,8 @@ pub const MAX_REQUEST: usize = 4096;
 pub const MAX_REGIONS: usize = 64;
 /// No error message is longer.
 pub const MAX_MESSAGE: usize = 4096;
+/// No range read is longer.
+pub const MAX_RANGE: u32 = 1 << 20;
 const FIXED: usize = 32 + 4 + 4 + 1 + 4 + 2;
 
 /// A read of `[offset, offset + length)` of a block's plaintext.
@@ -62,7 +69,7 @@ pub enum RangeReply {
         /// The block's outboard (empty when the client said it knows it).
         outboard: Vec<u8>,
         /// The groups' plaintext.
-        plain: Vec<u8>,
+        plain: Bytes,
     },
     /// The node has no good copy (try another, or the gRPC path).
     Missing(String),
@@ -70,6 +77,8 @@ pub enum RangeReply {
     Refused(String),
     /// Something went wrong on the node.
     Failed(String),
+    /// The node serves no more connections now.
+    Busy,
 }
 
 fn invalid(what: impl Into<String>) -> io::Error {
@@ -193,6 +202,10 @@ impl RangeReply {
             RangeReply::Missing(m) => (1, m),
             RangeReply::Refused(m) => (2, m),
             RangeReply::Failed(m) => (3, m),
+            RangeReply::Busy => {
+                out.push(4);
+                return w.write_all(&out);
+            }
         };
         let mut end = message.len().min(MAX_MESSAGE);
         while !message.is_char_boundary(end) {
@@ -223,8 +236,11 @@ impl RangeReply {
                 raw_len,
                 offset,
                 outboard: read_vec(r, outboard_len as usize)?,
-                plain: read_vec(r, plain_len as usize)?,
+                plain: read_vec(r, plain_len as usize)?.into(),
             });
+        }
+        if status[0] == 4 {
+            return Ok(RangeReply::Busy);
         }
         let len = read_u32(r)? as usize;
         if len > MAX_MESSAGE {
@@ -269,11 +285,12 @@ mod tests {
                 raw_len: 100,
                 offset: 0,
                 outboard: vec![7; 32],
-                plain: vec![9; 100],
+                plain: vec![9; 100].into(),
             },
             RangeReply::Missing("gone".into()),
             RangeReply::Refused("residency".into()),
             RangeReply::Failed("disk".into()),
+            RangeReply::Busy,
         ] {
             let mut out = Vec::new();
             reply.write(&mut out).unwrap();
@@ -299,7 +316,7 @@ mod tests {
             raw_len: 10,
             offset: 0,
             outboard: Vec::new(),
-            plain: vec![1; 10],
+            plain: vec![1; 10].into(),
         }
         .write(&mut out)
         .unwrap();

@@ -20,17 +20,19 @@ use meridian_proto::range_wire::{RangeReply, RangeRequest};
 /// Kernel threads that may wait on the range port at once.
 pub const MAX_BLOCKED: usize = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
-/// A node that takes longer is left to gRPC (its retries and fallbacks).
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A node that takes longer for one step is left to gRPC (its retries and fallbacks),
+/// and its port alone for [`UNREACHABLE_FOR`].
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections a thread keeps (one per node it read from).
 const MAX_CONNECTIONS: usize = 64;
 
 static BLOCKED: AtomicUsize = AtomicUsize::new(0);
 
-/// A port that could not be dialed is left alone this long (by every thread).
+/// A port that could not be dialed, timed out or was busy is left alone this long (by
+/// every thread).
 const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
 
-/// Ports that could not be dialed, and until when they are left alone.
+/// Ports left alone, and until when.
 static UNREACHABLE: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
 
 thread_local! {
@@ -91,21 +93,42 @@ pub fn call(address: &str, request: &RangeRequest, max_len: u32) -> Option<io::R
             Some(conn) => conn,
             None => BufReader::new(connect(address)?),
         };
-        let (conn, reply) = match exchange(conn, &frame, max_len) {
-            Ok(done) => done,
+        let exchanged = match exchange(conn, &frame, max_len) {
             // A kept connection the node has closed since (a restart, an idle limit)
             // fails at once: dial again, once.
             Err(e) if was_kept && !timed_out(&e) => {
                 tracing::debug!(%address, error = %e, "range port: dialing again");
-                exchange(BufReader::new(connect(address)?), &frame, max_len)?
+                connect(address).and_then(|c| exchange(BufReader::new(c), &frame, max_len))
             }
-            Err(e) => return Err(e),
+            other => other,
         };
-        if conns.len() < MAX_CONNECTIONS {
-            conns.insert(address.to_string(), conn);
+        match exchanged {
+            Ok((_, RangeReply::Busy)) => {
+                leave_alone(address);
+                Ok(RangeReply::Busy)
+            }
+            Ok((conn, reply)) => {
+                if conns.len() < MAX_CONNECTIONS {
+                    conns.insert(address.to_string(), conn);
+                }
+                Ok(reply)
+            }
+            // A timeout, or a fresh connection that failed: the node is slow or in
+            // trouble, and gRPC copes better meanwhile.
+            Err(e) => {
+                leave_alone(address);
+                Err(e)
+            }
         }
-        Ok(reply)
     }))
+}
+
+/// Leaves the port at `address` alone for [`UNREACHABLE_FOR`].
+fn leave_alone(address: &str) {
+    let mut down = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
+    if down.len() < MAX_CONNECTIONS && !down.iter().any(|(a, _)| a == address) {
+        down.push((address.to_string(), Instant::now() + UNREACHABLE_FOR));
+    }
 }
 
 fn timed_out(e: &io::Error) -> bool {
@@ -139,10 +162,7 @@ fn connect(address: &str) -> io::Result<TcpStream> {
     let s = match dialed {
         Ok(s) => s,
         Err(e) => {
-            let mut down = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
-            if down.len() < MAX_CONNECTIONS {
-                down.push((address.to_string(), now + UNREACHABLE_FOR));
-            }
+            leave_alone(address);
             return Err(e);
         }
     };
