@@ -103,6 +103,9 @@ type RangeCache = meridian_proto::recent::Recent<BlockId, (format::Header, Arc<O
 /// Blocks whose outboards a store keeps (8 KiB each for 4 MiB blocks).
 const RANGE_CACHE: usize = 1024;
 
+/// Block files up to this long are read whole by a range read that knows nothing of them.
+const READ_WHOLE_BELOW: u64 = 256 << 10;
+
 impl BlockStore {
     /// Opens (or creates) the store under `root`: removes leftover temp files and counts the
     /// blocks present. `capacity` defaults to the size of the filesystem holding `root`.
@@ -415,7 +418,32 @@ impl BlockStore {
             node: self.node,
             reason,
         };
+        // A small file nothing is known of yet is read whole at once: one disk read where
+        // the header, the outboard and the groups would each be one (a cold small file's
+        // read is three of them otherwise).
+        let whole = match &known {
+            None => {
+                let file_len = f.metadata().map_err(ChunkError::io("stat", &path))?.len();
+                match file_len <= READ_WHOLE_BELOW {
+                    true => {
+                        let mut buf = vec![0u8; file_len as usize];
+                        f.read_exact_at(&mut buf, 0)
+                            .map_err(ChunkError::io("read", &path))?;
+                        Some(buf)
+                    }
+                    false => None,
+                }
+            }
+            Some(_) => None,
+        };
         let at = |at: u64, n: usize| -> Result<Vec<u8>, ChunkError> {
+            if let Some(w) = &whole {
+                return usize::try_from(at)
+                    .ok()
+                    .and_then(|a| w.get(a..a.checked_add(n)?))
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| corrupt("file cut short".into()));
+            }
             let mut buf = vec![0u8; n];
             f.read_exact_at(&mut buf, at).map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => corrupt("file cut short".into()),

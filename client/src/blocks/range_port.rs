@@ -28,9 +28,12 @@ const MAX_CONNECTIONS: usize = 64;
 
 static BLOCKED: AtomicUsize = AtomicUsize::new(0);
 
-/// A port that could not be dialed, timed out or was busy is left alone this long (by
-/// every thread).
+/// A port that could not be dialed, or was busy, is left alone this long (by every
+/// thread).
 const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
+/// A port that was slow or failed a fresh connection is left alone this long: a disk busy
+/// with a large flush can hold one read for seconds, and the next may be quick.
+const SLOW_FOR: Duration = Duration::from_secs(3);
 
 /// Ports left alone, and until when.
 static UNREACHABLE: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
@@ -104,7 +107,7 @@ pub fn call(address: &str, request: &RangeRequest, max_len: u32) -> Option<io::R
         };
         match exchanged {
             Ok((_, RangeReply::Busy)) => {
-                leave_alone(address);
+                leave_alone(address, UNREACHABLE_FOR, "busy");
                 Ok(RangeReply::Busy)
             }
             Ok((conn, reply)) => {
@@ -116,18 +119,19 @@ pub fn call(address: &str, request: &RangeRequest, max_len: u32) -> Option<io::R
             // A timeout, or a fresh connection that failed: the node is slow or in
             // trouble, and gRPC copes better meanwhile.
             Err(e) => {
-                leave_alone(address);
+                leave_alone(address, SLOW_FOR, &e.to_string());
                 Err(e)
             }
         }
     }))
 }
 
-/// Leaves the port at `address` alone for [`UNREACHABLE_FOR`].
-fn leave_alone(address: &str) {
+/// Leaves the port at `address` alone for `period` (reads go through gRPC meanwhile).
+fn leave_alone(address: &str, period: Duration, why: &str) {
     let mut down = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
     if down.len() < MAX_CONNECTIONS && !down.iter().any(|(a, _)| a == address) {
-        down.push((address.to_string(), Instant::now() + UNREACHABLE_FOR));
+        tracing::info!(%address, ?period, reason = %why, "range port left alone; reading through gRPC");
+        down.push((address.to_string(), Instant::now() + period));
     }
 }
 
@@ -162,7 +166,7 @@ fn connect(address: &str) -> io::Result<TcpStream> {
     let s = match dialed {
         Ok(s) => s,
         Err(e) => {
-            leave_alone(address);
+            leave_alone(address, UNREACHABLE_FOR, &e.to_string());
             return Err(e);
         }
     };
