@@ -421,20 +421,18 @@ impl BlockStore {
         // A small file nothing is known of yet is read whole at once: one disk read where
         // the header, the outboard and the groups would each be one (a cold small file's
         // read is three of them otherwise).
-        let whole = match &known {
-            None => {
-                let file_len = f.metadata().map_err(ChunkError::io("stat", &path))?.len();
-                match file_len <= READ_WHOLE_BELOW {
-                    true => {
-                        let mut buf = vec![0u8; file_len as usize];
-                        f.read_exact_at(&mut buf, 0)
-                            .map_err(ChunkError::io("read", &path))?;
-                        Some(buf)
-                    }
-                    false => None,
-                }
-            }
+        let file_len = match &known {
+            None => Some(f.metadata().map_err(ChunkError::io("stat", &path))?.len()),
             Some(_) => None,
+        };
+        let whole = match file_len {
+            Some(len) if len <= READ_WHOLE_BELOW => {
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, 0)
+                    .map_err(ChunkError::io("read", &path))?;
+                Some(buf)
+            }
+            _ => None,
         };
         let at = |at: u64, n: usize| -> Result<Vec<u8>, ChunkError> {
             if let Some(w) = &whole {
@@ -451,10 +449,10 @@ impl BlockStore {
             })?;
             Ok(buf)
         };
-        let h = match &known {
-            Some((h, _)) => *h,
-            None => {
-                let file_len = f.metadata().map_err(ChunkError::io("stat", &path))?.len();
+        let h = match (&known, file_len) {
+            (Some((h, _)), _) => *h,
+            (None, None) => unreachable!("the length is read when nothing is known"),
+            (None, Some(file_len)) => {
                 let head = at(0, (format::HEADER_LEN as u64).min(file_len) as usize)?;
                 let h = format::parse_header(&head)
                     .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;

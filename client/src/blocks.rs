@@ -385,6 +385,9 @@ impl BlockClient {
     /// this thread may wait on one; `None` when it cannot (the caller then reads through
     /// gRPC), or when the block is longer than `len`.
     pub fn get_small(&self, id: &BlockId, replicas: u32, len: u64) -> Option<Bytes> {
+        if !self.range_port || !range_port::may_wait() {
+            return None;
+        }
         let node = self.read_order(id, replicas).into_iter().next()?;
         let (bytes, raw_len) = self.range_port_read(&node, id, 0, len)?;
         (raw_len == bytes.len() as u64).then_some(bytes)
@@ -401,7 +404,11 @@ impl BlockClient {
         len: u64,
     ) -> Option<(Bytes, u64)> {
         // Nodes dialed through a route (a gateway, a proxy) are reached only that way.
-        if !self.range_port || node.range_address.is_empty() || self.pool.routes(&node.address) {
+        if !self.range_port
+            || !range_port::may_wait()
+            || node.range_address.is_empty()
+            || self.pool.routes(&node.address)
+        {
             return None;
         }
         let known = self.outboards.get(id);

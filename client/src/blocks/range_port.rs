@@ -77,6 +77,12 @@ impl Drop for Place {
     }
 }
 
+/// Whether this thread may wait on a range port now (a caller can skip preparing a
+/// request it would not send).
+pub fn may_wait() -> bool {
+    MAY_BLOCK.with(Cell::get) && BLOCKED.load(Ordering::Acquire) < MAX_BLOCKED
+}
+
 /// Sends `request` to the range port at `address` and waits for the reply, if this thread
 /// may block and a place is free; `None` otherwise (the caller goes through gRPC).
 pub fn call(address: &str, request: &RangeRequest, max_len: u32) -> Option<io::Result<RangeReply>> {
