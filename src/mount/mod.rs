@@ -18,6 +18,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use meridian_client::fuse::{FuseFs, KernelNotifier};
 use meridian_client::{FileSystem, FsOptions, MetaClient, MetaError};
 use meridian_proto::ZoneId;
+use meridian_proto::ns::Query;
 
 /// Options of `meridian mount`.
 #[derive(Args)]
@@ -153,6 +154,16 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let canonical = mnt
         .canonicalize()
         .with_context(|| format!("mountpoint {}", mnt.display()))?;
+    // The supervisor mounts before its serving process opens the volume: an unknown
+    // volume, or metaservers out of reach, must fail here, before anything is mounted
+    // (else the mount would appear and vanish again).
+    rt.block_on(meta_client(&args).query(
+        &Query::Volume {
+            name: args.volume.clone(),
+        },
+        false,
+    ))
+    .map_err(|e| open_error(e, &args))?;
     // The serving processes get this command's arguments, with the canonical mountpoint.
     let given = mnt.as_os_str().to_owned();
     let mut replaced = false;
@@ -178,10 +189,30 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     )
 }
 
+fn meta_client(args: &MountArgs) -> MetaClient {
+    MetaClient::new(args.meta.clone()).with_retry_for(Duration::from_secs(10))
+}
+
+/// What a mount says when its volume cannot be opened.
+fn open_error(e: MetaError, args: &MountArgs) -> anyhow::Error {
+    match e {
+        MetaError::Ns(ns) if ns.errno() == meridian_proto::ns::libc_errno::ENOENT => {
+            anyhow::anyhow!(
+                "unknown volume {:?} (create it with `meridian admin volume-create`)",
+                args.volume
+            )
+        }
+        MetaError::Unavailable(why) => {
+            anyhow::anyhow!("metaservers unreachable at {}: {why}", args.meta.join(","))
+        }
+        other => anyhow::anyhow!("cannot open volume {}: {other}", args.volume),
+    }
+}
+
 /// Serves the volume: on a device the supervisor handed over, or mounted here.
 fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handover>) -> Result<()> {
     let mnt = &args.mountpoint;
-    let meta = Arc::new(MetaClient::new(args.meta.clone()).with_retry_for(Duration::from_secs(10)));
+    let meta = Arc::new(meta_client(&args));
     let options = FsOptions {
         cache_bytes: args.cache_bytes,
         cache_ttl: Duration::from_secs(args.cache_ttl_secs),
@@ -203,18 +234,7 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
             args.zone.clone().map(ZoneId),
             options,
         ))
-        .map_err(|e| match e {
-            MetaError::Ns(ns) if ns.errno() == meridian_proto::ns::libc_errno::ENOENT => {
-                anyhow::anyhow!(
-                    "unknown volume {:?} (create it with `meridian admin volume-create`)",
-                    args.volume
-                )
-            }
-            MetaError::Unavailable(why) => {
-                anyhow::anyhow!("metaservers unreachable at {}: {why}", args.meta.join(","))
-            }
-            other => anyhow::anyhow!("cannot open volume {}: {other}", args.volume),
-        })?;
+        .map_err(|e| open_error(e, &args))?;
 
     let mut config = Config::default();
     config.mount_options = vec![

@@ -625,10 +625,12 @@ impl Mount {
             log: log.clone(),
             child: Some(child),
         };
-        let up = wait_for(START_DEADLINE, "the mount", || {
-            is_mounted(&path).then_some(())
+        // Up, or its process gone (a mount that failed is not waited for).
+        let settled = wait_for(START_DEADLINE, "the mount", || {
+            let exited = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            (exited.is_some() || is_mounted(&path)).then_some(())
         });
-        if up.is_err() {
+        if settled.is_err() || !is_mounted(&path) {
             let exited = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
             bail!(
                 "mount at {} did not come up (exit: {exited:?}):\n{}",
