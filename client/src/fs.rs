@@ -224,6 +224,12 @@ impl FileSystem {
             QueryReply::Volume(v) => v,
             other => return Err(MetaError::Server(format!("unexpected reply {other:?}"))),
         };
+        if let Some(c) = &volume.copying {
+            return Err(MetaError::Server(format!(
+                "volume {name} is still being copied from {} ({} of {} inodes): mount it once the copy is done",
+                c.source, c.copied, c.inodes
+            )));
+        }
         let map = meta.watch_cluster_map();
         let blocks = BlockClient::new(map, zone, Default::default())
             .for_volume(volume.id, &volume.policy.regions)

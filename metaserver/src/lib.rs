@@ -3,6 +3,7 @@
 pub mod backfill;
 pub mod cluster;
 pub mod config;
+pub mod copy;
 pub mod error;
 pub mod home;
 pub mod leases;

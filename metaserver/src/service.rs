@@ -136,13 +136,7 @@ impl MetaNode {
 
     /// Stamps an operation with this leader's HLC and wall time.
     pub(crate) fn stamp(&self, op: Op, request: Option<(u64, u64)>) -> Command {
-        let (ms, ts) = now();
-        let hlc = self
-            .shared
-            .clock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .now(ms);
+        let (hlc, ts) = self.stamp_now();
         Command {
             op,
             hlc,
@@ -151,6 +145,18 @@ impl MetaNode {
             ino: None,
             lease: false,
         }
+    }
+
+    /// A stamp and the wall time, for what this member proposes now.
+    pub(crate) fn stamp_now(&self) -> (meridian_proto::Hlc, Timespec) {
+        let (ms, ts) = now();
+        let hlc = self
+            .shared
+            .clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .now(ms);
+        (hlc, ts)
     }
 
     /// Proposes a Raft entry; `Err(None)` means "not the leader: forward".
@@ -331,6 +337,28 @@ impl MetaService for MetaApi {
     ) -> Result<Response<MutateResponse>, Status> {
         metrics::counter!("meridian_meta_mutations_total").increment(1);
         let op: Op = decode(&request.get_ref().op, "operation")?;
+        if let Op::CloneVolume {
+            source,
+            name,
+            read_only,
+        } = &op
+        {
+            // A copy is made here, in steps, whatever regions its source lives in.
+            if !self.is_leader() {
+                let (mut leader, addr) = self.leader_client(&request)?;
+                return naming(
+                    leader.mutate(MetaNode::mark(request.into_inner())).await,
+                    &addr,
+                );
+            }
+            let outcome = self.copy_volume(source, name, *read_only).await?;
+            return Ok(Response::new(MutateResponse {
+                outcome: json(&outcome),
+                log_index: 0,
+                dirs: Bytes::new(),
+                change_seq: 0,
+            }));
+        }
         let req = request.get_ref();
         let forwarded = req.from_region != 0;
         // A volume whose home is another region: the change is decided there.

@@ -243,6 +243,25 @@ pub struct Volume {
     /// as of the copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// A copy (snapshot or clone) still being made, in steps: it cannot be mounted yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copying: Option<Copying>,
+}
+
+/// How far the copy that makes a volume has come (`Volume::copying`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Copying {
+    /// The volume copied, by name as of the copy.
+    pub source: String,
+    /// Inodes to copy (the root's other than the volume's own root).
+    pub inodes: u64,
+    /// Inodes copied so far.
+    pub copied: u64,
+    /// The first of the inode numbers reserved for the copy.
+    pub base: u64,
+    /// The metaserver (member id) making the copy; another member that leads finds the
+    /// copy orphaned and removes it.
+    pub by: u64,
 }
 
 /// Who is asking: the credentials of the calling process.

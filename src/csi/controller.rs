@@ -44,7 +44,7 @@ impl Controller {
             snapshot_id: v.name.clone(),
             source_volume_id: v.origin.clone().unwrap_or_default(),
             creation_time: created,
-            ready_to_use: true,
+            ready_to_use: v.copying.is_none(),
             group_snapshot_id: String::new(),
         })
     }
@@ -68,6 +68,12 @@ impl Controller {
             }),
         };
         if let Some(v) = find_volume(meta, &name).await? {
+            if v.copying.is_some() && v.origin.as_deref() == Some(source) {
+                // The CSI spec's answer to a create of a volume still being made.
+                return Err(Status::aborted(format!(
+                    "volume {name} is still being copied from {source}"
+                )));
+            }
             return if v.origin.as_deref() == Some(source)
                 && !v.read_only
                 && (quota.is_none() || v.policy.quota_bytes == quota)

@@ -16,7 +16,7 @@ use super::backfill::{self, Admission};
 use super::ctx::{Ctx, find_volume, find_volume_row, record_conflict};
 use super::history;
 use super::merge::{self, MergeOutcome, RemoteBatch};
-use super::ops::{attrs, content, entries, volumes, xattrs};
+use super::ops::{attrs, content, copy, entries, volumes, xattrs};
 use super::tables::{WriteTables, counter, read_inode, read_volume, store_err};
 use super::types::*;
 
@@ -49,6 +49,10 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     let logged = merge::enters_log(t)?;
     t.begin_record(hlc, logged);
     let outcome = match &volume {
+        // A copy still being made changes only by its own steps (or goes).
+        Some(v) if v.copying.is_some() && !matches!(cmd.op, Op::DeleteVolume { .. }) => Err(
+            NsError::ReadOnly(format!("volume {} is still being copied", v.name)),
+        ),
         Some(v) if v.read_only && !allowed_when_read_only(&cmd.op) => Err(NsError::ReadOnly(
             format!("volume {} is a snapshot", v.name),
         )),
@@ -657,7 +661,7 @@ pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Resul
             source,
             name,
             read_only,
-        } => volumes::clone_volume(t, ctx, source, name, *read_only),
+        } => copy::clone_volume(t, ctx, source, name, *read_only),
         Op::SetVolumeQuota { name, quota_bytes } => {
             volumes::set_volume_quota(t, ctx, name, *quota_bytes)
         }

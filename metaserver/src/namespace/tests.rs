@@ -70,6 +70,17 @@ impl Fs {
         out
     }
 
+    /// Runs `f` in one write transaction, committed.
+    fn write<T>(&mut self, f: impl FnOnce(&mut WriteTables<'_>) -> T) -> T {
+        let tx = self.db.begin_write().unwrap();
+        let out = {
+            let mut t = WriteTables::open(&tx).unwrap();
+            f(&mut t)
+        };
+        tx.commit().unwrap();
+        out
+    }
+
     fn run(&mut self, op: Op) -> Result<Reply, NsError> {
         let cmd = self.command(op, None);
         self.run_command(&cmd)
@@ -1371,4 +1382,220 @@ fn snapshots_and_clones_copy_the_namespace_at_once_and_share_blocks() {
     assert_eq!(errno(fs.read(|r| r.getattr(sf.ino))), ENOENT);
     assert_eq!(fs.read(|r| r.block_refs(&BlockId::of(b"A"))).unwrap(), 1);
     assert_eq!(fs.read(|r| r.volumes()).unwrap().len(), 2);
+}
+
+#[test]
+fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
+    use super::ops::copy::{self, CopyAbort, CopyBegin, CopyDone, CopyRows, Numbering};
+    let mut fs = Fs::new();
+    let src = fs.volume("src", VolumePolicy::default()).unwrap();
+    let d = fs.mkdir(src.root, "d");
+    let mut files = Vec::new();
+    for i in 0..25 {
+        let f = fs.create(d.ino, &format!("f{i}"));
+        commit(&mut fs, f.ino, vec![extent(0, 10, "A", 0)], 10).unwrap();
+        files.push(f);
+    }
+    fs.run(Op::SetXattr {
+        ino: d.ino,
+        name: b"user.k".to_vec(),
+        value: b"v".to_vec(),
+        mode: XattrMode::Any,
+        creds: Creds::root(),
+    })
+    .unwrap();
+    let a = BlockId::of(b"A");
+    let gc_refs = |fs: &Fs, block: BlockId| match fs
+        .read(|r| {
+            r.query(&Query::BlockRefs {
+                blocks: vec![block],
+            })
+        })
+        .unwrap()
+    {
+        QueryReply::BlockRefs { refs, .. } => refs[0],
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(gc_refs(&fs, BlockId::of(b"nothing")), 0);
+
+    // The point in time: one read, however many steps follow.
+    let tx = fs.db.begin_read().unwrap();
+    let plan = copy::plan(&tx, "src", RegionId(1)).unwrap();
+    assert_eq!(plan.order.len(), 26);
+    let (used_bytes, used_inodes) = (plan.source.used_bytes, plan.source.used_inodes);
+    let begin = |fs: &mut Fs, name: &str| {
+        let cmd = fs.command(
+            Op::DeleteVolume {
+                name: String::new(),
+            },
+            None,
+        );
+        let b = CopyBegin {
+            source: "src".into(),
+            name: name.into(),
+            read_only: true,
+            inodes: 26,
+            hlc: cmd.hlc,
+            now: cmd.now,
+            by: 7,
+        };
+        match fs.write(|t| copy::begin(t, &b)) {
+            Ok(Reply::Volume(v)) => Ok(v),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => Err(e),
+        }
+    };
+    let snap = begin(&mut fs, "snap").unwrap();
+    assert!(snap.copying.is_some() && snap.read_only);
+    assert_eq!(errno(begin(&mut fs, "snap")), EEXIST);
+
+    // The source changes between the read and the steps.
+    let unlink = |name: &str, parent| Op::Unlink {
+        parent,
+        name: name.into(),
+        creds: Creds::root(),
+    };
+    fs.run(unlink("f0", d.ino)).unwrap();
+    commit(&mut fs, files[1].ino, vec![extent(0, 20, "B", 0)], 20).unwrap();
+    fs.create(d.ino, "new");
+
+    // Steps of at most 10 inodes, as the leader would send them; nothing but the steps
+    // changes the copy meanwhile, it cannot be copied, and nothing is collected.
+    let numbering = Numbering::new(&plan, &snap, snap.copying.as_ref().unwrap().base).unwrap();
+    let mut next = 0;
+    let mut steps = 0;
+    loop {
+        let (rows, after) = copy::read_rows(
+            &tx,
+            &plan,
+            &snap,
+            &numbering,
+            next,
+            10,
+            1000,
+            Timespec::default(),
+        )
+        .unwrap();
+        next = after;
+        let done = (next == plan.order.len()).then_some(CopyDone {
+            used_bytes,
+            used_inodes,
+        });
+        let last = done.is_some();
+        if !last {
+            assert_eq!(gc_refs(&fs, BlockId::of(b"nothing")), 1);
+            assert_eq!(
+                errno(fs.mk(snap.root, "x", FileKind::File, &Creds::root())),
+                EROFS
+            );
+        }
+        let step = CopyRows {
+            volume: snap.id,
+            rows,
+            done,
+        };
+        let Reply::Volume(v) = fs.write(|t| copy::rows(t, &step)).unwrap() else {
+            panic!("no volume")
+        };
+        steps += 1;
+        if last {
+            assert!(v.copying.is_none());
+            break;
+        }
+        assert_eq!(v.copying.as_ref().unwrap().copied as usize, next);
+    }
+    assert_eq!(steps, 3);
+    assert_eq!(gc_refs(&fs, BlockId::of(b"nothing")), 0);
+
+    // The copy is the source as it was read.
+    let snap = fs
+        .read(|r| r.volumes())
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "snap")
+        .unwrap();
+    assert_eq!(
+        (snap.used_bytes, snap.used_inodes),
+        (used_bytes, used_inodes)
+    );
+    let sd = fs.lookup(snap.root, "d").unwrap();
+    assert_eq!(sd.volume, snap.id);
+    assert!(fs.lookup(sd.ino, "new").is_err());
+    let f0 = fs.lookup(sd.ino, "f0").unwrap();
+    let f1 = fs.lookup(sd.ino, "f1").unwrap();
+    assert_eq!((f0.size, f1.size), (10, 10));
+    assert_eq!(
+        fs.read(|r| r.extents(f1.ino, 0, 100)).unwrap(),
+        vec![extent(0, 10, "A", 0)]
+    );
+    assert_eq!(
+        fs.read(|r| r.getxattr(sd.ino, b"user.k", &Creds::root()))
+            .unwrap(),
+        b"v"
+    );
+    // The source's 23 files still on A, and the copy's 25.
+    assert_eq!(fs.read(|r| r.block_refs(&a)).unwrap(), 48);
+    assert_eq!(
+        errno(fs.mk(snap.root, "x", FileKind::File, &Creds::root())),
+        EROFS
+    );
+
+    // A step naming an inode that is not the copy's changes nothing.
+    let half = begin(&mut fs, "half").unwrap();
+    let (mut rows, _) = copy::read_rows(
+        &tx,
+        &plan,
+        &half,
+        &Numbering::new(&plan, &half, half.copying.as_ref().unwrap().base).unwrap(),
+        0,
+        5,
+        1000,
+        Timespec::default(),
+    )
+    .unwrap();
+    let mut hostile = rows.clone();
+    hostile[1].inode.attr.ino = files[3].ino;
+    let step = CopyRows {
+        volume: half.id,
+        rows: hostile,
+        done: None,
+    };
+    assert_eq!(errno(fs.write(|t| copy::rows(t, &step))), EINVAL);
+    assert_eq!(fs.attr(files[3].ino).volume, src.id);
+
+    // An unfinished copy is removed with what it has, and gives its references back.
+    rows.truncate(5);
+    let step = CopyRows {
+        volume: half.id,
+        rows,
+        done: None,
+    };
+    fs.write(|t| copy::rows(t, &step)).unwrap();
+    // (The root, d, and three files: the root counts among the batch's rows.)
+    assert_eq!(fs.read(|r| r.block_refs(&a)).unwrap(), 48 + 3);
+    let cmd = fs.command(
+        Op::DeleteVolume {
+            name: String::new(),
+        },
+        None,
+    );
+    let abort = CopyAbort {
+        volume: half.id,
+        hlc: cmd.hlc,
+        now: cmd.now,
+    };
+    fs.write(|t| copy::abort(t, &abort)).unwrap();
+    assert_eq!(fs.read(|r| r.block_refs(&a)).unwrap(), 48);
+    assert!(
+        fs.read(|r| r.volumes())
+            .unwrap()
+            .iter()
+            .all(|v| v.name != "half")
+    );
+    // A finished copy is not removed so.
+    let abort = CopyAbort {
+        volume: snap.id,
+        ..abort
+    };
+    assert_eq!(errno(fs.write(|t| copy::abort(t, &abort))), EINVAL);
 }

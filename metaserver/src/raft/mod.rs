@@ -60,6 +60,12 @@ pub enum Request {
     CancelBackfill(u32),
     /// The regions whose records reach this one through a peer.
     Relayed(Vec<(meridian_proto::RegionId, meridian_proto::RegionId)>),
+    /// The start of a copy of a volume (snapshot or clone), made in steps.
+    CopyBegin(crate::namespace::ops::copy::CopyBegin),
+    /// A batch of a copy's rows.
+    CopyRows(crate::namespace::ops::copy::CopyRows),
+    /// A copy removed unfinished: its maker went away.
+    CopyAbort(crate::namespace::ops::copy::CopyAbort),
 }
 
 impl fmt::Display for Request {
@@ -78,6 +84,9 @@ impl fmt::Display for Request {
             Request::BlocksBroughtIn(v) => write!(f, "blocks-brought-in:{v}"),
             Request::CancelBackfill(v) => write!(f, "cancel-backfill:{v}"),
             Request::Relayed(r) => write!(f, "relayed:{r:?}"),
+            Request::CopyBegin(b) => write!(f, "copy-begin:{}->{}", b.source, b.name),
+            Request::CopyRows(r) => write!(f, "copy-rows:{}x{}", r.volume, r.rows.len()),
+            Request::CopyAbort(a) => write!(f, "copy-abort:{}", a.volume),
         }
     }
 }

@@ -122,6 +122,18 @@ fn put_json<T: serde::Serialize>(
     Ok(())
 }
 
+/// An outcome, unless the store itself failed: then the transaction is unusable, and the
+/// whole batch fails (nothing commits).
+fn store_fails<T>(
+    log_id: LogIdOf<TypeConfig>,
+    outcome: Result<T, namespace::NsError>,
+) -> io::Result<Result<T, namespace::NsError>> {
+    if let Err(namespace::NsError::Store(e)) = &outcome {
+        return Err(io::Error::other(format!("applying {log_id}: {e}")));
+    }
+    Ok(outcome)
+}
+
 /// Entries applied without fsync before an apply persists everything.
 const DURABLE_EVERY: u64 = 1000;
 
@@ -232,6 +244,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             applied: u64::from(done),
                             ..Default::default()
                         }))
+                    }
+                    EntryPayload::Normal(Request::CopyBegin(b)) => {
+                        stamps.push(b.hlc);
+                        Response::Ns(store_fails(
+                            log_id,
+                            namespace::ops::copy::begin(&mut ns, b),
+                        )?)
+                    }
+                    EntryPayload::Normal(Request::CopyRows(r)) => {
+                        Response::Ns(store_fails(log_id, namespace::ops::copy::rows(&mut ns, r))?)
+                    }
+                    EntryPayload::Normal(Request::CopyAbort(a)) => {
+                        stamps.push(a.hlc);
+                        Response::Ns(store_fails(
+                            log_id,
+                            namespace::ops::copy::abort(&mut ns, a),
+                        )?)
                     }
                     EntryPayload::Normal(Request::Relayed(regions)) => {
                         namespace::merge::set_relayed(&mut ns, regions)

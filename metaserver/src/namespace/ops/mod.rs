@@ -4,6 +4,7 @@
 
 pub(crate) mod attrs;
 pub(crate) mod content;
+pub(crate) mod copy;
 pub(crate) mod entries;
 pub(crate) mod volumes;
 pub(crate) mod xattrs;

@@ -1,5 +1,5 @@
-//! Creating, copying (snapshots and clones) and deleting volumes, and changing their
-//! quotas.
+//! Creating and deleting volumes, and changing their quotas and regions. Copies
+//! (snapshots and clones) are `copy`'s.
 
 use meridian_proto::{Hlc, InodeId};
 use redb::ReadableTable;
@@ -181,6 +181,7 @@ pub(crate) fn create_volume(
         deleted: None,
         read_only: false,
         origin: None,
+        copying: None,
     };
     t.put_inode(&inode)?;
     t.put_volume(&vol)?;
@@ -206,8 +207,9 @@ pub(crate) fn delete_volume(
         None => read_volume(t.volumes(), name)?
             .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?,
     };
-    if vol.read_only {
-        // A snapshot goes with everything in it (nothing can empty it first).
+    if vol.read_only || vol.copying.is_some() {
+        // A snapshot, or a copy still being made, goes with everything in it (nothing can
+        // empty it first).
         remove_tree(t, vol.root)?;
     } else if !is_empty_dir(t, vol.root)? {
         return Err(NsError::NotEmpty(format!(
@@ -374,119 +376,8 @@ pub(crate) fn set_volume_regions(
     Ok(Reply::Volume(vol))
 }
 
-/// Most inodes a volume may have to be copied in one command (the copy holds the state
-/// machine while it runs).
-pub(crate) const CLONE_MAX_INODES: u64 = 250_000;
-
-/// Copies the namespace of `source` into a new volume `name`, in this one command: every
-/// inode (hard links stay links), entry, xattr and extent, each extent one more reference
-/// to its block. A snapshot is marked read-only.
-pub(crate) fn clone_volume(
-    t: &mut WriteTables<'_>,
-    ctx: &Ctx<'_>,
-    source: &str,
-    name: &str,
-    read_only: bool,
-) -> Result<Reply, NsError> {
-    let src = read_volume(t.volumes(), source)?
-        .ok_or_else(|| NsError::NotFound(format!("volume {source}")))?;
-    if src.policy.regions.len() > 1 {
-        return Err(NsError::NotSupported(format!(
-            "volume {source} lives in several regions: snapshots and clones are of one region's volumes"
-        )));
-    }
-    // The source lives in the copy's region alone (a record from elsewhere naming one of
-    // this region's volumes is refused).
-    let home = match src.policy.regions.first() {
-        Some(r) => *r,
-        None => meridian_proto::RegionId((src.id >> 16) as u16),
-    };
-    if home != ctx.region() {
-        return Err(NsError::Perm(format!(
-            "volume {source} lives in region {}, not {}",
-            home.0,
-            ctx.region().0
-        )));
-    }
-    if src.used_inodes > CLONE_MAX_INODES {
-        return Err(NsError::NotSupported(format!(
-            "volume {source} has {} inodes; a copy takes at most {CLONE_MAX_INODES}",
-            src.used_inodes
-        )));
-    }
-    // The inodes to copy, in the order the copy meets them (the same in a replay: the
-    // source lives in this region alone, so its state at this point of the log is the
-    // same). Each takes the next of a range of ids reserved at once, which the record
-    // keeps: a replay after a rewind gives them the same ids.
-    let order = copy_order(t, src.root)?;
-    let base = match ctx.replay {
-        Some(fx) => fx.copy_base.ok_or_else(|| {
-            NsError::Invalid("a volume copy record without its inode range".into())
-        })?,
-        None => t.next_n(counter::NEXT_INODE, 1, order.len() as u64)?,
-    };
-    let mut policy = src.policy.clone();
-    policy.regions = Vec::new();
-    // The copy lives here alone: this region decides its changes.
-    policy.home = None;
-    let Reply::Volume(mut vol) = create_volume(t, ctx, name, &policy)? else {
-        return Err(NsError::Store("volume creation answered oddly".into()));
-    };
-    ctx.out.borrow_mut().copy_base = Some(base);
-    let mut map: std::collections::HashMap<InodeId, InodeId> = Default::default();
-    map.insert(src.root, vol.root);
-    for (k, (ino, _)) in order.iter().enumerate() {
-        let id = InodeId::new(ctx.region(), base + k as u64)
-            .map_err(|e| NsError::Store(e.to_string()))?;
-        map.insert(*ino, id);
-    }
-    copy_inode_data(t, src.root, vol.root, vol.id, vol.root)?;
-    // The copy was born now (a snapshot's time is its root's birth).
-    let mut root = get(t, vol.root)?;
-    root.attr.crtime = ctx.now;
-    t.put_inode(&root)?;
-    for (old, parent) in &order {
-        copy_inode_data(t, *old, map[old], vol.id, map[parent])?;
-    }
-    let mut dirs = vec![src.root];
-    while let Some(dir) = dirs.pop() {
-        let new_dir = map[&dir];
-        for e in list_dir(t, dir)? {
-            if e.kind == FileKind::Dir {
-                dirs.push(e.ino);
-            }
-            t.set_dirent(new_dir, &e.name, map[&e.ino], e.kind)?;
-        }
-    }
-    vol.used_bytes = src.used_bytes;
-    vol.used_inodes = src.used_inodes;
-    vol.read_only = read_only;
-    vol.origin = Some(src.name.clone());
-    t.put_volume(&vol)?;
-    Ok(Reply::Volume(vol))
-}
-
-/// Every inode below `root`, once each (a file with several links at its first name),
-/// in a fixed order, with the directory it is first met in.
-fn copy_order(t: &WriteTables<'_>, root: InodeId) -> Result<Vec<(InodeId, InodeId)>, NsError> {
-    let mut seen = std::collections::HashSet::new();
-    let mut order = Vec::new();
-    let mut dirs = vec![root];
-    while let Some(dir) = dirs.pop() {
-        for e in list_dir(t, dir)? {
-            if seen.insert(e.ino) {
-                order.push((e.ino, dir));
-                if e.kind == FileKind::Dir {
-                    dirs.push(e.ino);
-                }
-            }
-        }
-    }
-    Ok(order)
-}
-
 /// The entries of a directory.
-fn list_dir(t: &WriteTables<'_>, dir: InodeId) -> Result<Vec<DirEntry>, NsError> {
+pub(crate) fn list_dir(t: &WriteTables<'_>, dir: InodeId) -> Result<Vec<DirEntry>, NsError> {
     let from = dirent_key(dir, b"");
     let to = dirent_end(dir);
     let mut out = Vec::new();
@@ -499,43 +390,6 @@ fn list_dir(t: &WriteTables<'_>, dir: InodeId) -> Result<Vec<DirEntry>, NsError>
         out.push(decode_dirent(k.value(), v.value())?);
     }
     Ok(out)
-}
-
-/// Copies inode `from` as `to` in volume `volume` (a directory's parent is `parent`):
-/// attributes, symlink target, xattrs, and extents (each a new reference to its block).
-fn copy_inode_data(
-    t: &mut WriteTables<'_>,
-    from: InodeId,
-    to: InodeId,
-    volume: u32,
-    parent: InodeId,
-) -> Result<(), NsError> {
-    let mut inode = get(t, from)?;
-    inode.attr.ino = to;
-    inode.attr.volume = volume;
-    inode.parent = parent;
-    inode.copy_of = None;
-    t.put_inode(&inode)?;
-    let (lo, hi) = (dirent_key(from, b""), dirent_end(from));
-    let mut xattrs = Vec::new();
-    for item in t
-        .xattrs()
-        .range(lo.as_slice()..hi.as_slice())
-        .map_err(store_err)?
-    {
-        let (k, v) = item.map_err(store_err)?;
-        let name = k.value()[8..].to_vec();
-        xattrs.push((name, v.value().to_vec()));
-    }
-    for (name, value) in xattrs {
-        t.set_xattr(to, &name, &value)?;
-    }
-    if inode.attr.kind == FileKind::File {
-        for e in read_extents(t.extents(), from, 0, u64::MAX)? {
-            t.insert_extent(to, &e)?;
-        }
-    }
-    Ok(())
 }
 
 /// Removes everything below directory `root`: entries, inodes, xattrs, and extents (each

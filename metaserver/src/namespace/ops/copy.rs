@@ -1,0 +1,533 @@
+//! Copies of volumes: snapshots (read-only) and clones, sharing the source's blocks (each
+//! extent is one more reference to its block, so GC keeps every block a copy names).
+//!
+//! A copy is made in steps (docs/adr/0014-volume-copies-in-steps.md). The leader reads the
+//! source in one read transaction, a fixed point in time however long the copy takes
+//! ([`plan`], [`read_rows`]); [`begin`] makes the new volume, marked as copying (nothing
+//! else changes it, and it cannot be mounted), with a range of inode numbers reserved; [`rows`] writes a bounded batch of
+//! copied inodes with their entries, xattrs and extents, as the leader read them, and the
+//! last batch marks the copy done. Each is one Raft entry that every member applies as it
+//! is, and none is a record: the copy lives in the region that made it, whatever regions
+//! its source lives in, and no record a peer region sends later rewinds it. A copy whose
+//! maker went away (the leader changed) is removed ([`abort`]).
+//!
+//! [`clone_volume`] is the copy in one record that earlier versions made; a log written by
+//! them still replays it.
+
+use std::collections::HashMap;
+
+use meridian_proto::{Hlc, InodeId, RegionId};
+use redb::{ReadTransaction, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::volumes::{create_volume, delete_volume, list_dir};
+use crate::namespace::ctx::*;
+use crate::namespace::tables::{
+    DIRENTS, EXTENTS, INODES, VOLUMES, WriteTables, XATTRS, counter, decode_dirent, dirent_end,
+    dirent_key, read_extents, read_inode, read_volume, store_err,
+};
+use crate::namespace::types::*;
+
+/// The start of a copy, as the leader proposes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyBegin {
+    /// The volume copied.
+    pub source: String,
+    /// The new volume's name.
+    pub name: String,
+    /// A snapshot (read-only), or a clone.
+    pub read_only: bool,
+    /// Inodes to copy besides the root (the leader counted them at its point in time).
+    pub inodes: u64,
+    /// The leader's stamp and time: the new volume is born then.
+    pub hlc: Hlc,
+    pub now: Timespec,
+    /// The process making the copy (`Copying::by`).
+    pub by: u64,
+}
+
+/// One copied inode, as the copy has it: its number, volume and parent are the copy's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRow {
+    pub inode: Inode,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extents: Vec<Extent>,
+    /// A directory's entries, naming the copy's inodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<(Vec<u8>, InodeId, FileKind)>,
+}
+
+/// A batch of a copy's rows; the last also finishes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRows {
+    /// The volume being made.
+    pub volume: u32,
+    pub rows: Vec<CopyRow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<CopyDone>,
+}
+
+/// What the last batch of a copy sets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyDone {
+    pub used_bytes: u64,
+    pub used_inodes: u64,
+}
+
+/// The copy removed because its maker went away.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyAbort {
+    pub volume: u32,
+    pub hlc: Hlc,
+    pub now: Timespec,
+}
+
+/// Whether a copy of `src` may be made in `region`: it lives there, and is whole.
+fn check_source(src: &Volume, region: RegionId) -> Result<(), NsError> {
+    if src.copying.is_some() {
+        return Err(NsError::Invalid(format!(
+            "volume {} is itself still being copied",
+            src.name
+        )));
+    }
+    // A volume that names no regions lives in the one that made it.
+    let lives_here = if src.policy.regions.is_empty() {
+        RegionId((src.id >> 16) as u16) == region
+    } else {
+        src.policy.regions.contains(&region)
+    };
+    if !lives_here {
+        return Err(NsError::Perm(format!(
+            "volume {} does not live in region {}",
+            src.name, region.0
+        )));
+    }
+    Ok(())
+}
+
+/// Starts a copy: the new volume (its root only, marked as copying until the last batch:
+/// nothing else changes it meanwhile, and it cannot be mounted), and the inode numbers its
+/// rows take, reserved at once.
+pub(crate) fn begin(t: &mut WriteTables<'_>, b: &CopyBegin) -> Result<Reply, NsError> {
+    let src = read_volume(t.volumes(), &b.source)?
+        .ok_or_else(|| NsError::NotFound(format!("volume {}", b.source)))?;
+    check_source(&src, b.hlc.region)?;
+    let ctx = Ctx::new(b.hlc, b.now, None, 0);
+    let mut policy = src.policy.clone();
+    // The copy lives here alone: this region decides its changes.
+    policy.regions = Vec::new();
+    policy.home = None;
+    let Reply::Volume(mut vol) = create_volume(t, &ctx, &b.name, &policy)? else {
+        return Err(NsError::Store("volume creation answered oddly".into()));
+    };
+    let base = t.next_n(counter::NEXT_INODE, 1, b.inodes.max(1))?;
+    vol.read_only = b.read_only;
+    vol.origin = Some(src.name.clone());
+    vol.copying = Some(Copying {
+        source: src.name,
+        inodes: b.inodes,
+        copied: 0,
+        base,
+        by: b.by,
+    });
+    t.put_volume(&vol)?;
+    Ok(Reply::Volume(vol))
+}
+
+/// Writes a batch of a copy's rows (and with the last, finishes it). Every row must be
+/// the copy's own: its root, or an inode number reserved for it.
+pub(crate) fn rows(t: &mut WriteTables<'_>, r: &CopyRows) -> Result<Reply, NsError> {
+    let mut vol = find_volume(t, r.volume)?
+        .ok_or_else(|| NsError::NotFound(format!("volume {}", r.volume)))?;
+    let Some(copying) = vol.copying.as_mut() else {
+        return Err(NsError::Invalid(format!(
+            "volume {} is not being copied",
+            vol.name
+        )));
+    };
+    let region = vol.root.region();
+    let own = |ino: InodeId| {
+        ino == vol.root
+            || (ino.region() == region
+                && (copying.base..copying.base + copying.inodes).contains(&ino.local()))
+    };
+    for row in &r.rows {
+        let ino = row.inode.attr.ino;
+        let named = row.entries.iter().map(|e| e.1);
+        if row.inode.attr.volume != r.volume || !own(ino) || !named.clone().all(own) {
+            return Err(NsError::Invalid(format!(
+                "a row of the copy {} names an inode that is not the copy's",
+                vol.name
+            )));
+        }
+    }
+    let mut copied = 0;
+    for row in &r.rows {
+        let ino = row.inode.attr.ino;
+        t.put_inode(&row.inode)?;
+        for (name, value) in &row.xattrs {
+            t.set_xattr(ino, name, value)?;
+        }
+        for e in &row.extents {
+            t.insert_extent(ino, e)?;
+        }
+        for (name, child, kind) in &row.entries {
+            t.set_dirent(ino, name, *child, *kind)?;
+        }
+        if ino != vol.root {
+            copied += 1;
+        }
+    }
+    copying.copied += copied;
+    if let Some(done) = &r.done {
+        vol.used_bytes = done.used_bytes;
+        vol.used_inodes = done.used_inodes;
+        vol.copying = None;
+    }
+    t.put_volume(&vol)?;
+    Ok(Reply::Volume(vol))
+}
+
+/// Removes a copy that was not finished, with what it has so far (each extent one
+/// reference fewer to its block). A finished volume is not touched.
+pub(crate) fn abort(t: &mut WriteTables<'_>, a: &CopyAbort) -> Result<Reply, NsError> {
+    let Some(vol) = find_volume(t, a.volume)? else {
+        return Ok(Reply::Done);
+    };
+    if vol.copying.is_none() {
+        return Err(NsError::Invalid(format!(
+            "volume {} is not being copied",
+            vol.name
+        )));
+    }
+    let ctx = Ctx::new(a.hlc, a.now, None, 0);
+    delete_volume(t, &ctx, &vol.name)
+}
+
+/// What a copy will copy, read at one point in time: the source, and every inode below
+/// its root once (a file with several links at its first name) with the directory it is
+/// first met in, in the order the copy numbers them.
+pub struct Plan {
+    pub source: Volume,
+    pub order: Vec<(InodeId, InodeId)>,
+}
+
+fn entries_of(
+    dirents: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    dir: InodeId,
+) -> Result<Vec<DirEntry>, NsError> {
+    let (from, to) = (dirent_key(dir, b""), dirent_end(dir));
+    let mut out = Vec::new();
+    for item in dirents
+        .range(from.as_slice()..to.as_slice())
+        .map_err(store_err)?
+    {
+        let (k, v) = item.map_err(store_err)?;
+        out.push(decode_dirent(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// The copy's plan for `source`, from `tx`. The source must be whole and live in
+/// `region`; the checks are made again when the copy begins.
+pub fn plan(tx: &ReadTransaction, source: &str, region: RegionId) -> Result<Plan, NsError> {
+    let volumes = tx.open_table(VOLUMES).map_err(store_err)?;
+    let src = read_volume(&volumes, source)?
+        .ok_or_else(|| NsError::NotFound(format!("volume {source}")))?;
+    check_source(&src, region)?;
+    let dirents = tx.open_table(DIRENTS).map_err(store_err)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut order = Vec::new();
+    let mut dirs = vec![src.root];
+    while let Some(dir) = dirs.pop() {
+        for e in entries_of(&dirents, dir)? {
+            if seen.insert(e.ino) {
+                order.push((e.ino, dir));
+                if e.kind == FileKind::Dir {
+                    dirs.push(e.ino);
+                }
+            }
+        }
+    }
+    Ok(Plan { source: src, order })
+}
+
+/// How a plan's inodes are numbered in the copy `vol` (whose reserved numbers start at
+/// `base`).
+pub struct Numbering {
+    map: HashMap<InodeId, InodeId>,
+}
+
+impl Numbering {
+    pub fn new(plan: &Plan, vol: &Volume, base: u64) -> Result<Self, NsError> {
+        let region = vol.root.region();
+        let mut map = HashMap::with_capacity(plan.order.len() + 1);
+        map.insert(plan.source.root, vol.root);
+        for (k, (ino, _)) in plan.order.iter().enumerate() {
+            let id =
+                InodeId::new(region, base + k as u64).map_err(|e| NsError::Store(e.to_string()))?;
+            map.insert(*ino, id);
+        }
+        Ok(Numbering { map })
+    }
+
+    fn of(&self, ino: InodeId) -> Result<InodeId, NsError> {
+        self.map
+            .get(&ino)
+            .copied()
+            .ok_or_else(|| NsError::Store(format!("inode {ino} is not in the copy's plan")))
+    }
+}
+
+/// The source's tables, open in one read transaction.
+struct Source<T1, T2, T3, T4> {
+    inodes: T1,
+    dirents: T2,
+    extents: T3,
+    xattrs: T4,
+}
+
+impl<T1, T2, T3, T4> Source<T1, T2, T3, T4>
+where
+    T1: ReadableTable<u64, &'static [u8]>,
+    T2: ReadableTable<&'static [u8], &'static [u8]>,
+    T3: ReadableTable<&'static [u8], &'static [u8]>,
+    T4: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    /// The copy's row for inode `from` of the source (first met in `parent`).
+    fn row(
+        &self,
+        from: InodeId,
+        parent: InodeId,
+        vol: &Volume,
+        numbering: &Numbering,
+    ) -> Result<CopyRow, NsError> {
+        let mut inode =
+            read_inode(&self.inodes, from)?.ok_or_else(|| NsError::NotFound(from.to_string()))?;
+        inode.attr.ino = numbering.of(from)?;
+        inode.attr.volume = vol.id;
+        inode.parent = numbering.of(parent)?;
+        inode.copy_of = None;
+        let mut xattrs = Vec::new();
+        let (lo, hi) = (dirent_key(from, b""), dirent_end(from));
+        for item in self
+            .xattrs
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(store_err)?
+        {
+            let (k, v) = item.map_err(store_err)?;
+            let name = k.value().get(8..).unwrap_or(&[]);
+            xattrs.push((name.to_vec(), v.value().to_vec()));
+        }
+        let mut extents = Vec::new();
+        let mut entries = Vec::new();
+        match inode.attr.kind {
+            FileKind::File => extents = read_extents(&self.extents, from, 0, u64::MAX)?,
+            FileKind::Dir => {
+                for e in entries_of(&self.dirents, from)? {
+                    entries.push((e.name, numbering.of(e.ino)?, e.kind));
+                }
+            }
+            _ => {}
+        }
+        Ok(CopyRow {
+            inode,
+            xattrs,
+            extents,
+            entries,
+        })
+    }
+}
+
+/// A batch of the copy's rows, from the plan's inode `start` on: at most `max_rows`, and
+/// no more once they hold `max_items` entries, extents and xattrs (one of the plan at
+/// least, so every batch moves on).
+/// With `start` 0 the copy's root comes first: the source root's attributes, born `now`.
+/// Returns the rows and where the next batch starts.
+#[allow(clippy::too_many_arguments)]
+pub fn read_rows(
+    tx: &ReadTransaction,
+    plan: &Plan,
+    vol: &Volume,
+    numbering: &Numbering,
+    start: usize,
+    max_rows: usize,
+    max_items: usize,
+    now: Timespec,
+) -> Result<(Vec<CopyRow>, usize), NsError> {
+    let source = Source {
+        inodes: tx.open_table(INODES).map_err(store_err)?,
+        dirents: tx.open_table(DIRENTS).map_err(store_err)?,
+        extents: tx.open_table(EXTENTS).map_err(store_err)?,
+        xattrs: tx.open_table(XATTRS).map_err(store_err)?,
+    };
+    let mut out = Vec::new();
+    let mut items = 0;
+    if start == 0 {
+        let root = plan.source.root;
+        let mut row = source.row(root, root, vol, numbering)?;
+        row.inode.parent = vol.root;
+        row.inode.attr.crtime = now;
+        items += row.entries.len() + row.extents.len() + row.xattrs.len();
+        out.push(row);
+    }
+    let mut next = start;
+    while next < plan.order.len() && out.len() < max_rows && (items < max_items || next == start) {
+        let (from, parent) = plan.order[next];
+        let row = source.row(from, parent, vol, numbering)?;
+        items += row.entries.len() + row.extents.len() + row.xattrs.len();
+        out.push(row);
+        next += 1;
+    }
+    Ok((out, next))
+}
+
+/// Most inodes a volume may have to be copied in one command (the copy holds the state
+/// machine while it runs).
+pub(crate) const CLONE_MAX_INODES: u64 = 250_000;
+
+/// Copies the namespace of `source` into a new volume `name`, in this one command: every
+/// inode (hard links stay links), entry, xattr and extent, each extent one more reference
+/// to its block. A snapshot is marked read-only.
+pub(crate) fn clone_volume(
+    t: &mut WriteTables<'_>,
+    ctx: &Ctx<'_>,
+    source: &str,
+    name: &str,
+    read_only: bool,
+) -> Result<Reply, NsError> {
+    let src = read_volume(t.volumes(), source)?
+        .ok_or_else(|| NsError::NotFound(format!("volume {source}")))?;
+    if src.policy.regions.len() > 1 {
+        return Err(NsError::NotSupported(format!(
+            "volume {source} lives in several regions: snapshots and clones are of one region's volumes"
+        )));
+    }
+    // The source lives in the copy's region alone (a record from elsewhere naming one of
+    // this region's volumes is refused).
+    let home = match src.policy.regions.first() {
+        Some(r) => *r,
+        None => meridian_proto::RegionId((src.id >> 16) as u16),
+    };
+    if home != ctx.region() {
+        return Err(NsError::Perm(format!(
+            "volume {source} lives in region {}, not {}",
+            home.0,
+            ctx.region().0
+        )));
+    }
+    if src.used_inodes > CLONE_MAX_INODES {
+        return Err(NsError::NotSupported(format!(
+            "volume {source} has {} inodes; a copy takes at most {CLONE_MAX_INODES}",
+            src.used_inodes
+        )));
+    }
+    // The inodes to copy, in the order the copy meets them (the same in a replay: the
+    // source lives in this region alone, so its state at this point of the log is the
+    // same). Each takes the next of a range of ids reserved at once, which the record
+    // keeps: a replay after a rewind gives them the same ids.
+    let order = copy_order(t, src.root)?;
+    let base = match ctx.replay {
+        Some(fx) => fx.copy_base.ok_or_else(|| {
+            NsError::Invalid("a volume copy record without its inode range".into())
+        })?,
+        None => t.next_n(counter::NEXT_INODE, 1, order.len() as u64)?,
+    };
+    let mut policy = src.policy.clone();
+    policy.regions = Vec::new();
+    // The copy lives here alone: this region decides its changes.
+    policy.home = None;
+    let Reply::Volume(mut vol) = create_volume(t, ctx, name, &policy)? else {
+        return Err(NsError::Store("volume creation answered oddly".into()));
+    };
+    ctx.out.borrow_mut().copy_base = Some(base);
+    let mut map: std::collections::HashMap<InodeId, InodeId> = Default::default();
+    map.insert(src.root, vol.root);
+    for (k, (ino, _)) in order.iter().enumerate() {
+        let id = InodeId::new(ctx.region(), base + k as u64)
+            .map_err(|e| NsError::Store(e.to_string()))?;
+        map.insert(*ino, id);
+    }
+    copy_inode_data(t, src.root, vol.root, vol.id, vol.root)?;
+    // The copy was born now (a snapshot's time is its root's birth).
+    let mut root = get(t, vol.root)?;
+    root.attr.crtime = ctx.now;
+    t.put_inode(&root)?;
+    for (old, parent) in &order {
+        copy_inode_data(t, *old, map[old], vol.id, map[parent])?;
+    }
+    let mut dirs = vec![src.root];
+    while let Some(dir) = dirs.pop() {
+        let new_dir = map[&dir];
+        for e in list_dir(t, dir)? {
+            if e.kind == FileKind::Dir {
+                dirs.push(e.ino);
+            }
+            t.set_dirent(new_dir, &e.name, map[&e.ino], e.kind)?;
+        }
+    }
+    vol.used_bytes = src.used_bytes;
+    vol.used_inodes = src.used_inodes;
+    vol.read_only = read_only;
+    vol.origin = Some(src.name.clone());
+    t.put_volume(&vol)?;
+    Ok(Reply::Volume(vol))
+}
+
+/// Every inode below `root`, once each (a file with several links at its first name),
+/// in a fixed order, with the directory it is first met in.
+fn copy_order(t: &WriteTables<'_>, root: InodeId) -> Result<Vec<(InodeId, InodeId)>, NsError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut order = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for e in list_dir(t, dir)? {
+            if seen.insert(e.ino) {
+                order.push((e.ino, dir));
+                if e.kind == FileKind::Dir {
+                    dirs.push(e.ino);
+                }
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Copies inode `from` as `to` in volume `volume` (a directory's parent is `parent`):
+/// attributes, symlink target, xattrs, and extents (each a new reference to its block).
+fn copy_inode_data(
+    t: &mut WriteTables<'_>,
+    from: InodeId,
+    to: InodeId,
+    volume: u32,
+    parent: InodeId,
+) -> Result<(), NsError> {
+    let mut inode = get(t, from)?;
+    inode.attr.ino = to;
+    inode.attr.volume = volume;
+    inode.parent = parent;
+    inode.copy_of = None;
+    t.put_inode(&inode)?;
+    let (lo, hi) = (dirent_key(from, b""), dirent_end(from));
+    let mut xattrs = Vec::new();
+    for item in t
+        .xattrs()
+        .range(lo.as_slice()..hi.as_slice())
+        .map_err(store_err)?
+    {
+        let (k, v) = item.map_err(store_err)?;
+        let name = k.value()[8..].to_vec();
+        xattrs.push((name, v.value().to_vec()));
+    }
+    for (name, value) in xattrs {
+        t.set_xattr(to, &name, &value)?;
+    }
+    if inode.attr.kind == FileKind::File {
+        for e in read_extents(t.extents(), from, 0, u64::MAX)? {
+            t.insert_extent(to, &e)?;
+        }
+    }
+    Ok(())
+}
