@@ -16,7 +16,8 @@ use crate::maintain::lock;
 
 /// How long the volumes' policies are trusted before they are asked again.
 const FRESH_FOR: Duration = Duration::from_secs(10);
-/// Least time between two refreshes caused by a volume not known yet.
+/// Least time between two refreshes caused by a volume not known yet (a request for one
+/// waits for the next).
 const MISS_PAUSE: Duration = Duration::from_millis(500);
 
 /// The regions each volume may live in, as this region's metadata says.
@@ -67,12 +68,16 @@ impl Residency {
         let Some(meta) = &self.meta else {
             return Ok(());
         };
+        let asked = Instant::now();
         let _one = self.refreshing.lock().await;
-        if lock(&self.known)
-            .at
-            .is_some_and(|at| at.elapsed() < MISS_PAUSE)
-        {
+        let last = lock(&self.known).at;
+        if last.is_some_and(|at| at >= asked) {
             return Ok(()); // refreshed by another request meanwhile
+        }
+        // At most one refresh per pause: a volume made a moment after the last refresh
+        // waits for the next one rather than being taken for unknown.
+        if let Some(wait) = last.and_then(|at| MISS_PAUSE.checked_sub(at.elapsed())) {
+            tokio::time::sleep(wait).await;
         }
         let volumes = match meta.query(&Query::Volumes, false).await {
             Ok(QueryReply::Volumes(v)) => v,

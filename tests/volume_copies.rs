@@ -1,0 +1,174 @@
+//! Snapshots and clones made in steps (docs/adr/0014), through real processes and mounts:
+//! a copy bigger than one step is still one point in time of a volume that changes while
+//! it is made, and a volume that lives in two regions is copied in the region that asks,
+//! where the copy then lives.
+
+mod common;
+
+use std::fs;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use common::pair::Pair;
+use common::{Mount, Region, tree_listing, wait_for};
+
+/// Names `prefix0`, `prefix1`, … present in `dir`: how many (they must be the first ones,
+/// with no gap), and whether the last of them is still empty (made, its data not yet
+/// written: the one being written when a snapshot was taken). The others must hold what
+/// was written.
+fn prefix_count(dir: &std::path::Path, prefix: &str) -> Result<(usize, bool)> {
+    let names: Vec<String> = fs::read_dir(dir)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    let mut n = 0;
+    let mut last_empty = false;
+    while names.contains(&format!("{prefix}{n}")) {
+        ensure!(!last_empty, "{prefix}{} is empty and not the last", n - 1);
+        let body = fs::read_to_string(dir.join(format!("{prefix}{n}")))?;
+        last_empty = body.is_empty();
+        ensure!(
+            last_empty || body == format!("{prefix} {n}"),
+            "{prefix}{n} holds {body:?}"
+        );
+        n += 1;
+    }
+    ensure!(names.len() == n, "{} has gaps: {names:?}", dir.display());
+    Ok((n, last_empty))
+}
+
+#[test]
+fn a_snapshot_bigger_than_a_step_is_one_point_in_time_of_a_changing_volume() -> Result<()> {
+    let region = Region::start()?;
+    let m = region.mount("mnt")?;
+    let addrs = region.meta_addrs();
+    // More inodes than one step copies (1,000), so the copy takes several.
+    fs::create_dir(m.path.join("bulk"))?;
+    for i in 0..1200 {
+        fs::create_dir(m.path.join(format!("bulk/d{i}")))?;
+    }
+    let big = common::random_bytes(7, 3 << 20);
+    fs::write(m.path.join("bulk/d7/big"), &big)?;
+    fs::File::open(m.path.join("bulk"))?.sync_all()?;
+    // The two directories written are far apart in the copy's order (a at the start of
+    // the first step, b in the second): a copy reading each step afresh would tear them.
+    fs::create_dir(m.path.join("a"))?;
+    fs::create_dir(m.path.join("bulk/d600/b"))?;
+
+    // A writer makes a/w0, b/w0, a/w1, b/w1, … one after the other, each durable at its
+    // close, while the snapshot is taken.
+    let stop = Arc::new(AtomicBool::new(false));
+    let pairs = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (root, stop, pairs) = (m.path.clone(), stop.clone(), pairs.clone());
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                fs::write(root.join(format!("a/w{i}")), format!("w {i}"))?;
+                fs::write(root.join(format!("bulk/d600/b/w{i}")), format!("w {i}"))?;
+                i += 1;
+                pairs.store(i, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+    };
+    wait_for(Duration::from_secs(60), "the writer under way", || {
+        (pairs.load(Ordering::Relaxed) >= 10).then_some(())
+    })?;
+    let said = common::admin_at(&addrs, &["volume-snapshot", "default", "snap"])?;
+    let at = pairs.load(Ordering::Relaxed);
+    wait_for(Duration::from_secs(60), "the writer going on", || {
+        (pairs.load(Ordering::Relaxed) >= at + 10).then_some(())
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("the writer")?;
+    ensure!(said.contains("snapshot snap of default"), "{said}");
+    let listed = common::admin_at(&addrs, &["snapshots", "--json"])?;
+    let listed: serde_json::Value = serde_json::from_str(&listed)?;
+    let snap = listed
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["name"] == "snap"))
+        .cloned()
+        .context("the snapshot listed")?;
+    ensure!(snap["copying"].is_null(), "{snap}");
+    ensure!(snap["used_inodes"].as_u64().unwrap_or(0) > 1000, "{snap}");
+
+    // The snapshot is the volume at one moment: every pair before it whole, at most the
+    // a-half of the one being written, nothing after.
+    let s = Mount::start(&addrs, "snap", &region.meta.dir.path().join("snap"))?;
+    let (na, a_empty) = prefix_count(&s.path.join("a"), "w")?;
+    let (nb, b_empty) = prefix_count(&s.path.join("bulk/d600/b"), "w")?;
+    ensure!(
+        na == nb || na == nb + 1,
+        "a torn snapshot: {na} files in a, {nb} in b"
+    );
+    // Only the file being written at that moment may be empty: the last of the sequence.
+    ensure!(
+        !(a_empty && na == nb) && !(b_empty && na == nb + 1),
+        "an empty file before the last ({na} / {nb}, {a_empty} / {b_empty})"
+    );
+    ensure!(nb >= 10 && na <= at + 1, "{na} / {nb}, taken at {at}");
+    ensure!(
+        fs::read_dir(s.path.join("bulk"))?.count() == 1200,
+        "every directory of the bulk"
+    );
+    assert_eq!(fs::read(s.path.join("bulk/d7/big"))?, big);
+    let e = fs::create_dir(s.path.join("x")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // The source went on.
+    ensure!(prefix_count(&m.path.join("bulk/d600/b"), "w")?.0 >= at + 10);
+    drop(s);
+    drop(m);
+    Ok(())
+}
+
+#[test]
+fn a_volume_living_in_two_regions_is_copied_where_it_is_asked_and_the_copy_lives_there()
+-> Result<()> {
+    let pair = Pair::start()?;
+    pair.shared_volume("shared")?;
+    let ma = pair.a.mount("shared", "mnt-a")?;
+    let mb = pair.b.mount("shared", "mnt-b")?;
+    fs::create_dir(ma.path.join("docs"))?;
+    fs::write(ma.path.join("docs/from-1"), b"written in region 1")?;
+    let data = common::random_bytes(11, 1 << 20);
+    fs::write(mb.path.join("from-2"), &data)?;
+    let tree = common::wait_same_tree(
+        &ma.path,
+        &mb.path,
+        Duration::from_secs(60),
+        "the regions to agree",
+    )?;
+
+    // Taken in region 2: there it lives, and region 1 has none of it.
+    let said = pair.b.admin(&["volume-snapshot", "shared", "snap-2"])?;
+    ensure!(said.contains("snapshot snap-2 of shared"), "{said}");
+    ensure!(!pair.a.admin(&["snapshots"])?.contains("snap-2"));
+    fs::write(ma.path.join("docs/later"), b"after the snapshot")?;
+    fs::remove_file(mb.path.join("from-2"))?;
+    let s = pair.b.mount("snap-2", "snap-2")?;
+    let listed = tree_listing(&s.path);
+    ensure!(
+        listed == tree,
+        "{listed:#?}\n{}",
+        common::log_tail(&s.log, 30)
+    );
+    assert_eq!(fs::read(s.path.join("from-2"))?, data);
+
+    // A writable clone of it, there too, diverges from it.
+    pair.b.admin(&["volume-clone", "snap-2", "clone-2"])?;
+    let c = pair.b.mount("clone-2", "clone-2")?;
+    assert_eq!(tree_listing(&c.path), tree);
+    fs::write(c.path.join("docs/from-1"), b"changed in the clone")?;
+    assert_eq!(
+        fs::read(s.path.join("docs/from-1"))?,
+        b"written in region 1"
+    );
+    assert!(
+        pair.a.mount("snap-2", "snap-2-in-1").is_err(),
+        "region 1 has no copy of the snapshot"
+    );
+    drop((c, s, ma, mb));
+    Ok(())
+}
