@@ -270,6 +270,10 @@ struct MetaArgs {
     /// regions; never in production).
     #[arg(long, hide = true, allow_hyphen_values = true)]
     clock_offset_ms: Option<i64>,
+    /// Pause this long between the steps of a volume copy, in milliseconds (tests that
+    /// stop a copy half way; never in production).
+    #[arg(long, hide = true)]
+    copy_pause_ms: Option<u64>,
 }
 
 impl MetaArgs {
@@ -297,7 +301,8 @@ impl MetaArgs {
             keep_logs,
             suspect_after_ms,
             down_after_ms,
-            peer_unreachable_after_ms
+            peer_unreachable_after_ms,
+            copy_pause_ms
         );
         if !self.peers.is_empty() {
             c.peers = self.peers;

@@ -44,6 +44,10 @@ pub struct MetaConfig {
     /// A peer region that has not answered a pull for this long is unreachable, in
     /// milliseconds (lenient: across regions a verdict only shows, it decides nothing).
     pub peer_unreachable_after_ms: u64,
+    /// A pause between the steps of a volume copy, in milliseconds (tests that stop a copy
+    /// half way; 0 in production).
+    #[serde(default)]
+    pub copy_pause_ms: u64,
 }
 
 pub use meridian_proto::PeerRegion;
@@ -67,6 +71,7 @@ impl Default for MetaConfig {
             metrics_listen: None,
             peers: Vec::new(),
             peer_unreachable_after_ms: 10_000,
+            copy_pause_ms: 0,
         }
     }
 }

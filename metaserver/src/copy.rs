@@ -18,10 +18,10 @@ use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
 
 /// Most inodes in one step of a copy.
-pub const STEP_ROWS: usize = 1000;
+pub const STEP_ROWS: usize = 500;
 /// Most entries, extents and xattrs in one step (a directory's entries go in one step,
 /// however many).
-pub const STEP_ITEMS: usize = 20_000;
+pub const STEP_ITEMS: usize = 10_000;
 
 /// The maker of copies in this process for member `id`: another member, or this member
 /// after a restart, is another maker.
@@ -108,7 +108,17 @@ impl MetaNode {
             now,
             by: me,
         };
-        let vol = match self.propose_internal(RaftRequest::CopyBegin(begin)).await? {
+        let mut vol = self
+            .propose_internal(RaftRequest::CopyBegin(begin.clone()))
+            .await?;
+        if let RaftResponse::Ns(Err(NsError::Exists(_))) = &vol
+            && self.remove_orphan(name, source).await?
+        {
+            // The same copy asked again after its leader went away (a client retrying):
+            // the unfinished one is removed, and this one begins afresh.
+            vol = self.propose_internal(RaftRequest::CopyBegin(begin)).await?;
+        }
+        let vol = match vol {
             RaftResponse::Ns(Ok(Reply::Volume(v))) => v,
             RaftResponse::Ns(Err(e)) => return Ok(Err(e)),
             other => return Err(MetaError::Store(format!("a copy began oddly: {other:?}"))),
@@ -133,6 +143,42 @@ impl MetaNode {
             }
         }
         made
+    }
+
+    /// Removes volume `name` if it is an unfinished copy of `source` with no maker at
+    /// work; whether it did.
+    async fn remove_orphan(&self, name: &str, source: &str) -> Result<bool, MetaError> {
+        let tx = self.db.begin_read().map_err(store)?;
+        let orphan = crate::namespace::NsReader::new(&tx)
+            .volumes()
+            .map_err(|e| MetaError::Store(e.to_string()))?
+            .into_iter()
+            .find(|v| {
+                v.name == name
+                    && v.copying
+                        .as_ref()
+                        .is_some_and(|c| c.source == source && !has_maker(self, name, c))
+            });
+        drop(tx);
+        let Some(v) = orphan else {
+            return Ok(false);
+        };
+        let (hlc, now) = self.stamp_now();
+        let abort = CopyAbort {
+            volume: v.id,
+            hlc,
+            now,
+        };
+        match self.propose_internal(RaftRequest::CopyAbort(abort)).await? {
+            RaftResponse::Ns(Ok(_)) => {
+                info!(
+                    copy = name,
+                    "removed a copy its maker left unfinished, to make it again"
+                );
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn copy_rows(
@@ -178,7 +224,11 @@ impl MetaNode {
             };
             match self.propose_internal(RaftRequest::CopyRows(step)).await? {
                 RaftResponse::Ns(Ok(reply)) if last => return Ok(Ok(reply)),
-                RaftResponse::Ns(Ok(_)) => {}
+                RaftResponse::Ns(Ok(_)) => {
+                    if !self.copy_pause.is_zero() {
+                        tokio::time::sleep(self.copy_pause).await;
+                    }
+                }
                 RaftResponse::Ns(Err(e)) => return Ok(Err(e)),
                 other => return Err(MetaError::Store(format!("a copy step answered {other:?}"))),
             }

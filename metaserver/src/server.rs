@@ -107,6 +107,7 @@ pub async fn run(
         recalls: Default::default(),
         backfills: Default::default(),
         relayed: Default::default(),
+        copy_pause: Duration::from_millis(config.copy_pause_ms),
     });
     let mut region_tasks = vec![
         tokio::spawn(crate::regions::export_lag(node.clone())),

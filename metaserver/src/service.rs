@@ -54,6 +54,8 @@ pub struct MetaNode {
     pub backfills: crate::backfill::Backfills,
     /// Regions whose records are pulled through a peer: origin -> (the peer, its puller).
     pub relayed: Mutex<std::collections::BTreeMap<u16, (u16, tokio::task::JoinHandle<()>)>>,
+    /// A pause between the steps of a volume copy (tests only).
+    pub copy_pause: std::time::Duration,
 }
 
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Bytes {

@@ -62,10 +62,17 @@ pub async fn list(meta: Vec<String>, json: bool, snapshots: bool) -> Result<()> 
     if json {
         println!("{}", serde_json::to_string_pretty(&vols)?);
     } else if snapshots {
-        println!("{:<24} {:<24} {:>10} {:>8}", "NAME", "OF", "USED", "INODES");
+        println!(
+            "{:<24} {:<24} {:>10} {:>8}  STATE",
+            "NAME", "OF", "USED", "INODES"
+        );
         for v in vols {
+            let state = match &v.copying {
+                Some(c) => format!("copying ({} of {} inodes)", c.copied, c.inodes),
+                None => "ready".to_string(),
+            };
             println!(
-                "{:<24} {:<24} {:>10} {:>8}",
+                "{:<24} {:<24} {:>10} {:>8}  {state}",
                 v.name,
                 v.origin.as_deref().unwrap_or("-"),
                 human(v.used_bytes),
