@@ -13,6 +13,13 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
 fi
 
+# A user's mount (tests/supervised_mount.rs) opens /dev/fuse through fusermount3 as that
+# user: the device must have its usual mode, 0666, which some containers narrow to root's.
+if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != 666 ]; then
+  echo "== /dev/fuse to its usual mode 0666"
+  as_root chmod 0666 /dev/fuse
+fi
+
 # The deploy/ manifests are validated against the Kubernetes schemas (offline) by
 # tests/deploy.rs, with kubernetes-validate and PyYAML from PyPI.
 if ! python3 -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; then

@@ -1,8 +1,9 @@
-//! Mounts that outlive their serving process (docs/adr/0008): as root, `meridian mount`
-//! is a supervisor holding the FUSE connection and a child serving it. The child is
-//! killed with -9, or replaced by `meridian mount --takeover`, while one program holds a
-//! file open for writing and another iterates a large directory: both carry on without
-//! EIO or ENOTCONN, and the file's content is intact.
+//! Mounts that outlive their serving process (docs/adr/0008): `meridian mount` is a
+//! supervisor holding the FUSE connection and a child serving it (mounting through
+//! fusermount3 when not root). The child is killed with -9, or replaced by `meridian
+//! mount --takeover`, while one program holds a file open for writing and another
+//! iterates a large directory: both carry on without EIO or ENOTCONN, and the file's
+//! content is intact.
 
 mod common;
 
@@ -266,5 +267,110 @@ fn a_supervisor_that_cannot_start_a_server_still_stops_when_asked() -> Result<()
         (now.iter().any(|p| *p != first[0])).then_some(())
     })?;
     mnt.unmount()?;
+    Ok(())
+}
+
+/// Runs `sh -c script` as user `uid` (the test runs as root; a user's mount is reachable
+/// only by that user without allow_other), returning its output.
+fn as_user(uid: u32, script: &str) -> Result<String> {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .context("setpriv (util-linux)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "as uid {uid}: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn a_users_mount_is_supervised_too_through_fusermount3() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{PermissionsExt, chown};
+    const NOBODY: u32 = 65534;
+    anyhow::ensure!(
+        fs::metadata("/dev/fuse")?.mode() & 0o006 == 0o006,
+        "/dev/fuse is not open to users (mode {:o}): scripts/test.sh gives it its usual mode 0666",
+        fs::metadata("/dev/fuse")?.mode() & 0o777
+    );
+    let region = Region::start()?;
+    // A folder of the user's in the volume, made through root's mount.
+    {
+        let admin = region.mount("root-mnt")?;
+        fs::create_dir(admin.path.join("home"))?;
+        chown(admin.path.join("home"), Some(NOBODY), Some(NOBODY))?;
+    }
+    // A folder the user may reach, and a mountpoint of the user's.
+    let home = region.meta.dir.path().join("user");
+    fs::create_dir(&home)?;
+    fs::set_permissions(region.meta.dir.path(), fs::Permissions::from_mode(0o755))?;
+    chown(&home, Some(NOBODY), Some(NOBODY))?;
+    let mnt = home.join("mnt");
+    fs::create_dir(&mnt)?;
+    chown(&mnt, Some(NOBODY), Some(NOBODY))?;
+    let log = fs::File::create(home.join("mount.log"))?;
+    let mut supervisor = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--",
+            MERIDIAN,
+            "mount",
+            "--meta",
+            &region.meta_addrs(),
+            "--volume",
+            "default",
+        ])
+        .arg(&mnt)
+        .env("MERIDIAN_LOG", "info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        wait_for(Duration::from_secs(30), "the user's mount", || {
+            (common::is_mounted(&mnt) && !serving_pids(&mnt).is_empty()).then_some(())
+        })?;
+        let m = format!("{}/home", mnt.display());
+        as_user(NOBODY, &format!("printf 'before' > {m}/f && mkdir {m}/d"))?;
+        // Its serving process dies; the supervisor (the user's own) starts another.
+        let first = serving_pids(&mnt);
+        for pid in &first {
+            // SAFETY: kill(2) of a process this test found by its command line.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        wait_for(Duration::from_secs(30), "another serving process", || {
+            let now = serving_pids(&mnt);
+            (!now.is_empty() && now.iter().all(|p| !first.contains(p))).then_some(())
+        })?;
+        let seen = as_user(
+            NOBODY,
+            &format!("cat {m}/f && printf ' after' >> {m}/f && cat {m}/f"),
+        )?;
+        anyhow::ensure!(seen == "beforebefore after", "{seen:?}");
+        anyhow::ensure!(as_user(NOBODY, &format!("ls {m}"))?.contains('d'));
+        Ok(())
+    })();
+    // Asked to stop, the supervisor unmounts through fusermount3.
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(supervisor.id() as i32, libc::SIGTERM) };
+    let _ = supervisor.wait();
+    let log = fs::read_to_string(home.join("mount.log")).unwrap_or_default();
+    result.with_context(|| format!("the mount's log:\n{log}"))?;
+    anyhow::ensure!(
+        !common::is_mounted(&mnt),
+        "still mounted after SIGTERM:\n{log}"
+    );
     Ok(())
 }

@@ -79,6 +79,8 @@ impl Residency {
         if let Some(wait) = last.and_then(|at| MISS_PAUSE.checked_sub(at.elapsed())) {
             tokio::time::sleep(wait).await;
         }
+        // When the answer was asked for: a request that came later may need a newer one.
+        let started = Instant::now();
         let volumes = match meta.query(&Query::Volumes, false).await {
             Ok(QueryReply::Volumes(v)) => v,
             Ok(other) => {
@@ -100,7 +102,7 @@ impl Residency {
             .collect();
         *lock(&self.known) = Known {
             regions,
-            at: Some(Instant::now()),
+            at: Some(started),
         };
         Ok(())
     }

@@ -286,13 +286,10 @@ async fn bring(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     bring_blocks(node, b.volume).await
 }
 
-/// Has every block the volume's files reference fetched into this region: each is asked
-/// of the first chunkserver placement names for it, which on a miss fetches it from
-/// another region of the volume (verified) and keeps it; repair makes the other copies.
-/// After a leader change the walk starts over, and finds the blocks fetched already.
+/// Has every block the volume's files reference fetched into this region
+/// ([`fetch_blocks`]). After a leader change the walk starts over, and finds the blocks
+/// fetched already.
 async fn bring_blocks(node: &MetaNode, volume: u32) -> Result<(), String> {
-    use meridian_proto::pb::chunk::GetRequest;
-    use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
     let blocks = {
         let tx = node.db.begin_read().map_err(|e| e.to_string())?;
         backfill::volume_blocks(&tx, volume).map_err(|e| e.to_string())?
@@ -304,7 +301,38 @@ async fn bring_blocks(node: &MetaNode, volume: u32) -> Result<(), String> {
         p.blocks_total = blocks.len() as u64;
         p.blocks_done = 0;
     }
-    for id in &blocks {
+    fetch_blocks(node, volume, &blocks, || {
+        lock(&node.backfills.progress)
+            .entry(volume)
+            .or_default()
+            .blocks_done += 1;
+    })
+    .await?;
+    node.propose_internal(RaftRequest::BlocksBroughtIn(volume))
+        .await
+        .map_err(|e| e.to_string())?;
+    set_state(node, volume, "done");
+    info!(
+        volume,
+        blocks = blocks.len(),
+        "every block of a volume brought into this region"
+    );
+    Ok(())
+}
+
+/// Has each of `blocks` (referenced by `volume`) in this region: each is asked of the
+/// first chunkserver placement names for it, which on a miss fetches it from another
+/// region of the volume (verified) and keeps it; repair makes the other copies. `done`
+/// after each.
+pub(crate) async fn fetch_blocks(
+    node: &MetaNode,
+    volume: u32,
+    blocks: &[meridian_proto::BlockId],
+    mut done: impl FnMut(),
+) -> Result<(), String> {
+    use meridian_proto::pb::chunk::GetRequest;
+    use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
+    for id in blocks {
         let map = node.shared.map.borrow().clone();
         let target = meridian_proto::placement(id, &map, 1)
             .first()
@@ -334,20 +362,8 @@ async fn bring_blocks(node: &MetaNode, volume: u32) -> Result<(), String> {
             .map_err(|s| format!("block {id} from {target}: {}", s.message()))?
             .is_some()
         {}
-        lock(&node.backfills.progress)
-            .entry(volume)
-            .or_default()
-            .blocks_done += 1;
+        done();
     }
-    node.propose_internal(RaftRequest::BlocksBroughtIn(volume))
-        .await
-        .map_err(|e| e.to_string())?;
-    set_state(node, volume, "done");
-    info!(
-        volume,
-        blocks = blocks.len(),
-        "every block of a volume brought into this region"
-    );
     Ok(())
 }
 

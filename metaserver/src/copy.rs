@@ -2,17 +2,19 @@
 //! of copies whose maker went away. What each step writes is `namespace::ops::copy`'s;
 //! docs/adr/0014-volume-copies-in-steps.md says why.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use meridian_proto::ns::{Copying, NsError, Reply};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use meridian_proto::ns::{Copying, NsError, Reply, Volume};
 use redb::ReadableDatabase;
 use tracing::{info, warn};
 
 use crate::error::{MetaError, store};
 use crate::namespace::ops::copy::{
-    self, CopyAbort, CopyBegin, CopyDone, CopyRows, Numbering, Plan,
+    self, CopyAbort, CopyBegin, CopyDone, CopyRows, Cursor, Numbering,
 };
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
@@ -28,34 +30,25 @@ pub const STEP_ITEMS: usize = 10_000;
 fn maker(id: u64) -> u64 {
     static STARTED: OnceLock<u64> = OnceLock::new();
     let started = *STARTED.get_or_init(meridian_proto::physical_ns);
-    blake3::hash(&[id.to_le_bytes(), started.to_le_bytes()].concat())
-        .as_bytes()
-        .iter()
-        .take(8)
-        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+    let h = blake3::hash(&[id.to_le_bytes(), started.to_le_bytes()].concat());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// Copies being made in this process: (maker, name).
-fn making() -> &'static Mutex<HashSet<(u64, String)>> {
-    static MAKING: OnceLock<Mutex<HashSet<(u64, String)>>> = OnceLock::new();
+/// What a copy came to: the namespace's answer, or the servers' failure (whether the
+/// member stopped leading, and why).
+type Outcome = Result<Result<Reply, NsError>, (bool, String)>;
+
+/// A copy being made in this process, by (maker, name): what it copies, and its outcome
+/// for every request waiting on it.
+struct Making {
+    source: String,
+    read_only: bool,
+    outcome: Shared<BoxFuture<'static, Outcome>>,
+}
+
+fn making() -> &'static Mutex<HashMap<(u64, String), Making>> {
+    static MAKING: OnceLock<Mutex<HashMap<(u64, String), Making>>> = OnceLock::new();
     MAKING.get_or_init(Default::default)
-}
-
-/// A copy this process is making, from before it begins until it ends either way.
-struct Making((u64, String));
-
-impl Making {
-    fn start(maker: u64, name: &str) -> Self {
-        let key = (maker, name.to_string());
-        lock(making()).insert(key.clone());
-        Making(key)
-    }
-}
-
-impl Drop for Making {
-    fn drop(&mut self) {
-        lock(making()).remove(&self.0);
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,7 +58,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Whether `copying` has a maker at work: this member's, in this process.
 fn has_maker(node: &MetaNode, name: &str, copying: &Copying) -> bool {
     let me = maker(node.id);
-    copying.by == me && lock(making()).contains(&(me, name.to_string()))
+    copying.by == me && lock(making()).contains_key(&(me, name.to_string()))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -76,60 +69,96 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| MetaError::Store(format!("copy worker: {e}")))
 }
 
+/// Copies volume `source` into a new volume `name` (a snapshot when `read_only`), as the
+/// source is at one point in time, in steps ([`STEP_ROWS`]). On the leader. The copy runs
+/// on its own: a request that goes away (a client's deadline) leaves it going, and a
+/// request for the same copy meanwhile waits for the same outcome. The outer error is
+/// the servers' (this member stopped leading, the store failed); the inner one the
+/// namespace's answer.
+pub async fn copy_volume(
+    node: Arc<MetaNode>,
+    source: &str,
+    name: &str,
+    read_only: bool,
+) -> Result<Result<Reply, NsError>, MetaError> {
+    let key = (maker(node.id), name.to_string());
+    let outcome = {
+        let mut all = lock(making());
+        match all.get(&key) {
+            Some(m) if m.source == source && m.read_only == read_only => m.outcome.clone(),
+            Some(_) => return Ok(Err(NsError::Exists(format!("volume {name}")))),
+            None => {
+                let (task_node, task_source, task_key) =
+                    (node.clone(), source.to_string(), key.clone());
+                let task = tokio::spawn(async move {
+                    let made = task_node
+                        .make_copy(&task_source, &task_key.1, read_only)
+                        .await
+                        .map_err(|e| (matches!(e, MetaError::Unavailable(_)), e.to_string()));
+                    lock(making()).remove(&task_key);
+                    made
+                });
+                let outcome = async move {
+                    task.await
+                        .unwrap_or_else(|e| Err((false, format!("copy task: {e}"))))
+                }
+                .boxed()
+                .shared();
+                all.insert(
+                    key,
+                    Making {
+                        source: source.to_string(),
+                        read_only,
+                        outcome: outcome.clone(),
+                    },
+                );
+                outcome
+            }
+        }
+    };
+    outcome.await.map_err(|(unavailable, why)| {
+        if unavailable {
+            MetaError::Unavailable(why)
+        } else {
+            MetaError::Store(why)
+        }
+    })
+}
+
 impl MetaNode {
-    /// Copies volume `source` into a new volume `name` (a snapshot when `read_only`), as
-    /// the source is at one point in time (the read this starts with), in steps of at
-    /// most [`STEP_ROWS`] inodes. On the leader. The outer error is the servers' (this
-    /// member stopped leading, the store failed); the inner one the namespace's answer.
-    pub async fn copy_volume(
+    async fn make_copy(
         &self,
         source: &str,
         name: &str,
         read_only: bool,
     ) -> Result<Result<Reply, NsError>, MetaError> {
         let me = maker(self.id);
-        let _making = Making::start(me, name);
-        let tx = Arc::new(self.db.begin_read().map_err(store)?);
-        let region = self.shared.region;
-        let plan = {
-            let (tx, source) = (tx.clone(), source.to_string());
-            match blocking(move || copy::plan(&tx, &source, region)).await? {
-                Ok(p) => Arc::new(p),
-                Err(e) => return Ok(Err(e)),
-            }
-        };
         let (hlc, now) = self.stamp_now();
         let begin = CopyBegin {
             source: source.to_string(),
             name: name.to_string(),
             read_only,
-            inodes: plan.order.len() as u64,
             hlc,
             now,
             by: me,
         };
-        let mut vol = self
+        let mut began = self
             .propose_internal(RaftRequest::CopyBegin(begin.clone()))
             .await?;
-        if let RaftResponse::Ns(Err(NsError::Exists(_))) = &vol
+        if let RaftResponse::Ns(Err(NsError::Exists(_))) = &began
             && self.remove_orphan(name, source).await?
         {
             // The same copy asked again after its leader went away (a client retrying):
             // the unfinished one is removed, and this one begins afresh.
-            vol = self.propose_internal(RaftRequest::CopyBegin(begin)).await?;
+            began = self.propose_internal(RaftRequest::CopyBegin(begin)).await?;
         }
-        let vol = match vol {
+        let vol = match began {
             RaftResponse::Ns(Ok(Reply::Volume(v))) => v,
             RaftResponse::Ns(Err(e)) => return Ok(Err(e)),
             other => return Err(MetaError::Store(format!("a copy began oddly: {other:?}"))),
         };
-        info!(
-            source,
-            copy = name,
-            inodes = plan.order.len(),
-            "copying a volume"
-        );
-        let made = self.copy_rows(tx, plan, &vol, now).await;
+        info!(source, copy = name, "copying a volume");
+        let made = self.copy_rows(source, &vol, now).await;
         if !matches!(made, Ok(Ok(_))) {
             let (hlc, now) = self.stamp_now();
             let abort = CopyAbort {
@@ -157,7 +186,7 @@ impl MetaNode {
                 v.name == name
                     && v.copying
                         .as_ref()
-                        .is_some_and(|c| c.source == source && !has_maker(self, name, c))
+                        .is_some_and(|c| c.source == source && c.by != maker(self.id))
             });
         drop(tx);
         let Some(v) = orphan else {
@@ -181,58 +210,105 @@ impl MetaNode {
         }
     }
 
+    /// Proposes one step of the copy `vol`; the volume as it then is.
+    async fn copy_step(&self, step: CopyRows) -> Result<Result<Volume, NsError>, MetaError> {
+        match self.propose_internal(RaftRequest::CopyRows(step)).await? {
+            RaftResponse::Ns(Ok(Reply::Volume(v))) => Ok(Ok(v)),
+            RaftResponse::Ns(Err(e)) => Ok(Err(e)),
+            other => Err(MetaError::Store(format!("a copy step answered {other:?}"))),
+        }
+    }
+
+    /// The copy after its beginning: the read (the point in time, taken once the copy
+    /// holds GC), the numbers it needs, the rows, and for a source living in several
+    /// regions the blocks this region may not hold yet.
     async fn copy_rows(
         &self,
-        tx: Arc<redb::ReadTransaction>,
-        plan: Arc<Plan>,
-        vol: &meridian_proto::ns::Volume,
+        source: &str,
+        vol: &Volume,
         now: meridian_proto::ns::Timespec,
     ) -> Result<Result<Reply, NsError>, MetaError> {
-        let Some(base) = vol.copying.as_ref().map(|c| c.base) else {
-            return Err(MetaError::Store("a copy began without its numbers".into()));
-        };
-        let numbering = match Numbering::new(&plan, vol, base) {
-            Ok(n) => Arc::new(n),
-            Err(e) => return Ok(Err(e)),
-        };
-        let mut next = 0;
-        loop {
-            let (rows, after) = {
-                let (tx, plan, numbering, vol) =
-                    (tx.clone(), plan.clone(), numbering.clone(), vol.clone());
-                match blocking(move || {
-                    copy::read_rows(
-                        &tx, &plan, &vol, &numbering, next, STEP_ROWS, STEP_ITEMS, now,
-                    )
-                })
-                .await?
-                {
-                    Ok(r) => r,
+        macro_rules! ns {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
                     Err(e) => return Ok(Err(e)),
                 }
             };
-            next = after;
-            let done = (next >= plan.order.len()).then(|| CopyDone {
-                used_bytes: plan.source.used_bytes,
-                used_inodes: plan.source.used_inodes,
-            });
-            let last = done.is_some();
+        }
+        let tx = Arc::new(self.db.begin_read().map_err(store)?);
+        let region = self.shared.region;
+        let plan = {
+            let (tx, source) = (tx.clone(), source.to_string());
+            Arc::new(ns!(
+                blocking(move || copy::plan(&tx, &source, region)).await?
+            ))
+        };
+        let reserve = CopyRows {
+            volume: vol.id,
+            reserve: plan.order.len() as u64,
+            rows: Vec::new(),
+            done: None,
+        };
+        let vol = Arc::new(ns!(self.copy_step(reserve).await?));
+        let base = vol.copying.as_ref().map_or(0, |c| c.base);
+        let numbering = Arc::new(ns!(Numbering::new(&plan, &vol, base)));
+        let elsewhere = plan.source.policy.regions.len() > 1;
+        let mut blocks = HashSet::new();
+        let mut cur = Cursor::default();
+        let mut steps = 0u64;
+        while !plan.done(&cur) {
+            let (rows, next) = {
+                let (tx, plan, numbering, vol) =
+                    (tx.clone(), plan.clone(), numbering.clone(), vol.clone());
+                ns!(blocking(move || {
+                    copy::read_rows(
+                        &tx, &plan, &vol, &numbering, cur, STEP_ROWS, STEP_ITEMS, now,
+                    )
+                })
+                .await?)
+            };
+            cur = next;
+            if elsewhere {
+                blocks.extend(rows.iter().flat_map(|r| r.extents.iter().map(|e| e.block)));
+            }
             let step = CopyRows {
                 volume: vol.id,
+                reserve: 0,
                 rows,
-                done,
+                done: None,
             };
-            match self.propose_internal(RaftRequest::CopyRows(step)).await? {
-                RaftResponse::Ns(Ok(reply)) if last => return Ok(Ok(reply)),
-                RaftResponse::Ns(Ok(_)) => {
-                    if !self.copy_pause.is_zero() {
-                        tokio::time::sleep(self.copy_pause).await;
-                    }
-                }
-                RaftResponse::Ns(Err(e)) => return Ok(Err(e)),
-                other => return Err(MetaError::Store(format!("a copy step answered {other:?}"))),
+            ns!(self.copy_step(step).await?);
+            steps += 1;
+            if !self.copy_pause.is_zero() {
+                tokio::time::sleep(self.copy_pause).await;
             }
         }
+        drop(tx);
+        if !blocks.is_empty() {
+            // Another region's copy may be all there is of some: the copy's references
+            // protect only this region's.
+            let blocks: Vec<_> = blocks.into_iter().collect();
+            crate::backfill::fetch_blocks(self, plan.source.id, &blocks, || {})
+                .await
+                .map_err(|e| {
+                    MetaError::Unavailable(format!(
+                        "a block of {source} could not be brought into this region for its copy: {e}"
+                    ))
+                })?;
+        }
+        let last = CopyRows {
+            volume: vol.id,
+            reserve: 0,
+            rows: Vec::new(),
+            done: Some(CopyDone {
+                used_bytes: plan.source.used_bytes,
+                used_inodes: plan.source.used_inodes,
+            }),
+        };
+        let done = ns!(self.copy_step(last).await?);
+        info!(source, copy = %done.name, inodes = plan.order.len(), steps, "volume copied");
+        Ok(Ok(Reply::Volume(done)))
     }
 }
 

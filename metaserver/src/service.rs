@@ -353,7 +353,8 @@ impl MetaService for MetaApi {
                     &addr,
                 );
             }
-            let outcome = self.copy_volume(source, name, *read_only).await?;
+            let outcome =
+                crate::copy::copy_volume(self.0.clone(), source, name, *read_only).await?;
             return Ok(Response::new(MutateResponse {
                 outcome: json(&outcome),
                 log_index: 0,

@@ -1,11 +1,11 @@
 //! The FUSE device as the mount supervisor uses it (docs/adr/0008): opened and mounted
-//! here (mount(2) with the device's fd, as root), the kernel's INIT request read and kept
+//! here (mount(2) with the device's fd, as root; through fusermount3 otherwise), the kernel's INIT request read and kept
 //! so that every serving process can be introduced to the connection, and the kernel
 //! asked to send again what a serving process read and never answered.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -61,6 +61,110 @@ pub fn mount(dev: &OwnedFd, mountpoint: &Path, volume: &str, allow_other: bool) 
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Whether this process runs as root (and mounts and unmounts itself).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Mounts a new connection at `mountpoint` without privileges, through fusermount3
+/// (setuid root, from the fuse3 package): it opens the device, mounts it with the options
+/// given, and hands the device back over a socket named by `_FUSE_COMMFD`.
+pub fn mount_unprivileged(
+    mountpoint: &Path,
+    volume: &str,
+    allow_other: bool,
+) -> io::Result<OwnedFd> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is valid for two ints.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both were just created and are owned by nobody else.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Ours stays here; theirs (inherited) is fusermount3's.
+    // SAFETY: fcntl on an fd this function owns.
+    unsafe { libc::fcntl(ours.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    let mut opts = format!("fsname=meridian:{volume},subtype=meridian,default_permissions");
+    if allow_other {
+        opts.push_str(",allow_other");
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-o")
+        .arg(&opts)
+        .arg("--")
+        .arg(mountpoint)
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .status()
+        .map_err(|e| io::Error::new(e.kind(), format!("fusermount3 (fuse3): {e}")))?;
+    drop(theirs);
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "fusermount3 could not mount ({status})"
+        )));
+    }
+    recv_fd(ours.as_fd())
+}
+
+/// Receives the one fd a message on `sock` carries.
+fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one SCM_RIGHTS message with one fd, aligned as a cmsghdr must be.
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; its pointers are set just below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    loop {
+        // SAFETY: `msg` points at buffers valid for the lengths it gives.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n > 0 {
+            break;
+        }
+        if n == 0 {
+            return Err(io::Error::other("fusermount3 sent no device"));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR checks the control length.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: a non-null cmsg points into `control`.
+    if cmsg.is_null()
+        || unsafe {
+            (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        }
+    {
+        return Err(io::Error::other("fusermount3 sent no device"));
+    }
+    // SAFETY: an SCM_RIGHTS message carries at least one int, which this process now owns.
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>()) };
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Unmounts through fusermount3 (`lazy`: detached, whatever is still open).
+fn fusermount_unmount(path: &Path, lazy: bool) -> bool {
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    cmd.arg("--")
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Reads the kernel's INIT request, which it sends as soon as the mount is made.
@@ -150,6 +254,10 @@ fn unescape(s: &str) -> String {
 
 /// Detaches the mount at `path` (whatever state its connection is in).
 pub fn detach(path: &Path) {
+    if !is_root() {
+        fusermount_unmount(path, true);
+        return;
+    }
     if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
         // SAFETY: a valid NUL-terminated path.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
@@ -158,6 +266,12 @@ pub fn detach(path: &Path) {
 
 /// Unmounts the mount at `path`; detaches it if busy.
 pub fn unmount(path: &Path) {
+    if !is_root() {
+        if !fusermount_unmount(path, false) {
+            fusermount_unmount(path, true);
+        }
+        return;
+    }
     if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
         // SAFETY: a valid NUL-terminated path.
         if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {

@@ -1,6 +1,6 @@
 //! `meridian mount`: a volume through FUSE, in the foreground until SIGINT/SIGTERM or an
-//! external unmount. As root, the mount is held by a small supervisor (`supervisor.rs`)
-//! and served by a child process that can die or be replaced without the mount noticing
+//! external unmount. The mount is held by a small supervisor (`supervisor.rs`; as
+//! another user than root it mounts through fusermount3) and served by a child process that can die or be replaced without the mount noticing
 //! (docs/adr/0008); this file is that serving process, or the whole mount with
 //! `--no-supervisor`.
 
@@ -143,12 +143,7 @@ pub fn run(args: MountArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
             "/dev/fuse is missing: load the fuse kernel module (modprobe fuse), or give the container the device (--device /dev/fuse)"
         );
     }
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if args.no_supervisor || !root {
-        if !root && !args.no_supervisor {
-            tracing::info!("not root: the mount is served without a supervisor");
-        }
+    if args.no_supervisor {
         return serve(args, rt, None);
     }
     let canonical = mnt

@@ -23,10 +23,22 @@ use super::fuse_dev;
 /// How long a serving process may take to be ready, and a stopping one to go.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The control socket of the supervisor of the mount at `mountpoint` (canonical).
+/// The control socket of the supervisor of the mount at `mountpoint` (canonical): under
+/// /run/meridian for root's mounts, under the user's runtime directory (or /tmp) for a
+/// user's.
 pub fn control_path(mountpoint: &Path) -> PathBuf {
     let h = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
-    PathBuf::from("/run/meridian/mounts").join(format!("{}.sock", &h[..20]))
+    let dir = if fuse_dev::is_root() {
+        PathBuf::from("/run/meridian/mounts")
+    } else {
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(d) if !d.is_empty() => PathBuf::from(d).join("meridian-mounts"),
+            _ => PathBuf::from(format!("/tmp/meridian-{uid}-mounts")),
+        }
+    };
+    dir.join(format!("{}.sock", &h[..20]))
 }
 
 /// A serving process, and the supervisor's end of its control socket.
@@ -150,9 +162,15 @@ pub struct Supervised<'a> {
 /// Mounts, serves through child processes until unmounted or signalled, and unmounts.
 pub fn run(s: Supervised<'_>, rt: &tokio::runtime::Runtime) -> Result<()> {
     let exe = std::env::current_exe().context("own executable")?;
-    let dev = fuse_dev::open_dev().context("open /dev/fuse")?;
-    fuse_dev::mount(&dev, s.mountpoint, s.volume, s.allow_other)
-        .with_context(|| format!("cannot mount at {}", s.mountpoint.display()))?;
+    let dev = if fuse_dev::is_root() {
+        let dev = fuse_dev::open_dev().context("open /dev/fuse")?;
+        fuse_dev::mount(&dev, s.mountpoint, s.volume, s.allow_other)
+            .with_context(|| format!("cannot mount at {}", s.mountpoint.display()))?;
+        dev
+    } else {
+        fuse_dev::mount_unprivileged(s.mountpoint, s.volume, s.allow_other)
+            .with_context(|| format!("cannot mount at {}", s.mountpoint.display()))?
+    };
     let init = match fuse_dev::read_init(&dev) {
         Ok(i) => i,
         Err(e) => {
@@ -291,11 +309,24 @@ async fn stop(server: &mut Server, mnt: &Path) -> Result<()> {
 fn bind_control(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        // Its sockets make this process run a binary it is given: its user's alone (a
+        // folder under /tmp another user made first is refused).
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(dir)?;
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        anyhow::ensure!(
+            meta.is_dir() && meta.uid() == me,
+            "{} is not a folder of this user's",
+            dir.display()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let _ = std::fs::remove_file(path);
     let listener =
         UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
-    // It makes this process (root) run a binary it is given: root's alone.
+    // It makes this process run a binary it is given: this user's alone.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)

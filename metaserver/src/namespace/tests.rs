@@ -1386,7 +1386,7 @@ fn snapshots_and_clones_copy_the_namespace_at_once_and_share_blocks() {
 
 #[test]
 fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
-    use super::ops::copy::{self, CopyAbort, CopyBegin, CopyDone, CopyRows, Numbering};
+    use super::ops::copy::{self, CopyAbort, CopyBegin, CopyDone, CopyRows, Cursor, Numbering};
     let mut fs = Fs::new();
     let src = fs.volume("src", VolumePolicy::default()).unwrap();
     let d = fs.mkdir(src.root, "d");
@@ -1434,7 +1434,6 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
             source: "src".into(),
             name: name.into(),
             read_only: true,
-            inodes: 26,
             hlc: cmd.hlc,
             now: cmd.now,
             by: 7,
@@ -1445,9 +1444,25 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
             Err(e) => Err(e),
         }
     };
+    // The numbers the copy's rows take, reserved once.
+    let reserve = |fs: &mut Fs, vol: &Volume| {
+        let step = CopyRows {
+            volume: vol.id,
+            reserve: 26,
+            rows: Vec::new(),
+            done: None,
+        };
+        match fs.write(|t| copy::rows(t, &step)) {
+            Ok(Reply::Volume(v)) => Ok(v),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => Err(e),
+        }
+    };
     let snap = begin(&mut fs, "snap").unwrap();
     assert!(snap.copying.is_some() && snap.read_only);
     assert_eq!(errno(begin(&mut fs, "snap")), EEXIST);
+    let snap = reserve(&mut fs, &snap).unwrap();
+    assert_eq!(errno(reserve(&mut fs, &snap)), EINVAL);
 
     // The source changes between the read and the steps.
     let unlink = |name: &str, parent| Op::Unlink {
@@ -1459,52 +1474,62 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
     commit(&mut fs, files[1].ino, vec![extent(0, 20, "B", 0)], 20).unwrap();
     fs.create(d.ino, "new");
 
-    // Steps of at most 10 inodes, as the leader would send them; nothing but the steps
-    // changes the copy meanwhile, it cannot be copied, and nothing is collected.
+    // Steps of at most 10 inodes and 7 entries, extents and xattrs, as the leader would
+    // send them (d's 25 entries span batches); nothing but the steps changes the copy
+    // meanwhile, it cannot be copied, and nothing is collected.
     let numbering = Numbering::new(&plan, &snap, snap.copying.as_ref().unwrap().base).unwrap();
-    let mut next = 0;
-    let mut steps = 0;
-    loop {
-        let (rows, after) = copy::read_rows(
+    let mut cur = Cursor::default();
+    let (mut steps, mut continued) = (0, 0);
+    while !plan.done(&cur) {
+        let (rows, next) = copy::read_rows(
             &tx,
             &plan,
             &snap,
             &numbering,
-            next,
+            cur,
             10,
-            1000,
+            7,
             Timespec::default(),
         )
         .unwrap();
-        next = after;
-        let done = (next == plan.order.len()).then_some(CopyDone {
-            used_bytes,
-            used_inodes,
-        });
-        let last = done.is_some();
-        if !last {
-            assert_eq!(gc_refs(&fs, BlockId::of(b"nothing")), 1);
-            assert_eq!(
-                errno(fs.mk(snap.root, "x", FileKind::File, &Creds::root())),
-                EROFS
-            );
-        }
+        cur = next;
+        continued += rows.iter().filter(|r| r.continued).count();
+        assert_eq!(gc_refs(&fs, BlockId::of(b"nothing")), 1);
+        assert_eq!(
+            errno(fs.mk(snap.root, "x", FileKind::File, &Creds::root())),
+            EROFS
+        );
         let step = CopyRows {
             volume: snap.id,
+            reserve: 0,
             rows,
-            done,
+            done: None,
         };
         let Reply::Volume(v) = fs.write(|t| copy::rows(t, &step)).unwrap() else {
             panic!("no volume")
         };
         steps += 1;
-        if last {
-            assert!(v.copying.is_none());
-            break;
-        }
-        assert_eq!(v.copying.as_ref().unwrap().copied as usize, next);
+        // Every position before the cursor is copied, and the one it is in the middle of.
+        let begun = cur.pos + usize::from(cur.after.is_some());
+        assert_eq!(v.copying.as_ref().unwrap().copied as usize, begun - 1);
     }
-    assert_eq!(steps, 3);
+    assert!(
+        steps > 3 && continued >= 3,
+        "{steps} steps, {continued} continued"
+    );
+    let last = CopyRows {
+        volume: snap.id,
+        reserve: 0,
+        rows: Vec::new(),
+        done: Some(CopyDone {
+            used_bytes,
+            used_inodes,
+        }),
+    };
+    let Reply::Volume(v) = fs.write(|t| copy::rows(t, &last)).unwrap() else {
+        panic!("no volume")
+    };
+    assert!(v.copying.is_none());
     assert_eq!(gc_refs(&fs, BlockId::of(b"nothing")), 0);
 
     // The copy is the source as it was read.
@@ -1521,6 +1546,10 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
     let sd = fs.lookup(snap.root, "d").unwrap();
     assert_eq!(sd.volume, snap.id);
     assert!(fs.lookup(sd.ino, "new").is_err());
+    let listed = fs
+        .read(|r| r.readdir(sd.ino, None, 1000, &Creds::root()))
+        .unwrap();
+    assert_eq!(listed.entries.len(), 25);
     let f0 = fs.lookup(sd.ino, "f0").unwrap();
     let f1 = fs.lookup(sd.ino, "f1").unwrap();
     assert_eq!((f0.size, f1.size), (10, 10));
@@ -1542,12 +1571,13 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
 
     // A step naming an inode that is not the copy's changes nothing.
     let half = begin(&mut fs, "half").unwrap();
+    let half = reserve(&mut fs, &half).unwrap();
     let (mut rows, _) = copy::read_rows(
         &tx,
         &plan,
         &half,
         &Numbering::new(&plan, &half, half.copying.as_ref().unwrap().base).unwrap(),
-        0,
+        Cursor::default(),
         5,
         1000,
         Timespec::default(),
@@ -1557,6 +1587,7 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
     hostile[1].inode.attr.ino = files[3].ino;
     let step = CopyRows {
         volume: half.id,
+        reserve: 0,
         rows: hostile,
         done: None,
     };
@@ -1567,6 +1598,7 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
     rows.truncate(5);
     let step = CopyRows {
         volume: half.id,
+        reserve: 0,
         rows,
         done: None,
     };

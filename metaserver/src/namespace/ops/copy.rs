@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use super::volumes::{create_volume, delete_volume, list_dir};
 use crate::namespace::ctx::*;
 use crate::namespace::tables::{
-    DIRENTS, EXTENTS, INODES, VOLUMES, WriteTables, XATTRS, counter, decode_dirent, dirent_end,
-    dirent_key, read_extents, read_inode, read_volume, store_err,
+    DIRENTS, EXTENTS, INODES, Tab, VOLUMES, WriteTables, XATTRS, counter, decode_dirent,
+    dirent_end, dirent_key, read_extents, read_inode, read_volume, store_err,
 };
 use crate::namespace::types::*;
 
@@ -37,8 +37,6 @@ pub struct CopyBegin {
     pub name: String,
     /// A snapshot (read-only), or a clone.
     pub read_only: bool,
-    /// Inodes to copy besides the root (the leader counted them at its point in time).
-    pub inodes: u64,
     /// The leader's stamp and time: the new volume is born then.
     pub hlc: Hlc,
     pub now: Timespec,
@@ -50,6 +48,10 @@ pub struct CopyBegin {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRow {
     pub inode: Inode,
+    /// More entries of a directory whose row came in an earlier batch (its entries span
+    /// batches): only `entries` are written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continued: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -64,6 +66,10 @@ pub struct CopyRow {
 pub struct CopyRows {
     /// The volume being made.
     pub volume: u32,
+    /// Inode numbers to reserve for the copy first (once, before any row but the root's:
+    /// the leader counts them at the point in time it reads, after the copy began).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reserve: u64,
     pub rows: Vec<CopyRow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done: Option<CopyDone>,
@@ -74,6 +80,10 @@ pub struct CopyRows {
 pub struct CopyDone {
     pub used_bytes: u64,
     pub used_inodes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The copy removed because its maker went away.
@@ -107,13 +117,36 @@ fn check_source(src: &Volume, region: RegionId) -> Result<(), NsError> {
     Ok(())
 }
 
+/// Whether a record still in the merged log wrote the volume row of `name` (a create, a
+/// deletion, a policy change of a volume of that name not yet settled with every region).
+fn name_unsettled(t: &WriteTables<'_>, name: &str) -> Result<bool, NsError> {
+    // Records that write volume rows meet everything: they are all listed so.
+    for key in crate::namespace::footprint::touching(t, std::iter::empty(), Hlc::default())? {
+        let images = crate::namespace::merge::undo_images(t, &key)?;
+        if images
+            .iter()
+            .any(|b| b.0 == Tab::Volumes && b.1 == name.as_bytes())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Starts a copy: the new volume (its root only, marked as copying until the last batch:
-/// nothing else changes it meanwhile, and it cannot be mounted), and the inode numbers its
-/// rows take, reserved at once.
+/// nothing else changes it meanwhile, it cannot be mounted, and GC holds every block).
 pub(crate) fn begin(t: &mut WriteTables<'_>, b: &CopyBegin) -> Result<Reply, NsError> {
     let src = read_volume(t.volumes(), &b.source)?
         .ok_or_else(|| NsError::NotFound(format!("volume {}", b.source)))?;
     check_source(&src, b.hlc.region)?;
+    if name_unsettled(t, &b.name)? {
+        // Undoing that record (a late record from a peer rewinds it) would write its row
+        // of the name back over the copy's.
+        return Err(NsError::Unreachable(format!(
+            "volume name {:?} was changed by a record not yet settled with every region: use another name, or try again once the regions have settled",
+            b.name
+        )));
+    }
     let ctx = Ctx::new(b.hlc, b.now, None, 0);
     let mut policy = src.policy.clone();
     // The copy lives here alone: this region decides its changes.
@@ -122,14 +155,13 @@ pub(crate) fn begin(t: &mut WriteTables<'_>, b: &CopyBegin) -> Result<Reply, NsE
     let Reply::Volume(mut vol) = create_volume(t, &ctx, &b.name, &policy)? else {
         return Err(NsError::Store("volume creation answered oddly".into()));
     };
-    let base = t.next_n(counter::NEXT_INODE, 1, b.inodes.max(1))?;
     vol.read_only = b.read_only;
     vol.origin = Some(src.name.clone());
     vol.copying = Some(Copying {
         source: src.name,
-        inodes: b.inodes,
+        inodes: 0,
         copied: 0,
-        base,
+        base: 0,
         by: b.by,
     });
     t.put_volume(&vol)?;
@@ -147,6 +179,16 @@ pub(crate) fn rows(t: &mut WriteTables<'_>, r: &CopyRows) -> Result<Reply, NsErr
             vol.name
         )));
     };
+    if r.reserve > 0 {
+        if copying.inodes > 0 {
+            return Err(NsError::Invalid(format!(
+                "the copy {} has its inode numbers already",
+                vol.name
+            )));
+        }
+        copying.base = t.next_n(counter::NEXT_INODE, 1, r.reserve)?;
+        copying.inodes = r.reserve;
+    }
     let region = vol.root.region();
     let own = |ino: InodeId| {
         ino == vol.root
@@ -166,18 +208,20 @@ pub(crate) fn rows(t: &mut WriteTables<'_>, r: &CopyRows) -> Result<Reply, NsErr
     let mut copied = 0;
     for row in &r.rows {
         let ino = row.inode.attr.ino;
-        t.put_inode(&row.inode)?;
-        for (name, value) in &row.xattrs {
-            t.set_xattr(ino, name, value)?;
-        }
-        for e in &row.extents {
-            t.insert_extent(ino, e)?;
+        if !row.continued {
+            t.put_inode(&row.inode)?;
+            for (name, value) in &row.xattrs {
+                t.set_xattr(ino, name, value)?;
+            }
+            for e in &row.extents {
+                t.insert_extent(ino, e)?;
+            }
+            if ino != vol.root {
+                copied += 1;
+            }
         }
         for (name, child, kind) in &row.entries {
             t.set_dirent(ino, name, *child, *kind)?;
-        }
-        if ino != vol.root {
-            copied += 1;
         }
     }
     copying.copied += copied;
@@ -281,6 +325,26 @@ impl Numbering {
     }
 }
 
+/// Where a copy's reading is: the position in the plan (0 the root, then `order`'s), and
+/// for a directory whose entries span batches, the last name sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub pos: usize,
+    pub after: Option<Vec<u8>>,
+}
+
+impl Plan {
+    /// Positions to read: the root, then every inode of `order`.
+    pub fn len(&self) -> usize {
+        self.order.len() + 1
+    }
+
+    /// Whether the cursor is past everything.
+    pub fn done(&self, cur: &Cursor) -> bool {
+        cur.pos >= self.len()
+    }
+}
+
 /// The source's tables, open in one read transaction.
 struct Source<T1, T2, T3, T4> {
     inodes: T1,
@@ -296,92 +360,119 @@ where
     T3: ReadableTable<&'static [u8], &'static [u8]>,
     T4: ReadableTable<&'static [u8], &'static [u8]>,
 {
-    /// The copy's row for inode `from` of the source (first met in `parent`).
+    /// The copy's row for inode `from` of the source (first met in `parent`): whole, or
+    /// with `after`, a directory's entries after that name. At most `limit` entries (one
+    /// at least); with more left, the last name sent.
     fn row(
         &self,
-        from: InodeId,
-        parent: InodeId,
+        (from, parent): (InodeId, InodeId),
         vol: &Volume,
         numbering: &Numbering,
-    ) -> Result<CopyRow, NsError> {
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(CopyRow, Option<Vec<u8>>), NsError> {
         let mut inode =
             read_inode(&self.inodes, from)?.ok_or_else(|| NsError::NotFound(from.to_string()))?;
         inode.attr.ino = numbering.of(from)?;
         inode.attr.volume = vol.id;
         inode.parent = numbering.of(parent)?;
         inode.copy_of = None;
-        let mut xattrs = Vec::new();
-        let (lo, hi) = (dirent_key(from, b""), dirent_end(from));
-        for item in self
-            .xattrs
-            .range(lo.as_slice()..hi.as_slice())
-            .map_err(store_err)?
-        {
-            let (k, v) = item.map_err(store_err)?;
-            let name = k.value().get(8..).unwrap_or(&[]);
-            xattrs.push((name.to_vec(), v.value().to_vec()));
-        }
-        let mut extents = Vec::new();
-        let mut entries = Vec::new();
-        match inode.attr.kind {
-            FileKind::File => extents = read_extents(&self.extents, from, 0, u64::MAX)?,
-            FileKind::Dir => {
-                for e in entries_of(&self.dirents, from)? {
-                    entries.push((e.name, numbering.of(e.ino)?, e.kind));
-                }
-            }
-            _ => {}
-        }
-        Ok(CopyRow {
+        let mut row = CopyRow {
             inode,
-            xattrs,
-            extents,
-            entries,
-        })
+            continued: after.is_some(),
+            xattrs: Vec::new(),
+            extents: Vec::new(),
+            entries: Vec::new(),
+        };
+        if after.is_none() {
+            let (lo, hi) = (dirent_key(from, b""), dirent_end(from));
+            for item in self
+                .xattrs
+                .range(lo.as_slice()..hi.as_slice())
+                .map_err(store_err)?
+            {
+                let (k, v) = item.map_err(store_err)?;
+                let name = k.value().get(8..).unwrap_or(&[]);
+                row.xattrs.push((name.to_vec(), v.value().to_vec()));
+            }
+            if row.inode.attr.kind == FileKind::File {
+                row.extents = read_extents(&self.extents, from, 0, u64::MAX)?;
+            }
+        }
+        let mut more = None;
+        if row.inode.attr.kind == FileKind::Dir {
+            let lo = match after {
+                Some(name) => std::ops::Bound::Excluded(dirent_key(from, name)),
+                None => std::ops::Bound::Included(dirent_key(from, b"")),
+            };
+            let hi = std::ops::Bound::Excluded(dirent_end(from));
+            let range = (
+                lo.as_ref().map(|k| k.as_slice()),
+                hi.as_ref().map(|k| k.as_slice()),
+            );
+            for item in self.dirents.range::<&[u8]>(range).map_err(store_err)? {
+                let (k, v) = item.map_err(store_err)?;
+                let e = decode_dirent(k.value(), v.value())?;
+                if row.entries.len() >= limit.max(1) {
+                    more = row.entries.last().map(|(name, _, _)| name.clone());
+                    break;
+                }
+                row.entries.push((e.name, numbering.of(e.ino)?, e.kind));
+            }
+        }
+        Ok((row, more))
     }
 }
 
-/// A batch of the copy's rows, from the plan's inode `start` on: at most `max_rows`, and
-/// no more once they hold `max_items` entries, extents and xattrs (one of the plan at
-/// least, so every batch moves on).
-/// With `start` 0 the copy's root comes first: the source root's attributes, born `now`.
-/// Returns the rows and where the next batch starts.
+/// A batch of the copy's rows from `cur` on: at most `max_rows`, and no more once they
+/// hold `max_items` entries, extents and xattrs (one row at least, a directory's entries
+/// cut to fit: the rest come in the next batch). The root's row is the source root's
+/// attributes, born `now`. Returns the rows and where the next batch starts.
 #[allow(clippy::too_many_arguments)]
 pub fn read_rows(
     tx: &ReadTransaction,
     plan: &Plan,
     vol: &Volume,
     numbering: &Numbering,
-    start: usize,
+    mut cur: Cursor,
     max_rows: usize,
     max_items: usize,
     now: Timespec,
-) -> Result<(Vec<CopyRow>, usize), NsError> {
+) -> Result<(Vec<CopyRow>, Cursor), NsError> {
     let source = Source {
         inodes: tx.open_table(INODES).map_err(store_err)?,
         dirents: tx.open_table(DIRENTS).map_err(store_err)?,
         extents: tx.open_table(EXTENTS).map_err(store_err)?,
         xattrs: tx.open_table(XATTRS).map_err(store_err)?,
     };
+    let root = plan.source.root;
     let mut out = Vec::new();
     let mut items = 0;
-    if start == 0 {
-        let root = plan.source.root;
-        let mut row = source.row(root, root, vol, numbering)?;
-        row.inode.parent = vol.root;
-        row.inode.attr.crtime = now;
+    while !plan.done(&cur) && out.len() < max_rows && (items < max_items || out.is_empty()) {
+        let at = match cur.pos {
+            0 => (root, root),
+            p => plan.order[p - 1],
+        };
+        let limit = max_items.saturating_sub(items);
+        let (mut row, more) = source.row(at, vol, numbering, cur.after.as_deref(), limit)?;
+        if cur.pos == 0 && !row.continued {
+            row.inode.parent = vol.root;
+            row.inode.attr.crtime = now;
+        }
         items += row.entries.len() + row.extents.len() + row.xattrs.len();
         out.push(row);
+        match more {
+            Some(last) => {
+                cur.after = Some(last);
+                break;
+            }
+            None => {
+                cur.pos += 1;
+                cur.after = None;
+            }
+        }
     }
-    let mut next = start;
-    while next < plan.order.len() && out.len() < max_rows && (items < max_items || next == start) {
-        let (from, parent) = plan.order[next];
-        let row = source.row(from, parent, vol, numbering)?;
-        items += row.entries.len() + row.extents.len() + row.xattrs.len();
-        out.push(row);
-        next += 1;
-    }
-    Ok((out, next))
+    Ok((out, cur))
 }
 
 /// Most inodes a volume may have to be copied in one command (the copy holds the state
