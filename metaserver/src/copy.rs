@@ -21,8 +21,8 @@ use crate::service::MetaNode;
 
 /// Most inodes in one step of a copy.
 pub const STEP_ROWS: usize = 500;
-/// Most entries, extents and xattrs in one step (a directory's entries go in one step,
-/// however many).
+/// Most entries, extents and xattrs in one step (a directory's entries are cut across
+/// steps; a file's extents are not).
 pub const STEP_ITEMS: usize = 10_000;
 
 /// The maker of copies in this process for member `id`: another member, or this member
@@ -44,6 +44,15 @@ struct Making {
     source: String,
     read_only: bool,
     outcome: Shared<BoxFuture<'static, Outcome>>,
+}
+
+/// A task's place in [`making`], given up when the task ends (or panics).
+struct Entry((u64, String));
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        lock(making()).remove(&self.0);
+    }
 }
 
 fn making() -> &'static Mutex<HashMap<(u64, String), Making>> {
@@ -91,12 +100,15 @@ pub async fn copy_volume(
                 let (task_node, task_source, task_key) =
                     (node.clone(), source.to_string(), key.clone());
                 let task = tokio::spawn(async move {
-                    let made = task_node
+                    // Gone with the task, however it ends.
+                    let _entry = Entry(task_key.clone());
+                    task_node
                         .make_copy(&task_source, &task_key.1, read_only)
                         .await
-                        .map_err(|e| (matches!(e, MetaError::Unavailable(_)), e.to_string()));
-                    lock(making()).remove(&task_key);
-                    made
+                        .map_err(|e| match e {
+                            MetaError::Unavailable(why) => (true, why),
+                            other => (false, other.to_string()),
+                        })
                 });
                 let outcome = async move {
                     task.await
@@ -174,20 +186,17 @@ impl MetaNode {
         made
     }
 
-    /// Removes volume `name` if it is an unfinished copy of `source` with no maker at
-    /// work; whether it did.
+    /// Removes volume `name` if it is an unfinished copy of `source` (its maker went away:
+    /// this task makes it now); whether it did.
     async fn remove_orphan(&self, name: &str, source: &str) -> Result<bool, MetaError> {
         let tx = self.db.begin_read().map_err(store)?;
         let orphan = crate::namespace::NsReader::new(&tx)
             .volumes()
             .map_err(|e| MetaError::Store(e.to_string()))?
             .into_iter()
-            .find(|v| {
-                v.name == name
-                    && v.copying
-                        .as_ref()
-                        .is_some_and(|c| c.source == source && c.by != maker(self.id))
-            });
+            // Whoever made it: this task makes this copy in this process now (its own
+            // began as Exists), and no other member leads.
+            .find(|v| v.name == name && v.copying.as_ref().is_some_and(|c| c.source == source));
         drop(tx);
         let Some(v) = orphan else {
             return Ok(false);

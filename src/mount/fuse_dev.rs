@@ -77,26 +77,45 @@ pub fn mount_unprivileged(
     volume: &str,
     allow_other: bool,
 ) -> io::Result<OwnedFd> {
+    use std::os::unix::process::CommandExt;
     let mut fds = [0i32; 2];
+    // Both close-on-exec: no other exec inherits them; fusermount3's end is made
+    // inheritable in its own child only.
     // SAFETY: `fds` is valid for two ints.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both were just created and are owned by nobody else.
     let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // Ours stays here; theirs (inherited) is fusermount3's.
-    // SAFETY: fcntl on an fd this function owns.
-    unsafe { libc::fcntl(ours.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    let their_fd = theirs.as_raw_fd();
     let mut opts = format!("fsname=meridian:{volume},subtype=meridian,default_permissions");
     if allow_other {
         opts.push_str(",allow_other");
     }
-    let status = std::process::Command::new("fusermount3")
-        .arg("-o")
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-o")
         .arg(&opts)
         .arg("--")
         .arg(mountpoint)
-        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .env("_FUSE_COMMFD", their_fd.to_string());
+    // SAFETY: only fcntl (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(their_fd, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd
         .status()
         .map_err(|e| io::Error::new(e.kind(), format!("fusermount3 (fuse3): {e}")))?;
     drop(theirs);
@@ -105,7 +124,10 @@ pub fn mount_unprivileged(
             "fusermount3 could not mount ({status})"
         )));
     }
-    recv_fd(ours.as_fd())
+    recv_fd(ours.as_fd()).inspect_err(|_| {
+        // Mounted, and no device to serve it with: not left behind dead.
+        fusermount_unmount(mountpoint, true);
+    })
 }
 
 /// Receives the one fd a message on `sock` carries.
@@ -137,12 +159,17 @@ fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
             return Err(e);
         }
     }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("fusermount3 sent more than a device"));
+    }
     // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR checks the control length.
     let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    // SAFETY: a non-null cmsg points into `control`.
+    // SAFETY: a non-null cmsg points into `control`; CMSG_LEN is arithmetic.
     if cmsg.is_null()
         || unsafe {
-            (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+            (*cmsg).cmsg_level != libc::SOL_SOCKET
+                || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+                || ((*cmsg).cmsg_len as usize) < libc::CMSG_LEN(4) as usize
         }
     {
         return Err(io::Error::other("fusermount3 sent no device"));

@@ -308,7 +308,12 @@ async fn stop(server: &mut Server, mnt: &Path) -> Result<()> {
 
 fn bind_control(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("create {}", dir.display()))?;
         // Its sockets make this process run a binary it is given: its user's alone (a
         // folder under /tmp another user made first is refused).
         use std::os::unix::fs::MetadataExt;

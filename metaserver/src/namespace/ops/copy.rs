@@ -3,8 +3,9 @@
 //!
 //! A copy is made in steps (docs/adr/0014-volume-copies-in-steps.md). The leader reads the
 //! source in one read transaction, a fixed point in time however long the copy takes
-//! ([`plan`], [`read_rows`]); [`begin`] makes the new volume, marked as copying (nothing
-//! else changes it, and it cannot be mounted), with a range of inode numbers reserved; [`rows`] writes a bounded batch of
+//! ([`plan`], [`read_rows`]) after [`begin`] made the new volume, marked as copying
+//! (nothing else changes it, it cannot be mounted, and GC holds every block); the first
+//! batch reserves the range of inode numbers the rows take; [`rows`] writes a bounded batch of
 //! copied inodes with their entries, xattrs and extents, as the leader read them, and the
 //! last batch marks the copy done. Each is one Raft entry that every member applies as it
 //! is, and none is a record: the copy lives in the region that made it, whatever regions
@@ -180,9 +181,9 @@ pub(crate) fn rows(t: &mut WriteTables<'_>, r: &CopyRows) -> Result<Reply, NsErr
         )));
     };
     if r.reserve > 0 {
-        if copying.inodes > 0 {
+        if copying.inodes > 0 || !r.rows.is_empty() {
             return Err(NsError::Invalid(format!(
-                "the copy {} has its inode numbers already",
+                "the copy {} has its inode numbers already, or a reservation came with rows",
                 vol.name
             )));
         }
@@ -400,6 +401,7 @@ where
             }
         }
         let mut more = None;
+        let limit = limit.saturating_sub(row.xattrs.len() + row.extents.len());
         if row.inode.attr.kind == FileKind::Dir {
             let lo = match after {
                 Some(name) => std::ops::Bound::Excluded(dirent_key(from, name)),
