@@ -205,8 +205,9 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
     for item in range {
         let (k, v) = item.map_err(store_err)?;
         page.extents += 1;
-        let owner = u64::from_be_bytes(k.value()[..8].try_into().expect("8-byte key prefix"));
+        // Decoded first: it checks the key's length.
         let e = decode_extent(k.value(), v.value())?;
+        let owner = u64::from_be_bytes(k.value()[..8].try_into().expect("a 16-byte key"));
         let Some(volume) = owners.get(&owner) else {
             problem(format!(
                 "extent of inode {owner} at {}: no such inode or tombstone",

@@ -53,7 +53,7 @@ fn encode(times: Times, base_of: Option<&[u8]>) -> Vec<u8> {
     v
 }
 
-fn decode(v: &[u8]) -> Result<(Times, Vec<u8>), NsError> {
+pub(crate) fn decode(v: &[u8]) -> Result<(Times, Vec<u8>), NsError> {
     if v.len() != 24 && v.len() != 24 + Hlc::KEY_LEN {
         return Err(damaged());
     }

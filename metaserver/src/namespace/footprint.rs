@@ -150,7 +150,7 @@ impl Footprint {
         v
     }
 
-    fn decode(b: &[u8]) -> Result<Footprint, NsError> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Footprint, NsError> {
         let (&flags, mut rest) = b.split_first().ok_or_else(damaged)?;
         if flags > 15 {
             return Err(damaged());

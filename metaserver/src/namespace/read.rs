@@ -144,7 +144,7 @@ impl<'a> NsReader<'a> {
         let mut names = Vec::new();
         for item in t.range(from.as_slice()..to.as_slice()).map_err(store_err)? {
             let (k, _) = item.map_err(store_err)?;
-            let name = k.value()[8..].to_vec();
+            let name = k.value().get(8..).unwrap_or_default().to_vec();
             if creds.uid == 0 || !name.starts_with(b"trusted.") {
                 names.push(name);
             }

@@ -18,7 +18,7 @@ pub(super) fn add_count(n: u32, by: i64) -> u32 {
     (i64::from(n).saturating_add(by)).clamp(0, i64::from(u32::MAX)) as u32
 }
 
-fn i64_of(b: Option<&[u8]>) -> Result<i64, NsError> {
+pub(crate) fn i64_of(b: Option<&[u8]>) -> Result<i64, NsError> {
     b.and_then(|b| b.try_into().ok())
         .map(i64::from_be_bytes)
         .ok_or_else(|| NsError::Store("damaged amount".into()))

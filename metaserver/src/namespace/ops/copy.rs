@@ -611,7 +611,7 @@ fn copy_inode_data(
         .map_err(store_err)?
     {
         let (k, v) = item.map_err(store_err)?;
-        let name = k.value()[8..].to_vec();
+        let name = k.value().get(8..).unwrap_or_default().to_vec();
         xattrs.push((name, v.value().to_vec()));
     }
     for (name, value) in xattrs {
