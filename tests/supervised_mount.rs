@@ -262,7 +262,8 @@ fn a_supervisor_that_cannot_start_a_server_still_stops_when_asked() -> Result<()
     }
     // SAFETY: kill(2) of the serving process this test's mount started.
     unsafe { libc::kill(first[0], libc::SIGKILL) };
-    wait_for(Duration::from_secs(30), "a restart under way", || {
+    // (Generous: the suite's other tests load the host; a start can take long then.)
+    wait_for(Duration::from_secs(60), "a restart under way", || {
         let now = serving_pids(&mnt.path);
         (now.iter().any(|p| *p != first[0])).then_some(())
     })?;

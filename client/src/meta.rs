@@ -164,7 +164,7 @@ impl MetaClient {
             let i = cur % self.addrs.len();
             let addr = &self.addrs[i];
             let outcome = match self.pool.get(addr) {
-                Ok(ch) => f(MetaServiceClient::new(ch).max_decoding_message_size(64 << 20)).await,
+                Ok(ch) => f(meridian_proto::channels::meta_client(ch)).await,
                 Err(e) => Err(Status::unavailable(e.to_string())),
             };
             match outcome {

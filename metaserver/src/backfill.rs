@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{Backfill as BackfillRow, VolumeImageRequest, VolumeImageResponse};
 use meridian_proto::{Hlc, RegionId};
 use redb::ReadableDatabase;
@@ -344,7 +343,7 @@ pub(crate) async fn fetch_blocks(
             .get(&target)
             .map_err(|e| format!("{target}: {e}"))?;
         let mut stream = ChunkServiceClient::new(ch)
-            .max_decoding_message_size(64 << 20)
+            .max_decoding_message_size(2 * meridian_proto::wire::CHUNK_LEN)
             .get(GetRequest {
                 block_id: id.as_bytes().to_vec().into(),
                 offset: 0,
@@ -394,8 +393,7 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             node.backfills.next_addr.fetch_add(1, Relaxed);
             format!("{target}: {e}")
         })?;
-        let reply = MetaServiceClient::new(ch)
-            .max_decoding_message_size(64 << 20)
+        let reply = meridian_proto::channels::meta_client(ch)
             .volume_image(VolumeImageRequest {
                 region: u32::from(node.shared.region.0),
                 volume: b.volume,

@@ -165,7 +165,7 @@ impl MetaNode {
                 let Ok(ch) = self.pool.get(addr) else {
                     continue;
                 };
-                let client = MetaServiceClient::new(ch).max_decoding_message_size(64 << 20);
+                let client = meridian_proto::channels::meta_client(ch);
                 match call(client, left.min(TRY_DEADLINE)).await {
                     Ok(answer) => return Ok(AtHome::Answered(h, answer)),
                     Err(s)

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_proto::ns::Record;
-use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
     ChangeRecord, PeerLag, PullChangesRequest, PullChangesResponse, RegionMark, RegionStamp,
     RegionStatusResponse,
@@ -740,7 +739,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
         let target = &peer.meta[addr % peer.meta.len()];
         let reply = match node.pool.get(target) {
             Ok(ch) => {
-                let mut client = MetaServiceClient::new(ch).max_decoding_message_size(64 << 20);
+                let mut client = meridian_proto::channels::meta_client(ch);
                 client
                     .pull_changes(PullChangesRequest {
                         region: u32::from(own.0),

@@ -137,10 +137,15 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .initial_stream_window_size(channels::STREAM_WINDOW)
         .initial_connection_window_size(channels::CONNECTION_WINDOW)
-        .add_service(MetaServiceServer::new(MetaApi(node)).max_decoding_message_size(64 << 20))
+        .add_service(
+            MetaServiceServer::new(MetaApi(node))
+                .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
+                .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
+        )
         .add_service(
             RaftServiceServer::new(RaftRpc::new(raft.clone(), config.data.join("snapshots")))
-                .max_decoding_message_size(64 << 20),
+                .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
+                .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
         )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

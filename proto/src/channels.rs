@@ -12,6 +12,29 @@ pub const STREAM_WINDOW: u32 = 8 << 20;
 /// HTTP/2 flow-control window per connection, shared by its concurrent streams.
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 
+/// Largest message the metaservers' services take and send (a snapshot chunk, a volume
+/// image part, a batch of records, a step of a volume copy): one limit, for every client
+/// and server of them.
+pub const META_MESSAGE_LIMIT: usize = 64 << 20;
+
+/// A client of a metaserver's metadata service over `ch`, with its message limits.
+pub fn meta_client(
+    ch: Channel,
+) -> crate::pb::meta::meta_service_client::MetaServiceClient<Channel> {
+    crate::pb::meta::meta_service_client::MetaServiceClient::new(ch)
+        .max_decoding_message_size(META_MESSAGE_LIMIT)
+        .max_encoding_message_size(META_MESSAGE_LIMIT)
+}
+
+/// A client of a metaserver's Raft service over `ch`, with its message limits.
+pub fn raft_client(
+    ch: Channel,
+) -> crate::pb::meta::raft_service_client::RaftServiceClient<Channel> {
+    crate::pb::meta::raft_service_client::RaftServiceClient::new(ch)
+        .max_decoding_message_size(META_MESSAGE_LIMIT)
+        .max_encoding_message_size(META_MESSAGE_LIMIT)
+}
+
 /// Timeouts for calls to peers.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {

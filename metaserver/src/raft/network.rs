@@ -115,9 +115,7 @@ impl Peer {
                 self.target
             )))
         })?;
-        Ok(RaftServiceClient::new(ch)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+        Ok(meridian_proto::channels::raft_client(ch))
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, msg: RaftMessage) -> RpcResult<T> {
