@@ -37,6 +37,11 @@ impl DirtyRanges {
         self.bytes
     }
 
+    /// Dirty ranges held (each becomes an extent or more when committed).
+    pub fn count(&self) -> usize {
+        self.ranges.len()
+    }
+
     /// One past the last dirty byte (0 if none).
     pub fn end(&self) -> u64 {
         self.ranges

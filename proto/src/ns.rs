@@ -20,6 +20,9 @@ pub const SYMLINK_MAX: usize = 4096;
 pub const XATTR_NAME_MAX: usize = 255;
 /// Largest extended attribute value, in bytes.
 pub const XATTR_VALUE_MAX: usize = 64 * 1024;
+/// Most extents one commit may add: a commit is one Raft entry, applied while every other
+/// change waits. (A mount commits at 4,096 dirty ranges of a file.)
+pub const COMMIT_EXTENTS_MAX: usize = 65_536;
 
 /// Seconds and nanoseconds since the Unix epoch.
 #[derive(

@@ -4,6 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+/// Dirty ranges of one file that make the mount commit them, however few bytes they hold:
+/// a commit's extents go in one Raft entry (the servers take at most
+/// `COMMIT_EXTENTS_MAX`), and a smaller entry replicates and applies without holding the
+/// others up.
+const DIRTY_RANGES_MAX: usize = 4096;
+
 use bytes::Bytes;
 use meridian_proto::ns::{Attr, Creds, Extent, FileKind, Op, Reply, Timespec, libc_errno};
 use meridian_proto::{EncodedBlock, InodeId};
@@ -257,7 +263,9 @@ impl FileSystem {
             self.kernel
                 .drop_pages_later(ino, at.min(offset) / page * page, 0);
         }
-        if f.dirty.bytes() >= self.options.max_dirty_bytes {
+        // Many small scattered writes commit long before their bytes add up: a commit
+        // carries a bounded number of extents.
+        if f.dirty.bytes() >= self.options.max_dirty_bytes || f.dirty.count() >= DIRTY_RANGES_MAX {
             self.commit(&mut f).await?;
         }
         Ok(data.len())

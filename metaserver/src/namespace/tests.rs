@@ -1631,3 +1631,22 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
     };
     assert_eq!(errno(fs.write(|t| copy::abort(t, &abort))), EINVAL);
 }
+
+#[test]
+fn a_commit_of_more_extents_than_one_entry_takes_is_refused_and_changes_nothing() {
+    let mut fs = Fs::new();
+    let root = fs.root;
+    let f = fs.create(root, "f");
+    let many: Vec<Extent> = (0..=COMMIT_EXTENTS_MAX as u64)
+        .map(|i| extent(i * 2, 1, "A", 0))
+        .collect();
+    let end = many.last().map_or(0, Extent::end);
+    assert_eq!(errno(commit(&mut fs, f.ino, many.clone(), end)), EINVAL);
+    assert_eq!(fs.attr(f.ino).size, 0);
+    assert_eq!(fs.read(|r| r.block_refs(&BlockId::of(b"A"))).unwrap(), 0);
+    // One fewer is taken.
+    let taken = many[..COMMIT_EXTENTS_MAX].to_vec();
+    let end = taken.last().map_or(0, Extent::end);
+    commit(&mut fs, f.ino, taken, end).unwrap();
+    assert_eq!(fs.attr(f.ino).size, end);
+}

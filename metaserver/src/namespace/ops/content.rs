@@ -258,6 +258,12 @@ pub(crate) fn commit(
     size: u64,
     creds: &Creds,
 ) -> Result<Reply, NsError> {
+    if extents.len() > COMMIT_EXTENTS_MAX {
+        return Err(NsError::Invalid(format!(
+            "a commit of {} extents: at most {COMMIT_EXTENTS_MAX}",
+            extents.len()
+        )));
+    }
     for e in extents {
         check_extent(ino, e)?;
     }
