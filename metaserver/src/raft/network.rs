@@ -5,7 +5,7 @@ use crate::error::MetaError;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -140,8 +140,8 @@ impl Peer {
 /// fatal error that stopped its Raft.
 type StreamItem = Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>;
 
-/// The requests still unanswered on a stream (when each was sent, oldest first), and when
-/// the last answer came.
+/// The requests still unanswered on a stream (when each was sent, oldest first, moved on
+/// by the time its size allows: see [`Unanswered::sent`]), and when the last answer came.
 #[derive(Clone, Default)]
 struct Unanswered(Arc<std::sync::Mutex<(VecDeque<Instant>, Option<Instant>)>>);
 
@@ -149,8 +149,13 @@ impl Unanswered {
     fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<Instant>, Option<Instant>)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
-    fn sent(&self) {
-        self.lock().0.push_back(Instant::now());
+    /// A request of `bytes` sent now. Its answer may take longer by a millisecond per 16 KiB
+    /// than a heartbeat's: the member decodes it and writes it to its log before it
+    /// answers, and a big entry (a copy's step, a commit of thousands of extents) that
+    /// always missed a fixed deadline would be sent again and again.
+    fn sent(&self, bytes: usize) {
+        let allowance = Duration::from_micros(bytes as u64 / 16);
+        self.lock().0.push_back(Instant::now() + allowance);
     }
     fn answered(&self) {
         let mut u = self.lock();
@@ -171,9 +176,10 @@ impl Peer {
     /// Replication over one long-lived `AppendStream`: each request and each answer is one
     /// message on an open HTTP/2 stream, instead of a call (headers, trailers, a server
     /// task) per request. Waiting longer than `option.soft_ttl()` for the next answer
-    /// (counted from the later of the oldest unanswered request and the last answer: a
-    /// member catching up answers many pipelined requests one after the other) fails the
-    /// stream; an idle stream (nothing unanswered) waits as long as the leader does.
+    /// (counted from the later of the oldest unanswered request, plus what its size
+    /// allows, and the last answer: a member catching up answers many pipelined requests
+    /// one after the other) fails the stream; an idle stream (nothing unanswered) waits as
+    /// long as the leader does.
     async fn open_append_stream<S>(
         &mut self,
         input: S,
@@ -186,8 +192,9 @@ impl Peer {
         let unanswered = Unanswered::default();
         let sent = unanswered.clone();
         let requests = input.map(move |r| {
-            sent.sent();
-            encode(&r)
+            let msg = encode(&r);
+            sent.sent(msg.data.len());
+            msg
         });
         let inbound = match self.client(&option)?.append_stream(requests).await {
             Ok(r) => r.into_inner(),
