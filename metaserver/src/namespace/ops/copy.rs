@@ -21,7 +21,7 @@ use meridian_proto::{Hlc, InodeId, RegionId};
 use redb::{ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::volumes::{create_volume, delete_volume, list_dir};
+use super::volumes::{create_volume, delete_volume, entries_of, list_dir};
 use crate::namespace::ctx::*;
 use crate::namespace::tables::{
     DIRENTS, EXTENTS, INODES, Tab, VOLUMES, WriteTables, XATTRS, counter, decode_dirent,
@@ -259,22 +259,6 @@ pub struct Plan {
     pub order: Vec<(InodeId, InodeId)>,
 }
 
-fn entries_of(
-    dirents: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    dir: InodeId,
-) -> Result<Vec<DirEntry>, NsError> {
-    let (from, to) = (dirent_key(dir, b""), dirent_end(dir));
-    let mut out = Vec::new();
-    for item in dirents
-        .range(from.as_slice()..to.as_slice())
-        .map_err(store_err)?
-    {
-        let (k, v) = item.map_err(store_err)?;
-        out.push(decode_dirent(k.value(), v.value())?);
-    }
-    Ok(out)
-}
-
 /// The copy's plan for `source`, from `tx`. The source must be whole and live in
 /// `region`; the checks are made again when the copy begins.
 pub fn plan(tx: &ReadTransaction, source: &str, region: RegionId) -> Result<Plan, NsError> {
@@ -282,20 +266,7 @@ pub fn plan(tx: &ReadTransaction, source: &str, region: RegionId) -> Result<Plan
     let src = read_volume(&volumes, source)?
         .ok_or_else(|| NsError::NotFound(format!("volume {source}")))?;
     check_source(&src, region)?;
-    let dirents = tx.open_table(DIRENTS).map_err(store_err)?;
-    let mut seen = std::collections::HashSet::new();
-    let mut order = Vec::new();
-    let mut dirs = vec![src.root];
-    while let Some(dir) = dirs.pop() {
-        for e in entries_of(&dirents, dir)? {
-            if seen.insert(e.ino) {
-                order.push((e.ino, dir));
-                if e.kind == FileKind::Dir {
-                    dirs.push(e.ino);
-                }
-            }
-        }
-    }
+    let order = copy_order(&tx.open_table(DIRENTS).map_err(store_err)?, src.root)?;
     Ok(Plan { source: src, order })
 }
 
@@ -521,7 +492,7 @@ pub(crate) fn clone_volume(
     // source lives in this region alone, so its state at this point of the log is the
     // same). Each takes the next of a range of ids reserved at once, which the record
     // keeps: a replay after a rewind gives them the same ids.
-    let order = copy_order(t, src.root)?;
+    let order = copy_order(t.dirents(), src.root)?;
     let base = match ctx.replay {
         Some(fx) => fx.copy_base.ok_or_else(|| {
             NsError::Invalid("a volume copy record without its inode range".into())
@@ -571,12 +542,15 @@ pub(crate) fn clone_volume(
 
 /// Every inode below `root`, once each (a file with several links at its first name),
 /// in a fixed order, with the directory it is first met in.
-fn copy_order(t: &WriteTables<'_>, root: InodeId) -> Result<Vec<(InodeId, InodeId)>, NsError> {
+fn copy_order(
+    dirents: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    root: InodeId,
+) -> Result<Vec<(InodeId, InodeId)>, NsError> {
     let mut seen = std::collections::HashSet::new();
     let mut order = Vec::new();
     let mut dirs = vec![root];
     while let Some(dir) = dirs.pop() {
-        for e in list_dir(t, dir)? {
+        for e in entries_of(dirents, dir)? {
             if seen.insert(e.ino) {
                 order.push((e.ino, dir));
                 if e.kind == FileKind::Dir {

@@ -378,11 +378,17 @@ pub(crate) fn set_volume_regions(
 
 /// The entries of a directory.
 pub(crate) fn list_dir(t: &WriteTables<'_>, dir: InodeId) -> Result<Vec<DirEntry>, NsError> {
-    let from = dirent_key(dir, b"");
-    let to = dirent_end(dir);
+    entries_of(t.dirents(), dir)
+}
+
+/// The entries of directory `dir` in `dirents` (of a write or a read transaction).
+pub(crate) fn entries_of(
+    dirents: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    dir: InodeId,
+) -> Result<Vec<DirEntry>, NsError> {
+    let (from, to) = (dirent_key(dir, b""), dirent_end(dir));
     let mut out = Vec::new();
-    for item in t
-        .dirents()
+    for item in dirents
         .range(from.as_slice()..to.as_slice())
         .map_err(store_err)?
     {
