@@ -183,7 +183,7 @@ pub async fn run(
     tonic::transport::Server::builder()
         .initial_stream_window_size(channels::STREAM_WINDOW)
         .initial_connection_window_size(channels::CONNECTION_WINDOW)
-        .max_frame_size(Some(1 << 20))
+        .max_frame_size(Some(channels::MAX_FRAME))
         .add_service(ChunkServiceServer::new(node))
         // TCP_NODELAY must be set on the incoming stream itself: the builder's setting is
         // ignored for a custom listener, and Nagle + delayed ACK stall streams by 40 ms.

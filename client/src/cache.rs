@@ -37,6 +37,19 @@ impl BlockCache {
         }
     }
 
+    /// The most bytes it holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Blocks being fetched now.
+    pub fn fetches(&self) -> usize {
+        self.fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Whether `id` is neither cached nor being fetched (a read-ahead would help).
     pub fn wanted(&self, id: &BlockId) -> bool {
         !self

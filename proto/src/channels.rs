@@ -12,6 +12,10 @@ pub const STREAM_WINDOW: u32 = 8 << 20;
 /// HTTP/2 flow-control window per connection, shared by its concurrent streams.
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 
+/// Largest HTTP/2 frame a peer may send us. h2's default (16 KiB) cuts a 4 MiB block's
+/// reply into 256 frames, each its own write on the sender's side.
+pub const MAX_FRAME: u32 = 1 << 20;
+
 /// Largest message the metaservers' services take and send (a snapshot chunk, a volume
 /// image part, a batch of records, a step of a volume copy): one limit, for every client
 /// and server of them.
@@ -96,6 +100,7 @@ impl ChannelPool {
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .connect_lazy();
         channels.insert(address.to_string(), ch.clone());
         Ok(ch)
