@@ -45,7 +45,8 @@ pub async fn run(
         &config.data.join("raft-log"),
         Some(&config.data.join("log.redb")),
     )
-    .map_err(|e| MetaError::Io(format!("raft log: {e}")))?;
+    .map_err(|e| MetaError::Io(format!("raft log: {e}")))?
+    .for_member(config.id);
     let (sm, shared) = StateMachine::open(&config.data, RegionId(config.region))
         .map_err(|e| MetaError::Io(format!("state: {e}")))?;
     let db = sm.db();

@@ -11,6 +11,9 @@
 //! An append is one write; a flusher thread then runs one fdatasync for every append
 //! written meanwhile (group commit) and only then reports them flushed, in order, so Raft
 //! counts this member's copy once it is durable while the leader replicates in parallel.
+//! Entries another member leads are synced where they are appended instead: a follower
+//! has nothing to overlap with its fdatasync, and the flusher's two thread hand-offs sat
+//! on every commit's path (its answer is what the leader waits for).
 //! The live entries stay in memory (the log is purged behind every snapshot), so
 //! replication reads no disk. On
 //! open the file is replayed; a torn or damaged record at the end (a crash mid-append,
@@ -25,12 +28,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::vote::RaftLeaderId;
 use serde::Serialize;
 
 use super::{TypeConfig, io_err};
@@ -66,6 +71,10 @@ struct Inner {
     file: Arc<File>,
     /// To the flusher thread.
     flusher: Option<mpsc::Sender<Flushed>>,
+    /// Items sent to the flusher it has not completed yet.
+    queued: Arc<AtomicUsize>,
+    /// This member's id, once known: entries another member leads are synced in place.
+    member: Option<u64>,
     file_len: u64,
     /// Live entries and the bytes of their records.
     entries: BTreeMap<u64, (EntryOf<TypeConfig>, u64)>,
@@ -134,6 +143,8 @@ impl LogStore {
             dir: dir.to_path_buf(),
             file: Arc::new(OpenOptions::new().append(true).open(&path)?),
             flusher: None,
+            queued: Arc::default(),
+            member: None,
             file_len: 0,
             entries: BTreeMap::new(),
             live_bytes: 0,
@@ -159,11 +170,23 @@ impl LogStore {
         let inner = Arc::new(Mutex::new(inner));
         let (tx, rx) = mpsc::channel();
         let weak = Arc::downgrade(&inner);
+        let queued = inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queued
+            .clone();
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flush_loop(weak, rx))?;
+            .spawn(move || flush_loop(weak, rx, queued))?;
         inner.lock().unwrap_or_else(|p| p.into_inner()).flusher = Some(tx);
         Ok(LogStore { inner })
+    }
+
+    /// Tells the log which member it belongs to: the entries another member leads (this
+    /// one follows) are then synced as they are appended, without the flusher.
+    pub fn for_member(self, id: u64) -> Self {
+        self.lock().member = Some(id);
+        self
     }
 
     /// Waits until everything written so far is durable.
@@ -186,7 +209,7 @@ impl LogStore {
 
 /// The flusher: one fdatasync for everything queued since the last, then completions in
 /// order. Stops when the log is dropped.
-fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>) {
+fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Arc<AtomicUsize>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
@@ -197,6 +220,7 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>) {
             }
             None => Err(io::Error::other("raft log closed")),
         };
+        let done = batch.len();
         for item in batch {
             let r = match &result {
                 Ok(()) => Ok(()),
@@ -209,6 +233,7 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>) {
                 }
             }
         }
+        queued.fetch_sub(done, Ordering::AcqRel);
     }
 }
 
@@ -273,10 +298,12 @@ impl Inner {
 
     /// Queues `item` for the flusher's next fdatasync.
     fn flush(&self, item: Flushed) -> io::Result<()> {
-        self.flusher
-            .as_ref()
-            .and_then(|f| f.send(item).ok())
-            .ok_or_else(|| io::Error::other("raft log flusher stopped"))
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self.flusher.as_ref().and_then(|f| f.send(item).ok());
+        if sent.is_none() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent.ok_or_else(|| io::Error::other("raft log flusher stopped"))
     }
 
     /// Appends `bytes` (whole records) to the file, without syncing.
@@ -397,23 +424,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut inner = self.lock();
+        let mut followed = None;
         let written = (|| {
             let mut bytes = Vec::new();
             for e in entries {
+                followed.get_or_insert(*e.log_id.leader_id.node_id());
                 let r = record(ENTRY, &e)?;
                 bytes.extend_from_slice(&r);
                 inner.insert(e, r.len() as u64);
             }
             inner.write(&bytes)
         })();
-        match written {
-            // Durable before acknowledged: the flusher reports it once fdatasync returns.
-            Ok(()) => inner.flush(Flushed::Append(callback)),
-            Err(e) => {
-                callback.io_completed(Err(io::Error::other(e.to_string())));
-                Err(e)
-            }
+        if let Err(e) = written {
+            callback.io_completed(Err(io::Error::other(e.to_string())));
+            return Err(e);
         }
+        // Durable before acknowledged. Another member's entries (and nothing of this
+        // member's still with the flusher, whose completions come in order): synced here.
+        let follows = followed.is_some_and(|leader| inner.member.is_some_and(|me| me != leader));
+        if follows && inner.queued.load(Ordering::Acquire) == 0 {
+            let file = inner.file.clone();
+            drop(inner);
+            let synced = file.sync_data();
+            let outcome = match &synced {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            callback.io_completed(outcome);
+            return synced;
+        }
+        // The flusher reports it once its fdatasync returns.
+        inner.flush(Flushed::Append(callback))
     }
 
     async fn truncate_after(&mut self, last: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
@@ -554,6 +595,49 @@ mod tests {
             drop(log);
             let mut log = LogStore::open(&path, None).unwrap();
             assert_eq!(indexes(&mut log).await.last(), Some(&(6, 2)));
+        });
+    }
+
+    #[test]
+    fn a_followers_appends_are_durable_when_append_returns_and_its_own_go_through_the_flusher() {
+        TypeConfig::run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("raft-log");
+            {
+                let mut log = LogStore::open(&path, None).unwrap().for_member(2);
+                // Led by member 1: this member follows, and the append is synced in place.
+                let (tx, mut rx) = TypeConfig::oneshot();
+                log.append(vec![entry(1, 1), entry(1, 2)], IOFlushed::signal(tx))
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(rx.try_recv(), Ok(Ok(()))),
+                    "a follower's append is flushed when append returns"
+                );
+                // Led by this member: the flusher reports it.
+                let own = <TypeConfig as RaftTypeConfig>::Entry::new_normal(
+                    LogIdOf::<TypeConfig>::new(
+                        <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(2, 2),
+                        3,
+                    ),
+                    Request::Peers(vec![]),
+                );
+                let (tx, rx) = TypeConfig::oneshot();
+                log.append(vec![own], IOFlushed::signal(tx)).await.unwrap();
+                rx.await.unwrap().unwrap();
+                // Led by member 1 again, right behind: synced in place or by the flusher,
+                // reported either way.
+                let (tx, rx) = TypeConfig::oneshot();
+                log.append(vec![entry(3, 4)], IOFlushed::signal(tx))
+                    .await
+                    .unwrap();
+                rx.await.unwrap().unwrap();
+            }
+            let mut log = LogStore::open(&path, None).unwrap();
+            assert_eq!(
+                indexes(&mut log).await,
+                vec![(1, 1), (2, 1), (3, 2), (4, 3)]
+            );
         });
     }
 
