@@ -282,7 +282,11 @@ async fn hash_mismatched_and_malformed_puts_are_rejected_and_change_nothing() ->
     let cluster = ChunkCluster::start(&ZONES)?;
     let data = random_bytes(3, 100_000);
     let claimed = BlockId::of(b"something else entirely");
-    for role in [PutRole::Coordinator, PutRole::Replica] {
+    // A small block is verified on the request's task, a larger one on the blocking pool.
+    for (role, data) in [PutRole::Coordinator, PutRole::Replica]
+        .into_iter()
+        .flat_map(|role| [(role, random_bytes(4, 10_000)), (role, data.clone())])
+    {
         let header = PutHeader {
             block_id: ids(claimed.as_bytes()),
             compression: 0,
@@ -294,9 +298,7 @@ async fn hash_mismatched_and_malformed_puts_are_rejected_and_change_nothing() ->
             map_epoch: 1,
             ..Default::default()
         };
-        let err = raw_put(&cluster, 0, header, data.clone())
-            .await
-            .unwrap_err();
+        let err = raw_put(&cluster, 0, header, data).await.unwrap_err();
         assert_eq!(
             err.code(),
             Code::InvalidArgument,

@@ -60,6 +60,9 @@ pub struct ChunkNode {
 }
 
 /// Runs blocking disk or CPU work off the async threads.
+/// Blocks up to this long are verified on the request's own task.
+const INLINE_VERIFY_MAX: u64 = 64 << 10;
+
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
 ) -> Result<T, ChunkError> {
@@ -290,10 +293,18 @@ impl ChunkService for ChunkNode {
             }));
         }
         // Verify before anything touches the disk or the network: a mismatch changes nothing.
-        let check = block.clone();
-        let outboard = blocking(move || Ok(check.decode_with_outboard()?.1))
-            .await
-            .map_err(rejected)?;
+        // A small block is hashed here (microseconds), not through the blocking pool: its
+        // two thread hand-offs cost more than the hash, on every small file's put.
+        let outboard = if u64::from(block.raw_len) <= INLINE_VERIFY_MAX {
+            block
+                .decode_with_outboard()
+                .map(|(_, ob)| ob)
+                .map_err(ChunkError::from)
+        } else {
+            let check = block.clone();
+            blocking(move || Ok(check.decode_with_outboard()?.1)).await
+        }
+        .map_err(rejected)?;
         // The local copy is written while the other copies are (a coordinator forwards the
         // verified block at once): a put costs one disk write's latency, not two.
         let local = self.store_verified(&block, Some(outboard), header.replicas);
