@@ -827,6 +827,10 @@ fn fs_space(path: &Path) -> Result<(u64, u64), ChunkError> {
 }
 
 #[cfg(test)]
+#[path = "store_fuzz_tests.rs"]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -454,6 +454,42 @@ mod tests {
             prop_assert_eq!(enc.decode().unwrap(), data);
         }
 
+        /// A fuzz target: blocks as a broken or hostile chunkserver could send them (valid
+        /// encodings with edits, any compression code, any length) decode to an error or
+        /// to exactly the plaintext their id names, never a panic; nor does a frame table
+        /// read from such a payload.
+        #[test]
+        fn damaged_blocks_decode_to_an_error_or_their_own_plaintext(
+            data in proptest::collection::vec(0u8..4, 0..40_000),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 0..6),
+            code in prop_oneof![8 => Just(None), 1 => (-1i32..4).prop_map(Some)],
+            raw_len in prop_oneof![8 => Just(None), 1 => any::<u32>().prop_map(Some)],
+        ) {
+            let mut enc = EncodedBlock::encode(&data).unwrap();
+            enc.payload = Bytes::from(crate::mutate::mutate(&enc.payload, &edits));
+            if let Some(c) = code {
+                match Compression::from_code(c) {
+                    Ok(c) => enc.compression = c,
+                    Err(_) => return Ok(()),
+                }
+            }
+            if let Some(n) = raw_len {
+                enc.raw_len = n % (MAX_BLOCK_LEN + 2);
+            }
+            if let Ok(plain) = enc.decode() {
+                prop_assert_eq!(BlockId::of(&plain), enc.id);
+                prop_assert_eq!(&plain[..], &data[..]);
+            }
+            if let Ok((plain, _)) = enc.decode_with_outboard() {
+                prop_assert_eq!(&plain[..], &data[..]);
+            }
+            if let Ok(table) = FrameTable::parse(&enc.payload, enc.raw_len)
+                && let Some(frames) = enc.payload.get(table.span(0, table.frames()))
+            {
+                let _ = table.decode(0, frames);
+            }
+        }
+
         #[test]
         fn any_flipped_payload_bit_is_detected(data in proptest::collection::vec(any::<u8>(), 1..5000), pos: prop::sample::Index, bit in 0u8..8) {
             let mut enc = EncodedBlock::encode(&data).unwrap();

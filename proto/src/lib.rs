@@ -6,6 +6,7 @@ pub mod channels;
 pub mod cluster;
 pub mod hlc;
 pub mod ids;
+pub mod mutate;
 pub mod net;
 pub mod ns;
 pub mod pb;
