@@ -15,6 +15,7 @@ use meridian_proto::pb::meta::{
 };
 use serde::Serialize;
 
+mod certs;
 mod home;
 mod link;
 mod regions;
@@ -22,6 +23,9 @@ mod volumes;
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
+    /// A deployment's CA and its processes' certificates (for --tls).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Raft status of every metaserver member.
     MetaStatus {
         /// Metaserver addresses (comma-separated).
@@ -341,9 +345,11 @@ async fn region_map(meta: &[String], retry: Duration) -> Result<meridian_proto::
 }
 
 async fn chunk_status(address: &str) -> Result<ChunkRow> {
-    let mut client = ChunkServiceClient::connect(format!("http://{address}"))
-        .await
-        .with_context(|| format!("cannot reach chunkserver {address}"))?;
+    let mut client = ChunkServiceClient::new(
+        meridian_proto::channels::connect(address)
+            .await
+            .map_err(anyhow::Error::msg)?,
+    );
     let s = client
         .node_status(NodeStatusRequest {})
         .await
@@ -380,9 +386,11 @@ async fn maintain_all(
     let mut out = Vec::new();
     for n in &map.nodes {
         let status = async {
-            let mut c = ChunkServiceClient::connect(format!("http://{}", n.address))
-                .await
-                .with_context(|| format!("cannot reach chunkserver {}", n.address))?;
+            let mut c = ChunkServiceClient::new(
+                meridian_proto::channels::connect(&n.address)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            );
             if let Some(pass) = now {
                 c.maintain(MaintainRequest {
                     repair_now: pass == Pass::Repair,
@@ -607,9 +615,10 @@ fn human(bytes: u64) -> String {
 }
 
 async fn meta_rpc(addr: &str) -> Result<MetaServiceClient<tonic::transport::Channel>> {
-    MetaServiceClient::connect(format!("http://{addr}"))
+    let ch = meridian_proto::channels::connect(addr)
         .await
-        .with_context(|| format!("cannot reach metaserver {addr}"))
+        .map_err(anyhow::Error::msg)?;
+    Ok(meridian_proto::channels::meta_client(ch))
 }
 
 fn status_json(s: &StatusResponse) -> serde_json::Value {
@@ -649,6 +658,7 @@ async fn maintenance(pass: Pass, args: PassArgs) -> Result<()> {
 
 pub async fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
+        AdminCommand::Certs(cmd) => certs::run(cmd),
         AdminCommand::MetaStatus { meta, json } => {
             let mut rows = Vec::new();
             let mut failed = false;
@@ -667,7 +677,10 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                     Ok(s) => rows.push((addr.clone(), Ok(s))),
                     Err(e) => {
                         failed = true;
-                        rows.push((addr.clone(), Err(format!("{e:#}"))))
+                        rows.push((
+                            addr.clone(),
+                            Err(meridian_proto::channels::with_hint(format!("{e:#}"))),
+                        ))
                     }
                 }
             }

@@ -15,7 +15,6 @@ use clap::Args;
 use meridian_client::MetaClient;
 use meridian_proto::ns::{Op, Query, VolumePolicy};
 use meridian_proto::pb::meta::AddMemberRequest;
-use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::{NodeState, RegionId};
 use serde::{Deserialize, Serialize};
 
@@ -272,7 +271,11 @@ fn start_region(
                 continue;
             }
             let leader = client.status().await?.leader_address;
-            let mut rpc = MetaServiceClient::connect(format!("http://{leader}")).await?;
+            let mut rpc = meridian_proto::channels::meta_client(
+                meridian_proto::channels::connect(&leader)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            );
             rpc.add_member(AddMemberRequest {
                 id,
                 address: addr.clone(),
@@ -576,6 +579,9 @@ pub fn run(args: DevArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
             );
         }
     }
+    println!(
+        "links: plaintext gRPC on loopback (dev only; a deployment runs every process with --tls DIR, see docs/security.md)"
+    );
     println!("logs in {}; Ctrl-C stops everything", data.display());
 
     rt.block_on(crate::shutdown_signal());

@@ -22,6 +22,11 @@ struct Cli {
     /// machine with others do better with few: every extra worker costs wake-ups.
     #[arg(long, global = true, env = "MERIDIAN_RUNTIME_THREADS")]
     runtime_threads: Option<usize>,
+    /// Mutual TLS on every link: a folder with the deployment CA (ca.pem) and this
+    /// process's certificate and key (cert.pem, key.pem), as `meridian admin certs issue`
+    /// writes it. Without it, the process speaks plaintext.
+    #[arg(long, global = true, env = "MERIDIAN_TLS", value_name = "DIR")]
+    tls: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -356,6 +361,14 @@ pub(crate) async fn shutdown_signal() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
+    if let Some(dir) = &cli.tls {
+        anyhow::ensure!(
+            !matches!(cli.command, Command::Dev(_)),
+            "meridian dev runs plaintext on loopback; --tls is for deployments"
+        );
+        let identity = meridian_proto::tls::TlsIdentity::load(dir).map_err(anyhow::Error::msg)?;
+        meridian_proto::tls::install(identity);
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cli.runtime_threads {
         anyhow::ensure!(n > 0, "--runtime-threads must be at least 1");
@@ -371,7 +384,7 @@ fn main() -> Result<()> {
         Command::CsiMounter(args) => return csi::mounter::run(args),
         other => other,
     };
-    runtime.block_on(async move {
+    let done = runtime.block_on(async move {
         match command {
             Command::Mount(_) | Command::Dev(_) | Command::CsiMounter(_) => Ok(()),
             Command::Chunk(args) => {
@@ -391,6 +404,14 @@ fn main() -> Result<()> {
             Command::Proxy(args) => proxy::run(args, shutdown_signal()).await,
             Command::Admin(cmd) => admin::run(cmd).await,
             Command::Csi(args) => csi::run(*args, shutdown_signal()).await,
+        }
+    });
+    // A plaintext call to a TLS server fails deep in the transport: say what to pass.
+    done.map_err(|e| {
+        let text = format!("{e:#}");
+        match meridian_proto::channels::with_hint(text.clone()) {
+            hinted if hinted != text => anyhow::anyhow!(hinted),
+            _ => e,
         }
     })
 }

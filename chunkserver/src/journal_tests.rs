@@ -183,7 +183,7 @@ fn a_block_stored_as_a_file_after_its_delete_was_journaled_is_kept_by_the_replay
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: meridian_proto::mutate::cases(200), ..Default::default() })]
 
     /// A fuzz target for the journal's record decoder: a segment damaged in any way (edits
     /// of a valid one: magics, generations, kinds, lengths, checksums, bodies, the zeros

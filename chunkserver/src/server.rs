@@ -49,7 +49,12 @@ pub async fn run(
     let mut meta = None;
     // Started before registering, so the map names it from the first; serves once the
     // residency checker exists (connections wait in the backlog until then).
-    let (range_service, range_port) = match config.range_port {
+    // The range port is plain TCP: with TLS on every link, reads go through gRPC.
+    let range_port_on = config.range_port && channels::tls_off();
+    if config.range_port && !range_port_on {
+        info!("TLS: the range port stays closed; range reads go through the TLS gRPC service");
+    }
+    let (range_service, range_port) = match range_port_on {
         true => {
             let (tx, rx) = std::sync::mpsc::channel();
             let at = match &config.range_listen {
@@ -180,10 +185,8 @@ pub async fn run(
     println!("meridian chunk {} listening on {addr}", config.id);
     info!(node = %id, zone = %config.zone, %addr, data = %config.data.display(), "chunkserver serving");
 
-    tonic::transport::Server::builder()
-        .initial_stream_window_size(channels::STREAM_WINDOW)
-        .initial_connection_window_size(channels::CONNECTION_WINDOW)
-        .max_frame_size(Some(channels::MAX_FRAME))
+    channels::server()
+        .map_err(|e| ChunkError::Invalid(format!("TLS: {e}")))?
         .add_service(ChunkServiceServer::new(node))
         // TCP_NODELAY must be set on the incoming stream itself: the builder's setting is
         // ignored for a custom listener, and Nagle + delayed ACK stall streams by 40 ms.

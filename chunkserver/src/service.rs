@@ -10,6 +10,7 @@ use meridian_proto::pb::chunk::{
     NodeStatusRequest, NodeStatusResponse, PutHeader, PutRequest, PutResponse, PutRole,
     StatRequest, StatResponse, put_request,
 };
+use meridian_proto::tls;
 use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, Outboard, ZoneId, wire};
 use tokio::task::spawn_blocking;
 use tonic::{Request, Response, Status, Streaming};
@@ -489,6 +490,7 @@ impl ChunkService for ChunkNode {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        tls::require_role(&request, &[tls::CHUNK, tls::META])?;
         let id = block_id(&request.into_inner().block_id)?;
         let (store, ledger) = (self.store.clone(), self.ledger.clone());
         let existed = blocking(move || {
@@ -560,6 +562,7 @@ impl ChunkService for ChunkNode {
         &self,
         request: Request<MaintainRequest>,
     ) -> Result<Response<MaintainResponse>, Status> {
+        tls::require_role(&request, &[tls::ADMIN, tls::CHUNK, tls::META])?;
         let r = request.into_inner();
         self.maintainer.trigger(r.repair_now, r.scrub_now, r.gc_now);
         let (repair, scrub, gc) = self.maintainer.status();
@@ -574,6 +577,7 @@ impl ChunkService for ChunkNode {
         &self,
         request: Request<ListUnderReplicatedRequest>,
     ) -> Result<Response<ListUnderReplicatedResponse>, Status> {
+        tls::require_role(&request, &[tls::ADMIN, tls::CHUNK, tls::META])?;
         let limit = request.into_inner().limit as usize;
         let ledger = self.ledger.clone();
         let blocks = blocking(move || ledger.list(limit)).await?;

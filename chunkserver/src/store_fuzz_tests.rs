@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use super::BlockStore;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meridian_proto::mutate::cases(300), ..ProptestConfig::default() })]
 
     #[test]
     fn a_damaged_block_file_reads_as_an_error_or_its_own_plaintext(

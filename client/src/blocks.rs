@@ -112,7 +112,8 @@ impl BlockClient {
             volume: 0,
             origin: 0,
             outboards: Recent::new(KNOWN_OUTBOARDS),
-            range_port: true,
+            // The range port is plain TCP: never used by a process that speaks TLS.
+            range_port: meridian_proto::channels::tls_off(),
             range_port_reads: AtomicU64::new(0),
         }
     }
@@ -127,7 +128,7 @@ impl BlockClient {
 
     /// Whether range reads may go through the nodes' range ports (default: yes).
     pub fn with_range_port(mut self, on: bool) -> Self {
-        self.range_port = on;
+        self.range_port = on && meridian_proto::channels::tls_off();
         self
     }
 

@@ -135,19 +135,23 @@ pub async fn run(
     let relays = node.clone();
     println!("meridian meta {} listening on {bound}", config.id);
     info!(member = config.id, %bound, %advertise, data = %config.data.display(), "metaserver serving");
-    let served = tonic::transport::Server::builder()
-        .initial_stream_window_size(channels::STREAM_WINDOW)
-        .initial_connection_window_size(channels::CONNECTION_WINDOW)
+    let served = channels::server()
+        .map_err(|e| MetaError::Io(format!("TLS: {e}")))?
         .add_service(
             MetaServiceServer::new(MetaApi(node))
                 .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
                 .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
         )
-        .add_service(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             RaftServiceServer::new(RaftRpc::new(raft.clone(), config.data.join("snapshots")))
                 .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
                 .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
-        )
+            // Only metaservers take part in Raft.
+            |request: tonic::Request<()>| {
+                meridian_proto::tls::require_role(&request, &[meridian_proto::tls::META])
+                    .map(|()| request)
+            },
+        ))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

@@ -13,6 +13,7 @@ use meridian_proto::ns::{Attr, Command, NsError, Op, Query, QueryReply, Timespec
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::meta_service_server::MetaService;
 use meridian_proto::pb::meta::*;
+use meridian_proto::tls;
 use meridian_proto::{NodeId, NodeInfo, NodeState, ZoneId};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ReadPolicy};
@@ -535,6 +536,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<RegisterChunkserverRequest>,
     ) -> Result<Response<ClusterMapResponse>, Status> {
+        tls::require_role(&request, &[tls::CHUNK, tls::META])?;
         let r = request.get_ref();
         if r.id == 0 || r.address.is_empty() || r.zone.is_empty() || r.capacity == 0 {
             return Err(Status::from(MetaError::Invalid(
@@ -583,6 +585,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<SetNodeStateRequest>,
     ) -> Result<Response<ClusterMapResponse>, Status> {
+        tls::require_role(&request, &[tls::ADMIN, tls::META])?;
         let r = request.get_ref();
         let id = NodeId(r.id);
         if self.shared.map.borrow().node(id).is_none() {
@@ -613,6 +616,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        tls::require_role(&request, &[tls::CHUNK, tls::META])?;
         if !self.raft.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
             return leader.heartbeat(MetaNode::mark(request.into_inner())).await;
@@ -669,6 +673,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<AddMemberRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        tls::require_role(&request, &[tls::ADMIN, tls::META])?;
         if !self.raft.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
             return leader
@@ -699,6 +704,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        tls::require_role(&request, &[tls::ADMIN, tls::META])?;
         if !self.raft.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
             return leader
@@ -732,6 +738,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        tls::require_role(&request, &[tls::ADMIN, tls::META])?;
         let purge = request.into_inner().purge;
         let target = self
             .raft
@@ -787,6 +794,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<PullChangesRequest>,
     ) -> Result<Response<PullChangesResponse>, Status> {
+        tls::require_role(&request, &[tls::META])?;
         if !self.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
             return leader
@@ -947,6 +955,7 @@ impl MetaService for MetaApi {
         &self,
         request: Request<VolumeImageRequest>,
     ) -> Result<Response<VolumeImageResponse>, Status> {
+        tls::require_role(&request, &[tls::META])?;
         if !self.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
             return leader

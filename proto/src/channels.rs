@@ -1,4 +1,6 @@
-//! One lazily connected gRPC channel per peer address, shared by every call to that peer.
+//! The one place that builds gRPC channels and servers: windows, frame sizes, timeouts and
+//! TLS (when the process has a TLS identity, [`crate::tls`]) are set here for every link.
+//! One lazily connected channel per peer address, shared by every call to that peer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -37,6 +39,80 @@ pub fn raft_client(
     crate::pb::meta::raft_service_client::RaftServiceClient::new(ch)
         .max_decoding_message_size(META_MESSAGE_LIMIT)
         .max_encoding_message_size(META_MESSAGE_LIMIT)
+}
+
+/// An endpoint for `address` (`host:port`) with the transport's settings, over TLS when
+/// the process has an identity.
+pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let tls = crate::tls::current();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let e = Endpoint::from_shared(format!("{scheme}://{address}"))?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME);
+    match tls {
+        Some(t) => e.tls_config(t.client_config()),
+        None => Ok(e),
+    }
+}
+
+/// Whether this process speaks plaintext (no TLS identity installed).
+pub fn tls_off() -> bool {
+    crate::tls::current().is_none()
+}
+
+/// A channel to `address`, connected now (for one-off tools: the admin CLI, tests).
+pub async fn connect(address: &str) -> Result<Channel, String> {
+    let plain = crate::tls::current().is_none();
+    let connected = match endpoint(address) {
+        Ok(e) => {
+            e.connect_timeout(Timeouts::default().connect)
+                .connect()
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    connected.map_err(|e| {
+        let mut text = format!("cannot reach {address}: {e}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        if plain { with_hint(text) } else { text }
+    })
+}
+
+/// `error`, with a hint when it looks like what a plaintext call to a TLS server gets (the
+/// server closes the connection at the first bytes, which are not a TLS handshake).
+pub fn with_hint(error: String) -> String {
+    let looks_like = [
+        "broken pipe",
+        "connection reset",
+        "transport error",
+        "tcp connect error",
+    ]
+    .iter()
+    .any(|s| error.contains(s));
+    if tls_off() && looks_like {
+        format!("{error} (this process speaks plaintext; a deployment with TLS needs --tls DIR)")
+    } else {
+        error
+    }
+}
+
+/// A server builder with the transport's settings, serving TLS (and requiring a client
+/// certificate from the deployment's CA) when the process has an identity.
+pub fn server() -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let s = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(Some(MAX_FRAME));
+    match crate::tls::current() {
+        Some(t) => s.tls_config(t.server_config()),
+        None => Ok(s),
+    }
 }
 
 /// Timeouts for calls to peers.
@@ -94,13 +170,9 @@ impl ChannelPool {
             return Ok(ch.clone());
         }
         let dial = self.routes.get(address).map_or(address, String::as_str);
-        let ch = Endpoint::from_shared(format!("http://{dial}"))?
+        let ch = endpoint(dial)?
             .connect_timeout(self.timeouts.connect)
             .timeout(self.timeouts.request)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
             .connect_lazy();
         channels.insert(address.to_string(), ch.clone());
         Ok(ch)

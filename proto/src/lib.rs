@@ -13,6 +13,7 @@ pub mod pb;
 pub mod placement;
 pub mod range_wire;
 pub mod recent;
+pub mod tls;
 pub mod tree;
 pub mod wire;
 

@@ -25,6 +25,15 @@ pub fn mutate(bytes: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
     out
 }
 
+/// How many cases a fuzz target runs: `default`, or `PROPTEST_CASES` when it is set (to
+/// run the targets longer by hand: `PROPTEST_CASES=100000 cargo nextest run damaged`).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

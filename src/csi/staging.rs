@@ -3,6 +3,7 @@
 //! processes that serve the staged volumes.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -142,6 +143,12 @@ pub fn start_mount(
         .arg("--volume")
         .arg(volume)
         .arg("--allow-other")
+        .args(
+            meridian_proto::tls::current()
+                .map(|t| [OsString::from("--tls"), t.dir.clone().into()])
+                .into_iter()
+                .flatten(),
+        )
         .args(flags)
         .arg(staging)
         .stdin(Stdio::null())

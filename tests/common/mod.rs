@@ -463,12 +463,10 @@ impl MetaCluster {
                 .build()
                 .ok()?;
             rt.block_on(async {
-                let mut c =
-                    meridian_proto::pb::meta::meta_service_client::MetaServiceClient::connect(
-                        format!("http://{addr}"),
-                    )
-                    .await
-                    .ok()?;
+                // Over TLS when the test installed an identity.
+                let mut c = meridian_proto::channels::meta_client(
+                    meridian_proto::channels::connect(&addr).await.ok()?,
+                );
                 c.status(meridian_proto::pb::meta::StatusRequest {})
                     .await
                     .ok()

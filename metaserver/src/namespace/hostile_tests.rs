@@ -378,7 +378,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meridian_proto::mutate::cases(128), ..ProptestConfig::default() })]
 
     /// A fuzz target for the cross-region record decoder: a record's bytes as a peer region
     /// sends them, damaged (edits of a valid encoding reach its field names, numbers, names

@@ -711,7 +711,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: meridian_proto::mutate::cases(128), ..Default::default() })]
 
         /// A fuzz target for the log's record decoder: a log file damaged in any way
         /// (edits of a valid one reach the lengths, checksums, kinds and JSON bodies)

@@ -1,0 +1,297 @@
+//! Mutual TLS on every link: a region whose metaservers, chunkservers, mount and admin CLI
+//! all run with certificates from `meridian admin certs`, working end to end through the
+//! kernel; and the callers it must refuse (no certificate, another CA's, plaintext).
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result};
+use common::*;
+
+fn meridian(tls: Option<&Path>, args: &[&str]) -> Result<Output> {
+    let mut c = Command::new(MERIDIAN);
+    if let Some(dir) = tls {
+        c.arg("--tls").arg(dir);
+    }
+    Ok(c.args(args).env_remove("MERIDIAN_TLS").output()?)
+}
+
+fn ok(out: Output) -> Result<String> {
+    anyhow::ensure!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn refused(out: Output) -> Result<String> {
+    anyhow::ensure!(!out.status.success(), "succeeded where it must be refused");
+    // What it said, wherever it said it (a status table names unreachable members).
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// A CA in `dir/name`, and a certificate folder `dir/<name>-<cert>` for each of `certs`.
+fn deployment(dir: &Path, name: &str, certs: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
+    let ca = dir.join(name);
+    ok(meridian(
+        None,
+        &["admin", "certs", "init", "--dir", ca.to_str().unwrap()],
+    )?)?;
+    let mut out = Vec::new();
+    for (cert, role) in certs {
+        let folder = dir.join(format!("{name}-{cert}"));
+        ok(meridian(
+            None,
+            &[
+                "admin",
+                "certs",
+                "issue",
+                "--ca",
+                ca.to_str().unwrap(),
+                "--out",
+                folder.to_str().unwrap(),
+                "--name",
+                cert,
+                "--role",
+                role,
+            ],
+        )?)?;
+        out.push(folder);
+    }
+    Ok(out)
+}
+
+#[test]
+fn certs_are_written_once_with_private_keys_private() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let made = deployment(dir.path(), "ca", &[("meta-1", "meta")])?;
+    let mode = |p: PathBuf| -> Result<u32> { Ok(fs::metadata(p)?.permissions().mode() & 0o777) };
+    assert_eq!(mode(dir.path().join("ca/ca.key"))?, 0o600);
+    assert_eq!(mode(made[0].join("key.pem"))?, 0o600);
+    assert!(fs::read_to_string(made[0].join("cert.pem"))?.starts_with("-----BEGIN CERTIFICATE"));
+    // Nothing is overwritten, and bad names are refused before anything is written.
+    let again = refused(meridian(
+        None,
+        &[
+            "admin",
+            "certs",
+            "init",
+            "--dir",
+            dir.path().join("ca").to_str().unwrap(),
+        ],
+    )?)?;
+    assert!(again.contains("must be a new folder"), "{again}");
+    let bad = refused(meridian(
+        None,
+        &[
+            "admin",
+            "certs",
+            "issue",
+            "--ca",
+            dir.path().join("ca").to_str().unwrap(),
+            "--out",
+            dir.path().join("bad").to_str().unwrap(),
+            "--name",
+            "../x",
+            "--role",
+            "client",
+        ],
+    )?)?;
+    assert!(bad.contains("--name"), "{bad}");
+    assert!(!dir.path().join("bad").exists());
+    // A process refuses a folder that is not one.
+    let e = refused(meridian(
+        Some(&dir.path().join("ca")),
+        &["admin", "meta-status", "--meta", "127.0.0.1:1"],
+    )?)?;
+    assert!(e.contains("cert.pem"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn a_region_on_mutual_tls_serves_a_mount_and_refuses_strangers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ours = deployment(
+        dir.path(),
+        "ca",
+        &[
+            ("meta", "meta"),
+            ("chunk", "chunk"),
+            ("mount", "client"),
+            ("ops", "admin"),
+        ],
+    )?;
+    let (meta_tls, chunk_tls, mount_tls, admin_tls) = (&ours[0], &ours[1], &ours[2], &ours[3]);
+    let theirs = deployment(dir.path(), "other", &[("ops", "admin")])?;
+    // This test process calls as the operator.
+    meridian_proto::tls::install(
+        meridian_proto::tls::TlsIdentity::load(admin_tls).map_err(anyhow::Error::msg)?,
+    );
+
+    let meta = MetaCluster::start(1, &["--tls", meta_tls.to_str().unwrap()])?;
+    let addrs = meta.addrs().join(",");
+    let _chunks = start_chunkservers_with(
+        &meta,
+        300,
+        8 << 30,
+        &["--tls".into(), chunk_tls.display().to_string()],
+    )?;
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "three chunkservers up over TLS",
+        || {
+            let out = meridian(
+                Some(admin_tls),
+                &["admin", "cluster-map", "--json", "--meta", &addrs],
+            )
+            .ok()?;
+            let map: meridian_proto::ClusterMap = serde_json::from_slice(&out.stdout).ok()?;
+            (map.nodes
+                .iter()
+                .filter(|n| n.state == meridian_proto::NodeState::Up)
+                .count()
+                == 3)
+                .then_some(map)
+        },
+    )
+    .with_context(|| log_tail(&meta.nodes[0].log, 20))?;
+    ok(meridian(
+        Some(admin_tls),
+        &["admin", "volume-create", "--meta", &addrs, "default"],
+    )?)?;
+
+    // A mount over TLS: data goes to three chunkservers (forwarded between them) and back.
+    let data = random_bytes(7, (5 << 20) + 123);
+    let path = dir.path().join("mnt");
+    {
+        let m = Mount::start_with(
+            &addrs,
+            "default",
+            &path,
+            &["--tls", mount_tls.to_str().unwrap()],
+        )?;
+        let mut f = fs::File::create(m.path.join("big"))?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+        drop(f);
+        fs::write(m.path.join("small"), b"over tls")?;
+        m.unmount()?;
+    }
+    let m = Mount::start_with(
+        &addrs,
+        "default",
+        &path,
+        &["--tls", mount_tls.to_str().unwrap()],
+    )?;
+    assert!(
+        fs::read(m.path.join("big"))? == data,
+        "the file read back differs"
+    );
+    assert_eq!(fs::read(m.path.join("small"))?, b"over tls");
+    let chunk_addr = &_chunks[0].addr;
+    ok(meridian(
+        Some(admin_tls),
+        &["admin", "chunk-status", chunk_addr],
+    )?)?;
+
+    // Roles: a mount's certificate cannot administer the group, join Raft or delete
+    // blocks; an operator's cannot delete blocks either (only servers do).
+    let e = refused(meridian(
+        Some(mount_tls),
+        &[
+            "admin",
+            "add-member",
+            "--meta",
+            &addrs,
+            "--id",
+            "9",
+            "--address",
+            "127.0.0.1:9",
+        ],
+    )?)?;
+    assert!(e.contains("for admin or meta certificates"), "{e}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let code = |tls: &Path, call: &'static str| -> Result<tonic::Code> {
+        use meridian_proto::pb::chunk::DeleteRequest;
+        use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
+        use meridian_proto::pb::meta::RaftMessage;
+        use meridian_proto::pb::meta::raft_service_client::RaftServiceClient;
+        meridian_proto::tls::install(
+            meridian_proto::tls::TlsIdentity::load(tls).map_err(anyhow::Error::msg)?,
+        );
+        let (meta_addr, chunk_addr) = (meta.nodes[0].addr.clone(), chunk_addr.clone());
+        rt.block_on(async move {
+            let status = match call {
+                "vote" => {
+                    let ch = meridian_proto::channels::connect(&meta_addr)
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                    RaftServiceClient::new(ch)
+                        .vote(RaftMessage {
+                            data: b"{}".to_vec().into(),
+                        })
+                        .await
+                        .err()
+                }
+                _ => {
+                    let ch = meridian_proto::channels::connect(&chunk_addr)
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                    ChunkServiceClient::new(ch)
+                        .delete(DeleteRequest {
+                            block_id: vec![1; 32].into(),
+                        })
+                        .await
+                        .err()
+                }
+            };
+            Ok(status.map_or(tonic::Code::Ok, |s| s.code()))
+        })
+    };
+    assert_eq!(code(mount_tls, "vote")?, tonic::Code::PermissionDenied);
+    assert_eq!(code(mount_tls, "delete")?, tonic::Code::PermissionDenied);
+    assert_eq!(code(admin_tls, "delete")?, tonic::Code::PermissionDenied);
+    // A chunkserver's certificate may delete (the block does not exist: nothing happens).
+    assert_eq!(code(chunk_tls, "delete")?, tonic::Code::Ok);
+    meridian_proto::tls::install(
+        meridian_proto::tls::TlsIdentity::load(admin_tls).map_err(anyhow::Error::msg)?,
+    );
+
+    // No certificate: plaintext to a TLS server fails, and says what to pass.
+    let e = refused(meridian(None, &["admin", "meta-status", "--meta", &addrs])?)?;
+    assert!(e.contains("--tls"), "{e}");
+    refused(meridian(None, &["admin", "chunk-status", chunk_addr])?)?;
+    // Another deployment's certificate: refused by both kinds of server.
+    let e = refused(meridian(
+        Some(&theirs[0]),
+        &["admin", "meta-status", "--meta", &addrs],
+    )?)?;
+    assert!(e.contains("cannot reach"), "{e}");
+    refused(meridian(
+        Some(&theirs[0]),
+        &["admin", "chunk-status", chunk_addr],
+    )?)?;
+    // A mount with another deployment's certificate never comes up.
+    assert!(
+        Mount::start_with(
+            &addrs,
+            "default",
+            &dir.path().join("stranger"),
+            &["--tls", theirs[0].to_str().unwrap()],
+        )
+        .is_err()
+    );
+    Ok(())
+}
