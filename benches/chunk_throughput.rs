@@ -33,6 +33,7 @@ fn start_chunkserver(dir: &Path) -> (Server, String) {
     let out = fs::File::create(&log).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args([
+            "--plaintext",
             "chunk",
             "--id",
             "1",

@@ -170,6 +170,8 @@ fn spawn(
         .append(true)
         .open(data.join(format!("{role}-{id}.log")))?;
     let child = Command::new(exe)
+        // dev is the one place servers run without TLS by default (its banner says so).
+        .arg("--plaintext")
         .arg(role)
         .args(["--id", &id.to_string(), "--listen", addr, "--data"])
         .arg(&dir)

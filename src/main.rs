@@ -27,6 +27,10 @@ struct Cli {
     /// writes it. Without it, the process speaks plaintext.
     #[arg(long, global = true, env = "MERIDIAN_TLS", value_name = "DIR")]
     tls: Option<PathBuf>,
+    /// Let a metaserver or chunkserver serve without --tls: plaintext, anyone who reaches
+    /// its port can do anything. Only for tests and `meridian dev`.
+    #[arg(long, global = true, env = "MERIDIAN_PLAINTEXT")]
+    plaintext: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -361,6 +365,16 @@ pub(crate) async fn shutdown_signal() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
+    if cli.tls.is_none()
+        && !cli.plaintext
+        && matches!(cli.command, Command::Meta(_) | Command::Chunk(_))
+    {
+        anyhow::bail!(
+            "a server takes --tls DIR (its certificate, from `meridian admin certs issue`), \
+             or --plaintext to run without TLS (tests only: anyone who reaches its port can \
+             read, write and delete anything)"
+        );
+    }
     if let Some(dir) = &cli.tls {
         anyhow::ensure!(
             !matches!(cli.command, Command::Dev(_)),
@@ -378,6 +392,11 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if cli.tls.is_some() {
+        // Rotated certificates are taken without a restart (SIGHUP, or the files changing).
+        let _in = runtime.enter();
+        meridian_proto::tls::watch(std::time::Duration::from_secs(2));
+    }
     let command = match cli.command {
         Command::Mount(args) => return mount::run(*args, &runtime),
         Command::Dev(args) => return dev::run(args, &runtime),

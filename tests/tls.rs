@@ -18,7 +18,10 @@ fn meridian(tls: Option<&Path>, args: &[&str]) -> Result<Output> {
     if let Some(dir) = tls {
         c.arg("--tls").arg(dir);
     }
-    Ok(c.args(args).env_remove("MERIDIAN_TLS").output()?)
+    Ok(c.args(args)
+        .env_remove("MERIDIAN_TLS")
+        .env_remove("MERIDIAN_PLAINTEXT")
+        .output()?)
 }
 
 fn ok(out: Output) -> Result<String> {
@@ -109,6 +112,27 @@ fn certs_are_written_once_with_private_keys_private() -> Result<()> {
     )?)?;
     assert!(bad.contains("--name"), "{bad}");
     assert!(!dir.path().join("bad").exists());
+    // A server without TLS refuses to start unless told to run plaintext.
+    let data = dir.path().join("data").display().to_string();
+    for zone in [&[][..], &["--zone", "a"][..]] {
+        let role = if zone.is_empty() { "meta" } else { "chunk" };
+        let args = [
+            &[
+                role,
+                "--id",
+                "1",
+                "--data",
+                &data,
+                "--listen",
+                "127.0.0.1:0",
+            ][..],
+            zone,
+        ]
+        .concat();
+        let e = refused(meridian(None, &args)?)?;
+        assert!(e.contains("--tls DIR") && e.contains("--plaintext"), "{e}");
+    }
+    assert!(!dir.path().join("data").exists());
     // A process refuses a folder that is not one.
     let e = refused(meridian(
         Some(&dir.path().join("ca")),
@@ -292,6 +316,164 @@ fn a_region_on_mutual_tls_serves_a_mount_and_refuses_strangers() -> Result<()> {
             &["--tls", theirs[0].to_str().unwrap()],
         )
         .is_err()
+    );
+    Ok(())
+}
+
+/// Replaces a live TLS folder's files (each by a rename, as a secret update does): `ca` as
+/// its ca.pem, and the certificate and key of the folder `from`.
+fn rotate(live: &Path, ca: &[u8], from: Option<&Path>) -> Result<()> {
+    let mut files = vec![("ca.pem", ca.to_vec())];
+    if let Some(from) = from {
+        files.push(("cert.pem", fs::read(from.join("cert.pem"))?));
+        files.push(("key.pem", fs::read(from.join("key.pem"))?));
+    }
+    for (name, bytes) in files {
+        let tmp = live.join(format!(".{name}.new"));
+        fs::write(&tmp, bytes)?;
+        fs::rename(&tmp, live.join(name))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn certificates_and_the_ca_rotate_without_a_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let old = deployment(
+        dir.path(),
+        "ca",
+        &[
+            ("meta", "meta"),
+            ("chunk", "chunk"),
+            ("mount", "client"),
+            ("ops", "admin"),
+        ],
+    )?;
+    let new = deployment(
+        dir.path(),
+        "ca2",
+        &[
+            ("meta", "meta"),
+            ("chunk", "chunk"),
+            ("mount", "client"),
+            ("ops", "admin"),
+        ],
+    )?;
+    let (old_ops, new_ops) = (&old[3], &new[3]);
+    meridian_proto::tls::install(
+        meridian_proto::tls::TlsIdentity::load(old_ops).map_err(anyhow::Error::msg)?,
+    );
+    let meta_tls = old[0].display().to_string();
+    let mut meta = MetaCluster::start(3, &["--tls", &meta_tls])?;
+    let addrs = meta.addrs().join(",");
+    let chunks = start_chunkservers_with(
+        &meta,
+        300,
+        8 << 30,
+        &["--tls".into(), old[1].display().to_string()],
+    )?;
+    let reaches = |tls: &Path| -> bool {
+        let metas = meridian(Some(tls), &["admin", "meta-status", "--meta", &addrs])
+            .is_ok_and(|o| o.status.success());
+        metas
+            && chunks.iter().all(|c| {
+                meridian(Some(tls), &["admin", "chunk-status", &c.addr])
+                    .is_ok_and(|o| o.status.success())
+            })
+    };
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "chunkservers registered",
+        || {
+            let out = meridian(
+                Some(old_ops),
+                &["admin", "cluster-map", "--json", "--meta", &addrs],
+            )
+            .ok()?;
+            let map: meridian_proto::ClusterMap = serde_json::from_slice(&out.stdout).ok()?;
+            (map.nodes
+                .iter()
+                .filter(|n| n.state == meridian_proto::NodeState::Up)
+                .count()
+                == 3)
+                .then_some(())
+        },
+    )?;
+    ok(meridian(
+        Some(old_ops),
+        &["admin", "volume-create", "--meta", &addrs, "default"],
+    )?)?;
+    let m = Mount::start_with(
+        &addrs,
+        "default",
+        &dir.path().join("mnt"),
+        &["--tls", old[2].to_str().unwrap()],
+    )?;
+    fs::write(m.path.join("before"), b"written under the first CA")?;
+    assert!(
+        !reaches(new_ops),
+        "the second CA's certificate works before any rotation"
+    );
+
+    // Step 1: every process trusts both CAs and presents a certificate of the second.
+    let (ca1, ca2) = (
+        fs::read(dir.path().join("ca/ca.pem"))?,
+        fs::read(dir.path().join("ca2/ca.pem"))?,
+    );
+    let both = [ca1.as_slice(), ca2.as_slice()].concat();
+    for i in 0..3 {
+        rotate(&old[i], &both, Some(&new[i]))?;
+    }
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "servers presenting the new certificates",
+        || reaches(new_ops).then_some(()),
+    )?;
+    // Step 2: the first CA is trusted no more.
+    for live in &old[..3] {
+        rotate(live, &ca2, None)?;
+    }
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "servers refusing the first CA",
+        || {
+            let refused =
+                |args: &[&str]| meridian(Some(old_ops), args).is_ok_and(|o| !o.status.success());
+            (refused(&["admin", "meta-status", "--meta", &addrs])
+                && chunks
+                    .iter()
+                    .all(|c| refused(&["admin", "chunk-status", &c.addr])))
+            .then_some(())
+        },
+    )?;
+
+    // The Raft group elects again over new connections (kill -9 of the leader), and the
+    // mount, still the same process, reaches the new leader and writes to R copies.
+    meridian_proto::tls::install(
+        meridian_proto::tls::TlsIdentity::load(new_ops).map_err(anyhow::Error::msg)?,
+    );
+    let leader = meta.wait_leader()?;
+    meta.nodes[leader].kill();
+    meta.wait_leader()?;
+    let mut f = fs::File::create(m.path.join("after"))?;
+    f.write_all(b"written after both rotations")?;
+    f.sync_all()?;
+    drop(f);
+    // The mount's own process took both rotations (its channels are rebuilt from them).
+    let reloads = fs::read_to_string(&m.log)?
+        .matches("TLS: certificates reloaded")
+        .count();
+    assert!(
+        reloads >= 2,
+        "the mount reloaded its certificates {reloads} times"
+    );
+    assert_eq!(
+        fs::read(m.path.join("before"))?,
+        b"written under the first CA"
+    );
+    assert_eq!(
+        fs::read(m.path.join("after"))?,
+        b"written after both rotations"
     );
     Ok(())
 }

@@ -8,7 +8,6 @@ use meridian_proto::channels::{self, ChannelPool, Timeouts};
 use meridian_proto::pb::chunk::chunk_service_server::ChunkServiceServer;
 use meridian_proto::{ClusterMap, NodeId, NodeInfo, NodeState, ZoneId};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::config::ChunkConfig;
@@ -186,14 +185,10 @@ pub async fn run(
     info!(node = %id, zone = %config.zone, %addr, data = %config.data.display(), "chunkserver serving");
 
     channels::server()
-        .map_err(|e| ChunkError::Invalid(format!("TLS: {e}")))?
         .add_service(ChunkServiceServer::new(node))
         // TCP_NODELAY must be set on the incoming stream itself: the builder's setting is
         // ignored for a custom listener, and Nagle + delayed ACK stall streams by 40 ms.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(channels::incoming(listener), shutdown)
         .await
         .map_err(|e| ChunkError::Invalid(format!("server failed: {e}")))?;
     drop(range_port);

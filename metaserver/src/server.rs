@@ -11,7 +11,6 @@ use meridian_proto::pb::meta::meta_service_server::MetaServiceServer;
 use meridian_proto::pb::meta::raft_service_server::RaftServiceServer;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::config::MetaConfig;
@@ -136,7 +135,6 @@ pub async fn run(
     println!("meridian meta {} listening on {bound}", config.id);
     info!(member = config.id, %bound, %advertise, data = %config.data.display(), "metaserver serving");
     let served = channels::server()
-        .map_err(|e| MetaError::Io(format!("TLS: {e}")))?
         .add_service(
             MetaServiceServer::new(MetaApi(node))
                 .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
@@ -152,10 +150,7 @@ pub async fn run(
                     .map(|()| request)
             },
         ))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(channels::incoming(listener), shutdown)
         .await;
     detector.abort();
     snapshot_task.abort();

@@ -102,18 +102,17 @@ pub fn with_hint(error: String) -> String {
     }
 }
 
-/// A server builder with the transport's settings, serving TLS (and requiring a client
-/// certificate from the deployment's CA) when the process has an identity.
-pub fn server() -> Result<tonic::transport::Server, tonic::transport::Error> {
-    let s = tonic::transport::Server::builder()
+/// A server builder with the transport's settings. Serve it with [`incoming`]: that is
+/// where TLS is (with a client certificate from the deployment's CA required) when the
+/// process has an identity.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(Some(MAX_FRAME));
-    match crate::tls::current() {
-        Some(t) => s.tls_config(t.server_config()),
-        None => Ok(s),
-    }
+        .max_frame_size(Some(MAX_FRAME))
 }
+
+pub use crate::tls_incoming::incoming;
 
 /// Timeouts for calls to peers.
 #[derive(Clone, Copy, Debug)]
@@ -137,7 +136,8 @@ impl Default for Timeouts {
 #[derive(Debug, Default)]
 pub struct ChannelPool {
     timeouts: Timeouts,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// The channels, and the TLS identity generation they were made under.
+    channels: Mutex<(u64, HashMap<String, Channel>)>,
     /// Addresses dialled through another address (a gateway, tunnel or fault proxy).
     routes: HashMap<String, String>,
 }
@@ -165,7 +165,14 @@ impl ChannelPool {
 
     /// The channel to `address`, created (not yet connected) on first use.
     pub fn get(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let (generation, channels) = &mut *guard;
+        if *generation != crate::tls::generation() {
+            // Certificates rotated: new connections present the new ones (calls under
+            // way on the old channels finish on them).
+            *generation = crate::tls::generation();
+            channels.clear();
+        }
         if let Some(ch) = channels.get(address) {
             return Ok(ch.clone());
         }

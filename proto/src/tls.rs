@@ -2,12 +2,19 @@
 //! certificate and key, read from one folder (`meridian admin certs issue` writes it; a
 //! process takes it with `--tls DIR`). Once installed, every channel and server the
 //! process builds through [`crate::channels`] speaks mutual TLS: servers ask for a client
-//! certificate signed by the CA, clients check the server's against the same CA.
+//! certificate signed by the CA, clients check the server's against the same CA. The
+//! folder is read again on SIGHUP or when its files change ([`watch`]): new connections
+//! use the new identity, connections already made keep theirs.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// The deployment CA's certificate, in every issued folder.
 pub const CA_FILE: &str = "ca.pem";
@@ -20,18 +27,28 @@ pub const KEY_FILE: &str = "key.pem";
 /// CA is what makes a server one of the deployment's.
 pub const SERVER_NAME: &str = "meridian";
 
-/// The PEM files of one TLS folder.
-#[derive(Clone, Debug)]
+/// The PEM files of one TLS folder, checked and ready for both sides of a connection.
+#[derive(Clone)]
 pub struct TlsIdentity {
     /// Where they were read from.
     pub dir: PathBuf,
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 impl TlsIdentity {
-    /// Reads `ca.pem`, `cert.pem` and `key.pem` from `dir`, each checked to be PEM.
+    /// Reads `ca.pem`, `cert.pem` and `key.pem` from `dir`: PEM, a certificate chain and
+    /// a private key that rustls takes, and a CA it can verify clients against.
     pub fn load(dir: &Path) -> Result<Self, String> {
         let read = |name: &str| {
             let path = dir.join(name);
@@ -42,11 +59,39 @@ impl TlsIdentity {
             }
             Ok(bytes)
         };
+        let (ca, cert, key) = (read(CA_FILE)?, read(CERT_FILE)?, read(KEY_FILE)?);
+        let bad =
+            |name: &str, e: &dyn std::fmt::Display| format!("{}: {e}", dir.join(name).display());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&ca) {
+            roots
+                .add(c.map_err(|e| bad(CA_FILE, &e))?)
+                .map_err(|e| bad(CA_FILE, &e))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| bad(CA_FILE, &e))?;
+        let chain = CertificateDer::pem_slice_iter(&cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(CERT_FILE, &e))?;
+        let private = PrivateKeyDer::from_pem_slice(&key).map_err(|e| bad(KEY_FILE, &e))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, private)
+            .map_err(|e| bad(CERT_FILE, &e))?;
+        server.alpn_protocols = vec![b"h2".to_vec()];
         Ok(TlsIdentity {
             dir: dir.to_path_buf(),
-            ca: read(CA_FILE)?,
-            cert: read(CERT_FILE)?,
-            key: read(KEY_FILE)?,
+            ca,
+            cert,
+            key,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
         })
     }
 
@@ -59,11 +104,9 @@ impl TlsIdentity {
     }
 
     /// The server side: present our certificate, require a client certificate signed by
-    /// the deployment CA.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
-            .client_ca_root(Certificate::from_pem(&self.ca))
+    /// the deployment CA (see [`crate::tls_incoming`]).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.acceptor.clone()
     }
 }
 
@@ -85,7 +128,9 @@ pub fn require_role<T>(request: &tonic::Request<T>, roles: &[&str]) -> Result<()
         return Ok(());
     }
     let certs = request
-        .peer_certs()
+        .extensions()
+        .get::<crate::tls_incoming::ConnInfo>()
+        .and_then(|c| c.peer_certs.clone())
         .ok_or_else(|| tonic::Status::unauthenticated("no client certificate"))?;
     let leaf = certs
         .first()
@@ -112,15 +157,71 @@ pub fn require_role<T>(request: &tonic::Request<T>, roles: &[&str]) -> Result<()
 }
 
 static CURRENT: RwLock<Option<Arc<TlsIdentity>>> = RwLock::new(None);
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// Makes `identity` the one every channel and server built from now on uses.
 pub fn install(identity: TlsIdentity) {
     *CURRENT.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(identity));
+    GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
 /// The installed identity; `None`: this process speaks plaintext.
 pub fn current() -> Option<Arc<TlsIdentity>> {
     CURRENT.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// How many identities have been installed: channels made under an older one are
+/// replaced when next used.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// Reads the installed identity's folder again on SIGHUP, and when its files change
+/// (checked every `every`): a rotated certificate is taken without a restart. A folder
+/// that does not load (a rotation half done) is reported and the identity kept.
+pub fn watch(every: Duration) {
+    let Some(dir) = current().map(|t| t.dir.clone()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("TLS: cannot listen for SIGHUP; certificates reload on change only");
+            return;
+        };
+        let mut seen = stamps(&dir);
+        loop {
+            let asked = tokio::select! {
+                _ = hup.recv() => true,
+                _ = tokio::time::sleep(every) => false,
+            };
+            let now = stamps(&dir);
+            if !asked && now == seen {
+                continue;
+            }
+            seen = now;
+            match TlsIdentity::load(&dir) {
+                Ok(id) => {
+                    install(id);
+                    tracing::info!(dir = %dir.display(), "TLS: certificates reloaded");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS: certificates not reloaded; the old ones stay")
+                }
+            }
+        }
+    });
+}
+
+/// The modification times and lengths of a TLS folder's files.
+fn stamps(dir: &Path) -> Vec<Option<(SystemTime, u64)>> {
+    [CA_FILE, CERT_FILE, KEY_FILE]
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(dir.join(f)).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

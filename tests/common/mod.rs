@@ -94,6 +94,8 @@ impl ServerProc {
         let child = Command::new(MERIDIAN)
             .args(&self.args)
             .env("MERIDIAN_LOG", "info")
+            // Plaintext unless the test gives the server --tls.
+            .env("MERIDIAN_PLAINTEXT", "true")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -425,7 +427,15 @@ impl MetaCluster {
     pub fn add_member(&mut self, id: u64) -> Result<()> {
         let args = raft_args(&self.extra_args);
         let p = ServerProc::start("meta", id, self.dir.path(), args)?;
+        // A group on TLS: the members' own certificate may add members.
+        let tls: Vec<&String> = self
+            .extra_args
+            .iter()
+            .skip_while(|a| *a != "--tls")
+            .take(2)
+            .collect();
         let out = Command::new(MERIDIAN)
+            .args(tls)
             .args([
                 "admin",
                 "add-member",
