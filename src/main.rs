@@ -154,6 +154,12 @@ struct ChunkArgs {
     /// a gateway, a tunnel, a fault proxy).
     #[arg(long = "route", value_parser = parse_pair)]
     routes: Vec<(String, String)>,
+    /// Client requests handled at once, in all (default 1024).
+    #[arg(long)]
+    max_requests: Option<usize>,
+    /// Requests of one client handled at once (default 64); more wait in its own queue.
+    #[arg(long)]
+    max_requests_per_client: Option<usize>,
 }
 
 /// Parses `A=B` (a route ADDR=VIA, a proxy forward LISTEN=TARGET).
@@ -198,7 +204,9 @@ impl ChunkArgs {
             gc_grace_ms,
             journal_segment_mib,
             ship_replica_delay_ms,
-            range_port
+            range_port,
+            max_requests,
+            max_requests_per_client
         );
         set_opt!(
             cluster_map,
@@ -283,6 +291,12 @@ struct MetaArgs {
     /// stop a copy half way; never in production).
     #[arg(long, hide = true)]
     copy_pause_ms: Option<u64>,
+    /// Client requests handled at once, in all (default 1024).
+    #[arg(long)]
+    max_requests: Option<usize>,
+    /// Requests of one client handled at once (default 64); more wait in its own queue.
+    #[arg(long)]
+    max_requests_per_client: Option<usize>,
 }
 
 impl MetaArgs {
@@ -311,7 +325,9 @@ impl MetaArgs {
             suspect_after_ms,
             down_after_ms,
             peer_unreachable_after_ms,
-            copy_pause_ms
+            copy_pause_ms,
+            max_requests,
+            max_requests_per_client
         );
         if !self.peers.is_empty() {
             c.peers = self.peers;

@@ -75,6 +75,12 @@ pub struct ChunkConfig {
     /// Where the range port listens (default: the gRPC listen address's IP, a port the
     /// system chooses). Its host is announced as `advertise`'s, with this port.
     pub range_listen: Option<String>,
+    /// Client requests handled at once, in all (more wait; other servers' are not
+    /// counted).
+    pub max_requests: usize,
+    /// Requests of one client (a certificate, or a plaintext connection) handled at once:
+    /// one noisy client waits in its own queue while the others go on.
+    pub max_requests_per_client: usize,
 }
 
 impl Default for ChunkConfig {
@@ -109,6 +115,8 @@ impl Default for ChunkConfig {
             ship_replica_delay_ms: 30_000,
             range_port: true,
             range_listen: None,
+            max_requests: meridian_proto::fair::Limits::default().total,
+            max_requests_per_client: meridian_proto::fair::Limits::default().per_client,
         }
     }
 }

@@ -48,6 +48,12 @@ pub struct MetaConfig {
     /// half way; 0 in production).
     #[serde(default)]
     pub copy_pause_ms: u64,
+    /// Client requests handled at once, in all (more wait; other servers' are not
+    /// counted).
+    pub max_requests: usize,
+    /// Requests of one client (a certificate, or a plaintext connection) handled at once:
+    /// one noisy client waits in its own queue while the others go on.
+    pub max_requests_per_client: usize,
 }
 
 pub use meridian_proto::PeerRegion;
@@ -72,6 +78,8 @@ impl Default for MetaConfig {
             peers: Vec::new(),
             peer_unreachable_after_ms: 10_000,
             copy_pause_ms: 0,
+            max_requests: meridian_proto::fair::Limits::default().total,
+            max_requests_per_client: meridian_proto::fair::Limits::default().per_client,
         }
     }
 }

@@ -135,6 +135,12 @@ pub async fn run(
     println!("meridian meta {} listening on {bound}", config.id);
     info!(member = config.id, %bound, %advertise, data = %config.data.display(), "metaserver serving");
     let served = channels::server()
+        .layer(meridian_proto::fair::FairLayer::new(
+            meridian_proto::fair::Limits {
+                total: config.max_requests,
+                per_client: config.max_requests_per_client,
+            },
+        ))
         .add_service(
             MetaServiceServer::new(MetaApi(node))
                 .max_decoding_message_size(channels::META_MESSAGE_LIMIT)

@@ -4,6 +4,7 @@
 pub mod block;
 pub mod channels;
 pub mod cluster;
+pub mod fair;
 pub mod hlc;
 pub mod ids;
 pub mod mutate;

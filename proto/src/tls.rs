@@ -135,25 +135,29 @@ pub fn require_role<T>(request: &tonic::Request<T>, roles: &[&str]) -> Result<()
     let leaf = certs
         .first()
         .ok_or_else(|| tonic::Status::unauthenticated("no client certificate"))?;
-    let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+    let roles_of = self::roles(leaf).map_err(|e| {
         tonic::Status::unauthenticated(format!("unreadable client certificate: {e}"))
     })?;
-    let names = |role: &str| {
-        rustls_pki_types::ServerName::try_from(format!("role-{role}.{SERVER_NAME}"))
-            .map(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
-            .unwrap_or(false)
-    };
-    if roles.iter().any(|r| names(r)) {
+    if roles.iter().any(|r| roles_of.contains(r)) {
         return Ok(());
     }
-    let theirs = [META, CHUNK, CLIENT, ADMIN]
-        .into_iter()
-        .find(|r| names(r))
-        .unwrap_or("none");
     Err(tonic::Status::permission_denied(format!(
-        "this call is for {} certificates; the caller's names role {theirs}",
-        roles.join(" or ")
+        "this call is for {} certificates; the caller's names role {}",
+        roles.join(" or "),
+        roles_of.first().copied().unwrap_or("none")
     )))
+}
+
+/// The roles (of [`META`], [`CHUNK`], [`CLIENT`], [`ADMIN`]) a certificate names.
+pub fn roles(cert: &CertificateDer<'_>) -> Result<Vec<&'static str>, String> {
+    let cert = webpki::EndEntityCert::try_from(cert).map_err(|e| e.to_string())?;
+    Ok([META, CHUNK, CLIENT, ADMIN]
+        .into_iter()
+        .filter(|role| {
+            rustls_pki_types::ServerName::try_from(format!("role-{role}.{SERVER_NAME}"))
+                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        })
+        .collect())
 }
 
 static CURRENT: RwLock<Option<Arc<TlsIdentity>>> = RwLock::new(None);

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::fair::ClientKey;
+
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -28,6 +30,9 @@ pub struct ConnInfo {
     /// The certificate chain the peer presented (verified against the CA); `None` on a
     /// plaintext connection.
     pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// Who its requests count against ([`crate::fair`]); `None` for the deployment's
+    /// servers, which are not limited.
+    pub client: Option<ClientKey>,
 }
 
 /// One accepted connection, plaintext or TLS.
@@ -75,6 +80,7 @@ pub fn incoming(listener: TcpListener) -> ReceiverStream<io::Result<Conn>> {
                 let info = ConnInfo {
                     remote,
                     peer_certs: None,
+                    client: Some(ClientKey::Conn(remote)),
                 };
                 let conn = Conn {
                     stream: Stream::Plain(tcp),
@@ -99,14 +105,26 @@ pub fn incoming(listener: TcpListener) -> ReceiverStream<io::Result<Conn>> {
                         return;
                     }
                 };
-                let peer_certs = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
+                let peer_certs = tls.get_ref().1.peer_certificates().map(|c| {
+                    Arc::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
+                });
+                let client = match peer_certs.as_ref().and_then(|c| c.first()) {
+                    Some(leaf) => {
+                        let roles = crate::tls::roles(leaf).unwrap_or_default();
+                        let server = roles
+                            .iter()
+                            .any(|r| [crate::tls::META, crate::tls::CHUNK].contains(r));
+                        (!server).then(|| ClientKey::Cert(*blake3::hash(leaf).as_bytes()))
+                    }
+                    None => Some(ClientKey::Conn(remote)),
+                };
                 let conn = Conn {
                     stream: Stream::Tls(Box::new(tls)),
-                    info: ConnInfo { remote, peer_certs },
+                    info: ConnInfo {
+                        remote,
+                        peer_certs,
+                        client,
+                    },
                 };
                 let _ = tx.send(Ok(conn)).await;
             });

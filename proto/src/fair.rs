@@ -1,0 +1,171 @@
+//! Fair shares of a server: at most `total` requests handled at once, and at most
+//! `per_client` of them for any one client, so that one noisy client (a runaway job, a
+//! mount in a retry loop) waits in its own queue while the others go on. A client is its
+//! certificate (on TLS) or its connection (plaintext); other servers of the deployment
+//! (metaserver and chunkserver certificates) are not limited, since Raft, forwarding and
+//! replication must never queue behind clients.
+//!
+//! A request waits for its share before its handler runs; nothing is refused. The share
+//! is held until the handler answers: for a streamed reply, until the stream starts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::sync::Semaphore;
+use tonic::codegen::http;
+
+use crate::tls_incoming::ConnInfo;
+
+/// How many requests a server handles at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// In all, from clients.
+    pub total: usize,
+    /// From one client.
+    pub per_client: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            total: 1024,
+            per_client: 64,
+        }
+    }
+}
+
+/// Who a request counts against.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// The BLAKE3 hash of the client's certificate.
+    Cert([u8; 32]),
+    /// A plaintext connection.
+    Conn(SocketAddr),
+}
+
+/// Clients kept before idle ones are forgotten.
+const KEEP_CLIENTS: usize = 4096;
+
+/// The tower layer that gives each client its share (`Server::layer`).
+#[derive(Clone)]
+pub struct FairLayer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    limits: Limits,
+    total: Arc<Semaphore>,
+    clients: Mutex<HashMap<ClientKey, Arc<Semaphore>>>,
+}
+
+impl FairLayer {
+    /// Shares of `limits` (each at least 1).
+    pub fn new(limits: Limits) -> Self {
+        let limits = Limits {
+            total: limits.total.max(1),
+            per_client: limits.per_client.max(1),
+        };
+        FairLayer {
+            shared: Arc::new(Shared {
+                limits,
+                total: Arc::new(Semaphore::new(limits.total)),
+                clients: Mutex::default(),
+            }),
+        }
+    }
+}
+
+impl Shared {
+    fn queue_of(&self, key: ClientKey) -> Arc<Semaphore> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.len() >= KEEP_CLIENTS && !clients.contains_key(&key) {
+            // A queue in use is held by its permits too.
+            clients.retain(|_, q| Arc::strong_count(q) > 1);
+        }
+        clients
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_client)))
+            .clone()
+    }
+}
+
+impl<S> tower::Layer<S> for FairLayer {
+    type Service = Fair<S>;
+
+    fn layer(&self, inner: S) -> Fair<S> {
+        Fair {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A service behind [`FairLayer`].
+#[derive(Clone)]
+pub struct Fair<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Fair<S>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The service polled ready is this one; a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let queue = request
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|c| c.client.clone())
+            .map(|key| self.shared.queue_of(key));
+        let total = self.shared.total.clone();
+        Box::pin(async move {
+            let Some(queue) = queue else {
+                return inner.call(request).await;
+            };
+            // Its own queue first: a client over its share does not hold a place in all.
+            let waiting = Gauge::up("meridian_client_requests_waiting");
+            let shares = (
+                queue.acquire_owned().await.ok(),
+                total.acquire_owned().await.ok(),
+            );
+            drop(waiting);
+            let _running = Gauge::up("meridian_client_requests_running");
+            let answer = inner.call(request).await;
+            drop(shares);
+            answer
+        })
+    }
+}
+
+/// A gauge raised for as long as this lives (a request given up lowers it too).
+struct Gauge(&'static str);
+
+impl Gauge {
+    fn up(name: &'static str) -> Gauge {
+        metrics::gauge!(name).increment(1.0);
+        Gauge(name)
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
