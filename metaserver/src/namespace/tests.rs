@@ -1272,6 +1272,49 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(meridian_proto::mutate::cases(128)))]
+
+    /// A fuzz target for the namespace commands' decoder, as the metaserver's Mutate
+    /// takes them: operations' bytes damaged (edits of valid encodings reach inode
+    /// numbers, names, kinds, extents and the enum's tags) either fail to decode or decode
+    /// to an operation the namespace takes or refuses; it never panics, the tree stays
+    /// whole (every entry's inode of its kind, every directory's `..` its parent), and it
+    /// takes operations afterwards.
+    #[test]
+    fn damaged_operation_bytes_decode_to_an_error_or_an_operation_the_namespace_survives(
+        ops in proptest::collection::vec((0u8..7, 0usize..4), 1..12),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6),
+    ) {
+        let mut fs = Fs::new();
+        let root = fs.root;
+        let creds = Creds::root();
+        let dir = fs.mk(root, "d", FileKind::Dir, &creds).unwrap();
+        let file = fs.create(dir.ino, "f");
+        for (kind, n) in ops {
+            let name = ["a", "b", "c", "d"][n].as_bytes().to_vec();
+            let creds = creds.clone();
+            let op = match kind {
+                0 => Op::Mknod { parent: root, name, kind: FileKind::File, perm: 0o644, rdev: 0, exclusive: true, creds },
+                1 => Op::Mknod { parent: dir.ino, name, kind: FileKind::Dir, perm: 0o755, rdev: 0, exclusive: true, creds },
+                2 => Op::Unlink { parent: root, name, creds },
+                3 => Op::Symlink { parent: dir.ino, name, target: b"t".to_vec(), creds },
+                4 => Op::Link { ino: file.ino, new_parent: root, new_name: name, creds },
+                5 => Op::SetXattr { ino: file.ino, name: b"user.k".to_vec(), value: name, mode: XattrMode::Any, creds },
+                _ => Op::CommitExtents { ino: file.ino, extents: vec![extent(0, 100, "A", 0)], size: 100, base_version: None, creds },
+            };
+            let bytes = serde_json::to_vec(&op).unwrap();
+            if let Ok(op) = serde_json::from_slice::<Op>(&meridian_proto::mutate::mutate(&bytes, &edits))
+                && let Err(NsError::Store(e)) = fs.run(op.clone())
+            {
+                prop_assert!(false, "{:?} stopped the state machine: {}", op, e);
+            }
+        }
+        let _ = sut_listing(&fs);
+        fs.run(Op::Mknod { parent: root, name: b"still-works".to_vec(), kind: FileKind::File, perm: 0o644, rdev: 0, exclusive: true, creds: Creds::root() }).unwrap();
+    }
+}
+
 #[test]
 fn snapshots_and_clones_copy_the_namespace_at_once_and_share_blocks() {
     let mut fs = Fs::new();
