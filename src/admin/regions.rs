@@ -7,7 +7,8 @@ use meridian_proto::pb::meta::RegionStatusRequest;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{human, maintain_all, meta_rpc, region_map};
+use super::chunks::maintain_all;
+use super::{human, meta_rpc, region_map};
 
 pub async fn show(meta: Vec<String>, json: bool) -> Result<()> {
     let mut last = None;
