@@ -174,41 +174,31 @@ fn hostile_requests_get_clear_errors_and_change_nothing() -> Result<()> {
         );
         assert_eq!(c, Code::InvalidArgument, "has of too many ids");
         // Out of order: data before any header, then two headers.
-        let data_first = futures::stream::iter(vec![PutRequest {
-            msg: Some(put_request::Msg::Data(bytes::Bytes::from_static(b"abc"))),
-        }]);
-        assert_eq!(
-            code(chunk.put(data_first).await),
-            Code::InvalidArgument,
-            "data before header"
-        );
         let header = PutHeader {
             block_id: bytes::Bytes::from(vec![7u8; 32]),
             raw_len: 3,
             encoded_len: 3,
             ..Default::default()
         };
-        let two_headers = futures::stream::iter(vec![
-            PutRequest {
-                msg: Some(put_request::Msg::Header(header.clone())),
-            },
-            PutRequest {
-                msg: Some(put_request::Msg::Header(header.clone())),
-            },
-        ]);
-        assert_ne!(code(chunk.put(two_headers).await), Code::Ok, "two headers");
+        let head = || PutRequest {
+            msg: Some(put_request::Msg::Header(header.clone())),
+        };
+        let data = |b: Vec<u8>| PutRequest {
+            msg: Some(put_request::Msg::Data(b.into())),
+        };
+        let put = |msgs: Vec<PutRequest>| futures::stream::iter(msgs);
+        assert_eq!(
+            code(chunk.put(put(vec![data(b"abc".to_vec())])).await),
+            Code::InvalidArgument,
+            "data before header"
+        );
+        assert_ne!(
+            code(chunk.put(put(vec![head(), head()])).await),
+            Code::Ok,
+            "two headers"
+        );
         // Oversized for a chunkserver's messages (blocks come in pieces).
-        let big = futures::stream::iter(vec![
-            PutRequest {
-                msg: Some(put_request::Msg::Header(header.clone())),
-            },
-            PutRequest {
-                msg: Some(put_request::Msg::Data(bytes::Bytes::from(vec![
-                    0u8;
-                    8 << 20
-                ]))),
-            },
-        ]);
+        let big = put(vec![head(), data(vec![0u8; 8 << 20])]);
         assert_ne!(code(chunk.put(big).await), Code::Ok, "an 8 MiB message");
         // None of the hostile blocks is stored, on any chunkserver.
         for c in &region.chunks {

@@ -74,6 +74,57 @@ fn deployment(dir: &Path, name: &str, certs: &[(&str, &str)]) -> Result<Vec<Path
     Ok(out)
 }
 
+/// A certificate of each role, in this order: metaservers, chunkservers, the mount, the
+/// operator.
+const ROLES: [(&str, &str); 4] = [
+    ("meta", "meta"),
+    ("chunk", "chunk"),
+    ("mount", "client"),
+    ("ops", "admin"),
+];
+
+/// A region on TLS: `members` metaservers and three chunkservers with the certificates of
+/// `tls` (as [`ROLES`] orders them), all up, and a volume "default"; this test process
+/// calls as the operator. Returns the metaservers, the chunkservers and their addresses.
+fn tls_region(members: usize, tls: &[PathBuf]) -> Result<(MetaCluster, Vec<ServerProc>, String)> {
+    let (meta_tls, chunk_tls, admin_tls) = (&tls[0], &tls[1], &tls[3]);
+    meridian_proto::tls::install(
+        meridian_proto::tls::TlsIdentity::load(admin_tls).map_err(anyhow::Error::msg)?,
+    );
+    let meta = MetaCluster::start(members, &["--tls", meta_tls.to_str().unwrap()])?;
+    let addrs = meta.addrs().join(",");
+    let chunks = start_chunkservers_with(
+        &meta,
+        300,
+        8 << 30,
+        &["--tls".into(), chunk_tls.display().to_string()],
+    )?;
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "three chunkservers up over TLS",
+        || {
+            let out = meridian(
+                Some(admin_tls),
+                &["admin", "cluster-map", "--json", "--meta", &addrs],
+            )
+            .ok()?;
+            let map: meridian_proto::ClusterMap = serde_json::from_slice(&out.stdout).ok()?;
+            (map.nodes
+                .iter()
+                .filter(|n| n.state == meridian_proto::NodeState::Up)
+                .count()
+                == 3)
+                .then_some(())
+        },
+    )
+    .with_context(|| log_tail(&meta.nodes[0].log, 20))?;
+    ok(meridian(
+        Some(admin_tls),
+        &["admin", "volume-create", "--meta", &addrs, "default"],
+    )?)?;
+    Ok((meta, chunks, addrs))
+}
+
 #[test]
 fn certs_are_written_once_with_private_keys_private() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -145,54 +196,10 @@ fn certs_are_written_once_with_private_keys_private() -> Result<()> {
 #[test]
 fn a_region_on_mutual_tls_serves_a_mount_and_refuses_strangers() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let ours = deployment(
-        dir.path(),
-        "ca",
-        &[
-            ("meta", "meta"),
-            ("chunk", "chunk"),
-            ("mount", "client"),
-            ("ops", "admin"),
-        ],
-    )?;
-    let (meta_tls, chunk_tls, mount_tls, admin_tls) = (&ours[0], &ours[1], &ours[2], &ours[3]);
+    let ours = deployment(dir.path(), "ca", &ROLES)?;
+    let (chunk_tls, mount_tls, admin_tls) = (&ours[1], &ours[2], &ours[3]);
     let theirs = deployment(dir.path(), "other", &[("ops", "admin")])?;
-    // This test process calls as the operator.
-    meridian_proto::tls::install(
-        meridian_proto::tls::TlsIdentity::load(admin_tls).map_err(anyhow::Error::msg)?,
-    );
-
-    let meta = MetaCluster::start(1, &["--tls", meta_tls.to_str().unwrap()])?;
-    let addrs = meta.addrs().join(",");
-    let _chunks = start_chunkservers_with(
-        &meta,
-        300,
-        8 << 30,
-        &["--tls".into(), chunk_tls.display().to_string()],
-    )?;
-    wait_for(
-        std::time::Duration::from_secs(30),
-        "three chunkservers up over TLS",
-        || {
-            let out = meridian(
-                Some(admin_tls),
-                &["admin", "cluster-map", "--json", "--meta", &addrs],
-            )
-            .ok()?;
-            let map: meridian_proto::ClusterMap = serde_json::from_slice(&out.stdout).ok()?;
-            (map.nodes
-                .iter()
-                .filter(|n| n.state == meridian_proto::NodeState::Up)
-                .count()
-                == 3)
-                .then_some(map)
-        },
-    )
-    .with_context(|| log_tail(&meta.nodes[0].log, 20))?;
-    ok(meridian(
-        Some(admin_tls),
-        &["admin", "volume-create", "--meta", &addrs, "default"],
-    )?)?;
+    let (meta, chunks, addrs) = tls_region(1, &ours)?;
 
     // A mount over TLS: data goes to three chunkservers (forwarded between them) and back.
     let data = random_bytes(7, (5 << 20) + 123);
@@ -222,7 +229,7 @@ fn a_region_on_mutual_tls_serves_a_mount_and_refuses_strangers() -> Result<()> {
         "the file read back differs"
     );
     assert_eq!(fs::read(m.path.join("small"))?, b"over tls");
-    let chunk_addr = &_chunks[0].addr;
+    let chunk_addr = &chunks[0].addr;
     ok(meridian(
         Some(admin_tls),
         &["admin", "chunk-status", chunk_addr],
@@ -339,39 +346,10 @@ fn rotate(live: &Path, ca: &[u8], from: Option<&Path>) -> Result<()> {
 #[test]
 fn certificates_and_the_ca_rotate_without_a_restart() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let old = deployment(
-        dir.path(),
-        "ca",
-        &[
-            ("meta", "meta"),
-            ("chunk", "chunk"),
-            ("mount", "client"),
-            ("ops", "admin"),
-        ],
-    )?;
-    let new = deployment(
-        dir.path(),
-        "ca2",
-        &[
-            ("meta", "meta"),
-            ("chunk", "chunk"),
-            ("mount", "client"),
-            ("ops", "admin"),
-        ],
-    )?;
+    let old = deployment(dir.path(), "ca", &ROLES)?;
+    let new = deployment(dir.path(), "ca2", &ROLES)?;
     let (old_ops, new_ops) = (&old[3], &new[3]);
-    meridian_proto::tls::install(
-        meridian_proto::tls::TlsIdentity::load(old_ops).map_err(anyhow::Error::msg)?,
-    );
-    let meta_tls = old[0].display().to_string();
-    let mut meta = MetaCluster::start(3, &["--tls", &meta_tls])?;
-    let addrs = meta.addrs().join(",");
-    let chunks = start_chunkservers_with(
-        &meta,
-        300,
-        8 << 30,
-        &["--tls".into(), old[1].display().to_string()],
-    )?;
+    let (mut meta, chunks, addrs) = tls_region(3, &old)?;
     let reaches = |tls: &Path| -> bool {
         let metas = meridian(Some(tls), &["admin", "meta-status", "--meta", &addrs])
             .is_ok_and(|o| o.status.success());
@@ -381,28 +359,6 @@ fn certificates_and_the_ca_rotate_without_a_restart() -> Result<()> {
                     .is_ok_and(|o| o.status.success())
             })
     };
-    wait_for(
-        std::time::Duration::from_secs(30),
-        "chunkservers registered",
-        || {
-            let out = meridian(
-                Some(old_ops),
-                &["admin", "cluster-map", "--json", "--meta", &addrs],
-            )
-            .ok()?;
-            let map: meridian_proto::ClusterMap = serde_json::from_slice(&out.stdout).ok()?;
-            (map.nodes
-                .iter()
-                .filter(|n| n.state == meridian_proto::NodeState::Up)
-                .count()
-                == 3)
-                .then_some(())
-        },
-    )?;
-    ok(meridian(
-        Some(old_ops),
-        &["admin", "volume-create", "--meta", &addrs, "default"],
-    )?)?;
     let m = Mount::start_with(
         &addrs,
         "default",

@@ -184,19 +184,14 @@ pub async fn run(
     println!("meridian chunk {} listening on {addr}", config.id);
     info!(node = %id, zone = %config.zone, %addr, data = %config.data.display(), "chunkserver serving");
 
-    channels::server()
-        .layer(meridian_proto::fair::FairLayer::new(
-            meridian_proto::fair::Limits {
-                total: config.max_requests,
-                per_client: config.max_requests_per_client,
-            },
-        ))
-        .add_service(ChunkServiceServer::new(node))
-        // TCP_NODELAY must be set on the incoming stream itself: the builder's setting is
-        // ignored for a custom listener, and Nagle + delayed ACK stall streams by 40 ms.
-        .serve_with_incoming_shutdown(channels::incoming(listener), shutdown)
-        .await
-        .map_err(|e| ChunkError::Invalid(format!("server failed: {e}")))?;
+    channels::server(meridian_proto::fair::Limits {
+        total: config.max_requests,
+        per_client: config.max_requests_per_client,
+    })
+    .add_service(ChunkServiceServer::new(node))
+    .serve_with_incoming_shutdown(channels::incoming(listener), shutdown)
+    .await
+    .map_err(|e| ChunkError::Invalid(format!("server failed: {e}")))?;
     drop(range_port);
     for s in shippers.into_iter().chain(background) {
         s.abort();

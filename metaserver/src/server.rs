@@ -134,30 +134,27 @@ pub async fn run(
     let relays = node.clone();
     println!("meridian meta {} listening on {bound}", config.id);
     info!(member = config.id, %bound, %advertise, data = %config.data.display(), "metaserver serving");
-    let served = channels::server()
-        .layer(meridian_proto::fair::FairLayer::new(
-            meridian_proto::fair::Limits {
-                total: config.max_requests,
-                per_client: config.max_requests_per_client,
-            },
-        ))
-        .add_service(
-            MetaServiceServer::new(MetaApi(node))
-                .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
-                .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
-        )
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            RaftServiceServer::new(RaftRpc::new(raft.clone(), config.data.join("snapshots")))
-                .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
-                .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
-            // Only metaservers take part in Raft.
-            |request: tonic::Request<()>| {
-                meridian_proto::tls::require_role(&request, &[meridian_proto::tls::META])
-                    .map(|()| request)
-            },
-        ))
-        .serve_with_incoming_shutdown(channels::incoming(listener), shutdown)
-        .await;
+    let served = channels::server(meridian_proto::fair::Limits {
+        total: config.max_requests,
+        per_client: config.max_requests_per_client,
+    })
+    .add_service(
+        MetaServiceServer::new(MetaApi(node))
+            .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
+            .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
+    )
+    .add_service(tonic::service::interceptor::InterceptedService::new(
+        RaftServiceServer::new(RaftRpc::new(raft.clone(), config.data.join("snapshots")))
+            .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
+            .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
+        // Only metaservers take part in Raft.
+        |request: tonic::Request<()>| {
+            meridian_proto::tls::require_role(&request, &[meridian_proto::tls::META])
+                .map(|()| request)
+        },
+    ))
+    .serve_with_incoming_shutdown(channels::incoming(listener), shutdown)
+    .await;
     detector.abort();
     snapshot_task.abort();
     for t in region_tasks {

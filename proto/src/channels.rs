@@ -64,7 +64,6 @@ pub fn tls_off() -> bool {
 
 /// A channel to `address`, connected now (for one-off tools: the admin CLI, tests).
 pub async fn connect(address: &str) -> Result<Channel, String> {
-    let plain = crate::tls::current().is_none();
     let connected = match endpoint(address) {
         Ok(e) => {
             e.connect_timeout(Timeouts::default().connect)
@@ -80,7 +79,7 @@ pub async fn connect(address: &str) -> Result<Channel, String> {
             text.push_str(&format!(": {s}"));
             source = s.source();
         }
-        if plain { with_hint(text) } else { text }
+        with_hint(text)
     })
 }
 
@@ -102,14 +101,19 @@ pub fn with_hint(error: String) -> String {
     }
 }
 
-/// A server builder with the transport's settings. Serve it with [`incoming`]: that is
-/// where TLS is (with a client certificate from the deployment's CA required) when the
-/// process has an identity.
-pub fn server() -> tonic::transport::Server {
+/// A server builder with the transport's settings, and clients' fair shares of `limits`
+/// ([`crate::fair`]). Serve it with [`incoming`]: that is where TLS is (with a client
+/// certificate from the deployment's CA required) when the process has an identity.
+pub fn server(
+    limits: crate::fair::Limits,
+) -> tonic::transport::Server<
+    tower::layer::util::Stack<crate::fair::FairLayer, tower::layer::util::Identity>,
+> {
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(Some(MAX_FRAME))
+        .layer(crate::fair::FairLayer::new(limits))
 }
 
 pub use crate::tls_incoming::incoming;
