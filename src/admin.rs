@@ -19,6 +19,7 @@ mod chunks;
 mod home;
 mod link;
 mod regions;
+mod tokens;
 mod volumes;
 
 #[derive(Subcommand)]
@@ -26,6 +27,10 @@ pub enum AdminCommand {
     /// A deployment's CA and its processes' certificates (for --tls).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// The token key, and volume access tokens (for servers' --token-key and clients'
+    /// --token-file).
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
     /// Raft status of every metaserver member.
     MetaStatus {
         /// Metaserver addresses (comma-separated).
@@ -367,7 +372,7 @@ fn human(bytes: u64) -> String {
     }
 }
 
-async fn meta_rpc(addr: &str) -> Result<MetaServiceClient<tonic::transport::Channel>> {
+async fn meta_rpc(addr: &str) -> Result<MetaServiceClient<meridian_proto::channels::Authed>> {
     let ch = meridian_proto::channels::connect(addr)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -386,6 +391,7 @@ fn status_json(s: &StatusResponse) -> serde_json::Value {
 pub async fn run(cmd: AdminCommand) -> Result<()> {
     match cmd {
         AdminCommand::Certs(cmd) => certs::run(cmd),
+        AdminCommand::Token(cmd) => tokens::run(cmd),
         AdminCommand::MetaStatus { meta, json } => {
             let mut rows = Vec::new();
             let mut failed = false;

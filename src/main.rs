@@ -31,6 +31,15 @@ struct Cli {
     /// its port can do anything. Only for tests and `meridian dev`.
     #[arg(long, global = true, env = "MERIDIAN_PLAINTEXT")]
     plaintext: bool,
+    /// Servers: check volume access tokens against these keys (`meridian admin token
+    /// key` writes the file). Clients with a client certificate then need a token, and
+    /// reach only the volumes it grants. Needs --tls.
+    #[arg(long, global = true, env = "MERIDIAN_TOKEN_KEY", value_name = "FILE")]
+    token_key: Option<PathBuf>,
+    /// Clients: send this volume access token (a file holding it, from `meridian admin
+    /// token issue`) with every call. MERIDIAN_TOKEN may hold the token itself.
+    #[arg(long, global = true, env = "MERIDIAN_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -378,6 +387,38 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// The token keys a server checks with, and the token a client sends.
+fn install_tokens(cli: &Cli) -> Result<()> {
+    if let Some(path) = &cli.token_key {
+        anyhow::ensure!(
+            matches!(cli.command, Command::Meta(_) | Command::Chunk(_)),
+            "--token-key is for metaservers and chunkservers"
+        );
+        anyhow::ensure!(
+            cli.tls.is_some(),
+            "--token-key needs --tls: a token sent in plaintext can be read off the wire, and \
+             servers tell each other apart by their certificates"
+        );
+        let keys = meridian_proto::token::TokenKeys::load(path)?;
+        tracing::info!(keys = ?keys, "checking volume access tokens");
+        meridian_proto::token::install_keys(keys);
+    }
+    let token = match (&cli.token_file, std::env::var("MERIDIAN_TOKEN")) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("token file {}", path.display()))?,
+        ),
+        (None, Ok(t)) if !t.trim().is_empty() => Some(t),
+        _ => None,
+    };
+    if let Some(token) = token {
+        let claims = meridian_proto::token::install_client_token(token.trim())
+            .context("the volume access token")?;
+        tracing::info!(subject = %claims.subject, expires = claims.expires, "sending a volume access token");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
@@ -399,6 +440,7 @@ fn main() -> Result<()> {
         let identity = meridian_proto::tls::TlsIdentity::load(dir).map_err(anyhow::Error::msg)?;
         meridian_proto::tls::install(identity);
     }
+    install_tokens(&cli)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cli.runtime_threads {
         anyhow::ensure!(n > 0, "--runtime-threads must be at least 1");

@@ -18,6 +18,7 @@ pub mod server;
 pub mod service;
 pub mod ship;
 pub mod store;
+pub mod tokens;
 
 pub use config::ChunkConfig;
 pub use error::ChunkError;

@@ -33,6 +33,8 @@ pub struct Residency {
 #[derive(Debug, Default)]
 struct Known {
     regions: HashMap<u32, Vec<u32>>,
+    /// Volume names by id: tokens grant volumes by name.
+    names: HashMap<u32, String>,
     at: Option<Instant>,
 }
 
@@ -100,8 +102,14 @@ impl Residency {
             .filter(|v| v.deleted.is_none())
             .map(|v| (v.id, volume_regions(v.id, &v.policy.regions)))
             .collect();
+        let names = volumes
+            .iter()
+            .filter(|v| v.deleted.is_none())
+            .map(|v| (v.id, v.name.clone()))
+            .collect();
         *lock(&self.known) = Known {
             regions,
+            names,
             at: Some(started),
         };
         Ok(())
@@ -119,6 +127,22 @@ impl Residency {
                 Some(r) => Ok(Some(r)),
                 None => Err(e),
             },
+        }
+    }
+
+    /// The name of volume `volume`, as this region's metadata says (`None`: unknown here).
+    pub async fn name_of(&self, volume: u32) -> Result<Option<String>, ChunkError> {
+        let known = |max_age: Duration| {
+            let k = lock(&self.known);
+            let fresh = k.at.is_some_and(|at| at.elapsed() < max_age);
+            fresh.then(|| k.names.get(&volume).cloned()).flatten()
+        };
+        if let Some(n) = known(FRESH_FOR) {
+            return Ok(Some(n));
+        }
+        match self.refresh().await {
+            Ok(()) => Ok(known(Duration::MAX)),
+            Err(e) => known(Duration::MAX).map(Some).ok_or(e),
         }
     }
 

@@ -72,6 +72,32 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ChunkError::Invalid(format!("worker task failed: {e}")))?
 }
 
+/// A token holder, with the keys to check its capabilities; `None`: unrestricted.
+type Restricted = Option<(
+    std::sync::Arc<meridian_proto::token::Claims>,
+    std::sync::Arc<meridian_proto::token::TokenKeys>,
+)>;
+
+fn restricted<T>(request: &Request<T>) -> Result<Restricted, Status> {
+    match meridian_proto::token::caller(request)? {
+        meridian_proto::token::Caller::Unrestricted => Ok(None),
+        meridian_proto::token::Caller::Token(c) => {
+            Ok(meridian_proto::token::keys().map(|k| (c, k)))
+        }
+    }
+}
+
+/// Refuses token holders: `what` is for the deployment's servers and operators.
+fn servers_only<T>(request: &Request<T>, what: &str) -> Result<(), Status> {
+    match restricted(request)? {
+        None => Ok(()),
+        Some((claims, _)) => Err(Status::permission_denied(format!(
+            "{what}: for servers and admins, not for the token of {:?}",
+            claims.subject
+        ))),
+    }
+}
+
 fn block_id(bytes: &[u8]) -> Result<BlockId, Status> {
     BlockId::from_slice(bytes).map_err(|e| Status::invalid_argument(e.to_string()))
 }
@@ -213,6 +239,7 @@ impl ChunkService for ChunkNode {
         &self,
         request: Request<Streaming<PutRequest>>,
     ) -> Result<Response<PutResponse>, Status> {
+        let restricted = restricted(&request)?;
         let mut stream = request.into_inner();
         let header = match wire::next(&mut stream).await {
             Some(Ok(PutRequest {
@@ -231,6 +258,14 @@ impl ChunkService for ChunkNode {
         }
         let role = PutRole::try_from(header.role)
             .map_err(|_| Status::invalid_argument(format!("unknown put role {}", header.role)))?;
+        if let Some((claims, _)) = &restricted {
+            if role != PutRole::Coordinator || header.origin_region != 0 {
+                return Err(Status::permission_denied(format!(
+                    "block {id}: replica puts and shipments are for chunkservers"
+                )));
+            }
+            self.check_grant(claims, header.volume, true, &id).await?;
+        }
         // Where the block may live is this region's knowledge of its volume's policy, not
         // the sender's word.
         if header.origin_region != 0
@@ -291,6 +326,7 @@ impl ChunkService for ChunkNode {
                 stored_on: vec![self.id.0],
                 degraded: false,
                 already_present,
+                cap: Bytes::new(),
             }));
         }
         // Verify before anything touches the disk or the network: a mismatch changes nothing.
@@ -346,14 +382,22 @@ impl ChunkService for ChunkNode {
             stored_on: stored_on.iter().map(|n| n.0).collect(),
             degraded,
             already_present,
+            cap: restricted
+                .map(|(_, keys)| Bytes::copy_from_slice(&keys.cap(&id, header.volume)))
+                .unwrap_or_default(),
         }))
     }
 
     type GetStream = tokio_stream::Iter<std::vec::IntoIter<Result<GetResponse, Status>>>;
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+        let restricted = restricted(&request)?;
         let req = request.into_inner();
         let id = block_id(&req.block_id)?;
+        if let Some((claims, keys)) = &restricted {
+            self.check_get(claims, keys, &id, req.volume, &req.cap)
+                .await?;
+        }
         if req.volume != 0 {
             self.residency
                 .check(req.volume, &format!("block {id}"))
@@ -461,6 +505,7 @@ impl ChunkService for ChunkNode {
     }
 
     async fn has(&self, request: Request<HasRequest>) -> Result<Response<HasResponse>, Status> {
+        servers_only(&request, "which blocks a node holds")?;
         let req = request.into_inner();
         if req.block_ids.len() > MAX_HAS_IDS {
             return Err(Status::invalid_argument(format!(
@@ -503,6 +548,7 @@ impl ChunkService for ChunkNode {
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        servers_only(&request, "facts about stored blocks")?;
         let id = block_id(&request.into_inner().block_id)?;
         let store = self.store.clone();
         let st = blocking(move || store.stat(&id)).await?;

@@ -159,11 +159,13 @@ impl BlockClient {
     fn rpc(
         &self,
         node: &NodeInfo,
-    ) -> Result<ChunkServiceClient<tonic::transport::Channel>, String> {
+    ) -> Result<ChunkServiceClient<meridian_proto::channels::Authed>, String> {
         let channel = self.pool.get(&node.address).map_err(|e| e.to_string())?;
-        Ok(ChunkServiceClient::new(channel)
-            .max_decoding_message_size(2 * wire::CHUNK_LEN)
-            .max_encoding_message_size(2 * wire::CHUNK_LEN))
+        Ok(
+            ChunkServiceClient::new(meridian_proto::channels::authed(channel))
+                .max_decoding_message_size(2 * wire::CHUNK_LEN)
+                .max_encoding_message_size(2 * wire::CHUNK_LEN),
+        )
     }
 
     /// Stores `block` with `replicas` copies (failing below `min_copies`), through the first
@@ -217,6 +219,9 @@ impl BlockClient {
             {
                 Ok(resp) => {
                     let resp = resp.into_inner();
+                    if !resp.cap.is_empty() {
+                        crate::caps::record(block.id, volume, &resp.cap);
+                    }
                     return Ok(PutReceipt {
                         id: block.id,
                         stored_on: resp.stored_on.into_iter().map(NodeId).collect(),
@@ -344,8 +349,13 @@ impl BlockClient {
     async fn call_get(
         &self,
         node: &NodeInfo,
-        request: GetRequest,
+        mut request: GetRequest,
     ) -> Result<(GetHeader, Bytes), String> {
+        if crate::caps::in_use()
+            && let Ok(id) = BlockId::from_slice(&request.block_id)
+        {
+            request.cap = crate::caps::get(&id, request.volume);
+        }
         let status = |s: tonic::Status| format!("{} ({:?})", s.message(), s.code());
         let mut stream = self
             .rpc(node)?

@@ -5,6 +5,7 @@
 
 pub mod blocks;
 pub mod cache;
+pub mod caps;
 pub mod dirty;
 pub mod fs;
 #[cfg(feature = "fuse")]

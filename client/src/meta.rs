@@ -18,7 +18,6 @@ use meridian_proto::pb::meta::{
 use meridian_proto::{ClusterMap, InodeId, NodeInfo};
 use std::sync::Arc;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
@@ -149,7 +148,7 @@ impl MetaClient {
     /// Calls `f` against one member after another until one answers or time runs out.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, MetaError>
     where
-        F: Fn(MetaServiceClient<Channel>) -> Fut,
+        F: Fn(MetaServiceClient<meridian_proto::channels::Authed>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         if self.addrs.is_empty() {
@@ -275,6 +274,9 @@ impl MetaClient {
                 async move { c.query(req).await.map(|r| self.led(r)) }
             })
             .await?;
+        if !resp.caps.is_empty() {
+            crate::caps::record_all(&resp.caps);
+        }
         let outcome: Result<QueryReply, NsError> = serde_json::from_slice(&resp.outcome)
             .map_err(|e| MetaError::Server(format!("undecodable reply: {e}")))?;
         Ok(outcome?)

@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use meridian_proto::RegionId;
 use meridian_proto::ns::{NsError, Op, QueryReply, Reply};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
@@ -22,6 +23,9 @@ use tonic::{Response, Status};
 use tracing::warn;
 
 use crate::service::{MetaNode, json};
+
+/// A client's token header, sent on with the call made for it.
+type Token = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
 /// How long a forwarded change may take to be answered by the home region, tries
 /// included; past it, the change is refused.
@@ -131,7 +135,7 @@ impl MetaNode {
         call: F,
     ) -> Result<AtHome<T>, Status>
     where
-        F: Fn(MetaServiceClient<tonic::transport::Channel>, Duration) -> Fut,
+        F: Fn(MetaServiceClient<meridian_proto::channels::Authed>, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let started = Instant::now();
@@ -195,6 +199,7 @@ impl MetaNode {
         &self,
         op: &Op,
         mut req: MutateRequest,
+        token: Option<Token>,
     ) -> Result<Forward, Status> {
         let own = self.shared.region;
         if req.from_region != 0 {
@@ -211,6 +216,10 @@ impl MetaNode {
                 |mut client, limit| {
                     let mut call = tonic::Request::new(req.clone());
                     call.set_timeout(limit);
+                    if let Some(t) = &token {
+                        call.metadata_mut()
+                            .insert(meridian_proto::token::HEADER, t.clone());
+                    }
                     async move { client.mutate(call).await.map(|r| r.into_inner()) }
                 },
             )
@@ -251,6 +260,7 @@ impl MetaNode {
         &self,
         volume: u32,
         mut req: QueryRequest,
+        token: Option<Token>,
     ) -> Result<Option<Response<QueryResponse>>, Status> {
         let own = self.shared.region;
         req.from_region = u32::from(own.0);
@@ -261,6 +271,10 @@ impl MetaNode {
                 |mut client, limit| {
                     let mut call = tonic::Request::new(req.clone());
                     call.set_timeout(limit);
+                    if let Some(t) = &token {
+                        call.metadata_mut()
+                            .insert(meridian_proto::token::HEADER, t.clone());
+                    }
                     async move { client.query(call).await.map(|r| r.into_inner()) }
                 },
             )
@@ -288,6 +302,7 @@ impl MetaNode {
         )));
         Ok(Some(Response::new(QueryResponse {
             outcome: json(&outcome),
+            caps: Bytes::new(),
         })))
     }
 

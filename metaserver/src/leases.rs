@@ -179,12 +179,15 @@ impl MetaNode {
         }
         if !self.is_leader() {
             let (mut leader, addr) = self.leader_client(&request)?;
-            return naming(
-                leader
-                    .write_back(MetaNode::mark(request.into_inner()))
-                    .await,
-                &addr,
-            );
+            return naming(leader.write_back(MetaNode::forward(request)).await, &addr);
+        }
+        if let Some((claims, _)) = crate::tokens::restricted(&request)?
+            && let crate::tokens::Checked::Missing(ino) =
+                self.check_write_back(&claims, &queued, r.reserve)?
+        {
+            return Err(Status::failed_precondition(format!(
+                "a write-back names inode {ino}, which the leader does not hold"
+            )));
         }
         let client = r.client_id;
         let cmds = queued
@@ -233,12 +236,7 @@ impl MetaNode {
             Err(Some(status)) => Err(status),
             Err(None) => {
                 let (mut leader, addr) = self.leader_client(&request)?;
-                naming(
-                    leader
-                        .write_back(MetaNode::mark(request.into_inner()))
-                        .await,
-                    &addr,
-                )
+                naming(leader.write_back(MetaNode::forward(request)).await, &addr)
             }
         }
     }

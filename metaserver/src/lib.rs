@@ -14,6 +14,7 @@ pub mod raft;
 pub mod regions;
 pub mod server;
 pub mod service;
+pub mod tokens;
 pub mod watch;
 
 pub use config::MetaConfig;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_proto::channels::ChannelPool;
-use meridian_proto::ns::{Attr, Command, NsError, Op, Query, QueryReply, Timespec};
+use meridian_proto::ns::{Attr, Command, NsError, Op, Query, QueryReply, Reply, Timespec};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::meta_service_server::MetaService;
 use meridian_proto::pb::meta::*;
@@ -27,6 +27,7 @@ use crate::namespace::NsReader;
 use crate::raft::state_machine::Shared;
 use crate::raft::{ClusterCmd, MetaRaft, Request as RaftRequest, Response as RaftResponse};
 use crate::regions::Regions;
+use crate::tokens::Checked;
 
 /// Metadata key marking a request a follower already forwarded (never forwarded twice).
 const FORWARDED: &str = "x-meridian-forwarded";
@@ -127,6 +128,17 @@ impl MetaNode {
         }
         let ch = self.pool.get(&addr).map_err(unavailable)?;
         Ok((MetaServiceClient::new(ch), addr))
+    }
+
+    /// `request` as sent on to another member: marked forwarded, with the token it came
+    /// with (so that the member deciding decides for the token's holder, not for this one).
+    pub(crate) fn forward<T>(request: Request<T>) -> Request<T> {
+        let token = crate::tokens::token_header(&request);
+        let mut r = Self::mark(request.into_inner());
+        if let Some(v) = token {
+            r.metadata_mut().insert(meridian_proto::token::HEADER, v);
+        }
+        r
     }
 
     pub(crate) fn mark<T>(inner: T) -> Request<T> {
@@ -340,6 +352,31 @@ impl MetaService for MetaApi {
     ) -> Result<Response<MutateResponse>, Status> {
         metrics::counter!("meridian_meta_mutations_total").increment(1);
         let op: Op = decode(&request.get_ref().op, "operation")?;
+        if let Some((claims, _)) = crate::tokens::restricted(&request)?
+            && let Checked::Missing(ino) = self.check_op(&claims, &op)?
+        {
+            // Not held here: decided where it is (the home region, else the leader).
+            let req = request.get_ref();
+            if req.from_region == 0
+                && self.volume_home_elsewhere(req.volume)?.is_some()
+                && let Forward::Answered(r) = self
+                    .forward_home(&op, req.clone(), crate::tokens::token_header(&request))
+                    .await?
+            {
+                return Ok(r);
+            }
+            if !self.is_leader() {
+                let (mut leader, addr) = self.leader_client(&request)?;
+                return naming(leader.mutate(MetaNode::forward(request)).await, &addr);
+            }
+            let outcome: Result<Reply, NsError> = Err(NsError::NotFound(format!("inode {ino}")));
+            return Ok(Response::new(MutateResponse {
+                outcome: json(&outcome),
+                log_index: 0,
+                dirs: Bytes::new(),
+                change_seq: 0,
+            }));
+        }
         if let Op::CloneVolume {
             source,
             name,
@@ -349,10 +386,7 @@ impl MetaService for MetaApi {
             // A copy is made here, in steps, whatever regions its source lives in.
             if !self.is_leader() {
                 let (mut leader, addr) = self.leader_client(&request)?;
-                return naming(
-                    leader.mutate(MetaNode::mark(request.into_inner())).await,
-                    &addr,
-                );
+                return naming(leader.mutate(MetaNode::forward(request)).await, &addr);
             }
             let outcome =
                 crate::copy::copy_volume(self.0.clone(), source, name, *read_only).await?;
@@ -378,7 +412,10 @@ impl MetaService for MetaApi {
                     self.shared.region.0, home.0
                 )));
             }
-            if let Forward::Answered(r) = self.forward_home(&op, req.clone()).await? {
+            if let Forward::Answered(r) = self
+                .forward_home(&op, req.clone(), crate::tokens::token_header(&request))
+                .await?
+            {
                 return Ok(r);
             }
             // This region became the home meanwhile: the change is made here.
@@ -390,10 +427,7 @@ impl MetaService for MetaApi {
         if leased {
             if !self.is_leader() {
                 let (mut leader, addr) = self.leader_client(&request)?;
-                return naming(
-                    leader.mutate(MetaNode::mark(request.into_inner())).await,
-                    &addr,
-                );
+                return naming(leader.mutate(MetaNode::forward(request)).await, &addr);
             }
             self.await_leases(req.client_id, &touched).await?;
         }
@@ -408,8 +442,13 @@ impl MetaService for MetaApi {
                     if forwarded {
                         return Err(Status::unavailable("the volume's home moved: try again"));
                     }
-                    if let Forward::Answered(r) =
-                        self.forward_home(&op, request.get_ref().clone()).await?
+                    if let Forward::Answered(r) = self
+                        .forward_home(
+                            &op,
+                            request.get_ref().clone(),
+                            crate::tokens::token_header(&request),
+                        )
+                        .await?
                     {
                         return Ok(r);
                     }
@@ -467,10 +506,7 @@ impl MetaService for MetaApi {
             Err(Some(status)) => Err(status),
             Err(None) => {
                 let (mut leader, addr) = self.leader_client(&request)?;
-                naming(
-                    leader.mutate(MetaNode::mark(request.into_inner())).await,
-                    &addr,
-                )
+                naming(leader.mutate(MetaNode::forward(request)).await, &addr)
             }
         }
     }
@@ -481,6 +517,11 @@ impl MetaService for MetaApi {
     ) -> Result<Response<QueryResponse>, Status> {
         metrics::counter!("meridian_meta_queries_total").increment(1);
         let query: Query = decode(&request.get_ref().query, "query")?;
+        let restricted = crate::tokens::restricted(&request)?;
+        if let Some((claims, _)) = &restricted {
+            // Refused early when this member can tell (before any lease is recalled for it).
+            self.check_query(claims, &query)?;
+        }
         let client = request.get_ref().client;
         let (linearizable, volume) = (request.get_ref().linearizable, request.get_ref().volume);
         if linearizable && self.volume_home_elsewhere(volume)?.is_some() {
@@ -493,7 +534,11 @@ impl MetaService for MetaApi {
             }
             // Answered as of now by the home (a read index there).
             if let Some(answer) = self
-                .query_at_home(volume, request.get_ref().clone())
+                .query_at_home(
+                    volume,
+                    request.get_ref().clone(),
+                    crate::tokens::token_header(&request),
+                )
                 .await?
             {
                 return Ok(answer);
@@ -506,10 +551,7 @@ impl MetaService for MetaApi {
             // Another client's leased directory: recalled first, by the leader.
             if !self.is_leader() {
                 let (mut leader, addr) = self.leader_client(&request)?;
-                return naming(
-                    leader.query(MetaNode::mark(request.into_inner())).await,
-                    &addr,
-                );
+                return naming(leader.query(MetaNode::forward(request)).await, &addr);
             }
             self.await_leases(client, &[dir]).await?;
         }
@@ -521,14 +563,27 @@ impl MetaService for MetaApi {
                 return Err(unavailable(e));
             }
             let (mut leader, addr) = self.leader_client(&request)?;
-            return naming(
-                leader.query(MetaNode::mark(request.into_inner())).await,
-                &addr,
-            );
+            return naming(leader.query(MetaNode::forward(request)).await, &addr);
         }
-        let outcome: Result<_, NsError> = self.read(|r| r.query(&query))?;
+        let (outcome, caps) = match &restricted {
+            None => (self.read(|r| r.query(&query))?, Bytes::new()),
+            Some((claims, keys)) => match self.check_query(claims, &query)? {
+                Checked::Missing(ino) => {
+                    (Err(NsError::NotFound(format!("inode {ino}"))), Bytes::new())
+                }
+                Checked::Granted(volume) => {
+                    let outcome =
+                        crate::tokens::filter_reply(claims, self.read(|r| r.query(&query))?);
+                    let caps = volume
+                        .map(|v| crate::tokens::caps(keys, v, &outcome))
+                        .unwrap_or_default();
+                    (outcome, caps)
+                }
+            },
+        };
         Ok(Response::new(QueryResponse {
             outcome: json(&outcome),
+            caps,
         }))
     }
 
@@ -575,7 +630,7 @@ impl MetaService for MetaApi {
             None => {
                 let (mut leader, _) = self.leader_client(&request)?;
                 leader
-                    .register_chunkserver(MetaNode::mark(request.into_inner()))
+                    .register_chunkserver(MetaNode::forward(request))
                     .await
             }
         }
@@ -605,9 +660,7 @@ impl MetaService for MetaApi {
             }
             None => {
                 let (mut leader, _) = self.leader_client(&request)?;
-                leader
-                    .set_node_state(MetaNode::mark(request.into_inner()))
-                    .await
+                leader.set_node_state(MetaNode::forward(request)).await
             }
         }
     }
@@ -619,7 +672,7 @@ impl MetaService for MetaApi {
         tls::require_role(&request, &[tls::CHUNK, tls::META])?;
         if !self.raft.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
-            return leader.heartbeat(MetaNode::mark(request.into_inner())).await;
+            return leader.heartbeat(MetaNode::forward(request)).await;
         }
         let id = NodeId(request.get_ref().id);
         let map = self.shared.map.borrow().clone();
@@ -676,9 +729,7 @@ impl MetaService for MetaApi {
         tls::require_role(&request, &[tls::ADMIN, tls::META])?;
         if !self.raft.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
-            return leader
-                .add_member(MetaNode::mark(request.into_inner()))
-                .await;
+            return leader.add_member(MetaNode::forward(request)).await;
         }
         let r = request.into_inner();
         if r.id == 0 || r.address.is_empty() {
@@ -707,9 +758,7 @@ impl MetaService for MetaApi {
         tls::require_role(&request, &[tls::ADMIN, tls::META])?;
         if !self.raft.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
-            return leader
-                .remove_member(MetaNode::mark(request.into_inner()))
-                .await;
+            return leader.remove_member(MetaNode::forward(request)).await;
         }
         let id = request.into_inner().id;
         info!(member = id, "removing member");
@@ -797,9 +846,7 @@ impl MetaService for MetaApi {
         tls::require_role(&request, &[tls::META])?;
         if !self.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
-            return leader
-                .pull_changes(MetaNode::mark(request.into_inner()))
-                .await;
+            return leader.pull_changes(MetaNode::forward(request)).await;
         }
         let r = request.into_inner();
         let to = u16::try_from(r.region)
@@ -863,14 +910,14 @@ impl MetaService for MetaApi {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<WatchResponse>, Status> {
+        if let Some((claims, _)) = crate::tokens::restricted(&request)? {
+            self.check_volume(&claims, request.get_ref().volume)?;
+        }
         // Only a leader within its lease answers: a member cut off from the others would
         // answer "nothing changed" while the others go on changing things.
         if !self.lease_valid().await {
             let (mut leader, addr) = self.leader_client(&request)?;
-            return naming(
-                leader.watch(MetaNode::mark(request.into_inner())).await,
-                &addr,
-            );
+            return naming(leader.watch(MetaNode::forward(request)).await, &addr);
         }
         let r = request.into_inner();
         let deadline = Instant::now() + Duration::from_millis(u64::from(r.wait_ms).min(10_000));
@@ -938,9 +985,7 @@ impl MetaService for MetaApi {
     ) -> Result<Response<RegionStatusResponse>, Status> {
         if !self.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
-            return leader
-                .region_status(MetaNode::mark(request.into_inner()))
-                .await;
+            return leader.region_status(MetaNode::forward(request)).await;
         }
         let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
         let mut status =
@@ -958,9 +1003,7 @@ impl MetaService for MetaApi {
         tls::require_role(&request, &[tls::META])?;
         if !self.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
-            return leader
-                .volume_image(MetaNode::mark(request.into_inner()))
-                .await;
+            return leader.volume_image(MetaNode::forward(request)).await;
         }
         crate::backfill::serve_image(self, request.into_inner())
             .await

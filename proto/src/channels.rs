@@ -23,11 +23,27 @@ pub const MAX_FRAME: u32 = 1 << 20;
 /// and server of them.
 pub const META_MESSAGE_LIMIT: usize = 64 << 20;
 
-/// A client of a metaserver's metadata service over `ch`, with its message limits.
-pub fn meta_client(
-    ch: Channel,
-) -> crate::pb::meta::meta_service_client::MetaServiceClient<Channel> {
-    crate::pb::meta::meta_service_client::MetaServiceClient::new(ch)
+/// A channel whose requests carry this process's volume access token, if it has one
+/// ([`crate::token::install_client_token`]; servers have none).
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Interceptor>;
+
+/// The interceptor of [`Authed`] channels.
+pub type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+fn add_token(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    crate::token::authorize(&mut r);
+    Ok(r)
+}
+
+/// `ch`, with this process's volume access token on every request.
+pub fn authed(ch: Channel) -> Authed {
+    Authed::new(ch, add_token as Interceptor)
+}
+
+/// A client of a metaserver's metadata service over `ch`, with its message limits and
+/// this process's token.
+pub fn meta_client(ch: Channel) -> crate::pb::meta::meta_service_client::MetaServiceClient<Authed> {
+    crate::pb::meta::meta_service_client::MetaServiceClient::new(authed(ch))
         .max_decoding_message_size(META_MESSAGE_LIMIT)
         .max_encoding_message_size(META_MESSAGE_LIMIT)
 }

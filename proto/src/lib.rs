@@ -16,6 +16,7 @@ pub mod range_wire;
 pub mod recent;
 pub mod tls;
 pub mod tls_incoming;
+pub mod token;
 pub mod tree;
 pub mod wire;
 

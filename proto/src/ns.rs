@@ -795,6 +795,45 @@ impl Op {
     }
 }
 
+impl Op {
+    /// Every inode the operation names (none for a volume-level one): whoever may change
+    /// them all may make it.
+    pub fn inodes(&self) -> Vec<InodeId> {
+        match self {
+            Op::CreateVolume { .. }
+            | Op::DeleteVolume { .. }
+            | Op::CloneVolume { .. }
+            | Op::SetVolumeQuota { .. }
+            | Op::SetVolumeRegions { .. }
+            | Op::SetVolumeHome { .. } => Vec::new(),
+            Op::Mknod { parent, .. }
+            | Op::Symlink { parent, .. }
+            | Op::Unlink { parent, .. }
+            | Op::Rmdir { parent, .. } => vec![*parent],
+            Op::Link {
+                ino, new_parent, ..
+            } => vec![*ino, *new_parent],
+            Op::Rename {
+                parent, new_parent, ..
+            } => vec![*parent, *new_parent],
+            Op::SetAttr { ino, .. }
+            | Op::SetXattr { ino, .. }
+            | Op::RemoveXattr { ino, .. }
+            | Op::CommitExtents { ino, .. }
+            | Op::PunchHole { ino, .. }
+            | Op::Accessed { ino }
+            | Op::Compact { ino, .. } => vec![*ino],
+            Op::CopyRange { src, dst, .. } => vec![*src, *dst],
+            Op::AccessedBatch { inos } => inos.clone(),
+        }
+    }
+
+    /// Whether a reader may make it: recording that a read happened (atime).
+    pub fn is_read_side_effect(&self) -> bool {
+        matches!(self, Op::Accessed { .. } | Op::AccessedBatch { .. })
+    }
+}
+
 /// The most inodes one [`Op::AccessedBatch`] names.
 pub const ACCESSED_BATCH_MAX: usize = 1024;
 

@@ -194,7 +194,7 @@ fn new_folder(dir: &Path) -> Result<()> {
     fs::create_dir(dir).with_context(|| format!("{}: must be a new folder", dir.display()))
 }
 
-fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

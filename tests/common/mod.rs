@@ -17,6 +17,7 @@ use tempfile::TempDir;
 pub mod linearizability;
 pub mod mesh;
 pub mod pair;
+pub mod tls;
 
 /// The binary under test, exactly as a user runs it.
 pub const MERIDIAN: &str = env!("CARGO_BIN_EXE_meridian");

@@ -144,14 +144,22 @@ impl FileSystem {
                 // A small read away from where this handle read last: only the groups
                 // covering it, verified against the block id, not the whole block.
                 None if !sequential && n as u64 <= RANGE_READ_MAX => {
-                    let part = self.block_range(&e, from as u64, n as u64).await?;
+                    let part = match self.block_range(&e, from as u64, n as u64).await {
+                        Err(_) if self.renew_cap(ino, &e).await => {
+                            self.block_range(&e, from as u64, n as u64).await?
+                        }
+                        other => other?,
+                    };
                     if part.len() != n {
                         return Err(libc_errno::EIO);
                     }
                     dst.copy_from_slice(&part);
                     continue;
                 }
-                None => self.block(&e).await?,
+                None => match self.block(&e).await {
+                    Err(_) if self.renew_cap(ino, &e).await => self.block(&e).await?,
+                    other => other?,
+                },
             };
             let src = block.get(from..from + n).ok_or(libc_errno::EIO)?;
             dst.copy_from_slice(src);
@@ -249,6 +257,21 @@ impl FileSystem {
             windows: BTreeMap::from([(start, (end, Arc::new(extents)))]),
         };
         Ok((attr, view))
+    }
+
+    /// After a failed read of `e`'s block: when this client runs with a token and holds no
+    /// capability for the block (dropped, or never given), asks for the extent again, which
+    /// brings one. Whether the read is worth trying again.
+    async fn renew_cap(&self, ino: InodeId, e: &Extent) -> bool {
+        if !crate::caps::in_use() || !crate::caps::get(&e.block, self.volume.id).is_empty() {
+            return false;
+        }
+        let asked = Query::Extents {
+            ino,
+            offset: e.offset,
+            len: e.len,
+        };
+        self.query(asked).await.is_ok() && !crate::caps::get(&e.block, self.volume.id).is_empty()
     }
 
     /// `[from, from + len)` of an extent's block, verified by range against its id.

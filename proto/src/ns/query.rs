@@ -119,6 +119,27 @@ pub enum Query {
 }
 
 impl Query {
+    /// The inode the query reads, for the queries that read one (the others read volumes,
+    /// or the region's bookkeeping).
+    pub fn inode(&self) -> Option<InodeId> {
+        match self {
+            Query::Lookup { parent, .. } => Some(*parent),
+            Query::GetAttr { ino }
+            | Query::ReadDir { ino, .. }
+            | Query::ReadLink { ino }
+            | Query::GetXattr { ino, .. }
+            | Query::ListXattr { ino, .. }
+            | Query::View { ino, .. }
+            | Query::Extents { ino, .. } => Some(*ino),
+            Query::Volume { .. }
+            | Query::Volumes
+            | Query::Conflicts { .. }
+            | Query::Changes { .. }
+            | Query::BlockRefs { .. }
+            | Query::Check { .. } => None,
+        }
+    }
+
     /// The inode whose entries or attributes this reads, where another client's change of
     /// a directory's entries would show (a leased directory is recalled first).
     pub fn reads_dir(&self) -> Option<InodeId> {
