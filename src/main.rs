@@ -169,6 +169,10 @@ struct ChunkArgs {
     /// Requests of one client handled at once (default 64); more wait in its own queue.
     #[arg(long)]
     max_requests_per_client: Option<usize>,
+    /// How long a client's request may take, its wait for a share included, before it is
+    /// answered DEADLINE_EXCEEDED (default 60000).
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
 }
 
 /// Parses `A=B` (a route ADDR=VIA, a proxy forward LISTEN=TARGET).
@@ -215,7 +219,8 @@ impl ChunkArgs {
             ship_replica_delay_ms,
             range_port,
             max_requests,
-            max_requests_per_client
+            max_requests_per_client,
+            request_timeout_ms
         );
         set_opt!(
             cluster_map,
@@ -306,6 +311,10 @@ struct MetaArgs {
     /// Requests of one client handled at once (default 64); more wait in its own queue.
     #[arg(long)]
     max_requests_per_client: Option<usize>,
+    /// How long a client's request may take, its wait for a share included, before it is
+    /// answered DEADLINE_EXCEEDED (default 60000).
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
 }
 
 impl MetaArgs {
@@ -336,7 +345,8 @@ impl MetaArgs {
             peer_unreachable_after_ms,
             copy_pause_ms,
             max_requests,
-            max_requests_per_client
+            max_requests_per_client,
+            request_timeout_ms
         );
         if !self.peers.is_empty() {
             c.peers = self.peers;

@@ -1166,3 +1166,100 @@ async fn mounts_the_mounter_started_outlive_the_plugin_and_everything_it_started
     )?;
     Ok(())
 }
+
+/// The node plugin on a region that checks volume access tokens: a volume's node-stage
+/// secret gives its mount the token (kept 0600 beside the plugin's record, forgotten at
+/// unstage); a token for another volume, a malformed one, or none at all stages nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_stage_mounts_with_the_token_of_the_volume_secret() -> Result<()> {
+    use common::tls::{ROLES, deployment, meridian, ok, tls_region_with};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let certs = deployment(dir.path(), "ca", &ROLES)?;
+    let key = dir.path().join("token.key");
+    ok(meridian(
+        None,
+        &["admin", "token", "key", "--out", key.to_str().unwrap()],
+    )?)?;
+    let (_meta, _chunks, addrs) =
+        tls_region_with(1, &certs, &["--token-key", key.to_str().unwrap()])?;
+    let issue = |volume: &str| -> Result<String> {
+        let args = [
+            "admin",
+            "token",
+            "issue",
+            "--key",
+            key.to_str().unwrap(),
+            "--subject",
+            "csi-test",
+            "--volume",
+            volume,
+        ];
+        Ok(ok(meridian(None, &args)?)?.trim().to_string())
+    };
+    for v in ["pvc-x", "pvc-y"] {
+        ok(meridian(
+            Some(&certs[3]),
+            &["admin", "volume-create", "--meta", &addrs, v],
+        )?)?;
+    }
+    let tx = issue("pvc-x")?;
+    let csi = Csi::start_with(
+        &dir.path().join("csi"),
+        &addrs,
+        &["--tls", certs[2].to_str().unwrap()],
+    )?;
+    let mut node = NodeClient::new(csi.channel().await?);
+    let stage = |volume: &str, at: &str, token: Option<&str>| {
+        let mut req = stage_req(volume, &csi.root.join("plugins/staging").join(at));
+        if let Some(t) = token {
+            req.secrets.insert("token".into(), t.into());
+        }
+        req
+    };
+
+    let staging = csi.root.join("plugins/staging/x");
+    node.node_stage_volume(stage("pvc-x", "x", Some(&tx)))
+        .await?;
+    assert!(is_mount_point(&staging), "nothing mounted at the staging path");
+    fs::write(staging.join("hello"), b"through the volume's token")?;
+    assert_eq!(
+        fs::read(staging.join("hello"))?,
+        b"through the volume's token"
+    );
+    let kept: Vec<PathBuf> = fs::read_dir(dir.path().join("csi/state/staged"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "token"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(fs::metadata(&kept[0])?.permissions().mode() & 0o777, 0o600);
+
+    // x's token stages nothing else; a malformed token or none stages nothing.
+    assert!(
+        node.node_stage_volume(stage("pvc-y", "y", Some(&tx)))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        code(
+            node.node_stage_volume(stage("pvc-y", "y2", Some("not-a-token")))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert!(
+        node.node_stage_volume(stage("pvc-x", "x2", None))
+            .await
+            .is_err()
+    );
+    assert!(!is_mount_point(&csi.root.join("plugins/staging/y")));
+
+    node.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: "pvc-x".into(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await?;
+    assert!(!kept[0].exists(), "the token outlived its mount");
+    Ok(())
+}

@@ -107,3 +107,70 @@ fn a_client_over_its_share_waits_and_the_others_are_served() -> Result<()> {
     settles("nothing waiting", "meridian_client_requests_waiting", 0.0)?;
     Ok(())
 }
+
+#[test]
+fn a_client_request_not_answered_in_time_is_cut_with_deadline_exceeded() -> Result<()> {
+    let meta = MetaCluster::start(1, &[])?;
+    let metrics = free_addr()?;
+    let chunk = ServerProc::start(
+        "chunk",
+        1,
+        meta.dir.path(),
+        vec![
+            "--zone".into(),
+            "a".into(),
+            "--meta".into(),
+            meta.addrs().join(","),
+            "--max-requests-per-client".into(),
+            "1".into(),
+            "--request-timeout-ms".into(),
+            "1500".into(),
+            "--metrics-listen".into(),
+            metrics.clone(),
+        ],
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let ch = rt
+        .block_on(meridian_proto::channels::connect(&chunk.addr))
+        .map_err(anyhow::Error::msg)?;
+    let client = ChunkServiceClient::new(ch);
+    // An upload that never sends its block holds the client's whole share (one), and a
+    // request waits behind it: the upload is cut at the timeout, which frees the share.
+    let mut stalled = client.clone();
+    let upload = rt.spawn(async move {
+        stalled
+            .put(futures::stream::pending::<PutRequest>())
+            .await
+            .map(|_| ())
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "the stalled upload running",
+        || (gauge(&metrics, "meridian_client_requests_running")? == 1.0).then_some(()),
+    )?;
+    let mut queued = client.clone();
+    let behind = rt.spawn(async move { queued.node_status(NodeStatusRequest {}).await });
+    wait_for(Duration::from_secs(30), "the request waiting", || {
+        (gauge(&metrics, "meridian_client_requests_waiting")? == 1.0).then_some(())
+    })?;
+    let answer = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), upload).await })
+        .context("the stalled upload was never answered")??;
+    let code = answer.err().map(|s| s.code());
+    anyhow::ensure!(
+        code == Some(tonic::Code::DeadlineExceeded),
+        "the stalled upload: {code:?}, expected DEADLINE_EXCEEDED"
+    );
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), behind).await })
+        .context("the request behind the upload stayed queued after it was cut")???;
+    wait_for(Duration::from_secs(30), "nothing running", || {
+        (gauge(&metrics, "meridian_client_requests_running")? == 0.0).then_some(())
+    })?;
+    // The client's share is free again: a quick request is answered as usual.
+    let mut c = client.clone();
+    rt.block_on(c.node_status(NodeStatusRequest {}))?;
+    Ok(())
+}

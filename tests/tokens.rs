@@ -14,7 +14,7 @@ use bytes::Bytes;
 use common::tls::*;
 use common::*;
 use meridian_proto::InodeId;
-use meridian_proto::ns::{Creds, FileKind, NsError, Op, Query, QueryReply};
+use meridian_proto::ns::{Creds, Extent, FileKind, NsError, Op, Query, QueryReply};
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::chunk::{
     GetRequest, HasRequest, PutHeader, PutRequest, PutRole, put_request,
@@ -72,10 +72,21 @@ impl Caller<'_> {
         token: Option<&str>,
         op: &Op,
     ) -> Result<Result<serde_json::Value, NsError>, Code> {
+        self.mutate_with(token, op, Bytes::new())
+    }
+
+    /// A change carrying block capabilities `caps`.
+    fn mutate_with(
+        &self,
+        token: Option<&str>,
+        op: &Op,
+        caps: Bytes,
+    ) -> Result<Result<serde_json::Value, NsError>, Code> {
         let req = MutateRequest {
             op: serde_json::to_vec(op).unwrap().into(),
             client_id: 77,
             request_id: rand_id(),
+            caps,
             ..Default::default()
         };
         self.rt.block_on(async {
@@ -482,6 +493,46 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
         meridian_proto::token::CAP_LEN,
         "a put handed back no capability"
     );
+    // A commit adds to a file only blocks its token holder put or was shown there: not
+    // y's block, whatever capability comes with it; x's own new block, with the put's.
+    let x_file = lookup(&c, Some(&tx), xv.root, "mine").map_err(anyhow::Error::msg)?;
+    let commit = |block: meridian_proto::BlockId, block_len: u32| Op::CommitExtents {
+        ino: x_file,
+        extents: vec![Extent {
+            offset: 0,
+            len: 10,
+            block,
+            block_offset: 0,
+            block_len,
+        }],
+        size: 10,
+        base_version: None,
+        creds: Creds::root(),
+    };
+    let record = |block: &meridian_proto::BlockId, volume: u32, cap: &[u8]| {
+        Bytes::from([block.as_bytes(), &volume.to_le_bytes()[..], cap].concat())
+    };
+    let planted = commit(y_block, 4 << 20);
+    for (caps, why) in [
+        (Bytes::new(), "no capability"),
+        (record(&y_block, yv.id, y_cap), "y's capability"),
+        (
+            record(&y_block, xv.id, y_cap),
+            "y's capability, said to be x's",
+        ),
+        (record(&y_block, xv.id, &[7; 16]), "a forged capability"),
+    ] {
+        assert_eq!(
+            c.mutate_with(Some(&tx), &planted, caps).map(|_| ()),
+            Err(Code::PermissionDenied),
+            "a commit of y's block into x with {why}"
+        );
+    }
+    let own = meridian_proto::BlockId::of(&[4u8; 1000]);
+    assert!(matches!(
+        c.mutate_with(Some(&tx), &commit(own, 1000), record(&own, xv.id, &cap)),
+        Ok(Ok(_))
+    ));
     // A read-only token changes nothing, and x's token does what it grants.
     assert_eq!(
         c.mutate(Some(&tx_ro), &mknod(xv.root, "ro")).map(|_| ()),

@@ -81,6 +81,9 @@ pub struct ChunkConfig {
     /// Requests of one client (a certificate, or a plaintext connection) handled at once:
     /// one noisy client waits in its own queue while the others go on.
     pub max_requests_per_client: usize,
+    /// How long a client's request may take before it is answered DEADLINE_EXCEEDED
+    /// (waiting for its share included); other servers' requests have no such limit.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for ChunkConfig {
@@ -117,6 +120,7 @@ impl Default for ChunkConfig {
             range_listen: None,
             max_requests: meridian_proto::fair::Limits::default().total,
             max_requests_per_client: meridian_proto::fair::Limits::default().per_client,
+            request_timeout_ms: meridian_proto::fair::Limits::default().timeout.as_millis() as u64,
         }
     }
 }

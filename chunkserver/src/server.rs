@@ -187,6 +187,7 @@ pub async fn run(
     channels::server(meridian_proto::fair::Limits {
         total: config.max_requests,
         per_client: config.max_requests_per_client,
+        timeout: std::time::Duration::from_millis(config.request_timeout_ms),
     })
     .add_service(ChunkServiceServer::new(node))
     .serve_with_incoming_shutdown(channels::incoming(listener), shutdown)

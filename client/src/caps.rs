@@ -17,7 +17,8 @@ pub const MAX_CAPS: usize = 1 << 20;
 
 #[derive(Default)]
 struct Caps {
-    by_block: HashMap<(BlockId, u32), [u8; CAP_LEN]>,
+    /// By block: the volumes it was given for, each with its capability.
+    by_block: HashMap<BlockId, Vec<(u32, [u8; CAP_LEN])>>,
     order: VecDeque<(BlockId, u32)>,
 }
 
@@ -37,14 +38,48 @@ pub fn record(block: BlockId, volume: u32, cap: &[u8]) {
     SEEN.store(true, Ordering::Relaxed);
     let mut guard = CAPS.lock().unwrap_or_else(|p| p.into_inner());
     let caps = guard.get_or_insert_with(Caps::default);
-    if caps.by_block.insert((block, volume), cap).is_none() {
-        caps.order.push_back((block, volume));
-        while caps.order.len() > MAX_CAPS {
-            if let Some(old) = caps.order.pop_front() {
+    let held = caps.by_block.entry(block).or_default();
+    if held.iter().any(|(v, _)| *v == volume) {
+        return;
+    }
+    held.push((volume, cap));
+    caps.order.push_back((block, volume));
+    while caps.order.len() > MAX_CAPS {
+        let Some((old, v)) = caps.order.pop_front() else {
+            break;
+        };
+        if let Some(held) = caps.by_block.get_mut(&old) {
+            held.retain(|(w, _)| *w != v);
+            if held.is_empty() {
                 caps.by_block.remove(&old);
             }
         }
     }
+}
+
+/// Every capability held for `blocks` (for whichever volumes), as the records a change
+/// that adds them to a file carries.
+pub fn for_blocks(blocks: &[BlockId]) -> Bytes {
+    if !in_use() || blocks.is_empty() {
+        return Bytes::new();
+    }
+    let guard = CAPS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(caps) = guard.as_ref() else {
+        return Bytes::new();
+    };
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for b in blocks {
+        if !seen.insert(*b) {
+            continue;
+        }
+        for (volume, cap) in caps.by_block.get(b).into_iter().flatten() {
+            out.extend_from_slice(b.as_bytes());
+            out.extend_from_slice(&volume.to_le_bytes());
+            out.extend_from_slice(cap);
+        }
+    }
+    Bytes::from(out)
 }
 
 /// Keeps the capabilities of a query's answer: records of a block id, a volume (u32,
@@ -66,8 +101,9 @@ pub fn get(block: &BlockId, volume: u32) -> Bytes {
     let guard = CAPS.lock().unwrap_or_else(|p| p.into_inner());
     guard
         .as_ref()
-        .and_then(|c| c.by_block.get(&(*block, volume)))
-        .map(|c| Bytes::copy_from_slice(c))
+        .and_then(|c| c.by_block.get(block))
+        .and_then(|held| held.iter().find(|(v, _)| *v == volume))
+        .map(|(_, c)| Bytes::copy_from_slice(c))
         .unwrap_or_default()
 }
 
@@ -88,5 +124,13 @@ mod tests {
         assert!(get(&a, 8).is_empty());
         assert!(get(&b, 7).is_empty());
         assert!(in_use());
+        record(a, 8, &[5u8; CAP_LEN]);
+        let sent = for_blocks(&[a, b, a]);
+        assert_eq!(
+            sent.len(),
+            2 * (36 + CAP_LEN),
+            "both of a's, once each; none of b"
+        );
+        assert!(for_blocks(&[b]).is_empty());
     }
 }

@@ -228,6 +228,7 @@ impl MetaClient {
         let op_bytes =
             Bytes::from(serde_json::to_vec(op).map_err(|e| MetaError::Invalid(e.to_string()))?);
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let caps = crate::caps::for_blocks(&op.blocks_added());
         let resp = self
             .call(|mut c| {
                 let req = MutateRequest {
@@ -238,6 +239,7 @@ impl MetaClient {
                     from_region: 0,
                     volume: self.linearizable.load(Ordering::Relaxed),
                     hops: 0,
+                    caps: caps.clone(),
                 };
                 async move { c.mutate(req).await.map(|r| self.led(r)) }
             })
@@ -305,6 +307,8 @@ impl MetaClient {
         let bytes =
             Bytes::from(serde_json::to_vec(ops).map_err(|e| MetaError::Invalid(e.to_string()))?);
         let release: Vec<u64> = release.iter().map(|d| d.0).collect();
+        let added: Vec<_> = ops.iter().flat_map(|q| q.op.blocks_added()).collect();
+        let caps = crate::caps::for_blocks(&added);
         let resp = self
             .call(|mut c| {
                 let req = WriteBackRequest {
@@ -312,6 +316,7 @@ impl MetaClient {
                     ops: bytes.clone(),
                     release: release.clone(),
                     reserve,
+                    caps: caps.clone(),
                 };
                 async move { c.write_back(req).await.map(|r| self.led(r)) }
             })

@@ -54,6 +54,9 @@ pub struct MetaConfig {
     /// Requests of one client (a certificate, or a plaintext connection) handled at once:
     /// one noisy client waits in its own queue while the others go on.
     pub max_requests_per_client: usize,
+    /// How long a client's request may take before it is answered DEADLINE_EXCEEDED
+    /// (waiting for its share included); other servers' requests have no such limit.
+    pub request_timeout_ms: u64,
 }
 
 pub use meridian_proto::PeerRegion;
@@ -80,6 +83,7 @@ impl Default for MetaConfig {
             copy_pause_ms: 0,
             max_requests: meridian_proto::fair::Limits::default().total,
             max_requests_per_client: meridian_proto::fair::Limits::default().per_client,
+            request_timeout_ms: meridian_proto::fair::Limits::default().timeout.as_millis() as u64,
         }
     }
 }

@@ -181,9 +181,9 @@ impl MetaNode {
             let (mut leader, addr) = self.leader_client(&request)?;
             return naming(leader.write_back(MetaNode::forward(request)).await, &addr);
         }
-        if let Some((claims, _)) = crate::tokens::restricted(&request)?
+        if let Some((claims, keys)) = crate::tokens::restricted(&request)?
             && let crate::tokens::Checked::Missing(ino) =
-                self.check_write_back(&claims, &queued, r.reserve)?
+                self.check_write_back(&claims, &keys, &queued, r.reserve, &r.caps)?
         {
             return Err(Status::failed_precondition(format!(
                 "a write-back names inode {ino}, which the leader does not hold"

@@ -137,6 +137,7 @@ pub async fn run(
     let served = channels::server(meridian_proto::fair::Limits {
         total: config.max_requests,
         per_client: config.max_requests_per_client,
+        timeout: std::time::Duration::from_millis(config.request_timeout_ms),
     })
     .add_service(
         MetaServiceServer::new(MetaApi(node))

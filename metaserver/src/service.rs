@@ -352,8 +352,9 @@ impl MetaService for MetaApi {
     ) -> Result<Response<MutateResponse>, Status> {
         metrics::counter!("meridian_meta_mutations_total").increment(1);
         let op: Op = decode(&request.get_ref().op, "operation")?;
-        if let Some((claims, _)) = crate::tokens::restricted(&request)?
-            && let Checked::Missing(ino) = self.check_op(&claims, &op)?
+        if let Some((claims, keys)) = crate::tokens::restricted(&request)?
+            && let Checked::Missing(ino) =
+                self.check_op(&claims, &keys, &op, &request.get_ref().caps)?
         {
             // Not held here: decided where it is (the home region, else the leader).
             let req = request.get_ref();

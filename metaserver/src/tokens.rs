@@ -84,8 +84,15 @@ impl MetaNode {
         Ok(Checked::Granted(volume))
     }
 
-    /// Whether `claims` may make `op`.
-    pub(crate) fn check_op(&self, claims: &Claims, op: &Op) -> Result<Checked, Status> {
+    /// Whether `claims` may make `op`, adding to its file only blocks that `caps` (the
+    /// request's capabilities, checked with `keys`) show it may read in the file's volume.
+    pub(crate) fn check_op(
+        &self,
+        claims: &Claims,
+        keys: &TokenKeys,
+        op: &Op,
+        caps: &[u8],
+    ) -> Result<Checked, Status> {
         if op.is_volume_level() {
             return Err(denied(
                 claims,
@@ -93,7 +100,11 @@ impl MetaNode {
             ));
         }
         let write = !op.is_read_side_effect();
-        self.check_inodes(claims, &op.inodes(), write, &HashMap::new())
+        let checked = self.check_inodes(claims, &op.inodes(), write, &HashMap::new())?;
+        if let Checked::Granted(Some(volume)) = checked {
+            check_blocks(claims, keys, op, volume, caps)?;
+        }
+        Ok(checked)
     }
 
     /// Whether `claims` may make every change of a write-back, in order (a create's inode
@@ -101,8 +112,10 @@ impl MetaNode {
     pub(crate) fn check_write_back(
         &self,
         claims: &Claims,
+        keys: &TokenKeys,
         queued: &[Queued],
         reserve: u32,
+        caps: &[u8],
     ) -> Result<Checked, Status> {
         let mut made = HashMap::new();
         for q in queued {
@@ -112,6 +125,7 @@ impl MetaNode {
             let write = !q.op.is_read_side_effect();
             match self.check_inodes(claims, &q.op.inodes(), write, &made)? {
                 Checked::Granted(Some(v)) => {
+                    check_blocks(claims, keys, &q.op, v, caps)?;
                     if let Some(ino) = q.ino {
                         made.insert(ino, v);
                     }
@@ -153,6 +167,35 @@ impl MetaNode {
             false => Err(denied(claims, format_args!("volume {volume}"))),
         }
     }
+}
+
+/// Refuses `op` unless `caps` holds, for every block it adds to its file, a capability
+/// for that block in `volume`: a token holder references only blocks it put, or was shown,
+/// in the volume (a block id learnt elsewhere does not make its bytes readable).
+fn check_blocks(
+    claims: &Claims,
+    keys: &TokenKeys,
+    op: &Op,
+    volume: u32,
+    caps: &[u8],
+) -> Result<(), Status> {
+    let held: Vec<&[u8]> = caps.chunks_exact(36 + CAP_LEN).collect();
+    for block in op.blocks_added() {
+        let shown = held.iter().any(|r| {
+            r[..32] == *block.as_bytes()
+                && r[32..36] == volume.to_le_bytes()
+                && keys.check_cap(&block, volume, &r[36..])
+        });
+        if !shown {
+            return Err(denied(
+                claims,
+                format_args!(
+                    "block {block} in volume {volume} (a token holder adds only blocks it put or read there)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `outcome` cut to what `claims` may see (the volumes listed).

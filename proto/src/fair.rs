@@ -6,7 +6,9 @@
 //! replication must never queue behind clients.
 //!
 //! A request waits for its share before its handler runs; nothing is refused. The share
-//! is held until the handler answers: for a streamed reply, until the stream starts.
+//! is held until the handler answers: for a streamed reply, until the stream starts. A
+//! client's request that has not been answered `timeout` after it arrived (waiting for
+//! its share included) is answered DEADLINE_EXCEEDED, and its handler dropped.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,6 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tonic::codegen::http;
@@ -27,6 +30,9 @@ pub struct Limits {
     pub total: usize,
     /// From one client.
     pub per_client: usize,
+    /// How long a client's request may take, from its arrival to its answer (for a
+    /// streamed reply, to the stream's start). Long-polls wait 10 s at most.
+    pub timeout: Duration,
 }
 
 impl Default for Limits {
@@ -34,6 +40,7 @@ impl Default for Limits {
         Limits {
             total: 1024,
             per_client: 64,
+            timeout: Duration::from_secs(60),
         }
     }
 }
@@ -46,6 +53,9 @@ pub enum ClientKey {
     /// A plaintext connection.
     Conn(SocketAddr),
 }
+
+/// The Raft service's paths, which no request timeout cuts.
+const RAFT_PATH: &str = "/meridian.meta.v1.RaftService/";
 
 /// Clients kept before idle ones are forgotten.
 const KEEP_CLIENTS: usize = 4096;
@@ -68,6 +78,7 @@ impl FairLayer {
         let limits = Limits {
             total: limits.total.max(1),
             per_client: limits.per_client.max(1),
+            timeout: limits.timeout.max(Duration::from_millis(1)),
         };
         FairLayer {
             shared: Arc::new(Shared {
@@ -111,11 +122,12 @@ pub struct Fair<S> {
     shared: Arc<Shared>,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for Fair<S>
+impl<S, B, RB> tower::Service<http::Request<B>> for Fair<S>
 where
-    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
+    RB: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -135,21 +147,41 @@ where
             .and_then(|c| c.client.clone())
             .map(|key| self.shared.queue_of(key));
         let total = self.shared.total.clone();
+        let limit = self.shared.limits.timeout;
+        let path = request.uri().path().to_string();
         Box::pin(async move {
             let Some(queue) = queue else {
                 return inner.call(request).await;
             };
-            // Its own queue first: a client over its share does not hold a place in all.
-            let waiting = Gauge::up("meridian_client_requests_waiting");
-            let shares = (
-                queue.acquire_owned().await.ok(),
-                total.acquire_owned().await.ok(),
-            );
-            drop(waiting);
-            let _running = Gauge::up("meridian_client_requests_running");
-            let answer = inner.call(request).await;
-            drop(shares);
-            answer
+            let served = async move {
+                // Its own queue first: a client over its share does not hold a place in all.
+                let waiting = Gauge::up("meridian_client_requests_waiting");
+                let shares = (
+                    queue.acquire_owned().await.ok(),
+                    total.acquire_owned().await.ok(),
+                );
+                drop(waiting);
+                let _running = Gauge::up("meridian_client_requests_running");
+                let answer = inner.call(request).await;
+                drop(shares);
+                answer
+            };
+            // Raft is for metaservers only (their certificates are exempt from all this; on
+            // plaintext, a snapshot's transfer may take as long as it takes).
+            if path.starts_with(RAFT_PATH) {
+                return served.await;
+            }
+            match tokio::time::timeout(limit, served).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    metrics::counter!("meridian_client_requests_timed_out_total").increment(1);
+                    Ok(tonic::Status::deadline_exceeded(format!(
+                        "{path}: not answered within {} ms (this server's request timeout)",
+                        limit.as_millis()
+                    ))
+                    .into_http())
+                }
+            }
         })
     }
 }

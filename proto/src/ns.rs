@@ -828,6 +828,16 @@ impl Op {
         }
     }
 
+    /// The blocks the operation makes its file reference (a commit's extents, a
+    /// compaction's replacement).
+    pub fn blocks_added(&self) -> Vec<BlockId> {
+        match self {
+            Op::CommitExtents { extents, .. } => extents.iter().map(|e| e.block).collect(),
+            Op::Compact { replacement, .. } => replacement.iter().map(|e| e.block).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether a reader may make it: recording that a read happened (atime).
     pub fn is_read_side_effect(&self) -> bool {
         matches!(self, Op::Accessed { .. } | Op::AccessedBatch { .. })

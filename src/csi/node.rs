@@ -26,6 +26,9 @@ const LOOK_PATIENCE: Duration = Duration::from_secs(5);
 /// The volume context key naming a folder of the volume to publish instead of its root.
 pub const SUBDIR_KEY: &str = "subdir";
 
+/// The key of a node-stage secret holding the volume's access token (docs/security.md).
+pub const TOKEN_SECRET: &str = "token";
+
 #[derive(Clone)]
 pub struct Node(Arc<Inner>);
 
@@ -94,12 +97,18 @@ impl Node {
         let (volume, staging) = (volume.to_string(), staging.to_path_buf());
         blocking(move || {
             let log = inner.records.log(&staging);
+            // The volume's token, when its node-stage secret gave one.
+            let mut flags = inner.mount_flags.clone();
+            let token = inner.records.token(&staging);
+            if token.exists() {
+                flags.extend(["--token-file".to_string(), token.display().to_string()]);
+            }
             if let Some(socket) = &inner.mounter {
                 let ask = mounter::Ask::Mount {
                     volume,
                     staging,
                     meta: inner.shared.meta_addrs.clone(),
-                    flags: inner.mount_flags.clone(),
+                    flags,
                 };
                 return match mounter::ask(socket, &ask)? {
                     mounter::Answer::Mounted(pid) => Ok(pid),
@@ -110,13 +119,8 @@ impl Node {
                 mounts::unmount(&staging)?;
             }
             std::fs::create_dir_all(&staging)?;
-            let child = staging::start_mount(
-                &inner.shared.meta_addrs,
-                &volume,
-                &staging,
-                &inner.mount_flags,
-                &log,
-            )?;
+            let child =
+                staging::start_mount(&inner.shared.meta_addrs, &volume, &staging, &flags, &log)?;
             let pid = child.id();
             let old = inner.children.lock().unwrap().insert(staging, child);
             if let Some(mut old) = old {
@@ -287,8 +291,29 @@ impl node_server::Node for Node {
                 staging.display()
             )));
         }
-        if find_volume(&self.0.shared.meta, &volume).await?.is_none() {
-            return Err(Status::not_found(format!("volume {volume}")));
+        // A volume access token from the volume's node-stage secret: the mount sends it.
+        // The plugin's own certificate may reach no volume then: the mount says whether
+        // this one exists.
+        let token = req.secrets.get(TOKEN_SECRET).map(|t| t.trim());
+        match token {
+            Some(t) => {
+                meridian_proto::token::decode(t).map_err(|e| {
+                    Status::invalid_argument(format!("secret {TOKEN_SECRET:?}: {e}"))
+                })?;
+                self.0
+                    .records
+                    .put_token(&staging, t)
+                    .map_err(|e| internal("keeping the volume's token", e))?;
+            }
+            None => {
+                self.0
+                    .records
+                    .remove_token(&staging)
+                    .map_err(|e| internal("forgetting a volume's token", e))?;
+                if find_volume(&self.0.shared.meta, &volume).await?.is_none() {
+                    return Err(Status::not_found(format!("volume {volume}")));
+                }
+            }
         }
         let pid = self
             .mount(&volume, &staging)
@@ -362,6 +387,10 @@ impl node_server::Node for Node {
             .records
             .remove(&staging)
             .map_err(|e| internal("removing the record", e))?;
+        self.0
+            .records
+            .remove_token(&staging)
+            .map_err(|e| internal("forgetting the volume's token", e))?;
         if record.is_some() {
             tracing::info!(%volume, staging = %staging.display(), "unstaged");
         }

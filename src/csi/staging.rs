@@ -61,6 +61,37 @@ impl Records {
         self.dir.join(format!("{}.json", key(staging)))
     }
 
+    /// The file holding the volume access token of the mount at a staging path (from the
+    /// volume's node-stage secret).
+    pub fn token(&self, staging: &Path) -> PathBuf {
+        self.dir.join(format!("{}.token", key(staging)))
+    }
+
+    /// Keeps `token` for the mount at `staging`: mode 0600, written atomically.
+    pub fn put_token(&self, staging: &Path, token: &str) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.token(staging);
+        let tmp = path.with_extension("token-tmp");
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(&self.dir)?.sync_all()
+    }
+
+    /// Forgets the token of the mount at `staging`.
+    pub fn remove_token(&self, staging: &Path) -> io::Result<()> {
+        match fs::remove_file(self.token(staging)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// The mount process's log for a staging path.
     pub fn log(&self, staging: &Path) -> PathBuf {
         self.logs.join(format!("{}.log", key(staging)))
