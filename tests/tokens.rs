@@ -307,12 +307,24 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);
+        // Small files in a directory the mount made: answered under its lease, their
+        // commits written back later, with their blocks' capabilities.
+        fs::create_dir(m.path.join("dir"))?;
+        for i in 0..20 {
+            fs::write(m.path.join(format!("dir/{i}")), format!("small file {i}"))?;
+        }
         m.unmount()?;
         let m = mount(volume, volume, Some(token))?;
         assert!(
             fs::read(m.path.join(name))? == *data,
             "{name} read back differs"
         );
+        for i in 0..20 {
+            assert_eq!(
+                fs::read_to_string(m.path.join(format!("dir/{i}")))?,
+                format!("small file {i}")
+            );
+        }
         m.unmount()?;
     }
     // A read-only token reads, and writes nothing.
@@ -601,7 +613,7 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
             .collect::<Vec<_>>(),
         other => panic!("{other:?}"),
     };
-    assert_eq!(listing, ["secret"]);
+    assert_eq!(listing, ["dir", "secret"]);
     let m = mount("y", "y-again", Some(&fy))?;
     assert!(fs::read(m.path.join("secret"))? == secret);
     Ok(())
