@@ -1221,7 +1221,10 @@ async fn node_stage_mounts_with_the_token_of_the_volume_secret() -> Result<()> {
     let staging = csi.root.join("plugins/staging/x");
     node.node_stage_volume(stage("pvc-x", "x", Some(&tx)))
         .await?;
-    assert!(is_mount_point(&staging), "nothing mounted at the staging path");
+    assert!(
+        is_mount_point(&staging),
+        "nothing mounted at the staging path"
+    );
     fs::write(staging.join("hello"), b"through the volume's token")?;
     assert_eq!(
         fs::read(staging.join("hello"))?,

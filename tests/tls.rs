@@ -321,3 +321,75 @@ fn certificates_and_the_ca_rotate_without_a_restart() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_revoked_certificate_is_refused_even_on_connections_made_before() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut roles = ROLES.to_vec();
+    roles.push(("other-mount", "client"));
+    let certs = deployment(dir.path(), "ca", &roles)?;
+    let (_meta, _chunks, addrs) = tls_region(1, &certs)?;
+    let mount = |cert: &Path, at: &str| {
+        Mount::start_with(
+            &addrs,
+            "default",
+            &dir.path().join(at),
+            &["--tls", cert.to_str().unwrap()],
+        )
+    };
+    let m = mount(&certs[2], "mnt")?;
+    fs::write(m.path.join("before"), b"written before the revocation")?;
+
+    // The mount's certificate is listed in every server's folder (atomically, as a secret
+    // update does); the servers take it on their next look at the folder.
+    let printed = ok(meridian(
+        None,
+        &[
+            "admin",
+            "certs",
+            "fingerprint",
+            certs[2].join("cert.pem").to_str().unwrap(),
+        ],
+    )?)?;
+    let fp = printed
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(fp.len(), 64, "{printed}");
+    for server in &certs[..2] {
+        let tmp = server.join(".revoked.new");
+        fs::write(&tmp, format!("# a lost laptop\n{fp}\n"))?;
+        fs::rename(&tmp, server.join("revoked"))?;
+    }
+    // The running mount's connections were made before: its requests are refused now.
+    let mut n = 0;
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the revoked mount refused",
+        || {
+            n += 1;
+            fs::write(m.path.join(format!("probe-{n}")), b"x")
+                .is_err()
+                .then_some(())
+        },
+    )?;
+    // A new mount with it does not come up; another client's certificate is served.
+    assert!(
+        mount(&certs[2], "again").is_err(),
+        "a revoked certificate mounted"
+    );
+    let other = mount(&certs[4], "other")?;
+    assert_eq!(
+        fs::read(other.path.join("before"))?,
+        b"written before the revocation"
+    );
+    // A revoked file that does not parse is refused, and the list in force stays.
+    fs::write(certs[0].join("revoked"), "not a fingerprint\n")?;
+    let e = refused(meridian(
+        Some(&certs[0]),
+        &["admin", "meta-status", "--meta", &addrs],
+    )?)?;
+    assert!(e.contains("revoked line 1"), "{e}");
+    Ok(())
+}

@@ -5,6 +5,9 @@
 //! (metaserver and chunkserver certificates) are not limited, since Raft, forwarding and
 //! replication must never queue behind clients.
 //!
+//! Every request passes here, so this is also where a connection whose certificate was
+//! revoked after it was made is refused ([`crate::tls::REVOKED_FILE`]).
+//!
 //! A request waits for its share before its handler runs; nothing is refused. The share
 //! is held until the handler answers: for a streamed reply, until the stream starts. A
 //! client's request that has not been answered `timeout` after it arrived (waiting for
@@ -141,9 +144,21 @@ where
         // The service polled ready is this one; a clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let queue = request
-            .extensions()
-            .get::<ConnInfo>()
+        let info = request.extensions().get::<ConnInfo>();
+        // A certificate revoked since its connection was made: nothing more from it.
+        if let Some(fp) = info.and_then(|c| c.fingerprint)
+            && crate::tls::is_revoked(&fp)
+        {
+            metrics::counter!("meridian_tls_revoked_refused_total").increment(1);
+            return Box::pin(async move {
+                Ok(tonic::Status::unauthenticated(format!(
+                    "certificate {} is revoked",
+                    hex::encode(fp)
+                ))
+                .into_http())
+            });
+        }
+        let queue = info
             .and_then(|c| c.client.clone())
             .map(|key| self.shared.queue_of(key));
         let total = self.shared.total.clone();

@@ -22,6 +22,9 @@ pub const CA_FILE: &str = "ca.pem";
 pub const CERT_FILE: &str = "cert.pem";
 /// The process's own private key.
 pub const KEY_FILE: &str = "key.pem";
+/// Certificates no longer accepted (optional): one fingerprint per line, as `meridian
+/// admin certs fingerprint` prints it; `#` starts a comment.
+pub const REVOKED_FILE: &str = "revoked";
 /// The DNS name every server certificate carries and every client verifies: servers are
 /// reached by address (often an IP, often behind a Service), so the name is fixed, and the
 /// CA is what makes a server one of the deployment's.
@@ -36,6 +39,7 @@ pub struct TlsIdentity {
     cert: Vec<u8>,
     key: Vec<u8>,
     acceptor: tokio_rustls::TlsAcceptor,
+    revoked: std::collections::HashSet<[u8; 32]>,
 }
 
 impl std::fmt::Debug for TlsIdentity {
@@ -92,7 +96,13 @@ impl TlsIdentity {
             cert,
             key,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            revoked: revoked_in(dir)?,
         })
+    }
+
+    /// Whether the certificate of fingerprint `fp` is listed as revoked.
+    pub fn revokes(&self, fp: &[u8; 32]) -> bool {
+        self.revoked.contains(fp)
     }
 
     /// The client side: present our certificate, trust only the deployment CA.
@@ -108,6 +118,52 @@ impl TlsIdentity {
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         self.acceptor.clone()
     }
+}
+
+/// A certificate's fingerprint: the BLAKE3 hash of its DER encoding.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    *blake3::hash(cert).as_bytes()
+}
+
+/// The fingerprint of the first certificate of a PEM file's bytes.
+pub fn fingerprint_pem(pem: &[u8]) -> Result<[u8; 32], String> {
+    let cert = CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or("no certificate in it")?
+        .map_err(|e| e.to_string())?;
+    Ok(fingerprint(&cert))
+}
+
+/// The fingerprints listed in `dir`'s revoked file (none if it has none).
+fn revoked_in(dir: &Path) -> Result<std::collections::HashSet<[u8; 32]>, String> {
+    let path = dir.join(REVOKED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut out = std::collections::HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut fp = [0u8; 32];
+        hex::decode_to_slice(line, &mut fp).map_err(|_| {
+            format!(
+                "{} line {}: not a fingerprint (64 hex digits, from `meridian admin certs fingerprint`)",
+                path.display(),
+                n + 1
+            )
+        })?;
+        out.insert(fp);
+    }
+    Ok(out)
+}
+
+/// Whether this process's identity lists the certificate of fingerprint `fp` as revoked.
+pub fn is_revoked(fp: &[u8; 32]) -> bool {
+    current().is_some_and(|id| id.revokes(fp))
 }
 
 /// The role of a metaserver: Raft member, replicator between regions.
@@ -219,7 +275,7 @@ pub fn watch(every: Duration) {
 
 /// The modification times and lengths of a TLS folder's files.
 fn stamps(dir: &Path) -> Vec<Option<(SystemTime, u64)>> {
-    [CA_FILE, CERT_FILE, KEY_FILE]
+    [CA_FILE, CERT_FILE, KEY_FILE, REVOKED_FILE]
         .iter()
         .map(|f| {
             let m = std::fs::metadata(dir.join(f)).ok()?;

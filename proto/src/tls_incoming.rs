@@ -33,6 +33,9 @@ pub struct ConnInfo {
     /// Who its requests count against ([`crate::fair`]); `None` for the deployment's
     /// servers, which are not limited.
     pub client: Option<ClientKey>,
+    /// The fingerprint of the peer's certificate ([`crate::tls::fingerprint`]): every
+    /// request is refused once it is revoked.
+    pub fingerprint: Option<[u8; 32]>,
 }
 
 /// One accepted connection, plaintext or TLS.
@@ -81,6 +84,7 @@ pub fn incoming(listener: TcpListener) -> ReceiverStream<io::Result<Conn>> {
                     remote,
                     peer_certs: None,
                     client: Some(ClientKey::Conn(remote)),
+                    fingerprint: None,
                 };
                 let conn = Conn {
                     stream: Stream::Plain(tcp),
@@ -108,13 +112,24 @@ pub fn incoming(listener: TcpListener) -> ReceiverStream<io::Result<Conn>> {
                 let peer_certs = tls.get_ref().1.peer_certificates().map(|c| {
                     Arc::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
                 });
+                let fingerprint = peer_certs
+                    .as_ref()
+                    .and_then(|c| c.first())
+                    .map(crate::tls::fingerprint);
+                if let Some(fp) = &fingerprint
+                    && identity.revokes(fp)
+                {
+                    metrics::counter!("meridian_tls_revoked_refused_total").increment(1);
+                    tracing::warn!(%remote, fingerprint = %hex::encode(fp), "a revoked certificate was refused");
+                    return;
+                }
                 let client = match peer_certs.as_ref().and_then(|c| c.first()) {
                     Some(leaf) => {
                         let roles = crate::tls::roles(leaf).unwrap_or_default();
                         let server = roles
                             .iter()
                             .any(|r| [crate::tls::META, crate::tls::CHUNK].contains(r));
-                        (!server).then(|| ClientKey::Cert(*blake3::hash(leaf).as_bytes()))
+                        (!server).then(|| ClientKey::Cert(crate::tls::fingerprint(leaf)))
                     }
                     None => Some(ClientKey::Conn(remote)),
                 };
@@ -124,6 +139,7 @@ pub fn incoming(listener: TcpListener) -> ReceiverStream<io::Result<Conn>> {
                         remote,
                         peer_certs,
                         client,
+                        fingerprint,
                     },
                 };
                 let _ = tx.send(Ok(conn)).await;

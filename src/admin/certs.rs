@@ -55,6 +55,14 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Print the fingerprint of certificates (cert.pem files), as a `revoked` file in a
+    /// TLS folder lists them: servers refuse a revoked certificate's connections and
+    /// requests once they reload the folder.
+    Fingerprint {
+        /// Certificate files (PEM; the first certificate of each).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 /// The role a certificate names.
@@ -83,6 +91,14 @@ impl Role {
 
 pub fn run(cmd: CertsCommand) -> Result<()> {
     match cmd {
+        CertsCommand::Fingerprint { files } => {
+            for f in files {
+                let pem = fs::read(&f).with_context(|| format!("{}", f.display()))?;
+                let fp = meridian_proto::tls::fingerprint_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+                println!("{}  # {}", blake3::Hash::from(fp).to_hex(), f.display());
+            }
+        }
         CertsCommand::Init { dir, days } => {
             new_folder(&dir)?;
             let key = KeyPair::generate()?;
