@@ -464,6 +464,10 @@ fn main() -> Result<()> {
         // Rotated certificates are taken without a restart (SIGHUP, or the files changing).
         let _in = runtime.enter();
         meridian_proto::tls::watch(std::time::Duration::from_secs(2));
+        // And token keys.
+        if let Some(path) = &cli.token_key {
+            meridian_proto::token::watch(path.clone(), std::time::Duration::from_secs(2));
+        }
     }
     let command = match cli.command {
         Command::Mount(args) => return mount::run(*args, &runtime),

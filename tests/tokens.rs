@@ -616,5 +616,36 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
     assert_eq!(listing, ["dir", "secret"]);
     let m = mount("y", "y-again", Some(&fy))?;
     assert!(fs::read(m.path.join("secret"))? == secret);
+    drop(m);
+
+    // Keys rotate without a restart: once the servers' file holds only a new key, tokens
+    // of the old one are refused and the new key's are taken.
+    meridian_proto::tls::install(
+        meridian_proto::tls::TlsIdentity::load(&mount_tls).map_err(anyhow::Error::msg)?,
+    );
+    let fresh = TokenKeys::generate("k2")?;
+    let tmp = dir.path().join(".token.key.new");
+    fs::write(&tmp, fresh.to_file())?;
+    fs::rename(&tmp, &key)?;
+    let t2 = fresh.issue(
+        "after-rotation",
+        vec![Grant {
+            volume: "x".into(),
+            write: false,
+        }],
+        meridian_proto::token::unix_now(),
+        600,
+    )?;
+    // Each server looks at its file on its own: a call one passes to another is decided
+    // under both's keys, so both conditions hold once every server has reloaded.
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the servers taking the new key",
+        || {
+            (c.query(Some(&tx), &x_root) == Err(Code::Unauthenticated)
+                && c.query(Some(&t2), &x_root).is_ok())
+            .then_some(())
+        },
+    )?;
     Ok(())
 }

@@ -327,6 +327,42 @@ pub fn keys() -> Option<Arc<TokenKeys>> {
         .clone()
 }
 
+/// Reads the key file `path` again on SIGHUP, and when it changes (checked every
+/// `every`): keys rotate without a restart. A file that does not load is reported and the
+/// keys in force stay.
+pub fn watch(path: std::path::PathBuf, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("token keys: cannot listen for SIGHUP; they reload on change only");
+            return;
+        };
+        let stamp = |p: &Path| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        };
+        let mut seen = stamp(&path);
+        loop {
+            let asked = tokio::select! {
+                _ = hup.recv() => true,
+                _ = tokio::time::sleep(every) => false,
+            };
+            let now = stamp(&path);
+            if !asked && now == seen {
+                continue;
+            }
+            seen = now;
+            match TokenKeys::load(&path) {
+                Ok(keys) => {
+                    tracing::info!(keys = ?keys, "token keys reloaded");
+                    install_keys(keys);
+                }
+                Err(e) => tracing::warn!(error = %e, "token keys not reloaded; the old ones stay"),
+            }
+        }
+    });
+}
+
 /// Makes this client send `token` with every call from now on.
 pub fn install_client_token(token: &str) -> Result<Claims, TokenError> {
     let claims = decode(token)?;
