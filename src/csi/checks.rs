@@ -252,6 +252,65 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: meridian_proto::mutate::cases(512),
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+        /// Fuzz target: the ids and paths of CSI requests as a hostile caller could send
+        /// them (valid ones with edits): each is refused, or is what the checks promise
+        /// (a path inside the plugin's folders with no `.` or `..`; a volume id that is a
+        /// volume name; a relative, clean subdirectory).
+        #[test]
+        fn hostile_csi_ids_and_paths_are_refused_or_confined(
+            which in 0usize..3,
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>(),
+                 proptest::prelude::prop_oneof![
+                     proptest::prelude::Just(b'/'), proptest::prelude::Just(b'.'),
+                     proptest::prelude::Just(0u8), proptest::prelude::any::<u8>()
+                 ]),
+                0..6,
+            ),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().canonicalize().unwrap();
+            std::fs::create_dir_all(root.join("pods/a")).unwrap();
+            let seed = match which {
+                0 => format!("{}/pods/a/vol", root.display()),
+                1 => "pvc-1234".to_string(),
+                _ => "sub/dir".to_string(),
+            };
+            let damaged = meridian_proto::mutate::mutate(seed.as_bytes(), &edits);
+            let Ok(text) = std::str::from_utf8(&damaged) else {
+                return Ok(());
+            };
+            let clean = |p: &Path| {
+                p.components().all(|c| !matches!(c, Component::ParentDir | Component::CurDir))
+                    && !p.as_os_str().as_encoded_bytes().contains(&0)
+            };
+            match which {
+                0 => {
+                    if let Ok(p) = confined(text, std::slice::from_ref(&root), "t") {
+                        proptest::prop_assert!(p.starts_with(&root) && p != root, "{p:?}");
+                        proptest::prop_assert!(clean(&p) && p.is_absolute(), "{p:?}");
+                    }
+                }
+                1 => {
+                    if let Ok(id) = volume_id(text) {
+                        proptest::prop_assert!(is_volume_name(id), "{id:?}");
+                        proptest::prop_assert!(!id.contains('/') && !id.contains('.'), "{id:?}");
+                    }
+                }
+                _ => {
+                    if let Ok(p) = sub_path(text) {
+                        proptest::prop_assert!(p.is_relative() && clean(&p), "{p:?}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn volume_names_and_sub_paths() {
         assert_eq!(volume_name_for("pvc-1234"), "pvc-1234");
