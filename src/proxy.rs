@@ -19,6 +19,10 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// Options of `meridian proxy`.
+
+/// The longest delay a link takes (a minute: longer is a cut, which says so).
+const MAX_DELAY_MS: u32 = 60_000;
+
 #[derive(Args)]
 pub struct ProxyArgs {
     /// Where clients connect (port 0 picks one; printed). With --target.
@@ -154,6 +158,13 @@ struct Control(Arc<Link>);
 impl ProxyControl for Control {
     async fn set(&self, request: Request<SetLinkRequest>) -> Result<Response<LinkStatus>, Status> {
         let r = request.into_inner();
+        if let Some(ms) = r.delay_ms
+            && ms > MAX_DELAY_MS
+        {
+            return Err(Status::invalid_argument(format!(
+                "a delay of {ms} ms: at most {MAX_DELAY_MS} ms"
+            )));
+        }
         self.0.state.send_modify(|s| {
             if let Some(ms) = r.delay_ms {
                 s.delay = Duration::from_millis(u64::from(ms));
@@ -241,6 +252,11 @@ pub async fn run(
     args: ProxyArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    anyhow::ensure!(
+        args.delay_ms <= MAX_DELAY_MS,
+        "--delay-ms {}: at most {MAX_DELAY_MS}",
+        args.delay_ms
+    );
     let mut specs = args.forward;
     if let Some(target) = &args.target {
         specs.insert(0, (args.listen.clone(), target.clone()));

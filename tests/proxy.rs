@@ -102,5 +102,9 @@ fn the_proxy_forwards_delays_cuts_and_heals() -> Result<()> {
     let s = link(&proxy.control, &[])?;
     assert_eq!(s["cut"], false);
     assert!(s["connections_total"].as_u64().unwrap_or(0) >= 3);
+    // A delay beyond a minute is refused, and the link stays as it was.
+    let e = link(&proxy.control, &["--delay-ms", "4000000000"]).unwrap_err();
+    assert!(e.to_string().contains("at most 60000 ms"), "{e}");
+    assert_eq!(link(&proxy.control, &[])?["delay_ms"], 0);
     Ok(())
 }
