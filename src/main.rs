@@ -173,6 +173,9 @@ struct ChunkArgs {
     /// answered DEADLINE_EXCEEDED (default 60000).
     #[arg(long)]
     request_timeout_ms: Option<u64>,
+    /// Requests one client may start per second (default 0: no limit); more are held back.
+    #[arg(long)]
+    max_requests_per_client_per_sec: Option<u32>,
 }
 
 /// Parses `A=B` (a route ADDR=VIA, a proxy forward LISTEN=TARGET).
@@ -220,7 +223,8 @@ impl ChunkArgs {
             range_port,
             max_requests,
             max_requests_per_client,
-            request_timeout_ms
+            request_timeout_ms,
+            max_requests_per_client_per_sec
         );
         set_opt!(
             cluster_map,
@@ -315,6 +319,9 @@ struct MetaArgs {
     /// answered DEADLINE_EXCEEDED (default 60000).
     #[arg(long)]
     request_timeout_ms: Option<u64>,
+    /// Requests one client may start per second (default 0: no limit); more are held back.
+    #[arg(long)]
+    max_requests_per_client_per_sec: Option<u32>,
 }
 
 impl MetaArgs {
@@ -346,7 +353,8 @@ impl MetaArgs {
             copy_pause_ms,
             max_requests,
             max_requests_per_client,
-            request_timeout_ms
+            request_timeout_ms,
+            max_requests_per_client_per_sec
         );
         if !self.peers.is_empty() {
             c.peers = self.peers;

@@ -1,5 +1,6 @@
 //! Fair shares of a server: one client holding all of its share waits in its own queue,
-//! and another client is served meanwhile.
+//! and another client is served meanwhile; a request not answered in time is cut; a client
+//! over its rate is held back, and another is not.
 
 mod common;
 
@@ -172,5 +173,62 @@ fn a_client_request_not_answered_in_time_is_cut_with_deadline_exceeded() -> Resu
     // The client's share is free again: a quick request is answered as usual.
     let mut c = client.clone();
     rt.block_on(c.node_status(NodeStatusRequest {}))?;
+    Ok(())
+}
+
+#[test]
+fn a_client_over_its_rate_is_held_back_and_another_is_not() -> Result<()> {
+    let meta = MetaCluster::start(1, &[])?;
+    let metrics = free_addr()?;
+    let chunk = ServerProc::start(
+        "chunk",
+        1,
+        meta.dir.path(),
+        vec![
+            "--zone".into(),
+            "a".into(),
+            "--meta".into(),
+            meta.addrs().join(","),
+            "--max-requests-per-client-per-sec".into(),
+            "5".into(),
+            "--metrics-listen".into(),
+            metrics.clone(),
+        ],
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let connect = || -> Result<ChunkServiceClient<Channel>> {
+        let ch = rt
+            .block_on(meridian_proto::channels::connect(&chunk.addr))
+            .map_err(anyhow::Error::msg)?;
+        Ok(ChunkServiceClient::new(ch))
+    };
+    let (mut noisy, mut calm) = (connect()?, connect()?);
+    // A counter reads as a gauge does.
+    let paced = || gauge(&metrics, "meridian_client_requests_paced_total").unwrap_or(-1.0);
+    // A second's worth goes at once, the rest at five a second: twenty in a row are held
+    // back (all but the first six, unless the requests themselves take longer than the
+    // pace).
+    rt.block_on(async {
+        for _ in 0..20 {
+            noisy.node_status(NodeStatusRequest {}).await?;
+        }
+        Ok::<_, tonic::Status>(())
+    })?;
+    let after_noisy = paced();
+    anyhow::ensure!(
+        after_noisy >= 10.0,
+        "{after_noisy} of 20 requests held back"
+    );
+    // Another client has its own second's worth: none of its five is held back.
+    rt.block_on(async {
+        for _ in 0..5 {
+            calm.node_status(NodeStatusRequest {}).await?;
+        }
+        Ok::<_, tonic::Status>(())
+    })?;
+    assert_eq!(paced(), after_noisy, "the calm client was held back");
     Ok(())
 }

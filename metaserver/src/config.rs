@@ -57,6 +57,9 @@ pub struct MetaConfig {
     /// How long a client's request may take before it is answered DEADLINE_EXCEEDED
     /// (waiting for its share included); other servers' requests have no such limit.
     pub request_timeout_ms: u64,
+    /// Requests one client may start per second (0: no limit); more are held back, not
+    /// refused.
+    pub max_requests_per_client_per_sec: u32,
 }
 
 pub use meridian_proto::PeerRegion;
@@ -84,6 +87,7 @@ impl Default for MetaConfig {
             max_requests: meridian_proto::fair::Limits::default().total,
             max_requests_per_client: meridian_proto::fair::Limits::default().per_client,
             request_timeout_ms: meridian_proto::fair::Limits::default().timeout.as_millis() as u64,
+            max_requests_per_client_per_sec: 0,
         }
     }
 }

@@ -138,6 +138,7 @@ pub async fn run(
         total: config.max_requests,
         per_client: config.max_requests_per_client,
         timeout: std::time::Duration::from_millis(config.request_timeout_ms),
+        per_client_rate: config.max_requests_per_client_per_sec,
     })
     .add_service(
         MetaServiceServer::new(MetaApi(node))

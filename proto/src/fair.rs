@@ -1,5 +1,6 @@
-//! Fair shares of a server: at most `total` requests handled at once, and at most
-//! `per_client` of them for any one client, so that one noisy client (a runaway job, a
+//! Fair shares of a server: at most `total` requests handled at once, at most
+//! `per_client` of them for any one client, and (if set) at most `per_client_rate` started
+//! per second by one client, so that one noisy client (a runaway job, a
 //! mount in a retry loop) waits in its own queue while the others go on. A client is its
 //! certificate (on TLS) or its connection (plaintext); other servers of the deployment
 //! (metaserver and chunkserver certificates) are not limited, since Raft, forwarding and
@@ -36,6 +37,9 @@ pub struct Limits {
     /// How long a client's request may take, from its arrival to its answer (for a
     /// streamed reply, to the stream's start). Long-polls wait 10 s at most.
     pub timeout: Duration,
+    /// Requests one client may start per second (0: no limit): more are held back, not
+    /// refused. A second's worth may come at once.
+    pub per_client_rate: u32,
 }
 
 impl Default for Limits {
@@ -44,6 +48,7 @@ impl Default for Limits {
             total: 1024,
             per_client: 64,
             timeout: Duration::from_secs(60),
+            per_client_rate: 0,
         }
     }
 }
@@ -72,7 +77,30 @@ pub struct FairLayer {
 struct Shared {
     limits: Limits,
     total: Arc<Semaphore>,
-    clients: Mutex<HashMap<ClientKey, Arc<Semaphore>>>,
+    clients: Mutex<HashMap<ClientKey, Arc<Share>>>,
+}
+
+/// One client's share: its requests running, and when its next request may start.
+struct Share {
+    running: Arc<Semaphore>,
+    /// The theoretical arrival time of its next request at the rate allowed (GCRA).
+    next: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Share {
+    /// How long a request arriving now waits to keep the client within `rate` per second
+    /// (a second's worth may come at once).
+    fn pace(&self, rate: u32) -> Duration {
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        let interval = Duration::from_secs(1) / rate;
+        let now = tokio::time::Instant::now();
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let due = next.map_or(now, |n| n.max(now));
+        *next = Some(due + interval);
+        due.saturating_duration_since(now + Duration::from_secs(1))
+    }
 }
 
 impl FairLayer {
@@ -82,6 +110,7 @@ impl FairLayer {
             total: limits.total.max(1),
             per_client: limits.per_client.max(1),
             timeout: limits.timeout.max(Duration::from_millis(1)),
+            per_client_rate: limits.per_client_rate,
         };
         FairLayer {
             shared: Arc::new(Shared {
@@ -94,15 +123,21 @@ impl FairLayer {
 }
 
 impl Shared {
-    fn queue_of(&self, key: ClientKey) -> Arc<Semaphore> {
+    fn queue_of(&self, key: ClientKey) -> Arc<Share> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if clients.len() >= KEEP_CLIENTS && !clients.contains_key(&key) {
-            // A queue in use is held by its permits too.
+            // A share in use is held by its requests too. A client forgotten here starts
+            // afresh: at most a second's worth more of its requests go at once.
             clients.retain(|_, q| Arc::strong_count(q) > 1);
         }
         clients
             .entry(key)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_client)))
+            .or_insert_with(|| {
+                Arc::new(Share {
+                    running: Arc::new(Semaphore::new(self.limits.per_client)),
+                    next: Mutex::new(None),
+                })
+            })
             .clone()
     }
 }
@@ -163,6 +198,7 @@ where
             .map(|key| self.shared.queue_of(key));
         let total = self.shared.total.clone();
         let limit = self.shared.limits.timeout;
+        let rate = self.shared.limits.per_client_rate;
         let path = request.uri().path().to_string();
         Box::pin(async move {
             let Some(queue) = queue else {
@@ -171,8 +207,13 @@ where
             let served = async move {
                 // Its own queue first: a client over its share does not hold a place in all.
                 let waiting = Gauge::up("meridian_client_requests_waiting");
+                let hold = queue.pace(rate);
+                if !hold.is_zero() {
+                    metrics::counter!("meridian_client_requests_paced_total").increment(1);
+                    tokio::time::sleep(hold).await;
+                }
                 let shares = (
-                    queue.acquire_owned().await.ok(),
+                    queue.running.clone().acquire_owned().await.ok(),
                     total.acquire_owned().await.ok(),
                 );
                 drop(waiting);
@@ -214,5 +255,32 @@ impl Gauge {
 impl Drop for Gauge {
     fn drop(&mut self) {
         metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_gets_a_seconds_worth_at_once_then_its_rate() {
+        let share = Share {
+            running: Arc::new(Semaphore::new(1)),
+            next: Mutex::new(None),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _in = rt.enter();
+        assert_eq!(share.pace(0), Duration::ZERO, "no rate: never held");
+        let waits: Vec<Duration> = (0..13).map(|_| share.pace(10)).collect();
+        assert!(waits[..11].iter().all(|w| w.is_zero()), "{waits:?}");
+        // Then a tenth of a second apart.
+        assert!(waits[11] > Duration::from_millis(50), "{waits:?}");
+        assert!(
+            waits[12] > waits[11] + Duration::from_millis(50),
+            "{waits:?}"
+        );
     }
 }
