@@ -18,11 +18,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-/// Options of `meridian proxy`.
-
 /// The longest delay a link takes (a minute: longer is a cut, which says so).
 const MAX_DELAY_MS: u32 = 60_000;
 
+/// Options of `meridian proxy`.
 #[derive(Args)]
 pub struct ProxyArgs {
     /// Where clients connect (port 0 picks one; printed). With --target.
