@@ -1,5 +1,5 @@
-//! The one place that builds gRPC channels and servers: windows, frame sizes, timeouts and
-//! TLS (when the process has a TLS identity, [`crate::tls`]) are set here for every link.
+//! The one place that builds gRPC channels and servers: windows, frame sizes, timeouts,
+//! keep-alives and TLS (when the process has a TLS identity, [`crate::tls`]) are set here for every link.
 //! One lazily connected channel per peer address, shared by every call to that peer.
 
 use std::collections::HashMap;
@@ -17,6 +17,17 @@ pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Largest HTTP/2 frame a peer may send us. h2's default (16 KiB) cuts a 4 MiB block's
 /// reply into 256 frames, each its own write on the sender's side.
 pub const MAX_FRAME: u32 = 1 << 20;
+
+/// How often each side of an idle or busy connection pings the other (HTTP/2 PING): a
+/// peer that went away without a word (a partition, a frozen host) is found, its
+/// connection closed (a channel reconnects on its next call; a server frees what the
+/// client held) instead of calls waiting on it for the OS's TCP timeouts.
+pub const PING_EVERY: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is given up.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// TCP keep-alive on every connection, under the pings (for a peer whose HTTP/2 layer
+/// never answers at all).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Largest message the metaservers' services take and send (a snapshot chunk, a volume
 /// image part, a batch of records, a step of a volume copy): one limit, for every client
@@ -64,6 +75,10 @@ pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let e = Endpoint::from_shared(format!("{scheme}://{address}"))?
         .tcp_nodelay(true)
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
+        .http2_keep_alive_interval(PING_EVERY)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_while_idle(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME);
@@ -126,6 +141,8 @@ pub fn server(
     tower::layer::util::Stack<crate::fair::FairLayer, tower::layer::util::Identity>,
 > {
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(PING_EVERY))
+        .http2_keepalive_timeout(Some(PING_TIMEOUT))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(Some(MAX_FRAME))
