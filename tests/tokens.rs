@@ -19,7 +19,7 @@ use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::chunk::{
     GetRequest, HasRequest, PutHeader, PutRequest, PutRole, put_request,
 };
-use meridian_proto::pb::meta::{MutateRequest, QueryRequest, WatchRequest};
+use meridian_proto::pb::meta::{MutateRequest, QueryRequest, RegionStatusRequest, WatchRequest};
 use meridian_proto::token::{Grant, TokenKeys};
 use tonic::Code;
 
@@ -483,6 +483,15 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
         );
     }
     assert_eq!(c.watch(Some(&tx), yv.id), Code::PermissionDenied);
+    let status = c.rt.block_on(async {
+        let ch = meridian_proto::channels::connect(c.meta).await.unwrap();
+        meridian_proto::channels::meta_client(ch)
+            .region_status(with(Some(&tx), RegionStatusRequest {}))
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    });
+    assert_eq!(status, Err(Code::PermissionDenied), "the regions' status");
     assert_eq!(c.has(Some(&tx), y_block.as_bytes()), Code::PermissionDenied);
     // Puts: only for a volume the token may write, and never for none.
     assert_eq!(

@@ -1,6 +1,15 @@
 //! The MetaService: namespace mutations and queries, the chunkserver registry, and
 //! administration of the Raft group. Any member answers; writes (and linearizable reads)
 //! that reach a follower are forwarded once to the leader.
+//!
+//! This file holds the node, what its calls share (proposing, forwarding, reading) and
+//! the service's table of calls; the calls themselves live by concept in `service/`:
+//! `namespace_calls.rs`, `cluster_calls.rs` and `region_calls.rs` (write-backs in
+//! `leases.rs`).
+
+mod cluster_calls;
+mod namespace_calls;
+mod region_calls;
 
 use crate::error::{MetaError, store};
 use std::collections::BTreeSet;
@@ -350,627 +359,84 @@ impl MetaService for MetaApi {
         &self,
         request: Request<MutateRequest>,
     ) -> Result<Response<MutateResponse>, Status> {
-        metrics::counter!("meridian_meta_mutations_total").increment(1);
-        let op: Op = decode(&request.get_ref().op, "operation")?;
-        if let Some((claims, keys)) = crate::tokens::restricted(&request)?
-            && let Checked::Missing(ino) =
-                self.check_op(&claims, &keys, &op, &request.get_ref().caps)?
-        {
-            // Not held here: decided where it is (the home region, else the leader).
-            let req = request.get_ref();
-            if req.from_region == 0
-                && self.volume_home_elsewhere(req.volume)?.is_some()
-                && let Forward::Answered(r) = self
-                    .forward_home(&op, req.clone(), crate::tokens::token_header(&request))
-                    .await?
-            {
-                return Ok(r);
-            }
-            if !self.is_leader() {
-                let (mut leader, addr) = self.leader_client(&request)?;
-                return naming(leader.mutate(MetaNode::forward(request)).await, &addr);
-            }
-            let outcome: Result<Reply, NsError> = Err(NsError::NotFound(format!("inode {ino}")));
-            return Ok(Response::new(MutateResponse {
-                outcome: json(&outcome),
-                log_index: 0,
-                dirs: Bytes::new(),
-                change_seq: 0,
-            }));
-        }
-        if let Op::CloneVolume {
-            source,
-            name,
-            read_only,
-        } = &op
-        {
-            // A copy is made here, in steps, whatever regions its source lives in.
-            if !self.is_leader() {
-                let (mut leader, addr) = self.leader_client(&request)?;
-                return naming(leader.mutate(MetaNode::forward(request)).await, &addr);
-            }
-            let outcome =
-                crate::copy::copy_volume(self.0.clone(), source, name, *read_only).await?;
-            return Ok(Response::new(MutateResponse {
-                outcome: json(&outcome),
-                log_index: 0,
-                dirs: Bytes::new(),
-                change_seq: 0,
-            }));
-        }
-        let req = request.get_ref();
-        let forwarded = req.from_region != 0;
-        // A volume whose home is another region: the change is decided there.
-        if let Some(home) = self.home_elsewhere_of(&op, req.volume)? {
-            // Forwarded here by a region that hears the home through this one (a chain),
-            // or that took this one for the home (it is moving): passed on, a bounded
-            // number of times; then the forwarding region tries again.
-            if forwarded
-                && (req.hops >= crate::home::MAX_HOPS || req.from_region == u32::from(home.0))
-            {
-                return Err(Status::unavailable(format!(
-                    "region {} is not the home of this volume (region {} is, as far as it knows)",
-                    self.shared.region.0, home.0
-                )));
-            }
-            if let Forward::Answered(r) = self
-                .forward_home(&op, req.clone(), crate::tokens::token_header(&request))
-                .await?
-            {
-                return Ok(r);
-            }
-            // This region became the home meanwhile: the change is made here.
-        }
-        let id = (req.client_id != 0).then_some((req.client_id, req.request_id));
-        let dirs = op.dirs_changed();
-        // Another client's leased directory: recalled first (on the leader).
-        let (touched, leased) = self.touched_leased(req.client_id, &op)?;
-        if leased {
-            if !self.is_leader() {
-                let (mut leader, addr) = self.leader_client(&request)?;
-                return naming(leader.mutate(MetaNode::forward(request)).await, &addr);
-            }
-            self.await_leases(req.client_id, &touched).await?;
-        }
-        let mut cmd = self.stamp(op.clone(), id);
-        cmd.lease = req.lease && id.is_some();
-        match self.propose(RaftRequest::Ns(cmd)).await {
-            Ok((RaftResponse::Ns(outcome), index)) => {
-                if matches!(outcome, Err(NsError::ReadOnly(_)))
-                    && self.home_elsewhere(&op)?.is_some()
-                {
-                    // The home moved away as this change was made: the new home decides.
-                    if forwarded {
-                        return Err(Status::unavailable("the volume's home moved: try again"));
-                    }
-                    if let Forward::Answered(r) = self
-                        .forward_home(
-                            &op,
-                            request.get_ref().clone(),
-                            crate::tokens::token_header(&request),
-                        )
-                        .await?
-                    {
-                        return Ok(r);
-                    }
-                }
-                // The directories as they are now (this member applied the operation
-                // before answering): the client's kernel asks for them next otherwise.
-                // The operation applied: a failure to read them only leaves them out.
-                let dirs: Vec<Attr> = match outcome {
-                    Ok(_) if !dirs.is_empty() => self
-                        .read(|r| {
-                            dirs.iter()
-                                .filter_map(|&ino| match r.query(&Query::GetAttr { ino }) {
-                                    Ok(QueryReply::Attr(a)) => Some(a),
-                                    _ => None,
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_else(|e| {
-                            warn!(error = %e, "could not read the changed directories back");
-                            Vec::new()
-                        }),
-                    _ => Vec::new(),
-                };
-                // For a region that forwarded it: where this region's change log ends
-                // with the change in it.
-                let change_seq = if forwarded {
-                    self.db
-                        .begin_read()
-                        .ok()
-                        .and_then(|tx| tx.open_table(crate::namespace::tables::CHANGELOG).ok())
-                        .and_then(|t| {
-                            redb::ReadableTable::last(&t)
-                                .ok()
-                                .flatten()
-                                .map(|(k, _)| k.value())
-                        })
-                        .unwrap_or(0)
-                } else {
-                    0
-                };
-                Ok(Response::new(MutateResponse {
-                    outcome: json(&outcome),
-                    log_index: index,
-                    dirs: if dirs.is_empty() {
-                        Bytes::new()
-                    } else {
-                        json(&dirs)
-                    },
-                    change_seq,
-                }))
-            }
-            Ok((other, _)) => Err(Status::from(MetaError::Store(format!(
-                "unexpected apply result {other:?}"
-            )))),
-            Err(Some(status)) => Err(status),
-            Err(None) => {
-                let (mut leader, addr) = self.leader_client(&request)?;
-                naming(leader.mutate(MetaNode::forward(request)).await, &addr)
-            }
-        }
+        self.handle_mutate(request).await
     }
 
     async fn query(
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
-        metrics::counter!("meridian_meta_queries_total").increment(1);
-        let query: Query = decode(&request.get_ref().query, "query")?;
-        let restricted = crate::tokens::restricted(&request)?;
-        if let Some((claims, _)) = &restricted {
-            // Refused early when this member can tell (before any lease is recalled for it).
-            self.check_query(claims, &query)?;
-        }
-        let client = request.get_ref().client;
-        let (linearizable, volume) = (request.get_ref().linearizable, request.get_ref().volume);
-        if linearizable && self.volume_home_elsewhere(volume)?.is_some() {
-            if request.get_ref().from_region != 0 {
-                // Its home is moving (or this region has not learnt where yet).
-                return Err(Status::unavailable(format!(
-                    "region {} is not the home of volume {volume}",
-                    self.shared.region.0
-                )));
-            }
-            // Answered as of now by the home (a read index there).
-            if let Some(answer) = self
-                .query_at_home(
-                    volume,
-                    request.get_ref().clone(),
-                    crate::tokens::token_header(&request),
-                )
-                .await?
-            {
-                return Ok(answer);
-            }
-        }
-        if !request.get_ref().stale
-            && let Some(dir) = query.reads_dir()
-            && !self.leased_to_others(client, &[dir])?.is_empty()
-        {
-            // Another client's leased directory: recalled first, by the leader.
-            if !self.is_leader() {
-                let (mut leader, addr) = self.leader_client(&request)?;
-                return naming(leader.query(MetaNode::forward(request)).await, &addr);
-            }
-            self.await_leases(client, &[dir]).await?;
-        }
-        if !request.get_ref().stale
-            && !self.lease_valid().await
-            && let Err(e) = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await
-        {
-            if e.forward_to_leader().is_none() {
-                return Err(unavailable(e));
-            }
-            let (mut leader, addr) = self.leader_client(&request)?;
-            return naming(leader.query(MetaNode::forward(request)).await, &addr);
-        }
-        let (outcome, caps) = match &restricted {
-            None => (self.read(|r| r.query(&query))?, Bytes::new()),
-            Some((claims, keys)) => match self.check_query(claims, &query)? {
-                Checked::Missing(ino) => {
-                    (Err(NsError::NotFound(format!("inode {ino}"))), Bytes::new())
-                }
-                Checked::Granted(volume) => {
-                    let outcome =
-                        crate::tokens::filter_reply(claims, self.read(|r| r.query(&query))?);
-                    let caps = volume
-                        .map(|v| crate::tokens::caps(keys, v, &outcome))
-                        .unwrap_or_default();
-                    (outcome, caps)
-                }
-            },
-        };
-        Ok(Response::new(QueryResponse {
-            outcome: json(&outcome),
-            caps,
-        }))
+        self.handle_query(request).await
     }
 
     async fn register_chunkserver(
         &self,
         request: Request<RegisterChunkserverRequest>,
     ) -> Result<Response<ClusterMapResponse>, Status> {
-        tls::require_role(&request, &[tls::CHUNK, tls::META])?;
-        let r = request.get_ref();
-        if r.id == 0 || r.address.is_empty() || r.zone.is_empty() || r.capacity == 0 {
-            return Err(Status::from(MetaError::Invalid(
-                "register needs id >= 1, zone, address and capacity > 0".into(),
-            )));
-        }
-        let host_port = |a: &str| {
-            a.rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-        };
-        if r.range_address.len() > 255
-            || !(r.range_address.is_empty() || host_port(&r.range_address))
-        {
-            return Err(Status::from(MetaError::Invalid(format!(
-                "range address {:?} is not host:port",
-                r.range_address.chars().take(64).collect::<String>()
-            ))));
-        }
-        let info = NodeInfo {
-            id: NodeId(r.id),
-            zone: ZoneId(r.zone.clone()),
-            address: r.address.clone(),
-            range_address: r.range_address.clone(),
-            capacity: r.capacity,
-            state: NodeState::Up,
-        };
-        let id = NodeId(r.id);
-        match self.change_map(ClusterCmd::Register(info)).await? {
-            Some(map) => {
-                self.liveness
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .heard(id, Instant::now());
-                Ok(map)
-            }
-            None => {
-                let (mut leader, _) = self.leader_client(&request)?;
-                leader
-                    .register_chunkserver(MetaNode::forward(request))
-                    .await
-            }
-        }
+        self.handle_register_chunkserver(request).await
     }
 
     async fn set_node_state(
         &self,
         request: Request<SetNodeStateRequest>,
     ) -> Result<Response<ClusterMapResponse>, Status> {
-        tls::require_role(&request, &[tls::ADMIN, tls::META])?;
-        let r = request.get_ref();
-        let id = NodeId(r.id);
-        if self.shared.map.borrow().node(id).is_none() {
-            return Err(Status::from(MetaError::NotFound(format!(
-                "chunkserver {id} is not in the cluster map"
-            ))));
-        }
-        let state = if r.draining {
-            NodeState::Draining
-        } else {
-            NodeState::Up
-        };
-        match self.change_map(ClusterCmd::SetState { id, state }).await? {
-            Some(map) => {
-                info!(node = %id, ?state, "chunkserver state set by an operator");
-                Ok(map)
-            }
-            None => {
-                let (mut leader, _) = self.leader_client(&request)?;
-                leader.set_node_state(MetaNode::forward(request)).await
-            }
-        }
+        self.handle_set_node_state(request).await
     }
 
     async fn heartbeat(
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        tls::require_role(&request, &[tls::CHUNK, tls::META])?;
-        if !self.raft.is_leader() {
-            let (mut leader, _) = self.leader_client(&request)?;
-            return leader.heartbeat(MetaNode::forward(request)).await;
-        }
-        let id = NodeId(request.get_ref().id);
-        let map = self.shared.map.borrow().clone();
-        let node = map.node(id).ok_or_else(|| {
-            Status::from(MetaError::NotFound(format!(
-                "chunkserver {id} is not registered; register first"
-            )))
-        })?;
-        self.liveness
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .heard(id, Instant::now());
-        if matches!(node.state, NodeState::Suspect | NodeState::Down) {
-            info!(node = %id, "chunkserver is back");
-            if let Err(Some(e)) = self
-                .propose(RaftRequest::Cluster(ClusterCmd::SetState {
-                    id,
-                    state: NodeState::Up,
-                }))
-                .await
-            {
-                warn!(node = %id, error = %e, "could not record chunkserver as up");
-            }
-        }
-        Ok(Response::new(HeartbeatResponse {
-            map_epoch: self.shared.map.borrow().epoch,
-        }))
+        self.handle_heartbeat(request).await
     }
 
     async fn get_cluster_map(
         &self,
         request: Request<GetClusterMapRequest>,
     ) -> Result<Response<ClusterMapResponse>, Status> {
-        let r = request.into_inner();
-        let mut rx = self.shared.map.subscribe();
-        let wait = Duration::from_millis(u64::from(r.wait_ms).min(30_000));
-        let _ = tokio::time::timeout(wait, rx.wait_for(|m| m.epoch > r.known_epoch)).await;
-        Ok(Response::new(ClusterMapResponse {
-            map: json(&**rx.borrow()),
-        }))
+        self.handle_get_cluster_map(request).await
     }
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(self.status_response()))
+        self.handle_status(request).await
     }
 
     async fn add_member(
         &self,
         request: Request<AddMemberRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        tls::require_role(&request, &[tls::ADMIN, tls::META])?;
-        if !self.raft.is_leader() {
-            let (mut leader, _) = self.leader_client(&request)?;
-            return leader.add_member(MetaNode::forward(request)).await;
-        }
-        let r = request.into_inner();
-        if r.id == 0 || r.address.is_empty() {
-            return Err(Status::from(MetaError::Invalid(
-                "add member needs id >= 1 and an address".into(),
-            )));
-        }
-        info!(member = r.id, address = %r.address, voter = r.voter, "adding member");
-        self.raft
-            .add_learner(r.id, BasicNode::new(&r.address), true)
-            .await
-            .map_err(unavailable)?;
-        if r.voter {
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), false)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(Response::new(self.status_response()))
+        self.handle_add_member(request).await
     }
 
     async fn remove_member(
         &self,
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        tls::require_role(&request, &[tls::ADMIN, tls::META])?;
-        if !self.raft.is_leader() {
-            let (mut leader, _) = self.leader_client(&request)?;
-            return leader.remove_member(MetaNode::forward(request)).await;
-        }
-        let id = request.into_inner().id;
-        info!(member = id, "removing member");
-        let voters: BTreeSet<u64> = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if voters.contains(&id) {
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-                .map_err(unavailable)?;
-        }
-        self.raft
-            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-            .await
-            .map_err(unavailable)?;
-        Ok(Response::new(self.status_response()))
+        self.handle_remove_member(request).await
     }
 
     async fn trigger_snapshot(
         &self,
         request: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        tls::require_role(&request, &[tls::ADMIN, tls::META])?;
-        let purge = request.into_inner().purge;
-        let target = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .last_applied
-            .map_or(0, |l| l.index);
-        self.raft.trigger().snapshot().await.map_err(unavailable)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .snapshot
-            .as_ref()
-            .map_or(0, |l| l.index)
-            < target
-        {
-            if Instant::now() > deadline {
-                return Err(Status::from(MetaError::Timeout(
-                    "snapshot did not finish in 30 s".into(),
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if purge {
-            self.raft
-                .trigger()
-                .purge_log(target)
-                .await
-                .map_err(unavailable)?;
-            while self
-                .raft
-                .metrics()
-                .borrow_watched()
-                .purged
-                .as_ref()
-                .map_or(0, |l| l.index)
-                < target
-            {
-                if Instant::now() > deadline {
-                    return Err(Status::from(MetaError::Timeout(
-                        "log purge did not finish in 30 s".into(),
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        Ok(Response::new(self.status_response()))
+        self.handle_trigger_snapshot(request).await
     }
 
     async fn pull_changes(
         &self,
         request: Request<PullChangesRequest>,
     ) -> Result<Response<PullChangesResponse>, Status> {
-        tls::require_role(&request, &[tls::META])?;
-        if !self.is_leader() {
-            let (mut leader, _) = self.leader_client(&request)?;
-            return leader.pull_changes(MetaNode::forward(request)).await;
-        }
-        let r = request.into_inner();
-        let to = u16::try_from(r.region)
-            .map(meridian_proto::RegionId)
-            .map_err(|_| {
-                Status::from(MetaError::Invalid(format!(
-                    "region {} out of range",
-                    r.region
-                )))
-            })?;
-        // Only a configured peer region pulls (a made-up region id would learn records and
-        // move the lag bookkeeping of a region that does not exist).
-        if !self.peers.iter().any(|p| p.region == to.0) {
-            return Err(Status::permission_denied(format!(
-                "region {} is not a peer of region {}",
-                to.0, self.shared.region.0
-            )));
-        }
-        let origin = match r.origin {
-            0 => self.shared.region,
-            o => u16::try_from(o)
-                .map(meridian_proto::RegionId)
-                .map_err(|_| {
-                    Status::from(MetaError::Invalid(format!("region {o} out of range")))
-                })?,
-        };
-        if origin == to {
-            return Err(Status::invalid_argument(format!(
-                "region {} asked for its own records",
-                to.0
-            )));
-        }
-        self.regions.note_have(
-            to.0,
-            r.have
-                .iter()
-                .filter_map(|m| u16::try_from(m.region).ok().map(|g| (g, m.seq)))
-                .collect(),
-        );
-        let wait = Duration::from_millis(u64::from(r.wait_ms).min(10_000));
-        let deadline = Instant::now() + wait;
-        let mut applied = self.shared.applied.subscribe();
-        loop {
-            let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
-            let reply =
-                self.regions
-                    .serve_pull_of(&tx, self.shared.region, to, origin, r.from, r.limit)?;
-            drop(tx);
-            let now = Instant::now();
-            if !reply.records.is_empty() || reply.next <= reply.head || now >= deadline {
-                metrics::counter!("meridian_region_records_served_total", "peer" => r.region.to_string())
-                    .increment(reply.records.len() as u64);
-                return Ok(Response::new(reply));
-            }
-            // Nothing new: wait for the next applied entry (or the deadline).
-            let _ = tokio::time::timeout(deadline - now, applied.changed()).await;
-        }
+        self.handle_pull_changes(request).await
     }
 
     async fn watch(
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<WatchResponse>, Status> {
-        if let Some((claims, _)) = crate::tokens::restricted(&request)? {
-            self.check_volume(&claims, request.get_ref().volume)?;
-        }
-        // Only a leader within its lease answers: a member cut off from the others would
-        // answer "nothing changed" while the others go on changing things.
-        if !self.lease_valid().await {
-            let (mut leader, addr) = self.leader_client(&request)?;
-            return naming(leader.watch(MetaNode::forward(request)).await, &addr);
-        }
-        let r = request.into_inner();
-        let deadline = Instant::now() + Duration::from_millis(u64::from(r.wait_ms).min(10_000));
-        let mut applied = self.shared.applied.subscribe();
-        let mut recalled = self.recalls.subscribe();
-        let mut from = r.from;
-        loop {
-            let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
-            let answer = crate::watch::changes(&tx, r.volume, from, r.client)?;
-            // Only what the applied state still leases to the watcher: a recall whose
-            // waiter went away (or whose lease ended) is dropped, not repeated.
-            let recall: Vec<u64> = if r.client == 0 {
-                Vec::new()
-            } else {
-                let pending = self.recalls.of(r.client);
-                let (live, stale): (Vec<_>, Vec<_>) = pending.into_iter().partition(|d| {
-                    matches!(
-                        crate::namespace::lease::leaseholder(&tx, *d),
-                        Ok(Some(h)) if h == r.client
-                    )
-                });
-                if !stale.is_empty() {
-                    self.recalls.forget(&stale);
-                }
-                live.iter().map(|d| d.0).collect()
-            };
-            drop(tx);
-            let now = Instant::now();
-            if !answer.touched.changes.is_empty()
-                || answer.gap
-                || r.from == 0
-                || !recall.is_empty()
-                || now >= deadline
-            {
-                return Ok(Response::new(WatchResponse {
-                    touched: json(&answer.touched),
-                    next: answer.next,
-                    gap: answer.gap,
-                    recall,
-                }));
-            }
-            // Records of other volumes or of the watcher only, or none: wait for the next
-            // applied entry, or a recall.
-            from = answer.next;
-            let _ = tokio::time::timeout(deadline - now, async {
-                tokio::select! {
-                    _ = applied.changed() => {}
-                    _ = recalled.changed() => {}
-                }
-            })
-            .await;
-        }
+        self.handle_watch(request).await
     }
 
     async fn write_back(
@@ -984,30 +450,13 @@ impl MetaService for MetaApi {
         &self,
         request: Request<RegionStatusRequest>,
     ) -> Result<Response<RegionStatusResponse>, Status> {
-        if !self.is_leader() {
-            let (mut leader, _) = self.leader_client(&request)?;
-            return leader.region_status(MetaNode::forward(request)).await;
-        }
-        let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
-        let mut status =
-            self.regions
-                .status(&tx, self.shared.region, &self.peers, &self.relayed_via());
-        drop(tx);
-        status.backfills = self.backfills.rows(&self.db);
-        Ok(Response::new(status))
+        self.handle_region_status(request).await
     }
 
     async fn volume_image(
         &self,
         request: Request<VolumeImageRequest>,
     ) -> Result<Response<VolumeImageResponse>, Status> {
-        tls::require_role(&request, &[tls::META])?;
-        if !self.is_leader() {
-            let (mut leader, _) = self.leader_client(&request)?;
-            return leader.volume_image(MetaNode::forward(request)).await;
-        }
-        crate::backfill::serve_image(self, request.into_inner())
-            .await
-            .map(Response::new)
+        self.handle_volume_image(request).await
     }
 }
