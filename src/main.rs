@@ -477,6 +477,23 @@ fn main() -> Result<()> {
             meridian_proto::token::watch(path.clone(), std::time::Duration::from_secs(2));
         }
     }
+    if let Some(path) = cli.token_file.clone() {
+        // A token renewed in its file (a CSI secret updated, a job writing a new one) is
+        // sent from then on, without a remount.
+        let _in = runtime.enter();
+        meridian_proto::reload::watch(
+            vec![path.clone()],
+            std::time::Duration::from_secs(2),
+            "volume access token",
+            move || {
+                let token = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                meridian_proto::token::install_client_token(token.trim())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        );
+    }
     let command = match cli.command {
         Command::Mount(args) => return mount::run(*args, &runtime),
         Command::Dev(args) => return dev::run(args, &runtime),

@@ -1172,7 +1172,7 @@ async fn mounts_the_mounter_started_outlive_the_plugin_and_everything_it_started
 /// unstage); a token for another volume, a malformed one, or none at all stages nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_stage_mounts_with_the_token_of_the_volume_secret() -> Result<()> {
-    use common::tls::{ROLES, deployment, meridian, ok, tls_region_with};
+    use common::tls::{ROLES, deployment, issue_token, meridian, ok, tls_region_with};
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir()?;
     let certs = deployment(dir.path(), "ca", &ROLES)?;
@@ -1183,27 +1183,13 @@ async fn node_stage_mounts_with_the_token_of_the_volume_secret() -> Result<()> {
     )?)?;
     let (_meta, _chunks, addrs) =
         tls_region_with(1, &certs, &["--token-key", key.to_str().unwrap()])?;
-    let issue = |volume: &str| -> Result<String> {
-        let args = [
-            "admin",
-            "token",
-            "issue",
-            "--key",
-            key.to_str().unwrap(),
-            "--subject",
-            "csi-test",
-            "--volume",
-            volume,
-        ];
-        Ok(ok(meridian(None, &args)?)?.trim().to_string())
-    };
     for v in ["pvc-x", "pvc-y"] {
         ok(meridian(
             Some(&certs[3]),
             &["admin", "volume-create", "--meta", &addrs, v],
         )?)?;
     }
-    let tx = issue("pvc-x")?;
+    let tx = issue_token(&key, "csi-test", &["pvc-x"], "1h")?;
     let csi = Csi::start_with(
         &dir.path().join("csi"),
         &addrs,

@@ -26,25 +26,27 @@ fn gauge(addr: &str, name: &str) -> Option<f64> {
     )
 }
 
-#[test]
-fn a_client_over_its_share_waits_and_the_others_are_served() -> Result<()> {
+/// A region of one metaserver and one chunkserver run with `flags`, serving its metrics;
+/// and the metrics' address.
+fn chunkserver_with(flags: &[&str]) -> Result<(MetaCluster, ServerProc, String)> {
     let meta = MetaCluster::start(1, &[])?;
     let metrics = free_addr()?;
-    let chunk = ServerProc::start(
-        "chunk",
-        1,
-        meta.dir.path(),
-        vec![
-            "--zone".into(),
-            "a".into(),
-            "--meta".into(),
-            meta.addrs().join(","),
-            "--max-requests-per-client".into(),
-            "2".into(),
-            "--metrics-listen".into(),
-            metrics.clone(),
-        ],
-    )?;
+    let mut args: Vec<String> = vec![
+        "--zone".into(),
+        "a".into(),
+        "--meta".into(),
+        meta.addrs().join(","),
+        "--metrics-listen".into(),
+        metrics.clone(),
+    ];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let chunk = ServerProc::start("chunk", 1, meta.dir.path(), args)?;
+    Ok((meta, chunk, metrics))
+}
+
+#[test]
+fn a_client_over_its_share_waits_and_the_others_are_served() -> Result<()> {
+    let (_meta, chunk, metrics) = chunkserver_with(&["--max-requests-per-client", "2"])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -111,25 +113,12 @@ fn a_client_over_its_share_waits_and_the_others_are_served() -> Result<()> {
 
 #[test]
 fn a_client_request_not_answered_in_time_is_cut_with_deadline_exceeded() -> Result<()> {
-    let meta = MetaCluster::start(1, &[])?;
-    let metrics = free_addr()?;
-    let chunk = ServerProc::start(
-        "chunk",
-        1,
-        meta.dir.path(),
-        vec![
-            "--zone".into(),
-            "a".into(),
-            "--meta".into(),
-            meta.addrs().join(","),
-            "--max-requests-per-client".into(),
-            "1".into(),
-            "--request-timeout-ms".into(),
-            "1500".into(),
-            "--metrics-listen".into(),
-            metrics.clone(),
-        ],
-    )?;
+    let (_meta, chunk, metrics) = chunkserver_with(&[
+        "--max-requests-per-client",
+        "1",
+        "--request-timeout-ms",
+        "1500",
+    ])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -139,7 +128,8 @@ fn a_client_request_not_answered_in_time_is_cut_with_deadline_exceeded() -> Resu
         .map_err(anyhow::Error::msg)?;
     let client = ChunkServiceClient::new(ch);
     // An upload that never sends its block holds the client's whole share (one), and a
-    // request waits behind it: the upload is cut at the timeout, which frees the share.
+    // request waits behind it: the upload is cut at the timeout, which frees the share;
+    // nothing is left waiting.
     let mut stalled = client.clone();
     let upload = rt.spawn(async move {
         stalled
@@ -165,8 +155,18 @@ fn a_client_request_not_answered_in_time_is_cut_with_deadline_exceeded() -> Resu
         code == Some(tonic::Code::DeadlineExceeded),
         "the stalled upload: {code:?}, expected DEADLINE_EXCEEDED"
     );
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), behind).await })
-        .context("the request behind the upload stayed queued after it was cut")???;
+    // Answered, not left waiting: served once the upload is cut, or cut itself when its
+    // own time ran out first (it came a moment after the upload, so it has only that
+    // moment left to be served in, which a busy host may not give it).
+    let behind = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), behind).await })
+        .context("the request behind the upload stayed queued after it was cut")??;
+    if let Err(s) = behind {
+        anyhow::ensure!(
+            s.code() == tonic::Code::DeadlineExceeded,
+            "the request behind the upload: {s}"
+        );
+    }
     wait_for(Duration::from_secs(30), "nothing running", || {
         (gauge(&metrics, "meridian_client_requests_running")? == 0.0).then_some(())
     })?;
@@ -178,23 +178,7 @@ fn a_client_request_not_answered_in_time_is_cut_with_deadline_exceeded() -> Resu
 
 #[test]
 fn a_client_over_its_rate_is_held_back_and_another_is_not() -> Result<()> {
-    let meta = MetaCluster::start(1, &[])?;
-    let metrics = free_addr()?;
-    let chunk = ServerProc::start(
-        "chunk",
-        1,
-        meta.dir.path(),
-        vec![
-            "--zone".into(),
-            "a".into(),
-            "--meta".into(),
-            meta.addrs().join(","),
-            "--max-requests-per-client-per-sec".into(),
-            "5".into(),
-            "--metrics-listen".into(),
-            metrics.clone(),
-        ],
-    )?;
+    let (_meta, chunk, metrics) = chunkserver_with(&["--max-requests-per-client-per-sec", "2"])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -208,23 +192,20 @@ fn a_client_over_its_rate_is_held_back_and_another_is_not() -> Result<()> {
     let (mut noisy, mut calm) = (connect()?, connect()?);
     // A counter reads as a gauge does.
     let paced = || gauge(&metrics, "meridian_client_requests_paced_total").unwrap_or(-1.0);
-    // A second's worth goes at once, the rest at five a second: twenty in a row are held
-    // back (all but the first six, unless the requests themselves take longer than the
-    // pace).
+    // A second's worth goes at once (three requests), the rest at two a second: of ten in
+    // a row, the last seven are held back, unless a request itself takes longer than the
+    // half second between two.
     rt.block_on(async {
-        for _ in 0..20 {
+        for _ in 0..10 {
             noisy.node_status(NodeStatusRequest {}).await?;
         }
         Ok::<_, tonic::Status>(())
     })?;
     let after_noisy = paced();
-    anyhow::ensure!(
-        after_noisy >= 10.0,
-        "{after_noisy} of 20 requests held back"
-    );
-    // Another client has its own second's worth: none of its five is held back.
+    anyhow::ensure!(after_noisy >= 5.0, "{after_noisy} of 10 requests held back");
+    // Another client has its own second's worth: none of its three is held back.
     rt.block_on(async {
-        for _ in 0..5 {
+        for _ in 0..3 {
             calm.node_status(NodeStatusRequest {}).await?;
         }
         Ok::<_, tonic::Status>(())

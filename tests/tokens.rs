@@ -7,19 +7,20 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::Result;
 use bytes::Bytes;
 use common::tls::*;
 use common::*;
 use meridian_proto::InodeId;
-use meridian_proto::ns::{Creds, Extent, FileKind, NsError, Op, Query, QueryReply};
+use meridian_proto::ns::{Creds, Extent, FileKind, NsError, Op, Query, QueryReply, Queued};
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::chunk::{
     GetRequest, HasRequest, PutHeader, PutRequest, PutRole, put_request,
 };
-use meridian_proto::pb::meta::{MutateRequest, QueryRequest, RegionStatusRequest, WatchRequest};
+use meridian_proto::pb::meta::{
+    MutateRequest, QueryRequest, RegionStatusRequest, WatchRequest, WriteBackRequest,
+};
 use meridian_proto::token::{Grant, TokenKeys};
 use tonic::Code;
 
@@ -97,6 +98,26 @@ impl Caller<'_> {
             {
                 Ok(r) => Ok(serde_json::from_slice(&r.into_inner().outcome).unwrap()),
                 Err(s) => Err(s.code()),
+            }
+        })
+    }
+
+    /// A write-back of `ops` as client 77, with capabilities `caps`.
+    fn write_back(&self, token: Option<&str>, ops: &[Queued], caps: Bytes) -> Code {
+        let req = WriteBackRequest {
+            client_id: 77,
+            ops: serde_json::to_vec(ops).unwrap().into(),
+            caps,
+            ..Default::default()
+        };
+        self.rt.block_on(async {
+            let ch = meridian_proto::channels::connect(self.meta).await.unwrap();
+            match meridian_proto::channels::meta_client(ch)
+                .write_back(with(token, req))
+                .await
+            {
+                Ok(_) => Code::Ok,
+                Err(s) => s.code(),
             }
         })
     }
@@ -219,24 +240,6 @@ fn mknod(parent: InodeId, name: &str) -> Op {
     }
 }
 
-fn issue(key: &Path, subject: &str, volumes: &[&str], ttl: &str) -> Result<String> {
-    let mut args = vec![
-        "admin",
-        "token",
-        "issue",
-        "--key",
-        key.to_str().unwrap(),
-        "--subject",
-        subject,
-        "--ttl",
-        ttl,
-    ];
-    for v in volumes {
-        args.extend(["--volume", v]);
-    }
-    Ok(ok(meridian(None, &args)?)?.trim().to_string())
-}
-
 fn volume(c: &Caller, token: Option<&str>, name: &str) -> meridian_proto::ns::Volume {
     match c.query(token, &Query::Volume { name: name.into() }) {
         Ok((Ok(QueryReply::Volume(v)), _)) => v,
@@ -276,9 +279,9 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
             &["admin", "volume-create", "--meta", &addrs, v],
         )?)?;
     }
-    let tx = issue(&key, "team-x", &["x"], "1h")?;
-    let tx_ro = issue(&key, "x-reader", &["x:ro"], "1h")?;
-    let ty = issue(&key, "team-y", &["y"], "1h")?;
+    let tx = issue_token(&key, "team-x", &["x"], "1h")?;
+    let tx_ro = issue_token(&key, "x-reader", &["x:ro"], "1h")?;
+    let ty = issue_token(&key, "team-y", &["y"], "1h")?;
     let token_file = |name: &str, token: &str| -> Result<String> {
         let p = dir.path().join(name);
         fs::write(&p, token)?;
@@ -554,6 +557,43 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
         c.mutate_with(Some(&tx), &commit(own, 1000), record(&own, xv.id, &cap)),
         Ok(Ok(_))
     ));
+    // Nor through a write-back: an inode number a change merely carries (not a create
+    // of it) does not put y's file in x for the changes after it.
+    let queued = [
+        Queued {
+            request: rand_id(),
+            op: Op::Unlink {
+                parent: xv.root,
+                name: b"absent".to_vec(),
+                creds: Creds::root(),
+            },
+            now: Default::default(),
+            ino: Some(y_file),
+        },
+        Queued {
+            request: rand_id(),
+            op: Op::CommitExtents {
+                ino: y_file,
+                extents: vec![Extent {
+                    offset: 0,
+                    len: 10,
+                    block: own,
+                    block_offset: 0,
+                    block_len: 1000,
+                }],
+                size: 10,
+                base_version: None,
+                creds: Creds::root(),
+            },
+            now: Default::default(),
+            ino: None,
+        },
+    ];
+    assert_eq!(
+        c.write_back(Some(&tx), &queued, record(&own, xv.id, &cap)),
+        Code::PermissionDenied,
+        "a write-back into y's file"
+    );
     // A read-only token changes nothing, and x's token does what it grants.
     assert_eq!(
         c.mutate(Some(&tx_ro), &mknod(xv.root, "ro")).map(|_| ()),
@@ -626,6 +666,8 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
     let m = mount("y", "y-again", Some(&fy))?;
     assert!(fs::read(m.path.join("secret"))? == secret);
     drop(m);
+    // A mount whose token will be renewed in its file (below, after the key changes).
+    let renewed = mount("x", "x-renewed", Some(&fx))?;
 
     // Keys rotate without a restart: once the servers' file holds only a new key, tokens
     // of the old one are refused and the new key's are taken.
@@ -654,6 +696,32 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
             (c.query(Some(&tx), &x_root) == Err(Code::Unauthenticated)
                 && c.query(Some(&t2), &x_root).is_ok())
             .then_some(())
+        },
+    )?;
+    // The running mount's token is of the old key now: its changes are refused until a
+    // new token is written to its file, which it takes without a remount.
+    assert!(fs::write(renewed.path.join("refused"), b"x").is_err());
+    let t3 = fresh.issue(
+        "renewed",
+        vec![Grant {
+            volume: "x".into(),
+            write: true,
+        }],
+        meridian_proto::token::unix_now(),
+        600,
+    )?;
+    let tmp = dir.path().join(".tx.new");
+    fs::write(&tmp, &t3)?;
+    fs::rename(&tmp, &fx)?;
+    let mut n = 0;
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the mount sending its renewed token",
+        || {
+            n += 1;
+            fs::write(renewed.path.join(format!("renewed-{n}")), b"x")
+                .is_ok()
+                .then_some(())
         },
     )?;
     Ok(())

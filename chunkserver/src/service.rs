@@ -381,7 +381,8 @@ impl ChunkService for ChunkNode {
         Ok(Response::new(PutResponse {
             stored_on: stored_on.iter().map(|n| n.0).collect(),
             degraded,
-            already_present,
+            // Whether some volume already holds these bytes is not a token holder's to know.
+            already_present: already_present && restricted.is_none(),
             cap: restricted
                 .map(|(_, keys)| Bytes::copy_from_slice(&keys.cap(&id, header.volume)))
                 .unwrap_or_default(),
@@ -567,6 +568,7 @@ impl ChunkService for ChunkNode {
         &self,
         _request: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
+        // Open to every certificate of the deployment: it names no volume or block.
         let (store, ledger) = (self.store.clone(), self.ledger.clone());
         let regions = self.peers.ids();
         let (usage, under, queues) = blocking(move || {

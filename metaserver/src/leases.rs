@@ -183,7 +183,7 @@ impl MetaNode {
         }
         if let Some((claims, keys)) = crate::tokens::restricted(&request)?
             && let crate::tokens::Checked::Missing(ino) =
-                self.check_write_back(&claims, &keys, &queued, r.reserve, &r.caps)?
+                self.check_write_back(&claims, &keys, r.client_id, &queued, r.reserve, &r.caps)?
         {
             return Err(Status::failed_precondition(format!(
                 "a write-back names inode {ino}, which the leader does not hold"

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use meridian_proto::InodeId;
 use meridian_proto::ns::{NsError, Op, Query, QueryReply, Queued};
 use meridian_proto::token::{CAP_LEN, Claims, TokenKeys};
+use redb::ReadableDatabase;
 use tonic::{Request, Status};
 
 use crate::service::MetaNode;
@@ -107,12 +108,15 @@ impl MetaNode {
         Ok(checked)
     }
 
-    /// Whether `claims` may make every change of a write-back, in order (a create's inode
-    /// is in its parent's volume for the changes after it).
+    /// Whether `claims` may make every change of a write-back of `client`, in order. A
+    /// create of an inode that does not exist yet, in a directory leased to `client`, puts
+    /// that inode in its parent's volume for the changes after it; nothing else does (an
+    /// inode number a change merely carries says nothing of its volume).
     pub(crate) fn check_write_back(
         &self,
         claims: &Claims,
         keys: &TokenKeys,
+        client: u64,
         queued: &[Queued],
         reserve: u32,
         caps: &[u8],
@@ -126,7 +130,9 @@ impl MetaNode {
             match self.check_inodes(claims, &q.op.inodes(), write, &made)? {
                 Checked::Granted(Some(v)) => {
                     check_blocks(claims, keys, &q.op, v, caps)?;
-                    if let Some(ino) = q.ino {
+                    if let (Op::Mknod { parent, .. }, Some(ino)) = (&q.op, q.ino)
+                        && self.creates_here(client, *parent, ino)?
+                    {
                         made.insert(ino, v);
                     }
                 }
@@ -141,6 +147,19 @@ impl MetaNode {
             ));
         }
         Ok(Checked::Granted(None))
+    }
+
+    /// Whether inode `ino` is one `client` may be creating in `parent`: it does not exist,
+    /// and `parent` is leased to `client`.
+    fn creates_here(&self, client: u64, parent: InodeId, ino: InodeId) -> Result<bool, Status> {
+        let absent = matches!(self.read(|r| r.getattr(ino))?, Err(NsError::NotFound(_)));
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| Status::from(crate::error::store(e)))?;
+        let leased = crate::namespace::lease::leaseholder(&tx, parent)
+            .map_err(|e| Status::from(crate::error::MetaError::Ns(e)))?;
+        Ok(absent && leased == Some(client))
     }
 
     /// Whether `claims` may make `query`.

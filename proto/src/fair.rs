@@ -1,6 +1,7 @@
 //! Fair shares of a server: at most `total` requests handled at once, at most
 //! `per_client` of them for any one client, and (if set) at most `per_client_rate` started
-//! per second by one client, so that one noisy client (a runaway job, a
+//! per second by one client (one that would wait for its turn longer than the request
+//! timeout is told RESOURCE_EXHAUSTED at once), so that one noisy client (a runaway job, a
 //! mount in a retry loop) waits in its own queue while the others go on. A client is its
 //! certificate (on TLS) or its connection (plaintext); other servers of the deployment
 //! (metaserver and chunkserver certificates) are not limited, since Raft, forwarding and
@@ -90,16 +91,22 @@ struct Share {
 impl Share {
     /// How long a request arriving now waits to keep the client within `rate` per second
     /// (a second's worth may come at once).
-    fn pace(&self, rate: u32) -> Duration {
+    /// `None`, taking no place, when that is longer than `patience` (it would time out
+    /// waiting).
+    fn pace(&self, rate: u32, patience: Duration) -> Option<Duration> {
         if rate == 0 {
-            return Duration::ZERO;
+            return Some(Duration::ZERO);
         }
         let interval = Duration::from_secs(1) / rate;
         let now = tokio::time::Instant::now();
         let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
         let due = next.map_or(now, |n| n.max(now));
+        let wait = due.saturating_duration_since(now + Duration::from_secs(1));
+        if wait >= patience {
+            return None;
+        }
         *next = Some(due + interval);
-        due.saturating_duration_since(now + Duration::from_secs(1))
+        Some(wait)
     }
 }
 
@@ -207,7 +214,14 @@ where
             let served = async move {
                 // Its own queue first: a client over its share does not hold a place in all.
                 let waiting = Gauge::up("meridian_client_requests_waiting");
-                let hold = queue.pace(rate);
+                let Some(hold) = queue.pace(rate, limit) else {
+                    // Over its rate for longer than it may wait: told now, holding no place.
+                    metrics::counter!("meridian_client_requests_over_rate_total").increment(1);
+                    return Ok(tonic::Status::resource_exhausted(format!(
+                        "over this server's rate of {rate} requests a second per client"
+                    ))
+                    .into_http());
+                };
                 if !hold.is_zero() {
                     metrics::counter!("meridian_client_requests_paced_total").increment(1);
                     tokio::time::sleep(hold).await;
@@ -273,14 +287,26 @@ mod tests {
             .build()
             .unwrap();
         let _in = rt.enter();
-        assert_eq!(share.pace(0), Duration::ZERO, "no rate: never held");
-        let waits: Vec<Duration> = (0..13).map(|_| share.pace(10)).collect();
+        let patience = Duration::from_secs(60);
+        assert_eq!(
+            share.pace(0, patience),
+            Some(Duration::ZERO),
+            "no rate: never held"
+        );
+        let waits: Vec<Duration> = (0..13).map(|_| share.pace(10, patience).unwrap()).collect();
         assert!(waits[..11].iter().all(|w| w.is_zero()), "{waits:?}");
         // Then a tenth of a second apart.
         assert!(waits[11] > Duration::from_millis(50), "{waits:?}");
         assert!(
             waits[12] > waits[11] + Duration::from_millis(50),
             "{waits:?}"
+        );
+        // A request that would wait longer than it may is refused, and takes no place.
+        assert_eq!(share.pace(10, Duration::from_millis(150)), None);
+        let next = share.pace(10, patience).unwrap();
+        assert!(
+            next < waits[12] + Duration::from_millis(150),
+            "{next:?} {waits:?}"
         );
     }
 }

@@ -14,6 +14,7 @@ pub mod pb;
 pub mod placement;
 pub mod range_wire;
 pub mod recent;
+pub mod reload;
 pub mod tls;
 pub mod tls_incoming;
 pub mod token;

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -243,45 +243,13 @@ pub fn watch(every: Duration) {
     let Some(dir) = current().map(|t| t.dir.clone()) else {
         return;
     };
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("TLS: cannot listen for SIGHUP; certificates reload on change only");
-            return;
-        };
-        let mut seen = stamps(&dir);
-        loop {
-            let asked = tokio::select! {
-                _ = hup.recv() => true,
-                _ = tokio::time::sleep(every) => false,
-            };
-            let now = stamps(&dir);
-            if !asked && now == seen {
-                continue;
-            }
-            seen = now;
-            match TlsIdentity::load(&dir) {
-                Ok(id) => {
-                    install(id);
-                    tracing::info!(dir = %dir.display(), "TLS: certificates reloaded");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS: certificates not reloaded; the old ones stay")
-                }
-            }
-        }
-    });
-}
-
-/// The modification times and lengths of a TLS folder's files.
-fn stamps(dir: &Path) -> Vec<Option<(SystemTime, u64)>> {
-    [CA_FILE, CERT_FILE, KEY_FILE, REVOKED_FILE]
+    let files = [CA_FILE, CERT_FILE, KEY_FILE, REVOKED_FILE]
         .iter()
-        .map(|f| {
-            let m = std::fs::metadata(dir.join(f)).ok()?;
-            Some((m.modified().ok()?, m.len()))
-        })
-        .collect()
+        .map(|f| dir.join(f))
+        .collect();
+    crate::reload::watch(files, every, "TLS: certificates", move || {
+        TlsIdentity::load(&dir).map(install)
+    });
 }
 
 #[cfg(test)]

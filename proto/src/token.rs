@@ -331,35 +331,10 @@ pub fn keys() -> Option<Arc<TokenKeys>> {
 /// `every`): keys rotate without a restart. A file that does not load is reported and the
 /// keys in force stay.
 pub fn watch(path: std::path::PathBuf, every: std::time::Duration) {
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("token keys: cannot listen for SIGHUP; they reload on change only");
-            return;
-        };
-        let stamp = |p: &Path| {
-            let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
-        };
-        let mut seen = stamp(&path);
-        loop {
-            let asked = tokio::select! {
-                _ = hup.recv() => true,
-                _ = tokio::time::sleep(every) => false,
-            };
-            let now = stamp(&path);
-            if !asked && now == seen {
-                continue;
-            }
-            seen = now;
-            match TokenKeys::load(&path) {
-                Ok(keys) => {
-                    tracing::info!(keys = ?keys, "token keys reloaded");
-                    install_keys(keys);
-                }
-                Err(e) => tracing::warn!(error = %e, "token keys not reloaded; the old ones stay"),
-            }
-        }
+    crate::reload::watch(vec![path.clone()], every, "token keys", move || {
+        TokenKeys::load(&path)
+            .map(install_keys)
+            .map_err(|e| e.to_string())
     });
 }
 

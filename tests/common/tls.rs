@@ -130,3 +130,23 @@ pub fn tls_region_with(
     )?)?;
     Ok((meta, chunks, addrs))
 }
+
+/// A volume access token signed with the key file `key` (`meridian admin token issue`),
+/// for `subject`, granting `volumes` (`name` or `name:ro`), valid for `ttl` (`1h`).
+pub fn issue_token(key: &Path, subject: &str, volumes: &[&str], ttl: &str) -> Result<String> {
+    let mut args = vec![
+        "admin",
+        "token",
+        "issue",
+        "--key",
+        key.to_str().unwrap(),
+        "--subject",
+        subject,
+        "--ttl",
+        ttl,
+    ];
+    for v in volumes {
+        args.extend(["--volume", v]);
+    }
+    Ok(ok(meridian(None, &args)?)?.trim().to_string())
+}

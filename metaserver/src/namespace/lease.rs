@@ -290,7 +290,16 @@ pub fn apply_write_back(
                 unleased = Some(d);
             }
         }
+        // A change names an inode number only as a create at one reserved for its client
+        // (apply_command checks it too; a retry's replay below would not).
+        let stray_ino = match cmd.ino {
+            Some(i) => !matches!(cmd.op, Op::Mknod { .. }) || !leases.is_reserved(wb.client, i)?,
+            None => false,
+        };
         let outcome = match unleased {
+            Some(_) if stray_ino => Err(NsError::Invalid(
+                "a change carries an inode number not reserved for this client's create".into(),
+            )),
             // A retry of a change that applied: its first outcome.
             Some(_) if already_applied(ns, cmd)? => apply(ns, cmd),
             Some(d) => Err(NsError::Conflict(format!(

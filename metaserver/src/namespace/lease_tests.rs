@@ -332,3 +332,56 @@ fn a_retried_create_grants_no_lease_again_and_a_write_back_holds_only_what_a_mou
     assert_eq!(NsReader::new(&tx).getattr(e.ino).unwrap().perm, e.perm);
     assert!(ns.lookup(e.ino, "x").is_err());
 }
+
+#[test]
+fn a_retried_change_carrying_an_inode_number_not_reserved_for_its_client_is_refused() {
+    let (mut ns, root) = Ns::new();
+    // Another client's file, and a change of this client's that applied once.
+    let victim = attr(ns.run(
+        Op::Mknod {
+            parent: root,
+            name: "victim".into(),
+            kind: FileKind::File,
+            perm: 0o644,
+            rdev: 0,
+            exclusive: true,
+            creds: Creds::root(),
+        },
+        OTHER,
+        None,
+        false,
+    ));
+    let done = ns.cmd(mkdir(root, "d"), HOLDER, None, false);
+    attr(ns.run_cmd(&done));
+    // The same request again, now naming the victim's inode number, in a write-back (the
+    // root is not leased: it would be answered as a retry), then a change of that inode.
+    let mut replay = done.clone();
+    replay.ino = Some(victim.ino);
+    let commit = ns.cmd(
+        Op::SetAttr {
+            ino: victim.ino,
+            set: SetAttr {
+                perm: Some(0o777),
+                ..SetAttr::default()
+            },
+            creds: Creds::root(),
+        },
+        HOLDER,
+        None,
+        false,
+    );
+    let out = ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![replay, commit],
+        release: vec![],
+        reserve: 0,
+    });
+    assert!(
+        matches!(out.outcomes[0], Err(NsError::Invalid(_))),
+        "{out:?}"
+    );
+    assert!(out.outcomes[1].is_err(), "{out:?}");
+    let tx = ns.db.begin_read().unwrap();
+    let after = NsReader::new(&tx).getattr(victim.ino).unwrap();
+    assert_eq!(after.perm, 0o644, "the victim's file changed");
+}

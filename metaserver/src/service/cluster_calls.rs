@@ -123,6 +123,8 @@ impl MetaApi {
         &self,
         request: Request<GetClusterMapRequest>,
     ) -> Result<Response<ClusterMapResponse>, Status> {
+        // Open to every certificate of the deployment, token or none: a client needs to
+        // know where the chunkservers are before it has a volume (the CSI node plugin).
         let r = request.into_inner();
         let mut rx = self.shared.map.subscribe();
         let wait = Duration::from_millis(u64::from(r.wait_ms).min(30_000));
@@ -136,6 +138,7 @@ impl MetaApi {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        // Open to every certificate of the deployment: it names no volume.
         Ok(Response::new(self.status_response()))
     }
 
