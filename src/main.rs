@@ -430,6 +430,12 @@ fn install_tokens(cli: &Cli) -> Result<()> {
         _ => None,
     };
     if let Some(token) = token {
+        // A server passes on its clients' tokens; one of its own would stand in for them.
+        anyhow::ensure!(
+            !matches!(cli.command, Command::Meta(_) | Command::Chunk(_)),
+            "a metaserver or chunkserver sends no volume access token (--token-file, \
+             MERIDIAN_TOKEN): it acts for itself, or for the client whose token it passes on"
+        );
         let claims = meridian_proto::token::install_client_token(token.trim())
             .context("the volume access token")?;
         tracing::info!(subject = %claims.subject, expires = claims.expires, "sending a volume access token");

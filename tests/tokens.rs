@@ -726,3 +726,21 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
     )?;
     Ok(())
 }
+
+#[test]
+fn a_server_refuses_to_carry_a_token_of_its_own() -> Result<()> {
+    // It passes on its clients' tokens; one of its own would stand in for theirs.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data").display().to_string();
+    let out = std::process::Command::new(MERIDIAN)
+        .args(["--plaintext", "meta", "--id", "1", "--data", &data])
+        .args(["--listen", "127.0.0.1:0", "--init"])
+        .env("MERIDIAN_TOKEN", "mrd1.00.00")
+        .env_remove("MERIDIAN_TLS")
+        .output()?;
+    anyhow::ensure!(!out.status.success(), "a metaserver started with a token");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("sends no volume access token"), "{e}");
+    assert!(!dir.path().join("data").exists());
+    Ok(())
+}

@@ -352,8 +352,12 @@ pub fn request<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
-/// Adds this client's token, if it has one, to `req`.
+/// Adds this client's token, if it has one, to `req`, unless `req` carries one already (a
+/// call a server passes on for a token holder keeps the holder's).
 pub fn authorize<T>(req: &mut tonic::Request<T>) {
+    if req.metadata().contains_key(HEADER) {
+        return;
+    }
     let token = CLIENT_TOKEN
         .read()
         .unwrap_or_else(|p| p.into_inner())
