@@ -57,10 +57,20 @@ pub fn record(block: BlockId, volume: u32, cap: &[u8]) {
     }
 }
 
+/// Every capability held for the blocks `ops` add to files (for whichever volumes), as
+/// the records a change carries; nothing, and no work, for a client without a token.
+pub fn for_ops<'a>(ops: impl IntoIterator<Item = &'a meridian_proto::ns::Op>) -> Bytes {
+    if !in_use() {
+        return Bytes::new();
+    }
+    let blocks: Vec<BlockId> = ops.into_iter().flat_map(|op| op.blocks_added()).collect();
+    for_blocks(&blocks)
+}
+
 /// Every capability held for `blocks` (for whichever volumes), as the records a change
 /// that adds them to a file carries.
-pub fn for_blocks(blocks: &[BlockId]) -> Bytes {
-    if !in_use() || blocks.is_empty() {
+fn for_blocks(blocks: &[BlockId]) -> Bytes {
+    if blocks.is_empty() {
         return Bytes::new();
     }
     let guard = CAPS.lock().unwrap_or_else(|p| p.into_inner());

@@ -228,7 +228,7 @@ impl MetaClient {
         let op_bytes =
             Bytes::from(serde_json::to_vec(op).map_err(|e| MetaError::Invalid(e.to_string()))?);
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let caps = crate::caps::for_blocks(&op.blocks_added());
+        let caps = crate::caps::for_ops([op]);
         let resp = self
             .call(|mut c| {
                 let req = MutateRequest {
@@ -307,8 +307,7 @@ impl MetaClient {
         let bytes =
             Bytes::from(serde_json::to_vec(ops).map_err(|e| MetaError::Invalid(e.to_string()))?);
         let release: Vec<u64> = release.iter().map(|d| d.0).collect();
-        let added: Vec<_> = ops.iter().flat_map(|q| q.op.blocks_added()).collect();
-        let caps = crate::caps::for_blocks(&added);
+        let caps = crate::caps::for_ops(ops.iter().map(|q| &q.op));
         let resp = self
             .call(|mut c| {
                 let req = WriteBackRequest {

@@ -17,6 +17,7 @@ use meridian_proto::token::{CAP_LEN, Claims, TokenKeys};
 use redb::ReadableDatabase;
 use tonic::{Request, Status};
 
+use crate::namespace::NsReader;
 use crate::service::MetaNode;
 
 /// What a check found.
@@ -35,22 +36,21 @@ fn denied(claims: &Claims, what: impl std::fmt::Display) -> Status {
     ))
 }
 
-impl MetaNode {
-    /// The volumes `claims` grants that exist here, by id: whether each may be written.
-    fn granted(&self, claims: &Claims) -> Result<HashMap<u32, (String, bool)>, Status> {
-        self.read(|r| {
-            claims
-                .volumes
-                .iter()
-                .filter_map(|g| {
-                    r.volume(&g.volume)
-                        .ok()
-                        .map(|v| (v.id, (g.volume.clone(), g.write)))
-                })
-                .collect()
+/// The volumes `claims` grants that exist in `r`, by id: their names, and whether each
+/// may be written.
+fn granted(r: &NsReader<'_>, claims: &Claims) -> HashMap<u32, (String, bool)> {
+    claims
+        .volumes
+        .iter()
+        .filter_map(|g| {
+            r.volume(&g.volume)
+                .ok()
+                .map(|v| (v.id, (g.volume.clone(), g.write)))
         })
-    }
+        .collect()
+}
 
+impl MetaNode {
     /// Whether `claims` may read (or, with `write`, change) inodes `inos`. `made` names
     /// inodes not applied yet whose volume is known (a write-back's own creates).
     fn check_inodes(
@@ -60,29 +60,34 @@ impl MetaNode {
         write: bool,
         made: &HashMap<InodeId, u32>,
     ) -> Result<Checked, Status> {
-        let granted = self.granted(claims)?;
-        let mut volume = None;
-        for &ino in inos {
-            let v = match made.get(&ino) {
-                Some(v) => *v,
-                None => match self.read(|r| r.getattr(ino))? {
-                    Ok(attr) => attr.volume,
-                    Err(NsError::NotFound(_)) => return Ok(Checked::Missing(ino)),
-                    Err(e) => return Err(Status::from(crate::error::MetaError::Ns(e))),
-                },
-            };
-            match granted.get(&v) {
-                Some((_, w)) if *w || !write => volume = Some(v),
-                Some((name, _)) => {
-                    return Err(denied(
-                        claims,
-                        format_args!("changes to volume {name:?} (read only)"),
-                    ));
+        // One read of the grants and the inodes.
+        self.read(|r| {
+            let granted = granted(r, claims);
+            let mut volume = None;
+            for &ino in inos {
+                let v = match made.get(&ino) {
+                    Some(v) => *v,
+                    None => match r.getattr(ino) {
+                        Ok(attr) => attr.volume,
+                        Err(NsError::NotFound(_)) => return Ok(Checked::Missing(ino)),
+                        Err(e) => return Err(Status::from(crate::error::MetaError::Ns(e))),
+                    },
+                };
+                match granted.get(&v) {
+                    Some((_, w)) if *w || !write => volume = Some(v),
+                    Some((name, _)) => {
+                        return Err(denied(
+                            claims,
+                            format_args!("changes to volume {name:?} (read only)"),
+                        ));
+                    }
+                    None => {
+                        return Err(denied(claims, format_args!("inode {ino} (volume {v})")));
+                    }
                 }
-                None => return Err(denied(claims, format_args!("inode {ino} (volume {v})"))),
             }
-        }
-        Ok(Checked::Granted(volume))
+            Ok(Checked::Granted(volume))
+        })?
     }
 
     /// Whether `claims` may make `op`, adding to its file only blocks that `caps` (the
@@ -181,7 +186,7 @@ impl MetaNode {
 
     /// Whether `claims` may read volume `volume` (a watch of it).
     pub(crate) fn check_volume(&self, claims: &Claims, volume: u32) -> Result<(), Status> {
-        match self.granted(claims)?.contains_key(&volume) {
+        match self.read(|r| granted(r, claims).contains_key(&volume))? {
             true => Ok(()),
             false => Err(denied(claims, format_args!("volume {volume}"))),
         }

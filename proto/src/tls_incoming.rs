@@ -123,15 +123,15 @@ pub fn incoming(listener: TcpListener) -> ReceiverStream<io::Result<Conn>> {
                     tracing::warn!(%remote, fingerprint = %hex::encode(fp), "a revoked certificate was refused");
                     return;
                 }
-                let client = match peer_certs.as_ref().and_then(|c| c.first()) {
-                    Some(leaf) => {
+                let client = match (peer_certs.as_ref().and_then(|c| c.first()), fingerprint) {
+                    (Some(leaf), Some(fp)) => {
                         let roles = crate::tls::roles(leaf).unwrap_or_default();
                         let server = roles
                             .iter()
                             .any(|r| [crate::tls::META, crate::tls::CHUNK].contains(r));
-                        (!server).then(|| ClientKey::Cert(crate::tls::fingerprint(leaf)))
+                        (!server).then_some(ClientKey::Cert(fp))
                     }
-                    None => Some(ClientKey::Conn(remote)),
+                    _ => Some(ClientKey::Conn(remote)),
                 };
                 let conn = Conn {
                     stream: Stream::Tls(Box::new(tls)),

@@ -214,17 +214,10 @@ impl TokenKeys {
     /// The claims of `token` if it is well formed, signed with one of these keys, and not
     /// expired at `now` (unix seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
-        let claims = decode(token)?;
-        let mut parts = token.split('.');
-        let (_, payload_hex, mac_hex) = (parts.next(), parts.next(), parts.next());
-        let (Some(payload_hex), Some(mac_hex)) = (payload_hex, mac_hex) else {
-            return Err(TokenError::Malformed("three parts expected".into()));
-        };
+        let (claims, payload, mac_hex) = split(token)?;
         let key = self.key(&claims.kid).ok_or_else(|| {
             TokenError::BadSignature(format!("key {:?} unknown here", claims.kid))
         })?;
-        let payload = hex::decode(payload_hex)
-            .map_err(|_| TokenError::Malformed("payload not hex".into()))?;
         let mut mac = [0u8; 32];
         hex::decode_to_slice(mac_hex, &mut mac)
             .map_err(|_| TokenError::Malformed("signature not 64 hex digits".into()))?;
@@ -256,6 +249,11 @@ impl TokenKeys {
 
 /// The claims of `token` without checking its signature (for `meridian admin token show`).
 pub fn decode(token: &str) -> Result<Claims, TokenError> {
+    split(token).map(|(claims, _, _)| claims)
+}
+
+/// A token's claims, the payload bytes they were read from, and its signature's hex.
+fn split(token: &str) -> Result<(Claims, Vec<u8>, &str), TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed(format!(
             "{} bytes, more than {MAX_TOKEN_LEN}",
@@ -263,7 +261,7 @@ pub fn decode(token: &str) -> Result<Claims, TokenError> {
         )));
     }
     let mut parts = token.split('.');
-    let (Some(prefix), Some(payload_hex), Some(_mac), None) =
+    let (Some(prefix), Some(payload_hex), Some(mac_hex), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed(format!(
@@ -285,7 +283,7 @@ pub fn decode(token: &str) -> Result<Claims, TokenError> {
             claims.volumes.len()
         )));
     }
-    Ok(claims)
+    Ok((claims, payload, mac_hex))
 }
 
 fn token_mac(key: &[u8; 32], payload: &[u8]) -> blake3::Hash {

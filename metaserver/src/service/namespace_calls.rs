@@ -178,10 +178,12 @@ impl MetaApi {
         metrics::counter!("meridian_meta_queries_total").increment(1);
         let query: Query = decode(&request.get_ref().query, "query")?;
         let restricted = crate::tokens::restricted(&request)?;
-        if let Some((claims, _)) = &restricted {
-            // Refused early when this member can tell (before any lease is recalled for it).
-            self.check_query(claims, &query)?;
-        }
+        // Refused early when this member can tell (before any lease is recalled for it).
+        // An inode's volume never changes: a grant found now holds for the answer too.
+        let early = match &restricted {
+            Some((claims, _)) => Some(self.check_query(claims, &query)?),
+            None => None,
+        };
         let client = request.get_ref().client;
         let (linearizable, volume) = (request.get_ref().linearizable, request.get_ref().volume);
         if linearizable && self.volume_home_elsewhere(volume)?.is_some() {
@@ -227,19 +229,26 @@ impl MetaApi {
         }
         let (outcome, caps) = match &restricted {
             None => (self.read(|r| r.query(&query))?, Bytes::new()),
-            Some((claims, keys)) => match self.check_query(claims, &query)? {
-                Checked::Missing(ino) => {
-                    (Err(NsError::NotFound(format!("inode {ino}"))), Bytes::new())
+            Some((claims, keys)) => {
+                let checked = match early {
+                    Some(granted @ Checked::Granted(_)) => granted,
+                    // Not held here then: asked again now that this member is current.
+                    _ => self.check_query(claims, &query)?,
+                };
+                match checked {
+                    Checked::Missing(ino) => {
+                        (Err(NsError::NotFound(format!("inode {ino}"))), Bytes::new())
+                    }
+                    Checked::Granted(volume) => {
+                        let outcome =
+                            crate::tokens::filter_reply(claims, self.read(|r| r.query(&query))?);
+                        let caps = volume
+                            .map(|v| crate::tokens::caps(keys, v, &outcome))
+                            .unwrap_or_default();
+                        (outcome, caps)
+                    }
                 }
-                Checked::Granted(volume) => {
-                    let outcome =
-                        crate::tokens::filter_reply(claims, self.read(|r| r.query(&query))?);
-                    let caps = volume
-                        .map(|v| crate::tokens::caps(keys, v, &outcome))
-                        .unwrap_or_default();
-                    (outcome, caps)
-                }
-            },
+            }
         };
         Ok(Response::new(QueryResponse {
             outcome: json(&outcome),
