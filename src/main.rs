@@ -163,6 +163,14 @@ struct ChunkArgs {
     /// a gateway, a tunnel, a fault proxy).
     #[arg(long = "route", value_parser = parse_pair)]
     routes: Vec<(String, String)>,
+    #[command(flatten)]
+    clients: ClientLimitArgs,
+}
+
+/// Clients' shares of a server (both metaservers and chunkservers take these; their
+/// config files name the same fields).
+#[derive(Args)]
+struct ClientLimitArgs {
     /// Client requests handled at once, in all (default 1024).
     #[arg(long)]
     max_requests: Option<usize>,
@@ -176,6 +184,25 @@ struct ChunkArgs {
     /// Requests one client may start per second (default 0: no limit); more are held back.
     #[arg(long)]
     max_requests_per_client_per_sec: Option<u32>,
+}
+
+/// Sets the config fields `args` (a [`ClientLimitArgs`]) gives on config `c`.
+macro_rules! client_limits {
+    ($args:expr, $c:expr) => {{
+        let a = $args;
+        if let Some(v) = a.max_requests {
+            $c.max_requests = v;
+        }
+        if let Some(v) = a.max_requests_per_client {
+            $c.max_requests_per_client = v;
+        }
+        if let Some(v) = a.request_timeout_ms {
+            $c.request_timeout_ms = v;
+        }
+        if let Some(v) = a.max_requests_per_client_per_sec {
+            $c.max_requests_per_client_per_sec = v;
+        }
+    }};
 }
 
 /// Parses `A=B` (a route ADDR=VIA, a proxy forward LISTEN=TARGET).
@@ -220,12 +247,9 @@ impl ChunkArgs {
             gc_grace_ms,
             journal_segment_mib,
             ship_replica_delay_ms,
-            range_port,
-            max_requests,
-            max_requests_per_client,
-            request_timeout_ms,
-            max_requests_per_client_per_sec
+            range_port
         );
+        client_limits!(self.clients, c);
         set_opt!(
             cluster_map,
             capacity,
@@ -309,19 +333,8 @@ struct MetaArgs {
     /// stop a copy half way; never in production).
     #[arg(long, hide = true)]
     copy_pause_ms: Option<u64>,
-    /// Client requests handled at once, in all (default 1024).
-    #[arg(long)]
-    max_requests: Option<usize>,
-    /// Requests of one client handled at once (default 64); more wait in its own queue.
-    #[arg(long)]
-    max_requests_per_client: Option<usize>,
-    /// How long a client's request may take, its wait for a share included, before it is
-    /// answered DEADLINE_EXCEEDED (default 60000).
-    #[arg(long)]
-    request_timeout_ms: Option<u64>,
-    /// Requests one client may start per second (default 0: no limit); more are held back.
-    #[arg(long)]
-    max_requests_per_client_per_sec: Option<u32>,
+    #[command(flatten)]
+    clients: ClientLimitArgs,
 }
 
 impl MetaArgs {
@@ -350,12 +363,9 @@ impl MetaArgs {
             suspect_after_ms,
             down_after_ms,
             peer_unreachable_after_ms,
-            copy_pause_ms,
-            max_requests,
-            max_requests_per_client,
-            request_timeout_ms,
-            max_requests_per_client_per_sec
+            copy_pause_ms
         );
+        client_limits!(self.clients, c);
         if !self.peers.is_empty() {
             c.peers = self.peers;
         }

@@ -44,20 +44,29 @@ fn chunkserver_with(flags: &[&str]) -> Result<(MetaCluster, ServerProc, String)>
     Ok((meta, chunk, metrics))
 }
 
+/// The runtime the tests' calls run on.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// A new client of the chunkserver at `addr`, over its own connection (in plaintext, a
+/// client of its own for the fair shares).
+fn client(rt: &tokio::runtime::Runtime, addr: &str) -> Result<ChunkServiceClient<Channel>> {
+    let ch = rt
+        .block_on(meridian_proto::channels::connect(addr))
+        .map_err(anyhow::Error::msg)?;
+    Ok(ChunkServiceClient::new(ch))
+}
+
 #[test]
 fn a_client_over_its_share_waits_and_the_others_are_served() -> Result<()> {
     let (_meta, chunk, metrics) = chunkserver_with(&["--max-requests-per-client", "2"])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     // Plaintext: a client is a connection.
-    let connect = || -> Result<ChunkServiceClient<Channel>> {
-        let ch = rt
-            .block_on(meridian_proto::channels::connect(&chunk.addr))
-            .map_err(anyhow::Error::msg)?;
-        Ok(ChunkServiceClient::new(ch))
-    };
+    let connect = || client(&rt, &chunk.addr);
     let (noisy, mut calm) = (connect()?, connect()?);
     let count = |name: &str| gauge(&metrics, name);
     let settles = |what: &str, name: &str, want: f64| {
@@ -119,14 +128,8 @@ fn a_client_request_not_answered_in_time_is_cut_with_deadline_exceeded() -> Resu
         "--request-timeout-ms",
         "1500",
     ])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let ch = rt
-        .block_on(meridian_proto::channels::connect(&chunk.addr))
-        .map_err(anyhow::Error::msg)?;
-    let client = ChunkServiceClient::new(ch);
+    let rt = runtime()?;
+    let client = client(&rt, &chunk.addr)?;
     // An upload that never sends its block holds the client's whole share (one), and a
     // request waits behind it: the upload is cut at the timeout, which frees the share;
     // nothing is left waiting.
@@ -179,16 +182,8 @@ fn a_client_request_not_answered_in_time_is_cut_with_deadline_exceeded() -> Resu
 #[test]
 fn a_client_over_its_rate_is_held_back_and_another_is_not() -> Result<()> {
     let (_meta, chunk, metrics) = chunkserver_with(&["--max-requests-per-client-per-sec", "2"])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let connect = || -> Result<ChunkServiceClient<Channel>> {
-        let ch = rt
-            .block_on(meridian_proto::channels::connect(&chunk.addr))
-            .map_err(anyhow::Error::msg)?;
-        Ok(ChunkServiceClient::new(ch))
-    };
+    let rt = runtime()?;
+    let connect = || client(&rt, &chunk.addr);
     let (mut noisy, mut calm) = (connect()?, connect()?);
     // A counter reads as a gauge does.
     let paced = || gauge(&metrics, "meridian_client_requests_paced_total").unwrap_or(-1.0);

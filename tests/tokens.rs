@@ -43,6 +43,16 @@ struct Caller<'a> {
 }
 
 impl Caller<'_> {
+    /// A client of the metaserver called, over a new connection.
+    async fn meta_client(
+        &self,
+    ) -> meridian_proto::pb::meta::meta_service_client::MetaServiceClient<
+        meridian_proto::channels::Authed,
+    > {
+        let ch = meridian_proto::channels::connect(self.meta).await.unwrap();
+        meridian_proto::channels::meta_client(ch)
+    }
+
     /// A query's outcome, and the capabilities that came with it; Err: the call's status.
     fn query(
         &self,
@@ -54,11 +64,7 @@ impl Caller<'_> {
             ..Default::default()
         };
         self.rt.block_on(async {
-            let ch = meridian_proto::channels::connect(self.meta).await.unwrap();
-            match meridian_proto::channels::meta_client(ch)
-                .query(with(token, req))
-                .await
-            {
+            match self.meta_client().await.query(with(token, req)).await {
                 Ok(r) => {
                     let r = r.into_inner();
                     Ok((serde_json::from_slice(&r.outcome).unwrap(), r.caps))
@@ -91,11 +97,7 @@ impl Caller<'_> {
             ..Default::default()
         };
         self.rt.block_on(async {
-            let ch = meridian_proto::channels::connect(self.meta).await.unwrap();
-            match meridian_proto::channels::meta_client(ch)
-                .mutate(with(token, req))
-                .await
-            {
+            match self.meta_client().await.mutate(with(token, req)).await {
                 Ok(r) => Ok(serde_json::from_slice(&r.into_inner().outcome).unwrap()),
                 Err(s) => Err(s.code()),
             }
@@ -111,11 +113,7 @@ impl Caller<'_> {
             ..Default::default()
         };
         self.rt.block_on(async {
-            let ch = meridian_proto::channels::connect(self.meta).await.unwrap();
-            match meridian_proto::channels::meta_client(ch)
-                .write_back(with(token, req))
-                .await
-            {
+            match self.meta_client().await.write_back(with(token, req)).await {
                 Ok(_) => Code::Ok,
                 Err(s) => s.code(),
             }
@@ -128,11 +126,7 @@ impl Caller<'_> {
             ..Default::default()
         };
         self.rt.block_on(async {
-            let ch = meridian_proto::channels::connect(self.meta).await.unwrap();
-            match meridian_proto::channels::meta_client(ch)
-                .watch(with(token, req))
-                .await
-            {
+            match self.meta_client().await.watch(with(token, req)).await {
                 Ok(_) => Code::Ok,
                 Err(s) => s.code(),
             }
@@ -487,8 +481,8 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
     }
     assert_eq!(c.watch(Some(&tx), yv.id), Code::PermissionDenied);
     let status = c.rt.block_on(async {
-        let ch = meridian_proto::channels::connect(c.meta).await.unwrap();
-        meridian_proto::channels::meta_client(ch)
+        c.meta_client()
+            .await
             .region_status(with(Some(&tx), RegionStatusRequest {}))
             .await
             .map(|_| ())
