@@ -65,7 +65,9 @@ const RANGE_READ_MAX: u64 = 256 << 10;
 
 impl FileSystem {
     /// Reads up to `size` bytes at `offset` (short only at the end of the file).
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    /// A read within one block is a slice of the cached block (no copy on the way to the
+    /// kernel); one spanning blocks or holes is assembled.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, Errno> {
         let (ino, atime_due, sequential) = {
             let h = self.handle(fh)?;
             let mut f = h.lock().await;
@@ -104,7 +106,7 @@ impl FileSystem {
         };
         let (attr_size, window) = self.read_view(fh, ino, offset, view_len).await?;
         if offset >= attr_size {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let len = u64::from(size).min(attr_size - offset);
         let extents: Vec<Extent> = window
@@ -112,7 +114,6 @@ impl FileSystem {
             .filter(|e| e.offset < offset + len && e.end() > offset)
             .copied()
             .collect();
-        let mut out = vec![0u8; len as usize];
         if sequential && let Some(me) = self.me.upgrade() {
             // A sequential reader gets the blocks ahead of it fetched meanwhile (its view
             // covers them, to the end of the file).
@@ -131,6 +132,8 @@ impl FileSystem {
                 }
             }
         }
+        // Each extent's part of the read: where it goes, and its bytes.
+        let mut parts: Vec<(usize, Bytes)> = Vec::with_capacity(extents.len());
         for e in extents {
             let (s, end) = (e.offset.max(offset), e.end().min(offset + len));
             if s >= end {
@@ -138,7 +141,7 @@ impl FileSystem {
             }
             let from = e.block_offset as usize + (s - e.offset) as usize;
             let n = (end - s) as usize;
-            let dst = &mut out[(s - offset) as usize..(s - offset) as usize + n];
+            let at = (s - offset) as usize;
             let block = match self.cache.get(&e.block) {
                 Some(block) => block,
                 // A small read away from where this handle read last: only the groups
@@ -153,7 +156,7 @@ impl FileSystem {
                     if part.len() != n {
                         return Err(libc_errno::EIO);
                     }
-                    dst.copy_from_slice(&part);
+                    parts.push((at, part));
                     continue;
                 }
                 None => match self.block(&e).await {
@@ -161,10 +164,22 @@ impl FileSystem {
                     other => other?,
                 },
             };
-            let src = block.get(from..from + n).ok_or(libc_errno::EIO)?;
-            dst.copy_from_slice(src);
+            if block.len() < from + n {
+                return Err(libc_errno::EIO);
+            }
+            parts.push((at, block.slice(from..from + n)));
         }
-        Ok(out)
+        if let [(0, part)] = &parts[..]
+            && part.len() as u64 == len
+        {
+            return Ok(part.clone());
+        }
+        // Holes read as zeros.
+        let mut out = vec![0u8; len as usize];
+        for (at, part) in parts {
+            out[at..at + part.len()].copy_from_slice(&part);
+        }
+        Ok(Bytes::from(out))
     }
 
     /// The file size and the extents covering `[offset, offset + len)`: from the handle's
