@@ -253,6 +253,10 @@ fn a_takeover_by_a_new_process_keeps_open_files_and_listings() -> Result<()> {
 fn a_supervisor_that_cannot_start_a_server_still_stops_when_asked() -> Result<()> {
     let mut region = Region::start()?;
     let mnt = region.mount("mnt")?;
+    // The kernel lists the mount before its first serving process is ready, and one
+    // killed then fails the mount at start (as an unsupervised one would): a file written
+    // through it is answered only once the supervisor has handed the mount over.
+    fs::write(mnt.path.join("served"), b"yes")?;
     let first = serving_pids(&mnt.path);
     anyhow::ensure!(first.len() == 1, "serving processes: {first:?}");
     // With the metaservers gone no serving process can start: the supervisor keeps
@@ -265,12 +269,16 @@ fn a_supervisor_that_cannot_start_a_server_still_stops_when_asked() -> Result<()
     // The supervisor says it is starting another. (Its serving processes may not live long
     // enough to be seen: the metaservers' ports, free now, can be another test's, whose
     // region has no such volume, and a process then fails at once.)
-    wait_for(Duration::from_secs(60), "a restart under way", || {
+    let restarting = wait_for(Duration::from_secs(60), "a restart under way", || {
         fs::read_to_string(&mnt.log)
             .ok()?
             .contains("serving process died: starting another")
             .then_some(())
-    })?;
+    });
+    if let Err(e) = restarting {
+        let log = fs::read_to_string(&mnt.log).unwrap_or_default();
+        anyhow::bail!("{e}; the mount's log:\n{log}");
+    }
     mnt.unmount()?;
     Ok(())
 }
