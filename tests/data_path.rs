@@ -523,3 +523,65 @@ fn many_small_scattered_writes_commit_in_bounded_pieces() -> Result<()> {
     drop(mnt);
     Ok(())
 }
+
+/// A read inside one block is handed to the kernel as a slice of the cached block; one
+/// that spans pieces written apart, holes, or the end of the file is assembled. Both
+/// return exactly the bytes written, read on a fresh mount (nothing in its page cache)
+/// with O_DIRECT, whose requests reach the mount as they are.
+#[test]
+fn reads_within_a_block_and_across_pieces_and_holes_return_the_bytes_written() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let path = mnt.path.join("pieces");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    let len = 5_000_000usize;
+    f.set_len(len as u64)?;
+    let mut expect = vec![0u8; len];
+    // A large piece across the first block's end (4 MiB), smaller ones over it and apart,
+    // each committed on its own so they stay separate extents.
+    for (i, (at, n)) in [
+        (0usize, 4_300_000usize),
+        (8_192, 20_000),
+        (1_000_000, 4_096),
+        (4_700_000, 100_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let piece = random_bytes(40 + i as u64, n);
+        f.write_all_at(&piece, at as u64)?;
+        expect[at..at + n].copy_from_slice(&piece);
+        f.sync_all()?;
+    }
+    drop(f);
+    drop(mnt);
+
+    let fresh = region.mount("fresh")?;
+    let path = fresh.path.join("pieces");
+    for (offset, n) in [
+        // Inside one extent of one block.
+        (40_960usize, 131_072usize),
+        (1_998_848, 1 << 20),
+        // Across small pieces written over the large one.
+        (0, 65_536),
+        (995_328, 16_384),
+        // Across the first block's end, then into the hole after the large piece.
+        (4_128_768, 262_144),
+        // A hole, a piece, and the end of the file (a short read).
+        (4_599_808, 401_408),
+    ] {
+        let got = read_direct(&path, offset as u64, n)?;
+        let want = &expect[offset..(offset + n).min(len)];
+        assert!(got == want, "{n} bytes at {offset}: {} read", got.len());
+    }
+    assert!(
+        read_all(&path)? == expect,
+        "the whole file, read through the page cache"
+    );
+    Ok(())
+}

@@ -429,10 +429,11 @@ impl ChunkService for ChunkNode {
                     };
                     metrics::counter!("meridian_chunk_get_bytes_total")
                         .increment(r.plain.len() as u64);
-                    let msgs: Vec<_> = wire::get_messages(header, r.plain)
-                        .into_iter()
-                        .map(Ok)
-                        .collect();
+                    let msgs: Vec<_> =
+                        wire::get_messages(header, r.plain, wire::message_len(req.message_len))
+                            .into_iter()
+                            .map(Ok)
+                            .collect();
                     return Ok(Response::new(tokio_stream::iter(msgs)));
                 }
                 // Not here (a remote fetch stores it whole) or damaged (repaired meanwhile):
@@ -498,7 +499,7 @@ impl ChunkService for ChunkNode {
             (header, plain.slice(req.offset as usize..end as usize))
         };
         metrics::counter!("meridian_chunk_get_bytes_total").increment(payload.len() as u64);
-        let msgs: Vec<_> = wire::get_messages(header, payload)
+        let msgs: Vec<_> = wire::get_messages(header, payload, wire::message_len(req.message_len))
             .into_iter()
             .map(Ok)
             .collect();

@@ -163,7 +163,8 @@ impl BlockClient {
         let channel = self.pool.get(&node.address).map_err(|e| e.to_string())?;
         Ok(
             ChunkServiceClient::new(meridian_proto::channels::authed(channel))
-                .max_decoding_message_size(2 * wire::CHUNK_LEN)
+                // A whole block's Get answer comes in one message (see `fetch_from`).
+                .max_decoding_message_size(wire::MAX_MESSAGE_LEN + (64 << 10))
                 .max_encoding_message_size(2 * wire::CHUNK_LEN),
         )
     }
@@ -582,6 +583,9 @@ impl BlockClient {
             regions: self.regions.clone(),
             volume: self.volume,
             fetch_remote: remote,
+            // The block in one message: kept as received, not joined from 1 MiB pieces
+            // (a server of an earlier version sends pieces, joined as before).
+            message_len: wire::MAX_MESSAGE_LEN as u32,
             ..Default::default()
         };
         let (header, payload) = self.call_get(node, request).await?;

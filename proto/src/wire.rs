@@ -12,11 +12,22 @@ use crate::pb::chunk::{GetHeader, GetResponse, PutHeader, PutRequest, get_respon
 /// Payload bytes per streamed message: well under tonic's 4 MiB message limit.
 pub const CHUNK_LEN: usize = 1 << 20;
 
-/// Splits `payload` into data messages of at most [`CHUNK_LEN`] bytes (zero-copy slices).
-fn slices(payload: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+/// The most payload bytes a Get answer puts in one message: a whole block of the largest
+/// size, and its frame table.
+pub const MAX_MESSAGE_LEN: usize = crate::block::MAX_BLOCK_LEN as usize + (1 << 20);
+
+/// Splits `payload` into data messages of at most `len` bytes (zero-copy slices).
+fn slices(payload: &Bytes, len: usize) -> impl Iterator<Item = Bytes> + '_ {
     (0..payload.len())
-        .step_by(CHUNK_LEN)
-        .map(|at| payload.slice(at..(at + CHUNK_LEN).min(payload.len())))
+        .step_by(len.max(1))
+        .map(move |at| payload.slice(at..(at + len).min(payload.len())))
+}
+
+/// Payload bytes per message for a Get answer, from what the request asks
+/// (`GetRequest::message_len`): [`CHUNK_LEN`] unless it asks for more, and at most
+/// [`MAX_MESSAGE_LEN`].
+pub fn message_len(asked: u32) -> usize {
+    (asked as usize).clamp(CHUNK_LEN, MAX_MESSAGE_LEN)
 }
 
 /// The messages of a Put call for `block`, the header first.
@@ -28,18 +39,19 @@ pub fn put_messages(block: &EncodedBlock, mut header: PutHeader) -> Vec<PutReque
     let mut msgs = vec![PutRequest {
         msg: Some(put_request::Msg::Header(header)),
     }];
-    msgs.extend(slices(&block.payload).map(|d| PutRequest {
+    msgs.extend(slices(&block.payload, CHUNK_LEN).map(|d| PutRequest {
         msg: Some(put_request::Msg::Data(d)),
     }));
     msgs
 }
 
-/// The messages of a Get answer: a header, then the payload in slices.
-pub fn get_messages(header: GetHeader, payload: Bytes) -> Vec<GetResponse> {
+/// The messages of a Get answer: a header, then the payload in slices of at most
+/// `message_len` bytes (see [`message_len`]).
+pub fn get_messages(header: GetHeader, payload: Bytes, message_len: usize) -> Vec<GetResponse> {
     let mut msgs = vec![GetResponse {
         msg: Some(get_response::Msg::Header(header)),
     }];
-    msgs.extend(slices(&payload).map(|d| GetResponse {
+    msgs.extend(slices(&payload, message_len).map(|d| GetResponse {
         msg: Some(get_response::Msg::Data(d)),
     }));
     msgs
@@ -138,4 +150,63 @@ pub async fn read_get(
     )
     .await?;
     Ok((header, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(len: usize) -> GetHeader {
+        GetHeader {
+            payload_len: len as u32,
+            ..Default::default()
+        }
+    }
+
+    /// The payload read back from `msgs` (the header skipped), as `read_payload` does.
+    fn read_back(msgs: Vec<GetResponse>, len: usize) -> Bytes {
+        let mut stream = tokio_stream::iter(msgs.into_iter().skip(1).map(Ok));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(read_payload(
+            &mut stream,
+            len as u32,
+            u32::MAX,
+            |m: GetResponse| match m.msg {
+                Some(get_response::Msg::Data(d)) => Some(d),
+                _ => None,
+            },
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_get_answer_comes_in_the_pieces_its_caller_takes_and_reads_back_whole() {
+        let len = (4 << 20) + 123;
+        let payload = Bytes::from((0..len).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>());
+        // Callers of earlier versions ask for nothing: 1 MiB pieces, joined on reading.
+        assert_eq!(message_len(0), CHUNK_LEN);
+        let pieces = get_messages(header(len), payload.clone(), message_len(0));
+        assert_eq!(pieces.len(), 1 + 5);
+        let joined = read_back(pieces, len);
+        assert_eq!(joined, payload);
+        assert_ne!(
+            joined.as_ptr(),
+            payload.as_ptr(),
+            "pieces are joined in a new buffer"
+        );
+        // A reader of whole blocks: one message, kept as received (no copy).
+        let whole = get_messages(header(len), payload.clone(), message_len(u32::MAX));
+        assert_eq!(whole.len(), 1 + 1);
+        let kept = read_back(whole, len);
+        assert_eq!(
+            kept.as_ptr(),
+            payload.as_ptr(),
+            "one message is kept as it came"
+        );
+        // Asking for less than the default, or more than the largest block, is bounded.
+        assert_eq!(message_len(1), CHUNK_LEN);
+        assert_eq!(message_len(u32::MAX), MAX_MESSAGE_LEN);
+    }
 }
