@@ -200,20 +200,12 @@ fn compaction_of_a_range_written_in_pieces_keeps_its_holes() -> Result<()> {
     let region = Region::start()?;
     let mnt = region.mount("mnt")?;
     let path = mnt.path.join("sparse");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
+    let f = create_rw(&path)?;
     f.set_len(200_000)?;
     // Two runs of small writes, each committed apart, with a hole between and after.
     let mut expect = vec![0u8; 200_000];
-    for (i, at) in [0u64, 300, 600, 100_000, 100_250].into_iter().enumerate() {
-        let piece = random_bytes(i as u64, 300);
-        f.write_all_at(&piece, at)?;
-        expect[at as usize..at as usize + 300].copy_from_slice(&piece);
-        f.sync_all()?;
+    for (i, at) in [0usize, 300, 600, 100_000, 100_250].into_iter().enumerate() {
+        write_synced(&f, &mut expect, i as u64, at, 300)?;
     }
     drop(f);
     // After the close the compactor rewrites each run as one block, and nothing else.
@@ -307,12 +299,7 @@ fn an_open_file_whose_last_name_is_gone_has_no_links() -> Result<()> {
     let region = Region::start()?;
     let mnt = region.mount("mnt")?;
     let path = mnt.path.join("tmp");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
+    let f = create_rw(&path)?;
     assert_eq!(f.metadata()?.nlink(), 1);
     fs::remove_file(&path)?;
     assert_eq!(f.metadata()?.nlink(), 0);
@@ -410,6 +397,26 @@ fn after_a_truncate_down_the_mapped_last_page_is_zero_past_the_end() -> Result<(
             "bytes past the end {size} of the last page are not zero"
         );
     }
+    Ok(())
+}
+
+/// Creates (or empties) `path` for reading and writing.
+fn create_rw(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+}
+
+/// Writes `n` random bytes (from `seed`) at `at`, into `expect` too, and syncs them, so
+/// that each such write is committed on its own.
+fn write_synced(f: &File, expect: &mut [u8], seed: u64, at: usize, n: usize) -> Result<()> {
+    let piece = random_bytes(seed, n);
+    f.write_all_at(&piece, at as u64)?;
+    expect[at..at + n].copy_from_slice(&piece);
+    f.sync_all()?;
     Ok(())
 }
 
@@ -533,12 +540,7 @@ fn reads_within_a_block_and_across_pieces_and_holes_return_the_bytes_written() -
     let region = Region::start()?;
     let mnt = region.mount("mnt")?;
     let path = mnt.path.join("pieces");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
+    let f = create_rw(&path)?;
     let len = 5_000_000usize;
     f.set_len(len as u64)?;
     let mut expect = vec![0u8; len];
@@ -553,10 +555,7 @@ fn reads_within_a_block_and_across_pieces_and_holes_return_the_bytes_written() -
     .into_iter()
     .enumerate()
     {
-        let piece = random_bytes(40 + i as u64, n);
-        f.write_all_at(&piece, at as u64)?;
-        expect[at..at + n].copy_from_slice(&piece);
-        f.sync_all()?;
+        write_synced(&f, &mut expect, 40 + i as u64, at, n)?;
     }
     drop(f);
     drop(mnt);

@@ -345,8 +345,7 @@ impl Inner {
         if self.zeroed - self.file_len >= self.grow / 2 {
             return Ok(false);
         }
-        self.file
-            .write_all_at(&vec![0; self.grow as usize], self.zeroed)?;
+        write_zeros(&self.file, self.zeroed, self.grow)?;
         self.zeroed += self.grow;
         Ok(true)
     }
@@ -367,7 +366,7 @@ impl Inner {
         let f = File::create(&tmp)?;
         f.write_all_at(&out, 0)?;
         let len = out.len() as u64;
-        f.write_all_at(&vec![0; self.grow as usize], len)?;
+        write_zeros(&f, len, self.grow)?;
         f.sync_all()?;
         fs::rename(&tmp, self.dir.join("log"))?;
         sync_dir(&self.dir)?;
@@ -377,6 +376,11 @@ impl Inner {
         self.zeroed = len + self.grow;
         Ok(())
     }
+}
+
+/// Writes `len` zeros at `at` (not synced).
+fn write_zeros(file: &File, at: u64, len: u64) -> io::Result<()> {
+    file.write_all_at(&vec![0; len as usize], at)
 }
 
 fn write_vote(dir: &Path, vote: &VoteOf<TypeConfig>) -> io::Result<()> {
@@ -565,286 +569,5 @@ mod legacy_redb {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::raft::Request;
-    use openraft::RaftTypeConfig;
-    use openraft::entry::RaftEntry;
-    use openraft::type_config::TypeConfigExt;
-    use openraft::vote::RaftLeaderIdExt;
-
-    fn id(term: u64, i: u64) -> LogIdOf<TypeConfig> {
-        LogIdOf::<TypeConfig>::new(
-            <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(term, 1),
-            i,
-        )
-    }
-
-    fn entry(term: u64, i: u64) -> EntryOf<TypeConfig> {
-        <TypeConfig as RaftTypeConfig>::Entry::new_normal(id(term, i), Request::Peers(vec![]))
-    }
-
-    async fn append(log: &mut LogStore, entries: Vec<EntryOf<TypeConfig>>) {
-        log.append(entries, IOFlushed::noop()).await.unwrap();
-    }
-
-    async fn indexes(log: &mut LogStore) -> Vec<(u64, u64)> {
-        log.try_get_log_entries(0..)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
-            .collect()
-    }
-
-    #[test]
-    fn appends_truncates_and_purges_survive_a_reopen_and_a_torn_tail_is_cut() {
-        TypeConfig::run(async {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("raft-log");
-            {
-                let mut log = LogStore::open(&path, None).unwrap();
-                append(&mut log, (1..=6).map(|i| entry(1, i)).collect()).await;
-                log.truncate_after(Some(id(1, 4))).await.unwrap();
-                append(&mut log, vec![entry(2, 5)]).await;
-                log.purge(id(1, 2)).await.unwrap();
-            }
-            let want = vec![(3, 1), (4, 1), (5, 2)];
-            let mut log = LogStore::open(&path, None).unwrap();
-            assert_eq!(indexes(&mut log).await, want);
-            assert_eq!(log.read_committed().await.unwrap(), None);
-            log.save_committed(Some(id(2, 5))).await.unwrap();
-            drop(log);
-            let mut log = LogStore::open(&path, None).unwrap();
-            assert_eq!(log.read_committed().await.unwrap(), Some(id(2, 5)));
-            let state = log.get_log_state().await.unwrap();
-            assert_eq!(state.last_purged_log_id, Some(id(1, 2)));
-            assert_eq!(state.last_log_id, Some(id(2, 5)));
-            drop(log);
-
-            // A crash in the middle of an append leaves part of a record: it is cut off
-            // (the append was never acknowledged), and the next append lands after it.
-            let file = path.join("log");
-            let whole = fs::read(&file).unwrap();
-            let extra = record(ENTRY, &entry(2, 6)).unwrap();
-            let mut torn = whole.clone();
-            torn.extend_from_slice(&extra[..extra.len() - 3]);
-            fs::write(&file, &torn).unwrap();
-            let mut log = LogStore::open(&path, None).unwrap();
-            assert_eq!(indexes(&mut log).await, want);
-            let now = fs::read(&file).unwrap();
-            let records = whole.iter().rposition(|&b| b != 0).unwrap() + 1;
-            assert_eq!(now[..records], whole[..records], "the records are kept");
-            assert!(
-                now[records..].iter().all(|&b| b == 0),
-                "the torn record is gone"
-            );
-            append(&mut log, vec![entry(2, 6)]).await;
-            drop(log);
-            let mut log = LogStore::open(&path, None).unwrap();
-            assert_eq!(indexes(&mut log).await.last(), Some(&(6, 2)));
-        });
-    }
-
-    #[test]
-    fn a_followers_appends_are_durable_when_append_returns_and_its_own_go_through_the_flusher() {
-        TypeConfig::run(async {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("raft-log");
-            {
-                let mut log = LogStore::open(&path, None).unwrap().for_member(2);
-                // Led by member 1: this member follows, and the append is synced in place.
-                let (tx, mut rx) = TypeConfig::oneshot();
-                log.append(vec![entry(1, 1), entry(1, 2)], IOFlushed::signal(tx))
-                    .await
-                    .unwrap();
-                assert!(
-                    matches!(rx.try_recv(), Ok(Ok(()))),
-                    "a follower's append is flushed when append returns"
-                );
-                // Led by this member: the flusher reports it.
-                let own = <TypeConfig as RaftTypeConfig>::Entry::new_normal(
-                    LogIdOf::<TypeConfig>::new(
-                        <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(2, 2),
-                        3,
-                    ),
-                    Request::Peers(vec![]),
-                );
-                let (tx, rx) = TypeConfig::oneshot();
-                log.append(vec![own], IOFlushed::signal(tx)).await.unwrap();
-                rx.await.unwrap().unwrap();
-                // Led by member 1 again, right behind: synced in place or by the flusher,
-                // reported either way.
-                let (tx, rx) = TypeConfig::oneshot();
-                log.append(vec![entry(3, 4)], IOFlushed::signal(tx))
-                    .await
-                    .unwrap();
-                rx.await.unwrap().unwrap();
-            }
-            let mut log = LogStore::open(&path, None).unwrap();
-            assert_eq!(
-                indexes(&mut log).await,
-                vec![(1, 1), (2, 1), (3, 2), (4, 3)]
-            );
-        });
-    }
-
-    #[test]
-    fn appends_overwrite_zeroed_space_that_stays_ahead_of_them() {
-        TypeConfig::run(async {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("raft-log");
-            let file = path.join("log");
-            {
-                let mut log = LogStore::open(&path, None).unwrap();
-                let (len, zeroed) = {
-                    let inner = log.lock();
-                    (inner.file_len, inner.zeroed)
-                };
-                assert_eq!(len, 0);
-                assert_eq!(zeroed, GROW, "a new log starts with zeroed space");
-                assert_eq!(fs::metadata(&file).unwrap().len(), GROW);
-                // A small stretch, so that appends cross it many times.
-                log.lock().grow = 4096;
-                log.lock().zeroed = 0;
-                log.lock().file.set_len(0).unwrap();
-                for i in 1..=300 {
-                    append(&mut log, vec![entry(1, i)]).await;
-                }
-                let (len, zeroed) = {
-                    let inner = log.lock();
-                    (inner.file_len, inner.zeroed)
-                };
-                let bytes = fs::read(&file).unwrap();
-                assert_eq!(bytes.len() as u64, zeroed);
-                assert!(
-                    zeroed - len >= 2048,
-                    "zeroed space is kept ahead ({len}, {zeroed})"
-                );
-                assert!(bytes[len as usize..].iter().all(|&b| b == 0));
-                assert!(len > 4 * 4096, "appends crossed several stretches");
-            }
-            let mut log = LogStore::open(&path, None).unwrap();
-            let got = indexes(&mut log).await;
-            assert_eq!(got, (1..=300).map(|i| (i, 1)).collect::<Vec<_>>());
-        });
-    }
-
-    #[test]
-    fn the_vote_is_kept_and_a_purged_file_is_rewritten_smaller() {
-        TypeConfig::run(async {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("raft-log");
-            let vote = VoteOf::<TypeConfig>::new(3, 2);
-            {
-                let mut log = LogStore::open(&path, None).unwrap();
-                log.save_vote(&vote).await.unwrap();
-                append(&mut log, (1..=10).map(|i| entry(1, i)).collect()).await;
-                // No slack, so the purge rewrites the file.
-                let before = log.lock().file_len;
-                log.lock().rewrite_slack = 0;
-                log.purge(id(1, 9)).await.unwrap();
-                assert!(log.lock().file_len < before);
-                append(&mut log, vec![entry(1, 11)]).await;
-            }
-            let mut log = LogStore::open(&path, None).unwrap();
-            assert_eq!(log.read_vote().await.unwrap(), Some(vote));
-            assert_eq!(indexes(&mut log).await, vec![(10, 1), (11, 1)]);
-            assert_eq!(
-                log.get_log_state().await.unwrap().last_purged_log_id,
-                Some(id(1, 9))
-            );
-        });
-    }
-
-    #[test]
-    fn a_log_of_an_earlier_version_is_imported() {
-        use redb::{Database, TableDefinition};
-        TypeConfig::run(async {
-            let dir = tempfile::tempdir().unwrap();
-            let old = dir.path().join("log.redb");
-            {
-                let db = Database::create(&old).unwrap();
-                let tx = db.begin_write().unwrap();
-                {
-                    let mut t = tx
-                        .open_table(TableDefinition::<u64, &[u8]>::new("raft_log"))
-                        .unwrap();
-                    for i in 3..=5 {
-                        t.insert(i, serde_json::to_vec(&entry(1, i)).unwrap().as_slice())
-                            .unwrap();
-                    }
-                    let mut m = tx
-                        .open_table(TableDefinition::<&str, &[u8]>::new("raft_log_meta"))
-                        .unwrap();
-                    let vote = serde_json::to_vec(&VoteOf::<TypeConfig>::new(1, 1)).unwrap();
-                    m.insert("vote", vote.as_slice()).unwrap();
-                    let purged = serde_json::to_vec(&Some(id(1, 2))).unwrap();
-                    m.insert("last_purged", purged.as_slice()).unwrap();
-                }
-                tx.commit().unwrap();
-            }
-            let path = dir.path().join("raft-log");
-            let mut log = LogStore::open(&path, Some(&old)).unwrap();
-            assert_eq!(indexes(&mut log).await, vec![(3, 1), (4, 1), (5, 1)]);
-            assert_eq!(
-                log.read_vote().await.unwrap(),
-                Some(VoteOf::<TypeConfig>::new(1, 1))
-            );
-            assert_eq!(
-                log.get_log_state().await.unwrap().last_purged_log_id,
-                Some(id(1, 2))
-            );
-            assert!(!old.exists());
-        });
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: meridian_proto::mutate::cases(128), ..Default::default() })]
-
-        /// A fuzz target for the log's record decoder: a log file damaged in any way
-        /// (edits of a valid one reach the lengths, checksums, kinds and JSON bodies)
-        /// opens as an error or as a log whose entries are ones that were appended,
-        /// never with a panic; and a log that opens takes appends again.
-        #[test]
-        fn a_damaged_log_opens_as_an_error_or_with_only_appended_entries(
-            n in 1u64..12,
-            purge in 0u64..4,
-            edits in proptest::collection::vec(
-                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>(), proptest::prelude::any::<u8>()),
-                1..6,
-            ),
-        ) {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("raft-log");
-            let appended: Vec<_> = (1..=n).map(|i| entry(1 + i / 4, i)).collect();
-            let reopened = TypeConfig::run(async {
-                {
-                    let mut log = LogStore::open(&path, None).unwrap();
-                    append(&mut log, appended.clone()).await;
-                    log.save_committed(Some(appended[appended.len() / 2].log_id)).await.unwrap();
-                    if purge > 0 && purge < n {
-                        log.purge(appended[purge as usize - 1].log_id).await.unwrap();
-                    }
-                }
-                let file = path.join("log");
-                fs::write(&file, meridian_proto::mutate::mutate(&fs::read(&file).unwrap(), &edits)).unwrap();
-                let Ok(mut log) = LogStore::open(&path, None) else {
-                    return None;
-                };
-                let got = log.try_get_log_entries(0..).await.unwrap();
-                let last = got.last().map_or(0, |e| e.log_id.index);
-                append(&mut log, vec![entry(9, last + 1)]).await;
-                Some(got)
-            });
-            for e in reopened.into_iter().flatten() {
-                let want = appended.iter().find(|a| a.log_id == e.log_id);
-                proptest::prop_assert!(want.is_some(), "entry {:?} was never appended", e.log_id);
-                proptest::prop_assert_eq!(
-                    serde_json::to_vec(&e).unwrap(),
-                    serde_json::to_vec(want.unwrap()).unwrap()
-                );
-            }
-        }
-    }
-}
+#[path = "log_store_tests.rs"]
+mod tests;
