@@ -546,9 +546,12 @@ fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_inpu
     rt.block_on(client.put(&block, 3, 3))?;
     let read = |offset: u64, len: u64| rt.block_on(client.get_range(&block.id, 3, offset, len));
 
-    // A runtime task reads through gRPC.
+    // A runtime task reads ranges through gRPC.
     assert_eq!(read(100_000, 4096)?, data[100_000..104_096]);
     assert_eq!(client.range_port_reads(), 0);
+    // A whole block comes through the port from any task, verified.
+    assert_eq!(rt.block_on(client.get(&block.id, 3))?, data);
+    assert_eq!(client.range_port_reads(), 1);
     // A thread that may wait reads through the port: first with the outboard sent along,
     // then (known) without.
     let other = BlockClient::with_map(map.clone(), None);
@@ -589,6 +592,9 @@ fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_inpu
         4,
         "the damaged copy was not taken"
     );
+    // Nor whole (the copy may be repaired meanwhile: what matters is the bytes).
+    let fresh = BlockClient::with_map(map.clone(), None);
+    assert_eq!(rt.block_on(fresh.get(&block.id, 3))?, data, "a whole block");
 
     // Hostile input, straight to a port.
     let port = map.nodes[0].range_address.clone();

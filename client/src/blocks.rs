@@ -14,7 +14,7 @@ use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::chunk::{GetHeader, GetRequest, HasRequest, PutHeader, PutRole};
-use meridian_proto::range_wire::{RangeReply, RangeRequest};
+use meridian_proto::range_wire::{self, RangeReply, RangeRequest};
 use meridian_proto::recent::Recent;
 use meridian_proto::{
     BlockError, BlockId, ClusterMap, Compression, EncodedBlock, NodeId, NodeInfo, NodeState,
@@ -56,6 +56,9 @@ pub enum ClientError {
     #[error(transparent)]
     Block(#[from] BlockError),
 }
+
+/// A block's outboard known here, with the block's length.
+type KnownOutboard = (u64, Arc<Outboard>);
 
 /// The result of a successful put.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -286,6 +289,12 @@ impl BlockClient {
         if order.is_empty() {
             return Err(ClientError::NoNodes(*id));
         }
+        // The nearest replica's range port first: the block arrives in one buffer.
+        if let Some((plain, raw_len)) = self.whole_through_port(&order[0], id).await
+            && plain.len() as u64 == raw_len
+        {
+            return Ok(plain);
+        }
         let mut tried = Vec::new();
         for node in &order {
             match self.get_from(node, id).await {
@@ -415,12 +424,37 @@ impl BlockClient {
         offset: u64,
         len: u64,
     ) -> Option<(Bytes, u64)> {
+        if !range_port::may_wait() {
+            return None;
+        }
+        let (request, known) = self.port_request(node, id, offset, len)?;
+        let reply = range_port::call(&node.range_address, &request, self.max_block_len)?;
+        self.port_checked(node, id, known, reply, offset, len)
+    }
+
+    /// A whole block through `node`'s range port, from any task (see
+    /// [`range_port::call_async`]): the bytes, and the block's length (more than the bytes
+    /// when the block is longer than a range read may be; the caller then reads through
+    /// gRPC).
+    async fn whole_through_port(&self, node: &NodeInfo, id: &BlockId) -> Option<(Bytes, u64)> {
+        let len = u64::from(range_wire::MAX_RANGE.min(self.max_block_len));
+        let (request, known) = self.port_request(node, id, 0, len)?;
+        let reply =
+            range_port::call_async(&node.range_address, &request, self.max_block_len).await?;
+        self.port_checked(node, id, known, reply, 0, len)
+    }
+
+    /// The range-port request for a read of `node`, and the outboard known here; `None`
+    /// when this client or the node has no range port.
+    fn port_request(
+        &self,
+        node: &NodeInfo,
+        id: &BlockId,
+        offset: u64,
+        len: u64,
+    ) -> Option<(RangeRequest, Option<KnownOutboard>)> {
         // Nodes dialed through a route (a gateway, a proxy) are reached only that way.
-        if !self.range_port
-            || !range_port::may_wait()
-            || node.range_address.is_empty()
-            || self.pool.routes(&node.address)
-        {
+        if !self.range_port || node.range_address.is_empty() || self.pool.routes(&node.address) {
             return None;
         }
         let known = self.outboards.get(id);
@@ -432,7 +466,20 @@ impl BlockClient {
             volume: self.volume,
             regions: self.regions.clone(),
         };
-        let outcome = match range_port::call(&node.range_address, &request, self.max_block_len)? {
+        Some((request, known))
+    }
+
+    /// What a range port answered, verified: the bytes and the block's length, or `None`.
+    fn port_checked(
+        &self,
+        node: &NodeInfo,
+        id: &BlockId,
+        known: Option<KnownOutboard>,
+        reply: std::io::Result<RangeReply>,
+        offset: u64,
+        len: u64,
+    ) -> Option<(Bytes, u64)> {
+        let outcome = match reply {
             Ok(RangeReply::Found {
                 raw_len,
                 offset: at,
@@ -478,7 +525,7 @@ impl BlockClient {
     fn check_range(
         &self,
         id: &BlockId,
-        known: Option<(u64, Arc<Outboard>)>,
+        known: Option<KnownOutboard>,
         raw_len: u64,
         at: u64,
         outboard: &[u8],

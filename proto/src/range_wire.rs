@@ -19,7 +19,8 @@
 //!          4 busy:    nothing (the node serves as many connections as it will; the
 //!                     connection closes, and the client leaves the port alone a while)
 //! ```
-//! A range is at most [`MAX_RANGE`] bytes: longer reads go through gRPC.
+//! A range is at most [`MAX_RANGE`] bytes (a whole block of the default size fits):
+//! longer reads go through gRPC.
 //! Every length is checked before anything is allocated for it.
 
 use std::io::{self, Read, Write};
@@ -36,8 +37,13 @@ pub const MAX_REQUEST: usize = 4096;
 pub const MAX_REGIONS: usize = 64;
 /// No error message is longer.
 pub const MAX_MESSAGE: usize = 4096;
-/// No range read is longer.
-pub const MAX_RANGE: u32 = 1 << 20;
+/// No range read is longer: twice the default block size, so that a whole block comes
+/// through the port too.
+pub const MAX_RANGE: u32 = 8 << 20;
+/// A reply's first bytes: magic and status.
+pub const REPLY_HEAD: usize = 5;
+/// What follows a "found" status before the outboard: four lengths.
+pub const FOUND_LENGTHS: usize = 16;
 const FIXED: usize = 32 + 4 + 4 + 1 + 4 + 2;
 
 /// A read of `[offset, offset + length)` of a block's plaintext.
@@ -93,15 +99,6 @@ fn read_u32(r: &mut impl Read) -> io::Result<u32> {
     let mut b = [0u8; 4];
     r.read_exact(&mut b)?;
     Ok(u32::from_le_bytes(b))
-}
-
-fn read_magic(r: &mut impl Read) -> io::Result<()> {
-    match read_u32(r)? {
-        MAGIC => Ok(()),
-        other => Err(invalid(format!(
-            "not a range-port frame (magic {other:#x})"
-        ))),
-    }
 }
 
 fn read_vec(r: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
@@ -190,14 +187,15 @@ impl RangeReply {
                 outboard,
                 plain,
             } => {
-                out.reserve(17 + outboard.len() + plain.len());
+                out.reserve(17 + outboard.len());
                 out.push(0);
                 for v in [*raw_len, *offset, outboard.len() as u32, plain.len() as u32] {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
                 out.extend_from_slice(outboard);
-                out.extend_from_slice(plain);
-                return w.write_all(&out);
+                // The plaintext as it is: a whole block is not copied once more first.
+                w.write_all(&out)?;
+                return w.write_all(plain);
             }
             RangeReply::Missing(m) => (1, m),
             RangeReply::Refused(m) => (2, m),
@@ -219,39 +217,96 @@ impl RangeReply {
 
     /// Reads one reply, refusing outboards and plaintexts longer than `max_len`.
     pub fn read(r: &mut impl Read, max_len: u32) -> io::Result<RangeReply> {
-        read_magic(r)?;
-        let mut status = [0u8; 1];
-        r.read_exact(&mut status)?;
-        if status[0] == 0 {
-            let raw_len = read_u32(r)?;
-            let offset = read_u32(r)?;
-            let outboard_len = read_u32(r)?;
-            let plain_len = read_u32(r)?;
-            if raw_len > max_len || outboard_len > max_len || plain_len > max_len {
-                return Err(invalid(format!(
-                    "a reply of {outboard_len} + {plain_len} bytes for a block of {raw_len}"
-                )));
+        let mut head = [0u8; REPLY_HEAD];
+        r.read_exact(&mut head)?;
+        match Self::status(&head)? {
+            0 => {
+                let mut lengths = [0u8; FOUND_LENGTHS];
+                r.read_exact(&mut lengths)?;
+                let found = Found::parse(&lengths, max_len)?;
+                Ok(found.reply(
+                    read_vec(r, found.outboard_len as usize)?,
+                    read_vec(r, found.plain_len as usize)?.into(),
+                ))
             }
-            return Ok(RangeReply::Found {
-                raw_len,
-                offset,
-                outboard: read_vec(r, outboard_len as usize)?,
-                plain: read_vec(r, plain_len as usize)?.into(),
-            });
+            4 => Ok(RangeReply::Busy),
+            status => {
+                let len = Self::message_len(read_u32(r)?)?;
+                Self::message(status, &read_vec(r, len)?)
+            }
         }
-        if status[0] == 4 {
-            return Ok(RangeReply::Busy);
+    }
+
+    /// The status a reply's first [`REPLY_HEAD`] bytes carry (0 found: [`Found`] follows;
+    /// 4 busy: nothing; otherwise a message of [`message_len`](Self::message_len)).
+    pub fn status(head: &[u8; REPLY_HEAD]) -> io::Result<u8> {
+        match u32_at(head, 0) {
+            MAGIC => Ok(head[4]),
+            other => Err(invalid(format!(
+                "not a range-port frame (magic {other:#x})"
+            ))),
         }
-        let len = read_u32(r)? as usize;
-        if len > MAX_MESSAGE {
-            return Err(invalid(format!("an error message of {len} bytes")));
+    }
+
+    /// An error message's announced length, refused beyond [`MAX_MESSAGE`].
+    pub fn message_len(len: u32) -> io::Result<usize> {
+        match len as usize {
+            len if len <= MAX_MESSAGE => Ok(len),
+            len => Err(invalid(format!("an error message of {len} bytes"))),
         }
-        let message = String::from_utf8_lossy(&read_vec(r, len)?).into_owned();
-        match status[0] {
+    }
+
+    /// The reply of an error `status` with its message's bytes.
+    pub fn message(status: u8, bytes: &[u8]) -> io::Result<RangeReply> {
+        let message = String::from_utf8_lossy(bytes).into_owned();
+        match status {
             1 => Ok(RangeReply::Missing(message)),
             2 => Ok(RangeReply::Refused(message)),
             3 => Ok(RangeReply::Failed(message)),
             other => Err(invalid(format!("unknown reply status {other}"))),
+        }
+    }
+}
+
+/// What a "found" reply announces before its outboard and plaintext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The block's plaintext length.
+    pub raw_len: u32,
+    /// Plaintext offset of what follows.
+    pub offset: u32,
+    /// Outboard bytes that follow.
+    pub outboard_len: u32,
+    /// Plaintext bytes that follow the outboard.
+    pub plain_len: u32,
+}
+
+impl Found {
+    /// The [`FOUND_LENGTHS`] bytes after the status, refusing anything longer than
+    /// `max_len` before the caller allocates for it.
+    pub fn parse(b: &[u8; FOUND_LENGTHS], max_len: u32) -> io::Result<Found> {
+        let found = Found {
+            raw_len: u32_at(b, 0),
+            offset: u32_at(b, 4),
+            outboard_len: u32_at(b, 8),
+            plain_len: u32_at(b, 12),
+        };
+        if found.raw_len > max_len || found.outboard_len > max_len || found.plain_len > max_len {
+            return Err(invalid(format!(
+                "a reply of {} + {} bytes for a block of {}",
+                found.outboard_len, found.plain_len, found.raw_len
+            )));
+        }
+        Ok(found)
+    }
+
+    /// The reply, with the bytes that followed.
+    pub fn reply(&self, outboard: Vec<u8>, plain: Bytes) -> RangeReply {
+        RangeReply::Found {
+            raw_len: self.raw_len,
+            offset: self.offset,
+            outboard,
+            plain,
         }
     }
 }

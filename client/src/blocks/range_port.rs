@@ -4,8 +4,10 @@
 //! handing the read to the runtime send it itself, on a connection of its own, and wait
 //! for the reply: one write and one read, no task, no hand-off. Only threads marked with
 //! [`blocking_reads`] do, and only [`MAX_BLOCKED`] at once, so the mount's other kernel
-//! threads stay free to take requests; everyone else, and every read the port cannot
-//! answer, goes through gRPC as before.
+//! threads stay free to take requests. Whole blocks (a sequential read's, read-ahead's)
+//! come through the port from runtime tasks too, with [`call_async`]: the block arrives in
+//! one buffer of its size, where gRPC gathers HTTP/2 frames into a growing message on
+//! both sides. Every read the port cannot answer goes through gRPC as before.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -15,7 +17,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use meridian_proto::range_wire::{RangeReply, RangeRequest};
+use bytes::{BufMut, BytesMut};
+use meridian_proto::range_wire::{FOUND_LENGTHS, Found, REPLY_HEAD, RangeReply, RangeRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Kernel threads that may wait on the range port at once.
 pub const MAX_BLOCKED: usize = 2;
@@ -37,6 +41,11 @@ const SLOW_FOR: Duration = Duration::from_secs(3);
 
 /// Ports left alone, and until when.
 static UNREACHABLE: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+
+/// Connections runtime tasks keep, per address, for [`call_async`].
+static IDLE: Mutex<Vec<(String, tokio::net::TcpStream)>> = Mutex::new(Vec::new());
+/// Idle connections kept for runtime tasks, per address.
+const IDLE_PER_ADDRESS: usize = 4;
 
 thread_local! {
     static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
@@ -148,20 +157,24 @@ fn timed_out(e: &io::Error) -> bool {
     )
 }
 
+/// An error if the port at `address` is left alone now.
+fn check_reachable(address: &str) -> io::Result<()> {
+    let now = Instant::now();
+    let mut down = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
+    down.retain(|(_, until)| *until > now);
+    if down.iter().any(|(a, _)| a == address) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "unreachable lately",
+        ));
+    }
+    Ok(())
+}
+
 /// Dials `address`, unless it failed to be dialed lately (a firewall that drops the
 /// port would otherwise cost every read the connect timeout).
 fn connect(address: &str) -> io::Result<TcpStream> {
-    let now = Instant::now();
-    {
-        let mut down = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
-        down.retain(|(_, until)| *until > now);
-        if down.iter().any(|(a, _)| a == address) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "unreachable lately",
-            ));
-        }
-    }
+    check_reachable(address)?;
     let dialed = address
         .to_socket_addrs()
         .and_then(|mut a| {
@@ -190,4 +203,127 @@ fn exchange(
     conn.get_mut().write_all(frame)?;
     let reply = RangeReply::read(&mut conn, max_len)?;
     Ok((conn, reply))
+}
+
+/// Sends `request` to the range port at `address` from a runtime task and waits for the
+/// reply, on a connection kept for tasks (a kernel thread's are its own). `None` when the
+/// port is left alone lately (the caller goes through gRPC).
+pub async fn call_async(
+    address: &str,
+    request: &RangeRequest,
+    max_len: u32,
+) -> Option<io::Result<RangeReply>> {
+    check_reachable(address).ok()?;
+    let frame = match request.encode() {
+        Ok(f) => f,
+        Err(e) => return Some(Err(e)),
+    };
+    let kept = take_idle(address);
+    let was_kept = kept.is_some();
+    let first = match kept {
+        Some(conn) => Ok(conn),
+        None => connect_async(address).await,
+    };
+    let exchanged = match first {
+        Ok(conn) => exchange_async(conn, &frame, max_len).await,
+        Err(e) => Err(e),
+    };
+    let exchanged = match exchanged {
+        // As in `call`: a kept connection the node has closed since is dialed again, once.
+        Err(e) if was_kept && !timed_out(&e) => match connect_async(address).await {
+            Ok(conn) => exchange_async(conn, &frame, max_len).await,
+            Err(e) => Err(e),
+        },
+        other => other,
+    };
+    Some(match exchanged {
+        Ok((_, RangeReply::Busy)) => {
+            leave_alone(address, UNREACHABLE_FOR, "busy");
+            Ok(RangeReply::Busy)
+        }
+        Ok((conn, reply)) => {
+            keep_idle(address, conn);
+            Ok(reply)
+        }
+        Err(e) => {
+            leave_alone(address, SLOW_FOR, &e.to_string());
+            Err(e)
+        }
+    })
+}
+
+fn take_idle(address: &str) -> Option<tokio::net::TcpStream> {
+    let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+    let at = idle.iter().rposition(|(a, _)| a == address)?;
+    Some(idle.swap_remove(at).1)
+}
+
+fn keep_idle(address: &str, conn: tokio::net::TcpStream) {
+    let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+    let here = idle.iter().filter(|(a, _)| a == address).count();
+    if here < IDLE_PER_ADDRESS && idle.len() < MAX_CONNECTIONS {
+        idle.push((address.to_string(), conn));
+    }
+}
+
+async fn connect_async(address: &str) -> io::Result<tokio::net::TcpStream> {
+    let dialed = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
+    let s = match dialed {
+        Ok(s) => s,
+        Err(e) => {
+            leave_alone(address, UNREACHABLE_FOR, &e.to_string());
+            return Err(e);
+        }
+    };
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// One request and its reply, within [`IO_TIMEOUT`].
+async fn exchange_async(
+    mut conn: tokio::net::TcpStream,
+    frame: &[u8],
+    max_len: u32,
+) -> io::Result<(tokio::net::TcpStream, RangeReply)> {
+    let exchange = async {
+        conn.write_all(frame).await?;
+        read_reply(&mut conn, max_len).await
+    };
+    match tokio::time::timeout(IO_TIMEOUT, exchange).await {
+        Ok(reply) => Ok((conn, reply?)),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no reply in time")),
+    }
+}
+
+/// Reads one reply (the checks of `RangeReply::read`), the outboard and plaintext into one
+/// buffer of their size: the plaintext is kept as it arrived.
+async fn read_reply(conn: &mut tokio::net::TcpStream, max_len: u32) -> io::Result<RangeReply> {
+    let mut head = [0u8; REPLY_HEAD];
+    conn.read_exact(&mut head).await?;
+    match RangeReply::status(&head)? {
+        0 => {
+            let mut lengths = [0u8; FOUND_LENGTHS];
+            conn.read_exact(&mut lengths).await?;
+            let found = Found::parse(&lengths, max_len)?;
+            let total = found.outboard_len as usize + found.plain_len as usize;
+            let mut body = BytesMut::with_capacity(total);
+            while body.len() < total {
+                let want = total - body.len();
+                if conn.read_buf(&mut (&mut body).limit(want)).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            let outboard = body.split_to(found.outboard_len as usize).to_vec();
+            Ok(found.reply(outboard, body.freeze()))
+        }
+        4 => Ok(RangeReply::Busy),
+        status => {
+            let len = RangeReply::message_len(conn.read_u32_le().await?)?;
+            let mut message = vec![0u8; len];
+            conn.read_exact(&mut message).await?;
+            RangeReply::message(status, &message)
+        }
+    }
 }
