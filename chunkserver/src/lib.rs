@@ -3,6 +3,7 @@
 //! placements inside the region.
 
 pub mod config;
+mod direct;
 pub mod error;
 pub mod format;
 pub mod gc;

@@ -217,6 +217,14 @@ impl BlockStore {
             .tmp
             .join(format!("{}.{}.{seq}.tmp", block.id, std::process::id()));
         let written = (|| {
+            // A block the journal does not take is written around the page cache, and
+            // fsync'd, where the file system allows (see `direct`).
+            if journal.is_none()
+                && crate::direct::write_new(&tmp, &[&header, &block.payload, &outboard])
+                    .map_err(ChunkError::io("write", &tmp))?
+            {
+                return Ok(());
+            }
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
