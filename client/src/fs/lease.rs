@@ -14,7 +14,7 @@
 //! refused ([`Leases::sync`]). A recall takes the lease out of local use at once and gives
 //! it back with the next batch, after the changes made under it.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use meridian_proto::InodeId;
@@ -50,7 +50,8 @@ const KEPT_EXTENTS: usize = 4;
 /// A leased directory as this mount knows it: all of it.
 struct LeasedDir {
     attr: Attr,
-    entries: HashMap<Vec<u8>, (InodeId, FileKind)>,
+    /// In name order: a listing is read off in order, not sorted at every opendir.
+    entries: BTreeMap<Vec<u8>, (InodeId, FileKind)>,
 }
 
 #[derive(Default)]
@@ -289,7 +290,7 @@ impl Leases {
     /// here: all of them, its own changes queued or not.
     pub(super) fn listing(&self, dir: InodeId) -> Option<Vec<DirEntry>> {
         let s = self.lock();
-        let mut out: Vec<DirEntry> = s
+        let out: Vec<DirEntry> = s
             .dirs
             .get(&dir)?
             .entries
@@ -300,8 +301,6 @@ impl Leases {
                 kind: *kind,
             })
             .collect();
-        drop(s);
-        out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Some(out)
     }
 
@@ -354,7 +353,7 @@ impl Leases {
                 ino,
                 LeasedDir {
                     attr: attr.clone(),
-                    entries: HashMap::new(),
+                    entries: BTreeMap::new(),
                 },
             );
         } else {
@@ -540,7 +539,7 @@ impl Leases {
                         a.ino,
                         LeasedDir {
                             attr: a.clone(),
-                            entries: HashMap::new(),
+                            entries: BTreeMap::new(),
                         },
                     );
                     if s.reserved_left() < RESERVE_LOW {
