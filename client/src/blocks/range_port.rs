@@ -150,6 +150,11 @@ fn leave_alone(address: &str, period: Duration, why: &str) {
     }
 }
 
+/// A dial's outcome: a port that could not be dialed is left alone a while.
+fn left_alone_if_failed<T>(address: &str, dialed: io::Result<T>) -> io::Result<T> {
+    dialed.inspect_err(|e| leave_alone(address, UNREACHABLE_FOR, &e.to_string()))
+}
+
 fn timed_out(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -182,13 +187,7 @@ fn connect(address: &str) -> io::Result<TcpStream> {
                 .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
         })
         .and_then(|addr| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT));
-    let s = match dialed {
-        Ok(s) => s,
-        Err(e) => {
-            leave_alone(address, UNREACHABLE_FOR, &e.to_string());
-            return Err(e);
-        }
-    };
+    let s = left_alone_if_failed(address, dialed)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -270,13 +269,7 @@ async fn connect_async(address: &str) -> io::Result<tokio::net::TcpStream> {
     let dialed = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
         .await
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
-    let s = match dialed {
-        Ok(s) => s,
-        Err(e) => {
-            leave_alone(address, UNREACHABLE_FOR, &e.to_string());
-            return Err(e);
-        }
-    };
+    let s = left_alone_if_failed(address, dialed)?;
     s.set_nodelay(true)?;
     Ok(s)
 }
