@@ -8,7 +8,8 @@
 //! journal/                             small blocks' journal (see [`crate::journal`])
 //! ```
 //! A block is written to `tmp/` (around the page cache where the file system allows, see
-//! `direct.rs`), fsync'd, renamed into place, and the folder holding it is fsync'd: after a crash at any point the block is either whole and in place, or absent.
+//! `direct.rs`), fsync'd, renamed into place, and the folder holding it is fsync'd:
+//! after a crash at any point the block is either whole and in place, or absent.
 //! A small block is instead made durable by its journal record, and its file is written
 //! and renamed without fsync (the journal's replay puts it right after a crash).
 
