@@ -31,7 +31,12 @@ impl Drop for Server {
 fn start_chunkserver(dir: &Path) -> (Server, String) {
     let log = dir.join("chunk.log");
     let out = fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+    // MERIDIAN_BIN: another build's binary, to compare two builds in one run.
+    let bin = std::env::var_os("MERIDIAN_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_meridian").into(),
+        std::path::PathBuf::from,
+    );
+    let child = Command::new(bin)
         .args([
             "--plaintext",
             "chunk",
@@ -39,6 +44,10 @@ fn start_chunkserver(dir: &Path) -> (Server, String) {
             "1",
             "--zone",
             "a",
+            // The puts below ask for one copy: as the region's usual R, a put records
+            // nothing in the ledger (as a put of a volume at the usual R does).
+            "--default-replicas",
+            "1",
             "--listen",
             "127.0.0.1:0",
             "--data",
@@ -170,7 +179,51 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Small blocks (a 16 KiB file's): the put's latency is the durable write's, not the
+    // bandwidth.
+    let mut group = c.benchmark_group("16KiB");
+    group.throughput(Throughput::Bytes(SMALL as u64));
+    group
+        .sample_size(50)
+        .measurement_time(Duration::from_secs(10));
+    // Baseline: one durable small record, appended to an allocated file and fdatasync'd.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(raw.join("small-log"))
+        .expect("small log");
+    log.set_len(64 << 20).expect("allocate");
+    {
+        use std::os::unix::fs::FileExt;
+        log.write_all_at(&vec![0; 64 << 20], 0).expect("zero");
+        log.sync_all().expect("fsync");
+        let mut at = 0u64;
+        group.bench_function("local disk append+fdatasync", |b| {
+            b.iter(|| {
+                log.write_all_at(&base[..SMALL], at).expect("write");
+                log.sync_data().expect("fdatasync");
+                at = (at + SMALL as u64) % (64 << 20);
+            })
+        });
+    }
+    let mut m = 1u64 << 41;
+    group.bench_function("meridian put (R=1)", |b| {
+        b.iter(|| {
+            m += 1;
+            let mut data = base[..SMALL].to_vec();
+            data[..8].copy_from_slice(&m.to_le_bytes());
+            let block = EncodedBlock::encode(&data).expect("encode");
+            rt.block_on(client.put(&block, 1, 1)).expect("put");
+        })
+    });
+    group.finish();
 }
+
+/// A small block's size.
+const SMALL: usize = 16 << 10;
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
