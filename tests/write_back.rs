@@ -181,6 +181,45 @@ fn a_file_made_here_opens_from_what_the_mount_kept_until_it_changes() -> Result<
     Ok(())
 }
 
+/// A directory a mount made in a directory it does not lease (the root) is found there
+/// again after the kernel dropped its caches, from what the mount kept of the name; the
+/// name it kept follows every change: this mount's rename at once, another mount's rename
+/// once the feed tells.
+#[test]
+fn a_name_kept_outside_the_leases_follows_renames_here_and_there() -> Result<()> {
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let drop_entries = || fs::write("/proc/sys/vm/drop_caches", "2");
+    let w = here.path.join("w");
+    fs::create_dir(&w)?;
+    fs::write(w.join("f"), b"in w")?;
+    let ino = fs::metadata(&w)?.ino();
+    drop_entries()?;
+    assert_eq!(fs::metadata(&w)?.ino(), ino);
+    assert_eq!(fs::read(w.join("f"))?, b"in w");
+
+    // Renamed here: the old name is gone at once, the new one names the directory.
+    fs::rename(&w, here.path.join("w2"))?;
+    drop_entries()?;
+    assert_eq!(errno_of(fs::metadata(&w)), libc::ENOENT);
+    assert_eq!(fs::metadata(here.path.join("w2"))?.ino(), ino);
+
+    // Renamed by the other mount: this one follows once the feed tells it.
+    fs::rename(there.path.join("w2"), there.path.join("w3"))?;
+    wait_for(
+        Duration::from_secs(30),
+        "the rename there seen here",
+        || {
+            drop_entries().ok()?;
+            let gone = fs::metadata(here.path.join("w2"))
+                .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT));
+            (gone && fs::metadata(here.path.join("w3")).ok()?.ino() == ino).then_some(())
+        },
+    )?;
+    assert_eq!(fs::read(here.path.join("w3").join("f"))?, b"in w");
+    Ok(())
+}
+
 /// A mount killed with kill -9: what it made before an fsync of the directory survives,
 /// and after the recall times out, another mount changes the directory freely; changes
 /// the dead mount still held are lost as unsynced changes on a local disk are, never

@@ -31,6 +31,7 @@ mod fresh;
 mod kernel;
 mod known;
 mod lease;
+mod new_files;
 mod read;
 mod servers;
 mod space;
@@ -167,7 +168,7 @@ pub struct FileSystem {
     /// Directories whose every name this client knows.
     known: known::KnownDirs,
     /// Files created here that have no capabilities.
-    new_files: known::NewFiles,
+    new_files: new_files::NewFiles,
     /// Files waiting to be compacted.
     compaction: compact::Pending,
     /// Directories leased to this mount, and the changes it answered alone in them.
@@ -360,6 +361,21 @@ impl FileSystem {
         {
             return Err(libc_errno::ENOENT);
         }
+        // A name kept from an earlier answer, of an inode whose attributes are known here
+        // (a directory leased here): as the kernel's entry cache would have answered.
+        let sees_everything = self.feed_sees_everything();
+        let epoch = self.cache_epoch();
+        if sees_everything
+            && let Some(ino) = self.known.entry(parent, name, epoch)
+            && let Some(a) = self.leases.attr(ino)
+        {
+            if a.kind == FileKind::File && self.is_open(a.ino).await {
+                return self.getattr(a.ino).await;
+            }
+            self.kernel.observed(&a);
+            return Ok(self.as_seen_here(a, 0));
+        }
+        let asked = self.known.asking();
         match self
             .query(Query::Lookup {
                 parent,
@@ -368,10 +384,17 @@ impl FileSystem {
             })
             .await?
         {
-            // Open here, its size must count this client's unflushed writes, read in the
-            // order `getattr` reads them (one more round trip, only for files open here).
-            QueryReply::Attr(a) if self.is_open(a.ino).await => self.getattr(a.ino).await,
             QueryReply::Attr(a) => {
+                if sees_everything {
+                    self.known
+                        .found(asked, parent, name, a.ino, epoch, self.cache_epoch());
+                }
+                if self.is_open(a.ino).await {
+                    // Open here, its size must count this client's unflushed writes, read
+                    // in the order `getattr` reads them (one more round trip, only for
+                    // files open here).
+                    return self.getattr(a.ino).await;
+                }
                 self.kernel.observed(&a);
                 Ok(self.as_seen_here(a, 0))
             }

@@ -9,6 +9,12 @@
 //! once, or too many names to keep. Only answered while the feed answers, and only in a
 //! volume that lives in one region (another region's records are merged without passing
 //! through the change log the feed reads).
+//!
+//! Names found in other directories are kept too (the inode each names, see
+//! [`KnownDirs::entry`]), under the same rules: a lookup the servers answered while no
+//! mutation of this client ran, or a name this client made, stays true until the feed
+//! drops anything or this client changes the directory. That is what the kernel's own
+//! entry cache holds for as long; kept here, it outlives the kernel dropping its caches.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -20,6 +26,8 @@ use meridian_proto::ns::{FileKind, Op, Reply};
 const MAX_DIRS: usize = 1024;
 /// The most names of one known directory.
 const MAX_NAMES: usize = 1 << 16;
+/// The most names kept of directories not known whole (beyond it, all are forgotten).
+const MAX_ENTRIES: usize = 1 << 14;
 
 #[derive(Default)]
 pub(super) struct KnownDirs {
@@ -34,6 +42,41 @@ struct Inner {
     running: usize,
     /// Known directories: their names, and the feed's drop count they are true at.
     dirs: HashMap<InodeId, (HashSet<Vec<u8>>, u64)>,
+    /// Names found in other directories: the inode each names, and the feed's drop count
+    /// they are true at.
+    entries: HashMap<InodeId, (HashMap<Vec<u8>, InodeId>, u64)>,
+    /// How many names `entries` holds.
+    entry_count: usize,
+}
+
+impl Inner {
+    /// Forgets the names kept of `dir` (not known whole).
+    fn forget_entries(&mut self, dir: &InodeId) {
+        if let Some((names, _)) = self.entries.remove(dir) {
+            self.entry_count -= names.len();
+        }
+    }
+
+    /// Keeps `name` in `dir` as naming `ino`, true while the feed has dropped `epoch`
+    /// times.
+    fn keep_entry(&mut self, dir: InodeId, name: &[u8], ino: InodeId, epoch: u64) {
+        if self.entry_count >= MAX_ENTRIES {
+            self.entries.clear();
+            self.entry_count = 0;
+        }
+        let (names, at) = self
+            .entries
+            .entry(dir)
+            .or_insert_with(|| (HashMap::new(), epoch));
+        if *at != epoch {
+            self.entry_count -= names.len();
+            names.clear();
+            *at = epoch;
+        }
+        if names.insert(name.to_vec(), ino).is_none() {
+            self.entry_count += 1;
+        }
+    }
 }
 
 /// A mutation under way, from [`KnownDirs::starting`].
@@ -73,6 +116,24 @@ impl KnownDirs {
         inner.running -= 1;
         let clean = started.alone && inner.generation == started.generation;
         let settled = clean && started.epoch == epoch;
+        // Applied or not, the names kept of the directories it changes may be stale.
+        for dir in op.dirs_changed() {
+            inner.forget_entries(&dir);
+        }
+        if settled
+            && let (
+                Op::Mknod { parent, name, .. }
+                | Op::Symlink { parent, name, .. }
+                | Op::Link {
+                    new_parent: parent,
+                    new_name: name,
+                    ..
+                },
+                Some(Reply::Attr(a)),
+            ) = (op, result)
+        {
+            inner.keep_entry(*parent, name, a.ino, epoch);
+        }
         let Some(reply) = result.filter(|_| settled) else {
             for dir in op.dirs_changed() {
                 inner.dirs.remove(&dir);
@@ -132,6 +193,45 @@ impl KnownDirs {
         let mut inner = self.lock();
         for d in dirs {
             inner.dirs.remove(d);
+            inner.forget_entries(d);
+        }
+    }
+
+    /// A lookup is about to ask the servers: give [`found`](Self::found) the result.
+    pub(super) fn asking(&self) -> Option<u64> {
+        let inner = self.lock();
+        (inner.running == 0).then_some(inner.generation)
+    }
+
+    /// The servers answered that `name` in `dir` is `ino`, to a lookup that started at
+    /// `asked` (from [`asking`](Self::asking)) while the feed had dropped `before` times;
+    /// it has dropped `epoch` times now. Kept only if no mutation of this client ran
+    /// meanwhile and the feed dropped nothing.
+    pub(super) fn found(
+        &self,
+        asked: Option<u64>,
+        dir: InodeId,
+        name: &[u8],
+        ino: InodeId,
+        before: u64,
+        epoch: u64,
+    ) {
+        let mut inner = self.lock();
+        if asked == Some(inner.generation) && inner.running == 0 && before == epoch {
+            inner.keep_entry(dir, name, ino, epoch);
+        }
+    }
+
+    /// The inode `name` in `dir` names, if kept while the feed has dropped `epoch` times.
+    pub(super) fn entry(&self, dir: InodeId, name: &[u8], epoch: u64) -> Option<InodeId> {
+        let mut inner = self.lock();
+        match inner.entries.get(&dir) {
+            Some((names, at)) if *at == epoch => names.get(name).copied(),
+            Some(_) => {
+                inner.forget_entries(&dir);
+                None
+            }
+            None => None,
         }
     }
 
@@ -149,126 +249,16 @@ impl KnownDirs {
     }
 }
 
-/// The most files kept as [`NewFiles`].
-const MAX_NEW_FILES: usize = 1 << 16;
-
-/// Files known to have no `security.capability`, so the kernel's question before writes
-/// (whether the write must drop capabilities: before the first write to each file, and
-/// before every O_DIRECT write) is answered without the servers. A file is known so when
-/// this client created it (no file is created with one: only setxattr gives it) or the
-/// servers said it has none; it is forgotten when this client sets or removes an
-/// extended attribute of it, and all are on any drop by the feed of other clients'
-/// changes (as [`KnownDirs`]).
-#[derive(Default)]
-pub(super) struct NewFiles {
-    inner: Mutex<HashMap<InodeId, u64>>,
-    /// Extended-attribute changes of this client started, and those under way: an answer
-    /// of the servers read while one was under way may be older than it.
-    xattr_changes: Mutex<(u64, usize)>,
-}
-
-impl NewFiles {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, u64>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn changes(&self) -> std::sync::MutexGuard<'_, (u64, usize)> {
-        self.xattr_changes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The mutation `op` starts.
-    pub(super) fn starting(&self, op: &Op) {
-        if matches!(op, Op::SetXattr { .. } | Op::RemoveXattr { .. }) {
-            let mut c = self.changes();
-            c.0 += 1;
-            c.1 += 1;
-        }
-    }
-
-    /// A question to the servers starts: give [`told_none`](Self::told_none) the result.
-    pub(super) fn asking(&self) -> u64 {
-        let c = self.changes();
-        if c.1 > 0 { u64::MAX } else { c.0 }
-    }
-
-    /// The mutation `op` ended with `result`, started when the feed had dropped `before`
-    /// times; it has dropped `epoch` times now. `absent` says whether its name was known
-    /// not to exist when it started (a create without O_EXCL may open an existing file).
-    pub(super) fn ended(
-        &self,
-        op: &Op,
-        result: Option<&Reply>,
-        absent: bool,
-        before: u64,
-        epoch: u64,
-    ) {
-        match (op, result) {
-            (Op::Mknod { exclusive, .. }, Some(Reply::Attr(a)))
-                if before == epoch && (*exclusive || absent) =>
-            {
-                let mut files = self.lock();
-                if files.len() >= MAX_NEW_FILES {
-                    files.clear();
-                }
-                files.insert(a.ino, epoch);
-            }
-            (Op::SetXattr { ino, .. } | Op::RemoveXattr { ino, .. }, _) => {
-                self.lock().remove(ino);
-                let mut c = self.changes();
-                c.1 = c.1.saturating_sub(1);
-            }
-            _ => {}
-        }
-    }
-
-    /// A file this client created alone (under a directory lease, see `lease.rs`), while
-    /// the feed had dropped `epoch` times.
-    pub(super) fn made(&self, ino: InodeId, epoch: u64) {
-        let mut files = self.lock();
-        if files.len() >= MAX_NEW_FILES {
-            files.clear();
-        }
-        files.insert(ino, epoch);
-    }
-
-    /// The servers said `ino` has no `security.capability`, asked as `asked` (from
-    /// [`asking`](Self::asking)); the feed had dropped `before` times when it was asked and
-    /// has dropped `epoch` times now.
-    pub(super) fn told_none(&self, ino: InodeId, asked: u64, before: u64, epoch: u64) {
-        if before == epoch && asked != u64::MAX && asked == self.asking() {
-            let mut files = self.lock();
-            if files.len() >= MAX_NEW_FILES {
-                files.clear();
-            }
-            files.insert(ino, epoch);
-        }
-    }
-
-    /// Whether `ino` is known to have no `security.capability` while the feed has dropped
-    /// `epoch` times.
-    pub(super) fn without_capabilities(&self, ino: InodeId, epoch: u64) -> bool {
-        let mut files = self.lock();
-        match files.get(&ino) {
-            Some(at) if *at == epoch => true,
-            Some(_) => {
-                files.remove(&ino);
-                false
-            }
-            None => false,
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use meridian_proto::ns::{Attr, Creds};
 
-    fn attr(ino: u64, kind: FileKind) -> Attr {
+    pub(in crate::fs) fn attr(ino: u64, kind: FileKind) -> Attr {
         crate::fs::test_attr(ino, kind)
     }
 
-    fn mknod(parent: u64, name: &[u8], kind: FileKind) -> Op {
+    pub(in crate::fs) fn mknod(parent: u64, name: &[u8], kind: FileKind) -> Op {
         Op::Mknod {
             parent: InodeId(parent),
             name: name.to_vec(),
@@ -315,6 +305,89 @@ mod tests {
             "the feed dropped something: forgotten"
         );
         assert!(!k.absent(InodeId(5), b"a", 0), "and stays forgotten");
+    }
+
+    #[test]
+    fn names_found_elsewhere_are_kept_until_the_directory_changes_or_the_feed_drops() {
+        let k = KnownDirs::default();
+        let (root, d) = (InodeId(1), InodeId(9));
+        // Answered while nothing of this client ran: kept.
+        let asked = k.asking();
+        k.found(asked, root, b"work", d, 0, 0);
+        assert_eq!(k.entry(root, b"work", 0), Some(d));
+        assert_eq!(k.entry(root, b"other", 0), None);
+        // The feed dropped something: forgotten, and not learnt at the old count.
+        assert_eq!(k.entry(root, b"work", 1), None);
+        assert_eq!(k.entry(root, b"work", 0), None);
+        k.found(k.asking(), root, b"work", d, 0, 1);
+        assert_eq!(
+            k.entry(root, b"work", 1),
+            None,
+            "the feed dropped during the lookup"
+        );
+
+        // A mutation of this client under way when the lookup started, or started
+        // before it ended: the answer may be older than it.
+        let s = k.starting(1);
+        let asked = k.asking();
+        k.found(asked, root, b"work", d, 1, 1);
+        k.ended(s, &mknod(5, b"x", FileKind::File), None, 1);
+        assert_eq!(k.entry(root, b"work", 1), None);
+        let asked = k.asking();
+        run(&k, mknod(5, b"y", FileKind::File), None, 1);
+        k.found(asked, root, b"work", d, 1, 1);
+        assert_eq!(k.entry(root, b"work", 1), None);
+
+        // Made here: kept. Any change of the directory here forgets its names, even one
+        // that failed.
+        run(
+            &k,
+            mknod(1, b"made", FileKind::Dir),
+            Some(Reply::Attr(attr(12, FileKind::Dir))),
+            1,
+        );
+        assert_eq!(k.entry(root, b"made", 1), Some(InodeId(12)));
+        k.found(k.asking(), root, b"work", d, 1, 1);
+        assert_eq!(k.entry(root, b"work", 1), Some(d));
+        let rmdir = Op::Rmdir {
+            parent: root,
+            name: b"elsewhere".to_vec(),
+            creds: Creds::default(),
+        };
+        run(&k, rmdir, None, 1);
+        assert_eq!(k.entry(root, b"work", 1), None);
+        assert_eq!(k.entry(root, b"made", 1), None);
+        // Forgotten with the directory (a lease given back, lost).
+        k.found(k.asking(), root, b"work", d, 1, 1);
+        k.forget(&[root]);
+        assert_eq!(k.entry(root, b"work", 1), None);
+    }
+
+    #[test]
+    fn names_kept_elsewhere_are_bounded() {
+        let k = KnownDirs::default();
+        for i in 0..MAX_ENTRIES as u64 {
+            k.found(
+                k.asking(),
+                InodeId(1 + i % 7),
+                &i.to_le_bytes(),
+                InodeId(100 + i),
+                0,
+                0,
+            );
+        }
+        assert_eq!(
+            k.entry(InodeId(1), &0u64.to_le_bytes(), 0),
+            Some(InodeId(100))
+        );
+        k.found(k.asking(), InodeId(3), b"one more", InodeId(5), 0, 0);
+        assert_eq!(
+            k.entry(InodeId(1), &0u64.to_le_bytes(), 0),
+            None,
+            "all forgotten"
+        );
+        assert_eq!(k.entry(InodeId(3), b"one more", 0), Some(InodeId(5)));
+        assert_eq!(k.lock().entry_count, 1);
     }
 
     #[test]
@@ -383,61 +456,5 @@ mod tests {
             !k.absent(InodeId(12), b"z", 4),
             "the feed dropped something while it ran"
         );
-    }
-
-    #[test]
-    fn new_files_have_no_capabilities_until_an_xattr_or_a_drop() {
-        let n = NewFiles::default();
-        let file = Reply::Attr(attr(6, FileKind::File));
-        let mut open = mknod(5, b"a", FileKind::File);
-        if let Op::Mknod { exclusive, .. } = &mut open {
-            *exclusive = false;
-        }
-        n.ended(&open, Some(&file), false, 0, 0);
-        assert!(
-            !n.without_capabilities(InodeId(6), 0),
-            "may have opened an old file"
-        );
-        n.ended(&open, Some(&file), true, 0, 0);
-        assert!(n.without_capabilities(InodeId(6), 0));
-        assert!(!n.without_capabilities(InodeId(7), 0));
-        let set = Op::SetXattr {
-            ino: InodeId(6),
-            name: b"security.capability".to_vec(),
-            value: vec![1],
-            mode: Default::default(),
-            creds: Creds::default(),
-        };
-        n.ended(&set, None, false, 0, 0);
-        assert!(
-            !n.without_capabilities(InodeId(6), 0),
-            "an xattr was set, or may have been"
-        );
-        n.ended(&mknod(5, b"b", FileKind::File), Some(&file), false, 0, 0);
-        assert!(
-            !n.without_capabilities(InodeId(6), 1),
-            "the feed dropped something"
-        );
-        n.ended(&mknod(5, b"c", FileKind::File), Some(&file), false, 0, 1);
-        assert!(
-            !n.without_capabilities(InodeId(6), 1),
-            "created while the feed dropped"
-        );
-        n.told_none(InodeId(9), n.asking(), 1, 2);
-        assert!(
-            !n.without_capabilities(InodeId(9), 2),
-            "told while the feed dropped"
-        );
-        let asked = n.asking();
-        n.starting(&set);
-        n.told_none(InodeId(9), asked, 2, 2);
-        assert!(
-            !n.without_capabilities(InodeId(9), 2),
-            "an xattr change was under way"
-        );
-        n.ended(&set, None, false, 2, 2);
-        let asked = n.asking();
-        n.told_none(InodeId(9), asked, 2, 2);
-        assert!(n.without_capabilities(InodeId(9), 2));
     }
 }
