@@ -188,7 +188,7 @@ fn build(
 ) -> Result<Option<(Hlc, Vec<u8>)>, MetaError> {
     let tx = db.begin_write().map_err(store)?;
     let image = {
-        let mut t = WriteTables::open(&tx)?;
+        let mut t = WriteTables::open(&tx);
         backfill::build_image(&mut t, volume, to, since)?
     };
     tx.abort().map_err(store)?;

@@ -31,7 +31,7 @@ use super::types::*;
 pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     if let Some((client, op)) = cmd.request {
         let key = super::tables::pair_key(client, op);
-        if let Some(v) = t.requests.get(key.as_slice()).map_err(store_err)? {
+        if let Some(v) = t.requests.open()?.get(key.as_slice()).map_err(store_err)? {
             return serde_json::from_slice::<Result<Reply, NsError>>(v.value())
                 .map_err(|e| NsError::Store(format!("damaged request record: {e}")))?;
         }
@@ -39,7 +39,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     // Stamps only grow along the merged log: a command stamped before a remote record
     // that applied ahead of it, or before a promise to the peers, takes the next stamp
     // after it (deterministic, so every member agrees).
-    let hlc = match merge::horizon(&t.region_state)? {
+    let hlc = match merge::horizon(t.region_state.open()?)? {
         Some(head) if cmd.hlc <= head => head.successor(cmd.hlc.region),
         _ => cmd.hlc,
     };
@@ -102,8 +102,8 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         // that lives here only: the record never leaves).
         let mut deps = Vec::new();
         if regions.len() > 1 {
-            for p in merge::origins(&t.region_state)? {
-                let wm = merge::watermark(&t.region_state, p)?;
+            for p in merge::origins(t.region_state.open()?)? {
+                let wm = merge::watermark(t.region_state.open()?, p)?;
                 if wm > 0 {
                     deps.push((p, wm));
                 }
@@ -134,6 +134,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         let seq = t.next(counter::NEXT_CHANGE, 1)?;
         let bytes = serde_json::to_vec(&record).map_err(|e| NsError::Store(e.to_string()))?;
         t.changelog
+            .open_mut()?
             .insert(seq, bytes.as_slice())
             .map_err(store_err)?;
         if seq % history::TRIM_EVERY == 0 {
@@ -144,11 +145,13 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         let key = super::tables::pair_key(client, op);
         let bytes = serde_json::to_vec(&outcome).map_err(|e| NsError::Store(e.to_string()))?;
         t.requests
+            .open_mut()?
             .insert(key.as_slice(), bytes.as_slice())
             .map_err(store_err)?;
         let mut by_time = cmd.hlc.wall_ms.to_be_bytes().to_vec();
         by_time.extend_from_slice(&key);
         t.request_times
+            .open_mut()?
             .insert(by_time.as_slice(), ())
             .map_err(store_err)?;
     }
@@ -173,14 +176,14 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
         | Op::SetVolumeQuota { name, .. }
         | Op::SetVolumeRegions { name, .. }
         | Op::SetVolumeHome { name, .. } => {
-            return read_volume(t.volumes(), name);
+            return read_volume(t.volumes()?, name);
         }
-        Op::CloneVolume { source, .. } => return read_volume(t.volumes(), source),
+        Op::CloneVolume { source, .. } => return read_volume(t.volumes()?, source),
         // Every inode of a batch is of one volume (checked when it applies): that of the
         // first one still there.
         Op::AccessedBatch { inos } => {
             for ino in inos {
-                if let Some(node) = read_inode(t.inodes(), *ino)? {
+                if let Some(node) = read_inode(t.inodes()?, *ino)? {
                     return find_volume(t, node.attr.volume);
                 }
             }
@@ -191,7 +194,7 @@ fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, NsError> {
             None => return Ok(None),
         },
     };
-    match read_inode(t.inodes(), ino)? {
+    match read_inode(t.inodes()?, ino)? {
         Some(node) => Ok(find_volume(t, node.attr.volume)?),
         None => Ok(None),
     }
@@ -257,7 +260,7 @@ pub fn apply_remote(
             own.0
         )));
     }
-    let wm = merge::watermark(&t.region_state, batch.origin)?;
+    let wm = merge::watermark(t.region_state.open()?, batch.origin)?;
     for (_, record) in &batch.records {
         if record.hlc.region != batch.origin {
             return Err(NsError::Invalid(format!(
@@ -272,10 +275,10 @@ pub fn apply_remote(
             )));
         }
     }
-    let origins = merge::origins(&t.region_state)?;
+    let origins = merge::origins(t.region_state.open()?)?;
     let mut known = std::collections::BTreeMap::new();
     for p in &origins {
-        known.insert(*p, merge::watermark(&t.region_state, *p)?);
+        known.insert(*p, merge::watermark(t.region_state.open()?, *p)?);
     }
     let mut fresh: Vec<Record> = Vec::new();
     let mut last_seq = wm;
@@ -294,7 +297,7 @@ pub fn apply_remote(
                 && *region != batch.origin
                 && known.get(region).is_some_and(|have| have < needed)
         });
-        let admission = backfill::admission(&t.region_state, own, record)?;
+        let admission = backfill::admission(t.region_state.open()?, own, record)?;
         let waits = admission == Admission::Wait || awaiting.contains(&record.volume);
         if held == 0 && !missing && waits && parkable(t, record.volume, &awaiting, &mut waiting)? {
             // Its volume's image is on its way: the record waits apart, and the origin's
@@ -361,14 +364,14 @@ fn parkable(
     waiting: &mut std::collections::BTreeMap<u32, usize>,
 ) -> Result<bool, NsError> {
     let bringing = awaiting.contains(&volume)
-        || backfill::get(&t.region_state, volume)?.is_some_and(|b| !b.installed);
+        || backfill::get(t.region_state.open()?, volume)?.is_some_and(|b| !b.installed);
     if !bringing {
         return Ok(false);
     }
     let n = match waiting.get_mut(&volume) {
         Some(n) => n,
         None => waiting.entry(volume).or_insert(backfill::parked_count(
-            &t.parked,
+            t.parked.open()?,
             volume,
             backfill::MAX_PARKED,
         )?),
@@ -521,7 +524,7 @@ fn replay(t: &mut WriteTables<'_>, own: RegionId, record: &Record) -> Result<(),
         return merge::log_applied(t, record, &[]);
     }
     if matches!(
-        backfill::admission(&t.region_state, own, record)?,
+        backfill::admission(t.region_state.open()?, own, record)?,
         Admission::Left | Admission::InImage
     ) {
         // The volume left this region, or the record is in the image it came as.

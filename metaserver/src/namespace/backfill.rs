@@ -87,6 +87,7 @@ pub fn get(t: &impl StateTable, volume: u32) -> Result<Option<Backfill>, NsError
 fn put(t: &mut WriteTables<'_>, b: &Backfill) -> Result<(), NsError> {
     let bytes = serde_json::to_vec(b).map_err(json_err)?;
     t.region_state
+        .open_mut()?
         .insert(key(b.volume).as_str(), bytes.as_slice())
         .map_err(store_err)?;
     Ok(())
@@ -94,7 +95,7 @@ fn put(t: &mut WriteTables<'_>, b: &Backfill) -> Result<(), NsError> {
 
 /// Notes that every block of the volume's image is in this region.
 pub fn blocks_done(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
-    if let Some(mut b) = get(&t.region_state, volume)?
+    if let Some(mut b) = get(t.region_state.open()?, volume)?
         && b.installed
     {
         b.blocks = true;
@@ -175,7 +176,7 @@ pub(crate) fn wanted(t: &WriteTables<'_>, own: RegionId, record: &Record) -> Res
     };
     Ok(regions.contains(&own)
         && find_volume(t, record.volume)?.is_none()
-        && !get(&t.region_state, record.volume)?.is_some_and(|b| b.installed))
+        && !get(t.region_state.open()?, record.volume)?.is_some_and(|b| b.installed))
 }
 
 /// Starts (or keeps) the backfill of the volume `record` added this region to.
@@ -183,7 +184,7 @@ pub(crate) fn start(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsEr
     let Op::SetVolumeRegions { name, .. } = &record.op else {
         return Ok(());
     };
-    if get(&t.region_state, record.volume)?.is_some() {
+    if get(t.region_state.open()?, record.volume)?.is_some() {
         return Ok(());
     }
     // Brought back after it left: what is left of the leaving goes.
@@ -250,12 +251,13 @@ pub const PARKED_LOW: &str = "parked_low";
 pub(crate) fn park(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsError> {
     let bytes = serde_json::to_vec(record).map_err(json_err)?;
     t.parked
+        .open_mut()?
         .insert(
             parked_key(record.volume, record.hlc).as_slice(),
             bytes.as_slice(),
         )
         .map_err(store_err)?;
-    if merge::stamp(&t.region_state, PARKED_LOW)?.is_none_or(|low| record.hlc < low) {
+    if merge::stamp(t.region_state.open()?, PARKED_LOW)?.is_none_or(|low| record.hlc < low) {
         merge::set_state(t, PARKED_LOW, &record.hlc.to_key())?;
     }
     Ok(())
@@ -265,8 +267,8 @@ pub(crate) fn park(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsErr
 /// merged.
 pub(crate) fn note_parked_low(t: &mut WriteTables<'_>) -> Result<(), NsError> {
     let mut low: Option<Hlc> = None;
-    for volume in super::tables::distinct_u32s(&t.parked, &[])? {
-        let first = super::tables::first_with_prefix(&t.parked, &volume.to_be_bytes())?;
+    for volume in super::tables::distinct_u32s(t.parked.open()?, &[])? {
+        let first = super::tables::first_with_prefix(t.parked.open()?, &volume.to_be_bytes())?;
         let hlc = first
             .and_then(|k| Hlc::from_key(&k[4..]))
             .ok_or_else(|| NsError::Store("damaged parked record key".into()))?;
@@ -275,7 +277,10 @@ pub(crate) fn note_parked_low(t: &mut WriteTables<'_>) -> Result<(), NsError> {
     match low {
         Some(l) => merge::set_state(t, PARKED_LOW, &l.to_key()),
         None => {
-            t.region_state.remove(PARKED_LOW).map_err(store_err)?;
+            t.region_state
+                .open_mut()?
+                .remove(PARKED_LOW)
+                .map_err(store_err)?;
             Ok(())
         }
     }
@@ -289,6 +294,7 @@ pub(crate) fn take_parked(t: &mut WriteTables<'_>, volume: u32) -> Result<Vec<Re
     let mut out = Vec::new();
     for item in t
         .parked
+        .open()?
         .range(lo.as_slice()..=hi.as_slice())
         .map_err(store_err)?
     {
@@ -297,7 +303,10 @@ pub(crate) fn take_parked(t: &mut WriteTables<'_>, volume: u32) -> Result<Vec<Re
         out.push(serde_json::from_slice(v.value()).map_err(json_err)?);
     }
     for k in keys {
-        t.parked.remove(k.as_slice()).map_err(store_err)?;
+        t.parked
+            .open_mut()?
+            .remove(k.as_slice())
+            .map_err(store_err)?;
     }
     Ok(out)
 }
@@ -307,7 +316,7 @@ pub(crate) fn take_parked(t: &mut WriteTables<'_>, volume: u32) -> Result<Vec<Re
 /// skipped: it is not here) instead of waiting for ever. Those kept apart meanwhile are
 /// merged by the caller (`apply::cancel_backfill`).
 pub fn cancel(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
-    let Some(b) = get(&t.region_state, volume)? else {
+    let Some(b) = get(t.region_state.open()?, volume)? else {
         return Ok(());
     };
     if b.installed {
@@ -324,6 +333,7 @@ pub fn cancel(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
     wiped?;
     rebase_refs(t, &delta)?;
     t.region_state
+        .open_mut()?
         .remove(key(volume).as_str())
         .map_err(store_err)?;
     Ok(())
@@ -375,9 +385,9 @@ fn rows_of(t: &WriteTables<'_>, ino: InodeId, inode: Option<Inode>) -> Result<In
     };
     Ok(InodeRows {
         ino,
-        dirents: raw(t.dirents())?,
-        xattrs: raw(t.xattrs())?,
-        extents: read_extents(t.extents(), ino, 0, u64::MAX)?,
+        dirents: raw(t.dirents()?)?,
+        xattrs: raw(t.xattrs()?)?,
+        extents: read_extents(t.extents()?, ino, 0, u64::MAX)?,
         inode,
     })
 }
@@ -393,7 +403,7 @@ pub fn build_image(
 ) -> Result<Option<VolumeImage>, NsError> {
     // The receiver holds nothing of the volume, so wrote nothing of it: it holds nothing
     // back (its own marks wait for the image, and would wait for ever).
-    let Some(mut point) = merge::settled_bound_without(&t.region_state, Some(to))? else {
+    let Some(mut point) = merge::settled_bound_without(t.region_state.open()?, Some(to))? else {
         return Ok(None);
     };
     if point <= since {
@@ -402,7 +412,7 @@ pub fn build_image(
     // Records of the volume that left the merged log on its own bound stay applied: the
     // image is of a point after the last of them (every record of the volume older than
     // that bound is here, so this point is as settled as the other).
-    if let Some(p) = super::settle::pruned(&t.region_state, volume)? {
+    if let Some(p) = super::settle::pruned(t.region_state.open()?, volume)? {
         // The stamp right after it.
         let next = match p.region.0.checked_add(1) {
             Some(r) => Hlc {
@@ -433,21 +443,21 @@ pub fn build_image(
         if !seen.insert(dir) {
             continue;
         }
-        let node = super::tables::read_inode(t.inodes(), dir)?;
+        let node = super::tables::read_inode(t.inodes()?, dir)?;
         let rows = rows_of(t, dir, node)?;
         for (k, v) in &rows.dirents {
             let e = super::tables::decode_dirent(k, v)?;
             if e.kind == FileKind::Dir {
                 dirs.push(e.ino);
             } else if seen.insert(e.ino) {
-                let node = super::tables::read_inode(t.inodes(), e.ino)?;
+                let node = super::tables::read_inode(t.inodes()?, e.ino)?;
                 inodes.push(rows_of(t, e.ino, node)?);
             }
         }
         inodes.push(rows);
     }
     let mut tomb_list = Vec::new();
-    for item in t.tombs().iter().map_err(store_err)? {
+    for item in t.tombs()?.iter().map_err(store_err)? {
         let (_, v) = item.map_err(store_err)?;
         let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
         if tomb.inode.attr.volume == volume {
@@ -537,7 +547,7 @@ pub(crate) fn install(
     t: &mut WriteTables<'_>,
     part: &ImagePart,
 ) -> Result<Option<Vec<Record>>, NsError> {
-    let Some(mut b) = get(&t.region_state, part.volume)? else {
+    let Some(mut b) = get(t.region_state.open()?, part.volume)? else {
         return Err(NsError::Invalid(format!(
             "an image of volume {} that this region is not being brought into",
             part.volume
@@ -620,7 +630,7 @@ fn install_rows(
                 "an image's tombstone of another volume".into(),
             ));
         }
-        if super::tables::read_inode(t.inodes(), rows.ino)?.is_some() {
+        if super::tables::read_inode(t.inodes()?, rows.ino)?.is_some() {
             return Err(NsError::Invalid(format!(
                 "an image's tombstone names inode {}, which lives here",
                 rows.ino
@@ -629,7 +639,7 @@ fn install_rows(
         t.put_tomb(tomb)?;
         put_rows(t, rows, part.volume, &mut added)?;
     }
-    if super::tables::read_volume(t.volumes(), &vol.name)?.is_some() {
+    if super::tables::read_volume(t.volumes()?, &vol.name)?.is_some() {
         return Err(NsError::Exists(format!(
             "a volume named {:?} exists here already",
             vol.name
@@ -649,7 +659,7 @@ fn put_rows(
     // Nothing of another volume is touched: an inode number taken here by another
     // volume (live or removed) is refused.
     let other = |v: u32| v != volume;
-    if super::tables::read_inode(t.inodes(), rows.ino)?.is_some_and(|n| other(n.attr.volume))
+    if super::tables::read_inode(t.inodes()?, rows.ino)?.is_some_and(|n| other(n.attr.volume))
         || t.tomb(rows.ino)?
             .is_some_and(|tb| other(tb.inode.attr.volume))
     {
@@ -700,14 +710,14 @@ fn wipe(
     added: &mut BTreeMap<Vec<u8>, i64>,
 ) -> Result<(), NsError> {
     let mut mine = Vec::new();
-    for item in t.inodes().iter().map_err(store_err)? {
+    for item in t.inodes()?.iter().map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
         let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
         if inode.attr.volume == volume {
             mine.push(InodeId(k.value()));
         }
     }
-    for item in t.tombs().iter().map_err(store_err)? {
+    for item in t.tombs()?.iter().map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
         let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
         if tomb.inode.attr.volume == volume {
@@ -726,14 +736,14 @@ pub(crate) fn forget_inode(
     ino: InodeId,
     added: &mut BTreeMap<Vec<u8>, i64>,
 ) -> Result<(), NsError> {
-    for e in read_extents(t.extents(), ino, 0, u64::MAX)? {
+    for e in read_extents(t.extents()?, ino, 0, u64::MAX)? {
         t.remove_extent(ino, &e)?;
         *added.entry(e.block.as_bytes().to_vec()).or_default() -= 1;
     }
     let (lo, hi) = (dirent_key(ino, b""), dirent_end(ino));
     let mut keys = Vec::new();
     for item in t
-        .dirents()
+        .dirents()?
         .range(lo.as_slice()..hi.as_slice())
         .map_err(store_err)?
     {

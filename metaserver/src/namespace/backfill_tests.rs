@@ -36,7 +36,7 @@ fn add_third(rs: &mut [Region]) {
     promise_all(rs);
     rounds(rs, 3);
     let b = rs[2]
-        .write(|t| backfill::get(&t.region_state, vol.id).unwrap())
+        .write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap())
         .expect("region 3 started its backfill");
     let parts = image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition");
     let own = rs[2].id;
@@ -50,7 +50,7 @@ fn add_third(rs: &mut [Region]) {
 fn image_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<Vec<ImagePart>> {
     let tx = r1.db.begin_write().unwrap();
     let image = {
-        let mut t = WriteTables::open(&tx).unwrap();
+        let mut t = WriteTables::open(&tx);
         backfill::build_image(&mut t, volume, RegionId(3), since).unwrap()
     };
     tx.abort().unwrap();
@@ -98,7 +98,7 @@ fn a_region_added_with_concurrent_writers_ends_identical_and_leaves_cleanly() {
     rounds(&mut rs, 3);
 
     // Region 3 knows it is being brought in and holds the volume's records back.
-    let b = rs[2].write(|t| backfill::get(&t.region_state, vol.id).unwrap());
+    let b = rs[2].write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap());
     let b = b.expect("region 3 started its backfill");
     assert!(!b.installed);
     assert!(rs[2].read(|r| r.volume("main")).is_err());
@@ -260,7 +260,7 @@ fn pieces_touching_another_volume_and_additions_of_two_regions_are_refused() {
         .unwrap();
     rounds(&mut rs, 3);
     let b = rs[2]
-        .write(|t| backfill::get(&t.region_state, vol.id).unwrap())
+        .write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap())
         .expect("started");
     let before = namespace_dump(&rs[2]);
     // A piece naming region 3's own root as one of the volume's inodes.
@@ -294,7 +294,7 @@ fn pieces_touching_another_volume_and_additions_of_two_regions_are_refused() {
     rs[2].write(|t| backfill::cancel(t, vol.id).unwrap());
     assert!(
         rs[2]
-            .write(|t| backfill::get(&t.region_state, vol.id).unwrap())
+            .write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap())
             .is_none()
     );
     attr_of(rs[0].run(mknod(vol.root, "after", FileKind::File)));
@@ -362,15 +362,16 @@ fn records_of_other_volumes_go_on_while_an_image_is_on_its_way() {
     // image.
     assert!(rs[2].lookup(other, "meanwhile").is_ok());
     assert!(rs[2].read(|r| r.volume("main")).is_err());
-    let waiting =
-        |r: &Region| r.write(|t| backfill::parked_count(&t.parked, main.id, 100).unwrap());
+    let waiting = |r: &Region| {
+        r.write(|t| backfill::parked_count(t.parked.open().unwrap(), main.id, 100).unwrap())
+    };
     assert_eq!(waiting(&rs[2]), 1);
 
     // The image comes: what waited applies, and region 3 holds "main" as the others do.
     promise_all(&mut rs);
     rounds(&mut rs, 3);
     let b = rs[2]
-        .write(|t| backfill::get(&t.region_state, main.id).unwrap())
+        .write(|t| backfill::get(t.region_state.open().unwrap(), main.id).unwrap())
         .expect("region 3 started its backfill");
     let parts = image_for_3(&rs[0], main.id, b.since).expect("settled past the addition");
     let own = rs[2].id;

@@ -21,7 +21,7 @@ use super::types::*;
 /// An inode that must exist for the operation. A replayed record may find it removed by a
 /// concurrent operation of another region: an update beats a delete, so it comes back.
 pub(crate) fn live(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Inode, NsError> {
-    match read_inode(t.inodes(), ino)? {
+    match read_inode(t.inodes()?, ino)? {
         Some(node) => Ok(node),
         None if ctx.replaying() => resurrect(t, ctx, ino),
         None => Err(NsError::NotFound(ino.to_string())),
@@ -61,7 +61,7 @@ pub(crate) fn volume_for(
         .tomb(vol.root)?
         .ok_or_else(|| NsError::NotFound(format!("root {} of deleted volume {id}", vol.root)))?;
     let was = vol.name.clone();
-    if read_volume(t.volumes(), &was)?.is_some() {
+    if read_volume(t.volumes()?, &was)?.is_some() {
         vol.name = volume_conflict_name(t, &was, ctx.hlc)?;
     }
     vol.deleted = None;
@@ -99,7 +99,7 @@ pub(crate) fn volume_conflict_name(
     }
     let keep = name.len().min(63usize.saturating_sub(suffix.len()));
     let other = format!("{}{suffix}", name.get(..keep).unwrap_or(name));
-    if read_volume(t.volumes(), &other)?.is_some() {
+    if read_volume(t.volumes()?, &other)?.is_some() {
         return Err(NsError::Exists(format!("volume {other}")));
     }
     Ok(other)
@@ -112,7 +112,7 @@ fn resurrect(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Ino
         .tomb(ino)?
         .ok_or_else(|| NsError::NotFound(format!("{ino} (removed for good)")))?;
     let vol = volume_for(t, ctx, tomb.inode.attr.volume)?;
-    if let Some(node) = read_inode(t.inodes(), ino)? {
+    if let Some(node) = read_inode(t.inodes()?, ino)? {
         return Ok(node); // a volume's root, back with its volume
     }
     // Where it goes depends on whether its directory is there (a late record may bring it
@@ -122,7 +122,7 @@ fn resurrect(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<Ino
         Ok(d) if d.attr.kind == FileKind::Dir => d,
         _ => get(t, vol.root)?,
     };
-    let name = if read_dirent(t.dirents(), dir.attr.ino, &tomb.name)?.is_some() {
+    let name = if read_dirent(t.dirents()?, dir.attr.ino, &tomb.name)?.is_some() {
         conflict_name(t, dir.attr.ino, &tomb.name, ctx.hlc)?
     } else {
         tomb.name.clone()
@@ -204,7 +204,7 @@ pub(crate) fn new_root_file(
     (creds, size, content): (&Creds, u64, Hlc),
 ) -> Result<(Inode, Vec<u8>), NsError> {
     get(t, vol.root)?;
-    let name = if read_dirent(t.dirents(), vol.root, base.as_bytes())?.is_some() {
+    let name = if read_dirent(t.dirents()?, vol.root, base.as_bytes())?.is_some() {
         conflict_name(t, vol.root, base.as_bytes(), ctx.hlc)?
     } else {
         base.as_bytes().to_vec()
@@ -249,7 +249,7 @@ pub(crate) fn entry_of(
     let from = dirent_key(dir, b"");
     let to = dirent_end(dir);
     for item in t
-        .dirents()
+        .dirents()?
         .range(from.as_slice()..to.as_slice())
         .map_err(store_err)?
     {
@@ -272,7 +272,7 @@ pub(crate) fn find_entry(
     dir: InodeId,
     name: &[u8],
 ) -> Result<DirEntry, NsError> {
-    let at_name = read_dirent(t.dirents(), dir, name)?;
+    let at_name = read_dirent(t.dirents()?, dir, name)?;
     match ctx.replay.and_then(|fx| fx.target) {
         Some(ino) => match at_name.filter(|e| e.ino == ino) {
             Some(e) => Ok(e),
@@ -334,7 +334,7 @@ pub(crate) fn writer_base(
     conflict_copy(t, ctx, &node)?;
     let ino = node.attr.ino;
     let base = merge::base_for(t, ctx.hlc, ino, seen)?;
-    for e in read_extents(t.extents(), ino, 0, u64::MAX)? {
+    for e in read_extents(t.extents()?, ino, 0, u64::MAX)? {
         t.remove_extent(ino, &e)?;
     }
     for e in &base.extents {
@@ -354,7 +354,7 @@ pub(crate) fn writer_base(
 /// Keeps the current content of `node` as a conflict copy next to it (sharing its blocks),
 /// before a concurrent change from another region replaces it.
 fn conflict_copy(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, node: &Inode) -> Result<(), NsError> {
-    let extents = read_extents(t.extents(), node.attr.ino, 0, u64::MAX)?;
+    let extents = read_extents(t.extents()?, node.attr.ino, 0, u64::MAX)?;
     keep_version(t, ctx, node, &extents).map(drop)
 }
 
@@ -388,7 +388,7 @@ fn keep_version(
         return Ok(None);
     }
     let ino = copy_ino(node.attr.ino, version)?;
-    if read_inode(t.inodes(), ino)?.is_some() || t.tomb(ino)?.is_some() {
+    if read_inode(t.inodes()?, ino)?.is_some() || t.tomb(ino)?.is_some() {
         return Ok(Some(ino)); // kept already
     }
     let copy_name = conflict_name(t, dir_ino, &name, version)?;
@@ -441,7 +441,7 @@ pub(crate) fn copy_again(
     if copy_ino(source, version)? != ino {
         return Ok(None);
     }
-    let Some(mut node) = read_inode(t.inodes(), source)?.or(t.tomb(source)?.map(|tb| tb.inode))
+    let Some(mut node) = read_inode(t.inodes()?, source)?.or(t.tomb(source)?.map(|tb| tb.inode))
     else {
         return Ok(None);
     };
@@ -449,7 +449,7 @@ pub(crate) fn copy_again(
     node.content = version;
     node.attr.size = base.size;
     match keep_version(t, ctx, &node, &base.extents)? {
-        Some(copy) => read_inode(t.inodes(), copy),
+        Some(copy) => read_inode(t.inodes()?, copy),
         None => Ok(None),
     }
 }

@@ -77,7 +77,7 @@ pub(crate) fn region_name(r: RegionId) -> String {
 
 /// A live inode, or NotFound.
 pub(crate) fn get(t: &WriteTables<'_>, ino: InodeId) -> Result<Inode, NsError> {
-    read_inode(t.inodes(), ino)?.ok_or_else(|| NsError::NotFound(ino.to_string()))
+    read_inode(t.inodes()?, ino)?.ok_or_else(|| NsError::NotFound(ino.to_string()))
 }
 
 /// A live directory, or NotFound / NotDir.
@@ -99,7 +99,7 @@ pub(crate) fn new_inode_id(t: &mut WriteTables<'_>, region: RegionId) -> Result<
 pub(crate) fn is_empty_dir(t: &WriteTables<'_>, ino: InodeId) -> Result<bool, NsError> {
     let from = dirent_key(ino, b"");
     let to = dirent_end(ino);
-    Ok(t.dirents()
+    Ok(t.dirents()?
         .range(from.as_slice()..to.as_slice())
         .map_err(store_err)?
         .next()
@@ -113,7 +113,7 @@ pub(crate) fn find_volume_row(
     id: u32,
     deleted: Option<bool>,
 ) -> Result<Option<Volume>, NsError> {
-    for item in t.volumes().iter().map_err(store_err)? {
+    for item in t.volumes()?.iter().map_err(store_err)? {
         let (_, v) = item.map_err(store_err)?;
         let vol: Volume = serde_json::from_slice(v.value())
             .map_err(|e| NsError::Store(format!("damaged volume record: {e}")))?;
@@ -156,7 +156,7 @@ pub(crate) fn conflict_name(
         let keep = name.len().min(NAME_MAX - suffix.len());
         let mut out = name[..keep].to_vec();
         out.extend_from_slice(suffix.as_bytes());
-        if read_dirent(t.dirents(), dir, &out)?.is_none() {
+        if read_dirent(t.dirents()?, dir, &out)?.is_none() {
             return Ok(out);
         }
     }

@@ -76,6 +76,7 @@ fn newest_entry(t: &WriteTables<'_>, dir: u64) -> Result<Option<(Vec<u8>, Times)
     let (from, to) = (key(dir, &ZERO), key(dir, &[0xff; Hlc::KEY_LEN]));
     let Some(item) = t
         .dir_times
+        .open()?
         .range(from.as_slice()..=to.as_slice())
         .map_err(store_err)?
         .next_back()
@@ -85,7 +86,11 @@ fn newest_entry(t: &WriteTables<'_>, dir: u64) -> Result<Option<(Vec<u8>, Times)
     let (k, v) = item.map_err(store_err)?;
     let (k, times) = (k.value().to_vec(), decode(v.value())?.0);
     if k != from
-        && let Some(b) = t.dir_times.get(from.as_slice()).map_err(store_err)?
+        && let Some(b) = t
+            .dir_times
+            .open()?
+            .get(from.as_slice())
+            .map_err(store_err)?
     {
         let (base, base_of) = decode(b.value())?;
         if base_of.as_slice() > &k[8..] {
@@ -101,13 +106,17 @@ pub(crate) fn drop_dir(t: &mut WriteTables<'_>, dir: u64) -> Result<(), NsError>
     let mut keys = Vec::new();
     for item in t
         .dir_times
+        .open()?
         .range(from.as_slice()..=to.as_slice())
         .map_err(store_err)?
     {
         keys.push(item.map_err(store_err)?.0.value().to_vec());
     }
     for k in keys {
-        t.dir_times.remove(k.as_slice()).map_err(store_err)?;
+        t.dir_times
+            .open_mut()?
+            .remove(k.as_slice())
+            .map_err(store_err)?;
     }
     Ok(())
 }
@@ -124,6 +133,7 @@ pub(crate) fn set(
 ) -> Result<Times, NsError> {
     if newest_entry(t, dir)?.is_none() {
         t.dir_times
+            .open_mut()?
             .insert(
                 key(dir, &ZERO).as_slice(),
                 encode(current, Some(&ZERO)).as_slice(),
@@ -131,6 +141,7 @@ pub(crate) fn set(
             .map_err(store_err)?;
     }
     t.dir_times
+        .open_mut()?
         .insert(
             key(dir, &stamp.to_key()).as_slice(),
             encode(times, None).as_slice(),
@@ -147,13 +158,17 @@ pub(crate) fn unset(
     stamp: &[u8],
 ) -> Result<Option<Times>, NsError> {
     t.dir_times
+        .open_mut()?
         .remove(key(dir, stamp).as_slice())
         .map_err(store_err)?;
     let base = key(dir, &ZERO);
     match newest_entry(t, dir)? {
         Some((k, times)) if k == base => {
             // No record left that set them: the row alone holds them.
-            t.dir_times.remove(base.as_slice()).map_err(store_err)?;
+            t.dir_times
+                .open_mut()?
+                .remove(base.as_slice())
+                .map_err(store_err)?;
             Ok(Some(times))
         }
         other => Ok(other.map(|(_, times)| times)),
@@ -165,6 +180,7 @@ pub(crate) fn unset(
 pub(crate) fn settle(t: &mut WriteTables<'_>, dir: u64, stamp: &[u8]) -> Result<(), NsError> {
     let Some(v) = t
         .dir_times
+        .open_mut()?
         .remove(key(dir, stamp).as_slice())
         .map_err(store_err)?
     else {
@@ -173,17 +189,26 @@ pub(crate) fn settle(t: &mut WriteTables<'_>, dir: u64, stamp: &[u8]) -> Result<
     let (times, _) = decode(v.value())?;
     drop(v);
     let base = key(dir, &ZERO);
-    let base_of = match t.dir_times.get(base.as_slice()).map_err(store_err)? {
+    let base_of = match t
+        .dir_times
+        .open()?
+        .get(base.as_slice())
+        .map_err(store_err)?
+    {
         Some(b) => Some(decode(b.value())?.1),
         None => None,
     };
     if base_of.as_deref().is_none_or(|b| b < stamp) {
         t.dir_times
+            .open_mut()?
             .insert(base.as_slice(), encode(times, Some(stamp)).as_slice())
             .map_err(store_err)?;
     }
     if newest_entry(t, dir)?.is_some_and(|(k, _)| k == base) {
-        t.dir_times.remove(base.as_slice()).map_err(store_err)?;
+        t.dir_times
+            .open_mut()?
+            .remove(base.as_slice())
+            .map_err(store_err)?;
     }
     Ok(())
 }
@@ -195,7 +220,7 @@ impl WriteTables<'_> {
     /// image restores the row; the register takes its times back out).
     pub(super) fn put_dir_row(&mut self, inode: &Inode, stamp: Hlc) -> Result<(), NsError> {
         let ino = inode.attr.ino;
-        let current = read_inode(self.inodes(), ino)?.unwrap_or_else(|| inode.clone());
+        let current = read_inode(self.inodes()?, ino)?.unwrap_or_else(|| inode.clone());
         let mut node = inode.clone();
         (node.attr.mtime, node.attr.ctime) = set(
             self,
@@ -219,7 +244,7 @@ impl WriteTables<'_> {
         nlink_by: i64,
         now: Option<Timespec>,
     ) -> Result<(), NsError> {
-        let mut node = read_inode(self.inodes(), dir)?
+        let mut node = read_inode(self.inodes()?, dir)?
             .ok_or_else(|| NsError::NotFound(format!("directory {dir}")))?;
         node.attr.nlink = add_count(node.attr.nlink, nlink_by);
         let Some(stamp) = self.recording() else {
@@ -270,7 +295,7 @@ impl WriteTables<'_> {
             [1] => unset(self, dir.0, stamp)?,
             _ => return Err(damaged()),
         };
-        let Some(mut node) = read_inode(self.inodes(), dir)? else {
+        let Some(mut node) = read_inode(self.inodes()?, dir)? else {
             return Ok(()); // gone meanwhile (with a record that met this one's)
         };
         node.attr.nlink = add_count(node.attr.nlink, i64::from_be_bytes(*by).saturating_neg());

@@ -61,7 +61,7 @@ pub(crate) fn keep_apart(
     };
     let mut vol = volume_of(t, record.volume)?;
     let kept = copy_ino(*ino, record.hlc)?;
-    if read_inode(t.inodes(), kept)?.is_some() {
+    if read_inode(t.inodes()?, kept)?.is_some() {
         return Ok(()); // kept already (a replay of the same record)
     }
     let stamp = record.hlc;

@@ -375,10 +375,12 @@ pub(crate) fn index(t: &mut WriteTables<'_>, key: &[u8], f: &Footprint) -> Resul
     unindex(t, key)?;
     for p in f.prefixes() {
         t.footprint_index
+            .open_mut()?
             .insert(index_key(&p, key).as_slice(), ())
             .map_err(store_err)?;
     }
     t.footprints
+        .open_mut()?
         .insert(key, f.encode().as_slice())
         .map_err(store_err)?;
     Ok(())
@@ -386,12 +388,13 @@ pub(crate) fn index(t: &mut WriteTables<'_>, key: &[u8], f: &Footprint) -> Resul
 
 /// Takes the record keyed `key` out of the index (nothing if it is not in it).
 pub(crate) fn unindex(t: &mut WriteTables<'_>, key: &[u8]) -> Result<(), NsError> {
-    let Some(f) = t.footprints.remove(key).map_err(store_err)? else {
+    let Some(f) = t.footprints.open_mut()?.remove(key).map_err(store_err)? else {
         return Ok(());
     };
     let f = Footprint::decode(f.value())?;
     for p in f.prefixes() {
         t.footprint_index
+            .open_mut()?
             .remove(index_key(&p, key).as_slice())
             .map_err(store_err)?;
     }
@@ -421,6 +424,7 @@ pub(crate) fn footprint_if_logged(
     key: &[u8],
 ) -> Result<Option<Footprint>, NsError> {
     t.footprints
+        .open()?
         .get(key)
         .map_err(store_err)?
         .map(|v| Footprint::decode(v.value()))
@@ -438,6 +442,7 @@ fn listed(
     let start = index_key(prefix, from);
     for item in t
         .footprint_index
+        .open()?
         .range(start.as_slice()..)
         .map_err(store_err)?
     {
@@ -502,7 +507,7 @@ impl Meeting {
         let queue = &mut self.queue;
         if f.all {
             self.everything = true;
-            for item in t.oplog.range(from..).map_err(store_err)? {
+            for item in t.oplog.open()?.range(from..).map_err(store_err)? {
                 let (k, _) = item.map_err(store_err)?;
                 if inclusive || k.value() != from {
                     queue.insert(k.value().to_vec());
@@ -576,6 +581,7 @@ impl<'a> LeftApplied<'a> {
         if prefix.is_empty() {
             for item in t
                 .oplog
+                .open()?
                 .range(self.low.as_slice()..)
                 .map_err(store_err)?
                 .rev()
@@ -592,6 +598,7 @@ impl<'a> LeftApplied<'a> {
             end.extend_from_slice(&[0xff; Hlc::KEY_LEN]);
             for item in t
                 .footprint_index
+                .open()?
                 .range(start.as_slice()..=end.as_slice())
                 .map_err(store_err)?
                 .rev()
@@ -611,7 +618,7 @@ impl<'a> LeftApplied<'a> {
 
 /// The volumes with records in the merged log that settle with their volume, each once.
 pub(crate) fn volumes_listed(t: &WriteTables<'_>) -> Result<Vec<u32>, NsError> {
-    distinct_u32s(&t.footprint_index, &[BY_VOLUME])
+    distinct_u32s(t.footprint_index.open()?, &[BY_VOLUME])
 }
 
 /// The keys of `volume`'s records stamped before `bound`, oldest first, at most `limit`.
@@ -626,6 +633,7 @@ pub(crate) fn volume_keys_below(
     let mut out = Vec::new();
     for item in t
         .footprint_index
+        .open()?
         .range(prefix.as_slice()..end.as_slice())
         .map_err(store_err)?
         .take(limit)
@@ -638,7 +646,7 @@ pub(crate) fn volume_keys_below(
 /// The stamp of `volume`'s oldest record in the merged log (of those listed by volume).
 pub(crate) fn first_of_volume(t: &WriteTables<'_>, volume: u32) -> Result<Option<Hlc>, NsError> {
     let prefix = volume_prefix(volume);
-    Ok(first_with_prefix(&t.footprint_index, &prefix)?
+    Ok(first_with_prefix(t.footprint_index.open()?, &prefix)?
         .and_then(|k| Hlc::from_key(&k[prefix.len()..])))
 }
 
@@ -647,7 +655,7 @@ pub(crate) fn first_of_volume(t: &WriteTables<'_>, volume: u32) -> Result<Option
 pub(crate) fn pinned(t: &WriteTables<'_>, volume: u32) -> Result<bool, NsError> {
     for v in [volume, EVERY_VOLUME] {
         let prefix = [&[PINS][..], &v.to_be_bytes()].concat();
-        if first_with_prefix(&t.footprint_index, &prefix)?.is_some() {
+        if first_with_prefix(t.footprint_index.open()?, &prefix)?.is_some() {
             return Ok(true);
         }
     }

@@ -41,8 +41,8 @@ pub(crate) fn trim_changelog(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(),
         return Ok(());
     };
     let mut peers = Vec::new();
-    for p in merge::peers(&t.region_state)? {
-        peers.push((p, super::links::acked(&t.region_state, p)?));
+    for p in merge::peers(t.region_state.open()?)? {
+        peers.push((p, super::links::acked(t.region_state.open()?, p)?));
     }
     // What a record still is to the trim.
     enum Fate {
@@ -65,7 +65,13 @@ pub(crate) fn trim_changelog(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(),
     };
     let mut gone = Vec::new();
     let mut front_end = None;
-    for item in t.changelog.range(0..).map_err(store_err)?.take(TRIM_BATCH) {
+    for item in t
+        .changelog
+        .open()?
+        .range(0..)
+        .map_err(store_err)?
+        .take(TRIM_BATCH)
+    {
         let (k, v) = item.map_err(store_err)?;
         match fate(k.value(), v.value()) {
             Fate::Go => gone.push(k.value()),
@@ -77,10 +83,11 @@ pub(crate) fn trim_changelog(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(),
         }
     }
     if let Some(held) = front_end {
-        let cursor = trim_cursor(&t.region_state)?.max(held + 1);
+        let cursor = trim_cursor(t.region_state.open()?)?.max(held + 1);
         let mut next = cursor;
         for item in t
             .changelog
+            .open()?
             .range(cursor..)
             .map_err(store_err)?
             .take(TRIM_BATCH)
@@ -102,7 +109,7 @@ pub(crate) fn trim_changelog(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(),
 
 fn remove_changes(t: &mut WriteTables<'_>, seqs: Vec<u64>) -> Result<(), NsError> {
     for seq in seqs {
-        t.changelog.remove(seq).map_err(store_err)?;
+        t.changelog.open_mut()?.remove(seq).map_err(store_err)?;
     }
     Ok(())
 }
@@ -121,6 +128,7 @@ pub(crate) fn prune_requests(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(),
     let mut old = Vec::new();
     for item in t
         .request_times
+        .open()?
         .range(..end.as_slice())
         .map_err(store_err)?
         .take(64)
@@ -129,10 +137,13 @@ pub(crate) fn prune_requests(t: &mut WriteTables<'_>, now_ms: u64) -> Result<(),
         old.push(k.value().to_vec());
     }
     for k in old {
-        t.request_times.remove(k.as_slice()).map_err(store_err)?;
+        t.request_times
+            .open_mut()?
+            .remove(k.as_slice())
+            .map_err(store_err)?;
         // (A key too short to hold a time is damaged: it goes, and nothing else.)
         if let Some(request) = k.get(8..) {
-            t.requests.remove(request).map_err(store_err)?;
+            t.requests.open_mut()?.remove(request).map_err(store_err)?;
         }
     }
     Ok(())

@@ -166,7 +166,7 @@ fn names_moved(op: &Op) -> Vec<(InodeId, &[u8])> {
 fn dirs_moved(ns: &WriteTables<'_>, op: &Op) -> Result<Vec<InodeId>, NsError> {
     let mut out = Vec::new();
     for (parent, name) in names_moved(op) {
-        if let Some(e) = read_dirent(ns.dirents(), parent, name)?
+        if let Some(e) = read_dirent(ns.dirents()?, parent, name)?
             && e.kind == FileKind::Dir
         {
             out.push(e.ino);
@@ -239,7 +239,7 @@ pub fn apply_command(
             .map_err(store_err)?;
     }
     for d in moved {
-        if read_inode(ns.inodes(), d)?.is_none() {
+        if read_inode(ns.inodes()?, d)?.is_none() {
             leases
                 .leases
                 .remove(d.0.to_be_bytes().as_slice())

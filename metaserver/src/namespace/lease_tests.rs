@@ -24,6 +24,9 @@ impl Ns {
         let db = Database::builder()
             .create_with_backend(InMemoryBackend::new())
             .unwrap();
+        let tx = db.begin_write().unwrap();
+        WriteTables::create_all(&tx).unwrap();
+        tx.commit().unwrap();
         let mut ns = Ns {
             db,
             clock: 1_000,
@@ -82,7 +85,7 @@ impl Ns {
         let cmd = cmd.clone();
         let tx = self.db.begin_write().unwrap();
         let out = {
-            let mut t = WriteTables::open(&tx).unwrap();
+            let mut t = WriteTables::open(&tx);
             let mut l = LeaseTables::open(&tx).unwrap();
             apply_command(&mut t, &mut l, &cmd)
         };
@@ -93,7 +96,7 @@ impl Ns {
     fn write_back(&mut self, wb: &WriteBack) -> lease::WriteBackOutcome {
         let tx = self.db.begin_write().unwrap();
         let out = {
-            let mut t = WriteTables::open(&tx).unwrap();
+            let mut t = WriteTables::open(&tx);
             let mut l = LeaseTables::open(&tx).unwrap();
             apply_write_back(&mut t, &mut l, RegionId(1), wb).unwrap()
         };

@@ -38,6 +38,7 @@ fn leave_key(volume: u32) -> String {
 /// Forgets that `volume` left (it is brought in again).
 pub(crate) fn forget(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
     t.region_state
+        .open_mut()?
         .remove(leave_key(volume).as_str())
         .map_err(store_err)?;
     Ok(())
@@ -64,6 +65,7 @@ pub fn all_leaving(t: &impl StateTable) -> Result<Vec<Leaving>, NsError> {
 fn put_leaving(t: &mut WriteTables<'_>, l: &Leaving) -> Result<(), NsError> {
     let bytes = serde_json::to_vec(l).map_err(json_err)?;
     t.region_state
+        .open_mut()?
         .insert(leave_key(l.volume).as_str(), bytes.as_slice())
         .map_err(store_err)?;
     Ok(())
@@ -79,7 +81,7 @@ pub(crate) fn note_removal(
     let Op::SetVolumeRegions { name, regions } = &record.op else {
         return Ok(());
     };
-    if regions.contains(&own) || leaving(&t.region_state, record.volume)?.is_some() {
+    if regions.contains(&own) || leaving(t.region_state.open()?, record.volume)?.is_some() {
         return Ok(());
     }
     if find_volume(t, record.volume)?.is_none() {
@@ -113,19 +115,19 @@ pub const LEAVE_STEP: usize = 2000;
 /// the records still in the merged log get their images rebased, so undoing one of them
 /// later brings nothing of the volume back. Returns whether it is all gone.
 pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError> {
-    let Some(mut l) = leaving(&t.region_state, volume)? else {
+    let Some(mut l) = leaving(t.region_state.open()?, volume)? else {
         return Err(NsError::NotFound(format!("volume {volume} is not leaving")));
     };
     if l.done {
         return Ok(true);
     }
-    if !may_drop(&t.region_state, &l)? {
+    if !may_drop(t.region_state.open()?, &l)? {
         return Err(NsError::Invalid(format!(
             "volume {volume} cannot be dropped before every region has settled past its removal"
         )));
     }
     let mut gone = Vec::new();
-    for item in t.inodes().iter().map_err(store_err)? {
+    for item in t.inodes()?.iter().map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
         let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
         if inode.attr.volume == volume {
@@ -136,7 +138,7 @@ pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError>
         }
     }
     if gone.len() < LEAVE_STEP {
-        for item in t.tombs().iter().map_err(store_err)? {
+        for item in t.tombs()?.iter().map_err(store_err)? {
             let (k, v) = item.map_err(store_err)?;
             let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
             if tomb.inode.attr.volume == volume {
@@ -158,7 +160,7 @@ pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError>
     }
     let mut names = Vec::new();
     if result.is_ok() && gone.is_empty() {
-        for item in t.volumes().iter().map_err(store_err)? {
+        for item in t.volumes()?.iter().map_err(store_err)? {
             let (k, v) = item.map_err(store_err)?;
             let vol: Volume = serde_json::from_slice(v.value()).map_err(json_err)?;
             if vol.id == volume {
@@ -178,6 +180,7 @@ pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError>
         l.done = true;
         // Added again later, it is brought in again.
         t.region_state
+            .open_mut()?
             .remove(key(volume).as_str())
             .map_err(store_err)?;
     }

@@ -77,15 +77,17 @@ pub fn events(t: &impl StateTable, peer: RegionId) -> Result<Vec<LinkEvent>, NsE
 /// last [`HISTORY`] verdicts.
 pub fn note(t: &mut WriteTables<'_>, n: &PeerNote) -> Result<(), NsError> {
     if let Some(a) = n.acked
-        && a > acked(&t.region_state, n.region)?
+        && a > acked(t.region_state.open()?, n.region)?
     {
         t.region_state
+            .open_mut()?
             .insert(acked_key(n.region).as_str(), a.to_be_bytes().as_slice())
             .map_err(store_err)?;
     }
     for (origin, seq) in &n.have {
-        if *seq > have(&t.region_state, n.region, *origin)? {
+        if *seq > have(t.region_state.open()?, n.region, *origin)? {
             t.region_state
+                .open_mut()?
                 .insert(
                     have_key(n.region, *origin).as_str(),
                     seq.to_be_bytes().as_slice(),
@@ -94,12 +96,13 @@ pub fn note(t: &mut WriteTables<'_>, n: &PeerNote) -> Result<(), NsError> {
         }
     }
     if let Some(e) = &n.event {
-        let mut history = events(&t.region_state, n.region)?;
+        let mut history = events(t.region_state.open()?, n.region)?;
         history.push(e.clone());
         let excess = history.len().saturating_sub(HISTORY);
         history.drain(..excess);
         let bytes = serde_json::to_vec(&history).map_err(|e| NsError::Store(e.to_string()))?;
         t.region_state
+            .open_mut()?
             .insert(events_key(n.region).as_str(), bytes.as_slice())
             .map_err(store_err)?;
     }

@@ -128,7 +128,10 @@ pub(crate) fn stamp(t: &impl StateTable, key: &str) -> Result<Option<Hlc>, NsErr
 }
 
 pub(crate) fn set_state(t: &mut WriteTables<'_>, key: &str, value: &[u8]) -> Result<(), NsError> {
-    t.region_state.insert(key, value).map_err(store_err)?;
+    t.region_state
+        .open_mut()?
+        .insert(key, value)
+        .map_err(store_err)?;
     Ok(())
 }
 
@@ -144,7 +147,7 @@ pub fn horizon(t: &impl StateTable) -> Result<Option<Hlc>, NsError> {
 
 /// Promises that every later local record is stamped after `hlc` (never moves back).
 pub fn promise(t: &mut WriteTables<'_>, hlc: Hlc) -> Result<(), NsError> {
-    if horizon(&t.region_state)?.is_none_or(|h| hlc > h) {
+    if horizon(t.region_state.open()?)?.is_none_or(|h| hlc > h) {
         set_state(t, PROMISED, &hlc.to_key())?;
     }
     Ok(())
@@ -243,10 +246,10 @@ pub fn set_peers(t: &mut WriteTables<'_>, peers: &[RegionId]) -> Result<(), NsEr
 /// settled bound is the horizon), so it is neither written nor its directories' times
 /// noted by stamp (no register is left then either).
 pub(crate) fn enters_log(t: &WriteTables<'_>) -> Result<bool, NsError> {
-    Ok(!origins(&t.region_state)?.is_empty()
-        || stamp(&t.region_state, super::backfill::PARKED_LOW)?.is_some()
-        || t.oplog.first().map_err(store_err)?.is_some()
-        || t.dir_times.first().map_err(store_err)?.is_some())
+    Ok(!origins(t.region_state.open()?)?.is_empty()
+        || stamp(t.region_state.open()?, super::backfill::PARKED_LOW)?.is_some()
+        || t.oplog.open()?.first().map_err(store_err)?.is_some()
+        || t.dir_times.open()?.first().map_err(store_err)?.is_some())
 }
 
 /// Enters an applied record, with what it overwrote, into the merged log.
@@ -258,10 +261,12 @@ pub(crate) fn log_applied(
     let key = record.hlc.to_key();
     let bytes = serde_json::to_vec(record).map_err(json_err)?;
     t.oplog
+        .open_mut()?
         .insert(key.as_slice(), bytes.as_slice())
         .map_err(store_err)?;
     let undo = serde_json::to_vec(images).map_err(json_err)?;
     t.undo_log
+        .open_mut()?
         .insert(key.as_slice(), undo.as_slice())
         .map_err(store_err)?;
     footprint::index(t, &key, &Footprint::of_applied(record, images))?;
@@ -270,7 +275,7 @@ pub(crate) fn log_applied(
 
 /// Moves the head past a record applied (logged or not), and lets what settled leave.
 pub(crate) fn applied_past(t: &mut WriteTables<'_>, hlc: Hlc) -> Result<(), NsError> {
-    if head(&t.region_state)?.is_none_or(|h| hlc > h) {
+    if head(t.region_state.open()?)?.is_none_or(|h| hlc > h) {
         set_state(t, HEAD, &hlc.to_key())?;
     }
     settle::prune_stable(t)
@@ -282,7 +287,13 @@ pub(crate) fn applied_past(t: &mut WriteTables<'_>, hlc: Hlc) -> Result<(), NsEr
 pub(crate) fn rewind(t: &mut WriteTables<'_>, low: Hlc) -> Result<Vec<Record>, NsError> {
     let from = low.to_key();
     let mut newer = Vec::new();
-    for item in t.oplog.range(from.as_slice()..).map_err(store_err)?.rev() {
+    for item in t
+        .oplog
+        .open()?
+        .range(from.as_slice()..)
+        .map_err(store_err)?
+        .rev()
+    {
         let (k, v) = item.map_err(store_err)?;
         newer.push((k.value().to_vec(), v.value().to_vec()));
     }
@@ -296,6 +307,7 @@ pub(crate) fn rewind(t: &mut WriteTables<'_>, low: Hlc) -> Result<Vec<Record>, N
     // The head goes back to the newest record kept, and forward again as records apply.
     let before_low = t
         .oplog
+        .open()?
         .range(..from.as_slice())
         .map_err(store_err)?
         .next_back()
@@ -305,7 +317,7 @@ pub(crate) fn rewind(t: &mut WriteTables<'_>, low: Hlc) -> Result<Vec<Record>, N
     match before_low {
         Some(k) => set_state(t, HEAD, &k)?,
         None => {
-            t.region_state.remove(HEAD).map_err(store_err)?;
+            t.region_state.open_mut()?.remove(HEAD).map_err(store_err)?;
         }
     }
     Ok(out)
@@ -352,7 +364,7 @@ pub(crate) fn rewind_meeting(
     );
     let mut out = Vec::with_capacity(take.len());
     for key in take.iter().rev() {
-        let record: Record = match t.oplog.get(key.as_slice()).map_err(store_err)? {
+        let record: Record = match t.oplog.open()?.get(key.as_slice()).map_err(store_err)? {
             Some(v) => serde_json::from_slice(v.value()).map_err(json_err)?,
             None => {
                 return Err(NsError::Store(
@@ -369,13 +381,14 @@ pub(crate) fn rewind_meeting(
     // The head is the newest record left (records moving forward again as they apply).
     let last = t
         .oplog
+        .open()?
         .last()
         .map_err(store_err)?
         .map(|(k, _)| k.value().to_vec());
     match last {
         Some(k) => set_state(t, HEAD, &k)?,
         None => {
-            t.region_state.remove(HEAD).map_err(store_err)?;
+            t.region_state.open_mut()?.remove(HEAD).map_err(store_err)?;
         }
     }
     Ok((out, Replayed { low, keys }))
@@ -392,6 +405,7 @@ fn meeting_by_scan(
     let mut take = BTreeSet::new();
     for item in t
         .oplog
+        .open()?
         .range(low.to_key().as_slice()..)
         .map_err(store_err)?
     {
@@ -455,6 +469,7 @@ fn commute_by_scan(
     let mut kept = Vec::new();
     for item in t
         .oplog
+        .open()?
         .range(taken.low.to_key().as_slice()..)
         .map_err(store_err)?
     {
@@ -467,7 +482,12 @@ fn commute_by_scan(
     }
     for r in replayed {
         let key = r.hlc.to_key();
-        if t.undo_log.get(key.as_slice()).map_err(store_err)?.is_none() {
+        if t.undo_log
+            .open()?
+            .get(key.as_slice())
+            .map_err(store_err)?
+            .is_none()
+        {
             continue;
         }
         let f = Footprint::of_applied(r, &undo_images(t, &key)?);
@@ -487,13 +507,13 @@ pub(crate) fn take_out(
 ) -> Result<(), NsError> {
     t.restore(images)?;
     footprint::unindex(t, key)?;
-    t.undo_log.remove(key).map_err(store_err)?;
-    t.oplog.remove(key).map_err(store_err)?;
+    t.undo_log.open_mut()?.remove(key).map_err(store_err)?;
+    t.oplog.open_mut()?.remove(key).map_err(store_err)?;
     Ok(())
 }
 
 pub(crate) fn undo_images(t: &WriteTables<'_>, key: &[u8]) -> Result<Vec<Before>, NsError> {
-    match t.undo_log.get(key).map_err(store_err)? {
+    match t.undo_log.open()?.get(key).map_err(store_err)? {
         Some(v) => serde_json::from_slice(v.value()).map_err(json_err),
         None => Err(NsError::Store(format!(
             "no undo record for {:?}",
@@ -505,6 +525,7 @@ pub(crate) fn undo_images(t: &WriteTables<'_>, key: &[u8]) -> Result<Vec<Before>
 /// Whether the merged log already holds the record stamped `hlc`.
 pub(crate) fn holds(t: &WriteTables<'_>, hlc: Hlc) -> Result<bool, NsError> {
     Ok(t.oplog
+        .open()?
         .get(hlc.to_key().as_slice())
         .map_err(store_err)?
         .is_some())
@@ -532,7 +553,7 @@ pub(crate) fn note_batch(
 ) -> Result<(), NsError> {
     set_state(t, &watermark_key(origin), &seq.to_be_bytes())?;
     if let Some(f) = marks.frontier
-        && frontier(&t.region_state, origin)?.is_none_or(|old| f > old)
+        && frontier(t.region_state.open()?, origin)?.is_none_or(|old| f > old)
     {
         set_state(t, &frontier_key(origin), &f.to_key())?;
     }
@@ -560,12 +581,13 @@ pub(crate) fn base_for(
 ) -> Result<FileVersion, NsError> {
     let mut key = record.to_key().to_vec();
     key.extend_from_slice(&ino.0.to_be_bytes());
-    if let Some(v) = t.bases.get(key.as_slice()).map_err(store_err)? {
+    if let Some(v) = t.bases.open()?.get(key.as_slice()).map_err(store_err)? {
         return serde_json::from_slice(v.value()).map_err(json_err);
     }
     let base = version_of(t, ino, version)?;
     let bytes = serde_json::to_vec(&base).map_err(json_err)?;
     t.bases
+        .open_mut()?
         .insert(key.as_slice(), bytes.as_slice())
         .map_err(store_err)?;
     Ok(base)
@@ -608,13 +630,13 @@ pub(crate) fn version_of(
         if lineage.len() >= 8 || lineage.iter().any(|l| l.ino == i) {
             break;
         }
-        let live = super::tables::read_inode(t.inodes(), i)?;
+        let live = super::tables::read_inode(t.inodes()?, i)?;
         let tomb = t.tomb(i)?;
         let node = live.clone().or_else(|| tomb.clone().map(|tb| tb.inode));
         next = node.as_ref().and_then(|n| n.copy_of);
         lineage.push(Traced {
             ino: i,
-            extents: read_extents(t.extents(), i, 0, u64::MAX)?
+            extents: read_extents(t.extents()?, i, 0, u64::MAX)?
                 .into_iter()
                 .map(|e| (e.offset, e))
                 .collect(),
@@ -625,7 +647,12 @@ pub(crate) fn version_of(
     }
     let after = version.to_key();
     let mut keys = Vec::new();
-    for item in t.undo_log.range(after.as_slice()..).map_err(store_err)? {
+    for item in t
+        .undo_log
+        .open()?
+        .range(after.as_slice()..)
+        .map_err(store_err)?
+    {
         let (k, _) = item.map_err(store_err)?;
         if k.value() != after.as_slice() {
             keys.push(k.value().to_vec());
@@ -686,7 +713,12 @@ pub(crate) fn rewrite_undo(
 ) -> Result<(), NsError> {
     let from = from.map(|h| h.to_key().to_vec()).unwrap_or_default();
     let mut keys = BTreeSet::new();
-    for item in t.undo_log.range(from.as_slice()..).map_err(store_err)? {
+    for item in t
+        .undo_log
+        .open()?
+        .range(from.as_slice()..)
+        .map_err(store_err)?
+    {
         keys.insert(item.map_err(store_err)?.0.value().to_vec());
     }
     rewrite_undo_of(t, keys, f)
@@ -701,7 +733,7 @@ pub(crate) fn rewrite_undo_of(
 ) -> Result<(), NsError> {
     let mut changed = Vec::new();
     for key in keys {
-        let Some(v) = t.undo_log.get(key.as_slice()).map_err(store_err)? else {
+        let Some(v) = t.undo_log.open()?.get(key.as_slice()).map_err(store_err)? else {
             continue;
         };
         let mut images: Vec<Before> = serde_json::from_slice(v.value()).map_err(json_err)?;
@@ -717,6 +749,7 @@ pub(crate) fn rewrite_undo_of(
     for (key, images) in changed {
         let bytes = serde_json::to_vec(&images).map_err(json_err)?;
         t.undo_log
+            .open_mut()?
             .insert(key.as_slice(), bytes.as_slice())
             .map_err(store_err)?;
     }

@@ -255,7 +255,8 @@ fn tombstones_are_purged_once_every_region_has_settled_past_them() {
     settle(&mut rs);
     rs[1].run(unlink(root, "gone")).unwrap();
     // Only the region that removed it knows: its tombstone stays.
-    let tombs = |r: &Region| r.write(|t| redb::ReadableTableMetadata::len(t.tombs()).unwrap());
+    let tombs =
+        |r: &Region| r.write(|t| redb::ReadableTableMetadata::len(t.tombs().unwrap()).unwrap());
     assert_eq!(tombs(&rs[1]), 1);
     assert_consistent(&rs[1]);
     // A state written before the index existed gets it rebuilt when opened.
@@ -311,7 +312,8 @@ fn a_purge_under_newer_records_that_are_later_reordered_keeps_counts_exact() {
     rs[1].marks = true;
     let (b, a) = two(&mut rs, 1, 0);
     deliver(b, a, usize::MAX, 0);
-    let tombs = |r: &Region| r.write(|t| redb::ReadableTableMetadata::len(t.tombs()).unwrap());
+    let tombs =
+        |r: &Region| r.write(|t| redb::ReadableTableMetadata::len(t.tombs().unwrap()).unwrap());
     assert_eq!(tombs(&rs[0]), 0, "region 1 purged the tombstone");
     assert_eq!(rs[0].read(|x| x.block_refs(&block)).unwrap(), 1);
     // Region 3, behind region 1's clock, writes a record that sorts before region 1's
@@ -381,7 +383,7 @@ fn the_merged_log_is_pruned_below_the_stability_watermark() {
     rs[1].run(mknod(root, "g", FileKind::File)).unwrap();
     settle(&mut rs);
     for r in &rs {
-        let kept = r.write(|t| redb::ReadableTableMetadata::len(&t.oplog).unwrap());
+        let kept = r.write(|t| redb::ReadableTableMetadata::len(t.oplog.open().unwrap()).unwrap());
         assert!(
             kept < 5,
             "{kept} merged-log entries kept after everything is stable"
@@ -617,7 +619,7 @@ fn a_volume_deleted_while_another_region_writes_to_it_comes_back_and_nothing_sto
     settle(&mut rs);
     for r in &rs {
         assert!(r.read(|x| x.volume("w")).is_err());
-        let rows = r.write(|t| redb::ReadableTableMetadata::len(t.volumes()).unwrap());
+        let rows = r.write(|t| redb::ReadableTableMetadata::len(t.volumes().unwrap()).unwrap());
         assert_eq!(rows, 1, "the deleted volume's tombstone is purged");
     }
 }

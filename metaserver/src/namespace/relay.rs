@@ -32,7 +32,7 @@ pub(crate) fn keep_for_relay(
     last: u64,
 ) -> Result<(), NsError> {
     let origin = batch.origin;
-    let others: Vec<RegionId> = merge::peers(&t.region_state)?
+    let others: Vec<RegionId> = merge::peers(t.region_state.open()?)?
         .into_iter()
         .filter(|p| *p != origin)
         .collect();
@@ -43,13 +43,14 @@ pub(crate) fn keep_for_relay(
         if *seq > wm && *seq <= last {
             let bytes = serde_json::to_vec(record).map_err(|e| NsError::Store(e.to_string()))?;
             t.relay
+                .open_mut()?
                 .insert(relay_key(origin, *seq).as_slice(), bytes.as_slice())
                 .map_err(store_err)?;
         }
     }
     let mut held_by_all = u64::MAX;
     for p in &others {
-        held_by_all = held_by_all.min(super::links::have(&t.region_state, *p, origin)?);
+        held_by_all = held_by_all.min(super::links::have(t.region_state.open()?, *p, origin)?);
     }
     if held_by_all == 0 {
         return Ok(());
@@ -58,6 +59,7 @@ pub(crate) fn keep_for_relay(
     let mut gone = Vec::new();
     for item in t
         .relay
+        .open()?
         .range(lo.as_slice()..=hi.as_slice())
         .map_err(store_err)?
         .take(super::history::TRIM_BATCH * 32)
@@ -71,6 +73,7 @@ pub(crate) fn keep_for_relay(
             .map(u64::from_be_bytes)
             .ok_or_else(|| NsError::Store("damaged relay key".into()))?;
         t.region_state
+            .open_mut()?
             .insert(
                 relay_trimmed_key(origin).as_str(),
                 seq.to_be_bytes().as_slice(),
@@ -78,7 +81,10 @@ pub(crate) fn keep_for_relay(
             .map_err(store_err)?;
     }
     for k in gone {
-        t.relay.remove(k.as_slice()).map_err(store_err)?;
+        t.relay
+            .open_mut()?
+            .remove(k.as_slice())
+            .map_err(store_err)?;
     }
     Ok(())
 }

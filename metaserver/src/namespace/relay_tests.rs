@@ -98,7 +98,7 @@ fn the_ends_of_a_chain_converge_through_the_middle_and_relayed_records_go_once_h
     let kept = |r: &Region| -> usize {
         r.write(|t| {
             use redb::ReadableTableMetadata;
-            t.relay.len().unwrap() as usize
+            t.relay.open().unwrap().len().unwrap() as usize
         })
     };
     assert!(kept(&rs[1]) > 0);

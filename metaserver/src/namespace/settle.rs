@@ -98,16 +98,17 @@ pub(crate) fn note_settled(
     marks: &Marks,
 ) -> Result<(), NsError> {
     if let Some(f) = marks.settled
-        && settled(&t.region_state, origin)?.is_none_or(|old| f > old)
+        && settled(t.region_state.open()?, origin)?.is_none_or(|old| f > old)
     {
         set_state(t, &settled_key(origin), &f.to_key())?;
     }
     if marks.settled_by.is_empty() {
         return Ok(());
     }
-    let known = origins(&t.region_state)?;
-    let mut by: BTreeMap<RegionId, Hlc> =
-        settled_by(&t.region_state, origin)?.into_iter().collect();
+    let known = origins(t.region_state.open()?)?;
+    let mut by: BTreeMap<RegionId, Hlc> = settled_by(t.region_state.open()?, origin)?
+        .into_iter()
+        .collect();
     let mut moved = false;
     for (r, h) in &marks.settled_by {
         if *r != own && !known.contains(r) {
@@ -231,16 +232,19 @@ pub fn pruned(t: &impl StateTable, volume: u32) -> Result<Option<Hlc>, NsError> 
 /// Drops merged-log entries older than the settled bound (with no peers, everything), and
 /// conflicts a retention period older.
 pub(crate) fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
-    let Some(bound) = settled_bound(&t.region_state)? else {
+    let Some(bound) = settled_bound(t.region_state.open()?)? else {
         return Ok(());
     };
     let end = bound.to_key();
-    for k in keys_below(&t.oplog, &[], &end)? {
+    for k in keys_below(t.oplog.open()?, &[], &end)? {
         drop_entry(t, &k)?;
     }
     // Versions kept for records that left the log otherwise.
-    for k in keys_below(&t.bases, &[], &end)? {
-        t.bases.remove(k.as_slice()).map_err(store_err)?;
+    for k in keys_below(t.bases.open()?, &[], &end)? {
+        t.bases
+            .open_mut()?
+            .remove(k.as_slice())
+            .map_err(store_err)?;
     }
     // Conflicts stay listed for a while after they can no longer change.
     let forget = Hlc {
@@ -254,18 +258,26 @@ pub(crate) fn prune_stable(t: &mut WriteTables<'_>) -> Result<(), NsError> {
 
 /// Takes the record keyed `key` out of the merged log for good (it stays applied).
 fn drop_entry(t: &mut WriteTables<'_>, key: &[u8]) -> Result<(), NsError> {
-    t.oplog.remove(key).map_err(store_err)?;
-    t.undo_log.remove(key).map_err(store_err)?;
+    t.oplog.open_mut()?.remove(key).map_err(store_err)?;
+    t.undo_log.open_mut()?.remove(key).map_err(store_err)?;
     footprint::forget(t, key)?;
     // The versions the record's changes applied to.
     let mut end = key.to_vec();
     end.extend_from_slice(&[0xff; 8]);
     let mut bases = Vec::new();
-    for item in t.bases.range(key..=end.as_slice()).map_err(store_err)? {
+    for item in t
+        .bases
+        .open()?
+        .range(key..=end.as_slice())
+        .map_err(store_err)?
+    {
         bases.push(item.map_err(store_err)?.0.value().to_vec());
     }
     for b in bases {
-        t.bases.remove(b.as_slice()).map_err(store_err)?;
+        t.bases
+            .open_mut()?
+            .remove(b.as_slice())
+            .map_err(store_err)?;
     }
     Ok(())
 }
@@ -293,9 +305,9 @@ fn keys_below(
 /// merged log, and the tombstones of each volume below its bound (or the region-wide
 /// one) are purged.
 pub(crate) fn settle_volumes(t: &mut WriteTables<'_>, own: RegionId) -> Result<(), NsError> {
-    let global = settled_bound(&t.region_state)?;
+    let global = settled_bound(t.region_state.open()?)?;
     let mut regions: HashMap<u32, Vec<RegionId>> = HashMap::new();
-    for item in t.volumes().iter().map_err(store_err)? {
+    for item in t.volumes()?.iter().map_err(store_err)? {
         let (_, v) = item.map_err(store_err)?;
         let vol: Volume = serde_json::from_slice(v.value()).map_err(json_err)?;
         if vol.deleted.is_none() {
@@ -340,7 +352,7 @@ pub(crate) fn settle_volumes(t: &mut WriteTables<'_>, own: RegionId) -> Result<(
         let end = [&prefix[..], &bound.to_key()].concat();
         let mut gone = Vec::new();
         for item in t
-            .tomb_times()
+            .tomb_times()?
             .range(&prefix[..]..end.as_slice())
             .map_err(store_err)?
             .take(left)
@@ -377,14 +389,14 @@ fn volume_bound(
         None => None,
         Some(_) if footprint::pinned(t, volume)? => None,
         Some(_)
-            if super::backfill::get(&t.region_state, volume)?.is_some_and(|b| !b.installed)
-                || super::leave::leaving(&t.region_state, volume)?.is_some() =>
+            if super::backfill::get(t.region_state.open()?, volume)?
+                .is_some_and(|b| !b.installed)
+                || super::leave::leaving(t.region_state.open()?, volume)?.is_some() =>
         {
             None
         }
-        Some(rs) => {
-            settled_bound_in(&t.region_state, own, rs)?.filter(|b| global.is_none_or(|g| *b > g))
-        }
+        Some(rs) => settled_bound_in(t.region_state.open()?, own, rs)?
+            .filter(|b| global.is_none_or(|g| *b > g)),
     };
     memo.insert(volume, bound);
     Ok(bound)
@@ -392,7 +404,7 @@ fn volume_bound(
 
 /// The volumes that have tombstones, each once.
 fn tomb_volumes(t: &WriteTables<'_>) -> Result<Vec<u32>, NsError> {
-    super::tables::distinct_u32s(t.tomb_times(), &[])
+    super::tables::distinct_u32s(t.tomb_times()?, &[])
 }
 
 /// Removes for good the tombstones `gone`, which no region can still bring back, and drops
@@ -411,7 +423,7 @@ fn purge_tombs(t: &mut WriteTables<'_>, from: Hlc, gone: Vec<InodeId>) -> Result
     let saved = t.undo.take();
     let mut dropped: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     for &ino in &gone {
-        for e in super::tables::read_extents(t.extents(), ino, 0, u64::MAX)? {
+        for e in super::tables::read_extents(t.extents()?, ino, 0, u64::MAX)? {
             t.remove_extent(ino, &e)?;
             *dropped.entry(e.block.as_bytes().to_vec()).or_default() += 1;
         }

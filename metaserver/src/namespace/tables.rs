@@ -6,6 +6,7 @@ use meridian_proto::{BlockId, Hlc, InodeId};
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 
 use super::dir_times::DIR_TIMES;
+use super::lazy_table::LazyTable;
 use super::types::{DirEntry, Extent, FileKind, Inode, NsError, Volume};
 
 fn u64_of(b: &[u8]) -> Result<u64, NsError> {
@@ -407,36 +408,37 @@ pub(crate) fn read_extents(
     Ok(out)
 }
 
-/// Every table a mutation may touch, opened once for the whole command.
+/// Every table a mutation may touch, each opened the first time the command uses it (see
+/// [`LazyTable`]).
 ///
 /// The namespace proper (inodes, entries, extents, xattrs, volumes, reference counts,
 /// tombstones, conflicts) is private here: it is read through the accessors below and
 /// written only through [`WriteTables::write`] and its helpers, which record what each
 /// write overwrote while a record is being applied, so every record can be undone.
 pub struct WriteTables<'txn> {
-    inodes: Table<'txn, u64, &'static [u8]>,
-    dirents: Table<'txn, &'static [u8], &'static [u8]>,
-    extents: Table<'txn, &'static [u8], &'static [u8]>,
-    xattrs: Table<'txn, &'static [u8], &'static [u8]>,
-    volumes: Table<'txn, &'static str, &'static [u8]>,
-    block_refs: Table<'txn, &'static [u8], u64>,
-    unreferenced: Table<'txn, &'static [u8], u64>,
-    pub(crate) counters: Table<'txn, &'static str, u64>,
-    pub(crate) changelog: Table<'txn, u64, &'static [u8]>,
-    pub(crate) requests: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) request_times: Table<'txn, &'static [u8], ()>,
-    pub(crate) oplog: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) undo_log: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) bases: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) footprints: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) footprint_index: Table<'txn, &'static [u8], ()>,
-    tombs: Table<'txn, u64, &'static [u8]>,
-    tomb_times: Table<'txn, &'static [u8], ()>,
-    conflicts: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) region_state: Table<'txn, &'static str, &'static [u8]>,
-    pub(crate) relay: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) parked: Table<'txn, &'static [u8], &'static [u8]>,
-    pub(crate) dir_times: Table<'txn, &'static [u8], &'static [u8]>,
+    inodes: LazyTable<'txn, u64, &'static [u8]>,
+    dirents: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    extents: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    xattrs: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    volumes: LazyTable<'txn, &'static str, &'static [u8]>,
+    block_refs: LazyTable<'txn, &'static [u8], u64>,
+    unreferenced: LazyTable<'txn, &'static [u8], u64>,
+    pub(crate) counters: LazyTable<'txn, &'static str, u64>,
+    pub(crate) changelog: LazyTable<'txn, u64, &'static [u8]>,
+    pub(crate) requests: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) request_times: LazyTable<'txn, &'static [u8], ()>,
+    pub(crate) oplog: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) undo_log: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) bases: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) footprints: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) footprint_index: LazyTable<'txn, &'static [u8], ()>,
+    tombs: LazyTable<'txn, u64, &'static [u8]>,
+    tomb_times: LazyTable<'txn, &'static [u8], ()>,
+    conflicts: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) region_state: LazyTable<'txn, &'static str, &'static [u8]>,
+    pub(crate) relay: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) parked: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) dir_times: LazyTable<'txn, &'static [u8], &'static [u8]>,
     /// While set, every write to a namespace table records what it overwrote.
     pub(crate) undo: Option<Vec<Before>>,
     /// The stamp of the record being applied (with `undo`), if it enters the merged log.
@@ -444,35 +446,65 @@ pub struct WriteTables<'txn> {
 }
 
 impl<'txn> WriteTables<'txn> {
-    /// Opens (creating if needed) every namespace table in `tx`.
-    pub fn open(tx: &'txn WriteTransaction) -> Result<Self, NsError> {
-        Ok(WriteTables {
-            inodes: tx.open_table(INODES).map_err(store_err)?,
-            dirents: tx.open_table(DIRENTS).map_err(store_err)?,
-            extents: tx.open_table(EXTENTS).map_err(store_err)?,
-            xattrs: tx.open_table(XATTRS).map_err(store_err)?,
-            volumes: tx.open_table(VOLUMES).map_err(store_err)?,
-            block_refs: tx.open_table(BLOCK_REFS).map_err(store_err)?,
-            unreferenced: tx.open_table(UNREFERENCED).map_err(store_err)?,
-            counters: tx.open_table(COUNTERS).map_err(store_err)?,
-            changelog: tx.open_table(CHANGELOG).map_err(store_err)?,
-            requests: tx.open_table(REQUESTS).map_err(store_err)?,
-            request_times: tx.open_table(REQUEST_TIMES).map_err(store_err)?,
-            oplog: tx.open_table(OPLOG).map_err(store_err)?,
-            undo_log: tx.open_table(UNDO).map_err(store_err)?,
-            bases: tx.open_table(BASES).map_err(store_err)?,
-            footprints: tx.open_table(FOOTPRINTS).map_err(store_err)?,
-            footprint_index: tx.open_table(FOOTPRINT_INDEX).map_err(store_err)?,
-            tombs: tx.open_table(TOMBS).map_err(store_err)?,
-            tomb_times: tx.open_table(TOMB_TIMES).map_err(store_err)?,
-            conflicts: tx.open_table(CONFLICTS).map_err(store_err)?,
-            region_state: tx.open_table(REGION_STATE).map_err(store_err)?,
-            relay: tx.open_table(RELAY).map_err(store_err)?,
-            parked: tx.open_table(PARKED).map_err(store_err)?,
-            dir_times: tx.open_table(DIR_TIMES).map_err(store_err)?,
+    /// The namespace tables of `tx`, each opened (and created if missing) when first used.
+    pub fn open(tx: &'txn WriteTransaction) -> Self {
+        WriteTables {
+            inodes: LazyTable::new(tx, INODES),
+            dirents: LazyTable::new(tx, DIRENTS),
+            extents: LazyTable::new(tx, EXTENTS),
+            xattrs: LazyTable::new(tx, XATTRS),
+            volumes: LazyTable::new(tx, VOLUMES),
+            block_refs: LazyTable::new(tx, BLOCK_REFS),
+            unreferenced: LazyTable::new(tx, UNREFERENCED),
+            counters: LazyTable::new(tx, COUNTERS),
+            changelog: LazyTable::new(tx, CHANGELOG),
+            requests: LazyTable::new(tx, REQUESTS),
+            request_times: LazyTable::new(tx, REQUEST_TIMES),
+            oplog: LazyTable::new(tx, OPLOG),
+            undo_log: LazyTable::new(tx, UNDO),
+            bases: LazyTable::new(tx, BASES),
+            footprints: LazyTable::new(tx, FOOTPRINTS),
+            footprint_index: LazyTable::new(tx, FOOTPRINT_INDEX),
+            tombs: LazyTable::new(tx, TOMBS),
+            tomb_times: LazyTable::new(tx, TOMB_TIMES),
+            conflicts: LazyTable::new(tx, CONFLICTS),
+            region_state: LazyTable::new(tx, REGION_STATE),
+            relay: LazyTable::new(tx, RELAY),
+            parked: LazyTable::new(tx, PARKED),
+            dir_times: LazyTable::new(tx, DIR_TIMES),
             undo: None,
             stamp: None,
-        })
+        }
+    }
+
+    /// Creates every namespace table missing in `tx`: what a store does when it starts, so
+    /// that read transactions find every table.
+    pub fn create_all(tx: &'txn WriteTransaction) -> Result<(), NsError> {
+        let t = Self::open(tx);
+        t.inodes.open()?;
+        t.dirents.open()?;
+        t.extents.open()?;
+        t.xattrs.open()?;
+        t.volumes.open()?;
+        t.block_refs.open()?;
+        t.unreferenced.open()?;
+        t.counters.open()?;
+        t.changelog.open()?;
+        t.requests.open()?;
+        t.request_times.open()?;
+        t.oplog.open()?;
+        t.undo_log.open()?;
+        t.bases.open()?;
+        t.footprints.open()?;
+        t.footprint_index.open()?;
+        t.tombs.open()?;
+        t.tomb_times.open()?;
+        t.conflicts.open()?;
+        t.region_state.open()?;
+        t.relay.open()?;
+        t.parked.open()?;
+        t.dir_times.open()?;
+        Ok(())
     }
 
     /// Starts applying the record stamped `stamp`: every write records what it overwrote.
@@ -495,38 +527,38 @@ impl<'txn> WriteTables<'txn> {
     }
 
     /// Inodes, to read.
-    pub(crate) fn inodes(&self) -> &Table<'txn, u64, &'static [u8]> {
-        &self.inodes
+    pub(crate) fn inodes(&self) -> Result<&Table<'txn, u64, &'static [u8]>, NsError> {
+        self.inodes.open()
     }
 
     /// Directory entries, to read.
-    pub(crate) fn dirents(&self) -> &Table<'txn, &'static [u8], &'static [u8]> {
-        &self.dirents
+    pub(crate) fn dirents(&self) -> Result<&Table<'txn, &'static [u8], &'static [u8]>, NsError> {
+        self.dirents.open()
     }
 
     /// Extents, to read.
-    pub(crate) fn extents(&self) -> &Table<'txn, &'static [u8], &'static [u8]> {
-        &self.extents
+    pub(crate) fn extents(&self) -> Result<&Table<'txn, &'static [u8], &'static [u8]>, NsError> {
+        self.extents.open()
     }
 
     /// Extended attributes, to read.
-    pub(crate) fn xattrs(&self) -> &Table<'txn, &'static [u8], &'static [u8]> {
-        &self.xattrs
+    pub(crate) fn xattrs(&self) -> Result<&Table<'txn, &'static [u8], &'static [u8]>, NsError> {
+        self.xattrs.open()
     }
 
     /// Volumes, to read.
-    pub(crate) fn volumes(&self) -> &Table<'txn, &'static str, &'static [u8]> {
-        &self.volumes
+    pub(crate) fn volumes(&self) -> Result<&Table<'txn, &'static str, &'static [u8]>, NsError> {
+        self.volumes.open()
     }
 
     /// Tombstones, to read.
-    pub(crate) fn tombs(&self) -> &Table<'txn, u64, &'static [u8]> {
-        &self.tombs
+    pub(crate) fn tombs(&self) -> Result<&Table<'txn, u64, &'static [u8]>, NsError> {
+        self.tombs.open()
     }
 
     /// Tombstones by removal stamp, to read.
-    pub(crate) fn tomb_times(&self) -> &Table<'txn, &'static [u8], ()> {
-        &self.tomb_times
+    pub(crate) fn tomb_times(&self) -> Result<&Table<'txn, &'static [u8], ()>, NsError> {
+        self.tomb_times.open()
     }
 
     /// Forgets at most `limit` of the oldest conflicts, those keyed below `end` (a stamp
@@ -537,11 +569,20 @@ impl<'txn> WriteTables<'txn> {
         limit: usize,
     ) -> Result<usize, NsError> {
         let mut old = Vec::new();
-        for item in self.conflicts.range(..end).map_err(store_err)?.take(limit) {
+        for item in self
+            .conflicts
+            .open()?
+            .range(..end)
+            .map_err(store_err)?
+            .take(limit)
+        {
             old.push(item.map_err(store_err)?.0.value().to_vec());
         }
         for k in &old {
-            self.conflicts.remove(k.as_slice()).map_err(store_err)?;
+            self.conflicts
+                .open_mut()?
+                .remove(k.as_slice())
+                .map_err(store_err)?;
         }
         Ok(old.len())
     }
@@ -551,19 +592,19 @@ impl<'txn> WriteTables<'txn> {
         let num =
             |v: Option<redb::AccessGuard<'_, u64>>| v.map(|v| v.value().to_be_bytes().to_vec());
         Ok(match tab {
-            Tab::Inodes => bytes(self.inodes.get(u64_of(key)?).map_err(store_err)?),
-            Tab::Tombs => bytes(self.tombs.get(u64_of(key)?).map_err(store_err)?),
-            Tab::Dirents => bytes(self.dirents.get(key).map_err(store_err)?),
-            Tab::Extents => bytes(self.extents.get(key).map_err(store_err)?),
-            Tab::Xattrs => bytes(self.xattrs.get(key).map_err(store_err)?),
-            Tab::Conflicts => bytes(self.conflicts.get(key).map_err(store_err)?),
+            Tab::Inodes => bytes(self.inodes.open()?.get(u64_of(key)?).map_err(store_err)?),
+            Tab::Tombs => bytes(self.tombs.open()?.get(u64_of(key)?).map_err(store_err)?),
+            Tab::Dirents => bytes(self.dirents.open()?.get(key).map_err(store_err)?),
+            Tab::Extents => bytes(self.extents.open()?.get(key).map_err(store_err)?),
+            Tab::Xattrs => bytes(self.xattrs.open()?.get(key).map_err(store_err)?),
+            Tab::Conflicts => bytes(self.conflicts.open()?.get(key).map_err(store_err)?),
             Tab::Volumes => {
                 let name = std::str::from_utf8(key)
                     .map_err(|_| NsError::Store("damaged volume key".into()))?;
-                bytes(self.volumes.get(name).map_err(store_err)?)
+                bytes(self.volumes.open()?.get(name).map_err(store_err)?)
             }
-            Tab::Refs => num(self.block_refs.get(key).map_err(store_err)?),
-            Tab::Unref => num(self.unreferenced.get(key).map_err(store_err)?),
+            Tab::Refs => num(self.block_refs.open()?.get(key).map_err(store_err)?),
+            Tab::Unref => num(self.unreferenced.open()?.get(key).map_err(store_err)?),
             Tab::RefsBy | Tab::UsageBy | Tab::DirBy | Tab::Read => {
                 return Err(NsError::Store(format!("{tab:?} is not a table")));
             }
@@ -592,42 +633,48 @@ impl<'txn> WriteTables<'txn> {
             }
         }
         match tab {
-            Tab::Inodes => bytes(&mut self.inodes, u64_of(key)?, val),
+            Tab::Inodes => bytes(self.inodes.open_mut()?, u64_of(key)?, val),
             Tab::Tombs => {
                 // Every tombstone write passes here (undo and redo included), so the index
                 // by age follows it.
                 let ino = u64_of(key)?;
-                if let Some(old) = self.tombs.get(ino).map_err(store_err)? {
+                if let Some(old) = self.tombs.open()?.get(ino).map_err(store_err)? {
                     let old = serde_json::from_slice::<Tomb>(old.value()).map_err(json_err)?;
                     self.tomb_times
+                        .open_mut()?
                         .remove(tomb_time_key(&old, ino).as_slice())
                         .map_err(store_err)?;
                 }
                 if let Some(v) = val {
                     let new = serde_json::from_slice::<Tomb>(v).map_err(json_err)?;
                     self.tomb_times
+                        .open_mut()?
                         .insert(tomb_time_key(&new, ino).as_slice(), ())
                         .map_err(store_err)?;
                 }
-                bytes(&mut self.tombs, ino, val)
+                bytes(self.tombs.open_mut()?, ino, val)
             }
-            Tab::Dirents => bytes(&mut self.dirents, key, val),
-            Tab::Extents => bytes(&mut self.extents, key, val),
-            Tab::Xattrs => bytes(&mut self.xattrs, key, val),
-            Tab::Conflicts => bytes(&mut self.conflicts, key, val),
+            Tab::Dirents => bytes(self.dirents.open_mut()?, key, val),
+            Tab::Extents => bytes(self.extents.open_mut()?, key, val),
+            Tab::Xattrs => bytes(self.xattrs.open_mut()?, key, val),
+            Tab::Conflicts => bytes(self.conflicts.open_mut()?, key, val),
             Tab::Volumes => {
                 let name = std::str::from_utf8(key)
                     .map_err(|_| NsError::Store("damaged volume key".into()))?;
-                bytes(&mut self.volumes, name, val)
+                bytes(self.volumes.open_mut()?, name, val)
             }
-            Tab::Refs => num(&mut self.block_refs, key, val),
-            Tab::Unref => num(&mut self.unreferenced, key, val),
+            Tab::Refs => num(self.block_refs.open_mut()?, key, val),
+            Tab::Unref => num(self.unreferenced.open_mut()?, key, val),
             Tab::DirBy | Tab::Read => Err(NsError::Store(format!("{tab:?} is not a table"))),
             Tab::RefsBy => {
                 let by = i64_of(val)?;
                 let n = (self.refcount(key)? as i64).saturating_add(by).max(0) as u64;
                 let v = (n > 0).then(|| n.to_be_bytes());
-                num(&mut self.block_refs, key, v.as_ref().map(|v| v.as_slice()))
+                num(
+                    self.block_refs.open_mut()?,
+                    key,
+                    v.as_ref().map(|v| v.as_slice()),
+                )
             }
             Tab::UsageBy => {
                 let name = std::str::from_utf8(key)
@@ -636,7 +683,7 @@ impl<'txn> WriteTables<'txn> {
                     Some(v) if v.len() == 16 => (i64_of(Some(&v[..8]))?, i64_of(Some(&v[8..]))?),
                     _ => return Err(NsError::Store("damaged usage change".into())),
                 };
-                let Some(mut vol) = read_volume(&self.volumes, name)? else {
+                let Some(mut vol) = read_volume(self.volumes.open()?, name)? else {
                     return Ok(()); // the volume went meanwhile (dropped from this region)
                 };
                 let add = |x: u64, by: i64| (x as i64).saturating_add(by).max(0) as u64;
@@ -644,6 +691,7 @@ impl<'txn> WriteTables<'txn> {
                 vol.used_inodes = add(vol.used_inodes, inodes_by);
                 let bytes = serde_json::to_vec(&vol).map_err(json_err)?;
                 self.volumes
+                    .open_mut()?
                     .insert(name, bytes.as_slice())
                     .map(drop)
                     .map_err(store_err)
@@ -738,6 +786,7 @@ impl<'txn> WriteTables<'txn> {
         let key = dirent_key(ino, name);
         let existed = self
             .xattrs
+            .open()?
             .get(key.as_slice())
             .map_err(store_err)?
             .is_some();
@@ -754,6 +803,7 @@ impl<'txn> WriteTables<'txn> {
         let mut keys = Vec::new();
         for item in self
             .xattrs
+            .open()?
             .range(from.as_slice()..to.as_slice())
             .map_err(store_err)?
         {
@@ -775,7 +825,7 @@ impl<'txn> WriteTables<'txn> {
     }
 
     pub(crate) fn tomb(&self, ino: InodeId) -> Result<Option<Tomb>, NsError> {
-        match self.tombs.get(ino.0).map_err(store_err)? {
+        match self.tombs.open()?.get(ino.0).map_err(store_err)? {
             Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(json_err)?)),
             None => Ok(None),
         }
@@ -802,6 +852,7 @@ impl<'txn> WriteTables<'txn> {
     pub(super) fn put_inode_row(&mut self, node: &Inode) -> Result<(), NsError> {
         let bytes = serde_json::to_vec(node).map_err(json_err)?;
         self.inodes
+            .open_mut()?
             .insert(node.attr.ino.0, bytes.as_slice())
             .map_err(store_err)?;
         Ok(())
@@ -819,7 +870,7 @@ impl<'txn> WriteTables<'txn> {
     pub(crate) fn put_volume(&mut self, v: &Volume) -> Result<(), NsError> {
         let bytes = serde_json::to_vec(v).map_err(json_err)?;
         if self.undo.is_some()
-            && let Some(old) = read_volume(&self.volumes, &v.name)?
+            && let Some(old) = read_volume(self.volumes.open()?, &v.name)?
         {
             let mut same = old.clone();
             same.used_bytes = v.used_bytes;
@@ -835,6 +886,7 @@ impl<'txn> WriteTables<'txn> {
                         .to_be_bytes(),
                 );
                 self.volumes
+                    .open_mut()?
                     .insert(v.name.as_str(), bytes.as_slice())
                     .map_err(store_err)?;
                 if let Some(u) = self.undo.as_mut() {
@@ -854,11 +906,13 @@ impl<'txn> WriteTables<'txn> {
     pub(crate) fn next_n(&mut self, counter: &str, first: u64, n: u64) -> Result<u64, NsError> {
         let current = self
             .counters
+            .open()?
             .get(counter)
             .map_err(store_err)?
             .map(|v| v.value())
             .unwrap_or(first);
         self.counters
+            .open_mut()?
             .insert(counter, current + n)
             .map_err(store_err)?;
         Ok(current)
@@ -868,6 +922,7 @@ impl<'txn> WriteTables<'txn> {
     pub(crate) fn has_request(&self, client: u64, op: u64) -> Result<bool, NsError> {
         Ok(self
             .requests
+            .open()?
             .get(pair_key(client, op).as_slice())
             .map_err(store_err)?
             .is_some())
@@ -876,6 +931,7 @@ impl<'txn> WriteTables<'txn> {
     fn refcount(&self, key: &[u8]) -> Result<u64, NsError> {
         Ok(self
             .block_refs
+            .open()?
             .get(key)
             .map_err(store_err)?
             .map(|v| v.value())
@@ -904,7 +960,14 @@ impl<'txn> WriteTables<'txn> {
         let key = block.as_bytes().as_slice();
         let n = self.refcount(key)?;
         self.add_refs(key, 1)?;
-        if n == 0 && self.unreferenced.get(key).map_err(store_err)?.is_some() {
+        if n == 0
+            && self
+                .unreferenced
+                .open()?
+                .get(key)
+                .map_err(store_err)?
+                .is_some()
+        {
             // A mark left by an older version: it goes once the block is used again.
             self.write(Tab::Unref, key, None)?;
         }

@@ -30,6 +30,9 @@ impl Region {
         let db = Database::builder()
             .create_with_backend(InMemoryBackend::new())
             .unwrap();
+        let tx = db.begin_write().unwrap();
+        WriteTables::create_all(&tx).unwrap();
+        tx.commit().unwrap();
         let r = Region {
             id: RegionId(id),
             db,
@@ -44,7 +47,7 @@ impl Region {
     pub(super) fn write<T>(&self, f: impl FnOnce(&mut WriteTables<'_>) -> T) -> T {
         let tx = self.db.begin_write().unwrap();
         let out = {
-            let mut t = WriteTables::open(&tx).unwrap();
+            let mut t = WriteTables::open(&tx);
             f(&mut t)
         };
         tx.commit().unwrap();
@@ -69,7 +72,7 @@ impl Region {
             lease: false,
         };
         let out = self.write(|t| apply(t, &cmd));
-        let head = self.write(|t| merge::head(&t.region_state).unwrap());
+        let head = self.write(|t| merge::head(t.region_state.open().unwrap()).unwrap());
         if let Some(h) = head {
             self.clock.observe(h, self.phys);
         }
@@ -86,15 +89,15 @@ impl Region {
     }
 
     pub(super) fn head(&self) -> Option<Hlc> {
-        self.write(|t| merge::head(&t.region_state).unwrap())
+        self.write(|t| merge::head(t.region_state.open().unwrap()).unwrap())
     }
 
     pub(super) fn stable(&self) -> Option<Hlc> {
-        self.write(|t| merge::stable(&t.region_state).unwrap())
+        self.write(|t| merge::stable(t.region_state.open().unwrap()).unwrap())
     }
 
     pub(super) fn watermark(&self, origin: RegionId) -> u64 {
-        self.write(|t| merge::watermark(&t.region_state, origin).unwrap())
+        self.write(|t| merge::watermark(t.region_state.open().unwrap(), origin).unwrap())
     }
 
     pub(super) fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr, NsError> {
@@ -128,7 +131,7 @@ pub(super) fn deliver(from: &Region, to: &mut Region, limit: usize, rewind: u64)
     let head_seq = from.changes(start, usize::MAX).last().map(|(s, _)| *s);
     let caught_up = records.last().map(|(s, _)| *s) == head_seq;
     let frontier = if caught_up {
-        from.write(|t| merge::horizon(&t.region_state).unwrap())
+        from.write(|t| merge::horizon(t.region_state.open().unwrap()).unwrap())
     } else {
         records.last().map(|(_, r)| r.hlc)
     };
@@ -150,7 +153,7 @@ pub(super) fn deliver(from: &Region, to: &mut Region, limit: usize, rewind: u64)
             None
         },
         settled_by: if caught_up && from.marks {
-            from.write(|t| merge::stable_by(&t.region_state, from.id).unwrap())
+            from.write(|t| merge::stable_by(t.region_state.open().unwrap(), from.id).unwrap())
         } else {
             Vec::new()
         },

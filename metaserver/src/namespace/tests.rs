@@ -30,6 +30,9 @@ impl Fs {
         let db = Database::builder()
             .create_with_backend(InMemoryBackend::new())
             .unwrap();
+        let tx = db.begin_write().unwrap();
+        WriteTables::create_all(&tx).unwrap();
+        tx.commit().unwrap();
         let mut fs = Fs {
             db,
             clock: 1_000_000,
@@ -63,7 +66,7 @@ impl Fs {
     fn run_command(&mut self, cmd: &Command) -> Result<Reply, NsError> {
         let tx = self.db.begin_write().unwrap();
         let out = {
-            let mut t = WriteTables::open(&tx).unwrap();
+            let mut t = WriteTables::open(&tx);
             apply(&mut t, cmd)
         };
         tx.commit().unwrap();
@@ -74,7 +77,7 @@ impl Fs {
     fn write<T>(&mut self, f: impl FnOnce(&mut WriteTables<'_>) -> T) -> T {
         let tx = self.db.begin_write().unwrap();
         let out = {
-            let mut t = WriteTables::open(&tx).unwrap();
+            let mut t = WriteTables::open(&tx);
             f(&mut t)
         };
         tx.commit().unwrap();

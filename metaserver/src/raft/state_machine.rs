@@ -51,7 +51,7 @@ impl StateMachine {
     pub fn open(dir: &Path, region: RegionId) -> io::Result<(Self, Arc<Shared>)> {
         let db = Database::create(dir.join("state.redb")).map_err(io_err)?;
         let tx = db.begin_write().map_err(io_err)?;
-        WriteTables::open(&tx).map_err(io_err)?;
+        WriteTables::create_all(&tx).map_err(io_err)?;
         crate::namespace::tables::index_tombs(&tx, false).map_err(io_err)?;
         crate::namespace::footprint::index_footprints(&tx, false).map_err(io_err)?;
         tx.open_table(RAFT_STATE).map_err(io_err)?;
@@ -182,7 +182,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tx.set_durability(redb::Durability::None).map_err(io_err)?;
         }
         {
-            let mut ns = WriteTables::open(&tx).map_err(io_err)?;
+            let mut ns = WriteTables::open(&tx);
             let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
             let mut clusters = tx.open_table(cluster::CLUSTER).map_err(io_err)?;
             let mut leases = namespace::lease::LeaseTables::open(&tx).map_err(io_err)?;
@@ -308,7 +308,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Local commands may have been restamped after remote records: the clock
             // must stamp after the newest applied stamp.
             if let Some(head) =
-                namespace::merge::horizon(&ns.region_state).map_err(io::Error::other)?
+                namespace::merge::horizon(ns.region_state.open().map_err(io::Error::other)?)
+                    .map_err(io::Error::other)?
             {
                 stamps.push(head);
             }

@@ -14,7 +14,7 @@ pub(crate) fn truncate_extents(
     ino: InodeId,
     size: u64,
 ) -> Result<(), NsError> {
-    for e in read_extents(t.extents(), ino, size, u64::MAX)? {
+    for e in read_extents(t.extents()?, ino, size, u64::MAX)? {
         t.remove_extent(ino, &e)?;
         if e.offset < size {
             t.insert_extent(
@@ -63,7 +63,7 @@ fn check_extent(ino: InodeId, e: &Extent) -> Result<(), NsError> {
 /// Takes `[start, end)` out of the extent map of `ino`: extents inside go, extents across
 /// an edge keep their part outside.
 fn cut(t: &mut WriteTables<'_>, ino: InodeId, start: u64, end: u64) -> Result<(), NsError> {
-    let old = read_extents(t.extents(), ino, start, end)?;
+    let old = read_extents(t.extents()?, ino, start, end)?;
     for o in &old {
         t.remove_extent(ino, o)?;
     }
@@ -214,7 +214,7 @@ pub(crate) fn copy_range(
             // What the source holds there, read before the destination changes (it may
             // be the same file), moved to the destination's offsets.
             let mut moved = Vec::new();
-            for e in read_extents(t.extents(), src, src_offset, src_end)? {
+            for e in read_extents(t.extents()?, src, src_offset, src_end)? {
                 let from = e.offset.max(src_offset);
                 let to = e.end().min(src_end);
                 moved.push(Extent {
@@ -294,7 +294,7 @@ pub(crate) fn compact(
     let end = offset
         .checked_add(len)
         .ok_or_else(|| NsError::Invalid("compaction range overflows".into()))?;
-    let current = read_extents(t.extents(), ino, offset, end)?;
+    let current = read_extents(t.extents()?, ino, offset, end)?;
     if current != expected {
         return Err(NsError::Conflict(format!(
             "extents of {ino} changed since the compactor read them"

@@ -137,7 +137,7 @@ fn name_unsettled(t: &WriteTables<'_>, name: &str) -> Result<bool, NsError> {
 /// Starts a copy: the new volume (its root only, marked as copying until the last batch:
 /// nothing else changes it meanwhile, it cannot be mounted, and GC holds every block).
 pub(crate) fn begin(t: &mut WriteTables<'_>, b: &CopyBegin) -> Result<Reply, NsError> {
-    let src = read_volume(t.volumes(), &b.source)?
+    let src = read_volume(t.volumes()?, &b.source)?
         .ok_or_else(|| NsError::NotFound(format!("volume {}", b.source)))?;
     check_source(&src, b.hlc.region)?;
     if name_unsettled(t, &b.name)? {
@@ -462,7 +462,7 @@ pub(crate) fn clone_volume(
     name: &str,
     read_only: bool,
 ) -> Result<Reply, NsError> {
-    let src = read_volume(t.volumes(), source)?
+    let src = read_volume(t.volumes()?, source)?
         .ok_or_else(|| NsError::NotFound(format!("volume {source}")))?;
     if src.policy.regions.len() > 1 {
         return Err(NsError::NotSupported(format!(
@@ -492,7 +492,7 @@ pub(crate) fn clone_volume(
     // source lives in this region alone, so its state at this point of the log is the
     // same). Each takes the next of a range of ids reserved at once, which the record
     // keeps: a replay after a rewind gives them the same ids.
-    let order = copy_order(t.dirents(), src.root)?;
+    let order = copy_order(t.dirents()?, src.root)?;
     let base = match ctx.replay {
         Some(fx) => fx.copy_base.ok_or_else(|| {
             NsError::Invalid("a volume copy record without its inode range".into())
@@ -580,7 +580,7 @@ fn copy_inode_data(
     let (lo, hi) = (dirent_key(from, b""), dirent_end(from));
     let mut xattrs = Vec::new();
     for item in t
-        .xattrs()
+        .xattrs()?
         .range(lo.as_slice()..hi.as_slice())
         .map_err(store_err)?
     {
@@ -592,7 +592,7 @@ fn copy_inode_data(
         t.set_xattr(to, &name, &value)?;
     }
     if inode.attr.kind == FileKind::File {
-        for e in read_extents(t.extents(), from, 0, u64::MAX)? {
+        for e in read_extents(t.extents()?, from, 0, u64::MAX)? {
             t.insert_extent(to, &e)?;
         }
     }

@@ -30,7 +30,7 @@ fn replayed_inode(t: &WriteTables<'_>, ctx: &Ctx<'_>, fx: &Effects) -> Result<In
             ctx.region().0
         )));
     }
-    if read_inode(t.inodes(), ino)?.is_some() || t.tomb(ino)?.is_some() {
+    if read_inode(t.inodes()?, ino)?.is_some() || t.tomb(ino)?.is_some() {
         return Err(NsError::Invalid(format!("created {ino} exists already")));
     }
     Ok(ino)
@@ -39,7 +39,7 @@ fn replayed_inode(t: &WriteTables<'_>, ctx: &Ctx<'_>, fx: &Effects) -> Result<In
 /// A reserved inode number a create was given: of this region and never used.
 fn given_inode(t: &WriteTables<'_>, ctx: &Ctx<'_>, ino: InodeId) -> Result<InodeId, NsError> {
     if ino.region() != ctx.region()
-        || read_inode(t.inodes(), ino)?.is_some()
+        || read_inode(t.inodes()?, ino)?.is_some()
         || t.tomb(ino)?.is_some()
     {
         return Err(NsError::Invalid(format!("inode number {ino} is not free")));
@@ -59,7 +59,7 @@ pub(crate) fn make(
     check_name(name)?;
     let dir = live_dir(t, ctx, parent)?;
     let mut name = Cow::Borrowed(name);
-    let existing = read_dirent(t.dirents(), parent, &name)?;
+    let existing = read_dirent(t.dirents()?, parent, &name)?;
     match (ctx.replay.map(|fx| fx.created), existing) {
         // At its origin the open found an existing file and created nothing.
         (Some(None), _) => return Ok(Reply::Done),
@@ -170,7 +170,7 @@ pub(crate) fn link(
         return Err(NsError::CrossVolume(format!("{ino} into {new_parent}")));
     }
     let mut new_name = Cow::Borrowed(new_name);
-    if read_dirent(t.dirents(), new_parent, &new_name)?.is_some() {
+    if read_dirent(t.dirents()?, new_parent, &new_name)?.is_some() {
         if !ctx.replaying() {
             return Err(NsError::Exists(name_str(&new_name)));
         }
@@ -252,7 +252,7 @@ fn drop_link(
             at: ctx.hlc,
         })?;
     } else {
-        for e in read_extents(t.extents(), ino, 0, u64::MAX)? {
+        for e in read_extents(t.extents()?, ino, 0, u64::MAX)? {
             t.remove_extent(ino, &e)?;
         }
         t.del_xattrs(ino)?;
@@ -395,7 +395,7 @@ pub(crate) fn rename(
     let moving = get(t, src.ino)?;
     ctx.origin_check(|| check_sticky(&src_dir, &moving, creds))?;
     let mut new_name = Cow::Borrowed(new_name);
-    let mut dst = read_dirent(t.dirents(), new_parent, &new_name)?;
+    let mut dst = read_dirent(t.dirents()?, new_parent, &new_name)?;
     match (ctx.replay, &dst) {
         (Some(fx), Some(d)) if d.ino != src.ino && Some(d.ino) != fx.replaced => {
             // The destination holds something this move's origin did not see (another

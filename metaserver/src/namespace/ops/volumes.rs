@@ -73,7 +73,7 @@ fn replayed_ids(
         )));
     }
     if find_volume_row(t, id, None)?.is_some()
-        || read_inode(t.inodes(), root)?.is_some()
+        || read_inode(t.inodes()?, root)?.is_some()
         || t.tomb(root)?.is_some()
     {
         return Err(NsError::Invalid(format!(
@@ -108,14 +108,14 @@ pub(crate) fn create_volume(
     }
     if !ctx.replaying() {
         crate::namespace::merge::check_reachable(
-            &t.region_state,
+            t.region_state.open()?,
             ctx.region(),
             &policy.regions,
             true,
         )?;
     }
     let mut name = name.to_string();
-    if read_volume(t.volumes(), &name)?.is_some() {
+    if read_volume(t.volumes()?, &name)?.is_some() {
         if !ctx.replaying() {
             return Err(NsError::Exists(format!("volume {name}")));
         }
@@ -204,7 +204,7 @@ pub(crate) fn delete_volume(
         // region records the same conflict whether or not it purged the tombstone yet.
         Some(_) => find_volume(t, ctx.volume)?
             .ok_or_else(|| NsError::NotFound(format!("volume {}", ctx.volume)))?,
-        None => read_volume(t.volumes(), name)?
+        None => read_volume(t.volumes()?, name)?
             .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?,
     };
     if vol.read_only || vol.copying.is_some() {
@@ -246,7 +246,7 @@ fn volume_changed(t: &WriteTables<'_>, ctx: &Ctx<'_>, name: &str) -> Result<Volu
     match ctx.replay {
         Some(_) => find_volume(t, ctx.volume)?
             .ok_or_else(|| NsError::NotFound(format!("volume {}", ctx.volume))),
-        None => read_volume(t.volumes(), name)?
+        None => read_volume(t.volumes()?, name)?
             .ok_or_else(|| NsError::NotFound(format!("volume {name}"))),
     }
 }
@@ -346,7 +346,12 @@ pub(crate) fn set_volume_regions(
                 ctx.region().0
             )));
         }
-        crate::namespace::merge::check_reachable(&t.region_state, ctx.region(), &set, false)?;
+        crate::namespace::merge::check_reachable(
+            t.region_state.open()?,
+            ctx.region(),
+            &set,
+            false,
+        )?;
         if vol.read_only {
             return Err(NsError::ReadOnly(format!("volume {name} is a snapshot")));
         }
@@ -378,7 +383,7 @@ pub(crate) fn set_volume_regions(
 
 /// The entries of a directory.
 pub(crate) fn list_dir(t: &WriteTables<'_>, dir: InodeId) -> Result<Vec<DirEntry>, NsError> {
-    entries_of(t.dirents(), dir)
+    entries_of(t.dirents()?, dir)
 }
 
 /// The entries of directory `dir` in `dirents` (of a write or a read transaction).
@@ -412,7 +417,7 @@ fn remove_tree(t: &mut WriteTables<'_>, root: InodeId) -> Result<(), NsError> {
             if e.kind == FileKind::Dir {
                 dirs.push(e.ino);
             } else if e.kind == FileKind::File {
-                for x in read_extents(t.extents(), e.ino, 0, u64::MAX)? {
+                for x in read_extents(t.extents()?, e.ino, 0, u64::MAX)? {
                     t.remove_extent(e.ino, &x)?;
                 }
             }

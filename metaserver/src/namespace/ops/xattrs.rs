@@ -30,7 +30,11 @@ pub(crate) fn setxattr(
     ctx.origin_check(|| {
         check_xattr_write(&node.attr, name, creds)?;
         let key = dirent_key(ino, name);
-        let exists = t.xattrs().get(key.as_slice()).map_err(store_err)?.is_some();
+        let exists = t
+            .xattrs()?
+            .get(key.as_slice())
+            .map_err(store_err)?
+            .is_some();
         match mode {
             XattrMode::Create if exists => Err(NsError::Exists(name_str(name))),
             XattrMode::Replace if !exists => Err(NsError::NoData(name_str(name))),
