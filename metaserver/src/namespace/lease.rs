@@ -8,10 +8,11 @@
 //! regions' volumes are merged without passing through the leader's recall.
 
 use meridian_proto::{InodeId, RegionId};
-use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::apply::apply;
 use super::ctx::find_volume;
+use super::lazy_table::LazyTable;
 use super::tables::{WriteTables, counter, read_dirent, read_inode, store_err};
 use super::types::*;
 
@@ -26,8 +27,8 @@ pub const RESERVE_MAX: u32 = 65_536;
 
 /// The lease tables of a write transaction.
 pub struct LeaseTables<'txn> {
-    leases: Table<'txn, &'static [u8], u64>,
-    reserved: Table<'txn, &'static [u8], u64>,
+    leases: LazyTable<'txn, &'static [u8], u64>,
+    reserved: LazyTable<'txn, &'static [u8], u64>,
 }
 
 /// What a write-back did.
@@ -70,17 +71,26 @@ pub fn leaseholder(tx: &ReadTransaction, dir: InodeId) -> Result<Option<u64>, Ns
 }
 
 impl<'txn> LeaseTables<'txn> {
-    /// Opens (creating if needed) the lease tables in `tx`.
-    pub fn open(tx: &'txn WriteTransaction) -> Result<Self, NsError> {
-        Ok(LeaseTables {
-            leases: tx.open_table(LEASES).map_err(store_err)?,
-            reserved: tx.open_table(RESERVED).map_err(store_err)?,
-        })
+    /// The lease tables of `tx`, each opened (and created if missing) when first used.
+    pub fn open(tx: &'txn WriteTransaction) -> Self {
+        LeaseTables {
+            leases: LazyTable::new(tx, LEASES),
+            reserved: LazyTable::new(tx, RESERVED),
+        }
+    }
+
+    /// Creates the lease tables missing in `tx` (when a store starts).
+    pub fn create_all(tx: &'txn WriteTransaction) -> Result<(), NsError> {
+        let t = Self::open(tx);
+        t.leases.open()?;
+        t.reserved.open()?;
+        Ok(())
     }
 
     fn holder(&self, dir: InodeId) -> Result<Option<u64>, NsError> {
         Ok(self
             .leases
+            .open()?
             .get(dir.0.to_be_bytes().as_slice())
             .map_err(store_err)?
             .map(|v| v.value()))
@@ -90,6 +100,7 @@ impl<'txn> LeaseTables<'txn> {
         let key = reserved_key(client, ino.0);
         let mut range = self
             .reserved
+            .open()?
             .range(reserved_key(client, 0).as_slice()..=key.as_slice())
             .map_err(store_err)?;
         Ok(match range.next_back() {
@@ -106,6 +117,7 @@ impl<'txn> LeaseTables<'txn> {
     pub fn expire(&mut self, dirs: &[InodeId]) -> Result<(), NsError> {
         for d in dirs {
             self.leases
+                .open_mut()?
                 .remove(d.0.to_be_bytes().as_slice())
                 .map_err(store_err)?;
         }
@@ -116,6 +128,7 @@ impl<'txn> LeaseTables<'txn> {
         for &d in dirs {
             if self.holder(d)? == Some(client) {
                 self.leases
+                    .open_mut()?
                     .remove(d.0.to_be_bytes().as_slice())
                     .map_err(store_err)?;
             }
@@ -134,6 +147,7 @@ impl<'txn> LeaseTables<'txn> {
         let first = ns.next_n(counter::NEXT_INODE, 1, u64::from(count))?;
         let first_ino = InodeId::new(region, first).map_err(|e| NsError::Store(e.to_string()))?;
         self.reserved
+            .open_mut()?
             .insert(
                 reserved_key(client, first_ino.0).as_slice(),
                 first_ino.0 + u64::from(count),
@@ -235,6 +249,7 @@ pub fn apply_command(
     {
         leases
             .leases
+            .open_mut()?
             .insert(a.ino.0.to_be_bytes().as_slice(), c)
             .map_err(store_err)?;
     }
@@ -242,6 +257,7 @@ pub fn apply_command(
         if read_inode(ns.inodes()?, d)?.is_none() {
             leases
                 .leases
+                .open_mut()?
                 .remove(d.0.to_be_bytes().as_slice())
                 .map_err(store_err)?;
         }

@@ -26,6 +26,7 @@ impl Ns {
             .unwrap();
         let tx = db.begin_write().unwrap();
         WriteTables::create_all(&tx).unwrap();
+        LeaseTables::create_all(&tx).unwrap();
         tx.commit().unwrap();
         let mut ns = Ns {
             db,
@@ -86,7 +87,7 @@ impl Ns {
         let tx = self.db.begin_write().unwrap();
         let out = {
             let mut t = WriteTables::open(&tx);
-            let mut l = LeaseTables::open(&tx).unwrap();
+            let mut l = LeaseTables::open(&tx);
             apply_command(&mut t, &mut l, &cmd)
         };
         tx.commit().unwrap();
@@ -97,7 +98,7 @@ impl Ns {
         let tx = self.db.begin_write().unwrap();
         let out = {
             let mut t = WriteTables::open(&tx);
-            let mut l = LeaseTables::open(&tx).unwrap();
+            let mut l = LeaseTables::open(&tx);
             apply_write_back(&mut t, &mut l, RegionId(1), wb).unwrap()
         };
         tx.commit().unwrap();
@@ -106,7 +107,7 @@ impl Ns {
 
     fn expire(&mut self, dirs: &[InodeId]) {
         let tx = self.db.begin_write().unwrap();
-        LeaseTables::open(&tx).unwrap().expire(dirs).unwrap();
+        LeaseTables::open(&tx).expire(dirs).unwrap();
         tx.commit().unwrap();
     }
 

@@ -13,7 +13,7 @@ pub mod dir_times;
 pub(crate) mod fence;
 pub(crate) mod footprint;
 pub mod history;
-mod lazy_table;
+pub(crate) mod lazy_table;
 pub mod lease;
 pub mod leave;
 pub mod links;

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::snapshot_dir::{SnapshotData, SnapshotDir};
 use super::{Request, Response, TypeConfig, io_err, snapshot};
 use crate::cluster;
+use crate::namespace::lazy_table::LazyTable;
 use crate::namespace::{self, WriteTables};
 
 const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
@@ -52,6 +53,7 @@ impl StateMachine {
         let db = Database::create(dir.join("state.redb")).map_err(io_err)?;
         let tx = db.begin_write().map_err(io_err)?;
         WriteTables::create_all(&tx).map_err(io_err)?;
+        namespace::lease::LeaseTables::create_all(&tx).map_err(io_err)?;
         crate::namespace::tables::index_tombs(&tx, false).map_err(io_err)?;
         crate::namespace::footprint::index_footprints(&tx, false).map_err(io_err)?;
         tx.open_table(RAFT_STATE).map_err(io_err)?;
@@ -184,8 +186,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut ns = WriteTables::open(&tx);
             let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
-            let mut clusters = tx.open_table(cluster::CLUSTER).map_err(io_err)?;
-            let mut leases = namespace::lease::LeaseTables::open(&tx).map_err(io_err)?;
+            let mut clusters = LazyTable::new(&tx, cluster::CLUSTER);
+            let mut leases = namespace::lease::LeaseTables::open(&tx);
             for (entry, responder) in batch {
                 let log_id = entry.log_id();
                 let response = match &entry.payload {
@@ -292,8 +294,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Response::None
                     }
                     EntryPayload::Normal(Request::Cluster(cmd)) => {
-                        let map =
-                            cluster::apply(&mut clusters, region, cmd).map_err(io::Error::other)?;
+                        let map = cluster::apply(
+                            clusters.open_mut().map_err(io::Error::other)?,
+                            region,
+                            cmd,
+                        )
+                        .map_err(io::Error::other)?;
                         Response::Cluster(map.epoch)
                     }
                     EntryPayload::Membership(m) => {
