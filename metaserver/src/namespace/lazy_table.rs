@@ -5,8 +5,8 @@
 //! opened is flushed again at commit, used or not: opening all of the namespace's tables
 //! for every entry was about a tenth of a metaserver's CPU on a small-file workload, while
 //! an entry uses a handful. Every table exists from the state machine's start
-//! (`WriteTables::open` creates them then), so opening one later fails only on a storage
-//! error, returned to the command like any other.
+//! (`WriteTables::create_all` and `LeaseTables::create_all` make them then), so opening
+//! one later fails only on a storage error, returned to the command like any other.
 
 use std::cell::OnceCell;
 
