@@ -23,6 +23,7 @@ pub mod read;
 pub mod relay;
 pub mod settle;
 pub mod tables;
+mod write_tables;
 
 /// The namespace types live in the shared contract crate.
 pub use meridian_proto::ns as types;
