@@ -5,7 +5,6 @@
 use meridian_proto::{Hlc, InodeId, RegionId};
 use redb::Database;
 use redb::ReadableDatabase;
-use redb::backends::InMemoryBackend;
 
 use super::lease::{LeaseTables, WriteBack, apply_command, apply_write_back, leaseholder};
 use super::*;
@@ -21,13 +20,7 @@ struct Ns {
 
 impl Ns {
     fn new() -> (Self, InodeId) {
-        let db = Database::builder()
-            .create_with_backend(InMemoryBackend::new())
-            .unwrap();
-        let tx = db.begin_write().unwrap();
-        WriteTables::create_all(&tx).unwrap();
-        LeaseTables::create_all(&tx).unwrap();
-        tx.commit().unwrap();
+        let db = super::memory_db();
         let mut ns = Ns {
             db,
             clock: 1_000,

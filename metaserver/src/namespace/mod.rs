@@ -34,6 +34,26 @@ pub use read::{DirPage, NsReader};
 pub use tables::WriteTables;
 pub use types::*;
 
+/// Creates every table of the namespace and of its leases that `tx` lacks: what a store
+/// does when it starts, so that read transactions find each (a write transaction opens a
+/// table only when an entry uses it).
+pub fn create_tables(tx: &redb::WriteTransaction) -> Result<(), NsError> {
+    WriteTables::create_all(tx)?;
+    lease::LeaseTables::create_all(tx)
+}
+
+/// A state database in memory with every table, for tests.
+#[cfg(test)]
+fn memory_db() -> redb::Database {
+    let db = redb::Database::builder()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .unwrap();
+    let tx = db.begin_write().unwrap();
+    create_tables(&tx).unwrap();
+    tx.commit().unwrap();
+    db
+}
+
 #[cfg(test)]
 mod backfill_tests;
 #[cfg(test)]

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_proto::{BlockId, Hlc, HlcClock, InodeId, RegionId};
-use redb::backends::InMemoryBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 pub(super) use super::tables::*;
@@ -27,12 +26,7 @@ pub(super) fn root_creds() -> Creds {
 
 impl Region {
     pub(super) fn new(id: u16, peers: &[RegionId]) -> Self {
-        let db = Database::builder()
-            .create_with_backend(InMemoryBackend::new())
-            .unwrap();
-        let tx = db.begin_write().unwrap();
-        WriteTables::create_all(&tx).unwrap();
-        tx.commit().unwrap();
+        let db = super::memory_db();
         let r = Region {
             id: RegionId(id),
             db,

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_proto::{BlockId, Hlc, InodeId, RegionId};
 use proptest::prelude::*;
-use redb::backends::InMemoryBackend;
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableHandle};
 
 use super::*;
@@ -27,12 +26,7 @@ fn user(uid: u32) -> Creds {
 
 impl Fs {
     fn new() -> Self {
-        let db = Database::builder()
-            .create_with_backend(InMemoryBackend::new())
-            .unwrap();
-        let tx = db.begin_write().unwrap();
-        WriteTables::create_all(&tx).unwrap();
-        tx.commit().unwrap();
+        let db = super::memory_db();
         let mut fs = Fs {
             db,
             clock: 1_000_000,

@@ -52,8 +52,7 @@ impl StateMachine {
     pub fn open(dir: &Path, region: RegionId) -> io::Result<(Self, Arc<Shared>)> {
         let db = Database::create(dir.join("state.redb")).map_err(io_err)?;
         let tx = db.begin_write().map_err(io_err)?;
-        WriteTables::create_all(&tx).map_err(io_err)?;
-        namespace::lease::LeaseTables::create_all(&tx).map_err(io_err)?;
+        namespace::create_tables(&tx).map_err(io_err)?;
         crate::namespace::tables::index_tombs(&tx, false).map_err(io_err)?;
         crate::namespace::footprint::index_footprints(&tx, false).map_err(io_err)?;
         tx.open_table(RAFT_STATE).map_err(io_err)?;
