@@ -145,10 +145,10 @@ struct ChunkArgs {
     /// deleted, in milliseconds (longer than any upload takes to commit).
     #[arg(long)]
     gc_grace_ms: Option<u64>,
-    /// Size of each of the two segments of the small blocks' journal, in MiB (0: none;
-    /// each small block is then fsync'd as a file of its own).
-    #[arg(long)]
-    journal_segment_mib: Option<u64>,
+    /// Largest size of a pack of small blocks, in MiB (0: none; each small block is then
+    /// fsync'd as a file of its own).
+    #[arg(long, alias = "journal-segment-mib")]
+    pack_mib: Option<u64>,
     /// How long a replica waits before shipping a block of a volume that lives in other
     /// regions itself, in milliseconds (the coordinator normally has by then).
     #[arg(long)]
@@ -245,7 +245,7 @@ impl ChunkArgs {
             scrub_bytes_per_sec,
             gc_interval_ms,
             gc_grace_ms,
-            journal_segment_mib,
+            pack_mib,
             ship_replica_delay_ms,
             range_port
         );

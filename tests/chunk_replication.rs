@@ -116,10 +116,16 @@ async fn put_with_three_replicas_lands_verified_copies_on_all_three() -> Result<
             assert!(st.present);
             assert_eq!(st.raw_len as usize, data.len());
             assert_eq!(st.compression, block.compression.code());
-            // The file on disk is where the layout says, and no temp file is left behind.
+            // A large stored form is a file where the layout says, a small one (the
+            // compressed text) is packed; no temp file is left behind.
             let hex = block.id.to_hex();
             let file = common::block_file(&cluster.nodes[i].data, &hex);
-            assert_eq!(fs::metadata(&file)?.len(), st.stored_len);
+            if st.stored_len > meridian_chunkserver::packs::MAX_PACKED {
+                assert_eq!(fs::metadata(&file)?.len(), st.stored_len);
+            } else {
+                assert!(!file.exists());
+                assert!(common::packed_blocks(&cluster.nodes[i].data).contains(&hex));
+            }
             assert_eq!(temp_files(&cluster, i), 0);
         }
 

@@ -579,9 +579,13 @@ fn killing_every_process_mid_storm_keeps_every_fsynced_file_and_fsck_comes_clean
         .find(|o| o.3.is_ok())
         .expect("a synced file");
     let id = meridian_proto::BlockId::of(lost).to_hex();
-    for c in &h.chunks {
-        let _ = fs::remove_file(common::block_file(&c.data, &id));
+    for c in &mut h.chunks {
+        c.kill();
+        common::remove_block(&c.data, &id)?;
+        let addr = c.addr.clone();
+        c.restart_on(&addr)?;
     }
+    h.wait_up(3)?;
     let (report, clean) = fsck(&h)?;
     assert!(!clean, "fsck exited 0 with a block gone: {report}");
     let missing = report["missing"].to_string();

@@ -61,9 +61,10 @@ pub struct ChunkConfig {
     /// How long an unreferenced block waits before it is condemned, and again before it
     /// is deleted, in milliseconds: longer than any upload takes to commit.
     pub gc_grace_ms: u64,
-    /// Size of each of the two segments of the small blocks' journal, in MiB (0: no
-    /// journal; every block is fsync'd as a file of its own, as before).
-    pub journal_segment_mib: u64,
+    /// Largest size of a pack of small blocks, in MiB (0: no packs; every block is
+    /// fsync'd as a file of its own, and blocks packed before stay readable).
+    #[serde(alias = "journal_segment_mib")]
+    pub pack_mib: u64,
     /// A replica of a block of a volume that lives in other regions queues it too, to be
     /// shipped after this many milliseconds if the coordinator has not (it then finds the
     /// block there already): a coordinator lost with its disk loses no shipment.
@@ -117,7 +118,7 @@ impl Default for ChunkConfig {
             scrub_bytes_per_sec: 16 << 20,
             gc_interval_ms: 10 * 60 * 1000,
             gc_grace_ms: 3600 * 1000,
-            journal_segment_mib: crate::journal::SEGMENT_LEN >> 20,
+            pack_mib: crate::packs::PACK_LEN >> 20,
             ship_replica_delay_ms: 30_000,
             range_port: true,
             range_listen: None,
@@ -162,8 +163,8 @@ impl ChunkConfig {
         if self.repair_interval_ms == 0 || self.scrub_interval_ms == 0 {
             return Err("repair_interval_ms and scrub_interval_ms must be above 0".into());
         }
-        if self.journal_segment_mib > 4096 {
-            return Err("journal_segment_mib must be at most 4096".into());
+        if self.pack_mib > 4096 {
+            return Err("pack_mib must be at most 4096".into());
         }
         if self.default_min_copies == 0 {
             return Err("default_min_copies must be at least 1".into());

@@ -1,9 +1,10 @@
-//! Tests of the small blocks' journal, through the block store that uses it.
+//! Tests of the replay of an earlier version's journal.
 
 use std::path::Path;
 
 use meridian_proto::{EncodedBlock, NodeId};
 
+use super::*;
 use crate::store::BlockStore;
 
 fn block(seed: u8, len: usize) -> EncodedBlock {
@@ -16,170 +17,114 @@ fn block(seed: u8, len: usize) -> EncodedBlock {
     EncodedBlock::encode(&data).unwrap()
 }
 
-fn open(dir: &Path, segment_len: u64) -> BlockStore {
-    BlockStore::open_with_journal(dir, NodeId(1), Some(1 << 30), segment_len).unwrap()
+/// The block file an earlier version wrote for `b`.
+fn file_of(b: &EncodedBlock) -> Vec<u8> {
+    let ob = b.decode_with_outboard().unwrap().1.to_bytes();
+    let mut f = crate::format::header(b, ob.len()).to_vec();
+    f.extend_from_slice(&b.payload);
+    f.extend_from_slice(&ob);
+    f
 }
 
-fn put(s: &BlockStore, b: &EncodedBlock) {
-    let ob = b.decode_with_outboard().unwrap().1;
-    s.put(b, &ob).unwrap();
+/// One record as an earlier version appended it.
+fn record(generation: u64, kind: u8, id: &BlockId, file: &[u8]) -> Vec<u8> {
+    let body_len = (32 + file.len()) as u32;
+    let mut r = Vec::new();
+    r.extend_from_slice(&MAGIC.to_le_bytes());
+    r.extend_from_slice(&generation.to_le_bytes());
+    r.push(kind);
+    r.extend_from_slice(&body_len.to_le_bytes());
+    let mut h = blake3::Hasher::new();
+    h.update(&r);
+    h.update(id.as_bytes());
+    h.update(file);
+    r.extend_from_slice(&h.finalize().as_bytes()[..16]);
+    r.extend_from_slice(id.as_bytes());
+    r.extend_from_slice(file);
+    r
+}
+
+/// Writes an earlier version's journal: the state file and segment `generation % 2`
+/// holding `records` (then zeros, as its written space was longer).
+fn write_journal(dir: &Path, retired: u64, generation: u64, records: &[Vec<u8>]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut state = Vec::new();
+    state.extend_from_slice(&retired.to_le_bytes());
+    state.extend_from_slice(&generation.to_le_bytes());
+    let sum = blake3::hash(&state);
+    state.extend_from_slice(&sum.as_bytes()[..8]);
+    std::fs::write(dir.join("state"), state).unwrap();
+    let mut segment: Vec<u8> = records.concat();
+    segment.resize(segment.len() + 4096, 0);
+    std::fs::write(dir.join((generation % 2).to_string()), segment).unwrap();
 }
 
 #[test]
-fn small_blocks_whose_files_were_lost_come_back_from_the_journal() {
+fn an_earlier_versions_journal_puts_its_block_files_right_once_and_goes() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (block(1, 4096), block(2, 20_000), block(3, 100));
-    {
-        let s = open(dir.path(), 1 << 20);
-        for x in [&a, &b, &c] {
-            put(&s, x);
-        }
+    let (a, b, c, d) = (
+        block(1, 4096),
+        block(2, 20_000),
+        block(3, 100),
+        block(4, 700),
+    );
+    let blocks = dir.path().join("blocks");
+    for x in [&a, &b, &c, &d] {
+        let hex = x.id.to_hex();
+        std::fs::create_dir_all(blocks.join(&hex[..2])).unwrap();
     }
-    // The reopen retired the generation holding the puts: a delete now is not undone by
-    // a later replay.
-    let s = open(dir.path(), 1 << 20);
-    assert!(s.delete(&a.id).unwrap());
-    drop(s);
-    let s = open(dir.path(), 1 << 20);
-    assert!(!s.has(&a.id));
-    assert!(s.read(&b.id).is_ok());
-    drop(s);
-
-    // What a crash can do to files written without fsync: gone, cut short, or empty.
-    // Again, with the damage done before any reopen.
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let s = open(dir.path(), 1 << 20);
-        for x in [&a, &b, &c] {
-            put(&s, x);
-        }
-        std::fs::remove_file(s.path(&a.id)).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(s.path(&b.id))
-            .unwrap();
-        f.set_len(1000).unwrap();
-        std::fs::write(s.path(&c.id), b"").unwrap();
-    }
-    let s = open(dir.path(), 1 << 20);
-    for x in [&a, &b, &c] {
+    let path = |x: &EncodedBlock| {
+        let hex = x.id.to_hex();
+        blocks.join(&hex[..2]).join(hex)
+    };
+    // What a crash can do to files written without fsync: a gone, b cut short; c was
+    // deleted after its put, d deleted and stored again as a file.
+    std::fs::write(path(&b), &file_of(&b)[..1000]).unwrap();
+    std::fs::write(path(&c), file_of(&c)).unwrap();
+    std::fs::write(path(&d), file_of(&d)).unwrap();
+    write_journal(
+        &dir.path().join("journal"),
+        4,
+        5,
+        &[
+            record(5, PUT, &a.id, &file_of(&a)),
+            record(5, PUT, &b.id, &file_of(&b)),
+            record(5, PUT, &c.id, &file_of(&c)),
+            record(5, DELETE, &c.id, &[]),
+            record(5, PUT, &d.id, &file_of(&d)),
+            record(5, DELETE, &d.id, &[]),
+            record(5, KEEP, &d.id, &[]),
+        ],
+    );
+    let s = BlockStore::open(dir.path(), NodeId(1), Some(1 << 30)).unwrap();
+    for x in [&a, &b, &d] {
         let (got, _) = s.read(&x.id).expect("restored and verified");
         assert_eq!(got.id, x.id);
     }
+    assert!(!s.has(&c.id));
     assert_eq!(s.usage().blocks, 3);
-}
-
-#[test]
-fn a_block_deleted_after_its_put_is_not_brought_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (block(4, 8192), block(5, 8192));
-    {
-        let s = open(dir.path(), 1 << 20);
-        put(&s, &a);
-        put(&s, &b);
-        assert!(s.delete(&a.id).unwrap());
-        // Put again after a delete: present in the end.
-        assert!(s.delete(&b.id).unwrap());
-        put(&s, &b);
-        assert!(s.delete_if(&a.id, || true).unwrap().is_none());
-    }
-    let s = open(dir.path(), 1 << 20);
+    assert!(!dir.path().join("journal").exists());
+    // Gone for good: a delete now is not undone at the next open.
+    assert!(s.delete(&a.id).unwrap());
+    drop(s);
+    let s = BlockStore::open(dir.path(), NodeId(1), Some(1 << 30)).unwrap();
     assert!(!s.has(&a.id));
-    assert!(s.read(&b.id).is_ok());
-    assert_eq!(s.usage().blocks, 1);
+    assert_eq!(s.usage().blocks, 2);
 }
 
 #[test]
-fn full_segments_retire_in_turn_and_every_block_survives() {
+fn a_retired_generation_is_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
-    let blocks: Vec<_> = (0..40u8).map(|i| block(i.wrapping_add(10), 9000)).collect();
-    {
-        // Four blocks' records fit a 40 KiB segment: ten generations.
-        let s = open(dir.path(), 40 << 10);
-        let (first, _) = s.journal_generations().unwrap();
-        for b in &blocks {
-            put(&s, b);
-        }
-        let (generation, _) = s.journal_generations().unwrap();
-        assert!(
-            generation >= first + 9,
-            "generation {generation} after starting at {first}"
-        );
-        // A large block bypasses the journal.
-        put(&s, &block(99, 600 << 10));
-        s.wait_journal_retired();
-        let (gen2, retired) = s.journal_generations().unwrap();
-        assert_eq!(gen2, generation);
-        assert_eq!(retired + 1, generation);
-        // The files of the active generation go missing, as after a crash.
-        for b in &blocks[36..] {
-            std::fs::remove_file(s.path(&b.id)).unwrap();
-        }
-    }
-    let s = open(dir.path(), 40 << 10);
-    for b in &blocks {
-        assert!(s.read(&b.id).is_ok(), "block {} lost", b.id);
-    }
-    assert_eq!(s.usage().blocks, 41);
-}
-
-#[test]
-fn a_damaged_record_ends_the_replay_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (block(6, 5000), block(7, 5000));
-    let segment;
-    {
-        let s = open(dir.path(), 1 << 20);
-        put(&s, &a);
-        put(&s, &b);
-        let (generation, _) = s.journal_generations().unwrap();
-        segment = dir
-            .path()
-            .join("journal")
-            .join((generation % 2).to_string());
-        std::fs::remove_file(s.path(&a.id)).unwrap();
-        std::fs::remove_file(s.path(&b.id)).unwrap();
-    }
-    // Damage the last byte of the second record (a torn append).
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let end = bytes.iter().rposition(|&x| x != 0).unwrap();
-    bytes[end] ^= 0xff;
-    std::fs::write(&segment, &bytes).unwrap();
-    let s = open(dir.path(), 1 << 20);
-    assert!(s.read(&a.id).is_ok());
-    assert!(!s.has(&b.id));
-}
-
-#[test]
-fn a_block_stored_as_a_file_after_its_delete_was_journaled_is_kept_by_the_replay() {
-    use crate::journal::{Journal, Replayed};
-    let dir = tempfile::tempdir().unwrap();
-    let (journal_dir, blocks) = (dir.path().join("journal"), dir.path().join("blocks"));
-    std::fs::create_dir_all(&blocks).unwrap();
-    let b = block(8, 4000);
-    {
-        let j = Journal::open(&journal_dir, &blocks, 1 << 20, |_| Ok(())).unwrap();
-        j.append_put(&b.id, &[b"file bytes"])
-            .unwrap()
-            .placed_then_sync()
-            .unwrap();
-        j.note_delete(&b.id);
-        // Stored again through the file path (as when the journal does not take it).
-        j.note_file_put(&b.id).unwrap();
-        // Present already: the put's record is durable.
-        j.settle_present(&b.id).unwrap();
-    }
-    let mut seen = Vec::new();
-    Journal::open(&journal_dir, &blocks, 1 << 20, |r| {
-        seen.push(match r {
-            Replayed::Put(..) => "put",
-            Replayed::Deleted(_) => "deleted",
-            Replayed::Kept(_) => "kept",
-        });
-        Ok(())
-    })
-    .unwrap();
-    assert_eq!(seen, ["kept"]);
+    let a = block(5, 3000);
+    write_journal(
+        &dir.path().join("journal"),
+        7,
+        7,
+        &[record(7, PUT, &a.id, &file_of(&a))],
+    );
+    let s = BlockStore::open(dir.path(), NodeId(1), Some(1 << 30)).unwrap();
+    assert!(!s.has(&a.id));
+    assert!(!dir.path().join("journal").exists());
 }
 
 proptest::proptest! {
@@ -197,7 +142,6 @@ proptest::proptest! {
             1..6,
         ),
     ) {
-        use crate::journal::{Journal, Replayed};
         let dir = tempfile::tempdir().unwrap();
         let (journal_dir, blocks) = (dir.path().join("journal"), dir.path().join("blocks"));
         std::fs::create_dir_all(&blocks).unwrap();
@@ -206,16 +150,9 @@ proptest::proptest! {
             .enumerate()
             .map(|(i, n)| (block(i as u8, 64).id, vec![i as u8; *n]))
             .collect();
-        let segment;
-        {
-            let j = Journal::open(&journal_dir, &blocks, 1 << 20, |_| Ok(())).unwrap();
-            for (id, bytes) in &puts {
-                j.append_put(id, &[bytes]).unwrap().placed_then_sync().unwrap();
-            }
-            let (generation, _) = j.generations();
-            segment = journal_dir.join((generation % 2).to_string());
-        }
-        // The records and the zeros after them (the segment's written space is longer).
+        let records: Vec<_> = puts.iter().map(|(id, bytes)| record(3, PUT, id, bytes)).collect();
+        write_journal(&journal_dir, 2, 3, &records);
+        let segment = journal_dir.join("1");
         let whole = std::fs::read(&segment).unwrap();
         let used = whole.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
         let keep = (used + 64).min(whole.len());
@@ -223,7 +160,7 @@ proptest::proptest! {
         damaged.extend_from_slice(&whole[keep..]);
         std::fs::write(&segment, &damaged).unwrap();
         let mut replayed = Vec::new();
-        let _ = Journal::open(&journal_dir, &blocks, 1 << 20, |r| {
+        let _ = replay_and_remove(&journal_dir, &blocks, |r| {
             if let Replayed::Put(id, bytes) = r {
                 replayed.push((id, bytes));
             }

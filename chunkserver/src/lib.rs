@@ -12,6 +12,7 @@ pub mod layout;
 pub mod ledger;
 pub mod maintain;
 pub mod map;
+pub mod packs;
 pub mod range_port;
 pub mod replicate;
 pub mod residency;

@@ -29,9 +29,9 @@ pub async fn run(
     config.validate().map_err(ChunkError::Invalid)?;
     let id = NodeId(config.id);
     let (data, capacity) = (config.data.clone(), config.capacity);
-    let journal = config.journal_segment_mib << 20;
+    let pack_len = config.pack_mib << 20;
     let (store, ledger) = tokio::task::spawn_blocking(move || {
-        let store = BlockStore::open_with_journal(&data, id, capacity, journal)?;
+        let store = BlockStore::open_with_packs(&data, id, capacity, pack_len)?;
         Ok::<_, ChunkError>((store, Ledger::open(&data)?))
     })
     .await

@@ -5,19 +5,22 @@
 //! blocks/ab/abcd…(64 hex digits)      one file per block, fanned out by the first byte
 //!                                      (see [`crate::layout`])
 //! tmp/                                 writes in progress; emptied at start-up
-//! journal/                             small blocks' journal (see [`crate::journal`])
+//! packs/<generation>                   small blocks, without a file each (see
+//!                                      [`crate::packs`])
 //! ```
-//! A block is written to `tmp/` (around the page cache where the file system allows, see
-//! `direct.rs`), fsync'd, renamed into place, and the folder holding it is fsync'd:
-//! after a crash at any point the block is either whole and in place, or absent.
-//! A small block is instead made durable by its journal record, and its file is written
-//! and renamed without fsync (the journal's replay puts it right after a crash).
+//! A block larger than [`packs::MAX_PACKED`] is written to `tmp/` (around the page cache
+//! where the file system allows, see `direct.rs`), fsync'd, renamed into place, and the
+//! folder holding it is fsync'd: after a crash at any point the block is either whole and
+//! in place, or absent. A small block is appended to a pack and made durable by its
+//! fdatasync (group commit). Small blocks stored as files by earlier versions stay files
+//! and are read as before; a journal an earlier version left is replayed once at open
+//! (see [`crate::journal`]).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, Outboard};
@@ -25,8 +28,9 @@ use tracing::{info, warn};
 
 use crate::error::ChunkError;
 use crate::format;
-use crate::journal::{self, Journal, Replayed};
+use crate::journal::{self, Replayed};
 use crate::layout::{Layout, sync_dir};
+use crate::packs::{self, Packs};
 
 /// How many lock stripes serialize the final step of writes and deletes of one block.
 const STRIPES: usize = 256;
@@ -45,11 +49,11 @@ pub enum PutOutcome {
 pub struct Usage {
     /// Bytes the node may use.
     pub capacity: u64,
-    /// Bytes of block files.
+    /// Bytes of blocks (their files' lengths, packed or not).
     pub used: u64,
     /// Bytes that can still be written (capacity and the filesystem's free space).
     pub free: u64,
-    /// Block files.
+    /// Blocks.
     pub blocks: u64,
 }
 
@@ -81,7 +85,7 @@ pub struct BlockStore {
     count: AtomicU64,
     stripes: Vec<Mutex<()>>,
     tmp_seq: AtomicU64,
-    journal: Option<Journal>,
+    packs: Packs,
     layout: Layout,
     /// Headers and verified outboards of blocks read by range lately.
     ranges: RangeCache,
@@ -91,21 +95,22 @@ impl BlockStore {
     /// Opens (or creates) the store under `root`: removes leftover temp files and counts the
     /// blocks present. `capacity` defaults to the size of the filesystem holding `root`.
     pub fn open(root: &Path, node: NodeId, capacity: Option<u64>) -> Result<Self, ChunkError> {
-        Self::open_with_journal(root, node, capacity, journal::SEGMENT_LEN)
+        Self::open_with_packs(root, node, capacity, packs::PACK_LEN)
     }
 
-    /// [`open`](Self::open), with journal segments of `segment_len` bytes (0: no journal;
-    /// a journal left by an earlier run is still replayed).
-    pub fn open_with_journal(
+    /// [`open`](Self::open), with packs of at most `pack_len` bytes (0: every block is
+    /// stored as a file of its own; blocks packed by an earlier run are still served).
+    pub fn open_with_packs(
         root: &Path,
         node: NodeId,
         capacity: Option<u64>,
-        segment_len: u64,
+        pack_len: u64,
     ) -> Result<Self, ChunkError> {
         let blocks = root.join("blocks");
         let tmp = root.join("tmp");
         let quarantine = root.join("quarantine");
-        for dir in [root, &blocks, &tmp, &quarantine] {
+        let packs_dir = root.join("packs");
+        for dir in [root, &blocks, &tmp, &quarantine, &packs_dir] {
             create_dir_durably(dir)?;
         }
         let removed = clean_tmp(&tmp)?;
@@ -114,7 +119,9 @@ impl BlockStore {
             Some(c) => c,
             None => fs_space(root)?.0,
         };
-        let mut store = BlockStore {
+        let packs =
+            Packs::open(&packs_dir, pack_len).map_err(ChunkError::io("open packs", &packs_dir))?;
+        let store = BlockStore {
             node,
             blocks,
             tmp,
@@ -124,14 +131,13 @@ impl BlockStore {
             count: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             tmp_seq: AtomicU64::new(0),
-            journal: None,
+            packs,
             layout,
             ranges: RangeCache::new(RANGE_CACHE),
         };
         let dir = root.join("journal");
-        let journal = Journal::open(&dir, &store.blocks, segment_len, |r| store.restore(r))
-            .map_err(ChunkError::io("open journal", &dir))?;
-        store.journal = (segment_len > 0).then_some(journal);
+        journal::replay_and_remove(&dir, &store.blocks, |r| store.restore(r))
+            .map_err(ChunkError::io("replay journal", &dir))?;
         let (count, used) = store.scan()?;
         store.count.store(count, Ordering::Relaxed);
         store.used.store(used, Ordering::Relaxed);
@@ -160,25 +166,13 @@ impl BlockStore {
     /// verified both (`EncodedBlock::decode_with_outboard`). An intact copy already present
     /// is kept; a damaged one is replaced.
     pub fn put(&self, block: &EncodedBlock, outboard: &Outboard) -> Result<PutOutcome, ChunkError> {
-        let path = self.path(&block.id);
-        if path.exists() {
+        if self.has(&block.id) {
             match self.read(&block.id) {
-                Ok(_) => {
-                    // A fresh upload of it: garbage collection counts its age from now.
-                    let _ = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-                    // The copy may be a journaled put not yet durable: wait for it, or
-                    // make the file durable here.
-                    if let Some(j) = &self.journal
-                        && j.settle_present(&block.id).is_err()
-                    {
-                        sync_file_and_dir(&path)?;
-                    }
-                    return Ok(PutOutcome::AlreadyPresent);
+                Ok(_) => return self.present_again(&block.id),
+                Err(e) => {
+                    warn!(block = %block.id, error = %e, "replacing a damaged copy");
+                    self.delete(&block.id)?;
                 }
-                Err(e) => warn!(block = %block.id, error = %e, "replacing a damaged copy"),
             }
         }
         let outboard = outboard.to_bytes();
@@ -191,19 +185,93 @@ impl BlockStore {
                 free,
             });
         }
+        let file = [&header[..], &block.payload[..], &outboard[..]];
+        if self.packs.takes(file_len) {
+            match self.put_packed(&block.id, &file, file_len) {
+                Ok(outcome) => return Ok(outcome),
+                // Broken packs take no more puts: stored as a file below.
+                Err(e) => {
+                    warn!(block = %block.id, error = %e, "a packed put failed; storing the block as a file")
+                }
+            }
+        }
+        self.put_file(&block.id, &file, file_len)
+    }
 
-        let journal = self.journal.as_ref().filter(|j| j.takes(file_len));
+    /// An intact copy of `id` answers a put: its age counts from now, and if it is a
+    /// packed put not yet durable, the answer waits until it is.
+    fn present_again(&self, id: &BlockId) -> Result<PutOutcome, ChunkError> {
+        if let Some(p) = self.packs.get(id) {
+            self.packs.touch(id);
+            self.packs
+                .sync_to(p.lsn)
+                .map_err(ChunkError::io("fdatasync pack", &self.blocks))?;
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        // A fresh upload of it: garbage collection counts its age from now.
+        let _ = OpenOptions::new()
+            .write(true)
+            .open(self.path(id))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        Ok(PutOutcome::AlreadyPresent)
+    }
+
+    /// Appends a small block to the active pack and waits for its fdatasync.
+    fn put_packed(
+        &self,
+        id: &BlockId,
+        file: &[&[u8]],
+        file_len: u64,
+    ) -> Result<PutOutcome, ChunkError> {
+        let lsn = {
+            let _guard = self.stripe(id);
+            if let Some(p) = self.packs.get(id) {
+                // Put meanwhile by another upload of the same bytes.
+                drop(_guard);
+                self.packs
+                    .sync_to(p.lsn)
+                    .map_err(ChunkError::io("fdatasync pack", &self.blocks))?;
+                return Ok(PutOutcome::AlreadyPresent);
+            }
+            self.ranges.forget(id);
+            let lsn = self
+                .packs
+                .put(id, file)
+                .map_err(ChunkError::io("pack append", &self.blocks))?;
+            self.count.fetch_add(1, Ordering::Relaxed);
+            self.used.fetch_add(file_len, Ordering::Relaxed);
+            lsn
+        };
+        if let Err(e) = self.packs.sync_to(lsn) {
+            // The packs are broken from now on: the caller stores the block as a file.
+            let _guard = self.stripe(id);
+            if self.packs.contains(id) {
+                self.packs.forget(id);
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                self.used.fetch_sub(file_len, Ordering::Relaxed);
+            }
+            return Err(ChunkError::io("fdatasync pack", &self.blocks)(e));
+        }
+        Ok(PutOutcome::Written)
+    }
+
+    /// Writes a block file to `tmp/`, fsyncs it, renames it into place and fsyncs its
+    /// folder.
+    fn put_file(
+        &self,
+        id: &BlockId,
+        file: &[&[u8]],
+        file_len: u64,
+    ) -> Result<PutOutcome, ChunkError> {
+        let path = self.path(id);
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .tmp
-            .join(format!("{}.{}.{seq}.tmp", block.id, std::process::id()));
+            .join(format!("{id}.{}.{seq}.tmp", std::process::id()));
         let written = (|| {
-            // A block the journal does not take is written around the page cache, and
-            // fsync'd, where the file system allows (see `direct`).
-            if journal.is_none()
-                && crate::direct::write_new(&tmp, &[&header, &block.payload, &outboard])
-                    .map_err(ChunkError::io("write", &tmp))?
-            {
+            // Written around the page cache, and fsync'd, where the file system allows
+            // (see `direct`).
+            if crate::direct::write_new(&tmp, file).map_err(ChunkError::io("write", &tmp))? {
                 return Ok(());
             }
             let mut f = OpenOptions::new()
@@ -211,14 +279,8 @@ impl BlockStore {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(ChunkError::io("create", &tmp))?;
-            f.write_all(&header)
-                .map_err(ChunkError::io("write", &tmp))?;
-            f.write_all(&block.payload)
-                .map_err(ChunkError::io("write", &tmp))?;
-            f.write_all(&outboard)
-                .map_err(ChunkError::io("write", &tmp))?;
-            if journal.is_some() {
-                return Ok(());
+            for part in file {
+                f.write_all(part).map_err(ChunkError::io("write", &tmp))?;
             }
             f.sync_all().map_err(ChunkError::io("fsync", &tmp))
         })();
@@ -226,35 +288,14 @@ impl BlockStore {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-
         let dir = path.parent().expect("block paths have a parent");
         if let Err(e) = create_dir_durably(dir) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        let ticket = {
-            let _guard = self.stripe(&block.id);
-            // Appended under the block's lock, so a replay sees its puts and deletes in
-            // the order they happened.
-            let ticket = match journal {
-                Some(j) => match j.append_put(&block.id, &[&header, &block.payload, &outboard]) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        let _ = fs::remove_file(&tmp);
-                        return Err(ChunkError::io("journal append", dir)(e));
-                    }
-                },
-                None => {
-                    if let Some(j) = &self.journal
-                        && let Err(e) = j.note_file_put(&block.id)
-                    {
-                        let _ = fs::remove_file(&tmp);
-                        return Err(ChunkError::io("journal keep record", dir)(e));
-                    }
-                    None
-                }
-            };
-            self.ranges.forget(&block.id);
+        {
+            let _guard = self.stripe(id);
+            self.ranges.forget(id);
             let previous = fs::metadata(&path).ok().map(|m| m.len());
             if let Err(e) = fs::rename(&tmp, &path) {
                 let _ = fs::remove_file(&tmp);
@@ -269,20 +310,24 @@ impl BlockStore {
                 }
             }
             self.used.fetch_add(file_len, Ordering::Relaxed);
-            ticket
-        };
-        match ticket {
-            Some(t) => {
-                if let Err(e) = t.placed_then_sync() {
-                    // The journal is broken from now on: make this file durable the
-                    // other way before answering.
-                    warn!(block = %block.id, error = %e, "journal fdatasync failed; fsyncing the block file");
-                    sync_file_and_dir(&path)?;
-                }
-            }
-            None => sync_dir(dir)?,
         }
+        sync_dir(dir)?;
         Ok(PutOutcome::Written)
+    }
+
+    /// Drops the packed copy of `id`, durably, with the block's lock held; returns the
+    /// bytes freed.
+    fn remove_packed(&self, id: &BlockId) -> Result<Option<u64>, ChunkError> {
+        let removed = self
+            .packs
+            .remove(id)
+            .map_err(ChunkError::io("mark dead in pack", &self.blocks))?;
+        if let Some(len) = removed {
+            self.ranges.forget(id);
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(removed)
     }
 
     /// Puts right what a journal replay found: a block whose file is missing or damaged is
@@ -331,14 +376,9 @@ impl BlockStore {
     /// [`read`](Self::read), with the block's outboard (computed in the same pass that
     /// verifies the block, and compared with the stored one in format 2 files).
     fn read_whole(&self, id: &BlockId) -> Result<(EncodedBlock, Bytes, Outboard), ChunkError> {
-        let path = self.path(id);
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ChunkError::NotFound(*id));
-            }
-            Err(e) => return Err(ChunkError::io("read", &path)(e)),
-        };
+        let located = self.locate(id)?;
+        let len = located.len()?;
+        let data = located.read_at(0, len as usize)?;
         let (block, stored) = format::decode(Bytes::from(data))
             .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
         self.check_id(id, &block.id)?;
@@ -370,20 +410,38 @@ impl BlockStore {
         Ok(())
     }
 
+    /// Where the bytes of block `id`'s file are: packed, or a file of its own.
+    pub(crate) fn locate(&self, id: &BlockId) -> Result<Located, ChunkError> {
+        if let Some(p) = self.packs.get(id) {
+            return Ok(Located {
+                file: p.file,
+                base: p.at,
+                len: Some(p.len),
+                path: self.blocks.clone(),
+            });
+        }
+        let path = self.path(id);
+        match File::open(&path) {
+            Ok(f) => Ok(Located {
+                file: Arc::new(f),
+                base: 0,
+                len: None,
+                path,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ChunkError::NotFound(*id)),
+            Err(e) => Err(ChunkError::io("open", &path)(e)),
+        }
+    }
+
     /// Header facts about a stored block, or `None` if it is not here. Reads only the header.
     pub fn stat(&self, id: &BlockId) -> Result<Option<StoredBlock>, ChunkError> {
-        let path = self.path(id);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ChunkError::io("open", &path)(e)),
+        let located = match self.locate(id) {
+            Ok(l) => l,
+            Err(ChunkError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
-        let stored_len = f.metadata().map_err(ChunkError::io("stat", &path))?.len();
-        let mut header = Vec::with_capacity(format::HEADER_LEN);
-        (&mut f)
-            .take(format::HEADER_LEN as u64)
-            .read_to_end(&mut header)
-            .map_err(ChunkError::io("read", &path))?;
+        let stored_len = located.len()?;
+        let header = located.read_at(0, (format::HEADER_LEN as u64).min(stored_len) as usize)?;
         let h = format::parse_header(&header)
             .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
         if stored_len != h.file_len() {
@@ -405,12 +463,19 @@ impl BlockStore {
 
     /// Bytes of the file holding `id` (0 if it is not here).
     pub fn file_len(&self, id: &BlockId) -> u64 {
-        fs::metadata(self.path(id)).map_or(0, |m| m.len())
+        match self.packs.get(id) {
+            Some(p) => p.len,
+            None => fs::metadata(self.path(id)).map_or(0, |m| m.len()),
+        }
     }
 
     /// When the copy of `id` was stored or last uploaded again (ms since the epoch), or
-    /// `None` if it is not here.
+    /// `None` if it is not here. A packed block put before this store opened counts from
+    /// the open.
     pub fn stored_at_ms(&self, id: &BlockId) -> Option<u64> {
+        if let Some(p) = self.packs.get(id) {
+            return Some(p.stored_ms);
+        }
         let modified = fs::metadata(self.path(id)).ok()?.modified().ok()?;
         Some(
             modified
@@ -433,49 +498,40 @@ impl BlockStore {
         id: &BlockId,
         still: impl FnOnce() -> bool,
     ) -> Result<Option<u64>, ChunkError> {
-        let path = self.path(id);
-        {
-            let _guard = self.stripe(id);
-            if !still() {
-                return Ok(None);
-            }
-            let len = match fs::metadata(&path) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(ChunkError::io("stat", &path)(e)),
-            };
-            fs::remove_file(&path).map_err(ChunkError::io("remove", &path))?;
-            self.note_delete(id);
-            self.used.fetch_sub(len, Ordering::Relaxed);
-            self.count.fetch_sub(1, Ordering::Relaxed);
-            drop(_guard);
-            sync_dir(path.parent().expect("block paths have a parent"))?;
-            Ok(Some(len))
+        let _guard = self.stripe(id);
+        if !still() {
+            return Ok(None);
         }
+        self.delete_locked(id)
     }
 
-    /// Whether a file for `id` is here (not verified).
+    /// Whether a copy of `id` is here (not verified).
     pub fn has(&self, id: &BlockId) -> bool {
-        self.path(id).exists()
+        self.packs.contains(id) || self.path(id).exists()
     }
 
     /// Removes this node's copy; returns whether there was one.
     pub fn delete(&self, id: &BlockId) -> Result<bool, ChunkError> {
+        let _guard = self.stripe(id);
+        Ok(self.delete_locked(id)?.is_some())
+    }
+
+    /// Removes the packed copy of `id` and its file, durably, with its lock held; returns
+    /// the bytes freed.
+    fn delete_locked(&self, id: &BlockId) -> Result<Option<u64>, ChunkError> {
+        let packed = self.remove_packed(id)?;
         let path = self.path(id);
-        {
-            let _guard = self.stripe(id);
-            let len = match fs::metadata(&path) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(ChunkError::io("stat", &path)(e)),
-            };
-            fs::remove_file(&path).map_err(ChunkError::io("remove", &path))?;
-            self.note_delete(id);
-            self.used.fetch_sub(len, Ordering::Relaxed);
-            self.count.fetch_sub(1, Ordering::Relaxed);
-        }
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(packed),
+            Err(e) => return Err(ChunkError::io("stat", &path)(e)),
+        };
+        fs::remove_file(&path).map_err(ChunkError::io("remove", &path))?;
+        self.ranges.forget(id);
+        self.used.fetch_sub(len, Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::Relaxed);
         sync_dir(path.parent().expect("block paths have a parent"))?;
-        Ok(true)
+        Ok(Some(len + packed.unwrap_or(0)))
     }
 
     /// Moves this node's copy of `id` aside (it is no longer served or counted) and
@@ -487,18 +543,29 @@ impl BlockStore {
             .join(format!("{}.{}", id.to_hex(), crate::ship::now_ms()));
         {
             let _guard = self.stripe(id);
-            let len = match fs::metadata(&path) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(ChunkError::io("stat", &path)(e)),
-            };
-            fs::rename(&path, &aside).map_err(ChunkError::io("quarantine", &path))?;
-            self.ranges.forget(id);
-            self.used.fetch_sub(len, Ordering::Relaxed);
-            self.count.fetch_sub(1, Ordering::Relaxed);
+            if let Some(p) = self.packs.get(id) {
+                // A packed copy's bytes are copied aside, then its record marked dead.
+                let bytes = packs::read_at(&p.file, p.at, p.len as usize)
+                    .map_err(ChunkError::io("read", &self.blocks))?;
+                let mut f = File::create(&aside).map_err(ChunkError::io("create", &aside))?;
+                f.write_all(&bytes)
+                    .and_then(|()| f.sync_all())
+                    .map_err(ChunkError::io("write", &aside))?;
+                self.remove_packed(id)?;
+            } else {
+                let len = match fs::metadata(&path) {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(ChunkError::io("stat", &path)(e)),
+                };
+                fs::rename(&path, &aside).map_err(ChunkError::io("quarantine", &path))?;
+                self.ranges.forget(id);
+                self.used.fetch_sub(len, Ordering::Relaxed);
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                sync_dir(path.parent().expect("block paths have a parent"))?;
+            }
         }
         sync_dir(&self.quarantine)?;
-        sync_dir(path.parent().expect("block paths have a parent"))?;
         metrics::counter!("meridian_chunk_quarantined_total").increment(1);
         Ok(Some(aside))
     }
@@ -510,34 +577,24 @@ impl BlockStore {
             .unwrap_or(0)
     }
 
-    /// Every block id stored here (a directory walk; the order is the file system's).
+    /// Every block id stored here: the packed ones, then a directory walk (the order is
+    /// the file system's).
     pub fn list(&self) -> Result<Vec<BlockId>, ChunkError> {
-        Ok(self
-            .layout
-            .files()?
-            .iter()
-            .filter_map(|f| self.layout.block_of(f))
-            .collect())
+        let mut ids = self.packs.ids();
+        let packed: std::collections::HashSet<BlockId> = ids.iter().copied().collect();
+        ids.extend(
+            self.layout
+                .files()?
+                .iter()
+                .filter_map(|f| self.layout.block_of(f))
+                .filter(|id| !packed.contains(id)),
+        );
+        Ok(ids)
     }
 
-    /// The journal's generations (being written, last retired), if it has one.
-    pub fn journal_generations(&self) -> Option<(u64, u64)> {
-        self.journal.as_ref().map(Journal::generations)
-    }
-
-    /// Waits until the journal has retired every full segment.
-    pub fn wait_journal_retired(&self) {
-        if let Some(j) = &self.journal {
-            j.wait_retired();
-        }
-    }
-
-    /// Called with the block's lock held, after its file is gone.
-    fn note_delete(&self, id: &BlockId) {
-        self.ranges.forget(id);
-        if let Some(j) = &self.journal {
-            j.note_delete(id);
-        }
+    /// The packs of small blocks.
+    pub fn packs(&self) -> &Packs {
+        &self.packs
     }
 
     fn stripe(&self, id: &BlockId) -> std::sync::MutexGuard<'_, ()> {
@@ -545,9 +602,9 @@ impl BlockStore {
         self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts block files and their bytes; warns about files that are not blocks.
+    /// Counts blocks and their bytes; warns about files that are not blocks.
     fn scan(&self) -> Result<(u64, u64), ChunkError> {
-        let (mut count, mut used) = (0u64, 0u64);
+        let (mut count, mut used) = self.packs.usage();
         for file in self.layout.files()? {
             if self.layout.block_of(&file).is_none() {
                 warn!(file = %file.display(), "not a block file; left alone");
@@ -563,12 +620,34 @@ impl BlockStore {
     }
 }
 
-/// fsync of a block file and of the folder holding it.
-fn sync_file_and_dir(path: &Path) -> Result<(), ChunkError> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(ChunkError::io("fsync", path))?;
-    sync_dir(path.parent().expect("block paths have a parent"))
+/// The bytes of a block's file: a range of a pack, or a file of its own.
+pub(crate) struct Located {
+    pub(crate) file: Arc<File>,
+    /// Where the block file's bytes start in `file`.
+    pub(crate) base: u64,
+    /// Their length, if known without a `stat`.
+    len: Option<u64>,
+    /// For errors.
+    pub(crate) path: PathBuf,
+}
+
+impl Located {
+    /// Length of the block file.
+    pub(crate) fn len(&self) -> Result<u64, ChunkError> {
+        match self.len {
+            Some(l) => Ok(l),
+            None => Ok(self
+                .file
+                .metadata()
+                .map_err(ChunkError::io("stat", &self.path))?
+                .len()),
+        }
+    }
+
+    /// `n` bytes of the block file from `at` (an `UnexpectedEof` error if it ends first).
+    pub(crate) fn read_at(&self, at: u64, n: usize) -> Result<Vec<u8>, ChunkError> {
+        packs::read_at(&self.file, self.base + at, n).map_err(ChunkError::io("read", &self.path))
+    }
 }
 
 /// Removes every file in the temp folder: writes that never reached their rename.

@@ -4,7 +4,6 @@
 //! whole.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,6 +13,7 @@ use meridian_proto::{BlockId, Compression, Outboard, tree};
 use super::BlockStore;
 use crate::error::ChunkError;
 use crate::format;
+use crate::packs::read_at;
 
 /// Verified groups of a block, as [`BlockStore::read_range`] returns them.
 #[derive(Clone, Debug)]
@@ -64,14 +64,8 @@ impl BlockStore {
         len: u64,
         known: Option<(format::Header, Arc<Outboard>)>,
     ) -> Result<RangeRead, ChunkError> {
-        let path = self.path(id);
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ChunkError::NotFound(*id));
-            }
-            Err(e) => return Err(ChunkError::io("open", &path)(e)),
-        };
+        let located = self.locate(id)?;
+        let (f, base, path) = (&located.file, located.base, &located.path);
         let corrupt = |reason: String| ChunkError::Corrupt {
             id: *id,
             node: self.node,
@@ -81,12 +75,12 @@ impl BlockStore {
         // the header, the outboard and the groups would each be one (a cold small file's
         // read is three of them otherwise).
         let file_len = match &known {
-            None => Some(f.metadata().map_err(ChunkError::io("stat", &path))?.len()),
+            None => Some(located.len()?),
             Some(_) => None,
         };
         let whole = match file_len {
             Some(len) if len <= READ_WHOLE_BELOW => {
-                Some(read_at(&f, 0, len as usize).map_err(ChunkError::io("read", &path))?)
+                Some(read_at(f, base, len as usize).map_err(ChunkError::io("read", path))?)
             }
             _ => None,
         };
@@ -98,9 +92,9 @@ impl BlockStore {
                     .map(<[u8]>::to_vec)
                     .ok_or_else(|| corrupt("file cut short".into()));
             }
-            read_at(&f, at, n).map_err(|e| match e.kind() {
+            read_at(f, base + at, n).map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => corrupt("file cut short".into()),
-                _ => ChunkError::io("read", &path)(e),
+                _ => ChunkError::io("read", path)(e),
             })
         };
         let h = match (&known, file_len) {
@@ -170,7 +164,7 @@ impl BlockStore {
                 table.decode(first, &bytes).map_err(&corrupt)?
             }
             _ => {
-                read_around(&f, payload_at, u64::from(h.payload_len), start, end);
+                read_around(f, base + payload_at, u64::from(h.payload_len), start, end);
                 at(payload_at + start, (end - start) as usize)?
             }
         };
@@ -192,18 +186,6 @@ impl BlockStore {
             plain,
         })
     }
-}
-
-/// `n` bytes of `f` from `at` (`UnexpectedEof` if the file ends first), read into memory
-/// that is not zeroed first: a cold range read of a whole block reads 4 MiB.
-fn read_at(mut f: &File, at: u64, n: usize) -> std::io::Result<Vec<u8>> {
-    f.seek(SeekFrom::Start(at))?;
-    let mut buf = Vec::with_capacity(n);
-    f.take(n as u64).read_to_end(&mut buf)?;
-    if buf.len() < n {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(buf)
 }
 
 /// Bytes around a range read that the kernel is asked to read with it: the next reads of

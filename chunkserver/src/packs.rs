@@ -1,0 +1,868 @@
+//! Packs: small blocks kept without a file each (docs/adr/0017-small-blocks-in-packs.md).
+//!
+//! A block file of at most [`MAX_PACKED`] bytes is appended to the active pack, a file
+//! whose space is already allocated and written, and one fdatasync of it (shared by every
+//! put appended meanwhile: group commit) makes the put durable. The block stays there: its
+//! record's place is its address, kept in an index in memory. A small put creates no file,
+//! inode or directory entry, and renames nothing.
+//!
+//! ```text
+//! packs/<generation>   records from offset 0, each
+//!                      u32 LE magic, u64 LE generation, u8 kind (1 live, 2 dead),
+//!                      u32 LE body length, blake3(magic ‖ generation ‖ length ‖ body)[..16],
+//!                      body: the block id (32 bytes), then the block file's bytes
+//! ```
+//! - A pack takes appends until the next record would not fit; it is then fdatasync'd
+//!   (sealed) and the next generation starts in a new file. A start never appends to the
+//!   pack it found last: it checks that pack's records (zeros, or a record whose checksum
+//!   fails, end it: a torn append whose put was never answered), wipes the head of a torn
+//!   record, and starts a new pack.
+//! - A delete turns its record's kind byte to dead in place (the checksum leaves the kind
+//!   out, so the record still reads as a record) and fdatasyncs the pack before it answers.
+//! - A sealed pack whose live records fall under half of its bytes is compacted by a
+//!   background thread: its live records are appended to the active pack and made
+//!   durable, the index moves to the copies (a copy of a block deleted meanwhile is marked
+//!   dead), and the old pack is removed. A crash in between leaves two copies of some
+//!   blocks: the start keeps the newer and marks the older dead.
+//! - At start the index is rebuilt from the records in pack and offset order: a live
+//!   record replaces an older live copy of its block (marked dead), a dead one ends it.
+//!   Only the heads of sealed packs are read; a block's bytes are verified against its id
+//!   whenever they are read, as a block file's are.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use meridian_proto::BlockId;
+use tracing::{error, info, warn};
+
+/// Pack length in production.
+pub const PACK_LEN: u64 = 64 << 20;
+/// Block files up to this length are packed; larger ones are fsync'd as files.
+pub const MAX_PACKED: u64 = 512 << 10;
+/// A pack's written space grows by this much at a time (zeros, fsync'd once), so that an
+/// append's fdatasync has no file size to record.
+const GROW: u64 = 4 << 20;
+const MAGIC: u32 = 0x314b_504d; // "MPK1"
+const HEAD: usize = 4 + 8 + 1 + 4 + 16;
+/// Where a record's kind byte is, from the record's start.
+const KIND_AT: u64 = 12;
+const LIVE: u8 = 1;
+const DEAD: u8 = 2;
+
+/// Where a packed block's file bytes are.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    /// The pack holding it (kept open by readers even if compaction removes it).
+    pub file: Arc<File>,
+    /// Offset of the block file's first byte in the pack.
+    pub at: u64,
+    /// Length of the block file.
+    pub len: u64,
+    /// When it was put or last uploaded again (ms since the epoch; a start counts as now).
+    pub stored_ms: u64,
+    /// Appended bytes up to the end of its record: durable once synced to.
+    pub lsn: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    generation: u64,
+    /// Offset of the record's head in its pack.
+    record: u64,
+    /// Length of the block file.
+    len: u64,
+    lsn: u64,
+    stored_ms: u64,
+}
+
+impl Entry {
+    fn record_len(&self) -> u64 {
+        record_len(self.len)
+    }
+}
+
+fn record_len(file_len: u64) -> u64 {
+    HEAD as u64 + 32 + file_len
+}
+
+#[derive(Debug)]
+struct Pack {
+    file: Arc<File>,
+    /// Bytes of its live records.
+    live: u64,
+    /// End of its last record.
+    end: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    index: HashMap<BlockId, Entry>,
+    packs: BTreeMap<u64, Pack>,
+    /// The generation appended to.
+    active: u64,
+    /// Bytes of the active pack already allocated and written.
+    allocated: u64,
+    /// Bytes appended since open, over every pack.
+    lsn: u64,
+    /// Sealed packs less than half live, to compact.
+    sparse: BTreeSet<u64>,
+    stop: bool,
+}
+
+/// The packs of one block store.
+#[derive(Debug)]
+pub struct Packs {
+    shared: Arc<Shared>,
+    compactor: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    pack_len: u64,
+    state: Mutex<State>,
+    /// New sparse packs, and stopping.
+    changed: Condvar,
+    /// Appended bytes (counted over packs) known durable.
+    synced: AtomicU64,
+    /// Serializes fdatasyncs of the active pack (the group commit).
+    sync_lock: Mutex<()>,
+    /// Set after a failed fdatasync: the packs take no more puts.
+    broken: AtomicBool,
+    /// One compaction at a time.
+    compacting: Mutex<()>,
+}
+
+/// One record found by a scan.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    kind: u8,
+    id: BlockId,
+    record: u64,
+    len: u64,
+}
+
+impl Packs {
+    /// Opens the packs in `dir` (which exists), rebuilds the index, and starts a new pack
+    /// of at most `pack_len` bytes.
+    pub fn open(dir: &Path, pack_len: u64) -> io::Result<Packs> {
+        let found = list(dir)?;
+        let last = found.last().copied();
+        let mut packs = BTreeMap::new();
+        let mut index: HashMap<BlockId, Entry> = HashMap::new();
+        let mut dead: Vec<(u64, u64)> = Vec::new();
+        let now = now_ms();
+        for &generation in &found {
+            let path = pack_path(dir, generation);
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let newest = Some(generation) == last;
+            let (records, end) = scan(&file, generation, newest)?;
+            if newest && end + HEAD as u64 <= file.metadata()?.len() {
+                // Whatever a torn append left after the last whole record no longer reads
+                // as a record, even to a later start that reads heads only.
+                let head = read_at(&file, end, HEAD)?;
+                if head.iter().any(|&b| b != 0) {
+                    warn!(pack = %path.display(), at = end, "a torn append ends the last pack; wiped");
+                    file.write_all_at(&[0u8; HEAD], end)?;
+                    file.sync_data()?;
+                }
+            }
+            for r in records {
+                let older = match r.kind {
+                    LIVE => index.insert(
+                        r.id,
+                        Entry {
+                            generation,
+                            record: r.record,
+                            len: r.len,
+                            lsn: 0,
+                            stored_ms: now,
+                        },
+                    ),
+                    _ => index.remove(&r.id),
+                };
+                if let Some(older) = older {
+                    dead.push((older.generation, older.record));
+                }
+            }
+            packs.insert(
+                generation,
+                Pack {
+                    file: Arc::new(file),
+                    live: 0,
+                    end,
+                },
+            );
+        }
+        // An older copy of a block (left by a compaction a crash cut short) is marked dead,
+        // so that nothing can bring it back once the newer one is gone.
+        let mut touched = BTreeSet::new();
+        for (generation, record) in &dead {
+            let pack = &packs[generation];
+            pack.file.write_all_at(&[DEAD], record + KIND_AT)?;
+            touched.insert(*generation);
+        }
+        for generation in &touched {
+            packs[generation].file.sync_data()?;
+        }
+        for e in index.values() {
+            if let Some(p) = packs.get_mut(&e.generation) {
+                p.live += e.record_len();
+            }
+        }
+        let empty: Vec<u64> = packs
+            .iter()
+            .filter(|(_, p)| p.live == 0)
+            .map(|(g, _)| *g)
+            .collect();
+        for g in &empty {
+            packs.remove(g);
+            fs::remove_file(pack_path(dir, *g))?;
+        }
+        let active = last.unwrap_or(0) + 1;
+        let file = create_pack(dir, active)?;
+        packs.insert(
+            active,
+            Pack {
+                file: Arc::new(file),
+                live: 0,
+                end: 0,
+            },
+        );
+        let sparse = packs
+            .iter()
+            .filter(|(g, p)| **g != active && p.live * 2 < p.end)
+            .map(|(g, _)| *g)
+            .collect();
+        if !index.is_empty() || !found.is_empty() {
+            info!(
+                packs = packs.len() - 1,
+                blocks = index.len(),
+                older_copies_dropped = dead.len(),
+                empty_packs_removed = empty.len(),
+                "packs open"
+            );
+        }
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            pack_len,
+            state: Mutex::new(State {
+                index,
+                packs,
+                active,
+                allocated: 0,
+                lsn: 0,
+                sparse,
+                stop: false,
+            }),
+            changed: Condvar::new(),
+            synced: AtomicU64::new(0),
+            sync_lock: Mutex::new(()),
+            broken: AtomicBool::new(false),
+            compacting: Mutex::new(()),
+        });
+        let worker = shared.clone();
+        let compactor = std::thread::Builder::new()
+            .name("chunk-pack-compact".into())
+            .spawn(move || worker.compact_loop())?;
+        Ok(Packs {
+            shared,
+            compactor: Some(compactor),
+        })
+    }
+
+    /// Whether a block file of `len` bytes would be packed (else the caller stores it as
+    /// a file, the durable way).
+    pub fn takes(&self, len: u64) -> bool {
+        len <= MAX_PACKED
+            && record_len(len) <= self.shared.pack_len
+            && !self.shared.broken.load(Ordering::Relaxed)
+    }
+
+    /// Where block `id` is packed, if it is.
+    pub fn get(&self, id: &BlockId) -> Option<Packed> {
+        let s = self.shared.lock();
+        let e = s.index.get(id)?;
+        Some(Packed {
+            file: s.packs.get(&e.generation)?.file.clone(),
+            at: e.record + HEAD as u64 + 32,
+            len: e.len,
+            stored_ms: e.stored_ms,
+            lsn: e.lsn,
+        })
+    }
+
+    /// Whether block `id` is packed.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.shared.lock().index.contains_key(id)
+    }
+
+    /// Block `id` was uploaded again: its age for garbage collection starts now.
+    pub fn touch(&self, id: &BlockId) {
+        if let Some(e) = self.shared.lock().index.get_mut(id) {
+            e.stored_ms = now_ms();
+        }
+    }
+
+    /// Appends block `id`, whose file is the concatenation of `file`, and indexes it. The
+    /// caller holds the block's lock and knows it is not packed. Returns the lsn that
+    /// [`sync_to`](Self::sync_to) makes durable; until then it reads from the page cache.
+    pub fn put(&self, id: &BlockId, file: &[&[u8]]) -> io::Result<u64> {
+        let len: u64 = file.iter().map(|p| p.len() as u64).sum();
+        if !self.takes(len) {
+            return Err(io::Error::other("the packs do not take this block"));
+        }
+        let mut s = self.shared.lock();
+        let (generation, record, lsn) = self.shared.append(&mut s, id, file)?;
+        s.index.insert(
+            *id,
+            Entry {
+                generation,
+                record,
+                len,
+                lsn,
+                stored_ms: now_ms(),
+            },
+        );
+        if let Some(p) = s.packs.get_mut(&generation) {
+            p.live += record_len(len);
+        }
+        Ok(lsn)
+    }
+
+    /// Returns once everything appended up to `lsn` is durable.
+    pub fn sync_to(&self, lsn: u64) -> io::Result<()> {
+        self.shared.sync_to(lsn)
+    }
+
+    /// Drops block `id` from the index after its put's fdatasync failed (the caller stores
+    /// it another way); its record may or may not have reached the disk.
+    pub fn forget(&self, id: &BlockId) {
+        let mut s = self.shared.lock();
+        if let Some(e) = s.index.remove(id) {
+            self.shared.lost_live(&mut s, e.generation, e.record_len());
+        }
+    }
+
+    /// Marks block `id`'s record dead, durably; returns its file's length, or `None` if it
+    /// is not packed. The caller holds the block's lock.
+    pub fn remove(&self, id: &BlockId) -> io::Result<Option<u64>> {
+        let (len, file) = {
+            let mut s = self.shared.lock();
+            let Some(e) = s.index.get(id).copied() else {
+                return Ok(None);
+            };
+            let file = s.packs[&e.generation].file.clone();
+            file.write_all_at(&[DEAD], e.record + KIND_AT)?;
+            s.index.remove(id);
+            self.shared.lost_live(&mut s, e.generation, e.record_len());
+            (e.len, file)
+        };
+        file.sync_data()?;
+        Ok(Some(len))
+    }
+
+    /// Every packed block.
+    pub fn ids(&self) -> Vec<BlockId> {
+        self.shared.lock().index.keys().copied().collect()
+    }
+
+    /// Packed blocks and the bytes of their files.
+    pub fn usage(&self) -> (u64, u64) {
+        let s = self.shared.lock();
+        (s.index.len() as u64, s.index.values().map(|e| e.len).sum())
+    }
+
+    /// The generations of the packs on disk, the active one last (for tests and status).
+    pub fn generations(&self) -> Vec<u64> {
+        self.shared.lock().packs.keys().copied().collect()
+    }
+
+    /// Compacts every sparse pack now, in this thread (the background thread does the
+    /// same on its own).
+    pub fn compact_now(&self) -> io::Result<()> {
+        loop {
+            let next = self.shared.lock().sparse.first().copied();
+            match next {
+                Some(g) => self.shared.compact(g)?,
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+impl Drop for Packs {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(t) = self.compactor.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one live record to the active pack (sealing it first if the record does not
+    /// fit); returns the record's generation, offset and the lsn at its end.
+    fn append(&self, s: &mut State, id: &BlockId, file: &[&[u8]]) -> io::Result<(u64, u64, u64)> {
+        let file_len: u64 = file.iter().map(|p| p.len() as u64).sum();
+        let len = record_len(file_len);
+        if s.packs[&s.active].end + len > self.pack_len {
+            self.seal(s)?;
+        }
+        let generation = s.active;
+        let pack = s
+            .packs
+            .get_mut(&generation)
+            .expect("the active pack is open");
+        let at = pack.end;
+        while at + len > s.allocated {
+            let zeros = vec![0u8; GROW.min(self.pack_len - s.allocated) as usize];
+            pack.file.write_all_at(&zeros, s.allocated)?;
+            pack.file.sync_all()?;
+            s.allocated += zeros.len() as u64;
+        }
+        let body_len = u32::try_from(32 + file_len).map_err(io::Error::other)?;
+        let mut record = Vec::with_capacity(len as usize);
+        record.extend_from_slice(&MAGIC.to_le_bytes());
+        record.extend_from_slice(&generation.to_le_bytes());
+        record.push(LIVE);
+        record.extend_from_slice(&body_len.to_le_bytes());
+        let mut parts = vec![id.as_bytes().as_slice()];
+        parts.extend_from_slice(file);
+        record.extend_from_slice(&checksum(generation, body_len, &parts));
+        for p in parts {
+            record.extend_from_slice(p);
+        }
+        pack.file.write_all_at(&record, at)?;
+        pack.end += len;
+        s.lsn += len;
+        Ok((generation, at, s.lsn))
+    }
+
+    /// fdatasyncs the full active pack and starts the next generation in a new file.
+    fn seal(&self, s: &mut State) -> io::Result<()> {
+        let old = s.active;
+        if let Err(e) = s.packs[&old].file.sync_data() {
+            self.broken.store(true, Ordering::Relaxed);
+            error!(error = %e, "packs: fdatasync failed; small blocks are fsync'd as files from now on");
+            return Err(e);
+        }
+        self.synced.fetch_max(s.lsn, Ordering::Release);
+        let generation = old + 1;
+        let file = create_pack(&self.dir, generation)?;
+        s.packs.insert(
+            generation,
+            Pack {
+                file: Arc::new(file),
+                live: 0,
+                end: 0,
+            },
+        );
+        s.active = generation;
+        s.allocated = 0;
+        self.lost_live(s, old, 0);
+        Ok(())
+    }
+
+    /// A sealed pack lost `n` live bytes: queued for compaction once under half live.
+    fn lost_live(&self, s: &mut State, generation: u64, n: u64) {
+        let active = s.active;
+        let Some(p) = s.packs.get_mut(&generation) else {
+            return;
+        };
+        p.live -= n;
+        if generation != active && p.live * 2 < p.end && s.sparse.insert(generation) {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Returns once everything appended up to `lsn` is durable: one fdatasync covers every
+    /// append written before it started.
+    fn sync_to(&self, lsn: u64) -> io::Result<()> {
+        if self.synced.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        let _one = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.synced.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        let (file, upto) = {
+            let s = self.lock();
+            (s.packs[&s.active].file.clone(), s.lsn)
+        };
+        if let Err(e) = file.sync_data() {
+            // After a failed fdatasync the page cache no longer says what is on disk.
+            self.broken.store(true, Ordering::Relaxed);
+            error!(error = %e, "packs: fdatasync failed; small blocks are fsync'd as files from now on");
+            return Err(e);
+        }
+        self.synced.fetch_max(upto, Ordering::Release);
+        Ok(())
+    }
+
+    fn compact_loop(&self) {
+        loop {
+            let generation = {
+                let mut s = self.lock();
+                loop {
+                    if s.stop {
+                        return;
+                    }
+                    if let Some(g) = s.sparse.first().copied() {
+                        break g;
+                    }
+                    s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            if let Err(e) = self.compact(generation) {
+                // Left as it is (its blocks stay readable); tried again after the next
+                // delete from it, or at the next start.
+                warn!(pack = generation, error = %e, "packs: compaction failed");
+                self.lock().sparse.remove(&generation);
+            }
+        }
+    }
+
+    /// Moves the live records of sealed pack `generation` to the active pack, then
+    /// removes it.
+    fn compact(&self, generation: u64) -> io::Result<()> {
+        let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, moving) = {
+            let s = self.lock();
+            if generation == s.active {
+                return Ok(());
+            }
+            let Some(p) = s.packs.get(&generation) else {
+                return Ok(());
+            };
+            let moving: Vec<(BlockId, Entry)> = s
+                .index
+                .iter()
+                .filter(|(_, e)| e.generation == generation)
+                .map(|(id, e)| (*id, *e))
+                .collect();
+            (p.file.clone(), moving)
+        };
+        let mut copies = Vec::with_capacity(moving.len());
+        let mut upto = 0;
+        for (id, old) in &moving {
+            // Copied as it is: the block is verified against its id whenever it is read.
+            let bytes = read_at(&file, old.record + HEAD as u64 + 32, old.len as usize)?;
+            let mut s = self.lock();
+            if s.stop {
+                // What was copied stays as older-newer pairs the next start resolves.
+                return Ok(());
+            }
+            let (g, record, lsn) = self.append(&mut s, id, &[&bytes])?;
+            copies.push((*id, *old, g, record, lsn));
+            upto = lsn;
+        }
+        self.sync_to(upto)?;
+        let mut to_sync: BTreeMap<u64, Arc<File>> = BTreeMap::new();
+        {
+            let mut s = self.lock();
+            for (id, old, g, record, lsn) in copies {
+                let current = s.index.get(&id).copied();
+                if let Some(e) =
+                    current.filter(|e| (e.generation, e.record) == (old.generation, old.record))
+                {
+                    s.index.insert(
+                        id,
+                        Entry {
+                            generation: g,
+                            record,
+                            lsn,
+                            ..e
+                        },
+                    );
+                    if let Some(p) = s.packs.get_mut(&g) {
+                        p.live += old.record_len();
+                    }
+                } else {
+                    // Deleted (or stored again elsewhere) while it was copied.
+                    let f = s.packs[&g].file.clone();
+                    f.write_all_at(&[DEAD], record + KIND_AT)?;
+                    to_sync.insert(g, f);
+                }
+            }
+            s.packs.remove(&generation);
+            s.sparse.remove(&generation);
+        }
+        for f in to_sync.values() {
+            f.sync_data()?;
+        }
+        fs::remove_file(pack_path(&self.dir, generation))?;
+        File::open(&self.dir)?.sync_all()?;
+        info!(
+            pack = generation,
+            blocks_moved = moving.len(),
+            "packs: pack compacted"
+        );
+        Ok(())
+    }
+}
+
+fn checksum(generation: u64, body_len: u32, body: &[&[u8]]) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(&MAGIC.to_le_bytes());
+    h.update(&generation.to_le_bytes());
+    h.update(&body_len.to_le_bytes());
+    for part in body {
+        h.update(part);
+    }
+    h.finalize().as_bytes()[..16].try_into().expect("16 bytes")
+}
+
+/// The records of pack `generation` in `file`, and the end of the last one. With
+/// `verify`, every record's checksum is checked (the pack a crash may have cut short);
+/// otherwise only heads are read (a sealed pack, made durable before the next began) until
+/// one is not a record's. Where a record fails (a torn append, or damage), the next whole
+/// record after it carries on; if there is none, the pack ends there.
+fn scan(file: &File, generation: u64, verify: bool) -> io::Result<(Vec<Found>, u64)> {
+    let file_len = file.metadata()?.len();
+    let mut whole = if verify {
+        Some(read_at(file, 0, file_len as usize)?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    let mut end = 0u64;
+    while at + (HEAD + 32) as u64 <= file_len {
+        let head = match &whole {
+            Some(w) => w[at as usize..at as usize + HEAD + 32].to_vec(),
+            None => read_at(file, at, HEAD + 32)?,
+        };
+        if let Some(found) = parse(&head, generation, at, file_len, whole.as_deref()) {
+            out.push(found);
+            at += record_len(found.len);
+            end = at;
+            continue;
+        }
+        if whole.is_none() && head.iter().all(|&b| b == 0) {
+            // A sealed pack's records end where its zeros begin.
+            break;
+        }
+        let w = match &whole {
+            Some(w) => w,
+            None => whole.insert(read_at(file, 0, file_len as usize)?),
+        };
+        match resync(w, generation, at + 1) {
+            Some(next) => {
+                warn!(
+                    generation,
+                    from = at,
+                    to = next,
+                    "packs: damaged bytes skipped"
+                );
+                at = next;
+            }
+            None => break,
+        }
+    }
+    Ok((out, end))
+}
+
+/// The record whose head (and id) is `head`, at `at` in a pack of `file_len` bytes, if
+/// it is one; with the pack's bytes in `whole`, only if its checksum holds.
+fn parse(
+    head: &[u8],
+    generation: u64,
+    at: u64,
+    file_len: u64,
+    whole: Option<&[u8]>,
+) -> Option<Found> {
+    let word = |i: usize, n: usize| &head[i..i + n];
+    let magic = u32::from_le_bytes(word(0, 4).try_into().ok()?);
+    let g = u64::from_le_bytes(word(4, 8).try_into().ok()?);
+    let kind = head[12];
+    let body_len = u32::from_le_bytes(word(13, 4).try_into().ok()?);
+    let record = HEAD as u64 + u64::from(body_len);
+    if magic != MAGIC
+        || g != generation
+        || !matches!(kind, LIVE | DEAD)
+        || body_len < 32
+        || u64::from(body_len) > 32 + MAX_PACKED
+        || at + record > file_len
+    {
+        return None;
+    }
+    if let Some(w) = whole {
+        let body = &w[(at as usize + HEAD)..(at + record) as usize];
+        if checksum(generation, body_len, &[body]) != head[17..HEAD] {
+            return None;
+        }
+    }
+    Some(Found {
+        kind,
+        id: BlockId::from_slice(&head[HEAD..HEAD + 32]).ok()?,
+        record: at,
+        len: u64::from(body_len) - 32,
+    })
+}
+
+/// The offset of the first whole record of pack `generation` at or after `from`.
+fn resync(whole: &[u8], generation: u64, from: u64) -> Option<u64> {
+    let first = MAGIC.to_le_bytes()[0];
+    let file_len = whole.len() as u64;
+    let mut at = from as usize;
+    while at + HEAD + 32 <= whole.len() {
+        let step = whole[at..].iter().position(|&b| b == first)?;
+        at += step;
+        if at + HEAD + 32 > whole.len() {
+            return None;
+        }
+        if parse(
+            &whole[at..at + HEAD + 32],
+            generation,
+            at as u64,
+            file_len,
+            Some(whole),
+        )
+        .is_some()
+        {
+            return Some(at as u64);
+        }
+        at += 1;
+    }
+    None
+}
+
+/// The generations of the packs in `dir`, in order.
+fn list(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        match entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            Some(g) if g > 0 => out.push(g),
+            _ => warn!(file = %entry.path().display(), "not a pack; left alone"),
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn pack_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(generation.to_string())
+}
+
+/// Creates the (empty) file of pack `generation`, durably.
+fn create_pack(dir: &Path, generation: u64) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(pack_path(dir, generation))?;
+    File::open(dir)?.sync_all()?;
+    Ok(f)
+}
+
+/// `n` bytes of `f` from `at` (`UnexpectedEof` if the file ends first), read into memory
+/// that is not zeroed first.
+pub(crate) fn read_at(f: &File, at: u64, n: usize) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(n);
+    let mut done = 0usize;
+    while done < n {
+        // SAFETY: the destination is the vector's spare capacity, `n - done` bytes long
+        // from `done`; pread writes at most that many bytes there, and only the bytes it
+        // reports are counted as initialised below.
+        let rc = unsafe {
+            libc::pread(
+                f.as_raw_fd(),
+                buf.as_mut_ptr().add(done).cast(),
+                n - done,
+                (at + done as u64) as libc::off_t,
+            )
+        };
+        match rc {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            r => {
+                done += r as usize;
+                // SAFETY: pread initialised the bytes up to `done`.
+                unsafe { buf.set_len(done) };
+            }
+        }
+    }
+    Ok(buf)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The blocks a stopped chunkserver's packs under `dir` hold (the index a start would
+/// rebuild, without changing anything): for tools and tests that look at a data folder.
+pub fn stored_offline(dir: &Path) -> io::Result<Vec<BlockId>> {
+    Ok(offline_index(dir)?.into_keys().collect())
+}
+
+/// Marks block `id` dead in a stopped chunkserver's packs under `dir`, durably: for
+/// tests that take a copy away. Returns whether it was there.
+pub fn remove_offline(dir: &Path, id: &BlockId) -> io::Result<bool> {
+    let Some((generation, record)) = offline_index(dir)?.remove(id) else {
+        return Ok(false);
+    };
+    let f = OpenOptions::new()
+        .write(true)
+        .open(pack_path(dir, generation))?;
+    f.write_all_at(&[DEAD], record + KIND_AT)?;
+    f.sync_data()?;
+    Ok(true)
+}
+
+/// Block id → (generation, record offset) as a start would find them.
+fn offline_index(dir: &Path) -> io::Result<HashMap<BlockId, (u64, u64)>> {
+    let mut index = HashMap::new();
+    let found = match list(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(index),
+        Err(e) => return Err(e),
+    };
+    let last = found.last().copied();
+    for generation in found {
+        let file = match File::open(pack_path(dir, generation)) {
+            Ok(f) => f,
+            // Compacted away meanwhile (the chunkserver may be running).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let (records, _) = scan(&file, generation, Some(generation) == last)?;
+        for r in records {
+            match r.kind {
+                LIVE => index.insert(r.id, (generation, r.record)),
+                _ => index.remove(&r.id),
+            };
+        }
+    }
+    Ok(index)
+}
+
+#[cfg(test)]
+#[path = "packs_tests.rs"]
+mod tests;
