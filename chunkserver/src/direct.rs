@@ -1,6 +1,6 @@
 //! Writing a large block file around the page cache (`O_DIRECT`).
 //!
-//! A block too large for the journal is written to a new file and fsync'd. Through the
+//! A block too large for a pack is written to a new file and fsync'd. Through the
 //! page cache, that write costs the chunkserver a copy into freshly allocated cache pages,
 //! which on a virtual machine is far dearer than the copy itself: 400 MiB took 1.3 s of
 //! system time buffered and 0.1–0.26 s direct on the bench host (`dd`, 4 MiB writes, with

@@ -41,6 +41,11 @@ use std::thread::JoinHandle;
 use meridian_proto::BlockId;
 use tracing::{error, info, warn};
 
+#[path = "pack_records.rs"]
+mod records;
+use records::{DEAD, HEAD, KIND_AT, LIVE, record_len, scan};
+pub use records::{remove_offline, stored_offline};
+
 /// Pack length in production.
 pub const PACK_LEN: u64 = 64 << 20;
 /// Block files up to this length are packed; larger ones are fsync'd as files.
@@ -48,12 +53,6 @@ pub const MAX_PACKED: u64 = 512 << 10;
 /// A pack's written space grows by this much at a time (zeros, fsync'd once), so that an
 /// append's fdatasync has no file size to record.
 const GROW: u64 = 4 << 20;
-const MAGIC: u32 = 0x314b_504d; // "MPK1"
-const HEAD: usize = 4 + 8 + 1 + 4 + 16;
-/// Where a record's kind byte is, from the record's start.
-const KIND_AT: u64 = 12;
-const LIVE: u8 = 1;
-const DEAD: u8 = 2;
 
 /// Where a packed block's file bytes are.
 #[derive(Clone, Debug)]
@@ -85,10 +84,6 @@ impl Entry {
     fn record_len(&self) -> u64 {
         record_len(self.len)
     }
-}
-
-fn record_len(file_len: u64) -> u64 {
-    HEAD as u64 + 32 + file_len
 }
 
 #[derive(Debug)]
@@ -137,15 +132,6 @@ struct Shared {
     broken: AtomicBool,
     /// One compaction at a time.
     compacting: Mutex<()>,
-}
-
-/// One record found by a scan.
-#[derive(Debug, Clone, Copy)]
-struct Found {
-    kind: u8,
-    id: BlockId,
-    record: u64,
-    len: u64,
 }
 
 impl Packs {
@@ -432,19 +418,8 @@ impl Shared {
             pack.file.sync_all()?;
             s.allocated += zeros.len() as u64;
         }
-        let body_len = u32::try_from(32 + file_len).map_err(io::Error::other)?;
-        let mut record = Vec::with_capacity(len as usize);
-        record.extend_from_slice(&MAGIC.to_le_bytes());
-        record.extend_from_slice(&generation.to_le_bytes());
-        record.push(LIVE);
-        record.extend_from_slice(&body_len.to_le_bytes());
-        let mut parts = vec![id.as_bytes().as_slice()];
-        parts.extend_from_slice(file);
-        record.extend_from_slice(&checksum(generation, body_len, &parts));
-        for p in parts {
-            record.extend_from_slice(p);
-        }
-        pack.file.write_all_at(&record, at)?;
+        pack.file
+            .write_all_at(&records::encode(generation, id, file)?, at)?;
         pack.end += len;
         s.lsn += len;
         Ok((generation, at, s.lsn))
@@ -613,132 +588,6 @@ impl Shared {
     }
 }
 
-fn checksum(generation: u64, body_len: u32, body: &[&[u8]]) -> [u8; 16] {
-    let mut h = blake3::Hasher::new();
-    h.update(&MAGIC.to_le_bytes());
-    h.update(&generation.to_le_bytes());
-    h.update(&body_len.to_le_bytes());
-    for part in body {
-        h.update(part);
-    }
-    h.finalize().as_bytes()[..16].try_into().expect("16 bytes")
-}
-
-/// The records of pack `generation` in `file`, and the end of the last one. With
-/// `verify`, every record's checksum is checked (the pack a crash may have cut short);
-/// otherwise only heads are read (a sealed pack, made durable before the next began) until
-/// one is not a record's. Where a record fails (a torn append, or damage), the next whole
-/// record after it carries on; if there is none, the pack ends there.
-fn scan(file: &File, generation: u64, verify: bool) -> io::Result<(Vec<Found>, u64)> {
-    let file_len = file.metadata()?.len();
-    let mut whole = if verify {
-        Some(read_at(file, 0, file_len as usize)?)
-    } else {
-        None
-    };
-    let mut out = Vec::new();
-    let mut at = 0u64;
-    let mut end = 0u64;
-    while at + (HEAD + 32) as u64 <= file_len {
-        let head = match &whole {
-            Some(w) => w[at as usize..at as usize + HEAD + 32].to_vec(),
-            None => read_at(file, at, HEAD + 32)?,
-        };
-        if let Some(found) = parse(&head, generation, at, file_len, whole.as_deref()) {
-            out.push(found);
-            at += record_len(found.len);
-            end = at;
-            continue;
-        }
-        if whole.is_none() && head.iter().all(|&b| b == 0) {
-            // A sealed pack's records end where its zeros begin.
-            break;
-        }
-        let w = match &whole {
-            Some(w) => w,
-            None => whole.insert(read_at(file, 0, file_len as usize)?),
-        };
-        match resync(w, generation, at + 1) {
-            Some(next) => {
-                warn!(
-                    generation,
-                    from = at,
-                    to = next,
-                    "packs: damaged bytes skipped"
-                );
-                at = next;
-            }
-            None => break,
-        }
-    }
-    Ok((out, end))
-}
-
-/// The record whose head (and id) is `head`, at `at` in a pack of `file_len` bytes, if
-/// it is one; with the pack's bytes in `whole`, only if its checksum holds.
-fn parse(
-    head: &[u8],
-    generation: u64,
-    at: u64,
-    file_len: u64,
-    whole: Option<&[u8]>,
-) -> Option<Found> {
-    let word = |i: usize, n: usize| &head[i..i + n];
-    let magic = u32::from_le_bytes(word(0, 4).try_into().ok()?);
-    let g = u64::from_le_bytes(word(4, 8).try_into().ok()?);
-    let kind = head[12];
-    let body_len = u32::from_le_bytes(word(13, 4).try_into().ok()?);
-    let record = HEAD as u64 + u64::from(body_len);
-    if magic != MAGIC
-        || g != generation
-        || !matches!(kind, LIVE | DEAD)
-        || body_len < 32
-        || u64::from(body_len) > 32 + MAX_PACKED
-        || at + record > file_len
-    {
-        return None;
-    }
-    if let Some(w) = whole {
-        let body = &w[(at as usize + HEAD)..(at + record) as usize];
-        if checksum(generation, body_len, &[body]) != head[17..HEAD] {
-            return None;
-        }
-    }
-    Some(Found {
-        kind,
-        id: BlockId::from_slice(&head[HEAD..HEAD + 32]).ok()?,
-        record: at,
-        len: u64::from(body_len) - 32,
-    })
-}
-
-/// The offset of the first whole record of pack `generation` at or after `from`.
-fn resync(whole: &[u8], generation: u64, from: u64) -> Option<u64> {
-    let first = MAGIC.to_le_bytes()[0];
-    let file_len = whole.len() as u64;
-    let mut at = from as usize;
-    while at + HEAD + 32 <= whole.len() {
-        let step = whole[at..].iter().position(|&b| b == first)?;
-        at += step;
-        if at + HEAD + 32 > whole.len() {
-            return None;
-        }
-        if parse(
-            &whole[at..at + HEAD + 32],
-            generation,
-            at as u64,
-            file_len,
-            Some(whole),
-        )
-        .is_some()
-        {
-            return Some(at as u64);
-        }
-        at += 1;
-    }
-    None
-}
-
 /// The generations of the packs in `dir`, in order.
 fn list(dir: &Path) -> io::Result<Vec<u64>> {
     let mut out = Vec::new();
@@ -814,53 +663,6 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// The blocks a stopped chunkserver's packs under `dir` hold (the index a start would
-/// rebuild, without changing anything): for tools and tests that look at a data folder.
-pub fn stored_offline(dir: &Path) -> io::Result<Vec<BlockId>> {
-    Ok(offline_index(dir)?.into_keys().collect())
-}
-
-/// Marks block `id` dead in a stopped chunkserver's packs under `dir`, durably: for
-/// tests that take a copy away. Returns whether it was there.
-pub fn remove_offline(dir: &Path, id: &BlockId) -> io::Result<bool> {
-    let Some((generation, record)) = offline_index(dir)?.remove(id) else {
-        return Ok(false);
-    };
-    let f = OpenOptions::new()
-        .write(true)
-        .open(pack_path(dir, generation))?;
-    f.write_all_at(&[DEAD], record + KIND_AT)?;
-    f.sync_data()?;
-    Ok(true)
-}
-
-/// Block id → (generation, record offset) as a start would find them.
-fn offline_index(dir: &Path) -> io::Result<HashMap<BlockId, (u64, u64)>> {
-    let mut index = HashMap::new();
-    let found = match list(dir) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(index),
-        Err(e) => return Err(e),
-    };
-    let last = found.last().copied();
-    for generation in found {
-        let file = match File::open(pack_path(dir, generation)) {
-            Ok(f) => f,
-            // Compacted away meanwhile (the chunkserver may be running).
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let (records, _) = scan(&file, generation, Some(generation) == last)?;
-        for r in records {
-            match r.kind {
-                LIVE => index.insert(r.id, (generation, r.record)),
-                _ => index.remove(&r.id),
-            };
-        }
-    }
-    Ok(index)
 }
 
 #[cfg(test)]
