@@ -514,13 +514,21 @@ impl Shared {
     fn compact(&self, generation: u64) -> io::Result<()> {
         let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         let (file, moving) = {
-            let s = self.lock();
+            let mut s = self.lock();
             if generation == s.active {
+                s.sparse.remove(&generation);
                 return Ok(());
             }
             let Some(p) = s.packs.get(&generation) else {
+                s.sparse.remove(&generation);
                 return Ok(());
             };
+            if p.live * 2 >= p.end {
+                // Queued when it was sealed holding a compaction's copies, not yet counted
+                // live then: it is not sparse.
+                s.sparse.remove(&generation);
+                return Ok(());
+            }
             let moving: Vec<(BlockId, Entry)> = s
                 .index
                 .iter()

@@ -202,6 +202,11 @@ fn sparse_packs_are_compacted_and_their_live_blocks_kept() {
             }
         }
         assert_eq!(s.usage().blocks, 10);
+        // Done: the packs that took the copies are not compacted again and again.
+        let after = s.packs().generations();
+        assert!(s.packs().shared.lock().sparse.is_empty());
+        s.packs().compact_now().unwrap();
+        assert_eq!(s.packs().generations(), after);
     }
     let s = open(dir.path(), 40 << 10);
     assert_eq!(s.usage().blocks, 10);
