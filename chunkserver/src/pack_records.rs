@@ -63,12 +63,16 @@ fn checksum(generation: u64, body_len: u32, body: &[&[u8]]) -> [u8; 16] {
     h.finalize().as_bytes()[..16].try_into().expect("16 bytes")
 }
 
-/// The records of pack `generation` in `file`, and the end of the last one. With
-/// `verify`, every record's checksum is checked (the pack a crash may have cut short);
-/// otherwise only heads are read (a sealed pack, made durable before the next began) until
-/// one is not a record's. Where a record fails (a torn append, or damage), the next whole
-/// record after it carries on; if there is none, the pack ends there.
-pub(super) fn scan(file: &File, generation: u64, verify: bool) -> io::Result<(Vec<Found>, u64)> {
+/// What a scan found in a pack: its records, the end of the last one, and the ranges it
+/// skipped to reach a whole record (start, next record).
+pub(super) type Scanned = (Vec<Found>, u64, Vec<(u64, u64)>);
+
+/// The records of pack `generation` in `file`. With `verify`, every record's checksum is
+/// checked (the pack a crash may have cut short); otherwise only heads are read (a sealed
+/// pack, made durable before the next began) until one is not a record's. Where a record
+/// fails (a torn append, or damage), the next whole record after it carries on; if there
+/// is none, the pack ends there.
+pub(super) fn scan(file: &File, generation: u64, verify: bool) -> io::Result<Scanned> {
     let file_len = file.metadata()?.len();
     let mut whole = if verify {
         Some(read_at(file, 0, file_len as usize)?)
@@ -76,6 +80,7 @@ pub(super) fn scan(file: &File, generation: u64, verify: bool) -> io::Result<(Ve
         None
     };
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     let mut at = 0u64;
     let mut end = 0u64;
     while at + (HEAD + 32) as u64 <= file_len {
@@ -105,12 +110,45 @@ pub(super) fn scan(file: &File, generation: u64, verify: bool) -> io::Result<(Ve
                     to = next,
                     "packs: damaged bytes skipped"
                 );
+                skipped.push((at, next));
                 at = next;
             }
             None => break,
         }
     }
-    Ok((out, end))
+    Ok((out, end, skipped))
+}
+
+/// Heads of dead records (with the id all zeros) to write over `gap`, the bytes of a
+/// skipped range starting at `start` in pack `generation`, so that every later scan, heads
+/// only or not, steps over it to the records after it; `None` if it is too short to hold
+/// one record.
+pub(super) fn fillers(generation: u64, start: u64, gap: &[u8]) -> Option<Vec<(u64, Vec<u8>)>> {
+    let (min, max) = (HEAD + 32, HEAD + 32 + MAX_PACKED as usize);
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < gap.len() {
+        let left = gap.len() - at;
+        if left < min {
+            return None;
+        }
+        let mut piece = left.min(max);
+        if left - piece != 0 && left - piece < min {
+            piece = left - min;
+        }
+        let body_len = u32::try_from(piece - HEAD).ok()?;
+        let rest = &gap[at + HEAD + 32..at + piece];
+        let mut head = Vec::with_capacity(min);
+        head.extend_from_slice(&MAGIC.to_le_bytes());
+        head.extend_from_slice(&generation.to_le_bytes());
+        head.push(DEAD);
+        head.extend_from_slice(&body_len.to_le_bytes());
+        head.extend_from_slice(&checksum(generation, body_len, &[&[0u8; 32], rest]));
+        head.extend_from_slice(&[0u8; 32]);
+        out.push((start + at as u64, head));
+        at += piece;
+    }
+    Some(out)
 }
 
 /// The record whose head (and id) is `head`, at `at` in a pack of `file_len` bytes, if
@@ -214,7 +252,7 @@ fn offline_index(dir: &Path) -> io::Result<HashMap<BlockId, (u64, u64)>> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let (records, _) = scan(&file, generation, Some(generation) == last)?;
+        let (records, _, _) = scan(&file, generation, Some(generation) == last)?;
         for r in records {
             match r.kind {
                 LIVE => index.insert(r.id, (generation, r.record)),

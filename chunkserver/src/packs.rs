@@ -107,6 +107,9 @@ struct State {
     lsn: u64,
     /// Sealed packs less than half live, to compact.
     sparse: BTreeSet<u64>,
+    /// Copies a compaction appended and has not yet moved the index to: a delete marks
+    /// them dead too.
+    copying: HashMap<BlockId, (u64, u64)>,
     stop: bool,
 }
 
@@ -139,6 +142,11 @@ impl Packs {
     /// of at most `pack_len` bytes.
     pub fn open(dir: &Path, pack_len: u64) -> io::Result<Packs> {
         let found = list(dir)?;
+        if pack_len > 0 && record_len(0) > pack_len {
+            return Err(io::Error::other(format!(
+                "a pack of {pack_len} bytes holds no record"
+            )));
+        }
         let last = found.last().copied();
         let mut packs = BTreeMap::new();
         let mut index: HashMap<BlockId, Entry> = HashMap::new();
@@ -147,17 +155,13 @@ impl Packs {
         for &generation in &found {
             let path = pack_path(dir, generation);
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            // What a killed process left in the page cache is what the disk holds from
+            // now on, before anything is decided from it.
+            file.sync_data()?;
             let newest = Some(generation) == last;
-            let (records, end) = scan(&file, generation, newest)?;
-            if newest && end + HEAD as u64 <= file.metadata()?.len() {
-                // Whatever a torn append left after the last whole record no longer reads
-                // as a record, even to a later start that reads heads only.
-                let head = read_at(&file, end, HEAD)?;
-                if head.iter().any(|&b| b != 0) {
-                    warn!(pack = %path.display(), at = end, "a torn append ends the last pack; wiped");
-                    file.write_all_at(&[0u8; HEAD], end)?;
-                    file.sync_data()?;
-                }
+            let (mut records, mut end, skipped) = scan(&file, generation, newest)?;
+            if newest {
+                (records, end) = settle_newest(&file, generation, records, end, &skipped)?;
             }
             for r in records {
                 let older = match r.kind {
@@ -245,6 +249,7 @@ impl Packs {
                 allocated: 0,
                 lsn: 0,
                 sparse,
+                copying: HashMap::new(),
                 stop: false,
             }),
             changed: Condvar::new(),
@@ -327,31 +332,53 @@ impl Packs {
         self.shared.sync_to(lsn)
     }
 
-    /// Drops block `id` from the index after its put's fdatasync failed (the caller stores
-    /// it another way); its record may or may not have reached the disk.
-    pub fn forget(&self, id: &BlockId) {
+    /// Drops the entry the put that returned `lsn` made for block `id`, after its
+    /// fdatasync failed (the caller stores the block another way); its record may or may
+    /// not have reached the disk. Returns whether it was still there.
+    pub fn forget(&self, id: &BlockId, lsn: u64) -> bool {
         let mut s = self.shared.lock();
-        if let Some(e) = s.index.remove(id) {
-            self.shared.lost_live(&mut s, e.generation, e.record_len());
+        match s.index.get(id).copied() {
+            Some(e) if e.lsn == lsn => {
+                s.index.remove(id);
+                self.shared.lost_live(&mut s, e.generation, e.record_len());
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Marks block `id`'s record dead, durably; returns its file's length, or `None` if it
-    /// is not packed. The caller holds the block's lock.
-    pub fn remove(&self, id: &BlockId) -> io::Result<Option<u64>> {
-        let (len, file) = {
+    /// Marks block `id`'s record dead (and a compaction's copy of it under way), durably.
+    /// Returns the length of its file if it was packed (it is no longer indexed then), and
+    /// whether the mark is durable: a delete may answer only if it is. The caller holds the
+    /// block's lock.
+    pub fn remove(&self, id: &BlockId) -> (Option<u64>, io::Result<()>) {
+        let (len, files) = {
             let mut s = self.shared.lock();
             let Some(e) = s.index.get(id).copied() else {
-                return Ok(None);
+                return (None, Ok(()));
             };
-            let file = s.packs[&e.generation].file.clone();
-            file.write_all_at(&[DEAD], e.record + KIND_AT)?;
+            let mut marks = vec![(e.generation, e.record)];
+            marks.extend(s.copying.remove(id));
+            let mut files = Vec::new();
+            for (g, record) in marks {
+                let Some(file) = s.packs.get(&g).map(|p| p.file.clone()) else {
+                    continue; // a copy in a pack compacted away since
+                };
+                if let Err(e) = file.write_all_at(&[DEAD], record + KIND_AT) {
+                    return (None, Err(e));
+                }
+                files.push(file);
+            }
             s.index.remove(id);
             self.shared.lost_live(&mut s, e.generation, e.record_len());
-            (e.len, file)
+            (e.len, files)
         };
-        file.sync_data()?;
-        Ok(Some(len))
+        for f in files {
+            if let Err(e) = f.sync_data() {
+                return (Some(len), Err(self.shared.failed(e)));
+            }
+        }
+        (Some(len), Ok(()))
     }
 
     /// Every packed block.
@@ -415,7 +442,7 @@ impl Shared {
         while at + len > s.allocated {
             let zeros = vec![0u8; GROW.min(self.pack_len - s.allocated) as usize];
             pack.file.write_all_at(&zeros, s.allocated)?;
-            pack.file.sync_all()?;
+            pack.file.sync_all().map_err(|e| self.failed(e))?;
             s.allocated += zeros.len() as u64;
         }
         pack.file
@@ -429,9 +456,7 @@ impl Shared {
     fn seal(&self, s: &mut State) -> io::Result<()> {
         let old = s.active;
         if let Err(e) = s.packs[&old].file.sync_data() {
-            self.broken.store(true, Ordering::Relaxed);
-            error!(error = %e, "packs: fdatasync failed; small blocks are fsync'd as files from now on");
-            return Err(e);
+            return Err(self.failed(e));
         }
         self.synced.fetch_max(s.lsn, Ordering::Release);
         let generation = old + 1;
@@ -472,18 +497,32 @@ impl Shared {
         if self.synced.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
+        // A later fdatasync does not report an earlier one's failure again: what was
+        // appended before it may be lost.
+        if self.broken.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "packs: an fdatasync failed; what was appended since is not durable",
+            ));
+        }
         let (file, upto) = {
             let s = self.lock();
             (s.packs[&s.active].file.clone(), s.lsn)
         };
         if let Err(e) = file.sync_data() {
-            // After a failed fdatasync the page cache no longer says what is on disk.
-            self.broken.store(true, Ordering::Relaxed);
-            error!(error = %e, "packs: fdatasync failed; small blocks are fsync'd as files from now on");
-            return Err(e);
+            return Err(self.failed(e));
         }
         self.synced.fetch_max(upto, Ordering::Release);
         Ok(())
+    }
+
+    /// A write-back of a pack failed: after it the page cache no longer says what is on
+    /// disk, so the packs take no more puts and nothing appended and not yet known durable
+    /// ever will be.
+    fn failed(&self, e: io::Error) -> io::Error {
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            error!(error = %e, "packs: fdatasync failed; small blocks are fsync'd as files from now on");
+        }
+        e
     }
 
     fn compact_loop(&self) {
@@ -513,7 +552,7 @@ impl Shared {
     /// removes it.
     fn compact(&self, generation: u64) -> io::Result<()> {
         let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, moving) = {
+        let (file, end, moving) = {
             let mut s = self.lock();
             if generation == s.active {
                 s.sparse.remove(&generation);
@@ -529,13 +568,23 @@ impl Shared {
                 s.sparse.remove(&generation);
                 return Ok(());
             }
+            let (file, end) = (p.file.clone(), p.end);
             let moving: Vec<(BlockId, Entry)> = s
                 .index
                 .iter()
                 .filter(|(_, e)| e.generation == generation)
                 .map(|(id, e)| (*id, *e))
                 .collect();
-            (p.file.clone(), moving)
+            let fits = |e: &Entry| record_len(e.len) <= self.pack_len;
+            if !moving.is_empty()
+                && (self.broken.load(Ordering::Acquire) || !moving.iter().all(|(_, e)| fits(e)))
+            {
+                // No packs to copy into (`--pack-mib 0`, smaller packs than before, or an
+                // fdatasync failed): the pack stays as it is.
+                s.sparse.remove(&generation);
+                return Ok(());
+            }
+            (file, end, moving)
         };
         let mut copies = Vec::with_capacity(moving.len());
         let mut upto = 0;
@@ -544,10 +593,16 @@ impl Shared {
             let bytes = read_at(&file, old.record + HEAD as u64 + 32, old.len as usize)?;
             let mut s = self.lock();
             if s.stop {
-                // What was copied stays as older-newer pairs the next start resolves.
+                // The copies made stay older-newer pairs the next start resolves; a delete
+                // meanwhile marks both dead (`copying`).
                 return Ok(());
             }
+            let still = s.index.get(id).map(|e| (e.generation, e.record));
+            if still != Some((old.generation, old.record)) {
+                continue; // deleted since, or stored again elsewhere
+            }
             let (g, record, lsn) = self.append(&mut s, id, &[&bytes])?;
+            s.copying.insert(*id, (g, record));
             copies.push((*id, *old, g, record, lsn));
             upto = lsn;
         }
@@ -556,6 +611,9 @@ impl Shared {
         {
             let mut s = self.lock();
             for (id, old, g, record, lsn) in copies {
+                if s.copying.remove(&id) != Some((g, record)) {
+                    continue; // deleted meanwhile: the delete marked this copy dead too
+                }
                 let current = s.index.get(&id).copied();
                 if let Some(e) =
                     current.filter(|e| (e.generation, e.record) == (old.generation, old.record))
@@ -572,9 +630,9 @@ impl Shared {
                     if let Some(p) = s.packs.get_mut(&g) {
                         p.live += old.record_len();
                     }
-                } else {
-                    // Deleted (or stored again elsewhere) while it was copied.
-                    let f = s.packs[&g].file.clone();
+                } else if let Some(p) = s.packs.get(&g) {
+                    // Stored again elsewhere while it was copied.
+                    let f = p.file.clone();
                     f.write_all_at(&[DEAD], record + KIND_AT)?;
                     to_sync.insert(g, f);
                 }
@@ -582,11 +640,22 @@ impl Shared {
             s.packs.remove(&generation);
             s.sparse.remove(&generation);
         }
-        for f in to_sync.values() {
-            f.sync_data()?;
+        let removed = (|| {
+            for f in to_sync.values() {
+                f.sync_data().map_err(|e| self.failed(e))?;
+            }
+            fs::remove_file(pack_path(&self.dir, generation))?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(e) = removed {
+            // Kept in the packs (nothing live in it) and tried again: a pack file left
+            // behind could bring back blocks whose newer copies are later deleted and
+            // compacted away.
+            let mut s = self.lock();
+            s.packs.insert(generation, Pack { file, live: 0, end });
+            s.sparse.insert(generation);
+            return Err(e);
         }
-        fs::remove_file(pack_path(&self.dir, generation))?;
-        File::open(&self.dir)?.sync_all()?;
         info!(
             pack = generation,
             blocks_moved = moving.len(),
@@ -596,17 +665,69 @@ impl Shared {
     }
 }
 
+/// Makes what a start found in the newest pack `file` read the same at every later start,
+/// heads only: the head of a torn append after the last record is wiped, and each range
+/// skipped to reach a whole record is covered by dead records (or, too short for one,
+/// ends the pack there, the records after it dropped). Returns the records kept and the
+/// pack's end.
+fn settle_newest(
+    file: &File,
+    generation: u64,
+    mut records: Vec<records::Found>,
+    mut end: u64,
+    skipped: &[(u64, u64)],
+) -> io::Result<(Vec<records::Found>, u64)> {
+    let mut wrote = false;
+    for &(start, next) in skipped {
+        let gap = read_at(file, start, (next - start) as usize)?;
+        match records::fillers(generation, start, &gap) {
+            Some(heads) => {
+                for (at, head) in heads {
+                    file.write_all_at(&head, at)?;
+                }
+                wrote = true;
+            }
+            None => {
+                warn!(
+                    generation,
+                    at = start,
+                    "packs: a damaged range too short to step over ends the pack; the records after it are dropped"
+                );
+                records.retain(|r| r.record < start);
+                end = start;
+                break;
+            }
+        }
+    }
+    let file_len = file.metadata()?.len();
+    let wipe = ((HEAD + 32) as u64).min(file_len.saturating_sub(end)) as usize;
+    if wipe > 0 && read_at(file, end, wipe)?.iter().any(|&b| b != 0) {
+        // Whatever a torn append left after the last whole record no longer reads as a
+        // record.
+        warn!(
+            generation,
+            at = end,
+            "packs: a torn append ends the last pack; wiped"
+        );
+        file.write_all_at(&vec![0u8; wipe], end)?;
+        wrote = true;
+    }
+    if wrote {
+        file.sync_data()?;
+    }
+    Ok((records, end))
+}
+
 /// The generations of the packs in `dir`, in order.
 fn list(dir: &Path) -> io::Result<Vec<u64>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        match entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            Some(g) if g > 0 => out.push(g),
+        let name = entry.file_name();
+        let name = name.to_str();
+        match name.and_then(|n| n.parse::<u64>().ok()) {
+            // Only the name a pack is given ("7", not "07" or "+7").
+            Some(g) if g > 0 && name == Some(g.to_string().as_str()) => out.push(g),
             _ => warn!(file = %entry.path().display(), "not a pack; left alone"),
         }
     }

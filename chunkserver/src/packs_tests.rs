@@ -459,3 +459,135 @@ fn damage_inside_a_pack_costs_only_the_damaged_records() {
         }
     }
 }
+
+#[test]
+fn a_range_skipped_in_the_newest_pack_is_stepped_over_at_every_later_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks: Vec<_> = (0..3u8).map(|i| block(80 + i, 5000)).collect();
+    let (generation, record) = {
+        let s = open(dir.path(), 1 << 20);
+        for b in &blocks {
+            put(&s, b);
+        }
+        let e = s.packs().shared.lock().index[&blocks[1].id];
+        (e.generation, e.record)
+    };
+    // The middle record never reached the disk (write-back out of order before a power
+    // loss), the one after it did.
+    let path = dir.path().join("packs").join(generation.to_string());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = record_len(5000 + 56 + 64) as usize; // at least the record's head and id
+    for b in &mut bytes[record as usize..record as usize + len.min(HEAD + 32 + 4000)] {
+        *b = 0;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    for start in 0..3 {
+        // The first start checks the pack whole; the later ones read its heads only.
+        let s = open(dir.path(), 1 << 20);
+        assert!(s.read(&blocks[0].id).is_ok(), "start {start}");
+        assert!(!s.has(&blocks[1].id), "start {start}");
+        assert_eq!(
+            s.read(&blocks[2].id).unwrap().1.to_vec(),
+            plain(&blocks[2]),
+            "start {start}"
+        );
+        assert_eq!(s.usage().blocks, 2, "start {start}");
+    }
+}
+
+#[test]
+fn a_block_deleted_while_a_compaction_copies_it_stays_deleted_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = block(90, 6000);
+    {
+        let s = open(dir.path(), 1 << 20);
+        put(&s, &a);
+    }
+    {
+        let s = open(dir.path(), 1 << 20);
+        // A compaction appended its copy and made it durable, and has not moved the index.
+        let p = s.packs().get(&a.id).unwrap();
+        let bytes = read_at(&p.file, p.at, p.len as usize).unwrap();
+        let shared = &s.packs().shared;
+        let mut state = shared.lock();
+        let (g, record, lsn) = shared.append(&mut state, &a.id, &[&bytes]).unwrap();
+        state.copying.insert(a.id, (g, record));
+        drop(state);
+        shared.sync_to(lsn).unwrap();
+        // The delete answers; then a crash, before the compaction goes on.
+        assert!(s.delete(&a.id).unwrap());
+    }
+    let s = open(dir.path(), 1 << 20);
+    assert!(
+        !s.has(&a.id),
+        "the compaction's copy brought a deleted block back"
+    );
+}
+
+#[test]
+fn without_packs_a_sparse_pack_is_left_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks: Vec<_> = (0..4u8).map(|i| block(100 + i, 5000)).collect();
+    {
+        let s = open(dir.path(), 1 << 20);
+        for b in &blocks {
+            put(&s, b);
+        }
+    }
+    {
+        let s = open(dir.path(), 0);
+        for b in &blocks[..3] {
+            assert!(s.delete(&b.id).unwrap());
+        }
+        // Nothing to copy into: the pack stays, its last block readable.
+        s.packs().compact_now().unwrap();
+        assert_eq!(s.read(&blocks[3].id).unwrap().1.to_vec(), plain(&blocks[3]));
+    }
+    let s = open(dir.path(), 0);
+    assert!(s.has(&blocks[3].id));
+    assert_eq!(s.usage().blocks, 1);
+}
+
+#[test]
+fn after_a_failed_fdatasync_no_later_one_vouches_for_what_came_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 20);
+    let a = block(110, 3000);
+    let ob = a.decode_with_outboard().unwrap().1;
+    let file = [
+        &crate::format::header(&a, ob.to_bytes().len())[..],
+        &a.payload[..],
+        &ob.to_bytes()[..],
+    ];
+    let lsn = s.packs().put(&a.id, &file).unwrap();
+    // As if another put's fdatasync had failed before this one's turn.
+    s.packs().shared.broken.store(true, Ordering::SeqCst);
+    assert!(s.packs().sync_to(lsn).is_err());
+    assert!(!s.packs().takes(100));
+    // Puts are stored as files from now on, durably.
+    let b = block(111, 3000);
+    assert_eq!(put(&s, &b), PutOutcome::Written);
+    assert!(s.path(&b.id).exists());
+}
+
+#[test]
+fn only_files_named_as_packs_are_read_as_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = block(120, 3000);
+    {
+        let s = open(dir.path(), 1 << 20);
+        put(&s, &a);
+    }
+    let first = pack_files(dir.path())[0];
+    let packs = dir.path().join("packs");
+    // A copy under another spelling of the same number is not a second pack.
+    std::fs::copy(
+        packs.join(first.to_string()),
+        packs.join(format!("0{first}")),
+    )
+    .unwrap();
+    std::fs::write(packs.join("+9"), b"not a pack").unwrap();
+    let s = open(dir.path(), 1 << 20);
+    assert_eq!(s.read(&a.id).unwrap().1.to_vec(), plain(&a));
+    assert_eq!(s.usage().blocks, 1);
+}

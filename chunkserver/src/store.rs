@@ -245,8 +245,7 @@ impl BlockStore {
         if let Err(e) = self.packs.sync_to(lsn) {
             // The packs are broken from now on: the caller stores the block as a file.
             let _guard = self.stripe(id);
-            if self.packs.contains(id) {
-                self.packs.forget(id);
+            if self.packs.forget(id, lsn) {
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 self.used.fetch_sub(file_len, Ordering::Relaxed);
             }
@@ -318,15 +317,14 @@ impl BlockStore {
     /// Drops the packed copy of `id`, durably, with the block's lock held; returns the
     /// bytes freed.
     fn remove_packed(&self, id: &BlockId) -> Result<Option<u64>, ChunkError> {
-        let removed = self
-            .packs
-            .remove(id)
-            .map_err(ChunkError::io("mark dead in pack", &self.blocks))?;
+        let (removed, durable) = self.packs.remove(id);
         if let Some(len) = removed {
+            // No longer served, whether or not its mark is durable yet.
             self.ranges.forget(id);
             self.used.fetch_sub(len, Ordering::Relaxed);
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
+        durable.map_err(ChunkError::io("mark dead in pack", &self.blocks))?;
         Ok(removed)
     }
 
