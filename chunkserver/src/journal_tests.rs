@@ -5,17 +5,8 @@ use std::path::Path;
 use meridian_proto::{EncodedBlock, NodeId};
 
 use super::*;
+use crate::packs::tests::block;
 use crate::store::BlockStore;
-
-fn block(seed: u8, len: usize) -> EncodedBlock {
-    // Incompressible, so the record lengths are known.
-    let mut data = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&[seed])
-        .finalize_xof()
-        .fill(&mut data);
-    EncodedBlock::encode(&data).unwrap()
-}
 
 /// The block file an earlier version wrote for `b`.
 fn file_of(b: &EncodedBlock) -> Vec<u8> {

@@ -796,4 +796,4 @@ fn now_ms() -> u64 {
 
 #[cfg(test)]
 #[path = "packs_tests.rs"]
-mod tests;
+pub(crate) mod tests;

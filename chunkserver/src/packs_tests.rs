@@ -8,7 +8,8 @@ use super::*;
 use crate::error::ChunkError;
 use crate::store::{BlockStore, PutOutcome};
 
-fn block(seed: u8, len: usize) -> EncodedBlock {
+/// An incompressible block of `len` bytes.
+pub(crate) fn block(seed: u8, len: usize) -> EncodedBlock {
     // Incompressible, so the record lengths are known.
     let mut data = vec![0u8; len];
     blake3::Hasher::new()
@@ -34,6 +35,19 @@ fn plain(b: &EncodedBlock) -> Vec<u8> {
 /// The pack files under a store's folder.
 fn pack_files(dir: &Path) -> Vec<u64> {
     list(&dir.join("packs")).unwrap()
+}
+
+/// What a compaction does before it moves the index: block `id`'s record copied to the
+/// active pack and made durable. Returns the copy's generation and offset.
+fn durable_copy(s: &BlockStore, id: &BlockId) -> (u64, u64) {
+    let p = s.packs().get(id).unwrap();
+    let bytes = read_at(&p.file, p.at, p.len as usize).unwrap();
+    let shared = &s.packs().shared;
+    let mut state = shared.lock();
+    let (g, record, lsn) = shared.append(&mut state, id, &[&bytes]).unwrap();
+    drop(state);
+    shared.sync_to(lsn).unwrap();
+    (g, record)
 }
 
 fn block_files(dir: &Path) -> usize {
@@ -268,13 +282,7 @@ fn of_two_copies_a_cut_short_compaction_left_the_newer_is_kept_and_the_older_nev
         // A compaction copied the record to a newer pack, and a crash came before the
         // index moved and the old pack was removed.
         let s = open(dir.path(), 1 << 20);
-        let p = s.packs().get(&a.id).unwrap();
-        let bytes = read_at(&p.file, p.at, p.len as usize).unwrap();
-        let shared = &s.packs().shared;
-        let mut state = shared.lock();
-        let (_, _, lsn) = shared.append(&mut state, &a.id, &[&bytes]).unwrap();
-        drop(state);
-        shared.sync_to(lsn).unwrap();
+        durable_copy(&s, &a.id);
     }
     {
         let s = open(dir.path(), 1 << 20);
@@ -506,14 +514,8 @@ fn a_block_deleted_while_a_compaction_copies_it_stays_deleted_after_a_crash() {
     {
         let s = open(dir.path(), 1 << 20);
         // A compaction appended its copy and made it durable, and has not moved the index.
-        let p = s.packs().get(&a.id).unwrap();
-        let bytes = read_at(&p.file, p.at, p.len as usize).unwrap();
-        let shared = &s.packs().shared;
-        let mut state = shared.lock();
-        let (g, record, lsn) = shared.append(&mut state, &a.id, &[&bytes]).unwrap();
-        state.copying.insert(a.id, (g, record));
-        drop(state);
-        shared.sync_to(lsn).unwrap();
+        let copy = durable_copy(&s, &a.id);
+        s.packs().shared.lock().copying.insert(a.id, copy);
         // The delete answers; then a crash, before the compaction goes on.
         assert!(s.delete(&a.id).unwrap());
     }
