@@ -253,12 +253,24 @@ fn offline_index(dir: &Path) -> io::Result<HashMap<BlockId, (u64, u64)>> {
             Err(e) => return Err(e),
         };
         let (records, _, _) = scan(&file, generation, Some(generation) == last)?;
-        for r in records {
-            match r.kind {
-                LIVE => index.insert(r.id, (generation, r.record)),
-                _ => index.remove(&r.id),
-            };
-        }
+        apply(&mut index, &records, |r| (generation, r.record));
     }
     Ok(index)
+}
+
+/// Applies a pack's records, in order, to an index of where each block is, as every start
+/// does: a live record replaces an older copy of its block, a dead one ends it. Returns
+/// the older copies displaced.
+pub(super) fn apply<T>(
+    index: &mut HashMap<BlockId, T>,
+    records: &[Found],
+    place: impl Fn(&Found) -> T,
+) -> Vec<T> {
+    records
+        .iter()
+        .filter_map(|r| match r.kind {
+            LIVE => index.insert(r.id, place(r)),
+            _ => index.remove(&r.id),
+        })
+        .collect()
 }

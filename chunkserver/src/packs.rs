@@ -13,10 +13,11 @@
 //!                      body: the block id (32 bytes), then the block file's bytes
 //! ```
 //! - A pack takes appends until the next record would not fit; it is then fdatasync'd
-//!   (sealed) and the next generation starts in a new file. A start never appends to the
-//!   pack it found last: it checks that pack's records (zeros, or a record whose checksum
-//!   fails, end it: a torn append whose put was never answered), wipes the head of a torn
-//!   record, and starts a new pack.
+//!   (sealed) and the next generation starts in a new file. A start fdatasyncs the packs
+//!   it finds, never appends to the one it found last, and checks that pack's records:
+//!   the head of a torn append after the last record is wiped, and a range skipped to
+//!   reach a whole record is covered by dead records, so that later starts, reading
+//!   heads only, find the same records.
 //! - A delete turns its record's kind byte to dead in place (the checksum leaves the kind
 //!   out, so the record still reads as a record) and fdatasyncs the pack before it answers.
 //! - A sealed pack whose live records fall under half of its bytes is compacted by a
@@ -43,7 +44,7 @@ use tracing::{error, info, warn};
 
 #[path = "pack_records.rs"]
 mod records;
-use records::{DEAD, HEAD, KIND_AT, LIVE, record_len, scan};
+use records::{DEAD, HEAD, KIND_AT, record_len, scan};
 pub use records::{remove_offline, stored_offline};
 
 /// Pack length in production.
@@ -163,24 +164,14 @@ impl Packs {
             if newest {
                 (records, end) = settle_newest(&file, generation, records, end, &skipped)?;
             }
-            for r in records {
-                let older = match r.kind {
-                    LIVE => index.insert(
-                        r.id,
-                        Entry {
-                            generation,
-                            record: r.record,
-                            len: r.len,
-                            lsn: 0,
-                            stored_ms: now,
-                        },
-                    ),
-                    _ => index.remove(&r.id),
-                };
-                if let Some(older) = older {
-                    dead.push((older.generation, older.record));
-                }
-            }
+            let older = records::apply(&mut index, &records, |r| Entry {
+                generation,
+                record: r.record,
+                len: r.len,
+                lsn: 0,
+                stored_ms: now,
+            });
+            dead.extend(older.iter().map(|e| (e.generation, e.record)));
             packs.insert(
                 generation,
                 Pack {

@@ -225,13 +225,10 @@ impl BlockStore {
     ) -> Result<PutOutcome, ChunkError> {
         let lsn = {
             let _guard = self.stripe(id);
-            if let Some(p) = self.packs.get(id) {
+            if self.packs.contains(id) {
                 // Put meanwhile by another upload of the same bytes.
                 drop(_guard);
-                self.packs
-                    .sync_to(p.lsn)
-                    .map_err(ChunkError::io("fdatasync pack", &self.blocks))?;
-                return Ok(PutOutcome::AlreadyPresent);
+                return self.present_again(id);
             }
             self.ranges.forget(id);
             let lsn = self
