@@ -431,10 +431,10 @@ impl Shared {
             .expect("the active pack is open");
         let at = pack.end;
         while at + len > s.allocated {
-            let zeros = vec![0u8; GROW.min(self.pack_len - s.allocated) as usize];
-            pack.file.write_all_at(&zeros, s.allocated)?;
+            let zeros = GROW.min(self.pack_len - s.allocated);
+            meridian_proto::disk::write_zeros(&pack.file, s.allocated, zeros)?;
             pack.file.sync_all().map_err(|e| self.failed(e))?;
-            s.allocated += zeros.len() as u64;
+            s.allocated += zeros;
         }
         pack.file
             .write_all_at(&records::encode(generation, id, file)?, at)?;

@@ -345,7 +345,7 @@ impl Inner {
         if self.zeroed - self.file_len >= self.grow / 2 {
             return Ok(false);
         }
-        write_zeros(&self.file, self.zeroed, self.grow)?;
+        meridian_proto::disk::write_zeros(&self.file, self.zeroed, self.grow)?;
         self.zeroed += self.grow;
         Ok(true)
     }
@@ -366,7 +366,7 @@ impl Inner {
         let f = File::create(&tmp)?;
         f.write_all_at(&out, 0)?;
         let len = out.len() as u64;
-        write_zeros(&f, len, self.grow)?;
+        meridian_proto::disk::write_zeros(&f, len, self.grow)?;
         f.sync_all()?;
         fs::rename(&tmp, self.dir.join("log"))?;
         sync_dir(&self.dir)?;
@@ -379,10 +379,6 @@ impl Inner {
 }
 
 /// Writes `len` zeros at `at` (not synced).
-fn write_zeros(file: &File, at: u64, len: u64) -> io::Result<()> {
-    file.write_all_at(&vec![0; len as usize], at)
-}
-
 fn write_vote(dir: &Path, vote: &VoteOf<TypeConfig>) -> io::Result<()> {
     let tmp = dir.join("vote.tmp");
     let mut f = File::create(&tmp)?;
