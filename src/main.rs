@@ -156,6 +156,9 @@ struct ChunkArgs {
     /// Serve range reads on a second port beside gRPC (true or false; default true).
     #[arg(long)]
     range_port: Option<bool>,
+    /// Take puts of small blocks on the range port too (true or false; default true).
+    #[arg(long)]
+    put_port: Option<bool>,
     /// Where the range port listens (IP:PORT; default: the gRPC listen IP, any port).
     #[arg(long)]
     range_listen: Option<String>,
@@ -247,7 +250,8 @@ impl ChunkArgs {
             gc_grace_ms,
             pack_mib,
             ship_replica_delay_ms,
-            range_port
+            range_port,
+            put_port
         );
         client_limits!(self.clients, c);
         set_opt!(

@@ -673,3 +673,158 @@ fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_inpu
     }
     Ok(())
 }
+
+/// Small blocks put through the chunkservers' range ports (the put port): the block is
+/// durable on its placements and reads back right; larger blocks go through gRPC. The
+/// port refuses what it may not store (bytes that do not match their id, shipments, bad
+/// copy counts) with nothing written, closes a connection announcing too large a put,
+/// and serves on after. A replica that cannot be reached makes the coordinator forward
+/// through gRPC (here: degraded to the copies it could make).
+#[test]
+fn small_puts_go_through_the_put_port_checked_as_through_grpc() -> Result<()> {
+    use meridian_client::blocks::BlockClient;
+    use meridian_proto::put_wire::{MAGIC, MAX_PUT, PutFrame, PutReply};
+    use prost::Message;
+    use std::io::{Read, Write};
+
+    let mut region = common::Region::start()?;
+    let map = common::cluster_map(&region.meta_addrs()).expect("cluster map");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = BlockClient::with_map(map.clone(), None);
+    let holders = |id: &BlockId| -> Result<usize> {
+        let mut n = 0;
+        for node in &map.nodes {
+            if rt.block_on(client.has(node, &[*id])).unwrap_or_default() == [true] {
+                n += 1;
+            }
+        }
+        Ok(n)
+    };
+
+    let small = random_bytes(31, 16 << 10);
+    let block = EncodedBlock::encode(&small)?;
+    let receipt = rt.block_on(client.put(&block, 3, 3))?;
+    assert_eq!(client.put_port_puts(), 1, "through the port");
+    assert_eq!(receipt.stored_on.len(), 3);
+    assert!(!receipt.degraded && !receipt.already_present);
+    assert_eq!(holders(&block.id)?, 3);
+    let fresh = BlockClient::with_map(map.clone(), None);
+    assert_eq!(rt.block_on(fresh.get(&block.id, 3))?, small);
+    // Again: already there.
+    let again = rt.block_on(client.put(&block, 3, 3))?;
+    assert!(again.already_present);
+    assert_eq!(client.put_port_puts(), 2);
+    // A block larger than the port takes goes through gRPC.
+    let large = random_bytes(32, 2 << 20);
+    let large_block = EncodedBlock::encode(&large)?;
+    assert_eq!(
+        rt.block_on(client.put(&large_block, 3, 3))?.stored_on.len(),
+        3
+    );
+    assert_eq!(client.put_port_puts(), 2, "not through the port");
+    assert_eq!(rt.block_on(fresh.get(&large_block.id, 3))?, large);
+
+    // Hostile input, straight to a port.
+    let port = map.nodes[0].range_address.clone();
+    let ask = |frame: &[u8]| -> Result<Vec<u8>> {
+        let mut s = std::net::TcpStream::connect(&port)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        s.write_all(frame)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(out)
+    };
+    let frame = |bytes: &[u8], f: &dyn Fn(&mut PutHeader)| -> PutFrame {
+        let b = EncodedBlock::encode(bytes).expect("encodes");
+        let mut header = PutHeader {
+            block_id: ids(b.id.as_bytes()),
+            compression: b.compression.code(),
+            raw_len: b.raw_len,
+            encoded_len: b.payload.len() as u32,
+            role: PutRole::Coordinator as i32,
+            replicas: 3,
+            min_copies: 2,
+            ..Default::default()
+        };
+        f(&mut header);
+        PutFrame {
+            header,
+            payload: b.payload,
+        }
+    };
+    let reply = |f: PutFrame| -> Result<PutReply> {
+        let out = ask(&f.encode()?)?;
+        Ok(PutReply::read(&mut &out[..])?)
+    };
+    let forged = random_bytes(33, 5000);
+    let claimed = BlockId::of(b"something else");
+    for (what, f) in [
+        (
+            "bytes that do not match their id",
+            frame(&forged, &|h| h.block_id = ids(claimed.as_bytes())),
+        ),
+        (
+            "a replica's copy that does not match its id",
+            frame(&forged, &|h| {
+                h.block_id = ids(claimed.as_bytes());
+                h.role = PutRole::Replica as i32;
+            }),
+        ),
+        (
+            "a shipment from another region",
+            frame(&forged, &|h| h.origin_region = 9),
+        ),
+        ("too many copies", frame(&forged, &|h| h.replicas = 17)),
+        ("an unknown role", frame(&forged, &|h| h.role = 7)),
+    ] {
+        match reply(f)? {
+            PutReply::Refused(m) => assert!(!m.is_empty(), "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert_eq!(holders(&claimed)?, 0, "nothing stored under a forged id");
+    assert_eq!(
+        holders(&BlockId::of(&forged))?,
+        0,
+        "nothing stored from the refused puts"
+    );
+    // A put announcing more than the port takes: closed before its bytes are read.
+    let header = PutHeader {
+        encoded_len: MAX_PUT + 1,
+        raw_len: MAX_PUT + 1,
+        ..frame(&forged, &|_| {}).header
+    };
+    let mut big = MAGIC.to_le_bytes().to_vec();
+    big.extend_from_slice(&(header.encoded_len() as u32).to_le_bytes());
+    header.encode(&mut big)?;
+    assert!(ask(&big)?.is_empty(), "too large: closed");
+    // The port serves on.
+    match reply(frame(&forged, &|_| {}))? {
+        PutReply::Stored(r) => assert_eq!(r.stored_on.len(), 3),
+        other => panic!("a good put: {other:?}"),
+    }
+    assert_eq!(holders(&BlockId::of(&forged))?, 3);
+
+    // One of a block's replicas down: the coordinator forwards through gRPC, and the put
+    // is stored degraded on the two copies it could make (W = 2).
+    let next = random_bytes(34, 12_000);
+    let next_block = EncodedBlock::encode(&next)?;
+    let order = placement(&next_block.id, &map, 3);
+    let down = region
+        .chunks
+        .iter()
+        .position(|c| c.id == order[1].0)
+        .expect("a placement");
+    region.chunks[down].kill();
+    let receipt = rt.block_on(client.put(&next_block, 3, 2))?;
+    assert_eq!(client.put_port_puts(), 3, "through the port");
+    assert!(receipt.degraded, "{receipt:?}");
+    assert_eq!(receipt.stored_on.len(), 2);
+    assert!(!receipt.stored_on.contains(&order[1]));
+    assert_eq!(rt.block_on(fresh.get(&next_block.id, 3))?, next);
+    Ok(())
+}

@@ -73,6 +73,9 @@ pub struct ChunkConfig {
     /// address's IP, announced in the cluster map): a small random read then costs the
     /// client and this node no hand-off between tasks. Clients fall back to gRPC.
     pub range_port: bool,
+    /// Take puts of small blocks on the range port too (answered on the connection's
+    /// thread, forwarded to the replicas' ports). Clients fall back to gRPC.
+    pub put_port: bool,
     /// Where the range port listens (default: the gRPC listen address's IP, a port the
     /// system chooses). Its host is announced as `advertise`'s, with this port.
     pub range_listen: Option<String>,
@@ -121,6 +124,7 @@ impl Default for ChunkConfig {
             pack_mib: crate::packs::PACK_LEN >> 20,
             ship_replica_delay_ms: 30_000,
             range_port: true,
+            put_port: true,
             range_listen: None,
             max_requests: meridian_proto::fair::Limits::default().total,
             max_requests_per_client: meridian_proto::fair::Limits::default().per_client,

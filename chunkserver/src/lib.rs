@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod maintain;
 pub mod map;
 pub mod packs;
+pub mod put_port;
 pub mod range_port;
 pub mod replicate;
 pub mod residency;

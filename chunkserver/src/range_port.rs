@@ -1,5 +1,6 @@
 //! The range port: range reads of blocks over plain TCP (the wire format is
-//! `meridian_proto::range_wire`), beside the gRPC service.
+//! `meridian_proto::range_wire`), beside the gRPC service, and puts of small blocks on the
+//! same connections (`meridian_proto::put_wire`, answered by `put_port.rs`).
 //!
 //! Each connection is served by a thread of its own that reads a request, reads and
 //! verifies the groups from disk, and writes the reply: no task, no blocking-pool hand-off.
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use meridian_proto::put_wire::{self, PutFrame, PutReply};
 use meridian_proto::range_wire::{self, MAX_RANGE, RangeReply, RangeRequest};
 use tracing::{debug, error, info, warn};
 
@@ -49,6 +51,8 @@ pub struct RangeService {
     pub runtime: tokio::runtime::Handle,
     /// Told of a damaged copy: moves it aside and fetches a good one.
     pub maintainer: Arc<crate::maintain::Maintainer>,
+    /// Puts of small blocks through the port (`None`: refused, put through gRPC).
+    pub puts: Option<Arc<crate::put_port::PortPuts>>,
 }
 
 /// A listening range port; closed when dropped.
@@ -137,14 +141,18 @@ fn accept_loop(listener: TcpListener, service: Arc<RangeService>, closing: Arc<A
 }
 
 /// Answers "busy" on a connection there is no place for. The request the client sent
-/// with the connection is read first (briefly), so that closing sends the answer and an
-/// orderly end rather than a reset that would lose it.
+/// with the connection is read first (briefly), so that closing sends the answer (in the
+/// request's kind of frame) and an orderly end rather than a reset that would lose it.
 fn answer_busy(conn: &TcpStream) {
     let _ = conn.set_read_timeout(Some(BUSY_WAIT));
     let _ = conn.set_write_timeout(Some(BUSY_WAIT));
     let mut request = [0u8; range_wire::MAX_REQUEST + 8];
-    let _ = (&*conn).read(&mut request);
-    let _ = RangeReply::Busy.write(&mut &*conn);
+    let read = (&*conn).read(&mut request).unwrap_or(0);
+    let _ = if read >= 4 && request[..4] == put_wire::MAGIC.to_le_bytes() {
+        PutReply::Busy.write(&mut &*conn)
+    } else {
+        RangeReply::Busy.write(&mut &*conn)
+    };
     let _ = conn.shutdown(std::net::Shutdown::Write);
 }
 
@@ -177,10 +185,32 @@ fn serve(conn: TcpStream, service: &RangeService, closing: &AtomicBool) -> io::R
             }
             Err(e) => return Err(e),
         }
-        let Some(request) = RangeRequest::read(&mut reader)? else {
-            return Ok(());
-        };
-        service.answer(&request).write(&mut &conn)?;
+        let mut head = [0u8; 8];
+        reader.read_exact(&mut head)?;
+        let (magic, len) = (
+            u32::from_le_bytes([head[0], head[1], head[2], head[3]]),
+            u32::from_le_bytes([head[4], head[5], head[6], head[7]]),
+        );
+        match magic {
+            range_wire::MAGIC => {
+                let request = RangeRequest::read_body(&mut reader, len)?;
+                service.answer(&request).write(&mut &conn)?;
+            }
+            put_wire::MAGIC => {
+                let Some(puts) = &service.puts else {
+                    // Not read: the connection closes, the client puts through gRPC.
+                    return PutReply::Refused("this port takes no puts".into()).write(&mut &conn);
+                };
+                let frame = PutFrame::read_rest(&mut reader, len, puts.max_payload())?;
+                puts.answer(frame).write(&mut &conn)?;
+            }
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("not a range-port frame (magic {other:#x})"),
+                ));
+            }
+        }
     }
 }
 

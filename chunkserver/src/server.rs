@@ -141,31 +141,35 @@ pub async fn run(
         },
     )?);
     let background = maintainer.spawn();
-    if let Some(tx) = range_service {
-        let _ = tx.send(RangeService {
-            store: store.clone(),
-            residency: residency.clone(),
-            region: config.region,
-            runtime: tokio::runtime::Handle::current(),
-            maintainer: maintainer.clone(),
-        });
-    }
-    let node = ChunkNode {
+    let node = Arc::new(ChunkNode {
         id,
         zone: ZoneId(config.zone.clone()),
         region: config.region,
-        store,
+        store: store.clone(),
         ledger,
         replicator: Replicator::new(id, map.clone(), pool.clone()),
         map,
         max_block_len: config.max_block_len,
         default_min_copies: config.default_min_copies,
         peers: peers.clone(),
-        maintainer,
+        maintainer: maintainer.clone(),
         default_replicas: config.default_replicas,
-        residency,
+        residency: residency.clone(),
         ship_replica_delay: Duration::from_millis(config.ship_replica_delay_ms),
-    };
+    });
+    if let Some(tx) = range_service {
+        let runtime = tokio::runtime::Handle::current();
+        let _ = tx.send(RangeService {
+            store,
+            residency,
+            region: config.region,
+            runtime: runtime.clone(),
+            maintainer,
+            puts: config
+                .put_port
+                .then(|| Arc::new(crate::put_port::PortPuts::new(node.clone(), runtime))),
+        });
+    }
     let shippers: Vec<_> = config
         .peers
         .iter()
@@ -190,7 +194,7 @@ pub async fn run(
         timeout: std::time::Duration::from_millis(config.request_timeout_ms),
         per_client_rate: config.max_requests_per_client_per_sec,
     })
-    .add_service(ChunkServiceServer::new(node))
+    .add_service(ChunkServiceServer::from_arc(node.clone()))
     .serve_with_incoming_shutdown(channels::incoming(listener), shutdown)
     .await
     .map_err(|e| ChunkError::Invalid(format!("server failed: {e}")))?;

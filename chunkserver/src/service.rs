@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::error::ChunkError;
 use crate::ledger::Ledger;
 use crate::map::MapView;
-use crate::replicate::Replicator;
+use crate::replicate::{Forwarded, Replicator};
 use crate::store::{BlockStore, PutOutcome};
 
 /// Most copies one put may ask for.
@@ -72,6 +72,53 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ChunkError::Invalid(format!("worker task failed: {e}")))?
 }
 
+/// The volume and regions a coordinated put's replicas queue the block for: a block a
+/// local client put for a volume living in more regions than this one.
+pub(crate) fn ship_to(header: &PutHeader, regions: &[u32]) -> Option<(u32, Vec<u32>)> {
+    (header.volume != 0 && regions.len() > 1 && header.origin_region == 0)
+        .then(|| (header.volume, regions.to_vec()))
+}
+
+/// What storing a verified block here takes: its store, the condemned blocks a put
+/// reprieves, and the ledger that notes the copies it wants.
+#[derive(Clone)]
+pub(crate) struct LocalStore {
+    store: Arc<BlockStore>,
+    condemned: Arc<crate::gc::Condemned>,
+    ledger: Arc<Ledger>,
+    default_replicas: u32,
+}
+
+impl LocalStore {
+    /// Stores `block` here, verifying it first unless the caller has (`outboard`), and
+    /// notes that it wants `wanted` copies. Nothing is written unless it verifies.
+    pub(crate) fn put(
+        &self,
+        block: &EncodedBlock,
+        outboard: Option<Outboard>,
+        wanted: u32,
+    ) -> Result<PutOutcome, ChunkError> {
+        let outboard = match outboard {
+            Some(o) => o,
+            None => block.decode_with_outboard()?.1,
+        };
+        // Stored again: no longer garbage (decided before the copy counts as present).
+        if self.condemned.reprieve(&block.id)? {
+            info!(block = %block.id, "a put reprieved a condemned block");
+        }
+        let outcome = self.store.put(block, &outboard)?;
+        let new = outcome == PutOutcome::Written;
+        self.ledger.note_replicas(
+            &block.id,
+            wanted.min(MAX_REPLICAS),
+            self.default_replicas,
+            new,
+        )?;
+        metrics::counter!("meridian_chunk_put_bytes_total").increment(u64::from(block.raw_len));
+        Ok(outcome)
+    }
+}
+
 /// A token holder, with the keys to check its capabilities; `None`: unrestricted.
 type Restricted = Option<(
     std::sync::Arc<meridian_proto::token::Claims>,
@@ -106,7 +153,7 @@ impl ChunkNode {
     /// The regions the block a put carries may live in, by this region's metadata; refuses
     /// a block whose volume does not live here. A replica put comes from a coordinator of
     /// this region, which checked: only its own claim is checked.
-    async fn put_regions(
+    pub(crate) async fn put_regions(
         &self,
         id: &BlockId,
         header: &PutHeader,
@@ -145,7 +192,7 @@ impl ChunkNode {
 
     /// Queues a block a local client put (`origin_region` 0) for every peer region among
     /// `regions`, to be shipped after `delay`.
-    async fn queue_ship(
+    pub(crate) async fn queue_ship(
         &self,
         id: &BlockId,
         header: &PutHeader,
@@ -184,6 +231,16 @@ impl ChunkNode {
         blocking(move || ledger.enqueue_ship(&to, &shipment)).await
     }
 
+    /// What storing a block here takes, for a thread of the blocking pool or the put port.
+    pub(crate) fn local(&self) -> LocalStore {
+        LocalStore {
+            store: self.store.clone(),
+            condemned: self.maintainer.condemned.clone(),
+            ledger: self.ledger.clone(),
+            default_replicas: self.default_replicas,
+        }
+    }
+
     /// Stores a block here and notes the copies its put wants, verifying it first unless
     /// the caller has (`outboard`): one trip to the blocking pool, not one per step.
     async fn store_verified(
@@ -192,31 +249,97 @@ impl ChunkNode {
         outboard: Option<Outboard>,
         wanted: u32,
     ) -> Result<PutOutcome, ChunkError> {
-        let (store, condemned, stored, ledger, default) = (
-            self.store.clone(),
-            self.maintainer.condemned.clone(),
-            block.clone(),
-            self.ledger.clone(),
-            self.default_replicas,
-        );
-        let wanted = wanted.min(MAX_REPLICAS);
-        let outcome = blocking(move || {
-            let outboard = match outboard {
-                Some(o) => o,
-                None => stored.decode_with_outboard()?.1,
-            };
-            // Stored again: no longer garbage (decided before the copy counts as present).
-            if condemned.reprieve(&stored.id)? {
-                info!(block = %stored.id, "a put reprieved a condemned block");
-            }
-            let outcome = store.put(&stored, &outboard)?;
-            let new = outcome == PutOutcome::Written;
-            ledger.note_replicas(&stored.id, wanted, default, new)?;
-            Ok(outcome)
+        let (local, stored) = (self.local(), block.clone());
+        blocking(move || local.put(&stored, outboard, wanted)).await
+    }
+
+    /// The checks of a put's header that need neither its payload nor its caller: the
+    /// block's size, the role, and the copies it asks for. Gives the role, R and W.
+    pub(crate) fn put_limits(
+        &self,
+        id: &BlockId,
+        header: &PutHeader,
+    ) -> Result<(PutRole, u32, u32), Status> {
+        if header.raw_len > self.max_block_len {
+            return Err(ChunkError::Invalid(format!(
+                "block {id} of {} bytes exceeds this node's limit of {} bytes",
+                header.raw_len, self.max_block_len
+            ))
+            .into());
+        }
+        let role = PutRole::try_from(header.role)
+            .map_err(|_| Status::invalid_argument(format!("unknown put role {}", header.role)))?;
+        let replicas = header.replicas.max(1);
+        let min_copies = match header.min_copies {
+            0 => self.default_min_copies.min(replicas),
+            w => w,
+        };
+        if role == PutRole::Coordinator && (replicas > MAX_REPLICAS || min_copies > replicas) {
+            return Err(Status::invalid_argument(format!(
+                "block {id}: replicas {replicas} and min_copies {min_copies} must satisfy 1 <= min_copies <= replicas <= {MAX_REPLICAS}"
+            )));
+        }
+        Ok((role, replicas, min_copies))
+    }
+
+    /// A replica's put once its copy is stored: queued for the volume's other regions
+    /// (after the coordinator's turn: any holder can ship), and the answer.
+    pub(crate) async fn finish_replica(
+        &self,
+        id: &BlockId,
+        header: &PutHeader,
+        outcome: PutOutcome,
+    ) -> Result<PutResponse, ChunkError> {
+        self.queue_ship(id, header, &header.regions, self.ship_replica_delay)
+            .await?;
+        Ok(PutResponse {
+            stored_on: vec![self.id.0],
+            degraded: false,
+            already_present: outcome == PutOutcome::AlreadyPresent,
+            cap: Bytes::new(),
         })
-        .await?;
-        metrics::counter!("meridian_chunk_put_bytes_total").increment(u64::from(block.raw_len));
-        Ok(outcome)
+    }
+
+    /// A coordinated put once its copies are written: too few fails it, fewer than asked is
+    /// recorded for repair, a block of a volume living in other regions is queued for them
+    /// (durably, before the put is acknowledged), and the answer (without a capability).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn finish_coordinated(
+        &self,
+        id: &BlockId,
+        header: &PutHeader,
+        regions: &[u32],
+        (replicas, min_copies): (u32, u32),
+        outcome: PutOutcome,
+        forwarded: Forwarded,
+    ) -> Result<PutResponse, ChunkError> {
+        let mut stored_on = vec![self.id];
+        stored_on.extend(&forwarded.stored_on);
+        let copies = stored_on.len();
+        let degraded = copies < replicas as usize;
+        if copies < min_copies as usize {
+            return Err(ChunkError::TooFewCopies {
+                id: *id,
+                copies,
+                min_copies,
+                wanted: replicas,
+                failures: forwarded.failure_summary(),
+            });
+        }
+        if degraded {
+            let (ledger, nodes, id) = (self.ledger.clone(), stored_on.clone(), *id);
+            blocking(move || ledger.record_under_replicated(&id, &nodes, replicas)).await?;
+            metrics::counter!("meridian_chunk_degraded_puts_total").increment(1);
+            warn!(block = %id, copies, wanted = replicas, reason = %forwarded.failure_summary(), "stored degraded; recorded for repair");
+        }
+        self.queue_ship(id, header, regions, std::time::Duration::ZERO)
+            .await?;
+        Ok(PutResponse {
+            stored_on: stored_on.iter().map(|n| n.0).collect(),
+            degraded,
+            already_present: outcome == PutOutcome::AlreadyPresent,
+            cap: Bytes::new(),
+        })
     }
 
     async fn read_verified(&self, id: BlockId) -> Result<(EncodedBlock, Bytes), ChunkError> {
@@ -249,15 +372,7 @@ impl ChunkService for ChunkNode {
             _ => return Err(Status::invalid_argument("a put must start with a header")),
         };
         let (id, compression) = wire::parse_put_header(&header)?;
-        if header.raw_len > self.max_block_len {
-            return Err(ChunkError::Invalid(format!(
-                "block {id} of {} bytes exceeds this node's limit of {} bytes",
-                header.raw_len, self.max_block_len
-            ))
-            .into());
-        }
-        let role = PutRole::try_from(header.role)
-            .map_err(|_| Status::invalid_argument(format!("unknown put role {}", header.role)))?;
+        let (role, replicas, min_copies) = self.put_limits(&id, &header)?;
         if let Some((claims, _)) = &restricted {
             if role != PutRole::Coordinator || header.origin_region != 0 {
                 return Err(Status::permission_denied(format!(
@@ -281,16 +396,6 @@ impl ChunkService for ChunkNode {
             )));
         }
         let regions = self.put_regions(&id, &header, role).await?;
-        let replicas = header.replicas.max(1);
-        let min_copies = match header.min_copies {
-            0 => self.default_min_copies.min(replicas),
-            w => w,
-        };
-        if role == PutRole::Coordinator && (replicas > MAX_REPLICAS || min_copies > replicas) {
-            return Err(Status::invalid_argument(format!(
-                "block {id}: replicas {replicas} and min_copies {min_copies} must satisfy 1 <= min_copies <= replicas <= {MAX_REPLICAS}"
-            )));
-        }
         let payload = wire::read_payload(
             &mut stream,
             header.encoded_len,
@@ -318,16 +423,10 @@ impl ChunkService for ChunkNode {
         if role == PutRole::Replica {
             // Verified, stored and noted in one go: nothing is written unless it verifies.
             let outcome = self.store_verified(&block, None, header.replicas).await;
-            let already_present = outcome.map_err(rejected)? == PutOutcome::AlreadyPresent;
-            // Queued here too, after the coordinator's turn: any holder can ship.
-            self.queue_ship(&id, &header, &header.regions, self.ship_replica_delay)
-                .await?;
-            return Ok(Response::new(PutResponse {
-                stored_on: vec![self.id.0],
-                degraded: false,
-                already_present,
-                cap: Bytes::new(),
-            }));
+            let outcome = outcome.map_err(rejected)?;
+            return Ok(Response::new(
+                self.finish_replica(&id, &header, outcome).await?,
+            ));
         }
         // Verify before anything touches the disk or the network: a mismatch changes nothing.
         // A small block is hashed here (microseconds), not through the blocking pool: its
@@ -345,48 +444,31 @@ impl ChunkService for ChunkNode {
         // The local copy is written while the other copies are (a coordinator forwards the
         // verified block at once): a put costs one disk write's latency, not two.
         let local = self.store_verified(&block, Some(outboard), header.replicas);
-        let ship = (header.volume != 0 && regions.len() > 1 && header.origin_region == 0)
-            .then(|| (header.volume, regions.clone()));
         let (outcome, forwarded) = tokio::join!(
             local,
-            self.replicator
-                .forward(&block, replicas as usize - 1, replicas, ship)
+            self.replicator.forward(
+                &block,
+                replicas as usize - 1,
+                replicas,
+                ship_to(&header, &regions)
+            )
         );
-        let already_present = outcome? == PutOutcome::AlreadyPresent;
-        let mut stored_on = vec![self.id];
-        stored_on.extend(&forwarded.stored_on);
-        let copies = stored_on.len();
-        let degraded = copies < replicas as usize;
-        if copies < min_copies as usize {
-            return Err(ChunkError::TooFewCopies {
-                id,
-                copies,
-                min_copies,
-                wanted: replicas,
-                failures: forwarded.failure_summary(),
-            }
-            .into());
-        }
-        if degraded {
-            let ledger = self.ledger.clone();
-            let nodes = stored_on.clone();
-            blocking(move || ledger.record_under_replicated(&id, &nodes, replicas)).await?;
-            metrics::counter!("meridian_chunk_degraded_puts_total").increment(1);
-            warn!(block = %id, copies, wanted = replicas, reason = %forwarded.failure_summary(), "stored degraded; recorded for repair");
-        }
-        // A block written here for a volume that lives in other regions too: queue it for
-        // each of them (durably, before the write is acknowledged).
-        self.queue_ship(&id, &header, &regions, std::time::Duration::ZERO)
+        let mut response = self
+            .finish_coordinated(
+                &id,
+                &header,
+                &regions,
+                (replicas, min_copies),
+                outcome?,
+                forwarded,
+            )
             .await?;
-        Ok(Response::new(PutResponse {
-            stored_on: stored_on.iter().map(|n| n.0).collect(),
-            degraded,
-            // Whether some volume already holds these bytes is not a token holder's to know.
-            already_present: already_present && restricted.is_none(),
-            cap: restricted
-                .map(|(_, keys)| Bytes::copy_from_slice(&keys.cap(&id, header.volume)))
-                .unwrap_or_default(),
-        }))
+        // Whether some volume already holds these bytes is not a token holder's to know.
+        response.already_present &= restricted.is_none();
+        if let Some((_, keys)) = restricted {
+            response.cap = Bytes::copy_from_slice(&keys.cap(&id, header.volume));
+        }
+        Ok(Response::new(response))
     }
 
     type GetStream = tokio_stream::Iter<std::vec::IntoIter<Result<GetResponse, Status>>>;

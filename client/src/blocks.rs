@@ -14,6 +14,7 @@ use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::chunk::{GetHeader, GetRequest, HasRequest, PutHeader, PutRole};
+use meridian_proto::put_wire::{self, PutFrame, PutReply};
 use meridian_proto::range_wire::{self, RangeReply, RangeRequest};
 use meridian_proto::recent::Recent;
 use meridian_proto::{
@@ -94,6 +95,10 @@ pub struct BlockClient {
     range_port: bool,
     /// Range reads answered through a range port.
     range_port_reads: AtomicU64,
+    /// Small blocks may be put through the nodes' range ports.
+    put_port: bool,
+    /// Puts stored through a range port.
+    put_port_puts: AtomicU64,
 }
 
 /// Blocks whose verified outboards a client keeps (8 KiB each for 4 MiB blocks).
@@ -118,6 +123,8 @@ impl BlockClient {
             // The range port is plain TCP: never used by a process that speaks TLS.
             range_port: meridian_proto::channels::tls_off(),
             range_port_reads: AtomicU64::new(0),
+            put_port: meridian_proto::channels::tls_off(),
+            put_port_puts: AtomicU64::new(0),
         }
     }
 
@@ -133,6 +140,17 @@ impl BlockClient {
     pub fn with_range_port(mut self, on: bool) -> Self {
         self.range_port = on && meridian_proto::channels::tls_off();
         self
+    }
+
+    /// Whether small blocks may be put through the nodes' range ports (default: yes).
+    pub fn with_put_port(mut self, on: bool) -> Self {
+        self.put_port = on && meridian_proto::channels::tls_off();
+        self
+    }
+
+    /// Puts stored through a range port so far.
+    pub fn put_port_puts(&self) -> u64 {
+        self.put_port_puts.load(Ordering::Relaxed)
     }
 
     /// Puts ship blocks from region `origin` (the receivers do not ship them again).
@@ -210,6 +228,9 @@ impl BlockClient {
                 volume,
                 ..Default::default()
             };
+            if let Some(receipt) = self.put_through_port(node, block, &header).await {
+                return Ok(receipt);
+            }
             let mut rpc = match self.rpc(node) {
                 Ok(r) => r,
                 Err(e) => {
@@ -254,6 +275,54 @@ impl BlockClient {
             what: "put",
             tried: tried.join("; "),
         })
+    }
+
+    /// Puts a small block through `node`'s range port; `None` when the port does not
+    /// store it (not open, left alone lately, refused, failed: the caller puts through
+    /// gRPC, which gives any error its status). Not for shipments, token holders or
+    /// routed nodes.
+    async fn put_through_port(
+        &self,
+        node: &NodeInfo,
+        block: &EncodedBlock,
+        header: &PutHeader,
+    ) -> Option<PutReceipt> {
+        if !self.put_port
+            || self.origin != 0
+            || block.payload.len() > put_wire::MAX_PUT as usize
+            || node.range_address.is_empty()
+            || meridian_proto::token::has_client_token()
+            || self.pool.routes(&node.address)
+        {
+            return None;
+        }
+        let header = PutHeader {
+            block_id: bytes::Bytes::copy_from_slice(block.id.as_bytes()),
+            compression: block.compression.code(),
+            raw_len: block.raw_len,
+            encoded_len: block.payload.len() as u32,
+            ..header.clone()
+        };
+        let head = PutFrame::head(&header).ok()?;
+        match range_port::put_async(&node.range_address, &head, &block.payload).await? {
+            Ok(PutReply::Stored(resp)) => {
+                self.put_port_puts.fetch_add(1, Ordering::Relaxed);
+                Some(PutReceipt {
+                    id: block.id,
+                    stored_on: resp.stored_on.into_iter().map(NodeId).collect(),
+                    degraded: resp.degraded,
+                    already_present: resp.already_present,
+                })
+            }
+            Ok(other) => {
+                debug!(block = %block.id, node = %node.id, reply = ?other, "put port did not store; putting through gRPC");
+                None
+            }
+            Err(e) => {
+                debug!(block = %block.id, node = %node.id, error = %e, "put port failed; putting through gRPC");
+                None
+            }
+        }
     }
 
     /// The nodes to read `id` from: its first `replicas` placements (the nodes that should

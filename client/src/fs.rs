@@ -121,6 +121,8 @@ pub struct FsOptions {
     /// Small range reads may go through the chunkservers' range ports (see
     /// `blocks/range_port.rs`) rather than gRPC.
     pub range_port: bool,
+    /// Small blocks may be put through the chunkservers' range ports rather than gRPC.
+    pub put_port: bool,
 }
 
 impl Default for FsOptions {
@@ -137,6 +139,7 @@ impl Default for FsOptions {
             adopted_writes_lost: false,
             linearizable: false,
             range_port: true,
+            put_port: true,
         }
     }
 }
@@ -234,7 +237,8 @@ impl FileSystem {
         let map = meta.watch_cluster_map();
         let blocks = BlockClient::new(map, zone, Default::default())
             .for_volume(volume.id, &volume.policy.regions)
-            .with_range_port(options.range_port);
+            .with_range_port(options.range_port)
+            .with_put_port(options.put_port);
         if options.linearizable {
             if volume.policy.home.is_none() && volume.policy.regions.len() > 1 {
                 return Err(MetaError::Invalid(format!(

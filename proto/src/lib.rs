@@ -4,6 +4,7 @@
 pub mod block;
 pub mod channels;
 pub mod cluster;
+pub mod disk;
 pub mod fair;
 pub mod hlc;
 pub mod ids;
@@ -12,6 +13,7 @@ pub mod net;
 pub mod ns;
 pub mod pb;
 pub mod placement;
+pub mod put_wire;
 pub mod range_wire;
 pub mod recent;
 pub mod reload;

@@ -139,12 +139,17 @@ impl RangeRequest {
         if u32_at(&head, 0) != MAGIC {
             return Err(invalid("not a range-port request"));
         }
-        let len = u32_at(&head, 4) as usize;
+        Self::read_body(r, u32_at(&head, 4)).map(Some)
+    }
+
+    /// Reads a request's body of the announced `len` bytes (its magic and length read).
+    pub fn read_body(r: &mut impl Read, len: u32) -> io::Result<RangeRequest> {
+        let len = len as usize;
         if !(FIXED..=MAX_REQUEST).contains(&len) {
             return Err(invalid(format!("a request body of {len} bytes")));
         }
         let body = read_vec(r, len)?;
-        Self::decode(&body).map(Some)
+        Self::decode(&body)
     }
 
     /// A request from its body.

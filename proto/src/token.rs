@@ -343,6 +343,14 @@ pub fn install_client_token(token: &str) -> Result<Claims, TokenError> {
     Ok(claims)
 }
 
+/// Whether this process holds a volume access token (its requests must carry it).
+pub fn has_client_token() -> bool {
+    CLIENT_TOKEN
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_some()
+}
+
 /// `msg` as a request carrying this client's token, if it has one.
 pub fn request<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);

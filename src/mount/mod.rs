@@ -77,6 +77,9 @@ pub struct MountArgs {
     /// Read small ranges through gRPC only, never through the chunkservers' range ports.
     #[arg(long)]
     pub no_range_port: bool,
+    /// Put small blocks through gRPC only, never through the chunkservers' range ports.
+    #[arg(long)]
+    pub no_put_port: bool,
     /// Have the running mount at MOUNTPOINT served by this binary from now on (an
     /// upgrade): its supervisor starts this binary, the old serving process commits what
     /// it holds and goes, and requests wait in the kernel meanwhile.
@@ -220,6 +223,7 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
         adopted_writes_lost: args.after_crash,
         linearizable: args.linearizable,
         range_port: !args.no_range_port,
+        put_port: !args.no_put_port,
         ..Default::default()
     };
     let fs = rt

@@ -7,7 +7,9 @@
 //! threads stay free to take requests. Whole blocks (a sequential read's, read-ahead's)
 //! come through the port from runtime tasks too, with [`call_async`]: the block arrives in
 //! one buffer of its size, where gRPC gathers HTTP/2 frames into a growing message on
-//! both sides. Every read the port cannot answer goes through gRPC as before.
+//! both sides. Every read the port cannot answer goes through gRPC as before. Small
+//! blocks are put through the port from runtime tasks too ([`put_async`]), on the same
+//! kept connections; a put the port does not store goes through gRPC.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
+use meridian_proto::put_wire::{self, PutReply};
 use meridian_proto::range_wire::{FOUND_LENGTHS, Found, REPLY_HEAD, RangeReply, RangeRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -217,6 +220,54 @@ pub async fn call_async(
         Ok(f) => f,
         Err(e) => return Some(Err(e)),
     };
+    let reply = match exchange_kept(address, &[&frame], Wanted::Range(max_len)).await {
+        Ok(Reply::Range(r)) => Ok(r),
+        Ok(Reply::Put(_)) => unreachable!("a range read's answer is read as one"),
+        Err(e) => Err(e),
+    };
+    Some(reply.inspect(|r| {
+        if *r == RangeReply::Busy {
+            leave_alone(address, UNREACHABLE_FOR, "busy");
+        }
+    }))
+}
+
+/// Puts a small block through the port at `address` from a runtime task: `head` and
+/// `payload` make the frame (see `meridian_proto::put_wire`). `None` when the port is
+/// left alone lately (the caller puts through gRPC).
+pub async fn put_async(address: &str, head: &[u8], payload: &[u8]) -> Option<io::Result<PutReply>> {
+    check_reachable(address).ok()?;
+    let reply = match exchange_kept(address, &[head, payload], Wanted::Put).await {
+        Ok(Reply::Put(r)) => Ok(r),
+        Ok(Reply::Range(_)) => unreachable!("a put's answer is read as one"),
+        Err(e) => Err(e),
+    };
+    Some(reply.inspect(|r| {
+        if *r == PutReply::Busy {
+            leave_alone(address, UNREACHABLE_FOR, "busy");
+        }
+    }))
+}
+
+/// Which reply a frame's sender reads.
+#[derive(Clone, Copy)]
+enum Wanted {
+    /// A range read's, with plaintexts up to this long.
+    Range(u32),
+    /// A put's.
+    Put,
+}
+
+/// A reply of either kind.
+enum Reply {
+    Range(RangeReply),
+    Put(PutReply),
+}
+
+/// One exchange on a connection kept for tasks (or a new one): `frame`'s parts written,
+/// the `wanted` reply read. A kept connection the node has closed since is dialed again,
+/// once; a timeout or a failed fresh connection leaves the port alone a while.
+async fn exchange_kept(address: &str, frame: &[&[u8]], wanted: Wanted) -> io::Result<Reply> {
     let kept = take_idle(address);
     let was_kept = kept.is_some();
     let first = match kept {
@@ -224,22 +275,17 @@ pub async fn call_async(
         None => connect_async(address).await,
     };
     let exchanged = match first {
-        Ok(conn) => exchange_async(conn, &frame, max_len).await,
+        Ok(conn) => exchange_async(conn, frame, wanted).await,
         Err(e) => Err(e),
     };
     let exchanged = match exchanged {
-        // As in `call`: a kept connection the node has closed since is dialed again, once.
         Err(e) if was_kept && !timed_out(&e) => match connect_async(address).await {
-            Ok(conn) => exchange_async(conn, &frame, max_len).await,
+            Ok(conn) => exchange_async(conn, frame, wanted).await,
             Err(e) => Err(e),
         },
         other => other,
     };
-    Some(match exchanged {
-        Ok((_, RangeReply::Busy)) => {
-            leave_alone(address, UNREACHABLE_FOR, "busy");
-            Ok(RangeReply::Busy)
-        }
+    match exchanged {
         Ok((conn, reply)) => {
             keep_idle(address, conn);
             Ok(reply)
@@ -248,7 +294,7 @@ pub async fn call_async(
             leave_alone(address, SLOW_FOR, &e.to_string());
             Err(e)
         }
-    })
+    }
 }
 
 fn take_idle(address: &str) -> Option<tokio::net::TcpStream> {
@@ -277,17 +323,36 @@ async fn connect_async(address: &str) -> io::Result<tokio::net::TcpStream> {
 /// One request and its reply, within [`IO_TIMEOUT`].
 async fn exchange_async(
     mut conn: tokio::net::TcpStream,
-    frame: &[u8],
-    max_len: u32,
-) -> io::Result<(tokio::net::TcpStream, RangeReply)> {
+    frame: &[&[u8]],
+    wanted: Wanted,
+) -> io::Result<(tokio::net::TcpStream, Reply)> {
     let exchange = async {
-        conn.write_all(frame).await?;
-        read_reply(&mut conn, max_len).await
+        for part in frame {
+            conn.write_all(part).await?;
+        }
+        match wanted {
+            Wanted::Range(max_len) => read_reply(&mut conn, max_len).await.map(Reply::Range),
+            Wanted::Put => read_put_reply(&mut conn).await.map(Reply::Put),
+        }
     };
     match tokio::time::timeout(IO_TIMEOUT, exchange).await {
         Ok(reply) => Ok((conn, reply?)),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no reply in time")),
     }
+}
+
+/// Reads one put reply (the checks of `PutReply::read`).
+async fn read_put_reply(conn: &mut tokio::net::TcpStream) -> io::Result<PutReply> {
+    let mut head = [0u8; put_wire::REPLY_HEAD];
+    conn.read_exact(&mut head).await?;
+    let status = PutReply::status(&head)?;
+    if status == 4 {
+        return Ok(PutReply::Busy);
+    }
+    let len = PutReply::body_len(status, conn.read_u32_le().await?)?;
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await?;
+    PutReply::from_body(status, &body)
 }
 
 /// Reads one reply (the checks of `RangeReply::read`), the outboard and plaintext into one

@@ -1,0 +1,316 @@
+//! The put port's wire format: a small block's put over a range port's connection.
+//!
+//! A small file's put through the gRPC service crosses the client's HTTP/2 connection
+//! task, the coordinator's request task, a blocking-pool thread for the disk and the same
+//! again for every replica it forwards to; the disk's part is a fraction of it. The range
+//! port's connections carry puts of small blocks too, in their own frames: a thread of the
+//! chunkserver reads the whole put, verifies it, forwards it to the replicas' ports and
+//! stores its own copy, with no task in between. The header is the gRPC put's own
+//! [`PutHeader`] (prost-encoded), so both paths check the same fields the same way.
+//!
+//! ```text
+//! request  u32 LE magic "MRP1", u32 LE header length (at most MAX_HEADER), the PutHeader,
+//!          then the encoded payload: the header's encoded_len bytes (at most MAX_PUT)
+//! reply    u32 LE magic, u8 status, then
+//!          0 stored:  u32 length (at most MAX_HEADER), a PutResponse
+//!          2 refused, 3 failed: u32 message length (at most MAX_MESSAGE), the message
+//!          4 busy:    nothing (the connection closes; the client puts through gRPC)
+//! ```
+//! A refused put is one the node will not take through the port (a larger block, a
+//! shipment, a volume that does not live here, bytes that do not match their id); the
+//! client then puts through gRPC, which gives the error its proper status. Every length is
+//! checked before anything is allocated for it.
+
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::pb::chunk::{PutHeader, PutResponse};
+use crate::range_wire::MAX_MESSAGE;
+
+/// "MRP1": a put-port frame.
+pub const MAGIC: u32 = 0x3150_524d;
+/// No header (nor a stored reply's body) is larger.
+pub const MAX_HEADER: usize = 4096;
+/// No payload through the port is larger: small blocks only (a small file's, a pack's);
+/// larger ones stream through gRPC.
+pub const MAX_PUT: u32 = 1 << 20;
+/// A reply's first bytes: magic and status.
+pub const REPLY_HEAD: usize = 5;
+
+/// One put: its header and the block's encoded bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PutFrame {
+    /// As a gRPC put's first message carries it.
+    pub header: PutHeader,
+    /// The encoded block (`header.encoded_len` bytes).
+    pub payload: Bytes,
+}
+
+/// What a chunkserver answers a put.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PutReply {
+    /// Stored, as a gRPC put answers.
+    Stored(PutResponse),
+    /// Not taken through the port (put through gRPC instead).
+    Refused(String),
+    /// Something went wrong on the node.
+    Failed(String),
+    /// The node serves no more connections now.
+    Busy,
+}
+
+fn invalid(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn read_vec(r: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
+    let mut v = vec![0u8; len];
+    r.read_exact(&mut v)?;
+    Ok(v)
+}
+
+/// A header length as announced, refused beyond [`MAX_HEADER`].
+pub fn header_len(len: u32) -> io::Result<usize> {
+    match len as usize {
+        len if len <= MAX_HEADER => Ok(len),
+        len => Err(invalid(format!("a put header of {len} bytes"))),
+    }
+}
+
+impl PutFrame {
+    /// The frame's bytes before the payload: magic, length and header. The header's
+    /// `encoded_len` must be the payload's length.
+    pub fn head(header: &PutHeader) -> io::Result<Vec<u8>> {
+        let len = header.encoded_len();
+        if len > MAX_HEADER {
+            return Err(invalid(format!("a put header of {len} bytes")));
+        }
+        if header.encoded_len > MAX_PUT {
+            return Err(invalid(format!(
+                "a payload of {} bytes: at most {MAX_PUT} through the port",
+                header.encoded_len
+            )));
+        }
+        let mut out = Vec::with_capacity(8 + len);
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        header
+            .encode(&mut out)
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// The whole frame in one buffer.
+    pub fn encode(&self) -> io::Result<Vec<u8>> {
+        let mut out = Self::head(&self.header)?;
+        if self.payload.len() != self.header.encoded_len as usize {
+            return Err(invalid("the payload's length is not the header's"));
+        }
+        out.extend_from_slice(&self.payload);
+        Ok(out)
+    }
+
+    /// Reads the rest of a frame whose magic has been read and whose header is `len`
+    /// bytes long, refusing payloads longer than `max_payload` (and [`MAX_PUT`]).
+    pub fn read_rest(r: &mut impl Read, len: u32, max_payload: u32) -> io::Result<PutFrame> {
+        let len = header_len(len)?;
+        let header =
+            PutHeader::decode(read_vec(r, len)?.as_slice()).map_err(|e| invalid(e.to_string()))?;
+        if header.encoded_len > MAX_PUT.min(max_payload) {
+            return Err(invalid(format!(
+                "a put of {} bytes through the port",
+                header.encoded_len
+            )));
+        }
+        let payload = read_vec(r, header.encoded_len as usize)?.into();
+        Ok(PutFrame { header, payload })
+    }
+
+    /// Reads one frame, magic included.
+    pub fn read(r: &mut impl Read, max_payload: u32) -> io::Result<PutFrame> {
+        let mut head = [0u8; 8];
+        r.read_exact(&mut head)?;
+        if u32_at(&head, 0) != MAGIC {
+            return Err(invalid("not a put-port request"));
+        }
+        Self::read_rest(r, u32_at(&head, 4), max_payload)
+    }
+}
+
+impl PutReply {
+    /// The reply's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_le_bytes().to_vec();
+        let (status, message) = match self {
+            PutReply::Stored(response) => {
+                out.push(0);
+                out.extend_from_slice(&(response.encoded_len() as u32).to_le_bytes());
+                response.encode(&mut out).expect("a Vec grows");
+                return out;
+            }
+            PutReply::Refused(m) => (2, m),
+            PutReply::Failed(m) => (3, m),
+            PutReply::Busy => {
+                out.push(4);
+                return out;
+            }
+        };
+        let mut end = message.len().min(MAX_MESSAGE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.push(status);
+        out.extend_from_slice(&(end as u32).to_le_bytes());
+        out.extend_from_slice(&message.as_bytes()[..end]);
+        out
+    }
+
+    /// Writes the reply.
+    pub fn write(&self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(&self.encode())
+    }
+
+    /// The status a reply's first [`REPLY_HEAD`] bytes carry.
+    pub fn status(head: &[u8; REPLY_HEAD]) -> io::Result<u8> {
+        match u32_at(head, 0) {
+            MAGIC => Ok(head[4]),
+            other => Err(invalid(format!("not a put-port reply (magic {other:#x})"))),
+        }
+    }
+
+    /// The reply of `status` from the `len`-byte body that followed its length (nothing
+    /// for busy).
+    pub fn from_body(status: u8, body: &[u8]) -> io::Result<PutReply> {
+        let message = || String::from_utf8_lossy(body).into_owned();
+        match status {
+            0 => PutResponse::decode(body)
+                .map(PutReply::Stored)
+                .map_err(|e| invalid(e.to_string())),
+            2 => Ok(PutReply::Refused(message())),
+            3 => Ok(PutReply::Failed(message())),
+            4 => Ok(PutReply::Busy),
+            other => Err(invalid(format!("unknown put reply status {other}"))),
+        }
+    }
+
+    /// A body length as announced for `status`, refused beyond its limit.
+    pub fn body_len(status: u8, len: u32) -> io::Result<usize> {
+        let limit = if status == 0 { MAX_HEADER } else { MAX_MESSAGE };
+        match len as usize {
+            len if len <= limit => Ok(len),
+            len => Err(invalid(format!("a put reply of {len} bytes"))),
+        }
+    }
+
+    /// Reads one reply.
+    pub fn read(r: &mut impl Read) -> io::Result<PutReply> {
+        let mut head = [0u8; REPLY_HEAD];
+        r.read_exact(&mut head)?;
+        let status = Self::status(&head)?;
+        if status == 4 {
+            return Ok(PutReply::Busy);
+        }
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len)?;
+        let len = Self::body_len(status, u32::from_le_bytes(len))?;
+        Self::from_body(status, &read_vec(r, len)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame() -> PutFrame {
+        let payload = Bytes::from(vec![7u8; 1000]);
+        PutFrame {
+            header: PutHeader {
+                block_id: Bytes::from(vec![1u8; 32]),
+                compression: 0,
+                raw_len: 1000,
+                encoded_len: 1000,
+                role: 0,
+                replicas: 3,
+                min_copies: 2,
+                map_epoch: 9,
+                regions: vec![1, 2],
+                origin_region: 0,
+                volume: (1 << 16) | 3,
+            },
+            payload,
+        }
+    }
+
+    #[test]
+    fn frames_and_replies_read_back_as_written() {
+        let bytes = frame().encode().unwrap();
+        assert_eq!(PutFrame::read(&mut &bytes[..], MAX_PUT).unwrap(), frame());
+        for reply in [
+            PutReply::Stored(PutResponse {
+                stored_on: vec![1, 2, 3],
+                degraded: true,
+                already_present: false,
+                cap: Bytes::new(),
+            }),
+            PutReply::Refused("a shipment".into()),
+            PutReply::Failed("disk".into()),
+            PutReply::Busy,
+        ] {
+            assert_eq!(PutReply::read(&mut &reply.encode()[..]).unwrap(), reply);
+        }
+    }
+
+    #[test]
+    fn oversized_and_malformed_frames_are_refused_before_allocating() {
+        let mut bytes = frame().encode().unwrap();
+        bytes[4..8].copy_from_slice(&(1u32 << 31).to_le_bytes());
+        assert!(PutFrame::read(&mut &bytes[..], MAX_PUT).is_err());
+        let mut bytes = frame().encode().unwrap();
+        bytes[0] ^= 1;
+        assert!(PutFrame::read(&mut &bytes[..], MAX_PUT).is_err());
+        let bytes = frame().encode().unwrap();
+        assert!(
+            PutFrame::read(&mut &bytes[..], 999).is_err(),
+            "larger than the node takes"
+        );
+        let huge = PutFrame {
+            header: PutHeader {
+                encoded_len: MAX_PUT + 1,
+                ..frame().header
+            },
+            payload: Bytes::new(),
+        };
+        assert!(huge.encode().is_err());
+        let short = PutFrame {
+            payload: Bytes::from_static(b"short"),
+            ..frame()
+        };
+        assert!(short.encode().is_err(), "payload and header disagree");
+        let mut reply = PutReply::Failed("x".into()).encode();
+        reply[5..9].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        assert!(PutReply::read(&mut &reply[..]).is_err());
+    }
+
+    proptest! {
+        /// Any bytes at all decode to a frame, a reply or an error: never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = PutFrame::read(&mut &bytes[..], MAX_PUT);
+            let _ = PutReply::read(&mut &bytes[..]);
+            let mut framed = MAGIC.to_le_bytes().to_vec();
+            framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            framed.extend_from_slice(&bytes);
+            let _ = PutFrame::read(&mut &framed[..], MAX_PUT);
+            let mut reply = MAGIC.to_le_bytes().to_vec();
+            reply.extend_from_slice(&bytes);
+            let _ = PutReply::read(&mut &reply[..]);
+        }
+    }
+}
