@@ -525,6 +525,19 @@ fn admin_chunk_status_reports_every_node_as_json() -> Result<()> {
     Ok(())
 }
 
+/// Sends `frame` to the range port at `port` and reads everything it answers until it
+/// closes the connection.
+fn ask_port(port: &str, frame: &[u8]) -> Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(port)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    s.write_all(frame)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// Range reads through the chunkservers' range ports: only a thread that may wait on one
 /// (a kernel request thread) uses it, and what it returns is verified like a gRPC read. A
 /// copy that fails its hash is never returned: the read goes on through gRPC to a good
@@ -604,15 +617,7 @@ fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_inpu
 
     // Hostile input, straight to a port.
     let port = map.nodes[0].range_address.clone();
-    let ask = |frame: &[u8]| -> Result<Vec<u8>> {
-        let mut s = std::net::TcpStream::connect(&port)?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-        s.write_all(frame)?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out)?;
-        Ok(out)
-    };
+    let ask = |frame: &[u8]| ask_port(&port, frame);
     assert!(
         ask(b"GET / HTTP/1.1\r\n\r\n")?.is_empty(),
         "not a frame: closed"
@@ -729,15 +734,7 @@ fn small_puts_go_through_the_put_port_checked_as_through_grpc() -> Result<()> {
 
     // Hostile input, straight to a port.
     let port = map.nodes[0].range_address.clone();
-    let ask = |frame: &[u8]| -> Result<Vec<u8>> {
-        let mut s = std::net::TcpStream::connect(&port)?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-        s.write_all(frame)?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out)?;
-        Ok(out)
-    };
+    let ask = |frame: &[u8]| ask_port(&port, frame);
     let frame = |bytes: &[u8], f: &dyn Fn(&mut PutHeader)| -> PutFrame {
         let b = EncodedBlock::encode(bytes).expect("encodes");
         let mut header = PutHeader {

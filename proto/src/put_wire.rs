@@ -27,7 +27,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::pb::chunk::{PutHeader, PutResponse};
-use crate::range_wire::MAX_MESSAGE;
+use crate::range_wire::{MAX_MESSAGE, invalid, read_vec, u32_at};
 
 /// "MRP1": a put-port frame.
 pub const MAGIC: u32 = 0x3150_524d;
@@ -59,20 +59,6 @@ pub enum PutReply {
     Failed(String),
     /// The node serves no more connections now.
     Busy,
-}
-
-fn invalid(what: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.into())
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn read_vec(r: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
-    let mut v = vec![0u8; len];
-    r.read_exact(&mut v)?;
-    Ok(v)
 }
 
 /// A header length as announced, refused beyond [`MAX_HEADER`].

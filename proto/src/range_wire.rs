@@ -87,11 +87,11 @@ pub enum RangeReply {
     Busy,
 }
 
-fn invalid(what: impl Into<String>) -> io::Error {
+pub(crate) fn invalid(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
@@ -101,7 +101,7 @@ fn read_u32(r: &mut impl Read) -> io::Result<u32> {
     Ok(u32::from_le_bytes(b))
 }
 
-fn read_vec(r: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
+pub(crate) fn read_vec(r: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
     let mut v = vec![0u8; len];
     r.read_exact(&mut v)?;
     Ok(v)

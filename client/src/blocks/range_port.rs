@@ -220,16 +220,13 @@ pub async fn call_async(
         Ok(f) => f,
         Err(e) => return Some(Err(e)),
     };
-    let reply = match exchange_kept(address, &[&frame], Wanted::Range(max_len)).await {
-        Ok(Reply::Range(r)) => Ok(r),
-        Ok(Reply::Put(_)) => unreachable!("a range read's answer is read as one"),
-        Err(e) => Err(e),
-    };
-    Some(reply.inspect(|r| {
-        if *r == RangeReply::Busy {
-            leave_alone(address, UNREACHABLE_FOR, "busy");
-        }
-    }))
+    Some(
+        match exchange_kept(address, &[&frame], Wanted::Range(max_len)).await {
+            Ok(Reply::Range(r)) => Ok(r),
+            Ok(Reply::Put(_)) => unreachable!("a range read's answer is read as one"),
+            Err(e) => Err(e),
+        },
+    )
 }
 
 /// Puts a small block through the port at `address` from a runtime task: `head` and
@@ -237,16 +234,13 @@ pub async fn call_async(
 /// left alone lately (the caller puts through gRPC).
 pub async fn put_async(address: &str, head: &[u8], payload: &[u8]) -> Option<io::Result<PutReply>> {
     check_reachable(address).ok()?;
-    let reply = match exchange_kept(address, &[head, payload], Wanted::Put).await {
-        Ok(Reply::Put(r)) => Ok(r),
-        Ok(Reply::Range(_)) => unreachable!("a put's answer is read as one"),
-        Err(e) => Err(e),
-    };
-    Some(reply.inspect(|r| {
-        if *r == PutReply::Busy {
-            leave_alone(address, UNREACHABLE_FOR, "busy");
-        }
-    }))
+    Some(
+        match exchange_kept(address, &[head, payload], Wanted::Put).await {
+            Ok(Reply::Put(r)) => Ok(r),
+            Ok(Reply::Range(_)) => unreachable!("a put's answer is read as one"),
+            Err(e) => Err(e),
+        },
+    )
 }
 
 /// Which reply a frame's sender reads.
@@ -264,9 +258,19 @@ enum Reply {
     Put(PutReply),
 }
 
+impl Reply {
+    fn busy(&self) -> bool {
+        matches!(
+            self,
+            Reply::Range(RangeReply::Busy) | Reply::Put(PutReply::Busy)
+        )
+    }
+}
+
 /// One exchange on a connection kept for tasks (or a new one): `frame`'s parts written,
 /// the `wanted` reply read. A kept connection the node has closed since is dialed again,
-/// once; a timeout or a failed fresh connection leaves the port alone a while.
+/// once; a timeout or a failed fresh connection leaves the port alone a while, a "busy"
+/// longer.
 async fn exchange_kept(address: &str, frame: &[&[u8]], wanted: Wanted) -> io::Result<Reply> {
     let kept = take_idle(address);
     let was_kept = kept.is_some();
@@ -286,6 +290,10 @@ async fn exchange_kept(address: &str, frame: &[&[u8]], wanted: Wanted) -> io::Re
         other => other,
     };
     match exchanged {
+        Ok((_, reply)) if reply.busy() => {
+            leave_alone(address, UNREACHABLE_FOR, "busy");
+            Ok(reply)
+        }
         Ok((conn, reply)) => {
             keep_idle(address, conn);
             Ok(reply)

@@ -172,6 +172,63 @@ impl Unanswered {
     }
 }
 
+/// How long an entry-less append on a replication stream waits for the next request.
+pub const ENTRYLESS_HOLD: Duration = Duration::from_millis(10);
+
+/// The requests of a replication stream, an entry-less one (the commit index moved, or a
+/// probe) held back up to `hold` for the next: when a request with entries follows, it
+/// carries the same commit index and the entry-less one is never sent.
+///
+/// Openraft sends a follower an append of its own whenever the commit index moves and no
+/// entry is waiting: with one client writing at a time, every entry costs each follower
+/// two messages, the second only to say "committed" (the followers' apply waits for it,
+/// the client's answer does not). Dropping it is safe: openraft counts a follower's
+/// acknowledgement per log id (all requests up to the one acknowledged drain), so the
+/// next request's answer acknowledges the dropped one too, with the later request's
+/// sending time (a lease measured from it is shorter, never longer). A newer entry-less
+/// request replaces a held one and keeps its deadline; the end of the input sends
+/// what is held at once (a heartbeat is a stream of one).
+fn hold_entryless<S>(
+    input: S,
+    hold: Duration,
+) -> impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    type Held = Option<(AppendEntriesRequest<TypeConfig>, tokio::time::Instant)>;
+    Box::pin(futures::stream::unfold(
+        (input, None, false),
+        move |(mut input, mut held, mut ended): (S, Held, bool)| async move {
+            loop {
+                if ended {
+                    return held.map(|(r, _)| (r, (input, None, true)));
+                }
+                let next = match &held {
+                    None => input.next().await,
+                    Some((_, until)) => match tokio::time::timeout_at(*until, input.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            let (r, _) = held.take().expect("held");
+                            return Some((r, (input, None, false)));
+                        }
+                    },
+                };
+                match next {
+                    None => ended = true,
+                    Some(r) if r.entries.is_empty() => {
+                        let until = held
+                            .take()
+                            .map_or_else(|| tokio::time::Instant::now() + hold, |(_, u)| u);
+                        held = Some((r, until));
+                    }
+                    // Carries the commit index of what was held, or a later one.
+                    Some(r) => return Some((r, (input, None, false))),
+                }
+            }
+        },
+    ))
+}
+
 impl Peer {
     /// Replication over one long-lived `AppendStream`: each request and each answer is one
     /// message on an open HTTP/2 stream, instead of a call (headers, trailers, a server
@@ -191,7 +248,7 @@ impl Peer {
         let target = self.target;
         let unanswered = Unanswered::default();
         let sent = unanswered.clone();
-        let requests = input.map(move |r| {
+        let requests = hold_entryless(input, ENTRYLESS_HOLD).map(move |r| {
             let msg = encode(&r);
             sent.sent(msg.data.len());
             msg
@@ -492,5 +549,85 @@ impl RaftService for RaftRpc {
             .await
             .map_err(RaftError::<TypeConfig>::Fatal);
         Ok(Response::new(encode(&result)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Request;
+    use openraft::RaftTypeConfig;
+    use openraft::entry::RaftEntry;
+    use openraft::type_config::alias::{EntryOf, LogIdOf};
+    use openraft::vote::{RaftLeaderIdExt, RaftVote};
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    fn id(i: u64) -> LogIdOf<TypeConfig> {
+        LogIdOf::<TypeConfig>::new(
+            <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(1, 1),
+            i,
+        )
+    }
+
+    /// An append after entry `prev` with `entries` new ones, and commit index `commit`.
+    fn append(prev: u64, entries: u64, commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: VoteOf::<TypeConfig>::from_leader_id(
+                <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(1, 1),
+                true,
+            ),
+            prev_log_id: Some(id(prev)),
+            leader_commit: Some(id(commit)),
+            entries: (prev + 1..=prev + entries)
+                .map(|i| EntryOf::<TypeConfig>::new_normal(id(i), Request::Peers(vec![])))
+                .collect(),
+        }
+    }
+
+    fn seen(r: &AppendEntriesRequest<TypeConfig>) -> (u64, usize, u64) {
+        (
+            r.prev_log_id.map_or(0, |l| l.index),
+            r.entries.len(),
+            r.leader_commit.map_or(0, |l| l.index),
+        )
+    }
+
+    /// An entry-less append followed by one with entries is never sent; a newer one
+    /// replaces a held one; the end of the input (a heartbeat is a stream of one) sends
+    /// what is held at once; and one that nothing follows goes out once the hold is over.
+    #[tokio::test]
+    async fn entryless_appends_wait_for_the_next_request_or_the_hold() {
+        // A hold far longer than the test: whatever comes out early came out unheld.
+        let soon = Duration::from_secs(30);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut out = hold_entryless(UnboundedReceiverStream::new(rx), Duration::from_secs(600));
+        let mut next = async || {
+            tokio::time::timeout(soon, out.next())
+                .await
+                .expect("not held")
+                .map(|r| seen(&r))
+        };
+        tx.send(append(1, 1, 1)).unwrap();
+        assert_eq!(next().await, Some((1, 1, 1)));
+        // "2 is committed", then entry 3: only the entry goes out, with the commit.
+        tx.send(append(2, 0, 2)).unwrap();
+        tx.send(append(2, 1, 2)).unwrap();
+        assert_eq!(next().await, Some((2, 1, 2)));
+        // Two in a row, then the end of the input: the newer goes out, and the stream ends.
+        tx.send(append(3, 0, 3)).unwrap();
+        tx.send(append(3, 0, 4)).unwrap();
+        drop(tx);
+        assert_eq!(next().await, Some((3, 0, 4)));
+        assert_eq!(next().await, None);
+
+        // Nothing after it: sent once the hold is over.
+        let hold = Duration::from_millis(50);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut out = hold_entryless(UnboundedReceiverStream::new(rx), hold);
+        let started = tokio::time::Instant::now();
+        tx.send(append(4, 0, 4)).unwrap();
+        assert_eq!(out.next().await.map(|r| seen(&r)), Some((4, 0, 4)));
+        assert!(started.elapsed() >= hold, "held {:?}", started.elapsed());
+        drop(tx);
     }
 }
