@@ -547,7 +547,6 @@ fn ask_port(port: &str, frame: &[u8]) -> Result<Vec<u8>> {
 fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_input() -> Result<()> {
     use meridian_client::blocks::{BlockClient, blocking_reads};
     use meridian_proto::range_wire::{RangeReply, RangeRequest};
-    use std::io::{Read, Write};
 
     let region = common::Region::start()?;
     let map = common::cluster_map(&region.meta_addrs()).expect("cluster map");
@@ -690,7 +689,6 @@ fn small_puts_go_through_the_put_port_checked_as_through_grpc() -> Result<()> {
     use meridian_client::blocks::BlockClient;
     use meridian_proto::put_wire::{MAGIC, MAX_PUT, PutFrame, PutReply};
     use prost::Message;
-    use std::io::{Read, Write};
 
     let mut region = common::Region::start()?;
     let map = common::cluster_map(&region.meta_addrs()).expect("cluster map");

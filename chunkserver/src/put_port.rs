@@ -216,10 +216,10 @@ impl PortPuts {
         head: &[u8],
         payload: &[u8],
     ) -> (Option<BufReader<TcpStream>>, bool) {
-        if let Some(mut conn) = self.take(address) {
-            if write_frame(&mut conn, head, payload).is_ok() {
-                return (Some(conn), true);
-            }
+        if let Some(mut conn) = self.take(address)
+            && write_frame(&mut conn, head, payload).is_ok()
+        {
+            return (Some(conn), true);
         }
         (fresh(address, head, payload), false)
     }
