@@ -823,3 +823,43 @@ fn small_puts_go_through_the_put_port_checked_as_through_grpc() -> Result<()> {
     assert_eq!(rt.block_on(fresh.get(&next_block.id, 3))?, next);
     Ok(())
 }
+
+/// Chunkservers started with `--put-port false` answer a put on their port "closed": the
+/// client puts through gRPC, then and afterwards, and every block is stored.
+#[test]
+fn a_port_closed_to_puts_sends_them_through_grpc() -> Result<()> {
+    use meridian_client::blocks::BlockClient;
+
+    let meta = common::MetaCluster::start(3, &[])?;
+    let chunks = common::start_chunkservers_with(
+        &meta,
+        300,
+        8 << 30,
+        &["--put-port".to_string(), "false".to_string()],
+    )?;
+    let addrs = meta.addrs().join(",");
+    let map = common::wait_for(
+        std::time::Duration::from_secs(30),
+        "three chunkservers with range ports in the map",
+        || {
+            common::cluster_map(&addrs).filter(|m| {
+                m.nodes.len() == 3 && m.nodes.iter().all(|n| !n.range_address.is_empty())
+            })
+        },
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = BlockClient::with_map(map.clone(), None);
+    for seed in 0..3 {
+        let data = random_bytes(40 + seed, 16 << 10);
+        let block = EncodedBlock::encode(&data)?;
+        let receipt = rt.block_on(client.put(&block, 3, 3))?;
+        assert_eq!(receipt.stored_on.len(), 3);
+        assert_eq!(rt.block_on(client.get(&block.id, 3))?, data);
+    }
+    assert_eq!(client.put_port_puts(), 0, "no put through a closed port");
+    drop(chunks);
+    Ok(())
+}

@@ -85,7 +85,9 @@ impl PortPuts {
     fn put(&self, frame: PutFrame) -> Result<PutResponse, PutReply> {
         let node = &*self.node;
         if meridian_proto::token::keys().is_some() {
-            return Err(refused("volume tokens are checked: put through gRPC"));
+            return Err(PutReply::Closed(
+                "volume tokens are checked: put through gRPC".into(),
+            ));
         }
         let header = &frame.header;
         if header.origin_region != 0 {
@@ -134,7 +136,7 @@ impl PortPuts {
         // The copies go out first and this node's is stored while they are.
         let sent = self.send_copies(&block, wanted, replicas, &ship);
         let outcome = node.local().put(&block, Some(outboard), header.replicas);
-        let forwarded = match sent.map(|(head, s)| self.collect(&block, &head, s)) {
+        let forwarded = match sent.map(|(frame, s)| self.collect(&block, &frame, s)) {
             Some(Some(f)) => f,
             _ => self
                 .runtime
@@ -154,7 +156,7 @@ impl PortPuts {
     }
 
     /// Writes `block` to the ports of its first `wanted` placements other than this node:
-    /// the frame's head, and where each went. `None` when one of them has no port (the
+    /// the frame, and where each went. `None` when one of them has no port (the
     /// gRPC path forwards then).
     fn send_copies(
         &self,
@@ -189,14 +191,16 @@ impl PortPuts {
             regions,
             ..Default::default()
         };
-        let head = PutFrame::head(&header).ok()?;
+        // One buffer, one write per replica: the payload is small.
+        let mut frame = PutFrame::head(&header).ok()?;
+        frame.extend_from_slice(&block.payload);
         Some((
-            head.clone(),
+            frame.clone(),
             targets
                 .into_iter()
                 .map(|node| {
                     let address = node.range_address.clone();
-                    let (conn, kept) = self.send(&address, &head, &block.payload);
+                    let (conn, kept) = self.send(&address, &frame);
                     Sent {
                         node,
                         address,
@@ -210,24 +214,19 @@ impl PortPuts {
 
     /// Sends one frame on a kept connection to `address` (dialing again once if the node
     /// closed it since) or a new one; whether the connection was kept.
-    fn send(
-        &self,
-        address: &str,
-        head: &[u8],
-        payload: &[u8],
-    ) -> (Option<BufReader<TcpStream>>, bool) {
+    fn send(&self, address: &str, frame: &[u8]) -> (Option<BufReader<TcpStream>>, bool) {
         if let Some(mut conn) = self.take(address)
-            && write_frame(&mut conn, head, payload).is_ok()
+            && conn.get_mut().write_all(frame).is_ok()
         {
             return (Some(conn), true);
         }
-        (fresh(address, head, payload), false)
+        (fresh(address, frame), false)
     }
 
     /// The replicas' answers; `None` unless every copy is stored. A kept connection the
     /// node closed since is noticed here at the latest: the copy is sent again on a new
     /// one, once.
-    fn collect(&self, block: &EncodedBlock, head: &[u8], sent: Vec<Sent>) -> Option<Forwarded> {
+    fn collect(&self, block: &EncodedBlock, frame: &[u8], sent: Vec<Sent>) -> Option<Forwarded> {
         let mut out = Forwarded::default();
         let mut all = true;
         for s in sent {
@@ -237,7 +236,7 @@ impl PortPuts {
             };
             let mut reply = PutReply::read(&mut conn);
             if s.kept && reply.as_ref().is_err_and(|e| !timed_out(e)) {
-                match fresh(&s.address, head, &block.payload) {
+                match fresh(&s.address, frame) {
                     Some(c) => {
                         conn = c;
                         reply = PutReply::read(&mut conn);
@@ -252,7 +251,10 @@ impl PortPuts {
                 }
                 Ok(other) => {
                     debug!(block = %block.id, peer = %s.node.id, reply = ?other, "put port: a replica did not store; forwarding through gRPC");
-                    self.keep(&s.address, conn);
+                    // A busy or closed port closes the connection, or will not take puts.
+                    if matches!(other, PutReply::Refused(_) | PutReply::Failed(_)) {
+                        self.keep(&s.address, conn);
+                    }
                     all = false;
                 }
                 Err(e) => {
@@ -278,14 +280,8 @@ impl PortPuts {
     }
 }
 
-fn write_frame(conn: &mut BufReader<TcpStream>, head: &[u8], payload: &[u8]) -> io::Result<()> {
-    let s = conn.get_mut();
-    s.write_all(head)?;
-    s.write_all(payload)
-}
-
-/// A new connection to `address` with the frame written on it.
-fn fresh(address: &str, head: &[u8], payload: &[u8]) -> Option<BufReader<TcpStream>> {
+/// A new connection to `address` with `frame` written on it.
+fn fresh(address: &str, frame: &[u8]) -> Option<BufReader<TcpStream>> {
     let mut conn = match dial(address) {
         Ok(c) => BufReader::new(c),
         Err(e) => {
@@ -293,7 +289,7 @@ fn fresh(address: &str, head: &[u8], payload: &[u8]) -> Option<BufReader<TcpStre
             return None;
         }
     };
-    write_frame(&mut conn, head, payload).ok().map(|_| conn)
+    conn.get_mut().write_all(frame).ok().map(|_| conn)
 }
 
 fn timed_out(e: &io::Error) -> bool {

@@ -199,7 +199,7 @@ fn serve(conn: TcpStream, service: &RangeService, closing: &AtomicBool) -> io::R
             put_wire::MAGIC => {
                 let Some(puts) = &service.puts else {
                     // Not read: the connection closes, the client puts through gRPC.
-                    return PutReply::Refused("this port takes no puts".into()).write(&mut &conn);
+                    return PutReply::Closed("this port takes no puts".into()).write(&mut &conn);
                 };
                 let frame = PutFrame::read_rest(&mut reader, len, puts.max_payload())?;
                 puts.answer(frame).write(&mut &conn)?;

@@ -303,8 +303,10 @@ impl BlockClient {
             encoded_len: block.payload.len() as u32,
             ..header.clone()
         };
-        let head = PutFrame::head(&header).ok()?;
-        match range_port::put_async(&node.range_address, &head, &block.payload).await? {
+        // One buffer, one write: the payload is small.
+        let mut frame = PutFrame::head(&header).ok()?;
+        frame.extend_from_slice(&block.payload);
+        match range_port::put_async(&node.range_address, &frame).await? {
             Ok(PutReply::Stored(resp)) => {
                 self.put_port_puts.fetch_add(1, Ordering::Relaxed);
                 Some(PutReceipt {

@@ -13,13 +13,15 @@
 //!          then the encoded payload: the header's encoded_len bytes (at most MAX_PUT)
 //! reply    u32 LE magic, u8 status, then
 //!          0 stored:  u32 length (at most MAX_HEADER), a PutResponse
-//!          2 refused, 3 failed: u32 message length (at most MAX_MESSAGE), the message
+//!          2 refused, 3 failed, 5 closed: u32 message length (at most MAX_MESSAGE), the
+//!                     message
 //!          4 busy:    nothing (the connection closes; the client puts through gRPC)
 //! ```
 //! A refused put is one the node will not take through the port (a larger block, a
 //! shipment, a volume that does not live here, bytes that do not match their id); the
-//! client then puts through gRPC, which gives the error its proper status. Every length is
-//! checked before anything is allocated for it.
+//! client then puts through gRPC, which gives the error its proper status. A closed port
+//! takes no puts at all (turned off, or the node checks volume tokens): the client leaves
+//! it alone for puts a while. Every length is checked before anything is allocated for it.
 
 use std::io::{self, Read, Write};
 
@@ -59,6 +61,8 @@ pub enum PutReply {
     Failed(String),
     /// The node serves no more connections now.
     Busy,
+    /// The node takes no puts through its port at all.
+    Closed(String),
 }
 
 /// A header length as announced, refused beyond [`MAX_HEADER`].
@@ -142,6 +146,7 @@ impl PutReply {
             }
             PutReply::Refused(m) => (2, m),
             PutReply::Failed(m) => (3, m),
+            PutReply::Closed(m) => (5, m),
             PutReply::Busy => {
                 out.push(4);
                 return out;
@@ -181,6 +186,7 @@ impl PutReply {
             2 => Ok(PutReply::Refused(message())),
             3 => Ok(PutReply::Failed(message())),
             4 => Ok(PutReply::Busy),
+            5 => Ok(PutReply::Closed(message())),
             other => Err(invalid(format!("unknown put reply status {other}"))),
         }
     }
@@ -248,6 +254,7 @@ mod tests {
             PutReply::Refused("a shipment".into()),
             PutReply::Failed("disk".into()),
             PutReply::Busy,
+            PutReply::Closed("tokens".into()),
         ] {
             assert_eq!(PutReply::read(&mut &reply.encode()[..]).unwrap(), reply);
         }

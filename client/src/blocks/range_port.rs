@@ -44,6 +44,10 @@ const SLOW_FOR: Duration = Duration::from_secs(3);
 
 /// Ports left alone, and until when.
 static UNREACHABLE: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+/// Ports that said they take no puts, and until when puts leave them alone.
+static NO_PUTS: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+/// How long puts leave alone a port that takes none.
+const NO_PUTS_FOR: Duration = Duration::from_secs(60);
 
 /// Connections runtime tasks keep, per address, for [`call_async`].
 static IDLE: Mutex<Vec<(String, tokio::net::TcpStream)>> = Mutex::new(Vec::new());
@@ -221,7 +225,7 @@ pub async fn call_async(
         Err(e) => return Some(Err(e)),
     };
     Some(
-        match exchange_kept(address, &[&frame], Wanted::Range(max_len)).await {
+        match exchange_kept(address, &frame, Wanted::Range(max_len)).await {
             Ok(Reply::Range(r)) => Ok(r),
             Ok(Reply::Put(_)) => unreachable!("a range read's answer is read as one"),
             Err(e) => Err(e),
@@ -229,18 +233,32 @@ pub async fn call_async(
     )
 }
 
-/// Puts a small block through the port at `address` from a runtime task: `head` and
-/// `payload` make the frame (see `meridian_proto::put_wire`). `None` when the port is
-/// left alone lately (the caller puts through gRPC).
-pub async fn put_async(address: &str, head: &[u8], payload: &[u8]) -> Option<io::Result<PutReply>> {
+/// Puts a small block through the port at `address` from a runtime task (`frame`: see
+/// `meridian_proto::put_wire`). `None` when the port is left alone lately, or takes no
+/// puts (the caller puts through gRPC).
+pub async fn put_async(address: &str, frame: &[u8]) -> Option<io::Result<PutReply>> {
     check_reachable(address).ok()?;
-    Some(
-        match exchange_kept(address, &[head, payload], Wanted::Put).await {
-            Ok(Reply::Put(r)) => Ok(r),
-            Ok(Reply::Range(_)) => unreachable!("a put's answer is read as one"),
-            Err(e) => Err(e),
-        },
-    )
+    {
+        let now = Instant::now();
+        let mut closed = NO_PUTS.lock().unwrap_or_else(|p| p.into_inner());
+        closed.retain(|(_, until)| *until > now);
+        if closed.iter().any(|(a, _)| a == address) {
+            return None;
+        }
+    }
+    Some(match exchange_kept(address, frame, Wanted::Put).await {
+        Ok(Reply::Put(r @ PutReply::Closed(_))) => {
+            let mut closed = NO_PUTS.lock().unwrap_or_else(|p| p.into_inner());
+            if closed.len() < MAX_CONNECTIONS {
+                tracing::info!(%address, "range port takes no puts; putting through gRPC");
+                closed.push((address.to_string(), Instant::now() + NO_PUTS_FOR));
+            }
+            Ok(r)
+        }
+        Ok(Reply::Put(r)) => Ok(r),
+        Ok(Reply::Range(_)) => unreachable!("a put's answer is read as one"),
+        Err(e) => Err(e),
+    })
 }
 
 /// Which reply a frame's sender reads.
@@ -267,11 +285,11 @@ impl Reply {
     }
 }
 
-/// One exchange on a connection kept for tasks (or a new one): `frame`'s parts written,
+/// One exchange on a connection kept for tasks (or a new one): `frame` written,
 /// the `wanted` reply read. A kept connection the node has closed since is dialed again,
 /// once; a timeout or a failed fresh connection leaves the port alone a while, a "busy"
 /// longer.
-async fn exchange_kept(address: &str, frame: &[&[u8]], wanted: Wanted) -> io::Result<Reply> {
+async fn exchange_kept(address: &str, frame: &[u8], wanted: Wanted) -> io::Result<Reply> {
     let kept = take_idle(address);
     let was_kept = kept.is_some();
     let first = match kept {
@@ -331,13 +349,11 @@ async fn connect_async(address: &str) -> io::Result<tokio::net::TcpStream> {
 /// One request and its reply, within [`IO_TIMEOUT`].
 async fn exchange_async(
     mut conn: tokio::net::TcpStream,
-    frame: &[&[u8]],
+    frame: &[u8],
     wanted: Wanted,
 ) -> io::Result<(tokio::net::TcpStream, Reply)> {
     let exchange = async {
-        for part in frame {
-            conn.write_all(part).await?;
-        }
+        conn.write_all(frame).await?;
         match wanted {
             Wanted::Range(max_len) => read_reply(&mut conn, max_len).await.map(Reply::Range),
             Wanted::Put => read_put_reply(&mut conn).await.map(Reply::Put),
