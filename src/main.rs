@@ -18,8 +18,9 @@ mod proxy;
 #[derive(Parser)]
 #[command(name = "meridian", version, about, long_about = None)]
 struct Cli {
-    /// Worker threads of the async runtime (default: one per core). Servers that share a
-    /// machine with others do better with few: every extra worker costs wake-ups.
+    /// Worker threads of the async runtime (default: one per core; a mount, one per four
+    /// cores). Servers that share a machine with others do better with few: every extra
+    /// worker costs wake-ups.
     #[arg(long, global = true, env = "MERIDIAN_RUNTIME_THREADS")]
     runtime_threads: Option<usize>,
     /// Mutual TLS on every link: a folder with the deployment CA (ca.pem) and this
@@ -480,7 +481,15 @@ fn main() -> Result<()> {
     }
     install_tokens(&cli)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.runtime_threads {
+    // A mount's runtime relays between the kernel's threads and the servers (hashing and
+    // compression run on the blocking pool): each extra worker mostly adds wake-ups
+    // between workers on every request's answer. One worker on two cores: 16 KiB files
+    // +15-25%, the mount's CPU per file -30% (docs/PERFORMANCE.md, fifteenth round).
+    let threads = cli.runtime_threads.or_else(|| {
+        matches!(cli.command, Command::Mount(_))
+            .then(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1)))
+    });
+    if let Some(n) = threads {
         anyhow::ensure!(n > 0, "--runtime-threads must be at least 1");
         builder.worker_threads(n);
     }
