@@ -29,7 +29,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::pb::chunk::{PutHeader, PutResponse};
-use crate::range_wire::{MAX_MESSAGE, invalid, read_vec, u32_at};
+use crate::range_wire::{MAX_MESSAGE, invalid, push_message, read_vec, u32_at};
 
 /// "MRP1": a put-port frame.
 pub const MAGIC: u32 = 0x3150_524d;
@@ -152,13 +152,7 @@ impl PutReply {
                 return out;
             }
         };
-        let mut end = message.len().min(MAX_MESSAGE);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.push(status);
-        out.extend_from_slice(&(end as u32).to_le_bytes());
-        out.extend_from_slice(&message.as_bytes()[..end]);
+        push_message(&mut out, status, message);
         out
     }
 

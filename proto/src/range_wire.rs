@@ -87,6 +87,18 @@ pub enum RangeReply {
     Busy,
 }
 
+/// Appends an error reply's status and message (cut to [`MAX_MESSAGE`] bytes, on a
+/// character boundary) to `out`.
+pub(crate) fn push_message(out: &mut Vec<u8>, status: u8, message: &str) {
+    let mut end = message.len().min(MAX_MESSAGE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push(status);
+    out.extend_from_slice(&(end as u32).to_le_bytes());
+    out.extend_from_slice(&message.as_bytes()[..end]);
+}
+
 pub(crate) fn invalid(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
@@ -210,13 +222,7 @@ impl RangeReply {
                 return w.write_all(&out);
             }
         };
-        let mut end = message.len().min(MAX_MESSAGE);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.push(status);
-        out.extend_from_slice(&(end as u32).to_le_bytes());
-        out.extend_from_slice(&message.as_bytes()[..end]);
+        push_message(&mut out, status, message);
         w.write_all(&out)
     }
 
