@@ -180,10 +180,6 @@ impl PortPuts {
         }
         let (volume, regions) = ship.clone().unwrap_or_default();
         let header = PutHeader {
-            block_id: bytes::Bytes::copy_from_slice(block.id.as_bytes()),
-            compression: block.compression.code(),
-            raw_len: block.raw_len,
-            encoded_len: block.payload.len() as u32,
             role: PutRole::Replica as i32,
             map_epoch: map.epoch,
             replicas,
@@ -192,24 +188,26 @@ impl PortPuts {
             ..Default::default()
         };
         // One buffer, one write per replica: the payload is small.
-        let mut frame = PutFrame::head(&header).ok()?;
-        frame.extend_from_slice(&block.payload);
-        Some((
-            frame.clone(),
-            targets
-                .into_iter()
-                .map(|node| {
-                    let address = node.range_address.clone();
-                    let (conn, kept) = self.send(&address, &frame);
-                    Sent {
-                        node,
-                        address,
-                        conn,
-                        kept,
-                    }
-                })
-                .collect(),
-        ))
+        let frame = PutFrame {
+            header: wire::put_header(block, header),
+            payload: block.payload.clone(),
+        }
+        .encode()
+        .ok()?;
+        let sent = targets
+            .into_iter()
+            .map(|node| {
+                let address = node.range_address.clone();
+                let (conn, kept) = self.send(&address, &frame);
+                Sent {
+                    node,
+                    address,
+                    conn,
+                    kept,
+                }
+            })
+            .collect();
+        Some((frame, sent))
     }
 
     /// Sends one frame on a kept connection to `address` (dialing again once if the node

@@ -296,16 +296,13 @@ impl BlockClient {
         {
             return None;
         }
-        let header = PutHeader {
-            block_id: bytes::Bytes::copy_from_slice(block.id.as_bytes()),
-            compression: block.compression.code(),
-            raw_len: block.raw_len,
-            encoded_len: block.payload.len() as u32,
-            ..header.clone()
-        };
         // One buffer, one write: the payload is small.
-        let mut frame = PutFrame::head(&header).ok()?;
-        frame.extend_from_slice(&block.payload);
+        let frame = PutFrame {
+            header: wire::put_header(block, header.clone()),
+            payload: block.payload.clone(),
+        }
+        .encode()
+        .ok()?;
         match range_port::put_async(&node.range_address, &frame).await? {
             Ok(PutReply::Stored(resp)) => {
                 self.put_port_puts.fetch_add(1, Ordering::Relaxed);

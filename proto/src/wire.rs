@@ -30,12 +30,18 @@ pub fn message_len(asked: u32) -> usize {
     (asked as usize).clamp(CHUNK_LEN, MAX_MESSAGE_LEN)
 }
 
-/// The messages of a Put call for `block`, the header first.
-pub fn put_messages(block: &EncodedBlock, mut header: PutHeader) -> Vec<PutRequest> {
+/// `header` with the fields that describe `block` itself (id, compression, lengths).
+pub fn put_header(block: &EncodedBlock, mut header: PutHeader) -> PutHeader {
     header.block_id = Bytes::copy_from_slice(block.id.as_bytes());
     header.compression = block.compression.code();
     header.raw_len = block.raw_len;
     header.encoded_len = block.payload.len() as u32;
+    header
+}
+
+/// The messages of a Put call for `block`, the header first.
+pub fn put_messages(block: &EncodedBlock, header: PutHeader) -> Vec<PutRequest> {
+    let header = put_header(block, header);
     let mut msgs = vec![PutRequest {
         msg: Some(put_request::Msg::Header(header)),
     }];

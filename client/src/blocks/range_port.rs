@@ -150,11 +150,28 @@ pub fn call(address: &str, request: &RangeRequest, max_len: u32) -> Option<io::R
 
 /// Leaves the port at `address` alone for `period` (reads go through gRPC meanwhile).
 fn leave_alone(address: &str, period: Duration, why: &str) {
-    let mut down = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
-    if down.len() < MAX_CONNECTIONS && !down.iter().any(|(a, _)| a == address) {
+    if list(&UNREACHABLE, address, period) {
         tracing::info!(%address, ?period, reason = %why, "range port left alone; reading through gRPC");
-        down.push((address.to_string(), Instant::now() + period));
     }
+}
+
+/// Puts `address` on `list` for `period`, unless it is there already (or the list is
+/// full); whether it was put there.
+fn list(list: &Mutex<Vec<(String, Instant)>>, address: &str, period: Duration) -> bool {
+    let mut l = list.lock().unwrap_or_else(|p| p.into_inner());
+    let new = l.len() < MAX_CONNECTIONS && !l.iter().any(|(a, _)| a == address);
+    if new {
+        l.push((address.to_string(), Instant::now() + period));
+    }
+    new
+}
+
+/// Whether `address` is on `list` now (entries past their time are dropped).
+fn listed(list: &Mutex<Vec<(String, Instant)>>, address: &str) -> bool {
+    let now = Instant::now();
+    let mut l = list.lock().unwrap_or_else(|p| p.into_inner());
+    l.retain(|(_, until)| *until > now);
+    l.iter().any(|(a, _)| a == address)
 }
 
 /// A dial's outcome: a port that could not be dialed is left alone a while.
@@ -171,10 +188,7 @@ fn timed_out(e: &io::Error) -> bool {
 
 /// An error if the port at `address` is left alone now.
 fn check_reachable(address: &str) -> io::Result<()> {
-    let now = Instant::now();
-    let mut down = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
-    down.retain(|(_, until)| *until > now);
-    if down.iter().any(|(a, _)| a == address) {
+    if listed(&UNREACHABLE, address) {
         return Err(io::Error::new(
             io::ErrorKind::NotConnected,
             "unreachable lately",
@@ -238,20 +252,13 @@ pub async fn call_async(
 /// puts (the caller puts through gRPC).
 pub async fn put_async(address: &str, frame: &[u8]) -> Option<io::Result<PutReply>> {
     check_reachable(address).ok()?;
-    {
-        let now = Instant::now();
-        let mut closed = NO_PUTS.lock().unwrap_or_else(|p| p.into_inner());
-        closed.retain(|(_, until)| *until > now);
-        if closed.iter().any(|(a, _)| a == address) {
-            return None;
-        }
+    if listed(&NO_PUTS, address) {
+        return None;
     }
     Some(match exchange_kept(address, frame, Wanted::Put).await {
         Ok(Reply::Put(r @ PutReply::Closed(_))) => {
-            let mut closed = NO_PUTS.lock().unwrap_or_else(|p| p.into_inner());
-            if closed.len() < MAX_CONNECTIONS {
+            if list(&NO_PUTS, address, NO_PUTS_FOR) {
                 tracing::info!(%address, "range port takes no puts; putting through gRPC");
-                closed.push((address.to_string(), Instant::now() + NO_PUTS_FOR));
             }
             Ok(r)
         }
