@@ -47,6 +47,7 @@ pub async fn run(
     .map_err(|e| MetaError::Io(format!("raft log: {e}")))?
     .for_member(config.id);
     let (sm, shared) = StateMachine::open(&config.data, RegionId(config.region))
+        .and_then(|(sm, shared)| Ok((sm.for_member(config.id)?, shared)))
         .map_err(|e| MetaError::Io(format!("state: {e}")))?;
     let db = sm.db();
     let raft_config = openraft::Config {

@@ -1,6 +1,7 @@
 //! openraft glue: the type configuration, the log store (an append-only file), the state
 //! machine (redb), the snapshot format, and the gRPC network between members.
 
+mod applier;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;

@@ -7,14 +7,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
-use meridian_proto::{ClusterMap, HlcClock, RegionId};
+use meridian_proto::{ClusterMap, Hlc, HlcClock, RegionId};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::type_config::alias::{
+    EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf,
+};
+use openraft::vote::RaftLeaderId;
 use openraft::{EntryPayload, OptionalSend};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::watch;
 
+use super::applier::Applier;
 use super::snapshot_dir::{SnapshotData, SnapshotDir};
 use super::{Request, Response, TypeConfig, io_err, snapshot};
 use crate::cluster;
@@ -40,11 +44,20 @@ pub struct Shared {
 
 /// The state machine over `state.redb`.
 pub struct StateMachine {
-    db: Arc<Database>,
+    applier: Arc<Applier>,
     snapshots: SnapshotDir,
-    /// Entries applied since the last durable apply transaction.
-    since_durable: u64,
-    shared: Arc<Shared>,
+    /// This member, once told: the entries other members lead then apply behind (see
+    /// `applier.rs`), by this thread.
+    behind: Option<(u64, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for StateMachine {
+    fn drop(&mut self) {
+        if let Some((_, thread)) = self.behind.take() {
+            self.applier.stop();
+            let _ = thread.join();
+        }
+    }
 }
 
 impl StateMachine {
@@ -68,37 +81,62 @@ impl StateMachine {
         });
         Ok((
             StateMachine {
-                db: Arc::new(db),
+                applier: Arc::new(Applier::new(Arc::new(db), shared.clone())),
                 snapshots,
-                since_durable: 0,
-                shared: shared.clone(),
+                behind: None,
             },
             shared,
         ))
     }
 
+    /// Tells the state machine which member it belongs to: the entries other members lead
+    /// then apply behind, a batch at a time (see `applier.rs`).
+    pub fn for_member(self, id: u64) -> io::Result<Self> {
+        self.behind_by(id, super::applier::LAG)
+    }
+
+    /// [`StateMachine::for_member`], the entries other members lead waiting up to `lag`.
+    pub(crate) fn behind_by(mut self, id: u64, lag: std::time::Duration) -> io::Result<Self> {
+        self.applier.set_lag(lag);
+        let applier = self.applier.clone();
+        let thread = std::thread::Builder::new()
+            .name("raft-apply-behind".into())
+            .spawn(move || applier.run_behind())?;
+        self.behind = Some((id, thread));
+        Ok(self)
+    }
+
     /// The state database, for reads.
     pub fn db(&self) -> Arc<Database> {
-        self.db.clone()
+        self.applier.db().clone()
     }
 
     fn raft_state<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        let tx = self.db.begin_read().map_err(io_err)?;
+        let tx = self.applier.db().begin_read().map_err(io_err)?;
         let t = tx.open_table(RAFT_STATE).map_err(io_err)?;
         match t.get(key).map_err(io_err)? {
             Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(io_err)?)),
             None => Ok(None),
         }
     }
+}
 
-    fn publish(&self, applied: Option<&LogIdOf<TypeConfig>>) -> io::Result<()> {
-        let tx = self.db.begin_read().map_err(io_err)?;
+/// Publishes what the state now holds: the applied index, and the cluster map if `map`
+/// says it may have changed.
+fn publish(
+    db: &Database,
+    shared: &Shared,
+    applied: Option<&LogIdOf<TypeConfig>>,
+    map: bool,
+) -> io::Result<()> {
+    if map {
+        let tx = db.begin_read().map_err(io_err)?;
         let map = cluster::read(
             &tx.open_table(cluster::CLUSTER).map_err(io_err)?,
-            self.shared.region,
+            shared.region,
         )
         .map_err(io_err)?;
-        self.shared.map.send_if_modified(|m| {
+        shared.map.send_if_modified(|m| {
             if **m != map {
                 *m = Arc::new(map);
                 true
@@ -106,11 +144,11 @@ impl StateMachine {
                 false
             }
         });
-        if let Some(id) = applied {
-            self.shared.applied.send_replace(id.index);
-        }
-        Ok(())
     }
+    if let Some(id) = applied {
+        shared.applied.send_replace(id.index);
+    }
+    Ok(())
 }
 
 fn put_json<T: serde::Serialize>(
@@ -134,9 +172,6 @@ fn store_fails<T>(
     }
     Ok(outcome)
 }
-
-/// Entries applied without fsync before an apply persists everything.
-const DURABLE_EVERY: u64 = 1000;
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
@@ -165,180 +200,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let region = self.shared.region;
-        let mut responses = Vec::with_capacity(batch.len());
-        let mut last = None;
-        let mut stamps = Vec::new();
-        let mut tx = self.db.begin_write().map_err(io_err)?;
-        // The log is the durability: every entry applied here is fsync'd in a majority's
-        // log, and a restart applies again whatever this transaction had not persisted
-        // (the applied id commits with the state). A snapshot persists everything first,
-        // so the log is never purged past what this file holds durably. Every so often an
-        // apply persists anyway: it bounds the replay after a crash, and lets redb reuse
-        // the pages freed since.
-        self.since_durable += batch.len() as u64;
-        if self.since_durable >= DURABLE_EVERY {
-            self.since_durable = 0;
+        // Another member's entries (none with a caller here) apply behind.
+        let followed = self.behind.as_ref().is_some_and(|(me, _)| {
+            batch
+                .iter()
+                .all(|(e, r)| r.is_none() && e.log_id.leader_id.node_id() != me)
+        });
+        if followed {
+            self.applier.defer(batch)
         } else {
-            tx.set_durability(redb::Durability::None).map_err(io_err)?;
+            self.applier.apply(batch)
         }
-        {
-            let mut ns = WriteTables::open(&tx);
-            let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
-            let mut clusters = LazyTable::new(&tx, cluster::CLUSTER);
-            let mut leases = namespace::lease::LeaseTables::open(&tx);
-            for (entry, responder) in batch {
-                let log_id = entry.log_id();
-                let response = match &entry.payload {
-                    EntryPayload::Blank => Response::None,
-                    EntryPayload::Normal(Request::Ns(cmd)) => {
-                        stamps.push(cmd.hlc);
-                        let outcome = namespace::lease::apply_command(&mut ns, &mut leases, cmd);
-                        if let Err(namespace::NsError::Store(e)) = &outcome {
-                            // The transaction is unusable: fail the whole batch; nothing commits.
-                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                        }
-                        Response::Ns(outcome)
-                    }
-                    EntryPayload::Normal(Request::Remote(batch)) => {
-                        // The peer's frontier too: a peer idle since its last record has
-                        // promised later stamps, and this region's promises must pass them
-                        // for both to settle (a peer's clock may run ahead of this host's).
-                        stamps.extend(batch.records.iter().map(|(_, r)| r.hlc));
-                        stamps.extend(batch.frontier);
-                        let started = std::time::Instant::now();
-                        let outcome = namespace::apply_remote(&mut ns, region, batch);
-                        if let Err(namespace::NsError::Store(e)) = &outcome {
-                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                        }
-                        Response::Remote(outcome.map(|o| namespace::MergeOutcome {
-                            apply_ms: started.elapsed().as_millis() as u64,
-                            ..o
-                        }))
-                    }
-                    EntryPayload::Normal(Request::WriteBack(wb)) => {
-                        stamps.extend(wb.cmds.iter().map(|c| c.hlc));
-                        let outcome =
-                            namespace::lease::apply_write_back(&mut ns, &mut leases, region, wb);
-                        if let Err(namespace::NsError::Store(e)) = &outcome {
-                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                        }
-                        Response::WriteBack(outcome)
-                    }
-                    EntryPayload::Normal(Request::ExpireLeases(dirs)) => {
-                        leases.expire(dirs).map_err(io::Error::other)?;
-                        Response::None
-                    }
-                    EntryPayload::Normal(Request::InstallImage(part)) => {
-                        let outcome = namespace::install_image(&mut ns, region, part);
-                        if let Err(namespace::NsError::Store(e)) = &outcome {
-                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                        }
-                        Response::Remote(outcome)
-                    }
-                    EntryPayload::Normal(Request::LeaveStep(volume)) => {
-                        let outcome = namespace::leave::leave_step(&mut ns, *volume);
-                        if let Err(namespace::NsError::Store(e)) = &outcome {
-                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                        }
-                        Response::Remote(outcome.map(|done| namespace::MergeOutcome {
-                            applied: u64::from(done),
-                            ..Default::default()
-                        }))
-                    }
-                    EntryPayload::Normal(Request::CopyBegin(b)) => {
-                        stamps.push(b.hlc);
-                        Response::Ns(store_fails(
-                            log_id,
-                            namespace::ops::copy::begin(&mut ns, b),
-                        )?)
-                    }
-                    EntryPayload::Normal(Request::CopyRows(r)) => {
-                        Response::Ns(store_fails(log_id, namespace::ops::copy::rows(&mut ns, r))?)
-                    }
-                    EntryPayload::Normal(Request::CopyAbort(a)) => {
-                        stamps.push(a.hlc);
-                        Response::Ns(store_fails(
-                            log_id,
-                            namespace::ops::copy::abort(&mut ns, a),
-                        )?)
-                    }
-                    EntryPayload::Normal(Request::Relayed(regions)) => {
-                        namespace::merge::set_relayed(&mut ns, regions)
-                            .map_err(io::Error::other)?;
-                        Response::None
-                    }
-                    EntryPayload::Normal(Request::CancelBackfill(volume)) => {
-                        let outcome = namespace::apply::cancel_backfill(&mut ns, region, *volume);
-                        if let Err(namespace::NsError::Store(e)) = &outcome {
-                            return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                        }
-                        Response::Remote(outcome)
-                    }
-                    EntryPayload::Normal(Request::BlocksBroughtIn(volume)) => {
-                        namespace::backfill::blocks_done(&mut ns, *volume)
-                            .map_err(io::Error::other)?;
-                        Response::None
-                    }
-                    EntryPayload::Normal(Request::PeerNote(n)) => {
-                        namespace::links::note(&mut ns, n).map_err(io::Error::other)?;
-                        Response::None
-                    }
-                    EntryPayload::Normal(Request::Promise(hlc)) => {
-                        namespace::merge::promise(&mut ns, *hlc).map_err(io::Error::other)?;
-                        Response::None
-                    }
-                    EntryPayload::Normal(Request::Peers(peers)) => {
-                        namespace::merge::set_peers(&mut ns, peers).map_err(io::Error::other)?;
-                        Response::None
-                    }
-                    EntryPayload::Normal(Request::Cluster(cmd)) => {
-                        let map = cluster::apply(
-                            clusters.open_mut().map_err(io::Error::other)?,
-                            region,
-                            cmd,
-                        )
-                        .map_err(io::Error::other)?;
-                        Response::Cluster(map.epoch)
-                    }
-                    EntryPayload::Membership(m) => {
-                        let stored = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone());
-                        put_json(&mut raft, MEMBERSHIP, &stored)?;
-                        Response::None
-                    }
-                };
-                last = Some(log_id);
-                responses.push((responder, response));
-            }
-            // Local commands may have been restamped after remote records: the clock
-            // must stamp after the newest applied stamp.
-            if let Some(head) =
-                namespace::merge::horizon(ns.region_state.open().map_err(io::Error::other)?)
-                    .map_err(io::Error::other)?
-            {
-                stamps.push(head);
-            }
-            put_json(&mut raft, APPLIED, &last)?;
-        }
-        tx.commit().map_err(io_err)?;
-        {
-            let mut clock = self.shared.clock.lock().unwrap_or_else(|p| p.into_inner());
-            for s in stamps {
-                clock.observe(s, 0);
-            }
-        }
-        self.publish(last.as_ref())?;
-        for (responder, response) in responses {
-            if let Some(r) = responder {
-                r.send(response);
-            }
-        }
-        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The snapshot holds everything Raft counts applied here.
+        if let Err(e) = self.applier.catch_up() {
+            tracing::error!(error = %e, "applying committed entries before a snapshot failed");
+        }
         SnapshotBuilder {
-            db: self.db.clone(),
+            db: self.applier.db().clone(),
             dir: self.snapshots.clone(),
         }
     }
@@ -349,20 +230,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         mut data: Self::SnapshotData,
     ) -> Result<(), io::Error> {
         use std::io::Seek;
-        let tx = self.db.begin_write().map_err(io_err)?;
-        data.rewind()?;
-        snapshot::load(&tx, io::BufReader::new(&data))?;
-        {
-            let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
-            put_json(&mut raft, APPLIED, &meta.last_log_id)?;
-            put_json(&mut raft, MEMBERSHIP, &meta.last_membership)?;
-        }
-        tx.commit().map_err(io_err)?;
-        data.rewind()?;
-        self.snapshots
-            .save(meta, |out| io::copy(&mut data, out).map(|_| ()))?;
-        self.publish(meta.last_log_id.as_ref())?;
-        Ok(())
+        let (db, shared) = (self.applier.db(), self.applier.shared());
+        // Whatever waits to apply here is older than the snapshot: it goes.
+        self.applier.replace(|| {
+            let tx = db.begin_write().map_err(io_err)?;
+            data.rewind()?;
+            snapshot::load(&tx, io::BufReader::new(&data))?;
+            {
+                let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
+                put_json(&mut raft, APPLIED, &meta.last_log_id)?;
+                put_json(&mut raft, MEMBERSHIP, &meta.last_membership)?;
+            }
+            tx.commit().map_err(io_err)?;
+            data.rewind()?;
+            self.snapshots
+                .save(meta, |out| io::copy(&mut data, out).map(|_| ()))?;
+            publish(db, shared, meta.last_log_id.as_ref(), true)
+        })
     }
 
     async fn get_current_snapshot(
@@ -372,6 +256,179 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .snapshots
             .open_current()?
             .map(|(meta, snapshot)| SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot }))
+    }
+}
+
+/// Applies `batch` in one transaction (persisted with fsync if `durable`), publishes the
+/// result and answers the entries' callers.
+pub(super) fn apply_batch(
+    db: &Database,
+    shared: &Shared,
+    batch: Vec<EntryResponder<TypeConfig>>,
+    durable: bool,
+) -> io::Result<()> {
+    let region = shared.region;
+    let mut responses = Vec::with_capacity(batch.len());
+    let mut last = None;
+    let mut stamps = Vec::new();
+    let mut map_changed = false;
+    let mut tx = db.begin_write().map_err(io_err)?;
+    if !durable {
+        tx.set_durability(redb::Durability::None).map_err(io_err)?;
+    }
+    {
+        let mut ns = WriteTables::open(&tx);
+        let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
+        let mut clusters = LazyTable::new(&tx, cluster::CLUSTER);
+        let mut leases = namespace::lease::LeaseTables::open(&tx);
+        for (entry, responder) in batch {
+            let log_id = entry.log_id();
+            stamps_of(&entry, &mut stamps);
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(Request::Ns(cmd)) => {
+                    let outcome = namespace::lease::apply_command(&mut ns, &mut leases, cmd);
+                    if let Err(namespace::NsError::Store(e)) = &outcome {
+                        // The transaction is unusable: fail the whole batch; nothing commits.
+                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                    }
+                    Response::Ns(outcome)
+                }
+                EntryPayload::Normal(Request::Remote(batch)) => {
+                    let started = std::time::Instant::now();
+                    let outcome = namespace::apply_remote(&mut ns, region, batch);
+                    if let Err(namespace::NsError::Store(e)) = &outcome {
+                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                    }
+                    Response::Remote(outcome.map(|o| namespace::MergeOutcome {
+                        apply_ms: started.elapsed().as_millis() as u64,
+                        ..o
+                    }))
+                }
+                EntryPayload::Normal(Request::WriteBack(wb)) => {
+                    let outcome =
+                        namespace::lease::apply_write_back(&mut ns, &mut leases, region, wb);
+                    if let Err(namespace::NsError::Store(e)) = &outcome {
+                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                    }
+                    Response::WriteBack(outcome)
+                }
+                EntryPayload::Normal(Request::ExpireLeases(dirs)) => {
+                    leases.expire(dirs).map_err(io::Error::other)?;
+                    Response::None
+                }
+                EntryPayload::Normal(Request::InstallImage(part)) => {
+                    let outcome = namespace::install_image(&mut ns, region, part);
+                    if let Err(namespace::NsError::Store(e)) = &outcome {
+                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                    }
+                    Response::Remote(outcome)
+                }
+                EntryPayload::Normal(Request::LeaveStep(volume)) => {
+                    let outcome = namespace::leave::leave_step(&mut ns, *volume);
+                    if let Err(namespace::NsError::Store(e)) = &outcome {
+                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                    }
+                    Response::Remote(outcome.map(|done| namespace::MergeOutcome {
+                        applied: u64::from(done),
+                        ..Default::default()
+                    }))
+                }
+                EntryPayload::Normal(Request::CopyBegin(b)) => Response::Ns(store_fails(
+                    log_id,
+                    namespace::ops::copy::begin(&mut ns, b),
+                )?),
+                EntryPayload::Normal(Request::CopyRows(r)) => {
+                    Response::Ns(store_fails(log_id, namespace::ops::copy::rows(&mut ns, r))?)
+                }
+                EntryPayload::Normal(Request::CopyAbort(a)) => Response::Ns(store_fails(
+                    log_id,
+                    namespace::ops::copy::abort(&mut ns, a),
+                )?),
+                EntryPayload::Normal(Request::Relayed(regions)) => {
+                    namespace::merge::set_relayed(&mut ns, regions).map_err(io::Error::other)?;
+                    Response::None
+                }
+                EntryPayload::Normal(Request::CancelBackfill(volume)) => {
+                    let outcome = namespace::apply::cancel_backfill(&mut ns, region, *volume);
+                    if let Err(namespace::NsError::Store(e)) = &outcome {
+                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
+                    }
+                    Response::Remote(outcome)
+                }
+                EntryPayload::Normal(Request::BlocksBroughtIn(volume)) => {
+                    namespace::backfill::blocks_done(&mut ns, *volume).map_err(io::Error::other)?;
+                    Response::None
+                }
+                EntryPayload::Normal(Request::PeerNote(n)) => {
+                    namespace::links::note(&mut ns, n).map_err(io::Error::other)?;
+                    Response::None
+                }
+                EntryPayload::Normal(Request::Promise(hlc)) => {
+                    namespace::merge::promise(&mut ns, *hlc).map_err(io::Error::other)?;
+                    Response::None
+                }
+                EntryPayload::Normal(Request::Peers(peers)) => {
+                    namespace::merge::set_peers(&mut ns, peers).map_err(io::Error::other)?;
+                    Response::None
+                }
+                EntryPayload::Normal(Request::Cluster(cmd)) => {
+                    map_changed = true;
+                    let map =
+                        cluster::apply(clusters.open_mut().map_err(io::Error::other)?, region, cmd)
+                            .map_err(io::Error::other)?;
+                    Response::Cluster(map.epoch)
+                }
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone());
+                    put_json(&mut raft, MEMBERSHIP, &stored)?;
+                    Response::None
+                }
+            };
+            last = Some(log_id);
+            responses.push((responder, response));
+        }
+        // Local commands may have been restamped after remote records: the clock
+        // must stamp after the newest applied stamp.
+        if let Some(head) =
+            namespace::merge::horizon(ns.region_state.open().map_err(io::Error::other)?)
+                .map_err(io::Error::other)?
+        {
+            stamps.push(head);
+        }
+        put_json(&mut raft, APPLIED, &last)?;
+    }
+    tx.commit().map_err(io_err)?;
+    {
+        let mut clock = shared.clock.lock().unwrap_or_else(|p| p.into_inner());
+        for s in stamps {
+            clock.observe(s, 0);
+        }
+    }
+    publish(db, shared, last.as_ref(), map_changed)?;
+    for (responder, response) in responses {
+        if let Some(r) = responder {
+            r.send(response);
+        }
+    }
+    Ok(())
+}
+
+/// The stamps `entry` carries, which the clock observes once it applies.
+pub(super) fn stamps_of(entry: &EntryOf<TypeConfig>, out: &mut Vec<Hlc>) {
+    match &entry.payload {
+        EntryPayload::Normal(Request::Ns(cmd)) => out.push(cmd.hlc),
+        EntryPayload::Normal(Request::Remote(batch)) => {
+            // The peer's frontier too: a peer idle since its last record has promised
+            // later stamps, and this region's promises must pass them for both to settle
+            // (a peer's clock may run ahead of this host's).
+            out.extend(batch.records.iter().map(|(_, r)| r.hlc));
+            out.extend(batch.frontier);
+        }
+        EntryPayload::Normal(Request::WriteBack(wb)) => out.extend(wb.cmds.iter().map(|c| c.hlc)),
+        EntryPayload::Normal(Request::CopyBegin(b)) => out.push(b.hlc),
+        EntryPayload::Normal(Request::CopyAbort(a)) => out.push(a.hlc),
+        _ => {}
     }
 }
 

@@ -1,0 +1,337 @@
+//! Where committed entries apply, and when: at once, or a little behind.
+//!
+//! The entries a member leads apply as soon as they commit: their callers wait for the
+//! outcome, and the leader answers reads from what it applied. The entries another member
+//! leads (this member follows) have no callers here, and a follower answers only stale
+//! reads itself (anything else goes to the leader): they queue, and a thread of their own
+//! applies them together once the oldest has waited [`LAG`] (or [`MAX_BEHIND`] wait), one
+//! transaction for many. Applied one by one as they commit, they cost a follower most of
+//! its processor time, and its answer to the leader's next append (which carries the
+//! commit) waited for them: on a small machine the members share the processors, so every
+//! write paid for them.
+//!
+//! Nothing is lost by the wait: committed entries are durable in the log, and a restart
+//! applies again from what the state holds. Whatever reads this member's state as of what
+//! Raft counts applied catches up first: the first entry it leads (a new leader's blank
+//! entry, which its reads wait for), a snapshot built here, and a snapshot installed here
+//! (which replaces the queue instead). The applied index members publish (and reads wait
+//! for) follows what the state holds, not the queue.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use std::{io, mem};
+
+use openraft::storage::EntryResponder;
+use redb::Database;
+
+use super::TypeConfig;
+use super::state_machine::{Shared, apply_batch, stamps_of};
+
+/// How long an entry another member leads may wait to apply here.
+pub(super) const LAG: Duration = Duration::from_millis(20);
+/// Most entries waiting; the one that would pass it applies them all at once.
+pub(super) const MAX_BEHIND: usize = 512;
+/// Entries applied without fsync before an apply persists everything.
+const DURABLE_EVERY: u64 = 1000;
+
+/// Applies committed entries to the state, in log order.
+pub(super) struct Applier {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    /// Held while a batch applies (one at a time, in log order): the entries applied
+    /// since the last durable transaction.
+    applying: Mutex<u64>,
+    queue: Mutex<Queue>,
+    /// Wakes the thread applying behind.
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Committed entries not applied yet, in log order.
+    entries: Vec<EntryResponder<TypeConfig>>,
+    /// When the oldest of them was queued.
+    since: Option<Instant>,
+    /// How long the oldest may wait ([`LAG`]).
+    lag: Duration,
+    /// An apply behind failed: the next apply reports it (and Raft stops this member, as
+    /// on any failure of its store).
+    failed: Option<String>,
+    stop: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Applier {
+    pub(super) fn new(db: Arc<Database>, shared: Arc<Shared>) -> Self {
+        Applier {
+            db,
+            shared,
+            applying: Mutex::new(0),
+            queue: Mutex::new(Queue {
+                lag: LAG,
+                ..Queue::default()
+            }),
+            wake: Condvar::new(),
+        }
+    }
+
+    pub(super) fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Applies everything queued, then `batch`.
+    pub(super) fn apply(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        let mut applying = lock(&self.applying);
+        let mut all = self.take()?;
+        all.extend(batch);
+        self.apply_locked(&mut applying, all)
+    }
+
+    /// Queues `batch` (entries another member leads) to apply within the lag.
+    pub(super) fn defer(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        // The clock observes their stamps now, as if applied: a new leader stamps after
+        // everything committed.
+        let mut stamps = Vec::new();
+        for (entry, _) in &batch {
+            stamps_of(entry, &mut stamps);
+        }
+        {
+            let mut clock = lock(&self.shared.clock);
+            for s in stamps {
+                clock.observe(s, 0);
+            }
+        }
+        let full = {
+            let mut q = lock(&self.queue);
+            if let Some(e) = &q.failed {
+                return Err(io::Error::other(e.clone()));
+            }
+            q.entries.extend(batch);
+            if q.since.is_none() {
+                q.since = Some(Instant::now());
+                self.wake.notify_one();
+            }
+            q.entries.len() >= MAX_BEHIND
+        };
+        if full { self.catch_up() } else { Ok(()) }
+    }
+
+    /// Applies everything queued.
+    pub(super) fn catch_up(&self) -> io::Result<()> {
+        self.apply(Vec::new())
+    }
+
+    /// Forgets everything queued: the state is about to be replaced by a snapshot taken
+    /// after it. Runs `replace` while no batch applies.
+    pub(super) fn replace<T>(&self, replace: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let _applying = lock(&self.applying);
+        self.take()?;
+        replace()
+    }
+
+    /// Takes the queued entries.
+    fn take(&self) -> io::Result<Vec<EntryResponder<TypeConfig>>> {
+        let mut q = lock(&self.queue);
+        if let Some(e) = &q.failed {
+            return Err(io::Error::other(e.clone()));
+        }
+        q.since = None;
+        Ok(mem::take(&mut q.entries))
+    }
+
+    fn apply_locked(
+        &self,
+        since_durable: &mut u64,
+        batch: Vec<EntryResponder<TypeConfig>>,
+    ) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // The log is the durability: every entry applied here is fsync'd in a majority's
+        // log, and a restart applies again whatever this transaction had not persisted
+        // (the applied id commits with the state). A snapshot persists everything first,
+        // so the log is never purged past what this file holds durably. Every so often an
+        // apply persists anyway: it bounds the replay after a crash, and lets redb reuse
+        // the pages freed since.
+        *since_durable += batch.len() as u64;
+        let durable = *since_durable >= DURABLE_EVERY;
+        if durable {
+            *since_durable = 0;
+        }
+        apply_batch(&self.db, &self.shared, batch, durable)
+    }
+
+    /// The thread applying behind: waits until the oldest queued entry has waited
+    /// [`LAG`], then applies the queue; until [`Applier::stop`].
+    pub(super) fn run_behind(&self) {
+        loop {
+            {
+                let mut q = lock(&self.queue);
+                loop {
+                    if q.stop {
+                        return;
+                    }
+                    match q.since {
+                        None => q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner()),
+                        Some(t) if t.elapsed() < q.lag => {
+                            let left = q.lag.saturating_sub(t.elapsed());
+                            q = self
+                                .wake
+                                .wait_timeout(q, left)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                        }
+                        Some(_) => break,
+                    }
+                }
+            }
+            if let Err(e) = self.catch_up() {
+                tracing::error!(error = %e, "applying committed entries failed");
+                let mut q = lock(&self.queue);
+                q.failed.get_or_insert_with(|| e.to_string());
+                q.since = None;
+            }
+        }
+    }
+
+    /// Lets the oldest queued entry wait `lag` instead of [`LAG`].
+    pub(super) fn set_lag(&self, lag: Duration) {
+        lock(&self.queue).lag = lag;
+        self.wake.notify_all();
+    }
+
+    /// Ends [`Applier::run_behind`].
+    pub(super) fn stop(&self) {
+        lock(&self.queue).stop = true;
+        self.wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::stream;
+    use meridian_proto::ns::{Command, Op, Timespec, VolumePolicy};
+    use meridian_proto::{Hlc, RegionId};
+    use openraft::RaftTypeConfig;
+    use openraft::entry::RaftEntry;
+    use openraft::storage::RaftStateMachine;
+    use openraft::type_config::TypeConfigExt;
+    use openraft::type_config::alias::{EntryOf, LogIdOf};
+    use openraft::vote::RaftLeaderIdExt;
+    use redb::ReadableDatabase;
+
+    use super::super::state_machine::StateMachine;
+    use super::super::{Request, TypeConfig};
+    use crate::namespace::NsReader;
+
+    /// Entry `index`, led by member `leader`: creates volume `name`.
+    fn create(leader: u64, index: u64, name: &str) -> EntryOf<TypeConfig> {
+        let id = LogIdOf::<TypeConfig>::new(
+            <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(1, leader),
+            index,
+        );
+        EntryOf::<TypeConfig>::new_normal(
+            id,
+            Request::Ns(Command {
+                op: Op::CreateVolume {
+                    name: name.into(),
+                    policy: VolumePolicy::default(),
+                },
+                hlc: Hlc {
+                    wall_ms: 1000 + index,
+                    counter: 0,
+                    region: RegionId(1),
+                },
+                now: Timespec::default(),
+                request: None,
+                ino: None,
+                lease: false,
+            }),
+        )
+    }
+
+    fn volumes(sm: &StateMachine) -> Vec<String> {
+        let db = sm.db();
+        let tx = db.begin_read().unwrap();
+        let mut names: Vec<String> = NsReader::new(&tx)
+            .volumes()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn apply(sm: &mut StateMachine, entries: Vec<EntryOf<TypeConfig>>) {
+        sm.apply(stream::iter(entries.into_iter().map(|e| Ok((e, None)))))
+            .await
+            .unwrap();
+    }
+
+    /// A follower's entries wait (and apply together), and everything this member leads,
+    /// a snapshot and a restart see them applied first; the thread applies them when the
+    /// oldest has waited the lag, with nothing else happening.
+    #[test]
+    fn entries_another_member_leads_apply_behind_and_first_when_anything_needs_them() {
+        TypeConfig::run(async {
+            let dir = tempfile::TempDir::new().unwrap();
+            let (sm, shared) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+            // A lag no test outlasts: nothing applies them but what the test does.
+            let mut sm = sm.behind_by(1, Duration::from_secs(3600)).unwrap();
+            apply(&mut sm, vec![create(2, 1, "a"), create(2, 2, "b")]).await;
+            assert!(volumes(&sm).is_empty(), "led by member 2: they wait");
+            assert_eq!(
+                *shared.applied.borrow(),
+                0,
+                "published as the state has them"
+            );
+            assert!(
+                shared.clock.lock().unwrap().last().wall_ms >= 1002,
+                "the clock observed their stamps"
+            );
+            apply(&mut sm, vec![create(1, 3, "c")]).await;
+            assert_eq!(
+                volumes(&sm),
+                ["a", "b", "c"],
+                "this member's own: all, in order"
+            );
+            assert_eq!(*shared.applied.borrow(), 3);
+
+            apply(&mut sm, vec![create(2, 4, "d")]).await;
+            assert_eq!(volumes(&sm).len(), 3);
+            let _ = sm.get_snapshot_builder().await;
+            assert_eq!(volumes(&sm), ["a", "b", "c", "d"], "a snapshot holds them");
+
+            apply(&mut sm, vec![create(2, 5, "e")]).await;
+            drop(sm);
+            // Restarted: the state says what it applied; Raft applies the rest again from
+            // its log.
+            let (sm, _) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+            let mut sm = sm.behind_by(1, Duration::from_secs(3600)).unwrap();
+            let (applied, _) = sm.applied_state().await.unwrap();
+            assert_eq!(applied.map(|id| id.index), Some(4));
+            drop(sm);
+
+            // A lag of 50 ms: applied with nothing else happening.
+            let (sm, shared) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+            let mut sm = sm.behind_by(1, Duration::from_millis(50)).unwrap();
+            let mut applied = shared.applied.subscribe();
+            apply(&mut sm, vec![create(2, 5, "e"), create(2, 6, "f")]).await;
+            tokio::time::timeout(Duration::from_secs(30), applied.wait_for(|i| *i == 6))
+                .await
+                .expect("applied within the lag")
+                .unwrap();
+            assert_eq!(volumes(&sm), ["a", "b", "c", "d", "e", "f"]);
+        });
+    }
+}
