@@ -101,9 +101,22 @@ impl MetaNode {
         Some((leader, addr))
     }
 
-    /// Whether this member leads its region now.
+    /// Whether this member leads its region now. If it does, its state holds everything
+    /// Raft counts applied (a member that just took over may still have had entries of the
+    /// old leader's term waiting to apply: see `raft/applier.rs`).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().current_leader == Some(self.id)
+        let (leads, applied) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (
+                m.current_leader == Some(self.id),
+                m.last_applied.as_ref().map_or(0, |id| id.index),
+            )
+        };
+        if leads {
+            self.shared.catch_up_to(applied);
+        }
+        leads
     }
 
     /// Proposes an entry this member made itself (it must lead).
@@ -280,7 +293,7 @@ impl MetaNode {
         let mut was_leader = false;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let leader = self.raft.is_leader();
+            let leader = self.is_leader();
             if !leader {
                 was_leader = false;
                 continue;

@@ -17,6 +17,7 @@
 //! (which replaces the queue instead). The applied index members publish (and reads wait
 //! for) follows what the state holds, not the queue.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use std::{io, mem};
@@ -86,12 +87,23 @@ impl Applier {
         &self.shared
     }
 
-    /// Applies everything queued, then `batch`.
+    /// Applies everything queued, then `batch`. A failure (or a panic) is kept: every
+    /// later apply reports it instead of applying entries past the ones that failed.
     pub(super) fn apply(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
         let mut applying = lock(&self.applying);
         let mut all = self.take()?;
         all.extend(batch);
-        self.apply_locked(&mut applying, all)
+        let outcome =
+            panic::catch_unwind(AssertUnwindSafe(|| self.apply_locked(&mut applying, all)));
+        let failure = match &outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("applying committed entries panicked".to_string()),
+        };
+        if let Some(f) = failure {
+            lock(&self.queue).failed.get_or_insert(f);
+        }
+        outcome.unwrap_or_else(|p| panic::resume_unwind(p))
     }
 
     /// Queues `batch` (entries another member leads) to apply within the lag.
@@ -139,10 +151,10 @@ impl Applier {
     /// Takes the queued entries.
     fn take(&self) -> io::Result<Vec<EntryResponder<TypeConfig>>> {
         let mut q = lock(&self.queue);
+        q.since = None;
         if let Some(e) = &q.failed {
             return Err(io::Error::other(e.clone()));
         }
-        q.since = None;
         Ok(mem::take(&mut q.entries))
     }
 
@@ -192,11 +204,11 @@ impl Applier {
                     }
                 }
             }
-            if let Err(e) = self.catch_up() {
-                tracing::error!(error = %e, "applying committed entries failed");
-                let mut q = lock(&self.queue);
-                q.failed.get_or_insert_with(|| e.to_string());
-                q.since = None;
+            // A failure is kept (see `apply`) and reported to Raft by the next apply.
+            match panic::catch_unwind(AssertUnwindSafe(|| self.catch_up())) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "applying committed entries failed"),
+                Err(_) => tracing::error!("applying committed entries panicked"),
             }
         }
     }
@@ -231,6 +243,7 @@ mod tests {
 
     use super::super::state_machine::StateMachine;
     use super::super::{Request, TypeConfig};
+    use super::{Applier, lock};
     use crate::namespace::NsReader;
 
     /// Entry `index`, led by member `leader`: creates volume `name`.
@@ -333,5 +346,55 @@ mod tests {
                 .unwrap();
             assert_eq!(volumes(&sm), ["a", "b", "c", "d", "e", "f"]);
         });
+    }
+
+    /// A member that takes over as the leader brings its state up to what Raft counts
+    /// applied before it acts on it (`Shared::catch_up_to`, from `MetaNode::is_leader`);
+    /// a member starts with the applied index its state holds.
+    #[test]
+    fn a_member_catches_up_before_it_acts_as_the_leader() {
+        TypeConfig::run(async {
+            let dir = tempfile::TempDir::new().unwrap();
+            let (sm, shared) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+            let mut sm = sm.behind_by(1, Duration::from_secs(3600)).unwrap();
+            apply(&mut sm, vec![create(2, 1, "a"), create(2, 2, "b")]).await;
+            assert!(volumes(&sm).is_empty());
+            shared.catch_up_to(2);
+            assert_eq!(volumes(&sm), ["a", "b"]);
+            assert_eq!(*shared.applied.borrow(), 2);
+            drop(sm);
+            let (_sm, shared) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+            assert_eq!(
+                *shared.applied.borrow(),
+                2,
+                "published from the state at start"
+            );
+        });
+    }
+
+    /// Once an apply failed, nothing applies past it: every later apply, queued or not,
+    /// reports the failure (Raft then stops the member) and changes nothing.
+    #[test]
+    fn after_a_failed_apply_nothing_applies_past_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (sm, shared) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+        let applier = Applier::new(sm.db(), shared.clone());
+        let entry = |e: EntryOf<TypeConfig>| (e, None);
+        applier.apply(vec![entry(create(1, 1, "a"))]).unwrap();
+        applier.defer(vec![entry(create(2, 2, "b"))]).unwrap();
+        lock(&applier.queue)
+            .failed
+            .get_or_insert_with(|| "a store failure".into());
+        for outcome in [
+            applier.apply(vec![entry(create(1, 3, "c"))]),
+            applier.defer(vec![entry(create(2, 3, "c"))]),
+            applier.catch_up(),
+            applier.replace(|| Ok(())),
+        ] {
+            let e = outcome.expect_err("the failure is kept");
+            assert!(e.to_string().contains("a store failure"), "{e}");
+        }
+        assert_eq!(volumes(&sm), ["a"]);
+        assert_eq!(*shared.applied.borrow(), 1);
     }
 }

@@ -15,7 +15,7 @@ use openraft::type_config::alias::{
 };
 use openraft::vote::RaftLeaderId;
 use openraft::{EntryPayload, OptionalSend};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use super::applier::Applier;
@@ -40,6 +40,25 @@ pub struct Shared {
     pub map: watch::Sender<Arc<ClusterMap>>,
     /// The index of the last applied entry.
     pub applied: watch::Sender<u64>,
+    /// The applier, for [`Shared::catch_up_to`].
+    applier: std::sync::OnceLock<std::sync::Weak<Applier>>,
+}
+
+impl Shared {
+    /// Brings the state up to `applied` (what Raft counts applied on this member, from its
+    /// metrics) if it is behind: a member that followed may still hold entries of the old
+    /// leader's term queued (see `applier.rs`), and what it does as the leader reads them.
+    /// Blocks while they apply.
+    pub fn catch_up_to(&self, applied: u64) {
+        if *self.applied.borrow() >= applied {
+            return;
+        }
+        if let Some(applier) = self.applier.get().and_then(std::sync::Weak::upgrade)
+            && let Err(e) = applier.catch_up()
+        {
+            tracing::error!(error = %e, "applying committed entries failed");
+        }
+    }
 }
 
 /// The state machine over `state.redb`.
@@ -71,17 +90,27 @@ impl StateMachine {
         tx.open_table(RAFT_STATE).map_err(io_err)?;
         let map = cluster::read(&tx.open_table(cluster::CLUSTER).map_err(io_err)?, region)
             .map_err(io_err)?;
+        let applied = match tx.open_table(RAFT_STATE).map_err(io_err)?.get(APPLIED) {
+            Ok(Some(v)) => serde_json::from_slice::<Option<LogIdOf<TypeConfig>>>(v.value())
+                .map_err(io_err)?
+                .map_or(0, |id| id.index),
+            Ok(None) => 0,
+            Err(e) => return Err(io_err(e)),
+        };
         tx.commit().map_err(io_err)?;
         let snapshots = SnapshotDir::open(dir.join("snapshots"))?;
         let shared = Arc::new(Shared {
             region,
             clock: Mutex::new(HlcClock::new(region)),
             map: watch::channel(Arc::new(map)).0,
-            applied: watch::channel(0).0,
+            applied: watch::channel(applied).0,
+            applier: std::sync::OnceLock::new(),
         });
+        let applier = Arc::new(Applier::new(Arc::new(db), shared.clone()));
+        let _ = shared.applier.set(Arc::downgrade(&applier));
         Ok((
             StateMachine {
-                applier: Arc::new(Applier::new(Arc::new(db), shared.clone())),
+                applier,
                 snapshots,
                 behind: None,
             },
@@ -428,6 +457,7 @@ pub(super) fn stamps_of(entry: &EntryOf<TypeConfig>, out: &mut Vec<Hlc>) {
         EntryPayload::Normal(Request::WriteBack(wb)) => out.extend(wb.cmds.iter().map(|c| c.hlc)),
         EntryPayload::Normal(Request::CopyBegin(b)) => out.push(b.hlc),
         EntryPayload::Normal(Request::CopyAbort(a)) => out.push(a.hlc),
+        EntryPayload::Normal(Request::Promise(hlc)) => out.push(*hlc),
         _ => {}
     }
 }

@@ -87,7 +87,7 @@ impl MetaApi {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         tls::require_role(&request, &[tls::CHUNK, tls::META])?;
-        if !self.raft.is_leader() {
+        if !self.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
             return leader.heartbeat(MetaNode::forward(request)).await;
         }
@@ -147,7 +147,7 @@ impl MetaApi {
         request: Request<AddMemberRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         tls::require_role(&request, &[tls::ADMIN, tls::META])?;
-        if !self.raft.is_leader() {
+        if !self.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
             return leader.add_member(MetaNode::forward(request)).await;
         }
@@ -176,7 +176,7 @@ impl MetaApi {
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         tls::require_role(&request, &[tls::ADMIN, tls::META])?;
-        if !self.raft.is_leader() {
+        if !self.is_leader() {
             let (mut leader, _) = self.leader_client(&request)?;
             return leader.remove_member(MetaNode::forward(request)).await;
         }
