@@ -61,6 +61,16 @@ struct Queue {
     stop: bool,
 }
 
+impl Queue {
+    /// The kept failure, if an apply failed.
+    fn failure(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(e) => Err(io::Error::other(e.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -114,17 +124,10 @@ impl Applier {
         for (entry, _) in &batch {
             stamps_of(entry, &mut stamps);
         }
-        {
-            let mut clock = lock(&self.shared.clock);
-            for s in stamps {
-                clock.observe(s, 0);
-            }
-        }
+        self.shared.observe(stamps);
         let full = {
             let mut q = lock(&self.queue);
-            if let Some(e) = &q.failed {
-                return Err(io::Error::other(e.clone()));
-            }
+            q.failure()?;
             q.entries.extend(batch);
             if q.since.is_none() {
                 q.since = Some(Instant::now());
@@ -152,9 +155,7 @@ impl Applier {
     fn take(&self) -> io::Result<Vec<EntryResponder<TypeConfig>>> {
         let mut q = lock(&self.queue);
         q.since = None;
-        if let Some(e) = &q.failed {
-            return Err(io::Error::other(e.clone()));
-        }
+        q.failure()?;
         Ok(mem::take(&mut q.entries))
     }
 

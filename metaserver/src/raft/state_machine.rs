@@ -15,7 +15,7 @@ use openraft::type_config::alias::{
 };
 use openraft::vote::RaftLeaderId;
 use openraft::{EntryPayload, OptionalSend};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::watch;
 
 use super::applier::Applier;
@@ -45,6 +45,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The clock observes `stamps` (applied, or committed and waiting to apply).
+    pub(super) fn observe(&self, stamps: impl IntoIterator<Item = Hlc>) {
+        let mut clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        for s in stamps {
+            clock.observe(s, 0);
+        }
+    }
+
     /// Brings the state up to `applied` (what Raft counts applied on this member, from its
     /// metrics) if it is behind: a member that followed may still hold entries of the old
     /// leader's term queued (see `applier.rs`), and what it does as the leader reads them.
@@ -90,32 +98,27 @@ impl StateMachine {
         tx.open_table(RAFT_STATE).map_err(io_err)?;
         let map = cluster::read(&tx.open_table(cluster::CLUSTER).map_err(io_err)?, region)
             .map_err(io_err)?;
-        let applied = match tx.open_table(RAFT_STATE).map_err(io_err)?.get(APPLIED) {
-            Ok(Some(v)) => serde_json::from_slice::<Option<LogIdOf<TypeConfig>>>(v.value())
-                .map_err(io_err)?
-                .map_or(0, |id| id.index),
-            Ok(None) => 0,
-            Err(e) => return Err(io_err(e)),
-        };
         tx.commit().map_err(io_err)?;
         let snapshots = SnapshotDir::open(dir.join("snapshots"))?;
         let shared = Arc::new(Shared {
             region,
             clock: Mutex::new(HlcClock::new(region)),
             map: watch::channel(Arc::new(map)).0,
-            applied: watch::channel(applied).0,
+            applied: watch::channel(0).0,
             applier: std::sync::OnceLock::new(),
         });
         let applier = Arc::new(Applier::new(Arc::new(db), shared.clone()));
         let _ = shared.applier.set(Arc::downgrade(&applier));
-        Ok((
-            StateMachine {
-                applier,
-                snapshots,
-                behind: None,
-            },
-            shared,
-        ))
+        let sm = StateMachine {
+            applier,
+            snapshots,
+            behind: None,
+        };
+        // What the state holds is applied: published from the start.
+        if let Some(id) = sm.raft_state::<LogIdOf<TypeConfig>>(APPLIED)? {
+            shared.applied.send_replace(id.index);
+        }
+        Ok((sm, shared))
     }
 
     /// Tells the state machine which member it belongs to: the entries other members lead
@@ -315,49 +318,34 @@ pub(super) fn apply_batch(
             stamps_of(&entry, &mut stamps);
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(Request::Ns(cmd)) => {
-                    let outcome = namespace::lease::apply_command(&mut ns, &mut leases, cmd);
-                    if let Err(namespace::NsError::Store(e)) = &outcome {
-                        // The transaction is unusable: fail the whole batch; nothing commits.
-                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                    }
-                    Response::Ns(outcome)
-                }
+                EntryPayload::Normal(Request::Ns(cmd)) => Response::Ns(store_fails(
+                    log_id,
+                    namespace::lease::apply_command(&mut ns, &mut leases, cmd),
+                )?),
                 EntryPayload::Normal(Request::Remote(batch)) => {
                     let started = std::time::Instant::now();
-                    let outcome = namespace::apply_remote(&mut ns, region, batch);
-                    if let Err(namespace::NsError::Store(e)) = &outcome {
-                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                    }
+                    let outcome =
+                        store_fails(log_id, namespace::apply_remote(&mut ns, region, batch))?;
                     Response::Remote(outcome.map(|o| namespace::MergeOutcome {
                         apply_ms: started.elapsed().as_millis() as u64,
                         ..o
                     }))
                 }
-                EntryPayload::Normal(Request::WriteBack(wb)) => {
-                    let outcome =
-                        namespace::lease::apply_write_back(&mut ns, &mut leases, region, wb);
-                    if let Err(namespace::NsError::Store(e)) = &outcome {
-                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                    }
-                    Response::WriteBack(outcome)
-                }
+                EntryPayload::Normal(Request::WriteBack(wb)) => Response::WriteBack(store_fails(
+                    log_id,
+                    namespace::lease::apply_write_back(&mut ns, &mut leases, region, wb),
+                )?),
                 EntryPayload::Normal(Request::ExpireLeases(dirs)) => {
                     leases.expire(dirs).map_err(io::Error::other)?;
                     Response::None
                 }
-                EntryPayload::Normal(Request::InstallImage(part)) => {
-                    let outcome = namespace::install_image(&mut ns, region, part);
-                    if let Err(namespace::NsError::Store(e)) = &outcome {
-                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                    }
-                    Response::Remote(outcome)
-                }
+                EntryPayload::Normal(Request::InstallImage(part)) => Response::Remote(store_fails(
+                    log_id,
+                    namespace::install_image(&mut ns, region, part),
+                )?),
                 EntryPayload::Normal(Request::LeaveStep(volume)) => {
-                    let outcome = namespace::leave::leave_step(&mut ns, *volume);
-                    if let Err(namespace::NsError::Store(e)) = &outcome {
-                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                    }
+                    let outcome =
+                        store_fails(log_id, namespace::leave::leave_step(&mut ns, *volume))?;
                     Response::Remote(outcome.map(|done| namespace::MergeOutcome {
                         applied: u64::from(done),
                         ..Default::default()
@@ -379,11 +367,10 @@ pub(super) fn apply_batch(
                     Response::None
                 }
                 EntryPayload::Normal(Request::CancelBackfill(volume)) => {
-                    let outcome = namespace::apply::cancel_backfill(&mut ns, region, *volume);
-                    if let Err(namespace::NsError::Store(e)) = &outcome {
-                        return Err(io::Error::other(format!("applying {log_id}: {e}")));
-                    }
-                    Response::Remote(outcome)
+                    Response::Remote(store_fails(
+                        log_id,
+                        namespace::apply::cancel_backfill(&mut ns, region, *volume),
+                    )?)
                 }
                 EntryPayload::Normal(Request::BlocksBroughtIn(volume)) => {
                     namespace::backfill::blocks_done(&mut ns, *volume).map_err(io::Error::other)?;
@@ -428,12 +415,7 @@ pub(super) fn apply_batch(
         put_json(&mut raft, APPLIED, &last)?;
     }
     tx.commit().map_err(io_err)?;
-    {
-        let mut clock = shared.clock.lock().unwrap_or_else(|p| p.into_inner());
-        for s in stamps {
-            clock.observe(s, 0);
-        }
-    }
+    shared.observe(stamps);
     publish(db, shared, last.as_ref(), map_changed)?;
     for (responder, response) in responses {
         if let Some(r) = responder {
