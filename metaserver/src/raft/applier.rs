@@ -16,6 +16,17 @@
 //! entry, which its reads wait for), a snapshot built here, and a snapshot installed here
 //! (which replaces the queue instead). The applied index members publish (and reads wait
 //! for) follows what the state holds, not the queue.
+//!
+//! The entries a member leads apply ahead instead: once the leader's log has them durable,
+//! its flusher applies them into a write transaction while the followers write them, and
+//! when they commit the transaction commits (with whatever else commits with them). Applying
+//! was the largest part of the leader's share of a round after the followers' answers.
+//! Only when nothing before them waits to apply (the pipeline is empty), and only one such
+//! transaction at a time; it is dropped (nothing of it is seen) when what commits is not
+//! what it holds, when the state is replaced, and after [`AHEAD_MAX`] by the thread
+//! applying behind (a leader that lost its leadership may never see them commit, and the
+//! transaction holds redb's writer).
+//! Applying is deterministic, so the outcome is the one applying at the commit would give.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,10 +34,11 @@ use std::time::{Duration, Instant};
 use std::{io, mem};
 
 use openraft::storage::EntryResponder;
+use openraft::type_config::alias::EntryOf;
 use redb::Database;
 
 use super::TypeConfig;
-use super::state_machine::{Shared, apply_batch, stamps_of};
+use super::state_machine::{Applied, Shared, apply_batch, apply_into, commit, stamps_of};
 
 /// How long an entry another member leads may wait to apply here.
 pub(super) const LAG: Duration = Duration::from_millis(20);
@@ -34,6 +46,28 @@ pub(super) const LAG: Duration = Duration::from_millis(20);
 pub(super) const MAX_BEHIND: usize = 512;
 /// Entries applied without fsync before an apply persists everything.
 const DURABLE_EVERY: u64 = 1000;
+/// The longest entries applied ahead wait for their commit.
+pub(super) const AHEAD_MAX: Duration = Duration::from_millis(200);
+
+/// Entries this member leads, applied into a transaction before they commit.
+struct Ahead {
+    tx: redb::WriteTransaction,
+    applied: Applied,
+    since: Instant,
+}
+
+impl Ahead {
+    /// Whether `batch` starts with the entries this holds.
+    fn starts(&self, batch: &[EntryResponder<TypeConfig>]) -> bool {
+        self.applied.ids.len() <= batch.len()
+            && self
+                .applied
+                .ids
+                .iter()
+                .zip(batch)
+                .all(|(id, (e, _))| *id == e.log_id)
+    }
+}
 
 /// Applies committed entries to the state, in log order.
 pub(super) struct Applier {
@@ -45,6 +79,8 @@ pub(super) struct Applier {
     queue: Mutex<Queue>,
     /// Wakes the thread applying behind.
     wake: Condvar,
+    /// Entries applied ahead (taken under `applying`).
+    ahead: Mutex<Option<Ahead>>,
 }
 
 #[derive(Default)]
@@ -86,6 +122,7 @@ impl Applier {
                 ..Queue::default()
             }),
             wake: Condvar::new(),
+            ahead: Mutex::new(None),
         }
     }
 
@@ -147,6 +184,7 @@ impl Applier {
     /// after it. Runs `replace` while no batch applies.
     pub(super) fn replace<T>(&self, replace: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         let _applying = lock(&self.applying);
+        lock(&self.ahead).take();
         self.take()?;
         replace()
     }
@@ -164,6 +202,9 @@ impl Applier {
         since_durable: &mut u64,
         batch: Vec<EntryResponder<TypeConfig>>,
     ) -> io::Result<()> {
+        // Entries applied ahead are used if the batch starts with them, and dropped
+        // otherwise (before anything else begins a write transaction).
+        let ahead = lock(&self.ahead).take().filter(|a| a.starts(&batch));
         if batch.is_empty() {
             return Ok(());
         }
@@ -178,7 +219,76 @@ impl Applier {
         if durable {
             *since_durable = 0;
         }
-        apply_batch(&self.db, &self.shared, batch, durable)
+        let Some(Ahead {
+            tx, mut applied, ..
+        }) = ahead
+        else {
+            return apply_batch(&self.db, &self.shared, batch, durable);
+        };
+        let rest = batch[applied.ids.len()..].iter().map(|(e, _)| e);
+        apply_into(&tx, self.shared.region, rest, &mut applied)?;
+        let responders = batch.into_iter().map(|(_, r)| r);
+        commit(&self.db, &self.shared, tx, applied, responders, durable)
+    }
+
+    /// Drops entries applied ahead that have waited [`AHEAD_MAX`] for their commit.
+    fn drop_stale_ahead(&self) {
+        let mut ahead = lock(&self.ahead);
+        if ahead
+            .as_ref()
+            .is_some_and(|a| a.since.elapsed() >= AHEAD_MAX)
+        {
+            *ahead = None;
+        }
+    }
+
+    /// Applies the run of `entries` (appended by this member as their leader, and durable
+    /// in its log) that follows what the state holds into a write transaction kept for
+    /// their commit, if nothing applies or waits to apply and no other is kept. Never
+    /// waits: it runs on the log's flusher.
+    pub(super) fn apply_ahead(&self, entries: Vec<EntryOf<TypeConfig>>) {
+        let Ok(_applying) = self.applying.try_lock() else {
+            return;
+        };
+        {
+            let q = lock(&self.queue);
+            if q.failed.is_some() || !q.entries.is_empty() {
+                return;
+            }
+        }
+        let mut ahead = lock(&self.ahead);
+        if ahead
+            .as_ref()
+            .is_some_and(|a| a.since.elapsed() >= AHEAD_MAX)
+        {
+            *ahead = None;
+        }
+        if ahead.is_some() {
+            return;
+        }
+        let first = *self.shared.applied.borrow() + 1;
+        let run = entries
+            .iter()
+            .skip_while(|e| e.log_id.index != first)
+            .zip(first..)
+            .take_while(|(e, index)| e.log_id.index == *index)
+            .map(|(e, _)| e);
+        let mut applied = Applied::default();
+        // Another writer (a snapshot or an image being built): not this time.
+        let Ok(tx) = self.db.try_begin_write() else {
+            return;
+        };
+        match apply_into(&tx, self.shared.region, run, &mut applied) {
+            Ok(()) if !applied.ids.is_empty() => {
+                *ahead = Some(Ahead {
+                    tx,
+                    applied,
+                    since: Instant::now(),
+                })
+            }
+            // A failure here is the commit's to report (it applies them again).
+            _ => {}
+        }
     }
 
     /// The thread applying behind: waits until the oldest queued entry has waited
@@ -192,7 +302,19 @@ impl Applier {
                         return;
                     }
                     match q.since {
-                        None => q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner()),
+                        // Every so often: entries applied ahead that did not commit go.
+                        None => {
+                            let (guard, waited) = self
+                                .wake
+                                .wait_timeout(q, AHEAD_MAX)
+                                .unwrap_or_else(|p| p.into_inner());
+                            q = guard;
+                            if waited.timed_out() {
+                                drop(q);
+                                self.drop_stale_ahead();
+                                q = lock(&self.queue);
+                            }
+                        }
                         Some(t) if t.elapsed() < q.lag => {
                             let left = q.lag.saturating_sub(t.elapsed());
                             q = self
@@ -244,7 +366,7 @@ mod tests {
 
     use super::super::state_machine::StateMachine;
     use super::super::{Request, TypeConfig};
-    use super::{Applier, lock};
+    use super::{AHEAD_MAX, Applier, lock};
     use crate::namespace::NsReader;
 
     /// Entry `index`, led by member `leader`: creates volume `name`.
@@ -397,5 +519,101 @@ mod tests {
         }
         assert_eq!(volumes(&sm), ["a"]);
         assert_eq!(*shared.applied.borrow(), 1);
+    }
+
+    /// Entries this member leads apply into a transaction before they commit, unseen until
+    /// they do; the commit uses it when it starts with them and drops it otherwise; nothing
+    /// applies ahead of entries waiting to apply.
+    #[test]
+    fn entries_this_member_leads_apply_ahead_unseen_until_they_commit() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (sm, shared) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+        let applier = Applier::new(sm.db(), shared.clone());
+        let entry = |e: EntryOf<TypeConfig>| (e, None);
+        let held = |a: &Applier| lock(&a.ahead).as_ref().map(|a| a.applied.ids.len());
+
+        applier.apply_ahead(vec![create(1, 1, "a"), create(1, 2, "b")]);
+        assert_eq!(held(&applier), Some(2));
+        assert!(volumes(&sm).is_empty(), "not committed: unseen");
+        assert_eq!(*shared.applied.borrow(), 0);
+        // One more commits with them: applied into the same transaction.
+        applier
+            .apply(vec![
+                entry(create(1, 1, "a")),
+                entry(create(1, 2, "b")),
+                entry(create(1, 3, "c")),
+            ])
+            .unwrap();
+        assert_eq!(held(&applier), None);
+        assert_eq!(volumes(&sm), ["a", "b", "c"]);
+        assert_eq!(*shared.applied.borrow(), 3);
+
+        // Only the run that follows what the state holds.
+        applier.apply_ahead(vec![
+            create(1, 3, "c"),
+            create(1, 4, "d"),
+            create(1, 6, "f"),
+        ]);
+        assert_eq!(held(&applier), Some(1));
+        // What commits is another leader's entry at that index: the transaction is dropped.
+        applier.apply(vec![entry(create(2, 4, "e"))]).unwrap();
+        assert_eq!(held(&applier), None);
+        assert_eq!(volumes(&sm), ["a", "b", "c", "e"]);
+
+        // Less than it holds commits: dropped too, and applied again.
+        applier.apply_ahead(vec![create(1, 5, "f"), create(1, 6, "g")]);
+        assert_eq!(held(&applier), Some(2));
+        applier.apply(vec![entry(create(1, 5, "f"))]).unwrap();
+        assert_eq!(held(&applier), None);
+        assert_eq!(volumes(&sm), ["a", "b", "c", "e", "f"]);
+
+        // Entries waiting to apply come first: nothing applies ahead of them.
+        applier.defer(vec![entry(create(2, 6, "g"))]).unwrap();
+        applier.apply_ahead(vec![create(1, 7, "h")]);
+        assert_eq!(held(&applier), None);
+        applier.catch_up().unwrap();
+        assert_eq!(volumes(&sm), ["a", "b", "c", "e", "f", "g"]);
+
+        // Replacing the state drops it.
+        applier.apply_ahead(vec![create(1, 7, "h")]);
+        assert_eq!(held(&applier), Some(1));
+        applier.replace(|| Ok(())).unwrap();
+        assert_eq!(held(&applier), None);
+        assert_eq!(*shared.applied.borrow(), 6);
+    }
+
+    /// Entries applied ahead that never commit (the leader lost its leadership) do not
+    /// hold redb's writer past [`AHEAD_MAX`]: the thread applying behind drops them.
+    #[test]
+    fn entries_applied_ahead_that_never_commit_are_dropped() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (sm, shared) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+        let applier = std::sync::Arc::new(Applier::new(sm.db(), shared.clone()));
+        applier.apply_ahead(vec![create(1, 1, "a")]);
+        let since = lock(&applier.ahead)
+            .as_ref()
+            .map(|a| a.since)
+            .expect("held");
+        let thread = {
+            let applier = applier.clone();
+            std::thread::spawn(move || applier.run_behind())
+        };
+        // Another writer waits for the thread to drop them.
+        let (done, wait) = std::sync::mpsc::channel();
+        let db = sm.db();
+        std::thread::spawn(move || {
+            let tx = db.begin_write().unwrap();
+            tx.abort().unwrap();
+            let _ = done.send(since.elapsed());
+        });
+        let waited = wait
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a writer gets redb's writer once they are dropped");
+        assert!(waited >= AHEAD_MAX, "held until dropped ({waited:?})");
+        assert!(lock(&applier.ahead).is_none());
+        assert!(volumes(&sm).is_empty(), "never committed: never seen");
+        assert_eq!(*shared.applied.borrow(), 0);
+        applier.stop();
+        thread.join().unwrap();
     }
 }

@@ -65,10 +65,28 @@ pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// What the log calls, on its flusher, with the entries this member appended as their
+/// leader once they are durable in it (to apply them ahead of their commit). It must not
+/// wait.
+#[derive(Clone)]
+pub struct AheadHook(Arc<dyn Fn(Vec<EntryOf<TypeConfig>>) + Send + Sync>);
+
+impl AheadHook {
+    pub fn new(f: impl Fn(Vec<EntryOf<TypeConfig>>) + Send + Sync + 'static) -> Self {
+        AheadHook(Arc::new(f))
+    }
+}
+
+impl Debug for AheadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AheadHook")
+    }
+}
+
 /// What the flusher completes after its next fdatasync.
 enum Flushed {
-    /// Appended entries, reported to Raft.
-    Append(IOFlushed<TypeConfig>),
+    /// Appended entries, reported to Raft; those this member leads, to apply ahead.
+    Append(IOFlushed<TypeConfig>, Vec<EntryOf<TypeConfig>>),
     /// A caller waiting for everything written so far to be durable.
     Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
@@ -84,6 +102,9 @@ struct Inner {
     queued: Arc<AtomicUsize>,
     /// This member's id, once known: entries another member leads are synced in place.
     member: Option<u64>,
+    /// Where the entries this member appends as their leader go, to apply ahead of their
+    /// commit (`raft/applier.rs`).
+    ahead: Option<AheadHook>,
     /// Where the next record goes: the end of the records.
     file_len: u64,
     /// The file's length: zeros from `file_len` to here.
@@ -161,6 +182,7 @@ impl LogStore {
             flusher: None,
             queued: Arc::default(),
             member: None,
+            ahead: None,
             file_len: 0,
             zeroed: bytes.len() as u64,
             rewrite_slack: REWRITE_SLACK,
@@ -211,6 +233,13 @@ impl LogStore {
         self
     }
 
+    /// Gives the entries this member appends as their leader to `hook` once they are
+    /// durable here, to apply ahead of their commit.
+    pub fn apply_ahead(self, hook: AheadHook) -> Self {
+        self.lock().ahead = Some(hook);
+        self
+    }
+
     /// Waits until everything written so far is durable.
     async fn barrier(&self) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -235,27 +264,39 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        let result = match inner.upgrade() {
+        let (result, ahead) = match inner.upgrade() {
             Some(inner) => {
-                let file = inner.lock().unwrap_or_else(|p| p.into_inner()).file.clone();
-                file.sync_data()
+                let (file, ahead) = {
+                    let inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+                    (inner.file.clone(), inner.ahead.clone())
+                };
+                (file.sync_data(), ahead)
             }
-            None => Err(io::Error::other("raft log closed")),
+            None => (Err(io::Error::other("raft log closed")), None),
         };
         let done = batch.len();
+        let mut led = Vec::new();
         for item in batch {
             let r = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             match item {
-                Flushed::Append(cb) => cb.io_completed(r),
+                Flushed::Append(cb, entries) => {
+                    cb.io_completed(r);
+                    led.extend(entries);
+                }
                 Flushed::Barrier(tx) => {
                     let _ = tx.send(r);
                 }
             }
         }
         queued.fetch_sub(done, Ordering::AcqRel);
+        // Once the replicas have them too (the leader's fdatasync overlaps their copies),
+        // the entries this member leads apply ahead of their commit.
+        if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty()) {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ahead.0)(led)));
+        }
     }
 }
 
@@ -467,10 +508,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut inner = self.lock();
         let mut followed = None;
+        let mut led = Vec::new();
         let written = (|| {
             let mut bytes = Vec::new();
             for e in entries {
-                followed.get_or_insert(*e.log_id.leader_id.node_id());
+                let leader = *e.log_id.leader_id.node_id();
+                followed.get_or_insert(leader);
+                if inner.ahead.is_some() && inner.member == Some(leader) {
+                    led.push(e.clone());
+                }
                 let r = record(ENTRY, &e)?;
                 bytes.extend_from_slice(&r);
                 inner.insert(e, r.len() as u64);
@@ -496,7 +542,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return synced;
         }
         // The flusher reports it once its fdatasync returns.
-        inner.flush(Flushed::Append(callback))
+        inner.flush(Flushed::Append(callback, led))
     }
 
     async fn truncate_after(&mut self, last: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {

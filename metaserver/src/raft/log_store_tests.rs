@@ -85,8 +85,15 @@ fn a_followers_appends_are_durable_when_append_returns_and_its_own_go_through_th
     TypeConfig::run(async {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft-log");
+        let (ahead, led) = mpsc::channel();
+        let ahead = Mutex::new(ahead);
         {
-            let mut log = LogStore::open(&path, None).unwrap().for_member(2);
+            let mut log = LogStore::open(&path, None)
+                .unwrap()
+                .for_member(2)
+                .apply_ahead(AheadHook::new(move |entries| {
+                    let _ = ahead.lock().unwrap().send(entries);
+                }));
             // Led by member 1: this member follows, and the append is synced in place.
             let (tx, mut rx) = TypeConfig::oneshot();
             log.append(vec![entry(1, 1), entry(1, 2)], IOFlushed::signal(tx))
@@ -115,6 +122,15 @@ fn a_followers_appends_are_durable_when_append_returns_and_its_own_go_through_th
                 .unwrap();
             rx.await.unwrap().unwrap();
         }
+        // Given once durable, after it is reported flushed.
+        let mut given: Vec<u64> = led
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        given.extend(led.try_iter().flatten().map(|e| e.log_id.index));
+        assert_eq!(given, [3], "only its own entries go to apply ahead");
         let mut log = LogStore::open(&path, None).unwrap();
         assert_eq!(
             indexes(&mut log).await,

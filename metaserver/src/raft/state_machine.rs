@@ -138,6 +138,17 @@ impl StateMachine {
         Ok(self)
     }
 
+    /// What the log calls with the entries this member appends as their leader, once
+    /// they are durable in it, to apply them ahead of their commit (see `applier.rs`).
+    pub fn ahead(&self) -> super::log_store::AheadHook {
+        let applier = Arc::downgrade(&self.applier);
+        super::log_store::AheadHook::new(move |entries| {
+            if let Some(applier) = applier.upgrade() {
+                applier.apply_ahead(entries);
+            }
+        })
+    }
+
     /// The state database, for reads.
     pub fn db(&self) -> Arc<Database> {
         self.applier.db().clone()
@@ -291,6 +302,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// What applying entries into a write transaction produced, to commit with it.
+#[derive(Default)]
+pub(super) struct Applied {
+    /// The entries applied, in order.
+    pub(super) ids: Vec<LogIdOf<TypeConfig>>,
+    /// Their responses, in order.
+    responses: Vec<Response>,
+    /// The stamps they carry, which the clock observes once they commit.
+    stamps: Vec<Hlc>,
+    /// Whether one of them changed the cluster map.
+    map_changed: bool,
+}
+
 /// Applies `batch` in one transaction (persisted with fsync if `durable`), publishes the
 /// result and answers the entries' callers.
 pub(super) fn apply_batch(
@@ -299,125 +323,162 @@ pub(super) fn apply_batch(
     batch: Vec<EntryResponder<TypeConfig>>,
     durable: bool,
 ) -> io::Result<()> {
-    let region = shared.region;
-    let mut responses = Vec::with_capacity(batch.len());
-    let mut last = None;
-    let mut stamps = Vec::new();
-    let mut map_changed = false;
-    let mut tx = db.begin_write().map_err(io_err)?;
+    let tx = db.begin_write().map_err(io_err)?;
+    let mut applied = Applied::default();
+    apply_into(
+        &tx,
+        shared.region,
+        batch.iter().map(|(e, _)| e),
+        &mut applied,
+    )?;
+    commit(
+        db,
+        shared,
+        tx,
+        applied,
+        batch.into_iter().map(|(_, r)| r),
+        durable,
+    )
+}
+
+/// Applies `entries` into `tx`, after what `applied` holds (nothing commits here).
+pub(super) fn apply_into<'e>(
+    tx: &redb::WriteTransaction,
+    region: RegionId,
+    entries: impl IntoIterator<Item = &'e EntryOf<TypeConfig>>,
+    applied: &mut Applied,
+) -> io::Result<()> {
+    let mut ns = WriteTables::open(tx);
+    let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
+    let mut clusters = LazyTable::new(tx, cluster::CLUSTER);
+    let mut leases = namespace::lease::LeaseTables::open(tx);
+    for entry in entries {
+        let log_id = entry.log_id();
+        stamps_of(entry, &mut applied.stamps);
+        let response = match &entry.payload {
+            EntryPayload::Blank => Response::None,
+            EntryPayload::Normal(Request::Ns(cmd)) => Response::Ns(store_fails(
+                log_id,
+                namespace::lease::apply_command(&mut ns, &mut leases, cmd),
+            )?),
+            EntryPayload::Normal(Request::Remote(batch)) => {
+                let started = std::time::Instant::now();
+                let outcome = store_fails(log_id, namespace::apply_remote(&mut ns, region, batch))?;
+                Response::Remote(outcome.map(|o| namespace::MergeOutcome {
+                    apply_ms: started.elapsed().as_millis() as u64,
+                    ..o
+                }))
+            }
+            EntryPayload::Normal(Request::WriteBack(wb)) => Response::WriteBack(store_fails(
+                log_id,
+                namespace::lease::apply_write_back(&mut ns, &mut leases, region, wb),
+            )?),
+            EntryPayload::Normal(Request::ExpireLeases(dirs)) => {
+                leases.expire(dirs).map_err(io::Error::other)?;
+                Response::None
+            }
+            EntryPayload::Normal(Request::InstallImage(part)) => Response::Remote(store_fails(
+                log_id,
+                namespace::install_image(&mut ns, region, part),
+            )?),
+            EntryPayload::Normal(Request::LeaveStep(volume)) => {
+                let outcome = store_fails(log_id, namespace::leave::leave_step(&mut ns, *volume))?;
+                Response::Remote(outcome.map(|done| namespace::MergeOutcome {
+                    applied: u64::from(done),
+                    ..Default::default()
+                }))
+            }
+            EntryPayload::Normal(Request::CopyBegin(b)) => Response::Ns(store_fails(
+                log_id,
+                namespace::ops::copy::begin(&mut ns, b),
+            )?),
+            EntryPayload::Normal(Request::CopyRows(r)) => {
+                Response::Ns(store_fails(log_id, namespace::ops::copy::rows(&mut ns, r))?)
+            }
+            EntryPayload::Normal(Request::CopyAbort(a)) => Response::Ns(store_fails(
+                log_id,
+                namespace::ops::copy::abort(&mut ns, a),
+            )?),
+            EntryPayload::Normal(Request::Relayed(regions)) => {
+                namespace::merge::set_relayed(&mut ns, regions).map_err(io::Error::other)?;
+                Response::None
+            }
+            EntryPayload::Normal(Request::CancelBackfill(volume)) => Response::Remote(store_fails(
+                log_id,
+                namespace::apply::cancel_backfill(&mut ns, region, *volume),
+            )?),
+            EntryPayload::Normal(Request::BlocksBroughtIn(volume)) => {
+                namespace::backfill::blocks_done(&mut ns, *volume).map_err(io::Error::other)?;
+                Response::None
+            }
+            EntryPayload::Normal(Request::PeerNote(n)) => {
+                namespace::links::note(&mut ns, n).map_err(io::Error::other)?;
+                Response::None
+            }
+            EntryPayload::Normal(Request::Promise(hlc)) => {
+                namespace::merge::promise(&mut ns, *hlc).map_err(io::Error::other)?;
+                Response::None
+            }
+            EntryPayload::Normal(Request::Peers(peers)) => {
+                namespace::merge::set_peers(&mut ns, peers).map_err(io::Error::other)?;
+                Response::None
+            }
+            EntryPayload::Normal(Request::Cluster(cmd)) => {
+                applied.map_changed = true;
+                let map =
+                    cluster::apply(clusters.open_mut().map_err(io::Error::other)?, region, cmd)
+                        .map_err(io::Error::other)?;
+                Response::Cluster(map.epoch)
+            }
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone());
+                put_json(&mut raft, MEMBERSHIP, &stored)?;
+                Response::None
+            }
+        };
+        applied.ids.push(log_id);
+        applied.responses.push(response);
+    }
+    Ok(())
+}
+
+/// Commits `tx` holding `applied` (persisted with fsync if `durable`), publishes the
+/// result and answers the entries' callers (`responders`, in the same order).
+pub(super) fn commit(
+    db: &Database,
+    shared: &Shared,
+    mut tx: redb::WriteTransaction,
+    applied: Applied,
+    responders: impl IntoIterator<Item = Option<openraft::storage::ApplyResponder<TypeConfig>>>,
+    durable: bool,
+) -> io::Result<()> {
+    let Applied {
+        ids,
+        responses,
+        mut stamps,
+        map_changed,
+    } = applied;
+    let last = ids.last().copied();
     if !durable {
         tx.set_durability(redb::Durability::None).map_err(io_err)?;
     }
     {
-        let mut ns = WriteTables::open(&tx);
-        let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
-        let mut clusters = LazyTable::new(&tx, cluster::CLUSTER);
-        let mut leases = namespace::lease::LeaseTables::open(&tx);
-        for (entry, responder) in batch {
-            let log_id = entry.log_id();
-            stamps_of(&entry, &mut stamps);
-            let response = match &entry.payload {
-                EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(Request::Ns(cmd)) => Response::Ns(store_fails(
-                    log_id,
-                    namespace::lease::apply_command(&mut ns, &mut leases, cmd),
-                )?),
-                EntryPayload::Normal(Request::Remote(batch)) => {
-                    let started = std::time::Instant::now();
-                    let outcome =
-                        store_fails(log_id, namespace::apply_remote(&mut ns, region, batch))?;
-                    Response::Remote(outcome.map(|o| namespace::MergeOutcome {
-                        apply_ms: started.elapsed().as_millis() as u64,
-                        ..o
-                    }))
-                }
-                EntryPayload::Normal(Request::WriteBack(wb)) => Response::WriteBack(store_fails(
-                    log_id,
-                    namespace::lease::apply_write_back(&mut ns, &mut leases, region, wb),
-                )?),
-                EntryPayload::Normal(Request::ExpireLeases(dirs)) => {
-                    leases.expire(dirs).map_err(io::Error::other)?;
-                    Response::None
-                }
-                EntryPayload::Normal(Request::InstallImage(part)) => Response::Remote(store_fails(
-                    log_id,
-                    namespace::install_image(&mut ns, region, part),
-                )?),
-                EntryPayload::Normal(Request::LeaveStep(volume)) => {
-                    let outcome =
-                        store_fails(log_id, namespace::leave::leave_step(&mut ns, *volume))?;
-                    Response::Remote(outcome.map(|done| namespace::MergeOutcome {
-                        applied: u64::from(done),
-                        ..Default::default()
-                    }))
-                }
-                EntryPayload::Normal(Request::CopyBegin(b)) => Response::Ns(store_fails(
-                    log_id,
-                    namespace::ops::copy::begin(&mut ns, b),
-                )?),
-                EntryPayload::Normal(Request::CopyRows(r)) => {
-                    Response::Ns(store_fails(log_id, namespace::ops::copy::rows(&mut ns, r))?)
-                }
-                EntryPayload::Normal(Request::CopyAbort(a)) => Response::Ns(store_fails(
-                    log_id,
-                    namespace::ops::copy::abort(&mut ns, a),
-                )?),
-                EntryPayload::Normal(Request::Relayed(regions)) => {
-                    namespace::merge::set_relayed(&mut ns, regions).map_err(io::Error::other)?;
-                    Response::None
-                }
-                EntryPayload::Normal(Request::CancelBackfill(volume)) => {
-                    Response::Remote(store_fails(
-                        log_id,
-                        namespace::apply::cancel_backfill(&mut ns, region, *volume),
-                    )?)
-                }
-                EntryPayload::Normal(Request::BlocksBroughtIn(volume)) => {
-                    namespace::backfill::blocks_done(&mut ns, *volume).map_err(io::Error::other)?;
-                    Response::None
-                }
-                EntryPayload::Normal(Request::PeerNote(n)) => {
-                    namespace::links::note(&mut ns, n).map_err(io::Error::other)?;
-                    Response::None
-                }
-                EntryPayload::Normal(Request::Promise(hlc)) => {
-                    namespace::merge::promise(&mut ns, *hlc).map_err(io::Error::other)?;
-                    Response::None
-                }
-                EntryPayload::Normal(Request::Peers(peers)) => {
-                    namespace::merge::set_peers(&mut ns, peers).map_err(io::Error::other)?;
-                    Response::None
-                }
-                EntryPayload::Normal(Request::Cluster(cmd)) => {
-                    map_changed = true;
-                    let map =
-                        cluster::apply(clusters.open_mut().map_err(io::Error::other)?, region, cmd)
-                            .map_err(io::Error::other)?;
-                    Response::Cluster(map.epoch)
-                }
-                EntryPayload::Membership(m) => {
-                    let stored = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone());
-                    put_json(&mut raft, MEMBERSHIP, &stored)?;
-                    Response::None
-                }
-            };
-            last = Some(log_id);
-            responses.push((responder, response));
-        }
-        // Local commands may have been restamped after remote records: the clock
-        // must stamp after the newest applied stamp.
+        // Local commands may have been restamped after remote records: the clock must
+        // stamp after the newest applied stamp.
+        let ns = WriteTables::open(&tx);
         if let Some(head) =
             namespace::merge::horizon(ns.region_state.open().map_err(io::Error::other)?)
                 .map_err(io::Error::other)?
         {
             stamps.push(head);
         }
+        let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
         put_json(&mut raft, APPLIED, &last)?;
     }
     tx.commit().map_err(io_err)?;
     shared.observe(stamps);
     publish(db, shared, last.as_ref(), map_changed)?;
-    for (responder, response) in responses {
+    for (responder, response) in responders.into_iter().zip(responses) {
         if let Some(r) = responder {
             r.send(response);
         }
