@@ -9,6 +9,9 @@ use std::sync::atomic::Ordering;
 /// `COMMIT_EXTENTS_MAX`), and a smaller entry replicates and applies without holding the
 /// others up.
 const DIRTY_RANGES_MAX: usize = 4096;
+/// Blocks of at most this many bytes in all are encoded where they are committed, not on
+/// the blocking pool.
+const INLINE_ENCODE: usize = 64 << 10;
 
 use bytes::Bytes;
 use meridian_proto::ns::{Attr, Creds, Extent, FileKind, Op, Reply, Timespec, libc_errno};
@@ -344,17 +347,29 @@ impl FileSystem {
         let packs = pack(pieces, bs);
         let mut extents = Vec::new();
         for batch in packs.chunks(self.options.upload_parallelism.max(1)) {
-            // Hash and compress the batch's blocks on all cores at once.
-            let encodes = batch.iter().map(|(_, data)| {
-                let data = data.clone();
-                tokio::task::spawn_blocking(move || EncodedBlock::encode_shared(&data))
-            });
+            let encoded: Vec<_> =
+                if batch.iter().map(|(_, d)| d.len()).sum::<usize>() <= INLINE_ENCODE {
+                    // A few kilobytes hash and compress in microseconds: less than two thread
+                    // hand-offs cost.
+                    batch
+                        .iter()
+                        .map(|(_, data)| EncodedBlock::encode_shared(data).ok())
+                        .collect()
+                } else {
+                    // Hash and compress the batch's blocks on all cores at once.
+                    let encodes = batch.iter().map(|(_, data)| {
+                        let data = data.clone();
+                        tokio::task::spawn_blocking(move || EncodedBlock::encode_shared(&data))
+                    });
+                    futures::future::join_all(encodes)
+                        .await
+                        .into_iter()
+                        .map(|r| r.ok().and_then(Result::ok))
+                        .collect()
+                };
             let mut uploads = Vec::with_capacity(batch.len());
-            for ((parts, _), encoded) in batch.iter().zip(futures::future::join_all(encodes).await)
-            {
-                let encoded = encoded
-                    .map_err(|_| libc_errno::EIO)?
-                    .map_err(|_| libc_errno::EIO)?;
+            for ((parts, _), encoded) in batch.iter().zip(encoded) {
+                let encoded = encoded.ok_or(libc_errno::EIO)?;
                 for &(file_off, at, len) in parts {
                     extents.push(Extent {
                         offset: file_off,
