@@ -225,8 +225,16 @@ impl Applier {
         else {
             return apply_batch(&self.db, &self.shared, batch, durable);
         };
-        let rest = batch[applied.ids.len()..].iter().map(|(e, _)| e);
-        apply_into(&tx, self.shared.region, rest, &mut applied)?;
+        // What committed with them, if anything.
+        let rest = &batch[applied.ids.len()..];
+        if !rest.is_empty() {
+            apply_into(
+                &tx,
+                self.shared.region,
+                rest.iter().map(|(e, _)| e),
+                &mut applied,
+            )?;
+        }
         let responders = batch.into_iter().map(|(_, r)| r);
         commit(&self.db, &self.shared, tx, applied, responders, durable)
     }

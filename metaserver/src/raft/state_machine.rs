@@ -341,7 +341,8 @@ pub(super) fn apply_batch(
     )
 }
 
-/// Applies `entries` into `tx`, after what `applied` holds (nothing commits here).
+/// Applies `entries` into `tx`, after what `applied` holds, with the applied log id
+/// (nothing commits here).
 pub(super) fn apply_into<'e>(
     tx: &redb::WriteTransaction,
     region: RegionId,
@@ -439,10 +440,18 @@ pub(super) fn apply_into<'e>(
         applied.ids.push(log_id);
         applied.responses.push(response);
     }
+    // Local commands may have been restamped after remote records: the clock must stamp
+    // after the newest applied stamp.
+    if let Some(head) = namespace::merge::horizon(ns.region_state.open().map_err(io::Error::other)?)
+        .map_err(io::Error::other)?
+    {
+        applied.stamps.push(head);
+    }
+    put_json(&mut raft, APPLIED, &applied.ids.last())?;
     Ok(())
 }
 
-/// Commits `tx` holding `applied` (persisted with fsync if `durable`), publishes the
+/// Commits `tx` holding `applied` (by [`apply_into`]; persisted with fsync if `durable`), publishes the
 /// result and answers the entries' callers (`responders`, in the same order).
 pub(super) fn commit(
     db: &Database,
@@ -455,25 +464,12 @@ pub(super) fn commit(
     let Applied {
         ids,
         responses,
-        mut stamps,
+        stamps,
         map_changed,
     } = applied;
     let last = ids.last().copied();
     if !durable {
         tx.set_durability(redb::Durability::None).map_err(io_err)?;
-    }
-    {
-        // Local commands may have been restamped after remote records: the clock must
-        // stamp after the newest applied stamp.
-        let ns = WriteTables::open(&tx);
-        if let Some(head) =
-            namespace::merge::horizon(ns.region_state.open().map_err(io::Error::other)?)
-                .map_err(io::Error::other)?
-        {
-            stamps.push(head);
-        }
-        let mut raft = tx.open_table(RAFT_STATE).map_err(io_err)?;
-        put_json(&mut raft, APPLIED, &last)?;
     }
     tx.commit().map_err(io_err)?;
     shared.observe(stamps);
