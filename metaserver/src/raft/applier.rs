@@ -21,24 +21,26 @@
 //! its flusher applies them into a write transaction while the followers write them, and
 //! when they commit the transaction commits (with whatever else commits with them). Applying
 //! was the largest part of the leader's share of a round after the followers' answers.
-//! Only when nothing before them waits to apply (the pipeline is empty), and only one such
-//! transaction at a time; it is dropped (nothing of it is seen) when what commits is not
+//! Only small changes of the namespace (not merges, images or copies: the flusher syncs
+//! nothing else meanwhile), only when nothing before them waits to apply (the pipeline is
+//! empty), and only one such transaction at a time; it is dropped (nothing of it is seen) when what commits is not
 //! what it holds, when the state is replaced, and after [`AHEAD_MAX`] by the thread
 //! applying behind (a leader that lost its leadership may never see them commit, and the
 //! transaction holds redb's writer).
 //! Applying is deterministic, so the outcome is the one applying at the commit would give.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 use std::{io, mem};
 
+use openraft::EntryPayload;
 use openraft::storage::EntryResponder;
 use openraft::type_config::alias::EntryOf;
 use redb::Database;
 
-use super::TypeConfig;
 use super::state_machine::{Applied, Shared, apply_batch, apply_into, commit, stamps_of};
+use super::{Request, TypeConfig};
 
 /// How long an entry another member leads may wait to apply here.
 pub(super) const LAG: Duration = Duration::from_millis(20);
@@ -79,7 +81,7 @@ pub(super) struct Applier {
     queue: Mutex<Queue>,
     /// Wakes the thread applying behind.
     wake: Condvar,
-    /// Entries applied ahead (taken under `applying`).
+    /// Entries applied ahead (taken under `applying`, or dropped when stale).
     ahead: Mutex<Option<Ahead>>,
 }
 
@@ -105,6 +107,24 @@ impl Queue {
             None => Ok(()),
         }
     }
+}
+
+/// Most changes applied ahead at once: applying ahead runs on the log's flusher, which
+/// syncs nothing else meanwhile.
+const AHEAD_COST_MAX: usize = 256;
+
+/// Whether `entries` are small changes of the namespace (or blank), worth applying ahead
+/// on the log's flusher; merges, images and copies are not.
+fn light(entries: &[&EntryOf<TypeConfig>]) -> bool {
+    let mut cost = 0;
+    for e in entries {
+        cost += match &e.payload {
+            EntryPayload::Blank | EntryPayload::Normal(Request::Ns(_)) => 1,
+            EntryPayload::Normal(Request::WriteBack(wb)) => 1 + wb.cmds.len(),
+            _ => return false,
+        };
+    }
+    cost <= AHEAD_COST_MAX
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -202,12 +222,12 @@ impl Applier {
         since_durable: &mut u64,
         batch: Vec<EntryResponder<TypeConfig>>,
     ) -> io::Result<()> {
-        // Entries applied ahead are used if the batch starts with them, and dropped
-        // otherwise (before anything else begins a write transaction).
-        let ahead = lock(&self.ahead).take().filter(|a| a.starts(&batch));
         if batch.is_empty() {
             return Ok(());
         }
+        // Entries applied ahead are used if the batch starts with them, and dropped
+        // otherwise (before anything else begins a write transaction).
+        let ahead = lock(&self.ahead).take().filter(|a| a.starts(&batch));
         // The log is the durability: every entry applied here is fsync'd in a majority's
         // log, and a restart applies again whatever this transaction had not persisted
         // (the applied id commits with the state). A snapshot persists everything first,
@@ -255,8 +275,11 @@ impl Applier {
     /// their commit, if nothing applies or waits to apply and no other is kept. Never
     /// waits: it runs on the log's flusher.
     pub(super) fn apply_ahead(&self, entries: Vec<EntryOf<TypeConfig>>) {
-        let Ok(_applying) = self.applying.try_lock() else {
-            return;
+        let _applying = match self.applying.try_lock() {
+            Ok(guard) => guard,
+            // A panic while applying is kept in the queue (see `apply`), not in the lock.
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
         };
         {
             let q = lock(&self.queue);
@@ -275,12 +298,16 @@ impl Applier {
             return;
         }
         let first = *self.shared.applied.borrow() + 1;
-        let run = entries
+        let run: Vec<&EntryOf<TypeConfig>> = entries
             .iter()
             .skip_while(|e| e.log_id.index != first)
             .zip(first..)
             .take_while(|(e, index)| e.log_id.index == *index)
-            .map(|(e, _)| e);
+            .map(|(e, _)| e)
+            .collect();
+        if run.is_empty() || !light(&run) {
+            return;
+        }
         let mut applied = Applied::default();
         // Another writer (a snapshot or an image being built): not this time.
         let Ok(tx) = self.db.try_begin_write() else {
@@ -314,7 +341,7 @@ impl Applier {
                         None => {
                             let (guard, waited) = self
                                 .wake
-                                .wait_timeout(q, AHEAD_MAX)
+                                .wait_timeout(q, AHEAD_MAX / 4)
                                 .unwrap_or_else(|p| p.into_inner());
                             q = guard;
                             if waited.timed_out() {
@@ -530,8 +557,9 @@ mod tests {
     }
 
     /// Entries this member leads apply into a transaction before they commit, unseen until
-    /// they do; the commit uses it when it starts with them and drops it otherwise; nothing
-    /// applies ahead of entries waiting to apply.
+    /// they do; the commit uses it when it starts with them and drops it otherwise (a
+    /// catch-up applying nothing keeps it); only small namespace changes apply ahead, and
+    /// nothing applies ahead of entries waiting to apply.
     #[test]
     fn entries_this_member_leads_apply_ahead_unseen_until_they_commit() {
         let dir = tempfile::TempDir::new().unwrap();
@@ -574,6 +602,25 @@ mod tests {
         applier.apply(vec![entry(create(1, 5, "f"))]).unwrap();
         assert_eq!(held(&applier), None);
         assert_eq!(volumes(&sm), ["a", "b", "c", "e", "f"]);
+
+        // Applying nothing (a catch-up with nothing queued) keeps it.
+        applier.apply_ahead(vec![create(1, 6, "g")]);
+        assert_eq!(held(&applier), Some(1));
+        applier.catch_up().unwrap();
+        assert_eq!(held(&applier), Some(1));
+        applier.replace(|| Ok(())).unwrap();
+        assert_eq!(held(&applier), None);
+
+        // Not what the log's flusher should spend its time on: merges, images, copies.
+        let peers = EntryOf::<TypeConfig>::new_normal(
+            LogIdOf::<TypeConfig>::new(
+                <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(1, 1),
+                6,
+            ),
+            Request::Peers(vec![]),
+        );
+        applier.apply_ahead(vec![peers]);
+        assert_eq!(held(&applier), None);
 
         // Entries waiting to apply come first: nothing applies ahead of them.
         applier.defer(vec![entry(create(2, 6, "g"))]).unwrap();
