@@ -294,10 +294,10 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
         queued.fetch_sub(done, Ordering::AcqRel);
         // Once the replicas have them too (the leader's fdatasync overlaps their copies),
         // the entries this member leads apply ahead of their commit.
-        if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty()) {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ahead.0)(led))).is_err() {
-                tracing::error!("applying entries ahead of their commit panicked");
-            }
+        if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty())
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ahead.0)(led))).is_err()
+        {
+            tracing::error!("applying entries ahead of their commit panicked");
         }
     }
 }
