@@ -23,10 +23,10 @@
 //! was the largest part of the leader's share of a round after the followers' answers.
 //! Only small changes of the namespace (not merges, images or copies: the flusher syncs
 //! nothing else meanwhile), only when nothing before them waits to apply (the pipeline is
-//! empty), and only one such transaction at a time; it is dropped (nothing of it is seen) when what commits is not
-//! what it holds, when the state is replaced, and after [`AHEAD_MAX`] by the thread
-//! applying behind (a leader that lost its leadership may never see them commit, and the
-//! transaction holds redb's writer).
+//! empty), and only one such transaction at a time; it is dropped (nothing of it is seen)
+//! when what commits is not what it holds, when the state is replaced, and after
+//! [`AHEAD_MAX`] by the thread applying behind (a leader that lost its leadership may
+//! never see them commit, and the transaction holds redb's writer).
 //! Applying is deterministic, so the outcome is the one applying at the commit would give.
 
 use std::panic::{self, AssertUnwindSafe};
@@ -59,6 +59,11 @@ struct Ahead {
 }
 
 impl Ahead {
+    /// Whether it has waited [`AHEAD_MAX`] for its commit.
+    fn stale(&self) -> bool {
+        self.since.elapsed() >= AHEAD_MAX
+    }
+
     /// Whether `batch` starts with the entries this holds.
     fn starts(&self, batch: &[EntryResponder<TypeConfig>]) -> bool {
         self.applied.ids.len() <= batch.len()
@@ -113,16 +118,24 @@ impl Queue {
 /// syncs nothing else meanwhile.
 const AHEAD_COST_MAX: usize = 256;
 
-/// Whether `entries` are small changes of the namespace (or blank), worth applying ahead
-/// on the log's flusher; merges, images and copies are not.
+/// How many changes `entry` makes, if it is a small change of the namespace (or blank),
+/// worth applying ahead on the log's flusher; `None` for merges, images and copies.
+pub(super) fn ahead_cost(entry: &EntryOf<TypeConfig>) -> Option<usize> {
+    match &entry.payload {
+        EntryPayload::Blank | EntryPayload::Normal(Request::Ns(_)) => Some(1),
+        EntryPayload::Normal(Request::WriteBack(wb)) => Some(1 + wb.cmds.len()),
+        _ => None,
+    }
+}
+
+/// Whether `entries` together are light enough to apply ahead.
 fn light(entries: &[&EntryOf<TypeConfig>]) -> bool {
     let mut cost = 0;
     for e in entries {
-        cost += match &e.payload {
-            EntryPayload::Blank | EntryPayload::Normal(Request::Ns(_)) => 1,
-            EntryPayload::Normal(Request::WriteBack(wb)) => 1 + wb.cmds.len(),
-            _ => return false,
-        };
+        match ahead_cost(e) {
+            Some(c) => cost += c,
+            None => return false,
+        }
     }
     cost <= AHEAD_COST_MAX
 }
@@ -262,10 +275,7 @@ impl Applier {
     /// Drops entries applied ahead that have waited [`AHEAD_MAX`] for their commit.
     fn drop_stale_ahead(&self) {
         let mut ahead = lock(&self.ahead);
-        if ahead
-            .as_ref()
-            .is_some_and(|a| a.since.elapsed() >= AHEAD_MAX)
-        {
+        if ahead.as_ref().is_some_and(Ahead::stale) {
             *ahead = None;
         }
     }
@@ -288,10 +298,7 @@ impl Applier {
             }
         }
         let mut ahead = lock(&self.ahead);
-        if ahead
-            .as_ref()
-            .is_some_and(|a| a.since.elapsed() >= AHEAD_MAX)
-        {
+        if ahead.as_ref().is_some_and(Ahead::stale) {
             *ahead = None;
         }
         if ahead.is_some() {
@@ -313,16 +320,13 @@ impl Applier {
         let Ok(tx) = self.db.try_begin_write() else {
             return;
         };
-        match apply_into(&tx, self.shared.region, run, &mut applied) {
-            Ok(()) if !applied.ids.is_empty() => {
-                *ahead = Some(Ahead {
-                    tx,
-                    applied,
-                    since: Instant::now(),
-                })
-            }
-            // A failure here is the commit's to report (it applies them again).
-            _ => {}
+        // A failure here is the commit's to report (it applies them again).
+        if apply_into(&tx, self.shared.region, run, &mut applied).is_ok() {
+            *ahead = Some(Ahead {
+                tx,
+                applied,
+                since: Instant::now(),
+            });
         }
     }
 

@@ -66,14 +66,23 @@ pub struct LogStore {
 }
 
 /// What the log calls, on its flusher, with the entries this member appended as their
-/// leader once they are durable in it (to apply them ahead of their commit). It must not
-/// wait.
+/// leader once they are durable in it (to apply them ahead of their commit), and which of
+/// them it wants (only those are copied). It must not wait.
 #[derive(Clone)]
-pub struct AheadHook(Arc<dyn Fn(Vec<EntryOf<TypeConfig>>) + Send + Sync>);
+pub struct AheadHook {
+    wants: fn(&EntryOf<TypeConfig>) -> bool,
+    apply: Arc<dyn Fn(Vec<EntryOf<TypeConfig>>) + Send + Sync>,
+}
 
 impl AheadHook {
-    pub fn new(f: impl Fn(Vec<EntryOf<TypeConfig>>) + Send + Sync + 'static) -> Self {
-        AheadHook(Arc::new(f))
+    pub fn new(
+        wants: fn(&EntryOf<TypeConfig>) -> bool,
+        apply: impl Fn(Vec<EntryOf<TypeConfig>>) + Send + Sync + 'static,
+    ) -> Self {
+        AheadHook {
+            wants,
+            apply: Arc::new(apply),
+        }
     }
 }
 
@@ -292,10 +301,11 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
             }
         }
         queued.fetch_sub(done, Ordering::AcqRel);
-        // Once the replicas have them too (the leader's fdatasync overlaps their copies),
-        // the entries this member leads apply ahead of their commit.
+        // Durable here (the followers write them meanwhile): the entries this member leads
+        // apply ahead of their commit.
         if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty())
-            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ahead.0)(led))).is_err()
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ahead.apply)(led)))
+                .is_err()
         {
             tracing::error!("applying entries ahead of their commit panicked");
         }
@@ -516,7 +526,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             for e in entries {
                 let leader = *e.log_id.leader_id.node_id();
                 followed.get_or_insert(leader);
-                if inner.ahead.is_some() && inner.member == Some(leader) {
+                if inner.member == Some(leader)
+                    && inner.ahead.as_ref().is_some_and(|h| (h.wants)(&e))
+                {
                     led.push(e.clone());
                 }
                 let r = record(ENTRY, &e)?;

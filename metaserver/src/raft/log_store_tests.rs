@@ -91,9 +91,12 @@ fn a_followers_appends_are_durable_when_append_returns_and_its_own_go_through_th
             let mut log = LogStore::open(&path, None)
                 .unwrap()
                 .for_member(2)
-                .apply_ahead(AheadHook::new(move |entries| {
-                    let _ = ahead.lock().unwrap().send(entries);
-                }));
+                .apply_ahead(AheadHook::new(
+                    |_| true,
+                    move |entries| {
+                        let _ = ahead.lock().unwrap().send(entries);
+                    },
+                ));
             // Led by member 1: this member follows, and the append is synced in place.
             let (tx, mut rx) = TypeConfig::oneshot();
             log.append(vec![entry(1, 1), entry(1, 2)], IOFlushed::signal(tx))

@@ -142,11 +142,14 @@ impl StateMachine {
     /// they are durable in it, to apply them ahead of their commit (see `applier.rs`).
     pub fn ahead(&self) -> super::log_store::AheadHook {
         let applier = Arc::downgrade(&self.applier);
-        super::log_store::AheadHook::new(move |entries| {
-            if let Some(applier) = applier.upgrade() {
-                applier.apply_ahead(entries);
-            }
-        })
+        super::log_store::AheadHook::new(
+            |e| super::applier::ahead_cost(e).is_some(),
+            move |entries| {
+                if let Some(applier) = applier.upgrade() {
+                    applier.apply_ahead(entries);
+                }
+            },
+        )
     }
 
     /// The state database, for reads.
@@ -451,8 +454,9 @@ pub(super) fn apply_into<'e>(
     Ok(())
 }
 
-/// Commits `tx` holding `applied` (by [`apply_into`]; persisted with fsync if `durable`), publishes the
-/// result and answers the entries' callers (`responders`, in the same order).
+/// Commits `tx` holding `applied` (by [`apply_into`]; persisted with fsync if `durable`),
+/// publishes the result and answers the entries' callers (`responders`, in the same
+/// order).
 pub(super) fn commit(
     db: &Database,
     shared: &Shared,
