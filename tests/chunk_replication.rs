@@ -678,14 +678,14 @@ fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_inpu
     Ok(())
 }
 
-/// Small blocks put through the chunkservers' range ports (the put port): the block is
-/// durable on its placements and reads back right; larger blocks go through gRPC. The
+/// Blocks put through the chunkservers' range ports (the put port), small ones and a
+/// whole 4 MiB block: the block is durable on its placements and reads back right. The
 /// port refuses what it may not store (bytes that do not match their id, shipments, bad
 /// copy counts) with nothing written, closes a connection announcing too large a put,
 /// and serves on after. A replica that cannot be reached makes the coordinator forward
 /// through gRPC (here: degraded to the copies it could make).
 #[test]
-fn small_puts_go_through_the_put_port_checked_as_through_grpc() -> Result<()> {
+fn puts_go_through_the_put_port_checked_as_through_grpc() -> Result<()> {
     use meridian_client::blocks::BlockClient;
     use meridian_proto::put_wire::{MAGIC, MAX_PUT, PutFrame, PutReply};
     use prost::Message;
@@ -720,14 +720,17 @@ fn small_puts_go_through_the_put_port_checked_as_through_grpc() -> Result<()> {
     let again = rt.block_on(client.put(&block, 3, 3))?;
     assert!(again.already_present);
     assert_eq!(client.put_port_puts(), 2);
-    // A block larger than the port takes goes through gRPC.
-    let large = random_bytes(32, 2 << 20);
+    // A whole 4 MiB block (a sequential write's) goes through the port as well, sent as
+    // it is held, and is stored on every placement.
+    let large = random_bytes(32, 4 << 20);
     let large_block = EncodedBlock::encode(&large)?;
+    assert!(large_block.payload.len() > meridian_proto::put_wire::COPIED_PAYLOAD);
     assert_eq!(
         rt.block_on(client.put(&large_block, 3, 3))?.stored_on.len(),
         3
     );
-    assert_eq!(client.put_port_puts(), 2, "not through the port");
+    assert_eq!(client.put_port_puts(), 3, "through the port");
+    assert_eq!(holders(&large_block.id)?, 3);
     assert_eq!(rt.block_on(fresh.get(&large_block.id, 3))?, large);
 
     // Hostile input, straight to a port.
@@ -816,7 +819,7 @@ fn small_puts_go_through_the_put_port_checked_as_through_grpc() -> Result<()> {
         .expect("a placement");
     region.chunks[down].kill();
     let receipt = rt.block_on(client.put(&next_block, 3, 2))?;
-    assert_eq!(client.put_port_puts(), 3, "through the port");
+    assert_eq!(client.put_port_puts(), 4, "through the port");
     assert!(receipt.degraded, "{receipt:?}");
     assert_eq!(receipt.stored_on.len(), 2);
     assert!(!receipt.stored_on.contains(&order[1]));

@@ -1,4 +1,4 @@
-//! Puts of small blocks through the range port (the wire format is
+//! Puts of blocks through the range port (the wire format is
 //! `meridian_proto::put_wire`), answered on the connection's thread.
 //!
 //! A coordinated put is checked as a gRPC put is (the header's limits, the volume's
@@ -12,13 +12,13 @@
 //! placements), the copies already made answering "already present" there.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_proto::pb::chunk::{PutHeader, PutResponse, PutRole};
-use meridian_proto::put_wire::{MAX_PUT, PutFrame, PutReply};
+use meridian_proto::put_wire::{MAX_PUT, Outgoing, PutFrame, PutReply};
 use meridian_proto::{EncodedBlock, NodeInfo, placement, wire};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
@@ -164,9 +164,13 @@ impl PortPuts {
         wanted: usize,
         replicas: u32,
         ship: &Option<(u32, Vec<u32>)>,
-    ) -> Option<(Vec<u8>, Vec<Sent>)> {
+    ) -> Option<(Outgoing, Vec<Sent>)> {
         if wanted == 0 {
-            return Some((Vec::new(), Vec::new()));
+            let none = Outgoing {
+                head: Vec::new(),
+                payload: Default::default(),
+            };
+            return Some((none, Vec::new()));
         }
         let map = self.node.map.borrow().clone();
         let targets: Vec<NodeInfo> = placement(&block.id, &map, usize::MAX)
@@ -187,12 +191,12 @@ impl PortPuts {
             regions,
             ..Default::default()
         };
-        // One buffer, one write per replica: the payload is small.
+        // The payload goes to every replica as it arrived, not copied into each frame.
         let frame = PutFrame {
             header: wire::put_header(block, header),
             payload: block.payload.clone(),
         }
-        .encode()
+        .outgoing()
         .ok()?;
         let sent = targets
             .into_iter()
@@ -212,9 +216,9 @@ impl PortPuts {
 
     /// Sends one frame on a kept connection to `address` (dialing again once if the node
     /// closed it since) or a new one; whether the connection was kept.
-    fn send(&self, address: &str, frame: &[u8]) -> (Option<BufReader<TcpStream>>, bool) {
+    fn send(&self, address: &str, frame: &Outgoing) -> (Option<BufReader<TcpStream>>, bool) {
         if let Some(mut conn) = self.take(address)
-            && conn.get_mut().write_all(frame).is_ok()
+            && frame.write_to(conn.get_mut()).is_ok()
         {
             return (Some(conn), true);
         }
@@ -224,7 +228,12 @@ impl PortPuts {
     /// The replicas' answers; `None` unless every copy is stored. A kept connection the
     /// node closed since is noticed here at the latest: the copy is sent again on a new
     /// one, once.
-    fn collect(&self, block: &EncodedBlock, frame: &[u8], sent: Vec<Sent>) -> Option<Forwarded> {
+    fn collect(
+        &self,
+        block: &EncodedBlock,
+        frame: &Outgoing,
+        sent: Vec<Sent>,
+    ) -> Option<Forwarded> {
         let mut out = Forwarded::default();
         let mut all = true;
         for s in sent {
@@ -279,7 +288,7 @@ impl PortPuts {
 }
 
 /// A new connection to `address` with `frame` written on it.
-fn fresh(address: &str, frame: &[u8]) -> Option<BufReader<TcpStream>> {
+fn fresh(address: &str, frame: &Outgoing) -> Option<BufReader<TcpStream>> {
     let mut conn = match dial(address) {
         Ok(c) => BufReader::new(c),
         Err(e) => {
@@ -287,7 +296,7 @@ fn fresh(address: &str, frame: &[u8]) -> Option<BufReader<TcpStream>> {
             return None;
         }
     };
-    conn.get_mut().write_all(frame).ok().map(|_| conn)
+    frame.write_to(conn.get_mut()).ok().map(|_| conn)
 }
 
 fn timed_out(e: &io::Error) -> bool {

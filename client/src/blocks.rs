@@ -277,7 +277,7 @@ impl BlockClient {
         })
     }
 
-    /// Puts a small block through `node`'s range port; `None` when the port does not
+    /// Puts a block through `node`'s range port; `None` when the port does not
     /// store it (not open, left alone lately, refused, failed: the caller puts through
     /// gRPC, which gives any error its status). Not for shipments, token holders or
     /// routed nodes.
@@ -296,12 +296,12 @@ impl BlockClient {
         {
             return None;
         }
-        // One buffer, one write: the payload is small.
+        // A short payload goes in one buffer with its head, a long one as it is held.
         let frame = PutFrame {
             header: wire::put_header(block, header.clone()),
             payload: block.payload.clone(),
         }
-        .encode()
+        .outgoing()
         .ok()?;
         match range_port::put_async(&node.range_address, &frame).await? {
             Ok(PutReply::Stored(resp)) => {

@@ -1,12 +1,13 @@
-//! The put port's wire format: a small block's put over a range port's connection.
+//! The put port's wire format: a block's put over a range port's connection.
 //!
-//! A small file's put through the gRPC service crosses the client's HTTP/2 connection
-//! task, the coordinator's request task, a blocking-pool thread for the disk and the same
-//! again for every replica it forwards to; the disk's part is a fraction of it. The range
-//! port's connections carry puts of small blocks too, in their own frames: a thread of the
-//! chunkserver reads the whole put, verifies it, forwards it to the replicas' ports and
-//! stores its own copy, with no task in between. The header is the gRPC put's own
-//! [`PutHeader`] (prost-encoded), so both paths check the same fields the same way.
+//! A put through the gRPC service crosses the client's HTTP/2 connection task, the
+//! coordinator's request task, a blocking-pool thread for the disk and the same again for
+//! every replica it forwards to, and a large block is cut into messages, gathered, joined
+//! and encoded again for each replica on the way. The range port's connections carry puts
+//! too, in their own frames: a thread of the chunkserver reads the whole put, verifies it,
+//! forwards it to the replicas' ports and stores its own copy, with no task in between and
+//! the payload in one buffer throughout. The header is the gRPC put's own [`PutHeader`]
+//! (prost-encoded), so both paths check the same fields the same way.
 //!
 //! ```text
 //! request  u32 LE magic "MRP1", u32 LE header length (at most MAX_HEADER), the PutHeader,
@@ -17,7 +18,7 @@
 //!                     message
 //!          4 busy:    nothing (the connection closes; the client puts through gRPC)
 //! ```
-//! A refused put is one the node will not take through the port (a larger block, a
+//! A refused put is one the node will not take through the port (a block larger than it takes, a
 //! shipment, a volume that does not live here, bytes that do not match their id); the
 //! client then puts through gRPC, which gives the error its proper status. A closed port
 //! takes no puts at all (turned off, or the node checks volume tokens): the client leaves
@@ -35,9 +36,12 @@ use crate::range_wire::{MAX_MESSAGE, invalid, push_message, read_vec, u32_at};
 pub const MAGIC: u32 = 0x3150_524d;
 /// No header (nor a stored reply's body) is larger.
 pub const MAX_HEADER: usize = 4096;
-/// No payload through the port is larger: small blocks only (a small file's, a pack's);
-/// larger ones stream through gRPC.
-pub const MAX_PUT: u32 = 1 << 20;
+/// No payload through the port is larger: any block a chunkserver takes (a node may take
+/// less: its `max_block_len`).
+pub const MAX_PUT: u32 = crate::block::MAX_BLOCK_LEN;
+/// Payloads up to this long are sent in one buffer with their head (one write, one
+/// segment); longer ones as they are held, after it (no copy of megabytes).
+pub const COPIED_PAYLOAD: usize = 64 << 10;
 /// A reply's first bytes: magic and status.
 pub const REPLY_HEAD: usize = 5;
 
@@ -63,6 +67,31 @@ pub enum PutReply {
     Busy,
     /// The node takes no puts through its port at all.
     Closed(String),
+}
+
+/// A frame ready to send: its head (magic, length, header, and the payload too when it is
+/// short) and the payload not copied into it.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// Sent first.
+    pub head: Vec<u8>,
+    /// Sent after the head; empty when the head holds it.
+    pub payload: Bytes,
+}
+
+impl Outgoing {
+    /// The frame's bytes in the order they go out.
+    pub fn parts(&self) -> [&[u8]; 2] {
+        [&self.head, &self.payload]
+    }
+
+    /// Writes the frame to `w`.
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        for part in self.parts() {
+            w.write_all(part)?;
+        }
+        Ok(())
+    }
 }
 
 /// A header length as announced, refused beyond [`MAX_HEADER`].
@@ -104,6 +133,24 @@ impl PutFrame {
         }
         out.extend_from_slice(&self.payload);
         Ok(out)
+    }
+
+    /// The frame to send, its payload copied into the head only when it is short
+    /// ([`COPIED_PAYLOAD`]).
+    pub fn outgoing(self) -> io::Result<Outgoing> {
+        if self.payload.len() <= COPIED_PAYLOAD {
+            return Ok(Outgoing {
+                head: self.encode()?,
+                payload: Bytes::new(),
+            });
+        }
+        if self.payload.len() != self.header.encoded_len as usize {
+            return Err(invalid("the payload's length is not the header's"));
+        }
+        Ok(Outgoing {
+            head: Self::head(&self.header)?,
+            payload: self.payload,
+        })
     }
 
     /// Reads the rest of a frame whose magic has been read and whose header is `len`
@@ -251,6 +298,32 @@ mod tests {
             PutReply::Closed("tokens".into()),
         ] {
             assert_eq!(PutReply::read(&mut &reply.encode()[..]).unwrap(), reply);
+        }
+    }
+
+    #[test]
+    fn a_long_payload_goes_out_after_its_head_uncopied_and_reads_back_alike() {
+        // Short: one buffer, the whole frame.
+        let short = frame().outgoing().unwrap();
+        assert_eq!(short.head, frame().encode().unwrap());
+        assert!(short.payload.is_empty());
+        // Long: the head, then the very payload held (no copy), the same bytes in all.
+        let payload = Bytes::from(vec![5u8; COPIED_PAYLOAD + 1]);
+        let mut long = frame();
+        long.header.raw_len = payload.len() as u32;
+        long.header.encoded_len = payload.len() as u32;
+        long.payload = payload.clone();
+        let out = long.clone().outgoing().unwrap();
+        assert_eq!(out.payload.as_ptr(), payload.as_ptr());
+        let mut sent = Vec::new();
+        out.write_to(&mut sent).unwrap();
+        assert_eq!(sent, long.encode().unwrap());
+        assert_eq!(PutFrame::read(&mut &sent[..], MAX_PUT).unwrap(), long);
+        // A payload that is not the header's length is refused, long or short.
+        for len in [10, COPIED_PAYLOAD + 2] {
+            let mut wrong = long.clone();
+            wrong.payload = Bytes::from(vec![0u8; len]);
+            assert!(wrong.outgoing().is_err(), "{len}");
         }
     }
 

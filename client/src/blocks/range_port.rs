@@ -7,8 +7,8 @@
 //! threads stay free to take requests. Whole blocks (a sequential read's, read-ahead's)
 //! come through the port from runtime tasks too, with [`call_async`]: the block arrives in
 //! one buffer of its size, where gRPC gathers HTTP/2 frames into a growing message on
-//! both sides. Every read the port cannot answer goes through gRPC as before. Small
-//! blocks are put through the port from runtime tasks too ([`put_async`]), on the same
+//! both sides. Every read the port cannot answer goes through gRPC as before. Blocks
+//! are put through the port from runtime tasks too ([`put_async`]), on the same
 //! kept connections; a put the port does not store goes through gRPC.
 
 use std::cell::{Cell, RefCell};
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use meridian_proto::put_wire::{self, PutReply};
+use meridian_proto::put_wire::{self, Outgoing, PutReply};
 use meridian_proto::range_wire::{FOUND_LENGTHS, Found, REPLY_HEAD, RangeReply, RangeRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// A node that takes longer for one step is left to gRPC (its retries and fallbacks),
 /// and its port alone for [`UNREACHABLE_FOR`].
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// A put's exchange may take a second longer for every this many bytes it sends.
+const SECOND_PER: usize = 4 << 20;
 /// Connections a thread keeps (one per node it read from).
 const MAX_CONNECTIONS: usize = 64;
 
@@ -239,7 +241,7 @@ pub async fn call_async(
         Err(e) => return Some(Err(e)),
     };
     Some(
-        match exchange_kept(address, &frame, Wanted::Range(max_len)).await {
+        match exchange_kept(address, &[&frame], Wanted::Range(max_len)).await {
             Ok(Reply::Range(r)) => Ok(r),
             Ok(Reply::Put(_)) => unreachable!("a range read's answer is read as one"),
             Err(e) => Err(e),
@@ -247,25 +249,27 @@ pub async fn call_async(
     )
 }
 
-/// Puts a small block through the port at `address` from a runtime task (`frame`: see
+/// Puts a block through the port at `address` from a runtime task (`frame`: see
 /// `meridian_proto::put_wire`). `None` when the port is left alone lately, or takes no
 /// puts (the caller puts through gRPC).
-pub async fn put_async(address: &str, frame: &[u8]) -> Option<io::Result<PutReply>> {
+pub async fn put_async(address: &str, frame: &Outgoing) -> Option<io::Result<PutReply>> {
     check_reachable(address).ok()?;
     if listed(&NO_PUTS, address) {
         return None;
     }
-    Some(match exchange_kept(address, frame, Wanted::Put).await {
-        Ok(Reply::Put(r @ PutReply::Closed(_))) => {
-            if list(&NO_PUTS, address, NO_PUTS_FOR) {
-                tracing::info!(%address, "range port takes no puts; putting through gRPC");
+    Some(
+        match exchange_kept(address, &frame.parts(), Wanted::Put).await {
+            Ok(Reply::Put(r @ PutReply::Closed(_))) => {
+                if list(&NO_PUTS, address, NO_PUTS_FOR) {
+                    tracing::info!(%address, "range port takes no puts; putting through gRPC");
+                }
+                Ok(r)
             }
-            Ok(r)
-        }
-        Ok(Reply::Put(r)) => Ok(r),
-        Ok(Reply::Range(_)) => unreachable!("a put's answer is read as one"),
-        Err(e) => Err(e),
-    })
+            Ok(Reply::Put(r)) => Ok(r),
+            Ok(Reply::Range(_)) => unreachable!("a put's answer is read as one"),
+            Err(e) => Err(e),
+        },
+    )
 }
 
 /// Which reply a frame's sender reads.
@@ -296,7 +300,7 @@ impl Reply {
 /// the `wanted` reply read. A kept connection the node has closed since is dialed again,
 /// once; a timeout or a failed fresh connection leaves the port alone a while, a "busy"
 /// longer.
-async fn exchange_kept(address: &str, frame: &[u8], wanted: Wanted) -> io::Result<Reply> {
+async fn exchange_kept(address: &str, frame: &[&[u8]], wanted: Wanted) -> io::Result<Reply> {
     let kept = take_idle(address);
     let was_kept = kept.is_some();
     let first = match kept {
@@ -353,20 +357,26 @@ async fn connect_async(address: &str) -> io::Result<tokio::net::TcpStream> {
     Ok(s)
 }
 
-/// One request and its reply, within [`IO_TIMEOUT`].
+/// One request (its parts written in order) and its reply, within [`IO_TIMEOUT`] and a
+/// second more for every [`SECOND_PER`] bytes sent (a block of megabytes is stored on
+/// every replica before its answer comes).
 async fn exchange_async(
     mut conn: tokio::net::TcpStream,
-    frame: &[u8],
+    frame: &[&[u8]],
     wanted: Wanted,
 ) -> io::Result<(tokio::net::TcpStream, Reply)> {
+    let sent: usize = frame.iter().map(|p| p.len()).sum();
+    let limit = IO_TIMEOUT + Duration::from_secs((sent / SECOND_PER) as u64);
     let exchange = async {
-        conn.write_all(frame).await?;
+        for part in frame {
+            conn.write_all(part).await?;
+        }
         match wanted {
             Wanted::Range(max_len) => read_reply(&mut conn, max_len).await.map(Reply::Range),
             Wanted::Put => read_put_reply(&mut conn).await.map(Reply::Put),
         }
     };
-    match tokio::time::timeout(IO_TIMEOUT, exchange).await {
+    match tokio::time::timeout(limit, exchange).await {
         Ok(reply) => Ok((conn, reply?)),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no reply in time")),
     }

@@ -14,6 +14,7 @@ const DIRTY_RANGES_MAX: usize = 4096;
 const INLINE_ENCODE: usize = 64 << 10;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use meridian_proto::ns::{Attr, Creds, Extent, FileKind, Op, Reply, Timespec, libc_errno};
 use meridian_proto::{EncodedBlock, InodeId};
 use tokio::sync::Mutex as AsyncMutex;
@@ -345,50 +346,31 @@ impl FileSystem {
             .unwrap_or(0);
         let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
         let packs = pack(pieces, bs);
+        // A few kilobytes hash and compress in microseconds, less than two thread
+        // hand-offs cost: encoded where they are. Larger blocks go to the blocking pool.
+        let inline = packs.iter().map(|(_, d)| d.len()).sum::<usize>() <= INLINE_ENCODE;
+        // Each block is encoded and put on its own, `upload_parallelism` at a time and in
+        // file order: while some blocks are on the wire, the next are being hashed, so the
+        // mount's processors and the chunkservers' work at once (a batch encoded, then put,
+        // left each idle in turn).
+        let uploads: Vec<_> = packs
+            .iter()
+            .map(|(_, data)| self.encode_and_put(data.clone(), inline, r, w))
+            .collect();
+        let mut uploaded =
+            futures::stream::iter(uploads).buffered(self.options.upload_parallelism.max(1));
         let mut extents = Vec::new();
-        for batch in packs.chunks(self.options.upload_parallelism.max(1)) {
-            let encoded: Vec<_> =
-                if batch.iter().map(|(_, d)| d.len()).sum::<usize>() <= INLINE_ENCODE {
-                    // A few kilobytes hash and compress in microseconds: less than two thread
-                    // hand-offs cost.
-                    batch
-                        .iter()
-                        .map(|(_, data)| EncodedBlock::encode_shared(data).ok())
-                        .collect()
-                } else {
-                    // Hash and compress the batch's blocks on all cores at once.
-                    let encodes = batch.iter().map(|(_, data)| {
-                        let data = data.clone();
-                        tokio::task::spawn_blocking(move || EncodedBlock::encode_shared(&data))
-                    });
-                    futures::future::join_all(encodes)
-                        .await
-                        .into_iter()
-                        .map(|r| r.ok().and_then(Result::ok))
-                        .collect()
-                };
-            let mut uploads = Vec::with_capacity(batch.len());
-            for ((parts, _), encoded) in batch.iter().zip(encoded) {
-                let encoded = encoded.ok_or(libc_errno::EIO)?;
-                for &(file_off, at, len) in parts {
-                    extents.push(Extent {
-                        offset: file_off,
-                        len,
-                        block: encoded.id,
-                        block_offset: at,
-                        block_len: encoded.raw_len,
-                    });
-                }
-                uploads.push(encoded);
-            }
-            let puts = uploads.iter().map(|b| self.blocks.put(b, r, w));
-            for result in futures::future::join_all(puts).await {
-                if let Err(e) = result {
-                    warn!(error = %e, "block upload failed");
-                    return Err(libc_errno::EIO);
-                }
-            }
+        for (parts, _) in &packs {
+            let (block, block_len) = uploaded.next().await.ok_or(libc_errno::EIO)??;
+            extents.extend(parts.iter().map(|&(file_off, at, len)| Extent {
+                offset: file_off,
+                len,
+                block,
+                block_offset: at,
+                block_len,
+            }));
         }
+        drop(uploaded);
         let op = Op::CommitExtents {
             ino: f.ino,
             extents,
@@ -409,6 +391,31 @@ impl FileSystem {
             }
         }
         Ok(())
+    }
+
+    /// One block of a commit encoded (here if `inline`, else on the blocking pool) and put
+    /// with `r` copies, at least `w`: its id and length.
+    async fn encode_and_put(
+        &self,
+        data: Bytes,
+        inline: bool,
+        r: u32,
+        w: u32,
+    ) -> Result<(meridian_proto::BlockId, u32), Errno> {
+        let encoded = if inline {
+            EncodedBlock::encode_shared(&data).ok()
+        } else {
+            tokio::task::spawn_blocking(move || EncodedBlock::encode_shared(&data))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        let encoded = encoded.ok_or(libc_errno::EIO)?;
+        if let Err(e) = self.blocks.put(&encoded, r, w).await {
+            warn!(error = %e, "block upload failed");
+            return Err(libc_errno::EIO);
+        }
+        Ok((encoded.id, encoded.raw_len))
     }
 
     /// Commits the handle's writes (flush on close, fsync).
