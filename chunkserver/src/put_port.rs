@@ -166,11 +166,7 @@ impl PortPuts {
         ship: &Option<(u32, Vec<u32>)>,
     ) -> Option<(Outgoing, Vec<Sent>)> {
         if wanted == 0 {
-            let none = Outgoing {
-                head: Vec::new(),
-                payload: Default::default(),
-            };
-            return Some((none, Vec::new()));
+            return Some((Outgoing::default(), Vec::new()));
         }
         let map = self.node.map.borrow().clone();
         let targets: Vec<NodeInfo> = placement(&block.id, &map, usize::MAX)

@@ -71,7 +71,7 @@ pub enum PutReply {
 
 /// A frame ready to send: its head (magic, length, header, and the payload too when it is
 /// short) and the payload not copied into it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Outgoing {
     /// Sent first.
     pub head: Vec<u8>,
@@ -127,12 +127,17 @@ impl PutFrame {
 
     /// The whole frame in one buffer.
     pub fn encode(&self) -> io::Result<Vec<u8>> {
-        let mut out = Self::head(&self.header)?;
+        let mut out = self.checked_head()?;
+        out.extend_from_slice(&self.payload);
+        Ok(out)
+    }
+
+    /// [`Self::head`], once the payload is the header's length.
+    fn checked_head(&self) -> io::Result<Vec<u8>> {
         if self.payload.len() != self.header.encoded_len as usize {
             return Err(invalid("the payload's length is not the header's"));
         }
-        out.extend_from_slice(&self.payload);
-        Ok(out)
+        Self::head(&self.header)
     }
 
     /// The frame to send, its payload copied into the head only when it is short
@@ -144,11 +149,8 @@ impl PutFrame {
                 payload: Bytes::new(),
             });
         }
-        if self.payload.len() != self.header.encoded_len as usize {
-            return Err(invalid("the payload's length is not the header's"));
-        }
         Ok(Outgoing {
-            head: Self::head(&self.header)?,
+            head: self.checked_head()?,
             payload: self.payload,
         })
     }

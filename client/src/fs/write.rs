@@ -370,7 +370,6 @@ impl FileSystem {
                 block_len,
             }));
         }
-        drop(uploaded);
         let op = Op::CommitExtents {
             ino: f.ino,
             extents,
