@@ -526,6 +526,7 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
         size: 10,
         base_version: None,
         creds: Creds::root(),
+        staged: Vec::new(),
     };
     let record = |block: &meridian_proto::BlockId, volume: u32, cap: &[u8]| {
         Bytes::from([block.as_bytes(), &volume.to_le_bytes()[..], cap].concat())
@@ -551,6 +552,30 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
         c.mutate_with(Some(&tx), &commit(own, 1000), record(&own, xv.id, &cap)),
         Ok(Ok(_))
     ));
+    // A block a commit carries staged (docs/adr/0018) is shown by its bytes; bytes that
+    // do not hash to the block named show nothing.
+    let carried = vec![5u8; 1000];
+    let carried_id = meridian_proto::BlockId::of(&carried);
+    let staged = |id: meridian_proto::BlockId| {
+        let mut op = commit(id, 1000);
+        if let Op::CommitExtents { staged, .. } = &mut op {
+            staged.push(meridian_proto::ns::StagedBlock {
+                id,
+                data: carried.clone(),
+            });
+        }
+        op
+    };
+    assert!(matches!(
+        c.mutate_with(Some(&tx), &staged(carried_id), Bytes::new()),
+        Ok(Ok(_))
+    ));
+    assert_eq!(
+        c.mutate_with(Some(&tx), &staged(y_block), Bytes::new())
+            .map(|_| ()),
+        Err(Code::PermissionDenied),
+        "y's block carried as other bytes"
+    );
     // Nor through a write-back: an inode number a change merely carries (not a create
     // of it) does not put y's file in x for the changes after it.
     let queued = [
@@ -578,6 +603,7 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
                 size: 10,
                 base_version: None,
                 creds: Creds::root(),
+                staged: Vec::new(),
             },
             now: Default::default(),
             ino: None,

@@ -36,6 +36,7 @@ mod options;
 mod read;
 mod servers;
 mod space;
+mod staging;
 mod write;
 pub use feed::{TTL_ALONE, TTL_FED};
 pub use kernel::KernelCache;
@@ -120,6 +121,8 @@ pub struct FileSystem {
     compaction: compact::Pending,
     /// Directories leased to this mount, and the changes it answered alone in them.
     leases: lease::Leases,
+    /// Small commits' blocks staged in the metadata, on their way to the chunkservers.
+    staging: staging::Staging,
 }
 
 /// Attributes of inode `ino` of `kind`, for the unit tests of the file layer's parts.
@@ -195,6 +198,7 @@ impl FileSystem {
         let write_back =
             options.write_back && !options.linearizable && volume.policy.regions.len() <= 1;
         let first_fh = options.handle_base.max(1);
+        let (staging, staging_queue) = staging::Staging::new();
         let fs = Arc::new_cyclic(|me| FileSystem {
             me: me.clone(),
             meta,
@@ -214,7 +218,9 @@ impl FileSystem {
             new_files: Default::default(),
             compaction: Default::default(),
             leases: lease::Leases::new(write_back),
+            staging,
         });
+        tokio::spawn(FileSystem::run_staging(Arc::downgrade(&fs), staging_queue));
         tokio::spawn(lease::Leases::send_loop(
             Arc::downgrade(&fs),
             fs.meta.clone(),

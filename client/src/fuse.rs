@@ -454,16 +454,18 @@ impl Filesystem for FuseFs {
 
     fn fsync(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         unless_draining!(self, reply);
-        // Blocks are durable on R (at least W) chunkservers and the commit is durable in the
-        // Raft group once flush returns.
-        self.flush(_req, _ino, fh, LockOwner(0), reply);
+        // Blocks are durable on R (at least W) chunkservers, or staged in the commit, and
+        // the commit is durable in the Raft group once this returns.
+        self.adopt(req, ino, fh, None);
+        let fs = self.fs.clone();
+        self.reply_empty(reply, async move { fs.fsync(fh.0).await });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -80,6 +80,11 @@ pub struct MountArgs {
     /// Put small blocks through gRPC only, never through the chunkservers' range ports.
     #[arg(long)]
     pub no_put_port: bool,
+    /// Put every commit's blocks before committing it; by default an fsync's commit of a
+    /// few kilobytes carries them in the metadata commit and puts them afterwards
+    /// (docs/adr/0018).
+    #[arg(long)]
+    pub no_staged_writes: bool,
     /// Have the running mount at MOUNTPOINT served by this binary from now on (an
     /// upgrade): its supervisor starts this binary, the old serving process commits what
     /// it holds and goes, and requests wait in the kernel meanwhile.
@@ -224,6 +229,7 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
         linearizable: args.linearizable,
         range_port: !args.no_range_port,
         put_port: !args.no_put_port,
+        stage_small: !args.no_staged_writes,
         ..Default::default()
     };
     let fs = rt

@@ -162,7 +162,7 @@ impl FileSystem {
         };
         let mut replacement = Vec::new();
         for run in runs.into_iter().filter(|r| !whole(*r)) {
-            replacement.push(self.rewrite_run(&expected, run).await?);
+            replacement.push(self.rewrite_run(ino, &expected, run).await?);
         }
         if replacement.is_empty() {
             return Ok(false);
@@ -184,14 +184,19 @@ impl FileSystem {
     }
 
     /// Uploads the bytes of `[s, t)`, all inside `extents`, as one block: its extent.
-    async fn rewrite_run(&self, extents: &[Extent], (s, t): (u64, u64)) -> Result<Extent, Errno> {
+    async fn rewrite_run(
+        &self,
+        ino: InodeId,
+        extents: &[Extent],
+        (s, t): (u64, u64),
+    ) -> Result<Extent, Errno> {
         let mut data = vec![0u8; (t - s) as usize];
         for e in extents {
             let (from, to) = (e.offset.max(s), e.end().min(t));
             if from >= to {
                 continue;
             }
-            let block = self.block(e).await?;
+            let block = self.block(ino, e).await?;
             let at = e.block_offset as usize + (from - e.offset) as usize;
             let src = block
                 .get(at..at + (to - from) as usize)

@@ -39,6 +39,9 @@ pub struct FsOptions {
     pub range_port: bool,
     /// Small blocks may be put through the chunkservers' range ports rather than gRPC.
     pub put_port: bool,
+    /// An fsync's commit of a few kilobytes carries its blocks in the metadata commit and
+    /// puts them afterwards (docs/adr/0018), rather than putting them first.
+    pub stage_small: bool,
 }
 
 impl Default for FsOptions {
@@ -56,6 +59,7 @@ impl Default for FsOptions {
             linearizable: false,
             range_port: true,
             put_port: true,
+            stage_small: true,
         }
     }
 }

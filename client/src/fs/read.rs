@@ -128,7 +128,7 @@ impl FileSystem {
                     && self.cache.wanted(&e.block)
                 {
                     let (me, e) = (me.clone(), *e);
-                    tokio::spawn(async move { me.block(&e).await });
+                    tokio::spawn(async move { me.block(ino, &e).await });
                 }
             }
         }
@@ -147,9 +147,9 @@ impl FileSystem {
                 // A small read away from where this handle read last: only the groups
                 // covering it, verified against the block id, not the whole block.
                 None if !sequential && n as u64 <= RANGE_READ_MAX => {
-                    let part = match self.block_range(&e, from as u64, n as u64).await {
+                    let part = match self.block_range(ino, &e, from as u64, n as u64).await {
                         Err(_) if self.renew_cap(ino, &e).await => {
-                            self.block_range(&e, from as u64, n as u64).await?
+                            self.block_range(ino, &e, from as u64, n as u64).await?
                         }
                         other => other?,
                     };
@@ -159,8 +159,8 @@ impl FileSystem {
                     parts.push((at, part));
                     continue;
                 }
-                None => match self.block(&e).await {
-                    Err(_) if self.renew_cap(ino, &e).await => self.block(&e).await?,
+                None => match self.block(ino, &e).await {
+                    Err(_) if self.renew_cap(ino, &e).await => self.block(ino, &e).await?,
                     other => other?,
                 },
             };
@@ -289,20 +289,39 @@ impl FileSystem {
         self.query(asked).await.is_ok() && !crate::caps::get(&e.block, self.volume.id).is_empty()
     }
 
-    /// `[from, from + len)` of an extent's block, verified by range against its id.
-    async fn block_range(&self, e: &Extent, from: u64, len: u64) -> Result<Bytes, Errno> {
-        self.blocks
+    /// `[from, from + len)` of `ino`'s extent's block, verified by range against its id
+    /// (or from the metadata, while it holds the block staged).
+    async fn block_range(
+        &self,
+        ino: InodeId,
+        e: &Extent,
+        from: u64,
+        len: u64,
+    ) -> Result<Bytes, Errno> {
+        match self
+            .blocks
             .get_range(&e.block, self.volume.policy.replicas, from, len)
             .await
-            .map_err(|err| {
-                warn!(block = %e.block, error = %err, "block range unreadable");
-                libc_errno::EIO
-            })
+        {
+            Ok(part) => Ok(part),
+            Err(err) => {
+                let whole = self.staged_block(ino, e).await.ok_or_else(|| {
+                    warn!(block = %e.block, error = %err, "block range unreadable");
+                    libc_errno::EIO
+                })?;
+                let (from, end) = (from as usize, (from + len) as usize);
+                whole
+                    .get(from..end.min(whole.len()))
+                    .map(|p| whole.slice_ref(p))
+                    .ok_or(libc_errno::EIO)
+            }
+        }
     }
 
-    /// The plaintext of an extent's block: from the cache, or a verified replica (fetched
-    /// once for all the reads that want it at the same time).
-    pub(super) async fn block(&self, e: &Extent) -> Result<Bytes, Errno> {
+    /// The plaintext of `ino`'s extent's block: from the cache, or a verified replica
+    /// (fetched once for all the reads that want it at the same time), or the metadata
+    /// while it holds the block staged.
+    pub(super) async fn block(&self, ino: InodeId, e: &Extent) -> Result<Bytes, Errno> {
         self.cache
             .get_or_fetch(&e.block, || async {
                 // A small block (an extent that starts it and is small, as a small file's):
@@ -315,13 +334,13 @@ impl FileSystem {
                 {
                     return Ok(whole);
                 }
-                self.blocks
-                    .get(&e.block, self.volume.policy.replicas)
-                    .await
-                    .map_err(|err| {
+                match self.blocks.get(&e.block, self.volume.policy.replicas).await {
+                    Ok(block) => Ok(block),
+                    Err(err) => self.staged_block(ino, e).await.ok_or_else(|| {
                         warn!(block = %e.block, error = %err, "block unreadable");
                         libc_errno::EIO
-                    })
+                    }),
+                }
             })
             .await
     }

@@ -87,6 +87,7 @@ impl FileSystem {
                 size: end,
                 base_version: None,
                 creds: creds.clone(),
+                staged: Vec::new(),
             })
             .await?;
         } else if !(punch || zero) {

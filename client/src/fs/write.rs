@@ -12,10 +12,14 @@ const DIRTY_RANGES_MAX: usize = 4096;
 /// Blocks of at most this many bytes in all are encoded where they are committed, not on
 /// the blocking pool.
 const INLINE_ENCODE: usize = 64 << 10;
+/// An fsync's commit of at most this many bytes carries its blocks staged.
+const STAGE_FSYNC_MAX: usize = 8 << 10;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use meridian_proto::ns::{Attr, Creds, Extent, FileKind, Op, Reply, Timespec, libc_errno};
+use meridian_proto::ns::{
+    Attr, Creds, Extent, FileKind, Op, Reply, StagedBlock, Timespec, libc_errno,
+};
 use meridian_proto::{EncodedBlock, InodeId};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::warn;
@@ -24,13 +28,30 @@ use super::{DirtyRanges, Errno, FileSystem, OpenFile, attr_of};
 
 /// Where a piece of a file went in a block: (file offset, offset in the block, length).
 type Part = (u64, u32, u64);
+/// A block's pieces, and its bytes.
+type Pack = (Vec<Part>, Bytes);
+
+/// The extents of `parts`, put in `block` of `block_len` bytes.
+fn extents_of(
+    parts: &[Part],
+    block: meridian_proto::BlockId,
+    block_len: u32,
+) -> impl Iterator<Item = Extent> + '_ {
+    parts.iter().map(move |&(file_off, at, len)| Extent {
+        offset: file_off,
+        len,
+        block,
+        block_offset: at,
+        block_len,
+    })
+}
 
 /// The blocks a commit uploads. A piece as long as a block is a block of its own (the
 /// whole, aligned blocks of sequential writes); shorter pieces (random and small writes)
 /// are packed together, in file order, into blocks of up to `block_size`, each piece an
 /// extent at its offset in its pack: 16,384 random 4 KiB writes make 16 uploads, not
 /// 16,384. Compaction later gives each fragmented range a block of its own.
-fn pack(pieces: Vec<(u64, Bytes)>, block_size: u64) -> Vec<(Vec<Part>, Bytes)> {
+fn pack(pieces: Vec<(u64, Bytes)>, block_size: u64) -> Vec<Pack> {
     let mut out = Vec::new();
     // The pieces of the pack being filled, and their bytes so far.
     let mut open: Vec<(u64, Bytes)> = Vec::new();
@@ -284,6 +305,7 @@ impl FileSystem {
             size: 0,
             base_version: None,
             creds: f.creds.clone(),
+            staged: Vec::new(),
         })
         .await?;
         self.kernel.drop_attrs(f.ino);
@@ -294,6 +316,12 @@ impl FileSystem {
     /// writes give whole aligned blocks), uploads the blocks in parallel with the volume's
     /// replication, then adds their extents and the new size in one metadata commit.
     pub(super) async fn commit(&self, f: &mut OpenFile) -> Result<(), Errno> {
+        self.commit_for(f, false).await
+    }
+
+    /// [`commit`](Self::commit); for an fsync (`fsync`), a commit of a few kilobytes
+    /// carries its blocks staged (docs/adr/0018).
+    async fn commit_for(&self, f: &mut OpenFile, fsync: bool) -> Result<(), Errno> {
         if f.dirty.is_empty() {
             return Ok(());
         }
@@ -304,7 +332,7 @@ impl FileSystem {
             .into_iter()
             .map(|(o, d)| (o, Bytes::from(d)))
             .collect();
-        let result = self.upload_and_commit(f, &ranges).await;
+        let result = self.upload_and_commit(f, &ranges, fsync).await;
         self.changing(f.ino);
         if result == Err(libc_errno::EIO) {
             // Chunkservers or metaservers unreachable: keep the data so a later flush,
@@ -321,6 +349,7 @@ impl FileSystem {
         &self,
         f: &mut OpenFile,
         ranges: &[(u64, Bytes)],
+        fsync: bool,
     ) -> Result<(), Errno> {
         let bs = u64::from(self.volume.policy.block_size);
         let mut pieces = Vec::new();
@@ -344,8 +373,45 @@ impl FileSystem {
             .map(|(o, d)| o + d.len() as u64)
             .max()
             .unwrap_or(0);
-        let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
         let packs = pack(pieces, bs);
+        let bytes: usize = packs.iter().map(|(_, d)| d.len()).sum();
+        // An fsync of a few kilobytes (a database's page, a log's append) waits for one
+        // Raft round rather than a put and then a round. Larger commits, and those of a
+        // close, put first: the metaservers' handling of the bytes costs more than the
+        // put saves (PERFORMANCE.md, nineteenth round). A volume of several regions puts
+        // first too: another region reads the block from this region's chunkservers as
+        // soon as it has the commit.
+        let stage = fsync
+            && bytes <= STAGE_FSYNC_MAX
+            && self.options.stage_small
+            && self.volume.policy.regions.len() <= 1;
+        let staged = if stage && self.staging.admit(bytes) {
+            match self.commit_staged(f, &packs, end).await {
+                Err(e) if e == libc_errno::E2BIG => None, // the region holds enough staged
+                other => Some(other),
+            }
+        } else {
+            None
+        };
+        let size = match staged {
+            Some(committed) => committed?,
+            None => self.put_and_commit(f, &packs, end).await?,
+        };
+        // A piece that alone covers its block's range up to the end of the file (a small
+        // file, a file's tail) leaves one extent there: nothing to compact.
+        for &(block, from, to) in &partial {
+            let alone = partial.iter().filter(|p| p.0 == block).count() == 1;
+            if !(alone && from == block && to == (block + bs).min(size)) {
+                f.fragmented.insert(block);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `packs`' blocks, then commits their extents and the size `end`: the file's
+    /// size after the commit.
+    async fn put_and_commit(&self, f: &OpenFile, packs: &[Pack], end: u64) -> Result<u64, Errno> {
+        let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
         // A few kilobytes hash and compress in microseconds, less than two thread
         // hand-offs cost: encoded where they are. Larger blocks go to the blocking pool.
         let inline = packs.iter().map(|(_, d)| d.len()).sum::<usize>() <= INLINE_ENCODE;
@@ -360,36 +426,69 @@ impl FileSystem {
         let mut uploaded =
             futures::stream::iter(uploads).buffered(self.options.upload_parallelism.max(1));
         let mut extents = Vec::new();
-        for (parts, _) in &packs {
+        for (parts, _) in packs {
             let (block, block_len) = uploaded.next().await.ok_or(libc_errno::EIO)??;
-            extents.extend(parts.iter().map(|&(file_off, at, len)| Extent {
-                offset: file_off,
-                len,
-                block,
-                block_offset: at,
-                block_len,
-            }));
+            extents.extend(extents_of(parts, block, block_len));
         }
+        self.commit_extents(f, extents, end, Vec::new()).await
+    }
+
+    /// Commits `packs` (admitted by the staging's bound) with their blocks' plaintext in
+    /// the commit, and queues the blocks to be put afterwards (docs/adr/0018): the file's
+    /// size after the commit.
+    async fn commit_staged(&self, f: &OpenFile, packs: &[Pack], end: u64) -> Result<u64, Errno> {
+        let bytes: usize = packs.iter().map(|(_, d)| d.len()).sum();
+        let mut blocks = Vec::with_capacity(packs.len());
+        let mut extents = Vec::new();
+        let mut staged = Vec::with_capacity(packs.len());
+        for (parts, data) in packs {
+            let Ok(block) = EncodedBlock::encode_shared(data) else {
+                self.staging.forget(bytes);
+                return Err(libc_errno::EIO);
+            };
+            extents.extend(extents_of(parts, block.id, block.raw_len));
+            staged.push(StagedBlock {
+                id: block.id,
+                data: data.to_vec(),
+            });
+            blocks.push(block);
+        }
+        match self.commit_extents(f, extents, end, staged).await {
+            Ok(size) => {
+                // Read back here from memory; elsewhere from the metadata until it is put.
+                for ((_, data), block) in packs.iter().zip(&blocks) {
+                    self.cache.insert(block.id, data.clone());
+                }
+                self.staging.uploaded_later(f.ino, blocks);
+                Ok(size)
+            }
+            Err(e) => {
+                self.staging.forget(bytes);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits `extents` and the size `end` (with `staged` blocks): the size after it.
+    async fn commit_extents(
+        &self,
+        f: &OpenFile,
+        extents: Vec<Extent>,
+        end: u64,
+        staged: Vec<StagedBlock>,
+    ) -> Result<u64, Errno> {
         let op = Op::CommitExtents {
             ino: f.ino,
             extents,
             size: end,
             base_version: None,
             creds: f.creds.clone(),
+            staged,
         };
-        let size = match self.mutate_after_queue(op).await? {
+        Ok(match self.mutate_after_queue(op).await? {
             Reply::Attr(a) => a.size,
             _ => u64::MAX,
-        };
-        // A piece that alone covers its block's range up to the end of the file (a small
-        // file, a file's tail) leaves one extent there: nothing to compact.
-        for &(block, from, to) in &partial {
-            let alone = partial.iter().filter(|p| p.0 == block).count() == 1;
-            if !(alone && from == block && to == (block + bs).min(size)) {
-                f.fragmented.insert(block);
-            }
-        }
-        Ok(())
+        })
     }
 
     /// One block of a commit encoded (here if `inline`, else on the blocking pool) and put
@@ -417,14 +516,23 @@ impl FileSystem {
         Ok((encoded.id, encoded.raw_len))
     }
 
-    /// Commits the handle's writes (flush on close, fsync).
+    /// Commits the handle's writes (flush on close).
     pub async fn flush(&self, fh: u64) -> Result<(), Errno> {
+        self.flush_for(fh, false).await
+    }
+
+    /// Commits the handle's writes for fsync or fdatasync.
+    pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        self.flush_for(fh, true).await
+    }
+
+    async fn flush_for(&self, fh: u64, fsync: bool) -> Result<(), Errno> {
         let h = self.handle(fh)?;
         let mut f = h.lock().await;
         if std::mem::take(&mut f.lost) {
             return Err(libc_errno::EIO);
         }
-        self.commit(&mut f).await?;
+        self.commit_for(&mut f, fsync).await?;
         // Close and fsync are durability points for the namespace too.
         self.leases.sync(&mut f.seen_failures).await
     }

@@ -17,6 +17,7 @@ use super::ctx::{Ctx, find_volume, find_volume_row, record_conflict};
 use super::history;
 use super::merge::{self, MergeOutcome, RemoteBatch};
 use super::ops::{attrs, content, copy, entries, volumes, xattrs};
+use super::staging;
 use super::tables::{WriteTables, counter, read_inode, read_volume, store_err};
 use super::types::*;
 
@@ -29,6 +30,10 @@ use super::types::*;
 /// overwrote, so a late record from another region can be ordered before it) and this
 /// region's change log, which the other regions pull.
 pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
+    // Bookkeeping of this region's staged blocks: no record, nothing to undo or repeat.
+    if let Op::Unstage { ino, blocks } = &cmd.op {
+        return staging::unstage(t, *ino, blocks);
+    }
     if let Some((client, op)) = cmd.request {
         let key = super::tables::pair_key(client, op);
         if let Some(v) = t.requests.open()?.get(key.as_slice()).map_err(store_err)? {
@@ -73,7 +78,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
                 v.name, hlc.region.0
             )))
         }
-        _ => apply_op(t, &cmd.op, &ctx),
+        _ => staging::check(t, &cmd.op).and_then(|()| apply_op(t, &cmd.op, &ctx)),
     };
     let images = t.end_record();
     match &outcome {
@@ -83,6 +88,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         Ok(_) => {}
     }
     if let Ok(reply) = &outcome {
+        staging::keep_for(t, &cmd.op)?;
         let before = volume.as_ref().map(|v| v.policy.regions.clone());
         let volume = match (reply, volume) {
             (Reply::Volume(v), _) => Some(v.clone()),
@@ -112,7 +118,7 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         let record = Record {
             hlc,
             now: cmd.now,
-            op: cmd.op.clone(),
+            op: cmd.op.without_staged(),
             effects: ctx.out.take(),
             volume: volume.as_ref().map_or(0, |v| v.id),
             regions,
@@ -615,7 +621,8 @@ fn skip_detail(record: &Record, e: &NsError) -> String {
                 | Op::CommitExtents { ino, .. }
                 | Op::PunchHole { ino, .. }
                 | Op::Accessed { ino }
-                | Op::Compact { ino, .. } => ino.to_string(),
+                | Op::Compact { ino, .. }
+                | Op::Unstage { ino, .. } => ino.to_string(),
                 Op::CopyRange { src, dst, .. } => format!("{src} to {dst}"),
                 Op::AccessedBatch { inos } => format!("{} files", inos.len()),
             };
@@ -650,6 +657,7 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::CopyRange { .. } => "copy range",
         Op::Accessed { .. } | Op::AccessedBatch { .. } => "access",
         Op::Compact { .. } => "compaction",
+        Op::Unstage { .. } => "unstage",
     }
 }
 
@@ -755,6 +763,7 @@ pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Resul
             size,
             base_version: _,
             creds,
+            staged: _,
         } => content::commit(t, ctx, *ino, extents, *size, creds),
         Op::PunchHole {
             ino,
@@ -786,5 +795,7 @@ pub(crate) fn apply_op(t: &mut WriteTables<'_>, op: &Op, ctx: &Ctx<'_>) -> Resul
             expected,
             replacement,
         } => content::compact(t, *ino, *offset, *len, expected, replacement),
+        // Never recorded, so never replayed: a record that names one is hostile.
+        Op::Unstage { .. } => Err(NsError::Invalid("an unstaging is never recorded".into())),
     }
 }

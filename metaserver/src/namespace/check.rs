@@ -220,6 +220,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
             block: e.block,
             replicas: r,
             inode: InodeId(owner),
+            staged: false,
         });
         b.replicas = b.replicas.max(r);
         let counted = refs
@@ -233,6 +234,9 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
                 e.offset, e.block
             ));
         }
+    }
+    for b in blocks.values_mut() {
+        b.staged = super::staging::read(tx, &b.block)?.is_some();
     }
     page.blocks = blocks.into_values().collect();
     if problems.len() > MAX_PROBLEMS {

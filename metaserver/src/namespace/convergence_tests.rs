@@ -320,6 +320,7 @@ fn write_bytes(model: &mut Model, ino: InodeId, offset: u64, bytes: Vec<u8>, use
         size: 0,
         base_version: None,
         creds: creds(user),
+        staged: Vec::new(),
     }
 }
 

@@ -200,6 +200,7 @@ fn record(h: &Hostile, inos: &[InodeId], vols: &[u32], base: u64) -> Record {
             size: h.num,
             base_version: None,
             creds,
+            staged: Vec::new(),
         },
         11 => Op::Compact {
             ino: a,

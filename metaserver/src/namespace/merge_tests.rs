@@ -528,6 +528,7 @@ fn an_overwrite_and_an_in_place_patch_keep_both_versions_unmixed() {
             size: 0,
             base_version: None,
             creds: root_creds(),
+            staged: Vec::new(),
         };
         if overwriter_first {
             rs[0].run(truncate).unwrap();

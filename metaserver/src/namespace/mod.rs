@@ -22,6 +22,7 @@ pub(crate) mod ops;
 pub mod read;
 pub mod relay;
 pub mod settle;
+pub mod staging;
 pub mod tables;
 mod write_tables;
 
@@ -70,6 +71,8 @@ mod merge_tests;
 mod relay_tests;
 #[cfg(test)]
 mod settle_tests;
+#[cfg(test)]
+mod staging_tests;
 #[cfg(test)]
 mod test_regions;
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub struct DirPage {
     pub next: Option<Vec<u8>>,
 }
 
-fn missing_table(e: redb::TableError) -> Result<(), NsError> {
+pub(super) fn missing_table(e: redb::TableError) -> Result<(), NsError> {
     match e {
         redb::TableError::TableDoesNotExist(_) => Ok(()),
         other => Err(store_err(other)),
@@ -325,6 +325,23 @@ impl<'a> NsReader<'a> {
                     settled_ms: r.settled_ms,
                     now: r.now,
                     settled: r.settled,
+                }
+            }
+            Query::Staged { ino, offset, block } => {
+                let named = self
+                    .extents(*ino, *offset, 1)?
+                    .iter()
+                    .any(|e| e.offset == *offset && e.block == *block);
+                match named
+                    .then(|| super::staging::read(self.tx, block))
+                    .transpose()?
+                {
+                    Some(Some(data)) => QueryReply::Bytes(data),
+                    _ => {
+                        return Err(NsError::NotFound(format!(
+                            "block {block} of {ino} at {offset} is not staged"
+                        )));
+                    }
                 }
             }
             Query::Check { from, limit } => QueryReply::Check(super::check::check(

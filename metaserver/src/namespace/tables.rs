@@ -40,6 +40,10 @@ pub const BLOCK_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("block_
 /// needs it (GC asks for reference counts, see ADR 0004) and it only ever grew; it stays
 /// defined so that data directories, snapshots and undo records that have it still load.
 pub const UNREFERENCED: TableDefinition<&[u8], u64> = TableDefinition::new("unreferenced");
+/// block id -> inode (8 BE) ++ plaintext: blocks a small commit carried, held until the
+/// writer says chunkservers hold them (docs/adr/0018). Not namespace state: no record
+/// names it and undo leaves it alone.
+pub const STAGED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("staged");
 /// counter name -> value.
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// sequence -> committed operation (JSON), in commit order: what cross-region replication ships.
@@ -147,6 +151,8 @@ pub mod counter {
     pub const NEXT_VOLUME: &str = "next_volume";
     /// Next change log sequence number.
     pub const NEXT_CHANGE: &str = "next_change";
+    /// Plaintext bytes held in the staged table.
+    pub const STAGED_BYTES: &str = "staged_bytes";
 }
 
 pub(crate) fn store_err(e: impl Into<redb::Error>) -> NsError {

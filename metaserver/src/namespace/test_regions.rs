@@ -283,6 +283,7 @@ pub(super) fn write_op(ino: InodeId, offset: u64, seed: &[u8]) -> (Op, BlockId) 
         size: 0,
         base_version: None,
         creds: root_creds(),
+        staged: Vec::new(),
     };
     (op, block)
 }

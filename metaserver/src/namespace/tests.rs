@@ -518,6 +518,7 @@ fn commit(fs: &mut Fs, ino: InodeId, extents: Vec<Extent>, size: u64) -> Result<
         size,
         base_version: None,
         creds: Creds::root(),
+        staged: Vec::new(),
     })
 }
 
@@ -1298,7 +1299,7 @@ proptest! {
                 3 => Op::Symlink { parent: dir.ino, name, target: b"t".to_vec(), creds },
                 4 => Op::Link { ino: file.ino, new_parent: root, new_name: name, creds },
                 5 => Op::SetXattr { ino: file.ino, name: b"user.k".to_vec(), value: name, mode: XattrMode::Any, creds },
-                _ => Op::CommitExtents { ino: file.ino, extents: vec![extent(0, 100, "A", 0)], size: 100, base_version: None, creds },
+                _ => Op::CommitExtents { ino: file.ino, extents: vec![extent(0, 100, "A", 0)], size: 100, base_version: None, creds, staged: Vec::new() },
             };
             let bytes = serde_json::to_vec(&op).unwrap();
             if let Ok(op) = serde_json::from_slice::<Op>(&meridian_proto::mutate::mutate(&bytes, &edits))

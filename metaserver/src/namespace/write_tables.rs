@@ -9,9 +9,10 @@ use super::lazy_table::LazyTable;
 
 use super::tables::{
     BASES, BLOCK_REFS, Before, CHANGELOG, CONFLICTS, COUNTERS, DIRENTS, EXTENTS, FOOTPRINT_INDEX,
-    FOOTPRINTS, INODES, OPLOG, PARKED, REGION_STATE, RELAY, REQUEST_TIMES, REQUESTS, TOMB_TIMES,
-    TOMBS, Tab, Tomb, UNDO, UNREFERENCED, VOLUMES, XATTRS, dirent_end, dirent_key, encode_dirent,
-    encode_extent, i64_of, json_err, pair_key, read_volume, store_err, tomb_time_key, u64_of,
+    FOOTPRINTS, INODES, OPLOG, PARKED, REGION_STATE, RELAY, REQUEST_TIMES, REQUESTS, STAGED,
+    TOMB_TIMES, TOMBS, Tab, Tomb, UNDO, UNREFERENCED, VOLUMES, XATTRS, dirent_end, dirent_key,
+    encode_dirent, encode_extent, i64_of, json_err, pair_key, read_volume, store_err,
+    tomb_time_key, u64_of,
 };
 use super::types::{Extent, FileKind, Inode, NsError, Volume};
 
@@ -46,6 +47,7 @@ pub struct WriteTables<'txn> {
     pub(crate) relay: LazyTable<'txn, &'static [u8], &'static [u8]>,
     pub(crate) parked: LazyTable<'txn, &'static [u8], &'static [u8]>,
     pub(crate) dir_times: LazyTable<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) staged: LazyTable<'txn, &'static [u8], &'static [u8]>,
     /// While set, every write to a namespace table records what it overwrote.
     pub(crate) undo: Option<Vec<Before>>,
     /// The stamp of the record being applied (with `undo`), if it enters the merged log.
@@ -79,6 +81,7 @@ impl<'txn> WriteTables<'txn> {
             relay: LazyTable::new(tx, RELAY),
             parked: LazyTable::new(tx, PARKED),
             dir_times: LazyTable::new(tx, DIR_TIMES),
+            staged: LazyTable::new(tx, STAGED),
             undo: None,
             stamp: None,
         }
@@ -111,6 +114,7 @@ impl<'txn> WriteTables<'txn> {
         t.relay.open()?;
         t.parked.open()?;
         t.dir_times.open()?;
+        t.staged.open()?;
         Ok(())
     }
 

@@ -206,6 +206,7 @@ mod tests {
                             size: 10,
                             base_version: None,
                             creds: Creds::root(),
+                            staged: Vec::new(),
                         },
                         Effects::default(),
                         12345,

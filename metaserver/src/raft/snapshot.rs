@@ -18,15 +18,17 @@ use crate::namespace::dir_times::DIR_TIMES;
 use crate::namespace::tables as ns;
 
 const MAGIC: &[u8; 8] = b"MRDNSNAP";
-const VERSION: u32 = 5;
+const VERSION: u32 = 6;
 
 /// How many of [`tables`] a snapshot of `version` holds: version 3 had every table but
-/// the last two ([`ns::PARKED`], [`DIR_TIMES`]), version 4 every table but the last.
+/// the last three ([`ns::PARKED`], [`DIR_TIMES`], [`ns::STAGED`]), version 4 every table
+/// but the last two, version 5 every table but the last.
 fn tables_in(version: u32) -> Option<usize> {
     match version {
         3 => Some(21),
         4 => Some(22),
-        VERSION => Some(23),
+        5 => Some(23),
+        VERSION => Some(24),
         _ => None,
     }
 }
@@ -42,7 +44,7 @@ enum Table {
 }
 
 /// Every table that makes up the replicated state, in dump order.
-fn tables() -> [Table; 23] {
+fn tables() -> [Table; 24] {
     [
         Table::U64Bytes(ns::INODES),
         Table::BytesBytes(ns::DIRENTS),
@@ -67,6 +69,7 @@ fn tables() -> [Table; 23] {
         Table::BytesBytes(ns::RELAY),
         Table::BytesBytes(ns::PARKED),
         Table::BytesBytes(DIR_TIMES),
+        Table::BytesBytes(ns::STAGED),
     ]
 }
 
@@ -239,6 +242,10 @@ mod tests {
             }
             let mut c = tx.open_table(ns::COUNTERS).unwrap();
             c.insert("next", 7).unwrap();
+            let mut staged = tx.open_table(ns::STAGED).unwrap();
+            staged
+                .insert([9u8; 32].as_slice(), [1u8; 12].as_slice())
+                .unwrap();
         }
         tx.commit().unwrap();
         (dir, db)
@@ -280,5 +287,29 @@ mod tests {
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         let tx = target.begin_write().unwrap();
         assert!(load(&tx, huge.as_slice()).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_of_the_version_before_loads_with_nothing_staged() {
+        let (_d, db) = db_with_rows();
+        {
+            let tx = db.begin_write().unwrap();
+            tx.open_table(ns::STAGED)
+                .unwrap()
+                .retain(|_, _| false)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let now = dumped(&db);
+        // Version 5 had no staged table: its count (the last 8 bytes, zero) was not there.
+        assert_eq!(now[now.len() - 8..], [0u8; 8]);
+        let mut before = now[..now.len() - 8].to_vec();
+        before[8..12].copy_from_slice(&5u32.to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let target = Database::create(dir.path().join("t.redb")).unwrap();
+        let tx = target.begin_write().unwrap();
+        load(&tx, before.as_slice()).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(dumped(&target), now);
     }
 }

@@ -181,6 +181,11 @@ pub enum Op {
         base_version: Option<u64>,
         /// Caller.
         creds: Creds,
+        /// Blocks of `extents` whose plaintext the commit carries (a small commit's, not
+        /// put yet: docs/adr/0018); the region keeps them until the writer unstages them.
+        /// Never part of a record another region receives.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        staged: Vec<StagedBlock>,
     },
     /// Make `[offset, offset + len)` of a file a hole (reads as zeros, holds no block),
     /// keeping its size: fallocate's PUNCH_HOLE, and ZERO_RANGE.
@@ -238,6 +243,15 @@ pub enum Op {
         /// Whole-block extents covering the same bytes.
         replacement: Vec<Extent>,
     },
+    /// Blocks a commit of `ino` staged (see [`Op::CommitExtents`]) are held by the
+    /// chunkservers now: the metadata lets go of their bytes. Bookkeeping of this region
+    /// only: it changes no file and is never recorded.
+    Unstage {
+        /// The file whose commit staged them.
+        ino: InodeId,
+        /// The blocks (at most [`UNSTAGE_MAX`](super::UNSTAGE_MAX)).
+        blocks: Vec<BlockId>,
+    },
 }
 
 impl Op {
@@ -278,7 +292,10 @@ impl Op {
     pub fn decided_at_home(&self) -> bool {
         match self {
             Op::SetVolumeHome { force, .. } => !force,
-            Op::Accessed { .. } | Op::AccessedBatch { .. } | Op::Compact { .. } => false,
+            Op::Accessed { .. }
+            | Op::AccessedBatch { .. }
+            | Op::Compact { .. }
+            | Op::Unstage { .. } => false,
             op => !op.is_volume_level(),
         }
     }
@@ -307,7 +324,8 @@ impl Op {
             | Op::CommitExtents { ino, .. }
             | Op::PunchHole { ino, .. }
             | Op::Accessed { ino }
-            | Op::Compact { ino, .. } => Some(*ino),
+            | Op::Compact { ino, .. }
+            | Op::Unstage { ino, .. } => Some(*ino),
             Op::CopyRange { dst, .. } => Some(*dst),
         }
     }
@@ -340,7 +358,8 @@ impl Op {
             | Op::CommitExtents { ino, .. }
             | Op::PunchHole { ino, .. }
             | Op::Accessed { ino }
-            | Op::Compact { ino, .. } => vec![*ino],
+            | Op::Compact { ino, .. }
+            | Op::Unstage { ino, .. } => vec![*ino],
             Op::CopyRange { src, dst, .. } => vec![*src, *dst],
             Op::AccessedBatch { inos } => inos.clone(),
         }
@@ -353,6 +372,36 @@ impl Op {
             Op::CommitExtents { extents, .. } => extents.iter().map(|e| e.block).collect(),
             Op::Compact { replacement, .. } => replacement.iter().map(|e| e.block).collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The blocks the operation carries staged (see [`Op::CommitExtents`]).
+    pub fn staged(&self) -> &[StagedBlock] {
+        match self {
+            Op::CommitExtents { staged, .. } => staged,
+            _ => &[],
+        }
+    }
+
+    /// The operation without the blocks it carries staged: what is recorded.
+    pub fn without_staged(&self) -> Op {
+        match self {
+            Op::CommitExtents {
+                ino,
+                extents,
+                size,
+                base_version,
+                creds,
+                staged: _,
+            } => Op::CommitExtents {
+                ino: *ino,
+                extents: extents.clone(),
+                size: *size,
+                base_version: *base_version,
+                creds: creds.clone(),
+                staged: Vec::new(),
+            },
+            op => op.clone(),
         }
     }
 

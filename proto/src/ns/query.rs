@@ -109,6 +109,17 @@ pub enum Query {
         /// Blocks.
         blocks: Vec<BlockId>,
     },
+    /// The plaintext of `block`, which the extent of `ino` at `offset` names, while the
+    /// metadata holds it staged (docs/adr/0018): what a reader asks when no chunkserver
+    /// has the block yet. Answers [`QueryReply::Bytes`], or not found.
+    Staged {
+        /// The file read.
+        ino: InodeId,
+        /// Where its extent naming `block` starts.
+        offset: u64,
+        /// The block.
+        block: BlockId,
+    },
     /// Checks one page of the namespace, by inode number (`meridian admin fsck`).
     Check {
         /// Start at this inode number.
@@ -130,7 +141,8 @@ impl Query {
             | Query::GetXattr { ino, .. }
             | Query::ListXattr { ino, .. }
             | Query::View { ino, .. }
-            | Query::Extents { ino, .. } => Some(*ino),
+            | Query::Extents { ino, .. }
+            | Query::Staged { ino, .. } => Some(*ino),
             Query::Volume { .. }
             | Query::Volumes
             | Query::Conflicts { .. }
@@ -217,6 +229,10 @@ pub struct CheckedBlock {
     pub replicas: u32,
     /// One inode that references it (for the report).
     pub inode: InodeId,
+    /// The metadata holds its plaintext staged (docs/adr/0018): no chunkserver need hold
+    /// it yet.
+    #[serde(default)]
+    pub staged: bool,
 }
 
 /// What one page of `Query::Check` found.

@@ -45,7 +45,8 @@ impl Record {
             | Op::SetVolumeRegions { .. }
             | Op::SetVolumeHome { .. }
             | Op::CloneVolume { .. }
-            | Op::Compact { .. } => {}
+            | Op::Compact { .. }
+            | Op::Unstage { .. } => {}
             Op::Mknod { parent, name, .. } | Op::Symlink { parent, name, .. } => {
                 out.push(entry(parent, name));
             }
@@ -161,6 +162,7 @@ mod tests {
                 size: 5,
                 base_version: None,
                 creds: Creds::root(),
+                staged: Vec::new(),
             },
             Effects::default(),
         );

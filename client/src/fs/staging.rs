@@ -1,0 +1,225 @@
+//! Small fsync'd commits carry their blocks staged (docs/adr/0018): such a commit sends its
+//! blocks' plaintext in the metadata commit itself, so the fsync waits for one Raft round
+//! rather than a put and then a round. The blocks are put
+//! to the chunkservers afterwards, a few at a time (so their fdatasyncs are shared), and
+//! then unstaged together. A read that finds no chunkserver with such a block yet asks the
+//! metadata for it.
+//!
+//! What a mount has staged and not yet unstaged is bounded ([`PENDING_MAX`]): past it (the
+//! chunkservers unreachable, say) commits put their blocks first, as larger ones do, and so
+//! fail as they do.
+
+use std::collections::BTreeMap;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use meridian_proto::ns::{Extent, Op, Query, QueryReply, STAGED_MAX, UNSTAGE_MAX};
+use meridian_proto::{BlockId, EncodedBlock, InodeId};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::FileSystem;
+
+/// Plaintext bytes a mount may have staged and not yet unstaged.
+pub const PENDING_MAX: usize = 32 << 20;
+/// How long the uploader gathers staged blocks before it puts them (together: a
+/// chunkserver's one fdatasync covers the blocks it stores at once).
+const GATHER: Duration = Duration::from_millis(100);
+/// Blocks put at once.
+const PUTS_AT_ONCE: usize = 64;
+/// Blocks put are unstaged once this many are waiting, or [`UNSTAGE_EVERY`] after the
+/// oldest was put: one Raft entry for many.
+const UNSTAGE_BATCH: usize = 256;
+const UNSTAGE_EVERY: Duration = Duration::from_millis(100);
+/// How long a block whose put failed waits before it is tried again (doubling, up to 30 s).
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+
+/// A staged block on its way to the chunkservers.
+struct Upload {
+    ino: InodeId,
+    block: EncodedBlock,
+    retry: Duration,
+}
+
+/// The mount's staged blocks not yet unstaged, and the uploader's queue.
+pub(super) struct Staging {
+    pending: AtomicUsize,
+    queue: mpsc::UnboundedSender<Upload>,
+}
+
+impl Staging {
+    /// A queue, and the receiver its uploader task ([`Staging::run`]) takes.
+    pub(super) fn new() -> (Self, StagingQueue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let s = Staging {
+            pending: AtomicUsize::new(0),
+            queue: tx,
+        };
+        (s, StagingQueue(rx))
+    }
+
+    /// Whether a commit of `bytes` may carry its blocks staged; if so they count as
+    /// pending until unstaged (or [`Staging::forget`]).
+    pub(super) fn admit(&self, bytes: usize) -> bool {
+        if bytes == 0 || bytes > STAGED_MAX {
+            return false;
+        }
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p + bytes <= PENDING_MAX).then_some(p + bytes)
+            })
+            .is_ok()
+    }
+
+    /// `bytes` admitted are not staged after all (the commit failed).
+    pub(super) fn forget(&self, bytes: usize) {
+        self.pending.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Queues the blocks of a commit of `ino` that applied, to be put and unstaged.
+    pub(super) fn uploaded_later(&self, ino: InodeId, blocks: Vec<EncodedBlock>) {
+        for block in blocks {
+            let upload = Upload {
+                ino,
+                block,
+                retry: RETRY_FIRST,
+            };
+            if self.queue.send(upload).is_err() {
+                // No uploader (the mount is going): the blocks stay staged, readable.
+                return;
+            }
+        }
+    }
+}
+
+/// The uploader's end of the queue.
+pub(super) struct StagingQueue(mpsc::UnboundedReceiver<Upload>);
+
+impl FileSystem {
+    /// Puts staged blocks as they come and unstages them in batches, until the file system
+    /// goes.
+    pub(super) async fn run_staging(me: Weak<FileSystem>, queue: StagingQueue) {
+        let mut rx = queue.0;
+        // Put, waiting to be unstaged: file -> (blocks, plaintext bytes).
+        let mut put: BTreeMap<InodeId, (Vec<BlockId>, usize)> = BTreeMap::new();
+        let mut waiting = 0usize;
+        let mut oldest: Option<Instant> = None;
+        loop {
+            let next = match oldest {
+                None => rx.recv().await,
+                Some(t) => {
+                    let due = t + UNSTAGE_EVERY;
+                    match tokio::time::timeout_at(due.into(), rx.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            let Some(fs) = me.upgrade() else { return };
+                            fs.unstage(std::mem::take(&mut put)).await;
+                            (waiting, oldest) = (0, None);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(first) = next else {
+                if let Some(fs) = me.upgrade() {
+                    fs.unstage(put).await;
+                }
+                return;
+            };
+            tokio::time::sleep(GATHER).await;
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            let Some(fs) = me.upgrade() else { return };
+            for done in fs.put_staged(batch).await {
+                let entry = put.entry(done.ino).or_default();
+                entry.0.push(done.block.id);
+                entry.1 += done.block.raw_len as usize;
+                waiting += 1;
+                oldest.get_or_insert_with(Instant::now);
+            }
+            if waiting >= UNSTAGE_BATCH {
+                fs.unstage(std::mem::take(&mut put)).await;
+                (waiting, oldest) = (0, None);
+            }
+        }
+    }
+
+    /// Puts `batch`; returns the uploads that succeeded. A failed one is queued again
+    /// after a while (it stays staged meanwhile).
+    async fn put_staged(&self, batch: Vec<Upload>) -> Vec<Upload> {
+        let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
+        let results: Vec<(Upload, bool)> = futures::stream::iter(batch)
+            .map(|u| async move {
+                let ok = match self.blocks.put(&u.block, r, w).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        debug!(block = %u.block.id, error = %e, "staged block not put yet");
+                        false
+                    }
+                };
+                (u, ok)
+            })
+            .buffer_unordered(PUTS_AT_ONCE)
+            .collect()
+            .await;
+        let mut done = Vec::new();
+        for (u, ok) in results {
+            if ok {
+                done.push(u);
+            } else {
+                self.retry_later(u);
+            }
+        }
+        done
+    }
+
+    fn retry_later(&self, mut u: Upload) {
+        let queue = self.staging.queue.clone();
+        let wait = u.retry;
+        u.retry = (u.retry * 2).min(Duration::from_secs(30));
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = queue.send(u);
+        });
+    }
+
+    /// Tells the metadata that `put`'s blocks are on chunkservers. An unstaging that fails
+    /// leaves its blocks staged there (readable still, and bounded by the region's limit).
+    async fn unstage(&self, put: BTreeMap<InodeId, (Vec<BlockId>, usize)>) {
+        for (ino, (blocks, bytes)) in put {
+            for part in blocks.chunks(UNSTAGE_MAX) {
+                let op = Op::Unstage {
+                    ino,
+                    blocks: part.to_vec(),
+                };
+                if let Err(e) = self.meta.mutate(&op).await {
+                    warn!(%ino, error = %e, "staged blocks not unstaged; they stay in the metadata");
+                }
+            }
+            self.staging.forget(bytes);
+        }
+    }
+
+    /// The plaintext of `ino`'s extent `e`'s block while the metadata holds it staged
+    /// (checked against its id); none otherwise.
+    pub(super) async fn staged_block(&self, ino: InodeId, e: &Extent) -> Option<Bytes> {
+        let q = Query::Staged {
+            ino,
+            offset: e.offset,
+            block: e.block,
+        };
+        match self.meta.query(&q, false).await {
+            Ok(QueryReply::Bytes(data)) if BlockId::of(&data) == e.block => Some(Bytes::from(data)),
+            Ok(_) => {
+                warn!(block = %e.block, "the metadata's staged copy does not match its id");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Blocks staged in the metadata by small commits (docs/adr/0018): kept when the commit
+//! applies, read back by a reader of the file, never in a record, dropped by the writer's
+//! unstaging, and a commit whose staged blocks are not what it claims changes nothing.
+
+use meridian_proto::ns::{Query, QueryReply, StagedBlock};
+use meridian_proto::{BlockId, InodeId};
+use redb::ReadableDatabase;
+
+use super::staging;
+use super::test_regions::*;
+
+fn file(r: &mut Region, name: &str) -> InodeId {
+    let root = r.volume_root();
+    attr_of(r.run(mknod(root, name, FileKind::File))).ino
+}
+
+/// A commit of `data` at 0 of `ino`, carrying `staged`.
+fn staged_commit(ino: InodeId, data: &[u8], staged: Vec<StagedBlock>) -> Op {
+    Op::CommitExtents {
+        ino,
+        extents: vec![Extent {
+            offset: 0,
+            len: data.len() as u64,
+            block: BlockId::of(data),
+            block_offset: 0,
+            block_len: data.len() as u32,
+        }],
+        size: data.len() as u64,
+        base_version: None,
+        creds: root_creds(),
+        staged,
+    }
+}
+
+fn staged_of(data: &[u8]) -> StagedBlock {
+    StagedBlock {
+        id: BlockId::of(data),
+        data: data.to_vec(),
+    }
+}
+
+fn read_staged(r: &Region, ino: InodeId, offset: u64, block: BlockId) -> Result<Vec<u8>, NsError> {
+    match r.read(|x| x.query(&Query::Staged { ino, offset, block }))? {
+        QueryReply::Bytes(b) => Ok(b),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+fn held(r: &Region) -> (u64, u64) {
+    staging::held_now(&r.db.begin_read().unwrap()).unwrap()
+}
+
+#[test]
+fn a_staged_block_is_kept_read_back_never_recorded_and_dropped_by_its_writer() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let (f, g) = (file(r, "f"), file(r, "g"));
+    let data = b"an fsync'd small write".repeat(10);
+    let id = BlockId::of(&data);
+    r.run(staged_commit(f, &data, vec![staged_of(&data)]))
+        .unwrap();
+    assert_eq!(file_extents(r, f).0, data.len() as u64);
+    assert_eq!(read_staged(r, f, 0, id).unwrap(), data);
+    assert_eq!(held(r), (1, data.len() as u64));
+    // Only through the extent that names it.
+    assert!(matches!(
+        read_staged(r, f, 1, id),
+        Err(NsError::NotFound(_))
+    ));
+    assert!(matches!(
+        read_staged(r, g, 0, id),
+        Err(NsError::NotFound(_))
+    ));
+    // fsck learns the block needs no chunkserver yet.
+    let page = match r
+        .read(|x| {
+            x.query(&Query::Check {
+                from: 0,
+                limit: 1000,
+            })
+        })
+        .unwrap()
+    {
+        QueryReply::Check(p) => p,
+        other => panic!("unexpected reply {other:?}"),
+    };
+    assert!(page.blocks.iter().any(|b| b.block == id && b.staged));
+    // The record other regions get has the extents, not the bytes.
+    let records = r.changes(0, 100);
+    let last = &records.last().unwrap().1;
+    assert!(matches!(&last.op, Op::CommitExtents { staged, extents, .. }
+        if staged.is_empty() && extents.len() == 1));
+    let json = serde_json::to_string(&records).unwrap();
+    assert!(!json.contains("staged"), "{json}");
+
+    // Another file's unstaging leaves it; its writer's drops it, once.
+    let unstage = |ino| Op::Unstage {
+        ino,
+        blocks: vec![id],
+    };
+    r.run(unstage(g)).unwrap();
+    assert_eq!(read_staged(r, f, 0, id).unwrap(), data);
+    let before = r.changes(0, 1000).len();
+    r.run(unstage(f)).unwrap();
+    assert!(matches!(
+        read_staged(r, f, 0, id),
+        Err(NsError::NotFound(_))
+    ));
+    assert_eq!(held(r), (0, 0));
+    r.run(unstage(f)).unwrap();
+    assert_eq!(r.changes(0, 1000).len(), before, "no unstaging is recorded");
+    assert_eq!(file_extents(r, f).1.len(), 1, "the file keeps its extent");
+    assert_consistent(r);
+}
+
+#[test]
+fn a_staged_commit_that_is_not_what_it_claims_changes_nothing() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "f");
+    let data = b"the bytes written".to_vec();
+    let id = BlockId::of(&data);
+    let forged = StagedBlock {
+        id,
+        data: b"other bytes instead".to_vec(),
+    };
+    let elsewhere = staged_of(b"not in the commit");
+    let too_many: Vec<StagedBlock> = (0..=meridian_proto::ns::STAGED_BLOCKS_MAX)
+        .map(|i| staged_of(&[i as u8; 8]))
+        .collect();
+    for (staged, why) in [
+        (vec![forged], "hashes to"),
+        (vec![elsewhere], "not among"),
+        (vec![staged_of(&data), staged_of(&data)], "twice"),
+        (too_many, "at most"),
+    ] {
+        match r.run(staged_commit(f, &data, staged)) {
+            Err(NsError::Invalid(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("{why}: {other:?}"),
+        }
+        assert_eq!(file_extents(r, f), (0, Vec::new()), "{why}");
+        assert!(read_staged(r, f, 0, id).is_err(), "{why}");
+        assert_eq!(held(r), (0, 0), "{why}");
+    }
+    // An unstaging of too many blocks at once is refused too.
+    let many = vec![id; meridian_proto::ns::UNSTAGE_MAX + 1];
+    assert!(matches!(
+        r.run(Op::Unstage {
+            ino: f,
+            blocks: many
+        }),
+        Err(NsError::Invalid(_))
+    ));
+    assert_consistent(r);
+}
