@@ -784,20 +784,6 @@ fn a_failed_fsync_reports_eio_and_keeps_the_data_for_the_next_one() -> Result<()
     Ok(())
 }
 
-/// `meridian admin fsck --json` of `region`: the report, and whether it came clean.
-fn fsck(region: &Region) -> Result<(serde_json::Value, bool)> {
-    let out = Command::new(common::MERIDIAN)
-        .args(["admin", "fsck", "--json", "--meta", &region.meta_addrs()])
-        .output()?;
-    let report = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "fsck printed no report: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    Ok((report, out.status.success()))
-}
-
 /// A small fsync'd write is carried by its metadata commit (docs/adr/0018): it is durable
 /// and readable with every chunkserver gone, and reaches them once they are back, after
 /// which the metadata lets its bytes go. A mount told to put first fails such an fsync.
@@ -829,7 +815,7 @@ fn a_small_fsyncd_write_needs_no_chunkserver_and_reaches_them_afterwards() -> Re
     region.wait_chunkservers_up(3)?;
     // The writer's retried put lands, and fsck finds every copy and nothing staged.
     let (report, _) = wait_for(Duration::from_secs(60), "the block on chunkservers", || {
-        let (report, clean) = fsck(&region).ok()?;
+        let (report, clean) = common::fsck(&region.meta_addrs()).ok()?;
         (clean && report["staged"] == 0).then_some((report, clean))
     })?;
     assert_eq!(

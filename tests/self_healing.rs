@@ -498,16 +498,7 @@ const ECONNABORTED: i32 = 103;
 
 /// `meridian admin fsck --json`: the report, and whether it exited cleanly.
 fn fsck(h: &Healing) -> Result<(serde_json::Value, bool)> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["admin", "fsck", "--json", "--meta", &h.addrs()])
-        .output()?;
-    let report = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "fsck printed no report: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    Ok((report, out.status.success()))
+    common::fsck(&h.addrs())
 }
 
 #[test]

@@ -1051,3 +1051,18 @@ pub fn wait_same_tree(
     })
     .with_context(|| format!("one: {:#?}\nthe other: {:#?}", last.0, last.1))
 }
+
+/// `meridian admin fsck --json` of the region whose metaservers are `meta`: the report,
+/// and whether it came clean.
+pub fn fsck(meta: &str) -> Result<(serde_json::Value, bool)> {
+    let out = Command::new(MERIDIAN)
+        .args(["admin", "fsck", "--json", "--meta", meta])
+        .output()?;
+    let report = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "fsck printed no report: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok((report, out.status.success()))
+}
