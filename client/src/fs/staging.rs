@@ -1,17 +1,17 @@
 //! Small fsync'd commits carry their blocks staged (docs/adr/0018): such a commit sends its
 //! blocks' plaintext in the metadata commit itself, so the fsync waits for one Raft round
-//! rather than a put and then a round. The blocks are put
-//! to the chunkservers afterwards, a few at a time (so their fdatasyncs are shared), and
-//! then unstaged together. A read that finds no chunkserver with such a block yet asks the
-//! metadata for it.
+//! rather than a put and then a round. The blocks are put to the chunkservers afterwards,
+//! gathered (so a chunkserver's fdatasync covers many), and then unstaged together. A read
+//! that finds no chunkserver with such a block yet asks the metadata for it, and puts and
+//! unstages it in turn (its writer may have died first).
 //!
 //! What a mount has staged and not yet unstaged is bounded ([`PENDING_MAX`]): past it (the
 //! chunkservers unreachable, say) commits put their blocks first, as larger ones do, and so
 //! fail as they do.
 
-use std::collections::BTreeMap;
-use std::sync::Weak;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,12 +42,16 @@ struct Upload {
     ino: InodeId,
     block: EncodedBlock,
     retry: Duration,
+    /// Counted as this mount's pending (its own commit's), not a repair of another's.
+    counted: bool,
 }
 
 /// The mount's staged blocks not yet unstaged, and the uploader's queue.
 pub(super) struct Staging {
     pending: AtomicUsize,
     queue: mpsc::UnboundedSender<Upload>,
+    /// Blocks this mount read from the metadata and is putting for whoever staged them.
+    repairing: Mutex<HashSet<BlockId>>,
 }
 
 impl Staging {
@@ -57,6 +61,7 @@ impl Staging {
         let s = Staging {
             pending: AtomicUsize::new(0),
             queue: tx,
+            repairing: Mutex::default(),
         };
         (s, StagingQueue(rx))
     }
@@ -86,12 +91,33 @@ impl Staging {
                 ino,
                 block,
                 retry: RETRY_FIRST,
+                counted: true,
             };
             if self.queue.send(upload).is_err() {
                 // No uploader (the mount is going): the blocks stay staged, readable.
                 return;
             }
         }
+    }
+
+    /// Queues a block of `ino` read from the metadata to be put and unstaged here: its
+    /// writer may be gone (a mount that died before its put), and this mount holds the
+    /// bytes. Once per block at a time.
+    fn repair_later(&self, ino: InodeId, data: &[u8]) {
+        let Ok(block) = EncodedBlock::encode(data) else {
+            return;
+        };
+        let mut repairing = self.repairing.lock().unwrap_or_else(|p| p.into_inner());
+        if !repairing.insert(block.id) {
+            return;
+        }
+        let upload = Upload {
+            ino,
+            block,
+            retry: RETRY_FIRST,
+            counted: false,
+        };
+        let _ = self.queue.send(upload);
     }
 }
 
@@ -138,7 +164,9 @@ impl FileSystem {
             for done in fs.put_staged(batch).await {
                 let entry = put.entry(done.ino).or_default();
                 entry.0.push(done.block.id);
-                entry.1 += done.block.raw_len as usize;
+                if done.counted {
+                    entry.1 += done.block.raw_len as usize;
+                }
                 waiting += 1;
                 oldest.get_or_insert_with(Instant::now);
             }
@@ -202,6 +230,14 @@ impl FileSystem {
                 }
             }
             self.staging.forget(bytes);
+            let mut repairing = self
+                .staging
+                .repairing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for b in &blocks {
+                repairing.remove(b);
+            }
         }
     }
 
@@ -214,7 +250,10 @@ impl FileSystem {
             block: e.block,
         };
         match self.meta.query(&q, false).await {
-            Ok(QueryReply::Bytes(data)) if BlockId::of(&data) == e.block => Some(Bytes::from(data)),
+            Ok(QueryReply::Bytes(data)) if BlockId::of(&data) == e.block => {
+                self.staging.repair_later(ino, &data);
+                Some(Bytes::from(data))
+            }
             Ok(_) => {
                 warn!(block = %e.block, "the metadata's staged copy does not match its id");
                 None
