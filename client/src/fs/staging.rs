@@ -55,7 +55,7 @@ pub(super) struct Staging {
 }
 
 impl Staging {
-    /// A queue, and the receiver its uploader task ([`Staging::run`]) takes.
+    /// A queue, and the receiver its uploader task (`FileSystem::run_staging`) takes.
     pub(super) fn new() -> (Self, StagingQueue) {
         let (tx, rx) = mpsc::unbounded_channel();
         let s = Staging {
@@ -103,8 +103,8 @@ impl Staging {
     /// Queues a block of `ino` read from the metadata to be put and unstaged here: its
     /// writer may be gone (a mount that died before its put), and this mount holds the
     /// bytes. Once per block at a time.
-    fn repair_later(&self, ino: InodeId, data: &[u8]) {
-        let Ok(block) = EncodedBlock::encode(data) else {
+    fn repair_later(&self, ino: InodeId, data: &Bytes) {
+        let Ok(block) = EncodedBlock::encode_shared(data) else {
             return;
         };
         let mut repairing = self.repairing.lock().unwrap_or_else(|p| p.into_inner());
@@ -251,8 +251,9 @@ impl FileSystem {
         };
         match self.meta.query(&q, false).await {
             Ok(QueryReply::Bytes(data)) if BlockId::of(&data) == e.block => {
+                let data = Bytes::from(data);
                 self.staging.repair_later(ino, &data);
-                Some(Bytes::from(data))
+                Some(data)
             }
             Ok(_) => {
                 warn!(block = %e.block, "the metadata's staged copy does not match its id");

@@ -386,7 +386,7 @@ impl FileSystem {
             && self.options.stage_small
             && self.volume.policy.regions.len() <= 1;
         let staged = if stage && self.staging.admit(bytes) {
-            match self.commit_staged(f, &packs, end).await {
+            match self.commit_staged(f, &packs, bytes, end).await {
                 Err(e) if e == libc_errno::E2BIG => None, // the region holds enough staged
                 other => Some(other),
             }
@@ -395,7 +395,7 @@ impl FileSystem {
         };
         let size = match staged {
             Some(committed) => committed?,
-            None => self.put_and_commit(f, &packs, end).await?,
+            None => self.put_and_commit(f, &packs, bytes, end).await?,
         };
         // A piece that alone covers its block's range up to the end of the file (a small
         // file, a file's tail) leaves one extent there: nothing to compact.
@@ -408,13 +408,19 @@ impl FileSystem {
         Ok(())
     }
 
-    /// Puts `packs`' blocks, then commits their extents and the size `end`: the file's
-    /// size after the commit.
-    async fn put_and_commit(&self, f: &OpenFile, packs: &[Pack], end: u64) -> Result<u64, Errno> {
+    /// Puts `packs`' blocks (`bytes` in all), then commits their extents and the size
+    /// `end`: the file's size after the commit.
+    async fn put_and_commit(
+        &self,
+        f: &OpenFile,
+        packs: &[Pack],
+        bytes: usize,
+        end: u64,
+    ) -> Result<u64, Errno> {
         let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
         // A few kilobytes hash and compress in microseconds, less than two thread
         // hand-offs cost: encoded where they are. Larger blocks go to the blocking pool.
-        let inline = packs.iter().map(|(_, d)| d.len()).sum::<usize>() <= INLINE_ENCODE;
+        let inline = bytes <= INLINE_ENCODE;
         // Each block is encoded and put on its own, `upload_parallelism` at a time and in
         // file order: while some blocks are on the wire, the next are being hashed, so the
         // mount's processors and the chunkservers' work at once (a batch encoded, then put,
@@ -433,11 +439,16 @@ impl FileSystem {
         self.commit_extents(f, extents, end, Vec::new()).await
     }
 
-    /// Commits `packs` (admitted by the staging's bound) with their blocks' plaintext in
-    /// the commit, and queues the blocks to be put afterwards (docs/adr/0018): the file's
-    /// size after the commit.
-    async fn commit_staged(&self, f: &OpenFile, packs: &[Pack], end: u64) -> Result<u64, Errno> {
-        let bytes: usize = packs.iter().map(|(_, d)| d.len()).sum();
+    /// Commits `packs` (`bytes` in all, admitted by the staging's bound) with their
+    /// blocks' plaintext in the commit, and queues the blocks to be put afterwards
+    /// (docs/adr/0018): the file's size after the commit.
+    async fn commit_staged(
+        &self,
+        f: &OpenFile,
+        packs: &[Pack],
+        bytes: usize,
+        end: u64,
+    ) -> Result<u64, Errno> {
         let mut blocks = Vec::with_capacity(packs.len());
         let mut extents = Vec::new();
         let mut staged = Vec::with_capacity(packs.len());

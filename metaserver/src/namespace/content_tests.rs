@@ -5,11 +5,6 @@ use meridian_proto::{BlockId, InodeId};
 
 use super::test_regions::*;
 
-fn file(r: &mut Region, name: &str) -> InodeId {
-    let root = r.volume_root();
-    attr_of(r.run(mknod(root, name, FileKind::File))).ino
-}
-
 /// A write of one 100-byte block holding `seed`, at `offset`.
 fn write(r: &mut Region, ino: InodeId, offset: u64, seed: &[u8]) -> BlockId {
     let (op, block) = write_op(ino, offset, seed);

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod apply;
+mod apply_remote;
 pub mod backfill;
 pub mod check;
 pub mod conflict;

@@ -135,21 +135,3 @@ pub fn read(tx: &ReadTransaction, block: &BlockId) -> Result<Option<Vec<u8>>, Ns
         .map_err(store_err)?
         .map(|v| v.value().get(8..).unwrap_or_default().to_vec()))
 }
-
-/// How many blocks and plaintext bytes the region holds staged.
-pub fn held_now(tx: &ReadTransaction) -> Result<(u64, u64), NsError> {
-    let t = match tx.open_table(STAGED) {
-        Ok(t) => t,
-        Err(e) => {
-            missing_table(e)?;
-            return Ok((0, 0));
-        }
-    };
-    let mut out = (0, 0);
-    for item in t.iter().map_err(store_err)? {
-        let (_, v) = item.map_err(store_err)?;
-        out.0 += 1;
-        out.1 += v.value().len().saturating_sub(8) as u64;
-    }
-    Ok(out)
-}

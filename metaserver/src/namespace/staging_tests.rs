@@ -4,15 +4,9 @@
 
 use meridian_proto::ns::{Query, QueryReply, StagedBlock};
 use meridian_proto::{BlockId, InodeId};
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 
-use super::staging;
 use super::test_regions::*;
-
-fn file(r: &mut Region, name: &str) -> InodeId {
-    let root = r.volume_root();
-    attr_of(r.run(mknod(root, name, FileKind::File))).ino
-}
 
 /// A commit of `data` at 0 of `ino`, carrying `staged`.
 fn staged_commit(ino: InodeId, data: &[u8], staged: Vec<StagedBlock>) -> Op {
@@ -46,8 +40,19 @@ fn read_staged(r: &Region, ino: InodeId, offset: u64, block: BlockId) -> Result<
     }
 }
 
+/// How many blocks and plaintext bytes the region holds staged.
 fn held(r: &Region) -> (u64, u64) {
-    staging::held_now(&r.db.begin_read().unwrap()).unwrap()
+    let tx = r.db.begin_read().unwrap();
+    let Ok(t) = tx.open_table(STAGED) else {
+        return (0, 0);
+    };
+    let mut out = (0, 0);
+    for item in t.iter().unwrap() {
+        let (_, v) = item.unwrap();
+        out.0 += 1;
+        out.1 += v.value().len().saturating_sub(8) as u64;
+    }
+    out
 }
 
 #[test]

@@ -288,6 +288,12 @@ pub(super) fn write_op(ino: InodeId, offset: u64, seed: &[u8]) -> (Op, BlockId) 
     (op, block)
 }
 
+/// A new file `name` in the volume's root of `r`.
+pub(super) fn file(r: &mut Region, name: &str) -> InodeId {
+    let root = r.volume_root();
+    attr_of(r.run(mknod(root, name, FileKind::File))).ino
+}
+
 pub(super) fn attr_of(reply: Result<Reply, NsError>) -> Attr {
     match reply.unwrap() {
         Reply::Attr(a) => a,
