@@ -146,6 +146,10 @@ struct ChunkArgs {
     /// deleted, in milliseconds (longer than any upload takes to commit).
     #[arg(long)]
     gc_grace_ms: Option<u64>,
+    /// How long a small fsync'd write may stay staged in the metadata before its block's
+    /// first home puts it to chunkservers itself (its writer died), in milliseconds.
+    #[arg(long)]
+    adopt_staged_after_ms: Option<u64>,
     /// Largest size of a pack of small blocks, in MiB (0: none; each small block is then
     /// fsync'd as a file of its own).
     #[arg(long, alias = "journal-segment-mib")]
@@ -249,6 +253,7 @@ impl ChunkArgs {
             scrub_bytes_per_sec,
             gc_interval_ms,
             gc_grace_ms,
+            adopt_staged_after_ms,
             pack_mib,
             ship_replica_delay_ms,
             range_port,

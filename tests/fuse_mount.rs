@@ -833,6 +833,75 @@ fn a_small_fsyncd_write_needs_no_chunkserver_and_reaches_them_afterwards() -> Re
     Ok(())
 }
 
+/// A small fsync'd write whose mount dies before its put, and which nobody reads, still
+/// reaches the chunkservers: a repair pass finds it staged in the metadata, its first home
+/// puts it and unstages it. A staged block whose file was removed meanwhile goes too.
+#[test]
+fn a_staged_block_whose_writer_died_is_adopted_by_the_chunkservers() -> Result<()> {
+    let mut region = Region::start()?;
+    let mut mnt = region.mount_with("mnt", &["--no-supervisor"])?;
+    for c in region.chunks.iter_mut() {
+        c.kill();
+    }
+    let (kept, gone) = (random_bytes(21, 4096), random_bytes(22, 3000));
+    for (name, data) in [("kept", &kept), ("gone", &gone)] {
+        let mut f = File::create(mnt.path.join(name))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::remove_file(mnt.path.join("gone"))?;
+    // kill -9 of the writer: its puts never happen, and no mount reads the blocks.
+    mnt.kill();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = region.meta.client();
+    let staged = || -> Result<usize> {
+        let q = Query::StagedBlocks {
+            after: None,
+            limit: 16,
+        };
+        match rt.block_on(client.query(&q, false))? {
+            QueryReply::StagedBlocks(rows) => Ok(rows.len()),
+            other => anyhow::bail!("unexpected reply {other:?}"),
+        }
+    };
+    assert_eq!(staged()?, 2, "both files' blocks wait in the metadata");
+
+    for c in region.chunks.iter_mut() {
+        let addr = c.addr.clone();
+        c.add_args(&[
+            "--adopt-staged-after-ms",
+            "0",
+            "--repair-interval-ms",
+            "500",
+        ]);
+        c.restart_on(&addr)?;
+    }
+    region.wait_chunkservers_up(3)?;
+    let meta = region.meta_addrs();
+    let empty = |r: &serde_json::Value, k: &str| r[k].as_array().is_some_and(Vec::is_empty);
+    let report = wait_for(Duration::from_secs(60), "staged blocks adopted", || {
+        let repair = common::admin_at(&meta, &["repair", "--json"]).ok()?;
+        let repair: serde_json::Value = serde_json::from_str(&repair).ok()?;
+        let adopted: u64 = repair
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["staged_adopted"].as_u64())
+            .sum();
+        let (report, _) = common::fsck(&meta).ok()?;
+        (adopted == 2 && report["staged"] == 0 && empty(&report, "missing")).then_some(report)
+    })?;
+    assert!(
+        empty(&report, "namespace") && empty(&report, "corrupt"),
+        "{report}"
+    );
+    assert_eq!(staged()?, 0, "the removed file's block went too");
+    let reader = region.mount("reader")?;
+    assert!(fs::read(reader.path.join("kept"))? == kept);
+    Ok(())
+}
+
 #[test]
 fn an_unlinked_file_stays_usable_through_its_open_descriptor_until_closed() -> Result<()> {
     let region = Region::start()?;

@@ -61,6 +61,10 @@ pub struct ChunkConfig {
     /// How long an unreferenced block waits before it is condemned, and again before it
     /// is deleted, in milliseconds: longer than any upload takes to commit.
     pub gc_grace_ms: u64,
+    /// How long a block stays staged in the metadata (a small fsync'd write, ADR 0018)
+    /// before its first home puts it to chunkservers itself, in milliseconds: its writer
+    /// normally has within a second; one that died never will.
+    pub adopt_staged_after_ms: u64,
     /// Largest size of a pack of small blocks, in MiB (0: no packs; every block is
     /// fsync'd as a file of its own, and blocks packed before stay readable).
     #[serde(alias = "journal_segment_mib")]
@@ -121,6 +125,7 @@ impl Default for ChunkConfig {
             scrub_bytes_per_sec: 16 << 20,
             gc_interval_ms: 10 * 60 * 1000,
             gc_grace_ms: 3600 * 1000,
+            adopt_staged_after_ms: 60_000,
             pack_mib: crate::packs::PACK_LEN >> 20,
             ship_replica_delay_ms: 30_000,
             range_port: true,

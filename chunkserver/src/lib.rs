@@ -2,6 +2,7 @@
 //! block it receives or serves, and replicates puts synchronously to the block's other
 //! placements inside the region.
 
+mod adopt;
 pub mod config;
 mod direct;
 pub mod error;

@@ -5,7 +5,7 @@
 //! rebalance. The scrub re-hashes every block at a bounded rate, moves a bad copy aside to
 //! quarantine, and replaces it with a verified copy from another node.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,19 +43,21 @@ pub struct MaintainConfig {
     /// How long an unreferenced block waits before it is condemned, and again before it is
     /// deleted.
     pub gc_grace: Duration,
+    /// How long a block stays staged in the metadata before its first home puts it.
+    pub adopt_staged_after: Duration,
 }
 
 /// The node's background maintenance.
 #[derive(Debug)]
 pub struct Maintainer {
-    me: NodeId,
+    pub(crate) me: NodeId,
     pub(crate) store: Arc<BlockStore>,
     ledger: Arc<Ledger>,
-    map: MapView,
+    pub(crate) map: MapView,
     pool: Arc<ChannelPool>,
-    peers: BlockClient,
+    pub(crate) peers: BlockClient,
     pub(crate) config: MaintainConfig,
-    repair: Mutex<RepairStatus>,
+    pub(crate) repair: Mutex<RepairStatus>,
     scrub: Mutex<ScrubStatus>,
     pub(crate) gc: Mutex<GcStatus>,
     /// The blocks garbage collection has condemned.
@@ -66,6 +68,8 @@ pub struct Maintainer {
     scrub_now: Notify,
     gc_now: Notify,
     restoring: Mutex<HashSet<BlockId>>,
+    /// When each block the metadata holds staged was first seen so (`adopt.rs`).
+    pub(crate) staged_seen: Mutex<HashMap<BlockId, Instant>>,
 }
 
 /// What a repair pass leaves to do.
@@ -80,14 +84,14 @@ struct Left {
 }
 
 /// Spends a byte budget: sleeps so that the long-run rate stays under `per_sec`.
-struct Throttle {
+pub(crate) struct Throttle {
     per_sec: u64,
     start: Instant,
     spent: u64,
 }
 
 impl Throttle {
-    fn new(per_sec: u64) -> Self {
+    pub(crate) fn new(per_sec: u64) -> Self {
         Throttle {
             per_sec,
             start: Instant::now(),
@@ -95,7 +99,7 @@ impl Throttle {
         }
     }
 
-    async fn spend(&mut self, bytes: u64) {
+    pub(crate) async fn spend(&mut self, bytes: u64) {
         if self.per_sec == 0 {
             return;
         }
@@ -148,6 +152,7 @@ impl Maintainer {
             scrub_now: Notify::new(),
             gc_now: Notify::new(),
             restoring: Mutex::default(),
+            staged_seen: Mutex::default(),
         })
     }
 
@@ -218,11 +223,13 @@ impl Maintainer {
             .max(1)
     }
 
-    /// One repair pass over every block held here.
+    /// One repair pass over every block held here, then over the blocks the metadata
+    /// holds staged that no writer put.
     pub async fn repair_pass(&self) {
         let started = Instant::now();
         lock(&self.repair).running = true;
         let outcome = self.repair_all().await;
+        let adopted = self.adopt_staged().await;
         let mut st = lock(&self.repair);
         st.running = false;
         st.passes += 1;
@@ -242,6 +249,12 @@ impl Maintainer {
             }
             Err(e) => {
                 warn!(error = %e, "repair pass failed");
+                st.last_error = e;
+            }
+        }
+        if let Err(e) = adopted {
+            warn!(error = %e, "adopting staged blocks failed");
+            if st.last_error.is_empty() {
                 st.last_error = e;
             }
         }

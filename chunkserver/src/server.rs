@@ -138,6 +138,7 @@ pub async fn run(
             default_replicas: config.default_replicas,
             gc_every: Duration::from_millis(config.gc_interval_ms),
             gc_grace: Duration::from_millis(config.gc_grace_ms),
+            adopt_staged_after: Duration::from_millis(config.adopt_staged_after_ms),
         },
     )?);
     let background = maintainer.spawn();

@@ -11,7 +11,10 @@ mod staged;
 mod watch;
 pub use op::{ACCESSED_BATCH_MAX, Op};
 pub use query::{CheckPage, CheckedBlock, DirEntry, Query, QueryReply};
-pub use staged::{STAGED_BLOCKS_MAX, STAGED_MAX, StagedBlock, UNSTAGE_MAX, check_staged};
+pub use staged::{
+    STAGED_BLOCKS_MAX, STAGED_MAX, STAGED_PAGE_BYTES, STAGED_PAGE_MAX, StagedBlock,
+    StagedPlacement, StagedRow, UNSTAGE_MAX, check_staged,
+};
 pub use watch::{Touch, Touched};
 
 /// Longest name of one directory entry, in bytes (as ext4).

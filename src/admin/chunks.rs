@@ -124,9 +124,10 @@ fn pass_row(
                     "last_pass_ms": p.last_pass_ms, "last_duration_ms": p.last_duration_ms,
                     "blocks_checked": p.blocks_checked, "short": p.short, "still_short": p.still_short,
                     "copies_pushed": p.copies_pushed, "bytes_pushed": p.bytes_pushed,
-                    "copies_dropped": p.copies_dropped, "last_error": p.last_error}),
+                    "copies_dropped": p.copies_dropped, "staged_adopted": p.staged_adopted,
+                    "last_error": p.last_error}),
                 format!(
-                    "{:>6} {:<8} {:>10} {:>8} {:>6} {:>6} {:>7} {:>10} {:>7}  {}",
+                    "{:>6} {:<8} {:>10} {:>8} {:>6} {:>6} {:>7} {:>10} {:>7} {:>7}  {}",
                     p.passes,
                     yes(p.running),
                     ago(p.last_pass_ms),
@@ -136,6 +137,7 @@ fn pass_row(
                     p.copies_pushed,
                     human(p.bytes_pushed),
                     p.copies_dropped,
+                    p.staged_adopted,
                     p.last_error
                 ),
             )
@@ -211,7 +213,7 @@ fn print_maintenance(
     }
     match pass {
         Pass::Repair => println!(
-            "{:>5} {:>6} {:<8} {:>10} {:>8} {:>6} {:>6} {:>7} {:>10} {:>7}  ERROR",
+            "{:>5} {:>6} {:<8} {:>10} {:>8} {:>6} {:>6} {:>7} {:>10} {:>7} {:>7}  ERROR",
             "NODE",
             "PASSES",
             "RUNNING",
@@ -221,7 +223,8 @@ fn print_maintenance(
             "LEFT",
             "PUSHED",
             "BYTES",
-            "DROPPED"
+            "DROPPED",
+            "ADOPTED"
         ),
         Pass::Scrub => println!(
             "{:>5} {:>6} {:<8} {:>10} {:>9} {:>10} {:>7} {:>8} {:>11}",

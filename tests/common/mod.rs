@@ -159,6 +159,11 @@ impl ServerProc {
         }
     }
 
+    /// Adds `args` to those the process starts with next time.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+    }
+
     /// Starts the process again with the same arguments, listening on `addr`.
     pub fn restart_on(&mut self, addr: &str) -> Result<()> {
         let listen = self

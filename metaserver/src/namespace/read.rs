@@ -7,11 +7,11 @@ use redb::{ReadTransaction, ReadableTable};
 use super::access::{R, X, check_access, check_name};
 use super::tables::*;
 use super::types::*;
-use meridian_proto::ns::{Query, QueryReply};
+use meridian_proto::ns::{Query, QueryReply, STAGED_PAGE_MAX};
 
 /// A consistent view of the namespace.
 pub struct NsReader<'a> {
-    tx: &'a ReadTransaction,
+    pub(super) tx: &'a ReadTransaction,
 }
 
 /// One page of a directory listing.
@@ -190,7 +190,7 @@ impl<'a> NsReader<'a> {
     }
 
     /// Every volume row, deleted ones' tombstones included.
-    fn volumes_all(&self) -> Result<Vec<Volume>, NsError> {
+    pub(super) fn volumes_all(&self) -> Result<Vec<Volume>, NsError> {
         let t = match self.tx.open_table(VOLUMES) {
             Ok(t) => t,
             Err(e) => {
@@ -344,6 +344,11 @@ impl<'a> NsReader<'a> {
                     }
                 }
             }
+            Query::StagedBlocks { after, limit } => QueryReply::StagedBlocks(super::staging::page(
+                self,
+                after.as_ref(),
+                (*limit).clamp(1, STAGED_PAGE_MAX),
+            )?),
             Query::Check { from, limit } => QueryReply::Check(super::check::check(
                 self.tx,
                 *from,

@@ -4,11 +4,17 @@
 //! The rows are no namespace state: records never carry them (another region fetches the
 //! block from this region's chunkservers), and undo leaves them alone.
 
-use meridian_proto::ns::{Op, Reply, UNSTAGE_MAX, check_staged};
+use std::collections::HashMap;
+use std::ops::Bound;
+
+use meridian_proto::ns::{
+    Op, Reply, STAGED_PAGE_BYTES, StagedBlock, StagedPlacement, StagedRow, UNSTAGE_MAX,
+    check_staged,
+};
 use meridian_proto::{BlockId, InodeId};
 use redb::{ReadTransaction, ReadableTable};
 
-use super::read::missing_table;
+use super::read::{NsReader, missing_table};
 use super::tables::{STAGED, counter, store_err, u64_of};
 use super::types::NsError;
 use super::write_tables::WriteTables;
@@ -134,4 +140,65 @@ pub fn read(tx: &ReadTransaction, block: &BlockId) -> Result<Option<Vec<u8>>, Ns
     Ok(t.get(block.as_bytes().as_slice())
         .map_err(store_err)?
         .map(|v| v.value().get(8..).unwrap_or_default().to_vec()))
+}
+
+/// The page of staged blocks after `after` (at most `limit`, and [`STAGED_PAGE_BYTES`] of
+/// plaintext unless one block alone passes it), with where each goes: a chunkserver adopts
+/// the ones whose writer has not put them.
+pub fn page(
+    r: &NsReader<'_>,
+    after: Option<&BlockId>,
+    limit: u32,
+) -> Result<Vec<StagedRow>, NsError> {
+    let t = match r.tx.open_table(STAGED) {
+        Ok(t) => t,
+        Err(e) => {
+            missing_table(e)?;
+            return Ok(Vec::new());
+        }
+    };
+    let start = match after {
+        Some(b) => Bound::Excluded(b.as_bytes().as_slice()),
+        None => Bound::Unbounded,
+    };
+    // Every volume's policy (a handful of rows), and so where each block goes.
+    let placements: HashMap<u32, StagedPlacement> = r
+        .volumes_all()?
+        .into_iter()
+        .map(|v| {
+            let placement = StagedPlacement {
+                volume: v.id,
+                replicas: v.policy.replicas,
+                min_copies: v.policy.min_copies,
+                regions: v.policy.regions,
+            };
+            (v.id, placement)
+        })
+        .collect();
+    let (mut out, mut bytes) = (Vec::new(), 0);
+    for row in t
+        .range::<&[u8]>((start, Bound::Unbounded))
+        .map_err(store_err)?
+    {
+        if out.len() >= limit as usize || bytes >= STAGED_PAGE_BYTES {
+            break;
+        }
+        let (k, v) = row.map_err(store_err)?;
+        let (id, v) = (k.value(), v.value());
+        let id = BlockId::from_slice(id).map_err(|e| NsError::Store(format!("staged row: {e}")))?;
+        let ino = InodeId(u64_of(&v[..8.min(v.len())])?);
+        let data = v.get(8..).unwrap_or_default().to_vec();
+        let placement = match r.inode(ino) {
+            Ok(inode) => placements.get(&inode.attr.volume).cloned(),
+            Err(NsError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        bytes += data.len();
+        out.push(StagedRow {
+            ino,
+            placement,
+            block: StagedBlock { id, data },
+        });
+    }
+    Ok(out)
 }

@@ -2,7 +2,7 @@
 //! applies, read back by a reader of the file, never in a record, dropped by the writer's
 //! unstaging, and a commit whose staged blocks are not what it claims changes nothing.
 
-use meridian_proto::ns::{Query, QueryReply, StagedBlock};
+use meridian_proto::ns::{Query, QueryReply, StagedBlock, StagedRow};
 use meridian_proto::{BlockId, InodeId};
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -156,5 +156,48 @@ fn a_staged_commit_that_is_not_what_it_claims_changes_nothing() {
         }),
         Err(NsError::Invalid(_))
     ));
+    assert_consistent(r);
+}
+
+fn staged_page(r: &Region, after: Option<BlockId>, limit: u32) -> Vec<StagedRow> {
+    match r.read(|x| x.query(&Query::StagedBlocks { after, limit })) {
+        Ok(QueryReply::StagedBlocks(rows)) => rows,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+#[test]
+fn staged_blocks_are_listed_in_pages_with_where_they_go() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let (f, g) = (file(r, "f"), file(r, "g"));
+    let (a, b) = (b"f's small write".to_vec(), b"g's small write".to_vec());
+    r.run(staged_commit(f, &a, vec![staged_of(&a)])).unwrap();
+    r.run(staged_commit(g, &b, vec![staged_of(&b)])).unwrap();
+    let root = r.volume_root();
+    r.run(unlink(root, "g")).unwrap();
+
+    // By id, one at a time when asked so, and none after the last.
+    let all = staged_page(r, None, 100);
+    let mut ids = vec![BlockId::of(&a), BlockId::of(&b)];
+    ids.sort();
+    assert_eq!(all.iter().map(|x| x.block.id).collect::<Vec<_>>(), ids);
+    let first = staged_page(r, None, 1);
+    assert_eq!(first, all[..1]);
+    assert_eq!(staged_page(r, Some(first[0].block.id), 1), all[1..]);
+    assert!(staged_page(r, Some(ids[1]), 100).is_empty());
+    assert_eq!(
+        staged_page(r, None, 0).len(),
+        1,
+        "a page holds one block at least"
+    );
+
+    // The live file's block goes by its volume's policy; the removed file's by none.
+    let row = |ino| all.iter().find(|x| x.ino == ino).unwrap();
+    let placed = row(f).placement.as_ref().expect("f's volume");
+    assert_eq!(row(f).block, staged_of(&a));
+    assert!(placed.replicas >= 1 && placed.min_copies <= placed.replicas);
+    assert_eq!(row(g).placement, None);
+    assert_eq!(row(g).block, staged_of(&b));
     assert_consistent(r);
 }

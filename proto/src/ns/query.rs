@@ -120,6 +120,16 @@ pub enum Query {
         /// The block.
         block: BlockId,
     },
+    /// A page of the blocks the metadata holds staged, by id after `after` (at most
+    /// `limit`, and [`STAGED_PAGE_BYTES`](super::STAGED_PAGE_BYTES) of plaintext): what a
+    /// chunkserver adopts when their writer has not put them. Answers
+    /// [`QueryReply::StagedBlocks`].
+    StagedBlocks {
+        /// Start after this block.
+        after: Option<BlockId>,
+        /// Most blocks.
+        limit: u32,
+    },
     /// Checks one page of the namespace, by inode number (`meridian admin fsck`).
     Check {
         /// Start at this inode number.
@@ -148,6 +158,7 @@ impl Query {
             | Query::Conflicts { .. }
             | Query::Changes { .. }
             | Query::BlockRefs { .. }
+            | Query::StagedBlocks { .. }
             | Query::Check { .. } => None,
         }
     }
@@ -179,6 +190,9 @@ pub enum QueryReply {
     Bytes(Vec<u8>),
     /// Names (xattrs).
     Names(Vec<Vec<u8>>),
+    /// Staged blocks, by id ([`Query::StagedBlocks`]); fewer than asked when none follow
+    /// or the page is full of bytes.
+    StagedBlocks(Vec<StagedRow>),
     /// Extents.
     Extents(Vec<Extent>),
     /// A file's attributes and extents (`Query::View`).

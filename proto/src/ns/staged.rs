@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Extent;
-use crate::BlockId;
+use crate::{BlockId, InodeId, RegionId};
 
 /// The most plaintext bytes one commit may carry staged.
 pub const STAGED_MAX: usize = 64 << 10;
@@ -20,6 +20,10 @@ pub const STAGED_MAX: usize = 64 << 10;
 pub const STAGED_BLOCKS_MAX: usize = 16;
 /// The most blocks one unstaging names.
 pub const UNSTAGE_MAX: usize = 1024;
+/// The most blocks one page of staged blocks holds (`Query::StagedBlocks`).
+pub const STAGED_PAGE_MAX: u32 = 256;
+/// A page of staged blocks ends once it holds this many plaintext bytes.
+pub const STAGED_PAGE_BYTES: usize = 2 << 20;
 
 /// A block's plaintext carried in a commit, named by its id.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +39,32 @@ impl fmt::Debug for StagedBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StagedBlock({}, {} bytes)", self.id, self.data.len())
     }
+}
+
+/// A block the metadata holds staged, with what putting it needs: a chunkserver adopts
+/// a block whose writer has not put it (a mount that died first).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct StagedRow {
+    /// The file whose commit staged it (its unstaging names this file).
+    pub ino: InodeId,
+    /// Where it goes, from the file's volume; `None` once the file is gone (another
+    /// file, a snapshot's copy say, may still name the block).
+    pub placement: Option<StagedPlacement>,
+    /// The block.
+    pub block: StagedBlock,
+}
+
+/// How a staged block's volume stores it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct StagedPlacement {
+    /// The volume.
+    pub volume: u32,
+    /// Copies to make.
+    pub replicas: u32,
+    /// Copies a put needs.
+    pub min_copies: u32,
+    /// The regions the volume lives in.
+    pub regions: Vec<RegionId>,
 }
 
 fn to_base64<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
