@@ -259,3 +259,72 @@ fn a_killed_mount_keeps_what_it_synced_and_its_directory_is_usable_after_the_rec
     assert!(fs::metadata(td.join("after"))?.is_dir());
     Ok(())
 }
+
+/// What tar and `cp -p` do to every file they make (write it, set its times, owner and
+/// mode, close it) is answered by the mount alone in a directory it leases, queued behind
+/// the file's data: seen here at once, by a lookup here that reaches the servers, and by
+/// another mount as soon as it looks (its lookup recalls the lease, which sends the queue
+/// first), before the close too. A write after the times moves the mtime on again.
+#[test]
+fn attribute_changes_of_files_made_under_a_lease_are_answered_here_and_seen_everywhere()
+-> Result<()> {
+    use std::fs::{FileTimes, Permissions};
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let d = here.path.join("d");
+    fs::create_dir(&d)?;
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 241) as u8).collect();
+    let old = UNIX_EPOCH + Duration::from_secs(1_153_704_088);
+    let times = FileTimes::new().set_accessed(old).set_modified(old);
+    let mut f = File::create(d.join("f"))?;
+    f.write_all(&data)?;
+    f.set_times(times)?;
+    std::os::unix::fs::fchown(&f, Some(1234), Some(5678))?;
+    f.set_permissions(Permissions::from_mode(0o640))?;
+    let check = |m: &fs::Metadata, what: &str| {
+        assert_eq!(
+            (
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+                m.atime(),
+                m.size()
+            ),
+            (0o640, 1234, 5678, 1_153_704_088, 1_153_704_088, 10_000),
+            "{what}"
+        );
+    };
+    check(&fs::metadata(d.join("f"))?, "here, from the kernel's cache");
+    fs::write("/proc/sys/vm/drop_caches", "3")?;
+    check(&fs::metadata(d.join("f"))?, "here, through a lookup");
+
+    // Times set between writes: the later write moves the mtime again.
+    let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+    let mut g = File::create(d.join("g"))?;
+    g.write_all(b"first ")?;
+    g.set_times(times)?;
+    g.write_all(b"second")?;
+    drop(g);
+    assert!(fs::metadata(d.join("g"))?.mtime() >= started);
+
+    let (f_there, g_there) = (
+        there.path.join("d").join("f"),
+        there.path.join("d").join("g"),
+    );
+    check(
+        &fs::metadata(&f_there)?,
+        "there, while the file is open here",
+    );
+    assert_eq!(fs::read(&f_there)?, data);
+    assert!(fs::metadata(&g_there)?.mtime() >= started);
+    assert_eq!(fs::read(&g_there)?, b"first second");
+    drop(f);
+    fs::write("/proc/sys/vm/drop_caches", "3")?;
+    check(&fs::metadata(&f_there)?, "there, after the close");
+    Ok(())
+}

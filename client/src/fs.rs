@@ -442,6 +442,9 @@ impl FileSystem {
     /// data lands first, so a time set explicitly while the file is open (tar, cp -p, rsync)
     /// is not overwritten by the commit at close, and the reply carries the real size.
     pub async fn setattr(&self, ino: InodeId, set: SetAttr, creds: &Creds) -> Result<Attr, Errno> {
+        if let Some(attr) = self.setattr_alone(ino, &set, creds).await? {
+            return Ok(attr);
+        }
         self.flush_inode(ino).await?;
         // Before and after: a read view taken while the change lands is stale too.
         self.changing(ino);
@@ -458,6 +461,39 @@ impl FileSystem {
         let attr = attr_of(reply?)?;
         // A truncate sets the size on purpose; writes buffered since still count.
         Ok(self.as_seen_here(attr, if truncated { 0 } else { buffered }))
+    }
+
+    /// A change of attributes of a file this mount made in a directory it holds leased,
+    /// answered here and queued behind the commit of what was written before it
+    /// (`fs/lease/alone.rs`); `None` when the servers must answer it.
+    async fn setattr_alone(
+        &self,
+        ino: InodeId,
+        set: &SetAttr,
+        creds: &Creds,
+    ) -> Result<Option<Attr>, Errno> {
+        if !self.may_answer_alone()
+            || self.volume.policy.quota_bytes.is_some()
+            || self.options.linearizable
+            || !self.leases.may_set_alone(ino, set, creds)
+        {
+            return Ok(None);
+        }
+        for h in self.handles_of(ino) {
+            let mut f = h.lock().await;
+            if f.ino == ino {
+                self.commit_for(&mut f, write::CommitFor::Change).await?;
+            }
+        }
+        let Some(attr) = self.leases.set_alone(&self.meta, ino, set, creds) else {
+            return Ok(None);
+        };
+        // As a mutation: what was kept for GETATTR, and read views, are stale.
+        self.fresh.starting();
+        self.fresh.ended();
+        self.changing(ino);
+        let buffered = self.buffered_end(ino).await;
+        Ok(Some(self.as_seen_here(attr, buffered)))
     }
 
     /// Creates a node of `kind` (not a symlink).

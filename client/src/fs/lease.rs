@@ -27,6 +27,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use super::Errno;
 use crate::meta::MetaClient;
 
+mod alone;
 mod send;
 use meridian_proto::ns::libc_errno;
 
@@ -81,6 +82,9 @@ struct State {
     waiters: HashMap<u64, oneshot::Sender<Result<Reply, NsError>>>,
     /// Inodes created here whose create the servers have not answered yet.
     unsent: std::collections::HashSet<InodeId>,
+    /// Kept files with a change answered here not yet sent and answered (`alone.rs`),
+    /// with the request of the last: a lookup of one waits for the queue.
+    changed: HashMap<InodeId, u64>,
     /// Attributes of files in leased directories, as this mount last made or was told
     /// them: nobody else reaches these files without a recall, and every change this
     /// mount sends of one updates or drops them (see [`Leases::observed`]).
@@ -280,7 +284,9 @@ impl Leases {
         let s = self.lock();
         match s.dirs.get(&parent) {
             Some(d) => d.entries.get(name).is_none_or(|(ino, kind)| {
-                !s.unsent.contains(ino) && (*kind != FileKind::Dir || s.dirs.contains_key(ino))
+                !s.unsent.contains(ino)
+                    && !s.changed.contains_key(ino)
+                    && (*kind != FileKind::Dir || s.dirs.contains_key(ino))
             }),
             None => false,
         }

@@ -26,6 +26,17 @@ use tracing::warn;
 
 use super::{DirtyRanges, Errno, FileSystem, OpenFile, attr_of};
 
+/// What a commit of a handle's writes is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum CommitFor {
+    /// A close, a read or another change that waits for it.
+    Close,
+    /// fsync or fdatasync.
+    Fsync,
+    /// A change this mount answers alone next: queued behind its creates if it can be.
+    Change,
+}
+
 /// Where a piece of a file went in a block: (file offset, offset in the block, length).
 type Part = (u64, u32, u64);
 /// A block's pieces, and its bytes.
@@ -316,12 +327,13 @@ impl FileSystem {
     /// writes give whole aligned blocks), uploads the blocks in parallel with the volume's
     /// replication, then adds their extents and the new size in one metadata commit.
     pub(super) async fn commit(&self, f: &mut OpenFile) -> Result<(), Errno> {
-        self.commit_for(f, false).await
+        self.commit_for(f, CommitFor::Close).await
     }
 
-    /// [`commit`](Self::commit); for an fsync (`fsync`), a commit of a few kilobytes
-    /// carries its blocks staged (docs/adr/0018).
-    async fn commit_for(&self, f: &mut OpenFile, fsync: bool) -> Result<(), Errno> {
+    /// [`commit`](Self::commit), for `why`: for an fsync, a commit of a few kilobytes
+    /// carries its blocks staged (docs/adr/0018); before a change answered alone, the
+    /// commit of a file it keeps is queued, not waited for (`lease/alone.rs`).
+    pub(super) async fn commit_for(&self, f: &mut OpenFile, why: CommitFor) -> Result<(), Errno> {
         if f.dirty.is_empty() {
             return Ok(());
         }
@@ -332,7 +344,7 @@ impl FileSystem {
             .into_iter()
             .map(|(o, d)| (o, Bytes::from(d)))
             .collect();
-        let result = self.upload_and_commit(f, &ranges, fsync).await;
+        let result = self.upload_and_commit(f, &ranges, why).await;
         self.changing(f.ino);
         if result == Err(libc_errno::EIO) {
             // Chunkservers or metaservers unreachable: keep the data so a later flush,
@@ -349,7 +361,7 @@ impl FileSystem {
         &self,
         f: &mut OpenFile,
         ranges: &[(u64, Bytes)],
-        fsync: bool,
+        why: CommitFor,
     ) -> Result<(), Errno> {
         let bs = u64::from(self.volume.policy.block_size);
         let mut pieces = Vec::new();
@@ -381,7 +393,7 @@ impl FileSystem {
         // put saves (PERFORMANCE.md, nineteenth round). A volume of several regions puts
         // first too: another region reads the block from this region's chunkservers as
         // soon as it has the commit.
-        let stage = fsync
+        let stage = why == CommitFor::Fsync
             && bytes <= STAGE_FSYNC_MAX
             && self.options.stage_small
             && self.volume.policy.regions.len() <= 1;
@@ -395,7 +407,7 @@ impl FileSystem {
         };
         let size = match staged {
             Some(committed) => committed?,
-            None => self.put_and_commit(f, &packs, bytes, end).await?,
+            None => self.put_and_commit(f, &packs, bytes, end, why).await?,
         };
         // A piece that alone covers its block's range up to the end of the file (a small
         // file, a file's tail) leaves one extent there: nothing to compact.
@@ -416,6 +428,7 @@ impl FileSystem {
         packs: &[Pack],
         bytes: usize,
         end: u64,
+        why: CommitFor,
     ) -> Result<u64, Errno> {
         let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
         // A few kilobytes hash and compress in microseconds, less than two thread
@@ -436,7 +449,7 @@ impl FileSystem {
             let (block, block_len) = uploaded.next().await.ok_or(libc_errno::EIO)??;
             extents.extend(extents_of(parts, block, block_len));
         }
-        self.commit_extents(f, extents, end, Vec::new()).await
+        self.commit_extents(f, extents, end, Vec::new(), why).await
     }
 
     /// Commits `packs` (`bytes` in all, admitted by the staging's bound) with their
@@ -464,7 +477,10 @@ impl FileSystem {
             });
             blocks.push(block);
         }
-        match self.commit_extents(f, extents, end, staged).await {
+        match self
+            .commit_extents(f, extents, end, staged, CommitFor::Fsync)
+            .await
+        {
             Ok(size) => {
                 // Read back here from memory; elsewhere from the metadata until it is put.
                 for ((_, data), block) in packs.iter().zip(&blocks) {
@@ -487,6 +503,7 @@ impl FileSystem {
         extents: Vec<Extent>,
         end: u64,
         staged: Vec<StagedBlock>,
+        why: CommitFor,
     ) -> Result<u64, Errno> {
         let op = Op::CommitExtents {
             ino: f.ino,
@@ -496,6 +513,11 @@ impl FileSystem {
             creds: f.creds.clone(),
             staged,
         };
+        if why == CommitFor::Change
+            && let Some(size) = self.leases.commit_alone(&self.meta, op.clone())
+        {
+            return Ok(size);
+        }
         Ok(match self.mutate_after_queue(op).await? {
             Reply::Attr(a) => a.size,
             _ => u64::MAX,
@@ -543,7 +565,12 @@ impl FileSystem {
         if std::mem::take(&mut f.lost) {
             return Err(libc_errno::EIO);
         }
-        self.commit_for(&mut f, fsync).await?;
+        let why = if fsync {
+            CommitFor::Fsync
+        } else {
+            CommitFor::Close
+        };
+        self.commit_for(&mut f, why).await?;
         // Close and fsync are durability points for the namespace too.
         self.leases.sync(&mut f.seen_failures).await
     }

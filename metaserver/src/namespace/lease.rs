@@ -288,14 +288,24 @@ pub fn apply_write_back(
             out.outcomes.push(Err(NsError::Conflict(why.clone())));
             continue;
         }
-        // Only what a mount answers alone under a lease, and the commits that ride with
-        // it: anything else goes through Mutate, which recalls other clients' leases.
-        if !matches!(
-            cmd.op,
-            Op::Mknod { .. } | Op::Unlink { .. } | Op::Rmdir { .. } | Op::CommitExtents { .. }
-        ) {
-            let e =
-                NsError::Invalid("a write-back holds creates, removals and commits only".into());
+        // Only what a mount answers alone under a lease, and the commits and attribute
+        // changes of files that ride with it (a file's attributes recall no lease, as
+        // through Mutate): anything else goes through Mutate, which recalls other
+        // clients' leases.
+        let carried = match &cmd.op {
+            Op::Mknod { .. } | Op::Unlink { .. } | Op::Rmdir { .. } | Op::CommitExtents { .. } => {
+                true
+            }
+            Op::SetAttr { ino, set, .. } if set.size.is_none() => {
+                read_inode(ns.inodes()?, *ino)?.is_none_or(|n| n.attr.kind == FileKind::File)
+            }
+            _ => false,
+        };
+        if !carried {
+            let e = NsError::Invalid(
+                "a write-back holds creates, removals, commits and files' attribute changes only"
+                    .into(),
+            );
             broken = Some(format!("an earlier change of this write-back failed: {e}"));
             out.outcomes.push(Err(e));
             continue;

@@ -295,7 +295,8 @@ fn a_retried_create_grants_no_lease_again_and_a_write_back_holds_only_what_a_mou
         "a retry gave the lease back to its maker"
     );
 
-    // An attribute change rides in no write-back, and what follows it is refused too.
+    // A directory's attribute change rides in no write-back, and what follows it is
+    // refused too.
     let e = attr(ns.run(mkdir(root, "e"), HOLDER, None, true));
     let chmod = ns.cmd(
         Op::SetAttr {
@@ -328,6 +329,71 @@ fn a_retried_create_grants_no_lease_again_and_a_write_back_holds_only_what_a_mou
     let tx = ns.db.begin_read().unwrap();
     assert_eq!(NsReader::new(&tx).getattr(e.ino).unwrap().perm, e.perm);
     assert!(ns.lookup(e.ino, "x").is_err());
+}
+
+#[test]
+fn a_files_attribute_change_rides_in_a_write_back_and_a_truncate_does_not() {
+    let (mut ns, root) = Ns::new();
+    let d = attr(ns.run(mkdir(root, "d"), HOLDER, None, true));
+    let f = attr(ns.run(
+        Op::Mknod {
+            parent: d.ino,
+            name: "f".into(),
+            kind: FileKind::File,
+            perm: 0o600,
+            rdev: 0,
+            exclusive: true,
+            creds: Creds::root(),
+        },
+        HOLDER,
+        None,
+        false,
+    ));
+    let set = |set: SetAttr| Op::SetAttr {
+        ino: f.ino,
+        set,
+        creds: Creds::root(),
+    };
+    let chmod = ns.cmd(
+        set(SetAttr {
+            perm: Some(0o644),
+            uid: Some(7),
+            ..SetAttr::default()
+        }),
+        HOLDER,
+        None,
+        false,
+    );
+    let out = ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![chmod],
+        release: vec![],
+        reserve: 0,
+    });
+    assert!(out.outcomes[0].is_ok(), "{out:?}");
+    let tx = ns.db.begin_read().unwrap();
+    let now = NsReader::new(&tx).getattr(f.ino).unwrap();
+    assert_eq!((now.perm, now.uid), (0o644, 7));
+    drop(tx);
+    let truncate = ns.cmd(
+        set(SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        }),
+        HOLDER,
+        None,
+        false,
+    );
+    let out = ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![truncate],
+        release: vec![],
+        reserve: 0,
+    });
+    assert!(
+        matches!(out.outcomes[0], Err(NsError::Invalid(_))),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -172,6 +172,7 @@ impl Leases {
                         if let Some(ino) = q.ino {
                             s.unsent.remove(&ino);
                         }
+                        s.sent_change(q);
                     }
                     for (q, outcome) in ops.iter().zip(outcomes) {
                         refused |= outcome.is_err();
@@ -198,6 +199,7 @@ impl Leases {
                         if let Some(ino) = q.ino {
                             s.unsent.remove(&ino);
                         }
+                        s.sent_change(q);
                         match s.waiters.remove(&q.request) {
                             Some(w) => {
                                 let _ = w.send(Err(NsError::Store(format!("not sent: {e}"))));

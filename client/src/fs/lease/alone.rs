@@ -1,0 +1,146 @@
+//! Changes of files this mount made in a directory it holds leased, answered alone and
+//! queued behind its creates (docs/adr/0006, amended in issue 14's twenty-first round):
+//! chmod, chown and utimes (tar and `cp -p` set them on every file they make), and the
+//! commit of what was written before them, which must reach the servers first.
+//!
+//! Nobody else reaches such a file without a recall, which sends the queue before the
+//! lease goes back, so what the mount answers is what the servers will apply: it follows
+//! `ops/attrs.rs` and `ops/content.rs` in the metaserver, at the time the change is queued
+//! with (the leader applies it at that time). Anything those could refuse, or decide by
+//! what the mount does not know, goes to the servers as before: a caller who is neither
+//! root nor the owner, a chown by anyone but root, setuid or setgid bits, a truncate.
+
+use meridian_proto::InodeId;
+use meridian_proto::ns::{Attr, Creds, FileKind, Op, Queued, SetAttr, SetTime};
+
+use super::{Leases, MAX_QUEUED, State, now};
+use crate::meta::MetaClient;
+
+/// Whether `creds` may make `set` to kept file `a` exactly as the servers would, with no
+/// permission question the mount cannot answer.
+fn settles_alone(a: &Attr, set: &SetAttr, creds: &Creds) -> bool {
+    let owner = creds.uid == 0 || creds.uid == a.uid;
+    let chown = set.uid.is_some_and(|u| u != a.uid) || set.gid.is_some_and(|g| g != a.gid);
+    a.kind == FileKind::File
+        && set.size.is_none()
+        && owner
+        && (!chown || creds.uid == 0)
+        && a.perm & 0o6000 == 0
+        && set.perm.is_none_or(|p| p & 0o6000 == 0)
+}
+
+impl State {
+    /// `q` was sent and answered: a lookup of its file no longer waits, unless a later
+    /// change of it is queued.
+    pub(super) fn sent_change(&mut self, q: &Queued) {
+        let ino = match &q.op {
+            Op::SetAttr { ino, .. } | Op::CommitExtents { ino, .. } => *ino,
+            _ => return,
+        };
+        if self.changed.get(&ino) == Some(&q.request) {
+            self.changed.remove(&ino);
+        }
+    }
+
+    /// A kept file with room in the queue for one more change of it.
+    fn kept_with_room(&self, ino: InodeId) -> Option<&Attr> {
+        (self.queue.len() < MAX_QUEUED)
+            .then(|| self.files.get(&ino))
+            .flatten()
+    }
+}
+
+impl Leases {
+    /// Whether [`set_alone`](Self::set_alone) would answer `set` of `ino` now.
+    pub(in crate::fs) fn may_set_alone(&self, ino: InodeId, set: &SetAttr, creds: &Creds) -> bool {
+        self.lock()
+            .kept_with_room(ino)
+            .is_some_and(|a| settles_alone(a, set, creds))
+    }
+
+    /// `set` of kept file `ino` answered here and queued; `None` to ask the servers.
+    pub(in crate::fs) fn set_alone(
+        &self,
+        meta: &MetaClient,
+        ino: InodeId,
+        set: &SetAttr,
+        creds: &Creds,
+    ) -> Option<Attr> {
+        let mut s = self.lock();
+        let mut a = s.kept_with_room(ino)?.clone();
+        if !settles_alone(&a, set, creds) {
+            return None;
+        }
+        let at = now();
+        if let Some(perm) = set.perm {
+            a.perm = perm & 0o7777;
+        }
+        if let Some(uid) = set.uid {
+            a.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            a.gid = gid;
+        }
+        let time = |t: SetTime| match t {
+            SetTime::At(ts) => ts,
+            SetTime::Now => at,
+        };
+        if let Some(t) = set.atime {
+            a.atime = time(t);
+        }
+        if let Some(t) = set.mtime {
+            a.mtime = time(t);
+        }
+        a.ctime = at;
+        s.files.insert(ino, a.clone());
+        let op = Op::SetAttr {
+            ino,
+            set: set.clone(),
+            creds: creds.clone(),
+        };
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.changed.insert(ino, request);
+        Some(a)
+    }
+
+    /// A commit of kept file `ino` queued behind what was answered here, without waiting
+    /// for it (a change answered alone follows it); the file's size after it, or `None`
+    /// to send it as any other commit. The servers apply it as `ops/content.rs` does:
+    /// the size grows to the commit's, the times move, setuid and setgid do not apply
+    /// (a file with them is not answered alone). What the servers refuse is reported at
+    /// the next durability point, as a refused create is.
+    pub(in crate::fs) fn commit_alone(&self, meta: &MetaClient, op: Op) -> Option<u64> {
+        let Op::CommitExtents {
+            ino,
+            extents,
+            size,
+            base_version: None,
+            ..
+        } = &op
+        else {
+            return None;
+        };
+        let ino = *ino;
+        let mut s = self.lock();
+        let mut a = s.kept_with_room(ino)?.clone();
+        if a.kind != FileKind::File || a.perm & 0o6000 != 0 {
+            return None;
+        }
+        let end = extents
+            .iter()
+            .map(|e| e.offset.saturating_add(e.len))
+            .max()
+            .unwrap_or(0);
+        let at = now();
+        a.size = a.size.max(*size).max(end);
+        a.mtime = at;
+        a.ctime = at;
+        s.files.insert(ino, a.clone());
+        // What an open would read is no longer known exactly here: it asks the servers,
+        // after the queue.
+        s.extents.remove(&ino);
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.changed.insert(ino, request);
+        Some(a.size)
+    }
+}
