@@ -262,7 +262,7 @@ fn a_killed_mount_keeps_what_it_synced_and_its_directory_is_usable_after_the_rec
 
 /// What tar and `cp -p` do to every file they make (write it, set its times, owner and
 /// mode, close it) is answered by the mount alone in a directory it leases, queued behind
-/// the file's data: seen here at once, by a lookup here that reaches the servers, and by
+/// the file's data, and so is a change of the leased directory's own mode: seen here at once, by a lookup here that reaches the servers, and by
 /// another mount as soon as it looks (its lookup recalls the lease, which sends the queue
 /// first), before the close too. A write after the times moves the mtime on again.
 #[test]
@@ -312,10 +312,19 @@ fn attribute_changes_of_files_made_under_a_lease_are_answered_here_and_seen_ever
     drop(g);
     assert!(fs::metadata(d.join("g"))?.mtime() >= started);
 
+    // The leased directory's own mode, answered here too; its lease holds (an entry
+    // removed after it is one more change answered here).
+    fs::write(d.join("h"), b"soon gone")?;
+    fs::set_permissions(&d, Permissions::from_mode(0o750))?;
+    fs::remove_file(d.join("h"))?;
+    assert_eq!(fs::metadata(&d)?.mode() & 0o7777, 0o750);
+
     let (f_there, g_there) = (
         there.path.join("d").join("f"),
         there.path.join("d").join("g"),
     );
+    assert_eq!(fs::metadata(there.path.join("d"))?.mode() & 0o7777, 0o750);
+    assert_eq!(names(&there.path.join("d"))?, ["f", "g"]);
     check(
         &fs::metadata(&f_there)?,
         "there, while the file is open here",

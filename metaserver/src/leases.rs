@@ -113,6 +113,35 @@ impl MetaNode {
         held_by_others(&tx, client, dirs)
     }
 
+    /// The directories `query` reads that a client other than `client` holds leased: the
+    /// one it looks in, lists or stats, and the directory a lookup finds (its holder may
+    /// have changed its attributes and not sent the change yet). Read in one transaction.
+    pub(crate) fn query_leased(
+        &self,
+        client: u64,
+        query: &meridian_proto::ns::Query,
+    ) -> Result<Vec<InodeId>, Status> {
+        let Some(dir) = query.reads_dir() else {
+            return Ok(Vec::new());
+        };
+        let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
+        let mut dirs = vec![dir];
+        if let meridian_proto::ns::Query::Lookup {
+            parent,
+            name,
+            creds,
+        } = query
+            && let Ok(found) = crate::namespace::NsReader::new(&tx).lookup(*parent, name, creds)
+            && found.kind == meridian_proto::ns::FileKind::Dir
+        {
+            dirs.push(found.ino);
+        }
+        Ok(held_by_others(&tx, client, &dirs)?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect())
+    }
+
     /// The directories `op` touches where a lease matters, and whether a client other
     /// than `client` holds one of them: read in one transaction.
     pub(crate) fn touched_leased(

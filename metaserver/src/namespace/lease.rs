@@ -289,21 +289,26 @@ pub fn apply_write_back(
             continue;
         }
         // Only what a mount answers alone under a lease, and the commits and attribute
-        // changes of files that ride with it (a file's attributes recall no lease, as
-        // through Mutate): anything else goes through Mutate, which recalls other
-        // clients' leases.
+        // changes that ride with it (of files, whose attributes recall no lease, as
+        // through Mutate, and of directories leased to the client): anything else goes
+        // through Mutate, which recalls other clients' leases.
         let carried = match &cmd.op {
             Op::Mknod { .. } | Op::Unlink { .. } | Op::Rmdir { .. } | Op::CommitExtents { .. } => {
                 true
             }
             Op::SetAttr { ino, set, .. } if set.size.is_none() => {
-                read_inode(ns.inodes()?, *ino)?.is_none_or(|n| n.attr.kind == FileKind::File)
+                match read_inode(ns.inodes()?, *ino)?.map(|n| n.attr.kind) {
+                    Some(FileKind::File) | None => true,
+                    // Under the client's lease of it, as its entries' changes are.
+                    Some(FileKind::Dir) => leases.holder(*ino)? == Some(wb.client),
+                    Some(_) => false,
+                }
             }
             _ => false,
         };
         if !carried {
             let e = NsError::Invalid(
-                "a write-back holds creates, removals, commits and files' attribute changes only"
+                "a write-back holds creates, removals, commits and attribute changes of files and of leased directories only"
                     .into(),
             );
             broken = Some(format!("an earlier change of this write-back failed: {e}"));

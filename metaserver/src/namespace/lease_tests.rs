@@ -295,9 +295,9 @@ fn a_retried_create_grants_no_lease_again_and_a_write_back_holds_only_what_a_mou
         "a retry gave the lease back to its maker"
     );
 
-    // A directory's attribute change rides in no write-back, and what follows it is
-    // refused too.
-    let e = attr(ns.run(mkdir(root, "e"), HOLDER, None, true));
+    // An attribute change of a directory leased to another client rides in no
+    // write-back, and what follows it is refused too.
+    let e = attr(ns.run(mkdir(root, "e"), OTHER, None, true));
     let chmod = ns.cmd(
         Op::SetAttr {
             ino: e.ino,
@@ -332,7 +332,8 @@ fn a_retried_create_grants_no_lease_again_and_a_write_back_holds_only_what_a_mou
 }
 
 #[test]
-fn a_files_attribute_change_rides_in_a_write_back_and_a_truncate_does_not() {
+fn attribute_changes_of_files_and_leased_directories_ride_in_a_write_back_and_a_truncate_does_not()
+{
     let (mut ns, root) = Ns::new();
     let d = attr(ns.run(mkdir(root, "d"), HOLDER, None, true));
     let f = attr(ns.run(
@@ -374,6 +375,30 @@ fn a_files_attribute_change_rides_in_a_write_back_and_a_truncate_does_not() {
     let tx = ns.db.begin_read().unwrap();
     let now = NsReader::new(&tx).getattr(f.ino).unwrap();
     assert_eq!((now.perm, now.uid), (0o644, 7));
+    drop(tx);
+    // So does one of the directory leased to the client.
+    let chmod_dir = ns.cmd(
+        Op::SetAttr {
+            ino: d.ino,
+            set: SetAttr {
+                perm: Some(0o750),
+                ..SetAttr::default()
+            },
+            creds: Creds::root(),
+        },
+        HOLDER,
+        None,
+        false,
+    );
+    let out = ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![chmod_dir],
+        release: vec![],
+        reserve: 0,
+    });
+    assert!(out.outcomes[0].is_ok(), "{out:?}");
+    let tx = ns.db.begin_read().unwrap();
+    assert_eq!(NsReader::new(&tx).getattr(d.ino).unwrap().perm, 0o750);
     drop(tx);
     let truncate = ns.cmd(
         set(SetAttr {

@@ -206,16 +206,16 @@ impl MetaApi {
                 return Ok(answer);
             }
         }
-        if !request.get_ref().stale
-            && let Some(dir) = query.reads_dir()
-            && !self.leased_to_others(client, &[dir])?.is_empty()
-        {
-            // Another client's leased directory: recalled first, by the leader.
-            if !self.is_leader() {
-                let (mut leader, addr) = self.leader_client(&request)?;
-                return naming(leader.query(MetaNode::forward(request)).await, &addr);
+        if !request.get_ref().stale {
+            let leased = self.query_leased(client, &query)?;
+            if !leased.is_empty() {
+                // Another client's leased directory: recalled first, by the leader.
+                if !self.is_leader() {
+                    let (mut leader, addr) = self.leader_client(&request)?;
+                    return naming(leader.query(MetaNode::forward(request)).await, &addr);
+                }
+                self.await_leases(client, &leased).await?;
             }
-            self.await_leases(client, &[dir]).await?;
         }
         if !request.get_ref().stale
             && !self.lease_valid().await

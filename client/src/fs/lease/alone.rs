@@ -1,7 +1,8 @@
-//! Changes of files this mount made in a directory it holds leased, answered alone and
-//! queued behind its creates (docs/adr/0006, amended in issue 14's twenty-first round):
-//! chmod, chown and utimes (tar and `cp -p` set them on every file they make), and the
-//! commit of what was written before them, which must reach the servers first.
+//! Attribute changes of files this mount made in a directory it holds leased, and of the
+//! leased directories themselves, answered alone and queued behind its creates
+//! (docs/adr/0006, amended in issue 14's twenty-first round): chmod, chown and utimes
+//! (tar and `cp -p` set them on every file and directory they make), and the commit of
+//! what was written to the file before them, which must reach the servers first.
 //!
 //! Nobody else reaches such a file without a recall, which sends the queue before the
 //! lease goes back, so what the mount answers is what the servers will apply: it follows
@@ -21,7 +22,7 @@ use crate::meta::MetaClient;
 fn settles_alone(a: &Attr, set: &SetAttr, creds: &Creds) -> bool {
     let owner = creds.uid == 0 || creds.uid == a.uid;
     let chown = set.uid.is_some_and(|u| u != a.uid) || set.gid.is_some_and(|g| g != a.gid);
-    a.kind == FileKind::File
+    matches!(a.kind, FileKind::File | FileKind::Dir)
         && set.size.is_none()
         && owner
         && (!chown || creds.uid == 0)
@@ -42,11 +43,16 @@ impl State {
         }
     }
 
-    /// A kept file with room in the queue for one more change of it.
+    /// A kept file, or a directory leased here, with room in the queue for one more
+    /// change of it.
     fn kept_with_room(&self, ino: InodeId) -> Option<&Attr> {
-        (self.queue.len() < MAX_QUEUED)
-            .then(|| self.files.get(&ino))
-            .flatten()
+        if self.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        match self.dirs.get(&ino) {
+            Some(d) => Some(&d.attr),
+            None => self.files.get(&ino),
+        }
     }
 }
 
@@ -92,7 +98,12 @@ impl Leases {
             a.mtime = time(t);
         }
         a.ctime = at;
-        s.files.insert(ino, a.clone());
+        match s.dirs.get_mut(&ino) {
+            Some(d) => d.attr = a.clone(),
+            None => {
+                s.files.insert(ino, a.clone());
+            }
+        }
         let op = Op::SetAttr {
             ino,
             set: set.clone(),
@@ -122,7 +133,11 @@ impl Leases {
         };
         let ino = *ino;
         let mut s = self.lock();
-        let mut a = s.kept_with_room(ino)?.clone();
+        let mut a = s
+            .files
+            .get(&ino)
+            .filter(|_| s.queue.len() < MAX_QUEUED)?
+            .clone();
         if a.kind != FileKind::File || a.perm & 0o6000 != 0 {
             return None;
         }
