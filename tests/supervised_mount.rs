@@ -322,6 +322,9 @@ fn a_users_mount_is_supervised_too_through_fusermount3() -> Result<()> {
         let admin = region.mount("root-mnt")?;
         fs::create_dir(admin.path.join("home"))?;
         chown(admin.path.join("home"), Some(NOBODY), Some(NOBODY))?;
+        // Durable before the mount is killed (a change answered under the mount's lease
+        // of the folder is not, until a sync).
+        fs::File::open(admin.path.join("home"))?.sync_all()?;
     }
     // A folder the user may reach, and a mountpoint of the user's.
     let home = region.meta.dir.path().join("user");
