@@ -59,13 +59,21 @@ impl FileSystem {
                 return;
             }
             let full = batch.len() == ACCESSED_BATCH_MAX;
-            match self
-                .mutate(Op::AccessedBatch {
-                    inos: batch.clone(),
-                })
-                .await
-            {
-                Ok(_) => {
+            // Files made here under a lease it still holds: queued with its other changes,
+            // and still known here (a lookup of them stays local).
+            let rest = match self.may_answer_alone() {
+                true => self.leases.accessed_alone(&self.meta, &batch),
+                false => batch.clone(),
+            };
+            let sent = match rest.is_empty() {
+                true => Ok(()),
+                false => self
+                    .mutate(Op::AccessedBatch { inos: rest })
+                    .await
+                    .map(|_| ()),
+            };
+            match sent {
+                Ok(()) => {
                     for ino in batch {
                         self.kernel.drop_attrs(ino);
                     }

@@ -288,14 +288,16 @@ pub fn apply_write_back(
             out.outcomes.push(Err(NsError::Conflict(why.clone())));
             continue;
         }
-        // Only what a mount answers alone under a lease, and the commits and attribute
-        // changes that ride with it (of files, whose attributes recall no lease, as
-        // through Mutate, and of directories leased to the client): anything else goes
-        // through Mutate, which recalls other clients' leases.
+        // Only what a mount answers alone under a lease, and the commits, atimes and
+        // attribute changes that ride with it (of files, whose attributes recall no
+        // lease, as through Mutate, and of directories leased to the client): anything
+        // else goes through Mutate, which recalls other clients' leases.
         let carried = match &cmd.op {
-            Op::Mknod { .. } | Op::Unlink { .. } | Op::Rmdir { .. } | Op::CommitExtents { .. } => {
-                true
-            }
+            Op::Mknod { .. }
+            | Op::Unlink { .. }
+            | Op::Rmdir { .. }
+            | Op::CommitExtents { .. }
+            | Op::AccessedBatch { .. } => true,
             Op::SetAttr { ino, set, .. } if set.size.is_none() => {
                 match read_inode(ns.inodes()?, *ino)?.map(|n| n.attr.kind) {
                     Some(FileKind::File) | None => true,
@@ -308,7 +310,7 @@ pub fn apply_write_back(
         };
         if !carried {
             let e = NsError::Invalid(
-                "a write-back holds creates, removals, commits and attribute changes of files and of leased directories only"
+                "a write-back holds creates, removals, commits, atimes and attribute changes of files and of leased directories only"
                     .into(),
             );
             broken = Some(format!("an earlier change of this write-back failed: {e}"));

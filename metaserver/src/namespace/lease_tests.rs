@@ -332,8 +332,8 @@ fn a_retried_create_grants_no_lease_again_and_a_write_back_holds_only_what_a_mou
 }
 
 #[test]
-fn attribute_changes_of_files_and_leased_directories_ride_in_a_write_back_and_a_truncate_does_not()
-{
+fn attribute_changes_and_atimes_of_files_and_leased_directories_ride_in_a_write_back_and_a_truncate_does_not()
+ {
     let (mut ns, root) = Ns::new();
     let d = attr(ns.run(mkdir(root, "d"), HOLDER, None, true));
     let f = attr(ns.run(
@@ -376,6 +376,15 @@ fn attribute_changes_of_files_and_leased_directories_ride_in_a_write_back_and_a_
     let now = NsReader::new(&tx).getattr(f.ino).unwrap();
     assert_eq!((now.perm, now.uid), (0o644, 7));
     drop(tx);
+    // And a batch of atimes (a read of it found its atime due).
+    let read = ns.cmd(Op::AccessedBatch { inos: vec![f.ino] }, HOLDER, None, false);
+    let out = ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![read],
+        release: vec![],
+        reserve: 0,
+    });
+    assert!(out.outcomes[0].is_ok(), "{out:?}");
     // So does one of the directory leased to the client.
     let chmod_dir = ns.cmd(
         Op::SetAttr {

@@ -34,12 +34,15 @@ impl State {
     /// `q` was sent and answered: a lookup of its file no longer waits, unless a later
     /// change of it is queued.
     pub(super) fn sent_change(&mut self, q: &Queued) {
-        let ino = match &q.op {
-            Op::SetAttr { ino, .. } | Op::CommitExtents { ino, .. } => *ino,
+        let inos = match &q.op {
+            Op::SetAttr { ino, .. } | Op::CommitExtents { ino, .. } => std::slice::from_ref(ino),
+            Op::AccessedBatch { inos } => inos.as_slice(),
             _ => return,
         };
-        if self.changed.get(&ino) == Some(&q.request) {
-            self.changed.remove(&ino);
+        for ino in inos {
+            if self.changed.get(ino) == Some(&q.request) {
+                self.changed.remove(ino);
+            }
         }
     }
 
@@ -114,6 +117,47 @@ impl Leases {
         Some(a)
     }
 
+    /// The atimes of `inos` (a read found them due) that this mount keeps, queued as one
+    /// batch and applied to what it keeps as the servers will apply them (relatime, at
+    /// the time queued): a lookup of such a file is still answered here. Returns the
+    /// others, for the servers.
+    pub(in crate::fs) fn accessed_alone(
+        &self,
+        meta: &MetaClient,
+        inos: &[InodeId],
+    ) -> Vec<InodeId> {
+        let mut s = self.lock();
+        if s.queue.len() >= MAX_QUEUED {
+            return inos.to_vec();
+        }
+        let at = now();
+        let (mut kept, mut rest) = (Vec::new(), Vec::new());
+        for &ino in inos {
+            match s.files.get_mut(&ino) {
+                Some(a) => {
+                    if a.atime_due(at) && at > a.atime {
+                        a.atime = at;
+                    }
+                    kept.push(ino);
+                }
+                None => rest.push(ino),
+            }
+        }
+        if !kept.is_empty() {
+            let request = self.enqueue(
+                &mut s,
+                meta,
+                Op::AccessedBatch { inos: kept.clone() },
+                at,
+                None,
+            );
+            for ino in kept {
+                s.changed.insert(ino, request);
+            }
+        }
+        rest
+    }
+
     /// A commit of kept file `ino` queued behind what was answered here, without waiting
     /// for it (a change answered alone follows it); the file's size after it, or `None`
     /// to send it as any other commit. The servers apply it as `ops/content.rs` does:
@@ -150,10 +194,16 @@ impl Leases {
         a.size = a.size.max(*size).max(end);
         a.mtime = at;
         a.ctime = at;
+        // What an open reads: known exactly after a file's first commit, whole, with no
+        // other commit of it under way (as `Leases::observed` keeps it); otherwise the
+        // open asks the servers, after the queue.
+        let written = super::first_write(&op, &a, s.extents.get(&ino))
+            .filter(|_| !s.committing.contains_key(&ino));
+        match written {
+            Some(extents) => s.extents.insert(ino, std::sync::Arc::new(extents)),
+            None => s.extents.remove(&ino),
+        };
         s.files.insert(ino, a.clone());
-        // What an open would read is no longer known exactly here: it asks the servers,
-        // after the queue.
-        s.extents.remove(&ino);
         let request = self.enqueue(&mut s, meta, op, at, None);
         s.changed.insert(ino, request);
         Some(a.size)
