@@ -87,6 +87,16 @@ impl Ns {
         out
     }
 
+    /// The holder's write-back of `cmds`, with nothing released or reserved.
+    fn holders_write_back(&mut self, cmds: Vec<Command>) -> lease::WriteBackOutcome {
+        self.write_back(&WriteBack {
+            client: HOLDER,
+            cmds,
+            release: vec![],
+            reserve: 0,
+        })
+    }
+
     fn write_back(&mut self, wb: &WriteBack) -> lease::WriteBackOutcome {
         let tx = self.db.begin_write().unwrap();
         let out = {
@@ -160,12 +170,7 @@ fn a_write_back_applies_under_its_clients_lease_at_reserved_numbers_and_is_fence
     let (a, b) = (reserved.0, InodeId(reserved.0.0 + 1));
     let c1 = ns.cmd(mkdir(d.ino, "a"), HOLDER, Some(a), true);
     let c2 = ns.cmd(mkdir(a, "b"), HOLDER, Some(b), true);
-    let out = ns.write_back(&WriteBack {
-        client: HOLDER,
-        cmds: vec![c1.clone(), c2],
-        release: vec![],
-        reserve: 0,
-    });
+    let out = ns.holders_write_back(vec![c1.clone(), c2]);
     assert_eq!(attr(out.outcomes[0].clone()).ino, a);
     assert_eq!(attr(out.outcomes[1].clone()).ino, b);
     assert_eq!(ns.lookup(d.ino, "a").unwrap().ino, a);
@@ -176,12 +181,7 @@ fn a_write_back_applies_under_its_clients_lease_at_reserved_numbers_and_is_fence
     );
 
     // A retry of an applied change returns its first outcome.
-    let again = ns.write_back(&WriteBack {
-        client: HOLDER,
-        cmds: vec![c1],
-        release: vec![],
-        reserve: 0,
-    });
+    let again = ns.holders_write_back(vec![c1]);
     assert_eq!(attr(again.outcomes[0].clone()).ino, a);
 
     // Another client's write-back in the holder's directory is refused, and so is
@@ -207,12 +207,7 @@ fn a_write_back_applies_under_its_clients_lease_at_reserved_numbers_and_is_fence
     // The leader ended the lease: the holder's late changes are refused, whole.
     ns.expire(&[d.ino]);
     let late = ns.cmd(mkdir(d.ino, "late"), HOLDER, Some(InodeId(a.0 + 2)), true);
-    let out = ns.write_back(&WriteBack {
-        client: HOLDER,
-        cmds: vec![late],
-        release: vec![],
-        reserve: 0,
-    });
+    let out = ns.holders_write_back(vec![late]);
     assert!(
         matches!(out.outcomes[0], Err(NsError::Conflict(_))),
         "{out:?}"
@@ -312,12 +307,7 @@ fn a_retried_create_grants_no_lease_again_and_a_write_back_holds_only_what_a_mou
         false,
     );
     let after = ns.cmd(mkdir(e.ino, "x"), HOLDER, None, true);
-    let out = ns.write_back(&WriteBack {
-        client: HOLDER,
-        cmds: vec![chmod, after],
-        release: vec![],
-        reserve: 0,
-    });
+    let out = ns.holders_write_back(vec![chmod, after]);
     assert!(
         matches!(out.outcomes[0], Err(NsError::Invalid(_))),
         "{out:?}"
@@ -365,12 +355,7 @@ fn attribute_changes_and_atimes_of_files_and_leased_directories_ride_in_a_write_
         None,
         false,
     );
-    let out = ns.write_back(&WriteBack {
-        client: HOLDER,
-        cmds: vec![chmod],
-        release: vec![],
-        reserve: 0,
-    });
+    let out = ns.holders_write_back(vec![chmod]);
     assert!(out.outcomes[0].is_ok(), "{out:?}");
     let tx = ns.db.begin_read().unwrap();
     let now = NsReader::new(&tx).getattr(f.ino).unwrap();
@@ -378,12 +363,7 @@ fn attribute_changes_and_atimes_of_files_and_leased_directories_ride_in_a_write_
     drop(tx);
     // And a batch of atimes (a read of it found its atime due).
     let read = ns.cmd(Op::AccessedBatch { inos: vec![f.ino] }, HOLDER, None, false);
-    let out = ns.write_back(&WriteBack {
-        client: HOLDER,
-        cmds: vec![read],
-        release: vec![],
-        reserve: 0,
-    });
+    let out = ns.holders_write_back(vec![read]);
     assert!(out.outcomes[0].is_ok(), "{out:?}");
     // So does one of the directory leased to the client.
     let chmod_dir = ns.cmd(
@@ -399,12 +379,7 @@ fn attribute_changes_and_atimes_of_files_and_leased_directories_ride_in_a_write_
         None,
         false,
     );
-    let out = ns.write_back(&WriteBack {
-        client: HOLDER,
-        cmds: vec![chmod_dir],
-        release: vec![],
-        reserve: 0,
-    });
+    let out = ns.holders_write_back(vec![chmod_dir]);
     assert!(out.outcomes[0].is_ok(), "{out:?}");
     let tx = ns.db.begin_read().unwrap();
     assert_eq!(NsReader::new(&tx).getattr(d.ino).unwrap().perm, 0o750);
@@ -418,12 +393,7 @@ fn attribute_changes_and_atimes_of_files_and_leased_directories_ride_in_a_write_
         None,
         false,
     );
-    let out = ns.write_back(&WriteBack {
-        client: HOLDER,
-        cmds: vec![truncate],
-        release: vec![],
-        reserve: 0,
-    });
+    let out = ns.holders_write_back(vec![truncate]);
     assert!(
         matches!(out.outcomes[0], Err(NsError::Invalid(_))),
         "{out:?}"
@@ -467,12 +437,7 @@ fn a_retried_change_carrying_an_inode_number_not_reserved_for_its_client_is_refu
         None,
         false,
     );
-    let out = ns.write_back(&WriteBack {
-        client: HOLDER,
-        cmds: vec![replay, commit],
-        release: vec![],
-        reserve: 0,
-    });
+    let out = ns.holders_write_back(vec![replay, commit]);
     assert!(
         matches!(out.outcomes[0], Err(NsError::Invalid(_))),
         "{out:?}"
