@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use meridian_proto::InodeId;
 use meridian_proto::ns::{
-    Attr, Creds, DirEntry, FileKind, Op, Query, QueryReply, RenameFlags, Reply, SetAttr, Volume,
-    XattrMode, libc_errno,
+    Attr, Creds, DirEntry, FileKind, Op, Query, QueryReply, RenameFlags, Reply, Volume, XattrMode,
+    libc_errno,
 };
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::warn;
@@ -35,6 +35,7 @@ mod new_files;
 mod options;
 mod read;
 mod servers;
+mod setattr;
 mod space;
 mod staging;
 mod write;
@@ -429,71 +430,18 @@ impl FileSystem {
 
     /// Commits every open handle's dirty data for `ino` (before reads, truncates, renames).
     async fn flush_inode(&self, ino: InodeId) -> Result<(), Errno> {
+        self.flush_inode_for(ino, write::CommitFor::Close).await
+    }
+
+    /// [`flush_inode`](Self::flush_inode), for `why`.
+    async fn flush_inode_for(&self, ino: InodeId, why: write::CommitFor) -> Result<(), Errno> {
         for h in self.handles_of(ino) {
             let mut f = h.lock().await;
             if f.ino == ino {
-                self.commit(&mut f).await?;
+                self.commit_for(&mut f, why).await?;
             }
         }
         Ok(())
-    }
-
-    /// Changes attributes (and truncates), after committing pending writes of the file: the
-    /// data lands first, so a time set explicitly while the file is open (tar, cp -p, rsync)
-    /// is not overwritten by the commit at close, and the reply carries the real size.
-    pub async fn setattr(&self, ino: InodeId, set: SetAttr, creds: &Creds) -> Result<Attr, Errno> {
-        if let Some(attr) = self.setattr_alone(ino, &set, creds).await? {
-            return Ok(attr);
-        }
-        self.flush_inode(ino).await?;
-        // Before and after: a read view taken while the change lands is stale too.
-        self.changing(ino);
-        let truncated = set.size.is_some();
-        let buffered = self.buffered_end(ino).await;
-        let reply = self
-            .mutate(Op::SetAttr {
-                ino,
-                set,
-                creds: creds.clone(),
-            })
-            .await;
-        self.changing(ino);
-        let attr = attr_of(reply?)?;
-        // A truncate sets the size on purpose; writes buffered since still count.
-        Ok(self.as_seen_here(attr, if truncated { 0 } else { buffered }))
-    }
-
-    /// A change of attributes of a file this mount made in a directory it holds leased,
-    /// answered here and queued behind the commit of what was written before it
-    /// (`fs/lease/alone.rs`); `None` when the servers must answer it.
-    async fn setattr_alone(
-        &self,
-        ino: InodeId,
-        set: &SetAttr,
-        creds: &Creds,
-    ) -> Result<Option<Attr>, Errno> {
-        if !self.may_answer_alone()
-            || self.volume.policy.quota_bytes.is_some()
-            || self.options.linearizable
-            || !self.leases.may_set_alone(ino, set, creds)
-        {
-            return Ok(None);
-        }
-        for h in self.handles_of(ino) {
-            let mut f = h.lock().await;
-            if f.ino == ino {
-                self.commit_for(&mut f, write::CommitFor::Change).await?;
-            }
-        }
-        let Some(attr) = self.leases.set_alone(&self.meta, ino, set, creds) else {
-            return Ok(None);
-        };
-        // As a mutation: what was kept for GETATTR, and read views, are stale.
-        self.fresh.starting();
-        self.fresh.ended();
-        self.changing(ino);
-        let buffered = self.buffered_end(ino).await;
-        Ok(Some(self.as_seen_here(attr, buffered)))
     }
 
     /// Creates a node of `kind` (not a symlink).

@@ -513,11 +513,13 @@ impl FileSystem {
             creds: f.creds.clone(),
             staged,
         };
-        if why == CommitFor::Change
-            && let Some(size) = self.leases.commit_alone(&self.meta, op.clone())
-        {
-            return Ok(size);
-        }
+        let op = match why {
+            CommitFor::Change => match self.leases.commit_alone(&self.meta, op) {
+                Ok(size) => return Ok(size),
+                Err(op) => *op,
+            },
+            _ => op,
+        };
         Ok(match self.mutate_after_queue(op).await? {
             Reply::Attr(a) => a.size,
             _ => u64::MAX,
@@ -551,25 +553,20 @@ impl FileSystem {
 
     /// Commits the handle's writes (flush on close).
     pub async fn flush(&self, fh: u64) -> Result<(), Errno> {
-        self.flush_for(fh, false).await
+        self.flush_for(fh, CommitFor::Close).await
     }
 
     /// Commits the handle's writes for fsync or fdatasync.
     pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
-        self.flush_for(fh, true).await
+        self.flush_for(fh, CommitFor::Fsync).await
     }
 
-    async fn flush_for(&self, fh: u64, fsync: bool) -> Result<(), Errno> {
+    async fn flush_for(&self, fh: u64, why: CommitFor) -> Result<(), Errno> {
         let h = self.handle(fh)?;
         let mut f = h.lock().await;
         if std::mem::take(&mut f.lost) {
             return Err(libc_errno::EIO);
         }
-        let why = if fsync {
-            CommitFor::Fsync
-        } else {
-            CommitFor::Close
-        };
         self.commit_for(&mut f, why).await?;
         // Close and fsync are durability points for the namespace too.
         self.leases.sync(&mut f.seen_failures).await

@@ -159,12 +159,12 @@ impl Leases {
     }
 
     /// A commit of kept file `ino` queued behind what was answered here, without waiting
-    /// for it (a change answered alone follows it); the file's size after it, or `None`
-    /// to send it as any other commit. The servers apply it as `ops/content.rs` does:
+    /// for it (a change answered alone follows it); the file's size after it, or the
+    /// commit given back to send as any other. The servers apply it as `ops/content.rs` does:
     /// the size grows to the commit's, the times move, setuid and setgid do not apply
     /// (a file with them is not answered alone). What the servers refuse is reported at
     /// the next durability point, as a refused create is.
-    pub(in crate::fs) fn commit_alone(&self, meta: &MetaClient, op: Op) -> Option<u64> {
+    pub(in crate::fs) fn commit_alone(&self, meta: &MetaClient, op: Op) -> Result<u64, Box<Op>> {
         let Op::CommitExtents {
             ino,
             extents,
@@ -173,17 +173,16 @@ impl Leases {
             ..
         } = &op
         else {
-            return None;
+            return Err(Box::new(op));
         };
         let ino = *ino;
         let mut s = self.lock();
-        let mut a = s
-            .files
-            .get(&ino)
-            .filter(|_| s.queue.len() < MAX_QUEUED)?
-            .clone();
-        if a.kind != FileKind::File || a.perm & 0o6000 != 0 {
-            return None;
+        let mut a = match s.files.get(&ino) {
+            Some(a) if s.queue.len() < MAX_QUEUED && a.kind == FileKind::File => a.clone(),
+            _ => return Err(Box::new(op)),
+        };
+        if a.perm & 0o6000 != 0 {
+            return Err(Box::new(op));
         }
         let end = extents
             .iter()
@@ -206,6 +205,6 @@ impl Leases {
         s.files.insert(ino, a.clone());
         let request = self.enqueue(&mut s, meta, op, at, None);
         s.changed.insert(ino, request);
-        Some(a.size)
+        Ok(a.size)
     }
 }
