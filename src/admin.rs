@@ -171,6 +171,16 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Directory leases held (docs/adr/0006): each leased directory's inode and the
+    /// client (mount) answering its changes alone.
+    Leases {
+        /// Metaservers of the region to ask.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete an empty volume, or a snapshot with everything in it.
     VolumeDelete {
         /// Metaserver addresses.
@@ -552,6 +562,35 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 println!("{:<24} {:<10} DETAIL", "STAMP", "KIND");
                 for c in list {
                     println!("{:<24} {:<10} {}", c.hlc.to_string(), c.kind, c.detail);
+                }
+            }
+            Ok(())
+        }
+        AdminCommand::Leases { meta, json } => {
+            let client = MetaClient::new(meta);
+            let mut all = Vec::new();
+            let mut after = 0;
+            loop {
+                let QueryReply::Leases(page) = client
+                    .query(&Query::Leases { after, limit: 1000 }, false)
+                    .await?
+                else {
+                    anyhow::bail!("unexpected reply");
+                };
+                let Some(&(last, _)) = page.last() else { break };
+                after = last.0;
+                all.extend(page);
+            }
+            if json {
+                let rows: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|(d, c)| serde_json::json!({"dir": d.0, "client": c}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<20} CLIENT", "DIRECTORY");
+                for (d, c) in all {
+                    println!("{:<20} {c:016x}", d.0);
                 }
             }
             Ok(())

@@ -337,3 +337,163 @@ fn attribute_changes_of_files_made_under_a_lease_are_answered_here_and_seen_ever
     check(&fs::metadata(&f_there)?, "there, after the close");
     Ok(())
 }
+
+/// The directories leased now, by inode, from `meridian admin leases`.
+fn leased_dirs(region: &Region) -> Result<Vec<u64>> {
+    let out = std::process::Command::new(common::MERIDIAN)
+        .args(["admin", "leases", "--json", "--meta", &region.meta_addrs()])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "admin leases: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    Ok(rows.iter().filter_map(|r| r["dir"].as_u64()).collect())
+}
+
+/// A directory made before a mount started (here, by a mount without write-back) is
+/// leased to a mount that keeps changing its entries, as a database's journal does in a
+/// volume's root: the lease brings every entry the directory held, so names made before
+/// are known here (an exclusive create of one fails, a lookup finds it, an unlink of it is
+/// answered here), and another mount that looks sees every change made here at once and
+/// takes the directory back from this mount.
+#[test]
+fn an_existing_directory_is_leased_on_demand_to_a_mount_that_keeps_changing_it() -> Result<()> {
+    let region = Region::start()?;
+    let old = {
+        let maker = region.mount_with("maker", &["--no-write-back"])?;
+        let old = maker.path.join("old");
+        fs::create_dir(&old)?;
+        fs::write(old.join("before"), b"made before")?;
+        fs::create_dir(old.join("sub"))?;
+        fs::write(old.join("sub").join("inner"), b"inside")?;
+        File::open(&old)?.sync_all()?;
+        fs::metadata(&old)?.ino()
+    };
+    assert!(
+        !leased_dirs(&region)?.contains(&old),
+        "made without write-back, so not leased at birth"
+    );
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let d = here.path.join("old");
+    // A journal made and removed per transaction, as SQLite does in rollback mode.
+    let mut rounds = 0;
+    wait_for(
+        Duration::from_secs(60),
+        "the directory leased on demand",
+        || {
+            rounds += 1;
+            fs::write(d.join("db-journal"), b"journal").ok()?;
+            fs::remove_file(d.join("db-journal")).ok()?;
+            leased_dirs(&region).ok()?.contains(&old).then_some(())
+        },
+    )?;
+    assert!(rounds <= 20, "leased only after {rounds} rounds");
+
+    // What the directory held before is known here, and answered here.
+    let excl = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(d.join("before"));
+    assert_eq!(errno_of(excl), libc::EEXIST);
+    assert_eq!(fs::read(d.join("before"))?, b"made before");
+    assert_eq!(errno_of(fs::create_dir(d.join("sub"))), libc::EEXIST);
+    assert_eq!(errno_of(fs::remove_dir(d.join("sub"))), libc::ENOTEMPTY);
+    assert_eq!(fs::read(d.join("sub").join("inner"))?, b"inside");
+    fs::write(d.join("new"), b"made here")?;
+    fs::create_dir(d.join("newdir"))?;
+    fs::remove_file(d.join("before"))?;
+    assert_eq!(errno_of(fs::metadata(d.join("before"))), libc::ENOENT);
+    assert_eq!(names(&d)?, ["new", "newdir", "sub"]);
+    assert!(leased_dirs(&region)?.contains(&old), "still leased here");
+
+    // Another mount sees all of it at once: its lookup takes the lease back first.
+    let td = there.path.join("old");
+    assert_eq!(errno_of(fs::metadata(td.join("before"))), libc::ENOENT);
+    assert_eq!(names(&td)?, ["new", "newdir", "sub"]);
+    assert_eq!(fs::read(td.join("new"))?, b"made here");
+    assert!(
+        !leased_dirs(&region)?.contains(&old),
+        "given back when another mount looked"
+    );
+    // And changes it there; this mount finds them (nothing it kept is stale).
+    fs::write(td.join("theirs"), b"made there")?;
+    assert_eq!(fs::read(d.join("theirs"))?, b"made there");
+    assert_eq!(
+        errno_of(
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(d.join("theirs"))
+        ),
+        libc::EEXIST
+    );
+    assert_eq!(names(&d)?, ["new", "newdir", "sub", "theirs"]);
+    Ok(())
+}
+
+/// A file a mount made is unlinked while still open (a database's journal, whose close
+/// the kernel often reports after the unlink that follows it): in a directory the mount
+/// leases, it is hidden here without giving the lease back; the descriptor keeps reading
+/// and writing it, no listing shows it, and it is removed at its last close.
+#[test]
+fn a_file_unlinked_while_open_in_a_leased_directory_is_hidden_here_and_removed_at_its_close()
+-> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let d = here.path.join("d");
+    fs::create_dir(&d)?;
+    let dir_ino = fs::metadata(&d)?.ino();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(d.join("journal"))?;
+    f.write_all(b"still here")?;
+    f.sync_all()?;
+    fs::remove_file(d.join("journal"))?;
+    assert_eq!(errno_of(fs::metadata(d.join("journal"))), libc::ENOENT);
+    assert!(names(&d)?.is_empty(), "{:?}", names(&d)?);
+    assert!(
+        leased_dirs(&region)?.contains(&dir_ino),
+        "hidden here: the lease stays"
+    );
+    f.seek(SeekFrom::Start(0))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    assert_eq!(text, "still here");
+    f.write_all(b", and more")?;
+    f.sync_all()?;
+    // Another mount sees no such name, hidden or not.
+    assert!(names(&there.path.join("d"))?.is_empty());
+    f.seek(SeekFrom::Start(0))?;
+    text.clear();
+    f.read_to_string(&mut text)?;
+    assert_eq!(text, "still here, and more");
+    drop(f);
+    // At the last close (reported after close() returns) it goes for real: the servers'
+    // listing of the directory, hidden names included, empties.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let meta = region.meta.client();
+    let list = meridian_proto::ns::Query::ReadDir {
+        ino: meridian_proto::InodeId(dir_ino),
+        after: None,
+        limit: 100,
+        creds: meridian_proto::ns::Creds::root(),
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the hidden file removed",
+        || match rt.block_on(meta.query(&list, false)) {
+            Ok(meridian_proto::ns::QueryReply::Dir { entries, .. }) if entries.is_empty() => {
+                Some(())
+            }
+            _ => None,
+        },
+    )?;
+    Ok(())
+}

@@ -374,6 +374,13 @@ impl FileSystem {
             return Ok(attr);
         }
         let buffered = self.buffered_end(ino).await;
+        // A file kept under a lease: nobody else reaches it without a recall, and its
+        // commits and changes update what is kept when they are queued or answered (a
+        // commit under way holds its handle, so `buffered` was read after it).
+        if let Some(attr) = self.leases.kept_file(ino) {
+            self.kernel.observed(&attr);
+            return Ok(self.as_seen_here(attr, buffered));
+        }
         if !self.options.linearizable
             && let Some(attr) = self.fresh.take(ino, self.cache_epoch())
         {
@@ -540,6 +547,26 @@ impl FileSystem {
             )
         {
             return answer;
+        }
+        // A file made here and open here, in a directory leased here, is hidden alone
+        // (the kernel often sends a close's release after the unlink that follows it).
+        if self.may_answer_alone()
+            && let Some((ino, FileKind::File)) = self.leases.entry(parent, name)
+            && self.is_open(ino).await
+        {
+            let hidden = [HIDDEN_PREFIX, ino.0.to_string().as_bytes()].concat();
+            let asked = lease::Asked {
+                parent,
+                name,
+                creds,
+            };
+            if self.leases.hide(&self.meta, &asked, ino, &hidden) {
+                self.hidden
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ino, (parent, hidden, creds.clone()));
+                return Ok(());
+            }
         }
         // Only a file open here needs hiding: with nothing open, no lookup first.
         if !self.nothing_open()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
-use meridian_proto::ns::{Attr, NsError, Op, Query, QueryReply, Queued, Reply, Touched};
+use meridian_proto::ns::{Attr, Granted, NsError, Op, Query, QueryReply, Queued, Reply, Touched};
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
     GetClusterMapRequest, HeartbeatRequest, MutateRequest, QueryRequest,
@@ -114,6 +114,16 @@ fn retryable(s: &Status) -> bool {
             | Code::DeadlineExceeded
             | Code::Aborted
     )
+}
+
+/// What a write-back did ([`MetaClient::write_back`]).
+pub struct WrittenBack {
+    /// One outcome per change.
+    pub outcomes: Vec<Result<Reply, NsError>>,
+    /// Inode numbers reserved: the first and how many.
+    pub reserved: Option<(InodeId, u32)>,
+    /// The leases of existing directories granted.
+    pub granted: Vec<Granted>,
 }
 
 impl MetaClient {
@@ -303,10 +313,12 @@ impl MetaClient {
         ops: &[Queued],
         release: &[InodeId],
         reserve: u32,
-    ) -> Result<(Vec<Result<Reply, NsError>>, Option<(InodeId, u32)>), MetaError> {
+        acquire: &[InodeId],
+    ) -> Result<WrittenBack, MetaError> {
         let bytes =
             Bytes::from(serde_json::to_vec(ops).map_err(|e| MetaError::Invalid(e.to_string()))?);
         let release: Vec<u64> = release.iter().map(|d| d.0).collect();
+        let acquire: Vec<u64> = acquire.iter().map(|d| d.0).collect();
         let caps = crate::caps::for_ops(ops.iter().map(|q| &q.op));
         let resp = self
             .call(|mut c| {
@@ -316,6 +328,7 @@ impl MetaClient {
                     release: release.clone(),
                     reserve,
                     caps: caps.clone(),
+                    acquire: acquire.clone(),
                 };
                 async move { c.write_back(req).await.map(|r| self.led(r)) }
             })
@@ -330,7 +343,22 @@ impl MetaClient {
             )));
         }
         let reserved = (resp.reserved > 0).then_some((InodeId(resp.reserved_from), resp.reserved));
-        Ok((outcomes, reserved))
+        let granted: Vec<Granted> = if resp.granted.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&resp.granted)
+                .map_err(|e| MetaError::Server(format!("undecodable reply: {e}")))?
+        };
+        if granted.iter().any(|g| !acquire.contains(&g.dir.ino.0)) {
+            return Err(MetaError::Server(
+                "a lease granted that was not asked for".into(),
+            ));
+        }
+        Ok(WrittenBack {
+            outcomes,
+            reserved,
+            granted,
+        })
     }
 
     /// Long-polls what other clients' changes of `volume` from change-log sequence `from`

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tonic::Status;
 use tracing::warn;
 
-use meridian_proto::ns::{FileKind, Op, Queued, WRITE_BACK_MAX};
+use meridian_proto::ns::{ACQUIRE_MAX, FileKind, Op, Queued, WRITE_BACK_MAX};
 use meridian_proto::pb::meta::{WriteBackRequest, WriteBackResponse};
 use tonic::{Request, Response};
 
@@ -206,6 +206,11 @@ impl MetaNode {
                 "a write-back holds at most {WRITE_BACK_MAX} changes and releases"
             ))));
         }
+        if r.acquire.len() > ACQUIRE_MAX {
+            return Err(Status::from(MetaError::Invalid(format!(
+                "a write-back asks for at most {ACQUIRE_MAX} leases"
+            ))));
+        }
         if !self.is_leader() {
             let (mut leader, addr) = self.leader_client(&request)?;
             return naming(leader.write_back(MetaNode::forward(request)).await, &addr);
@@ -213,6 +218,16 @@ impl MetaNode {
         if let Some((claims, keys)) = crate::tokens::restricted(&request)?
             && let crate::tokens::Checked::Missing(ino) =
                 self.check_write_back(&claims, &keys, r.client_id, &queued, r.reserve, &r.caps)?
+        {
+            return Err(Status::failed_precondition(format!(
+                "a write-back names inode {ino}, which the leader does not hold"
+            )));
+        }
+        // A lease is asked for only to change the directory: a grant to write it.
+        let acquire: Vec<InodeId> = r.acquire.iter().map(|&d| InodeId(d)).collect();
+        if let Some((claims, _)) = crate::tokens::restricted(&request)?
+            && let crate::tokens::Checked::Missing(ino) =
+                self.check_inodes(&claims, &acquire, true, &Default::default())?
         {
             return Err(Status::failed_precondition(format!(
                 "a write-back names inode {ino}, which the leader does not hold"
@@ -248,6 +263,7 @@ impl MetaNode {
                 .map(|&d| meridian_proto::InodeId(d))
                 .collect(),
             reserve: r.reserve,
+            acquire,
         };
         match self.propose(RaftRequest::WriteBack(wb)).await {
             Ok((RaftResponse::WriteBack(Ok(out)), _)) => {
@@ -256,6 +272,11 @@ impl MetaNode {
                     outcomes: json(&out.outcomes),
                     reserved_from: from,
                     reserved: n,
+                    granted: if out.granted.is_empty() {
+                        Default::default()
+                    } else {
+                        json(&out.granted)
+                    },
                 }))
             }
             Ok((RaftResponse::WriteBack(Err(e)), _)) => Err(Status::from(MetaError::Ns(e))),

@@ -53,7 +53,7 @@ fn granted(r: &NsReader<'_>, claims: &Claims) -> HashMap<u32, (String, bool)> {
 impl MetaNode {
     /// Whether `claims` may read (or, with `write`, change) inodes `inos`. `made` names
     /// inodes not applied yet whose volume is known (a write-back's own creates).
-    fn check_inodes(
+    pub(crate) fn check_inodes(
         &self,
         claims: &Claims,
         inos: &[InodeId],

@@ -385,6 +385,21 @@ pub struct Queued {
 
 /// Most changes in one write-back.
 pub const WRITE_BACK_MAX: usize = 4096;
+/// Most existing directories one write-back asks the leases of.
+pub const ACQUIRE_MAX: usize = 64;
+/// Most entries of an existing directory leased on demand: its holder is sent them all,
+/// and keeps them.
+pub const ACQUIRE_MAX_ENTRIES: usize = 10_000;
+
+/// The lease of an existing directory, granted on demand (docs/adr/0006): the directory
+/// and every entry it holds at the grant, which the holder keeps from then on.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Granted {
+    /// The directory's attributes.
+    pub dir: Attr,
+    /// Its entries, in name order.
+    pub entries: Vec<DirEntry>,
+}
 
 /// What an operation did where it was first applied, which a replay in another region (or
 /// after reordering) needs to reproduce it and to recognise concurrent changes.

@@ -82,6 +82,7 @@ impl FileSystem {
             match fs.meta.watch(fs.volume.id, from, FEED_WAIT).await {
                 Ok((touched, next, gap, recall)) => {
                     if !recall.is_empty() {
+                        debug!(?recall, "leases recalled");
                         // Another client waits for these: what was answered here goes
                         // first, then the leases.
                         fs.known.forget(&fs.leases.give_back(&recall));

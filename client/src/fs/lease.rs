@@ -1,7 +1,8 @@
 //! Namespace write-back under directory leases (docs/adr/0006).
 //!
-//! A directory this mount creates is leased to it: no other client changes its entries
-//! until the servers recall the lease. While it holds a lease, and the feed that brings
+//! A directory this mount creates is leased to it, and so is an existing directory whose
+//! entries it keeps changing (asked for on demand, `demand.rs`): no other client changes
+//! its entries until the servers recall the lease. While it holds a lease, and the feed that brings
 //! recalls answers, the mount answers mkdir, rmdir and unlink in it alone, from exactly
 //! what it knows (every name, and the directory's attributes), and sends the changes
 //! later, in order, in batches (one Raft entry each): within [`LINGER`], or at once when a
@@ -16,18 +17,21 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use meridian_proto::InodeId;
 use meridian_proto::ns::{
-    Attr, Creds, DirEntry, Extent, FileKind, LINK_MAX, NAME_MAX, NsError, Op, Queued, Reply,
-    Timespec,
+    Attr, Creds, DirEntry, Extent, FileKind, LINK_MAX, NAME_MAX, NsError, Op, Queued, RenameFlags,
+    Reply, Timespec,
 };
 use tokio::sync::{Notify, oneshot, watch};
+use tracing::debug;
 
 use super::Errno;
 use crate::meta::MetaClient;
 
 mod alone;
+mod demand;
 mod send;
 use meridian_proto::ns::libc_errno;
 
@@ -53,6 +57,18 @@ struct LeasedDir {
     attr: Attr,
     /// In name order: a listing is read off in order, not sorted at every opendir.
     entries: BTreeMap<Vec<u8>, (InodeId, FileKind)>,
+    /// Leased on demand (it existed before), not at its birth here.
+    on_demand: bool,
+}
+
+impl LeasedDir {
+    fn born(attr: Attr) -> Self {
+        LeasedDir {
+            attr,
+            entries: BTreeMap::new(),
+            on_demand: false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -95,6 +111,17 @@ struct State {
     /// Commits of kept files under way, and whether two of one file were ever at once
     /// (their answers may then be observed in either order: neither's extents are kept).
     committing: HashMap<InodeId, (u32, bool)>,
+    /// Existing directories whose leases to ask for with the next batch.
+    acquire: BTreeSet<InodeId>,
+    /// Leases asked for, not answered yet, and whether a change of the directory this
+    /// mount sent itself was answered meanwhile (the entries granted may then miss it:
+    /// such a lease goes back at once).
+    acquiring: HashMap<InodeId, bool>,
+    /// Changes of unleased directories' entries sent to the servers lately: how many,
+    /// since when.
+    counted: HashMap<InodeId, (u32, Instant)>,
+    /// Directories not to ask the leases of before a time, and the wait that led there.
+    backed_off: HashMap<InodeId, (Instant, Duration)>,
 }
 
 impl State {
@@ -127,17 +154,26 @@ impl State {
         let dirs: Vec<InodeId> = self.dirs.keys().copied().collect();
         self.release.extend(dirs.iter().copied());
         self.dirs.clear();
+        // Leases asked for are given back as soon as they are granted.
+        self.acquire.clear();
+        self.acquiring
+            .values_mut()
+            .for_each(|spoiled| *spoiled = true);
         self.files.clear();
         self.extents.clear();
         dirs
     }
 
-    /// Drops a leased directory from local use (with what is kept of its files).
+    /// Drops a leased directory from local use (with what is kept of its files). One
+    /// leased on demand is not asked for again for a while.
     fn drop_dir(&mut self, dir: InodeId) -> bool {
         match self.dirs.remove(&dir) {
             Some(d) => {
                 for (ino, _) in d.entries.values() {
                     self.forget_file(*ino);
+                }
+                if d.on_demand {
+                    self.back_off(dir);
                 }
                 true
             }
@@ -245,6 +281,13 @@ impl Leases {
     /// The leased directory's attributes.
     pub(super) fn attr(&self, dir: InodeId) -> Option<Attr> {
         self.lock().dirs.get(&dir).map(|d| d.attr.clone())
+    }
+
+    /// The attributes kept of a file in a leased directory (made here, or told here since
+    /// it was leased): what the servers hold once the queue is sent, queued commits and
+    /// changes included, not the writes buffered in its handles.
+    pub(super) fn kept_file(&self, ino: InodeId) -> Option<Attr> {
+        self.lock().files.get(&ino).cloned()
     }
 
     /// A lookup answered alone: `Some(Err(ENOENT))` for a name not there, the attributes
@@ -355,13 +398,7 @@ impl Leases {
             .insert(asked.name.to_vec(), (ino, kind));
         s.touch(asked.parent, at, i32::from(dir));
         if dir {
-            s.dirs.insert(
-                ino,
-                LeasedDir {
-                    attr: attr.clone(),
-                    entries: BTreeMap::new(),
-                },
-            );
+            s.dirs.insert(ino, LeasedDir::born(attr.clone()));
         } else {
             s.keep_file(&attr);
         }
@@ -521,11 +558,61 @@ impl Leases {
         Some(Ok(()))
     }
 
+    /// Moves file `ino`, made here and open here, from `asked.name` to `hidden` in leased
+    /// `asked.parent` (its last link, unlinked while open: removed at its last close), and
+    /// queues the rename. False to ask the servers.
+    pub(super) fn hide(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        ino: InodeId,
+        hidden: &[u8],
+    ) -> bool {
+        if !plain_name(asked.name) {
+            return false;
+        }
+        let mut s = self.lock();
+        let Some(dir) = s.dirs.get(&asked.parent) else {
+            return false;
+        };
+        if s.queue.len() >= MAX_QUEUED
+            || dir.entries.get(asked.name) != Some(&(ino, FileKind::File))
+            || dir.entries.contains_key(hidden)
+            || s.files.get(&ino).is_none_or(|a| a.nlink != 1)
+        {
+            return false;
+        }
+        let at = now();
+        let entries = &mut s.dirs.get_mut(&asked.parent).expect("checked").entries;
+        entries.remove(asked.name);
+        entries.insert(hidden.to_vec(), (ino, FileKind::File));
+        s.touch(asked.parent, at, 0);
+        if let Some(a) = s.files.get_mut(&ino) {
+            a.ctime = at;
+        }
+        let op = Op::Rename {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            new_parent: asked.parent,
+            new_name: hidden.to_vec(),
+            flags: RenameFlags {
+                noreplace: true,
+                ..RenameFlags::default()
+            },
+            creds: asked.creds.clone(),
+        };
+        self.enqueue(&mut s, meta, op, at, None);
+        true
+    }
+
     /// What a change this mount sent itself (and the servers applied) does to its leases:
     /// `dirs` are the changed directories as the servers read them after it; `leased`
     /// says a directory it created was leased to this mount.
     pub(super) fn applied(&self, op: &Op, reply: &Reply, dirs: &[Attr], leased: bool) {
         let mut s = self.lock();
+        for d in op.dirs_changed() {
+            s.changed_through_servers(d);
+        }
         for a in dirs {
             if let Some(d) = s.dirs.get_mut(&a.ino) {
                 d.attr = a.clone();
@@ -541,13 +628,7 @@ impl Leases {
                     }
                 }
                 if leased && a.kind == FileKind::Dir && !s.recalled.remove(&a.ino) {
-                    s.dirs.insert(
-                        a.ino,
-                        LeasedDir {
-                            attr: a.clone(),
-                            entries: BTreeMap::new(),
-                        },
-                    );
+                    s.dirs.insert(a.ino, LeasedDir::born(a.clone()));
                     if s.reserved_left() < RESERVE_LOW {
                         s.reserving = true;
                         self.work.notify_one();
@@ -697,6 +778,7 @@ impl Leases {
             s.release.insert(*d);
         }
         self.work.notify_one();
+        debug!(?dirs, ?held, "leases given back");
         held
     }
 
@@ -704,8 +786,15 @@ impl Leases {
     /// changed them: the lease is gone). Returns those that were held.
     pub(super) fn lost(&self, dirs: &[InodeId]) -> Vec<InodeId> {
         let mut s = self.lock();
+        for d in dirs {
+            s.changed_through_servers(*d);
+        }
         let held: Vec<InodeId> = dirs.iter().copied().filter(|d| s.drop_dir(*d)).collect();
         if !held.is_empty() {
+            debug!(
+                ?held,
+                "leases lost: their directories were changed elsewhere"
+            );
             s.release.extend(held.iter().copied());
             self.work.notify_one();
         }
@@ -731,6 +820,9 @@ impl Leases {
     pub(super) fn give_up(&self) -> Vec<InodeId> {
         let dirs = self.lock().give_up();
         self.work.notify_one();
+        if !dirs.is_empty() {
+            debug!(leases = dirs.len(), "every lease given back");
+        }
         dirs
     }
 }

@@ -14,6 +14,7 @@ impl FileSystem {
         // lease this change would make stale here is given back first.
         let in_the_way = self.leases.in_the_way(&op);
         if !in_the_way.is_empty() {
+            tracing::debug!(?op, "a change gives leases back first");
             self.known.forget(&self.leases.give_back(&in_the_way));
         }
         self.leases.settle().await;
@@ -35,7 +36,12 @@ impl FileSystem {
         self.new_files.starting(&op);
         let result = self.meta.mutate_leased(&op, lease).await;
         match &result {
-            Ok((reply, dirs)) => self.leases.applied(&op, reply, dirs, lease),
+            Ok((reply, dirs)) => {
+                self.leases.applied(&op, reply, dirs, lease);
+                if self.may_answer_alone() {
+                    self.leases.count_change(&op);
+                }
+            }
             // Applied or not, nobody knows: what the mount knows of the directories
             // changed is void.
             Err(e) if !matches!(e, MetaError::Ns(_)) => {

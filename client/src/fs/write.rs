@@ -592,15 +592,29 @@ impl FileSystem {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&ino);
                 if let Some((parent, name, creds)) = gone {
-                    // The last close of a file unlinked while open: remove it for real.
-                    return match self
-                        .mutate(Op::Unlink {
-                            parent,
-                            name,
-                            creds,
-                        })
-                        .await
-                    {
+                    // The last close of a file unlinked while open: remove it for real
+                    // (alone, in a directory leased here).
+                    let asked = super::lease::Asked {
+                        parent,
+                        name: &name,
+                        creds: &creds,
+                    };
+                    let alone = match self.may_answer_alone() {
+                        true => self.leases.unlink(&self.meta, &asked, Some(ino)),
+                        false => None,
+                    };
+                    let removed = match alone {
+                        Some(answer) => answer.map(|()| Reply::Done),
+                        None => {
+                            self.mutate(Op::Unlink {
+                                parent,
+                                name: name.clone(),
+                                creds: creds.clone(),
+                            })
+                            .await
+                        }
+                    };
+                    return match removed {
                         Ok(_) => result,
                         Err(e) => result.and(Err(e)),
                     };

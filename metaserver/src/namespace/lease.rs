@@ -13,7 +13,9 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use super::apply::apply;
 use super::ctx::find_volume;
 use super::lazy_table::LazyTable;
-use super::tables::{WriteTables, counter, read_dirent, read_inode, store_err};
+use super::tables::{
+    WriteTables, counter, decode_dirent, dirent_end, dirent_key, read_dirent, read_inode, store_err,
+};
 use super::types::*;
 
 /// directory inode (8 BE) -> the client holding its lease.
@@ -38,6 +40,9 @@ pub struct WriteBackOutcome {
     pub outcomes: Vec<Result<Reply, NsError>>,
     /// Inode numbers reserved: the first and how many.
     pub reserved: Option<(InodeId, u32)>,
+    /// The leases of existing directories granted, each with every entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub granted: Vec<Granted>,
 }
 
 /// A write-back as it goes through Raft.
@@ -51,10 +56,40 @@ pub struct WriteBack {
     pub release: Vec<InodeId>,
     /// Inode numbers wanted.
     pub reserve: u32,
+    /// Existing directories whose leases the client asks for, after the changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acquire: Vec<InodeId>,
 }
 
 fn reserved_key(client: u64, first: u64) -> [u8; 16] {
     super::tables::pair_key(client, first)
+}
+
+/// Up to `limit` leases, by directory inode number after `after`: each directory and the
+/// client holding it (`Query::Leases`).
+pub fn page(
+    tx: &ReadTransaction,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(InodeId, u64)>, NsError> {
+    let table = match tx.open_table(LEASES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(store_err(e)),
+    };
+    let Some(from) = after.checked_add(1) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for row in table
+        .range(from.to_be_bytes().as_slice()..)
+        .map_err(store_err)?
+        .take(limit)
+    {
+        let (k, v) = row.map_err(store_err)?;
+        out.push((InodeId(super::tables::u64_of(k.value())?), v.value()));
+    }
+    Ok(out)
 }
 
 /// The client holding `dir`'s lease, read outside the state machine.
@@ -134,6 +169,47 @@ impl<'txn> LeaseTables<'txn> {
             }
         }
         Ok(())
+    }
+
+    /// Leases `dir` to `client` on demand, with every entry it holds: when it is a
+    /// directory nobody else leases, in a volume that lives in one region, with at most
+    /// [`ACQUIRE_MAX_ENTRIES`] entries. A lease the client holds already is granted again.
+    fn acquire(
+        &mut self,
+        ns: &WriteTables<'_>,
+        client: u64,
+        dir: InodeId,
+    ) -> Result<Option<Granted>, NsError> {
+        let Some(node) = read_inode(ns.inodes()?, dir)? else {
+            return Ok(None);
+        };
+        if node.attr.kind != FileKind::Dir
+            || self.holder(dir)?.is_some_and(|c| c != client)
+            || find_volume(ns, node.attr.volume)?.is_none_or(|v| v.policy.regions.len() > 1)
+        {
+            return Ok(None);
+        }
+        let (from, to) = (dirent_key(dir, b""), dirent_end(dir));
+        let mut entries = Vec::new();
+        for item in ns
+            .dirents()?
+            .range(from.as_slice()..to.as_slice())
+            .map_err(store_err)?
+        {
+            if entries.len() == ACQUIRE_MAX_ENTRIES {
+                return Ok(None);
+            }
+            let (k, v) = item.map_err(store_err)?;
+            entries.push(decode_dirent(k.value(), v.value())?);
+        }
+        self.leases
+            .open_mut()?
+            .insert(dir.0.to_be_bytes().as_slice(), client)
+            .map_err(store_err)?;
+        Ok(Some(Granted {
+            dir: node.attr,
+            entries,
+        }))
     }
 
     fn reserve(
@@ -298,6 +374,10 @@ pub fn apply_write_back(
             | Op::Rmdir { .. }
             | Op::CommitExtents { .. }
             | Op::AccessedBatch { .. } => true,
+            // A file unlinked while open where it was made, hidden in its directory.
+            Op::Rename {
+                parent, new_parent, ..
+            } => parent == new_parent,
             Op::SetAttr { ino, set, .. } if set.size.is_none() => {
                 match read_inode(ns.inodes()?, *ino)?.map(|n| n.attr.kind) {
                     Some(FileKind::File) | None => true,
@@ -310,7 +390,7 @@ pub fn apply_write_back(
         };
         if !carried {
             let e = NsError::Invalid(
-                "a write-back holds creates, removals, commits, atimes and attribute changes of files and of leased directories only"
+                "a write-back holds creates, removals, renames within a directory, commits, atimes and attribute changes of files and of leased directories only"
                     .into(),
             );
             broken = Some(format!("an earlier change of this write-back failed: {e}"));
@@ -349,6 +429,11 @@ pub fn apply_write_back(
         out.outcomes.push(outcome);
     }
     leases.release(wb.client, &wb.release)?;
+    for &dir in wb.acquire.iter().take(ACQUIRE_MAX) {
+        if let Some(g) = leases.acquire(ns, wb.client, dir)? {
+            out.granted.push(g);
+        }
+    }
     if wb.reserve > 0 {
         out.reserved = Some(leases.reserve(ns, region, wb.client, wb.reserve)?);
     }

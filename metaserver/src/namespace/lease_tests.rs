@@ -94,6 +94,7 @@ impl Ns {
             cmds,
             release: vec![],
             reserve: 0,
+            acquire: vec![],
         })
     }
 
@@ -163,6 +164,7 @@ fn a_write_back_applies_under_its_clients_lease_at_reserved_numbers_and_is_fence
             cmds: vec![],
             release: vec![],
             reserve: 16,
+            acquire: vec![],
         })
         .reserved
         .expect("reserved");
@@ -193,6 +195,7 @@ fn a_write_back_applies_under_its_clients_lease_at_reserved_numbers_and_is_fence
         cmds: vec![c3, c4],
         release: vec![],
         reserve: 0,
+        acquire: vec![],
     });
     assert!(
         matches!(out.outcomes[0], Err(NsError::Conflict(_))),
@@ -220,6 +223,7 @@ fn a_write_back_applies_under_its_clients_lease_at_reserved_numbers_and_is_fence
         cmds: vec![],
         release: vec![a],
         reserve: 0,
+        acquire: vec![],
     });
     assert_eq!(ns.holder(a), None);
     let rm = Op::Rmdir {
@@ -240,6 +244,7 @@ fn a_create_at_an_inode_number_not_reserved_for_its_client_is_refused_and_change
             cmds: vec![],
             release: vec![],
             reserve: 4,
+            acquire: vec![],
         })
         .reserved
         .unwrap();
@@ -280,6 +285,7 @@ fn a_retried_create_grants_no_lease_again_and_a_write_back_holds_only_what_a_mou
         cmds: vec![],
         release: vec![d.ino],
         reserve: 0,
+        acquire: vec![],
     });
     assert_eq!(ns.holder(d.ino), None);
     // The same request again (a retry after a leader change): the first answer, no lease.
@@ -446,4 +452,129 @@ fn a_retried_change_carrying_an_inode_number_not_reserved_for_its_client_is_refu
     let tx = ns.db.begin_read().unwrap();
     let after = NsReader::new(&tx).getattr(victim.ino).unwrap();
     assert_eq!(after.perm, 0o644, "the victim's file changed");
+}
+
+fn file(parent: InodeId, name: &str) -> Op {
+    Op::Mknod {
+        parent,
+        name: name.into(),
+        kind: FileKind::File,
+        perm: 0o644,
+        rdev: 0,
+        exclusive: true,
+        creds: Creds::root(),
+    }
+}
+
+#[test]
+fn an_existing_directory_is_leased_on_demand_with_every_entry_when_nobody_holds_it_and_it_is_not_too_big()
+ {
+    let (mut ns, root) = Ns::new();
+    // Made without a lease (by a mount that wanted none, or before the mount started).
+    let shared = attr(ns.run(mkdir(root, "shared"), OTHER, None, false));
+    let f = attr(ns.run(file(shared.ino, "f"), OTHER, None, false));
+    let sub = attr(ns.run(mkdir(shared.ino, "sub"), OTHER, None, false));
+    let nothing = InodeId(shared.ino.0 + 1_000_000);
+    let ask = |ns: &mut Ns, client: u64, dirs: Vec<InodeId>, cmds: Vec<Command>| {
+        ns.write_back(&WriteBack {
+            client,
+            cmds,
+            release: vec![],
+            reserve: 0,
+            acquire: dirs,
+        })
+    };
+
+    // A file, an inode that does not exist: nothing granted. The directory: all of it.
+    let out = ask(&mut ns, HOLDER, vec![f.ino, nothing, shared.ino], vec![]);
+    assert_eq!(out.granted.len(), 1, "{out:?}");
+    let g = &out.granted[0];
+    let tx = ns.db.begin_read().unwrap();
+    assert_eq!(g.dir, NsReader::new(&tx).getattr(shared.ino).unwrap());
+    drop(tx);
+    let listed: Vec<(&[u8], InodeId, FileKind)> = g
+        .entries
+        .iter()
+        .map(|e| (e.name.as_slice(), e.ino, e.kind))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (&b"f"[..], f.ino, FileKind::File),
+            (&b"sub"[..], sub.ino, FileKind::Dir)
+        ]
+    );
+    assert_eq!(ns.holder(shared.ino), Some(HOLDER));
+    assert_eq!(ns.holder(f.ino), None);
+
+    // Held: another client is granted nothing; the holder is granted it again, after the
+    // changes of its write-back, which apply under it (an entry it did not make goes).
+    assert!(
+        ask(&mut ns, OTHER, vec![shared.ino], vec![])
+            .granted
+            .is_empty()
+    );
+    assert_eq!(ns.holder(shared.ino), Some(HOLDER));
+    let unlink = ns.cmd(
+        Op::Unlink {
+            parent: shared.ino,
+            name: b"f".to_vec(),
+            creds: Creds::root(),
+        },
+        HOLDER,
+        None,
+        false,
+    );
+    let out = ask(&mut ns, HOLDER, vec![shared.ino], vec![unlink]);
+    assert!(out.outcomes[0].is_ok(), "{out:?}");
+    let names: Vec<&[u8]> = out.granted[0]
+        .entries
+        .iter()
+        .map(|e| e.name.as_slice())
+        .collect();
+    assert_eq!(names, [&b"sub"[..]]);
+
+    // The leases are listed, by directory.
+    let tx = ns.db.begin_read().unwrap();
+    let page = super::lease::page(&tx, 0, 100).unwrap();
+    assert_eq!(page, [(shared.ino, HOLDER)]);
+    assert!(
+        super::lease::page(&tx, shared.ino.0, 100)
+            .unwrap()
+            .is_empty()
+    );
+    drop(tx);
+
+    // Given back, it is another's to ask for.
+    ns.write_back(&WriteBack {
+        client: HOLDER,
+        cmds: vec![],
+        release: vec![shared.ino],
+        reserve: 0,
+        acquire: vec![],
+    });
+    assert_eq!(
+        ask(&mut ns, OTHER, vec![shared.ino], vec![]).granted.len(),
+        1
+    );
+    assert_eq!(ns.holder(shared.ino), Some(OTHER));
+
+    // A directory with more entries than a holder keeps is not leased.
+    let big = attr(ns.run(mkdir(root, "big"), 0, None, false));
+    let tx = ns.db.begin_write().unwrap();
+    {
+        let mut t = WriteTables::open(&tx);
+        let mut l = LeaseTables::open(&tx);
+        for i in 0..=ACQUIRE_MAX_ENTRIES {
+            let c = ns.cmd(file(big.ino, &format!("f{i}")), 0, None, false);
+            apply_command(&mut t, &mut l, &c).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    assert!(
+        ask(&mut ns, HOLDER, vec![big.ino], vec![])
+            .granted
+            .is_empty()
+    );
+    assert_eq!(ns.holder(big.ino), None);
 }

@@ -349,6 +349,11 @@ impl<'a> NsReader<'a> {
                 after.as_ref(),
                 (*limit).clamp(1, STAGED_PAGE_MAX),
             )?),
+            Query::Leases { after, limit } => QueryReply::Leases(super::lease::page(
+                self.tx,
+                *after,
+                (*limit).clamp(1, 10_000) as usize,
+            )?),
             Query::Check { from, limit } => QueryReply::Check(super::check::check(
                 self.tx,
                 *from,

@@ -130,6 +130,14 @@ pub enum Query {
         /// Most blocks.
         limit: u32,
     },
+    /// The directory leases held (docs/adr/0006), by directory inode after `after`, at
+    /// most `limit`. Answers [`QueryReply::Leases`].
+    Leases {
+        /// Start after this directory inode number.
+        after: u64,
+        /// Most leases.
+        limit: u32,
+    },
     /// Checks one page of the namespace, by inode number (`meridian admin fsck`).
     Check {
         /// Start at this inode number.
@@ -159,6 +167,7 @@ impl Query {
             | Query::Changes { .. }
             | Query::BlockRefs { .. }
             | Query::StagedBlocks { .. }
+            | Query::Leases { .. }
             | Query::Check { .. } => None,
         }
     }
@@ -232,6 +241,8 @@ pub enum QueryReply {
     },
     /// One page of a namespace check.
     Check(CheckPage),
+    /// Leased directories and the client holding each ([`Query::Leases`]).
+    Leases(Vec<(InodeId, u64)>),
 }
 
 /// A block referenced by extents of a checked page.

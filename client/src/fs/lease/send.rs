@@ -6,12 +6,12 @@
 use std::sync::{Arc, Weak};
 
 use meridian_proto::InodeId;
-use meridian_proto::ns::{NsError, Op, Queued, Reply, Timespec, libc_errno};
+use meridian_proto::ns::{ACQUIRE_MAX, NsError, Op, Queued, Reply, Timespec, libc_errno};
 use tokio::sync::oneshot;
 use tracing::warn;
 
 use super::{Errno, Leases, RESERVE, RESERVE_LOW, State, now};
-use crate::meta::MetaClient;
+use crate::meta::{MetaClient, WrittenBack};
 
 /// Most changes sent in one batch.
 const BATCH_MAX: usize = 2048;
@@ -125,7 +125,7 @@ impl Leases {
         loop {
             let Some(fs) = me.upgrade() else { return };
             let leases = &fs.leases;
-            let (ops, release, reserve) = {
+            let (ops, release, reserve, acquire) = {
                 let mut s = leases.lock();
                 let n = s.queue.len().min(BATCH_MAX);
                 let ops: Vec<Queued> = s.queue.drain(..n).collect();
@@ -143,9 +143,20 @@ impl Leases {
                 }
                 let reserve = if s.reserving { RESERVE } else { 0 };
                 s.reserving = false;
-                (ops, release, reserve)
+                // Not a lease still to be given back (its release may go in a later
+                // batch, after the grant).
+                let acquire: Vec<InodeId> = std::mem::take(&mut s.acquire)
+                    .into_iter()
+                    .filter(|d| !s.release.contains(d) && !s.dirs.contains_key(d))
+                    .take(ACQUIRE_MAX)
+                    .collect();
+                for d in &acquire {
+                    s.acquiring.insert(*d, false);
+                    s.recalled.remove(d);
+                }
+                (ops, release, reserve, acquire)
             };
-            if ops.is_empty() && release.is_empty() && reserve == 0 {
+            if ops.is_empty() && release.is_empty() && reserve == 0 && acquire.is_empty() {
                 let (work, pending) = (leases.work.clone(), leases.pending.clone());
                 drop(fs);
                 tokio::select! {
@@ -160,10 +171,15 @@ impl Leases {
                 }
                 continue;
             }
-            let result = meta.write_back(&ops, &release, reserve).await;
+            let result = meta.write_back(&ops, &release, reserve, &acquire).await;
             let mut s = leases.lock();
             match result {
-                Ok((outcomes, reserved)) => {
+                Ok(WrittenBack {
+                    outcomes,
+                    reserved,
+                    granted,
+                }) => {
+                    leases.granted(&mut s, &acquire, granted);
                     if let Some((first, n)) = reserved {
                         s.reserved.push_back((first.0, first.0 + u64::from(n)));
                     }
@@ -209,8 +225,13 @@ impl Leases {
                     }
                     s.last_failure = Some(format!("{} changes not sent: {e}", ops.len()));
                     fs.known.forget(&s.give_up());
-                    // The releases may not have reached the servers: they expire.
+                    // The releases may not have reached the servers: they expire. Leases
+                    // asked for may have been granted: they go back.
                     s.release.clear();
+                    for d in &acquire {
+                        s.acquiring.remove(d);
+                        s.release.insert(*d);
+                    }
                 }
             }
             let sent = *leases.sent.borrow() + ops.len() as u64;
