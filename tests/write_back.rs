@@ -497,3 +497,27 @@ fn a_file_unlinked_while_open_in_a_leased_directory_is_hidden_here_and_removed_a
     )?;
     Ok(())
 }
+
+/// A stat that reaches the servers waits for the changes queued here only when one of
+/// them changes what it reads: a file's other link, removed here alone, shows its link
+/// count and ctime moved at once, from the servers.
+#[test]
+fn a_stat_through_the_servers_sees_a_link_removed_here_alone() -> Result<()> {
+    let region = Region::start()?;
+    let here = region.mount("here")?;
+    let d = here.path.join("d");
+    fs::create_dir(&d)?;
+    fs::write(d.join("f"), b"two names")?;
+    fs::hard_link(d.join("f"), here.path.join("g"))?;
+    let before = fs::metadata(here.path.join("g"))?;
+    assert_eq!(before.nlink(), 2);
+    fs::remove_file(d.join("f"))?;
+    let after = fs::metadata(here.path.join("g"))?;
+    assert_eq!(after.nlink(), 1, "the unlink answered here is seen");
+    assert!(
+        (after.ctime(), after.ctime_nsec()) >= (before.ctime(), before.ctime_nsec()),
+        "the ctime did not go back"
+    );
+    assert_eq!(fs::read(here.path.join("g"))?, b"two names");
+    Ok(())
+}

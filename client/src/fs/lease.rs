@@ -122,6 +122,10 @@ struct State {
     counted: HashMap<InodeId, (u32, Instant)>,
     /// Directories not to ask the leases of before a time, and the wait that led there.
     backed_off: HashMap<InodeId, (Instant, Duration)>,
+    /// Inodes whose attributes a change queued (or sent and not answered) changes, with
+    /// how many such changes; and the inodes each change touches, by request.
+    touching: HashMap<InodeId, u32>,
+    touched_by: HashMap<u64, Vec<InodeId>>,
 }
 
 impl State {
@@ -281,6 +285,12 @@ impl Leases {
     /// The leased directory's attributes.
     pub(super) fn attr(&self, dir: InodeId) -> Option<Attr> {
         self.lock().dirs.get(&dir).map(|d| d.attr.clone())
+    }
+
+    /// Whether a change queued here, or sent and not answered yet, changes `ino`'s
+    /// attributes (a query of them waits for the queue first).
+    pub(super) fn touches(&self, ino: InodeId) -> bool {
+        self.lock().touching.contains_key(&ino)
     }
 
     /// The attributes kept of a file in a leased directory (made here, or told here since
@@ -511,7 +521,8 @@ impl Leases {
             name: asked.name.to_vec(),
             creds: asked.creds.clone(),
         };
-        self.enqueue(&mut s, meta, op, at, None);
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.also_touches(request, ino);
         Some(Ok(()))
     }
 
@@ -554,7 +565,8 @@ impl Leases {
             name: asked.name.to_vec(),
             creds: asked.creds.clone(),
         };
-        self.enqueue(&mut s, meta, op, at, None);
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.also_touches(request, ino);
         Some(Ok(()))
     }
 
@@ -601,7 +613,8 @@ impl Leases {
             },
             creds: asked.creds.clone(),
         };
-        self.enqueue(&mut s, meta, op, at, None);
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.also_touches(request, ino);
         true
     }
 

@@ -92,7 +92,10 @@ impl FileSystem {
         // servers already have (the rest of such lookups is answered here, see `lookup`).
         let leased_lookup = matches!(&q, Query::Lookup { parent, name, .. }
             if self.leases.lookup_is_current(*parent, name));
-        if !leased_lookup {
+        // Nor a read of an inode's attributes that nothing queued changes (a database's
+        // fstat while its journal's unlink is queued).
+        let untouched = matches!(&q, Query::GetAttr { ino } if !self.leases.touches(*ino));
+        if !leased_lookup && !untouched {
             self.leases.settle().await;
         }
         self.meta.query(&q, false).await.map_err(errno)

@@ -34,6 +34,14 @@ impl State {
     /// `q` was sent and answered: a lookup of its file no longer waits, unless a later
     /// change of it is queued.
     pub(super) fn sent_change(&mut self, q: &Queued) {
+        for ino in self.touched_by.remove(&q.request).unwrap_or_default() {
+            if let Some(n) = self.touching.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    self.touching.remove(&ino);
+                }
+            }
+        }
         let inos = match &q.op {
             Op::SetAttr { ino, .. } | Op::CommitExtents { ino, .. } => std::slice::from_ref(ino),
             Op::AccessedBatch { inos } => inos.as_slice(),
@@ -43,6 +51,15 @@ impl State {
             if self.changed.get(ino) == Some(&q.request) {
                 self.changed.remove(ino);
             }
+        }
+    }
+
+    /// Change `request`, queued, also changes `ino`'s attributes (the link count and
+    /// ctime of a file whose name it removes or moves).
+    pub(super) fn also_touches(&mut self, request: u64, ino: InodeId) {
+        if let Some(touched) = self.touched_by.get_mut(&request) {
+            touched.push(ino);
+            *self.touching.entry(ino).or_default() += 1;
         }
     }
 

@@ -35,6 +35,12 @@ impl Leases {
         if let Some(ino) = ino {
             s.unsent.insert(ino);
         }
+        let mut touched = op.inodes();
+        touched.extend(ino);
+        for i in &touched {
+            *s.touching.entry(*i).or_default() += 1;
+        }
+        s.touched_by.insert(request, touched);
         s.queue.push(Queued {
             request,
             op,
