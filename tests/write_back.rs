@@ -521,3 +521,63 @@ fn a_stat_through_the_servers_sees_a_link_removed_here_alone() -> Result<()> {
     assert_eq!(fs::read(here.path.join("g"))?, b"two names");
     Ok(())
 }
+
+/// A file written under a temporary name and put in place with a rename, as rsync and
+/// editors do, in a directory leased here: answered here without giving the lease back;
+/// the replaced file's bytes are gone, another mount finds the new ones under the name,
+/// and an exclusive rename onto a taken name fails.
+#[test]
+fn a_rename_within_a_leased_directory_is_answered_here_and_keeps_the_lease() -> Result<()> {
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let d = here.path.join("d");
+    fs::create_dir(&d)?;
+    let dir_ino = fs::metadata(&d)?.ino();
+    fs::write(d.join(".config.tmp1"), b"first")?;
+    fs::rename(d.join(".config.tmp1"), d.join("config"))?;
+    fs::write(d.join(".config.tmp2"), b"second")?;
+    let moved = fs::metadata(d.join(".config.tmp2"))?.ino();
+    fs::rename(d.join(".config.tmp2"), d.join("config"))?;
+    fs::create_dir(d.join("sub"))?;
+    assert_eq!(
+        errno_of(fs::rename(d.join("config"), d.join("sub"))),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno_of(fs::rename(d.join("absent"), d.join("other"))),
+        libc::ENOENT
+    );
+    fs::write(d.join("taken"), b"taken")?;
+    let (from, to) = (
+        std::ffi::CString::new(d.join("config").as_os_str().as_encoded_bytes())?,
+        std::ffi::CString::new(d.join("taken").as_os_str().as_encoded_bytes())?,
+    );
+    // SAFETY: two NUL-terminated paths; renameat2 only reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    assert_eq!(fs::read(d.join("config"))?, b"second");
+    assert_eq!(fs::metadata(d.join("config"))?.ino(), moved);
+    assert_eq!(names(&d)?, ["config", "sub", "taken"]);
+    assert!(
+        leased_dirs(&region)?.contains(&dir_ino),
+        "answered here: the lease stays"
+    );
+    // Another mount: the name holds the second file, and nothing else is left.
+    let td = there.path.join("d");
+    assert_eq!(fs::read(td.join("config"))?, b"second");
+    assert_eq!(fs::metadata(td.join("config"))?.ino(), moved);
+    assert_eq!(names(&td)?, ["config", "sub", "taken"]);
+    Ok(())
+}

@@ -644,6 +644,25 @@ impl FileSystem {
         flags: RenameFlags,
         creds: &Creds,
     ) -> Result<(), Errno> {
+        // Within a directory leased here (a file written under a temporary name, then
+        // put in place, as rsync and editors do): answered alone.
+        if parent == new_parent && self.may_answer_alone() {
+            let target_open = match self.leases.entry(parent, new_name) {
+                Some((ino, FileKind::File)) => self.is_open(ino).await,
+                _ => false,
+            };
+            let asked = lease::Asked {
+                parent,
+                name,
+                creds,
+            };
+            if let Some(answer) =
+                self.leases
+                    .rename(&self.meta, &asked, new_name, flags, target_open)
+            {
+                return answer;
+            }
+        }
         let op = Op::Rename {
             parent,
             name: name.to_vec(),

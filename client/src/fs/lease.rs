@@ -57,8 +57,6 @@ struct LeasedDir {
     attr: Attr,
     /// In name order: a listing is read off in order, not sorted at every opendir.
     entries: BTreeMap<Vec<u8>, (InodeId, FileKind)>,
-    /// Leased on demand (it existed before), not at its birth here.
-    on_demand: bool,
 }
 
 impl LeasedDir {
@@ -66,7 +64,6 @@ impl LeasedDir {
         LeasedDir {
             attr,
             entries: BTreeMap::new(),
-            on_demand: false,
         }
     }
 }
@@ -168,17 +165,17 @@ impl State {
         dirs
     }
 
-    /// Drops a leased directory from local use (with what is kept of its files). One
-    /// leased on demand is not asked for again for a while.
+    /// Drops a leased directory from local use (with what is kept of its files); it is not
+    /// asked for on demand again for a while (a lease given back because of a rename in
+    /// it, or recalled by another client, would otherwise come back after a few changes,
+    /// every entry sent again, and go again).
     fn drop_dir(&mut self, dir: InodeId) -> bool {
         match self.dirs.remove(&dir) {
             Some(d) => {
                 for (ino, _) in d.entries.values() {
                     self.forget_file(*ino);
                 }
-                if d.on_demand {
-                    self.back_off(dir);
-                }
+                self.back_off(dir);
                 true
             }
             None => false,
@@ -616,6 +613,76 @@ impl Leases {
         let request = self.enqueue(&mut s, meta, op, at, None);
         s.also_touches(request, ino);
         true
+    }
+
+    /// A rename within leased `asked.parent` answered alone, of an entry that is not a
+    /// directory, to `new_name` absent or naming another entry that is not a directory
+    /// (replaced: `target_open` says whether it is open here, which the servers are left
+    /// to handle); `None` to ask the servers (a directory moved, an exchange, a name the
+    /// servers would refuse). Permissions are the kernel's (default_permissions, sticky
+    /// directories included), as for unlink.
+    pub(super) fn rename(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        new_name: &[u8],
+        flags: RenameFlags,
+        target_open: bool,
+    ) -> Option<Result<(), Errno>> {
+        if !plain_name(asked.name)
+            || !plain_name(new_name)
+            || new_name.len() > NAME_MAX
+            || asked.name == new_name
+            || flags.exchange
+        {
+            return None;
+        }
+        let mut s = self.lock();
+        if s.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        let dir = s.dirs.get(&asked.parent)?;
+        let (ino, kind) = match dir.entries.get(asked.name) {
+            None => return Some(Err(libc_errno::ENOENT)),
+            Some(e) => *e,
+        };
+        let replaced = dir.entries.get(new_name).copied();
+        if let Some((target, target_kind)) = replaced {
+            if flags.noreplace {
+                return Some(Err(libc_errno::EEXIST));
+            }
+            if target_kind == FileKind::Dir || target == ino || target_open {
+                return None;
+            }
+        }
+        if kind == FileKind::Dir {
+            return None;
+        }
+        let at = now();
+        let entries = &mut s.dirs.get_mut(&asked.parent).expect("checked").entries;
+        entries.remove(asked.name);
+        entries.insert(new_name.to_vec(), (ino, kind));
+        s.touch(asked.parent, at, 0);
+        if let Some(a) = s.files.get_mut(&ino) {
+            a.ctime = at;
+        }
+        if let Some((target, _)) = replaced {
+            s.forget_file(target);
+        }
+        let op = Op::Rename {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            new_parent: asked.parent,
+            new_name: new_name.to_vec(),
+            flags,
+            creds: asked.creds.clone(),
+        };
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.also_touches(request, ino);
+        if let Some((target, _)) = replaced {
+            s.also_touches(request, target);
+        }
+        Some(Ok(()))
     }
 
     /// What a change this mount sent itself (and the servers applied) does to its leases:

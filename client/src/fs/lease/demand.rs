@@ -2,7 +2,8 @@
 //! before the mount started, or by a mount without write-back (a volume's root, where a
 //! database keeps its journal), is leased to a mount that keeps changing its entries
 //! through the servers. The grant brings every entry the directory holds; a lease that
-//! another client takes back, or that is refused, is not asked for again for a while.
+//! goes back (another client takes it back, a rename in it) or is refused is not asked
+//! for again for a while, whether it was asked for or granted at the directory's birth.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -20,8 +21,8 @@ const WANT_AFTER: u32 = 4;
 const WANT_WITHIN: Duration = Duration::from_secs(10);
 /// Most directories counted towards a lease at once.
 const MAX_COUNTED: usize = 1024;
-/// After a lease asked for on demand ends (another client wanted the directory) or is not
-/// granted, it is not asked for again for this long, doubled each time up to
+/// After a lease ends here (another client wanted the directory, a change this mount
+/// cannot follow in it) or is not granted, it is not asked for again for this long, doubled each time up to
 /// [`BACK_OFF_MAX`]: two clients working in one directory do not pass its lease to and
 /// fro at every change.
 const BACK_OFF: Duration = Duration::from_secs(5);
@@ -129,7 +130,6 @@ impl Leases {
                 LeasedDir {
                     attr: g.dir,
                     entries,
-                    on_demand: true,
                 },
             );
         }
