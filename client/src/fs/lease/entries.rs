@@ -1,0 +1,335 @@
+//! Changes of a leased directory's entries answered alone: creates, mkdir, rmdir, unlink,
+//! renames within it, and the hiding of a file unlinked while open. Each is decided from
+//! what the mount knows of the directory (all of it), applied to that, and queued.
+
+use meridian_proto::InodeId;
+use meridian_proto::ns::{Attr, FileKind, LINK_MAX, NAME_MAX, Op, RenameFlags, libc_errno};
+
+use super::{Asked, Errno, LeasedDir, Leases, MAX_LEASED, MAX_QUEUED, State, now, plain_name};
+use crate::meta::MetaClient;
+
+impl Leases {
+    /// Makes `asked.name` in leased `parent` here, at reserved number `ino`, as the
+    /// servers will (ops/entries.rs: a setgid directory passes on its group, and to a
+    /// directory its setgid bit), and queues the create. A directory made is leased here.
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        s: &mut State,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        parent: &Attr,
+        ino: InodeId,
+        kind: FileKind,
+        perm: u16,
+        exclusive: bool,
+    ) -> Attr {
+        let at = now();
+        let dir = kind == FileKind::Dir;
+        let setgid = parent.perm & 0o2000 != 0;
+        let attr = Attr {
+            ino,
+            kind,
+            perm: (perm & 0o7777) | if dir && setgid { 0o2000 } else { 0 },
+            uid: asked.creds.uid,
+            gid: if setgid { parent.gid } else { asked.creds.gid },
+            size: 0,
+            nlink: if dir { 2 } else { 1 },
+            atime: at,
+            mtime: at,
+            ctime: at,
+            crtime: at,
+            rdev: 0,
+            volume: parent.volume,
+        };
+        s.dirs
+            .get_mut(&asked.parent)
+            .expect("the caller checked the parent is leased")
+            .entries
+            .insert(asked.name.to_vec(), (ino, kind));
+        s.touch(asked.parent, at, i32::from(dir));
+        if dir {
+            s.dirs.insert(ino, LeasedDir::born(attr.clone()));
+        } else {
+            s.keep_file(&attr);
+        }
+        let op = Op::Mknod {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            kind,
+            perm,
+            rdev: 0,
+            exclusive,
+            creds: asked.creds.clone(),
+        };
+        self.enqueue(s, meta, op, at, Some(ino));
+        attr
+    }
+
+    /// A create answered alone, if `parent` is leased here, `name` is not in it and a
+    /// reserved number is left (an existing name goes to the servers: a create without
+    /// O_EXCL opens it).
+    pub(in crate::fs) fn create(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        perm: u16,
+        exclusive: bool,
+    ) -> Option<Result<Attr, Errno>> {
+        if !plain_name(asked.name) || asked.name.len() > NAME_MAX {
+            return None;
+        }
+        let mut s = self.lock();
+        let parent = s.dirs.get(&asked.parent)?;
+        if parent.entries.contains_key(asked.name) || s.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        let parent = parent.attr.clone();
+        let ino = s.take_ino()?;
+        let attr = self.make(
+            &mut s,
+            meta,
+            asked,
+            &parent,
+            ino,
+            FileKind::File,
+            perm,
+            exclusive,
+        );
+        Some(Ok(attr))
+    }
+
+    /// mkdir answered alone, if `parent` is leased here and a reserved number is left.
+    pub(in crate::fs) fn mkdir(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        perm: u16,
+    ) -> Option<Result<Attr, Errno>> {
+        if !plain_name(asked.name) {
+            return None;
+        }
+        let mut s = self.lock();
+        let parent = s.dirs.get(&asked.parent)?;
+        if asked.name.len() > NAME_MAX {
+            return Some(Err(libc_errno::ENAMETOOLONG));
+        }
+        if parent.entries.contains_key(asked.name) {
+            return Some(Err(libc_errno::EEXIST));
+        }
+        if parent.attr.nlink >= LINK_MAX
+            || s.queue.len() >= MAX_QUEUED
+            || s.dirs.len() >= MAX_LEASED
+        {
+            return None;
+        }
+        let parent = parent.attr.clone();
+        let ino = s.take_ino()?;
+        let attr = self.make(&mut s, meta, asked, &parent, ino, FileKind::Dir, perm, true);
+        Some(Ok(attr))
+    }
+
+    /// rmdir answered alone, if `parent` and the directory removed are leased here.
+    pub(in crate::fs) fn rmdir(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+    ) -> Option<Result<(), Errno>> {
+        if !plain_name(asked.name) {
+            return None;
+        }
+        let mut s = self.lock();
+        if s.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        let parent = s.dirs.get(&asked.parent)?;
+        let (ino, kind) = match parent.entries.get(asked.name) {
+            None => return Some(Err(libc_errno::ENOENT)),
+            Some(e) => *e,
+        };
+        if kind != FileKind::Dir {
+            return Some(Err(libc_errno::ENOTDIR));
+        }
+        if !s.dirs.get(&ino)?.entries.is_empty() {
+            return Some(Err(libc_errno::ENOTEMPTY));
+        }
+        s.dirs.remove(&ino);
+        s.dirs
+            .get_mut(&asked.parent)
+            .expect("checked")
+            .entries
+            .remove(asked.name);
+        let at = now();
+        s.touch(asked.parent, at, -1);
+        let op = Op::Rmdir {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            creds: asked.creds.clone(),
+        };
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.also_touches(request, ino);
+        Some(Ok(()))
+    }
+
+    /// unlink answered alone, if `parent` is leased here and the entry is `expected` (the
+    /// caller made sure the file is not open here).
+    pub(in crate::fs) fn unlink(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        expected: Option<InodeId>,
+    ) -> Option<Result<(), Errno>> {
+        if !plain_name(asked.name) {
+            return None;
+        }
+        let mut s = self.lock();
+        if s.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        let parent = s.dirs.get(&asked.parent)?;
+        let (ino, kind) = match parent.entries.get(asked.name) {
+            None => return Some(Err(libc_errno::ENOENT)),
+            Some(e) => *e,
+        };
+        if kind == FileKind::Dir {
+            return Some(Err(libc_errno::EISDIR));
+        }
+        if Some(ino) != expected {
+            return None;
+        }
+        s.dirs
+            .get_mut(&asked.parent)
+            .expect("checked")
+            .entries
+            .remove(asked.name);
+        s.forget_file(ino);
+        let at = now();
+        s.touch(asked.parent, at, 0);
+        let op = Op::Unlink {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            creds: asked.creds.clone(),
+        };
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.also_touches(request, ino);
+        Some(Ok(()))
+    }
+
+    /// Moves file `ino`, made here and open here, from `asked.name` to `hidden` in leased
+    /// `asked.parent` (its last link, unlinked while open: removed at its last close), and
+    /// queues the rename. False to ask the servers.
+    pub(in crate::fs) fn hide(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        ino: InodeId,
+        hidden: &[u8],
+    ) -> bool {
+        if !plain_name(asked.name) {
+            return false;
+        }
+        let mut s = self.lock();
+        let Some(dir) = s.dirs.get(&asked.parent) else {
+            return false;
+        };
+        if s.queue.len() >= MAX_QUEUED
+            || dir.entries.get(asked.name) != Some(&(ino, FileKind::File))
+            || dir.entries.contains_key(hidden)
+            || s.files.get(&ino).is_none_or(|a| a.nlink != 1)
+        {
+            return false;
+        }
+        let at = now();
+        let entries = &mut s.dirs.get_mut(&asked.parent).expect("checked").entries;
+        entries.remove(asked.name);
+        entries.insert(hidden.to_vec(), (ino, FileKind::File));
+        s.touch(asked.parent, at, 0);
+        if let Some(a) = s.files.get_mut(&ino) {
+            a.ctime = at;
+        }
+        let op = Op::Rename {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            new_parent: asked.parent,
+            new_name: hidden.to_vec(),
+            flags: RenameFlags {
+                noreplace: true,
+                ..RenameFlags::default()
+            },
+            creds: asked.creds.clone(),
+        };
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.also_touches(request, ino);
+        true
+    }
+
+    /// A rename within leased `asked.parent` answered alone, of an entry that is not a
+    /// directory, to `new_name` absent or naming another entry that is not a directory
+    /// (replaced: `target_open` says whether it is open here, which the servers are left
+    /// to handle); `None` to ask the servers (a directory moved, an exchange, a name the
+    /// servers would refuse). Permissions are the kernel's (default_permissions, sticky
+    /// directories included), as for unlink.
+    pub(in crate::fs) fn rename(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        new_name: &[u8],
+        flags: RenameFlags,
+        target_open: bool,
+    ) -> Option<Result<(), Errno>> {
+        if !plain_name(asked.name)
+            || !plain_name(new_name)
+            || new_name.len() > NAME_MAX
+            || asked.name == new_name
+            || flags.exchange
+        {
+            return None;
+        }
+        let mut s = self.lock();
+        if s.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        let dir = s.dirs.get(&asked.parent)?;
+        let (ino, kind) = match dir.entries.get(asked.name) {
+            None => return Some(Err(libc_errno::ENOENT)),
+            Some(e) => *e,
+        };
+        let replaced = dir.entries.get(new_name).copied();
+        if let Some((target, target_kind)) = replaced {
+            if flags.noreplace {
+                return Some(Err(libc_errno::EEXIST));
+            }
+            if target_kind == FileKind::Dir || target == ino || target_open {
+                return None;
+            }
+        }
+        if kind == FileKind::Dir {
+            return None;
+        }
+        let at = now();
+        let entries = &mut s.dirs.get_mut(&asked.parent).expect("checked").entries;
+        entries.remove(asked.name);
+        entries.insert(new_name.to_vec(), (ino, kind));
+        s.touch(asked.parent, at, 0);
+        if let Some(a) = s.files.get_mut(&ino) {
+            a.ctime = at;
+        }
+        if let Some((target, _)) = replaced {
+            s.forget_file(target);
+        }
+        let op = Op::Rename {
+            parent: asked.parent,
+            name: asked.name.to_vec(),
+            new_parent: asked.parent,
+            new_name: new_name.to_vec(),
+            flags,
+            creds: asked.creds.clone(),
+        };
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.also_touches(request, ino);
+        if let Some((target, _)) = replaced {
+            s.also_touches(request, target);
+        }
+        Some(Ok(()))
+    }
+}
