@@ -120,6 +120,24 @@ impl Caller<'_> {
         })
     }
 
+    /// A write-back of client 77 that only asks for the leases of `acquire` (after
+    /// giving back those of `release`).
+    fn leases(&self, token: Option<&str>, acquire: &[InodeId], release: &[InodeId]) -> Code {
+        let req = WriteBackRequest {
+            client_id: 77,
+            ops: b"[]".to_vec().into(),
+            acquire: acquire.iter().map(|d| d.0).collect(),
+            release: release.iter().map(|d| d.0).collect(),
+            ..Default::default()
+        };
+        self.rt.block_on(async {
+            match self.meta_client().await.write_back(with(token, req)).await {
+                Ok(_) => Code::Ok,
+                Err(s) => s.code(),
+            }
+        })
+    }
+
     fn watch(&self, token: Option<&str>, volume: u32) -> Code {
         let req = WatchRequest {
             volume,
@@ -435,6 +453,10 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
             blocks: vec![y_block],
         },
         Query::Changes { from: 0, limit: 10 },
+        Query::Leases {
+            after: 0,
+            limit: 10,
+        },
     ] {
         assert_eq!(
             c.query(Some(&tx), &q).map(|_| ()),
@@ -614,6 +636,14 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
         Code::PermissionDenied,
         "a write-back into y's file"
     );
+    // A directory's lease only with a grant to write its volume.
+    assert_eq!(c.leases(Some(&tx), &[yv.root], &[]), Code::PermissionDenied);
+    assert_eq!(
+        c.leases(Some(&tx_ro), &[xv.root], &[]),
+        Code::PermissionDenied
+    );
+    assert_eq!(c.leases(Some(&tx), &[xv.root], &[]), Code::Ok);
+    assert_eq!(c.leases(Some(&tx), &[], &[xv.root]), Code::Ok);
     // A read-only token changes nothing, and x's token does what it grants.
     assert_eq!(
         c.mutate(Some(&tx_ro), &mknod(xv.root, "ro")).map(|_| ()),
