@@ -570,9 +570,15 @@ fn killing_every_process_mid_storm_keeps_every_fsynced_file_and_fsck_comes_clean
         .find(|o| o.3.is_ok())
         .expect("a synced file");
     let id = meridian_proto::BlockId::of(lost).to_hex();
+    // Every chunkserver down before any comes back: one restarted while another still
+    // held the block could have its copy back by a repair pass.
     for c in &mut h.chunks {
         c.kill();
+    }
+    for c in &mut h.chunks {
         common::remove_block(&c.data, &id)?;
+    }
+    for c in &mut h.chunks {
         let addr = c.addr.clone();
         c.restart_on(&addr)?;
     }
