@@ -533,42 +533,12 @@ impl FileSystem {
     /// renamed out of sight instead, and removed when the last handle closes, so the open
     /// descriptors keep working (as on a local disk, and as libfuse's hard_remove=false).
     pub async fn unlink(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
-        if self.may_answer_alone()
-            && let Some((ino, kind)) = self.leases.entry(parent, name)
-            && (kind == FileKind::Dir || !self.is_open(ino).await)
-            && let Some(answer) = self.leases.unlink(
-                &self.meta,
-                &lease::Asked {
-                    parent,
-                    name,
-                    creds,
-                },
-                Some(ino),
-            )
-        {
+        if let Some(answer) = self.unlink_alone(parent, name, creds).await {
             return answer;
         }
-        // A file made here and open here, in a directory leased here, is hidden alone
-        // (the kernel often sends a close's release after the unlink that follows it).
-        if self.may_answer_alone()
-            && let Some((ino, FileKind::File)) = self.leases.entry(parent, name)
-            && self.is_open(ino).await
-        {
-            let hidden = [HIDDEN_PREFIX, ino.0.to_string().as_bytes()].concat();
-            let asked = lease::Asked {
-                parent,
-                name,
-                creds,
-            };
-            if self.leases.hide(&self.meta, &asked, ino, &hidden) {
-                self.hidden
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(ino, (parent, hidden, creds.clone()));
-                return Ok(());
-            }
-        }
-        // Only a file open here needs hiding: with nothing open, no lookup first.
+        // Only a file open here needs hiding: with nothing open, no lookup first. In a
+        // directory leased here the rename is answered alone too (the kernel often sends
+        // a close's release after the unlink that follows it).
         if !self.nothing_open()
             && let Ok(a) = self.lookup(parent, name, creds).await
             && a.kind == FileKind::File
@@ -591,6 +561,28 @@ impl FileSystem {
         })
         .await
         .map(|_| ())
+    }
+
+    /// unlink answered alone, in a directory leased here, of an entry not open here.
+    async fn unlink_alone(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        creds: &Creds,
+    ) -> Option<Result<(), Errno>> {
+        if !self.may_answer_alone() {
+            return None;
+        }
+        let (ino, kind) = self.leases.entry(parent, name)?;
+        if kind != FileKind::Dir && self.is_open(ino).await {
+            return None;
+        }
+        let asked = lease::Asked {
+            parent,
+            name,
+            creds,
+        };
+        self.leases.unlink(&self.meta, &asked, Some(ino))
     }
 
     /// Whether this client has no file open at all.

@@ -594,22 +594,13 @@ impl FileSystem {
                 if let Some((parent, name, creds)) = gone {
                     // The last close of a file unlinked while open: remove it for real
                     // (alone, in a directory leased here).
-                    let asked = super::lease::Asked {
-                        parent,
-                        name: &name,
-                        creds: &creds,
-                    };
-                    let alone = match self.may_answer_alone() {
-                        true => self.leases.unlink(&self.meta, &asked, Some(ino)),
-                        false => None,
-                    };
-                    let removed = match alone {
+                    let removed = match self.unlink_alone(parent, &name, &creds).await {
                         Some(answer) => answer.map(|()| Reply::Done),
                         None => {
                             self.mutate(Op::Unlink {
                                 parent,
-                                name: name.clone(),
-                                creds: creds.clone(),
+                                name,
+                                creds,
                             })
                             .await
                         }

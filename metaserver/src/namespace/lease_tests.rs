@@ -126,10 +126,14 @@ impl Ns {
 }
 
 fn mkdir(parent: InodeId, name: &str) -> Op {
+    node(parent, name, FileKind::Dir)
+}
+
+fn node(parent: InodeId, name: &str, kind: FileKind) -> Op {
     Op::Mknod {
         parent,
         name: name.into(),
-        kind: FileKind::Dir,
+        kind,
         perm: 0o755,
         rdev: 0,
         exclusive: true,
@@ -455,15 +459,7 @@ fn a_retried_change_carrying_an_inode_number_not_reserved_for_its_client_is_refu
 }
 
 fn file(parent: InodeId, name: &str) -> Op {
-    Op::Mknod {
-        parent,
-        name: name.into(),
-        kind: FileKind::File,
-        perm: 0o644,
-        rdev: 0,
-        exclusive: true,
-        creds: Creds::root(),
-    }
+    node(parent, name, FileKind::File)
 }
 
 #[test]

@@ -118,13 +118,12 @@ impl Leases {
                 self.work.notify_one();
                 continue;
             }
+            debug!(%dir, entries = g.entries.len(), "directory leased on demand");
             let entries = g
                 .entries
-                .iter()
-                .cloned()
+                .into_iter()
                 .map(|e| (e.name, (e.ino, e.kind)))
                 .collect();
-            debug!(%dir, entries = g.entries.len(), "directory leased on demand");
             s.dirs.insert(
                 dir,
                 LeasedDir {

@@ -1,5 +1,5 @@
-//! Changes of a leased directory's entries answered alone: creates, mkdir, rmdir, unlink,
-//! renames within it, and the hiding of a file unlinked while open. Each is decided from
+//! Changes of a leased directory's entries answered alone: creates, mkdir, rmdir, unlink
+//! and renames within it (a file unlinked while open here is renamed out of sight). Each is decided from
 //! what the mount knows of the directory (all of it), applied to that, and queued.
 
 use meridian_proto::InodeId;
@@ -213,54 +213,6 @@ impl Leases {
         let request = self.enqueue(&mut s, meta, op, at, None);
         s.also_touches(request, ino);
         Some(Ok(()))
-    }
-
-    /// Moves file `ino`, made here and open here, from `asked.name` to `hidden` in leased
-    /// `asked.parent` (its last link, unlinked while open: removed at its last close), and
-    /// queues the rename. False to ask the servers.
-    pub(in crate::fs) fn hide(
-        &self,
-        meta: &MetaClient,
-        asked: &Asked<'_>,
-        ino: InodeId,
-        hidden: &[u8],
-    ) -> bool {
-        if !plain_name(asked.name) {
-            return false;
-        }
-        let mut s = self.lock();
-        let Some(dir) = s.dirs.get(&asked.parent) else {
-            return false;
-        };
-        if s.queue.len() >= MAX_QUEUED
-            || dir.entries.get(asked.name) != Some(&(ino, FileKind::File))
-            || dir.entries.contains_key(hidden)
-            || s.files.get(&ino).is_none_or(|a| a.nlink != 1)
-        {
-            return false;
-        }
-        let at = now();
-        let entries = &mut s.dirs.get_mut(&asked.parent).expect("checked").entries;
-        entries.remove(asked.name);
-        entries.insert(hidden.to_vec(), (ino, FileKind::File));
-        s.touch(asked.parent, at, 0);
-        if let Some(a) = s.files.get_mut(&ino) {
-            a.ctime = at;
-        }
-        let op = Op::Rename {
-            parent: asked.parent,
-            name: asked.name.to_vec(),
-            new_parent: asked.parent,
-            new_name: hidden.to_vec(),
-            flags: RenameFlags {
-                noreplace: true,
-                ..RenameFlags::default()
-            },
-            creds: asked.creds.clone(),
-        };
-        let request = self.enqueue(&mut s, meta, op, at, None);
-        s.also_touches(request, ino);
-        true
     }
 
     /// A rename within leased `asked.parent` answered alone, of an entry that is not a

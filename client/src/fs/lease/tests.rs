@@ -1,26 +1,9 @@
 //! What the mount answers alone under its leases, checked without servers.
 
 use super::*;
+use crate::fs::test_attr as attr;
 use crate::meta::MetaClient;
 use meridian_proto::ns::RenameFlags;
-
-fn attr(ino: u64, kind: FileKind) -> Attr {
-    Attr {
-        ino: InodeId(ino),
-        kind,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        nlink: 1,
-        atime: Timespec::default(),
-        mtime: Timespec::default(),
-        ctime: Timespec::default(),
-        crtime: Timespec::default(),
-        rdev: 0,
-        volume: 1,
-    }
-}
 
 /// A name a rename answered here gave a file the servers do not know there yet: a
 /// lookup of it that reaches the servers waits for the queue until the rename is
