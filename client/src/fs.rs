@@ -12,10 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meridian_proto::InodeId;
-use meridian_proto::ns::{
-    Attr, Creds, DirEntry, FileKind, Op, Query, QueryReply, RenameFlags, Reply, Volume, XattrMode,
-    libc_errno,
-};
+use meridian_proto::ns::{Attr, Creds, Query, QueryReply, Reply, Volume, libc_errno};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::warn;
 
@@ -26,11 +23,13 @@ use crate::meta::{MetaClient, MetaError};
 
 mod atime;
 mod compact;
+mod entries;
 mod feed;
 mod fresh;
 mod kernel;
 mod known;
 mod lease;
+mod names;
 mod new_files;
 mod options;
 mod read;
@@ -39,6 +38,7 @@ mod setattr;
 mod space;
 mod staging;
 mod write;
+mod xattrs;
 pub use feed::{TTL_ALONE, TTL_FED};
 pub use kernel::KernelCache;
 use kernel::KernelView;
@@ -128,7 +128,7 @@ pub struct FileSystem {
 
 /// Attributes of inode `ino` of `kind`, for the unit tests of the file layer's parts.
 #[cfg(test)]
-fn test_attr(ino: u64, kind: FileKind) -> Attr {
+fn test_attr(ino: u64, kind: meridian_proto::ns::FileKind) -> Attr {
     Attr {
         ino: InodeId(ino),
         kind,
@@ -272,125 +272,17 @@ impl FileSystem {
         self.kernel.forget(ino);
     }
 
-    /// Whether the feed answers and brings every change of the volume: not in a volume
-    /// that lives in several regions, whose records from other regions are merged without
-    /// passing through the change log the feed reads. What the mount answers alone for
-    /// longer than the kernel caches anything needs it.
     /// Whether every read asks the servers (see [`FsOptions::linearizable`]).
     pub fn linearizable(&self) -> bool {
         self.options.linearizable
     }
 
+    /// Whether the feed answers and brings every change of the volume: not in a volume
+    /// that lives in several regions, whose records from other regions are merged without
+    /// passing through the change log the feed reads. What the mount answers alone for
+    /// longer than the kernel caches anything needs it.
     fn feed_sees_everything(&self) -> bool {
         !self.options.linearizable && self.volume.policy.regions.len() <= 1 && self.feed.live()
-    }
-
-    /// The entry `name` in `parent`.
-    pub async fn lookup(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<Attr, Errno> {
-        // Search permission on `parent` is the kernel's to check (default_permissions).
-        // A leased directory is known here whole.
-        if let Some(answer) = self.leases.lookup(parent, name) {
-            return match answer {
-                // Open here, its size must count this client's unflushed writes.
-                Ok(a) if a.kind == FileKind::File && self.is_open(a.ino).await => {
-                    self.getattr(a.ino).await
-                }
-                Ok(a) => {
-                    self.kernel.observed(&a);
-                    Ok(self.as_seen_here(a, 0))
-                }
-                Err(e) => Err(e),
-            };
-        }
-        // A name the servers would refuse gets their error, not ENOENT. A leased
-        // directory's names are the lease's to answer (the names it answered alone never
-        // reach the known directories).
-        if self.leases.attr(parent).is_none()
-            && name.len() <= meridian_proto::ns::NAME_MAX
-            && !name.is_empty()
-            && name != b"."
-            && name != b".."
-            && !name.contains(&b'/')
-            && self.feed_sees_everything()
-            && self.known.absent(parent, name, self.cache_epoch())
-        {
-            return Err(libc_errno::ENOENT);
-        }
-        // A name kept from an earlier answer, of an inode whose attributes are known here
-        // (a directory leased here): as the kernel's entry cache would have answered.
-        let sees_everything = self.feed_sees_everything();
-        let epoch = self.cache_epoch();
-        if sees_everything
-            && let Some(ino) = self.known.entry(parent, name, epoch)
-            && let Some(a) = self.leases.attr(ino)
-        {
-            if a.kind == FileKind::File && self.is_open(a.ino).await {
-                return self.getattr(a.ino).await;
-            }
-            self.kernel.observed(&a);
-            return Ok(self.as_seen_here(a, 0));
-        }
-        let asked = self.known.asking();
-        match self
-            .query(Query::Lookup {
-                parent,
-                name: name.to_vec(),
-                creds: creds.clone(),
-            })
-            .await?
-        {
-            QueryReply::Attr(a) => {
-                if sees_everything {
-                    self.known
-                        .found(asked, parent, name, a.ino, epoch, self.cache_epoch());
-                }
-                if self.is_open(a.ino).await {
-                    // Open here, its size must count this client's unflushed writes, read
-                    // in the order `getattr` reads them (one more round trip, only for
-                    // files open here).
-                    return self.getattr(a.ino).await;
-                }
-                self.kernel.observed(&a);
-                Ok(self.as_seen_here(a, 0))
-            }
-            _ => Err(libc_errno::EIO),
-        }
-    }
-
-    /// Attributes, with the size this client's unflushed writes would give the file.
-    ///
-    /// The handles' buffered ends are read before the committed attributes: a commit
-    /// takes a handle's buffer and holds its lock until the servers have the data, so
-    /// data is always in one of the two as seen here, and a reply never lowers the size
-    /// below what this client wrote.
-    pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
-        // A directory this client just changed, a file it just opened: the servers sent
-        // the attributes with the answer. Nothing of this client's was committed since
-        // (that starts a mutation, which drops them), so its unflushed writes are all
-        // still in its handles.
-        // Buffered ends first, as below: a commit under way holds its handle until its
-        // mutation has started, which drops what is kept.
-        if let Some(attr) = self.leases.attr(ino) {
-            return Ok(attr);
-        }
-        let buffered = self.buffered_end(ino).await;
-        // A file kept under a lease: nobody else reaches it without a recall, and its
-        // commits and changes update what is kept when they are queued or answered (a
-        // commit under way holds its handle, so `buffered` was read after it).
-        if let Some(attr) = self.leases.kept_file(ino) {
-            self.kernel.observed(&attr);
-            return Ok(self.as_seen_here(attr, buffered));
-        }
-        if !self.options.linearizable
-            && let Some(attr) = self.fresh.take(ino, self.cache_epoch())
-        {
-            self.kernel.observed(&attr);
-            return Ok(self.as_seen_here(attr, buffered));
-        }
-        let buffered = self.buffered_end(ino).await;
-        let attr = self.committed_attr(ino).await?;
-        self.kernel.observed(&attr);
-        Ok(self.as_seen_here(attr, buffered))
     }
 
     /// One past the last byte this client's open handles of `ino` hold unflushed.
@@ -451,140 +343,6 @@ impl FileSystem {
         Ok(())
     }
 
-    /// Creates a node of `kind` (not a symlink).
-    pub async fn mknod(
-        &self,
-        parent: InodeId,
-        name: &[u8],
-        kind: FileKind,
-        perm: u16,
-        rdev: u32,
-        creds: &Creds,
-    ) -> Result<Attr, Errno> {
-        if kind == FileKind::Dir
-            && self.may_answer_alone()
-            && let Some(answer) = self.leases.mkdir(
-                &self.meta,
-                &lease::Asked {
-                    parent,
-                    name,
-                    creds,
-                },
-                perm,
-            )
-        {
-            return answer;
-        }
-        attr_of(
-            self.mutate(Op::Mknod {
-                parent,
-                name: name.to_vec(),
-                kind,
-                perm,
-                rdev,
-                exclusive: true,
-                creds: creds.clone(),
-            })
-            .await?,
-        )
-    }
-
-    /// Creates a symbolic link.
-    pub async fn symlink(
-        &self,
-        parent: InodeId,
-        name: &[u8],
-        target: &[u8],
-        creds: &Creds,
-    ) -> Result<Attr, Errno> {
-        attr_of(
-            self.mutate(Op::Symlink {
-                parent,
-                name: name.to_vec(),
-                target: target.to_vec(),
-                creds: creds.clone(),
-            })
-            .await?,
-        )
-    }
-
-    /// Adds a hard link.
-    pub async fn link(
-        &self,
-        ino: InodeId,
-        new_parent: InodeId,
-        new_name: &[u8],
-        creds: &Creds,
-    ) -> Result<Attr, Errno> {
-        let buffered = self.buffered_end(ino).await;
-        let attr = attr_of(
-            self.mutate(Op::Link {
-                ino,
-                new_parent,
-                new_name: new_name.to_vec(),
-                creds: creds.clone(),
-            })
-            .await?,
-        )?;
-        Ok(self.as_seen_here(attr, buffered))
-    }
-
-    /// Removes a file entry. The last link of a file this client still has open is
-    /// renamed out of sight instead, and removed when the last handle closes, so the open
-    /// descriptors keep working (as on a local disk, and as libfuse's hard_remove=false).
-    pub async fn unlink(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
-        if let Some(answer) = self.unlink_alone(parent, name, creds).await {
-            return answer;
-        }
-        // Only a file open here needs hiding: with nothing open, no lookup first. In a
-        // directory leased here the rename is answered alone too (the kernel often sends
-        // a close's release after the unlink that follows it).
-        if !self.nothing_open()
-            && let Ok(a) = self.lookup(parent, name, creds).await
-            && a.kind == FileKind::File
-            && a.nlink == 1
-            && self.is_open(a.ino).await
-        {
-            let hidden = [HIDDEN_PREFIX, a.ino.0.to_string().as_bytes()].concat();
-            self.rename(parent, name, parent, &hidden, RenameFlags::default(), creds)
-                .await?;
-            self.hidden
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(a.ino, (parent, hidden, creds.clone()));
-            return Ok(());
-        }
-        self.mutate(Op::Unlink {
-            parent,
-            name: name.to_vec(),
-            creds: creds.clone(),
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// unlink answered alone, in a directory leased here, of an entry not open here.
-    async fn unlink_alone(
-        &self,
-        parent: InodeId,
-        name: &[u8],
-        creds: &Creds,
-    ) -> Option<Result<(), Errno>> {
-        if !self.may_answer_alone() {
-            return None;
-        }
-        let (ino, kind) = self.leases.entry(parent, name)?;
-        if kind != FileKind::Dir && self.is_open(ino).await {
-            return None;
-        }
-        let asked = lease::Asked {
-            parent,
-            name,
-            creds,
-        };
-        self.leases.unlink(&self.meta, &asked, Some(ino))
-    }
-
     /// Whether this client has no file open at all.
     fn nothing_open(&self) -> bool {
         self.handles
@@ -601,190 +359,6 @@ impl FileSystem {
             }
         }
         false
-    }
-
-    /// Removes an empty directory.
-    pub async fn rmdir(&self, parent: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
-        if self.may_answer_alone()
-            && let Some(answer) = self.leases.rmdir(
-                &self.meta,
-                &lease::Asked {
-                    parent,
-                    name,
-                    creds,
-                },
-            )
-        {
-            return answer;
-        }
-        self.mutate(Op::Rmdir {
-            parent,
-            name: name.to_vec(),
-            creds: creds.clone(),
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// Renames an entry.
-    pub async fn rename(
-        &self,
-        parent: InodeId,
-        name: &[u8],
-        new_parent: InodeId,
-        new_name: &[u8],
-        flags: RenameFlags,
-        creds: &Creds,
-    ) -> Result<(), Errno> {
-        // Within a directory leased here (a file written under a temporary name, then
-        // put in place, as rsync and editors do): answered alone.
-        if parent == new_parent && self.may_answer_alone() {
-            let target_open = match self.leases.entry(parent, new_name) {
-                Some((ino, FileKind::File)) => self.is_open(ino).await,
-                _ => false,
-            };
-            let asked = lease::Asked {
-                parent,
-                name,
-                creds,
-            };
-            if let Some(answer) =
-                self.leases
-                    .rename(&self.meta, &asked, new_name, flags, target_open)
-            {
-                return answer;
-            }
-        }
-        let op = Op::Rename {
-            parent,
-            name: name.to_vec(),
-            new_parent,
-            new_name: new_name.to_vec(),
-            flags,
-            creds: creds.clone(),
-        };
-        self.mutate(op).await.map(|_| ())
-    }
-
-    /// A symlink's target.
-    pub async fn readlink(&self, ino: InodeId) -> Result<Vec<u8>, Errno> {
-        match self.query(Query::ReadLink { ino }).await? {
-            QueryReply::Bytes(b) => Ok(b),
-            _ => Err(libc_errno::EIO),
-        }
-    }
-
-    /// Every entry of a directory, in name order.
-    pub async fn readdir(&self, ino: InodeId, creds: &Creds) -> Result<Vec<DirEntry>, Errno> {
-        if let Some(mut entries) = self.leases.listing(ino) {
-            entries.retain(|e| !e.name.starts_with(HIDDEN_PREFIX));
-            return Ok(entries);
-        }
-        self.leases.settle().await;
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let q = Query::ReadDir {
-                ino,
-                after: after.clone(),
-                limit: 5000,
-                creds: creds.clone(),
-            };
-            match self.query(q).await? {
-                QueryReply::Dir { entries, next } => {
-                    out.extend(
-                        entries
-                            .into_iter()
-                            .filter(|e| !e.name.starts_with(HIDDEN_PREFIX)),
-                    );
-                    match next {
-                        Some(n) => after = Some(n),
-                        None => return Ok(out),
-                    }
-                }
-                _ => return Err(libc_errno::EIO),
-            }
-        }
-    }
-
-    /// Sets an extended attribute.
-    pub async fn setxattr(
-        &self,
-        ino: InodeId,
-        name: &[u8],
-        value: &[u8],
-        mode: XattrMode,
-        creds: &Creds,
-    ) -> Result<(), Errno> {
-        self.mutate(Op::SetXattr {
-            ino,
-            name: name.to_vec(),
-            value: value.to_vec(),
-            mode,
-            creds: creds.clone(),
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// An extended attribute's value.
-    pub async fn getxattr(
-        &self,
-        ino: InodeId,
-        name: &[u8],
-        creds: &Creds,
-    ) -> Result<Vec<u8>, Errno> {
-        let capability = name == b"security.capability";
-        let (epoch, asked) = (self.cache_epoch(), self.new_files.asking());
-        if capability
-            && self.feed_sees_everything()
-            && self.new_files.without_capabilities(ino, epoch)
-        {
-            return Err(libc_errno::ENODATA);
-        }
-        match self
-            .query(Query::GetXattr {
-                ino,
-                name: name.to_vec(),
-                creds: creds.clone(),
-            })
-            .await
-        {
-            Ok(QueryReply::Bytes(b)) => Ok(b),
-            Ok(_) => Err(libc_errno::EIO),
-            Err(e) => {
-                if capability && e == libc_errno::ENODATA {
-                    self.new_files
-                        .told_none(ino, asked, epoch, self.cache_epoch());
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Extended attribute names.
-    pub async fn listxattr(&self, ino: InodeId, creds: &Creds) -> Result<Vec<Vec<u8>>, Errno> {
-        match self
-            .query(Query::ListXattr {
-                ino,
-                creds: creds.clone(),
-            })
-            .await?
-        {
-            QueryReply::Names(n) => Ok(n),
-            _ => Err(libc_errno::EIO),
-        }
-    }
-
-    /// Removes an extended attribute.
-    pub async fn removexattr(&self, ino: InodeId, name: &[u8], creds: &Creds) -> Result<(), Errno> {
-        self.mutate(Op::RemoveXattr {
-            ino,
-            name: name.to_vec(),
-            creds: creds.clone(),
-        })
-        .await
-        .map(|_| ())
     }
 
     /// Volume usage: (quota or a large total, used bytes, used inodes).
