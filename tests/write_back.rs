@@ -1,6 +1,7 @@
 //! Namespace write-back under directory leases (docs/adr/0006), through real mounts of
-//! one region: a mount answers mkdir, rmdir and unlink alone in directories it made, and
-//! another mount that looks at or changes such a directory sees every one of them first.
+//! one region: a mount answers creates, mkdir, symlinks, rmdir, unlink and renames within
+//! one directory alone in directories leased to it, and another mount that looks at or
+//! changes such a directory sees every one of them first.
 
 mod common;
 
@@ -579,5 +580,49 @@ fn a_rename_within_a_leased_directory_is_answered_here_and_keeps_the_lease() -> 
     assert_eq!(fs::read(td.join("config"))?, b"second");
     assert_eq!(fs::metadata(td.join("config"))?.ino(), moved);
     assert_eq!(names(&td)?, ["config", "sub", "taken"]);
+    Ok(())
+}
+
+/// A symlink made in a directory leased here (answered here: `fs::lease::tests`) is read
+/// here, through the kernel and after its caches are dropped, and elsewhere, under the
+/// same number; a name taken is refused here; the lease stays.
+#[test]
+fn a_symlink_in_a_leased_directory_is_made_here_and_read_here_and_elsewhere() -> Result<()> {
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let d = here.path.join("d");
+    fs::create_dir(&d)?;
+    let dir_ino = fs::metadata(&d)?.ino();
+    fs::write(d.join("file"), b"data")?;
+    std::os::unix::fs::symlink("file", d.join("link"))?;
+    std::os::unix::fs::symlink("../elsewhere/x", d.join("dangling"))?;
+    let link = fs::symlink_metadata(d.join("link"))?;
+    assert!(link.file_type().is_symlink());
+    assert_eq!((link.len(), link.uid()), (4, 0));
+    for taken in ["link", "file"] {
+        assert_eq!(
+            errno_of(std::os::unix::fs::symlink("other", d.join(taken))),
+            libc::EEXIST
+        );
+    }
+    fs::remove_file(d.join("dangling"))?;
+    fs::write("/proc/sys/vm/drop_caches", "2")?;
+    assert_eq!(fs::read_link(d.join("link"))?, std::path::Path::new("file"));
+    assert_eq!(fs::read(d.join("link"))?, b"data");
+    assert_eq!(fs::symlink_metadata(d.join("link"))?.ino(), link.ino());
+    assert_eq!(names(&d)?, ["file", "link"]);
+    assert!(
+        leased_dirs(&region)?.contains(&dir_ino),
+        "answered here: the lease stays"
+    );
+    // Another mount: the same link, number and target; nothing else.
+    let td = there.path.join("d");
+    assert_eq!(
+        fs::read_link(td.join("link"))?,
+        std::path::Path::new("file")
+    );
+    assert_eq!(fs::symlink_metadata(td.join("link"))?.ino(), link.ino());
+    assert_eq!(fs::read(td.join("link"))?, b"data");
+    assert_eq!(names(&td)?, ["file", "link"]);
     Ok(())
 }

@@ -135,7 +135,8 @@ impl MetaNode {
             match self.check_inodes(claims, &q.op.inodes(), write, &made)? {
                 Checked::Granted(Some(v)) => {
                     check_blocks(claims, keys, &q.op, v, caps)?;
-                    if let (Op::Mknod { parent, .. }, Some(ino)) = (&q.op, q.ino)
+                    if let (Op::Mknod { parent, .. } | Op::Symlink { parent, .. }, Some(ino)) =
+                        (&q.op, q.ino)
                         && self.creates_here(client, *parent, ino)?
                     {
                         made.insert(ino, v);

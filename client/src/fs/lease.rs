@@ -2,12 +2,13 @@
 //!
 //! A directory this mount creates is leased to it, and so is an existing directory whose
 //! entries it keeps changing (asked for on demand, `demand.rs`): no other client changes
-//! its entries until the servers recall the lease. While it holds a lease, and the feed that brings
-//! recalls answers, the mount answers mkdir, rmdir and unlink in it alone, from exactly
-//! what it knows (every name, and the directory's attributes), and sends the changes
-//! later, in order, in batches (one Raft entry each): within [`LINGER`], or at once when a
-//! caller waits for them (`send.rs`). New directories take inode numbers the servers reserved for
-//! this mount, so the number the kernel gets is final.
+//! its entries until the servers recall the lease. While it holds a lease, and the feed
+//! that brings recalls answers, the mount answers creates, mkdir, symlinks, rmdir, unlink
+//! and renames within it alone (`entries.rs`), from exactly what it knows (every name, and
+//! the directory's attributes), and sends the changes later, in order, in batches (one
+//! Raft entry each): within [`LINGER`], or at once when a caller waits for them
+//! (`send.rs`). What it makes takes inode numbers the servers reserved for this mount, so
+//! the number the kernel gets is final.
 //!
 //! Ordering: every request this mount sends to the servers that a queued change could
 //! affect waits until the queue is sent first ([`Leases::settle`]). Durability: fsync,
@@ -101,6 +102,8 @@ struct State {
     /// them: nobody else reaches these files without a recall, and every change this
     /// mount sends of one updates or drops them (see [`Leases::observed`]).
     files: HashMap<InodeId, Attr>,
+    /// The targets of kept symlinks (a readlink is answered here).
+    targets: HashMap<InodeId, Vec<u8>>,
     /// The extents of kept files whose data this mount knows exactly: made here (none),
     /// then written once (its first commit's). An open reads them instead of asking.
     extents: HashMap<InodeId, Arc<Vec<Extent>>>,
@@ -161,6 +164,7 @@ impl State {
             .for_each(|spoiled| *spoiled = true);
         self.files.clear();
         self.extents.clear();
+        self.targets.clear();
         dirs
     }
 
@@ -195,6 +199,14 @@ impl State {
     fn forget_file(&mut self, ino: InodeId) {
         self.files.remove(&ino);
         self.extents.remove(&ino);
+        self.targets.remove(&ino);
+    }
+
+    /// Keeps the target of symlink `ino`, kept here (see [`State::keep_file`]).
+    fn keep_target(&mut self, ino: InodeId, target: &[u8]) {
+        if self.files.contains_key(&ino) {
+            self.targets.insert(ino, target.to_vec());
+        }
     }
 }
 
@@ -296,6 +308,11 @@ impl Leases {
         self.lock().files.get(&ino).cloned()
     }
 
+    /// The target of a symlink kept here.
+    pub(super) fn target(&self, ino: InodeId) -> Option<Vec<u8>> {
+        self.lock().targets.get(&ino).cloned()
+    }
+
     /// A lookup answered alone: `Some(Err(ENOENT))` for a name not there, the attributes
     /// of a leased subdirectory or of a file whose attributes are kept; `None` to ask the
     /// servers.
@@ -386,6 +403,9 @@ impl Leases {
                     d.entries.insert(name.clone(), (a.ino, a.kind));
                     if a.kind != FileKind::Dir {
                         s.keep_file(a);
+                    }
+                    if let Op::Symlink { target, .. } = op {
+                        s.keep_target(a.ino, target);
                     }
                 }
                 if leased && a.kind == FileKind::Dir && !s.recalled.remove(&a.ino) {
@@ -572,6 +592,7 @@ impl Leases {
             None => {
                 s.files.clear();
                 s.extents.clear();
+                s.targets.clear();
             }
         }
     }

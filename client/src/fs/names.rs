@@ -118,6 +118,9 @@ impl FileSystem {
 
     /// A symlink's target.
     pub async fn readlink(&self, ino: InodeId) -> Result<Vec<u8>, Errno> {
+        if let Some(target) = self.leases.target(ino) {
+            return Ok(target);
+        }
         match self.query(Query::ReadLink { ino }).await? {
             QueryReply::Bytes(b) => Ok(b),
             _ => Err(libc_errno::EIO),

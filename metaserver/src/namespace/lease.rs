@@ -299,7 +299,7 @@ pub fn apply_command(
             Some(c) => leases.is_reserved(c, ino)?,
             None => false,
         };
-        if !mine || !matches!(cmd.op, Op::Mknod { .. }) {
+        if !mine || !creates(&cmd.op) {
             return Err(NsError::Perm(format!(
                 "inode number {ino} is not reserved for this client"
             )));
@@ -370,6 +370,7 @@ pub fn apply_write_back(
         // else goes through Mutate, which recalls other clients' leases.
         let carried = match &cmd.op {
             Op::Mknod { .. }
+            | Op::Symlink { .. }
             | Op::Unlink { .. }
             | Op::Rmdir { .. }
             | Op::CommitExtents { .. }
@@ -406,7 +407,7 @@ pub fn apply_write_back(
         // A change names an inode number only as a create at one reserved for its client
         // (apply_command checks it too; a retry's replay below would not).
         let stray_ino = match cmd.ino {
-            Some(i) => !matches!(cmd.op, Op::Mknod { .. }) || !leases.is_reserved(wb.client, i)?,
+            Some(i) => !creates(&cmd.op) || !leases.is_reserved(wb.client, i)?,
             None => false,
         };
         let outcome = match unleased {
@@ -438,6 +439,11 @@ pub fn apply_write_back(
         out.reserved = Some(leases.reserve(ns, region, wb.client, wb.reserve)?);
     }
     Ok(out)
+}
+
+/// Whether `op` makes an inode (the only changes that may name a reserved number).
+fn creates(op: &Op) -> bool {
+    matches!(op, Op::Mknod { .. } | Op::Symlink { .. })
 }
 
 fn already_applied(ns: &WriteTables<'_>, cmd: &Command) -> Result<bool, NsError> {

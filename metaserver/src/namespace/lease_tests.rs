@@ -574,3 +574,55 @@ fn an_existing_directory_is_leased_on_demand_with_every_entry_when_nobody_holds_
     );
     assert_eq!(ns.holder(big.ino), None);
 }
+
+#[test]
+fn a_symlink_in_a_write_back_takes_a_reserved_number_under_the_lease_and_nothing_else() {
+    let (mut ns, root) = Ns::new();
+    let d = attr(ns.run(mkdir(root, "d"), HOLDER, None, true));
+    let reserved = ns
+        .write_back(&WriteBack {
+            client: HOLDER,
+            cmds: vec![],
+            release: vec![],
+            reserve: 4,
+            acquire: vec![],
+        })
+        .reserved
+        .expect("reserved");
+    let symlink = |parent: InodeId, name: &str| Op::Symlink {
+        parent,
+        name: name.into(),
+        target: b"../elsewhere".to_vec(),
+        creds: Creds::root(),
+    };
+    let made = ns.cmd(symlink(d.ino, "l"), HOLDER, Some(reserved.0), false);
+    let out = ns.holders_write_back(vec![made]);
+    let a = attr(out.outcomes[0].clone());
+    assert_eq!((a.ino, a.kind, a.size), (reserved.0, FileKind::Symlink, 12));
+    let tx = ns.db.begin_read().unwrap();
+    assert_eq!(
+        NsReader::new(&tx).query(&Query::ReadLink { ino: a.ino }),
+        Ok(QueryReply::Bytes(b"../elsewhere".to_vec()))
+    );
+    drop(tx);
+    // The name taken, a number never reserved, a directory not leased: refused, nothing
+    // made.
+    let second = InodeId(reserved.0.0 + 1);
+    for (parent, name, ino) in [
+        (d.ino, "l", second),
+        (d.ino, "stray", InodeId(reserved.0.0 + 4)),
+        (root, "unleased", second),
+    ] {
+        let cmd = ns.cmd(symlink(parent, name), HOLDER, Some(ino), false);
+        let out = ns.holders_write_back(vec![cmd]);
+        assert!(out.outcomes[0].is_err(), "{name}: {out:?}");
+    }
+    assert!(ns.lookup(d.ino, "stray").is_err() && ns.lookup(root, "unleased").is_err());
+    assert_eq!(ns.lookup(d.ino, "l").unwrap().ino, reserved.0);
+    // The number refused stays free for the holder.
+    let cmd = ns.cmd(symlink(d.ino, "m"), HOLDER, Some(second), false);
+    assert_eq!(
+        attr(ns.holders_write_back(vec![cmd]).outcomes[0].clone()).ino,
+        second
+    );
+}

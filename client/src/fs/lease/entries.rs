@@ -1,9 +1,11 @@
-//! Changes of a leased directory's entries answered alone: creates, mkdir, rmdir, unlink
-//! and renames within it (a file unlinked while open here is renamed out of sight). Each is decided from
+//! Changes of a leased directory's entries answered alone: creates, mkdir, symlinks, rmdir,
+//! unlink and renames within it (a file unlinked while open here is renamed out of sight). Each is decided from
 //! what the mount knows of the directory (all of it), applied to that, and queued.
 
 use meridian_proto::InodeId;
-use meridian_proto::ns::{Attr, FileKind, LINK_MAX, NAME_MAX, Op, RenameFlags, libc_errno};
+use meridian_proto::ns::{
+    Attr, FileKind, LINK_MAX, NAME_MAX, Op, RenameFlags, SYMLINK_MAX, libc_errno,
+};
 
 use super::{Asked, Errno, LeasedDir, Leases, MAX_LEASED, MAX_QUEUED, State, now, plain_name};
 use crate::meta::MetaClient;
@@ -23,6 +25,7 @@ impl Leases {
         kind: FileKind,
         perm: u16,
         exclusive: bool,
+        target: Option<&[u8]>,
     ) -> Attr {
         let at = now();
         let dir = kind == FileKind::Dir;
@@ -33,7 +36,7 @@ impl Leases {
             perm: (perm & 0o7777) | if dir && setgid { 0o2000 } else { 0 },
             uid: asked.creds.uid,
             gid: if setgid { parent.gid } else { asked.creds.gid },
-            size: 0,
+            size: target.map_or(0, |t| t.len() as u64),
             nlink: if dir { 2 } else { 1 },
             atime: at,
             mtime: at,
@@ -53,14 +56,25 @@ impl Leases {
         } else {
             s.keep_file(&attr);
         }
-        let op = Op::Mknod {
-            parent: asked.parent,
-            name: asked.name.to_vec(),
-            kind,
-            perm,
-            rdev: 0,
-            exclusive,
-            creds: asked.creds.clone(),
+        let op = match target {
+            Some(target) => {
+                s.keep_target(ino, target);
+                Op::Symlink {
+                    parent: asked.parent,
+                    name: asked.name.to_vec(),
+                    target: target.to_vec(),
+                    creds: asked.creds.clone(),
+                }
+            }
+            None => Op::Mknod {
+                parent: asked.parent,
+                name: asked.name.to_vec(),
+                kind,
+                perm,
+                rdev: 0,
+                exclusive,
+                creds: asked.creds.clone(),
+            },
         };
         self.enqueue(s, meta, op, at, Some(ino));
         attr
@@ -95,6 +109,7 @@ impl Leases {
             FileKind::File,
             perm,
             exclusive,
+            None,
         );
         Some(Ok(attr))
     }
@@ -125,7 +140,59 @@ impl Leases {
         }
         let parent = parent.attr.clone();
         let ino = s.take_ino()?;
-        let attr = self.make(&mut s, meta, asked, &parent, ino, FileKind::Dir, perm, true);
+        let attr = self.make(
+            &mut s,
+            meta,
+            asked,
+            &parent,
+            ino,
+            FileKind::Dir,
+            perm,
+            true,
+            None,
+        );
+        Some(Ok(attr))
+    }
+
+    /// A symlink made alone, if `parent` is leased here and a reserved number is left. A
+    /// target the servers would refuse goes to them for their error.
+    pub(in crate::fs) fn symlink(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        target: &[u8],
+    ) -> Option<Result<Attr, Errno>> {
+        if !plain_name(asked.name)
+            || target.is_empty()
+            || target.len() > SYMLINK_MAX
+            || target.contains(&0)
+        {
+            return None;
+        }
+        let mut s = self.lock();
+        let parent = s.dirs.get(&asked.parent)?;
+        if asked.name.len() > NAME_MAX {
+            return Some(Err(libc_errno::ENAMETOOLONG));
+        }
+        if parent.entries.contains_key(asked.name) {
+            return Some(Err(libc_errno::EEXIST));
+        }
+        if s.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        let parent = parent.attr.clone();
+        let ino = s.take_ino()?;
+        let attr = self.make(
+            &mut s,
+            meta,
+            asked,
+            &parent,
+            ino,
+            FileKind::Symlink,
+            0o777,
+            true,
+            Some(target),
+        );
         Some(Ok(attr))
     }
 

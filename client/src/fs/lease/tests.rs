@@ -3,7 +3,7 @@
 use super::*;
 use crate::fs::test_attr as attr;
 use crate::meta::MetaClient;
-use meridian_proto::ns::RenameFlags;
+use meridian_proto::ns::{RenameFlags, SYMLINK_MAX};
 
 /// A name a rename answered here gave a file the servers do not know there yet: a
 /// lookup of it that reaches the servers waits for the queue until the rename is
@@ -74,4 +74,66 @@ fn a_name_renamed_here_is_looked_up_at_the_servers_only_after_the_queue() {
         leases.lock().sent_change(q);
     }
     assert!(leases.lookup_is_current(dir, b"b"));
+}
+
+/// A symlink in a leased directory is made here at a reserved number, its target read
+/// here until the file is forgotten, and queued for the servers; a name taken, or a
+/// target they would refuse, is not.
+#[test]
+fn a_symlink_is_made_here_at_a_reserved_number_and_its_target_read_here() {
+    let leases = Leases::new(true);
+    let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
+    let dir = InodeId(10);
+    {
+        let mut s = leases.lock();
+        let mut d = LeasedDir::born(attr(10, FileKind::Dir));
+        d.entries
+            .insert(b"taken".to_vec(), (InodeId(11), FileKind::File));
+        s.dirs.insert(dir, d);
+        s.reserved.push_back((100, 102));
+    }
+    let creds = Creds::root();
+    let asked = |name: &'static [u8]| Asked {
+        parent: dir,
+        name,
+        creds: &creds,
+    };
+    let made = leases
+        .symlink(&meta, &asked(b"l"), b"../target")
+        .expect("answered here")
+        .expect("made");
+    assert_eq!(
+        (made.ino, made.kind, made.size, made.perm),
+        (InodeId(100), FileKind::Symlink, 9, 0o777)
+    );
+    assert_eq!(
+        leases.entry(dir, b"l"),
+        Some((InodeId(100), FileKind::Symlink))
+    );
+    assert_eq!(leases.lookup(dir, b"l"), Some(Ok(made.clone())));
+    assert_eq!(
+        leases.target(InodeId(100)).as_deref(),
+        Some(&b"../target"[..])
+    );
+    assert_eq!(
+        leases.symlink(&meta, &asked(b"taken"), b"x"),
+        Some(Err(libc_errno::EEXIST))
+    );
+    for target in [&b""[..], b"a\0b", &[b'a'; SYMLINK_MAX + 1]] {
+        assert_eq!(leases.symlink(&meta, &asked(b"bad"), target), None);
+    }
+    let queued: Vec<Queued> = leases.lock().queue.clone();
+    assert_eq!(queued.len(), 1);
+    assert!(matches!(
+        &queued[0],
+        Queued { op: Op::Symlink { name, target, .. }, ino: Some(InodeId(100)), .. }
+            if name == b"l" && target == b"../target"
+    ));
+    // Unlinked: neither its attributes nor its target are kept.
+    assert_eq!(
+        leases.unlink(&meta, &asked(b"l"), Some(InodeId(100))),
+        Some(Ok(()))
+    );
+    assert_eq!(leases.target(InodeId(100)), None);
+    assert_eq!(leases.lookup(dir, b"l"), Some(Err(libc_errno::ENOENT)));
 }
