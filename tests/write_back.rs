@@ -626,3 +626,57 @@ fn a_symlink_in_a_leased_directory_is_made_here_and_read_here_and_elsewhere() ->
     assert_eq!(names(&td)?, ["file", "link"]);
     Ok(())
 }
+
+/// Mail delivered as maildir does it (written in tmp/, then renamed into new/), both
+/// directories leased here: answered here, the leases stay, and another mount finds every
+/// message in new/ and none in tmp/. A directory moved between them goes through the
+/// servers and is found there too.
+#[test]
+fn a_file_renamed_between_two_leased_directories_is_answered_here_and_seen_elsewhere() -> Result<()>
+{
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let m = here.path.join("Maildir");
+    fs::create_dir(&m)?;
+    let (tmp, new) = (m.join("tmp"), m.join("new"));
+    fs::create_dir(&tmp)?;
+    fs::create_dir(&new)?;
+    let mut inos = Vec::new();
+    for i in 0..20 {
+        let name = format!("1700000000.{i}.host");
+        fs::write(tmp.join(&name), format!("message {i}"))?;
+        inos.push(fs::metadata(tmp.join(&name))?.ino());
+        fs::rename(tmp.join(&name), new.join(&name))?;
+    }
+    // Onto a name taken in new/: the message there is replaced.
+    fs::write(tmp.join("again"), b"second")?;
+    fs::write(new.join("again"), b"first")?;
+    fs::rename(tmp.join("again"), new.join("again"))?;
+    assert!(names(&tmp)?.is_empty());
+    assert_eq!(names(&new)?.len(), 21);
+    let leased = leased_dirs(&region)?;
+    for d in [&tmp, &new] {
+        assert!(
+            leased.contains(&fs::metadata(d)?.ino()),
+            "{d:?}: files moved here alone keep the lease"
+        );
+    }
+    // A directory moved gives both leases back first.
+    fs::create_dir(tmp.join("dir"))?;
+    fs::rename(tmp.join("dir"), new.join("dir"))?;
+    let (ttmp, tnew) = (
+        there.path.join("Maildir/tmp"),
+        there.path.join("Maildir/new"),
+    );
+    assert!(names(&ttmp)?.is_empty());
+    let found = names(&tnew)?;
+    assert_eq!(found.len(), 22);
+    for (i, ino) in inos.iter().enumerate() {
+        let p = tnew.join(format!("1700000000.{i}.host"));
+        assert_eq!(fs::read(&p)?, format!("message {i}").into_bytes());
+        assert_eq!(fs::metadata(&p)?.ino(), *ino);
+    }
+    assert_eq!(fs::read(tnew.join("again"))?, b"second");
+    assert!(fs::metadata(tnew.join("dir"))?.is_dir());
+    Ok(())
+}

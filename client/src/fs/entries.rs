@@ -186,9 +186,10 @@ impl FileSystem {
         creds: &Creds,
     ) -> Result<(), Errno> {
         // Within a directory leased here (a file written under a temporary name, then
-        // put in place, as rsync and editors do): answered alone.
-        if parent == new_parent && self.may_answer_alone() {
-            let target_open = match self.leases.entry(parent, new_name) {
+        // put in place, as rsync and editors do), or between two (a mail delivered from
+        // tmp/ to new/): answered alone.
+        if self.may_answer_alone() {
+            let target_open = match self.leases.entry(new_parent, new_name) {
                 Some((ino, FileKind::File)) => self.is_open(ino).await,
                 _ => false,
             };
@@ -199,7 +200,7 @@ impl FileSystem {
             };
             if let Some(answer) =
                 self.leases
-                    .rename(&self.meta, &asked, new_name, flags, target_open)
+                    .rename(&self.meta, &asked, new_parent, new_name, flags, target_open)
             {
                 return answer;
             }

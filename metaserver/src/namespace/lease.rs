@@ -375,10 +375,20 @@ pub fn apply_write_back(
             | Op::Rmdir { .. }
             | Op::CommitExtents { .. }
             | Op::AccessedBatch { .. } => true,
-            // A file unlinked while open where it was made, hidden in its directory.
+            // Within one directory (a file put in place under its name, or unlinked while
+            // open and hidden), or of a file between two directories (the leases of both
+            // are checked below). A directory moved between two changes others' paths:
+            // that goes through Mutate.
             Op::Rename {
-                parent, new_parent, ..
-            } => parent == new_parent,
+                parent,
+                name,
+                new_parent,
+                ..
+            } => {
+                parent == new_parent
+                    || read_dirent(ns.dirents()?, *parent, name)?
+                        .is_some_and(|e| e.kind != FileKind::Dir)
+            }
             Op::SetAttr { ino, set, .. } if set.size.is_none() => {
                 match read_inode(ns.inodes()?, *ino)?.map(|n| n.attr.kind) {
                     Some(FileKind::File) | None => true,
@@ -391,7 +401,7 @@ pub fn apply_write_back(
         };
         if !carried {
             let e = NsError::Invalid(
-                "a write-back holds creates, removals, renames within a directory, commits, atimes and attribute changes of files and of leased directories only"
+                "a write-back holds creates, removals, renames within a directory or of files, commits, atimes and attribute changes of files and of leased directories only"
                     .into(),
             );
             broken = Some(format!("an earlier change of this write-back failed: {e}"));

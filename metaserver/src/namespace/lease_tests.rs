@@ -626,3 +626,39 @@ fn a_symlink_in_a_write_back_takes_a_reserved_number_under_the_lease_and_nothing
         second
     );
 }
+
+#[test]
+fn a_write_back_moves_a_file_between_two_leased_directories_and_no_directory_nor_into_another() {
+    let (mut ns, root) = Ns::new();
+    let a = attr(ns.run(mkdir(root, "a"), HOLDER, None, true));
+    let b = attr(ns.run(mkdir(root, "b"), HOLDER, None, true));
+    let c = attr(ns.run(mkdir(root, "c"), HOLDER, None, false));
+    let f = attr(ns.run(node(a.ino, "f", FileKind::File), HOLDER, None, false));
+    let sub = attr(ns.run(mkdir(a.ino, "sub"), HOLDER, None, false));
+    let rename = |parent: InodeId, name: &str, new_parent: InodeId, new_name: &str| Op::Rename {
+        parent,
+        name: name.into(),
+        new_parent,
+        new_name: new_name.into(),
+        flags: RenameFlags::default(),
+        creds: Creds::root(),
+    };
+    let moved = ns.cmd(rename(a.ino, "f", b.ino, "g"), HOLDER, None, false);
+    let out = ns.holders_write_back(vec![moved]);
+    assert!(out.outcomes[0].is_ok(), "{out:?}");
+    assert_eq!(ns.lookup(b.ino, "g").unwrap().ino, f.ino);
+    assert!(ns.lookup(a.ino, "f").is_err());
+    // Into a directory not leased to the holder; a directory moved, even between two
+    // leased to it: refused, nothing moved.
+    for (op, what) in [
+        (rename(b.ino, "g", c.ino, "h"), "into an unleased directory"),
+        (rename(a.ino, "sub", b.ino, "sub"), "a directory"),
+    ] {
+        let cmd = ns.cmd(op, HOLDER, None, false);
+        let out = ns.holders_write_back(vec![cmd]);
+        assert!(out.outcomes[0].is_err(), "{what}: {out:?}");
+    }
+    assert_eq!(ns.lookup(b.ino, "g").unwrap().ino, f.ino);
+    assert_eq!(ns.lookup(a.ino, "sub").unwrap().ino, sub.ino);
+    assert!(ns.lookup(c.ino, "h").is_err() && ns.lookup(b.ino, "sub").is_err());
+}

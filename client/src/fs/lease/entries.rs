@@ -1,5 +1,5 @@
 //! Changes of a leased directory's entries answered alone: creates, mkdir, symlinks, rmdir,
-//! unlink and renames within it (a file unlinked while open here is renamed out of sight). Each is decided from
+//! unlink, and renames of files within it or to another leased directory (a file unlinked while open here is renamed out of sight). Each is decided from
 //! what the mount knows of the directory (all of it), applied to that, and queued.
 
 use meridian_proto::InodeId;
@@ -282,16 +282,18 @@ impl Leases {
         Some(Ok(()))
     }
 
-    /// A rename within leased `asked.parent` answered alone, of an entry that is not a
-    /// directory, to `new_name` absent or naming another entry that is not a directory
-    /// (replaced: `target_open` says whether it is open here, which the servers are left
-    /// to handle); `None` to ask the servers (a directory moved, an exchange, a name the
-    /// servers would refuse). Permissions are the kernel's (default_permissions, sticky
-    /// directories included), as for unlink.
+    /// A rename answered alone, within leased `asked.parent` or from it to leased
+    /// `new_parent`, of an entry that is not a directory, to `new_name` absent or naming
+    /// another entry that is not a directory (replaced: `target_open` says whether it is
+    /// open here, which the servers are left to handle); `None` to ask the servers (a
+    /// directory moved, an exchange, a name the servers would refuse, a directory not
+    /// leased here). Permissions are the kernel's (default_permissions, sticky directories
+    /// included), as for unlink.
     pub(in crate::fs) fn rename(
         &self,
         meta: &MetaClient,
         asked: &Asked<'_>,
+        new_parent: InodeId,
         new_name: &[u8],
         flags: RenameFlags,
         target_open: bool,
@@ -299,21 +301,20 @@ impl Leases {
         if !plain_name(asked.name)
             || !plain_name(new_name)
             || new_name.len() > NAME_MAX
-            || asked.name == new_name
+            || (asked.parent == new_parent && asked.name == new_name)
             || flags.exchange
         {
             return None;
         }
         let mut s = self.lock();
-        if s.queue.len() >= MAX_QUEUED {
+        if s.queue.len() >= MAX_QUEUED || !s.dirs.contains_key(&new_parent) {
             return None;
         }
-        let dir = s.dirs.get(&asked.parent)?;
-        let (ino, kind) = match dir.entries.get(asked.name) {
+        let (ino, kind) = match s.dirs.get(&asked.parent)?.entries.get(asked.name) {
             None => return Some(Err(libc_errno::ENOENT)),
             Some(e) => *e,
         };
-        let replaced = dir.entries.get(new_name).copied();
+        let replaced = s.dirs[&new_parent].entries.get(new_name).copied();
         if let Some((target, target_kind)) = replaced {
             if flags.noreplace {
                 return Some(Err(libc_errno::EEXIST));
@@ -326,10 +327,12 @@ impl Leases {
             return None;
         }
         let at = now();
-        let entries = &mut s.dirs.get_mut(&asked.parent).expect("checked").entries;
-        entries.remove(asked.name);
-        entries.insert(new_name.to_vec(), (ino, kind));
+        let from = &mut s.dirs.get_mut(&asked.parent).expect("checked").entries;
+        from.remove(asked.name);
+        let to = &mut s.dirs.get_mut(&new_parent).expect("checked").entries;
+        to.insert(new_name.to_vec(), (ino, kind));
         s.touch(asked.parent, at, 0);
+        s.touch(new_parent, at, 0);
         if let Some(a) = s.files.get_mut(&ino) {
             a.ctime = at;
         }
@@ -339,7 +342,7 @@ impl Leases {
         let op = Op::Rename {
             parent: asked.parent,
             name: asked.name.to_vec(),
-            new_parent: asked.parent,
+            new_parent,
             new_name: new_name.to_vec(),
             flags,
             creds: asked.creds.clone(),

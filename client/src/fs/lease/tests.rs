@@ -30,7 +30,7 @@ fn a_name_renamed_here_is_looked_up_at_the_servers_only_after_the_queue() {
     };
     let flags = RenameFlags::default();
     assert_eq!(
-        leases.rename(&meta, &asked, b"b", flags, false),
+        leases.rename(&meta, &asked, dir, b"b", flags, false),
         Some(Ok(()))
     );
     assert_eq!(leases.entry(dir, b"b"), Some((a, FileKind::File)));
@@ -52,7 +52,7 @@ fn a_name_renamed_here_is_looked_up_at_the_servers_only_after_the_queue() {
         creds: &creds,
     };
     assert_eq!(
-        leases.rename(&meta, &asked, b"c", flags, false),
+        leases.rename(&meta, &asked, dir, b"c", flags, false),
         Some(Err(libc_errno::ENOENT))
     );
     leases
@@ -63,10 +63,10 @@ fn a_name_renamed_here_is_looked_up_at_the_servers_only_after_the_queue() {
         .entries
         .insert(b"c".to_vec(), (InodeId(13), FileKind::File));
     assert_eq!(
-        leases.rename(&meta, &again, b"c", noreplace, false),
+        leases.rename(&meta, &again, dir, b"c", noreplace, false),
         Some(Err(libc_errno::EEXIST))
     );
-    assert_eq!(leases.rename(&meta, &again, b"c", flags, true), None);
+    assert_eq!(leases.rename(&meta, &again, dir, b"c", flags, true), None);
     // Sent and answered: the servers know it.
     let sent: Vec<Queued> = leases.lock().queue.drain(..).collect();
     assert_eq!(sent.len(), 1);
@@ -136,4 +136,66 @@ fn a_symlink_is_made_here_at_a_reserved_number_and_its_target_read_here() {
     );
     assert_eq!(leases.target(InodeId(100)), None);
     assert_eq!(leases.lookup(dir, b"l"), Some(Err(libc_errno::ENOENT)));
+}
+
+/// A file renamed from one leased directory to another is answered here: it leaves the
+/// first and replaces what the second named; a directory moved, or a destination not
+/// leased here, goes to the servers.
+#[test]
+fn a_file_renamed_between_two_leased_directories_is_answered_here() {
+    let leases = Leases::new(true);
+    let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
+    let (tmp, new, sub, mail, old) = (
+        InodeId(10),
+        InodeId(20),
+        InodeId(11),
+        InodeId(12),
+        InodeId(21),
+    );
+    {
+        let mut s = leases.lock();
+        let mut d = LeasedDir::born(attr(10, FileKind::Dir));
+        d.entries.insert(b"mail".to_vec(), (mail, FileKind::File));
+        d.entries.insert(b"sub".to_vec(), (sub, FileKind::Dir));
+        s.dirs.insert(tmp, d);
+        let mut d = LeasedDir::born(attr(20, FileKind::Dir));
+        d.entries.insert(b"1".to_vec(), (old, FileKind::File));
+        s.dirs.insert(new, d);
+        s.keep_file(&attr(21, FileKind::File));
+    }
+    let creds = Creds::root();
+    let asked = |name: &'static [u8]| Asked {
+        parent: tmp,
+        name,
+        creds: &creds,
+    };
+    let flags = RenameFlags::default();
+    assert_eq!(
+        leases.rename(&meta, &asked(b"sub"), new, b"sub", flags, false),
+        None,
+        "a directory moved"
+    );
+    assert_eq!(
+        leases.rename(&meta, &asked(b"mail"), InodeId(30), b"1", flags, false),
+        None,
+        "to a directory not leased here"
+    );
+    assert_eq!(
+        leases.rename(&meta, &asked(b"mail"), new, b"1", flags, false),
+        Some(Ok(()))
+    );
+    assert_eq!(leases.entry(tmp, b"mail"), None);
+    assert_eq!(leases.entry(new, b"1"), Some((mail, FileKind::File)));
+    assert!(leases.kept_file(old).is_none(), "the file replaced");
+    assert_eq!(
+        leases.rename(&meta, &asked(b"mail"), new, b"2", flags, false),
+        Some(Err(libc_errno::ENOENT))
+    );
+    let queued: Vec<Queued> = leases.lock().queue.clone();
+    assert!(matches!(
+        &queued[..],
+        [Queued { op: Op::Rename { parent, new_parent, .. }, .. }]
+            if *parent == tmp && *new_parent == new
+    ));
+    assert!(!leases.lookup_is_current(new, b"1"));
 }
