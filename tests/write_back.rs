@@ -680,3 +680,82 @@ fn a_file_renamed_between_two_leased_directories_is_answered_here_and_seen_elsew
     assert!(fs::metadata(tnew.join("dir"))?.is_dir());
     Ok(())
 }
+
+/// A directory filled under a temporary name and renamed into place (as package managers
+/// install), then onto an empty directory: answered here, the leases stay, and another
+/// mount finds the contents under the final names.
+#[test]
+fn a_directory_renamed_within_a_leased_directory_is_answered_here_and_seen_elsewhere() -> Result<()>
+{
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let d = here.path.join("node_modules");
+    fs::create_dir(&d)?;
+    let staged = d.join(".pkg-1234");
+    fs::create_dir(&staged)?;
+    fs::write(staged.join("index.js"), b"module.exports = 1;\n")?;
+    let pkg_ino = fs::metadata(&staged)?.ino();
+    fs::rename(&staged, d.join("pkg"))?;
+    fs::create_dir(d.join("empty"))?;
+    fs::create_dir(d.join("full"))?;
+    fs::write(d.join("full").join("x"), b"x")?;
+    assert_eq!(
+        errno_of(fs::rename(d.join("pkg"), d.join("full"))),
+        libc::ENOTEMPTY
+    );
+    fs::rename(d.join("pkg"), d.join("empty"))?;
+    fs::rename(d.join("empty"), d.join("pkg"))?;
+    assert_eq!(names(&d)?, ["full", "pkg"]);
+    assert_eq!(fs::read(d.join("pkg/index.js"))?, b"module.exports = 1;\n");
+    let leased = leased_dirs(&region)?;
+    for dir in [&d, &d.join("pkg")] {
+        assert!(
+            leased.contains(&fs::metadata(dir)?.ino()),
+            "{dir:?}: renamed here alone, the lease stays"
+        );
+    }
+    let td = there.path.join("node_modules");
+    assert_eq!(names(&td)?, ["full", "pkg"]);
+    assert_eq!(fs::metadata(td.join("pkg"))?.ino(), pkg_ino);
+    assert_eq!(fs::read(td.join("pkg/index.js"))?, b"module.exports = 1;\n");
+    assert_eq!(fs::metadata(&td)?.nlink(), 4);
+    Ok(())
+}
+
+/// A hard link made between two leased directories (as backups and package stores share
+/// files) is answered here: both names reach one file, counted twice, here and on another
+/// mount; the leases stay; removing one name leaves the other.
+#[test]
+fn a_hard_link_between_leased_directories_is_answered_here_and_seen_elsewhere() -> Result<()> {
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let (store, project) = (here.path.join("store"), here.path.join("project"));
+    fs::create_dir(&store)?;
+    fs::create_dir(&project)?;
+    fs::write(store.join("pkg.js"), b"shared")?;
+    fs::hard_link(store.join("pkg.js"), project.join("pkg.js"))?;
+    assert_eq!(
+        errno_of(fs::hard_link(store.join("pkg.js"), project.join("pkg.js"))),
+        libc::EEXIST
+    );
+    let (a, b) = (
+        fs::metadata(store.join("pkg.js"))?,
+        fs::metadata(project.join("pkg.js"))?,
+    );
+    assert_eq!((a.ino(), a.nlink(), b.nlink()), (b.ino(), 2, 2));
+    let leased = leased_dirs(&region)?;
+    for d in [&store, &project] {
+        assert!(
+            leased.contains(&fs::metadata(d)?.ino()),
+            "{d:?}: linked here alone, the lease stays"
+        );
+    }
+    let tp = there.path.join("project/pkg.js");
+    assert_eq!(fs::read(&tp)?, b"shared");
+    let seen = fs::metadata(&tp)?;
+    assert_eq!((seen.ino(), seen.nlink()), (a.ino(), 2));
+    fs::remove_file(store.join("pkg.js"))?;
+    assert_eq!(fs::read(project.join("pkg.js"))?, b"shared");
+    assert_eq!(fs::metadata(project.join("pkg.js"))?.nlink(), 1);
+    Ok(())
+}

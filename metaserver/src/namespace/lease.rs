@@ -371,23 +371,33 @@ pub fn apply_write_back(
         let carried = match &cmd.op {
             Op::Mknod { .. }
             | Op::Symlink { .. }
+            | Op::Link { .. }
             | Op::Unlink { .. }
             | Op::Rmdir { .. }
             | Op::CommitExtents { .. }
             | Op::AccessedBatch { .. } => true,
             // Within one directory (a file put in place under its name, or unlinked while
-            // open and hidden), or of a file between two directories (the leases of both
-            // are checked below). A directory moved between two changes others' paths:
-            // that goes through Mutate.
+            // open and hidden, a directory renamed), or of a file between two directories
+            // (the leases of both are checked below). A directory moved between two
+            // changes others' paths: that goes through Mutate. A directory moved or
+            // replaced must be leased to the client too (nobody else knows it whole).
             Op::Rename {
                 parent,
                 name,
                 new_parent,
+                new_name,
                 ..
             } => {
-                parent == new_parent
-                    || read_dirent(ns.dirents()?, *parent, name)?
-                        .is_some_and(|e| e.kind != FileKind::Dir)
+                let moved = read_dirent(ns.dirents()?, *parent, name)?;
+                let replaced = read_dirent(ns.dirents()?, *new_parent, new_name)?;
+                let moved_dir = moved.as_ref().is_some_and(|e| e.kind == FileKind::Dir);
+                let mut held = true;
+                for e in moved.iter().chain(&replaced) {
+                    if e.kind == FileKind::Dir {
+                        held &= leases.holder(e.ino)? == Some(wb.client);
+                    }
+                }
+                held && (parent == new_parent || !moved_dir)
             }
             Op::SetAttr { ino, set, .. } if set.size.is_none() => {
                 match read_inode(ns.inodes()?, *ino)?.map(|n| n.attr.kind) {
@@ -401,7 +411,7 @@ pub fn apply_write_back(
         };
         if !carried {
             let e = NsError::Invalid(
-                "a write-back holds creates, removals, renames within a directory or of files, commits, atimes and attribute changes of files and of leased directories only"
+                "a write-back holds creates, links, removals, renames within a directory or of files, commits, atimes and attribute changes of files and of leased directories only"
                     .into(),
             );
             broken = Some(format!("an earlier change of this write-back failed: {e}"));

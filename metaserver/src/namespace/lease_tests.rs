@@ -662,3 +662,75 @@ fn a_write_back_moves_a_file_between_two_leased_directories_and_no_directory_nor
     assert_eq!(ns.lookup(a.ino, "sub").unwrap().ino, sub.ino);
     assert!(ns.lookup(c.ino, "h").is_err() && ns.lookup(b.ino, "sub").is_err());
 }
+
+#[test]
+fn a_write_back_renames_a_directory_within_its_directory_only_when_it_is_leased_to_the_client() {
+    let (mut ns, root) = Ns::new();
+    let top = attr(ns.run(mkdir(root, "top"), HOLDER, None, true));
+    let mine = attr(ns.run(mkdir(top.ino, "mine"), HOLDER, None, true));
+    let theirs = attr(ns.run(mkdir(top.ino, "theirs"), OTHER, None, true));
+    let nobodys = attr(ns.run(mkdir(top.ino, "nobodys"), HOLDER, None, false));
+    let empty = attr(ns.run(mkdir(top.ino, "empty"), HOLDER, None, true));
+    let rename = |name: &str, new_name: &str| Op::Rename {
+        parent: top.ino,
+        name: name.into(),
+        new_parent: top.ino,
+        new_name: new_name.into(),
+        flags: RenameFlags::default(),
+        creds: Creds::root(),
+    };
+    // Another client's directory, nobody's, or onto a directory not leased to the
+    // holder: refused, nothing renamed.
+    for (name, new_name) in [
+        ("theirs", "a"),
+        ("nobodys", "b"),
+        ("mine", "theirs"),
+        ("mine", "nobodys"),
+    ] {
+        let cmd = ns.cmd(rename(name, new_name), HOLDER, None, false);
+        let out = ns.holders_write_back(vec![cmd]);
+        assert!(out.outcomes[0].is_err(), "{name} -> {new_name}: {out:?}");
+    }
+    assert_eq!(ns.lookup(top.ino, "theirs").unwrap().ino, theirs.ino);
+    assert_eq!(ns.lookup(top.ino, "nobodys").unwrap().ino, nobodys.ino);
+    assert_eq!(ns.lookup(top.ino, "mine").unwrap().ino, mine.ino);
+    // Its own, onto its own empty directory: renamed, the replaced one's lease gone.
+    let cmd = ns.cmd(rename("mine", "empty"), HOLDER, None, false);
+    let out = ns.holders_write_back(vec![cmd]);
+    assert!(out.outcomes[0].is_ok(), "{out:?}");
+    assert_eq!(ns.lookup(top.ino, "empty").unwrap().ino, mine.ino);
+    assert!(ns.lookup(top.ino, "mine").is_err());
+    assert_eq!(ns.holder(empty.ino), None);
+    assert_eq!(ns.holder(mine.ino), Some(HOLDER));
+}
+
+#[test]
+fn a_write_back_links_a_file_into_a_directory_leased_to_the_client_only() {
+    let (mut ns, root) = Ns::new();
+    let a = attr(ns.run(mkdir(root, "a"), HOLDER, None, true));
+    let b = attr(ns.run(mkdir(root, "b"), HOLDER, None, true));
+    let c = attr(ns.run(mkdir(root, "c"), HOLDER, None, false));
+    let f = attr(ns.run(node(a.ino, "f", FileKind::File), HOLDER, None, false));
+    let link = |new_parent: InodeId, ino: InodeId| Op::Link {
+        ino,
+        new_parent,
+        new_name: b"g".to_vec(),
+        creds: Creds::root(),
+    };
+    for (op, what) in [
+        (
+            link(c.ino, f.ino),
+            "into a directory not leased to the holder",
+        ),
+        (link(b.ino, a.ino), "a directory"),
+    ] {
+        let cmd = ns.cmd(op, HOLDER, None, false);
+        let out = ns.holders_write_back(vec![cmd]);
+        assert!(out.outcomes[0].is_err(), "{what}: {out:?}");
+    }
+    assert!(ns.lookup(c.ino, "g").is_err() && ns.lookup(b.ino, "g").is_err());
+    let cmd = ns.cmd(link(b.ino, f.ino), HOLDER, None, false);
+    let linked = attr(ns.holders_write_back(vec![cmd]).outcomes[0].clone());
+    assert_eq!((linked.ino, linked.nlink), (f.ino, 2));
+    assert_eq!(ns.lookup(b.ino, "g").unwrap().ino, f.ino);
+}

@@ -1,5 +1,6 @@
-//! Changes of a leased directory's entries answered alone: creates, mkdir, symlinks, rmdir,
-//! unlink, and renames of files within it or to another leased directory (a file unlinked while open here is renamed out of sight). Each is decided from
+//! Changes of a leased directory's entries answered alone: creates, mkdir, symlinks, links, rmdir,
+//! unlink, and renames within it (of directories leased here too) or of files to another
+//! leased directory (a file unlinked while open here is renamed out of sight). Each is decided from
 //! what the mount knows of the directory (all of it), applied to that, and queued.
 
 use meridian_proto::InodeId;
@@ -196,6 +197,55 @@ impl Leases {
         Some(Ok(attr))
     }
 
+    /// A hard link answered alone: `asked.name` in leased `asked.parent` made a name of
+    /// file `ino`, whose attributes are kept here (it is reached through leased
+    /// directories). Returns the file's attributes as linked.
+    pub(in crate::fs) fn link(
+        &self,
+        meta: &MetaClient,
+        asked: &Asked<'_>,
+        ino: InodeId,
+    ) -> Option<Result<Attr, Errno>> {
+        if !plain_name(asked.name) {
+            return None;
+        }
+        let mut s = self.lock();
+        let parent = s.dirs.get(&asked.parent)?;
+        if asked.name.len() > NAME_MAX {
+            return Some(Err(libc_errno::ENAMETOOLONG));
+        }
+        if parent.entries.contains_key(asked.name) {
+            return Some(Err(libc_errno::EEXIST));
+        }
+        let file = s.files.get(&ino)?;
+        if file.kind == FileKind::Dir || file.nlink >= LINK_MAX || s.queue.len() >= MAX_QUEUED {
+            return None;
+        }
+        let at = now();
+        let kind = file.kind;
+        let attr = {
+            let file = s.files.get_mut(&ino).expect("checked");
+            file.nlink += 1;
+            file.ctime = at;
+            file.clone()
+        };
+        s.dirs
+            .get_mut(&asked.parent)
+            .expect("checked")
+            .entries
+            .insert(asked.name.to_vec(), (ino, kind));
+        s.touch(asked.parent, at, 0);
+        let op = Op::Link {
+            ino,
+            new_parent: asked.parent,
+            new_name: asked.name.to_vec(),
+            creds: asked.creds.clone(),
+        };
+        let request = self.enqueue(&mut s, meta, op, at, None);
+        s.also_touches(request, ino);
+        Some(Ok(attr))
+    }
+
     /// rmdir answered alone, if `parent` and the directory removed are leased here.
     pub(in crate::fs) fn rmdir(
         &self,
@@ -283,12 +333,13 @@ impl Leases {
     }
 
     /// A rename answered alone, within leased `asked.parent` or from it to leased
-    /// `new_parent`, of an entry that is not a directory, to `new_name` absent or naming
-    /// another entry that is not a directory (replaced: `target_open` says whether it is
-    /// open here, which the servers are left to handle); `None` to ask the servers (a
-    /// directory moved, an exchange, a name the servers would refuse, a directory not
-    /// leased here). Permissions are the kernel's (default_permissions, sticky directories
-    /// included), as for unlink.
+    /// `new_parent`, of a file (or of a directory leased here, within its directory), to
+    /// `new_name` absent or naming an entry of the same kind (replaced: a file,
+    /// `target_open` says whether it is open here, which the servers are left to handle;
+    /// a directory, empty and leased here); `None` to ask the servers (a directory moved
+    /// elsewhere or not leased here, an exchange, a name the servers would refuse, a
+    /// directory not leased here). Permissions are the kernel's (default_permissions,
+    /// sticky directories included), as for unlink.
     pub(in crate::fs) fn rename(
         &self,
         meta: &MetaClient,
@@ -314,17 +365,33 @@ impl Leases {
             None => return Some(Err(libc_errno::ENOENT)),
             Some(e) => *e,
         };
+        let dir = kind == FileKind::Dir;
+        // A directory only within its directory (its ".." stays), and only one leased
+        // here (its attributes are this mount's to change).
+        if dir && (asked.parent != new_parent || !s.dirs.contains_key(&ino)) {
+            return None;
+        }
         let replaced = s.dirs[&new_parent].entries.get(new_name).copied();
         if let Some((target, target_kind)) = replaced {
             if flags.noreplace {
                 return Some(Err(libc_errno::EEXIST));
             }
-            if target_kind == FileKind::Dir || target == ino || target_open {
+            if target == ino || target_open {
                 return None;
             }
-        }
-        if kind == FileKind::Dir {
-            return None;
+            match (dir, target_kind == FileKind::Dir) {
+                (true, false) => return Some(Err(libc_errno::ENOTDIR)),
+                (false, true) => return Some(Err(libc_errno::EISDIR)),
+                // An empty directory leased here is replaced, as rmdir would remove it.
+                (true, true) => match s.dirs.get(&target) {
+                    None => return None,
+                    Some(t) if !t.entries.is_empty() => {
+                        return Some(Err(libc_errno::ENOTEMPTY));
+                    }
+                    Some(_) => {}
+                },
+                (false, false) => {}
+            }
         }
         let at = now();
         let from = &mut s.dirs.get_mut(&asked.parent).expect("checked").entries;
@@ -332,12 +399,22 @@ impl Leases {
         let to = &mut s.dirs.get_mut(&new_parent).expect("checked").entries;
         to.insert(new_name.to_vec(), (ino, kind));
         s.touch(asked.parent, at, 0);
-        s.touch(new_parent, at, 0);
         if let Some(a) = s.files.get_mut(&ino) {
             a.ctime = at;
         }
-        if let Some((target, _)) = replaced {
-            s.forget_file(target);
+        if let Some(d) = s.dirs.get_mut(&ino) {
+            d.attr.ctime = at;
+        }
+        match replaced {
+            Some((target, FileKind::Dir)) => {
+                s.dirs.remove(&target);
+                s.touch(new_parent, at, -1);
+            }
+            Some((target, _)) => {
+                s.forget_file(target);
+                s.touch(new_parent, at, 0);
+            }
+            None => s.touch(new_parent, at, 0),
         }
         let op = Op::Rename {
             parent: asked.parent,

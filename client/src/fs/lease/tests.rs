@@ -199,3 +199,120 @@ fn a_file_renamed_between_two_leased_directories_is_answered_here() {
     ));
     assert!(!leases.lookup_is_current(new, b"1"));
 }
+
+/// A directory leased here is renamed within its directory here, onto a free name or an
+/// empty directory leased here; not onto a file, a directory not empty, nor elsewhere; a
+/// directory not leased here goes to the servers.
+#[test]
+fn a_directory_leased_here_is_renamed_within_its_directory_here() {
+    let leases = Leases::new(true);
+    let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
+    let (top, other, x, empty, full, unleased, file) = (
+        InodeId(10),
+        InodeId(20),
+        InodeId(11),
+        InodeId(12),
+        InodeId(13),
+        InodeId(14),
+        InodeId(15),
+    );
+    {
+        let mut s = leases.lock();
+        let mut d = LeasedDir::born(attr(10, FileKind::Dir));
+        for (name, ino, kind) in [
+            (&b"x"[..], x, FileKind::Dir),
+            (b"empty", empty, FileKind::Dir),
+            (b"full", full, FileKind::Dir),
+            (b"unleased", unleased, FileKind::Dir),
+            (b"file", file, FileKind::File),
+        ] {
+            d.entries.insert(name.to_vec(), (ino, kind));
+        }
+        d.attr.nlink = 6;
+        s.dirs.insert(top, d);
+        s.dirs
+            .insert(other, LeasedDir::born(attr(20, FileKind::Dir)));
+        for ino in [x, empty] {
+            s.dirs
+                .insert(ino, LeasedDir::born(attr(ino.0, FileKind::Dir)));
+        }
+        let mut f = LeasedDir::born(attr(13, FileKind::Dir));
+        f.entries
+            .insert(b"in".to_vec(), (InodeId(16), FileKind::File));
+        s.dirs.insert(full, f);
+    }
+    let creds = Creds::root();
+    let asked = |name: &'static [u8]| Asked {
+        parent: top,
+        name,
+        creds: &creds,
+    };
+    let flags = RenameFlags::default();
+    let rename = |name: &'static [u8], to: InodeId, new_name: &[u8]| {
+        leases.rename(&meta, &asked(name), to, new_name, flags, false)
+    };
+    assert_eq!(rename(b"x", other, b"x"), None, "moved elsewhere");
+    assert_eq!(rename(b"unleased", top, b"y"), None, "not leased here");
+    assert_eq!(rename(b"x", top, b"file"), Some(Err(libc_errno::ENOTDIR)));
+    assert_eq!(rename(b"file", top, b"x"), Some(Err(libc_errno::EISDIR)));
+    assert_eq!(rename(b"x", top, b"full"), Some(Err(libc_errno::ENOTEMPTY)));
+    assert!(leases.lock().queue.is_empty());
+    assert_eq!(rename(b"x", top, b"y"), Some(Ok(())));
+    assert_eq!(leases.entry(top, b"y"), Some((x, FileKind::Dir)));
+    assert_eq!(leases.attr(top).map(|a| a.nlink), Some(6));
+    assert_eq!(rename(b"y", top, b"empty"), Some(Ok(())));
+    assert_eq!(leases.entry(top, b"empty"), Some((x, FileKind::Dir)));
+    assert_eq!(leases.entry(top, b"y"), None);
+    assert!(
+        leases.attr(empty).is_none(),
+        "the directory replaced is gone"
+    );
+    assert_eq!(leases.attr(top).map(|a| a.nlink), Some(5));
+    assert!(leases.attr(x).is_some(), "the one moved stays leased");
+    assert_eq!(leases.lock().queue.len(), 2);
+}
+
+/// A hard link of a file kept here, into a leased directory, is made here: the name is
+/// added and the file's links counted; a name taken is refused; a file not kept here, or
+/// a directory not leased here, goes to the servers.
+#[test]
+fn a_hard_link_of_a_file_kept_here_is_made_here() {
+    let leases = Leases::new(true);
+    let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
+    let (a, b, file, stranger) = (InodeId(10), InodeId(20), InodeId(11), InodeId(12));
+    {
+        let mut s = leases.lock();
+        let mut d = LeasedDir::born(attr(10, FileKind::Dir));
+        d.entries.insert(b"f".to_vec(), (file, FileKind::File));
+        s.dirs.insert(a, d);
+        s.dirs.insert(b, LeasedDir::born(attr(20, FileKind::Dir)));
+        let mut f = attr(11, FileKind::File);
+        f.nlink = 1;
+        s.keep_file(&f);
+    }
+    let creds = Creds::root();
+    let asked = |parent: InodeId, name: &'static [u8]| Asked {
+        parent,
+        name,
+        creds: &creds,
+    };
+    assert_eq!(leases.link(&meta, &asked(b, b"g"), stranger), None);
+    assert_eq!(leases.link(&meta, &asked(InodeId(30), b"g"), file), None);
+    assert_eq!(
+        leases.link(&meta, &asked(a, b"f"), file),
+        Some(Err(libc_errno::EEXIST))
+    );
+    let linked = leases
+        .link(&meta, &asked(b, b"g"), file)
+        .expect("answered here")
+        .expect("linked");
+    assert_eq!((linked.ino, linked.nlink), (file, 2));
+    assert_eq!(leases.kept_file(file).map(|f| f.nlink), Some(2));
+    assert_eq!(leases.entry(b, b"g"), Some((file, FileKind::File)));
+    assert_eq!(leases.lookup(b, b"g"), Some(Ok(linked)));
+    let queued: Vec<Queued> = leases.lock().queue.clone();
+    assert!(matches!(
+        &queued[..],
+        [Queued { op: Op::Link { ino, new_parent, .. }, .. }] if *ino == file && *new_parent == b
+    ));
+}
