@@ -124,6 +124,8 @@ pub struct WrittenBack {
     pub reserved: Option<(InodeId, u32)>,
     /// The leases of existing directories granted.
     pub granted: Vec<Granted>,
+    /// What the leader takes in a write-back (`ns::WRITE_BACK_LEVEL`; 0 from an older one).
+    pub level: u32,
 }
 
 impl MetaClient {
@@ -358,6 +360,7 @@ impl MetaClient {
             outcomes,
             reserved,
             granted,
+            level: resp.level,
         })
     }
 

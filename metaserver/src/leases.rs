@@ -277,6 +277,7 @@ impl MetaNode {
                     } else {
                         json(&out.granted)
                     },
+                    level: meridian_proto::ns::WRITE_BACK_LEVEL,
                 }))
             }
             Ok((RaftResponse::WriteBack(Err(e)), _)) => Err(Status::from(MetaError::Ns(e))),

@@ -387,6 +387,12 @@ pub struct Queued {
 pub const WRITE_BACK_MAX: usize = 4096;
 /// Most existing directories one write-back asks the leases of.
 pub const ACQUIRE_MAX: usize = 64;
+
+/// What a leader takes in a write-back beyond creates, removals, commits and attribute
+/// changes (`WriteBackResponse.level`): renames of files within a directory from 1;
+/// symlinks, hard links, files renamed between directories and directories renamed
+/// within one from 2.
+pub const WRITE_BACK_LEVEL: u32 = 2;
 /// Most entries of an existing directory leased on demand: its holder is sent them all,
 /// and keeps them.
 pub const ACQUIRE_MAX_ENTRIES: usize = 10_000;

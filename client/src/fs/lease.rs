@@ -125,6 +125,9 @@ struct State {
     /// how many such changes; and the inodes each change touches, by request.
     touching: HashMap<InodeId, u32>,
     touched_by: HashMap<u64, Vec<InodeId>>,
+    /// What the leader last said it takes in a write-back (`ns::WRITE_BACK_LEVEL`): a
+    /// change it would refuse is not answered here (a mount newer than its metaservers).
+    level: u32,
 }
 
 impl State {

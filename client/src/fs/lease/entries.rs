@@ -171,6 +171,9 @@ impl Leases {
             return None;
         }
         let mut s = self.lock();
+        if s.level < 2 {
+            return None;
+        }
         let parent = s.dirs.get(&asked.parent)?;
         if asked.name.len() > NAME_MAX {
             return Some(Err(libc_errno::ENAMETOOLONG));
@@ -210,6 +213,9 @@ impl Leases {
             return None;
         }
         let mut s = self.lock();
+        if s.level < 2 {
+            return None;
+        }
         let parent = s.dirs.get(&asked.parent)?;
         if asked.name.len() > NAME_MAX {
             return Some(Err(libc_errno::ENAMETOOLONG));
@@ -366,6 +372,15 @@ impl Leases {
             Some(e) => *e,
         };
         let dir = kind == FileKind::Dir;
+        // What the leader takes (a mount newer than its metaservers).
+        let needs = if dir || asked.parent != new_parent {
+            2
+        } else {
+            1
+        };
+        if s.level < needs {
+            return None;
+        }
         // A directory only within its directory (its ".." stays), and only one leased
         // here (its attributes are this mount's to change).
         if dir && (asked.parent != new_parent || !s.dirs.contains_key(&ino)) {

@@ -184,7 +184,9 @@ impl Leases {
                     outcomes,
                     reserved,
                     granted,
+                    level,
                 }) => {
+                    s.level = level;
                     leases.granted(&mut s, &acquire, granted);
                     if let Some((first, n)) = reserved {
                         s.reserved.push_back((first.0, first.0 + u64::from(n)));

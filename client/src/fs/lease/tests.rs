@@ -3,7 +3,7 @@
 use super::*;
 use crate::fs::test_attr as attr;
 use crate::meta::MetaClient;
-use meridian_proto::ns::{RenameFlags, SYMLINK_MAX};
+use meridian_proto::ns::{RenameFlags, SYMLINK_MAX, WRITE_BACK_LEVEL};
 
 /// A name a rename answered here gave a file the servers do not know there yet: a
 /// lookup of it that reaches the servers waits for the queue until the rename is
@@ -15,6 +15,7 @@ fn a_name_renamed_here_is_looked_up_at_the_servers_only_after_the_queue() {
     let (dir, a, b) = (InodeId(10), InodeId(11), InodeId(12));
     {
         let mut s = leases.lock();
+        s.level = WRITE_BACK_LEVEL;
         let mut d = LeasedDir::born(attr(10, FileKind::Dir));
         d.entries.insert(b"a".to_vec(), (a, FileKind::File));
         d.entries.insert(b"b".to_vec(), (b, FileKind::File));
@@ -86,6 +87,7 @@ fn a_symlink_is_made_here_at_a_reserved_number_and_its_target_read_here() {
     let dir = InodeId(10);
     {
         let mut s = leases.lock();
+        s.level = WRITE_BACK_LEVEL;
         let mut d = LeasedDir::born(attr(10, FileKind::Dir));
         d.entries
             .insert(b"taken".to_vec(), (InodeId(11), FileKind::File));
@@ -154,6 +156,7 @@ fn a_file_renamed_between_two_leased_directories_is_answered_here() {
     );
     {
         let mut s = leases.lock();
+        s.level = WRITE_BACK_LEVEL;
         let mut d = LeasedDir::born(attr(10, FileKind::Dir));
         d.entries.insert(b"mail".to_vec(), (mail, FileKind::File));
         d.entries.insert(b"sub".to_vec(), (sub, FileKind::Dir));
@@ -218,6 +221,7 @@ fn a_directory_leased_here_is_renamed_within_its_directory_here() {
     );
     {
         let mut s = leases.lock();
+        s.level = WRITE_BACK_LEVEL;
         let mut d = LeasedDir::born(attr(10, FileKind::Dir));
         for (name, ino, kind) in [
             (&b"x"[..], x, FileKind::Dir),
@@ -282,6 +286,7 @@ fn a_hard_link_of_a_file_kept_here_is_made_here() {
     let (a, b, file, stranger) = (InodeId(10), InodeId(20), InodeId(11), InodeId(12));
     {
         let mut s = leases.lock();
+        s.level = WRITE_BACK_LEVEL;
         let mut d = LeasedDir::born(attr(10, FileKind::Dir));
         d.entries.insert(b"f".to_vec(), (file, FileKind::File));
         s.dirs.insert(a, d);
@@ -314,5 +319,63 @@ fn a_hard_link_of_a_file_kept_here_is_made_here() {
     assert!(matches!(
         &queued[..],
         [Queued { op: Op::Link { ino, new_parent, .. }, .. }] if *ino == file && *new_parent == b
+    ));
+}
+
+/// A mount newer than its leader answers alone only what the leader's last write-back
+/// answer said it takes: nothing beyond creates and removals from an older leader (level
+/// 0), renames of files within a directory from level 1, the rest from level 2.
+#[test]
+fn what_the_leader_would_refuse_is_not_answered_here() {
+    let leases = Leases::new(true);
+    let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
+    let (dir, other, file, sub) = (InodeId(10), InodeId(20), InodeId(11), InodeId(12));
+    {
+        let mut s = leases.lock();
+        let mut d = LeasedDir::born(attr(10, FileKind::Dir));
+        d.entries.insert(b"f".to_vec(), (file, FileKind::File));
+        d.entries.insert(b"sub".to_vec(), (sub, FileKind::Dir));
+        s.dirs.insert(dir, d);
+        s.dirs
+            .insert(other, LeasedDir::born(attr(20, FileKind::Dir)));
+        s.dirs.insert(sub, LeasedDir::born(attr(12, FileKind::Dir)));
+        s.keep_file(&attr(11, FileKind::File));
+        s.reserved.push_back((100, 200));
+    }
+    let creds = Creds::root();
+    let asked = |name: &'static [u8]| Asked {
+        parent: dir,
+        name,
+        creds: &creds,
+    };
+    let flags = RenameFlags::default();
+    for level in [0, 1] {
+        leases.lock().level = level;
+        assert_eq!(leases.symlink(&meta, &asked(b"l"), b"f"), None);
+        assert_eq!(leases.link(&meta, &asked(b"g"), file), None);
+        assert_eq!(
+            leases.rename(&meta, &asked(b"f"), other, b"f", flags, false),
+            None
+        );
+        assert_eq!(
+            leases.rename(&meta, &asked(b"sub"), dir, b"sub2", flags, false),
+            None
+        );
+    }
+    leases.lock().level = 0;
+    assert_eq!(
+        leases.rename(&meta, &asked(b"f"), dir, b"f2", flags, false),
+        None
+    );
+    assert!(leases.lock().queue.is_empty());
+    leases.lock().level = 1;
+    assert_eq!(
+        leases.rename(&meta, &asked(b"f"), dir, b"f2", flags, false),
+        Some(Ok(()))
+    );
+    leases.lock().level = WRITE_BACK_LEVEL;
+    assert!(matches!(
+        leases.symlink(&meta, &asked(b"l"), b"f2"),
+        Some(Ok(_))
     ));
 }
