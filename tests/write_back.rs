@@ -759,3 +759,33 @@ fn a_hard_link_between_leased_directories_is_answered_here_and_seen_elsewhere() 
     assert_eq!(fs::metadata(project.join("pkg.js"))?.nlink(), 1);
     Ok(())
 }
+
+/// A name this mount kept from its own change through the servers, before the directory
+/// was leased to it, names something else once renames answered alone moved it: a
+/// lookup after the kernel dropped its entries finds what the name holds now.
+#[test]
+fn a_name_kept_before_a_lease_does_not_outlive_renames_answered_alone() -> Result<()> {
+    let region = Region::start()?;
+    let maker = region.mount_with("maker", &["--no-write-back"])?;
+    let here = region.mount("here")?;
+    fs::create_dir(maker.path.join("p"))?;
+    let p = here.path.join("p");
+    let p_ino = fs::metadata(&p)?.ino();
+    for i in 0..3 {
+        fs::write(p.join(format!("y{i}")), b"y")?;
+    }
+    // The fourth change: the lease of p is asked for; d is leased here at birth.
+    fs::create_dir(p.join("d"))?;
+    wait_for(Duration::from_secs(20), "p leased here", || {
+        leased_dirs(&region).ok().filter(|l| l.contains(&p_ino))
+    })?;
+    let file = fs::metadata(p.join("y0"))?.ino();
+    fs::rename(p.join("d"), p.join("e"))?;
+    fs::rename(p.join("y0"), p.join("d"))?;
+    fs::write("/proc/sys/vm/drop_caches", "2")?;
+    let found = fs::symlink_metadata(p.join("d"))?;
+    assert!(found.is_file(), "p/d is the file now");
+    assert_eq!(found.ino(), file);
+    assert!(fs::metadata(p.join("e"))?.is_dir());
+    Ok(())
+}

@@ -40,10 +40,13 @@ impl FileSystem {
             return Err(libc_errno::ENOENT);
         }
         // A name kept from an earlier answer, of an inode whose attributes are known here
-        // (a directory leased here): as the kernel's entry cache would have answered.
+        // (a directory leased here): as the kernel's entry cache would have answered. Not
+        // in a directory leased here: its changes answered alone do not reach the names
+        // kept, and its own entries are the answer.
         let sees_everything = self.feed_sees_everything();
         let epoch = self.cache_epoch();
         if sees_everything
+            && self.leases.attr(parent).is_none()
             && let Some(ino) = self.known.entry(parent, name, epoch)
             && let Some(a) = self.leases.attr(ino)
         {

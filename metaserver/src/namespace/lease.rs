@@ -369,11 +369,18 @@ pub fn apply_write_back(
         // lease, as through Mutate, and of directories leased to the client): anything
         // else goes through Mutate, which recalls other clients' leases.
         let carried = match &cmd.op {
+            // A directory removed that another client holds goes through Mutate, which
+            // recalls it.
+            Op::Rmdir { parent, name, .. } => match read_dirent(ns.dirents()?, *parent, name)? {
+                Some(e) if e.kind == FileKind::Dir => {
+                    leases.holder(e.ino)?.is_none_or(|c| c == wb.client)
+                }
+                _ => true,
+            },
             Op::Mknod { .. }
             | Op::Symlink { .. }
             | Op::Link { .. }
             | Op::Unlink { .. }
-            | Op::Rmdir { .. }
             | Op::CommitExtents { .. }
             | Op::AccessedBatch { .. } => true,
             // Within one directory (a file put in place under its name, or unlinked while
@@ -386,8 +393,9 @@ pub fn apply_write_back(
                 name,
                 new_parent,
                 new_name,
+                flags,
                 ..
-            } => {
+            } if !flags.exchange => {
                 let moved = read_dirent(ns.dirents()?, *parent, name)?;
                 let replaced = read_dirent(ns.dirents()?, *new_parent, new_name)?;
                 let moved_dir = moved.as_ref().is_some_and(|e| e.kind == FileKind::Dir);

@@ -734,3 +734,47 @@ fn a_write_back_links_a_file_into_a_directory_leased_to_the_client_only() {
     assert_eq!((linked.ino, linked.nlink), (f.ino, 2));
     assert_eq!(ns.lookup(b.ino, "g").unwrap().ino, f.ino);
 }
+
+#[test]
+fn a_write_back_removes_no_directory_another_client_holds_and_exchanges_nothing() {
+    let (mut ns, root) = Ns::new();
+    let top = attr(ns.run(mkdir(root, "top"), HOLDER, None, true));
+    let theirs = attr(ns.run(mkdir(top.ino, "theirs"), OTHER, None, true));
+    attr(ns.run(mkdir(top.ino, "nobodys"), HOLDER, None, false));
+    attr(ns.run(node(top.ino, "f", FileKind::File), HOLDER, None, false));
+    let rmdir = |name: &str| Op::Rmdir {
+        parent: top.ino,
+        name: name.into(),
+        creds: Creds::root(),
+    };
+    let exchange = Op::Rename {
+        parent: top.ino,
+        name: b"f".to_vec(),
+        new_parent: top.ino,
+        new_name: b"nobodys".to_vec(),
+        flags: RenameFlags {
+            exchange: true,
+            ..RenameFlags::default()
+        },
+        creds: Creds::root(),
+    };
+    for (op, what) in [
+        (rmdir("theirs"), "another client's"),
+        (exchange, "an exchange"),
+    ] {
+        let cmd = ns.cmd(op, HOLDER, None, false);
+        let out = ns.holders_write_back(vec![cmd]);
+        assert!(out.outcomes[0].is_err(), "{what}: {out:?}");
+    }
+    assert_eq!(ns.lookup(top.ino, "theirs").unwrap().ino, theirs.ino);
+    assert_eq!(ns.holder(theirs.ino), Some(OTHER));
+    assert_eq!(
+        ns.lookup(top.ino, "nobodys").unwrap().kind,
+        FileKind::Dir,
+        "not exchanged"
+    );
+    // One nobody holds is removed.
+    let cmd = ns.cmd(rmdir("nobodys"), HOLDER, None, false);
+    assert!(ns.holders_write_back(vec![cmd]).outcomes[0].is_ok());
+    assert!(ns.lookup(top.ino, "nobodys").is_err());
+}

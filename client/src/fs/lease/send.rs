@@ -22,6 +22,52 @@ const BATCH_MAX: usize = 2048;
 const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 const SEND_AT: usize = 256;
 
+/// What one write-back sends: changes, leases given back, numbers asked for, leases asked
+/// for.
+type Batch = (Vec<Queued>, Vec<InodeId>, u32, Vec<InodeId>);
+
+impl State {
+    /// Takes the next batch off the queue, with the leases that may go back with it.
+    pub(super) fn next_batch(&mut self) -> Batch {
+        let n = self.queue.len().min(BATCH_MAX);
+        let ops: Vec<Queued> = self.queue.drain(..n).collect();
+        // A lease goes back with the batch holding the last change queued in it, or that
+        // moves or replaces it (the leader takes a directory renamed only under its
+        // lease).
+        let later: std::collections::HashSet<InodeId> = self
+            .queue
+            .iter()
+            .flat_map(|q| {
+                let touched = self.touched_by.get(&q.request).into_iter().flatten();
+                q.op.dirs_changed().into_iter().chain(touched.copied())
+            })
+            .collect();
+        let release: Vec<InodeId> = self
+            .release
+            .iter()
+            .copied()
+            .filter(|d| !later.contains(d))
+            .collect();
+        for d in &release {
+            self.release.remove(d);
+        }
+        let reserve = if self.reserving { RESERVE } else { 0 };
+        self.reserving = false;
+        // Not a lease still to be given back (its release may go in a later batch, after
+        // the grant).
+        let acquire: Vec<InodeId> = std::mem::take(&mut self.acquire)
+            .into_iter()
+            .filter(|d| !self.release.contains(d) && !self.dirs.contains_key(d))
+            .take(ACQUIRE_MAX)
+            .collect();
+        for d in &acquire {
+            self.acquiring.insert(*d, false);
+            self.recalled.remove(d);
+        }
+        (ops, release, reserve, acquire)
+    }
+}
+
 impl Leases {
     pub(super) fn enqueue(
         &self,
@@ -131,37 +177,7 @@ impl Leases {
         loop {
             let Some(fs) = me.upgrade() else { return };
             let leases = &fs.leases;
-            let (ops, release, reserve, acquire) = {
-                let mut s = leases.lock();
-                let n = s.queue.len().min(BATCH_MAX);
-                let ops: Vec<Queued> = s.queue.drain(..n).collect();
-                // A lease goes back with the batch holding the last change queued in it.
-                let later: std::collections::HashSet<InodeId> =
-                    s.queue.iter().flat_map(|q| q.op.dirs_changed()).collect();
-                let release: Vec<InodeId> = s
-                    .release
-                    .iter()
-                    .copied()
-                    .filter(|d| !later.contains(d))
-                    .collect();
-                for d in &release {
-                    s.release.remove(d);
-                }
-                let reserve = if s.reserving { RESERVE } else { 0 };
-                s.reserving = false;
-                // Not a lease still to be given back (its release may go in a later
-                // batch, after the grant).
-                let acquire: Vec<InodeId> = std::mem::take(&mut s.acquire)
-                    .into_iter()
-                    .filter(|d| !s.release.contains(d) && !s.dirs.contains_key(d))
-                    .take(ACQUIRE_MAX)
-                    .collect();
-                for d in &acquire {
-                    s.acquiring.insert(*d, false);
-                    s.recalled.remove(d);
-                }
-                (ops, release, reserve, acquire)
-            };
+            let (ops, release, reserve, acquire) = leases.lock().next_batch();
             if ops.is_empty() && release.is_empty() && reserve == 0 && acquire.is_empty() {
                 let (work, pending) = (leases.work.clone(), leases.pending.clone());
                 drop(fs);

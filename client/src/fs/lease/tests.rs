@@ -379,3 +379,61 @@ fn what_the_leader_would_refuse_is_not_answered_here() {
         Some(Ok(_))
     ));
 }
+
+/// A directory renamed alone, recalled while its rename waits beyond the first batch of a
+/// long queue, goes back with the batch holding the rename, not before it (the leader
+/// takes a directory renamed only under its lease).
+#[test]
+fn a_lease_goes_back_after_the_batch_that_renames_its_directory() {
+    let leases = Leases::new(true);
+    let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
+    let (top, x) = (InodeId(10), InodeId(11));
+    {
+        let mut s = leases.lock();
+        s.level = WRITE_BACK_LEVEL;
+        let mut d = LeasedDir::born(attr(10, FileKind::Dir));
+        d.entries.insert(b"x".to_vec(), (x, FileKind::Dir));
+        s.dirs.insert(top, d);
+        s.dirs.insert(x, LeasedDir::born(attr(11, FileKind::Dir)));
+        s.reserved.push_back((100, 100 + MAX_QUEUED as u64));
+    }
+    let creds = Creds::root();
+    let name = |i: usize| format!("f{i}").into_bytes();
+    for i in 0..2100 {
+        let n = name(i);
+        let asked = Asked {
+            parent: top,
+            name: &n,
+            creds: &creds,
+        };
+        assert!(matches!(
+            leases.create(&meta, &asked, 0o644, true),
+            Some(Ok(_))
+        ));
+    }
+    let asked = Asked {
+        parent: top,
+        name: b"x",
+        creds: &creds,
+    };
+    let flags = RenameFlags::default();
+    assert_eq!(
+        leases.rename(&meta, &asked, top, b"y", flags, false),
+        Some(Ok(()))
+    );
+    // Another client looks at the directory renamed: it goes back.
+    assert_eq!(leases.give_back(&[x]), vec![x]);
+    let mut s = leases.lock();
+    let (first, release, _, _) = s.next_batch();
+    assert_eq!(first.len(), 2048);
+    assert!(release.is_empty(), "the rename is in the next batch");
+    let (second, release, _, _) = s.next_batch();
+    assert!(matches!(
+        second.last(),
+        Some(Queued {
+            op: Op::Rename { .. },
+            ..
+        })
+    ));
+    assert_eq!(release, vec![x]);
+}
