@@ -629,8 +629,7 @@ fn a_symlink_in_a_leased_directory_is_made_here_and_read_here_and_elsewhere() ->
 
 /// Mail delivered as maildir does it (written in tmp/, then renamed into new/), both
 /// directories leased here: answered here, the leases stay, and another mount finds every
-/// message in new/ and none in tmp/. A directory moved between them goes through the
-/// servers and is found there too.
+/// message in new/ and none in tmp/; a directory moved between them too.
 #[test]
 fn a_file_renamed_between_two_leased_directories_is_answered_here_and_seen_elsewhere() -> Result<()>
 {
@@ -661,9 +660,24 @@ fn a_file_renamed_between_two_leased_directories_is_answered_here_and_seen_elsew
             "{d:?}: files moved here alone keep the lease"
         );
     }
-    // A directory moved gives both leases back first.
+    // A directory made here moves too, alone, with what it holds; moving it into itself
+    // is refused here.
     fs::create_dir(tmp.join("dir"))?;
+    fs::create_dir(tmp.join("dir/sub"))?;
+    assert_eq!(
+        errno_of(fs::rename(tmp.join("dir"), tmp.join("dir/sub/dir"))),
+        libc::EINVAL
+    );
     fs::rename(tmp.join("dir"), new.join("dir"))?;
+    assert_eq!(fs::metadata(&tmp)?.nlink(), 2);
+    assert_eq!(fs::metadata(&new)?.nlink(), 3);
+    let leased = leased_dirs(&region)?;
+    for d in [&tmp, &new, &new.join("dir")] {
+        assert!(
+            leased.contains(&fs::metadata(d)?.ino()),
+            "{d:?}: a directory moved alone keeps the leases"
+        );
+    }
     let (ttmp, tnew) = (
         there.path.join("Maildir/tmp"),
         there.path.join("Maildir/new"),
@@ -677,7 +691,8 @@ fn a_file_renamed_between_two_leased_directories_is_answered_here_and_seen_elsew
         assert_eq!(fs::metadata(&p)?.ino(), *ino);
     }
     assert_eq!(fs::read(tnew.join("again"))?, b"second");
-    assert!(fs::metadata(tnew.join("dir"))?.is_dir());
+    assert!(fs::metadata(tnew.join("dir/sub"))?.is_dir());
+    assert_eq!(fs::metadata(&tnew)?.nlink(), 3);
     Ok(())
 }
 

@@ -49,6 +49,9 @@ const MAX_QUEUED: usize = 8192;
 const MAX_RECALLED: usize = 4096;
 /// Most files whose attributes are kept; beyond it, lookups of others ask the servers.
 const MAX_FILES: usize = 1 << 20;
+/// Most directories looked through to move a directory alone (see
+/// [`State::subtree_holds`]); a larger tree moved goes to the servers.
+const MAX_SUBTREE: usize = 4096;
 /// Most extents kept of a file (a small file has one).
 const KEPT_EXTENTS: usize = 4;
 
@@ -186,6 +189,28 @@ impl State {
             }
             None => false,
         }
+    }
+
+    /// Whether `target` is `dir` or under it, as far as this mount can tell: `None` if a
+    /// directory under `dir` is not leased here (or there are too many to look through).
+    fn subtree_holds(&self, dir: InodeId, target: InodeId) -> Option<bool> {
+        let mut todo = vec![dir];
+        let mut seen = 0;
+        while let Some(d) = todo.pop() {
+            if d == target {
+                return Some(true);
+            }
+            seen += 1;
+            if seen > MAX_SUBTREE {
+                return None;
+            }
+            for (ino, kind) in self.dirs.get(&d)?.entries.values() {
+                if *kind == FileKind::Dir {
+                    todo.push(*ino);
+                }
+            }
+        }
+        Some(false)
     }
 
     fn keep_file(&mut self, attr: &Attr) {

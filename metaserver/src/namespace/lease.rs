@@ -383,11 +383,9 @@ pub fn apply_write_back(
             | Op::Unlink { .. }
             | Op::CommitExtents { .. }
             | Op::AccessedBatch { .. } => true,
-            // Within one directory (a file put in place under its name, or unlinked while
-            // open and hidden, a directory renamed), or of a file between two directories
-            // (the leases of both are checked below). A directory moved between two
-            // changes others' paths: that goes through Mutate. A directory moved or
-            // replaced must be leased to the client too (nobody else knows it whole).
+            // Within one directory or between two (the leases of both are checked
+            // below). A directory moved or replaced must be leased to the client too
+            // (nobody else knows it whole; a move into itself fails as through Mutate).
             Op::Rename {
                 parent,
                 name,
@@ -398,14 +396,13 @@ pub fn apply_write_back(
             } if !flags.exchange => {
                 let moved = read_dirent(ns.dirents()?, *parent, name)?;
                 let replaced = read_dirent(ns.dirents()?, *new_parent, new_name)?;
-                let moved_dir = moved.as_ref().is_some_and(|e| e.kind == FileKind::Dir);
                 let mut held = true;
                 for e in moved.iter().chain(&replaced) {
                     if e.kind == FileKind::Dir {
                         held &= leases.holder(e.ino)? == Some(wb.client);
                     }
                 }
-                held && (parent == new_parent || !moved_dir)
+                held
             }
             Op::SetAttr { ino, set, .. } if set.size.is_none() => {
                 match read_inode(ns.inodes()?, *ino)?.map(|n| n.attr.kind) {

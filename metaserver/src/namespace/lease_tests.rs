@@ -628,7 +628,7 @@ fn a_symlink_in_a_write_back_takes_a_reserved_number_under_the_lease_and_nothing
 }
 
 #[test]
-fn a_write_back_moves_a_file_between_two_leased_directories_and_no_directory_nor_into_another() {
+fn a_write_back_moves_between_two_leased_directories_only_what_is_not_another_clients() {
     let (mut ns, root) = Ns::new();
     let a = attr(ns.run(mkdir(root, "a"), HOLDER, None, true));
     let b = attr(ns.run(mkdir(root, "b"), HOLDER, None, true));
@@ -652,7 +652,10 @@ fn a_write_back_moves_a_file_between_two_leased_directories_and_no_directory_nor
     // leased to it: refused, nothing moved.
     for (op, what) in [
         (rename(b.ino, "g", c.ino, "h"), "into an unleased directory"),
-        (rename(a.ino, "sub", b.ino, "sub"), "a directory"),
+        (
+            rename(a.ino, "sub", b.ino, "sub"),
+            "a directory not leased to it",
+        ),
     ] {
         let cmd = ns.cmd(op, HOLDER, None, false);
         let out = ns.holders_write_back(vec![cmd]);
@@ -661,6 +664,18 @@ fn a_write_back_moves_a_file_between_two_leased_directories_and_no_directory_nor
     assert_eq!(ns.lookup(b.ino, "g").unwrap().ino, f.ino);
     assert_eq!(ns.lookup(a.ino, "sub").unwrap().ino, sub.ino);
     assert!(ns.lookup(c.ino, "h").is_err() && ns.lookup(b.ino, "sub").is_err());
+    // A directory leased to it moves, and its links with it; into itself it does not.
+    let mine = attr(ns.run(mkdir(a.ino, "mine"), HOLDER, None, true));
+    let inner = attr(ns.run(mkdir(mine.ino, "inner"), HOLDER, None, true));
+    let cmd = ns.cmd(rename(a.ino, "mine", inner.ino, "x"), HOLDER, None, false);
+    let out = ns.holders_write_back(vec![cmd]);
+    assert!(out.outcomes[0].is_err(), "into itself: {out:?}");
+    let cmd = ns.cmd(rename(a.ino, "mine", b.ino, "mine"), HOLDER, None, false);
+    let out = ns.holders_write_back(vec![cmd]);
+    assert!(out.outcomes[0].is_ok(), "{out:?}");
+    assert_eq!(ns.lookup(b.ino, "mine").unwrap().ino, mine.ino);
+    assert_eq!(ns.lookup(root, "a").unwrap().nlink, 3, "a keeps sub");
+    assert_eq!(ns.lookup(root, "b").unwrap().nlink, 3, "b gained mine");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Changes of a leased directory's entries answered alone: creates, mkdir, symlinks, links, rmdir,
-//! unlink, and renames within it (of directories leased here too) or of files to another
-//! leased directory (a file unlinked while open here is renamed out of sight). Each is decided from
+//! unlink, and renames within it or to another leased directory (of directories leased
+//! here too) (a file unlinked while open here is renamed out of sight). Each is decided from
 //! what the mount knows of the directory (all of it), applied to that, and queued.
 
 use meridian_proto::InodeId;
@@ -339,12 +339,14 @@ impl Leases {
     }
 
     /// A rename answered alone, within leased `asked.parent` or from it to leased
-    /// `new_parent`, of a file (or of a directory leased here, within its directory), to
+    /// `new_parent`, of a file or of a directory leased here (to another directory only
+    /// with every directory under it leased here), to
     /// `new_name` absent or naming an entry of the same kind (replaced: a file,
     /// `target_open` says whether it is open here, which the servers are left to handle;
-    /// a directory, empty and leased here); `None` to ask the servers (a directory moved
-    /// elsewhere or not leased here, an exchange, a name the servers would refuse, a
-    /// directory not leased here). Permissions are the kernel's (default_permissions,
+    /// a directory, empty and leased here); `None` to ask the servers (a directory not
+    /// leased here or with one under it that is not, an exchange, a name the servers
+    /// would refuse, a destination not leased here). Permissions are the kernel's
+    /// (default_permissions,
     /// sticky directories included), as for unlink.
     pub(in crate::fs) fn rename(
         &self,
@@ -381,10 +383,21 @@ impl Leases {
         if s.level < needs {
             return None;
         }
-        // A directory only within its directory (its ".." stays), and only one leased
-        // here (its attributes are this mount's to change).
-        if dir && (asked.parent != new_parent || !s.dirs.contains_key(&ino)) {
+        // A directory only if leased here (its attributes, its ".." included, are this
+        // mount's to change); to another directory only if every directory under it is
+        // leased here too, so that a move into itself is refused here as the servers
+        // would (the kernel checks it against what it caches, which another client may
+        // have changed above), and if the new parent can take another link.
+        let moved_dir = dir && asked.parent != new_parent;
+        if dir && !s.dirs.contains_key(&ino) {
             return None;
+        }
+        if moved_dir {
+            match s.subtree_holds(ino, new_parent) {
+                None => return None,
+                Some(true) => return Some(Err(libc_errno::EINVAL)),
+                Some(false) => {}
+            }
         }
         let replaced = s.dirs[&new_parent].entries.get(new_name).copied();
         if let Some((target, target_kind)) = replaced {
@@ -408,12 +421,16 @@ impl Leases {
                 (false, false) => {}
             }
         }
+        let gains = i32::from(moved_dir);
+        if moved_dir && replaced.is_none() && s.dirs[&new_parent].attr.nlink >= LINK_MAX {
+            return None;
+        }
         let at = now();
         let from = &mut s.dirs.get_mut(&asked.parent).expect("checked").entries;
         from.remove(asked.name);
         let to = &mut s.dirs.get_mut(&new_parent).expect("checked").entries;
         to.insert(new_name.to_vec(), (ino, kind));
-        s.touch(asked.parent, at, 0);
+        s.touch(asked.parent, at, -gains);
         if let Some(a) = s.files.get_mut(&ino) {
             a.ctime = at;
         }
@@ -423,13 +440,13 @@ impl Leases {
         match replaced {
             Some((target, FileKind::Dir)) => {
                 s.dirs.remove(&target);
-                s.touch(new_parent, at, -1);
+                s.touch(new_parent, at, gains - 1);
             }
             Some((target, _)) => {
                 s.forget_file(target);
-                s.touch(new_parent, at, 0);
+                s.touch(new_parent, at, gains);
             }
-            None => s.touch(new_parent, at, 0),
+            None => s.touch(new_parent, at, gains),
         }
         let op = Op::Rename {
             parent: asked.parent,

@@ -203,11 +203,12 @@ fn a_file_renamed_between_two_leased_directories_is_answered_here() {
     assert!(!leases.lookup_is_current(new, b"1"));
 }
 
-/// A directory leased here is renamed within its directory here, onto a free name or an
-/// empty directory leased here; not onto a file, a directory not empty, nor elsewhere; a
-/// directory not leased here goes to the servers.
+/// A directory leased here is renamed here, onto a free name or an empty directory
+/// leased here, within its directory or to another leased here; not onto a file, a
+/// directory not empty, nor into itself; a directory not leased here, or with one under
+/// it that is not, goes to the servers.
 #[test]
-fn a_directory_leased_here_is_renamed_within_its_directory_here() {
+fn a_directory_leased_here_is_renamed_here() {
     let leases = Leases::new(true);
     let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
     let (top, other, x, empty, full, unleased, file) = (
@@ -242,7 +243,7 @@ fn a_directory_leased_here_is_renamed_within_its_directory_here() {
         }
         let mut f = LeasedDir::born(attr(13, FileKind::Dir));
         f.entries
-            .insert(b"in".to_vec(), (InodeId(16), FileKind::File));
+            .insert(b"in".to_vec(), (InodeId(16), FileKind::Dir));
         s.dirs.insert(full, f);
     }
     let creds = Creds::root();
@@ -255,7 +256,11 @@ fn a_directory_leased_here_is_renamed_within_its_directory_here() {
     let rename = |name: &'static [u8], to: InodeId, new_name: &[u8]| {
         leases.rename(&meta, &asked(name), to, new_name, flags, false)
     };
-    assert_eq!(rename(b"x", other, b"x"), None, "moved elsewhere");
+    assert_eq!(
+        rename(b"full", other, b"full"),
+        None,
+        "moved elsewhere with a directory under it not leased here"
+    );
     assert_eq!(rename(b"unleased", top, b"y"), None, "not leased here");
     assert_eq!(rename(b"x", top, b"file"), Some(Err(libc_errno::ENOTDIR)));
     assert_eq!(rename(b"file", top, b"x"), Some(Err(libc_errno::EISDIR)));
@@ -274,6 +279,15 @@ fn a_directory_leased_here_is_renamed_within_its_directory_here() {
     assert_eq!(leases.attr(top).map(|a| a.nlink), Some(5));
     assert!(leases.attr(x).is_some(), "the one moved stays leased");
     assert_eq!(leases.lock().queue.len(), 2);
+    // To another leased directory: the links move with it; into itself: EINVAL.
+    assert_eq!(
+        rename(b"empty", x, b"inside"),
+        Some(Err(libc_errno::EINVAL))
+    );
+    assert_eq!(rename(b"empty", other, b"x"), Some(Ok(())));
+    assert_eq!(leases.entry(other, b"x"), Some((x, FileKind::Dir)));
+    assert_eq!(leases.attr(top).map(|a| a.nlink), Some(4));
+    assert_eq!(leases.attr(other).map(|a| a.nlink), Some(3));
 }
 
 /// A hard link of a file kept here, into a leased directory, is made here: the name is
