@@ -11,6 +11,19 @@ use meridian_proto::ns::{
 use super::{Asked, Errno, LeasedDir, Leases, MAX_LEASED, MAX_QUEUED, State, now, plain_name};
 use crate::meta::MetaClient;
 
+/// The attributes of leased `asked.parent`, if `asked.name` is free in it; the error a
+/// name too long or taken gets; `None` if the parent is not leased here.
+fn free_name<'s>(s: &'s State, asked: &Asked<'_>) -> Option<Result<&'s Attr, Errno>> {
+    let parent = s.dirs.get(&asked.parent)?;
+    if asked.name.len() > NAME_MAX {
+        return Some(Err(libc_errno::ENAMETOOLONG));
+    }
+    if parent.entries.contains_key(asked.name) {
+        return Some(Err(libc_errno::EEXIST));
+    }
+    Some(Ok(&parent.attr))
+}
+
 impl Leases {
     /// Makes `asked.name` in leased `parent` here, at reserved number `ino`, as the
     /// servers will (ops/entries.rs: a setgid directory passes on its group, and to a
@@ -126,20 +139,13 @@ impl Leases {
             return None;
         }
         let mut s = self.lock();
-        let parent = s.dirs.get(&asked.parent)?;
-        if asked.name.len() > NAME_MAX {
-            return Some(Err(libc_errno::ENAMETOOLONG));
-        }
-        if parent.entries.contains_key(asked.name) {
-            return Some(Err(libc_errno::EEXIST));
-        }
-        if parent.attr.nlink >= LINK_MAX
-            || s.queue.len() >= MAX_QUEUED
-            || s.dirs.len() >= MAX_LEASED
-        {
+        let parent = match free_name(&s, asked)? {
+            Ok(parent) => parent.clone(),
+            Err(e) => return Some(Err(e)),
+        };
+        if parent.nlink >= LINK_MAX || s.queue.len() >= MAX_QUEUED || s.dirs.len() >= MAX_LEASED {
             return None;
         }
-        let parent = parent.attr.clone();
         let ino = s.take_ino()?;
         let attr = self.make(
             &mut s,
@@ -174,17 +180,13 @@ impl Leases {
         if s.level < 2 {
             return None;
         }
-        let parent = s.dirs.get(&asked.parent)?;
-        if asked.name.len() > NAME_MAX {
-            return Some(Err(libc_errno::ENAMETOOLONG));
-        }
-        if parent.entries.contains_key(asked.name) {
-            return Some(Err(libc_errno::EEXIST));
-        }
+        let parent = match free_name(&s, asked)? {
+            Ok(parent) => parent.clone(),
+            Err(e) => return Some(Err(e)),
+        };
         if s.queue.len() >= MAX_QUEUED {
             return None;
         }
-        let parent = parent.attr.clone();
         let ino = s.take_ino()?;
         let attr = self.make(
             &mut s,
@@ -216,12 +218,8 @@ impl Leases {
         if s.level < 2 {
             return None;
         }
-        let parent = s.dirs.get(&asked.parent)?;
-        if asked.name.len() > NAME_MAX {
-            return Some(Err(libc_errno::ENAMETOOLONG));
-        }
-        if parent.entries.contains_key(asked.name) {
-            return Some(Err(libc_errno::EEXIST));
+        if let Err(e) = free_name(&s, asked)? {
+            return Some(Err(e));
         }
         let file = s.files.get(&ino)?;
         if file.kind == FileKind::Dir || file.nlink >= LINK_MAX || s.queue.len() >= MAX_QUEUED {
