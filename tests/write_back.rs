@@ -671,6 +671,9 @@ fn a_file_renamed_between_two_leased_directories_is_answered_here_and_seen_elsew
     fs::rename(tmp.join("dir"), new.join("dir"))?;
     assert_eq!(fs::metadata(&tmp)?.nlink(), 2);
     assert_eq!(fs::metadata(&new)?.nlink(), 3);
+    // fsyncdir: what was answered here reached the servers (the directory's birth and its
+    // lease with it), before they are asked whom they lease it to.
+    File::open(&new)?.sync_all()?;
     let leased = leased_dirs(&region)?;
     for d in [&tmp, &new, &new.join("dir")] {
         assert!(
