@@ -20,28 +20,20 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use common::{Mount, Region};
+use common::{Mount, Region, Rng};
 
 /// Largest file the sequence makes (small enough to compare whole after every step).
 const MAX_SIZE: u64 = 256 << 10;
 
-/// splitmix64: a seeded stream of numbers, the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
+/// The data path's offsets and lengths.
+trait Ranges {
     /// An offset, mostly inside the file, sometimes around its end or at block edges.
+    fn offset(&mut self, size: u64) -> u64;
+    /// A length: a few bytes, up to a page, or up to 64 KiB.
+    fn len(&mut self) -> u64;
+}
+
+impl Ranges for Rng {
     fn offset(&mut self, size: u64) -> u64 {
         match self.below(4) {
             0 => size,

@@ -18,27 +18,18 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use common::Region;
+use common::{Region, Rng};
 
 /// Names a path is made of: few, so that steps keep meeting what earlier ones made.
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
-/// splitmix64: a seeded stream of numbers, the same on every run.
-struct Rng(u64);
+/// Paths made of [`NAMES`].
+trait Paths {
+    fn sibling(&mut self, path: &str) -> String;
+    fn path(&mut self) -> String;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
+impl Paths for Rng {
     /// Another name in `path`'s directory.
     fn sibling(&mut self, path: &str) -> String {
         let name = NAMES[self.below(NAMES.len() as u64) as usize];

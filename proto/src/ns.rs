@@ -389,10 +389,13 @@ pub const WRITE_BACK_MAX: usize = 4096;
 pub const ACQUIRE_MAX: usize = 64;
 
 /// What a leader takes in a write-back beyond creates, removals, commits and attribute
-/// changes (`WriteBackResponse.level`): renames of files within a directory from 1;
-/// symlinks, hard links, files renamed between directories and directories renamed
-/// within one from 2.
-pub const WRITE_BACK_LEVEL: u32 = 2;
+/// changes (`WriteBackResponse.level`): this leader's level. An older leader answers 0.
+pub const WRITE_BACK_LEVEL: u32 = WRITE_BACK_ALL;
+/// The level from which a leader takes renames of files within a directory.
+pub const WRITE_BACK_RENAMES: u32 = 1;
+/// The level from which it also takes symlinks, hard links, renames between directories
+/// and of directories.
+pub const WRITE_BACK_ALL: u32 = 2;
 /// Most entries of an existing directory leased on demand: its holder is sent them all,
 /// and keeps them.
 pub const ACQUIRE_MAX_ENTRIES: usize = 10_000;

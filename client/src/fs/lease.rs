@@ -168,9 +168,7 @@ impl State {
         self.acquiring
             .values_mut()
             .for_each(|spoiled| *spoiled = true);
-        self.files.clear();
-        self.extents.clear();
-        self.targets.clear();
+        self.forget_files();
         dirs
     }
 
@@ -228,6 +226,13 @@ impl State {
         self.files.remove(&ino);
         self.extents.remove(&ino);
         self.targets.remove(&ino);
+    }
+
+    /// Forgets what is kept of every file.
+    fn forget_files(&mut self) {
+        self.files.clear();
+        self.extents.clear();
+        self.targets.clear();
     }
 
     /// Keeps the target of symlink `ino`, kept here (see [`State::keep_file`]).
@@ -617,11 +622,7 @@ impl Leases {
         let mut s = self.lock();
         match files {
             Some(files) => files.iter().for_each(|ino| s.forget_file(*ino)),
-            None => {
-                s.files.clear();
-                s.extents.clear();
-                s.targets.clear();
-            }
+            None => s.forget_files(),
         }
     }
 

@@ -5,7 +5,8 @@
 
 use meridian_proto::InodeId;
 use meridian_proto::ns::{
-    Attr, FileKind, LINK_MAX, NAME_MAX, Op, RenameFlags, SYMLINK_MAX, libc_errno,
+    Attr, FileKind, LINK_MAX, NAME_MAX, Op, RenameFlags, SYMLINK_MAX, WRITE_BACK_ALL,
+    WRITE_BACK_RENAMES, libc_errno,
 };
 
 use super::{Asked, Errno, LeasedDir, Leases, MAX_LEASED, MAX_QUEUED, State, now, plain_name};
@@ -177,7 +178,7 @@ impl Leases {
             return None;
         }
         let mut s = self.lock();
-        if s.level < 2 {
+        if s.level < WRITE_BACK_ALL {
             return None;
         }
         let parent = match free_name(&s, asked)? {
@@ -215,7 +216,7 @@ impl Leases {
             return None;
         }
         let mut s = self.lock();
-        if s.level < 2 {
+        if s.level < WRITE_BACK_ALL {
             return None;
         }
         if let Err(e) = free_name(&s, asked)? {
@@ -374,9 +375,9 @@ impl Leases {
         let dir = kind == FileKind::Dir;
         // What the leader takes (a mount newer than its metaservers).
         let needs = if dir || asked.parent != new_parent {
-            2
+            WRITE_BACK_ALL
         } else {
-            1
+            WRITE_BACK_RENAMES
         };
         if s.level < needs {
             return None;
