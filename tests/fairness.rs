@@ -208,3 +208,45 @@ fn a_client_over_its_rate_is_held_back_and_another_is_not() -> Result<()> {
     assert_eq!(paced(), after_noisy, "the calm client was held back");
     Ok(())
 }
+
+/// A client's metadata calls on its `Calls` stream (ADR 0019) are admitted one by one as
+/// unary calls are: over its rate for longer than the server's request timeout, a call is
+/// refused at once (RESOURCE_EXHAUSTED), the stream staying open for the next.
+#[test]
+fn calls_on_one_stream_are_each_held_to_the_clients_rate() -> Result<()> {
+    // One member: no Raft traffic to pace.
+    let meta = MetaCluster::start(
+        1,
+        &[
+            "--max-requests-per-client-per-sec",
+            "2",
+            "--request-timeout-ms",
+            "300",
+        ],
+    )?;
+    let rt = runtime()?;
+    let client = meridian_client::MetaClient::new(meta.addrs());
+    let changes = meridian_proto::ns::Query::Changes { from: 0, limit: 1 };
+    let (mut served, mut refused) = (0, 0);
+    rt.block_on(async {
+        for _ in 0..12 {
+            match client.query(&changes, false).await {
+                Ok(_) => served += 1,
+                Err(e) if e.to_string().contains("rate") => refused += 1,
+                Err(e) => anyhow::bail!("{e}"),
+            }
+        }
+        Ok(())
+    })?;
+    // A second's worth (three, the stream's opening among them) at once; each next one
+    // would wait half a second, longer than the 300 ms it may.
+    anyhow::ensure!(
+        refused >= 6 && served >= 1,
+        "{served} served, {refused} refused over the rate"
+    );
+    // Later, within its rate again, on the same client (and stream).
+    std::thread::sleep(Duration::from_secs(2));
+    rt.block_on(client.query(&changes, false))
+        .context("a call within the rate")?;
+    Ok(())
+}

@@ -145,6 +145,48 @@ async fn operations_succeed_through_any_member() -> Result<()> {
     Ok(())
 }
 
+/// A client's mutations and queries share one `Calls` stream per member: many in flight
+/// at once, each answered with its own outcome (a create's inode is the one its lookup
+/// finds; a refused create gets its own error), through a follower as through the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_together_on_one_stream_each_get_their_own_answer() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let leader = cluster.wait_leader()?;
+    let follower = (leader + 1) % 3;
+    for via in [leader, follower] {
+        let client = std::sync::Arc::new(MetaClient::new(vec![cluster.nodes[via].addr.clone()]));
+        let vol = new_volume(&client, &format!("v{via}")).await?;
+        let dir = attr_of(client.mutate(&mkdir_op(vol.root, "d")).await?);
+        // Every third name is taken already: its create must fail, the others not.
+        for i in (0..96).step_by(3) {
+            client.mutate(&create_op(dir.ino, &format!("f{i}"))).await?;
+        }
+        let calls = (0..96).map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let name = format!("f{i}");
+                let made = client.mutate(&create_op(dir.ino, &name)).await;
+                let found = lookup(&client, dir.ino, &name, false).await;
+                (i, made, found)
+            })
+        });
+        let mut inodes = BTreeSet::new();
+        for call in calls {
+            let (i, made, found) = call.await?;
+            let found = found.with_context(|| format!("lookup f{i}"))?;
+            if i % 3 == 0 {
+                let e = made.expect_err("the name was taken");
+                assert_eq!(e.errno(), libc_errno::EEXIST, "f{i}: {e}");
+            } else {
+                let made = attr_of(made.with_context(|| format!("create f{i}"))?);
+                assert_eq!(made.ino, found.ino, "f{i}: the create's answer is its own");
+            }
+            assert!(inodes.insert(found.ino), "f{i}: an inode answered twice");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_mid_stream_loses_and_repeats_nothing() -> Result<()> {
     let mut cluster = MetaCluster::start(3, &[])?;

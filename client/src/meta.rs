@@ -3,6 +3,8 @@
 //! leadership is changing, and retries a mutation with the same request id so it applies
 //! at most once.
 
+mod calls;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,6 +16,7 @@ use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
     GetClusterMapRequest, HeartbeatRequest, MutateRequest, QueryRequest,
     RegisterChunkserverRequest, StatusRequest, StatusResponse, WatchRequest, WriteBackRequest,
+    call, call_reply,
 };
 use meridian_proto::{ClusterMap, InodeId, NodeInfo};
 use std::sync::Arc;
@@ -86,7 +89,12 @@ pub struct MetaClient {
     /// The volume whose queries are answered as of now, through its home region (0:
     /// none; see `set_linearizable`).
     linearizable: AtomicU32,
+    /// Mutate, Query and WriteBack go on one stream per member (`calls.rs`).
+    streams: calls::Streams,
 }
+
+/// How long a call waits for its answer (as the channels' request timeout).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one poll of the cluster map waits for a change.
 const MAP_POLL: Duration = Duration::from_secs(5);
@@ -135,13 +143,14 @@ impl MetaClient {
             addrs,
             pool: ChannelPool::new(Timeouts {
                 connect: Duration::from_millis(500),
-                request: Duration::from_secs(10),
+                request: CALL_TIMEOUT,
             }),
             client_id: new_client_id(),
             next_request: AtomicU64::new(1),
             current: AtomicUsize::new(0),
             retry_for: Duration::from_secs(30),
             linearizable: AtomicU32::new(0),
+            streams: calls::Streams::default(),
         }
     }
 
@@ -163,6 +172,15 @@ impl MetaClient {
         F: Fn(MetaServiceClient<meridian_proto::channels::Authed>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.call_at(|_, c| f(c)).await
+    }
+
+    /// As [`call`](Self::call), `f` also given the member's address.
+    async fn call_at<T, F, Fut>(&self, f: F) -> Result<T, MetaError>
+    where
+        F: Fn(String, MetaServiceClient<meridian_proto::channels::Authed>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         if self.addrs.is_empty() {
             return Err(MetaError::Invalid("no metaserver addresses".into()));
         }
@@ -175,7 +193,7 @@ impl MetaClient {
             let i = cur % self.addrs.len();
             let addr = &self.addrs[i];
             let outcome = match self.pool.get(addr) {
-                Ok(ch) => f(meridian_proto::channels::meta_client(ch)).await,
+                Ok(ch) => f(addr.clone(), meridian_proto::channels::meta_client(ch)).await,
                 Err(e) => Err(Status::unavailable(e.to_string())),
             };
             match outcome {
@@ -219,6 +237,36 @@ impl MetaClient {
         reply.into_inner()
     }
 
+    /// Makes `call` on `member`'s calls stream (`unary` if it has none): its answer,
+    /// `pick`ed out of the reply; a leader it names becomes the member asked first, as
+    /// for a unary answer ([`led`](Self::led)).
+    async fn streamed<T, U>(
+        &self,
+        member: &str,
+        client: MetaServiceClient<meridian_proto::channels::Authed>,
+        call: call::Call,
+        pick: impl FnOnce(call_reply::Reply) -> Option<T>,
+        unary: impl FnOnce(MetaServiceClient<meridian_proto::channels::Authed>) -> U,
+    ) -> Result<T, Status>
+    where
+        U: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match self
+            .streams
+            .call(member, &client, call, CALL_TIMEOUT)
+            .await?
+        {
+            Some((reply, leader)) => {
+                if let Some(i) = self.addrs.iter().position(|a| *a == leader) {
+                    self.current.store(i, Ordering::Relaxed);
+                }
+                pick(reply)
+                    .ok_or_else(|| Status::internal(format!("{member}: an answer to another call")))
+            }
+            None => unary(client).await.map(|r| self.led(r)),
+        }
+    }
+
     /// Applies a namespace mutation, exactly once even across retries and leader changes.
     pub async fn mutate(&self, op: &Op) -> Result<Reply, MetaError> {
         self.mutate_dirs(op).await.map(|(reply, _)| reply)
@@ -242,7 +290,7 @@ impl MetaClient {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let caps = crate::caps::for_ops([op]);
         let resp = self
-            .call(|mut c| {
+            .call_at(|member, c| {
                 let req = MutateRequest {
                     op: op_bytes.clone(),
                     client_id: self.client_id,
@@ -253,7 +301,15 @@ impl MetaClient {
                     hops: 0,
                     caps: caps.clone(),
                 };
-                async move { c.mutate(req).await.map(|r| self.led(r)) }
+                async move {
+                    let pick = |r| match r {
+                        call_reply::Reply::Mutate(m) => Some(m),
+                        _ => None,
+                    };
+                    let call = call::Call::Mutate(req.clone());
+                    let unary = |mut c: MetaServiceClient<_>| async move { c.mutate(req).await };
+                    self.streamed(&member, c, call, pick, unary).await
+                }
             })
             .await?;
         let outcome: Result<Reply, NsError> = serde_json::from_slice(&resp.outcome)
@@ -275,7 +331,7 @@ impl MetaClient {
         let q =
             Bytes::from(serde_json::to_vec(query).map_err(|e| MetaError::Invalid(e.to_string()))?);
         let resp = self
-            .call(|mut c| {
+            .call_at(|member, c| {
                 let volume = self.linearizable.load(Ordering::Relaxed);
                 let req = QueryRequest {
                     query: q.clone(),
@@ -285,7 +341,15 @@ impl MetaClient {
                     volume,
                     from_region: 0,
                 };
-                async move { c.query(req).await.map(|r| self.led(r)) }
+                async move {
+                    let pick = |r| match r {
+                        call_reply::Reply::Query(q) => Some(q),
+                        _ => None,
+                    };
+                    let call = call::Call::Query(req.clone());
+                    let unary = |mut c: MetaServiceClient<_>| async move { c.query(req).await };
+                    self.streamed(&member, c, call, pick, unary).await
+                }
             })
             .await?;
         if !resp.caps.is_empty() {
@@ -323,7 +387,7 @@ impl MetaClient {
         let acquire: Vec<u64> = acquire.iter().map(|d| d.0).collect();
         let caps = crate::caps::for_ops(ops.iter().map(|q| &q.op));
         let resp = self
-            .call(|mut c| {
+            .call_at(|member, c| {
                 let req = WriteBackRequest {
                     client_id: self.client_id,
                     ops: bytes.clone(),
@@ -332,7 +396,16 @@ impl MetaClient {
                     caps: caps.clone(),
                     acquire: acquire.clone(),
                 };
-                async move { c.write_back(req).await.map(|r| self.led(r)) }
+                async move {
+                    let pick = |r| match r {
+                        call_reply::Reply::WriteBack(w) => Some(w),
+                        _ => None,
+                    };
+                    let call = call::Call::WriteBack(req.clone());
+                    let unary =
+                        |mut c: MetaServiceClient<_>| async move { c.write_back(req).await };
+                    self.streamed(&member, c, call, pick, unary).await
+                }
             })
             .await?;
         let outcomes: Vec<Result<Reply, NsError>> = serde_json::from_slice(&resp.outcomes)

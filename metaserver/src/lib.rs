@@ -1,6 +1,7 @@
 //! The metaserver: one openraft group per region holding the namespace and the cluster map.
 
 pub mod backfill;
+pub mod calls;
 pub mod cluster;
 pub mod config;
 pub mod copy;

@@ -110,7 +110,13 @@ pub async fn run(
         backfills: Default::default(),
         relayed: Default::default(),
         copy_pause: Duration::from_millis(config.copy_pause_ms),
+        stopping: tokio::sync::watch::Sender::new(false),
     });
+    let stopping = node.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.stopping.send_replace(true);
+    };
     let mut region_tasks = vec![
         tokio::spawn(crate::regions::export_lag(node.clone())),
         tokio::spawn(crate::regions::promise_loop(node.clone())),

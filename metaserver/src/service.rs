@@ -67,6 +67,9 @@ pub struct MetaNode {
     pub relayed: Mutex<std::collections::BTreeMap<u16, (u16, tokio::task::JoinHandle<()>)>>,
     /// A pause between the steps of a volume copy (tests only).
     pub copy_pause: std::time::Duration,
+    /// Set once the server is stopping: long-lived streams (`Calls`) end, so that the
+    /// server's graceful stop does not wait for their clients.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Bytes {
@@ -457,6 +460,15 @@ impl MetaService for MetaApi {
         request: Request<WriteBackRequest>,
     ) -> Result<Response<WriteBackResponse>, Status> {
         self.0.write_back(request).await
+    }
+
+    type CallsStream = crate::calls::CallAnswers;
+
+    async fn calls(
+        &self,
+        request: Request<tonic::Streaming<Call>>,
+    ) -> Result<Response<Self::CallsStream>, Status> {
+        Ok(crate::calls::serve(self.0.clone(), request))
     }
 
     async fn region_status(

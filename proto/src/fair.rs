@@ -200,61 +200,107 @@ where
                 .into_http())
             });
         }
-        let queue = info
-            .and_then(|c| c.client.clone())
-            .map(|key| self.shared.queue_of(key));
-        let total = self.shared.total.clone();
-        let limit = self.shared.limits.timeout;
-        let rate = self.shared.limits.per_client_rate;
+        let admission = Admission {
+            queue: info
+                .and_then(|c| c.client.clone())
+                .map(|key| self.shared.queue_of(key)),
+            total: self.shared.total.clone(),
+            limit: self.shared.limits.timeout,
+            rate: self.shared.limits.per_client_rate,
+            fingerprint: info.and_then(|c| c.fingerprint),
+        };
         // Cheap to keep (shared bytes): for the Raft exemption and a timeout's message.
         let uri = request.uri().clone();
+        let mut request = request;
+        // Calls that arrive inside this request (a stream of them) are admitted alike.
+        request.extensions_mut().insert(admission.clone());
         Box::pin(async move {
-            let Some(queue) = queue else {
-                return inner.call(request).await;
-            };
-            let served = async move {
-                // Its own queue first: a client over its share does not hold a place in all.
-                let waiting = Gauge::up("meridian_client_requests_waiting");
-                let Some(hold) = queue.pace(rate, limit) else {
-                    // Over its rate for longer than it may wait: told now, holding no place.
-                    metrics::counter!("meridian_client_requests_over_rate_total").increment(1);
-                    return Ok(tonic::Status::resource_exhausted(format!(
-                        "over this server's rate of {rate} requests a second per client"
-                    ))
-                    .into_http());
-                };
-                if !hold.is_zero() {
-                    metrics::counter!("meridian_client_requests_paced_total").increment(1);
-                    tokio::time::sleep(hold).await;
-                }
-                let shares = (
-                    queue.running.clone().acquire_owned().await.ok(),
-                    total.acquire_owned().await.ok(),
-                );
-                drop(waiting);
-                let _running = Gauge::up("meridian_client_requests_running");
-                let answer = inner.call(request).await;
-                drop(shares);
-                answer
-            };
             // Raft is for metaservers only (their certificates are exempt from all this; on
             // plaintext, a snapshot's transfer may take as long as it takes).
-            if uri.path().starts_with(RAFT_PATH) {
-                return served.await;
-            }
-            match tokio::time::timeout(limit, served).await {
+            let timed = !uri.path().starts_with(RAFT_PATH);
+            match admission.run(uri.path(), timed, inner.call(request)).await {
                 Ok(answer) => answer,
-                Err(_) => {
-                    metrics::counter!("meridian_client_requests_timed_out_total").increment(1);
-                    Ok(tonic::Status::deadline_exceeded(format!(
-                        "{}: not answered within {} ms (this server's request timeout)",
-                        uri.path(),
-                        limit.as_millis()
-                    ))
-                    .into_http())
-                }
+                Err(refused) => Ok(refused.into_http()),
             }
         })
+    }
+}
+
+/// A client's share of the server, as a request's extension: what the layer admits every
+/// request with, for the calls a request carries inside it (the metaserver's `Calls`
+/// stream) to be admitted one by one as requests are.
+#[derive(Clone)]
+pub struct Admission {
+    /// The client's share; `None`: not limited (another server of the deployment).
+    queue: Option<Arc<Share>>,
+    total: Arc<Semaphore>,
+    limit: Duration,
+    rate: u32,
+    /// The client's certificate's, if it has one: revoked later, its calls are refused.
+    fingerprint: Option<[u8; 32]>,
+}
+
+impl Admission {
+    /// Runs `call` (named `what`) once the client has its share, holding it until `call`
+    /// ends: the client's rate and number of calls at once, the server's total, and
+    /// (if `timed`) the request timeout from now. Refused with the status a request gets:
+    /// RESOURCE_EXHAUSTED over the rate, DEADLINE_EXCEEDED not answered in time.
+    pub async fn run<T>(
+        &self,
+        what: &str,
+        timed: bool,
+        call: impl Future<Output = T>,
+    ) -> Result<T, tonic::Status> {
+        if let Some(fp) = &self.fingerprint
+            && crate::tls::is_revoked(fp)
+        {
+            metrics::counter!("meridian_tls_revoked_refused_total").increment(1);
+            return Err(tonic::Status::unauthenticated(format!(
+                "certificate {} is revoked",
+                hex::encode(fp)
+            )));
+        }
+        let Some(queue) = &self.queue else {
+            return Ok(call.await);
+        };
+        let (limit, rate) = (self.limit, self.rate);
+        let served = async move {
+            // Its own queue first: a client over its share does not hold a place in all.
+            let waiting = Gauge::up("meridian_client_requests_waiting");
+            let Some(hold) = queue.pace(rate, limit) else {
+                // Over its rate for longer than it may wait: told now, holding no place.
+                metrics::counter!("meridian_client_requests_over_rate_total").increment(1);
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "over this server's rate of {rate} requests a second per client"
+                )));
+            };
+            if !hold.is_zero() {
+                metrics::counter!("meridian_client_requests_paced_total").increment(1);
+                tokio::time::sleep(hold).await;
+            }
+            let shares = (
+                queue.running.clone().acquire_owned().await.ok(),
+                self.total.clone().acquire_owned().await.ok(),
+            );
+            drop(waiting);
+            let _running = Gauge::up("meridian_client_requests_running");
+            let answer = call.await;
+            drop(shares);
+            Ok(answer)
+        };
+        if !timed {
+            return served.await;
+        }
+        match tokio::time::timeout(limit, served).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                metrics::counter!("meridian_client_requests_timed_out_total").increment(1);
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "{what}: not answered within {} ms (this server's request timeout)",
+                    limit.as_millis()
+                )))
+            }
+        }
     }
 }
 

@@ -343,6 +343,14 @@ pub fn install_client_token(token: &str) -> Result<Claims, TokenError> {
     Ok(claims)
 }
 
+/// The token this client sends now, if any (a renewal installs another).
+pub fn client_token() -> Option<Arc<str>> {
+    CLIENT_TOKEN
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
 /// Whether this process holds a volume access token (its requests must carry it).
 pub fn has_client_token() -> bool {
     CLIENT_TOKEN

@@ -1,0 +1,196 @@
+//! Mutate, Query and WriteBack calls on one long-lived `Calls` stream per member (see the
+//! metaserver's `calls.rs`): each call and its answer one HTTP/2 DATA frame, where a unary
+//! call's request and answer were each two writes (HEADERS then DATA, DATA then
+//! trailers), sent apart on a busy host.
+//!
+//! A member without `Calls` (older than the stream) is asked through unary calls, and
+//! asked again for a stream after [`REPROBE`]. A stream that breaks fails the calls in
+//! flight on it as a broken connection fails a unary call (unavailable: the caller retries
+//! with the same request id, so a change still applies once); the next call opens a new
+//! one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_proto::channels::Authed;
+use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
+use meridian_proto::pb::meta::{Call, CallReply, call, call_reply};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Code, Status};
+use tracing::debug;
+
+/// How long a member found without `Calls` is asked through unary calls before it is
+/// asked for a stream again (it may have been upgraded).
+const REPROBE: Duration = Duration::from_secs(60);
+
+/// The streams of one client, by member address.
+#[derive(Debug, Default)]
+pub(super) struct Streams {
+    by_member: tokio::sync::Mutex<HashMap<String, Link>>,
+}
+
+#[derive(Debug)]
+enum Link {
+    /// The member answered `Calls` with "unimplemented" at this time.
+    Unsupported(Instant),
+    Open(Arc<Stream>),
+}
+
+/// One open stream: where calls go, and the callers waiting for their answers.
+#[derive(Debug)]
+struct Stream {
+    /// Taken when the stream is closed here: the server then ends it once the calls in
+    /// flight have their answers.
+    calls: Mutex<Option<mpsc::UnboundedSender<Call>>>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<CallReply>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    /// The token the stream was opened with (its calls carry it): a renewed token opens
+    /// a new stream.
+    token: Option<Arc<str>>,
+}
+
+impl Stream {
+    /// No more calls on this stream (those in flight still get their answers).
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        lock(&self.calls).take();
+    }
+
+    /// Takes the answers off `answers` to their callers until the stream ends; then
+    /// fails every call still waiting.
+    async fn read(self: Arc<Self>, mut answers: tonic::Streaming<CallReply>) {
+        loop {
+            match answers.message().await {
+                Ok(Some(reply)) => {
+                    let waiter = lock(&self.waiting).remove(&reply.id);
+                    if let Some(w) = waiter {
+                        let _ = w.send(reply);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "calls stream broke");
+                    break;
+                }
+            }
+        }
+        self.close();
+        // Dropping the senders fails the callers (unavailable).
+        lock(&self.waiting).clear();
+    }
+}
+
+impl Drop for Streams {
+    /// The client gone: its streams end (once their calls in flight are answered).
+    fn drop(&mut self) {
+        for link in self.by_member.get_mut().values() {
+            if let Link::Open(s) = link {
+                s.close();
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Streams {
+    /// Makes `call` on `member`'s stream (opened through `client` if none is open), waiting
+    /// at most `timeout` for its answer: the answer's contents, and the leader it names
+    /// (empty if none). `Ok(None)` if the member has no `Calls`: the caller makes the
+    /// unary call.
+    pub(super) async fn call(
+        &self,
+        member: &str,
+        client: &MetaServiceClient<Authed>,
+        call: call::Call,
+        timeout: Duration,
+    ) -> Result<Option<(call_reply::Reply, String)>, Status> {
+        let Some(stream) = self.stream(member, client).await? else {
+            return Ok(None);
+        };
+        let id = stream.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&stream.waiting).insert(id, tx);
+        let gone = || Status::unavailable(format!("{member}: the calls stream closed"));
+        let sent = lock(&stream.calls).as_ref().is_some_and(|calls| {
+            calls
+                .send(Call {
+                    id,
+                    call: Some(call),
+                })
+                .is_ok()
+        });
+        if !sent {
+            lock(&stream.waiting).remove(&id);
+            return Err(gone());
+        }
+        let reply = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => return Err(gone()),
+            Err(_) => {
+                lock(&stream.waiting).remove(&id);
+                // The member may hang on the whole connection: the next call opens a new
+                // stream (and fails fast if the connection is gone).
+                stream.close();
+                return Err(Status::deadline_exceeded(format!(
+                    "{member}: no answer on the calls stream within {timeout:?}"
+                )));
+            }
+        };
+        match reply.reply {
+            Some(call_reply::Reply::Error(e)) => Err(Status::new(Code::from(e.code), e.message)),
+            Some(r) => Ok(Some((r, reply.leader))),
+            None => Err(Status::internal(format!("{member}: an empty answer"))),
+        }
+    }
+
+    /// `member`'s open stream, opened now if there is none; `None` if it has no `Calls`.
+    async fn stream(
+        &self,
+        member: &str,
+        client: &MetaServiceClient<Authed>,
+    ) -> Result<Option<Arc<Stream>>, Status> {
+        let token = meridian_proto::token::client_token();
+        let mut by_member = self.by_member.lock().await;
+        match by_member.get(member) {
+            Some(Link::Open(s)) if !s.closed.load(Ordering::Acquire) && s.token == token => {
+                return Ok(Some(s.clone()));
+            }
+            Some(Link::Open(s)) => {
+                // Replaced: its calls in flight still get their answers.
+                s.close();
+            }
+            Some(Link::Unsupported(at)) if at.elapsed() < REPROBE => return Ok(None),
+            _ => {}
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let answers = match client.clone().calls(UnboundedReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::Unimplemented => {
+                debug!(%member, "no calls stream there; unary calls");
+                by_member.insert(member.to_string(), Link::Unsupported(Instant::now()));
+                return Ok(None);
+            }
+            Err(s) => {
+                by_member.remove(member);
+                return Err(s);
+            }
+        };
+        let stream = Arc::new(Stream {
+            calls: Mutex::new(Some(tx)),
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            token,
+        });
+        tokio::spawn(stream.clone().read(answers));
+        by_member.insert(member.to_string(), Link::Open(stream.clone()));
+        Ok(Some(stream))
+    }
+}

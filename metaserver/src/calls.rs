@@ -1,0 +1,138 @@
+//! The `Calls` stream: a client's Mutate, Query and WriteBack calls on one long-lived
+//! HTTP/2 stream, each answered as its unary call would be.
+//!
+//! A unary gRPC call sends HEADERS and then DATA, and its answer DATA and then trailers;
+//! on a busy host each pair went out as two writes 130–230 µs apart, on every change a
+//! mount makes durable (docs/PERFORMANCE.md, twenty-fourth round). On the stream a call
+//! and its answer are one DATA frame each. Every call runs the unary handler, with the
+//! stream's opening metadata (its token) and connection facts (its TLS peer): the same
+//! checks, the same answers.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use meridian_proto::fair::Admission;
+use meridian_proto::pb::meta::meta_service_server::MetaService;
+use meridian_proto::pb::meta::{Call, CallError, CallReply, call, call_reply};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use crate::service::{MetaApi, MetaNode};
+
+/// The stream's path, naming its calls in a refusal.
+const CALLS_PATH: &str = "/meridian.meta.v1.MetaService/Calls";
+
+/// Answers not yet taken by the client before the stream stops reading calls.
+const ANSWERS_QUEUED: usize = 1024;
+
+/// The answers of a `Calls` stream.
+pub type CallAnswers = ReceiverStream<Result<CallReply, Status>>;
+
+/// Serves the calls of `request`'s stream, each on a task of its own (calls are
+/// independent: a slow write-back does not hold up a query behind it).
+pub(crate) fn serve(
+    node: Arc<MetaNode>,
+    request: Request<Streaming<Call>>,
+) -> Response<CallAnswers> {
+    let (metadata, extensions, mut calls) = request.into_parts();
+    // Each call waits for the client's share as a unary call would (`fair.rs`).
+    let admission = extensions.get::<Admission>().cloned();
+    let mut stopping = node.stopping.subscribe();
+    let (tx, rx) = mpsc::channel(ANSWERS_QUEUED);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = calls.next() => next,
+                // The server is stopping: no more calls; those running answer, then the
+                // stream ends and the client opens its next one elsewhere.
+                _ = stopping.wait_for(|s| *s) => break,
+            };
+            let c = match next {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    debug!(error = %e, "calls stream: the client's side broke");
+                    break;
+                }
+                None => break,
+            };
+            let api = MetaApi(node.clone());
+            let (tx, metadata, extensions) = (tx.clone(), metadata.clone(), extensions.clone());
+            let admission = admission.clone();
+            tokio::spawn(async move {
+                let id = c.id;
+                let run = async move {
+                    match c.call {
+                        Some(call::Call::Mutate(m)) => answer(
+                            api.mutate(Request::from_parts(metadata, extensions, m))
+                                .await,
+                            call_reply::Reply::Mutate,
+                        ),
+                        Some(call::Call::Query(q)) => answer(
+                            api.query(Request::from_parts(metadata, extensions, q))
+                                .await,
+                            call_reply::Reply::Query,
+                        ),
+                        Some(call::Call::WriteBack(w)) => answer(
+                            api.write_back(Request::from_parts(metadata, extensions, w))
+                                .await,
+                            call_reply::Reply::WriteBack,
+                        ),
+                        None => (
+                            call_reply::Reply::Error(error(&Status::invalid_argument(
+                                "a call names no method",
+                            ))),
+                            String::new(),
+                        ),
+                    }
+                };
+                let reply = match &admission {
+                    Some(a) => a
+                        .run(CALLS_PATH, true, run)
+                        .await
+                        .unwrap_or_else(|refused| {
+                            (call_reply::Reply::Error(error(&refused)), String::new())
+                        }),
+                    None => run.await,
+                };
+                let (reply, leader) = reply;
+                // The client gone: nobody to answer.
+                let _ = tx
+                    .send(Ok(CallReply {
+                        id,
+                        reply: Some(reply),
+                        leader,
+                    }))
+                    .await;
+            });
+        }
+    });
+    Response::new(ReceiverStream::new(rx))
+}
+
+/// A unary handler's outcome as a stream's reply, and the leader it names if any.
+fn answer<T>(
+    outcome: Result<Response<T>, Status>,
+    wrap: impl FnOnce(T) -> call_reply::Reply,
+) -> (call_reply::Reply, String) {
+    match outcome {
+        Ok(r) => {
+            let leader = r
+                .metadata()
+                .get(meridian_proto::LEADER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            (wrap(r.into_inner()), leader)
+        }
+        Err(s) => (call_reply::Reply::Error(error(&s)), String::new()),
+    }
+}
+
+fn error(s: &Status) -> CallError {
+    CallError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+    }
+}
