@@ -14,7 +14,7 @@ use futures::StreamExt;
 use meridian_proto::fair::Admission;
 use meridian_proto::pb::meta::meta_service_server::MetaService;
 use meridian_proto::pb::meta::{Call, CallError, CallReply, call, call_reply};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
@@ -24,8 +24,12 @@ use crate::service::{MetaApi, MetaNode};
 /// The stream's path, naming its calls in a refusal.
 const CALLS_PATH: &str = "/meridian.meta.v1.MetaService/Calls";
 
-/// Answers not yet taken by the client before the stream stops reading calls.
-const ANSWERS_QUEUED: usize = 1024;
+/// Calls of one stream running at once: past it the stream is not read (HTTP/2 flow
+/// control holds the client back, as for unary calls waiting to be read). Each call
+/// waits for the client's share besides.
+const RUNNING_MAX: usize = 256;
+/// Answers waiting for the client to take them.
+const ANSWERS_QUEUED: usize = RUNNING_MAX;
 
 /// The answers of a `Calls` stream.
 pub type CallAnswers = ReceiverStream<Result<CallReply, Status>>;
@@ -41,8 +45,15 @@ pub(crate) fn serve(
     let admission = extensions.get::<Admission>().cloned();
     let mut stopping = node.stopping.subscribe();
     let (tx, rx) = mpsc::channel(ANSWERS_QUEUED);
+    let running = Arc::new(Semaphore::new(RUNNING_MAX));
+    // Set when the client's side breaks: its calls still running are dropped, as a
+    // unary call's handler is when its client goes.
+    let (gone_tx, gone) = watch::channel(false);
     tokio::spawn(async move {
         loop {
+            let Ok(permit) = running.clone().acquire_owned().await else {
+                break;
+            };
             let next = tokio::select! {
                 next = calls.next() => next,
                 // The server is stopping: no more calls; those running answer, then the
@@ -53,10 +64,12 @@ pub(crate) fn serve(
                 Some(Ok(c)) => c,
                 Some(Err(e)) => {
                     debug!(error = %e, "calls stream: the client's side broke");
+                    gone_tx.send_replace(true);
                     break;
                 }
                 None => break,
             };
+            let mut gone = gone.clone();
             let api = MetaApi(node.clone());
             let (tx, metadata, extensions) = (tx.clone(), metadata.clone(), extensions.clone());
             let admission = admission.clone();
@@ -87,15 +100,29 @@ pub(crate) fn serve(
                         ),
                     }
                 };
-                let reply = match &admission {
-                    Some(a) => a
-                        .run(CALLS_PATH, true, run)
-                        .await
-                        .unwrap_or_else(|refused| {
-                            (call_reply::Reply::Error(error(&refused)), String::new())
-                        }),
-                    None => run.await,
+                let admitted = async {
+                    match &admission {
+                        Some(a) => a
+                            .run(CALLS_PATH, true, run)
+                            .await
+                            .unwrap_or_else(|refused| {
+                                (call_reply::Reply::Error(error(&refused)), String::new())
+                            }),
+                        None => run.await,
+                    }
                 };
+                // The loop over (the stream ended or the server stopping, the client
+                // still there): the call runs to its answer.
+                let cancelled = async move {
+                    if gone.wait_for(|g| *g).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                let reply = tokio::select! {
+                    reply = admitted => reply,
+                    () = cancelled => return,
+                };
+                drop(permit);
                 let (reply, leader) = reply;
                 // The client gone: nobody to answer.
                 let _ = tx

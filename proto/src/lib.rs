@@ -1,6 +1,8 @@
 //! Meridian's shared contract: the generated gRPC code and the small pure types every
 //! component must agree on bit for bit.
 
+/// The protobuf runtime the generated messages use (for `Message::encoded_len`).
+pub use prost;
 pub mod block;
 pub mod channels;
 pub mod cluster;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use meridian_proto::channels::Authed;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{Call, CallReply, call, call_reply};
+use meridian_proto::prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Code, Status};
@@ -26,16 +27,26 @@ use tracing::debug;
 /// asked for a stream again (it may have been upgraded).
 const REPROBE: Duration = Duration::from_secs(60);
 
-/// The streams of one client, by member address.
+/// How long after a stream failed to open calls to that member fail at once (as
+/// unavailable: the caller moves on to the next member) instead of each trying again,
+/// one after another, behind the member's lock.
+const FAILED_OPEN: Duration = Duration::from_secs(1);
+
+/// The streams of one client, by member address: each member's behind a lock of its own
+/// (a stream being opened to a member that does not answer holds up only its callers).
 #[derive(Debug, Default)]
 pub(super) struct Streams {
-    by_member: tokio::sync::Mutex<HashMap<String, Link>>,
+    by_member: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Link>>>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 enum Link {
+    #[default]
+    None,
     /// The member answered `Calls` with "unimplemented" at this time.
     Unsupported(Instant),
+    /// Opening a stream failed at this time, so.
+    Failed(Instant, Status),
     Open(Arc<Stream>),
 }
 
@@ -51,6 +62,18 @@ struct Stream {
     /// The token the stream was opened with (its calls carry it): a renewed token opens
     /// a new stream.
     token: Option<Arc<str>>,
+    /// The TLS identity's generation it was opened under: a rotated certificate opens a
+    /// new stream, on a new connection (as unary calls take new channels).
+    tls: u64,
+}
+
+impl Stream {
+    /// Whether calls may go on this stream now.
+    fn usable(&self, token: &Option<Arc<str>>) -> bool {
+        !self.closed.load(Ordering::Acquire)
+            && self.token == *token
+            && self.tls == meridian_proto::tls::generation()
+    }
 }
 
 impl Stream {
@@ -87,8 +110,10 @@ impl Stream {
 impl Drop for Streams {
     /// The client gone: its streams end (once their calls in flight are answered).
     fn drop(&mut self) {
-        for link in self.by_member.get_mut().values() {
-            if let Link::Open(s) = link {
+        for link in lock(&self.by_member).values() {
+            if let Ok(link) = link.try_lock()
+                && let Link::Open(s) = &*link
+            {
                 s.close();
             }
         }
@@ -111,21 +136,26 @@ impl Streams {
         call: call::Call,
         timeout: Duration,
     ) -> Result<Option<(call_reply::Reply, String)>, Status> {
+        let call = Call {
+            id: 0,
+            call: Some(call),
+        };
+        // A call the stream cannot carry (over the message limit, with its id) would end
+        // the stream and every call on it: it goes alone, and fails alone, as unary.
+        if call.encoded_len() + 16 > meridian_proto::channels::META_MESSAGE_LIMIT {
+            return Ok(None);
+        }
         let Some(stream) = self.stream(member, client).await? else {
             return Ok(None);
         };
         let id = stream.next_id.fetch_add(1, Ordering::Relaxed);
+        let call = Call { id, ..call };
         let (tx, rx) = oneshot::channel();
         lock(&stream.waiting).insert(id, tx);
         let gone = || Status::unavailable(format!("{member}: the calls stream closed"));
-        let sent = lock(&stream.calls).as_ref().is_some_and(|calls| {
-            calls
-                .send(Call {
-                    id,
-                    call: Some(call),
-                })
-                .is_ok()
-        });
+        let sent = lock(&stream.calls)
+            .as_ref()
+            .is_some_and(|calls| calls.send(call).is_ok());
         if !sent {
             lock(&stream.waiting).remove(&id);
             return Err(gone());
@@ -157,28 +187,37 @@ impl Streams {
         client: &MetaServiceClient<Authed>,
     ) -> Result<Option<Arc<Stream>>, Status> {
         let token = meridian_proto::token::client_token();
-        let mut by_member = self.by_member.lock().await;
-        match by_member.get(member) {
-            Some(Link::Open(s)) if !s.closed.load(Ordering::Acquire) && s.token == token => {
-                return Ok(Some(s.clone()));
-            }
-            Some(Link::Open(s)) => {
+        let slot = lock(&self.by_member)
+            .entry(member.to_string())
+            .or_default()
+            .clone();
+        let mut link = slot.lock().await;
+        match &*link {
+            Link::Open(s) if s.usable(&token) => return Ok(Some(s.clone())),
+            Link::Open(s) => {
                 // Replaced: its calls in flight still get their answers.
                 s.close();
             }
-            Some(Link::Unsupported(at)) if at.elapsed() < REPROBE => return Ok(None),
+            Link::Unsupported(at) if at.elapsed() < REPROBE => return Ok(None),
+            Link::Failed(at, status) if at.elapsed() < FAILED_OPEN => {
+                return Err(Status::unavailable(format!(
+                    "{member}: the calls stream did not open: {}",
+                    status.message()
+                )));
+            }
             _ => {}
         }
+        let tls = meridian_proto::tls::generation();
         let (tx, rx) = mpsc::unbounded_channel();
         let answers = match client.clone().calls(UnboundedReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == Code::Unimplemented => {
                 debug!(%member, "no calls stream there; unary calls");
-                by_member.insert(member.to_string(), Link::Unsupported(Instant::now()));
+                *link = Link::Unsupported(Instant::now());
                 return Ok(None);
             }
             Err(s) => {
-                by_member.remove(member);
+                *link = Link::Failed(Instant::now(), s.clone());
                 return Err(s);
             }
         };
@@ -188,9 +227,10 @@ impl Streams {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             token,
+            tls,
         });
         tokio::spawn(stream.clone().read(answers));
-        by_member.insert(member.to_string(), Link::Open(stream.clone()));
+        *link = Link::Open(stream.clone());
         Ok(Some(stream))
     }
 }
