@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use common::tls::*;
 use common::*;
 
@@ -258,6 +258,13 @@ fn certificates_and_the_ca_rotate_without_a_restart() -> Result<()> {
         !reaches(new_ops),
         "the second CA's certificate works before any rotation"
     );
+    // The mount's first certificate, kept to be revoked once it has rotated.
+    let first_mount_cert = dir.path().join("first-mount-cert.pem");
+    fs::copy(old[2].join("cert.pem"), &first_mount_cert)?;
+    fs::copy(
+        old[2].join("key.pem"),
+        dir.path().join("first-mount-key.pem"),
+    )?;
 
     // Step 1: every process trusts both CAs and presents a certificate of the second.
     let (ca1, ca2) = (
@@ -273,6 +280,57 @@ fn certificates_and_the_ca_rotate_without_a_restart() -> Result<()> {
         "servers presenting the new certificates",
         || reaches(new_ops).then_some(()),
     )?;
+    // The mount's first certificate is revoked once the mount presents its second: the
+    // mount's calls go on (on new connections: its metadata calls' stream too, ADR 0019).
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the mount taking its second certificate",
+        || {
+            fs::read_to_string(&m.log)
+                .ok()?
+                .contains("TLS: certificates reloaded")
+                .then_some(())
+        },
+    )?;
+    let printed = ok(meridian(
+        None,
+        &[
+            "admin",
+            "certs",
+            "fingerprint",
+            first_mount_cert.to_str().unwrap(),
+        ],
+    )?)?;
+    let fp = printed.split_whitespace().next().unwrap_or_default();
+    for server in &old[..2] {
+        let tmp = server.join(".revoked.new");
+        fs::write(&tmp, format!("{fp}\n"))?;
+        fs::rename(&tmp, server.join("revoked"))?;
+    }
+    // In force once a client presenting it is refused.
+    let first_mount = dir.path().join("first-mount");
+    fs::create_dir_all(&first_mount)?;
+    fs::copy(&first_mount_cert, first_mount.join("cert.pem"))?;
+    fs::copy(dir.path().join("ca/ca.pem"), first_mount.join("ca.pem"))?;
+    let first_key = dir.path().join("first-mount-key.pem");
+    fs::copy(&first_key, first_mount.join("key.pem"))?;
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the first mount certificate refused",
+        || {
+            meridian(
+                Some(&first_mount),
+                &["admin", "meta-status", "--meta", &addrs],
+            )
+            .is_ok_and(|o| !o.status.success())
+            .then_some(())
+        },
+    )?;
+    let mut f = fs::File::create(m.path.join("after-revoking"))?;
+    f.write_all(b"written after the first certificate was revoked")?;
+    f.sync_all()
+        .context("a mount whose old certificate is revoked writes on")?;
+    drop(f);
     // Step 2: the first CA is trusted no more.
     for live in &old[..3] {
         rotate(live, &ca2, None)?;
