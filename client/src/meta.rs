@@ -16,7 +16,6 @@ use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
     GetClusterMapRequest, HeartbeatRequest, MutateRequest, QueryRequest,
     RegisterChunkserverRequest, StatusRequest, StatusResponse, WatchRequest, WriteBackRequest,
-    call, call_reply,
 };
 use meridian_proto::{ClusterMap, InodeId, NodeInfo};
 use std::sync::Arc;
@@ -237,33 +236,31 @@ impl MetaClient {
         reply.into_inner()
     }
 
-    /// Makes `call` on `member`'s calls stream (`unary` if it has none): its answer,
-    /// `pick`ed out of the reply; a leader it names becomes the member asked first, as
-    /// for a unary answer ([`led`](Self::led)).
-    async fn streamed<T, U>(
+    /// Sends `request` on `member`'s calls stream (`unary` if the stream cannot carry
+    /// it): its answer; a leader it names becomes the member asked first, as for a unary
+    /// answer ([`led`](Self::led)).
+    async fn streamed<R: calls::Streamed, U>(
         &self,
         member: &str,
         client: MetaServiceClient<meridian_proto::channels::Authed>,
-        call: call::Call,
-        pick: impl FnOnce(call_reply::Reply) -> Option<T>,
-        unary: impl FnOnce(MetaServiceClient<meridian_proto::channels::Authed>) -> U,
-    ) -> Result<T, Status>
+        request: R,
+        unary: impl FnOnce(MetaServiceClient<meridian_proto::channels::Authed>, R) -> U,
+    ) -> Result<R::Answer, Status>
     where
-        U: Future<Output = Result<tonic::Response<T>, Status>>,
+        U: Future<Output = Result<tonic::Response<R::Answer>, Status>>,
     {
         match self
             .streams
-            .call(member, &client, call, CALL_TIMEOUT)
+            .call(member, &client, request, CALL_TIMEOUT)
             .await?
         {
-            Some((reply, leader)) => {
+            Ok((answer, leader)) => {
                 if let Some(i) = self.addrs.iter().position(|a| *a == leader) {
                     self.current.store(i, Ordering::Relaxed);
                 }
-                pick(reply)
-                    .ok_or_else(|| Status::internal(format!("{member}: an answer to another call")))
+                Ok(answer)
             }
-            None => unary(client).await.map(|r| self.led(r)),
+            Err(request) => unary(client, request).await.map(|r| self.led(r)),
         }
     }
 
@@ -302,13 +299,9 @@ impl MetaClient {
                     caps: caps.clone(),
                 };
                 async move {
-                    let pick = |r| match r {
-                        call_reply::Reply::Mutate(m) => Some(m),
-                        _ => None,
-                    };
-                    let call = call::Call::Mutate(req.clone());
-                    let unary = |mut c: MetaServiceClient<_>| async move { c.mutate(req).await };
-                    self.streamed(&member, c, call, pick, unary).await
+                    let unary =
+                        |mut c: MetaServiceClient<_>, req| async move { c.mutate(req).await };
+                    self.streamed(&member, c, req, unary).await
                 }
             })
             .await?;
@@ -342,13 +335,9 @@ impl MetaClient {
                     from_region: 0,
                 };
                 async move {
-                    let pick = |r| match r {
-                        call_reply::Reply::Query(q) => Some(q),
-                        _ => None,
-                    };
-                    let call = call::Call::Query(req.clone());
-                    let unary = |mut c: MetaServiceClient<_>| async move { c.query(req).await };
-                    self.streamed(&member, c, call, pick, unary).await
+                    let unary =
+                        |mut c: MetaServiceClient<_>, req| async move { c.query(req).await };
+                    self.streamed(&member, c, req, unary).await
                 }
             })
             .await?;
@@ -397,14 +386,9 @@ impl MetaClient {
                     acquire: acquire.clone(),
                 };
                 async move {
-                    let pick = |r| match r {
-                        call_reply::Reply::WriteBack(w) => Some(w),
-                        _ => None,
-                    };
-                    let call = call::Call::WriteBack(req.clone());
                     let unary =
-                        |mut c: MetaServiceClient<_>| async move { c.write_back(req).await };
-                    self.streamed(&member, c, call, pick, unary).await
+                        |mut c: MetaServiceClient<_>, req| async move { c.write_back(req).await };
+                    self.streamed(&member, c, req, unary).await
                 }
             })
             .await?;

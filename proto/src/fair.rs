@@ -182,7 +182,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         // The service polled ready is this one; a clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -211,7 +211,6 @@ where
         };
         // Cheap to keep (shared bytes): for the Raft exemption and a timeout's message.
         let uri = request.uri().clone();
-        let mut request = request;
         // Calls that arrive inside this request (a stream of them) are admitted alike.
         request.extensions_mut().insert(admission.clone());
         Box::pin(async move {

@@ -353,10 +353,7 @@ pub fn client_token() -> Option<Arc<str>> {
 
 /// Whether this process holds a volume access token (its requests must carry it).
 pub fn has_client_token() -> bool {
-    CLIENT_TOKEN
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_some()
+    client_token().is_some()
 }
 
 /// `msg` as a request carrying this client's token, if it has one.

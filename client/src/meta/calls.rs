@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use meridian_proto::channels::Authed;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
-use meridian_proto::pb::meta::{Call, CallReply, call, call_reply};
+use meridian_proto::pb::meta::{
+    Call, CallReply, MutateRequest, MutateResponse, QueryRequest, QueryResponse, WriteBackRequest,
+    WriteBackResponse, call, call_reply,
+};
 use meridian_proto::prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -31,6 +34,35 @@ const REPROBE: Duration = Duration::from_secs(60);
 /// unavailable: the caller moves on to the next member) instead of each trying again,
 /// one after another, behind the member's lock.
 const FAILED_OPEN: Duration = Duration::from_secs(1);
+
+/// A unary call's request that also goes on the stream, and its answer.
+pub(super) trait Streamed: Message + Sized {
+    type Answer;
+    fn into_call(self) -> call::Call;
+    /// The answer in `reply`; `None` if it answers another kind of call.
+    fn answer(reply: call_reply::Reply) -> Option<Self::Answer>;
+}
+
+macro_rules! streamed {
+    ($request:ident, $answer:ident, $variant:ident) => {
+        impl Streamed for $request {
+            type Answer = $answer;
+            fn into_call(self) -> call::Call {
+                call::Call::$variant(self)
+            }
+            fn answer(reply: call_reply::Reply) -> Option<$answer> {
+                match reply {
+                    call_reply::Reply::$variant(a) => Some(a),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+streamed!(MutateRequest, MutateResponse, Mutate);
+streamed!(QueryRequest, QueryResponse, Query);
+streamed!(WriteBackRequest, WriteBackResponse, WriteBack);
 
 /// The streams of one client, by member address: each member's behind a lock of its own
 /// (a stream being opened to a member that does not answer holds up only its callers).
@@ -125,31 +157,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Streams {
-    /// Makes `call` on `member`'s stream (opened through `client` if none is open), waiting
-    /// at most `timeout` for its answer: the answer's contents, and the leader it names
-    /// (empty if none). `Ok(None)` if the member has no `Calls`: the caller makes the
-    /// unary call.
-    pub(super) async fn call(
+    /// Sends `request` on `member`'s stream (opened through `client` if none is open),
+    /// waiting at most `timeout` for its answer: the answer, and the leader it names
+    /// (empty if none). `Ok(Err(request))` if the stream cannot carry it (the member has
+    /// no `Calls`, or the request is too large): the caller makes the unary call.
+    pub(super) async fn call<R: Streamed>(
         &self,
         member: &str,
         client: &MetaServiceClient<Authed>,
-        call: call::Call,
+        request: R,
         timeout: Duration,
-    ) -> Result<Option<(call_reply::Reply, String)>, Status> {
-        let call = Call {
-            id: 0,
-            call: Some(call),
-        };
-        // A call the stream cannot carry (over the message limit, with its id) would end
-        // the stream and every call on it: it goes alone, and fails alone, as unary.
-        if call.encoded_len() + 16 > meridian_proto::channels::META_MESSAGE_LIMIT {
-            return Ok(None);
+    ) -> Result<Result<(R::Answer, String), R>, Status> {
+        // A call the stream cannot carry (over the message limit, with its id and
+        // wrapping) would end the stream and every call on it: it goes alone, and fails
+        // alone, as unary.
+        if request.encoded_len() + 32 > meridian_proto::channels::META_MESSAGE_LIMIT {
+            return Ok(Err(request));
         }
         let Some(stream) = self.stream(member, client).await? else {
-            return Ok(None);
+            return Ok(Err(request));
         };
         let id = stream.next_id.fetch_add(1, Ordering::Relaxed);
-        let call = Call { id, ..call };
+        let call = Call {
+            id,
+            call: Some(request.into_call()),
+        };
         let (tx, rx) = oneshot::channel();
         lock(&stream.waiting).insert(id, tx);
         let gone = || Status::unavailable(format!("{member}: the calls stream closed"));
@@ -175,7 +207,9 @@ impl Streams {
         };
         match reply.reply {
             Some(call_reply::Reply::Error(e)) => Err(Status::new(Code::from(e.code), e.message)),
-            Some(r) => Ok(Some((r, reply.leader))),
+            Some(r) => R::answer(r)
+                .map(|a| Ok((a, reply.leader)))
+                .ok_or_else(|| Status::internal(format!("{member}: an answer to another call"))),
             None => Err(Status::internal(format!("{member}: an empty answer"))),
         }
     }
