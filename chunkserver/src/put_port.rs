@@ -31,8 +31,9 @@ use crate::store::PutOutcome;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// A replica slower than this for one step is left to the gRPC path.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections to replicas kept per address.
-const KEPT_PER_ADDRESS: usize = 8;
+/// Connections to replicas kept per address: as many as a mount puts here at once
+/// (fewer, and the puts beyond them dial a replica anew each time).
+const KEPT_PER_ADDRESS: usize = 16;
 
 /// Puts through the port, for one node.
 pub struct PortPuts {

@@ -5,7 +5,7 @@
 //! the rest; suspect nodes last), verifies the hash of what it receives, and falls back to
 //! the next replica on any error or mismatch.
 
-mod range_port;
+pub(crate) mod range_port;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

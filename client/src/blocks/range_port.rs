@@ -53,8 +53,10 @@ const NO_PUTS_FOR: Duration = Duration::from_secs(60);
 
 /// Connections runtime tasks keep, per address, for [`call_async`].
 static IDLE: Mutex<Vec<(String, tokio::net::TcpStream)>> = Mutex::new(Vec::new());
-/// Idle connections kept for runtime tasks, per address.
-const IDLE_PER_ADDRESS: usize = 4;
+/// Idle connections kept for runtime tasks, per address: as many as the mount's tasks put
+/// through one node at once (fewer, and every put beyond them dials a connection, and the
+/// node starts a thread for it, only for both to end after one block).
+pub const IDLE_PER_ADDRESS: usize = 16;
 
 thread_local! {
     static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };

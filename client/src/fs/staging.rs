@@ -28,8 +28,9 @@ pub const PENDING_MAX: usize = 32 << 20;
 /// How long the uploader gathers staged blocks before it puts them (together: a
 /// chunkserver's one fdatasync covers the blocks it stores at once).
 const GATHER: Duration = Duration::from_millis(100);
-/// Blocks put at once.
-const PUTS_AT_ONCE: usize = 64;
+/// Blocks put at once: no more than the connections kept to a node, so the puts reuse
+/// them rather than dialing new ones.
+const PUTS_AT_ONCE: usize = crate::blocks::range_port::IDLE_PER_ADDRESS;
 /// Blocks put are unstaged once this many are waiting, or [`UNSTAGE_EVERY`] after the
 /// oldest was put: one Raft entry for many.
 const UNSTAGE_BATCH: usize = 256;
