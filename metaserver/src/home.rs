@@ -110,16 +110,17 @@ impl MetaNode {
     }
 
     fn home_of(&self, volume: VolumeIs<'_>) -> Result<Option<RegionId>, Status> {
-        let vols = self
-            .read(|r| r.volumes())?
+        // The one volume read (every change asks this: not every volume decoded).
+        let vol = self
+            .read(|r| match volume {
+                VolumeIs::Named(n) => match r.volume(n) {
+                    Err(NsError::NotFound(_)) => Ok(None),
+                    other => other.map(Some),
+                },
+                VolumeIs::Id(id) => r.volume_by_id(id),
+            })?
             .map_err(|e| Status::internal(e.to_string()))?;
-        let home = vols
-            .iter()
-            .find(|v| match volume {
-                VolumeIs::Named(n) => v.name == n,
-                VolumeIs::Id(id) => v.id == id,
-            })
-            .and_then(|v| v.policy.home);
+        let home = vol.and_then(|v| v.policy.home);
         Ok(home.filter(|h| *h != self.shared.region))
     }
 

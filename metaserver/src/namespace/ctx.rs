@@ -113,15 +113,7 @@ pub(crate) fn find_volume_row(
     id: u32,
     deleted: Option<bool>,
 ) -> Result<Option<Volume>, NsError> {
-    for item in t.volumes()?.iter().map_err(store_err)? {
-        let (_, v) = item.map_err(store_err)?;
-        let vol: Volume = serde_json::from_slice(v.value())
-            .map_err(|e| NsError::Store(format!("damaged volume record: {e}")))?;
-        if vol.id == id && deleted.is_none_or(|d| vol.deleted.is_some() == d) {
-            return Ok(Some(vol));
-        }
-    }
-    Ok(None)
+    super::volume_ids::volume_row_by_id(t.volumes()?, id, deleted)
 }
 
 /// The live volume `id`.

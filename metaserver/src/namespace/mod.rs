@@ -25,6 +25,7 @@ pub mod relay;
 pub mod settle;
 pub mod staging;
 pub mod tables;
+mod volume_ids;
 mod write_tables;
 
 /// The namespace types live in the shared contract crate.

@@ -180,6 +180,17 @@ impl<'a> NsReader<'a> {
         read_volume(&t, name)?.ok_or_else(|| NsError::NotFound(format!("volume {name}")))
     }
 
+    /// The live volume `id`, if there is one.
+    pub fn volume_by_id(&self, id: u32) -> Result<Option<Volume>, NsError> {
+        match self.tx.open_table(VOLUMES) {
+            Ok(t) => super::volume_ids::volume_row_by_id(&t, id, Some(false)),
+            Err(e) => {
+                missing_table(e)?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Every volume, by name.
     pub fn volumes(&self) -> Result<Vec<Volume>, NsError> {
         Ok(self

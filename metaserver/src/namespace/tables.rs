@@ -368,11 +368,16 @@ pub(crate) fn read_volume(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
     name: &str,
 ) -> Result<Option<Volume>, NsError> {
+    Ok(read_volume_row(t, name)?.filter(|vol| vol.deleted.is_none()))
+}
+
+/// The row of volume `name`, a deleted volume's tombstone included.
+pub(crate) fn read_volume_row(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Option<Volume>, NsError> {
     match t.get(name).map_err(store_err)? {
-        Some(v) => {
-            let vol: Volume = serde_json::from_slice(v.value()).map_err(json_err)?;
-            Ok(vol.deleted.is_none().then_some(vol))
-        }
+        Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(json_err)?)),
         None => Ok(None),
     }
 }
