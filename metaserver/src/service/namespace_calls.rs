@@ -4,6 +4,12 @@
 
 use super::*;
 
+/// How long a feed watcher that finds changes gathers more before it answers: what
+/// another client changed reaches a mount's kernel this much later at most, and a mount
+/// following a volume where changes come fast polls once per this rather than once per
+/// change (with ten idle mounts of a volume, creates in it ran at 40% of their rate).
+const WATCH_GATHER: Duration = Duration::from_millis(10);
+
 impl MetaApi {
     pub(super) async fn handle_mutate(
         &self,
@@ -274,6 +280,7 @@ impl MetaApi {
         let mut applied = self.shared.applied.subscribe();
         let mut recalled = self.recalls.subscribe();
         let mut from = r.from;
+        let mut gathered = false;
         loop {
             let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
             let answer = crate::watch::changes(&tx, r.volume, from, r.client)?;
@@ -296,6 +303,21 @@ impl MetaApi {
             };
             drop(tx);
             let now = Instant::now();
+            if !answer.touched.changes.is_empty()
+                && recall.is_empty()
+                && !answer.gap
+                && r.from != 0
+                && !gathered
+                && now < deadline
+            {
+                // Changes come in runs (a loop of creates, an unpacked archive): the
+                // watcher gets a run's first milliseconds in one answer rather than an
+                // answer, and a poll, per change; a recall still answers at once.
+                gathered = true;
+                let gather = WATCH_GATHER.min(deadline - now);
+                let _ = tokio::time::timeout(gather, recalled.changed()).await;
+                continue;
+            }
             if !answer.touched.changes.is_empty()
                 || answer.gap
                 || r.from == 0
