@@ -61,6 +61,8 @@ pub struct MetaNode {
     pub regions: Regions,
     /// Directory leases recalled from their holders (while leader).
     pub recalls: crate::leases::Recalls,
+    /// How fast the change log grows, for the feed's watchers.
+    pub change_rate: crate::watch::ChangeRate,
     /// Volumes being brought into this region, and images served to others.
     pub backfills: crate::backfill::Backfills,
     /// Regions whose records are pulled through a peer: origin -> (the peer, its puller).

@@ -1,6 +1,9 @@
 //! The feed mounts follow to keep their kernel caches honest: what each change of a volume
 //! made stale, read from the change log (every local change is there, in order).
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use meridian_proto::ns::{Record, Touched};
 use redb::{ReadTransaction, ReadableTable};
 
@@ -19,6 +22,48 @@ pub struct WatchAnswer {
     pub next: u64,
     /// Records between the asked sequence and the oldest kept are gone.
     pub gap: bool,
+    /// The newest record's sequence (of any volume).
+    pub head: u64,
+}
+
+/// The change log growing this fast (records per second, every volume's) counts as busy.
+const BUSY_PER_SECOND: f64 = 250.0;
+/// Over at least this long.
+const RATE_WINDOW: Duration = Duration::from_millis(100);
+
+/// How fast the change log grows, as the feed's answers see it. While it grows fast (a
+/// loop of creates, an unpacked archive), a watcher that finds changes gathers more
+/// before it answers, so that every mount of a volume does not poll once per change; a
+/// lone change still reaches the other mounts at once.
+#[derive(Default)]
+pub struct ChangeRate(Mutex<Rate>);
+
+#[derive(Default)]
+struct Rate {
+    /// When the current window started, and the log's head then.
+    since: Option<(Instant, u64)>,
+    busy: bool,
+}
+
+impl ChangeRate {
+    /// Notes that the log's head is `head` now; whether it grew fast over the last window.
+    pub fn busy(&self, head: u64) -> bool {
+        self.busy_at(head, Instant::now())
+    }
+
+    fn busy_at(&self, head: u64, now: Instant) -> bool {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match r.since {
+            Some((t, _)) if now - t < RATE_WINDOW => {}
+            Some((t, h)) => {
+                let per_second = head.saturating_sub(h) as f64 / (now - t).as_secs_f64();
+                r.busy = per_second >= BUSY_PER_SECOND;
+                r.since = Some((now, head));
+            }
+            None => r.since = Some((now, head)),
+        }
+        r.busy
+    }
 }
 
 /// The changes of `volume` from change-log sequence `from` (0: none, only where "now" is),
@@ -47,6 +92,7 @@ pub fn changes(
     if from == 0 {
         return Ok(WatchAnswer {
             next: head + 1,
+            head,
             ..WatchAnswer::default()
         });
     }
@@ -57,6 +103,7 @@ pub fn changes(
     let mut answer = WatchAnswer {
         next: from,
         gap: from < first && from <= head,
+        head,
         ..WatchAnswer::default()
     };
     for item in table
@@ -78,4 +125,28 @@ pub fn changes(
     }
     answer.next = answer.next.max(from.max(first));
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_counts_as_busy_only_after_a_window_in_which_it_grew_fast() {
+        let rate = ChangeRate::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(!rate.busy_at(1_000, at(0)));
+        // 10 records in 50 ms: fast, but the window is not over yet.
+        assert!(!rate.busy_at(1_010, at(50)));
+        // 100 records in 200 ms: 500 per second.
+        assert!(rate.busy_at(1_100, at(200)));
+        // Within the next window it stays busy, whatever comes.
+        assert!(rate.busy_at(1_100, at(250)));
+        // 10 records in the 150 ms since: 67 per second.
+        assert!(!rate.busy_at(1_110, at(350)));
+        // A quiet minute, then a burst: the first window after it is slow on average.
+        assert!(!rate.busy_at(1_300, at(60_350)));
+        assert!(rate.busy_at(1_400, at(60_500)));
+    }
 }

@@ -4,10 +4,11 @@
 
 use super::*;
 
-/// How long a feed watcher that finds changes gathers more before it answers: what
-/// another client changed reaches a mount's kernel this much later at most, and a mount
-/// following a volume where changes come fast polls once per this rather than once per
-/// change (with ten idle mounts of a volume, creates in it ran at 40% of their rate).
+/// How long a feed watcher that finds changes gathers more before it answers, while the
+/// change log grows fast (`watch::ChangeRate`): a mount following a volume where changes
+/// come fast polls once per this rather than once per change (with ten idle mounts of a
+/// volume, creates in it ran at 40% of their rate), and what another client changed
+/// reaches its kernel this much later at most.
 const WATCH_GATHER: Duration = Duration::from_millis(10);
 
 impl MetaApi {
@@ -309,6 +310,7 @@ impl MetaApi {
                 && r.from != 0
                 && !gathered
                 && now < deadline
+                && self.change_rate.busy(answer.head)
             {
                 // Changes come in runs (a loop of creates, an unpacked archive): the
                 // watcher gets a run's first milliseconds in one answer rather than an
