@@ -4,13 +4,6 @@
 
 use super::*;
 
-/// How long a feed watcher that finds changes gathers more before it answers, while the
-/// change log grows fast (`watch::ChangeRate`): a mount following a volume where changes
-/// come fast polls once per this rather than once per change (with ten idle mounts of a
-/// volume, creates in it ran at 40% of their rate), and what another client changed
-/// reaches its kernel this much later at most.
-const WATCH_GATHER: Duration = Duration::from_millis(10);
-
 impl MetaApi {
     pub(super) async fn handle_mutate(
         &self,
@@ -282,6 +275,7 @@ impl MetaApi {
         let mut recalled = self.recalls.subscribe();
         let mut from = r.from;
         let mut gathered = false;
+        let _watching = self.change_rate.watching();
         loop {
             let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
             let answer = crate::watch::changes(&tx, r.volume, from, r.client)?;
@@ -316,7 +310,11 @@ impl MetaApi {
                 // watcher gets a run's first milliseconds in one answer rather than an
                 // answer, and a poll, per change; a recall still answers at once.
                 gathered = true;
-                let gather = WATCH_GATHER.min(deadline - now);
+                // (A mount following a volume where changes come fast polls once per
+                // gathering rather than once per change: with ten idle mounts of a volume,
+                // creates in it ran at 40% of their rate. What another client changed
+                // reaches its kernel this much later at most.)
+                let gather = self.change_rate.gather().min(deadline - now);
                 let _ = tokio::time::timeout(gather, recalled.changed()).await;
                 continue;
             }
