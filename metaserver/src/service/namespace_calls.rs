@@ -306,14 +306,13 @@ impl MetaApi {
                 && now < deadline
                 && self.change_rate.busy(answer.head)
             {
-                // Changes come in runs (a loop of creates, an unpacked archive): the
-                // watcher gets a run's first milliseconds in one answer rather than an
-                // answer, and a poll, per change; a recall still answers at once.
+                // Changes come in runs (a loop of creates, an unpacked archive): while
+                // the log grows fast the watcher gets a run's first milliseconds in one
+                // answer rather than an answer, and a poll, per change (with ten idle
+                // mounts of a volume, creates in it ran at 40% of their rate). What
+                // another client changed reaches its kernel that much later at most; a
+                // recall still answers at once.
                 gathered = true;
-                // (A mount following a volume where changes come fast polls once per
-                // gathering rather than once per change: with ten idle mounts of a volume,
-                // creates in it ran at 40% of their rate. What another client changed
-                // reaches its kernel this much later at most.)
                 let gather = self.change_rate.gather().min(deadline - now);
                 let _ = tokio::time::timeout(gather, recalled.changed()).await;
                 continue;
