@@ -107,7 +107,7 @@ pub async fn run(
         peers: config.peers.clone(),
         regions: Default::default(),
         recalls: Default::default(),
-        change_rate: Default::default(),
+        feed_load: Default::default(),
         backfills: Default::default(),
         relayed: Default::default(),
         copy_pause: Duration::from_millis(config.copy_pause_ms),

@@ -61,8 +61,8 @@ pub struct MetaNode {
     pub regions: Regions,
     /// Directory leases recalled from their holders (while leader).
     pub recalls: crate::leases::Recalls,
-    /// How fast the change log grows, for the feed's watchers.
-    pub change_rate: crate::watch::ChangeRate,
+    /// The feed's load: how fast the change log grows, and the watchers answered.
+    pub feed_load: crate::watch::FeedLoad,
     /// Volumes being brought into this region, and images served to others.
     pub backfills: crate::backfill::Backfills,
     /// Regions whose records are pulled through a peer: origin -> (the peer, its puller).

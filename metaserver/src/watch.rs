@@ -32,12 +32,13 @@ const BUSY_PER_SECOND: f64 = 250.0;
 /// Over at least this long.
 const RATE_WINDOW: Duration = Duration::from_millis(100);
 
-/// How fast the change log grows, as the feed's answers see it. While it grows fast (a
-/// loop of creates, an unpacked archive), a watcher that finds changes gathers more
-/// before it answers, so that every mount of a volume does not poll once per change; a
-/// lone change still reaches the other mounts at once.
+/// The feed's load on this member: how fast the change log grows, as the feed's answers
+/// see it, and how many watchers it answers. While the log grows fast (a loop of creates,
+/// an unpacked archive), a watcher that finds changes gathers more before it answers, so
+/// that every mount of a volume does not poll once per change; a lone change still
+/// reaches the other mounts at once.
 #[derive(Default)]
-pub struct ChangeRate {
+pub struct FeedLoad {
     rate: Mutex<Rate>,
     /// Watchers being answered by this member now.
     watchers: AtomicUsize,
@@ -51,8 +52,8 @@ const GATHER: Duration = Duration::from_millis(10);
 const GATHER_EACH: Duration = Duration::from_millis(1);
 const GATHER_MAX: Duration = Duration::from_millis(200);
 
-/// One watcher counted while it is answered (see [`ChangeRate::watching`]).
-pub struct Watching<'a>(&'a ChangeRate);
+/// One watcher counted while it is answered (see [`FeedLoad::watching`]).
+pub struct Watching<'a>(&'a FeedLoad);
 
 impl Drop for Watching<'_> {
     fn drop(&mut self) {
@@ -67,21 +68,18 @@ struct Rate {
     busy: bool,
 }
 
-impl ChangeRate {
+impl FeedLoad {
     /// Counts a watcher until the guard is dropped.
     pub fn watching(&self) -> Watching<'_> {
         self.watchers.fetch_add(1, Ordering::AcqRel);
         Watching(self)
     }
 
-    /// How long a watcher that found changes gathers more while the log is busy.
-    pub fn gather(&self) -> Duration {
-        gather_for(self.watchers.load(Ordering::Acquire))
-    }
-
-    /// Notes that the log's head is `head` now; whether it grew fast over the last window.
-    pub fn busy(&self, head: u64) -> bool {
+    /// How long a watcher that found changes, the log's head being `head`, gathers more
+    /// before it answers: none unless the log grew fast over the last window.
+    pub fn gathering(&self, head: u64) -> Option<Duration> {
         self.busy_at(head, Instant::now())
+            .then(|| gather_for(self.watchers.load(Ordering::Acquire)))
     }
 
     fn busy_at(&self, head: u64, now: Instant) -> bool {
@@ -171,21 +169,21 @@ mod tests {
 
     #[test]
     fn the_log_counts_as_busy_only_after_a_window_in_which_it_grew_fast() {
-        let rate = ChangeRate::default();
+        let load = FeedLoad::default();
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        assert!(!rate.busy_at(1_000, at(0)));
+        assert!(!load.busy_at(1_000, at(0)));
         // 10 records in 50 ms: fast, but the window is not over yet.
-        assert!(!rate.busy_at(1_010, at(50)));
+        assert!(!load.busy_at(1_010, at(50)));
         // 100 records in 200 ms: 500 per second.
-        assert!(rate.busy_at(1_100, at(200)));
+        assert!(load.busy_at(1_100, at(200)));
         // Within the next window it stays busy, whatever comes.
-        assert!(rate.busy_at(1_100, at(250)));
+        assert!(load.busy_at(1_100, at(250)));
         // 10 records in the 150 ms since: 67 per second.
-        assert!(!rate.busy_at(1_110, at(350)));
+        assert!(!load.busy_at(1_110, at(350)));
         // A quiet minute, then a burst: the first window after it is slow on average.
-        assert!(!rate.busy_at(1_300, at(60_350)));
-        assert!(rate.busy_at(1_400, at(60_500)));
+        assert!(!load.busy_at(1_300, at(60_350)));
+        assert!(load.busy_at(1_400, at(60_500)));
     }
 
     #[test]
@@ -194,11 +192,11 @@ mod tests {
         assert_eq!(gather_for(10), GATHER);
         assert_eq!(gather_for(30), Duration::from_millis(30));
         assert_eq!(gather_for(100_000), GATHER_MAX);
-        let rate = ChangeRate::default();
-        let (a, b) = (rate.watching(), rate.watching());
-        assert_eq!(rate.watchers.load(Ordering::Acquire), 2);
+        let load = FeedLoad::default();
+        let (a, b) = (load.watching(), load.watching());
+        assert_eq!(load.watchers.load(Ordering::Acquire), 2);
         drop(a);
         drop(b);
-        assert_eq!(rate.watchers.load(Ordering::Acquire), 0);
+        assert_eq!(load.watchers.load(Ordering::Acquire), 0);
     }
 }

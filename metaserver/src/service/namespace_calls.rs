@@ -275,7 +275,7 @@ impl MetaApi {
         let mut recalled = self.recalls.subscribe();
         let mut from = r.from;
         let mut gathered = false;
-        let _watching = self.change_rate.watching();
+        let _watching = self.feed_load.watching();
         loop {
             let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
             let answer = crate::watch::changes(&tx, r.volume, from, r.client)?;
@@ -298,14 +298,18 @@ impl MetaApi {
             };
             drop(tx);
             let now = Instant::now();
-            if !answer.touched.changes.is_empty()
+            let gather = if !answer.touched.changes.is_empty()
                 && recall.is_empty()
                 && !answer.gap
                 && r.from != 0
                 && !gathered
                 && now < deadline
-                && self.change_rate.busy(answer.head)
             {
+                self.feed_load.gathering(answer.head)
+            } else {
+                None
+            };
+            if let Some(gather) = gather {
                 // Changes come in runs (a loop of creates, an unpacked archive): while
                 // the log grows fast the watcher gets a run's first milliseconds in one
                 // answer rather than an answer, and a poll, per change (with ten idle
@@ -313,8 +317,7 @@ impl MetaApi {
                 // another client changed reaches its kernel that much later at most; a
                 // recall still answers at once.
                 gathered = true;
-                let gather = self.change_rate.gather().min(deadline - now);
-                let _ = tokio::time::timeout(gather, recalled.changed()).await;
+                let _ = tokio::time::timeout(gather.min(deadline - now), recalled.changed()).await;
                 continue;
             }
             if !answer.touched.changes.is_empty()
