@@ -82,6 +82,11 @@ impl FeedLoad {
             .then(|| gather_for(self.watchers.load(Ordering::Acquire)))
     }
 
+    /// Whether the log, its head being `head`, grew fast over the last window.
+    pub fn busy(&self, head: u64) -> bool {
+        self.busy_at(head, Instant::now())
+    }
+
     fn busy_at(&self, head: u64, now: Instant) -> bool {
         let mut r = self.rate.lock().unwrap_or_else(|p| p.into_inner());
         match r.since {

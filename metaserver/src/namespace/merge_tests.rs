@@ -903,3 +903,114 @@ fn a_home_moved_by_force_fences_what_the_old_home_accepted_after_and_keeps_it() 
     let err = rs[0].run(mknod(root, "after", FileKind::File)).unwrap_err();
     assert!(matches!(err, NsError::ReadOnly(_)), "{err:?}");
 }
+
+/// A peer's pull that waits for records reads each record of a volume that does not live
+/// there once, not again at every change made after it (`Regions::answer_pull`: with
+/// three regions, such rereads were a third of a leader's time during creates).
+#[test]
+fn a_waiting_pull_reads_each_record_its_peer_does_not_get_once() {
+    let mut a = Region::new(1, &[RegionId(2)]);
+    let here = make_volume(&mut a, "here", vec![RegionId(1)]);
+    let both = make_volume(&mut a, "both", vec![RegionId(1), RegionId(2)]);
+    let seqs = |a: &Region| -> Vec<u64> { a.changes(1, usize::MAX).iter().map(|c| c.0).collect() };
+    let from = seqs(&a).last().unwrap() + 1;
+    for i in 0..200 {
+        a.run(mknod(here, &format!("before{i}"), FileKind::File))
+            .unwrap();
+    }
+    let regions = crate::regions::Regions::default();
+    let db = a.db.clone();
+    let (applied, mut watching) = tokio::sync::watch::channel(0u64);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let reply = rt.block_on(async {
+        let mut pull = std::pin::pin!(regions.answer_pull(
+            &db,
+            &mut watching,
+            |_| None,
+            RegionId(1),
+            RegionId(2),
+            RegionId(1),
+            from,
+            1000,
+            std::time::Instant::now() + std::time::Duration::from_secs(600),
+        ));
+        assert!(
+            futures::poll!(pull.as_mut()).is_pending(),
+            "nothing for region 2 yet: the pull waits"
+        );
+        for i in 0..300 {
+            a.run(mknod(here, &format!("after{i}"), FileKind::File))
+                .unwrap();
+            applied.send_replace(i + 1);
+            assert!(futures::poll!(pull.as_mut()).is_pending(), "change {i}");
+        }
+        a.run(mknod(both, "for-2", FileKind::File)).unwrap();
+        applied.send_replace(1_000);
+        pull.await.unwrap()
+    });
+    assert_eq!(reply.records.len(), 1, "{reply:?}");
+    let written = seqs(&a).iter().filter(|s| **s >= from).count() as u64;
+    assert!(written > 500, "{written}");
+    assert_eq!(
+        regions.records_read(2),
+        written,
+        "each record from the pull's start on read once"
+    );
+}
+
+/// A pull that finds records while the log grows fast waits for more before it answers
+/// (`gather`), and reads them all again: what came meanwhile goes in the same answer.
+#[test]
+fn a_pull_that_finds_records_gathers_more_when_told_to() {
+    let mut a = Region::new(1, &[RegionId(2)]);
+    let both = make_volume(&mut a, "both", vec![RegionId(1), RegionId(2)]);
+    let seqs = |a: &Region| -> Vec<u64> { a.changes(1, usize::MAX).iter().map(|c| c.0).collect() };
+    let from = seqs(&a).last().unwrap() + 1;
+    a.run(mknod(both, "first", FileKind::File)).unwrap();
+    let first = seqs(&a).iter().filter(|s| **s >= from).count();
+    let regions = crate::regions::Regions::default();
+    let db = a.db.clone();
+    let (_applied, mut watching) = tokio::sync::watch::channel(0u64);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    // Not told to: the first change goes alone, at once.
+    let alone = rt
+        .block_on(regions.answer_pull(
+            &db,
+            &mut watching,
+            |_| None,
+            RegionId(1),
+            RegionId(2),
+            RegionId(1),
+            from,
+            1000,
+            deadline,
+        ))
+        .unwrap();
+    assert_eq!(alone.records.len(), first, "{alone:?}");
+    let gathered = rt.block_on(async {
+        let mut p = std::pin::pin!(regions.answer_pull(
+            &db,
+            &mut watching,
+            |_| Some(std::time::Duration::from_millis(20)),
+            RegionId(1),
+            RegionId(2),
+            RegionId(1),
+            from,
+            1000,
+            deadline,
+        ));
+        assert!(futures::poll!(p.as_mut()).is_pending(), "it gathers");
+        a.run(mknod(both, "second", FileKind::File)).unwrap();
+        p.await.unwrap()
+    });
+    let all = seqs(&a).iter().filter(|s| **s >= from).count();
+    assert!(all > first);
+    assert_eq!(gathered.records.len(), all, "{gathered:?}");
+}

@@ -3,6 +3,7 @@
 //! convergence makes (identical namespaces, a consistent tree, exact reference counts).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use meridian_proto::{BlockId, Hlc, HlcClock, InodeId, RegionId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -13,7 +14,8 @@ pub(super) use super::*;
 /// One region: its own state database and clock.
 pub(super) struct Region {
     pub(super) id: RegionId,
-    pub(super) db: Database,
+    /// Shared, so that a test can read it while it runs operations.
+    pub(super) db: Arc<Database>,
     pub(super) clock: HlcClock,
     pub(super) phys: u64,
     /// Whether pulls from here carry the settled mark (which lets tombstones be purged).
@@ -26,7 +28,7 @@ pub(super) fn root_creds() -> Creds {
 
 impl Region {
     pub(super) fn new(id: u16, peers: &[RegionId]) -> Self {
-        let db = super::memory_db();
+        let db = Arc::new(super::memory_db());
         let r = Region {
             id: RegionId(id),
             db,

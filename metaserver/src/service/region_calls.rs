@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long a pull that found records waits for more while the change log grows fast.
+const PULL_GATHER: Duration = Duration::from_millis(20);
+
 impl MetaApi {
     pub(super) async fn handle_pull_changes(
         &self,
@@ -52,23 +55,24 @@ impl MetaApi {
                 .collect(),
         );
         let wait = Duration::from_millis(u64::from(r.wait_ms).min(10_000));
-        let deadline = Instant::now() + wait;
         let mut applied = self.shared.applied.subscribe();
-        loop {
-            let tx = self.db.begin_read().map_err(|e| Status::from(store(e)))?;
-            let reply =
-                self.regions
-                    .serve_pull_of(&tx, self.shared.region, to, origin, r.from, r.limit)?;
-            drop(tx);
-            let now = Instant::now();
-            if !reply.records.is_empty() || reply.next <= reply.head || now >= deadline {
-                metrics::counter!("meridian_region_records_served_total", "peer" => r.region.to_string())
-                    .increment(reply.records.len() as u64);
-                return Ok(Response::new(reply));
-            }
-            // Nothing new: wait for the next applied entry (or the deadline).
-            let _ = tokio::time::timeout(deadline - now, applied.changed()).await;
-        }
+        let reply = self
+            .regions
+            .answer_pull(
+                &self.db,
+                &mut applied,
+                |head| self.feed_load.busy(head).then_some(PULL_GATHER),
+                self.shared.region,
+                to,
+                origin,
+                r.from,
+                r.limit,
+                Instant::now() + wait,
+            )
+            .await?;
+        metrics::counter!("meridian_region_records_served_total", "peer" => r.region.to_string())
+            .increment(reply.records.len() as u64);
+        Ok(Response::new(reply))
     }
 
     pub(super) async fn handle_region_status(
