@@ -688,7 +688,6 @@ fn the_change_log_is_trimmed_behind_its_retention_and_what_peers_still_need() {
         a.run(mknod(shared, &format!("s{i}"), FileKind::File))
             .unwrap();
     }
-    let seqs = |a: &Region| -> Vec<u64> { a.changes(1, usize::MAX).iter().map(|c| c.0).collect() };
     assert_eq!(seqs(&a).first(), Some(&1));
 
     // Past the retention: what only this region needed goes; region 2 has applied none of
@@ -904,6 +903,45 @@ fn a_home_moved_by_force_fences_what_the_old_home_accepted_after_and_keeps_it() 
     assert!(matches!(err, NsError::ReadOnly(_)), "{err:?}");
 }
 
+/// Region 2's pull of region 1's records from `from` (answered within ten minutes),
+/// gathering for `gather` when it finds some.
+async fn pull_by_2(
+    regions: &crate::regions::Regions,
+    db: &redb::Database,
+    watching: &mut tokio::sync::watch::Receiver<u64>,
+    gather: Option<std::time::Duration>,
+    from: u64,
+) -> meridian_proto::pb::meta::PullChangesResponse {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let (one, two) = (RegionId(1), RegionId(2));
+    regions
+        .answer_pull(
+            db,
+            watching,
+            move |_| gather,
+            one,
+            two,
+            one,
+            from,
+            1000,
+            deadline,
+        )
+        .await
+        .unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+/// The sequences of `a`'s change log.
+fn seqs(a: &Region) -> Vec<u64> {
+    a.changes(1, usize::MAX).iter().map(|c| c.0).collect()
+}
+
 /// A peer's pull that waits for records reads each record of a volume that does not live
 /// there once, not again at every change made after it (`Regions::answer_pull`: with
 /// three regions, such rereads were a third of a leader's time during creates).
@@ -912,7 +950,6 @@ fn a_waiting_pull_reads_each_record_its_peer_does_not_get_once() {
     let mut a = Region::new(1, &[RegionId(2)]);
     let here = make_volume(&mut a, "here", vec![RegionId(1)]);
     let both = make_volume(&mut a, "both", vec![RegionId(1), RegionId(2)]);
-    let seqs = |a: &Region| -> Vec<u64> { a.changes(1, usize::MAX).iter().map(|c| c.0).collect() };
     let from = seqs(&a).last().unwrap() + 1;
     for i in 0..200 {
         a.run(mknod(here, &format!("before{i}"), FileKind::File))
@@ -921,22 +958,8 @@ fn a_waiting_pull_reads_each_record_its_peer_does_not_get_once() {
     let regions = crate::regions::Regions::default();
     let db = a.db.clone();
     let (applied, mut watching) = tokio::sync::watch::channel(0u64);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let reply = rt.block_on(async {
-        let mut pull = std::pin::pin!(regions.answer_pull(
-            &db,
-            &mut watching,
-            |_| None,
-            RegionId(1),
-            RegionId(2),
-            RegionId(1),
-            from,
-            1000,
-            std::time::Instant::now() + std::time::Duration::from_secs(600),
-        ));
+    let reply = runtime().block_on(async {
+        let mut pull = std::pin::pin!(pull_by_2(&regions, &db, &mut watching, None, from));
         assert!(
             futures::poll!(pull.as_mut()).is_pending(),
             "nothing for region 2 yet: the pull waits"
@@ -949,7 +972,7 @@ fn a_waiting_pull_reads_each_record_its_peer_does_not_get_once() {
         }
         a.run(mknod(both, "for-2", FileKind::File)).unwrap();
         applied.send_replace(1_000);
-        pull.await.unwrap()
+        pull.await
     });
     assert_eq!(reply.records.len(), 1, "{reply:?}");
     let written = seqs(&a).iter().filter(|s| **s >= from).count() as u64;
@@ -967,48 +990,22 @@ fn a_waiting_pull_reads_each_record_its_peer_does_not_get_once() {
 fn a_pull_that_finds_records_gathers_more_when_told_to() {
     let mut a = Region::new(1, &[RegionId(2)]);
     let both = make_volume(&mut a, "both", vec![RegionId(1), RegionId(2)]);
-    let seqs = |a: &Region| -> Vec<u64> { a.changes(1, usize::MAX).iter().map(|c| c.0).collect() };
     let from = seqs(&a).last().unwrap() + 1;
     a.run(mknod(both, "first", FileKind::File)).unwrap();
     let first = seqs(&a).iter().filter(|s| **s >= from).count();
     let regions = crate::regions::Regions::default();
     let db = a.db.clone();
     let (_applied, mut watching) = tokio::sync::watch::channel(0u64);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let rt = runtime();
     // Not told to: the first change goes alone, at once.
-    let alone = rt
-        .block_on(regions.answer_pull(
-            &db,
-            &mut watching,
-            |_| None,
-            RegionId(1),
-            RegionId(2),
-            RegionId(1),
-            from,
-            1000,
-            deadline,
-        ))
-        .unwrap();
+    let alone = rt.block_on(pull_by_2(&regions, &db, &mut watching, None, from));
     assert_eq!(alone.records.len(), first, "{alone:?}");
+    let gather = Some(std::time::Duration::from_millis(20));
     let gathered = rt.block_on(async {
-        let mut p = std::pin::pin!(regions.answer_pull(
-            &db,
-            &mut watching,
-            |_| Some(std::time::Duration::from_millis(20)),
-            RegionId(1),
-            RegionId(2),
-            RegionId(1),
-            from,
-            1000,
-            deadline,
-        ));
+        let mut p = std::pin::pin!(pull_by_2(&regions, &db, &mut watching, gather, from));
         assert!(futures::poll!(p.as_mut()).is_pending(), "it gathers");
         a.run(mknod(both, "second", FileKind::File)).unwrap();
-        p.await.unwrap()
+        p.await
     });
     let all = seqs(&a).iter().filter(|s| **s >= from).count();
     assert!(all > first);
