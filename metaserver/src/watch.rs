@@ -33,10 +33,11 @@ const BUSY_PER_SECOND: f64 = 250.0;
 const RATE_WINDOW: Duration = Duration::from_millis(100);
 
 /// The feed's load on this member: how fast the change log grows, as the feed's answers
-/// see it, and how many watchers it answers. While the log grows fast (a loop of creates,
-/// an unpacked archive), a watcher that finds changes gathers more before it answers, so
-/// that every mount of a volume does not poll once per change; a lone change still
-/// reaches the other mounts at once.
+/// (and the answers to peer regions' pulls) see it, and how many watchers it answers.
+/// While the log grows fast (a loop of creates, an unpacked archive), a watcher that finds
+/// changes gathers more before it answers, so that every mount of a volume does not poll
+/// once per change (a peer's pull does the same); a lone change still reaches the other
+/// mounts at once.
 #[derive(Default)]
 pub struct FeedLoad {
     rate: Mutex<Rate>,
@@ -78,7 +79,7 @@ impl FeedLoad {
     /// How long a watcher that found changes, the log's head being `head`, gathers more
     /// before it answers: none unless the log grew fast over the last window.
     pub fn gathering(&self, head: u64) -> Option<Duration> {
-        self.busy_at(head, Instant::now())
+        self.busy(head)
             .then(|| gather_for(self.watchers.load(Ordering::Acquire)))
     }
 

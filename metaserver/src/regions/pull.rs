@@ -60,6 +60,16 @@ pub async fn promise_loop(node: Arc<MetaNode>) {
     }
 }
 
+/// Region bookkeeping read from `node`'s applied state (see `read_state`).
+fn node_state<T>(
+    node: &MetaNode,
+    f: impl FnOnce(
+        &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    ) -> Result<T, crate::namespace::NsError>,
+) -> Option<T> {
+    read_state(&node.db.begin_read().ok()?, f)
+}
+
 /// While this member leads, pulls `peer`'s change log and proposes what arrives; the
 /// regions the peer relays that are not peers of this one are pulled through it too.
 pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
@@ -71,12 +81,7 @@ pub async fn pull_loop(node: Arc<MetaNode>, peer: PeerRegion) {
 /// (stability waits for them too).
 async fn hear_of(node: &Arc<MetaNode>, via: &PeerRegion, relays: &[u32]) {
     let own = node.shared.region;
-    let recorded = node
-        .db
-        .begin_read()
-        .ok()
-        .and_then(|tx| read_state(&tx, merge::relayed))
-        .unwrap_or_default();
+    let recorded = node_state(node, merge::relayed).unwrap_or_default();
     let is_peer = |r: u16| node.peers.iter().any(|p| p.region == r);
     let pairs: Vec<(RegionId, RegionId)> = {
         let mut relayed = node.relayed.lock().unwrap_or_else(|p| p.into_inner());
@@ -167,12 +172,7 @@ async fn pull_loop_of(node: Arc<MetaNode>, peer: PeerRegion, origin_id: u16) {
         }
         if !peers_recorded {
             let ids: Vec<RegionId> = node.peers.iter().map(|p| RegionId(p.region)).collect();
-            let recorded = node
-                .db
-                .begin_read()
-                .ok()
-                .and_then(|tx| read_state(&tx, merge::peers))
-                .unwrap_or_default();
+            let recorded = node_state(&node, merge::peers).unwrap_or_default();
             if recorded == ids || node.propose_internal(RaftRequest::Peers(ids)).await.is_ok() {
                 peers_recorded = true;
             }
