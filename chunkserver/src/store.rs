@@ -26,6 +26,7 @@ use bytes::Bytes;
 use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, Outboard};
 use tracing::{info, warn};
 
+use crate::direct;
 use crate::error::ChunkError;
 use crate::format;
 use crate::journal::{self, Replayed};
@@ -267,7 +268,7 @@ impl BlockStore {
         let written = (|| {
             // Written around the page cache, and fsync'd, where the file system allows
             // (see `direct`).
-            if crate::direct::write_new(&tmp, file).map_err(ChunkError::io("write", &tmp))? {
+            if direct::write_new(&tmp, file).map_err(ChunkError::io("write", &tmp))? {
                 return Ok(());
             }
             let mut f = OpenOptions::new()
@@ -373,8 +374,7 @@ impl BlockStore {
     fn read_whole(&self, id: &BlockId) -> Result<(EncodedBlock, Bytes, Outboard), ChunkError> {
         let located = self.locate(id)?;
         let len = located.len()?;
-        let data = located.read_at(0, len as usize)?;
-        let (block, stored) = format::decode(Bytes::from(data))
+        let (block, stored) = format::decode(located.read_all(len)?)
             .map_err(|e| ChunkError::corrupt_format(*id, self.node, e))?;
         self.check_id(id, &block.id)?;
         let corrupt = |reason: String| ChunkError::Corrupt {
@@ -620,7 +620,8 @@ pub(crate) struct Located {
     pub(crate) file: Arc<File>,
     /// Where the block file's bytes start in `file`.
     pub(crate) base: u64,
-    /// Their length, if known without a `stat`.
+    /// Their length, if known without a `stat` (a pack's record); `None` for a file of
+    /// its own.
     len: Option<u64>,
     /// For errors.
     pub(crate) path: PathBuf,
@@ -637,6 +638,19 @@ impl Located {
                 .map_err(ChunkError::io("stat", &self.path))?
                 .len()),
         }
+    }
+
+    /// The whole block file, `len` bytes long: a large file of its own around the page
+    /// cache (see `direct.rs`), anything else through it.
+    pub(crate) fn read_all(&self, len: u64) -> Result<Bytes, ChunkError> {
+        let own_file = self.len.is_none();
+        if own_file
+            && len >= direct::READ_FROM
+            && let Some(all) = direct::read_whole(&self.path, len as usize)
+        {
+            return Ok(all);
+        }
+        self.read_at(0, len as usize).map(Bytes::from)
     }
 
     /// `n` bytes of the block file from `at` (an `UnexpectedEof` error if it ends first).

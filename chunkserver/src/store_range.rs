@@ -78,24 +78,32 @@ impl BlockStore {
             None => Some(located.len()?),
             Some(_) => None,
         };
+        // So is a file most of which is asked for (a whole block's read, as a sequential
+        // reader's): one read where the header, the outboard at the file's end and the
+        // groups would each be one, one after the other, on a disk that is cold.
         let whole = match file_len {
-            Some(len) if len <= READ_WHOLE_BELOW => {
-                Some(read_at(f, base, len as usize).map_err(ChunkError::io("read", path))?)
+            Some(file)
+                if file <= READ_WHOLE_BELOW || (offset == 0 && file <= len.saturating_mul(2)) =>
+            {
+                Some(located.read_all(file)?)
             }
             _ => None,
         };
-        let at = |at: u64, n: usize| -> Result<Vec<u8>, ChunkError> {
+        let at = |at: u64, n: usize| -> Result<Bytes, ChunkError> {
             if let Some(w) = &whole {
                 return usize::try_from(at)
                     .ok()
-                    .and_then(|a| w.get(a..a.checked_add(n)?))
-                    .map(<[u8]>::to_vec)
+                    .and_then(|a| Some(a..a.checked_add(n)?))
+                    .filter(|r| r.end <= w.len())
+                    .map(|r| w.slice(r))
                     .ok_or_else(|| corrupt("file cut short".into()));
             }
-            read_at(f, base + at, n).map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => corrupt("file cut short".into()),
-                _ => ChunkError::io("read", path)(e),
-            })
+            read_at(f, base + at, n)
+                .map(Bytes::from)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => corrupt("file cut short".into()),
+                    _ => ChunkError::io("read", path)(e),
+                })
         };
         let h = match (&known, file_len) {
             (Some((h, _)), _) => *h,
@@ -161,14 +169,15 @@ impl BlockStore {
                     return Err(corrupt("frames run past the payload".into()));
                 }
                 let bytes = at(payload_at + span.start as u64, span.len())?;
-                table.decode(first, &bytes).map_err(&corrupt)?
+                Bytes::from(table.decode(first, &bytes).map_err(&corrupt)?)
             }
             _ => {
-                read_around(f, base + payload_at, u64::from(h.payload_len), start, end);
+                if whole.is_none() {
+                    read_around(f, base + payload_at, u64::from(h.payload_len), start, end);
+                }
                 at(payload_at + start, (end - start) as usize)?
             }
         };
-        let plain = Bytes::from(plain);
         if known.is_some() {
             outboard.verify_groups(id, raw_len, start, &plain)
         } else {

@@ -115,6 +115,8 @@ fn a_range_reads_only_its_groups_verified_in_every_encoding() {
             (20_000, 1),
             (100_000, 50_000),
             (plain.len() as u64 - 1, 1),
+            // The whole block (read at once, around the page cache where it is large).
+            (0, plain.len() as u64),
         ];
         for (offset, len) in cases.into_iter().filter(|(o, _)| *o < plain.len() as u64) {
             let r = s.read_range(&b.id, offset, len).unwrap();
@@ -151,6 +153,11 @@ fn a_range_reads_only_its_groups_verified_in_every_encoding() {
     let s = store(dir.path());
     assert!(matches!(
         s.read_range(&raw.id, 40_000, 10),
+        Err(ChunkError::Corrupt { .. })
+    ));
+    // So is the whole block read at once.
+    assert!(matches!(
+        s.read_range(&raw.id, 0, random.len() as u64),
         Err(ChunkError::Corrupt { .. })
     ));
     // So is a flipped byte of the outboard, read from disk.
