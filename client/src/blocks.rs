@@ -104,6 +104,35 @@ pub struct BlockClient {
 /// Blocks whose verified outboards a client keeps (8 KiB each for 4 MiB blocks).
 const KNOWN_OUTBOARDS: usize = 1024;
 
+/// Replies at least this long are verified on the blocking pool rather than the runtime's
+/// worker (a 4 MiB block hashes in a millisecond or two).
+const VERIFY_APART: usize = 1 << 20;
+
+/// Verifies groups a node sent (plaintext at `at`) against the block id: with `known`, the
+/// outboard known here when the node sent none, or else with the outboard it sent, which
+/// is returned to be kept (`None` when none was sent).
+fn verify_sent(
+    id: &BlockId,
+    known: Option<&KnownOutboard>,
+    raw_len: u64,
+    at: u64,
+    outboard: &[u8],
+    plain: &[u8],
+) -> Result<Option<Outboard>, String> {
+    match known {
+        Some((_, ob)) => ob
+            .verify_groups(id, raw_len, at, plain)
+            .map(|()| None)
+            .map_err(|e| e.to_string()),
+        None => {
+            let ob = Outboard::from_bytes(raw_len, outboard).map_err(|e| e.to_string())?;
+            ob.verify(id, raw_len, at, plain)
+                .map_err(|e| e.to_string())?;
+            Ok((!outboard.is_empty()).then_some(ob))
+        }
+    }
+}
+
 impl BlockClient {
     /// A client that places blocks with the map in `map`, preferring replicas in `zone`.
     pub fn new(
@@ -509,7 +538,30 @@ impl BlockClient {
         let (request, known) = self.port_request(node, id, 0, len)?;
         let reply =
             range_port::call_async(&node.range_address, &request, self.max_block_len).await?;
-        self.port_checked(node, id, known, reply, 0, len)
+        let (raw_len, at, outboard, plain) = match reply {
+            Ok(RangeReply::Found {
+                raw_len,
+                offset,
+                outboard,
+                plain,
+            }) if plain.len() >= VERIFY_APART => (raw_len, offset, outboard, plain),
+            other => return self.port_checked(node, id, known, other, 0, len),
+        };
+        // Hashed on the blocking pool: megabytes hashed on the runtime's worker would hold
+        // back meanwhile every other fetch's request and reply (a sequential reader's
+        // read-ahead waited on it, and the disks with it).
+        let (raw_len, at) = (u64::from(raw_len), u64::from(at));
+        let known = known.filter(|(l, _)| outboard.is_empty() && *l == raw_len);
+        let (block, sent, kept) = (*id, plain.clone(), known.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            verify_sent(&block, kept.as_ref(), raw_len, at, &outboard, &sent)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("verification did not finish: {e}")));
+        let outcome = self
+            .checked_range(id, known.is_some(), checked, raw_len, at, plain, 0, len)
+            .map(|bytes| (bytes, raw_len));
+        self.port_outcome(node, id, outcome)
     }
 
     /// The range-port request for a read of `node`, and the outboard known here; `None`
@@ -569,6 +621,16 @@ impl BlockClient {
             Ok(RangeReply::Busy) => Err("busy".into()),
             Err(e) => Err(e.to_string()),
         };
+        self.port_outcome(node, id, outcome)
+    }
+
+    /// A range port's verified answer counted, or its failure logged.
+    fn port_outcome(
+        &self,
+        node: &NodeInfo,
+        id: &BlockId,
+        outcome: Result<(Bytes, u64), String>,
+    ) -> Option<(Bytes, u64)> {
         match outcome {
             Ok(bytes) => {
                 self.range_port_reads.fetch_add(1, Ordering::Relaxed);
@@ -601,24 +663,45 @@ impl BlockClient {
         offset: u64,
         len: u64,
     ) -> Result<Bytes, String> {
-        match known.filter(|(len, _)| outboard.is_empty() && *len == raw_len) {
-            Some((_, ob)) => {
-                let checked = ob.verify_groups(id, raw_len, at, &plain);
-                if checked.is_err() {
+        let known = known.filter(|(l, _)| outboard.is_empty() && *l == raw_len);
+        let checked = verify_sent(id, known.as_ref(), raw_len, at, outboard, &plain);
+        self.checked_range(
+            id,
+            known.is_some(),
+            checked,
+            raw_len,
+            at,
+            plain,
+            offset,
+            len,
+        )
+    }
+
+    /// After [`verify_sent`]: keeps the outboard the node sent (or forgets the one known
+    /// here, `used_known`, when the groups failed against it), and cuts the read of
+    /// `[offset, offset + len)` out of the verified groups.
+    #[allow(clippy::too_many_arguments)]
+    fn checked_range(
+        &self,
+        id: &BlockId,
+        used_known: bool,
+        checked: Result<Option<Outboard>, String>,
+        raw_len: u64,
+        at: u64,
+        plain: Bytes,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, String> {
+        match checked {
+            Err(e) => {
+                if used_known {
                     self.outboards.forget(id);
                 }
-                checked
+                return Err(e);
             }
-            None => {
-                let ob = Outboard::from_bytes(raw_len, outboard).map_err(|e| e.to_string())?;
-                let checked = ob.verify(id, raw_len, at, &plain);
-                if checked.is_ok() && !outboard.is_empty() {
-                    self.outboards.insert(*id, (raw_len, Arc::new(ob)));
-                }
-                checked
-            }
+            Ok(Some(ob)) => self.outboards.insert(*id, (raw_len, Arc::new(ob))),
+            Ok(None) => {}
         }
-        .map_err(|e| e.to_string())?;
         let end = offset.saturating_add(len).min(raw_len);
         if offset < at || end < offset || end > at + plain.len() as u64 {
             return Err(format!(
