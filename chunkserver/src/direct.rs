@@ -79,16 +79,22 @@ pub fn write_new(path: &Path, parts: &[&[u8]]) -> io::Result<bool> {
     Ok(true)
 }
 
-/// The whole of the file `path`, which the caller found `len` bytes long, read around the
-/// page cache into memory of its own. `None` when that cannot be done (a file system
-/// without direct reads, a file of another length by now, any error): the caller reads
-/// through the cache, which reports a real error as such.
-pub fn read_whole(path: &Path, len: usize) -> Option<Bytes> {
+/// The whole of `file` (open at `path`), which the caller found `len` bytes long, read
+/// around the page cache into memory of its own. `None` when that cannot be done (a file
+/// system without direct reads, a file of another length by now, any error): the caller
+/// reads through the cache, which reports a real error as such.
+pub fn read_whole(file: &File, path: &Path, len: usize) -> Option<Bytes> {
     use std::os::fd::AsRawFd;
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
+    let direct = |at: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(at)
+    };
+    // The open file again, through its descriptor: no lookup of the path, whose directory
+    // entry may no longer be cached.
+    let f = direct(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))
+        .or_else(|_| direct(path))
         .ok()?;
     let padded = len.next_multiple_of(ALIGN);
     let mut buf: Vec<u8> = Vec::with_capacity(padded + ALIGN);
@@ -165,10 +171,15 @@ mod tests {
             let path = dir.path().join(format!("f{i}"));
             if let Ok(data) = fs::read(&path) {
                 // Read around the cache where the file system can (or `None`: through it).
-                if let Some(read) = read_whole(&path, len) {
+                let file = File::open(&path).unwrap();
+                if let Some(read) = read_whole(&file, &path, len) {
                     assert_eq!(&read[..], &data[..], "length {len}");
                 }
-                assert_eq!(read_whole(&path, len + 1), None, "a file shorter than said");
+                assert_eq!(
+                    read_whole(&file, &path, len + 1),
+                    None,
+                    "a file shorter than said"
+                );
             }
         }
         let taken = dir.path().join("f1");

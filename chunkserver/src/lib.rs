@@ -13,6 +13,7 @@ pub mod layout;
 pub mod ledger;
 pub mod maintain;
 pub mod map;
+mod open_files;
 pub mod packs;
 pub mod put_port;
 pub mod range_port;

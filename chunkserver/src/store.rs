@@ -31,6 +31,7 @@ use crate::error::ChunkError;
 use crate::format;
 use crate::journal::{self, Replayed};
 use crate::layout::{Layout, sync_dir};
+use crate::open_files::OpenFiles;
 use crate::packs::{self, Packs};
 
 /// How many lock stripes serialize the final step of writes and deletes of one block.
@@ -90,6 +91,8 @@ pub struct BlockStore {
     layout: Layout,
     /// Headers and verified outboards of blocks read by range lately.
     ranges: RangeCache,
+    /// Files of blocks put or read lately, kept open.
+    open_files: OpenFiles,
 }
 
 impl BlockStore {
@@ -135,6 +138,7 @@ impl BlockStore {
             packs,
             layout,
             ranges: RangeCache::new(RANGE_CACHE),
+            open_files: OpenFiles::new(),
         };
         let dir = root.join("journal");
         journal::replay_and_remove(&dir, &store.blocks, |r| store.restore(r))
@@ -149,6 +153,13 @@ impl BlockStore {
     /// The file that holds `id`.
     pub fn path(&self, id: &BlockId) -> PathBuf {
         self.layout.path(id)
+    }
+
+    /// Forgets what is kept of `id`'s file (its header and outboard, the open file): it is
+    /// being removed, moved aside or replaced.
+    fn forget_file(&self, id: &BlockId) {
+        self.ranges.forget(id);
+        self.open_files.forget(id);
     }
 
     /// Space and counts now.
@@ -231,7 +242,7 @@ impl BlockStore {
                 drop(_guard);
                 return self.present_again(id);
             }
-            self.ranges.forget(id);
+            self.forget_file(id);
             let lsn = self
                 .packs
                 .put(id, file)
@@ -292,11 +303,17 @@ impl BlockStore {
         }
         {
             let _guard = self.stripe(id);
-            self.ranges.forget(id);
+            self.forget_file(id);
             let previous = fs::metadata(&path).ok().map(|m| m.len());
             if let Err(e) = fs::rename(&tmp, &path) {
                 let _ = fs::remove_file(&tmp);
                 return Err(ChunkError::io("rename into place", &path)(e));
+            }
+            // Kept open for the reads that often follow a write (the open is cheap now,
+            // the directory entry and inode just made).
+            let seen = self.open_files.generation();
+            if let Ok(f) = File::open(&path) {
+                self.open_files.keep(*id, Arc::new(f), seen);
             }
             match previous {
                 Some(old) => {
@@ -318,7 +335,7 @@ impl BlockStore {
         let (removed, durable) = self.packs.remove(id);
         if let Some(len) = removed {
             // No longer served, whether or not its mark is durable yet.
-            self.ranges.forget(id);
+            self.forget_file(id);
             self.used.fetch_sub(len, Ordering::Relaxed);
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
@@ -348,6 +365,7 @@ impl BlockStore {
                     return Ok(());
                 }
                 let path = self.path(&id);
+                self.forget_file(&id);
                 let tmp = self.tmp.join(format!("{id}.replay.tmp"));
                 fs::write(&tmp, &bytes)?;
                 fs::create_dir_all(path.parent().expect("block paths have a parent"))?;
@@ -355,10 +373,13 @@ impl BlockStore {
                 info!(block = %id, "journal: block file restored");
             }
             Replayed::Kept(_) => {}
-            Replayed::Deleted(id) => match fs::remove_file(self.path(&id)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            },
+            Replayed::Deleted(id) => {
+                self.forget_file(&id);
+                match fs::remove_file(self.path(&id)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
         }
         Ok(())
     }
@@ -416,13 +437,26 @@ impl BlockStore {
             });
         }
         let path = self.path(id);
-        match File::open(&path) {
-            Ok(f) => Ok(Located {
-                file: Arc::new(f),
+        if let Some(file) = self.open_files.get(id) {
+            return Ok(Located {
+                file,
                 base: 0,
                 len: None,
                 path,
-            }),
+            });
+        }
+        let seen = self.open_files.generation();
+        match File::open(&path) {
+            Ok(f) => {
+                let file = Arc::new(f);
+                self.open_files.keep(*id, file.clone(), seen);
+                Ok(Located {
+                    file,
+                    base: 0,
+                    len: None,
+                    path,
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ChunkError::NotFound(*id)),
             Err(e) => Err(ChunkError::io("open", &path)(e)),
         }
@@ -522,7 +556,7 @@ impl BlockStore {
             Err(e) => return Err(ChunkError::io("stat", &path)(e)),
         };
         fs::remove_file(&path).map_err(ChunkError::io("remove", &path))?;
-        self.ranges.forget(id);
+        self.forget_file(id);
         self.used.fetch_sub(len, Ordering::Relaxed);
         self.count.fetch_sub(1, Ordering::Relaxed);
         sync_dir(path.parent().expect("block paths have a parent"))?;
@@ -554,7 +588,7 @@ impl BlockStore {
                     Err(e) => return Err(ChunkError::io("stat", &path)(e)),
                 };
                 fs::rename(&path, &aside).map_err(ChunkError::io("quarantine", &path))?;
-                self.ranges.forget(id);
+                self.forget_file(id);
                 self.used.fetch_sub(len, Ordering::Relaxed);
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 sync_dir(path.parent().expect("block paths have a parent"))?;
@@ -646,7 +680,7 @@ impl Located {
         let own_file = self.len.is_none();
         if own_file
             && len >= direct::READ_FROM
-            && let Some(all) = direct::read_whole(&self.path, len as usize)
+            && let Some(all) = direct::read_whole(&self.file, &self.path, len as usize)
         {
             return Ok(all);
         }

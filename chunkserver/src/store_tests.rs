@@ -44,6 +44,22 @@ fn put_read_delete_and_accounting() {
     assert_eq!(s.usage().used, 0);
     assert!(matches!(s.read(&b.id), Err(ChunkError::NotFound(_))));
     assert_eq!(s.stat(&b.id).unwrap(), None);
+    // The files kept open for reads follow removals, moves aside and new copies.
+    assert!(matches!(
+        s.read_range(&b.id, 0, 200_000),
+        Err(ChunkError::NotFound(_))
+    ));
+    s.put(&b, &ob(&b)).unwrap();
+    assert_eq!(
+        s.read_range(&b.id, 0, 200_000).unwrap().plain,
+        b.decode().unwrap()
+    );
+    assert!(s.quarantine(&b.id).unwrap().is_some());
+    assert!(matches!(s.read(&b.id), Err(ChunkError::NotFound(_))));
+    assert!(matches!(
+        s.read_range(&b.id, 0, 200_000),
+        Err(ChunkError::NotFound(_))
+    ));
 }
 
 #[test]
