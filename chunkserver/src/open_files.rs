@@ -8,7 +8,9 @@
 //!
 //! A file is kept only if nothing was forgotten since it was opened (a file opened just
 //! before its block was removed or replaced is not kept), and every removal, move aside
-//! or replacement of a block file forgets its entry first, under the block's lock.
+//! or replacement of a block file forgets its entry first, under the block's lock. A block
+//! file replaced or removed behind the chunkserver's back while it runs is not seen until
+//! its entry goes; whatever is read is verified against the block id all the same.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
