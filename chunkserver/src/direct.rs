@@ -151,10 +151,8 @@ mod tests {
     #[test]
     fn files_read_back_as_written_whatever_their_length() {
         let dir = tempfile::tempdir().unwrap();
-        for (i, len) in [0usize, 1, 4095, 4096, 4097, 100_000, (4 << 20) + 123]
-            .into_iter()
-            .enumerate()
-        {
+        let lens = [0usize, 1, 4095, 4096, 4097, 100_000, (4 << 20) + 123];
+        for (i, len) in lens.into_iter().enumerate() {
             let data: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
             let (head, tail) = data.split_at(len / 3);
             let path = dir.path().join(format!("f{i}"));
@@ -164,10 +162,7 @@ mod tests {
                 false => assert!(!path.exists()),
             }
         }
-        for (i, len) in [0usize, 1, 4095, 4096, 4097, 100_000, (4 << 20) + 123]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, len) in lens.into_iter().enumerate() {
             let path = dir.path().join(format!("f{i}"));
             if let Ok(data) = fs::read(&path) {
                 // Read around the cache where the file system can (or `None`: through it).

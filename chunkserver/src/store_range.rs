@@ -93,9 +93,8 @@ impl BlockStore {
             if let Some(w) = &whole {
                 return usize::try_from(at)
                     .ok()
-                    .and_then(|a| Some(a..a.checked_add(n)?))
-                    .filter(|r| r.end <= w.len())
-                    .map(|r| w.slice(r))
+                    .and_then(|a| w.get(a..a.checked_add(n)?))
+                    .map(|part| w.slice_ref(part))
                     .ok_or_else(|| corrupt("file cut short".into()));
             }
             read_at(f, base + at, n)
