@@ -8,7 +8,8 @@
 //! transaction for many. Applied one by one as they commit, they cost a follower most of
 //! its processor time, and its answer to the leader's next append (which carries the
 //! commit) waited for them: on a small machine the members share the processors, so every
-//! write paid for them.
+//! write paid for them. That thread applies and commits a batch at `SCHED_IDLE`, and
+//! whoever waits for it hurries it (`background.rs`).
 //!
 //! Nothing is lost by the wait: committed entries are durable in the log, and a restart
 //! applies again from what the state holds. Whatever reads this member's state as of what
@@ -39,6 +40,7 @@ use openraft::storage::EntryResponder;
 use openraft::type_config::alias::EntryOf;
 use redb::Database;
 
+use super::background::Background;
 use super::state_machine::{Applied, Shared, apply_batch, apply_into, commit, stamps_of};
 use super::{Request, TypeConfig};
 
@@ -88,6 +90,9 @@ pub(super) struct Applier {
     wake: Condvar,
     /// Entries applied ahead (taken under `applying`, or dropped when stale).
     ahead: Mutex<Option<Ahead>>,
+    /// The thread applying behind, which applies at `SCHED_IDLE` (see `background.rs`):
+    /// whoever waits for `applying` hurries it.
+    behind: Background,
 }
 
 #[derive(Default)]
@@ -156,6 +161,7 @@ impl Applier {
             }),
             wake: Condvar::new(),
             ahead: Mutex::new(None),
+            behind: Background::default(),
         }
     }
 
@@ -170,11 +176,18 @@ impl Applier {
     /// Applies everything queued, then `batch`. A failure (or a panic) is kept: every
     /// later apply reports it instead of applying entries past the ones that failed.
     pub(super) fn apply(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
-        let mut applying = lock(&self.applying);
+        self.apply_as(batch, false)
+    }
+
+    /// [`Applier::apply`]; `behind` on the thread applying behind, which applies and
+    /// commits at `SCHED_IDLE` (see `background.rs`).
+    fn apply_as(&self, batch: Vec<EntryResponder<TypeConfig>>, behind: bool) -> io::Result<()> {
+        let mut applying = self.behind.lock(&self.applying);
         let mut all = self.take()?;
         all.extend(batch);
-        let outcome =
-            panic::catch_unwind(AssertUnwindSafe(|| self.apply_locked(&mut applying, all)));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.apply_locked(&mut applying, all, behind)
+        }));
         let failure = match &outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -216,7 +229,7 @@ impl Applier {
     /// Forgets everything queued: the state is about to be replaced by a snapshot taken
     /// after it. Runs `replace` while no batch applies.
     pub(super) fn replace<T>(&self, replace: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-        let _applying = lock(&self.applying);
+        let _applying = self.behind.lock(&self.applying);
         lock(&self.ahead).take();
         self.take()?;
         replace()
@@ -234,6 +247,7 @@ impl Applier {
         &self,
         since_durable: &mut u64,
         batch: Vec<EntryResponder<TypeConfig>>,
+        behind: bool,
     ) -> io::Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -241,6 +255,9 @@ impl Applier {
         // Entries applied ahead are used if the batch starts with them, and dropped
         // otherwise (before anything else begins a write transaction).
         let ahead = lock(&self.ahead).take().filter(|a| a.starts(&batch));
+        // From here to the transaction's commit this holds no lock but `applying` (and
+        // redb's own).
+        let lowered = if behind { self.behind.lowered() } else { None };
         // The log is the durability: every entry applied here is fsync'd in a majority's
         // log, and a restart applies again whatever this transaction had not persisted
         // (the applied id commits with the state). A snapshot persists everything first,
@@ -256,7 +273,7 @@ impl Applier {
             tx, mut applied, ..
         }) = ahead
         else {
-            return apply_batch(&self.db, &self.shared, batch, durable);
+            return apply_batch(&self.db, &self.shared, batch, durable, lowered);
         };
         // What committed with them, if anything.
         let rest = &batch[applied.ids.len()..];
@@ -269,7 +286,15 @@ impl Applier {
             )?;
         }
         let responders = batch.into_iter().map(|(_, r)| r);
-        commit(&self.db, &self.shared, tx, applied, responders, durable)
+        commit(
+            &self.db,
+            &self.shared,
+            tx,
+            applied,
+            responders,
+            durable,
+            lowered,
+        )
     }
 
     /// Drops entries applied ahead that have waited [`AHEAD_MAX`] for their commit.
@@ -367,7 +392,7 @@ impl Applier {
                 }
             }
             // A failure is kept (see `apply`) and reported to Raft by the next apply.
-            match panic::catch_unwind(AssertUnwindSafe(|| self.catch_up())) {
+            match panic::catch_unwind(AssertUnwindSafe(|| self.apply_as(Vec::new(), true))) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "applying committed entries failed"),
                 Err(_) => tracing::error!("applying committed entries panicked"),

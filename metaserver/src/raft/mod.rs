@@ -2,6 +2,7 @@
 //! machine (redb), the snapshot format, and the gRPC network between members.
 
 mod applier;
+mod background;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;

@@ -19,6 +19,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::watch;
 
 use super::applier::Applier;
+use super::background::Lowered;
 use super::snapshot_dir::{SnapshotData, SnapshotDir};
 use super::{Request, Response, TypeConfig, io_err, snapshot};
 use crate::cluster;
@@ -325,6 +326,7 @@ pub(super) fn apply_batch(
     shared: &Shared,
     batch: Vec<EntryResponder<TypeConfig>>,
     durable: bool,
+    lowered: Option<Lowered<'_>>,
 ) -> io::Result<()> {
     let tx = db.begin_write().map_err(io_err)?;
     let mut applied = Applied::default();
@@ -341,6 +343,7 @@ pub(super) fn apply_batch(
         applied,
         batch.into_iter().map(|(_, r)| r),
         durable,
+        lowered,
     )
 }
 
@@ -464,6 +467,7 @@ pub(super) fn commit(
     applied: Applied,
     responders: impl IntoIterator<Item = Option<openraft::storage::ApplyResponder<TypeConfig>>>,
     durable: bool,
+    lowered: Option<Lowered<'_>>,
 ) -> io::Result<()> {
     let Applied {
         ids,
@@ -476,6 +480,8 @@ pub(super) fn commit(
         tx.set_durability(redb::Durability::None).map_err(io_err)?;
     }
     tx.commit().map_err(io_err)?;
+    // What follows takes locks others wait for.
+    drop(lowered);
     shared.observe(stamps);
     publish(db, shared, last.as_ref(), map_changed)?;
     for (responder, response) in responders.into_iter().zip(responses) {
