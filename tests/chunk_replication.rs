@@ -678,6 +678,23 @@ fn range_ports_serve_verified_reads_to_threads_that_may_wait_and_refuse_bad_inpu
     Ok(())
 }
 
+/// A region, its cluster map, a runtime for a block client's calls, and the client.
+fn port_rig() -> Result<(
+    common::Region,
+    meridian_proto::ClusterMap,
+    tokio::runtime::Runtime,
+    meridian_client::blocks::BlockClient,
+)> {
+    let region = common::Region::start()?;
+    let map = common::cluster_map(&region.meta_addrs()).expect("cluster map");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = meridian_client::blocks::BlockClient::with_map(map.clone(), None);
+    Ok((region, map, rt, client))
+}
+
 /// Blocks put through the chunkservers' range ports (the put port), small ones and a
 /// whole 4 MiB block: the block is durable on its placements and reads back right. The
 /// port refuses what it may not store (bytes that do not match their id, shipments, bad
@@ -690,13 +707,7 @@ fn puts_go_through_the_put_port_checked_as_through_grpc() -> Result<()> {
     use meridian_proto::put_wire::{MAGIC, MAX_PUT, PutFrame, PutReply};
     use prost::Message;
 
-    let mut region = common::Region::start()?;
-    let map = common::cluster_map(&region.meta_addrs()).expect("cluster map");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let client = BlockClient::with_map(map.clone(), None);
+    let (mut region, map, rt, client) = port_rig()?;
     let holders = |id: &BlockId| -> Result<usize> {
         let mut n = 0;
         for node in &map.nodes {
@@ -824,6 +835,165 @@ fn puts_go_through_the_put_port_checked_as_through_grpc() -> Result<()> {
     assert_eq!(receipt.stored_on.len(), 2);
     assert!(!receipt.stored_on.contains(&order[1]));
     assert_eq!(rt.block_on(fresh.get(&next_block.id, 3))?, next);
+    Ok(())
+}
+
+/// Blocks gathered by a mount go to their first placement together, as one batch on its
+/// put port: each is checked as alone, stored on every placement and answered in order;
+/// a forged one among them is refused with nothing stored under it while the others are
+/// stored; a batch announcing no puts or too many is closed before anything is read; and
+/// with a replica down the coordinator forwards the batch's blocks through gRPC, degraded.
+#[test]
+fn a_batch_of_puts_is_stored_on_every_placement_and_answered_in_order() -> Result<()> {
+    use meridian_client::blocks::BlockClient;
+    use meridian_proto::put_wire::{BATCH_MAGIC, BATCH_MAX, PutFrame, PutReply, batch_head};
+
+    let (mut region, map, rt, client) = port_rig()?;
+    let fresh = BlockClient::with_map(map.clone(), None);
+    let holders = |id: &BlockId| -> usize {
+        map.nodes
+            .iter()
+            .filter(|n| rt.block_on(client.has(n, &[*id])).unwrap_or_default() == [true])
+            .count()
+    };
+    let datas: Vec<Vec<u8>> = (0..24)
+        .map(|i| random_bytes(200 + i, 4096 + 37 * i as usize))
+        .collect();
+    let blocks: Vec<EncodedBlock> = datas
+        .iter()
+        .map(|d| EncodedBlock::encode(d))
+        .collect::<std::result::Result<_, _>>()?;
+    let receipts = rt.block_on(client.put_batched(&blocks, 3, 3));
+    let first = |b: &EncodedBlock| placement(&b.id, &map, 1)[0];
+    for (b, r) in blocks.iter().zip(&receipts) {
+        let shared = blocks.iter().filter(|o| first(o) == first(b)).count() > 1;
+        match r {
+            Some(r) => {
+                assert!(shared, "a block alone at its node is not batched");
+                assert_eq!(r.id, b.id, "answered in order");
+                assert_eq!(r.stored_on.len(), 3);
+                assert_eq!(r.stored_on[0], first(b), "its first placement coordinated");
+                assert!(!r.degraded && !r.already_present);
+                assert_eq!(holders(&b.id), 3);
+            }
+            None => assert!(!shared, "a batched block not stored: {:?}", b.id),
+        }
+    }
+    let batched = receipts.iter().filter(|r| r.is_some()).count();
+    assert!(
+        batched >= 20,
+        "most of 24 blocks share a node of three: {batched}"
+    );
+    assert_eq!(client.put_port_puts(), batched as u64);
+    for (b, d) in blocks
+        .iter()
+        .zip(&datas)
+        .filter(|(b, _)| holders(&b.id) == 3)
+    {
+        assert_eq!(&rt.block_on(fresh.get(&b.id, 3))?, d);
+    }
+    // Again: already there, each.
+    let again = rt.block_on(client.put_batched(&blocks, 3, 3));
+    assert!(again.iter().flatten().all(|r| r.already_present));
+
+    // Straight to a port: a forged block between two good ones.
+    let port = map.nodes[0].range_address.clone();
+    let frame = |bytes: &[u8], id: Option<BlockId>| -> Result<Vec<u8>> {
+        let b = EncodedBlock::encode(bytes)?;
+        let header = PutHeader {
+            block_id: ids(id.unwrap_or(b.id).as_bytes()),
+            compression: b.compression.code(),
+            raw_len: b.raw_len,
+            encoded_len: b.payload.len() as u32,
+            role: PutRole::Coordinator as i32,
+            replicas: 3,
+            min_copies: 3,
+            ..Default::default()
+        };
+        Ok(PutFrame {
+            header,
+            payload: b.payload,
+        }
+        .encode()?)
+    };
+    let (good1, forged, good2) = (
+        random_bytes(301, 5000),
+        random_bytes(302, 6000),
+        random_bytes(303, 7000),
+    );
+    let claimed = BlockId::of(b"not these bytes");
+    let mut batch = batch_head(3)?.to_vec();
+    batch.extend(frame(&good1, None)?);
+    batch.extend(frame(&forged, Some(claimed))?);
+    batch.extend(frame(&good2, None)?);
+    let out = ask_port(&port, &batch)?;
+    let mut r = &out[..];
+    let replies: Vec<PutReply> = (0..3)
+        .map(|_| PutReply::read(&mut r))
+        .collect::<std::io::Result<_>>()?;
+    assert!(r.is_empty(), "one reply per put");
+    assert!(
+        matches!(&replies[0], PutReply::Stored(s) if s.stored_on.len() == 3),
+        "{:?}",
+        replies[0]
+    );
+    assert!(
+        matches!(&replies[1], PutReply::Refused(m) if !m.is_empty()),
+        "{:?}",
+        replies[1]
+    );
+    assert!(
+        matches!(&replies[2], PutReply::Stored(s) if s.stored_on.len() == 3),
+        "{:?}",
+        replies[2]
+    );
+    assert_eq!(holders(&BlockId::of(&good1)), 3);
+    assert_eq!(holders(&BlockId::of(&good2)), 3);
+    assert_eq!(holders(&claimed), 0, "nothing stored under a forged id");
+    assert_eq!(holders(&BlockId::of(&forged)), 0, "nor under its own");
+    // Batches announcing no puts, or more than a batch holds: closed, nothing answered.
+    for count in [0u32, BATCH_MAX as u32 + 1] {
+        let mut head = BATCH_MAGIC.to_le_bytes().to_vec();
+        head.extend_from_slice(&count.to_le_bytes());
+        head.extend(frame(&random_bytes(304, 3000), None)?);
+        assert!(ask_port(&port, &head)?.is_empty(), "{count} puts: closed");
+    }
+    assert_eq!(holders(&BlockId::of(&random_bytes(304, 3000))), 0);
+
+    // A replica down: the coordinator forwards the batch's blocks through gRPC, and they
+    // are stored degraded on the two copies it could make (W = 2).
+    let datas: Vec<Vec<u8>> = (0..12)
+        .map(|i| random_bytes(400 + i, 3000 + i as usize))
+        .collect();
+    let blocks: Vec<EncodedBlock> = datas
+        .iter()
+        .map(|d| EncodedBlock::encode(d))
+        .collect::<std::result::Result<_, _>>()?;
+    let down_id = map.nodes[2].id;
+    let down = region
+        .chunks
+        .iter()
+        .position(|c| c.id == down_id.0)
+        .expect("a chunkserver");
+    region.chunks[down].kill();
+    let receipts = rt.block_on(client.put_batched(&blocks, 3, 2));
+    let mut seen = 0;
+    for ((b, d), r) in blocks.iter().zip(&datas).zip(&receipts) {
+        let Some(r) = r else { continue };
+        seen += 1;
+        assert_ne!(
+            r.stored_on[0], down_id,
+            "a coordinator that is down answers nothing"
+        );
+        assert!(r.degraded, "{r:?}");
+        assert_eq!(r.stored_on.len(), 2);
+        assert!(!r.stored_on.contains(&down_id));
+        assert_eq!(&rt.block_on(fresh.get(&b.id, 3))?, d);
+    }
+    assert!(
+        seen > 0,
+        "some of twelve blocks batched on the two live nodes"
+    );
     Ok(())
 }
 

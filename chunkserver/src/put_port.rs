@@ -12,14 +12,14 @@
 //! placements), the copies already made answering "already present" there.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_proto::pb::chunk::{PutHeader, PutResponse, PutRole};
-use meridian_proto::put_wire::{MAX_PUT, Outgoing, PutFrame, PutReply};
-use meridian_proto::{EncodedBlock, NodeInfo, placement, wire};
+use meridian_proto::put_wire::{self, MAX_PUT, Outgoing, PutFrame, PutReply};
+use meridian_proto::{ClusterMap, EncodedBlock, NodeInfo, placement, wire};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
@@ -56,6 +56,41 @@ fn refused(e: impl std::fmt::Display) -> PutReply {
     PutReply::Refused(e.to_string())
 }
 
+/// The reply to a put that failed with `e`.
+fn failed(e: ChunkError) -> PutReply {
+    match e {
+        ChunkError::Rejected(_) => {
+            metrics::counter!("meridian_chunk_rejected_puts_total").increment(1);
+            warn!(error = %e, "rejected a block that does not match its id");
+            refused(e)
+        }
+        e @ (ChunkError::Invalid(_) | ChunkError::Residency(_)) => refused(e),
+        e => PutReply::Failed(e.to_string()),
+    }
+}
+
+/// A batch of copies on its way to a replica: where, the connection its answers come on
+/// (kept from an earlier put or not), and each frame with its block's place.
+struct BatchSent {
+    address: String,
+    conn: Option<BufReader<TcpStream>>,
+    kept: bool,
+    frames: Vec<(usize, Outgoing)>,
+}
+
+/// A put checked and verified, ready to store.
+struct Checked {
+    block: EncodedBlock,
+    header: PutHeader,
+    role: PutRole,
+    replicas: u32,
+    min_copies: u32,
+    regions: Vec<u32>,
+    /// Taken when it is stored.
+    outboard: Option<meridian_proto::Outboard>,
+    ship: Option<(u32, Vec<u32>)>,
+}
+
 impl PortPuts {
     /// Puts for `node`, whose async parts (residency lookups, the gRPC fallbacks) run on
     /// `runtime`.
@@ -85,22 +120,169 @@ impl PortPuts {
 
     fn put(&self, frame: PutFrame) -> Result<PutResponse, PutReply> {
         let node = &*self.node;
+        let mut c = self.check(frame)?;
+        let outboard = c.outboard.take();
+        if c.role == PutRole::Replica {
+            let outcome = node
+                .local()
+                .put(&c.block, outboard, c.header.replicas)
+                .map_err(failed)?;
+            return self.finish(&c, outcome, Forwarded::default());
+        }
+        let wanted = c.replicas as usize - 1;
+        // The copies go out first and this node's is stored while they are.
+        let sent = self.send_copies(&c.block, wanted, c.replicas, &c.ship);
+        let outcome = node.local().put(&c.block, outboard, c.header.replicas);
+        let forwarded = match sent.map(|(frame, s)| self.collect(&c.block, &frame, s)) {
+            Some(Some(f)) => f,
+            _ => self.runtime.block_on(node.replicator.forward(
+                &c.block,
+                wanted,
+                c.replicas,
+                c.ship.clone(),
+            )),
+        };
+        self.finish(&c, outcome.map_err(failed)?, forwarded)
+    }
+
+    /// The answers to a batch of puts, in order. Each is checked and verified as alone;
+    /// the copies for each replica go to it as one batch, this node's are stored together
+    /// under one fdatasync meanwhile, and then the replicas' answers are read. A block
+    /// whose copies did not all go through the ports is forwarded through gRPC, as alone.
+    pub fn answer_batch(&self, frames: Vec<PutFrame>) -> Vec<PutReply> {
+        let node = &*self.node;
+        let mut replies: Vec<Option<PutReply>> = frames.iter().map(|_| None).collect();
+        let mut checked = Vec::new();
+        for (i, frame) in frames.into_iter().enumerate() {
+            match self.check(frame) {
+                Ok(c) => checked.push((i, c)),
+                Err(reply) => replies[i] = Some(reply),
+            }
+        }
+        // Each coordinated block's replicas, and what goes to each replica's port.
+        let map = node.map.borrow().clone();
+        let mut targets: Vec<Option<Vec<NodeInfo>>> = Vec::new();
+        let mut to: HashMap<String, Vec<(usize, Outgoing)>> = HashMap::new();
+        for (k, (_, c)) in checked.iter().enumerate() {
+            let wanted = c.replicas as usize - 1;
+            let nodes = (c.role == PutRole::Coordinator)
+                .then(|| self.copy_targets(&map, &c.block, wanted))
+                .flatten();
+            let frame = nodes
+                .as_ref()
+                .and_then(|_| self.copy_frame(&map, &c.block, c.replicas, &c.ship));
+            // Without a frame its copies are forwarded through gRPC.
+            let nodes = nodes.filter(|_| frame.is_some());
+            if let (Some(nodes), Some(frame)) = (&nodes, &frame) {
+                for n in nodes {
+                    to.entry(n.range_address.clone())
+                        .or_default()
+                        .push((k, frame.clone()));
+                }
+            }
+            targets.push(nodes);
+        }
+        let sent: Vec<BatchSent> = to
+            .into_iter()
+            .map(|(address, frames)| {
+                let (conn, kept) = self.send_batch(&address, &frames);
+                BatchSent {
+                    address,
+                    conn,
+                    kept,
+                    frames,
+                }
+            })
+            .collect();
+        let local: Vec<(&EncodedBlock, meridian_proto::Outboard, u32)> = checked
+            .iter_mut()
+            .map(|(_, c)| {
+                let outboard = c.outboard.take().expect("checked puts hold their outboard");
+                (&c.block, outboard, c.header.replicas)
+            })
+            .collect();
+        let outcomes = node.local().put_many(&local);
+        // The replicas' answers: block -> nodes holding its copy.
+        let mut copies: Vec<Vec<meridian_proto::NodeId>> =
+            checked.iter().map(|_| Vec::new()).collect();
+        for BatchSent {
+            address,
+            conn,
+            kept,
+            frames,
+        } in sent
+        {
+            let holder = map
+                .nodes
+                .iter()
+                .find(|n| n.range_address == address)
+                .map(|n| n.id);
+            let Some(holder) = holder else { continue };
+            for (k, stored) in self.collect_batch(&address, conn, kept, &frames) {
+                if stored {
+                    copies[k].push(holder);
+                }
+            }
+        }
+        for (k, ((i, c), outcome)) in checked.iter().zip(outcomes).enumerate() {
+            let reply = match outcome {
+                Err(e) => failed(e),
+                Ok(outcome) => {
+                    let forwarded = if c.role == PutRole::Replica {
+                        Forwarded::default()
+                    } else {
+                        let wanted = c.replicas as usize - 1;
+                        match &targets[k] {
+                            Some(nodes) if copies[k].len() == nodes.len() => Forwarded {
+                                stored_on: std::mem::take(&mut copies[k]),
+                                failures: Vec::new(),
+                            },
+                            _ => self.runtime.block_on(node.replicator.forward(
+                                &c.block,
+                                wanted,
+                                c.replicas,
+                                c.ship.clone(),
+                            )),
+                        }
+                    };
+                    match self.finish(c, outcome, forwarded) {
+                        Ok(response) => {
+                            metrics::counter!("meridian_chunk_put_port_puts_total").increment(1);
+                            PutReply::Stored(response)
+                        }
+                        Err(reply) => reply,
+                    }
+                }
+            };
+            replies[*i] = Some(reply);
+        }
+        replies
+            .into_iter()
+            .map(|r| r.expect("every put has an answer"))
+            .collect()
+    }
+
+    /// What a put through the port checks before anything is written: the node's
+    /// limits, the volume's residency, and the bytes against their id.
+    fn check(&self, frame: PutFrame) -> Result<Checked, PutReply> {
+        let node = &*self.node;
         if meridian_proto::token::keys().is_some() {
             return Err(PutReply::Closed(
                 "volume tokens are checked: put through gRPC".into(),
             ));
         }
-        let header = &frame.header;
+        let header = frame.header;
         if header.origin_region != 0 {
             return Err(refused("shipments from other regions go through gRPC"));
         }
-        let (id, compression) = wire::parse_put_header(header).map_err(|s| refused(s.message()))?;
+        let (id, compression) =
+            wire::parse_put_header(&header).map_err(|s| refused(s.message()))?;
         let (role, replicas, min_copies) = node
-            .put_limits(&id, header)
+            .put_limits(&id, &header)
             .map_err(|s| refused(s.message()))?;
         let regions = self
             .runtime
-            .block_on(node.put_regions(&id, header, role))
+            .block_on(node.put_regions(&id, &header, role))
             .map_err(|s| refused(s.message()))?;
         let block = EncodedBlock {
             id,
@@ -108,48 +290,44 @@ impl PortPuts {
             raw_len: header.raw_len,
             payload: frame.payload,
         };
-        let failed = |e: ChunkError| match e {
-            ChunkError::Rejected(_) => {
-                metrics::counter!("meridian_chunk_rejected_puts_total").increment(1);
-                warn!(block = %id, error = %e, "rejected a block that does not match its id");
-                refused(e)
-            }
-            e @ (ChunkError::Invalid(_) | ChunkError::Residency(_)) => refused(e),
-            e => PutReply::Failed(e.to_string()),
-        };
-        if role == PutRole::Replica {
-            let outcome = node
-                .local()
-                .put(&block, None, header.replicas)
-                .map_err(failed)?;
-            return self
-                .runtime
-                .block_on(node.finish_replica(&id, header, outcome))
-                .map_err(failed);
-        }
         // Verified before anything touches the disk or the network.
         let outboard = block
             .decode_with_outboard()
             .map(|(_, ob)| ob)
             .map_err(|e| failed(e.into()))?;
-        let ship = ship_to(header, &regions);
-        let wanted = replicas as usize - 1;
-        // The copies go out first and this node's is stored while they are.
-        let sent = self.send_copies(&block, wanted, replicas, &ship);
-        let outcome = node.local().put(&block, Some(outboard), header.replicas);
-        let forwarded = match sent.map(|(frame, s)| self.collect(&block, &frame, s)) {
-            Some(Some(f)) => f,
-            _ => self
+        let ship = ship_to(&header, &regions);
+        Ok(Checked {
+            block,
+            header,
+            role,
+            replicas,
+            min_copies,
+            regions,
+            outboard: Some(outboard),
+            ship,
+        })
+    }
+
+    /// The answer to a put stored here (`outcome`) and on the replicas `forwarded` names.
+    fn finish(
+        &self,
+        c: &Checked,
+        outcome: PutOutcome,
+        forwarded: Forwarded,
+    ) -> Result<PutResponse, PutReply> {
+        let node = &*self.node;
+        if c.role == PutRole::Replica {
+            return self
                 .runtime
-                .block_on(node.replicator.forward(&block, wanted, replicas, ship)),
-        };
-        let outcome: PutOutcome = outcome.map_err(failed)?;
+                .block_on(node.finish_replica(&c.block.id, &c.header, outcome))
+                .map_err(failed);
+        }
         self.runtime
             .block_on(node.finish_coordinated(
-                &id,
-                header,
-                &regions,
-                (replicas, min_copies),
+                &c.block.id,
+                &c.header,
+                &c.regions,
+                (c.replicas, c.min_copies),
                 outcome,
                 forwarded,
             ))
@@ -170,31 +348,8 @@ impl PortPuts {
             return Some((Outgoing::default(), Vec::new()));
         }
         let map = self.node.map.borrow().clone();
-        let targets: Vec<NodeInfo> = placement(&block.id, &map, usize::MAX)
-            .into_iter()
-            .filter(|id| *id != self.node.id)
-            .filter_map(|id| map.node(id).cloned())
-            .take(wanted)
-            .collect();
-        if targets.len() < wanted || targets.iter().any(|n| n.range_address.is_empty()) {
-            return None;
-        }
-        let (volume, regions) = ship.clone().unwrap_or_default();
-        let header = PutHeader {
-            role: PutRole::Replica as i32,
-            map_epoch: map.epoch,
-            replicas,
-            volume,
-            regions,
-            ..Default::default()
-        };
-        // The payload goes to every replica as it arrived, not copied into each frame.
-        let frame = PutFrame {
-            header: wire::put_header(block, header),
-            payload: block.payload.clone(),
-        }
-        .outgoing()
-        .ok()?;
+        let targets = self.copy_targets(&map, block, wanted)?;
+        let frame = self.copy_frame(&map, block, replicas, ship)?;
         let sent = targets
             .into_iter()
             .map(|node| {
@@ -211,15 +366,118 @@ impl PortPuts {
         Some((frame, sent))
     }
 
+    /// The first `wanted` placements of `block` other than this node, if each has a port.
+    fn copy_targets(
+        &self,
+        map: &ClusterMap,
+        block: &EncodedBlock,
+        wanted: usize,
+    ) -> Option<Vec<NodeInfo>> {
+        let targets: Vec<NodeInfo> = placement(&block.id, map, usize::MAX)
+            .into_iter()
+            .filter(|id| *id != self.node.id)
+            .filter_map(|id| map.node(id).cloned())
+            .take(wanted)
+            .collect();
+        (targets.len() == wanted && targets.iter().all(|n| !n.range_address.is_empty()))
+            .then_some(targets)
+    }
+
+    /// The frame that puts `block`'s copy on a replica.
+    fn copy_frame(
+        &self,
+        map: &ClusterMap,
+        block: &EncodedBlock,
+        replicas: u32,
+        ship: &Option<(u32, Vec<u32>)>,
+    ) -> Option<Outgoing> {
+        let (volume, regions) = ship.clone().unwrap_or_default();
+        let header = PutHeader {
+            role: PutRole::Replica as i32,
+            map_epoch: map.epoch,
+            replicas,
+            volume,
+            regions,
+            ..Default::default()
+        };
+        // The payload goes to every replica as it arrived, not copied into each frame.
+        PutFrame {
+            header: wire::put_header(block, header),
+            payload: block.payload.clone(),
+        }
+        .outgoing()
+        .ok()
+    }
+
+    /// Sends a batch of frames to `address` as [`send`](Self::send) sends one.
+    fn send_batch(
+        &self,
+        address: &str,
+        frames: &[(usize, Outgoing)],
+    ) -> (Option<BufReader<TcpStream>>, bool) {
+        self.send_with(address, |w| write_batch(w, frames))
+    }
+
+    /// The replicas' answers to a batch sent by [`send_batch`](Self::send_batch): for
+    /// each frame (by its block's place in the batch), whether the copy is stored. A kept
+    /// connection the node closed since is noticed here: the batch goes again on a new
+    /// one, once. A node that does not know batches closes the connection: nothing is
+    /// stored through it, and the blocks are forwarded through gRPC.
+    fn collect_batch(
+        &self,
+        address: &str,
+        conn: Option<BufReader<TcpStream>>,
+        kept: bool,
+        frames: &[(usize, Outgoing)],
+    ) -> Vec<(usize, bool)> {
+        let read_all = |conn: &mut BufReader<TcpStream>| -> io::Result<Vec<PutReply>> {
+            frames.iter().map(|_| PutReply::read(conn)).collect()
+        };
+        let mut answer = match conn {
+            Some(mut c) => read_all(&mut c).map(|r| (c, r)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        };
+        if kept && answer.as_ref().is_err_and(|e| !timed_out(e)) {
+            answer = match fresh_with(address, |w| write_batch(w, frames)) {
+                Some(mut c) => read_all(&mut c).map(|r| (c, r)),
+                None => Err(io::ErrorKind::NotConnected.into()),
+            };
+        }
+        match answer {
+            Ok((conn, replies)) => {
+                self.keep(address, conn);
+                frames
+                    .iter()
+                    .zip(replies)
+                    .map(|((k, _), r)| (*k, matches!(r, PutReply::Stored(_))))
+                    .collect()
+            }
+            Err(e) => {
+                debug!(%address, error = %e, "put port: a replica's batch failed; forwarding through gRPC");
+                frames.iter().map(|(k, _)| (*k, false)).collect()
+            }
+        }
+    }
+
     /// Sends one frame on a kept connection to `address` (dialing again once if the node
     /// closed it since) or a new one; whether the connection was kept.
     fn send(&self, address: &str, frame: &Outgoing) -> (Option<BufReader<TcpStream>>, bool) {
+        self.send_with(address, |w| frame.write_to(w))
+    }
+
+    /// What `write` writes, on a kept connection to `address` (dialing again once if the
+    /// node closed it since) or a new one; whether the connection was kept.
+    fn send_with(
+        &self,
+        address: &str,
+        write: impl Fn(&mut TcpStream) -> io::Result<()>,
+    ) -> (Option<BufReader<TcpStream>>, bool) {
         if let Some(mut conn) = self.take(address)
-            && frame.write_to(conn.get_mut()).is_ok()
+            && write(conn.get_mut()).is_ok()
         {
             return (Some(conn), true);
         }
-        (fresh(address, frame), false)
+        (fresh_with(address, write), false)
     }
 
     /// The replicas' answers; `None` unless every copy is stored. A kept connection the
@@ -286,6 +544,14 @@ impl PortPuts {
 
 /// A new connection to `address` with `frame` written on it.
 fn fresh(address: &str, frame: &Outgoing) -> Option<BufReader<TcpStream>> {
+    fresh_with(address, |w| frame.write_to(w))
+}
+
+/// A new connection to `address`, with what `write` writes on it.
+fn fresh_with(
+    address: &str,
+    write: impl FnOnce(&mut TcpStream) -> io::Result<()>,
+) -> Option<BufReader<TcpStream>> {
     let mut conn = match dial(address) {
         Ok(c) => BufReader::new(c),
         Err(e) => {
@@ -293,7 +559,24 @@ fn fresh(address: &str, frame: &Outgoing) -> Option<BufReader<TcpStream>> {
             return None;
         }
     };
-    frame.write_to(conn.get_mut()).ok().map(|_| conn)
+    write(conn.get_mut()).ok().map(|_| conn)
+}
+
+/// Writes a batch's head and its frames, in one buffer up to the payloads sent apart.
+fn write_batch(w: &mut TcpStream, frames: &[(usize, Outgoing)]) -> io::Result<()> {
+    let mut buf = put_wire::batch_head(frames.len())?.to_vec();
+    for (_, f) in frames {
+        buf.extend_from_slice(&f.head);
+        if !f.payload.is_empty() {
+            w.write_all(&buf)?;
+            buf.clear();
+            w.write_all(&f.payload)?;
+        }
+    }
+    if !buf.is_empty() {
+        w.write_all(&buf)?;
+    }
+    Ok(())
 }
 
 fn timed_out(e: &io::Error) -> bool {

@@ -11,7 +11,7 @@
 //! [`MAX_CONNECTIONS`] are answered "busy" and closed (clients then read through gRPC and
 //! leave the port alone a while), and an idle one is closed after [`MAX_IDLE`].
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -203,6 +203,17 @@ fn serve(conn: TcpStream, service: &RangeService, closing: &AtomicBool) -> io::R
                 };
                 let frame = PutFrame::read_rest(&mut reader, len, puts.max_payload())?;
                 puts.answer(frame).write(&mut &conn)?;
+            }
+            put_wire::BATCH_MAGIC => {
+                let Some(puts) = &service.puts else {
+                    return PutReply::Closed("this port takes no puts".into()).write(&mut &conn);
+                };
+                let frames = put_wire::read_batch_rest(&mut reader, len, puts.max_payload())?;
+                let mut out = Vec::new();
+                for reply in puts.answer_batch(frames) {
+                    out.extend(reply.encode());
+                }
+                (&conn).write_all(&out)?;
             }
             other => {
                 return Err(io::Error::new(

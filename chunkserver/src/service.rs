@@ -102,20 +102,55 @@ impl LocalStore {
             Some(o) => o,
             None => block.decode_with_outboard()?.1,
         };
-        // Stored again: no longer garbage (decided before the copy counts as present).
-        if self.condemned.reprieve(&block.id)? {
-            info!(block = %block.id, "a put reprieved a condemned block");
+        self.put_many(&[(block, outboard, wanted)])
+            .pop()
+            .expect("one outcome per block")
+    }
+
+    /// [`put`](Self::put) of each of `blocks` (each verified, and wanting its copies), the
+    /// small ones made durable together (`BlockStore::put_many`): one outcome per block.
+    pub(crate) fn put_many(
+        &self,
+        blocks: &[(&EncodedBlock, Outboard, u32)],
+    ) -> Vec<Result<PutOutcome, ChunkError>> {
+        let mut out: Vec<Option<Result<PutOutcome, ChunkError>>> = Vec::new();
+        let mut storing = Vec::new();
+        for (i, (block, _, _)) in blocks.iter().enumerate() {
+            out.push(None);
+            // Stored again: no longer garbage (decided before the copy counts as present).
+            match self.condemned.reprieve(&block.id) {
+                Ok(true) => info!(block = %block.id, "a put reprieved a condemned block"),
+                Ok(false) => {}
+                Err(e) => {
+                    out[i] = Some(Err(e));
+                    continue;
+                }
+            }
+            storing.push(i);
         }
-        let outcome = self.store.put(block, &outboard)?;
-        let new = outcome == PutOutcome::Written;
-        self.ledger.note_replicas(
-            &block.id,
-            wanted.min(MAX_REPLICAS),
-            self.default_replicas,
-            new,
-        )?;
-        metrics::counter!("meridian_chunk_put_bytes_total").increment(u64::from(block.raw_len));
-        Ok(outcome)
+        let stored = self.store.put_many(
+            &storing
+                .iter()
+                .map(|&i| (blocks[i].0, &blocks[i].1))
+                .collect::<Vec<_>>(),
+        );
+        for (&i, outcome) in storing.iter().zip(stored) {
+            let (block, _, wanted) = &blocks[i];
+            out[i] = Some(outcome.and_then(|outcome| {
+                self.ledger.note_replicas(
+                    &block.id,
+                    (*wanted).min(MAX_REPLICAS),
+                    self.default_replicas,
+                    outcome == PutOutcome::Written,
+                )?;
+                metrics::counter!("meridian_chunk_put_bytes_total")
+                    .increment(u64::from(block.raw_len));
+                Ok(outcome)
+            }));
+        }
+        out.into_iter()
+            .map(|o| o.expect("every block has an outcome"))
+            .collect()
     }
 }
 

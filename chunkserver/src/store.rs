@@ -16,7 +16,7 @@
 //! and are read as before; a journal an earlier version left is replayed once at open
 //! (see [`crate::journal`]).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +70,8 @@ pub struct StoredBlock {
     pub stored_len: u64,
 }
 
+#[path = "store_put.rs"]
+mod put;
 #[path = "store_range.rs"]
 mod range;
 pub use range::RangeRead;
@@ -172,161 +174,6 @@ impl BlockStore {
             free: self.capacity.saturating_sub(used).min(fs_free),
             blocks: self.count.load(Ordering::Relaxed),
         }
-    }
-
-    /// Stores a block durably, with its outboard for verified range reads. The caller has
-    /// verified both (`EncodedBlock::decode_with_outboard`). An intact copy already present
-    /// is kept; a damaged one is replaced.
-    pub fn put(&self, block: &EncodedBlock, outboard: &Outboard) -> Result<PutOutcome, ChunkError> {
-        if self.has(&block.id) {
-            match self.read(&block.id) {
-                Ok(_) => return self.present_again(&block.id),
-                Err(e) => {
-                    warn!(block = %block.id, error = %e, "replacing a damaged copy");
-                    self.delete(&block.id)?;
-                }
-            }
-        }
-        let outboard = outboard.to_bytes();
-        let header = format::header(block, outboard.len());
-        let file_len = (header.len() + block.payload.len() + outboard.len()) as u64;
-        let free = self.usage().free;
-        if file_len > free {
-            return Err(ChunkError::NoSpace {
-                need: file_len,
-                free,
-            });
-        }
-        let file = [&header[..], &block.payload[..], &outboard[..]];
-        if self.packs.takes(file_len) {
-            match self.put_packed(&block.id, &file, file_len) {
-                Ok(outcome) => return Ok(outcome),
-                // Broken packs take no more puts: stored as a file below.
-                Err(e) => {
-                    warn!(block = %block.id, error = %e, "a packed put failed; storing the block as a file")
-                }
-            }
-        }
-        self.put_file(&block.id, &file, file_len)
-    }
-
-    /// An intact copy of `id` answers a put: its age counts from now, and if it is a
-    /// packed put not yet durable, the answer waits until it is.
-    fn present_again(&self, id: &BlockId) -> Result<PutOutcome, ChunkError> {
-        if let Some(p) = self.packs.get(id) {
-            self.packs.touch(id);
-            self.packs
-                .sync_to(p.lsn)
-                .map_err(ChunkError::io("fdatasync pack", &self.blocks))?;
-            return Ok(PutOutcome::AlreadyPresent);
-        }
-        // A fresh upload of it: garbage collection counts its age from now.
-        let _ = OpenOptions::new()
-            .write(true)
-            .open(self.path(id))
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        Ok(PutOutcome::AlreadyPresent)
-    }
-
-    /// Appends a small block to the active pack and waits for its fdatasync.
-    fn put_packed(
-        &self,
-        id: &BlockId,
-        file: &[&[u8]],
-        file_len: u64,
-    ) -> Result<PutOutcome, ChunkError> {
-        let lsn = {
-            let _guard = self.stripe(id);
-            if self.packs.contains(id) {
-                // Put meanwhile by another upload of the same bytes.
-                drop(_guard);
-                return self.present_again(id);
-            }
-            self.forget_file(id);
-            let lsn = self
-                .packs
-                .put(id, file)
-                .map_err(ChunkError::io("pack append", &self.blocks))?;
-            self.count.fetch_add(1, Ordering::Relaxed);
-            self.used.fetch_add(file_len, Ordering::Relaxed);
-            lsn
-        };
-        if let Err(e) = self.packs.sync_to(lsn) {
-            // The packs are broken from now on: the caller stores the block as a file.
-            let _guard = self.stripe(id);
-            if self.packs.forget(id, lsn) {
-                self.count.fetch_sub(1, Ordering::Relaxed);
-                self.used.fetch_sub(file_len, Ordering::Relaxed);
-            }
-            return Err(ChunkError::io("fdatasync pack", &self.blocks)(e));
-        }
-        Ok(PutOutcome::Written)
-    }
-
-    /// Writes a block file to `tmp/`, fsyncs it, renames it into place and fsyncs its
-    /// folder.
-    fn put_file(
-        &self,
-        id: &BlockId,
-        file: &[&[u8]],
-        file_len: u64,
-    ) -> Result<PutOutcome, ChunkError> {
-        let path = self.path(id);
-        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .tmp
-            .join(format!("{id}.{}.{seq}.tmp", std::process::id()));
-        let written = (|| {
-            // Written around the page cache, and fsync'd, where the file system allows
-            // (see `direct`).
-            if direct::write_new(&tmp, file).map_err(ChunkError::io("write", &tmp))? {
-                return Ok(());
-            }
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(ChunkError::io("create", &tmp))?;
-            for part in file {
-                f.write_all(part).map_err(ChunkError::io("write", &tmp))?;
-            }
-            f.sync_all().map_err(ChunkError::io("fsync", &tmp))
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        let dir = path.parent().expect("block paths have a parent");
-        if let Err(e) = create_dir_durably(dir) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        {
-            let _guard = self.stripe(id);
-            self.forget_file(id);
-            let previous = fs::metadata(&path).ok().map(|m| m.len());
-            if let Err(e) = fs::rename(&tmp, &path) {
-                let _ = fs::remove_file(&tmp);
-                return Err(ChunkError::io("rename into place", &path)(e));
-            }
-            // Kept open for the reads that often follow a write (the open is cheap now,
-            // the directory entry and inode just made).
-            let seen = self.open_files.generation();
-            if let Ok(f) = File::open(&path) {
-                self.open_files.keep(*id, Arc::new(f), seen);
-            }
-            match previous {
-                Some(old) => {
-                    self.used.fetch_sub(old, Ordering::Relaxed);
-                }
-                None => {
-                    self.count.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            self.used.fetch_add(file_len, Ordering::Relaxed);
-        }
-        sync_dir(dir)?;
-        Ok(PutOutcome::Written)
     }
 
     /// Drops the packed copy of `id`, durably, with the block's lock held; returns the

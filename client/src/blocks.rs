@@ -5,6 +5,7 @@
 //! the rest; suspect nodes last), verifies the hash of what it receives, and falls back to
 //! the next replica on any error or mismatch.
 
+mod put;
 pub(crate) mod range_port;
 
 use std::sync::Arc;
@@ -13,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use meridian_proto::channels::{ChannelPool, Timeouts};
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
-use meridian_proto::pb::chunk::{GetHeader, GetRequest, HasRequest, PutHeader, PutRole};
-use meridian_proto::put_wire::{self, PutFrame, PutReply};
+use meridian_proto::pb::chunk::{GetHeader, GetRequest, HasRequest};
 use meridian_proto::range_wire::{self, RangeReply, RangeRequest};
 use meridian_proto::recent::Recent;
 use meridian_proto::{
@@ -22,7 +22,6 @@ use meridian_proto::{
     Outboard, ZoneId, placement, wire,
 };
 use tokio::sync::watch;
-use tonic::Code;
 use tracing::{debug, warn};
 
 pub use range_port::blocking_reads;
@@ -217,140 +216,6 @@ impl BlockClient {
                 .max_decoding_message_size(wire::MAX_MESSAGE_LEN + (64 << 10))
                 .max_encoding_message_size(2 * wire::CHUNK_LEN),
         )
-    }
-
-    /// Stores `block` with `replicas` copies (failing below `min_copies`), through the first
-    /// placement that answers.
-    pub async fn put(
-        &self,
-        block: &EncodedBlock,
-        replicas: u32,
-        min_copies: u32,
-    ) -> Result<PutReceipt, ClientError> {
-        self.put_for(block, replicas, min_copies, self.volume, &self.regions)
-            .await
-    }
-
-    /// As [`put`](Self::put), for a block of `volume`, which lives in `regions`.
-    pub async fn put_for(
-        &self,
-        block: &EncodedBlock,
-        replicas: u32,
-        min_copies: u32,
-        volume: u32,
-        regions: &[u32],
-    ) -> Result<PutReceipt, ClientError> {
-        let map = self.map();
-        let order = placement(&block.id, &map, usize::MAX);
-        if order.is_empty() {
-            return Err(ClientError::NoNodes(block.id));
-        }
-        let mut tried = Vec::new();
-        for node in order.iter().filter_map(|id| map.node(*id)) {
-            let header = PutHeader {
-                role: PutRole::Coordinator as i32,
-                replicas,
-                min_copies,
-                map_epoch: map.epoch,
-                regions: regions.to_vec(),
-                origin_region: self.origin,
-                volume,
-                ..Default::default()
-            };
-            if let Some(receipt) = self.put_through_port(node, block, &header).await {
-                return Ok(receipt);
-            }
-            let mut rpc = match self.rpc(node) {
-                Ok(r) => r,
-                Err(e) => {
-                    tried.push(format!("{}: {e}", node.id));
-                    continue;
-                }
-            };
-            match rpc
-                .put(tokio_stream::iter(wire::put_messages(block, header)))
-                .await
-            {
-                Ok(resp) => {
-                    let resp = resp.into_inner();
-                    if !resp.cap.is_empty() {
-                        crate::caps::record(block.id, volume, &resp.cap);
-                    }
-                    return Ok(PutReceipt {
-                        id: block.id,
-                        stored_on: resp.stored_on.into_iter().map(NodeId).collect(),
-                        degraded: resp.degraded,
-                        already_present: resp.already_present,
-                    });
-                }
-                Err(s)
-                    if s.code() == Code::InvalidArgument
-                        || s.code() == Code::FailedPrecondition =>
-                {
-                    return Err(ClientError::Rejected {
-                        id: block.id,
-                        node: node.id,
-                        message: s.message().to_string(),
-                    });
-                }
-                Err(s) => {
-                    debug!(block = %block.id, node = %node.id, error = %s.message(), "put failed; trying the next placement");
-                    tried.push(format!("{}: {} ({:?})", node.id, s.message(), s.code()));
-                }
-            }
-        }
-        Err(ClientError::Exhausted {
-            id: block.id,
-            what: "put",
-            tried: tried.join("; "),
-        })
-    }
-
-    /// Puts a block through `node`'s range port; `None` when the port does not
-    /// store it (not open, left alone lately, refused, failed: the caller puts through
-    /// gRPC, which gives any error its status). Not for shipments, token holders or
-    /// routed nodes.
-    async fn put_through_port(
-        &self,
-        node: &NodeInfo,
-        block: &EncodedBlock,
-        header: &PutHeader,
-    ) -> Option<PutReceipt> {
-        if !self.put_port
-            || self.origin != 0
-            || block.payload.len() > put_wire::MAX_PUT as usize
-            || node.range_address.is_empty()
-            || meridian_proto::token::has_client_token()
-            || self.pool.routes(&node.address)
-        {
-            return None;
-        }
-        // A short payload goes in one buffer with its head, a long one as it is held.
-        let frame = PutFrame {
-            header: wire::put_header(block, header.clone()),
-            payload: block.payload.clone(),
-        }
-        .outgoing()
-        .ok()?;
-        match range_port::put_async(&node.range_address, &frame).await? {
-            Ok(PutReply::Stored(resp)) => {
-                self.put_port_puts.fetch_add(1, Ordering::Relaxed);
-                Some(PutReceipt {
-                    id: block.id,
-                    stored_on: resp.stored_on.into_iter().map(NodeId).collect(),
-                    degraded: resp.degraded,
-                    already_present: resp.already_present,
-                })
-            }
-            Ok(other) => {
-                debug!(block = %block.id, node = %node.id, reply = ?other, "put port did not store; putting through gRPC");
-                None
-            }
-            Err(e) => {
-                debug!(block = %block.id, node = %node.id, error = %e, "put port failed; putting through gRPC");
-                None
-            }
-        }
     }
 
     /// The nodes to read `id` from: its first `replicas` placements (the nodes that should

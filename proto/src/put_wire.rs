@@ -18,6 +18,15 @@
 //!                     message
 //!          4 busy:    nothing (the connection closes; the client puts through gRPC)
 //! ```
+//! A batch of puts (blocks a mount gathered, sent together so that a node stores them
+//! under one fdatasync and forwards them to each replica together):
+//! ```text
+//! request  u32 LE magic "MRB1", u32 LE count (1 to BATCH_MAX), then that many put
+//!          requests as above (their payloads BATCH_BYTES at most together)
+//! reply    that many put replies as above, in order
+//! ```
+//! A node that does not know the batch closes the connection; the client puts the blocks
+//! one by one.
 //! A refused put is one the node will not take through the port (a block larger than it takes, a
 //! shipment, a volume that does not live here, bytes that do not match their id); the
 //! client then puts through gRPC, which gives the error its proper status. A closed port
@@ -44,6 +53,46 @@ pub const MAX_PUT: u32 = crate::block::MAX_BLOCK_LEN;
 pub const COPIED_PAYLOAD: usize = 64 << 10;
 /// A reply's first bytes: magic and status.
 pub const REPLY_HEAD: usize = 5;
+/// "MRB1": a batch of put-port frames.
+pub const BATCH_MAGIC: u32 = 0x3142_524d;
+/// Most puts in one batch.
+pub const BATCH_MAX: usize = 256;
+/// Most payload bytes in one batch.
+pub const BATCH_BYTES: usize = 16 << 20;
+
+/// A batch's head: its magic and how many puts follow.
+pub fn batch_head(count: usize) -> io::Result<[u8; 8]> {
+    if count == 0 || count > BATCH_MAX {
+        return Err(invalid(format!("a batch of {count} puts")));
+    }
+    let mut head = [0u8; 8];
+    head[..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
+    head[4..].copy_from_slice(&(count as u32).to_le_bytes());
+    Ok(head)
+}
+
+/// Reads the puts of a batch whose head (magic and `count`) has been read, refusing a
+/// count beyond [`BATCH_MAX`], payloads longer than `max_payload` and more than
+/// [`BATCH_BYTES`] in all.
+pub fn read_batch_rest(
+    r: &mut impl Read,
+    count: u32,
+    max_payload: u32,
+) -> io::Result<Vec<PutFrame>> {
+    let count = count as usize;
+    if count == 0 || count > BATCH_MAX {
+        return Err(invalid(format!("a batch of {count} puts")));
+    }
+    let mut frames = Vec::with_capacity(count);
+    let mut bytes = 0usize;
+    for _ in 0..count {
+        let left = BATCH_BYTES.saturating_sub(bytes);
+        let frame = PutFrame::read(r, max_payload.min(u32::try_from(left).unwrap_or(u32::MAX)))?;
+        bytes += frame.payload.len();
+        frames.push(frame);
+    }
+    Ok(frames)
+}
 
 /// One put: its header and the block's encoded bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -301,6 +350,53 @@ mod tests {
         ] {
             assert_eq!(PutReply::read(&mut &reply.encode()[..]).unwrap(), reply);
         }
+    }
+
+    #[test]
+    fn a_batch_reads_back_as_written_within_its_limits() {
+        let mut bytes = batch_head(3).unwrap().to_vec();
+        for _ in 0..3 {
+            bytes.extend(frame().encode().unwrap());
+        }
+        let read = |b: &[u8], max| {
+            let mut r = b;
+            let mut head = [0u8; 8];
+            r.read_exact(&mut head).unwrap();
+            assert_eq!(u32_at(&head, 0), BATCH_MAGIC);
+            read_batch_rest(&mut r, u32_at(&head, 4), max)
+        };
+        assert_eq!(
+            read(&bytes, MAX_PUT).unwrap(),
+            vec![frame(), frame(), frame()]
+        );
+        // A payload beyond what the node takes is refused, as alone.
+        assert!(read(&bytes, 999).is_err());
+        // One frame fewer than announced: an error, not a short batch.
+        let cut = bytes.len() - frame().encode().unwrap().len();
+        assert!(read(&bytes[..cut], MAX_PUT).is_err());
+        // No empty batch, none beyond the count's limit, none beyond its bytes.
+        assert!(batch_head(0).is_err());
+        assert!(batch_head(BATCH_MAX + 1).is_err());
+        assert!(read_batch_rest(&mut &bytes[8..], 0, MAX_PUT).is_err());
+        assert!(read_batch_rest(&mut &bytes[8..], BATCH_MAX as u32 + 1, MAX_PUT).is_err());
+        let big = 4 << 20;
+        let mut large = frame();
+        large.header.raw_len = big;
+        large.header.encoded_len = big;
+        large.payload = Bytes::from(vec![1u8; big as usize]);
+        let n = BATCH_BYTES / big as usize + 1;
+        let mut bytes = Vec::new();
+        for _ in 0..n {
+            bytes.extend(large.encode().unwrap());
+        }
+        let err = read_batch_rest(&mut &bytes[..], n as u32, MAX_PUT).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            read_batch_rest(&mut &bytes[..], (n - 1) as u32, MAX_PUT)
+                .unwrap()
+                .len(),
+            n - 1
+        );
     }
 
     #[test]

@@ -245,7 +245,7 @@ pub async fn call_async(
     Some(
         match exchange_kept(address, &[&frame], Wanted::Range(max_len)).await {
             Ok(Reply::Range(r)) => Ok(r),
-            Ok(Reply::Put(_)) => unreachable!("a range read's answer is read as one"),
+            Ok(_) => unreachable!("a range read's answer is read as one"),
             Err(e) => Err(e),
         },
     )
@@ -261,17 +261,55 @@ pub async fn put_async(address: &str, frame: &Outgoing) -> Option<io::Result<Put
     }
     Some(
         match exchange_kept(address, &frame.parts(), Wanted::Put).await {
-            Ok(Reply::Put(r @ PutReply::Closed(_))) => {
-                if list(&NO_PUTS, address, NO_PUTS_FOR) {
-                    tracing::info!(%address, "range port takes no puts; putting through gRPC");
-                }
+            Ok(Reply::Put(r)) => {
+                note_closed(address, &r);
                 Ok(r)
             }
-            Ok(Reply::Put(r)) => Ok(r),
-            Ok(Reply::Range(_)) => unreachable!("a put's answer is read as one"),
+            Ok(_) => unreachable!("a put's answer is read as one"),
             Err(e) => Err(e),
         },
     )
+}
+
+/// Puts a batch of blocks through the port at `address` from a runtime task (`frames`:
+/// see `meridian_proto::put_wire`): one reply per frame, in order (fewer when the node is
+/// busy). `None` as for [`put_async`]; an error when the node does not take batches
+/// (one older than them closes the connection).
+pub async fn put_batch_async(
+    address: &str,
+    frames: &[Outgoing],
+) -> Option<io::Result<Vec<PutReply>>> {
+    check_reachable(address).ok()?;
+    if listed(&NO_PUTS, address) {
+        return None;
+    }
+    let head = match put_wire::batch_head(frames.len()) {
+        Ok(h) => h,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut parts: Vec<&[u8]> = vec![&head];
+    for f in frames {
+        parts.extend(f.parts().into_iter().filter(|p| !p.is_empty()));
+    }
+    Some(
+        match exchange_kept(address, &parts, Wanted::Puts(frames.len())).await {
+            Ok(Reply::Puts(r)) => {
+                if let Some(first) = r.first() {
+                    note_closed(address, first);
+                }
+                Ok(r)
+            }
+            Ok(_) => unreachable!("a batch's answers are read as one"),
+            Err(e) => Err(e),
+        },
+    )
+}
+
+/// A port that answers a put "closed" takes no puts: left alone for puts a while.
+fn note_closed(address: &str, reply: &PutReply) {
+    if matches!(reply, PutReply::Closed(_)) && list(&NO_PUTS, address, NO_PUTS_FOR) {
+        tracing::info!(%address, "range port takes no puts; putting through gRPC");
+    }
 }
 
 /// Which reply a frame's sender reads.
@@ -281,20 +319,24 @@ enum Wanted {
     Range(u32),
     /// A put's.
     Put,
+    /// A batch of this many puts'.
+    Puts(usize),
 }
 
 /// A reply of either kind.
 enum Reply {
     Range(RangeReply),
     Put(PutReply),
+    Puts(Vec<PutReply>),
 }
 
 impl Reply {
     fn busy(&self) -> bool {
-        matches!(
-            self,
-            Reply::Range(RangeReply::Busy) | Reply::Put(PutReply::Busy)
-        )
+        match self {
+            Reply::Range(r) => *r == RangeReply::Busy,
+            Reply::Put(r) => *r == PutReply::Busy,
+            Reply::Puts(r) => r.first() == Some(&PutReply::Busy),
+        }
     }
 }
 
@@ -376,6 +418,19 @@ async fn exchange_async(
         match wanted {
             Wanted::Range(max_len) => read_reply(&mut conn, max_len).await.map(Reply::Range),
             Wanted::Put => read_put_reply(&mut conn).await.map(Reply::Put),
+            Wanted::Puts(n) => {
+                let mut replies = Vec::with_capacity(n);
+                while replies.len() < n {
+                    let reply = read_put_reply(&mut conn).await?;
+                    // A busy node answers once and closes the connection.
+                    let busy = reply == PutReply::Busy;
+                    replies.push(reply);
+                    if busy {
+                        break;
+                    }
+                }
+                Ok(Reply::Puts(replies))
+            }
         }
     };
     match tokio::time::timeout(limit, exchange).await {

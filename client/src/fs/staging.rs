@@ -182,7 +182,19 @@ impl FileSystem {
     /// after a while (it stays staged meanwhile).
     async fn put_staged(&self, batch: Vec<Upload>) -> Vec<Upload> {
         let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
-        let results: Vec<(Upload, bool)> = futures::stream::iter(batch)
+        // Those sharing a first placement go to it together; the rest, and any a batch
+        // did not store, alone.
+        let blocks: Vec<EncodedBlock> = batch.iter().map(|u| u.block.clone()).collect();
+        let batched = self.blocks.put_batched(&blocks, r, w).await;
+        let mut done = Vec::new();
+        let mut alone = Vec::new();
+        for (u, receipt) in batch.into_iter().zip(batched) {
+            match receipt {
+                Some(_) => done.push(u),
+                None => alone.push(u),
+            }
+        }
+        let results: Vec<(Upload, bool)> = futures::stream::iter(alone)
             .map(|u| async move {
                 let ok = match self.blocks.put(&u.block, r, w).await {
                     Ok(_) => true,
@@ -196,7 +208,6 @@ impl FileSystem {
             .buffer_unordered(PUTS_AT_ONCE)
             .collect()
             .await;
-        let mut done = Vec::new();
         for (u, ok) in results {
             if ok {
                 done.push(u);
