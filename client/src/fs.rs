@@ -229,6 +229,11 @@ impl FileSystem {
         Ok(fs)
     }
 
+    /// Early answers this mount's metadata client heard, and took (`meta/durable.rs`).
+    pub fn early_answers(&self) -> (u64, u64) {
+        self.meta.early_answers()
+    }
+
     /// Sends what this mount answered alone and gives its directory leases back (before
     /// unmounting; other clients need not wait for them to expire).
     pub async fn release_leases(&self) -> Result<(), Errno> {

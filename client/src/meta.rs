@@ -4,6 +4,7 @@
 //! at most once.
 
 mod calls;
+mod durable;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -89,8 +90,14 @@ pub struct MetaClient {
     /// none; see `set_linearizable`).
     linearizable: AtomicU32,
     /// Mutate, Query and WriteBack go on one stream per member (`calls.rs`).
-    streams: calls::Streams,
+    streams: Arc<calls::Streams>,
+    /// When [`MetaClient::open_notices`] last looked.
+    notices_checked: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How often a client looks for members without a calls stream, whose durable notices
+/// it does not hear (`meta/durable.rs`).
+const NOTICES_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a call waits for its answer (as the channels' request timeout).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,18 +145,20 @@ pub struct WrittenBack {
 impl MetaClient {
     /// A client of the members at `addrs` (host:port), retrying for up to 30 s.
     pub fn new(addrs: Vec<String>) -> Self {
+        let client_id = new_client_id();
         MetaClient {
             addrs,
             pool: ChannelPool::new(Timeouts {
                 connect: Duration::from_millis(500),
                 request: CALL_TIMEOUT,
             }),
-            client_id: new_client_id(),
+            client_id,
             next_request: AtomicU64::new(1),
             current: AtomicUsize::new(0),
             retry_for: Duration::from_secs(30),
             linearizable: AtomicU32::new(0),
-            streams: calls::Streams::default(),
+            streams: Arc::new(calls::Streams::new(client_id)),
+            notices_checked: std::sync::Mutex::new(None),
         }
     }
 
@@ -249,6 +258,9 @@ impl MetaClient {
     where
         U: Future<Output = Result<tonic::Response<R::Answer>, Status>>,
     {
+        if R::EARLY && self.streams.early() {
+            self.open_notices();
+        }
         match self
             .streams
             .call(member, &client, request, CALL_TIMEOUT)
@@ -261,6 +273,34 @@ impl MetaClient {
                 Ok(answer)
             }
             Err(request) => unary(client, request).await.map(|r| self.led(r)),
+        }
+    }
+
+    /// Opens a calls stream to each member that has none, in the background, at most once
+    /// per [`NOTICES_EVERY`]: each member's durable notices of this client's entries come
+    /// on it, and an early answer holds once enough have come (`meta/durable.rs`).
+    fn open_notices(&self) {
+        let now = Instant::now();
+        {
+            let mut last = self
+                .notices_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| now.duration_since(t) < NOTICES_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        for addr in &self.addrs {
+            if self.streams.is_open(addr) {
+                continue;
+            }
+            let Ok(ch) = self.pool.get(addr) else {
+                continue;
+            };
+            let client = meridian_proto::channels::meta_client(ch);
+            let (streams, addr) = (self.streams.clone(), addr.clone());
+            tokio::spawn(async move { streams.open(&addr, &client).await });
         }
     }
 
@@ -347,6 +387,20 @@ impl MetaClient {
         let outcome: Result<QueryReply, NsError> = serde_json::from_slice(&resp.outcome)
             .map_err(|e| MetaError::Server(format!("undecodable reply: {e}")))?;
         Ok(outcome?)
+    }
+
+    /// From now on this client's changes take early answers (`on`), or wait for the
+    /// leader's answer after the commit (the default unless `MERIDIAN_EARLY_ANSWERS=on`):
+    /// see `meta/durable.rs` and docs/adr/0020.
+    pub fn set_early_answers(&self, on: bool) {
+        self.streams.set_early(on);
+    }
+
+    /// Early answers this client heard from leaders, and how many it took: those whose
+    /// entries a majority of members held durable before the answer after the commit
+    /// came (`meta/durable.rs`).
+    pub fn early_answers(&self) -> (u64, u64) {
+        self.streams.early_answers()
     }
 
     /// This client's id: the servers record it with each change it makes.

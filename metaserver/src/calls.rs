@@ -13,13 +13,14 @@ use std::sync::Arc;
 use futures::StreamExt;
 use meridian_proto::fair::Admission;
 use meridian_proto::pb::meta::meta_service_server::MetaService;
-use meridian_proto::pb::meta::{Call, CallError, CallReply, call, call_reply};
+use meridian_proto::pb::meta::{Call, CallError, CallReply, Durable, LogPlace, call, call_reply};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use crate::service::{MetaApi, MetaNode};
+use crate::service::{EarlySink, MetaApi, MetaNode};
 
 /// The stream's path, naming its calls in a refusal.
 const CALLS_PATH: &str = "/meridian.meta.v1.MetaService/Calls";
@@ -70,8 +71,19 @@ pub(crate) fn serve(
                 None => break,
             };
             let mut gone = gone.clone();
+            if let Some(call::Call::Notices(n)) = &c.call {
+                drop(permit);
+                tokio::spawn(notices(node.clone(), c.id, n.client_id, tx.clone(), gone));
+                continue;
+            }
             let api = MetaApi(node.clone());
-            let (tx, metadata, extensions) = (tx.clone(), metadata.clone(), extensions.clone());
+            let (tx, metadata, mut extensions) = (tx.clone(), metadata.clone(), extensions.clone());
+            if c.early {
+                extensions.insert(EarlySink {
+                    id: c.id,
+                    answers: tx.clone(),
+                });
+            }
             let admission = admission.clone();
             tokio::spawn(async move {
                 let id = c.id;
@@ -92,7 +104,8 @@ pub(crate) fn serve(
                                 .await,
                             call_reply::Reply::WriteBack,
                         ),
-                        None => (
+                        // Taken above.
+                        Some(call::Call::Notices(_)) | None => (
                             call_reply::Reply::Error(error(&Status::invalid_argument(
                                 "a call names no method",
                             ))),
@@ -130,12 +143,52 @@ pub(crate) fn serve(
                         id,
                         reply: Some(reply),
                         leader,
+                        early: None,
                     }))
                     .await;
             });
         }
     });
     Response::new(ReceiverStream::new(rx))
+}
+
+/// A `Notices` call: tells the stream which entries of `client`'s changes this member
+/// makes durable as a follower (`raft/notices.rs`), until the client goes. A notice that
+/// finds the stream's answers full is dropped (the client takes the leader's answer).
+async fn notices(
+    node: Arc<MetaNode>,
+    id: u64,
+    client: u64,
+    answers: mpsc::Sender<Result<CallReply, Status>>,
+    mut gone: watch::Receiver<bool>,
+) {
+    let member = node.id;
+    let mut stopping = node.stopping.subscribe();
+    let to = answers.clone();
+    let _subscribed = node.shared.notices.subscribe(
+        client,
+        Box::new(move |places| {
+            let reply = CallReply {
+                id,
+                reply: Some(call_reply::Reply::Durable(Durable {
+                    member,
+                    entries: places
+                        .iter()
+                        .map(|&(term, index)| LogPlace { term, index })
+                        .collect(),
+                })),
+                leader: String::new(),
+                early: None,
+            };
+            !matches!(to.try_send(Ok(reply)), Err(TrySendError::Closed(_)))
+        }),
+    );
+    tokio::select! {
+        () = answers.closed() => {}
+        _ = gone.wait_for(|g| *g) => {}
+        // The stream ends with the server (its answers' senders must all go).
+        _ = stopping.wait_for(|s| *s) => {}
+    }
 }
 
 /// A unary handler's outcome as a stream's reply, and the leader it names if any.

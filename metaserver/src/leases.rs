@@ -16,7 +16,7 @@ use tonic::Status;
 use tracing::warn;
 
 use meridian_proto::ns::{ACQUIRE_MAX, FileKind, Op, Queued, WRITE_BACK_MAX};
-use meridian_proto::pb::meta::{WriteBackRequest, WriteBackResponse};
+use meridian_proto::pb::meta::{WriteBackRequest, WriteBackResponse, call_reply};
 use tonic::{Request, Response};
 
 use crate::error::{MetaError, store};
@@ -215,6 +215,10 @@ impl MetaNode {
             let (mut leader, addr) = self.leader_client(&request)?;
             return naming(leader.write_back(MetaNode::forward(request)).await, &addr);
         }
+        if crate::tokens::restricted(&request)?.is_some() {
+            // The checks below read the state: it holds what was answered early.
+            self.settle_early().await;
+        }
         if let Some((claims, keys)) = crate::tokens::restricted(&request)?
             && let crate::tokens::Checked::Missing(ino) =
                 self.check_write_back(&claims, &keys, r.client_id, &queued, r.reserve, &r.caps)?
@@ -265,21 +269,19 @@ impl MetaNode {
             reserve: r.reserve,
             acquire,
         };
-        match self.propose(RaftRequest::WriteBack(wb)).await {
-            Ok((RaftResponse::WriteBack(Ok(out)), _)) => {
-                let (from, n) = out.reserved.map_or((0, 0), |(i, n)| (i.0, n));
-                Ok(Response::new(WriteBackResponse {
-                    outcomes: json(&out.outcomes),
-                    reserved_from: from,
-                    reserved: n,
-                    granted: if out.granted.is_empty() {
-                        Default::default()
-                    } else {
-                        json(&out.granted)
-                    },
-                    level: meridian_proto::ns::WRITE_BACK_LEVEL,
-                }))
+        let key = wb.cmds.first().and_then(|c| c.request);
+        let sink = request.extensions().get::<crate::service::EarlySink>();
+        let early = |done: &RaftResponse, _| match done {
+            RaftResponse::WriteBack(Ok(out)) => {
+                Some(call_reply::Reply::WriteBack(written_back(out)))
             }
+            _ => None,
+        };
+        match self
+            .propose_early(RaftRequest::WriteBack(wb), key, sink, early)
+            .await
+        {
+            Ok((RaftResponse::WriteBack(Ok(out)), _)) => Ok(Response::new(written_back(&out))),
             Ok((RaftResponse::WriteBack(Err(e)), _)) => Err(Status::from(MetaError::Ns(e))),
             Ok((other, _)) => Err(Status::from(MetaError::Store(format!(
                 "unexpected apply result {other:?}"
@@ -290,5 +292,21 @@ impl MetaNode {
                 naming(leader.write_back(MetaNode::forward(request)).await, &addr)
             }
         }
+    }
+}
+
+/// A write-back's answer.
+fn written_back(out: &crate::namespace::lease::WriteBackOutcome) -> WriteBackResponse {
+    let (from, n) = out.reserved.map_or((0, 0), |(i, n)| (i.0, n));
+    WriteBackResponse {
+        outcomes: json(&out.outcomes),
+        reserved_from: from,
+        reserved: n,
+        granted: if out.granted.is_empty() {
+            Default::default()
+        } else {
+            json(&out.granted)
+        },
+        level: meridian_proto::ns::WRITE_BACK_LEVEL,
     }
 }

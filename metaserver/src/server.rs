@@ -49,7 +49,9 @@ pub async fn run(
     let (sm, shared) = StateMachine::open(&config.data, RegionId(config.region))
         .and_then(|(sm, shared)| Ok((sm.for_member(config.id)?, shared)))
         .map_err(|e| MetaError::Io(format!("state: {e}")))?;
-    let log = log.apply_ahead(sm.ahead());
+    let log = log
+        .apply_ahead(sm.ahead())
+        .durable_notices(shared.notices.clone());
     let db = sm.db();
     let raft_config = openraft::Config {
         cluster_name: format!("meridian-region-{}", config.region),

@@ -8,6 +8,7 @@
 //! `leases.rs`).
 
 mod cluster_calls;
+mod early;
 mod namespace_calls;
 mod region_calls;
 
@@ -37,6 +38,8 @@ use crate::raft::state_machine::Shared;
 use crate::raft::{ClusterCmd, MetaRaft, Request as RaftRequest, Response as RaftResponse};
 use crate::regions::Regions;
 use crate::tokens::Checked;
+
+pub use early::EarlySink;
 
 /// Metadata key marking a request a follower already forwarded (never forwarded twice).
 const FORWARDED: &str = "x-meridian-forwarded";

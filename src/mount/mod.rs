@@ -390,7 +390,8 @@ fn finish(
         ),
         Err(_) => bail!("could not send the namespace changes answered by this mount within 30 s"),
     }
-    tracing::info!(mountpoint = %mnt.display(), "unmounted");
+    let (early_heard, early_taken) = fs.early_answers();
+    tracing::info!(mountpoint = %mnt.display(), early_heard, early_taken, "unmounted");
     Ok(())
 }
 

@@ -155,6 +155,19 @@ impl ServerProc {
         }
     }
 
+    /// Stops the process where it is (SIGSTOP), or lets it go on (SIGCONT).
+    pub fn pause(&self, stopped: bool) {
+        if let Some(c) = self.child.as_ref() {
+            let sig = if stopped {
+                libc::SIGSTOP
+            } else {
+                libc::SIGCONT
+            };
+            // SAFETY: kill(2) with a pid we own and a valid signal number.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// SIGTERM, then wait for the process to exit.
     pub fn terminate(&mut self) -> Result<ExitStatus> {
         let mut c = self.child.take().context("process not running")?;

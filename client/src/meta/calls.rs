@@ -17,14 +17,16 @@ use std::time::{Duration, Instant};
 use meridian_proto::channels::Authed;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
-    Call, CallReply, MutateRequest, MutateResponse, QueryRequest, QueryResponse, WriteBackRequest,
-    WriteBackResponse, call, call_reply,
+    Call, CallReply, MutateRequest, MutateResponse, Notices, QueryRequest, QueryResponse,
+    WriteBackRequest, WriteBackResponse, call, call_reply,
 };
 use meridian_proto::prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Code, Status};
 use tracing::debug;
+
+use super::durable::{self, Durable, Expect};
 
 /// How long a member found without `Calls` is asked through unary calls before it is
 /// asked for a stream again (it may have been upgraded).
@@ -38,15 +40,18 @@ const FAILED_OPEN: Duration = Duration::from_secs(1);
 /// A unary call's request that also goes on the stream, and its answer.
 pub(super) trait Streamed: Message + Sized {
     type Answer;
+    /// Whether the call takes an early answer (a change; see `durable.rs`).
+    const EARLY: bool;
     fn into_call(self) -> call::Call;
     /// The answer in `reply`; `None` if it answers another kind of call.
     fn answer(reply: call_reply::Reply) -> Option<Self::Answer>;
 }
 
 macro_rules! streamed {
-    ($request:ident, $answer:ident, $variant:ident) => {
+    ($request:ident, $answer:ident, $variant:ident, $early:expr) => {
         impl Streamed for $request {
             type Answer = $answer;
+            const EARLY: bool = $early;
             fn into_call(self) -> call::Call {
                 call::Call::$variant(self)
             }
@@ -60,15 +65,31 @@ macro_rules! streamed {
     };
 }
 
-streamed!(MutateRequest, MutateResponse, Mutate);
-streamed!(QueryRequest, QueryResponse, Query);
-streamed!(WriteBackRequest, WriteBackResponse, WriteBack);
+streamed!(MutateRequest, MutateResponse, Mutate, true);
+streamed!(QueryRequest, QueryResponse, Query, false);
+streamed!(WriteBackRequest, WriteBackResponse, WriteBack, true);
+
+/// Whether a client takes early answers unless told otherwise: with
+/// `MERIDIAN_EARLY_ANSWERS=on` in its environment. Off by default: on a host whose members
+/// share two processors they cost more processor time than the wait they save
+/// (docs/adr/0020).
+fn early_answers_by_default() -> bool {
+    std::env::var("MERIDIAN_EARLY_ANSWERS").as_deref() == Ok("on")
+}
 
 /// The streams of one client, by member address: each member's behind a lock of its own
 /// (a stream being opened to a member that does not answer holds up only its callers).
-#[derive(Debug, Default)]
+/// Each stream also carries the member's durable notices of this client's entries.
+#[derive(Debug)]
 pub(super) struct Streams {
     by_member: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Link>>>>,
+    client_id: u64,
+    durable: Arc<Durable>,
+    /// Whether calls ask for early answers.
+    early: AtomicBool,
+    /// Early answers heard, and those taken (`early_answers`).
+    early_heard: AtomicU64,
+    early_taken: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -88,7 +109,10 @@ struct Stream {
     /// Taken when the stream is closed here: the server then ends it once the calls in
     /// flight have their answers.
     calls: Mutex<Option<mpsc::UnboundedSender<Call>>>,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<CallReply>>>,
+    /// A caller's answers: an early answer, then the answer after the commit.
+    waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<CallReply>>>,
+    /// Where the member's durable notices go.
+    durable: Arc<Durable>,
     next_id: AtomicU64,
     closed: AtomicBool,
     /// The token the stream was opened with (its calls carry it): a renewed token opens
@@ -120,8 +144,18 @@ impl Stream {
     async fn read(self: Arc<Self>, mut answers: tonic::Streaming<CallReply>) {
         loop {
             match answers.message().await {
+                Ok(Some(CallReply {
+                    reply: Some(call_reply::Reply::Durable(d)),
+                    ..
+                })) => self
+                    .durable
+                    .note(d.member, d.entries.iter().map(|p| (p.term, p.index))),
                 Ok(Some(reply)) => {
-                    let waiter = lock(&self.waiting).remove(&reply.id);
+                    let waiter = if reply.early.is_some() {
+                        lock(&self.waiting).get(&reply.id).cloned()
+                    } else {
+                        lock(&self.waiting).remove(&reply.id)
+                    };
                     if let Some(w) = waiter {
                         let _ = w.send(reply);
                     }
@@ -157,6 +191,53 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Streams {
+    pub(super) fn new(client_id: u64) -> Self {
+        Streams {
+            by_member: Mutex::default(),
+            client_id,
+            durable: Arc::default(),
+            early: AtomicBool::new(early_answers_by_default()),
+            early_heard: AtomicU64::new(0),
+            early_taken: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether calls ask for early answers (see [`Streams::set_early`]).
+    pub(super) fn early(&self) -> bool {
+        self.early.load(Ordering::Relaxed)
+    }
+
+    /// From now on, changes ask for early answers (`on`) or not.
+    pub(super) fn set_early(&self, on: bool) {
+        self.early.store(on, Ordering::Relaxed);
+    }
+
+    /// Early answers heard so far, and how many of them were taken (a majority held their
+    /// entries before the answer after the commit came).
+    pub(super) fn early_answers(&self) -> (u64, u64) {
+        (
+            self.early_heard.load(Ordering::Relaxed),
+            self.early_taken.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether `member` has a usable stream open now (never waits).
+    pub(super) fn is_open(&self, member: &str) -> bool {
+        let token = meridian_proto::token::client_token();
+        let slot = lock(&self.by_member).get(member).cloned();
+        slot.is_some_and(|slot| {
+            slot.try_lock()
+                .is_ok_and(|link| matches!(&*link, Link::Open(s) if s.usable(&token)))
+        })
+    }
+
+    /// Opens `member`'s stream if none is open (for its notices).
+    pub(super) async fn open(&self, member: &str, client: &MetaServiceClient<Authed>) {
+        if let Err(e) = self.stream(member, client).await {
+            debug!(%member, error = %e.message(), "no calls stream for durable notices");
+        }
+    }
+
     /// Sends `request` on `member`'s stream (opened through `client` if none is open),
     /// waiting at most `timeout` for its answer: the answer, and the leader it names
     /// (empty if none). `Ok(Err(request))` if the stream cannot carry it (the member has
@@ -181,8 +262,9 @@ impl Streams {
         let call = Call {
             id,
             call: Some(request.into_call()),
+            early: R::EARLY && self.early(),
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         lock(&stream.waiting).insert(id, tx);
         let gone = || Status::unavailable(format!("{member}: the calls stream closed"));
         let sent = lock(&stream.calls)
@@ -192,9 +274,9 @@ impl Streams {
             lock(&stream.waiting).remove(&id);
             return Err(gone());
         }
-        let reply = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => return Err(gone()),
+        let reply = match tokio::time::timeout(timeout, self.answer(&mut rx)).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Err(gone()),
             Err(_) => {
                 lock(&stream.waiting).remove(&id);
                 // The member may hang on the whole connection: the next call opens a new
@@ -211,6 +293,47 @@ impl Streams {
                 .map(|a| Ok((a, reply.leader)))
                 .ok_or_else(|| Status::internal(format!("{member}: an answer to another call"))),
             None => Err(Status::internal(format!("{member}: an empty answer"))),
+        }
+    }
+
+    /// The answer that holds on `rx`: an early answer once a majority holds its entry
+    /// (`durable.rs`), else the answer after the commit; `None` if the stream closed.
+    async fn answer(&self, rx: &mut mpsc::UnboundedReceiver<CallReply>) -> Option<CallReply> {
+        let mut early: Option<(CallReply, oneshot::Receiver<()>, durable::Waiting)> = None;
+        loop {
+            let committed = async {
+                let committed = match early.as_mut() {
+                    Some((_, rx, _)) => rx.await.is_ok(),
+                    None => false,
+                };
+                if !committed {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                reply = rx.recv() => match reply {
+                    Some(reply) if reply.early.is_some() => {
+                        if early.is_some() {
+                            continue;
+                        }
+                        let e = reply.early.as_ref().expect("checked");
+                        self.early_heard.fetch_add(1, Ordering::Relaxed);
+                        match self.durable.expect(e) {
+                            Expect::Committed => {
+                                self.early_taken.fetch_add(1, Ordering::Relaxed);
+                                return Some(reply);
+                            }
+                            Expect::Wait(rx, waiting) => early = Some((reply, rx, waiting)),
+                            Expect::Never => {}
+                        }
+                    }
+                    other => return other,
+                },
+                () = committed => {
+                    self.early_taken.fetch_add(1, Ordering::Relaxed);
+                    return early.map(|(reply, ..)| reply);
+                }
+            }
         }
     }
 
@@ -255,9 +378,19 @@ impl Streams {
                 return Err(s);
             }
         };
+        // First, this client's durable notices (a member without them answers the call
+        // with an error, which nobody waits for).
+        let _ = tx.send(Call {
+            id: 0,
+            call: Some(call::Call::Notices(Notices {
+                client_id: self.client_id,
+            })),
+            early: false,
+        });
         let stream = Arc::new(Stream {
             calls: Mutex::new(Some(tx)),
             waiting: Mutex::new(HashMap::new()),
+            durable: self.durable.clone(),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             token,

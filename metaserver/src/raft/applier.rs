@@ -345,8 +345,21 @@ impl Applier {
         let Ok(tx) = self.db.try_begin_write() else {
             return;
         };
+        // The changes waiting for an early answer among them (`early.rs`).
+        let expected: Vec<_> = if self.shared.early.wanted() {
+            run.iter()
+                .map(|e| (super::notices::place(e), super::early::key_of(e)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // A failure here is the commit's to report (it applies them again).
         if apply_into(&tx, self.shared.region, run, &mut applied).is_ok() {
+            if !expected.is_empty() {
+                self.shared
+                    .early
+                    .applied_ahead(&expected, &applied.responses);
+            }
             *ahead = Some(Ahead {
                 tx,
                 applied,

@@ -44,6 +44,7 @@ use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::vote::RaftLeaderId;
 use serde::Serialize;
 
+use super::notices::{Notices, client_of, place};
 use super::{TypeConfig, io_err};
 
 const ENTRY: u8 = 1;
@@ -92,10 +93,14 @@ impl Debug for AheadHook {
     }
 }
 
+/// Entries of clients' changes another member leads: (client, (term, index)).
+type Noticed = Vec<(u64, (u64, u64))>;
+
 /// What the flusher completes after its next fdatasync.
 enum Flushed {
-    /// Appended entries, reported to Raft; those this member leads, to apply ahead.
-    Append(IOFlushed<TypeConfig>, Vec<EntryOf<TypeConfig>>),
+    /// Appended entries, reported to Raft; those this member leads, to apply ahead; the
+    /// places of those another member leads that clients want notices of.
+    Append(IOFlushed<TypeConfig>, Vec<EntryOf<TypeConfig>>, Noticed),
     /// A caller waiting for everything written so far to be durable.
     Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
@@ -114,6 +119,9 @@ struct Inner {
     /// Where the entries this member appends as their leader go, to apply ahead of their
     /// commit (`raft/applier.rs`).
     ahead: Option<AheadHook>,
+    /// The clients told which of their changes' entries another member leads are durable
+    /// here (`raft/notices.rs`).
+    notices: Option<Arc<Notices>>,
     /// Where the next record goes: the end of the records.
     file_len: u64,
     /// The file's length: zeros from `file_len` to here.
@@ -192,6 +200,7 @@ impl LogStore {
             queued: Arc::default(),
             member: None,
             ahead: None,
+            notices: None,
             file_len: 0,
             zeroed: bytes.len() as u64,
             rewrite_slack: REWRITE_SLACK,
@@ -249,6 +258,13 @@ impl LogStore {
         self
     }
 
+    /// Tells the clients subscribed to `notices` which of their changes' entries that
+    /// another member leads are durable here, after each fdatasync.
+    pub fn durable_notices(self, notices: Arc<Notices>) -> Self {
+        self.lock().notices = Some(notices);
+        self
+    }
+
     /// Waits until everything written so far is durable.
     async fn barrier(&self) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -273,27 +289,33 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        let (result, ahead) = match inner.upgrade() {
+        let (result, ahead, notices) = match inner.upgrade() {
             Some(inner) => {
-                let (file, ahead) = {
+                let (file, ahead, notices) = {
                     let inner = inner.lock().unwrap_or_else(|p| p.into_inner());
-                    (inner.file.clone(), inner.ahead.clone())
+                    (
+                        inner.file.clone(),
+                        inner.ahead.clone(),
+                        inner.notices.clone(),
+                    )
                 };
-                (file.sync_data(), ahead)
+                (file.sync_data(), ahead, notices)
             }
-            None => (Err(io::Error::other("raft log closed")), None),
+            None => (Err(io::Error::other("raft log closed")), None, None),
         };
         let done = batch.len();
         let mut led = Vec::new();
+        let mut noticed = Vec::new();
         for item in batch {
             let r = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             match item {
-                Flushed::Append(cb, entries) => {
+                Flushed::Append(cb, entries, n) => {
                     cb.io_completed(r);
                     led.extend(entries);
+                    noticed.extend(n);
                 }
                 Flushed::Barrier(tx) => {
                     let _ = tx.send(r);
@@ -301,6 +323,9 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
             }
         }
         queued.fetch_sub(done, Ordering::AcqRel);
+        if let Some(notices) = notices.filter(|_| result.is_ok()) {
+            notices.durable(&noticed);
+        }
         // Durable here (the followers write them meanwhile): the entries this member leads
         // apply ahead of their commit.
         if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty())
@@ -521,11 +546,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         let mut followed = None;
         let mut led = Vec::new();
+        let mut noticed = Vec::new();
+        let notices = inner.notices.clone().filter(|n| n.wanted());
         let written = (|| {
             let mut bytes = Vec::new();
             for e in entries {
                 let leader = *e.log_id.leader_id.node_id();
                 followed.get_or_insert(leader);
+                if notices.is_some()
+                    && inner.member != Some(leader)
+                    && let Some(client) = client_of(&e)
+                {
+                    noticed.push((client, place(&e)));
+                }
                 if inner.member == Some(leader)
                     && inner.ahead.as_ref().is_some_and(|h| (h.wants)(&e))
                 {
@@ -553,10 +586,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             callback.io_completed(outcome);
+            if let Some(notices) = notices.filter(|_| synced.is_ok()) {
+                notices.durable(&noticed);
+            }
             return synced;
         }
         // The flusher reports it once its fdatasync returns.
-        inner.flush(Flushed::Append(callback, led))
+        inner.flush(Flushed::Append(callback, led, noticed))
     }
 
     async fn truncate_after(&mut self, last: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {

@@ -3,8 +3,10 @@
 
 mod applier;
 mod background;
+pub mod early;
 pub mod log_store;
 pub mod network;
+pub mod notices;
 pub mod snapshot;
 pub mod snapshot_dir;
 pub mod snapshot_policy;

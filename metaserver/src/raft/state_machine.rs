@@ -41,6 +41,10 @@ pub struct Shared {
     pub map: watch::Sender<Arc<ClusterMap>>,
     /// The index of the last applied entry.
     pub applied: watch::Sender<u64>,
+    /// The changes waiting for an early answer (on the leader).
+    pub early: Arc<super::early::Early>,
+    /// The clients waiting for durable notices (on a follower).
+    pub notices: Arc<super::notices::Notices>,
     /// The applier, for [`Shared::catch_up_to`].
     applier: std::sync::OnceLock<std::sync::Weak<Applier>>,
 }
@@ -106,6 +110,8 @@ impl StateMachine {
             clock: Mutex::new(HlcClock::new(region)),
             map: watch::channel(Arc::new(map)).0,
             applied: watch::channel(0).0,
+            early: Arc::default(),
+            notices: Arc::default(),
             applier: std::sync::OnceLock::new(),
         });
         let applier = Arc::new(Applier::new(Arc::new(db), shared.clone()));
@@ -312,7 +318,7 @@ pub(super) struct Applied {
     /// The entries applied, in order.
     pub(super) ids: Vec<LogIdOf<TypeConfig>>,
     /// Their responses, in order.
-    responses: Vec<Response>,
+    pub(super) responses: Vec<Response>,
     /// The stamps they carry, which the clock observes once they commit.
     stamps: Vec<Hlc>,
     /// Whether one of them changed the cluster map.

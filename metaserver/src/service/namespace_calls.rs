@@ -11,6 +11,12 @@ impl MetaApi {
     ) -> Result<Response<MutateResponse>, Status> {
         metrics::counter!("meridian_meta_mutations_total").increment(1);
         let op: Op = decode(&request.get_ref().op, "operation")?;
+        // What the checks below read holds what was answered early (a commit of file
+        // data reads nothing that an early answer changes, unless a token is checked).
+        if !matches!(op, Op::CommitExtents { .. }) || crate::tokens::restricted(&request)?.is_some()
+        {
+            self.settle_early().await;
+        }
         if let Some((claims, keys)) = crate::tokens::restricted(&request)?
             && let Checked::Missing(ino) =
                 self.check_op(&claims, &keys, &op, &request.get_ref().caps)?
@@ -93,7 +99,25 @@ impl MetaApi {
         }
         let mut cmd = self.stamp(op.clone(), id);
         cmd.lease = req.lease && id.is_some();
-        match self.propose(RaftRequest::Ns(cmd)).await {
+        // Answered early: a change made here that changes no directory (whose attributes
+        // the answer after the commit carries) and succeeds.
+        let sink = request
+            .extensions()
+            .get::<crate::service::EarlySink>()
+            .filter(|_| dirs.is_empty() && !forwarded);
+        let early = |done: &RaftResponse, index| match done {
+            RaftResponse::Ns(outcome @ Ok(_)) => Some(call_reply::Reply::Mutate(MutateResponse {
+                outcome: json(outcome),
+                log_index: index,
+                dirs: Bytes::new(),
+                change_seq: 0,
+            })),
+            _ => None,
+        };
+        match self
+            .propose_early(RaftRequest::Ns(cmd), id, sink, early)
+            .await
+        {
             Ok((RaftResponse::Ns(outcome), index)) => {
                 if matches!(outcome, Err(NsError::ReadOnly(_)))
                     && self.home_elsewhere(&op)?.is_some()
@@ -177,6 +201,10 @@ impl MetaApi {
     ) -> Result<Response<QueryResponse>, Status> {
         metrics::counter!("meridian_meta_queries_total").increment(1);
         let query: Query = decode(&request.get_ref().query, "query")?;
+        if !request.get_ref().stale {
+            // A client told its change committed reads it here.
+            self.settle_early().await;
+        }
         let restricted = crate::tokens::restricted(&request)?;
         // Refused early when this member can tell (before any lease is recalled for it).
         // An inode's volume never changes: a grant found now holds for the answer too.

@@ -1,0 +1,166 @@
+//! Durable notices: a follower tells a client which of its changes' entries it has made
+//! durable in its log (docs/adr/0020).
+//!
+//! An entry of the leader's current term that is durable in the logs of a majority of the
+//! voters is committed, whether or not the leader has heard so yet: any later leader has
+//! it (a candidate without it cannot win a majority's votes). A client holding the
+//! leader's early answer for an entry (the leader's copy is durable when it answers) and
+//! notices from enough followers knows its change is committed one hop sooner than the
+//! leader's answer after the commit would tell it: the follower's notice goes straight to
+//! the client, where its answer to the leader went on to the leader's commit, the apply and
+//! the answer.
+//!
+//! A client subscribes on its `Calls` stream to each member; the log store calls
+//! [`Notices::durable`] after each fdatasync of entries another member leads. It must not
+//! wait: a notice that finds its subscriber's queue full is dropped (the client then
+//! takes the leader's answer after the commit, as without notices).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::EntryPayload;
+use openraft::type_config::alias::EntryOf;
+
+use super::{Request, TypeConfig};
+
+/// Where a notice goes: called with the places (term, index) of a client's entries made
+/// durable here; returns false once the subscriber is gone (it is then dropped).
+pub type Subscriber = Box<dyn Fn(&[(u64, u64)]) -> bool + Send + Sync>;
+
+/// The clients waiting for notices on this member, by client id.
+#[derive(Default)]
+pub struct Notices {
+    by_client: Mutex<HashMap<u64, Vec<(u64, Subscriber)>>>,
+    /// Subscribers in `by_client` (read without the lock on every append).
+    count: AtomicUsize,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Notices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notices")
+            .field("count", &self.count.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// The client whose change an entry holds, if any.
+pub(super) fn client_of(entry: &EntryOf<TypeConfig>) -> Option<u64> {
+    match &entry.payload {
+        EntryPayload::Normal(Request::Ns(cmd)) => cmd.request.map(|(client, _)| client),
+        EntryPayload::Normal(Request::WriteBack(wb)) => Some(wb.client),
+        _ => None,
+    }
+}
+
+/// An entry's place in the log: its term and index.
+pub(super) fn place(entry: &EntryOf<TypeConfig>) -> (u64, u64) {
+    use openraft::vote::RaftLeaderId;
+    (entry.log_id.leader_id.term(), entry.log_id.index)
+}
+
+/// Removes the subscription `key` of `client` when dropped.
+pub struct Subscription {
+    notices: Arc<Notices>,
+    client: u64,
+    key: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.notices.remove(self.client, self.key);
+    }
+}
+
+impl Notices {
+    /// Sends `client`'s notices to `to` until the subscription returned is dropped (or
+    /// `to` says it is gone).
+    pub fn subscribe(self: &Arc<Self>, client: u64, to: Subscriber) -> Subscription {
+        let key = self.next.fetch_add(1, Ordering::Relaxed) as u64;
+        let mut by = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
+        by.entry(client).or_default().push((key, to));
+        self.count.fetch_add(1, Ordering::Release);
+        Subscription {
+            notices: self.clone(),
+            client,
+            key,
+        }
+    }
+
+    fn remove(&self, client: u64, key: u64) {
+        let mut by = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(subs) = by.get_mut(&client) {
+            let before = subs.len();
+            subs.retain(|(k, _)| *k != key);
+            self.count.fetch_sub(before - subs.len(), Ordering::Release);
+            if subs.is_empty() {
+                by.remove(&client);
+            }
+        }
+    }
+
+    /// Whether anyone waits for notices (checked before looking at entries).
+    pub(super) fn wanted(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Tells each client in `durable` (client, place) of entries now durable here, its places.
+    pub(super) fn durable(&self, durable: &[(u64, (u64, u64))]) {
+        if durable.is_empty() {
+            return;
+        }
+        let mut by_client: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+        for (client, at) in durable {
+            by_client.entry(*client).or_default().push(*at);
+        }
+        let mut gone = Vec::new();
+        {
+            let by = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
+            for (client, places) in &by_client {
+                for (key, to) in by.get(client).into_iter().flatten() {
+                    if !to(places) {
+                        gone.push((*client, *key));
+                    }
+                }
+            }
+        }
+        for (client, key) in gone {
+            self.remove(client, key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_hears_its_own_clients_places_until_it_goes() {
+        let notices = Arc::new(Notices::default());
+        let heard: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let to = heard.clone();
+        let sub = notices.subscribe(
+            7,
+            Box::new(move |places| {
+                to.lock().unwrap().extend_from_slice(places);
+                true
+            }),
+        );
+        assert!(notices.wanted());
+        notices.durable(&[(7, (2, 10)), (8, (2, 11)), (7, (2, 12))]);
+        assert_eq!(*heard.lock().unwrap(), vec![(2, 10), (2, 12)]);
+        drop(sub);
+        assert!(!notices.wanted());
+        notices.durable(&[(7, (2, 13))]);
+        assert_eq!(heard.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_subscriber_that_is_gone_is_dropped() {
+        let notices = Arc::new(Notices::default());
+        let _sub = notices.subscribe(3, Box::new(|_| false));
+        notices.durable(&[(3, (1, 1))]);
+        assert!(!notices.wanted());
+    }
+}

@@ -1,0 +1,219 @@
+//! Early answers (docs/adr/0020) on a real three-member group: a client takes the leader's
+//! early answer only once a majority of members hold the entry durable (the followers'
+//! notices), a change so answered is seen by the next linearizable read of any client,
+//! and a change answered early by a leader whose followers never got it is made again
+//! (once) by the next leader rather than lost or repeated.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::{MERIDIAN, MetaCluster, Proxy, ServerProc, create_op, raft_args};
+use meridian_client::MetaClient;
+use meridian_proto::ns::*;
+
+/// `client`, taking early answers.
+fn early(client: MetaClient) -> MetaClient {
+    client.set_early_answers(true);
+    client
+}
+
+async fn new_file(client: &MetaClient) -> Result<Attr> {
+    let Reply::Volume(v) = client
+        .mutate(&Op::CreateVolume {
+            name: "early".into(),
+            policy: VolumePolicy::default(),
+        })
+        .await?
+    else {
+        anyhow::bail!("no volume");
+    };
+    match client.mutate(&create_op(v.root, "f")).await? {
+        Reply::Attr(a) => Ok(a),
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+}
+
+fn chmod(ino: meridian_proto::InodeId, perm: u16) -> Op {
+    Op::SetAttr {
+        ino,
+        set: SetAttr {
+            perm: Some(perm),
+            ..Default::default()
+        },
+        creds: Creds::root(),
+    }
+}
+
+async fn perm_of(client: &MetaClient, ino: meridian_proto::InodeId) -> Result<u16> {
+    match client.query(&Query::GetAttr { ino }, false).await? {
+        QueryReply::Attr(a) => Ok(a.perm),
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+}
+
+/// A group of three whose leader (member 1) reaches its followers through a proxy
+/// delaying each way by `delay_ms`, while clients reach every member directly: a
+/// follower's notice reaches a client long before its answer reaches the leader.
+struct SlowFollowers {
+    members: Vec<ServerProc>,
+    _proxies: Vec<Proxy>,
+    dir: tempfile::TempDir,
+}
+
+impl SlowFollowers {
+    fn start(delay_ms: u32) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-early-")
+            .tempdir()?;
+        let mut args = raft_args(&[]);
+        args.push("--init".into());
+        let mut members = vec![ServerProc::start("meta", 1, dir.path(), args)?];
+        let mut proxies = Vec::new();
+        for id in 2..=3u64 {
+            let m = ServerProc::start("meta", id, dir.path(), raft_args(&[]))?;
+            let proxy = Proxy::start(dir.path(), &format!("to-{id}"), "127.0.0.1:0", &m.addr)?;
+            proxy.set_delay(delay_ms)?;
+            let out = std::process::Command::new(MERIDIAN)
+                .args(["admin", "add-member", "--meta", &members[0].addr])
+                .args(["--id", &id.to_string(), "--address", &proxy.forwards[0]])
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "add-member {id}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            members.push(m);
+            proxies.push(proxy);
+        }
+        Ok(SlowFollowers {
+            members,
+            _proxies: proxies,
+            dir,
+        })
+    }
+
+    fn client(&self) -> MetaClient {
+        early(MetaClient::new(
+            self.members.iter().map(|m| m.addr.clone()).collect(),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_answered_early_is_read_by_every_clients_next_linearizable_query() -> Result<()> {
+    let group = SlowFollowers::start(40)?;
+    let writer = group.client();
+    let reader = group.client();
+    let file = new_file(&writer).await?;
+    for i in 0..40u16 {
+        let perm = 0o600 | (i % 0o100);
+        writer.mutate(&chmod(file.ino, perm)).await?;
+        // The reader asks right after the writer's answer, which the followers' notices
+        // gave before the leader heard of the commit from them.
+        assert_eq!(perm_of(&reader, file.ino).await?, perm, "change {i}");
+    }
+    let (heard, taken) = writer.early_answers();
+    assert!(
+        taken > 0 && taken <= heard,
+        "no early answer taken ({taken} of {heard} heard): the test shows nothing"
+    );
+    // A client not told to take them asks for none.
+    let plain = MetaClient::new(group.members.iter().map(|m| m.addr.clone()).collect());
+    plain.mutate(&chmod(file.ino, 0o600)).await?;
+    assert_eq!(plain.early_answers(), (0, 0));
+    drop(group.dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_waits_for_a_majority_and_a_change_no_follower_has_is_made_again()
+-> Result<()> {
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let leader = cluster.wait_leader()?;
+    let client = std::sync::Arc::new(early(cluster.client()));
+    let file = new_file(&client).await?;
+    // Until the client takes early answers (its streams to every member are open).
+    for _ in 0..500 {
+        if client.early_answers().1 > 0 {
+            break;
+        }
+        client.mutate(&chmod(file.ino, 0o640)).await?;
+    }
+    anyhow::ensure!(client.early_answers().1 > 0, "no early answer taken");
+    // Everything answered so far has applied on the leader (a linearizable read waits
+    // for it), so the next change applies ahead alone.
+    perm_of(&client, file.ino).await?;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &f in &followers {
+        cluster.nodes[f].pause(true);
+    }
+    let (heard, _) = client.early_answers();
+    let change = tokio::spawn({
+        let c = client.clone();
+        async move { c.mutate(&chmod(file.ino, 0o604)).await }
+    });
+    // The leader answers early (its own copy is durable) ...
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        while client.early_answers().0 == heard {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    // ... and without a follower's copy that answer does not hold: the call still waits,
+    // however long it is watched.
+    let mut finished_alone = false;
+    if got.is_ok() {
+        for _ in 0..100 {
+            finished_alone |= change.is_finished();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    // The leader dies with the only copy; the followers elect another.
+    cluster.nodes[leader].kill();
+    for &f in &followers {
+        cluster.nodes[f].pause(false);
+    }
+    got.context("the leader never answered early with its followers stopped")?;
+    assert!(
+        !finished_alone,
+        "a call took an early answer no follower's copy backed"
+    );
+    let new_leader = cluster.wait_leader()?;
+    assert_ne!(new_leader, leader);
+    // The call goes on to the next leader with its request id, which makes the change.
+    tokio::time::timeout(Duration::from_secs(60), change)
+        .await
+        .context("the call never completed")???;
+    assert_eq!(perm_of(&client, file.ino).await?, 0o604);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_taken_early_survives_its_leader_killed_at_once() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let leader = cluster.wait_leader()?;
+    let client = early(cluster.client());
+    let file = new_file(&client).await?;
+    // The last change the client takes early before its leader is killed.
+    let mut perm = 0;
+    for i in 0..500u16 {
+        let taken = client.early_answers().1;
+        let p = 0o600 | (i % 0o100);
+        client.mutate(&chmod(file.ino, p)).await?;
+        if client.early_answers().1 > taken {
+            perm = p;
+            break;
+        }
+    }
+    anyhow::ensure!(perm != 0, "no change taken early");
+    cluster.nodes[leader].kill();
+    assert_ne!(cluster.wait_leader()?, leader);
+    assert_eq!(
+        perm_of(&client, file.ino).await?,
+        perm,
+        "a change taken early was lost"
+    );
+    Ok(())
+}
