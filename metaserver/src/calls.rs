@@ -51,6 +51,9 @@ pub(crate) fn serve(
     // unary call's handler is when its client goes.
     let (gone_tx, gone) = watch::channel(false);
     tokio::spawn(async move {
+        // One subscription to durable notices per stream: a client asking again is
+        // answered as for a call naming no method.
+        let mut subscribed = false;
         loop {
             let Ok(permit) = running.clone().acquire_owned().await else {
                 break;
@@ -71,7 +74,10 @@ pub(crate) fn serve(
                 None => break,
             };
             let mut gone = gone.clone();
-            if let Some(call::Call::Notices(n)) = &c.call {
+            if let Some(call::Call::Notices(n)) = &c.call
+                && !subscribed
+            {
+                subscribed = true;
                 drop(permit);
                 tokio::spawn(notices(node.clone(), c.id, n.client_id, tx.clone(), gone));
                 continue;
@@ -104,7 +110,7 @@ pub(crate) fn serve(
                                 .await,
                             call_reply::Reply::WriteBack,
                         ),
-                        // Taken above.
+                        // Taken above, once.
                         Some(call::Call::Notices(_)) | None => (
                             call_reply::Reply::Error(error(&Status::invalid_argument(
                                 "a call names no method",
