@@ -1,8 +1,9 @@
 //! Early answers (docs/adr/0020) on a real three-member group: a client takes the leader's
 //! early answer only once a majority of members hold the entry durable (the followers'
 //! notices), a change so answered is seen by the next linearizable read of any client,
-//! and a change answered early by a leader whose followers never got it is made again
-//! (once) by the next leader rather than lost or repeated.
+//! a change answered early by a leader whose followers never got it is made by the next
+//! leader rather than lost, a change taken early survives its leader, and on the wire a
+//! follower names a client's entries to its one subscription per stream.
 
 mod common;
 
@@ -215,5 +216,75 @@ async fn a_change_taken_early_survives_its_leader_killed_at_once() -> Result<()>
         perm,
         "a change taken early was lost"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_notices_a_clients_entries_once_per_stream_on_the_wire() -> Result<()> {
+    use meridian_proto::pb::meta::{Call, MutateRequest, Notices, call, call_reply};
+    use tonic::Code;
+
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let leader = cluster.wait_leader()?;
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+    let connect = |i: usize| {
+        let addr = cluster.nodes[i].addr.clone();
+        async move {
+            anyhow::Ok(meridian_proto::channels::meta_client(
+                meridian_proto::channels::connect(&addr)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            ))
+        }
+    };
+    let (calls, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut answers = connect(follower)
+        .await?
+        .calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let client_id = 0x5eed;
+    for id in [1, 2] {
+        calls.send(Call {
+            id,
+            call: Some(call::Call::Notices(Notices { client_id })),
+            early: false,
+        })?;
+    }
+    // The second subscription on the stream is refused; the first is never answered but
+    // by notices.
+    let refused = tokio::time::timeout(Duration::from_secs(20), answers.message())
+        .await??
+        .context("the stream ended")?;
+    assert_eq!(refused.id, 2);
+    match refused.reply {
+        Some(call_reply::Reply::Error(e)) => assert_eq!(Code::from(e.code), Code::InvalidArgument),
+        other => anyhow::bail!("a second subscription answered {other:?}"),
+    }
+    // A change of that client, made through the leader: the follower names its entry.
+    let op = Op::CreateVolume {
+        name: "noticed".into(),
+        policy: VolumePolicy::default(),
+    };
+    connect(leader)
+        .await?
+        .mutate(MutateRequest {
+            op: serde_json::to_vec(&op)?.into(),
+            client_id,
+            request_id: 1,
+            ..Default::default()
+        })
+        .await?;
+    let notice = tokio::time::timeout(Duration::from_secs(20), answers.message())
+        .await??
+        .context("the stream ended")?;
+    assert_eq!(notice.id, 1);
+    match notice.reply {
+        Some(call_reply::Reply::Durable(d)) => {
+            assert_eq!(d.member, cluster.nodes[follower].id);
+            assert!(!d.entries.is_empty() && d.entries.iter().all(|p| p.term > 0 && p.index > 0));
+        }
+        other => anyhow::bail!("not a notice: {other:?}"),
+    }
     Ok(())
 }
