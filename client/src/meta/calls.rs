@@ -209,7 +209,18 @@ impl Streams {
 
     /// From now on, changes ask for early answers (`on`) or not.
     pub(super) fn set_early(&self, on: bool) {
-        self.early.store(on, Ordering::Relaxed);
+        if self.early.swap(on, Ordering::Relaxed) == on {
+            return;
+        }
+        // The streams open now carry no notices (or carry them for nothing): the next
+        // calls open new ones (those in flight still get their answers).
+        for link in lock(&self.by_member).values() {
+            if let Ok(link) = link.try_lock()
+                && let Link::Open(s) = &*link
+            {
+                s.close();
+            }
+        }
     }
 
     /// Early answers heard so far, and how many of them were taken (a majority held their
@@ -378,15 +389,17 @@ impl Streams {
                 return Err(s);
             }
         };
-        // First, this client's durable notices (a member without them answers the call
-        // with an error, which nobody waits for).
-        let _ = tx.send(Call {
-            id: 0,
-            call: Some(call::Call::Notices(Notices {
-                client_id: self.client_id,
-            })),
-            early: false,
-        });
+        // First, with early answers, this client's durable notices (a member without
+        // them answers the call with an error, which nobody waits for).
+        if self.early() {
+            let _ = tx.send(Call {
+                id: 0,
+                call: Some(call::Call::Notices(Notices {
+                    client_id: self.client_id,
+                })),
+                early: false,
+            });
+        }
         let stream = Arc::new(Stream {
             calls: Mutex::new(Some(tx)),
             waiting: Mutex::new(HashMap::new()),
