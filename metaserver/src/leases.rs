@@ -215,13 +215,14 @@ impl MetaNode {
             let (mut leader, addr) = self.leader_client(&request)?;
             return naming(leader.write_back(MetaNode::forward(request)).await, &addr);
         }
-        if crate::tokens::restricted(&request)?.is_some() {
+        let restricted = crate::tokens::restricted(&request)?;
+        if restricted.is_some() {
             // The checks below read the state: it holds what was answered early.
             self.settle_early().await;
         }
-        if let Some((claims, keys)) = crate::tokens::restricted(&request)?
+        if let Some((claims, keys)) = &restricted
             && let crate::tokens::Checked::Missing(ino) =
-                self.check_write_back(&claims, &keys, r.client_id, &queued, r.reserve, &r.caps)?
+                self.check_write_back(claims, keys, r.client_id, &queued, r.reserve, &r.caps)?
         {
             return Err(Status::failed_precondition(format!(
                 "a write-back names inode {ino}, which the leader does not hold"
@@ -229,9 +230,9 @@ impl MetaNode {
         }
         // A lease is asked for only to change the directory: a grant to write it.
         let acquire: Vec<InodeId> = r.acquire.iter().map(|&d| InodeId(d)).collect();
-        if let Some((claims, _)) = crate::tokens::restricted(&request)?
+        if let Some((claims, _)) = &restricted
             && let crate::tokens::Checked::Missing(ino) =
-                self.check_inodes(&claims, &acquire, true, &Default::default())?
+                self.check_inodes(claims, &acquire, true, &Default::default())?
         {
             return Err(Status::failed_precondition(format!(
                 "a write-back names inode {ino}, which the leader does not hold"

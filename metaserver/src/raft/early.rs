@@ -32,7 +32,7 @@ pub type Ahead = (Place, Response);
 /// The changes whose handlers wait for an early answer, by (client, request id).
 #[derive(Debug, Default)]
 pub struct Early {
-    waiting: Mutex<HashMap<(u64, u64), oneshot::Sender<Ahead>>>,
+    waiting: Mutex<HashMap<Key, oneshot::Sender<Ahead>>>,
     /// Entries in `waiting` (read without the lock on every apply ahead).
     count: AtomicUsize,
     /// The highest index answered early.
@@ -40,7 +40,7 @@ pub struct Early {
 }
 
 /// The key of the change an entry holds (a write-back's by its first change).
-pub(super) fn key_of(entry: &EntryOf<TypeConfig>) -> Option<(u64, u64)> {
+pub(super) fn key_of(entry: &EntryOf<TypeConfig>) -> Option<Key> {
     match &entry.payload {
         EntryPayload::Normal(Request::Ns(cmd)) => cmd.request,
         EntryPayload::Normal(Request::WriteBack(wb)) => wb.cmds.first().and_then(|c| c.request),
@@ -51,7 +51,7 @@ pub(super) fn key_of(entry: &EntryOf<TypeConfig>) -> Option<(u64, u64)> {
 /// Stops expecting its key when dropped.
 pub struct Expected {
     early: Arc<Early>,
-    key: (u64, u64),
+    key: Key,
 }
 
 impl Drop for Expected {
@@ -64,17 +64,14 @@ impl Drop for Expected {
 }
 
 impl Early {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), oneshot::Sender<Ahead>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, oneshot::Sender<Ahead>>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Expects the entry of the change `key`: its place and outcome arrive on the
     /// receiver if it applies ahead here. `None` if another handler already expects it
     /// (a retry racing its first attempt: that one may answer early).
-    pub fn expect(
-        self: &Arc<Self>,
-        key: (u64, u64),
-    ) -> Option<(Expected, oneshot::Receiver<Ahead>)> {
+    pub fn expect(self: &Arc<Self>, key: Key) -> Option<(Expected, oneshot::Receiver<Ahead>)> {
         let (tx, rx) = oneshot::channel();
         let mut w = self.lock();
         if w.contains_key(&key) {

@@ -94,7 +94,7 @@ impl Debug for AheadHook {
 }
 
 /// Entries of clients' changes another member leads: (client, (term, index)).
-type Noticed = Vec<(u64, (u64, u64))>;
+type Noticed = Vec<(u64, super::early::Place)>;
 
 /// What the flusher completes after its next fdatasync.
 enum Flushed {

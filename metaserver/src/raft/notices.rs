@@ -19,14 +19,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use openraft::EntryPayload;
 use openraft::type_config::alias::EntryOf;
 
-use super::{Request, TypeConfig};
+use super::TypeConfig;
+use super::early::{Place, key_of};
 
 /// Where a notice goes: called with the places (term, index) of a client's entries made
 /// durable here; returns false once the subscriber is gone (it is then dropped).
-pub type Subscriber = Box<dyn Fn(&[(u64, u64)]) -> bool + Send + Sync>;
+pub type Subscriber = Box<dyn Fn(&[Place]) -> bool + Send + Sync>;
 
 /// The clients waiting for notices on this member, by client id.
 #[derive(Default)]
@@ -45,17 +45,14 @@ impl std::fmt::Debug for Notices {
     }
 }
 
-/// The client whose change an entry holds, if any.
+/// The client whose change an entry holds, if any (a change a client may wait for, by
+/// its key: see `early.rs`).
 pub(super) fn client_of(entry: &EntryOf<TypeConfig>) -> Option<u64> {
-    match &entry.payload {
-        EntryPayload::Normal(Request::Ns(cmd)) => cmd.request.map(|(client, _)| client),
-        EntryPayload::Normal(Request::WriteBack(wb)) => Some(wb.client),
-        _ => None,
-    }
+    key_of(entry).map(|(client, _)| client)
 }
 
 /// An entry's place in the log: its term and index.
-pub(super) fn place(entry: &EntryOf<TypeConfig>) -> (u64, u64) {
+pub(super) fn place(entry: &EntryOf<TypeConfig>) -> Place {
     use openraft::vote::RaftLeaderId;
     (entry.log_id.leader_id.term(), entry.log_id.index)
 }
@@ -105,12 +102,13 @@ impl Notices {
         self.count.load(Ordering::Acquire) > 0
     }
 
-    /// Tells each client in `durable` (client, place) of entries now durable here, its places.
-    pub(super) fn durable(&self, durable: &[(u64, (u64, u64))]) {
+    /// Tells each client its places among `durable`: (client, place) of entries now
+    /// durable here.
+    pub(super) fn durable(&self, durable: &[(u64, Place)]) {
         if durable.is_empty() {
             return;
         }
-        let mut by_client: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+        let mut by_client: HashMap<u64, Vec<Place>> = HashMap::new();
         for (client, at) in durable {
             by_client.entry(*client).or_default().push(*at);
         }

@@ -13,13 +13,13 @@ impl MetaApi {
         let op: Op = decode(&request.get_ref().op, "operation")?;
         // What the checks below read holds what was answered early (a commit of file
         // data reads nothing that an early answer changes, unless a token is checked).
-        if !matches!(op, Op::CommitExtents { .. }) || crate::tokens::restricted(&request)?.is_some()
-        {
+        let restricted = crate::tokens::restricted(&request)?;
+        if !matches!(op, Op::CommitExtents { .. }) || restricted.is_some() {
             self.settle_early().await;
         }
-        if let Some((claims, keys)) = crate::tokens::restricted(&request)?
+        if let Some((claims, keys)) = &restricted
             && let Checked::Missing(ino) =
-                self.check_op(&claims, &keys, &op, &request.get_ref().caps)?
+                self.check_op(claims, keys, &op, &request.get_ref().caps)?
         {
             // Not held here: decided where it is (the home region, else the leader).
             let req = request.get_ref();
