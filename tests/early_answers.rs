@@ -219,9 +219,20 @@ async fn a_change_taken_early_survives_its_leader_killed_at_once() -> Result<()>
     Ok(())
 }
 
+/// The next answer on a Calls stream.
+async fn next_reply(
+    answers: &mut tonic::Streaming<meridian_proto::pb::meta::CallReply>,
+) -> Result<meridian_proto::pb::meta::CallReply> {
+    tokio::time::timeout(Duration::from_secs(20), answers.message())
+        .await??
+        .context("the stream ended")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_notices_a_clients_entries_once_per_stream_on_the_wire() -> Result<()> {
+async fn a_follower_notices_a_key_holders_entries_once_per_stream_on_the_wire() -> Result<()> {
     use meridian_proto::pb::meta::{Call, MutateRequest, Notices, call, call_reply};
+    use meridian_proto::{CLIENT_KEY_LEN, client_id_of};
+    use std::collections::BTreeSet;
     use tonic::Code;
 
     let mut cluster = MetaCluster::start(3, &[])?;
@@ -237,54 +248,93 @@ async fn a_follower_notices_a_clients_entries_once_per_stream_on_the_wire() -> R
             ))
         }
     };
-    let (calls, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut answers = connect(follower)
-        .await?
-        .calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let client_id = 0x5eed;
+    let open = |i: usize| {
+        let connect = connect(i);
+        async move {
+            let (calls, rx) = tokio::sync::mpsc::unbounded_channel();
+            let answers = connect
+                .await?
+                .calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            anyhow::Ok((calls, answers))
+        }
+    };
+    let refused = |reply: &meridian_proto::pb::meta::CallReply, id: u64| {
+        assert_eq!(reply.id, id);
+        match &reply.reply {
+            Some(call_reply::Reply::Error(e)) => {
+                assert_eq!(Code::from(e.code), Code::InvalidArgument)
+            }
+            other => panic!("call {id} answered {other:?}"),
+        }
+    };
+    let subscribe = |id: u64, key: &[u8]| Call {
+        id,
+        call: Some(call::Call::Notices(Notices {
+            client_key: key.to_vec().into(),
+        })),
+        early: false,
+    };
+    let key = [0x5e; CLIENT_KEY_LEN];
+    let client_id = client_id_of(&key);
+    let (calls, mut answers) = open(follower).await?;
     for id in [1, 2] {
-        calls.send(Call {
-            id,
-            call: Some(call::Call::Notices(Notices { client_id })),
-            early: false,
-        })?;
+        calls.send(subscribe(id, &key))?;
     }
     // The second subscription on the stream is refused; the first is never answered but
     // by notices.
-    let refused = tokio::time::timeout(Duration::from_secs(20), answers.message())
-        .await??
-        .context("the stream ended")?;
-    assert_eq!(refused.id, 2);
-    match refused.reply {
-        Some(call_reply::Reply::Error(e)) => assert_eq!(Code::from(e.code), Code::InvalidArgument),
-        other => anyhow::bail!("a second subscription answered {other:?}"),
+    refused(&next_reply(&mut answers).await?, 2);
+    // Another client may not follow this one by its id, which the change feed shows: a
+    // subscription names the subscriber's own key, and one without a key is refused.
+    let other_key = [0x0f; CLIENT_KEY_LEN];
+    let other_id = client_id_of(&other_key);
+    let (other_calls, mut other_answers) = open(follower).await?;
+    other_calls.send(subscribe(1, &[]))?;
+    refused(&next_reply(&mut other_answers).await?, 1);
+    other_calls.send(subscribe(2, &other_key))?;
+    // A change of each client, made through the leader, the first client's first.
+    let mut leader_rpc = connect(leader).await?;
+    for (name, client_id) in [("noticed", client_id), ("other", other_id)] {
+        let op = Op::CreateVolume {
+            name: name.into(),
+            policy: VolumePolicy::default(),
+        };
+        leader_rpc
+            .mutate(MutateRequest {
+                op: serde_json::to_vec(&op)?.into(),
+                client_id,
+                request_id: 1,
+                ..Default::default()
+            })
+            .await?;
     }
-    // A change of that client, made through the leader: the follower names its entry.
-    let op = Op::CreateVolume {
-        name: "noticed".into(),
-        policy: VolumePolicy::default(),
-    };
-    connect(leader)
-        .await?
-        .mutate(MutateRequest {
-            op: serde_json::to_vec(&op)?.into(),
-            client_id,
-            request_id: 1,
-            ..Default::default()
-        })
-        .await?;
-    let notice = tokio::time::timeout(Duration::from_secs(20), answers.message())
-        .await??
-        .context("the stream ended")?;
-    assert_eq!(notice.id, 1);
-    match notice.reply {
-        Some(call_reply::Reply::Durable(d)) => {
-            assert_eq!(d.member, cluster.nodes[follower].id);
-            assert!(!d.entries.is_empty() && d.entries.iter().all(|p| p.term > 0 && p.index > 0));
+    // The follower names each client's entry to that client's subscription alone.
+    let places = |reply: meridian_proto::pb::meta::CallReply, id: u64| {
+        assert_eq!(reply.id, id);
+        match reply.reply {
+            Some(call_reply::Reply::Durable(d)) => {
+                assert_eq!(d.member, cluster.nodes[follower].id);
+                assert!(
+                    !d.entries.is_empty() && d.entries.iter().all(|p| p.term > 0 && p.index > 0)
+                );
+                d.entries
+                    .iter()
+                    .map(|p| (p.term, p.index))
+                    .collect::<BTreeSet<_>>()
+            }
+            other => panic!("not a notice: {other:?}"),
         }
-        other => anyhow::bail!("not a notice: {other:?}"),
-    }
+    };
+    let first = places(next_reply(&mut answers).await?, 1);
+    let second = places(next_reply(&mut other_answers).await?, 2);
+    assert!(
+        first.is_disjoint(&second),
+        "one client's entries were named to another: {first:?} {second:?}"
+    );
+    assert!(
+        first.iter().max() < second.iter().min(),
+        "the second client's first notice is of its own later change"
+    );
     Ok(())
 }

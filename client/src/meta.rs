@@ -18,7 +18,7 @@ use meridian_proto::pb::meta::{
     GetClusterMapRequest, HeartbeatRequest, MutateRequest, QueryRequest,
     RegisterChunkserverRequest, StatusRequest, StatusResponse, WatchRequest, WriteBackRequest,
 };
-use meridian_proto::{ClusterMap, InodeId, NodeInfo};
+use meridian_proto::{CLIENT_KEY_LEN, ClusterMap, InodeId, NodeInfo, client_id_of};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::{Code, Status};
@@ -105,9 +105,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one poll of the cluster map waits for a change.
 const MAP_POLL: Duration = Duration::from_secs(5);
 
-/// A client id unlikely to collide with any other client's.
-fn new_client_id() -> u64 {
+/// A new client key (see [`meridian_proto::client_id_of`]): from the kernel's random
+/// source, else from the clock, the process and a counter (unlikely to collide, but
+/// guessable).
+fn new_client_key() -> [u8; CLIENT_KEY_LEN] {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut key = [0u8; CLIENT_KEY_LEN];
+    // SAFETY: writes at most key.len() bytes into key.
+    let got = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
+    if got == key.len() as isize {
+        return key;
+    }
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -116,7 +124,7 @@ fn new_client_id() -> u64 {
     h.update(&nanos.to_le_bytes());
     h.update(&std::process::id().to_le_bytes());
     h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes")).max(1)
+    *h.finalize().as_bytes()
 }
 
 fn retryable(s: &Status) -> bool {
@@ -145,7 +153,8 @@ pub struct WrittenBack {
 impl MetaClient {
     /// A client of the members at `addrs` (host:port), retrying for up to 30 s.
     pub fn new(addrs: Vec<String>) -> Self {
-        let client_id = new_client_id();
+        let key = new_client_key();
+        let client_id = client_id_of(&key);
         MetaClient {
             addrs,
             pool: ChannelPool::new(Timeouts {
@@ -157,7 +166,7 @@ impl MetaClient {
             current: AtomicUsize::new(0),
             retry_for: Duration::from_secs(30),
             linearizable: AtomicU32::new(0),
-            streams: Arc::new(calls::Streams::new(client_id)),
+            streams: Arc::new(calls::Streams::new(key)),
             notices_checked: std::sync::Mutex::new(None),
         }
     }

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use meridian_proto::fair::Admission;
 use meridian_proto::pb::meta::meta_service_server::MetaService;
 use meridian_proto::pb::meta::{Call, CallError, CallReply, Durable, LogPlace, call, call_reply};
+use meridian_proto::{CLIENT_KEY_LEN, client_id_of};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -74,12 +75,16 @@ pub(crate) fn serve(
                 None => break,
             };
             let mut gone = gone.clone();
+            // The notices of the client holding the key (its id alone is public: the
+            // change feed shows it to other clients).
             if let Some(call::Call::Notices(n)) = &c.call
                 && !subscribed
+                && let Ok(key) = <&[u8; CLIENT_KEY_LEN]>::try_from(n.client_key.as_ref())
             {
                 subscribed = true;
                 drop(permit);
-                tokio::spawn(notices(node.clone(), c.id, n.client_id, tx.clone(), gone));
+                let client = client_id_of(key);
+                tokio::spawn(notices(node.clone(), c.id, client, tx.clone(), gone));
                 continue;
             }
             let api = MetaApi(node.clone());
@@ -110,8 +115,19 @@ pub(crate) fn serve(
                                 .await,
                             call_reply::Reply::WriteBack,
                         ),
-                        // Taken above, once.
-                        Some(call::Call::Notices(_)) | None => (
+                        // Taken above, once, with a key.
+                        Some(call::Call::Notices(n)) => {
+                            let why = if n.client_key.len() == CLIENT_KEY_LEN {
+                                "one notices subscription per stream"
+                            } else {
+                                "a notices subscription names the client's 32-byte key"
+                            };
+                            (
+                                call_reply::Reply::Error(error(&Status::invalid_argument(why))),
+                                String::new(),
+                            )
+                        }
+                        None => (
                             call_reply::Reply::Error(error(&Status::invalid_argument(
                                 "a call names no method",
                             ))),

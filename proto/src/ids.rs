@@ -169,6 +169,20 @@ impl fmt::Display for InodeId {
     }
 }
 
+/// A metadata client's secret key. The id a client goes by (in its requests and in the
+/// change feed, which other clients of a volume read) is [`client_id_of`] its key; what
+/// only the client itself may ask for (its durable notices) names the key, so a client
+/// seen in the feed cannot be followed by another.
+pub const CLIENT_KEY_LEN: usize = 32;
+
+/// The id of the client holding `key`: the first eight bytes of its blake3 hash (never 0).
+pub fn client_id_of(key: &[u8; CLIENT_KEY_LEN]) -> u64 {
+    let hash = blake3::hash(key);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(id).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +231,16 @@ mod tests {
             prop_assume!(a != b);
             prop_assert_ne!(InodeId::new(RegionId(a), la).unwrap(), InodeId::new(RegionId(b), lb).unwrap());
         }
+    }
+
+    #[test]
+    fn a_client_id_is_its_keys_hash_and_never_zero() {
+        let key = [3u8; CLIENT_KEY_LEN];
+        assert_eq!(client_id_of(&key), client_id_of(&[3u8; CLIENT_KEY_LEN]));
+        assert_ne!(client_id_of(&key), client_id_of(&[4u8; CLIENT_KEY_LEN]));
+        let hash = blake3::hash(&key);
+        let expected = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap());
+        assert_eq!(client_id_of(&key), expected.max(1));
+        assert_ne!(client_id_of(&[0u8; CLIENT_KEY_LEN]), 0);
     }
 }

@@ -28,7 +28,7 @@ pub mod wire;
 pub use block::{BlockError, Compression, EncodedBlock};
 pub use cluster::{ClusterMap, MapError, NodeInfo, NodeState, PeerRegion};
 pub use hlc::{Hlc, HlcClock, physical_ms, physical_ns, set_clock_offset_ms};
-pub use ids::{BlockId, IdError, InodeId, NodeId, RegionId, ZoneId};
+pub use ids::{BlockId, CLIENT_KEY_LEN, IdError, InodeId, NodeId, RegionId, ZoneId, client_id_of};
 pub use placement::placement;
 pub use tree::Outboard;
 

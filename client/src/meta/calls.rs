@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use meridian_proto::CLIENT_KEY_LEN;
 use meridian_proto::channels::Authed;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
@@ -83,7 +84,9 @@ fn early_answers_by_default() -> bool {
 #[derive(Debug)]
 pub(super) struct Streams {
     by_member: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Link>>>>,
-    client_id: u64,
+    /// The client's key, which its notices subscriptions name
+    /// (`meridian_proto::client_id_of`).
+    client_key: [u8; CLIENT_KEY_LEN],
     durable: Arc<Durable>,
     /// Whether calls ask for early answers.
     early: AtomicBool,
@@ -191,10 +194,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Streams {
-    pub(super) fn new(client_id: u64) -> Self {
+    pub(super) fn new(client_key: [u8; CLIENT_KEY_LEN]) -> Self {
         Streams {
             by_member: Mutex::default(),
-            client_id,
+            client_key,
             durable: Arc::default(),
             early: AtomicBool::new(early_answers_by_default()),
             early_heard: AtomicU64::new(0),
@@ -395,7 +398,7 @@ impl Streams {
             let _ = tx.send(Call {
                 id: 0,
                 call: Some(call::Call::Notices(Notices {
-                    client_id: self.client_id,
+                    client_key: self.client_key.to_vec().into(),
                 })),
                 early: false,
             });
