@@ -343,6 +343,10 @@ struct MetaArgs {
     /// stop a copy half way; never in production).
     #[arg(long, hide = true)]
     copy_pause_ms: Option<u64>,
+    /// Answer the Calls stream as a member older than it does, so that clients use unary
+    /// calls (tests of a group of mixed versions; never in production).
+    #[arg(long, hide = true)]
+    no_calls_stream: bool,
     #[command(flatten)]
     clients: ClientLimitArgs,
 }
@@ -386,6 +390,7 @@ impl MetaArgs {
             c.metrics_listen = Some(v);
         }
         c.init |= self.init;
+        c.no_calls_stream |= self.no_calls_stream;
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }

@@ -48,6 +48,10 @@ pub struct MetaConfig {
     /// half way; 0 in production).
     #[serde(default)]
     pub copy_pause_ms: u64,
+    /// Answer the `Calls` stream as a member older than it does (unimplemented), so that
+    /// clients use unary calls: tests of a group of mixed versions; never in production.
+    #[serde(default)]
+    pub no_calls_stream: bool,
     /// Client requests handled at once, in all (more wait; other servers' are not
     /// counted).
     pub max_requests: usize,
@@ -84,6 +88,7 @@ impl Default for MetaConfig {
             peers: Vec::new(),
             peer_unreachable_after_ms: 10_000,
             copy_pause_ms: 0,
+            no_calls_stream: false,
             max_requests: meridian_proto::fair::Limits::default().total,
             max_requests_per_client: meridian_proto::fair::Limits::default().per_client,
             request_timeout_ms: meridian_proto::fair::Limits::default().timeout.as_millis() as u64,

@@ -113,6 +113,7 @@ pub async fn run(
         backfills: Default::default(),
         relayed: Default::default(),
         copy_pause: Duration::from_millis(config.copy_pause_ms),
+        no_calls_stream: config.no_calls_stream,
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let stopping = node.clone();

@@ -72,6 +72,8 @@ pub struct MetaNode {
     pub relayed: Mutex<std::collections::BTreeMap<u16, (u16, tokio::task::JoinHandle<()>)>>,
     /// A pause between the steps of a volume copy (tests only).
     pub copy_pause: std::time::Duration,
+    /// Answers `Calls` as unimplemented, as a member older than the stream (tests only).
+    pub no_calls_stream: bool,
     /// Set once the server is stopping: long-lived streams (`Calls`) end, so that the
     /// server's graceful stop does not wait for their clients.
     pub stopping: tokio::sync::watch::Sender<bool>,
@@ -473,6 +475,11 @@ impl MetaService for MetaApi {
         &self,
         request: Request<tonic::Streaming<Call>>,
     ) -> Result<Response<Self::CallsStream>, Status> {
+        if self.0.no_calls_stream {
+            return Err(Status::unimplemented(
+                "Calls (this member acts older than it)",
+            ));
+        }
         Ok(crate::calls::serve(self.0.clone(), request))
     }
 
