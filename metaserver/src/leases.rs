@@ -270,7 +270,7 @@ impl MetaNode {
             reserve: r.reserve,
             acquire,
         };
-        let key = wb.cmds.first().and_then(|c| c.request);
+        let key = crate::raft::early::write_back_key(&wb);
         let sink = request.extensions().get::<crate::service::EarlySink>();
         let early = |done: &RaftResponse, _| match done {
             RaftResponse::WriteBack(Ok(out)) => {

@@ -21,6 +21,7 @@ use openraft::type_config::alias::EntryOf;
 use tokio::sync::oneshot;
 
 use super::{Request, Response, TypeConfig};
+use crate::namespace::lease::WriteBack;
 
 /// An entry's place in the log: (term, index).
 pub type Place = (u64, u64);
@@ -43,9 +44,14 @@ pub struct Early {
 pub(super) fn key_of(entry: &EntryOf<TypeConfig>) -> Option<Key> {
     match &entry.payload {
         EntryPayload::Normal(Request::Ns(cmd)) => cmd.request,
-        EntryPayload::Normal(Request::WriteBack(wb)) => wb.cmds.first().and_then(|c| c.request),
+        EntryPayload::Normal(Request::WriteBack(wb)) => write_back_key(wb),
         _ => None,
     }
+}
+
+/// The key a write-back's entry is expected by: its first change's.
+pub(crate) fn write_back_key(wb: &WriteBack) -> Option<Key> {
+    wb.cmds.first().and_then(|c| c.request)
 }
 
 /// Stops expecting its key when dropped.

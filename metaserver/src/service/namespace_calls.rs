@@ -114,8 +114,9 @@ impl MetaApi {
             })),
             _ => None,
         };
+        let key = cmd.request;
         match self
-            .propose_early(RaftRequest::Ns(cmd), id, sink, early)
+            .propose_early(RaftRequest::Ns(cmd), key, sink, early)
             .await
         {
             Ok((RaftResponse::Ns(outcome), index)) => {
