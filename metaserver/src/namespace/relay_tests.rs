@@ -142,3 +142,81 @@ fn the_ends_of_a_chain_converge_through_the_middle_and_relayed_records_go_once_h
     drop(tx);
     assert!(rs[0].names(root).contains(&"later-3".to_string()));
 }
+
+/// A pull of relayed records that waits reads each of them once, not again from where it
+/// asked at every entry applied meanwhile (`Regions::answer_pull`): region 2 keeps region
+/// 3's records for region 1, nearly all of them of a volume region 1 does not hold.
+#[test]
+fn a_waiting_pull_of_relayed_records_reads_each_of_them_once() {
+    use meridian_proto::InodeId;
+    use redb::ReadableTable;
+    let mut rs = chain();
+    let (one, middle, three) = (RegionId(1), RegionId(2), RegionId(3));
+    let main = make_volume(&mut rs[2], "main", vec![one, middle, three]);
+    let far = make_volume(&mut rs[2], "far", vec![middle, three]);
+    for _ in 0..3 {
+        exchange(&mut rs);
+    }
+    // Region 3 makes a change; region 2 merges it (and keeps it to relay).
+    let change = |rs: &mut [Region], parent: InodeId, name: &str| {
+        attr_of(rs[2].run(mknod(parent, name, FileKind::File)));
+        let (c, b) = two(rs, 2, 1);
+        deliver(c, b, usize::MAX, 0);
+    };
+    let from = rs[0].watermark(three) + 1;
+    for i in 0..200 {
+        change(&mut rs, far, &format!("before{i}"));
+    }
+    let regions = crate::regions::Regions::default();
+    let db = rs[1].db.clone();
+    let (applied, mut watching) = tokio::sync::watch::channel(0u64);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let reply = rt
+        .block_on(async {
+            let mut pull = std::pin::pin!(regions.answer_pull(
+                &db,
+                &mut watching,
+                |_| None,
+                middle,
+                one,
+                three,
+                from,
+                1000,
+                deadline,
+            ));
+            assert!(
+                futures::poll!(pull.as_mut()).is_pending(),
+                "nothing of region 3 for region 1 yet: the pull waits"
+            );
+            for i in 0..300 {
+                change(&mut rs, far, &format!("after{i}"));
+                applied.send_replace(i + 1);
+                assert!(futures::poll!(pull.as_mut()).is_pending(), "change {i}");
+            }
+            change(&mut rs, main, "for-1");
+            applied.send_replace(1_000);
+            pull.await
+        })
+        .unwrap();
+    assert_eq!(reply.records.len(), 1, "{reply:?}");
+    let kept = rs[1].write(|t| {
+        let lo = super::relay::relay_key(three, from);
+        let hi = super::relay::relay_key(three, u64::MAX);
+        t.relay
+            .open()
+            .unwrap()
+            .range(lo.as_slice()..=hi.as_slice())
+            .unwrap()
+            .count() as u64
+    });
+    assert!(kept > 500, "{kept}");
+    assert_eq!(
+        regions.relayed_records_read(1),
+        kept,
+        "each relayed record from the pull's start on read once"
+    );
+}

@@ -69,6 +69,8 @@ struct PeerState {
     have: Vec<(u16, u64)>,
     /// Records of this region's change log read to answer its pulls.
     read: u64,
+    /// Records relayed from other regions read to answer its pulls.
+    relayed_read: u64,
 }
 
 fn now_ms() -> u64 {
@@ -159,7 +161,16 @@ impl Regions {
         let mut reply = if origin == own {
             self.serve_pull(tx, own, to, from, limit)?
         } else {
-            serve_relay(tx, to, origin, from, limit)?
+            let (reply, read) = serve_relay(tx, to, origin, from, limit)?;
+            self.peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(to.0)
+                .or_default()
+                .relayed_read += read;
+            metrics::counter!("meridian_region_relayed_records_read_total", "peer" => to.0.to_string())
+                .increment(read);
+            reply
         };
         reply.relays = relays(tx, to);
         Ok(reply)
@@ -184,6 +195,7 @@ impl Regions {
         deadline: Instant,
     ) -> Result<PullChangesResponse, MetaError> {
         applied.mark_unchanged();
+        let asked = from;
         let mut from = from;
         let mut gathered = false;
         loop {
@@ -217,12 +229,19 @@ impl Regions {
             // the peer's watermark at every applied entry, the records of volumes that do
             // not live there (which never move it) cost every change a read of all those
             // before it, for every peer (with three regions, a third of a leader's time
-            // during creates in a volume of its own). A relayed origin's records are kept
-            // as they merge here, not only at the head: read again.
-            if origin == own {
-                from = reply.next;
-            }
+            // during creates in a volume of its own). A relayed origin's records grow at
+            // their head too: a merge keeps only records past this region's watermark of
+            // their origin (`relay::keep_for_relay`), and a caught-up answer's `next` is
+            // past that watermark. Should the watermark ever go back (its state replaced),
+            // the look starts again where the pull asked.
+            from = reply.next;
             let _ = tokio::time::timeout(deadline - now, applied.changed()).await;
+            if origin != own {
+                let tx = db.begin_read().map_err(store)?;
+                if watermark(&tx, origin).saturating_add(1) < from {
+                    from = asked;
+                }
+            }
         }
     }
 
@@ -230,6 +249,12 @@ impl Regions {
     pub fn records_read(&self, peer: u16) -> u64 {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers.get(&peer).map_or(0, |p| p.read)
+    }
+
+    /// Records relayed from other regions read to answer `peer`'s pulls so far.
+    pub fn relayed_records_read(&self, peer: u16) -> u64 {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.get(&peer).map_or(0, |p| p.relayed_read)
     }
 
     /// Answers a pull by region `to`: records of volumes that live there, from `from` on.
@@ -462,14 +487,14 @@ impl Regions {
 /// took them, in the origin's sequence), from `from` on. Caught up, the answer vouches
 /// for everything up to this region's watermark of the origin: the sequences missing
 /// below it are of volumes that do not live here, and so (the rule for relaying) not in
-/// `to` either unless another path brings them.
+/// `to` either unless another path brings them. Also says how many records it read.
 fn serve_relay(
     tx: &ReadTransaction,
     to: RegionId,
     origin: RegionId,
     from: u64,
     limit: u32,
-) -> Result<PullChangesResponse, MetaError> {
+) -> Result<(PullChangesResponse, u64), MetaError> {
     let from = from.max(1);
     let wm = watermark(tx, origin);
     let trimmed = read_state(tx, |t| {
@@ -491,11 +516,13 @@ fn serve_relay(
     let mut last_hlc = None;
     let mut next = wm.max(from.saturating_sub(1)) + 1;
     let mut full = false;
+    let mut read = 0;
     if let Ok(t) = tx.open_table(tables::RELAY) {
         let lo = crate::namespace::relay::relay_key(origin, from);
         let hi = crate::namespace::relay::relay_key(origin, u64::MAX);
         for item in t.range(lo.as_slice()..=hi.as_slice()).map_err(store)? {
             let (k, v) = item.map_err(store)?;
+            read += 1;
             let seq = k
                 .value()
                 .get(2..10)
@@ -532,7 +559,7 @@ fn serve_relay(
     } else {
         (last_hlc, None, Vec::new())
     };
-    Ok(PullChangesResponse {
+    let reply = PullChangesResponse {
         region: u32::from(origin.0),
         records,
         next,
@@ -541,7 +568,8 @@ fn serve_relay(
         stable: stamp_bytes(stable),
         relays: Vec::new(),
         stable_by: region_stamps(&stable_by),
-    })
+    };
+    Ok((reply, read))
 }
 
 /// Stamps by region as sent in an answer.
