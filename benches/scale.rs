@@ -102,14 +102,9 @@ fn main() {
     println!("scale: {files} files in {DIRS} directories, {CONCURRENCY} requests in flight");
     println!("| files so far | create rate in this tenth (files/s) |");
     println!("|---:|---:|");
-    let mut inodes = Vec::with_capacity(files as usize);
-    let started = Instant::now();
-    let tenth = (files / 10).max(1);
-    for part in 0..files.div_ceil(tenth) {
-        let from = part * tenth;
-        let to = (from + tenth).min(files);
-        let t = Instant::now();
-        let made: Vec<InodeId> = rt.block_on(
+    // Files `from..to`, CONCURRENCY at a time.
+    let create = |from: u64, to: u64| -> Vec<InodeId> {
+        rt.block_on(
             futures::stream::iter(from..to)
                 .map(|i| {
                     let op = create_op(dirs[(i % DIRS) as usize], &format!("file-{i:07}"));
@@ -118,8 +113,16 @@ fn main() {
                 })
                 .buffer_unordered(CONCURRENCY)
                 .collect(),
-        );
-        inodes.extend(made);
+        )
+    };
+    let mut inodes = Vec::with_capacity(files as usize);
+    let started = Instant::now();
+    let tenth = (files / 10).max(1);
+    for part in 0..files.div_ceil(tenth) {
+        let from = part * tenth;
+        let to = (from + tenth).min(files);
+        let t = Instant::now();
+        inodes.extend(create(from, to));
         println!(
             "| {to} | {:.0} |",
             (to - from) as f64 / t.elapsed().as_secs_f64()
@@ -178,6 +181,25 @@ fn main() {
     let joined = t.elapsed();
     let rss4 = rss_of(&cluster.nodes[3].data);
 
+    // A member down while a tenth more files are made catches up when it comes back: it
+    // reads its own log again and gets the rest from the leader's (or a snapshot).
+    let leader = cluster.wait_leader().expect("a leader");
+    let down = (0..3).find(|i| *i != leader).expect("a follower");
+    cluster.nodes[down].kill();
+    let missed = create(files, files + tenth).len();
+    let target = cluster.status(leader).expect("leader status").last_applied;
+    let addr = cluster.nodes[down].addr.clone();
+    let t = Instant::now();
+    cluster.nodes[down].restart_on(&addr).expect("restart");
+    let back = cluster.status(down).map_or(0, |s| s.last_applied);
+    common::wait_for(
+        std::time::Duration::from_secs(1200),
+        "the member that was down to catch up",
+        || cluster.status(down).filter(|s| s.last_applied >= target),
+    )
+    .expect("the member that was down catches up");
+    let caught_up = t.elapsed();
+
     let per = |bytes: u64, base: u64| bytes.saturating_sub(base) as f64 / files as f64;
     println!();
     println!("| measure | value |");
@@ -199,5 +221,10 @@ fn main() {
         "| a new member joins (snapshot streamed, installed) | {:.1} s, {} MiB resident |",
         joined.as_secs_f64(),
         rss4 >> 20
+    );
+    println!(
+        "| a member down for {missed} creates catches up (restart included) | {:.1} s ({} entries behind once listening) |",
+        caught_up.as_secs_f64(),
+        target.saturating_sub(back)
     );
 }

@@ -351,6 +351,38 @@ async fn a_new_member_catches_up_from_a_snapshot_after_the_log_is_purged() -> Re
     Ok(())
 }
 
+/// A member joining a group whose log since its last snapshot is longer than the entries
+/// kept behind one gets a snapshot taken as it joins, not that log to replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_member_gets_a_fresh_snapshot_rather_than_a_long_log() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &["--keep-logs", "50", "--snapshot-logs", "1000000"])?;
+    let client = cluster.client();
+    let (_, a) = dir_of_files(&client, 150).await?;
+    let leader = cluster.wait_leader()?;
+    let before = cluster.status(leader).context("leader status")?;
+    assert_eq!(before.snapshot_index, 0, "no snapshot yet: {before:?}");
+
+    cluster.add_member(4)?;
+    let fourth = wait_for(Duration::from_secs(20), "member 4 to catch up", || {
+        cluster
+            .status(3)
+            .filter(|s| s.last_applied >= before.last_applied)
+    })?;
+    assert!(
+        fourth.snapshot_index >= before.last_applied,
+        "member 4 was brought up from a snapshot of everything before it joined: {fourth:?}"
+    );
+    let after = cluster.status(leader).context("leader status")?;
+    assert!(
+        after.snapshot_index >= before.last_applied
+            && after.purged_index + 50 >= after.snapshot_index,
+        "the leader's log is purged up to the fresh snapshot, but for the entries kept: {after:?}"
+    );
+    let only_four = MetaClient::new(vec![cluster.nodes[3].addr.clone()]);
+    assert_eq!(list(&only_four, a.ino, true).await?.len(), 150);
+    Ok(())
+}
+
 #[test]
 fn chunkservers_register_show_up_and_go_down_when_killed() -> Result<()> {
     let cluster = MetaCluster::start(3, &["--suspect-after-ms", "800", "--down-after-ms", "2000"])?;
