@@ -175,6 +175,15 @@ impl Unanswered {
 /// How long an entry-less append on a replication stream waits for the next request.
 pub const ENTRYLESS_HOLD: Duration = Duration::from_millis(10);
 
+/// The least a replication stream waits for its next answer before it fails. Openraft's
+/// soft deadline is three quarters of a heartbeat (75 ms by default, 37.5 in the tests'
+/// groups): a member catching up on a large namespace, applying a batch or syncing a
+/// large append, answers later than that, and each failure opened a new stream for the
+/// same entries, again and again, until the member's HTTP/2 server refused its
+/// connection's streams for good (more than twenty reset before it took them) and the
+/// member stayed behind. A member that is gone is found by its connection failing.
+pub const ANSWER_WAIT_MIN: Duration = Duration::from_secs(2);
+
 /// The requests of a replication stream, an entry-less one (the commit index moved, or a
 /// probe) held back up to `hold` for the next: when a request with entries follows, it
 /// carries the same commit index and the entry-less one is never sent.
@@ -232,19 +241,28 @@ where
 impl Peer {
     /// Replication over one long-lived `AppendStream`: each request and each answer is one
     /// message on an open HTTP/2 stream, instead of a call (headers, trailers, a server
-    /// task) per request. Waiting longer than `option.soft_ttl()` for the next answer
-    /// (counted from the later of the oldest unanswered request, plus what its size
-    /// allows, and the last answer: a member catching up answers many pipelined requests
-    /// one after the other) fails the stream; an idle stream (nothing unanswered) waits as
-    /// long as the leader does.
+    /// task) per request. Waiting longer than `option.soft_ttl()` (at least
+    /// [`ANSWER_WAIT_MIN`]) for the next answer (counted from the later of the oldest
+    /// unanswered request, plus what its size allows, and the last answer: a member
+    /// catching up answers many pipelined requests one after the other) fails the stream;
+    /// an idle stream (nothing unanswered) waits as long as the leader does.
+    ///
+    /// The stream is opened once its first request is there: openraft waits out its
+    /// backoff (after errors) in the requests it makes, and a member that cannot be
+    /// reached was otherwise tried again at once, without end (about 2,400 connection
+    /// attempts a second to a member down for two minutes, each logged).
     async fn open_append_stream<S>(
         &mut self,
-        input: S,
+        mut input: S,
         option: RPCOption,
     ) -> RpcResult<BoxStream<'static, RpcResult<StreamAppendResult<TypeConfig>>>>
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
+        let Some(first) = input.next().await else {
+            return Ok(Box::pin(futures::stream::empty()));
+        };
+        let input = futures::stream::once(std::future::ready(first)).chain(input);
         let target = self.target;
         let unanswered = Unanswered::default();
         let sent = unanswered.clone();
@@ -262,7 +280,7 @@ impl Peer {
             }
             Err(s) => return Err(status_to_rpc(s, target)),
         };
-        let deadline = option.soft_ttl();
+        let deadline = option.soft_ttl().max(ANSWER_WAIT_MIN);
         let answers = futures::stream::unfold(Some(inbound), move |state| {
             let unanswered = unanswered.clone();
             async move {
@@ -590,6 +608,42 @@ mod tests {
             r.entries.len(),
             r.leader_commit.map_or(0, |l| l.index),
         )
+    }
+
+    /// A member that cannot be reached is not tried before the stream has a request
+    /// (openraft waits out its backoff before it makes one): with nothing to send, opening
+    /// a stream waits; with a request, it fails as unreachable.
+    #[tokio::test]
+    async fn a_stream_connects_once_it_has_a_request() {
+        // A port nothing listens on.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let pool = Arc::new(ChannelPool::new(meridian_proto::channels::Timeouts {
+            connect: Duration::from_millis(500),
+            request: Duration::from_secs(5),
+        }));
+        let mut peer = Peer {
+            target: 2,
+            addr,
+            pool,
+            streams: true,
+        };
+        let option = RPCOption::new(Duration::from_millis(100));
+        let nothing = futures::stream::pending::<AppendEntriesRequest<TypeConfig>>();
+        let opened = tokio::time::timeout(
+            Duration::from_millis(300),
+            peer.open_append_stream(nothing, option.clone()),
+        )
+        .await;
+        assert!(opened.is_err(), "no connection attempt without a request");
+        let one = futures::stream::iter([append(1, 1, 1)]);
+        match peer.open_append_stream(one, option).await {
+            Err(RPCError::Unreachable(_)) => {}
+            Err(e) => panic!("not reported unreachable: {e}"),
+            Ok(_) => panic!("a stream opened to nothing"),
+        }
     }
 
     /// An entry-less append followed by one with entries is never sent; a newer one

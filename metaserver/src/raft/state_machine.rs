@@ -95,8 +95,8 @@ impl Drop for StateMachine {
 impl StateMachine {
     /// Opens the state database and the snapshot folder under `dir`.
     pub fn open(dir: &Path, region: RegionId) -> io::Result<(Self, Arc<Shared>)> {
-        let db = Database::create(dir.join("state.redb")).map_err(io_err)?;
-        let tx = db.begin_write().map_err(io_err)?;
+        let db = open_state(&dir.join("state.redb"))?;
+        let tx = begin_persisting(&db)?;
         namespace::create_tables(&tx).map_err(io_err)?;
         crate::namespace::tables::index_tombs(&tx, false).map_err(io_err)?;
         crate::namespace::footprint::index_footprints(&tx, false).map_err(io_err)?;
@@ -286,7 +286,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (db, shared) = (self.applier.db(), self.applier.shared());
         // Whatever waits to apply here is older than the snapshot: it goes.
         self.applier.replace(|| {
-            let tx = db.begin_write().map_err(io_err)?;
+            let tx = begin_persisting(db)?;
             data.rewind()?;
             snapshot::load(&tx, io::BufReader::new(&data))?;
             {
@@ -463,6 +463,43 @@ pub(super) fn apply_into<'e>(
     Ok(())
 }
 
+/// Opens (or creates) the state database at `path`. A member stopped uncleanly (killed,
+/// or its machine lost) reopens its state as of the last persisting commit, and redb
+/// rebuilds its page allocator from every tree unless that commit recorded it: every
+/// persisting commit here does ([`begin_persisting`]); a file left by an older version
+/// is rebuilt once, which is logged.
+fn open_state(path: &Path) -> io::Result<Database> {
+    let started = std::time::Instant::now();
+    let repairing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = repairing.clone();
+    let db = Database::builder()
+        .set_repair_callback(move |_| {
+            if !seen.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "the state database was not closed cleanly and holds no page allocator: rebuilding it from every table"
+                );
+            }
+        })
+        .create(path)
+        .map_err(io_err)?;
+    if repairing.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            seconds = started.elapsed().as_secs_f64(),
+            "state database repaired"
+        );
+    }
+    Ok(db)
+}
+
+/// A write transaction whose commit persists (fsync) and records redb's page allocator,
+/// so that a member killed after it reopens its state at once rather than after a read
+/// of the whole file (two minutes for 1,000,000 files: `open_state`).
+fn begin_persisting(db: &Database) -> io::Result<redb::WriteTransaction> {
+    let mut tx = db.begin_write().map_err(io_err)?;
+    tx.set_quick_repair(true);
+    Ok(tx)
+}
+
 /// Commits `tx` holding `applied` (by [`apply_into`]; persisted with fsync if `durable`),
 /// publishes the result and answers the entries' callers (`responders`, in the same
 /// order).
@@ -482,7 +519,9 @@ pub(super) fn commit(
         map_changed,
     } = applied;
     let last = ids.last().copied();
-    if !durable {
+    if durable {
+        tx.set_quick_repair(true);
+    } else {
         tx.set_durability(redb::Durability::None).map_err(io_err)?;
     }
     tx.commit().map_err(io_err)?;
@@ -539,7 +578,7 @@ fn build(db: &Database, dir: &SnapshotDir) -> io::Result<SnapshotOf<TypeConfig, 
     let tx = db.begin_read().map_err(io_err)?;
     // Applies commit without fsync: persist everything this read sees before the
     // snapshot lets the log be purged up to it.
-    db.begin_write().map_err(io_err)?.commit().map_err(io_err)?;
+    begin_persisting(db)?.commit().map_err(io_err)?;
     let (last_log_id, last_membership) = {
         let t = tx.open_table(RAFT_STATE).map_err(io_err)?;
         let get = |k: &str| -> io::Result<Option<Vec<u8>>> {
