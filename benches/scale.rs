@@ -1,6 +1,8 @@
 //! One volume with many files (1,000,000 by default): create, stat and list rates as the
-//! namespace grows, the metaservers' memory and disk per inode, and a snapshot of all of it
-//! (built and streamed to a member that joins afterwards), on a 3-member group on loopback.
+//! namespace grows, the metaservers' memory and disk per inode, a snapshot of all of it
+//! (built and streamed to a member that joins afterwards), and a member killed while a
+//! tenth more files are made catching up once started again, on a 3-member group on
+//! loopback.
 //!
 //! The files are spread over 1,000 directories and created by 64 concurrent requests (a
 //! busy cluster, not one shell loop). The create rate is printed for every tenth of the
