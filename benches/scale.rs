@@ -7,7 +7,7 @@
 //! The files are spread over 1,000 directories and created by 64 concurrent requests (a
 //! busy cluster, not one shell loop). The create rate is printed for every tenth of the
 //! files, so a rate that falls as the namespace grows shows. Set MERIDIAN_SCALE_FILES to
-//! change the count. Run with `scripts/bench.sh` (or `cargo bench --bench scale`); under a
+//! change the count, MERIDIAN_SCALE_CACHE_MIB the members' state page cache. Run with `scripts/bench.sh` (or `cargo bench --bench scale`); under a
 //! test runner it creates 2,000 files, to check that it works.
 
 #[path = "../tests/common/mod.rs"]
@@ -81,8 +81,15 @@ fn main() {
     } else {
         2_000
     };
+    // MERIDIAN_SCALE_CACHE_MIB: the members' state page cache (redb's 1,024 MiB unless set).
+    let cache: Vec<String> = std::env::var("MERIDIAN_SCALE_CACHE_MIB")
+        .ok()
+        .filter(|_| full)
+        .map(|mib| vec!["--state-cache-mib".to_string(), mib])
+        .unwrap_or_default();
+    let cache: Vec<&str> = cache.iter().map(String::as_str).collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut cluster = MetaCluster::start(3, &[]).expect("metaserver group");
+    let mut cluster = MetaCluster::start(3, &cache).expect("metaserver group");
     let client = MetaClient::new(cluster.addrs());
     let data: Vec<_> = cluster.nodes.iter().map(|n| n.data.clone()).collect();
     let (rss0, disk0) = (rss_of(&data[0]), disk_of(&data[0]));

@@ -316,6 +316,9 @@ struct MetaArgs {
     /// Entries kept behind a snapshot.
     #[arg(long)]
     keep_logs: Option<u64>,
+    /// Memory for the state database's page cache, in MiB (default 1024).
+    #[arg(long)]
+    state_cache_mib: Option<u64>,
     /// A silent chunkserver becomes suspect after this many milliseconds at the latest
     /// (sooner when its silence stands out from its own heartbeat rhythm: phi accrual).
     #[arg(long)]
@@ -374,6 +377,7 @@ impl MetaArgs {
             election_max_ms,
             snapshot_logs,
             keep_logs,
+            state_cache_mib,
             suspect_after_ms,
             down_after_ms,
             peer_unreachable_after_ms,

@@ -32,6 +32,9 @@ pub struct MetaConfig {
     pub snapshot_logs: u64,
     /// Entries kept in the log behind a snapshot (for followers that lag a little).
     pub keep_logs: u64,
+    /// Memory for the state database's page cache, in MiB (redb's default: 1,024). Reads of
+    /// pages not cached go to the page cache of the kernel, then the disk.
+    pub state_cache_mib: u64,
     /// A chunkserver silent this long is suspect at the latest, in milliseconds (sooner
     /// when its silence stands out from its own rhythm: `crate::liveness`).
     pub suspect_after_ms: u64,
@@ -68,6 +71,13 @@ pub struct MetaConfig {
 
 pub use meridian_proto::PeerRegion;
 
+/// The state database's page cache unless configured, in MiB (redb's own default).
+pub const STATE_CACHE_MIB: u64 = 1024;
+/// The least page cache the state database may be given, in MiB.
+pub const STATE_CACHE_MIB_MIN: u64 = 16;
+/// The most, in MiB (1 TiB: a typing error rather than a machine).
+pub const STATE_CACHE_MIB_MAX: u64 = 1 << 20;
+
 impl Default for MetaConfig {
     fn default() -> Self {
         MetaConfig {
@@ -82,6 +92,7 @@ impl Default for MetaConfig {
             election_max_ms: 1000,
             snapshot_logs: 10_000,
             keep_logs: 1000,
+            state_cache_mib: STATE_CACHE_MIB,
             suspect_after_ms: 3000,
             down_after_ms: 10_000,
             metrics_listen: None,
@@ -131,6 +142,38 @@ impl MetaConfig {
         if self.suspect_after_ms >= self.down_after_ms {
             return Err("need suspect_after_ms < down_after_ms".into());
         }
+        if !(STATE_CACHE_MIB_MIN..=STATE_CACHE_MIB_MAX).contains(&self.state_cache_mib) {
+            return Err(format!(
+                "state_cache_mib must be {STATE_CACHE_MIB_MIN} to {STATE_CACHE_MIB_MAX}, not {}",
+                self.state_cache_mib
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The state database's page cache comes from the file or the default, and a size no
+    /// member could run with (or a typing error) is refused.
+    #[test]
+    fn the_state_cache_is_read_and_bounded() {
+        let ok = |c: &MetaConfig| c.validate().is_ok();
+        let with = |mib| MetaConfig {
+            id: 1,
+            state_cache_mib: mib,
+            ..MetaConfig::default()
+        };
+        assert_eq!(with(STATE_CACHE_MIB).state_cache_mib, 1024);
+        assert!(ok(&with(STATE_CACHE_MIB)));
+        assert!(ok(&with(64)));
+        assert!(!ok(&with(STATE_CACHE_MIB_MIN - 1)));
+        assert!(!ok(&with(STATE_CACHE_MIB_MAX + 1)));
+        let read: MetaConfig = toml::from_str("id = 1\nstate_cache_mib = 256\n").unwrap();
+        assert_eq!(read.state_cache_mib, 256);
+        let unset: MetaConfig = toml::from_str("id = 1\n").unwrap();
+        assert_eq!(unset.state_cache_mib, STATE_CACHE_MIB);
     }
 }

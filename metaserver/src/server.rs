@@ -46,7 +46,8 @@ pub async fn run(
     )
     .map_err(|e| MetaError::Io(format!("raft log: {e}")))?
     .for_member(config.id);
-    let (sm, shared) = StateMachine::open(&config.data, RegionId(config.region))
+    let cache = usize::try_from(config.state_cache_mib << 20).unwrap_or(usize::MAX);
+    let (sm, shared) = StateMachine::open_cached(&config.data, RegionId(config.region), cache)
         .and_then(|(sm, shared)| Ok((sm.for_member(config.id)?, shared)))
         .map_err(|e| MetaError::Io(format!("state: {e}")))?;
     let log = log

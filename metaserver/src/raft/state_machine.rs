@@ -95,7 +95,17 @@ impl Drop for StateMachine {
 impl StateMachine {
     /// Opens the state database and the snapshot folder under `dir`.
     pub fn open(dir: &Path, region: RegionId) -> io::Result<(Self, Arc<Shared>)> {
-        let db = open_state(&dir.join("state.redb"))?;
+        let cache = usize::try_from(crate::config::STATE_CACHE_MIB << 20).unwrap_or(usize::MAX);
+        Self::open_cached(dir, region, cache)
+    }
+
+    /// [`StateMachine::open`], the state database's page cache `cache` bytes.
+    pub fn open_cached(
+        dir: &Path,
+        region: RegionId,
+        cache: usize,
+    ) -> io::Result<(Self, Arc<Shared>)> {
+        let db = open_state(&dir.join("state.redb"), cache)?;
         let tx = begin_persisting(&db)?;
         namespace::create_tables(&tx).map_err(io_err)?;
         crate::namespace::tables::index_tombs(&tx, false).map_err(io_err)?;
@@ -463,16 +473,17 @@ pub(super) fn apply_into<'e>(
     Ok(())
 }
 
-/// Opens (or creates) the state database at `path`. A member stopped uncleanly (killed,
+/// Opens (or creates) the state database at `path`, with `cache` bytes of page cache. A member stopped uncleanly (killed,
 /// or its machine lost) reopens its state as of the last persisting commit, and redb
 /// rebuilds its page allocator from every tree unless that commit recorded it: every
 /// persisting commit here does ([`begin_persisting`]); a file left by an older version
 /// is rebuilt once, which is logged.
-fn open_state(path: &Path) -> io::Result<Database> {
+fn open_state(path: &Path, cache: usize) -> io::Result<Database> {
     let started = std::time::Instant::now();
     let repairing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = repairing.clone();
     let db = Database::builder()
+        .set_cache_size(cache)
         .set_repair_callback(move |_| {
             if !seen.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::warn!(
