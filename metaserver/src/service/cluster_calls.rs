@@ -220,16 +220,22 @@ impl MetaApi {
                 .purge_log(target)
                 .await
                 .map_err(unavailable)?;
-            self.raft
-                .wait(Some(SNAPSHOT_WAIT))
-                .metrics(
-                    |m| m.purged.as_ref().map_or(0, |l| l.index) >= target,
-                    "the log purged up to the snapshot",
-                )
-                .await
-                .map_err(|e| MetaError::Timeout(format!("log purge: {e}")))?;
+            self.purged_to(target, SNAPSHOT_WAIT).await?;
         }
         Ok(Response::new(self.status_response()))
+    }
+
+    /// Waits (up to `wait`) until the log is purged up to `index`.
+    async fn purged_to(&self, index: u64, wait: Duration) -> Result<(), MetaError> {
+        self.raft
+            .wait(Some(wait))
+            .metrics(
+                |m| m.purged.as_ref().map_or(0, |l| l.index) >= index,
+                "the log purged",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| MetaError::Timeout(format!("log purge: {e}")))
     }
 
     /// Takes a snapshot of everything applied so far and waits (up to `wait`) until it is
@@ -289,14 +295,8 @@ impl MetaApi {
         };
         // The log up to it is purged next (but for `keep` entries); until it is, the
         // member would be sent the log, which the purge would then wait for.
-        let purged = target.saturating_sub(keep);
         if let Err(e) = self
-            .raft
-            .wait(Some(JOIN_PURGE_WAIT))
-            .metrics(
-                |m| m.purged.as_ref().map_or(0, |l| l.index) >= purged,
-                "the log purged up to the fresh snapshot",
-            )
+            .purged_to(target.saturating_sub(keep), JOIN_PURGE_WAIT)
             .await
         {
             warn!(error = %e, "the log was not purged up to the fresh snapshot; the joining member may replay it");
