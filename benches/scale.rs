@@ -7,8 +7,9 @@
 //! The files are spread over 1,000 directories and created by 64 concurrent requests (a
 //! busy cluster, not one shell loop). The create rate is printed for every tenth of the
 //! files, so a rate that falls as the namespace grows shows. Set MERIDIAN_SCALE_FILES to
-//! change the count, MERIDIAN_SCALE_CACHE_MIB the members' state page cache. Run with `scripts/bench.sh` (or `cargo bench --bench scale`); under a
-//! test runner it creates 2,000 files, to check that it works.
+//! change the count, MERIDIAN_SCALE_CACHE_MIB the members' state page cache. Run with
+//! `scripts/bench.sh` (or `cargo bench --bench scale`); under a test runner it creates
+//! 2,000 files, to check that it works.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

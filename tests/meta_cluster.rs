@@ -257,6 +257,20 @@ async fn dir_of_files(client: &MetaClient, n: usize) -> Result<(Volume, Attr)> {
     Ok((vol, a))
 }
 
+/// Waits (up to `within`) until member `i` has applied entry `index`; its status then.
+fn applied(
+    cluster: &MetaCluster,
+    i: usize,
+    index: u64,
+    within: Duration,
+) -> Result<meridian_proto::pb::meta::StatusResponse> {
+    wait_for(
+        within,
+        &format!("member {} to apply {index}", i + 1),
+        || cluster.status(i).filter(|s| s.last_applied >= index),
+    )
+}
+
 /// Starts every (stopped) member again on its address; a client once a leader is up.
 fn restart_every_member(cluster: &mut MetaCluster) -> Result<MetaClient> {
     for n in &mut cluster.nodes {
@@ -353,9 +367,7 @@ async fn a_new_member_catches_up_from_a_snapshot_after_the_log_is_purged() -> Re
         .status(leader)
         .context("leader status")?
         .last_applied;
-    let fourth = wait_for(Duration::from_secs(20), "member 4 to catch up", || {
-        cluster.status(3).filter(|s| s.last_applied >= target)
-    })?;
+    let fourth = applied(&cluster, 3, target, Duration::from_secs(20))?;
     assert!(
         fourth.snapshot_index > 0,
         "member 4 was brought up from a snapshot: {fourth:?}"
@@ -377,11 +389,7 @@ async fn a_joining_member_gets_a_fresh_snapshot_rather_than_a_long_log() -> Resu
     assert_eq!(before.snapshot_index, 0, "no snapshot yet: {before:?}");
 
     cluster.add_member(4)?;
-    let fourth = wait_for(Duration::from_secs(20), "member 4 to catch up", || {
-        cluster
-            .status(3)
-            .filter(|s| s.last_applied >= before.last_applied)
-    })?;
+    let fourth = applied(&cluster, 3, before.last_applied, Duration::from_secs(20))?;
     assert!(
         fourth.snapshot_index >= before.last_applied,
         "member 4 was brought up from a snapshot of everything before it joined: {fourth:?}"
@@ -448,11 +456,7 @@ async fn a_member_answering_slowly_while_it_catches_up_catches_up() -> Result<()
         .status(leader)
         .context("leader status")?
         .last_applied;
-    wait_for(
-        Duration::from_secs(30),
-        "the member that was down to catch up",
-        || cluster.status(down).filter(|s| s.last_applied >= target),
-    )?;
+    applied(&cluster, down, target, Duration::from_secs(30))?;
     let only_it = MetaClient::new(vec![addr]);
     let everyone = list(&client, a.ino, false).await?;
     assert!(everyone.len() > 3010);

@@ -162,14 +162,7 @@ impl Regions {
             self.serve_pull(tx, own, to, from, limit)?
         } else {
             let (reply, read) = serve_relay(tx, to, origin, from, limit)?;
-            self.peers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(to.0)
-                .or_default()
-                .relayed_read += read;
-            metrics::counter!("meridian_region_relayed_records_read_total", "peer" => to.0.to_string())
-                .increment(read);
+            self.count_read(to, read, true);
             reply
         };
         reply.relays = relays(tx, to);
@@ -201,6 +194,12 @@ impl Regions {
         loop {
             let reply = {
                 let tx = db.begin_read().map_err(store)?;
+                // Should this region's watermark of a relayed origin have gone back (its
+                // state replaced), its records may come again below where the last look
+                // ended: look from where the pull asked.
+                if origin != own && watermark(&tx, origin).saturating_add(1) < from {
+                    from = asked;
+                }
                 self.serve_pull_of(&tx, own, to, origin, from, limit)?
             };
             let now = Instant::now();
@@ -232,16 +231,30 @@ impl Regions {
             // during creates in a volume of its own). A relayed origin's records grow at
             // their head too: a merge keeps only records past this region's watermark of
             // their origin (`relay::keep_for_relay`), and a caught-up answer's `next` is
-            // past that watermark. Should the watermark ever go back (its state replaced),
-            // the look starts again where the pull asked.
+            // past that watermark (should the watermark go back, see above).
             from = reply.next;
             let _ = tokio::time::timeout(deadline - now, applied.changed()).await;
-            if origin != own {
-                let tx = db.begin_read().map_err(store)?;
-                if watermark(&tx, origin).saturating_add(1) < from {
-                    from = asked;
-                }
+        }
+    }
+
+    /// Counts `read` records read to answer a pull by `to`: of this region's change log, or
+    /// `relayed` from another region.
+    fn count_read(&self, to: RegionId, read: u64, relayed: bool) {
+        {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let p = peers.entry(to.0).or_default();
+            if relayed {
+                p.relayed_read += read;
+            } else {
+                p.read += read;
             }
+        }
+        let peer = to.0.to_string();
+        if relayed {
+            metrics::counter!("meridian_region_relayed_records_read_total", "peer" => peer)
+                .increment(read);
+        } else {
+            metrics::counter!("meridian_region_records_read_total", "peer" => peer).increment(read);
         }
     }
 
@@ -335,16 +348,7 @@ impl Regions {
                 }
             }
         }
-        if let Some(p) = self
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&to.0)
-        {
-            p.read += read;
-        }
-        metrics::counter!("meridian_region_records_read_total", "peer" => to.0.to_string())
-            .increment(read);
+        self.count_read(to, read, false);
         // Caught up: nothing this region stamps later can be older than its merged head.
         let frontier = if next > head {
             horizon_hlc(tx)
