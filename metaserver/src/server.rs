@@ -50,9 +50,12 @@ pub async fn run(
     let (sm, shared) = StateMachine::open_cached(&config.data, RegionId(config.region), cache)
         .and_then(|(sm, shared)| Ok((sm.for_member(config.id)?, shared)))
         .map_err(|e| MetaError::Io(format!("state: {e}")))?;
+    // Entries' JSON, made once per member (`raft/encoded.rs`).
+    let encoded = Arc::new(crate::raft::encoded::Encoded::default());
     let log = log
         .apply_ahead(sm.ahead())
-        .durable_notices(shared.notices.clone());
+        .durable_notices(shared.notices.clone())
+        .share_encoded(encoded.clone());
     let db = sm.db();
     let raft_config = openraft::Config {
         cluster_name: format!("meridian-region-{}", config.region),
@@ -75,7 +78,7 @@ pub async fn run(
     let raft = openraft::Raft::new(
         config.id,
         Arc::new(raft_config),
-        Network::new(pool.clone()),
+        Network::new(pool.clone(), encoded.clone()),
         log,
         sm,
     )
@@ -159,9 +162,13 @@ pub async fn run(
             .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
     )
     .add_service(tonic::service::interceptor::InterceptedService::new(
-        RaftServiceServer::new(RaftRpc::new(raft.clone(), config.data.join("snapshots")))
-            .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
-            .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
+        RaftServiceServer::new(RaftRpc::new(
+            raft.clone(),
+            config.data.join("snapshots"),
+            encoded,
+        ))
+        .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
+        .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
         // Only metaservers take part in Raft.
         |request: tonic::Request<()>| {
             meridian_proto::tls::require_role(&request, &[meridian_proto::tls::META])

@@ -44,6 +44,7 @@ use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::vote::RaftLeaderId;
 use serde::Serialize;
 
+use super::encoded::Encoded;
 use super::notices::{Notices, client_of, place};
 use super::{TypeConfig, io_err};
 
@@ -122,6 +123,9 @@ struct Inner {
     /// The clients told which of their changes' entries another member leads are durable
     /// here (`raft/notices.rs`).
     notices: Option<Arc<Notices>>,
+    /// Entries' JSON by log id: what an append to a follower was spliced from (this
+    /// member leads), or what it arrived as (another does).
+    encoded: Arc<Encoded>,
     /// Where the next record goes: the end of the records.
     file_len: u64,
     /// The file's length: zeros from `file_len` to here.
@@ -140,13 +144,35 @@ struct Inner {
 }
 
 fn record(kind: u8, value: &impl Serialize) -> io::Result<Vec<u8>> {
-    let mut body = vec![kind];
-    serde_json::to_writer(&mut body, value).map_err(io_err)?;
-    let mut out = Vec::with_capacity(RECORD_HEAD + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&blake3::hash(&body).as_bytes()[..8]);
-    out.extend_from_slice(&body);
-    Ok(out)
+    Ok(frame(kind, &serde_json::to_vec(value).map_err(io_err)?))
+}
+
+/// The record of kind `kind` holding `json`.
+fn frame(kind: u8, json: &[u8]) -> Vec<u8> {
+    let len = 1 + json.len();
+    let hash = blake3::Hasher::new()
+        .update(&[kind])
+        .update(json)
+        .finalize();
+    let mut out = Vec::with_capacity(RECORD_HEAD + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&hash.as_bytes()[..8]);
+    out.push(kind);
+    out.extend_from_slice(json);
+    out
+}
+
+/// The entry's record: its JSON as `encoded` holds it, or encoded now (and kept there).
+fn entry_record(e: &EntryOf<TypeConfig>, encoded: &Encoded) -> io::Result<Vec<u8>> {
+    let json = match encoded.get(&e.log_id) {
+        Some(json) => json,
+        None => {
+            let json = bytes::Bytes::from(serde_json::to_vec(e).map_err(io_err)?);
+            encoded.put(e.log_id, json.clone());
+            json
+        }
+    };
+    Ok(frame(ENTRY, &json))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -201,6 +227,7 @@ impl LogStore {
             member: None,
             ahead: None,
             notices: None,
+            encoded: Arc::default(),
             file_len: 0,
             zeroed: bytes.len() as u64,
             rewrite_slack: REWRITE_SLACK,
@@ -255,6 +282,13 @@ impl LogStore {
     /// durable here, to apply ahead of their commit.
     pub fn apply_ahead(self, hook: AheadHook) -> Self {
         self.lock().ahead = Some(hook);
+        self
+    }
+
+    /// Keeps the JSON of the entries appended in `encoded` (shared with the member's Raft
+    /// network), and takes what it holds instead of encoding an entry again.
+    pub fn share_encoded(self, encoded: Arc<Encoded>) -> Self {
+        self.lock().encoded = encoded;
         self
     }
 
@@ -548,6 +582,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut led = Vec::new();
         let mut noticed = Vec::new();
         let notices = inner.notices.clone().filter(|n| n.wanted());
+        let encoded = inner.encoded.clone();
         let written = (|| {
             let mut bytes = Vec::new();
             for e in entries {
@@ -564,7 +599,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 {
                     led.push(e.clone());
                 }
-                let r = record(ENTRY, &e)?;
+                let r = entry_record(&e, &encoded)?;
                 bytes.extend_from_slice(&r);
                 inner.insert(e, r.len() as u64);
             }

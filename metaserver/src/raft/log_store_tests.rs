@@ -300,3 +300,38 @@ proptest::proptest! {
         }
     }
 }
+
+/// A follower writes an entry's JSON as it came in the leader's append (not encoded
+/// again), and what it writes reads back as the entry; an entry that did not come that way
+/// is encoded and kept for the appends this member sends when it leads.
+#[test]
+fn an_entry_is_written_as_its_append_carried_it_and_kept_once_encoded() {
+    TypeConfig::run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let encoded = Arc::new(Encoded::default());
+        // The append's JSON of entry 1, laid out as no encoder here would (spaces): the
+        // record holds these very bytes.
+        let carried = serde_json::to_string_pretty(&entry(1, 1)).unwrap();
+        assert_ne!(carried, serde_json::to_string(&entry(1, 1)).unwrap());
+        encoded.put(id(1, 1), bytes::Bytes::from(carried.clone()));
+        {
+            let mut log = LogStore::open(&path, None)
+                .unwrap()
+                .for_member(2)
+                .share_encoded(encoded.clone());
+            append(&mut log, vec![entry(1, 1), entry(1, 2)]).await;
+        }
+        let file = fs::read(path.join("log")).unwrap();
+        let (kind, body, len) = next_record(&file).unwrap();
+        assert_eq!((kind, body), (ENTRY, carried.as_bytes()));
+        // The second was not carried: encoded here, and kept.
+        let (kind, body, _) = next_record(&file[len..]).unwrap();
+        assert_eq!(kind, ENTRY);
+        assert_eq!(encoded.get(&id(1, 2)).unwrap(), body);
+        // Both read back as the entries.
+        let mut log = LogStore::open(&path, None).unwrap();
+        let read = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(read, vec![entry(1, 1), entry(1, 2)]);
+    });
+}

@@ -4,6 +4,7 @@
 mod applier;
 mod background;
 pub mod early;
+pub mod encoded;
 pub mod log_store;
 pub mod network;
 pub mod notices;

@@ -1,5 +1,6 @@
 //! Raft between the members of a region over gRPC: openraft's messages, JSON-encoded, in
-//! the RaftService's byte envelopes. Snapshots stream in 1 MiB chunks.
+//! the RaftService's byte envelopes (an append's entries spliced from, and kept in, the
+//! member's [`Encoded`]). Snapshots stream in 1 MiB chunks.
 
 use crate::error::MetaError;
 use std::collections::VecDeque;
@@ -29,6 +30,7 @@ use openraft::{BasicNode, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::encoded::Encoded;
 use super::snapshot_dir::SnapshotData;
 use super::{MetaRaft, TypeConfig};
 use futures::StreamExt;
@@ -40,12 +42,14 @@ type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 #[derive(Clone, Debug)]
 pub struct Network {
     pool: Arc<ChannelPool>,
+    encoded: Arc<Encoded>,
 }
 
 impl Network {
-    /// A network using `pool` for its connections.
-    pub fn new(pool: Arc<ChannelPool>) -> Self {
-        Network { pool }
+    /// A network using `pool` for its connections, its appends' entries spliced from
+    /// `encoded` (the member's log keeps them there).
+    pub fn new(pool: Arc<ChannelPool>, encoded: Arc<Encoded>) -> Self {
+        Network { pool, encoded }
     }
 }
 
@@ -54,6 +58,7 @@ pub struct Peer {
     target: u64,
     addr: String,
     pool: Arc<ChannelPool>,
+    encoded: Arc<Encoded>,
     /// Whether the peer serves `AppendStream` (a member of an older version does not: it
     /// gets one unary call per request).
     streams: bool,
@@ -67,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             pool: self.pool.clone(),
+            encoded: self.encoded.clone(),
             streams: true,
         }
     }
@@ -84,6 +90,13 @@ struct SnapshotHeader {
 fn encode<T: Serialize>(v: &T) -> RaftMessage {
     RaftMessage {
         data: Bytes::from(serde_json::to_vec(v).expect("raft messages serialize")),
+    }
+}
+
+/// An append, its entries spliced from `encoded`.
+fn encode_append(v: &AppendEntriesRequest<TypeConfig>, encoded: &Encoded) -> RaftMessage {
+    RaftMessage {
+        data: Bytes::from(encoded.append_json(v)),
     }
 }
 
@@ -266,8 +279,9 @@ impl Peer {
         let target = self.target;
         let unanswered = Unanswered::default();
         let sent = unanswered.clone();
+        let encoded = self.encoded.clone();
         let requests = hold_entryless(input, ENTRYLESS_HOLD).map(move |r| {
-            let msg = encode(&r);
+            let msg = encode_append(&r, &encoded);
             sent.sent(msg.data.len());
             msg
         });
@@ -362,7 +376,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
-        let mut req = Request::new(encode(&rpc));
+        let mut req = Request::new(encode_append(&rpc, &self.encoded));
         req.set_timeout(option.soft_ttl());
         let resp = self
             .client(&option)?
@@ -448,12 +462,19 @@ pub struct RaftRpc {
     raft: MetaRaft,
     /// Where an incoming snapshot is written while it arrives.
     incoming: std::path::PathBuf,
+    /// Where an append's entries' JSON is kept for the member's log.
+    encoded: Arc<Encoded>,
 }
 
 impl RaftRpc {
-    /// Serves Raft RPCs for `raft`; incoming snapshots are spooled in folder `incoming`.
-    pub fn new(raft: MetaRaft, incoming: std::path::PathBuf) -> Self {
-        RaftRpc { raft, incoming }
+    /// Serves Raft RPCs for `raft`; incoming snapshots are spooled in folder `incoming`,
+    /// appends' entries' JSON kept in `encoded` (the member's log writes it as it came).
+    pub fn new(raft: MetaRaft, incoming: std::path::PathBuf, encoded: Arc<Encoded>) -> Self {
+        RaftRpc {
+            raft,
+            incoming,
+            encoded,
+        }
     }
 
     /// A file for an incoming snapshot, already unlinked: it goes away with its handle,
@@ -492,19 +513,23 @@ impl RaftService for RaftRpc {
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<AppendAnswers>, Status> {
         // The requests in order, up to the first that does not decode (or the end).
-        let requests = futures::stream::unfold(request.into_inner(), |mut inbound| async move {
-            match inbound.message().await {
-                Ok(Some(msg)) => match serde_json::from_slice(&msg.data) {
-                    Ok(req) => Some((req, inbound)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "undecodable append on a stream: stream ends");
+        let encoded = self.encoded.clone();
+        let requests = futures::stream::unfold(request.into_inner(), move |mut inbound| {
+            let encoded = encoded.clone();
+            async move {
+                match inbound.message().await {
+                    Ok(Some(msg)) => match encoded.decode_append(&msg.data) {
+                        Ok(req) => Some((req, inbound)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "undecodable append on a stream: stream ends");
+                            None
+                        }
+                    },
+                    Ok(None) => None,
+                    Err(s) => {
+                        tracing::debug!(status = %s, "append stream ended");
                         None
                     }
-                },
-                Ok(None) => None,
-                Err(s) => {
-                    tracing::debug!(status = %s, "append stream ended");
-                    None
                 }
             }
         });
@@ -519,8 +544,10 @@ impl RaftService for RaftRpc {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let req: AppendEntriesRequest<TypeConfig> =
-            serde_json::from_slice(&request.into_inner().data).map_err(bad)?;
+        let req = self
+            .encoded
+            .decode_append(&request.into_inner().data)
+            .map_err(bad)?;
         Ok(Response::new(encode(&self.raft.append_entries(req).await)))
     }
 
@@ -628,6 +655,7 @@ mod tests {
             target: 2,
             addr,
             pool,
+            encoded: Arc::default(),
             streams: true,
         };
         let option = RPCOption::new(Duration::from_millis(100));
