@@ -46,8 +46,12 @@ use super::{Request, TypeConfig};
 
 /// How long an entry another member leads may wait to apply here.
 pub(super) const LAG: Duration = Duration::from_millis(20);
-/// Most entries waiting; the one that would pass it applies them all at once.
+/// Entries waiting that the thread applying behind applies at once, whatever the lag.
 pub(super) const MAX_BEHIND: usize = 512;
+/// Most entries waiting: the append that would pass it applies them all itself, on Raft's
+/// worker (a thread applying behind that falls this far behind is starved, and the queue
+/// would otherwise grow without bound).
+pub(super) const MAX_QUEUED: usize = 8 * MAX_BEHIND;
 /// Entries applied without fsync before an apply persists everything.
 const DURABLE_EVERY: u64 = 1000;
 /// The longest entries applied ahead wait for their commit.
@@ -103,6 +107,8 @@ struct Queue {
     since: Option<Instant>,
     /// How long the oldest may wait ([`LAG`]).
     lag: Duration,
+    /// [`MAX_BEHIND`] wait: the thread applying behind applies them now.
+    due: bool,
     /// An apply behind failed: the next apply reports it (and Raft stops this member, as
     /// on any failure of its store).
     failed: Option<String>,
@@ -199,7 +205,12 @@ impl Applier {
         outcome.unwrap_or_else(|p| panic::resume_unwind(p))
     }
 
-    /// Queues `batch` (entries another member leads) to apply within the lag.
+    /// Queues `batch` (entries another member leads) to apply within the lag, or at once
+    /// on the thread applying behind once [`MAX_BEHIND`] wait. A member catching up used
+    /// to apply every [`MAX_BEHIND`] itself, on the Raft worker that answers the leader's
+    /// appends and heartbeats: 512 entries of a large namespace took long enough for the
+    /// leader to give up on the answer and send them again. Only past [`MAX_QUEUED`] does
+    /// the append apply them itself.
     pub(super) fn defer(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
         // The clock observes their stamps now, as if applied: a new leader stamps after
         // everything committed.
@@ -216,7 +227,11 @@ impl Applier {
                 q.since = Some(Instant::now());
                 self.wake.notify_one();
             }
-            q.entries.len() >= MAX_BEHIND
+            if q.entries.len() >= MAX_BEHIND && !q.due {
+                q.due = true;
+                self.wake.notify_one();
+            }
+            q.entries.len() >= MAX_QUEUED
         };
         if full { self.catch_up() } else { Ok(()) }
     }
@@ -239,6 +254,7 @@ impl Applier {
     fn take(&self) -> io::Result<Vec<EntryResponder<TypeConfig>>> {
         let mut q = lock(&self.queue);
         q.since = None;
+        q.due = false;
         q.failure()?;
         Ok(mem::take(&mut q.entries))
     }
@@ -392,7 +408,7 @@ impl Applier {
                                 q = lock(&self.queue);
                             }
                         }
-                        Some(t) if t.elapsed() < q.lag => {
+                        Some(t) if t.elapsed() < q.lag && !q.due => {
                             let left = q.lag.saturating_sub(t.elapsed());
                             q = self
                                 .wake
@@ -712,5 +728,90 @@ mod tests {
         assert_eq!(*shared.applied.borrow(), 0);
         applier.stop();
         thread.join().unwrap();
+    }
+
+    /// Entry `index`, led by member 2, that names the peer regions (cheap to apply).
+    fn peers(
+        index: u64,
+    ) -> (
+        EntryOf<TypeConfig>,
+        Option<openraft::storage::ApplyResponder<TypeConfig>>,
+    ) {
+        let id = LogIdOf::<TypeConfig>::new(
+            <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(1, 2),
+            index,
+        );
+        (
+            EntryOf::<TypeConfig>::new_normal(id, Request::Peers(Vec::new())),
+            None,
+        )
+    }
+
+    /// Waits (60 s at most) until the state holds entry `index`.
+    fn wait_applied(shared: &super::Shared, index: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while *shared.applied.borrow() < index {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "entry {index} never applied"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A follower that falls [`MAX_BEHIND`] entries behind has the thread applying behind
+    /// apply them at once, and its appends (the Raft worker) do not wait for that: only
+    /// past [`MAX_QUEUED`] does an append apply the queue itself.
+    #[test]
+    fn a_full_queue_applies_on_the_thread_behind_and_the_append_does_not_wait_for_it() {
+        use super::{MAX_BEHIND, MAX_QUEUED};
+        let dir = tempfile::TempDir::new().unwrap();
+        let (sm, shared) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
+        let applier = std::sync::Arc::new(Applier::new(sm.db(), shared.clone()));
+        // A lag no test outlasts: only a full queue makes the thread apply.
+        applier.set_lag(Duration::from_secs(3600));
+        let thread = {
+            let applier = applier.clone();
+            std::thread::spawn(move || applier.run_behind())
+        };
+        // The thread is busy (holds the applier's lock) when the queue fills.
+        let busy = lock(&applier.applying);
+        let (done, returned) = std::sync::mpsc::channel();
+        {
+            let applier = applier.clone();
+            std::thread::spawn(move || {
+                let r = applier.defer((1..=MAX_BEHIND as u64).map(peers).collect());
+                let _ = done.send(r.is_ok());
+            });
+        }
+        assert!(
+            returned
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the append waited for the applier"),
+            "queued"
+        );
+        assert_eq!(*shared.applied.borrow(), 0);
+        drop(busy);
+        // Applied now, not after the lag.
+        wait_applied(&shared, MAX_BEHIND as u64);
+        applier.stop();
+        thread.join().unwrap();
+
+        // Without that thread (starved), the append that passes MAX_QUEUED applies them.
+        let applier = Applier::new(sm.db(), shared.clone());
+        applier.set_lag(Duration::from_secs(3600));
+        let first = MAX_BEHIND as u64 + 1;
+        applier
+            .defer((first..first + MAX_QUEUED as u64 - 1).map(peers).collect())
+            .unwrap();
+        assert_eq!(*shared.applied.borrow(), MAX_BEHIND as u64, "queued");
+        applier
+            .defer(vec![peers(first + MAX_QUEUED as u64 - 1)])
+            .unwrap();
+        assert_eq!(
+            *shared.applied.borrow(),
+            (MAX_BEHIND + MAX_QUEUED) as u64,
+            "applied by the append"
+        );
     }
 }
