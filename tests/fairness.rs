@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,19 +11,6 @@ use common::*;
 use meridian_proto::pb::chunk::chunk_service_client::ChunkServiceClient;
 use meridian_proto::pb::chunk::{NodeStatusRequest, PutRequest};
 use tonic::transport::Channel;
-
-/// The value of gauge `name` on the Prometheus endpoint at `addr` (0 if not yet set).
-fn gauge(addr: &str, name: &str) -> Option<f64> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    Some(
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0.0),
-    )
-}
 
 /// A region of one metaserver and one chunkserver run with `flags`, serving its metrics;
 /// and the metrics' address.

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::{
-    MERIDIAN, MetaCluster, cluster_map, create_op, mkdir_op, start_chunkservers, wait_for,
+    MERIDIAN, MetaCluster, cluster_map, create_op, free_addr, gauge, mkdir_op, start_chunkservers,
+    wait_for,
 };
 use meridian_client::{MetaClient, MetaError};
 use meridian_proto::ns::*;
@@ -327,6 +328,49 @@ async fn killing_every_member_at_once_loses_no_acknowledged_operation() -> Resul
                 .join("\n")
         );
     }
+    Ok(())
+}
+
+/// What a member's Raft log holds in memory (and a restart replays) is in its metrics:
+/// entries and bytes grow with changes and fall when a snapshot purges them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_log_is_measured_in_its_metrics() -> Result<()> {
+    let metrics = free_addr()?;
+    let cluster = MetaCluster::start(1, &["--keep-logs", "0", "--metrics-listen", &metrics])?;
+    let client = cluster.client();
+    let vol = new_volume(&client, "main").await?;
+    let dir = attr_of(client.mutate(&mkdir_op(vol.root, "d")).await?);
+    for i in 0..100 {
+        client
+            .mutate(&create_op(dir.ino, &format!("f-{i:03}")))
+            .await?;
+    }
+    let entries = |m: &str| gauge(m, "meridian_raft_log_entries");
+    let held = wait_for(Duration::from_secs(30), "the log's gauges", || {
+        entries(&metrics).filter(|n| *n >= 100.0)
+    })?;
+    let bytes = gauge(&metrics, "meridian_raft_log_bytes").context("metrics")?;
+    assert!(
+        bytes >= 100.0 * 50.0,
+        "{held} entries in {bytes} bytes of records"
+    );
+    let out = Command::new(MERIDIAN)
+        .args([
+            "admin",
+            "snapshot",
+            "--purge",
+            "--meta",
+            &cluster.nodes[0].addr,
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(Duration::from_secs(30), "the purge in the gauges", || {
+        entries(&metrics).filter(|n| *n < 10.0)
+    })?;
     Ok(())
 }
 

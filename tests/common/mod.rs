@@ -920,6 +920,20 @@ impl Proxy {
     }
 }
 
+/// The value of gauge `name` on the Prometheus endpoint at `addr` (0 if not yet set).
+pub fn gauge(addr: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0),
+    )
+}
+
 /// A loopback address with a port that was free a moment ago, for a server started
 /// later. It is picked below the kernel's ephemeral range (32768 and up), so the outgoing
 /// connections of other tests cannot take it in between; a random start keeps parallel

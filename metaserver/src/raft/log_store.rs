@@ -312,6 +312,12 @@ impl LogStore {
         self.lock().live_bytes
     }
 
+    /// The live entries and the bytes of their records.
+    pub fn live(&self) -> (usize, u64) {
+        let inner = self.lock();
+        (inner.entries.len(), inner.live_bytes)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

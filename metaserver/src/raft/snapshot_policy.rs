@@ -4,7 +4,8 @@
 //! applied since the last one *and* the log since then is at least half the last
 //! snapshot's size (or [`MAX_LOG_BYTES`], which bounds the log kept in memory): rebuilding
 //! then never writes more than about twice the log it lets go, whatever the size of the
-//! namespace.
+//! namespace. It also publishes what the log holds (`meridian_raft_log_entries`,
+//! `meridian_raft_log_bytes`: its live records, held decoded in memory).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +35,10 @@ pub async fn run(raft: MetaRaft, log: LogStore, snapshots: PathBuf, min_entries:
     let mut waiting_for: Option<u64> = None;
     loop {
         tokio::time::sleep(EVERY).await;
+        // What the log holds in memory (and a restart replays), for the operator.
+        let (entries, bytes) = log.live();
+        metrics::gauge!("meridian_raft_log_entries").set(entries as f64);
+        metrics::gauge!("meridian_raft_log_bytes").set(bytes as f64);
         let (applied, snapshot) = {
             let m = raft.metrics().borrow_watched().clone();
             (
