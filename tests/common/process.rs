@@ -1,0 +1,169 @@
+//! One `meridian` server process of a test: started with its own folder and a free port, killed on drop.
+
+use super::*;
+
+/// One server process (`meridian chunk` or `meridian meta`).
+pub struct ServerProc {
+    pub role: &'static str,
+    pub id: u64,
+    pub zone: String,
+    pub addr: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    pub(super) args: Vec<String>,
+    pub(super) child: Option<Child>,
+}
+
+impl ServerProc {
+    pub(super) fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(MERIDIAN)
+            .args(&self.args)
+            .env("MERIDIAN_LOG", "info")
+            // Plaintext unless the test gives the server --tls.
+            .env("MERIDIAN_PLAINTEXT", "true")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn meridian {}", self.role))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the process has printed its listening address, and returns it.
+    pub(super) fn wait_listening(&mut self, after: usize) -> Result<String> {
+        let log = self.log.clone();
+        let (id, role) = (self.id, self.role);
+        let found = wait_for(START_DEADLINE, "server to listen", || {
+            let text = fs::read_to_string(&log).ok()?;
+            text.lines()
+                .filter(|l| l.starts_with(&format!("meridian {role} {id} listening on ")))
+                .nth(after)
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+        });
+        if found.is_err()
+            && let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            bail!(
+                "chunkserver {id} exited ({status}):\n{}",
+                log_tail(&log, 30)
+            );
+        }
+        found.with_context(|| format!("{role} {id}:\n{}", log_tail(&log, 30)))
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the process where it is (SIGSTOP), or lets it go on (SIGCONT).
+    pub fn pause(&self, stopped: bool) {
+        if let Some(c) = self.child.as_ref() {
+            let sig = if stopped {
+                libc::SIGSTOP
+            } else {
+                libc::SIGCONT
+            };
+            // SAFETY: kill(2) with a pid we own and a valid signal number.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut c = self.child.take().context("process not running")?;
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = c.kill();
+                bail!(
+                    "chunkserver {} ignored SIGTERM:\n{}",
+                    self.id,
+                    log_tail(&self.log, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Adds `args` to those the process starts with next time.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+    }
+
+    /// Starts the process again with the same arguments, listening on `addr`.
+    pub fn restart_on(&mut self, addr: &str) -> Result<()> {
+        let listen = self
+            .args
+            .iter()
+            .position(|a| a == "--listen")
+            .expect("listen arg")
+            + 1;
+        self.args[listen] = addr.to_string();
+        let prefix = format!("meridian {} {} listening on ", self.role, self.id);
+        let before = fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .count();
+        self.spawn()?;
+        let again = self.wait_listening(before)?;
+        anyhow::ensure!(again == addr, "restarted on {again}, expected {addr}");
+        Ok(())
+    }
+
+    /// Starts a new server process; returns once it has printed its address.
+    pub fn start(role: &'static str, id: u64, dir: &Path, mut args: Vec<String>) -> Result<Self> {
+        let data = dir.join(format!("{role}-{id}"));
+        let mut full = vec![
+            role.to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--data".into(),
+            data.display().to_string(),
+        ];
+        if !args.iter().any(|a| a == "--listen") {
+            full.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        full.append(&mut args);
+        let mut p = ServerProc {
+            role,
+            id,
+            zone: String::new(),
+            addr: String::new(),
+            data,
+            log: dir.join(format!("{role}-{id}.log")),
+            args: full,
+            child: None,
+        };
+        p.spawn()?;
+        p.addr = p.wait_listening(0)?;
+        Ok(p)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
