@@ -1,4 +1,5 @@
-//! Blocks as a chunkserver keeps them on disk (files and packs), for tests that damage or remove them.
+//! Blocks as a chunkserver keeps them on disk (files and packs), for tests that damage or
+//! remove them.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! One `meridian` server process of a test: started with its own folder and a free port, killed on drop.
+//! One `meridian` server process of a test: started with its own folder and a free port,
+//! killed on drop.
 
 use super::*;
 
