@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::{
-    MERIDIAN, MetaCluster, cluster_map, create_op, free_addr, gauge, mkdir_op, start_chunkservers,
-    wait_for,
+    MERIDIAN, MetaCluster, admin_at, cluster_map, create_op, free_addr, gauge, mkdir_op,
+    start_chunkservers, wait_for,
 };
 use meridian_client::{MetaClient, MetaError};
 use meridian_proto::ns::*;
@@ -337,14 +337,7 @@ async fn killing_every_member_at_once_loses_no_acknowledged_operation() -> Resul
 async fn a_members_log_is_measured_in_its_metrics() -> Result<()> {
     let metrics = free_addr()?;
     let cluster = MetaCluster::start(1, &["--keep-logs", "0", "--metrics-listen", &metrics])?;
-    let client = cluster.client();
-    let vol = new_volume(&client, "main").await?;
-    let dir = attr_of(client.mutate(&mkdir_op(vol.root, "d")).await?);
-    for i in 0..100 {
-        client
-            .mutate(&create_op(dir.ino, &format!("f-{i:03}")))
-            .await?;
-    }
+    dir_of_files(&cluster.client(), 100).await?;
     let entries = |m: &str| gauge(m, "meridian_raft_log_entries");
     let held = wait_for(Duration::from_secs(30), "the log's gauges", || {
         entries(&metrics).filter(|n| *n >= 100.0)
@@ -354,20 +347,7 @@ async fn a_members_log_is_measured_in_its_metrics() -> Result<()> {
         bytes >= 100.0 * 50.0,
         "{held} entries in {bytes} bytes of records"
     );
-    let out = Command::new(MERIDIAN)
-        .args([
-            "admin",
-            "snapshot",
-            "--purge",
-            "--meta",
-            &cluster.nodes[0].addr,
-        ])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    admin_at(&cluster.nodes[0].addr, &["snapshot", "--purge"])?;
     wait_for(Duration::from_secs(30), "the purge in the gauges", || {
         entries(&metrics).filter(|n| *n < 10.0)
     })?;
