@@ -135,22 +135,7 @@ impl ChunkCluster {
     /// Restarts node `i` on its old address and data folder and waits until it serves.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         let addr = self.nodes[i].addr.clone();
-        let p = &mut self.nodes[i];
-        let listen = p
-            .args
-            .iter()
-            .position(|a| a == "--listen")
-            .expect("listen arg")
-            + 1;
-        p.args[listen] = addr.clone();
-        let started_before = fs::read_to_string(&p.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with(&format!("meridian chunk {} listening on ", p.id)))
-            .count();
-        p.spawn()?;
-        let again = p.wait_listening(started_before)?;
-        anyhow::ensure!(again == addr, "restarted on {again}, expected {addr}");
+        self.nodes[i].restart_on(&addr)?;
         self.wait_map_epoch(i, self.map.epoch)
     }
 }

@@ -307,12 +307,7 @@ impl LogStore {
             .map_err(|_| io::Error::other("raft log flusher stopped"))?
     }
 
-    /// Bytes of the live entries' records (what a restart would replay).
-    pub fn live_bytes(&self) -> u64 {
-        self.lock().live_bytes
-    }
-
-    /// The live entries and the bytes of their records.
+    /// The live entries and the bytes of their records (what a restart would replay).
     pub fn live(&self) -> (usize, u64) {
         let inner = self.lock();
         (inner.entries.len(), inner.live_bytes)

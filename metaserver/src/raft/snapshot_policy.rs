@@ -36,9 +36,9 @@ pub async fn run(raft: MetaRaft, log: LogStore, snapshots: PathBuf, min_entries:
     loop {
         tokio::time::sleep(EVERY).await;
         // What the log holds in memory (and a restart replays), for the operator.
-        let (entries, bytes) = log.live();
+        let (entries, log_bytes) = log.live();
         metrics::gauge!("meridian_raft_log_entries").set(entries as f64);
-        metrics::gauge!("meridian_raft_log_bytes").set(bytes as f64);
+        metrics::gauge!("meridian_raft_log_bytes").set(log_bytes as f64);
         let (applied, snapshot) = {
             let m = raft.metrics().borrow_watched().clone();
             (
@@ -51,7 +51,6 @@ pub async fn run(raft: MetaRaft, log: LogStore, snapshots: PathBuf, min_entries:
         }
         waiting_for = None;
         let snapshot_bytes = snapshot_dir::current_len(&snapshots);
-        let log_bytes = log.live_bytes();
         if !due(
             applied - snapshot.min(applied),
             min_entries,
