@@ -1,9 +1,12 @@
 //! Early answers (docs/adr/0020) on a real three-member group: a client takes the leader's
-//! early answer only once a majority of members hold the entry durable (the followers'
-//! notices), a change so answered is seen by the next linearizable read of any client,
-//! a change answered early by a leader whose followers never got it is made by the next
-//! leader rather than lost, a change taken early survives its leader, and on the wire a
-//! follower names a client's entries to its one subscription per stream.
+//! early answer only once a majority of members hold the entry durable (the members'
+//! notices, the leader's own among them), a change so answered is seen by the next
+//! linearizable read of any client, a change answered early by a leader whose followers
+//! never got it is made by the next leader rather than lost, a change taken early
+//! survives its leader, and on the wire a follower names a client's entries to its one
+//! subscription per stream, the leader its own entries to a subscription that asks for
+//! them, and an early answer says whether the leader's copy counts from its notice as its
+//! call asked.
 
 mod common;
 
@@ -120,10 +123,23 @@ async fn a_change_answered_early_is_read_by_every_clients_next_linearizable_quer
         taken > 0 && taken <= heard,
         "no early answer taken ({taken} of {heard} heard): the test shows nothing"
     );
-    // A client not told to take them asks for none.
+    // A client told not to take them asks for none.
     let plain = MetaClient::new(group.members.iter().map(|m| m.addr.clone()).collect());
+    plain.set_early_answers(false);
     plain.mutate(&chmod(file.ino, 0o600)).await?;
     assert_eq!(plain.early_answers(), (0, 0));
+    // A client takes them unless told not to.
+    let default = MetaClient::new(group.members.iter().map(|m| m.addr.clone()).collect());
+    for i in 0..40u16 {
+        if default.early_answers().1 > 0 {
+            break;
+        }
+        default.mutate(&chmod(file.ino, 0o640 | (i % 8))).await?;
+    }
+    assert!(
+        default.early_answers().1 > 0,
+        "a client by default took none"
+    );
     drop(group.dir);
     Ok(())
 }
@@ -155,7 +171,7 @@ async fn an_early_answer_waits_for_a_majority_and_a_change_no_follower_has_is_ma
         let c = client.clone();
         async move { c.mutate(&chmod(file.ino, 0o604)).await }
     });
-    // The leader answers early (its own copy is durable) ...
+    // The leader answers early (its own copy written, and noticed once durable) ...
     let got = tokio::time::timeout(Duration::from_secs(20), async {
         while client.early_answers().0 == heard {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -273,8 +289,10 @@ async fn a_follower_notices_a_key_holders_entries_once_per_stream_on_the_wire() 
         id,
         call: Some(call::Call::Notices(Notices {
             client_key: key.to_vec().into(),
+            led: false,
         })),
         early: false,
+        leader_notices: false,
     };
     let key = [0x5e; CLIENT_KEY_LEN];
     let client_id = client_id_of(&key);
@@ -336,5 +354,85 @@ async fn a_follower_notices_a_key_holders_entries_once_per_stream_on_the_wire() 
         first.iter().max() < second.iter().min(),
         "the second client's first notice is of its own later change"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_notices_its_own_copies_to_who_asks_and_says_so_in_its_early_answers()
+-> Result<()> {
+    use meridian_proto::pb::meta::{Call, MutateRequest, Notices, call, call_reply};
+    use meridian_proto::{CLIENT_KEY_LEN, client_id_of};
+
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let leader = cluster.wait_leader()?;
+    let file = new_file(&cluster.client()).await?;
+    let channel = meridian_proto::channels::connect(&cluster.nodes[leader].addr)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (calls, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut answers = meridian_proto::channels::meta_client(channel)
+        .calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let key = [0x3c; CLIENT_KEY_LEN];
+    calls.send(Call {
+        id: 1,
+        call: Some(call::Call::Notices(Notices {
+            client_key: key.to_vec().into(),
+            led: true,
+        })),
+        early: false,
+        leader_notices: false,
+    })?;
+    // Changes of this client's key, asking for early answers: with the leader's copy
+    // counted from its notice (odd calls) or from the answer itself (even ones).
+    let mut early_seen = [false; 2];
+    let mut noticed = false;
+    let mut request_id = 0;
+    while !(early_seen[0] && early_seen[1] && noticed) {
+        request_id += 1;
+        anyhow::ensure!(
+            request_id <= 400,
+            "no early answer of each kind, or no notice"
+        );
+        let op = chmod(file.ino, 0o600 | (request_id % 0o100) as u16);
+        let asks = request_id % 2 == 1;
+        calls.send(Call {
+            id: 1 + request_id,
+            call: Some(call::Call::Mutate(MutateRequest {
+                op: serde_json::to_vec(&op)?.into(),
+                client_id: client_id_of(&key),
+                request_id,
+                ..Default::default()
+            })),
+            early: true,
+            leader_notices: asks,
+        })?;
+        // Every answer to this call, and the notices meanwhile, up to the final answer.
+        loop {
+            let reply = next_reply(&mut answers).await?;
+            match reply.reply {
+                Some(call_reply::Reply::Durable(d)) => {
+                    assert_eq!(reply.id, 1, "a notice answers the subscription");
+                    assert_eq!(d.member, cluster.nodes[leader].id, "the leader's own copy");
+                    noticed = true;
+                }
+                Some(call_reply::Reply::Mutate(_)) if reply.early.is_some() => {
+                    let early = reply.early.expect("checked");
+                    assert_eq!(reply.id, 1 + request_id);
+                    assert_eq!(
+                        early.leader_notices, asks,
+                        "the early answer says how the leader's copy counts, as asked"
+                    );
+                    early_seen[usize::from(asks)] = true;
+                }
+                Some(call_reply::Reply::Mutate(_)) => {
+                    assert_eq!(reply.id, 1 + request_id);
+                    break;
+                }
+                other => anyhow::bail!("unexpected answer {other:?}"),
+            }
+        }
+    }
     Ok(())
 }

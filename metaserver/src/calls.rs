@@ -84,7 +84,8 @@ pub(crate) fn serve(
                 subscribed = true;
                 drop(permit);
                 let client = client_id_of(key);
-                tokio::spawn(notices(node.clone(), c.id, client, tx.clone(), gone));
+                let led = n.led;
+                tokio::spawn(notices(node.clone(), c.id, client, led, tx.clone(), gone));
                 continue;
             }
             let api = MetaApi(node.clone());
@@ -93,6 +94,7 @@ pub(crate) fn serve(
                 extensions.insert(EarlySink {
                     id: c.id,
                     answers: tx.clone(),
+                    leader_notices: c.leader_notices,
                 });
             }
             let admission = admission.clone();
@@ -175,12 +177,14 @@ pub(crate) fn serve(
 }
 
 /// A `Notices` call: tells the stream which entries of `client`'s changes this member
-/// makes durable as a follower (`raft/notices.rs`), until the client goes. A notice that
-/// finds the stream's answers full is dropped (the client takes the leader's answer).
+/// makes durable as a follower (with `led`, as their leader too: `raft/notices.rs`), until
+/// the client goes. A notice that finds the stream's answers full is dropped (the client
+/// takes the leader's answer).
 async fn notices(
     node: Arc<MetaNode>,
     id: u64,
     client: u64,
+    led: bool,
     answers: mpsc::Sender<Result<CallReply, Status>>,
     mut gone: watch::Receiver<bool>,
 ) {
@@ -189,6 +193,7 @@ async fn notices(
     let to = answers.clone();
     let _subscribed = node.shared.notices.subscribe(
         client,
+        led,
         Box::new(move |places| {
             let reply = CallReply {
                 id,

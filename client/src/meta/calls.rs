@@ -70,12 +70,10 @@ streamed!(MutateRequest, MutateResponse, Mutate, true);
 streamed!(QueryRequest, QueryResponse, Query, false);
 streamed!(WriteBackRequest, WriteBackResponse, WriteBack, true);
 
-/// Whether a client takes early answers unless told otherwise: with
-/// `MERIDIAN_EARLY_ANSWERS=on` in its environment. Off by default: on a host whose members
-/// share two processors they cost more processor time than the wait they save
-/// (docs/adr/0020).
+/// Whether a client takes early answers unless told otherwise: yes, but not with
+/// `MERIDIAN_EARLY_ANSWERS=off` in its environment (docs/adr/0020).
 fn early_answers_by_default() -> bool {
-    std::env::var("MERIDIAN_EARLY_ANSWERS").as_deref() == Ok("on")
+    std::env::var("MERIDIAN_EARLY_ANSWERS").as_deref() != Ok("off")
 }
 
 /// The streams of one client, by member address: each member's behind a lock of its own
@@ -273,10 +271,13 @@ impl Streams {
             return Ok(Err(request));
         };
         let id = stream.next_id.fetch_add(1, Ordering::Relaxed);
+        let early = R::EARLY && self.early();
         let call = Call {
             id,
             call: Some(request.into_call()),
-            early: R::EARLY && self.early(),
+            early,
+            // This client counts the leader's copy from the leader's notice.
+            leader_notices: early,
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
         lock(&stream.waiting).insert(id, tx);
@@ -399,8 +400,10 @@ impl Streams {
                 id: 0,
                 call: Some(call::Call::Notices(Notices {
                     client_key: self.client_key.to_vec().into(),
+                    led: true,
                 })),
                 early: false,
+                leader_notices: false,
             });
         }
         let stream = Arc::new(Stream {

@@ -2,9 +2,11 @@
 //! followers' durable notices (docs/adr/0020; the metaserver's `raft/early.rs` and
 //! `raft/notices.rs`).
 //!
-//! The leader answers a change early once its own copy of the entry is durable, naming
-//! the entry's place (term, index), the voters and how many copies make a majority. Each
-//! follower, once its copy is durable, names the place to this client. A majority of
+//! The leader answers a change early once it has applied the entry ahead, naming the
+//! entry's place (term, index), the voters and how many copies make a majority. Each
+//! member, once its copy is durable, names the place to this client; the leader's copy
+//! counts from its notice too when the answer says so (`Early.leader_notices`: it may
+//! answer before that copy is durable), and from the answer itself otherwise. A majority of
 //! voters holding an entry of the leader's term durable is what commits it: from then on
 //! no leader can be elected without it. The early answer holds from that moment; until
 //! then the caller waits for the notices, or for the leader's answer after the commit.
@@ -118,7 +120,7 @@ impl Durable {
             done,
         };
         let mut s = self.lock();
-        let mut committed = w.add(early.leader);
+        let mut committed = !early.leader_notices && w.add(early.leader);
         for member in s.seen.remove(&at).unwrap_or_default() {
             committed |= w.add(member);
         }
@@ -148,6 +150,7 @@ mod tests {
             leader: 1,
             voters: vec![1, 2, 3],
             copies: 2,
+            leader_notices: false,
         }
     }
 
@@ -173,6 +176,28 @@ mod tests {
         assert!(matches!(d.expect(&early(4, 10)), Expect::Committed));
         // Taken once: a place is not counted again for another answer.
         assert!(matches!(d.expect(&early(4, 10)), Expect::Wait(..)));
+    }
+
+    #[test]
+    fn the_leaders_copy_counts_from_its_notice_when_the_answer_says_so() {
+        let d = Arc::new(Durable::default());
+        d.note(2, [(4, 10)]);
+        let mut e = early(4, 10);
+        e.leader_notices = true;
+        let Expect::Wait(mut rx, _waiting) = d.expect(&e) else {
+            panic!("one follower's copy alone is not a majority");
+        };
+        d.note(1, [(4, 10)]);
+        assert!(
+            rx.try_recv().is_ok(),
+            "the leader's notice is the second copy"
+        );
+        // Two followers' copies are a majority without the leader's.
+        let mut e = early(4, 11);
+        e.leader_notices = true;
+        d.note(2, [(4, 11)]);
+        d.note(3, [(4, 11)]);
+        assert!(matches!(d.expect(&e), Expect::Committed));
     }
 
     #[test]

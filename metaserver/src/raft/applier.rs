@@ -322,20 +322,20 @@ impl Applier {
     }
 
     /// Applies the run of `entries` (appended by this member as their leader, and durable
-    /// in its log) that follows what the state holds into a write transaction kept for
-    /// their commit, if nothing applies or waits to apply and no other is kept. Never
-    /// waits: it runs on the log's flusher.
-    pub(super) fn apply_ahead(&self, entries: Vec<EntryOf<TypeConfig>>) {
+    /// in its log, or about to be: `durable`) that follows what the state holds into a
+    /// write transaction kept for their commit, if nothing applies or waits to apply and
+    /// no other is kept; says whether it did. Never waits: it runs on the log's flusher.
+    pub(super) fn apply_ahead(&self, entries: &[&EntryOf<TypeConfig>], durable: bool) -> bool {
         let _applying = match self.applying.try_lock() {
             Ok(guard) => guard,
             // A panic while applying is kept in the queue (see `apply`), not in the lock.
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+            Err(TryLockError::WouldBlock) => return false,
         };
         {
             let q = lock(&self.queue);
             if q.failed.is_some() || !q.entries.is_empty() {
-                return;
+                return false;
             }
         }
         let mut ahead = lock(&self.ahead);
@@ -343,7 +343,7 @@ impl Applier {
             *ahead = None;
         }
         if ahead.is_some() {
-            return;
+            return false;
         }
         let first = *self.shared.applied.borrow() + 1;
         let run: Vec<&EntryOf<TypeConfig>> = entries
@@ -351,15 +351,15 @@ impl Applier {
             .skip_while(|e| e.log_id.index != first)
             .zip(first..)
             .take_while(|(e, index)| e.log_id.index == *index)
-            .map(|(e, _)| e)
+            .map(|(e, _)| *e)
             .collect();
         if run.is_empty() || !light(&run) {
-            return;
+            return false;
         }
         let mut applied = Applied::default();
         // Another writer (a snapshot or an image being built): not this time.
         let Ok(tx) = self.db.try_begin_write() else {
-            return;
+            return false;
         };
         // The changes waiting for an early answer among them (`early.rs`).
         let expected: Vec<_> = if self.shared.early.wanted() {
@@ -370,18 +370,26 @@ impl Applier {
             Vec::new()
         };
         // A failure here is the commit's to report (it applies them again).
-        if apply_into(&tx, self.shared.region, run, &mut applied).is_ok() {
-            if !expected.is_empty() {
-                self.shared
-                    .early
-                    .applied_ahead(&expected, &applied.responses);
-            }
-            *ahead = Some(Ahead {
-                tx,
-                applied,
-                since: Instant::now(),
-            });
+        if apply_into(&tx, self.shared.region, run, &mut applied).is_err() {
+            return false;
         }
+        if !expected.is_empty() {
+            self.shared
+                .early
+                .applied_ahead(&expected, &applied.responses, durable);
+        }
+        *ahead = Some(Ahead {
+            tx,
+            applied,
+            since: Instant::now(),
+        });
+        true
+    }
+
+    /// Whether entries should apply ahead before the leader's copy is durable: a handler
+    /// waits for an early answer that may leave then (`early.rs`).
+    pub(super) fn before_sync(&self) -> bool {
+        self.shared.early.before_sync()
     }
 
     /// The thread applying behind: waits until the oldest queued entry has waited

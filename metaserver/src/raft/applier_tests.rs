@@ -170,6 +170,11 @@ fn after_a_failed_apply_nothing_applies_past_it() {
     assert_eq!(*shared.applied.borrow(), 1);
 }
 
+/// Gives `entries` to apply ahead, durable in the leader's log; whether they applied.
+fn ahead(applier: &Applier, entries: Vec<EntryOf<TypeConfig>>) -> bool {
+    applier.apply_ahead(&entries.iter().collect::<Vec<_>>(), true)
+}
+
 /// Entries this member leads apply into a transaction before they commit, unseen until
 /// they do; the commit uses it when it starts with them and drops it otherwise (a
 /// catch-up applying nothing keeps it); only small namespace changes apply ahead, and
@@ -182,7 +187,7 @@ fn entries_this_member_leads_apply_ahead_unseen_until_they_commit() {
     let entry = |e: EntryOf<TypeConfig>| (e, None);
     let held = |a: &Applier| lock(&a.ahead).as_ref().map(|a| a.applied.ids.len());
 
-    applier.apply_ahead(vec![create(1, 1, "a"), create(1, 2, "b")]);
+    assert!(ahead(&applier, vec![create(1, 1, "a"), create(1, 2, "b")]));
     assert_eq!(held(&applier), Some(2));
     assert!(volumes(&sm).is_empty(), "not committed: unseen");
     assert_eq!(*shared.applied.borrow(), 0);
@@ -199,11 +204,10 @@ fn entries_this_member_leads_apply_ahead_unseen_until_they_commit() {
     assert_eq!(*shared.applied.borrow(), 3);
 
     // Only the run that follows what the state holds.
-    applier.apply_ahead(vec![
-        create(1, 3, "c"),
-        create(1, 4, "d"),
-        create(1, 6, "f"),
-    ]);
+    ahead(
+        &applier,
+        vec![create(1, 3, "c"), create(1, 4, "d"), create(1, 6, "f")],
+    );
     assert_eq!(held(&applier), Some(1));
     // What commits is another leader's entry at that index: the transaction is dropped.
     applier.apply(vec![entry(create(2, 4, "e"))]).unwrap();
@@ -211,14 +215,14 @@ fn entries_this_member_leads_apply_ahead_unseen_until_they_commit() {
     assert_eq!(volumes(&sm), ["a", "b", "c", "e"]);
 
     // Less than it holds commits: dropped too, and applied again.
-    applier.apply_ahead(vec![create(1, 5, "f"), create(1, 6, "g")]);
+    ahead(&applier, vec![create(1, 5, "f"), create(1, 6, "g")]);
     assert_eq!(held(&applier), Some(2));
     applier.apply(vec![entry(create(1, 5, "f"))]).unwrap();
     assert_eq!(held(&applier), None);
     assert_eq!(volumes(&sm), ["a", "b", "c", "e", "f"]);
 
     // Applying nothing (a catch-up with nothing queued) keeps it.
-    applier.apply_ahead(vec![create(1, 6, "g")]);
+    ahead(&applier, vec![create(1, 6, "g")]);
     assert_eq!(held(&applier), Some(1));
     applier.catch_up().unwrap();
     assert_eq!(held(&applier), Some(1));
@@ -233,18 +237,18 @@ fn entries_this_member_leads_apply_ahead_unseen_until_they_commit() {
         ),
         Request::Peers(vec![]),
     );
-    applier.apply_ahead(vec![peers]);
+    assert!(!ahead(&applier, vec![peers]));
     assert_eq!(held(&applier), None);
 
     // Entries waiting to apply come first: nothing applies ahead of them.
     applier.defer(vec![entry(create(2, 6, "g"))]).unwrap();
-    applier.apply_ahead(vec![create(1, 7, "h")]);
+    assert!(!ahead(&applier, vec![create(1, 7, "h")]));
     assert_eq!(held(&applier), None);
     applier.catch_up().unwrap();
     assert_eq!(volumes(&sm), ["a", "b", "c", "e", "f", "g"]);
 
     // Replacing the state drops it.
-    applier.apply_ahead(vec![create(1, 7, "h")]);
+    ahead(&applier, vec![create(1, 7, "h")]);
     assert_eq!(held(&applier), Some(1));
     applier.replace(|| Ok(())).unwrap();
     assert_eq!(held(&applier), None);
@@ -258,7 +262,7 @@ fn entries_applied_ahead_that_never_commit_are_dropped() {
     let dir = tempfile::TempDir::new().unwrap();
     let (sm, shared) = StateMachine::open(dir.path(), RegionId(1)).unwrap();
     let applier = std::sync::Arc::new(Applier::new(sm.db(), shared.clone()));
-    applier.apply_ahead(vec![create(1, 1, "a")]);
+    ahead(&applier, vec![create(1, 1, "a")]);
     let since = lock(&applier.ahead)
         .as_ref()
         .map(|a| a.since)

@@ -8,6 +8,13 @@
 //! its place and outcome. Applying is deterministic and the entry's place is final once a
 //! majority holds it, so the outcome is the one the commit will give.
 //!
+//! A client that counts the leader's copy from the leader's durable notice, as it counts
+//! the followers' (`Call.leader_notices`), may be answered before that copy is durable:
+//! while one of those waits, the log's flusher applies the entries this member leads
+//! ahead before its fdatasync rather than after it, and only those handlers are answered
+//! from that apply ([`Early::before_sync`]). The answer then leaves while the leader's
+//! disk writes, and the client's wait is the first follower's copy and its notice.
+//!
 //! Whoever reads this member's state for a client waits until every entry answered early
 //! has applied ([`Early::answered`]): a client told its change is committed must not then
 //! read a state without it from the leader that told it.
@@ -33,11 +40,22 @@ pub type Ahead = (Place, Response);
 /// The changes whose handlers wait for an early answer, by (client, request id).
 #[derive(Debug, Default)]
 pub struct Early {
-    waiting: Mutex<HashMap<Key, oneshot::Sender<Ahead>>>,
+    waiting: Mutex<HashMap<Key, Waiter>>,
     /// Entries in `waiting` (read without the lock on every apply ahead).
     count: AtomicUsize,
+    /// Entries in `waiting` that may be answered before this member's copy is durable.
+    before_sync: AtomicUsize,
     /// The highest index answered early.
     answered: AtomicU64,
+}
+
+/// A handler waiting for its entry's place and outcome.
+#[derive(Debug)]
+struct Waiter {
+    tx: oneshot::Sender<Ahead>,
+    /// Its client counts the leader's copy from the leader's notice: it may be answered
+    /// before this member's copy is durable.
+    before_sync: bool,
 }
 
 /// The key of the change an entry holds (a write-back's by its first change).
@@ -63,28 +81,44 @@ pub struct Expected {
 impl Drop for Expected {
     fn drop(&mut self) {
         let mut w = self.early.lock();
-        if w.remove(&self.key).is_some() {
-            self.early.count.fetch_sub(1, Ordering::Release);
+        if let Some(waiter) = w.remove(&self.key) {
+            self.early.forget(&waiter);
         }
     }
 }
 
 impl Early {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, oneshot::Sender<Ahead>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Waiter>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Counts `waiter` out (taken from `waiting`).
+    fn forget(&self, waiter: &Waiter) {
+        self.count.fetch_sub(1, Ordering::Release);
+        if waiter.before_sync {
+            self.before_sync.fetch_sub(1, Ordering::Release);
+        }
+    }
+
     /// Expects the entry of the change `key`: its place and outcome arrive on the
-    /// receiver if it applies ahead here. `None` if another handler already expects it
-    /// (a retry racing its first attempt: that one may answer early).
-    pub fn expect(self: &Arc<Self>, key: Key) -> Option<(Expected, oneshot::Receiver<Ahead>)> {
+    /// receiver if it applies ahead here (`before_sync`: possibly before this member's
+    /// copy is durable). `None` if another handler already expects it (a retry racing
+    /// its first attempt: that one may answer early).
+    pub fn expect(
+        self: &Arc<Self>,
+        key: Key,
+        before_sync: bool,
+    ) -> Option<(Expected, oneshot::Receiver<Ahead>)> {
         let (tx, rx) = oneshot::channel();
         let mut w = self.lock();
         if w.contains_key(&key) {
             return None;
         }
-        w.insert(key, tx);
+        w.insert(key, Waiter { tx, before_sync });
         self.count.fetch_add(1, Ordering::Release);
+        if before_sync {
+            self.before_sync.fetch_add(1, Ordering::Release);
+        }
         drop(w);
         Some((
             Expected {
@@ -100,15 +134,31 @@ impl Early {
         self.count.load(Ordering::Acquire) > 0
     }
 
+    /// Whether a handler waits that may be answered before this member's copy of its
+    /// entry is durable (the log's flusher then applies ahead before it syncs).
+    pub fn before_sync(&self) -> bool {
+        self.before_sync.load(Ordering::Acquire) > 0
+    }
+
     /// Hands the expected among `entries` (applied ahead, in order) their places and
-    /// `responses` (in the same order).
-    pub(super) fn applied_ahead(&self, entries: &[(Place, Option<Key>)], responses: &[Response]) {
+    /// `responses` (in the same order); with `durable` false (applied before this
+    /// member's copy is durable), only those that may be answered so. The others then go
+    /// without an early answer: these entries do not apply ahead again.
+    pub(super) fn applied_ahead(
+        &self,
+        entries: &[(Place, Option<Key>)],
+        responses: &[Response],
+        durable: bool,
+    ) {
         let mut w = self.lock();
         for ((at, key), response) in entries.iter().zip(responses) {
-            if let Some(tx) = key.and_then(|k| w.remove(&k)) {
-                self.count.fetch_sub(1, Ordering::Release);
-                let _ = tx.send((*at, response.clone()));
+            let Some(k) = key else { continue };
+            if !w.get(k).is_some_and(|waiter| durable || waiter.before_sync) {
+                continue;
             }
+            let waiter = w.remove(k).expect("checked");
+            self.forget(&waiter);
+            let _ = waiter.tx.send((*at, response.clone()));
         }
     }
 
@@ -130,9 +180,13 @@ mod tests {
     #[test]
     fn an_expected_change_gets_its_place_and_outcome_once() {
         let early = Arc::new(Early::default());
-        let (guard, mut rx) = early.expect((5, 1)).unwrap();
-        assert!(early.expect((5, 1)).is_none(), "one handler per change");
+        let (guard, mut rx) = early.expect((5, 1), false).unwrap();
+        assert!(
+            early.expect((5, 1), true).is_none(),
+            "one handler per change"
+        );
         assert!(early.wanted());
+        assert!(!early.before_sync());
         early.applied_ahead(
             &[
                 ((3, 9), Some((5, 0))),
@@ -140,11 +194,37 @@ mod tests {
                 ((3, 11), None),
             ],
             &[Response::None, Response::Cluster(4), Response::None],
+            true,
         );
         assert_eq!(rx.try_recv().unwrap(), ((3, 10), Response::Cluster(4)));
         assert!(!early.wanted());
         drop(guard);
-        assert!(early.expect((5, 1)).is_some());
+        assert!(early.expect((5, 1), false).is_some());
+    }
+
+    #[test]
+    fn only_a_client_counting_the_leaders_notice_is_answered_before_its_copy_is_durable() {
+        let early = Arc::new(Early::default());
+        let (_a, mut old) = early.expect((5, 1), false).unwrap();
+        let (b, mut new) = early.expect((6, 1), true).unwrap();
+        assert!(early.before_sync());
+        let entries = [((3, 9), Some((5, 1))), ((3, 10), Some((6, 1)))];
+        let responses = [Response::None, Response::Cluster(4)];
+        early.applied_ahead(&entries, &responses, false);
+        assert_eq!(new.try_recv().unwrap(), ((3, 10), Response::Cluster(4)));
+        assert!(
+            old.try_recv().is_err(),
+            "a client counting the leader's copy from the answer waits for its sync"
+        );
+        assert!(!early.before_sync());
+        assert!(
+            early.wanted(),
+            "still expected: its answer after the commit comes"
+        );
+        drop(b);
+        early.applied_ahead(&entries, &responses, true);
+        assert_eq!(old.try_recv().unwrap(), ((3, 9), Response::None));
+        assert!(!early.wanted());
     }
 
     #[test]

@@ -45,7 +45,7 @@ use openraft::vote::RaftLeaderId;
 use serde::Serialize;
 
 use super::encoded::Encoded;
-use super::notices::{Notices, client_of, place};
+use super::notices::{Noticed, Notices, client_of, place};
 use super::{TypeConfig, io_err};
 
 const ENTRY: u8 = 1;
@@ -67,24 +67,38 @@ pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// Applies entries ahead (`durable`: this member's copy is); says whether it took them.
+type ApplyAhead = dyn Fn(&[&EntryOf<TypeConfig>], bool) -> bool + Send + Sync;
+
 /// What the log calls, on its flusher, with the entries this member appended as their
 /// leader once they are durable in it (to apply them ahead of their commit), and which of
-/// them it wants (only those are copied). It must not wait.
+/// them it wants (only those are copied). While `before_sync` says so, it calls `apply`
+/// before its fdatasync instead (with `durable` false), and again after it with what that
+/// did not take. `apply` says whether it took the entries; it must not wait.
 #[derive(Clone)]
 pub struct AheadHook {
     wants: fn(&EntryOf<TypeConfig>) -> bool,
-    apply: Arc<dyn Fn(Vec<EntryOf<TypeConfig>>) + Send + Sync>,
+    apply: Arc<ApplyAhead>,
+    before_sync: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl AheadHook {
     pub fn new(
         wants: fn(&EntryOf<TypeConfig>) -> bool,
-        apply: impl Fn(Vec<EntryOf<TypeConfig>>) + Send + Sync + 'static,
+        apply: impl Fn(&[&EntryOf<TypeConfig>], bool) -> bool + Send + Sync + 'static,
     ) -> Self {
         AheadHook {
             wants,
             apply: Arc::new(apply),
+            before_sync: Arc::new(|| false),
         }
+    }
+
+    /// Applies before the fdatasync while `when` says so (a handler waits for an early
+    /// answer that may leave before this member's copy is durable: `early.rs`).
+    pub fn before_sync(mut self, when: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.before_sync = Arc::new(when);
+        self
     }
 }
 
@@ -94,14 +108,15 @@ impl Debug for AheadHook {
     }
 }
 
-/// Entries of clients' changes another member leads: (client, (term, index)).
-type Noticed = Vec<(u64, super::early::Place)>;
-
 /// What the flusher completes after its next fdatasync.
 enum Flushed {
     /// Appended entries, reported to Raft; those this member leads, to apply ahead; the
-    /// places of those another member leads that clients want notices of.
-    Append(IOFlushed<TypeConfig>, Vec<EntryOf<TypeConfig>>, Noticed),
+    /// places of those clients want notices of.
+    Append(
+        IOFlushed<TypeConfig>,
+        Vec<EntryOf<TypeConfig>>,
+        Vec<Noticed>,
+    ),
     /// A caller waiting for everything written so far to be durable.
     Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
@@ -120,8 +135,8 @@ struct Inner {
     /// Where the entries this member appends as their leader go, to apply ahead of their
     /// commit (`raft/applier.rs`).
     ahead: Option<AheadHook>,
-    /// The clients told which of their changes' entries another member leads are durable
-    /// here (`raft/notices.rs`).
+    /// The clients told which of their changes' entries are durable here
+    /// (`raft/notices.rs`).
     notices: Option<Arc<Notices>>,
     /// Entries' JSON by log id: what an append to a follower was spliced from (this
     /// member leads), or what it arrived as (another does).
@@ -292,8 +307,8 @@ impl LogStore {
         self
     }
 
-    /// Tells the clients subscribed to `notices` which of their changes' entries that
-    /// another member leads are durable here, after each fdatasync.
+    /// Tells the clients subscribed to `notices` which of their changes' entries are
+    /// durable here, after each fdatasync.
     pub fn durable_notices(self, notices: Arc<Notices>) -> Self {
         self.lock().notices = Some(notices);
         self
@@ -324,6 +339,20 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        // Clients count this member's copy from its notice: what it leads applies ahead
+        // now, so their early answers leave while the disk writes.
+        let ahead = inner.upgrade().and_then(|i| lock(&i).ahead.clone());
+        let mut applied_before = false;
+        if let Some(ahead) = ahead.filter(|a| (a.before_sync)()) {
+            let led: Vec<_> = batch
+                .iter()
+                .flat_map(|item| match item {
+                    Flushed::Append(_, entries, _) => entries.as_slice(),
+                    Flushed::Barrier(_) => &[],
+                })
+                .collect();
+            applied_before = !led.is_empty() && apply_ahead(&ahead, &led, false);
+        }
         let (result, ahead, notices) = match inner.upgrade() {
             Some(inner) => {
                 let (file, ahead, notices) = {
@@ -349,7 +378,9 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
             match item {
                 Flushed::Append(cb, entries, n) => {
                     cb.io_completed(r);
-                    led.extend(entries);
+                    if !applied_before {
+                        led.extend(entries);
+                    }
                     noticed.extend(n);
                 }
                 Flushed::Barrier(tx) => {
@@ -363,13 +394,23 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
         }
         // Durable here (the followers write them meanwhile): the entries this member leads
         // apply ahead of their commit.
-        if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty())
-            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ahead.apply)(led)))
-                .is_err()
-        {
-            tracing::error!("applying entries ahead of their commit panicked");
+        if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty()) {
+            apply_ahead(&ahead, &led.iter().collect::<Vec<_>>(), true);
         }
     }
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Gives `led` to the hook (`durable`: this member's copy is); whether it took them.
+fn apply_ahead(ahead: &AheadHook, led: &[&EntryOf<TypeConfig>], durable: bool) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ahead.apply)(led, durable)))
+        .unwrap_or_else(|_| {
+            tracing::error!("applying entries ahead of their commit panicked");
+            false
+        })
 }
 
 /// The record at the start of `bytes`: its kind, JSON body and whole length; `None` at
@@ -581,7 +622,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         let mut followed = None;
         let mut led = Vec::new();
-        let mut noticed = Vec::new();
+        let mut noticed: Vec<Noticed> = Vec::new();
         let notices = inner.notices.clone().filter(|n| n.wanted());
         let encoded = inner.encoded.clone();
         let written = (|| {
@@ -590,10 +631,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let leader = *e.log_id.leader_id.node_id();
                 followed.get_or_insert(leader);
                 if notices.is_some()
-                    && inner.member != Some(leader)
                     && let Some(client) = client_of(&e)
                 {
-                    noticed.push((client, place(&e)));
+                    noticed.push((client, place(&e), inner.member == Some(leader)));
                 }
                 if inner.member == Some(leader)
                     && inner.ahead.as_ref().is_some_and(|h| (h.wants)(&e))

@@ -93,8 +93,11 @@ fn a_followers_appends_are_durable_when_append_returns_and_its_own_go_through_th
                 .for_member(2)
                 .apply_ahead(AheadHook::new(
                     |_| true,
-                    move |entries| {
+                    move |entries, durable| {
+                        assert!(durable, "not asked to apply before the sync");
+                        let entries: Vec<_> = entries.iter().map(|e| (*e).clone()).collect();
                         let _ = ahead.lock().unwrap().send(entries);
+                        true
                     },
                 ));
             // Led by member 1: this member follows, and the append is synced in place.
@@ -139,6 +142,51 @@ fn a_followers_appends_are_durable_when_append_returns_and_its_own_go_through_th
             indexes(&mut log).await,
             vec![(1, 1), (2, 1), (3, 2), (4, 3)]
         );
+    });
+}
+
+/// While the hook asks for it, the entries this member leads go to it before the
+/// fdatasync (not durable yet); what it did not take then goes to it again after.
+#[test]
+fn own_entries_apply_before_the_sync_while_the_hook_asks() {
+    TypeConfig::run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, given) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let take = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let takes = take.clone();
+        let hook = AheadHook::new(
+            |_| true,
+            move |entries, durable| {
+                let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+                tx.lock().unwrap().send((indexes, durable)).unwrap();
+                durable || takes.load(Ordering::Acquire)
+            },
+        )
+        .before_sync(|| true);
+        // Entries of term 1 are led by member 1: this member.
+        let mut log = LogStore::open(&dir.path().join("raft-log"), None)
+            .unwrap()
+            .for_member(1)
+            .apply_ahead(hook);
+        let wait = std::time::Duration::from_secs(30);
+        let (t, r) = TypeConfig::oneshot();
+        log.append(vec![entry(1, 1)], IOFlushed::signal(t))
+            .await
+            .unwrap();
+        r.await.unwrap().unwrap();
+        assert_eq!(given.recv_timeout(wait).unwrap(), (vec![1], false));
+        // Not taken before the sync: given again once durable.
+        take.store(false, Ordering::Release);
+        let (t, r) = TypeConfig::oneshot();
+        log.append(vec![entry(1, 2)], IOFlushed::signal(t))
+            .await
+            .unwrap();
+        r.await.unwrap().unwrap();
+        assert_eq!(given.recv_timeout(wait).unwrap(), (vec![2], false));
+        assert_eq!(given.recv_timeout(wait).unwrap(), (vec![2], true));
+        drop(log);
+        assert!(given.recv_timeout(wait).is_err(), "nothing given twice");
     });
 }
 

@@ -1,4 +1,4 @@
-//! Durable notices: a follower tells a client which of its changes' entries it has made
+//! Durable notices: a member tells a client which of its changes' entries it has made
 //! durable in its log (docs/adr/0020).
 //!
 //! An entry of the leader's current term that is durable in the logs of a majority of the
@@ -11,9 +11,12 @@
 //! the answer.
 //!
 //! A client subscribes on its `Calls` stream to each member; the log store calls
-//! [`Notices::durable`] after each fdatasync of entries another member leads. It must not
-//! wait: a notice that finds its subscriber's queue full is dropped (the client then
-//! takes the leader's answer after the commit, as without notices).
+//! [`Notices::durable`] after each fdatasync of entries another member leads, and of those
+//! this member leads for the subscribers that count the leader's copy from its notice
+//! (`Notices.led`: the leader may then answer before its own copy is durable, see
+//! `early.rs`). It must not wait: a notice that finds its subscriber's queue full is
+//! dropped (the client then takes the leader's answer after the commit, as without
+//! notices).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,10 +31,18 @@ use super::early::{Place, key_of};
 /// durable here; returns false once the subscriber is gone (it is then dropped).
 pub type Subscriber = Box<dyn Fn(&[Place]) -> bool + Send + Sync>;
 
+/// A durable entry of a client's change: the client, the entry's place, and whether
+/// this member leads it.
+pub type Noticed = (u64, Place, bool);
+
+/// A subscription: its key, whether it wants the entries this member leads too, and
+/// where its notices go.
+type Subscribed = (u64, bool, Subscriber);
+
 /// The clients waiting for notices on this member, by client id.
 #[derive(Default)]
 pub struct Notices {
-    by_client: Mutex<HashMap<u64, Vec<(u64, Subscriber)>>>,
+    by_client: Mutex<HashMap<u64, Vec<Subscribed>>>,
     /// Subscribers in `by_client` (read without the lock on every append).
     count: AtomicUsize,
     next: AtomicUsize,
@@ -71,12 +82,12 @@ impl Drop for Subscription {
 }
 
 impl Notices {
-    /// Sends `client`'s notices to `to` until the subscription returned is dropped (or
-    /// `to` says it is gone).
-    pub fn subscribe(self: &Arc<Self>, client: u64, to: Subscriber) -> Subscription {
+    /// Sends `client`'s notices to `to` (with `led`, those of the entries this member
+    /// leads too) until the subscription returned is dropped (or `to` says it is gone).
+    pub fn subscribe(self: &Arc<Self>, client: u64, led: bool, to: Subscriber) -> Subscription {
         let key = self.next.fetch_add(1, Ordering::Relaxed) as u64;
         let mut by = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
-        by.entry(client).or_default().push((key, to));
+        by.entry(client).or_default().push((key, led, to));
         self.count.fetch_add(1, Ordering::Release);
         Subscription {
             notices: self.clone(),
@@ -89,7 +100,7 @@ impl Notices {
         let mut by = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(subs) = by.get_mut(&client) {
             let before = subs.len();
-            subs.retain(|(k, _)| *k != key);
+            subs.retain(|(k, ..)| *k != key);
             self.count.fetch_sub(before - subs.len(), Ordering::Release);
             if subs.is_empty() {
                 by.remove(&client);
@@ -102,22 +113,28 @@ impl Notices {
         self.count.load(Ordering::Acquire) > 0
     }
 
-    /// Tells each client its places among `durable`: (client, place) of entries now
-    /// durable here.
-    pub(super) fn durable(&self, durable: &[(u64, Place)]) {
+    /// Tells each client its places among `durable`, entries now durable here (those
+    /// this member leads only to the subscriptions that want them).
+    pub(super) fn durable(&self, durable: &[Noticed]) {
         if durable.is_empty() {
             return;
         }
-        let mut by_client: HashMap<u64, Vec<Place>> = HashMap::new();
-        for (client, at) in durable {
-            by_client.entry(*client).or_default().push(*at);
+        // Each client's places: all of them, and those another member leads.
+        let mut by_client: HashMap<u64, (Vec<Place>, Vec<Place>)> = HashMap::new();
+        for &(client, at, led) in durable {
+            let (all, followed) = by_client.entry(client).or_default();
+            all.push(at);
+            if !led {
+                followed.push(at);
+            }
         }
         let mut gone = Vec::new();
         {
             let by = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
-            for (client, places) in &by_client {
-                for (key, to) in by.get(client).into_iter().flatten() {
-                    if !to(places) {
+            for (client, (all, followed)) in &by_client {
+                for (key, led, to) in by.get(client).into_iter().flatten() {
+                    let places = if *led { all } else { followed };
+                    if !places.is_empty() && !to(places) {
                         gone.push((*client, *key));
                     }
                 }
@@ -140,25 +157,54 @@ mod tests {
         let to = heard.clone();
         let sub = notices.subscribe(
             7,
+            false,
             Box::new(move |places| {
                 to.lock().unwrap().extend_from_slice(places);
                 true
             }),
         );
         assert!(notices.wanted());
-        notices.durable(&[(7, (2, 10)), (8, (2, 11)), (7, (2, 12))]);
+        notices.durable(&[
+            (7, (2, 10), false),
+            (8, (2, 11), false),
+            (7, (2, 12), false),
+        ]);
         assert_eq!(*heard.lock().unwrap(), vec![(2, 10), (2, 12)]);
         drop(sub);
         assert!(!notices.wanted());
-        notices.durable(&[(7, (2, 13))]);
+        notices.durable(&[(7, (2, 13), false)]);
         assert_eq!(heard.lock().unwrap().len(), 2);
     }
 
     #[test]
     fn a_subscriber_that_is_gone_is_dropped() {
         let notices = Arc::new(Notices::default());
-        let _sub = notices.subscribe(3, Box::new(|_| false));
-        notices.durable(&[(3, (1, 1))]);
+        let _sub = notices.subscribe(3, true, Box::new(|_| false));
+        notices.durable(&[(3, (1, 1), true)]);
         assert!(!notices.wanted());
+    }
+
+    #[test]
+    fn the_entries_a_member_leads_go_only_to_who_counts_them() {
+        let notices = Arc::new(Notices::default());
+        let hear = |led| {
+            let heard: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+            let to = heard.clone();
+            let sub = notices.subscribe(
+                7,
+                led,
+                Box::new(move |places| {
+                    to.lock().unwrap().extend_from_slice(places);
+                    true
+                }),
+            );
+            (sub, heard)
+        };
+        let (_old, old) = hear(false);
+        let (_new, new) = hear(true);
+        notices.durable(&[(7, (2, 10), true), (7, (2, 11), false)]);
+        notices.durable(&[(7, (2, 12), true)]);
+        assert_eq!(*old.lock().unwrap(), vec![(2, 11)]);
+        assert_eq!(*new.lock().unwrap(), vec![(2, 10), (2, 11), (2, 12)]);
     }
 }

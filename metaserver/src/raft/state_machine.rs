@@ -156,17 +156,21 @@ impl StateMachine {
     }
 
     /// What the log calls with the entries this member appends as their leader, once
-    /// they are durable in it, to apply them ahead of their commit (see `applier.rs`).
+    /// they are durable in it (or before, while a client counting the leader's copy from
+    /// its notice waits for an early answer: `early.rs`), to apply them ahead of their
+    /// commit (see `applier.rs`).
     pub fn ahead(&self) -> super::log_store::AheadHook {
         let applier = Arc::downgrade(&self.applier);
+        let asks = applier.clone();
         super::log_store::AheadHook::new(
             |e| super::applier::ahead_cost(e).is_some(),
-            move |entries| {
-                if let Some(applier) = applier.upgrade() {
-                    applier.apply_ahead(entries);
-                }
+            move |entries, durable| {
+                applier
+                    .upgrade()
+                    .is_some_and(|a| a.apply_ahead(entries, durable))
             },
         )
+        .before_sync(move || asks.upgrade().is_some_and(|a| a.before_sync()))
     }
 
     /// The state database, for reads.

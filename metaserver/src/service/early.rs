@@ -1,5 +1,6 @@
 //! A change answered early on a `Calls` stream: once the leader's copy of its entry is
-//! durable and applied ahead, with the place a majority of copies commits it at
+//! durable (or, for a client counting that copy from its notice, written) and applied
+//! ahead, with the place a majority of copies commits it at
 //! (docs/adr/0020; `raft/early.rs` hands the handler its entry, `raft/notices.rs` tells
 //! the client of the followers' copies).
 
@@ -21,6 +22,9 @@ const SETTLE_WAIT: Duration = Duration::from_secs(2);
 pub struct EarlySink {
     pub id: u64,
     pub answers: mpsc::Sender<Result<CallReply, Status>>,
+    /// The client counts this member's copy from its durable notice (`Call.leader_notices`):
+    /// the answer may leave before that copy is durable.
+    pub leader_notices: bool,
 }
 
 impl MetaNode {
@@ -36,7 +40,7 @@ impl MetaNode {
         answer: impl FnOnce(&RaftResponse, u64) -> Option<call_reply::Reply>,
     ) -> Result<(RaftResponse, u64), Option<Status>> {
         let expected = match (sink, key) {
-            (Some(_), Some(key)) => self.shared.early.expect(key),
+            (Some(sink), Some(key)) => self.shared.early.expect(key, sink.leader_notices),
             _ => None,
         };
         let (Some(sink), Some((expected, ahead))) = (sink, expected) else {
@@ -55,6 +59,7 @@ impl MetaNode {
                     // Before the client hears it: a read it makes next waits for it.
                     self.shared.early.answered_at(index);
                     early.at = Some(LogPlace { term, index });
+                    early.leader_notices = sink.leader_notices;
                     let _ = sink.answers.try_send(Ok(CallReply {
                         id: sink.id,
                         reply: Some(reply),
@@ -96,6 +101,7 @@ impl MetaNode {
             leader: self.id,
             copies: (voters.len() / 2 + 1) as u32,
             voters,
+            leader_notices: false,
         })
     }
 
