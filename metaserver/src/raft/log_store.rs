@@ -369,19 +369,29 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
         };
         let done = batch.len();
         let mut led = Vec::new();
-        let mut noticed = Vec::new();
+        // The clients' notices first, as a follower sends them (see `append`).
+        if let Some(notices) = notices.as_ref().filter(|_| result.is_ok()) {
+            let noticed: Vec<Noticed> = batch
+                .iter()
+                .flat_map(|item| match item {
+                    Flushed::Append(_, _, n) => n.as_slice(),
+                    Flushed::Barrier(_) => &[],
+                })
+                .copied()
+                .collect();
+            notices.durable(&noticed);
+        }
         for item in batch {
             let r = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             match item {
-                Flushed::Append(cb, entries, n) => {
+                Flushed::Append(cb, entries, _) => {
                     cb.io_completed(r);
                     if !applied_before {
                         led.extend(entries);
                     }
-                    noticed.extend(n);
                 }
                 Flushed::Barrier(tx) => {
                     let _ = tx.send(r);
@@ -389,9 +399,6 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
             }
         }
         queued.fetch_sub(done, Ordering::AcqRel);
-        if let Some(notices) = notices.filter(|_| result.is_ok()) {
-            notices.durable(&noticed);
-        }
         // Durable here (the followers write them meanwhile): the entries this member leads
         // apply ahead of their commit.
         if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty()) {
@@ -661,10 +668,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
-            callback.io_completed(outcome);
+            // The clients' notices first: the answer to the leader wakes its commit, and
+            // on a busy processor the notice sent after it waited behind all of that.
             if let Some(notices) = notices.filter(|_| synced.is_ok()) {
                 notices.durable(&noticed);
             }
+            callback.io_completed(outcome);
             return synced;
         }
         // The flusher reports it once its fdatasync returns.
