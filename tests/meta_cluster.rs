@@ -638,3 +638,35 @@ async fn a_client_uses_unary_calls_with_members_older_than_the_calls_stream() ->
     );
     Ok(())
 }
+
+/// A member restarted on its address while another socket holds that port (any test's
+/// outgoing connection or listener may be given it while the member is down) starts once
+/// the port is free, rather than failing the test that restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_on_a_port_held_for_a_while_starts_once_it_is_free() -> Result<()> {
+    let mut cluster = MetaCluster::start(1, &[])?;
+    let client = cluster.client();
+    let vol = new_volume(&client, "held").await?;
+    let addr = cluster.nodes[0].addr.clone();
+    assert!(cluster.nodes[0].terminate()?.success(), "graceful stop");
+    let holder = std::net::TcpListener::bind(&addr)?;
+    // Let go of the port once the member has found it taken.
+    let log = cluster.nodes[0].log.clone();
+    let release = std::thread::spawn(move || {
+        let found = wait_for(Duration::from_secs(60), "the port found taken", || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("Address already in use"))
+        });
+        drop(holder);
+        found.map(|_| ())
+    });
+    cluster.nodes[0].restart_on(&addr)?;
+    release.join().expect("releasing thread")?;
+    cluster.wait_leader()?;
+    // The member it was: its namespace kept, and serving.
+    let client = cluster.client();
+    attr_of(client.mutate(&mkdir_op(vol.root, "after")).await?);
+    assert_eq!(list(&client, vol.root, false).await?, ["after"]);
+    Ok(())
+}

@@ -35,27 +35,28 @@ impl ServerProc {
         Ok(())
     }
 
-    /// Waits until the process has printed its listening address, and returns it.
+    /// Waits until the process has printed its listening address, and returns it; fails
+    /// as soon as the process exits without it.
     pub(super) fn wait_listening(&mut self, after: usize) -> Result<String> {
         let log = self.log.clone();
         let (id, role) = (self.id, self.role);
+        let prefix = format!("meridian {role} {id} listening on ");
+        let mut child = self.child.as_mut();
         let found = wait_for(START_DEADLINE, "server to listen", || {
             let text = fs::read_to_string(&log).ok()?;
-            text.lines()
-                .filter(|l| l.starts_with(&format!("meridian {role} {id} listening on ")))
-                .nth(after)
-                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+            if let Some(addr) = text.lines().filter(|l| l.starts_with(&prefix)).nth(after) {
+                return Some(Ok(addr.rsplit(' ').next().unwrap_or_default().to_string()));
+            }
+            match child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(Err(status)),
+                _ => None,
+            }
         });
-        if found.is_err()
-            && let Some(c) = self.child.as_mut()
-            && let Ok(Some(status)) = c.try_wait()
-        {
-            bail!(
-                "chunkserver {id} exited ({status}):\n{}",
-                log_tail(&log, 30)
-            );
+        match found {
+            Ok(Ok(addr)) => Ok(addr),
+            Ok(Err(status)) => bail!("{role} {id} exited ({status}):\n{}", log_tail(&log, 30)),
+            Err(e) => Err(e).with_context(|| format!("{role} {id}:\n{}", log_tail(&log, 30))),
         }
-        found.with_context(|| format!("{role} {id}:\n{}", log_tail(&log, 30)))
     }
 
     /// kill -9.
@@ -106,7 +107,10 @@ impl ServerProc {
         self.args.extend(args.iter().map(|a| a.to_string()));
     }
 
-    /// Starts the process again with the same arguments, listening on `addr`.
+    /// Starts the process again with the same arguments, listening on `addr`. The port
+    /// was free while the process was down, so another test's socket may hold it now
+    /// (an outgoing connection's local port, or a listener given it by the kernel): a
+    /// start that finds it taken is tried again until [`START_DEADLINE`].
     pub fn restart_on(&mut self, addr: &str) -> Result<()> {
         let listen = self
             .args
@@ -121,8 +125,21 @@ impl ServerProc {
             .lines()
             .filter(|l| l.starts_with(&prefix))
             .count();
-        self.spawn()?;
-        let again = self.wait_listening(before)?;
+        let start = std::time::Instant::now();
+        let again = loop {
+            self.spawn()?;
+            match self.wait_listening(before) {
+                Ok(again) => break again,
+                Err(e)
+                    if format!("{e:#}").contains("Address already in use")
+                        && start.elapsed() < START_DEADLINE =>
+                {
+                    // Not a wait for the server: the port's other holder is not ours.
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         anyhow::ensure!(again == addr, "restarted on {again}, expected {addr}");
         Ok(())
     }
