@@ -398,8 +398,8 @@ impl MetaClient {
         Ok(outcome?)
     }
 
-    /// From now on this client's changes take early answers (`on`), or wait for the
-    /// leader's answer after the commit (the default unless `MERIDIAN_EARLY_ANSWERS=on`):
+    /// From now on this client's changes take early answers (`on`: the default unless
+    /// `MERIDIAN_EARLY_ANSWERS=off`), or wait for the leader's answer after the commit:
     /// see `meta/durable.rs` and docs/adr/0020.
     pub fn set_early_answers(&self, on: bool) {
         self.streams.set_early(on);
