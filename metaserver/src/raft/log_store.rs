@@ -333,25 +333,65 @@ impl LogStore {
     }
 }
 
+/// Entries to apply ahead before this member's copy is durable, with the hook.
+type BeforeSync = (AheadHook, Vec<EntryOf<TypeConfig>>);
+
+/// Where entries to apply ahead go, and where they come back from with whether the hook
+/// took them.
+type AheadThread = (mpsc::Sender<BeforeSync>, mpsc::Receiver<(bool, BeforeSync)>);
+
+/// The thread applying ahead while the flusher syncs (see `flush_loop`). `None` if it
+/// could not be started (the flusher then applies before it syncs).
+fn ahead_thread() -> Option<AheadThread> {
+    let (tx, rx) = mpsc::channel::<BeforeSync>();
+    let (done_tx, done) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("raft-log-ahead".into())
+        .spawn(move || {
+            for (hook, led) in rx {
+                let took = apply_ahead(&hook, &led.iter().collect::<Vec<_>>(), false);
+                if done_tx.send((took, (hook, led))).is_err() {
+                    break;
+                }
+            }
+        })
+        .ok()?;
+    Some((tx, done))
+}
+
 /// The flusher: one fdatasync for everything queued since the last, then completions in
 /// order. Stops when the log is dropped.
 fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Arc<AtomicUsize>) {
+    let helper = ahead_thread();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         // Clients count this member's copy from its notice: what it leads applies ahead
-        // now, so their early answers leave while the disk writes.
+        // now, on the thread beside this one while this one syncs, so their early
+        // answers leave while the disk writes (and the sync does not wait for the apply).
         let ahead = inner.upgrade().and_then(|i| lock(&i).ahead.clone());
-        let mut applied_before = false;
+        let mut before: Option<(bool, Vec<EntryOf<TypeConfig>>)> = None;
+        let mut sent = false;
         if let Some(ahead) = ahead.filter(|a| (a.before_sync)()) {
-            let led: Vec<_> = batch
-                .iter()
+            let led: Vec<EntryOf<TypeConfig>> = batch
+                .iter_mut()
                 .flat_map(|item| match item {
-                    Flushed::Append(_, entries, _) => entries.as_slice(),
-                    Flushed::Barrier(_) => &[],
+                    Flushed::Append(_, entries, _) => std::mem::take(entries),
+                    Flushed::Barrier(_) => Vec::new(),
                 })
                 .collect();
-            applied_before = !led.is_empty() && apply_ahead(&ahead, &led, false);
+            if !led.is_empty() {
+                match &helper {
+                    Some((to, _)) => match to.send((ahead, led)) {
+                        Ok(()) => sent = true,
+                        Err(mpsc::SendError((_, led))) => before = Some((false, led)),
+                    },
+                    None => {
+                        let took = apply_ahead(&ahead, &led.iter().collect::<Vec<_>>(), false);
+                        before = Some((took, led));
+                    }
+                }
+            }
         }
         let (result, ahead, notices) = match inner.upgrade() {
             Some(inner) => {
@@ -389,9 +429,7 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
             match item {
                 Flushed::Append(cb, entries, _) => {
                     cb.io_completed(r);
-                    if !applied_before {
-                        led.extend(entries);
-                    }
+                    led.extend(entries);
                 }
                 Flushed::Barrier(tx) => {
                     let _ = tx.send(r);
@@ -399,6 +437,15 @@ fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Ar
             }
         }
         queued.fetch_sub(done, Ordering::AcqRel);
+        // Taken out for the apply before the sync (which Raft's completions above did not
+        // wait for: a commit meanwhile applies them itself): applied after it if that did
+        // not take them.
+        if sent && let Some((_, done)) = &helper {
+            before = done.recv().ok().map(|(took, (_, led))| (took, led));
+        }
+        if let Some((false, entries)) = before {
+            led = entries;
+        }
         // Durable here (the followers write them meanwhile): the entries this member leads
         // apply ahead of their commit.
         if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty()) {
