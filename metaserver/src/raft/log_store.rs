@@ -13,9 +13,10 @@
 //! allocated and recorded, so its fdatasync writes the data alone, with no journal commit
 //! of the file system (138 against 381 µs for 4 KiB on this project's test host). The
 //! next stretch is zeroed once little is left.
-//! An append is one write; a flusher thread then runs one fdatasync for every append
-//! written meanwhile (group commit) and only then reports them flushed, in order, so Raft
-//! counts this member's copy once it is durable while the leader replicates in parallel.
+//! An append is one write; a flusher thread (`log_store_flusher.rs`) then runs one
+//! fdatasync for every append written meanwhile (group commit) and only then reports them
+//! flushed, in order, so Raft counts this member's copy once it is durable while the
+//! leader replicates in parallel.
 //! Entries another member leads are synced where they are appended instead: a follower
 //! has nothing to overlap with its fdatasync, and the flusher's two thread hand-offs sat
 //! on every commit's path (its answer is what the leader waits for).
@@ -36,7 +37,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -47,6 +48,11 @@ use serde::Serialize;
 use super::encoded::Encoded;
 use super::notices::{Noticed, Notices, client_of, place};
 use super::{TypeConfig, io_err};
+
+#[path = "log_store_flusher.rs"]
+mod flusher;
+pub use flusher::AheadHook;
+use flusher::{Flushed, flush_loop};
 
 const ENTRY: u8 = 1;
 const TRUNCATE: u8 = 2;
@@ -65,60 +71,6 @@ const GROW: u64 = 2 << 20;
 #[derive(Clone, Debug)]
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
-}
-
-/// Applies entries ahead (`durable`: this member's copy is); says whether it took them.
-type ApplyAhead = dyn Fn(&[&EntryOf<TypeConfig>], bool) -> bool + Send + Sync;
-
-/// What the log calls, on its flusher, with the entries this member appended as their
-/// leader once they are durable in it (to apply them ahead of their commit), and which of
-/// them it wants (only those are copied). While `before_sync` says so, it calls `apply`
-/// before its fdatasync instead (with `durable` false), and again after it with what that
-/// did not take. `apply` says whether it took the entries; it must not wait.
-#[derive(Clone)]
-pub struct AheadHook {
-    wants: fn(&EntryOf<TypeConfig>) -> bool,
-    apply: Arc<ApplyAhead>,
-    before_sync: Arc<dyn Fn() -> bool + Send + Sync>,
-}
-
-impl AheadHook {
-    pub fn new(
-        wants: fn(&EntryOf<TypeConfig>) -> bool,
-        apply: impl Fn(&[&EntryOf<TypeConfig>], bool) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        AheadHook {
-            wants,
-            apply: Arc::new(apply),
-            before_sync: Arc::new(|| false),
-        }
-    }
-
-    /// Applies before the fdatasync while `when` says so (a handler waits for an early
-    /// answer that may leave before this member's copy is durable: `early.rs`).
-    pub fn before_sync(mut self, when: impl Fn() -> bool + Send + Sync + 'static) -> Self {
-        self.before_sync = Arc::new(when);
-        self
-    }
-}
-
-impl Debug for AheadHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AheadHook")
-    }
-}
-
-/// What the flusher completes after its next fdatasync.
-enum Flushed {
-    /// Appended entries, reported to Raft; those this member leads, to apply ahead; the
-    /// places of those clients want notices of.
-    Append(
-        IOFlushed<TypeConfig>,
-        Vec<EntryOf<TypeConfig>>,
-        Vec<Noticed>,
-    ),
-    /// A caller waiting for everything written so far to be durable.
-    Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
 #[derive(Debug)]
@@ -331,140 +283,6 @@ impl LogStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Entries to apply ahead before this member's copy is durable, with the hook.
-type BeforeSync = (AheadHook, Vec<EntryOf<TypeConfig>>);
-
-/// Where entries to apply ahead go, and where they come back from with whether the hook
-/// took them.
-type AheadThread = (mpsc::Sender<BeforeSync>, mpsc::Receiver<(bool, BeforeSync)>);
-
-/// The thread applying ahead while the flusher syncs (see `flush_loop`). `None` if it
-/// could not be started (the flusher then applies before it syncs).
-fn ahead_thread() -> Option<AheadThread> {
-    let (tx, rx) = mpsc::channel::<BeforeSync>();
-    let (done_tx, done) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("raft-log-ahead".into())
-        .spawn(move || {
-            for (hook, led) in rx {
-                let took = apply_ahead(&hook, &led.iter().collect::<Vec<_>>(), false);
-                if done_tx.send((took, (hook, led))).is_err() {
-                    break;
-                }
-            }
-        })
-        .ok()?;
-    Some((tx, done))
-}
-
-/// The flusher: one fdatasync for everything queued since the last, then completions in
-/// order. Stops when the log is dropped.
-fn flush_loop(inner: Weak<Mutex<Inner>>, rx: mpsc::Receiver<Flushed>, queued: Arc<AtomicUsize>) {
-    let helper = ahead_thread();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        // Clients count this member's copy from its notice: what it leads applies ahead
-        // now, on the thread beside this one while this one syncs, so their early
-        // answers leave while the disk writes (and the sync does not wait for the apply).
-        let ahead = inner.upgrade().and_then(|i| lock(&i).ahead.clone());
-        let mut before: Option<(bool, Vec<EntryOf<TypeConfig>>)> = None;
-        let mut sent = false;
-        if let Some(ahead) = ahead.filter(|a| (a.before_sync)()) {
-            let led: Vec<EntryOf<TypeConfig>> = batch
-                .iter_mut()
-                .flat_map(|item| match item {
-                    Flushed::Append(_, entries, _) => std::mem::take(entries),
-                    Flushed::Barrier(_) => Vec::new(),
-                })
-                .collect();
-            if !led.is_empty() {
-                match &helper {
-                    Some((to, _)) => match to.send((ahead, led)) {
-                        Ok(()) => sent = true,
-                        Err(mpsc::SendError((_, led))) => before = Some((false, led)),
-                    },
-                    None => {
-                        let took = apply_ahead(&ahead, &led.iter().collect::<Vec<_>>(), false);
-                        before = Some((took, led));
-                    }
-                }
-            }
-        }
-        let (result, ahead, notices) = match inner.upgrade() {
-            Some(inner) => {
-                let (file, ahead, notices) = {
-                    let inner = inner.lock().unwrap_or_else(|p| p.into_inner());
-                    (
-                        inner.file.clone(),
-                        inner.ahead.clone(),
-                        inner.notices.clone(),
-                    )
-                };
-                (file.sync_data(), ahead, notices)
-            }
-            None => (Err(io::Error::other("raft log closed")), None, None),
-        };
-        let done = batch.len();
-        let mut led = Vec::new();
-        // The clients' notices first, as a follower sends them (see `append`).
-        if let Some(notices) = notices.as_ref().filter(|_| result.is_ok()) {
-            let noticed: Vec<Noticed> = batch
-                .iter()
-                .flat_map(|item| match item {
-                    Flushed::Append(_, _, n) => n.as_slice(),
-                    Flushed::Barrier(_) => &[],
-                })
-                .copied()
-                .collect();
-            notices.durable(&noticed);
-        }
-        for item in batch {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            match item {
-                Flushed::Append(cb, entries, _) => {
-                    cb.io_completed(r);
-                    led.extend(entries);
-                }
-                Flushed::Barrier(tx) => {
-                    let _ = tx.send(r);
-                }
-            }
-        }
-        queued.fetch_sub(done, Ordering::AcqRel);
-        // Taken out for the apply before the sync (which Raft's completions above did not
-        // wait for: a commit meanwhile applies them itself): applied after it if that did
-        // not take them.
-        if sent && let Some((_, done)) = &helper {
-            before = done.recv().ok().map(|(took, (_, led))| (took, led));
-        }
-        if let Some((false, entries)) = before {
-            led = entries;
-        }
-        // Durable here (the followers write them meanwhile): the entries this member leads
-        // apply ahead of their commit.
-        if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty()) {
-            apply_ahead(&ahead, &led.iter().collect::<Vec<_>>(), true);
-        }
-    }
-}
-
-fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    inner.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Gives `led` to the hook (`durable`: this member's copy is); whether it took them.
-fn apply_ahead(ahead: &AheadHook, led: &[&EntryOf<TypeConfig>], durable: bool) -> bool {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ahead.apply)(led, durable)))
-        .unwrap_or_else(|_| {
-            tracing::error!("applying entries ahead of their commit panicked");
-            false
-        })
 }
 
 /// The record at the start of `bytes`: its kind, JSON body and whole length; `None` at
