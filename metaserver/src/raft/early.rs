@@ -11,7 +11,7 @@
 //! A client that counts the leader's copy from the leader's durable notice, as it counts
 //! the followers' (`Call.leader_notices`), may be answered before that copy is durable:
 //! while one of those waits, the log's flusher applies the entries this member leads
-//! ahead before its fdatasync rather than after it, and only those handlers are answered
+//! ahead beside its fdatasync rather than after it, and only those handlers are answered
 //! from that apply ([`Early::before_sync`]). The answer then leaves while the leader's
 //! disk writes, and the client's wait is the first follower's copy and its notice.
 //!
@@ -20,6 +20,7 @@
 //! read a state without it from the leader that told it.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -152,13 +153,14 @@ impl Early {
     ) {
         let mut w = self.lock();
         for ((at, key), response) in entries.iter().zip(responses) {
-            let Some(k) = key else { continue };
-            if !w.get(k).is_some_and(|waiter| durable || waiter.before_sync) {
-                continue;
+            if let Some(k) = key
+                && let Entry::Occupied(waiter) = w.entry(*k)
+                && (durable || waiter.get().before_sync)
+            {
+                let waiter = waiter.remove();
+                self.forget(&waiter);
+                let _ = waiter.tx.send((*at, response.clone()));
             }
-            let waiter = w.remove(k).expect("checked");
-            self.forget(&waiter);
-            let _ = waiter.tx.send((*at, response.clone()));
         }
     }
 

@@ -21,8 +21,9 @@ type ApplyAhead = dyn Fn(&[&EntryOf<TypeConfig>], bool) -> bool + Send + Sync;
 /// What the log calls, on its flusher, with the entries this member appended as their
 /// leader once they are durable in it (to apply them ahead of their commit), and which of
 /// them it wants (only those are copied). While `before_sync` says so, it calls `apply`
-/// before its fdatasync instead (with `durable` false), and again after it with what that
-/// did not take. `apply` says whether it took the entries; it must not wait.
+/// beside its fdatasync instead (with `durable` false, on a thread of its own), and again
+/// after it with what that did not take. `apply` says whether it took the entries; it
+/// must not wait.
 #[derive(Clone)]
 pub struct AheadHook {
     pub(super) wants: fn(&EntryOf<TypeConfig>) -> bool,
@@ -69,30 +70,40 @@ pub(super) enum Flushed {
     Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
-/// Entries to apply ahead before this member's copy is durable, with the hook.
-type BeforeSync = (AheadHook, Vec<EntryOf<TypeConfig>>);
-
 /// Where entries to apply ahead go, and where they come back from with whether the hook
 /// took them.
-type AheadThread = (mpsc::Sender<BeforeSync>, mpsc::Receiver<(bool, BeforeSync)>);
+type AheadThread = (
+    mpsc::Sender<(AheadHook, Vec<EntryOf<TypeConfig>>)>,
+    mpsc::Receiver<(bool, Vec<EntryOf<TypeConfig>>)>,
+);
 
 /// The thread applying ahead while the flusher syncs (see `flush_loop`). `None` if it
 /// could not be started (the flusher then applies before it syncs).
 fn ahead_thread() -> Option<AheadThread> {
-    let (tx, rx) = mpsc::channel::<BeforeSync>();
+    let (tx, rx) = mpsc::channel::<(AheadHook, Vec<EntryOf<TypeConfig>>)>();
     let (done_tx, done) = mpsc::channel();
     std::thread::Builder::new()
         .name("raft-log-ahead".into())
         .spawn(move || {
             for (hook, led) in rx {
                 let took = apply_ahead(&hook, &led.iter().collect::<Vec<_>>(), false);
-                if done_tx.send((took, (hook, led))).is_err() {
+                if done_tx.send((took, led)).is_err() {
                     break;
                 }
             }
         })
         .ok()?;
     Some((tx, done))
+}
+
+/// What became of a batch's entries given to apply ahead before its sync.
+enum Before {
+    /// None were (no client waits for an answer before this member's copy is durable).
+    Nothing,
+    /// On the thread applying ahead, while the flusher syncs.
+    OnThread,
+    /// Given here (no thread): whether the hook took them, and the entries.
+    Given(bool, Vec<EntryOf<TypeConfig>>),
 }
 
 /// The flusher: one fdatasync for everything queued since the last, then completions in
@@ -102,17 +113,24 @@ pub(super) fn flush_loop(
     rx: mpsc::Receiver<Flushed>,
     queued: Arc<AtomicUsize>,
 ) {
-    let helper = ahead_thread();
+    // Started the first time a client waits for an answer before this member's copy is
+    // durable (never on a member that only follows).
+    let mut helper: Option<AheadThread> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        let (file, ahead, notices) = match inner.upgrade() {
+            Some(i) => {
+                let i = lock(&i);
+                (Some(i.file.clone()), i.ahead.clone(), i.notices.clone())
+            }
+            None => (None, None, None),
+        };
         // Clients count this member's copy from its notice: what it leads applies ahead
         // now, on the thread beside this one while this one syncs, so their early
         // answers leave while the disk writes (and the sync does not wait for the apply).
-        let ahead = inner.upgrade().and_then(|i| lock(&i).ahead.clone());
-        let mut before: Option<(bool, Vec<EntryOf<TypeConfig>>)> = None;
-        let mut sent = false;
-        if let Some(ahead) = ahead.filter(|a| (a.before_sync)()) {
+        let mut before = Before::Nothing;
+        if let Some(hook) = ahead.as_ref().filter(|a| (a.before_sync)()) {
             let led: Vec<EntryOf<TypeConfig>> = batch
                 .iter_mut()
                 .flat_map(|item| match item {
@@ -121,31 +139,24 @@ pub(super) fn flush_loop(
                 })
                 .collect();
             if !led.is_empty() {
-                match &helper {
-                    Some((to, _)) => match to.send((ahead, led)) {
-                        Ok(()) => sent = true,
-                        Err(mpsc::SendError((_, led))) => before = Some((false, led)),
+                if helper.is_none() {
+                    helper = ahead_thread();
+                }
+                before = match &helper {
+                    Some((to, _)) => match to.send((hook.clone(), led)) {
+                        Ok(()) => Before::OnThread,
+                        Err(mpsc::SendError((_, led))) => Before::Given(false, led),
                     },
                     None => {
-                        let took = apply_ahead(&ahead, &led.iter().collect::<Vec<_>>(), false);
-                        before = Some((took, led));
+                        let took = apply_ahead(hook, &led.iter().collect::<Vec<_>>(), false);
+                        Before::Given(took, led)
                     }
-                }
+                };
             }
         }
-        let (result, ahead, notices) = match inner.upgrade() {
-            Some(inner) => {
-                let (file, ahead, notices) = {
-                    let inner = inner.lock().unwrap_or_else(|p| p.into_inner());
-                    (
-                        inner.file.clone(),
-                        inner.ahead.clone(),
-                        inner.notices.clone(),
-                    )
-                };
-                (file.sync_data(), ahead, notices)
-            }
-            None => (Err(io::Error::other("raft log closed")), None, None),
+        let result = match file {
+            Some(file) => file.sync_data(),
+            None => Err(io::Error::other("raft log closed")),
         };
         let done = batch.len();
         let mut led = Vec::new();
@@ -180,10 +191,15 @@ pub(super) fn flush_loop(
         // Taken out for the apply before the sync (which Raft's completions above did not
         // wait for: a commit meanwhile applies them itself): applied after it if that did
         // not take them.
-        if sent && let Some((_, done)) = &helper {
-            before = done.recv().ok().map(|(took, (_, led))| (took, led));
+        if let Before::OnThread = before
+            && let Some((_, back)) = &helper
+        {
+            before = match back.recv() {
+                Ok((took, entries)) => Before::Given(took, entries),
+                Err(_) => Before::Nothing,
+            };
         }
-        if let Some((false, entries)) = before {
+        if let Before::Given(false, entries) = before {
             led = entries;
         }
         // Durable here (the followers write them meanwhile): the entries this member leads
