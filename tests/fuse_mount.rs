@@ -6,6 +6,7 @@ mod common;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::os::unix::process::CommandExt;
@@ -579,6 +580,50 @@ fn answers_a_mount_gives_alone_give_way_to_another_mounts_changes() -> Result<()
         };
         (n == cap.len() as isize).then_some(())
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_write_drops_a_capability_another_mount_gave_while_the_file_was_open() -> Result<()> {
+    const BOUND: Duration = Duration::from_secs(60);
+    let region = Region::start()?;
+    let (here, there) = (region.mount("here")?, region.mount("there")?);
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(here.path.join("tool"))?;
+    // The first write: the kernel asks whether the file has a capability (it has none)
+    // and, the mount handling privileges (FUSE_HANDLE_KILLPRIV_V2), does not ask again
+    // before the next writes until it learns the file's attributes.
+    f.write_all(b"one")?;
+    f.sync_all()?;
+    let cap = [1u8, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let theirs = there.path.join("tool");
+    xattr_set(&theirs, "security.capability", &cap, 0)?;
+    // Seen here through the open descriptor: no lookup, so the kernel learns nothing new
+    // about the file's attributes.
+    wait_for(BOUND, "the capability given there, here", || {
+        let mut buf = [0u8; 64];
+        // SAFETY: a NUL-terminated name and a buffer of the given length.
+        let n = unsafe {
+            libc::fgetxattr(
+                f.as_raw_fd(),
+                c"security.capability".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        (n == cap.len() as isize && buf[..cap.len()] == cap).then_some(())
+    })?;
+    // A write drops it, as on a local disk.
+    f.write_all(b"two")?;
+    f.sync_all()?;
+    wait_for(BOUND, "the capability dropped by the write", || {
+        let e = xattr_get(&theirs, "security.capability").err()?;
+        (e.raw_os_error() == Some(libc::ENODATA)).then_some(())
+    })?;
+    drop(f);
+    assert_eq!(fs::read(&theirs)?, b"onetwo");
     Ok(())
 }
 

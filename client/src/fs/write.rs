@@ -290,6 +290,7 @@ impl FileSystem {
             self.drop_setid(&f).await?;
             f.drop_setid = false;
         }
+        self.drop_capability(ino, &f.creds).await?;
         self.kernel.changed(ino);
         f.dirty.write(at, data);
         if at != offset {

@@ -1,10 +1,13 @@
 //! Extended attributes. A file made here is known to have no `security.capability`,
-//! which the kernel asks for before every first write (`new_files.rs`).
+//! which every write asks for (`new_files.rs`).
 
 use meridian_proto::InodeId;
 use meridian_proto::ns::{Creds, Op, Query, QueryReply, XattrMode, libc_errno};
 
 use super::{Errno, FileSystem};
+
+/// The extended attribute holding a file's capabilities, which a write drops.
+const CAPABILITY: &[u8] = b"security.capability";
 
 impl FileSystem {
     /// Sets an extended attribute.
@@ -34,7 +37,7 @@ impl FileSystem {
         name: &[u8],
         creds: &Creds,
     ) -> Result<Vec<u8>, Errno> {
-        let capability = name == b"security.capability";
+        let capability = name == CAPABILITY;
         let (epoch, asked) = (self.cache_epoch(), self.new_files.asking());
         if capability
             && self.feed_sees_everything()
@@ -59,6 +62,24 @@ impl FileSystem {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Before a write: drops the file's `security.capability`, as Linux does at every
+    /// write. The kernel asks for it only at the first write after it learns the file's
+    /// attributes (the mount handles killing privileges, `FUSE_HANDLE_KILLPRIV_V2`), so a
+    /// capability another client gave since is found here; a file known to have none
+    /// costs a lookup. As in the kernel, a capability that cannot be read is taken as
+    /// none.
+    pub(super) async fn drop_capability(&self, ino: InodeId, creds: &Creds) -> Result<(), Errno> {
+        match self.getxattr(ino, CAPABILITY, creds).await {
+            Ok(value) if !value.is_empty() => {
+                match self.removexattr(ino, CAPABILITY, creds).await {
+                    Err(e) if e != libc_errno::ENODATA => Err(e),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
         }
     }
 
