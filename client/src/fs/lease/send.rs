@@ -15,10 +15,10 @@ use crate::meta::{MetaClient, WrittenBack};
 
 /// Most changes sent in one batch.
 const BATCH_MAX: usize = 2048;
-/// Changes queued with nobody waiting for them are sent this long after the first, or
-/// once this many are queued, so that a file's create goes with its first commit and a
-/// loop's changes go in batches; a durability point, a recall or a caller that waits
-/// sends the queue at once.
+/// Changes queued with nobody waiting for them are sent this long after the first (or
+/// after the batch before them was answered), or once this many are queued, so that a
+/// file's create goes with its first commit and a loop's changes go in batches; a
+/// durability point, a recall or a caller that waits sends the queue at once.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 const SEND_AT: usize = 256;
 
@@ -174,9 +174,23 @@ impl Leases {
 
     /// Sends the queue, releases and reservations, until the file system is dropped.
     pub(in crate::fs) async fn send_loop(me: Weak<crate::fs::FileSystem>, meta: Arc<MetaClient>) {
+        // Whether a batch was just sent: changes queued meanwhile, nobody waiting for them,
+        // wait their linger too. Sent at once instead, a loop's changes went in batches of
+        // one write-back's time (a few changes each), and the servers' work per batch (a
+        // Raft round) was most of their work per change.
+        let mut just_sent = false;
         loop {
             let Some(fs) = me.upgrade() else { return };
             let leases = &fs.leases;
+            if std::mem::take(&mut just_sent) && !leases.lock().queue.is_empty() {
+                let work = leases.work.clone();
+                drop(fs);
+                tokio::select! {
+                    _ = work.notified() => {}
+                    _ = tokio::time::sleep(LINGER) => {}
+                }
+                continue;
+            }
             let (ops, release, reserve, acquire) = leases.lock().next_batch();
             if ops.is_empty() && release.is_empty() && reserve == 0 && acquire.is_empty() {
                 let (work, pending) = (leases.work.clone(), leases.pending.clone());
@@ -261,6 +275,7 @@ impl Leases {
             let sent = *leases.sent.borrow() + ops.len() as u64;
             drop(s);
             leases.sent.send_replace(sent);
+            just_sent = !ops.is_empty();
         }
     }
 }
