@@ -12,11 +12,10 @@ const MAX_NEW_FILES: usize = 1 << 16;
 /// Files known to have no `security.capability`, so the question before every write
 /// (whether it must drop capabilities: the mount's own, and the kernel's at the first
 /// write after it learns the file's attributes) is answered without the servers. A file
-/// is known so when
-/// this client created it (no file is created with one: only setxattr gives it) or the
-/// servers said it has none; it is forgotten when this client sets or removes an
-/// extended attribute of it, and all are on any drop by the feed of other clients'
-/// changes (as the known directories are).
+/// is known so when this client created it (no file is created with one: only setxattr
+/// gives it) or the servers said it has none; it is forgotten when this client sets or
+/// removes an extended attribute of it, and all are on any drop by the feed of other
+/// clients' changes (as the known directories are).
 #[derive(Default)]
 pub(super) struct NewFiles {
     inner: Mutex<HashMap<InodeId, u64>>,
