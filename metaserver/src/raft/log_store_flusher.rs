@@ -86,7 +86,7 @@ fn ahead_thread() -> Option<AheadThread> {
         .name("raft-log-ahead".into())
         .spawn(move || {
             for (hook, led) in rx {
-                let took = apply_ahead(&hook, &led.iter().collect::<Vec<_>>(), false);
+                let took = apply_ahead(&hook, &led, false);
                 if done_tx.send((took, led)).is_err() {
                     break;
                 }
@@ -148,7 +148,7 @@ pub(super) fn flush_loop(
                         Err(mpsc::SendError((_, led))) => Before::Given(false, led),
                     },
                     None => {
-                        let took = apply_ahead(hook, &led.iter().collect::<Vec<_>>(), false);
+                        let took = apply_ahead(hook, &led, false);
                         Before::Given(took, led)
                     }
                 };
@@ -205,7 +205,7 @@ pub(super) fn flush_loop(
         // Durable here (the followers write them meanwhile): the entries this member leads
         // apply ahead of their commit.
         if let Some(ahead) = ahead.filter(|_| result.is_ok() && !led.is_empty()) {
-            apply_ahead(&ahead, &led.iter().collect::<Vec<_>>(), true);
+            apply_ahead(&ahead, &led, true);
         }
     }
 }
@@ -215,10 +215,13 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 /// Gives `led` to the hook (`durable`: this member's copy is); whether it took them.
-fn apply_ahead(ahead: &AheadHook, led: &[&EntryOf<TypeConfig>], durable: bool) -> bool {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ahead.apply)(led, durable)))
-        .unwrap_or_else(|_| {
-            tracing::error!("applying entries ahead of their commit panicked");
-            false
-        })
+fn apply_ahead(ahead: &AheadHook, led: &[EntryOf<TypeConfig>], durable: bool) -> bool {
+    let led: Vec<&EntryOf<TypeConfig>> = led.iter().collect();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (ahead.apply)(&led, durable)
+    }))
+    .unwrap_or_else(|_| {
+        tracing::error!("applying entries ahead of their commit panicked");
+        false
+    })
 }
