@@ -30,7 +30,7 @@ impl ChunkCluster {
                 "--data".into(),
                 data.display().to_string(),
                 "--listen".into(),
-                "127.0.0.1:0".into(),
+                ANY_LISTEN.into(),
                 "--zone".into(),
                 zone.to_string(),
                 "--cluster-map".into(),
@@ -51,12 +51,13 @@ impl ChunkCluster {
                 log: dir.path().join(format!("node-{id}.log")),
                 args,
                 child: None,
+                picked_port: false,
             };
-            p.spawn()?;
+            p.spawn_first()?;
             nodes.push(p);
         }
         for p in &mut nodes {
-            p.addr = p.wait_listening(0)?;
+            p.addr = p.wait_first_listening()?;
         }
         let infos = nodes
             .iter()

@@ -1,7 +1,41 @@
 //! One `meridian` server process of a test: started with its own folder and a free port,
 //! killed on drop.
 
+use std::hash::{BuildHasher, Hasher};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::*;
+
+/// The placeholder of a `--listen` address the harness picks the port of ([`listen_port`]).
+pub const ANY_LISTEN: &str = "127.0.0.1:0";
+
+/// A loopback address with a port that is free now and that the kernel never hands out on
+/// its own: below the ephemeral range, which both `bind` to port 0 and every outgoing
+/// connection's local port are taken from. A server that is killed and started again on
+/// its address (as many tests do) then finds it free, rather than held by another test's
+/// connection for as long as that lives. Another test could pick the same port in the
+/// moment between this check and the server's bind: [`ServerProc::wait_first_listening`]
+/// picks again when a first start finds it taken.
+pub fn listen_port() -> Result<String> {
+    static PICKS: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_from = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_from.max(10_001));
+    // Seeded per process (the hasher's random keys), so parallel tests draw differently.
+    let seed = std::collections::hash_map::RandomState::new();
+    for _ in 0..1000 {
+        let mut h = seed.build_hasher();
+        h.write_u64(PICKS.fetch_add(1, Ordering::Relaxed));
+        let port = lo + (h.finish() % u64::from(hi - lo)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(format!("127.0.0.1:{port}"));
+        }
+    }
+    bail!("no free port in {lo}..{hi}")
+}
 
 /// One server process (`meridian chunk` or `meridian meta`).
 pub struct ServerProc {
@@ -13,6 +47,8 @@ pub struct ServerProc {
     pub log: PathBuf,
     pub(super) args: Vec<String>,
     pub(super) child: Option<Child>,
+    /// Whether the harness picked the port it listens on (and may pick another).
+    pub(super) picked_port: bool,
 }
 
 impl ServerProc {
@@ -108,8 +144,8 @@ impl ServerProc {
     }
 
     /// Starts the process again with the same arguments, listening on `addr`. The port
-    /// was free while the process was down, so another test's socket may hold it now
-    /// (an outgoing connection's local port, or a listener given it by the kernel): a
+    /// was free while the process was down; the harness picks ports the kernel never
+    /// hands out ([`listen_port`]), but another test may have picked it meanwhile: a
     /// start that finds it taken is tried again until [`START_DEADLINE`].
     pub fn restart_on(&mut self, addr: &str) -> Result<()> {
         let listen = self
@@ -155,7 +191,7 @@ impl ServerProc {
             data.display().to_string(),
         ];
         if !args.iter().any(|a| a == "--listen") {
-            full.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+            full.extend(["--listen".to_string(), ANY_LISTEN.to_string()]);
         }
         full.append(&mut args);
         let mut p = ServerProc {
@@ -167,10 +203,49 @@ impl ServerProc {
             log: dir.join(format!("{role}-{id}.log")),
             args: full,
             child: None,
+            picked_port: false,
         };
-        p.spawn()?;
-        p.addr = p.wait_listening(0)?;
+        p.spawn_first()?;
+        p.addr = p.wait_first_listening()?;
         Ok(p)
+    }
+
+    /// Spawns the process for the first time; a `--listen` of [`ANY_LISTEN`] gets a port
+    /// from [`listen_port`].
+    pub(super) fn spawn_first(&mut self) -> Result<()> {
+        if let Some(i) = self.args.iter().position(|a| a == "--listen")
+            && self.args[i + 1] == ANY_LISTEN
+        {
+            self.args[i + 1] = listen_port()?;
+            self.picked_port = true;
+        }
+        self.spawn()
+    }
+
+    /// Waits until a process [`spawn_first`](Self::spawn_first) started listens; its
+    /// address. A port the harness picked that another test took before the process
+    /// could is picked again.
+    pub(super) fn wait_first_listening(&mut self) -> Result<String> {
+        let mut tries = 0;
+        loop {
+            match self.wait_listening(0) {
+                Err(e)
+                    if self.picked_port
+                        && tries < 5
+                        && format!("{e:#}").contains("Address already in use") =>
+                {
+                    tries += 1;
+                    let i = self
+                        .args
+                        .iter()
+                        .position(|a| a == "--listen")
+                        .expect("listen");
+                    self.args[i + 1] = listen_port()?;
+                    self.spawn()?;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
