@@ -878,6 +878,77 @@ fn a_small_fsyncd_write_needs_no_chunkserver_and_reaches_them_afterwards() -> Re
     Ok(())
 }
 
+/// Writes through several descriptors of one file land in the order they were made, as
+/// on a local disk: appends through two descriptors (two shells' `>>`) keep every line,
+/// and a later write over the same bytes through one descriptor is not undone by an
+/// earlier one through another when both close. (The mount buffered each descriptor's
+/// writes apart and committed them in whatever order they closed: lines and the later
+/// write were lost.)
+#[test]
+fn writes_through_several_descriptors_of_a_file_land_in_the_order_they_were_made() -> Result<()> {
+    let region = Region::start()?;
+    let (mnt, other) = (region.mount("mnt")?, region.mount("other")?);
+    let log = mnt.path.join("log");
+    let appender = || OpenOptions::new().create(true).append(true).open(&log);
+    let (mut a, mut b) = (appender()?, appender()?);
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        let line = format!("line {i}\n");
+        if i % 2 == 0 { &mut a } else { &mut b }.write_all(line.as_bytes())?;
+        expected.extend_from_slice(line.as_bytes());
+    }
+    assert!(fs::read(&log)? == expected, "read while both are open");
+    drop(b);
+    drop(a);
+
+    let page = mnt.path.join("page");
+    let (mut first, mut second) = (
+        File::create(&page)?,
+        OpenOptions::new().write(true).open(&page)?,
+    );
+    first.write_all(b"older bytes")?;
+    second.write_all(b"newer bytes")?;
+    // The later write's descriptor closes first, the earlier one's after.
+    drop(second);
+    drop(first);
+    for m in [&mnt, &other] {
+        assert_eq!(
+            fs::read(m.path.join("log"))?,
+            expected,
+            "{}",
+            m.path.display()
+        );
+        assert_eq!(
+            fs::read(m.path.join("page"))?,
+            b"newer bytes",
+            "{}",
+            m.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// fsync makes the file's writes durable, whatever descriptor made them: bytes written
+/// through one descriptor and fsync'd through another (read-only) one survive kill -9 of
+/// the mount. (The mount committed only the fsync'd descriptor's own writes.)
+#[test]
+fn an_fsync_through_any_descriptor_makes_the_files_writes_durable() -> Result<()> {
+    let region = Region::start()?;
+    let mut mnt = region.mount_with("mnt", &["--no-supervisor"])?;
+    let path = mnt.path.join("data");
+    let mut writer = File::create(&path)?;
+    writer.sync_all()?;
+    let data = random_bytes(31, 50_000);
+    writer.write_all(&data)?;
+    File::open(&path)?.sync_all()?;
+    // kill -9 with the writer still open: only what is durable is left.
+    mnt.kill();
+    drop(writer);
+    let reader = region.mount("reader")?;
+    assert!(fs::read(reader.path.join("data"))? == data);
+    Ok(())
+}
+
 /// A small fsync'd write whose mount dies before its put, and which nobody reads, still
 /// reaches the chunkservers: a repair pass finds it staged in the metadata, its first home
 /// puts it and unstages it. A staged block whose file was removed meanwhile goes too.

@@ -18,7 +18,6 @@ use tracing::warn;
 
 use crate::blocks::BlockClient;
 use crate::cache::BlockCache;
-use crate::dirty::DirtyRanges;
 use crate::meta::{MetaClient, MetaError};
 
 mod atime;
@@ -37,6 +36,7 @@ mod servers;
 mod setattr;
 mod space;
 mod staging;
+mod unflushed;
 mod write;
 mod xattrs;
 pub use feed::{TTL_ALONE, TTL_FED};
@@ -66,9 +66,9 @@ struct OpenFile {
     ino: InodeId,
     append: bool,
     creds: Creds,
-    dirty: DirtyRanges,
-    /// Block-aligned ranges this handle wrote only part of: compacted after close.
-    fragmented: std::collections::BTreeSet<u64>,
+    /// What this client's handles of the file wrote and have not committed (one buffer
+    /// for all of them).
+    unflushed: unflushed::Shared,
     /// Whether the first read must move the atime (relatime, as of the open): a read
     /// that would not change it costs no metadata write.
     atime_due: bool,
@@ -102,6 +102,8 @@ pub struct FileSystem {
     /// Files unlinked while this client had them open: renamed out of sight and removed
     /// for real at the last close, as on a local disk (inode -> (dir, hidden name, caller)).
     hidden: std::sync::Mutex<HashMap<InodeId, HiddenFile>>,
+    /// The writes not committed yet of each file open here.
+    unflushed: unflushed::Files,
     /// Bumped by every commit and attribute change this client makes: read views taken
     /// before it are stale (read-your-writes across handles).
     write_generation: AtomicU64,
@@ -210,6 +212,7 @@ impl FileSystem {
             handles: Default::default(),
             write_generation: AtomicU64::new(0),
             hidden: Default::default(),
+            unflushed: Default::default(),
             next_fh: AtomicU64::new(first_fh),
             kernel: KernelView::default(),
             feed: Default::default(),
@@ -292,14 +295,18 @@ impl FileSystem {
 
     /// One past the last byte this client's open handles of `ino` hold unflushed.
     async fn buffered_end(&self, ino: InodeId) -> u64 {
-        let mut end = 0;
         for f in self.handles_of(ino) {
-            let f = f.lock().await;
-            if f.ino == ino {
-                end = end.max(f.dirty.end());
-            }
+            let unflushed = {
+                let f = f.lock().await;
+                if f.ino != ino {
+                    continue;
+                }
+                f.unflushed.clone()
+            };
+            // One buffer for every handle of the file.
+            return unflushed.lock().await.dirty.end();
         }
-        end
+        0
     }
 
     /// Attributes from the servers as the kernel must see them from this client: never
@@ -332,7 +339,7 @@ impl FileSystem {
             .collect()
     }
 
-    /// Commits every open handle's dirty data for `ino` (before reads, truncates, renames).
+    /// Commits what the open handles of `ino` wrote (before reads, truncates, renames).
     async fn flush_inode(&self, ino: InodeId) -> Result<(), Errno> {
         self.flush_inode_for(ino, write::CommitFor::Close).await
     }
@@ -342,7 +349,8 @@ impl FileSystem {
         for h in self.handles_of(ino) {
             let mut f = h.lock().await;
             if f.ino == ino {
-                self.commit_for(&mut f, why).await?;
+                // One buffer for every handle of the file: one commit takes it all.
+                return self.commit_for(&mut f, why).await;
             }
         }
         Ok(())

@@ -24,7 +24,8 @@ use meridian_proto::{EncodedBlock, InodeId};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::warn;
 
-use super::{DirtyRanges, Errno, FileSystem, OpenFile, attr_of};
+use super::unflushed::Unflushed;
+use super::{Errno, FileSystem, OpenFile, attr_of};
 
 /// What a commit of a handle's writes is for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -212,8 +213,7 @@ impl FileSystem {
             ino,
             append,
             creds: creds.clone(),
-            dirty: DirtyRanges::default(),
-            fragmented: Default::default(),
+            unflushed: self.unflushed.of(ino),
             atime_due: false,
             view: None,
             drop_setid: false,
@@ -279,9 +279,16 @@ impl FileSystem {
         let h = self.handle(fh)?;
         let mut f = h.lock().await;
         let ino = f.ino;
+        // The file's buffer, which its other handles here write into too.
+        let shared = f.unflushed.clone();
+        let mut u = shared.lock().await;
+        if u.creds.as_ref().is_some_and(|c| *c != f.creds) {
+            // Another caller's writes wait: a commit carries one caller's credentials.
+            self.commit_unflushed(&f, &mut u, CommitFor::Close).await?;
+        }
         let at = if f.append {
             let size = self.committed_attr(ino).await?.size;
-            size.max(f.dirty.end())
+            size.max(u.dirty.end())
         } else {
             offset
         };
@@ -292,7 +299,8 @@ impl FileSystem {
         }
         self.drop_capability(ino, &f.creds).await?;
         self.kernel.changed(ino);
-        f.dirty.write(at, data);
+        u.dirty.write(at, data);
+        u.creds = Some(f.creds.clone());
         if at != offset {
             // The kernel put the bytes in its pages at its own idea of the end (another
             // client appended since): those pages, and its size, are wrong from there.
@@ -302,8 +310,8 @@ impl FileSystem {
         }
         // Many small scattered writes commit long before their bytes add up: a commit
         // carries a bounded number of extents.
-        if f.dirty.bytes() >= self.options.max_dirty_bytes || f.dirty.count() >= DIRTY_RANGES_MAX {
-            self.commit(&mut f).await?;
+        if u.dirty.bytes() >= self.options.max_dirty_bytes || u.dirty.count() >= DIRTY_RANGES_MAX {
+            self.commit_unflushed(&f, &mut u, CommitFor::Close).await?;
         }
         Ok(data.len())
     }
@@ -324,43 +332,58 @@ impl FileSystem {
         Ok(())
     }
 
-    /// Commits dirty data: cuts it at block-size boundaries of the file (so sequential
-    /// writes give whole aligned blocks), uploads the blocks in parallel with the volume's
-    /// replication, then adds their extents and the new size in one metadata commit.
-    pub(super) async fn commit(&self, f: &mut OpenFile) -> Result<(), Errno> {
-        self.commit_for(f, CommitFor::Close).await
+    /// Commits the file's unflushed writes (every handle's: one buffer), for `why`: cuts
+    /// them at block-size boundaries of the file (so sequential writes give whole aligned
+    /// blocks), uploads the blocks in parallel with the volume's replication, then adds
+    /// their extents and the new size in one metadata commit. For an fsync, a commit of a
+    /// few kilobytes carries its blocks staged (docs/adr/0018); before a change answered
+    /// alone, the commit of a file it keeps is queued, not waited for (`lease/alone.rs`).
+    pub(super) async fn commit_for(&self, f: &mut OpenFile, why: CommitFor) -> Result<(), Errno> {
+        let shared = f.unflushed.clone();
+        let mut u = shared.lock().await;
+        self.commit_unflushed(f, &mut u, why).await
     }
 
-    /// [`commit`](Self::commit), for `why`: for an fsync, a commit of a few kilobytes
-    /// carries its blocks staged (docs/adr/0018); before a change answered alone, the
-    /// commit of a file it keeps is queued, not waited for (`lease/alone.rs`).
-    pub(super) async fn commit_for(&self, f: &mut OpenFile, why: CommitFor) -> Result<(), Errno> {
-        if f.dirty.is_empty() {
+    /// Commits what the file's buffer `u` holds (whatever handle of it wrote it), for `why`,
+    /// with the credentials it was written with; `f` is the handle committing.
+    async fn commit_unflushed(
+        &self,
+        f: &OpenFile,
+        u: &mut Unflushed,
+        why: CommitFor,
+    ) -> Result<(), Errno> {
+        if u.dirty.is_empty() {
             return Ok(());
         }
         // Each range becomes one shared buffer; blocks are zero-copy slices of it.
-        let ranges: Vec<(u64, Bytes)> = f
+        let ranges: Vec<(u64, Bytes)> = u
             .dirty
             .take()
             .into_iter()
             .map(|(o, d)| (o, Bytes::from(d)))
             .collect();
-        let result = self.upload_and_commit(f, &ranges, why).await;
+        let creds = u.creds.take().unwrap_or_else(|| f.creds.clone());
+        let result = self
+            .upload_and_commit(f.ino, &creds, &mut u.fragmented, &ranges, why)
+            .await;
         self.changing(f.ino);
         if result == Err(libc_errno::EIO) {
             // Chunkservers or metaservers unreachable: keep the data so a later flush,
             // fsync or close can still commit it. (A refusal such as EDQUOT or ENOENT is
             // final: the application has been told.)
             for (offset, data) in &ranges {
-                f.dirty.write(*offset, data);
+                u.dirty.write(*offset, data);
             }
+            u.creds = Some(creds);
         }
         result
     }
 
     async fn upload_and_commit(
         &self,
-        f: &mut OpenFile,
+        ino: InodeId,
+        creds: &Creds,
+        fragmented: &mut std::collections::BTreeSet<u64>,
         ranges: &[(u64, Bytes)],
         why: CommitFor,
     ) -> Result<(), Errno> {
@@ -399,7 +422,7 @@ impl FileSystem {
             && self.options.stage_small
             && self.volume.policy.regions.len() <= 1;
         let staged = if stage && self.staging.admit(bytes) {
-            match self.commit_staged(f, &packs, bytes, end).await {
+            match self.commit_staged(ino, creds, &packs, bytes, end).await {
                 Err(e) if e == libc_errno::E2BIG => None, // the region holds enough staged
                 other => Some(other),
             }
@@ -408,14 +431,17 @@ impl FileSystem {
         };
         let size = match staged {
             Some(committed) => committed?,
-            None => self.put_and_commit(f, &packs, bytes, end, why).await?,
+            None => {
+                self.put_and_commit(ino, creds, &packs, bytes, end, why)
+                    .await?
+            }
         };
         // A piece that alone covers its block's range up to the end of the file (a small
         // file, a file's tail) leaves one extent there: nothing to compact.
         for &(block, from, to) in &partial {
             let alone = partial.iter().filter(|p| p.0 == block).count() == 1;
             if !(alone && from == block && to == (block + bs).min(size)) {
-                f.fragmented.insert(block);
+                fragmented.insert(block);
             }
         }
         Ok(())
@@ -425,7 +451,8 @@ impl FileSystem {
     /// `end`: the file's size after the commit.
     async fn put_and_commit(
         &self,
-        f: &OpenFile,
+        ino: InodeId,
+        creds: &Creds,
         packs: &[Pack],
         bytes: usize,
         end: u64,
@@ -450,7 +477,8 @@ impl FileSystem {
             let (block, block_len) = uploaded.next().await.ok_or(libc_errno::EIO)??;
             extents.extend(extents_of(parts, block, block_len));
         }
-        self.commit_extents(f, extents, end, Vec::new(), why).await
+        self.commit_extents(ino, creds, extents, end, Vec::new(), why)
+            .await
     }
 
     /// Commits `packs` (`bytes` in all, admitted by the staging's bound) with their
@@ -458,7 +486,8 @@ impl FileSystem {
     /// (docs/adr/0018): the file's size after the commit.
     async fn commit_staged(
         &self,
-        f: &OpenFile,
+        ino: InodeId,
+        creds: &Creds,
         packs: &[Pack],
         bytes: usize,
         end: u64,
@@ -479,7 +508,7 @@ impl FileSystem {
             blocks.push(block);
         }
         match self
-            .commit_extents(f, extents, end, staged, CommitFor::Fsync)
+            .commit_extents(ino, creds, extents, end, staged, CommitFor::Fsync)
             .await
         {
             Ok(size) => {
@@ -487,7 +516,7 @@ impl FileSystem {
                 for ((_, data), block) in packs.iter().zip(&blocks) {
                     self.cache.insert(block.id, data.clone());
                 }
-                self.staging.uploaded_later(f.ino, blocks);
+                self.staging.uploaded_later(ino, blocks);
                 Ok(size)
             }
             Err(e) => {
@@ -497,21 +526,23 @@ impl FileSystem {
         }
     }
 
-    /// Commits `extents` and the size `end` (with `staged` blocks): the size after it.
+    /// Commits `extents` and the size `end` (with `staged` blocks) of `ino`, as `creds`:
+    /// the size after it.
     async fn commit_extents(
         &self,
-        f: &OpenFile,
+        ino: InodeId,
+        creds: &Creds,
         extents: Vec<Extent>,
         end: u64,
         staged: Vec<StagedBlock>,
         why: CommitFor,
     ) -> Result<u64, Errno> {
         let op = Op::CommitExtents {
-            ino: f.ino,
+            ino,
             extents,
             size: end,
             base_version: None,
-            creds: f.creds.clone(),
+            creds: creds.clone(),
             staged,
         };
         let op = match why {
@@ -584,8 +615,14 @@ impl FileSystem {
             .remove(&fh);
         if let (Some(h), Some(me)) = (handle, self.me.upgrade()) {
             let f = h.lock().await;
-            let (ino, ranges) = (f.ino, f.fragmented.clone());
+            let (ino, unflushed) = (f.ino, f.unflushed.clone());
             drop(f);
+            drop(h);
+            // What the file's handles wrote in pieces (this one's, and any other's since the
+            // last close) is compacted now; the buffer goes with the file's last handle.
+            let ranges = std::mem::take(&mut unflushed.lock().await.fragmented);
+            drop(unflushed);
+            self.unflushed.closed(ino);
             if !self.is_open(ino).await {
                 let gone = self
                     .hidden
