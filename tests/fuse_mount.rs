@@ -949,6 +949,28 @@ fn an_fsync_through_any_descriptor_makes_the_files_writes_durable() -> Result<()
     Ok(())
 }
 
+/// Writes a file holds unflushed are committed after a while without a flush, as a local
+/// disk writes its dirty pages back (Linux passes neither sync(1) nor syncfs to a FUSE
+/// mount): another mount reads them while the writer keeps the file open, and they
+/// survive kill -9 of the writer's mount.
+#[test]
+fn writes_left_unflushed_are_committed_after_a_while() -> Result<()> {
+    let region = Region::start()?;
+    let mut mnt = region.mount_with("mnt", &["--no-supervisor", "--commit-after-secs", "1"])?;
+    let other = region.mount("other")?;
+    let data = random_bytes(41, 20_000);
+    let mut writer = File::create(mnt.path.join("log"))?;
+    writer.sync_all()?;
+    writer.write_all(&data)?;
+    wait_for(Duration::from_secs(30), "the writes committed", || {
+        (fs::read(other.path.join("log")).ok()? == data).then_some(())
+    })?;
+    mnt.kill();
+    drop(writer);
+    assert!(fs::read(region.mount("after")?.path.join("log"))? == data);
+    Ok(())
+}
+
 /// A small fsync'd write whose mount dies before its put, and which nobody reads, still
 /// reaches the chunkservers: a repair pass finds it staged in the metadata, its first home
 /// puts it and unstages it. A staged block whose file was removed meanwhile goes too.

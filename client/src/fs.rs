@@ -225,6 +225,9 @@ impl FileSystem {
             staging,
         });
         tokio::spawn(FileSystem::run_staging(Arc::downgrade(&fs), staging_queue));
+        if let Some(after) = fs.options.commit_after {
+            tokio::spawn(FileSystem::commit_late(Arc::downgrade(&fs), after));
+        }
         tokio::spawn(lease::Leases::send_loop(
             Arc::downgrade(&fs),
             fs.meta.clone(),

@@ -57,6 +57,11 @@ pub struct MountArgs {
     /// written is left alone: compacting it would compete with its writer).
     #[arg(long, default_value_t = 5)]
     pub compact_after_secs: u64,
+    /// Writes a file holds unflushed this many seconds are committed without a flush, as
+    /// a local disk writes its dirty pages back (0: only at fsync, close, or 64 MiB held).
+    /// Linux does not pass sync(1) or syncfs to a FUSE mount: this bounds what they miss.
+    #[arg(long, default_value_t = 5)]
+    pub commit_after_secs: u64,
     /// Send every namespace change to the servers before answering it, instead of
     /// answering mkdir, rmdir and unlink alone in directories this mount made (held under
     /// a lease that other clients recall; see docs/adr/0006).
@@ -220,6 +225,8 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
         cache_bytes: args.cache_bytes,
         cache_ttl: Duration::from_secs(args.cache_ttl_secs),
         compact_after: Duration::from_secs(args.compact_after_secs),
+        commit_after: (args.commit_after_secs > 0)
+            .then(|| Duration::from_secs(args.commit_after_secs)),
         write_back: !args.no_write_back,
         // Each serving process of a supervised mount numbers its handles in a range of
         // its own, and takes on those of the processes before it.

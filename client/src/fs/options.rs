@@ -12,6 +12,10 @@ pub struct FsOptions {
     pub cache_ttl: std::time::Duration,
     /// Dirty bytes an open file may hold before they are committed without a flush.
     pub max_dirty_bytes: usize,
+    /// Writes held unflushed this long are committed without a flush (as a local disk
+    /// writes its dirty pages back; Linux passes neither sync(1) nor syncfs to a FUSE
+    /// mount); `None`: only at fsync, close, or `max_dirty_bytes`.
+    pub commit_after: Option<std::time::Duration>,
     /// Blocks uploaded at once per flush.
     pub upload_parallelism: usize,
     /// How long a file written in pieces must have been closed here before its ranges
@@ -50,6 +54,7 @@ impl Default for FsOptions {
             cache_bytes: 256 << 20,
             cache_ttl: TTL_FED,
             max_dirty_bytes: 64 << 20,
+            commit_after: Some(std::time::Duration::from_secs(5)),
             upload_parallelism: 8,
             compact_after: std::time::Duration::from_secs(5),
             write_back: true,

@@ -8,11 +8,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use meridian_proto::InodeId;
 use meridian_proto::ns::Creds;
 use tokio::sync::Mutex as AsyncMutex;
 
+use super::Errno;
 use crate::dirty::DirtyRanges;
 
 /// One file's writes not committed yet.
@@ -24,6 +26,22 @@ pub(super) struct Unflushed {
     pub(super) creds: Option<Creds>,
     /// Block-aligned ranges written only in part: compacted after a close.
     pub(super) fragmented: BTreeSet<u64>,
+    /// Since when `dirty` has held something.
+    pub(super) since: Option<Instant>,
+    /// What refused a commit made without a flush: the file's next fsync or close says so
+    /// (as Linux reports a failed write-back).
+    pub(super) failed: Option<Errno>,
+}
+
+impl Unflushed {
+    /// Buffers `data` at `at`, written with `creds`.
+    pub(super) fn write(&mut self, at: u64, data: &[u8], creds: &Creds) {
+        if self.dirty.is_empty() {
+            self.since = Some(Instant::now());
+        }
+        self.dirty.write(at, data);
+        self.creds = Some(creds.clone());
+    }
 }
 
 /// A file's buffer, as its handles hold it. Locked after the handle, never before.
@@ -49,6 +67,20 @@ impl Files {
         let shared = Shared::default();
         files.insert(ino, Arc::downgrade(&shared));
         shared
+    }
+
+    /// The buffers that have held writes for `age` or longer (those busy now are left for
+    /// the next look).
+    pub(super) fn older_than(&self, age: Duration) -> Vec<(InodeId, Shared)> {
+        let files = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        files
+            .iter()
+            .filter_map(|(ino, w)| Some((*ino, w.upgrade()?)))
+            .filter(|(_, s)| {
+                s.try_lock()
+                    .is_ok_and(|u| u.since.is_some_and(|t| t.elapsed() >= age))
+            })
+            .collect()
     }
 
     /// Forgets `ino`'s buffer if no handle holds it any more.

@@ -284,7 +284,7 @@ impl FileSystem {
         let mut u = shared.lock().await;
         if u.creds.as_ref().is_some_and(|c| *c != f.creds) {
             // Another caller's writes wait: a commit carries one caller's credentials.
-            self.commit_unflushed(&f, &mut u, CommitFor::Close).await?;
+            self.commit_unflushed(ino, &mut u, CommitFor::Close).await?;
         }
         let at = if f.append {
             let size = self.committed_attr(ino).await?.size;
@@ -299,8 +299,7 @@ impl FileSystem {
         }
         self.drop_capability(ino, &f.creds).await?;
         self.kernel.changed(ino);
-        u.dirty.write(at, data);
-        u.creds = Some(f.creds.clone());
+        u.write(at, data, &f.creds);
         if at != offset {
             // The kernel put the bytes in its pages at its own idea of the end (another
             // client appended since): those pages, and its size, are wrong from there.
@@ -311,7 +310,7 @@ impl FileSystem {
         // Many small scattered writes commit long before their bytes add up: a commit
         // carries a bounded number of extents.
         if u.dirty.bytes() >= self.options.max_dirty_bytes || u.dirty.count() >= DIRTY_RANGES_MAX {
-            self.commit_unflushed(&f, &mut u, CommitFor::Close).await?;
+            self.commit_unflushed(ino, &mut u, CommitFor::Close).await?;
         }
         Ok(data.len())
     }
@@ -341,20 +340,21 @@ impl FileSystem {
     pub(super) async fn commit_for(&self, f: &mut OpenFile, why: CommitFor) -> Result<(), Errno> {
         let shared = f.unflushed.clone();
         let mut u = shared.lock().await;
-        self.commit_unflushed(f, &mut u, why).await
+        self.commit_unflushed(f.ino, &mut u, why).await
     }
 
-    /// Commits what the file's buffer `u` holds (whatever handle of it wrote it), for `why`,
-    /// with the credentials it was written with; `f` is the handle committing.
+    /// Commits what the buffer `u` of file `ino` holds (whatever handle of it wrote it),
+    /// for `why`, with the credentials it was written with.
     async fn commit_unflushed(
         &self,
-        f: &OpenFile,
+        ino: InodeId,
         u: &mut Unflushed,
         why: CommitFor,
     ) -> Result<(), Errno> {
-        if u.dirty.is_empty() {
+        let Some(creds) = u.creds.take().filter(|_| !u.dirty.is_empty()) else {
             return Ok(());
-        }
+        };
+        let since = u.since.take();
         // Each range becomes one shared buffer; blocks are zero-copy slices of it.
         let ranges: Vec<(u64, Bytes)> = u
             .dirty
@@ -362,11 +362,10 @@ impl FileSystem {
             .into_iter()
             .map(|(o, d)| (o, Bytes::from(d)))
             .collect();
-        let creds = u.creds.take().unwrap_or_else(|| f.creds.clone());
         let result = self
-            .upload_and_commit(f.ino, &creds, &mut u.fragmented, &ranges, why)
+            .upload_and_commit(ino, &creds, &mut u.fragmented, &ranges, why)
             .await;
-        self.changing(f.ino);
+        self.changing(ino);
         if result == Err(libc_errno::EIO) {
             // Chunkservers or metaservers unreachable: keep the data so a later flush,
             // fsync or close can still commit it. (A refusal such as EDQUOT or ENOENT is
@@ -375,8 +374,33 @@ impl FileSystem {
                 u.dirty.write(*offset, data);
             }
             u.creds = Some(creds);
+            u.since = since;
         }
         result
+    }
+
+    /// Commits, every second or so, what files have held unflushed for `after` or longer,
+    /// until the file system is dropped. A refusal is kept for the file's next fsync or
+    /// close; unreachable servers leave the writes buffered for the next try.
+    pub(super) async fn commit_late(me: std::sync::Weak<FileSystem>, after: std::time::Duration) {
+        let tick = after.min(std::time::Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let Some(fs) = me.upgrade() else { return };
+            for (ino, shared) in fs.unflushed.older_than(after) {
+                let mut u = shared.lock().await;
+                if u.since.is_none_or(|t| t.elapsed() < after) {
+                    continue; // committed meanwhile
+                }
+                match fs.commit_unflushed(ino, &mut u, CommitFor::Close).await {
+                    Ok(()) | Err(libc_errno::EIO) => {}
+                    Err(e) => {
+                        warn!(%ino, errno = e, "a commit without a flush was refused");
+                        u.failed = Some(e);
+                    }
+                }
+            }
+        }
     }
 
     async fn upload_and_commit(
@@ -598,6 +622,9 @@ impl FileSystem {
         let mut f = h.lock().await;
         if std::mem::take(&mut f.lost) {
             return Err(libc_errno::EIO);
+        }
+        if let Some(e) = f.unflushed.lock().await.failed.take() {
+            return Err(e);
         }
         self.commit_for(&mut f, why).await?;
         // Close and fsync are durability points for the namespace too.
