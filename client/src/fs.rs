@@ -298,18 +298,10 @@ impl FileSystem {
 
     /// One past the last byte this client's open handles of `ino` hold unflushed.
     async fn buffered_end(&self, ino: InodeId) -> u64 {
-        for f in self.handles_of(ino) {
-            let unflushed = {
-                let f = f.lock().await;
-                if f.ino != ino {
-                    continue;
-                }
-                f.unflushed.clone()
-            };
-            // One buffer for every handle of the file.
-            return unflushed.lock().await.dirty.end();
+        match self.unflushed.get(ino) {
+            Some(shared) => shared.lock().await.dirty.end(),
+            None => 0,
         }
-        0
     }
 
     /// Attributes from the servers as the kernel must see them from this client: never
@@ -349,14 +341,13 @@ impl FileSystem {
 
     /// [`flush_inode`](Self::flush_inode), for `why`.
     async fn flush_inode_for(&self, ino: InodeId, why: write::CommitFor) -> Result<(), Errno> {
-        for h in self.handles_of(ino) {
-            let mut f = h.lock().await;
-            if f.ino == ino {
-                // One buffer for every handle of the file: one commit takes it all.
-                return self.commit_for(&mut f, why).await;
+        match self.unflushed.get(ino) {
+            Some(shared) => {
+                self.commit_unflushed(ino, &mut *shared.lock().await, why)
+                    .await
             }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Whether this client has no file open at all.

@@ -69,6 +69,12 @@ impl Files {
         shared
     }
 
+    /// The buffer of `ino`, if a handle open here holds it.
+    pub(super) fn get(&self, ino: InodeId) -> Option<Shared> {
+        let files = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        files.get(&ino).and_then(Weak::upgrade)
+    }
+
     /// The buffers that have held writes for `age` or longer (those busy now are left for
     /// the next look).
     pub(super) fn older_than(&self, age: Duration) -> Vec<(InodeId, Shared)> {

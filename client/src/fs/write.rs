@@ -331,21 +331,14 @@ impl FileSystem {
         Ok(())
     }
 
-    /// Commits the file's unflushed writes (every handle's: one buffer), for `why`: cuts
-    /// them at block-size boundaries of the file (so sequential writes give whole aligned
-    /// blocks), uploads the blocks in parallel with the volume's replication, then adds
-    /// their extents and the new size in one metadata commit. For an fsync, a commit of a
-    /// few kilobytes carries its blocks staged (docs/adr/0018); before a change answered
-    /// alone, the commit of a file it keeps is queued, not waited for (`lease/alone.rs`).
-    pub(super) async fn commit_for(&self, f: &mut OpenFile, why: CommitFor) -> Result<(), Errno> {
-        let shared = f.unflushed.clone();
-        let mut u = shared.lock().await;
-        self.commit_unflushed(f.ino, &mut u, why).await
-    }
-
     /// Commits what the buffer `u` of file `ino` holds (whatever handle of it wrote it),
-    /// for `why`, with the credentials it was written with.
-    async fn commit_unflushed(
+    /// for `why`, with the credentials it was written with: cuts it at block-size
+    /// boundaries of the file (so sequential writes give whole aligned blocks), uploads the
+    /// blocks in parallel with the volume's replication, then adds their extents and the
+    /// new size in one metadata commit. For an fsync, a commit of a few kilobytes carries
+    /// its blocks staged (docs/adr/0018); before a change answered alone, the commit of a
+    /// file it keeps is queued, not waited for (`lease/alone.rs`).
+    pub(super) async fn commit_unflushed(
         &self,
         ino: InodeId,
         u: &mut Unflushed,
@@ -623,10 +616,13 @@ impl FileSystem {
         if std::mem::take(&mut f.lost) {
             return Err(libc_errno::EIO);
         }
-        if let Some(e) = f.unflushed.lock().await.failed.take() {
+        let shared = f.unflushed.clone();
+        let mut u = shared.lock().await;
+        if let Some(e) = u.failed.take() {
             return Err(e);
         }
-        self.commit_for(&mut f, why).await?;
+        self.commit_unflushed(f.ino, &mut u, why).await?;
+        drop(u);
         // Close and fsync are durability points for the namespace too.
         self.leases.sync(&mut f.seen_failures).await
     }
