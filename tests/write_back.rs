@@ -807,3 +807,61 @@ fn a_name_kept_before_a_lease_does_not_outlive_renames_answered_alone() -> Resul
     assert!(fs::metadata(p.join("e"))?.is_dir());
     Ok(())
 }
+
+/// A mount holds at most `--leased-names` names of the directories leased to it: past
+/// them, the leases it used least recently go back to the servers, with every change
+/// made under them, and what it made there stays as it was, here and on another mount;
+/// changes there go on (through the servers).
+#[test]
+fn past_its_budget_of_names_a_mount_gives_back_the_leases_it_used_least_recently() -> Result<()> {
+    let region = Region::start()?;
+    let here = region.mount_with("here", &["--leased-names", "1000"])?;
+    let mut inos = Vec::new();
+    for name in ["a", "b", "c"] {
+        let d = here.path.join(name);
+        fs::create_dir(&d)?;
+        inos.push(fs::metadata(&d)?.ino());
+        for i in 0..400 {
+            fs::write(d.join(format!("f{i:03}")), format!("{name}{i}"))?;
+        }
+    }
+    // 1,200 names: a, the least recently used, went back once c passed the budget.
+    wait_for(
+        Duration::from_secs(60),
+        "the oldest lease given back",
+        || {
+            let held = leased_dirs(&region).ok()?;
+            (!held.contains(&inos[0])).then_some(held)
+        },
+    )
+    .map(|held| {
+        assert!(
+            held.contains(&inos[1]) && held.contains(&inos[2]),
+            "b and c, within the budget, are still leased: {held:?}"
+        );
+    })?;
+    let there = region.mount("there")?;
+    for (name, mount) in [("a", &here), ("c", &here), ("a", &there), ("c", &there)] {
+        let d = mount.path.join(name);
+        let listed = names(&d)?;
+        assert_eq!(listed.len(), 400, "{name} on {:?}", mount.path);
+        for i in [0, 199, 399] {
+            assert_eq!(
+                fs::read_to_string(d.join(format!("f{i:03}")))?,
+                format!("{name}{i}")
+            );
+        }
+    }
+    // The directory given back still takes changes here, and they are seen there.
+    fs::write(here.path.join("a").join("later"), b"after the lease")?;
+    fs::remove_file(here.path.join("a").join("f000"))?;
+    assert_eq!(
+        fs::read(there.path.join("a").join("later"))?,
+        b"after the lease"
+    );
+    assert_eq!(
+        errno_of(fs::metadata(there.path.join("a").join("f000"))),
+        libc::ENOENT
+    );
+    Ok(())
+}

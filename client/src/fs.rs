@@ -42,6 +42,7 @@ mod xattrs;
 pub use feed::{TTL_ALONE, TTL_FED};
 pub use kernel::KernelCache;
 use kernel::KernelView;
+pub use lease::MAX_NAMES;
 pub use options::FsOptions;
 use read::ReadView;
 pub use space::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, Seek};
@@ -200,6 +201,7 @@ impl FileSystem {
         }
         let write_back =
             options.write_back && !options.linearizable && volume.policy.regions.len() <= 1;
+        let leases = lease::Leases::new(write_back, options.leased_names);
         let first_fh = options.handle_base.max(1);
         let (staging, staging_queue) = staging::Staging::new();
         let fs = Arc::new_cyclic(|me| FileSystem {
@@ -221,7 +223,7 @@ impl FileSystem {
             known: Default::default(),
             new_files: Default::default(),
             compaction: Default::default(),
-            leases: lease::Leases::new(write_back),
+            leases,
             staging,
         });
         tokio::spawn(FileSystem::run_staging(Arc::downgrade(&fs), staging_queue));

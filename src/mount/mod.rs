@@ -67,6 +67,11 @@ pub struct MountArgs {
     /// a lease that other clients recall; see docs/adr/0006).
     #[arg(long)]
     pub no_write_back: bool,
+    /// Most names of directories leased to this mount it holds (each costs about 400
+    /// bytes with what is kept of its file); past it, the leases least recently used go
+    /// back to the servers, and changes there go through them until asked for again.
+    #[arg(long, default_value_t = meridian_client::fs::MAX_NAMES)]
+    pub leased_names: usize,
     /// Every read (lookup, stat, listing, file content) reflects every change
     /// acknowledged anywhere before it began: a volume with a home region elsewhere is
     /// read through the home (a round trip there per metadata read), and neither the
@@ -228,6 +233,7 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
         commit_after: (args.commit_after_secs > 0)
             .then(|| Duration::from_secs(args.commit_after_secs)),
         write_back: !args.no_write_back,
+        leased_names: args.leased_names,
         // Each serving process of a supervised mount numbers its handles in a range of
         // its own, and takes on those of the processes before it.
         handle_base: (args.generation << 40).max(1),

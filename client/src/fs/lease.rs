@@ -49,6 +49,10 @@ const MAX_QUEUED: usize = 8192;
 const MAX_RECALLED: usize = 4096;
 /// Most files whose attributes are kept; beyond it, lookups of others ask the servers.
 const MAX_FILES: usize = 1 << 20;
+/// Most names of leased directories held by default (each costs the mount about 400
+/// bytes with what is kept of its file: about 100 MiB): past it, the leases least
+/// recently used go back (see [`State::over_budget`]).
+pub const MAX_NAMES: usize = 1 << 18;
 /// Most directories looked through to move a directory alone (see
 /// [`State::subtree_holds`]); a larger tree moved goes to the servers.
 const MAX_SUBTREE: usize = 4096;
@@ -60,6 +64,8 @@ struct LeasedDir {
     attr: Attr,
     /// In name order: a listing is read off in order, not sorted at every opendir.
     entries: BTreeMap<Vec<u8>, (InodeId, FileKind)>,
+    /// When this mount last looked at or changed it ([`State::uses`]).
+    used: u64,
 }
 
 impl LeasedDir {
@@ -67,6 +73,7 @@ impl LeasedDir {
         LeasedDir {
             attr,
             entries: BTreeMap::new(),
+            used: 0,
         }
     }
 }
@@ -131,6 +138,8 @@ struct State {
     /// What the leader last said it takes in a write-back (`ns::WRITE_BACK_LEVEL`): a
     /// change it would refuse is not answered here (a mount newer than its metaservers).
     level: u32,
+    /// Uses of leased directories so far: a clock for [`LeasedDir::used`].
+    uses: u64,
 }
 
 impl State {
@@ -156,6 +165,49 @@ impl State {
             d.attr.ctime = now;
             d.attr.nlink = d.attr.nlink.saturating_add_signed(links);
         }
+    }
+
+    /// Marks leased `dir` used now.
+    fn use_dir(&mut self, dir: InodeId) {
+        if let Some(d) = self.dirs.get_mut(&dir) {
+            self.uses += 1;
+            d.used = self.uses;
+        }
+    }
+
+    /// Holds `dir`'s lease, used now.
+    fn hold(&mut self, dir: InodeId, leased: LeasedDir) {
+        self.dirs.insert(dir, leased);
+        self.use_dir(dir);
+    }
+
+    /// The leases to give back so that the names held fall to three quarters of
+    /// `max_names`, once they are above it: a directory holding more than `max_names`
+    /// alone, then the least recently used. Directories without entries cost little and
+    /// are left ([`MAX_LEASED`] bounds them).
+    fn over_budget(&self, max_names: usize) -> Vec<InodeId> {
+        let held: usize = self.dirs.values().map(|d| d.entries.len()).sum();
+        if held <= max_names {
+            return Vec::new();
+        }
+        let mut by_use: Vec<(bool, u64, InodeId, usize)> = self
+            .dirs
+            .iter()
+            .filter(|(_, d)| !d.entries.is_empty())
+            .map(|(ino, d)| (d.entries.len() <= max_names, d.used, *ino, d.entries.len()))
+            .collect();
+        by_use.sort_unstable();
+        let target = max_names - max_names / 4;
+        let mut left = held;
+        let mut back = Vec::new();
+        for (fits, _, ino, n) in by_use {
+            if fits && left <= target {
+                break;
+            }
+            back.push(ino);
+            left -= n;
+        }
+        back
     }
 
     /// Every lease goes back; nothing is answered alone any more. Returns those held.
@@ -253,6 +305,8 @@ pub(super) struct Leases {
     /// Changes sent and answered so far.
     sent: watch::Sender<u64>,
     enabled: bool,
+    /// Most names of leased directories held (see [`State::over_budget`]).
+    max_names: usize,
 }
 
 /// What a local answer needs to know of the caller's request.
@@ -304,13 +358,14 @@ fn plain_name(name: &[u8]) -> bool {
 }
 
 impl Leases {
-    pub(super) fn new(enabled: bool) -> Self {
+    pub(super) fn new(enabled: bool, max_names: usize) -> Self {
         Leases {
             state: Mutex::default(),
             work: Arc::new(Notify::new()),
             pending: Arc::new(Notify::new()),
             sent: watch::channel(0).0,
             enabled,
+            max_names,
         }
     }
 
@@ -353,7 +408,8 @@ impl Leases {
         if !plain_name(name) || name.len() > NAME_MAX {
             return None;
         }
-        let s = self.lock();
+        let mut s = self.lock();
+        s.use_dir(parent);
         let dir = s.dirs.get(&parent)?;
         match dir.entries.get(name) {
             None => Some(Err(libc_errno::ENOENT)),
@@ -396,7 +452,8 @@ impl Leases {
     /// The entries of leased `dir`, in name order (the servers' order), if it is leased
     /// here: all of them, its own changes queued or not.
     pub(super) fn listing(&self, dir: InodeId) -> Option<Vec<DirEntry>> {
-        let s = self.lock();
+        let mut s = self.lock();
+        s.use_dir(dir);
         let out: Vec<DirEntry> = s
             .dirs
             .get(&dir)?
@@ -442,7 +499,7 @@ impl Leases {
                     }
                 }
                 if leased && a.kind == FileKind::Dir && !s.recalled.remove(&a.ino) {
-                    s.dirs.insert(a.ino, LeasedDir::born(a.clone()));
+                    s.hold(a.ino, LeasedDir::born(a.clone()));
                     if s.reserved_left() < RESERVE_LOW {
                         s.reserving = true;
                         self.work.notify_one();

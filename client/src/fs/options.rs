@@ -24,6 +24,9 @@ pub struct FsOptions {
     /// Directories this mount creates are leased to it, and it answers mkdir, rmdir and
     /// unlink in them alone until another client needs them (docs/adr/0006).
     pub write_back: bool,
+    /// Most names of leased directories the mount holds (about 400 bytes each); past it,
+    /// the leases least recently used go back to the servers.
+    pub leased_names: usize,
     /// The first file and directory handle number this process gives. A mount whose
     /// serving process was replaced (docs/adr/0008) starts each process's handles in a
     /// range of its own, so the kernel's handles of the one before never collide with
@@ -58,6 +61,7 @@ impl Default for FsOptions {
             upload_parallelism: 8,
             compact_after: std::time::Duration::from_secs(5),
             write_back: true,
+            leased_names: super::MAX_NAMES,
             handle_base: 1,
             adopt_handles: false,
             adopted_writes_lost: false,

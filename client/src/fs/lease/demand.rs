@@ -124,11 +124,12 @@ impl Leases {
                 .into_iter()
                 .map(|e| (e.name, (e.ino, e.kind)))
                 .collect();
-            s.dirs.insert(
+            s.hold(
                 dir,
                 LeasedDir {
                     attr: g.dir,
                     entries,
+                    used: 0,
                 },
             );
         }

@@ -67,7 +67,7 @@ impl Leases {
             .insert(asked.name.to_vec(), (ino, kind));
         s.touch(asked.parent, at, i32::from(dir));
         if dir {
-            s.dirs.insert(ino, LeasedDir::born(attr.clone()));
+            s.hold(ino, LeasedDir::born(attr.clone()));
         } else {
             s.keep_file(&attr);
         }

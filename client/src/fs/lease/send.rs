@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use meridian_proto::InodeId;
 use meridian_proto::ns::{ACQUIRE_MAX, NsError, Op, Queued, Reply, Timespec, libc_errno};
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Errno, Leases, RESERVE, RESERVE_LOW, State, now};
 use crate::meta::{MetaClient, WrittenBack};
@@ -80,6 +80,9 @@ impl Leases {
         let request = meta.next_request_id();
         if let Some(ino) = ino {
             s.unsent.insert(ino);
+        }
+        for dir in op.dirs_changed() {
+            s.use_dir(dir);
         }
         let mut touched = op.inodes();
         touched.extend(ino);
@@ -209,6 +212,7 @@ impl Leases {
             }
             let result = meta.write_back(&ops, &release, reserve, &acquire).await;
             let mut s = leases.lock();
+            let mut over_budget = Vec::new();
             match result {
                 Ok(WrittenBack {
                     outcomes,
@@ -246,6 +250,7 @@ impl Leases {
                     if refused {
                         fs.known.forget(&s.give_up());
                     }
+                    over_budget = s.over_budget(leases.max_names);
                 }
                 Err(e) => {
                     warn!(error = %e, changes = ops.len(), "could not send namespace changes answered here");
@@ -275,6 +280,13 @@ impl Leases {
             let sent = *leases.sent.borrow() + ops.len() as u64;
             drop(s);
             leases.sent.send_replace(sent);
+            if !over_budget.is_empty() {
+                debug!(
+                    leases = over_budget.len(),
+                    "leases given back: more names held than the budget"
+                );
+                fs.known.forget(&leases.give_back(&over_budget));
+            }
             just_sent = !ops.is_empty();
         }
     }

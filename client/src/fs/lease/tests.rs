@@ -10,7 +10,7 @@ use meridian_proto::ns::{RenameFlags, SYMLINK_MAX, WRITE_BACK_LEVEL};
 /// answered; the name it replaced no longer keeps the replaced file's attributes.
 #[test]
 fn a_name_renamed_here_is_looked_up_at_the_servers_only_after_the_queue() {
-    let leases = Leases::new(true);
+    let leases = Leases::new(true, MAX_NAMES);
     let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
     let (dir, a, b) = (InodeId(10), InodeId(11), InodeId(12));
     {
@@ -82,7 +82,7 @@ fn a_name_renamed_here_is_looked_up_at_the_servers_only_after_the_queue() {
 /// target they would refuse, is not.
 #[test]
 fn a_symlink_is_made_here_at_a_reserved_number_and_its_target_read_here() {
-    let leases = Leases::new(true);
+    let leases = Leases::new(true, MAX_NAMES);
     let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
     let dir = InodeId(10);
     {
@@ -145,7 +145,7 @@ fn a_symlink_is_made_here_at_a_reserved_number_and_its_target_read_here() {
 /// leased here, goes to the servers.
 #[test]
 fn a_file_renamed_between_two_leased_directories_is_answered_here() {
-    let leases = Leases::new(true);
+    let leases = Leases::new(true, MAX_NAMES);
     let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
     let (tmp, new, sub, mail, old) = (
         InodeId(10),
@@ -209,7 +209,7 @@ fn a_file_renamed_between_two_leased_directories_is_answered_here() {
 /// it that is not, goes to the servers.
 #[test]
 fn a_directory_leased_here_is_renamed_here() {
-    let leases = Leases::new(true);
+    let leases = Leases::new(true, MAX_NAMES);
     let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
     let (top, other, x, empty, full, unleased, file) = (
         InodeId(10),
@@ -295,7 +295,7 @@ fn a_directory_leased_here_is_renamed_here() {
 /// a directory not leased here, goes to the servers.
 #[test]
 fn a_hard_link_of_a_file_kept_here_is_made_here() {
-    let leases = Leases::new(true);
+    let leases = Leases::new(true, MAX_NAMES);
     let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
     let (a, b, file, stranger) = (InodeId(10), InodeId(20), InodeId(11), InodeId(12));
     {
@@ -341,7 +341,7 @@ fn a_hard_link_of_a_file_kept_here_is_made_here() {
 /// 0), renames of files within a directory from level 1, the rest from level 2.
 #[test]
 fn what_the_leader_would_refuse_is_not_answered_here() {
-    let leases = Leases::new(true);
+    let leases = Leases::new(true, MAX_NAMES);
     let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
     let (dir, other, file, sub) = (InodeId(10), InodeId(20), InodeId(11), InodeId(12));
     {
@@ -399,7 +399,7 @@ fn what_the_leader_would_refuse_is_not_answered_here() {
 /// takes a directory renamed only under its lease).
 #[test]
 fn a_lease_goes_back_after_the_batch_that_renames_its_directory() {
-    let leases = Leases::new(true);
+    let leases = Leases::new(true, MAX_NAMES);
     let meta = MetaClient::new(vec!["127.0.0.1:1".into()]);
     let (top, x) = (InodeId(10), InodeId(11));
     {
@@ -450,4 +450,43 @@ fn a_lease_goes_back_after_the_batch_that_renames_its_directory() {
         })
     ));
     assert_eq!(release, vec![x]);
+}
+
+/// Past the budget of names, the leases go back in order: a directory too large to hold
+/// alone first, then the least recently used (looked up, listed or changed here), until
+/// three quarters of the budget are left; empty directories stay.
+#[test]
+fn past_the_budget_of_names_the_least_recently_used_leases_go_back() {
+    let leases = Leases::new(true, MAX_NAMES);
+    let fill = |s: &mut State, dir: u64, names: usize| {
+        let mut d = LeasedDir::born(attr(dir, FileKind::Dir));
+        for i in 0..names {
+            let ino = InodeId(dir * 10_000 + i as u64);
+            d.entries
+                .insert(format!("f{i}").into_bytes(), (ino, FileKind::File));
+        }
+        s.hold(InodeId(dir), d);
+    };
+    let (a, b, c, empty) = (InodeId(1), InodeId(2), InodeId(3), InodeId(4));
+    {
+        let mut s = leases.lock();
+        fill(&mut s, 1, 300);
+        fill(&mut s, 2, 300);
+        fill(&mut s, 3, 300);
+        fill(&mut s, 4, 0);
+        assert!(s.over_budget(900).is_empty(), "within the budget");
+        assert_eq!(s.over_budget(800), vec![a]);
+        assert_eq!(s.over_budget(500), vec![a, b]);
+    }
+    // Used since: a lookup of a, a listing of b; c is the oldest now.
+    assert_eq!(leases.lookup(a, b"absent"), Some(Err(libc_errno::ENOENT)));
+    assert!(leases.listing(b).is_some());
+    let mut s = leases.lock();
+    assert_eq!(s.over_budget(800), vec![c]);
+    // A directory larger than the budget goes first, however recently used.
+    fill(&mut s, 5, 1000);
+    assert_eq!(s.over_budget(800), vec![InodeId(5), c]);
+    // Below every directory's size, each goes (by use), but not the empty one.
+    assert_eq!(s.over_budget(100), vec![c, a, b, InodeId(5)]);
+    assert!(!s.over_budget(0).contains(&empty));
 }
