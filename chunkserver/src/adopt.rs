@@ -14,7 +14,8 @@ use meridian_proto::ns::{Op, Query, QueryReply, STAGED_PAGE_MAX, StagedRow, UNST
 use meridian_proto::{BlockId, EncodedBlock, InodeId, placement};
 use tracing::{info, warn};
 
-use crate::maintain::{Maintainer, Throttle, lock};
+use crate::maintain::{Maintainer, Throttle};
+use crate::tasks::lock;
 
 /// Staged blocks put at once: a chunkserver's fdatasync then covers several.
 const PUTS_AT_ONCE: usize = 16;

@@ -17,6 +17,7 @@
 //! of it reprieves it. Reprieves and deletions decide under the block's store lock, so a
 //! put never acknowledges a copy that a deletion removes just after.
 
+use meridian_proto::physical_ms;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,9 +29,9 @@ use tracing::{info, warn};
 
 use crate::error::ChunkError;
 use crate::ledger::{Condemnation, Ledger};
-use crate::maintain::{Maintainer, blocking, lock};
-use crate::ship::now_ms;
+use crate::maintain::{Maintainer, blocking};
 use crate::store::BlockStore;
+use crate::tasks::lock;
 
 /// Blocks asked about per reference query.
 const REFS_BATCH: usize = 1024;
@@ -146,7 +147,7 @@ impl Maintainer {
         let mut st = lock(&self.gc);
         st.running = false;
         st.passes += 1;
-        st.last_pass_ms = now_ms();
+        st.last_pass_ms = physical_ms();
         st.last_duration_ms = started.elapsed().as_millis() as u64;
         st.condemned = self.condemned.len() as u64;
         match outcome {
@@ -191,7 +192,7 @@ impl Maintainer {
     /// Returns how many blocks were looked at.
     async fn collect(&self) -> Result<u64, String> {
         let grace = self.config.gc_grace.as_millis() as u64;
-        let now = now_ms();
+        let now = physical_ms();
         let mut waiting = 0;
         // Condemned for a whole grace period: delete if still unreferenced and settled.
         let due: Vec<(BlockId, Condemnation)> = self

@@ -23,6 +23,7 @@ pub mod server;
 pub mod service;
 pub mod ship;
 pub mod store;
+mod tasks;
 pub mod tokens;
 
 pub use config::ChunkConfig;

@@ -5,6 +5,7 @@
 //! rebalance. The scrub re-hashes every block at a bounded rate, moves a bad copy aside to
 //! quarantine, and replaces it with a verified copy from another node.
 
+use meridian_proto::physical_ms;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,8 +20,8 @@ use tracing::{info, warn};
 use crate::error::ChunkError;
 use crate::ledger::Ledger;
 use crate::map::MapView;
-use crate::ship::now_ms;
 use crate::store::BlockStore;
+use crate::tasks::lock;
 
 /// Blocks asked about per `Has` call in a repair pass.
 const HAS_BATCH: usize = 1024;
@@ -111,15 +112,11 @@ impl Throttle {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Blocking work off the async threads, its error as text for the pass status.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
 ) -> Result<T, String> {
-    crate::service::blocking(f).await.map_err(|e| e.to_string())
+    crate::tasks::blocking(f).await.map_err(|e| e.to_string())
 }
 
 impl Maintainer {
@@ -233,7 +230,7 @@ impl Maintainer {
         let mut st = lock(&self.repair);
         st.running = false;
         st.passes += 1;
-        st.last_pass_ms = now_ms();
+        st.last_pass_ms = physical_ms();
         st.last_duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok((checked, short, left)) => {
@@ -450,7 +447,7 @@ impl Maintainer {
         let mut s = lock(&self.scrub);
         s.running = false;
         s.passes += 1;
-        s.last_pass_ms = now_ms();
+        s.last_pass_ms = physical_ms();
     }
 
     /// A verified copy of `id` from another node of this region (a shipment whose copy
@@ -482,7 +479,7 @@ impl Maintainer {
     /// Reads and verifies this node's copy of `id`.
     async fn read_local(&self, id: BlockId) -> Result<meridian_proto::EncodedBlock, ChunkError> {
         let st = self.store.clone();
-        crate::service::blocking(move || st.read(&id).map(|(b, _)| b)).await
+        crate::tasks::blocking(move || st.read(&id).map(|(b, _)| b)).await
     }
 
     /// Moves the bad copy of `id` aside and replaces it with a verified one from another

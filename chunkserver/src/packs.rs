@@ -30,6 +30,7 @@
 //!   Only the heads of sealed packs are read; a block's bytes are verified against its id
 //!   whenever they are read, as a block file's are.
 
+use meridian_proto::physical_ms;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -152,7 +153,7 @@ impl Packs {
         let mut packs = BTreeMap::new();
         let mut index: HashMap<BlockId, Entry> = HashMap::new();
         let mut dead: Vec<(u64, u64)> = Vec::new();
-        let now = now_ms();
+        let now = physical_ms();
         for &generation in &found {
             let path = pack_path(dir, generation);
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
@@ -288,7 +289,7 @@ impl Packs {
     /// Block `id` was uploaded again: its age for garbage collection starts now.
     pub fn touch(&self, id: &BlockId) {
         if let Some(e) = self.shared.lock().index.get_mut(id) {
-            e.stored_ms = now_ms();
+            e.stored_ms = physical_ms();
         }
     }
 
@@ -309,7 +310,7 @@ impl Packs {
                 record,
                 len,
                 lsn,
-                stored_ms: now_ms(),
+                stored_ms: physical_ms(),
             },
         );
         if let Some(p) = s.packs.get_mut(&generation) {
@@ -776,13 +777,6 @@ pub(crate) fn read_at(f: &File, at: u64, n: usize) -> io::Result<Vec<u8>> {
         }
     }
     Ok(buf)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use meridian_proto::ns::{Query, QueryReply};
 use tracing::warn;
 
 use crate::error::ChunkError;
-use crate::maintain::lock;
+use crate::tasks::lock;
 
 /// How long the volumes' policies are trusted before they are asked again.
 const FRESH_FOR: Duration = Duration::from_secs(10);

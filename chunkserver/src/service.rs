@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::tasks::blocking;
 use bytes::Bytes;
 use meridian_proto::pb::chunk::chunk_service_server::ChunkService;
 use meridian_proto::pb::chunk::{
@@ -12,7 +13,6 @@ use meridian_proto::pb::chunk::{
 };
 use meridian_proto::tls;
 use meridian_proto::{BlockId, Compression, EncodedBlock, NodeId, Outboard, ZoneId, wire};
-use tokio::task::spawn_blocking;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 
@@ -60,17 +60,8 @@ pub struct ChunkNode {
     pub ship_replica_delay: std::time::Duration,
 }
 
-/// Runs blocking disk or CPU work off the async threads.
 /// Blocks up to this long are verified on the request's own task.
 const INLINE_VERIFY_MAX: u64 = 64 << 10;
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
-) -> Result<T, ChunkError> {
-    spawn_blocking(f)
-        .await
-        .map_err(|e| ChunkError::Invalid(format!("worker task failed: {e}")))?
-}
 
 /// The volume and regions a coordinated put's replicas queue the block for: a block a
 /// local client put for a volume living in more regions than this one.
@@ -247,7 +238,7 @@ impl ChunkNode {
             return Ok(());
         }
         let replicas = header.replicas.max(1);
-        let now = crate::ship::now_ms();
+        let now = meridian_proto::physical_ms();
         let shipment = crate::ledger::Shipment {
             block: *id,
             replicas,
@@ -690,7 +681,7 @@ impl ChunkService for ChunkNode {
         let (store, ledger) = (self.store.clone(), self.ledger.clone());
         let regions = self.peers.ids();
         let (usage, under, queues) = blocking(move || {
-            let now = crate::ship::now_ms();
+            let now = meridian_proto::physical_ms();
             let mut queues = Vec::new();
             for r in regions {
                 let (blocks, oldest_ms) = ledger.ship_backlog(r, now)?;

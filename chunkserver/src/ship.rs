@@ -7,9 +7,10 @@
 //! no more (garbage, collected). A read of a block that has not arrived yet fetches it from
 //! a region that has it, verifies it, and stores it here.
 
+use meridian_proto::physical_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -37,13 +38,6 @@ const FRESH_MS: u64 = 5_000;
 #[derive(Debug, Default)]
 pub struct Peers {
     regions: HashMap<u16, Arc<BlockClient>>,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 impl Peers {
@@ -182,10 +176,11 @@ async fn ship_round(
     node: &Arc<Maintainer>,
 ) -> Result<usize, String> {
     let l = ledger.clone();
-    let queued = tokio::task::spawn_blocking(move || l.peek_ship(region, SHIP_BATCH, now_ms()))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let queued =
+        tokio::task::spawn_blocking(move || l.peek_ship(region, SHIP_BATCH, physical_ms()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     if queued.is_empty() {
         return Ok(0);
     }
@@ -196,7 +191,7 @@ async fn ship_round(
     // Ask first (but for fresh blocks): group the blocks by their first placement there
     // and ask who lacks what.
     let mut by_node: HashMap<u64, Vec<usize>> = HashMap::new();
-    let now = now_ms();
+    let now = physical_ms();
     for (i, (_, s)) in queued.iter().enumerate() {
         if now.saturating_sub(s.queued_ms) < FRESH_MS {
             continue;
@@ -284,7 +279,7 @@ async fn ship_round(
         .collect();
     if !failed.is_empty() {
         let l = ledger.clone();
-        tokio::task::spawn_blocking(move || l.retry_ship(region, &failed, now_ms()))
+        tokio::task::spawn_blocking(move || l.retry_ship(region, &failed, physical_ms()))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;

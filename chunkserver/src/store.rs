@@ -414,9 +414,9 @@ impl BlockStore {
     /// returns where it went, or `None` if there was none.
     pub fn quarantine(&self, id: &BlockId) -> Result<Option<PathBuf>, ChunkError> {
         let path = self.path(id);
-        let aside = self
-            .quarantine
-            .join(format!("{}.{}", id.to_hex(), crate::ship::now_ms()));
+        let aside =
+            self.quarantine
+                .join(format!("{}.{}", id.to_hex(), meridian_proto::physical_ms()));
         {
             let _guard = self.stripe(id);
             if let Some(p) = self.packs.get(id) {

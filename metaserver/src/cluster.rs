@@ -1,15 +1,29 @@
 //! The cluster map of chunkservers as replicated state: registrations and state changes are
 //! Raft commands; every change bumps the epoch.
 
-use meridian_proto::{ClusterMap, NodeState, RegionId};
+use meridian_proto::{ClusterMap, NodeId, NodeInfo, NodeState, RegionId};
 use redb::{ReadableTable, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{MetaError, store};
-use crate::raft::ClusterCmd;
 
 /// "map" -> ClusterMap (JSON).
 pub const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
 const KEY: &str = "map";
+
+/// A change to the cluster map of chunkservers.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ClusterCmd {
+    /// A chunkserver joins (or comes back with a new address or capacity); it is up.
+    Register(NodeInfo),
+    /// The leader's failure detector (or an operator) changes a node's state.
+    SetState {
+        /// The node.
+        id: NodeId,
+        /// Its new state.
+        state: NodeState,
+    },
+}
 
 /// The map in `t`, or an empty one for `region`.
 pub fn read(

@@ -15,24 +15,10 @@ pub mod state_machine;
 
 use std::fmt;
 
-use meridian_proto::NodeInfo;
 use meridian_proto::ns::{Command, NsError, Reply};
-use meridian_proto::{NodeId, NodeState};
 use serde::{Deserialize, Serialize};
 
-/// A change to the cluster map of chunkservers.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub enum ClusterCmd {
-    /// A chunkserver joins (or comes back with a new address or capacity); it is up.
-    Register(NodeInfo),
-    /// The leader's failure detector (or an operator) changes a node's state.
-    SetState {
-        /// The node.
-        id: NodeId,
-        /// Its new state.
-        state: NodeState,
-    },
-}
+pub use crate::cluster::ClusterCmd;
 
 /// One entry of the metaserver's Raft log.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
