@@ -173,9 +173,10 @@ fn a_home_moves_as_planned_without_loss_and_by_force_keeping_the_old_homes_late_
     fs::write(one.path.join("from-1-to-2"), "forwarded to 2")?;
     ensure!(fs::read_to_string(two.path.join("from-1-to-2"))? == "forwarded to 2");
     for i in 0..written {
+        let read = fs::read_to_string(two.path.join(format!("during-move-{i}")))?;
         ensure!(
-            fs::read_to_string(two.path.join(format!("during-move-{i}")))? == i.to_string(),
-            "during-move-{i} in region 2"
+            read == i.to_string(),
+            "during-move-{i} in region 2 reads {read:?}"
         );
     }
 
