@@ -368,3 +368,60 @@ fn in_a_chain_a_region_that_hears_the_home_through_another_writes_through_it() -
     }
     Ok(())
 }
+
+/// A file made at the home just before the home moves, changed just after: the old home
+/// forwards the changes to the new one, which has not pulled the file yet (its pulls lag
+/// here). The new home does not refuse them as changes of a file that does not exist
+/// (ENOENT: a commit refused so drops the content it carried); they wait until it has
+/// the file, and both regions read them.
+#[test]
+fn changes_forwarded_to_a_new_home_that_has_not_pulled_their_file_yet_wait_for_it() -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let pair = Pair::start()?;
+    pair.a
+        .admin(&["volume-create", "ledger", "--regions", "1,2", "--home", "1"])?;
+    wait_for(Duration::from_secs(30), "the volume in region 2", || {
+        pair.b
+            .admin(&["volumes"])
+            .ok()?
+            .contains("ledger")
+            .then_some(())
+    })?;
+    let one = pair.a.mount("ledger", "one")?;
+    let two = pair.b.mount("ledger", "two")?;
+    // Region 2's pulls from region 1 take a while from here on.
+    pair.to_a.set_delay(1000)?;
+    let path = one.path.join("late");
+    fs::write(&path, "made before the move")?;
+    let moved = pair.a.admin(&["volume-promote", "ledger", "--to", "2"])?;
+    ensure!(moved.contains("home=2"), "{moved}");
+    // Region 1 made the move; region 2 has pulled neither it nor the file yet.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .context("a chmod forwarded to the new home")?;
+    let mut f = fs::OpenOptions::new().append(true).open(&path)?;
+    f.write_all(b", written after it")?;
+    f.sync_all()
+        .context("an fsync (a commit) forwarded to the new home")?;
+    drop(f);
+    pair.to_a.set_delay(0)?;
+    for side in [&pair.a, &pair.b] {
+        wait_for(Duration::from_secs(30), "the move in both regions", || {
+            side.admin(&["volumes"])
+                .ok()?
+                .contains("home=2")
+                .then_some(())
+        })?;
+    }
+    for (region, mount) in [(1, &one), (2, &two)] {
+        let p = mount.path.join("late");
+        let read = fs::read_to_string(&p)?;
+        ensure!(
+            read == "made before the move, written after it",
+            "region {region} reads {read:?}"
+        );
+        let mode = fs::metadata(&p)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "region {region}: mode {mode:o}");
+    }
+    Ok(())
+}

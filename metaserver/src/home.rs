@@ -210,6 +210,18 @@ impl MetaNode {
         req.from_region = u32::from(own.0);
         // Leases are this region's; the home grants none to another region's client.
         req.lease = false;
+        // The volume, for the home (or a region between) that has not pulled the change's
+        // inode yet: the new home while a home moves, if this region made the inode just
+        // before the move. Unsaid, it took itself for as good a place as any to decide,
+        // and refused the change of an inode it did not have (ENOENT: a commit refused so
+        // dropped the content it carried); said, it takes the home from the volume, and
+        // until it has pulled the move it sends the change back to try again.
+        if req.volume == 0
+            && let Some(ino) = op.inode_changed()
+            && let Ok(Ok(attr)) = self.read(|r| r.getattr(ino))
+        {
+            req.volume = attr.volume;
+        }
         let volume = req.volume;
         let tried = self
             .at_home(
