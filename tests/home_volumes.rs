@@ -12,9 +12,8 @@ use anyhow::{Context, Result, ensure};
 use common::pair::Pair;
 use common::wait_for;
 
-#[test]
-fn a_home_volume_decides_every_change_at_home_and_refuses_changes_when_cut_off() -> Result<()> {
-    let pair = Pair::start()?;
+/// Volume "ledger", living in regions 1 and 2 with its home in 1, known in both.
+fn ledger_at_home_1(pair: &Pair) -> Result<()> {
     pair.a
         .admin(&["volume-create", "ledger", "--regions", "1,2", "--home", "1"])?;
     wait_for(Duration::from_secs(30), "the volume in region 2", || {
@@ -23,7 +22,26 @@ fn a_home_volume_decides_every_change_at_home_and_refuses_changes_when_cut_off()
             .ok()?
             .contains("ledger")
             .then_some(())
-    })?;
+    })
+}
+
+/// Waits until both regions hold ledger's home in region 2.
+fn moved_to_2_in_both(pair: &Pair) -> Result<()> {
+    for side in [&pair.a, &pair.b] {
+        wait_for(Duration::from_secs(30), "the move in both regions", || {
+            side.admin(&["volumes"])
+                .ok()?
+                .contains("home=2")
+                .then_some(())
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_home_volume_decides_every_change_at_home_and_refuses_changes_when_cut_off() -> Result<()> {
+    let pair = Pair::start()?;
+    ledger_at_home_1(&pair)?;
     let listing = pair.b.admin(&["volumes"])?;
     ensure!(listing.contains("home=1"), "{listing}");
     // A home outside the volume's regions is refused.
@@ -132,15 +150,7 @@ fn tree(dir: &std::path::Path) -> Result<Vec<(String, Option<String>)>> {
 fn a_home_moves_as_planned_without_loss_and_by_force_keeping_the_old_homes_late_writes_apart()
 -> Result<()> {
     let pair = Pair::start()?;
-    pair.a
-        .admin(&["volume-create", "ledger", "--regions", "1,2", "--home", "1"])?;
-    wait_for(Duration::from_secs(30), "the volume in region 2", || {
-        pair.b
-            .admin(&["volumes"])
-            .ok()?
-            .contains("ledger")
-            .then_some(())
-    })?;
+    ledger_at_home_1(&pair)?;
     let one = pair.a.mount("ledger", "one")?;
     let two = pair.b.mount("ledger", "two")?;
     fs::write(two.path.join("before"), "written before any move")?;
@@ -160,14 +170,7 @@ fn a_home_moves_as_planned_without_loss_and_by_force_keeping_the_old_homes_late_
     let moved = pair.b.admin(&["volume-promote", "ledger", "--to", "2"])?;
     ensure!(moved.contains("home=2"), "{moved}");
     let written = writer.join().expect("writer")?;
-    for side in [&pair.a, &pair.b] {
-        wait_for(Duration::from_secs(30), "the move in both regions", || {
-            side.admin(&["volumes"])
-                .ok()?
-                .contains("home=2")
-                .then_some(())
-        })?;
-    }
+    moved_to_2_in_both(&pair)?;
     // Region 2 decides now: a write there is at home, one in region 1 is forwarded.
     fs::write(two.path.join("at-new-home"), "home is 2")?;
     fs::write(one.path.join("from-1-to-2"), "forwarded to 2")?;
@@ -379,15 +382,7 @@ fn changes_forwarded_to_a_new_home_that_has_not_pulled_their_file_yet_wait_for_i
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let pair = Pair::start()?;
-    pair.a
-        .admin(&["volume-create", "ledger", "--regions", "1,2", "--home", "1"])?;
-    wait_for(Duration::from_secs(30), "the volume in region 2", || {
-        pair.b
-            .admin(&["volumes"])
-            .ok()?
-            .contains("ledger")
-            .then_some(())
-    })?;
+    ledger_at_home_1(&pair)?;
     let one = pair.a.mount("ledger", "one")?;
     let two = pair.b.mount("ledger", "two")?;
     // Region 2's pulls from region 1 take a while from here on.
@@ -405,14 +400,7 @@ fn changes_forwarded_to_a_new_home_that_has_not_pulled_their_file_yet_wait_for_i
         .context("an fsync (a commit) forwarded to the new home")?;
     drop(f);
     pair.to_a.set_delay(0)?;
-    for side in [&pair.a, &pair.b] {
-        wait_for(Duration::from_secs(30), "the move in both regions", || {
-            side.admin(&["volumes"])
-                .ok()?
-                .contains("home=2")
-                .then_some(())
-        })?;
-    }
+    moved_to_2_in_both(&pair)?;
     for (region, mount) in [(1, &one), (2, &two)] {
         let p = mount.path.join("late");
         let read = fs::read_to_string(&p)?;

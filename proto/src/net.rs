@@ -6,7 +6,11 @@
 //! connection on the machine (including the servers we have already started dialling
 //! each other) takes one from there without asking. So the choice comes from below that
 //! range, starting at a random point so that concurrent callers spread out, and never
-//! twice in one process: a port handed out but not bound yet would look free again.
+//! twice in one process: a port handed out but not bound yet would look free again. Nor
+//! twice on the host within [`CLAIM_FOR`]: each port handed out is claimed by a file in
+//! the temp folder, so that `meridian dev` and the tests' harnesses running at once (each
+//! a process of its own, each picking ports seconds before its servers bind them) do not
+//! pick the same one.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -18,6 +22,40 @@ const LOWEST: u16 = 20000;
 
 /// Every port this process has handed out.
 static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// How long a port handed out by any process on this host stays claimed: long enough for
+/// its server to be started and bind it.
+const CLAIM_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Claims `port` for this process across the host, unless another process claimed it
+/// within [`CLAIM_FOR`]. Where the claims cannot be kept (no temp folder to write), every
+/// port counts as claimed: the choice is then as good as binding alone.
+fn claim(port: u16) -> bool {
+    let dir = std::env::temp_dir().join("meridian-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true;
+    }
+    let path = dir.join(port.to_string());
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+    };
+    match create() {
+        Ok(_) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let stale = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > CLAIM_FOR);
+            // A stale claim is taken over by the one process that removes it first.
+            stale && std::fs::remove_file(&path).is_ok() && create().is_ok()
+        }
+        Err(_) => true,
+    }
+}
 
 /// The kernel's ephemeral port range (Linux default 32768–60999 when unreadable).
 fn ephemeral_range() -> (u16, u16) {
@@ -53,7 +91,9 @@ pub fn spare_loopback_addr() -> io::Result<String> {
         if handed_out.contains(&port) {
             continue;
         }
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port))
+            && claim(port)
+        {
             handed_out.insert(port);
             return Ok(l.local_addr()?.to_string());
         }
@@ -79,5 +119,26 @@ mod tests {
             assert!(seen.insert(port), "{port} handed out twice");
             TcpListener::bind(&addr).unwrap();
         }
+    }
+
+    /// A port claimed by another process lately is not handed out here; one claimed long
+    /// ago is.
+    #[test]
+    fn a_port_claimed_on_the_host_lately_is_not_claimed_again_and_a_stale_claim_is() {
+        let port = 1; // never handed out: below the range
+        let path = std::env::temp_dir().join("meridian-ports").join("1");
+        let _ = std::fs::remove_file(&path);
+        assert!(claim(port), "a first claim");
+        assert!(!claim(port), "claimed a moment ago");
+        let old = std::time::SystemTime::now() - CLAIM_FOR - std::time::Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(claim(port), "a stale claim is taken over");
+        assert!(!claim(port));
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -23,7 +23,10 @@ pub fn listen_port() -> Result<String> {
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let (lo, hi) = (10_000u16, ephemeral_from.max(10_001));
+    // Below the ports `spare_loopback_addr` hands out (20,000 up: `meridian dev`'s, the
+    // proxies'), so the two never pick one port at once; a port picked here that another
+    // test took meanwhile is picked again (`picked_port`).
+    let (lo, hi) = (10_000u16, ephemeral_from.clamp(10_001, 20_000));
     // Seeded per process (the hasher's random keys), so parallel tests draw differently.
     let seed = std::collections::hash_map::RandomState::new();
     for _ in 0..1000 {
