@@ -11,16 +11,8 @@ as the bench's rig `../shared/bench/peers/meridian.sh` starts it) are printed.
 docs/PERFORMANCE.md, "Scale", "Through a mount", has its figures.
 """
 import os, sys, time, subprocess, multiprocessing as mp
+from rig_memory import rss
 mnt = sys.argv[1]; rounds = int(sys.argv[2])
-def rss(pattern):
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    tot = 0
-    for p in out:
-        try:
-            for l in open(f"/proc/{p}/status"):
-                if l.startswith("VmRSS"): tot = max(tot, int(l.split()[1]) // 1024)
-        except OSError: pass
-    return tot
 def worker(r, k):
     for d in range(k, 100, 4):
         dp = os.path.join(mnt, "r%d" % r, "d%03d" % d); os.makedirs(dp)

@@ -12,18 +12,10 @@ after dropping the caches and again warm (four processes), and lists every direc
 after dropping the caches again. docs/PERFORMANCE.md, "Scale", has its figures.
 """
 import os, sys, time, subprocess, multiprocessing as mp
+from rig_memory import rss
 mnt = sys.argv[1]; total = int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000
 procs = 4; dirs = 1000; per_dir = total // dirs
 base = os.path.join(mnt, "scale"); os.makedirs(base, exist_ok=True)
-def rss(pattern):
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    tot = 0
-    for p in out:
-        try:
-            for l in open(f"/proc/{p}/status"):
-                if l.startswith("VmRSS"): tot = max(tot, int(l.split()[1]) // 1024)
-        except OSError: pass
-    return tot
 def worker(k, q):
     for d in range(k, dirs, procs):
         dp = os.path.join(base, "d%04d" % d); os.mkdir(dp)
