@@ -451,3 +451,137 @@ fn a_revoked_certificate_is_refused_even_on_connections_made_before() -> Result<
     assert!(e.contains("revoked line 1"), "{e}");
     Ok(())
 }
+
+/// The range port on TLS: a client's range reads, whole blocks and small puts go through
+/// it with the deployment's certificates (a coordinator's copies to its replicas' ports
+/// too), and it refuses what gRPC refuses: plaintext, another CA's certificate, a replica
+/// put from a mount's certificate, and a certificate revoked since its connection was
+/// made. Connections made under an identity are not used once another is installed.
+#[test]
+fn range_ports_speak_mutual_tls_and_refuse_what_grpc_refuses() -> Result<()> {
+    use meridian_client::blocks::{BlockClient, blocking_reads};
+    use meridian_proto::pb::chunk::{PutHeader, PutRole};
+    use meridian_proto::put_wire::{PutFrame, PutReply};
+    use meridian_proto::range_wire::RangeReply;
+    use meridian_proto::{EncodedBlock, placement, wire};
+
+    let dir = tempfile::tempdir()?;
+    let mut roles = ROLES.to_vec();
+    roles.push(("reader", "client"));
+    let ours = deployment(dir.path(), "ca", &roles)?;
+    let (chunk_tls, mount_tls, reader_tls) = (&ours[1], &ours[2], &ours[4]);
+    let theirs = deployment(dir.path(), "other", &[("stranger", "client")])?;
+    let (_meta, _chunks, addrs) = tls_region(1, &ours)?;
+    let map = tls_cluster_map(&ours[3], &addrs)?;
+    assert!(
+        map.nodes.iter().all(|n| !n.range_address.is_empty()),
+        "every chunkserver announces its range port on TLS: {map:?}"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+
+    // A client with a mount's certificate: a put (its copies forwarded port to port), a
+    // whole block and a range, all through the ports.
+    install_identity(mount_tls)?;
+    let client = BlockClient::with_map(map.clone(), None);
+    let data = random_bytes(21, 300_000);
+    let block = EncodedBlock::encode(&data)?;
+    let receipt = rt.block_on(client.put(&block, 3, 3))?;
+    assert_eq!(client.put_port_puts(), 1, "put through the port");
+    assert_eq!(receipt.stored_on.len(), 3, "{receipt:?}");
+    assert_eq!(rt.block_on(client.get(&block.id, 3))?, data);
+    assert_eq!(
+        client.range_port_reads(),
+        1,
+        "a whole block through the port"
+    );
+    let got = blocking_reads(|| rt.block_on(client.get_range(&block.id, 3, 1000, 5000)))?;
+    assert_eq!(got, data[1000..6000]);
+    assert_eq!(client.range_port_reads(), 2, "a range through the port");
+
+    // Another identity installed: the connections made under the mount's are not used
+    // (with them the read would succeed; the stranger's certificate gets nothing).
+    install_identity(&theirs[0])?;
+    assert!(
+        rt.block_on(client.get(&block.id, 3)).is_err(),
+        "read with connections made under the identity before"
+    );
+    assert_eq!(client.range_port_reads(), 2);
+
+    // Straight to a port: another CA's certificate, and plaintext, get no answer.
+    let node = map
+        .node(placement(&block.id, &map, 1)[0])
+        .context("the block's first placement")?
+        .clone();
+    let port = node.range_address.clone();
+    assert!(
+        port_as(&theirs[0], &port).is_err(),
+        "a port served another CA's certificate"
+    );
+    let mut plain = std::net::TcpStream::connect(&port)?;
+    plain.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let request = meridian_proto::range_wire::RangeRequest {
+        block: block.id,
+        offset: 0,
+        length: 100,
+        outboard_known: false,
+        volume: 0,
+        regions: Vec::new(),
+    };
+    plain.write_all(&request.encode()?)?;
+    plain.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+    assert!(
+        RangeReply::read(&mut &answer[..], 1 << 20).is_err(),
+        "a plaintext request was answered: {answer:?}"
+    );
+
+    // A replica's copy is for chunkservers: refused to a mount's certificate, stored for a
+    // chunkserver's.
+    let other = EncodedBlock::encode(&random_bytes(22, 50_000))?;
+    let replica = || PutFrame {
+        header: wire::put_header(
+            &other,
+            PutHeader {
+                role: PutRole::Replica as i32,
+                replicas: 3,
+                map_epoch: map.epoch,
+                ..Default::default()
+            },
+        ),
+        payload: other.payload.clone(),
+    };
+    match port_put(&mut port_as(mount_tls, &port)?, replica())? {
+        PutReply::Refused(m) => assert!(m.contains("replica puts are for chunkservers"), "{m}"),
+        other => anyhow::bail!("a mount's replica put was answered {other:?}"),
+    }
+    match port_put(&mut port_as(chunk_tls, &port)?, replica())? {
+        PutReply::Stored(r) => assert_eq!(r.stored_on, vec![node.id.0]),
+        other => anyhow::bail!("a chunkserver's replica put was answered {other:?}"),
+    }
+
+    // Revoked while connected: the connection made before is refused from its next frame,
+    // and a new one from the first.
+    let mut reader = port_as(reader_tls, &port)?;
+    match port_read(&mut reader, block.id, 100)? {
+        // The groups covering the range, from its start.
+        RangeReply::Found { plain, .. } => assert!(plain.starts_with(&data[..100])),
+        other => anyhow::bail!("the reader's first read: {other:?}"),
+    }
+    let fp = meridian_proto::tls::fingerprint_pem(&fs::read(reader_tls.join("cert.pem"))?)
+        .map_err(anyhow::Error::msg)?;
+    let tmp = chunk_tls.join(".revoked.new");
+    fs::write(&tmp, format!("{}\n", hex::encode(fp)))?;
+    fs::rename(&tmp, chunk_tls.join("revoked"))?;
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the revoked reader's connection refused",
+        || port_read(&mut reader, block.id, 100).is_err().then_some(()),
+    )?;
+    let again = port_as(reader_tls, &port).and_then(|mut c| port_read(&mut c, block.id, 100));
+    assert!(again.is_err(), "a revoked certificate read: {again:?}");
+    Ok(())
+}

@@ -21,6 +21,7 @@ use meridian_proto::pb::chunk::{
 use meridian_proto::pb::meta::{
     MutateRequest, QueryRequest, RegionStatusRequest, WatchRequest, WriteBackRequest,
 };
+use meridian_proto::range_wire::RangeReply;
 use meridian_proto::token::{Grant, TokenKeys};
 use tonic::Code;
 
@@ -363,6 +364,42 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
     assert!(
         mount("x", "no-token", None).is_err(),
         "a mount without a token came up"
+    );
+
+    // The range port carries no tokens: a mount's certificate is sent to gRPC for reads
+    // and puts alike; a chunkserver's is served (the block asked for does not exist).
+    let port = tls_cluster_map(&admin_tls, &addrs)?.nodes[0]
+        .range_address
+        .clone();
+    let nothing = meridian_proto::BlockId::of(b"not stored anywhere");
+    match port_read(&mut port_as(&mount_tls, &port)?, nothing, 100)? {
+        RangeReply::Refused(m) => assert!(m.contains("volume tokens are checked"), "{m}"),
+        other => anyhow::bail!("a mount's certificate read through the port: {other:?}"),
+    }
+    let small = meridian_proto::EncodedBlock::encode(b"a small block")?;
+    let put = meridian_proto::put_wire::PutFrame {
+        header: meridian_proto::wire::put_header(
+            &small,
+            meridian_proto::pb::chunk::PutHeader {
+                role: meridian_proto::pb::chunk::PutRole::Coordinator as i32,
+                replicas: 1,
+                ..Default::default()
+            },
+        ),
+        payload: small.payload.clone(),
+    };
+    match port_put(&mut port_as(&mount_tls, &port)?, put)? {
+        meridian_proto::put_wire::PutReply::Closed(m) => {
+            assert!(m.contains("volume tokens are checked"), "{m}")
+        }
+        other => anyhow::bail!("a mount's certificate put through the port: {other:?}"),
+    }
+    assert!(
+        matches!(
+            port_read(&mut port_as(&certs[1], &port)?, nothing, 100)?,
+            RangeReply::Missing(_)
+        ),
+        "a chunkserver's certificate is served"
     );
 
     // Calls made directly, as a mount's certificate with a token in the header.

@@ -75,7 +75,8 @@ pub struct ChunkConfig {
     pub ship_replica_delay_ms: u64,
     /// Serve range reads on a second TCP port (chosen by the system, on the gRPC listen
     /// address's IP, announced in the cluster map): a small random read then costs the
-    /// client and this node no hand-off between tasks. Clients fall back to gRPC.
+    /// client and this node no hand-off between tasks. With TLS, the port speaks it too,
+    /// with the same certificates. Clients fall back to gRPC.
     pub range_port: bool,
     /// Take puts of small blocks on the range port too (answered on the connection's
     /// thread, forwarded to the replicas' ports). Clients fall back to gRPC.

@@ -6,18 +6,18 @@
 //! replicas' ports, this node's copy stored meanwhile, and the replicas' answers read:
 //! one thread, no task, no blocking-pool hand-off. Whatever the port cannot do alike is
 //! left to the gRPC path: the node answers "refused" to shipments from other regions, to
-//! puts when volume tokens are checked (the port has no caller to check), and to larger
-//! blocks, and the client puts those through gRPC; a replica whose port fails or refuses
+//! puts from callers that need a volume token when tokens are checked (the port carries
+//! none), and to larger blocks, and the client puts those through gRPC; a replica whose port fails or refuses
 //! makes the coordinator forward through gRPC instead (with its fallbacks to the next
 //! placements), the copies already made answering "already present" there.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_proto::pb::chunk::{PutHeader, PutResponse, PutRole};
+use meridian_proto::port_conn::{self, Peer, PortStream};
 use meridian_proto::put_wire::{self, MAX_PUT, Outgoing, PutFrame, PutReply};
 use meridian_proto::{ClusterMap, EncodedBlock, NodeInfo, placement, wire};
 use tokio::runtime::Handle;
@@ -40,14 +40,14 @@ pub struct PortPuts {
     node: Arc<ChunkNode>,
     runtime: Handle,
     /// Idle connections to other nodes' ports, by address.
-    kept: Mutex<HashMap<String, Vec<BufReader<TcpStream>>>>,
+    kept: Mutex<HashMap<String, Vec<BufReader<PortStream>>>>,
 }
 
 /// A replica's copy on its way: the node, and the connection its answer comes on.
 struct Sent {
     node: NodeInfo,
     address: String,
-    conn: Option<BufReader<TcpStream>>,
+    conn: Option<BufReader<PortStream>>,
     /// The connection was kept from an earlier put (the node may have closed it since).
     kept: bool,
 }
@@ -73,7 +73,7 @@ fn failed(e: ChunkError) -> PutReply {
 /// (kept from an earlier put or not), and each frame with its block's place.
 struct BatchSent {
     address: String,
-    conn: Option<BufReader<TcpStream>>,
+    conn: Option<BufReader<PortStream>>,
     kept: bool,
     frames: Vec<(usize, Outgoing)>,
 }
@@ -107,9 +107,9 @@ impl PortPuts {
         self.node.max_block_len.min(MAX_PUT)
     }
 
-    /// The answer to one put.
-    pub fn answer(&self, frame: PutFrame) -> PutReply {
-        match self.put(frame) {
+    /// The answer to one put from `peer`.
+    pub fn answer(&self, frame: PutFrame, peer: &Peer) -> PutReply {
+        match self.put(frame, peer) {
             Ok(response) => {
                 metrics::counter!("meridian_chunk_put_port_puts_total").increment(1);
                 PutReply::Stored(response)
@@ -118,9 +118,9 @@ impl PortPuts {
         }
     }
 
-    fn put(&self, frame: PutFrame) -> Result<PutResponse, PutReply> {
+    fn put(&self, frame: PutFrame, peer: &Peer) -> Result<PutResponse, PutReply> {
         let node = &*self.node;
-        let mut c = self.check(frame)?;
+        let mut c = self.check(frame, peer)?;
         let outboard = c.outboard.take();
         if c.role == PutRole::Replica {
             let outcome = node
@@ -149,12 +149,12 @@ impl PortPuts {
     /// the copies for each replica go to it as one batch, this node's are stored together
     /// under one fdatasync meanwhile, and then the replicas' answers are read. A block
     /// whose copies did not all go through the ports is forwarded through gRPC, as alone.
-    pub fn answer_batch(&self, frames: Vec<PutFrame>) -> Vec<PutReply> {
+    pub fn answer_batch(&self, frames: Vec<PutFrame>, peer: &Peer) -> Vec<PutReply> {
         let node = &*self.node;
         let mut replies: Vec<Option<PutReply>> = frames.iter().map(|_| None).collect();
         let mut checked = Vec::new();
         for (i, frame) in frames.into_iter().enumerate() {
-            match self.check(frame) {
+            match self.check(frame, peer) {
                 Ok(c) => checked.push((i, c)),
                 Err(reply) => replies[i] = Some(reply),
             }
@@ -262,11 +262,11 @@ impl PortPuts {
             .collect()
     }
 
-    /// What a put through the port checks before anything is written: the node's
-    /// limits, the volume's residency, and the bytes against their id.
-    fn check(&self, frame: PutFrame) -> Result<Checked, PutReply> {
+    /// What a put through the port checks before anything is written: the caller, the
+    /// node's limits, the volume's residency, and the bytes against their id.
+    fn check(&self, frame: PutFrame, peer: &Peer) -> Result<Checked, PutReply> {
         let node = &*self.node;
-        if meridian_proto::token::keys().is_some() {
+        if !peer.unrestricted() {
             return Err(PutReply::Closed(
                 "volume tokens are checked: put through gRPC".into(),
             ));
@@ -280,6 +280,11 @@ impl PortPuts {
         let (role, replicas, min_copies) = node
             .put_limits(&id, &header)
             .map_err(|s| refused(s.message()))?;
+        if role == PutRole::Replica && !peer.server() {
+            return Err(refused(format!(
+                "block {id}: replica puts are for chunkservers"
+            )));
+        }
         let regions = self
             .runtime
             .block_on(node.put_regions(&id, &header, role))
@@ -414,7 +419,7 @@ impl PortPuts {
         &self,
         address: &str,
         frames: &[(usize, Outgoing)],
-    ) -> (Option<BufReader<TcpStream>>, bool) {
+    ) -> (Option<BufReader<PortStream>>, bool) {
         self.send_with(address, |w| write_batch(w, frames))
     }
 
@@ -426,11 +431,11 @@ impl PortPuts {
     fn collect_batch(
         &self,
         address: &str,
-        conn: Option<BufReader<TcpStream>>,
+        conn: Option<BufReader<PortStream>>,
         kept: bool,
         frames: &[(usize, Outgoing)],
     ) -> Vec<(usize, bool)> {
-        let read_all = |conn: &mut BufReader<TcpStream>| -> io::Result<Vec<PutReply>> {
+        let read_all = |conn: &mut BufReader<PortStream>| -> io::Result<Vec<PutReply>> {
             frames.iter().map(|_| PutReply::read(conn)).collect()
         };
         let mut answer = match conn {
@@ -461,7 +466,7 @@ impl PortPuts {
 
     /// Sends one frame on a kept connection to `address` (dialing again once if the node
     /// closed it since) or a new one; whether the connection was kept.
-    fn send(&self, address: &str, frame: &Outgoing) -> (Option<BufReader<TcpStream>>, bool) {
+    fn send(&self, address: &str, frame: &Outgoing) -> (Option<BufReader<PortStream>>, bool) {
         self.send_with(address, |w| frame.write_to(w))
     }
 
@@ -470,10 +475,10 @@ impl PortPuts {
     fn send_with(
         &self,
         address: &str,
-        write: impl Fn(&mut TcpStream) -> io::Result<()>,
-    ) -> (Option<BufReader<TcpStream>>, bool) {
+        write: impl Fn(&mut PortStream) -> io::Result<()>,
+    ) -> (Option<BufReader<PortStream>>, bool) {
         if let Some(mut conn) = self.take(address)
-            && write(conn.get_mut()).is_ok()
+            && sent(conn.get_mut(), &write).is_ok()
         {
             return (Some(conn), true);
         }
@@ -528,12 +533,16 @@ impl PortPuts {
         all.then_some(out)
     }
 
-    fn take(&self, address: &str) -> Option<BufReader<TcpStream>> {
+    /// A connection kept for `address`, made under the identity in force (those made
+    /// before a rotation are dropped).
+    fn take(&self, address: &str) -> Option<BufReader<PortStream>> {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        kept.get_mut(address)?.pop()
+        let here = kept.get_mut(address)?;
+        here.retain(|c| c.get_ref().current());
+        here.pop()
     }
 
-    fn keep(&self, address: &str, conn: BufReader<TcpStream>) {
+    fn keep(&self, address: &str, conn: BufReader<PortStream>) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         let here = kept.entry(address.to_string()).or_default();
         if here.len() < KEPT_PER_ADDRESS {
@@ -543,27 +552,37 @@ impl PortPuts {
 }
 
 /// A new connection to `address` with `frame` written on it.
-fn fresh(address: &str, frame: &Outgoing) -> Option<BufReader<TcpStream>> {
+fn fresh(address: &str, frame: &Outgoing) -> Option<BufReader<PortStream>> {
     fresh_with(address, |w| frame.write_to(w))
 }
 
 /// A new connection to `address`, with what `write` writes on it.
 fn fresh_with(
     address: &str,
-    write: impl FnOnce(&mut TcpStream) -> io::Result<()>,
-) -> Option<BufReader<TcpStream>> {
-    let mut conn = match dial(address) {
+    write: impl FnOnce(&mut PortStream) -> io::Result<()>,
+) -> Option<BufReader<PortStream>> {
+    let mut conn = match port_conn::dial(address, CONNECT_TIMEOUT, IO_TIMEOUT) {
         Ok(c) => BufReader::new(c),
         Err(e) => {
             debug!(%address, error = %e, "put port: a replica's port could not be dialed");
             return None;
         }
     };
-    write(conn.get_mut()).ok().map(|_| conn)
+    sent(conn.get_mut(), write).ok().map(|_| conn)
+}
+
+/// What `write` writes on `conn`, sent (a TLS stream may hold the last of it until
+/// flushed).
+fn sent(
+    conn: &mut PortStream,
+    write: impl FnOnce(&mut PortStream) -> io::Result<()>,
+) -> io::Result<()> {
+    write(conn)?;
+    conn.flush()
 }
 
 /// Writes a batch's head and its frames, in one buffer up to the payloads sent apart.
-fn write_batch(w: &mut TcpStream, frames: &[(usize, Outgoing)]) -> io::Result<()> {
+fn write_batch(w: &mut impl Write, frames: &[(usize, Outgoing)]) -> io::Result<()> {
     let mut buf = put_wire::batch_head(frames.len())?.to_vec();
     for (_, f) in frames {
         buf.extend_from_slice(&f.head);
@@ -584,16 +603,4 @@ fn timed_out(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
     )
-}
-
-fn dial(address: &str) -> io::Result<TcpStream> {
-    let addr = address
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(s)
 }

@@ -1,15 +1,21 @@
-//! The range port: range reads of blocks over plain TCP (the wire format is
+//! The range port: range reads of blocks over TCP (the wire format is
 //! `meridian_proto::range_wire`), beside the gRPC service, and puts of small blocks on the
-//! same connections (`meridian_proto::put_wire`, answered by `put_port.rs`).
+//! same connections (`meridian_proto::put_wire`, answered by `put_port.rs`). With TLS on,
+//! its connections are mutual TLS with the same certificates as gRPC
+//! (`meridian_proto::port_conn`): a revoked certificate's frames are refused from the
+//! next one on, and a caller that needs a volume access token (which the port does not
+//! carry) is sent to gRPC.
 //!
-//! Each connection is served by a thread of its own that reads a request, reads and
-//! verifies the groups from disk, and writes the reply: no task, no blocking-pool hand-off.
+//! Each connection is served by a thread of its own that makes the TLS handshake if any,
+//! reads a request, reads and verifies the groups from disk, and writes the reply: no
+//! task, no blocking-pool hand-off.
 //! The same checks as a gRPC `Get` with an outboard apply (residency, the range within the
 //! block), and the same refusal to serve bytes that fail their hash (the damaged copy is
 //! reported for repair, as a gRPC read does). A connection that sends anything malformed
 //! is closed, as is a read longer than [`MAX_RANGE`] refused. Connections beyond
-//! [`MAX_CONNECTIONS`] are answered "busy" and closed (clients then read through gRPC and
-//! leave the port alone a while), and an idle one is closed after [`MAX_IDLE`].
+//! [`MAX_CONNECTIONS`] are answered "busy" and closed (on TLS closed at once: clients then
+//! read through gRPC and leave the port alone a while), and an idle one is closed after
+//! [`MAX_IDLE`].
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use meridian_proto::port_conn::{self, Peer, PortStream};
 use meridian_proto::put_wire::{self, PutFrame, PutReply};
 use meridian_proto::range_wire::{self, MAX_RANGE, RangeReply, RangeRequest};
 use tracing::{debug, error, info, warn};
@@ -38,6 +45,10 @@ const BUSY_WAIT: Duration = Duration::from_millis(20);
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// How often an idle connection looks whether the port is closing.
 const TICK: Duration = Duration::from_secs(1);
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reply may take to be written.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a range port serves from.
 pub struct RangeService {
@@ -118,10 +129,16 @@ fn accept_loop(listener: TcpListener, service: Arc<RangeService>, closing: Arc<A
                 continue;
             }
         };
+        // The identity in force when the connection arrived (a rotated one from the
+        // next connection on).
+        let identity = meridian_proto::tls::current();
         let slot = Slot(open.clone());
         if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
             debug!("range port: too many connections, one answered busy");
-            answer_busy(&conn);
+            // On TLS "busy" would need a handshake first: the connection is closed.
+            if identity.is_none() {
+                answer_busy(&conn);
+            }
             continue;
         }
         let (service, closing) = (service.clone(), closing.clone());
@@ -130,7 +147,10 @@ fn accept_loop(listener: TcpListener, service: Arc<RangeService>, closing: Arc<A
             .stack_size(STACK)
             .spawn(move || {
                 let _slot = slot;
-                if let Err(e) = serve(conn, &service, &closing) {
+                let accepted = port_conn::accept(conn, identity.as_deref(), HANDSHAKE_TIMEOUT);
+                let served =
+                    accepted.and_then(|(stream, peer)| serve(stream, &peer, &service, &closing));
+                if let Err(e) = served {
                     debug!(error = %e, "range port: connection closed");
                 }
             });
@@ -157,12 +177,16 @@ fn answer_busy(conn: &TcpStream) {
 }
 
 /// Serves one connection until the client closes it, sends something malformed, stays
-/// idle too long, or the port closes.
-fn serve(conn: TcpStream, service: &RangeService, closing: &AtomicBool) -> io::Result<()> {
-    conn.set_nodelay(true)?;
-    conn.set_read_timeout(Some(TICK))?;
-    conn.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(&conn);
+/// idle too long, or the port closes (or, on TLS, its certificate is revoked).
+fn serve(
+    conn: PortStream,
+    peer: &Peer,
+    service: &RangeService,
+    closing: &AtomicBool,
+) -> io::Result<()> {
+    conn.tcp().set_read_timeout(Some(TICK))?;
+    conn.tcp().set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let mut reader = BufReader::new(conn);
     let mut idle = Duration::ZERO;
     loop {
         if closing.load(Ordering::Acquire) {
@@ -185,35 +209,44 @@ fn serve(conn: TcpStream, service: &RangeService, closing: &AtomicBool) -> io::R
             }
             Err(e) => return Err(e),
         }
+        if peer.revoked() {
+            metrics::counter!("meridian_tls_revoked_refused_total").increment(1);
+            warn!("range port: a revoked certificate's connection closed");
+            return Ok(());
+        }
         let mut head = [0u8; 8];
         reader.read_exact(&mut head)?;
         let (magic, len) = (
             u32::from_le_bytes([head[0], head[1], head[2], head[3]]),
             u32::from_le_bytes([head[4], head[5], head[6], head[7]]),
         );
-        match magic {
+        let reply = match magic {
             range_wire::MAGIC => {
                 let request = RangeRequest::read_body(&mut reader, len)?;
-                service.answer(&request).write(&mut &conn)?;
+                let reply = match peer.unrestricted() {
+                    true => service.answer(&request),
+                    false => RangeReply::Refused(TOKENS_CHECKED.into()),
+                };
+                reply.write(reader.get_mut())
             }
             put_wire::MAGIC => {
                 let Some(puts) = &service.puts else {
                     // Not read: the connection closes, the client puts through gRPC.
-                    return PutReply::Closed("this port takes no puts".into()).write(&mut &conn);
+                    return closed(reader.get_mut());
                 };
                 let frame = PutFrame::read_rest(&mut reader, len, puts.max_payload())?;
-                puts.answer(frame).write(&mut &conn)?;
+                puts.answer(frame, peer).write(reader.get_mut())
             }
             put_wire::BATCH_MAGIC => {
                 let Some(puts) = &service.puts else {
-                    return PutReply::Closed("this port takes no puts".into()).write(&mut &conn);
+                    return closed(reader.get_mut());
                 };
                 let frames = put_wire::read_batch_rest(&mut reader, len, puts.max_payload())?;
                 let mut out = Vec::new();
-                for reply in puts.answer_batch(frames) {
+                for reply in puts.answer_batch(frames, peer) {
                     out.extend(reply.encode());
                 }
-                (&conn).write_all(&out)?;
+                reader.get_mut().write_all(&out)
             }
             other => {
                 return Err(io::Error::new(
@@ -221,8 +254,19 @@ fn serve(conn: TcpStream, service: &RangeService, closing: &AtomicBool) -> io::R
                     format!("not a range-port frame (magic {other:#x})"),
                 ));
             }
-        }
+        };
+        reply.and_then(|()| reader.get_mut().flush())?;
     }
+}
+
+/// What a range read is answered when volume tokens are checked and the caller's
+/// certificate is not a server's or an operator's.
+const TOKENS_CHECKED: &str = "volume tokens are checked: read through gRPC";
+
+/// Answers a put on a port that takes none (the connection then closes).
+fn closed(conn: &mut PortStream) -> io::Result<()> {
+    PutReply::Closed("this port takes no puts".into()).write(conn)?;
+    conn.flush()
 }
 
 impl RangeService {

@@ -48,12 +48,8 @@ pub async fn run(
     let mut meta = None;
     // Started before registering, so the map names it from the first; serves once the
     // residency checker exists (connections wait in the backlog until then).
-    // The range port is plain TCP: with TLS on every link, reads go through gRPC.
-    let range_port_on = config.range_port && channels::tls_off();
-    if config.range_port && !range_port_on {
-        info!("TLS: the range port stays closed; range reads go through the TLS gRPC service");
-    }
-    let (range_service, range_port) = match range_port_on {
+    // With TLS on, the port speaks it too (with the identity in force at each connection).
+    let (range_service, range_port) = match config.range_port {
         true => {
             let (tx, rx) = std::sync::mpsc::channel();
             let at = match &config.range_listen {

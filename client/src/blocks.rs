@@ -148,10 +148,9 @@ impl BlockClient {
             volume: 0,
             origin: 0,
             outboards: Recent::new(KNOWN_OUTBOARDS),
-            // The range port is plain TCP: never used by a process that speaks TLS.
-            range_port: meridian_proto::channels::tls_off(),
+            range_port: true,
             range_port_reads: AtomicU64::new(0),
-            put_port: meridian_proto::channels::tls_off(),
+            put_port: true,
             put_port_puts: AtomicU64::new(0),
         }
     }
@@ -166,13 +165,13 @@ impl BlockClient {
 
     /// Whether range reads may go through the nodes' range ports (default: yes).
     pub fn with_range_port(mut self, on: bool) -> Self {
-        self.range_port = on && meridian_proto::channels::tls_off();
+        self.range_port = on;
         self
     }
 
     /// Whether small blocks may be put through the nodes' range ports (default: yes).
     pub fn with_put_port(mut self, on: bool) -> Self {
-        self.put_port = on && meridian_proto::channels::tls_off();
+        self.put_port = on;
         self
     }
 
@@ -438,8 +437,13 @@ impl BlockClient {
         offset: u64,
         len: u64,
     ) -> Option<(RangeRequest, Option<KnownOutboard>)> {
-        // Nodes dialed through a route (a gateway, a proxy) are reached only that way.
-        if !self.range_port || node.range_address.is_empty() || self.pool.routes(&node.address) {
+        // Nodes dialed through a route (a gateway, a proxy) are reached only that way; a
+        // token holder's reads need its token, which the port does not carry.
+        if !self.range_port
+            || node.range_address.is_empty()
+            || self.pool.routes(&node.address)
+            || meridian_proto::token::has_client_token()
+        {
             return None;
         }
         let known = self.outboards.get(id);

@@ -15,6 +15,7 @@ pub mod net;
 pub mod ns;
 pub mod pb;
 pub mod placement;
+pub mod port_conn;
 pub mod put_wire;
 pub mod range_wire;
 pub mod recent;

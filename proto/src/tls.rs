@@ -39,6 +39,9 @@ pub struct TlsIdentity {
     cert: Vec<u8>,
     key: Vec<u8>,
     acceptor: tokio_rustls::TlsAcceptor,
+    /// The range port's sides ([`crate::port_conn`]): the same certificates, its ALPN.
+    port_server: Arc<rustls::ServerConfig>,
+    port_client: Arc<rustls::ClientConfig>,
     revoked: std::collections::HashSet<[u8; 32]>,
 }
 
@@ -74,7 +77,7 @@ impl TlsIdentity {
                 .map_err(|e| bad(CA_FILE, &e))?;
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.into(),
+            roots.clone().into(),
             provider.clone(),
         )
         .build()
@@ -83,12 +86,21 @@ impl TlsIdentity {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(CERT_FILE, &e))?;
         let private = PrivateKeyDer::from_pem_slice(&key).map_err(|e| bad(KEY_FILE, &e))?;
+        let mut port_client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain.clone(), private.clone_key())
+            .map_err(|e| bad(CERT_FILE, &e))?;
+        port_client.alpn_protocols = vec![crate::port_conn::ALPN.to_vec()];
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, private)
             .map_err(|e| bad(CERT_FILE, &e))?;
+        let mut port_server = server.clone();
+        port_server.alpn_protocols = vec![crate::port_conn::ALPN.to_vec()];
         server.alpn_protocols = vec![b"h2".to_vec()];
         Ok(TlsIdentity {
             dir: dir.to_path_buf(),
@@ -96,6 +108,8 @@ impl TlsIdentity {
             cert,
             key,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            port_server: Arc::new(port_server),
+            port_client: Arc::new(port_client),
             revoked: revoked_in(dir)?,
         })
     }
@@ -117,6 +131,18 @@ impl TlsIdentity {
     /// the deployment CA (see [`crate::tls_incoming`]).
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         self.acceptor.clone()
+    }
+
+    /// The range port's server side: as [`acceptor`](Self::acceptor)'s, under the port's
+    /// ALPN.
+    pub fn port_server(&self) -> Arc<rustls::ServerConfig> {
+        self.port_server.clone()
+    }
+
+    /// The range port's client side: our certificate presented, the server's checked
+    /// against the deployment CA for [`SERVER_NAME`], under the port's ALPN.
+    pub fn port_client(&self) -> Arc<rustls::ClientConfig> {
+        self.port_client.clone()
     }
 }
 

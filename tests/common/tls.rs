@@ -109,12 +109,7 @@ pub fn tls_region_with(
         std::time::Duration::from_secs(30),
         "three chunkservers up over TLS",
         || {
-            let out = meridian(
-                Some(admin_tls),
-                &["admin", "cluster-map", "--json", "--meta", &addrs],
-            )
-            .ok()?;
-            let map: meridian_proto::ClusterMap = serde_json::from_slice(&out.stdout).ok()?;
+            let map = tls_cluster_map(admin_tls, &addrs).ok()?;
             (map.nodes
                 .iter()
                 .filter(|n| n.state == meridian_proto::NodeState::Up)
@@ -149,4 +144,66 @@ pub fn issue_token(key: &Path, subject: &str, volumes: &[&str], ttl: &str) -> Re
         args.extend(["--volume", v]);
     }
     Ok(ok(meridian(None, &args)?)?.trim().to_string())
+}
+
+/// The cluster map of the region at `addrs`, asked with the certificate folder `admin`.
+pub fn tls_cluster_map(admin: &Path, addrs: &str) -> Result<meridian_proto::ClusterMap> {
+    let out = ok(meridian(
+        Some(admin),
+        &["admin", "cluster-map", "--json", "--meta", addrs],
+    )?)?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// Makes the certificate folder `cert` this test process's identity.
+pub fn install_identity(cert: &Path) -> Result<()> {
+    let identity = meridian_proto::tls::TlsIdentity::load(cert).map_err(anyhow::Error::msg)?;
+    meridian_proto::tls::install(identity);
+    Ok(())
+}
+
+/// A connection to the range port at `address` with the certificate folder `cert` (this
+/// process's identity from then on).
+pub fn port_as(
+    cert: &Path,
+    address: &str,
+) -> Result<std::io::BufReader<meridian_proto::port_conn::PortStream>> {
+    install_identity(cert)?;
+    let conn = meridian_proto::port_conn::dial(
+        address,
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(10),
+    )?;
+    Ok(std::io::BufReader::new(conn))
+}
+
+/// A range read of the first `len` bytes of `block` on the port connection `conn`.
+pub fn port_read(
+    conn: &mut std::io::BufReader<meridian_proto::port_conn::PortStream>,
+    block: meridian_proto::BlockId,
+    len: u32,
+) -> Result<meridian_proto::range_wire::RangeReply> {
+    use std::io::Write;
+    let request = meridian_proto::range_wire::RangeRequest {
+        block,
+        offset: 0,
+        length: len,
+        outboard_known: false,
+        volume: 0,
+        regions: Vec::new(),
+    };
+    conn.get_mut().write_all(&request.encode()?)?;
+    conn.get_mut().flush()?;
+    Ok(meridian_proto::range_wire::RangeReply::read(conn, 8 << 20)?)
+}
+
+/// A put of `frame` on the port connection `conn`: the reply.
+pub fn port_put(
+    conn: &mut std::io::BufReader<meridian_proto::port_conn::PortStream>,
+    frame: meridian_proto::put_wire::PutFrame,
+) -> Result<meridian_proto::put_wire::PutReply> {
+    use std::io::Write;
+    frame.outgoing()?.write_to(conn.get_mut())?;
+    conn.get_mut().flush()?;
+    Ok(meridian_proto::put_wire::PutReply::read(conn)?)
 }

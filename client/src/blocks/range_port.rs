@@ -14,12 +14,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
+use meridian_proto::port_conn::{self, AsyncPortStream, PortStream};
 use meridian_proto::put_wire::{self, Outgoing, PutReply};
 use meridian_proto::range_wire::{FOUND_LENGTHS, Found, REPLY_HEAD, RangeReply, RangeRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +52,7 @@ static NO_PUTS: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
 const NO_PUTS_FOR: Duration = Duration::from_secs(60);
 
 /// Connections runtime tasks keep, per address, for [`call_async`].
-static IDLE: Mutex<Vec<(String, tokio::net::TcpStream)>> = Mutex::new(Vec::new());
+static IDLE: Mutex<Vec<(String, AsyncPortStream)>> = Mutex::new(Vec::new());
 /// Idle connections kept for runtime tasks, per address: as many as the mount's tasks put
 /// through one node at once (fewer, and every put beyond them dials a connection, and the
 /// node starts a thread for it, only for both to end after one block).
@@ -60,7 +60,7 @@ pub const IDLE_PER_ADDRESS: usize = 16;
 
 thread_local! {
     static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
-    static CONNECTIONS: RefCell<HashMap<String, BufReader<TcpStream>>> =
+    static CONNECTIONS: RefCell<HashMap<String, BufReader<PortStream>>> =
         RefCell::new(HashMap::new());
 }
 
@@ -116,7 +116,8 @@ pub fn call(address: &str, request: &RangeRequest, max_len: u32) -> Option<io::R
     };
     Some(CONNECTIONS.with(|c| {
         let mut conns = c.borrow_mut();
-        let kept = conns.remove(address);
+        // One made before the identity rotated is dropped.
+        let kept = conns.remove(address).filter(|c| c.get_ref().current());
         let was_kept = kept.is_some();
         let conn = match kept {
             Some(conn) => conn,
@@ -201,30 +202,25 @@ fn check_reachable(address: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Dials `address`, unless it failed to be dialed lately (a firewall that drops the
-/// port would otherwise cost every read the connect timeout).
-fn connect(address: &str) -> io::Result<TcpStream> {
+/// Dials `address` (through a TLS handshake when this process has an identity), unless it
+/// failed to be dialed lately (a firewall that drops the port would otherwise cost every
+/// read the connect timeout; a port that refuses our certificate, every read a
+/// handshake).
+fn connect(address: &str) -> io::Result<PortStream> {
     check_reachable(address)?;
-    let dialed = address
-        .to_socket_addrs()
-        .and_then(|mut a| {
-            a.next()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
-        })
-        .and_then(|addr| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT));
-    let s = left_alone_if_failed(address, dialed)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(s)
+    left_alone_if_failed(
+        address,
+        port_conn::dial(address, CONNECT_TIMEOUT, IO_TIMEOUT),
+    )
 }
 
 fn exchange(
-    mut conn: BufReader<TcpStream>,
+    mut conn: BufReader<PortStream>,
     frame: &[u8],
     max_len: u32,
-) -> io::Result<(BufReader<TcpStream>, RangeReply)> {
+) -> io::Result<(BufReader<PortStream>, RangeReply)> {
     conn.get_mut().write_all(frame)?;
+    conn.get_mut().flush()?;
     let reply = RangeReply::read(&mut conn, max_len)?;
     Ok((conn, reply))
 }
@@ -378,13 +374,16 @@ async fn exchange_kept(address: &str, frame: &[&[u8]], wanted: Wanted) -> io::Re
     }
 }
 
-fn take_idle(address: &str) -> Option<tokio::net::TcpStream> {
+/// A connection kept for `address`, made under the identity in force (those made before
+/// a rotation are dropped).
+fn take_idle(address: &str) -> Option<AsyncPortStream> {
     let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+    idle.retain(|(_, c)| c.current());
     let at = idle.iter().rposition(|(a, _)| a == address)?;
     Some(idle.swap_remove(at).1)
 }
 
-fn keep_idle(address: &str, conn: tokio::net::TcpStream) {
+fn keep_idle(address: &str, conn: AsyncPortStream) {
     let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
     let here = idle.iter().filter(|(a, _)| a == address).count();
     if here < IDLE_PER_ADDRESS && idle.len() < MAX_CONNECTIONS {
@@ -392,29 +391,27 @@ fn keep_idle(address: &str, conn: tokio::net::TcpStream) {
     }
 }
 
-async fn connect_async(address: &str) -> io::Result<tokio::net::TcpStream> {
-    let dialed = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
-        .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
-    let s = left_alone_if_failed(address, dialed)?;
-    s.set_nodelay(true)?;
-    Ok(s)
+async fn connect_async(address: &str) -> io::Result<AsyncPortStream> {
+    let dialed = port_conn::dial_async(address, CONNECT_TIMEOUT, IO_TIMEOUT).await;
+    left_alone_if_failed(address, dialed)
 }
 
 /// One request (its parts written in order) and its reply, within [`IO_TIMEOUT`] and a
 /// second more for every [`SECOND_PER`] bytes sent (a block of megabytes is stored on
 /// every replica before its answer comes).
 async fn exchange_async(
-    mut conn: tokio::net::TcpStream,
+    mut conn: AsyncPortStream,
     frame: &[&[u8]],
     wanted: Wanted,
-) -> io::Result<(tokio::net::TcpStream, Reply)> {
+) -> io::Result<(AsyncPortStream, Reply)> {
     let sent: usize = frame.iter().map(|p| p.len()).sum();
     let limit = IO_TIMEOUT + Duration::from_secs((sent / SECOND_PER) as u64);
     let exchange = async {
         for part in frame {
             conn.write_all(part).await?;
         }
+        // A TLS stream may hold the last record until flushed.
+        conn.flush().await?;
         match wanted {
             Wanted::Range(max_len) => read_reply(&mut conn, max_len).await.map(Reply::Range),
             Wanted::Put => read_put_reply(&mut conn).await.map(Reply::Put),
@@ -440,7 +437,7 @@ async fn exchange_async(
 }
 
 /// Reads one put reply (the checks of `PutReply::read`).
-async fn read_put_reply(conn: &mut tokio::net::TcpStream) -> io::Result<PutReply> {
+async fn read_put_reply(conn: &mut AsyncPortStream) -> io::Result<PutReply> {
     let mut head = [0u8; put_wire::REPLY_HEAD];
     conn.read_exact(&mut head).await?;
     let status = PutReply::status(&head)?;
@@ -455,7 +452,7 @@ async fn read_put_reply(conn: &mut tokio::net::TcpStream) -> io::Result<PutReply
 
 /// Reads one reply (the checks of `RangeReply::read`), the outboard and plaintext into one
 /// buffer of their size: the plaintext is kept as it arrived.
-async fn read_reply(conn: &mut tokio::net::TcpStream, max_len: u32) -> io::Result<RangeReply> {
+async fn read_reply(conn: &mut AsyncPortStream, max_len: u32) -> io::Result<RangeReply> {
     let mut head = [0u8; REPLY_HEAD];
     conn.read_exact(&mut head).await?;
     match RangeReply::status(&head)? {

@@ -1,0 +1,317 @@
+//! The connections of a chunkserver's range port (`range_wire` reads, `put_wire` puts):
+//! plain TCP in a deployment without TLS, mutual TLS with the process's identity
+//! ([`crate::tls`]) in one with it: the same CA, certificates and revocation list as
+//! gRPC, under an ALPN of the port's own ([`ALPN`]) so that neither side mistakes one
+//! service for the other.
+//!
+//! Both blocking streams (a chunkserver's connection threads, a mount's kernel threads,
+//! a coordinator's copies to its replicas) and a runtime's ([`dial_async`]) are here. A
+//! stream remembers the identity's [`crate::tls::generation`] it was made under: pools
+//! drop the ones made before a rotation ([`PortStream::current`]).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::rustls::{self, ClientConnection, ServerConnection, StreamOwned};
+
+use crate::tls::{self, TlsIdentity};
+
+/// The application protocol a range port's TLS speaks (gRPC's is `h2`).
+pub const ALPN: &[u8] = b"meridian-port/1";
+
+/// A blocking connection of the range port, either side.
+pub struct PortStream {
+    inner: Inner,
+    generation: u64,
+}
+
+enum Inner {
+    Plain(TcpStream),
+    Server(Box<StreamOwned<ServerConnection, TcpStream>>),
+    Client(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+/// Who is at the other end of a connection a port accepted.
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    /// The roles its certificate names ([`tls::roles`]); `None` on plaintext.
+    pub roles: Option<Vec<&'static str>>,
+    /// Its certificate's fingerprint ([`tls::fingerprint`]).
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+impl Peer {
+    /// Whether its certificate has been revoked since it connected (checked before each
+    /// frame is answered, as gRPC checks each call).
+    pub fn revoked(&self) -> bool {
+        self.fingerprint.is_some_and(|fp| tls::is_revoked(&fp))
+    }
+
+    /// Whether it is one of the deployment's servers (a metaserver's or chunkserver's
+    /// certificate), or anyone on plaintext, where nobody has an identity.
+    pub fn server(&self) -> bool {
+        self.roles
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|r| [tls::META, tls::CHUNK].contains(r)))
+    }
+
+    /// Whether it may act without a volume access token: always when this server checks
+    /// none, and otherwise for servers' and operators' certificates, as gRPC decides
+    /// ([`crate::token::caller`]). The port carries no tokens, so anyone else goes to
+    /// gRPC.
+    pub fn unrestricted(&self) -> bool {
+        crate::token::keys().is_none()
+            || self.roles.as_ref().is_some_and(|r| {
+                r.iter()
+                    .any(|r| [tls::META, tls::CHUNK, tls::ADMIN].contains(r))
+            })
+    }
+}
+
+impl PortStream {
+    /// The TCP connection under it (for timeouts and shutdown).
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.inner {
+            Inner::Plain(s) => s,
+            Inner::Server(s) => s.get_ref(),
+            Inner::Client(s) => s.get_ref(),
+        }
+    }
+
+    /// Whether it was made under the identity installed now (a pool drops it otherwise:
+    /// after a rotation, connections are made with the new certificates).
+    pub fn current(&self) -> bool {
+        self.generation == tls::generation()
+    }
+
+    /// Whether it is encrypted.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self.inner, Inner::Plain(_))
+    }
+}
+
+impl Read for PortStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Plain(s) => s.read(buf),
+            Inner::Server(s) => s.read(buf),
+            Inner::Client(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for PortStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Plain(s) => s.write(buf),
+            Inner::Server(s) => s.write(buf),
+            Inner::Client(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Plain(s) => s.flush(),
+            Inner::Server(s) => s.flush(),
+            Inner::Client(s) => s.flush(),
+        }
+    }
+}
+
+/// The server's side of a connection `tcp` the port accepted: with `identity`, the TLS
+/// handshake (a client certificate from the deployment's CA required, a revoked one
+/// refused), within `timeout`; the caller sets the stream's timeouts afterwards.
+pub fn accept(
+    tcp: TcpStream,
+    identity: Option<&TlsIdentity>,
+    timeout: Duration,
+) -> io::Result<(PortStream, Peer)> {
+    let generation = tls::generation();
+    let Some(identity) = identity else {
+        let stream = PortStream {
+            inner: Inner::Plain(tcp),
+            generation,
+        };
+        return Ok((stream, Peer::default()));
+    };
+    let mut conn = ServerConnection::new(identity.port_server()).map_err(io::Error::other)?;
+    handshake(&mut conn, &tcp, timeout)?;
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| refused("no client certificate"))?;
+    let fingerprint = tls::fingerprint(leaf);
+    if identity.revokes(&fingerprint) {
+        metrics::counter!("meridian_tls_revoked_refused_total").increment(1);
+        return Err(refused(&format!(
+            "certificate {} is revoked",
+            hex::encode(fingerprint)
+        )));
+    }
+    let roles = tls::roles(leaf).map_err(|e| refused(&e))?;
+    let peer = Peer {
+        roles: Some(roles),
+        fingerprint: Some(fingerprint),
+    };
+    let stream = PortStream {
+        inner: Inner::Server(Box::new(StreamOwned::new(conn, tcp))),
+        generation,
+    };
+    Ok((stream, peer))
+}
+
+/// A connection to the port at `address`, dialed within `connect` and with `io` as its
+/// read and write timeouts (also the handshake's): TLS with the installed identity, if
+/// the process has one.
+pub fn dial(address: &str, connect: Duration, io: Duration) -> io::Result<PortStream> {
+    let generation = tls::generation();
+    let tcp = TcpStream::connect_timeout(&resolve(address)?, connect)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(io))?;
+    tcp.set_write_timeout(Some(io))?;
+    let Some(identity) = tls::current() else {
+        return Ok(PortStream {
+            inner: Inner::Plain(tcp),
+            generation,
+        });
+    };
+    let mut conn =
+        ClientConnection::new(identity.port_client(), server_name()).map_err(io::Error::other)?;
+    handshake(&mut conn, &tcp, io)?;
+    Ok(PortStream {
+        inner: Inner::Client(Box::new(StreamOwned::new(conn, tcp))),
+        generation,
+    })
+}
+
+/// Runs a handshake to its end on `tcp`, within `timeout` for each step.
+fn handshake<S: rustls::SideData>(
+    conn: &mut rustls::ConnectionCommon<S>,
+    tcp: &TcpStream,
+    timeout: Duration,
+) -> io::Result<()> {
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let mut io = tcp;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut io)?;
+    }
+    Ok(())
+}
+
+fn resolve(address: &str) -> io::Result<SocketAddr> {
+    address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
+}
+
+fn server_name() -> ServerName<'static> {
+    ServerName::try_from(tls::SERVER_NAME).expect("the servers' name is a DNS name")
+}
+
+fn refused(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, why.to_string())
+}
+
+/// A runtime's connection to a range port.
+pub struct AsyncPortStream {
+    inner: AsyncInner,
+    generation: u64,
+}
+
+enum AsyncInner {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl AsyncPortStream {
+    /// As [`PortStream::current`].
+    pub fn current(&self) -> bool {
+        self.generation == tls::generation()
+    }
+}
+
+/// A connection to the port at `address` from a runtime task, dialed within `connect`
+/// and (with the installed identity) through its handshake within `handshake`.
+pub async fn dial_async(
+    address: &str,
+    connect: Duration,
+    handshake: Duration,
+) -> io::Result<AsyncPortStream> {
+    let generation = tls::generation();
+    let tcp = within(connect, "connect", tokio::net::TcpStream::connect(address)).await?;
+    tcp.set_nodelay(true)?;
+    let inner = match tls::current() {
+        None => AsyncInner::Plain(tcp),
+        Some(identity) => {
+            let connector = tokio_rustls::TlsConnector::from(identity.port_client());
+            let tls = within(
+                handshake,
+                "TLS handshake",
+                connector.connect(server_name(), tcp),
+            );
+            AsyncInner::Tls(Box::new(tls.await?))
+        }
+    };
+    Ok(AsyncPortStream { inner, generation })
+}
+
+/// `step`'s outcome, or a timeout after `limit`.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    step: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(limit, step).await.unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} timed out"),
+        ))
+    })
+}
+
+impl AsyncRead for AsyncPortStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            AsyncInner::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            AsyncInner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for AsyncPortStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            AsyncInner::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            AsyncInner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            AsyncInner::Plain(s) => Pin::new(s).poll_flush(cx),
+            AsyncInner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            AsyncInner::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            AsyncInner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
