@@ -123,15 +123,18 @@ impl Write for PortStream {
     }
 }
 
-/// The server's side of a connection `tcp` the port accepted: with `identity`, the TLS
-/// handshake (a client certificate from the deployment's CA required, a revoked one
-/// refused), within `timeout`; the caller sets the stream's timeouts afterwards.
+/// The server's side of a connection `tcp` the port accepted, with TCP_NODELAY: with
+/// `identity`, the TLS handshake (a client certificate from the deployment's CA required,
+/// a revoked one refused), within `timeout`; the caller sets the stream's timeouts
+/// afterwards.
 pub fn accept(
     tcp: TcpStream,
     identity: Option<&TlsIdentity>,
     timeout: Duration,
 ) -> io::Result<(PortStream, Peer)> {
     let generation = tls::generation();
+    // Small replies would otherwise wait on Nagle and the client's delayed ACKs (40 ms).
+    tcp.set_nodelay(true)?;
     let Some(identity) = identity else {
         let stream = PortStream {
             inner: Inner::Plain(tcp),
@@ -313,5 +316,25 @@ impl AsyncWrite for AsyncPortStream {
             AsyncInner::Plain(s) => Pin::new(s).poll_shutdown(cx),
             AsyncInner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ends of a plaintext connection send at once: a small reply held back by
+    /// Nagle's algorithm waits for the peer's delayed ACK (40 ms a read).
+    #[test]
+    fn both_ends_of_a_connection_send_without_delay() -> io::Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?.to_string();
+        let client = dial(&address, Duration::from_secs(2), Duration::from_secs(2))?;
+        let (tcp, _) = listener.accept()?;
+        let (server, peer) = accept(tcp, None, Duration::from_secs(2))?;
+        assert!(client.tcp().nodelay()?, "the client's end");
+        assert!(server.tcp().nodelay()?, "the server's end");
+        assert!(!server.is_tls() && peer.server() && peer.roles.is_none());
+        Ok(())
     }
 }
