@@ -22,6 +22,7 @@ pub mod recent;
 pub mod reload;
 pub mod tls;
 pub mod tls_incoming;
+pub mod tls_stream;
 pub mod token;
 pub mod tree;
 pub mod wire;

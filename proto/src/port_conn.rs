@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::rustls::{self, ClientConnection, ServerConnection, StreamOwned};
 
 use crate::tls::{self, TlsIdentity};
+use crate::tls_stream::MaybeTls;
 
 /// The application protocol a range port's TLS speaks (gRPC's is `h2`).
 pub const ALPN: &[u8] = b"meridian-port/1";
@@ -224,13 +225,8 @@ fn refused(why: &str) -> io::Error {
 
 /// A runtime's connection to a range port.
 pub struct AsyncPortStream {
-    inner: AsyncInner,
+    stream: MaybeTls<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
     generation: u64,
-}
-
-enum AsyncInner {
-    Plain(tokio::net::TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
 impl AsyncPortStream {
@@ -250,8 +246,8 @@ pub async fn dial_async(
     let generation = tls::generation();
     let tcp = within(connect, "connect", tokio::net::TcpStream::connect(address)).await?;
     tcp.set_nodelay(true)?;
-    let inner = match tls::current() {
-        None => AsyncInner::Plain(tcp),
+    let stream = match tls::current() {
+        None => MaybeTls::Plain(tcp),
         Some(identity) => {
             let connector = tokio_rustls::TlsConnector::from(identity.port_client());
             let tls = within(
@@ -259,10 +255,10 @@ pub async fn dial_async(
                 "TLS handshake",
                 connector.connect(server_name(), tcp),
             );
-            AsyncInner::Tls(Box::new(tls.await?))
+            MaybeTls::Tls(Box::new(tls.await?))
         }
     };
-    Ok(AsyncPortStream { inner, generation })
+    Ok(AsyncPortStream { stream, generation })
 }
 
 /// `step`'s outcome, or a timeout after `limit`.
@@ -285,10 +281,7 @@ impl AsyncRead for AsyncPortStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.inner {
-            AsyncInner::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            AsyncInner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -298,24 +291,15 @@ impl AsyncWrite for AsyncPortStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.inner {
-            AsyncInner::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            AsyncInner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.inner {
-            AsyncInner::Plain(s) => Pin::new(s).poll_flush(cx),
-            AsyncInner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.inner {
-            AsyncInner::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            AsyncInner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
