@@ -11,12 +11,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::rustls::{self, ClientConnection, ServerConnection, StreamOwned};
 
 use crate::tls::{self, TlsIdentity};
@@ -225,9 +222,13 @@ fn refused(why: &str) -> io::Error {
 
 /// A runtime's connection to a range port.
 pub struct AsyncPortStream {
-    stream: MaybeTls<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    /// What is read and written.
+    pub io: AsyncPortIo,
     generation: u64,
 }
+
+/// The stream of an [`AsyncPortStream`].
+pub type AsyncPortIo = MaybeTls<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 impl AsyncPortStream {
     /// As [`PortStream::current`].
@@ -246,7 +247,7 @@ pub async fn dial_async(
     let generation = tls::generation();
     let tcp = within(connect, "connect", tokio::net::TcpStream::connect(address)).await?;
     tcp.set_nodelay(true)?;
-    let stream = match tls::current() {
+    let io = match tls::current() {
         None => MaybeTls::Plain(tcp),
         Some(identity) => {
             let connector = tokio_rustls::TlsConnector::from(identity.port_client());
@@ -258,7 +259,7 @@ pub async fn dial_async(
             MaybeTls::Tls(Box::new(tls.await?))
         }
     };
-    Ok(AsyncPortStream { stream, generation })
+    Ok(AsyncPortStream { io, generation })
 }
 
 /// `step`'s outcome, or a timeout after `limit`.
@@ -273,34 +274,6 @@ async fn within<T>(
             format!("{what} timed out"),
         ))
     })
-}
-
-impl AsyncRead for AsyncPortStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AsyncPortStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

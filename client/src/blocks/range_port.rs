@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use meridian_proto::port_conn::{self, AsyncPortStream, PortStream};
+use meridian_proto::port_conn::{self, AsyncPortIo, AsyncPortStream, PortStream};
 use meridian_proto::put_wire::{self, Outgoing, PutReply};
 use meridian_proto::range_wire::{FOUND_LENGTHS, Found, REPLY_HEAD, RangeReply, RangeRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -406,19 +406,20 @@ async fn exchange_async(
 ) -> io::Result<(AsyncPortStream, Reply)> {
     let sent: usize = frame.iter().map(|p| p.len()).sum();
     let limit = IO_TIMEOUT + Duration::from_secs((sent / SECOND_PER) as u64);
+    let stream = &mut conn.io;
     let exchange = async {
         for part in frame {
-            conn.write_all(part).await?;
+            stream.write_all(part).await?;
         }
         // A TLS stream may hold the last record until flushed.
-        conn.flush().await?;
+        stream.flush().await?;
         match wanted {
-            Wanted::Range(max_len) => read_reply(&mut conn, max_len).await.map(Reply::Range),
-            Wanted::Put => read_put_reply(&mut conn).await.map(Reply::Put),
+            Wanted::Range(max_len) => read_reply(stream, max_len).await.map(Reply::Range),
+            Wanted::Put => read_put_reply(stream).await.map(Reply::Put),
             Wanted::Puts(n) => {
                 let mut replies = Vec::with_capacity(n);
                 while replies.len() < n {
-                    let reply = read_put_reply(&mut conn).await?;
+                    let reply = read_put_reply(stream).await?;
                     // A busy node answers once and closes the connection.
                     let busy = reply == PutReply::Busy;
                     replies.push(reply);
@@ -437,7 +438,7 @@ async fn exchange_async(
 }
 
 /// Reads one put reply (the checks of `PutReply::read`).
-async fn read_put_reply(conn: &mut AsyncPortStream) -> io::Result<PutReply> {
+async fn read_put_reply(conn: &mut AsyncPortIo) -> io::Result<PutReply> {
     let mut head = [0u8; put_wire::REPLY_HEAD];
     conn.read_exact(&mut head).await?;
     let status = PutReply::status(&head)?;
@@ -452,7 +453,7 @@ async fn read_put_reply(conn: &mut AsyncPortStream) -> io::Result<PutReply> {
 
 /// Reads one reply (the checks of `RangeReply::read`), the outboard and plaintext into one
 /// buffer of their size: the plaintext is kept as it arrived.
-async fn read_reply(conn: &mut AsyncPortStream, max_len: u32) -> io::Result<RangeReply> {
+async fn read_reply(conn: &mut AsyncPortIo, max_len: u32) -> io::Result<RangeReply> {
     let mut head = [0u8; REPLY_HEAD];
     conn.read_exact(&mut head).await?;
     match RangeReply::status(&head)? {
