@@ -69,8 +69,9 @@ pub struct NodeInfo {
     pub zone: ZoneId,
     /// Where its ChunkService listens (`host:port`).
     pub address: String,
-    /// Where its range port listens (`host:port`; empty: it has none): range reads over
-    /// plain TCP, see [`crate::range_wire`].
+    /// Where its range port listens (`host:port`; empty: it has none): range reads and
+    /// puts over TCP (TLS with the deployment's certificates when it has them), see
+    /// [`crate::range_wire`] and [`crate::port_conn`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub range_address: String,
     /// Bytes it may store; placement weight.

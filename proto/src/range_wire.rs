@@ -1,4 +1,5 @@
-//! The range port's wire format: one request, one reply, over a plain TCP connection.
+//! The range port's wire format: one request, one reply, over a TCP connection (mutual TLS
+//! with the deployment's certificates when the processes have them: `crate::port_conn`).
 //!
 //! A 4 KiB random read is one small request and one small reply, and through the gRPC
 //! service it costs the client and the chunkserver more in hand-offs between tasks (the
