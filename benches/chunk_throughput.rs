@@ -1,5 +1,6 @@
 //! Put/get throughput of 4 MiB blocks through one real `meridian chunk` process on loopback,
-//! next to the same bytes written (with fsync) and read on the local disk in the same run.
+//! next to the same bytes written (with fsync) and read on the local disk in the same run;
+//! and reads through the range port, on plaintext and on mutual TLS.
 //!
 //! Run with `scripts/bench.sh` (or `cargo bench --bench chunk_throughput`).
 
@@ -28,17 +29,27 @@ impl Drop for Server {
     }
 }
 
-fn start_chunkserver(dir: &Path) -> (Server, String) {
-    let log = dir.join("chunk.log");
-    let out = fs::File::create(&log).expect("log file");
-    // MERIDIAN_BIN: another build's binary, to compare two builds in one run.
-    let bin = std::env::var_os("MERIDIAN_BIN").map_or_else(
+/// The `meridian` binary (MERIDIAN_BIN: another build's, to compare two builds in one run).
+fn meridian_bin() -> std::path::PathBuf {
+    std::env::var_os("MERIDIAN_BIN").map_or_else(
         || env!("CARGO_BIN_EXE_meridian").into(),
         std::path::PathBuf::from,
-    );
-    let child = Command::new(bin)
+    )
+}
+
+/// A chunkserver with its data in `dir`, on TLS with the certificate folder `tls` (or
+/// plaintext), its range port on `range` (an address; empty: one the system picks).
+fn start_chunkserver(dir: &Path, tls: Option<&Path>, range: &str) -> (Server, String) {
+    fs::create_dir_all(dir).expect("chunkserver dir");
+    let log = dir.join("chunk.log");
+    let out = fs::File::create(&log).expect("log file");
+    let mut command = Command::new(meridian_bin());
+    match tls {
+        Some(folder) => command.arg("--tls").arg(folder),
+        None => command.arg("--plaintext"),
+    };
+    command
         .args([
-            "--plaintext",
             "chunk",
             "--id",
             "1",
@@ -52,7 +63,11 @@ fn start_chunkserver(dir: &Path) -> (Server, String) {
             "127.0.0.1:0",
             "--data",
         ])
-        .arg(dir.join("data"))
+        .arg(dir.join("data"));
+    if !range.is_empty() {
+        command.args(["--range-listen", range]);
+    }
+    let child = command
         .env("MERIDIAN_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("log fd"))
@@ -104,7 +119,7 @@ fn bench(c: &mut Criterion) {
         .prefix("meridian-bench-")
         .tempdir_in(".")
         .expect("temp dir");
-    let (_server, addr) = start_chunkserver(dir.path());
+    let (grpc_server, addr) = start_chunkserver(&dir.path().join("grpc"), None, "");
     let map = ClusterMap::new(
         1,
         RegionId(1),
@@ -220,6 +235,104 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+    drop(grpc_server);
+    bench_port(c, dir.path(), &base, &rt);
+}
+
+/// Reads through the range port, on plaintext and then on mutual TLS (a CA and a
+/// chunkserver's and a client's certificates made for the run, as `meridian admin certs`
+/// makes them): a whole 4 MiB block (a sequential reader's) and 4 KiB ranges (a random
+/// reader's, from a thread that may wait, as a kernel request thread does), verified as
+/// the gRPC reads above are.
+fn bench_port(c: &mut Criterion, dir: &Path, base: &[u8], rt: &tokio::runtime::Runtime) {
+    use meridian_client::blocks::blocking_reads;
+    let certs = dir.join("certs");
+    let admin = |args: &[&str]| {
+        let out = Command::new(meridian_bin())
+            .arg("admin")
+            .args(args)
+            .output()
+            .expect("run meridian admin");
+        assert!(out.status.success(), "admin {args:?}: {out:?}");
+    };
+    let ca = certs.join("ca");
+    admin(&["certs", "init", "--dir", ca.to_str().expect("utf-8 path")]);
+    for (name, role) in [("chunk", "chunk"), ("client", "client")] {
+        let out = certs.join(name);
+        admin(&[
+            "certs",
+            "issue",
+            "--ca",
+            ca.to_str().expect("utf-8 path"),
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--name",
+            name,
+            "--role",
+            role,
+        ]);
+    }
+    for tls in [false, true] {
+        let label = if tls { "TLS" } else { "plaintext" };
+        if tls {
+            let identity = meridian_proto::tls::TlsIdentity::load(&certs.join("client"))
+                .expect("client certificate");
+            meridian_proto::tls::install(identity);
+        }
+        let range = meridian_proto::net::spare_loopback_addr().expect("a port");
+        let chunk_tls = certs.join("chunk");
+        let (_server, addr) =
+            start_chunkserver(&dir.join(label), tls.then_some(&*chunk_tls), &range);
+        let map = ClusterMap::new(
+            1,
+            RegionId(1),
+            vec![NodeInfo {
+                id: NodeId(1),
+                zone: ZoneId::from("a"),
+                address: addr,
+                range_address: range,
+                capacity: 1 << 40,
+                state: NodeState::Up,
+            }],
+        )
+        .expect("map");
+        let client = BlockClient::with_map(map, None);
+        let stored: Vec<BlockId> = (0..4u64)
+            .map(|n| {
+                let block =
+                    EncodedBlock::encode(&block_bytes(base, u64::MAX - 100 - n)).expect("encode");
+                rt.block_on(client.put(&block, 1, 1)).expect("put");
+                block.id
+            })
+            .collect();
+        let mut group = c.benchmark_group(format!("range port ({label})"));
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(10));
+        group.throughput(Throughput::Bytes(BLOCK as u64));
+        let mut k = 0usize;
+        group.bench_function("4MiB get (verified)", |b| {
+            b.iter(|| {
+                k = (k + 1) % stored.len();
+                rt.block_on(client.get(&stored[k], 1)).expect("get")
+            })
+        });
+        group.throughput(Throughput::Bytes(4096));
+        let mut at = 0u64;
+        group.bench_function("4KiB range read (verified)", |b| {
+            b.iter(|| {
+                k = (k + 1) % stored.len();
+                at = (at + 1_000_003) % (BLOCK as u64 - 4096);
+                blocking_reads(|| rt.block_on(client.get_range(&stored[k], 1, at, 4096)))
+                    .expect("range")
+            })
+        });
+        group.finish();
+        assert!(
+            client.range_port_reads() > 0,
+            "{label}: the reads went through gRPC, not the port"
+        );
+    }
 }
 
 /// A small block's size.
