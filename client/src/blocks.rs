@@ -400,8 +400,18 @@ impl BlockClient {
     async fn whole_through_port(&self, node: &NodeInfo, id: &BlockId) -> Option<(Bytes, u64)> {
         let len = u64::from(range_wire::MAX_RANGE.min(self.max_block_len));
         let (request, known) = self.port_request(node, id, 0, len)?;
-        let reply =
-            range_port::call_async(&node.range_address, &request, self.max_block_len).await?;
+        let (address, max_len) = (node.range_address.clone(), self.max_block_len);
+        let reply = if meridian_proto::tls::current().is_some() {
+            // Decrypted as it is read: on the blocking pool, not the runtime's worker.
+            tokio::task::spawn_blocking(move || {
+                range_port::call_on_pool(&address, &request, max_len)
+            })
+            .await
+            .ok()
+            .flatten()?
+        } else {
+            range_port::call_async(&address, &request, max_len).await?
+        };
         let (raw_len, at, outboard, plain) = match reply {
             Ok(RangeReply::Found {
                 raw_len,

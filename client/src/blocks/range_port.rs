@@ -5,9 +5,10 @@
 //! for the reply: one write and one read, no task, no hand-off. Only threads marked with
 //! [`blocking_reads`] do, and only [`MAX_BLOCKED`] at once, so the mount's other kernel
 //! threads stay free to take requests. Whole blocks (a sequential read's, read-ahead's)
-//! come through the port from runtime tasks too, with [`call_async`]: the block arrives in
-//! one buffer of its size, where gRPC gathers HTTP/2 frames into a growing message on
-//! both sides. Every read the port cannot answer goes through gRPC as before. Blocks
+//! come through the port from runtime tasks too, with [`call_async`] (over TLS with
+//! [`call_on_pool`] from the blocking pool, where the block is decrypted as it is read):
+//! the block arrives in one buffer of its size, where gRPC gathers HTTP/2 frames into a
+//! growing message on both sides. Every read the port cannot answer goes through gRPC as before. Blocks
 //! are put through the port from runtime tasks too ([`put_async`]), on the same
 //! kept connections; a put the port does not store goes through gRPC.
 
@@ -110,11 +111,31 @@ pub fn call(address: &str, request: &RangeRequest, max_len: u32) -> Option<io::R
         return None;
     }
     let _place = Place::take()?;
-    let frame = match request.encode() {
-        Ok(f) => f,
-        Err(e) => return Some(Err(e)),
-    };
-    Some(CONNECTIONS.with(|c| {
+    Some(exchange_on_thread(address, request, max_len))
+}
+
+/// Sends `request` to the range port at `address` from a thread of the runtime's blocking
+/// pool and waits for the reply, on a connection that thread keeps: a whole block over
+/// TLS is decrypted as it is read, there rather than on the runtime's worker (a mount has
+/// one, and every other request waits behind a block's decryption). `None` when the port
+/// is left alone lately (the caller goes through gRPC).
+pub fn call_on_pool(
+    address: &str,
+    request: &RangeRequest,
+    max_len: u32,
+) -> Option<io::Result<RangeReply>> {
+    check_reachable(address).ok()?;
+    Some(exchange_on_thread(address, request, max_len))
+}
+
+/// One exchange on this thread's connection to `address` (or a new one).
+fn exchange_on_thread(
+    address: &str,
+    request: &RangeRequest,
+    max_len: u32,
+) -> io::Result<RangeReply> {
+    let frame = request.encode()?;
+    CONNECTIONS.with(|c| {
         let mut conns = c.borrow_mut();
         // One made before the identity rotated is dropped.
         let kept = conns.remove(address).filter(|c| c.get_ref().current());
@@ -150,7 +171,7 @@ pub fn call(address: &str, request: &RangeRequest, max_len: u32) -> Option<io::R
                 Err(e)
             }
         }
-    }))
+    })
 }
 
 /// Leaves the port at `address` alone for `period` (reads go through gRPC meanwhile).
