@@ -52,6 +52,9 @@ static NO_PUTS: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
 /// How long puts leave alone a port that takes none.
 const NO_PUTS_FOR: Duration = Duration::from_secs(60);
 
+/// Blocking connections the blocking pool's threads share, per address, for
+/// [`call_on_pool`].
+static POOLED: Mutex<Vec<(String, BufReader<PortStream>)>> = Mutex::new(Vec::new());
 /// Connections runtime tasks keep, per address, for [`call_async`].
 static IDLE: Mutex<Vec<(String, AsyncPortStream)>> = Mutex::new(Vec::new());
 /// Idle connections kept for runtime tasks, per address: as many as the mount's tasks put
@@ -115,17 +118,32 @@ pub fn call(address: &str, request: &RangeRequest, max_len: u32) -> Option<io::R
 }
 
 /// Sends `request` to the range port at `address` from a thread of the runtime's blocking
-/// pool and waits for the reply, on a connection that thread keeps: a whole block over
-/// TLS is decrypted as it is read, there rather than on the runtime's worker (a mount has
-/// one, and every other request waits behind a block's decryption). `None` when the port
-/// is left alone lately (the caller goes through gRPC).
+/// pool and waits for the reply, on a connection the pool's threads share (at most
+/// [`IDLE_PER_ADDRESS`] kept per node, as for tasks): a whole block over TLS is decrypted
+/// as it is read, there rather than on the runtime's worker (a mount has one, and every
+/// other request waits behind a block's decryption). `None` when the port is left alone
+/// lately (the caller goes through gRPC).
 pub fn call_on_pool(
     address: &str,
     request: &RangeRequest,
     max_len: u32,
 ) -> Option<io::Result<RangeReply>> {
     check_reachable(address).ok()?;
-    Some(exchange_on_thread(address, request, max_len))
+    let kept = {
+        let mut pooled = POOLED.lock().unwrap_or_else(|p| p.into_inner());
+        pooled.retain(|(_, c)| c.get_ref().current());
+        let at = pooled.iter().rposition(|(a, _)| a == address);
+        at.map(|at| pooled.swap_remove(at).1)
+    };
+    let (reply, conn) = exchange_blocking(address, request, max_len, kept);
+    if let Some(conn) = conn {
+        let mut pooled = POOLED.lock().unwrap_or_else(|p| p.into_inner());
+        let here = pooled.iter().filter(|(a, _)| a == address).count();
+        if here < IDLE_PER_ADDRESS && pooled.len() < MAX_CONNECTIONS {
+            pooled.push((address.to_string(), conn));
+        }
+    }
+    Some(reply)
 }
 
 /// One exchange on this thread's connection to `address` (or a new one).
@@ -134,44 +152,62 @@ fn exchange_on_thread(
     request: &RangeRequest,
     max_len: u32,
 ) -> io::Result<RangeReply> {
-    let frame = request.encode()?;
     CONNECTIONS.with(|c| {
         let mut conns = c.borrow_mut();
         // One made before the identity rotated is dropped.
         let kept = conns.remove(address).filter(|c| c.get_ref().current());
-        let was_kept = kept.is_some();
-        let conn = match kept {
-            Some(conn) => conn,
-            None => BufReader::new(connect(address)?),
-        };
-        let exchanged = match exchange(conn, &frame, max_len) {
-            // A kept connection the node has closed since (a restart, an idle limit)
-            // fails at once: dial again, once.
-            Err(e) if was_kept && !timed_out(&e) => {
-                tracing::debug!(%address, error = %e, "range port: dialing again");
-                connect(address).and_then(|c| exchange(BufReader::new(c), &frame, max_len))
-            }
-            other => other,
-        };
-        match exchanged {
-            Ok((_, RangeReply::Busy)) => {
-                leave_alone(address, UNREACHABLE_FOR, "busy");
-                Ok(RangeReply::Busy)
-            }
-            Ok((conn, reply)) => {
-                if conns.len() < MAX_CONNECTIONS {
-                    conns.insert(address.to_string(), conn);
-                }
-                Ok(reply)
-            }
-            // A timeout, or a fresh connection that failed: the node is slow or in
-            // trouble, and gRPC copes better meanwhile.
-            Err(e) => {
-                leave_alone(address, SLOW_FOR, &e.to_string());
-                Err(e)
-            }
+        let (reply, conn) = exchange_blocking(address, request, max_len, kept);
+        if let Some(conn) = conn
+            && conns.len() < MAX_CONNECTIONS
+        {
+            conns.insert(address.to_string(), conn);
         }
+        reply
     })
+}
+
+/// One exchange on the connection `kept` (or a new one): the reply, and the connection to
+/// keep if it is fit for the next.
+fn exchange_blocking(
+    address: &str,
+    request: &RangeRequest,
+    max_len: u32,
+    kept: Option<BufReader<PortStream>>,
+) -> (io::Result<RangeReply>, Option<BufReader<PortStream>>) {
+    let frame = match request.encode() {
+        Ok(f) => f,
+        Err(e) => return (Err(e), kept),
+    };
+    let was_kept = kept.is_some();
+    let conn = match kept {
+        Some(conn) => conn,
+        None => match connect(address) {
+            Ok(c) => BufReader::new(c),
+            Err(e) => return (Err(e), None),
+        },
+    };
+    let exchanged = match exchange(conn, &frame, max_len) {
+        // A kept connection the node has closed since (a restart, an idle limit) fails at
+        // once: dial again, once.
+        Err(e) if was_kept && !timed_out(&e) => {
+            tracing::debug!(%address, error = %e, "range port: dialing again");
+            connect(address).and_then(|c| exchange(BufReader::new(c), &frame, max_len))
+        }
+        other => other,
+    };
+    match exchanged {
+        Ok((_, RangeReply::Busy)) => {
+            leave_alone(address, UNREACHABLE_FOR, "busy");
+            (Ok(RangeReply::Busy), None)
+        }
+        Ok((conn, reply)) => (Ok(reply), Some(conn)),
+        // A timeout, or a fresh connection that failed: the node is slow or in trouble,
+        // and gRPC copes better meanwhile.
+        Err(e) => {
+            leave_alone(address, SLOW_FOR, &e.to_string());
+            (Err(e), None)
+        }
+    }
 }
 
 /// Leaves the port at `address` alone for `period` (reads go through gRPC meanwhile).
