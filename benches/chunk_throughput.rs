@@ -95,6 +95,40 @@ fn start_chunkserver(dir: &Path, tls: Option<&Path>, range: &str) -> (Server, St
     }
 }
 
+/// The map of a region of one chunkserver at `address`, its range port at `range_address`
+/// (empty: none, reads go through gRPC).
+fn one_node_map(address: String, range_address: String) -> ClusterMap {
+    ClusterMap::new(
+        1,
+        RegionId(1),
+        vec![NodeInfo {
+            id: NodeId(1),
+            zone: ZoneId::from("a"),
+            address,
+            range_address,
+            capacity: 1 << 40,
+            state: NodeState::Up,
+        }],
+    )
+    .expect("map")
+}
+
+/// Four 4 MiB blocks put with one copy (numbered down from `first`), for the reads.
+fn store_blocks(
+    client: &BlockClient,
+    rt: &tokio::runtime::Runtime,
+    base: &[u8],
+    first: u64,
+) -> Vec<BlockId> {
+    (0..4u64)
+        .map(|n| {
+            let block = EncodedBlock::encode(&block_bytes(base, first - n)).expect("encode");
+            rt.block_on(client.put(&block, 1, 1)).expect("put");
+            block.id
+        })
+        .collect()
+}
+
 /// 4 MiB of incompressible bytes whose first 8 bytes are `n`, so every block is new.
 fn block_bytes(base: &[u8], n: u64) -> Vec<u8> {
     let mut data = base.to_vec();
@@ -120,20 +154,7 @@ fn bench(c: &mut Criterion) {
         .tempdir_in(".")
         .expect("temp dir");
     let (grpc_server, addr) = start_chunkserver(&dir.path().join("grpc"), None, "");
-    let map = ClusterMap::new(
-        1,
-        RegionId(1),
-        vec![NodeInfo {
-            id: NodeId(1),
-            zone: ZoneId::from("a"),
-            address: addr,
-            range_address: String::new(),
-            capacity: 1 << 40,
-            state: NodeState::Up,
-        }],
-    )
-    .expect("map");
-    let client = BlockClient::with_map(map, None);
+    let client = BlockClient::with_map(one_node_map(addr, String::new()), None);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let base = noise(BLOCK);
 
@@ -148,13 +169,7 @@ fn bench(c: &mut Criterion) {
     fs::create_dir_all(&raw).expect("raw dir");
     let read_path = raw.join("read-me");
     fs::write(&read_path, block_bytes(&base, 0)).expect("write read file");
-    let stored: Vec<BlockId> = (0..4u64)
-        .map(|n| {
-            let block = EncodedBlock::encode(&block_bytes(&base, u64::MAX - n)).expect("encode");
-            rt.block_on(client.put(&block, 1, 1)).expect("put");
-            block.id
-        })
-        .collect();
+    let stored = store_blocks(&client, &rt, &base, u64::MAX);
 
     // Baseline: what the disk itself does for one durable block write.
     let mut n = 0u64;
@@ -283,28 +298,8 @@ fn bench_port(c: &mut Criterion, dir: &Path, base: &[u8], rt: &tokio::runtime::R
         let chunk_tls = certs.join("chunk");
         let (_server, addr) =
             start_chunkserver(&dir.join(label), tls.then_some(&*chunk_tls), &range);
-        let map = ClusterMap::new(
-            1,
-            RegionId(1),
-            vec![NodeInfo {
-                id: NodeId(1),
-                zone: ZoneId::from("a"),
-                address: addr,
-                range_address: range,
-                capacity: 1 << 40,
-                state: NodeState::Up,
-            }],
-        )
-        .expect("map");
-        let client = BlockClient::with_map(map, None);
-        let stored: Vec<BlockId> = (0..4u64)
-            .map(|n| {
-                let block =
-                    EncodedBlock::encode(&block_bytes(base, u64::MAX - 100 - n)).expect("encode");
-                rt.block_on(client.put(&block, 1, 1)).expect("put");
-                block.id
-            })
-            .collect();
+        let client = BlockClient::with_map(one_node_map(addr, range), None);
+        let stored = store_blocks(&client, rt, base, u64::MAX - 100);
         // What is measured is the port's: a read that went through gRPC would not count.
         rt.block_on(client.get(&stored[0], 1)).expect("get");
         assert_eq!(

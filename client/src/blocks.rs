@@ -132,6 +132,47 @@ fn verify_sent(
     }
 }
 
+/// A found reply verified apart from the runtime (see [`verify_apart`]).
+struct VerifiedApart {
+    raw_len: u64,
+    /// The plaintext's offset in the block.
+    at: u64,
+    plain: Bytes,
+    /// The outboard known here was used (the node sent none).
+    used_known: bool,
+    checked: Result<Option<Outboard>, String>,
+}
+
+/// Verifies `reply` if it found a plaintext long enough to be hashed apart from the
+/// runtime ([`VERIFY_APART`]), as [`verify_sent`] does, with the outboard `known` here
+/// only when the node sent none for a block of that length; any other reply comes back.
+fn verify_apart(
+    id: &BlockId,
+    known: Option<&KnownOutboard>,
+    reply: std::io::Result<RangeReply>,
+) -> Result<VerifiedApart, std::io::Result<RangeReply>> {
+    match reply {
+        Ok(RangeReply::Found {
+            raw_len,
+            offset,
+            outboard,
+            plain,
+        }) if plain.len() >= VERIFY_APART => {
+            let (raw_len, at) = (u64::from(raw_len), u64::from(offset));
+            let known = known.filter(|(l, _)| outboard.is_empty() && *l == raw_len);
+            let checked = verify_sent(id, known, raw_len, at, &outboard, &plain);
+            Ok(VerifiedApart {
+                raw_len,
+                at,
+                plain,
+                used_known: known.is_some(),
+                checked,
+            })
+        }
+        other => Err(other),
+    }
+}
+
 impl BlockClient {
     /// A client that places blocks with the map in `map`, preferring replicas in `zone`.
     pub fn new(
@@ -401,40 +442,46 @@ impl BlockClient {
         let len = u64::from(range_wire::MAX_RANGE.min(self.max_block_len));
         let (request, known) = self.port_request(node, id, 0, len)?;
         let (address, max_len) = (node.range_address.clone(), self.max_block_len);
-        let reply = if meridian_proto::tls::current().is_some() {
-            // Decrypted as it is read: on the blocking pool, not the runtime's worker.
+        let (block, kept) = (*id, known.clone());
+        // A long plaintext is hashed on the blocking pool: megabytes hashed on the
+        // runtime's worker would hold back meanwhile every other fetch's request and reply
+        // (a sequential reader's read-ahead waited on it, and the disks with it).
+        let verified = if meridian_proto::tls::current().is_some() {
+            // Over TLS decrypted as it is read: fetched and verified there in one go.
             tokio::task::spawn_blocking(move || {
-                range_port::call_on_pool(&address, &request, max_len)
+                let reply = range_port::call_on_pool(&address, &request, max_len)?;
+                Some(verify_apart(&block, kept.as_ref(), reply))
             })
             .await
             .ok()
             .flatten()?
         } else {
-            range_port::call_async(&address, &request, max_len).await?
+            let reply = range_port::call_async(&address, &request, max_len).await?;
+            match &reply {
+                Ok(RangeReply::Found { plain, .. }) if plain.len() >= VERIFY_APART => {
+                    tokio::task::spawn_blocking(move || verify_apart(&block, kept.as_ref(), reply))
+                        .await
+                        .ok()?
+                }
+                _ => Err(reply),
+            }
         };
-        let (raw_len, at, outboard, plain) = match reply {
-            Ok(RangeReply::Found {
-                raw_len,
-                offset,
-                outboard,
-                plain,
-            }) if plain.len() >= VERIFY_APART => (raw_len, offset, outboard, plain),
-            other => return self.port_checked(node, id, known, other, 0, len),
+        let v = match verified {
+            Ok(v) => v,
+            Err(other) => return self.port_checked(node, id, known, other, 0, len),
         };
-        // Hashed on the blocking pool: megabytes hashed on the runtime's worker would hold
-        // back meanwhile every other fetch's request and reply (a sequential reader's
-        // read-ahead waited on it, and the disks with it).
-        let (raw_len, at) = (u64::from(raw_len), u64::from(at));
-        let known = known.filter(|(l, _)| outboard.is_empty() && *l == raw_len);
-        let (block, sent, kept) = (*id, plain.clone(), known.clone());
-        let checked = tokio::task::spawn_blocking(move || {
-            verify_sent(&block, kept.as_ref(), raw_len, at, &outboard, &sent)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("verification did not finish: {e}")));
         let outcome = self
-            .checked_range(id, known.is_some(), checked, raw_len, at, plain, 0, len)
-            .map(|bytes| (bytes, raw_len));
+            .checked_range(
+                id,
+                v.used_known,
+                v.checked,
+                v.raw_len,
+                v.at,
+                v.plain,
+                0,
+                len,
+            )
+            .map(|bytes| (bytes, v.raw_len));
         self.port_outcome(node, id, outcome)
     }
 

@@ -53,9 +53,7 @@ impl Peer {
     /// Whether it is one of the deployment's servers (a metaserver's or chunkserver's
     /// certificate), or anyone on plaintext, where nobody has an identity.
     pub fn server(&self) -> bool {
-        self.roles
-            .as_ref()
-            .is_none_or(|r| r.iter().any(|r| [tls::META, tls::CHUNK].contains(r)))
+        self.roles.as_deref().is_none_or(tls::names_server)
     }
 
     /// Whether it may act without a volume access token: always when this server checks
@@ -63,11 +61,7 @@ impl Peer {
     /// ([`crate::token::caller`]). The port carries no tokens, so anyone else goes to
     /// gRPC.
     pub fn unrestricted(&self) -> bool {
-        crate::token::keys().is_none()
-            || self.roles.as_ref().is_some_and(|r| {
-                r.iter()
-                    .any(|r| [tls::META, tls::CHUNK, tls::ADMIN].contains(r))
-            })
+        crate::token::keys().is_none() || self.roles.as_deref().is_some_and(tls::names_tokenless)
     }
 }
 

@@ -230,6 +230,18 @@ pub fn require_role<T>(request: &tonic::Request<T>, roles: &[&str]) -> Result<()
     )))
 }
 
+/// Whether `roles` name one of the deployment's servers (a metaserver or a chunkserver):
+/// not counted against clients' fair shares, and the only ones that store replicas.
+pub fn names_server(roles: &[&str]) -> bool {
+    roles.iter().any(|r| [META, CHUNK].contains(r))
+}
+
+/// Whether `roles` may act without a volume access token where tokens are checked: a
+/// server's or an operator's.
+pub fn names_tokenless(roles: &[&str]) -> bool {
+    roles.iter().any(|r| [META, CHUNK, ADMIN].contains(r))
+}
+
 /// The roles (of [`META`], [`CHUNK`], [`CLIENT`], [`ADMIN`]) a certificate names.
 pub fn roles(cert: &CertificateDer<'_>) -> Result<Vec<&'static str>, String> {
     let cert = webpki::EndEntityCert::try_from(cert).map_err(|e| e.to_string())?;

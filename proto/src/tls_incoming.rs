@@ -122,10 +122,7 @@ pub fn incoming(listener: TcpListener) -> ReceiverStream<io::Result<Conn>> {
                 let client = match (peer_certs.as_ref().and_then(|c| c.first()), fingerprint) {
                     (Some(leaf), Some(fp)) => {
                         let roles = crate::tls::roles(leaf).unwrap_or_default();
-                        let server = roles
-                            .iter()
-                            .any(|r| [crate::tls::META, crate::tls::CHUNK].contains(r));
-                        (!server).then_some(ClientKey::Cert(fp))
+                        (!crate::tls::names_server(&roles)).then_some(ClientKey::Cert(fp))
                     }
                     _ => Some(ClientKey::Conn(remote)),
                 };
