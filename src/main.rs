@@ -316,6 +316,11 @@ struct MetaArgs {
     /// Entries kept behind a snapshot.
     #[arg(long)]
     keep_logs: Option<u64>,
+    /// How long a spare follower (one whose copy a commit does not wait for first)
+    /// gathers appends before it syncs them, in microseconds (default 500; 0: every
+    /// follower syncs each append at once).
+    #[arg(long)]
+    spare_sync_us: Option<u64>,
     /// Memory for the state database's page cache, in MiB (default 1024).
     #[arg(long)]
     state_cache_mib: Option<u64>,
@@ -377,6 +382,7 @@ impl MetaArgs {
             election_max_ms,
             snapshot_logs,
             keep_logs,
+            spare_sync_us,
             state_cache_mib,
             suspect_after_ms,
             down_after_ms,

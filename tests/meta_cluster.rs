@@ -331,6 +331,42 @@ async fn killing_every_member_at_once_loses_no_acknowledged_operation() -> Resul
     Ok(())
 }
 
+/// A commit waits for the leader's copy and the prompt follower's; with the prompt one
+/// down it waits for the spare's gathered sync instead (`raft/spare.rs`). Changes go on,
+/// and once the leader is killed too and the prompt follower comes back without them, the
+/// spare's copy is what the group keeps: every acknowledged change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_prompt_follower_down_the_spare_carries_every_commit() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let leader = cluster.wait_leader()?;
+    let client = cluster.client();
+    let (_, a) = dir_of_files(&client, 5).await?;
+    // The followers by member id: the first is prompt, the second a spare.
+    let mut followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    followers.sort_by_key(|&i| cluster.nodes[i].id);
+    let (prompt, spare) = (followers[0], followers[1]);
+    cluster.nodes[prompt].kill();
+    for i in 0..50 {
+        client
+            .mutate(&create_op(a.ino, &format!("spare-{i:02}")))
+            .await?;
+    }
+    let before = list(&client, a.ino, false).await?;
+    assert_eq!(before.len(), 55);
+    cluster.nodes[leader].kill();
+    let addr = cluster.nodes[prompt].addr.clone();
+    cluster.nodes[prompt].restart_on(&addr)?;
+    assert_eq!(
+        cluster.wait_leader()?,
+        spare,
+        "the member holding every commit leads"
+    );
+    let client = cluster.client();
+    assert_eq!(list(&client, a.ino, false).await?, before);
+    client.mutate(&create_op(a.ino, "after")).await?;
+    Ok(())
+}
+
 /// What a member's Raft log holds in memory (and a restart replays) is in its metrics:
 /// entries and bytes grow with changes and fall when a snapshot purges them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,6 +383,8 @@ async fn a_members_log_is_measured_in_its_metrics() -> Result<()> {
         bytes >= 100.0 * 50.0,
         "{held} entries in {bytes} bytes of records"
     );
+    let syncs = gauge(&metrics, "meridian_raft_log_syncs_total").context("metrics")?;
+    assert!(syncs >= 1.0, "{syncs} fdatasyncs of the log counted");
     admin_at(&cluster.nodes[0].addr, &["snapshot", "--purge"])?;
     wait_for(Duration::from_secs(30), "the purge in the gauges", || {
         entries(&metrics).filter(|n| *n < 10.0)

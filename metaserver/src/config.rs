@@ -32,6 +32,10 @@ pub struct MetaConfig {
     pub snapshot_logs: u64,
     /// Entries kept in the log behind a snapshot (for followers that lag a little).
     pub keep_logs: u64,
+    /// How long a spare follower (one whose copy a commit does not wait for first:
+    /// `raft::spare`) gathers appends before it syncs them, in microseconds; 0: every
+    /// follower syncs each append as it comes.
+    pub spare_sync_us: u64,
     /// Memory for the state database's page cache, in MiB (redb's default: 1,024). Reads of
     /// pages not cached go to the page cache of the kernel, then the disk.
     pub state_cache_mib: u64,
@@ -71,6 +75,9 @@ pub struct MetaConfig {
 
 pub use meridian_proto::PeerRegion;
 
+/// The longest a spare follower may gather appends, in microseconds (a commit waits
+/// that much longer while a prompt follower is down).
+pub const SPARE_SYNC_US_MAX: u64 = 100_000;
 /// The state database's page cache unless configured, in MiB (redb's own default).
 pub const STATE_CACHE_MIB: u64 = 1024;
 /// The least page cache the state database may be given, in MiB.
@@ -92,6 +99,7 @@ impl Default for MetaConfig {
             election_max_ms: 1000,
             snapshot_logs: 10_000,
             keep_logs: 1000,
+            spare_sync_us: crate::raft::spare::GATHER.as_micros() as u64,
             state_cache_mib: STATE_CACHE_MIB,
             suspect_after_ms: 3000,
             down_after_ms: 10_000,
@@ -141,6 +149,12 @@ impl MetaConfig {
         }
         if self.suspect_after_ms >= self.down_after_ms {
             return Err("need suspect_after_ms < down_after_ms".into());
+        }
+        if self.spare_sync_us > SPARE_SYNC_US_MAX {
+            return Err(format!(
+                "spare_sync_us must be at most {SPARE_SYNC_US_MAX}, not {}",
+                self.spare_sync_us
+            ));
         }
         if !(STATE_CACHE_MIB_MIN..=STATE_CACHE_MIB_MAX).contains(&self.state_cache_mib) {
             return Err(format!(

@@ -45,7 +45,8 @@ pub async fn run(
         Some(&config.data.join("log.redb")),
     )
     .map_err(|e| MetaError::Io(format!("raft log: {e}")))?
-    .for_member(config.id);
+    .for_member(config.id)
+    .spare_gather(Duration::from_micros(config.spare_sync_us));
     let cache = usize::try_from(config.state_cache_mib << 20).unwrap_or(usize::MAX);
     let (sm, shared) = StateMachine::open_cached(&config.data, RegionId(config.region), cache)
         .and_then(|(sm, shared)| Ok((sm.for_member(config.id)?, shared)))
@@ -75,6 +76,7 @@ pub async fn run(
         request: Duration::from_secs(30),
     }));
     let policy_log = log.clone();
+    let spare_log = log.clone();
     let raft = openraft::Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -90,6 +92,7 @@ pub async fn run(
         config.data.join("snapshots"),
         config.snapshot_logs,
     ));
+    let spare_task = tokio::spawn(crate::raft::spare::run(raft.clone(), spare_log, config.id));
 
     if config.init
         && !raft
@@ -179,6 +182,7 @@ pub async fn run(
     .await;
     detector.abort();
     snapshot_task.abort();
+    spare_task.abort();
     for t in region_tasks {
         t.abort();
     }

@@ -19,7 +19,11 @@
 //! leader replicates in parallel.
 //! Entries another member leads are synced where they are appended instead: a follower
 //! has nothing to overlap with its fdatasync, and the flusher's two thread hand-offs sat
-//! on every commit's path (its answer is what the leader waits for).
+//! on every commit's path (its answer is what the leader waits for). Except on a spare
+//! member (`raft/spare.rs`): a follower the commit does not wait for first, whose
+//! appends the flusher gathers for a while and syncs together, so that its fdatasyncs
+//! leave the disk to the copies a commit waits for (it still answers only once they are
+//! durable).
 //! The live entries stay in memory (the log is purged behind every snapshot), so
 //! replication reads no disk. On
 //! open the file is replayed; a torn or damaged record at the end (a crash mid-append,
@@ -35,9 +39,10 @@ use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -84,6 +89,13 @@ struct Inner {
     queued: Arc<AtomicUsize>,
     /// This member's id, once known: entries another member leads are synced in place.
     member: Option<u64>,
+    /// Whether this member is a spare follower (`raft/spare.rs`) now.
+    spare: bool,
+    /// How long a spare follower's flusher gathers appends before it syncs them (zero:
+    /// a spare syncs in place as any follower).
+    spare_gather: Duration,
+    /// The log's fdatasyncs so far (the flusher's and those in place).
+    syncs: Arc<AtomicU64>,
     /// Where the entries this member appends as their leader go, to apply ahead of their
     /// commit (`raft/applier.rs`).
     ahead: Option<AheadHook>,
@@ -192,6 +204,9 @@ impl LogStore {
             flusher: None,
             queued: Arc::default(),
             member: None,
+            spare: false,
+            spare_gather: Duration::ZERO,
+            syncs: Arc::default(),
             ahead: None,
             notices: None,
             encoded: Arc::default(),
@@ -226,14 +241,13 @@ impl LogStore {
         let inner = Arc::new(Mutex::new(inner));
         let (tx, rx) = mpsc::channel();
         let weak = Arc::downgrade(&inner);
-        let queued = inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .queued
-            .clone();
+        let (queued, syncs) = {
+            let i = inner.lock().unwrap_or_else(|p| p.into_inner());
+            (i.queued.clone(), i.syncs.clone())
+        };
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flush_loop(weak, rx, queued))?;
+            .spawn(move || flush_loop(weak, rx, queued, syncs))?;
         inner.lock().unwrap_or_else(|p| p.into_inner()).flusher = Some(tx);
         Ok(LogStore { inner })
     }
@@ -243,6 +257,23 @@ impl LogStore {
     pub fn for_member(self, id: u64) -> Self {
         self.lock().member = Some(id);
         self
+    }
+
+    /// Lets a spare follower's flusher gather its appends for `gather` before it syncs
+    /// them (zero: every follower syncs in place).
+    pub fn spare_gather(self, gather: Duration) -> Self {
+        self.lock().spare_gather = gather;
+        self
+    }
+
+    /// Tells the log whether this member is a spare follower now (`raft/spare.rs`).
+    pub fn set_spare(&self, spare: bool) {
+        self.lock().spare = spare;
+    }
+
+    /// The log's fdatasyncs so far.
+    pub fn syncs(&self) -> u64 {
+        self.lock().syncs.load(Ordering::Relaxed)
     }
 
     /// Gives the entries this member appends as their leader to `hook` once they are
@@ -523,12 +554,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Err(e);
         }
         // Durable before acknowledged. Another member's entries (and nothing of this
-        // member's still with the flusher, whose completions come in order): synced here.
+        // member's still with the flusher, whose completions come in order): synced here,
+        // unless this member is a spare, whose flusher gathers them.
         let follows = followed.is_some_and(|leader| inner.member.is_some_and(|me| me != leader));
-        if follows && inner.queued.load(Ordering::Acquire) == 0 {
+        let gather = match follows && inner.spare {
+            true => inner.spare_gather,
+            false => Duration::ZERO,
+        };
+        if follows && gather.is_zero() && inner.queued.load(Ordering::Acquire) == 0 {
             let file = inner.file.clone();
+            let syncs = inner.syncs.clone();
             drop(inner);
             let synced = file.sync_data();
+            syncs.fetch_add(1, Ordering::Relaxed);
             let outcome = match &synced {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
@@ -542,7 +580,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return synced;
         }
         // The flusher reports it once its fdatasync returns.
-        inner.flush(Flushed::Append(callback, led, noticed))
+        inner.flush(Flushed::Append(callback, led, noticed, gather))
     }
 
     async fn truncate_after(&mut self, last: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {

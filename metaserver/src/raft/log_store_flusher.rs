@@ -6,9 +6,10 @@
 
 use std::fmt::Debug;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use openraft::storage::IOFlushed;
 use openraft::type_config::alias::EntryOf;
@@ -61,10 +62,12 @@ impl Debug for AheadHook {
 pub(super) enum Flushed {
     /// Appended entries, reported to Raft; those this member leads, to apply ahead; the
     /// places of those clients want notices of.
+    /// The last, how long to gather more before the sync (a spare follower's appends).
     Append(
         IOFlushed<TypeConfig>,
         Vec<EntryOf<TypeConfig>>,
         Vec<Noticed>,
+        Duration,
     ),
     /// A caller waiting for everything written so far to be durable.
     Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
@@ -112,11 +115,18 @@ pub(super) fn flush_loop(
     inner: Weak<Mutex<Inner>>,
     rx: mpsc::Receiver<Flushed>,
     queued: Arc<AtomicUsize>,
+    syncs: Arc<AtomicU64>,
 ) {
     // Started the first time a client waits for an answer before this member's copy is
     // durable (never on a member that only follows).
     let mut helper: Option<AheadThread> = None;
     while let Ok(first) = rx.recv() {
+        // A spare follower's appends wait for those behind them: one sync for all.
+        if let Flushed::Append(_, _, _, gather) = &first
+            && !gather.is_zero()
+        {
+            std::thread::sleep(*gather);
+        }
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let (file, ahead, notices) = match inner.upgrade() {
@@ -134,7 +144,7 @@ pub(super) fn flush_loop(
             let led: Vec<EntryOf<TypeConfig>> = batch
                 .iter_mut()
                 .flat_map(|item| match item {
-                    Flushed::Append(_, entries, _) => std::mem::take(entries),
+                    Flushed::Append(_, entries, _, _) => std::mem::take(entries),
                     Flushed::Barrier(_) => Vec::new(),
                 })
                 .collect();
@@ -155,7 +165,11 @@ pub(super) fn flush_loop(
             }
         }
         let result = match file {
-            Some(file) => file.sync_data(),
+            Some(file) => {
+                let synced = file.sync_data();
+                syncs.fetch_add(1, Ordering::Relaxed);
+                synced
+            }
             None => Err(io::Error::other("raft log closed")),
         };
         let done = batch.len();
@@ -165,7 +179,7 @@ pub(super) fn flush_loop(
             let noticed: Vec<Noticed> = batch
                 .iter()
                 .flat_map(|item| match item {
-                    Flushed::Append(_, _, n) => n.as_slice(),
+                    Flushed::Append(_, _, n, _) => n.as_slice(),
                     Flushed::Barrier(_) => &[],
                 })
                 .copied()
@@ -178,7 +192,7 @@ pub(super) fn flush_loop(
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             match item {
-                Flushed::Append(cb, entries, _) => {
+                Flushed::Append(cb, entries, _, _) => {
                     cb.io_completed(r);
                     led.extend(entries);
                 }

@@ -383,3 +383,60 @@ fn an_entry_is_written_as_its_append_carried_it_and_kept_once_encoded() {
         assert_eq!(read, vec![entry(1, 1), entry(1, 2)]);
     });
 }
+
+/// A prompt follower syncs each append where it is made (reported when append returns); a
+/// spare one's appends are reported by the flusher, after one fdatasync for several.
+#[test]
+fn a_spare_followers_appends_share_a_sync_and_a_prompt_ones_each_have_their_own() {
+    TypeConfig::run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        {
+            // Member 3; member 1 leads every entry.
+            let mut log = LogStore::open(&path, None)
+                .unwrap()
+                .for_member(3)
+                .spare_gather(std::time::Duration::from_millis(300));
+            let before = log.syncs();
+            for i in 1..=3 {
+                let (tx, mut rx) = TypeConfig::oneshot();
+                log.append(vec![entry(1, i)], IOFlushed::signal(tx))
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(rx.try_recv(), Ok(Ok(()))),
+                    "a prompt follower's append is flushed when append returns"
+                );
+            }
+            assert_eq!(log.syncs() - before, 3, "one fdatasync per prompt append");
+
+            log.set_spare(true);
+            let before = log.syncs();
+            let mut reports = Vec::new();
+            for i in 4..=8 {
+                let (tx, mut rx) = TypeConfig::oneshot();
+                log.append(vec![entry(1, i)], IOFlushed::signal(tx))
+                    .await
+                    .unwrap();
+                if i == 4 {
+                    assert!(
+                        rx.try_recv().is_err(),
+                        "a spare's append is not reported before its gathered sync"
+                    );
+                }
+                reports.push(rx);
+            }
+            for rx in reports {
+                rx.await.unwrap().unwrap();
+            }
+            let synced = log.syncs() - before;
+            assert!(
+                (1..5).contains(&synced),
+                "{synced} fdatasyncs for five appends a spare gathered"
+            );
+        }
+        let mut log = LogStore::open(&path, None).unwrap();
+        let want: Vec<(u64, u64)> = (1..=8).map(|i| (i, 1)).collect();
+        assert_eq!(indexes(&mut log).await, want);
+    });
+}

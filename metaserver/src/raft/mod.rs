@@ -11,6 +11,7 @@ pub mod notices;
 pub mod snapshot;
 pub mod snapshot_dir;
 pub mod snapshot_policy;
+pub mod spare;
 pub mod state_machine;
 
 use std::fmt;

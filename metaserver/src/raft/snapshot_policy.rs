@@ -39,6 +39,7 @@ pub async fn run(raft: MetaRaft, log: LogStore, snapshots: PathBuf, min_entries:
         let (entries, log_bytes) = log.live();
         metrics::gauge!("meridian_raft_log_entries").set(entries as f64);
         metrics::gauge!("meridian_raft_log_bytes").set(log_bytes as f64);
+        metrics::counter!("meridian_raft_log_syncs_total").absolute(log.syncs());
         let (applied, snapshot) = {
             let m = raft.metrics().borrow_watched().clone();
             (
