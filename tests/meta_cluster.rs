@@ -332,9 +332,10 @@ async fn killing_every_member_at_once_loses_no_acknowledged_operation() -> Resul
 }
 
 /// A commit waits for the leader's copy and the prompt follower's; with the prompt one
-/// down it waits for the spare's gathered sync instead (`raft/spare.rs`). Changes go on,
-/// and once the leader is killed too and the prompt follower comes back without them, the
-/// spare's copy is what the group keeps: every acknowledged change.
+/// down it waits for the spare's gathered sync instead (`raft/spare.rs`), until the spare
+/// finds the prompt one silent and syncs each append at once. Changes go on, and once the
+/// leader is killed too and the prompt follower comes back without them, the spare's copy
+/// is what the group keeps: every acknowledged change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_prompt_follower_down_the_spare_carries_every_commit() -> Result<()> {
     let mut cluster = MetaCluster::start(3, &[])?;
@@ -346,7 +347,22 @@ async fn with_the_prompt_follower_down_the_spare_carries_every_commit() -> Resul
     followers.sort_by_key(|&i| cluster.nodes[i].id);
     let (prompt, spare) = (followers[0], followers[1]);
     cluster.nodes[prompt].kill();
-    for i in 0..50 {
+    for i in 0..25 {
+        client
+            .mutate(&create_op(a.ino, &format!("spare-{i:02}")))
+            .await?;
+    }
+    let spare_log = cluster.nodes[spare].log.clone();
+    wait_for(
+        Duration::from_secs(30),
+        "the spare to find the prompt follower silent",
+        || {
+            std::fs::read_to_string(&spare_log)
+                .ok()
+                .filter(|l| l.contains("a prompt follower does not answer"))
+        },
+    )?;
+    for i in 25..50 {
         client
             .mutate(&create_op(a.ino, &format!("spare-{i:02}")))
             .await?;

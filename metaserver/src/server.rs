@@ -92,7 +92,12 @@ pub async fn run(
         config.data.join("snapshots"),
         config.snapshot_logs,
     ));
-    let spare_task = tokio::spawn(crate::raft::spare::run(raft.clone(), spare_log, config.id));
+    let spare_task = tokio::spawn(crate::raft::spare::run(
+        raft.clone(),
+        spare_log,
+        config.id,
+        pool.clone(),
+    ));
 
     if config.init
         && !raft

@@ -16,67 +16,127 @@
 //! sync instead (a change takes the gather longer while the group is short of it).
 //!
 //! Each member decides for itself from its own view of the leader and the configuration,
-//! and is prompt whenever it is unsure: no known leader, or a configuration in change.
+//! and is prompt whenever it is unsure: no known leader, or a configuration in change. A
+//! spare also asks the prompt followers for their status every second: while one of them
+//! does not answer, the spare syncs each append at once, so a group short of a member
+//! does not wait for the gather on every change.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_proto::channels::ChannelPool;
+use meridian_proto::pb::meta::StatusRequest;
 use openraft::async_runtime::WatchReceiver;
-use tracing::debug;
+use tracing::info;
 
 use super::MetaRaft;
 use super::log_store::LogStore;
 
 /// How long a spare follower's appends are gathered before their sync, unless configured.
 pub const GATHER: Duration = Duration::from_micros(500);
+/// How often a spare asks the prompt followers whether they answer.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a prompt follower's answer may take before it counts as not answering.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// Whether member `me` is a spare: not the leader, and not among the followers (by id)
-/// whose copies with the leader's make a majority of `voters`. Prompt when the leader is
-/// unknown or the configuration is joint (`joint`).
-pub fn is_spare(me: u64, leader: Option<u64>, voters: &BTreeSet<u64>, joint: bool) -> bool {
-    let Some(leader) = leader else {
-        return false;
-    };
-    if leader == me || joint {
-        return false;
-    }
-    if !voters.contains(&me) {
-        // A learner: no majority counts its copy.
-        return true;
+/// The followers whose copies, with the leader's, make a majority of `voters`: the first
+/// by member id. None when the leader is unknown or the configuration is joint (`joint`):
+/// then every member is prompt.
+fn prompt_followers(leader: Option<u64>, voters: &BTreeSet<u64>, joint: bool) -> Option<Vec<u64>> {
+    let leader = leader?;
+    if joint {
+        return None;
     }
     let majority = voters.len() / 2 + 1;
     let prompt = majority - usize::from(voters.contains(&leader));
-    voters
-        .iter()
-        .filter(|&&v| v != leader)
-        .position(|&v| v == me)
-        .is_some_and(|rank| rank >= prompt)
+    Some(
+        voters
+            .iter()
+            .copied()
+            .filter(|&v| v != leader)
+            .take(prompt)
+            .collect(),
+    )
+}
+
+/// Whether member `me` is a spare: not the leader, and not among the followers (by id)
+/// whose copies with the leader's make a majority of `voters` (a learner always is).
+/// Prompt when the leader is unknown or the configuration is joint (`joint`).
+pub fn is_spare(me: u64, leader: Option<u64>, voters: &BTreeSet<u64>, joint: bool) -> bool {
+    leader != Some(me)
+        && prompt_followers(leader, voters, joint).is_some_and(|prompt| !prompt.contains(&me))
 }
 
 /// Keeps `log` told whether this member is a spare, as the leader and the configuration
-/// change (openraft's server metrics, which change with them only); runs until the member
-/// stops.
-pub async fn run(raft: MetaRaft, log: LogStore, me: u64) {
+/// change (openraft's server metrics, which change with them only) and as the prompt
+/// followers answer or not; runs until the member stops.
+pub async fn run(raft: MetaRaft, log: LogStore, me: u64, pool: Arc<ChannelPool>) {
     let mut metrics = raft.server_metrics();
     let mut was = None;
     loop {
-        let spare = {
+        // A spare by the configuration, and the addresses of the followers it stands in for.
+        let asked: Option<Vec<String>> = {
             let m = metrics.borrow_and_update();
             let membership = m.membership_config.membership();
             let voters: BTreeSet<u64> = membership.voter_ids().collect();
             let joint = membership.get_joint_config().len() > 1;
-            is_spare(me, m.current_leader, &voters, joint)
+            is_spare(me, m.current_leader, &voters, joint).then(|| {
+                prompt_followers(m.current_leader, &voters, joint)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|id| membership.get_node(id).map(|n| n.addr.clone()))
+                    .collect()
+            })
         };
+        let silent = match &asked {
+            Some(addrs) => first_silent(&pool, addrs).await,
+            None => None,
+        };
+        let spare = asked.is_some() && silent.is_none();
         if was != Some(spare) {
-            debug!(member = me, spare, "spare follower");
+            match (&asked, &silent) {
+                (Some(_), Some(addr)) => info!(
+                    member = me,
+                    prompt = %addr,
+                    "a prompt follower does not answer: this spare syncs each append at once"
+                ),
+                _ => info!(member = me, spare, "spare follower"),
+            }
             log.set_spare(spare);
             metrics::gauge!("meridian_raft_spare").set(f64::from(u8::from(spare)));
             was = Some(spare);
         }
-        if metrics.changed().await.is_err() {
+        let changed = match asked {
+            // Asked again in a while, sooner if the leader or the configuration changes.
+            Some(_) => tokio::time::timeout(PROBE_EVERY, metrics.changed())
+                .await
+                .unwrap_or(Ok(())),
+            None => metrics.changed().await,
+        };
+        if changed.is_err() {
             return;
         }
     }
+}
+
+/// The first of `addrs` that does not answer a status request in time, if any.
+async fn first_silent(pool: &ChannelPool, addrs: &[String]) -> Option<String> {
+    for addr in addrs {
+        let answered = match pool.get(addr) {
+            Ok(ch) => {
+                let mut client = meridian_proto::channels::meta_client(ch);
+                tokio::time::timeout(PROBE_TIMEOUT, client.status(StatusRequest {}))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            }
+            Err(_) => false,
+        };
+        if !answered {
+            return Some(addr.clone());
+        }
+    }
+    None
 }
 
 #[cfg(test)]
