@@ -61,8 +61,8 @@ impl Debug for AheadHook {
 /// What the flusher completes after its next fdatasync.
 pub(super) enum Flushed {
     /// Appended entries, reported to Raft; those this member leads, to apply ahead; the
-    /// places of those clients want notices of.
-    /// The last, how long to gather more before the sync (a spare follower's appends).
+    /// places of those clients want notices of; how long to gather more before the sync
+    /// (a spare follower's appends; zero otherwise).
     Append(
         IOFlushed<TypeConfig>,
         Vec<EntryOf<TypeConfig>>,

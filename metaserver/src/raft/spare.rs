@@ -64,8 +64,18 @@ fn prompt_followers(leader: Option<u64>, voters: &BTreeSet<u64>, joint: bool) ->
 /// whose copies with the leader's make a majority of `voters` (a learner always is).
 /// Prompt when the leader is unknown or the configuration is joint (`joint`).
 pub fn is_spare(me: u64, leader: Option<u64>, voters: &BTreeSet<u64>, joint: bool) -> bool {
-    leader != Some(me)
-        && prompt_followers(leader, voters, joint).is_some_and(|prompt| !prompt.contains(&me))
+    stands_in_for(me, leader, voters, joint).is_some()
+}
+
+/// The prompt followers, if member `me` is a spare (see [`is_spare`]).
+fn stands_in_for(
+    me: u64,
+    leader: Option<u64>,
+    voters: &BTreeSet<u64>,
+    joint: bool,
+) -> Option<Vec<u64>> {
+    prompt_followers(leader, voters, joint)
+        .filter(|prompt| leader != Some(me) && !prompt.contains(&me))
 }
 
 /// Keeps `log` told whether this member is a spare, as the leader and the configuration
@@ -81,9 +91,8 @@ pub async fn run(raft: MetaRaft, log: LogStore, me: u64, pool: Arc<ChannelPool>)
             let membership = m.membership_config.membership();
             let voters: BTreeSet<u64> = membership.voter_ids().collect();
             let joint = membership.get_joint_config().len() > 1;
-            is_spare(me, m.current_leader, &voters, joint).then(|| {
-                prompt_followers(m.current_leader, &voters, joint)
-                    .unwrap_or_default()
+            stands_in_for(me, m.current_leader, &voters, joint).map(|prompt| {
+                prompt
                     .iter()
                     .filter_map(|id| membership.get_node(id).map(|n| n.addr.clone()))
                     .collect()
