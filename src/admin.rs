@@ -394,6 +394,7 @@ fn status_json(s: &StatusResponse) -> serde_json::Value {
         "id": s.id, "state": s.state, "leader": s.leader, "leader_address": s.leader_address,
         "term": s.term, "last_log_index": s.last_log_index, "last_applied": s.last_applied,
         "snapshot_index": s.snapshot_index, "purged_index": s.purged_index, "region": s.region,
+        "log_sync_us": s.log_sync_us,
         "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "address": m.address, "voter": m.voter})).collect::<Vec<_>>(),
     })
 }
@@ -438,13 +439,21 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!(
-                    "{:<22} {:>4} {:<10} {:>6} {:>6} {:>9} {:>9} {:>9}",
-                    "ADDRESS", "ID", "STATE", "LEADER", "TERM", "LAST LOG", "APPLIED", "SNAPSHOT"
+                    "{:<22} {:>4} {:<10} {:>6} {:>6} {:>9} {:>9} {:>9} {:>10}",
+                    "ADDRESS",
+                    "ID",
+                    "STATE",
+                    "LEADER",
+                    "TERM",
+                    "LAST LOG",
+                    "APPLIED",
+                    "SNAPSHOT",
+                    "SYNC µs"
                 );
                 for (a, r) in &rows {
                     match r {
                         Ok(s) => println!(
-                            "{:<22} {:>4} {:<10} {:>6} {:>6} {:>9} {:>9} {:>9}",
+                            "{:<22} {:>4} {:<10} {:>6} {:>6} {:>9} {:>9} {:>9} {:>10}",
                             a,
                             s.id,
                             s.state,
@@ -452,7 +461,9 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
                             s.term,
                             s.last_log_index,
                             s.last_applied,
-                            s.snapshot_index
+                            s.snapshot_index,
+                            // How long the member's log syncs take lately (a slow disk).
+                            s.log_sync_us
                         ),
                         Err(e) => println!("{a:<22} unreachable: {e}"),
                     }

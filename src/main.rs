@@ -355,6 +355,10 @@ struct MetaArgs {
     /// calls (tests of a group of mixed versions; never in production).
     #[arg(long, hide = true)]
     no_calls_stream: bool,
+    /// Make every fdatasync of the Raft log this many microseconds longer, as a slow disk
+    /// would (tests of a slow member; never in production).
+    #[arg(long, hide = true)]
+    fault_sync_delay_us: Option<u64>,
     #[command(flatten)]
     clients: ClientLimitArgs,
 }
@@ -387,7 +391,8 @@ impl MetaArgs {
             suspect_after_ms,
             down_after_ms,
             peer_unreachable_after_ms,
-            copy_pause_ms
+            copy_pause_ms,
+            fault_sync_delay_us
         );
         client_limits!(self.clients, c);
         if !self.peers.is_empty() {

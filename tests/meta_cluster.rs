@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::{
-    MERIDIAN, MetaCluster, admin_at, cluster_map, create_op, free_addr, gauge, mkdir_op,
+    MERIDIAN, MetaCluster, admin_at, cluster_map, create_op, free_addr, gauge, log_tail, mkdir_op,
     start_chunkservers, wait_for,
 };
 use meridian_client::{MetaClient, MetaError};
@@ -380,6 +380,76 @@ async fn with_the_prompt_follower_down_the_spare_carries_every_commit() -> Resul
     let client = cluster.client();
     assert_eq!(list(&client, a.ino, false).await?, before);
     client.mutate(&create_op(a.ino, "after")).await?;
+    Ok(())
+}
+
+/// A prompt follower that answers but syncs slowly (its disk made 20 ms slower per sync):
+/// every commit would wait for the spare's gathered sync, so the spare finds the prompt
+/// follower's syncs slower than its own and its gather together and syncs each append at
+/// once, and gathers again once the prompt follower is quick (`raft/spare.rs`). Each
+/// member's recent time per sync is in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_syncs_at_once_while_the_prompt_follower_syncs_slowly() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let leader = cluster.wait_leader()?;
+    let client = cluster.client();
+    let (_, a) = dir_of_files(&client, 5).await?;
+    let mut followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    followers.sort_by_key(|&i| cluster.nodes[i].id);
+    let (prompt, spare) = (followers[0], followers[1]);
+    let spare_log = cluster.nodes[spare].log.clone();
+    let said = |what: &str| {
+        std::fs::read_to_string(&spare_log)
+            .map(|l| l.matches(what).count())
+            .unwrap_or(0)
+    };
+    let gathering = "spare=true";
+    wait_for(Duration::from_secs(30), "the spare to gather", || {
+        (said(gathering) > 0).then_some(())
+    })?;
+    let addr = cluster.nodes[prompt].addr.clone();
+    cluster.nodes[prompt].kill();
+    cluster.nodes[prompt].add_args(&["--fault-sync-delay-us", "20000"]);
+    cluster.nodes[prompt].restart_on(&addr)?;
+    // Changes (each synced by the prompt follower) until the spare says it stands in.
+    let mut made = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while said("a prompt follower syncs slowly") == 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the spare never found the prompt follower slow:\n{}",
+            log_tail(&spare_log, 20)
+        );
+        client
+            .mutate(&create_op(a.ino, &format!("slow-{made:03}")))
+            .await?;
+        made += 1;
+    }
+    let theirs = cluster.status(prompt).context("prompt status")?.log_sync_us;
+    let own = cluster.status(spare).context("spare status")?.log_sync_us;
+    assert!(theirs >= 10_000, "the slowed member's syncs: {theirs} µs");
+    assert!(
+        own > 0 && own < theirs,
+        "the spare's {own} µs, the slow one's {theirs}"
+    );
+    // The prompt follower quick again: the spare gathers again.
+    let before = said(gathering);
+    cluster.nodes[prompt].kill();
+    cluster.nodes[prompt].remove_arg("--fault-sync-delay-us");
+    cluster.nodes[prompt].restart_on(&addr)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while said(gathering) == before {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the spare never gathered again:\n{}",
+            log_tail(&spare_log, 20)
+        );
+        client
+            .mutate(&create_op(a.ino, &format!("slow-{made:03}")))
+            .await?;
+        made += 1;
+    }
+    assert_eq!(list(&client, a.ino, false).await?.len(), 5 + made);
     Ok(())
 }
 

@@ -59,6 +59,10 @@ pub struct MetaConfig {
     /// clients use unary calls: tests of a group of mixed versions; never in production.
     #[serde(default)]
     pub no_calls_stream: bool,
+    /// Added to every fdatasync of the Raft log, in microseconds, as a slow disk would:
+    /// tests of a slow member; 0 in production.
+    #[serde(default)]
+    pub fault_sync_delay_us: u64,
     /// Client requests handled at once, in all (more wait; other servers' are not
     /// counted).
     pub max_requests: usize,
@@ -108,6 +112,7 @@ impl Default for MetaConfig {
             peer_unreachable_after_ms: 10_000,
             copy_pause_ms: 0,
             no_calls_stream: false,
+            fault_sync_delay_us: 0,
             max_requests: meridian_proto::fair::Limits::default().total,
             max_requests_per_client: meridian_proto::fair::Limits::default().per_client,
             request_timeout_ms: meridian_proto::fair::Limits::default().timeout.as_millis() as u64,

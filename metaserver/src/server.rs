@@ -46,7 +46,14 @@ pub async fn run(
     )
     .map_err(|e| MetaError::Io(format!("raft log: {e}")))?
     .for_member(config.id)
-    .spare_gather(Duration::from_micros(config.spare_sync_us));
+    .spare_gather(Duration::from_micros(config.spare_sync_us))
+    .sync_delay(Duration::from_micros(config.fault_sync_delay_us));
+    if config.fault_sync_delay_us > 0 {
+        tracing::warn!(
+            us = config.fault_sync_delay_us,
+            "every sync of the Raft log is made longer (--fault-sync-delay-us)"
+        );
+    }
     let cache = usize::try_from(config.state_cache_mib << 20).unwrap_or(usize::MAX);
     let (sm, shared) = StateMachine::open_cached(&config.data, RegionId(config.region), cache)
         .and_then(|(sm, shared)| Ok((sm.for_member(config.id)?, shared)))
@@ -77,6 +84,7 @@ pub async fn run(
     }));
     let policy_log = log.clone();
     let spare_log = log.clone();
+    let node_log = log.clone();
     let raft = openraft::Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -126,6 +134,7 @@ pub async fn run(
         relayed: Default::default(),
         copy_pause: Duration::from_millis(config.copy_pause_ms),
         no_calls_stream: config.no_calls_stream,
+        log: node_log,
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let stopping = node.clone();

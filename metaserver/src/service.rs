@@ -74,6 +74,8 @@ pub struct MetaNode {
     pub copy_pause: std::time::Duration,
     /// Answers `Calls` as unimplemented, as a member older than the stream (tests only).
     pub no_calls_stream: bool,
+    /// Its Raft log (how long its syncs take lately, for the status).
+    pub log: crate::raft::log_store::LogStore,
     /// Set once the server is stopping: long-lived streams (`Calls`) end, so that the
     /// server's graceful stop does not wait for their clients.
     pub stopping: tokio::sync::watch::Sender<bool>,
@@ -293,6 +295,7 @@ impl MetaNode {
             purged_index: m.purged.map_or(0, |l| l.index),
             members,
             region: u32::from(self.shared.region.0),
+            log_sync_us: u64::try_from(self.log.recent_sync().as_micros()).unwrap_or(u64::MAX),
         }
     }
 

@@ -146,6 +146,14 @@ impl ServerProc {
         self.args.extend(args.iter().map(|a| a.to_string()));
     }
 
+    /// Takes `flag` and the value after it out of the arguments the process starts with
+    /// next time.
+    pub fn remove_arg(&mut self, flag: &str) {
+        if let Some(i) = self.args.iter().position(|a| a == flag) {
+            self.args.drain(i..(i + 2).min(self.args.len()));
+        }
+    }
+
     /// Starts the process again with the same arguments, listening on `addr`. The port
     /// was free while the process was down; the harness picks ports the kernel never
     /// hands out ([`listen_port`]), but another test may have picked it meanwhile: a

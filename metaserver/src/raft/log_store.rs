@@ -39,7 +39,7 @@ use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -56,8 +56,11 @@ use super::{TypeConfig, io_err};
 
 #[path = "log_store_flusher.rs"]
 mod flusher;
+#[path = "log_store_syncs.rs"]
+mod syncs;
 pub use flusher::AheadHook;
 use flusher::{Flushed, flush_loop};
+use syncs::Syncs;
 
 const ENTRY: u8 = 1;
 const TRUNCATE: u8 = 2;
@@ -94,8 +97,8 @@ struct Inner {
     /// How long a spare follower's flusher gathers appends before it syncs them (zero:
     /// a spare syncs in place as any follower).
     spare_gather: Duration,
-    /// The log's fdatasyncs so far (the flusher's and those in place).
-    syncs: Arc<AtomicU64>,
+    /// The log's fdatasyncs (the flusher's and those in place), counted and timed.
+    syncs: Arc<Syncs>,
     /// Where the entries this member appends as their leader go, to apply ahead of their
     /// commit (`raft/applier.rs`).
     ahead: Option<AheadHook>,
@@ -273,7 +276,23 @@ impl LogStore {
 
     /// The log's fdatasyncs so far.
     pub fn syncs(&self) -> u64 {
-        self.lock().syncs.load(Ordering::Relaxed)
+        self.lock().syncs.count()
+    }
+
+    /// How long one of the log's fdatasyncs takes lately (zero before the first).
+    pub fn recent_sync(&self) -> Duration {
+        self.lock().syncs.recent()
+    }
+
+    /// How long a spare follower's flusher gathers its appends (zero: not at all).
+    pub fn gather(&self) -> Duration {
+        self.lock().spare_gather
+    }
+
+    /// Makes every fdatasync of the log `delay` longer, as a slow disk would (tests only).
+    pub fn sync_delay(self, delay: Duration) -> Self {
+        self.lock().syncs.set_delay(delay);
+        self
     }
 
     /// Gives the entries this member appends as their leader to `hook` once they are
@@ -565,8 +584,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let file = inner.file.clone();
             let syncs = inner.syncs.clone();
             drop(inner);
-            let synced = file.sync_data();
-            syncs.fetch_add(1, Ordering::Relaxed);
+            let synced = syncs.sync(&file);
             let outcome = match &synced {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),

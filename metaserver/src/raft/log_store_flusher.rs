@@ -6,7 +6,7 @@
 
 use std::fmt::Debug;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use openraft::storage::IOFlushed;
 use openraft::type_config::alias::EntryOf;
 
-use super::{Inner, Noticed, TypeConfig};
+use super::{Inner, Noticed, Syncs, TypeConfig};
 
 /// Applies entries ahead (`durable`: this member's copy is); says whether it took them.
 type ApplyAhead = dyn Fn(&[&EntryOf<TypeConfig>], bool) -> bool + Send + Sync;
@@ -115,7 +115,7 @@ pub(super) fn flush_loop(
     inner: Weak<Mutex<Inner>>,
     rx: mpsc::Receiver<Flushed>,
     queued: Arc<AtomicUsize>,
-    syncs: Arc<AtomicU64>,
+    syncs: Arc<Syncs>,
 ) {
     // Started the first time a client waits for an answer before this member's copy is
     // durable (never on a member that only follows).
@@ -165,11 +165,7 @@ pub(super) fn flush_loop(
             }
         }
         let result = match file {
-            Some(file) => {
-                let synced = file.sync_data();
-                syncs.fetch_add(1, Ordering::Relaxed);
-                synced
-            }
+            Some(file) => syncs.sync(&file),
             None => Err(io::Error::other("raft log closed")),
         };
         let done = batch.len();

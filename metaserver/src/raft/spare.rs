@@ -19,7 +19,10 @@
 //! and is prompt whenever it is unsure: no known leader, or a configuration in change. A
 //! spare also asks the prompt followers for their status every second: while one of them
 //! does not answer, the spare syncs each append at once, so a group short of a member
-//! does not wait for the gather on every change.
+//! does not wait for the gather on every change. So it does while one answers but its
+//! log's syncs take longer lately than the spare's gather and its own sync together (a
+//! slow or busy disk): the spare's copy would come first, and every commit wait for its
+//! gather.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -78,12 +81,36 @@ fn stands_in_for(
         .filter(|prompt| leader != Some(me) && !prompt.contains(&me))
 }
 
+/// What a spare found of the followers it stands in for, at its last look.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Found {
+    /// Not a spare (the leader, a prompt follower, or unsure).
+    Prompt,
+    /// Every prompt follower answers, and syncs in time: this member gathers.
+    Gathering,
+    /// This prompt follower does not answer: this member syncs each append at once.
+    Silent(String),
+    /// This prompt follower's syncs take longer than this member's gather and its own
+    /// sync together (their recent time, this member's): it syncs each append at once.
+    Slow(String, Duration, Duration),
+}
+
+/// Whether a prompt follower whose log syncs take `theirs` lately is slower than a spare's
+/// gathered copy (the gather, then the spare's own sync, `own`): every commit would then
+/// wait for the gather. Once it stands in for a slow one (`standing_in`), a spare gathers
+/// again only when the prompt follower's syncs are under its own and half the gather, so
+/// that one near the line does not turn it at every look. A time of zero is not known.
+fn outrun(theirs: Duration, own: Duration, gather: Duration, standing_in: bool) -> bool {
+    let margin = if standing_in { gather / 2 } else { gather };
+    !theirs.is_zero() && !gather.is_zero() && theirs > own + margin
+}
+
 /// Keeps `log` told whether this member is a spare, as the leader and the configuration
 /// change (openraft's server metrics, which change with them only) and as the prompt
-/// followers answer or not; runs until the member stops.
+/// followers answer or not, and sync in time or not; runs until the member stops.
 pub async fn run(raft: MetaRaft, log: LogStore, me: u64, pool: Arc<ChannelPool>) {
     let mut metrics = raft.server_metrics();
-    let mut was = None;
+    let mut was: Option<Found> = None;
     loop {
         // A spare by the configuration, and the addresses of the followers it stands in for.
         let asked: Option<Vec<String>> = {
@@ -98,24 +125,41 @@ pub async fn run(raft: MetaRaft, log: LogStore, me: u64, pool: Arc<ChannelPool>)
                     .collect()
             })
         };
-        let silent = match &asked {
-            Some(addrs) => first_silent(&pool, addrs).await,
-            None => None,
+        let found = match &asked {
+            Some(addrs) => {
+                let standing_in = matches!(was, Some(Found::Slow(..)));
+                look(&pool, addrs, &log, standing_in).await
+            }
+            None => Found::Prompt,
         };
-        let spare = asked.is_some() && silent.is_none();
-        if was != Some(spare) {
-            match (&asked, &silent) {
-                (Some(_), Some(addr)) => info!(
+        if was.as_ref().map(std::mem::discriminant) != Some(std::mem::discriminant(&found)) {
+            match &found {
+                Found::Silent(addr) => info!(
                     member = me,
                     prompt = %addr,
                     "a prompt follower does not answer: this spare syncs each append at once"
                 ),
-                _ => info!(member = me, spare, "spare follower"),
+                Found::Slow(addr, theirs, own) => info!(
+                    member = me,
+                    prompt = %addr,
+                    their_sync_us = theirs.as_micros() as u64,
+                    own_sync_us = own.as_micros() as u64,
+                    gather_us = log.gather().as_micros() as u64,
+                    "a prompt follower syncs slowly: this spare syncs each append at once"
+                ),
+                Found::Prompt | Found::Gathering => {
+                    info!(
+                        member = me,
+                        spare = found == Found::Gathering,
+                        "spare follower"
+                    )
+                }
             }
+            let spare = found == Found::Gathering;
             log.set_spare(spare);
             metrics::gauge!("meridian_raft_spare").set(f64::from(u8::from(spare)));
-            was = Some(spare);
         }
+        was = Some(found);
         let changed = match asked {
             // Asked again in a while, sooner if the leader or the configuration changes.
             Some(_) => tokio::time::timeout(PROBE_EVERY, metrics.changed())
@@ -129,23 +173,30 @@ pub async fn run(raft: MetaRaft, log: LogStore, me: u64, pool: Arc<ChannelPool>)
     }
 }
 
-/// The first of `addrs` that does not answer a status request in time, if any.
-async fn first_silent(pool: &ChannelPool, addrs: &[String]) -> Option<String> {
+/// Asks each of `addrs` (the prompt followers) for its status: the first that does not
+/// answer in time, or whose log syncs lately [`outrun`] this member's gathered ones.
+async fn look(pool: &ChannelPool, addrs: &[String], log: &LogStore, standing_in: bool) -> Found {
     for addr in addrs {
-        let answered = match pool.get(addr) {
+        let status = match pool.get(addr) {
             Ok(ch) => {
                 let mut client = meridian_proto::channels::meta_client(ch);
-                tokio::time::timeout(PROBE_TIMEOUT, client.status(StatusRequest {}))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
+                match tokio::time::timeout(PROBE_TIMEOUT, client.status(StatusRequest {})).await {
+                    Ok(Ok(r)) => Some(r.into_inner()),
+                    _ => None,
+                }
             }
-            Err(_) => false,
+            Err(_) => None,
         };
-        if !answered {
-            return Some(addr.clone());
+        let Some(status) = status else {
+            return Found::Silent(addr.clone());
+        };
+        let theirs = Duration::from_micros(status.log_sync_us);
+        let own = log.recent_sync();
+        if outrun(theirs, own, log.gather(), standing_in) {
+            return Found::Slow(addr.clone(), theirs, own);
         }
     }
-    None
+    Found::Gathering
 }
 
 #[cfg(test)]
@@ -197,5 +248,22 @@ mod tests {
             .filter(|&m| is_spare(m, Some(9), &set(&[1, 2, 3, 4]), false))
             .collect();
         assert_eq!(spares, [4]);
+    }
+
+    #[test]
+    fn a_spare_stands_in_for_a_prompt_follower_slower_than_its_gathered_copy() {
+        let us = Duration::from_micros;
+        let gather = us(500);
+        // On one shared disk both sync in about the same time: the spare gathers.
+        assert!(!outrun(us(250), us(200), gather, false));
+        // Slower than the spare's gather and sync together: the spare stands in.
+        assert!(outrun(us(800), us(200), gather, false));
+        assert!(!outrun(us(700), us(200), gather, false), "at the line");
+        // Standing in, it gathers again only well under the line.
+        assert!(outrun(us(600), us(200), gather, true));
+        assert!(!outrun(us(400), us(200), gather, true));
+        // Unknown (no sync yet, or an older member), or no gather: nothing to stand in for.
+        assert!(!outrun(Duration::ZERO, us(200), gather, false));
+        assert!(!outrun(us(50_000), us(200), Duration::ZERO, false));
     }
 }
