@@ -19,7 +19,8 @@ figures move by ±8% from minute to minute and drift over an hour, so a differen
 measured without alternating, or with fewer than about five rounds, is not a result:
 |t| below about 2.5 is noise (an A/A run, the same build in both arms, gave ratios of
 0.90 to 1.03 and |t| up to 0.87 in eight rounds). An `--env-a`/`--env-b` setting is given to that build's
-processes (a probe behind an environment switch needs no second build).
+processes (a probe behind an environment switch needs no second build). `--rig SCRIPT`
+brings up another rig instead (`scripts/slow_member_rig.sh`: one member's disk slow).
 """
 
 import argparse
@@ -62,10 +63,11 @@ print(json.dumps(out))
 """
 
 
-def rig(binary, env):
-    """Runs the workloads on a fresh rig of `binary`; their figures."""
+def rig(binary, env, script=None):
+    """Runs the workloads on a fresh rig of `binary` (brought up and down by `script`,
+    the bench's by default); their figures."""
     e = dict(os.environ, MERIDIAN_BIN=binary, **env)
-    peers = os.path.join(BENCH, "peers", "meridian.sh")
+    peers = script or os.path.join(BENCH, "peers", "meridian.sh")
     up = subprocess.run([peers, "up"], env=e, capture_output=True, text=True, check=True)
     mnt = up.stdout.strip().splitlines()[-1]
     try:
@@ -111,6 +113,8 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--env-a", action="append")
     p.add_argument("--env-b", action="append")
+    p.add_argument("--rig", help="a script with up|down bringing the rig up (printing its "
+                   "mount point) and down (default: the bench's peers/meridian.sh)")
     args = p.parse_args()
     builds = {"A": (os.path.abspath(args.a), env_of(args.env_a)),
               "B": (os.path.abspath(args.b), env_of(args.env_b))}
@@ -119,7 +123,7 @@ def main():
         order = ["A", "B"] if r % 2 == 0 else ["B", "A"]
         for name in order:
             binary, env = builds[name]
-            figures = rig(binary, env)
+            figures = rig(binary, env, args.rig)
             results[name].append(figures)
             print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:,.0f}" for k, v in figures.items()),
                   flush=True)

@@ -394,7 +394,7 @@ fn status_json(s: &StatusResponse) -> serde_json::Value {
         "id": s.id, "state": s.state, "leader": s.leader, "leader_address": s.leader_address,
         "term": s.term, "last_log_index": s.last_log_index, "last_applied": s.last_applied,
         "snapshot_index": s.snapshot_index, "purged_index": s.purged_index, "region": s.region,
-        "log_sync_us": s.log_sync_us,
+        "log_sync_us": s.log_sync_us, "log_syncs": s.log_syncs,
         "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "address": m.address, "voter": m.voter})).collect::<Vec<_>>(),
     })
 }

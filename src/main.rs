@@ -321,6 +321,11 @@ struct MetaArgs {
     /// follower syncs each append at once).
     #[arg(long)]
     spare_sync_us: Option<u64>,
+    /// How long the leader gathers a spare follower's entries into one append, in
+    /// microseconds (default 10000; 0: each is sent as it comes). Not while a prompt
+    /// follower falls behind.
+    #[arg(long)]
+    spare_batch_us: Option<u64>,
     /// Memory for the state database's page cache, in MiB (default 1024).
     #[arg(long)]
     state_cache_mib: Option<u64>,
@@ -387,6 +392,7 @@ impl MetaArgs {
             snapshot_logs,
             keep_logs,
             spare_sync_us,
+            spare_batch_us,
             state_cache_mib,
             suspect_after_ms,
             down_after_ms,

@@ -453,6 +453,96 @@ async fn a_spare_syncs_at_once_while_the_prompt_follower_syncs_slowly() -> Resul
     Ok(())
 }
 
+/// The leader gathers a spare follower's entries into one append while the prompt
+/// follower keeps up (`raft/pacing.rs`; the spare's own gathering is off here, so what
+/// its syncs show is the leader's batches): the prompt follower syncs each change, the
+/// spare a batch of them. Once the prompt follower is down the leader says so and sends
+/// the spare each change at once, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_batches_a_spares_entries_only_while_the_prompt_follower_keeps_up() -> Result<()> {
+    let mut cluster =
+        MetaCluster::start(3, &["--spare-batch-us", "100000", "--spare-sync-us", "0"])?;
+    let leader = cluster.wait_leader()?;
+    let client = cluster.client();
+    let (_, a) = dir_of_files(&client, 5).await?;
+    let mut followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    followers.sort_by_key(|&i| cluster.nodes[i].id);
+    let (prompt, spare) = (followers[0], followers[1]);
+    let (prompt_before, spare_before) = (
+        status_of(&cluster, prompt)?.log_syncs,
+        status_of(&cluster, spare)?.log_syncs,
+    );
+    const CHANGES: u64 = 150;
+    for i in 0..CHANGES {
+        client
+            .mutate(&create_op(a.ino, &format!("batched-{i:03}")))
+            .await?;
+    }
+    // The spare holds them all (its last batch may still be on its way).
+    let last = status_of(&cluster, leader)?.last_log_index;
+    wait_for(
+        Duration::from_secs(30),
+        "the spare to hold every change",
+        || {
+            status_of(&cluster, spare)
+                .ok()
+                .filter(|s| s.last_log_index >= last)
+                .map(|s| s.log_syncs)
+        },
+    )?;
+    let prompt_syncs = status_of(&cluster, prompt)?.log_syncs - prompt_before;
+    let spare_syncs = status_of(&cluster, spare)?.log_syncs - spare_before;
+    assert!(
+        prompt_syncs >= CHANGES,
+        "the prompt follower synced {prompt_syncs} times"
+    );
+    assert!(
+        spare_syncs <= CHANGES / 3,
+        "the spare synced {spare_syncs} times for {CHANGES} changes"
+    );
+    // The prompt follower down: the leader finds it behind, and the spare's appends go
+    // one by one (a sync each).
+    cluster.nodes[prompt].kill();
+    let leader_log = cluster.nodes[leader].log.clone();
+    // Changes (each looks at the prompt follower when the spare's append is held) until
+    // the leader says so.
+    let mut made: u64 = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&leader_log)
+        .is_ok_and(|l| l.contains("a prompt follower falls behind"))
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the leader never found the prompt follower behind:\n{}",
+            log_tail(&leader_log, 20)
+        );
+        client
+            .mutate(&create_op(a.ino, &format!("behind-{made:03}")))
+            .await?;
+        made += 1;
+    }
+    let before = status_of(&cluster, spare)?.log_syncs;
+    for i in 0..40 {
+        client
+            .mutate(&create_op(a.ino, &format!("alone-{i:02}")))
+            .await?;
+    }
+    let synced = status_of(&cluster, spare)?.log_syncs - before;
+    assert!(
+        synced >= 40,
+        "the spare synced {synced} times for 40 changes"
+    );
+    assert_eq!(
+        list(&client, a.ino, false).await?.len() as u64,
+        5 + CHANGES + made + 40
+    );
+    Ok(())
+}
+
+fn status_of(cluster: &MetaCluster, i: usize) -> Result<meridian_proto::pb::meta::StatusResponse> {
+    cluster.status(i).context("status")
+}
+
 /// What a member's Raft log holds in memory (and a restart replays) is in its metrics:
 /// entries and bytes grow with changes and fall when a snapshot purges them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,9 @@ pub struct MetaConfig {
     /// `raft::spare`) gathers appends before it syncs them, in microseconds; 0: every
     /// follower syncs each append as it comes.
     pub spare_sync_us: u64,
+    /// How long the leader gathers a spare follower's entries into one append, in
+    /// microseconds (`raft::pacing`); 0: each is sent as it comes.
+    pub spare_batch_us: u64,
     /// Memory for the state database's page cache, in MiB (redb's default: 1,024). Reads of
     /// pages not cached go to the page cache of the kernel, then the disk.
     pub state_cache_mib: u64,
@@ -79,8 +82,8 @@ pub struct MetaConfig {
 
 pub use meridian_proto::PeerRegion;
 
-/// The longest a spare follower may gather appends, in microseconds (a commit waits
-/// that much longer while a prompt follower is down).
+/// The longest a spare follower may gather appends, or the leader a spare's entries, in
+/// microseconds (a commit may wait that much longer while a prompt follower is down).
 pub const SPARE_SYNC_US_MAX: u64 = 100_000;
 /// The state database's page cache unless configured, in MiB (redb's own default).
 pub const STATE_CACHE_MIB: u64 = 1024;
@@ -104,6 +107,7 @@ impl Default for MetaConfig {
             snapshot_logs: 10_000,
             keep_logs: 1000,
             spare_sync_us: crate::raft::spare::GATHER.as_micros() as u64,
+            spare_batch_us: crate::raft::pacing::BATCH.as_micros() as u64,
             state_cache_mib: STATE_CACHE_MIB,
             suspect_after_ms: 3000,
             down_after_ms: 10_000,
@@ -159,6 +163,12 @@ impl MetaConfig {
             return Err(format!(
                 "spare_sync_us must be at most {SPARE_SYNC_US_MAX}, not {}",
                 self.spare_sync_us
+            ));
+        }
+        if self.spare_batch_us > SPARE_SYNC_US_MAX {
+            return Err(format!(
+                "spare_batch_us must be at most {SPARE_SYNC_US_MAX}, not {}",
+                self.spare_batch_us
             ));
         }
         if !(STATE_CACHE_MIB_MIN..=STATE_CACHE_MIB_MAX).contains(&self.state_cache_mib) {

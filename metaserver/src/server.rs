@@ -84,11 +84,15 @@ pub async fn run(
     }));
     let policy_log = log.clone();
     let spare_log = log.clone();
+    // The leader's spares' entries batched (`raft/pacing.rs`).
+    let pacing = Arc::new(crate::raft::pacing::Pacing::new(Duration::from_micros(
+        config.spare_batch_us,
+    )));
     let node_log = log.clone();
     let raft = openraft::Raft::new(
         config.id,
         Arc::new(raft_config),
-        Network::new(pool.clone(), encoded.clone()),
+        Network::new(pool.clone(), encoded.clone(), pacing.clone()),
         log,
         sm,
     )
@@ -105,6 +109,7 @@ pub async fn run(
         spare_log,
         config.id,
         pool.clone(),
+        pacing,
     ));
 
     if config.init

@@ -296,6 +296,7 @@ impl MetaNode {
             members,
             region: u32::from(self.shared.region.0),
             log_sync_us: u64::try_from(self.log.recent_sync().as_micros()).unwrap_or(u64::MAX),
+            log_syncs: self.log.syncs(),
         }
     }
 

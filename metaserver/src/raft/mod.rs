@@ -8,6 +8,7 @@ pub mod encoded;
 pub mod log_store;
 pub mod network;
 pub mod notices;
+pub mod pacing;
 pub mod snapshot;
 pub mod snapshot_dir;
 pub mod snapshot_policy;

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::encoded::Encoded;
+use super::pacing::{Answers, Pacing};
 use super::snapshot_dir::SnapshotData;
 use super::{MetaRaft, TypeConfig};
 use futures::StreamExt;
@@ -43,13 +44,19 @@ type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 pub struct Network {
     pool: Arc<ChannelPool>,
     encoded: Arc<Encoded>,
+    pacing: Arc<Pacing>,
 }
 
 impl Network {
     /// A network using `pool` for its connections, its appends' entries spliced from
-    /// `encoded` (the member's log keeps them there).
-    pub fn new(pool: Arc<ChannelPool>, encoded: Arc<Encoded>) -> Self {
-        Network { pool, encoded }
+    /// `encoded` (the member's log keeps them there), a spare's appends batched by
+    /// `pacing`.
+    pub fn new(pool: Arc<ChannelPool>, encoded: Arc<Encoded>, pacing: Arc<Pacing>) -> Self {
+        Network {
+            pool,
+            encoded,
+            pacing,
+        }
     }
 }
 
@@ -59,6 +66,7 @@ pub struct Peer {
     addr: String,
     pool: Arc<ChannelPool>,
     encoded: Arc<Encoded>,
+    pacing: Arc<Pacing>,
     /// Whether the peer serves `AppendStream` (a member of an older version does not: it
     /// gets one unary call per request).
     streams: bool,
@@ -73,6 +81,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             pool: self.pool.clone(),
             encoded: self.encoded.clone(),
+            pacing: self.pacing.clone(),
             streams: true,
         }
     }
@@ -175,6 +184,9 @@ impl Unanswered {
         u.0.pop_front();
         u.1 = Some(Instant::now());
     }
+}
+
+impl Answers for Unanswered {
     /// Since when the stream waits for its next answer: the later of the oldest
     /// unanswered request and the last answer (answers come in order, so a request sent
     /// behind others waits for them too). None when nothing is unanswered.
@@ -182,6 +194,10 @@ impl Unanswered {
         let u = self.lock();
         let oldest = *u.0.front()?;
         Some(u.1.map_or(oldest, |last| last.max(oldest)))
+    }
+
+    fn last_answer(&self) -> Option<Instant> {
+        self.lock().1
     }
 }
 
@@ -280,7 +296,12 @@ impl Peer {
         let unanswered = Unanswered::default();
         let sent = unanswered.clone();
         let encoded = self.encoded.clone();
-        let requests = hold_entryless(input, ENTRYLESS_HOLD).map(move |r| {
+        self.pacing.opened(target, Arc::new(unanswered.clone()));
+        // A spare's next append waits while the prompt followers keep up (`pacing.rs`).
+        let held = self
+            .pacing
+            .paced(target, hold_entryless(input, ENTRYLESS_HOLD));
+        let requests = held.map(move |r| {
             let msg = encode_append(&r, &encoded);
             sent.sent(msg.data.len());
             msg
@@ -656,6 +677,7 @@ mod tests {
             addr,
             pool,
             encoded: Arc::default(),
+            pacing: Arc::default(),
             streams: true,
         };
         let option = RPCOption::new(Duration::from_millis(100));

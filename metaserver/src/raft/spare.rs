@@ -35,6 +35,7 @@ use tracing::info;
 
 use super::MetaRaft;
 use super::log_store::LogStore;
+use super::pacing::Pacing;
 
 /// How long a spare follower's appends are gathered before their sync, unless configured.
 pub const GATHER: Duration = Duration::from_micros(500);
@@ -105,10 +106,17 @@ fn outrun(theirs: Duration, own: Duration, gather: Duration, standing_in: bool) 
     !theirs.is_zero() && !gather.is_zero() && theirs > own + margin
 }
 
-/// Keeps `log` told whether this member is a spare, as the leader and the configuration
+/// Keeps `log` told whether this member is a spare (and `pacing`, while it leads, which
+/// followers are), as the leader and the configuration
 /// change (openraft's server metrics, which change with them only) and as the prompt
 /// followers answer or not, and sync in time or not; runs until the member stops.
-pub async fn run(raft: MetaRaft, log: LogStore, me: u64, pool: Arc<ChannelPool>) {
+pub async fn run(
+    raft: MetaRaft,
+    log: LogStore,
+    me: u64,
+    pool: Arc<ChannelPool>,
+    pacing: Arc<Pacing>,
+) {
     let mut metrics = raft.server_metrics();
     let mut was: Option<Found> = None;
     loop {
@@ -118,6 +126,19 @@ pub async fn run(raft: MetaRaft, log: LogStore, me: u64, pool: Arc<ChannelPool>)
             let membership = m.membership_config.membership();
             let voters: BTreeSet<u64> = membership.voter_ids().collect();
             let joint = membership.get_joint_config().len() > 1;
+            // Leading: which followers' entries it may batch (`pacing.rs`).
+            let (spares, prompt) = match prompt_followers(m.current_leader, &voters, joint) {
+                Some(prompt) if m.current_leader == Some(me) => {
+                    let spares = membership
+                        .nodes()
+                        .map(|(id, _)| *id)
+                        .filter(|id| *id != me && !prompt.contains(id))
+                        .collect();
+                    (spares, prompt)
+                }
+                _ => (BTreeSet::new(), Vec::new()),
+            };
+            pacing.set_roles(spares, prompt);
             stands_in_for(me, m.current_leader, &voters, joint).map(|prompt| {
                 prompt
                     .iter()
