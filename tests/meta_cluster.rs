@@ -331,6 +331,44 @@ async fn killing_every_member_at_once_loses_no_acknowledged_operation() -> Resul
     Ok(())
 }
 
+/// A group of three (`extra` given to each member) with a directory of five files: the
+/// group; the indexes of the leader, the prompt follower and the spare (`raft/spare.rs`:
+/// the followers by member id, the first prompt); a client; the directory.
+async fn three_with_a_spare(extra: &[&str]) -> Result<(MetaCluster, [usize; 3], MetaClient, Attr)> {
+    let mut cluster = MetaCluster::start(3, extra)?;
+    let leader = cluster.wait_leader()?;
+    let client = cluster.client();
+    let (_, a) = dir_of_files(&client, 5).await?;
+    let mut followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    followers.sort_by_key(|&i| cluster.nodes[i].id);
+    Ok((cluster, [leader, followers[0], followers[1]], client, a))
+}
+
+/// Makes changes in `dir` (files `prefix-N`) until `done` (60 s at most; `log` is shown if
+/// never); how many it made. For what a member notices only as changes come.
+async fn changes_until(
+    client: &MetaClient,
+    dir: InodeId,
+    prefix: &str,
+    log: &std::path::Path,
+    mut done: impl FnMut() -> bool,
+) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut made = 0;
+    while !done() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not after 60 s of changes:\n{}",
+            log_tail(log, 20)
+        );
+        client
+            .mutate(&create_op(dir, &format!("{prefix}-{made:04}")))
+            .await?;
+        made += 1;
+    }
+    Ok(made)
+}
+
 /// A commit waits for the leader's copy and the prompt follower's; with the prompt one
 /// down it waits for the spare's gathered sync instead (`raft/spare.rs`), until the spare
 /// finds the prompt one silent and syncs each append at once. Changes go on, and once the
@@ -338,14 +376,7 @@ async fn killing_every_member_at_once_loses_no_acknowledged_operation() -> Resul
 /// is what the group keeps: every acknowledged change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_prompt_follower_down_the_spare_carries_every_commit() -> Result<()> {
-    let mut cluster = MetaCluster::start(3, &[])?;
-    let leader = cluster.wait_leader()?;
-    let client = cluster.client();
-    let (_, a) = dir_of_files(&client, 5).await?;
-    // The followers by member id: the first is prompt, the second a spare.
-    let mut followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    followers.sort_by_key(|&i| cluster.nodes[i].id);
-    let (prompt, spare) = (followers[0], followers[1]);
+    let (mut cluster, [leader, prompt, spare], client, a) = three_with_a_spare(&[]).await?;
     cluster.nodes[prompt].kill();
     for i in 0..25 {
         client
@@ -390,13 +421,7 @@ async fn with_the_prompt_follower_down_the_spare_carries_every_commit() -> Resul
 /// member's recent time per sync is in its status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spare_syncs_at_once_while_the_prompt_follower_syncs_slowly() -> Result<()> {
-    let mut cluster = MetaCluster::start(3, &[])?;
-    let leader = cluster.wait_leader()?;
-    let client = cluster.client();
-    let (_, a) = dir_of_files(&client, 5).await?;
-    let mut followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    followers.sort_by_key(|&i| cluster.nodes[i].id);
-    let (prompt, spare) = (followers[0], followers[1]);
+    let (mut cluster, [_, prompt, spare], client, a) = three_with_a_spare(&[]).await?;
     let spare_log = cluster.nodes[spare].log.clone();
     let said = |what: &str| {
         std::fs::read_to_string(&spare_log)
@@ -412,19 +437,10 @@ async fn a_spare_syncs_at_once_while_the_prompt_follower_syncs_slowly() -> Resul
     cluster.nodes[prompt].add_args(&["--fault-sync-delay-us", "20000"]);
     cluster.nodes[prompt].restart_on(&addr)?;
     // Changes (each synced by the prompt follower) until the spare says it stands in.
-    let mut made = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while said("a prompt follower syncs slowly") == 0 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the spare never found the prompt follower slow:\n{}",
-            log_tail(&spare_log, 20)
-        );
-        client
-            .mutate(&create_op(a.ino, &format!("slow-{made:03}")))
-            .await?;
-        made += 1;
-    }
+    let mut made = changes_until(&client, a.ino, "slow", &spare_log, || {
+        said("a prompt follower syncs slowly") > 0
+    })
+    .await?;
     let theirs = cluster.status(prompt).context("prompt status")?.log_sync_us;
     let own = cluster.status(spare).context("spare status")?.log_sync_us;
     assert!(theirs >= 10_000, "the slowed member's syncs: {theirs} µs");
@@ -437,19 +453,11 @@ async fn a_spare_syncs_at_once_while_the_prompt_follower_syncs_slowly() -> Resul
     cluster.nodes[prompt].kill();
     cluster.nodes[prompt].remove_arg("--fault-sync-delay-us");
     cluster.nodes[prompt].restart_on(&addr)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while said(gathering) == before {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the spare never gathered again:\n{}",
-            log_tail(&spare_log, 20)
-        );
-        client
-            .mutate(&create_op(a.ino, &format!("slow-{made:03}")))
-            .await?;
-        made += 1;
-    }
-    assert_eq!(list(&client, a.ino, false).await?.len(), 5 + made);
+    made += changes_until(&client, a.ino, "quick", &spare_log, || {
+        said(gathering) > before
+    })
+    .await?;
+    assert_eq!(list(&client, a.ino, false).await?.len() as u64, 5 + made);
     Ok(())
 }
 
@@ -460,14 +468,8 @@ async fn a_spare_syncs_at_once_while_the_prompt_follower_syncs_slowly() -> Resul
 /// the spare each change at once, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_batches_a_spares_entries_only_while_the_prompt_follower_keeps_up() -> Result<()> {
-    let mut cluster =
-        MetaCluster::start(3, &["--spare-batch-us", "100000", "--spare-sync-us", "0"])?;
-    let leader = cluster.wait_leader()?;
-    let client = cluster.client();
-    let (_, a) = dir_of_files(&client, 5).await?;
-    let mut followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    followers.sort_by_key(|&i| cluster.nodes[i].id);
-    let (prompt, spare) = (followers[0], followers[1]);
+    let (mut cluster, [leader, prompt, spare], client, a) =
+        three_with_a_spare(&["--spare-batch-us", "100000", "--spare-sync-us", "0"]).await?;
     let (prompt_before, spare_before) = (
         status_of(&cluster, prompt)?.log_syncs,
         status_of(&cluster, spare)?.log_syncs,
@@ -506,21 +508,11 @@ async fn a_leader_batches_a_spares_entries_only_while_the_prompt_follower_keeps_
     let leader_log = cluster.nodes[leader].log.clone();
     // Changes (each looks at the prompt follower when the spare's append is held) until
     // the leader says so.
-    let mut made: u64 = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&leader_log)
-        .is_ok_and(|l| l.contains("a prompt follower falls behind"))
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the leader never found the prompt follower behind:\n{}",
-            log_tail(&leader_log, 20)
-        );
-        client
-            .mutate(&create_op(a.ino, &format!("behind-{made:03}")))
-            .await?;
-        made += 1;
-    }
+    let made = changes_until(&client, a.ino, "behind", &leader_log, || {
+        std::fs::read_to_string(&leader_log)
+            .is_ok_and(|l| l.contains("a prompt follower falls behind"))
+    })
+    .await?;
     let before = status_of(&cluster, spare)?.log_syncs;
     for i in 0..40 {
         client
