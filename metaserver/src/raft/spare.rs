@@ -82,6 +82,29 @@ fn stands_in_for(
         .filter(|prompt| leader != Some(me) && !prompt.contains(&me))
 }
 
+/// If member `me` leads (`leader`): its spares (every other member of `members` past the
+/// prompt followers, learners too) and its prompt followers. Nothing while it does not
+/// lead or the configuration is joint.
+fn led_by(
+    me: u64,
+    leader: Option<u64>,
+    voters: &BTreeSet<u64>,
+    members: &BTreeSet<u64>,
+    joint: bool,
+) -> (BTreeSet<u64>, Vec<u64>) {
+    match prompt_followers(leader, voters, joint) {
+        Some(prompt) if leader == Some(me) => {
+            let spares = members
+                .iter()
+                .copied()
+                .filter(|id| *id != me && !prompt.contains(id))
+                .collect();
+            (spares, prompt)
+        }
+        _ => (BTreeSet::new(), Vec::new()),
+    }
+}
+
 /// What a spare found of the followers it stands in for, at its last look.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Found {
@@ -127,17 +150,8 @@ pub async fn run(
             let voters: BTreeSet<u64> = membership.voter_ids().collect();
             let joint = membership.get_joint_config().len() > 1;
             // Leading: which followers' entries it may batch (`pacing.rs`).
-            let (spares, prompt) = match prompt_followers(m.current_leader, &voters, joint) {
-                Some(prompt) if m.current_leader == Some(me) => {
-                    let spares = membership
-                        .nodes()
-                        .map(|(id, _)| *id)
-                        .filter(|id| *id != me && !prompt.contains(id))
-                        .collect();
-                    (spares, prompt)
-                }
-                _ => (BTreeSet::new(), Vec::new()),
-            };
+            let members: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+            let (spares, prompt) = led_by(me, m.current_leader, &voters, &members, joint);
             pacing.set_roles(spares, prompt);
             stands_in_for(me, m.current_leader, &voters, joint).map(|prompt| {
                 prompt
@@ -286,5 +300,29 @@ mod tests {
         // Unknown (no sync yet, or an older member), or no gather: nothing to stand in for.
         assert!(!outrun(Duration::ZERO, us(200), gather, false));
         assert!(!outrun(us(50_000), us(200), Duration::ZERO, false));
+    }
+
+    #[test]
+    fn a_leader_knows_its_spares_learners_among_them() {
+        let three = set(&[1, 2, 3]);
+        let with_learner = set(&[1, 2, 3, 4]);
+        assert_eq!(
+            led_by(1, Some(1), &three, &with_learner, false),
+            (set(&[3, 4]), vec![2])
+        );
+        assert_eq!(
+            led_by(2, Some(2), &three, &three, false),
+            (set(&[3]), vec![1])
+        );
+        // Not leading, no leader known, or a joint configuration: no roles.
+        let none = (BTreeSet::new(), Vec::new());
+        assert_eq!(led_by(2, Some(1), &three, &three, false), none);
+        assert_eq!(led_by(1, None, &three, &three, false), none);
+        assert_eq!(led_by(1, Some(1), &three, &three, true), none);
+        // Two voters: the one follower is prompt, nobody is a spare.
+        assert_eq!(
+            led_by(1, Some(1), &set(&[1, 2]), &set(&[1, 2]), false),
+            (BTreeSet::new(), vec![2])
+        );
     }
 }
