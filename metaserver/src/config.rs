@@ -205,4 +205,29 @@ mod tests {
         let unset: MetaConfig = toml::from_str("id = 1\n").unwrap();
         assert_eq!(unset.state_cache_mib, STATE_CACHE_MIB);
     }
+
+    /// A spare's gather and the leader's batches for spares come from the file or their
+    /// defaults, and either longer than a commit should ever wait more is refused.
+    #[test]
+    fn the_spares_gather_and_batch_are_read_and_bounded() {
+        let unset: MetaConfig = toml::from_str("id = 1\n").unwrap();
+        assert_eq!(unset.spare_sync_us, 500);
+        assert_eq!(unset.spare_batch_us, 10_000);
+        assert!(unset.validate().is_ok());
+        let read: MetaConfig = toml::from_str("id = 1\nspare_batch_us = 0\n").unwrap();
+        assert_eq!(read.spare_batch_us, 0);
+        assert!(read.validate().is_ok());
+        let long = MetaConfig {
+            id: 1,
+            spare_batch_us: SPARE_SYNC_US_MAX + 1,
+            ..MetaConfig::default()
+        };
+        assert!(long.validate().is_err());
+        let long = MetaConfig {
+            id: 1,
+            spare_sync_us: SPARE_SYNC_US_MAX + 1,
+            ..MetaConfig::default()
+        };
+        assert!(long.validate().is_err());
+    }
 }

@@ -142,28 +142,66 @@ pub async fn run(
 ) {
     let mut metrics = raft.server_metrics();
     let mut was: Option<Found> = None;
+    // Leading: whether the last look found a prompt follower syncing slowly.
+    let mut led_slow = false;
     loop {
-        // A spare by the configuration, and the addresses of the followers it stands in for.
-        let asked: Option<Vec<String>> = {
+        // A spare by the configuration, and the addresses of the followers it stands in for;
+        // leading, its spares, its prompt followers and their addresses.
+        let (asked, leading) = {
             let m = metrics.borrow_and_update();
             let membership = m.membership_config.membership();
             let voters: BTreeSet<u64> = membership.voter_ids().collect();
             let joint = membership.get_joint_config().len() > 1;
-            // Leading: which followers' entries it may batch (`pacing.rs`).
-            let members: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
-            let (spares, prompt) = led_by(me, m.current_leader, &voters, &members, joint);
-            pacing.set_roles(spares, prompt);
-            stands_in_for(me, m.current_leader, &voters, joint).map(|prompt| {
-                prompt
-                    .iter()
+            let addrs = |ids: &[u64]| -> Vec<String> {
+                ids.iter()
                     .filter_map(|id| membership.get_node(id).map(|n| n.addr.clone()))
                     .collect()
-            })
+            };
+            let members: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+            let (spares, prompt) = led_by(me, m.current_leader, &voters, &members, joint);
+            let leading = (!spares.is_empty()).then(|| {
+                let at = addrs(&prompt);
+                (spares, prompt, at)
+            });
+            let asked = stands_in_for(me, m.current_leader, &voters, joint).map(|p| addrs(&p));
+            (asked, leading)
         };
+        // Leading: its spares' entries go in batches (`pacing.rs`), unless a prompt
+        // follower syncs slowly (its copy would then come after a spare's sent at once;
+        // the streams' answers tell `pacing` of one that is silent or behind).
+        match leading {
+            Some((spares, prompt, at)) => {
+                let slow = matches!(
+                    look(&pool, &at, &log, GATHER, led_slow).await,
+                    Found::Slow(..)
+                );
+                if slow != led_slow {
+                    match slow {
+                        true => info!(
+                            member = me,
+                            "a prompt follower syncs slowly: the spare followers' appends go at once"
+                        ),
+                        false => info!(
+                            member = me,
+                            "the prompt followers sync in time: the spare followers' appends go in batches"
+                        ),
+                    }
+                    led_slow = slow;
+                }
+                match slow {
+                    true => pacing.set_roles(BTreeSet::new(), Vec::new()),
+                    false => pacing.set_roles(spares, prompt),
+                }
+            }
+            None => {
+                pacing.set_roles(BTreeSet::new(), Vec::new());
+                led_slow = false;
+            }
+        }
         let found = match &asked {
             Some(addrs) => {
                 let standing_in = matches!(was, Some(Found::Slow(..)));
-                look(&pool, addrs, &log, standing_in).await
+                look(&pool, addrs, &log, log.gather(), standing_in).await
             }
             None => Found::Prompt,
         };
@@ -195,12 +233,12 @@ pub async fn run(
             metrics::gauge!("meridian_raft_spare").set(f64::from(u8::from(spare)));
         }
         was = Some(found);
-        let changed = match asked {
+        let changed = match asked.is_some() || led_slow || pacing.leads() {
             // Asked again in a while, sooner if the leader or the configuration changes.
-            Some(_) => tokio::time::timeout(PROBE_EVERY, metrics.changed())
+            true => tokio::time::timeout(PROBE_EVERY, metrics.changed())
                 .await
                 .unwrap_or(Ok(())),
-            None => metrics.changed().await,
+            false => metrics.changed().await,
         };
         if changed.is_err() {
             return;
@@ -209,8 +247,15 @@ pub async fn run(
 }
 
 /// Asks each of `addrs` (the prompt followers) for its status: the first that does not
-/// answer in time, or whose log syncs lately [`outrun`] this member's gathered ones.
-async fn look(pool: &ChannelPool, addrs: &[String], log: &LogStore, standing_in: bool) -> Found {
+/// answer in time, or whose log syncs lately [`outrun`] this member's own and `margin`
+/// together (a spare's gather).
+async fn look(
+    pool: &ChannelPool,
+    addrs: &[String],
+    log: &LogStore,
+    margin: Duration,
+    standing_in: bool,
+) -> Found {
     for addr in addrs {
         let status = match pool.get(addr) {
             Ok(ch) => {
@@ -227,7 +272,7 @@ async fn look(pool: &ChannelPool, addrs: &[String], log: &LogStore, standing_in:
         };
         let theirs = Duration::from_micros(status.log_sync_us);
         let own = log.recent_sync();
-        if outrun(theirs, own, log.gather(), standing_in) {
+        if outrun(theirs, own, margin, standing_in) {
             return Found::Slow(addr.clone(), theirs, own);
         }
     }
