@@ -428,29 +428,32 @@ async fn a_spare_syncs_at_once_while_the_prompt_follower_syncs_slowly() -> Resul
         cluster.nodes[spare].log.clone(),
         cluster.nodes[leader].log.clone(),
     );
-    let said = |log: &std::path::Path, what: &str| {
-        std::fs::read_to_string(log)
-            .map(|l| l.matches(what).count())
-            .unwrap_or(0)
+    // Which of `lines` a log says last (a member's state now).
+    let last = |log: &std::path::Path, lines: &[&'static str]| -> Option<&'static str> {
+        let text = std::fs::read_to_string(log).ok()?;
+        lines
+            .iter()
+            .filter_map(|l| text.rfind(l).map(|at| (at, *l)))
+            .max()
+            .map(|(_, l)| l)
     };
-    let gathering = "spare=true";
-    let (slow_here, quick_here) = (
-        "a prompt follower syncs slowly: the spare followers' appends go at once",
+    let spare_says = [
+        "spare=true",
+        "a prompt follower syncs slowly: this spare",
+        "a prompt follower does not answer",
+    ];
+    let leader_says = [
         "the prompt followers sync in time: the spare followers' appends go in batches",
-    );
-    wait_for(Duration::from_secs(30), "the spare to gather", || {
-        (said(&spare_log, gathering) > 0).then_some(())
-    })?;
-    // (What a member syncs while it joins may have looked slow already: counted from here.)
-    let spare_slow = "a prompt follower syncs slowly: this spare";
-    let before = (said(&spare_log, spare_slow), said(&leader_log, slow_here));
+        "a prompt follower syncs slowly: the spare followers' appends go at once",
+    ];
     let addr = cluster.nodes[prompt].addr.clone();
     cluster.nodes[prompt].kill();
     cluster.nodes[prompt].add_args(&["--fault-sync-delay-us", "5000"]);
     cluster.nodes[prompt].restart_on(&addr)?;
     // Changes (each synced by the prompt follower) until the spare and the leader say so.
     let mut made = changes_until(&client, a.ino, "slow", &spare_log, || {
-        said(&spare_log, spare_slow) > before.0 && said(&leader_log, slow_here) > before.1
+        last(&spare_log, &spare_says) == Some(spare_says[1])
+            && last(&leader_log, &leader_says) == Some(leader_says[1])
     })
     .await?;
     let theirs = cluster.status(prompt).context("prompt status")?.log_sync_us;
@@ -460,13 +463,13 @@ async fn a_spare_syncs_at_once_while_the_prompt_follower_syncs_slowly() -> Resul
         own > 0 && own < theirs,
         "the spare's {own} µs, the slow one's {theirs}"
     );
-    // The prompt follower quick again: the spare gathers again.
-    let before = (said(&spare_log, gathering), said(&leader_log, quick_here));
+    // The prompt follower quick again: the spare gathers again, the leader batches again.
     cluster.nodes[prompt].kill();
     cluster.nodes[prompt].remove_arg("--fault-sync-delay-us");
     cluster.nodes[prompt].restart_on(&addr)?;
     made += changes_until(&client, a.ino, "quick", &spare_log, || {
-        said(&spare_log, gathering) > before.0 && said(&leader_log, quick_here) > before.1
+        last(&spare_log, &spare_says) == Some(spare_says[0])
+            && last(&leader_log, &leader_says) == Some(leader_says[0])
     })
     .await?;
     assert_eq!(list(&client, a.ino, false).await?.len() as u64, 5 + made);

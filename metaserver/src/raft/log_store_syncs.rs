@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 /// How much of the recent time per sync the next sync makes up (an exponentially
 /// weighted average: one in eight).
 const WEIGHT: u64 = 8;
+/// Syncs before the recent time is told: a member's first ones (it joins, it replays,
+/// its log grows) say little of its disk.
+const KNOWN_AFTER: u64 = 16;
 
 /// The log's fdatasyncs (shared by the appends that sync in place and the flusher).
 #[derive(Debug, Default)]
@@ -46,8 +49,11 @@ impl Syncs {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// How long a sync takes lately (zero before the first).
+    /// How long a sync takes lately (zero before the first [`KNOWN_AFTER`]).
     pub(super) fn recent(&self) -> Duration {
+        if self.count() < KNOWN_AFTER {
+            return Duration::ZERO;
+        }
         Duration::from_nanos(self.recent_ns.load(Ordering::Relaxed))
     }
 
@@ -66,9 +72,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = File::create(dir.path().join("f")).unwrap();
         let syncs = Syncs::default();
-        assert_eq!(syncs.recent(), Duration::ZERO, "none yet");
+        for n in 1..KNOWN_AFTER {
+            syncs.sync(&file).unwrap();
+            assert_eq!(syncs.count(), n);
+            assert_eq!(
+                syncs.recent(),
+                Duration::ZERO,
+                "not told before {KNOWN_AFTER}"
+            );
+        }
         syncs.sync(&file).unwrap();
-        assert_eq!(syncs.count(), 1);
         assert!(syncs.recent() > Duration::ZERO);
         // A disk 20 ms slower: the recent time moves toward it, a part at each sync.
         syncs.set_delay(Duration::from_millis(20));
@@ -79,7 +92,7 @@ mod tests {
             longest = longest.max(start.elapsed());
             recent = syncs.recent();
         }
-        assert_eq!(syncs.count(), 7);
+        assert_eq!(syncs.count(), KNOWN_AFTER + 6);
         // Six syncs of 20 ms or more from about nothing: at least 1 - (7/8)^6 of the way,
         // and an average, never more than the longest.
         assert!(recent >= Duration::from_micros(11_000), "{recent:?}");
