@@ -279,7 +279,7 @@ impl LogStore {
         self.lock().syncs.count()
     }
 
-    /// How long one of the log's fdatasyncs takes lately (zero before the first).
+    /// How long one of the log's fdatasyncs takes lately (zero until it has made a few).
     pub fn recent_sync(&self) -> Duration {
         self.lock().syncs.recent()
     }

@@ -98,12 +98,6 @@ impl Pacing {
         r.prompt = prompt;
     }
 
-    /// Whether this member leads a group with spares (and does not send them every entry
-    /// at once for now).
-    pub fn leads(&self) -> bool {
-        !self.lock().spares.is_empty()
-    }
-
     /// A replication stream to `target` opened: its answers are these.
     pub(super) fn opened(&self, target: u64, answers: Arc<dyn Answers>) {
         self.lock().streams.insert(target, answers);

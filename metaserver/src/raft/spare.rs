@@ -64,14 +64,9 @@ fn prompt_followers(leader: Option<u64>, voters: &BTreeSet<u64>, joint: bool) ->
     )
 }
 
-/// Whether member `me` is a spare: not the leader, and not among the followers (by id)
-/// whose copies with the leader's make a majority of `voters` (a learner always is).
-/// Prompt when the leader is unknown or the configuration is joint (`joint`).
-pub fn is_spare(me: u64, leader: Option<u64>, voters: &BTreeSet<u64>, joint: bool) -> bool {
-    stands_in_for(me, leader, voters, joint).is_some()
-}
-
-/// The prompt followers, if member `me` is a spare (see [`is_spare`]).
+/// The prompt followers, if member `me` is a spare: not the leader, and not among the
+/// followers (by id) whose copies with the leader's make a majority of `voters` (a learner
+/// always is). Prompt when the leader is unknown or the configuration is joint (`joint`).
 fn stands_in_for(
     me: u64,
     leader: Option<u64>,
@@ -166,6 +161,8 @@ pub async fn run(
             let asked = stands_in_for(me, m.current_leader, &voters, joint).map(|p| addrs(&p));
             (asked, leading)
         };
+        // A spare, or leading spares: looked at again in a while.
+        let probes = asked.is_some() || leading.is_some();
         // Leading: its spares' entries go in batches (`pacing.rs`), unless a prompt
         // follower syncs slowly (its copy would then come after a spare's sent at once;
         // the streams' answers tell `pacing` of one that is silent or behind).
@@ -233,7 +230,7 @@ pub async fn run(
             metrics::gauge!("meridian_raft_spare").set(f64::from(u8::from(spare)));
         }
         was = Some(found);
-        let changed = match asked.is_some() || led_slow || pacing.leads() {
+        let changed = match probes {
             // Asked again in a while, sooner if the leader or the configuration changes.
             true => tokio::time::timeout(PROBE_EVERY, metrics.changed())
                 .await
@@ -287,6 +284,17 @@ mod tests {
         ids.iter().copied().collect()
     }
 
+    fn is_spare(me: u64, leader: Option<u64>, voters: &BTreeSet<u64>, joint: bool) -> bool {
+        stands_in_for(me, leader, voters, joint).is_some()
+    }
+
+    /// Which of members 1 to `n` are spares under `leader` with `voters`.
+    fn spares_of(n: u64, leader: Option<u64>, voters: &BTreeSet<u64>) -> Vec<u64> {
+        (1..=n)
+            .filter(|&m| is_spare(m, leader, voters, false))
+            .collect()
+    }
+
     #[test]
     fn the_followers_past_a_majority_with_the_leader_are_spares() {
         let three = set(&[1, 2, 3]);
@@ -301,17 +309,11 @@ mod tests {
         assert!(is_spare(2, Some(3), &three, false));
         // Five: the leader and two followers make a majority.
         let five = set(&[1, 2, 3, 4, 5]);
-        let spares: Vec<u64> = (1..=5)
-            .filter(|&m| is_spare(m, Some(3), &five, false))
-            .collect();
-        assert_eq!(spares, [4, 5]);
+        assert_eq!(spares_of(5, Some(3), &five), [4, 5]);
         // Two voters: the one follower is needed.
         assert!(!is_spare(2, Some(1), &set(&[1, 2]), false));
         // Four: the leader and two of three followers.
-        let spares: Vec<u64> = (1..=4)
-            .filter(|&m| is_spare(m, Some(1), &set(&[1, 2, 3, 4]), false))
-            .collect();
-        assert_eq!(spares, [4]);
+        assert_eq!(spares_of(4, Some(1), &set(&[1, 2, 3, 4])), [4]);
     }
 
     #[test]
@@ -324,10 +326,7 @@ mod tests {
         // majority of the voters are prompt.
         assert!(!is_spare(2, Some(9), &three, false));
         assert!(is_spare(3, Some(9), &three, false));
-        let spares: Vec<u64> = (1..=4)
-            .filter(|&m| is_spare(m, Some(9), &set(&[1, 2, 3, 4]), false))
-            .collect();
-        assert_eq!(spares, [4]);
+        assert_eq!(spares_of(4, Some(9), &set(&[1, 2, 3, 4])), [4]);
     }
 
     #[test]
