@@ -1109,3 +1109,94 @@ fn an_unlinked_file_stays_usable_through_its_open_descriptor_until_closed() -> R
     )?;
     Ok(())
 }
+
+/// Threads of the mount's process `pid` named `fuser-*` (its kernel request threads)
+/// that are in the system call `nr` now (from `/proc/PID/task/TID/syscall`).
+fn kernel_threads_in(pid: u32, nr: libc::c_long) -> usize {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            let name = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let call = fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+            name.starts_with("fuser-") && call.split(' ').next() == Some(nr.to_string().as_str())
+        })
+        .count()
+}
+
+/// A read that waits on a chunkserver holds the kernel request thread that took it
+/// (client/src/fuse/standby.rs): the mount's other threads, standing by while one reads
+/// the kernel's queue, take the requests that come meanwhile. With every chunkserver
+/// stopped, two direct reads (the most that may wait so) wait on range ports while this
+/// thread makes directories, stats and lists them: every one is answered before either
+/// read can end, and the reads return the file's bytes once the chunkservers go on.
+#[test]
+fn a_mount_keeps_answering_while_reads_wait_on_stopped_chunkservers() -> Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let region = Region::start()?;
+    let writer = region.mount("writer")?;
+    let reader = region.mount_with("reader", &["--no-supervisor", "--threads", "4"])?;
+    let data = random_bytes(41, 8 << 20);
+    fs::write(writer.path.join("big"), &data)?;
+    let big = reader.path.join("big");
+    let files: Vec<File> = (0..2)
+        .map(|_| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&big)
+        })
+        .collect::<std::io::Result<_>>()?;
+    for c in &region.chunks {
+        c.pause(true);
+    }
+    let ended = Arc::new(AtomicUsize::new(0));
+    let reads: Vec<_> = files
+        .into_iter()
+        .zip([1usize << 20, 5 << 20])
+        .map(|(f, at)| {
+            let ended = ended.clone();
+            std::thread::spawn(move || {
+                // A page-aligned buffer, as O_DIRECT asks.
+                let mut buf = vec![0u8; 8192];
+                let skip = buf.as_ptr().align_offset(4096);
+                let got = f
+                    .read_exact_at(&mut buf[skip..skip + 4096], at as u64)
+                    .map(|()| buf[skip..skip + 4096].to_vec());
+                ended.fetch_add(1, Ordering::SeqCst);
+                (at, got)
+            })
+        })
+        .collect();
+    let pid = reader.pid().context("the reader's process")?;
+    wait_for(
+        Duration::from_secs(10),
+        "both reads waiting on range ports in the mount's kernel threads",
+        || (kernel_threads_in(pid, libc::SYS_recvfrom) == 2).then_some(()),
+    )?;
+    let dir = reader.path.join("meanwhile");
+    fs::create_dir(&dir)?;
+    for i in 0..20 {
+        let d = dir.join(format!("d{i}"));
+        fs::create_dir(&d)?;
+        assert!(fs::metadata(&d)?.is_dir());
+    }
+    assert_eq!(fs::read_dir(&dir)?.count(), 20);
+    assert_eq!(
+        ended.load(Ordering::SeqCst),
+        0,
+        "every request was answered while both reads waited"
+    );
+    for c in &region.chunks {
+        c.pause(false);
+    }
+    for r in reads {
+        let (at, got) = r.join().expect("a reader panicked");
+        assert!(got? == data[at..at + 4096], "the bytes at {at}");
+    }
+    Ok(())
+}

@@ -24,7 +24,7 @@ use meridian_proto::{
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-pub use range_port::blocking_reads;
+pub use range_port::{BeforeWait, blocking_reads, blocking_reads_telling};
 
 /// Why a block operation failed.
 #[derive(Debug, thiserror::Error)]

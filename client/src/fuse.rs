@@ -27,10 +27,13 @@ mod dirs;
 #[macro_use]
 mod drain;
 mod notify;
+mod standby;
 use convert::{creds, err, kind, kind_of_mode, time, timespec};
 use dirs::{OpenDirs, reply_listing};
 pub use drain::Drain;
 pub use notify::KernelNotifier;
+pub use standby::STAND_BY_AT_MOST;
+use standby::Standby;
 
 /// Preferred I/O size reported to programs (st_blksize).
 const BLKSIZE: u32 = 1 << 20;
@@ -42,22 +45,35 @@ pub struct FuseFs {
     root: InodeId,
     dirs: Arc<OpenDirs>,
     drain: Arc<Drain>,
+    /// The session's kernel request threads, of which one reads the kernel's queue at a
+    /// time (`standby.rs`).
+    standby: Arc<Standby>,
+    /// What a kernel request thread calls before it waits on a chunkserver.
+    before_wait: crate::blocks::BeforeWait,
 }
 
 impl FuseFs {
-    /// Serves `fs`, running its work on `rt`.
-    pub fn new(fs: Arc<FileSystem>, rt: Handle) -> Self {
+    /// Serves `fs` with a session of `threads` kernel request threads, running its work
+    /// on `rt`.
+    pub fn new(fs: Arc<FileSystem>, rt: Handle, threads: usize) -> Self {
         let root = fs.volume().root;
         let dirs = Arc::new(OpenDirs {
             next: std::sync::atomic::AtomicU64::new(fs.handle_base().max(1) - 1),
             ..Default::default()
         });
+        let standby = Arc::new(Standby::new(threads));
+        let before_wait: crate::blocks::BeforeWait = {
+            let standby = standby.clone();
+            Arc::new(move || standby.waits())
+        };
         FuseFs {
             fs,
             rt,
             root,
             dirs,
             drain: Arc::default(),
+            standby,
+            before_wait,
         }
     }
 
@@ -142,7 +158,9 @@ impl Filesystem for FuseFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
-        // Sent when the kernel evicts the inode: its cached pages are gone.
+        // Sent when the kernel evicts the inode: its cached pages are gone. Evictions
+        // come in bursts, ahead of other requests: more threads read meanwhile.
+        self.standby.wanted();
         self.fs.forget(self.ino(ino));
     }
 

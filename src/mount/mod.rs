@@ -268,7 +268,11 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
     };
     config.n_threads = Some(args.threads.max(1));
     let root = fs.volume().root;
-    let fusefs = FuseFs::new(fs.clone(), rt.handle().clone());
+    let fusefs = FuseFs::new(
+        fs.clone(),
+        rt.handle().clone(),
+        config.n_threads.unwrap_or(1),
+    );
     let drain = fusefs.drain();
     let handed = handover.is_some();
     // Before "ready": a supervisor may ask this process to stop or hand over at once.

@@ -64,6 +64,11 @@ impl Mount {
         Ok(m)
     }
 
+    /// The mount's process (with `--no-supervisor`, the one serving the kernel).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// kill -9 of the mount's process (the mount stays, dead, until dropped).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -28,6 +28,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Kernel threads that may wait on the range port at once.
 pub const MAX_BLOCKED: usize = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long a kernel request thread waits for a range port's reply before it says it
+/// waits (see `blocking_reads_telling`): most replies come sooner.
+const QUICK_REPLY: Duration = Duration::from_micros(300);
 /// A node that takes longer for one step is left to gRPC (its retries and fallbacks),
 /// and its port alone for [`UNREACHABLE_FOR`].
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,7 +69,11 @@ thread_local! {
     static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
     static CONNECTIONS: RefCell<HashMap<String, BufReader<PortStream>>> =
         RefCell::new(HashMap::new());
+    static BEFORE_WAIT: RefCell<Option<BeforeWait>> = const { RefCell::new(None) };
 }
+
+/// What a thread calls before it waits on a range port (see [`blocking_reads_telling`]).
+pub type BeforeWait = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 /// Runs `f` with this thread allowed to wait on range ports (a kernel request thread
 /// polling a request inline: it has nothing else to do meanwhile).
@@ -79,6 +86,19 @@ pub fn blocking_reads<R>(f: impl FnOnce() -> R) -> R {
     }
     let _reset = Reset(MAY_BLOCK.with(|m| m.replace(true)));
     f()
+}
+
+/// [`blocking_reads`], calling `before_wait` each time the thread is about to wait on a
+/// range port (a kernel request thread tells the others, `fuse/standby.rs`).
+pub fn blocking_reads_telling<R>(before_wait: &BeforeWait, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<BeforeWait>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            BEFORE_WAIT.with(|b| *b.borrow_mut() = self.0.take());
+        }
+    }
+    let _reset = Reset(BEFORE_WAIT.with(|b| b.borrow_mut().replace(before_wait.clone())));
+    blocking_reads(f)
 }
 
 /// Holds one of the [`MAX_BLOCKED`] places while a thread waits.
@@ -278,8 +298,33 @@ fn exchange(
 ) -> io::Result<(BufReader<PortStream>, RangeReply)> {
     conn.get_mut().write_all(frame)?;
     conn.get_mut().flush()?;
+    // Most replies come within a few hundred µs; a thread told to (a kernel request
+    // thread, see `blocking_reads_telling`) says so before it waits longer.
+    if conn.buffer().is_empty() && !readable_within(conn.get_ref().tcp(), QUICK_REPLY) {
+        BEFORE_WAIT.with(|b| {
+            if let Some(tell) = &*b.borrow() {
+                tell();
+            }
+        });
+    }
     let reply = RangeReply::read(&mut conn, max_len)?;
     Ok((conn, reply))
+}
+
+/// Whether `tcp` has bytes to read within `wait` (false on any failure to tell).
+fn readable_within(tcp: &std::net::TcpStream, wait: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: tcp.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd, a valid timespec, and no signal mask.
+    unsafe { libc::ppoll(&mut fd, 1, &ts, std::ptr::null()) > 0 }
 }
 
 /// Sends `request` to the range port at `address` from a runtime task and waits for the

@@ -12,8 +12,11 @@ impl FuseFs {
     /// Answers a request: polled once here, on the kernel's thread, so what the mount
     /// answers alone (a lookup, a create or the attributes under a lease, a read from the
     /// cache) needs no hand-off to another thread; what has to wait goes on as a task.
+    /// Then the thread stands by while another reads the kernel's queue (`standby.rs`);
+    /// every request's handling ends with this.
     pub(super) fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
         use std::sync::atomic::Ordering::SeqCst;
+        self.standby.enter();
         let drain = self.drain.clone();
         drain.in_flight.fetch_add(1, SeqCst);
         let mut f = Box::pin(f);
@@ -22,17 +25,20 @@ impl FuseFs {
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             // Nothing else runs on this thread meanwhile: a range read may wait here on
             // a chunkserver's range port rather than go through a task.
-            crate::blocks::blocking_reads(|| f.as_mut().poll(&mut cx).is_ready())
+            crate::blocks::blocking_reads_telling(&self.before_wait, || {
+                f.as_mut().poll(&mut cx).is_ready()
+            })
         };
         if ready {
             drain.in_flight.fetch_sub(1, SeqCst);
-            return;
+        } else {
+            // Polled again at once by the runtime, with a waker that counts.
+            self.rt.spawn(async move {
+                f.await;
+                drain.in_flight.fetch_sub(1, SeqCst);
+            });
         }
-        // Polled again at once by the runtime, with a waker that counts.
-        self.rt.spawn(async move {
-            f.await;
-            drain.in_flight.fetch_sub(1, SeqCst);
-        });
+        self.standby.leave();
     }
 
     /// Runs `work` and answers with the entry it produces (or its errno).
@@ -74,6 +80,8 @@ impl FuseFs {
             root: self.root,
             dirs: self.dirs.clone(),
             drain: self.drain.clone(),
+            standby: self.standby.clone(),
+            before_wait: self.before_wait.clone(),
         }
     }
 }
