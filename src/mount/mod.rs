@@ -34,7 +34,8 @@ pub struct MountArgs {
     /// Let other users (and root) use the mount.
     #[arg(long)]
     pub allow_other: bool,
-    /// Kernel request threads.
+    /// Kernel request threads: one reads the kernel's queue at a time, the others stand
+    /// by for when it waits on a chunkserver (client/src/fuse/standby.rs).
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
     /// This client's zone: reads prefer replicas there.

@@ -300,13 +300,14 @@ fn exchange(
     conn.get_mut().flush()?;
     // Most replies come within a few hundred µs; a thread told to (a kernel request
     // thread, see `blocking_reads_telling`) says so before it waits longer.
-    if conn.buffer().is_empty() && !readable_within(conn.get_ref().tcp(), QUICK_REPLY) {
-        BEFORE_WAIT.with(|b| {
-            if let Some(tell) = &*b.borrow() {
-                tell();
-            }
-        });
-    }
+    BEFORE_WAIT.with(|b| {
+        if let Some(tell) = &*b.borrow()
+            && conn.buffer().is_empty()
+            && !readable_within(conn.get_ref().tcp(), QUICK_REPLY)
+        {
+            tell();
+        }
+    });
     let reply = RangeReply::read(&mut conn, max_len)?;
     Ok((conn, reply))
 }
