@@ -71,26 +71,23 @@ impl Standby {
     /// The calling thread, busy with a request, is about to wait (on a chunkserver): if
     /// nobody else reads the kernel's queue, a thread standing by is called back to.
     pub fn waits(&self) {
-        if self.threads == 1 {
-            return;
-        }
-        let mut c = self.lock();
-        if c.reading(self.threads) == 0 && c.standing > c.called {
-            c.called += 1;
-            drop(c);
-            self.called.notify_one();
-        }
+        self.call_back_below(1);
     }
 
     /// The calling thread, which reads the kernel's queue, finds it busy (forgets come by
     /// the thousand when the kernel evicts inodes, and the kernel gives them before other
     /// requests): if it reads alone, one thread standing by is called back to read too.
     pub fn wanted(&self) {
+        self.call_back_below(2);
+    }
+
+    /// Calls back one thread standing by if fewer than `readers` read the kernel's queue.
+    fn call_back_below(&self, readers: usize) {
         if self.threads == 1 {
             return;
         }
         let mut c = self.lock();
-        if c.reading(self.threads) < 2 && c.standing > c.called {
+        if c.reading(self.threads) < readers && c.standing > c.called {
             c.called += 1;
             drop(c);
             self.called.notify_one();
