@@ -1128,20 +1128,41 @@ fn kernel_threads_in(pid: u32, nr: libc::c_long) -> usize {
 
 /// A read that waits on a chunkserver holds the kernel request thread that took it
 /// (client/src/fuse/standby.rs): the mount's other threads, standing by while one reads
-/// the kernel's queue, take the requests that come meanwhile. With every chunkserver
-/// stopped, two direct reads (the most that may wait so) wait on range ports while this
-/// thread makes directories, stats and lists them: every one is answered before either
-/// read can end, and the reads return the file's bytes once the chunkservers go on.
+/// the kernel's queue, take the requests that come meanwhile (and so do they when all
+/// read, with `--all-threads-read`). With every chunkserver stopped, two direct reads (the
+/// most that may wait so) wait on range ports while this thread makes directories, stats
+/// and lists them: every one is answered before either read can end, and the reads
+/// return the file's bytes once the chunkservers go on.
 #[test]
 fn a_mount_keeps_answering_while_reads_wait_on_stopped_chunkservers() -> Result<()> {
+    let region = Region::start()?;
+    let writer = region.mount("writer")?;
+    let data = random_bytes(41, 8 << 20);
+    fs::write(writer.path.join("big"), &data)?;
+    for (name, flags) in [
+        ("standing-by", &["--no-supervisor", "--threads", "4"][..]),
+        (
+            "all-reading",
+            &["--no-supervisor", "--threads", "4", "--all-threads-read"][..],
+        ),
+    ] {
+        let reader = region.mount_with(name, flags)?;
+        answers_while_two_reads_wait(&region, &reader, &data)
+            .with_context(|| format!("the {name} mount"))?;
+    }
+    Ok(())
+}
+
+/// The check of [`a_mount_keeps_answering_while_reads_wait_on_stopped_chunkservers`] on
+/// the mount `reader`, whose file `big` holds `data`.
+fn answers_while_two_reads_wait(
+    region: &Region,
+    reader: &common::Mount,
+    data: &[u8],
+) -> Result<()> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let region = Region::start()?;
-    let writer = region.mount("writer")?;
-    let reader = region.mount_with("reader", &["--no-supervisor", "--threads", "4"])?;
-    let data = random_bytes(41, 8 << 20);
-    fs::write(writer.path.join("big"), &data)?;
     let big = reader.path.join("big");
     let files: Vec<File> = (0..2)
         .map(|_| {
@@ -1178,7 +1199,7 @@ fn a_mount_keeps_answering_while_reads_wait_on_stopped_chunkservers() -> Result<
         "both reads waiting on range ports in the mount's kernel threads",
         || (kernel_threads_in(pid, libc::SYS_recvfrom) == 2).then_some(()),
     )?;
-    let dir = reader.path.join("meanwhile");
+    let dir = reader.path.join(format!("meanwhile-{pid}"));
     fs::create_dir(&dir)?;
     for i in 0..20 {
         let d = dir.join(format!("d{i}"));

@@ -32,7 +32,6 @@ use convert::{creds, err, kind, kind_of_mode, time, timespec};
 use dirs::{OpenDirs, reply_listing};
 pub use drain::Drain;
 pub use notify::KernelNotifier;
-pub use standby::STAND_BY_AT_MOST;
 use standby::Standby;
 
 /// Preferred I/O size reported to programs (st_blksize).
@@ -54,14 +53,15 @@ pub struct FuseFs {
 
 impl FuseFs {
     /// Serves `fs` with a session of `threads` kernel request threads, running its work
-    /// on `rt`.
-    pub fn new(fs: Arc<FileSystem>, rt: Handle, threads: usize) -> Self {
+    /// on `rt`; with `stand_by`, one reads the kernel's queue at a time (`standby.rs`),
+    /// otherwise all do.
+    pub fn new(fs: Arc<FileSystem>, rt: Handle, threads: usize, stand_by: bool) -> Self {
         let root = fs.volume().root;
         let dirs = Arc::new(OpenDirs {
             next: std::sync::atomic::AtomicU64::new(fs.handle_base().max(1) - 1),
             ..Default::default()
         });
-        let standby = Arc::new(Standby::new(threads));
+        let standby = Arc::new(Standby::new(if stand_by { threads } else { 1 }));
         let before_wait: crate::blocks::BeforeWait = {
             let standby = standby.clone();
             Arc::new(move || standby.waits())

@@ -38,6 +38,10 @@ pub struct MountArgs {
     /// by for when it waits on a chunkserver (client/src/fuse/standby.rs).
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Every kernel request thread reads the kernel's queue, none standing by: faster for
+    /// many callers at once that the cache answers, slower for a loop of calls.
+    #[arg(long)]
+    pub all_threads_read: bool,
     /// This client's zone: reads prefer replicas there.
     #[arg(long)]
     pub zone: Option<String>,
@@ -273,6 +277,7 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
         fs.clone(),
         rt.handle().clone(),
         config.n_threads.unwrap_or(1),
+        !args.all_threads_read,
     );
     let drain = fusefs.drain();
     let handed = handover.is_some();

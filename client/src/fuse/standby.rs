@@ -20,7 +20,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The longest a thread stands by before it reads the kernel's queue again.
-pub const STAND_BY_AT_MOST: Duration = Duration::from_millis(200);
+const STAND_BY_AT_MOST: Duration = Duration::from_millis(200);
 
 /// The session's kernel request threads (see the module's doc).
 pub struct Standby {
@@ -48,7 +48,8 @@ impl Counts {
 }
 
 impl Standby {
-    /// For a session of `threads` kernel request threads (with one, nobody stands by).
+    /// For a session of `threads` kernel request threads (with one, nobody stands by: a
+    /// session whose threads all read is given one here).
     pub fn new(threads: usize) -> Self {
         Standby {
             threads: threads.max(1),
