@@ -1116,12 +1116,13 @@ fn kernel_threads_in(pid: u32, nr: libc::c_long) -> usize {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
+    let nr = nr.to_string();
     tasks
         .flatten()
         .filter(|t| {
             let name = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
             let call = fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
-            name.starts_with("fuser-") && call.split(' ').next() == Some(nr.to_string().as_str())
+            name.starts_with("fuser-") && call.split(' ').next() == Some(nr.as_str())
         })
         .count()
 }

@@ -271,12 +271,13 @@ fn serve(args: MountArgs, rt: &tokio::runtime::Runtime, handover: Option<Handove
     } else {
         SessionACL::Owner
     };
-    config.n_threads = Some(args.threads.max(1));
+    let threads = args.threads.max(1);
+    config.n_threads = Some(threads);
     let root = fs.volume().root;
     let fusefs = FuseFs::new(
         fs.clone(),
         rt.handle().clone(),
-        config.n_threads.unwrap_or(1),
+        threads,
         !args.all_threads_read,
     );
     let drain = fusefs.drain();

@@ -321,7 +321,7 @@ fn readable_within(tcp: &std::net::TcpStream, wait: Duration) -> bool {
         revents: 0,
     };
     let ts = libc::timespec {
-        tv_sec: 0,
+        tv_sec: wait.as_secs() as libc::time_t,
         tv_nsec: wait.subsec_nanos() as libc::c_long,
     };
     // SAFETY: one valid pollfd, a valid timespec, and no signal mask.
