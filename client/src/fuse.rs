@@ -53,8 +53,8 @@ pub struct FuseFs {
 
 impl FuseFs {
     /// Serves `fs` with a session of `threads` kernel request threads, running its work
-    /// on `rt`; with `stand_by`, one reads the kernel's queue at a time (`standby.rs`),
-    /// otherwise all do.
+    /// on `rt`; with `stand_by`, one reads the kernel's queue per caller calling at once
+    /// (`standby.rs`), otherwise all do.
     pub fn new(fs: Arc<FileSystem>, rt: Handle, threads: usize, stand_by: bool) -> Self {
         let root = fs.volume().root;
         let dirs = Arc::new(OpenDirs {
@@ -154,7 +154,11 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        self.reply_entry(reply, async move { fs.lookup(parent, &name, &c).await });
+        self.reply_entry(
+            req,
+            reply,
+            async move { fs.lookup(parent, &name, &c).await },
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
@@ -164,12 +168,12 @@ impl Filesystem for FuseFs {
         self.fs.forget(self.ino(ino));
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         unless_draining!(self, reply);
         let (fs, ino) = (self.fs.clone(), self.ino(ino));
         let this = self.clone_view();
         let epoch = fs.cache_epoch();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs.getattr(ino).await {
                 Ok(a) => fs.reply_cached(epoch, |ttl| reply.attr(&ttl, &this.attr(&a))),
                 Err(e) => reply.error(err(e)),
@@ -218,7 +222,7 @@ impl Filesystem for FuseFs {
             self.clone_view(),
         );
         let epoch = fs.cache_epoch();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs.setattr(ino, set, &c).await {
                 Ok(a) => fs.reply_cached(epoch, |ttl| reply.attr(&ttl, &this.attr(&a))),
                 Err(e) => reply.error(err(e)),
@@ -226,10 +230,10 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         unless_draining!(self, reply);
         let (fs, ino) = (self.fs.clone(), self.ino(ino));
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs.readlink(ino).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(err(e)),
@@ -257,7 +261,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        self.reply_entry(reply, async move {
+        self.reply_entry(req, reply, async move {
             fs.mknod(parent, &name, k, (mode & 0o7777) as u16, rdev, &c)
                 .await
         });
@@ -279,7 +283,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        self.reply_entry(reply, async move {
+        self.reply_entry(req, reply, async move {
             fs.mknod(parent, &name, FileKind::Dir, (mode & 0o7777) as u16, 0, &c)
                 .await
         });
@@ -293,7 +297,11 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        self.reply_empty(reply, async move { fs.unlink(parent, &name, &c).await });
+        self.reply_empty(
+            req,
+            reply,
+            async move { fs.unlink(parent, &name, &c).await },
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -304,7 +312,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        self.reply_empty(reply, async move { fs.rmdir(parent, &name, &c).await });
+        self.reply_empty(req, reply, async move { fs.rmdir(parent, &name, &c).await });
     }
 
     fn symlink(
@@ -323,7 +331,7 @@ impl Filesystem for FuseFs {
             creds(req),
         );
         let target = target.as_os_str().as_bytes().to_vec();
-        self.reply_entry(reply, async move {
+        self.reply_entry(req, reply, async move {
             fs.symlink(parent, &name, &target, &c).await
         });
     }
@@ -353,7 +361,11 @@ impl Filesystem for FuseFs {
             creds(req),
         );
         let (np, nn) = (self.ino(newparent), newname.as_bytes().to_vec());
-        self.reply_empty(reply, async move { fs.rename(p, &n, np, &nn, f, &c).await });
+        self.reply_empty(
+            req,
+            reply,
+            async move { fs.rename(p, &n, np, &nn, f, &c).await },
+        );
     }
 
     fn link(
@@ -372,14 +384,14 @@ impl Filesystem for FuseFs {
             newname.as_bytes().to_vec(),
             creds(req),
         );
-        self.reply_entry(reply, async move { fs.link(ino, np, &nn, &c).await });
+        self.reply_entry(req, reply, async move { fs.link(ino, np, &nn, &c).await });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         unless_draining!(self, reply);
         let append = flags.0 & libc::O_APPEND != 0;
         let (fs, ino, c) = (self.fs.clone(), self.ino(ino), creds(req));
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs.open_file(ino, append, &c).await {
                 Ok((fh, keep_cache)) => {
                     let flags = if fs.linearizable() {
@@ -416,7 +428,7 @@ impl Filesystem for FuseFs {
         unless_draining!(self, reply);
         self.adopt(req, ino, fh, Some(flags));
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(err(e)),
@@ -439,7 +451,7 @@ impl Filesystem for FuseFs {
         unless_draining!(self, reply);
         self.adopt(req, ino, fh, Some(flags));
         let (fs, data) = (self.fs.clone(), data.to_vec());
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs.write(fh.0, offset, &data).await {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(err(e)),
@@ -458,7 +470,7 @@ impl Filesystem for FuseFs {
         unless_draining!(self, reply);
         self.adopt(req, ino, fh, None);
         let fs = self.fs.clone();
-        self.reply_empty(reply, async move { fs.flush(fh.0).await });
+        self.reply_empty(req, reply, async move { fs.flush(fh.0).await });
     }
 
     fn release(
@@ -474,7 +486,7 @@ impl Filesystem for FuseFs {
         unless_draining!(self, reply);
         self.adopt(req, ino, fh, Some(flags));
         let fs = self.fs.clone();
-        self.reply_empty(reply, async move { fs.release(fh.0).await });
+        self.reply_empty(req, reply, async move { fs.release(fh.0).await });
     }
 
     fn fsync(
@@ -490,7 +502,7 @@ impl Filesystem for FuseFs {
         // the commit is durable in the Raft group once this returns.
         self.adopt(req, ino, fh, None);
         let fs = self.fs.clone();
-        self.reply_empty(reply, async move { fs.fsync(fh.0).await });
+        self.reply_empty(req, reply, async move { fs.fsync(fh.0).await });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -550,7 +562,7 @@ impl Filesystem for FuseFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
@@ -559,13 +571,13 @@ impl Filesystem for FuseFs {
         unless_draining!(self, reply);
         // What this mount answered alone is sent and committed first (docs/adr/0006).
         let fs = self.fs.clone();
-        self.reply_empty(reply, async move { fs.sync_namespace().await });
+        self.reply_empty(req, reply, async move { fs.sync_namespace().await });
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         unless_draining!(self, reply);
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs.statfs().await {
                 Ok((total, used, inodes)) => {
                     let bsize = 4096u64;
@@ -611,7 +623,7 @@ impl Filesystem for FuseFs {
             value.to_vec(),
             creds(req),
         );
-        self.reply_empty(reply, async move {
+        self.reply_empty(req, reply, async move {
             fs.setxattr(ino, &name, &value, mode, &c).await
         });
     }
@@ -624,7 +636,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs.getxattr(ino, &name, &c).await {
                 Ok(v) if size == 0 => reply.size(v.len() as u32),
                 Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
@@ -637,7 +649,7 @@ impl Filesystem for FuseFs {
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         unless_draining!(self, reply);
         let (fs, ino, c) = (self.fs.clone(), self.ino(ino), creds(req));
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs.listxattr(ino, &c).await {
                 Ok(names) => {
                     let mut buf = Vec::new();
@@ -666,7 +678,11 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
             creds(req),
         );
-        self.reply_empty(reply, async move { fs.removexattr(ino, &name, &c).await });
+        self.reply_empty(
+            req,
+            reply,
+            async move { fs.removexattr(ino, &name, &c).await },
+        );
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -696,7 +712,7 @@ impl Filesystem for FuseFs {
             self.clone_view(),
         );
         let epoch = fs.cache_epoch();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs
                 .create(parent, &name, (mode & 0o7777) as u16, exclusive, append, &c)
                 .await
@@ -726,14 +742,14 @@ impl Filesystem for FuseFs {
     ) {
         unless_draining!(self, reply);
         let (fs, ino, c) = (self.fs.clone(), self.ino(ino), creds(req));
-        self.reply_empty(reply, async move {
+        self.reply_empty(req, reply, async move {
             fs.fallocate(ino, offset, length, mode, &c).await
         });
     }
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: i64,
@@ -751,7 +767,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::ENXIO);
         };
         let (fs, ino) = (self.fs.clone(), self.ino(ino));
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs.seek(ino, offset, whence).await {
                 Ok(at) => reply.offset(at as i64),
                 Err(e) => reply.error(err(e)),
@@ -781,7 +797,7 @@ impl Filesystem for FuseFs {
         );
         // The kernel takes the count as 32 bits; longer copies come back for the rest.
         let len = len.min(u64::from(!0xfffu32));
-        self.spawn(async move {
+        self.spawn(req, async move {
             match fs
                 .copy_range(src, offset_in, dst, offset_out, len, &c)
                 .await

@@ -34,12 +34,13 @@ pub struct MountArgs {
     /// Let other users (and root) use the mount.
     #[arg(long)]
     pub allow_other: bool,
-    /// Kernel request threads: one reads the kernel's queue at a time, the others stand
-    /// by for when it waits on a chunkserver (client/src/fuse/standby.rs).
+    /// Kernel request threads: as many read the kernel's queue as callers are calling at
+    /// once (one for a loop of calls), the others stand by for when one waits on a
+    /// chunkserver (client/src/fuse/standby.rs).
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
-    /// Every kernel request thread reads the kernel's queue, none standing by: faster for
-    /// many callers at once that the cache answers, slower for a loop of calls.
+    /// Every kernel request thread reads the kernel's queue, none standing by (slower for
+    /// a loop of calls: each is answered by another thread).
     #[arg(long)]
     pub all_threads_read: bool,
     /// This client's zone: reads prefer replicas there.

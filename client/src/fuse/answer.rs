@@ -2,7 +2,7 @@
 //! with its reply into a tokio task only if it has to wait; the replies shared by several
 //! requests (an entry, an empty answer).
 
-use fuser::{Generation, ReplyEmpty, ReplyEntry};
+use fuser::{Generation, ReplyEmpty, ReplyEntry, Request};
 use meridian_proto::ns::Attr;
 
 use super::FuseFs;
@@ -12,11 +12,15 @@ impl FuseFs {
     /// Answers a request: polled once here, on the kernel's thread, so what the mount
     /// answers alone (a lookup, a create or the attributes under a lease, a read from the
     /// cache) needs no hand-off to another thread; what has to wait goes on as a task.
-    /// Then the thread stands by while another reads the kernel's queue (`standby.rs`);
-    /// every request's handling ends with this.
-    pub(super) fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+    /// Then the thread stands by while another reads the kernel's queue (`standby.rs`,
+    /// which counts `req`'s caller); every request's handling ends with this.
+    pub(super) fn spawn(
+        &self,
+        req: &Request,
+        f: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         use std::sync::atomic::Ordering::SeqCst;
-        self.standby.enter();
+        self.standby.enter(req.pid());
         let drain = self.drain.clone();
         drain.in_flight.fetch_add(1, SeqCst);
         let mut f = Box::pin(f);
@@ -42,14 +46,14 @@ impl FuseFs {
     }
 
     /// Runs `work` and answers with the entry it produces (or its errno).
-    pub(super) fn reply_entry<F>(&self, reply: ReplyEntry, work: F)
+    pub(super) fn reply_entry<F>(&self, req: &Request, reply: ReplyEntry, work: F)
     where
         F: std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
     {
         let this = self.clone_view();
         let epoch = self.fs.cache_epoch();
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match work.await {
                 Ok(a) => fs.reply_cached(epoch, |ttl| {
                     reply.entry(&ttl, &this.attr(&a), Generation(0))
@@ -60,11 +64,11 @@ impl FuseFs {
     }
 
     /// Runs `work` and answers ok (or its errno).
-    pub(super) fn reply_empty<F>(&self, reply: ReplyEmpty, work: F)
+    pub(super) fn reply_empty<F>(&self, req: &Request, reply: ReplyEmpty, work: F)
     where
         F: std::future::Future<Output = Result<(), i32>> + Send + 'static,
     {
-        self.spawn(async move {
+        self.spawn(req, async move {
             match work.await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(err(e)),

@@ -75,7 +75,7 @@ impl FuseFs {
             self.root,
             self.dirs.clone(),
         );
-        self.spawn(async move {
+        self.spawn(req, async move {
             let all = match list_dir(&fs, dir, ino, &c, root).await {
                 Ok(all) => Arc::new(all),
                 Err(e) => return then(Err(e)),

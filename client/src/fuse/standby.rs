@@ -15,12 +15,22 @@
 //! to wait on a chunkserver with nobody else reading. A thread stands by for at most
 //! [`STAND_BY_AT_MOST`], then reads again (so that the session's threads all come back to
 //! the kernel when the mount ends).
+//!
+//! One reader serves one caller, but not several calling at once (four processes reading
+//! from the mount's cache got a fifth less done with one reader than with four). The
+//! kernel names each request's caller (its thread id), so the threads count the callers
+//! whose requests came within [`CALLING_FOR`] and keep as many threads out of standing by
+//! as there are callers: a lone caller's next request has the same id as its last, where
+//! a queue found busy says nothing of whose requests wait.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The longest a thread stands by before it reads the kernel's queue again.
 const STAND_BY_AT_MOST: Duration = Duration::from_millis(200);
+
+/// How long a caller counts as calling after its last request.
+const CALLING_FOR: Duration = Duration::from_millis(1);
 
 /// The session's kernel request threads (see the module's doc).
 pub struct Standby {
@@ -29,7 +39,7 @@ pub struct Standby {
     called: Condvar,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Counts {
     /// Threads handling a request (between [`Standby::enter`] and [`Standby::leave`]).
     busy: usize,
@@ -37,6 +47,8 @@ struct Counts {
     standing: usize,
     /// Threads called back to read, not yet gone.
     called: usize,
+    /// The latest callers and when each last called (at most one per thread).
+    callers: Vec<(u32, Instant)>,
 }
 
 impl Counts {
@@ -44,6 +56,32 @@ impl Counts {
     /// [`Standby::enter`] is counted here too: it is short).
     fn reading(&self, threads: usize) -> usize {
         threads.saturating_sub(self.busy + self.standing - self.called)
+    }
+
+    /// Threads not standing by: busy or reading.
+    fn out(&self, threads: usize) -> usize {
+        threads.saturating_sub(self.standing - self.called)
+    }
+
+    /// Notes a request of `caller` (0: the kernel's own, which counts for nobody), keeping
+    /// at most `threads` callers (the least recent goes).
+    fn saw(&mut self, caller: u32, now: Instant, threads: usize) {
+        if caller == 0 {
+            return;
+        }
+        if let Some(c) = self.callers.iter_mut().find(|c| c.0 == caller) {
+            c.1 = now;
+        } else if self.callers.len() < threads {
+            self.callers.push((caller, now));
+        } else if let Some(oldest) = self.callers.iter_mut().min_by_key(|c| c.1) {
+            *oldest = (caller, now);
+        }
+    }
+
+    /// The callers that called within [`CALLING_FOR`] of `now`, at least one.
+    fn calling(&self, now: Instant) -> usize {
+        let recent = |c: &&(u32, Instant)| now.saturating_duration_since(c.1) < CALLING_FOR;
+        self.callers.iter().filter(recent).count().max(1)
     }
 }
 
@@ -62,10 +100,24 @@ impl Standby {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The calling thread took a request from the kernel.
-    pub fn enter(&self) {
-        if self.threads > 1 {
-            self.lock().busy += 1;
+    /// The calling thread took a request from the kernel, made by `caller` (the thread id
+    /// the kernel names; 0 for its own requests). Several callers at once call back as
+    /// many threads standing by, one per request, until each caller has one.
+    pub fn enter(&self, caller: u32) {
+        self.enter_at(caller, Instant::now());
+    }
+
+    fn enter_at(&self, caller: u32, now: Instant) {
+        if self.threads == 1 {
+            return;
+        }
+        let mut c = self.lock();
+        c.busy += 1;
+        c.saw(caller, now, self.threads);
+        if c.out(self.threads) < c.calling(now) && c.standing > c.called {
+            c.called += 1;
+            drop(c);
+            self.called.notify_one();
         }
     }
 
@@ -99,13 +151,18 @@ impl Standby {
     /// reads the kernel's queue (until called back, or [`STAND_BY_AT_MOST`]), and returns
     /// to read it.
     pub fn leave(&self) {
+        self.leave_at(Instant::now());
+    }
+
+    fn leave_at(&self, now: Instant) {
         if self.threads == 1 {
             return;
         }
         let mut c = self.lock();
         c.busy = c.busy.saturating_sub(1);
-        // This thread counts as reading now: stand by only if another does.
-        if c.reading(self.threads) < 2 {
+        // This thread counts as reading now: stand by only if another does, and if as
+        // many threads as there are callers stay out.
+        if c.reading(self.threads) < 2 || c.out(self.threads) <= c.calling(now) {
             return;
         }
         c.standing += 1;
@@ -130,7 +187,7 @@ impl Standby {
 
     #[cfg(test)]
     fn counts(&self) -> Counts {
-        *self.lock()
+        self.lock().clone()
     }
 }
 
@@ -139,11 +196,17 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// Threads busy, standing by and called back.
+    fn idle(s: &Standby) -> (usize, usize, usize) {
+        let c = s.counts();
+        (c.busy, c.standing, c.called)
+    }
+
     /// Waits (a bounded number of short sleeps) until `f` holds of the counts.
     fn until(s: &Standby, f: impl Fn(Counts) -> bool) -> Counts {
         for _ in 0..2000 {
             let c = s.counts();
-            if f(c) {
+            if f(c.clone()) {
                 return c;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -157,7 +220,7 @@ mod tests {
         let handles = |s: &Arc<Standby>| {
             let s = s.clone();
             std::thread::spawn(move || {
-                s.enter();
+                s.enter(1);
                 s.leave();
             })
         };
@@ -169,7 +232,7 @@ mod tests {
         until(&s, |c| c.standing == 2);
         // The third (this one) takes a request, reading alone, and is about to wait on a
         // chunkserver: one of the two is called back and goes to read.
-        s.enter();
+        s.enter(1);
         s.waits();
         let c = until(&s, |c| c.standing == 1 && c.called == 0);
         assert_eq!(c.busy, 1);
@@ -186,7 +249,7 @@ mod tests {
         for t in [a, b, done] {
             t.join().unwrap();
         }
-        assert_eq!(s.counts(), Counts::default());
+        assert_eq!(idle(&s), (0, 0, 0));
     }
 
     #[test]
@@ -195,7 +258,7 @@ mod tests {
         let stand = || {
             let s = s.clone();
             std::thread::spawn(move || {
-                s.enter();
+                s.enter(1);
                 s.leave();
             })
         };
@@ -216,12 +279,53 @@ mod tests {
     }
 
     #[test]
+    fn several_callers_at_once_keep_a_thread_each_out_of_standing_by() {
+        let s = Arc::new(Standby::new(3));
+        let t0 = Instant::now();
+        let at = move |us: u64| t0 + Duration::from_micros(us);
+        let request = |caller: u32, us: u64| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                s.enter_at(caller, at(us));
+                s.leave_at(at(us));
+            })
+        };
+        // One caller: two threads done with its requests stand by, one reads.
+        let a = request(10, 0);
+        until(&s, |c| c.standing == 1);
+        let b = request(10, 10);
+        until(&s, |c| c.standing == 2);
+        // The kernel's own requests (caller 0) count for nobody: no thread is called.
+        s.enter_at(0, at(20));
+        assert_eq!(idle(&s), (1, 2, 0));
+        // A second caller within the while: a thread standing by is called back to read,
+        // and the thread done with the request does not stand by (two callers, two
+        // threads out).
+        s.leave_at(at(20));
+        s.enter_at(20, at(100));
+        until(&s, |c| c.standing == 1 && c.called == 0);
+        s.leave_at(at(100));
+        assert_eq!(idle(&s), (0, 1, 0));
+        // A third caller: the last thread standing by is called back too.
+        s.enter_at(30, at(200));
+        until(&s, |c| c.standing == 0 && c.called == 0);
+        s.leave_at(at(200));
+        // Past the while, one caller is left: a thread done stands by again.
+        let c = request(30, 5_000);
+        until(&s, |c| c.standing == 1);
+        for t in [a, b, c] {
+            t.join().unwrap();
+        }
+        assert_eq!(idle(&s), (0, 0, 0));
+    }
+
+    #[test]
     fn a_single_thread_never_stands_by() {
         let s = Standby::new(1);
-        s.enter();
+        s.enter(1);
         s.waits();
         s.wanted();
         s.leave();
-        assert_eq!(s.counts(), Counts::default());
+        assert_eq!(idle(&s), (0, 0, 0));
     }
 }
