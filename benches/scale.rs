@@ -36,6 +36,17 @@ fn ino(reply: Reply) -> InodeId {
 
 /// Resident memory of the process serving from `data`, in bytes.
 fn rss_of(data: &Path) -> u64 {
+    status_of(data, "VmRSS:")
+}
+
+/// The most resident memory the process serving from `data` has had, in bytes.
+fn peak_of(data: &Path) -> u64 {
+    status_of(data, "VmHWM:")
+}
+
+/// A size in `/proc/PID/status` (`field`, in kB) of the process serving from `data`, in
+/// bytes.
+fn status_of(data: &Path, field: &str) -> u64 {
     let want = data.to_string_lossy().to_string();
     for p in std::fs::read_dir("/proc").expect("proc").flatten() {
         let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
@@ -43,7 +54,7 @@ fn rss_of(data: &Path) -> u64 {
         };
         if String::from_utf8_lossy(&cmd).split('\0').any(|a| a == want)
             && let Ok(status) = std::fs::read_to_string(p.path().join("status"))
-            && let Some(line) = status.lines().find(|l| l.starts_with("VmRSS:"))
+            && let Some(line) = status.lines().find(|l| l.starts_with(field))
         {
             let kb: u64 = line
                 .split_whitespace()
@@ -184,7 +195,7 @@ fn main() {
     let list_rate = listed as f64 / t.elapsed().as_secs_f64();
     assert_eq!(listed, files, "every file listed");
 
-    let (rss, disk) = (rss_of(&data[0]), disk_of(&data[0]));
+    let (rss, peak, disk) = (rss_of(&data[0]), peak_of(&data[0]), disk_of(&data[0]));
     // A member joining now gets the namespace as a snapshot, streamed.
     let t = Instant::now();
     cluster.add_member(4).expect("a fourth member catches up");
@@ -222,6 +233,7 @@ fn main() {
         rss >> 20,
         per(rss, rss0)
     );
+    println!("| member 1 peak resident memory | {} MiB |", peak >> 20);
     println!(
         "| member 1 data on disk (state, log, snapshots) | {} MiB ({:.0} B per inode) |",
         disk >> 20,

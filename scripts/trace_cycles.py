@@ -18,6 +18,8 @@ scheduler's switch and wake-up tracepoints and the syscalls that mark each hop
 - prints, per thread, the µs it ran in an average fast and an average slow cycle:
   what runs only in slow cycles is what they wait for. Meridian's threads are named by
   role: m<id> a metaserver, C<id> a chunkserver, M the mount's serving process;
+- with --syncs, prints per thread the `fdatasync`s that ended in fast and in slow cycles
+  and their mean length: whether the slow cycles wait on the disk;
 - with --show N, prints the N-th cycle's events in order (time from its start, the
   processor, the thread, the event).
 
@@ -118,6 +120,7 @@ def main():
     ap.add_argument("--marker", required=True, help="COMM:SYSCALL that starts a cycle")
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--slow-us", type=float, default=1500.0)
+    ap.add_argument("--syncs", action="store_true", help="print the fdatasyncs per thread")
     ap.add_argument("--show", type=int, help="print this cycle's events")
     a = ap.parse_args()
     comm, syscall = a.marker.split(":", 1)
@@ -183,6 +186,9 @@ def main():
     for who in sorted(threads, key=lambda w: -per(True, w) - per(False, w))[:25]:
         print(f"{who:<26} {per(False, who):>9.0f} {per(True, who):>9.0f}")
 
+    if a.syncs:
+        print_syncs(events, cycles, a.slow_us, label)
+
     if a.show is not None:
         k = a.show
         if not 0 <= k < len(starts) - 1:
@@ -208,6 +214,40 @@ def main():
             else:
                 what = rest[:48]
             print(f"{t - t0:8.0f} cpu{cpu} {label(tid, name):<24} {event:<22} {what}")
+
+
+def print_syncs(events, cycles, slow_us, label):
+    """Each thread's fdatasyncs that ended in fast and in slow cycles: count per cycle and
+    mean length."""
+    began = {}
+    syncs = []  # (end, length, thread)
+    for t, _cpu, tid, name, event, _rest in events:
+        if event == "sys_enter_fdatasync":
+            began[tid] = t
+        elif event == "sys_exit_fdatasync" and tid in began:
+            syncs.append((t, t - began.pop(tid), label(tid, name)))
+    syncs.sort()
+    took = {False: collections.defaultdict(list), True: collections.defaultdict(list)}
+    count = {False: 0, True: 0}
+    first = 0
+    for s, b in cycles:
+        slow = b - s > slow_us
+        count[slow] += 1
+        while first < len(syncs) and syncs[first][0] < s:
+            first += 1
+        for end, length, who in syncs[first:]:
+            if end >= b:
+                break
+            took[slow][who].append(length)
+    print(
+        f"\n{'fdatasyncs of':<26} {'n/fast':>7} {'µs':>6} {'n/slow':>7} {'µs':>6}"
+    )
+    for who in sorted(set(took[False]) | set(took[True])):
+        row = []
+        for slow in (False, True):
+            ls = took[slow][who]
+            row += [len(ls) / max(count[slow], 1), sum(ls) / len(ls) if ls else 0]
+        print(f"{who:<26} {row[0]:>7.2f} {row[1]:>6.0f} {row[2]:>7.2f} {row[3]:>6.0f}")
 
 
 if __name__ == "__main__":

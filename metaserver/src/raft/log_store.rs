@@ -24,18 +24,21 @@
 //! appends the flusher gathers for a while and syncs together, so that its fdatasyncs
 //! leave the disk to the copies a commit waits for (it still answers only once they are
 //! durable).
-//! The live entries stay in memory (the log is purged behind every snapshot), so
-//! replication reads no disk. On
-//! open the file is replayed; a torn or damaged record at the end (a crash mid-append,
-//! before the append was acknowledged) is cut off there. The file is rewritten with only
-//! the live entries when purged records make up most of it.
+//! The live entries are known by where their records are; the most recent of them
+//! ([`HELD_BYTES`] of records) are also held decoded, which is what replication reads, and
+//! older ones are read back from the file when asked for (a follower far behind). The log
+//! between two snapshots grows with the namespace (up to half a snapshot, or 256 MiB), and
+//! held whole it was most of a large member's memory. On open the file is replayed as it
+//! is read; a torn or damaged record at the end (a crash mid-append, before the append was
+//! acknowledged) is cut off there. The file is rewritten with only the live entries when
+//! purged records make up most of it.
 //!
 //! A log written by earlier versions in `log.redb` is imported on first open.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -74,6 +77,19 @@ const REWRITE_SLACK: u64 = 64 << 20;
 /// Zeroed space ahead of the records grows by this much at a time, once less than half
 /// of it is left.
 const GROW: u64 = 2 << 20;
+/// The most recent entries' records, in bytes, whose entries are held decoded.
+const HELD_BYTES: u64 = 32 << 20;
+
+/// A live entry: its log id, where its record is in the file, and the entry itself while
+/// it is among the most recent.
+#[derive(Debug)]
+struct Slot {
+    log_id: LogIdOf<TypeConfig>,
+    /// Where the record starts in the file, and its length.
+    at: u64,
+    len: u64,
+    entry: Option<EntryOf<TypeConfig>>,
+}
 
 /// The log store (and, cloned, its reader).
 #[derive(Clone, Debug)]
@@ -117,8 +133,14 @@ struct Inner {
     /// Zeroed space grows by this much at a time ([`GROW`]; smaller in tests).
     grow: u64,
     /// Live entries and the bytes of their records.
-    entries: BTreeMap<u64, (EntryOf<TypeConfig>, u64)>,
+    entries: BTreeMap<u64, Slot>,
     live_bytes: u64,
+    /// The entries from this index on are held decoded (all of them: the held ones are
+    /// the latest), and their records' bytes.
+    held_from: u64,
+    held_bytes: u64,
+    /// At most this many bytes of records are held decoded ([`HELD_BYTES`]; less in tests).
+    held_limit: u64,
     purged: Option<LogIdOf<TypeConfig>>,
     /// The last committed log id this member learnt (written without fsync).
     committed: Option<LogIdOf<TypeConfig>>,
@@ -199,8 +221,6 @@ impl LogStore {
             Err(e) => return Err(e),
         };
         let path = dir.join("log");
-        let mut bytes = Vec::new();
-        File::open(&path)?.read_to_end(&mut bytes)?;
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             file: Arc::new(OpenOptions::new().read(true).write(true).open(&path)?),
@@ -214,30 +234,32 @@ impl LogStore {
             notices: None,
             encoded: Arc::default(),
             file_len: 0,
-            zeroed: bytes.len() as u64,
+            zeroed: 0,
             rewrite_slack: REWRITE_SLACK,
             grow: GROW,
             entries: BTreeMap::new(),
             live_bytes: 0,
+            held_from: u64::MAX,
+            held_bytes: 0,
+            held_limit: HELD_BYTES,
             purged: None,
             committed: None,
             vote,
         };
-        let mut at = 0usize;
-        while let Some((kind, body, len)) = next_record(&bytes[at..]) {
-            inner.replay(kind, body, len as u64)?;
-            at += len;
-        }
-        if bytes[at..].iter().any(|&b| b != 0) {
+        let (at, size, torn) = replay_file(&path, |kind, body, at, len| {
+            inner.replay(kind, body, at, len)
+        })?;
+        inner.zeroed = size;
+        if torn {
             tracing::warn!(
-                cut = bytes.len() - at,
+                cut = size - at,
                 "raft log: a torn record at the end (an append the crash interrupted) is cut off"
             );
-            inner.file.set_len(at as u64)?;
+            inner.file.set_len(at)?;
             inner.file.sync_all()?;
-            inner.zeroed = at as u64;
+            inner.zeroed = at;
         }
-        inner.file_len = at as u64;
+        inner.file_len = at;
         if inner.grow()? {
             inner.file.sync_all()?;
         }
@@ -337,6 +359,78 @@ impl LogStore {
 
 /// The record at the start of `bytes`: its kind, JSON body and whole length; `None` at
 /// the end or at a torn or damaged record.
+/// Reads the log file at `path` record by record, giving each to `f` with where it starts
+/// and its length; returns where the records end, the file's length, and whether anything
+/// but zeros follows them (a torn or damaged record).
+fn replay_file(
+    path: &Path,
+    mut f: impl FnMut(u8, &[u8], u64, u64) -> io::Result<()>,
+) -> io::Result<(u64, u64, bool)> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut r = io::BufReader::with_capacity(1 << 20, file);
+    let mut at = 0u64;
+    let mut record = Vec::new();
+    loop {
+        let mut head = [0u8; RECORD_HEAD];
+        if read_full(&mut r, &mut head)? < RECORD_HEAD {
+            // Too short for a record: only zeros may follow.
+            return Ok((at, size, head.iter().any(|&b| b != 0)));
+        }
+        let len = u32::from_le_bytes(head[..4].try_into().expect("four bytes")) as usize;
+        let fits = len != 0 && len <= MAX_RECORD && at + (RECORD_HEAD + len) as u64 <= size;
+        if fits {
+            record.clear();
+            record.extend_from_slice(&head);
+            record.resize(RECORD_HEAD + len, 0);
+            r.read_exact(&mut record[RECORD_HEAD..])?;
+            if let Some((kind, body, n)) = next_record(&record) {
+                f(kind, body, at, n as u64)?;
+                at += n as u64;
+                continue;
+            }
+        }
+        // The records end here: anything but zeros from here on is a torn record. (A record
+        // that did not check out was read past; read what follows it from the file.)
+        let mut rest = r.into_inner();
+        std::io::Seek::seek(&mut rest, io::SeekFrom::Start(at))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = rest.read(&mut buf)?;
+            if n == 0 {
+                return Ok((at, size, false));
+            }
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok((at, size, true));
+            }
+        }
+    }
+}
+
+/// Reads into `buf` until it is full or the reader ends; returns how much it read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Reads the entry whose record is at `at` (`len` bytes) in `file`.
+fn read_entry(file: &File, at: u64, len: u64) -> io::Result<EntryOf<TypeConfig>> {
+    let mut record = vec![0u8; len as usize];
+    file.read_exact_at(&mut record, at)?;
+    match next_record(&record) {
+        Some((ENTRY, body, n)) if n as u64 == len => serde_json::from_slice(body).map_err(io_err),
+        _ => Err(io_err(format!(
+            "raft log: the entry's record at {at} ({len} bytes) does not check out"
+        ))),
+    }
+}
+
 fn next_record(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
     let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
     if len == 0 || len > MAX_RECORD {
@@ -350,11 +444,11 @@ fn next_record(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
 }
 
 impl Inner {
-    fn replay(&mut self, kind: u8, body: &[u8], len: u64) -> io::Result<()> {
+    fn replay(&mut self, kind: u8, body: &[u8], at: u64, len: u64) -> io::Result<()> {
         match kind {
             ENTRY => {
                 let e: EntryOf<TypeConfig> = serde_json::from_slice(body).map_err(io_err)?;
-                self.insert(e, len);
+                self.insert(e, at, len);
             }
             TRUNCATE => {
                 let last: Option<LogIdOf<TypeConfig>> =
@@ -373,22 +467,61 @@ impl Inner {
         Ok(())
     }
 
-    fn insert(&mut self, e: EntryOf<TypeConfig>, len: u64) {
+    /// Keeps `e`, whose record is at `at` (`len` bytes), held; lets go of the oldest held
+    /// entries past the limit.
+    fn insert(&mut self, e: EntryOf<TypeConfig>, at: u64, len: u64) {
         // An append after entries a truncate has not removed replaces them (and later ones).
-        self.truncate(e.log_id.index);
+        let index = e.log_id.index;
+        self.truncate(index);
         self.live_bytes += len;
-        self.entries.insert(e.log_id.index, (e, len));
+        if self.held_bytes == 0 {
+            self.held_from = index;
+        }
+        self.held_bytes += len;
+        let slot = Slot {
+            log_id: e.log_id,
+            at,
+            len,
+            entry: Some(e),
+        };
+        self.entries.insert(index, slot);
+        // The newest entry stays held whatever its size.
+        while self.held_bytes > self.held_limit && self.held_from < index {
+            let mut next = self.entries.range_mut(self.held_from..);
+            let Some((_, slot)) = next.next() else { break };
+            if slot.entry.take().is_some() {
+                self.held_bytes -= slot.len;
+            }
+            self.held_from = next.next().map_or(u64::MAX, |(i, _)| *i);
+        }
+    }
+
+    /// Forgets `dropped` entries, held or not.
+    fn forget(&mut self, dropped: BTreeMap<u64, Slot>) {
+        for slot in dropped.values() {
+            self.live_bytes -= slot.len;
+            if slot.entry.is_some() {
+                self.held_bytes -= slot.len;
+            }
+        }
+        if self.held_bytes == 0 {
+            self.held_from = u64::MAX;
+        }
     }
 
     fn truncate(&mut self, from: u64) {
         let dropped = self.entries.split_off(&from);
-        self.live_bytes -= dropped.values().map(|(_, l)| l).sum::<u64>();
+        self.forget(dropped);
     }
 
     fn purge(&mut self, upto: LogIdOf<TypeConfig>) {
         let kept = self.entries.split_off(&(upto.index + 1));
         let dropped = std::mem::replace(&mut self.entries, kept);
-        self.live_bytes -= dropped.values().map(|(_, l)| l).sum::<u64>();
+        self.forget(dropped);
+        if self.held_from <= upto.index {
+            // The held entries are the latest: all of those left.
+            self.held_from = self.entries.first_key_value().map_or(u64::MAX, |(i, _)| *i);
+        }
         if self.purged.as_ref().is_none_or(|p| p.index < upto.index) {
             self.purged = Some(upto);
         }
@@ -426,22 +559,38 @@ impl Inner {
         Ok(true)
     }
 
-    /// Rewrites the file with only the purge point and the live entries.
+    /// Rewrites the file with only the purge point and the live entries (their records
+    /// copied as they are).
     fn rewrite(&mut self) -> io::Result<()> {
         let tmp = self.dir.join("log.rewrite");
-        let mut out = Vec::new();
+        // Read and written: the entries no longer held are read back from it.
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let mut out = BufWriter::with_capacity(1 << 20, f);
+        let mut len = 0u64;
         if let Some(p) = &self.purged {
-            out.extend(record(PURGE, p)?);
+            let r = record(PURGE, p)?;
+            out.write_all(&r)?;
+            len += r.len() as u64;
         }
-        for (e, _) in self.entries.values() {
-            out.extend(record(ENTRY, e)?);
+        let mut buf = Vec::new();
+        for slot in self.entries.values_mut() {
+            buf.resize(slot.len as usize, 0);
+            self.file.read_exact_at(&mut buf, slot.at)?;
+            out.write_all(&buf)?;
+            slot.at = len;
+            len += slot.len;
         }
         if self.committed.is_some() {
-            out.extend(record(COMMITTED, &self.committed)?);
+            let r = record(COMMITTED, &self.committed)?;
+            out.write_all(&r)?;
+            len += r.len() as u64;
         }
-        let f = File::create(&tmp)?;
-        f.write_all_at(&out, 0)?;
-        let len = out.len() as u64;
+        let f = out.into_inner().map_err(|e| e.into_error())?;
         meridian_proto::disk::write_zeros(&f, len, self.grow)?;
         f.sync_all()?;
         fs::rename(&tmp, self.dir.join("log"))?;
@@ -473,12 +622,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
-        Ok(self
-            .lock()
-            .entries
-            .range(bounds(&range))
-            .map(|(_, (e, _))| e.clone())
-            .collect())
+        // Those not held are read from the file after the lock is let go: a record is
+        // never written over (a rewrite makes a new file, and this handle keeps the old).
+        let (file, slots) = {
+            let inner = self.lock();
+            let slots: Vec<Result<EntryOf<TypeConfig>, (u64, u64)>> = inner
+                .entries
+                .range(bounds(&range))
+                .map(|(_, s)| s.entry.clone().ok_or((s.at, s.len)))
+                .collect();
+            (inner.file.clone(), slots)
+        };
+        slots
+            .into_iter()
+            .map(|s| s.or_else(|(at, len)| read_entry(&file, at, len)))
+            .collect()
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
@@ -492,7 +650,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let inner = self.lock();
         let last = match inner.entries.last_key_value() {
-            Some((_, (e, _))) => Some(e.log_id),
+            Some((_, s)) => Some(s.log_id),
             None => inner.purged,
         };
         Ok(LogState {
@@ -549,6 +707,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let encoded = inner.encoded.clone();
         let written = (|| {
             let mut bytes = Vec::new();
+            let start = inner.file_len;
             for e in entries {
                 let leader = *e.log_id.leader_id.node_id();
                 followed.get_or_insert(leader);
@@ -563,8 +722,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     led.push(e.clone());
                 }
                 let r = entry_record(&e, &encoded)?;
+                let at = start + bytes.len() as u64;
                 bytes.extend_from_slice(&r);
-                inner.insert(e, r.len() as u64);
+                inner.insert(e, at, r.len() as u64);
             }
             inner.write(&bytes)
         })();

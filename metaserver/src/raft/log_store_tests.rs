@@ -258,6 +258,73 @@ fn the_vote_is_kept_and_a_purged_file_is_rewritten_smaller() {
     });
 }
 
+/// Entries held decoded in `log`.
+fn held(log: &LogStore) -> usize {
+    let inner = log.lock();
+    inner.entries.values().filter(|s| s.entry.is_some()).count()
+}
+
+fn json(entries: &[EntryOf<TypeConfig>]) -> Vec<Vec<u8>> {
+    entries
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap())
+        .collect()
+}
+
+/// Only the latest entries are held decoded; the others are read back from the file, as
+/// they were appended, through a purge that rewrites the file, a truncate and a reopen.
+#[test]
+fn only_the_latest_entries_are_held_and_the_others_are_read_back_from_the_file() {
+    TypeConfig::run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let mut appended: Vec<_> = (1..=40).map(|i| entry(1 + i / 10, i)).collect();
+        {
+            let mut log = LogStore::open(&path, None).unwrap();
+            append(&mut log, appended[..1].to_vec()).await;
+            let one = log.lock().live_bytes;
+            log.lock().held_limit = 5 * one;
+            append(&mut log, appended[1..20].to_vec()).await;
+            for e in &appended[20..] {
+                append(&mut log, vec![e.clone()]).await;
+            }
+            // Records of later entries are a little longer than the first one's.
+            assert!((3..=5).contains(&held(&log)), "held {}", held(&log));
+            assert!(log.lock().held_bytes <= 5 * one);
+            let all = log.try_get_log_entries(0..).await.unwrap();
+            assert_eq!(json(&all), json(&appended));
+            let some = log.try_get_log_entries(3..7).await.unwrap();
+            assert_eq!(json(&some), json(&appended[2..6]));
+
+            // A purge that rewrites the file: the records moved, and read back from there.
+            let before = log.lock().file_len;
+            log.lock().rewrite_slack = 0;
+            log.purge(appended[29].log_id).await.unwrap();
+            assert!(log.lock().file_len < before);
+            appended.drain(..30);
+            let all = log.try_get_log_entries(0..).await.unwrap();
+            assert_eq!(json(&all), json(&appended));
+
+            // Entries dropped by a truncate are gone, held or not; the next append is held.
+            log.truncate_after(Some(appended[4].log_id)).await.unwrap();
+            appended.truncate(5);
+            appended.push(entry(9, 36));
+            append(&mut log, vec![entry(9, 36)]).await;
+            assert!((1..=5).contains(&held(&log)), "held {}", held(&log));
+            let all = log.try_get_log_entries(0..).await.unwrap();
+            assert_eq!(json(&all), json(&appended));
+            // Everything purged: nothing is held.
+            log.purge(id(9, 36)).await.unwrap();
+            assert_eq!((held(&log), log.lock().held_bytes), (0, 0));
+            append(&mut log, vec![entry(9, 37)]).await;
+            appended = vec![entry(9, 37)];
+        }
+        let mut log = LogStore::open(&path, None).unwrap();
+        let all = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(json(&all), json(&appended));
+    });
+}
+
 #[test]
 fn a_log_of_an_earlier_version_is_imported() {
     use redb::{Database, TableDefinition};

@@ -2,10 +2,10 @@
 //! number of entries makes its cost grow with the namespace, so creating N files costs
 //! O(N²) in snapshots. Here a snapshot is taken once at least `min_entries` entries were
 //! applied since the last one *and* the log since then is at least half the last
-//! snapshot's size (or [`MAX_LOG_BYTES`], which bounds the log kept in memory): rebuilding
+//! snapshot's size (or [`MAX_LOG_BYTES`], which bounds the log a restart replays): rebuilding
 //! then never writes more than about twice the log it lets go, whatever the size of the
 //! namespace. It also publishes what the log holds (`meridian_raft_log_entries`,
-//! `meridian_raft_log_bytes`: its live records, held decoded in memory).
+//! `meridian_raft_log_bytes`: its live records, the latest of them held decoded in memory).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub async fn run(raft: MetaRaft, log: LogStore, snapshots: PathBuf, min_entries:
     let mut waiting_for: Option<u64> = None;
     loop {
         tokio::time::sleep(EVERY).await;
-        // What the log holds in memory (and a restart replays), for the operator.
+        // What the log holds (and a restart replays), for the operator.
         let (entries, log_bytes) = log.live();
         metrics::gauge!("meridian_raft_log_entries").set(entries as f64);
         metrics::gauge!("meridian_raft_log_bytes").set(log_bytes as f64);
