@@ -357,8 +357,6 @@ impl LogStore {
     }
 }
 
-/// The record at the start of `bytes`: its kind, JSON body and whole length; `None` at
-/// the end or at a torn or damaged record.
 /// Reads the log file at `path` record by record, giving each to `f` with where it starts
 /// and its length; returns where the records end, the file's length, and whether anything
 /// but zeros follows them (a torn or damaged record).
@@ -423,14 +421,23 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 fn read_entry(file: &File, at: u64, len: u64) -> io::Result<EntryOf<TypeConfig>> {
     let mut record = vec![0u8; len as usize];
     file.read_exact_at(&mut record, at)?;
-    match next_record(&record) {
-        Some((ENTRY, body, n)) if n as u64 == len => serde_json::from_slice(body).map_err(io_err),
+    serde_json::from_slice(entry_body(&record, at)?).map_err(io_err)
+}
+
+/// The JSON of the entry whose whole record is `record` (read at `at`); an error if it
+/// does not check out.
+fn entry_body(record: &[u8], at: u64) -> io::Result<&[u8]> {
+    match next_record(record) {
+        Some((ENTRY, body, n)) if n == record.len() => Ok(body),
         _ => Err(io_err(format!(
-            "raft log: the entry's record at {at} ({len} bytes) does not check out"
+            "raft log: the entry's record at {at} ({} bytes) does not check out",
+            record.len()
         ))),
     }
 }
 
+/// The record at the start of `bytes`: its kind, JSON body and whole length; `None` at
+/// the end or at a torn or damaged record.
 fn next_record(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
     let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
     if len == 0 || len > MAX_RECORD {
@@ -578,11 +585,13 @@ impl Inner {
             len += r.len() as u64;
         }
         let mut buf = Vec::new();
-        for slot in self.entries.values_mut() {
+        let mut moved = Vec::with_capacity(self.entries.len());
+        for slot in self.entries.values() {
             buf.resize(slot.len as usize, 0);
             self.file.read_exact_at(&mut buf, slot.at)?;
+            entry_body(&buf, slot.at)?;
             out.write_all(&buf)?;
-            slot.at = len;
+            moved.push(len);
             len += slot.len;
         }
         if self.committed.is_some() {
@@ -597,6 +606,9 @@ impl Inner {
         sync_dir(&self.dir)?;
         // The handle stays the file's: writes go on where its records end.
         self.file = Arc::new(f);
+        for (slot, at) in self.entries.values_mut().zip(moved) {
+            slot.at = at;
+        }
         self.file_len = len;
         self.zeroed = len + self.grow;
         Ok(())

@@ -325,6 +325,42 @@ fn only_the_latest_entries_are_held_and_the_others_are_read_back_from_the_file()
     });
 }
 
+/// An entry read back from the file whose record was damaged there is an error, never
+/// another entry; a rewrite that meets it fails rather than copy it.
+#[test]
+fn a_damaged_record_read_back_is_an_error() {
+    TypeConfig::run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log");
+        let mut log = LogStore::open(&path, None).unwrap();
+        append(&mut log, vec![entry(1, 1)]).await;
+        let one = log.lock().live_bytes;
+        log.lock().held_limit = 2 * one;
+        append(&mut log, (2..=8).map(|i| entry(1, i)).collect()).await;
+        let at = log.lock().entries[&2].at;
+        assert!(
+            log.lock().entries[&2].entry.is_none(),
+            "entry 2 is not held"
+        );
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(path.join("log"))
+            .unwrap();
+        file.write_all_at(b"X", at + RECORD_HEAD as u64 + 3)
+            .unwrap();
+        let err = log.try_get_log_entries(2..3).await.unwrap_err();
+        assert!(err.to_string().contains("does not check out"), "{err}");
+        assert_eq!(log.try_get_log_entries(3..4).await.unwrap().len(), 1);
+        let rewritten = log.lock().rewrite();
+        assert!(rewritten.is_err(), "the damage is not copied");
+        let all = log.try_get_log_entries(3..).await.unwrap();
+        assert_eq!(
+            json(&all),
+            json(&(3..=8).map(|i| entry(1, i)).collect::<Vec<_>>())
+        );
+    });
+}
+
 #[test]
 fn a_log_of_an_earlier_version_is_imported() {
     use redb::{Database, TableDefinition};
