@@ -28,10 +28,10 @@
 //! ([`HELD_BYTES`] of records) are also held decoded, which is what replication reads, and
 //! older ones are read back from the file when asked for (a follower far behind). The log
 //! between two snapshots grows with the namespace (up to half a snapshot, or 256 MiB), and
-//! held whole it was most of a large member's memory. On open the file is replayed as it
-//! is read; a torn or damaged record at the end (a crash mid-append, before the append was
-//! acknowledged) is cut off there. The file is rewritten with only the live entries when
-//! purged records make up most of it.
+//! held whole it grew a member's memory with it until the next snapshot. On open the file
+//! is replayed as it is read; a torn or damaged record at the end (a crash mid-append,
+//! before the append was acknowledged) is cut off there. The file is rewritten with only
+//! the live entries when purged records make up most of it.
 //!
 //! A log written by earlier versions in `log.redb` is imported on first open.
 
