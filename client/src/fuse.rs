@@ -638,9 +638,7 @@ impl Filesystem for FuseFs {
         );
         self.spawn(req, async move {
             match fs.getxattr(ino, &name, &c).await {
-                Ok(v) if size == 0 => reply.size(v.len() as u32),
-                Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-                Ok(v) => reply.data(&v),
+                Ok(v) => answer::reply_xattr(reply, size, &v),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -657,13 +655,7 @@ impl Filesystem for FuseFs {
                         buf.extend_from_slice(&n);
                         buf.push(0);
                     }
-                    if size == 0 {
-                        reply.size(buf.len() as u32)
-                    } else if buf.len() > size as usize {
-                        reply.error(Errno::ERANGE)
-                    } else {
-                        reply.data(&buf)
-                    }
+                    answer::reply_xattr(reply, size, &buf)
                 }
                 Err(e) => reply.error(err(e)),
             }

@@ -1,8 +1,8 @@
 //! How a kernel request is answered: polled once on the thread that took it, and moved
 //! with its reply into a tokio task only if it has to wait; the replies shared by several
-//! requests (an entry, an empty answer).
+//! requests (an entry, an empty answer, an extended attribute's bytes).
 
-use fuser::{Generation, ReplyEmpty, ReplyEntry, Request};
+use fuser::{Errno, Generation, ReplyEmpty, ReplyEntry, ReplyXattr, Request};
 use meridian_proto::ns::Attr;
 
 use super::FuseFs;
@@ -87,5 +87,17 @@ impl FuseFs {
             standby: self.standby.clone(),
             before_wait: self.before_wait.clone(),
         }
+    }
+}
+
+/// Answers a getxattr or listxattr asking for at most `size` bytes with `bytes`: their
+/// length when `size` is 0, ERANGE when they do not fit.
+pub(super) fn reply_xattr(reply: ReplyXattr, size: u32, bytes: &[u8]) {
+    if size == 0 {
+        reply.size(bytes.len() as u32)
+    } else if bytes.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(bytes)
     }
 }

@@ -104,20 +104,17 @@ impl Standby {
     /// the kernel names; 0 for its own requests). Several callers at once call back as
     /// many threads standing by, one per request, until each caller has one.
     pub fn enter(&self, caller: u32) {
-        self.enter_at(caller, Instant::now());
+        if self.threads > 1 {
+            self.enter_at(caller, Instant::now());
+        }
     }
 
     fn enter_at(&self, caller: u32, now: Instant) {
-        if self.threads == 1 {
-            return;
-        }
         let mut c = self.lock();
         c.busy += 1;
         c.saw(caller, now, self.threads);
-        if c.out(self.threads) < c.calling(now) && c.standing > c.called {
-            c.called += 1;
-            drop(c);
-            self.called.notify_one();
+        if c.out(self.threads) < c.calling(now) {
+            self.call_back_one(c);
         }
     }
 
@@ -139,8 +136,15 @@ impl Standby {
         if self.threads == 1 {
             return;
         }
-        let mut c = self.lock();
-        if c.reading(self.threads) < readers && c.standing > c.called {
+        let c = self.lock();
+        if c.reading(self.threads) < readers {
+            self.call_back_one(c);
+        }
+    }
+
+    /// Calls back one thread standing by, if one is not called already.
+    fn call_back_one(&self, mut c: MutexGuard<'_, Counts>) {
+        if c.standing > c.called {
             c.called += 1;
             drop(c);
             self.called.notify_one();
@@ -151,13 +155,12 @@ impl Standby {
     /// reads the kernel's queue (until called back, or [`STAND_BY_AT_MOST`]), and returns
     /// to read it.
     pub fn leave(&self) {
-        self.leave_at(Instant::now());
+        if self.threads > 1 {
+            self.leave_at(Instant::now());
+        }
     }
 
     fn leave_at(&self, now: Instant) {
-        if self.threads == 1 {
-            return;
-        }
         let mut c = self.lock();
         c.busy = c.busy.saturating_sub(1);
         // This thread counts as reading now: stand by only if another does, and if as

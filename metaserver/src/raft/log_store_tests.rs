@@ -1,5 +1,6 @@
 //! Tests of the Raft log store (log_store.rs).
 
+use super::records::{RECORD_HEAD, next_record};
 use super::*;
 use crate::raft::Request;
 use openraft::RaftTypeConfig;
