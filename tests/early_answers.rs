@@ -5,8 +5,9 @@
 //! never got it is made by the next leader rather than lost, a change taken early
 //! survives its leader, and on the wire a follower names a client's entries to its one
 //! subscription per stream, the leader its own entries to a subscription that asks for
-//! them, and an early answer says whether the leader's copy counts from its notice as its
-//! call asked.
+//! them, an early answer says whether the leader's copy counts from its notice as its
+//! call asked, and the answer after the commit of a call taken early comes only if no
+//! later call names it settled.
 
 mod common;
 
@@ -293,6 +294,7 @@ async fn a_follower_notices_a_key_holders_entries_once_per_stream_on_the_wire() 
         })),
         early: false,
         leader_notices: false,
+        settled: Vec::new(),
     };
     let key = [0x5e; CLIENT_KEY_LEN];
     let client_id = client_id_of(&key);
@@ -383,6 +385,7 @@ async fn the_leader_notices_its_own_copies_to_who_asks_and_says_so_in_its_early_
         })),
         early: false,
         leader_notices: false,
+        settled: Vec::new(),
     })?;
     // Changes of this client's key, asking for early answers: with the leader's copy
     // counted from its notice (odd calls) or from the answer itself (even ones).
@@ -407,6 +410,7 @@ async fn the_leader_notices_its_own_copies_to_who_asks_and_says_so_in_its_early_
             })),
             early: true,
             leader_notices: asks,
+            settled: Vec::new(),
         })?;
         // Every answer to this call, and the notices meanwhile, up to the final answer.
         loop {
@@ -434,5 +438,109 @@ async fn the_leader_notices_its_own_copies_to_who_asks_and_says_so_in_its_early_
             }
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_after_the_commit_of_a_call_taken_early_comes_only_if_not_named_settled()
+-> Result<()> {
+    use meridian_proto::pb::meta::{Call, CallReply, MutateRequest, call, call_reply};
+    use meridian_proto::{CLIENT_KEY_LEN, client_id_of};
+
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let leader = cluster.wait_leader()?;
+    let file = new_file(&cluster.client()).await?;
+    let channel = meridian_proto::channels::connect(&cluster.nodes[leader].addr)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (calls, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut answers = meridian_proto::channels::meta_client(channel)
+        .calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let client_id = client_id_of(&[0x7d; CLIENT_KEY_LEN]);
+    let change = |id: u64, early: bool, settled: Vec<u64>| -> Result<Call> {
+        Ok(Call {
+            id,
+            call: Some(call::Call::Mutate(MutateRequest {
+                op: serde_json::to_vec(&chmod(file.ino, 0o600 | id as u16))?.into(),
+                client_id,
+                request_id: id,
+                ..Default::default()
+            })),
+            early,
+            leader_notices: false,
+            settled,
+        })
+    };
+    // The replies up to and including `id`'s answer after the commit.
+    async fn until_final(
+        answers: &mut tonic::Streaming<CallReply>,
+        id: u64,
+    ) -> Result<Vec<CallReply>> {
+        let mut seen = Vec::new();
+        loop {
+            let reply = next_reply(answers).await?;
+            let done = reply.id == id && reply.early.is_none();
+            if let Some(call_reply::Reply::Error(e)) = &reply.reply {
+                anyhow::bail!("call {} failed: {}", reply.id, e.message);
+            }
+            seen.push(reply);
+            if done {
+                return Ok(seen);
+            }
+        }
+    }
+    // A change answered early (a leader of three with its copy durable answers early;
+    // the first changes may come before it has the configuration committed: tried
+    // until one is).
+    let mut taken = None;
+    for id in 1..=50 {
+        calls.send(change(id, true, Vec::new())?)?;
+        let replies = until_final(&mut answers, id).await?;
+        if replies.iter().any(|r| r.id == id && r.early.is_some()) {
+            taken = Some(id);
+            break;
+        }
+    }
+    let first = taken.context("no early answer in 50 changes")?;
+    // That one came with its answer after the commit, as nothing named it. The next
+    // change answered early (one may apply behind instead: the next is tried).
+    let mut seen = Vec::new();
+    let mut next = first;
+    let mut next_taken = async |calls: &tokio::sync::mpsc::UnboundedSender<Call>,
+                                answers: &mut tonic::Streaming<CallReply>,
+                                seen: &mut Vec<CallReply>|
+           -> Result<u64> {
+        loop {
+            next += 1;
+            anyhow::ensure!(next <= first + 50, "no early answer in 50 changes");
+            calls.send(change(next, true, Vec::new())?)?;
+            let reply = next_reply(answers).await?;
+            anyhow::ensure!(reply.id == next, "a reply to another call: {reply:?}");
+            let early = reply.early.is_some();
+            seen.push(reply);
+            if early {
+                return Ok(next);
+            }
+        }
+    };
+    let a = next_taken(&calls, &mut answers, &mut seen).await?;
+    // The next call names it: its answer after the commit never comes.
+    let b = a + 100;
+    calls.send(change(b, false, vec![a])?)?;
+    seen.extend(until_final(&mut answers, b).await?);
+    // A change taken early that no call names: its answer after the commit comes, a
+    // while later.
+    let c = next_taken(&calls, &mut answers, &mut seen).await?;
+    seen.extend(until_final(&mut answers, c).await?);
+    let finals_of_a = seen
+        .iter()
+        .filter(|r| r.id == a && r.early.is_none())
+        .count();
+    anyhow::ensure!(
+        finals_of_a == 0,
+        "the answer after the commit of change {a}, named settled, came: {seen:?}"
+    );
     Ok(())
 }

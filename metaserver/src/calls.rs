@@ -23,6 +23,10 @@ use tracing::debug;
 
 use crate::service::{EarlySink, MetaApi, MetaNode};
 
+#[path = "calls_settled.rs"]
+mod settled;
+pub(crate) use settled::Settled;
+
 /// The stream's path, naming its calls in a refusal.
 const CALLS_PATH: &str = "/meridian.meta.v1.MetaService/Calls";
 
@@ -51,6 +55,9 @@ pub(crate) fn serve(
     // Set when the client's side breaks: its calls still running are dropped, as a
     // unary call's handler is when its client goes.
     let (gone_tx, gone) = watch::channel(false);
+    // The answers after the commit of calls answered early, held a while.
+    let settled = Arc::new(Settled::default());
+    tokio::spawn(settled.clone().run(tx.clone()));
     tokio::spawn(async move {
         // One subscription to durable notices per stream: a client asking again is
         // answered as for a call naming no method.
@@ -74,6 +81,7 @@ pub(crate) fn serve(
                 }
                 None => break,
             };
+            settled.taken(&c.settled);
             let mut gone = gone.clone();
             // The notices of the client holding the key (its id alone is public: the
             // change feed shows it to other clients).
@@ -95,9 +103,11 @@ pub(crate) fn serve(
                     id: c.id,
                     answers: tx.clone(),
                     leader_notices: c.leader_notices,
+                    settled: settled.clone(),
                 });
             }
             let admission = admission.clone();
+            let settled = settled.clone();
             tokio::spawn(async move {
                 let id = c.id;
                 let run = async move {
@@ -161,17 +171,19 @@ pub(crate) fn serve(
                 };
                 drop(permit);
                 let (reply, leader) = reply;
-                // The client gone: nobody to answer.
-                let _ = tx
-                    .send(Ok(CallReply {
-                        id,
-                        reply: Some(reply),
-                        leader,
-                        early: None,
-                    }))
-                    .await;
+                let reply = CallReply {
+                    id,
+                    reply: Some(reply),
+                    leader,
+                    early: None,
+                };
+                // Held if answered early; the client gone: nobody to answer.
+                if let Some(reply) = settled.finished(reply) {
+                    let _ = tx.send(Ok(reply)).await;
+                }
             });
         }
+        settled.close();
     });
     Response::new(ReceiverStream::new(rx))
 }

@@ -37,6 +37,9 @@ const REPROBE: Duration = Duration::from_secs(60);
 /// unavailable: the caller moves on to the next member) instead of each trying again,
 /// one after another, behind the member's lock.
 const FAILED_OPEN: Duration = Duration::from_secs(1);
+/// Most calls named as settled on the next call (past it, the answers after the commit
+/// of the others come, and are dropped here as before).
+const SETTLED_MAX: usize = 1024;
 
 /// A unary call's request that also goes on the stream, and its answer.
 pub(super) trait Streamed: Message + Sized {
@@ -112,6 +115,9 @@ struct Stream {
     calls: Mutex<Option<mpsc::UnboundedSender<Call>>>,
     /// A caller's answers: an early answer, then the answer after the commit.
     waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<CallReply>>>,
+    /// Calls whose early answers were taken since the last call went: the next call names
+    /// them, and their answers after the commit need not come (`Call.settled`).
+    settled: Mutex<Vec<u64>>,
     /// Where the member's durable notices go.
     durable: Arc<Durable>,
     next_id: AtomicU64,
@@ -275,9 +281,12 @@ impl Streams {
         let call = Call {
             id,
             call: Some(request.into_call()),
+            settled: std::mem::take(&mut *lock(&stream.settled)),
             early,
-            // This client counts the leader's copy from the leader's notice.
-            leader_notices: early,
+            // This client counts the leader's copy from the answer itself, which the
+            // leader sends once that copy is durable: one message where its answer and its
+            // notice were two (the leader applies beside its sync either way).
+            leader_notices: false,
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
         lock(&stream.waiting).insert(id, tx);
@@ -290,6 +299,16 @@ impl Streams {
             return Err(gone());
         }
         let reply = match tokio::time::timeout(timeout, self.answer(&mut rx)).await {
+            Ok(Some(reply)) if reply.early.is_some() => {
+                // Taken early: the answer after the commit is not waited for, and the
+                // next call says so.
+                lock(&stream.waiting).remove(&id);
+                let mut settled = lock(&stream.settled);
+                if settled.len() < SETTLED_MAX {
+                    settled.push(id);
+                }
+                reply
+            }
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(gone()),
             Err(_) => {
@@ -400,15 +419,18 @@ impl Streams {
                 id: 0,
                 call: Some(call::Call::Notices(Notices {
                     client_key: self.client_key.to_vec().into(),
-                    led: true,
+                    // The followers' copies: the leader's counts from its answer.
+                    led: false,
                 })),
                 early: false,
                 leader_notices: false,
+                settled: Vec::new(),
             });
         }
         let stream = Arc::new(Stream {
             calls: Mutex::new(Some(tx)),
             waiting: Mutex::new(HashMap::new()),
+            settled: Mutex::new(Vec::new()),
             durable: self.durable.clone(),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),

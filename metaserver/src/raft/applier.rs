@@ -386,10 +386,10 @@ impl Applier {
         true
     }
 
-    /// Whether entries should apply ahead before the leader's copy is durable: a handler
-    /// waits for an early answer that may leave then (`early.rs`).
+    /// Whether entries should apply ahead beside the leader's sync rather than after it:
+    /// a handler waits for an early answer (`early.rs`).
     pub(super) fn before_sync(&self) -> bool {
-        self.shared.early.before_sync()
+        self.shared.early.wanted()
     }
 
     /// The thread applying behind: waits until the oldest queued entry has waited

@@ -8,12 +8,13 @@
 //! its place and outcome. Applying is deterministic and the entry's place is final once a
 //! majority holds it, so the outcome is the one the commit will give.
 //!
-//! A client that counts the leader's copy from the leader's durable notice, as it counts
-//! the followers' (`Call.leader_notices`), may be answered before that copy is durable:
-//! while one of those waits, the log's flusher applies the entries this member leads
-//! ahead beside its fdatasync rather than after it, and only those handlers are answered
-//! from that apply ([`Early::before_sync`]). The answer then leaves while the leader's
-//! disk writes, and the client's wait is the first follower's copy and its notice.
+//! While any handler waits, the log's flusher applies the entries this member leads ahead
+//! beside its fdatasync rather than after it ([`Early::wanted`]). A client that counts the
+//! leader's copy from the leader's durable notice, as it counts the followers'
+//! (`Call.leader_notices`), is answered from that apply at once, before the copy is
+//! durable; any other is answered once the flusher's sync returns ([`Early::synced`]), its
+//! answer counting as the leader's copy: one message where the notice and the answer were
+//! two, leaving when the notice left, with the apply's time spent while the disk wrote.
 //!
 //! Whoever reads this member's state for a client waits until every entry answered early
 //! has applied ([`Early::answered`]): a client told its change is committed must not then
@@ -42,6 +43,9 @@ pub type Ahead = (Place, Response);
 #[derive(Debug, Default)]
 pub struct Early {
     waiting: Mutex<HashMap<Key, Waiter>>,
+    /// Answers applied before this member's copy was durable, for handlers whose client
+    /// counts the leader's copy from the answer: they go once the sync returns.
+    held: Mutex<Vec<(oneshot::Sender<Ahead>, Ahead)>>,
     /// Entries in `waiting` (read without the lock on every apply ahead).
     count: AtomicUsize,
     /// Entries in `waiting` that may be answered before this member's copy is durable.
@@ -143,8 +147,8 @@ impl Early {
 
     /// Hands the expected among `entries` (applied ahead, in order) their places and
     /// `responses` (in the same order); with `durable` false (applied before this
-    /// member's copy is durable), only those that may be answered so. The others then go
-    /// without an early answer: these entries do not apply ahead again.
+    /// member's copy is durable), at once only those that may be answered so, and the
+    /// others once the flusher's sync returns ([`Early::synced`]).
     pub(super) fn applied_ahead(
         &self,
         entries: &[(Place, Option<Key>)],
@@ -152,14 +156,38 @@ impl Early {
         durable: bool,
     ) {
         let mut w = self.lock();
+        let mut held = Vec::new();
         for ((at, key), response) in entries.iter().zip(responses) {
             if let Some(k) = key
                 && let Entry::Occupied(waiter) = w.entry(*k)
-                && (durable || waiter.get().before_sync)
             {
                 let waiter = waiter.remove();
                 self.forget(&waiter);
-                let _ = waiter.tx.send((*at, response.clone()));
+                let answer = (*at, response.clone());
+                if durable || waiter.before_sync {
+                    let _ = waiter.tx.send(answer);
+                } else {
+                    held.push((waiter.tx, answer));
+                }
+            }
+        }
+        drop(w);
+        if !held.is_empty() {
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(held);
+        }
+    }
+
+    /// The log's flusher synced the entries it applied ahead before the sync (`ok`: the
+    /// sync succeeded): the answers held for it go (or, after a failure, never do: their
+    /// handlers take the answer after the commit, or its failure).
+    pub(super) fn synced(&self, ok: bool) {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        if ok {
+            for (tx, answer) in held {
+                let _ = tx.send(answer);
             }
         }
     }
@@ -205,7 +233,8 @@ mod tests {
     }
 
     #[test]
-    fn only_a_client_counting_the_leaders_notice_is_answered_before_its_copy_is_durable() {
+    fn a_client_counting_the_leaders_notice_is_answered_at_once_the_others_once_its_copy_is_durable()
+     {
         let early = Arc::new(Early::default());
         let (_a, mut old) = early.expect((5, 1), false).unwrap();
         let (b, mut new) = early.expect((6, 1), true).unwrap();
@@ -219,14 +248,29 @@ mod tests {
             "a client counting the leader's copy from the answer waits for its sync"
         );
         assert!(!early.before_sync());
-        assert!(
-            early.wanted(),
-            "still expected: its answer after the commit comes"
-        );
+        assert!(!early.wanted(), "both are answered from this apply");
         drop(b);
-        early.applied_ahead(&entries, &responses, true);
+        early.synced(true);
         assert_eq!(old.try_recv().unwrap(), ((3, 9), Response::None));
-        assert!(!early.wanted());
+        early.synced(true);
+    }
+
+    #[test]
+    fn an_answer_held_for_a_sync_that_failed_never_goes() {
+        let early = Arc::new(Early::default());
+        let (_guard, mut rx) = early.expect((5, 1), false).unwrap();
+        assert!(early.wanted());
+        early.applied_ahead(&[((3, 9), Some((5, 1)))], &[Response::None], false);
+        assert!(rx.try_recv().is_err(), "held until the sync returns");
+        early.synced(false);
+        assert!(
+            matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
+            "its handler takes the answer after the commit"
+        );
+        // The next sync has nothing of it.
+        let (_again, mut again) = early.expect((5, 2), false).unwrap();
+        early.synced(true);
+        assert!(again.try_recv().is_err());
     }
 
     #[test]

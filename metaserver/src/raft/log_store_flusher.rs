@@ -1,12 +1,12 @@
 //! The log's flusher: one fdatasync for every append written since the last (group
 //! commit), then the clients' durable notices, the appends' completions in order, and the
 //! entries this member leads given to apply ahead of their commit (or beside the sync, on
-//! a thread of their own, while a client counting the leader's copy from its notice waits
-//! for an early answer).
+//! a thread of their own, while a client waits for an early answer: the hook hears when
+//! that sync returned).
 
 use std::fmt::Debug;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -22,14 +22,15 @@ type ApplyAhead = dyn Fn(&[&EntryOf<TypeConfig>], bool) -> bool + Send + Sync;
 /// What the log calls, on its flusher, with the entries this member appended as their
 /// leader once they are durable in it (to apply them ahead of their commit), and which of
 /// them it wants (only those are copied). While `before_sync` says so, it calls `apply`
-/// beside its fdatasync instead (with `durable` false, on a thread of its own), and again
-/// after it with what that did not take. `apply` says whether it took the entries; it
-/// must not wait.
+/// beside its fdatasync instead (with `durable` false, on a thread of its own), then
+/// `synced` once both are done (with whether the sync succeeded), and `apply` again with
+/// what it did not take. `apply` says whether it took the entries; neither may wait.
 #[derive(Clone)]
 pub struct AheadHook {
     pub(super) wants: fn(&EntryOf<TypeConfig>) -> bool,
     apply: Arc<ApplyAhead>,
     before_sync: Arc<dyn Fn() -> bool + Send + Sync>,
+    synced: Arc<dyn Fn(bool) + Send + Sync>,
 }
 
 impl AheadHook {
@@ -41,13 +42,19 @@ impl AheadHook {
             wants,
             apply: Arc::new(apply),
             before_sync: Arc::new(|| false),
+            synced: Arc::new(|_| {}),
         }
     }
 
     /// Applies before the fdatasync while `when` says so (a handler waits for an early
-    /// answer that may leave before this member's copy is durable: `early.rs`).
-    pub fn before_sync(mut self, when: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+    /// answer: `early.rs`), and tells `synced` when that sync returned.
+    pub fn before_sync(
+        mut self,
+        when: impl Fn() -> bool + Send + Sync + 'static,
+        synced: impl Fn(bool) + Send + Sync + 'static,
+    ) -> Self {
         self.before_sync = Arc::new(when);
+        self.synced = Arc::new(synced);
         self
     }
 }
@@ -76,20 +83,21 @@ pub(super) enum Flushed {
 /// Where entries to apply ahead go, and where they come back from with whether the hook
 /// took them.
 type AheadThread = (
-    mpsc::Sender<(AheadHook, Vec<EntryOf<TypeConfig>>)>,
+    mpsc::Sender<(AheadHook, Vec<EntryOf<TypeConfig>>, Arc<Meet>)>,
     mpsc::Receiver<(bool, Vec<EntryOf<TypeConfig>>)>,
 );
 
 /// The thread applying ahead while the flusher syncs (see `flush_loop`). `None` if it
 /// could not be started (the flusher then applies before it syncs).
 fn ahead_thread() -> Option<AheadThread> {
-    let (tx, rx) = mpsc::channel::<(AheadHook, Vec<EntryOf<TypeConfig>>)>();
+    let (tx, rx) = mpsc::channel::<(AheadHook, Vec<EntryOf<TypeConfig>>, Arc<Meet>)>();
     let (done_tx, done) = mpsc::channel();
     std::thread::Builder::new()
         .name("raft-log-ahead".into())
         .spawn(move || {
-            for (hook, led) in rx {
+            for (hook, led, meet) in rx {
                 let took = apply_ahead(&hook, &led, false);
+                meet.applied(&hook);
                 if done_tx.send((took, led)).is_err() {
                     break;
                 }
@@ -99,12 +107,38 @@ fn ahead_thread() -> Option<AheadThread> {
     Some((tx, done))
 }
 
+/// A batch's apply beside its sync, and the sync: whichever ends second tells the hook
+/// the sync returned (its answers waiting for this member's copy go then, neither after
+/// Raft's completions nor before the apply).
+#[derive(Default)]
+struct Meet(AtomicU8);
+
+const APPLIED: u8 = 1;
+const SYNCED: u8 = 2;
+const SYNCED_OK: u8 = 4;
+
+impl Meet {
+    fn applied(&self, hook: &AheadHook) {
+        let was = self.0.fetch_or(APPLIED, Ordering::AcqRel);
+        if was & SYNCED != 0 {
+            (hook.synced)(was & SYNCED_OK != 0);
+        }
+    }
+
+    fn synced(&self, hook: &AheadHook, ok: bool) {
+        let done = if ok { SYNCED | SYNCED_OK } else { SYNCED };
+        if self.0.fetch_or(done, Ordering::AcqRel) & APPLIED != 0 {
+            (hook.synced)(ok);
+        }
+    }
+}
+
 /// What became of a batch's entries given to apply ahead before its sync.
 enum Before {
-    /// None were (no client waits for an answer before this member's copy is durable).
+    /// None were (no client waits for an early answer).
     Nothing,
     /// On the thread applying ahead, while the flusher syncs.
-    OnThread,
+    OnThread(Arc<Meet>),
     /// Given here (no thread): whether the hook took them, and the entries.
     Given(bool, Vec<EntryOf<TypeConfig>>),
 }
@@ -136,9 +170,10 @@ pub(super) fn flush_loop(
             }
             None => (None, None, None),
         };
-        // Clients count this member's copy from its notice: what it leads applies ahead
-        // now, on the thread beside this one while this one syncs, so their early
-        // answers leave while the disk writes (and the sync does not wait for the apply).
+        // Clients wait for early answers: what this member leads applies ahead now, on
+        // the thread beside this one while this one syncs, so that the answers leave as
+        // the sync returns (or while the disk writes, for a client counting this member's
+        // copy from its notice), and the sync does not wait for the apply.
         let mut before = Before::Nothing;
         if let Some(hook) = ahead.as_ref().filter(|a| (a.before_sync)()) {
             let led: Vec<EntryOf<TypeConfig>> = batch
@@ -153,10 +188,13 @@ pub(super) fn flush_loop(
                     helper = ahead_thread();
                 }
                 before = match &helper {
-                    Some((to, _)) => match to.send((hook.clone(), led)) {
-                        Ok(()) => Before::OnThread,
-                        Err(mpsc::SendError((_, led))) => Before::Given(false, led),
-                    },
+                    Some((to, _)) => {
+                        let meet = Arc::new(Meet::default());
+                        match to.send((hook.clone(), led, meet.clone())) {
+                            Ok(()) => Before::OnThread(meet),
+                            Err(mpsc::SendError((_, led, _))) => Before::Given(false, led),
+                        }
+                    }
                     None => {
                         let took = apply_ahead(hook, &led, false);
                         Before::Given(took, led)
@@ -170,7 +208,16 @@ pub(super) fn flush_loop(
         };
         let done = batch.len();
         let mut led = Vec::new();
-        // The clients' notices first, as a follower sends them (see `append`).
+        // The early answers waiting for this member's copy go first (before Raft's
+        // completions wake its worker), or as soon as the apply beside the sync is done.
+        if let Some(hook) = &ahead {
+            match &before {
+                Before::OnThread(meet) => meet.synced(hook, result.is_ok()),
+                Before::Given(..) => (hook.synced)(result.is_ok()),
+                Before::Nothing => {}
+            }
+        }
+        // The clients' notices, as a follower sends them (see `append`).
         if let Some(notices) = notices.as_ref().filter(|_| result.is_ok()) {
             let noticed: Vec<Noticed> = batch
                 .iter()
@@ -201,7 +248,7 @@ pub(super) fn flush_loop(
         // Taken out for the apply before the sync (which Raft's completions above did not
         // wait for: a commit meanwhile applies them itself): applied after it if that did
         // not take them.
-        if let Before::OnThread = before
+        if let Before::OnThread(_) = before
             && let Some((_, back)) = &helper
         {
             before = match back.recv() {

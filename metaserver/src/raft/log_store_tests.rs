@@ -147,15 +147,18 @@ fn a_followers_appends_are_durable_when_append_returns_and_its_own_go_through_th
 }
 
 /// While the hook asks for it, the entries this member leads go to it before the
-/// fdatasync (not durable yet); what it did not take then goes to it again after.
+/// fdatasync (not durable yet), the hook hears once that sync returned, and what it did
+/// not take then goes to it again after.
 #[test]
 fn own_entries_apply_before_the_sync_while_the_hook_asks() {
     TypeConfig::run(async {
         let dir = tempfile::tempdir().unwrap();
         let (tx, given) = mpsc::channel();
+        let synced_tx = Mutex::new(tx.clone());
         let tx = Mutex::new(tx);
         let take = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let takes = take.clone();
+        // A sync's return is told as no entries, durable.
         let hook = AheadHook::new(
             |_| true,
             move |entries, durable| {
@@ -164,7 +167,10 @@ fn own_entries_apply_before_the_sync_while_the_hook_asks() {
                 durable || takes.load(Ordering::Acquire)
             },
         )
-        .before_sync(|| true);
+        .before_sync(
+            || true,
+            move |ok| synced_tx.lock().unwrap().send((Vec::new(), ok)).unwrap(),
+        );
         // Entries of term 1 are led by member 1: this member.
         let mut log = LogStore::open(&dir.path().join("raft-log"), None)
             .unwrap()
@@ -177,6 +183,7 @@ fn own_entries_apply_before_the_sync_while_the_hook_asks() {
             .unwrap();
         r.await.unwrap().unwrap();
         assert_eq!(given.recv_timeout(wait).unwrap(), (vec![1], false));
+        assert_eq!(given.recv_timeout(wait).unwrap(), (vec![], true), "synced");
         // Not taken before the sync: given again once durable.
         take.store(false, Ordering::Release);
         let (t, r) = TypeConfig::oneshot();
@@ -185,6 +192,7 @@ fn own_entries_apply_before_the_sync_while_the_hook_asks() {
             .unwrap();
         r.await.unwrap().unwrap();
         assert_eq!(given.recv_timeout(wait).unwrap(), (vec![2], false));
+        assert_eq!(given.recv_timeout(wait).unwrap(), (vec![], true), "synced");
         assert_eq!(given.recv_timeout(wait).unwrap(), (vec![2], true));
         drop(log);
         assert!(given.recv_timeout(wait).is_err(), "nothing given twice");

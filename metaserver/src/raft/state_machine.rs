@@ -156,12 +156,13 @@ impl StateMachine {
     }
 
     /// What the log calls with the entries this member appends as their leader, once
-    /// they are durable in it (or before, while a client counting the leader's copy from
-    /// its notice waits for an early answer: `early.rs`), to apply them ahead of their
-    /// commit (see `applier.rs`).
+    /// they are durable in it (or beside its sync, while a handler waits for an early
+    /// answer: `early.rs`, which hears when that sync returned), to apply them ahead of
+    /// their commit (see `applier.rs`).
     pub fn ahead(&self) -> super::log_store::AheadHook {
         let applier = Arc::downgrade(&self.applier);
         let asks = applier.clone();
+        let tells = applier.clone();
         super::log_store::AheadHook::new(
             |e| super::applier::ahead_cost(e).is_some(),
             move |entries, durable| {
@@ -170,7 +171,14 @@ impl StateMachine {
                     .is_some_and(|a| a.apply_ahead(entries, durable))
             },
         )
-        .before_sync(move || asks.upgrade().is_some_and(|a| a.before_sync()))
+        .before_sync(
+            move || asks.upgrade().is_some_and(|a| a.before_sync()),
+            move |ok| {
+                if let Some(a) = tells.upgrade() {
+                    a.shared().early.synced(ok);
+                }
+            },
+        )
     }
 
     /// The state database, for reads.

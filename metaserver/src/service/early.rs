@@ -25,6 +25,9 @@ pub struct EarlySink {
     /// The client counts this member's copy from its durable notice (`Call.leader_notices`):
     /// the answer may leave before that copy is durable.
     pub leader_notices: bool,
+    /// The stream's calls answered early (their answers after the commit are held a while:
+    /// `calls_settled.rs`).
+    pub(crate) settled: Arc<crate::calls::Settled>,
 }
 
 impl MetaNode {
@@ -60,12 +63,16 @@ impl MetaNode {
                     self.shared.early.answered_at(index);
                     early.at = Some(LogPlace { term, index });
                     early.leader_notices = sink.leader_notices;
-                    let _ = sink.answers.try_send(Ok(CallReply {
+                    sink.settled.answering_early(sink.id);
+                    let sent = sink.answers.try_send(Ok(CallReply {
                         id: sink.id,
                         reply: Some(reply),
                         leader: String::new(),
                         early: Some(early),
                     }));
+                    if sent.is_err() {
+                        sink.settled.not_answered_early(sink.id);
+                    }
                     metrics::counter!("meridian_meta_early_answers_total").increment(1);
                 }
             }
