@@ -359,12 +359,14 @@ async fn a_follower_notices_a_key_holders_entries_once_per_stream_on_the_wire() 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_notices_its_own_copies_to_who_asks_and_says_so_in_its_early_answers()
--> Result<()> {
-    use meridian_proto::pb::meta::{Call, MutateRequest, Notices, call, call_reply};
-    use meridian_proto::{CLIENT_KEY_LEN, client_id_of};
-
+/// A group of three with a file, and a `Calls` stream opened to its leader by hand.
+async fn leader_stream() -> Result<(
+    MetaCluster,
+    usize,
+    Attr,
+    tokio::sync::mpsc::UnboundedSender<meridian_proto::pb::meta::Call>,
+    tonic::Streaming<meridian_proto::pb::meta::CallReply>,
+)> {
     let mut cluster = MetaCluster::start(3, &[])?;
     let leader = cluster.wait_leader()?;
     let file = new_file(&cluster.client()).await?;
@@ -372,10 +374,20 @@ async fn the_leader_notices_its_own_copies_to_who_asks_and_says_so_in_its_early_
         .await
         .map_err(anyhow::Error::msg)?;
     let (calls, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut answers = meridian_proto::channels::meta_client(channel)
+    let answers = meridian_proto::channels::meta_client(channel)
         .calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
         .await?
         .into_inner();
+    Ok((cluster, leader, file, calls, answers))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_notices_its_own_copies_to_who_asks_and_says_so_in_its_early_answers()
+-> Result<()> {
+    use meridian_proto::pb::meta::{Call, MutateRequest, Notices, call, call_reply};
+    use meridian_proto::{CLIENT_KEY_LEN, client_id_of};
+
+    let (cluster, leader, file, calls, mut answers) = leader_stream().await?;
     let key = [0x3c; CLIENT_KEY_LEN];
     calls.send(Call {
         id: 1,
@@ -447,17 +459,7 @@ async fn the_answer_after_the_commit_of_a_call_taken_early_comes_only_if_not_nam
     use meridian_proto::pb::meta::{Call, CallReply, MutateRequest, call, call_reply};
     use meridian_proto::{CLIENT_KEY_LEN, client_id_of};
 
-    let mut cluster = MetaCluster::start(3, &[])?;
-    let leader = cluster.wait_leader()?;
-    let file = new_file(&cluster.client()).await?;
-    let channel = meridian_proto::channels::connect(&cluster.nodes[leader].addr)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let (calls, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut answers = meridian_proto::channels::meta_client(channel)
-        .calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let (_cluster, _, file, calls, mut answers) = leader_stream().await?;
     let client_id = client_id_of(&[0x7d; CLIENT_KEY_LEN]);
     let change = |id: u64, early: bool, settled: Vec<u64>| -> Result<Call> {
         Ok(Call {
