@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags as FuseRenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use meridian_proto::InodeId;
-use meridian_proto::ns::{Attr, FileKind, RenameFlags, SetAttr, SetTime, XattrMode};
+use meridian_proto::ns::{FileKind, RenameFlags, SetAttr, SetTime, XattrMode};
 use tokio::runtime::Handle;
 
 use crate::fs::{FileSystem, Seek};
@@ -28,14 +27,11 @@ mod dirs;
 mod drain;
 mod notify;
 mod standby;
-use convert::{creds, err, kind, kind_of_mode, time, timespec};
+use convert::{creds, err, kind_of_mode, timespec};
 use dirs::{OpenDirs, reply_listing};
 pub use drain::Drain;
 pub use notify::KernelNotifier;
 use standby::Standby;
-
-/// Preferred I/O size reported to programs (st_blksize).
-const BLKSIZE: u32 = 1 << 20;
 
 /// A volume mounted through FUSE.
 pub struct FuseFs {
@@ -90,39 +86,6 @@ impl FuseFs {
             let writable = flags.map(|f| f.0 & libc::O_ACCMODE != libc::O_RDONLY);
             self.fs
                 .adopt_handle(fh.0, self.ino(ino), append, writable, &creds(req));
-        }
-    }
-
-    fn ino(&self, kernel: INodeNo) -> InodeId {
-        if kernel == INodeNo::ROOT {
-            self.root
-        } else {
-            InodeId(kernel.0)
-        }
-    }
-
-    fn attr(&self, a: &Attr) -> FileAttr {
-        let ino = if a.ino == self.root {
-            INodeNo::ROOT
-        } else {
-            INodeNo(a.ino.0)
-        };
-        FileAttr {
-            ino,
-            size: a.size,
-            blocks: a.size.div_ceil(512),
-            atime: time(a.atime),
-            mtime: time(a.mtime),
-            ctime: time(a.ctime),
-            crtime: time(a.crtime),
-            kind: kind(a.kind),
-            perm: a.perm,
-            nlink: a.nlink,
-            uid: a.uid,
-            gid: a.gid,
-            rdev: a.rdev,
-            blksize: BLKSIZE,
-            flags: 0,
         }
     }
 }

@@ -157,26 +157,26 @@ impl Settled {
     fn due(&self, now: Instant) -> (Vec<CallReply>, Option<Instant>, bool) {
         let mut s = self.lock();
         let closed = s.closed;
-        let mut due = Vec::new();
-        let mut next: Option<Instant> = None;
         if s.held == 0 {
-            return (due, next, closed);
+            return (Vec::new(), None, closed);
         }
-        s.calls.retain(|_, f| match f {
-            Final::Held(_, at) if closed || *at + HOLD <= now => {
-                if let Final::Held(reply, _) = std::mem::replace(f, Final::Taken) {
-                    due.push(reply);
-                }
-                false
-            }
-            Final::Held(_, at) => {
-                let at = *at + HOLD;
-                next = Some(next.map_or(at, |n| n.min(at)));
-                true
-            }
-            _ => true,
-        });
+        let mut due: Vec<CallReply> = s
+            .calls
+            .extract_if(|_, f| matches!(f, Final::Held(_, at) if closed || *at + HOLD <= now))
+            .filter_map(|(_, f)| match f {
+                Final::Held(reply, _) => Some(reply),
+                _ => None,
+            })
+            .collect();
         s.held -= due.len();
+        let next = s
+            .calls
+            .values()
+            .filter_map(|f| match f {
+                Final::Held(_, at) => Some(*at + HOLD),
+                _ => None,
+            })
+            .min();
         due.sort_by_key(|r| r.id);
         (due, next, closed)
     }

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fuser::{Errno, FileType, Request};
-use meridian_proto::ns::{Creds, FileKind, Timespec};
+use fuser::{Errno, FileAttr, FileType, INodeNo, Request};
+use meridian_proto::InodeId;
+use meridian_proto::ns::{Attr, Creds, FileKind, Timespec};
 
 pub(super) fn time(t: Timespec) -> SystemTime {
     if t.sec >= 0 {
@@ -117,4 +118,43 @@ fn read_groups(pid: u32) -> Vec<u32> {
 
 pub(super) fn err(code: i32) -> Errno {
     Errno::from_i32(code)
+}
+
+/// Preferred I/O size reported to programs (st_blksize).
+const BLKSIZE: u32 = 1 << 20;
+
+/// Inode numbers and attributes as the kernel sees them (its root is the volume's).
+impl super::FuseFs {
+    pub(super) fn ino(&self, kernel: INodeNo) -> InodeId {
+        if kernel == INodeNo::ROOT {
+            self.root
+        } else {
+            InodeId(kernel.0)
+        }
+    }
+
+    pub(super) fn attr(&self, a: &Attr) -> FileAttr {
+        let ino = if a.ino == self.root {
+            INodeNo::ROOT
+        } else {
+            INodeNo(a.ino.0)
+        };
+        FileAttr {
+            ino,
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: time(a.atime),
+            mtime: time(a.mtime),
+            ctime: time(a.ctime),
+            crtime: time(a.crtime),
+            kind: kind(a.kind),
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            blksize: BLKSIZE,
+            flags: 0,
+        }
+    }
 }

@@ -48,8 +48,6 @@ pub struct Early {
     held: Mutex<Vec<(oneshot::Sender<Ahead>, Ahead)>>,
     /// Entries in `waiting` (read without the lock on every apply ahead).
     count: AtomicUsize,
-    /// Entries in `waiting` that may be answered before this member's copy is durable.
-    before_sync: AtomicUsize,
     /// The highest index answered early.
     answered: AtomicU64,
 }
@@ -86,8 +84,8 @@ pub struct Expected {
 impl Drop for Expected {
     fn drop(&mut self) {
         let mut w = self.early.lock();
-        if let Some(waiter) = w.remove(&self.key) {
-            self.early.forget(&waiter);
+        if w.remove(&self.key).is_some() {
+            self.early.forget();
         }
     }
 }
@@ -97,12 +95,9 @@ impl Early {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts `waiter` out (taken from `waiting`).
-    fn forget(&self, waiter: &Waiter) {
+    /// Counts a waiter out (taken from `waiting`).
+    fn forget(&self) {
         self.count.fetch_sub(1, Ordering::Release);
-        if waiter.before_sync {
-            self.before_sync.fetch_sub(1, Ordering::Release);
-        }
     }
 
     /// Expects the entry of the change `key`: its place and outcome arrive on the
@@ -121,9 +116,6 @@ impl Early {
         }
         w.insert(key, Waiter { tx, before_sync });
         self.count.fetch_add(1, Ordering::Release);
-        if before_sync {
-            self.before_sync.fetch_add(1, Ordering::Release);
-        }
         drop(w);
         Some((
             Expected {
@@ -137,12 +129,6 @@ impl Early {
     /// Whether any handler expects an entry (checked before looking at entries).
     pub(super) fn wanted(&self) -> bool {
         self.count.load(Ordering::Acquire) > 0
-    }
-
-    /// Whether a handler waits that may be answered before this member's copy of its
-    /// entry is durable (the log's flusher then applies ahead before it syncs).
-    pub fn before_sync(&self) -> bool {
-        self.before_sync.load(Ordering::Acquire) > 0
     }
 
     /// Hands the expected among `entries` (applied ahead, in order) their places and
@@ -162,7 +148,7 @@ impl Early {
                 && let Entry::Occupied(waiter) = w.entry(*k)
             {
                 let waiter = waiter.remove();
-                self.forget(&waiter);
+                self.forget();
                 let answer = (*at, response.clone());
                 if durable || waiter.before_sync {
                     let _ = waiter.tx.send(answer);
@@ -216,7 +202,6 @@ mod tests {
             "one handler per change"
         );
         assert!(early.wanted());
-        assert!(!early.before_sync());
         early.applied_ahead(
             &[
                 ((3, 9), Some((5, 0))),
@@ -238,7 +223,6 @@ mod tests {
         let early = Arc::new(Early::default());
         let (_a, mut old) = early.expect((5, 1), false).unwrap();
         let (b, mut new) = early.expect((6, 1), true).unwrap();
-        assert!(early.before_sync());
         let entries = [((3, 9), Some((5, 1))), ((3, 10), Some((6, 1)))];
         let responses = [Response::None, Response::Cluster(4)];
         early.applied_ahead(&entries, &responses, false);
@@ -247,7 +231,6 @@ mod tests {
             old.try_recv().is_err(),
             "a client counting the leader's copy from the answer waits for its sync"
         );
-        assert!(!early.before_sync());
         assert!(!early.wanted(), "both are answered from this apply");
         drop(b);
         early.synced(true);
