@@ -12,9 +12,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use common::{Region, random_bytes, wait_for};
 use meridian_proto::ns::{Creds, Query, QueryReply};
 
@@ -1127,6 +1127,26 @@ fn kernel_threads_in(pid: u32, nr: libc::c_long) -> usize {
         .count()
 }
 
+/// The syscall each kernel request thread of the mount's process `pid` is in now, in
+/// the order of their names: what a failed wait for them prints.
+fn kernel_threads_now(pid: u32) -> String {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    let mut now: Vec<String> = tasks
+        .flatten()
+        .filter_map(|t| {
+            let name = fs::read_to_string(t.path().join("comm")).ok()?;
+            let call = fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+            let nr = call.split(' ').next().unwrap_or("?").trim().to_string();
+            name.starts_with("fuser-")
+                .then(|| format!("{}: {nr}", name.trim()))
+        })
+        .collect();
+    now.sort();
+    now.join(", ")
+}
+
 /// A read that waits on a chunkserver holds the kernel request thread that took it
 /// (client/src/fuse/standby.rs): the mount's other threads, standing by while one reads
 /// the kernel's queue, take the requests that come meanwhile (and so do they when all
@@ -1134,6 +1154,13 @@ fn kernel_threads_in(pid: u32, nr: libc::c_long) -> usize {
 /// most that may wait so) wait on range ports while this thread makes directories, stats
 /// and lists them: every one is answered before either read can end, and the reads
 /// return the file's bytes once the chunkservers go on.
+///
+/// A read goes to a task, and holds no thread, if it cannot be answered on its first poll
+/// without waiting for something else than the range port (a lock a task of the mount
+/// holds then), and to gRPC after the port's 2 s timeout: the two reads waiting on ports
+/// at once is a state a loaded host does not always reach (two runs in about 180 beside
+/// six to ten busy loops missed it). An attempt that does not reach it lets the reads end, checks their
+/// bytes and tries again with a fresh mount, three times at most.
 #[test]
 fn a_mount_keeps_answering_while_reads_wait_on_stopped_chunkservers() -> Result<()> {
     let region = Region::start()?;
@@ -1147,11 +1174,36 @@ fn a_mount_keeps_answering_while_reads_wait_on_stopped_chunkservers() -> Result<
             &["--no-supervisor", "--threads", "4", "--all-threads-read"][..],
         ),
     ] {
-        let reader = region.mount_with(name, flags)?;
-        answers_while_two_reads_wait(&region, &reader, &data)
-            .with_context(|| format!("the {name} mount"))?;
+        let mut missed = Vec::new();
+        loop {
+            let reader = region.mount_with(&format!("{name}-{}", missed.len()), flags)?;
+            match answers_while_two_reads_wait(&region, &reader, &data)
+                .with_context(|| format!("the {name} mount"))?
+            {
+                Waited::Both => break,
+                Waited::Not(timeline) => {
+                    eprintln!(
+                        "the {name} mount: the reads did not wait on ports at once:\n{timeline}"
+                    );
+                    missed.push(timeline);
+                }
+            }
+            ensure!(
+                missed.len() < 3,
+                "the {name} mount: in three attempts, never both reads waiting on range ports \
+                 in the mount's kernel threads:\n{}",
+                missed.join("\n--\n")
+            );
+        }
     }
     Ok(())
+}
+
+/// Whether both reads of [`answers_while_two_reads_wait`] waited on range ports at once;
+/// if not, the mount's kernel request threads over the wait, whenever they changed.
+enum Waited {
+    Both,
+    Not(String),
 }
 
 /// The check of [`a_mount_keeps_answering_while_reads_wait_on_stopped_chunkservers`] on
@@ -1160,7 +1212,7 @@ fn answers_while_two_reads_wait(
     region: &Region,
     reader: &common::Mount,
     data: &[u8],
-) -> Result<()> {
+) -> Result<Waited> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1195,24 +1247,36 @@ fn answers_while_two_reads_wait(
         })
         .collect();
     let pid = reader.pid().context("the reader's process")?;
-    wait_for(
-        Duration::from_secs(10),
+    // Each read leaves its port for gRPC after 2 s: the two wait together within that.
+    let start = Instant::now();
+    let mut timeline = Vec::new();
+    let both = wait_for(
+        Duration::from_secs(5),
         "both reads waiting on range ports in the mount's kernel threads",
-        || (kernel_threads_in(pid, libc::SYS_recvfrom) == 2).then_some(()),
-    )?;
-    let dir = reader.path.join(format!("meanwhile-{pid}"));
-    fs::create_dir(&dir)?;
-    for i in 0..20 {
-        let d = dir.join(format!("d{i}"));
-        fs::create_dir(&d)?;
-        assert!(fs::metadata(&d)?.is_dir());
+        || {
+            let now = kernel_threads_now(pid);
+            if timeline.last().is_none_or(|(_, last)| *last != now) {
+                timeline.push((start.elapsed(), now));
+            }
+            (kernel_threads_in(pid, libc::SYS_recvfrom) == 2).then_some(())
+        },
+    )
+    .is_ok();
+    if both {
+        let dir = reader.path.join(format!("meanwhile-{pid}"));
+        fs::create_dir(&dir)?;
+        for i in 0..20 {
+            let d = dir.join(format!("d{i}"));
+            fs::create_dir(&d)?;
+            assert!(fs::metadata(&d)?.is_dir());
+        }
+        assert_eq!(fs::read_dir(&dir)?.count(), 20);
+        assert_eq!(
+            ended.load(Ordering::SeqCst),
+            0,
+            "every request was answered while both reads waited"
+        );
     }
-    assert_eq!(fs::read_dir(&dir)?.count(), 20);
-    assert_eq!(
-        ended.load(Ordering::SeqCst),
-        0,
-        "every request was answered while both reads waited"
-    );
     for c in &region.chunks {
         c.pause(false);
     }
@@ -1220,5 +1284,14 @@ fn answers_while_two_reads_wait(
         let (at, got) = r.join().expect("a reader panicked");
         assert!(got? == data[at..at + 4096], "the bytes at {at}");
     }
-    Ok(())
+    Ok(match both {
+        true => Waited::Both,
+        false => Waited::Not(
+            timeline
+                .iter()
+                .map(|(at, threads)| format!("{at:?}: {threads}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+    })
 }
