@@ -36,8 +36,9 @@ use super::TypeConfig;
 pub const BATCH: Duration = Duration::from_millis(10);
 /// An append of at least this many entries is a member catching up: the next is not held.
 const CATCHING_UP: usize = 64;
-/// How often a held append looks again whether the prompt followers still keep up.
-const LOOK_EVERY: Duration = Duration::from_millis(2);
+/// The least a held append waits before it looks again (a moment of [`Pacing::look_by`]
+/// that passed between its look and the reckoning).
+const LOOK_AGAIN: Duration = Duration::from_millis(1);
 /// A prompt follower that has not answered an append for this long is not keeping up
 /// (heartbeats keep an idle one answering).
 const QUIET: Duration = Duration::from_secs(1);
@@ -136,6 +137,26 @@ impl Pacing {
         (!behind).then_some(self.batch)
     }
 
+    /// When a hold ending at `until` must look again whether the prompt followers keep
+    /// up: the first moment one of them could stop keeping up ([`Pacing::hold`]'s
+    /// tests), or `until`. An answer meanwhile only moves that moment later, and an append
+    /// sent after now is unanswered for a batch only after `until` (a hold is at most
+    /// one batch): the held append wakes once or twice, not every few milliseconds. A
+    /// change of roles meanwhile is seen at the next look, within the batch.
+    fn look_by(&self, until: Instant) -> Instant {
+        let r = self.lock();
+        r.prompt
+            .iter()
+            .filter_map(|p| r.streams.get(p))
+            .flat_map(|s| {
+                let waited = s.waiting_since().map(|t| t + self.batch);
+                let quiet = s.last_answer().map(|t| t + QUIET);
+                [waited, quiet]
+            })
+            .flatten()
+            .fold(until, Instant::min)
+    }
+
     /// `requests` for `target`, each taken (and so built) only once its hold is over.
     pub(super) fn paced<S>(self: &Arc<Self>, target: u64, requests: S) -> Paced<S> {
         Paced {
@@ -173,7 +194,8 @@ where
                 self.sleep = None;
                 break;
             }
-            let wake = tokio::time::Instant::from_std(until.min(now + LOOK_EVERY));
+            let look = self.pacing.look_by(until).max(now + LOOK_AGAIN);
+            let wake = tokio::time::Instant::from_std(look.min(until));
             match self.sleep.as_mut() {
                 Some(s) => s.as_mut().reset(wake),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(wake))),
@@ -253,5 +275,32 @@ mod tests {
         off.opened(2, prompt.clone());
         off.set_roles(BTreeSet::from([3]), vec![2]);
         assert_eq!(off.hold(3), None);
+    }
+
+    #[test]
+    fn a_held_append_looks_again_when_a_prompt_follower_could_first_fall_behind() {
+        let pacing = Pacing::new(Duration::from_millis(10));
+        let prompt = Arc::new(Seen::default());
+        pacing.opened(2, prompt.clone());
+        pacing.set_roles(BTreeSet::from([3]), vec![2]);
+        let until = Instant::now() + Duration::from_millis(10);
+        // Nothing unanswered: it cannot fall behind before the hold ends.
+        prompt.set(None, Some(Duration::from_millis(3)));
+        assert_eq!(pacing.look_by(until), until);
+        // An append unanswered for 4 ms falls behind a batch after it was sent.
+        let until = Instant::now() + Duration::from_secs(1);
+        prompt.set(
+            Some(Duration::from_millis(4)),
+            Some(Duration::from_millis(5)),
+        );
+        let sent = prompt.waiting_since().unwrap();
+        assert_eq!(pacing.look_by(until), sent + Duration::from_millis(10));
+        // Quiet for almost a second: that comes first.
+        prompt.set(None, Some(Duration::from_millis(998)));
+        let answered = prompt.last_answer().unwrap();
+        assert_eq!(pacing.look_by(until), answered + QUIET);
+        // A follower that is not prompt counts for nothing.
+        pacing.set_roles(BTreeSet::from([3]), vec![4]);
+        assert_eq!(pacing.look_by(until), until);
     }
 }
