@@ -1110,41 +1110,93 @@ fn an_unlinked_file_stays_usable_through_its_open_descriptor_until_closed() -> R
     Ok(())
 }
 
-/// Threads of the mount's process `pid` named `fuser-*` (its kernel request threads)
-/// that are in the system call `nr` now (from `/proc/PID/task/TID/syscall`).
-fn kernel_threads_in(pid: u32, nr: libc::c_long) -> usize {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    let nr = nr.to_string();
-    tasks
-        .flatten()
-        .filter(|t| {
-            let name = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            let call = fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
-            name.starts_with("fuser-") && call.split(' ').next() == Some(nr.as_str())
+/// A listing is read by offsets: whatever `telldir` gave for an entry, `seekdir` to it
+/// and `readdir` go on from the same place, for "." and "..", the middle and the end, as
+/// on a local disk; an offset past the end lists nothing.
+#[test]
+fn a_listing_goes_on_from_any_offset_telldir_gave() -> Result<()> {
+    let region = Region::start()?;
+    let m = region.mount("m")?;
+    let dir = m.path.join("many");
+    fs::create_dir(&dir)?;
+    let mut made: Vec<String> = (0..1200)
+        .map(|i| format!("{}{i}", "n".repeat(i % 40)))
+        .collect();
+    for name in &made {
+        File::create(dir.join(name))?;
+    }
+    let path = CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: a valid C path; the stream is closed below and used only meanwhile.
+    let d = unsafe { libc::opendir(path.as_ptr()) };
+    ensure!(!d.is_null(), "opendir: {}", std::io::Error::last_os_error());
+    let next = || {
+        // SAFETY: `d` is an open directory stream; the entry is copied out at once.
+        let e = unsafe { libc::readdir(d) };
+        (!e.is_null()).then(|| {
+            // SAFETY: readdir's entry holds a NUL-terminated name.
+            let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+            name.to_string_lossy().into_owned()
         })
-        .count()
+    };
+    let mut seen = Vec::new();
+    loop {
+        // SAFETY: `d` is open.
+        let at = unsafe { libc::telldir(d) };
+        match next() {
+            Some(name) => seen.push((at, name)),
+            None => break,
+        }
+    }
+    // SAFETY: `d` is open.
+    let end = unsafe { libc::telldir(d) };
+    let mut names: Vec<String> = seen.iter().map(|(_, n)| n.clone()).collect();
+    names.sort();
+    made.extend([".".to_string(), "..".to_string()]);
+    made.sort();
+    assert_eq!(names, made, "every name once");
+    for i in [0, 1, 2, 3, 350, seen.len() - 1] {
+        let (at, name) = &seen[i];
+        // SAFETY: `d` is open and `at` came from telldir on it.
+        unsafe { libc::seekdir(d, *at) };
+        assert_eq!(next().as_ref(), Some(name), "the entry at telldir's {at}");
+        assert_eq!(
+            next().as_ref(),
+            seen.get(i + 1).map(|(_, n)| n),
+            "the one after"
+        );
+    }
+    // SAFETY: as above.
+    unsafe { libc::seekdir(d, end) };
+    assert_eq!(next(), None, "nothing past the end");
+    // SAFETY: `d` is open, and not used after.
+    unsafe { libc::closedir(d) };
+    Ok(())
 }
 
-/// The syscall each kernel request thread of the mount's process `pid` is in now, in
-/// the order of their names: what a failed wait for them prints.
-fn kernel_threads_now(pid: u32) -> String {
+/// The mount's kernel request threads (process `pid`'s threads named `fuser-*`), each
+/// with the number of the system call it is in now (from `/proc/PID/task/TID/syscall`;
+/// "running" if none), in the order of their names.
+fn kernel_threads(pid: u32) -> Vec<(String, String)> {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return String::new();
+        return Vec::new();
     };
-    let mut now: Vec<String> = tasks
+    let mut threads: Vec<(String, String)> = tasks
         .flatten()
         .filter_map(|t| {
             let name = fs::read_to_string(t.path().join("comm")).ok()?;
             let call = fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
-            let nr = call.split(' ').next().unwrap_or("?").trim().to_string();
+            let nr = call
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             name.starts_with("fuser-")
-                .then(|| format!("{}: {nr}", name.trim()))
+                .then(|| (name.trim().to_string(), nr))
         })
         .collect();
-    now.sort();
-    now.join(", ")
+    threads.sort();
+    threads
 }
 
 /// A read that waits on a chunkserver holds the kernel request thread that took it
@@ -1248,17 +1300,19 @@ fn answers_while_two_reads_wait(
         .collect();
     let pid = reader.pid().context("the reader's process")?;
     // Each read leaves its port for gRPC after 2 s: the two wait together within that.
+    let recvfrom = libc::SYS_recvfrom.to_string();
     let start = Instant::now();
     let mut timeline = Vec::new();
     let both = wait_for(
         Duration::from_secs(5),
         "both reads waiting on range ports in the mount's kernel threads",
         || {
-            let now = kernel_threads_now(pid);
+            let now = kernel_threads(pid);
+            let waiting = now.iter().filter(|(_, nr)| *nr == recvfrom).count();
             if timeline.last().is_none_or(|(_, last)| *last != now) {
                 timeline.push((start.elapsed(), now));
             }
-            (kernel_threads_in(pid, libc::SYS_recvfrom) == 2).then_some(())
+            (waiting == 2).then_some(())
         },
     )
     .is_ok();
@@ -1289,7 +1343,13 @@ fn answers_while_two_reads_wait(
         false => Waited::Not(
             timeline
                 .iter()
-                .map(|(at, threads)| format!("{at:?}: {threads}"))
+                .map(|(at, threads)| {
+                    let threads: Vec<String> = threads
+                        .iter()
+                        .map(|(name, nr)| format!("{name} {nr}"))
+                        .collect();
+                    format!("{at:?}: {}", threads.join(", "))
+                })
                 .collect::<Vec<_>>()
                 .join("\n"),
         ),

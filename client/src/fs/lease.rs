@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use meridian_proto::InodeId;
 use meridian_proto::ns::{
-    Attr, Creds, DirEntry, Extent, FileKind, NAME_MAX, NsError, Op, Queued, Reply, Timespec,
+    Attr, Creds, Extent, FileKind, NAME_MAX, NsError, Op, Queued, Reply, Timespec,
 };
 use tokio::sync::{Notify, oneshot, watch};
 use tracing::debug;
 
-use super::Errno;
+use super::{Errno, Listing};
 
 mod alone;
 mod demand;
@@ -450,21 +450,15 @@ impl Leases {
     }
 
     /// The entries of leased `dir`, in name order (the servers' order), if it is leased
-    /// here: all of them, its own changes queued or not.
-    pub(super) fn listing(&self, dir: InodeId) -> Option<Vec<DirEntry>> {
+    /// here: all of them, its own changes queued or not, but those `keep` leaves out.
+    pub(super) fn listing(&self, dir: InodeId, keep: impl Fn(&[u8]) -> bool) -> Option<Listing> {
         let mut s = self.lock();
         s.use_dir(dir);
-        let out: Vec<DirEntry> = s
-            .dirs
-            .get(&dir)?
-            .entries
-            .iter()
-            .map(|(name, (ino, kind))| DirEntry {
-                name: name.clone(),
-                ino: *ino,
-                kind: *kind,
-            })
-            .collect();
+        let entries = &s.dirs.get(&dir)?.entries;
+        let mut out = Listing::with_capacity(entries.len());
+        for (name, (ino, kind)) in entries.iter().filter(|(name, _)| keep(name)) {
+            out.push(name, *ino, *kind);
+        }
         Some(out)
     }
 

@@ -3,9 +3,9 @@
 //! that is current, and from the servers otherwise.
 
 use meridian_proto::InodeId;
-use meridian_proto::ns::{Attr, Creds, DirEntry, FileKind, Query, QueryReply, libc_errno};
+use meridian_proto::ns::{Attr, Creds, FileKind, Query, QueryReply, libc_errno};
 
-use super::{Errno, FileSystem, HIDDEN_PREFIX};
+use super::{Errno, FileSystem, HIDDEN_PREFIX, Listing};
 
 impl FileSystem {
     /// The entry `name` in `parent`.
@@ -131,13 +131,13 @@ impl FileSystem {
     }
 
     /// Every entry of a directory, in name order.
-    pub async fn readdir(&self, ino: InodeId, creds: &Creds) -> Result<Vec<DirEntry>, Errno> {
-        if let Some(mut entries) = self.leases.listing(ino) {
-            entries.retain(|e| !e.name.starts_with(HIDDEN_PREFIX));
-            return Ok(entries);
+    pub async fn readdir(&self, ino: InodeId, creds: &Creds) -> Result<Listing, Errno> {
+        let shown = |name: &[u8]| !name.starts_with(HIDDEN_PREFIX);
+        if let Some(listing) = self.leases.listing(ino, shown) {
+            return Ok(listing);
         }
         self.leases.settle().await;
-        let mut out = Vec::new();
+        let mut out = Listing::default();
         let mut after = None;
         loop {
             let q = Query::ReadDir {
@@ -148,11 +148,9 @@ impl FileSystem {
             };
             match self.query(q).await? {
                 QueryReply::Dir { entries, next } => {
-                    out.extend(
-                        entries
-                            .into_iter()
-                            .filter(|e| !e.name.starts_with(HIDDEN_PREFIX)),
-                    );
+                    for e in entries.iter().filter(|e| shown(&e.name)) {
+                        out.push(&e.name, e.ino, e.kind);
+                    }
                     match next {
                         Some(n) => after = Some(n),
                         None => return Ok(out),

@@ -10,47 +10,57 @@ use meridian_proto::InodeId;
 
 use super::FuseFs;
 use super::convert::{creds, kind};
-use crate::fs::FileSystem;
+use crate::fs::{FileSystem, Listing};
 
-/// One directory entry as the kernel sees it.
-pub(super) type DirItem = (INodeNo, FileType, Vec<u8>);
+/// A directory's listing as the kernel reads it: "." and ".." (both `ino`, the
+/// directory's number for the kernel), then the entries.
+pub(super) struct Listed {
+    ino: INodeNo,
+    /// The volume's root inode, which the kernel knows as [`INodeNo::ROOT`].
+    root: InodeId,
+    entries: Listing,
+}
 
 /// Listings taken at opendir, so readdir offsets stay stable while the directory changes.
 #[derive(Default)]
 pub(super) struct OpenDirs {
     pub(super) next: std::sync::atomic::AtomicU64,
-    pub(super) listings: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<DirItem>>>>,
+    pub(super) listings: std::sync::Mutex<std::collections::HashMap<u64, Arc<Listed>>>,
 }
 
-/// A directory's entries as the kernel lists them ("." and ".." first).
+/// A directory's entries as the kernel lists them.
 pub(super) async fn list_dir(
     fs: &FileSystem,
     dir: InodeId,
     ino: INodeNo,
     c: &meridian_proto::ns::Creds,
     root: InodeId,
-) -> Result<Vec<DirItem>, crate::fs::Errno> {
+) -> Result<Listed, crate::fs::Errno> {
     let entries = fs.readdir(dir, c).await?;
-    let mut all: Vec<DirItem> = vec![
-        (ino, FileType::Directory, b".".to_vec()),
-        (ino, FileType::Directory, b"..".to_vec()),
-    ];
-    all.extend(entries.into_iter().map(|e| {
-        let k = if e.ino == root {
-            INodeNo::ROOT
-        } else {
-            INodeNo(e.ino.0)
-        };
-        (k, kind(e.kind), e.name)
-    }));
-    Ok(all)
+    Ok(Listed { ino, root, entries })
 }
 
-/// Answers a readdir from a listing, from `offset` on.
-pub(super) fn reply_listing(listing: &[DirItem], offset: u64, mut reply: ReplyDirectory) {
-    for (i, (k, t, name)) in listing.iter().enumerate().skip(offset as usize) {
-        // The offset of an entry is where the next readdir continues.
-        if reply.add(*k, (i + 1) as u64, *t, OsStr::from_bytes(name)) {
+/// Answers a readdir from a listing, from offset `from` on (the offset of an entry is
+/// where the next readdir continues: its place in the listing, plus one).
+pub(super) fn reply_listing(listing: &Listed, from: u64, mut reply: ReplyDirectory) {
+    let offset = usize::try_from(from).unwrap_or(usize::MAX);
+    let dots = [&b"."[..], &b".."[..]]
+        .into_iter()
+        .map(|name| (name, listing.ino, FileType::Directory));
+    let entries = listing
+        .entries
+        .from(offset.saturating_sub(2))
+        .map(|(name, ino, k)| {
+            let ino = match ino == listing.root {
+                true => INodeNo::ROOT,
+                false => INodeNo(ino.0),
+            };
+            (name, ino, kind(k))
+        });
+    let all = dots.skip(offset).chain(entries);
+    for (j, (name, ino, t)) in all.enumerate() {
+        let at = from.saturating_add(1 + j as u64);
+        if reply.add(ino, at, t, OsStr::from_bytes(name)) {
             break;
         }
     }
@@ -66,7 +76,7 @@ impl FuseFs {
         req: &Request,
         ino: INodeNo,
         fh: Option<u64>,
-        then: impl FnOnce(Result<(u64, Arc<Vec<DirItem>>), crate::fs::Errno>) + Send + 'static,
+        then: impl FnOnce(Result<(u64, Arc<Listed>), crate::fs::Errno>) + Send + 'static,
     ) {
         let (fs, dir, c, root, dirs) = (
             self.fs.clone(),
