@@ -40,7 +40,7 @@ impl Listing {
     }
 
     /// The entries from the `from`th on: name, inode, kind.
-    pub fn from(&self, from: usize) -> impl Iterator<Item = (&[u8], InodeId, FileKind)> {
+    pub fn starting_at(&self, from: usize) -> impl Iterator<Item = (&[u8], InodeId, FileKind)> {
         let start = |i: usize| match i {
             0 => 0,
             i => self.entries[i - 1].0,
@@ -53,7 +53,7 @@ impl Listing {
 
     /// Every entry: name, inode, kind.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], InodeId, FileKind)> {
-        self.from(0)
+        self.starting_at(0)
     }
 }
 
@@ -78,8 +78,8 @@ mod tests {
                 (&b"longer name"[..], InodeId(4), FileKind::Symlink),
             ]
         );
-        assert_eq!(l.from(2).collect::<Vec<_>>(), all[2..]);
-        assert_eq!(l.from(3).count(), 0);
-        assert_eq!(l.from(9).count(), 0);
+        assert_eq!(l.starting_at(2).collect::<Vec<_>>(), all[2..]);
+        assert_eq!(l.starting_at(3).count(), 0);
+        assert_eq!(l.starting_at(9).count(), 0);
     }
 }

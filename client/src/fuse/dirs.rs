@@ -49,7 +49,7 @@ pub(super) fn reply_listing(listing: &Listed, from: u64, mut reply: ReplyDirecto
         .map(|name| (name, listing.ino, FileType::Directory));
     let entries = listing
         .entries
-        .from(offset.saturating_sub(2))
+        .starting_at(offset.saturating_sub(2))
         .map(|(name, ino, k)| {
             let ino = match ino == listing.root {
                 true => INodeNo::ROOT,
