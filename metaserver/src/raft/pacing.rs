@@ -114,11 +114,12 @@ impl Pacing {
         if !r.spares.contains(&target) || r.prompt.is_empty() {
             return None;
         }
+        let now = Instant::now();
         let keeps_up = |p: &u64| {
-            r.streams.get(p).is_some_and(|s| {
-                s.last_answer().is_some_and(|t| t.elapsed() < QUIET)
-                    && s.waiting_since().is_none_or(|t| t.elapsed() < self.batch)
-            })
+            r.streams
+                .get(p)
+                .and_then(|s| self.keeps_up_until(s.as_ref()))
+                .is_some_and(|until| now < until)
         };
         let behind = !r.prompt.iter().all(keeps_up);
         if behind != r.behind {
@@ -148,13 +149,19 @@ impl Pacing {
         r.prompt
             .iter()
             .filter_map(|p| r.streams.get(p))
-            .flat_map(|s| {
-                let waited = s.waiting_since().map(|t| t + self.batch);
-                let quiet = s.last_answer().map(|t| t + QUIET);
-                [waited, quiet]
-            })
-            .flatten()
+            .filter_map(|s| self.keeps_up_until(s.as_ref()))
             .fold(until, Instant::min)
+    }
+
+    /// Until when a follower whose stream answers so keeps up, as nothing more is heard:
+    /// a second after its last answer, and a batch after its oldest unanswered append
+    /// was sent; never, if it has not answered at all.
+    fn keeps_up_until(&self, s: &dyn Answers) -> Option<Instant> {
+        let quiet = s.last_answer()? + QUIET;
+        Some(match s.waiting_since() {
+            Some(t) => quiet.min(t + self.batch),
+            None => quiet,
+        })
     }
 
     /// `requests` for `target`, each taken (and so built) only once its hold is over.
