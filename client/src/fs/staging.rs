@@ -38,10 +38,12 @@ const UNSTAGE_EVERY: Duration = Duration::from_millis(100);
 /// How long a block whose put failed waits before it is tried again (doubling, up to 30 s).
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 
-/// A staged block on its way to the chunkservers.
+/// A staged block on its way to the chunkservers: its plaintext, encoded (compressed) only
+/// when the uploader puts it, off the path of the fsync that staged it.
 struct Upload {
     ino: InodeId,
-    block: EncodedBlock,
+    id: BlockId,
+    data: Bytes,
     retry: Duration,
     /// Counted as this mount's pending (its own commit's), not a repair of another's.
     counted: bool,
@@ -85,12 +87,14 @@ impl Staging {
         self.pending.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Queues the blocks of a commit of `ino` that applied, to be put and unstaged.
-    pub(super) fn uploaded_later(&self, ino: InodeId, blocks: Vec<EncodedBlock>) {
-        for block in blocks {
+    /// Queues the blocks (id and plaintext) of a commit of `ino` that applied, to be put
+    /// and unstaged.
+    pub(super) fn uploaded_later(&self, ino: InodeId, blocks: Vec<(BlockId, Bytes)>) {
+        for (id, data) in blocks {
             let upload = Upload {
                 ino,
-                block,
+                id,
+                data,
                 retry: RETRY_FIRST,
                 counted: true,
             };
@@ -104,17 +108,15 @@ impl Staging {
     /// Queues a block of `ino` read from the metadata to be put and unstaged here: its
     /// writer may be gone (a mount that died before its put), and this mount holds the
     /// bytes. Once per block at a time.
-    fn repair_later(&self, ino: InodeId, data: &Bytes) {
-        let Ok(block) = EncodedBlock::encode_shared(data) else {
-            return;
-        };
+    fn repair_later(&self, ino: InodeId, id: BlockId, data: Bytes) {
         let mut repairing = self.repairing.lock().unwrap_or_else(|p| p.into_inner());
-        if !repairing.insert(block.id) {
+        if !repairing.insert(id) {
             return;
         }
         let upload = Upload {
             ino,
-            block,
+            id,
+            data,
             retry: RETRY_FIRST,
             counted: false,
         };
@@ -164,9 +166,9 @@ impl FileSystem {
             let Some(fs) = me.upgrade() else { return };
             for done in fs.put_staged(batch).await {
                 let entry = put.entry(done.ino).or_default();
-                entry.0.push(done.block.id);
+                entry.0.push(done.id);
                 if done.counted {
-                    entry.1 += done.block.raw_len as usize;
+                    entry.1 += done.data.len();
                 }
                 waiting += 1;
                 oldest.get_or_insert_with(Instant::now);
@@ -182,24 +184,45 @@ impl FileSystem {
     /// after a while (it stays staged meanwhile).
     async fn put_staged(&self, batch: Vec<Upload>) -> Vec<Upload> {
         let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
+        // Encoded on a thread of the blocking pool: a gathering's worth of compression on
+        // the runtime's worker would hold up the answers of the durable calls meanwhile.
+        let plain: Vec<Bytes> = batch.iter().map(|u| u.data.clone()).collect();
+        let encoded = tokio::task::spawn_blocking(move || {
+            plain
+                .iter()
+                .map(|d| EncodedBlock::encode_shared(d).ok())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut uploads = Vec::with_capacity(batch.len());
+        let mut blocks = Vec::with_capacity(batch.len());
+        for (i, u) in batch.into_iter().enumerate() {
+            match encoded.get(i).cloned().flatten() {
+                Some(block) if block.id == u.id => {
+                    uploads.push(u);
+                    blocks.push(block);
+                }
+                _ => self.retry_later(u),
+            }
+        }
         // Those sharing a first placement go to it together; the rest, and any a batch
         // did not store, alone.
-        let blocks: Vec<EncodedBlock> = batch.iter().map(|u| u.block.clone()).collect();
         let batched = self.blocks.put_batched(&blocks, r, w).await;
         let mut done = Vec::new();
         let mut alone = Vec::new();
-        for (u, receipt) in batch.into_iter().zip(batched) {
+        for ((u, block), receipt) in uploads.into_iter().zip(blocks).zip(batched) {
             match receipt {
                 Some(_) => done.push(u),
-                None => alone.push(u),
+                None => alone.push((u, block)),
             }
         }
         let results: Vec<(Upload, bool)> = futures::stream::iter(alone)
-            .map(|u| async move {
-                let ok = match self.blocks.put(&u.block, r, w).await {
+            .map(|(u, block)| async move {
+                let ok = match self.blocks.put(&block, r, w).await {
                     Ok(_) => true,
                     Err(e) => {
-                        debug!(block = %u.block.id, error = %e, "staged block not put yet");
+                        debug!(block = %u.id, error = %e, "staged block not put yet");
                         false
                     }
                 };
@@ -264,7 +287,7 @@ impl FileSystem {
         match self.meta.query(&q, false).await {
             Ok(QueryReply::Bytes(data)) if BlockId::of(&data) == e.block => {
                 let data = Bytes::from(data);
-                self.staging.repair_later(ino, &data);
+                self.staging.repair_later(ino, e.block, data.clone());
                 Some(data)
             }
             Ok(_) => {

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use meridian_proto::ns::{
     Attr, Creds, Extent, FileKind, Op, Reply, StagedBlock, Timespec, libc_errno,
 };
-use meridian_proto::{EncodedBlock, InodeId};
+use meridian_proto::{BlockId, EncodedBlock, InodeId};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::warn;
 
@@ -509,20 +509,19 @@ impl FileSystem {
         bytes: usize,
         end: u64,
     ) -> Result<u64, Errno> {
+        // Only hashed here: the uploader compresses them when it puts them, off the path
+        // of this fsync (a few kilobytes' lz4 and its tables cost more than the hash).
         let mut blocks = Vec::with_capacity(packs.len());
         let mut extents = Vec::new();
         let mut staged = Vec::with_capacity(packs.len());
         for (parts, data) in packs {
-            let Ok(block) = EncodedBlock::encode_shared(data) else {
-                self.staging.forget(bytes);
-                return Err(libc_errno::EIO);
-            };
-            extents.extend(extents_of(parts, block.id, block.raw_len));
+            let id = BlockId::of(data);
+            extents.extend(extents_of(parts, id, data.len() as u32));
             staged.push(StagedBlock {
-                id: block.id,
+                id,
                 data: data.to_vec(),
             });
-            blocks.push(block);
+            blocks.push((id, data.clone()));
         }
         match self
             .commit_extents(ino, creds, extents, end, staged, CommitFor::Fsync)
@@ -530,8 +529,8 @@ impl FileSystem {
         {
             Ok(size) => {
                 // Read back here from memory; elsewhere from the metadata until it is put.
-                for ((_, data), block) in packs.iter().zip(&blocks) {
-                    self.cache.insert(block.id, data.clone());
+                for (id, data) in &blocks {
+                    self.cache.insert(*id, data.clone());
                 }
                 self.staging.uploaded_later(ino, blocks);
                 Ok(size)
