@@ -187,23 +187,36 @@ impl FileSystem {
         // Encoded on a thread of the blocking pool: a gathering's worth of compression on
         // the runtime's worker would hold up the answers of the durable calls meanwhile.
         let plain: Vec<Bytes> = batch.iter().map(|u| u.data.clone()).collect();
-        let encoded = tokio::task::spawn_blocking(move || {
+        let encoding = tokio::task::spawn_blocking(move || {
             plain
                 .iter()
                 .map(|d| EncodedBlock::encode_shared(d).ok())
                 .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
+        });
+        let Ok(encoded) = encoding.await else {
+            // The encoding panicked: tried again later, as a failed put is.
+            for u in batch {
+                self.retry_later(u);
+            }
+            return Vec::new();
+        };
         let mut uploads = Vec::with_capacity(batch.len());
         let mut blocks = Vec::with_capacity(batch.len());
-        for (i, u) in batch.into_iter().enumerate() {
-            match encoded.get(i).cloned().flatten() {
-                Some(block) if block.id == u.id => {
+        for (u, block) in batch.into_iter().zip(encoded) {
+            match block {
+                Some(block) => {
                     uploads.push(u);
                     blocks.push(block);
                 }
-                _ => self.retry_later(u),
+                None => {
+                    // Past a block's largest size (a commit stages far less): it could
+                    // never be put from here, and stays staged for the chunkservers to
+                    // adopt (ADR 0018).
+                    warn!(block = %u.id, "a staged block this mount cannot encode is left staged");
+                    if u.counted {
+                        self.staging.forget(u.data.len());
+                    }
+                }
             }
         }
         // Those sharing a first placement go to it together; the rest, and any a batch
