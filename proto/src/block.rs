@@ -117,20 +117,30 @@ pub struct EncodedBlock {
 impl EncodedBlock {
     /// Hashes and compresses `plaintext`, keeping it uncompressed when lz4 does not help.
     pub fn encode(plaintext: &[u8]) -> Result<Self, BlockError> {
-        Self::encode_with(plaintext, || Bytes::copy_from_slice(plaintext))
+        Self::encode_with(plaintext, BlockId::of, || Bytes::copy_from_slice(plaintext))
     }
 
     /// As [`encode`](Self::encode); a block left uncompressed shares `plaintext`'s buffer.
     pub fn encode_shared(plaintext: &Bytes) -> Result<Self, BlockError> {
-        Self::encode_with(plaintext, || plaintext.clone())
+        Self::encode_with(plaintext, BlockId::of, || plaintext.clone())
     }
 
-    fn encode_with(plaintext: &[u8], raw: impl FnOnce() -> Bytes) -> Result<Self, BlockError> {
+    /// As [`encode_shared`](Self::encode_shared), for plaintext the caller has hashed to
+    /// `id` already: it is not hashed again (a chunkserver checks it at the put).
+    pub fn encode_hashed(id: BlockId, plaintext: &Bytes) -> Result<Self, BlockError> {
+        Self::encode_with(plaintext, |_| id, || plaintext.clone())
+    }
+
+    fn encode_with(
+        plaintext: &[u8],
+        id: impl FnOnce(&[u8]) -> BlockId,
+        raw: impl FnOnce() -> Bytes,
+    ) -> Result<Self, BlockError> {
         let raw_len = u32::try_from(plaintext.len())
             .ok()
             .filter(|len| *len <= MAX_BLOCK_LEN)
             .ok_or(BlockError::TooLarge(plaintext.len() as u64))?;
-        let id = BlockId::of(plaintext);
+        let id = id(plaintext);
         let framed = worth_compressing(plaintext).then(|| FrameTable::compress(plaintext));
         let (compression, payload) = match framed {
             Some(c) if c.len() < plaintext.len() => (Compression::Lz4Frames, Bytes::from(c)),

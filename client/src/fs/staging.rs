@@ -186,11 +186,12 @@ impl FileSystem {
         let (r, w) = (self.volume.policy.replicas, self.volume.policy.min_copies);
         // Encoded on a thread of the blocking pool: a gathering's worth of compression on
         // the runtime's worker would hold up the answers of the durable calls meanwhile.
-        let plain: Vec<Bytes> = batch.iter().map(|u| u.data.clone()).collect();
+        // Each was hashed to its id when staged (or checked against it when read back).
+        let plain: Vec<(BlockId, Bytes)> = batch.iter().map(|u| (u.id, u.data.clone())).collect();
         let encoding = tokio::task::spawn_blocking(move || {
             plain
                 .iter()
-                .map(|d| EncodedBlock::encode_shared(d).ok())
+                .map(|(id, d)| EncodedBlock::encode_hashed(*id, d).ok())
                 .collect::<Vec<_>>()
         });
         let Ok(encoded) = encoding.await else {
