@@ -3,16 +3,16 @@
 //!     scripts/durable_floor.sh [ROUNDS [BYTES]]   (compiles this with rustc and runs it)
 //!
 //! Three processes on loopback, as a mount and two members of a Raft group that the
-//! mount's durable change needs (a majority of three): the client sends a change of
-//! BYTES (512 by default, about a create's write-back; 5,632 is an fsync'd 4 KiB write's
-//! commit with its block staged) to the "leader", which writes it to its log
-//! file, forwards it to the "follower" and fdatasyncs; the follower writes and
-//! fdatasyncs it and tells the client directly; the leader tells the client once its own
-//! sync returns. The client counts the change durable with both answers, then sends the
-//! next, one at a time as the bench's loops do. Plain blocking sockets (TCP_NODELAY) and
-//! `pwrite` + `fdatasync` over log files whose space is written with zeros beforehand:
-//! no runtime, no HTTP/2, no encoding, no Raft bookkeeping, no FUSE. Whatever a durable
-//! round costs on this host beyond this is the software's.
+//! mount's durable change needs (a majority of three): the client sends a change of BYTES
+//! (512 by default, about a create's write-back; 5,632 is an fsync'd 4 KiB write's commit
+//! with its block staged) to the "leader", which writes it to its log file, forwards it to
+//! the "follower" and fdatasyncs; the follower writes and fdatasyncs it and tells the
+//! client directly; the leader tells the client once its own sync returns. The client
+//! counts the change durable with both answers, then sends the next, one at a time as the
+//! bench's loops do. Plain blocking sockets (TCP_NODELAY) and `pwrite` + `fdatasync` over
+//! log files whose space is written with zeros beforehand: no runtime, no HTTP/2, no
+//! encoding, no Raft bookkeeping, no FUSE. Whatever a durable round costs on this host
+//! beyond this is the software's.
 //!
 //! Each mode runs ROUNDS round trips and prints their rate, median and 90th percentile:
 //! - `hops`: the same messages, no sync anywhere;
@@ -53,8 +53,10 @@ fn main() {
         _ => {
             let rounds: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5000);
             let bytes = args.get(2).map_or(512, |b| size(b));
-            let dir = std::env::var("FLOOR_DIR").unwrap_or_else(|_| "/tmp/durable-floor".into());
-            let dir = PathBuf::from(dir);
+            let dir = std::env::var("FLOOR_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| std::env::temp_dir())
+                .join(format!("durable-floor.{}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("make the floor's directory");
             println!("| mode | rounds/s | p50 (µs) | p90 (µs) |");
             println!("|---|---:|---:|---:|");

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The floor of one durable round on this host (see scripts/durable_floor.rs): compiles
 # it with rustc (std only) and runs it. Usage: scripts/durable_floor.sh [ROUNDS [BYTES]]
-# FLOOR_DIR: where the log files go (default /tmp/durable-floor; put it on the disk the
-# servers under test use).
+# FLOOR_DIR: under which its log files go, in a folder of their own removed at the end
+# (default /tmp; put it on the disk the servers under test use).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=$(mktemp -d)
