@@ -629,3 +629,43 @@ fn staged_blocks_are_encoded_and_put_by_their_writer() -> Result<()> {
     }
     Ok(())
 }
+
+/// A removed file of many extents (written at scattered offsets, as a database or an
+/// image is) loses its name at once and its extents in steps the leader proposes
+/// (`namespace/trim.rs`): fsck finds nothing wrong meanwhile, and in the end no extent is
+/// left and nothing is missing.
+#[test]
+fn a_removed_files_many_extents_are_dropped_in_steps() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("writer")?;
+    let path = mnt.path.join("scattered");
+    let pieces = 1_500u64;
+    let f = File::create(&path)?;
+    for i in 0..pieces {
+        // 512 bytes every 8 KiB: holes between, so no two pieces make one extent.
+        f.write_all_at(&[(i % 251) as u8; 512], i * 8192)?;
+    }
+    f.sync_all()?;
+    drop(f);
+    let (report, clean) = common::fsck(&region.meta_addrs())?;
+    assert!(clean, "{report}");
+    let extents = report["extents"].as_u64().context("fsck counts extents")?;
+    assert!(extents >= pieces, "{extents} extents: {report}");
+    fs::remove_file(&path)?;
+    assert!(!path.exists());
+    let report = common::wait_for(
+        std::time::Duration::from_secs(30),
+        "the removed file's extents dropped",
+        || {
+            let (report, clean) = common::fsck(&region.meta_addrs()).ok()?;
+            // Clean at every look: the extents left behind belong to their mark.
+            assert!(clean, "{report}");
+            (report["extents"] == 0).then_some(report)
+        },
+    )?;
+    assert!(
+        report["missing"].as_array().is_some_and(Vec::is_empty),
+        "{report}"
+    );
+    Ok(())
+}

@@ -16,6 +16,7 @@ pub mod regions;
 pub mod server;
 pub mod service;
 pub mod tokens;
+pub mod trim;
 pub mod watch;
 
 pub use config::MetaConfig;

@@ -152,6 +152,7 @@ pub async fn run(
         tokio::spawn(crate::regions::promise_loop(node.clone())),
         tokio::spawn(crate::backfill::backfill_loop(node.clone())),
         tokio::spawn(crate::copy::sweep_loop(node.clone())),
+        tokio::spawn(crate::trim::trim_loop(node.clone())),
         tokio::spawn(crate::link_detector::detect_loop(
             node.clone(),
             Duration::from_millis(config.peer_unreachable_after_ms),

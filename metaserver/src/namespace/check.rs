@@ -191,6 +191,15 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
         }
     }
 
+    // Removed files whose extents are dropped in steps (`trim.rs`), in the same range.
+    if let Some(state) = super::merge::state_table(tx)? {
+        for m in super::trim::pending(&state)? {
+            if (from..end).contains(&m.ino.0) && owners.insert(m.ino.0, m.volume).is_some() {
+                problem(format!("inode {}: both live and removed", m.ino));
+            }
+        }
+    }
+
     // Every extent in the page's number range.
     let lo = pair_key(from, 0);
     let hi = pair_key(end, 0);

@@ -25,6 +25,7 @@ pub mod relay;
 pub mod settle;
 pub mod staging;
 pub mod tables;
+pub mod trim;
 mod volume_ids;
 mod write_tables;
 
@@ -79,3 +80,5 @@ mod staging_tests;
 mod test_regions;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trim_tests;

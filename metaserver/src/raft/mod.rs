@@ -47,6 +47,9 @@ pub enum Request {
     InstallImage(crate::namespace::backfill::ImagePart),
     /// One step of dropping a volume that left this region.
     LeaveStep(u32),
+    /// One step of dropping the extents a removed file left behind
+    /// (`namespace/trim.rs`).
+    TrimStep(meridian_proto::InodeId),
     /// Every block of a volume brought into this region is here.
     BlocksBroughtIn(u32),
     /// Bringing a volume into this region is given up: its image will never come.
@@ -74,6 +77,7 @@ impl fmt::Display for Request {
             Request::PeerNote(n) => write!(f, "peer-note:{}", n.region.0),
             Request::InstallImage(p) => write!(f, "install-image:{}", p.volume),
             Request::LeaveStep(v) => write!(f, "leave-step:{v}"),
+            Request::TrimStep(ino) => write!(f, "trim-step:{ino}"),
             Request::BlocksBroughtIn(v) => write!(f, "blocks-brought-in:{v}"),
             Request::CancelBackfill(v) => write!(f, "cancel-backfill:{v}"),
             Request::Relayed(r) => write!(f, "relayed:{r:?}"),

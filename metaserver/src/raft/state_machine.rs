@@ -423,6 +423,13 @@ pub(super) fn apply_into<'e>(
                     ..Default::default()
                 }))
             }
+            EntryPayload::Normal(Request::TrimStep(ino)) => {
+                let outcome = store_fails(log_id, namespace::trim::trim_step(&mut ns, *ino))?;
+                Response::Remote(outcome.map(|done| namespace::MergeOutcome {
+                    applied: u64::from(done),
+                    ..Default::default()
+                }))
+            }
             EntryPayload::Normal(Request::CopyBegin(b)) => Response::Ns(store_fails(
                 log_id,
                 namespace::ops::copy::begin(&mut ns, b),

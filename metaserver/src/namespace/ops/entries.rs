@@ -7,7 +7,7 @@ use meridian_proto::{Hlc, InodeId};
 use crate::namespace::access::{W, X, check_access, check_name, check_sticky};
 use crate::namespace::conflict::{entry_of, find_entry, keep_replaced, live, live_dir, volume_for};
 use crate::namespace::ctx::*;
-use crate::namespace::tables::{Tomb, WriteTables, read_dirent, read_extents, read_inode};
+use crate::namespace::tables::{Tomb, WriteTables, read_dirent, read_inode};
 use crate::namespace::types::*;
 
 /// What a create makes.
@@ -252,9 +252,7 @@ fn drop_link(
             at: ctx.hlc,
         })?;
     } else {
-        for e in read_extents(t.extents()?, ino, 0, u64::MAX)? {
-            t.remove_extent(ino, &e)?;
-        }
+        crate::namespace::trim::drop_extents(t, ino, victim.attr.volume)?;
         t.del_xattrs(ino)?;
     }
     t.del_inode(ino)?;
