@@ -337,7 +337,8 @@ impl Footprint {
                     self.pins = Some(EVERY_VOLUME);
                 }
                 Tab::Unref => self.pins = Some(EVERY_VOLUME),
-                Tab::RefsBy | Tab::UsageBy | Tab::Conflicts => {}
+                // This region's housekeeping beside the inode's removal, which counts.
+                Tab::RefsBy | Tab::UsageBy | Tab::Conflicts | Tab::Trims => {}
             }
         }
     }

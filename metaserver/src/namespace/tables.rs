@@ -122,6 +122,9 @@ pub enum Tab {
     Unref,
     Tombs,
     Conflicts,
+    /// A mark of a removed file whose extents are dropped in steps, in the region's state
+    /// (key: the mark's key there; see `trim.rs`).
+    Trims,
     /// Not a table: a block's count (key: the block) changed by the value (i64, big
     /// endian). Undone by taking it back off whatever the count is by then, so records
     /// that are not undone keep what they added (counts commute).

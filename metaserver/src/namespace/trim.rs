@@ -19,7 +19,7 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::merge::StateTable;
-use super::tables::{decode_extent, json_err, pair_key, store_err};
+use super::tables::{Tab, decode_extent, json_err, pair_key, store_err};
 use super::types::{Extent, NsError};
 use super::write_tables::WriteTables;
 
@@ -72,11 +72,9 @@ pub(crate) fn drop_extents(
         return Ok(());
     }
     let mark = serde_json::to_vec(&Trim { ino, volume }).map_err(json_err)?;
-    t.region_state
-        .open_mut()?
-        .insert(key(ino).as_str(), mark.as_slice())
-        .map_err(store_err)?;
-    Ok(())
+    // Through the record's undo, like the inode's removal: a command refused after this
+    // (which restores what it wrote) leaves no mark on a file that keeps its name.
+    t.write(Tab::Trims, key(ino).as_bytes(), Some(&mark))
 }
 
 /// Drops up to [`STEP`] more extents of marked file `ino`: whether none are left (the mark
@@ -104,10 +102,7 @@ pub fn trim_step(t: &mut WriteTables<'_>, ino: InodeId) -> Result<bool, NsError>
     t.undo = saved;
     result?;
     if extents.len() < STEP {
-        t.region_state
-            .open_mut()?
-            .remove(k.as_str())
-            .map_err(store_err)?;
+        t.write(Tab::Trims, k.as_bytes(), None)?;
         return Ok(true);
     }
     Ok(false)

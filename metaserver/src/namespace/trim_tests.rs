@@ -113,3 +113,25 @@ fn a_large_files_extents_are_dropped_in_steps_and_fsck_accounts_for_them_meanwhi
     assert!(r.write(|t| trim::trim_step(t, f)).unwrap());
     assert_consistent(r);
 }
+
+#[test]
+fn a_refused_command_that_removed_a_large_file_leaves_no_mark() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "large");
+    fragment(r, f, INLINE + 1);
+    let volume = r.read(|x| x.getattr(f)).unwrap().volume;
+    // As `apply` does for a command that fails after it wrote: what the record overwrote
+    // goes back, the mark with it.
+    let marked_then_restored = r.write(|t| {
+        t.begin_record(meridian_proto::Hlc::default(), false);
+        trim::drop_extents(t, f, volume).unwrap();
+        let images = t.end_record();
+        let marked = trim::pending(t.region_state.open().unwrap()).unwrap();
+        t.restore(&images).unwrap();
+        marked
+    });
+    assert_eq!(marked_then_restored, vec![trim::Trim { ino: f, volume }]);
+    assert!(marks(r).is_empty());
+    assert_eq!(extents_of(r, f), INLINE + 1);
+}

@@ -214,6 +214,11 @@ impl<'txn> WriteTables<'txn> {
                     .map_err(|_| NsError::Store("damaged volume key".into()))?;
                 bytes(self.volumes.open()?.get(name).map_err(store_err)?)
             }
+            Tab::Trims => {
+                let name = std::str::from_utf8(key)
+                    .map_err(|_| NsError::Store("damaged trim key".into()))?;
+                bytes(self.region_state.open()?.get(name).map_err(store_err)?)
+            }
             Tab::Refs => num(self.block_refs.open()?.get(key).map_err(store_err)?),
             Tab::Unref => num(self.unreferenced.open()?.get(key).map_err(store_err)?),
             Tab::RefsBy | Tab::UsageBy | Tab::DirBy | Tab::Read => {
@@ -273,6 +278,11 @@ impl<'txn> WriteTables<'txn> {
                 let name = std::str::from_utf8(key)
                     .map_err(|_| NsError::Store("damaged volume key".into()))?;
                 bytes(self.volumes.open_mut()?, name, val)
+            }
+            Tab::Trims => {
+                let name = std::str::from_utf8(key)
+                    .map_err(|_| NsError::Store("damaged trim key".into()))?;
+                bytes(self.region_state.open_mut()?, name, val)
             }
             Tab::Refs => num(self.block_refs.open_mut()?, key, val),
             Tab::Unref => num(self.unreferenced.open_mut()?, key, val),
