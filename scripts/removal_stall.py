@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""How long other clients' changes wait while a file of many extents is removed.
+
+    scripts/removal_stall.py MOUNT_DIR [--creates N]      (needs fio)
+
+Writes the peers bench's fio file in MOUNT_DIR the way its jobs do (1 GiB sequential,
+then 6 s of random 4 KiB direct writes and 6 s of fsync'd ones: about 150,000 extents on
+Meridian), then creates N empty files one after another (each closed: one durable round)
+while another thread removes the fio file 1 s in. Prints the removal's own time, the
+creates' rate, and the slowest creates (when, how long). Run it on a fresh rig per build,
+alternated (docs/PERFORMANCE.md, forty-sixth round: 406-455 ms behind one removal before
+the extents were dropped in steps, 22-31 ms after).
+"""
+
+import argparse
+import os
+import subprocess
+import threading
+import time
+
+
+def fio(path, *args):
+    subprocess.run(
+        ["fio", "--name=job", f"--filename={path}", "--ioengine=psync", "--iodepth=1",
+         "--numjobs=1", "--fallocate=none", "--output-format=terse", *args],
+        check=True, stdout=subprocess.DEVNULL)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir")
+    ap.add_argument("--creates", type=int, default=3000)
+    a = ap.parse_args()
+    work = os.path.join(a.dir, "removal-stall.%d" % os.getpid())
+    os.makedirs(os.path.join(work, "creates"))
+    big = os.path.join(work, "fio.dat")
+    fio(big, "--rw=write", "--bs=1M", "--size=1G", "--direct=0", "--end_fsync=1")
+    timed = ["--time_based", "--runtime=6", "--ramp_time=1", "--bs=4k", "--size=1G"]
+    fio(big, "--rw=randwrite", "--direct=1", *timed)
+    fio(big, "--rw=randwrite", "--direct=0", "--fsync=1", *timed)
+
+    removal = {}
+
+    def remove():
+        time.sleep(1.0)
+        t = time.perf_counter()
+        os.unlink(big)
+        removal["ms"] = (time.perf_counter() - t) * 1000
+
+    th = threading.Thread(target=remove)
+    lat = []
+    start = time.perf_counter()
+    th.start()
+    for i in range(a.creates):
+        t = time.perf_counter()
+        name = os.path.join(work, "creates", "f%06d" % i)
+        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        lat.append((t - start, time.perf_counter() - t))
+    elapsed = time.perf_counter() - start
+    th.join()
+    slowest = sorted(sorted(lat, key=lambda x: -x[1])[:8])
+    print("removal %.1f ms; %d creates at %.0f/s; slowest (at s: ms): %s" % (
+        removal["ms"], a.creates, a.creates / elapsed,
+        ", ".join("%.2f: %.1f" % (at, d * 1000) for at, d in slowest)))
+    for i in range(a.creates):
+        os.unlink(os.path.join(work, "creates", "f%06d" % i))
+    os.rmdir(os.path.join(work, "creates"))
+    os.rmdir(work)
+
+
+if __name__ == "__main__":
+    main()
