@@ -36,20 +36,16 @@ const LOG_BYTES: u64 = 64 << 20;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("leader") => leader(
-            &args[2],
-            &args[3],
-            Path::new(&args[4]),
-            args[5] == "1",
-            size(&args[6]),
-        ),
-        Some("follower") => follower(
-            &args[2],
-            &args[3],
-            Path::new(&args[4]),
-            args[5] == "1",
-            size(&args[6]),
-        ),
+        Some(role @ ("leader" | "follower")) => {
+            let serve = if role == "leader" { leader } else { follower };
+            serve(
+                &args[2],
+                &args[3],
+                Path::new(&args[4]),
+                args[5] == "1",
+                size(&args[6]),
+            )
+        }
         _ => {
             let rounds: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5000);
             let bytes = args.get(2).map_or(512, |b| size(b));

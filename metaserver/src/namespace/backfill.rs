@@ -68,12 +68,7 @@ pub(super) fn json_err(e: serde_json::Error) -> NsError {
 
 /// Every backfill this region knows of, finished ones included.
 pub fn all(t: &impl StateTable) -> Result<Vec<Backfill>, NsError> {
-    let mut out = Vec::new();
-    for item in t.range("backfill/".."backfill0").map_err(store_err)? {
-        let (_, v) = item.map_err(store_err)?;
-        out.push(serde_json::from_slice(v.value()).map_err(json_err)?);
-    }
-    Ok(out)
+    merge::state_records(t, "backfill/", json_err)
 }
 
 /// The backfill of `volume`, if one was ever started here.

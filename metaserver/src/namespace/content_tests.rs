@@ -21,10 +21,6 @@ fn layout(r: &Region, ino: InodeId) -> (u64, Vec<(u64, u64, u32, BlockId)>) {
     (size, ext)
 }
 
-fn refs(r: &Region, b: &BlockId) -> u64 {
-    r.read(|x| x.block_refs(b)).unwrap()
-}
-
 #[test]
 fn a_punched_hole_drops_the_bytes_and_keeps_the_size() {
     let mut rs = regions(1);

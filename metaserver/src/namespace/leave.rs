@@ -54,12 +54,7 @@ pub fn leaving(t: &impl StateTable, volume: u32) -> Result<Option<Leaving>, NsEr
 
 /// Every volume that left or is leaving this region.
 pub fn all_leaving(t: &impl StateTable) -> Result<Vec<Leaving>, NsError> {
-    let mut out = Vec::new();
-    for item in t.range("leave/".."leave0").map_err(store_err)? {
-        let (_, v) = item.map_err(store_err)?;
-        out.push(serde_json::from_slice(v.value()).map_err(json_err)?);
-    }
-    Ok(out)
+    merge::state_records(t, "leave/", json_err)
 }
 
 fn put_leaving(t: &mut WriteTables<'_>, l: &Leaving) -> Result<(), NsError> {

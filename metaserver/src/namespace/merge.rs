@@ -36,6 +36,23 @@ use super::types::*;
 pub trait StateTable: ReadableTable<&'static str, &'static [u8]> {}
 impl<T: ReadableTable<&'static str, &'static [u8]>> StateTable for T {}
 
+/// The records kept in REGION_STATE under `prefix` (a name and a slash: "leave/"), in key
+/// order, decoded from JSON (`damaged` names a record that does not decode).
+pub(crate) fn state_records<T: serde::de::DeserializeOwned>(
+    t: &impl StateTable,
+    prefix: &str,
+    damaged: fn(serde_json::Error) -> NsError,
+) -> Result<Vec<T>, NsError> {
+    // Every key under the prefix sorts before the prefix with its slash made a '0'.
+    let end = format!("{}0", prefix.trim_end_matches('/'));
+    let mut out = Vec::new();
+    for item in t.range(prefix..end.as_str()).map_err(store_err)? {
+        let (_, v) = item.map_err(store_err)?;
+        out.push(serde_json::from_slice(v.value()).map_err(damaged)?);
+    }
+    Ok(out)
+}
+
 /// REGION_STATE of a read transaction (none before the first write).
 pub fn state_table(
     tx: &ReadTransaction,

@@ -483,6 +483,11 @@ pub(super) fn extents_using(r: &Region, block: &BlockId) -> u64 {
         .count() as u64
 }
 
+/// How many references the region counts for `block`.
+pub(super) fn refs(r: &Region, block: &BlockId) -> u64 {
+    r.read(|x| x.block_refs(block)).unwrap()
+}
+
 /// A file's size and every extent it has.
 pub(super) fn file_extents(r: &Region, ino: InodeId) -> (u64, Vec<Extent>) {
     let size = r.read(|x| x.getattr(ino)).unwrap().size;

@@ -110,10 +110,5 @@ pub fn trim_step(t: &mut WriteTables<'_>, ino: InodeId) -> Result<bool, NsError>
 
 /// Every marked file, in inode order.
 pub fn pending(t: &impl StateTable) -> Result<Vec<Trim>, NsError> {
-    let mut out = Vec::new();
-    for item in t.range("trim/".."trim0").map_err(store_err)? {
-        let (_, v) = item.map_err(store_err)?;
-        out.push(serde_json::from_slice(v.value()).map_err(json_err)?);
-    }
-    Ok(out)
+    super::merge::state_records(t, "trim/", json_err)
 }

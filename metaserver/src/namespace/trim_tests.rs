@@ -44,14 +44,6 @@ fn extents_of(r: &Region, ino: InodeId) -> usize {
     t.range(lo.as_slice()..hi.as_slice()).unwrap().count()
 }
 
-fn refs(r: &Region, block: &BlockId) -> u64 {
-    let tx = r.db.begin_read().unwrap();
-    let t = tx.open_table(BLOCK_REFS).unwrap();
-    t.get(block.as_bytes().as_slice())
-        .unwrap()
-        .map_or(0, |v| v.value())
-}
-
 fn marks(r: &Region) -> Vec<trim::Trim> {
     let tx = r.db.begin_read().unwrap();
     let state = super::merge::state_table(&tx).unwrap().unwrap();
