@@ -360,6 +360,10 @@ struct MetaArgs {
     /// calls (tests of a group of mixed versions; never in production).
     #[arg(long, hide = true)]
     no_calls_stream: bool,
+    /// Serve no calls port beside gRPC (clients then make their calls through gRPC):
+    /// for networks that open only the listen port. None is served with TLS on.
+    #[arg(long)]
+    no_calls_port: bool,
     /// Make every fdatasync of the Raft log this many microseconds longer, as a slow disk
     /// would (tests of a slow member; never in production).
     #[arg(long, hide = true)]
@@ -412,6 +416,7 @@ impl MetaArgs {
         }
         c.init |= self.init;
         c.no_calls_stream |= self.no_calls_stream;
+        c.no_calls_port |= self.no_calls_port;
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }

@@ -585,3 +585,115 @@ fn range_ports_speak_mutual_tls_and_refuse_what_grpc_refuses() -> Result<()> {
     assert!(again.is_err(), "a revoked certificate read: {again:?}");
     Ok(())
 }
+
+/// One call naming no method on the calls port at `address`, with this process's
+/// identity: its answer (an error under the call's id), or why none came.
+async fn call_on_port(address: &str) -> Result<meridian_proto::pb::meta::CallReply> {
+    use meridian_proto::calls_wire;
+    use meridian_proto::pb::meta::{Call, CallReply};
+    use tokio::io::AsyncWriteExt;
+
+    let second = std::time::Duration::from_secs(5);
+    let mut conn = meridian_proto::port_conn::dial_async(address, second, second).await?;
+    let mut frames = Vec::new();
+    calls_wire::put_bytes(&mut frames, b"");
+    calls_wire::put(
+        &mut frames,
+        &Call {
+            id: 41,
+            ..Default::default()
+        },
+    );
+    conn.io.write_all(&frames).await?;
+    conn.io.flush().await?;
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        calls_wire::read_message::<CallReply, _>(&mut conn.io),
+    )
+    .await??;
+    reply.context("the connection ended without an answer")
+}
+
+#[test]
+fn calls_ports_speak_mutual_tls_and_refuse_strangers() -> Result<()> {
+    use meridian_proto::ns::*;
+    use meridian_proto::pb::meta::CallsPortRequest;
+    use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
+
+    let dir = tempfile::tempdir()?;
+    let ours = deployment(dir.path(), "ca", &ROLES)?;
+    let theirs = deployment(dir.path(), "other", &[("stranger", "client")])?;
+    let (meta, _chunks, _addrs) = tls_region(3, &ours)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+
+    // The operator's calls go through the members' ports, on TLS.
+    install_identity(&ours[3])?;
+    let client = meta.client();
+    let created = rt.block_on(client.mutate(&Op::CreateVolume {
+        name: "calls".into(),
+        policy: VolumePolicy::default(),
+    }))?;
+    let Reply::Volume(v) = created else {
+        anyhow::bail!("no volume: {created:?}");
+    };
+    let file = rt.block_on(client.mutate(&create_op(v.root, "f")))?;
+    assert!(matches!(file, Reply::Attr(_)), "{file:?}");
+    assert!(
+        client.calls_through_port() >= 2,
+        "calls through the port on TLS: {}",
+        client.calls_through_port()
+    );
+
+    let leader = meta.addrs()[0].clone();
+    let port = rt.block_on(async {
+        let channel = meridian_proto::channels::endpoint(&leader)?
+            .connect()
+            .await?;
+        let reply = MetaServiceClient::new(channel)
+            .calls_port(CallsPortRequest {})
+            .await?;
+        anyhow::Ok(reply.into_inner().port)
+    })?;
+    anyhow::ensure!(port != 0, "no calls port announced on TLS");
+    let address = format!("127.0.0.1:{port}");
+
+    // A mount's certificate is answered; another CA's is not.
+    install_identity(&ours[2])?;
+    let reply = rt.block_on(call_on_port(&address))?;
+    assert_eq!(reply.id, 41, "{reply:?}");
+    install_identity(&theirs[0])?;
+    let stranger = rt.block_on(call_on_port(&address));
+    assert!(
+        stranger.is_err(),
+        "another CA's certificate was answered: {stranger:?}"
+    );
+
+    // Plaintext gets no answer.
+    let mut plain = std::net::TcpStream::connect(&address)?;
+    plain.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut frames = Vec::new();
+    meridian_proto::calls_wire::put_bytes(&mut frames, b"");
+    meridian_proto::calls_wire::put(
+        &mut frames,
+        &meridian_proto::pb::meta::Call {
+            id: 41,
+            ..Default::default()
+        },
+    );
+    plain.write_all(&frames)?;
+    plain.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+    let answered = rt.block_on(meridian_proto::calls_wire::read_message::<
+        meridian_proto::pb::meta::CallReply,
+        _,
+    >(&mut answer.as_slice()));
+    assert!(
+        !matches!(answered, Ok(Some(ref r)) if r.id == 41),
+        "a plaintext call was answered: {answered:?}"
+    );
+    Ok(())
+}

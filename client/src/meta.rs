@@ -4,6 +4,7 @@
 //! at most once.
 
 mod calls;
+mod calls_port;
 mod durable;
 
 use std::future::Future;
@@ -272,7 +273,13 @@ impl MetaClient {
         }
         match self
             .streams
-            .call(member, &client, request, CALL_TIMEOUT)
+            .call(
+                member,
+                &client,
+                !self.pool.routes(member),
+                request,
+                CALL_TIMEOUT,
+            )
             .await?
         {
             Ok((answer, leader)) => {
@@ -309,7 +316,8 @@ impl MetaClient {
             };
             let client = meridian_proto::channels::meta_client(ch);
             let (streams, addr) = (self.streams.clone(), addr.clone());
-            tokio::spawn(async move { streams.open(&addr, &client).await });
+            let direct = !self.pool.routes(&addr);
+            tokio::spawn(async move { streams.open(&addr, &client, direct).await });
         }
     }
 
@@ -410,6 +418,12 @@ impl MetaClient {
     /// came (`meta/durable.rs`).
     pub fn early_answers(&self) -> (u64, u64) {
         self.streams.early_answers()
+    }
+
+    /// Calls this client sent through members' calls ports (docs/adr/0024) rather than
+    /// gRPC.
+    pub fn calls_through_port(&self) -> u64 {
+        self.streams.port_calls()
     }
 
     /// This client's id: the servers record it with each change it makes.

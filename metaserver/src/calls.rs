@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use meridian_proto::fair::Admission;
 use meridian_proto::pb::meta::meta_service_server::MetaService;
 use meridian_proto::pb::meta::{Call, CallError, CallReply, Durable, LogPlace, call, call_reply};
@@ -18,7 +18,8 @@ use meridian_proto::{CLIENT_KEY_LEN, client_id_of};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::metadata::MetadataMap;
+use tonic::{Extensions, Request, Response, Status, Streaming};
 use tracing::debug;
 
 use crate::service::{EarlySink, MetaApi, MetaNode};
@@ -46,7 +47,20 @@ pub(crate) fn serve(
     node: Arc<MetaNode>,
     request: Request<Streaming<Call>>,
 ) -> Response<CallAnswers> {
-    let (metadata, extensions, mut calls) = request.into_parts();
+    let (metadata, extensions, calls) = request.into_parts();
+    Response::new(ReceiverStream::new(serve_parts(
+        node, metadata, extensions, calls,
+    )))
+}
+
+/// Serves `calls`, made under `metadata` (the token) and `extensions` (the connection's
+/// facts and the client's share) as a stream's opening request is: the answers.
+pub(crate) fn serve_parts(
+    node: Arc<MetaNode>,
+    metadata: MetadataMap,
+    extensions: Extensions,
+    mut calls: impl Stream<Item = Result<Call, Status>> + Send + Unpin + 'static,
+) -> mpsc::Receiver<Result<CallReply, Status>> {
     // Each call waits for the client's share as a unary call would (`fair.rs`).
     let admission = extensions.get::<Admission>().cloned();
     let mut stopping = node.stopping.subscribe();
@@ -185,7 +199,7 @@ pub(crate) fn serve(
         }
         settled.close();
     });
-    Response::new(ReceiverStream::new(rx))
+    rx
 }
 
 /// A `Notices` call: tells the stream which entries of `client`'s changes this member

@@ -62,6 +62,10 @@ pub struct MetaConfig {
     /// clients use unary calls: tests of a group of mixed versions; never in production.
     #[serde(default)]
     pub no_calls_stream: bool,
+    /// Serve no calls port (clients then make their calls on gRPC's `Calls` stream):
+    /// deployments that filter ports. With TLS on, there is none anyway.
+    #[serde(default)]
+    pub no_calls_port: bool,
     /// Added to every fdatasync of the Raft log, in microseconds, as a slow disk would:
     /// tests of a slow member; 0 in production.
     #[serde(default)]
@@ -116,6 +120,7 @@ impl Default for MetaConfig {
             peer_unreachable_after_ms: 10_000,
             copy_pause_ms: 0,
             no_calls_stream: false,
+            no_calls_port: false,
             fault_sync_delay_us: 0,
             max_requests: meridian_proto::fair::Limits::default().total,
             max_requests_per_client: meridian_proto::fair::Limits::default().per_client,

@@ -2,6 +2,7 @@
 
 pub mod backfill;
 pub mod calls;
+pub mod calls_port;
 pub mod cluster;
 pub mod config;
 pub mod copy;

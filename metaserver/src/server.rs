@@ -39,6 +39,16 @@ pub async fn run(
         .advertise
         .clone()
         .unwrap_or_else(|| bound.to_string());
+    // Beside gRPC, on its IP: clients reach it at the host they reach gRPC at.
+    let calls_listener = if config.no_calls_port || config.no_calls_stream {
+        None
+    } else {
+        Some(
+            crate::calls_port::listen(bound.ip())
+                .await
+                .map_err(|e| MetaError::Io(format!("calls port on {}: {e}", bound.ip())))?,
+        )
+    };
 
     let log = LogStore::open(
         &config.data.join("raft-log"),
@@ -139,6 +149,10 @@ pub async fn run(
         relayed: Default::default(),
         copy_pause: Duration::from_millis(config.copy_pause_ms),
         no_calls_stream: config.no_calls_stream,
+        calls_port: calls_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(0, |a| a.port()),
         log: node_log,
         stopping: tokio::sync::watch::Sender::new(false),
     });
@@ -173,33 +187,41 @@ pub async fn run(
     let relays = node.clone();
     println!("meridian meta {} listening on {bound}", config.id);
     info!(member = config.id, %bound, %advertise, data = %config.data.display(), "metaserver serving");
-    let served = channels::server(meridian_proto::fair::Limits {
+    let fair = meridian_proto::fair::FairLayer::new(meridian_proto::fair::Limits {
         total: config.max_requests,
         per_client: config.max_requests_per_client,
         timeout: std::time::Duration::from_millis(config.request_timeout_ms),
         per_client_rate: config.max_requests_per_client_per_sec,
-    })
-    .add_service(
-        MetaServiceServer::new(MetaApi(node))
+    });
+    if let Some(listener) = calls_listener {
+        region_tasks.push(tokio::spawn(crate::calls_port::serve(
+            node.clone(),
+            listener,
+            fair.clone(),
+        )));
+    }
+    let served = channels::server_sharing(fair)
+        .add_service(
+            MetaServiceServer::new(MetaApi(node))
+                .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
+                .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
+        )
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            RaftServiceServer::new(RaftRpc::new(
+                raft.clone(),
+                config.data.join("snapshots"),
+                encoded,
+            ))
             .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
             .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
-    )
-    .add_service(tonic::service::interceptor::InterceptedService::new(
-        RaftServiceServer::new(RaftRpc::new(
-            raft.clone(),
-            config.data.join("snapshots"),
-            encoded,
+            // Only metaservers take part in Raft.
+            |request: tonic::Request<()>| {
+                meridian_proto::tls::require_role(&request, &[meridian_proto::tls::META])
+                    .map(|()| request)
+            },
         ))
-        .max_decoding_message_size(channels::META_MESSAGE_LIMIT)
-        .max_encoding_message_size(channels::META_MESSAGE_LIMIT),
-        // Only metaservers take part in Raft.
-        |request: tonic::Request<()>| {
-            meridian_proto::tls::require_role(&request, &[meridian_proto::tls::META])
-                .map(|()| request)
-        },
-    ))
-    .serve_with_incoming_shutdown(channels::incoming(listener), shutdown)
-    .await;
+        .serve_with_incoming_shutdown(channels::incoming(listener), shutdown)
+        .await;
     detector.abort();
     snapshot_task.abort();
     spare_task.abort();

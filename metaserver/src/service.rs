@@ -74,6 +74,8 @@ pub struct MetaNode {
     pub copy_pause: std::time::Duration,
     /// Answers `Calls` as unimplemented, as a member older than the stream (tests only).
     pub no_calls_stream: bool,
+    /// The port of its calls port (`calls_port.rs`); 0 if it has none.
+    pub calls_port: u16,
     /// Its Raft log (how long its syncs take lately, for the status).
     pub log: crate::raft::log_store::LogStore,
     /// Set once the server is stopping: long-lived streams (`Calls`) end, so that the
@@ -485,6 +487,21 @@ impl MetaService for MetaApi {
             ));
         }
         Ok(crate::calls::serve(self.0.clone(), request))
+    }
+
+    async fn calls_port(
+        &self,
+        _request: Request<CallsPortRequest>,
+    ) -> Result<Response<CallsPortReply>, Status> {
+        // None for a member acting older than `Calls`.
+        let port = if self.0.no_calls_stream {
+            0
+        } else {
+            self.0.calls_port
+        };
+        Ok(Response::new(CallsPortReply {
+            port: u32::from(port),
+        }))
     }
 
     async fn region_status(

@@ -140,13 +140,23 @@ pub fn server(
 ) -> tonic::transport::Server<
     tower::layer::util::Stack<crate::fair::FairLayer, tower::layer::util::Identity>,
 > {
+    server_sharing(crate::fair::FairLayer::new(limits))
+}
+
+/// As [`server`], with the shares of `fair` (which a server's other ports admit their
+/// calls with too).
+pub fn server_sharing(
+    fair: crate::fair::FairLayer,
+) -> tonic::transport::Server<
+    tower::layer::util::Stack<crate::fair::FairLayer, tower::layer::util::Identity>,
+> {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(PING_EVERY))
         .http2_keepalive_timeout(Some(PING_TIMEOUT))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(Some(MAX_FRAME))
-        .layer(crate::fair::FairLayer::new(limits))
+        .layer(fair)
 }
 
 pub use crate::tls_incoming::incoming;

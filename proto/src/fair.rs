@@ -129,7 +129,27 @@ impl FairLayer {
     }
 }
 
+impl FairLayer {
+    /// What the layer admits a request of the connection `info` with: for the calls of a
+    /// connection that does not go through the layer (the metaserver's calls port).
+    pub fn admission(&self, info: &ConnInfo) -> Admission {
+        self.shared.admission(Some(info))
+    }
+}
+
 impl Shared {
+    fn admission(&self, info: Option<&ConnInfo>) -> Admission {
+        Admission {
+            queue: info
+                .and_then(|c| c.client.clone())
+                .map(|key| self.queue_of(key)),
+            total: self.total.clone(),
+            limit: self.limits.timeout,
+            rate: self.limits.per_client_rate,
+            fingerprint: info.and_then(|c| c.fingerprint),
+        }
+    }
+
     fn queue_of(&self, key: ClientKey) -> Arc<Share> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if clients.len() >= KEEP_CLIENTS && !clients.contains_key(&key) {
@@ -200,15 +220,7 @@ where
                 .into_http())
             });
         }
-        let admission = Admission {
-            queue: info
-                .and_then(|c| c.client.clone())
-                .map(|key| self.shared.queue_of(key)),
-            total: self.shared.total.clone(),
-            limit: self.shared.limits.timeout,
-            rate: self.shared.limits.per_client_rate,
-            fingerprint: info.and_then(|c| c.fingerprint),
-        };
+        let admission = self.shared.admission(info);
         // Cheap to keep (shared bytes): for the Raft exemption and a timeout's message.
         let uri = request.uri().clone();
         // Calls that arrive inside this request (a stream of them) are admitted alike.

@@ -4,6 +4,7 @@
 /// The protobuf runtime the generated messages use (for `Message::encoded_len`).
 pub use prost;
 pub mod block;
+pub mod calls_wire;
 pub mod channels;
 pub mod cluster;
 pub mod disk;

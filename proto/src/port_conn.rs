@@ -17,6 +17,7 @@ use rustls_pki_types::ServerName;
 use tokio_rustls::rustls::{self, ClientConnection, ServerConnection, StreamOwned};
 
 use crate::tls::{self, TlsIdentity};
+use crate::tls_incoming::ConnInfo;
 use crate::tls_stream::MaybeTls;
 
 /// The application protocol a range port's TLS speaks (gRPC's is `h2`).
@@ -255,6 +256,29 @@ pub async fn dial_async(
     };
     Ok(AsyncPortStream { io, generation })
 }
+
+/// A runtime's side of a connection `tcp` (from `remote`) that a port accepted: with the
+/// installed identity, through its TLS handshake within `handshake` (a client certificate
+/// from the deployment's CA required, a revoked one refused); and who is at the other end,
+/// as gRPC's connections tell their handlers ([`ConnInfo`]).
+pub async fn accept_async(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    handshake: Duration,
+) -> io::Result<(AsyncServerIo, ConnInfo)> {
+    tcp.set_nodelay(true)?;
+    let Some(identity) = tls::current() else {
+        return Ok((MaybeTls::Plain(tcp), ConnInfo::plaintext(remote)));
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.port_server());
+    let tls = within(handshake, "TLS handshake", acceptor.accept(tcp)).await?;
+    let info = ConnInfo::tls(remote, tls.get_ref().1, &identity)
+        .ok_or_else(|| refused("a revoked certificate"))?;
+    Ok((MaybeTls::Tls(Box::new(tls)), info))
+}
+
+/// The stream of a connection [`accept_async`] took.
+pub type AsyncServerIo = MaybeTls<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
 
 /// `step`'s outcome, or a timeout after `limit`.
 async fn within<T>(

@@ -39,6 +39,54 @@ pub struct ConnInfo {
     pub fingerprint: Option<[u8; 32]>,
 }
 
+impl ConnInfo {
+    /// A plaintext connection's, from `remote`: nobody has an identity.
+    pub fn plaintext(remote: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            remote,
+            peer_certs: None,
+            client: Some(ClientKey::Conn(remote)),
+            fingerprint: None,
+        }
+    }
+
+    /// A TLS connection's, from `remote`, made under `identity`; `None` (logged) if its
+    /// certificate is revoked.
+    pub fn tls(
+        remote: SocketAddr,
+        conn: &tokio_rustls::rustls::ServerConnection,
+        identity: &crate::tls::TlsIdentity,
+    ) -> Option<ConnInfo> {
+        let peer_certs = conn
+            .peer_certificates()
+            .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>()));
+        let fingerprint = peer_certs
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(crate::tls::fingerprint);
+        if let Some(fp) = &fingerprint
+            && identity.revokes(fp)
+        {
+            metrics::counter!("meridian_tls_revoked_refused_total").increment(1);
+            tracing::warn!(%remote, fingerprint = %hex::encode(fp), "a revoked certificate was refused");
+            return None;
+        }
+        let client = match (peer_certs.as_ref().and_then(|c| c.first()), fingerprint) {
+            (Some(leaf), Some(fp)) => {
+                let roles = crate::tls::roles(leaf).unwrap_or_default();
+                (!crate::tls::names_server(&roles)).then_some(ClientKey::Cert(fp))
+            }
+            _ => Some(ClientKey::Conn(remote)),
+        };
+        Some(ConnInfo {
+            remote,
+            peer_certs,
+            client,
+            fingerprint,
+        })
+    }
+}
+
 /// One accepted connection, plaintext or TLS.
 pub struct Conn {
     stream: MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>,
@@ -76,15 +124,9 @@ pub fn incoming(listener: TcpListener) -> ReceiverStream<io::Result<Conn>> {
             };
             let _ = tcp.set_nodelay(true);
             let Some(identity) = crate::tls::current() else {
-                let info = ConnInfo {
-                    remote,
-                    peer_certs: None,
-                    client: Some(ClientKey::Conn(remote)),
-                    fingerprint: None,
-                };
                 let conn = Conn {
                     stream: MaybeTls::Plain(tcp),
-                    info,
+                    info: ConnInfo::plaintext(remote),
                 };
                 if tx.send(Ok(conn)).await.is_err() {
                     return;
@@ -105,35 +147,12 @@ pub fn incoming(listener: TcpListener) -> ReceiverStream<io::Result<Conn>> {
                         return;
                     }
                 };
-                let peer_certs = tls.get_ref().1.peer_certificates().map(|c| {
-                    Arc::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
-                });
-                let fingerprint = peer_certs
-                    .as_ref()
-                    .and_then(|c| c.first())
-                    .map(crate::tls::fingerprint);
-                if let Some(fp) = &fingerprint
-                    && identity.revokes(fp)
-                {
-                    metrics::counter!("meridian_tls_revoked_refused_total").increment(1);
-                    tracing::warn!(%remote, fingerprint = %hex::encode(fp), "a revoked certificate was refused");
+                let Some(info) = ConnInfo::tls(remote, tls.get_ref().1, &identity) else {
                     return;
-                }
-                let client = match (peer_certs.as_ref().and_then(|c| c.first()), fingerprint) {
-                    (Some(leaf), Some(fp)) => {
-                        let roles = crate::tls::roles(leaf).unwrap_or_default();
-                        (!crate::tls::names_server(&roles)).then_some(ClientKey::Cert(fp))
-                    }
-                    _ => Some(ClientKey::Conn(remote)),
                 };
                 let conn = Conn {
                     stream: MaybeTls::Tls(Box::new(tls)),
-                    info: ConnInfo {
-                        remote,
-                        peer_certs,
-                        client,
-                        fingerprint,
-                    },
+                    info,
                 };
                 let _ = tx.send(Ok(conn)).await;
             });

@@ -3,6 +3,9 @@
 //! call's request and answer were each two writes (HEADERS then DATA, DATA then
 //! trailers), sent apart on a busy host.
 //!
+//! Where the member has a calls port (docs/adr/0024) and is dialed directly, the stream is
+//! a connection to that port instead: the same calls and answers, framed without HTTP/2.
+//!
 //! A member without `Calls` (older than the stream) is asked through unary calls, and
 //! asked again for a stream after [`REPROBE`]. A stream that breaks fails the calls in
 //! flight on it as a broken connection fails a unary call (unavailable: the caller retries
@@ -18,8 +21,8 @@ use meridian_proto::CLIENT_KEY_LEN;
 use meridian_proto::channels::Authed;
 use meridian_proto::pb::meta::meta_service_client::MetaServiceClient;
 use meridian_proto::pb::meta::{
-    Call, CallReply, MutateRequest, MutateResponse, Notices, QueryRequest, QueryResponse,
-    WriteBackRequest, WriteBackResponse, call, call_reply,
+    Call, CallReply, CallsPortRequest, MutateRequest, MutateResponse, Notices, QueryRequest,
+    QueryResponse, WriteBackRequest, WriteBackResponse, call, call_reply,
 };
 use meridian_proto::prost::Message;
 use tokio::sync::{mpsc, oneshot};
@@ -27,6 +30,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Code, Status};
 use tracing::debug;
 
+use super::calls_port::{self, PortOut};
 use super::durable::{self, Durable, Expect};
 
 /// How long a member found without `Calls` is asked through unary calls before it is
@@ -37,6 +41,11 @@ const REPROBE: Duration = Duration::from_secs(60);
 /// unavailable: the caller moves on to the next member) instead of each trying again,
 /// one after another, behind the member's lock.
 const FAILED_OPEN: Duration = Duration::from_secs(1);
+/// How long a calls port's connection may be silent before the client asks whether the
+/// member is still there, and how long then for an answer (HTTP/2's pings).
+const PING_EVERY: Duration = meridian_proto::channels::PING_EVERY;
+const PING_TIMEOUT: Duration = meridian_proto::channels::PING_TIMEOUT;
+
 /// Most calls named as settled on the next call (past it, the answers after the commit
 /// of the others come, and are dropped here as before).
 const SETTLED_MAX: usize = 1024;
@@ -94,6 +103,17 @@ pub(super) struct Streams {
     /// Early answers heard, and those taken (`early_answers`).
     early_heard: AtomicU64,
     early_taken: AtomicU64,
+    /// When each member without a calls port said so.
+    portless: Mutex<HashMap<String, Instant>>,
+    /// Calls sent through calls ports.
+    port_calls: AtomicU64,
+}
+
+/// Where a stream's calls go.
+#[derive(Clone, Debug)]
+enum Out {
+    Grpc(mpsc::UnboundedSender<Call>),
+    Port(Arc<PortOut>),
 }
 
 #[derive(Debug, Default)]
@@ -112,7 +132,9 @@ enum Link {
 struct Stream {
     /// Taken when the stream is closed here: the server then ends it once the calls in
     /// flight have their answers.
-    calls: Mutex<Option<mpsc::UnboundedSender<Call>>>,
+    calls: Mutex<Option<Out>>,
+    /// Whether it is a calls port's connection.
+    port: bool,
     /// A caller's answers: an early answer, then the answer after the commit.
     waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<CallReply>>>,
     /// Calls whose early answers were taken since the last call went: the next call names
@@ -131,6 +153,22 @@ struct Stream {
 }
 
 impl Stream {
+    /// A stream whose calls go to `out`, opened under `token` and the TLS identity
+    /// installed now.
+    fn new(out: Out, durable: Arc<Durable>, token: Option<Arc<str>>) -> Arc<Stream> {
+        Arc::new(Stream {
+            port: matches!(out, Out::Port(_)),
+            calls: Mutex::new(Some(out)),
+            waiting: Mutex::new(HashMap::new()),
+            settled: Mutex::new(Vec::new()),
+            durable,
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            token,
+            tls: meridian_proto::tls::generation(),
+        })
+    }
+
     /// Whether calls may go on this stream now.
     fn usable(&self, token: &Option<Arc<str>>) -> bool {
         !self.closed.load(Ordering::Acquire)
@@ -151,22 +189,7 @@ impl Stream {
     async fn read(self: Arc<Self>, mut answers: tonic::Streaming<CallReply>) {
         loop {
             match answers.message().await {
-                Ok(Some(CallReply {
-                    reply: Some(call_reply::Reply::Durable(d)),
-                    ..
-                })) => self
-                    .durable
-                    .note(d.member, d.entries.iter().map(|p| (p.term, p.index))),
-                Ok(Some(reply)) => {
-                    let waiter = if reply.early.is_some() {
-                        lock(&self.waiting).get(&reply.id).cloned()
-                    } else {
-                        lock(&self.waiting).remove(&reply.id)
-                    };
-                    if let Some(w) = waiter {
-                        let _ = w.send(reply);
-                    }
-                }
+                Ok(Some(reply)) => self.take(reply),
                 Ok(None) => break,
                 Err(e) => {
                     debug!(error = %e, "calls stream broke");
@@ -174,9 +197,88 @@ impl Stream {
                 }
             }
         }
+        self.ended();
+    }
+
+    /// As [`read`](Self::read), from a calls port's connection; one that stays silent
+    /// is asked whether the member is still there (a call naming no method, answered
+    /// with an error), and closed if no answer comes.
+    async fn read_port(self: Arc<Self>, mut answers: calls_port::Answers) {
+        let mut pinged = false;
+        loop {
+            let wait = if pinged { PING_TIMEOUT } else { PING_EVERY };
+            let read = meridian_proto::calls_wire::read_message::<CallReply, _>(&mut answers);
+            match tokio::time::timeout(wait, read).await {
+                Ok(Ok(Some(reply))) => {
+                    pinged = false;
+                    self.take(reply);
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "calls port connection broke");
+                    break;
+                }
+                Err(_) if pinged => {
+                    debug!("calls port: no answer to a ping");
+                    break;
+                }
+                Err(_) => {
+                    pinged = true;
+                    let ping = Call {
+                        id: 0,
+                        ..Default::default()
+                    };
+                    let out = lock(&self.calls).clone();
+                    if let Some(Out::Port(out)) = out
+                        && out.send(&ping).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        self.ended();
+    }
+
+    /// Gives `reply` to its caller (a durable notice to the count).
+    fn take(&self, reply: CallReply) {
+        if let Some(call_reply::Reply::Durable(d)) = &reply.reply {
+            self.durable
+                .note(d.member, d.entries.iter().map(|p| (p.term, p.index)));
+            return;
+        }
+        let waiter = if reply.early.is_some() {
+            lock(&self.waiting).get(&reply.id).cloned()
+        } else {
+            lock(&self.waiting).remove(&reply.id)
+        };
+        if let Some(w) = waiter {
+            let _ = w.send(reply);
+        }
+    }
+
+    /// The stream ended: no more calls, and every call still waiting fails.
+    fn ended(&self) {
         self.close();
         // Dropping the senders fails the callers (unavailable).
         lock(&self.waiting).clear();
+    }
+
+    /// Sends `call`; false if the stream is closed.
+    async fn send(&self, call: Call) -> bool {
+        let out = lock(&self.calls).clone();
+        match out {
+            None => false,
+            Some(Out::Grpc(calls)) => calls.send(call).is_ok(),
+            Some(Out::Port(port)) => {
+                let sent = port.send(&call).await;
+                if let Err(e) = &sent {
+                    debug!(error = %e, "calls port: a call could not be written");
+                    self.close();
+                }
+                sent.is_ok()
+            }
+        }
     }
 }
 
@@ -206,7 +308,14 @@ impl Streams {
             early: AtomicBool::new(early_answers_by_default()),
             early_heard: AtomicU64::new(0),
             early_taken: AtomicU64::new(0),
+            portless: Mutex::default(),
+            port_calls: AtomicU64::new(0),
         }
+    }
+
+    /// Calls sent through members' calls ports so far.
+    pub(super) fn port_calls(&self) -> u64 {
+        self.port_calls.load(Ordering::Relaxed)
     }
 
     /// Whether calls ask for early answers (see [`Streams::set_early`]).
@@ -249,9 +358,15 @@ impl Streams {
         })
     }
 
-    /// Opens `member`'s stream if none is open (for its notices).
-    pub(super) async fn open(&self, member: &str, client: &MetaServiceClient<Authed>) {
-        if let Err(e) = self.stream(member, client).await {
+    /// Opens `member`'s stream if none is open (for its notices); `direct` as for
+    /// [`call`](Self::call).
+    pub(super) async fn open(
+        &self,
+        member: &str,
+        client: &MetaServiceClient<Authed>,
+        direct: bool,
+    ) {
+        if let Err(e) = self.stream(member, client, direct).await {
             debug!(%member, error = %e.message(), "no calls stream for durable notices");
         }
     }
@@ -259,11 +374,14 @@ impl Streams {
     /// Sends `request` on `member`'s stream (opened through `client` if none is open),
     /// waiting at most `timeout` for its answer: the answer, and the leader it names
     /// (empty if none). `Ok(Err(request))` if the stream cannot carry it (the member has
-    /// no `Calls`, or the request is too large): the caller makes the unary call.
+    /// no `Calls`, or the request is too large): the caller makes the unary call. With
+    /// `direct` (the member is dialed at its own address, not through a route), the
+    /// stream may be a connection to its calls port.
     pub(super) async fn call<R: Streamed>(
         &self,
         member: &str,
         client: &MetaServiceClient<Authed>,
+        direct: bool,
         request: R,
         timeout: Duration,
     ) -> Result<Result<(R::Answer, String), R>, Status> {
@@ -273,7 +391,7 @@ impl Streams {
         if request.encoded_len() + 32 > meridian_proto::channels::META_MESSAGE_LIMIT {
             return Ok(Err(request));
         }
-        let Some(stream) = self.stream(member, client).await? else {
+        let Some(stream) = self.stream(member, client, direct).await? else {
             return Ok(Err(request));
         };
         let id = stream.next_id.fetch_add(1, Ordering::Relaxed);
@@ -291,10 +409,10 @@ impl Streams {
         let (tx, mut rx) = mpsc::unbounded_channel();
         lock(&stream.waiting).insert(id, tx);
         let gone = || Status::unavailable(format!("{member}: the calls stream closed"));
-        let sent = lock(&stream.calls)
-            .as_ref()
-            .is_some_and(|calls| calls.send(call).is_ok());
-        if !sent {
+        if stream.port {
+            self.port_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        if !stream.send(call).await {
             lock(&stream.waiting).remove(&id);
             return Err(gone());
         }
@@ -376,6 +494,7 @@ impl Streams {
         &self,
         member: &str,
         client: &MetaServiceClient<Authed>,
+        direct: bool,
     ) -> Result<Option<Arc<Stream>>, Status> {
         let token = meridian_proto::token::client_token();
         let slot = lock(&self.by_member)
@@ -398,7 +517,10 @@ impl Streams {
             }
             _ => {}
         }
-        let tls = meridian_proto::tls::generation();
+        if direct && let Some(stream) = self.open_port(member, client, &token).await {
+            *link = Link::Open(stream.clone());
+            return Ok(Some(stream));
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let answers = match client.clone().calls(UnboundedReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
@@ -414,31 +536,75 @@ impl Streams {
         };
         // First, with early answers, this client's durable notices (a member without
         // them answers the call with an error, which nobody waits for).
-        if self.early() {
-            let _ = tx.send(Call {
-                id: 0,
-                call: Some(call::Call::Notices(Notices {
-                    client_key: self.client_key.to_vec().into(),
-                    // The followers' copies: the leader's counts from its answer.
-                    led: false,
-                })),
-                early: false,
-                leader_notices: false,
-                settled: Vec::new(),
-            });
+        if let Some(subscribe) = self.subscription() {
+            let _ = tx.send(subscribe);
         }
-        let stream = Arc::new(Stream {
-            calls: Mutex::new(Some(tx)),
-            waiting: Mutex::new(HashMap::new()),
-            settled: Mutex::new(Vec::new()),
-            durable: self.durable.clone(),
-            next_id: AtomicU64::new(1),
-            closed: AtomicBool::new(false),
-            token,
-            tls,
-        });
+        let stream = Stream::new(Out::Grpc(tx), self.durable.clone(), token);
         tokio::spawn(stream.clone().read(answers));
         *link = Link::Open(stream.clone());
         Ok(Some(stream))
+    }
+
+    /// With early answers, the call that opens a stream: this client's durable notices
+    /// (a member without them answers it with an error, which nobody waits for).
+    fn subscription(&self) -> Option<Call> {
+        self.early().then(|| Call {
+            id: 0,
+            call: Some(call::Call::Notices(Notices {
+                client_key: self.client_key.to_vec().into(),
+                // The followers' copies: the leader's counts from its answer.
+                led: false,
+            })),
+            early: false,
+            leader_notices: false,
+            settled: Vec::new(),
+        })
+    }
+
+    /// A stream on a connection to `member`'s calls port; `None` if it has none (asked
+    /// again after [`REPROBE`]) or it cannot be reached (the stream then opens on gRPC).
+    /// The port is asked for each time (a member restarted has another).
+    async fn open_port(
+        &self,
+        member: &str,
+        client: &MetaServiceClient<Authed>,
+        token: &Option<Arc<str>>,
+    ) -> Option<Arc<Stream>> {
+        if lock(&self.portless)
+            .get(member)
+            .is_some_and(|at| at.elapsed() < REPROBE)
+        {
+            return None;
+        }
+        let port = match client.clone().calls_port(CallsPortRequest {}).await {
+            Ok(r) => u16::try_from(r.into_inner().port).unwrap_or(0),
+            // Older than the port; any other failure, the stream's opening meets too.
+            Err(s) if s.code() == Code::Unimplemented => 0,
+            Err(_) => return None,
+        };
+        if port == 0 {
+            lock(&self.portless).insert(member.into(), Instant::now());
+            return None;
+        }
+        let address = calls_port::address(member, port)?;
+        let (answers, out) = match calls_port::dial(&address, token.as_deref()).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                // Filtered, perhaps: gRPC until it is tried again, without a connect's
+                // wait at every stream's opening.
+                debug!(%member, %address, error = %e, "calls port not reached; gRPC");
+                lock(&self.portless).insert(member.into(), Instant::now());
+                return None;
+            }
+        };
+        let out = Arc::new(out);
+        if let Some(subscribe) = self.subscription()
+            && out.send(&subscribe).await.is_err()
+        {
+            return None;
+        }
+        let stream = Stream::new(Out::Port(out), self.durable.clone(), token.clone());
+        tokio::spawn(stream.clone().read_port(answers));
+        Some(stream)
     }
 }
