@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use meridian_proto::calls_wire;
 use meridian_proto::fair::FairLayer;
-use meridian_proto::pb::meta::Call;
+use meridian_proto::pb::meta::{Call, CallReply};
 use meridian_proto::port_conn;
 use meridian_proto::tls_incoming::ConnInfo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -82,34 +82,11 @@ async fn connection(
     info: ConnInfo,
     fair: FairLayer,
 ) {
-    let (read, mut write) = tokio::io::split(stream);
+    let (read, write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
-    let token =
-        match tokio::time::timeout(OPENING, calls_wire::read(&mut read, calls_wire::TOKEN_MAX))
-            .await
-        {
-            Ok(Ok(Some(token))) => token,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                debug!(%remote, error = %e, "calls port: a bad opening");
-                return;
-            }
-            Err(_) => {
-                debug!(%remote, "calls port: no opening in time");
-                return;
-            }
-        };
-    let mut metadata = MetadataMap::new();
-    if !token.is_empty() {
-        let header = std::str::from_utf8(&token)
-            .ok()
-            .and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok());
-        let Some(header) = header else {
-            debug!(%remote, "calls port: an unreadable token");
-            return;
-        };
-        metadata.insert(meridian_proto::token::HEADER, header);
-    }
+    let Some(metadata) = opening(&mut read, remote).await else {
+        return;
+    };
     let mut extensions = Extensions::new();
     extensions.insert(fair.admission(&info));
     extensions.insert(info);
@@ -125,17 +102,57 @@ async fn connection(
             }
         }
     }));
-    let mut answers = crate::calls::serve_parts(node, metadata, extensions, calls);
+    let answers = crate::calls::serve_parts(node, metadata, extensions, calls);
+    if let Err(why) = write_answers(answers, write).await {
+        debug!(%remote, %why, "calls port: the connection ends");
+    }
+}
+
+/// The connection's opening frame as a stream's opening metadata (its token, if any);
+/// `None` (logged) if it is malformed or does not come in time.
+async fn opening(read: &mut (impl AsyncRead + Unpin), remote: SocketAddr) -> Option<MetadataMap> {
+    let token = tokio::time::timeout(OPENING, calls_wire::read(read, calls_wire::TOKEN_MAX)).await;
+    let token = match token {
+        Ok(Ok(Some(token))) => token,
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "calls port: a bad opening");
+            return None;
+        }
+        Err(_) => {
+            debug!(%remote, "calls port: no opening in time");
+            return None;
+        }
+    };
+    let mut metadata = MetadataMap::new();
+    if token.is_empty() {
+        return Some(metadata);
+    }
+    let header = std::str::from_utf8(&token)
+        .ok()
+        .and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok());
+    let Some(header) = header else {
+        debug!(%remote, "calls port: an unreadable token");
+        return None;
+    };
+    metadata.insert(meridian_proto::token::HEADER, header);
+    Some(metadata)
+}
+
+/// Writes `answers` to `write` as they come, those ready together in one write, until
+/// they end; why it stopped early otherwise.
+async fn write_answers(
+    mut answers: tokio::sync::mpsc::Receiver<Result<CallReply, Status>>,
+    mut write: impl AsyncWrite + Unpin,
+) -> Result<(), String> {
     let mut out = Vec::new();
     while let Some(answer) = answers.recv().await {
         out.clear();
         let mut next = Some(answer);
         while let Some(answer) = next.take() {
-            match answer {
-                Ok(reply) => calls_wire::put(&mut out, &reply),
-                // The stream failed as a whole: the connection ends with it.
-                Err(_) => return,
-            }
+            // The stream failed as a whole: the connection ends with it.
+            let reply = answer.map_err(|s| s.message().to_string())?;
+            calls_wire::put(&mut out, &reply);
             if out.len() < GATHER {
                 next = answers.try_recv().ok();
             }
@@ -147,14 +164,9 @@ async fn connection(
         };
         match tokio::time::timeout(WRITE_TIMEOUT, written).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                debug!(%remote, error = %e, "calls port: an answer could not be written");
-                return;
-            }
-            Err(_) => {
-                debug!(%remote, "calls port: the client takes no answers");
-                return;
-            }
+            Ok(Err(e)) => return Err(format!("an answer could not be written: {e}")),
+            Err(_) => return Err("the client takes no answers".into()),
         }
     }
+    Ok(())
 }
