@@ -364,6 +364,10 @@ struct MetaArgs {
     /// for networks that open only the listen port. None is served with TLS on.
     #[arg(long)]
     no_calls_port: bool,
+    /// Where the calls port listens (IP:PORT; default: the listen IP, any port). Clients
+    /// reach it at the host they reach this member at.
+    #[arg(long)]
+    calls_listen: Option<String>,
     /// Make every fdatasync of the Raft log this many microseconds longer, as a slow disk
     /// would (tests of a slow member; never in production).
     #[arg(long, hide = true)]
@@ -413,6 +417,9 @@ impl MetaArgs {
         }
         if let Some(v) = self.metrics_listen {
             c.metrics_listen = Some(v);
+        }
+        if let Some(v) = self.calls_listen {
+            c.calls_listen = Some(v);
         }
         c.init |= self.init;
         c.no_calls_stream |= self.no_calls_stream;

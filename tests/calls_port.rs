@@ -198,3 +198,22 @@ fn frames_that_are_not_calls_end_their_connection_and_nothing_else() -> Result<(
     assert!(status.leader != 0, "{status:?}");
     Ok(())
 }
+
+#[test]
+fn a_member_told_where_listens_there_and_announces_it() -> Result<()> {
+    let rt = runtime()?;
+    let at = common::listen_port()?;
+    let port: u16 = at.rsplit_once(':').context("IP:PORT")?.1.parse()?;
+    let mut cluster = MetaCluster::start(1, &["--calls-listen", &at])?;
+    cluster.wait_leader()?;
+    let addr = cluster.addrs()[0].clone();
+    assert_eq!(rt.block_on(announced(&addr))?, port);
+    let client = cluster.client();
+    let listed = rt.block_on(create_and_list(&client, 2))?;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        client.calls_through_port() > 0,
+        "no call went through the port"
+    );
+    Ok(())
+}

@@ -11,7 +11,7 @@
 //! the client's share.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,9 +39,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most bytes of answers gathered into one write.
 const GATHER: usize = 256 << 10;
 
-/// Listens on `ip` at a port the system chooses.
-pub async fn listen(ip: IpAddr) -> io::Result<TcpListener> {
-    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+/// Listens at `at` (IP:PORT; port 0: one the system chooses).
+pub async fn listen(at: &str) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(at).await?;
     info!(addr = %listener.local_addr()?, "calls port listening");
     Ok(listener)
 }

@@ -66,6 +66,10 @@ pub struct MetaConfig {
     /// deployments that filter ports. With TLS on, there is none anyway.
     #[serde(default)]
     pub no_calls_port: bool,
+    /// Where the calls port listens (IP:PORT); by default the listen IP, at a port the
+    /// system chooses.
+    #[serde(default)]
+    pub calls_listen: Option<String>,
     /// Added to every fdatasync of the Raft log, in microseconds, as a slow disk would:
     /// tests of a slow member; 0 in production.
     #[serde(default)]
@@ -121,6 +125,7 @@ impl Default for MetaConfig {
             copy_pause_ms: 0,
             no_calls_stream: false,
             no_calls_port: false,
+            calls_listen: None,
             fault_sync_delay_us: 0,
             max_requests: meridian_proto::fair::Limits::default().total,
             max_requests_per_client: meridian_proto::fair::Limits::default().per_client,

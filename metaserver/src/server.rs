@@ -39,14 +39,18 @@ pub async fn run(
         .advertise
         .clone()
         .unwrap_or_else(|| bound.to_string());
-    // Beside gRPC, on its IP: clients reach it at the host they reach gRPC at.
+    // Beside gRPC, on its IP unless told: clients reach it at the host they reach gRPC at.
     let calls_listener = if config.no_calls_port || config.no_calls_stream {
         None
     } else {
+        let at = config
+            .calls_listen
+            .clone()
+            .unwrap_or_else(|| std::net::SocketAddr::new(bound.ip(), 0).to_string());
         Some(
-            crate::calls_port::listen(bound.ip())
+            crate::calls_port::listen(&at)
                 .await
-                .map_err(|e| MetaError::Io(format!("calls port on {}: {e}", bound.ip())))?,
+                .map_err(|e| MetaError::Io(format!("calls port on {at}: {e}")))?,
         )
     };
 
