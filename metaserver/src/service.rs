@@ -493,14 +493,9 @@ impl MetaService for MetaApi {
         &self,
         _request: Request<CallsPortRequest>,
     ) -> Result<Response<CallsPortReply>, Status> {
-        // None for a member acting older than `Calls`.
-        let port = if self.0.no_calls_stream {
-            0
-        } else {
-            self.0.calls_port
-        };
+        // 0 when it has none (a member acting older than `Calls` opens none).
         Ok(Response::new(CallsPortReply {
-            port: u32::from(port),
+            port: u32::from(self.0.calls_port),
         }))
     }
 

@@ -133,8 +133,6 @@ struct Stream {
     /// Taken when the stream is closed here: the server then ends it once the calls in
     /// flight have their answers.
     calls: Mutex<Option<Out>>,
-    /// Whether it is a calls port's connection.
-    port: bool,
     /// A caller's answers: an early answer, then the answer after the commit.
     waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<CallReply>>>,
     /// Calls whose early answers were taken since the last call went: the next call names
@@ -153,11 +151,10 @@ struct Stream {
 }
 
 impl Stream {
-    /// A stream whose calls go to `out`, opened under `token` and the TLS identity
-    /// installed now.
-    fn new(out: Out, durable: Arc<Durable>, token: Option<Arc<str>>) -> Arc<Stream> {
+    /// A stream whose calls go to `out`, opened under `token` and the TLS identity's
+    /// generation `tls` (read before the opening: a rotation meanwhile replaces it).
+    fn new(out: Out, durable: Arc<Durable>, token: Option<Arc<str>>, tls: u64) -> Arc<Stream> {
         Arc::new(Stream {
-            port: matches!(out, Out::Port(_)),
             calls: Mutex::new(Some(out)),
             waiting: Mutex::new(HashMap::new()),
             settled: Mutex::new(Vec::new()),
@@ -165,7 +162,7 @@ impl Stream {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             token,
-            tls: meridian_proto::tls::generation(),
+            tls,
         })
     }
 
@@ -264,20 +261,20 @@ impl Stream {
         lock(&self.waiting).clear();
     }
 
-    /// Sends `call`; false if the stream is closed.
-    async fn send(&self, call: Call) -> bool {
+    /// Sends `call`: whether it went through a calls port; `None` if the stream is
+    /// closed.
+    async fn send(&self, call: Call) -> Option<bool> {
         let out = lock(&self.calls).clone();
-        match out {
-            None => false,
-            Some(Out::Grpc(calls)) => calls.send(call).is_ok(),
-            Some(Out::Port(port)) => {
-                let sent = port.send(&call).await;
-                if let Err(e) = &sent {
+        match out? {
+            Out::Grpc(calls) => calls.send(call).ok().map(|()| false),
+            Out::Port(port) => match port.send(&call).await {
+                Ok(()) => Some(true),
+                Err(e) => {
                     debug!(error = %e, "calls port: a call could not be written");
                     self.close();
+                    None
                 }
-                sent.is_ok()
-            }
+            },
         }
     }
 }
@@ -409,12 +406,16 @@ impl Streams {
         let (tx, mut rx) = mpsc::unbounded_channel();
         lock(&stream.waiting).insert(id, tx);
         let gone = || Status::unavailable(format!("{member}: the calls stream closed"));
-        if stream.port {
-            self.port_calls.fetch_add(1, Ordering::Relaxed);
-        }
-        if !stream.send(call).await {
-            lock(&stream.waiting).remove(&id);
-            return Err(gone());
+        match stream.send(call).await {
+            Some(through_port) => {
+                if through_port {
+                    self.port_calls.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                lock(&stream.waiting).remove(&id);
+                return Err(gone());
+            }
         }
         let reply = match tokio::time::timeout(timeout, self.answer(&mut rx)).await {
             Ok(Some(reply)) if reply.early.is_some() => {
@@ -517,7 +518,8 @@ impl Streams {
             }
             _ => {}
         }
-        if direct && let Some(stream) = self.open_port(member, client, &token).await {
+        let tls = meridian_proto::tls::generation();
+        if direct && let Some(stream) = self.open_port(member, client, &token, tls).await {
             *link = Link::Open(stream.clone());
             return Ok(Some(stream));
         }
@@ -539,7 +541,7 @@ impl Streams {
         if let Some(subscribe) = self.subscription() {
             let _ = tx.send(subscribe);
         }
-        let stream = Stream::new(Out::Grpc(tx), self.durable.clone(), token);
+        let stream = Stream::new(Out::Grpc(tx), self.durable.clone(), token, tls);
         tokio::spawn(stream.clone().read(answers));
         *link = Link::Open(stream.clone());
         Ok(Some(stream))
@@ -569,6 +571,7 @@ impl Streams {
         member: &str,
         client: &MetaServiceClient<Authed>,
         token: &Option<Arc<str>>,
+        tls: u64,
     ) -> Option<Arc<Stream>> {
         if lock(&self.portless)
             .get(member)
@@ -603,7 +606,7 @@ impl Streams {
         {
             return None;
         }
-        let stream = Stream::new(Out::Port(out), self.durable.clone(), token.clone());
+        let stream = Stream::new(Out::Port(out), self.durable.clone(), token.clone(), tls);
         tokio::spawn(stream.clone().read_port(answers));
         Some(stream)
     }
