@@ -252,6 +252,27 @@ impl FileSystem {
         self.leases.sync(&mut 0).await
     }
 
+    /// How this mount's queue of changes answered alone is sent by a caller that waits
+    /// for it (`lease/send.rs`).
+    fn send_queue(&self) -> Option<impl FnOnce(lease::Batch) -> lease::Sending + use<>> {
+        let me = self.me.upgrade()?;
+        Some(move |batch| -> lease::Sending {
+            Box::pin(async move {
+                let forget = me.leases.send_batch(&me.meta, batch, false).await;
+                me.known.forget(&forget);
+            })
+        })
+    }
+
+    /// Waits until what this mount answered alone so far is sent and answered, sending it
+    /// from here if none of it is out.
+    async fn settle_namespace(&self) {
+        match self.send_queue() {
+            Some(send) => self.leases.settle_here(send).await,
+            None => self.leases.settle().await,
+        }
+    }
+
     /// A durability point of the namespace (fsyncdir, syncfs): every change this mount
     /// answered alone is committed, or the first one refused is reported.
     pub async fn sync_namespace(&self) -> Result<(), Errno> {

@@ -34,6 +34,7 @@ mod demand;
 mod entries;
 mod send;
 use meridian_proto::ns::libc_errno;
+pub(super) use send::{Batch, Sending};
 
 /// Inode numbers asked for at a time.
 const RESERVE: u32 = 4096;
@@ -82,6 +83,9 @@ impl LeasedDir {
 struct State {
     dirs: HashMap<InodeId, LeasedDir>,
     queue: Vec<Queued>,
+    /// A batch is out, sent by the sending task or by a caller waiting for it (`send.rs`):
+    /// one at a time, in order.
+    sending: bool,
     /// Changes ever queued, and the count sent and answered.
     queued: u64,
     /// Leases to give back with the next batch.

@@ -136,7 +136,7 @@ impl FileSystem {
         if let Some(listing) = self.leases.listing(ino, shown) {
             return Ok(listing);
         }
-        self.leases.settle().await;
+        self.settle_namespace().await;
         let mut out = Listing::default();
         let mut after = None;
         loop {

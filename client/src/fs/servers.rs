@@ -17,7 +17,7 @@ impl FileSystem {
             tracing::debug!(?op, "a change gives leases back first");
             self.known.forget(&self.leases.give_back(&in_the_way));
         }
-        self.leases.settle().await;
+        self.settle_namespace().await;
         self.leases.committing(&op);
         let lease = matches!(
             op,
@@ -71,6 +71,10 @@ impl FileSystem {
         let Some(outcome) = self.leases.submit(&self.meta, op.clone()) else {
             return self.mutate(op).await;
         };
+        match self.send_queue() {
+            Some(send) => self.leases.send_here(send).await,
+            None => self.leases.settle().await,
+        }
         // Before its outcome is observed below (`mutate` counts its own).
         self.leases.committing(&op);
         // As `mutate`: attributes kept for GETATTR are void while it runs.
@@ -96,7 +100,7 @@ impl FileSystem {
         // fstat while its journal's unlink is queued).
         let untouched = matches!(&q, Query::GetAttr { ino } if !self.leases.touches(*ino));
         if !leased_lookup && !untouched {
-            self.leases.settle().await;
+            self.settle_namespace().await;
         }
         self.meta.query(&q, false).await.map_err(errno)
     }

@@ -623,6 +623,7 @@ impl FileSystem {
         self.commit_unflushed(f.ino, &mut u, why).await?;
         drop(u);
         // Close and fsync are durability points for the namespace too.
+        self.settle_namespace().await;
         self.leases.sync(&mut f.seen_failures).await
     }
 

@@ -5,6 +5,8 @@ use crate::fs::test_attr as attr;
 use crate::meta::MetaClient;
 use meridian_proto::ns::{RenameFlags, SYMLINK_MAX, WRITE_BACK_LEVEL};
 
+use super::send::Next;
+
 /// A name a rename answered here gave a file the servers do not know there yet: a
 /// lookup of it that reaches the servers waits for the queue until the rename is
 /// answered; the name it replaced no longer keeps the replaced file's attributes.
@@ -489,4 +491,122 @@ fn past_the_budget_of_names_the_least_recently_used_leases_go_back() {
     // Below every directory's size, each goes (by use), but not the empty one.
     assert_eq!(s.over_budget(100), vec![c, a, b, InodeId(5)]);
     assert!(!s.over_budget(0).contains(&empty));
+}
+
+/// Queues an unlink in `dir` with nobody waiting for it.
+fn queue_unlink(leases: &Leases, meta: &MetaClient, dir: InodeId, name: &[u8]) {
+    let op = Op::Unlink {
+        parent: dir,
+        name: name.to_vec(),
+        creds: Creds::root(),
+    };
+    let mut s = leases.lock();
+    leases.enqueue(&mut s, meta, op, now(), None);
+}
+
+/// A durability point finds no batch out: it sends the queue itself, with no sending task
+/// running (none is started here), and its answer is taken as the task takes one (here
+/// nobody answers: the change counts as a failure); a batch out keeps it from sending
+/// another beside it. A change sent after the queue goes with it, sent by its caller.
+#[tokio::test]
+async fn a_durability_point_sends_the_queue_itself_when_no_batch_is_out() {
+    let leases = Arc::new(Leases::new(true, MAX_NAMES));
+    let meta = Arc::new(
+        MetaClient::new(vec!["127.0.0.1:1".into()]).with_retry_for(Duration::from_millis(100)),
+    );
+    let send = |leases: &Arc<Leases>, meta: &Arc<MetaClient>| {
+        let (leases, meta) = (leases.clone(), meta.clone());
+        move |batch| -> Sending {
+            Box::pin(async move {
+                leases.send_batch(&meta, batch, false).await;
+            })
+        }
+    };
+    queue_unlink(&leases, &meta, InodeId(10), b"a");
+    queue_unlink(&leases, &meta, InodeId(10), b"b");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        leases.settle_here(send(&leases, &meta)),
+    )
+    .await
+    .expect("settled with no sending task");
+    assert_eq!(leases.failures(), 2, "both changes sent, and refused");
+    assert!(leases.lock().queue.is_empty());
+    assert!(!leases.lock().sending);
+
+    // A batch out (the sending task's): the caller does not send beside it, and waits.
+    queue_unlink(&leases, &meta, InodeId(10), b"c");
+    let out = leases.take_batch();
+    assert!(matches!(out, Next::Batch(_)));
+    queue_unlink(&leases, &meta, InodeId(10), b"d");
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(300),
+        leases.settle_here(send(&leases, &meta)),
+    )
+    .await;
+    assert!(waiting.is_err(), "did not settle while a batch was out");
+    assert_eq!(
+        leases.lock().queue.len(),
+        1,
+        "the queue left to the batch's sender"
+    );
+    let Next::Batch(batch) = out else {
+        unreachable!()
+    };
+    leases.send_batch(&meta, batch, true).await;
+    // The next durability point sends what is left itself.
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        leases.settle_here(send(&leases, &meta)),
+    )
+    .await
+    .expect("settled");
+    assert_eq!(leases.failures(), 4);
+
+    // A change sent after the queue, whose caller waits for its outcome: sent with the
+    // queue by that caller.
+    queue_unlink(&leases, &meta, InodeId(10), b"e");
+    let op = Op::Unlink {
+        parent: InodeId(10),
+        name: b"f".to_vec(),
+        creds: Creds::root(),
+    };
+    let outcome = leases.submit(&meta, op).expect("something is queued");
+    leases.send_here(send(&leases, &meta)).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(1), outcome)
+        .await
+        .expect("answered when its sender was done")
+        .expect("an outcome");
+    assert!(outcome.is_err(), "nobody answered: {outcome:?}");
+    assert_eq!(leases.failures(), 5, "the change queued before it");
+    assert!(!leases.lock().sending);
+}
+
+/// A batch taken off the queue is sent and answered even if the caller that sends it is
+/// dropped first: the rest goes on in a task.
+#[tokio::test]
+async fn a_batch_whose_sender_is_dropped_is_still_sent_and_answered() {
+    let leases = Arc::new(Leases::new(true, MAX_NAMES));
+    let meta = Arc::new(
+        MetaClient::new(vec!["127.0.0.1:1".into()]).with_retry_for(Duration::from_millis(100)),
+    );
+    queue_unlink(&leases, &meta, InodeId(10), b"a");
+    let (gate_tx, gate) = tokio::sync::oneshot::channel::<()>();
+    let (l, m) = (leases.clone(), meta.clone());
+    let send = move |batch| -> Sending {
+        Box::pin(async move {
+            let _ = gate.await;
+            l.send_batch(&m, batch, false).await;
+        })
+    };
+    // Dropped while its batch waits at the gate.
+    let dropped = tokio::time::timeout(Duration::from_millis(100), leases.settle_here(send)).await;
+    assert!(dropped.is_err());
+    assert!(leases.lock().sending, "the batch is out");
+    gate_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), leases.settle())
+        .await
+        .expect("the batch answered after its sender was dropped");
+    assert_eq!(leases.failures(), 1);
+    assert!(!leases.lock().sending);
 }
