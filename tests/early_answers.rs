@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{MERIDIAN, MetaCluster, Proxy, ServerProc, create_op, raft_args};
+use common::{MetaCluster, SlowFollowers, create_op};
 use meridian_client::MetaClient;
 use meridian_proto::ns::*;
 
@@ -55,54 +55,6 @@ async fn perm_of(client: &MetaClient, ino: meridian_proto::InodeId) -> Result<u1
     match client.query(&Query::GetAttr { ino }, false).await? {
         QueryReply::Attr(a) => Ok(a.perm),
         other => anyhow::bail!("unexpected {other:?}"),
-    }
-}
-
-/// A group of three whose leader (member 1) reaches its followers through a proxy
-/// delaying each way by `delay_ms`, while clients reach every member directly: a
-/// follower's notice reaches a client long before its answer reaches the leader.
-struct SlowFollowers {
-    members: Vec<ServerProc>,
-    _proxies: Vec<Proxy>,
-    dir: tempfile::TempDir,
-}
-
-impl SlowFollowers {
-    fn start(delay_ms: u32) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("meridian-early-")
-            .tempdir()?;
-        let mut args = raft_args(&[]);
-        args.push("--init".into());
-        let mut members = vec![ServerProc::start("meta", 1, dir.path(), args)?];
-        let mut proxies = Vec::new();
-        for id in 2..=3u64 {
-            let m = ServerProc::start("meta", id, dir.path(), raft_args(&[]))?;
-            let proxy = Proxy::start(dir.path(), &format!("to-{id}"), "127.0.0.1:0", &m.addr)?;
-            proxy.set_delay(delay_ms)?;
-            let out = std::process::Command::new(MERIDIAN)
-                .args(["admin", "add-member", "--meta", &members[0].addr])
-                .args(["--id", &id.to_string(), "--address", &proxy.forwards[0]])
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "add-member {id}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            members.push(m);
-            proxies.push(proxy);
-        }
-        Ok(SlowFollowers {
-            members,
-            _proxies: proxies,
-            dir,
-        })
-    }
-
-    fn client(&self) -> MetaClient {
-        early(MetaClient::new(
-            self.members.iter().map(|m| m.addr.clone()).collect(),
-        ))
     }
 }
 

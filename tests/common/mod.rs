@@ -22,6 +22,7 @@ mod mount;
 pub mod pair;
 mod process;
 mod proxy;
+mod slow_followers;
 pub mod tls;
 
 // Every test binary takes what it needs of these.
@@ -34,6 +35,8 @@ pub use mount::*;
 pub use process::*;
 #[allow(unused_imports)]
 pub use proxy::*;
+#[allow(unused_imports)]
+pub use slow_followers::*;
 
 /// The binary under test, exactly as a user runs it.
 pub const MERIDIAN: &str = env!("CARGO_BIN_EXE_meridian");
