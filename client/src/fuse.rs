@@ -26,6 +26,7 @@ mod dirs;
 #[macro_use]
 mod drain;
 mod notify;
+mod parked;
 mod standby;
 use convert::{creds, err, kind_of_mode, timespec};
 use dirs::{OpenDirs, reply_listing};
