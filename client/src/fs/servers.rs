@@ -71,14 +71,15 @@ impl FileSystem {
         let Some(outcome) = self.leases.submit(&self.meta, op.clone()) else {
             return self.mutate(op).await;
         };
-        match self.send_queue() {
-            Some(send) => self.leases.send_here(send).await,
-            None => self.leases.settle().await,
-        }
         // Before its outcome is observed below (`mutate` counts its own).
         self.leases.committing(&op);
         // As `mutate`: attributes kept for GETATTR are void while it runs.
         self.fresh.starting();
+        // Sent from here if no batch is out (else after the one out).
+        match self.send_queue() {
+            Some(send) => self.leases.send_here(send).await,
+            None => self.leases.settle().await,
+        }
         let outcome = outcome.await;
         self.fresh.ended();
         self.leases
