@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{MetaCluster, SlowFollowers, create_op};
+use common::{MetaCluster, SlowFollowers, create_op, new_volume};
 use meridian_client::MetaClient;
 use meridian_proto::calls_wire;
 use meridian_proto::ns::*;
@@ -28,17 +28,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Creates a volume and `n` files in its root through `client`, then lists them: the
 /// names listed.
 async fn create_and_list(client: &MetaClient, n: usize) -> Result<Vec<Vec<u8>>> {
-    let Reply::Volume(v) = client
-        .mutate(&Op::CreateVolume {
-            name: "ports".into(),
-            policy: VolumePolicy::default(),
-        })
-        .await?
-    else {
-        anyhow::bail!("no volume");
-    };
+    let root = new_volume(client, "ports").await?;
     for i in 0..n {
-        match client.mutate(&create_op(v.root, &format!("f{i}"))).await? {
+        match client.mutate(&create_op(root, &format!("f{i}"))).await? {
             Reply::Attr(_) => {}
             other => anyhow::bail!("create f{i}: {other:?}"),
         }
@@ -46,7 +38,7 @@ async fn create_and_list(client: &MetaClient, n: usize) -> Result<Vec<Vec<u8>>> 
     match client
         .query(
             &Query::ReadDir {
-                ino: v.root,
+                ino: root,
                 after: None,
                 limit: 1000,
                 creds: Creds::root(),
@@ -77,17 +69,9 @@ fn early_answers_and_notices_come_through_the_calls_port() -> Result<()> {
     let group = SlowFollowers::start(20)?;
     let client = group.client();
     rt.block_on(async {
-        let Reply::Volume(v) = client
-            .mutate(&Op::CreateVolume {
-                name: "early".into(),
-                policy: VolumePolicy::default(),
-            })
-            .await?
-        else {
-            anyhow::bail!("no volume");
-        };
+        let root = new_volume(&client, "early").await?;
         for i in 0..10 {
-            client.mutate(&create_op(v.root, &format!("e{i}"))).await?;
+            client.mutate(&create_op(root, &format!("e{i}"))).await?;
         }
         anyhow::Ok(())
     })?;

@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{MetaCluster, SlowFollowers, create_op};
+use common::{MetaCluster, SlowFollowers, create_op, new_volume};
 use meridian_client::MetaClient;
 use meridian_proto::ns::*;
 
@@ -25,16 +25,8 @@ fn early(client: MetaClient) -> MetaClient {
 }
 
 async fn new_file(client: &MetaClient) -> Result<Attr> {
-    let Reply::Volume(v) = client
-        .mutate(&Op::CreateVolume {
-            name: "early".into(),
-            policy: VolumePolicy::default(),
-        })
-        .await?
-    else {
-        anyhow::bail!("no volume");
-    };
-    match client.mutate(&create_op(v.root, "f")).await? {
+    let root = new_volume(client, "early").await?;
+    match client.mutate(&create_op(root, "f")).await? {
         Reply::Attr(a) => Ok(a),
         other => anyhow::bail!("unexpected {other:?}"),
     }

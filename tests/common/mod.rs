@@ -139,6 +139,24 @@ pub fn create_op(parent: meridian_proto::InodeId, name: &str) -> meridian_proto:
     }
 }
 
+/// Creates volume `name` through `client`: its root.
+pub async fn new_volume(
+    client: &meridian_client::MetaClient,
+    name: &str,
+) -> Result<meridian_proto::InodeId> {
+    use meridian_proto::ns::{Op, Reply, VolumePolicy};
+    match client
+        .mutate(&Op::CreateVolume {
+            name: name.into(),
+            policy: VolumePolicy::default(),
+        })
+        .await?
+    {
+        Reply::Volume(v) => Ok(v.root),
+        other => bail!("create volume {name}: {other:?}"),
+    }
+}
+
 /// The value of gauge `name` on the Prometheus endpoint at `addr` (0 if not yet set).
 pub fn gauge(addr: &str, name: &str) -> Option<f64> {
     use std::io::{Read, Write};
