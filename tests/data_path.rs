@@ -630,6 +630,63 @@ fn staged_blocks_are_encoded_and_put_by_their_writer() -> Result<()> {
     Ok(())
 }
 
+/// A truncate that cuts many extents off a file leaves them to the same steps: the file
+/// is short at once, made long again right after (over half of what was cut) it shows
+/// holes where the cut extents were and its new bytes, read through another mount; fsck finds nothing wrong at any
+/// look, and in the end only the extents the file holds are left.
+#[test]
+fn a_truncates_many_cut_extents_are_dropped_in_steps_and_never_show_again() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("writer")?;
+    let path = mnt.path.join("scattered");
+    let pieces = 1_500u64;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    for i in 0..pieces {
+        // 512 bytes every 8 KiB, as above.
+        f.write_all_at(&[(i % 251 + 1) as u8; 512], i * 8192)?;
+    }
+    f.sync_all()?;
+    // Into the third piece: it keeps 100 bytes.
+    let cut = 2 * 8192 + 100;
+    f.set_len(cut)?;
+    f.sync_all()?;
+    // Long again over half of what was cut; the other half stays cut past the end.
+    let long = pieces / 2 * 8192;
+    f.set_len(long)?;
+    let new_at = 700 * 8192 + 3;
+    f.write_all_at(b"new", new_at)?;
+    f.sync_all()?;
+    drop(f);
+    let mut expected = vec![0u8; long as usize];
+    for i in 0..3u64 {
+        let at = (i * 8192) as usize;
+        let len = if i == 2 { 100 } else { 512 };
+        expected[at..at + len].fill((i % 251 + 1) as u8);
+    }
+    expected[new_at as usize..new_at as usize + 3].copy_from_slice(b"new");
+    let reader = region.mount("reader")?;
+    let got = fs::read(reader.path.join("scattered"))?;
+    assert_eq!(got.len(), expected.len());
+    let first_wrong = got.iter().zip(&expected).position(|(a, b)| a != b);
+    assert!(first_wrong.is_none(), "differs at byte {first_wrong:?}");
+    common::wait_for(
+        std::time::Duration::from_secs(30),
+        "the cut extents dropped",
+        || {
+            let (report, clean) = common::fsck(&region.meta_addrs()).ok()?;
+            assert!(clean, "{report}");
+            (report["extents"] == 4).then_some(())
+        },
+    )?;
+    assert_eq!(fs::read(reader.path.join("scattered"))?, expected);
+    Ok(())
+}
+
 /// A removed file of many extents (written at scattered offsets, as a database or an
 /// image is) loses its name at once and its extents in steps the leader proposes
 /// (`namespace/trim.rs`): fsck finds nothing wrong meanwhile, and in the end no extent is

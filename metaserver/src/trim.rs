@@ -1,6 +1,6 @@
-//! While this member leads, drops the extents removed files left behind, a step at a time
-//! (`namespace/trim.rs`): one entry of at most a few thousand extents each, so that
-//! other clients' changes go between them.
+//! While this member leads, drops the extents removed files left behind, and those a
+//! truncate cut off a file, a step at a time (`namespace/trim.rs`): one entry of at most a
+//! few thousand extents each, so that other clients' changes go between them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use crate::namespace::{merge, trim};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
 
-/// How often the leader looks for removed files to trim.
+/// How often the leader looks for files to trim.
 const EVERY: Duration = Duration::from_millis(200);
 
 /// Runs until the member stops.
@@ -35,15 +35,15 @@ pub async fn trim_loop(node: Arc<MetaNode>) {
                 match node.propose_internal(RaftRequest::TrimStep(m.ino)).await {
                     Ok(RaftResponse::Remote(Ok(o))) if o.applied == 0 => steps += 1,
                     Ok(RaftResponse::Remote(Ok(_))) => {
-                        debug!(ino = %m.ino, steps = steps + 1, "a removed file's extents dropped");
+                        debug!(ino = %m.ino, steps = steps + 1, "a removed or cut file's extents dropped");
                         break;
                     }
                     Ok(other) => {
-                        warn!(ino = %m.ino, ?other, "dropping a removed file's extents");
+                        warn!(ino = %m.ino, ?other, "dropping a removed or cut file's extents");
                         break;
                     }
                     Err(e) => {
-                        warn!(ino = %m.ino, error = %e, "dropping a removed file's extents");
+                        warn!(ino = %m.ino, error = %e, "dropping a removed or cut file's extents");
                         break;
                     }
                 }

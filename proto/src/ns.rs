@@ -153,6 +153,11 @@ pub struct Inode {
     /// version of that file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_of: Option<InodeId>,
+    /// For a file a truncate cut short: its extents at or past this offset are what the
+    /// truncate cut off, left for the metaservers to drop in steps; the size is at most
+    /// this until they are gone. Kept only in a volume of one region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_from: Option<u64>,
 }
 
 /// A piece of a file: `len` bytes at file offset `offset` are bytes

@@ -670,6 +670,14 @@ fn put_rows(
                 inode.attr.ino, inode.attr.volume
             )));
         }
+        // Cuts are finished before a volume lives in several regions: an image's file
+        // holds its extents whole.
+        if inode.cut_from.is_some() {
+            return Err(NsError::Invalid(format!(
+                "an image of volume {volume} carries inode {} with a cut pending",
+                inode.attr.ino
+            )));
+        }
         t.put_inode(inode)?;
     }
     let of = rows.ino.0.to_be_bytes();

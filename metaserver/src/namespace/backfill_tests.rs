@@ -387,3 +387,40 @@ fn records_of_other_volumes_go_on_while_an_image_is_on_its_way() {
         assert_consistent(r);
     }
 }
+
+#[test]
+fn an_image_whose_file_carries_a_cut_is_refused() {
+    // Cuts are finished before a volume lives in several regions (`trim.rs`): a file in
+    // an image with one pending is a hostile image's, and would hide the file's extents.
+    let mut rs = three_with_volume_in_two();
+    let root = rs[0].volume_root();
+    let f = attr_of(rs[0].run(mknod(root, "f", FileKind::File))).ino;
+    let (op, _) = write_op(f, 0, b"bytes");
+    rs[0].run(op).unwrap();
+    rounds(&mut rs, 3);
+    let vol = rs[0].read(|r| r.volume("main")).unwrap();
+    rs[0]
+        .run(Op::SetVolumeRegions {
+            name: "main".into(),
+            regions: vec![RegionId(1), RegionId(2), RegionId(3)],
+        })
+        .unwrap();
+    rounds(&mut rs, 3);
+    promise_all(&mut rs);
+    rounds(&mut rs, 3);
+    let b = rs[2]
+        .write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap())
+        .expect("region 3 started its backfill");
+    let mut parts = image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition");
+    let mut rows: Vec<backfill::InodeRows> = serde_json::from_slice(&parts[0].inodes).unwrap();
+    let file = rows
+        .iter_mut()
+        .filter_map(|r| r.inode.as_mut())
+        .find(|i| i.attr.ino == f)
+        .expect("the file is in the image's first piece");
+    file.cut_from = Some(0);
+    parts[0].inodes = serde_json::to_vec(&rows).unwrap();
+    let own = rs[2].id;
+    let refused = rs[2].write(|t| install_image(t, own, &parts[0]));
+    assert!(matches!(refused, Err(NsError::Invalid(_))), "{refused:?}");
+}

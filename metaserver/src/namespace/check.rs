@@ -103,6 +103,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
 
     // Live inodes of this page, then the tombstones in the same number range.
     let mut owners: BTreeMap<u64, u32> = BTreeMap::new(); // inode -> volume
+    let mut cuts: BTreeMap<u64, u64> = BTreeMap::new(); // file -> where a truncate cut it
     let mut end = u64::MAX;
     for item in inodes.range(from..).map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
@@ -177,6 +178,15 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
             }
             _ => {}
         }
+        if let Some(at) = node.cut_from {
+            if node.attr.size > at {
+                problem(format!(
+                    "file {ino}: {} bytes long, past where a truncate cut it ({at})",
+                    node.attr.size
+                ));
+            }
+            cuts.insert(ino.0, at);
+        }
     }
     for item in tombs.range(from..end).map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
@@ -191,13 +201,22 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
         }
     }
 
-    // Removed files whose extents are dropped in steps (`trim.rs`), in the same range.
+    // Files whose extents are dropped in steps (`trim.rs`), in the same range: a removed
+    // file's mark owns its extents, a live file's is a truncate's, which the file names.
     if let Some(state) = super::merge::state_table(tx)? {
         for m in super::trim::pending(&state)? {
-            if (from..end).contains(&m.ino.0) && owners.insert(m.ino.0, m.volume).is_some() {
+            if !(from..end).contains(&m.ino.0) || cuts.remove(&m.ino.0).is_some() {
+                continue;
+            }
+            if owners.insert(m.ino.0, m.volume).is_some() {
                 problem(format!("inode {}: both live and removed", m.ino));
             }
         }
+    }
+    for (ino, at) in cuts {
+        problem(format!(
+            "file {ino}: cut at {at} by a truncate, with no mark for the steps that finish it"
+        ));
     }
 
     // Every extent in the page's number range.

@@ -1,6 +1,7 @@
-//! A removed file's extents dropped in steps (`trim.rs`): a small file's at once, a large
-//! file's behind a mark that fsck accounts for, until the steps have dropped every one
-//! and every reference they held.
+//! Extents dropped in steps (`trim.rs`): a removed file's, a small file's at once, a large
+//! file's behind a mark that fsck accounts for, until the steps have dropped every one and
+//! every reference they held; and what a truncate cuts off a file, which nothing reads and
+//! no later size brings back.
 
 use meridian_proto::{BlockId, InodeId};
 use redb::ReadableDatabase;
@@ -126,4 +127,180 @@ fn a_refused_command_that_removed_a_large_file_leaves_no_mark() {
     assert_eq!(marked_then_restored, vec![trim::Trim { ino: f, volume }]);
     assert!(marks(r).is_empty());
     assert_eq!(extents_of(r, f), INLINE + 1);
+}
+
+fn set_size(r: &mut Region, ino: InodeId, size: u64) -> Result<Reply, NsError> {
+    r.run(Op::SetAttr {
+        ino,
+        set: SetAttr {
+            size: Some(size),
+            ..SetAttr::default()
+        },
+        creds: root_creds(),
+    })
+}
+
+fn cut_from(r: &Region, ino: InodeId) -> Option<u64> {
+    let tx = r.db.begin_read().unwrap();
+    read_inode(&tx.open_table(INODES).unwrap(), ino)
+        .unwrap()
+        .unwrap()
+        .cut_from
+}
+
+/// Runs steps on `ino` until none are left; returns how many it took.
+fn steps_until_done(r: &mut Region, ino: InodeId) -> usize {
+    (1..100)
+        .find(|_| r.write(|t| trim::trim_step(t, ino)).unwrap())
+        .expect("the steps end")
+}
+
+#[test]
+fn a_truncate_of_many_extents_leaves_them_to_steps_and_nothing_reads_them() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "cut");
+    let n = STEP + STEP / 2;
+    let blocks = fragment(r, f, n);
+    // Into the eleventh extent (4 KiB apart, 100 bytes each): it keeps its first 50.
+    let size = 10 * 4096 + 50;
+    set_size(r, f, size).unwrap();
+    let (got, live) = file_extents(r, f);
+    assert_eq!(got, size);
+    assert_eq!(live.len(), 11);
+    assert_eq!(live[10].len, 50);
+    assert!(live.iter().all(|e| e.end() <= size));
+    // The rest waits behind the mark, still counted, and fsck finds nothing wrong.
+    assert_eq!(extents_of(r, f), n);
+    assert_eq!(cut_from(r, f), Some(size));
+    let volume = marks(r)[0].volume;
+    assert_eq!(marks(r), vec![trim::Trim { ino: f, volume }]);
+    assert_consistent(r);
+
+    assert_eq!(steps_until_done(r, f), 2);
+    assert_eq!(extents_of(r, f), 11);
+    assert!(marks(r).is_empty());
+    assert_eq!(cut_from(r, f), None);
+    assert_eq!(file_extents(r, f), (size, live));
+    // Each block keeps one reference per extent left: the first eleven use blocks 0 to 9,
+    // block 0 twice.
+    let left: Vec<u64> = blocks.iter().map(|b| refs(r, b)).collect();
+    assert_eq!(left, [2, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+    assert!(blocks.iter().all(|b| refs(r, b) == extents_using(r, b)));
+    assert_consistent(r);
+}
+
+#[test]
+fn a_file_made_longer_before_the_steps_shows_nothing_that_was_cut() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "rewritten");
+    let n = INLINE * 2;
+    let old = fragment(r, f, n);
+    set_size(r, f, 0).unwrap();
+    assert_eq!(file_extents(r, f), (0, Vec::new()));
+    // Made longer over the old extents: holes, not the old bytes.
+    let grown = 300 * 4096;
+    set_size(r, f, grown).unwrap();
+    assert_eq!(file_extents(r, f), (grown, Vec::new()));
+    assert_eq!(cut_from(r, f), Some(grown));
+    assert_eq!(extents_of(r, f), n - 300);
+    assert_consistent(r);
+    // A write past the end, over more of them, shows only itself.
+    let at = 1000 * 4096 + 7;
+    let (op, block) = write_op(f, at, b"new");
+    r.run(op).unwrap();
+    let (size, live) = file_extents(r, f);
+    assert_eq!(live.len(), 1);
+    assert_eq!((live[0].offset, live[0].block), (at, block));
+    assert_eq!(size, live[0].end());
+    assert_consistent(r);
+    // The steps drop the rest of what was cut, and nothing written since.
+    steps_until_done(r, f);
+    assert_eq!(extents_of(r, f), 1);
+    assert_eq!(file_extents(r, f), (size, live));
+    assert!(old.iter().all(|b| refs(r, b) == 0));
+    assert_eq!(refs(r, &block), 1);
+    assert!(marks(r).is_empty());
+    assert_consistent(r);
+}
+
+#[test]
+fn a_truncate_of_few_extents_cuts_them_at_once() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "short");
+    fragment(r, f, INLINE + 10);
+    // 10 extents past the cut: dropped in the truncate's own entry.
+    set_size(r, f, INLINE as u64 * 4096).unwrap();
+    assert_eq!(extents_of(r, f), INLINE);
+    assert_eq!(cut_from(r, f), None);
+    assert!(marks(r).is_empty());
+    assert_consistent(r);
+}
+
+#[test]
+fn a_compaction_past_a_cut_is_refused() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "cut");
+    fragment(r, f, INLINE * 2);
+    set_size(r, f, 4096).unwrap();
+    let refused = r.run(Op::Compact {
+        ino: f,
+        offset: 0,
+        len: 8192,
+        expected: Vec::new(),
+        replacement: Vec::new(),
+    });
+    assert!(matches!(refused, Err(NsError::Conflict(_))), "{refused:?}");
+    assert_consistent(r);
+}
+
+#[test]
+fn a_volume_brought_into_a_second_region_has_its_cuts_finished_first() {
+    let mut rs = regions_with_volume_in(2, &[meridian_proto::RegionId(1)]);
+    let r = &mut rs[0];
+    let f = file(r, "cut");
+    let n = INLINE * 2;
+    fragment(r, f, n);
+    set_size(r, f, 4096 * 5).unwrap();
+    assert_eq!(marks(r).len(), 1);
+    r.run(Op::SetVolumeRegions {
+        name: "main".into(),
+        regions: vec![meridian_proto::RegionId(1), meridian_proto::RegionId(2)],
+    })
+    .unwrap();
+    assert_eq!(extents_of(r, f), 5);
+    assert_eq!(cut_from(r, f), None);
+    assert!(marks(r).is_empty());
+    assert_consistent(r);
+    // In a volume of several regions a truncate cuts in its own entry, as before.
+    set_size(r, f, 0).unwrap();
+    assert_eq!(extents_of(r, f), 0);
+    assert!(marks(r).is_empty());
+}
+
+#[test]
+fn a_copy_of_a_volume_takes_a_cut_files_live_extents_alone() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "cut");
+    fragment(r, f, INLINE * 2);
+    set_size(r, f, 3 * 4096).unwrap();
+    let Reply::Volume(snap) = r
+        .run(Op::CloneVolume {
+            source: "main".into(),
+            name: "snap".into(),
+            read_only: true,
+        })
+        .unwrap()
+    else {
+        panic!("no volume")
+    };
+    let copy = r.lookup(snap.root, "cut").unwrap().ino;
+    assert_eq!(extents_of(r, copy), 3);
+    assert_eq!(cut_from(r, copy), None);
+    assert_eq!(file_extents(r, copy), file_extents(r, f));
+    assert_consistent(r);
 }

@@ -5,7 +5,7 @@ use meridian_proto::InodeId;
 use crate::namespace::access::{W, check_access, drop_setid, may};
 use crate::namespace::conflict::{copy_again, live, volume_for, writer_base};
 use crate::namespace::ctx::*;
-use crate::namespace::ops::content::{check_byte_quota, truncate_extents};
+use crate::namespace::ops::content::check_byte_quota;
 use crate::namespace::tables::WriteTables;
 use crate::namespace::types::*;
 
@@ -94,8 +94,11 @@ pub(crate) fn setattr(
         let mut vol = volume_for(t, ctx, node.attr.volume)?;
         let old = node.attr.size;
         check_byte_quota(ctx, &vol, old, size)?;
+        let one_region = vol.policy.regions.len() <= 1;
         if size < old {
-            truncate_extents(t, ino, size)?;
+            crate::namespace::trim::truncate(t, &mut node, size, one_region)?;
+        } else {
+            crate::namespace::trim::expose(t, &mut node, size)?;
         }
         vol.used_bytes = vol.used_bytes.saturating_sub(old).saturating_add(size);
         t.put_volume(&vol)?;

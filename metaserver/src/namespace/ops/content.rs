@@ -6,6 +6,7 @@ use crate::namespace::access::{R, W, check_access, drop_setid, may};
 use crate::namespace::conflict::{live, recover, volume_for, writer_base};
 use crate::namespace::ctx::*;
 use crate::namespace::tables::{WriteTables, read_extents};
+use crate::namespace::trim;
 use crate::namespace::types::*;
 
 /// Drops every extent byte at or after `size`.
@@ -234,7 +235,7 @@ pub(crate) fn copy_range(
         .checked_add(len)
         .ok_or_else(|| NsError::Invalid(format!("copy to {dst_offset} overflows")))?;
     let node = writable_file(t, ctx, dst, creds)?;
-    let node = writer_base(t, ctx, node)?;
+    let mut node = writer_base(t, ctx, node)?;
     let new_size = if len > 0 {
         node.attr.size.max(dst_end)
     } else {
@@ -242,6 +243,7 @@ pub(crate) fn copy_range(
     };
     let vol = volume_for(t, ctx, node.attr.volume)?;
     check_byte_quota(ctx, &vol, node.attr.size, new_size)?;
+    trim::expose(t, &mut node, new_size)?;
     cut(t, dst, dst_offset, dst_end)?;
     for e in &moved {
         t.insert_extent(dst, e)?;
@@ -268,11 +270,12 @@ pub(crate) fn commit(
         check_extent(ino, e)?;
     }
     let node = writable_file(t, ctx, ino, creds)?;
-    let node = writer_base(t, ctx, node)?;
+    let mut node = writer_base(t, ctx, node)?;
     let end = extents.iter().map(Extent::end).max().unwrap_or(0);
     let new_size = node.attr.size.max(size).max(end);
     let vol = volume_for(t, ctx, node.attr.volume)?;
     check_byte_quota(ctx, &vol, node.attr.size, new_size)?;
+    trim::expose(t, &mut node, new_size)?;
     for e in extents {
         overlay(t, ino, e)?;
     }
@@ -294,6 +297,12 @@ pub(crate) fn compact(
     let end = offset
         .checked_add(len)
         .ok_or_else(|| NsError::Invalid("compaction range overflows".into()))?;
+    if end > trim::live_end(&node) {
+        return Err(NsError::Conflict(format!(
+            "{ino} was cut short at {} since the compactor read it",
+            trim::live_end(&node)
+        )));
+    }
     let current = read_extents(t.extents()?, ino, offset, end)?;
     if current != expected {
         return Err(NsError::Conflict(format!(

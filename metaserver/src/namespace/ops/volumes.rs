@@ -170,6 +170,7 @@ pub(crate) fn create_volume(
         version: 0,
         content: Hlc::default(),
         copy_of: None,
+        cut_from: None,
     };
     let vol = Volume {
         id,
@@ -375,6 +376,9 @@ pub(crate) fn set_volume_regions(
                 "volume {name:?}: add one region at a time"
             )));
         }
+    }
+    if set.len() > 1 {
+        crate::namespace::trim::finish_cuts(t, vol.id)?;
     }
     vol.policy.regions = set;
     t.put_volume(&vol)?;
