@@ -687,6 +687,64 @@ fn a_truncates_many_cut_extents_are_dropped_in_steps_and_never_show_again() -> R
     Ok(())
 }
 
+/// A hole punched over many extents (a guest's discard in a disk image) leaves them to the
+/// same steps: the range reads as zeros at once, through another mount too, a write into
+/// it right after shows, and fsck finds nothing wrong until only the extents the file
+/// holds are left.
+#[test]
+fn a_holes_many_cut_extents_are_dropped_in_steps_and_never_show_again() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("writer")?;
+    let path = mnt.path.join("image");
+    let pieces = 1_500u64;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    for i in 0..pieces {
+        f.write_all_at(&[(i % 251 + 1) as u8; 512], i * 8192)?;
+    }
+    f.sync_all()?;
+    // From the middle of the second piece to the middle of the last: each keeps its
+    // outer half.
+    let (start, end) = (8192 + 256, (pieces - 1) * 8192 + 256);
+    fallocate(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        start,
+        end - start,
+    )?;
+    let new_at = 700 * 8192 + 3;
+    f.write_all_at(b"new", new_at)?;
+    f.sync_all()?;
+    drop(f);
+    let size = (pieces - 1) * 8192 + 512;
+    let mut expected = vec![0u8; size as usize];
+    expected[..512].fill(1);
+    expected[8192..8192 + 256].fill(2);
+    let last = ((pieces - 1) % 251 + 1) as u8;
+    expected[end as usize..size as usize].fill(last);
+    expected[new_at as usize..new_at as usize + 3].copy_from_slice(b"new");
+    let reader = region.mount("reader")?;
+    let got = fs::read(reader.path.join("image"))?;
+    assert_eq!(got.len(), expected.len());
+    let first_wrong = got.iter().zip(&expected).position(|(a, b)| a != b);
+    assert!(first_wrong.is_none(), "differs at byte {first_wrong:?}");
+    common::wait_for(
+        std::time::Duration::from_secs(30),
+        "the cut extents dropped",
+        || {
+            let (report, clean) = common::fsck(&region.meta_addrs()).ok()?;
+            assert!(clean, "{report}");
+            (report["extents"] == 4).then_some(())
+        },
+    )?;
+    assert_eq!(fs::read(reader.path.join("image"))?, expected);
+    Ok(())
+}
+
 /// A removed file of many extents (written at scattered offsets, as a database or an
 /// image is) loses its name at once and its extents in steps the leader proposes
 /// (`namespace/trim.rs`): fsck finds nothing wrong meanwhile, and in the end no extent is

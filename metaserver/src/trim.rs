@@ -1,5 +1,5 @@
 //! While this member leads, drops the extents removed files left behind, and those a
-//! truncate cut off a file, a step at a time (`namespace/trim.rs`): one entry of at most a
+//! truncate or a punched hole cut off a file, a step at a time (`namespace/trim.rs`): one entry of at most a
 //! few thousand extents each, so that other clients' changes go between them.
 
 use std::sync::Arc;

@@ -153,11 +153,29 @@ pub struct Inode {
     /// version of that file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_of: Option<InodeId>,
-    /// For a file a truncate cut short: its extents at or past this offset are what the
-    /// truncate cut off, left for the metaservers to drop in steps; the size is at most
-    /// this until they are gone. Kept only in a volume of one region.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cut_from: Option<u64>,
+    /// For a file: the stretches whose extents a truncate or a punched hole cut off, left
+    /// for the metaservers to drop in steps (nothing reads them meanwhile). In offset
+    /// order, apart. Kept only in a volume of one region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cuts: Vec<Cut>,
+}
+
+/// A stretch `[from, to)` of a file whose extents are leftovers of a punched hole, or
+/// from `from` on (`to` is `u64::MAX`) of a truncate: none of them is the file's content
+/// any more, and none reaches past `to`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Cut {
+    /// Where it starts.
+    pub from: u64,
+    /// One past where it ends.
+    pub to: u64,
+}
+
+impl Cut {
+    /// Whether file offset `at` is in it.
+    pub fn holds(&self, at: u64) -> bool {
+        (self.from..self.to).contains(&at)
+    }
 }
 
 /// A piece of a file: `len` bytes at file offset `offset` are bytes

@@ -672,7 +672,7 @@ fn put_rows(
         }
         // Cuts are finished before a volume lives in several regions: an image's file
         // holds its extents whole.
-        if inode.cut_from.is_some() {
+        if !inode.cuts.is_empty() {
             return Err(NsError::Invalid(format!(
                 "an image of volume {volume} carries inode {} with a cut pending",
                 inode.attr.ino

@@ -418,7 +418,10 @@ fn an_image_whose_file_carries_a_cut_is_refused() {
         .filter_map(|r| r.inode.as_mut())
         .find(|i| i.attr.ino == f)
         .expect("the file is in the image's first piece");
-    file.cut_from = Some(0);
+    file.cuts = vec![meridian_proto::ns::Cut {
+        from: 0,
+        to: u64::MAX,
+    }];
     parts[0].inodes = serde_json::to_vec(&rows).unwrap();
     let own = rs[2].id;
     let refused = rs[2].write(|t| install_image(t, own, &parts[0]));

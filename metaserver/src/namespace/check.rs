@@ -103,7 +103,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
 
     // Live inodes of this page, then the tombstones in the same number range.
     let mut owners: BTreeMap<u64, u32> = BTreeMap::new(); // inode -> volume
-    let mut cuts: BTreeMap<u64, u64> = BTreeMap::new(); // file -> where a truncate cut it
+    let mut cuts: BTreeMap<u64, Vec<Cut>> = BTreeMap::new(); // file -> its cuts
     let mut end = u64::MAX;
     for item in inodes.range(from..).map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
@@ -178,14 +178,20 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
             }
             _ => {}
         }
-        if let Some(at) = node.cut_from {
-            if node.attr.size > at {
+        if !node.cuts.is_empty() {
+            let apart = node.cuts.windows(2).all(|w| w[0].to < w[1].from);
+            if !apart || node.cuts.iter().any(|c| c.from >= c.to) {
+                problem(format!("file {ino}: cuts out of order: {:?}", node.cuts));
+            }
+            if let Some(c) = node.cuts.iter().find(|c| c.to == u64::MAX)
+                && node.attr.size > c.from
+            {
                 problem(format!(
-                    "file {ino}: {} bytes long, past where a truncate cut it ({at})",
-                    node.attr.size
+                    "file {ino}: {} bytes long, past where a truncate cut it ({})",
+                    node.attr.size, c.from
                 ));
             }
-            cuts.insert(ino.0, at);
+            cuts.insert(ino.0, node.cuts.clone());
         }
     }
     for item in tombs.range(from..end).map_err(store_err)? {
@@ -213,9 +219,9 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
             }
         }
     }
-    for (ino, at) in cuts {
+    for (ino, cut) in cuts {
         problem(format!(
-            "file {ino}: cut at {at} by a truncate, with no mark for the steps that finish it"
+            "file {ino}: cut at {cut:?}, with no mark for the steps that finish it"
         ));
     }
 

@@ -230,7 +230,7 @@ pub(crate) fn new_root_file(
         version: 0,
         content,
         copy_of: None,
-        cut_from: None,
+        cuts: Vec::new(),
     };
     t.put_inode(&node)?;
     t.set_dirent(vol.root, &name, ino, FileKind::File)?;

@@ -156,9 +156,10 @@ impl<'a> NsReader<'a> {
     pub fn extents(&self, ino: InodeId, offset: u64, len: u64) -> Result<Vec<Extent>, NsError> {
         let node = self.inode(ino)?;
         let t = self.tx.open_table(EXTENTS).map_err(store_err)?;
-        // What a truncate cut off and the steps have not dropped yet is nobody's.
-        let end = offset.saturating_add(len).min(super::trim::live_end(&node));
-        read_extents(&t, ino, offset, end)
+        // What a truncate or a punched hole cut off, and the steps have not dropped yet,
+        // is nobody's.
+        let all = read_extents(&t, ino, offset, offset.saturating_add(len))?;
+        Ok(super::trim::live(&node, all))
     }
 
     /// References to `block` from extents (0 if none).

@@ -1,4 +1,5 @@
-//! Extents dropped in steps: a removed file's, and what a truncate cuts off a file.
+//! Extents dropped in steps: a removed file's, and what a truncate or a hole cuts off a
+//! file.
 //!
 //! Removing a file's last name dropped its extents, and their blocks' references, in the
 //! same entry. A file of many extents (a database or an image written at random: the
@@ -14,18 +15,23 @@
 //! given out twice); fsck counts them as their mark's. Only a volume of one region: in a
 //! volume of several the inode becomes a tombstone with its extents, as before.
 //!
-//! A truncate that cuts more than [`INLINE`] extents off a file stalled the group the same
-//! way (`truncate -s 0`, or an open with `O_TRUNC`, of that fio file: a third of a
-//! second). It now cuts the one extent across the new end and leaves the rest behind the
-//! same mark, with the file's `cut_from` set to the new size: every extent at or past
-//! `cut_from` is the truncate's leftover, and the size stays at most `cut_from`. Reads
-//! stop there. A change that makes the file longer first drops the leftovers in the
-//! stretch it brings back ([`expose`]), then moves `cut_from` to the new end, so an old
-//! extent never shows through a new size; a file rewritten from the start after the
-//! truncate pays, commit by commit, for the old extents its new bytes cover, as a
-//! rewrite in place does. The steps drop the leftovers from `cut_from` on, and clear it
-//! with the last of them. A volume that is to live in several regions first has its cuts
-//! finished ([`finish_cuts`]): the merged records of several regions know nothing of them.
+//! A truncate or a punched hole over more than [`INLINE`] extents stalled the group the
+//! same way (`truncate -s 0`, an open with `O_TRUNC`, or `fallocate -p` of that fio file: a
+//! fifth to a third of a second). It now splits the extents across the stretch's edges in
+//! its own entry and leaves those inside behind the same mark, in a cut of the file (its
+//! inode's `cuts`: `[from, to)`, a truncate's to the end): every extent that starts in a
+//! cut is a leftover, none reaches past it, and no live extent reaches into it. Reads skip
+//! the leftovers, so a cut reads as a hole. Before extents are written into a cut, or the
+//! file is made longer over a truncate's, the cut gives up what it holds up to the
+//! written end ([`expose`]: those leftovers are dropped there, and the cut starts after
+//! them), so an old extent never shows through a new write or size. A file rewritten from
+//! the start after a truncate pays, commit by commit, for the old extents its new bytes
+//! cover, as a rewrite in place does; one write far into a cut drops what the cut holds
+//! before it at once. The steps drop each cut's leftovers from its start, and the cut
+//! with the last of them. A file holds at most [`MAX_CUTS`]; past them, and in a volume
+//! of several regions, a cut drops its extents in its own entry as before. A volume that
+//! is to live in several regions first has its cuts finished ([`finish_cuts`]): the
+//! merged records of several regions know nothing of them.
 
 use meridian_proto::InodeId;
 use redb::ReadableTable;
@@ -33,13 +39,15 @@ use serde::{Deserialize, Serialize};
 
 use super::merge::StateTable;
 use super::tables::{Tab, decode_extent, json_err, pair_key, read_extents, read_inode, store_err};
-use super::types::{Extent, Inode, NsError};
+use super::types::{Cut, Extent, Inode, NsError};
 use super::write_tables::WriteTables;
 
 /// Most extents a removal drops in its own entry.
 pub const INLINE: usize = 1024;
 /// Extents one step drops.
 pub const STEP: usize = 2048;
+/// Most cuts a file has at once: past them a truncate or a hole cuts in its own entry.
+pub const MAX_CUTS: usize = 16;
 
 /// A removed file whose extents wait to be dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,9 +109,9 @@ pub(crate) fn drop_extents(
 }
 
 /// Drops up to [`STEP`] more extents of marked file `ino`: a removed file's from its
-/// start, a file's that lives from its `cut_from` on. Returns whether none are left (the
-/// mark gone with the last, and the file's `cut_from` cleared; also when there is no mark,
-/// as for a step proposed twice).
+/// start, a live file's from its first cut (the cut goes once it is empty). Returns
+/// whether none are left (the mark gone with the last; also when there is no mark, as for
+/// a step proposed twice).
 pub fn trim_step(t: &mut WriteTables<'_>, ino: InodeId) -> Result<bool, NsError> {
     let k = key(ino);
     if t.region_state
@@ -114,43 +122,129 @@ pub fn trim_step(t: &mut WriteTables<'_>, ino: InodeId) -> Result<bool, NsError>
     {
         return Ok(true);
     }
-    let node = read_inode(t.inodes()?, ino)?;
-    let from = match &node {
-        None => 0,
-        Some(node) => node.cut_from.unwrap_or(u64::MAX),
+    let mut node = read_inode(t.inodes()?, ino)?;
+    let stretch = match &node {
+        None => Some((0, u64::MAX)),
+        Some(node) => node.cuts.first().map(|c| (c.from, c.to)),
     };
-    let extents = if from == u64::MAX {
-        Vec::new()
-    } else {
-        extents_in(t, ino, (from, u64::MAX), STEP)?
+    let extents = match stretch {
+        Some(stretch) => extents_in(t, ino, stretch, STEP)?,
+        None => Vec::new(),
     };
+    let emptied = extents.len() < STEP;
     // Housekeeping of this region, not a record of the merged log: nothing to undo.
     let saved = t.undo.take();
     let mut result = extents.iter().try_for_each(|e| t.remove_extent(ino, e));
-    let done = extents.len() < STEP;
     if result.is_ok()
-        && done
-        && let Some(mut node) = node.filter(|n| n.cut_from.is_some())
+        && emptied
+        && let Some(node) = node.as_mut().filter(|n| !n.cuts.is_empty())
     {
-        node.cut_from = None;
-        result = t.put_inode(&node);
+        node.cuts.remove(0);
+        result = t.put_inode(node);
     }
     t.undo = saved;
     result?;
+    let done = match &node {
+        None => emptied,
+        Some(node) => node.cuts.is_empty(),
+    };
     if done {
         t.write(Tab::Trims, k.as_bytes(), None)?;
     }
     Ok(done)
 }
 
-/// Where `node`'s live extents end: its `cut_from`, or nowhere.
-pub(crate) fn live_end(node: &Inode) -> u64 {
-    node.cut_from.unwrap_or(u64::MAX)
+/// Whether file offset `at` of `node` is in one of its cuts.
+fn in_cut(node: &Inode, at: u64) -> bool {
+    node.cuts.iter().any(|c| c.holds(at))
+}
+
+/// `extents` of `node` (read from its rows) without the leftovers in its cuts.
+pub(crate) fn live(node: &Inode, mut extents: Vec<Extent>) -> Vec<Extent> {
+    if !node.cuts.is_empty() {
+        extents.retain(|e| !in_cut(node, e.offset));
+    }
+    extents
+}
+
+/// `cuts` with `[from, to)` added, joined with those it meets.
+fn with_cut(cuts: &[Cut], from: u64, to: u64) -> Vec<Cut> {
+    let (mut from, mut to) = (from, to);
+    let mut out: Vec<Cut> = Vec::with_capacity(cuts.len() + 1);
+    for c in cuts {
+        if c.to < from || c.from > to {
+            out.push(*c);
+        } else {
+            from = from.min(c.from);
+            to = to.max(c.to);
+        }
+    }
+    let at = out.partition_point(|c| c.from < from);
+    out.insert(at, Cut { from, to });
+    out
+}
+
+/// Marks `node`'s cut extents for the steps, the cuts being `cuts`.
+fn mark_cut(t: &mut WriteTables<'_>, node: &mut Inode, cuts: Vec<Cut>) -> Result<(), NsError> {
+    node.cuts = cuts;
+    let mark = serde_json::to_vec(&Trim {
+        ino: node.attr.ino,
+        volume: node.attr.volume,
+    })
+    .map_err(json_err)?;
+    t.write(Tab::Trims, key(node.attr.ino).as_bytes(), Some(&mark))
+}
+
+/// The extent of `ino` that starts before `at` and reaches past it, if any, now ends at
+/// `at`; returns what it held from `at` on, for the caller to keep or let go.
+fn split_at(t: &mut WriteTables<'_>, ino: InodeId, at: u64) -> Result<Option<Extent>, NsError> {
+    let Some(across) = read_extents(t.extents()?, ino, at, at.saturating_add(1))?
+        .into_iter()
+        .find(|e| e.offset < at)
+    else {
+        return Ok(None);
+    };
+    t.remove_extent(ino, &across)?;
+    t.insert_extent(
+        ino,
+        &Extent {
+            len: at - across.offset,
+            ..across
+        },
+    )?;
+    let skip = at - across.offset;
+    Ok(Some(Extent {
+        offset: at,
+        len: across.len - skip,
+        block_offset: across.block_offset + skip as u32,
+        ..across
+    }))
+}
+
+/// The cuts of `node` with `[from, to)` added, if it may take one more in steps: at
+/// most [`INLINE`] extents start in it (`cut` here is cheaper), the volume lives in
+/// several regions, or the file has [`MAX_CUTS`] already.
+fn stepped_cuts(
+    t: &WriteTables<'_>,
+    node: &Inode,
+    (from, to): (u64, u64),
+    one_region: bool,
+) -> Result<Option<Vec<Cut>>, NsError> {
+    if !one_region || from >= to {
+        return Ok(None);
+    }
+    let cuts = with_cut(&node.cuts, from, to);
+    if cuts.len() > MAX_CUTS
+        || extents_in(t, node.attr.ino, (from, to), INLINE + 1)?.len() <= INLINE
+    {
+        return Ok(None);
+    }
+    Ok(Some(cuts))
 }
 
 /// Cuts the extents of file `node` at `size`, smaller than its size: here if at most
-/// [`INLINE`] start at or past it (or the volume lives in several regions), else the
-/// extent across `size` here and the rest behind a mark, `cut_from` set to `size`.
+/// [`INLINE`] start at or past it (see [`stepped_cuts`]), else the extent across `size`
+/// here and the rest behind a mark, in a cut from `size` on.
 pub(crate) fn truncate(
     t: &mut WriteTables<'_>,
     node: &mut Inode,
@@ -158,61 +252,75 @@ pub(crate) fn truncate(
     one_region: bool,
 ) -> Result<(), NsError> {
     let ino = node.attr.ino;
-    let beyond = extents_in(t, ino, (size, u64::MAX), INLINE + 1)?;
-    if !one_region || beyond.len() <= INLINE {
+    let Some(cuts) = stepped_cuts(t, node, (size, u64::MAX), one_region)? else {
         return super::ops::content::truncate_extents(t, ino, size);
-    }
-    // The one extent that starts before `size` and reaches past it keeps its first part.
-    if let Some(across) = read_extents(t.extents()?, ino, size, size.saturating_add(1))?
-        .into_iter()
-        .find(|e| e.offset < size)
-    {
-        t.remove_extent(ino, &across)?;
-        t.insert_extent(
-            ino,
-            &Extent {
-                len: size - across.offset,
-                ..across
-            },
-        )?;
-    }
-    node.cut_from = Some(size);
-    let mark = serde_json::to_vec(&Trim {
-        ino,
-        volume: node.attr.volume,
-    })
-    .map_err(json_err)?;
-    t.write(Tab::Trims, key(ino).as_bytes(), Some(&mark))
+    };
+    split_at(t, ino, size)?;
+    mark_cut(t, node, cuts)
 }
 
-/// Before file `node` is made `end` bytes long (or given extents up to `end`): drops what
-/// a truncate left between its `cut_from` and `end`, and moves `cut_from` to `end`. Costs
-/// the leftovers in that stretch, which is what the file brings back into view.
-pub(crate) fn expose(t: &mut WriteTables<'_>, node: &mut Inode, end: u64) -> Result<(), NsError> {
-    let Some(from) = node.cut_from.filter(|&f| end > f) else {
-        return Ok(());
-    };
+/// Makes `[start, end)` of file `node` a hole: here if at most [`INLINE`] extents start in
+/// it (see [`stepped_cuts`]), else the extents across its edges here and the rest behind a
+/// mark, in a cut. Nothing of the file lies past its size but a truncate's cut, so a
+/// hole's cut ends there.
+pub(crate) fn punch(
+    t: &mut WriteTables<'_>,
+    node: &mut Inode,
+    (start, end): (u64, u64),
+    one_region: bool,
+) -> Result<(), NsError> {
     let ino = node.attr.ino;
-    for e in extents_in(t, ino, (from, end), usize::MAX)? {
-        t.remove_extent(ino, &e)?;
+    let stretch = (start, end.min(node.attr.size));
+    let Some(cuts) = stepped_cuts(t, node, stretch, one_region)? else {
+        return super::ops::content::cut(t, ino, start, end);
+    };
+    split_at(t, ino, stretch.0)?;
+    // The last extent in the hole keeps what it holds past the hole, out of the cut.
+    if let Some(rest) = split_at(t, ino, stretch.1)? {
+        t.insert_extent(ino, &rest)?;
     }
-    node.cut_from = Some(end);
+    mark_cut(t, node, cuts)
+}
+
+/// Before extents are written over `[start, end)` of file `node`, or it is made longer
+/// over it: each cut it meets gives up what it holds before `end` (dropped here) and
+/// starts there, so that what is written is not in a cut and nothing cut shows. Costs
+/// the leftovers between such a cut's start and `end`.
+pub(crate) fn expose(
+    t: &mut WriteTables<'_>,
+    node: &mut Inode,
+    (start, end): (u64, u64),
+) -> Result<(), NsError> {
+    if node.cuts.is_empty() || start >= end {
+        return Ok(());
+    }
+    let ino = node.attr.ino;
+    let mut cuts = std::mem::take(&mut node.cuts);
+    for c in cuts.iter_mut().filter(|c| c.from < end && c.to > start) {
+        let upto = end.min(c.to);
+        for e in extents_in(t, ino, (c.from, upto), usize::MAX)? {
+            t.remove_extent(ino, &e)?;
+        }
+        c.from = upto;
+    }
+    cuts.retain(|c| c.from < c.to);
+    node.cuts = cuts;
     Ok(())
 }
 
-/// Drops every leftover of a truncate in the files of `volume`, before it lives in
-/// several regions.
+/// Drops every leftover of a cut in the files of `volume`, before it lives in several
+/// regions.
 pub(crate) fn finish_cuts(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
     let marked: Vec<Trim> = pending(t.region_state.open()?)?;
     for m in marked.into_iter().filter(|m| m.volume == volume) {
         let Some(mut node) = read_inode(t.inodes()?, m.ino)? else {
             continue; // a removed file's: nothing of it can show
         };
-        let Some(from) = node.cut_from else { continue };
-        for e in extents_in(t, m.ino, (from, u64::MAX), usize::MAX)? {
-            t.remove_extent(m.ino, &e)?;
+        for c in std::mem::take(&mut node.cuts) {
+            for e in extents_in(t, m.ino, (c.from, c.to), usize::MAX)? {
+                t.remove_extent(m.ino, &e)?;
+            }
         }
-        node.cut_from = None;
         t.put_inode(&node)?;
         t.write(Tab::Trims, key(m.ino).as_bytes(), None)?;
     }

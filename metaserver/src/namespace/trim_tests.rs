@@ -7,7 +7,8 @@ use meridian_proto::{BlockId, InodeId};
 use redb::ReadableDatabase;
 
 use super::test_regions::*;
-use super::trim::{self, INLINE, STEP};
+use super::trim::{self, INLINE, MAX_CUTS, STEP};
+use super::types::Cut;
 
 /// `n` extents of 100 bytes, 4 KiB apart (none merge), naming ten blocks in turn,
 /// committed in pieces.
@@ -140,12 +141,18 @@ fn set_size(r: &mut Region, ino: InodeId, size: u64) -> Result<Reply, NsError> {
     })
 }
 
+/// Where the file's cut from its end on starts, if it has one.
 fn cut_from(r: &Region, ino: InodeId) -> Option<u64> {
+    let cuts = cuts_of(r, ino);
+    cuts.iter().find(|c| c.to == u64::MAX).map(|c| c.from)
+}
+
+fn cuts_of(r: &Region, ino: InodeId) -> Vec<Cut> {
     let tx = r.db.begin_read().unwrap();
     read_inode(&tx.open_table(INODES).unwrap(), ino)
         .unwrap()
         .unwrap()
-        .cut_from
+        .cuts
 }
 
 /// Runs steps on `ino` until none are left; returns how many it took.
@@ -302,5 +309,142 @@ fn a_copy_of_a_volume_takes_a_cut_files_live_extents_alone() {
     assert_eq!(extents_of(r, copy), 3);
     assert_eq!(cut_from(r, copy), None);
     assert_eq!(file_extents(r, copy), file_extents(r, f));
+    assert_consistent(r);
+}
+
+fn punch(r: &mut Region, ino: InodeId, offset: u64, len: u64) -> Result<Reply, NsError> {
+    r.run(Op::PunchHole {
+        ino,
+        offset,
+        len,
+        creds: root_creds(),
+    })
+}
+
+#[test]
+fn a_hole_over_many_extents_leaves_them_to_steps_and_reads_as_a_hole() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "holed");
+    let n = STEP + STEP / 2;
+    let blocks = fragment(r, f, n);
+    let (size, before) = file_extents(r, f);
+    // From the middle of the tenth extent to the middle of the 3,000th: both edges keep
+    // their outer halves.
+    let (start, end) = (9 * 4096 + 50, 2999 * 4096 + 50);
+    punch(r, f, start, end - start).unwrap();
+    let (after_size, live) = file_extents(r, f);
+    assert_eq!(after_size, size);
+    let expected: Vec<Extent> = before[..9]
+        .iter()
+        .copied()
+        .chain([
+            Extent {
+                len: 50,
+                ..before[9]
+            },
+            Extent {
+                offset: end,
+                len: 50,
+                block_offset: 50,
+                ..before[2999]
+            },
+        ])
+        .chain(before[3000..].iter().copied())
+        .collect();
+    assert_eq!(live, expected);
+    assert_eq!(
+        cuts_of(r, f),
+        vec![Cut {
+            from: start,
+            to: end
+        }]
+    );
+    assert_eq!(marks(r).len(), 1);
+    assert_consistent(r);
+    steps_until_done(r, f);
+    assert!(cuts_of(r, f).is_empty());
+    assert!(marks(r).is_empty());
+    assert_eq!(extents_of(r, f), expected.len());
+    assert_eq!(file_extents(r, f), (size, live));
+    assert!(blocks.iter().all(|b| refs(r, b) == extents_using(r, b)));
+    assert_consistent(r);
+}
+
+#[test]
+fn a_write_into_a_hole_before_the_steps_shows_itself_and_nothing_cut() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "holed");
+    let n = INLINE * 3;
+    let old = fragment(r, f, n);
+    let (size, _) = file_extents(r, f);
+    punch(r, f, 4096, size - 4096 - 100).unwrap();
+    let hole = cuts_of(r, f)[0];
+    // A write in the middle of the hole: the cut gives up what it held before the write's
+    // end, and the rest stays cut.
+    let at = 1500 * 4096 + 10;
+    let (op, block) = write_op(f, at, b"new");
+    r.run(op).unwrap();
+    let (_, live) = file_extents(r, f);
+    let shown: Vec<u64> = live.iter().map(|e| e.offset).collect();
+    assert_eq!(shown, vec![0, at, (n as u64 - 1) * 4096]);
+    assert_eq!(live[1].block, block);
+    let cuts = cuts_of(r, f);
+    assert_eq!(cuts.len(), 1);
+    assert_eq!((cuts[0].from, cuts[0].to), (live[1].end(), hole.to));
+    assert_consistent(r);
+    steps_until_done(r, f);
+    assert_eq!(file_extents(r, f).1, live);
+    assert_eq!(extents_of(r, f), 3);
+    assert_eq!(refs(r, &block), 1);
+    assert!(old.iter().all(|b| refs(r, b) == extents_using(r, b)));
+    assert_consistent(r);
+}
+
+#[test]
+fn a_copy_of_a_range_takes_nothing_a_hole_cut() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "holed");
+    let n = INLINE * 2;
+    fragment(r, f, n);
+    let (size, _) = file_extents(r, f);
+    punch(r, f, 4096, size - 8192).unwrap();
+    let g = file(r, "copy");
+    r.run(Op::CopyRange {
+        src: f,
+        src_offset: 0,
+        dst: g,
+        dst_offset: 0,
+        len: size,
+        creds: root_creds(),
+    })
+    .unwrap();
+    assert_eq!(file_extents(r, g), file_extents(r, f));
+    assert_eq!(extents_of(r, g), 2);
+    assert_consistent(r);
+}
+
+#[test]
+fn past_the_most_cuts_a_file_may_have_a_hole_is_punched_at_once() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "holed");
+    let per = INLINE + 2;
+    fragment(r, f, per * (MAX_CUTS + 1));
+    // Holes one extent apart: each its own cut.
+    for i in 0..=MAX_CUTS {
+        let start = (i * per) as u64 * 4096;
+        punch(r, f, start, (per as u64 - 1) * 4096).unwrap();
+    }
+    assert_eq!(cuts_of(r, f).len(), MAX_CUTS);
+    let (_, live) = file_extents(r, f);
+    assert_eq!(live.len(), MAX_CUTS + 1);
+    assert_eq!(extents_of(r, f), MAX_CUTS * per + 1);
+    assert_consistent(r);
+    steps_until_done(r, f);
+    assert_eq!(file_extents(r, f).1, live);
+    assert_eq!(extents_of(r, f), MAX_CUTS + 1);
     assert_consistent(r);
 }

@@ -98,7 +98,7 @@ pub(crate) fn setattr(
         if size < old {
             crate::namespace::trim::truncate(t, &mut node, size, one_region)?;
         } else {
-            crate::namespace::trim::expose(t, &mut node, size)?;
+            crate::namespace::trim::expose(t, &mut node, (old, size))?;
         }
         vol.used_bytes = vol.used_bytes.saturating_sub(old).saturating_add(size);
         t.put_volume(&vol)?;

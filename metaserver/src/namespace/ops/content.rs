@@ -63,7 +63,12 @@ fn check_extent(ino: InodeId, e: &Extent) -> Result<(), NsError> {
 
 /// Takes `[start, end)` out of the extent map of `ino`: extents inside go, extents across
 /// an edge keep their part outside.
-fn cut(t: &mut WriteTables<'_>, ino: InodeId, start: u64, end: u64) -> Result<(), NsError> {
+pub(crate) fn cut(
+    t: &mut WriteTables<'_>,
+    ino: InodeId,
+    start: u64,
+    end: u64,
+) -> Result<(), NsError> {
     let old = read_extents(t.extents()?, ino, start, end)?;
     for o in &old {
         t.remove_extent(ino, o)?;
@@ -170,9 +175,9 @@ pub(crate) fn punch_hole(
         .checked_add(len)
         .ok_or_else(|| NsError::Invalid(format!("hole of {len} bytes at {offset} overflows")))?;
     let node = writable_file(t, ctx, ino, creds)?;
-    let node = writer_base(t, ctx, node)?;
+    let mut node = writer_base(t, ctx, node)?;
     let vol = volume_for(t, ctx, node.attr.volume)?;
-    cut(t, ino, offset, end)?;
+    trim::punch(t, &mut node, (offset, end), vol.policy.regions.len() <= 1)?;
     let size = node.attr.size;
     changed(t, ctx, node, vol, size, creds).map(Reply::Attr)
 }
@@ -212,10 +217,12 @@ pub(crate) fn copy_range(
             }
             let len = len.min(source.attr.size.saturating_sub(src_offset));
             let src_end = src_offset + len;
-            // What the source holds there, read before the destination changes (it may
-            // be the same file), moved to the destination's offsets.
+            // What the source holds there (not what a cut of it left), read before the
+            // destination changes (it may be the same file), moved to the destination's
+            // offsets.
             let mut moved = Vec::new();
-            for e in read_extents(t.extents()?, src, src_offset, src_end)? {
+            let held = read_extents(t.extents()?, src, src_offset, src_end)?;
+            for e in trim::live(&source, held) {
                 let from = e.offset.max(src_offset);
                 let to = e.end().min(src_end);
                 moved.push(Extent {
@@ -243,7 +250,9 @@ pub(crate) fn copy_range(
     };
     let vol = volume_for(t, ctx, node.attr.volume)?;
     check_byte_quota(ctx, &vol, node.attr.size, new_size)?;
-    trim::expose(t, &mut node, new_size)?;
+    let old = node.attr.size;
+    trim::expose(t, &mut node, (old, new_size))?;
+    trim::expose(t, &mut node, (dst_offset, dst_end))?;
     cut(t, dst, dst_offset, dst_end)?;
     for e in &moved {
         t.insert_extent(dst, e)?;
@@ -275,7 +284,11 @@ pub(crate) fn commit(
     let new_size = node.attr.size.max(size).max(end);
     let vol = volume_for(t, ctx, node.attr.volume)?;
     check_byte_quota(ctx, &vol, node.attr.size, new_size)?;
-    trim::expose(t, &mut node, new_size)?;
+    let old = node.attr.size;
+    trim::expose(t, &mut node, (old, new_size))?;
+    for e in extents {
+        trim::expose(t, &mut node, (e.offset, e.end()))?;
+    }
     for e in extents {
         overlay(t, ino, e)?;
     }
@@ -297,10 +310,10 @@ pub(crate) fn compact(
     let end = offset
         .checked_add(len)
         .ok_or_else(|| NsError::Invalid("compaction range overflows".into()))?;
-    if end > trim::live_end(&node) {
+    if node.cuts.iter().any(|c| c.from < end && c.to > offset) {
         return Err(NsError::Conflict(format!(
-            "{ino} was cut short at {} since the compactor read it",
-            trim::live_end(&node)
+            "{ino} was cut at {:?} since the compactor read it",
+            node.cuts
         )));
     }
     let current = read_extents(t.extents()?, ino, offset, end)?;

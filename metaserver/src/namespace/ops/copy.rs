@@ -368,10 +368,10 @@ where
                 row.xattrs.push((name.to_vec(), v.value().to_vec()));
             }
             if row.inode.attr.kind == FileKind::File {
-                // The copy takes the file's live extents, not what a truncate left.
-                let end = crate::namespace::trim::live_end(&row.inode);
-                row.extents = read_extents(&self.extents, from, 0, end)?;
-                row.inode.cut_from = None;
+                // The copy takes the file's live extents, not what a cut left.
+                let all = read_extents(&self.extents, from, 0, u64::MAX)?;
+                row.extents = crate::namespace::trim::live(&row.inode, all);
+                row.inode.cuts.clear();
             }
         }
         let mut more = None;
@@ -579,8 +579,7 @@ fn copy_inode_data(
     inode.attr.volume = volume;
     inode.parent = parent;
     inode.copy_of = None;
-    let live_end = crate::namespace::trim::live_end(&inode);
-    inode.cut_from = None;
+    let cuts = std::mem::take(&mut inode.cuts);
     t.put_inode(&inode)?;
     let (lo, hi) = (dirent_key(from, b""), dirent_end(from));
     let mut xattrs = Vec::new();
@@ -597,7 +596,11 @@ fn copy_inode_data(
         t.set_xattr(to, &name, &value)?;
     }
     if inode.attr.kind == FileKind::File {
-        for e in read_extents(t.extents()?, from, 0, live_end)? {
+        let all = read_extents(t.extents()?, from, 0, u64::MAX)?;
+        for e in all
+            .into_iter()
+            .filter(|e| !cuts.iter().any(|c| c.holds(e.offset)))
+        {
             t.insert_extent(to, &e)?;
         }
     }

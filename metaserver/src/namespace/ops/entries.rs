@@ -142,7 +142,7 @@ pub(crate) fn make(
         version: 0,
         content: Hlc::default(),
         copy_of: None,
-        cut_from: None,
+        cuts: Vec::new(),
     };
     t.put_inode(&inode)?;
     t.set_dirent(parent, name, ino, new.kind)?;

@@ -170,7 +170,7 @@ pub(crate) fn create_volume(
         version: 0,
         content: Hlc::default(),
         copy_of: None,
-        cut_from: None,
+        cuts: Vec::new(),
     };
     let vol = Volume {
         id,
