@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """How long other clients' changes wait while a file of many extents is removed or cut.
 
-    scripts/removal_stall.py MOUNT_DIR [--creates N] [--truncate]      (needs fio)
+    scripts/removal_stall.py MOUNT_DIR [--creates N] [--truncate | --punch]   (needs fio)
 
 Writes the peers bench's fio file in MOUNT_DIR the way its jobs do (1 GiB sequential,
 then 6 s of random 4 KiB direct writes and 6 s of fsync'd ones: about 150,000 extents on
 Meridian), then creates N empty files one after another (each closed: one durable round)
 while another thread removes the fio file 1 s in (with --truncate: opens it with O_TRUNC
-and closes it, after dropping the host's caches so that the kernel's own release of the
-file's cached pages stays out of it). Prints the removal's (or truncate's) own time, the
+and closes it; with --punch: punches a hole over all of it but its first and last 4 KiB
+with `fallocate -p`; either after dropping the host's caches so that the kernel's own
+release of the file's cached pages stays out of it). Prints the removal's (or truncate's) own time, the
 creates' rate, and the slowest creates (when, how long). Run it on a fresh rig per build,
 alternated (docs/PERFORMANCE.md, forty-sixth round: 406-455 ms behind one removal before
 the extents were dropped in steps, 22-31 ms after; forty-ninth round, the same for a
-truncate).
+truncate and a hole).
 """
 
 import argparse
@@ -33,8 +34,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
     ap.add_argument("--creates", type=int, default=3000)
-    ap.add_argument("--truncate", action="store_true",
-                    help="cut the file to nothing instead of removing it")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--truncate", action="store_true",
+                     help="cut the file to nothing instead of removing it")
+    how.add_argument("--punch", action="store_true",
+                     help="punch a hole over the file instead of removing it")
     a = ap.parse_args()
     work = os.path.join(a.dir, "removal-stall.%d" % os.getpid())
     os.makedirs(os.path.join(work, "creates"))
@@ -48,12 +52,15 @@ def main():
 
     def remove():
         time.sleep(1.0)
-        if a.truncate:
+        if a.truncate or a.punch:
             with open("/proc/sys/vm/drop_caches", "w") as f:
                 f.write("3")
         t = time.perf_counter()
         if a.truncate:
             os.close(os.open(big, os.O_WRONLY | os.O_TRUNC))
+        elif a.punch:
+            subprocess.run(["fallocate", "-p", "-o", "4096", "-l", str((1 << 30) - 8192),
+                            big], check=True)
         else:
             os.unlink(big)
         removal["ms"] = (time.perf_counter() - t) * 1000
@@ -71,12 +78,13 @@ def main():
     th.join()
     slowest = sorted(sorted(lat, key=lambda x: -x[1])[:8])
     print("%s %.1f ms; %d creates at %.0f/s; slowest (at s: ms): %s" % (
-        "truncate" if a.truncate else "removal", removal["ms"], a.creates, a.creates / elapsed,
+        "truncate" if a.truncate else "hole" if a.punch else "removal", removal["ms"],
+        a.creates, a.creates / elapsed,
         ", ".join("%.2f: %.1f" % (at, d * 1000) for at, d in slowest)))
     for i in range(a.creates):
         os.unlink(os.path.join(work, "creates", "f%06d" % i))
     os.rmdir(os.path.join(work, "creates"))
-    if a.truncate:
+    if a.truncate or a.punch:
         os.unlink(big)
     os.rmdir(work)
 
