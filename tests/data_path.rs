@@ -630,27 +630,60 @@ fn staged_blocks_are_encoded_and_put_by_their_writer() -> Result<()> {
     Ok(())
 }
 
-/// A truncate that cuts many extents off a file leaves them to the same steps: the file
-/// is short at once, made long again right after (over half of what was cut) it shows
-/// holes where the cut extents were and its new bytes, read through another mount; fsck finds nothing wrong at any
-/// look, and in the end only the extents the file holds are left.
-#[test]
-fn a_truncates_many_cut_extents_are_dropped_in_steps_and_never_show_again() -> Result<()> {
-    let region = Region::start()?;
-    let mnt = region.mount("writer")?;
-    let path = mnt.path.join("scattered");
-    let pieces = 1_500u64;
+/// Pieces of 512 bytes every 8 KiB in a new file `name` (holes between, so that no two
+/// make one extent, as a database or an image written at random has), each of one byte
+/// value (its number modulo 251, plus 1), made durable. Returns the file, open.
+fn scattered(dir: &Path, name: &str, pieces: u64) -> Result<File> {
     let f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
-        .open(&path)?;
+        .open(dir.join(name))?;
     for i in 0..pieces {
-        // 512 bytes every 8 KiB, as above.
-        f.write_all_at(&[(i % 251 + 1) as u8; 512], i * 8192)?;
+        f.write_all_at(&[piece_byte(i); 512], i * 8192)?;
     }
     f.sync_all()?;
+    Ok(f)
+}
+
+fn piece_byte(i: u64) -> u8 {
+    (i % 251 + 1) as u8
+}
+
+/// File `name` reads as `expected` through a mount that never saw it written, fsck is
+/// clean at every look until the region holds `extents` extents, and the file reads the
+/// same after.
+fn reads_as_and_settles(region: &Region, name: &str, expected: &[u8], extents: u64) -> Result<()> {
+    let reader = region.mount("reader")?;
+    let got = fs::read(reader.path.join(name))?;
+    assert_eq!(got.len(), expected.len());
+    let first_wrong = got.iter().zip(expected).position(|(a, b)| a != b);
+    assert!(first_wrong.is_none(), "differs at byte {first_wrong:?}");
+    common::wait_for(
+        std::time::Duration::from_secs(30),
+        "the cut extents dropped",
+        || {
+            let (report, clean) = common::fsck(&region.meta_addrs()).ok()?;
+            assert!(clean, "{report}");
+            (report["extents"] == extents).then_some(())
+        },
+    )?;
+    assert!(fs::read(reader.path.join(name))? == expected);
+    Ok(())
+}
+
+/// A truncate that cuts many extents off a file leaves them to the same steps as a
+/// removal (`namespace/trim.rs`): the file is short at once, made long again right after
+/// (over half of what was cut) it shows holes where the cut extents were and its new
+/// bytes, read through another mount; fsck finds nothing wrong at any look, and in the end
+/// only the extents the file holds are left.
+#[test]
+fn a_truncates_many_cut_extents_are_dropped_in_steps_and_never_show_again() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("writer")?;
+    let pieces = 1_500u64;
+    let f = scattered(&mnt.path, "scattered", pieces)?;
     // Into the third piece: it keeps 100 bytes.
     let cut = 2 * 8192 + 100;
     f.set_len(cut)?;
@@ -666,25 +699,10 @@ fn a_truncates_many_cut_extents_are_dropped_in_steps_and_never_show_again() -> R
     for i in 0..3u64 {
         let at = (i * 8192) as usize;
         let len = if i == 2 { 100 } else { 512 };
-        expected[at..at + len].fill((i % 251 + 1) as u8);
+        expected[at..at + len].fill(piece_byte(i));
     }
     expected[new_at as usize..new_at as usize + 3].copy_from_slice(b"new");
-    let reader = region.mount("reader")?;
-    let got = fs::read(reader.path.join("scattered"))?;
-    assert_eq!(got.len(), expected.len());
-    let first_wrong = got.iter().zip(&expected).position(|(a, b)| a != b);
-    assert!(first_wrong.is_none(), "differs at byte {first_wrong:?}");
-    common::wait_for(
-        std::time::Duration::from_secs(30),
-        "the cut extents dropped",
-        || {
-            let (report, clean) = common::fsck(&region.meta_addrs()).ok()?;
-            assert!(clean, "{report}");
-            (report["extents"] == 4).then_some(())
-        },
-    )?;
-    assert_eq!(fs::read(reader.path.join("scattered"))?, expected);
-    Ok(())
+    reads_as_and_settles(&region, "scattered", &expected, 4)
 }
 
 /// A hole punched over many extents (a guest's discard in a disk image) leaves them to the
@@ -695,18 +713,8 @@ fn a_truncates_many_cut_extents_are_dropped_in_steps_and_never_show_again() -> R
 fn a_holes_many_cut_extents_are_dropped_in_steps_and_never_show_again() -> Result<()> {
     let region = Region::start()?;
     let mnt = region.mount("writer")?;
-    let path = mnt.path.join("image");
     let pieces = 1_500u64;
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)?;
-    for i in 0..pieces {
-        f.write_all_at(&[(i % 251 + 1) as u8; 512], i * 8192)?;
-    }
-    f.sync_all()?;
+    let f = scattered(&mnt.path, "image", pieces)?;
     // From the middle of the second piece to the middle of the last: each keeps its
     // outer half.
     let (start, end) = (8192 + 256, (pieces - 1) * 8192 + 256);
@@ -722,27 +730,11 @@ fn a_holes_many_cut_extents_are_dropped_in_steps_and_never_show_again() -> Resul
     drop(f);
     let size = (pieces - 1) * 8192 + 512;
     let mut expected = vec![0u8; size as usize];
-    expected[..512].fill(1);
-    expected[8192..8192 + 256].fill(2);
-    let last = ((pieces - 1) % 251 + 1) as u8;
-    expected[end as usize..size as usize].fill(last);
+    expected[..512].fill(piece_byte(0));
+    expected[8192..8192 + 256].fill(piece_byte(1));
+    expected[end as usize..size as usize].fill(piece_byte(pieces - 1));
     expected[new_at as usize..new_at as usize + 3].copy_from_slice(b"new");
-    let reader = region.mount("reader")?;
-    let got = fs::read(reader.path.join("image"))?;
-    assert_eq!(got.len(), expected.len());
-    let first_wrong = got.iter().zip(&expected).position(|(a, b)| a != b);
-    assert!(first_wrong.is_none(), "differs at byte {first_wrong:?}");
-    common::wait_for(
-        std::time::Duration::from_secs(30),
-        "the cut extents dropped",
-        || {
-            let (report, clean) = common::fsck(&region.meta_addrs()).ok()?;
-            assert!(clean, "{report}");
-            (report["extents"] == 4).then_some(())
-        },
-    )?;
-    assert_eq!(fs::read(reader.path.join("image"))?, expected);
-    Ok(())
+    reads_as_and_settles(&region, "image", &expected, 4)
 }
 
 /// A removed file of many extents (written at scattered offsets, as a database or an
@@ -755,13 +747,7 @@ fn a_removed_files_many_extents_are_dropped_in_steps() -> Result<()> {
     let mnt = region.mount("writer")?;
     let path = mnt.path.join("scattered");
     let pieces = 1_500u64;
-    let f = File::create(&path)?;
-    for i in 0..pieces {
-        // 512 bytes every 8 KiB: holes between, so no two pieces make one extent.
-        f.write_all_at(&[(i % 251) as u8; 512], i * 8192)?;
-    }
-    f.sync_all()?;
-    drop(f);
+    drop(scattered(&mnt.path, "scattered", pieces)?);
     let (report, clean) = common::fsck(&region.meta_addrs())?;
     assert!(clean, "{report}");
     let extents = report["extents"].as_u64().context("fsck counts extents")?;

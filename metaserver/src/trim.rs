@@ -1,6 +1,7 @@
 //! While this member leads, drops the extents removed files left behind, and those a
-//! truncate or a punched hole cut off a file, a step at a time (`namespace/trim.rs`): one entry of at most a
-//! few thousand extents each, so that other clients' changes go between them.
+//! truncate or a punched hole cut off a file, a step at a time (`namespace/trim.rs`): one
+//! entry of at most a few thousand extents each, so that other clients' changes go between
+//! them.
 
 use std::sync::Arc;
 use std::time::Duration;

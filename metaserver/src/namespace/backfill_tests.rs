@@ -25,6 +25,17 @@ fn rounds(regions: &mut [Region], n: usize) {
 /// Brings region 3 into volume "main" from region 1 (the addition delivered, the image
 /// built and installed), and lets everything travel.
 fn add_third(rs: &mut [Region]) {
+    let parts = image_to_add_third(rs);
+    let own = rs[2].id;
+    for part in &parts {
+        rs[2].write(|t| install_image(t, own, part)).unwrap();
+    }
+    rounds(rs, 4);
+}
+
+/// Adds region 3 to volume "main" from region 1, lets the addition travel and settle, and
+/// returns the image region 1 builds for region 3.
+fn image_to_add_third(rs: &mut [Region]) -> Vec<ImagePart> {
     let vol = rs[0].read(|r| r.volume("main")).unwrap();
     rs[0]
         .run(Op::SetVolumeRegions {
@@ -38,12 +49,7 @@ fn add_third(rs: &mut [Region]) {
     let b = rs[2]
         .write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap())
         .expect("region 3 started its backfill");
-    let parts = image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition");
-    let own = rs[2].id;
-    for part in &parts {
-        rs[2].write(|t| install_image(t, own, part)).unwrap();
-    }
-    rounds(rs, 4);
+    image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition")
 }
 
 /// The image region 1 builds for region 3 now, from a transaction it never commits.
@@ -398,20 +404,7 @@ fn an_image_whose_file_carries_a_cut_is_refused() {
     let (op, _) = write_op(f, 0, b"bytes");
     rs[0].run(op).unwrap();
     rounds(&mut rs, 3);
-    let vol = rs[0].read(|r| r.volume("main")).unwrap();
-    rs[0]
-        .run(Op::SetVolumeRegions {
-            name: "main".into(),
-            regions: vec![RegionId(1), RegionId(2), RegionId(3)],
-        })
-        .unwrap();
-    rounds(&mut rs, 3);
-    promise_all(&mut rs);
-    rounds(&mut rs, 3);
-    let b = rs[2]
-        .write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap())
-        .expect("region 3 started its backfill");
-    let mut parts = image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition");
+    let mut parts = image_to_add_third(&mut rs);
     let mut rows: Vec<backfill::InodeRows> = serde_json::from_slice(&parts[0].inodes).unwrap();
     let file = rows
         .iter_mut()
