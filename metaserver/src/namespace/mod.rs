@@ -81,4 +81,6 @@ mod test_regions;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod trim_model_tests;
+#[cfg(test)]
 mod trim_tests;

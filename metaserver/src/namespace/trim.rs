@@ -21,10 +21,10 @@
 //! its own entry and leaves those inside behind the same mark, in a cut of the file (its
 //! inode's `cuts`: `[from, to)`, a truncate's to the end): every extent that starts in a
 //! cut is a leftover, none reaches past it, and no live extent reaches into it. Reads skip
-//! the leftovers, so a cut reads as a hole. Before extents are written into a cut, or the
-//! file is made longer over a truncate's, the cut gives up what it holds up to the
-//! written end ([`expose`]: those leftovers are dropped there, and the cut starts after
-//! them), so an old extent never shows through a new write or size. A file rewritten from
+//! the leftovers, so a cut reads as a hole, and a file made longer over a truncate's cut
+//! reads as zeros there. Before extents are written into a cut, the cut gives up what it
+//! holds up to the written end ([`expose`]: those leftovers are dropped there, and the cut
+//! starts after them), so a new extent is never in a cut. A file rewritten from
 //! the start after a truncate pays, commit by commit, for the old extents its new bytes
 //! cover, as a rewrite in place does; one write far into a cut drops what the cut holds
 //! before it at once. The steps drop each cut's leftovers from its start, and the cut
@@ -282,10 +282,9 @@ pub(crate) fn punch(
     mark_cut(t, node, cuts)
 }
 
-/// Before extents are written over `[start, end)` of file `node`, or it is made longer
-/// over it: each cut it meets gives up what it holds before `end` (dropped here) and
-/// starts there, so that what is written is not in a cut and nothing cut shows. Costs
-/// the leftovers between such a cut's start and `end`.
+/// Before extents are written over `[start, end)` of file `node`: each cut it meets gives
+/// up what it holds before `end` (dropped here) and starts there, so that what is written
+/// is not in a cut. Costs the leftovers between such a cut's start and `end`.
 pub(crate) fn expose(
     t: &mut WriteTables<'_>,
     node: &mut Inode,

@@ -206,14 +206,16 @@ fn a_file_made_longer_before_the_steps_shows_nothing_that_was_cut() {
     let old = fragment(r, f, n);
     set_size(r, f, 0).unwrap();
     assert_eq!(file_extents(r, f), (0, Vec::new()));
-    // Made longer over the old extents: holes, not the old bytes.
+    // Made longer over the old extents: holes, not the old bytes, and nothing dropped for
+    // it.
     let grown = 300 * 4096;
     set_size(r, f, grown).unwrap();
     assert_eq!(file_extents(r, f), (grown, Vec::new()));
-    assert_eq!(cut_from(r, f), Some(grown));
-    assert_eq!(extents_of(r, f), n - 300);
+    assert_eq!(cut_from(r, f), Some(0));
+    assert_eq!(extents_of(r, f), n);
     assert_consistent(r);
-    // A write past the end, over more of them, shows only itself.
+    // A write past the end, over more of them, shows only itself: the cut gives up what
+    // it held up to the write's end.
     let at = 1000 * 4096 + 7;
     let (op, block) = write_op(f, at, b"new");
     r.run(op).unwrap();
@@ -221,6 +223,8 @@ fn a_file_made_longer_before_the_steps_shows_nothing_that_was_cut() {
     assert_eq!(live.len(), 1);
     assert_eq!((live[0].offset, live[0].block), (at, block));
     assert_eq!(size, live[0].end());
+    assert_eq!(cut_from(r, f), Some(size));
+    assert_eq!(extents_of(r, f), n - 1001 + 1);
     assert_consistent(r);
     // The steps drop the rest of what was cut, and nothing written since.
     steps_until_done(r, f);

@@ -97,8 +97,6 @@ pub(crate) fn setattr(
         let one_region = vol.policy.regions.len() <= 1;
         if size < old {
             crate::namespace::trim::truncate(t, &mut node, size, one_region)?;
-        } else {
-            crate::namespace::trim::expose(t, &mut node, (old, size))?;
         }
         vol.used_bytes = vol.used_bytes.saturating_sub(old).saturating_add(size);
         t.put_volume(&vol)?;

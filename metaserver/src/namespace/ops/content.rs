@@ -250,8 +250,6 @@ pub(crate) fn copy_range(
     };
     let vol = volume_for(t, ctx, node.attr.volume)?;
     check_byte_quota(ctx, &vol, node.attr.size, new_size)?;
-    let old = node.attr.size;
-    trim::expose(t, &mut node, (old, new_size))?;
     trim::expose(t, &mut node, (dst_offset, dst_end))?;
     cut(t, dst, dst_offset, dst_end)?;
     for e in &moved {
@@ -284,8 +282,6 @@ pub(crate) fn commit(
     let new_size = node.attr.size.max(size).max(end);
     let vol = volume_for(t, ctx, node.attr.volume)?;
     check_byte_quota(ctx, &vol, node.attr.size, new_size)?;
-    let old = node.attr.size;
-    trim::expose(t, &mut node, (old, new_size))?;
     for e in extents {
         trim::expose(t, &mut node, (e.offset, e.end()))?;
     }
