@@ -100,7 +100,7 @@ fn run(seed: u64, pieces: u64, ops: usize) {
     let f = file(r, "f");
     let mut model: Vec<Byte> = Vec::new();
     let mut numbers: HashMap<BlockId, u64> = HashMap::new();
-    let mut block = |numbers: &mut HashMap<BlockId, u64>| {
+    let block = |numbers: &mut HashMap<BlockId, u64>| {
         let n = numbers.len() as u64 + 1;
         let id = BlockId::of(&n.to_be_bytes());
         numbers.insert(id, n);
