@@ -33,7 +33,7 @@
 //! is to live in several regions first has its cuts finished ([`finish_cuts`]): the
 //! merged records of several regions know nothing of them.
 
-use meridian_proto::InodeId;
+use meridian_proto::{Hlc, InodeId};
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
@@ -49,13 +49,20 @@ pub const STEP: usize = 2048;
 /// Most cuts a file has at once: past them a truncate or a hole cuts in its own entry.
 pub const MAX_CUTS: usize = 16;
 
-/// A removed file whose extents wait to be dropped.
+/// A removed file whose extents wait to be dropped, or a file with cuts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trim {
     /// The file.
     pub ino: InodeId,
     /// Its volume.
     pub volume: u32,
+    /// The record that made the mark, while it is in the merged log (this region has
+    /// peers): no step drops anything until it has left the log. A rewind of the log
+    /// undoes records as they were written, and the steps are not records: undoing the
+    /// write that made an extent the steps dropped would take its block's reference away
+    /// a second time. Once the mark's record has left, so has every record before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Hlc>,
 }
 
 fn key(ino: InodeId) -> String {
@@ -102,24 +109,52 @@ pub(crate) fn drop_extents(
         }
         return Ok(());
     }
-    let mark = serde_json::to_vec(&Trim { ino, volume }).map_err(json_err)?;
+    write_mark(t, ino, volume)
+}
+
+/// Marks file `ino` of `volume` for the steps, from the record being applied.
+fn write_mark(t: &mut WriteTables<'_>, ino: InodeId, volume: u32) -> Result<(), NsError> {
+    let at = t.recording();
+    let mark = serde_json::to_vec(&Trim { ino, volume, at }).map_err(json_err)?;
     // Through the record's undo, like the inode's removal: a command refused after this
     // (which restores what it wrote) leaves no mark on a file that keeps its name.
     t.write(Tab::Trims, key(ino).as_bytes(), Some(&mark))
 }
 
+/// Whether mark `m`'s steps may drop extents: its record has left the merged log (or
+/// never entered it), in `oplog`.
+pub fn ready(
+    oplog: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    m: &Trim,
+) -> Result<bool, NsError> {
+    match m.at {
+        None => Ok(true),
+        Some(at) => Ok(oplog
+            .get(at.to_key().as_slice())
+            .map_err(store_err)?
+            .is_none()),
+    }
+}
+
 /// Drops up to [`STEP`] more extents of marked file `ino`: a removed file's from its
 /// start, a live file's from its first cut (the cut goes once it is empty). Returns
-/// whether none are left (the mark gone with the last; also when there is no mark, as for
-/// a step proposed twice).
+/// whether to stop stepping it for now: none are left (the mark gone with the last; also
+/// when there is no mark, as for a step proposed twice), or the mark waits for its record
+/// to leave the merged log ([`Trim::at`]; nothing dropped).
 pub fn trim_step(t: &mut WriteTables<'_>, ino: InodeId) -> Result<bool, NsError> {
     let k = key(ino);
-    if t.region_state
+    let Some(mark) = t
+        .region_state
         .open()?
         .get(k.as_str())
         .map_err(store_err)?
-        .is_none()
-    {
+        .map(|v| serde_json::from_slice::<Trim>(v.value()))
+        .transpose()
+        .map_err(json_err)?
+    else {
+        return Ok(true);
+    };
+    if !ready(t.oplog.open()?, &mark)? {
         return Ok(true);
     }
     let mut node = read_inode(t.inodes()?, ino)?;
@@ -187,12 +222,7 @@ fn with_cut(cuts: &[Cut], from: u64, to: u64) -> Vec<Cut> {
 /// Marks `node`'s cut extents for the steps, the cuts being `cuts`.
 fn mark_cut(t: &mut WriteTables<'_>, node: &mut Inode, cuts: Vec<Cut>) -> Result<(), NsError> {
     node.cuts = cuts;
-    let mark = serde_json::to_vec(&Trim {
-        ino: node.attr.ino,
-        volume: node.attr.volume,
-    })
-    .map_err(json_err)?;
-    t.write(Tab::Trims, key(node.attr.ino).as_bytes(), Some(&mark))
+    write_mark(t, node.attr.ino, node.attr.volume)
 }
 
 /// The extent of `ino` that starts before `at` and reaches past it, if any, now ends at
@@ -261,8 +291,8 @@ pub(crate) fn truncate(
 
 /// Makes `[start, end)` of file `node` a hole: here if at most [`INLINE`] extents start in
 /// it (see [`stepped_cuts`]), else the extents across its edges here and the rest behind a
-/// mark, in a cut. Nothing of the file lies past its size but a truncate's cut, so a
-/// hole's cut ends there.
+/// mark, in a cut. Nothing of the file lies past its size but what is cut already, so the
+/// hole ends there.
 pub(crate) fn punch(
     t: &mut WriteTables<'_>,
     node: &mut Inode,
@@ -271,8 +301,11 @@ pub(crate) fn punch(
 ) -> Result<(), NsError> {
     let ino = node.attr.ino;
     let stretch = (start, end.min(node.attr.size));
+    if stretch.0 >= stretch.1 {
+        return Ok(());
+    }
     let Some(cuts) = stepped_cuts(t, node, stretch, one_region)? else {
-        return super::ops::content::cut(t, ino, start, end);
+        return super::ops::content::cut(t, ino, stretch.0, stretch.1);
     };
     split_at(t, ino, stretch.0)?;
     // The last extent in the hole keeps what it holds past the hole, out of the cut.

@@ -179,6 +179,9 @@ fn run(seed: u64, pieces: u64, ops: usize) {
                 did.push("step".into());
             }
         }
+        if step % 8 == 7 {
+            assert_consistent(r);
+        }
         let got = bytes_of(r, f, &numbers);
         if got != model {
             let at = got.iter().zip(&model).position(|(a, b)| a != b);

@@ -46,6 +46,10 @@ fn extents_of(r: &Region, ino: InodeId) -> usize {
     t.range(lo.as_slice()..hi.as_slice()).unwrap().count()
 }
 
+fn marks_in(t: &WriteTables<'_>) -> Vec<trim::Trim> {
+    trim::pending(t.region_state.open().unwrap()).unwrap()
+}
+
 fn marks(r: &Region) -> Vec<trim::Trim> {
     let tx = r.db.begin_read().unwrap();
     let state = super::merge::state_table(&tx).unwrap().unwrap();
@@ -85,7 +89,14 @@ fn a_large_files_extents_are_dropped_in_steps_and_fsck_accounts_for_them_meanwhi
     ));
     assert_eq!(extents_of(r, f), n);
     let volume = marks(r)[0].volume;
-    assert_eq!(marks(r), vec![trim::Trim { ino: f, volume }]);
+    assert_eq!(
+        marks(r),
+        vec![trim::Trim {
+            ino: f,
+            volume,
+            at: None,
+        }]
+    );
     assert_eq!(
         blocks.iter().map(|b| refs(r, b)).collect::<Vec<_>>(),
         before
@@ -125,7 +136,14 @@ fn a_refused_command_that_removed_a_large_file_leaves_no_mark() {
         t.restore(&images).unwrap();
         marked
     });
-    assert_eq!(marked_then_restored, vec![trim::Trim { ino: f, volume }]);
+    assert_eq!(
+        marked_then_restored,
+        vec![trim::Trim {
+            ino: f,
+            volume,
+            at: None,
+        }]
+    );
     assert!(marks(r).is_empty());
     assert_eq!(extents_of(r, f), INLINE + 1);
 }
@@ -157,6 +175,13 @@ fn cuts_of(r: &Region, ino: InodeId) -> Vec<Cut> {
 
 /// Runs steps on `ino` until none are left; returns how many it took.
 fn steps_until_done(r: &mut Region, ino: InodeId) -> usize {
+    assert!(
+        r.write(|t| {
+            let m = marks_in(t).into_iter().find(|m| m.ino == ino);
+            m.is_none_or(|m| trim::ready(t.oplog.open().unwrap(), &m).unwrap())
+        }),
+        "the mark of {ino} is ready"
+    );
     (1..100)
         .find(|_| r.write(|t| trim::trim_step(t, ino)).unwrap())
         .expect("the steps end")
@@ -181,7 +206,14 @@ fn a_truncate_of_many_extents_leaves_them_to_steps_and_nothing_reads_them() {
     assert_eq!(extents_of(r, f), n);
     assert_eq!(cut_from(r, f), Some(size));
     let volume = marks(r)[0].volume;
-    assert_eq!(marks(r), vec![trim::Trim { ino: f, volume }]);
+    assert_eq!(
+        marks(r),
+        vec![trim::Trim {
+            ino: f,
+            volume,
+            at: None,
+        }]
+    );
     assert_consistent(r);
 
     assert_eq!(steps_until_done(r, f), 2);
@@ -251,18 +283,27 @@ fn a_truncate_of_few_extents_cuts_them_at_once() {
 }
 
 #[test]
-fn a_compaction_past_a_cut_is_refused() {
+fn a_compactions_replacement_in_a_cut_is_refused() {
     let mut rs = regions(1);
     let r = &mut rs[0];
     let f = file(r, "cut");
-    fragment(r, f, INLINE * 2);
+    let blocks = fragment(r, f, INLINE * 2);
     set_size(r, f, 4096).unwrap();
+    // What the rows hold there, the leftover at 4096 among them, and a replacement that
+    // starts in the cut: only the cut refuses.
+    let piece = |i: usize| Extent {
+        offset: i as u64 * 4096,
+        len: 100,
+        block: blocks[i],
+        block_offset: 0,
+        block_len: 100,
+    };
     let refused = r.run(Op::Compact {
         ino: f,
         offset: 0,
         len: 8192,
-        expected: Vec::new(),
-        replacement: Vec::new(),
+        expected: vec![piece(0), piece(1)],
+        replacement: vec![piece(1)],
     });
     assert!(matches!(refused, Err(NsError::Conflict(_))), "{refused:?}");
     assert_consistent(r);
@@ -287,9 +328,123 @@ fn a_volume_brought_into_a_second_region_has_its_cuts_finished_first() {
     assert!(marks(r).is_empty());
     assert_consistent(r);
     // In a volume of several regions a truncate cuts in its own entry, as before.
-    set_size(r, f, 0).unwrap();
-    assert_eq!(extents_of(r, f), 0);
+    let g = file(r, "several");
+    fragment(r, g, n);
+    set_size(r, g, 0).unwrap();
+    assert_eq!(extents_of(r, g), 0);
+    assert!(cuts_of(r, g).is_empty());
     assert!(marks(r).is_empty());
+}
+
+#[test]
+fn a_marks_steps_wait_until_its_record_has_left_the_merged_log() {
+    // Volume "main" lives in region 1 alone, and region 1 has a peer: its records enter
+    // the merged log until the peer has said it holds everything before them.
+    let mut rs = regions_with_volume_in(2, &[meridian_proto::RegionId(1)]);
+    let r = &mut rs[0];
+    let f = file(r, "cut");
+    let n = INLINE * 2;
+    fragment(r, f, n);
+    let gone = file(r, "gone");
+    fragment(r, gone, n);
+    set_size(r, f, 0).unwrap();
+    r.run(unlink(r.volume_root(), "gone")).unwrap();
+    assert!(marks(r).iter().all(|m| m.at.is_some()));
+    // A step drops nothing yet (a rewind of the log could still undo the writes that made
+    // those extents), and tells the leader to stop for now.
+    assert!(r.write(|t| trim::trim_step(t, f)).unwrap());
+    assert!(r.write(|t| trim::trim_step(t, gone)).unwrap());
+    assert_eq!((extents_of(r, f), extents_of(r, gone)), (n, n));
+    assert_eq!(marks(r).len(), 2);
+    assert_consistent(r);
+    // Once the peer has caught up and promised, the records leave the log, and the steps
+    // drop everything.
+    promise_all(&mut rs);
+    settle(&mut rs);
+    let r = &mut rs[0];
+    assert!(
+        r.write(|t| marks(r)
+            .iter()
+            .all(|m| trim::ready(t.oplog.open().unwrap(), m).unwrap())),
+        "the marks' records left the merged log"
+    );
+    steps_until_done(r, f);
+    steps_until_done(r, gone);
+    assert_eq!((extents_of(r, f), extents_of(r, gone)), (0, 0));
+    assert!(marks(r).is_empty());
+    assert_consistent(r);
+}
+
+#[test]
+fn a_write_that_takes_a_whole_cut_away_leaves_fsck_clean_until_the_next_step() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "holed");
+    fragment(r, f, INLINE * 2);
+    punch(r, f, 4096, 4096 * 1500).unwrap();
+    assert_eq!(cuts_of(r, f).len(), 1);
+    // One extent over the whole hole.
+    let block = BlockId::of(b"over");
+    r.run(Op::CommitExtents {
+        ino: f,
+        extents: vec![Extent {
+            offset: 4096,
+            len: 4096 * 1500,
+            block,
+            block_offset: 0,
+            block_len: 4096 * 1500,
+        }],
+        size: 0,
+        base_version: None,
+        creds: root_creds(),
+        staged: Vec::new(),
+    })
+    .unwrap();
+    assert!(cuts_of(r, f).is_empty());
+    assert_eq!(marks(r).len(), 1);
+    assert_consistent(r);
+    assert!(r.write(|t| trim::trim_step(t, f)).unwrap());
+    assert!(marks(r).is_empty());
+    assert_eq!(refs(r, &block), 1);
+    assert_consistent(r);
+}
+
+#[test]
+fn a_copy_of_a_range_into_a_cut_shows_and_outlives_the_steps() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let src = file(r, "src");
+    let (op, block) = write_op(src, 0, b"copied");
+    r.run(op).unwrap();
+    let f = file(r, "cut");
+    fragment(r, f, INLINE * 2);
+    set_size(r, f, 0).unwrap();
+    let at = 700 * 4096 + 5;
+    r.run(Op::CopyRange {
+        src,
+        src_offset: 0,
+        dst: f,
+        dst_offset: at,
+        len: 100,
+        creds: root_creds(),
+    })
+    .unwrap();
+    let expected = (
+        at + 100,
+        vec![Extent {
+            offset: at,
+            len: 100,
+            block,
+            block_offset: 0,
+            block_len: 100,
+        }],
+    );
+    assert_eq!(file_extents(r, f), expected);
+    assert_consistent(r);
+    steps_until_done(r, f);
+    assert_eq!(file_extents(r, f), expected);
+    assert_eq!(refs(r, &block), 2);
+    assert_consistent(r);
 }
 
 #[test]
@@ -451,4 +606,39 @@ fn past_the_most_cuts_a_file_may_have_a_hole_is_punched_at_once() {
     assert_eq!(file_extents(r, f).1, live);
     assert_eq!(extents_of(r, f), MAX_CUTS + 1);
     assert_consistent(r);
+}
+
+#[test]
+fn fsck_reports_cut_extents_no_mark_will_drop_and_accepts_an_empty_cut() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "cut");
+    fragment(r, f, INLINE * 2);
+    set_size(r, f, 4096).unwrap();
+    let problems = |r: &Region| {
+        let tx = r.db.begin_read().unwrap();
+        super::check::check(&tx, 0, 10_000).unwrap().problems
+    };
+    assert!(problems(r).is_empty());
+    let key = format!("trim/{:020}", f.0);
+    let mark = marks(r)[0];
+    // The mark gone with the leftovers still there: nothing would drop them.
+    r.write(|t| t.write(Tab::Trims, key.as_bytes(), None).unwrap());
+    let found = problems(r);
+    assert!(
+        found.iter().any(|p| p.contains("in a cut, with no mark")),
+        "{found:?}"
+    );
+    // A cut the steps emptied, brought back without its mark (as a rewind of the merged
+    // log can): nothing is wrong.
+    let cut = cuts_of(r, f);
+    let bytes = serde_json::to_vec(&mark).unwrap();
+    r.write(|t| t.write(Tab::Trims, key.as_bytes(), Some(&bytes)).unwrap());
+    steps_until_done(r, f);
+    r.write(|t| {
+        let mut node = read_inode(t.inodes().unwrap(), f).unwrap().unwrap();
+        node.cuts = cut;
+        t.put_inode(&node).unwrap();
+    });
+    assert!(problems(r).is_empty(), "{:?}", problems(r));
 }

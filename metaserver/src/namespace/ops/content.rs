@@ -306,9 +306,13 @@ pub(crate) fn compact(
     let end = offset
         .checked_add(len)
         .ok_or_else(|| NsError::Invalid("compaction range overflows".into()))?;
-    if node.cuts.iter().any(|c| c.from < end && c.to > offset) {
+    // A replacement in a cut would be a leftover, and dropped by the steps.
+    if let Some(e) = replacement
+        .iter()
+        .find(|e| node.cuts.iter().any(|c| c.holds(e.offset)))
+    {
         return Err(NsError::Conflict(format!(
-            "{ino} was cut at {:?} since the compactor read it",
+            "replacement extent {e:?} is in a cut of {ino} ({:?})",
             node.cuts
         )));
     }
