@@ -32,6 +32,12 @@
 //! of several regions, a cut drops its extents in its own entry as before. A volume that
 //! is to live in several regions first has its cuts finished ([`finish_cuts`]): the
 //! merged records of several regions know nothing of them.
+//!
+//! The steps are not records of the merged log. While this region has peers, a full
+//! rewind of that log can undo the records before a step, the write that made a dropped
+//! extent among them, and take its block's reference away a second time. So a mark names
+//! its record while that record is in the log ([`Trim::at`]), and no step drops anything
+//! until it has left: then every record before it has left too.
 
 use meridian_proto::{Hlc, InodeId};
 use redb::ReadableTable;
