@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """How long other clients' changes wait while a file of many extents is removed or cut.
 
-    scripts/removal_stall.py MOUNT_DIR [--creates N] [--truncate | --punch]   (needs fio)
+    scripts/removal_stall.py MOUNT_DIR [--creates N] [--truncate [--write-far] | --punch]
+                                                                       (needs fio)
 
 Writes the peers bench's fio file in MOUNT_DIR the way its jobs do (1 GiB sequential,
 then 6 s of random 4 KiB direct writes and 6 s of fsync'd ones: about 150,000 extents on
@@ -9,7 +10,10 @@ Meridian), then creates N empty files one after another (each closed: one durabl
 while another thread removes the fio file 1 s in (with --truncate: opens it with O_TRUNC
 and closes it; with --punch: punches a hole over all of it but its first and last 4 KiB
 with `fallocate -p`; either after dropping the host's caches so that the kernel's own
-release of the file's cached pages stays out of it). Prints the removal's (or truncate's) own time, the
+release of the file's cached pages stays out of it; with --write-far, the truncate is
+followed by setting the size back to 1 GiB and an fsync'd 4 KiB write at 7/8 of it, the
+pattern of a database file recreated and written at random, and the write is timed too).
+Prints the removal's (or truncate's) own time, the
 creates' rate, and the slowest creates (when, how long). Run it on a fresh rig per build,
 alternated (docs/PERFORMANCE.md, forty-sixth round: 406-455 ms behind one removal before
 the extents were dropped in steps, 22-31 ms after; forty-ninth round, the same for a
@@ -39,6 +43,8 @@ def main():
                      help="cut the file to nothing instead of removing it")
     how.add_argument("--punch", action="store_true",
                      help="punch a hole over the file instead of removing it")
+    ap.add_argument("--write-far", action="store_true",
+                    help="after --truncate: size back to 1 GiB, one fsync'd write at 7/8")
     a = ap.parse_args()
     work = os.path.join(a.dir, "removal-stall.%d" % os.getpid())
     os.makedirs(os.path.join(work, "creates"))
@@ -57,7 +63,14 @@ def main():
                 f.write("3")
         t = time.perf_counter()
         if a.truncate:
-            os.close(os.open(big, os.O_WRONLY | os.O_TRUNC))
+            fd = os.open(big, os.O_WRONLY | os.O_TRUNC)
+            if a.write_far:
+                removal["cut"] = (time.perf_counter() - t) * 1000
+                t = time.perf_counter()
+                os.ftruncate(fd, 1 << 30)
+                os.pwrite(fd, b"w" * 4096, (7 << 30) // 8)
+                os.fsync(fd)
+            os.close(fd)
         elif a.punch:
             subprocess.run(["fallocate", "-p", "-o", "4096", "-l", str((1 << 30) - 8192),
                             big], check=True)
@@ -77,6 +90,8 @@ def main():
     elapsed = time.perf_counter() - start
     th.join()
     slowest = sorted(sorted(lat, key=lambda x: -x[1])[:8])
+    if "cut" in removal:
+        print("truncate %.1f ms, then the far write %.1f ms" % (removal["cut"], removal["ms"]))
     print("%s %.1f ms; %d creates at %.0f/s; slowest (at s: ms): %s" % (
         "truncate" if a.truncate else "hole" if a.punch else "removal", removal["ms"],
         a.creates, a.creates / elapsed,

@@ -22,13 +22,12 @@
 //! inode's `cuts`: `[from, to)`, a truncate's to the end): every extent that starts in a
 //! cut is a leftover, none reaches past it, and no live extent reaches into it. Reads skip
 //! the leftovers, so a cut reads as a hole, and a file made longer over a truncate's cut
-//! reads as zeros there. Before extents are written into a cut, the cut gives up what it
-//! holds up to the written end ([`expose`]: those leftovers are dropped there, and the cut
-//! starts after them), so a new extent is never in a cut. A file rewritten from
-//! the start after a truncate pays, commit by commit, for the old extents its new bytes
-//! cover, as a rewrite in place does; one write far into a cut drops what the cut holds
-//! before it at once. The steps drop each cut's leftovers from its start, and the cut
-//! with the last of them. A file holds at most [`MAX_CUTS`]; past them, and in a volume
+//! reads as zeros there. Before extents are written into a cut, the cut gives up the
+//! written stretch ([`expose`]: the leftovers in it are dropped there, and a cut the write
+//! falls inside keeps both sides, as two), so a new extent is never in a cut. A write
+//! pays for the old extents its new bytes cover, as a rewrite in place does; a file with
+//! [`MAX_CUTS`] already pays for those before the write in that cut too. The steps drop
+//! each cut's leftovers from its start, and the cut with the last of them. A file holds at most [`MAX_CUTS`]; past them, and in a volume
 //! of several regions, a cut drops its extents in its own entry as before. A volume that
 //! is to live in several regions first has its cuts finished ([`finish_cuts`]): the
 //! merged records of several regions know nothing of them.
@@ -321,9 +320,12 @@ pub(crate) fn punch(
     mark_cut(t, node, cuts)
 }
 
-/// Before extents are written over `[start, end)` of file `node`: each cut it meets gives
-/// up what it holds before `end` (dropped here) and starts there, so that what is written
-/// is not in a cut. Costs the leftovers between such a cut's start and `end`.
+/// Before extents are written over `[start, end)` of file `node` (which the caller then
+/// cuts out of the file's extents and fills): the cuts give up that stretch, so that what
+/// is written is not in a cut. The leftovers starting in it are dropped here, and a cut it
+/// falls inside keeps what lies on either side, as two; a file that has [`MAX_CUTS`]
+/// already gives up the cut's leftovers from its start instead (costing those before
+/// `start` too).
 pub(crate) fn expose(
     t: &mut WriteTables<'_>,
     node: &mut Inode,
@@ -333,16 +335,39 @@ pub(crate) fn expose(
         return Ok(());
     }
     let ino = node.attr.ino;
-    let mut cuts = std::mem::take(&mut node.cuts);
-    for c in cuts.iter_mut().filter(|c| c.from < end && c.to > start) {
+    let cuts = std::mem::take(&mut node.cuts);
+    let mut room = MAX_CUTS.saturating_sub(cuts.len());
+    let mut kept = Vec::with_capacity(cuts.len() + 1);
+    for c in cuts {
+        if c.from >= end || c.to <= start {
+            kept.push(c);
+            continue;
+        }
         let upto = end.min(c.to);
-        for e in extents_in(t, ino, (c.from, upto), usize::MAX)? {
+        let split = start > c.from && (upto == c.to || room > 0);
+        let from = if split { start } else { c.from };
+        if split {
+            // A leftover across `start` reaches into what is written: the caller's cut
+            // of the written stretch (a commit's overlay, a copy's cut) ends it there.
+            kept.push(Cut {
+                from: c.from,
+                to: start,
+            });
+        }
+        for e in extents_in(t, ino, (from, upto), usize::MAX)? {
             t.remove_extent(ino, &e)?;
         }
-        c.from = upto;
+        if upto < c.to {
+            if split {
+                room -= 1;
+            }
+            kept.push(Cut {
+                from: upto,
+                to: c.to,
+            });
+        }
     }
-    cuts.retain(|c| c.from < c.to);
-    node.cuts = cuts;
+    node.cuts = kept;
     Ok(())
 }
 

@@ -246,8 +246,9 @@ fn a_file_made_longer_before_the_steps_shows_nothing_that_was_cut() {
     assert_eq!(cut_from(r, f), Some(0));
     assert_eq!(extents_of(r, f), n);
     assert_consistent(r);
-    // A write past the end, over more of them, shows only itself: the cut gives up what
-    // it held up to the write's end.
+    // A write past the end, over more of them, shows only itself: the cut gives up the
+    // write's stretch (the one leftover across its start now ends there) and keeps both
+    // sides.
     let at = 1000 * 4096 + 7;
     let (op, block) = write_op(f, at, b"new");
     r.run(op).unwrap();
@@ -255,8 +256,17 @@ fn a_file_made_longer_before_the_steps_shows_nothing_that_was_cut() {
     assert_eq!(live.len(), 1);
     assert_eq!((live[0].offset, live[0].block), (at, block));
     assert_eq!(size, live[0].end());
-    assert_eq!(cut_from(r, f), Some(size));
-    assert_eq!(extents_of(r, f), n - 1001 + 1);
+    assert_eq!(
+        cuts_of(r, f),
+        vec![
+            Cut { from: 0, to: at },
+            Cut {
+                from: size,
+                to: u64::MAX
+            }
+        ]
+    );
+    assert_eq!(extents_of(r, f), n + 1);
     assert_consistent(r);
     // The steps drop the rest of what was cut, and nothing written since.
     steps_until_done(r, f);
@@ -540,8 +550,8 @@ fn a_write_into_a_hole_before_the_steps_shows_itself_and_nothing_cut() {
     let (size, _) = file_extents(r, f);
     punch(r, f, 4096, size - 4096 - 100).unwrap();
     let hole = cuts_of(r, f)[0];
-    // A write in the middle of the hole: the cut gives up what it held before the write's
-    // end, and the rest stays cut.
+    // A write in the middle of the hole: the cut gives up the write's stretch and keeps
+    // both sides.
     let at = 1500 * 4096 + 10;
     let (op, block) = write_op(f, at, b"new");
     r.run(op).unwrap();
@@ -549,9 +559,19 @@ fn a_write_into_a_hole_before_the_steps_shows_itself_and_nothing_cut() {
     let shown: Vec<u64> = live.iter().map(|e| e.offset).collect();
     assert_eq!(shown, vec![0, at, (n as u64 - 1) * 4096]);
     assert_eq!(live[1].block, block);
-    let cuts = cuts_of(r, f);
-    assert_eq!(cuts.len(), 1);
-    assert_eq!((cuts[0].from, cuts[0].to), (live[1].end(), hole.to));
+    assert_eq!(
+        cuts_of(r, f),
+        vec![
+            Cut {
+                from: hole.from,
+                to: at
+            },
+            Cut {
+                from: live[1].end(),
+                to: hole.to
+            }
+        ]
+    );
     assert_consistent(r);
     steps_until_done(r, f);
     assert_eq!(file_extents(r, f).1, live);
@@ -598,13 +618,25 @@ fn past_the_most_cuts_a_file_may_have_a_hole_is_punched_at_once() {
         punch(r, f, start, (per as u64 - 1) * 4096).unwrap();
     }
     assert_eq!(cuts_of(r, f).len(), MAX_CUTS);
-    let (_, live) = file_extents(r, f);
-    assert_eq!(live.len(), MAX_CUTS + 1);
+    assert_eq!(file_extents(r, f).1.len(), MAX_CUTS + 1);
     assert_eq!(extents_of(r, f), MAX_CUTS * per + 1);
+    assert_consistent(r);
+    // A write inside the first cut: no room to keep both sides, so the cut gives up its
+    // leftovers from its start to the write's end, and the count of cuts stays.
+    let at = (per as u64 / 2) * 4096 + 5;
+    let (op, block) = write_op(f, at, b"inside");
+    r.run(op).unwrap();
+    let cuts = cuts_of(r, f);
+    assert_eq!(cuts.len(), MAX_CUTS);
+    assert_eq!(cuts[0].from, at + 100);
+    assert_eq!(extents_of(r, f), MAX_CUTS * per + 1 - (per / 2 + 1) + 1);
+    let (_, live) = file_extents(r, f);
+    assert_eq!(live.len(), MAX_CUTS + 2);
+    assert!(live.iter().any(|e| e.block == block && e.offset == at));
     assert_consistent(r);
     steps_until_done(r, f);
     assert_eq!(file_extents(r, f).1, live);
-    assert_eq!(extents_of(r, f), MAX_CUTS + 1);
+    assert_eq!(extents_of(r, f), MAX_CUTS + 2);
     assert_consistent(r);
 }
 
