@@ -93,7 +93,8 @@ def main():
     if "cut" in removal:
         print("truncate %.1f ms, then the far write %.1f ms" % (removal["cut"], removal["ms"]))
     print("%s %.1f ms; %d creates at %.0f/s; slowest (at s: ms): %s" % (
-        "truncate" if a.truncate else "hole" if a.punch else "removal", removal["ms"],
+        ("far write" if a.write_far else "truncate") if a.truncate
+        else "hole" if a.punch else "removal", removal["ms"],
         a.creates, a.creates / elapsed,
         ", ".join("%.2f: %.1f" % (at, d * 1000) for at, d in slowest)))
     for i in range(a.creates):
