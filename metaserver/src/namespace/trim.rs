@@ -118,8 +118,18 @@ pub(crate) fn drop_extents(
 }
 
 /// Marks file `ino` of `volume` for the steps, from the record being applied.
+/// The record being applied becomes the mark's if it is newer (see [`Trim::at`]): every
+/// record that changes rows in a file's cuts renews it, since undoing any of them after a
+/// step would count a dropped extent's reference again.
 fn write_mark(t: &mut WriteTables<'_>, ino: InodeId, volume: u32) -> Result<(), NsError> {
-    let at = t.recording();
+    let before = t
+        .region_state
+        .open()?
+        .get(key(ino).as_str())
+        .map_err(store_err)?
+        .and_then(|v| serde_json::from_slice::<Trim>(v.value()).ok())
+        .and_then(|m| m.at);
+    let at = before.max(t.recording());
     let mark = serde_json::to_vec(&Trim { ino, volume, at }).map_err(json_err)?;
     // Through the record's undo, like the inode's removal: a command refused after this
     // (which restores what it wrote) leaves no mark on a file that keeps its name.
@@ -288,6 +298,10 @@ pub(crate) fn truncate(
 ) -> Result<(), NsError> {
     let ino = node.attr.ino;
     let Some(cuts) = stepped_cuts(t, node, (size, u64::MAX), one_region)? else {
+        if !node.cuts.is_empty() {
+            // The cut here may reach leftovers (see `write_mark`).
+            write_mark(t, ino, node.attr.volume)?;
+        }
         return super::ops::content::truncate_extents(t, ino, size);
     };
     split_at(t, ino, size)?;
@@ -310,6 +324,10 @@ pub(crate) fn punch(
         return Ok(());
     }
     let Some(cuts) = stepped_cuts(t, node, stretch, one_region)? else {
+        if !node.cuts.is_empty() {
+            // The cut here may reach leftovers (see `write_mark`).
+            write_mark(t, ino, node.attr.volume)?;
+        }
         return super::ops::content::cut(t, ino, stretch.0, stretch.1);
     };
     split_at(t, ino, stretch.0)?;
@@ -335,6 +353,11 @@ pub(crate) fn expose(
         return Ok(());
     }
     let ino = node.attr.ino;
+    if !node.cuts.iter().any(|c| c.from < end && c.to > start) {
+        return Ok(());
+    }
+    // This record changes rows in a cut (here, and in the caller's cut of the stretch).
+    write_mark(t, ino, node.attr.volume)?;
     let cuts = std::mem::take(&mut node.cuts);
     let mut room = MAX_CUTS.saturating_sub(cuts.len());
     let mut kept = Vec::with_capacity(cuts.len() + 1);

@@ -120,13 +120,28 @@ fn run(seed: u64, pieces: u64, ops: usize) {
     for step in 0..ops {
         let size = model.len() as u64;
         match rng.below(20) {
-            // A write anywhere up to a little past the end.
+            // A commit of one to three extents, each anywhere up to a little past the end
+            // or close after the one before (inside one old extent, say).
             0..=7 => {
-                let at = rng.below(span + span / 8);
-                let e = extent(at, 1 + rng.below(3 * SPACING), block(&mut numbers));
-                commit(r, f, vec![e]);
-                write_model(&mut model, &numbers, &e);
-                did.push(format!("write {}+{}", e.offset, e.len));
+                let mut extents = Vec::new();
+                let mut at = rng.below(span + span / 8);
+                for _ in 0..1 + rng.below(3) {
+                    let e = extent(at, 1 + rng.below(3 * SPACING), block(&mut numbers));
+                    extents.push(e);
+                    at = match rng.below(2) {
+                        0 => e.end() + rng.below(PIECE),
+                        _ => rng.below(span + span / 8),
+                    };
+                }
+                commit(r, f, extents.clone());
+                for e in &extents {
+                    write_model(&mut model, &numbers, e);
+                }
+                let shown: Vec<String> = extents
+                    .iter()
+                    .map(|e| format!("{}+{}", e.offset, e.len))
+                    .collect();
+                did.push(format!("write {}", shown.join(" ")));
             }
             // A truncate down, to anywhere below the end.
             8..=10 => {

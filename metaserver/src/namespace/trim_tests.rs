@@ -674,3 +674,81 @@ fn fsck_reports_cut_extents_no_mark_will_drop_and_accepts_an_empty_cut() {
     });
     assert!(problems(r).is_empty(), "{:?}", problems(r));
 }
+
+#[test]
+fn a_commit_of_several_extents_inside_one_leftover_shows_no_old_byte_between_them() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "holed");
+    let per = INLINE + 2;
+    let blocks = fragment(r, f, per * (MAX_CUTS - 1));
+    // Fifteen holes: room for one more cut.
+    for i in 0..MAX_CUTS - 1 {
+        let start = (i * per) as u64 * 4096;
+        punch(r, f, start, (per as u64 - 1) * 4096).unwrap();
+    }
+    assert_eq!(cuts_of(r, f).len(), MAX_CUTS - 1);
+    // Two new extents inside one leftover of the first hole (100 bytes at 40960): the
+    // first splits the cut (the last room), the second has none.
+    let a = 10 * 4096;
+    let new = |at: u64, seed: &[u8]| Extent {
+        offset: at,
+        len: 10,
+        block: BlockId::of(seed),
+        block_offset: 0,
+        block_len: 10,
+    };
+    r.run(Op::CommitExtents {
+        ino: f,
+        extents: vec![new(a + 10, b"one"), new(a + 50, b"two")],
+        size: 0,
+        base_version: None,
+        creds: root_creds(),
+        staged: Vec::new(),
+    })
+    .unwrap();
+    let shown: Vec<(u64, u64)> = file_extents(r, f)
+        .1
+        .into_iter()
+        .filter(|e| e.offset < a + 100 && e.end() > a)
+        .map(|e| (e.offset, e.len))
+        .collect();
+    assert_eq!(shown, vec![(a + 10, 10), (a + 50, 10)]);
+    assert_consistent(r);
+    steps_until_done(r, f);
+    assert!(blocks.iter().all(|b| refs(r, b) == extents_using(r, b)));
+    assert_consistent(r);
+}
+
+#[test]
+fn a_write_into_a_cut_makes_its_steps_wait_for_that_write_to_leave_the_merged_log() {
+    let mut rs = regions_with_volume_in(2, &[meridian_proto::RegionId(1)]);
+    let f = file(&mut rs[0], "cut");
+    fragment(&mut rs[0], f, INLINE * 2);
+    set_size(&mut rs[0], f, 0).unwrap();
+    promise_all(&mut rs);
+    settle(&mut rs);
+    let r = &mut rs[0];
+    let ready = |r: &Region| {
+        r.write(|t| {
+            let m = marks_in(t)[0];
+            trim::ready(t.oplog.open().unwrap(), &m).unwrap()
+        })
+    };
+    assert!(ready(r), "the truncate's record has left the merged log");
+    // A write inside a leftover (100 bytes at 40960) splits it: undoing that write later
+    // would bring the whole leftover back, so nothing may be dropped until it is final.
+    let (op, _) = write_op(f, 10 * 4096 + 10, b"inside");
+    r.run(op).unwrap();
+    assert!(!ready(r));
+    let before = extents_of(r, f);
+    assert!(r.write(|t| trim::trim_step(t, f)).unwrap());
+    assert_eq!(extents_of(r, f), before);
+    promise_all(&mut rs);
+    settle(&mut rs);
+    let r = &mut rs[0];
+    assert!(ready(r));
+    steps_until_done(r, f);
+    assert_eq!(file_extents(r, f).1.len(), 1);
+    assert_consistent(r);
+}

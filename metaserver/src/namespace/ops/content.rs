@@ -282,10 +282,10 @@ pub(crate) fn commit(
     let new_size = node.attr.size.max(size).max(end);
     let vol = volume_for(t, ctx, node.attr.volume)?;
     check_byte_quota(ctx, &vol, node.attr.size, new_size)?;
+    // Each extent's stretch out of the cuts, then the extent in: the next one's `expose`
+    // must see what this overlay left (the pieces of a leftover it split).
     for e in extents {
         trim::expose(t, &mut node, (e.offset, e.end()))?;
-    }
-    for e in extents {
         overlay(t, ino, e)?;
     }
     changed(t, ctx, node, vol, new_size, creds).map(Reply::Attr)
