@@ -349,13 +349,10 @@ pub(crate) fn expose(
     node: &mut Inode,
     (start, end): (u64, u64),
 ) -> Result<(), NsError> {
-    if node.cuts.is_empty() || start >= end {
+    if start >= end || !node.cuts.iter().any(|c| c.from < end && c.to > start) {
         return Ok(());
     }
     let ino = node.attr.ino;
-    if !node.cuts.iter().any(|c| c.from < end && c.to > start) {
-        return Ok(());
-    }
     // This record changes rows in a cut (here, and in the caller's cut of the stretch).
     write_mark(t, ino, node.attr.volume)?;
     let cuts = std::mem::take(&mut node.cuts);

@@ -575,11 +575,19 @@ fn copy_inode_data(
     parent: InodeId,
 ) -> Result<(), NsError> {
     let mut inode = get(t, from)?;
+    // The file's live extents, not what a cut left (read before its cuts are dropped).
+    let extents = match inode.attr.kind {
+        FileKind::File => {
+            let all = read_extents(t.extents()?, from, 0, u64::MAX)?;
+            crate::namespace::trim::live(&inode, all)
+        }
+        _ => Vec::new(),
+    };
     inode.attr.ino = to;
     inode.attr.volume = volume;
     inode.parent = parent;
     inode.copy_of = None;
-    let cuts = std::mem::take(&mut inode.cuts);
+    inode.cuts.clear();
     t.put_inode(&inode)?;
     let (lo, hi) = (dirent_key(from, b""), dirent_end(from));
     let mut xattrs = Vec::new();
@@ -595,14 +603,8 @@ fn copy_inode_data(
     for (name, value) in xattrs {
         t.set_xattr(to, &name, &value)?;
     }
-    if inode.attr.kind == FileKind::File {
-        let all = read_extents(t.extents()?, from, 0, u64::MAX)?;
-        for e in all
-            .into_iter()
-            .filter(|e| !cuts.iter().any(|c| c.holds(e.offset)))
-        {
-            t.insert_extent(to, &e)?;
-        }
+    for e in &extents {
+        t.insert_extent(to, e)?;
     }
     Ok(())
 }
