@@ -366,7 +366,7 @@ pub(crate) fn settle_volumes(t: &mut WriteTables<'_>, own: RegionId) -> Result<(
         }
         left -= gone.len();
         if !gone.is_empty() {
-            purge_tombs(t, bound, gone)?;
+            purge_tombs(t, volume, bound, gone)?;
         }
     }
     Ok(())
@@ -418,14 +418,43 @@ fn tomb_volumes(t: &WriteTables<'_>) -> Result<Vec<u32>, NsError> {
 /// the inode no longer exists. Every region reaches the same conclusion from the same
 /// records, so they purge the same tombstones, each at its own pace. `from` is the bound
 /// they were purged below.
-fn purge_tombs(t: &mut WriteTables<'_>, from: Hlc, gone: Vec<InodeId>) -> Result<(), NsError> {
+fn purge_tombs(
+    t: &mut WriteTables<'_>,
+    volume: u32,
+    from: Hlc,
+    gone: Vec<InodeId>,
+) -> Result<(), NsError> {
     // Outside any record: nothing to undo, this never needs reordering.
     let saved = t.undo.take();
-    let mut dropped: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-    for &ino in &gone {
-        for e in super::tables::read_extents(t.extents()?, ino, 0, u64::MAX)? {
-            t.remove_extent(ino, &e)?;
-            *dropped.entry(e.block.as_bytes().to_vec()).or_default() += 1;
+    let result = purge_each(t, volume, &gone);
+    t.undo = saved;
+    let purged = result?;
+    rebase_undo(t, from, &gone.into_iter().collect(), &purged)
+}
+
+/// What a purge did to the tombstones' content.
+#[derive(Default)]
+struct Purged {
+    /// Block references dropped, by block.
+    dropped: BTreeMap<Vec<u8>, u64>,
+    /// Files whose extents, and the references they hold, are left to the steps (a file
+    /// of many: `trim::purge_extents`).
+    stepped: BTreeSet<InodeId>,
+}
+
+/// Purges each tombstone of `gone`, of `volume`.
+fn purge_each(t: &mut WriteTables<'_>, volume: u32, gone: &[InodeId]) -> Result<Purged, NsError> {
+    let mut out = Purged::default();
+    for &ino in gone {
+        match super::trim::purge_extents(t, ino, volume)? {
+            Some(extents) => {
+                for e in extents {
+                    *out.dropped.entry(e.block.as_bytes().to_vec()).or_default() += 1;
+                }
+            }
+            None => {
+                out.stepped.insert(ino);
+            }
         }
         t.del_xattrs(ino)?;
         if let Some(tomb) = t.tomb(ino)?
@@ -437,8 +466,7 @@ fn purge_tombs(t: &mut WriteTables<'_>, from: Hlc, gone: Vec<InodeId>) -> Result
         }
         t.del_tomb(ino)?;
     }
-    t.undo = saved;
-    rebase_undo(t, from, &gone.into_iter().collect(), &dropped)
+    Ok(out)
 }
 
 /// Carries a purge into the undo images of the records still in the merged log. Those
@@ -460,21 +488,23 @@ fn purge_tombs(t: &mut WriteTables<'_>, from: Hlc, gone: Vec<InodeId>) -> Result
 ///
 /// A tombstone's extents are exactly the file's at its removal: a later record that
 /// changes the file brings it back (and the tombstone goes), so every image from `from`
-/// on counted them.
+/// on counted them. The extents the purge left to the steps are still there, and so are
+/// their references: their images stay as they are.
 fn rebase_undo(
     t: &mut WriteTables<'_>,
     from: Hlc,
     gone: &BTreeSet<InodeId>,
-    dropped: &BTreeMap<Vec<u8>, u64>,
+    Purged { dropped, stepped }: &Purged,
 ) -> Result<(), NsError> {
     let keys = footprint::touching(t, gone.iter().map(|i| i.0), from)?;
-    let of_gone = |key: &[u8]| {
+    let of = |set: &BTreeSet<InodeId>, key: &[u8]| {
         key.get(..8)
             .and_then(|b| b.try_into().ok())
-            .is_some_and(|b| gone.contains(&InodeId(u64::from_be_bytes(b))))
+            .is_some_and(|b| set.contains(&InodeId(u64::from_be_bytes(b))))
     };
     rewrite_undo_of(t, keys, |Before(tab, key, val)| match tab {
-        Tab::Extents | Tab::Xattrs | Tab::Tombs if of_gone(key) && val.is_some() => {
+        Tab::Extents if of(stepped, key) => Ok(false),
+        Tab::Extents | Tab::Xattrs | Tab::Tombs if of(gone, key) && val.is_some() => {
             *val = None;
             Ok(true)
         }

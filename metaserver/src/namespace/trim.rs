@@ -12,8 +12,10 @@
 //!
 //! Meanwhile the extents still count their blocks' references, so nothing they name is
 //! collected early; nobody reaches them (the inode is gone, and inode numbers are never
-//! given out twice); fsck counts them as their mark's. Only a volume of one region: in a
-//! volume of several the inode becomes a tombstone with its extents, as before.
+//! given out twice); fsck counts them as their mark's. In a volume of several regions the
+//! inode becomes a tombstone with its extents, which a region may need to bring back until
+//! every region has settled past the removal; the tombstone's purge then leaves them to
+//! the same steps ([`purge_extents`]), where it had dropped them all in one pass.
 //!
 //! A truncate or a punched hole over more than [`INLINE`] extents stalled the group the
 //! same way (`truncate -s 0`, an open with `O_TRUNC`, or `fallocate -p` of that fio file: a
@@ -122,6 +124,18 @@ pub(crate) fn drop_extents(
 /// record that changes rows in a file's cuts renews it, since undoing any of them after a
 /// step would count a dropped extent's reference again.
 fn write_mark(t: &mut WriteTables<'_>, ino: InodeId, volume: u32) -> Result<(), NsError> {
+    let at = t.recording();
+    put_mark(t, ino, volume, at)
+}
+
+/// Marks file `ino` of `volume` for the steps, which wait for record `at` (or the one the
+/// mark already waits for, if newer) to leave the merged log.
+fn put_mark(
+    t: &mut WriteTables<'_>,
+    ino: InodeId,
+    volume: u32,
+    at: Option<Hlc>,
+) -> Result<(), NsError> {
     let before = t
         .region_state
         .open()?
@@ -129,11 +143,43 @@ fn write_mark(t: &mut WriteTables<'_>, ino: InodeId, volume: u32) -> Result<(), 
         .map_err(store_err)?
         .and_then(|v| serde_json::from_slice::<Trim>(v.value()).ok())
         .and_then(|m| m.at);
-    let at = before.max(t.recording());
+    let at = before.max(at);
     let mark = serde_json::to_vec(&Trim { ino, volume, at }).map_err(json_err)?;
     // Through the record's undo, like the inode's removal: a command refused after this
     // (which restores what it wrote) leaves no mark on a file that keeps its name.
     t.write(Tab::Trims, key(ino).as_bytes(), Some(&mark))
+}
+
+/// Drops the extents of `ino` of `volume`, a tombstone being purged (no region can bring
+/// it back): here if it has at most [`INLINE`] (returned), else in steps after a mark
+/// (`None`), as a removal in a volume of one region does.
+///
+/// The purge is no record: it goes outside any, and rebases the images of the records
+/// still in the merged log instead (`settle.rs`). The mark waits for every one of those
+/// to leave the log (the newest of them now): an older version's image that restores a
+/// block's whole count counts the extents the steps would have dropped meanwhile. Records
+/// applied after the purge change counts by amounts, which the steps commute with, and
+/// none of them touches the file (it was removed before them all).
+pub(crate) fn purge_extents(
+    t: &mut WriteTables<'_>,
+    ino: InodeId,
+    volume: u32,
+) -> Result<Option<Vec<Extent>>, NsError> {
+    let extents = extents_in(t, ino, (0, u64::MAX), INLINE + 1)?;
+    if extents.len() <= INLINE {
+        for e in &extents {
+            t.remove_extent(ino, e)?;
+        }
+        return Ok(Some(extents));
+    }
+    let newest = t
+        .oplog
+        .open()?
+        .last()
+        .map_err(store_err)?
+        .and_then(|(k, _)| Hlc::from_key(k.value()));
+    put_mark(t, ino, volume, newest)?;
+    Ok(None)
 }
 
 /// Whether mark `m`'s steps may drop extents: its record has left the merged log (or
