@@ -1,7 +1,7 @@
 //! Snapshots and clones made in steps (docs/adr/0014), through real processes and mounts:
 //! a copy bigger than one step is still one point in time of a volume that changes while
 //! it is made, and a volume that lives in two regions is copied in the region that asks,
-//! where the copy then lives.
+//! where the copy then lives. A deleted snapshot's tree goes in steps.
 
 mod common;
 
@@ -119,6 +119,28 @@ fn a_snapshot_bigger_than_a_step_is_one_point_in_time_of_a_changing_volume() -> 
     // The source went on.
     ensure!(prefix_count(&m.path.join("bulk/d600/b"), "w")?.0 >= at + 10);
     drop(s);
+
+    // Deleted, the snapshot is gone at once, and the leader's steps take what it held
+    // (more rows than one step takes), fsck clean at every look.
+    let (report, clean) = common::fsck(&addrs)?;
+    ensure!(clean, "{report}");
+    let held = report["inodes"].as_u64().context("inodes counted")?;
+    let copied = snap["used_inodes"]
+        .as_u64()
+        .context("the snapshot's inodes")?;
+    common::admin_at(&addrs, &["volume-delete", "snap"])?;
+    let listed = common::admin_at(&addrs, &["snapshots", "--json"])?;
+    ensure!(!listed.contains("\"snap\""), "{listed}");
+    wait_for(
+        Duration::from_secs(60),
+        "the deleted snapshot's inodes dropped",
+        || {
+            let (report, clean) = common::fsck(&addrs).ok()?;
+            assert!(clean, "{report}");
+            (report["inodes"].as_u64()? == held - copied).then_some(())
+        },
+    )?;
+    ensure!(fs::read(m.path.join("bulk/d7/big"))? == big);
     drop(m);
     Ok(())
 }

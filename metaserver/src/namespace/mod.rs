@@ -25,6 +25,7 @@ pub mod relay;
 pub mod settle;
 pub mod staging;
 pub mod tables;
+pub(crate) mod tree_drop;
 pub mod trim;
 mod volume_ids;
 mod write_tables;
@@ -80,6 +81,8 @@ mod staging_tests;
 mod test_regions;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tree_drop_tests;
 #[cfg(test)]
 mod trim_model_tests;
 #[cfg(test)]

@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use super::merge::StateTable;
 use super::tables::{Tab, decode_extent, json_err, pair_key, read_extents, read_inode, store_err};
-use super::types::{Cut, Extent, Inode, NsError};
+use super::types::{Cut, Extent, FileKind, Inode, NsError};
 use super::write_tables::WriteTables;
 
 /// Most extents a removal drops in its own entry.
@@ -78,7 +78,7 @@ fn key(ino: InodeId) -> String {
 
 /// The first `n` extents of `ino` that start at or past `from` and before `to`, in offset
 /// order.
-fn extents_in(
+pub(super) fn extents_in(
     t: &WriteTables<'_>,
     ino: InodeId,
     (from, to): (u64, u64),
@@ -123,7 +123,11 @@ pub(crate) fn drop_extents(
 /// The record being applied becomes the mark's if it is newer (see [`Trim::at`]): every
 /// record that changes rows in a file's cuts renews it, since undoing any of them after a
 /// step would count a dropped extent's reference again.
-fn write_mark(t: &mut WriteTables<'_>, ino: InodeId, volume: u32) -> Result<(), NsError> {
+pub(super) fn write_mark(
+    t: &mut WriteTables<'_>,
+    ino: InodeId,
+    volume: u32,
+) -> Result<(), NsError> {
     let at = t.recording();
     put_mark(t, ino, volume, at)
 }
@@ -219,6 +223,17 @@ pub fn trim_step(t: &mut WriteTables<'_>, ino: InodeId) -> Result<bool, NsError>
         return Ok(true);
     }
     let mut node = read_inode(t.inodes()?, ino)?;
+    if node.as_ref().is_some_and(|n| n.attr.kind == FileKind::Dir) {
+        // A deleted snapshot's tree (`tree_drop`): housekeeping too.
+        let saved = t.undo.take();
+        let result = super::tree_drop::step(t, ino, STEP);
+        t.undo = saved;
+        let done = result?;
+        if done {
+            t.write(Tab::Trims, k.as_bytes(), None)?;
+        }
+        return Ok(done);
+    }
     let stretch = match &node {
         None => Some((0, u64::MAX)),
         Some(node) => node.cuts.first().map(|c| (c.from, c.to)),

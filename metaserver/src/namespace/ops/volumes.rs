@@ -7,8 +7,8 @@ use redb::ReadableTable;
 use crate::namespace::conflict::volume_conflict_name;
 use crate::namespace::ctx::*;
 use crate::namespace::tables::{
-    Tab, Tomb, WriteTables, counter, decode_dirent, dirent_end, dirent_key, read_extents,
-    read_inode, read_volume, store_err,
+    Tab, Tomb, WriteTables, counter, decode_dirent, dirent_end, dirent_key, read_inode,
+    read_volume, store_err,
 };
 use crate::namespace::types::*;
 
@@ -210,8 +210,11 @@ pub(crate) fn delete_volume(
     };
     if vol.read_only || vol.copying.is_some() {
         // A snapshot, or a copy still being made, goes with everything in it (nothing can
-        // empty it first).
-        remove_tree(t, vol.root)?;
+        // empty it first); a large one in steps, its root with the last (`tree_drop`).
+        if !crate::namespace::tree_drop::remove_or_mark(t, vol.root, vol.id)? {
+            t.del_volume(&vol.name)?;
+            return Ok(Reply::Done);
+        }
     } else if !is_empty_dir(t, vol.root)? {
         return Err(NsError::NotEmpty(format!(
             "volume {} still has files",
@@ -405,29 +408,4 @@ pub(crate) fn entries_of(
         out.push(decode_dirent(k.value(), v.value())?);
     }
     Ok(out)
-}
-
-/// Removes everything below directory `root`: entries, inodes, xattrs, and extents (each
-/// one reference fewer to its block).
-fn remove_tree(t: &mut WriteTables<'_>, root: InodeId) -> Result<(), NsError> {
-    let mut dirs = vec![root];
-    let mut seen = std::collections::HashSet::new();
-    while let Some(dir) = dirs.pop() {
-        for e in list_dir(t, dir)? {
-            t.del_dirent(dir, &e.name)?;
-            if !seen.insert(e.ino) {
-                continue; // another link of an inode already removed
-            }
-            if e.kind == FileKind::Dir {
-                dirs.push(e.ino);
-            } else if e.kind == FileKind::File {
-                for x in read_extents(t.extents()?, e.ino, 0, u64::MAX)? {
-                    t.remove_extent(e.ino, &x)?;
-                }
-            }
-            t.del_xattrs(e.ino)?;
-            t.del_inode(e.ino)?;
-        }
-    }
-    Ok(())
 }
