@@ -1,7 +1,8 @@
-//! While this member leads, drops the extents removed files left behind, and those a
-//! truncate or a punched hole cut off a file, a step at a time (`namespace/trim.rs`): one
-//! entry of at most a few thousand extents each, so that other clients' changes go between
-//! them.
+//! While this member leads, drops the extents removed files left behind (or their
+//! purged tombstones), those a truncate or a punched hole cut off a file, and what a
+//! deleted snapshot held, a step at a time (`namespace/trim.rs`, `namespace/tree_drop.rs`):
+//! one entry of at most a few thousand rows each, so that other clients' changes go
+//! between them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,15 +58,15 @@ pub async fn trim_loop(node: Arc<MetaNode>) {
                 match node.propose_internal(RaftRequest::TrimStep(m.ino)).await {
                     Ok(RaftResponse::Remote(Ok(o))) if o.applied == 0 => steps += 1,
                     Ok(RaftResponse::Remote(Ok(_))) => {
-                        debug!(ino = %m.ino, steps = steps + 1, "a removed or cut file's extents dropped");
+                        debug!(ino = %m.ino, steps = steps + 1, "a removed or cut file's extents, or a deleted snapshot's tree, dropped");
                         break;
                     }
                     Ok(other) => {
-                        warn!(ino = %m.ino, ?other, "dropping a removed or cut file's extents");
+                        warn!(ino = %m.ino, ?other, "dropping a removed or cut file's extents, or a deleted snapshot's tree");
                         break;
                     }
                     Err(e) => {
-                        warn!(ino = %m.ino, error = %e, "dropping a removed or cut file's extents");
+                        warn!(ino = %m.ino, error = %e, "dropping a removed or cut file's extents, or a deleted snapshot's tree");
                         break;
                     }
                 }

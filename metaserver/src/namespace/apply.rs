@@ -53,6 +53,9 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     let logged = merge::enters_log(t)?;
     t.begin_record(hlc, logged);
     let outcome = match &volume {
+        None if of_deleted_volume(t, &cmd.op)? => Err(NsError::NotFound(
+            "the volume of this inode was deleted".into(),
+        )),
         // A copy still being made changes only by its own steps (or goes).
         Some(v) if v.copying.is_some() && !matches!(cmd.op, Op::DeleteVolume { .. }) => Err(
             NsError::ReadOnly(format!("volume {} is still being copied", v.name)),
@@ -203,6 +206,23 @@ pub(super) fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, 
         Some(node) => Ok(find_volume(t, node.attr.volume)?),
         None => Ok(None),
     }
+}
+
+/// Whether `op` changes an inode that is there while its volume is not: a deleted
+/// snapshot's tree, which the steps remove (`tree_drop`) and a mount that had it mounted
+/// may still name. No record may change it: a rewind of the merged log would undo such a
+/// record over rows the steps removed, and bring them back.
+fn of_deleted_volume(t: &WriteTables<'_>, op: &Op) -> Result<bool, NsError> {
+    let inos = match op {
+        Op::AccessedBatch { inos } => inos.clone(),
+        _ => op.inode_changed().into_iter().collect(),
+    };
+    for ino in inos {
+        if let Some(node) = read_inode(t.inodes()?, ino)? {
+            return Ok(find_volume(t, node.attr.volume)?.is_none());
+        }
+    }
+    Ok(false)
 }
 
 /// A short name of an operation, for conflict records.

@@ -155,6 +155,12 @@ impl<'a> NsReader<'a> {
     /// Extents of `ino` overlapping `[offset, offset + len)`.
     pub fn extents(&self, ino: InodeId, offset: u64, len: u64) -> Result<Vec<Extent>, NsError> {
         let node = self.inode(ino)?;
+        // A deleted snapshot's files wait for the steps that remove them (`tree_drop`),
+        // a file's extents maybe over several: none is read meanwhile, whole or not.
+        let volumes = self.tx.open_table(VOLUMES).map_err(store_err)?;
+        if super::volume_ids::volume_row_by_id(&volumes, node.attr.volume, Some(false))?.is_none() {
+            return Err(NsError::NotFound(format!("{ino}: its volume was deleted")));
+        }
         let t = self.tx.open_table(EXTENTS).map_err(store_err)?;
         // What a truncate or a punched hole cut off, and the steps have not dropped yet,
         // is nobody's.

@@ -333,6 +333,8 @@ pub(crate) fn settle_volumes(t: &mut WriteTables<'_>, own: RegionId) -> Result<(
         }
     }
     let mut left = PRUNE_BATCH;
+    // Extents the pass drops itself; the rest go to the steps (`trim::purge_extents`).
+    let mut inline = super::trim::INLINE;
     for volume in tomb_volumes(t)? {
         if left == 0 {
             break;
@@ -366,7 +368,7 @@ pub(crate) fn settle_volumes(t: &mut WriteTables<'_>, own: RegionId) -> Result<(
         }
         left -= gone.len();
         if !gone.is_empty() {
-            purge_tombs(t, volume, bound, gone)?;
+            purge_tombs(t, volume, bound, gone, &mut inline)?;
         }
     }
     Ok(())
@@ -423,10 +425,11 @@ fn purge_tombs(
     volume: u32,
     from: Hlc,
     gone: Vec<InodeId>,
+    inline: &mut usize,
 ) -> Result<(), NsError> {
     // Outside any record: nothing to undo, this never needs reordering.
     let saved = t.undo.take();
-    let result = purge_each(t, volume, &gone);
+    let result = purge_each(t, volume, &gone, inline);
     t.undo = saved;
     let purged = result?;
     rebase_undo(t, from, &gone.into_iter().collect(), &purged)
@@ -442,11 +445,16 @@ struct Purged {
     stepped: BTreeSet<InodeId>,
 }
 
-/// Purges each tombstone of `gone`, of `volume`.
-fn purge_each(t: &mut WriteTables<'_>, volume: u32, gone: &[InodeId]) -> Result<Purged, NsError> {
+/// Purges each tombstone of `gone`, of `volume`, dropping at most `inline` extents here.
+fn purge_each(
+    t: &mut WriteTables<'_>,
+    volume: u32,
+    gone: &[InodeId],
+    inline: &mut usize,
+) -> Result<Purged, NsError> {
     let mut out = Purged::default();
     for &ino in gone {
-        match super::trim::purge_extents(t, ino, volume)? {
+        match super::trim::purge_extents(t, ino, volume, inline)? {
             Some(extents) => {
                 for e in extents {
                     *out.dropped.entry(e.block.as_bytes().to_vec()).or_default() += 1;

@@ -1,4 +1,4 @@
-//! What a deleted snapshot (or an unfinished copy) held, removed in steps.
+//! What a deleted snapshot held, removed in steps.
 //!
 //! A snapshot goes with everything in it: its entries, inodes, xattrs and extents (each
 //! one reference fewer to its block). Removed in the deletion's own entry, a snapshot of
@@ -11,8 +11,12 @@
 //! inode, every directory counts its subdirectories, a file its links), so fsck finds
 //! nothing wrong, and the references its extents hold keep their blocks.
 //!
-//! Until the last step the deleted copy's inodes can still be read by number, by a mount
-//! that had it mounted; nothing reaches them by name.
+//! Until the last step the deleted snapshot's inodes can still be read by number, by a
+//! mount that had it mounted; nothing reaches them by name.
+//!
+//! A copy not yet finished (its maker gone, ADR 0014) goes at once, whatever its size: its
+//! tree need not be whole yet (a directory's entries may name inodes of a later batch, a
+//! file's count may name a link not yet written), and the steps count on a whole tree.
 
 use std::collections::HashSet;
 
@@ -58,37 +62,35 @@ pub(crate) fn remove_or_mark(
     Ok(true)
 }
 
-/// Whether what is below `dir` is at most `left` rows (taking them off `left`).
-fn within(t: &WriteTables<'_>, dir: InodeId, left: &mut usize) -> Result<bool, NsError> {
-    for e in entries(t, dir, left.saturating_add(1))? {
-        let Some(rows) = left.checked_sub(1) else {
-            return Ok(false);
-        };
-        *left = rows;
-        let fits = match e.kind {
-            FileKind::Dir => within(t, e.ino, left)?,
-            FileKind::File => {
-                let n = trim::extents_in(t, e.ino, (0, u64::MAX), left.saturating_add(1))?.len();
-                match left.checked_sub(n) {
-                    Some(rows) => {
-                        *left = rows;
-                        true
-                    }
-                    None => false,
+/// Whether what is below `root` is at most `left` rows (taking them off `left`). A loop,
+/// not a recursion: a tree may be deeper than a thread's stack.
+fn within(t: &WriteTables<'_>, root: InodeId, left: &mut usize) -> Result<bool, NsError> {
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for e in entries(t, dir, left.saturating_add(1))? {
+            let extents = match e.kind {
+                FileKind::Dir => {
+                    dirs.push(e.ino);
+                    0
                 }
+                FileKind::File => {
+                    trim::extents_in(t, e.ino, (0, u64::MAX), left.saturating_add(1))?.len()
+                }
+                _ => 0,
+            };
+            match left.checked_sub(1 + extents) {
+                Some(rows) => *left = rows,
+                None => return Ok(false),
             }
-            _ => true,
-        };
-        if !fits {
-            return Ok(false);
         }
     }
     Ok(true)
 }
 
 /// Removes everything below directory `root` at once: entries, inodes, xattrs, and
-/// extents (each one reference fewer to its block).
-fn remove_tree(t: &mut WriteTables<'_>, root: InodeId) -> Result<(), NsError> {
+/// extents (each one reference fewer to its block). An inode goes at its first entry;
+/// an entry naming none goes alone.
+pub(crate) fn remove_tree(t: &mut WriteTables<'_>, root: InodeId) -> Result<(), NsError> {
     let mut dirs = vec![root];
     let mut seen = HashSet::new();
     while let Some(dir) = dirs.pop() {
@@ -111,76 +113,74 @@ fn remove_tree(t: &mut WriteTables<'_>, root: InodeId) -> Result<(), NsError> {
     Ok(())
 }
 
-/// One step of marked tree `root`: removes up to `budget` rows below it, and the root with
-/// the last. Returns whether the tree is gone. Outside any record (the caller takes the
-/// undo away): directories' rows are written as they are.
+/// One step of marked tree `root`: removes up to `budget` rows below it (entries and
+/// extents), and the root with the last. Returns whether the tree is gone. Depth first
+/// from each directory's first entry, in a loop (a tree may be deeper than a thread's
+/// stack): every pass either goes down into a directory or removes something. Outside
+/// any record (the caller takes the undo away): directories' rows are written as they
+/// are.
 pub(crate) fn step(t: &mut WriteTables<'_>, root: InodeId, budget: usize) -> Result<bool, NsError> {
     let mut left = budget;
-    if !empty_dir(t, root, &mut left)? {
-        return Ok(false);
-    }
-    t.del_xattrs(root)?;
-    t.del_inode(root)?;
-    Ok(true)
-}
-
-/// Removes what is below `dir`, while `left` lasts. Returns whether `dir` is empty.
-fn empty_dir(t: &mut WriteTables<'_>, dir: InodeId, left: &mut usize) -> Result<bool, NsError> {
+    // The directories gone down into, each with its entry in the one above.
+    let mut path: Vec<(InodeId, Vec<u8>)> = Vec::new();
+    let mut on_path = HashSet::from([root]);
     loop {
-        let batch = entries(t, dir, (*left).max(1))?;
-        if batch.is_empty() {
-            return Ok(true);
+        let dir = path.last().map_or(root, |p| p.0);
+        let next = entries(t, dir, 1)?.pop();
+        if left == 0 && (next.is_some() || !path.is_empty()) {
+            return Ok(false);
         }
-        for e in batch {
-            if *left == 0 || !remove_entry(t, dir, &e, left)? {
-                return Ok(false);
+        let Some(e) = next else {
+            // Empty: the directory goes, one link off its parent; the root with the last.
+            let Some((_, name)) = path.pop() else {
+                t.del_xattrs(root)?;
+                t.del_inode(root)?;
+                return Ok(true);
+            };
+            on_path.remove(&dir);
+            let parent = path.last().map_or(root, |p| p.0);
+            t.del_xattrs(dir)?;
+            t.del_inode(dir)?;
+            if let Some(mut node) = read_inode(t.inodes()?, parent)? {
+                node.attr.nlink = node.attr.nlink.saturating_sub(1);
+                t.put_inode(&node)?;
             }
-        }
-    }
-}
-
-/// Removes entry `e` of `dir` and what it names (unless another entry still names it), if
-/// `left` lasts for it. Returns whether it went.
-fn remove_entry(
-    t: &mut WriteTables<'_>,
-    dir: InodeId,
-    e: &DirEntry,
-    left: &mut usize,
-) -> Result<bool, NsError> {
-    match read_inode(t.inodes()?, e.ino)? {
-        None => {}
-        Some(node) if node.attr.kind == FileKind::Dir => {
-            if !empty_dir(t, e.ino, left)? {
-                return Ok(false);
+            t.del_dirent(parent, &name)?;
+            left -= 1;
+            continue;
+        };
+        match read_inode(t.inodes()?, e.ino)? {
+            Some(node) if node.attr.kind == FileKind::Dir && on_path.insert(e.ino) => {
+                path.push((e.ino, e.name));
+                continue;
             }
-            t.del_xattrs(e.ino)?;
-            t.del_inode(e.ino)?;
-            if let Some(mut parent) = read_inode(t.inodes()?, dir)? {
-                parent.attr.nlink = parent.attr.nlink.saturating_sub(1);
-                t.put_inode(&parent)?;
+            // An entry naming nothing, or a directory it is in (a damaged tree, which
+            // would send the walk round for ever), goes alone.
+            None => {}
+            Some(node) if node.attr.kind == FileKind::Dir => {}
+            // Another entry still names it: one link fewer.
+            Some(mut node) if node.attr.nlink > 1 => {
+                node.attr.nlink -= 1;
+                t.put_inode(&node)?;
             }
-        }
-        Some(mut node) if node.attr.nlink > 1 => {
-            node.attr.nlink -= 1;
-            t.put_inode(&node)?;
-        }
-        Some(node) => {
-            if node.attr.kind == FileKind::File {
-                let extents = trim::extents_in(t, e.ino, (0, u64::MAX), *left + 1)?;
-                let now = extents.len().min(*left);
-                for x in &extents[..now] {
-                    t.remove_extent(e.ino, x)?;
+            Some(node) => {
+                if node.attr.kind == FileKind::File {
+                    let extents = trim::extents_in(t, e.ino, (0, u64::MAX), left + 1)?;
+                    let now = extents.len().min(left);
+                    for x in &extents[..now] {
+                        t.remove_extent(e.ino, x)?;
+                    }
+                    left -= now;
+                    if now < extents.len() {
+                        return Ok(false);
+                    }
                 }
-                *left -= now;
-                if now < extents.len() {
-                    return Ok(false);
-                }
+                t.del_xattrs(e.ino)?;
+                t.del_inode(e.ino)?;
             }
-            t.del_xattrs(e.ino)?;
-            t.del_inode(e.ino)?;
         }
+        t.del_dirent(dir, &e.name)?;
+        // (A file's last extents may have taken the last of the budget.)
+        left = left.saturating_sub(1);
     }
-    t.del_dirent(dir, &e.name)?;
-    *left = left.saturating_sub(1);
-    Ok(true)
 }

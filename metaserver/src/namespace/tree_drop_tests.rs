@@ -162,9 +162,35 @@ fn a_large_snapshot_goes_in_steps_whole_between_them_and_leaves_nothing() {
         vec![trim::Trim {
             ino: snap.root,
             volume: snap.id,
-            at: None
+            at: None,
+            up_to: false,
         }]
     );
+    assert_eq!(rows_of(r, snap.id), (inodes, entries, extents));
+    // A mount that had it mounted still names its inodes: nothing changes them (no record
+    // may touch what the steps remove), and no file's bytes are read, whole or not.
+    let dir = r.lookup(snap.root, "top").unwrap().ino;
+    let file = r.lookup(snap.root, "big").unwrap().ino;
+    for op in [
+        Op::SetXattr {
+            ino: dir,
+            name: b"user.k".to_vec(),
+            value: b"w".to_vec(),
+            mode: XattrMode::Any,
+            creds: root_creds(),
+        },
+        Op::Accessed { ino: file },
+        mknod(dir, "new", FileKind::File),
+    ] {
+        assert!(
+            matches!(r.run(op.clone()), Err(NsError::NotFound(_))),
+            "{op:?}"
+        );
+    }
+    assert!(matches!(
+        r.read(|x| x.extents(file, 0, 4096)),
+        Err(NsError::NotFound(_))
+    ));
     assert_eq!(rows_of(r, snap.id), (inodes, entries, extents));
     assert_eq!(
         blocks.iter().map(|b| refs(r, b)).collect::<Vec<_>>(),
@@ -252,5 +278,28 @@ fn a_deleted_snapshots_steps_wait_until_the_deletion_has_left_the_merged_log() {
     while !r.write(|t| trim::trim_step(t, snap.root)).unwrap() {}
     assert!(marks(r).is_empty());
     assert_eq!(rows_of(r, snap.id), (0, 0, 0));
+    assert_consistent(r);
+}
+
+#[test]
+fn a_snapshot_deeper_than_a_threads_stack_goes_in_steps() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let mut dir = r.volume_root();
+    for i in 0..20_000 {
+        dir = mkdir(r, dir, &format!("n{i}"));
+    }
+    let snap = snapshot(r, "deep");
+    r.run(Op::DeleteVolume {
+        name: "deep".into(),
+    })
+    .unwrap();
+    let mut steps = 0;
+    while !r.write(|t| trim::trim_step(t, snap.root)).unwrap() {
+        steps += 1;
+    }
+    assert!(steps >= 9, "{steps} steps");
+    assert_eq!(rows_of(r, snap.id), (0, 0, 0));
+    assert!(marks(r).is_empty());
     assert_consistent(r);
 }

@@ -56,10 +56,11 @@ pub const STEP: usize = 2048;
 /// Most cuts a file has at once: past them a truncate or a hole cuts in its own entry.
 pub const MAX_CUTS: usize = 16;
 
-/// A removed file whose extents wait to be dropped, or a file with cuts.
+/// A removed file whose extents wait to be dropped, a file with cuts, or a deleted
+/// snapshot's tree (marked on its root directory, `tree_drop`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trim {
-    /// The file.
+    /// The file, or the tree's root.
     pub ino: InodeId,
     /// Its volume.
     pub volume: u32,
@@ -67,9 +68,14 @@ pub struct Trim {
     /// peers): no step drops anything until it has left the log. A rewind of the log
     /// undoes records as they were written, and the steps are not records: undoing the
     /// write that made an extent the steps dropped would take its block's reference away
-    /// a second time. Once the mark's record has left, so has every record before it.
+    /// a second time. Once the mark's record has left, so has every record of its volume
+    /// before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<Hlc>,
+    /// The steps wait for every record up to `at` to leave the merged log, of any volume,
+    /// not for `at` alone (a tombstone's purge: [`purge_extents`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub up_to: bool,
 }
 
 fn key(ino: InodeId) -> String {
@@ -119,61 +125,74 @@ pub(crate) fn drop_extents(
     write_mark(t, ino, volume)
 }
 
-/// Marks file `ino` of `volume` for the steps, from the record being applied.
-/// The record being applied becomes the mark's if it is newer (see [`Trim::at`]): every
-/// record that changes rows in a file's cuts renews it, since undoing any of them after a
-/// step would count a dropped extent's reference again.
+/// Marks file (or tree root) `ino` of `volume` for the steps, from the record being
+/// applied. The record being applied becomes the mark's if it is newer (see
+/// [`Trim::at`]): every record that changes rows in a file's cuts renews it, since undoing
+/// any of them after a step would count a dropped extent's reference again.
 pub(super) fn write_mark(
     t: &mut WriteTables<'_>,
     ino: InodeId,
     volume: u32,
 ) -> Result<(), NsError> {
     let at = t.recording();
-    put_mark(t, ino, volume, at)
+    put_mark(t, ino, volume, at, false)
 }
 
 /// Marks file `ino` of `volume` for the steps, which wait for record `at` (or the one the
-/// mark already waits for, if newer) to leave the merged log.
+/// mark already waits for, if newer) to leave the merged log, and with `up_to` every
+/// record before it too ([`Trim::up_to`]).
 fn put_mark(
     t: &mut WriteTables<'_>,
     ino: InodeId,
     volume: u32,
     at: Option<Hlc>,
+    up_to: bool,
 ) -> Result<(), NsError> {
     let before = t
         .region_state
         .open()?
         .get(key(ino).as_str())
         .map_err(store_err)?
-        .and_then(|v| serde_json::from_slice::<Trim>(v.value()).ok())
-        .and_then(|m| m.at);
-    let at = before.max(at);
-    let mark = serde_json::to_vec(&Trim { ino, volume, at }).map_err(json_err)?;
+        .and_then(|v| serde_json::from_slice::<Trim>(v.value()).ok());
+    let at = before.and_then(|m| m.at).max(at);
+    let up_to = up_to || before.is_some_and(|m| m.up_to);
+    let mark = serde_json::to_vec(&Trim {
+        ino,
+        volume,
+        at,
+        up_to,
+    })
+    .map_err(json_err)?;
     // Through the record's undo, like the inode's removal: a command refused after this
     // (which restores what it wrote) leaves no mark on a file that keeps its name.
     t.write(Tab::Trims, key(ino).as_bytes(), Some(&mark))
 }
 
 /// Drops the extents of `ino` of `volume`, a tombstone being purged (no region can bring
-/// it back): here if it has at most [`INLINE`] (returned), else in steps after a mark
-/// (`None`), as a removal in a volume of one region does.
+/// it back): here (returned) if they fit in `budget`, what is left of [`INLINE`] for the
+/// purge's pass, else in steps after a mark (`None`), as a removal in a volume of one
+/// region does. A pass purges up to 256 tombstones: each of a few hundred extents would
+/// add up to the stall of one large file.
 ///
 /// The purge is no record: it goes outside any, and rebases the images of the records
 /// still in the merged log instead (`settle.rs`). The mark waits for every one of those
-/// to leave the log (the newest of them now): an older version's image that restores a
-/// block's whole count counts the extents the steps would have dropped meanwhile. Records
-/// applied after the purge change counts by amounts, which the steps commute with, and
-/// none of them touches the file (it was removed before them all).
+/// to leave the log (every record up to the newest now, of any volume: records leave it
+/// volume by volume): an older version's image that restores a block's whole count
+/// counts the extents the steps would have dropped meanwhile. Records applied after the
+/// purge change counts by amounts, which the steps commute with, and none of them touches
+/// the file (it was removed before them all).
 pub(crate) fn purge_extents(
     t: &mut WriteTables<'_>,
     ino: InodeId,
     volume: u32,
+    budget: &mut usize,
 ) -> Result<Option<Vec<Extent>>, NsError> {
     let extents = extents_in(t, ino, (0, u64::MAX), INLINE + 1)?;
-    if extents.len() <= INLINE {
+    if extents.len() <= (*budget).min(INLINE) {
         for e in &extents {
             t.remove_extent(ino, e)?;
         }
+        *budget -= extents.len();
         return Ok(Some(extents));
     }
     let newest = t
@@ -182,18 +201,22 @@ pub(crate) fn purge_extents(
         .last()
         .map_err(store_err)?
         .and_then(|(k, _)| Hlc::from_key(k.value()));
-    put_mark(t, ino, volume, newest)?;
+    put_mark(t, ino, volume, newest, true)?;
     Ok(None)
 }
 
 /// Whether mark `m`'s steps may drop extents: its record has left the merged log (or
-/// never entered it), in `oplog`.
+/// never entered it), in `oplog`; with [`Trim::up_to`], every record up to it.
 pub fn ready(
     oplog: &impl ReadableTable<&'static [u8], &'static [u8]>,
     m: &Trim,
 ) -> Result<bool, NsError> {
     match m.at {
         None => Ok(true),
+        Some(at) if m.up_to => Ok(oplog
+            .first()
+            .map_err(store_err)?
+            .is_none_or(|(k, _)| Hlc::from_key(k.value()).is_none_or(|first| first > at))),
         Some(at) => Ok(oplog
             .get(at.to_key().as_slice())
             .map_err(store_err)?
@@ -202,7 +225,8 @@ pub fn ready(
 }
 
 /// Drops up to [`STEP`] more extents of marked file `ino`: a removed file's from its
-/// start, a live file's from its first cut (the cut goes once it is empty). Returns
+/// start, a live file's from its first cut (the cut goes once it is empty); or, for a
+/// marked directory, up to [`STEP`] rows of a deleted snapshot's tree (`tree_drop`). Returns
 /// whether to stop stepping it for now: none are left (the mark gone with the last; also
 /// when there is no mark, as for a step proposed twice), or the mark waits for its record
 /// to leave the merged log ([`Trim::at`]; nothing dropped).

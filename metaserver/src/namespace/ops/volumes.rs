@@ -208,9 +208,12 @@ pub(crate) fn delete_volume(
         None => read_volume(t.volumes()?, name)?
             .ok_or_else(|| NsError::NotFound(format!("volume {name}")))?,
     };
-    if vol.read_only || vol.copying.is_some() {
-        // A snapshot, or a copy still being made, goes with everything in it (nothing can
-        // empty it first); a large one in steps, its root with the last (`tree_drop`).
+    if vol.copying.is_some() {
+        // A copy still being made goes with everything it has so far (nothing can empty
+        // it first), at once: its tree may not be whole yet (`tree_drop`).
+        crate::namespace::tree_drop::remove_tree(t, vol.root)?;
+    } else if vol.read_only {
+        // A snapshot likewise; a large one in steps, its root with the last.
         if !crate::namespace::tree_drop::remove_or_mark(t, vol.root, vol.id)? {
             t.del_volume(&vol.name)?;
             return Ok(Reply::Done);
