@@ -29,6 +29,14 @@ pub struct Leaving {
     pub inodes: u64,
     /// Everything of it is gone.
     pub done: bool,
+    /// Where the steps look next: the first inode number not yet looked at, in the live
+    /// inodes and then (`in_tombs`) in the tombstones. Each step looks at a bounded part
+    /// of the tables, so dropping a small volume from a region that holds a large one
+    /// does not read all of it at every step.
+    #[serde(default)]
+    pub next: u64,
+    #[serde(default)]
+    pub in_tombs: bool,
 }
 
 fn leave_key(volume: u32) -> String {
@@ -90,6 +98,8 @@ pub(crate) fn note_removal(
             since: record.hlc,
             inodes: 0,
             done: false,
+            next: 0,
+            in_tombs: false,
         },
     )
 }
@@ -104,9 +114,14 @@ pub fn may_drop(t: &impl StateTable, l: &Leaving) -> Result<bool, NsError> {
 
 /// Most inodes one step of a leaving drops.
 pub const LEAVE_STEP: usize = 2000;
+/// Most rows (inodes or tombstones, of any volume) one step looks at.
+pub const LEAVE_SCAN: usize = 8192;
+/// Most extents one step drops (a file of more is dropped over several).
+pub const LEAVE_EXTENTS: usize = 4096;
 
 /// One step of dropping a volume that left this region: up to [`LEAVE_STEP`] of its
-/// inodes (with every row keyed by them), and with the last its row. Outside any record;
+/// inodes (with every row keyed by them) among the next [`LEAVE_SCAN`] rows looked at, at
+/// most [`LEAVE_EXTENTS`] extents, and with the last its row. Outside any record;
 /// the records still in the merged log get their images rebased, so undoing one of them
 /// later brings nothing of the volume back. Returns whether it is all gone.
 pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError> {
@@ -121,40 +136,42 @@ pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError>
             "volume {volume} cannot be dropped before every region has settled past its removal"
         )));
     }
-    let mut gone = Vec::new();
-    for item in t.inodes()?.iter().map_err(store_err)? {
-        let (k, v) = item.map_err(store_err)?;
-        let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
-        if inode.attr.volume == volume {
-            gone.push(InodeId(k.value()));
-            if gone.len() >= LEAVE_STEP {
+    let (gone, ended) = next_to_drop(t, &mut l, volume)?;
+    let saved = t.undo.take();
+    let mut delta = BTreeMap::new();
+    let mut extents = LEAVE_EXTENTS;
+    let mut dropped = Vec::with_capacity(gone.len());
+    let mut partial = false;
+    let mut result = Ok(());
+    for ino in &gone {
+        // A file of many extents goes over several steps: what fits now, and the next
+        // step starts at it again (among the live inodes or the tombstones, where it is).
+        match drop_extents(t, *ino, &mut extents, &mut delta) {
+            Ok(true) => {}
+            Ok(false) => {
+                partial = true;
+                l.next = ino.0;
+                match t.inodes().and_then(|x| super::tables::read_inode(x, *ino)) {
+                    Ok(live) => l.in_tombs = live.is_none(),
+                    Err(e) => result = Err(e),
+                }
+                break;
+            }
+            Err(e) => {
+                result = Err(e);
                 break;
             }
         }
-    }
-    if gone.len() < LEAVE_STEP {
-        for item in t.tombs()?.iter().map_err(store_err)? {
-            let (k, v) = item.map_err(store_err)?;
-            let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
-            if tomb.inode.attr.volume == volume {
-                gone.push(InodeId(k.value()));
-                if gone.len() >= LEAVE_STEP {
-                    break;
-                }
-            }
-        }
-    }
-    let saved = t.undo.take();
-    let mut delta = BTreeMap::new();
-    let mut result = Ok(());
-    for ino in &gone {
         result = forget_inode(t, *ino, &mut delta);
         if result.is_err() {
             break;
         }
+        dropped.push(*ino);
     }
+    let gone = dropped;
+    let ended = ended && !partial;
     let mut names = Vec::new();
-    if result.is_ok() && gone.is_empty() {
+    if result.is_ok() && gone.is_empty() && ended {
         for item in t.volumes()?.iter().map_err(store_err)? {
             let (k, v) = item.map_err(store_err)?;
             let vol: Volume = serde_json::from_slice(v.value()).map_err(json_err)?;
@@ -169,7 +186,7 @@ pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError>
     t.undo = saved;
     result?;
     l.inodes += gone.len() as u64;
-    let done = gone.is_empty();
+    let done = gone.is_empty() && ended;
     rebase_gone(t, &gone.into_iter().collect(), &names, &delta)?;
     if done {
         l.done = true;
@@ -181,6 +198,71 @@ pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError>
     }
     put_leaving(t, &l)?;
     Ok(done)
+}
+
+/// The next inodes of `volume` to drop, from where `l` says the last step stopped: up to
+/// [`LEAVE_STEP`] of them among at most [`LEAVE_SCAN`] rows looked at, the live inodes
+/// first, then the tombstones. Moves `l` on past the rows looked at; also returns whether
+/// the tombstones were looked at to their end.
+fn next_to_drop(
+    t: &WriteTables<'_>,
+    l: &mut Leaving,
+    volume: u32,
+) -> Result<(Vec<InodeId>, bool), NsError> {
+    let mut gone = Vec::new();
+    let mut looked = 0;
+    if !l.in_tombs {
+        let mut ended = true;
+        for item in t.inodes()?.range(l.next..).map_err(store_err)? {
+            if gone.len() >= LEAVE_STEP || looked >= LEAVE_SCAN {
+                ended = false;
+                break;
+            }
+            let (k, v) = item.map_err(store_err)?;
+            looked += 1;
+            l.next = k.value().saturating_add(1);
+            let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
+            if inode.attr.volume == volume {
+                gone.push(InodeId(k.value()));
+            }
+        }
+        if !ended {
+            return Ok((gone, false));
+        }
+        l.in_tombs = true;
+        l.next = 0;
+    }
+    for item in t.tombs()?.range(l.next..).map_err(store_err)? {
+        if gone.len() >= LEAVE_STEP || looked >= LEAVE_SCAN {
+            return Ok((gone, false));
+        }
+        let (k, v) = item.map_err(store_err)?;
+        looked += 1;
+        l.next = k.value().saturating_add(1);
+        let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
+        if tomb.inode.attr.volume == volume {
+            gone.push(InodeId(k.value()));
+        }
+    }
+    Ok((gone, true))
+}
+
+/// Drops what fits of `ino`'s extents in `budget` (taking them off it, each block's count
+/// in `delta`). Returns whether none are left.
+fn drop_extents(
+    t: &mut WriteTables<'_>,
+    ino: InodeId,
+    budget: &mut usize,
+    delta: &mut BTreeMap<Vec<u8>, i64>,
+) -> Result<bool, NsError> {
+    let extents = super::trim::extents_in(t, ino, (0, u64::MAX), budget.saturating_add(1))?;
+    let now = extents.len().min(*budget);
+    for e in &extents[..now] {
+        t.remove_extent(ino, e)?;
+        *delta.entry(e.block.as_bytes().to_vec()).or_default() -= 1;
+    }
+    *budget -= now;
+    Ok(now == extents.len())
 }
 
 /// Carries rows dropped outside any record into the undo images of the records still in

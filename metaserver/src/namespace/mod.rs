@@ -70,6 +70,8 @@ mod hostile_tests;
 #[cfg(test)]
 mod lease_tests;
 #[cfg(test)]
+mod leave_tests;
+#[cfg(test)]
 mod merge_tests;
 #[cfg(test)]
 mod relay_tests;

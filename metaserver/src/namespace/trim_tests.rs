@@ -3,8 +3,8 @@
 //! every reference they held; and what a truncate cuts off a file, which nothing reads and
 //! no later size brings back.
 
-use meridian_proto::{BlockId, InodeId};
-use redb::ReadableDatabase;
+use meridian_proto::{BlockId, InodeId, RegionId};
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::test_regions::*;
 use super::trim::{self, INLINE, MAX_CUTS, STEP};
@@ -852,4 +852,64 @@ fn a_purge_drops_at_most_a_steps_worth_of_extents_itself_and_leaves_the_rest_to_
         assert!(files.iter().all(|f| extents_of(r, *f) == 0));
         assert_consistent(r);
     }
+}
+
+#[test]
+fn a_purges_steps_wait_for_every_record_before_its_own_of_any_volume() {
+    // "main" lives in regions 1, 2 and 3, "pair" in 1 and 2. Region 3 is cut off: main's
+    // records stay in the merged log while pair's settle and leave it.
+    let mut rs = regions(3);
+    let pair = make_volume(&mut rs[0], "pair", vec![RegionId(1), RegionId(2)]);
+    settle(&mut rs);
+    promise_all(&mut rs);
+    settle(&mut rs);
+    let f = attr_of(rs[0].run(mknod(pair, "big", FileKind::File))).ino;
+    fragment(&mut rs[0], f, STEP + 100);
+    // A record of main, older than the removal, that region 3 has yet to see.
+    let main_root = rs[0].volume_root();
+    rs[0].run(mknod(main_root, "held", FileKind::File)).unwrap();
+    rs[0].run(unlink(pair, "big")).unwrap();
+    let exchange = |rs: &mut [Region]| {
+        for _ in 0..3 {
+            let (a, b) = two(rs, 0, 1);
+            deliver(a, b, usize::MAX, 0);
+            let (a, b) = two(rs, 1, 0);
+            deliver(a, b, usize::MAX, 0);
+        }
+    };
+    exchange(&mut rs);
+    promise_all(&mut rs[..2]);
+    // A record of pair after the stamps promised: the newest in the log at the purge.
+    rs[0].run(mknod(pair, "late", FileKind::File)).unwrap();
+    exchange(&mut rs);
+    // It settles and leaves the log too; main's older record stays.
+    promise_all(&mut rs[..2]);
+    exchange(&mut rs);
+    let r = &mut rs[0];
+    assert_eq!((tombs_in(r), extents_of(r, f)), (0, STEP + 100));
+    let m = marks(r);
+    assert_eq!(m.len(), 1);
+    assert!(m[0].up_to);
+    // The mark's own record has left the log; main's older one has not, and it could
+    // still be undone around a late record from region 3.
+    let at = m[0].at.expect("the newest record at the purge");
+    assert!(r.write(|t| {
+        t.oplog
+            .open()
+            .unwrap()
+            .get(at.to_key().as_slice())
+            .unwrap()
+            .is_none()
+    }));
+    assert!(!r.write(|t| trim::ready(t.oplog.open().unwrap(), &m[0]).unwrap()));
+    assert!(r.write(|t| trim::trim_step(t, f)).unwrap());
+    assert_eq!(extents_of(r, f), STEP + 100);
+    // Healed and settled: the steps drop everything.
+    settle(&mut rs);
+    promise_all(&mut rs);
+    settle(&mut rs);
+    let r = &mut rs[0];
+    steps_until_done(r, f);
+    assert_eq!(extents_of(r, f), 0);
+    assert_consistent(r);
 }
