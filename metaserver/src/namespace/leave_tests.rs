@@ -33,30 +33,6 @@ fn held(r: &Region, volume: u32) -> (usize, usize, usize) {
     (inodes.len(), tombs.len(), extents)
 }
 
-/// Commits `n` extents of 10 bytes, 4 KiB apart, naming `block`.
-fn write_extents(r: &mut Region, ino: InodeId, n: usize, block: BlockId) {
-    let extents: Vec<Extent> = (0..n)
-        .map(|i| Extent {
-            offset: i as u64 * 4096,
-            len: 10,
-            block,
-            block_offset: 0,
-            block_len: 10,
-        })
-        .collect();
-    for piece in extents.chunks(1000) {
-        r.run(Op::CommitExtents {
-            ino,
-            extents: piece.to_vec(),
-            size: 0,
-            base_version: None,
-            creds: root_creds(),
-            staged: Vec::new(),
-        })
-        .unwrap();
-    }
-}
-
 #[test]
 fn a_volume_leaves_a_region_in_bounded_steps_from_where_the_last_one_stopped() {
     // "main" lives in regions 1 and 2; "local" in region 1 alone, with more inodes than a
@@ -75,14 +51,14 @@ fn a_volume_leaves_a_region_in_bounded_steps_from_where_the_last_one_stopped() {
     }
     for i in 0..9 {
         let f = mk(&mut rs[0], main.root, &format!("m{i}"));
-        write_extents(&mut rs[0], f, 1, own);
+        commit_spaced(&mut rs[0], f, 1, 10, &[own]);
     }
     let kept = mk(&mut rs[0], local_root, "kept");
-    write_extents(&mut rs[0], kept, 1, shared);
+    commit_spaced(&mut rs[0], kept, 1, 10, &[shared]);
     let big = mk(&mut rs[0], main.root, "big");
-    write_extents(&mut rs[0], big, 2 * LEAVE_EXTENTS + 100, shared);
+    commit_spaced(&mut rs[0], big, 2 * LEAVE_EXTENTS + 100, 10, &[shared]);
     let gone = mk(&mut rs[0], main.root, "gone");
-    write_extents(&mut rs[0], gone, 10, own);
+    commit_spaced(&mut rs[0], gone, 10, 10, &[own]);
     let root = main.root;
     rs[0].run(unlink(root, "gone")).unwrap();
     settle(&mut rs);

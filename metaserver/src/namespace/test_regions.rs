@@ -493,3 +493,28 @@ pub(super) fn file_extents(r: &Region, ino: InodeId) -> (u64, Vec<Extent>) {
     let size = r.read(|x| x.getattr(ino)).unwrap().size;
     (size, r.read(|x| x.extents(ino, 0, u64::MAX / 2)).unwrap())
 }
+
+/// Commits `n` extents of `len` bytes to `ino`, 4 KiB apart (none merge), naming `blocks`
+/// in turn, in pieces of 1,000.
+pub(super) fn commit_spaced(r: &mut Region, ino: InodeId, n: usize, len: u32, blocks: &[BlockId]) {
+    let extents: Vec<Extent> = (0..n)
+        .map(|i| Extent {
+            offset: i as u64 * 4096,
+            len: u64::from(len),
+            block: blocks[i % blocks.len()],
+            block_offset: 0,
+            block_len: len,
+        })
+        .collect();
+    for piece in extents.chunks(1000) {
+        r.run(Op::CommitExtents {
+            ino,
+            extents: piece.to_vec(),
+            size: 0,
+            base_version: None,
+            creds: root_creds(),
+            staged: Vec::new(),
+        })
+        .unwrap();
+    }
+}

@@ -16,30 +16,6 @@ fn mkfile(r: &mut Region, parent: InodeId, name: &str) -> InodeId {
     attr_of(r.run(mknod(parent, name, FileKind::File))).ino
 }
 
-/// Commits `n` extents of 10 bytes, 4 KiB apart, to `ino`, naming `blocks` in turn.
-fn write_extents(r: &mut Region, ino: InodeId, n: usize, blocks: &[BlockId]) {
-    let extents: Vec<Extent> = (0..n)
-        .map(|i| Extent {
-            offset: i as u64 * 4096,
-            len: 10,
-            block: blocks[i % blocks.len()],
-            block_offset: 0,
-            block_len: 10,
-        })
-        .collect();
-    for piece in extents.chunks(1000) {
-        r.run(Op::CommitExtents {
-            ino,
-            extents: piece.to_vec(),
-            size: 0,
-            base_version: None,
-            creds: root_creds(),
-            staged: Vec::new(),
-        })
-        .unwrap();
-    }
-}
-
 /// Volume "main" holding a tree of more than a step's rows: 3 directories of 250 files
 /// (one extent each) under a directory, one of them nested; a file of `STEP + 100`
 /// extents; hard links across directories; a symlink; an xattr.
@@ -52,12 +28,12 @@ fn large_tree(r: &mut Region) -> Vec<BlockId> {
         dir = mkdir(r, if d == 2 { dir } else { top }, &format!("d{d}"));
         for i in 0..250 {
             let f = mkfile(r, dir, &format!("f{i}"));
-            write_extents(r, f, 1, &blocks[(i % 3)..]);
+            commit_spaced(r, f, 1, 10, &blocks[(i % 3)..]);
         }
     }
     // Links whose first is met long before the last, steps apart.
     let early = mkfile(r, root, "a");
-    write_extents(r, early, 1, &blocks);
+    commit_spaced(r, early, 1, 10, &blocks);
     r.run(Op::Link {
         ino: early,
         new_parent: dir,
@@ -66,7 +42,7 @@ fn large_tree(r: &mut Region) -> Vec<BlockId> {
     })
     .unwrap();
     let big = mkfile(r, root, "big");
-    write_extents(r, big, 2 * STEP + 100, &blocks);
+    commit_spaced(r, big, 2 * STEP + 100, 10, &blocks);
     r.run(Op::Link {
         ino: big,
         new_parent: dir,

@@ -14,26 +14,7 @@ use super::types::Cut;
 /// committed in pieces.
 fn fragment(r: &mut Region, ino: InodeId, n: usize) -> Vec<BlockId> {
     let blocks: Vec<BlockId> = (0..10u8).map(|i| BlockId::of(&[i; 3])).collect();
-    let extents: Vec<Extent> = (0..n)
-        .map(|i| Extent {
-            offset: i as u64 * 4096,
-            len: 100,
-            block: blocks[i % blocks.len()],
-            block_offset: 0,
-            block_len: 100,
-        })
-        .collect();
-    for piece in extents.chunks(1000) {
-        r.run(Op::CommitExtents {
-            ino,
-            extents: piece.to_vec(),
-            size: 0,
-            base_version: None,
-            creds: root_creds(),
-            staged: Vec::new(),
-        })
-        .unwrap();
-    }
+    commit_spaced(r, ino, n, 100, &blocks);
     assert_eq!(extents_of(r, ino), n);
     blocks
 }
