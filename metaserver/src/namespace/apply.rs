@@ -48,12 +48,13 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
         _ => cmd.hlc,
     };
     let volume = op_volume(t, &cmd.op)?;
+    let of_deleted = volume.is_none() && of_deleted_volume(t, &cmd.op)?;
     let mut ctx = Ctx::new(hlc, cmd.now, None, 0);
     ctx.given = cmd.ino;
     let logged = merge::enters_log(t)?;
     t.begin_record(hlc, logged);
     let outcome = match &volume {
-        None if of_deleted_volume(t, &cmd.op)? => Err(NsError::NotFound(
+        None if of_deleted => Err(NsError::NotFound(
             "the volume of this inode was deleted".into(),
         )),
         // A copy still being made changes only by its own steps (or goes).

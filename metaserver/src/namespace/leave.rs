@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::backfill::{forget_inode, json_err, key, rebase_refs};
 use super::ctx::find_volume;
 use super::merge::{self, StateTable};
-use super::tables::{Tab, Tomb, WriteTables, store_err};
+use super::tables::{Tab, Tomb, WriteTables, dirent_end, dirent_key, store_err};
 use super::types::*;
 
 /// A volume leaving this region (removed from its regions): its copy here is dropped in
@@ -116,12 +116,13 @@ pub fn may_drop(t: &impl StateTable, l: &Leaving) -> Result<bool, NsError> {
 pub const LEAVE_STEP: usize = 2000;
 /// Most rows (inodes or tombstones, of any volume) one step looks at.
 pub const LEAVE_SCAN: usize = 8192;
-/// Most extents one step drops (a file of more is dropped over several).
-pub const LEAVE_EXTENTS: usize = 4096;
+/// Most extents and directory entries one step drops (a file or a directory of more is
+/// dropped over several).
+pub const LEAVE_ROWS: usize = 4096;
 
 /// One step of dropping a volume that left this region: up to [`LEAVE_STEP`] of its
 /// inodes (with every row keyed by them) among the next [`LEAVE_SCAN`] rows looked at, at
-/// most [`LEAVE_EXTENTS`] extents, and with the last its row. Outside any record;
+/// most [`LEAVE_ROWS`] extents and entries, and with the last its row. Outside any record;
 /// the records still in the merged log get their images rebased, so undoing one of them
 /// later brings nothing of the volume back. Returns whether it is all gone.
 pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError> {
@@ -139,14 +140,15 @@ pub fn leave_step(t: &mut WriteTables<'_>, volume: u32) -> Result<bool, NsError>
     let (gone, ended) = next_to_drop(t, &mut l, volume)?;
     let saved = t.undo.take();
     let mut delta = BTreeMap::new();
-    let mut extents = LEAVE_EXTENTS;
+    let mut rows = LEAVE_ROWS;
     let mut dropped = Vec::with_capacity(gone.len());
     let mut partial = false;
     let mut result = Ok(());
     for ino in &gone {
-        // A file of many extents goes over several steps: what fits now, and the next
-        // step starts at it again (among the live inodes or the tombstones, where it is).
-        match drop_extents(t, *ino, &mut extents, &mut delta) {
+        // A file of many extents, or a directory of many entries, goes over several
+        // steps: what fits now, and the next step starts at it again (among the live
+        // inodes or the tombstones, where it is).
+        match drop_rows(t, *ino, &mut rows, &mut delta) {
             Ok(true) => {}
             Ok(false) => {
                 partial = true;
@@ -247,9 +249,10 @@ fn next_to_drop(
     Ok((gone, true))
 }
 
-/// Drops what fits of `ino`'s extents in `budget` (taking them off it, each block's count
-/// in `delta`). Returns whether none are left.
-fn drop_extents(
+/// Drops what fits in `budget` of `ino`'s extents (each block's count in `delta`), then
+/// of its entries if it is a directory, taking them off `budget`. Returns whether none
+/// are left.
+fn drop_rows(
     t: &mut WriteTables<'_>,
     ino: InodeId,
     budget: &mut usize,
@@ -262,7 +265,25 @@ fn drop_extents(
         *delta.entry(e.block.as_bytes().to_vec()).or_default() -= 1;
     }
     *budget -= now;
-    Ok(now == extents.len())
+    if now < extents.len() {
+        return Ok(false);
+    }
+    let (lo, hi) = (dirent_key(ino, b""), dirent_end(ino));
+    let mut keys = Vec::new();
+    for item in t
+        .dirents()?
+        .range(lo.as_slice()..hi.as_slice())
+        .map_err(store_err)?
+        .take(budget.saturating_add(1))
+    {
+        keys.push(item.map_err(store_err)?.0.value().to_vec());
+    }
+    let now = keys.len().min(*budget);
+    for k in &keys[..now] {
+        t.write(Tab::Dirents, k, None)?;
+    }
+    *budget -= now;
+    Ok(now == keys.len())
 }
 
 /// Carries rows dropped outside any record into the undo images of the records still in

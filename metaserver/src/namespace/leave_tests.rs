@@ -1,11 +1,11 @@
 //! A volume leaving a region (`leave.rs`), dropped in bounded steps from where the last
 //! one stopped: a small volume leaving a region that holds a large one, a file of more
-//! extents than a step drops, and a tombstone.
+//! extents and a directory of more entries than a step drops, and a tombstone.
 
 use meridian_proto::{BlockId, InodeId, RegionId};
 use redb::ReadableDatabase;
 
-use super::leave::{self, LEAVE_EXTENTS, LEAVE_SCAN};
+use super::leave::{self, LEAVE_ROWS, LEAVE_SCAN};
 use super::test_regions::*;
 
 /// Live inodes and tombstones of `volume` in `r`, and extents keyed by any inode of it.
@@ -56,13 +56,21 @@ fn a_volume_leaves_a_region_in_bounded_steps_from_where_the_last_one_stopped() {
     let kept = mk(&mut rs[0], local_root, "kept");
     commit_spaced(&mut rs[0], kept, 1, 10, &[shared]);
     let big = mk(&mut rs[0], main.root, "big");
-    commit_spaced(&mut rs[0], big, 2 * LEAVE_EXTENTS + 100, 10, &[shared]);
+    commit_spaced(&mut rs[0], big, 2 * LEAVE_ROWS + 100, 10, &[shared]);
     let gone = mk(&mut rs[0], main.root, "gone");
     commit_spaced(&mut rs[0], gone, 10, 10, &[own]);
     let root = main.root;
     rs[0].run(unlink(root, "gone")).unwrap();
+    // A directory of more entries than a step drops.
+    let wide = attr_of(rs[0].run(mknod(root, "wide", FileKind::Dir))).ino;
+    for i in 0..LEAVE_ROWS + 50 {
+        mk(&mut rs[0], wide, &format!("w{i}"));
+    }
     settle(&mut rs);
-    assert_eq!(held(&rs[0], main.id), (11, 1, 2 * LEAVE_EXTENTS + 100 + 19));
+    let files = 1 + 9 + 1 + 1 + LEAVE_ROWS + 50;
+    let (live, _, extents) = held(&rs[0], main.id);
+    assert_eq!(live, files);
+    assert!(extents >= 2 * LEAVE_ROWS + 109, "{extents} extents");
 
     // Region 2 takes region 1 out of "main"; once both have settled past it, region 1
     // drops its copy.
@@ -83,15 +91,27 @@ fn a_volume_leaves_a_region_in_bounded_steps_from_where_the_last_one_stopped() {
         .write(|t| leave::leaving(t.region_state.open().unwrap(), main.id).unwrap())
         .unwrap();
     assert!(!l.in_tombs && l.next > 0 && !l.done, "{l:?}");
-    assert_eq!(held(r, main.id).0, 10, "only main's root went");
+    assert_eq!(held(r, main.id).0, files - 1, "only main's root went");
+    // Entry rows of the wide directory, whether or not it still lives.
+    let entries = |r: &Region| {
+        let tx = r.db.begin_read().unwrap();
+        dump_table(&tx, DIRENTS, |k| k.to_vec(), |v| v.to_vec())
+            .into_iter()
+            .filter(|(k, _)| k[..8] == wide.0.to_be_bytes())
+            .count()
+    };
     let mut steps = 1;
+    let mut before = entries(r);
     while !r.write(|t| leave::leave_step(t, main.id).unwrap()) {
         steps += 1;
         assert!(steps < 50, "the steps end");
+        let now = entries(r);
+        assert!(before - now <= LEAVE_ROWS, "{} entries in one step", before - now);
+        before = now;
     }
-    // At least: a look past the first LEAVE_SCAN rows, and the big file's extents over
-    // three steps.
-    assert!(steps >= 3, "{steps} steps");
+    // At least: a look past the first LEAVE_SCAN rows, the big file's extents over three
+    // steps, the wide directory's entries over two.
+    assert!(steps >= 5, "{steps} steps");
     assert_eq!(held(r, main.id), (0, 0, 0));
     assert!(r.read(|x| x.volume("main")).is_err());
     assert_eq!(refs(r, &own), 0);
