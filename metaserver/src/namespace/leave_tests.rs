@@ -106,7 +106,11 @@ fn a_volume_leaves_a_region_in_bounded_steps_from_where_the_last_one_stopped() {
         steps += 1;
         assert!(steps < 50, "the steps end");
         let now = entries(r);
-        assert!(before - now <= LEAVE_ROWS, "{} entries in one step", before - now);
+        assert!(
+            before - now <= LEAVE_ROWS,
+            "{} entries in one step",
+            before - now
+        );
         before = now;
     }
     // At least: a look past the first LEAVE_SCAN rows, the big file's extents over three
