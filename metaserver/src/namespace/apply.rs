@@ -209,7 +209,8 @@ pub(super) fn op_volume(t: &WriteTables<'_>, op: &Op) -> Result<Option<Volume>, 
     }
 }
 
-/// Whether `op` changes an inode that is there while its volume is not: a deleted
+/// Whether `op`, for which [`op_volume`] found no volume, changes an inode that is there:
+/// then its volume is not (`op_volume` looked it up from that inode), as for a deleted
 /// snapshot's tree, which the steps remove (`tree_drop`) and a mount that had it mounted
 /// may still name. No record may change it: a rewind of the merged log would undo such a
 /// record over rows the steps removed, and bring them back.
@@ -219,8 +220,8 @@ fn of_deleted_volume(t: &WriteTables<'_>, op: &Op) -> Result<bool, NsError> {
         _ => op.inode_changed().into_iter().collect(),
     };
     for ino in inos {
-        if let Some(node) = read_inode(t.inodes()?, ino)? {
-            return Ok(find_volume(t, node.attr.volume)?.is_none());
+        if read_inode(t.inodes()?, ino)?.is_some() {
+            return Ok(true);
         }
     }
     Ok(false)

@@ -733,6 +733,25 @@ fn wipe(
     Ok(())
 }
 
+/// The keys of the first `n` entries of directory `dir`.
+pub(crate) fn entry_keys(
+    t: &WriteTables<'_>,
+    dir: InodeId,
+    n: usize,
+) -> Result<Vec<Vec<u8>>, NsError> {
+    let (lo, hi) = (dirent_key(dir, b""), dirent_end(dir));
+    let mut keys = Vec::new();
+    for item in t
+        .dirents()?
+        .range(lo.as_slice()..hi.as_slice())
+        .map_err(store_err)?
+        .take(n)
+    {
+        keys.push(item.map_err(store_err)?.0.value().to_vec());
+    }
+    Ok(keys)
+}
+
 /// Removes an inode and every row keyed by it, outside any record.
 pub(crate) fn forget_inode(
     t: &mut WriteTables<'_>,
@@ -743,16 +762,7 @@ pub(crate) fn forget_inode(
         t.remove_extent(ino, &e)?;
         *added.entry(e.block.as_bytes().to_vec()).or_default() -= 1;
     }
-    let (lo, hi) = (dirent_key(ino, b""), dirent_end(ino));
-    let mut keys = Vec::new();
-    for item in t
-        .dirents()?
-        .range(lo.as_slice()..hi.as_slice())
-        .map_err(store_err)?
-    {
-        keys.push(item.map_err(store_err)?.0.value().to_vec());
-    }
-    for k in keys {
+    for k in entry_keys(t, ino, usize::MAX)? {
         t.write(Tab::Dirents, &k, None)?;
     }
     t.del_xattrs(ino)?;

@@ -9,10 +9,10 @@ use meridian_proto::{Hlc, InodeId, RegionId};
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::backfill::{forget_inode, json_err, key, rebase_refs};
+use super::backfill::{entry_keys, forget_inode, json_err, key, rebase_refs};
 use super::ctx::find_volume;
 use super::merge::{self, StateTable};
-use super::tables::{Tab, Tomb, WriteTables, dirent_end, dirent_key, store_err};
+use super::tables::{Tab, Tomb, WriteTables, store_err};
 use super::types::*;
 
 /// A volume leaving this region (removed from its regions): its copy here is dropped in
@@ -214,39 +214,50 @@ fn next_to_drop(
     let mut gone = Vec::new();
     let mut looked = 0;
     if !l.in_tombs {
-        let mut ended = true;
-        for item in t.inodes()?.range(l.next..).map_err(store_err)? {
-            if gone.len() >= LEAVE_STEP || looked >= LEAVE_SCAN {
-                ended = false;
-                break;
-            }
-            let (k, v) = item.map_err(store_err)?;
-            looked += 1;
-            l.next = k.value().saturating_add(1);
-            let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
-            if inode.attr.volume == volume {
-                gone.push(InodeId(k.value()));
-            }
-        }
-        if !ended {
+        let of_inode = |v: &[u8]| {
+            serde_json::from_slice::<Inode>(v)
+                .map(|n| n.attr.volume)
+                .map_err(json_err)
+        };
+        if !look(t.inodes()?, l, volume, &mut looked, &mut gone, of_inode)? {
             return Ok((gone, false));
         }
         l.in_tombs = true;
         l.next = 0;
     }
-    for item in t.tombs()?.range(l.next..).map_err(store_err)? {
-        if gone.len() >= LEAVE_STEP || looked >= LEAVE_SCAN {
-            return Ok((gone, false));
+    let of_tomb = |v: &[u8]| {
+        serde_json::from_slice::<Tomb>(v)
+            .map(|tomb| tomb.inode.attr.volume)
+            .map_err(json_err)
+    };
+    let ended = look(t.tombs()?, l, volume, &mut looked, &mut gone, of_tomb)?;
+    Ok((gone, ended))
+}
+
+/// Looks at the rows of `table` (inodes or tombstones, keyed by number) from `l.next` on
+/// while the step's bounds last, moving `l.next` past each; the numbers of those of
+/// `volume` (as `volume_of` reads it from a row) go to `gone`. Returns whether the table
+/// was looked at to its end.
+fn look(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    l: &mut Leaving,
+    volume: u32,
+    looked: &mut usize,
+    gone: &mut Vec<InodeId>,
+    volume_of: impl Fn(&[u8]) -> Result<u32, NsError>,
+) -> Result<bool, NsError> {
+    for item in table.range(l.next..).map_err(store_err)? {
+        if gone.len() >= LEAVE_STEP || *looked >= LEAVE_SCAN {
+            return Ok(false);
         }
         let (k, v) = item.map_err(store_err)?;
-        looked += 1;
+        *looked += 1;
         l.next = k.value().saturating_add(1);
-        let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
-        if tomb.inode.attr.volume == volume {
+        if volume_of(v.value())? == volume {
             gone.push(InodeId(k.value()));
         }
     }
-    Ok((gone, true))
+    Ok(true)
 }
 
 /// Drops what fits in `budget` of `ino`'s extents (each block's count in `delta`), then
@@ -268,16 +279,7 @@ fn drop_rows(
     if now < extents.len() {
         return Ok(false);
     }
-    let (lo, hi) = (dirent_key(ino, b""), dirent_end(ino));
-    let mut keys = Vec::new();
-    for item in t
-        .dirents()?
-        .range(lo.as_slice()..hi.as_slice())
-        .map_err(store_err)?
-        .take(budget.saturating_add(1))
-    {
-        keys.push(item.map_err(store_err)?.0.value().to_vec());
-    }
+    let keys = entry_keys(t, ino, budget.saturating_add(1))?;
     let now = keys.len().min(*budget);
     for k in &keys[..now] {
         t.write(Tab::Dirents, k, None)?;

@@ -20,16 +20,6 @@ fn history_of(r: &Region, volume: u32) -> (usize, usize) {
     (records, tombs)
 }
 
-/// Every record regions 1 and 2 have for each other, both ways.
-fn exchange(rs: &mut [Region]) {
-    for _ in 0..3 {
-        let (a, b) = two(rs, 0, 1);
-        deliver(a, b, usize::MAX, 0);
-        let (a, b) = two(rs, 1, 0);
-        deliver(a, b, usize::MAX, 0);
-    }
-}
-
 #[test]
 fn a_cut_region_holds_back_only_the_volumes_it_shares() {
     // "main" lives in regions 1, 2 and 3; "pair" in 1 and 2 only.

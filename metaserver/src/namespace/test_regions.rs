@@ -518,3 +518,20 @@ pub(super) fn commit_spaced(r: &mut Region, ino: InodeId, n: usize, len: u32, bl
         .unwrap();
     }
 }
+
+/// Every trim mark (`trim.rs`) in `r`.
+pub(super) fn trim_marks(r: &Region) -> Vec<super::trim::Trim> {
+    let tx = r.db.begin_read().unwrap();
+    let state = super::merge::state_table(&tx).unwrap().unwrap();
+    super::trim::pending(&state).unwrap()
+}
+
+/// Every record regions 1 and 2 have for each other, both ways (the others cut off).
+pub(super) fn exchange(rs: &mut [Region]) {
+    for _ in 0..3 {
+        let (a, b) = two(rs, 0, 1);
+        deliver(a, b, usize::MAX, 0);
+        let (a, b) = two(rs, 1, 0);
+        deliver(a, b, usize::MAX, 0);
+    }
+}

@@ -21,28 +21,14 @@
 use std::collections::HashSet;
 
 use meridian_proto::InodeId;
-use redb::ReadableTable;
 
-use super::tables::{
-    WriteTables, decode_dirent, dirent_end, dirent_key, read_extents, read_inode, store_err,
-};
+use super::tables::{WriteTables, read_extents, read_inode};
 use super::trim;
 use super::types::*;
 
 /// The first `n` entries of directory `dir`.
 fn entries(t: &WriteTables<'_>, dir: InodeId, n: usize) -> Result<Vec<DirEntry>, NsError> {
-    let (from, to) = (dirent_key(dir, b""), dirent_end(dir));
-    let mut out = Vec::new();
-    for item in t
-        .dirents()?
-        .range(from.as_slice()..to.as_slice())
-        .map_err(store_err)?
-        .take(n)
-    {
-        let (k, v) = item.map_err(store_err)?;
-        out.push(decode_dirent(k.value(), v.value())?);
-    }
-    Ok(out)
+    super::ops::volumes::first_entries(t.dirents()?, dir, n)
 }
 
 /// Removes what is below `root` in the deletion's entry if it is at most

@@ -104,12 +104,6 @@ fn rows_of(r: &Region, volume: u32) -> (usize, usize, usize) {
     (inodes.len(), entries, extents)
 }
 
-fn marks(r: &Region) -> Vec<trim::Trim> {
-    let tx = r.db.begin_read().unwrap();
-    let state = super::merge::state_table(&tx).unwrap().unwrap();
-    trim::pending(&state).unwrap()
-}
-
 #[test]
 fn a_large_snapshot_goes_in_steps_whole_between_them_and_leaves_nothing() {
     let mut rs = regions(1);
@@ -134,7 +128,7 @@ fn a_large_snapshot_goes_in_steps_whole_between_them_and_leaves_nothing() {
     // root, every reference still counted.
     assert!(r.read(|x| x.volume("snap")).is_err());
     assert_eq!(
-        marks(r),
+        trim_marks(r),
         vec![trim::Trim {
             ino: snap.root,
             volume: snap.id,
@@ -179,7 +173,7 @@ fn a_large_snapshot_goes_in_steps_whole_between_them_and_leaves_nothing() {
         name: "snap".into(),
     })
     .unwrap();
-    assert_eq!(marks(r).len(), 2);
+    assert_eq!(trim_marks(r).len(), 2);
 
     // Each step takes a part, and fsck finds the rest whole.
     let mut steps = 0;
@@ -196,9 +190,9 @@ fn a_large_snapshot_goes_in_steps_whole_between_them_and_leaves_nothing() {
     }
     assert!(steps >= 2, "{steps} steps");
     assert_eq!(rows_of(r, snap.id), (0, 0, 0));
-    assert_eq!(marks(r).len(), 1);
+    assert_eq!(trim_marks(r).len(), 1);
     while !r.write(|t| trim::trim_step(t, again.root)).unwrap() {}
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_eq!(rows_of(r, again.id), (0, 0, 0));
     assert_eq!(
         blocks.iter().map(|b| refs(r, b)).collect::<Vec<_>>(),
@@ -228,13 +222,13 @@ fn a_deleted_snapshots_steps_wait_until_the_deletion_has_left_the_merged_log() {
         name: "snap".into(),
     })
     .unwrap();
-    assert!(marks(r)[0].at.is_some());
+    assert!(trim_marks(r)[0].at.is_some());
     assert!(r.write(|t| trim::trim_step(t, snap.root)).unwrap());
     assert_eq!(
         blocks.iter().map(|b| refs(r, b)).collect::<Vec<_>>(),
         with_snap
     );
-    assert_eq!(marks(r).len(), 1);
+    assert_eq!(trim_marks(r).len(), 1);
     // (A few rounds: the merged log leaves a batch at a time.)
     let ready = |r: &Region| {
         r.write(|t| {
@@ -252,7 +246,7 @@ fn a_deleted_snapshots_steps_wait_until_the_deletion_has_left_the_merged_log() {
     let r = &mut rs[0];
     assert!(ready(r), "the deletion has left the merged log");
     while !r.write(|t| trim::trim_step(t, snap.root)).unwrap() {}
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_eq!(rows_of(r, snap.id), (0, 0, 0));
     assert_consistent(r);
 }
@@ -276,6 +270,6 @@ fn a_snapshot_deeper_than_a_threads_stack_goes_in_steps() {
     }
     assert!(steps >= 9, "{steps} steps");
     assert_eq!(rows_of(r, snap.id), (0, 0, 0));
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_consistent(r);
 }

@@ -31,12 +31,6 @@ fn marks_in(t: &WriteTables<'_>) -> Vec<trim::Trim> {
     trim::pending(t.region_state.open().unwrap()).unwrap()
 }
 
-fn marks(r: &Region) -> Vec<trim::Trim> {
-    let tx = r.db.begin_read().unwrap();
-    let state = super::merge::state_table(&tx).unwrap().unwrap();
-    trim::pending(&state).unwrap()
-}
-
 #[test]
 fn a_small_files_extents_go_with_its_last_name() {
     let mut rs = regions(1);
@@ -45,7 +39,7 @@ fn a_small_files_extents_go_with_its_last_name() {
     let blocks = fragment(r, f, INLINE);
     r.run(unlink(r.volume_root(), "small")).unwrap();
     assert!(extents_of(r, f) == 0);
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert!(blocks.iter().all(|b| refs(r, b) == 0));
     assert_consistent(r);
 }
@@ -69,9 +63,9 @@ fn a_large_files_extents_are_dropped_in_steps_and_fsck_accounts_for_them_meanwhi
         Err(NsError::NotFound(_))
     ));
     assert_eq!(extents_of(r, f), n);
-    let volume = marks(r)[0].volume;
+    let volume = trim_marks(r)[0].volume;
     assert_eq!(
-        marks(r),
+        trim_marks(r),
         vec![trim::Trim {
             ino: f,
             volume,
@@ -90,7 +84,7 @@ fn a_large_files_extents_are_dropped_in_steps_and_fsck_accounts_for_them_meanwhi
     assert_consistent(r);
     assert!(r.write(|t| trim::trim_step(t, f)).unwrap());
     assert!(extents_of(r, f) == 0);
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     // The references the removed file held are gone; the other file's three remain.
     let left: Vec<u64> = blocks.iter().map(|b| refs(r, b)).collect();
     assert_eq!(left, [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]);
@@ -127,7 +121,7 @@ fn a_refused_command_that_removed_a_large_file_leaves_no_mark() {
             up_to: false,
         }]
     );
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_eq!(extents_of(r, f), INLINE + 1);
 }
 
@@ -188,9 +182,9 @@ fn a_truncate_of_many_extents_leaves_them_to_steps_and_nothing_reads_them() {
     // The rest waits behind the mark, still counted, and fsck finds nothing wrong.
     assert_eq!(extents_of(r, f), n);
     assert_eq!(cut_from(r, f), Some(size));
-    let volume = marks(r)[0].volume;
+    let volume = trim_marks(r)[0].volume;
     assert_eq!(
-        marks(r),
+        trim_marks(r),
         vec![trim::Trim {
             ino: f,
             volume,
@@ -202,7 +196,7 @@ fn a_truncate_of_many_extents_leaves_them_to_steps_and_nothing_reads_them() {
 
     assert_eq!(steps_until_done(r, f), 2);
     assert_eq!(extents_of(r, f), 11);
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_eq!(cut_from(r, f), None);
     assert_eq!(file_extents(r, f), (size, live));
     // Each block keeps one reference per extent left: the first eleven use blocks 0 to 9,
@@ -258,7 +252,7 @@ fn a_file_made_longer_before_the_steps_shows_nothing_that_was_cut() {
     assert_eq!(file_extents(r, f), (size, live));
     assert!(old.iter().all(|b| refs(r, b) == 0));
     assert_eq!(refs(r, &block), 1);
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_consistent(r);
 }
 
@@ -272,7 +266,7 @@ fn a_truncate_of_few_extents_cuts_them_at_once() {
     set_size(r, f, INLINE as u64 * 4096).unwrap();
     assert_eq!(extents_of(r, f), INLINE);
     assert_eq!(cut_from(r, f), None);
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_consistent(r);
 }
 
@@ -311,7 +305,7 @@ fn a_volume_brought_into_a_second_region_has_its_cuts_finished_first() {
     let n = INLINE * 2;
     fragment(r, f, n);
     set_size(r, f, 4096 * 5).unwrap();
-    assert_eq!(marks(r).len(), 1);
+    assert_eq!(trim_marks(r).len(), 1);
     r.run(Op::SetVolumeRegions {
         name: "main".into(),
         regions: vec![meridian_proto::RegionId(1), meridian_proto::RegionId(2)],
@@ -319,7 +313,7 @@ fn a_volume_brought_into_a_second_region_has_its_cuts_finished_first() {
     .unwrap();
     assert_eq!(extents_of(r, f), 5);
     assert_eq!(cut_from(r, f), None);
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_consistent(r);
     // In a volume of several regions a truncate cuts in its own entry, as before.
     let g = file(r, "several");
@@ -327,7 +321,7 @@ fn a_volume_brought_into_a_second_region_has_its_cuts_finished_first() {
     set_size(r, g, 0).unwrap();
     assert_eq!(extents_of(r, g), 0);
     assert!(cuts_of(r, g).is_empty());
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
 }
 
 #[test]
@@ -343,13 +337,13 @@ fn a_marks_steps_wait_until_its_record_has_left_the_merged_log() {
     fragment(r, gone, n);
     set_size(r, f, 0).unwrap();
     r.run(unlink(r.volume_root(), "gone")).unwrap();
-    assert!(marks(r).iter().all(|m| m.at.is_some()));
+    assert!(trim_marks(r).iter().all(|m| m.at.is_some()));
     // A step drops nothing yet (a rewind of the log could still undo the writes that made
     // those extents), and tells the leader to stop for now.
     assert!(r.write(|t| trim::trim_step(t, f)).unwrap());
     assert!(r.write(|t| trim::trim_step(t, gone)).unwrap());
     assert_eq!((extents_of(r, f), extents_of(r, gone)), (n, n));
-    assert_eq!(marks(r).len(), 2);
+    assert_eq!(trim_marks(r).len(), 2);
     assert_consistent(r);
     // Once the peer has caught up and promised, the records leave the log, and the steps
     // drop everything.
@@ -357,7 +351,7 @@ fn a_marks_steps_wait_until_its_record_has_left_the_merged_log() {
     settle(&mut rs);
     let r = &mut rs[0];
     assert!(
-        r.write(|t| marks(r)
+        r.write(|t| trim_marks(r)
             .iter()
             .all(|m| trim::ready(t.oplog.open().unwrap(), m).unwrap())),
         "the marks' records left the merged log"
@@ -365,7 +359,7 @@ fn a_marks_steps_wait_until_its_record_has_left_the_merged_log() {
     steps_until_done(r, f);
     steps_until_done(r, gone);
     assert_eq!((extents_of(r, f), extents_of(r, gone)), (0, 0));
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_consistent(r);
 }
 
@@ -395,10 +389,10 @@ fn a_write_that_takes_a_whole_cut_away_leaves_fsck_clean_until_the_next_step() {
     })
     .unwrap();
     assert!(cuts_of(r, f).is_empty());
-    assert_eq!(marks(r).len(), 1);
+    assert_eq!(trim_marks(r).len(), 1);
     assert_consistent(r);
     assert!(r.write(|t| trim::trim_step(t, f)).unwrap());
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_eq!(refs(r, &block), 1);
     assert_consistent(r);
 }
@@ -513,11 +507,11 @@ fn a_hole_over_many_extents_leaves_them_to_steps_and_reads_as_a_hole() {
             to: end
         }]
     );
-    assert_eq!(marks(r).len(), 1);
+    assert_eq!(trim_marks(r).len(), 1);
     assert_consistent(r);
     steps_until_done(r, f);
     assert!(cuts_of(r, f).is_empty());
-    assert!(marks(r).is_empty());
+    assert!(trim_marks(r).is_empty());
     assert_eq!(extents_of(r, f), expected.len());
     assert_eq!(file_extents(r, f), (size, live));
     assert!(blocks.iter().all(|b| refs(r, b) == extents_using(r, b)));
@@ -637,7 +631,7 @@ fn fsck_reports_cut_extents_no_mark_will_drop_and_accepts_an_empty_cut() {
     };
     assert!(problems(r).is_empty());
     let key = format!("trim/{:020}", f.0);
-    let mark = marks(r)[0];
+    let mark = trim_marks(r)[0];
     // The mark gone with the leftovers still there: nothing would drop them.
     r.write(|t| t.write(Tab::Trims, key.as_bytes(), None).unwrap());
     let found = problems(r);
@@ -772,7 +766,7 @@ fn a_purged_tombstone_of_many_extents_leaves_them_to_steps_in_every_region() {
     settle(&mut rs);
     for (r, before) in rs.iter_mut().zip(&before) {
         assert_eq!((tombs_in(r), extents_of(r, f)), (0, n), "region {}", r.id.0);
-        let m = marks(r);
+        let m = trim_marks(r);
         assert_eq!(m.len(), 1, "region {}", r.id.0);
         assert_eq!(m[0].ino, f);
         assert!(m[0].at.is_some() && m[0].up_to, "region {}", r.id.0);
@@ -790,7 +784,7 @@ fn a_purged_tombstone_of_many_extents_leaves_them_to_steps_in_every_region() {
     for r in &mut rs {
         assert_eq!(steps_until_done(r, f), 2, "region {}", r.id.0);
         assert_eq!(extents_of(r, f), 0);
-        assert!(marks(r).is_empty());
+        assert!(trim_marks(r).is_empty());
         let left: Vec<u64> = blocks.iter().map(|b| refs(r, b)).collect();
         assert_eq!(left, [1, 1, 1, 0, 0, 0, 0, 0, 0, 0], "region {}", r.id.0);
         assert_consistent(r);
@@ -820,7 +814,7 @@ fn a_purge_drops_at_most_a_steps_worth_of_extents_itself_and_leaves_the_rest_to_
     settle(&mut rs);
     for r in &mut rs {
         assert_eq!(tombs_in(r), 0, "region {}", r.id.0);
-        let marked: Vec<InodeId> = marks(r).iter().map(|m| m.ino).collect();
+        let marked: Vec<InodeId> = trim_marks(r).iter().map(|m| m.ino).collect();
         assert!(!marked.is_empty(), "region {}", r.id.0);
         for f in &files {
             let left = extents_of(r, *f);
@@ -850,14 +844,6 @@ fn a_purges_steps_wait_for_every_record_before_its_own_of_any_volume() {
     let main_root = rs[0].volume_root();
     rs[0].run(mknod(main_root, "held", FileKind::File)).unwrap();
     rs[0].run(unlink(pair, "big")).unwrap();
-    let exchange = |rs: &mut [Region]| {
-        for _ in 0..3 {
-            let (a, b) = two(rs, 0, 1);
-            deliver(a, b, usize::MAX, 0);
-            let (a, b) = two(rs, 1, 0);
-            deliver(a, b, usize::MAX, 0);
-        }
-    };
     exchange(&mut rs);
     promise_all(&mut rs[..2]);
     // A record of pair after the stamps promised: the newest in the log at the purge.
@@ -868,7 +854,7 @@ fn a_purges_steps_wait_for_every_record_before_its_own_of_any_volume() {
     exchange(&mut rs);
     let r = &mut rs[0];
     assert_eq!((tombs_in(r), extents_of(r, f)), (0, STEP + 100));
-    let m = marks(r);
+    let m = trim_marks(r);
     assert_eq!(m.len(), 1);
     assert!(m[0].up_to);
     // The mark's own record has left the log; main's older one has not, and it could

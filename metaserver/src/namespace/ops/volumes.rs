@@ -401,11 +401,21 @@ pub(crate) fn entries_of(
     dirents: &impl ReadableTable<&'static [u8], &'static [u8]>,
     dir: InodeId,
 ) -> Result<Vec<DirEntry>, NsError> {
+    first_entries(dirents, dir, usize::MAX)
+}
+
+/// The first `n` entries of directory `dir` in `dirents`.
+pub(crate) fn first_entries(
+    dirents: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    dir: InodeId,
+    n: usize,
+) -> Result<Vec<DirEntry>, NsError> {
     let (from, to) = (dirent_key(dir, b""), dirent_end(dir));
     let mut out = Vec::new();
     for item in dirents
         .range(from.as_slice()..to.as_slice())
         .map_err(store_err)?
+        .take(n)
     {
         let (k, v) = item.map_err(store_err)?;
         out.push(decode_dirent(k.value(), v.value())?);
