@@ -10,34 +10,12 @@ use std::time::Duration;
 use redb::ReadableDatabase;
 use tracing::{debug, warn};
 
-use crate::namespace::tables::{OPLOG, store_err};
-use crate::namespace::{NsError, merge, trim};
+use crate::namespace::trim;
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
 
 /// How often the leader looks for files to trim.
 const EVERY: Duration = Duration::from_millis(200);
-
-/// The marks whose steps may drop extents now (`trim::Trim::at`).
-fn ready_marks(tx: &redb::ReadTransaction) -> Result<Vec<trim::Trim>, NsError> {
-    let Some(state) = merge::state_table(tx)? else {
-        return Ok(Vec::new());
-    };
-    let marks = trim::pending(&state)?;
-    let oplog = match tx.open_table(OPLOG) {
-        Ok(t) => t,
-        // No merged log: every mark is ready.
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(marks),
-        Err(e) => return Err(store_err(e)),
-    };
-    let mut out = Vec::with_capacity(marks.len());
-    for m in marks {
-        if trim::ready(&oplog, &m)? {
-            out.push(m);
-        }
-    }
-    Ok(out)
-}
 
 /// Runs until the member stops.
 pub async fn trim_loop(node: Arc<MetaNode>) {
@@ -50,7 +28,7 @@ pub async fn trim_loop(node: Arc<MetaNode>) {
             .db
             .begin_read()
             .ok()
-            .and_then(|tx| ready_marks(&tx).ok())
+            .and_then(|tx| trim::ready_marks(&tx).ok())
             .unwrap_or_default();
         for m in pending {
             let mut steps = 0u32;

@@ -111,7 +111,8 @@ pub fn volume_blocks(
         let (k, v) = item.map_err(store_err)?;
         let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
         if inode.attr.volume == volume && inode.attr.kind == FileKind::File {
-            for e in read_extents(&extents, InodeId(k.value()), 0, u64::MAX)? {
+            let rows = read_extents(&extents, InodeId(k.value()), 0, u64::MAX)?;
+            for e in super::trim::live(&inode, rows) {
                 out.insert(e.block);
             }
         }
@@ -365,7 +366,14 @@ pub struct InodeRows {
     pub extents: Vec<Extent>,
 }
 
-fn rows_of(t: &WriteTables<'_>, ino: InodeId, inode: Option<Inode>) -> Result<InodeRows, NsError> {
+/// The rows of `ino` for an image; a file's extents are its content alone: the leftovers
+/// in `cuts` (its cuts, or its tombstone's) stay here, and the image's inode holds no cut.
+fn rows_of(
+    t: &WriteTables<'_>,
+    ino: InodeId,
+    mut inode: Option<Inode>,
+    cuts: &[Cut],
+) -> Result<InodeRows, NsError> {
     let (lo, hi) = (dirent_key(ino, b""), dirent_end(ino));
     let raw = |table: &redb::Table<'_, &'static [u8], &'static [u8]>| -> Result<_, NsError> {
         let mut out = Vec::new();
@@ -378,11 +386,15 @@ fn rows_of(t: &WriteTables<'_>, ino: InodeId, inode: Option<Inode>) -> Result<In
         }
         Ok(out)
     };
+    let extents = read_extents(t.extents()?, ino, 0, u64::MAX)?;
+    if let Some(node) = &mut inode {
+        node.cuts.clear();
+    }
     Ok(InodeRows {
         ino,
         dirents: raw(t.dirents()?)?,
         xattrs: raw(t.xattrs()?)?,
-        extents: read_extents(t.extents()?, ino, 0, u64::MAX)?,
+        extents: super::trim::outside(cuts, extents),
         inode,
     })
 }
@@ -439,14 +451,15 @@ pub fn build_image(
             continue;
         }
         let node = super::tables::read_inode(t.inodes()?, dir)?;
-        let rows = rows_of(t, dir, node)?;
+        let rows = rows_of(t, dir, node, &[])?;
         for (k, v) in &rows.dirents {
             let e = super::tables::decode_dirent(k, v)?;
             if e.kind == FileKind::Dir {
                 dirs.push(e.ino);
             } else if seen.insert(e.ino) {
                 let node = super::tables::read_inode(t.inodes()?, e.ino)?;
-                inodes.push(rows_of(t, e.ino, node)?);
+                let cuts = node.as_ref().map(|n| n.cuts.clone()).unwrap_or_default();
+                inodes.push(rows_of(t, e.ino, node, &cuts)?);
             }
         }
         inodes.push(rows);
@@ -460,9 +473,10 @@ pub fn build_image(
         }
     }
     let mut tombs = Vec::new();
-    for tomb in tomb_list {
+    for mut tomb in tomb_list {
         let ino = tomb.inode.attr.ino;
-        let rows = rows_of(t, ino, None)?;
+        let cuts = std::mem::take(&mut tomb.inode.cuts);
+        let rows = rows_of(t, ino, None, &cuts)?;
         tombs.push((tomb, rows));
     }
     let records = later
@@ -625,6 +639,12 @@ fn install_rows(
                 "an image's tombstone of another volume".into(),
             ));
         }
+        if !tomb.inode.cuts.is_empty() {
+            return Err(NsError::Invalid(format!(
+                "an image's tombstone of inode {} carries a cut pending",
+                rows.ino
+            )));
+        }
         if super::tables::read_inode(t.inodes()?, rows.ino)?.is_some() {
             return Err(NsError::Invalid(format!(
                 "an image's tombstone names inode {}, which lives here",
@@ -670,8 +690,7 @@ fn put_rows(
                 inode.attr.ino, inode.attr.volume
             )));
         }
-        // Cuts are finished before a volume lives in several regions: an image's file
-        // holds its extents whole.
+        // An image's file holds its content alone (`rows_of`).
         if !inode.cuts.is_empty() {
             return Err(NsError::Invalid(format!(
                 "an image of volume {volume} carries inode {} with a cut pending",

@@ -396,7 +396,7 @@ fn records_of_other_volumes_go_on_while_an_image_is_on_its_way() {
 
 #[test]
 fn an_image_whose_file_carries_a_cut_is_refused() {
-    // Cuts are finished before a volume lives in several regions (`trim.rs`): a file in
+    // An image's files hold their content alone, no cut (`backfill::rows_of`): a file in
     // an image with one pending is a hostile image's, and would hide the file's extents.
     let mut rs = three_with_volume_in_two();
     let root = rs[0].volume_root();
@@ -422,4 +422,47 @@ fn an_image_whose_file_carries_a_cut_is_refused() {
         matches!(&refused, Err(NsError::Invalid(m)) if m.contains("cut pending")),
         "{refused:?}"
     );
+}
+
+#[test]
+fn an_image_carries_a_cut_files_content_alone() {
+    // Region 1 cut a file and has not stepped through the leftovers: the image holds what
+    // the file holds, no cut and no leftover, and region 3 ends reading what region 1
+    // reads.
+    use super::trim_tests::{extents_of, fragment, set_size};
+    let mut rs = three_with_volume_in_two();
+    let root = rs[0].volume_root();
+    let n = super::trim::STEP;
+    let size = 10 * 4096 + 50;
+    let f = attr_of(rs[0].run(mknod(root, "cut", FileKind::File))).ino;
+    fragment(&mut rs[0], f, n);
+    set_size(&mut rs[0], f, size).unwrap();
+    rounds(&mut rs, 3);
+    let parts = image_to_add_third(&mut rs);
+    assert_eq!(
+        extents_of(&rs[0], f),
+        n,
+        "region 1 holds the leftovers still"
+    );
+    let rows: Vec<backfill::InodeRows> = parts
+        .iter()
+        .flat_map(|p| serde_json::from_slice::<Vec<backfill::InodeRows>>(&p.inodes).unwrap())
+        .filter(|r| r.ino == f)
+        .collect();
+    assert_eq!(rows.len(), 1, "the file is in the image");
+    assert_eq!(
+        rows[0].inode.as_ref().map(|i| i.cuts.len()),
+        Some(0),
+        "no cut"
+    );
+    assert_eq!(rows[0].extents.len(), 11, "the content alone");
+    assert!(rows[0].extents.iter().all(|e| e.end() <= size));
+    let own = rs[2].id;
+    for part in &parts {
+        rs[2].write(|t| install_image(t, own, part)).unwrap();
+    }
+    rounds(&mut rs, 4);
+    assert_eq!(file_extents(&rs[2], f), file_extents(&rs[0], f));
+    assert_eq!(extents_of(&rs[2], f), 11);
+    assert_consistent(&rs[2]);
 }

@@ -105,6 +105,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
     let mut owners: BTreeMap<u64, u32> = BTreeMap::new(); // inode -> volume
     let mut cuts: BTreeMap<u64, Vec<Cut>> = BTreeMap::new(); // file -> its cuts
     let mut live: HashSet<u64> = HashSet::new();
+    let mut tombed: HashSet<u64> = HashSet::new();
     let mut end = u64::MAX;
     for item in inodes.range(from..).map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
@@ -196,6 +197,11 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
                 if owners.insert(k.value(), t.inode.attr.volume).is_some() {
                     problem(format!("inode {}: both live and a tombstone", k.value()));
                 }
+                // A file removed with cuts keeps them, and its mark, until its purge.
+                tombed.insert(k.value());
+                if !t.inode.cuts.is_empty() {
+                    cuts.insert(k.value(), t.inode.cuts);
+                }
             }
             Err(e) => problem(format!("tombstone {}: undecodable: {e}", k.value())),
         }
@@ -209,6 +215,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
             if !(from..end).contains(&m.ino.0)
                 || cuts.remove(&m.ino.0).is_some()
                 || live.contains(&m.ino.0)
+                || tombed.contains(&m.ino.0)
             {
                 continue;
             }

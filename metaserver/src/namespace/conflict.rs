@@ -335,6 +335,13 @@ pub(crate) fn writer_base(
     conflict_copy(t, ctx, &node)?;
     let ino = node.attr.ino;
     let base = merge::base_for(t, ctx.hlc, ino, seen)?;
+    if !node.cuts.is_empty() {
+        // The rows go, leftovers too, and the base holds no cut. The steps wait for this
+        // record to leave the merged log: undone, it brings the cuts and their
+        // leftovers back.
+        super::trim::write_mark(t, ino, node.attr.volume)?;
+        node.cuts.clear();
+    }
     for e in read_extents(t.extents()?, ino, 0, u64::MAX)? {
         t.remove_extent(ino, &e)?;
     }
@@ -355,12 +362,12 @@ pub(crate) fn writer_base(
 /// Keeps the current content of `node` as a conflict copy next to it (sharing its blocks),
 /// before a concurrent change from another region replaces it.
 fn conflict_copy(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, node: &Inode) -> Result<(), NsError> {
-    let extents = read_extents(t.extents()?, node.attr.ino, 0, u64::MAX)?;
-    keep_version(t, ctx, node, &extents).map(drop)
+    let rows = read_extents(t.extents()?, node.attr.ino, 0, u64::MAX)?;
+    keep_version(t, ctx, node, &super::trim::live(node, rows)).map(drop)
 }
 
 /// Keeps a version of `node` (its attributes with that version's content stamp and size,
-/// and `extents`) as a conflict copy next to it. The copy's number and name come from the
+/// and `extents`, its content: no leftover of a cut) as a conflict copy next to it. The copy's number and name come from the
 /// file and the version (the region and time of the change that made it), so every
 /// region makes the same copy whichever change displaced the version, and a write to the
 /// copy finds it in every order. An empty version holds no bytes to keep: the conflict
@@ -399,6 +406,7 @@ fn keep_version(
     copy.attr.ctime = ctx.now;
     copy.parent = dir_ino;
     copy.copy_of = Some(node.attr.ino);
+    copy.cuts.clear();
     t.put_inode(&copy)?;
     for e in extents {
         t.insert_extent(ino, e)?;

@@ -615,6 +615,8 @@ struct Traced {
     ino: InodeId,
     extents: BTreeMap<u64, Extent>,
     size: u64,
+    /// Its cuts: the extents starting in one are leftovers, not content (`trim.rs`).
+    cuts: Vec<Cut>,
     live: bool,
     tomb: bool,
 }
@@ -657,7 +659,8 @@ pub(crate) fn version_of(
                 .into_iter()
                 .map(|e| (e.offset, e))
                 .collect(),
-            size: node.map_or(0, |n| n.attr.size),
+            size: node.as_ref().map_or(0, |n| n.attr.size),
+            cuts: node.map(|n| n.cuts).unwrap_or_default(),
             live: live.is_some(),
             tomb: tomb.is_some(),
         });
@@ -690,20 +693,15 @@ pub(crate) fn version_of(
                     Tab::Inodes if k[..] == of => {
                         l.live = val.is_some();
                         if let Some(v) = val {
-                            l.size = serde_json::from_slice::<Inode>(v)
-                                .map_err(json_err)?
-                                .attr
-                                .size;
+                            let node = serde_json::from_slice::<Inode>(v).map_err(json_err)?;
+                            (l.size, l.cuts) = (node.attr.size, node.cuts);
                         }
                     }
                     Tab::Tombs if k[..] == of => {
                         l.tomb = val.is_some();
                         if let Some(v) = val {
-                            l.size = serde_json::from_slice::<Tomb>(v)
-                                .map_err(json_err)?
-                                .inode
-                                .attr
-                                .size;
+                            let node = serde_json::from_slice::<Tomb>(v).map_err(json_err)?.inode;
+                            (l.size, l.cuts) = (node.attr.size, node.cuts);
                         }
                     }
                     _ => {}
@@ -715,8 +713,11 @@ pub(crate) fn version_of(
         Some(i) => lineage.swap_remove(i),
         None => lineage.swap_remove(0),
     };
+    // The leftovers of the version's cuts are no part of it. Those of a cut the steps
+    // emptied are gone from the rows: the steps wait until the cut's record has left the
+    // log, so no version read back here is older than the cut.
     Ok(FileVersion {
-        extents: found.extents.into_values().collect(),
+        extents: super::trim::outside(&found.cuts, found.extents.into_values().collect()),
         size: found.size,
     })
 }

@@ -88,4 +88,6 @@ mod tree_drop_tests;
 #[cfg(test)]
 mod trim_model_tests;
 #[cfg(test)]
+mod trim_regions_tests;
+#[cfg(test)]
 mod trim_tests;

@@ -29,10 +29,17 @@
 //! falls inside keeps both sides, as two), so a new extent is never in a cut. A write
 //! pays for the old extents its new bytes cover, as a rewrite in place does; a file with
 //! [`MAX_CUTS`] already pays for those before the write in that cut too. The steps drop
-//! each cut's leftovers from its start, and the cut with the last of them. A file holds at most [`MAX_CUTS`]; past them, and in a volume
-//! of several regions, a cut drops its extents in its own entry as before. A volume that
-//! is to live in several regions first has its cuts finished ([`finish_cuts`]): the
-//! merged records of several regions know nothing of them.
+//! each cut's leftovers from its start, and the cut with the last of them. A file holds
+//! at most [`MAX_CUTS`]; past them a cut drops its extents in its own entry as before.
+//!
+//! In a volume of several regions each region cuts its own rows as it applies the record
+//! and steps at its own pace, so the leftovers and the cuts a region holds differ from
+//! another's for a while, never what the file holds: everything that takes a file's rows
+//! as its content takes them through its cuts ([`live`]): reads, copies, the versions the
+//! merge reads back (`merge::version_of`), conflict copies, a compaction's check, and the
+//! image a region joining the volume gets (its files hold no cut). A removed file with
+//! cuts becomes a tombstone with them: its leftovers wait for the tombstone's purge (a
+//! late change from another region may bring the file back, cuts and all).
 //!
 //! The steps are not records of the merged log. While this region has peers, a full
 //! rewind of that log can undo the records before a step, the write that made a dropped
@@ -45,7 +52,9 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::merge::StateTable;
-use super::tables::{Tab, decode_extent, json_err, pair_key, read_extents, read_inode, store_err};
+use super::tables::{
+    OPLOG, TOMBS, Tab, decode_extent, json_err, pair_key, read_extents, read_inode, store_err,
+};
 use super::types::{Cut, Extent, FileKind, Inode, NsError};
 use super::write_tables::WriteTables;
 
@@ -224,6 +233,37 @@ pub fn ready(
     }
 }
 
+/// The marks whose steps may drop something now: their records have left the merged log
+/// ([`ready`]), and their files are not tombstones (whose leftovers wait for the purge).
+pub fn ready_marks(tx: &redb::ReadTransaction) -> Result<Vec<Trim>, NsError> {
+    let Some(state) = super::merge::state_table(tx)? else {
+        return Ok(Vec::new());
+    };
+    let marks = pending(&state)?;
+    let oplog = match tx.open_table(OPLOG) {
+        Ok(t) => t,
+        // No merged log: no region brings anything back, and every mark is ready.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(marks),
+        Err(e) => return Err(store_err(e)),
+    };
+    let tombs = match tx.open_table(TOMBS) {
+        Ok(t) => Some(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(store_err(e)),
+    };
+    let mut out = Vec::with_capacity(marks.len());
+    for m in marks {
+        let tombstone = match &tombs {
+            Some(t) => t.get(m.ino.0).map_err(store_err)?.is_some(),
+            None => false,
+        };
+        if !tombstone && ready(&oplog, &m)? {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
 /// Drops up to [`STEP`] more extents of marked file `ino`: a removed file's from its
 /// start, a live file's from its first cut (the cut goes once it is empty); or, for a
 /// marked directory, up to [`STEP`] rows of a deleted snapshot's tree (`tree_drop`). Returns
@@ -247,6 +287,11 @@ pub fn trim_step(t: &mut WriteTables<'_>, ino: InodeId) -> Result<bool, NsError>
         return Ok(true);
     }
     let mut node = read_inode(t.inodes()?, ino)?;
+    if node.is_none() && t.tomb(ino)?.is_some() {
+        // A file removed with cuts, in a volume of several regions: a late change may
+        // still bring it back, cuts and all. Its purge takes its extents.
+        return Ok(true);
+    }
     if node.as_ref().is_some_and(|n| n.attr.kind == FileKind::Dir) {
         // A deleted snapshot's tree (`tree_drop`): housekeeping too.
         let saved = t.undo.take();
@@ -289,15 +334,15 @@ pub fn trim_step(t: &mut WriteTables<'_>, ino: InodeId) -> Result<bool, NsError>
     Ok(done)
 }
 
-/// Whether file offset `at` of `node` is in one of its cuts.
-fn in_cut(node: &Inode, at: u64) -> bool {
-    node.cuts.iter().any(|c| c.holds(at))
+/// `extents` of `node` (read from its rows) without the leftovers in its cuts.
+pub(crate) fn live(node: &Inode, extents: Vec<Extent>) -> Vec<Extent> {
+    outside(&node.cuts, extents)
 }
 
-/// `extents` of `node` (read from its rows) without the leftovers in its cuts.
-pub(crate) fn live(node: &Inode, mut extents: Vec<Extent>) -> Vec<Extent> {
-    if !node.cuts.is_empty() {
-        extents.retain(|e| !in_cut(node, e.offset));
+/// `extents` of a file without those that start in one of `cuts` (its leftovers).
+pub(crate) fn outside(cuts: &[Cut], mut extents: Vec<Extent>) -> Vec<Extent> {
+    if !cuts.is_empty() {
+        extents.retain(|e| !cuts.iter().any(|c| c.holds(e.offset)));
     }
     extents
 }
@@ -351,16 +396,15 @@ fn split_at(t: &mut WriteTables<'_>, ino: InodeId, at: u64) -> Result<Option<Ext
     }))
 }
 
-/// The cuts of `node` with `[from, to)` added, if it may take one more in steps: at
-/// most [`INLINE`] extents start in it (`cut` here is cheaper), the volume lives in
-/// several regions, or the file has [`MAX_CUTS`] already.
+/// The cuts of `node` with `[from, to)` added, if it may take one more in steps: not if at
+/// most [`INLINE`] extents start in it (`cut` here is cheaper), or the file has
+/// [`MAX_CUTS`] already.
 fn stepped_cuts(
     t: &WriteTables<'_>,
     node: &Inode,
     (from, to): (u64, u64),
-    one_region: bool,
 ) -> Result<Option<Vec<Cut>>, NsError> {
-    if !one_region || from >= to {
+    if from >= to {
         return Ok(None);
     }
     let cuts = with_cut(&node.cuts, from, to);
@@ -379,10 +423,9 @@ pub(crate) fn truncate(
     t: &mut WriteTables<'_>,
     node: &mut Inode,
     size: u64,
-    one_region: bool,
 ) -> Result<(), NsError> {
     let ino = node.attr.ino;
-    let Some(cuts) = stepped_cuts(t, node, (size, u64::MAX), one_region)? else {
+    let Some(cuts) = stepped_cuts(t, node, (size, u64::MAX))? else {
         if !node.cuts.is_empty() {
             // The cut here may reach leftovers (see `write_mark`).
             write_mark(t, ino, node.attr.volume)?;
@@ -401,14 +444,13 @@ pub(crate) fn punch(
     t: &mut WriteTables<'_>,
     node: &mut Inode,
     (start, end): (u64, u64),
-    one_region: bool,
 ) -> Result<(), NsError> {
     let ino = node.attr.ino;
     let stretch = (start, end.min(node.attr.size));
     if stretch.0 >= stretch.1 {
         return Ok(());
     }
-    let Some(cuts) = stepped_cuts(t, node, stretch, one_region)? else {
+    let Some(cuts) = stepped_cuts(t, node, stretch)? else {
         if !node.cuts.is_empty() {
             // The cut here may reach leftovers (see `write_mark`).
             write_mark(t, ino, node.attr.volume)?;
@@ -473,25 +515,6 @@ pub(crate) fn expose(
         }
     }
     node.cuts = kept;
-    Ok(())
-}
-
-/// Drops every leftover of a cut in the files of `volume`, before it lives in several
-/// regions.
-pub(crate) fn finish_cuts(t: &mut WriteTables<'_>, volume: u32) -> Result<(), NsError> {
-    let marked: Vec<Trim> = pending(t.region_state.open()?)?;
-    for m in marked.into_iter().filter(|m| m.volume == volume) {
-        let Some(mut node) = read_inode(t.inodes()?, m.ino)? else {
-            continue; // a removed file's: nothing of it can show
-        };
-        for c in std::mem::take(&mut node.cuts) {
-            for e in extents_in(t, m.ino, (c.from, c.to), usize::MAX)? {
-                t.remove_extent(m.ino, &e)?;
-            }
-        }
-        t.put_inode(&node)?;
-        t.write(Tab::Trims, key(m.ino).as_bytes(), None)?;
-    }
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use super::types::Cut;
 
 /// `n` extents of 100 bytes, 4 KiB apart (none merge), naming ten blocks in turn,
 /// committed in pieces.
-fn fragment(r: &mut Region, ino: InodeId, n: usize) -> Vec<BlockId> {
+pub(super) fn fragment(r: &mut Region, ino: InodeId, n: usize) -> Vec<BlockId> {
     let blocks: Vec<BlockId> = (0..10u8).map(|i| BlockId::of(&[i; 3])).collect();
     commit_spaced(r, ino, n, 100, &blocks);
     assert_eq!(extents_of(r, ino), n);
@@ -20,7 +20,7 @@ fn fragment(r: &mut Region, ino: InodeId, n: usize) -> Vec<BlockId> {
 }
 
 /// Extent rows of `ino`, whether or not the inode lives.
-fn extents_of(r: &Region, ino: InodeId) -> usize {
+pub(super) fn extents_of(r: &Region, ino: InodeId) -> usize {
     let tx = r.db.begin_read().unwrap();
     let t = tx.open_table(EXTENTS).unwrap();
     let (lo, hi) = (pair_key(ino.0, 0), pair_key(ino.0 + 1, 0));
@@ -125,7 +125,7 @@ fn a_refused_command_that_removed_a_large_file_leaves_no_mark() {
     assert_eq!(extents_of(r, f), INLINE + 1);
 }
 
-fn set_size(r: &mut Region, ino: InodeId, size: u64) -> Result<Reply, NsError> {
+pub(super) fn set_size(r: &mut Region, ino: InodeId, size: u64) -> Result<Reply, NsError> {
     r.run(Op::SetAttr {
         ino,
         set: SetAttr {
@@ -137,12 +137,12 @@ fn set_size(r: &mut Region, ino: InodeId, size: u64) -> Result<Reply, NsError> {
 }
 
 /// Where the file's cut from its end on starts, if it has one.
-fn cut_from(r: &Region, ino: InodeId) -> Option<u64> {
+pub(super) fn cut_from(r: &Region, ino: InodeId) -> Option<u64> {
     let cuts = cuts_of(r, ino);
     cuts.iter().find(|c| c.to == u64::MAX).map(|c| c.from)
 }
 
-fn cuts_of(r: &Region, ino: InodeId) -> Vec<Cut> {
+pub(super) fn cuts_of(r: &Region, ino: InodeId) -> Vec<Cut> {
     let tx = r.db.begin_read().unwrap();
     read_inode(&tx.open_table(INODES).unwrap(), ino)
         .unwrap()
@@ -151,7 +151,7 @@ fn cuts_of(r: &Region, ino: InodeId) -> Vec<Cut> {
 }
 
 /// Runs steps on `ino` until none are left; returns how many it took.
-fn steps_until_done(r: &mut Region, ino: InodeId) -> usize {
+pub(super) fn steps_until_done(r: &mut Region, ino: InodeId) -> usize {
     assert!(
         r.write(|t| {
             let m = marks_in(t).into_iter().find(|m| m.ino == ino);
@@ -277,8 +277,7 @@ fn a_compactions_replacement_in_a_cut_is_refused() {
     let f = file(r, "cut");
     let blocks = fragment(r, f, INLINE * 2);
     set_size(r, f, 4096).unwrap();
-    // What the rows hold there, the leftover at 4096 among them, and a replacement that
-    // starts in the cut: only the cut refuses.
+    // The file holds one extent there; the rows hold the leftover at 4096 too.
     let piece = |i: usize| Extent {
         offset: i as u64 * 4096,
         len: 100,
@@ -286,42 +285,37 @@ fn a_compactions_replacement_in_a_cut_is_refused() {
         block_offset: 0,
         block_len: 100,
     };
-    let refused = r.run(Op::Compact {
-        ino: f,
+    let compact = |r: &mut Region, replacement: Extent| {
+        r.run(Op::Compact {
+            ino: f,
+            offset: 0,
+            len: 8192,
+            expected: vec![piece(0)],
+            replacement: vec![replacement],
+        })
+    };
+    // A replacement that starts in the cut, or reaches into it.
+    let refused = compact(r, piece(1));
+    assert!(matches!(refused, Err(NsError::Conflict(_))), "{refused:?}");
+    let across = Extent {
         offset: 0,
-        len: 8192,
-        expected: vec![piece(0), piece(1)],
-        replacement: vec![piece(1)],
-    });
+        len: 4096 + 100,
+        block: BlockId::of(b"whole"),
+        block_offset: 0,
+        block_len: 4096 + 100,
+    };
+    let refused = compact(r, across);
     assert!(matches!(refused, Err(NsError::Conflict(_))), "{refused:?}");
     assert_consistent(r);
-}
-
-#[test]
-fn a_volume_brought_into_a_second_region_has_its_cuts_finished_first() {
-    let mut rs = regions_with_volume_in(2, &[meridian_proto::RegionId(1)]);
-    let r = &mut rs[0];
-    let f = file(r, "cut");
-    let n = INLINE * 2;
-    fragment(r, f, n);
-    set_size(r, f, 4096 * 5).unwrap();
-    assert_eq!(trim_marks(r).len(), 1);
-    r.run(Op::SetVolumeRegions {
-        name: "main".into(),
-        regions: vec![meridian_proto::RegionId(1), meridian_proto::RegionId(2)],
-    })
-    .unwrap();
-    assert_eq!(extents_of(r, f), 5);
-    assert_eq!(cut_from(r, f), None);
-    assert!(trim_marks(r).is_empty());
+    // One the file's content expects, the leftover beside it no matter.
+    let moved = Extent {
+        block: BlockId::of(b"moved"),
+        ..piece(0)
+    };
+    compact(r, moved).unwrap();
+    assert_eq!(file_extents(r, f), (4096, vec![moved]));
+    assert_eq!(extents_of(r, f), INLINE * 2);
     assert_consistent(r);
-    // In a volume of several regions a truncate cuts in its own entry, as before.
-    let g = file(r, "several");
-    fragment(r, g, n);
-    set_size(r, g, 0).unwrap();
-    assert_eq!(extents_of(r, g), 0);
-    assert!(cuts_of(r, g).is_empty());
-    assert!(trim_marks(r).is_empty());
 }
 
 #[test]
@@ -459,7 +453,7 @@ fn a_copy_of_a_volume_takes_a_cut_files_live_extents_alone() {
     assert_consistent(r);
 }
 
-fn punch(r: &mut Region, ino: InodeId, offset: u64, len: u64) -> Result<Reply, NsError> {
+pub(super) fn punch(r: &mut Region, ino: InodeId, offset: u64, len: u64) -> Result<Reply, NsError> {
     r.run(Op::PunchHole {
         ino,
         offset,
@@ -732,7 +726,7 @@ fn a_write_into_a_cut_makes_its_steps_wait_for_that_write_to_leave_the_merged_lo
 }
 
 /// Tombstones `r` holds, of any volume.
-fn tombs_in(r: &Region) -> usize {
+pub(super) fn tombs_in(r: &Region) -> usize {
     let tx = r.db.begin_read().unwrap();
     dump_table(&tx, TOMBS, |k| k.to_be_bytes().to_vec(), |v| v.to_vec()).len()
 }

@@ -94,9 +94,8 @@ pub(crate) fn setattr(
         let mut vol = volume_for(t, ctx, node.attr.volume)?;
         let old = node.attr.size;
         check_byte_quota(ctx, &vol, old, size)?;
-        let one_region = vol.policy.regions.len() <= 1;
         if size < old {
-            crate::namespace::trim::truncate(t, &mut node, size, one_region)?;
+            crate::namespace::trim::truncate(t, &mut node, size)?;
         }
         vol.used_bytes = vol.used_bytes.saturating_sub(old).saturating_add(size);
         t.put_volume(&vol)?;

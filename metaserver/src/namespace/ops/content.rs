@@ -177,7 +177,7 @@ pub(crate) fn punch_hole(
     let node = writable_file(t, ctx, ino, creds)?;
     let mut node = writer_base(t, ctx, node)?;
     let vol = volume_for(t, ctx, node.attr.volume)?;
-    trim::punch(t, &mut node, (offset, end), vol.policy.regions.len() <= 1)?;
+    trim::punch(t, &mut node, (offset, end))?;
     let size = node.attr.size;
     changed(t, ctx, node, vol, size, creds).map(Reply::Attr)
 }
@@ -306,17 +306,21 @@ pub(crate) fn compact(
     let end = offset
         .checked_add(len)
         .ok_or_else(|| NsError::Invalid("compaction range overflows".into()))?;
-    // A replacement in a cut would be a leftover, and dropped by the steps.
-    if let Some(e) = replacement
-        .iter()
-        .find(|e| node.cuts.iter().any(|c| c.holds(e.offset)))
-    {
+    // A replacement in a cut would be a leftover, and dropped by the steps; one reaching
+    // into a cut would be content there (a cut holds none: it reads as a hole).
+    if let Some(e) = replacement.iter().find(|e| {
+        node.cuts
+            .iter()
+            .any(|c| c.from < e.end() && e.offset < c.to)
+    }) {
         return Err(NsError::Conflict(format!(
-            "replacement extent {e:?} is in a cut of {ino} ({:?})",
+            "replacement extent {e:?} meets a cut of {ino} ({:?})",
             node.cuts
         )));
     }
-    let current = read_extents(t.extents()?, ino, offset, end)?;
+    // The content, as the compactor read it: the leftovers in the file's cuts (which
+    // regions drop at their own pace) are none of it.
+    let current = trim::live(&node, read_extents(t.extents()?, ino, offset, end)?);
     if current != expected {
         return Err(NsError::Conflict(format!(
             "extents of {ino} changed since the compactor read them"

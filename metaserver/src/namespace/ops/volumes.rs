@@ -383,9 +383,6 @@ pub(crate) fn set_volume_regions(
             )));
         }
     }
-    if set.len() > 1 {
-        crate::namespace::trim::finish_cuts(t, vol.id)?;
-    }
     vol.policy.regions = set;
     t.put_volume(&vol)?;
     Ok(Reply::Volume(vol))
