@@ -363,6 +363,58 @@ fn a_file_deleted_in_one_region_has_its_blocks_collected_in_both() -> Result<()>
     Ok(())
 }
 
+/// A truncate over many extents in a volume of two regions (a database file cut short in
+/// one of them) leaves the extents to steps in each region (`namespace/trim.rs`), as in a
+/// volume of one: both read the file cut at once, fsck is clean in both at every look, and
+/// in the end each holds only the extents the file keeps.
+#[test]
+fn a_truncate_of_many_extents_in_two_regions_is_dropped_in_steps_in_each() -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let pair = Pair::start()?;
+    pair.shared_volume("shared")?;
+    let ma = pair.a.mount("shared", "mnt-a")?;
+    let mb = pair.b.mount("shared", "mnt-b")?;
+    // Pieces of 512 bytes every 8 KiB: no two make one extent.
+    let byte = |i: u64| (i % 251 + 1) as u8;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(ma.path.join("db"))?;
+    for i in 0..1_500u64 {
+        f.write_all_at(&[byte(i); 512], i * 8192)?;
+    }
+    f.sync_all()?;
+    wait_same(&ma.path, &mb.path, Duration::from_secs(60))?;
+    // Into the third piece: it keeps 100 bytes.
+    let cut = 2 * 8192 + 100;
+    f.set_len(cut)?;
+    f.sync_all()?;
+    drop(f);
+    let mut expected = vec![0u8; cut as usize];
+    for i in 0..3u64 {
+        let at = (i * 8192) as usize;
+        let len = if i == 2 { 100 } else { 512 };
+        expected[at..at + len].fill(byte(i));
+    }
+    assert!(fs::read(ma.path.join("db"))? == expected);
+    wait_same(&ma.path, &mb.path, Duration::from_secs(60))?;
+    assert!(fs::read(mb.path.join("db"))? == expected);
+    for side in [&pair.a, &pair.b] {
+        wait_for(Duration::from_secs(90), "the cut extents dropped", || {
+            let (report, clean) = common::fsck(&side.addrs()).ok()?;
+            assert!(clean, "{report}");
+            (report["extents"] == 3).then_some(())
+        })?;
+    }
+    assert!(fs::read(ma.path.join("db"))? == expected);
+    assert!(fs::read(mb.path.join("db"))? == expected);
+    drop(mb);
+    drop(ma);
+    Ok(())
+}
+
 /// A mount answers lookups of absent names alone only where the feed brings every change:
 /// in a volume of two regions, a name the other region makes in a directory this mount
 /// made is found here once it arrives (another region's records do not pass through the

@@ -155,7 +155,8 @@ pub struct Inode {
     pub copy_of: Option<InodeId>,
     /// For a file: the stretches whose extents a truncate or a punched hole cut off, left
     /// for the metaservers to drop in steps (nothing reads them meanwhile). In offset
-    /// order, apart. Kept only in a volume of one region.
+    /// order, apart. Each region of a volume keeps its own (it drops them at its own
+    /// pace); an image of the volume for another region carries none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cuts: Vec<Cut>,
 }

@@ -407,7 +407,15 @@ fn stepped_cuts(
     if from >= to {
         return Ok(None);
     }
-    let cuts = with_cut(&node.cuts, from, to);
+    // A cut holding nothing goes: the steps emptied it, and a rewind of the merged log
+    // brought it back without its mark (nothing steps it, and it would count here).
+    let mut held = Vec::with_capacity(node.cuts.len());
+    for c in &node.cuts {
+        if !extents_in(t, node.attr.ino, (c.from, c.to), 1)?.is_empty() {
+            held.push(*c);
+        }
+    }
+    let cuts = with_cut(&held, from, to);
     if cuts.len() > MAX_CUTS
         || extents_in(t, node.attr.ino, (from, to), INLINE + 1)?.len() <= INLINE
     {

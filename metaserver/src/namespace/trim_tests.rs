@@ -613,6 +613,46 @@ fn past_the_most_cuts_a_file_may_have_a_hole_is_punched_at_once() {
 }
 
 #[test]
+fn empty_cuts_a_rewind_brought_back_make_way_for_a_large_truncate() {
+    // A rewind of the merged log can bring back cuts the steps emptied, with no mark (a
+    // record's image of the inode from before the steps). They hold nothing, and must not
+    // count against the most cuts a file may have, or a large truncate would cut in its
+    // own entry.
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "cut");
+    let n = INLINE * 2;
+    fragment(r, f, n);
+    let stale: Vec<Cut> = (0..MAX_CUTS as u64)
+        .map(|k| Cut {
+            from: k * 4096 + 200,
+            to: k * 4096 + 300,
+        })
+        .collect();
+    r.write(|t| {
+        let mut node = read_inode(t.inodes().unwrap(), f).unwrap().unwrap();
+        node.cuts = stale;
+        t.put_inode(&node).unwrap();
+    });
+    assert_consistent(r);
+    let size = 100 * 4096;
+    set_size(r, f, size).unwrap();
+    assert_eq!(
+        cuts_of(r, f),
+        [Cut {
+            from: size,
+            to: u64::MAX
+        }]
+    );
+    assert_eq!(extents_of(r, f), n, "the leftovers wait for the steps");
+    assert_eq!(file_extents(r, f).1.len(), 100);
+    assert_consistent(r);
+    steps_until_done(r, f);
+    assert_eq!(extents_of(r, f), 100);
+    assert_consistent(r);
+}
+
+#[test]
 fn fsck_reports_cut_extents_no_mark_will_drop_and_accepts_an_empty_cut() {
     let mut rs = regions(1);
     let r = &mut rs[0];
