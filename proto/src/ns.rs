@@ -27,6 +27,10 @@ pub const SYMLINK_MAX: usize = 4096;
 pub const XATTR_NAME_MAX: usize = 255;
 /// Largest extended attribute value, in bytes.
 pub const XATTR_VALUE_MAX: usize = 64 * 1024;
+/// Most bytes of one inode's extended attribute names, each with its terminating NUL (as
+/// Linux's listxattr buffer, `XATTR_LIST_MAX`): listing them always fits, and an inode
+/// holds a bounded number of rows (what its removal, copy or leaving drops at once).
+pub const XATTR_LIST_MAX: usize = 64 * 1024;
 /// Most extents one commit may add: a commit is one Raft entry, applied while every other
 /// change waits. (A mount commits at 4,096 dirty ranges of a file.)
 pub const COMMIT_EXTENTS_MAX: usize = 65_536;
@@ -600,6 +604,9 @@ pub enum NsError {
     /// EROFS: the volume is a snapshot.
     #[error("read-only volume: {0}")]
     ReadOnly(String),
+    /// ENOSPC: no room left where the change goes (an inode's extended attribute names).
+    #[error("no space: {0}")]
+    NoSpace(String),
     /// EIO: a region the answer must come from cannot be reached.
     #[error("unreachable: {0}")]
     Unreachable(String),
@@ -627,6 +634,7 @@ impl NsError {
             NsError::Conflict(_) => libc_errno::EAGAIN,
             NsError::Store(_) => libc_errno::EIO,
             NsError::ReadOnly(_) => libc_errno::EROFS,
+            NsError::NoSpace(_) => libc_errno::ENOSPC,
             NsError::Unreachable(_) => libc_errno::EIO,
         }
     }
@@ -645,6 +653,7 @@ pub mod libc_errno {
     pub const EEXIST: i32 = 17;
     pub const EXDEV: i32 = 18;
     pub const EFBIG: i32 = 27;
+    pub const ENOSPC: i32 = 28;
     pub const ERANGE: i32 = 34;
     pub const ENOTDIR: i32 = 20;
     pub const EISDIR: i32 = 21;

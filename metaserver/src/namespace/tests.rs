@@ -730,6 +730,45 @@ fn xattrs_follow_create_and_replace_flags() {
 }
 
 #[test]
+fn an_inodes_xattr_names_stay_within_what_a_listing_holds() {
+    let mut fs = Fs::new();
+    let f = fs.create(fs.root, "f");
+    let set = |name: &[u8], mode| Op::SetXattr {
+        ino: f.ino,
+        name: name.to_vec(),
+        value: b"v".to_vec(),
+        mode,
+        creds: Creds::root(),
+    };
+    // Names of 255 bytes, 256 with their NUL: 256 of them fill 64 KiB exactly.
+    let name = |i: usize| {
+        let mut n = format!("user.{i:05}").into_bytes();
+        n.resize(XATTR_NAME_MAX, b'x');
+        n
+    };
+    let fit = XATTR_LIST_MAX / (XATTR_NAME_MAX + 1);
+    for i in 0..fit {
+        fs.run(set(&name(i), XattrMode::Create)).unwrap();
+    }
+    assert_eq!(errno(fs.run(set(b"user.one-more", XattrMode::Any))), ENOSPC);
+    let names = fs.read(|r| r.listxattr(f.ino, &Creds::root())).unwrap();
+    assert_eq!(names.len(), fit, "the refused name changed nothing");
+    assert_eq!(
+        names.iter().map(|n| n.len() + 1).sum::<usize>(),
+        XATTR_LIST_MAX
+    );
+    // A value replaced takes no more room; a name removed makes room for another.
+    fs.run(set(&name(0), XattrMode::Replace)).unwrap();
+    fs.run(Op::RemoveXattr {
+        ino: f.ino,
+        name: name(1),
+        creds: Creds::root(),
+    })
+    .unwrap();
+    fs.run(set(b"user.one-more", XattrMode::Create)).unwrap();
+}
+
+#[test]
 fn a_retried_request_is_applied_once() {
     let mut fs = Fs::new();
     let op = Op::Mknod {

@@ -6,7 +6,7 @@ use redb::ReadableTable;
 use crate::namespace::access::{check_xattr_name, check_xattr_write};
 use crate::namespace::conflict::live;
 use crate::namespace::ctx::*;
-use crate::namespace::tables::{WriteTables, dirent_key, store_err};
+use crate::namespace::tables::{WriteTables, dirent_end, dirent_key, store_err};
 use crate::namespace::types::*;
 
 #[allow(clippy::too_many_arguments)]
@@ -38,6 +38,7 @@ pub(crate) fn setxattr(
         match mode {
             XattrMode::Create if exists => Err(NsError::Exists(name_str(name))),
             XattrMode::Replace if !exists => Err(NsError::NoData(name_str(name))),
+            _ if !exists => room_for(t, ino, name),
             _ => Ok(()),
         }
     })?;
@@ -45,6 +46,28 @@ pub(crate) fn setxattr(
     node.attr.ctime = ctx.now;
     t.put_inode(&node)?;
     Ok(Reply::Done)
+}
+
+/// Whether `ino` has room for one more extended attribute name, `name`: its names, each
+/// with a NUL, stay within [`XATTR_LIST_MAX`]. Checked where the change is made; a
+/// concurrent one from another region may take a file past it.
+fn room_for(t: &WriteTables<'_>, ino: InodeId, name: &[u8]) -> Result<(), NsError> {
+    let (from, to) = (dirent_key(ino, b""), dirent_end(ino));
+    let mut used = name.len() + 1;
+    for item in t
+        .xattrs()?
+        .range(from.as_slice()..to.as_slice())
+        .map_err(store_err)?
+    {
+        let (k, _) = item.map_err(store_err)?;
+        used += k.value().len().saturating_sub(8) + 1;
+        if used > XATTR_LIST_MAX {
+            return Err(NsError::NoSpace(format!(
+                "the extended attribute names of {ino} would take more than {XATTR_LIST_MAX} bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn removexattr(
