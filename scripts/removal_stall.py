@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long other clients' changes wait while a file of many extents is removed or cut.
 
-    scripts/removal_stall.py MOUNT_DIR [--creates N] [--truncate [--write-far] | --punch]
+    scripts/removal_stall.py MOUNT_DIR [--creates N] [--truncate [--write-far] | --punch | --copy]
                                                                        (needs fio)
 
 Writes the peers bench's fio file in MOUNT_DIR the way its jobs do (1 GiB sequential,
@@ -12,7 +12,9 @@ and closes it; with --punch: punches a hole over all of it but its first and las
 with `fallocate -p`; either after dropping the host's caches so that the kernel's own
 release of the file's cached pages stays out of it; with --write-far, the truncate is
 followed by setting the size back to 1 GiB and an fsync'd 4 KiB write at 7/8 of it, the
-pattern of a database file recreated and written at random, and the write is timed too).
+pattern of a database file recreated and written at random, and the write is timed too;
+with --copy: copies it with `cp`, whose copy_file_range the servers make by sharing its
+extents).
 Prints the removal's (or truncate's) own time, the
 creates' rate, and the slowest creates (when, how long). Run it on a fresh rig per build,
 alternated (docs/PERFORMANCE.md, forty-sixth round: 406-455 ms behind one removal before
@@ -43,6 +45,8 @@ def main():
                      help="cut the file to nothing instead of removing it")
     how.add_argument("--punch", action="store_true",
                      help="punch a hole over the file instead of removing it")
+    how.add_argument("--copy", action="store_true",
+                     help="copy the file with cp instead of removing it")
     ap.add_argument("--write-far", action="store_true",
                     help="after --truncate: size back to 1 GiB, one fsync'd write at 7/8")
     a = ap.parse_args()
@@ -74,6 +78,8 @@ def main():
         elif a.punch:
             subprocess.run(["fallocate", "-p", "-o", "4096", "-l", str((1 << 30) - 8192),
                             big], check=True)
+        elif a.copy:
+            subprocess.run(["cp", big, big + ".copy"], check=True)
         else:
             os.unlink(big)
         removal["ms"] = (time.perf_counter() - t) * 1000
@@ -94,14 +100,16 @@ def main():
         print("truncate %.1f ms, then the far write %.1f ms" % (removal["cut"], removal["ms"]))
     print("%s %.1f ms; %d creates at %.0f/s; slowest (at s: ms): %s" % (
         ("far write" if a.write_far else "truncate") if a.truncate
-        else "hole" if a.punch else "removal", removal["ms"],
+        else "hole" if a.punch else "copy" if a.copy else "removal", removal["ms"],
         a.creates, a.creates / elapsed,
         ", ".join("%.2f: %.1f" % (at, d * 1000) for at, d in slowest)))
     for i in range(a.creates):
         os.unlink(os.path.join(work, "creates", "f%06d" % i))
     os.rmdir(os.path.join(work, "creates"))
-    if a.truncate or a.punch:
+    if a.truncate or a.punch or a.copy:
         os.unlink(big)
+    if a.copy:
+        os.unlink(big + ".copy")
     os.rmdir(work)
 
 

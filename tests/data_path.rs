@@ -195,6 +195,53 @@ fn copy_file_range_copies_on_the_servers_holes_and_all() -> Result<()> {
     Ok(())
 }
 
+/// A copy of a file of many extents (`cp` of a database file or a disk image asks for all
+/// of it at once) comes back short, a bounded number of extents at a time, and the caller's
+/// loop copies the rest: every byte and hole arrives, and no one entry of the servers
+/// held everything.
+#[test]
+fn copy_file_range_of_many_extents_comes_back_short_and_the_loop_copies_the_rest() -> Result<()> {
+    let region = Region::start()?;
+    let mnt = region.mount("mnt")?;
+    let pieces = 2_500u64;
+    let src = scattered(&mnt.path, "src", pieces)?;
+    let size = src.metadata()?.len();
+    let dst = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(mnt.path.join("dst"))?;
+    let (mut off_in, mut off_out) = (0i64, 0i64);
+    let mut calls = Vec::new();
+    loop {
+        // SAFETY: valid descriptors and offsets.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                (size - off_in as u64) as usize + 1,
+                0,
+            )
+        };
+        anyhow::ensure!(
+            n >= 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
+        if n == 0 {
+            break;
+        }
+        calls.push(n as u64);
+    }
+    assert_eq!(calls.iter().sum::<u64>(), size);
+    assert!(calls.len() > 1 && calls[0] < size, "{calls:?}");
+    drop((src, dst));
+    assert!(read_all(&mnt.path.join("dst"))? == read_all(&mnt.path.join("src"))?);
+    Ok(())
+}
+
 #[test]
 fn compaction_of_a_range_written_in_pieces_keeps_its_holes() -> Result<()> {
     let region = Region::start()?;

@@ -430,6 +430,65 @@ fn a_copy_of_a_range_into_a_cut_shows_and_outlives_the_steps() {
 }
 
 #[test]
+fn a_copy_of_a_range_over_many_rows_comes_back_short_and_the_rest_follows() {
+    use super::ops::content::COPY_ROWS;
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let src = file(r, "src");
+    let n = COPY_ROWS * 2 + 10;
+    fragment(r, src, n);
+    let (size, want) = file_extents(r, src);
+    // A destination of many rows too, over the stretch the copy lands in.
+    let dst = file(r, "dst");
+    fragment(r, dst, n);
+    let copy = |r: &mut Region, at: u64| match r.run(Op::CopyRange {
+        src,
+        src_offset: at,
+        dst,
+        dst_offset: at,
+        len: u64::MAX / 4,
+        creds: root_creds(),
+    }) {
+        Ok(Reply::Copied(n, _)) => n,
+        other => panic!("{other:?}"),
+    };
+    // One entry takes at most COPY_ROWS rows of either file: the copy stops where the
+    // next one starts, and the caller asks again from there.
+    let mut at = 0;
+    let mut calls = Vec::new();
+    while at < size {
+        let got = copy(r, at);
+        assert!(got > 0);
+        calls.push(got);
+        at += got;
+    }
+    assert_eq!(calls[0], COPY_ROWS as u64 * 4096);
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(file_extents(r, dst), (size, want));
+    assert_consistent(r);
+    // A source of one extent over a destination of many: the destination's rows bound it.
+    let one = file(r, "one");
+    let (op, _) = write_op(one, 0, b"one");
+    r.run(op).unwrap();
+    set_size(r, one, size).unwrap();
+    let other = file(r, "other");
+    fragment(r, other, n);
+    let got = r.run(Op::CopyRange {
+        src: one,
+        src_offset: 0,
+        dst: other,
+        dst_offset: 0,
+        len: size,
+        creds: root_creds(),
+    });
+    assert!(
+        matches!(got, Ok(Reply::Copied(n, _)) if n == COPY_ROWS as u64 * 4096),
+        "{got:?}"
+    );
+    assert_consistent(r);
+}
+
+#[test]
 fn a_copy_of_a_volume_takes_a_cut_files_live_extents_alone() {
     let mut rs = regions(1);
     let r = &mut rs[0];

@@ -183,6 +183,33 @@ pub(crate) fn punch_hole(
 }
 
 /// Copies `len` bytes from `(src, src_offset)` to `(dst, dst_offset)` by sharing extents.
+/// Most rows a copy of a range takes from its source, and drops from its destination, in
+/// one entry: the copy of a file of many extents (`cp` of a database file or a disk image
+/// calls `copy_file_range` for all of it) would hold every other client's change as long
+/// as all of them take, as a removal did (`trim.rs`).
+pub const COPY_ROWS: usize = 2048;
+
+/// `len`, or less: up to where the source's [`COPY_ROWS`]-th row after `src_offset` ends
+/// and where as many of the destination's start. A shorter copy is answered as such
+/// (`copy_file_range` returns what it copied, and its callers ask again for the rest).
+fn copy_bound(
+    t: &WriteTables<'_>,
+    (src, src_offset): (InodeId, u64),
+    (dst, dst_offset): (InodeId, u64),
+    len: u64,
+) -> Result<u64, NsError> {
+    let mut len = len;
+    for (ino, at) in [(src, src_offset), (dst, dst_offset)] {
+        // Rows starting in the stretch, leftovers of a cut too (dropped or read all
+        // the same). The one after the last taken starts past `at`: some is copied.
+        let rows = trim::extents_in(t, ino, (at, at.saturating_add(len)), COPY_ROWS + 1)?;
+        if let Some(next) = rows.get(COPY_ROWS) {
+            len = len.min(next.offset - at);
+        }
+    }
+    Ok(len)
+}
+
 pub(crate) fn copy_range(
     t: &mut WriteTables<'_>,
     ctx: &Ctx<'_>,
@@ -216,6 +243,7 @@ pub(crate) fn copy_range(
                 return Err(NsError::CrossVolume(format!("copy from {src} to {dst}")));
             }
             let len = len.min(source.attr.size.saturating_sub(src_offset));
+            let len = copy_bound(t, (src, src_offset), (dst, dst_offset), len)?;
             let src_end = src_offset + len;
             // What the source holds there (not what a cut of it left), read before the
             // destination changes (it may be the same file), moved to the destination's
