@@ -128,6 +128,41 @@ fn fallocate_modes_holes_and_seek_data_behave_as_on_a_local_disk() -> Result<()>
     Ok(())
 }
 
+/// Copies `from` (from its start) into `to` at `out` with copy_file_range until it copies
+/// nothing more, each call asking for `ask(offset in from)` bytes; returns what each
+/// call copied.
+fn copy_until_done(
+    from: &File,
+    to: &File,
+    out: i64,
+    ask: impl Fn(u64) -> usize,
+) -> Result<Vec<u64>> {
+    let (mut off_in, mut off_out) = (0i64, out);
+    let mut calls = Vec::new();
+    loop {
+        // SAFETY: valid descriptors and offsets.
+        let n = unsafe {
+            libc::copy_file_range(
+                from.as_raw_fd(),
+                &mut off_in,
+                to.as_raw_fd(),
+                &mut off_out,
+                ask(off_in as u64),
+                0,
+            )
+        };
+        anyhow::ensure!(
+            n >= 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
+        if n == 0 {
+            return Ok(calls);
+        }
+        calls.push(n as u64);
+    }
+}
+
 #[test]
 fn copy_file_range_copies_on_the_servers_holes_and_all() -> Result<()> {
     let region = Region::start()?;
@@ -151,30 +186,7 @@ fn copy_file_range_copies_on_the_servers_holes_and_all() -> Result<()> {
         File::open(&src)?,
         OpenOptions::new().write(true).open(&dst)?,
     );
-    let (mut off_in, mut off_out) = (0i64, 8i64);
-    let mut copied = 0u64;
-    loop {
-        // SAFETY: valid descriptors and offsets.
-        let n = unsafe {
-            libc::copy_file_range(
-                fi.as_raw_fd(),
-                &mut off_in,
-                fo.as_raw_fd(),
-                &mut off_out,
-                64 << 20,
-                0,
-            )
-        };
-        anyhow::ensure!(
-            n >= 0,
-            "copy_file_range: {}",
-            std::io::Error::last_os_error()
-        );
-        if n == 0 {
-            break;
-        }
-        copied += n as u64;
-    }
+    let copied: u64 = copy_until_done(&fi, &fo, 8, |_| 64 << 20)?.iter().sum();
     assert_eq!(copied, data.len() as u64);
     drop((fi, fo));
     let mut expect = b"destinat".to_vec();
@@ -211,30 +223,8 @@ fn copy_file_range_of_many_extents_comes_back_short_and_the_loop_copies_the_rest
         .truncate(true)
         .write(true)
         .open(mnt.path.join("dst"))?;
-    let (mut off_in, mut off_out) = (0i64, 0i64);
-    let mut calls = Vec::new();
-    loop {
-        // SAFETY: valid descriptors and offsets.
-        let n = unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                &mut off_in,
-                dst.as_raw_fd(),
-                &mut off_out,
-                (size - off_in as u64) as usize + 1,
-                0,
-            )
-        };
-        anyhow::ensure!(
-            n >= 0,
-            "copy_file_range: {}",
-            std::io::Error::last_os_error()
-        );
-        if n == 0 {
-            break;
-        }
-        calls.push(n as u64);
-    }
+    // Each call asks for everything left.
+    let calls = copy_until_done(&src, &dst, 0, |at| (size - at) as usize + 1)?;
     assert_eq!(calls.iter().sum::<u64>(), size);
     assert!(calls.len() > 1 && calls[0] < size, "{calls:?}");
     drop((src, dst));

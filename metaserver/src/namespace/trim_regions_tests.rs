@@ -44,6 +44,11 @@ fn step_out(rs: &mut [Region], f: InodeId, blocks: &[BlockId]) {
     assert_eq!(namespace_dump(&rs[0]), namespace_dump(&rs[1]));
 }
 
+/// `f` reads as `want` (its size and extents) in region `r`.
+fn reads(r: &Region, f: InodeId, want: &(u64, Vec<meridian_proto::ns::Extent>)) {
+    assert_eq!(&file_extents(r, f), want, "region {}", r.id.0);
+}
+
 #[test]
 fn a_truncate_in_a_volume_of_two_regions_is_cut_in_steps_in_each() {
     let mut rs = regions(2);
@@ -58,12 +63,7 @@ fn a_truncate_in_a_volume_of_two_regions_is_cut_in_steps_in_each() {
     for r in &mut rs {
         // Each region cut its own rows: the leftovers wait behind a mark that waits for
         // the truncate's record, and read as nothing.
-        assert_eq!(
-            file_extents(r, f),
-            (size, live.clone()),
-            "region {}",
-            r.id.0
-        );
+        reads(r, f, &(size, live.clone()));
         assert_eq!(extents_of(r, f), n);
         assert_eq!(cut_from(r, f), Some(SIZE));
         let marks = trim_marks(r);
@@ -100,12 +100,7 @@ fn a_hole_punched_in_the_second_region_is_cut_in_steps_in_each() {
     assert_eq!(live.len(), 6);
     assert!(live.iter().all(|e| e.end() <= from || e.offset >= to));
     for r in &mut rs {
-        assert_eq!(
-            file_extents(r, f),
-            (size, live.clone()),
-            "region {}",
-            r.id.0
-        );
+        reads(r, f, &(size, live.clone()));
         assert_eq!(
             extents_of(r, f),
             n + 1,
