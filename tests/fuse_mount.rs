@@ -194,6 +194,23 @@ fn posix_namespace_operations_behave_as_on_a_local_disk() -> Result<()> {
         errno_of(xattr_get(&m.join("y"), "user.missing")),
         libc::ENODATA
     );
+    // An inode's names stay within 64 KiB (with their NULs), as a listing's buffer: names
+    // of 255 bytes stop at 256, with ENOSPC and nothing changed.
+    fs::write(m.join("many"), b"")?;
+    let long = |i: usize| format!("user.{i:05}{}", "x".repeat(245));
+    for i in 0..256 {
+        xattr_set(&m.join("many"), &long(i), b"v", 0)?;
+    }
+    assert_eq!(
+        errno_of(xattr_set(&m.join("many"), &long(256), b"v", 0)),
+        libc::ENOSPC
+    );
+    assert_eq!(
+        errno_of(xattr_get(&m.join("many"), &long(256))),
+        libc::ENODATA
+    );
+    xattr_set(&m.join("many"), &long(0), b"replaced", 0)?;
+    assert_eq!(xattr_get(&m.join("many"), &long(0))?, b"replaced");
 
     // EACCES for an unprivileged user in a directory it may not write.
     fs::create_dir(m.join("private"))?;

@@ -28,8 +28,10 @@ pub const XATTR_NAME_MAX: usize = 255;
 /// Largest extended attribute value, in bytes.
 pub const XATTR_VALUE_MAX: usize = 64 * 1024;
 /// Most bytes of one inode's extended attribute names, each with its terminating NUL (as
-/// Linux's listxattr buffer, `XATTR_LIST_MAX`): listing them always fits, and an inode
-/// holds a bounded number of rows (what its removal, copy or leaving drops at once).
+/// Linux's listxattr buffer, `XATTR_LIST_MAX`), past which a new name is refused where a
+/// client's change is proposed: so a listing fits, and an inode holds a bounded number of
+/// rows (what its removal, copy or leaving drops at once). Inodes named past it before
+/// this bound, or by concurrent changes in two regions, may hold more.
 pub const XATTR_LIST_MAX: usize = 64 * 1024;
 /// Most extents one commit may add: a commit is one Raft entry, applied while every other
 /// change waits. (A mount commits at 4,096 dirty ranges of a file.)

@@ -367,11 +367,11 @@ fn conflict_copy(t: &mut WriteTables<'_>, ctx: &Ctx<'_>, node: &Inode) -> Result
 }
 
 /// Keeps a version of `node` (its attributes with that version's content stamp and size,
-/// and `extents`, its content: no leftover of a cut) as a conflict copy next to it. The copy's number and name come from the
-/// file and the version (the region and time of the change that made it), so every
-/// region makes the same copy whichever change displaced the version, and a write to the
-/// copy finds it in every order. An empty version holds no bytes to keep: the conflict
-/// is noted, no copy made. Returns the copy.
+/// and `extents`, its content: no leftover of a cut) as a conflict copy next to it. The
+/// copy's number and name come from the file and the version (the region and time of the
+/// change that made it), so every region makes the same copy whichever change displaced
+/// the version, and a write to the copy finds it in every order. An empty version holds
+/// no bytes to keep: the conflict is noted, no copy made. Returns the copy.
 fn keep_version(
     t: &mut WriteTables<'_>,
     ctx: &Ctx<'_>,

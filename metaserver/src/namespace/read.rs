@@ -135,6 +135,45 @@ impl<'a> NsReader<'a> {
             .ok_or_else(|| NsError::NoData(String::from_utf8_lossy(name).into_owned()))
     }
 
+    /// A client's change as it is proposed: a copy of a range bounded in the rows it takes
+    /// (`ops::content::copy_len`), an xattr refused past the inode's room for names
+    /// (`ops::xattrs::room_for`). Decided here, on what this member holds, and carried in
+    /// the command, so that every member applies the same whatever its version.
+    pub fn bounded(&self, op: Op) -> Result<Op, NsError> {
+        match op {
+            Op::CopyRange {
+                src,
+                src_offset,
+                dst,
+                dst_offset,
+                len,
+                creds,
+            } => {
+                let extents = self.tx.open_table(EXTENTS).map_err(store_err)?;
+                let len = super::ops::content::copy_len(
+                    &extents,
+                    (src, src_offset),
+                    (dst, dst_offset),
+                    len,
+                )?;
+                Ok(Op::CopyRange {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    len,
+                    creds,
+                })
+            }
+            Op::SetXattr { ino, ref name, .. } => {
+                let xattrs = self.tx.open_table(XATTRS).map_err(store_err)?;
+                super::ops::xattrs::room_for(&xattrs, ino, name)?;
+                Ok(op)
+            }
+            op => Ok(op),
+        }
+    }
+
     /// The xattr names of `ino` (trusted.* only for root).
     pub fn listxattr(&self, ino: InodeId, creds: &Creds) -> Result<Vec<Vec<u8>>, NsError> {
         self.inode(ino)?;

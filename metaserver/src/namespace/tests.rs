@@ -747,10 +747,18 @@ fn an_inodes_xattr_names_stay_within_what_a_listing_holds() {
         n
     };
     let fit = XATTR_LIST_MAX / (XATTR_NAME_MAX + 1);
+    // As the leader proposes a client's change (`NsReader::bounded`).
+    let propose = |fs: &mut Fs, op: Op| {
+        let op = fs.read(|r| r.bounded(op))?;
+        fs.run(op)
+    };
     for i in 0..fit {
-        fs.run(set(&name(i), XattrMode::Create)).unwrap();
+        propose(&mut fs, set(&name(i), XattrMode::Create)).unwrap();
     }
-    assert_eq!(errno(fs.run(set(b"user.one-more", XattrMode::Any))), ENOSPC);
+    assert_eq!(
+        errno(propose(&mut fs, set(b"user.one-more", XattrMode::Any))),
+        ENOSPC
+    );
     let names = fs.read(|r| r.listxattr(f.ino, &Creds::root())).unwrap();
     assert_eq!(names.len(), fit, "the refused name changed nothing");
     assert_eq!(
@@ -758,14 +766,21 @@ fn an_inodes_xattr_names_stay_within_what_a_listing_holds() {
         XATTR_LIST_MAX
     );
     // A value replaced takes no more room; a name removed makes room for another.
-    fs.run(set(&name(0), XattrMode::Replace)).unwrap();
-    fs.run(Op::RemoveXattr {
-        ino: f.ino,
-        name: name(1),
-        creds: Creds::root(),
-    })
+    propose(&mut fs, set(&name(0), XattrMode::Replace)).unwrap();
+    propose(
+        &mut fs,
+        Op::RemoveXattr {
+            ino: f.ino,
+            name: name(1),
+            creds: Creds::root(),
+        },
+    )
     .unwrap();
-    fs.run(set(b"user.one-more", XattrMode::Create)).unwrap();
+    propose(&mut fs, set(b"user.one-more", XattrMode::Create)).unwrap();
+    // Where the change applies, nothing is decided: every member applies the same.
+    let over = set(&name(fit), XattrMode::Create);
+    assert!(fs.read(|r| r.bounded(over.clone())).is_err());
+    fs.run(over).unwrap();
 }
 
 #[test]

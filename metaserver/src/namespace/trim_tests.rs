@@ -441,16 +441,24 @@ fn a_copy_of_a_range_over_many_rows_comes_back_short_and_the_rest_follows() {
     // A destination of many rows too, over the stretch the copy lands in.
     let dst = file(r, "dst");
     fragment(r, dst, n);
-    let copy = |r: &mut Region, at: u64| match r.run(Op::CopyRange {
-        src,
-        src_offset: at,
-        dst,
-        dst_offset: at,
-        len: u64::MAX / 4,
-        creds: root_creds(),
-    }) {
-        Ok(Reply::Copied(n, _)) => n,
-        other => panic!("{other:?}"),
+    // As the leader proposes a client's copy (`NsReader::bounded`).
+    let propose = |r: &mut Region, op: Op| {
+        let op = r.read(|x| x.bounded(op)).unwrap();
+        r.run(op)
+    };
+    let copy = |r: &mut Region, at: u64| {
+        let op = Op::CopyRange {
+            src,
+            src_offset: at,
+            dst,
+            dst_offset: at,
+            len: u64::MAX / 4,
+            creds: root_creds(),
+        };
+        match propose(r, op) {
+            Ok(Reply::Copied(n, _)) => n,
+            other => panic!("{other:?}"),
+        }
     };
     // One entry takes at most COPY_ROWS rows of either file: the copy stops where the
     // next one starts, and the caller asks again from there.
@@ -473,14 +481,17 @@ fn a_copy_of_a_range_over_many_rows_comes_back_short_and_the_rest_follows() {
     set_size(r, one, size).unwrap();
     let other = file(r, "other");
     fragment(r, other, n);
-    let got = r.run(Op::CopyRange {
-        src: one,
-        src_offset: 0,
-        dst: other,
-        dst_offset: 0,
-        len: size,
-        creds: root_creds(),
-    });
+    let got = propose(
+        r,
+        Op::CopyRange {
+            src: one,
+            src_offset: 0,
+            dst: other,
+            dst_offset: 0,
+            len: size,
+            creds: root_creds(),
+        },
+    );
     assert!(
         matches!(got, Ok(Reply::Copied(n, _)) if n == COPY_ROWS as u64 * 4096),
         "{got:?}"

@@ -97,6 +97,20 @@ impl MetaApi {
             }
             self.await_leases(req.client_id, &touched).await?;
         }
+        // Bounds decided here and carried in the command (`NsReader::bounded`): every
+        // member applies the same, whatever its version.
+        let op = match self.read(|r| r.bounded(op))? {
+            Ok(op) => op,
+            Err(e) => {
+                let outcome: Result<Reply, NsError> = Err(e);
+                return Ok(Response::new(MutateResponse {
+                    outcome: json(&outcome),
+                    log_index: 0,
+                    dirs: Bytes::new(),
+                    change_seq: 0,
+                }));
+            }
+        };
         let mut cmd = self.stamp(op.clone(), id);
         cmd.lease = req.lease && id.is_some();
         // Answered early: a change made here that changes no directory (whose attributes

@@ -1,11 +1,12 @@
 //! File content: commits of written extents, truncation, compaction.
 
 use meridian_proto::InodeId;
+use redb::ReadableTable;
 
 use crate::namespace::access::{R, W, check_access, drop_setid, may};
 use crate::namespace::conflict::{live, recover, volume_for, writer_base};
 use crate::namespace::ctx::*;
-use crate::namespace::tables::{WriteTables, read_extents};
+use crate::namespace::tables::{WriteTables, pair_key, read_extents, store_err};
 use crate::namespace::trim;
 use crate::namespace::types::*;
 
@@ -182,34 +183,45 @@ pub(crate) fn punch_hole(
     changed(t, ctx, node, vol, size, creds).map(Reply::Attr)
 }
 
-/// Copies `len` bytes from `(src, src_offset)` to `(dst, dst_offset)` by sharing extents.
 /// Most rows a copy of a range takes from its source, and drops from its destination, in
 /// one entry: the copy of a file of many extents (`cp` of a database file or a disk image
 /// calls `copy_file_range` for all of it) would hold every other client's change as long
 /// as all of them take, as a removal did (`trim.rs`).
 pub const COPY_ROWS: usize = 2048;
 
-/// `len`, or less: up to where the source's [`COPY_ROWS`]-th row after `src_offset` ends
-/// and where as many of the destination's start. A shorter copy is answered as such
-/// (`copy_file_range` returns what it copied, and its callers ask again for the rest).
-fn copy_bound(
-    t: &WriteTables<'_>,
+/// `len`, or less: up to where the source's row after the first [`COPY_ROWS`] from
+/// `src_offset` on starts, and likewise the destination's, in `extents`. Decided where a
+/// client's copy is proposed and carried in it, so that every member applies the same
+/// copy, whatever its version; a shorter copy is answered as such (`copy_file_range`
+/// returns what it copied, and its callers ask again for the rest). Never 0 for a
+/// non-empty range: the row that bounds it starts past the range's start.
+pub(crate) fn copy_len(
+    extents: &impl ReadableTable<&'static [u8], &'static [u8]>,
     (src, src_offset): (InodeId, u64),
     (dst, dst_offset): (InodeId, u64),
     len: u64,
 ) -> Result<u64, NsError> {
     let mut len = len;
     for (ino, at) in [(src, src_offset), (dst, dst_offset)] {
-        // Rows starting in the stretch, leftovers of a cut too (dropped or read all
-        // the same). The one after the last taken starts past `at`: some is copied.
-        let rows = trim::extents_in(t, ino, (at, at.saturating_add(len)), COPY_ROWS + 1)?;
-        if let Some(next) = rows.get(COPY_ROWS) {
-            len = len.min(next.offset - at);
+        // Rows starting in the stretch, leftovers of a cut too (dropped or read all the
+        // same).
+        let lo = pair_key(ino.0, at);
+        let hi = pair_key(ino.0, at.saturating_add(len));
+        let mut range = extents
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(store_err)?;
+        if let Some(item) = range.nth(COPY_ROWS) {
+            let (k, _) = item.map_err(store_err)?;
+            let offset = u64::from_be_bytes(k.value()[8..16].try_into().expect("16-byte key"));
+            len = len.min(offset - at);
         }
     }
     Ok(len)
 }
 
+/// Copies `len` bytes from `(src, src_offset)` to `(dst, dst_offset)` by sharing extents
+/// (at most to the source's end); answers how many. A client's copy comes bounded in rows
+/// ([`copy_len`]); a replay copies what its origin did.
 pub(crate) fn copy_range(
     t: &mut WriteTables<'_>,
     ctx: &Ctx<'_>,
@@ -243,7 +255,6 @@ pub(crate) fn copy_range(
                 return Err(NsError::CrossVolume(format!("copy from {src} to {dst}")));
             }
             let len = len.min(source.attr.size.saturating_sub(src_offset));
-            let len = copy_bound(t, (src, src_offset), (dst, dst_offset), len)?;
             let src_end = src_offset + len;
             // What the source holds there (not what a cut of it left), read before the
             // destination changes (it may be the same file), moved to the destination's
