@@ -324,6 +324,7 @@ fn file_contents_truncate_sparse_append_and_random_writes() -> Result<()> {
                         ino: a.ino,
                         offset: 0,
                         len: u64::MAX,
+                        limit: None,
                     },
                     false,
                 )

@@ -484,6 +484,7 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
             ino: y_file,
             offset: 0,
             len: 100,
+            limit: None,
         },
         Query::Volume { name: "y".into() },
         Query::BlockRefs {

@@ -331,6 +331,7 @@ impl Region {
             ino: meridian_proto::InodeId(fs::metadata(path)?.ino()),
             offset: 0,
             len: u64::MAX / 2,
+            limit: None,
         };
         match rt.block_on(self.meta.client().query(&q, false))? {
             meridian_proto::ns::QueryReply::Extents(e) => Ok(e),

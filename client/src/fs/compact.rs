@@ -140,7 +140,9 @@ impl FileSystem {
         if end <= start {
             return Ok(false);
         }
-        let expected = self.committed_extents(ino, start, end - start).await?;
+        let expected = self
+            .committed_extents(ino, start, end - start, None)
+            .await?;
         // The runs of data in the range, each rewritten as one block: the holes between
         // them stay holes (no zeros are written, SEEK_HOLE still finds them).
         let mut runs: Vec<(u64, u64)> = Vec::new();

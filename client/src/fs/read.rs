@@ -285,6 +285,7 @@ impl FileSystem {
             ino,
             offset: e.offset,
             len: e.len,
+            limit: None,
         };
         self.query(asked).await.is_ok() && !crate::caps::get(&e.block, self.volume.id).is_empty()
     }

@@ -114,14 +114,22 @@ impl FileSystem {
         }
     }
 
-    /// Committed extents of `ino` overlapping `[offset, offset + len)`.
+    /// Committed extents of `ino` overlapping `[offset, offset + len)`: the first `limit`
+    /// (all: `None`).
     pub(super) async fn committed_extents(
         &self,
         ino: InodeId,
         offset: u64,
         len: u64,
+        limit: Option<u32>,
     ) -> Result<Vec<Extent>, Errno> {
-        match self.query(Query::Extents { ino, offset, len }).await? {
+        let asked = Query::Extents {
+            ino,
+            offset,
+            len,
+            limit,
+        };
+        match self.query(asked).await? {
             QueryReply::Extents(e) => Ok(e),
             _ => Err(libc_errno::EIO),
         }

@@ -107,23 +107,30 @@ impl FileSystem {
         if offset >= size {
             return Err(ENXIO);
         }
-        let extents = self.committed_extents(ino, offset, size - offset).await?;
         match whence {
-            Seek::Data => extents
+            // The first extent from `offset` on is all it takes.
+            Seek::Data => self
+                .committed_extents(ino, offset, size - offset, Some(1))
+                .await?
                 .iter()
                 .find(|e| e.end() > offset)
                 .map(|e| e.offset.max(offset))
                 .filter(|&at| at < size)
                 .ok_or(ENXIO),
+            // The extents from `offset` on, a page at a time (a file of a million
+            // extents does not fit one answer), until one leaves a gap.
             Seek::Hole => {
                 let mut at = offset;
-                for e in &extents {
-                    if e.offset > at {
-                        break;
+                loop {
+                    let page = self
+                        .committed_extents(ino, at, size - at, Some(SEEK_PAGE))
+                        .await?;
+                    match hole_from(at, &page, page.len() >= SEEK_PAGE as usize) {
+                        Walk::Hole(hole) => return Ok(hole.min(size)),
+                        Walk::On(next) if next < size => at = next,
+                        Walk::On(_) => return Ok(size),
                     }
-                    at = at.max(e.end());
                 }
-                Ok(at.min(size))
             }
         }
     }
@@ -166,3 +173,55 @@ impl FileSystem {
 
 /// No such device or address: lseek past the data.
 const ENXIO: Errno = 6;
+
+/// Most extents a SEEK_HOLE asks for at a time.
+const SEEK_PAGE: u32 = 16_384;
+
+/// Where a walk for a hole from `at` is after a page of the extents from `at` on.
+#[derive(Debug, PartialEq, Eq)]
+enum Walk {
+    /// The hole starts here.
+    Hole(u64),
+    /// The page held data up to here, and more may follow (it was `full`).
+    On(u64),
+}
+
+fn hole_from(mut at: u64, page: &[meridian_proto::ns::Extent], full: bool) -> Walk {
+    for e in page {
+        if e.offset > at {
+            return Walk::Hole(at);
+        }
+        at = at.max(e.end());
+    }
+    if full { Walk::On(at) } else { Walk::Hole(at) }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_proto::BlockId;
+    use meridian_proto::ns::Extent;
+
+    use super::{Walk, hole_from};
+
+    fn at(offset: u64, len: u64) -> Extent {
+        Extent {
+            offset,
+            len,
+            block: BlockId::of(b"b"),
+            block_offset: 0,
+            block_len: len as u32,
+        }
+    }
+
+    #[test]
+    fn a_hole_is_found_in_a_page_or_the_walk_goes_on_past_a_full_one() {
+        // A gap inside the page, one at its end, the page's first extent across `at`.
+        assert_eq!(hole_from(0, &[at(0, 10), at(20, 5)], true), Walk::Hole(10));
+        assert_eq!(hole_from(5, &[at(0, 10), at(10, 5)], false), Walk::Hole(15));
+        assert_eq!(hole_from(3, &[], false), Walk::Hole(3));
+        // A full page of data with no gap: the next starts where it ends.
+        assert_eq!(hole_from(0, &[at(0, 10), at(10, 5)], true), Walk::On(15));
+        // Data starting past `at`: `at` is in a hole.
+        assert_eq!(hole_from(2, &[at(4, 1)], true), Walk::Hole(2));
+    }
+}

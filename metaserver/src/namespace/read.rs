@@ -193,6 +193,18 @@ impl<'a> NsReader<'a> {
 
     /// Extents of `ino` overlapping `[offset, offset + len)`.
     pub fn extents(&self, ino: InodeId, offset: u64, len: u64) -> Result<Vec<Extent>, NsError> {
+        self.extents_page(ino, offset, len, usize::MAX)
+    }
+
+    /// The first `limit` extents of `ino` overlapping `[offset, offset + len)` (a file of
+    /// a million extents would not fit one answer).
+    pub fn extents_page(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+        limit: usize,
+    ) -> Result<Vec<Extent>, NsError> {
         let node = self.inode(ino)?;
         // A deleted snapshot's files wait for the steps that remove them (`tree_drop`),
         // a file's extents maybe over several: none is read meanwhile, whole or not.
@@ -203,8 +215,14 @@ impl<'a> NsReader<'a> {
         let t = self.tx.open_table(EXTENTS).map_err(store_err)?;
         // What a truncate or a punched hole cut off, and the steps have not dropped yet,
         // is nobody's.
-        let all = read_extents(&t, ino, offset, offset.saturating_add(len))?;
-        Ok(super::trim::live(&node, all))
+        let mut out = Vec::new();
+        each_extent(&t, ino, offset, offset.saturating_add(len), |e| {
+            if !node.cuts.iter().any(|c| c.holds(e.offset)) {
+                out.push(e);
+            }
+            out.len() < limit
+        })?;
+        Ok(out)
     }
 
     /// References to `block` from extents (0 if none).
@@ -352,8 +370,14 @@ impl<'a> NsReader<'a> {
                 };
                 QueryReply::View { attr, extents }
             }
-            Query::Extents { ino, offset, len } => {
-                QueryReply::Extents(self.extents(*ino, *offset, *len)?)
+            Query::Extents {
+                ino,
+                offset,
+                len,
+                limit,
+            } => {
+                let limit = limit.map_or(usize::MAX, |l| l.max(1) as usize);
+                QueryReply::Extents(self.extents_page(*ino, *offset, *len, limit)?)
             }
             Query::Volume { name } => QueryReply::Volume(self.volume(name)?),
             Query::Volumes => QueryReply::Volumes(self.volumes()?),

@@ -393,8 +393,24 @@ pub(crate) fn read_extents(
     end: u64,
 ) -> Result<Vec<Extent>, NsError> {
     let mut out = Vec::new();
+    each_extent(t, ino, start, end, |e| {
+        out.push(e);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Gives `f` the extents of `ino` overlapping `[start, end)` in offset order, for as long
+/// as it answers `true`.
+pub(crate) fn each_extent(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    ino: InodeId,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(Extent) -> bool,
+) -> Result<(), NsError> {
     if start >= end {
-        return Ok(out);
+        return Ok(());
     }
     // The extent starting at or before `start` may reach into the range.
     let lo = pair_key(ino.0, 0);
@@ -406,8 +422,8 @@ pub(crate) fn read_extents(
     {
         let (k, v) = item.map_err(store_err)?;
         let e = decode_extent(k.value(), v.value())?;
-        if e.end() > start {
-            out.push(e);
+        if e.end() > start && !f(e) {
+            return Ok(());
         }
     }
     let from = pair_key(ino.0, start.saturating_add(1));
@@ -415,8 +431,10 @@ pub(crate) fn read_extents(
     if start < u64::MAX {
         for item in t.range(from.as_slice()..to.as_slice()).map_err(store_err)? {
             let (k, v) = item.map_err(store_err)?;
-            out.push(decode_extent(k.value(), v.value())?);
+            if !f(decode_extent(k.value(), v.value())?) {
+                break;
+            }
         }
     }
-    Ok(out)
+    Ok(())
 }

@@ -500,6 +500,29 @@ fn a_copy_of_a_range_over_many_rows_comes_back_short_and_the_rest_follows() {
 }
 
 #[test]
+fn a_page_of_extents_counts_what_the_file_holds_not_its_leftovers() {
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "holed");
+    let n = INLINE * 2;
+    fragment(r, f, n);
+    // A hole over all but the first ten and the last ten extents, left to the steps.
+    punch(r, f, 10 * 4096, (n as u64 - 20) * 4096).unwrap();
+    assert_eq!(extents_of(r, f), n);
+    let page = |r: &Region, offset: u64, limit: usize| {
+        r.read(|x| x.extents_page(f, offset, u64::MAX / 2, limit))
+            .unwrap()
+    };
+    assert_eq!(page(r, 0, 5).len(), 5);
+    // Past the hole's leftovers, the page goes on with what follows it.
+    let twelve = page(r, 0, 12);
+    assert_eq!(twelve.len(), 12);
+    assert_eq!(twelve[10].offset, (n as u64 - 10) * 4096);
+    assert_eq!(page(r, 0, usize::MAX), file_extents(r, f).1);
+    assert_eq!(page(r, 0, usize::MAX).len(), 20);
+}
+
+#[test]
 fn a_copy_of_a_volume_takes_a_cut_files_live_extents_alone() {
     let mut rs = regions(1);
     let r = &mut rs[0];

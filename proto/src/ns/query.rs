@@ -82,6 +82,10 @@ pub enum Query {
         offset: u64,
         /// Range length.
         len: u64,
+        /// At most this many, the first from `offset` on (none: all; a server older than
+        /// this field returns all).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
     },
     /// A volume by name.
     Volume {
