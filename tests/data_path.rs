@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use common::{Region, msync, random_bytes, with_map};
+use common::{Region, msync, piece_byte, random_bytes, scattered, with_map};
 
 fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
     // SAFETY: a valid descriptor; the kernel checks the rest.
@@ -665,27 +665,6 @@ fn staged_blocks_are_encoded_and_put_by_their_writer() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Pieces of 512 bytes every 8 KiB in a new file `name` (holes between, so that no two
-/// make one extent, as a database or an image written at random has), each of one byte
-/// value (its number modulo 251, plus 1), made durable. Returns the file, open.
-fn scattered(dir: &Path, name: &str, pieces: u64) -> Result<File> {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(dir.join(name))?;
-    for i in 0..pieces {
-        f.write_all_at(&[piece_byte(i); 512], i * 8192)?;
-    }
-    f.sync_all()?;
-    Ok(f)
-}
-
-fn piece_byte(i: u64) -> u8 {
-    (i % 251 + 1) as u8
 }
 
 /// File `name` reads as `expected` through a mount that never saw it written, fsck is

@@ -369,23 +369,11 @@ fn a_file_deleted_in_one_region_has_its_blocks_collected_in_both() -> Result<()>
 /// in the end each holds only the extents the file keeps.
 #[test]
 fn a_truncate_of_many_extents_in_two_regions_is_dropped_in_steps_in_each() -> Result<()> {
-    use std::os::unix::fs::FileExt;
     let pair = Pair::start()?;
     pair.shared_volume("shared")?;
     let ma = pair.a.mount("shared", "mnt-a")?;
     let mb = pair.b.mount("shared", "mnt-b")?;
-    // Pieces of 512 bytes every 8 KiB: no two make one extent.
-    let byte = |i: u64| (i % 251 + 1) as u8;
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(ma.path.join("db"))?;
-    for i in 0..1_500u64 {
-        f.write_all_at(&[byte(i); 512], i * 8192)?;
-    }
-    f.sync_all()?;
+    let f = common::scattered(&ma.path, "db", 1_500)?;
     wait_same(&ma.path, &mb.path, Duration::from_secs(60))?;
     // Into the third piece: it keeps 100 bytes.
     let cut = 2 * 8192 + 100;
@@ -396,7 +384,7 @@ fn a_truncate_of_many_extents_in_two_regions_is_dropped_in_steps_in_each() -> Re
     for i in 0..3u64 {
         let at = (i * 8192) as usize;
         let len = if i == 2 { 100 } else { 512 };
-        expected[at..at + len].fill(byte(i));
+        expected[at..at + len].fill(common::piece_byte(i));
     }
     assert!(fs::read(ma.path.join("db"))? == expected);
     wait_same(&ma.path, &mb.path, Duration::from_secs(60))?;

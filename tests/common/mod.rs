@@ -222,3 +222,25 @@ pub fn fsck(meta: &str) -> Result<(serde_json::Value, bool)> {
     })?;
     Ok((report, out.status.success()))
 }
+
+/// Pieces of 512 bytes every 8 KiB in a new file `name` (holes between, so that no two
+/// make one extent, as a database or an image written at random has), each of one byte
+/// value (its number modulo 251, plus 1), made durable. Returns the file, open.
+pub fn scattered(dir: &Path, name: &str, pieces: u64) -> Result<fs::File> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.join(name))?;
+    for i in 0..pieces {
+        f.write_all_at(&[piece_byte(i); 512], i * 8192)?;
+    }
+    f.sync_all()?;
+    Ok(f)
+}
+
+pub fn piece_byte(i: u64) -> u8 {
+    (i % 251 + 1) as u8
+}

@@ -368,12 +368,12 @@ pub struct InodeRows {
 }
 
 /// The rows of `ino` for an image; a file's extents are its content alone: the leftovers
-/// in `cuts` (its cuts, or its tombstone's) stay here, and the image's inode holds no cut.
+/// in its cuts stay here, and the image's inode holds no cut (a tombstone's rows, with no
+/// inode, are taken through the tombstone's cuts by the caller).
 fn rows_of(
     t: &WriteTables<'_>,
     ino: InodeId,
     mut inode: Option<Inode>,
-    cuts: &[Cut],
 ) -> Result<InodeRows, NsError> {
     let (lo, hi) = (dirent_key(ino, b""), dirent_end(ino));
     let raw = |table: &redb::Table<'_, &'static [u8], &'static [u8]>| -> Result<_, NsError> {
@@ -388,14 +388,15 @@ fn rows_of(
         Ok(out)
     };
     let extents = read_extents(t.extents()?, ino, 0, u64::MAX)?;
-    if let Some(node) = &mut inode {
-        node.cuts.clear();
-    }
+    let cuts = inode
+        .as_mut()
+        .map(|n| std::mem::take(&mut n.cuts))
+        .unwrap_or_default();
     Ok(InodeRows {
         ino,
         dirents: raw(t.dirents()?)?,
         xattrs: raw(t.xattrs()?)?,
-        extents: super::trim::outside(cuts, extents),
+        extents: super::trim::outside(&cuts, extents),
         inode,
     })
 }
@@ -452,15 +453,14 @@ pub fn build_image(
             continue;
         }
         let node = super::tables::read_inode(t.inodes()?, dir)?;
-        let rows = rows_of(t, dir, node, &[])?;
+        let rows = rows_of(t, dir, node)?;
         for (k, v) in &rows.dirents {
             let e = super::tables::decode_dirent(k, v)?;
             if e.kind == FileKind::Dir {
                 dirs.push(e.ino);
             } else if seen.insert(e.ino) {
                 let node = super::tables::read_inode(t.inodes()?, e.ino)?;
-                let cuts = node.as_ref().map(|n| n.cuts.clone()).unwrap_or_default();
-                inodes.push(rows_of(t, e.ino, node, &cuts)?);
+                inodes.push(rows_of(t, e.ino, node)?);
             }
         }
         inodes.push(rows);
@@ -477,7 +477,8 @@ pub fn build_image(
     for mut tomb in tomb_list {
         let ino = tomb.inode.attr.ino;
         let cuts = std::mem::take(&mut tomb.inode.cuts);
-        let rows = rows_of(t, ino, None, &cuts)?;
+        let mut rows = rows_of(t, ino, None)?;
+        rows.extents = super::trim::outside(&cuts, rows.extents);
         tombs.push((tomb, rows));
     }
     let records = later

@@ -104,8 +104,6 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
     // Live inodes of this page, then the tombstones in the same number range.
     let mut owners: BTreeMap<u64, u32> = BTreeMap::new(); // inode -> volume
     let mut cuts: BTreeMap<u64, Vec<Cut>> = BTreeMap::new(); // file -> its cuts
-    let mut live: HashSet<u64> = HashSet::new();
-    let mut tombed: HashSet<u64> = HashSet::new();
     let mut end = u64::MAX;
     for item in inodes.range(from..).map_err(store_err)? {
         let (k, v) = item.map_err(store_err)?;
@@ -127,7 +125,6 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
             problem(format!("inode {}: the record says it is {ino}", k.value()));
         }
         owners.insert(ino.0, node.attr.volume);
-        live.insert(ino.0);
         match node.attr.kind {
             FileKind::Dir => {
                 let lo = dirent_key(ino, b"");
@@ -198,7 +195,6 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
                     problem(format!("inode {}: both live and a tombstone", k.value()));
                 }
                 // A file removed with cuts keeps them, and its mark, until its purge.
-                tombed.insert(k.value());
                 if !t.inode.cuts.is_empty() {
                     cuts.insert(k.value(), t.inode.cuts);
                 }
@@ -208,19 +204,13 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
     }
 
     // Files whose extents are dropped in steps (`trim.rs`), in the same range: a removed
-    // file's mark owns its extents; a live file's is for its cuts (or for none, when a
-    // write took the last away and the next step has not removed the mark yet).
+    // file's mark owns its extents; a live file's or a tombstone's is for its cuts (or for
+    // none, when a write took the last away and the next step has not removed the mark).
     if let Some(state) = super::merge::state_table(tx)? {
         for m in super::trim::pending(&state)? {
-            if !(from..end).contains(&m.ino.0)
-                || cuts.remove(&m.ino.0).is_some()
-                || live.contains(&m.ino.0)
-                || tombed.contains(&m.ino.0)
-            {
-                continue;
-            }
-            if owners.insert(m.ino.0, m.volume).is_some() {
-                problem(format!("inode {}: both live and removed", m.ino));
+            cuts.remove(&m.ino.0);
+            if (from..end).contains(&m.ino.0) {
+                owners.entry(m.ino.0).or_insert(m.volume);
             }
         }
     }

@@ -139,39 +139,31 @@ impl<'a> NsReader<'a> {
     /// (`ops::content::copy_len`), an xattr refused past the inode's room for names
     /// (`ops::xattrs::room_for`). Decided here, on what this member holds, and carried in
     /// the command, so that every member applies the same whatever its version.
-    pub fn bounded(&self, op: Op) -> Result<Op, NsError> {
-        match op {
+    pub fn bounded(&self, mut op: Op) -> Result<Op, NsError> {
+        match &mut op {
             Op::CopyRange {
                 src,
                 src_offset,
                 dst,
                 dst_offset,
                 len,
-                creds,
+                ..
             } => {
                 let extents = self.tx.open_table(EXTENTS).map_err(store_err)?;
-                let len = super::ops::content::copy_len(
+                *len = super::ops::content::copy_len(
                     &extents,
-                    (src, src_offset),
-                    (dst, dst_offset),
-                    len,
+                    (*src, *src_offset),
+                    (*dst, *dst_offset),
+                    *len,
                 )?;
-                Ok(Op::CopyRange {
-                    src,
-                    src_offset,
-                    dst,
-                    dst_offset,
-                    len,
-                    creds,
-                })
             }
-            Op::SetXattr { ino, ref name, .. } => {
+            Op::SetXattr { ino, name, .. } => {
                 let xattrs = self.tx.open_table(XATTRS).map_err(store_err)?;
-                super::ops::xattrs::room_for(&xattrs, ino, name)?;
-                Ok(op)
+                super::ops::xattrs::room_for(&xattrs, *ino, name)?;
             }
-            op => Ok(op),
+            _ => {}
         }
+        Ok(op)
     }
 
     /// The xattr names of `ino` (trusted.* only for root).
@@ -217,7 +209,7 @@ impl<'a> NsReader<'a> {
         // is nobody's.
         let mut out = Vec::new();
         each_extent(&t, ino, offset, offset.saturating_add(len), |e| {
-            if !node.cuts.iter().any(|c| c.holds(e.offset)) {
+            if !super::trim::is_leftover(&node.cuts, &e) {
                 out.push(e);
             }
             out.len() < limit

@@ -342,9 +342,14 @@ pub(crate) fn live(node: &Inode, extents: Vec<Extent>) -> Vec<Extent> {
 /// `extents` of a file without those that start in one of `cuts` (its leftovers).
 pub(crate) fn outside(cuts: &[Cut], mut extents: Vec<Extent>) -> Vec<Extent> {
     if !cuts.is_empty() {
-        extents.retain(|e| !cuts.iter().any(|c| c.holds(e.offset)));
+        extents.retain(|e| !is_leftover(cuts, e));
     }
     extents
+}
+
+/// Whether `e` starts in one of `cuts`: a leftover, not the file's content.
+pub(crate) fn is_leftover(cuts: &[Cut], e: &Extent) -> bool {
+    cuts.iter().any(|c| c.holds(e.offset))
 }
 
 /// `cuts` with `[from, to)` added, joined with those it meets.
