@@ -396,7 +396,7 @@ fn records_of_other_volumes_go_on_while_an_image_is_on_its_way() {
 
 #[test]
 fn an_image_whose_file_carries_a_cut_is_refused() {
-    // An image's files hold their content alone, no cut (`backfill::rows_of`): a file in
+    // An image's files hold their content alone, no cut (`image::rows_of`): a file in
     // an image with one pending is a hostile image's, and would hide the file's extents.
     let mut rs = three_with_volume_in_two();
     let root = rs[0].volume_root();

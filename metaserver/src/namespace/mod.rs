@@ -14,6 +14,7 @@ pub mod dir_times;
 pub(crate) mod fence;
 pub(crate) mod footprint;
 pub mod history;
+mod image;
 pub(crate) mod lazy_table;
 pub mod lease;
 pub mod leave;

@@ -1,0 +1,433 @@
+//! A volume's image for a region it is brought into (`backfill`): built from the serving
+//! region's state rewound to the image's point, cut into pieces of bounded size, and
+//! installed piece by piece in the receiving region.
+
+use std::collections::BTreeMap;
+
+use meridian_proto::{Hlc, InodeId, RegionId};
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use super::backfill::{Backfill, forget_inode, get, json_err, put, rebase_refs};
+use super::ctx::find_volume;
+use super::merge;
+use super::tables::{Tab, Tomb, WriteTables, dirent_end, dirent_key, read_extents, store_err};
+use super::types::*;
+
+/// A volume as it was at `point`, and the records from `point` on that the receiving
+/// region is never sent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VolumeImage {
+    /// Records of the volume before it are in the image.
+    pub point: Hlc,
+    /// The volume's row.
+    pub volume: Volume,
+    /// Its inodes, each with its rows.
+    pub inodes: Vec<InodeRows>,
+    /// Its removed inodes still kept (a late change may bring one back), with their rows.
+    pub tombs: Vec<(Tomb, InodeRows)>,
+    /// Records of the volume from `point` on that the receiving region is not sent.
+    pub records: Vec<Record>,
+}
+
+/// One inode and the rows keyed by it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InodeRows {
+    /// Its number.
+    pub ino: InodeId,
+    /// The inode (absent for a tombstone's rows).
+    pub inode: Option<Inode>,
+    /// A directory's entries: raw (key, value).
+    pub dirents: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Xattrs: raw (key, value).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A file's extents.
+    pub extents: Vec<Extent>,
+}
+
+/// The rows of `ino` for an image; a file's extents are its content alone: the leftovers
+/// in its cuts stay here, and the image's inode holds no cut (a tombstone's rows, with no
+/// inode, are taken through the tombstone's cuts by the caller).
+fn rows_of(
+    t: &WriteTables<'_>,
+    ino: InodeId,
+    mut inode: Option<Inode>,
+) -> Result<InodeRows, NsError> {
+    let (lo, hi) = (dirent_key(ino, b""), dirent_end(ino));
+    let raw = |table: &redb::Table<'_, &'static [u8], &'static [u8]>| -> Result<_, NsError> {
+        let mut out = Vec::new();
+        for item in table
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(store_err)?
+        {
+            let (k, v) = item.map_err(store_err)?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    };
+    let extents = read_extents(t.extents()?, ino, 0, u64::MAX)?;
+    let cuts = inode
+        .as_mut()
+        .map(|n| std::mem::take(&mut n.cuts))
+        .unwrap_or_default();
+    Ok(InodeRows {
+        ino,
+        dirents: raw(t.dirents()?)?,
+        xattrs: raw(t.xattrs()?)?,
+        extents: super::trim::outside(&cuts, extents),
+        inode,
+    })
+}
+
+/// Builds the image of `volume` for region `to`, from a transaction that is aborted
+/// afterwards: the merged log is rewound to the settled bound, which must have passed
+/// `since` (the change that added `to`). `None` while it has not.
+pub fn build_image(
+    t: &mut WriteTables<'_>,
+    volume: u32,
+    to: RegionId,
+    since: Hlc,
+) -> Result<Option<VolumeImage>, NsError> {
+    // The receiver holds nothing of the volume, so wrote nothing of it: it holds nothing
+    // back (its own marks wait for the image, and would wait for ever).
+    let Some(mut point) = merge::settled_bound_without(t.region_state.open()?, Some(to))? else {
+        return Ok(None);
+    };
+    if point <= since {
+        return Ok(None);
+    }
+    // Records of the volume that left the merged log on its own bound stay applied: the
+    // image is of a point after the last of them (every record of the volume older than
+    // that bound is here, so this point is as settled as the other).
+    if let Some(p) = super::settle::pruned(t.region_state.open()?, volume)? {
+        // The stamp right after it.
+        let next = match p.region.0.checked_add(1) {
+            Some(r) => Hlc {
+                region: RegionId(r),
+                ..p
+            },
+            None => Hlc {
+                wall_ms: p.wall_ms,
+                counter: p.counter.saturating_add(1),
+                region: RegionId(0),
+            },
+        };
+        point = point.max(next);
+    }
+    let later = merge::rewind(t, point)?;
+    let vol =
+        find_volume(t, volume)?.ok_or_else(|| NsError::NotFound(format!("volume {volume}")))?;
+    if !vol.policy.regions.contains(&to) {
+        return Err(NsError::Perm(format!(
+            "volume {:?} does not live in region {} (data residency)",
+            vol.name, to.0
+        )));
+    }
+    let mut inodes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut dirs = vec![vol.root];
+    while let Some(dir) = dirs.pop() {
+        if !seen.insert(dir) {
+            continue;
+        }
+        let node = super::tables::read_inode(t.inodes()?, dir)?;
+        let rows = rows_of(t, dir, node)?;
+        for (k, v) in &rows.dirents {
+            let e = super::tables::decode_dirent(k, v)?;
+            if e.kind == FileKind::Dir {
+                dirs.push(e.ino);
+            } else if seen.insert(e.ino) {
+                let node = super::tables::read_inode(t.inodes()?, e.ino)?;
+                inodes.push(rows_of(t, e.ino, node)?);
+            }
+        }
+        inodes.push(rows);
+    }
+    let mut tomb_list = Vec::new();
+    for item in t.tombs()?.iter().map_err(store_err)? {
+        let (_, v) = item.map_err(store_err)?;
+        let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
+        if tomb.inode.attr.volume == volume {
+            tomb_list.push(tomb);
+        }
+    }
+    let mut tombs = Vec::new();
+    for mut tomb in tomb_list {
+        let ino = tomb.inode.attr.ino;
+        let cuts = std::mem::take(&mut tomb.inode.cuts);
+        let mut rows = rows_of(t, ino, None)?;
+        rows.extents = super::trim::outside(&cuts, rows.extents);
+        tombs.push((tomb, rows));
+    }
+    let records = later
+        .into_iter()
+        .filter(|r| r.volume == volume && !r.allowed_in(to))
+        .collect();
+    Ok(Some(VolumeImage {
+        point,
+        volume: vol,
+        inodes,
+        tombs,
+        records,
+    }))
+}
+
+/// A bounded piece of an image, installed by one Raft entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePart {
+    /// The volume.
+    pub volume: u32,
+    /// The image's point.
+    pub point: Hlc,
+    /// Its place among the image's pieces, from 0.
+    pub index: u32,
+    /// JSON of `Vec<InodeRows>`.
+    pub inodes: Vec<u8>,
+    /// The last piece: JSON of `(Volume, Vec<(Tomb, InodeRows)>, Vec<Record>)`.
+    pub finish: Option<Vec<u8>>,
+}
+
+/// Most inodes in one piece.
+pub const PART_INODES: usize = 2000;
+/// About the most bytes of rows in one piece.
+const PART_BYTES: usize = 8 << 20;
+
+impl VolumeImage {
+    /// The image in pieces of at most [`PART_INODES`] inodes, the volume's row last.
+    pub fn parts(self) -> Result<Vec<ImagePart>, NsError> {
+        let mut out = Vec::new();
+        let (volume, point) = (self.volume.id, self.point);
+        let mut chunk: Vec<InodeRows> = Vec::new();
+        let mut bytes = 0;
+        let mut rest = self.inodes.into_iter().peekable();
+        while let Some(rows) = rest.next() {
+            bytes += 512 + (rows.dirents.len() + rows.xattrs.len()) * 64 + rows.extents.len() * 96;
+            chunk.push(rows);
+            if chunk.len() >= PART_INODES || bytes >= PART_BYTES || rest.peek().is_none() {
+                out.push(ImagePart {
+                    volume,
+                    point,
+                    index: out.len() as u32,
+                    inodes: serde_json::to_vec(&chunk).map_err(json_err)?,
+                    finish: None,
+                });
+                chunk.clear();
+                bytes = 0;
+            }
+        }
+        let finish =
+            serde_json::to_vec(&(self.volume, self.tombs, self.records)).map_err(json_err)?;
+        out.push(ImagePart {
+            volume,
+            point,
+            index: out.len() as u32,
+            inodes: b"[]".to_vec(),
+            finish: Some(finish),
+        });
+        Ok(out)
+    }
+}
+
+/// Installs one piece of the image of a volume this region is being brought into. A
+/// piece of another image than the one being installed (the serving region's leader
+/// changed and built a new one) starts over: what the earlier one installed goes first.
+/// Returns the records of the last piece, to merge (`apply` does).
+pub(crate) fn install(
+    t: &mut WriteTables<'_>,
+    part: &ImagePart,
+) -> Result<Option<Vec<Record>>, NsError> {
+    let Some(mut b) = get(t.region_state.open()?, part.volume)? else {
+        return Err(NsError::Invalid(format!(
+            "an image of volume {} that this region is not being brought into",
+            part.volume
+        )));
+    };
+    let same = b.point == Some(part.point);
+    if b.installed || (same && part.index < b.parts) {
+        // A piece proposed again (its first proposal's answer was lost): done already.
+        return Ok(None);
+    }
+    if part.index != if same { b.parts } else { 0 } {
+        return Err(NsError::Invalid(format!(
+            "piece {} of the image of volume {} out of order",
+            part.index, part.volume
+        )));
+    }
+    // Not a record: nothing of this is undone by a rewind. The records in the merged log
+    // that may still be undone get their block counts rebased below.
+    // Captured only to be put back if the piece does not fit: a refusal changes nothing.
+    let saved = t.undo.replace(Vec::new());
+    let result = install_rows(t, &mut b, part);
+    let images = t.undo.take().unwrap_or_default();
+    t.undo = saved;
+    let (added, records) = match result {
+        Err(e @ NsError::Store(_)) => return Err(e),
+        Err(e) => {
+            t.restore(&images)?;
+            return Err(e);
+        }
+        Ok(r) => r,
+    };
+    rebase_refs(t, &added)?;
+    put(t, &b)?;
+    Ok(records)
+}
+
+/// Block reference counts changed outside any record, by block.
+type RefDelta = BTreeMap<Vec<u8>, i64>;
+
+fn install_rows(
+    t: &mut WriteTables<'_>,
+    b: &mut Backfill,
+    part: &ImagePart,
+) -> Result<(RefDelta, Option<Vec<Record>>), NsError> {
+    let mut added: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+    if b.point != Some(part.point) {
+        if b.point.is_some() {
+            wipe(t, part.volume, &mut added)?;
+        }
+        b.point = Some(part.point);
+        b.inodes = 0;
+        b.parts = 0;
+    }
+    b.parts += 1;
+    let inodes: Vec<InodeRows> = serde_json::from_slice(&part.inodes).map_err(json_err)?;
+    for rows in &inodes {
+        if rows.inode.is_none() {
+            return Err(NsError::Invalid(format!(
+                "an image's inode {} comes without the inode",
+                rows.ino
+            )));
+        }
+        put_rows(t, rows, part.volume, &mut added)?;
+        b.inodes += 1;
+    }
+    let Some(finish) = &part.finish else {
+        return Ok((added, None));
+    };
+    let (vol, tombs, records): (Volume, Vec<(Tomb, InodeRows)>, Vec<Record>) =
+        serde_json::from_slice(finish).map_err(json_err)?;
+    if vol.id != part.volume {
+        return Err(NsError::Invalid(format!(
+            "an image of volume {} carries volume {}",
+            part.volume, vol.id
+        )));
+    }
+    for (tomb, rows) in &tombs {
+        if tomb.inode.attr.volume != part.volume || tomb.inode.attr.ino != rows.ino {
+            return Err(NsError::Invalid(
+                "an image's tombstone of another volume".into(),
+            ));
+        }
+        if !tomb.inode.cuts.is_empty() {
+            return Err(NsError::Invalid(format!(
+                "an image's tombstone of inode {} carries a cut pending",
+                rows.ino
+            )));
+        }
+        if super::tables::read_inode(t.inodes()?, rows.ino)?.is_some() {
+            return Err(NsError::Invalid(format!(
+                "an image's tombstone names inode {}, which lives here",
+                rows.ino
+            )));
+        }
+        t.put_tomb(tomb)?;
+        put_rows(t, rows, part.volume, &mut added)?;
+    }
+    if super::tables::read_volume(t.volumes()?, &vol.name)?.is_some() {
+        return Err(NsError::Exists(format!(
+            "a volume named {:?} exists here already",
+            vol.name
+        )));
+    }
+    t.put_volume(&vol)?;
+    b.installed = true;
+    Ok((added, Some(records)))
+}
+
+fn put_rows(
+    t: &mut WriteTables<'_>,
+    rows: &InodeRows,
+    volume: u32,
+    added: &mut BTreeMap<Vec<u8>, i64>,
+) -> Result<(), NsError> {
+    // Nothing of another volume is touched: an inode number taken here by another
+    // volume (live or removed) is refused.
+    let other = |v: u32| v != volume;
+    if super::tables::read_inode(t.inodes()?, rows.ino)?.is_some_and(|n| other(n.attr.volume))
+        || t.tomb(rows.ino)?
+            .is_some_and(|tb| other(tb.inode.attr.volume))
+    {
+        return Err(NsError::Invalid(format!(
+            "an image of volume {volume} names inode {}, which is another volume's here",
+            rows.ino
+        )));
+    }
+    if let Some(inode) = &rows.inode {
+        if inode.attr.volume != volume || inode.attr.ino != rows.ino {
+            return Err(NsError::Invalid(format!(
+                "an image of volume {volume} carries inode {} of volume {}",
+                inode.attr.ino, inode.attr.volume
+            )));
+        }
+        // An image's file holds its content alone (`rows_of`).
+        if !inode.cuts.is_empty() {
+            return Err(NsError::Invalid(format!(
+                "an image of volume {volume} carries inode {} with a cut pending",
+                inode.attr.ino
+            )));
+        }
+        t.put_inode(inode)?;
+    }
+    let of = rows.ino.0.to_be_bytes();
+    if rows
+        .dirents
+        .iter()
+        .chain(&rows.xattrs)
+        .any(|(k, _)| k.get(..8) != Some(of.as_slice()))
+    {
+        return Err(NsError::Invalid(format!(
+            "an image's rows of inode {} name another inode",
+            rows.ino
+        )));
+    }
+    for (k, v) in &rows.dirents {
+        super::tables::decode_dirent(k, v)?;
+        t.write(Tab::Dirents, k, Some(v))?;
+    }
+    for (k, v) in &rows.xattrs {
+        t.write(Tab::Xattrs, k, Some(v))?;
+    }
+    for e in &rows.extents {
+        t.insert_extent(rows.ino, e)?;
+        *added.entry(e.block.as_bytes().to_vec()).or_default() += 1;
+    }
+    Ok(())
+}
+
+/// Removes every row of `volume` that an earlier, unfinished install left.
+pub(super) fn wipe(
+    t: &mut WriteTables<'_>,
+    volume: u32,
+    added: &mut BTreeMap<Vec<u8>, i64>,
+) -> Result<(), NsError> {
+    let mut mine = Vec::new();
+    for item in t.inodes()?.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let inode: Inode = serde_json::from_slice(v.value()).map_err(json_err)?;
+        if inode.attr.volume == volume {
+            mine.push(InodeId(k.value()));
+        }
+    }
+    for item in t.tombs()?.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
+        let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
+        if tomb.inode.attr.volume == volume {
+            mine.push(InodeId(k.value()));
+        }
+    }
+    for ino in mine {
+        forget_inode(t, ino, added)?;
+    }
+    Ok(())
+}
