@@ -149,7 +149,7 @@ pub async fn run(
         regions: Default::default(),
         recalls: Default::default(),
         feed_load: Default::default(),
-        backfills: Default::default(),
+        backfills: crate::backfill::Backfills::new(config.data.join("scratch")),
         relayed: Default::default(),
         copy_pause: Duration::from_millis(config.copy_pause_ms),
         no_calls_stream: config.no_calls_stream,

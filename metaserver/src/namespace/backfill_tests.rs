@@ -52,15 +52,31 @@ fn image_to_add_third(rs: &mut [Region]) -> Vec<ImagePart> {
     image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition")
 }
 
-/// The image region 1 builds for region 3 now, from a transaction it never commits.
+/// The image region 1 builds for region 3 now, as a member builds it (in a scratch copy
+/// of the state, `crate::backfill::build`), checked against the image built in region 1's
+/// own write transaction, never committed.
 fn image_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<Vec<ImagePart>> {
     let tx = r1.db.begin_write().unwrap();
-    let image = {
+    let reference = {
         let mut t = WriteTables::open(&tx);
         backfill::build_image(&mut t, volume, RegionId(3), since).unwrap()
     };
     tx.abort().unwrap();
-    image.map(|i| i.parts().unwrap())
+    let scratch = tempfile::tempdir().unwrap();
+    let built = crate::backfill::build(&r1.db, scratch.path(), volume, RegionId(3), since).unwrap();
+    assert_eq!(
+        built,
+        reference
+            .as_ref()
+            .map(|i| (i.point, serde_json::to_vec(i).unwrap())),
+        "the image built in a scratch copy differs from the one built in place"
+    );
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).unwrap().count(),
+        0,
+        "the scratch database is removed"
+    );
+    reference.map(|i| i.parts().unwrap())
 }
 
 /// The rows of volume "main" in a region: (inodes, dirents, extents) as it holds them.
@@ -465,4 +481,110 @@ fn an_image_carries_a_cut_files_content_alone() {
     assert_eq!(file_extents(&rs[2], f), file_extents(&rs[0], f));
     assert_eq!(extents_of(&rs[2], f), 11);
     assert_consistent(&rs[2]);
+}
+
+#[test]
+fn an_image_is_built_while_the_state_is_held_by_its_writer() {
+    let mut rs = three_with_volume_in_two();
+    let root = rs[0].read(|r| r.volume("main")).unwrap().root;
+    let tag = |ino, value: &[u8]| Op::SetXattr {
+        ino,
+        name: b"user.tag".to_vec(),
+        value: value.to_vec(),
+        mode: XattrMode::Any,
+        creds: root_creds(),
+    };
+    let mut files = Vec::new();
+    for name in ["a", "b", "c"] {
+        let f = attr_of(rs[0].run(mknod(root, name, FileKind::File)));
+        let (w, _) = write_op(f.ino, 0, name.as_bytes());
+        rs[0].run(w).unwrap();
+        rs[0].run(tag(f.ino, name.as_bytes())).unwrap();
+        files.push(f.ino);
+    }
+    let d = attr_of(rs[1].run(mknod(root, "d", FileKind::Dir)));
+    rounds(&mut rs, 3);
+    let vol = rs[0].read(|r| r.volume("main")).unwrap();
+    rs[0]
+        .run(Op::SetVolumeRegions {
+            name: "main".into(),
+            regions: vec![RegionId(1), RegionId(2), RegionId(3)],
+        })
+        .unwrap();
+    rounds(&mut rs, 3);
+    promise_all(&mut rs);
+    rounds(&mut rs, 3);
+    // A tombstone kept past the image's point (as one whose extents go in steps is): c's,
+    // put back after the regions settled on its removal and purged it.
+    let c = rs[0].write(|t| super::tables::read_inode(t.inodes().unwrap(), files[2]).unwrap());
+    rs[0].run(unlink(root, "c")).unwrap();
+    rounds(&mut rs, 3);
+    promise_all(&mut rs);
+    rounds(&mut rs, 3);
+    let tomb = super::tables::Tomb {
+        inode: c.expect("c was there"),
+        dir: root,
+        name: b"c".to_vec(),
+        at: rs[0].head().unwrap(),
+    };
+    let row = serde_json::to_vec(&tomb).unwrap();
+    rs[0].write(|t| {
+        t.write(Tab::Tombs, &files[2].0.to_be_bytes(), Some(&row))
+            .unwrap()
+    });
+    let since = rs[2]
+        .write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap())
+        .expect("region 3 started its backfill")
+        .since;
+    // Changes after the image's point (not settled yet: region 3 has not seen them), which
+    // the image's rewind takes out: a file in d (d's times and link count), a retag, a
+    // removal, a write.
+    attr_of(rs[0].run(mknod(d.ino, "e", FileKind::File)));
+    rs[0].run(tag(files[0], b"later")).unwrap();
+    rs[0].run(unlink(root, "b")).unwrap();
+    let (w, _) = write_op(files[0], 1, b"later");
+    rs[0].run(w).unwrap();
+    // Region 1's state held by its writer, as an entry being applied holds it (redb has
+    // one): the image is built meanwhile, from what the last commit left.
+    let held = rs[0].db.begin_write().unwrap();
+    let (done, built) = std::sync::mpsc::channel();
+    let db = rs[0].db.clone();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().to_path_buf();
+    std::thread::spawn(move || {
+        let _ = done.send(crate::backfill::build(
+            &db,
+            &dir,
+            vol.id,
+            RegionId(3),
+            since,
+        ));
+    });
+    // A guard against a hang, not a measure: the old build waited for the writer for ever.
+    let built = built
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the image is built while the writer is held")
+        .unwrap()
+        .expect("settled past the addition");
+    held.abort().unwrap();
+    let parts = image_for_3(&rs[0], vol.id, since).expect("settled past the addition");
+    let image: backfill::VolumeImage = serde_json::from_slice(&built.1).unwrap();
+    let names = |rows: &backfill::InodeRows| rows.dirents.len();
+    assert_eq!(
+        image.inodes.iter().map(names).sum::<usize>(),
+        3,
+        "a, b and d: the image is of its point, before e and b's removal"
+    );
+    let tags: Vec<&[u8]> = image
+        .inodes
+        .iter()
+        .flat_map(|r| r.xattrs.iter().map(|(_, v)| v.as_slice()))
+        .collect();
+    assert_eq!(tags.len(), 2, "a's and b's tags are in the image");
+    assert_eq!(image.tombs.len(), 1, "c's tombstone is in the image");
+    assert!(
+        tags.contains(&b"a".as_slice()),
+        "a's tag as it was: {tags:?}"
+    );
+    assert_eq!(image.parts().unwrap(), parts);
 }

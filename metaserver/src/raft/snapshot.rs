@@ -9,7 +9,8 @@
 use std::io::{self, Read, Write};
 
 use redb::{
-    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    WriteTransaction,
 };
 
 use super::io_err;
@@ -120,6 +121,46 @@ pub fn dump(tx: &ReadTransaction, out: &mut impl Write) -> io::Result<()> {
         }
     }
     out.flush()
+}
+
+/// Copies the tables of the state that `keep` names (by table name) as `from` sees them
+/// into `to`, replacing what `to` held of them, then rebuilds the derived tables (the
+/// tombstones by age, the footprints of the merged log) as a load does. A scratch copy to
+/// work on without holding the state's only write transaction (see `backfill::build`).
+pub fn copy(
+    from: &ReadTransaction,
+    to: &WriteTransaction,
+    keep: impl Fn(&str) -> bool,
+) -> io::Result<()> {
+    macro_rules! copy {
+        ($def:expr) => {{
+            if keep($def.name()) {
+                let mut dst = to.open_table($def).map_err(io_err)?;
+                dst.retain(|_, _| false).map_err(io_err)?;
+                match from.open_table($def) {
+                    Ok(src) => {
+                        for item in src.iter().map_err(io_err)? {
+                            let (k, v) = item.map_err(io_err)?;
+                            dst.insert(k.value(), v.value()).map_err(io_err)?;
+                        }
+                    }
+                    Err(e) => missing_ok(e)?,
+                }
+            }
+        }};
+    }
+    for table in tables() {
+        match table {
+            Table::BytesUnit(d) => copy!(d),
+            Table::U64Bytes(d) => copy!(d),
+            Table::StrBytes(d) => copy!(d),
+            Table::BytesBytes(d) => copy!(d),
+            Table::BytesU64(d) => copy!(d),
+            Table::StrU64(d) => copy!(d),
+        }
+    }
+    ns::index_tombs(to, true).map_err(io_err)?;
+    crate::namespace::footprint::index_footprints(to, true).map_err(io_err)
 }
 
 /// Reads a snapshot's fields from a stream.
@@ -255,6 +296,38 @@ mod tests {
         let mut out = Vec::new();
         dump(&db.begin_read().unwrap(), &mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn a_copy_takes_the_tables_named_replacing_them_and_leaves_the_others() {
+        let (_d, db) = db_with_rows();
+        let dir = tempfile::tempdir().unwrap();
+        let target = Database::create(dir.path().join("t.redb")).unwrap();
+        let tx = target.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(ns::INODES).unwrap();
+            t.insert(1000, b"only in the target".as_slice()).unwrap();
+            tx.open_table(ns::COUNTERS)
+                .unwrap()
+                .insert("mine", 1)
+                .unwrap();
+        }
+        copy(&db.begin_read().unwrap(), &tx, |name| name == "inodes").unwrap();
+        tx.commit().unwrap();
+        let read = target.begin_read().unwrap();
+        let inodes = read.open_table(ns::INODES).unwrap();
+        assert_eq!(inodes.len().unwrap(), 50);
+        assert!(inodes.get(1000).unwrap().is_none(), "replaced");
+        assert_eq!(
+            inodes.get(7).unwrap().unwrap().value(),
+            vec![7u8; 7].as_slice()
+        );
+        let counters = read.open_table(ns::COUNTERS).unwrap();
+        assert_eq!(counters.get("mine").unwrap().unwrap().value(), 1);
+        assert!(
+            counters.get("next").unwrap().is_none(),
+            "not named: not copied"
+        );
     }
 
     #[test]
