@@ -10,7 +10,7 @@ round) in region 1's default volume while `meridian admin volume-add-region big 
 --follow` brings the volume into region 2 (started 1 s into the creates). Region 1's
 leader builds the image then (`metaserver/src/backfill.rs`). Prints the add's own time,
 the creates' rate, the slowest creates (when, how long), and the image's size and build
-time from the leader's log. Run it on a fresh rig per build, alternated
+time from the leader's log, and every metaserver's peak resident memory. Run it on a fresh rig per build, alternated
 (docs/PERFORMANCE.md, fifty-second round).
 """
 
@@ -122,9 +122,18 @@ def main():
         print("slowest creates (at s, ms):",
               ", ".join(f"{at:.2f}:{ms:.1f}" for at, ms in
                         sorted(lat, key=lambda x: -x[1])[:5]))
-        for path in sorted(glob.glob(os.path.join(data, "region-1", "meta-*.log"))):
+        text = open(os.path.join(top, "dev.log")).read()
+        for region, role, num, pid in re.findall(r"^(\d)\s+(meta)\s+(\d)\s+\S+\s+(\d+)", text,
+                                                re.M):
+            try:
+                status = open(f"/proc/{pid}/status").read()
+                peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) // 1024
+                print(f"region {region} meta {num}: peak RSS {peak} MiB")
+            except (OSError, AttributeError):
+                pass
+        for path in sorted(glob.glob(os.path.join(data, "region-*", "meta-*.log"))):
             for line in open(path, errors="replace"):
-                if "built a volume image" in line:
+                if "built a volume image" in line or "received a volume image" in line:
                     print(os.path.basename(path), line.strip()[-200:])
     finally:
         if mount is not None:

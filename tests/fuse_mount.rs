@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use common::{Region, random_bytes, wait_for};
+use common::{Region, random_bytes, wait_for, xattr_get, xattr_set};
 use meridian_proto::ns::{Creds, Query, QueryReply};
 
 fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
@@ -35,43 +35,6 @@ fn hash_file(path: &Path) -> Result<blake3::Hash> {
         }
         h.update(&buf[..n]);
     }
-}
-
-fn xattr_set(path: &Path, name: &str, value: &[u8], flags: i32) -> std::io::Result<()> {
-    let (p, n) = (
-        CString::new(path.as_os_str().as_encoded_bytes()).unwrap(),
-        CString::new(name).unwrap(),
-    );
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let rc = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn xattr_get(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let (p, n) = (
-        CString::new(path.as_os_str().as_encoded_bytes()).unwrap(),
-        CString::new(name).unwrap(),
-    );
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: as above; the kernel writes at most buf.len() bytes.
-    let rc = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(rc as usize);
-    Ok(buf)
 }
 
 #[test]

@@ -42,6 +42,15 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
     for i in 0..40 {
         fs::write(m2.path.join(format!("docs/f{i}")), format!("file {i}"))?;
     }
+    // Files with large tags: the volume's image spans several of the 4 MiB pieces it is
+    // fetched in (its JSON spells a byte in up to four characters).
+    fs::create_dir_all(m1.path.join("tagged"))?;
+    let tag = |i: u8| vec![b'a' + i % 26; 8 << 10];
+    for i in 0..200u8 {
+        let f = m1.path.join(format!("tagged/t{i}"));
+        fs::write(&f, [i])?;
+        common::xattr_set(&f, "user.tag", &tag(i), 0)?;
+    }
     wait_same(&m1.path, &m2.path, "regions 1 and 2 to agree")?;
     assert!(
         !r3.admin(&["volumes"])?.contains("grow"),
@@ -71,6 +80,9 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
         status.contains("grow") && status.contains("done"),
         "{status}"
     );
+    // The image was received on disk, and its file is gone once installed.
+    let scratch = common::files_ending(r3.meta.dir.path(), ".scratch");
+    assert!(scratch.is_empty(), "{scratch:?}");
     // The blocks came with it, before anything read them there.
     let hex = BlockId::of(&big).to_hex();
     let held = r3
@@ -94,6 +106,10 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
     );
     assert!(!tree.contains_key("gone"), "{tree:#?}");
     assert_eq!(fs::read(m3.path.join("big"))?, big);
+    for i in [0u8, 77, 199] {
+        let f = m3.path.join(format!("tagged/t{i}"));
+        assert_eq!(common::xattr_get(&f, "user.tag")?, tag(i), "t{i}'s tag");
+    }
     fs::write(m3.path.join("from-3"), b"written in region 3")?;
     fs::write(m1.path.join("after"), b"written in region 1 after the join")?;
     wait_same(&m1.path, &m3.path, "region 3's write everywhere")?;

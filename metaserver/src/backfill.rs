@@ -12,19 +12,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meridian_proto::pb::meta::{Backfill as BackfillRow, VolumeImageRequest, VolumeImageResponse};
-use meridian_proto::{Hlc, RegionId};
+use meridian_proto::pb::meta::{Backfill as BackfillRow, VolumeImageRequest};
 use redb::ReadableDatabase;
-use tonic::{Code, Status};
+use tonic::Code;
 use tracing::{info, warn};
 
-use crate::error::{MetaError, store};
-use crate::namespace::NsError;
-use crate::namespace::WriteTables;
 use crate::namespace::backfill::{self, Backfill, VolumeImage};
 use crate::namespace::merge;
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
+
+pub(crate) mod serve;
+
+use serve::{ScratchFile, Served};
+pub use serve::{clear_scratch, serve_image};
 
 /// Most image bytes in one answer.
 const PIECE: usize = 4 << 20;
@@ -32,27 +33,25 @@ const PIECE: usize = 4 << 20;
 /// Images served and received by this member.
 #[derive(Default)]
 pub struct Backfills {
-    /// Served: (region, volume) -> (point, the image as JSON).
+    /// Served: (region, volume) -> (point, the image as JSON in a file).
     images: Mutex<HashMap<(u16, u32), Served>>,
     /// Received, by volume.
     progress: Mutex<HashMap<u32, Progress>>,
     /// Which of the serving region's members to ask (the next one after an error).
     next_addr: std::sync::atomic::AtomicUsize,
-    /// Where images are built (see [`build`]).
+    /// Where images are built, served from and received into (see [`build`]).
     scratch: std::path::PathBuf,
 }
 
-/// An image built for a region: its point, its JSON, and when it was built.
-type Served = (Hlc, Arc<Vec<u8>>, std::time::Instant);
-
-/// How long a served image is kept for the region fetching it.
-const KEEP_IMAGE: Duration = Duration::from_secs(600);
-
+/// An image being received.
 #[derive(Default, Clone)]
 struct Progress {
     state: &'static str,
     point: Vec<u8>,
-    data: Vec<u8>,
+    /// The image's bytes received so far, in `file`.
+    received: u64,
+    /// Where they are (removed with the last clone of the progress).
+    file: Option<Arc<ScratchFile>>,
     total: u64,
     error: String,
     blocks_total: u64,
@@ -64,7 +63,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Backfills {
-    /// A member's backfills, building images in `scratch` (a folder of its own, whose
+    /// A member's backfills, with images in `scratch` (a folder of its own, whose
     /// leftovers from an earlier run are removed now).
     pub fn new(scratch: std::path::PathBuf) -> Self {
         clear_scratch(&scratch);
@@ -108,7 +107,7 @@ impl Backfills {
                     } else {
                         p.state.into()
                     },
-                    bytes_received: p.data.len() as u64,
+                    bytes_received: p.received,
                     bytes_total: p.total,
                     inodes_installed: b.inodes,
                     error: if b.installed && b.blocks {
@@ -122,174 +121,6 @@ impl Backfills {
                 }
             })
             .collect()
-    }
-}
-
-/// Answers a region being brought into a volume: a piece of the volume's image.
-pub async fn serve_image(
-    node: &MetaNode,
-    req: VolumeImageRequest,
-) -> Result<VolumeImageResponse, Status> {
-    let to = u16::try_from(req.region)
-        .map(RegionId)
-        .map_err(|_| Status::invalid_argument(format!("region {} out of range", req.region)))?;
-    if !node.peers.iter().any(|p| p.region == to.0) || to == node.shared.region {
-        return Err(Status::permission_denied(format!(
-            "region {} is not a peer of region {}",
-            to.0, node.shared.region.0
-        )));
-    }
-    let since = Hlc::from_key(&req.since)
-        .ok_or_else(|| Status::invalid_argument("the change's stamp is not a stamp"))?;
-    let key = (to.0, req.volume);
-    let cached = lock(&node.backfills.images).get(&key).cloned();
-    let (point, image) = match cached {
-        Some((p, image, _)) if !req.point.is_empty() && req.point == p.to_key().as_slice() => {
-            (p, image)
-        }
-        _ if !req.point.is_empty() => {
-            return Err(Status::aborted(
-                "the image being fetched is gone (a leader changed): start over",
-            ));
-        }
-        _ => {
-            let db = node.db.clone();
-            let scratch = node.backfills.scratch.clone();
-            let started = std::time::Instant::now();
-            let built =
-                tokio::task::spawn_blocking(move || build(&db, &scratch, req.volume, to, since))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
-            let built = match built {
-                // The volume is gone, or no longer lives there: the image will never come.
-                Err(MetaError::Ns(e @ (NsError::NotFound(_) | NsError::Perm(_)))) => {
-                    return Err(Status::not_found(format!(
-                        "no image of volume {} for region {}: {e}",
-                        req.volume, to.0
-                    )));
-                }
-                other => other?,
-            };
-            let Some((point, image)) = built else {
-                return Err(Status::unavailable(format!(
-                    "region {} has not settled past the change that added region {} yet",
-                    node.shared.region.0, to.0
-                )));
-            };
-            let image = Arc::new(image);
-            let mut images = lock(&node.backfills.images);
-            images.retain(|_, (_, _, at)| at.elapsed() < KEEP_IMAGE);
-            images.insert(key, (point, image.clone(), std::time::Instant::now()));
-            drop(images);
-            info!(
-                volume = req.volume,
-                region = to.0,
-                bytes = image.len(),
-                %point,
-                ms = started.elapsed().as_millis() as u64,
-                "built a volume image"
-            );
-            (point, image)
-        }
-    };
-    let from = (req.offset as usize).min(image.len());
-    let to_byte = (from + PIECE).min(image.len());
-    Ok(VolumeImageResponse {
-        point: point.to_key().to_vec().into(),
-        total: image.len() as u64,
-        data: image[from..to_byte].to_vec().into(),
-    })
-}
-
-/// The tables an image is built from (the namespace, the merged log, the region's state
-/// and the directories' time registers, which a rewind reads); the rest of the state
-/// (change log, requests, leases, block references, ...) is not copied.
-const IMAGE_TABLES: &[&str] = &[
-    "inodes",
-    "dirents",
-    "extents",
-    "xattrs",
-    "volumes",
-    "tombs",
-    "region_state",
-    "oplog",
-    "undo",
-    "dir_times",
-];
-
-/// The image, built in a scratch database under `scratch` (a folder) from a read
-/// transaction of `db`: its tables are copied there, and the merged log is rewound to the
-/// image's point in a transaction of the scratch database that is never committed.
-///
-/// Built in `db` itself, the rewind held its only write transaction (redb has one writer)
-/// for the whole build: the region applied nothing meanwhile, about 0.5-1 s per 100,000
-/// files. A read transaction holds nobody up; the state it sees is the one the write
-/// transaction would have started from.
-pub(crate) fn build(
-    db: &redb::Database,
-    scratch: &std::path::Path,
-    volume: u32,
-    to: RegionId,
-    since: Hlc,
-) -> Result<Option<(Hlc, Vec<u8>)>, MetaError> {
-    let snap = db.begin_read().map_err(store)?;
-    let file = Scratch::new(scratch)?;
-    let work = redb::Database::builder().create(&file.0).map_err(store)?;
-    let tx = work.begin_write().map_err(store)?;
-    crate::raft::snapshot::copy(&snap, &tx, |name| IMAGE_TABLES.contains(&name))
-        .map_err(|e| MetaError::Store(format!("copying the state for an image: {e}")))?;
-    drop(snap);
-    let image = {
-        let mut t = WriteTables::open(&tx);
-        backfill::build_image(&mut t, volume, to, since)?
-    };
-    tx.abort().map_err(store)?;
-    Ok(match image {
-        Some(img) => Some((
-            img.point,
-            serde_json::to_vec(&img).map_err(|e| MetaError::Store(e.to_string()))?,
-        )),
-        None => None,
-    })
-}
-
-/// A scratch database's file, removed when dropped (and, left by a member that stopped
-/// mid-build, when the member starts: [`clear_scratch`]).
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(dir: &std::path::Path) -> Result<Self, MetaError> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        std::fs::create_dir_all(dir)
-            .map_err(|e| MetaError::Io(format!("cannot create {}: {e}", dir.display())))?;
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Scratch(
-            dir.join(format!("image.{}.{n}.redb", std::process::id())),
-        ))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.0)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(file = %self.0.display(), error = %e, "removing an image's scratch database");
-        }
-    }
-}
-
-/// Removes the scratch databases a member left when it stopped while building an image.
-pub fn clear_scratch(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("image.") && name.ends_with(".redb") {
-            let _ = std::fs::remove_file(e.path());
-        }
     }
 }
 
@@ -471,14 +302,18 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             )
         })?;
     use std::sync::atomic::Ordering::Relaxed;
+    let started = std::time::Instant::now();
     loop {
         let (point, offset) = {
             let progress = lock(&node.backfills.progress);
-            let p = progress.get(&b.volume).cloned().unwrap_or_default();
-            if !p.point.is_empty() && p.total > 0 && p.data.len() as u64 >= p.total {
+            let (point, received, total) = progress
+                .get(&b.volume)
+                .map(|p| (p.point.clone(), p.received, p.total))
+                .unwrap_or_default();
+            if !point.is_empty() && total > 0 && received >= total {
                 break;
             }
-            (p.point.clone(), p.data.len() as u64)
+            (point, received)
         };
         let target = &peer.meta[node.backfills.next_addr.load(Relaxed) % peer.meta.len()];
         let ch = node.pool.get(target).map_err(|e| {
@@ -517,30 +352,75 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
                 return Err(format!("region {}: {}", b.from.0, s.message()));
             }
         };
+        if reply.data.is_empty() && offset < reply.total {
+            return Err("the serving region sent an empty piece".into());
+        }
+        let file = {
+            let mut progress = lock(&node.backfills.progress);
+            let p = progress.entry(b.volume).or_default();
+            match &p.file {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(
+                        ScratchFile::new(&node.backfills.scratch, "image-received")
+                            .map_err(|e| e.to_string())?,
+                    );
+                    p.file = Some(f.clone());
+                    f
+                }
+            }
+        };
+        // Kept on disk, not in memory: an image of a million files is hundreds of MiB.
+        let data = reply.data;
+        let written = tokio::task::spawn_blocking(move || {
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&file.0)?;
+            std::os::unix::fs::FileExt::write_all_at(&out, &data, offset)?;
+            Ok::<_, std::io::Error>(data.len() as u64)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("keeping the image received: {e}"))?;
         let mut progress = lock(&node.backfills.progress);
         let p = progress.entry(b.volume).or_default();
+        if p.received != offset {
+            continue; // started over meanwhile
+        }
         if p.point.is_empty() {
             p.point = reply.point.to_vec();
         }
-        if reply.data.is_empty() && (p.data.len() as u64) < reply.total {
-            return Err("the serving region sent an empty piece".into());
-        }
         p.state = "receiving";
         p.total = reply.total;
-        p.data.extend_from_slice(&reply.data);
+        p.received += written;
         p.error.clear();
     }
-    let data = {
+    let file = {
         let mut progress = lock(&node.backfills.progress);
         let p = progress.entry(b.volume).or_default();
         p.state = "installing";
-        p.data.clone()
+        info!(
+            volume = b.volume,
+            bytes = p.received,
+            ms = started.elapsed().as_millis() as u64,
+            "received a volume image"
+        );
+        p.file.clone().ok_or("an image received into no file")?
     };
-    let image: VolumeImage = match serde_json::from_slice(&data) {
+    let read = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&file.0).map_err(|e| e.to_string())?;
+        serde_json::from_reader::<_, VolumeImage>(std::io::BufReader::with_capacity(1 << 20, f))
+            .map_err(|e| format!("a damaged image: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let image = match read {
         Ok(i) => i,
         Err(e) => {
             lock(&node.backfills.progress).insert(b.volume, Progress::default());
-            return Err(format!("a damaged image: {e}"));
+            return Err(e);
         }
     };
     if image.volume.id != b.volume {
@@ -567,6 +447,10 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             _ => return Err("unexpected answer to an install".into()),
         }
     }
+    // The image's file goes (the progress keeps its counts for `admin regions`).
+    if let Some(p) = lock(&node.backfills.progress).get_mut(&b.volume) {
+        p.file = None;
+    }
     info!(volume = b.volume, %name, inodes, from = b.from.0, "volume's namespace brought into this region");
     Ok(())
 }
@@ -576,22 +460,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_members_start_clears_the_scratch_databases_it_left() {
+    fn a_members_start_clears_the_scratch_files_it_left() {
         let dir = tempfile::tempdir().unwrap();
         let scratch = dir.path().join("scratch");
         std::fs::create_dir_all(&scratch).unwrap();
-        std::fs::write(scratch.join("image.41.0.redb"), b"left by a stopped build").unwrap();
+        let left = ScratchFile::new(&scratch, "image-served").unwrap();
+        std::fs::write(&left.0, b"left by a member that stopped").unwrap();
+        std::mem::forget(left);
         std::fs::write(scratch.join("notes.txt"), b"not ours").unwrap();
         let b = Backfills::new(scratch.clone());
-        let left: Vec<_> = std::fs::read_dir(&scratch)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(left, ["notes.txt"]);
-        // A build's own file goes when it is done with, the folder stays.
-        let file = Scratch::new(&b.scratch).unwrap();
+        let names = || -> Vec<String> {
+            std::fs::read_dir(&scratch)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(names(), ["notes.txt"]);
+        // A file goes when it is done with, the folder stays.
+        let file = ScratchFile::new(&b.scratch, "image-state").unwrap();
         std::fs::write(&file.0, b"a build").unwrap();
+        assert_eq!(names().len(), 2);
         drop(file);
-        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 1);
+        assert_eq!(names(), ["notes.txt"]);
     }
 }

@@ -244,3 +244,59 @@ pub fn scattered(dir: &Path, name: &str, pieces: u64) -> Result<fs::File> {
 pub fn piece_byte(i: u64) -> u8 {
     (i % 251 + 1) as u8
 }
+
+/// `setxattr(2)` on `path`.
+pub fn xattr_set(path: &Path, name: &str, value: &[u8], flags: i32) -> std::io::Result<()> {
+    let (p, n) = (
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap(),
+        std::ffi::CString::new(name).unwrap(),
+    );
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `getxattr(2)` on `path` (a value of at most 64 KiB, the most Linux allows).
+pub fn xattr_get(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let (p, n) = (
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap(),
+        std::ffi::CString::new(name).unwrap(),
+    );
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: as above; the kernel writes at most buf.len() bytes.
+    let rc = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+/// Every file under `dir` (at any depth) whose name ends with `end`.
+pub fn files_ending(dir: &Path, end: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(path);
+            } else if e.file_name().to_string_lossy().ends_with(end) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

@@ -53,7 +53,7 @@ fn image_to_add_third(rs: &mut [Region]) -> Vec<ImagePart> {
 }
 
 /// The image region 1 builds for region 3 now, as a member builds it (in a scratch copy
-/// of the state, `crate::backfill::build`), checked against the image built in region 1's
+/// of the state, `crate::backfill::serve::build`), checked against the image built in region 1's
 /// own write transaction, never committed.
 fn image_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<Vec<ImagePart>> {
     let tx = r1.db.begin_write().unwrap();
@@ -63,7 +63,17 @@ fn image_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<Vec<ImagePart>> {
     };
     tx.abort().unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let built = crate::backfill::build(&r1.db, scratch.path(), volume, RegionId(3), since).unwrap();
+    let built =
+        crate::backfill::serve::build(&r1.db, scratch.path(), volume, RegionId(3), since).unwrap();
+    let files = || std::fs::read_dir(scratch.path()).unwrap().count();
+    let built = built.map(|(point, image)| {
+        assert_eq!(
+            files(),
+            1,
+            "the image's file alone: the scratch database is gone"
+        );
+        (point, std::fs::read(&image.file.0).unwrap())
+    });
     assert_eq!(
         built,
         reference
@@ -71,11 +81,7 @@ fn image_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<Vec<ImagePart>> {
             .map(|i| (i.point, serde_json::to_vec(i).unwrap())),
         "the image built in a scratch copy differs from the one built in place"
     );
-    assert_eq!(
-        std::fs::read_dir(scratch.path()).unwrap().count(),
-        0,
-        "the scratch database is removed"
-    );
+    assert_eq!(files(), 0, "the image's file goes with it");
     reference.map(|i| i.parts().unwrap())
 }
 
@@ -552,7 +558,7 @@ fn an_image_is_built_while_the_state_is_held_by_its_writer() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().to_path_buf();
     std::thread::spawn(move || {
-        let _ = done.send(crate::backfill::build(
+        let _ = done.send(crate::backfill::serve::build(
             &db,
             &dir,
             vol.id,
@@ -568,7 +574,8 @@ fn an_image_is_built_while_the_state_is_held_by_its_writer() {
         .expect("settled past the addition");
     held.abort().unwrap();
     let parts = image_for_3(&rs[0], vol.id, since).expect("settled past the addition");
-    let image: backfill::VolumeImage = serde_json::from_slice(&built.1).unwrap();
+    let image: backfill::VolumeImage =
+        serde_json::from_slice(&std::fs::read(&built.1.file.0).unwrap()).unwrap();
     let names = |rows: &backfill::InodeRows| rows.dirents.len();
     assert_eq!(
         image.inodes.iter().map(names).sum::<usize>(),

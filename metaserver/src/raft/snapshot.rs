@@ -126,7 +126,7 @@ pub fn dump(tx: &ReadTransaction, out: &mut impl Write) -> io::Result<()> {
 /// Copies the tables of the state that `keep` names (by table name) as `from` sees them
 /// into `to`, replacing what `to` held of them, then rebuilds the derived tables (the
 /// tombstones by age, the footprints of the merged log) as a load does. A scratch copy to
-/// work on without holding the state's only write transaction (see `backfill::build`).
+/// work on without holding the state's only write transaction (see `backfill::serve::build`).
 pub fn copy(
     from: &ReadTransaction,
     to: &WriteTransaction,
