@@ -31,15 +31,16 @@ pub use serve::{clear_scratch, serve_image};
 const PIECE: usize = 4 << 20;
 
 /// Images served and received by this member.
-#[derive(Default)]
 pub struct Backfills {
     /// Served: (region, volume) -> (point, the image as JSON in a file).
-    images: Mutex<HashMap<(u16, u32), Served>>,
+    images: Arc<Mutex<HashMap<(u16, u32), Served>>>,
+    /// The images being built, by (region, volume): one at a time each.
+    building: Arc<Mutex<std::collections::HashSet<(u16, u32)>>>,
     /// Received, by volume.
     progress: Mutex<HashMap<u32, Progress>>,
     /// Which of the serving region's members to ask (the next one after an error).
     next_addr: std::sync::atomic::AtomicUsize,
-    /// Where images are built, served from and received into (see [`build`]).
+    /// Where images are built, served from and received into (see [`serve::build`]).
     scratch: std::path::PathBuf,
 }
 
@@ -68,9 +69,36 @@ impl Backfills {
     pub fn new(scratch: std::path::PathBuf) -> Self {
         clear_scratch(&scratch);
         Backfills {
+            images: Default::default(),
+            building: Default::default(),
+            progress: Default::default(),
+            next_addr: Default::default(),
             scratch,
-            ..Default::default()
         }
+    }
+
+    /// Lets go of the files no longer needed: served images kept `keep_for`, and images
+    /// received for volumes `receiving` no longer names (this member stopped leading, or
+    /// the backfill ended or was given up elsewhere: whoever goes on starts over). Returns
+    /// them, to be removed off the runtime's threads.
+    fn sweep(&self, receiving: impl Fn(u32) -> bool, keep_for: Duration) -> Vec<Box<dyn Send>> {
+        let mut gone: Vec<Box<dyn Send>> = Vec::new();
+        lock(&self.images).retain(|_, (_, image, at)| {
+            let keep = at.elapsed() < keep_for;
+            if !keep {
+                gone.push(Box::new(image.clone()));
+            }
+            keep
+        });
+        for (volume, p) in lock(&self.progress).iter_mut() {
+            if p.file.is_some()
+                && !receiving(*volume)
+                && let Some(f) = std::mem::take(p).file
+            {
+                gone.push(Box::new(f));
+            }
+        }
+        gone
     }
 
     /// The backfills of this region, for `admin regions`.
@@ -132,6 +160,10 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if !node.is_leader() {
+            let gone = node.backfills.sweep(|_| false, serve::KEEP_IMAGE);
+            if !gone.is_empty() {
+                tokio::task::spawn_blocking(move || drop(gone));
+            }
             continue;
         }
         let pending: Vec<Backfill> = node
@@ -144,6 +176,13 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
             .into_iter()
             .filter(|b| !b.installed || !b.blocks)
             .collect();
+        let gone = node.backfills.sweep(
+            |v| pending.iter().any(|b| b.volume == v && !b.installed),
+            serve::KEEP_IMAGE,
+        );
+        if !gone.is_empty() {
+            tokio::task::spawn_blocking(move || drop(gone));
+        }
         let leaving: Vec<_> = node
             .db
             .begin_read()
@@ -371,13 +410,13 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             }
         };
         // Kept on disk, not in memory: an image of a million files is hundreds of MiB.
-        let data = reply.data;
+        let (data, into) = (reply.data, file.clone());
         let written = tokio::task::spawn_blocking(move || {
             let out = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(&file.0)?;
+                .open(&into.0)?;
             std::os::unix::fs::FileExt::write_all_at(&out, &data, offset)?;
             Ok::<_, std::io::Error>(data.len() as u64)
         })
@@ -386,7 +425,7 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
         .map_err(|e| format!("keeping the image received: {e}"))?;
         let mut progress = lock(&node.backfills.progress);
         let p = progress.entry(b.volume).or_default();
-        if p.received != offset {
+        if p.received != offset || !p.file.as_ref().is_some_and(|f| Arc::ptr_eq(f, &file)) {
             continue; // started over meanwhile
         }
         if p.point.is_empty() {
@@ -482,5 +521,54 @@ mod tests {
         assert_eq!(names().len(), 2);
         drop(file);
         assert_eq!(names(), ["notes.txt"]);
+    }
+
+    #[test]
+    fn files_no_longer_needed_are_swept_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backfills::new(dir.path().to_path_buf());
+        let made = |kind| {
+            let f = ScratchFile::new(&b.scratch, kind).unwrap();
+            std::fs::write(&f.0, b"bytes").unwrap();
+            f
+        };
+        for volume in [7, 8] {
+            let p = Progress {
+                state: "receiving",
+                received: 5,
+                file: Some(Arc::new(made("image-received"))),
+                ..Default::default()
+            };
+            lock(&b.progress).insert(volume, p);
+        }
+        let image = Arc::new(serve::ImageFile {
+            file: made("image-served"),
+            len: 5,
+        });
+        lock(&b.images).insert(
+            (2, 1),
+            (
+                meridian_proto::Hlc::default(),
+                image,
+                std::time::Instant::now(),
+            ),
+        );
+        let count = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(count(), 3);
+        // Volume 7 is still being received, 8 no longer (given up, or installed with an
+        // answer lost); the served image is young.
+        drop(b.sweep(|v| v == 7, Duration::from_secs(3600)));
+        assert_eq!(count(), 2, "8's image went");
+        {
+            let progress = lock(&b.progress);
+            let received = (progress[&7].received, progress[&8].received);
+            assert_eq!(received, (5, 0), "8 starts over, from nothing");
+        }
+        assert!(lock(&b.images).contains_key(&(2, 1)));
+        // Past its time the served image goes; a member that stops leading receives
+        // nothing.
+        drop(b.sweep(|_| false, Duration::ZERO));
+        assert_eq!(count(), 0);
+        assert!(lock(&b.images).is_empty());
     }
 }

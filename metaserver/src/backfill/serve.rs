@@ -70,6 +70,18 @@ pub fn clear_scratch(dir: &Path) {
     }
 }
 
+/// An image being built, named in `Backfills::building` until dropped.
+struct Building(
+    Arc<std::sync::Mutex<std::collections::HashSet<(u16, u32)>>>,
+    (u16, u32),
+);
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        lock(&self.0).remove(&self.1);
+    }
+}
+
 /// An image as JSON, in a scratch file.
 pub(crate) struct ImageFile {
     pub(crate) file: ScratchFile,
@@ -114,13 +126,33 @@ pub async fn serve_image(
             ));
         }
         _ => {
-            let db = node.db.clone();
+            // One build at a time for an image: a client that gave up on a long build asks
+            // again, and must not start a second copy of the state beside the first.
+            if !lock(&node.backfills.building).insert(key) {
+                return Err(Status::unavailable(format!(
+                    "the image of volume {} for region {} is being built",
+                    req.volume, to.0
+                )));
+            }
+            let building = Building(node.backfills.building.clone(), key);
+            let (db, images) = (node.db.clone(), node.backfills.images.clone());
             let scratch = node.backfills.scratch.clone();
             let started = std::time::Instant::now();
-            let built =
-                tokio::task::spawn_blocking(move || build(&db, &scratch, req.volume, to, since))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
+            // Kept by the task itself: a build outlives a client that gave up waiting.
+            let built = tokio::task::spawn_blocking(move || {
+                let built = build(&db, &scratch, req.volume, to, since)?;
+                let Some((point, image)) = built else {
+                    return Ok(None);
+                };
+                let image = Arc::new(image);
+                let mut images = lock(&images);
+                images.retain(|_, (_, _, at)| at.elapsed() < KEEP_IMAGE);
+                images.insert(key, (point, image.clone(), std::time::Instant::now()));
+                drop(building);
+                Ok::<_, MetaError>(Some((point, image)))
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
             let built = match built {
                 // The volume is gone, or no longer lives there: the image will never come.
                 Err(MetaError::Ns(e @ (NsError::NotFound(_) | NsError::Perm(_)))) => {
@@ -137,11 +169,6 @@ pub async fn serve_image(
                     node.shared.region.0, to.0
                 )));
             };
-            let image = Arc::new(image);
-            let mut images = lock(&node.backfills.images);
-            images.retain(|_, (_, _, at)| at.elapsed() < KEEP_IMAGE);
-            images.insert(key, (point, image.clone(), std::time::Instant::now()));
-            drop(images);
             info!(
                 volume = req.volume,
                 region = to.0,
@@ -164,6 +191,9 @@ pub async fn serve_image(
         data: data.into(),
     })
 }
+
+/// The cache of an image's scratch database.
+const SCRATCH_CACHE: usize = 64 << 20;
 
 /// The tables an image is built from (the namespace, the merged log, the region's state
 /// and the directories' time registers, which a rewind reads); the rest of the state
@@ -201,7 +231,10 @@ pub(crate) fn build(
 ) -> Result<Option<(Hlc, ImageFile)>, MetaError> {
     let snap = db.begin_read().map_err(store)?;
     let work_file = ScratchFile::new(scratch, "image-state")?;
+    // Written once and read once: a small cache (redb's default is 1 GiB, half of which
+    // a write transaction may fill before it writes pages out).
     let work = redb::Database::builder()
+        .set_cache_size(SCRATCH_CACHE)
         .create(&work_file.0)
         .map_err(store)?;
     let tx = work.begin_write().map_err(store)?;
@@ -226,4 +259,17 @@ pub(crate) fn build(
     let out = w.into_inner().map_err(|e| io(e.into_error()))?;
     let len = out.metadata().map_err(io)?.len();
     Ok(Some((image.point, ImageFile { file, len })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_an_image_is_built_from_is_one_a_copy_knows() {
+        let known = crate::raft::snapshot::table_names();
+        for name in IMAGE_TABLES {
+            assert!(known.iter().any(|k| k == name), "{name}");
+        }
+    }
 }

@@ -74,6 +74,24 @@ fn tables() -> [Table; 24] {
     ]
 }
 
+/// The names of the tables a snapshot holds and a copy knows.
+pub fn table_names() -> Vec<String> {
+    tables()
+        .iter()
+        .map(|t| {
+            match t {
+                Table::U64Bytes(d) => d.name(),
+                Table::BytesUnit(d) => d.name(),
+                Table::StrBytes(d) => d.name(),
+                Table::BytesBytes(d) => d.name(),
+                Table::BytesU64(d) => d.name(),
+                Table::StrU64(d) => d.name(),
+            }
+            .to_string()
+        })
+        .collect()
+}
+
 fn put(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     out.write_all(&(bytes.len() as u32).to_le_bytes())?;
     out.write_all(bytes)
