@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """How long other clients' changes wait while a file of many extents is removed or cut.
 
-    scripts/removal_stall.py MOUNT_DIR [--creates N] [--truncate [--write-far] | --punch | --copy]
-                                                                       (needs fio)
+    scripts/removal_stall.py MOUNT_DIR [--creates N] [--truncate [--write-far] | --punch | --copy
+                                        | --snapshot --meta ADDRS [--meridian BIN]]  (needs fio)
 
 Writes the peers bench's fio file in MOUNT_DIR the way its jobs do (1 GiB sequential,
 then 6 s of random 4 KiB direct writes and 6 s of fsync'd ones: about 150,000 extents on
@@ -14,7 +14,8 @@ release of the file's cached pages stays out of it; with --write-far, the trunca
 followed by setting the size back to 1 GiB and an fsync'd 4 KiB write at 7/8 of it, the
 pattern of a database file recreated and written at random, and the write is timed too;
 with --copy: copies it with `cp`, whose copy_file_range the servers make by sharing its
-extents).
+extents; with --snapshot: snapshots the mounted volume, "default", with `meridian admin
+volume-snapshot`, a copy the leader makes in steps, and deletes the snapshot after).
 Prints the removal's (or truncate's) own time, the
 creates' rate, and the slowest creates (when, how long). Run it on a fresh rig per build,
 alternated (docs/PERFORMANCE.md, forty-sixth round: 406-455 ms behind one removal before
@@ -47,6 +48,11 @@ def main():
                      help="punch a hole over the file instead of removing it")
     how.add_argument("--copy", action="store_true",
                      help="copy the file with cp instead of removing it")
+    how.add_argument("--snapshot", action="store_true",
+                     help="snapshot the mounted volume (\"default\") instead of removing the "
+                          "file (needs --meta)")
+    ap.add_argument("--meta", help="with --snapshot: the metaservers `meridian dev` printed")
+    ap.add_argument("--meridian", default="meridian", help="with --snapshot: the binary")
     ap.add_argument("--write-far", action="store_true",
                     help="after --truncate: size back to 1 GiB, one fsync'd write at 7/8")
     a = ap.parse_args()
@@ -59,6 +65,11 @@ def main():
     fio(big, "--rw=randwrite", "--direct=0", "--fsync=1", *timed)
 
     removal = {}
+    snap = "removal-stall-%d" % os.getpid()
+
+    def admin(*args):
+        subprocess.run([a.meridian, "admin", args[0], "--plaintext", "--meta", a.meta,
+                        *args[1:]], check=True, stdout=subprocess.DEVNULL)
 
     def remove():
         time.sleep(1.0)
@@ -80,6 +91,8 @@ def main():
                             big], check=True)
         elif a.copy:
             subprocess.run(["cp", big, big + ".copy"], check=True)
+        elif a.snapshot:
+            admin("volume-snapshot", "default", snap)
         else:
             os.unlink(big)
         removal["ms"] = (time.perf_counter() - t) * 1000
@@ -100,14 +113,17 @@ def main():
         print("truncate %.1f ms, then the far write %.1f ms" % (removal["cut"], removal["ms"]))
     print("%s %.1f ms; %d creates at %.0f/s; slowest (at s: ms): %s" % (
         ("far write" if a.write_far else "truncate") if a.truncate
-        else "hole" if a.punch else "copy" if a.copy else "removal", removal["ms"],
+        else "hole" if a.punch else "copy" if a.copy else "snapshot" if a.snapshot
+        else "removal", removal["ms"],
         a.creates, a.creates / elapsed,
         ", ".join("%.2f: %.1f" % (at, d * 1000) for at, d in slowest)))
     for i in range(a.creates):
         os.unlink(os.path.join(work, "creates", "f%06d" % i))
     os.rmdir(os.path.join(work, "creates"))
-    if a.truncate or a.punch or a.copy:
+    if a.truncate or a.punch or a.copy or a.snapshot:
         os.unlink(big)
+    if a.snapshot:
+        admin("volume-delete", snap)
     if a.copy:
         os.unlink(big + ".copy")
     os.rmdir(work)

@@ -50,6 +50,9 @@ fn a_snapshot_bigger_than_a_step_is_one_point_in_time_of_a_changing_volume() -> 
     }
     let big = common::random_bytes(7, 3 << 20);
     fs::write(m.path.join("bulk/d7/big"), &big)?;
+    // A file of more extents than one step copies (10,000): its extents go over two.
+    let pieces = 10_500;
+    common::scattered(&m.path.join("bulk/d8"), "scattered", pieces)?;
     fs::File::open(m.path.join("bulk"))?.sync_all()?;
     // The two directories written are far apart in the copy's order (a at the start of
     // the first step, b in the third): a copy reading each step afresh would tear them.
@@ -114,6 +117,17 @@ fn a_snapshot_bigger_than_a_step_is_one_point_in_time_of_a_changing_volume() -> 
         "every directory of the bulk"
     );
     assert_eq!(fs::read(s.path.join("bulk/d7/big"))?, big);
+    let copied = fs::File::open(s.path.join("bulk/d8/scattered"))?;
+    ensure!(copied.metadata()?.len() == (pieces - 1) * 8192 + 512);
+    for i in (0..pieces).step_by(7).chain([pieces - 1]) {
+        let mut piece = [0u8; 512];
+        std::os::unix::fs::FileExt::read_exact_at(&copied, &mut piece, i * 8192)?;
+        ensure!(
+            piece == [common::piece_byte(i); 512],
+            "piece {i} of the copied file"
+        );
+    }
+    drop(copied);
     let e = fs::create_dir(s.path.join("x")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     // The source went on.

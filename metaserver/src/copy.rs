@@ -14,15 +14,15 @@ use tracing::{info, warn};
 
 use crate::error::{MetaError, store};
 use crate::namespace::ops::copy::{
-    self, CopyAbort, CopyBegin, CopyDone, CopyRows, Cursor, Numbering,
+    self, Batch, CopyAbort, CopyBegin, CopyDone, CopyRows, Cursor, Numbering,
 };
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
 
 /// Most inodes in one step of a copy.
 pub const STEP_ROWS: usize = 500;
-/// Most entries, extents and xattrs in one step (a directory's entries are cut across
-/// steps; a file's extents are not).
+/// Most entries, extents and xattrs in one step (a directory's entries, and a file's
+/// extents, are cut across steps).
 pub const STEP_ITEMS: usize = 10_000;
 
 /// The maker of copies in this process for member `id`: another member, or this member
@@ -221,7 +221,12 @@ impl MetaNode {
 
     /// Proposes one step of the copy `vol`; the volume as it then is.
     async fn copy_step(&self, step: CopyRows) -> Result<Result<Volume, NsError>, MetaError> {
-        match self.propose_internal(RaftRequest::CopyRows(step)).await? {
+        self.copy_propose(RaftRequest::CopyRows(step)).await
+    }
+
+    /// Proposes a step of a copy (rows or extents); the volume as it then is.
+    async fn copy_propose(&self, step: RaftRequest) -> Result<Result<Volume, NsError>, MetaError> {
+        match self.propose_internal(step).await? {
             RaftResponse::Ns(Ok(Reply::Volume(v))) => Ok(Ok(v)),
             RaftResponse::Ns(Err(e)) => Ok(Err(e)),
             other => Err(MetaError::Store(format!("a copy step answered {other:?}"))),
@@ -267,7 +272,7 @@ impl MetaNode {
         let mut cur = Cursor::default();
         let mut steps = 0u64;
         while !plan.done(&cur) {
-            let (rows, next) = {
+            let (batch, next) = {
                 let (tx, plan, numbering, vol) =
                     (tx.clone(), plan.clone(), numbering.clone(), vol.clone());
                 ns!(blocking(move || {
@@ -278,16 +283,27 @@ impl MetaNode {
                 .await?)
             };
             cur = next;
-            if elsewhere {
-                blocks.extend(rows.iter().flat_map(|r| r.extents.iter().map(|e| e.block)));
-            }
-            let step = CopyRows {
-                volume: vol.id,
-                reserve: 0,
-                rows,
-                done: None,
+            let step = match batch {
+                Batch::Rows(rows) => {
+                    if elsewhere {
+                        let extents = rows.iter().flat_map(|r| r.extents.iter());
+                        blocks.extend(extents.map(|e| e.block));
+                    }
+                    RaftRequest::CopyRows(CopyRows {
+                        volume: vol.id,
+                        reserve: 0,
+                        rows,
+                        done: None,
+                    })
+                }
+                Batch::Extents(more) => {
+                    if elsewhere {
+                        blocks.extend(more.extents.iter().map(|e| e.block));
+                    }
+                    RaftRequest::CopyExtents(more)
+                }
             };
-            ns!(self.copy_step(step).await?);
+            ns!(self.copy_propose(step).await?);
             steps += 1;
             if !self.copy_pause.is_zero() {
                 tokio::time::sleep(self.copy_pause).await;

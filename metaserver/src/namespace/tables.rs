@@ -400,6 +400,25 @@ pub(crate) fn read_extents(
     Ok(out)
 }
 
+/// The extent of `ino` that starts last, if any.
+pub(crate) fn last_extent(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    ino: InodeId,
+) -> Result<Option<Extent>, NsError> {
+    let (lo, hi) = (pair_key(ino.0, 0), pair_key(ino.0, u64::MAX));
+    match t
+        .range(lo.as_slice()..=hi.as_slice())
+        .map_err(store_err)?
+        .next_back()
+    {
+        Some(item) => {
+            let (k, v) = item.map_err(store_err)?;
+            decode_extent(k.value(), v.value()).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
 /// Gives `f` the extents of `ino` overlapping `[start, end)` in offset order, for as long
 /// as it answers `true`.
 pub(crate) fn each_extent(

@@ -1576,7 +1576,7 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
     let mut cur = Cursor::default();
     let (mut steps, mut continued) = (0, 0);
     while !plan.done(&cur) {
-        let (rows, next) = copy::read_rows(
+        let (batch, next) = copy::read_rows(
             &tx,
             &plan,
             &snap,
@@ -1587,6 +1587,9 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
             Timespec::default(),
         )
         .unwrap();
+        let copy::Batch::Rows(rows) = batch else {
+            panic!("no file here has more than one extent")
+        };
         cur = next;
         continued += rows.iter().filter(|r| r.continued).count();
         assert_eq!(gc_refs(&fs, BlockId::of(b"nothing")), 1);
@@ -1605,7 +1608,7 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
         };
         steps += 1;
         // Every position before the cursor is copied, and the one it is in the middle of.
-        let begun = cur.pos + usize::from(cur.after.is_some());
+        let begun = cur.pos + usize::from(cur.after.is_some() || cur.extents_from.is_some());
         assert_eq!(v.copying.as_ref().unwrap().copied as usize, begun - 1);
     }
     assert!(
@@ -1667,7 +1670,7 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
     // A step naming an inode that is not the copy's changes nothing.
     let half = begin(&mut fs, "half").unwrap();
     let half = reserve(&mut fs, &half).unwrap();
-    let (mut rows, _) = copy::read_rows(
+    let (batch, _) = copy::read_rows(
         &tx,
         &plan,
         &half,
@@ -1678,6 +1681,9 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
         Timespec::default(),
     )
     .unwrap();
+    let copy::Batch::Rows(mut rows) = batch else {
+        panic!("rows first")
+    };
     let mut hostile = rows.clone();
     hostile[1].inode.attr.ino = files[3].ino;
     let step = CopyRows {

@@ -1007,3 +1007,102 @@ fn a_purges_steps_wait_for_every_record_before_its_own_of_any_volume() {
     assert_eq!(extents_of(r, f), 0);
     assert_consistent(r);
 }
+
+#[test]
+fn a_copy_in_steps_cuts_a_file_of_many_extents_across_them_and_takes_its_content_alone() {
+    use super::ops::copy::{self, Batch, CopyBegin, CopyDone, CopyExtents, CopyRows, Numbering};
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "big");
+    fragment(r, f, STEP + STEP / 2);
+    // A hole over most of it: leftovers the steps have not dropped yet, which the copy
+    // must leave out wherever its pages fall.
+    punch(r, f, 10 * 4096 + 50, 2000 * 4096).unwrap();
+    assert!(!cuts_of(r, f).is_empty());
+    let source = file_extents(r, f);
+
+    // The leader's steps, as `copy.rs` makes them, of at most 100 items each.
+    let tx = r.db.begin_read().unwrap();
+    let plan = copy::plan(&tx, "main", r.id).unwrap();
+    r.phys += 1;
+    let begin = CopyBegin {
+        source: "main".into(),
+        name: "snap".into(),
+        read_only: true,
+        hlc: r.clock.now(r.phys),
+        now: Timespec::from_nanos(r.phys * 1_000_000),
+        by: 7,
+    };
+    let Ok(Reply::Volume(snap)) = r.write(|t| copy::begin(t, &begin)) else {
+        panic!("the copy begins")
+    };
+    let step = |r: &mut Region, rows, reserve, done| {
+        let step = CopyRows {
+            volume: snap.id,
+            reserve,
+            rows,
+            done,
+        };
+        match r.write(|t| copy::rows(t, &step)) {
+            Ok(Reply::Volume(v)) => v,
+            other => panic!("a step answered {other:?}"),
+        }
+    };
+    let snap = step(r, Vec::new(), plan.order.len() as u64, None);
+    let numbering = Numbering::new(&plan, &snap, snap.copying.as_ref().unwrap().base).unwrap();
+    let copy_ino = numbering.of(f).unwrap();
+    let (mut cur, mut pieces, mut refused) = (Default::default(), 0, false);
+    while !plan.done(&cur) {
+        let (batch, next) = copy::read_rows(
+            &tx,
+            &plan,
+            &snap,
+            &numbering,
+            cur,
+            10,
+            100,
+            Timespec::default(),
+        )
+        .unwrap();
+        cur = next;
+        match batch {
+            Batch::Rows(rows) => {
+                assert!(rows.iter().map(|r| r.extents.len()).sum::<usize>() <= 100);
+                step(r, rows, 0, None);
+            }
+            Batch::Extents(more) => {
+                assert!(!more.extents.is_empty() && more.extents.len() <= 100);
+                assert_eq!(more.ino, copy_ino);
+                if !refused {
+                    // Extents out of order, or for an inode that is not the copy's, are
+                    // refused and change nothing.
+                    refused = true;
+                    let before = file_extents(r, copy_ino);
+                    let mut back = more.clone();
+                    back.extents.reverse();
+                    let stray = CopyExtents {
+                        ino: f,
+                        ..more.clone()
+                    };
+                    for bad in [back, stray] {
+                        let e = r.write(|t| copy::extents(t, &bad)).unwrap_err();
+                        assert!(matches!(e, NsError::Invalid(_)), "{e:?}");
+                    }
+                    assert_eq!(file_extents(r, copy_ino), before);
+                    assert_eq!(file_extents(r, f), source);
+                }
+                r.write(|t| copy::extents(t, &more)).unwrap();
+                pieces += 1;
+            }
+        }
+    }
+    assert!(pieces >= 10, "{pieces} steps of extents alone");
+    let done = CopyDone {
+        used_bytes: plan.source.used_bytes,
+        used_inodes: plan.source.used_inodes,
+    };
+    assert!(step(r, Vec::new(), 0, Some(done)).copying.is_none());
+    assert_eq!(file_extents(r, copy_ino), source);
+    assert_eq!(cut_from(r, copy_ino), None);
+    assert_consistent(r);
+}

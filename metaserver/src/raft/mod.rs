@@ -62,6 +62,8 @@ pub enum Request {
     CopyRows(crate::namespace::ops::copy::CopyRows),
     /// A copy removed unfinished: its maker went away.
     CopyAbort(crate::namespace::ops::copy::CopyAbort),
+    /// More extents of a copy's file (a file of many is copied over several steps).
+    CopyExtents(crate::namespace::ops::copy::CopyExtents),
 }
 
 impl fmt::Display for Request {
@@ -83,6 +85,9 @@ impl fmt::Display for Request {
             Request::Relayed(r) => write!(f, "relayed:{r:?}"),
             Request::CopyBegin(b) => write!(f, "copy-begin:{}->{}", b.source, b.name),
             Request::CopyRows(r) => write!(f, "copy-rows:{}x{}", r.volume, r.rows.len()),
+            Request::CopyExtents(r) => {
+                write!(f, "copy-extents:{}:{}x{}", r.volume, r.ino, r.extents.len())
+            }
             Request::CopyAbort(a) => write!(f, "copy-abort:{}", a.volume),
         }
     }

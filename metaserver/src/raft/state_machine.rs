@@ -437,6 +437,10 @@ pub(super) fn apply_into<'e>(
             EntryPayload::Normal(Request::CopyRows(r)) => {
                 Response::Ns(store_fails(log_id, namespace::ops::copy::rows(&mut ns, r))?)
             }
+            EntryPayload::Normal(Request::CopyExtents(r)) => Response::Ns(store_fails(
+                log_id,
+                namespace::ops::copy::extents(&mut ns, r),
+            )?),
             EntryPayload::Normal(Request::CopyAbort(a)) => Response::Ns(store_fails(
                 log_id,
                 namespace::ops::copy::abort(&mut ns, a),

@@ -25,7 +25,8 @@ use super::volumes::{create_volume, delete_volume, entries_of, list_dir};
 use crate::namespace::ctx::*;
 use crate::namespace::tables::{
     DIRENTS, EXTENTS, INODES, Tab, VOLUMES, WriteTables, XATTRS, counter, decode_dirent,
-    dirent_end, dirent_key, read_extents, read_inode, read_volume, store_err,
+    dirent_end, dirent_key, each_extent, last_extent, read_extents, read_inode, read_volume,
+    store_err,
 };
 use crate::namespace::types::*;
 
@@ -85,6 +86,29 @@ pub struct CopyDone {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// More extents of a file of the copy whose row came in an earlier batch: a file of
+/// many extents is copied over several steps. A request of its own, not a field of
+/// [`CopyRow`]: a member older than it cannot read the entry and stops, where one that
+/// ignored a new field would have applied a copy without them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyExtents {
+    /// The volume being made.
+    pub volume: u32,
+    /// The copy's file.
+    pub ino: InodeId,
+    /// Its extents after those already copied, in offset order.
+    pub extents: Vec<Extent>,
+}
+
+/// What one step of a copy writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Batch {
+    /// Rows (inodes, with their entries, xattrs and extents, or more entries of one).
+    Rows(Vec<CopyRow>),
+    /// More extents of one file.
+    Extents(CopyExtents),
 }
 
 /// The copy removed because its maker went away.
@@ -190,12 +214,8 @@ pub(crate) fn rows(t: &mut WriteTables<'_>, r: &CopyRows) -> Result<Reply, NsErr
         copying.base = t.next_n(counter::NEXT_INODE, 1, r.reserve)?;
         copying.inodes = r.reserve;
     }
-    let region = vol.root.region();
-    let own = |ino: InodeId| {
-        ino == vol.root
-            || (ino.region() == region
-                && (copying.base..copying.base + copying.inodes).contains(&ino.local()))
-    };
+    let (root, range) = (vol.root, copying.base..copying.base + copying.inodes);
+    let own = |ino: InodeId| owns(root, &range, ino);
     for row in &r.rows {
         let ino = row.inode.attr.ino;
         let named = row.entries.iter().map(|e| e.1);
@@ -232,6 +252,50 @@ pub(crate) fn rows(t: &mut WriteTables<'_>, r: &CopyRows) -> Result<Reply, NsErr
         vol.copying = None;
     }
     t.put_volume(&vol)?;
+    Ok(Reply::Volume(vol))
+}
+
+/// Whether `ino` is one of a copy's: its root, or a number of the `range` it reserved.
+fn owns(root: InodeId, range: &std::ops::Range<u64>, ino: InodeId) -> bool {
+    ino == root || (ino.region() == root.region() && range.contains(&ino.local()))
+}
+
+/// Writes more extents of a file of a copy being made (see [`CopyExtents`]). Refused, and
+/// nothing written, for a volume not being copied, an inode that is not one of the
+/// copy's files, or extents that are not after the file's last, in order.
+pub(crate) fn extents(t: &mut WriteTables<'_>, r: &CopyExtents) -> Result<Reply, NsError> {
+    let vol = find_volume(t, r.volume)?
+        .ok_or_else(|| NsError::NotFound(format!("volume {}", r.volume)))?;
+    let Some(copying) = vol.copying.as_ref() else {
+        return Err(NsError::Invalid(format!(
+            "volume {} is not being copied",
+            vol.name
+        )));
+    };
+    let node = read_inode(t.inodes()?, r.ino)?;
+    let file = node
+        .as_ref()
+        .is_some_and(|n| n.attr.volume == r.volume && n.attr.kind == FileKind::File);
+    let range = copying.base..copying.base + copying.inodes;
+    if !owns(vol.root, &range, r.ino) || !file {
+        return Err(NsError::Invalid(format!(
+            "extents for the copy {} name an inode that is not one of its files",
+            vol.name
+        )));
+    }
+    let mut end = last_extent(t.extents()?, r.ino)?.map_or(0, |e| e.end());
+    for e in &r.extents {
+        if e.offset < end || e.len == 0 {
+            return Err(NsError::Invalid(format!(
+                "extents for the copy {} overlap or are out of order",
+                vol.name
+            )));
+        }
+        end = e.end();
+    }
+    for e in &r.extents {
+        t.insert_extent(r.ino, e)?;
+    }
     Ok(Reply::Volume(vol))
 }
 
@@ -289,7 +353,8 @@ impl Numbering {
         Ok(Numbering { map })
     }
 
-    fn of(&self, ino: InodeId) -> Result<InodeId, NsError> {
+    /// The copy's number for the source's inode `ino`.
+    pub(crate) fn of(&self, ino: InodeId) -> Result<InodeId, NsError> {
         self.map
             .get(&ino)
             .copied()
@@ -298,11 +363,13 @@ impl Numbering {
 }
 
 /// Where a copy's reading is: the position in the plan (0 the root, then `order`'s), and
-/// for a directory whose entries span batches, the last name sent.
+/// for a directory whose entries span batches, the last name sent; for a file whose
+/// extents do, the offset its next extents start from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
     pub pos: usize,
     pub after: Option<Vec<u8>>,
+    pub extents_from: Option<u64>,
 }
 
 impl Plan {
@@ -332,9 +399,37 @@ where
     T3: ReadableTable<&'static [u8], &'static [u8]>,
     T4: ReadableTable<&'static [u8], &'static [u8]>,
 {
+    /// The live extents of file `from` (`node`, the source's inode: its cuts' leftovers
+    /// are not content) from offset `start` on: at most `limit` (one at least), and where
+    /// the rest start, if any.
+    fn extents_from(
+        &self,
+        from: InodeId,
+        node: &Inode,
+        start: u64,
+        limit: usize,
+    ) -> Result<(Vec<Extent>, Option<u64>), NsError> {
+        let limit = limit.max(1);
+        let (mut out, mut more) = (Vec::new(), None);
+        each_extent(&self.extents, from, start, u64::MAX, |e| {
+            if crate::namespace::trim::is_leftover(&node.cuts, &e) {
+                return true;
+            }
+            if out.len() == limit {
+                more = Some(e.offset);
+                return false;
+            }
+            out.push(e);
+            true
+        })?;
+        Ok((out, more))
+    }
+
     /// The copy's row for inode `from` of the source (first met in `parent`): whole, or
-    /// with `after`, a directory's entries after that name. At most `limit` entries (one
-    /// at least); with more left, the last name sent.
+    /// with `after`, a directory's entries after that name. At most `limit` entries,
+    /// extents and xattrs (one entry or extent at least); with more left, the last name
+    /// sent, or the offset a file's next extents start from.
+    #[allow(clippy::type_complexity)]
     fn row(
         &self,
         (from, parent): (InodeId, InodeId),
@@ -342,13 +437,14 @@ where
         numbering: &Numbering,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<(CopyRow, Option<Vec<u8>>), NsError> {
+    ) -> Result<(CopyRow, Option<Vec<u8>>, Option<u64>), NsError> {
         let mut inode =
             read_inode(&self.inodes, from)?.ok_or_else(|| NsError::NotFound(from.to_string()))?;
         inode.attr.ino = numbering.of(from)?;
         inode.attr.volume = vol.id;
         inode.parent = numbering.of(parent)?;
         inode.copy_of = None;
+        let mut more_extents = None;
         let mut row = CopyRow {
             inode,
             continued: after.is_some(),
@@ -368,9 +464,10 @@ where
                 row.xattrs.push((name.to_vec(), v.value().to_vec()));
             }
             if row.inode.attr.kind == FileKind::File {
-                // The copy takes the file's live extents, not what a cut left.
-                let all = read_extents(&self.extents, from, 0, u64::MAX)?;
-                row.extents = crate::namespace::trim::live(&row.inode, all);
+                // The copy takes the file's live extents, not what a cut left; a file of
+                // many over several steps.
+                let room = limit.saturating_sub(row.xattrs.len());
+                (row.extents, more_extents) = self.extents_from(from, &row.inode, 0, room)?;
                 row.inode.cuts.clear();
             }
         }
@@ -396,14 +493,15 @@ where
                 row.entries.push((e.name, numbering.of(e.ino)?, e.kind));
             }
         }
-        Ok((row, more))
+        Ok((row, more, more_extents))
     }
 }
 
-/// A batch of the copy's rows from `cur` on: at most `max_rows`, and no more once they
+/// The copy's next batch from `cur` on: rows, at most `max_rows`, and no more once they
 /// hold `max_items` entries, extents and xattrs (one row at least, a directory's entries
-/// cut to fit: the rest come in the next batch). The root's row is the source root's
-/// attributes, born `now`. Returns the rows and where the next batch starts.
+/// or a file's extents cut to fit: the rest come in the next batches); or, in the middle
+/// of a file, at most `max_items` more of its extents. The root's row is the source
+/// root's attributes, born `now`. Returns the batch and where the next starts.
 #[allow(clippy::too_many_arguments)]
 pub fn read_rows(
     tx: &ReadTransaction,
@@ -414,13 +512,36 @@ pub fn read_rows(
     max_rows: usize,
     max_items: usize,
     now: Timespec,
-) -> Result<(Vec<CopyRow>, Cursor), NsError> {
+) -> Result<(Batch, Cursor), NsError> {
     let source = Source {
         inodes: tx.open_table(INODES).map_err(store_err)?,
         dirents: tx.open_table(DIRENTS).map_err(store_err)?,
         extents: tx.open_table(EXTENTS).map_err(store_err)?,
         xattrs: tx.open_table(XATTRS).map_err(store_err)?,
     };
+    if let Some(start) = cur.extents_from {
+        let Some(&(from, _)) = cur.pos.checked_sub(1).and_then(|i| plan.order.get(i)) else {
+            return Err(NsError::Store(format!(
+                "a copy's cursor in the middle of no file: {cur:?}"
+            )));
+        };
+        let node =
+            read_inode(&source.inodes, from)?.ok_or_else(|| NsError::NotFound(from.to_string()))?;
+        let (extents, more) = source.extents_from(from, &node, start, max_items)?;
+        match more {
+            Some(next) => cur.extents_from = Some(next),
+            None => {
+                cur.pos += 1;
+                cur.extents_from = None;
+            }
+        }
+        let batch = CopyExtents {
+            volume: vol.id,
+            ino: numbering.of(from)?,
+            extents,
+        };
+        return Ok((Batch::Extents(batch), cur));
+    }
     let root = plan.source.root;
     let mut out = Vec::new();
     let mut items = 0;
@@ -430,25 +551,30 @@ pub fn read_rows(
             p => plan.order[p - 1],
         };
         let limit = max_items.saturating_sub(items);
-        let (mut row, more) = source.row(at, vol, numbering, cur.after.as_deref(), limit)?;
+        let (mut row, more, more_extents) =
+            source.row(at, vol, numbering, cur.after.as_deref(), limit)?;
         if cur.pos == 0 && !row.continued {
             row.inode.parent = vol.root;
             row.inode.attr.crtime = now;
         }
         items += row.entries.len() + row.extents.len() + row.xattrs.len();
         out.push(row);
-        match more {
-            Some(last) => {
+        match (more, more_extents) {
+            (Some(last), _) => {
                 cur.after = Some(last);
                 break;
             }
-            None => {
+            (None, Some(next)) => {
+                cur.extents_from = Some(next);
+                break;
+            }
+            (None, None) => {
                 cur.pos += 1;
                 cur.after = None;
             }
         }
     }
-    Ok((out, cur))
+    Ok((Batch::Rows(out), cur))
 }
 
 /// Most inodes a volume may have to be copied in one command (the copy holds the state
