@@ -6,8 +6,9 @@
 //! ([`plan`], [`read_rows`]) after [`begin`] made the new volume, marked as copying
 //! (nothing else changes it, it cannot be mounted, and GC holds every block); the first
 //! batch reserves the range of inode numbers the rows take; [`rows`] writes a bounded batch of
-//! copied inodes with their entries, xattrs and extents, as the leader read them, and the
-//! last batch marks the copy done. Each is one Raft entry that every member applies as it
+//! copied inodes with their entries, xattrs and extents, as the leader read them
+//! ([`extents`] the rest of a file of more extents than a batch holds), and the last batch
+//! marks the copy done. Each is one Raft entry that every member applies as it
 //! is, and none is a record: the copy lives in the region that made it, whatever regions
 //! its source lives in, and no record a peer region sends later rewinds it. A copy whose
 //! maker went away (the leader changed) is removed ([`abort`]).
@@ -553,6 +554,12 @@ pub fn read_rows(
         let limit = max_items.saturating_sub(items);
         let (mut row, more, more_extents) =
             source.row(at, vol, numbering, cur.after.as_deref(), limit)?;
+        if more_extents.is_some() && !out.is_empty() {
+            // A file that does not fit what is left starts the next batch, with all of its
+            // room: only a file of more extents than a batch holds goes on in extents of
+            // its own.
+            break;
+        }
         if cur.pos == 0 && !row.continued {
             row.inode.parent = vol.root;
             row.inode.attr.crtime = now;
