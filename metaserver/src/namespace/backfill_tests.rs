@@ -36,6 +36,13 @@ fn add_third(rs: &mut [Region]) {
 /// Adds region 3 to volume "main" from region 1, lets the addition travel and settle, and
 /// returns the image region 1 builds for region 3.
 fn image_to_add_third(rs: &mut [Region]) -> Vec<ImagePart> {
+    let (volume, since) = add_third_settled(rs);
+    image_for_3(&rs[0], volume, since).expect("settled past the addition")
+}
+
+/// Adds region 3 to volume "main" from region 1 and lets the addition travel and settle:
+/// the volume, and the stamp of the change (the backfill region 3 started).
+fn add_third_settled(rs: &mut [Region]) -> (u32, Hlc) {
     let vol = rs[0].read(|r| r.volume("main")).unwrap();
     rs[0]
         .run(Op::SetVolumeRegions {
@@ -49,7 +56,7 @@ fn image_to_add_third(rs: &mut [Region]) -> Vec<ImagePart> {
     let b = rs[2]
         .write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap())
         .expect("region 3 started its backfill");
-    image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition")
+    (vol.id, b.since)
 }
 
 /// The image region 1 builds for region 3 now, as a member builds it (in a scratch copy
@@ -510,16 +517,7 @@ fn an_image_is_built_while_the_state_is_held_by_its_writer() {
     }
     let d = attr_of(rs[1].run(mknod(root, "d", FileKind::Dir)));
     rounds(&mut rs, 3);
-    let vol = rs[0].read(|r| r.volume("main")).unwrap();
-    rs[0]
-        .run(Op::SetVolumeRegions {
-            name: "main".into(),
-            regions: vec![RegionId(1), RegionId(2), RegionId(3)],
-        })
-        .unwrap();
-    rounds(&mut rs, 3);
-    promise_all(&mut rs);
-    rounds(&mut rs, 3);
+    let (volume, since) = add_third_settled(&mut rs);
     // A tombstone kept past the image's point (as one whose extents go in steps is): c's,
     // put back after the regions settled on its removal and purged it.
     let c = rs[0].write(|t| super::tables::read_inode(t.inodes().unwrap(), files[2]).unwrap());
@@ -538,10 +536,6 @@ fn an_image_is_built_while_the_state_is_held_by_its_writer() {
         t.write(Tab::Tombs, &files[2].0.to_be_bytes(), Some(&row))
             .unwrap()
     });
-    let since = rs[2]
-        .write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap())
-        .expect("region 3 started its backfill")
-        .since;
     // Changes after the image's point (not settled yet: region 3 has not seen them), which
     // the image's rewind takes out: a file in d (d's times and link count), a retag, a
     // removal, a write.
@@ -561,7 +555,7 @@ fn an_image_is_built_while_the_state_is_held_by_its_writer() {
         let _ = done.send(crate::backfill::serve::build(
             &db,
             &dir,
-            vol.id,
+            volume,
             RegionId(3),
             since,
         ));
@@ -573,7 +567,7 @@ fn an_image_is_built_while_the_state_is_held_by_its_writer() {
         .unwrap()
         .expect("settled past the addition");
     held.abort().unwrap();
-    let parts = image_for_3(&rs[0], vol.id, since).expect("settled past the addition");
+    let parts = image_for_3(&rs[0], volume, since).expect("settled past the addition");
     let image: backfill::VolumeImage =
         serde_json::from_slice(&std::fs::read(&built.1.file.0).unwrap()).unwrap();
     let names = |rows: &backfill::InodeRows| rows.dirents.len();
