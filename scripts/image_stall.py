@@ -8,7 +8,7 @@ in region 1 alone, fills it with N files of 100 bytes (in directories of 1,000, 
 writers at once), then creates empty files one after another (each closed: one durable
 round) in region 1's default volume while `meridian admin volume-add-region big 2
 --follow` brings the volume into region 2 (started 1 s into the creates). Region 1's
-leader builds the image then (`metaserver/src/backfill.rs`). Prints the add's own time,
+leader builds the image then (`metaserver/src/backfill/serve.rs`). Prints the add's own time,
 the creates' rate, the slowest creates (when, how long), and the image's size and build
 time from the leader's log, and every metaserver's peak resident memory. Run it on a fresh rig per build, alternated
 (docs/PERFORMANCE.md, fifty-second round).
@@ -115,6 +115,8 @@ def main():
             lat.append((t - start, (time.perf_counter() - t) * 1000))
             if "at" in added and time.perf_counter() > added["at"] + 1.0:
                 break
+            if not adder.is_alive() and "at" not in added:
+                raise SystemExit("volume-add-region failed")
         adder.join()
         took = lat[-1][0] + lat[-1][1] / 1000
         print(f"add-region (with --follow): {added['ms']:.0f} ms")
@@ -136,14 +138,18 @@ def main():
                 if "built a volume image" in line or "received a volume image" in line:
                     print(os.path.basename(path), line.strip()[-200:])
     finally:
-        if mount is not None:
-            mount.send_signal(signal.SIGINT)
-            mount.wait()
-        dev.send_signal(signal.SIGINT)
-        dev.wait()
+        for proc in (mount, dev):
+            if proc is None:
+                continue
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         for m in (big, os.path.join(mnt, "1"), os.path.join(mnt, "2")):
             if os.path.ismount(m):
-                subprocess.run(["fusermount3", "-u", m])
+                subprocess.run(["fusermount3", "-uz", m])
         if not a.keep:
             shutil.rmtree(top, ignore_errors=True)
         else:

@@ -56,6 +56,8 @@ def main():
     ap.add_argument("--write-far", action="store_true",
                     help="after --truncate: size back to 1 GiB, one fsync'd write at 7/8")
     a = ap.parse_args()
+    if a.snapshot and not a.meta:
+        ap.error("--snapshot needs --meta (the metaservers `meridian dev` printed)")
     work = os.path.join(a.dir, "removal-stall.%d" % os.getpid())
     os.makedirs(os.path.join(work, "creates"))
     big = os.path.join(work, "fio.dat")

@@ -162,7 +162,7 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
         if !node.is_leader() {
             let gone = node.backfills.sweep(|_| false, serve::KEEP_IMAGE);
             if !gone.is_empty() {
-                tokio::task::spawn_blocking(move || drop(gone));
+                remove_later(gone);
             }
             continue;
         }
@@ -181,7 +181,7 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
             serve::KEEP_IMAGE,
         );
         if !gone.is_empty() {
-            tokio::task::spawn_blocking(move || drop(gone));
+            remove_later(gone);
         }
         let leaving: Vec<_> = node
             .db
@@ -230,6 +230,18 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
             }
         }
     }
+}
+
+/// Forgets what was received of `volume`'s image: the next fetch starts over.
+fn start_over(node: &MetaNode, volume: u32) {
+    let old = lock(&node.backfills.progress).insert(volume, Progress::default());
+    remove_later(old.and_then(|p| p.file));
+}
+
+/// Lets go of `file` off the runtime's threads (removing a file of hundreds of MiB is
+/// the file system's work).
+fn remove_later(file: impl Send + 'static) {
+    tokio::task::spawn_blocking(move || drop(file));
 }
 
 fn set_state(node: &MetaNode, volume: u32, state: &'static str) {
@@ -372,12 +384,12 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == Code::Aborted => {
                 // The serving leader changed: its new image starts over.
-                lock(&node.backfills.progress).insert(b.volume, Progress::default());
+                start_over(node, b.volume);
                 continue;
             }
             Err(s) if s.code() == Code::NotFound => {
                 warn!(volume = b.volume, from = b.from.0, error = %s.message(), "the volume's image will never come: giving up bringing it in");
-                lock(&node.backfills.progress).insert(b.volume, Progress::default());
+                start_over(node, b.volume);
                 node.propose_internal(RaftRequest::CancelBackfill(b.volume))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -458,12 +470,12 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     let image = match read {
         Ok(i) => i,
         Err(e) => {
-            lock(&node.backfills.progress).insert(b.volume, Progress::default());
+            start_over(node, b.volume);
             return Err(e);
         }
     };
     if image.volume.id != b.volume {
-        lock(&node.backfills.progress).insert(b.volume, Progress::default());
+        start_over(node, b.volume);
         return Err(format!(
             "asked for volume {} and was sent volume {}",
             b.volume, image.volume.id
@@ -480,16 +492,17 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             RaftResponse::Remote(Ok(_)) => {}
             RaftResponse::Remote(Err(e)) => {
                 // Start over with a new image.
-                lock(&node.backfills.progress).insert(b.volume, Progress::default());
+                start_over(node, b.volume);
                 return Err(format!("the image does not install: {e}"));
             }
             _ => return Err("unexpected answer to an install".into()),
         }
     }
     // The image's file goes (the progress keeps its counts for `admin regions`).
-    if let Some(p) = lock(&node.backfills.progress).get_mut(&b.volume) {
-        p.file = None;
-    }
+    let file = lock(&node.backfills.progress)
+        .get_mut(&b.volume)
+        .and_then(|p| p.file.take());
+    remove_later(file);
     info!(volume = b.volume, %name, inodes, from = b.from.0, "volume's namespace brought into this region");
     Ok(())
 }
@@ -544,6 +557,7 @@ mod tests {
         let image = Arc::new(serve::ImageFile {
             file: made("image-served"),
             len: 5,
+            served: Default::default(),
         });
         lock(&b.images).insert(
             (2, 1),

@@ -86,15 +86,45 @@ impl Drop for Building {
 pub(crate) struct ImageFile {
     pub(crate) file: ScratchFile,
     pub(crate) len: u64,
+    /// Whether a piece of it was served: a fetch starting over gets another image then
+    /// (the one it had may be what failed), and this one until then (a fetch that gave
+    /// up waiting for the build asks again, and takes what the build left).
+    pub(crate) served: std::sync::atomic::AtomicBool,
 }
 
 impl ImageFile {
     /// At most [`PIECE`] bytes from `offset`.
     fn piece(&self, offset: u64) -> std::io::Result<Vec<u8>> {
+        self.served
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let from = offset.min(self.len);
         let mut buf = vec![0; (self.len - from).min(PIECE as u64) as usize];
         std::fs::File::open(&self.file.0)?.read_exact_at(&mut buf, from)?;
         Ok(buf)
+    }
+}
+
+/// What a fetch asking from `point` (empty: from the start) gets of the image `cached`:
+/// the image it is fetching; from the start, one built and not yet served (what a fetch
+/// that gave up waiting for the build asks again for); else nothing (`Ok(None)`: build
+/// one), or `Err` when the image it was fetching is gone.
+#[allow(clippy::result_unit_err)]
+pub(super) fn from_cache(
+    point: &[u8],
+    cached: Option<Served>,
+) -> Result<Option<(Hlc, Arc<ImageFile>)>, ()> {
+    match cached {
+        Some((p, image, _)) if !point.is_empty() && point == p.to_key().as_slice() => {
+            Ok(Some((p, image)))
+        }
+        _ if !point.is_empty() => Err(()),
+        Some((p, image, at))
+            if !image.served.load(std::sync::atomic::Ordering::Relaxed)
+                && at.elapsed() < KEEP_IMAGE =>
+        {
+            Ok(Some((p, image)))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -116,16 +146,14 @@ pub async fn serve_image(
         .ok_or_else(|| Status::invalid_argument("the change's stamp is not a stamp"))?;
     let key = (to.0, req.volume);
     let cached = lock(&node.backfills.images).get(&key).cloned();
-    let (point, image) = match cached {
-        Some((p, image, _)) if !req.point.is_empty() && req.point == p.to_key().as_slice() => {
-            (p, image)
-        }
-        _ if !req.point.is_empty() => {
+    let (point, image) = match from_cache(&req.point, cached) {
+        Ok(Some(found)) => found,
+        Err(()) => {
             return Err(Status::aborted(
                 "the image being fetched is gone (a leader changed): start over",
             ));
         }
-        _ => {
+        Ok(None) => {
             // One build at a time for an image: a client that gave up on a long build asks
             // again, and must not start a second copy of the state beside the first.
             if !lock(&node.backfills.building).insert(key) {
@@ -258,12 +286,50 @@ pub(crate) fn build(
     serde_json::to_writer(&mut w, &image).map_err(|e| MetaError::Store(e.to_string()))?;
     let out = w.into_inner().map_err(|e| io(e.into_error()))?;
     let len = out.metadata().map_err(io)?.len();
-    Ok(Some((image.point, ImageFile { file, len })))
+    Ok(Some((
+        image.point,
+        ImageFile {
+            file,
+            len,
+            served: Default::default(),
+        },
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fetch_gets_its_image_or_one_nobody_fetched_or_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let point = Hlc {
+            wall_ms: 5,
+            counter: 0,
+            region: RegionId(1),
+        };
+        let file = ScratchFile::new(dir.path(), "image-served").unwrap();
+        std::fs::write(&file.0, b"{}").unwrap();
+        let image = Arc::new(ImageFile {
+            file,
+            len: 2,
+            served: Default::default(),
+        });
+        let now = std::time::Instant::now();
+        let cached = Some((point, image.clone(), now));
+        let key = point.to_key();
+        let got = |asked: &[u8]| from_cache(asked, cached.clone()).map(|f| f.map(|f| f.0));
+        // From the start, before any piece went: the image the build left.
+        assert_eq!(got(b""), Ok(Some(point)));
+        assert_eq!(got(&key), Ok(Some(point)));
+        assert_eq!(got(b"another point"), Err(()));
+        // Once a piece went, a fetch from the start gets a new one (the first may be what
+        // failed); one going on still gets its own.
+        assert_eq!(image.piece(0).unwrap(), b"{}");
+        assert_eq!(got(b""), Ok(None));
+        assert_eq!(got(&key), Ok(Some(point)));
+        assert_eq!(from_cache(b"", None).map(|f| f.is_none()), Ok(true));
+    }
 
     #[test]
     fn every_table_an_image_is_built_from_is_one_a_copy_knows() {
