@@ -207,14 +207,8 @@ impl<'a> NsReader<'a> {
         let t = self.tx.open_table(EXTENTS).map_err(store_err)?;
         // What a truncate or a punched hole cut off, and the steps have not dropped yet,
         // is nobody's.
-        let mut out = Vec::new();
-        each_extent(&t, ino, offset, offset.saturating_add(len), |e| {
-            if !super::trim::is_leftover(&node.cuts, &e) {
-                out.push(e);
-            }
-            out.len() < limit
-        })?;
-        Ok(out)
+        let range = (offset, offset.saturating_add(len));
+        Ok(super::trim::live_page(&t, ino, &node.cuts, range, limit)?.0)
     }
 
     /// References to `block` from extents (0 if none).

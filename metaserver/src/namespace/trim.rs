@@ -347,6 +347,32 @@ pub(crate) fn outside(cuts: &[Cut], mut extents: Vec<Extent>) -> Vec<Extent> {
     extents
 }
 
+/// The content of file `ino` whose cuts are `cuts` (their leftovers left out) overlapping
+/// `[start, end)`, in offset order: at most `limit` extents (one at least), and the
+/// offset the next starts at if there are more.
+pub(crate) fn live_page(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    ino: InodeId,
+    cuts: &[Cut],
+    (start, end): (u64, u64),
+    limit: usize,
+) -> Result<(Vec<Extent>, Option<u64>), NsError> {
+    let limit = limit.max(1);
+    let (mut out, mut more) = (Vec::new(), None);
+    super::tables::each_extent(t, ino, start, end, |e| {
+        if is_leftover(cuts, &e) {
+            return true;
+        }
+        if out.len() == limit {
+            more = Some(e.offset);
+            return false;
+        }
+        out.push(e);
+        true
+    })?;
+    Ok((out, more))
+}
+
 /// Whether `e` starts in one of `cuts`: a leftover, not the file's content.
 pub(crate) fn is_leftover(cuts: &[Cut], e: &Extent) -> bool {
     cuts.iter().any(|c| c.holds(e.offset))

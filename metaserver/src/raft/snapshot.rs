@@ -76,20 +76,21 @@ fn tables() -> [Table; 24] {
 
 /// The names of the tables a snapshot holds and a copy knows.
 pub fn table_names() -> Vec<String> {
-    tables()
-        .iter()
-        .map(|t| {
-            match t {
-                Table::U64Bytes(d) => d.name(),
-                Table::BytesUnit(d) => d.name(),
-                Table::StrBytes(d) => d.name(),
-                Table::BytesBytes(d) => d.name(),
-                Table::BytesU64(d) => d.name(),
-                Table::StrU64(d) => d.name(),
-            }
-            .to_string()
-        })
-        .collect()
+    tables().iter().map(|t| t.name().to_string()).collect()
+}
+
+impl Table {
+    /// The table's name.
+    fn name(&self) -> &str {
+        match self {
+            Table::U64Bytes(d) => d.name(),
+            Table::BytesUnit(d) => d.name(),
+            Table::StrBytes(d) => d.name(),
+            Table::BytesBytes(d) => d.name(),
+            Table::BytesU64(d) => d.name(),
+            Table::StrU64(d) => d.name(),
+        }
+    }
 }
 
 fn put(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
@@ -152,22 +153,20 @@ pub fn copy(
 ) -> io::Result<()> {
     macro_rules! copy {
         ($def:expr) => {{
-            if keep($def.name()) {
-                let mut dst = to.open_table($def).map_err(io_err)?;
-                dst.retain(|_, _| false).map_err(io_err)?;
-                match from.open_table($def) {
-                    Ok(src) => {
-                        for item in src.iter().map_err(io_err)? {
-                            let (k, v) = item.map_err(io_err)?;
-                            dst.insert(k.value(), v.value()).map_err(io_err)?;
-                        }
+            let mut dst = to.open_table($def).map_err(io_err)?;
+            dst.retain(|_, _| false).map_err(io_err)?;
+            match from.open_table($def) {
+                Ok(src) => {
+                    for item in src.iter().map_err(io_err)? {
+                        let (k, v) = item.map_err(io_err)?;
+                        dst.insert(k.value(), v.value()).map_err(io_err)?;
                     }
-                    Err(e) => missing_ok(e)?,
                 }
+                Err(e) => missing_ok(e)?,
             }
         }};
     }
-    for table in tables() {
+    for table in tables().into_iter().filter(|t| keep(t.name())) {
         match table {
             Table::BytesUnit(d) => copy!(d),
             Table::U64Bytes(d) => copy!(d),

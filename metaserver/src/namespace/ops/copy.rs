@@ -26,9 +26,9 @@ use super::volumes::{create_volume, delete_volume, entries_of, list_dir};
 use crate::namespace::ctx::*;
 use crate::namespace::tables::{
     DIRENTS, EXTENTS, INODES, Tab, VOLUMES, WriteTables, XATTRS, counter, decode_dirent,
-    dirent_end, dirent_key, each_extent, last_extent, read_extents, read_inode, read_volume,
-    store_err,
+    dirent_end, dirent_key, last_extent, read_extents, read_inode, read_volume, store_err,
 };
+use crate::namespace::trim;
 use crate::namespace::types::*;
 
 /// The start of a copy, as the leader proposes it.
@@ -400,32 +400,6 @@ where
     T3: ReadableTable<&'static [u8], &'static [u8]>,
     T4: ReadableTable<&'static [u8], &'static [u8]>,
 {
-    /// The live extents of file `from` (`node`, the source's inode: its cuts' leftovers
-    /// are not content) from offset `start` on: at most `limit` (one at least), and where
-    /// the rest start, if any.
-    fn extents_from(
-        &self,
-        from: InodeId,
-        node: &Inode,
-        start: u64,
-        limit: usize,
-    ) -> Result<(Vec<Extent>, Option<u64>), NsError> {
-        let limit = limit.max(1);
-        let (mut out, mut more) = (Vec::new(), None);
-        each_extent(&self.extents, from, start, u64::MAX, |e| {
-            if crate::namespace::trim::is_leftover(&node.cuts, &e) {
-                return true;
-            }
-            if out.len() == limit {
-                more = Some(e.offset);
-                return false;
-            }
-            out.push(e);
-            true
-        })?;
-        Ok((out, more))
-    }
-
     /// The copy's row for inode `from` of the source (first met in `parent`): whole, or
     /// with `after`, a directory's entries after that name. At most `limit` entries,
     /// extents and xattrs (one entry or extent at least); with more left, the last name
@@ -468,7 +442,8 @@ where
                 // The copy takes the file's live extents, not what a cut left; a file of
                 // many over several steps.
                 let room = limit.saturating_sub(row.xattrs.len());
-                (row.extents, more_extents) = self.extents_from(from, &row.inode, 0, room)?;
+                (row.extents, more_extents) =
+                    trim::live_page(&self.extents, from, &row.inode.cuts, (0, u64::MAX), room)?;
                 row.inode.cuts.clear();
             }
         }
@@ -528,7 +503,13 @@ pub fn read_rows(
         };
         let node =
             read_inode(&source.inodes, from)?.ok_or_else(|| NsError::NotFound(from.to_string()))?;
-        let (extents, more) = source.extents_from(from, &node, start, max_items)?;
+        let (extents, more) = trim::live_page(
+            &source.extents,
+            from,
+            &node.cuts,
+            (start, u64::MAX),
+            max_items,
+        )?;
         match more {
             Some(next) => cur.extents_from = Some(next),
             None => {
