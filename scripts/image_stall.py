@@ -4,9 +4,10 @@
     scripts/image_stall.py MERIDIAN_BIN [--files N] [--creates N] [--keep]
 
 Starts `meridian dev --regions 2` in a temporary folder, makes a volume "big" that lives
-in region 1 alone, fills it with N files of 100 bytes (in directories of 1,000, four
-writers at once), then creates empty files one after another (each closed: one durable
-round) in region 1's default volume while `meridian admin volume-add-region big 2
+in region 1 alone, fills it with N files of 100 bytes (in directories of 1,000, or
+--per-dir; four writers at once), then creates empty files one after another (each
+closed: one durable round) in region 1's default volume (or region 2's, --creates-in 2:
+the region installing the image) while `meridian admin volume-add-region big 2
 --follow` brings the volume into region 2 (started 1 s into the creates). Region 1's
 leader builds the image then (`metaserver/src/backfill/serve.rs`). Prints the add's own time,
 the creates' rate, the slowest creates (when, how long), and the image's size and build
@@ -36,17 +37,16 @@ def wait_mount(path, proc, what):
     raise SystemExit(f"{what}: no mount at {path}")
 
 
-def fill(root, files, writers=4):
-    per = 1000
+def fill(root, files, per, writers=4):
     dirs = (files + per - 1) // per
+    for d in range(dirs):
+        os.mkdir(os.path.join(root, "d%04d" % d))
 
     def work(k):
-        for d in range(k, dirs, writers):
-            sub = os.path.join(root, "d%04d" % d)
-            os.mkdir(sub)
-            for i in range(min(per, files - d * per)):
-                with open(os.path.join(sub, "f%04d" % i), "wb") as f:
-                    f.write(b"x" * 100)
+        for n in range(k, files, writers):
+            sub = os.path.join(root, "d%04d" % (n // per))
+            with open(os.path.join(sub, "f%07d" % (n % per)), "wb") as f:
+                f.write(b"x" * 100)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(writers)]
     for t in threads:
@@ -60,6 +60,13 @@ def main():
     ap.add_argument("bin")
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--creates", type=int, default=30000)
+    ap.add_argument("--per-dir", type=int, default=1000,
+                    help="files in each directory of the volume (one directory: all of them)")
+    ap.add_argument("--creates-in", type=int, choices=(1, 2), default=1,
+                    help="the region whose clients create meanwhile: 1 builds the image, "
+                         "2 installs it")
+    ap.add_argument("--timeout", type=float, default=900,
+                    help="seconds the add may take before it is called failed")
     ap.add_argument("--keep", action="store_true", help="keep the rig's folder")
     a = ap.parse_args()
     top = tempfile.mkdtemp(prefix="image-stall.")
@@ -88,10 +95,10 @@ def main():
                                  stdout=log, stderr=subprocess.STDOUT)
         wait_mount(big, mount, "mount of big")
         t = time.perf_counter()
-        fill(big, a.files)
+        fill(big, a.files, a.per_dir)
         print(f"filled: {a.files} files in {time.perf_counter() - t:.1f} s")
 
-        work = os.path.join(mnt, "1", "image-stall")
+        work = os.path.join(mnt, str(a.creates_in), "image-stall")
         os.makedirs(work)
         added = {}
 
@@ -100,12 +107,13 @@ def main():
             t = time.perf_counter()
             subprocess.run(admin + ["volume-add-region", "--meta", meta["1"],
                                     "--follow", meta["2"], "big", "2"],
-                           check=True, stdout=subprocess.DEVNULL)
+                           check=True, stdout=subprocess.DEVNULL, timeout=a.timeout)
             added["ms"] = (time.perf_counter() - t) * 1000
             added["at"] = time.perf_counter()
 
         adder = threading.Thread(target=add)
         start = time.perf_counter()
+        wall = time.time()
         adder.start()
         lat = []
         for i in range(a.creates):
@@ -124,6 +132,12 @@ def main():
         print("slowest creates (at s, ms):",
               ", ".join(f"{at:.2f}:{ms:.1f}" for at, ms in
                         sorted(lat, key=lambda x: -x[1])[:5]))
+        print("  at (UTC):", ", ".join(
+            time.strftime("%H:%M:%S", time.gmtime(wall + at)) + f".{int((wall + at) % 1 * 1000):03d}"
+            for at, _ in sorted(lat, key=lambda x: -x[1])[:5]))
+        over = sorted(ms for _, ms in lat)
+        print(f"creates: p50 {over[len(over) // 2]:.1f} ms, p99 {over[len(over) * 99 // 100]:.1f} ms, "
+              f"{sum(ms > 50 for ms in over)} over 50 ms")
         text = open(os.path.join(top, "dev.log")).read()
         for region, role, num, pid in re.findall(r"^(\d)\s+(meta)\s+(\d)\s+\S+\s+(\d+)", text,
                                                 re.M):
@@ -133,9 +147,16 @@ def main():
                 print(f"region {region} meta {num}: peak RSS {peak} MiB")
             except (OSError, AttributeError):
                 pass
+        if a.keep:
+            logs = os.path.join(top, "logs")
+            os.makedirs(logs, exist_ok=True)
+            for path in glob.glob(os.path.join(data, "region-*", "*.log")):
+                region = os.path.basename(os.path.dirname(path))
+                shutil.copy(path, os.path.join(logs, region + "." + os.path.basename(path)))
         for path in sorted(glob.glob(os.path.join(data, "region-*", "meta-*.log"))):
             for line in open(path, errors="replace"):
-                if "built a volume image" in line or "received a volume image" in line:
+                if any(w in line for w in ("built a volume image", "received a volume image",
+                                           "brought into this region", "image does not")):
                     print(os.path.basename(path), line.strip()[-200:])
     finally:
         for proc in (mount, dev):

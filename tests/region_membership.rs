@@ -56,6 +56,12 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
         !r3.admin(&["volumes"])?.contains("grow"),
         "region 3 holds nothing of the volume before it is added"
     );
+    // A file of more extents than an image's piece holds (an extent is about 130 bytes of
+    // the image's JSON, and a piece about 2 MiB): its extents go on over pieces after the
+    // one holding it (`InstallImageSplit`). Written after the trees were compared, and
+    // removed before they are again (the file is 160 MiB, mostly holes).
+    let pieces = 20_000;
+    drop(common::scattered(&m1.path, "scattered", pieces)?);
 
     // Region 3 joins, while region 2 keeps writing.
     let writer = {
@@ -83,6 +89,23 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
     // The image was received on disk, and its file is gone once installed.
     let scratch = common::files_ending(r3.meta.dir.path(), ".scratch");
     assert!(scratch.is_empty(), "{scratch:?}");
+    // The scattered file went over several pieces.
+    let installed: Vec<String> = common::files_ending(r3.meta.dir.path(), ".log")
+        .iter()
+        .filter_map(|log| fs::read_to_string(log).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| l.contains("namespace brought into this region"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        installed
+            .iter()
+            .any(|l| !l.contains(" split=0 ") && l.contains(" split=")),
+        "{installed:?}"
+    );
     // The blocks came with it, before anything read them there.
     let hex = BlockId::of(&big).to_hex();
     let held = r3
@@ -98,6 +121,16 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
     // All three trees are the same, content included (region 3 reads the blocks from the
     // others), and region 3 takes part like the others.
     let m3 = r3.mount("grow", "mnt-3")?;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(m3.path.join("scattered"))?;
+        for i in [0, pieces / 2, pieces - 1] {
+            let mut piece = [0; 512];
+            f.read_exact_at(&mut piece, i * 8192)?;
+            assert_eq!(piece, [common::piece_byte(i); 512], "piece {i}");
+        }
+    }
+    fs::remove_file(m1.path.join("scattered"))?;
     let tree = wait_same(&m1.path, &m3.path, "regions 1 and 3 to agree")?;
     wait_same(&m2.path, &m3.path, "regions 2 and 3 to agree")?;
     assert!(

@@ -482,10 +482,19 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
         ));
     }
     let (name, inodes) = (image.volume.name.clone(), image.inodes.len());
-    let parts = image.parts().map_err(|e| e.to_string())?;
-    for part in parts {
+    // Made one at a time: the image's rows go as their pieces are proposed.
+    let (mut pieces, mut split) = (0, 0);
+    for piece in image.pieces() {
+        let piece = piece.map_err(|e| e.to_string())?;
+        pieces += 1;
+        split += u32::from(piece.split);
+        let request = if piece.split {
+            RaftRequest::InstallImageSplit(piece.part)
+        } else {
+            RaftRequest::InstallImage(piece.part)
+        };
         match node
-            .propose_internal(RaftRequest::InstallImage(part))
+            .propose_internal(request)
             .await
             .map_err(|e| e.to_string())?
         {
@@ -503,7 +512,7 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
         .get_mut(&b.volume)
         .and_then(|p| p.file.take());
     remove_later(file);
-    info!(volume = b.volume, %name, inodes, from = b.from.0, "volume's namespace brought into this region");
+    info!(volume = b.volume, %name, inodes, pieces, split, from = b.from.0, "volume's namespace brought into this region");
     Ok(())
 }
 

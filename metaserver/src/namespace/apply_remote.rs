@@ -280,14 +280,16 @@ fn full_merge_forced() -> bool {
 
 /// Installs one piece of the image of a volume this region is being brought into (see
 /// `backfill`); the last piece's records merge like a batch. A piece that does not fit
-/// is refused and changes nothing.
+/// is refused and changes nothing. `split`: the piece came by the request that may carry
+/// rows going on from a piece before (`image_pieces`).
 pub fn install_image(
     t: &mut WriteTables<'_>,
     own: RegionId,
     part: &backfill::ImagePart,
+    split: bool,
 ) -> Result<MergeOutcome, NsError> {
     let mut outcome = MergeOutcome::default();
-    let Some(records) = backfill::install(t, part)? else {
+    let Some(records) = backfill::install(t, part, split)? else {
         return Ok(outcome);
     };
     let mut fresh: Vec<Record> = Vec::new();

@@ -2,10 +2,10 @@
 //! image built where the change was made, installed in pieces, and every region ending
 //! with the same namespace while the others keep writing.
 
-use super::backfill::{self, ImagePart};
+use super::backfill::{self, ImagePart, ImagePiece};
 use std::collections::BTreeMap;
 
-use meridian_proto::{Hlc, RegionId};
+use meridian_proto::{Hlc, InodeId, RegionId};
 
 use super::test_regions::*;
 
@@ -28,14 +28,16 @@ fn add_third(rs: &mut [Region]) {
     let parts = image_to_add_third(rs);
     let own = rs[2].id;
     for part in &parts {
-        rs[2].write(|t| install_image(t, own, part)).unwrap();
+        rs[2]
+            .write(|t| install_image(t, own, &part.part, part.split))
+            .unwrap();
     }
     rounds(rs, 4);
 }
 
 /// Adds region 3 to volume "main" from region 1, lets the addition travel and settle, and
 /// returns the image region 1 builds for region 3.
-fn image_to_add_third(rs: &mut [Region]) -> Vec<ImagePart> {
+fn image_to_add_third(rs: &mut [Region]) -> Vec<ImagePiece> {
     let (volume, since) = add_third_settled(rs);
     image_for_3(&rs[0], volume, since).expect("settled past the addition")
 }
@@ -62,7 +64,12 @@ fn add_third_settled(rs: &mut [Region]) -> (u32, Hlc) {
 /// The image region 1 builds for region 3 now, as a member builds it (in a scratch copy
 /// of the state, `crate::backfill::serve::build`), checked against the image built in region 1's
 /// own write transaction, never committed.
-fn image_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<Vec<ImagePart>> {
+fn image_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<Vec<ImagePiece>> {
+    built_for_3(r1, volume, since).map(|i| i.parts().unwrap())
+}
+
+/// The image region 1 builds for region 3 now (as [`image_for_3`] checks it), whole.
+fn built_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<backfill::VolumeImage> {
     let tx = r1.db.begin_write().unwrap();
     let reference = {
         let mut t = WriteTables::open(&tx);
@@ -89,7 +96,7 @@ fn image_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<Vec<ImagePart>> {
         "the image built in a scratch copy differs from the one built in place"
     );
     assert_eq!(files(), 0, "the image's file goes with it");
-    reference.map(|i| i.parts().unwrap())
+    reference
 }
 
 /// The rows of volume "main" in a region: (inodes, dirents, extents) as it holds them.
@@ -143,10 +150,15 @@ fn a_region_added_with_concurrent_writers_ends_identical_and_leaves_cleanly() {
         point: b.since,
         index: 5,
         inodes: b"[]".to_vec(),
+        tombs: Vec::new(),
         finish: None,
     };
     let own = rs[2].id;
-    assert!(rs[2].write(|t| install_image(t, own, &bogus)).is_err());
+    assert!(
+        rs[2]
+            .write(|t| install_image(t, own, &bogus, false))
+            .is_err()
+    );
 
     // Region 3 writes nothing meanwhile: its leader promises later stamps (as the
     // promise loop does), so the others settle past the addition.
@@ -154,9 +166,13 @@ fn a_region_added_with_concurrent_writers_ends_identical_and_leaves_cleanly() {
     rounds(&mut rs, 3);
     let parts = image_for_3(&rs[0], vol.id, b.since).expect("settled past the addition");
     for part in &parts {
-        rs[2].write(|t| install_image(t, own, part)).unwrap();
+        rs[2]
+            .write(|t| install_image(t, own, &part.part, part.split))
+            .unwrap();
         // Proposed twice (a lost answer): installed once.
-        rs[2].write(|t| install_image(t, own, part)).unwrap();
+        rs[2]
+            .write(|t| install_image(t, own, &part.part, part.split))
+            .unwrap();
     }
     attr_of(rs[2].run(mknod(root, "from-3", FileKind::File)));
     attr_of(rs[1].run(mknod(root, "from-2-late", FileKind::File)));
@@ -312,11 +328,12 @@ fn pieces_touching_another_volume_and_additions_of_two_regions_are_refused() {
         point: b.since,
         index: 0,
         inodes: serde_json::to_vec(&vec![hostile]).unwrap(),
+        tombs: Vec::new(),
         finish: None,
     };
     let own = rs[2].id;
     assert!(matches!(
-        rs[2].write(|t| install_image(t, own, &part)),
+        rs[2].write(|t| install_image(t, own, &part, false)),
         Err(NsError::Invalid(_))
     ));
     assert_eq!(
@@ -411,7 +428,9 @@ fn records_of_other_volumes_go_on_while_an_image_is_on_its_way() {
     let parts = image_for_3(&rs[0], main.id, b.since).expect("settled past the addition");
     let own = rs[2].id;
     for part in &parts {
-        rs[2].write(|t| install_image(t, own, part)).unwrap();
+        rs[2]
+            .write(|t| install_image(t, own, &part.part, part.split))
+            .unwrap();
     }
     rounds(&mut rs, 4);
     assert_eq!(waiting(&rs[2]), 0);
@@ -434,7 +453,7 @@ fn an_image_whose_file_carries_a_cut_is_refused() {
     rs[0].run(op).unwrap();
     rounds(&mut rs, 3);
     let mut parts = image_to_add_third(&mut rs);
-    let mut rows: Vec<backfill::InodeRows> = serde_json::from_slice(&parts[0].inodes).unwrap();
+    let mut rows: Vec<backfill::InodeRows> = serde_json::from_slice(&parts[0].part.inodes).unwrap();
     let file = rows
         .iter_mut()
         .filter_map(|r| r.inode.as_mut())
@@ -444,9 +463,9 @@ fn an_image_whose_file_carries_a_cut_is_refused() {
         from: 0,
         to: u64::MAX,
     }];
-    parts[0].inodes = serde_json::to_vec(&rows).unwrap();
+    parts[0].part.inodes = serde_json::to_vec(&rows).unwrap();
     let own = rs[2].id;
-    let refused = rs[2].write(|t| install_image(t, own, &parts[0]));
+    let refused = rs[2].write(|t| install_image(t, own, &parts[0].part, parts[0].split));
     assert!(
         matches!(&refused, Err(NsError::Invalid(m)) if m.contains("cut pending")),
         "{refused:?}"
@@ -475,7 +494,7 @@ fn an_image_carries_a_cut_files_content_alone() {
     );
     let rows: Vec<backfill::InodeRows> = parts
         .iter()
-        .flat_map(|p| serde_json::from_slice::<Vec<backfill::InodeRows>>(&p.inodes).unwrap())
+        .flat_map(|p| serde_json::from_slice::<Vec<backfill::InodeRows>>(&p.part.inodes).unwrap())
         .filter(|r| r.ino == f)
         .collect();
     assert_eq!(rows.len(), 1, "the file is in the image");
@@ -488,7 +507,9 @@ fn an_image_carries_a_cut_files_content_alone() {
     assert!(rows[0].extents.iter().all(|e| e.end() <= size));
     let own = rs[2].id;
     for part in &parts {
-        rs[2].write(|t| install_image(t, own, part)).unwrap();
+        rs[2]
+            .write(|t| install_image(t, own, &part.part, part.split))
+            .unwrap();
     }
     rounds(&mut rs, 4);
     assert_eq!(file_extents(&rs[2], f), file_extents(&rs[0], f));
@@ -588,4 +609,261 @@ fn an_image_is_built_while_the_state_is_held_by_its_writer() {
         "a's tag as it was: {tags:?}"
     );
     assert_eq!(image.parts().unwrap(), parts);
+}
+
+/// Volume "main" with a directory of 200 names, a file of 300 extents and a tagged file,
+/// added to region 3: the regions, the directory, the file, and the image built for
+/// region 3.
+fn many_rows_to_add_third() -> (Vec<Region>, InodeId, InodeId, backfill::VolumeImage) {
+    let mut rs = three_with_volume_in_two();
+    let root = rs[0].volume_root();
+    let dir = attr_of(rs[0].run(mknod(root, "many", FileKind::Dir))).ino;
+    for i in 0..200 {
+        attr_of(rs[0].run(mknod(dir, &format!("name-{i:04}"), FileKind::File)));
+    }
+    let f = attr_of(rs[0].run(mknod(root, "fragmented", FileKind::File))).ino;
+    super::trim_tests::fragment(&mut rs[0], f, 300);
+    let tagged = attr_of(rs[0].run(mknod(root, "tagged", FileKind::File))).ino;
+    rs[0]
+        .run(Op::SetXattr {
+            ino: tagged,
+            name: b"user.tag".to_vec(),
+            value: vec![7; 1000],
+            mode: XattrMode::Any,
+            creds: root_creds(),
+        })
+        .unwrap();
+    rounds(&mut rs, 3);
+    let (volume, since) = add_third_settled(&mut rs);
+    let image = built_for_3(&rs[0], volume, since).expect("settled past the addition");
+    (rs, dir, f, image)
+}
+
+/// The rows of `ino` in each piece that has some: (the piece's index, with the inode or
+/// the tombstone, rows).
+fn rows_by_piece(pieces: &[ImagePiece], ino: InodeId) -> Vec<(u32, bool, usize)> {
+    let mut out = Vec::new();
+    for p in pieces {
+        let mut rows: Vec<(bool, backfill::InodeRows)> =
+            serde_json::from_slice::<Vec<backfill::InodeRows>>(&p.part.inodes)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.inode.is_some(), r))
+                .collect();
+        if !p.part.tombs.is_empty() {
+            let tombs: Vec<(super::tables::Tomb, backfill::InodeRows)> =
+                serde_json::from_slice(&p.part.tombs).unwrap();
+            rows.extend(tombs.into_iter().map(|(_, r)| (true, r)));
+        }
+        for (head, r) in rows.into_iter().filter(|(_, r)| r.ino == ino) {
+            let n = r.dirents.len() + r.xattrs.len() + r.extents.len();
+            out.push((p.part.index, head, n));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_directory_of_many_names_and_a_file_of_many_extents_go_over_several_pieces() {
+    let (mut rs, dir, f, image) = many_rows_to_add_third();
+    // Cut as the image's size says: nothing is larger than a piece, so the pieces are the
+    // ones an older member installs (no split piece, no field it does not know).
+    let whole = image.clone().parts().unwrap();
+    assert!(whole.iter().all(|p| !p.split));
+    for p in &whole {
+        let json = String::from_utf8(serde_json::to_vec(&p.part).unwrap()).unwrap();
+        assert!(!json.contains("tombs"), "{json}");
+    }
+    // Cut small, as a directory of a million names is cut at the real size.
+    let limit = 4096;
+    let pieces = image
+        .clone()
+        .pieces_within(limit)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    for p in &pieces {
+        assert!(
+            p.part.inodes.len() + p.part.tombs.len() <= limit + 2,
+            "piece {} holds {} bytes of rows",
+            p.part.index,
+            p.part.inodes.len()
+        );
+    }
+    let spans = |ino| rows_by_piece(&pieces, ino);
+    for (ino, rows) in [(dir, 200), (f, 300)] {
+        let span = spans(ino);
+        assert!(span.len() >= 3, "inode {ino} in pieces {span:?}");
+        assert_eq!(span.iter().filter(|(_, head, _)| *head).count(), 1);
+        assert!(span[0].1, "the inode comes first");
+        assert_eq!(span.iter().map(|(_, _, n)| n).sum::<usize>(), rows);
+        // In consecutive pieces, each its own after the first.
+        assert!(span.windows(2).all(|w| w[1].0 == w[0].0 + 1), "{span:?}");
+    }
+    for p in &pieces {
+        let rows: Vec<backfill::InodeRows> = serde_json::from_slice(&p.part.inodes).unwrap();
+        assert_eq!(p.split, rows.iter().any(|r| r.inode.is_none()));
+    }
+    // The images cut either way hold the same rows.
+    let all_rows = |ps: &[ImagePiece]| {
+        let mut rows: Vec<(InodeId, usize)> = Vec::new();
+        for p in ps {
+            for r in serde_json::from_slice::<Vec<backfill::InodeRows>>(&p.part.inodes).unwrap() {
+                rows.push((r.ino, r.dirents.len() + r.xattrs.len() + r.extents.len()));
+            }
+        }
+        let mut by: BTreeMap<InodeId, usize> = BTreeMap::new();
+        for (ino, n) in rows {
+            *by.entry(ino).or_default() += n;
+        }
+        by
+    };
+    assert_eq!(all_rows(&pieces), all_rows(&whole));
+
+    let own = rs[2].id;
+    let first_split = pieces.iter().position(|p| p.split).expect("a split piece");
+    for p in &pieces[..first_split] {
+        rs[2]
+            .write(|t| install_image(t, own, &p.part, p.split))
+            .unwrap();
+    }
+    // A split piece by the older request is refused, and changes nothing; so are rows
+    // going on from an inode the image did not bring.
+    let before = namespace_dump(&rs[2]);
+    let split = &pieces[first_split].part;
+    let refused = rs[2].write(|t| install_image(t, own, split, false));
+    assert!(
+        matches!(&refused, Err(NsError::Invalid(m)) if m.contains("without the inode")),
+        "{refused:?}"
+    );
+    let local = make_volume(&mut rs[2], "local", vec![RegionId(3)]);
+    let before_local = namespace_dump(&rs[2]);
+    for stranger in [local, InodeId(u64::MAX / 2)] {
+        let mut rows: Vec<backfill::InodeRows> = serde_json::from_slice(&split.inodes).unwrap();
+        let go_on = rows.iter_mut().find(|r| r.inode.is_none()).unwrap();
+        go_on.ino = stranger;
+        for (k, _) in go_on.dirents.iter_mut().chain(go_on.xattrs.iter_mut()) {
+            k[..8].copy_from_slice(&stranger.0.to_be_bytes());
+        }
+        let hostile = ImagePart {
+            inodes: serde_json::to_vec(&rows).unwrap(),
+            ..split.clone()
+        };
+        let refused = rs[2].write(|t| install_image(t, own, &hostile, true));
+        assert!(matches!(&refused, Err(NsError::Invalid(_))), "{refused:?}");
+        assert_eq!(
+            namespace_dump(&rs[2]),
+            before_local,
+            "a refused piece changes nothing"
+        );
+    }
+    assert_ne!(before, before_local, "the local volume is there");
+    for p in &pieces[first_split..] {
+        rs[2]
+            .write(|t| install_image(t, own, &p.part, p.split))
+            .unwrap();
+        // Proposed twice (a lost answer): installed once.
+        rs[2]
+            .write(|t| install_image(t, own, &p.part, p.split))
+            .unwrap();
+    }
+    let b = rs[2]
+        .write(|t| backfill::get(t.region_state.open().unwrap(), image.volume.id).unwrap())
+        .unwrap();
+    assert!(b.installed);
+    assert_eq!(
+        b.inodes,
+        image.inodes.len() as u64,
+        "each inode counted once"
+    );
+    rounds(&mut rs, 4);
+    let mut got = volume_rows(&rs[2]);
+    // Region 3's own volume aside.
+    let of_local = |k: &[u8]| k.starts_with(&local.0.to_be_bytes()) || k == b"local";
+    for rows in got.values_mut() {
+        rows.retain(|(k, _)| !of_local(k));
+    }
+    assert_eq!(got, volume_rows(&rs[0]));
+    assert_eq!(rs[2].names(dir).len(), 200);
+    assert_eq!(file_extents(&rs[2], f), file_extents(&rs[0], f));
+    for r in &rs {
+        assert_consistent(r);
+    }
+}
+
+#[test]
+fn tombstones_that_do_not_fit_the_last_piece_go_before_it_and_their_rows_over_several() {
+    let (rs, _, f, mut image) = many_rows_to_add_third();
+    // The fragmented file as a tombstone kept with its extents (as a removed file's are
+    // until every region settled past its removal), its name gone from the root.
+    let at = image.inodes.iter().position(|r| r.ino == f).unwrap();
+    let mut rows = image.inodes.remove(at);
+    let mut inode = rows.inode.take().unwrap();
+    inode.attr.nlink = 0;
+    let root = image.volume.root;
+    let root_rows = image.inodes.iter_mut().find(|r| r.ino == root).unwrap();
+    root_rows
+        .dirents
+        .retain(|(k, v)| super::tables::decode_dirent(k, v).unwrap().ino != f);
+    let extents = rows.extents.clone();
+    let tomb = super::tables::Tomb {
+        inode,
+        dir: root,
+        name: b"fragmented".to_vec(),
+        at: image.point,
+    };
+    image.tombs.push((tomb, rows));
+
+    // Cut as the image's size says, the tombstones ride in the last piece, as before.
+    let whole = image.clone().parts().unwrap();
+    assert!(whole.iter().all(|p| !p.split && p.part.tombs.is_empty()));
+    let limit = 4096;
+    let pieces = image
+        .clone()
+        .pieces_within(limit)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let last = pieces.last().unwrap();
+    assert!(last.part.finish.is_some() && !last.split);
+    let span = rows_by_piece(&pieces, f);
+    assert!(span.len() >= 3, "{span:?}");
+    assert!(span[0].1, "the tombstone comes first");
+    assert!(span.iter().all(|(i, _, _)| *i < last.part.index));
+    assert_eq!(span.iter().map(|(_, _, n)| n).sum::<usize>(), 300);
+    for p in &pieces {
+        assert!(p.part.inodes.len() + p.part.tombs.len() <= limit + 2);
+        let rows: Vec<backfill::InodeRows> = serde_json::from_slice(&p.part.inodes).unwrap();
+        let split = !p.part.tombs.is_empty() || rows.iter().any(|r| r.inode.is_none());
+        assert_eq!(p.split, split, "piece {}", p.part.index);
+    }
+    // Tombstones before the last piece by the older request: refused.
+    let own = rs[2].id;
+    let with_tomb = pieces.iter().find(|p| !p.part.tombs.is_empty()).unwrap();
+    for p in pieces
+        .iter()
+        .take_while(|p| p.part.index < with_tomb.part.index)
+    {
+        rs[2]
+            .write(|t| install_image(t, own, &p.part, p.split))
+            .unwrap();
+    }
+    let before = namespace_dump(&rs[2]);
+    let refused = rs[2].write(|t| install_image(t, own, &with_tomb.part, false));
+    assert!(matches!(&refused, Err(NsError::Invalid(_))), "{refused:?}");
+    assert_eq!(
+        namespace_dump(&rs[2]),
+        before,
+        "a refused piece changes nothing"
+    );
+    for p in pieces.iter().skip(with_tomb.part.index as usize) {
+        rs[2]
+            .write(|t| install_image(t, own, &p.part, p.split))
+            .unwrap();
+    }
+    assert!(
+        rs[2].write(|t| t.tomb(f).unwrap()).is_some(),
+        "the tombstone is here"
+    );
+    let kept = rs[2].write(|t| read_extents(t.extents().unwrap(), f, 0, u64::MAX).unwrap());
+    assert_eq!(kept, extents, "with every extent");
+    assert_consistent(&rs[2]);
 }

@@ -172,7 +172,7 @@ pub fn build_image(
     }))
 }
 
-/// A bounded piece of an image, installed by one Raft entry.
+/// A bounded piece of an image, installed by one Raft entry (`image_pieces`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImagePart {
     /// The volume.
@@ -181,60 +181,27 @@ pub struct ImagePart {
     pub point: Hlc,
     /// Its place among the image's pieces, from 0.
     pub index: u32,
-    /// JSON of `Vec<InodeRows>`.
+    /// JSON of `Vec<InodeRows>`. A row without its inode goes on with the rows of an
+    /// inode (or tombstone) that a piece before began (in a split piece alone).
     pub inodes: Vec<u8>,
+    /// JSON of `Vec<(Tomb, InodeRows)>`: tombstones before the last piece (in a split
+    /// piece alone; empty otherwise, and then not written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tombs: Vec<u8>,
     /// The last piece: JSON of `(Volume, Vec<(Tomb, InodeRows)>, Vec<Record>)`.
     pub finish: Option<Vec<u8>>,
-}
-
-/// Most inodes in one piece.
-pub const PART_INODES: usize = 2000;
-/// About the most bytes of rows in one piece.
-const PART_BYTES: usize = 8 << 20;
-
-impl VolumeImage {
-    /// The image in pieces of at most [`PART_INODES`] inodes, the volume's row last.
-    pub fn parts(self) -> Result<Vec<ImagePart>, NsError> {
-        let mut out = Vec::new();
-        let (volume, point) = (self.volume.id, self.point);
-        let mut chunk: Vec<InodeRows> = Vec::new();
-        let mut bytes = 0;
-        let mut rest = self.inodes.into_iter().peekable();
-        while let Some(rows) = rest.next() {
-            bytes += 512 + (rows.dirents.len() + rows.xattrs.len()) * 64 + rows.extents.len() * 96;
-            chunk.push(rows);
-            if chunk.len() >= PART_INODES || bytes >= PART_BYTES || rest.peek().is_none() {
-                out.push(ImagePart {
-                    volume,
-                    point,
-                    index: out.len() as u32,
-                    inodes: serde_json::to_vec(&chunk).map_err(json_err)?,
-                    finish: None,
-                });
-                chunk.clear();
-                bytes = 0;
-            }
-        }
-        let finish =
-            serde_json::to_vec(&(self.volume, self.tombs, self.records)).map_err(json_err)?;
-        out.push(ImagePart {
-            volume,
-            point,
-            index: out.len() as u32,
-            inodes: b"[]".to_vec(),
-            finish: Some(finish),
-        });
-        Ok(out)
-    }
 }
 
 /// Installs one piece of the image of a volume this region is being brought into. A
 /// piece of another image than the one being installed (the serving region's leader
 /// changed and built a new one) starts over: what the earlier one installed goes first.
-/// Returns the records of the last piece, to merge (`apply` does).
+/// Returns the records of the last piece, to merge (`apply` does). Only a `split` piece
+/// (`image_pieces`) may carry rows going on from a piece before, or tombstones before the
+/// last piece.
 pub(crate) fn install(
     t: &mut WriteTables<'_>,
     part: &ImagePart,
+    split: bool,
 ) -> Result<Option<Vec<Record>>, NsError> {
     let Some(mut b) = get(t.region_state.open()?, part.volume)? else {
         return Err(NsError::Invalid(format!(
@@ -257,7 +224,7 @@ pub(crate) fn install(
     // that may still be undone get their block counts rebased below.
     // Captured only to be put back if the piece does not fit: a refusal changes nothing.
     let saved = t.undo.replace(Vec::new());
-    let result = install_rows(t, &mut b, part);
+    let result = install_rows(t, &mut b, part, split);
     let images = t.undo.take().unwrap_or_default();
     t.undo = saved;
     let (added, records) = match result {
@@ -280,6 +247,7 @@ fn install_rows(
     t: &mut WriteTables<'_>,
     b: &mut Backfill,
     part: &ImagePart,
+    split: bool,
 ) -> Result<(RefDelta, Option<Vec<Record>>), NsError> {
     let mut added: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
     if b.point != Some(part.point) {
@@ -294,13 +262,36 @@ fn install_rows(
     let inodes: Vec<InodeRows> = serde_json::from_slice(&part.inodes).map_err(json_err)?;
     for rows in &inodes {
         if rows.inode.is_none() {
-            return Err(NsError::Invalid(format!(
-                "an image's inode {} comes without the inode",
-                rows.ino
-            )));
+            // Rows going on from a piece before: of an inode or a tombstone of this
+            // volume here, which only this image brought.
+            let ours = |v: u32| v == part.volume;
+            let begun = super::tables::read_inode(t.inodes()?, rows.ino)?
+                .is_some_and(|n| ours(n.attr.volume))
+                || t.tomb(rows.ino)?
+                    .is_some_and(|tb| ours(tb.inode.attr.volume));
+            if !split || !begun {
+                return Err(NsError::Invalid(format!(
+                    "an image's inode {} comes without the inode",
+                    rows.ino
+                )));
+            }
+        } else {
+            b.inodes += 1;
         }
         put_rows(t, rows, part.volume, &mut added)?;
-        b.inodes += 1;
+    }
+    if !part.tombs.is_empty() {
+        if !split {
+            return Err(NsError::Invalid(
+                "an image's tombstones before its last piece, in a piece that may not carry them"
+                    .into(),
+            ));
+        }
+        let tombs: Vec<(Tomb, InodeRows)> =
+            serde_json::from_slice(&part.tombs).map_err(json_err)?;
+        for (tomb, rows) in &tombs {
+            put_tomb(t, tomb, rows, part.volume, &mut added)?;
+        }
     }
     let Some(finish) = &part.finish else {
         return Ok((added, None));
@@ -314,25 +305,7 @@ fn install_rows(
         )));
     }
     for (tomb, rows) in &tombs {
-        if tomb.inode.attr.volume != part.volume || tomb.inode.attr.ino != rows.ino {
-            return Err(NsError::Invalid(
-                "an image's tombstone of another volume".into(),
-            ));
-        }
-        if !tomb.inode.cuts.is_empty() {
-            return Err(NsError::Invalid(format!(
-                "an image's tombstone of inode {} carries a cut pending",
-                rows.ino
-            )));
-        }
-        if super::tables::read_inode(t.inodes()?, rows.ino)?.is_some() {
-            return Err(NsError::Invalid(format!(
-                "an image's tombstone names inode {}, which lives here",
-                rows.ino
-            )));
-        }
-        t.put_tomb(tomb)?;
-        put_rows(t, rows, part.volume, &mut added)?;
+        put_tomb(t, tomb, rows, part.volume, &mut added)?;
     }
     if super::tables::read_volume(t.volumes()?, &vol.name)?.is_some() {
         return Err(NsError::Exists(format!(
@@ -343,6 +316,35 @@ fn install_rows(
     t.put_volume(&vol)?;
     b.installed = true;
     Ok((added, Some(records)))
+}
+
+/// Installs a tombstone of the image, with its rows.
+fn put_tomb(
+    t: &mut WriteTables<'_>,
+    tomb: &Tomb,
+    rows: &InodeRows,
+    volume: u32,
+    added: &mut BTreeMap<Vec<u8>, i64>,
+) -> Result<(), NsError> {
+    if tomb.inode.attr.volume != volume || tomb.inode.attr.ino != rows.ino {
+        return Err(NsError::Invalid(
+            "an image's tombstone of another volume".into(),
+        ));
+    }
+    if !tomb.inode.cuts.is_empty() {
+        return Err(NsError::Invalid(format!(
+            "an image's tombstone of inode {} carries a cut pending",
+            rows.ino
+        )));
+    }
+    if super::tables::read_inode(t.inodes()?, rows.ino)?.is_some() {
+        return Err(NsError::Invalid(format!(
+            "an image's tombstone names inode {}, which lives here",
+            rows.ino
+        )));
+    }
+    t.put_tomb(tomb)?;
+    put_rows(t, rows, volume, added)
 }
 
 fn put_rows(

@@ -15,6 +15,7 @@ pub(crate) mod fence;
 pub(crate) mod footprint;
 pub mod history;
 mod image;
+mod image_pieces;
 pub(crate) mod lazy_table;
 pub mod lease;
 pub mod leave;

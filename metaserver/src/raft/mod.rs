@@ -45,6 +45,10 @@ pub enum Request {
     PeerNote(crate::namespace::links::PeerNote),
     /// A piece of the image of a volume this region is being brought into.
     InstallImage(crate::namespace::backfill::ImagePart),
+    /// A piece of such an image with rows of an inode begun in the piece before, or with
+    /// tombstones before the last piece (`namespace/image_pieces.rs`): a member of an
+    /// earlier version cannot read it, rather than install it differently.
+    InstallImageSplit(crate::namespace::backfill::ImagePart),
     /// One step of dropping a volume that left this region.
     LeaveStep(u32),
     /// One step of dropping the extents a removed file left behind
@@ -78,6 +82,9 @@ impl fmt::Display for Request {
             Request::ExpireLeases(d) => write!(f, "expire-leases:{}", d.len()),
             Request::PeerNote(n) => write!(f, "peer-note:{}", n.region.0),
             Request::InstallImage(p) => write!(f, "install-image:{}", p.volume),
+            Request::InstallImageSplit(p) => {
+                write!(f, "install-image-split:{}:{}", p.volume, p.index)
+            }
             Request::LeaveStep(v) => write!(f, "leave-step:{v}"),
             Request::TrimStep(ino) => write!(f, "trim-step:{ino}"),
             Request::BlocksBroughtIn(v) => write!(f, "blocks-brought-in:{v}"),

@@ -414,8 +414,14 @@ pub(super) fn apply_into<'e>(
             }
             EntryPayload::Normal(Request::InstallImage(part)) => Response::Remote(store_fails(
                 log_id,
-                namespace::install_image(&mut ns, region, part),
+                namespace::install_image(&mut ns, region, part, false),
             )?),
+            EntryPayload::Normal(Request::InstallImageSplit(part)) => {
+                Response::Remote(store_fails(
+                    log_id,
+                    namespace::install_image(&mut ns, region, part, true),
+                )?)
+            }
             EntryPayload::Normal(Request::LeaveStep(volume)) => {
                 let outcome = store_fails(log_id, namespace::leave::leave_step(&mut ns, *volume))?;
                 Response::Remote(outcome.map(|done| namespace::MergeOutcome {
