@@ -17,7 +17,7 @@ use redb::ReadableDatabase;
 use tonic::Code;
 use tracing::{info, warn};
 
-use crate::namespace::backfill::{self, Backfill, VolumeImage};
+use crate::namespace::backfill::{self, Backfill};
 use crate::namespace::merge;
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
@@ -460,53 +460,75 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
         );
         p.file.clone().ok_or("an image received into no file")?
     };
+    // Read and cut on a thread of its own, a piece at a time (the image is never whole
+    // in memory), while the pieces already cut are installed here.
+    let (give, mut pieces) = tokio::sync::mpsc::channel(1);
+    let volume = b.volume;
     let read = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&file.0).map_err(|e| e.to_string())?;
-        serde_json::from_reader::<_, VolumeImage>(std::io::BufReader::with_capacity(1 << 20, f))
-            .map_err(|e| format!("a damaged image: {e}"))
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let image = match read {
-        Ok(i) => i,
-        Err(e) => {
-            start_over(node, b.volume);
-            return Err(e);
-        }
-    };
-    if image.volume.id != b.volume {
-        start_over(node, b.volume);
-        return Err(format!(
-            "asked for volume {} and was sent volume {}",
-            b.volume, image.volume.id
-        ));
-    }
-    let (name, inodes) = (image.volume.name.clone(), image.inodes.len());
-    // Made one at a time: the image's rows go as their pieces are proposed.
-    let (mut pieces, mut split) = (0, 0);
-    for piece in image.pieces() {
-        let piece = piece.map_err(|e| e.to_string())?;
-        pieces += 1;
+        let f = std::io::BufReader::with_capacity(1 << 20, f);
+        backfill::read_pieces(f, volume, backfill::PART_JSON, |piece| {
+            give.blocking_send(piece).is_ok()
+        })
+    });
+    let (mut count, mut split) = (0, 0);
+    let mut refused = None;
+    // An install going on at the same point skips the pieces it installed already by their
+    // index: they must be the pieces cut here (a member of another version may have cut
+    // the image otherwise, and rows would be skipped unseen). The inodes they began tell.
+    let mut began = 0;
+    while let Some(piece) = pieces.recv().await {
+        count += 1;
         split += u32::from(piece.split);
+        if b.point == Some(piece.part.point) && b.parts > 0 {
+            if piece.part.index < b.parts {
+                began += piece.heads;
+            } else if piece.part.index == b.parts && began != b.inodes {
+                refused = Some(format!(
+                    "the {} pieces of the image installed so far began {} inodes, and the same \
+                     pieces cut here begin {began}: they were cut otherwise (by a member of \
+                     another version); the install starts over with a new image",
+                    b.parts, b.inodes
+                ));
+                break;
+            }
+        }
         let request = if piece.split {
             RaftRequest::InstallImageSplit(piece.part)
         } else {
             RaftRequest::InstallImage(piece.part)
         };
-        match node
-            .propose_internal(request)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            RaftResponse::Remote(Ok(_)) => {}
-            RaftResponse::Remote(Err(e)) => {
-                // Start over with a new image.
-                start_over(node, b.volume);
-                return Err(format!("the image does not install: {e}"));
+        match node.propose_internal(request).await {
+            Ok(RaftResponse::Remote(Ok(_))) => {}
+            Ok(RaftResponse::Remote(Err(e))) => {
+                refused = Some(format!("the image does not install: {e}"));
+                break;
             }
-            _ => return Err("unexpected answer to an install".into()),
+            Ok(_) => {
+                refused = Some("unexpected answer to an install".into());
+                break;
+            }
+            Err(e) => {
+                // Not refused (this member stopped leading, say): the pieces go again
+                // from the first, and those installed already are skipped.
+                drop(pieces);
+                let _ = read.await;
+                return Err(e.to_string());
+            }
         }
     }
+    drop(pieces);
+    let read = read.await.map_err(|e| e.to_string())?;
+    let read = match (refused, read) {
+        (Some(e), _) | (None, Err(e)) => {
+            // Start over with a new image.
+            start_over(node, b.volume);
+            return Err(e);
+        }
+        (None, Ok(read)) => read,
+    };
+    let backfill::ImageRead { name, inodes } = read;
+    let pieces = count;
     // The image's file goes (the progress keeps its counts for `admin regions`).
     let file = lock(&node.backfills.progress)
         .get_mut(&b.volume)

@@ -34,7 +34,7 @@ use super::types::*;
 pub(crate) use super::image::install;
 use super::image::wipe;
 pub use super::image::{ImagePart, InodeRows, VolumeImage, build_image};
-pub use super::image_pieces::{ImagePiece, PART_INODES, PART_JSON, Pieces};
+pub use super::image_pieces::{Cutter, ImagePiece, ImageRead, PART_INODES, PART_JSON, read_pieces};
 
 /// What a region knows of one volume being brought into it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -611,7 +611,8 @@ fn an_image_is_built_while_the_state_is_held_by_its_writer() {
     assert_eq!(image.parts().unwrap(), parts);
 }
 
-/// Volume "main" with a directory of 200 names, a file of 300 extents and a tagged file,
+/// Volume "main" with a directory of 200 names, a file of 300 extents, small files and a
+/// tagged file,
 /// added to region 3: the regions, the directory, the file, and the image built for
 /// region 3.
 fn many_rows_to_add_third() -> (Vec<Region>, InodeId, InodeId, backfill::VolumeImage) {
@@ -623,6 +624,10 @@ fn many_rows_to_add_third() -> (Vec<Region>, InodeId, InodeId, backfill::VolumeI
     }
     let f = attr_of(rs[0].run(mknod(root, "fragmented", FileKind::File))).ino;
     super::trim_tests::fragment(&mut rs[0], f, 300);
+    // Small files after it (the image takes a directory's files in their names' order).
+    for name in ["g0", "g1", "g2"] {
+        attr_of(rs[0].run(mknod(root, name, FileKind::File)));
+    }
     let tagged = attr_of(rs[0].run(mknod(root, "tagged", FileKind::File))).ino;
     rs[0]
         .run(Op::SetXattr {
@@ -637,6 +642,66 @@ fn many_rows_to_add_third() -> (Vec<Region>, InodeId, InodeId, backfill::VolumeI
     let (volume, since) = add_third_settled(&mut rs);
     let image = built_for_3(&rs[0], volume, since).expect("settled past the addition");
     (rs, dir, f, image)
+}
+
+/// The pieces of `image` as a receiving leader cuts them: read from its JSON (as served)
+/// one inode at a time.
+fn streamed(image: &backfill::VolumeImage, limit: usize) -> Vec<ImagePiece> {
+    let json = serde_json::to_vec(image).unwrap();
+    let mut got = Vec::new();
+    let read = backfill::read_pieces(json.as_slice(), image.volume.id, limit, |p| {
+        got.push(p);
+        true
+    })
+    .unwrap();
+    assert_eq!(read.name, image.volume.name);
+    assert_eq!(read.inodes, image.inodes.len() as u64);
+    got
+}
+
+#[test]
+fn an_image_read_a_piece_at_a_time_refuses_what_is_not_the_volumes_whole_image() {
+    let (_, _, _, image) = many_rows_to_add_third();
+    let limit = 4096;
+    let json = serde_json::to_vec(&image).unwrap();
+    let read = |json: &[u8], volume: u32, stop_after: usize| {
+        let mut got = 0;
+        let r = backfill::read_pieces(json, volume, limit, |_| {
+            got += 1;
+            got <= stop_after
+        });
+        (r.map(|r| r.inodes), got)
+    };
+    let all = streamed(&image, limit).len();
+    assert!(all > 5);
+    assert!(matches!(read(&json, image.volume.id, usize::MAX), (Ok(_), n) if n == all));
+    // Another volume's image: nothing is given.
+    let (other, given) = read(&json, image.volume.id + 1, usize::MAX);
+    assert!(other.unwrap_err().contains("was sent volume"));
+    assert_eq!(given, 0);
+    // Cut short, or damaged: an error once it is found (the caller starts over; a new
+    // image wipes what the pieces given installed, the same image skips them).
+    for (bad, most) in [
+        (&json[..json.len() / 2], all - 1),
+        (&json[..json.len() - 1], all),
+    ] {
+        let (r, given) = read(bad, image.volume.id, usize::MAX);
+        assert!(r.unwrap_err().contains("damaged"), "{given}");
+        assert!(given <= most);
+    }
+    // The records before the inodes: the image's last piece would come first.
+    let mut fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).unwrap();
+    let records = fields.remove("records").unwrap();
+    let mut reordered = serde_json::Map::new();
+    reordered.insert("records".into(), records);
+    reordered.extend(fields);
+    let reordered = serde_json::to_vec(&reordered).unwrap();
+    assert!(read(&reordered, image.volume.id, usize::MAX).0.is_err());
+    // The install stops taking pieces: the reading stops there.
+    let (stopped, given) = read(&json, image.volume.id, 2);
+    assert!(stopped.unwrap_err().contains("stopped"));
+    assert_eq!(given, 3, "two taken, the third refused");
 }
 
 /// The rows of `ino` in each piece that has some: (the piece's index, with the inode or
@@ -676,11 +741,7 @@ fn a_directory_of_many_names_and_a_file_of_many_extents_go_over_several_pieces()
     }
     // Cut small, as a directory of a million names is cut at the real size.
     let limit = 4096;
-    let pieces = image
-        .clone()
-        .pieces_within(limit)
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let pieces = image.clone().pieces_within(limit).unwrap();
     for p in &pieces {
         assert!(
             p.part.inodes.len() + p.part.tombs.len() <= limit + 2,
@@ -689,6 +750,11 @@ fn a_directory_of_many_names_and_a_file_of_many_extents_go_over_several_pieces()
             p.part.inodes.len()
         );
     }
+    assert_eq!(
+        streamed(&image, limit),
+        pieces,
+        "read a piece at a time, cut alike"
+    );
     let spans = |ino| rows_by_piece(&pieces, ino);
     for (ino, rows) in [(dir, 200), (f, 300)] {
         let span = spans(ino);
@@ -720,12 +786,27 @@ fn a_directory_of_many_names_and_a_file_of_many_extents_go_over_several_pieces()
     assert_eq!(all_rows(&pieces), all_rows(&whole));
 
     let own = rs[2].id;
-    let first_split = pieces.iter().position(|p| p.split).expect("a split piece");
+    // A split piece going on with an inode's last rows, then beginning others.
+    let first_split = pieces
+        .iter()
+        .position(|p| p.split && p.heads > 0)
+        .expect("a split piece that begins inodes too");
     for p in &pieces[..first_split] {
         rs[2]
             .write(|t| install_image(t, own, &p.part, p.split))
             .unwrap();
     }
+    // What a leader going on with the install checks: the inodes the pieces installed so
+    // far began.
+    let b = rs[2]
+        .write(|t| backfill::get(t.region_state.open().unwrap(), image.volume.id).unwrap())
+        .unwrap();
+    let began: u64 = pieces[..first_split].iter().map(|p| p.heads).sum();
+    assert_eq!((b.parts as usize, b.inodes), (first_split, began));
+    assert_eq!(
+        pieces.iter().map(|p| p.heads).sum::<u64>(),
+        image.inodes.len() as u64
+    );
     // A split piece by the older request is refused, and changes nothing; so are rows
     // going on from an inode the image did not bring.
     let before = namespace_dump(&rs[2]);
@@ -739,11 +820,15 @@ fn a_directory_of_many_names_and_a_file_of_many_extents_go_over_several_pieces()
     let before_local = namespace_dump(&rs[2]);
     for stranger in [local, InodeId(u64::MAX / 2)] {
         let mut rows: Vec<backfill::InodeRows> = serde_json::from_slice(&split.inodes).unwrap();
-        let go_on = rows.iter_mut().find(|r| r.inode.is_none()).unwrap();
+        let at = rows.iter().position(|r| r.inode.is_none()).unwrap();
+        let mut go_on = rows.remove(at);
         go_on.ino = stranger;
         for (k, _) in go_on.dirents.iter_mut().chain(go_on.xattrs.iter_mut()) {
             k[..8].copy_from_slice(&stranger.0.to_be_bytes());
         }
+        // Last, after inodes the piece begins: what they wrote is undone.
+        assert!(rows.iter().any(|r| r.inode.is_some()));
+        rows.push(go_on);
         let hostile = ImagePart {
             inodes: serde_json::to_vec(&rows).unwrap(),
             ..split.clone()
@@ -817,11 +902,12 @@ fn tombstones_that_do_not_fit_the_last_piece_go_before_it_and_their_rows_over_se
     let whole = image.clone().parts().unwrap();
     assert!(whole.iter().all(|p| !p.split && p.part.tombs.is_empty()));
     let limit = 4096;
-    let pieces = image
-        .clone()
-        .pieces_within(limit)
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let pieces = image.clone().pieces_within(limit).unwrap();
+    assert_eq!(
+        streamed(&image, limit),
+        pieces,
+        "read a piece at a time, cut alike"
+    );
     let last = pieces.last().unwrap();
     assert!(last.part.finish.is_some() && !last.split);
     let span = rows_by_piece(&pieces, f);

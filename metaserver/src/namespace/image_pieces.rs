@@ -12,8 +12,6 @@
 //! at all ([`ImagePiece::split`]), so that no member installs it differently from the
 //! others. An image that needs none of it is cut as before.
 
-use std::collections::VecDeque;
-
 use meridian_proto::Hlc;
 use serde::Serialize;
 
@@ -38,6 +36,9 @@ pub struct ImagePiece {
     /// It carries rows of an inode begun in a piece before, or tombstones before the last
     /// piece: it is installed by `Request::InstallImageSplit`.
     pub split: bool,
+    /// The inodes it begins (those it carries with their inode): what installing it adds
+    /// to `Backfill::inodes`.
+    pub heads: u64,
 }
 
 /// What goes into a piece: an inode's rows (with the inode, or going on from a piece
@@ -47,84 +48,141 @@ enum Entry {
     Tomb(Box<Tomb>, InodeRows),
 }
 
-/// The pieces of an image, made one at a time (a piece's JSON is made when it is asked
-/// for, and the rows it took are let go).
-pub struct Pieces {
-    volume: Volume,
+/// Cuts an image into pieces as its inodes and tombstones are given to it, in the image's
+/// order ([`Cutter::inode`], [`Cutter::tomb`], then [`Cutter::finish`]): an image need not
+/// be whole in memory to be cut (`read_pieces`).
+pub struct Cutter {
+    volume: u32,
     point: Hlc,
-    index: u32,
-    inodes: std::vec::IntoIter<InodeRows>,
-    /// Tombstones that go in pieces before the last, with their sizes.
-    tombs: VecDeque<(Tomb, InodeRows, usize)>,
-    /// Tombstones that ride in the last piece.
-    last_tombs: Vec<(Tomb, InodeRows)>,
-    records: Vec<Record>,
-    /// What did not fit in the piece before, with its size.
-    carry: Option<(Entry, usize)>,
-    done: bool,
     /// About the most bytes of JSON of a piece's rows.
     limit: usize,
+    index: u32,
+    /// The piece being filled, and its bytes so far.
+    inodes: Vec<InodeRows>,
+    tombs: Vec<(Tomb, InodeRows)>,
+    bytes: usize,
+    /// Tombstones held back while they may all ride in the last piece, and their bytes.
+    held: Vec<(Tomb, InodeRows, usize)>,
+    held_bytes: usize,
+    /// They did not all fit: they go in pieces before the last.
+    tombs_in_pieces: bool,
 }
 
-impl VolumeImage {
-    /// The image in pieces of at most [`PART_INODES`] inodes and about [`PART_JSON`]
-    /// bytes of rows; the volume's row (with the tombstones when they fit and the records)
-    /// last.
-    pub fn pieces(self) -> Pieces {
-        self.pieces_within(PART_JSON)
-    }
-
-    /// The image in pieces of about `limit` bytes of rows as JSON (tests cut small
-    /// images as large ones are cut).
-    pub fn pieces_within(self, limit: usize) -> Pieces {
-        let tombs: VecDeque<_> = self
-            .tombs
-            .into_iter()
-            .map(|(tomb, rows)| {
-                let size = json_len(&tomb) + json_len(&rows) + 4;
-                (tomb, rows, size)
-            })
-            .collect();
-        let fit = tombs.len() <= PART_INODES
-            && tombs.iter().map(|(_, _, size)| size).sum::<usize>() <= limit;
-        let (tombs, last_tombs) = if fit {
-            let last = tombs.into_iter().map(|(t, r, _)| (t, r)).collect();
-            (VecDeque::new(), last)
-        } else {
-            (tombs, Vec::new())
-        };
-        Pieces {
-            point: self.point,
-            index: 0,
-            inodes: self.inodes.into_iter(),
-            tombs,
-            last_tombs,
-            records: self.records,
-            carry: None,
-            done: false,
+impl Cutter {
+    /// The cutter of the image of `volume` at `point`, in pieces of about `limit` bytes
+    /// of rows as JSON (tests cut small images as large ones are cut).
+    pub fn new(volume: u32, point: Hlc, limit: usize) -> Self {
+        Cutter {
+            volume,
+            point,
             limit,
-            volume: self.volume,
+            index: 0,
+            inodes: Vec::new(),
+            tombs: Vec::new(),
+            bytes: 0,
+            held: Vec::new(),
+            held_bytes: 0,
+            tombs_in_pieces: false,
         }
     }
 
-    /// Every piece of the image ([`VolumeImage::pieces`]).
-    pub fn parts(self) -> Result<Vec<ImagePiece>, NsError> {
-        self.pieces().collect()
+    /// Adds an inode with its rows; returns the pieces filled meanwhile.
+    pub fn inode(&mut self, rows: InodeRows) -> Result<Vec<ImagePiece>, NsError> {
+        let size = json_len(&rows);
+        self.add(Entry::Rows(rows), size)
     }
-}
 
-impl Pieces {
-    fn next_entry(&mut self) -> Option<(Entry, usize)> {
-        if let Some(c) = self.carry.take() {
-            return Some(c);
+    /// Adds a tombstone with its rows (after every inode); returns the pieces filled
+    /// meanwhile.
+    pub fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<Vec<ImagePiece>, NsError> {
+        let size = json_len(&tomb) + json_len(&rows) + 4;
+        if self.tombs_in_pieces {
+            return self.add(Entry::Tomb(Box::new(tomb), rows), size);
         }
-        if let Some(rows) = self.inodes.next() {
-            let size = json_len(&rows);
-            return Some((Entry::Rows(rows), size));
+        self.held.push((tomb, rows, size));
+        self.held_bytes += size;
+        if self.held.len() <= PART_INODES && self.held_bytes <= self.limit {
+            return Ok(Vec::new());
         }
-        self.tombs
-            .pop_front()
-            .map(|(tomb, rows, size)| (Entry::Tomb(Box::new(tomb), rows), size))
+        self.tombs_in_pieces = true;
+        let mut out = Vec::new();
+        for (tomb, rows, size) in std::mem::take(&mut self.held) {
+            out.extend(self.add(Entry::Tomb(Box::new(tomb), rows), size)?);
+        }
+        Ok(out)
+    }
+
+    /// The last pieces: what is left, then the volume's row with the tombstones held back
+    /// and `records`.
+    pub fn finish(
+        mut self,
+        volume: &Volume,
+        records: &[Record],
+    ) -> Result<Vec<ImagePiece>, NsError> {
+        let mut out = Vec::new();
+        if !self.inodes.is_empty() || !self.tombs.is_empty() {
+            out.push(self.flush()?);
+        }
+        let tombs: Vec<(&Tomb, &InodeRows)> = self.held.iter().map(|(t, r, _)| (t, r)).collect();
+        let finish = serde_json::to_vec(&(volume, tombs, records)).map_err(json_err)?;
+        out.push(self.piece(b"[]".to_vec(), Vec::new(), Some(finish), false));
+        Ok(out)
+    }
+
+    fn add(&mut self, entry: Entry, size: usize) -> Result<Vec<ImagePiece>, NsError> {
+        let mut out = Vec::new();
+        let mut next = Some((entry, size));
+        while let Some((entry, size)) = next.take() {
+            let count = self.inodes.len() + self.tombs.len();
+            if count >= PART_INODES || (count > 0 && self.bytes + size > self.limit) {
+                out.push(self.flush()?);
+                next = Some((entry, size));
+            } else if size > self.limit {
+                // More than a piece holds on its own: a piece for each part but the last,
+                // which goes on as any entry does (with what comes after it).
+                let parts = cut_all(entry, self.limit);
+                let n = parts.len();
+                for (i, (part, size)) in parts.into_iter().enumerate() {
+                    if i + 1 < n || size > self.limit {
+                        self.push(part);
+                        out.push(self.flush()?);
+                    } else {
+                        next = Some((part, size));
+                    }
+                }
+            } else {
+                self.push(entry);
+                self.bytes += size + 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn push(&mut self, entry: Entry) {
+        match entry {
+            Entry::Rows(rows) => self.inodes.push(rows),
+            Entry::Tomb(tomb, rows) => self.tombs.push((*tomb, rows)),
+        }
+    }
+
+    /// The piece filled so far.
+    fn flush(&mut self) -> Result<ImagePiece, NsError> {
+        let (inodes, tombs) = (
+            std::mem::take(&mut self.inodes),
+            std::mem::take(&mut self.tombs),
+        );
+        self.bytes = 0;
+        let split = !tombs.is_empty() || inodes.iter().any(|r| r.inode.is_none());
+        let heads = inodes.iter().filter(|r| r.inode.is_some()).count() as u64;
+        let tombs = if tombs.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&tombs).map_err(json_err)?
+        };
+        let inodes = serde_json::to_vec(&inodes).map_err(json_err)?;
+        let mut piece = self.piece(inodes, tombs, None, split);
+        piece.heads = heads;
+        Ok(piece)
     }
 
     fn piece(
@@ -138,7 +196,7 @@ impl Pieces {
         self.index += 1;
         ImagePiece {
             part: ImagePart {
-                volume: self.volume.id,
+                volume: self.volume,
                 point: self.point,
                 index,
                 inodes,
@@ -146,126 +204,111 @@ impl Pieces {
                 finish,
             },
             split,
+            heads: 0,
         }
-    }
-
-    fn make(&mut self) -> Result<Option<ImagePiece>, NsError> {
-        let mut inodes: Vec<InodeRows> = Vec::new();
-        let mut tombs: Vec<(Tomb, InodeRows)> = Vec::new();
-        let mut bytes = 0;
-        let mut push = |entry: Entry| match entry {
-            Entry::Rows(rows) => inodes.push(rows),
-            Entry::Tomb(tomb, rows) => tombs.push((*tomb, rows)),
-        };
-        let mut count = 0;
-        while count < PART_INODES {
-            let Some((entry, size)) = self.next_entry() else {
-                break;
-            };
-            if bytes + size > self.limit {
-                if count > 0 {
-                    self.carry = Some((entry, size));
-                    break;
-                }
-                // More than a piece holds on its own: the rows that fit now, the rest in
-                // the pieces after.
-                let (head, rest) = cut(entry, size, self.limit);
-                push(head);
-                self.carry = rest;
-                count += 1;
-                break;
-            }
-            push(entry);
-            bytes += size + 1;
-            count += 1;
-        }
-        if count > 0 {
-            let split = !tombs.is_empty() || inodes.iter().any(|r| r.inode.is_none());
-            let tombs = if tombs.is_empty() {
-                Vec::new()
-            } else {
-                serde_json::to_vec(&tombs).map_err(json_err)?
-            };
-            let inodes = serde_json::to_vec(&inodes).map_err(json_err)?;
-            return Ok(Some(self.piece(inodes, tombs, None, split)));
-        }
-        if self.done {
-            return Ok(None);
-        }
-        self.done = true;
-        let finish = serde_json::to_vec(&(
-            &self.volume,
-            std::mem::take(&mut self.last_tombs),
-            std::mem::take(&mut self.records),
-        ))
-        .map_err(json_err)?;
-        Ok(Some(self.piece(
-            b"[]".to_vec(),
-            Vec::new(),
-            Some(finish),
-            false,
-        )))
     }
 }
 
-impl Iterator for Pieces {
-    type Item = Result<ImagePiece, NsError>;
+impl VolumeImage {
+    /// The image in pieces of at most [`PART_INODES`] inodes and about [`PART_JSON`]
+    /// bytes of rows; the volume's row (with the tombstones when they fit and the records)
+    /// last.
+    pub fn parts(self) -> Result<Vec<ImagePiece>, NsError> {
+        self.pieces_within(PART_JSON)
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
-        self.make().transpose()
+    /// The image in pieces of about `limit` bytes of rows as JSON.
+    pub fn pieces_within(self, limit: usize) -> Result<Vec<ImagePiece>, NsError> {
+        let mut cutter = Cutter::new(self.volume.id, self.point, limit);
+        let mut out = Vec::new();
+        for rows in self.inodes {
+            out.extend(cutter.inode(rows)?);
+        }
+        for (tomb, rows) in self.tombs {
+            out.extend(cutter.tomb(tomb, rows)?);
+        }
+        out.extend(cutter.finish(&self.volume, &self.records)?);
+        Ok(out)
     }
 }
 
-/// The first rows of `entry` (of about `size` bytes of JSON) that fit in `room` bytes,
-/// at least one, with the inode or the tombstone; and the rest, without it, if any.
-fn cut(entry: Entry, size: usize, room: usize) -> (Entry, Option<(Entry, usize)>) {
+/// `entry` (more than `limit` bytes of JSON) in consecutive parts of at most `limit`
+/// bytes each, a row larger than that alone, with their sizes: the first with the inode
+/// or the tombstone, the others without it. One pass over the rows: a directory of a
+/// million names is cut in time linear in its names.
+fn cut_all(entry: Entry, limit: usize) -> Vec<(Entry, usize)> {
     let (tomb, mut rows) = match entry {
         Entry::Rows(rows) => (None, rows),
         Entry::Tomb(tomb, rows) => (Some(tomb), rows),
     };
-    let mut head = InodeRows {
-        ino: rows.ino,
+    let ino = rows.ino;
+    let first = InodeRows {
+        ino,
         inode: rows.inode.take(),
         ..Default::default()
     };
-    let mut used = json_len(&head) + tomb.as_ref().map_or(0, json_len);
-    let start = used;
-    let mut any = false;
-    let n = fitting(&rows.dirents, room, &mut used, &mut any);
-    head.dirents = rows.dirents.drain(..n).collect();
-    if rows.dirents.is_empty() {
-        let n = fitting(&rows.xattrs, room, &mut used, &mut any);
-        head.xattrs = rows.xattrs.drain(..n).collect();
-        if rows.xattrs.is_empty() {
-            let n = fitting(&rows.extents, room, &mut used, &mut any);
-            head.extents = rows.extents.drain(..n).collect();
-        }
-    }
-    let head = match tomb {
-        Some(tomb) => Entry::Tomb(tomb, head),
-        None => Entry::Rows(head),
+    let mut cut = Cut {
+        size: json_len(&first) + tomb.as_ref().map_or(0, json_len),
+        part: first,
+        parts: Vec::new(),
+        empty: true,
+        limit,
+        base: json_len(&InodeRows {
+            ino,
+            ..Default::default()
+        }),
     };
-    if rows.dirents.is_empty() && rows.xattrs.is_empty() && rows.extents.is_empty() {
-        return (head, None);
+    for d in std::mem::take(&mut rows.dirents) {
+        cut.place(d, |r| &mut r.dirents);
     }
-    let rest = size.saturating_sub(used - start) + json_len(&InodeRows::default());
-    (head, Some((Entry::Rows(rows), rest)))
+    for x in std::mem::take(&mut rows.xattrs) {
+        cut.place(x, |r| &mut r.xattrs);
+    }
+    for e in std::mem::take(&mut rows.extents) {
+        cut.place(e, |r| &mut r.extents);
+    }
+    cut.parts.push((cut.part, cut.size));
+    let mut parts = cut.parts.into_iter();
+    let mut out = Vec::new();
+    if let Some((head, size)) = parts.next() {
+        let head = match tomb {
+            Some(tomb) => Entry::Tomb(tomb, head),
+            None => Entry::Rows(head),
+        };
+        out.push((head, size));
+    }
+    out.extend(parts.map(|(rows, size)| (Entry::Rows(rows), size)));
+    out
 }
 
-/// How many of `items`, from the first, fit in what is left of `room` after `used`
-/// (added to it); the first item of all (`any` not yet set) fits whatever its size.
-fn fitting<T: Serialize>(items: &[T], room: usize, used: &mut usize, any: &mut bool) -> usize {
-    let mut n = 0;
-    for item in items {
-        let len = json_len(item) + 1;
-        if *any && *used + len > room {
-            break;
+/// The parts an inode's rows are cut in ([`cut_all`]).
+struct Cut {
+    parts: Vec<(InodeRows, usize)>,
+    /// The part being filled, its size, and whether it holds no row yet.
+    part: InodeRows,
+    size: usize,
+    empty: bool,
+    limit: usize,
+    /// The size of a part holding no row.
+    base: usize,
+}
+
+impl Cut {
+    fn place<T: Serialize>(&mut self, item: T, rows: fn(&mut InodeRows) -> &mut Vec<T>) {
+        let len = json_len(&item) + 1;
+        if !self.empty && self.size + len > self.limit {
+            let next = InodeRows {
+                ino: self.part.ino,
+                ..Default::default()
+            };
+            let done = std::mem::replace(&mut self.part, next);
+            self.parts.push((done, self.size));
+            self.size = self.base;
         }
-        *used += len;
-        *any = true;
-        n += 1;
+        rows(&mut self.part).push(item);
+        self.size += len;
+        self.empty = false;
     }
-    n
 }
 
 /// The length of `v`'s JSON.
@@ -284,4 +327,189 @@ fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
     // Counting cannot fail; a value that cannot be encoded fails when the piece is made.
     let _ = serde_json::to_writer(&mut c, v);
     c.0
+}
+
+/// What [`read_pieces`] read of an image.
+#[derive(Debug)]
+pub struct ImageRead {
+    /// The volume's name.
+    pub name: String,
+    /// Its inodes.
+    pub inodes: u64,
+}
+
+/// Reads an image of `volume` as JSON from `from` and gives its pieces to `emit` as they
+/// fill, one inode or tombstone at a time: the image is never whole in memory (an image of
+/// a million files is about 650 MB of JSON). `emit` returns `false` to stop the reading.
+/// An image of another volume, or damaged, or out of order, is an error (pieces given
+/// before it was found stay given: the caller starts over).
+pub fn read_pieces(
+    from: impl std::io::Read,
+    volume: u32,
+    limit: usize,
+    emit: impl FnMut(ImagePiece) -> bool,
+) -> Result<ImageRead, String> {
+    use serde::de::DeserializeSeed;
+    let mut stream = Stream {
+        volume,
+        limit,
+        emit,
+        point: None,
+        row: None,
+        cutter: None,
+        inodes: 0,
+        finished: false,
+    };
+    let mut de = serde_json::Deserializer::from_reader(from);
+    Top(&mut stream)
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| format!("a damaged image: {e}"))?;
+    if !stream.finished {
+        return Err("a damaged image: it ends before its records".into());
+    }
+    Ok(ImageRead {
+        name: stream.row.map(|v| v.name).unwrap_or_default(),
+        inodes: stream.inodes,
+    })
+}
+
+/// An image being read ([`read_pieces`]).
+struct Stream<F> {
+    volume: u32,
+    limit: usize,
+    emit: F,
+    point: Option<Hlc>,
+    row: Option<Volume>,
+    cutter: Option<Cutter>,
+    inodes: u64,
+    finished: bool,
+}
+
+impl<F: FnMut(ImagePiece) -> bool> Stream<F> {
+    fn cutter(&mut self) -> Result<&mut Cutter, String> {
+        if self.finished {
+            return Err("rows after the image's records".into());
+        }
+        let (Some(point), Some(_)) = (self.point, &self.row) else {
+            return Err("rows before the image's point and volume".into());
+        };
+        Ok(self
+            .cutter
+            .get_or_insert_with(|| Cutter::new(self.volume, point, self.limit)))
+    }
+
+    fn give(&mut self, pieces: Result<Vec<ImagePiece>, NsError>) -> Result<(), String> {
+        for piece in pieces.map_err(|e| e.to_string())? {
+            if !(self.emit)(piece) {
+                return Err("the install stopped".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn inode(&mut self, rows: InodeRows) -> Result<(), String> {
+        self.inodes += 1;
+        let pieces = self.cutter()?.inode(rows);
+        self.give(pieces)
+    }
+
+    fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), String> {
+        let pieces = self.cutter()?.tomb(tomb, rows);
+        self.give(pieces)
+    }
+
+    fn finish(&mut self, records: Vec<Record>) -> Result<(), String> {
+        self.cutter()?;
+        let (Some(cutter), Some(row)) = (self.cutter.take(), self.row.take()) else {
+            return Err("an image without its volume".into());
+        };
+        let pieces = cutter.finish(&row, &records);
+        self.row = Some(row);
+        self.finished = true;
+        self.give(pieces)
+    }
+}
+
+/// The image's fields, in the order it is written (`VolumeImage`).
+struct Top<'s, F>(&'s mut Stream<F>);
+
+impl<'de, F: FnMut(ImagePiece) -> bool> serde::de::DeserializeSeed<'de> for Top<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(ImagePiece) -> bool> serde::de::Visitor<'de> for Top<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a volume's image")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let s = self.0;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "point" => s.point = Some(map.next_value()?),
+                "volume" => {
+                    let row: Volume = map.next_value()?;
+                    if row.id != s.volume {
+                        return Err(A::Error::custom(format!(
+                            "asked for volume {} and was sent volume {}",
+                            s.volume, row.id
+                        )));
+                    }
+                    s.row = Some(row);
+                }
+                "inodes" => map.next_value_seed(Rows(&mut *s, false))?,
+                "tombs" => map.next_value_seed(Rows(&mut *s, true))?,
+                "records" => {
+                    let records: Vec<Record> = map.next_value()?;
+                    s.finish(records).map_err(A::Error::custom)?;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The image's inodes (or, `.1`, its tombstones), one at a time.
+struct Rows<'s, F>(&'s mut Stream<F>, bool);
+
+impl<'de, F: FnMut(ImagePiece) -> bool> serde::de::DeserializeSeed<'de> for Rows<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(ImagePiece) -> bool> serde::de::Visitor<'de> for Rows<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an image's inodes or tombstones")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let (s, tombs) = (self.0, self.1);
+        if tombs {
+            while let Some((tomb, rows)) = seq.next_element::<(Tomb, InodeRows)>()? {
+                s.tomb(tomb, rows).map_err(A::Error::custom)?;
+            }
+        } else {
+            while let Some(rows) = seq.next_element::<InodeRows>()? {
+                s.inode(rows).map_err(A::Error::custom)?;
+            }
+        }
+        Ok(())
+    }
 }
