@@ -124,11 +124,16 @@ fn a_volume_grows_into_a_third_region_with_its_data_and_leaves_it_again() -> Res
     {
         use std::os::unix::fs::FileExt;
         let f = fs::File::open(m3.path.join("scattered"))?;
-        for i in [0, pieces / 2, pieces - 1] {
+        // Every piece, and a hole between two.
+        for i in 0..pieces {
             let mut piece = [0; 512];
             f.read_exact_at(&mut piece, i * 8192)?;
             assert_eq!(piece, [common::piece_byte(i); 512], "piece {i}");
         }
+        let mut hole = [1; 512];
+        f.read_exact_at(&mut hole, 4096)?;
+        assert_eq!(hole, [0; 512]);
+        assert_eq!(f.metadata()?.len(), (pieces - 1) * 8192 + 512);
     }
     fs::remove_file(m1.path.join("scattered"))?;
     let tree = wait_same(&m1.path, &m3.path, "regions 1 and 3 to agree")?;

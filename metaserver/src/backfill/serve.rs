@@ -269,25 +269,28 @@ pub(crate) fn build(
     crate::raft::snapshot::copy(&snap, &tx, |name| IMAGE_TABLES.contains(&name))
         .map_err(|e| MetaError::Store(format!("copying the state for an image: {e}")))?;
     drop(snap);
-    let image = {
+    // Written as it is built: never whole in memory.
+    let file = ScratchFile::new(scratch, "image-served")?;
+    let io = |e: std::io::Error| MetaError::Io(format!("{}: {e}", file.0.display()));
+    let out = std::fs::File::create(&file.0).map_err(io)?;
+    let mut json = backfill::JsonImage::new(std::io::BufWriter::with_capacity(1 << 20, out));
+    let point = {
         let mut t = WriteTables::open(&tx);
-        backfill::build_image(&mut t, volume, to, since)?
+        backfill::build_image_into(&mut t, volume, to, since, &mut json)?
     };
     tx.abort().map_err(store)?;
     drop(work);
     drop(work_file);
-    let Some(image) = image else {
+    let Some(point) = point else {
         return Ok(None);
     };
-    let file = ScratchFile::new(scratch, "image-served")?;
-    let io = |e: std::io::Error| MetaError::Io(format!("{}: {e}", file.0.display()));
-    let out = std::fs::File::create(&file.0).map_err(io)?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
-    serde_json::to_writer(&mut w, &image).map_err(|e| MetaError::Store(e.to_string()))?;
-    let out = w.into_inner().map_err(|e| io(e.into_error()))?;
+    let out = json
+        .into_inner()
+        .into_inner()
+        .map_err(|e| io(e.into_error()))?;
     let len = out.metadata().map_err(io)?.len();
     Ok(Some((
-        image.point,
+        point,
         ImageFile {
             file,
             len,

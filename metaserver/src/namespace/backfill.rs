@@ -33,7 +33,9 @@ use super::types::*;
 
 pub(crate) use super::image::install;
 use super::image::wipe;
-pub use super::image::{ImagePart, InodeRows, VolumeImage, build_image};
+pub use super::image::{
+    ImagePart, ImageSink, InodeRows, JsonImage, VolumeImage, build_image, build_image_into,
+};
 pub use super::image_pieces::{Cutter, ImagePiece, ImageRead, PART_INODES, PART_JSON, read_pieces};
 
 /// What a region knows of one volume being brought into it.

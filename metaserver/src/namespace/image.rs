@@ -79,15 +79,148 @@ fn rows_of(
     })
 }
 
-/// Builds the image of `volume` for region `to`, from a transaction that is aborted
-/// afterwards: the merged log is rewound to the settled bound, which must have passed
-/// `since` (the change that added `to`). `None` while it has not.
+/// Where an image goes as it is built ([`build_image_into`]), in this order: its point
+/// and volume, its inodes, its tombstones, its records.
+pub trait ImageSink {
+    fn begin(&mut self, point: Hlc, volume: &Volume) -> Result<(), NsError>;
+    fn inode(&mut self, rows: InodeRows) -> Result<(), NsError>;
+    fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), NsError>;
+    fn end(&mut self, records: Vec<Record>) -> Result<(), NsError>;
+}
+
+/// An image kept whole ([`build_image`]).
+#[derive(Default)]
+struct Whole(Option<VolumeImage>);
+
+impl Whole {
+    fn image(&mut self) -> Result<&mut VolumeImage, NsError> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| NsError::Store("an image's rows before its volume".into()))
+    }
+}
+
+impl ImageSink for Whole {
+    fn begin(&mut self, point: Hlc, volume: &Volume) -> Result<(), NsError> {
+        self.0 = Some(VolumeImage {
+            point,
+            volume: volume.clone(),
+            inodes: Vec::new(),
+            tombs: Vec::new(),
+            records: Vec::new(),
+        });
+        Ok(())
+    }
+    fn inode(&mut self, rows: InodeRows) -> Result<(), NsError> {
+        self.image()?.inodes.push(rows);
+        Ok(())
+    }
+    fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), NsError> {
+        self.image()?.tombs.push((tomb, rows));
+        Ok(())
+    }
+    fn end(&mut self, records: Vec<Record>) -> Result<(), NsError> {
+        self.image()?.records = records;
+        Ok(())
+    }
+}
+
+/// An image written as JSON as it is built, the same bytes as [`VolumeImage`]'s
+/// serialization: never whole in memory.
+pub struct JsonImage<W: std::io::Write> {
+    out: W,
+    /// What was written last: 0 nothing, 1 the start, 2 an inode, 3 the tombstones' start,
+    /// 4 a tombstone.
+    at: u8,
+}
+
+impl<W: std::io::Write> JsonImage<W> {
+    pub fn new(out: W) -> Self {
+        JsonImage { out, at: 0 }
+    }
+
+    /// The writer, once the image is written.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> Result<(), NsError> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| NsError::Store(format!("writing an image: {e}")))
+    }
+
+    fn value<T: Serialize>(&mut self, v: &T) -> Result<(), NsError> {
+        serde_json::to_writer(&mut self.out, v)
+            .map_err(|e| NsError::Store(format!("writing an image: {e}")))
+    }
+
+    fn to_tombs(&mut self) -> Result<(), NsError> {
+        if self.at < 3 {
+            self.raw(b"],\"tombs\":[")?;
+            self.at = 3;
+        }
+        Ok(())
+    }
+}
+
+impl<W: std::io::Write> ImageSink for JsonImage<W> {
+    fn begin(&mut self, point: Hlc, volume: &Volume) -> Result<(), NsError> {
+        self.raw(b"{\"point\":")?;
+        self.value(&point)?;
+        self.raw(b",\"volume\":")?;
+        self.value(volume)?;
+        self.raw(b",\"inodes\":[")?;
+        self.at = 1;
+        Ok(())
+    }
+    fn inode(&mut self, rows: InodeRows) -> Result<(), NsError> {
+        if self.at == 2 {
+            self.raw(b",")?;
+        }
+        self.value(&rows)?;
+        self.at = 2;
+        Ok(())
+    }
+    fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), NsError> {
+        self.to_tombs()?;
+        if self.at == 4 {
+            self.raw(b",")?;
+        }
+        self.value(&(tomb, rows))?;
+        self.at = 4;
+        Ok(())
+    }
+    fn end(&mut self, records: Vec<Record>) -> Result<(), NsError> {
+        self.to_tombs()?;
+        self.raw(b"],\"records\":")?;
+        self.value(&records)?;
+        self.raw(b"}")
+    }
+}
+
+/// Builds the image of `volume` for region `to`, kept whole (see [`build_image_into`]).
 pub fn build_image(
     t: &mut WriteTables<'_>,
     volume: u32,
     to: RegionId,
     since: Hlc,
 ) -> Result<Option<VolumeImage>, NsError> {
+    let mut whole = Whole::default();
+    Ok(build_image_into(t, volume, to, since, &mut whole)?.and(whole.0))
+}
+
+/// Builds the image of `volume` for region `to` into `sink`, from a transaction that is
+/// aborted afterwards: the merged log is rewound to the settled bound, which must have
+/// passed `since` (the change that added `to`). `None` while it has not (nothing was
+/// given to `sink`); else the image's point.
+pub fn build_image_into(
+    t: &mut WriteTables<'_>,
+    volume: u32,
+    to: RegionId,
+    since: Hlc,
+    sink: &mut dyn ImageSink,
+) -> Result<Option<Hlc>, NsError> {
     // The receiver holds nothing of the volume, so wrote nothing of it: it holds nothing
     // back (its own marks wait for the image, and would wait for ever).
     let Some(mut point) = merge::settled_bound_without(t.region_state.open()?, Some(to))? else {
@@ -123,7 +256,11 @@ pub fn build_image(
             vol.name, to.0
         )));
     }
-    let mut inodes = Vec::new();
+    let records = later
+        .into_iter()
+        .filter(|r| r.volume == volume && !r.allowed_in(to))
+        .collect();
+    sink.begin(point, &vol)?;
     let mut seen = std::collections::HashSet::new();
     let mut dirs = vec![vol.root];
     while let Some(dir) = dirs.pop() {
@@ -138,10 +275,10 @@ pub fn build_image(
                 dirs.push(e.ino);
             } else if seen.insert(e.ino) {
                 let node = super::tables::read_inode(t.inodes()?, e.ino)?;
-                inodes.push(rows_of(t, e.ino, node)?);
+                sink.inode(rows_of(t, e.ino, node)?)?;
             }
         }
-        inodes.push(rows);
+        sink.inode(rows)?;
     }
     let mut tomb_list = Vec::new();
     for item in t.tombs()?.iter().map_err(store_err)? {
@@ -151,25 +288,15 @@ pub fn build_image(
             tomb_list.push(tomb);
         }
     }
-    let mut tombs = Vec::new();
     for mut tomb in tomb_list {
         let ino = tomb.inode.attr.ino;
         let cuts = std::mem::take(&mut tomb.inode.cuts);
         let mut rows = rows_of(t, ino, None)?;
         rows.extents = super::trim::outside(&cuts, rows.extents);
-        tombs.push((tomb, rows));
+        sink.tomb(tomb, rows)?;
     }
-    let records = later
-        .into_iter()
-        .filter(|r| r.volume == volume && !r.allowed_in(to))
-        .collect();
-    Ok(Some(VolumeImage {
-        point,
-        volume: vol,
-        inodes,
-        tombs,
-        records,
-    }))
+    sink.end(records)?;
+    Ok(Some(point))
 }
 
 /// A bounded piece of an image, installed by one Raft entry (`image_pieces`).
