@@ -155,7 +155,7 @@ impl<W: std::io::Write> JsonImage<W> {
             .map_err(|e| NsError::Store(format!("writing an image: {e}")))
     }
 
-    fn to_tombs(&mut self) -> Result<(), NsError> {
+    fn open_tombs(&mut self) -> Result<(), NsError> {
         if self.at < 3 {
             self.raw(b"],\"tombs\":[")?;
             self.at = 3;
@@ -183,7 +183,7 @@ impl<W: std::io::Write> ImageSink for JsonImage<W> {
         Ok(())
     }
     fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), NsError> {
-        self.to_tombs()?;
+        self.open_tombs()?;
         if self.at == 4 {
             self.raw(b",")?;
         }
@@ -192,7 +192,7 @@ impl<W: std::io::Write> ImageSink for JsonImage<W> {
         Ok(())
     }
     fn end(&mut self, records: Vec<Record>) -> Result<(), NsError> {
-        self.to_tombs()?;
+        self.open_tombs()?;
         self.raw(b"],\"records\":")?;
         self.value(&records)?;
         self.raw(b"}")
