@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""How long a region's clients wait while it builds a volume's image for a region joining it.
+"""How long a region's clients wait while a volume's image is built for a region joining it,
+or installed there.
 
-    scripts/image_stall.py MERIDIAN_BIN [--files N] [--creates N] [--keep]
+    scripts/image_stall.py MERIDIAN_BIN [--files N] [--per-dir N] [--creates N]
+                           [--creates-in 1|2] [--timeout S] [--keep]
 
 Starts `meridian dev --regions 2` in a temporary folder, makes a volume "big" that lives
 in region 1 alone, fills it with N files of 100 bytes (in directories of 1,000, or
@@ -11,8 +13,11 @@ the region installing the image) while `meridian admin volume-add-region big 2
 --follow` brings the volume into region 2 (started 1 s into the creates). Region 1's
 leader builds the image then (`metaserver/src/backfill/serve.rs`). Prints the add's own time,
 the creates' rate, the slowest creates (when, how long), and the image's size and build
-time from the leader's log, and every metaserver's peak resident memory. Run it on a fresh rig per build, alternated
-(docs/PERFORMANCE.md, fifty-second round).
+time from the leader's log, the install's pieces, and every metaserver's peak resident
+memory; --keep keeps the rig's folder with every process's log. Run it on a fresh rig per
+build, alternated
+(docs/PERFORMANCE.md, fifty-second and fifty-third rounds: with --per-dir 200000
+--creates-in 2, a directory of 200,000 names installed in region 2).
 """
 
 import argparse
