@@ -79,8 +79,9 @@ def main():
     os.makedirs(mnt)
     os.makedirs(big)
     log = open(os.path.join(top, "dev.log"), "w")
+    # Its own process group: whatever it started goes with it at the end.
     dev = subprocess.Popen([a.bin, "dev", "--regions", "2", "--data", data, "--mount", mnt],
-                           stdout=log, stderr=subprocess.STDOUT)
+                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     mount = None
     try:
         wait_mount(os.path.join(mnt, "1"), dev, "dev")
@@ -173,6 +174,11 @@ def main():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # Servers `meridian dev` started and left behind (it was killed, say).
+        try:
+            os.killpg(dev.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         for m in (big, os.path.join(mnt, "1"), os.path.join(mnt, "2")):
             if os.path.ismount(m):
                 subprocess.run(["fusermount3", "-uz", m])

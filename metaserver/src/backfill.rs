@@ -458,7 +458,14 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             ms = started.elapsed().as_millis() as u64,
             "received a volume image"
         );
-        p.file.clone().ok_or("an image received into no file")?
+        match p.file.clone() {
+            Some(f) => f,
+            None => {
+                drop(progress);
+                start_over(node, b.volume);
+                return Err("an image received into no file: starting over".into());
+            }
+        }
     };
     // Read and cut on a thread of its own, a piece at a time (the image is never whole
     // in memory), while the pieces already cut are installed here.
@@ -473,17 +480,23 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     });
     let (mut count, mut split) = (0, 0);
     let mut refused = None;
-    // An install going on at the same point skips the pieces it installed already by their
-    // index: they must be the pieces cut here (a member of another version may have cut
-    // the image otherwise, and rows would be skipped unseen). The inodes they began tell.
-    let mut began = 0;
+    // An install going on at the same point skips the pieces it installed already, by
+    // their index: they must be the pieces cut here (a member of another version may have
+    // cut the image otherwise, and rows would be skipped unseen). The inodes they began
+    // tell, at best (ADR 0009: an install does not span an upgrade).
+    let resuming = |point| b.point == Some(point) && b.parts > 0;
+    let (mut began, mut reached) = (0, false);
     while let Some(piece) = pieces.recv().await {
         count += 1;
         split += u32::from(piece.split);
-        if b.point == Some(piece.part.point) && b.parts > 0 {
+        if resuming(piece.part.point) {
             if piece.part.index < b.parts {
+                // Installed already: not proposed again.
                 began += piece.heads;
-            } else if piece.part.index == b.parts && began != b.inodes {
+                continue;
+            }
+            reached = true;
+            if piece.part.index == b.parts && began != b.inodes {
                 refused = Some(format!(
                     "the {} pieces of the image installed so far began {} inodes, and the same \
                      pieces cut here begin {began}: they were cut otherwise (by a member of \
@@ -518,8 +531,21 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
         }
     }
     drop(pieces);
-    let read = read.await.map_err(|e| e.to_string())?;
+    let read = match read.await {
+        Ok(read) => read,
+        Err(e) => Err(format!("reading the image: {e}")),
+    };
     let read = match (refused, read) {
+        (None, Ok(_)) if count > 0 && !reached && b.point.is_some_and(resuming) => {
+            // Every piece was installed before, and the image's last was not among them:
+            // cut otherwise.
+            start_over(node, b.volume);
+            return Err(format!(
+                "the image cut here has {count} pieces, and {} were installed: cut otherwise \
+                 (by a member of another version); the install starts over",
+                b.parts
+            ));
+        }
         (Some(e), _) | (None, Err(e)) => {
             // Start over with a new image.
             start_over(node, b.volume);

@@ -644,6 +644,21 @@ fn many_rows_to_add_third() -> (Vec<Region>, InodeId, InodeId, backfill::VolumeI
     (rs, dir, f, image)
 }
 
+/// `image` as the serving leader writes it while it builds it (`JsonImage`).
+fn written(image: &backfill::VolumeImage) -> Vec<u8> {
+    use backfill::ImageSink;
+    let mut json = backfill::JsonImage::new(Vec::new());
+    json.begin(image.point, &image.volume).unwrap();
+    for rows in &image.inodes {
+        json.inode(rows.clone()).unwrap();
+    }
+    for (tomb, rows) in &image.tombs {
+        json.tomb(tomb.clone(), rows.clone()).unwrap();
+    }
+    json.end(image.records.clone()).unwrap();
+    json.into_inner()
+}
+
 /// The pieces of `image` as a receiving leader cuts them: read from its JSON (as served)
 /// one inode at a time.
 fn streamed(image: &backfill::VolumeImage, limit: usize) -> Vec<ImagePiece> {
@@ -681,23 +696,54 @@ fn an_image_read_a_piece_at_a_time_refuses_what_is_not_the_volumes_whole_image()
     assert_eq!(given, 0);
     // Cut short, or damaged: an error once it is found (the caller starts over; a new
     // image wipes what the pieces given installed, the same image skips them).
-    for (bad, most) in [
-        (&json[..json.len() / 2], all - 1),
-        (&json[..json.len() - 1], all),
-    ] {
+    for bad in [&json[..json.len() / 2], &json[..json.len() - 1]] {
         let (r, given) = read(bad, image.volume.id, usize::MAX);
         assert!(r.unwrap_err().contains("damaged"), "{given}");
-        assert!(given <= most);
+        assert!(given < all);
     }
-    // The records before the inodes: the image's last piece would come first.
-    let mut fields: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&json).unwrap();
-    let records = fields.remove("records").unwrap();
-    let mut reordered = serde_json::Map::new();
-    reordered.insert("records".into(), records);
-    reordered.extend(fields);
-    let reordered = serde_json::to_vec(&reordered).unwrap();
-    assert!(read(&reordered, image.volume.id, usize::MAX).0.is_err());
+    // Fields out of order, twice, missing, unknown, or no inode: refused, and the volume's
+    // row (the last piece, which makes the volume appear) never given.
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let doc = |fields: &[&str], inodes: &serde_json::Value| {
+        let body: Vec<String> = fields
+            .iter()
+            .map(|f| {
+                let value = if *f == "inodes" { inodes } else { &v[*f] };
+                format!("{f:?}:{value}")
+            })
+            .collect();
+        format!("{{{}}}", body.join(",")).into_bytes()
+    };
+    let all_fields = ["point", "volume", "inodes", "tombs", "records"];
+    // (The fields in the order written read whole: what follows is refused for its order.)
+    let whole = doc(&all_fields, &v["inodes"]);
+    assert!(matches!(read(&whole, image.volume.id, usize::MAX), (Ok(_), n) if n == all));
+    let none = serde_json::Value::Array(Vec::new());
+    for (fields, inodes) in [
+        (
+            &["point", "volume", "records", "inodes", "tombs"][..],
+            &v["inodes"],
+        ),
+        (
+            &["point", "volume", "inodes", "inodes", "tombs", "records"][..],
+            &v["inodes"],
+        ),
+        (&["point", "volume", "tombs", "records"][..], &v["inodes"]),
+        (
+            &["point", "volume", "inodes", "tombs", "records", "more"][..],
+            &v["inodes"],
+        ),
+        (&all_fields[..], &none),
+    ] {
+        let bad = doc(fields, inodes);
+        let mut finish = false;
+        let r = backfill::read_pieces(bad.as_slice(), image.volume.id, limit, |p| {
+            finish |= p.part.finish.is_some();
+            true
+        });
+        assert!(r.is_err(), "{fields:?}");
+        assert!(!finish, "{fields:?}: the last piece was given");
+    }
     // The install stops taking pieces: the reading stops there.
     let (stopped, given) = read(&json, image.volume.id, 2);
     assert!(stopped.unwrap_err().contains("stopped"));
@@ -898,6 +944,14 @@ fn tombstones_that_do_not_fit_the_last_piece_go_before_it_and_their_rows_over_se
     };
     image.tombs.push((tomb, rows));
 
+    // Written as it is built, with no tombstone, one or two: the image's own bytes.
+    let mut two = image.clone();
+    two.tombs.push(two.tombs[0].clone());
+    let mut none = image.clone();
+    none.tombs.clear();
+    for i in [&none, &image, &two] {
+        assert_eq!(written(i), serde_json::to_vec(i).unwrap());
+    }
     // Cut as the image's size says, the tombstones ride in the last piece, as before.
     let whole = image.clone().parts().unwrap();
     assert!(whole.iter().all(|p| !p.split && p.part.tombs.is_empty()));

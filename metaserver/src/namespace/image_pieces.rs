@@ -341,8 +341,12 @@ pub struct ImageRead {
 /// Reads an image of `volume` as JSON from `from` and gives its pieces to `emit` as they
 /// fill, one inode or tombstone at a time: the image is never whole in memory (an image of
 /// a million files is about 650 MB of JSON). `emit` returns `false` to stop the reading.
-/// An image of another volume, or damaged, or out of order, is an error (pieces given
-/// before it was found stay given: the caller starts over).
+/// An image of another volume, or damaged, or with its fields other than exactly
+/// `point`, `volume`, `inodes`, `tombs`, `records` in that order (as it is written), or
+/// without an inode, is an error. The last pieces (the volume's row, which makes the
+/// volume appear) are given only once the whole document was read; pieces given before an
+/// error stay given (the caller starts over: a new image wipes them, the same one skips
+/// them).
 pub fn read_pieces(
     from: impl std::io::Read,
     volume: u32,
@@ -358,16 +362,19 @@ pub fn read_pieces(
         row: None,
         cutter: None,
         inodes: 0,
-        finished: false,
+        fields: 0,
+        last: None,
     };
     let mut de = serde_json::Deserializer::from_reader(from);
     Top(&mut stream)
         .deserialize(&mut de)
         .and_then(|()| de.end())
         .map_err(|e| format!("a damaged image: {e}"))?;
-    if !stream.finished {
-        return Err("a damaged image: it ends before its records".into());
-    }
+    let last = match stream.last.take() {
+        Some(last) if stream.fields == FIELDS.len() && stream.inodes > 0 => last,
+        _ => return Err("a damaged image: a field or its inodes are missing".into()),
+    };
+    stream.give(Ok(last))?;
     Ok(ImageRead {
         name: stream.row.map(|v| v.name).unwrap_or_default(),
         inodes: stream.inodes,
@@ -383,14 +390,17 @@ struct Stream<F> {
     row: Option<Volume>,
     cutter: Option<Cutter>,
     inodes: u64,
-    finished: bool,
+    /// The fields read so far ([`FIELDS`]).
+    fields: usize,
+    /// The last pieces, given once the whole document was read.
+    last: Option<Vec<ImagePiece>>,
 }
+
+/// An image's fields, in the order they are written (`VolumeImage`, `JsonImage`).
+const FIELDS: [&str; 5] = ["point", "volume", "inodes", "tombs", "records"];
 
 impl<F: FnMut(ImagePiece) -> bool> Stream<F> {
     fn cutter(&mut self) -> Result<&mut Cutter, String> {
-        if self.finished {
-            return Err("rows after the image's records".into());
-        }
         let (Some(point), Some(_)) = (self.point, &self.row) else {
             return Err("rows before the image's point and volume".into());
         };
@@ -424,10 +434,10 @@ impl<F: FnMut(ImagePiece) -> bool> Stream<F> {
         let (Some(cutter), Some(row)) = (self.cutter.take(), self.row.take()) else {
             return Err("an image without its volume".into());
         };
-        let pieces = cutter.finish(&row, &records);
+        let pieces = cutter.finish(&row, &records).map_err(|e| e.to_string())?;
         self.row = Some(row);
-        self.finished = true;
-        self.give(pieces)
+        self.last = Some(pieces);
+        Ok(())
     }
 }
 
@@ -453,6 +463,13 @@ impl<'de, F: FnMut(ImagePiece) -> bool> serde::de::Visitor<'de> for Top<'_, F> {
         use serde::de::Error;
         let s = self.0;
         while let Some(key) = map.next_key::<String>()? {
+            if FIELDS.get(s.fields) != Some(&key.as_str()) {
+                return Err(A::Error::custom(format!(
+                    "field {key:?} where the image has {:?}",
+                    FIELDS.get(s.fields)
+                )));
+            }
+            s.fields += 1;
             match key.as_str() {
                 "point" => s.point = Some(map.next_value()?),
                 "volume" => {
