@@ -644,6 +644,19 @@ fn many_rows_to_add_third() -> (Vec<Region>, InodeId, InodeId, backfill::VolumeI
     (rs, dir, f, image)
 }
 
+/// Installs `p` in `r`, as its members apply it.
+fn install(r: &Region, p: &ImagePiece) {
+    let own = r.id;
+    r.write(|t| install_image(t, own, &p.part, p.split))
+        .unwrap();
+}
+
+/// What `r` knows of bringing `volume` in.
+fn backfill_of(r: &Region, volume: u32) -> backfill::Backfill {
+    r.write(|t| backfill::get(t.region_state.open().unwrap(), volume).unwrap())
+        .expect("a backfill of the volume")
+}
+
 /// `image` as the serving leader writes it while it builds it (`JsonImage`).
 fn written(image: &backfill::VolumeImage) -> Vec<u8> {
     use backfill::ImageSink;
@@ -838,15 +851,11 @@ fn a_directory_of_many_names_and_a_file_of_many_extents_go_over_several_pieces()
         .position(|p| p.split && p.heads > 0)
         .expect("a split piece that begins inodes too");
     for p in &pieces[..first_split] {
-        rs[2]
-            .write(|t| install_image(t, own, &p.part, p.split))
-            .unwrap();
+        install(&rs[2], p);
     }
     // What a leader going on with the install checks: the inodes the pieces installed so
     // far began.
-    let b = rs[2]
-        .write(|t| backfill::get(t.region_state.open().unwrap(), image.volume.id).unwrap())
-        .unwrap();
+    let b = backfill_of(&rs[2], image.volume.id);
     let began: u64 = pieces[..first_split].iter().map(|p| p.heads).sum();
     assert_eq!((b.parts as usize, b.inodes), (first_split, began));
     assert_eq!(
@@ -889,17 +898,11 @@ fn a_directory_of_many_names_and_a_file_of_many_extents_go_over_several_pieces()
     }
     assert_ne!(before, before_local, "the local volume is there");
     for p in &pieces[first_split..] {
-        rs[2]
-            .write(|t| install_image(t, own, &p.part, p.split))
-            .unwrap();
+        install(&rs[2], p);
         // Proposed twice (a lost answer): installed once.
-        rs[2]
-            .write(|t| install_image(t, own, &p.part, p.split))
-            .unwrap();
+        install(&rs[2], p);
     }
-    let b = rs[2]
-        .write(|t| backfill::get(t.region_state.open().unwrap(), image.volume.id).unwrap())
-        .unwrap();
+    let b = backfill_of(&rs[2], image.volume.id);
     assert!(b.installed);
     assert_eq!(
         b.inodes,
@@ -982,9 +985,7 @@ fn tombstones_that_do_not_fit_the_last_piece_go_before_it_and_their_rows_over_se
         .iter()
         .take_while(|p| p.part.index < with_tomb.part.index)
     {
-        rs[2]
-            .write(|t| install_image(t, own, &p.part, p.split))
-            .unwrap();
+        install(&rs[2], p);
     }
     let before = namespace_dump(&rs[2]);
     let refused = rs[2].write(|t| install_image(t, own, &with_tomb.part, false));
@@ -995,9 +996,7 @@ fn tombstones_that_do_not_fit_the_last_piece_go_before_it_and_their_rows_over_se
         "a refused piece changes nothing"
     );
     for p in pieces.iter().skip(with_tomb.part.index as usize) {
-        rs[2]
-            .write(|t| install_image(t, own, &p.part, p.split))
-            .unwrap();
+        install(&rs[2], p);
     }
     assert!(
         rs[2].write(|t| t.tomb(f).unwrap()).is_some(),
