@@ -10,7 +10,11 @@
 //! is one an older member would not install as meant (it refuses rows without their inode,
 //! and does not know a piece's tombstones): it goes by a request such a member cannot read
 //! at all ([`ImagePiece::split`]), so that no member installs it differently from the
-//! others. An image that needs none of it is cut as before.
+//! others. An image that needs none of it goes in the format it always had.
+//!
+//! The pieces are cut as the image's inodes come ([`Cutter`]), and an image is read from
+//! its JSON one inode at a time ([`read_pieces`]): the receiving leader never holds it
+//! whole.
 
 use meridian_proto::Hlc;
 use serde::Serialize;
@@ -23,9 +27,10 @@ use super::types::*;
 /// The most inodes (and tombstones) in one piece.
 pub const PART_INODES: usize = 2000;
 /// About the most bytes of JSON of a piece's rows. The entry carrying them is about four
-/// times as large (each byte of that JSON is a number in the entry's own JSON), well within
-/// the 64 MiB a member takes in one message, and every member of the receiving region
-/// applies a piece at once, holding its other changes meanwhile.
+/// times as large (each byte of that JSON is a number in the entry's own JSON), within the
+/// 64 MiB a member takes in one message (an append of several such entries to a lagging
+/// follower is not bounded: ADR 0009), and every member of the receiving region applies a
+/// piece at once, holding its other changes meanwhile.
 pub const PART_JSON: usize = 2 << 20;
 
 /// One piece of an image, to install.
