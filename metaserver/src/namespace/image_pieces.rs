@@ -33,6 +33,9 @@ pub const PART_INODES: usize = 2000;
 /// piece at once, holding its other changes meanwhile.
 pub const PART_JSON: usize = 2 << 20;
 
+/// Where a [`Cutter`] gives its pieces as they fill (an error stops the cutting).
+pub type Emit<'a> = &'a mut dyn FnMut(ImagePiece) -> Result<(), NsError>;
+
 /// One piece of an image, to install.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImagePiece {
@@ -91,30 +94,30 @@ impl Cutter {
         }
     }
 
-    /// Adds an inode with its rows; returns the pieces filled meanwhile.
-    pub fn inode(&mut self, rows: InodeRows) -> Result<Vec<ImagePiece>, NsError> {
+    /// Adds an inode with its rows; gives `emit` the pieces filled meanwhile, each as
+    /// soon as it is (an inode of many rows fills many).
+    pub fn inode(&mut self, rows: InodeRows, emit: Emit<'_>) -> Result<(), NsError> {
         let size = json_len(&rows);
-        self.add(Entry::Rows(rows), size)
+        self.add(Entry::Rows(rows), size, emit)
     }
 
-    /// Adds a tombstone with its rows (after every inode); returns the pieces filled
-    /// meanwhile.
-    pub fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<Vec<ImagePiece>, NsError> {
+    /// Adds a tombstone with its rows (after every inode); gives `emit` the pieces
+    /// filled meanwhile.
+    pub fn tomb(&mut self, tomb: Tomb, rows: InodeRows, emit: Emit<'_>) -> Result<(), NsError> {
         let size = json_len(&tomb) + json_len(&rows) + 4;
         if self.tombs_in_pieces {
-            return self.add(Entry::Tomb(Box::new(tomb), rows), size);
+            return self.add(Entry::Tomb(Box::new(tomb), rows), size, emit);
         }
         self.held.push((tomb, rows, size));
         self.held_bytes += size;
         if self.held.len() <= PART_INODES && self.held_bytes <= self.limit {
-            return Ok(Vec::new());
+            return Ok(());
         }
         self.tombs_in_pieces = true;
-        let mut out = Vec::new();
         for (tomb, rows, size) in std::mem::take(&mut self.held) {
-            out.extend(self.add(Entry::Tomb(Box::new(tomb), rows), size)?);
+            self.add(Entry::Tomb(Box::new(tomb), rows), size, emit)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The last pieces: what is left, then the volume's row with the tombstones held back
@@ -134,13 +137,12 @@ impl Cutter {
         Ok(out)
     }
 
-    fn add(&mut self, entry: Entry, size: usize) -> Result<Vec<ImagePiece>, NsError> {
-        let mut out = Vec::new();
+    fn add(&mut self, entry: Entry, size: usize, emit: Emit<'_>) -> Result<(), NsError> {
         let mut next = Some((entry, size));
         while let Some((entry, size)) = next.take() {
             let count = self.inodes.len() + self.tombs.len();
             if count >= PART_INODES || (count > 0 && self.bytes + size > self.limit) {
-                out.push(self.flush()?);
+                emit(self.flush()?)?;
                 next = Some((entry, size));
             } else if size > self.limit {
                 // More than a piece holds on its own: a piece for each part but the last,
@@ -150,7 +152,7 @@ impl Cutter {
                 for (i, (part, size)) in parts.into_iter().enumerate() {
                     if i + 1 < n || size > self.limit {
                         self.push(part);
-                        out.push(self.flush()?);
+                        emit(self.flush()?)?;
                     } else {
                         next = Some((part, size));
                     }
@@ -160,7 +162,7 @@ impl Cutter {
                 self.bytes += size + 1;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn push(&mut self, entry: Entry) {
@@ -226,11 +228,15 @@ impl VolumeImage {
     pub fn pieces_within(self, limit: usize) -> Result<Vec<ImagePiece>, NsError> {
         let mut cutter = Cutter::new(self.volume.id, self.point, limit);
         let mut out = Vec::new();
+        let mut keep = |p| {
+            out.push(p);
+            Ok(())
+        };
         for rows in self.inodes {
-            out.extend(cutter.inode(rows)?);
+            cutter.inode(rows, &mut keep)?;
         }
         for (tomb, rows) in self.tombs {
-            out.extend(cutter.tomb(tomb, rows)?);
+            cutter.tomb(tomb, rows, &mut keep)?;
         }
         out.extend(cutter.finish(&self.volume, &self.records)?);
         Ok(out)
@@ -379,7 +385,7 @@ pub fn read_pieces(
         Some(last) if stream.fields == FIELDS.len() && stream.inodes > 0 => last,
         _ => return Err("a damaged image: a field or its inodes are missing".into()),
     };
-    stream.give(Ok(last))?;
+    stream.give(last)?;
     Ok(ImageRead {
         name: stream.row.map(|v| v.name).unwrap_or_default(),
         inodes: stream.inodes,
@@ -405,17 +411,32 @@ struct Stream<F> {
 const FIELDS: [&str; 5] = ["point", "volume", "inodes", "tombs", "records"];
 
 impl<F: FnMut(ImagePiece) -> bool> Stream<F> {
-    fn cutter(&mut self) -> Result<&mut Cutter, String> {
+    /// Runs `f` with the cutter (made once the point and the volume are known) and the
+    /// caller's `emit`, which may stop the cutting.
+    fn cut(
+        &mut self,
+        f: impl FnOnce(&mut Cutter, Emit<'_>) -> Result<(), NsError>,
+    ) -> Result<(), String> {
         let (Some(point), Some(_)) = (self.point, &self.row) else {
             return Err("rows before the image's point and volume".into());
         };
-        Ok(self
+        let (volume, limit) = (self.volume, self.limit);
+        let cutter = self
             .cutter
-            .get_or_insert_with(|| Cutter::new(self.volume, point, self.limit)))
+            .get_or_insert_with(|| Cutter::new(volume, point, limit));
+        let emit = &mut self.emit;
+        let mut give = |piece| {
+            if emit(piece) {
+                Ok(())
+            } else {
+                Err(NsError::Invalid("the install stopped".into()))
+            }
+        };
+        f(cutter, &mut give).map_err(|e| e.to_string())
     }
 
-    fn give(&mut self, pieces: Result<Vec<ImagePiece>, NsError>) -> Result<(), String> {
-        for piece in pieces.map_err(|e| e.to_string())? {
+    fn give(&mut self, pieces: Vec<ImagePiece>) -> Result<(), String> {
+        for piece in pieces {
             if !(self.emit)(piece) {
                 return Err("the install stopped".into());
             }
@@ -425,17 +446,15 @@ impl<F: FnMut(ImagePiece) -> bool> Stream<F> {
 
     fn inode(&mut self, rows: InodeRows) -> Result<(), String> {
         self.inodes += 1;
-        let pieces = self.cutter()?.inode(rows);
-        self.give(pieces)
+        self.cut(|c, emit| c.inode(rows, emit))
     }
 
     fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), String> {
-        let pieces = self.cutter()?.tomb(tomb, rows);
-        self.give(pieces)
+        self.cut(|c, emit| c.tomb(tomb, rows, emit))
     }
 
     fn finish(&mut self, records: Vec<Record>) -> Result<(), String> {
-        self.cutter()?;
+        self.cut(|_, _| Ok(()))?;
         let (Some(cutter), Some(row)) = (self.cutter.take(), self.row.take()) else {
             return Err("an image without its volume".into());
         };
