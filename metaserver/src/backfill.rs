@@ -469,7 +469,7 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     };
     // Read and cut on a thread of its own, a piece at a time (the image is never whole
     // in memory), while the pieces already cut are installed here.
-    let (give, mut pieces) = tokio::sync::mpsc::channel(1);
+    let (give, mut cut) = tokio::sync::mpsc::channel(1);
     let volume = b.volume;
     let read = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&file.0).map_err(|e| e.to_string())?;
@@ -478,18 +478,19 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             give.blocking_send(piece).is_ok()
         })
     });
-    let (mut count, mut split) = (0, 0);
+    let (mut pieces, mut split) = (0, 0);
     let mut refused = None;
     // An install going on at the same point skips the pieces it installed already, by
     // their index: they must be the pieces cut here (a member of another version may have
     // cut the image otherwise, and rows would be skipped unseen). The inodes they began
     // tell, at best (ADR 0009: an install does not span an upgrade).
     let resuming = |point| b.point == Some(point) && b.parts > 0;
-    let (mut began, mut reached) = (0, false);
-    while let Some(piece) = pieces.recv().await {
-        count += 1;
+    let (mut began, mut resumed, mut reached) = (0, false, false);
+    while let Some(piece) = cut.recv().await {
+        pieces += 1;
         split += u32::from(piece.split);
         if resuming(piece.part.point) {
+            resumed = true;
             if piece.part.index < b.parts {
                 // Installed already: not proposed again.
                 began += piece.heads;
@@ -524,24 +525,24 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             Err(e) => {
                 // Not refused (this member stopped leading, say): the pieces go again
                 // from the first, and those installed already are skipped.
-                drop(pieces);
+                drop(cut);
                 let _ = read.await;
                 return Err(e.to_string());
             }
         }
     }
-    drop(pieces);
+    drop(cut);
     let read = match read.await {
         Ok(read) => read,
         Err(e) => Err(format!("reading the image: {e}")),
     };
     let read = match (refused, read) {
-        (None, Ok(_)) if count > 0 && !reached && b.point.is_some_and(resuming) => {
+        (None, Ok(_)) if resumed && !reached => {
             // Every piece was installed before, and the image's last was not among them:
             // cut otherwise.
             start_over(node, b.volume);
             return Err(format!(
-                "the image cut here has {count} pieces, and {} were installed: cut otherwise \
+                "the image cut here has {pieces} pieces, and {} were installed: cut otherwise \
                  (by a member of another version); the install starts over",
                 b.parts
             ));
@@ -554,7 +555,6 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
         (None, Ok(read)) => read,
     };
     let backfill::ImageRead { name, inodes } = read;
-    let pieces = count;
     // The image's file goes (the progress keeps its counts for `admin regions`).
     let file = lock(&node.backfills.progress)
         .get_mut(&b.volume)
