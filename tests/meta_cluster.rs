@@ -891,3 +891,73 @@ async fn a_member_restarted_on_a_port_held_for_a_while_starts_once_it_is_free() 
     assert_eq!(list(&client, vol.root, false).await?, ["after"]);
     Ok(())
 }
+
+/// A member that was down while entries of more bytes than one message may carry (a
+/// member takes at most 64 MiB in one) were written catches up: the leader sends it the
+/// entries behind in appends bounded in bytes, not in one append of up to 300 entries
+/// that it would refuse at every try. 400 extended attributes of 64 KiB of random bytes,
+/// each an entry of about 230 KiB of JSON: about 90 MiB behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_by_more_than_one_message_carries_catches_up() -> Result<()> {
+    let mut cluster = MetaCluster::start(3, &[])?;
+    let client = cluster.client();
+    let (_, a) = dir_of_files(&client, 1).await?;
+    let file = lookup(&client, a.ino, "file-000", false).await?;
+    let leader = cluster.wait_leader()?;
+    let down = (0..3).find(|i| *i != leader).context("a follower")?;
+    cluster.nodes[down].kill();
+    let mut value = vec![0u8; XATTR_VALUE_MAX];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut all = Vec::new();
+    for i in 0..400u32 {
+        for b in value.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        all.push(value.clone());
+        client
+            .mutate(&Op::SetXattr {
+                ino: file.ino,
+                name: format!("user.big-{}", i % 8).into_bytes(),
+                value: value.clone(),
+                mode: XattrMode::Any,
+                creds: Creds::root(),
+            })
+            .await?;
+    }
+    let addr = cluster.nodes[down].addr.clone();
+    cluster.nodes[down].restart_on(&addr)?;
+    let target = cluster
+        .status(leader)
+        .context("leader status")?
+        .last_applied;
+    applied(&cluster, down, target, Duration::from_secs(60))
+        .with_context(|| log_tail(&cluster.nodes[leader].log, 10))?;
+    // It holds what was written last, read from it alone (its reads follow what it
+    // applied, a little behind its log).
+    let only_it = MetaClient::new(vec![addr]);
+    let get = Query::GetXattr {
+        ino: file.ino,
+        name: b"user.big-7".to_vec(),
+        creds: Creds::root(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = only_it.query(&get, true).await?;
+        if matches!(&reply, QueryReply::Bytes(v) if *v == value) {
+            break;
+        }
+        let seen = match &reply {
+            QueryReply::Bytes(v) => all.iter().position(|x| x == v),
+            _ => None,
+        };
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the member holds the value written {seen:?}th, not the last"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -68,40 +68,10 @@ impl Encoded {
     }
 
     /// The entry's JSON: kept, or encoded now.
-    fn json_of(&self, entry: &EntryOf<TypeConfig>, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        match self.get(&entry.log_id) {
-            Some(json) => {
-                out.extend_from_slice(&json);
-                Ok(())
-            }
-            None => serde_json::to_writer(out, entry),
-        }
-    }
-
-    /// `request` as JSON, its entries taken from what is kept: the same document
-    /// `serde_json::to_vec(request)` gives (field for field).
-    pub fn append_json(&self, request: &AppendEntriesRequest<TypeConfig>) -> Vec<u8> {
-        let guess = 256 + request.entries.len() * 512;
-        let mut out = Vec::with_capacity(guess);
-        let ok = (|| -> serde_json::Result<()> {
-            out.extend_from_slice(b"{\"vote\":");
-            serde_json::to_writer(&mut out, &request.vote)?;
-            out.extend_from_slice(b",\"prev_log_id\":");
-            serde_json::to_writer(&mut out, &request.prev_log_id)?;
-            out.extend_from_slice(b",\"entries\":[");
-            for (i, e) in request.entries.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                self.json_of(e, &mut out)?;
-            }
-            out.extend_from_slice(b"],\"leader_commit\":");
-            serde_json::to_writer(&mut out, &request.leader_commit)?;
-            out.push(b'}');
-            Ok(())
-        })();
-        ok.expect("raft messages serialize");
-        out
+    pub fn entry_json(&self, entry: &EntryOf<TypeConfig>) -> Bytes {
+        self.get(&entry.log_id).unwrap_or_else(|| {
+            Bytes::from(serde_json::to_vec(entry).expect("raft entries serialize"))
+        })
     }
 
     /// Decodes an append's JSON, keeping each entry's JSON as it came.
@@ -136,7 +106,7 @@ struct RawAppend<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::raft::Request;
     use meridian_proto::ns::{Command, Creds, Op, StagedBlock, Timespec};
@@ -145,7 +115,7 @@ mod tests {
     use openraft::entry::RaftEntry;
     use openraft::vote::{RaftLeaderIdExt, RaftVote};
 
-    fn id(term: u64, index: u64) -> LogIdOf<TypeConfig> {
+    pub(crate) fn id(term: u64, index: u64) -> LogIdOf<TypeConfig> {
         LogIdOf::<TypeConfig>::new(
             <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(term, 1),
             index,
@@ -153,7 +123,7 @@ mod tests {
     }
 
     /// A small fsync'd write's entry: a commit carrying its block.
-    fn entry(term: u64, index: u64, data: &[u8]) -> EntryOf<TypeConfig> {
+    pub(crate) fn entry(term: u64, index: u64, data: &[u8]) -> EntryOf<TypeConfig> {
         let cmd = Command {
             op: Op::CommitExtents {
                 ino: InodeId::new(RegionId(1), 9).unwrap(),
@@ -179,7 +149,7 @@ mod tests {
         EntryOf::<TypeConfig>::new_normal(id(term, index), Request::Ns(cmd))
     }
 
-    fn request(entries: Vec<EntryOf<TypeConfig>>) -> AppendEntriesRequest<TypeConfig> {
+    pub(crate) fn request(entries: Vec<EntryOf<TypeConfig>>) -> AppendEntriesRequest<TypeConfig> {
         AppendEntriesRequest {
             vote: VoteOf::<TypeConfig>::from_leader_id(
                 <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(3, 1),
@@ -189,30 +159,6 @@ mod tests {
             entries,
             leader_commit: Some(id(3, 10)),
         }
-    }
-
-    #[test]
-    fn a_spliced_append_is_the_document_the_whole_request_encodes_to() {
-        let enc = Encoded::default();
-        let req = request(vec![entry(3, 10, &[7; 4096]), entry(3, 11, b"two")]);
-        let whole: serde_json::Value = serde_json::to_value(&req).unwrap();
-        // Nothing kept: every entry encoded here.
-        let cold: serde_json::Value = serde_json::from_slice(&enc.append_json(&req)).unwrap();
-        assert_eq!(cold, whole);
-        // Kept (as a follower keeps them): the same document, bytes for bytes.
-        let decoded = enc
-            .decode_append(&serde_json::to_vec(&req).unwrap())
-            .unwrap();
-        assert_eq!(decoded.entries, req.entries);
-        assert_eq!(
-            (decoded.vote, decoded.prev_log_id, decoded.leader_commit),
-            (req.vote, req.prev_log_id, req.leader_commit)
-        );
-        assert!(enc.get(&id(3, 11)).is_some());
-        assert_eq!(enc.append_json(&req), serde_json::to_vec(&req).unwrap());
-        // A heartbeat (no entries) too.
-        let beat = request(Vec::new());
-        assert_eq!(enc.append_json(&beat), serde_json::to_vec(&beat).unwrap());
     }
 
     #[test]

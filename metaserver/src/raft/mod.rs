@@ -1,6 +1,7 @@
 //! openraft glue: the type configuration, the log store (an append-only file), the state
 //! machine (redb), the snapshot format, and the gRPC network between members.
 
+mod append_parts;
 mod applier;
 mod background;
 pub mod early;

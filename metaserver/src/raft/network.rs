@@ -1,6 +1,7 @@
 //! Raft between the members of a region over gRPC: openraft's messages, JSON-encoded, in
 //! the RaftService's byte envelopes (an append's entries spliced from, and kept in, the
-//! member's [`Encoded`]). Snapshots stream in 1 MiB chunks.
+//! member's [`Encoded`]; a request of more bytes than [`APPEND_MAX_BYTES`] goes as several
+//! appends, `append_parts.rs`). Snapshots stream in 1 MiB chunks.
 
 use crate::error::MetaError;
 use std::collections::VecDeque;
@@ -30,6 +31,7 @@ use openraft::{BasicNode, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::append_parts::{APPEND_MAX_BYTES, AppendParts};
 use super::encoded::Encoded;
 use super::pacing::{Answers, Pacing};
 use super::snapshot_dir::SnapshotData;
@@ -70,6 +72,8 @@ pub struct Peer {
     /// Whether the peer serves `AppendStream` (a member of an older version does not: it
     /// gets one unary call per request).
     streams: bool,
+    /// The most bytes an append of more than one entry carries ([`APPEND_MAX_BYTES`]).
+    max_append: usize,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -83,6 +87,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             encoded: self.encoded.clone(),
             pacing: self.pacing.clone(),
             streams: true,
+            max_append: APPEND_MAX_BYTES,
         }
     }
 }
@@ -99,13 +104,6 @@ struct SnapshotHeader {
 fn encode<T: Serialize>(v: &T) -> RaftMessage {
     RaftMessage {
         data: Bytes::from(serde_json::to_vec(v).expect("raft messages serialize")),
-    }
-}
-
-/// An append, its entries spliced from `encoded`.
-fn encode_append(v: &AppendEntriesRequest<TypeConfig>, encoded: &Encoded) -> RaftMessage {
-    RaftMessage {
-        data: Bytes::from(encoded.append_json(v)),
     }
 }
 
@@ -296,15 +294,22 @@ impl Peer {
         let unanswered = Unanswered::default();
         let sent = unanswered.clone();
         let encoded = self.encoded.clone();
+        let max_append = self.max_append;
         self.pacing.opened(target, Arc::new(unanswered.clone()));
         // A spare's next append waits while the prompt followers keep up (`pacing.rs`).
         let held = self
             .pacing
             .paced(target, hold_entryless(input, ENTRYLESS_HOLD));
-        let requests = held.map(move |r| {
-            let msg = encode_append(&r, &encoded);
-            sent.sent(msg.data.len());
-            msg
+        // Each answered on its own; openraft counts acknowledgements per log id.
+        let requests = held.flat_map(move |r| {
+            let sent = sent.clone();
+            let parts = AppendParts::new(encoded.clone(), r, max_append);
+            futures::stream::iter(parts.map(move |part| {
+                sent.sent(part.json.len());
+                RaftMessage {
+                    data: Bytes::from(part.json),
+                }
+            }))
         });
         let inbound = match self.client(&option)?.append_stream(requests).await {
             Ok(r) => r.into_inner(),
@@ -397,14 +402,26 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
-        let mut req = Request::new(encode_append(&rpc, &self.encoded));
+        // The first part only: if entries follow, its success is a partial one, and
+        // openraft sends the rest from there.
+        let part = AppendParts::new(self.encoded.clone(), rpc, self.max_append)
+            .next()
+            .expect("an append has a first part");
+        let mut req = Request::new(RaftMessage {
+            data: Bytes::from(part.json),
+        });
         req.set_timeout(option.soft_ttl());
         let resp = self
             .client(&option)?
             .append_entries(req)
             .await
             .map_err(|s| status_to_rpc(s, self.target))?;
-        self.decode(resp.into_inner())
+        match self.decode(resp.into_inner())? {
+            AppendEntriesResponse::Success if part.more => {
+                Ok(AppendEntriesResponse::PartialSuccess(part.last))
+            }
+            answer => Ok(answer),
+        }
     }
 
     async fn vote(
@@ -679,6 +696,7 @@ mod tests {
             encoded: Arc::default(),
             pacing: Arc::default(),
             streams: true,
+            max_append: APPEND_MAX_BYTES,
         };
         let option = RPCOption::new(Duration::from_millis(100));
         let nothing = futures::stream::pending::<AppendEntriesRequest<TypeConfig>>();
@@ -694,6 +712,95 @@ mod tests {
             Err(e) => panic!("not reported unreachable: {e}"),
             Ok(_) => panic!("a stream opened to nothing"),
         }
+    }
+
+    /// A member of an older version (unary appends, no stream) that records what it gets
+    /// and answers every append with a success.
+    #[derive(Clone, Default)]
+    struct Older(Arc<std::sync::Mutex<Vec<usize>>>);
+
+    #[tonic::async_trait]
+    impl RaftService for Older {
+        type AppendStreamStream = AppendAnswers;
+
+        async fn append_stream(
+            &self,
+            _: tonic::Request<Streaming<RaftMessage>>,
+        ) -> Result<Response<AppendAnswers>, Status> {
+            Err(Status::unimplemented("older"))
+        }
+
+        async fn append_entries(
+            &self,
+            request: tonic::Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            let data = request.into_inner().data;
+            let got: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&data).unwrap();
+            self.0.lock().unwrap().push(got.entries.len());
+            let ok: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> =
+                Ok(AppendEntriesResponse::Success);
+            Ok(Response::new(encode(&ok)))
+        }
+
+        async fn vote(
+            &self,
+            _: tonic::Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("older"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<Streaming<RaftMessage>>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("older"))
+        }
+    }
+
+    /// A unary append (to a member without streams) larger than the bound carries its
+    /// first part only, and its success is a partial one up to that part's last entry:
+    /// openraft sends the rest from there. One within the bound is a plain success.
+    #[tokio::test]
+    async fn a_unary_append_past_the_bound_sends_its_first_part_and_says_so() {
+        let older = Older::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    meridian_proto::pb::meta::raft_service_server::RaftServiceServer::new(
+                        older.clone(),
+                    ),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let pool = Arc::new(ChannelPool::new(meridian_proto::channels::Timeouts {
+            connect: Duration::from_millis(500),
+            request: Duration::from_secs(5),
+        }));
+        let one_entry = Encoded::default()
+            .entry_json(&append(1, 1, 1).entries[0])
+            .len();
+        let mut peer = Peer {
+            target: 2,
+            addr,
+            pool,
+            encoded: Arc::default(),
+            pacing: Arc::default(),
+            streams: false,
+            // About ten entries a part.
+            max_append: 200 + 10 * (one_entry + 1),
+        };
+        let option = RPCOption::new(Duration::from_secs(5));
+        let answer = peer.append_entries(append(1, 25, 1), option.clone()).await;
+        assert_eq!(
+            answer.unwrap(),
+            AppendEntriesResponse::PartialSuccess(Some(id(11)))
+        );
+        let answer = peer.append_entries(append(11, 5, 1), option).await;
+        assert_eq!(answer.unwrap(), AppendEntriesResponse::Success);
+        assert_eq!(*older.0.lock().unwrap(), vec![10, 5]);
+        server.abort();
     }
 
     /// An entry-less append followed by one with entries is never sent; a newer one
