@@ -314,6 +314,20 @@ fn a_copy_whose_leader_dies_is_removed_by_the_next_and_can_be_made_again() -> Re
             log.contains("left unfinished"),
             "the next leader did not remove the unfinished copy"
         );
+        // More rows than one entry removes at once (a batch of a thousand directories
+        // at least): the rest went in steps, and nothing of it is left to find.
+        wait_for(Duration::from_secs(30), "the removal's steps", || {
+            let log = (1..=3)
+                .map(|i| {
+                    fs::read_to_string(cluster.dir.path().join(format!("meta-{i}.log")))
+                        .unwrap_or_default()
+                })
+                .collect::<String>();
+            log.contains("an unfinished copy's rows removed in steps")
+                .then_some(())
+        })?;
+        let (report, clean) = common::fsck(&addrs)?;
+        ensure!(clean, "fsck: {report}");
         Ok(())
     })();
     after.with_context(|| logs(&cluster))?;

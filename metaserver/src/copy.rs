@@ -178,7 +178,7 @@ impl MetaNode {
                 hlc,
                 now,
             };
-            if let Err(e) = self.propose_internal(RaftRequest::CopyAbort(abort)).await {
+            if let Err(e) = self.propose_internal(RaftRequest::CopyRemove(abort)).await {
                 // The leader that follows removes it.
                 warn!(copy = name, error = %e, "could not remove an unfinished copy");
             }
@@ -207,7 +207,10 @@ impl MetaNode {
             hlc,
             now,
         };
-        match self.propose_internal(RaftRequest::CopyAbort(abort)).await? {
+        match self
+            .propose_internal(RaftRequest::CopyRemove(abort))
+            .await?
+        {
             RaftResponse::Ns(Ok(_)) => {
                 info!(
                     copy = name,
@@ -362,7 +365,7 @@ pub async fn sweep_loop(node: Arc<MetaNode>) {
         for (volume, name) in orphans {
             let (hlc, now) = node.stamp_now();
             let abort = CopyAbort { volume, hlc, now };
-            match node.propose_internal(RaftRequest::CopyAbort(abort)).await {
+            match node.propose_internal(RaftRequest::CopyRemove(abort)).await {
                 Ok(RaftResponse::Ns(Ok(_))) => {
                     info!(copy = %name, "removed a copy its maker left unfinished")
                 }

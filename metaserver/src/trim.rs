@@ -1,16 +1,18 @@
 //! While this member leads, drops the extents removed files left behind (or their
 //! purged tombstones), those a truncate or a punched hole cut off a file, and what a
-//! deleted snapshot held, a step at a time (`namespace/trim.rs`, `namespace/tree_drop.rs`):
+//! deleted snapshot held, and an unfinished copy's rows, a step at a time
+//! (`namespace/trim.rs`, `namespace/tree_drop.rs`, `namespace/copy_drop.rs`):
 //! one entry of at most a few thousand rows each, so that other clients' changes go
 //! between them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_proto::InodeId;
 use redb::ReadableDatabase;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::namespace::trim;
+use crate::namespace::{copy_drop, trim};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
 
@@ -31,23 +33,46 @@ pub async fn trim_loop(node: Arc<MetaNode>) {
             .and_then(|tx| trim::ready_marks(&tx).ok())
             .unwrap_or_default();
         for m in pending {
-            let mut steps = 0u32;
-            loop {
-                match node.propose_internal(RaftRequest::TrimStep(m.ino)).await {
-                    Ok(RaftResponse::Remote(Ok(o))) if o.applied == 0 => steps += 1,
-                    Ok(RaftResponse::Remote(Ok(_))) => {
-                        debug!(ino = %m.ino, steps = steps + 1, "a removed or cut file's extents, or a deleted snapshot's tree, dropped");
-                        break;
-                    }
-                    Ok(other) => {
-                        warn!(ino = %m.ino, ?other, "dropping a removed or cut file's extents, or a deleted snapshot's tree");
-                        break;
-                    }
-                    Err(e) => {
-                        warn!(ino = %m.ino, error = %e, "dropping a removed or cut file's extents, or a deleted snapshot's tree");
-                        break;
-                    }
-                }
+            let what = "a removed or cut file's extents, or a deleted snapshot's tree";
+            steps(&node, m.ino, RaftRequest::TrimStep, what).await;
+        }
+        let copies = node
+            .db
+            .begin_read()
+            .ok()
+            .and_then(|tx| crate::namespace::merge::state_table(&tx).ok().flatten())
+            .and_then(|state| copy_drop::pending(&state).ok())
+            .unwrap_or_default();
+        for c in copies {
+            let what = "an unfinished copy's rows";
+            let n = steps(&node, c.root, RaftRequest::CopyRemoveStep, what).await;
+            info!(
+                volume = c.volume,
+                steps = n,
+                "an unfinished copy's rows removed in steps"
+            );
+        }
+    }
+}
+
+/// Proposes `step(ino)` until it says it is done (or fails); how many it proposed.
+async fn steps(node: &MetaNode, ino: InodeId, step: fn(InodeId) -> RaftRequest, what: &str) -> u32 {
+    let mut steps = 0u32;
+    loop {
+        steps += 1;
+        match node.propose_internal(step(ino)).await {
+            Ok(RaftResponse::Remote(Ok(o))) if o.applied == 0 => {}
+            Ok(RaftResponse::Remote(Ok(_))) => {
+                debug!(%ino, steps, "{what} dropped");
+                return steps;
+            }
+            Ok(other) => {
+                warn!(%ino, ?other, "dropping {what}");
+                return steps;
+            }
+            Err(e) => {
+                warn!(%ino, error = %e, "dropping {what}");
+                return steps;
             }
         }
     }

@@ -86,6 +86,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
     let tombs = tx.open_table(TOMBS).map_err(store_err)?;
     let mut replicas: HashMap<u32, u32> = HashMap::new();
     let mut roots: HashSet<InodeId> = HashSet::new();
+    let mut volumes = Vec::new();
     for item in tx
         .open_table(VOLUMES)
         .map_err(store_err)?
@@ -97,7 +98,17 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
             serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?;
         replicas.insert(vol.id, vol.policy.replicas);
         roots.insert(vol.root);
+        volumes.push(vol);
     }
+    let state = super::merge::state_table(tx)?;
+    // A copy being made or removed is not a whole tree (`copy_drop.rs`): its rows are
+    // counted, their tree is not checked.
+    let copies = super::copy_drop::unchecked(&volumes, state.as_ref())?;
+    let in_copy = |ino: InodeId| {
+        copies
+            .iter()
+            .any(|(root, range)| *root == ino || range.contains(&ino.0))
+    };
     let mut problems = Vec::new();
     let mut problem = |p: String| problems.push(p);
 
@@ -126,6 +137,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
         }
         owners.insert(ino.0, node.attr.volume);
         match node.attr.kind {
+            _ if in_copy(ino) => {}
             FileKind::Dir => {
                 let lo = dirent_key(ino, b"");
                 let hi = dirent_end(ino);
@@ -206,8 +218,8 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
     // Files whose extents are dropped in steps (`trim.rs`), in the same range: a removed
     // file's mark owns its extents; a live file's or a tombstone's is for its cuts (or for
     // none, when a write took the last away and the next step has not removed the mark).
-    if let Some(state) = super::merge::state_table(tx)? {
-        for m in super::trim::pending(&state)? {
+    if let Some(state) = &state {
+        for m in super::trim::pending(state)? {
             cuts.remove(&m.ino.0);
             if (from..end).contains(&m.ino.0) {
                 owners.entry(m.ino.0).or_insert(m.volume);

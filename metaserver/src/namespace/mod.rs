@@ -9,6 +9,7 @@ mod apply_remote;
 pub mod backfill;
 pub mod check;
 pub mod conflict;
+pub mod copy_drop;
 pub(crate) mod ctx;
 pub mod dir_times;
 pub(crate) mod fence;
@@ -67,6 +68,8 @@ mod backfill_tests;
 mod content_tests;
 #[cfg(test)]
 mod convergence_tests;
+#[cfg(test)]
+mod copy_drop_tests;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]

@@ -14,9 +14,10 @@
 //! Until the last step the deleted snapshot's inodes can still be read by number, by a
 //! mount that had it mounted; nothing reaches them by name.
 //!
-//! A copy not yet finished (its maker gone, ADR 0014) goes at once, whatever its size: its
-//! tree need not be whole yet (a directory's entries may name inodes of a later batch, a
-//! file's count may name a link not yet written), and the steps count on a whole tree.
+//! A copy not yet finished is not a whole tree yet (a directory's entries may name inodes
+//! of a later batch, a file's count a link not yet written), and these steps count on a
+//! whole tree: its maker gone (ADR 0014), it goes by its range of inode numbers in steps
+//! of its own (`copy_drop.rs`); deleted by an admin while being made, at once.
 
 use std::collections::HashSet;
 

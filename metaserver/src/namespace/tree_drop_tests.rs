@@ -19,7 +19,7 @@ fn mkfile(r: &mut Region, parent: InodeId, name: &str) -> InodeId {
 /// Volume "main" holding a tree of more than a step's rows: 3 directories of 250 files
 /// (one extent each) under a directory, one of them nested; a file of `STEP + 100`
 /// extents; hard links across directories; a symlink; an xattr.
-fn large_tree(r: &mut Region) -> Vec<BlockId> {
+pub(super) fn large_tree(r: &mut Region) -> Vec<BlockId> {
     let blocks: Vec<BlockId> = (0..7u8).map(|i| BlockId::of(&[i; 5])).collect();
     let root = r.volume_root();
     let top = mkdir(r, root, "top");
@@ -80,7 +80,7 @@ fn snapshot(r: &mut Region, name: &str) -> Volume {
 }
 
 /// Inodes, directory entries and extents of volume `volume` left in `r`.
-fn rows_of(r: &Region, volume: u32) -> (usize, usize, usize) {
+pub(super) fn rows_of(r: &Region, volume: u32) -> (usize, usize, usize) {
     let tx = r.db.begin_read().unwrap();
     let inodes: Vec<Inode> = dump_table(&tx, INODES, |k| k.to_be_bytes().to_vec(), |v| v.to_vec())
         .into_iter()

@@ -65,10 +65,16 @@ pub enum Request {
     CopyBegin(crate::namespace::ops::copy::CopyBegin),
     /// A batch of a copy's rows.
     CopyRows(crate::namespace::ops::copy::CopyRows),
-    /// A copy removed unfinished: its maker went away.
+    /// A copy removed unfinished, at once: its maker went away (what a log written
+    /// before `CopyRemove` replays).
     CopyAbort(crate::namespace::ops::copy::CopyAbort),
     /// More extents of a copy's file (a file of many is copied over several steps).
     CopyExtents(crate::namespace::ops::copy::CopyExtents),
+    /// A copy removed unfinished, in steps (`namespace/copy_drop.rs`): its row and a few
+    /// of its rows now.
+    CopyRemove(crate::namespace::ops::copy::CopyAbort),
+    /// One step of such a removal, of the copy whose root this is.
+    CopyRemoveStep(meridian_proto::InodeId),
 }
 
 impl fmt::Display for Request {
@@ -97,6 +103,8 @@ impl fmt::Display for Request {
                 write!(f, "copy-extents:{}:{}x{}", r.volume, r.ino, r.extents.len())
             }
             Request::CopyAbort(a) => write!(f, "copy-abort:{}", a.volume),
+            Request::CopyRemove(a) => write!(f, "copy-remove:{}", a.volume),
+            Request::CopyRemoveStep(root) => write!(f, "copy-remove-step:{root}"),
         }
     }
 }

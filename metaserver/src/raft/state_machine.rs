@@ -451,6 +451,17 @@ pub(super) fn apply_into<'e>(
                 log_id,
                 namespace::ops::copy::abort(&mut ns, a),
             )?),
+            EntryPayload::Normal(Request::CopyRemove(a)) => Response::Ns(store_fails(
+                log_id,
+                namespace::ops::copy::remove(&mut ns, a),
+            )?),
+            EntryPayload::Normal(Request::CopyRemoveStep(root)) => {
+                let outcome = store_fails(log_id, namespace::copy_drop::step(&mut ns, *root))?;
+                Response::Remote(outcome.map(|done| namespace::MergeOutcome {
+                    applied: u64::from(done),
+                    ..Default::default()
+                }))
+            }
             EntryPayload::Normal(Request::Relayed(regions)) => {
                 namespace::merge::set_relayed(&mut ns, regions).map_err(io::Error::other)?;
                 Response::None
@@ -590,7 +601,7 @@ pub(super) fn stamps_of(entry: &EntryOf<TypeConfig>, out: &mut Vec<Hlc>) {
         }
         EntryPayload::Normal(Request::WriteBack(wb)) => out.extend(wb.cmds.iter().map(|c| c.hlc)),
         EntryPayload::Normal(Request::CopyBegin(b)) => out.push(b.hlc),
-        EntryPayload::Normal(Request::CopyAbort(a)) => out.push(a.hlc),
+        EntryPayload::Normal(Request::CopyAbort(a) | Request::CopyRemove(a)) => out.push(a.hlc),
         EntryPayload::Normal(Request::Promise(hlc)) => out.push(*hlc),
         _ => {}
     }

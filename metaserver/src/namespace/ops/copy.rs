@@ -11,7 +11,9 @@
 //! marks the copy done. Each is one Raft entry that every member applies as it
 //! is, and none is a record: the copy lives in the region that made it, whatever regions
 //! its source lives in, and no record a peer region sends later rewinds it. A copy whose
-//! maker went away (the leader changed) is removed ([`abort`]).
+//! maker went away (the leader changed) is removed ([`remove`], in steps:
+//! `namespace/copy_drop.rs`; [`abort`], at once, is what a log written before the steps
+//! replays).
 //!
 //! [`clone_volume`] is the copy in one record that earlier versions made; a log written by
 //! them still replays it.
@@ -314,6 +316,15 @@ pub(crate) fn abort(t: &mut WriteTables<'_>, a: &CopyAbort) -> Result<Reply, NsE
     }
     let ctx = Ctx::new(a.hlc, a.now, None, 0);
     delete_volume(t, &ctx, &vol.name)
+}
+
+/// Removes a copy that was not finished in steps (`copy_drop.rs`): its row and a few of
+/// its rows now, the rest by the leader's steps. A finished volume is not touched.
+pub(crate) fn remove(t: &mut WriteTables<'_>, a: &CopyAbort) -> Result<Reply, NsError> {
+    match find_volume(t, a.volume)? {
+        None => Ok(Reply::Done),
+        Some(vol) => crate::namespace::copy_drop::remove(t, &vol),
+    }
 }
 
 /// What a copy will copy, read at one point in time: the source, and every inode below
