@@ -356,8 +356,9 @@ struct MetaArgs {
     /// stop a copy half way; never in production).
     #[arg(long, hide = true)]
     copy_pause_ms: Option<u64>,
-    /// Answer the Calls stream as a member older than it does, so that clients use unary
-    /// calls (tests of a group of mixed versions; never in production).
+    /// Act as a member older than the Calls stream: answer it as unimplemented, so that
+    /// clients use unary calls, and report reading no newer Raft requests (tests of a
+    /// group of mixed versions; never in production).
     #[arg(long, hide = true)]
     no_calls_stream: bool,
     /// Serve no calls port beside gRPC (clients then make their calls through gRPC):

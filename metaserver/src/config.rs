@@ -58,8 +58,9 @@ pub struct MetaConfig {
     /// half way; 0 in production).
     #[serde(default)]
     pub copy_pause_ms: u64,
-    /// Answer the `Calls` stream as a member older than it does (unimplemented), so that
-    /// clients use unary calls: tests of a group of mixed versions; never in production.
+    /// Act as a member older than the `Calls` stream: answer it as unimplemented, so that
+    /// clients use unary calls, and report reading no newer Raft requests (`raft::READS`):
+    /// tests of a group of mixed versions; never in production.
     #[serde(default)]
     pub no_calls_stream: bool,
     /// Serve no calls port (clients then make their calls on gRPC's `Calls` stream):

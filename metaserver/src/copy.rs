@@ -178,12 +178,23 @@ impl MetaNode {
                 hlc,
                 now,
             };
-            if let Err(e) = self.propose_internal(RaftRequest::CopyRemove(abort)).await {
+            if let Err(e) = self.propose_internal(self.removal(abort).await).await {
                 // The leader that follows removes it.
                 warn!(copy = name, error = %e, "could not remove an unfinished copy");
             }
         }
         made
+    }
+
+    /// The request that removes an unfinished copy: in steps (`CopyRemove`) once every
+    /// member reads it, else at once (`CopyAbort`, as a group with members of an older
+    /// version must: they could not read the steps' requests).
+    async fn removal(&self, abort: CopyAbort) -> RaftRequest {
+        if self.group_reads(1).await {
+            RaftRequest::CopyRemove(abort)
+        } else {
+            RaftRequest::CopyAbort(abort)
+        }
     }
 
     /// Removes volume `name` if it is an unfinished copy of `source` (its maker went away:
@@ -207,10 +218,7 @@ impl MetaNode {
             hlc,
             now,
         };
-        match self
-            .propose_internal(RaftRequest::CopyRemove(abort))
-            .await?
-        {
+        match self.propose_internal(self.removal(abort).await).await? {
             RaftResponse::Ns(Ok(_)) => {
                 info!(
                     copy = name,
@@ -365,7 +373,7 @@ pub async fn sweep_loop(node: Arc<MetaNode>) {
         for (volume, name) in orphans {
             let (hlc, now) = node.stamp_now();
             let abort = CopyAbort { volume, hlc, now };
-            match node.propose_internal(RaftRequest::CopyRemove(abort)).await {
+            match node.propose_internal(node.removal(abort).await).await {
                 Ok(RaftResponse::Ns(Ok(_))) => {
                     info!(copy = %name, "removed a copy its maker left unfinished")
                 }

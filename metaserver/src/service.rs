@@ -299,7 +299,47 @@ impl MetaNode {
             region: u32::from(self.shared.region.0),
             log_sync_us: u64::try_from(self.log.recent_sync().as_micros()).unwrap_or(u64::MAX),
             log_syncs: self.log.syncs(),
+            // A member acting as an older one (tests of mixed versions) reads nothing new.
+            reads: if self.no_calls_stream {
+                0
+            } else {
+                crate::raft::READS
+            },
         }
+    }
+
+    /// Whether the group may be given Raft requests of `level` ([`crate::raft::READS`]):
+    /// no member that answers its status (voters and learners: all apply the log) reads
+    /// less, and a majority of the voters reads it (this member with those that answer).
+    /// A member that does not answer (down: the leader a copy's removal follows, say) is
+    /// not waited for; one that comes back older cannot read the entry and stays behind
+    /// until it is upgraded, while the others go on.
+    pub async fn group_reads(&self, level: u32) -> bool {
+        let (voters, others) = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            let membership = m.membership_config.membership();
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            let others: Vec<(u64, String)> = membership
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect();
+            (voters, others)
+        };
+        let mut reading = usize::from(voters.contains(&self.id));
+        for (id, addr) in others {
+            let Ok(ch) = self.pool.get(&addr) else {
+                continue;
+            };
+            let mut client = meridian_proto::channels::meta_client(ch);
+            let asked = client.status(meridian_proto::pb::meta::StatusRequest {});
+            match tokio::time::timeout(std::time::Duration::from_secs(1), asked).await {
+                Ok(Ok(r)) if r.get_ref().reads < level => return false,
+                Ok(Ok(_)) => reading += usize::from(voters.contains(&id)),
+                _ => {}
+            }
+        }
+        reading > voters.len() / 2
     }
 
     /// The leader's failure detector for chunkservers (phi accrual, `crate::liveness`):

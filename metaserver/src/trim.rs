@@ -34,7 +34,9 @@ pub async fn trim_loop(node: Arc<MetaNode>) {
             .unwrap_or_default();
         for m in pending {
             let what = "a removed or cut file's extents, or a deleted snapshot's tree";
-            steps(&node, m.ino, RaftRequest::TrimStep, what).await;
+            if let Some(n) = steps(&node, m.ino, RaftRequest::TrimStep, what).await {
+                debug!(ino = %m.ino, steps = n, "{what} dropped");
+            }
         }
         let copies = node
             .db
@@ -45,34 +47,38 @@ pub async fn trim_loop(node: Arc<MetaNode>) {
             .unwrap_or_default();
         for c in copies {
             let what = "an unfinished copy's rows";
-            let n = steps(&node, c.root, RaftRequest::CopyRemoveStep, what).await;
-            info!(
-                volume = c.volume,
-                steps = n,
-                "an unfinished copy's rows removed in steps"
-            );
+            if let Some(n) = steps(&node, c.root, RaftRequest::CopyRemoveStep, what).await {
+                info!(
+                    volume = c.volume,
+                    steps = n,
+                    "an unfinished copy's rows removed in steps"
+                );
+            }
         }
     }
 }
 
-/// Proposes `step(ino)` until it says it is done (or fails); how many it proposed.
-async fn steps(node: &MetaNode, ino: InodeId, step: fn(InodeId) -> RaftRequest, what: &str) -> u32 {
+/// Proposes `step(ino)` until it says it is done: how many it proposed, or `None` when
+/// one failed (the next pass goes on).
+async fn steps(
+    node: &MetaNode,
+    ino: InodeId,
+    step: fn(InodeId) -> RaftRequest,
+    what: &str,
+) -> Option<u32> {
     let mut steps = 0u32;
     loop {
         steps += 1;
         match node.propose_internal(step(ino)).await {
             Ok(RaftResponse::Remote(Ok(o))) if o.applied == 0 => {}
-            Ok(RaftResponse::Remote(Ok(_))) => {
-                debug!(%ino, steps, "{what} dropped");
-                return steps;
-            }
+            Ok(RaftResponse::Remote(Ok(_))) => return Some(steps),
             Ok(other) => {
                 warn!(%ino, ?other, "dropping {what}");
-                return steps;
+                return None;
             }
             Err(e) => {
                 warn!(%ino, error = %e, "dropping {what}");
-                return steps;
+                return None;
             }
         }
     }

@@ -2,7 +2,7 @@
 //! its range of inode numbers a step at a time, fsck finds nothing wrong between steps
 //! (nor while a copy is being made), and nothing of it or the references it held is left.
 
-use meridian_proto::{Hlc, InodeId, RegionId};
+use meridian_proto::{BlockId, Hlc, InodeId, RegionId};
 use redb::ReadableDatabase;
 
 use super::copy_drop::{self, CopyDrop};
@@ -171,12 +171,21 @@ fn a_small_unfinished_copy_goes_at_once_and_a_finished_one_is_refused() {
     let mut rs = regions(1);
     let r = &mut rs[0];
     let root = r.volume_root();
+    let block = BlockId::of(b"small");
     for i in 0..20 {
-        attr_of(r.run(mknod(root, &format!("f{i}"), FileKind::File)));
+        let f = attr_of(r.run(mknod(root, &format!("f{i}"), FileKind::File))).ino;
+        commit_spaced(r, f, 3, 10, &[block]);
     }
-    let half = copy_part(r, "half", 0);
-    assert!(rows_of(r, half.id).0 > 0);
+    let before = refs(r, &block);
+    let half = copy_part(r, "half", 10);
+    let (inodes, entries, extents) = rows_of(r, half.id);
+    assert!(
+        inodes > 10 && entries > 10 && extents > 30,
+        "{inodes} {entries} {extents}"
+    );
+    assert!(refs(r, &block) > before);
     remove(r, &half).unwrap();
+    assert_eq!(refs(r, &block), before);
     assert!(removals(r).is_empty());
     assert_eq!(rows_of(r, half.id), (0, 0, 0));
     assert!(r.read(|x| x.getattr(half.root)).is_err());

@@ -23,6 +23,13 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::cluster::ClusterCmd;
 
+/// The newest Raft requests this version reads, as a member reports it (`Status`): 1 reads
+/// `CopyRemove` and `CopyRemoveStep`. A leader proposes those only while every member that
+/// answers reports at least that, a majority of the voters among them
+/// ([`crate::service::MetaNode::group_reads`]): a group of older members could not read
+/// them and would hold its region's log there.
+pub const READS: u32 = 1;
+
 /// One entry of the metaserver's Raft log.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Request {

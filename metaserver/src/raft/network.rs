@@ -407,10 +407,12 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         let part = AppendParts::new(self.encoded.clone(), rpc, self.max_append)
             .next()
             .expect("an append has a first part");
+        // As on a stream, a large append may take longer by what its size allows.
+        let allowance = Duration::from_micros(part.json.len() as u64 / 16);
         let mut req = Request::new(RaftMessage {
             data: Bytes::from(part.json),
         });
-        req.set_timeout(option.soft_ttl());
+        req.set_timeout(option.soft_ttl() + allowance);
         let resp = self
             .client(&option)?
             .append_entries(req)
@@ -714,29 +716,49 @@ mod tests {
         }
     }
 
-    /// A member of an older version (unary appends, no stream) that records what it gets
-    /// and answers every append with a success.
+    /// A member that records how many entries each append it gets carries and answers
+    /// every one with a success: on a stream, or (a member of an older version) only by
+    /// unary calls.
     #[derive(Clone, Default)]
-    struct Older(Arc<std::sync::Mutex<Vec<usize>>>);
+    struct Recorder {
+        got: Arc<std::sync::Mutex<Vec<usize>>>,
+        streams: bool,
+    }
+
+    impl Recorder {
+        fn took(&self, data: &[u8]) -> AppendEntriesRequest<TypeConfig> {
+            let got: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(data).unwrap();
+            self.got.lock().unwrap().push(got.entries.len());
+            got
+        }
+    }
 
     #[tonic::async_trait]
-    impl RaftService for Older {
+    impl RaftService for Recorder {
         type AppendStreamStream = AppendAnswers;
 
         async fn append_stream(
             &self,
-            _: tonic::Request<Streaming<RaftMessage>>,
+            request: tonic::Request<Streaming<RaftMessage>>,
         ) -> Result<Response<AppendAnswers>, Status> {
-            Err(Status::unimplemented("older"))
+            if !self.streams {
+                return Err(Status::unimplemented("older"));
+            }
+            let me = self.clone();
+            let answers = request.into_inner().map(move |msg| {
+                let got = me.took(&msg?.data);
+                let last = got.entries.last().map(|e| e.log_id).or(got.prev_log_id);
+                let item: StreamItem = Ok(Ok(last));
+                Ok(encode(&item))
+            });
+            Ok(Response::new(Box::pin(answers)))
         }
 
         async fn append_entries(
             &self,
             request: tonic::Request<RaftMessage>,
         ) -> Result<Response<RaftMessage>, Status> {
-            let data = request.into_inner().data;
-            let got: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&data).unwrap();
-            self.0.lock().unwrap().push(got.entries.len());
+            self.took(&request.into_inner().data);
             let ok: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> =
                 Ok(AppendEntriesResponse::Success);
             Ok(Response::new(encode(&ok)))
@@ -757,23 +779,21 @@ mod tests {
         }
     }
 
-    /// A unary append (to a member without streams) larger than the bound carries its
-    /// first part only, and its success is a partial one up to that part's last entry:
-    /// openraft sends the rest from there. One within the bound is a plain success.
-    #[tokio::test]
-    async fn a_unary_append_past_the_bound_sends_its_first_part_and_says_so() {
-        let older = Older::default();
+    /// `member` served on loopback, and a peer to it whose appends carry about ten of
+    /// the tests' entries each.
+    async fn peer_to(member: Recorder) -> (Peer, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(
+        let streams = member.streams;
+        let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(
-                    meridian_proto::pb::meta::raft_service_server::RaftServiceServer::new(
-                        older.clone(),
-                    ),
+                    meridian_proto::pb::meta::raft_service_server::RaftServiceServer::new(member),
                 )
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
         let pool = Arc::new(ChannelPool::new(meridian_proto::channels::Timeouts {
             connect: Duration::from_millis(500),
             request: Duration::from_secs(5),
@@ -781,16 +801,25 @@ mod tests {
         let one_entry = Encoded::default()
             .entry_json(&append(1, 1, 1).entries[0])
             .len();
-        let mut peer = Peer {
+        let peer = Peer {
             target: 2,
             addr,
             pool,
             encoded: Arc::default(),
             pacing: Arc::default(),
-            streams: false,
-            // About ten entries a part.
+            streams,
             max_append: 200 + 10 * (one_entry + 1),
         };
+        (peer, server)
+    }
+
+    /// A unary append (to a member without streams) larger than the bound carries its
+    /// first part only, and its success is a partial one up to that part's last entry:
+    /// openraft sends the rest from there. One within the bound is a plain success.
+    #[tokio::test]
+    async fn a_unary_append_past_the_bound_sends_its_first_part_and_says_so() {
+        let older = Recorder::default();
+        let (mut peer, server) = peer_to(older.clone()).await;
         let option = RPCOption::new(Duration::from_secs(5));
         let answer = peer.append_entries(append(1, 25, 1), option.clone()).await;
         assert_eq!(
@@ -799,7 +828,47 @@ mod tests {
         );
         let answer = peer.append_entries(append(11, 5, 1), option).await;
         assert_eq!(answer.unwrap(), AppendEntriesResponse::Success);
-        assert_eq!(*older.0.lock().unwrap(), vec![10, 5]);
+        assert_eq!(*older.got.lock().unwrap(), vec![10, 5]);
+        server.abort();
+    }
+
+    /// On a stream, an append larger than the bound goes as parts, each answered on its
+    /// own (the last with the request's last entry).
+    #[tokio::test]
+    async fn a_streamed_append_past_the_bound_goes_in_parts_each_answered() {
+        let member = Recorder {
+            streams: true,
+            ..Default::default()
+        };
+        let (mut peer, server) = peer_to(member.clone()).await;
+        let option = RPCOption::new(Duration::from_secs(5));
+        let requests = futures::stream::iter([append(1, 25, 1), append(26, 3, 1)]);
+        let answers: Vec<_> = peer
+            .open_append_stream(requests, option)
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        let matched: Vec<_> = answers
+            .into_iter()
+            .map(|a| a.unwrap().unwrap().map(|l| l.index))
+            .collect();
+        // The first request in three parts of about ten entries, the second whole; each
+        // part answered with its last entry.
+        let got = member.got.lock().unwrap().clone();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[..3].iter().all(|n| (5..=10).contains(n)), "{got:?}");
+        assert_eq!((got[..3].iter().sum::<usize>(), got[3]), (25, 3));
+        let mut last = 1;
+        let each: Vec<_> = got
+            .iter()
+            .map(|n| {
+                last += *n as u64;
+                Some(last)
+            })
+            .collect();
+        assert_eq!(matched, each);
+        assert_eq!(matched[2], Some(26));
         server.abort();
     }
 
