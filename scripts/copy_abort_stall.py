@@ -27,33 +27,7 @@ import tempfile
 import threading
 import time
 
-
-def wait_mount(path, proc, what):
-    for _ in range(480):
-        if os.path.ismount(path):
-            return
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited: {proc.returncode}")
-        time.sleep(0.25)
-    raise SystemExit(f"{what}: no mount at {path}")
-
-
-def fill(root, files, per=1000, writers=4):
-    dirs = (files + per - 1) // per
-    for d in range(dirs):
-        os.mkdir(os.path.join(root, "d%04d" % d))
-
-    def work(k):
-        for n in range(k, files, writers):
-            sub = os.path.join(root, "d%04d" % (n // per))
-            with open(os.path.join(sub, "f%07d" % (n % per)), "wb") as f:
-                f.write(b"x" * 100)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+from rig import fill, stop, wait_mount
 
 
 def main():
@@ -154,19 +128,7 @@ def main():
                 if "unfinished" in line:
                     print(os.path.basename(path), line.strip()[-160:])
     finally:
-        dev.send_signal(signal.SIGINT)
-        try:
-            dev.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            dev.kill()
-            dev.wait()
-        # Servers `meridian dev` started and left behind.
-        try:
-            os.killpg(dev.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if os.path.ismount(mnt):
-            subprocess.run(["fusermount3", "-uz", mnt])
+        stop((dev,), dev, (mnt,))
         if not a.keep:
             shutil.rmtree(top, ignore_errors=True)
         else:

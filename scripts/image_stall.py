@@ -25,39 +25,12 @@ import glob
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 import time
 
-
-def wait_mount(path, proc, what):
-    for _ in range(480):
-        if os.path.ismount(path):
-            return
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited: {proc.returncode}")
-        time.sleep(0.25)
-    raise SystemExit(f"{what}: no mount at {path}")
-
-
-def fill(root, files, per, writers=4):
-    dirs = (files + per - 1) // per
-    for d in range(dirs):
-        os.mkdir(os.path.join(root, "d%04d" % d))
-
-    def work(k):
-        for n in range(k, files, writers):
-            sub = os.path.join(root, "d%04d" % (n // per))
-            with open(os.path.join(sub, "f%07d" % (n % per)), "wb") as f:
-                f.write(b"x" * 100)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+from rig import fill, stop, wait_mount
 
 
 def main():
@@ -165,23 +138,7 @@ def main():
                                            "brought into this region", "image does not")):
                     print(os.path.basename(path), line.strip()[-200:])
     finally:
-        for proc in (mount, dev):
-            if proc is None:
-                continue
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        # Servers `meridian dev` started and left behind (it was killed, say).
-        try:
-            os.killpg(dev.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        for m in (big, os.path.join(mnt, "1"), os.path.join(mnt, "2")):
-            if os.path.ismount(m):
-                subprocess.run(["fusermount3", "-uz", m])
+        stop((mount, dev), dev, (big, os.path.join(mnt, "1"), os.path.join(mnt, "2")))
         if not a.keep:
             shutil.rmtree(top, ignore_errors=True)
         else:

@@ -102,14 +102,8 @@ pub(crate) fn remove(t: &mut WriteTables<'_>, vol: &Volume) -> Result<Reply, NsE
 /// mark, as for a step proposed twice).
 pub fn step(t: &mut WriteTables<'_>, root: InodeId) -> Result<bool, NsError> {
     let k = key(root);
-    let Some(drop) = t
-        .region_state
-        .open()?
-        .get(k.as_str())
-        .map_err(store_err)?
-        .map(|v| serde_json::from_slice::<CopyDrop>(v.value()))
-        .transpose()
-        .map_err(json_err)?
+    let Some(drop) =
+        super::merge::state_record::<CopyDrop>(t.region_state.open()?, k.as_str(), json_err)?
     else {
         return Ok(true);
     };

@@ -53,6 +53,19 @@ pub(crate) fn state_records<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
+/// The record kept in REGION_STATE under `key`, if any, decoded from JSON (`damaged` names
+/// one that does not decode).
+pub(crate) fn state_record<T: serde::de::DeserializeOwned>(
+    t: &impl StateTable,
+    key: &str,
+    damaged: fn(serde_json::Error) -> NsError,
+) -> Result<Option<T>, NsError> {
+    t.get(key)
+        .map_err(store_err)?
+        .map(|v| serde_json::from_slice(v.value()).map_err(damaged))
+        .transpose()
+}
+
 /// REGION_STATE of a read transaction (none before the first write).
 pub fn state_table(
     tx: &ReadTransaction,

@@ -272,14 +272,8 @@ pub fn ready_marks(tx: &redb::ReadTransaction) -> Result<Vec<Trim>, NsError> {
 /// to leave the merged log ([`Trim::at`]; nothing dropped).
 pub fn trim_step(t: &mut WriteTables<'_>, ino: InodeId) -> Result<bool, NsError> {
     let k = key(ino);
-    let Some(mark) = t
-        .region_state
-        .open()?
-        .get(k.as_str())
-        .map_err(store_err)?
-        .map(|v| serde_json::from_slice::<Trim>(v.value()))
-        .transpose()
-        .map_err(json_err)?
+    let Some(mark) =
+        super::merge::state_record::<Trim>(t.region_state.open()?, k.as_str(), json_err)?
     else {
         return Ok(true);
     };
