@@ -221,14 +221,13 @@ fn among_older_members_an_unfinished_copy_goes_at_once() -> Result<()> {
     copy_whose_leader_dies(true)
 }
 
-fn copy_whose_leader_dies(older: bool) -> Result<()> {
+/// A group of three (copy steps 300 ms apart, and `flags`) with volume "v" of 2,500
+/// directories (three copy steps); the group and its addresses.
+fn group_with_dirs(flags: &[&str]) -> Result<(common::MetaCluster, String)> {
     use meridian_proto::ns::{Creds, FileKind, Op, Query, QueryReply, Reply, VolumePolicy};
-    // Steps 300 ms apart: the copy is stopped half way by killing its leader.
-    let mut flags = vec!["--copy-pause-ms", "300"];
-    if older {
-        flags.push("--no-calls-stream");
-    }
-    let mut cluster = common::MetaCluster::start(3, &flags)?;
+    let mut all = vec!["--copy-pause-ms", "300"];
+    all.extend_from_slice(flags);
+    let cluster = common::MetaCluster::start(3, &all)?;
     let addrs = cluster.addrs().join(",");
     let meta = std::sync::Arc::new(cluster.client());
     let rt = tokio::runtime::Runtime::new()?;
@@ -244,7 +243,6 @@ fn copy_whose_leader_dies(older: bool) -> Result<()> {
         else {
             anyhow::bail!("no volume")
         };
-        // 2,500 directories: three steps.
         let mut tasks = tokio::task::JoinSet::new();
         for t in 0..32u32 {
             let meta = meta.clone();
@@ -269,17 +267,72 @@ fn copy_whose_leader_dies(older: bool) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    // The snapshot as listed (None: not listed); an error when the servers did not say.
-    let copying = |name: &str| -> Result<Option<serde_json::Value>> {
-        let listed: serde_json::Value =
-            serde_json::from_str(&common::admin_at(&addrs, &["snapshots", "--json"])?)?;
-        Ok(listed
-            .as_array()
-            .context("a list")?
-            .iter()
-            .find(|v| v["name"] == name)
-            .cloned())
+    Ok((cluster, addrs))
+}
+
+/// Snapshot `name` as `admin snapshots` lists it (None: not listed); an error when the
+/// servers did not say.
+fn listed(addrs: &str, name: &str) -> Result<Option<serde_json::Value>> {
+    let listed: serde_json::Value =
+        serde_json::from_str(&common::admin_at(addrs, &["snapshots", "--json"])?)?;
+    Ok(listed
+        .as_array()
+        .context("a list")?
+        .iter()
+        .find(|v| v["name"] == name)
+        .cloned())
+}
+
+/// The logs of the group's members, one after the other.
+fn group_logs(cluster: &common::MetaCluster) -> String {
+    (1..=3)
+        .map(|i| {
+            fs::read_to_string(cluster.dir.path().join(format!("meta-{i}.log"))).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A snapshot deleted while it is being made goes in steps, as one whose maker went away:
+/// the command that took it fails, and nothing of it is left.
+#[test]
+fn a_copy_deleted_while_being_made_goes_in_steps() -> Result<()> {
+    let (cluster, addrs) = group_with_dirs(&[])?;
+    let taking = {
+        let addrs = addrs.clone();
+        std::thread::spawn(move || common::admin_at(&addrs, &["volume-snapshot", "v", "snap"]))
     };
+    wait_for(Duration::from_secs(30), "the copy under way", || {
+        listed(&addrs, "snap")
+            .ok()
+            .flatten()
+            .filter(|v| v["copying"]["copied"].as_u64().unwrap_or(0) > 0)
+    })?;
+    common::admin_at(&addrs, &["volume-delete", "snap"])?;
+    ensure!(
+        listed(&addrs, "snap")?.is_none(),
+        "the deleted copy is still listed"
+    );
+    let taken = taking.join().expect("the snapshot command");
+    ensure!(
+        taken.is_err(),
+        "the snapshot of a deleted copy was made: {taken:?}"
+    );
+    wait_for(Duration::from_secs(30), "the removal's steps", || {
+        group_logs(&cluster)
+            .contains("an unfinished copy's rows removed in steps")
+            .then_some(())
+    })?;
+    ensure!(group_logs(&cluster).contains("deleted a copy still being made"));
+    let (report, clean) = common::fsck(&addrs)?;
+    ensure!(clean && report["inodes"] == 2501, "fsck: {report}");
+    Ok(())
+}
+
+fn copy_whose_leader_dies(older: bool) -> Result<()> {
+    // The copy is stopped half way by killing its leader.
+    let flags: &[&str] = if older { &["--no-calls-stream"] } else { &[] };
+    let (mut cluster, addrs) = group_with_dirs(flags)?;
+    let copying = |name: &str| listed(&addrs, name);
     let taking = {
         let addrs = addrs.clone();
         std::thread::spawn(move || common::admin_at(&addrs, &["volume-snapshot", "v", "snap"]))
@@ -322,25 +375,15 @@ fn copy_whose_leader_dies(older: bool) -> Result<()> {
             snap["copying"].is_null() && snap["used_inodes"] == 2501,
             "{snap}"
         );
-        let log = fs::read_to_string(cluster.dir.path().join("meta-1.log")).unwrap_or_default()
-            + &fs::read_to_string(cluster.dir.path().join("meta-2.log")).unwrap_or_default()
-            + &fs::read_to_string(cluster.dir.path().join("meta-3.log")).unwrap_or_default();
         ensure!(
-            log.contains("left unfinished"),
+            group_logs(&cluster).contains("left unfinished"),
             "the next leader did not remove the unfinished copy"
         );
         // More rows than one entry removes at once (a batch of a thousand directories
         // at least): the rest went in steps (or at once among older members), and
         // nothing of it is left: the two volumes' 2 x 2,501 inodes alone.
-        let stepped = || {
-            (1..=3)
-                .map(|i| {
-                    fs::read_to_string(cluster.dir.path().join(format!("meta-{i}.log")))
-                        .unwrap_or_default()
-                })
-                .collect::<String>()
-                .contains("an unfinished copy's rows removed in steps")
-        };
+        let stepped =
+            || group_logs(&cluster).contains("an unfinished copy's rows removed in steps");
         if !older {
             wait_for(Duration::from_secs(30), "the removal's steps", || {
                 stepped().then_some(())

@@ -137,6 +137,52 @@ pub async fn copy_volume(
     })
 }
 
+/// Deletes volume `name` if it is a copy still being made, in steps (`copy_drop.rs`), as a
+/// copy whose maker went away is removed: its maker's next step finds it gone and stops.
+/// On the leader. `None` when it is no such copy (or it finished meanwhile), or the group
+/// does not read the steps' requests: the deletion then goes as any other, in one entry.
+/// The outer error is the servers', the inner one the namespace's answer.
+pub async fn delete_unfinished(
+    node: &MetaNode,
+    name: &str,
+) -> Result<Option<Result<Reply, NsError>>, MetaError> {
+    let copy = {
+        let tx = node.db.begin_read().map_err(store)?;
+        crate::namespace::NsReader::new(&tx)
+            .volumes()
+            .map_err(|e| MetaError::Store(e.to_string()))?
+            .into_iter()
+            .find(|v| v.name == name && v.copying.is_some())
+    };
+    let Some(copy) = copy else {
+        return Ok(None);
+    };
+    if !node.group_reads(1).await {
+        return Ok(None);
+    }
+    let (hlc, now) = node.stamp_now();
+    let abort = CopyAbort {
+        volume: copy.id,
+        hlc,
+        now,
+    };
+    match node
+        .propose_internal(RaftRequest::CopyRemove(abort))
+        .await?
+    {
+        RaftResponse::Ns(Ok(reply)) => {
+            info!(copy = name, "deleted a copy still being made");
+            Ok(Some(Ok(reply)))
+        }
+        // Finished meanwhile: deleted as any volume.
+        RaftResponse::Ns(Err(NsError::Invalid(_))) => Ok(None),
+        RaftResponse::Ns(Err(e)) => Ok(Some(Err(e))),
+        other => Err(MetaError::Store(format!(
+            "a copy's removal answered oddly: {other:?}"
+        ))),
+    }
+}
+
 impl MetaNode {
     async fn make_copy(
         &self,

@@ -16,8 +16,8 @@
 //!
 //! A copy not yet finished is not a whole tree yet (a directory's entries may name inodes
 //! of a later batch, a file's count a link not yet written), and these steps count on a
-//! whole tree: its maker gone (ADR 0014), it goes by its range of inode numbers in steps
-//! of its own (`copy_drop.rs`); deleted by an admin while being made, at once.
+//! whole tree: its maker gone (ADR 0014), or deleted while being made, it goes by its
+//! range of inode numbers in steps of its own (`copy_drop.rs`).
 
 use std::collections::HashSet;
 

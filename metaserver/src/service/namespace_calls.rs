@@ -63,6 +63,25 @@ impl MetaApi {
                 change_seq: 0,
             }));
         }
+        if let Op::DeleteVolume { name } = &op
+            && self
+                .read(|r| r.volume(name))
+                .is_ok_and(|v| v.is_ok_and(|v| v.copying.is_some()))
+        {
+            // A copy still being made goes in steps, as one whose maker went away.
+            if !self.is_leader() {
+                let (mut leader, addr) = self.leader_client(&request)?;
+                return naming(leader.mutate(MetaNode::forward(request)).await, &addr);
+            }
+            if let Some(outcome) = crate::copy::delete_unfinished(&self.0, name).await? {
+                return Ok(Response::new(MutateResponse {
+                    outcome: json(&outcome),
+                    log_index: 0,
+                    dirs: Bytes::new(),
+                    change_seq: 0,
+                }));
+            }
+        }
         let req = request.get_ref();
         let forwarded = req.from_region != 0;
         // A volume whose home is another region: the change is decided there.

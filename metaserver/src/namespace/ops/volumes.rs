@@ -210,8 +210,8 @@ pub(crate) fn delete_volume(
     };
     if vol.copying.is_some() {
         // A copy still being made goes with everything it has so far (nothing can empty
-        // it first), at once: its tree may not be whole yet (`tree_drop`). (One whose
-        // maker went away goes in steps instead: `copy_drop.rs`.)
+        // it first), at once: its tree may not be whole yet (`tree_drop`). (The leader
+        // removes one in steps instead, `copy_drop.rs`, when every member reads them.)
         crate::namespace::tree_drop::remove_tree(t, vol.root)?;
     } else if vol.read_only {
         // A snapshot likewise; a large one in steps, its root with the last.
