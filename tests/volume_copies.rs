@@ -221,11 +221,11 @@ fn among_older_members_an_unfinished_copy_goes_at_once() -> Result<()> {
     copy_whose_leader_dies(true)
 }
 
-/// A group of three (copy steps 300 ms apart, and `flags`) with volume "v" of 2,500
-/// directories (three copy steps); the group and its addresses.
-fn group_with_dirs(flags: &[&str]) -> Result<(common::MetaCluster, String)> {
+/// A group of three (copy steps `pause_ms` apart, and `flags`) with volume "v" of 2,500
+/// directories (six copy steps); the group and its addresses.
+fn group_with_dirs(pause_ms: &str, flags: &[&str]) -> Result<(common::MetaCluster, String)> {
     use meridian_proto::ns::{Creds, FileKind, Op, Query, QueryReply, Reply, VolumePolicy};
-    let mut all = vec!["--copy-pause-ms", "300"];
+    let mut all = vec!["--copy-pause-ms", pause_ms];
     all.extend_from_slice(flags);
     let cluster = common::MetaCluster::start(3, &all)?;
     let addrs = cluster.addrs().join(",");
@@ -296,7 +296,8 @@ fn group_logs(cluster: &common::MetaCluster) -> String {
 /// the command that took it fails, and nothing of it is left.
 #[test]
 fn a_copy_deleted_while_being_made_goes_in_steps() -> Result<()> {
-    let (cluster, addrs) = group_with_dirs(&[])?;
+    // Steps a second apart: seconds to delete it in while it is being made.
+    let (cluster, addrs) = group_with_dirs("1000", &[])?;
     let taking = {
         let addrs = addrs.clone();
         std::thread::spawn(move || common::admin_at(&addrs, &["volume-snapshot", "v", "snap"]))
@@ -331,7 +332,7 @@ fn a_copy_deleted_while_being_made_goes_in_steps() -> Result<()> {
 fn copy_whose_leader_dies(older: bool) -> Result<()> {
     // The copy is stopped half way by killing its leader.
     let flags: &[&str] = if older { &["--no-calls-stream"] } else { &[] };
-    let (mut cluster, addrs) = group_with_dirs(flags)?;
+    let (mut cluster, addrs) = group_with_dirs("300", flags)?;
     let copying = |name: &str| listed(&addrs, name);
     let taking = {
         let addrs = addrs.clone();

@@ -141,10 +141,13 @@ pub async fn copy_volume(
 /// copy whose maker went away is removed: its maker's next step finds it gone and stops.
 /// On the leader. `None` when it is no such copy (or it finished meanwhile), or the group
 /// does not read the steps' requests: the deletion then goes as any other, in one entry.
+/// A retry of `request` (the client's, when it has one) is answered as the first time
+/// was: it finds no copy, and the deletion's path finds the outcome kept.
 /// The outer error is the servers', the inner one the namespace's answer.
 pub async fn delete_unfinished(
     node: &MetaNode,
     name: &str,
+    request: Option<(u64, u64)>,
 ) -> Result<Option<Result<Reply, NsError>>, MetaError> {
     let copy = {
         let tx = node.db.begin_read().map_err(store)?;
@@ -165,6 +168,7 @@ pub async fn delete_unfinished(
         volume: copy.id,
         hlc,
         now,
+        request,
     };
     match node
         .propose_internal(RaftRequest::CopyRemove(abort))
@@ -223,6 +227,7 @@ impl MetaNode {
                 volume: vol.id,
                 hlc,
                 now,
+                request: None,
             };
             if let Err(e) = self.propose_internal(self.removal(abort).await).await {
                 // The leader that follows removes it.
@@ -263,6 +268,7 @@ impl MetaNode {
             volume: v.id,
             hlc,
             now,
+            request: None,
         };
         match self.propose_internal(self.removal(abort).await).await? {
             RaftResponse::Ns(Ok(_)) => {
@@ -418,7 +424,12 @@ pub async fn sweep_loop(node: Arc<MetaNode>) {
             .collect();
         for (volume, name) in orphans {
             let (hlc, now) = node.stamp_now();
-            let abort = CopyAbort { volume, hlc, now };
+            let abort = CopyAbort {
+                volume,
+                hlc,
+                now,
+                request: None,
+            };
             match node.propose_internal(node.removal(abort).await).await {
                 Ok(RaftResponse::Ns(Ok(_))) => {
                     info!(copy = %name, "removed a copy its maker left unfinished")

@@ -326,18 +326,25 @@ impl MetaNode {
                 .collect();
             (voters, others)
         };
-        let mut reading = usize::from(voters.contains(&self.id));
-        for (id, addr) in others {
-            let Ok(ch) = self.pool.get(&addr) else {
-                continue;
-            };
-            let mut client = meridian_proto::channels::meta_client(ch);
+        if self.status_response().reads < level {
+            return false;
+        }
+        // Asked all at once: a member that does not answer costs one wait, not one each.
+        let asked = others.into_iter().map(|(id, addr)| async move {
+            let mut client = meridian_proto::channels::meta_client(self.pool.get(&addr).ok()?);
             let asked = client.status(meridian_proto::pb::meta::StatusRequest {});
             match tokio::time::timeout(std::time::Duration::from_secs(1), asked).await {
-                Ok(Ok(r)) if r.get_ref().reads < level => return false,
-                Ok(Ok(_)) => reading += usize::from(voters.contains(&id)),
-                _ => {}
+                Ok(Ok(r)) => Some((id, r.into_inner().reads)),
+                _ => None,
             }
+        });
+        let answers = futures::future::join_all(asked).await;
+        let mut reading = usize::from(voters.contains(&self.id));
+        for (id, reads) in answers.into_iter().flatten() {
+            if reads < level {
+                return false;
+            }
+            reading += usize::from(voters.contains(&id));
         }
         reading > voters.len() / 2
     }

@@ -33,12 +33,8 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
     if let Op::Unstage { ino, blocks } = &cmd.op {
         return staging::unstage(t, *ino, blocks);
     }
-    if let Some((client, op)) = cmd.request {
-        let key = super::tables::pair_key(client, op);
-        if let Some(v) = t.requests.open()?.get(key.as_slice()).map_err(store_err)? {
-            return serde_json::from_slice::<Result<Reply, NsError>>(v.value())
-                .map_err(|e| NsError::Store(format!("damaged request record: {e}")))?;
-        }
+    if let Some(first) = answered(t, cmd.request)? {
+        return first;
     }
     // Stamps only grow along the merged log: a command stamped before a remote record
     // that applied ahead of it, or before a promise to the peers, takes the next stamp
@@ -150,22 +146,51 @@ pub fn apply(t: &mut WriteTables<'_>, cmd: &Command) -> Result<Reply, NsError> {
             history::trim_changelog(t, cmd.hlc.wall_ms)?;
         }
     }
-    if let Some((client, op)) = cmd.request {
-        let key = super::tables::pair_key(client, op);
-        let bytes = serde_json::to_vec(&outcome).map_err(|e| NsError::Store(e.to_string()))?;
-        t.requests
-            .open_mut()?
-            .insert(key.as_slice(), bytes.as_slice())
-            .map_err(store_err)?;
-        let mut by_time = cmd.hlc.wall_ms.to_be_bytes().to_vec();
-        by_time.extend_from_slice(&key);
-        t.request_times
-            .open_mut()?
-            .insert(by_time.as_slice(), ())
-            .map_err(store_err)?;
-    }
+    remember(t, cmd.request, cmd.hlc.wall_ms, &outcome)?;
     history::prune_requests(t, cmd.hlc.wall_ms)?;
     outcome
+}
+
+/// The first outcome of `request` (a client and its operation id), if it was applied.
+pub(crate) fn answered(
+    t: &WriteTables<'_>,
+    request: Option<(u64, u64)>,
+) -> Result<Option<Result<Reply, NsError>>, NsError> {
+    let Some((client, op)) = request else {
+        return Ok(None);
+    };
+    let key = super::tables::pair_key(client, op);
+    match t.requests.open()?.get(key.as_slice()).map_err(store_err)? {
+        Some(v) => serde_json::from_slice::<Result<Reply, NsError>>(v.value())
+            .map(Some)
+            .map_err(|e| NsError::Store(format!("damaged request record: {e}"))),
+        None => Ok(None),
+    }
+}
+
+/// Keeps `outcome` as `request`'s (stamped at `wall_ms`), for its retries.
+pub(crate) fn remember(
+    t: &mut WriteTables<'_>,
+    request: Option<(u64, u64)>,
+    wall_ms: u64,
+    outcome: &Result<Reply, NsError>,
+) -> Result<(), NsError> {
+    let Some((client, op)) = request else {
+        return Ok(());
+    };
+    let key = super::tables::pair_key(client, op);
+    let bytes = serde_json::to_vec(outcome).map_err(|e| NsError::Store(e.to_string()))?;
+    t.requests
+        .open_mut()?
+        .insert(key.as_slice(), bytes.as_slice())
+        .map_err(store_err)?;
+    let mut by_time = wall_ms.to_be_bytes().to_vec();
+    by_time.extend_from_slice(&key);
+    t.request_times
+        .open_mut()?
+        .insert(by_time.as_slice(), ())
+        .map_err(store_err)?;
+    Ok(())
 }
 
 /// What a snapshot (a read-only volume) still lets through: its own deletion and quota,

@@ -81,6 +81,7 @@ fn remove(r: &mut Region, vol: &Volume) -> Result<Reply, NsError> {
         volume: vol.id,
         hlc,
         now,
+        request: None,
     };
     r.write(|t| copy::remove(t, &abort))
 }
@@ -184,8 +185,42 @@ fn a_small_unfinished_copy_goes_at_once_and_a_finished_one_is_refused() {
         "{inodes} {entries} {extents}"
     );
     assert!(refs(r, &block) > before);
-    remove(r, &half).unwrap();
+    // Deleted by a client's request: a retry of it is answered as the first time, by the
+    // removal or by the deletion its path takes once the copy is gone.
+    let (hlc, now) = stamp(r);
+    let deleted = CopyAbort {
+        volume: half.id,
+        hlc,
+        now,
+        request: Some((9, 1)),
+    };
+    assert_eq!(r.write(|t| copy::remove(t, &deleted)), Ok(Reply::Done));
     assert_eq!(refs(r, &block), before);
+    assert_eq!(r.write(|t| copy::remove(t, &deleted)), Ok(Reply::Done));
+    let (hlc, now) = stamp(r);
+    let retried = Command {
+        op: Op::DeleteVolume {
+            name: "half".into(),
+        },
+        hlc,
+        now,
+        request: Some((9, 1)),
+        ino: None,
+        lease: false,
+    };
+    assert_eq!(
+        r.write(|t| super::apply::apply(t, &retried)),
+        Ok(Reply::Done)
+    );
+    // Without the request's outcome kept, the deletion finds no such volume.
+    let other = Command {
+        request: Some((9, 2)),
+        ..retried
+    };
+    assert!(matches!(
+        r.write(|t| super::apply::apply(t, &other)),
+        Err(NsError::NotFound(_))
+    ));
     assert!(removals(r).is_empty());
     assert_eq!(rows_of(r, half.id), (0, 0, 0));
     assert!(r.read(|x| x.getattr(half.root)).is_err());

@@ -1716,6 +1716,7 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
         volume: half.id,
         hlc: cmd.hlc,
         now: cmd.now,
+        request: None,
     };
     fs.write(|t| copy::abort(t, &abort)).unwrap();
     assert_eq!(fs.read(|r| r.block_refs(&a)).unwrap(), 48);

@@ -73,7 +73,9 @@ impl MetaApi {
                 let (mut leader, addr) = self.leader_client(&request)?;
                 return naming(leader.mutate(MetaNode::forward(request)).await, &addr);
             }
-            if let Some(outcome) = crate::copy::delete_unfinished(&self.0, name).await? {
+            let req = request.get_ref();
+            let id = (req.client_id != 0).then_some((req.client_id, req.request_id));
+            if let Some(outcome) = crate::copy::delete_unfinished(&self.0, name, id).await? {
                 return Ok(Response::new(MutateResponse {
                     outcome: json(&outcome),
                     log_index: 0,

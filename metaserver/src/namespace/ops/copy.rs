@@ -114,12 +114,16 @@ pub enum Batch {
     Extents(CopyExtents),
 }
 
-/// The copy removed because its maker went away.
+/// The copy removed because its maker went away (or deleted while being made).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyAbort {
     pub volume: u32,
     pub hlc: Hlc,
     pub now: Timespec,
+    /// The client's request that deleted it (`CopyRemove` only): a retry of it is answered
+    /// as the first time was, as any operation's is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<(u64, u64)>,
 }
 
 /// Whether a copy of `src` may be made in `region`: it lives there, and is whole.
@@ -321,10 +325,20 @@ pub(crate) fn abort(t: &mut WriteTables<'_>, a: &CopyAbort) -> Result<Reply, NsE
 /// Removes a copy that was not finished in steps (`copy_drop.rs`): its row and a few of
 /// its rows now, the rest by the leader's steps. A finished volume is not touched.
 pub(crate) fn remove(t: &mut WriteTables<'_>, a: &CopyAbort) -> Result<Reply, NsError> {
-    match find_volume(t, a.volume)? {
+    use crate::namespace::apply::{answered, remember};
+    if let Some(first) = answered(t, a.request)? {
+        return first;
+    }
+    let outcome = match find_volume(t, a.volume)? {
         None => Ok(Reply::Done),
         Some(vol) => crate::namespace::copy_drop::remove(t, &vol),
+    };
+    // Only a removal: a refusal (the copy finished meanwhile) leaves the request to the
+    // deletion that follows it.
+    if outcome.is_ok() {
+        remember(t, a.request, a.hlc.wall_ms, &outcome)?;
     }
+    outcome
 }
 
 /// What a copy will copy, read at one point in time: the source, and every inode below
