@@ -20,7 +20,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -128,11 +127,7 @@ def main():
                 if "unfinished" in line:
                     print(os.path.basename(path), line.strip()[-160:])
     finally:
-        stop((dev,), dev, (mnt,))
-        if not a.keep:
-            shutil.rmtree(top, ignore_errors=True)
-        else:
-            print("kept", top)
+        stop((dev,), dev, (mnt,), top, a.keep)
 
 
 if __name__ == "__main__":

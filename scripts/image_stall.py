@@ -138,11 +138,8 @@ def main():
                                            "brought into this region", "image does not")):
                     print(os.path.basename(path), line.strip()[-200:])
     finally:
-        stop((mount, dev), dev, (big, os.path.join(mnt, "1"), os.path.join(mnt, "2")))
-        if not a.keep:
-            shutil.rmtree(top, ignore_errors=True)
-        else:
-            print("kept", top)
+        stop((mount, dev), dev, (big, os.path.join(mnt, "1"), os.path.join(mnt, "2")), top,
+             a.keep)
 
 
 if __name__ == "__main__":

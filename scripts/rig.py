@@ -3,6 +3,7 @@ mount, filling a tree with small files, and stopping the rig with everything it 
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -39,9 +40,10 @@ def fill(root, files, per=1000, writers=4):
         t.join()
 
 
-def stop(procs, dev, mounts):
+def stop(procs, dev, mounts, top, keep):
     """Stops `procs` (SIGINT, then SIGKILL after 30 s), then whatever `meridian dev`
-    (`dev`, started in its own session) left behind, and lazily unmounts `mounts`."""
+    (`dev`, started in its own session) left behind, lazily unmounts `mounts`, and
+    removes the rig's folder `top` unless `keep`."""
     for proc in procs:
         if proc is None:
             continue
@@ -58,3 +60,7 @@ def stop(procs, dev, mounts):
     for m in mounts:
         if os.path.ismount(m):
             subprocess.run(["fusermount3", "-uz", m])
+    if keep:
+        print("kept", top)
+    else:
+        shutil.rmtree(top, ignore_errors=True)

@@ -151,24 +151,17 @@ pub async fn delete_unfinished(
 ) -> Result<Option<Result<Reply, NsError>>, MetaError> {
     let copy = {
         let tx = node.db.begin_read().map_err(store)?;
-        crate::namespace::NsReader::new(&tx)
-            .volumes()
-            .map_err(|e| MetaError::Store(e.to_string()))?
-            .into_iter()
-            .find(|v| v.name == name && v.copying.is_some())
+        crate::namespace::NsReader::new(&tx).volume(name).ok()
     };
-    let Some(copy) = copy else {
+    let Some(copy) = copy.filter(|v| v.copying.is_some()) else {
         return Ok(None);
     };
     if !node.group_reads(1).await {
         return Ok(None);
     }
-    let (hlc, now) = node.stamp_now();
     let abort = CopyAbort {
-        volume: copy.id,
-        hlc,
-        now,
         request,
+        ..node.abort_now(copy.id)
     };
     match node
         .propose_internal(RaftRequest::CopyRemove(abort))
@@ -188,6 +181,17 @@ pub async fn delete_unfinished(
 }
 
 impl MetaNode {
+    /// The removal of copy `volume`, stamped now, for no client's request.
+    pub(crate) fn abort_now(&self, volume: u32) -> CopyAbort {
+        let (hlc, now) = self.stamp_now();
+        CopyAbort {
+            volume,
+            hlc,
+            now,
+            request: None,
+        }
+    }
+
     async fn make_copy(
         &self,
         source: &str,
@@ -222,13 +226,7 @@ impl MetaNode {
         info!(source, copy = name, "copying a volume");
         let made = self.copy_rows(source, &vol, now).await;
         if !matches!(made, Ok(Ok(_))) {
-            let (hlc, now) = self.stamp_now();
-            let abort = CopyAbort {
-                volume: vol.id,
-                hlc,
-                now,
-                request: None,
-            };
+            let abort = self.abort_now(vol.id);
             if let Err(e) = self.propose_internal(self.removal(abort).await).await {
                 // The leader that follows removes it.
                 warn!(copy = name, error = %e, "could not remove an unfinished copy");
@@ -263,13 +261,7 @@ impl MetaNode {
         let Some(v) = orphan else {
             return Ok(false);
         };
-        let (hlc, now) = self.stamp_now();
-        let abort = CopyAbort {
-            volume: v.id,
-            hlc,
-            now,
-            request: None,
-        };
+        let abort = self.abort_now(v.id);
         match self.propose_internal(self.removal(abort).await).await? {
             RaftResponse::Ns(Ok(_)) => {
                 info!(
@@ -423,13 +415,7 @@ pub async fn sweep_loop(node: Arc<MetaNode>) {
             .map(|v| (v.id, v.name))
             .collect();
         for (volume, name) in orphans {
-            let (hlc, now) = node.stamp_now();
-            let abort = CopyAbort {
-                volume,
-                hlc,
-                now,
-                request: None,
-            };
+            let abort = node.abort_now(volume);
             match node.propose_internal(node.removal(abort).await).await {
                 Ok(RaftResponse::Ns(Ok(_))) => {
                     info!(copy = %name, "removed a copy its maker left unfinished")

@@ -299,12 +299,17 @@ impl MetaNode {
             region: u32::from(self.shared.region.0),
             log_sync_us: u64::try_from(self.log.recent_sync().as_micros()).unwrap_or(u64::MAX),
             log_syncs: self.log.syncs(),
-            // A member acting as an older one (tests of mixed versions) reads nothing new.
-            reads: if self.no_calls_stream {
-                0
-            } else {
-                crate::raft::READS
-            },
+            reads: self.reads(),
+        }
+    }
+
+    /// The newest Raft requests this member reads ([`crate::raft::READS`]); a member
+    /// acting as an older one (tests of mixed versions) reads nothing new.
+    fn reads(&self) -> u32 {
+        if self.no_calls_stream {
+            0
+        } else {
+            crate::raft::READS
         }
     }
 
@@ -326,7 +331,7 @@ impl MetaNode {
                 .collect();
             (voters, others)
         };
-        if self.status_response().reads < level {
+        if self.reads() < level {
             return false;
         }
         // Asked all at once: a member that does not answer costs one wait, not one each.
