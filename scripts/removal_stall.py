@@ -48,11 +48,16 @@ def main():
                      help="punch a hole over the file instead of removing it")
     how.add_argument("--copy", action="store_true",
                      help="copy the file with cp instead of removing it")
+    how.add_argument("--rewrite", action="store_true",
+                     help="rewrite the file in place, 1 MiB writes from its start, fsync "
+                          "at the end, instead of removing it")
     how.add_argument("--snapshot", action="store_true",
                      help="snapshot the mounted volume (\"default\") instead of removing the "
                           "file (needs --meta)")
     ap.add_argument("--meta", help="with --snapshot: the metaservers `meridian dev` printed")
     ap.add_argument("--meridian", default="meridian", help="with --snapshot: the binary")
+    ap.add_argument("--whole", action="store_true",
+                    help="skip the random writes: the file is whole blocks (a baseline)")
     ap.add_argument("--write-far", action="store_true",
                     help="after --truncate: size back to 1 GiB, one fsync'd write at 7/8")
     a = ap.parse_args()
@@ -63,8 +68,9 @@ def main():
     big = os.path.join(work, "fio.dat")
     fio(big, "--rw=write", "--bs=1M", "--size=1G", "--direct=0", "--end_fsync=1")
     timed = ["--time_based", "--runtime=6", "--ramp_time=1", "--bs=4k", "--size=1G"]
-    fio(big, "--rw=randwrite", "--direct=1", *timed)
-    fio(big, "--rw=randwrite", "--direct=0", "--fsync=1", *timed)
+    if not a.whole:
+        fio(big, "--rw=randwrite", "--direct=1", *timed)
+        fio(big, "--rw=randwrite", "--direct=0", "--fsync=1", *timed)
 
     removal = {}
     snap = "removal-stall-%d" % os.getpid()
@@ -93,6 +99,8 @@ def main():
                             big], check=True)
         elif a.copy:
             subprocess.run(["cp", big, big + ".copy"], check=True)
+        elif a.rewrite:
+            fio(big, "--rw=write", "--bs=1M", "--size=1G", "--direct=0", "--end_fsync=1")
         elif a.snapshot:
             admin("volume-snapshot", "default", snap)
         else:
@@ -115,14 +123,15 @@ def main():
         print("truncate %.1f ms, then the far write %.1f ms" % (removal["cut"], removal["ms"]))
     print("%s %.1f ms; %d creates at %.0f/s; slowest (at s: ms): %s" % (
         ("far write" if a.write_far else "truncate") if a.truncate
-        else "hole" if a.punch else "copy" if a.copy else "snapshot" if a.snapshot
+        else "hole" if a.punch else "copy" if a.copy else "rewrite" if a.rewrite
+        else "snapshot" if a.snapshot
         else "removal", removal["ms"],
         a.creates, a.creates / elapsed,
         ", ".join("%.2f: %.1f" % (at, d * 1000) for at, d in slowest)))
     for i in range(a.creates):
         os.unlink(os.path.join(work, "creates", "f%06d" % i))
     os.rmdir(os.path.join(work, "creates"))
-    if a.truncate or a.punch or a.copy or a.snapshot:
+    if a.truncate or a.punch or a.copy or a.rewrite or a.snapshot:
         os.unlink(big)
     if a.snapshot:
         admin("volume-delete", snap)

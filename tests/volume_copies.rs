@@ -117,17 +117,11 @@ fn a_snapshot_bigger_than_a_step_is_one_point_in_time_of_a_changing_volume() -> 
         "every directory of the bulk"
     );
     assert_eq!(fs::read(s.path.join("bulk/d7/big"))?, big);
-    let copied = fs::File::open(s.path.join("bulk/d8/scattered"))?;
-    ensure!(copied.metadata()?.len() == (pieces - 1) * 8192 + 512);
-    for i in (0..pieces).step_by(7).chain([pieces - 1]) {
-        let mut piece = [0u8; 512];
-        std::os::unix::fs::FileExt::read_exact_at(&copied, &mut piece, i * 8192)?;
-        ensure!(
-            piece == [common::piece_byte(i); 512],
-            "piece {i} of the copied file"
-        );
-    }
-    drop(copied);
+    check_scattered(&s.path.join("bulk/d8/scattered"), pieces)?;
+    ensure!(
+        !group_logs(&region.meta).contains("copying each file's extents in its row"),
+        "a group of this version reads a file's extents in steps"
+    );
     let e = fs::create_dir(s.path.join("x")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     // The source went on.
@@ -155,6 +149,46 @@ fn a_snapshot_bigger_than_a_step_is_one_point_in_time_of_a_changing_volume() -> 
         },
     )?;
     ensure!(fs::read(m.path.join("bulk/d7/big"))? == big);
+    drop(m);
+    Ok(())
+}
+
+/// Whether the file at `path` is what `common::scattered` wrote, `pieces` pieces.
+fn check_scattered(path: &std::path::Path, pieces: u64) -> Result<()> {
+    let copied = fs::File::open(path)?;
+    ensure!(copied.metadata()?.len() == (pieces - 1) * 8192 + 512);
+    for i in (0..pieces).step_by(7).chain([pieces - 1]) {
+        let mut piece = [0u8; 512];
+        std::os::unix::fs::FileExt::read_exact_at(&copied, &mut piece, i * 8192)?;
+        ensure!(
+            piece == [common::piece_byte(i); 512],
+            "piece {i} of the copied file"
+        );
+    }
+    Ok(())
+}
+
+/// In a region whose members report an older version (one that cannot read a file's
+/// extents in steps of their own), a file of more extents than a step holds is copied
+/// whole in its row, and the copy holds all of it.
+#[test]
+fn among_older_members_a_file_of_many_extents_is_copied_in_its_row() -> Result<()> {
+    let region = Region::start_with(&["--no-calls-stream"])?;
+    let m = region.mount("mnt")?;
+    let addrs = region.meta_addrs();
+    let pieces = 10_500;
+    common::scattered(&m.path, "scattered", pieces)?;
+    let said = common::admin_at(&addrs, &["volume-snapshot", "default", "snap"])?;
+    ensure!(said.contains("snapshot snap of default"), "{said}");
+    ensure!(
+        group_logs(&region.meta).contains("copying each file's extents in its row"),
+        "the copy did not take the older members' way"
+    );
+    let s = Mount::start(&addrs, "snap", &region.meta.dir.path().join("snap"))?;
+    check_scattered(&s.path.join("scattered"), pieces)?;
+    drop(s);
+    let (report, clean) = common::fsck(&addrs)?;
+    ensure!(clean, "{report}");
     drop(m);
     Ok(())
 }

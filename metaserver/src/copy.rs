@@ -323,6 +323,20 @@ impl MetaNode {
         let base = vol.copying.as_ref().map_or(0, |c| c.base);
         let numbering = Arc::new(ns!(Numbering::new(&plan, &vol, base)));
         let elsewhere = plan.source.policy.regions.len() > 1;
+        // A group with a member older than `CopyExtents` gets every file's extents in
+        // its row, as that member copies them: it could not read the entry carrying the
+        // rest, and its region's log would stop there.
+        let limits = copy::Limits {
+            whole_files: !self.group_reads(1).await,
+            ..copy::Limits::new(STEP_ROWS, STEP_ITEMS)
+        };
+        if limits.whole_files {
+            info!(
+                source,
+                copy = %vol.name,
+                "copying each file's extents in its row: a member does not read them in steps"
+            );
+        }
         let mut blocks = HashSet::new();
         let mut cur = Cursor::default();
         let mut steps = 0u64;
@@ -331,9 +345,7 @@ impl MetaNode {
                 let (tx, plan, numbering, vol) =
                     (tx.clone(), plan.clone(), numbering.clone(), vol.clone());
                 ns!(blocking(move || {
-                    copy::read_rows(
-                        &tx, &plan, &vol, &numbering, cur, STEP_ROWS, STEP_ITEMS, now,
-                    )
+                    copy::read_rows(&tx, &plan, &vol, &numbering, cur, limits, now)
                 })
                 .await?)
             };

@@ -6,7 +6,7 @@ use meridian_proto::{BlockId, Hlc, InodeId, RegionId};
 use redb::ReadableDatabase;
 
 use super::copy_drop::{self, CopyDrop};
-use super::ops::copy::{self, Batch, CopyAbort, CopyBegin, CopyRows, Cursor, Numbering};
+use super::ops::copy::{self, Batch, CopyAbort, CopyBegin, CopyRows, Cursor, Limits, Numbering};
 use super::test_regions::*;
 use super::tree_drop_tests::{large_tree, rows_of};
 use super::trim::{INLINE, STEP};
@@ -53,8 +53,16 @@ fn copy_part(r: &mut Region, name: &str, copied: u64) -> Volume {
         if plan.done(&cur) || now_copied >= copied {
             break;
         }
-        let (batch, next) =
-            copy::read_rows(&tx, &plan, &vol, &numbering, cur, 300, 300, now).unwrap();
+        let (batch, next) = copy::read_rows(
+            &tx,
+            &plan,
+            &vol,
+            &numbering,
+            cur,
+            Limits::new(300, 300),
+            now,
+        )
+        .unwrap();
         cur = next;
         let written = match batch {
             Batch::Rows(rows) => r.write(|t| {

@@ -1582,8 +1582,7 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
             &snap,
             &numbering,
             cur,
-            10,
-            7,
+            copy::Limits::new(10, 7),
             Timespec::default(),
         )
         .unwrap();
@@ -1676,8 +1675,7 @@ fn copies_in_steps_read_one_point_in_time_and_go_when_unfinished() {
         &half,
         &Numbering::new(&plan, &half, half.copying.as_ref().unwrap().base).unwrap(),
         Cursor::default(),
-        5,
-        1000,
+        copy::Limits::new(5, 1000),
         Timespec::default(),
     )
     .unwrap();

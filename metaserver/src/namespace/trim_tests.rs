@@ -1064,8 +1064,7 @@ fn a_copy_in_steps_cuts_a_file_of_many_extents_across_them_and_takes_its_content
             &snap,
             &numbering,
             cur,
-            10,
-            100,
+            copy::Limits::new(10, 100),
             Timespec::default(),
         )
         .unwrap();
@@ -1116,5 +1115,93 @@ fn a_copy_in_steps_cuts_a_file_of_many_extents_across_them_and_takes_its_content
             file_extents(r, s)
         );
     }
+    assert_consistent(r);
+}
+
+#[test]
+fn a_copy_among_older_members_takes_each_files_extents_in_its_row() {
+    use super::ops::copy::{self, Batch, CopyBegin, CopyDone, CopyRows, Numbering};
+    let mut rs = regions(1);
+    let r = &mut rs[0];
+    let f = file(r, "big");
+    fragment(r, f, STEP + STEP / 2);
+    punch(r, f, 10 * 4096 + 50, 2000 * 4096).unwrap();
+    let source = file_extents(r, f);
+    assert!(source.1.len() > 100, "more extents than a step holds");
+    let small = file(r, "small");
+    fragment(r, small, 60);
+
+    let tx = r.db.begin_read().unwrap();
+    let plan = copy::plan(&tx, "main", r.id).unwrap();
+    r.phys += 1;
+    let begin = CopyBegin {
+        source: "main".into(),
+        name: "snap".into(),
+        read_only: true,
+        hlc: r.clock.now(r.phys),
+        now: Timespec::from_nanos(r.phys * 1_000_000),
+        by: 7,
+    };
+    let Ok(Reply::Volume(snap)) = r.write(|t| copy::begin(t, &begin)) else {
+        panic!("the copy begins")
+    };
+    let mut step = |r: &mut Region, reserve, rows, done| {
+        let step = CopyRows {
+            volume: snap.id,
+            reserve,
+            rows,
+            done,
+        };
+        match r.write(|t| copy::rows(t, &step)) {
+            Ok(Reply::Volume(v)) => v,
+            other => panic!("a step answered {other:?}"),
+        }
+    };
+    let snap = step(r, plan.order.len() as u64, Vec::new(), None);
+    let numbering = Numbering::new(&plan, &snap, snap.copying.as_ref().unwrap().base).unwrap();
+    let limits = copy::Limits {
+        whole_files: true,
+        ..copy::Limits::new(10, 100)
+    };
+    let (mut cur, mut big_rows) = (Default::default(), 0);
+    while !plan.done(&cur) {
+        let (batch, next) = copy::read_rows(
+            &tx,
+            &plan,
+            &snap,
+            &numbering,
+            cur,
+            limits,
+            Timespec::default(),
+        )
+        .unwrap();
+        cur = next;
+        let Batch::Rows(rows) = batch else {
+            panic!("no step of extents alone for a group that could not read it")
+        };
+        for row in rows
+            .iter()
+            .filter(|row| row.inode.attr.ino == numbering.of(f).unwrap())
+        {
+            assert!(!row.continued);
+            assert_eq!(
+                row.extents, source.1,
+                "the file's content, whole, in its row"
+            );
+            big_rows += 1;
+        }
+        step(r, 0, rows, None);
+    }
+    assert_eq!(big_rows, 1);
+    let done = CopyDone {
+        used_bytes: plan.source.used_bytes,
+        used_inodes: plan.source.used_inodes,
+    };
+    assert!(step(r, 0, Vec::new(), Some(done)).copying.is_none());
+    assert_eq!(file_extents(r, numbering.of(f).unwrap()), source);
+    assert_eq!(
+        file_extents(r, numbering.of(small).unwrap()),
+        file_extents(r, small)
+    );
     assert_consistent(r);
 }

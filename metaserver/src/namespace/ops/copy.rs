@@ -426,9 +426,9 @@ where
     T4: ReadableTable<&'static [u8], &'static [u8]>,
 {
     /// The copy's row for inode `from` of the source (first met in `parent`): whole, or
-    /// with `after`, a directory's entries after that name. At most `limit` entries,
-    /// extents and xattrs (one entry or extent at least); with more left, the last name
-    /// sent, or the offset a file's next extents start from.
+    /// with `after`, a directory's entries after that name. At most `limit` entries and
+    /// xattrs, and `extents_room` extents and xattrs (one entry or extent at least); with
+    /// more left, the last name sent, or the offset a file's next extents start from.
     #[allow(clippy::type_complexity)]
     fn row(
         &self,
@@ -436,7 +436,7 @@ where
         vol: &Volume,
         numbering: &Numbering,
         after: Option<&[u8]>,
-        limit: usize,
+        (limit, extents_room): (usize, usize),
     ) -> Result<(CopyRow, Option<Vec<u8>>, Option<u64>), NsError> {
         let mut inode =
             read_inode(&self.inodes, from)?.ok_or_else(|| NsError::NotFound(from.to_string()))?;
@@ -466,7 +466,7 @@ where
             if row.inode.attr.kind == FileKind::File {
                 // The copy takes the file's live extents, not what a cut left; a file of
                 // many over several steps.
-                let room = limit.saturating_sub(row.xattrs.len());
+                let room = extents_room.saturating_sub(row.xattrs.len());
                 (row.extents, more_extents) =
                     trim::live_page(&self.extents, from, &row.inode.cuts, (0, u64::MAX), room)?;
                 row.inode.cuts.clear();
@@ -498,22 +498,46 @@ where
     }
 }
 
-/// The copy's next batch from `cur` on: rows, at most `max_rows`, and no more once they
-/// hold `max_items` entries, extents and xattrs (one row at least, a directory's entries
-/// or a file's extents cut to fit: the rest come in the next batches); or, in the middle
-/// of a file, at most `max_items` more of its extents. The root's row is the source
-/// root's attributes, born `now`. Returns the batch and where the next starts.
-#[allow(clippy::too_many_arguments)]
+/// How much one step of a copy carries.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most rows.
+    pub rows: usize,
+    /// No more rows once they hold this many entries, extents and xattrs.
+    pub items: usize,
+    /// A file's extents all go in its row, however many: for a group with members older
+    /// than [`CopyExtents`], which could not read the steps carrying the rest.
+    pub whole_files: bool,
+}
+
+impl Limits {
+    /// Steps of at most `rows` rows and about `items` items, a file of more extents than
+    /// that over several.
+    pub fn new(rows: usize, items: usize) -> Self {
+        Limits {
+            rows,
+            items,
+            whole_files: false,
+        }
+    }
+}
+
+/// The copy's next batch from `cur` on: rows, at most `limits.rows`, and no more once they
+/// hold `limits.items` entries, extents and xattrs (one row at least, a directory's entries
+/// or a file's extents cut to fit, unless `limits.whole_files`: the rest come in the next
+/// batches); or, in the middle of a file, at most `limits.items` more of its extents. The
+/// root's row is the source root's attributes, born `now`. Returns the batch and where the
+/// next starts.
 pub fn read_rows(
     tx: &ReadTransaction,
     plan: &Plan,
     vol: &Volume,
     numbering: &Numbering,
     mut cur: Cursor,
-    max_rows: usize,
-    max_items: usize,
+    limits: Limits,
     now: Timespec,
 ) -> Result<(Batch, Cursor), NsError> {
+    let (max_rows, max_items) = (limits.rows, limits.items);
     let source = Source {
         inodes: tx.open_table(INODES).map_err(store_err)?,
         dirents: tx.open_table(DIRENTS).map_err(store_err)?,
@@ -558,8 +582,18 @@ pub fn read_rows(
             p => plan.order[p - 1],
         };
         let limit = max_items.saturating_sub(items);
-        let (mut row, more, more_extents) =
-            source.row(at, vol, numbering, cur.after.as_deref(), limit)?;
+        let extents_room = if limits.whole_files {
+            usize::MAX
+        } else {
+            limit
+        };
+        let (mut row, more, more_extents) = source.row(
+            at,
+            vol,
+            numbering,
+            cur.after.as_deref(),
+            (limit, extents_room),
+        )?;
         if more_extents.is_some() && !out.is_empty() {
             // A file that does not fit what is left starts the next batch, with all of its
             // room: only a file of more extents than a batch holds goes on in extents of
