@@ -1145,7 +1145,7 @@ fn a_copy_among_older_members_takes_each_files_extents_in_its_row() {
     let Ok(Reply::Volume(snap)) = r.write(|t| copy::begin(t, &begin)) else {
         panic!("the copy begins")
     };
-    let mut step = |r: &mut Region, reserve, rows, done| {
+    let step = |r: &mut Region, reserve, rows, done| {
         let step = CopyRows {
             volume: snap.id,
             reserve,
