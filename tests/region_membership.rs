@@ -229,3 +229,52 @@ fn three_regions_linked_as_a_chain_converge() -> Result<()> {
     drop(m3);
     Ok(())
 }
+
+/// A region whose metaserver reports an older version (one that reads no split image
+/// piece) gets a volume's image cut as such a member cuts it: a file of more extents than
+/// a piece holds comes whole in one piece, and the region holds all of it.
+#[test]
+fn a_region_of_older_members_gets_each_inode_of_the_image_whole() -> Result<()> {
+    let mesh = Mesh::full_with(2, |r| {
+        if r == 2 {
+            vec!["--no-calls-stream"]
+        } else {
+            vec![]
+        }
+    })?;
+    let (r1, r2) = (mesh.region(1), mesh.region(2));
+    r1.admin(&["volume-create", "grow", "--regions", "1"])?;
+    let m1 = r1.mount("grow", "mnt-1")?;
+    // As in the test above: about 2.6 MiB of the image's JSON, more than a piece.
+    let pieces = 20_000;
+    drop(common::scattered(&m1.path, "scattered", pieces)?);
+    let out = r1.admin(&["volume-add-region", "grow", "2", "--follow", &r2.addrs()])?;
+    assert!(out.contains("every block of it"), "{out}");
+    let log: String = common::files_ending(r2.meta.dir.path(), ".log")
+        .iter()
+        .filter_map(|log| fs::read_to_string(log).ok())
+        .collect();
+    assert!(
+        log.contains("cutting the image with each inode whole in a piece"),
+        "region 2 did not cut the image for its older member"
+    );
+    let installed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("namespace brought into this region"))
+        .collect();
+    assert!(
+        !installed.is_empty() && installed.iter().all(|l| l.contains(" split=0 ")),
+        "{installed:?}"
+    );
+    let m2 = r2.mount("grow", "mnt-2")?;
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(m2.path.join("scattered"))?;
+    assert_eq!(f.metadata()?.len(), (pieces - 1) * 8192 + 512);
+    for i in (0..pieces).step_by(13).chain([pieces - 1]) {
+        let mut piece = [0; 512];
+        f.read_exact_at(&mut piece, i * 8192)?;
+        assert_eq!(piece, [common::piece_byte(i); 512], "piece {i}");
+    }
+    drop((f, m1, m2));
+    Ok(())
+}

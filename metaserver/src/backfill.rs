@@ -467,6 +467,16 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             }
         }
     };
+    // A group with a member older than `InstallImageSplit` gets the image cut as that
+    // member cuts it, each inode whole in a piece: it could not read a split piece, and
+    // its region's log would stop there. An install going on goes on cut as it began.
+    let whole = !node.group_reads(1).await || (b.parts > 0 && b.whole);
+    if whole {
+        info!(
+            volume = b.volume,
+            "cutting the image with each inode whole in a piece: a member does not read split pieces"
+        );
+    }
     // Read and cut on a thread of its own, a piece at a time (the image is never whole
     // in memory), while the pieces already cut are installed here.
     let (give, mut cut) = tokio::sync::mpsc::channel(1);
@@ -474,7 +484,7 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     let read = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&file.0).map_err(|e| e.to_string())?;
         let f = std::io::BufReader::with_capacity(1 << 20, f);
-        backfill::read_pieces(f, volume, backfill::PART_JSON, |piece| {
+        backfill::read_pieces(f, volume, backfill::PART_JSON, whole, |piece| {
             give.blocking_send(piece).is_ok()
         })
     });
@@ -490,6 +500,15 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
         pieces += 1;
         split += u32::from(piece.split);
         if resuming(piece.part.point) {
+            if b.whole != whole {
+                // Begun split, and a member that reads no split piece came meanwhile.
+                refused = Some(
+                    "the image's pieces installed so far were cut otherwise: the install \
+                     starts over with a new image"
+                        .into(),
+                );
+                break;
+            }
             resumed = true;
             if piece.part.index < b.parts {
                 // Installed already: not proposed again.

@@ -38,14 +38,28 @@ pub struct Mesh {
 impl Mesh {
     /// Regions 1..=n, each a peer of every other.
     pub fn full(n: u16) -> Result<Mesh> {
+        Self::full_with(n, |_| Vec::new())
+    }
+
+    /// Regions 1..=n, each a peer of every other, region `r`'s metaserver started with
+    /// `flags(r)` too.
+    pub fn full_with(n: u16, flags: impl Fn(u16) -> Vec<&'static str>) -> Result<Mesh> {
         let all: Vec<(u16, u16)> = (1..=n)
             .flat_map(|a| (a + 1..=n).map(move |b| (a, b)))
             .collect();
-        Self::linked(n, &all)
+        Self::linked_with(n, &all, flags)
     }
 
     /// Regions 1..=n, peers of each other where `links` says.
     pub fn linked(n: u16, links: &[(u16, u16)]) -> Result<Mesh> {
+        Self::linked_with(n, links, |_| Vec::new())
+    }
+
+    fn linked_with(
+        n: u16,
+        links: &[(u16, u16)],
+        meta_flags: impl Fn(u16) -> Vec<&'static str>,
+    ) -> Result<Mesh> {
         let directed: Vec<(u16, u16)> = links.iter().flat_map(|&(a, b)| [(a, b), (b, a)]).collect();
         // Every link's address is known before any region starts.
         let listen: Vec<String> = directed
@@ -60,7 +74,8 @@ impl Mesh {
                     flags.extend(["--peer".to_string(), format!("{to}={}", listen[i])]);
                 }
             }
-            let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let mut refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+            refs.extend(meta_flags(r));
             let meta = MetaCluster::start(1, &refs)?;
             let chunks = start_chunkservers_at(&meta, 300, 8 << 30, &flags, &[])?;
             let addrs = meta.addrs().join(",");

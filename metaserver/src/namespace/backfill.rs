@@ -58,6 +58,9 @@ pub struct Backfill {
     /// Pieces of the image installed so far.
     #[serde(default)]
     pub parts: u32,
+    /// They were cut with each inode whole (`ImagePart::whole`): the rest must be too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole: bool,
     /// The volume row is in: the volume is here.
     #[serde(default)]
     pub installed: bool,
@@ -204,6 +207,7 @@ pub(crate) fn start(t: &mut WriteTables<'_>, record: &Record) -> Result<(), NsEr
             point: None,
             inodes: 0,
             parts: 0,
+            whole: false,
             installed: false,
             blocks: false,
         },

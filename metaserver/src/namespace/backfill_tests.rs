@@ -152,6 +152,7 @@ fn a_region_added_with_concurrent_writers_ends_identical_and_leaves_cleanly() {
         inodes: b"[]".to_vec(),
         tombs: Vec::new(),
         finish: None,
+        whole: false,
     };
     let own = rs[2].id;
     assert!(
@@ -330,6 +331,7 @@ fn pieces_touching_another_volume_and_additions_of_two_regions_are_refused() {
         inodes: serde_json::to_vec(&vec![hostile]).unwrap(),
         tombs: Vec::new(),
         finish: None,
+        whole: false,
     };
     let own = rs[2].id;
     assert!(matches!(
@@ -677,7 +679,7 @@ fn written(image: &backfill::VolumeImage) -> Vec<u8> {
 fn streamed(image: &backfill::VolumeImage, limit: usize) -> Vec<ImagePiece> {
     let json = serde_json::to_vec(image).unwrap();
     let mut got = Vec::new();
-    let read = backfill::read_pieces(json.as_slice(), image.volume.id, limit, |p| {
+    let read = backfill::read_pieces(json.as_slice(), image.volume.id, limit, false, |p| {
         got.push(p);
         true
     })
@@ -694,7 +696,7 @@ fn an_image_read_a_piece_at_a_time_refuses_what_is_not_the_volumes_whole_image()
     let json = serde_json::to_vec(&image).unwrap();
     let read = |json: &[u8], volume: u32, stop_after: usize| {
         let mut got = 0;
-        let r = backfill::read_pieces(json, volume, limit, |_| {
+        let r = backfill::read_pieces(json, volume, limit, false, |_| {
             got += 1;
             got <= stop_after
         });
@@ -750,7 +752,7 @@ fn an_image_read_a_piece_at_a_time_refuses_what_is_not_the_volumes_whole_image()
     ] {
         let bad = doc(fields, inodes);
         let mut finish = false;
-        let r = backfill::read_pieces(bad.as_slice(), image.volume.id, limit, |p| {
+        let r = backfill::read_pieces(bad.as_slice(), image.volume.id, limit, false, |p| {
             finish |= p.part.finish.is_some();
             true
         });
@@ -924,11 +926,9 @@ fn a_directory_of_many_names_and_a_file_of_many_extents_go_over_several_pieces()
     }
 }
 
-#[test]
-fn tombstones_that_do_not_fit_the_last_piece_go_before_it_and_their_rows_over_several() {
-    let (rs, _, f, mut image) = many_rows_to_add_third();
-    // The fragmented file as a tombstone kept with its extents (as a removed file's are
-    // until every region settled past its removal), its name gone from the root.
+/// File `f` of `image` as a tombstone kept with its extents (as a removed file's are until
+/// every region settled past its removal), its name gone from the root; its extents.
+fn as_tomb(image: &mut backfill::VolumeImage, f: InodeId) -> Vec<Extent> {
     let at = image.inodes.iter().position(|r| r.ino == f).unwrap();
     let mut rows = image.inodes.remove(at);
     let mut inode = rows.inode.take().unwrap();
@@ -946,6 +946,13 @@ fn tombstones_that_do_not_fit_the_last_piece_go_before_it_and_their_rows_over_se
         at: image.point,
     };
     image.tombs.push((tomb, rows));
+    extents
+}
+
+#[test]
+fn tombstones_that_do_not_fit_the_last_piece_go_before_it_and_their_rows_over_several() {
+    let (rs, _, f, mut image) = many_rows_to_add_third();
+    let extents = as_tomb(&mut image, f);
 
     // Written as it is built, with no tombstone, one or two: the image's own bytes.
     let mut two = image.clone();
@@ -1004,5 +1011,64 @@ fn tombstones_that_do_not_fit_the_last_piece_go_before_it_and_their_rows_over_se
     );
     let kept = rs[2].write(|t| read_extents(t.extents().unwrap(), f, 0, u64::MAX).unwrap());
     assert_eq!(kept, extents, "with every extent");
+    assert_consistent(&rs[2]);
+}
+
+/// Cut for a group with members older than split pieces: each inode whole in a piece
+/// however large, the tombstones in the last, every piece one such a member installs by
+/// the request it reads; the install notes the way it was cut.
+#[test]
+fn an_image_cut_for_older_members_keeps_each_inode_whole_and_its_tombstones_last() {
+    let (mut rs, dir, f, mut image) = many_rows_to_add_third();
+    let extents = as_tomb(&mut image, f);
+    let limit = 4096;
+    let json = serde_json::to_vec(&image).unwrap();
+    let mut pieces = Vec::new();
+    backfill::read_pieces(json.as_slice(), image.volume.id, limit, true, |p| {
+        pieces.push(p);
+        true
+    })
+    .unwrap();
+    assert!(pieces.len() >= 2, "{} pieces", pieces.len());
+    let last = pieces.last().unwrap();
+    assert!(last.part.finish.is_some());
+    for p in &pieces {
+        assert!(!p.split && p.part.whole && p.part.tombs.is_empty());
+        let rows: Vec<backfill::InodeRows> = serde_json::from_slice(&p.part.inodes).unwrap();
+        assert!(
+            rows.iter().all(|r| r.inode.is_some()),
+            "every inode with its rows"
+        );
+    }
+    assert_eq!(
+        rows_by_piece(&pieces, dir),
+        [(rows_by_piece(&pieces, dir)[0].0, true, 200)]
+    );
+    // The directory's piece holds more than the limit: it was not cut.
+    let at = rows_by_piece(&pieces, dir)[0].0 as usize;
+    assert!(pieces[at].part.inodes.len() > limit);
+    assert_eq!(
+        pieces.iter().map(|p| p.heads).sum::<u64>(),
+        image.inodes.len() as u64
+    );
+    // An older member reads the piece and leaves the field it does not know.
+    let json = String::from_utf8(serde_json::to_vec(&pieces[0].part).unwrap()).unwrap();
+    assert!(json.contains("\"whole\":true"), "{json}");
+
+    // Installed by the older request, piece by piece, as the older members do.
+    let own = rs[2].id;
+    for p in &pieces {
+        rs[2]
+            .write(|t| install_image(t, own, &p.part, false))
+            .unwrap();
+        let b = backfill_of(&rs[2], image.volume.id);
+        assert!(b.whole, "the install notes how its pieces were cut");
+    }
+    assert!(backfill_of(&rs[2], image.volume.id).installed);
+    rounds(&mut rs, 4);
+    assert_eq!(rs[2].names(dir).len(), 200);
+    assert!(rs[2].write(|t| t.tomb(f).unwrap()).is_some());
+    let kept = rs[2].write(|t| read_extents(t.extents().unwrap(), f, 0, u64::MAX).unwrap());
+    assert_eq!(kept, extents, "the tombstone with every extent");
     assert_consistent(&rs[2]);
 }

@@ -317,6 +317,11 @@ pub struct ImagePart {
     pub tombs: Vec<u8>,
     /// The last piece: JSON of `(Volume, Vec<(Tomb, InodeRows)>, Vec<Record>)`.
     pub finish: Option<Vec<u8>>,
+    /// The image is cut with each inode whole in a piece, its tombstones in the last (for
+    /// a group with members older than `InstallImageSplit`; `image_pieces.rs`). Such a
+    /// member ignores the field; it cuts images so itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole: bool,
 }
 
 /// Installs one piece of the image of a volume this region is being brought into. A
@@ -384,6 +389,7 @@ fn install_rows(
         b.point = Some(part.point);
         b.inodes = 0;
         b.parts = 0;
+        b.whole = part.whole;
     }
     b.parts += 1;
     let inodes: Vec<InodeRows> = serde_json::from_slice(&part.inodes).map_err(json_err)?;

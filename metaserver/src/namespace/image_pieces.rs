@@ -12,6 +12,12 @@
 //! at all ([`ImagePiece::split`]), so that no member installs it differently from the
 //! others. An image that needs none of it goes in the format it always had.
 //!
+//! A region whose group has a member older than `InstallImageSplit` (the version gate,
+//! `MetaNode::group_reads`) gets the image cut as those members cut it: each inode whole
+//! in a piece however large, the tombstones all in the last piece ([`Cutter::new`]'s
+//! `whole`). Its pieces say so (`ImagePart::whole`), and the install notes it, so that a
+//! leader resuming the install cuts the rest the same way.
+//!
 //! The pieces are cut as the image's inodes come ([`Cutter`]), and an image is read from
 //! its JSON one inode at a time ([`read_pieces`]): the receiving leader never holds it
 //! whole.
@@ -74,12 +80,16 @@ pub struct Cutter {
     held_bytes: usize,
     /// They did not all fit: they go in pieces before the last.
     tombs_in_pieces: bool,
+    /// Each inode whole in a piece, the tombstones in the last: no piece is split.
+    whole: bool,
 }
 
 impl Cutter {
     /// The cutter of the image of `volume` at `point`, in pieces of about `limit` bytes
-    /// of rows as JSON (tests cut small images as large ones are cut).
-    pub fn new(volume: u32, point: Hlc, limit: usize) -> Self {
+    /// of rows as JSON (tests cut small images as large ones are cut); with `whole`, an
+    /// inode of more rows than that in a piece of its own, and every tombstone in the
+    /// last piece, however large (for members older than `InstallImageSplit`).
+    pub fn new(volume: u32, point: Hlc, limit: usize, whole: bool) -> Self {
         Cutter {
             volume,
             point,
@@ -91,6 +101,7 @@ impl Cutter {
             held: Vec::new(),
             held_bytes: 0,
             tombs_in_pieces: false,
+            whole,
         }
     }
 
@@ -110,7 +121,7 @@ impl Cutter {
         }
         self.held.push((tomb, rows, size));
         self.held_bytes += size;
-        if self.held.len() <= PART_INODES && self.held_bytes <= self.limit {
+        if self.whole || (self.held.len() <= PART_INODES && self.held_bytes <= self.limit) {
             return Ok(());
         }
         self.tombs_in_pieces = true;
@@ -144,7 +155,7 @@ impl Cutter {
             if count >= PART_INODES || (count > 0 && self.bytes + size > self.limit) {
                 emit(self.flush()?)?;
                 next = Some((entry, size));
-            } else if size > self.limit {
+            } else if size > self.limit && !self.whole {
                 // More than a piece holds on its own: a piece for each part but the last,
                 // which goes on as any entry does (with what comes after it).
                 let parts = cut_all(entry, self.limit);
@@ -209,6 +220,7 @@ impl Cutter {
                 inodes,
                 tombs,
                 finish,
+                whole: self.whole,
             },
             split,
             heads: 0,
@@ -226,7 +238,7 @@ impl VolumeImage {
 
     /// The image in pieces of about `limit` bytes of rows as JSON.
     pub fn pieces_within(self, limit: usize) -> Result<Vec<ImagePiece>, NsError> {
-        let mut cutter = Cutter::new(self.volume.id, self.point, limit);
+        let mut cutter = Cutter::new(self.volume.id, self.point, limit, false);
         let mut out = Vec::new();
         let mut keep = |p| {
             out.push(p);
@@ -362,12 +374,14 @@ pub fn read_pieces(
     from: impl std::io::Read,
     volume: u32,
     limit: usize,
+    whole: bool,
     emit: impl FnMut(ImagePiece) -> bool,
 ) -> Result<ImageRead, String> {
     use serde::de::DeserializeSeed;
     let mut stream = Stream {
         volume,
         limit,
+        whole,
         emit,
         point: None,
         row: None,
@@ -396,6 +410,7 @@ pub fn read_pieces(
 struct Stream<F> {
     volume: u32,
     limit: usize,
+    whole: bool,
     emit: F,
     point: Option<Hlc>,
     row: Option<Volume>,
@@ -420,10 +435,10 @@ impl<F: FnMut(ImagePiece) -> bool> Stream<F> {
         let (Some(point), Some(_)) = (self.point, &self.row) else {
             return Err("rows before the image's point and volume".into());
         };
-        let (volume, limit) = (self.volume, self.limit);
+        let (volume, limit, whole) = (self.volume, self.limit, self.whole);
         let cutter = self
             .cutter
-            .get_or_insert_with(|| Cutter::new(volume, point, limit));
+            .get_or_insert_with(|| Cutter::new(volume, point, limit, whole));
         let emit = &mut self.emit;
         let mut give = |piece| {
             if emit(piece) {
