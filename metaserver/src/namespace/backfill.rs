@@ -36,7 +36,8 @@ use super::image::wipe;
 pub use super::image::{
     ImagePart, ImageSink, InodeRows, JsonImage, VolumeImage, build_image, build_image_into,
 };
-pub use super::image_pieces::{Cutter, ImagePiece, ImageRead, PART_INODES, PART_JSON, read_pieces};
+pub use super::image_pieces::{Cutter, ImagePiece, PART_INODES, PART_JSON};
+pub use super::image_read::{ImageRead, read_pieces};
 
 /// What a region knows of one volume being brought into it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

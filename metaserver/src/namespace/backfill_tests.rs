@@ -1072,3 +1072,62 @@ fn an_image_cut_for_older_members_keeps_each_inode_whole_and_its_tombstones_last
     assert_eq!(kept, extents, "the tombstone with every extent");
     assert_consistent(&rs[2]);
 }
+
+/// Read from its JSON, an inode of more rows than a piece holds goes in the same pieces as
+/// cut whole, whatever the size of a piece, and its first pieces go before the reading
+/// reached its last rows: the reader never holds it whole.
+#[test]
+fn an_image_read_a_row_at_a_time_is_cut_as_it_would_be_whole() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (_, dir, f, image) = many_rows_to_add_third();
+    let mut with_tomb = image.clone();
+    as_tomb(&mut with_tomb, f);
+    for image in [&image, &with_tomb] {
+        for limit in [200, 700, 1500, 4096, 9000, 1 << 20] {
+            assert_eq!(
+                streamed(image, limit),
+                image.clone().pieces_within(limit).unwrap(),
+                "limit {limit}"
+            );
+        }
+    }
+
+    /// A reader that counts what it gave.
+    struct Counted<'a>(&'a [u8], Rc<Cell<usize>>);
+    impl std::io::Read for Counted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = std::io::Read::read(&mut self.0, buf)?;
+            self.1.set(self.1.get() + n);
+            Ok(n)
+        }
+    }
+    let json = serde_json::to_vec(&image).unwrap();
+    let dir_rows = image.inodes.iter().find(|r| r.ino == dir).unwrap();
+    let last_name = serde_json::to_string(&dir_rows.dirents.last().unwrap().0).unwrap();
+    let text = String::from_utf8(json.clone()).unwrap();
+    let last_at = text
+        .rfind(&last_name)
+        .expect("the directory's last name in the image");
+    let read = Rc::new(Cell::new(0));
+    let mut first_given_at = None;
+    backfill::read_pieces(
+        Counted(&json, read.clone()),
+        image.volume.id,
+        700,
+        false,
+        |p| {
+            if first_given_at.is_none() && !rows_by_piece(std::slice::from_ref(&p), dir).is_empty()
+            {
+                first_given_at = Some(read.get());
+            }
+            true
+        },
+    )
+    .unwrap();
+    let at = first_given_at.expect("a piece of the directory");
+    assert!(
+        at < last_at,
+        "the directory's first piece went at byte {at}, its last name is at {last_at}"
+    );
+}

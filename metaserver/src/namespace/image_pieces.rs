@@ -22,7 +22,7 @@
 //! its JSON one inode at a time ([`read_pieces`]): the receiving leader never holds it
 //! whole.
 
-use meridian_proto::Hlc;
+use meridian_proto::{Hlc, InodeId};
 use serde::Serialize;
 
 use super::backfill::json_err;
@@ -255,6 +255,143 @@ impl VolumeImage {
     }
 }
 
+/// An inode's (or a tombstone's) rows being given to a [`Cutter`] a row at a time, as an
+/// image is read ([`Cutter::parts`], [`Cutter::row`], [`Cutter::end_parts`]). They go in
+/// the pieces [`Cutter::inode`] or [`Cutter::tomb`] would cut them in given whole, and no
+/// more than about a piece of them is held at once (unless the cutter keeps each inode
+/// whole).
+pub struct Parts {
+    tomb: Option<Box<Tomb>>,
+    cut: Cut,
+    /// The size the cutter would count the rows (and tombstone) as, given whole.
+    total: usize,
+    /// Rows so far of each kind ([`Kind`]): each after the first adds a comma.
+    counts: [usize; 3],
+    /// More than a piece: its parts go to the cutter as they fill.
+    split: bool,
+}
+
+/// A kind of row ([`Cutter::row`]).
+#[derive(Clone, Copy)]
+pub enum Kind {
+    Dirent = 0,
+    Xattr = 1,
+    Extent = 2,
+}
+
+impl Parts {
+    /// The next part to go: the first with the tombstone, if it is one's.
+    fn entry(&mut self, part: InodeRows) -> Entry {
+        match self.tomb.take() {
+            Some(tomb) => Entry::Tomb(tomb, part),
+            None => Entry::Rows(part),
+        }
+    }
+}
+
+impl Cutter {
+    /// The start of the rows of inode `ino` (`inode`, or with `tomb`, a tombstone's rows).
+    pub fn parts(&self, ino: InodeId, inode: Option<Inode>, tomb: Option<Tomb>) -> Parts {
+        let first = InodeRows {
+            ino,
+            inode,
+            ..Default::default()
+        };
+        let head = json_len(&first);
+        let tomb_len = tomb.as_ref().map_or(0, json_len);
+        Parts {
+            total: head + if tomb.is_some() { tomb_len + 4 } else { 0 },
+            cut: Cut {
+                size: head + tomb_len,
+                part: first,
+                parts: Vec::new(),
+                empty: true,
+                limit: self.limit,
+                base: json_len(&InodeRows {
+                    ino,
+                    ..Default::default()
+                }),
+            },
+            tomb: tomb.map(Box::new),
+            counts: [0; 3],
+            split: false,
+        }
+    }
+
+    /// One more row of `p`, of kind `kind` (the rows of each kind in order, the kinds in
+    /// [`Kind`]'s order); gives `emit` the pieces filled meanwhile.
+    pub fn row<T: Serialize>(
+        &mut self,
+        p: &mut Parts,
+        kind: Kind,
+        item: T,
+        rows: fn(&mut InodeRows) -> &mut Vec<T>,
+        emit: Emit<'_>,
+    ) -> Result<(), NsError> {
+        let len = json_len(&item);
+        let k = kind as usize;
+        p.total += len + usize::from(p.counts[k] > 0);
+        p.counts[k] += 1;
+        p.cut.place_sized(item, len + 1, rows);
+        if self.whole || p.total <= self.limit {
+            // It may yet be one entry: its parts wait (at most about a piece of them).
+            return Ok(());
+        }
+        if !p.split {
+            // As `add` takes an entry larger than a piece: the tombstones held back go in
+            // pieces (this one is more than the last piece holds), and the piece being
+            // filled goes first.
+            p.split = true;
+            if p.tomb.is_some() && !self.tombs_in_pieces {
+                self.tombs_in_pieces = true;
+                for (tomb, rows, size) in std::mem::take(&mut self.held) {
+                    self.add(Entry::Tomb(Box::new(tomb), rows), size, emit)?;
+                }
+            }
+            if !self.inodes.is_empty() || !self.tombs.is_empty() {
+                emit(self.flush()?)?;
+            }
+        }
+        // Every part but the last, each a piece of its own.
+        for (part, _) in std::mem::take(&mut p.cut.parts) {
+            let entry = p.entry(part);
+            self.push(entry);
+            emit(self.flush()?)?;
+        }
+        Ok(())
+    }
+
+    /// The end of `p`'s rows: what is left of them goes as [`Cutter::inode`] or
+    /// [`Cutter::tomb`] would send it.
+    pub fn end_parts(&mut self, mut p: Parts, emit: Emit<'_>) -> Result<(), NsError> {
+        if !p.split {
+            let mut parts = std::mem::take(&mut p.cut.parts);
+            parts.push((p.cut.part, p.cut.size));
+            let mut parts = parts.into_iter().map(|(rows, _)| rows);
+            let mut rows = parts.next().unwrap_or_default();
+            for more in parts {
+                rows.dirents.extend(more.dirents);
+                rows.xattrs.extend(more.xattrs);
+                rows.extents.extend(more.extents);
+            }
+            return match p.tomb {
+                Some(tomb) => self.tomb(*tomb, rows, emit),
+                None => self.inode(rows, emit),
+            };
+        }
+        let size = p.cut.size;
+        let last = std::mem::take(&mut p.cut.part);
+        let entry = p.entry(last);
+        if size > self.limit {
+            // One row larger than a piece.
+            self.push(entry);
+            emit(self.flush()?)
+        } else {
+            self.add(entry, size, emit)
+        }
+    }
+}
+
 /// `entry` (more than `limit` bytes of JSON) in consecutive parts of at most `limit`
 /// bytes each, a row larger than that alone, with their sizes: the first with the inode
 /// or the tombstone, the others without it. One pass over the rows: a directory of a
@@ -319,6 +456,11 @@ struct Cut {
 impl Cut {
     fn place<T: Serialize>(&mut self, item: T, rows: fn(&mut InodeRows) -> &mut Vec<T>) {
         let len = json_len(&item) + 1;
+        self.place_sized(item, len, rows);
+    }
+
+    /// Places `item`, whose JSON and comma are `len` bytes.
+    fn place_sized<T>(&mut self, item: T, len: usize, rows: fn(&mut InodeRows) -> &mut Vec<T>) {
         if !self.empty && self.size + len > self.limit {
             let next = InodeRows {
                 ino: self.part.ino,
@@ -350,222 +492,4 @@ fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
     // Counting cannot fail; a value that cannot be encoded fails when the piece is made.
     let _ = serde_json::to_writer(&mut c, v);
     c.0
-}
-
-/// What [`read_pieces`] read of an image.
-#[derive(Debug)]
-pub struct ImageRead {
-    /// The volume's name.
-    pub name: String,
-    /// Its inodes.
-    pub inodes: u64,
-}
-
-/// Reads an image of `volume` as JSON from `from` and gives its pieces to `emit` as they
-/// fill, one inode or tombstone at a time: the image is never whole in memory (an image of
-/// a million files is about 650 MB of JSON). `emit` returns `false` to stop the reading.
-/// An image of another volume, or damaged, or with its fields other than exactly
-/// `point`, `volume`, `inodes`, `tombs`, `records` in that order (as it is written), or
-/// without an inode, is an error. The last pieces (the volume's row, which makes the
-/// volume appear) are given only once the whole document was read; pieces given before an
-/// error stay given (the caller starts over: a new image wipes them, the same one skips
-/// them).
-pub fn read_pieces(
-    from: impl std::io::Read,
-    volume: u32,
-    limit: usize,
-    whole: bool,
-    emit: impl FnMut(ImagePiece) -> bool,
-) -> Result<ImageRead, String> {
-    use serde::de::DeserializeSeed;
-    let mut stream = Stream {
-        volume,
-        limit,
-        whole,
-        emit,
-        point: None,
-        row: None,
-        cutter: None,
-        inodes: 0,
-        fields: 0,
-        last: None,
-    };
-    let mut de = serde_json::Deserializer::from_reader(from);
-    Top(&mut stream)
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| format!("a damaged image: {e}"))?;
-    let last = match stream.last.take() {
-        Some(last) if stream.fields == FIELDS.len() && stream.inodes > 0 => last,
-        _ => return Err("a damaged image: a field or its inodes are missing".into()),
-    };
-    stream.give(last)?;
-    Ok(ImageRead {
-        name: stream.row.map(|v| v.name).unwrap_or_default(),
-        inodes: stream.inodes,
-    })
-}
-
-/// An image being read ([`read_pieces`]).
-struct Stream<F> {
-    volume: u32,
-    limit: usize,
-    whole: bool,
-    emit: F,
-    point: Option<Hlc>,
-    row: Option<Volume>,
-    cutter: Option<Cutter>,
-    inodes: u64,
-    /// The fields read so far ([`FIELDS`]).
-    fields: usize,
-    /// The last pieces, given once the whole document was read.
-    last: Option<Vec<ImagePiece>>,
-}
-
-/// An image's fields, in the order they are written (`VolumeImage`, `JsonImage`).
-const FIELDS: [&str; 5] = ["point", "volume", "inodes", "tombs", "records"];
-
-impl<F: FnMut(ImagePiece) -> bool> Stream<F> {
-    /// Runs `f` with the cutter (made once the point and the volume are known) and the
-    /// caller's `emit`, which may stop the cutting.
-    fn cut(
-        &mut self,
-        f: impl FnOnce(&mut Cutter, Emit<'_>) -> Result<(), NsError>,
-    ) -> Result<(), String> {
-        let (Some(point), Some(_)) = (self.point, &self.row) else {
-            return Err("rows before the image's point and volume".into());
-        };
-        let (volume, limit, whole) = (self.volume, self.limit, self.whole);
-        let cutter = self
-            .cutter
-            .get_or_insert_with(|| Cutter::new(volume, point, limit, whole));
-        let emit = &mut self.emit;
-        let mut give = |piece| {
-            if emit(piece) {
-                Ok(())
-            } else {
-                Err(NsError::Invalid("the install stopped".into()))
-            }
-        };
-        f(cutter, &mut give).map_err(|e| e.to_string())
-    }
-
-    fn give(&mut self, pieces: Vec<ImagePiece>) -> Result<(), String> {
-        for piece in pieces {
-            if !(self.emit)(piece) {
-                return Err("the install stopped".into());
-            }
-        }
-        Ok(())
-    }
-
-    fn inode(&mut self, rows: InodeRows) -> Result<(), String> {
-        self.inodes += 1;
-        self.cut(|c, emit| c.inode(rows, emit))
-    }
-
-    fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), String> {
-        self.cut(|c, emit| c.tomb(tomb, rows, emit))
-    }
-
-    fn finish(&mut self, records: Vec<Record>) -> Result<(), String> {
-        self.cut(|_, _| Ok(()))?;
-        let (Some(cutter), Some(row)) = (self.cutter.take(), self.row.take()) else {
-            return Err("an image without its volume".into());
-        };
-        let pieces = cutter.finish(&row, &records).map_err(|e| e.to_string())?;
-        self.row = Some(row);
-        self.last = Some(pieces);
-        Ok(())
-    }
-}
-
-/// The image's fields, in the order it is written (`VolumeImage`).
-struct Top<'s, F>(&'s mut Stream<F>);
-
-impl<'de, F: FnMut(ImagePiece) -> bool> serde::de::DeserializeSeed<'de> for Top<'_, F> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de, F: FnMut(ImagePiece) -> bool> serde::de::Visitor<'de> for Top<'_, F> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a volume's image")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        use serde::de::Error;
-        let s = self.0;
-        while let Some(key) = map.next_key::<String>()? {
-            if FIELDS.get(s.fields) != Some(&key.as_str()) {
-                return Err(A::Error::custom(format!(
-                    "field {key:?} where the image has {:?}",
-                    FIELDS.get(s.fields)
-                )));
-            }
-            s.fields += 1;
-            match key.as_str() {
-                "point" => s.point = Some(map.next_value()?),
-                "volume" => {
-                    let row: Volume = map.next_value()?;
-                    if row.id != s.volume {
-                        return Err(A::Error::custom(format!(
-                            "asked for volume {} and was sent volume {}",
-                            s.volume, row.id
-                        )));
-                    }
-                    s.row = Some(row);
-                }
-                "inodes" => map.next_value_seed(Rows(&mut *s, false))?,
-                "tombs" => map.next_value_seed(Rows(&mut *s, true))?,
-                "records" => {
-                    let records: Vec<Record> = map.next_value()?;
-                    s.finish(records).map_err(A::Error::custom)?;
-                }
-                _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The image's inodes (or, `.1`, its tombstones), one at a time.
-struct Rows<'s, F>(&'s mut Stream<F>, bool);
-
-impl<'de, F: FnMut(ImagePiece) -> bool> serde::de::DeserializeSeed<'de> for Rows<'_, F> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de, F: FnMut(ImagePiece) -> bool> serde::de::Visitor<'de> for Rows<'_, F> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an image's inodes or tombstones")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        use serde::de::Error;
-        let (s, tombs) = (self.0, self.1);
-        if tombs {
-            while let Some((tomb, rows)) = seq.next_element::<(Tomb, InodeRows)>()? {
-                s.tomb(tomb, rows).map_err(A::Error::custom)?;
-            }
-        } else {
-            while let Some(rows) = seq.next_element::<InodeRows>()? {
-                s.inode(rows).map_err(A::Error::custom)?;
-            }
-        }
-        Ok(())
-    }
 }

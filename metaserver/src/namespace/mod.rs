@@ -17,6 +17,7 @@ pub(crate) mod footprint;
 pub mod history;
 mod image;
 mod image_pieces;
+mod image_read;
 pub(crate) mod lazy_table;
 pub mod lease;
 pub mod leave;
