@@ -12,12 +12,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meridian_proto::Hlc;
 use meridian_proto::pb::meta::{Backfill as BackfillRow, VolumeImageRequest};
 use redb::ReadableDatabase;
 use tonic::Code;
 use tracing::{info, warn};
 
-use crate::namespace::backfill::{self, Backfill};
+use crate::namespace::backfill::{self, Backfill, NEEDS_SPLIT};
 use crate::namespace::merge;
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use crate::service::MetaNode;
@@ -55,6 +56,9 @@ struct Progress {
     file: Option<Arc<ScratchFile>>,
     total: u64,
     error: String,
+    /// The image needs pieces that members of an older version cannot take: it is
+    /// fetched again once every member reads them.
+    wait_upgrade: bool,
     blocks_total: u64,
     blocks_done: u64,
 }
@@ -353,6 +357,18 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             )
         })?;
     use std::sync::atomic::Ordering::Relaxed;
+    let waiting = lock(&node.backfills.progress)
+        .get(&b.volume)
+        .is_some_and(|p| p.wait_upgrade);
+    if waiting {
+        if !node.group_reads(1).await {
+            return Err(format!(
+                "the image of volume {} is {NEEDS_SPLIT}: waiting for every member to be upgraded",
+                b.volume
+            ));
+        }
+        start_over(node, b.volume);
+    }
     let started = std::time::Instant::now();
     loop {
         let (point, offset) = {
@@ -467,10 +483,14 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             }
         }
     };
-    // A group with a member older than `InstallImageSplit` gets the image cut as that
-    // member cuts it, each inode whole in a piece: it could not read a split piece, and
-    // its region's log would stop there. An install going on goes on cut as it began.
-    let whole = !node.group_reads(1).await || (b.parts > 0 && b.whole);
+    // A group with a member older than `InstallImageSplit` gets the image cut with each
+    // inode whole in a piece: that member could not read a split piece, and its region's
+    // log would stop there. An install of this image going on goes on cut as it began.
+    let received = lock(&node.backfills.progress)
+        .get(&b.volume)
+        .and_then(|p| Hlc::from_key(&p.point));
+    let going_on = b.parts > 0 && b.point.is_some() && b.point == received;
+    let whole = !node.group_reads(1).await || (going_on && b.whole);
     if whole {
         info!(
             volume = b.volume,
@@ -569,6 +589,13 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
         (Some(e), _) | (None, Err(e)) => {
             // Start over with a new image.
             start_over(node, b.volume);
+            if whole && e.contains(NEEDS_SPLIT) {
+                // Not before the members can take it.
+                lock(&node.backfills.progress)
+                    .entry(b.volume)
+                    .or_default()
+                    .wait_upgrade = true;
+            }
             return Err(e);
         }
         (None, Ok(read)) => read,

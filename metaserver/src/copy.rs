@@ -351,6 +351,12 @@ impl MetaNode {
             };
             cur = next;
             let step = match batch {
+                Batch::Rows(rows) if limits.whole_files && whole_too_large(&rows) => {
+                    return Err(MetaError::Unavailable(format!(
+                        "{source} has a file of more extents than one step of a copy holds \
+                         among members of an older version: upgrade them first"
+                    )));
+                }
                 Batch::Rows(rows) => {
                     if elsewhere {
                         let extents = rows.iter().flat_map(|r| r.extents.iter());
@@ -402,6 +408,19 @@ impl MetaNode {
         info!(source, copy = %done.name, inodes = plan.order.len(), steps, "volume copied");
         Ok(Ok(Reply::Volume(done)))
     }
+}
+
+/// The most bytes of JSON in a step of a copy among members of an older version (each
+/// file's extents in its row): the entry must stay within the 64 MiB a member takes in
+/// one message.
+const WHOLE_STEP_MAX: usize = 48 << 20;
+
+/// Whether a step of `rows` is more than [`WHOLE_STEP_MAX`].
+fn whole_too_large(rows: &[copy::CopyRow]) -> bool {
+    let extents: usize = rows.iter().map(|r| r.extents.len()).sum();
+    // An extent is about 200 bytes of JSON: count only when it may matter.
+    extents > WHOLE_STEP_MAX / 400
+        && serde_json::to_vec(rows).map_or(true, |json| json.len() > WHOLE_STEP_MAX)
 }
 
 /// While this member leads, removes every copy with no maker at work (its leader changed,

@@ -285,14 +285,10 @@ pub struct Region {
 
 impl Region {
     pub fn start() -> Result<Self> {
-        Region::start_with(&[])
-    }
-
-    /// A region whose metaservers take `meta_flags` too.
-    pub fn start_with(meta_flags: &[&str]) -> Result<Self> {
-        let mut flags = vec!["--suspect-after-ms", "1500", "--down-after-ms", "4000"];
-        flags.extend_from_slice(meta_flags);
-        let meta = MetaCluster::start(3, &flags)?;
+        let meta = MetaCluster::start(
+            3,
+            &["--suspect-after-ms", "1500", "--down-after-ms", "4000"],
+        )?;
         let addrs = meta.addrs().join(",");
         let chunks = start_chunkservers(&meta, 300, 8 << 30)?;
         let region = Region { meta, chunks };

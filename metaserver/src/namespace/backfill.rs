@@ -36,7 +36,7 @@ use super::image::wipe;
 pub use super::image::{
     ImagePart, ImageSink, InodeRows, JsonImage, VolumeImage, build_image, build_image_into,
 };
-pub use super::image_pieces::{Cutter, ImagePiece, PART_INODES, PART_JSON};
+pub use super::image_pieces::{Cutter, ImagePiece, NEEDS_SPLIT, PART_INODES, PART_JSON, WHOLE_MAX};
 pub use super::image_read::{ImageRead, read_pieces};
 
 /// What a region knows of one volume being brought into it.

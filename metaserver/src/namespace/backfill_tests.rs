@@ -1131,3 +1131,88 @@ fn an_image_read_a_row_at_a_time_is_cut_as_it_would_be_whole() {
         "the directory's first piece went at byte {at}, its last name is at {last_at}"
     );
 }
+
+/// An install taken over by a leader that cuts the image otherwise (whole, then split: a
+/// member of the version before goes on with it) gets a piece beginning with rows a piece
+/// before installed already: they are installed once, and the blocks' counts stay right.
+#[test]
+fn an_install_going_on_cut_otherwise_installs_rows_once() {
+    let (mut rs, _, f, image) = many_rows_to_add_third();
+    let limit = 4096;
+    let json = serde_json::to_vec(&image).unwrap();
+    let cut = |whole| {
+        let mut out = Vec::new();
+        backfill::read_pieces(json.as_slice(), image.volume.id, limit, whole, |p| {
+            out.push(p);
+            true
+        })
+        .unwrap();
+        out
+    };
+    let (whole, split) = (cut(true), cut(false));
+    // The file of many extents: whole in piece j of one cut, begun in piece j of the other.
+    let j = rows_by_piece(&whole, f)[0].0 as usize;
+    assert_eq!(rows_by_piece(&whole, f), [(j as u32, true, 300)]);
+    let in_split = rows_by_piece(&split, f);
+    assert_eq!(in_split[0].0 as usize, j);
+    assert!(in_split.len() >= 2 && in_split[1].0 as usize == j + 1);
+    let own = rs[2].id;
+    for p in whole.iter().take(j + 1) {
+        rs[2]
+            .write(|t| install_image(t, own, &p.part, p.split))
+            .unwrap();
+    }
+    for p in &split[j + 1..] {
+        rs[2]
+            .write(|t| install_image(t, own, &p.part, p.split))
+            .unwrap();
+    }
+    assert!(backfill_of(&rs[2], image.volume.id).installed);
+    assert_consistent(&rs[2]);
+    rounds(&mut rs, 4);
+    assert_eq!(file_extents(&rs[2], f), file_extents(&rs[0], f));
+    assert_eq!(volume_rows(&rs[2]), volume_rows(&rs[0]));
+}
+
+/// Cut whole, an inode whose rows no entry a member takes could carry is refused (the
+/// install waits for the members' upgrade), where cut split it goes over pieces.
+#[test]
+fn an_image_cut_whole_refuses_an_inode_no_piece_holds() {
+    let (_, _, _, mut image) = many_rows_to_add_third();
+    let ino = InodeId(u64::MAX / 3);
+    let huge = backfill::InodeRows {
+        ino,
+        dirents: (0..110_000u32)
+            .map(|i| {
+                let mut k = ino.0.to_be_bytes().to_vec();
+                k.extend_from_slice(format!("a-long-enough-name-{i:08}").as_bytes());
+                (k, vec![7; 12])
+            })
+            .collect(),
+        ..Default::default()
+    };
+    assert!(serde_json::to_vec(&huge).unwrap().len() > backfill::WHOLE_MAX);
+    image.inodes.push(huge);
+    let json = serde_json::to_vec(&image).unwrap();
+    let cut = |whole| {
+        let mut given = 0;
+        let read = backfill::read_pieces(
+            json.as_slice(),
+            image.volume.id,
+            backfill::PART_JSON,
+            whole,
+            |_| {
+                given += 1;
+                true
+            },
+        );
+        (read, given)
+    };
+    let (read, given) = cut(true);
+    let e = read.unwrap_err();
+    assert!(e.contains(backfill::NEEDS_SPLIT), "{e}");
+    assert!(given <= 2, "{given} pieces before the refusal");
+    let (read, given) = cut(false);
+    read.unwrap();
+    assert!(given >= 8, "{given} pieces");
+}

@@ -318,8 +318,8 @@ pub struct ImagePart {
     /// The last piece: JSON of `(Volume, Vec<(Tomb, InodeRows)>, Vec<Record>)`.
     pub finish: Option<Vec<u8>>,
     /// The image is cut with each inode whole in a piece, its tombstones in the last (for
-    /// a group with members older than `InstallImageSplit`; `image_pieces.rs`). Such a
-    /// member ignores the field; it cuts images so itself.
+    /// a group with members older than `InstallImageSplit`; `image_pieces.rs`), so that
+    /// such a member installs every piece. It ignores the field.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub whole: bool,
 }
@@ -534,6 +534,20 @@ fn put_rows(
         t.write(Tab::Xattrs, k, Some(v))?;
     }
     for e in &rows.extents {
+        // Installed already (a leader that took the install over cut the image otherwise,
+        // and a piece begins with rows a piece before held): its count stays.
+        let key = super::tables::pair_key(rows.ino.0, e.offset);
+        let there = match t.extents()?.get(key.as_slice()).map_err(store_err)? {
+            Some(v) => Some(super::tables::decode_extent(&key, v.value())?),
+            None => None,
+        };
+        if there.as_ref() == Some(e) {
+            continue;
+        }
+        if let Some(old) = there {
+            t.remove_extent(rows.ino, &old)?;
+            *added.entry(old.block.as_bytes().to_vec()).or_default() -= 1;
+        }
         t.insert_extent(rows.ino, e)?;
         *added.entry(e.block.as_bytes().to_vec()).or_default() += 1;
     }

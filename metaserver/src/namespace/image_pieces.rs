@@ -13,14 +13,16 @@
 //! others. An image that needs none of it goes in the format it always had.
 //!
 //! A region whose group has a member older than `InstallImageSplit` (the version gate,
-//! `MetaNode::group_reads`) gets the image cut as those members cut it: each inode whole
-//! in a piece however large, the tombstones all in the last piece ([`Cutter::new`]'s
-//! `whole`). Its pieces say so (`ImagePart::whole`), and the install notes it, so that a
-//! leader resuming the install cuts the rest the same way.
+//! `MetaNode::group_reads`) gets the image cut so that such a member can install every
+//! piece by the request it reads: each inode whole in a piece however large, the
+//! tombstones all in the last piece ([`Cutter::new`]'s `whole`), and an image that cannot
+//! be cut so within what a member takes in one message ([`WHOLE_MAX`]) waits for the
+//! upgrade. Its pieces say so (`ImagePart::whole`), and the install notes it, so that a
+//! leader of this version going on with the install cuts the rest the same way.
 //!
 //! The pieces are cut as the image's inodes come ([`Cutter`]), and an image is read from
-//! its JSON one inode at a time ([`read_pieces`]): the receiving leader never holds it
-//! whole.
+//! its JSON a row at a time (`image_read.rs`): the receiving leader never holds it, or one
+//! inode of it, whole (but in a piece cut whole).
 
 use meridian_proto::{Hlc, InodeId};
 use serde::Serialize;
@@ -32,12 +34,21 @@ use super::types::*;
 
 /// The most inodes (and tombstones) in one piece.
 pub const PART_INODES: usize = 2000;
-/// About the most bytes of JSON of a piece's rows. The entry carrying them is about four
-/// times as large (each byte of that JSON is a number in the entry's own JSON), within the
-/// 64 MiB a member takes in one message (an append of several such entries to a lagging
-/// follower is not bounded: ADR 0009), and every member of the receiving region applies a
-/// piece at once, holding its other changes meanwhile.
+/// About the most bytes of JSON of a piece's rows (but in a piece cut whole: [`WHOLE_MAX`]).
+/// The entry carrying them is about four times as large (each byte of that JSON is a
+/// number in the entry's own JSON), within the 64 MiB a member takes in one message, and
+/// every member of the receiving region applies a piece at once, holding its other
+/// changes meanwhile.
 pub const PART_JSON: usize = 2 << 20;
+
+/// The most bytes of rows' JSON in a piece cut whole (for members older than split
+/// pieces): its entry is up to four times as large, within the 64 MiB a member takes in
+/// one message. An inode of more, or more tombstones than that, is refused until the
+/// members are upgraded ([`NEEDS_SPLIT`]).
+pub const WHOLE_MAX: usize = 12 << 20;
+
+/// What the refusal of an image a piece cut whole cannot hold says.
+pub const NEEDS_SPLIT: &str = "more than a piece for members older than split pieces holds";
 
 /// Where a [`Cutter`] gives its pieces as they fill (an error stops the cutting).
 pub type Emit<'a> = &'a mut dyn FnMut(ImagePiece) -> Result<(), NsError>;
@@ -121,6 +132,9 @@ impl Cutter {
         }
         self.held.push((tomb, rows, size));
         self.held_bytes += size;
+        if self.whole && self.held_bytes > WHOLE_MAX {
+            return Err(self.too_large("its tombstones", self.held_bytes));
+        }
         if self.whole || (self.held.len() <= PART_INODES && self.held_bytes <= self.limit) {
             return Ok(());
         }
@@ -148,7 +162,22 @@ impl Cutter {
         Ok(out)
     }
 
+    /// The refusal of rows of `size` bytes that no piece cut whole holds.
+    fn too_large(&self, what: &str, size: usize) -> NsError {
+        NsError::Invalid(format!(
+            "the image of volume {}: {what}, {size} bytes of rows, is {NEEDS_SPLIT}; it \
+             installs once every member is upgraded",
+            self.volume
+        ))
+    }
+
     fn add(&mut self, entry: Entry, size: usize, emit: Emit<'_>) -> Result<(), NsError> {
+        if self.whole && size > WHOLE_MAX {
+            let ino = match &entry {
+                Entry::Rows(rows) | Entry::Tomb(_, rows) => rows.ino,
+            };
+            return Err(self.too_large(&format!("inode {ino}"), size));
+        }
         let mut next = Some((entry, size));
         while let Some((entry, size)) = next.take() {
             let count = self.inodes.len() + self.tombs.len();
@@ -333,6 +362,10 @@ impl Cutter {
         p.total += len + usize::from(p.counts[k] > 0);
         p.counts[k] += 1;
         p.cut.place_sized(item, len + 1, rows);
+        if self.whole && p.total > WHOLE_MAX {
+            // Refused now, not once all of it is read.
+            return Err(self.too_large(&format!("inode {}", p.cut.part.ino), p.total));
+        }
         if self.whole || p.total <= self.limit {
             // It may yet be one entry: its parts wait (at most about a piece of them).
             return Ok(());

@@ -24,10 +24,12 @@ use serde::{Deserialize, Serialize};
 pub use crate::cluster::ClusterCmd;
 
 /// The newest Raft requests this version reads, as a member reports it (`Status`): 1 reads
-/// `CopyRemove` and `CopyRemoveStep`. A leader proposes those only while every member that
-/// answers reports at least that, a majority of the voters among them
-/// ([`crate::service::MetaNode::group_reads`]): a group of older members could not read
-/// them and would hold its region's log there.
+/// `CopyRemove` and `CopyRemoveStep`, and `CopyExtents` and `InstallImageSplit` before
+/// them (a member that reports no level may or may not). A leader proposes those only
+/// while every member that answers reports at least that, a majority of the voters among
+/// them ([`crate::service::MetaNode::group_reads`]), and otherwise what an older member
+/// reads (`CopyAbort`, a file's extents in its row, an image cut with each inode whole): a
+/// group of older members could not read them and would hold its region's log there.
 pub const READS: u32 = 1;
 
 /// One entry of the metaserver's Raft log.
@@ -55,7 +57,8 @@ pub enum Request {
     InstallImage(crate::namespace::backfill::ImagePart),
     /// A piece of such an image with rows of an inode begun in the piece before, or with
     /// tombstones before the last piece (`namespace/image_pieces.rs`): a member of an
-    /// earlier version cannot read it, rather than install it differently.
+    /// earlier version cannot read it, rather than install it differently. Proposed only
+    /// while the group reads it ([`READS`]).
     InstallImageSplit(crate::namespace::backfill::ImagePart),
     /// One step of dropping a volume that left this region.
     LeaveStep(u32),
@@ -76,6 +79,7 @@ pub enum Request {
     /// before `CopyRemove` replays).
     CopyAbort(crate::namespace::ops::copy::CopyAbort),
     /// More extents of a copy's file (a file of many is copied over several steps).
+    /// Proposed only while the group reads it ([`READS`]).
     CopyExtents(crate::namespace::ops::copy::CopyExtents),
     /// A copy removed unfinished, in steps (`namespace/copy_drop.rs`): its row and a few
     /// of its rows now.
