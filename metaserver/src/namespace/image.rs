@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::backfill::{Backfill, forget_inode, get, json_err, put, rebase_refs};
 use super::ctx::find_volume;
 use super::merge;
-use super::tables::{Tab, Tomb, WriteTables, dirent_end, dirent_key, read_extents, store_err};
+use super::tables::{Tab, Tomb, WriteTables, dirent_end, dirent_key, store_err};
 use super::types::*;
 
 /// A volume as it was at `point`, and the records from `point` on that the receiving
@@ -45,56 +45,117 @@ pub struct InodeRows {
     pub extents: Vec<Extent>,
 }
 
-/// The rows of `ino` for an image; a file's extents are its content alone: the leftovers
-/// in its cuts stay here, and the image's inode holds no cut (a tombstone's rows, with no
-/// inode, are taken through the tombstone's cuts by the caller).
-fn rows_of(
+/// Most rows given to an image's sink at once ([`give_rows`]).
+pub const ROWS_PAGE: usize = 4096;
+
+/// Gives `sink` the rows of `ino` (the inode `inode`, or a tombstone's rows with `tomb`)
+/// a page at a time: a directory of a million names is never read whole. A file's extents
+/// are its content alone: the leftovers in its cuts stay here, and the image's inode (or
+/// tombstone) holds no cut.
+fn give_rows(
     t: &WriteTables<'_>,
+    sink: &mut dyn ImageSink,
     ino: InodeId,
     mut inode: Option<Inode>,
-) -> Result<InodeRows, NsError> {
+    mut tomb: Option<Tomb>,
+) -> Result<(), NsError> {
+    let cuts = match (&mut inode, &mut tomb) {
+        (Some(n), _) => std::mem::take(&mut n.cuts),
+        (None, Some(tb)) => std::mem::take(&mut tb.inode.cuts),
+        (None, None) => Vec::new(),
+    };
+    sink.head(ino, inode, tomb)?;
     let (lo, hi) = (dirent_key(ino, b""), dirent_end(ino));
-    let raw = |table: &redb::Table<'_, &'static [u8], &'static [u8]>| -> Result<_, NsError> {
-        let mut out = Vec::new();
+    for xattrs in [false, true] {
+        let table = if xattrs { t.xattrs()? } else { t.dirents()? };
+        let mut page = Vec::new();
+        let mut give = |page: Vec<(Vec<u8>, Vec<u8>)>| {
+            let (dirents, xattrs) = if xattrs {
+                (Vec::new(), page)
+            } else {
+                (page, Vec::new())
+            };
+            sink.more(InodeRows {
+                ino,
+                dirents,
+                xattrs,
+                ..Default::default()
+            })
+        };
         for item in table
             .range(lo.as_slice()..hi.as_slice())
             .map_err(store_err)?
         {
             let (k, v) = item.map_err(store_err)?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
+            page.push((k.value().to_vec(), v.value().to_vec()));
+            if page.len() == ROWS_PAGE {
+                give(std::mem::take(&mut page))?;
+            }
         }
-        Ok(out)
-    };
-    let extents = read_extents(t.extents()?, ino, 0, u64::MAX)?;
-    let cuts = inode
-        .as_mut()
-        .map(|n| std::mem::take(&mut n.cuts))
-        .unwrap_or_default();
-    Ok(InodeRows {
-        ino,
-        dirents: raw(t.dirents()?)?,
-        xattrs: raw(t.xattrs()?)?,
-        extents: super::trim::outside(&cuts, extents),
-        inode,
-    })
+        if !page.is_empty() {
+            give(page)?;
+        }
+    }
+    let mut from = 0;
+    loop {
+        let (extents, more) =
+            super::trim::live_page(t.extents()?, ino, &cuts, (from, u64::MAX), ROWS_PAGE)?;
+        if !extents.is_empty() {
+            sink.more(InodeRows {
+                ino,
+                extents,
+                ..Default::default()
+            })?;
+        }
+        match more {
+            Some(next) => from = next,
+            None => return Ok(()),
+        }
+    }
 }
 
 /// Where an image goes as it is built ([`build_image_into`]), in this order: its point
-/// and volume, its inodes, its tombstones, its records.
+/// and volume, its inodes, its tombstones, its records. An inode's (or a tombstone's)
+/// rows come a page at a time: its [`ImageSink::head`], then its rows of each kind in
+/// turn (entries, xattrs, extents) in [`ImageSink::more`]; the next head, or the end,
+/// ends them.
 pub trait ImageSink {
     fn begin(&mut self, point: Hlc, volume: &Volume) -> Result<(), NsError>;
-    fn inode(&mut self, rows: InodeRows) -> Result<(), NsError>;
-    fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), NsError>;
+    /// An inode's rows begin (with `tomb`, a tombstone's: after every inode).
+    fn head(
+        &mut self,
+        ino: InodeId,
+        inode: Option<Inode>,
+        tomb: Option<Tomb>,
+    ) -> Result<(), NsError>;
+    /// More rows of the inode begun last (`rows.inode` is not looked at).
+    fn more(&mut self, rows: InodeRows) -> Result<(), NsError>;
     fn end(&mut self, records: Vec<Record>) -> Result<(), NsError>;
+
+    /// An inode with its rows at once.
+    fn inode(&mut self, mut rows: InodeRows) -> Result<(), NsError> {
+        self.head(rows.ino, rows.inode.take(), None)?;
+        self.more(rows)
+    }
+
+    /// A tombstone with its rows at once.
+    fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), NsError> {
+        self.head(rows.ino, None, Some(tomb))?;
+        self.more(rows)
+    }
 }
 
 /// An image kept whole ([`build_image`]).
 #[derive(Default)]
-struct Whole(Option<VolumeImage>);
+struct Whole {
+    image: Option<VolumeImage>,
+    /// The rows being given are a tombstone's.
+    tombs: bool,
+}
 
 impl Whole {
     fn image(&mut self) -> Result<&mut VolumeImage, NsError> {
-        self.0
+        self.image
             .as_mut()
             .ok_or_else(|| NsError::Store("an image's rows before its volume".into()))
     }
@@ -102,7 +163,7 @@ impl Whole {
 
 impl ImageSink for Whole {
     fn begin(&mut self, point: Hlc, volume: &Volume) -> Result<(), NsError> {
-        self.0 = Some(VolumeImage {
+        self.image = Some(VolumeImage {
             point,
             volume: volume.clone(),
             inodes: Vec::new(),
@@ -111,12 +172,38 @@ impl ImageSink for Whole {
         });
         Ok(())
     }
-    fn inode(&mut self, rows: InodeRows) -> Result<(), NsError> {
-        self.image()?.inodes.push(rows);
+    fn head(
+        &mut self,
+        ino: InodeId,
+        inode: Option<Inode>,
+        tomb: Option<Tomb>,
+    ) -> Result<(), NsError> {
+        self.tombs = tomb.is_some();
+        let image = self.image()?;
+        let rows = InodeRows {
+            ino,
+            inode,
+            ..Default::default()
+        };
+        match tomb {
+            Some(tomb) => image.tombs.push((tomb, rows)),
+            None => image.inodes.push(rows),
+        }
         Ok(())
     }
-    fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), NsError> {
-        self.image()?.tombs.push((tomb, rows));
+    fn more(&mut self, more: InodeRows) -> Result<(), NsError> {
+        let tombs = self.tombs;
+        let image = self.image()?;
+        let rows = if tombs {
+            image.tombs.last_mut().map(|(_, r)| r)
+        } else {
+            image.inodes.last_mut()
+        };
+        let rows =
+            rows.ok_or_else(|| NsError::Store("an image's rows before their inode".into()))?;
+        rows.dirents.extend(more.dirents);
+        rows.xattrs.extend(more.xattrs);
+        rows.extents.extend(more.extents);
         Ok(())
     }
     fn end(&mut self, records: Vec<Record>) -> Result<(), NsError> {
@@ -132,11 +219,66 @@ pub struct JsonImage<W: std::io::Write> {
     /// What was written last: 0 nothing, 1 the start, 2 an inode, 3 the tombstones' start,
     /// 4 a tombstone.
     at: u8,
+    /// The rows being written: their kind's place in [`KINDS`], whether that kind has a
+    /// row yet, and whether they are a tombstone's.
+    open: Option<(usize, bool, bool)>,
 }
+
+/// The kinds of an inode's rows, in the order `InodeRows` writes them.
+const KINDS: [&str; 3] = ["dirents", "xattrs", "extents"];
 
 impl<W: std::io::Write> JsonImage<W> {
     pub fn new(out: W) -> Self {
-        JsonImage { out, at: 0 }
+        JsonImage {
+            out,
+            at: 0,
+            open: None,
+        }
+    }
+
+    /// Goes on to the rows of kind `kind` (not one before the kind being written).
+    fn go_to_kind(&mut self, kind: usize) -> Result<(), NsError> {
+        let Some((at, _, tomb)) = self.open else {
+            return Err(NsError::Store("an image's rows before their inode".into()));
+        };
+        if kind < at {
+            return Err(NsError::Store("an image's rows out of their order".into()));
+        }
+        for (next, name) in KINDS.iter().enumerate().take(kind + 1).skip(at + 1) {
+            self.raw(format!("],\"{name}\":[").as_bytes())?;
+            self.open = Some((next, false, tomb));
+        }
+        Ok(())
+    }
+
+    /// Writes `items` as rows of kind `kind`.
+    fn items<T: Serialize>(&mut self, kind: usize, items: &[T]) -> Result<(), NsError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.go_to_kind(kind)?;
+        let Some((_, mut any, tomb)) = self.open else {
+            return Ok(());
+        };
+        for item in items {
+            if any {
+                self.raw(b",")?;
+            }
+            self.value(item)?;
+            any = true;
+        }
+        self.open = Some((kind, any, tomb));
+        Ok(())
+    }
+
+    /// Ends the rows being written, if any.
+    fn close_rows(&mut self) -> Result<(), NsError> {
+        if let Some((_, _, tomb)) = self.open {
+            self.go_to_kind(KINDS.len() - 1)?;
+            self.raw(if tomb { b"]}]" } else { b"]}" })?;
+            self.open = None;
+        }
+        Ok(())
     }
 
     /// The writer, once the image is written.
@@ -174,24 +316,48 @@ impl<W: std::io::Write> ImageSink for JsonImage<W> {
         self.at = 1;
         Ok(())
     }
-    fn inode(&mut self, rows: InodeRows) -> Result<(), NsError> {
-        if self.at == 2 {
-            self.raw(b",")?;
+    fn head(
+        &mut self,
+        ino: InodeId,
+        inode: Option<Inode>,
+        tomb: Option<Tomb>,
+    ) -> Result<(), NsError> {
+        self.close_rows()?;
+        let is_tomb = tomb.is_some();
+        match tomb {
+            Some(tomb) => {
+                self.open_tombs()?;
+                if self.at == 4 {
+                    self.raw(b",")?;
+                }
+                self.raw(b"[")?;
+                self.value(&tomb)?;
+                self.raw(b",")?;
+                self.at = 4;
+            }
+            None => {
+                if self.at == 2 {
+                    self.raw(b",")?;
+                }
+                self.at = 2;
+            }
         }
-        self.value(&rows)?;
-        self.at = 2;
+        // As `InodeRows` writes itself, its rows left open.
+        self.raw(b"{\"ino\":")?;
+        self.value(&ino)?;
+        self.raw(b",\"inode\":")?;
+        self.value(&inode)?;
+        self.raw(b",\"dirents\":[")?;
+        self.open = Some((0, false, is_tomb));
         Ok(())
     }
-    fn tomb(&mut self, tomb: Tomb, rows: InodeRows) -> Result<(), NsError> {
-        self.open_tombs()?;
-        if self.at == 4 {
-            self.raw(b",")?;
-        }
-        self.value(&(tomb, rows))?;
-        self.at = 4;
-        Ok(())
+    fn more(&mut self, rows: InodeRows) -> Result<(), NsError> {
+        self.items(0, &rows.dirents)?;
+        self.items(1, &rows.xattrs)?;
+        self.items(2, &rows.extents)
     }
     fn end(&mut self, records: Vec<Record>) -> Result<(), NsError> {
+        self.close_rows()?;
         self.open_tombs()?;
         self.raw(b"],\"records\":")?;
         self.value(&records)?;
@@ -207,7 +373,7 @@ pub fn build_image(
     since: Hlc,
 ) -> Result<Option<VolumeImage>, NsError> {
     let mut whole = Whole::default();
-    Ok(build_image_into(t, volume, to, since, &mut whole)?.and(whole.0))
+    Ok(build_image_into(t, volume, to, since, &mut whole)?.and(whole.image))
 }
 
 /// Builds the image of `volume` for region `to` into `sink`, from a transaction that is
@@ -261,24 +427,35 @@ pub fn build_image_into(
         .filter(|r| r.volume == volume && !r.allowed_in(to))
         .collect();
     sink.begin(point, &vol)?;
+    let t: &WriteTables<'_> = t;
+    // The directories met, and the files of more than one name (a file of one is met once).
     let mut seen = std::collections::HashSet::new();
     let mut dirs = vec![vol.root];
     while let Some(dir) = dirs.pop() {
         if !seen.insert(dir) {
             continue;
         }
-        let node = super::tables::read_inode(t.inodes()?, dir)?;
-        let rows = rows_of(t, dir, node)?;
-        for (k, v) in &rows.dirents {
-            let e = super::tables::decode_dirent(k, v)?;
+        // Its files, then its own rows: its entries are read twice, never held all at once.
+        let (lo, hi) = (dirent_key(dir, b""), dirent_end(dir));
+        for item in t
+            .dirents()?
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(store_err)?
+        {
+            let (k, v) = item.map_err(store_err)?;
+            let e = super::tables::decode_dirent(k.value(), v.value())?;
             if e.kind == FileKind::Dir {
                 dirs.push(e.ino);
-            } else if seen.insert(e.ino) {
-                let node = super::tables::read_inode(t.inodes()?, e.ino)?;
-                sink.inode(rows_of(t, e.ino, node)?)?;
+                continue;
             }
+            let node = super::tables::read_inode(t.inodes()?, e.ino)?;
+            if node.as_ref().is_none_or(|n| n.attr.nlink > 1) && !seen.insert(e.ino) {
+                continue;
+            }
+            give_rows(t, sink, e.ino, node, None)?;
         }
-        sink.inode(rows)?;
+        let node = super::tables::read_inode(t.inodes()?, dir)?;
+        give_rows(t, sink, dir, node, None)?;
     }
     let mut tomb_list = Vec::new();
     for item in t.tombs()?.iter().map_err(store_err)? {
@@ -288,12 +465,8 @@ pub fn build_image_into(
             tomb_list.push(tomb);
         }
     }
-    for mut tomb in tomb_list {
-        let ino = tomb.inode.attr.ino;
-        let cuts = std::mem::take(&mut tomb.inode.cuts);
-        let mut rows = rows_of(t, ino, None)?;
-        rows.extents = super::trim::outside(&cuts, rows.extents);
-        sink.tomb(tomb, rows)?;
+    for tomb in tomb_list {
+        give_rows(t, sink, tomb.inode.attr.ino, None, Some(tomb))?;
     }
     sink.end(records)?;
     Ok(Some(point))
@@ -505,7 +678,7 @@ fn put_rows(
                 inode.attr.ino, inode.attr.volume
             )));
         }
-        // An image's file holds its content alone (`rows_of`).
+        // An image's file holds its content alone (`give_rows`).
         if !inode.cuts.is_empty() {
             return Err(NsError::Invalid(format!(
                 "an image of volume {volume} carries inode {} with a cut pending",
