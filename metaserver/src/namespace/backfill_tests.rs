@@ -675,11 +675,21 @@ fn written(image: &backfill::VolumeImage) -> Vec<u8> {
 }
 
 /// The pieces of `image` as a receiving leader cuts them: read from its JSON (as served)
-/// one inode at a time.
+/// a row at a time.
 fn streamed(image: &backfill::VolumeImage, limit: usize) -> Vec<ImagePiece> {
-    let json = serde_json::to_vec(image).unwrap();
+    read_cut(&serde_json::to_vec(image).unwrap(), image, limit, false)
+}
+
+/// The pieces of `image` read from `json` (its JSON, or the same rows otherwise written),
+/// cut in pieces of about `limit` bytes (with `whole`, each inode whole in a piece).
+fn read_cut(
+    json: &[u8],
+    image: &backfill::VolumeImage,
+    limit: usize,
+    whole: bool,
+) -> Vec<ImagePiece> {
     let mut got = Vec::new();
-    let read = backfill::read_pieces(json.as_slice(), image.volume.id, limit, false, |p| {
+    let read = backfill::read_pieces(json, image.volume.id, limit, whole, |p| {
         got.push(p);
         true
     })
@@ -802,7 +812,7 @@ fn a_directory_of_many_names_and_a_file_of_many_extents_go_over_several_pieces()
     }
     // Cut small, as a directory of a million names is cut at the real size.
     let limit = 4096;
-    let pieces = image.clone().pieces_within(limit).unwrap();
+    let pieces = image.clone().pieces_within(limit, false).unwrap();
     for p in &pieces {
         assert!(
             p.part.inodes.len() + p.part.tombs.len() <= limit + 2,
@@ -966,7 +976,7 @@ fn tombstones_that_do_not_fit_the_last_piece_go_before_it_and_their_rows_over_se
     let whole = image.clone().parts().unwrap();
     assert!(whole.iter().all(|p| !p.split && p.part.tombs.is_empty()));
     let limit = 4096;
-    let pieces = image.clone().pieces_within(limit).unwrap();
+    let pieces = image.clone().pieces_within(limit, false).unwrap();
     assert_eq!(
         streamed(&image, limit),
         pieces,
@@ -1087,7 +1097,7 @@ fn an_image_read_a_row_at_a_time_is_cut_as_it_would_be_whole() {
         for limit in [200, 700, 1500, 4096, 9000, 1 << 20] {
             assert_eq!(
                 streamed(image, limit),
-                image.clone().pieces_within(limit).unwrap(),
+                image.clone().pieces_within(limit, false).unwrap(),
                 "limit {limit}"
             );
         }
@@ -1346,4 +1356,119 @@ fn an_image_is_built_a_page_of_rows_at_a_time() {
     let image = built_for_3(&rs[0], volume, since).unwrap();
     let rows = image.inodes.iter().find(|r| r.ino == dir).unwrap();
     assert_eq!(rows.dirents.len(), names);
+}
+
+/// Cut as it is read, an image of several inodes and tombstones of many rows of every kind
+/// (some more than a piece, some not, the tombstones more than the last piece holds) is
+/// cut as given whole, split or whole, at many sizes; and read with its fields in another
+/// order (the rows of a kind held until their turn) too. A kind given twice, or an inode's
+/// rows without their inode, are refused.
+#[test]
+fn an_image_of_many_mixed_rows_is_cut_alike_read_or_given_whole() {
+    let (_, _, f, mut image) = many_rows_to_add_third();
+    let tagged = image
+        .inodes
+        .iter()
+        .find(|r| !r.xattrs.is_empty())
+        .unwrap()
+        .clone();
+    let extents = image
+        .inodes
+        .iter()
+        .find(|r| r.ino == f)
+        .unwrap()
+        .extents
+        .clone();
+    // Rows of every kind, of sizes from a few rows to several pieces.
+    let mixed = |n: u64, rows: usize| {
+        let ino = InodeId(u64::MAX / 5 + n);
+        let key = |i: usize| {
+            let mut k = ino.0.to_be_bytes().to_vec();
+            k.extend_from_slice(format!("name-{i:05}").as_bytes());
+            k
+        };
+        backfill::InodeRows {
+            ino,
+            inode: None,
+            dirents: (0..rows).map(|i| (key(i), vec![1; 9])).collect(),
+            xattrs: (0..rows / 3 + 1).map(|i| (key(i), vec![2; 40])).collect(),
+            extents: extents.iter().take(rows).copied().collect(),
+        }
+    };
+    for (n, rows) in [(1, 3), (2, 80), (3, 2), (4, 150)] {
+        image.inodes.push(mixed(n, rows));
+    }
+    let tomb_of = |rows: &backfill::InodeRows| super::tables::Tomb {
+        inode: tagged.inode.clone().unwrap(),
+        dir: image.volume.root,
+        name: format!("gone-{}", rows.ino).into_bytes(),
+        at: image.point,
+    };
+    for (n, rows) in [(11, 1), (12, 120), (13, 4), (14, 60), (15, 2)] {
+        let rows = mixed(n, rows);
+        image.tombs.push((tomb_of(&rows), rows));
+    }
+    let json = serde_json::to_vec(&image).unwrap();
+    // The same document with every object's keys in alphabetical order but its own.
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let sorted = format!(
+        "{{\"point\":{},\"volume\":{},\"inodes\":{},\"tombs\":{},\"records\":{}}}",
+        v["point"], v["volume"], v["inodes"], v["tombs"], v["records"]
+    )
+    .into_bytes();
+    assert_ne!(json, sorted);
+    for limit in [300, 900, 2500, 6000, 20_000, 1 << 20] {
+        for whole in [false, true] {
+            let given = image.clone().pieces_within(limit, whole).unwrap();
+            assert_eq!(
+                read_cut(&json, &image, limit, whole),
+                given,
+                "{limit} {whole}"
+            );
+            assert_eq!(
+                read_cut(&sorted, &image, limit, whole),
+                given,
+                "{limit} {whole}"
+            );
+        }
+    }
+    // A kind given twice, or no inode field: refused.
+    let text = String::from_utf8(json.clone()).unwrap();
+    let twice = text.replacen("\"xattrs\":[", "\"xattrs\":[],\"xattrs\":[", 1);
+    let no_inode = text.replacen("\"inode\":null,", "", 1);
+    for bad in [twice, no_inode] {
+        assert_ne!(bad, text);
+        let r = backfill::read_pieces(bad.as_bytes(), image.volume.id, 900, false, |_| true);
+        assert!(r.is_err(), "{r:?}");
+    }
+}
+
+/// A file of more extents than a page, with a hole the steps have not dropped yet: the
+/// serving leader gives its content alone over several pages.
+#[test]
+fn an_image_takes_a_file_of_many_extents_a_page_at_a_time() {
+    let mut rs = three_with_volume_in_two();
+    let root = rs[0].volume_root();
+    let f = attr_of(rs[0].run(mknod(root, "long", FileKind::File))).ino;
+    super::trim_tests::fragment(&mut rs[0], f, backfill::ROWS_PAGE * 2 + 300);
+    super::trim_tests::punch(&mut rs[0], f, 50 * 4096 + 10, 3000 * 4096).unwrap();
+    rounds(&mut rs, 3);
+    let (volume, since) = add_third_settled(&mut rs);
+    let content = rs[0].write(|t| {
+        let node = super::tables::read_inode(t.inodes().unwrap(), f)
+            .unwrap()
+            .unwrap();
+        assert!(!node.cuts.is_empty(), "a hole the steps have not dropped");
+        let all = read_extents(t.extents().unwrap(), f, 0, u64::MAX).unwrap();
+        super::trim::live(&node, all)
+    });
+    assert!(
+        content.len() > backfill::ROWS_PAGE,
+        "{} extents",
+        content.len()
+    );
+    let image = built_for_3(&rs[0], volume, since).unwrap();
+    let rows = image.inodes.iter().find(|r| r.ino == f).unwrap();
+    assert_eq!(rows.extents, content);
+    assert!(rows.inode.as_ref().unwrap().cuts.is_empty());
 }

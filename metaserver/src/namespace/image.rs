@@ -222,6 +222,8 @@ pub struct JsonImage<W: std::io::Write> {
     /// The rows being written: their kind's place in [`KINDS`], whether that kind has a
     /// row yet, and whether they are a tombstone's.
     open: Option<(usize, bool, bool)>,
+    /// The inode whose rows are being written.
+    rows_of: InodeId,
 }
 
 /// The kinds of an inode's rows, in the order `InodeRows` writes them.
@@ -233,6 +235,7 @@ impl<W: std::io::Write> JsonImage<W> {
             out,
             at: 0,
             open: None,
+            rows_of: InodeId::default(),
         }
     }
 
@@ -335,6 +338,11 @@ impl<W: std::io::Write> ImageSink for JsonImage<W> {
                 self.raw(b",")?;
                 self.at = 4;
             }
+            None if self.at >= 3 => {
+                return Err(NsError::Store(
+                    "an image's inode after its tombstones".into(),
+                ));
+            }
             None => {
                 if self.at == 2 {
                     self.raw(b",")?;
@@ -349,9 +357,16 @@ impl<W: std::io::Write> ImageSink for JsonImage<W> {
         self.value(&inode)?;
         self.raw(b",\"dirents\":[")?;
         self.open = Some((0, false, is_tomb));
+        self.rows_of = ino;
         Ok(())
     }
     fn more(&mut self, rows: InodeRows) -> Result<(), NsError> {
+        if rows.ino != self.rows_of {
+            return Err(NsError::Store(format!(
+                "rows of {} among an image's rows of {}",
+                rows.ino, self.rows_of
+            )));
+        }
         self.items(0, &rows.dirents)?;
         self.items(1, &rows.xattrs)?;
         self.items(2, &rows.extents)
@@ -428,7 +443,7 @@ pub fn build_image_into(
         .collect();
     sink.begin(point, &vol)?;
     let t: &WriteTables<'_> = t;
-    // The directories met, and the files of more than one name (a file of one is met once).
+    // The directories met, and the files not of exactly one name (one is met once).
     let mut seen = std::collections::HashSet::new();
     let mut dirs = vec![vol.root];
     while let Some(dir) = dirs.pop() {
@@ -449,7 +464,7 @@ pub fn build_image_into(
                 continue;
             }
             let node = super::tables::read_inode(t.inodes()?, e.ino)?;
-            if node.as_ref().is_none_or(|n| n.attr.nlink > 1) && !seen.insert(e.ino) {
+            if node.as_ref().is_none_or(|n| n.attr.nlink != 1) && !seen.insert(e.ino) {
                 continue;
             }
             give_rows(t, sink, e.ino, node, None)?;
@@ -457,16 +472,12 @@ pub fn build_image_into(
         let node = super::tables::read_inode(t.inodes()?, dir)?;
         give_rows(t, sink, dir, node, None)?;
     }
-    let mut tomb_list = Vec::new();
     for item in t.tombs()?.iter().map_err(store_err)? {
         let (_, v) = item.map_err(store_err)?;
         let tomb: Tomb = serde_json::from_slice(v.value()).map_err(json_err)?;
         if tomb.inode.attr.volume == volume {
-            tomb_list.push(tomb);
+            give_rows(t, sink, tomb.inode.attr.ino, None, Some(tomb))?;
         }
-    }
-    for tomb in tomb_list {
-        give_rows(t, sink, tomb.inode.attr.ino, None, Some(tomb))?;
     }
     sink.end(records)?;
     Ok(Some(point))

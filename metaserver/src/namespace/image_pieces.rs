@@ -74,8 +74,9 @@ enum Entry {
 }
 
 /// Cuts an image into pieces as its inodes and tombstones are given to it, in the image's
-/// order ([`Cutter::inode`], [`Cutter::tomb`], then [`Cutter::finish`]): an image need not
-/// be whole in memory to be cut (`read_pieces`).
+/// order ([`Cutter::inode`], [`Cutter::tomb`], or a row at a time: [`Cutter::parts`],
+/// [`Cutter::row`], [`Cutter::end_parts`]; then [`Cutter::finish`]): an image need not be
+/// whole in memory to be cut (`read_pieces`).
 pub struct Cutter {
     volume: u32,
     point: Hlc,
@@ -262,12 +263,13 @@ impl VolumeImage {
     /// bytes of rows; the volume's row (with the tombstones when they fit and the records)
     /// last.
     pub fn parts(self) -> Result<Vec<ImagePiece>, NsError> {
-        self.pieces_within(PART_JSON)
+        self.pieces_within(PART_JSON, false)
     }
 
-    /// The image in pieces of about `limit` bytes of rows as JSON.
-    pub fn pieces_within(self, limit: usize) -> Result<Vec<ImagePiece>, NsError> {
-        let mut cutter = Cutter::new(self.volume.id, self.point, limit, false);
+    /// The image in pieces of about `limit` bytes of rows as JSON (with `whole`, each
+    /// inode whole in a piece: [`Cutter::new`]).
+    pub fn pieces_within(self, limit: usize, whole: bool) -> Result<Vec<ImagePiece>, NsError> {
+        let mut cutter = Cutter::new(self.volume.id, self.point, limit, whole);
         let mut out = Vec::new();
         let mut keep = |p| {
             out.push(p);
@@ -359,6 +361,10 @@ impl Cutter {
     ) -> Result<(), NsError> {
         let len = json_len(&item);
         let k = kind as usize;
+        debug_assert!(
+            p.counts[k + 1..].iter().all(|&n| n == 0),
+            "rows of a kind after a later kind's"
+        );
         p.total += len + usize::from(p.counts[k] > 0);
         p.counts[k] += 1;
         p.cut.place_sized(item, len + 1, rows);

@@ -22,8 +22,10 @@ pub struct ImageRead {
 }
 
 /// Reads an image of `volume` as JSON from `from` and gives its pieces to `emit` as they
-/// fill, one inode or tombstone at a time: the image is never whole in memory (an image of
-/// a million files is about 650 MB of JSON). `emit` returns `false` to stop the reading.
+/// fill, a row at a time: the image, or one inode of it, is never whole in memory (an
+/// image of a million files is about 650 MB of JSON), and the first pieces of an inode
+/// may go before the rest of its rows is read (a damaged rest fails the reading as any
+/// damage does). `emit` returns `false` to stop the reading.
 /// An image of another volume, or damaged, or with its fields other than exactly
 /// `point`, `volume`, `inodes`, `tombs`, `records` in that order (as it is written), or
 /// without an inode, is an error. The last pieces (the volume's row, which makes the
