@@ -1010,7 +1010,7 @@ fn a_purges_steps_wait_for_every_record_before_its_own_of_any_volume() {
 
 #[test]
 fn a_copy_in_steps_cuts_a_file_of_many_extents_across_them_and_takes_its_content_alone() {
-    use super::ops::copy::{self, Batch, CopyBegin, CopyDone, CopyExtents, CopyRows, Numbering};
+    use super::ops::copy::{self, Batch, CopyDone, CopyExtents};
     let mut rs = regions(1);
     let r = &mut rs[0];
     let f = file(r, "big");
@@ -1028,33 +1028,8 @@ fn a_copy_in_steps_cuts_a_file_of_many_extents_across_them_and_takes_its_content
 
     // The leader's steps, as `copy.rs` makes them, of at most 100 items each.
     let tx = r.db.begin_read().unwrap();
-    let plan = copy::plan(&tx, "main", r.id).unwrap();
-    r.phys += 1;
-    let begin = CopyBegin {
-        source: "main".into(),
-        name: "snap".into(),
-        read_only: true,
-        hlc: r.clock.now(r.phys),
-        now: Timespec::from_nanos(r.phys * 1_000_000),
-        by: 7,
-    };
-    let Ok(Reply::Volume(snap)) = r.write(|t| copy::begin(t, &begin)) else {
-        panic!("the copy begins")
-    };
-    let step = |r: &mut Region, rows, reserve, done| {
-        let step = CopyRows {
-            volume: snap.id,
-            reserve,
-            rows,
-            done,
-        };
-        match r.write(|t| copy::rows(t, &step)) {
-            Ok(Reply::Volume(v)) => v,
-            other => panic!("a step answered {other:?}"),
-        }
-    };
-    let snap = step(r, Vec::new(), plan.order.len() as u64, None);
-    let numbering = Numbering::new(&plan, &snap, snap.copying.as_ref().unwrap().base).unwrap();
+    let (plan, snap, numbering) = snap_begun(r, &tx);
+    let step = |r: &mut Region, rows, reserve, done| copy_step(r, snap.id, reserve, rows, done);
     let copy_ino = numbering.of(f).unwrap();
     let (mut cur, mut pieces, mut refused) = (Default::default(), 0, false);
     while !plan.done(&cur) {
@@ -1120,7 +1095,7 @@ fn a_copy_in_steps_cuts_a_file_of_many_extents_across_them_and_takes_its_content
 
 #[test]
 fn a_copy_among_older_members_takes_each_files_extents_in_its_row() {
-    use super::ops::copy::{self, Batch, CopyBegin, CopyDone, CopyRows, Numbering};
+    use super::ops::copy::{self, Batch, CopyDone};
     let mut rs = regions(1);
     let r = &mut rs[0];
     let f = file(r, "big");
@@ -1132,33 +1107,8 @@ fn a_copy_among_older_members_takes_each_files_extents_in_its_row() {
     fragment(r, small, 60);
 
     let tx = r.db.begin_read().unwrap();
-    let plan = copy::plan(&tx, "main", r.id).unwrap();
-    r.phys += 1;
-    let begin = CopyBegin {
-        source: "main".into(),
-        name: "snap".into(),
-        read_only: true,
-        hlc: r.clock.now(r.phys),
-        now: Timespec::from_nanos(r.phys * 1_000_000),
-        by: 7,
-    };
-    let Ok(Reply::Volume(snap)) = r.write(|t| copy::begin(t, &begin)) else {
-        panic!("the copy begins")
-    };
-    let step = |r: &mut Region, reserve, rows, done| {
-        let step = CopyRows {
-            volume: snap.id,
-            reserve,
-            rows,
-            done,
-        };
-        match r.write(|t| copy::rows(t, &step)) {
-            Ok(Reply::Volume(v)) => v,
-            other => panic!("a step answered {other:?}"),
-        }
-    };
-    let snap = step(r, plan.order.len() as u64, Vec::new(), None);
-    let numbering = Numbering::new(&plan, &snap, snap.copying.as_ref().unwrap().base).unwrap();
+    let (plan, snap, numbering) = snap_begun(r, &tx);
+    let step = |r: &mut Region, reserve, rows, done| copy_step(r, snap.id, reserve, rows, done);
     let limits = copy::Limits {
         whole_files: true,
         ..copy::Limits::new(10, 100)
@@ -1204,4 +1154,49 @@ fn a_copy_among_older_members_takes_each_files_extents_in_its_row() {
         file_extents(r, small)
     );
     assert_consistent(r);
+}
+
+/// A snapshot "snap" of volume "main" begun in `r` at `tx`'s point, as the leader begins
+/// one, its inode numbers reserved: the copy's plan, volume and numbering.
+fn snap_begun(
+    r: &mut Region,
+    tx: &redb::ReadTransaction,
+) -> (super::ops::copy::Plan, Volume, super::ops::copy::Numbering) {
+    use super::ops::copy::{self, CopyBegin, Numbering};
+    let plan = copy::plan(tx, "main", r.id).unwrap();
+    r.phys += 1;
+    let begin = CopyBegin {
+        source: "main".into(),
+        name: "snap".into(),
+        read_only: true,
+        hlc: r.clock.now(r.phys),
+        now: Timespec::from_nanos(r.phys * 1_000_000),
+        by: 7,
+    };
+    let Ok(Reply::Volume(snap)) = r.write(|t| copy::begin(t, &begin)) else {
+        panic!("the copy begins")
+    };
+    let snap = copy_step(r, snap.id, plan.order.len() as u64, Vec::new(), None);
+    let numbering = Numbering::new(&plan, &snap, snap.copying.as_ref().unwrap().base).unwrap();
+    (plan, snap, numbering)
+}
+
+/// One step of copy `volume` in `r`; the volume after it.
+fn copy_step(
+    r: &mut Region,
+    volume: u32,
+    reserve: u64,
+    rows: Vec<super::ops::copy::CopyRow>,
+    done: Option<super::ops::copy::CopyDone>,
+) -> Volume {
+    let step = super::ops::copy::CopyRows {
+        volume,
+        reserve,
+        rows,
+        done,
+    };
+    match r.write(|t| super::ops::copy::rows(t, &step)) {
+        Ok(Reply::Volume(v)) => v,
+        other => panic!("a step answered {other:?}"),
+    }
 }
