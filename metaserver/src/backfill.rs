@@ -363,7 +363,7 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     if waiting {
         if !node.group_reads(1).await {
             return Err(format!(
-                "the image of volume {} is {NEEDS_SPLIT}: waiting for every member to be upgraded",
+                "the image of volume {} needs split pieces: waiting for every member to be upgraded",
                 b.volume
             ));
         }
@@ -516,15 +516,20 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     // tell, at best (ADR 0009: an install does not span an upgrade).
     let resuming = |point| b.point == Some(point) && b.parts > 0;
     let (mut began, mut resumed, mut reached) = (0, false, false);
+    // Refused for a member that reads no split piece: wait for its upgrade.
+    let mut wait = false;
     while let Some(piece) = cut.recv().await {
         pieces += 1;
         split += u32::from(piece.split);
         if resuming(piece.part.point) {
             if b.whole != whole {
-                // Begun split, and a member that reads no split piece came meanwhile.
+                // Begun split, and a member that reads no split piece came meanwhile:
+                // neither cut may go on (the same image comes again while the settled
+                // bound stays), so the install waits for that member's upgrade.
+                wait = true;
                 refused = Some(
-                    "the image's pieces installed so far were cut otherwise: the install \
-                     starts over with a new image"
+                    "the image's pieces installed so far were cut split, and a member reads \
+                     no split piece: the install waits for its upgrade"
                         .into(),
                 );
                 break;
@@ -589,7 +594,7 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
         (Some(e), _) | (None, Err(e)) => {
             // Start over with a new image.
             start_over(node, b.volume);
-            if whole && e.contains(NEEDS_SPLIT) {
+            if wait || (whole && e.contains(NEEDS_SPLIT)) {
                 // Not before the members can take it.
                 lock(&node.backfills.progress)
                     .entry(b.volume)
