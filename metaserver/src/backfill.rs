@@ -56,9 +56,10 @@ struct Progress {
     file: Option<Arc<ScratchFile>>,
     total: u64,
     error: String,
-    /// The image needs pieces that members of an older version cannot take: it is
-    /// fetched again once every member reads them.
-    wait_upgrade: bool,
+    /// When the image was found to need pieces that members of an older version cannot
+    /// take: it is fetched again once every member reads them, or after
+    /// [`UPGRADE_WAIT`] (a new image may need none).
+    wait_upgrade: Option<std::time::Instant>,
     blocks_total: u64,
     blocks_done: u64,
 }
@@ -236,6 +237,9 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
     }
 }
 
+/// How long an install waits for the members' upgrade before it tries a new image.
+const UPGRADE_WAIT: Duration = Duration::from_secs(600);
+
 /// Forgets what was received of `volume`'s image: the next fetch starts over.
 fn start_over(node: &MetaNode, volume: u32) {
     let old = lock(&node.backfills.progress).insert(volume, Progress::default());
@@ -359,9 +363,9 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     use std::sync::atomic::Ordering::Relaxed;
     let waiting = lock(&node.backfills.progress)
         .get(&b.volume)
-        .is_some_and(|p| p.wait_upgrade);
-    if waiting {
-        if !node.group_reads(1).await {
+        .and_then(|p| p.wait_upgrade);
+    if let Some(since) = waiting {
+        if since.elapsed() < UPGRADE_WAIT && !node.group_reads(1).await {
             return Err(format!(
                 "the image of volume {} needs split pieces: waiting for every member to be upgraded",
                 b.volume
@@ -497,6 +501,31 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             "cutting the image with each inode whole in a piece: a member does not read split pieces"
         );
     }
+    if whole && !going_on {
+        // Cut once without installing first: an image a piece cut whole cannot hold is
+        // refused before any piece is installed, so that the install begins afresh, and
+        // split, once the members are upgraded (begun whole at this point, it would go
+        // on whole and be refused again).
+        let (volume, file) = (b.volume, file.clone());
+        let dry = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&file.0).map_err(|e| e.to_string())?;
+            let f = std::io::BufReader::with_capacity(1 << 20, f);
+            backfill::read_pieces(f, volume, backfill::PART_JSON, true, |_| true)
+        })
+        .await
+        .map_err(|e| format!("cutting the image: {e}"))
+        .and_then(|r| r);
+        if let Err(e) = dry {
+            start_over(node, b.volume);
+            if e.contains(NEEDS_SPLIT) {
+                lock(&node.backfills.progress)
+                    .entry(b.volume)
+                    .or_default()
+                    .wait_upgrade = Some(std::time::Instant::now());
+            }
+            return Err(e);
+        }
+    }
     // Read and cut on a thread of its own, a piece at a time (the image is never whole
     // in memory), while the pieces already cut are installed here.
     let (give, mut cut) = tokio::sync::mpsc::channel(1);
@@ -528,8 +557,8 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
                 // bound stays), so the install waits for that member's upgrade.
                 wait = true;
                 refused = Some(
-                    "the image's pieces installed so far were cut split, and a member reads \
-                     no split piece: the install waits for its upgrade"
+                    "the image's pieces installed so far were cut otherwise, and a member \
+                     reads no split piece: the install waits for its upgrade"
                         .into(),
                 );
                 break;
@@ -599,7 +628,7 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
                 lock(&node.backfills.progress)
                     .entry(b.volume)
                     .or_default()
-                    .wait_upgrade = true;
+                    .wait_upgrade = Some(std::time::Instant::now());
             }
             return Err(e);
         }

@@ -352,10 +352,11 @@ impl MetaNode {
             cur = next;
             let step = match batch {
                 Batch::Rows(rows) if limits.whole_files && whole_too_large(&rows) => {
-                    return Err(MetaError::Unavailable(format!(
+                    // Not worth retrying: refused until the members are upgraded.
+                    return Ok(Err(NsError::Invalid(format!(
                         "{source} has a file of more extents than one step of a copy holds \
                          among members of an older version: upgrade them first"
-                    )));
+                    ))));
                 }
                 Batch::Rows(rows) => {
                     if elsewhere {

@@ -199,8 +199,9 @@ impl ImageSink for Whole {
         } else {
             image.inodes.last_mut()
         };
-        let rows =
-            rows.ok_or_else(|| NsError::Store("an image's rows before their inode".into()))?;
+        let rows = rows
+            .filter(|r| r.ino == more.ino)
+            .ok_or_else(|| NsError::Store("an image's rows before their inode".into()))?;
         rows.dirents.extend(more.dirents);
         rows.xattrs.extend(more.xattrs);
         rows.extents.extend(more.extents);
@@ -719,7 +720,8 @@ fn put_rows(
     }
     for e in &rows.extents {
         // Installed already (a leader that took the install over cut the image otherwise,
-        // and a piece begins with rows a piece before held): its count stays.
+        // and a piece begins with rows a piece before held): its count stays. (Another
+        // extent at the same offset cannot come within one image; replaced all the same.)
         let key = super::tables::pair_key(rows.ino.0, e.offset);
         let there = match t.extents()?.get(key.as_slice()).map_err(store_err)? {
             Some(v) => Some(super::tables::decode_extent(&key, v.value())?),

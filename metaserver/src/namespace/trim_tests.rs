@@ -1029,7 +1029,7 @@ fn a_copy_in_steps_cuts_a_file_of_many_extents_across_them_and_takes_its_content
     // The leader's steps, as `copy.rs` makes them, of at most 100 items each.
     let tx = r.db.begin_read().unwrap();
     let (plan, snap, numbering) = snap_begun(r, &tx);
-    let step = |r: &mut Region, rows, reserve, done| copy_step(r, snap.id, reserve, rows, done);
+    let step = |r: &mut Region, reserve, rows, done| copy_step(r, snap.id, reserve, rows, done);
     let copy_ino = numbering.of(f).unwrap();
     let (mut cur, mut pieces, mut refused) = (Default::default(), 0, false);
     while !plan.done(&cur) {
@@ -1047,7 +1047,7 @@ fn a_copy_in_steps_cuts_a_file_of_many_extents_across_them_and_takes_its_content
         match batch {
             Batch::Rows(rows) => {
                 assert!(rows.iter().map(|r| r.extents.len()).sum::<usize>() <= 100);
-                step(r, rows, 0, None);
+                step(r, 0, rows, None);
             }
             Batch::Extents(more) => {
                 assert!(!more.extents.is_empty() && more.extents.len() <= 100);
@@ -1081,7 +1081,7 @@ fn a_copy_in_steps_cuts_a_file_of_many_extents_across_them_and_takes_its_content
         used_bytes: plan.source.used_bytes,
         used_inodes: plan.source.used_inodes,
     };
-    assert!(step(r, Vec::new(), 0, Some(done)).copying.is_none());
+    assert!(step(r, 0, Vec::new(), Some(done)).copying.is_none());
     assert_eq!(file_extents(r, copy_ino), source);
     assert_eq!(cut_from(r, copy_ino), None);
     for s in small {
