@@ -278,3 +278,100 @@ fn a_region_of_older_members_gets_each_inode_of_the_image_whole() -> Result<()> 
     drop((f, m1, m2));
     Ok(())
 }
+
+/// An image a piece cut whole cannot hold (one file's rows past 12 MiB) is refused before
+/// any piece is installed in a region whose member reads no split piece; the install waits
+/// for the upgrade, and once the member reads them, the image installs split and whole.
+#[test]
+fn an_image_too_large_to_cut_whole_waits_for_the_upgrade_then_installs() -> Result<()> {
+    let mut mesh = Mesh::full_with(2, |r| {
+        if r == 2 {
+            vec!["--no-calls-stream"]
+        } else {
+            vec![]
+        }
+    })?;
+    let r1 = &mesh.regions[0];
+    r1.admin(&["volume-create", "grow", "--regions", "1"])?;
+    let m1 = r1.mount("grow", "mnt-1")?;
+    // More files than a piece holds before it in the image's order (a directory's files
+    // by name): a piece would be installed before the file is met, were the image not cut
+    // once before, and after the upgrade the install would go on cut whole and be refused
+    // again. Then about 17 MiB of the image's JSON in one file's extents.
+    for i in 0..PART_INODES + 100 {
+        fs::File::create(m1.path.join(format!("a-{i:05}")))?;
+    }
+    let pieces = 130_000;
+    drop(common::scattered(&m1.path, "scattered", pieces)?);
+    r1.admin(&["volume-add-region", "grow", "2"])?;
+    let log = |mesh: &Mesh| -> String {
+        common::files_ending(mesh.regions[1].meta.dir.path(), ".log")
+            .iter()
+            .filter_map(|log| fs::read_to_string(log).ok())
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(90),
+        "region 2 waiting for its upgrade",
+        || {
+            log(&mesh)
+                .contains("waiting for every member to be upgraded")
+                .then_some(())
+        },
+    )?;
+    let text = log(&mesh);
+    assert!(
+        !text.contains("volume's namespace brought into this region"),
+        "installed although no piece could hold the file"
+    );
+    // Nothing installed meanwhile (the image was cut once first), and the reason shown.
+    let status: serde_json::Value =
+        serde_json::from_str(&mesh.regions[1].admin(&["regions", "--json"])?)?;
+    let backfill = &status["backfills"][0];
+    assert_eq!(backfill["inodes_installed"], 0, "{status}");
+    assert!(
+        backfill["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("upgraded")),
+        "{status}"
+    );
+    // The upgrade: region 2's member restarted reading split pieces.
+    let node = &mut mesh.regions[1].meta.nodes[0];
+    node.kill();
+    node.remove_flag("--no-calls-stream");
+    let addr = node.addr.clone();
+    node.restart_on(&addr)?;
+    wait_for(
+        Duration::from_secs(120),
+        "the volume brought into region 2",
+        || {
+            log(&mesh)
+                .lines()
+                .any(|l| {
+                    l.contains("volume's namespace brought into this region")
+                        && !l.contains(" split=0 ")
+                })
+                .then_some(())
+        },
+    )?;
+    let r2 = &mesh.regions[1];
+    wait_for(
+        Duration::from_secs(60),
+        "the volume listed in region 2",
+        || r2.admin(&["volumes"]).ok()?.contains("grow").then_some(()),
+    )?;
+    let m2 = r2.mount("grow", "mnt-2")?;
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(m2.path.join("scattered"))?;
+    assert_eq!(f.metadata()?.len(), (pieces - 1) * 8192 + 512);
+    for i in (0..pieces).step_by(97).chain([pieces - 1]) {
+        let mut piece = [0; 512];
+        f.read_exact_at(&mut piece, i * 8192)?;
+        assert_eq!(piece, [common::piece_byte(i); 512], "piece {i}");
+    }
+    drop((f, m1, m2));
+    Ok(())
+}
+
+/// The most inodes in a piece of an image (`namespace/image_pieces.rs`).
+const PART_INODES: usize = 2000;

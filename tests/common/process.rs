@@ -146,6 +146,12 @@ impl ServerProc {
         self.args.extend(args.iter().map(|a| a.to_string()));
     }
 
+    /// Takes `flag`, a flag without a value, out of the arguments the process starts with
+    /// next time.
+    pub fn remove_flag(&mut self, flag: &str) {
+        self.args.retain(|a| a != flag);
+    }
+
     /// Takes `flag` and the value after it out of the arguments the process starts with
     /// next time.
     pub fn remove_arg(&mut self, flag: &str) {
