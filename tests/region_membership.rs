@@ -250,10 +250,7 @@ fn a_region_of_older_members_gets_each_inode_of_the_image_whole() -> Result<()> 
     drop(common::scattered(&m1.path, "scattered", pieces)?);
     let out = r1.admin(&["volume-add-region", "grow", "2", "--follow", &r2.addrs()])?;
     assert!(out.contains("every block of it"), "{out}");
-    let log: String = common::files_ending(r2.meta.dir.path(), ".log")
-        .iter()
-        .filter_map(|log| fs::read_to_string(log).ok())
-        .collect();
+    let log = common::logs_under(r2.meta.dir.path());
     assert!(
         log.contains("cutting the image with each inode whole in a piece"),
         "region 2 did not cut the image for its older member"
@@ -267,15 +264,8 @@ fn a_region_of_older_members_gets_each_inode_of_the_image_whole() -> Result<()> 
         "{installed:?}"
     );
     let m2 = r2.mount("grow", "mnt-2")?;
-    use std::os::unix::fs::FileExt;
-    let f = fs::File::open(m2.path.join("scattered"))?;
-    assert_eq!(f.metadata()?.len(), (pieces - 1) * 8192 + 512);
-    for i in (0..pieces).step_by(13).chain([pieces - 1]) {
-        let mut piece = [0; 512];
-        f.read_exact_at(&mut piece, i * 8192)?;
-        assert_eq!(piece, [common::piece_byte(i); 512], "piece {i}");
-    }
-    drop((f, m1, m2));
+    common::check_scattered(&m2.path.join("scattered"), pieces, 13)?;
+    drop((m1, m2));
     Ok(())
 }
 
@@ -304,12 +294,7 @@ fn an_image_too_large_to_cut_whole_waits_for_the_upgrade_then_installs() -> Resu
     let pieces = 130_000;
     drop(common::scattered(&m1.path, "scattered", pieces)?);
     r1.admin(&["volume-add-region", "grow", "2"])?;
-    let log = |mesh: &Mesh| -> String {
-        common::files_ending(mesh.regions[1].meta.dir.path(), ".log")
-            .iter()
-            .filter_map(|log| fs::read_to_string(log).ok())
-            .collect()
-    };
+    let log = |mesh: &Mesh| common::logs_under(mesh.regions[1].meta.dir.path());
     wait_for(
         Duration::from_secs(90),
         "region 2 waiting for its upgrade",
@@ -361,15 +346,8 @@ fn an_image_too_large_to_cut_whole_waits_for_the_upgrade_then_installs() -> Resu
         || r2.admin(&["volumes"]).ok()?.contains("grow").then_some(()),
     )?;
     let m2 = r2.mount("grow", "mnt-2")?;
-    use std::os::unix::fs::FileExt;
-    let f = fs::File::open(m2.path.join("scattered"))?;
-    assert_eq!(f.metadata()?.len(), (pieces - 1) * 8192 + 512);
-    for i in (0..pieces).step_by(97).chain([pieces - 1]) {
-        let mut piece = [0; 512];
-        f.read_exact_at(&mut piece, i * 8192)?;
-        assert_eq!(piece, [common::piece_byte(i); 512], "piece {i}");
-    }
-    drop((f, m1, m2));
+    common::check_scattered(&m2.path.join("scattered"), pieces, 97)?;
+    drop((m1, m2));
     Ok(())
 }
 

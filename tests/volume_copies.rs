@@ -117,7 +117,7 @@ fn a_snapshot_bigger_than_a_step_is_one_point_in_time_of_a_changing_volume() -> 
         "every directory of the bulk"
     );
     assert_eq!(fs::read(s.path.join("bulk/d7/big"))?, big);
-    check_scattered(&s.path.join("bulk/d8/scattered"), pieces)?;
+    common::check_scattered(&s.path.join("bulk/d8/scattered"), pieces, 7)?;
     ensure!(
         !group_logs(&region.meta).contains("copying each file's extents in its row"),
         "a group of this version reads a file's extents in steps"
@@ -150,21 +150,6 @@ fn a_snapshot_bigger_than_a_step_is_one_point_in_time_of_a_changing_volume() -> 
     )?;
     ensure!(fs::read(m.path.join("bulk/d7/big"))? == big);
     drop(m);
-    Ok(())
-}
-
-/// Whether the file at `path` is what `common::scattered` wrote, `pieces` pieces.
-fn check_scattered(path: &std::path::Path, pieces: u64) -> Result<()> {
-    let copied = fs::File::open(path)?;
-    ensure!(copied.metadata()?.len() == (pieces - 1) * 8192 + 512);
-    for i in (0..pieces).step_by(7).chain([pieces - 1]) {
-        let mut piece = [0u8; 512];
-        std::os::unix::fs::FileExt::read_exact_at(&copied, &mut piece, i * 8192)?;
-        ensure!(
-            piece == [common::piece_byte(i); 512],
-            "piece {i} of the copied file"
-        );
-    }
     Ok(())
 }
 
@@ -205,7 +190,7 @@ fn among_older_members_a_file_of_many_extents_is_copied_in_its_row() -> Result<(
         .context("the copy's line")?;
     ensure!(copied.contains("steps=1"), "{copied}");
     let s = Mount::start(&addrs, "snap", &region.meta.dir.path().join("snap"))?;
-    check_scattered(&s.path.join("scattered"), pieces)?;
+    common::check_scattered(&s.path.join("scattered"), pieces, 7)?;
     drop(s);
     let (report, clean) = common::fsck(&addrs)?;
     ensure!(clean, "{report}");

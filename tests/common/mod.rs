@@ -241,6 +241,20 @@ pub fn scattered(dir: &Path, name: &str, pieces: u64) -> Result<fs::File> {
     Ok(f)
 }
 
+/// Whether the file at `path` is what [`scattered`] wrote, `pieces` pieces: its size, and
+/// every `step`th piece and the last.
+pub fn check_scattered(path: &Path, pieces: u64, step: usize) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(path)?;
+    anyhow::ensure!(f.metadata()?.len() == (pieces - 1) * 8192 + 512);
+    for i in (0..pieces).step_by(step).chain([pieces - 1]) {
+        let mut piece = [0u8; 512];
+        f.read_exact_at(&mut piece, i * 8192)?;
+        anyhow::ensure!(piece == [piece_byte(i); 512], "piece {i} of {path:?}");
+    }
+    Ok(())
+}
+
 pub fn piece_byte(i: u64) -> u8 {
     (i % 251 + 1) as u8
 }
@@ -285,6 +299,14 @@ pub fn xattr_get(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
 }
 
 /// Every file under `dir` (at any depth) whose name ends with `end`.
+/// Every log under `dir`, one after the other.
+pub fn logs_under(dir: &Path) -> String {
+    files_ending(dir, ".log")
+        .iter()
+        .filter_map(|log| fs::read_to_string(log).ok())
+        .collect()
+}
+
 pub fn files_ending(dir: &Path, end: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
