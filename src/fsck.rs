@@ -2,14 +2,14 @@
 //! directory entries, link counts, extents and reference counts), then every block an
 //! extent references: how many chunkservers hold a copy, and whether each copy verifies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use meridian_client::{BlockClient, MetaClient};
 use meridian_proto::channels::Timeouts;
-use meridian_proto::ns::{CheckPage, CheckedBlock, Query, QueryReply};
+use meridian_proto::ns::{CheckPage, CheckedBlock, LINKS_MAX, LinkCount, Query, QueryReply};
 use meridian_proto::{BlockId, ClusterMap, NodeState};
 use serde::Serialize;
 
@@ -68,6 +68,7 @@ pub async fn run(meta: &[String], quick: bool) -> Result<Report> {
     let (_keep, view) = tokio::sync::watch::channel(Arc::new(map.clone()));
     let blocks = BlockClient::new(view, None, Timeouts::default());
     let mut report = Report::default();
+    let mut links = LinkBalance::default();
     let mut from = 0;
     loop {
         let page = match client
@@ -85,7 +86,9 @@ pub async fn run(meta: &[String], quick: bool) -> Result<Report> {
             blocks: referenced,
             problems,
             next,
+            links: balances,
         } = page;
+        links.add(balances);
         report.inodes += inodes;
         report.dirents += dirents;
         report.extents += extents;
@@ -97,9 +100,92 @@ pub async fn run(meta: &[String], quick: bool) -> Result<Report> {
             None => break,
         }
     }
+    check_links(&client, &links, &mut report).await?;
     report.unreachable.sort();
     report.unreachable.dedup();
     Ok(report)
+}
+
+/// Per file, its link count less the names that lead to it, summed over the pages read so
+/// far; the files that come to zero are dropped. A page reads one range of inodes, and a
+/// file's names may be in the directories of any page.
+#[derive(Debug, Default)]
+struct LinkBalance {
+    open: HashMap<u64, i64>,
+    /// A page came from a server that does not count links: nothing can be told.
+    uncounted: bool,
+}
+
+impl LinkBalance {
+    fn add(&mut self, page: Option<Vec<(u64, i64)>>) {
+        let Some(page) = page else {
+            self.uncounted = true;
+            return;
+        };
+        for (ino, d) in page {
+            let sum = self.open.entry(ino).or_default();
+            *sum += d;
+            if *sum == 0 {
+                self.open.remove(&ino);
+            }
+        }
+    }
+
+    /// The files that did not come to zero, in inode order.
+    fn unbalanced(&self) -> Vec<u64> {
+        if self.uncounted {
+            return Vec::new();
+        }
+        let mut out: Vec<u64> = self.open.keys().copied().collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+/// Counts again, each in one read, the links and names of the files whose pages did not
+/// balance: the pages were read at different times, and a link made or removed between
+/// two of them is no problem.
+async fn check_links(client: &MetaClient, links: &LinkBalance, report: &mut Report) -> Result<()> {
+    for batch in links.unbalanced().chunks(LINKS_MAX) {
+        let counts = match client
+            .query(
+                &Query::Links {
+                    inodes: batch.to_vec(),
+                },
+                false,
+            )
+            .await
+        {
+            Ok(QueryReply::Links(c)) => c,
+            Ok(other) => anyhow::bail!("unexpected answer to a count of links: {other:?}"),
+            Err(e) => {
+                report.namespace.push(format!(
+                    "{} files whose link counts did not match their names could not be counted again: {e}",
+                    batch.len()
+                ));
+                continue;
+            }
+        };
+        report.namespace.extend(link_problems(&counts));
+    }
+    Ok(())
+}
+
+/// The files whose link count is not the number of names that lead to them. A file
+/// gone since has no link count, and is no problem.
+fn link_problems(counts: &[LinkCount]) -> Vec<String> {
+    counts
+        .iter()
+        .filter_map(|c| {
+            let n = c.nlink?;
+            (n != c.names).then(|| {
+                format!(
+                    "file {}: {n} links, but {} directory entries name it",
+                    c.ino, c.names
+                )
+            })
+        })
+        .collect()
 }
 
 /// Counts and verifies the copies of `referenced` on every chunkserver not marked down.
@@ -198,4 +284,54 @@ pub fn print(report: &Report, json: bool) -> Result<()> {
         println!("clean");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_files_links_and_names_balance_across_pages() {
+        let mut b = LinkBalance::default();
+        // File 7 has two links: one name in the first page's directories, its record in
+        // the second, its other name in the third. File 9's one name is never seen.
+        b.add(Some(vec![(7, -1)]));
+        b.add(Some(vec![(7, 2), (9, 1)]));
+        assert_eq!(b.unbalanced(), vec![7, 9]);
+        b.add(Some(vec![(7, -1)]));
+        assert_eq!(b.unbalanced(), vec![9]);
+        // A server that does not count them: nothing can be told.
+        b.add(None);
+        assert!(b.unbalanced().is_empty());
+    }
+
+    #[test]
+    fn a_count_that_matches_or_a_file_gone_is_no_problem() {
+        let counts = [
+            LinkCount {
+                ino: 7,
+                nlink: Some(2),
+                names: 2,
+            },
+            LinkCount {
+                ino: 8,
+                nlink: None,
+                names: 0,
+            },
+            LinkCount {
+                ino: 9,
+                nlink: Some(1),
+                names: 0,
+            },
+            LinkCount {
+                ino: 10,
+                nlink: Some(2),
+                names: 3,
+            },
+        ];
+        let found = link_problems(&counts);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("file 9: 1 links, but 0"), "{found:?}");
+        assert!(found[1].starts_with("file 10: 2 links, but 3"), "{found:?}");
+    }
 }

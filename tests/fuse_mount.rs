@@ -715,6 +715,35 @@ async fn a_directory_of_10000_entries_lists_completely() -> Result<()> {
     .await??;
     let want: Vec<String> = (0..10_000).map(|i| format!("entry-{i:05}")).collect();
     assert_eq!(listed, want);
+
+    // Two more names for the first entry, in a directory made after the others: fsck reads
+    // the file and its names in different pages (2,000 inodes a page), and they balance.
+    let first = region.mount("links")?;
+    fs::create_dir(first.path.join("late"))?;
+    fs::hard_link(
+        first.path.join("many/entry-00000"),
+        first.path.join("late/again"),
+    )?;
+    fs::hard_link(first.path.join("many/entry-00000"), first.path.join("top"))?;
+    let ino = fs::metadata(first.path.join("top"))?.ino();
+    let QueryReply::Links(counts) = meta
+        .query(&Query::Links { inodes: vec![ino] }, false)
+        .await?
+    else {
+        anyhow::bail!("no link count")
+    };
+    assert_eq!(
+        counts,
+        vec![meridian_proto::ns::LinkCount {
+            ino,
+            nlink: Some(3),
+            names: 3
+        }]
+    );
+    let addrs = region.meta_addrs();
+    let (report, clean) = tokio::task::spawn_blocking(move || common::fsck(&addrs)).await??;
+    assert!(clean, "{report}");
+    assert!(report["inodes"].as_u64() > Some(10_000), "{report}");
     Ok(())
 }
 

@@ -495,6 +495,9 @@ fn a_token_reaches_only_the_volumes_it_grants() -> Result<()> {
             after: 0,
             limit: 10,
         },
+        Query::Links {
+            inodes: vec![y_file.0],
+        },
     ] {
         assert_eq!(
             c.query(Some(&tx), &q).map(|_| ()),

@@ -10,7 +10,7 @@ mod query;
 mod staged;
 mod watch;
 pub use op::{ACCESSED_BATCH_MAX, Op};
-pub use query::{CheckPage, CheckedBlock, DirEntry, Query, QueryReply};
+pub use query::{CheckPage, CheckedBlock, DirEntry, LINKS_MAX, LinkCount, Query, QueryReply};
 pub use staged::{
     STAGED_BLOCKS_MAX, STAGED_MAX, STAGED_PAGE_BYTES, STAGED_PAGE_MAX, StagedBlock,
     StagedPlacement, StagedRow, UNSTAGE_MAX, check_staged,

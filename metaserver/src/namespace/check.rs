@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use meridian_proto::ns::{CheckPage, CheckedBlock};
+use meridian_proto::ns::{CheckPage, CheckedBlock, LINKS_MAX, LinkCount};
 use meridian_proto::{BlockId, Hlc, InodeId};
 use redb::{ReadTransaction, ReadableTable};
 
@@ -67,7 +67,10 @@ pub fn block_refs(tx: &ReadTransaction, blocks: &[BlockId]) -> Result<BlockRefs,
 /// removed ones kept as tombstones:
 /// - every directory entry names an inode that exists, of the kind the entry says;
 /// - a directory's link count is 2 plus its subdirectories, and its children point back;
-/// - a file has at least one link;
+/// - a file has at least one link, and as many as the names that lead to it: the page
+///   counts the names in its directories against the link counts of its files
+///   (`CheckPage::links`), and the caller sums the pages and asks [`link_counts`] about
+///   the files that do not come to zero;
 /// - every extent belongs to an inode or a tombstone, and its block is counted as
 ///   referenced (a block counted as unreferenced would be collected).
 ///
@@ -84,31 +87,13 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
     let extents = tx.open_table(EXTENTS).map_err(store_err)?;
     let refs = tx.open_table(BLOCK_REFS).map_err(store_err)?;
     let tombs = tx.open_table(TOMBS).map_err(store_err)?;
-    let mut replicas: HashMap<u32, u32> = HashMap::new();
-    let mut roots: HashSet<InodeId> = HashSet::new();
-    let mut volumes = Vec::new();
-    for item in tx
-        .open_table(VOLUMES)
-        .map_err(store_err)?
-        .iter()
-        .map_err(store_err)?
-    {
-        let (_, v) = item.map_err(store_err)?;
-        let vol: Volume =
-            serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?;
-        replicas.insert(vol.id, vol.policy.replicas);
-        roots.insert(vol.root);
-        volumes.push(vol);
-    }
+    let volumes = all_volumes(tx)?;
+    let replicas: HashMap<u32, u32> = volumes.iter().map(|v| (v.id, v.policy.replicas)).collect();
+    let roots: HashSet<InodeId> = volumes.iter().map(|v| v.root).collect();
     let state = super::merge::state_table(tx)?;
-    // A copy being made or removed is not a whole tree (`copy_drop.rs`): its rows are
-    // counted, their tree is not checked.
-    let copies = super::copy_drop::unchecked(&volumes, state.as_ref())?;
-    let in_copy = |ino: InodeId| {
-        copies
-            .iter()
-            .any(|(root, range)| *root == ino || range.contains(&ino.0))
-    };
+    let in_copy = in_copy(&volumes, state.as_ref())?;
+    // Per file: its link count less its names in this page's directories.
+    let mut links: BTreeMap<u64, i64> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut problem = |p: String| problems.push(p);
 
@@ -150,7 +135,11 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
                     page.dirents += 1;
                     let entry = decode_dirent(dk.value(), dv.value())?;
                     let shown = String::from_utf8_lossy(&entry.name).into_owned();
-                    match read_inode(&inodes, entry.ino)? {
+                    let child = read_inode(&inodes, entry.ino)?;
+                    if child.as_ref().is_some_and(|c| c.attr.kind != FileKind::Dir) {
+                        *links.entry(entry.ino.0).or_default() -= 1;
+                    }
+                    match child {
                         None => problem(format!(
                             "directory {ino}: entry {shown:?} names inode {} which does not exist",
                             entry.ino
@@ -185,10 +174,12 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
                     ));
                 }
             }
-            _ if node.attr.nlink == 0 => {
-                problem(format!("inode {ino}: live with no links"));
+            _ => {
+                if node.attr.nlink == 0 {
+                    problem(format!("inode {ino}: live with no links"));
+                }
+                *links.entry(ino.0).or_default() += i64::from(node.attr.nlink);
             }
-            _ => {}
         }
         if !node.cuts.is_empty() {
             let apart = node.cuts.windows(2).all(|w| w[0].to < w[1].from);
@@ -286,6 +277,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
         b.staged = super::staging::read(tx, &b.block)?.is_some();
     }
     page.blocks = blocks.into_values().collect();
+    page.links = Some(links.into_iter().filter(|(_, d)| *d != 0).collect());
     if problems.len() > MAX_PROBLEMS {
         let more = problems.len() - MAX_PROBLEMS;
         problems.truncate(MAX_PROBLEMS);
@@ -293,4 +285,91 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
     }
     page.problems = problems;
     Ok(page)
+}
+
+/// The link count of each of `inodes` and the names that lead to it, counted over every
+/// directory entry in this one read (see [`check`]). An inode that is not a live file
+/// (gone, a directory, or in a copy being made or removed, whose tree is not whole) has no
+/// link count here.
+pub fn link_counts(tx: &ReadTransaction, inodes: &[u64]) -> Result<Vec<LinkCount>, NsError> {
+    if inodes.len() > LINKS_MAX {
+        return Err(NsError::Invalid(format!(
+            "at most {LINKS_MAX} inodes in one count of links, not {}",
+            inodes.len()
+        )));
+    }
+    let mut names: HashMap<u64, u32> = inodes.iter().map(|&i| (i, 0)).collect();
+    let table = match tx.open_table(INODES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Ok(inodes
+                .iter()
+                .map(|&ino| LinkCount {
+                    ino,
+                    nlink: None,
+                    names: 0,
+                })
+                .collect());
+        }
+        Err(e) => return Err(store_err(e)),
+    };
+    let volumes = all_volumes(tx)?;
+    let in_copy = in_copy(&volumes, super::merge::state_table(tx)?.as_ref())?;
+    for item in tx
+        .open_table(DIRENTS)
+        .map_err(store_err)?
+        .iter()
+        .map_err(store_err)?
+    {
+        let (k, v) = item.map_err(store_err)?;
+        let entry = decode_dirent(k.value(), v.value())?;
+        let parent = u64::from_be_bytes(k.value()[..8].try_into().expect("checked length"));
+        if let Some(n) = names.get_mut(&entry.ino.0)
+            && !in_copy(InodeId(parent))
+        {
+            *n += 1;
+        }
+    }
+    inodes
+        .iter()
+        .map(|&ino| {
+            let nlink = read_inode(&table, InodeId(ino))?
+                .filter(|n| n.attr.kind != FileKind::Dir && !in_copy(n.attr.ino))
+                .map(|n| n.attr.nlink);
+            Ok(LinkCount {
+                ino,
+                nlink,
+                names: names[&ino],
+            })
+        })
+        .collect()
+}
+
+/// Every volume of the region.
+fn all_volumes(tx: &ReadTransaction) -> Result<Vec<Volume>, NsError> {
+    let mut volumes = Vec::new();
+    for item in tx
+        .open_table(VOLUMES)
+        .map_err(store_err)?
+        .iter()
+        .map_err(store_err)?
+    {
+        let (_, v) = item.map_err(store_err)?;
+        volumes.push(serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?);
+    }
+    Ok(volumes)
+}
+
+/// Whether an inode is in a copy being made or removed: such a copy is not a whole tree
+/// (`copy_drop.rs`), so its rows are counted and its tree is not checked.
+fn in_copy<S: super::merge::StateTable>(
+    volumes: &[Volume],
+    state: Option<&S>,
+) -> Result<impl Fn(InodeId) -> bool + use<S>, NsError> {
+    let copies = super::copy_drop::unchecked(volumes, state)?;
+    Ok(move |ino: InodeId| {
+        copies
+            .iter()
+            .any(|(root, range)| *root == ino || range.contains(&ino.0))
+    })
 }

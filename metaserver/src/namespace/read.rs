@@ -428,6 +428,9 @@ impl<'a> NsReader<'a> {
                 *from,
                 (*limit).clamp(1, 10_000),
             )?),
+            Query::Links { inodes } => {
+                QueryReply::Links(super::check::link_counts(self.tx, inodes)?)
+            }
         })
     }
 }

@@ -1321,7 +1321,101 @@ proptest! {
             prop_assert_eq!(want, got.map(|_| ()).map_err(|e| e.errno()), "op {:?}", op);
             prop_assert_eq!(model.listing(), sut_listing(&fs), "trees differ after {:?}", op);
         }
+        // fsck, in pages of three inodes: every file's links and names balance.
+        let (problems, unbalanced) = checked_in_pages(&fs, 3);
+        prop_assert!(problems.is_empty(), "{:?}", problems);
+        prop_assert!(unbalanced.is_empty(), "{:?}", unbalanced);
     }
+}
+
+/// fsck's namespace check of `fs` in pages of `page` inodes: the problems the pages
+/// found, and the files whose links and names did not come to zero over the pages.
+fn checked_in_pages(fs: &Fs, page: u32) -> (Vec<String>, Vec<u64>) {
+    let tx = fs.db.begin_read().unwrap();
+    let (mut problems, mut sums) = (Vec::new(), BTreeMap::<u64, i64>::new());
+    let mut from = 0;
+    loop {
+        let p = super::check::check(&tx, from, page).unwrap();
+        problems.extend(p.problems);
+        for (ino, d) in p.links.expect("the pages count links") {
+            *sums.entry(ino).or_default() += d;
+        }
+        match p.next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    let unbalanced = sums
+        .into_iter()
+        .filter(|(_, d)| *d != 0)
+        .map(|(i, _)| i)
+        .collect();
+    (problems, unbalanced)
+}
+
+#[test]
+fn fsck_counts_a_files_names_in_other_pages_against_its_links() {
+    let mut fs = Fs::new();
+    let root = fs.root;
+    let a = fs.mkdir(root, "a");
+    let f = fs.create(a.ino, "f");
+    let b = fs.mkdir(root, "b");
+    let link = |ino, parent, name: &str| Op::Link {
+        ino,
+        new_parent: parent,
+        new_name: name.into(),
+        creds: Creds::root(),
+    };
+    fs.run(link(f.ino, b.ino, "g")).unwrap();
+    fs.run(link(f.ino, root, "h")).unwrap();
+    fs.create(b.ino, "alone");
+    // One inode a page: f's record and each of its names in a page of its own.
+    assert_eq!(checked_in_pages(&fs, 1), (vec![], vec![]));
+    let counts = |fs: &Fs, inodes: &[u64]| {
+        let tx = fs.db.begin_read().unwrap();
+        super::check::link_counts(&tx, inodes)
+    };
+    let at = |nlink, names| meridian_proto::ns::LinkCount {
+        ino: f.ino.0,
+        nlink,
+        names,
+    };
+    assert_eq!(counts(&fs, &[f.ino.0]).unwrap(), vec![at(Some(3), 3)]);
+
+    // A link count one too many: no page shows it, the pages together do, and a count
+    // over every entry says by how much.
+    fs.write(|t| {
+        let mut node = super::tables::read_inode(t.inodes().unwrap(), f.ino)
+            .unwrap()
+            .unwrap();
+        node.attr.nlink = 4;
+        t.put_inode(&node).unwrap();
+    });
+    for page in [1, 2, 1000] {
+        let (problems, unbalanced) = checked_in_pages(&fs, page);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(unbalanced, vec![f.ino.0], "pages of {page}");
+    }
+    assert_eq!(counts(&fs, &[f.ino.0]).unwrap(), vec![at(Some(4), 3)]);
+
+    // A name removed behind its back: one too few.
+    fs.write(|t| {
+        let mut node = super::tables::read_inode(t.inodes().unwrap(), f.ino)
+            .unwrap()
+            .unwrap();
+        node.attr.nlink = 3;
+        t.put_inode(&node).unwrap();
+        t.del_dirent(b.ino, b"g").unwrap();
+    });
+    assert_eq!(checked_in_pages(&fs, 2).1, vec![f.ino.0]);
+    assert_eq!(counts(&fs, &[f.ino.0]).unwrap(), vec![at(Some(3), 2)]);
+
+    // A directory or an inode that does not exist has no link count here; too many asked
+    // is refused.
+    let none = counts(&fs, &[a.ino.0, 999_999]).unwrap();
+    assert!(none.iter().all(|c| c.nlink.is_none()), "{none:?}");
+    let many: Vec<u64> = (0..=meridian_proto::ns::LINKS_MAX as u64).collect();
+    assert!(matches!(counts(&fs, &many), Err(NsError::Invalid(_))));
 }
 
 proptest! {

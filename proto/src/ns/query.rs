@@ -149,7 +149,19 @@ pub enum Query {
         /// Most inodes to check.
         limit: u32,
     },
+    /// The link count of each of `inodes` (files, not directories) and the names that
+    /// lead to it, counted over every directory entry in one read (`meridian admin fsck`,
+    /// for the files whose link counts its pages did not balance: a page reads one range
+    /// of inodes, a file's names may be in others). At most [`LINKS_MAX`] inodes. Answers
+    /// [`QueryReply::Links`].
+    Links {
+        /// The inodes.
+        inodes: Vec<u64>,
+    },
 }
+
+/// Most inodes one [`Query::Links`] asks about.
+pub const LINKS_MAX: usize = 1000;
 
 impl Query {
     /// The inode the query reads, for the queries that read one (the others read volumes,
@@ -172,7 +184,8 @@ impl Query {
             | Query::BlockRefs { .. }
             | Query::StagedBlocks { .. }
             | Query::Leases { .. }
-            | Query::Check { .. } => None,
+            | Query::Check { .. }
+            | Query::Links { .. } => None,
         }
     }
 
@@ -247,6 +260,19 @@ pub enum QueryReply {
     Check(CheckPage),
     /// Leased directories and the client holding each ([`Query::Leases`]).
     Leases(Vec<(InodeId, u64)>),
+    /// Link counts and names, one per inode asked, in the order asked ([`Query::Links`]).
+    Links(Vec<LinkCount>),
+}
+
+/// A file's link count against the directory entries naming it ([`Query::Links`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct LinkCount {
+    /// The inode.
+    pub ino: u64,
+    /// Its link count; `None` if it is not a live file (gone, or a directory).
+    pub nlink: Option<u32>,
+    /// The directory entries that name it.
+    pub names: u32,
 }
 
 /// A block referenced by extents of a checked page.
@@ -279,4 +305,10 @@ pub struct CheckPage {
     pub problems: Vec<String>,
     /// The inode number to continue from, if there is more.
     pub next: Option<u64>,
+    /// Per file (not directory) of the page or named by one of its directories: its link
+    /// count (where it is of the page) less the names of it in the page's directories,
+    /// where that is not zero. Summed over every page, a file whose link count matches its
+    /// names comes to zero. `None` from a server that does not count them.
+    #[serde(default)]
+    pub links: Option<Vec<(u64, i64)>>,
 }
