@@ -192,6 +192,26 @@ fn among_older_members_a_file_of_many_extents_is_copied_in_its_row() -> Result<(
     let s = Mount::start(&addrs, "snap", &region.meta.dir.path().join("snap"))?;
     common::check_scattered(&s.path.join("scattered"), pieces, 7)?;
     drop(s);
+
+    // Stopped, the older member answers nothing: the leader takes it as it last answered,
+    // and copies the same way again (checked to copy in steps when a silent member is not
+    // remembered).
+    region.meta.nodes[older].pause(true);
+    let said = common::admin_at(&addrs, &["volume-snapshot", "default", "again"]);
+    region.meta.nodes[older].pause(false);
+    ensure!(said?.contains("snapshot again of default"));
+    let logs = group_logs(&region.meta);
+    let copied = logs
+        .lines()
+        .find(|l| l.contains("volume copied") && l.contains("again"))
+        .context("the second copy's line")?;
+    ensure!(copied.contains("steps=1"), "{copied}");
+    ensure!(
+        logs.matches("copying each file's extents in its row")
+            .count()
+            == 2
+    );
+
     let (report, clean) = common::fsck(&addrs)?;
     ensure!(clean, "{report}");
     drop(m);

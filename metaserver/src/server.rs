@@ -145,6 +145,7 @@ pub async fn run(
         shared,
         pool,
         liveness: Mutex::new(Default::default()),
+        levels: Mutex::new(Default::default()),
         peers: config.peers.clone(),
         regions: Default::default(),
         recalls: Default::default(),

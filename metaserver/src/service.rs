@@ -58,6 +58,9 @@ pub struct MetaNode {
     pub pool: Arc<ChannelPool>,
     /// Last heartbeat of each chunkserver, as seen by this member while leader.
     pub liveness: Mutex<crate::liveness::Liveness>,
+    /// The Raft requests each other member said it reads, at its latest answer to
+    /// [`MetaNode::group_reads`]: a member that does not answer in time is taken as it was.
+    pub levels: Mutex<std::collections::HashMap<u64, u32>>,
     /// The other regions this one replicates with.
     pub peers: Vec<PeerRegion>,
     /// Replication progress with them.
@@ -316,9 +319,10 @@ impl MetaNode {
     /// Whether the group may be given Raft requests of `level` ([`crate::raft::READS`]):
     /// no member that answers its status (voters and learners: all apply the log) reads
     /// less, and a majority of the voters reads it (this member with those that answer).
-    /// A member that does not answer (down: the leader a copy's removal follows, say) is
-    /// not waited for; one that comes back older cannot read the entry and stays behind
-    /// until it is upgraded, while the others go on.
+    /// A member that does not answer within a second (down, or slow: the leader a copy's
+    /// removal follows, say) is taken as it last answered: one that read less then still
+    /// does, one never heard from is not waited for. One that comes back older cannot read
+    /// the entry and stays behind until it is upgraded, while the others go on.
     pub async fn group_reads(&self, level: u32) -> bool {
         let (voters, others) = {
             let m = self.raft.metrics().borrow_watched().clone();
@@ -336,22 +340,32 @@ impl MetaNode {
         }
         // Asked all at once: a member that does not answer costs one wait, not one each.
         let asked = others.into_iter().map(|(id, addr)| async move {
-            let mut client = meridian_proto::channels::meta_client(self.pool.get(&addr).ok()?);
+            let Ok(channel) = self.pool.get(&addr) else {
+                return (id, None);
+            };
+            let mut client = meridian_proto::channels::meta_client(channel);
             let asked = client.status(meridian_proto::pb::meta::StatusRequest {});
             match tokio::time::timeout(std::time::Duration::from_secs(1), asked).await {
-                Ok(Ok(r)) => Some((id, r.into_inner().reads)),
-                _ => None,
+                Ok(Ok(r)) => (id, Some(r.into_inner().reads)),
+                _ => (id, None),
             }
         });
         let answers = futures::future::join_all(asked).await;
+        let mut levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
         let mut reading = usize::from(voters.contains(&self.id));
-        for (id, reads) in answers.into_iter().flatten() {
-            if reads < level {
-                return false;
+        let mut older = false;
+        for (id, reads) in answers {
+            match reads {
+                Some(reads) => {
+                    levels.insert(id, reads);
+                    older |= reads < level;
+                    reading += usize::from(voters.contains(&id));
+                }
+                // Silent now: as it was at its last answer.
+                None => older |= levels.get(&id).is_some_and(|&r| r < level),
             }
-            reading += usize::from(voters.contains(&id));
         }
-        reading > voters.len() / 2
+        !older && reading > voters.len() / 2
     }
 
     /// The leader's failure detector for chunkservers (phi accrual, `crate::liveness`):
