@@ -60,6 +60,11 @@ struct Progress {
     /// take: it is fetched again once every member reads them, or after
     /// [`UPGRADE_WAIT`] (a new image may need none).
     wait_upgrade: Option<std::time::Instant>,
+    /// The serving region said to wait (the image not ready yet: the regions have not
+    /// settled past the change, or the records it would carry are too many): asked again
+    /// no sooner than this, later after each such answer in a row (`waits`).
+    ask_after: Option<std::time::Instant>,
+    waits: u32,
     blocks_total: u64,
     blocks_done: u64,
 }
@@ -237,6 +242,11 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
     }
 }
 
+/// After the serving region says to wait, the first wait before asking again; each such
+/// answer in a row doubles it, up to [`ASK_AGAIN_MAX`].
+const ASK_AGAIN_FIRST: Duration = Duration::from_millis(500);
+const ASK_AGAIN_MAX: Duration = Duration::from_secs(4);
+
 /// How long an install waits for the members' upgrade before it tries a new image.
 const UPGRADE_WAIT: Duration = Duration::from_secs(600);
 
@@ -262,6 +272,14 @@ fn set_state(node: &MetaNode, volume: u32, state: &'static str) {
 /// Brings in what is left of `b`: the image (fetched, then installed), then the blocks.
 async fn bring(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     if !b.installed {
+        let later = lock(&node.backfills.progress)
+            .get(&b.volume)
+            .and_then(|p| p.ask_after)
+            .is_some_and(|t| std::time::Instant::now() < t);
+        if later {
+            // The last answer's reason stays shown.
+            return Ok(());
+        }
         bring_image(node, b).await?;
     }
     bring_blocks(node, b.volume).await
@@ -401,7 +419,12 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             })
             .await;
         let reply = match reply {
-            Ok(r) => r.into_inner(),
+            Ok(r) => {
+                let mut progress = lock(&node.backfills.progress);
+                let p = progress.entry(b.volume).or_default();
+                (p.ask_after, p.waits) = (None, 0);
+                r.into_inner()
+            }
             Err(s) if s.code() == Code::Aborted => {
                 // The serving leader changed: its new image starts over.
                 start_over(node, b.volume);
@@ -418,6 +441,11 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             Err(s) => {
                 if s.code() == Code::Unavailable {
                     set_state(node, b.volume, "waiting");
+                    let mut progress = lock(&node.backfills.progress);
+                    let p = progress.entry(b.volume).or_default();
+                    p.waits = p.waits.saturating_add(1);
+                    let wait = ASK_AGAIN_FIRST.saturating_mul(1 << p.waits.min(8)) / 2;
+                    p.ask_after = Some(std::time::Instant::now() + wait.min(ASK_AGAIN_MAX));
                 }
                 node.backfills.next_addr.fetch_add(1, Relaxed);
                 return Err(format!("region {}: {}", b.from.0, s.message()));

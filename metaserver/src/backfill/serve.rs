@@ -168,7 +168,7 @@ pub async fn serve_image(
             let started = std::time::Instant::now();
             // Kept by the task itself: a build outlives a client that gave up waiting.
             let built = tokio::task::spawn_blocking(move || {
-                let built = build(&db, &scratch, req.volume, to, since)?;
+                let built = build(&db, &scratch, req.volume, to, since, backfill::RECORDS_MAX)?;
                 let Some((point, image)) = built else {
                     return Ok(None);
                 };
@@ -240,7 +240,9 @@ const IMAGE_TABLES: &[&str] = &[
 ];
 
 /// The image of `volume` for region `to` (`None` while this region has not settled past
-/// `since`), written as JSON to a file under `scratch` (a folder).
+/// `since`), written as JSON to a file under `scratch` (a folder). An image whose records
+/// would pass `records_max` bytes is not built yet (`Unavailable`): its last piece would
+/// be a Raft entry larger than a member takes. Both are found before anything is copied.
 ///
 /// It is built in a scratch database there, from a read transaction of `db`: the tables
 /// it needs are copied, and the merged log is rewound to the image's point in a
@@ -256,8 +258,22 @@ pub(crate) fn build(
     volume: u32,
     to: RegionId,
     since: Hlc,
+    records_max: usize,
 ) -> Result<Option<(Hlc, ImageFile)>, MetaError> {
     let snap = db.begin_read().map_err(store)?;
+    match backfill::readiness(&snap, volume, to, since, records_max)? {
+        backfill::Readiness::Unsettled => return Ok(None),
+        backfill::Readiness::TooManyRecords { records, bytes } => {
+            return Err(MetaError::Unavailable(format!(
+                "the image of volume {volume} would carry more than {records} records ({bytes} \
+                 bytes, at most {records_max}) written before region {} was added and not yet \
+                 settled everywhere: it waits for the regions to settle further (a region long \
+                 cut off holds them back)",
+                to.0
+            )));
+        }
+        backfill::Readiness::Ready(_) => {}
+    }
     let work_file = ScratchFile::new(scratch, "image-state")?;
     // Written once and read once: a small cache (redb's default is 1 GiB, half of which
     // a write transaction may fill before it writes pages out).

@@ -34,8 +34,8 @@ use super::types::*;
 pub(crate) use super::image::install;
 use super::image::wipe;
 pub use super::image::{
-    ImagePart, ImageSink, InodeRows, JsonImage, ROWS_PAGE, VolumeImage, build_image,
-    build_image_into,
+    ImagePart, ImageSink, InodeRows, JsonImage, RECORDS_MAX, ROWS_PAGE, Readiness, VolumeImage,
+    build_image, build_image_into, readiness,
 };
 pub use super::image_pieces::{Cutter, ImagePiece, NEEDS_SPLIT, PART_INODES, PART_JSON, WHOLE_MAX};
 pub use super::image_read::{ImageRead, read_pieces};

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use meridian_proto::{Hlc, InodeId, RegionId};
 
 use super::test_regions::*;
+use redb::ReadableDatabase;
 
 /// Three regions, each a peer of the others; volume "main" in regions 1 and 2 only.
 fn three_with_volume_in_two() -> Vec<Region> {
@@ -77,8 +78,15 @@ fn built_for_3(r1: &Region, volume: u32, since: Hlc) -> Option<backfill::VolumeI
     };
     tx.abort().unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let built =
-        crate::backfill::serve::build(&r1.db, scratch.path(), volume, RegionId(3), since).unwrap();
+    let built = crate::backfill::serve::build(
+        &r1.db,
+        scratch.path(),
+        volume,
+        RegionId(3),
+        since,
+        backfill::RECORDS_MAX,
+    )
+    .unwrap();
     let files = || std::fs::read_dir(scratch.path()).unwrap().count();
     let built = built.map(|(point, image)| {
         assert_eq!(
@@ -581,6 +589,7 @@ fn an_image_is_built_while_the_state_is_held_by_its_writer() {
             volume,
             RegionId(3),
             since,
+            backfill::RECORDS_MAX,
         ));
     });
     // A guard against a hang, not a measure: the old build waited for the writer for ever.
@@ -1471,4 +1480,85 @@ fn an_image_takes_a_file_of_many_extents_a_page_at_a_time() {
     let rows = image.inodes.iter().find(|r| r.ino == f).unwrap();
     assert_eq!(rows.extents, content);
     assert!(rows.inode.as_ref().unwrap().cuts.is_empty());
+}
+
+/// The records an image carries (written before the region was added, stamped after the
+/// image's point) go in its last piece, one Raft entry: past a bound the image is not
+/// built, nothing is copied for it, and it is once the regions settle past them.
+#[test]
+fn an_image_whose_records_pass_the_bound_waits_until_the_regions_settle_past_them() {
+    let mut rs = three_with_volume_in_two();
+    let vol = rs[0].read(|r| r.volume("main")).unwrap();
+    let root = vol.root;
+    rounds(&mut rs, 3);
+    rs[0]
+        .run(Op::SetVolumeRegions {
+            name: "main".into(),
+            regions: vec![RegionId(1), RegionId(2), RegionId(3)],
+        })
+        .unwrap();
+    // Region 2, its clock ahead, writes before it hears of the addition.
+    rs[1].phys += 5000;
+    for i in 0..30 {
+        attr_of(rs[1].run(mknod(root, &format!("ahead-{i}"), FileKind::File)));
+    }
+    rounds(&mut rs, 3);
+    let since = rs[2]
+        .write(|t| backfill::get(t.region_state.open().unwrap(), vol.id).unwrap())
+        .expect("region 3 started its backfill")
+        .since;
+    let ready = |r: &Region, max: usize| {
+        let tx = r.db.begin_read().unwrap();
+        backfill::readiness(&tx, vol.id, RegionId(3), since, max).unwrap()
+    };
+    assert_eq!(ready(&rs[0], usize::MAX), backfill::Readiness::Unsettled);
+    promise_all(&mut rs);
+    rounds(&mut rs, 2);
+    let image = built_for_3(&rs[0], vol.id, since).expect("settled past the addition");
+    assert_eq!(
+        image.records.len(),
+        30,
+        "the records ahead of the image's point"
+    );
+    let bytes = serde_json::to_vec(&image.records).unwrap().len();
+    assert_eq!(
+        ready(&rs[0], bytes),
+        backfill::Readiness::Ready(image.point)
+    );
+    assert_eq!(
+        ready(&rs[0], bytes - 1),
+        backfill::Readiness::TooManyRecords { records: 30, bytes }
+    );
+    // Refused before anything is copied, as a wait.
+    let scratch = tempfile::tempdir().unwrap();
+    let refused =
+        crate::backfill::serve::build(&rs[0].db, scratch.path(), vol.id, RegionId(3), since, 1000);
+    let Err(crate::error::MetaError::Unavailable(why)) = refused else {
+        panic!(
+            "not refused as a wait: {:?}",
+            refused.map(|b| b.map(|(p, _)| p))
+        );
+    };
+    assert!(why.contains("settle further"), "{why}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+
+    // Time passes, and the regions settle past them: the image carries none, and is built.
+    for r in rs.iter_mut() {
+        r.phys += 5000;
+    }
+    promise_all(&mut rs);
+    rounds(&mut rs, 3);
+    let image = built_for_3(&rs[0], vol.id, since).expect("settled");
+    assert!(image.records.is_empty(), "{:?}", image.records.len());
+    assert!(matches!(ready(&rs[0], 1000), backfill::Readiness::Ready(_)));
+    let parts = image.parts().unwrap();
+    let own = rs[2].id;
+    for part in &parts {
+        rs[2]
+            .write(|t| install_image(t, own, &part.part, part.split))
+            .unwrap();
+    }
+    rounds(&mut rs, 4);
+    let names = rs[2].names(root);
+    assert_eq!(names.iter().filter(|n| n.starts_with("ahead-")).count(), 30);
 }
