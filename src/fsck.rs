@@ -44,6 +44,9 @@ pub struct Report {
     pub short: Vec<String>,
     /// Chunkservers that could not be asked.
     pub unreachable: Vec<String>,
+    /// What could not be checked, and why (not a problem found).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -146,6 +149,12 @@ impl LinkBalance {
 /// balance: the pages were read at different times, and a link made or removed between
 /// two of them is no problem.
 async fn check_links(client: &MetaClient, links: &LinkBalance, report: &mut Report) -> Result<()> {
+    if links.uncounted {
+        report.notes.push(
+            "link counts against names not checked: a metaserver of an earlier version answered"
+                .into(),
+        );
+    }
     for batch in links.unbalanced().chunks(LINKS_MAX) {
         let counts = match client
             .query(
@@ -279,6 +288,9 @@ pub fn print(report: &Report, json: bool) -> Result<()> {
         for l in lines {
             println!("{name}: {l}");
         }
+    }
+    for n in &report.notes {
+        println!("note: {n}");
     }
     if report.clean() {
         println!("clean");

@@ -41,6 +41,12 @@ use crate::tokens::Checked;
 
 pub use early::EarlySink;
 
+/// How long a member's reported level ([`MetaNode::group_reads`]) stands for it while it
+/// does not answer: an older member slow or stopped for a moment is not taken as down,
+/// and one gone for good (not yet removed from the group) does not hold the newer
+/// requests back for ever.
+pub const LEVEL_MEMORY: Duration = Duration::from_secs(600);
+
 /// Metadata key marking a request a follower already forwarded (never forwarded twice).
 const FORWARDED: &str = "x-meridian-forwarded";
 
@@ -58,9 +64,10 @@ pub struct MetaNode {
     pub pool: Arc<ChannelPool>,
     /// Last heartbeat of each chunkserver, as seen by this member while leader.
     pub liveness: Mutex<crate::liveness::Liveness>,
-    /// The Raft requests each other member said it reads, at its latest answer to
-    /// [`MetaNode::group_reads`]: a member that does not answer in time is taken as it was.
-    pub levels: Mutex<std::collections::HashMap<u64, u32>>,
+    /// The Raft requests each other member said it reads, and when, at its latest answer
+    /// to [`MetaNode::group_reads`]: a member that does not answer in time is taken as it
+    /// was, for [`LEVEL_MEMORY`] after that answer.
+    pub levels: Mutex<std::collections::HashMap<u64, (u32, Instant)>>,
     /// The other regions this one replicates with.
     pub peers: Vec<PeerRegion>,
     /// Replication progress with them.
@@ -320,9 +327,10 @@ impl MetaNode {
     /// no member that answers its status (voters and learners: all apply the log) reads
     /// less, and a majority of the voters reads it (this member with those that answer).
     /// A member that does not answer within a second (down, or slow: the leader a copy's
-    /// removal follows, say) is taken as it last answered: one that read less then still
-    /// does, one never heard from is not waited for. One that comes back older cannot read
-    /// the entry and stays behind until it is upgraded, while the others go on.
+    /// removal follows, say) is taken as it last answered, up to [`LEVEL_MEMORY`] ago: one
+    /// that read less then still does; one not heard from since is not waited for. One that
+    /// comes back older cannot read the entry and stays behind until it is upgraded, while
+    /// the others go on.
     pub async fn group_reads(&self, level: u32) -> bool {
         let (voters, others) = {
             let m = self.raft.metrics().borrow_watched().clone();
@@ -357,12 +365,16 @@ impl MetaNode {
         for (id, reads) in answers {
             match reads {
                 Some(reads) => {
-                    levels.insert(id, reads);
+                    levels.insert(id, (reads, Instant::now()));
                     older |= reads < level;
                     reading += usize::from(voters.contains(&id));
                 }
                 // Silent now: as it was at its last answer.
-                None => older |= levels.get(&id).is_some_and(|&r| r < level),
+                None => {
+                    older |= levels
+                        .get(&id)
+                        .is_some_and(|&(r, at)| r < level && at.elapsed() < LEVEL_MEMORY);
+                }
             }
         }
         !older && reading > voters.len() / 2

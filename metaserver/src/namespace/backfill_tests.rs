@@ -1236,6 +1236,59 @@ fn an_image_cut_whole_refuses_an_inode_no_piece_holds() {
     assert!(given >= 8, "{given} pieces");
 }
 
+/// Cut whole, the last piece holds the tombstones and the late records together: past
+/// what one entry carries it is refused (the install waits for the members' upgrade),
+/// where cut split the tombstones go in pieces of their own.
+#[test]
+fn an_image_cut_whole_refuses_a_last_piece_of_tombstones_and_records_no_entry_holds() {
+    let (rs, _, _, mut image) = many_rows_to_add_third();
+    // A tombstone of many rows, within what a whole piece holds on its own.
+    let ino = InodeId(u64::MAX / 3);
+    let mut tomb_node = image.inodes[1].inode.clone().expect("an inode");
+    tomb_node.attr.ino = ino;
+    let rows = backfill::InodeRows {
+        ino,
+        dirents: (0..60_000u32)
+            .map(|i| {
+                let mut k = ino.0.to_be_bytes().to_vec();
+                k.extend_from_slice(format!("a-long-enough-name-{i:08}").as_bytes());
+                (k, vec![7; 12])
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let tomb = super::tables::Tomb {
+        inode: tomb_node,
+        dir: image.volume.root,
+        name: b"gone".to_vec(),
+        at: image.point,
+    };
+    let tomb_bytes = serde_json::to_vec(&(&tomb, &rows)).unwrap().len();
+    assert!(tomb_bytes < backfill::WHOLE_MAX && tomb_bytes > backfill::WHOLE_MAX / 2);
+    image.tombs.push((tomb, rows));
+    // Late records that the tombstone leaves no room for.
+    let mut record = rs[0].changes(1, 1)[0].1.clone();
+    record.op = Op::SetXattr {
+        ino: InodeId(1),
+        name: b"user.big".to_vec(),
+        value: vec![200; 700 << 10],
+        mode: meridian_proto::ns::XattrMode::Any,
+        creds: root_creds(),
+    };
+    image.records = vec![record; 2];
+    let records_bytes = serde_json::to_vec(&image.records).unwrap().len();
+    assert!(records_bytes < backfill::RECORDS_MAX);
+    assert!(tomb_bytes + records_bytes > backfill::WHOLE_MAX);
+    let e = image
+        .clone()
+        .pieces_within(backfill::PART_JSON, true)
+        .unwrap_err();
+    assert!(e.to_string().contains(backfill::NEEDS_SPLIT), "{e}");
+    let split = image.pieces_within(backfill::PART_JSON, false).unwrap();
+    let last = split.last().unwrap().part.finish.as_ref().unwrap().len();
+    assert!(last < backfill::WHOLE_MAX, "{last} bytes in the last piece");
+}
+
 /// Given a few rows at a time, as the serving leader reads them, an image is written as
 /// the same bytes as given whole.
 #[test]

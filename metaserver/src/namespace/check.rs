@@ -315,6 +315,8 @@ pub fn link_counts(tx: &ReadTransaction, inodes: &[u64]) -> Result<Vec<LinkCount
     };
     let volumes = all_volumes(tx)?;
     let in_copy = in_copy(&volumes, super::merge::state_table(tx)?.as_ref())?;
+    // As the pages count them: entries of live directories, not in a copy.
+    let mut dirs: HashMap<u64, bool> = HashMap::new();
     for item in tx
         .open_table(DIRENTS)
         .map_err(store_err)?
@@ -323,10 +325,21 @@ pub fn link_counts(tx: &ReadTransaction, inodes: &[u64]) -> Result<Vec<LinkCount
     {
         let (k, v) = item.map_err(store_err)?;
         let entry = decode_dirent(k.value(), v.value())?;
+        let Some(n) = names.get_mut(&entry.ino.0) else {
+            continue;
+        };
         let parent = u64::from_be_bytes(k.value()[..8].try_into().expect("checked length"));
-        if let Some(n) = names.get_mut(&entry.ino.0)
-            && !in_copy(InodeId(parent))
-        {
+        let counted = match dirs.get(&parent) {
+            Some(&c) => c,
+            None => {
+                let c = !in_copy(InodeId(parent))
+                    && read_inode(&table, InodeId(parent))?
+                        .is_some_and(|d| d.attr.kind == FileKind::Dir);
+                dirs.insert(parent, c);
+                c
+            }
+        };
+        if counted {
             *n += 1;
         }
     }

@@ -159,6 +159,12 @@ impl Cutter {
         }
         let tombs: Vec<(&Tomb, &InodeRows)> = self.held.iter().map(|(t, r, _)| (t, r)).collect();
         let finish = serde_json::to_vec(&(volume, tombs, records)).map_err(json_err)?;
+        // Cut whole, the tombstones (up to WHOLE_MAX) and the records (up to the serving
+        // region's `RECORDS_MAX`) share the last piece: together they may pass what one
+        // entry carries.
+        if self.whole && finish.len() > WHOLE_MAX {
+            return Err(self.too_large("its tombstones and late records", finish.len()));
+        }
         out.push(self.piece(b"[]".to_vec(), Vec::new(), Some(finish), false));
         Ok(out)
     }

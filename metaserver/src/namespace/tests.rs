@@ -1410,6 +1410,13 @@ fn fsck_counts_a_files_names_in_other_pages_against_its_links() {
     assert_eq!(checked_in_pages(&fs, 2).1, vec![f.ino.0]);
     assert_eq!(counts(&fs, &[f.ino.0]).unwrap(), vec![at(Some(3), 2)]);
 
+    // An entry under no live directory is counted by no page, nor here.
+    fs.write(|t| {
+        t.set_dirent(InodeId(888_888), b"stray", f.ino, FileKind::File)
+            .unwrap();
+    });
+    assert_eq!(counts(&fs, &[f.ino.0]).unwrap(), vec![at(Some(3), 2)]);
+
     // A directory or an inode that does not exist has no link count here; too many asked
     // is refused.
     let none = counts(&fs, &[a.ino.0, 999_999]).unwrap();

@@ -27,7 +27,9 @@ pub use crate::cluster::ClusterCmd;
 /// `CopyRemove` and `CopyRemoveStep`, and `CopyExtents` and `InstallImageSplit` before
 /// them (a member that reports no level may or may not). A leader proposes those only
 /// while every member that answers reports at least that, a majority of the voters among
-/// them ([`crate::service::MetaNode::group_reads`]), and otherwise what an older member
+/// them, and no member silent now last reported less (within
+/// [`crate::service::LEVEL_MEMORY`]; [`crate::service::MetaNode::group_reads`]), and
+/// otherwise what an older member
 /// reads (`CopyAbort`, a file's extents in its row, an image cut with each inode whole): a
 /// group of older members could not read them and would hold its region's log there.
 pub const READS: u32 = 1;

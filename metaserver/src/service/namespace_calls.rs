@@ -292,6 +292,18 @@ impl MetaApi {
             return naming(leader.query(MetaNode::forward(request)).await, &addr);
         }
         let (outcome, caps) = match &restricted {
+            // fsck's reads (a page of inodes, or every directory entry) run beside the
+            // runtime's workers: they may take seconds on a large region.
+            None if matches!(query, Query::Check { .. } | Query::Links { .. }) => {
+                let db = self.db.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let tx = db.begin_read().map_err(|e| Status::from(store(e)))?;
+                    Ok::<_, Status>(NsReader::new(&tx).query(&query))
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+                (outcome, Bytes::new())
+            }
             None => (self.read(|r| r.query(&query))?, Bytes::new()),
             Some((claims, keys)) => {
                 let checked = match early {

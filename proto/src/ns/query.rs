@@ -152,7 +152,8 @@ pub enum Query {
     /// The link count of each of `inodes` (files, not directories) and the names that
     /// lead to it, counted over every directory entry in one read (`meridian admin fsck`,
     /// for the files whose link counts its pages did not balance: a page reads one range
-    /// of inodes, a file's names may be in others). At most [`LINKS_MAX`] inodes. Answers
+    /// of inodes, a file's names may be in others). At most [`LINKS_MAX`] inodes: each
+    /// query reads every entry once. Answers
     /// [`QueryReply::Links`].
     Links {
         /// The inodes.
@@ -161,7 +162,7 @@ pub enum Query {
 }
 
 /// Most inodes one [`Query::Links`] asks about.
-pub const LINKS_MAX: usize = 1000;
+pub const LINKS_MAX: usize = 10_000;
 
 impl Query {
     /// The inode the query reads, for the queries that read one (the others read volumes,
