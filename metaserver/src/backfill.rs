@@ -247,6 +247,11 @@ pub async fn backfill_loop(node: Arc<MetaNode>) {
 const ASK_AGAIN_FIRST: Duration = Duration::from_millis(500);
 const ASK_AGAIN_MAX: Duration = Duration::from_secs(4);
 
+/// The wait before asking again after `waits` answers in a row that said to wait.
+fn ask_again_after(waits: u32) -> Duration {
+    (ASK_AGAIN_FIRST.saturating_mul(1 << waits.clamp(1, 8)) / 2).min(ASK_AGAIN_MAX)
+}
+
 /// How long an install waits for the members' upgrade before it tries a new image.
 const UPGRADE_WAIT: Duration = Duration::from_secs(600);
 
@@ -441,11 +446,12 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             Err(s) => {
                 if s.code() == Code::Unavailable {
                     set_state(node, b.volume, "waiting");
+                }
+                if serve::told_to_wait(&s) {
                     let mut progress = lock(&node.backfills.progress);
                     let p = progress.entry(b.volume).or_default();
                     p.waits = p.waits.saturating_add(1);
-                    let wait = ASK_AGAIN_FIRST.saturating_mul(1 << p.waits.min(8)) / 2;
-                    p.ask_after = Some(std::time::Instant::now() + wait.min(ASK_AGAIN_MAX));
+                    p.ask_after = Some(std::time::Instant::now() + ask_again_after(p.waits));
                 }
                 node.backfills.next_addr.fetch_add(1, Relaxed);
                 return Err(format!("region {}: {}", b.from.0, s.message()));
@@ -675,6 +681,19 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_answer_saying_to_wait_makes_the_next_ask_later_and_later() {
+        let waits: Vec<u64> = (1..=6)
+            .map(|n| ask_again_after(n).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, vec![500, 1000, 2000, 4000, 4000, 4000]);
+        assert_eq!(ask_again_after(u32::MAX), ASK_AGAIN_MAX);
+        assert!(serve::told_to_wait(&serve::wait("not settled".into())));
+        // A member down, or no leader: asked again at once, elsewhere.
+        assert!(!serve::told_to_wait(&tonic::Status::unavailable("refused")));
+        assert!(!serve::told_to_wait(&tonic::Status::internal("x")));
+    }
 
     #[test]
     fn a_members_start_clears_the_scratch_files_it_left() {

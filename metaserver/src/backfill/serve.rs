@@ -129,6 +129,23 @@ pub(super) fn from_cache(
 }
 
 /// Answers a region being brought into a volume: a piece of the volume's image.
+/// Metadata key on an answer that says to ask again later (the image is not ready yet):
+/// the receiving leader waits longer after each in a row. Other unavailability (a member
+/// down, no leader) is tried again at once, at another address.
+const WAIT: &str = "x-meridian-wait";
+
+/// An answer saying to ask again later, for `why`.
+pub(super) fn wait(why: String) -> Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(WAIT, tonic::metadata::MetadataValue::from_static("1"));
+    Status::with_metadata(tonic::Code::Unavailable, why, md)
+}
+
+/// Whether `s` is an answer saying to ask again later.
+pub(super) fn told_to_wait(s: &Status) -> bool {
+    s.code() == tonic::Code::Unavailable && s.metadata().get(WAIT).is_some()
+}
+
 pub async fn serve_image(
     node: &MetaNode,
     req: VolumeImageRequest,
@@ -157,7 +174,7 @@ pub async fn serve_image(
             // One build at a time for an image: a client that gave up on a long build asks
             // again, and must not start a second copy of the state beside the first.
             if !lock(&node.backfills.building).insert(key) {
-                return Err(Status::unavailable(format!(
+                return Err(wait(format!(
                     "the image of volume {} for region {} is being built",
                     req.volume, to.0
                 )));
@@ -189,10 +206,12 @@ pub async fn serve_image(
                         req.volume, to.0
                     )));
                 }
+                // Not ready: too many records to carry yet.
+                Err(MetaError::Unavailable(why)) => return Err(wait(why)),
                 other => other?,
             };
             let Some((point, image)) = built else {
-                return Err(Status::unavailable(format!(
+                return Err(wait(format!(
                     "region {} has not settled past the change that added region {} yet",
                     node.shared.region.0, to.0
                 )));
