@@ -151,7 +151,8 @@ impl LinkBalance {
 async fn check_links(client: &MetaClient, links: &LinkBalance, report: &mut Report) -> Result<()> {
     if links.uncounted {
         report.notes.push(
-            "link counts against names not checked: a metaserver of an earlier version answered"
+            "link counts against names not checked: a page did not count them (a metaserver of \
+             an earlier version, or a directory of millions of names)"
                 .into(),
         );
     }
@@ -168,8 +169,9 @@ async fn check_links(client: &MetaClient, links: &LinkBalance, report: &mut Repo
             Ok(QueryReply::Links(c)) => c,
             Ok(other) => anyhow::bail!("unexpected answer to a count of links: {other:?}"),
             Err(e) => {
-                report.namespace.push(format!(
-                    "{} files whose link counts did not match their names could not be counted again: {e}",
+                // Not a finding about the data: the count was not made.
+                report.notes.push(format!(
+                    "{} files whose link counts did not match their names in the pages could not be counted again: {e}",
                     batch.len()
                 ));
                 continue;

@@ -274,14 +274,32 @@ fn set_state(node: &MetaNode, volume: u32, state: &'static str) {
         .state = state;
 }
 
+/// Whether the serving region said to wait for `volume`'s image, and it is too soon to
+/// ask again.
+fn asked_too_soon(node: &MetaNode, volume: u32) -> bool {
+    lock(&node.backfills.progress)
+        .get(&volume)
+        .and_then(|p| p.ask_after)
+        .is_some_and(|t| std::time::Instant::now() < t)
+}
+
+/// Notes an answer to a request for `volume`'s image: one that said to wait puts the next
+/// request off, later after each in a row; any other ends the waits.
+fn note_answer(node: &MetaNode, volume: u32, told_to_wait: bool) {
+    let mut progress = lock(&node.backfills.progress);
+    let p = progress.entry(volume).or_default();
+    if told_to_wait {
+        p.waits = p.waits.saturating_add(1);
+        p.ask_after = Some(std::time::Instant::now() + ask_again_after(p.waits));
+    } else {
+        (p.ask_after, p.waits) = (None, 0);
+    }
+}
+
 /// Brings in what is left of `b`: the image (fetched, then installed), then the blocks.
 async fn bring(node: &MetaNode, b: &Backfill) -> Result<(), String> {
     if !b.installed {
-        let later = lock(&node.backfills.progress)
-            .get(&b.volume)
-            .and_then(|p| p.ask_after)
-            .is_some_and(|t| std::time::Instant::now() < t);
-        if later {
+        if asked_too_soon(node, b.volume) {
             // The last answer's reason stays shown.
             return Ok(());
         }
@@ -425,9 +443,7 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
             .await;
         let reply = match reply {
             Ok(r) => {
-                let mut progress = lock(&node.backfills.progress);
-                let p = progress.entry(b.volume).or_default();
-                (p.ask_after, p.waits) = (None, 0);
+                note_answer(node, b.volume, false);
                 r.into_inner()
             }
             Err(s) if s.code() == Code::Aborted => {
@@ -447,12 +463,7 @@ async fn bring_image(node: &MetaNode, b: &Backfill) -> Result<(), String> {
                 if s.code() == Code::Unavailable {
                     set_state(node, b.volume, "waiting");
                 }
-                if serve::told_to_wait(&s) {
-                    let mut progress = lock(&node.backfills.progress);
-                    let p = progress.entry(b.volume).or_default();
-                    p.waits = p.waits.saturating_add(1);
-                    p.ask_after = Some(std::time::Instant::now() + ask_again_after(p.waits));
-                }
+                note_answer(node, b.volume, serve::told_to_wait(&s));
                 node.backfills.next_addr.fetch_add(1, Relaxed);
                 return Err(format!("region {}: {}", b.from.0, s.message()));
             }

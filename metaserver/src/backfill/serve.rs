@@ -128,7 +128,6 @@ pub(super) fn from_cache(
     }
 }
 
-/// Answers a region being brought into a volume: a piece of the volume's image.
 /// Metadata key on an answer that says to ask again later (the image is not ready yet):
 /// the receiving leader waits longer after each in a row. Other unavailability (a member
 /// down, no leader) is tried again at once, at another address.
@@ -146,6 +145,7 @@ pub(super) fn told_to_wait(s: &Status) -> bool {
     s.code() == tonic::Code::Unavailable && s.metadata().get(WAIT).is_some()
 }
 
+/// Answers a region being brought into a volume: a piece of the volume's image.
 pub async fn serve_image(
     node: &MetaNode,
     req: VolumeImageRequest,

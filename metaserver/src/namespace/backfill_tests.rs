@@ -1193,15 +1193,11 @@ fn an_install_going_on_cut_otherwise_installs_rows_once() {
     assert_eq!(volume_rows(&rs[2]), volume_rows(&rs[0]));
 }
 
-/// Cut whole, an inode whose rows no entry a member takes could carry is refused (the
-/// install waits for the members' upgrade), where cut split it goes over pieces.
-#[test]
-fn an_image_cut_whole_refuses_an_inode_no_piece_holds() {
-    let (_, _, _, mut image) = many_rows_to_add_third();
-    let ino = InodeId(u64::MAX / 3);
-    let huge = backfill::InodeRows {
+/// The rows of directory `ino` with `n` names of about 30 bytes.
+fn many_names(ino: InodeId, n: u32) -> backfill::InodeRows {
+    backfill::InodeRows {
         ino,
-        dirents: (0..110_000u32)
+        dirents: (0..n)
             .map(|i| {
                 let mut k = ino.0.to_be_bytes().to_vec();
                 k.extend_from_slice(format!("a-long-enough-name-{i:08}").as_bytes());
@@ -1209,7 +1205,16 @@ fn an_image_cut_whole_refuses_an_inode_no_piece_holds() {
             })
             .collect(),
         ..Default::default()
-    };
+    }
+}
+
+/// Cut whole, an inode whose rows no entry a member takes could carry is refused (the
+/// install waits for the members' upgrade), where cut split it goes over pieces.
+#[test]
+fn an_image_cut_whole_refuses_an_inode_no_piece_holds() {
+    let (_, _, _, mut image) = many_rows_to_add_third();
+    let ino = InodeId(u64::MAX / 3);
+    let huge = many_names(ino, 110_000);
     assert!(serde_json::to_vec(&huge).unwrap().len() > backfill::WHOLE_MAX);
     image.inodes.push(huge);
     let json = serde_json::to_vec(&image).unwrap();
@@ -1246,17 +1251,7 @@ fn an_image_cut_whole_refuses_a_last_piece_of_tombstones_and_records_no_entry_ho
     let ino = InodeId(u64::MAX / 3);
     let mut tomb_node = image.inodes[1].inode.clone().expect("an inode");
     tomb_node.attr.ino = ino;
-    let rows = backfill::InodeRows {
-        ino,
-        dirents: (0..60_000u32)
-            .map(|i| {
-                let mut k = ino.0.to_be_bytes().to_vec();
-                k.extend_from_slice(format!("a-long-enough-name-{i:08}").as_bytes());
-                (k, vec![7; 12])
-            })
-            .collect(),
-        ..Default::default()
-    };
+    let rows = many_names(ino, 60_000);
     let tomb = super::tables::Tomb {
         inode: tomb_node,
         dir: image.volume.root,

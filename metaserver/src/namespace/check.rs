@@ -13,6 +13,12 @@ use super::types::*;
 /// Most problems one page reports (the rest are counted in one line).
 const MAX_PROBLEMS: usize = 1000;
 
+/// Most files one page gives a link balance for (`CheckPage::links`): past them (a
+/// directory of millions of names whose files are in other pages) the page gives none,
+/// and fsck says the link counts were not checked, rather than send an answer larger than
+/// a message carries.
+const MAX_LINKS: usize = 1_000_000;
+
 /// Reference counts of blocks and the region's marks, as garbage collection asks them.
 #[derive(Debug)]
 pub struct BlockRefs {
@@ -277,7 +283,8 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
         b.staged = super::staging::read(tx, &b.block)?.is_some();
     }
     page.blocks = blocks.into_values().collect();
-    page.links = Some(links.into_iter().filter(|(_, d)| *d != 0).collect());
+    let links: Vec<(u64, i64)> = links.into_iter().filter(|(_, d)| *d != 0).collect();
+    page.links = (links.len() <= MAX_LINKS).then_some(links);
     if problems.len() > MAX_PROBLEMS {
         let more = problems.len() - MAX_PROBLEMS;
         problems.truncate(MAX_PROBLEMS);
@@ -324,6 +331,14 @@ pub fn link_counts(tx: &ReadTransaction, inodes: &[u64]) -> Result<Vec<LinkCount
         .map_err(store_err)?
     {
         let (k, v) = item.map_err(store_err)?;
+        // The inode an entry names, read before the whole entry is (most name none asked).
+        let named = v
+            .value()
+            .get(..8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8")));
+        if named.is_some_and(|i| !names.contains_key(&i)) {
+            continue;
+        }
         let entry = decode_dirent(k.value(), v.value())?;
         let Some(n) = names.get_mut(&entry.ino.0) else {
             continue;
