@@ -29,9 +29,9 @@ pub use crate::cluster::ClusterCmd;
 /// while every member that answers reports at least that, a majority of the voters among
 /// them, and no member silent now last reported less (within
 /// [`crate::service::LEVEL_MEMORY`]; [`crate::service::MetaNode::group_reads`]), and
-/// otherwise what an older member
-/// reads (`CopyAbort`, a file's extents in its row, an image cut with each inode whole): a
-/// group of older members could not read them and would hold its region's log there.
+/// otherwise what an older member reads (`CopyAbort`, a file's extents in its row, an
+/// image cut with each inode whole): a group of older members could not read them and
+/// would hold its region's log there.
 pub const READS: u32 = 1;
 
 /// One entry of the metaserver's Raft log.
