@@ -83,6 +83,16 @@ pub fn block_refs(tx: &ReadTransaction, blocks: &[BlockId]) -> Result<BlockRefs,
 /// Returns the blocks the extents reference, with the most copies any of their volumes
 /// wants, so the caller can check the copies on the chunkservers.
 pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, NsError> {
+    check_within(tx, from, limit, MAX_LINKS)
+}
+
+/// [`check`], giving link balances for at most `max_links` files.
+pub(crate) fn check_within(
+    tx: &ReadTransaction,
+    from: u64,
+    limit: u32,
+    max_links: usize,
+) -> Result<CheckPage, NsError> {
     let mut page = CheckPage::default();
     let inodes = match tx.open_table(INODES) {
         Ok(t) => t,
@@ -284,7 +294,7 @@ pub fn check(tx: &ReadTransaction, from: u64, limit: u32) -> Result<CheckPage, N
     }
     page.blocks = blocks.into_values().collect();
     let links: Vec<(u64, i64)> = links.into_iter().filter(|(_, d)| *d != 0).collect();
-    page.links = (links.len() <= MAX_LINKS).then_some(links);
+    page.links = (links.len() <= max_links).then_some(links);
     if problems.len() > MAX_PROBLEMS {
         let more = problems.len() - MAX_PROBLEMS;
         problems.truncate(MAX_PROBLEMS);

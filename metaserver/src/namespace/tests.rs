@@ -1417,6 +1417,13 @@ fn fsck_counts_a_files_names_in_other_pages_against_its_links() {
     });
     assert_eq!(counts(&fs, &[f.ino.0]).unwrap(), vec![at(Some(3), 2)]);
 
+    // A page with more files out of balance than it gives balances for gives none.
+    let tx = fs.db.begin_read().unwrap();
+    let bounded = |max| super::check::check_within(&tx, 0, 1000, max).unwrap().links;
+    assert_eq!(bounded(1), Some(vec![(f.ino.0, 1)]));
+    assert_eq!(bounded(0), None);
+    drop(tx);
+
     // A directory or an inode that does not exist has no link count here; too many asked
     // is refused.
     let none = counts(&fs, &[a.ino.0, 999_999]).unwrap();
