@@ -34,11 +34,12 @@ use super::types::*;
 pub(crate) use super::image::install;
 use super::image::wipe;
 pub use super::image::{
-    ImagePart, ImageSink, InodeRows, JsonImage, RECORDS_MAX, ROWS_PAGE, Readiness, VolumeImage,
-    build_image, build_image_into, readiness,
+    ImagePart, ImageSink, InodeRows, JsonImage, ROWS_PAGE, VolumeImage, build_image,
+    build_image_into,
 };
 pub use super::image_pieces::{Cutter, ImagePiece, NEEDS_SPLIT, PART_INODES, PART_JSON, WHOLE_MAX};
 pub use super::image_read::{ImageRead, read_pieces};
+pub use super::image_ready::{RECORDS_MAX, Readiness, readiness};
 
 /// What a region knows of one volume being brought into it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,16 +23,20 @@ fn rounds(regions: &mut [Region], n: usize) {
     }
 }
 
+/// Installs every piece of an image in region `r`, in order.
+fn install_all(r: &mut Region, parts: &[ImagePiece]) {
+    let own = r.id;
+    for part in parts {
+        r.write(|t| install_image(t, own, &part.part, part.split))
+            .unwrap();
+    }
+}
+
 /// Brings region 3 into volume "main" from region 1 (the addition delivered, the image
 /// built and installed), and lets everything travel.
 fn add_third(rs: &mut [Region]) {
     let parts = image_to_add_third(rs);
-    let own = rs[2].id;
-    for part in &parts {
-        rs[2]
-            .write(|t| install_image(t, own, &part.part, part.split))
-            .unwrap();
-    }
+    install_all(&mut rs[2], &parts);
     rounds(rs, 4);
 }
 
@@ -436,12 +440,7 @@ fn records_of_other_volumes_go_on_while_an_image_is_on_its_way() {
         .write(|t| backfill::get(t.region_state.open().unwrap(), main.id).unwrap())
         .expect("region 3 started its backfill");
     let parts = image_for_3(&rs[0], main.id, b.since).expect("settled past the addition");
-    let own = rs[2].id;
-    for part in &parts {
-        rs[2]
-            .write(|t| install_image(t, own, &part.part, part.split))
-            .unwrap();
-    }
+    install_all(&mut rs[2], &parts);
     rounds(&mut rs, 4);
     assert_eq!(waiting(&rs[2]), 0);
     assert_eq!(rs[2].names(main.root), rs[0].names(main.root));
@@ -515,12 +514,7 @@ fn an_image_carries_a_cut_files_content_alone() {
     );
     assert_eq!(rows[0].extents.len(), 11, "the content alone");
     assert!(rows[0].extents.iter().all(|e| e.end() <= size));
-    let own = rs[2].id;
-    for part in &parts {
-        rs[2]
-            .write(|t| install_image(t, own, &part.part, part.split))
-            .unwrap();
-    }
+    install_all(&mut rs[2], &parts);
     rounds(&mut rs, 4);
     assert_eq!(file_extents(&rs[2], f), file_extents(&rs[0], f));
     assert_eq!(extents_of(&rs[2], f), 11);
@@ -1600,12 +1594,7 @@ fn an_image_whose_records_pass_the_bound_waits_until_the_regions_settle_past_the
     assert!(image.records.is_empty(), "{:?}", image.records.len());
     assert!(matches!(ready(&rs[0], 1000), backfill::Readiness::Ready(_)));
     let parts = image.parts().unwrap();
-    let own = rs[2].id;
-    for part in &parts {
-        rs[2]
-            .write(|t| install_image(t, own, &part.part, part.split))
-            .unwrap();
-    }
+    install_all(&mut rs[2], &parts);
     rounds(&mut rs, 4);
     let names = rs[2].names(root);
     assert_eq!(names.iter().filter(|n| n.starts_with("ahead-")).count(), 30);

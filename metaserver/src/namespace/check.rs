@@ -103,7 +103,7 @@ pub(crate) fn check_within(
     let extents = tx.open_table(EXTENTS).map_err(store_err)?;
     let refs = tx.open_table(BLOCK_REFS).map_err(store_err)?;
     let tombs = tx.open_table(TOMBS).map_err(store_err)?;
-    let volumes = all_volumes(tx)?;
+    let volumes = super::read::NsReader::new(tx).volumes_all()?;
     let replicas: HashMap<u32, u32> = volumes.iter().map(|v| (v.id, v.policy.replicas)).collect();
     let roots: HashSet<InodeId> = volumes.iter().map(|v| v.root).collect();
     let state = super::merge::state_table(tx)?;
@@ -330,7 +330,7 @@ pub fn link_counts(tx: &ReadTransaction, inodes: &[u64]) -> Result<Vec<LinkCount
         }
         Err(e) => return Err(store_err(e)),
     };
-    let volumes = all_volumes(tx)?;
+    let volumes = super::read::NsReader::new(tx).volumes_all()?;
     let in_copy = in_copy(&volumes, super::merge::state_table(tx)?.as_ref())?;
     // As the pages count them: entries of live directories, not in a copy.
     let mut dirs: HashMap<u64, bool> = HashMap::new();
@@ -381,21 +381,6 @@ pub fn link_counts(tx: &ReadTransaction, inodes: &[u64]) -> Result<Vec<LinkCount
             })
         })
         .collect()
-}
-
-/// Every volume of the region.
-fn all_volumes(tx: &ReadTransaction) -> Result<Vec<Volume>, NsError> {
-    let mut volumes = Vec::new();
-    for item in tx
-        .open_table(VOLUMES)
-        .map_err(store_err)?
-        .iter()
-        .map_err(store_err)?
-    {
-        let (_, v) = item.map_err(store_err)?;
-        volumes.push(serde_json::from_slice(v.value()).map_err(|e| NsError::Store(e.to_string()))?);
-    }
-    Ok(volumes)
 }
 
 /// Whether an inode is in a copy being made or removed: such a copy is not a whole tree

@@ -18,6 +18,7 @@ pub mod history;
 mod image;
 mod image_pieces;
 mod image_read;
+mod image_ready;
 pub(crate) mod lazy_table;
 pub mod lease;
 pub mod leave;

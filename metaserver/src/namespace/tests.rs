@@ -1384,13 +1384,15 @@ fn fsck_counts_a_files_names_in_other_pages_against_its_links() {
 
     // A link count one too many: no page shows it, the pages together do, and a count
     // over every entry says by how much.
-    fs.write(|t| {
+    // The link count set behind the names' back.
+    let set_links = |t: &mut WriteTables<'_>, nlink| {
         let mut node = super::tables::read_inode(t.inodes().unwrap(), f.ino)
             .unwrap()
             .unwrap();
-        node.attr.nlink = 4;
+        node.attr.nlink = nlink;
         t.put_inode(&node).unwrap();
-    });
+    };
+    fs.write(|t| set_links(t, 4));
     for page in [1, 2, 1000] {
         let (problems, unbalanced) = checked_in_pages(&fs, page);
         assert!(problems.is_empty(), "{problems:?}");
@@ -1400,11 +1402,7 @@ fn fsck_counts_a_files_names_in_other_pages_against_its_links() {
 
     // A name removed behind its back: one too few.
     fs.write(|t| {
-        let mut node = super::tables::read_inode(t.inodes().unwrap(), f.ino)
-            .unwrap()
-            .unwrap();
-        node.attr.nlink = 3;
-        t.put_inode(&node).unwrap();
+        set_links(t, 3);
         t.del_dirent(b.ino, b"g").unwrap();
     });
     assert_eq!(checked_in_pages(&fs, 2).1, vec![f.ino.0]);
